@@ -1,0 +1,127 @@
+use std::path::Path;
+
+use crate::app::{App, AppError};
+use crate::runner::RunOutcome;
+
+use super::output::{evidence, key, plural};
+use super::{CheckArgs, EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format};
+
+pub(super) async fn run(config: Option<&Path>, args: CheckArgs) -> anyhow::Result<u8> {
+    let app = match App::open(config).await {
+        Ok(app) => app,
+        Err(AppError::Config(d) | AppError::Rules(d)) => {
+            eprintln!("{d}");
+            return Ok(EXIT_ERROR);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let outcomes = app.check(&args.invariant).await;
+    app.close().await;
+    let outcomes = outcomes?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),
+        Format::Table => print!("{}", render(&outcomes)),
+    }
+    Ok(exit_code(&outcomes))
+}
+
+pub(crate) fn exit_code(outcomes: &[RunOutcome]) -> u8 {
+    if outcomes.iter().any(RunOutcome::failed) {
+        EXIT_ERROR
+    } else if outcomes.iter().any(|o| !o.holds()) {
+        EXIT_VIOLATIONS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The report `trueup check` prints.
+pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for o in outcomes {
+        let took = (o.finished_at - o.started_at).num_milliseconds() as f64 / 1000.0;
+        let verdict = if o.failed() {
+            "ERROR"
+        } else if o.holds() {
+            "OK   "
+        } else {
+            "FAIL "
+        };
+        let _ = writeln!(
+            out,
+            "{verdict} {}  ({}, run {}, {:.2}s)",
+            o.invariant, o.severity, o.run_id, took
+        );
+        if let Some(err) = &o.error {
+            let _ = writeln!(out, "      {err}");
+            let _ = writeln!(
+                out,
+                "      nothing in the ledger changed; fix the cause and run again"
+            );
+            continue;
+        }
+        let s = &o.stats;
+        let rows = if s.rows_right > 0 {
+            format!("read {} left / {} right rows", s.rows_left, s.rows_right)
+        } else {
+            format!("read {} rows", s.rows_left)
+        };
+        let _ = write!(out, "      {rows}");
+        if s.not_yet_due > 0 {
+            let _ = write!(out, "; {} not yet due (within grace)", s.not_yet_due);
+        }
+        let _ = writeln!(out);
+        if let Some(c) = o.change
+            && (o.open_after > 0 || c.resolved > 0)
+        {
+            let _ = writeln!(
+                out,
+                "      {} open: {} new, {} still open, {} reopened; {} resolved",
+                plural(o.open_after, "violation", "violations"),
+                c.new,
+                c.still_open,
+                c.reopened,
+                c.resolved
+            );
+        }
+        if !s.counts.is_empty() {
+            let kinds: Vec<String> = s.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(out, "      by kind: {}", kinds.join(", "));
+        }
+        if s.truncated {
+            let _ = writeln!(
+                out,
+                "      {} seen but only the first were stored (violation_budget); nothing was resolved in this run",
+                s.observed
+            );
+        }
+        for v in &o.samples {
+            let _ = writeln!(
+                out,
+                "        {:<10} {:<12} {}",
+                v.kind,
+                key(&v.key),
+                evidence(v)
+            );
+        }
+        if o.samples.len() as u64 > 0 && o.open_after > o.samples.len() as u64 {
+            let _ = writeln!(
+                out,
+                "        … `trueup violations --invariant {}` lists all {}",
+                o.invariant, o.open_after
+            );
+        }
+    }
+    let failed = outcomes.iter().filter(|o| o.failed()).count();
+    let holding = outcomes.iter().filter(|o| o.holds()).count();
+    let violated = outcomes.len() - failed - holding;
+    let open: u64 = outcomes.iter().map(|o| o.open_after).sum();
+    let _ = writeln!(
+        out,
+        "\n{}: {holding} hold, {violated} violated ({}), {failed} could not be evaluated",
+        plural(outcomes.len() as u64, "invariant", "invariants"),
+        plural(open, "open violation", "open violations"),
+    );
+    out
+}

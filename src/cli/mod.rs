@@ -1,0 +1,190 @@
+//! The `trueup` commands: a thin layer over the library that prints and sets the exit code.
+//!
+//! Exit codes: 0 every invariant holds, 1 violations are open, 2 trueup could not do what was
+//! asked (bad input, an unreachable database, a failed evaluation).
+
+mod check;
+mod demo_cmd;
+mod output;
+mod validate;
+mod violations;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_VIOLATIONS: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+/// Reconciliation and invariant monitoring: declare the business rules that must hold across
+/// your systems, check them against the real databases, and keep a ledger of what is broken.
+#[derive(Debug, Parser)]
+#[command(
+    name = "trueup",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Start with `trueup demo`: it builds a small shop and ledger with planted \
+problems and checks them.\n\nExit codes: 0 all invariants hold, 1 violations are open, 2 error."
+)]
+pub struct Cli {
+    /// Configuration file [default: ./trueup.yaml if present, else built-in defaults]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "TRUEUP_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log filter (e.g. `debug`, `trueup=trace`); logs go to stderr
+    #[arg(
+        long,
+        global = true,
+        env = "TRUEUP_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check invariant files for mistakes, reporting every one with file:line:column
+    Validate(ValidateArgs),
+    /// Evaluate invariants now and record the results in the ledger
+    Check(CheckArgs),
+    /// List violations from the ledger
+    Violations(ViolationsArgs),
+    /// List recent evaluation runs
+    Runs(RunsArgs),
+    /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// An invariant file or a folder of them [default: the config's invariants folder]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only this invariant (repeatable) [default: all]
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Vec<String>,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum StatusArg {
+    /// open or reopened
+    #[default]
+    Active,
+    Open,
+    Reopened,
+    Resolved,
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct ViolationsArgs {
+    /// Only this invariant (repeatable)
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Vec<String>,
+    /// Which violations
+    #[arg(long, short = 's', value_enum, default_value_t)]
+    pub status: StatusArg,
+    /// Only this kind: missing, extra, duplicate, mismatch, check, transition
+    #[arg(long, short = 'k', value_name = "KIND")]
+    pub kind: Option<String>,
+    /// At most this many
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Only violations with an id greater than this (for paging)
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only this invariant
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Option<String>,
+    /// At most this many, newest first
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder to create the demo in (re-created if it holds a previous demo)
+    #[arg(long, default_value = "trueup-demo", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Instead of creating the demo, repair two of its planted problems and check again
+    #[arg(long)]
+    pub repair: bool,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate(args) => validate::run(cli.config.as_deref(), args).await,
+            Command::Check(args) => check::run(cli.config.as_deref(), args).await,
+            Command::Violations(args) => violations::run(cli.config.as_deref(), args).await,
+            Command::Runs(args) => violations::runs(cli.config.as_deref(), args).await,
+            Command::Demo(args) => demo_cmd::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

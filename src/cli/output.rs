@@ -1,0 +1,81 @@
+//! Human-readable rendering shared by the commands.
+
+use crate::store::ViolationRecord;
+
+/// A key as people read it: `17` or `(acme, 17)`.
+pub(super) fn key(key: &serde_json::Value) -> String {
+    match key {
+        serde_json::Value::Array(parts) if parts.len() == 1 => scalar(&parts[0]),
+        serde_json::Value::Array(parts) => {
+            let parts: Vec<String> = parts.iter().map(scalar).collect();
+            format!("({})", parts.join(", "))
+        }
+        other => scalar(other),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "NULL".into(),
+        other => other.to_string(),
+    }
+}
+
+fn row(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => scalar(other),
+    }
+}
+
+/// One line saying what the evidence shows.
+pub(super) fn evidence(v: &ViolationRecord) -> String {
+    let e = &v.evidence;
+    let text = match v.kind.as_str() {
+        "missing" => format!("no right row; left: {}", row(&e["left"])),
+        "extra" => format!("no left row; right: {}", row(&e["right"])),
+        "duplicate" => format!(
+            "{} left row(s), {} right row(s)",
+            e["left_rows"], e["right_rows"]
+        ),
+        "mismatch" => e["diff"]
+            .as_array()
+            .map(|diffs| {
+                diffs
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}: {} ≠ {}",
+                            scalar(&d["column"]),
+                            scalar(&d["left"]),
+                            scalar(&d["right"])
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        "check" => row(&e["row"]),
+        "transition" => format!("{} (at {})", scalar(&e["problem"]), scalar(&e["at"])),
+        _ => e.to_string(),
+    };
+    truncate(&text, 110)
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

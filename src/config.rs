@@ -1,0 +1,536 @@
+//! `trueup.yaml`: where trueup keeps its ledger, which databases it reads, where the invariant
+//! files are. Layers: built-in defaults, then the file, then `TRUEUP_*` environment variables.
+//! Credentials only arrive through `${ENV_VAR}` references and never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::domain::{HumanDuration, SourceName};
+
+pub const DEFAULT_STORE: &str = "sqlite://trueup.db";
+pub const DEFAULT_INVARIANTS_DIR: &str = "invariants";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+    pub store: SecretUrl,
+    pub invariants_dir: PathBuf,
+    pub sources: BTreeMap<SourceName, SourceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl SourceKind {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "postgres" | "postgresql" => Some(SourceKind::Postgres),
+            "mysql" | "mariadb" => Some(SourceKind::MySql),
+            "sqlite" => Some(SourceKind::Sqlite),
+            _ => None,
+        }
+    }
+
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        Self::parse(scheme)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Postgres => "postgres",
+            SourceKind::MySql => "mysql",
+            SourceKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do when a source's database role could write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WritablePolicy {
+    /// Log a loud warning and go on (trueup's own guards still hold).
+    #[default]
+    Warn,
+    /// Refuse to use the source.
+    Refuse,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: SourceName,
+    pub kind: SourceKind,
+    pub url: SecretUrl,
+    pub pool_size: u32,
+    pub statement_timeout: HumanDuration,
+    pub on_writable: WritablePolicy,
+}
+
+/// A database URL whose password never appears in Debug or Display output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The real URL, for connecting. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        match userinfo_password_range(&self.0) {
+            Some((start, end)) => format!("{}***{}", &self.0[..start], &self.0[end..]),
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Byte range of the password in `scheme://user:password@host/...`, if there is one.
+fn userinfo_password_range(url: &str) -> Option<(usize, usize)> {
+    let authority_start = url.find("://")? + 3;
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    Some((authority_start + colon + 1, authority_start + at))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<Spanned<String>>,
+    invariants: Option<Spanned<String>>,
+    #[serde(default)]
+    sources: BTreeMap<String, Spanned<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Option<Spanned<String>>,
+    url: Spanned<String>,
+    pool_size: Option<Spanned<u32>>,
+    statement_timeout: Option<Spanned<String>>,
+    on_writable: Option<Spanned<String>>,
+}
+
+impl Config {
+    /// Defaults only: the embedded SQLite store in the working directory.
+    pub fn defaults(base_dir: &Path) -> Self {
+        Self {
+            file: None,
+            store: SecretUrl::new(resolve_sqlite_path(DEFAULT_STORE, base_dir)),
+            invariants_dir: base_dir.join(DEFAULT_INVARIANTS_DIR),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    /// Reads `path`, then applies `TRUEUP_STORE` / `TRUEUP_INVARIANTS` from the environment.
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                path,
+                0,
+                0,
+                format!("cannot read the config file: {e}"),
+            )])
+        })?;
+        let mut config = Self::parse(&text, path, &|name| std::env::var(name).ok())?;
+        config.apply_env_overrides(&|name| std::env::var(name).ok());
+        Ok(config)
+    }
+
+    /// Finds the config the way the CLI does: an explicit path, else `./trueup.yaml` if it
+    /// exists, else defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Self, Diagnostics> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None => {
+                let here = Path::new("trueup.yaml");
+                if here.exists() {
+                    Self::load(here)
+                } else {
+                    let mut c = Self::defaults(Path::new("."));
+                    c.apply_env_overrides(&|name| std::env::var(name).ok());
+                    Ok(c)
+                }
+            }
+        }
+    }
+
+    fn apply_env_overrides(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let base = self.base_dir();
+        if let Some(store) = env("TRUEUP_STORE") {
+            self.store = SecretUrl::new(resolve_sqlite_path(&store, &base));
+        }
+        if let Some(dir) = env("TRUEUP_INVARIANTS") {
+            self.invariants_dir = base.join(dir);
+        }
+    }
+
+    pub fn base_dir(&self) -> PathBuf {
+        self.file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Parses config text. `env` resolves `${VAR}` references. Every problem is reported.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Diagnostics> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig {
+                store: None,
+                invariants: None,
+                sources: BTreeMap::new(),
+            }
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|e| Diagnostics(vec![Diagnostic::from_yaml(path, &e)]))?
+        };
+        let base = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut errors = Vec::new();
+
+        let store = match &raw.store {
+            Some(s) => match expand_secret_url(&s.value, env) {
+                Ok(url) => {
+                    if SourceKind::of_url(&url).is_none_or(|k| k == SourceKind::MySql) {
+                        errors.push(Diagnostic::at(
+                            path,
+                            s.referenced,
+                            format!(
+                                "store `{}` is neither sqlite:// nor postgres://; trueup keeps its ledger in SQLite (default `{DEFAULT_STORE}`) or PostgreSQL",
+                                SecretUrl::new(url.clone())
+                            ),
+                        ));
+                    }
+                    SecretUrl::new(resolve_sqlite_path(&url, &base))
+                }
+                Err(msg) => {
+                    errors.push(Diagnostic::at(path, s.referenced, format!("store: {msg}")));
+                    SecretUrl::new(String::new())
+                }
+            },
+            None => SecretUrl::new(resolve_sqlite_path(DEFAULT_STORE, &base)),
+        };
+        let invariants_dir = base.join(
+            raw.invariants
+                .as_ref()
+                .map(|s| s.value.as_str())
+                .unwrap_or(DEFAULT_INVARIANTS_DIR),
+        );
+
+        let mut sources = BTreeMap::new();
+        for (name, spanned) in &raw.sources {
+            let at = spanned.referenced;
+            let src = &spanned.value;
+            let name = match SourceName::parse(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(Diagnostic::at(path, at, format!("sources: {e}")));
+                    continue;
+                }
+            };
+            let url = match expand_secret_url(&src.url.value, env) {
+                Ok(u) => u,
+                Err(msg) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        src.url.referenced,
+                        format!("source `{name}`: {msg}"),
+                    ));
+                    continue;
+                }
+            };
+            let url_kind = SourceKind::of_url(&url);
+            let kind = match (&src.kind, url_kind) {
+                (Some(k), _) => match SourceKind::parse(&k.value) {
+                    Some(kind) if url_kind.is_some_and(|u| u != kind) => {
+                        errors.push(Diagnostic::at(
+                            path,
+                            k.referenced,
+                            format!(
+                                "source `{name}`: kind is `{kind}` but its URL is a {} URL; make them agree",
+                                url_kind.map_or("different", SourceKind::as_str)
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(kind) => kind,
+                    None => {
+                        errors.push(Diagnostic::at(
+                            path,
+                            k.referenced,
+                            format!(
+                                "source `{name}`: kind `{}` is unknown; use postgres, mysql or sqlite",
+                                k.value
+                            ),
+                        ));
+                        continue;
+                    }
+                },
+                (None, Some(k)) => k,
+                (None, None) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        src.url.referenced,
+                        format!(
+                            "source `{name}`: cannot tell the database from URL `{}`; start it with postgres://, mysql:// or sqlite://",
+                            SecretUrl::new(url.clone())
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            let statement_timeout = match &src.statement_timeout {
+                Some(t) => match HumanDuration::parse(&t.value) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(Diagnostic::at(
+                            path,
+                            t.referenced,
+                            format!("source `{name}`: statement_timeout: {e}"),
+                        ));
+                        continue;
+                    }
+                },
+                None => HumanDuration::from_std(std::time::Duration::from_secs(60)),
+            };
+            let on_writable = match src.on_writable.as_ref().map(|w| (w.value.as_str(), w)) {
+                None | Some(("warn", _)) => WritablePolicy::Warn,
+                Some(("refuse", _)) => WritablePolicy::Refuse,
+                Some((other, w)) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        w.referenced,
+                        format!(
+                            "source `{name}`: on_writable `{other}` is unknown; use warn or refuse"
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            let pool_size = match &src.pool_size {
+                Some(p) if p.value == 0 || p.value > 64 => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        p.referenced,
+                        format!("source `{name}`: pool_size must be between 1 and 64"),
+                    ));
+                    continue;
+                }
+                Some(p) => p.value,
+                None => 4,
+            };
+            let url = match kind {
+                SourceKind::Sqlite => resolve_sqlite_path(&url, &base),
+                _ => url,
+            };
+            sources.insert(
+                name.clone(),
+                SourceConfig {
+                    name,
+                    kind,
+                    url: SecretUrl::new(url),
+                    pool_size,
+                    statement_timeout,
+                    on_writable,
+                },
+            );
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                file: Some(path.to_owned()),
+                store,
+                invariants_dir,
+                sources,
+            })
+        } else {
+            Err(Diagnostics(errors))
+        }
+    }
+}
+
+/// Replaces `${VAR}` references, and refuses a password written literally in the file.
+fn expand_secret_url(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if let Some((start, end)) = userinfo_password_range(raw) {
+        let password = &raw[start..end];
+        let is_reference = password.starts_with("${")
+            && password.ends_with('}')
+            && password[2..password.len() - 1]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_reference {
+            return Err(
+                "the URL has a password written in the file; write it as a reference like `postgres://user:${DB_PASSWORD}@host/db` and set that environment variable".into(),
+            );
+        }
+    }
+    expand_env(raw, env)
+}
+
+fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in `{raw}`"))?;
+        let name = &after[..end];
+        let value = env(name).ok_or_else(|| {
+            format!("environment variable `{name}` is not set; export it before starting trueup")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Makes a relative SQLite path relative to `base` (the config file's folder), so a config
+/// works from any working directory.
+pub fn resolve_sqlite_path(url: &str, base: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((f, q)) => (f, Some(q)),
+        None => (rest, None),
+    };
+    if file.is_empty()
+        || file == ":memory:"
+        || Path::new(file).is_absolute()
+        || base == Path::new(".")
+    {
+        return url.to_owned();
+    }
+    let joined = base.join(file);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "LEDGER_PASSWORD" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, Diagnostics> {
+        Config::parse(text, Path::new("conf/trueup.yaml"), &env)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_embedded_sqlite_store() {
+        let c = parse("").unwrap();
+        assert_eq!(c.store.expose(), "sqlite://conf/trueup.db");
+        assert_eq!(c.invariants_dir, Path::new("conf/invariants"));
+    }
+
+    #[test]
+    fn passwords_come_from_the_environment_and_never_print() {
+        let c = parse(
+            "sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db:5432/ledger\n",
+        )
+        .unwrap();
+        let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+        assert_eq!(src.url.expose(), "postgres://app:s3cret@db:5432/ledger");
+        assert_eq!(src.kind, SourceKind::Postgres);
+        let shown = format!("{c:?} {}", src.url);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db:5432/ledger"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_literal_password_is_refused_with_the_line_and_the_fix() {
+        let err = parse("sources:\n  ledger:\n    url: postgres://app:hunter2@db/ledger\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trueup.yaml:3:"), "{err}");
+        assert!(err.contains("${DB_PASSWORD}"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_named() {
+        let err = parse("store: postgres://u:${NOPE}@h/db\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`NOPE` is not set"), "{err}");
+    }
+
+    #[test]
+    fn every_source_problem_is_reported_at_once() {
+        let err = parse(
+            "sources:\n  a:\n    url: oracle://x\n  b:\n    url: postgres://h/db\n    statement_timeout: soon\n  c:\n    kind: mysql\n    url: postgres://h/db\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = parse("stor: sqlite://x.db\n").unwrap_err().to_string();
+        assert!(err.contains("stor"), "{err}");
+    }
+
+    #[test]
+    fn relative_sqlite_sources_are_relative_to_the_config_file() {
+        let c = parse("sources:\n  shop:\n    url: sqlite://shop.db\n").unwrap();
+        let src = &c.sources[&SourceName::parse("shop").unwrap()];
+        assert_eq!(src.url.expose(), "sqlite://conf/shop.db");
+    }
+}

@@ -1,0 +1,171 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use super::{ColumnName, HumanDuration, InvariantName, Schedule, SourceName};
+
+/// A parsed, validated invariant. Built only by `rules::load`, which reports every problem in
+/// the file with its location first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invariant {
+    pub name: InvariantName,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub severity: Severity,
+    pub schedule: Option<Schedule>,
+    /// The column holding when each row's business event happened (payment captured, order
+    /// placed). Used for grace and recorded with each violation.
+    pub time_column: Option<ColumnName>,
+    /// Rows whose time column is newer than now − grace are not yet due: the downstream
+    /// system may still be catching up, so they are neither reported nor resolved. Requires
+    /// `time_column`.
+    pub grace: Option<HumanDuration>,
+    /// How many violations `check` prints per invariant.
+    pub sample_limit: usize,
+    /// How many violations one run stores; beyond it they are counted, not stored.
+    pub violation_budget: u64,
+    pub spec: InvariantSpec,
+    /// Where it was defined (file and line), for messages.
+    pub defined_at: (PathBuf, u64),
+}
+
+impl Invariant {
+    pub fn kind_name(&self) -> &'static str {
+        match self.spec {
+            InvariantSpec::Check(_) => "check",
+            InvariantSpec::Reconcile(_) => "reconcile",
+            InvariantSpec::Transitions(_) => "transitions",
+        }
+    }
+
+    /// The sources this invariant reads.
+    pub fn sources(&self) -> Vec<&SourceName> {
+        match &self.spec {
+            InvariantSpec::Check(c) => vec![&c.side.source],
+            InvariantSpec::Reconcile(r) => vec![&r.left.source, &r.right.source],
+            InvariantSpec::Transitions(t) => vec![&t.side.source],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const NAMES: &'static str = "critical, high, medium or low";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "critical" => Some(Severity::Critical),
+            "high" => Some(Severity::High),
+            "medium" => Some(Severity::Medium),
+            "low" => Some(Severity::Low),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvariantSpec {
+    Check(CheckSpec),
+    Reconcile(ReconcileSpec),
+    Transitions(TransitionsSpec),
+}
+
+/// One read-only query on one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySide {
+    pub source: SourceName,
+    pub query: String,
+}
+
+/// Every row the query returns is a violation, identified by its key columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    pub side: QuerySide,
+    pub key: Vec<ColumnName>,
+}
+
+/// How many right rows each left key should have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    /// One row per key on each side: more is a `duplicate`, none on the right is `missing`.
+    #[default]
+    ExactlyOne,
+    /// One or more right rows per left key (an order and its shipments): no right duplicates.
+    AtLeastOne,
+    /// Zero or one right row per left key (optional refunds): no `missing`.
+    AtMostOne,
+}
+
+impl Expect {
+    pub const NAMES: &'static str = "exactly_one, at_least_one or at_most_one";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "exactly_one" => Some(Expect::ExactlyOne),
+            "at_least_one" => Some(Expect::AtLeastOne),
+            "at_most_one" => Some(Expect::AtMostOne),
+            _ => None,
+        }
+    }
+
+    pub fn right_may_repeat(self) -> bool {
+        self == Expect::AtLeastOne
+    }
+
+    pub fn right_may_be_absent(self) -> bool {
+        self == Expect::AtMostOne
+    }
+}
+
+/// Two queries matched row by row on a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileSpec {
+    pub left: QuerySide,
+    pub right: QuerySide,
+    pub key: Vec<ColumnName>,
+    pub expect: Expect,
+    /// Columns compared on matched keys; `None` compares every non-key column both sides
+    /// return (except the grace column).
+    pub compare: Option<Vec<ColumnName>>,
+}
+
+/// A state history (key, state, at) checked against the allowed state changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionsSpec {
+    pub side: QuerySide,
+    pub key: Vec<ColumnName>,
+    pub state: ColumnName,
+    pub at: ColumnName,
+    pub allowed: BTreeMap<String, BTreeSet<String>>,
+    /// States an entity may start in; `None` allows any known state.
+    pub initial: Option<BTreeSet<String>>,
+}
+
+impl TransitionsSpec {
+    pub fn is_known_state(&self, state: &str) -> bool {
+        self.allowed.contains_key(state) || self.allowed.values().any(|to| to.contains(state))
+    }
+}

@@ -1,0 +1,18 @@
+//! Pure domain types: parsed once from raw input, no I/O.
+
+mod duration;
+mod invariant;
+mod name;
+mod schedule;
+mod value;
+mod violation;
+
+pub use duration::HumanDuration;
+pub use invariant::{
+    CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, Severity,
+    TransitionsSpec,
+};
+pub use name::{ColumnName, InvariantName, NameError, SourceName};
+pub use schedule::{Schedule, ScheduleError};
+pub use value::{Value, ValueClass};
+pub use violation::{Fingerprint, Violation, ViolationKind};

@@ -1,0 +1,265 @@
+//! The row-value model: what trueup reads from any engine, and how it compares values.
+//!
+//! Comparison rules (the same for every engine pair):
+//! - integers of any width, `NUMERIC`/`DECIMAL` and floats compare by numeric value
+//!   (`10.50 = 10.5`, `INT 5 = BIGINT 5 = NUMERIC 5.0`);
+//! - text compares exactly, byte by byte (no collation, no trailing-space padding; PostgreSQL
+//!   `CHAR(n)` padding is removed when read, as MySQL does);
+//! - timestamps compare as instants in UTC (a timestamp without time zone is read as UTC);
+//! - booleans compare with booleans, and with the integers 0 and 1 (MySQL `TINYINT(1)`);
+//! - `NULL` equals `NULL` when comparing columns (like `IS NOT DISTINCT FROM`), and differs
+//!   from every value; in keys `NULL` sorts first.
+//! - values of different classes (text and number, say) are never equal.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(Decimal),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Date(NaiveDate),
+    Time(NaiveTime),
+    Timestamp(DateTime<Utc>),
+    Json(serde_json::Value),
+}
+
+/// The comparison class of a value. Keys of different classes cannot be merged because every
+/// engine orders them differently; trueup refuses such a pair instead of guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ValueClass {
+    Null,
+    Bool,
+    Number,
+    Text,
+    Bytes,
+    Date,
+    Time,
+    Timestamp,
+    Json,
+}
+
+impl fmt::Display for ValueClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueClass::Null => "null",
+            ValueClass::Bool => "boolean",
+            ValueClass::Number => "number",
+            ValueClass::Text => "text",
+            ValueClass::Bytes => "bytes",
+            ValueClass::Date => "date",
+            ValueClass::Time => "time",
+            ValueClass::Timestamp => "timestamp",
+            ValueClass::Json => "json",
+        })
+    }
+}
+
+impl Value {
+    pub fn class(&self) -> ValueClass {
+        match self {
+            Value::Null => ValueClass::Null,
+            Value::Bool(_) => ValueClass::Bool,
+            Value::Int(_) | Value::Decimal(_) | Value::Float(_) => ValueClass::Number,
+            Value::Text(_) => ValueClass::Text,
+            Value::Bytes(_) => ValueClass::Bytes,
+            Value::Date(_) => ValueClass::Date,
+            Value::Time(_) => ValueClass::Time,
+            Value::Timestamp(_) => ValueClass::Timestamp,
+            Value::Json(_) => ValueClass::Json,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// Total order used to merge keys. Within a class it is the order every engine produces
+    /// for the `ORDER BY` trueup writes (numeric; byte-wise text; instants); across classes it
+    /// follows the class order, with NULL first.
+    pub fn key_cmp(&self, other: &Value) -> Ordering {
+        use Value::*;
+        match (self, other) {
+            (Int(a), Int(b)) => a.cmp(b),
+            (Text(a), Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Bool(a), Bool(b)) => a.cmp(b),
+            (Bytes(a), Bytes(b)) => a.cmp(b),
+            (Date(a), Date(b)) => a.cmp(b),
+            (Time(a), Time(b)) => a.cmp(b),
+            (Timestamp(a), Timestamp(b)) => a.cmp(b),
+            (Json(a), Json(b)) => a.to_string().cmp(&b.to_string()),
+            (a, b) if a.class() == ValueClass::Number && b.class() == ValueClass::Number => {
+                numeric_cmp(a, b)
+            }
+            (a, b) => a.class().cmp(&b.class()),
+        }
+    }
+
+    /// Whether two column values are the same business value (see the module comment).
+    pub fn same_as(&self, other: &Value) -> bool {
+        use Value::*;
+        match (self, other) {
+            (Null, Null) => true,
+            (Null, _) | (_, Null) => false,
+            (Bool(a), Int(b)) | (Int(b), Bool(a)) => (*b == 0 && !a) || (*b == 1 && *a),
+            (Json(a), Json(b)) => a == b,
+            (Json(j), Text(t)) | (Text(t), Json(j)) => {
+                serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| &p == j)
+            }
+            _ => self.class() == other.class() && self.key_cmp(other) == Ordering::Equal,
+        }
+    }
+
+    /// A canonical JSON form used for fingerprints and evidence: the same business value read
+    /// from different engines gives the same JSON (`5`, `5.0` and `5.00` all become `5`).
+    pub fn to_canonical_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Decimal(d) => {
+                let n = d.normalize();
+                match n.to_i64() {
+                    Some(i) if n.scale() == 0 => J::from(i),
+                    _ => J::String(n.to_string()),
+                }
+            }
+            Value::Float(f) => {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    J::from(*f as i64)
+                } else {
+                    serde_json::Number::from_f64(*f)
+                        .map_or_else(|| J::String(f.to_string()), J::Number)
+                }
+            }
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => J::String(format!("\\x{}", hex::encode(b))),
+            Value::Date(d) => J::String(d.to_string()),
+            Value::Time(t) => J::String(t.to_string()),
+            Value::Timestamp(t) => J::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            Value::Json(j) => j.clone(),
+        }
+    }
+
+    pub fn as_timestamp(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Value::Timestamp(t) => Some(*t),
+            Value::Date(d) => d.and_hms_opt(0, 0, 0).map(|n| n.and_utc()),
+            _ => None,
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn numeric_cmp(a: &Value, b: &Value) -> Ordering {
+    match (as_decimal(a), as_decimal(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        _ => as_f64(a).total_cmp(&as_f64(b)),
+    }
+}
+
+fn as_decimal(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::Int(i) => Some(Decimal::from(*i)),
+        Value::Decimal(d) => Some(*d),
+        // Floats compare as floats: converting them to decimals would invent digits.
+        _ => None,
+    }
+}
+
+fn as_f64(v: &Value) -> f64 {
+    match v {
+        Value::Int(i) => *i as f64,
+        Value::Decimal(d) => d.to_f64().unwrap_or(f64::NAN),
+        Value::Float(f) => *f,
+        _ => f64::NAN,
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_canonical_json() {
+            serde_json::Value::String(s) => f.write_str(&s),
+            serde_json::Value::Null => f.write_str("NULL"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Value {
+        Value::Decimal(Decimal::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn numbers_compare_by_value_whatever_their_width_or_scale() {
+        assert!(Value::Int(5).same_as(&dec("5.00")));
+        assert!(dec("10.50").same_as(&dec("10.5")));
+        assert!(!dec("10.50").same_as(&dec("10.51")));
+        assert!(Value::Float(2.5).same_as(&dec("2.5")));
+        assert_eq!(Value::Int(9).key_cmp(&dec("10")), Ordering::Less);
+    }
+
+    #[test]
+    fn text_compares_byte_wise_without_padding_or_case_folding() {
+        assert!(!Value::Text("a".into()).same_as(&Value::Text("a ".into())));
+        assert!(!Value::Text("A".into()).same_as(&Value::Text("a".into())));
+        assert_eq!(
+            Value::Text("Z".into()).key_cmp(&Value::Text("a".into())),
+            Ordering::Less
+        );
+        assert_eq!(
+            Value::Text("a".into()).key_cmp(&Value::Text("a\t".into())),
+            Ordering::Less
+        );
+    }
+
+    #[test]
+    fn null_equals_null_but_nothing_else() {
+        assert!(Value::Null.same_as(&Value::Null));
+        assert!(!Value::Null.same_as(&Value::Int(0)));
+        assert!(!Value::Text(String::new()).same_as(&Value::Null));
+        assert_eq!(Value::Null.key_cmp(&Value::Int(i64::MIN)), Ordering::Less);
+    }
+
+    #[test]
+    fn booleans_match_mysql_tinyint_flags() {
+        assert!(Value::Bool(true).same_as(&Value::Int(1)));
+        assert!(Value::Int(0).same_as(&Value::Bool(false)));
+        assert!(!Value::Bool(true).same_as(&Value::Int(2)));
+    }
+
+    #[test]
+    fn different_classes_are_never_equal() {
+        assert!(!Value::Text("5".into()).same_as(&Value::Int(5)));
+    }
+
+    #[test]
+    fn canonical_json_is_the_same_for_the_same_number() {
+        assert_eq!(
+            dec("5.00").to_canonical_json(),
+            Value::Int(5).to_canonical_json()
+        );
+        assert_eq!(dec("5.10").to_canonical_json(), serde_json::json!("5.1"));
+    }
+}

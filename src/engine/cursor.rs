@@ -1,0 +1,118 @@
+//! A row-at-a-time view over a [`RowStream`] with one row of look-ahead and order checking.
+
+use std::cmp::Ordering;
+
+use crate::domain::Value;
+use crate::source::{Row, RowStream};
+
+use super::{EngineError, key_text};
+
+pub(super) struct Cursor {
+    stream: RowStream,
+    batch: std::vec::IntoIter<Row>,
+    peeked: Option<Row>,
+    pub rows_read: u64,
+    pub key_idx: Vec<usize>,
+    side: &'static str,
+    done: bool,
+}
+
+/// Rows of one key, as the merge sees them: the first row and how many there were.
+pub(super) struct Group {
+    pub first: Row,
+    pub count: u64,
+}
+
+impl Cursor {
+    pub fn new(stream: RowStream, key_idx: Vec<usize>, side: &'static str) -> Self {
+        Self {
+            stream,
+            batch: Vec::new().into_iter(),
+            peeked: None,
+            rows_read: 0,
+            key_idx,
+            side,
+            done: false,
+        }
+    }
+
+    pub fn columns(&self) -> &[String] {
+        self.stream.columns()
+    }
+
+    async fn fill(&mut self) -> Result<(), EngineError> {
+        while self.peeked.is_none() && !self.done {
+            if let Some(row) = self.batch.next() {
+                self.peeked = Some(row);
+                self.rows_read += 1;
+                return Ok(());
+            }
+            match self.stream.next_batch().await {
+                Some(Ok(b)) => self.batch = b.into_iter(),
+                Some(Err(e)) => return Err(e.into()),
+                None => self.done = true,
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Row>, EngineError> {
+        self.fill().await?;
+        Ok(self.peeked.take())
+    }
+
+    pub async fn peek(&mut self) -> Result<Option<&Row>, EngineError> {
+        self.fill().await?;
+        Ok(self.peeked.as_ref())
+    }
+
+    pub fn key<'r>(&self, row: &'r [Value]) -> Vec<&'r Value> {
+        self.key_idx.iter().map(|&i| &row[i]).collect()
+    }
+
+    /// The next key group, checking that keys never go backwards.
+    pub async fn next_group(&mut self) -> Result<Option<Group>, EngineError> {
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        let mut count = 1;
+        let key_idx = self.key_idx.clone();
+        loop {
+            let side = self.side;
+            let row_no = self.rows_read;
+            match self.peek().await? {
+                None => break,
+                Some(next) => match compare_keys(&first, &key_idx, next, &key_idx) {
+                    Ordering::Equal => {
+                        self.next().await?;
+                        count += 1;
+                    }
+                    Ordering::Less => break,
+                    Ordering::Greater => {
+                        let previous: Vec<Value> =
+                            key_idx.iter().map(|&i| first[i].clone()).collect();
+                        let current: Vec<Value> =
+                            key_idx.iter().map(|&i| next[i].clone()).collect();
+                        return Err(EngineError::OutOfOrder {
+                            side,
+                            row: row_no,
+                            previous: key_text(&previous),
+                            current: key_text(&current),
+                        });
+                    }
+                },
+            }
+        }
+        Ok(Some(Group { first, count }))
+    }
+}
+
+pub(super) fn compare_keys(a: &[Value], a_idx: &[usize], b: &[Value], b_idx: &[usize]) -> Ordering {
+    for (&i, &j) in a_idx.iter().zip(b_idx) {
+        match a[i].key_cmp(&b[j]) {
+            Ordering::Equal => continue,
+            other => return other,
+        }
+    }
+    Ordering::Equal
+}

@@ -1,0 +1,132 @@
+//! Evaluation: reads sources, finds violations, hands them to a sink. No ledger logic here:
+//! the engine only says what it saw.
+//!
+//! Memory is bounded: rows stream in batches from the sources and the reconcile merge keeps
+//! one key group per side; only violations leave the engine, and the sink decides how many of
+//! those to keep.
+
+mod check;
+mod cursor;
+mod reconcile;
+mod transitions;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Invariant, InvariantSpec, Value, Violation};
+use crate::source::{SourceError, Sources};
+use crate::store::{RunStats, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(
+        "the {side} query returned keys out of order at row {row}: {current} came after {previous}. trueup sorts keys itself (ORDER BY with a byte-wise collation); if the query's key is an expression whose order differs, alias it to a plain column of one type"
+    )]
+    OutOfOrder {
+        side: &'static str,
+        row: u64,
+        previous: String,
+        current: String,
+    },
+    #[error(
+        "key column `{column}` is {left} on the left and {right} on the right; both sides must return the same type (cast one side in its query)"
+    )]
+    KeyTypeMismatch {
+        column: String,
+        left: String,
+        right: String,
+    },
+    #[error(
+        "column `{column}` to compare is not returned by the {side} query (it returns: {available}); alias it in that query or list other columns under `compare`"
+    )]
+    MissingCompareColumn {
+        column: String,
+        side: &'static str,
+        available: String,
+    },
+    #[error("could not record violations: {0}")]
+    Sink(#[from] StoreError),
+}
+
+/// Where the engine puts what it finds.
+#[async_trait]
+pub trait ViolationSink: Send {
+    async fn accept(&mut self, violation: Violation) -> Result<(), EngineError>;
+}
+
+/// Collects violations in memory; for tests and small checks.
+#[derive(Default)]
+pub struct Collect(pub Vec<Violation>);
+
+#[async_trait]
+impl ViolationSink for Collect {
+    async fn accept(&mut self, violation: Violation) -> Result<(), EngineError> {
+        self.0.push(violation);
+        Ok(())
+    }
+}
+
+/// Evaluates one invariant as of `now` (the reference for grace periods).
+pub async fn evaluate(
+    invariant: &Invariant,
+    sources: &Sources,
+    now: DateTime<Utc>,
+    sink: &mut dyn ViolationSink,
+) -> Result<RunStats, EngineError> {
+    let due_before = invariant.grace.map(|g| now - g.as_chrono());
+    let mut stats = RunStats::default();
+    let mut tally = Tally {
+        stats: &mut stats,
+        sink,
+    };
+    match &invariant.spec {
+        InvariantSpec::Check(spec) => {
+            check::run(invariant, spec, sources, due_before, &mut tally).await?
+        }
+        InvariantSpec::Reconcile(spec) => {
+            reconcile::run(invariant, spec, sources, due_before, &mut tally).await?
+        }
+        InvariantSpec::Transitions(spec) => transitions::run(spec, sources, &mut tally).await?,
+    }
+    Ok(stats)
+}
+
+/// Counts what passes to the sink.
+struct Tally<'a> {
+    stats: &'a mut RunStats,
+    sink: &'a mut dyn ViolationSink,
+}
+
+impl Tally<'_> {
+    async fn report(&mut self, v: Violation) -> Result<(), EngineError> {
+        self.stats.observed += 1;
+        *self.stats.counts.entry(v.kind).or_default() += 1;
+        self.sink.accept(v).await
+    }
+}
+
+/// Whether a row is still inside its grace period.
+fn not_yet_due(time: Option<&Value>, due_before: Option<DateTime<Utc>>) -> bool {
+    match (due_before, time.and_then(Value::as_timestamp)) {
+        (Some(cutoff), Some(t)) => t > cutoff,
+        _ => false,
+    }
+}
+
+/// A row as a JSON object, for evidence.
+fn row_json(columns: &[String], row: &[Value]) -> serde_json::Value {
+    serde_json::Value::Object(
+        columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| (c.clone(), v.to_canonical_json()))
+            .collect(),
+    )
+}
+
+fn key_text(key: &[Value]) -> String {
+    let parts: Vec<String> = key.iter().map(ToString::to_string).collect();
+    format!("({})", parts.join(", "))
+}

@@ -1,0 +1,324 @@
+//! `reconcile`: a streaming merge join of two key-ordered row streams.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
+use crate::source::{Needed, ReadRequest, Sources, index_of};
+
+use super::cursor::{Cursor, Group, compare_keys};
+use super::{EngineError, Tally, not_yet_due, row_json};
+
+struct Plan {
+    /// (name, left index, right index) of each compared column.
+    compare: Vec<(String, usize, usize)>,
+    left_time: Option<usize>,
+    right_time: Option<usize>,
+}
+
+pub(super) async fn run(
+    inv: &Invariant,
+    spec: &ReconcileSpec,
+    sources: &Sources,
+    due_before: Option<DateTime<Utc>>,
+    tally: &mut Tally<'_>,
+) -> Result<(), EngineError> {
+    let request = |query: &str| {
+        let mut needed: Vec<Needed> = spec
+            .compare
+            .iter()
+            .flatten()
+            .map(|c| Needed {
+                column: c.clone(),
+                role: "a compared column",
+            })
+            .collect();
+        if let Some(t) = &inv.time_column {
+            needed.push(Needed {
+                column: t.clone(),
+                role: "the time column",
+            });
+        }
+        ReadRequest {
+            query: query.to_owned(),
+            needed,
+            order_by: spec.key.clone(),
+        }
+    };
+    let left_source = sources.get(&spec.left.source)?;
+    let right_source = sources.get(&spec.right.source)?;
+    // Both sides start at once: each query runs on its own connection while the merge reads.
+    let (left, right) = tokio::try_join!(
+        left_source.read(request(&spec.left.query)),
+        right_source.read(request(&spec.right.query)),
+    )?;
+    let key_idx = |s: &crate::source::RowStream| -> Vec<usize> {
+        spec.key
+            .iter()
+            .map(|k| s.index_of(k.as_str()).unwrap_or(0))
+            .collect()
+    };
+    let (left_keys, right_keys) = (key_idx(&left), key_idx(&right));
+    let mut left = Cursor::new(left, left_keys, "left");
+    let mut right = Cursor::new(right, right_keys, "right");
+    let plan = plan(inv, spec, left.columns(), right.columns())?;
+
+    let mut l = left.next_group().await?;
+    let mut r = right.next_group().await?;
+    loop {
+        let order = match (&l, &r) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(lg), Some(rg)) => cross_compare(spec, &left, &lg.first, &right, &rg.first)?,
+        };
+        match order {
+            Ordering::Less => {
+                if let Some(lg) = l.take() {
+                    left_only(spec, &plan, &left, lg, due_before, tally).await?;
+                }
+                l = left.next_group().await?;
+            }
+            Ordering::Greater => {
+                if let Some(rg) = r.take() {
+                    right_only(spec, &plan, &right, rg, due_before, tally).await?;
+                }
+                r = right.next_group().await?;
+            }
+            Ordering::Equal => {
+                if let (Some(lg), Some(rg)) = (l.take(), r.take()) {
+                    both(spec, &plan, &left, lg, &right, rg, due_before, tally).await?;
+                }
+                l = left.next_group().await?;
+                r = right.next_group().await?;
+            }
+        }
+    }
+    tally.stats.rows_left = left.rows_read;
+    tally.stats.rows_right = right.rows_read;
+    Ok(())
+}
+
+fn plan(
+    inv: &Invariant,
+    spec: &ReconcileSpec,
+    left: &[String],
+    right: &[String],
+) -> Result<Plan, EngineError> {
+    let is_key = |c: &str| spec.key.iter().any(|k| k.as_str().eq_ignore_ascii_case(c));
+    let is_time = |c: &str| {
+        inv.time_column
+            .as_ref()
+            .is_some_and(|t| t.as_str().eq_ignore_ascii_case(c))
+    };
+    let compare = match &spec.compare {
+        Some(cols) => cols
+            .iter()
+            .map(|c: &ColumnName| {
+                let find = |side: &'static str, cols: &[String]| {
+                    index_of(cols, c.as_str()).ok_or_else(|| EngineError::MissingCompareColumn {
+                        column: c.to_string(),
+                        side,
+                        available: cols.join(", "),
+                    })
+                };
+                Ok((c.to_string(), find("left", left)?, find("right", right)?))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?,
+        None => left
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !is_key(c) && !is_time(c))
+            .filter_map(|(i, c)| index_of(right, c).map(|j| (c.clone(), i, j)))
+            .collect(),
+    };
+    let time = |cols: &[String]| {
+        inv.time_column
+            .as_ref()
+            .and_then(|t| index_of(cols, t.as_str()))
+    };
+    Ok(Plan {
+        compare,
+        left_time: time(left),
+        right_time: time(right),
+    })
+}
+
+/// Orders a left key against a right key, refusing keys of different types: engines order
+/// text and numbers differently, so such a merge would report every row as missing.
+fn cross_compare(
+    spec: &ReconcileSpec,
+    left: &Cursor,
+    lrow: &[Value],
+    right: &Cursor,
+    rrow: &[Value],
+) -> Result<Ordering, EngineError> {
+    for ((k, &i), &j) in spec.key.iter().zip(&left.key_idx).zip(&right.key_idx) {
+        let (a, b) = (&lrow[i], &rrow[j]);
+        if !a.is_null() && !b.is_null() && a.class() != b.class() {
+            return Err(EngineError::KeyTypeMismatch {
+                column: k.to_string(),
+                left: a.class().to_string(),
+                right: b.class().to_string(),
+            });
+        }
+    }
+    Ok(compare_keys(lrow, &left.key_idx, rrow, &right.key_idx))
+}
+
+fn key_of(cursor: &Cursor, row: &[Value]) -> Vec<Value> {
+    cursor.key(row).into_iter().cloned().collect()
+}
+
+fn time_of(row: &[Value], idx: Option<usize>) -> Option<DateTime<Utc>> {
+    idx.and_then(|i| row[i].as_timestamp())
+}
+
+async fn left_only(
+    spec: &ReconcileSpec,
+    plan: &Plan,
+    left: &Cursor,
+    lg: Group,
+    due_before: Option<DateTime<Utc>>,
+    tally: &mut Tally<'_>,
+) -> Result<(), EngineError> {
+    let key = key_of(left, &lg.first);
+    let event_at = time_of(&lg.first, plan.left_time);
+    let evidence = row_json(left.columns(), &lg.first);
+    if lg.count > 1 {
+        tally
+            .report(Violation {
+                kind: ViolationKind::Duplicate,
+                key: key.clone(),
+                discriminator: None,
+                event_at,
+                evidence: json!({"left_rows": lg.count, "right_rows": 0, "left": evidence}),
+            })
+            .await?;
+    }
+    if spec.expect.right_may_be_absent() {
+        return Ok(());
+    }
+    if not_yet_due(plan.left_time.map(|i| &lg.first[i]), due_before) {
+        tally.stats.not_yet_due += 1;
+        return Ok(());
+    }
+    tally
+        .report(Violation {
+            kind: ViolationKind::Missing,
+            key,
+            discriminator: None,
+            event_at,
+            evidence: json!({ "left": evidence }),
+        })
+        .await
+}
+
+async fn right_only(
+    spec: &ReconcileSpec,
+    plan: &Plan,
+    right: &Cursor,
+    rg: Group,
+    due_before: Option<DateTime<Utc>>,
+    tally: &mut Tally<'_>,
+) -> Result<(), EngineError> {
+    let key = key_of(right, &rg.first);
+    let event_at = time_of(&rg.first, plan.right_time);
+    let evidence = row_json(right.columns(), &rg.first);
+    if rg.count > 1 && !spec.expect.right_may_repeat() {
+        tally
+            .report(Violation {
+                kind: ViolationKind::Duplicate,
+                key: key.clone(),
+                discriminator: None,
+                event_at,
+                evidence: json!({"left_rows": 0, "right_rows": rg.count, "right": evidence}),
+            })
+            .await?;
+    }
+    if not_yet_due(plan.right_time.map(|i| &rg.first[i]), due_before) {
+        tally.stats.not_yet_due += 1;
+        return Ok(());
+    }
+    tally
+        .report(Violation {
+            kind: ViolationKind::Extra,
+            key,
+            discriminator: None,
+            event_at,
+            evidence: json!({ "right": evidence }),
+        })
+        .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn both(
+    spec: &ReconcileSpec,
+    plan: &Plan,
+    left: &Cursor,
+    lg: Group,
+    right: &Cursor,
+    rg: Group,
+    due_before: Option<DateTime<Utc>>,
+    tally: &mut Tally<'_>,
+) -> Result<(), EngineError> {
+    let key = key_of(left, &lg.first);
+    let event_at = time_of(&lg.first, plan.left_time);
+    let right_dup = rg.count > 1 && !spec.expect.right_may_repeat();
+    if lg.count > 1 || right_dup {
+        tally
+            .report(Violation {
+                kind: ViolationKind::Duplicate,
+                key: key.clone(),
+                discriminator: None,
+                event_at,
+                evidence: json!({
+                    "left_rows": lg.count,
+                    "right_rows": rg.count,
+                    "left": row_json(left.columns(), &lg.first),
+                    "right": row_json(right.columns(), &rg.first),
+                }),
+            })
+            .await?;
+    }
+    // Several rows on a side have no single counterpart to compare with.
+    if lg.count > 1 || rg.count > 1 || plan.compare.is_empty() {
+        return Ok(());
+    }
+    let diff: Vec<serde_json::Value> = plan
+        .compare
+        .iter()
+        .filter(|(_, i, j)| !lg.first[*i].same_as(&rg.first[*j]))
+        .map(|(c, i, j)| {
+            json!({
+                "column": c,
+                "left": lg.first[*i].to_canonical_json(),
+                "right": rg.first[*j].to_canonical_json(),
+            })
+        })
+        .collect();
+    if diff.is_empty() {
+        return Ok(());
+    }
+    let in_flight = not_yet_due(plan.left_time.map(|i| &lg.first[i]), due_before)
+        || not_yet_due(plan.right_time.map(|i| &rg.first[i]), due_before);
+    if in_flight {
+        tally.stats.not_yet_due += 1;
+        return Ok(());
+    }
+    tally
+        .report(Violation {
+            kind: ViolationKind::Mismatch,
+            key,
+            discriminator: None,
+            event_at,
+            evidence: json!({
+                "left": row_json(left.columns(), &lg.first),
+                "right": row_json(right.columns(), &rg.first),
+                "diff": diff,
+            }),
+        })
+        .await
+}

@@ -1,0 +1,109 @@
+//! `transitions`: a state history checked against the allowed state changes.
+
+use serde_json::json;
+
+use crate::domain::{TransitionsSpec, Value, Violation, ViolationKind};
+use crate::source::{Needed, ReadRequest, Sources};
+
+use super::cursor::{Cursor, compare_keys};
+use super::{EngineError, Tally, key_text};
+
+pub(super) async fn run(
+    spec: &TransitionsSpec,
+    sources: &Sources,
+    tally: &mut Tally<'_>,
+) -> Result<(), EngineError> {
+    let mut order_by = spec.key.clone();
+    order_by.push(spec.at.clone());
+    let stream = sources
+        .get(&spec.side.source)?
+        .read(ReadRequest {
+            query: spec.side.query.clone(),
+            needed: vec![Needed {
+                column: spec.state.clone(),
+                role: "the state column",
+            }],
+            order_by,
+        })
+        .await?;
+    let key_idx: Vec<usize> = spec
+        .key
+        .iter()
+        .map(|k| stream.index_of(k.as_str()).unwrap_or(0))
+        .collect();
+    let state_idx = stream.index_of(spec.state.as_str()).unwrap_or(0);
+    let at_idx = stream.index_of(spec.at.as_str()).unwrap_or(0);
+    let mut history_idx = key_idx.clone();
+    history_idx.push(at_idx);
+    let mut cursor = Cursor::new(stream, key_idx.clone(), "history");
+
+    let mut previous: Option<Vec<Value>> = None;
+    while let Some(row) = cursor.next().await? {
+        let same_entity = match &previous {
+            Some(p) => match compare_keys(p, &history_idx, &row, &history_idx) {
+                std::cmp::Ordering::Greater => {
+                    let pk: Vec<Value> = history_idx.iter().map(|&i| p[i].clone()).collect();
+                    let ck: Vec<Value> = history_idx.iter().map(|&i| row[i].clone()).collect();
+                    return Err(EngineError::OutOfOrder {
+                        side: "history",
+                        row: cursor.rows_read,
+                        previous: key_text(&pk),
+                        current: key_text(&ck),
+                    });
+                }
+                _ => compare_keys(p, &key_idx, &row, &key_idx) == std::cmp::Ordering::Equal,
+            },
+            None => false,
+        };
+        let to = state_text(&row[state_idx]);
+        let from = if same_entity {
+            previous.as_ref().map(|p| state_text(&p[state_idx]))
+        } else {
+            None
+        };
+        let problem = match &from {
+            _ if !spec.is_known_state(&to) => Some(format!("`{to}` is not a known state")),
+            Some(f) if !spec.allowed.get(f).is_some_and(|next| next.contains(&to)) => {
+                Some(format!("`{f}` may not change to `{to}`"))
+            }
+            None => match &spec.initial {
+                Some(initial) if !initial.contains(&to) => {
+                    Some(format!("`{to}` is not an initial state"))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            let at = row[at_idx].to_canonical_json();
+            let previous_at = from
+                .as_ref()
+                .and_then(|_| previous.as_ref().map(|p| p[at_idx].to_canonical_json()));
+            tally
+                .report(Violation {
+                    kind: ViolationKind::Transition,
+                    key: key_idx.iter().map(|&i| row[i].clone()).collect(),
+                    discriminator: Some(format!("{}->{to}@{at}", from.as_deref().unwrap_or(""))),
+                    event_at: row[at_idx].as_timestamp(),
+                    evidence: json!({
+                        "from": from,
+                        "to": to,
+                        "at": at,
+                        "previous_at": previous_at,
+                        "problem": problem,
+                    }),
+                })
+                .await?;
+        }
+        previous = Some(row);
+    }
+    tally.stats.rows_left = cursor.rows_read;
+    Ok(())
+}
+
+fn state_text(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

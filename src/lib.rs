@@ -1,0 +1,26 @@
+//! trueup: declare business invariants, check them against real databases, keep a ledger of
+//! violations.
+//!
+//! Code map, in reading order (see ARCHITECTURE.md for the boundaries):
+//! - [`domain`]: pure types (names, schedules, durations, values, invariants, violations).
+//! - [`config`]: `trueup.yaml`, secrets by `${ENV}` reference only.
+//! - [`rules`]: invariant files → [`domain::Invariant`], every error with its location.
+//! - [`source`]: read-only access to the databases being checked.
+//! - [`engine`]: evaluation (check, reconcile merge, transitions).
+//! - [`store`]: trueup's own tables (runs, violation ledger), SQLite or PostgreSQL.
+//! - [`runner`]: one run of one invariant, from sources to ledger.
+//! - [`demo`]: the self-contained demo (`trueup demo`).
+//! - [`app`]: config + invariants + store + sources, opened once for a command.
+//! - [`cli`]: the commands.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod diagnostic;
+pub mod domain;
+pub mod engine;
+pub mod rules;
+pub mod runner;
+pub mod source;
+pub mod store;

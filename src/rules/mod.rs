@@ -1,0 +1,457 @@
+//! Invariant files: YAML in `invariants/`, turned into [`Invariant`]s. Like `promtool check
+//! rules`, loading reports every problem in every file at once, each with file:line:column,
+//! the invariant it belongs to and what to do.
+
+mod raw;
+mod shape;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::domain::{
+    CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec,
+    QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TransitionsSpec,
+};
+
+pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
+pub const DEFAULT_VIOLATION_BUDGET: u64 = 10_000;
+
+/// Loads every `*.yaml` / `*.yml` file under `path` (or the one file `path` names).
+/// `sources` are the configured source names; an invariant naming another is an error.
+pub fn load(path: &Path, sources: &BTreeSet<SourceName>) -> Result<Vec<Invariant>, Diagnostics> {
+    let files = rule_files(path).map_err(|d| Diagnostics(vec![d]))?;
+    let mut invariants = Vec::new();
+    let mut errors = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let (found, errs) = parse_file(&text, file, sources);
+                invariants.extend(found);
+                errors.extend(errs);
+            }
+            Err(e) => errors.push(Diagnostic::new(file, 0, 0, format!("cannot read: {e}"))),
+        }
+    }
+    let mut seen: BTreeMap<&InvariantName, &Invariant> = BTreeMap::new();
+    for inv in &invariants {
+        if let Some(first) = seen.insert(&inv.name, inv) {
+            errors.push(
+                Diagnostic::new(
+                    &inv.defined_at.0,
+                    inv.defined_at.1,
+                    1,
+                    format!(
+                        "the name is already used at {}:{}; invariant names must be unique",
+                        first.defined_at.0.display(),
+                        first.defined_at.1
+                    ),
+                )
+                .in_invariant(Some(inv.name.as_str())),
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(invariants)
+    } else {
+        errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        Err(Diagnostics(errors))
+    }
+}
+
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Diagnostic::new(
+            path,
+            0,
+            0,
+            format!("cannot open the invariants path: {e}; create it or point `invariants:` in trueup.yaml at your rule files"),
+        )
+    })?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Diagnostic::new(&dir, 0, 0, format!("cannot list: {e}")))?;
+        for entry in entries {
+            let p = entry
+                .map_err(|e| Diagnostic::new(&dir, 0, 0, format!("cannot list: {e}")))?
+                .path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses one file: the invariants that are sound, and every problem found.
+pub fn parse_file(
+    text: &str,
+    file: &Path,
+    sources: &BTreeSet<SourceName>,
+) -> (Vec<Invariant>, Vec<Diagnostic>) {
+    let mut errors = shape::unknown_fields(text, file);
+    let raw: raw::RawFile = match serde_saphyr::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let d = Diagnostic::from_yaml(file, &e);
+            // An unknown field is already reported by the shape pass, with a suggestion.
+            if !errors.iter().any(|x| x.line == d.line) {
+                errors.push(d);
+            }
+            return (Vec::new(), errors);
+        }
+    };
+    let mut invariants = Vec::new();
+    for spanned in raw.invariants {
+        let mut ctx = Ctx {
+            file,
+            name: None,
+            errors: Vec::new(),
+        };
+        if let Some(inv) = build_invariant(spanned, sources, &mut ctx) {
+            invariants.push(inv);
+        }
+        errors.extend(ctx.errors);
+    }
+    (invariants, errors)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    name: Option<String>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, at: Location, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::at(self.file, at, message).in_invariant(self.name.as_deref()));
+    }
+
+    fn parse<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        s: &Spanned<String>,
+        f: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match f(&s.value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(s.referenced, format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn columns(&mut self, field: &str, list: &Spanned<raw::OneOrMany>) -> Option<Vec<ColumnName>> {
+        if list.value.0.is_empty() {
+            self.error(
+                list.referenced,
+                format!("{field}: name at least one column"),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for c in &list.value.0 {
+            match ColumnName::parse(c) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    self.error(list.referenced, format!("{field}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn side(
+        &mut self,
+        field: &str,
+        source: &Spanned<String>,
+        query: &Spanned<String>,
+        sources: &BTreeSet<SourceName>,
+    ) -> Option<QuerySide> {
+        let source = self.source(field, source, sources);
+        let query = self.query(field, query);
+        Some(QuerySide {
+            source: source?,
+            query: query?,
+        })
+    }
+
+    fn source(
+        &mut self,
+        field: &str,
+        raw: &Spanned<String>,
+        sources: &BTreeSet<SourceName>,
+    ) -> Option<SourceName> {
+        let name = self.parse(&format!("{field}.source"), raw, SourceName::parse)?;
+        if sources.contains(&name) {
+            return Some(name);
+        }
+        let configured = if sources.is_empty() {
+            "none are configured".to_owned()
+        } else {
+            let names: Vec<&str> = sources.iter().map(SourceName::as_str).collect();
+            format!("configured: {}", names.join(", "))
+        };
+        let hint = suggest(name.as_str(), sources.iter().map(SourceName::as_str))
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        self.error(
+            raw.referenced,
+            format!(
+                "{field}.source: unknown source `{name}`; {hint}({configured}; sources are declared under `sources:` in trueup.yaml)"
+            ),
+        );
+        None
+    }
+
+    fn query(&mut self, field: &str, raw: &Spanned<String>) -> Option<String> {
+        let q = raw.value.trim().trim_end_matches(';').trim_end().to_owned();
+        if q.is_empty() {
+            self.error(
+                raw.referenced,
+                format!("{field}.query is empty; write a SELECT"),
+            );
+            return None;
+        }
+        Some(q)
+    }
+}
+
+fn build_invariant(
+    spanned: Spanned<raw::RawInvariant>,
+    sources: &BTreeSet<SourceName>,
+    ctx: &mut Ctx<'_>,
+) -> Option<Invariant> {
+    let at = spanned.referenced;
+    let raw = spanned.value;
+    let name = match &raw.name {
+        Some(n) => {
+            ctx.name = Some(n.value.clone());
+            ctx.parse("name", n, InvariantName::parse)
+        }
+        None => {
+            ctx.error(at, "an invariant needs a `name`");
+            None
+        }
+    };
+    let severity = match &raw.severity {
+        Some(s) => ctx.parse("severity", s, |v| {
+            Severity::parse(v)
+                .ok_or_else(|| format!("`{v}` is not a severity; use {}", Severity::NAMES))
+        }),
+        None => Some(Severity::Medium),
+    };
+    let schedule = match &raw.schedule {
+        Some(s) => ctx.parse("schedule", s, Schedule::parse).map(Some),
+        None => Some(None),
+    };
+    let time_column = match &raw.time_column {
+        Some(c) => ctx.parse("time_column", c, ColumnName::parse).map(Some),
+        None => Some(None),
+    };
+    let grace = match &raw.grace {
+        Some(g) => {
+            let period = ctx.parse("grace", g, HumanDuration::parse);
+            if raw.time_column.is_none() {
+                ctx.error(
+                    g.referenced,
+                    "grace needs `time_column`: the column whose timestamp says when a row is due",
+                );
+                None
+            } else if raw.transitions.is_some() {
+                ctx.error(
+                    g.referenced,
+                    "grace applies to check and reconcile invariants; a state history has no pending rows",
+                );
+                None
+            } else {
+                period.map(Some)
+            }
+        }
+        None => Some(None),
+    };
+    let sample_limit = raw
+        .sample_limit
+        .map_or(DEFAULT_SAMPLE_LIMIT, |s| s as usize);
+    let violation_budget = match &raw.violation_budget {
+        Some(s) if s.value == 0 => {
+            ctx.error(
+                s.referenced,
+                "violation_budget must be at least 1 (it caps how many violations one run stores)",
+            );
+            None
+        }
+        Some(s) => Some(s.value),
+        None => Some(DEFAULT_VIOLATION_BUDGET),
+    };
+
+    let blocks = [
+        raw.check.as_ref().map(|b| b.referenced),
+        raw.reconcile.as_ref().map(|b| b.referenced),
+        raw.transitions.as_ref().map(|b| b.referenced),
+    ];
+    let spec = match blocks.iter().flatten().count() {
+        0 => {
+            ctx.error(
+                at,
+                "say what to evaluate: add one `check:`, `reconcile:` or `transitions:` block",
+            );
+            None
+        }
+        1 => build_spec(&raw, sources, ctx),
+        _ => {
+            let second = blocks.iter().flatten().nth(1).copied().unwrap_or(at);
+            ctx.error(
+                second,
+                "an invariant has exactly one of `check:`, `reconcile:` or `transitions:`; split it into two invariants",
+            );
+            None
+        }
+    };
+
+    Some(Invariant {
+        name: name?,
+        description: raw.description.map(|d| d.trim().to_owned()),
+        owner: raw.owner,
+        severity: severity?,
+        schedule: schedule?,
+        time_column: time_column?,
+        grace: grace?,
+        sample_limit,
+        violation_budget: violation_budget?,
+        spec: spec?,
+        defined_at: (ctx.file.to_owned(), at.line()),
+    })
+}
+
+fn build_spec(
+    raw: &raw::RawInvariant,
+    sources: &BTreeSet<SourceName>,
+    ctx: &mut Ctx<'_>,
+) -> Option<InvariantSpec> {
+    if let Some(c) = &raw.check {
+        let side = ctx.side("check", &c.value.source, &c.value.query, sources);
+        let key = ctx.columns("check.key", &c.value.key);
+        return Some(InvariantSpec::Check(CheckSpec {
+            side: side?,
+            key: key?,
+        }));
+    }
+    if let Some(r) = &raw.reconcile {
+        let (l, r_) = (&r.value.left.value, &r.value.right.value);
+        let left = ctx.side("reconcile.left", &l.source, &l.query, sources);
+        let right = ctx.side("reconcile.right", &r_.source, &r_.query, sources);
+        let key = ctx.columns("reconcile.key", &r.value.key);
+        let expect = match &r.value.expect {
+            Some(e) => ctx.parse("reconcile.expect", e, |v| {
+                Expect::parse(v)
+                    .ok_or_else(|| format!("`{v}` is not an expectation; use {}", Expect::NAMES))
+            }),
+            None => Some(Expect::default()),
+        };
+        let compare = match &r.value.compare {
+            Some(c) => ctx.columns("reconcile.compare", c).map(Some),
+            None => Some(None),
+        };
+        if let (Some(key), Some(Some(compare))) = (&key, &compare)
+            && let Some(k) = compare.iter().find(|c| key.contains(c))
+        {
+            ctx.error(
+                r.value
+                    .compare
+                    .as_ref()
+                    .map_or(r.referenced, |c| c.referenced),
+                format!("reconcile.compare: `{k}` is a key column; keys are matched, not compared"),
+            );
+            return None;
+        }
+        return Some(InvariantSpec::Reconcile(ReconcileSpec {
+            left: left?,
+            right: right?,
+            key: key?,
+            expect: expect?,
+            compare: compare?,
+        }));
+    }
+    if let Some(t) = &raw.transitions {
+        let t = &t.value;
+        let side = ctx.side("transitions", &t.source, &t.query, sources);
+        let key = ctx.columns("transitions.key", &t.key);
+        let state = match &t.state {
+            Some(s) => ctx.parse("transitions.state", s, ColumnName::parse),
+            None => ColumnName::parse("state").ok(),
+        };
+        let at = match &t.at {
+            Some(s) => ctx.parse("transitions.at", s, ColumnName::parse),
+            None => ColumnName::parse("at").ok(),
+        };
+        let allowed: BTreeMap<String, std::collections::BTreeSet<String>> = t
+            .allowed
+            .value
+            .iter()
+            .map(|(from, to)| (from.clone(), to.0.iter().cloned().collect()))
+            .collect();
+        if allowed.is_empty() {
+            ctx.error(
+                t.allowed.referenced,
+                "transitions.allowed is empty; map each state to the states it may move to, e.g. `pending: [authorized, canceled]`",
+            );
+            return None;
+        }
+        let initial = t.initial.as_ref().map(|i| {
+            i.value
+                .0
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+        });
+        let spec = TransitionsSpec {
+            side: side?,
+            key: key?,
+            state: state?,
+            at: at?,
+            allowed,
+            initial,
+        };
+        if let (Some(init), Some(raw_init)) = (&spec.initial, &t.initial)
+            && let Some(unknown) = init.iter().find(|s| !spec.is_known_state(s))
+        {
+            ctx.error(
+                    raw_init.referenced,
+                    format!("transitions.initial: `{unknown}` does not appear in `allowed`; add it there or fix the spelling"),
+                );
+            return None;
+        }
+        return Some(InvariantSpec::Transitions(spec));
+    }
+    None
+}
+
+/// The closest candidate, when it is close enough to be a likely typo.
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests;

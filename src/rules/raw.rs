@@ -1,0 +1,95 @@
+//! The file format as written, before validation. Unknown keys are tolerated here because the
+//! shape pass (`shape.rs`) reports all of them at once, with suggestions.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Deserialize)]
+pub struct RawFile {
+    #[serde(default)]
+    pub invariants: Vec<Spanned<RawInvariant>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawInvariant {
+    pub name: Option<Spanned<String>>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub severity: Option<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
+    pub time_column: Option<Spanned<String>>,
+    pub sample_limit: Option<u32>,
+    pub violation_budget: Option<Spanned<u64>>,
+    pub check: Option<Spanned<RawCheck>>,
+    pub reconcile: Option<Spanned<RawReconcile>>,
+    pub transitions: Option<Spanned<RawTransitions>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawCheck {
+    pub source: Spanned<String>,
+    pub query: Spanned<String>,
+    pub key: Spanned<OneOrMany>,
+}
+
+#[derive(Deserialize)]
+pub struct RawSide {
+    pub source: Spanned<String>,
+    pub query: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RawReconcile {
+    pub left: Spanned<RawSide>,
+    pub right: Spanned<RawSide>,
+    pub key: Spanned<OneOrMany>,
+    pub expect: Option<Spanned<String>>,
+    pub compare: Option<Spanned<OneOrMany>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawTransitions {
+    pub source: Spanned<String>,
+    pub query: Spanned<String>,
+    pub key: Spanned<OneOrMany>,
+    pub state: Option<Spanned<String>>,
+    pub at: Option<Spanned<String>>,
+    pub initial: Option<Spanned<OneOrMany>>,
+    pub allowed: Spanned<BTreeMap<String, OneOrMany>>,
+}
+
+/// `key: id` or `key: [tenant, id]`.
+#[derive(Debug, Clone, Default)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

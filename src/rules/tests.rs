@@ -1,0 +1,168 @@
+use super::*;
+
+fn sources() -> BTreeSet<SourceName> {
+    ["shop", "ledger"]
+        .into_iter()
+        .map(|s| SourceName::parse(s).unwrap())
+        .collect()
+}
+
+fn parse(text: &str) -> (Vec<Invariant>, Vec<Diagnostic>) {
+    parse_file(text, Path::new("invariants/x.yaml"), &sources())
+}
+
+const GOOD: &str = r#"
+invariants:
+  - name: payments-ledger
+    severity: critical
+    schedule: "*/5 * * * *"
+    grace: 15m
+    time_column: captured_at
+    reconcile:
+      left:
+        source: shop
+        query: SELECT id AS payment_id, amount, captured_at FROM payments;
+      right: { source: ledger, query: "SELECT payment_id, amount, booked_at AS captured_at FROM entries" }
+      key: payment_id
+      compare: [amount]
+  - name: no-negative-amounts
+    check:
+      source: shop
+      query: SELECT id FROM payments WHERE amount < 0
+      key: [id]
+  - name: payment-states
+    transitions:
+      source: shop
+      query: SELECT payment_id, state, at FROM payment_events
+      key: payment_id
+      initial: [pending]
+      allowed:
+        pending: [authorized, canceled]
+        authorized: [captured, canceled]
+"#;
+
+#[test]
+fn a_well_formed_file_gives_all_three_kinds() {
+    let (invs, errs) = parse(GOOD);
+    assert!(errs.is_empty(), "{}", Diagnostics(errs));
+    assert_eq!(invs.len(), 3);
+    let InvariantSpec::Reconcile(r) = &invs[0].spec else {
+        panic!("expected reconcile")
+    };
+    assert_eq!(
+        r.left.query,
+        "SELECT id AS payment_id, amount, captured_at FROM payments"
+    );
+    assert_eq!(r.key[0].as_str(), "payment_id");
+    assert_eq!(invs[0].severity, Severity::Critical);
+    assert_eq!(invs[0].grace.unwrap().as_std().as_secs(), 900);
+    assert_eq!(invs[1].kind_name(), "check");
+    let InvariantSpec::Transitions(t) = &invs[2].spec else {
+        panic!("expected transitions")
+    };
+    assert!(t.is_known_state("captured"));
+    assert_eq!(invs[2].defined_at.1, 20);
+}
+
+#[test]
+fn three_different_mistakes_are_all_reported_with_their_lines() {
+    let text = r#"invariants:
+  - name: payments-ledger
+    schedule: "every five minutes"
+    grace: 15 minutes please
+    check:
+      source: shopp
+      query: SELECT 1 AS id
+      key: id
+"#;
+    let (invs, errs) = parse(text);
+    assert!(invs.is_empty());
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 3, "{shown:#?}");
+    assert!(shown[0].starts_with("invariants/x.yaml:3:"), "{}", shown[0]);
+    assert!(shown[0].contains("schedule"), "{}", shown[0]);
+    assert!(shown[1].starts_with("invariants/x.yaml:4:"), "{}", shown[1]);
+    assert!(shown[2].starts_with("invariants/x.yaml:6:"), "{}", shown[2]);
+    assert!(shown[2].contains("did you mean `shop`?"), "{}", shown[2]);
+    assert!(
+        shown
+            .iter()
+            .all(|s| s.contains("invariant `payments-ledger`"))
+    );
+}
+
+#[test]
+fn unknown_fields_are_reported_with_semantic_errors_and_a_suggestion() {
+    let text = r#"invariants:
+  - name: a
+    schedul: "*/5 * * * *"
+    severity: urgent
+    check:
+      source: shop
+      querry: SELECT 1
+      query: SELECT 1 AS id
+      key: id
+"#;
+    let (_, errs) = parse(text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains(":3:") && s.contains("did you mean `schedule`?")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains(":7:") && s.contains("unknown field `check.querry`")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains(":4:") && s.contains("critical, high, medium or low")),
+        "{shown:#?}"
+    );
+}
+
+#[test]
+fn an_invariant_needs_exactly_one_kind_block() {
+    let (_, errs) = parse("invariants:\n  - name: a\n");
+    assert!(errs[0].message.contains("add one `check:`"), "{:?}", errs);
+}
+
+#[test]
+fn grace_without_a_time_column_is_explained() {
+    let text = "invariants:\n  - name: a\n    grace: 5m\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    let (_, errs) = parse(text);
+    assert!(errs[0].message.contains("time_column"), "{:?}", errs);
+}
+
+#[test]
+fn yaml_syntax_errors_carry_a_location() {
+    let (_, errs) = parse("invariants:\n  - name: a\n   bad: [\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].line >= 2, "{:?}", errs);
+}
+
+#[test]
+fn duplicate_names_across_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let one =
+        "invariants:\n  - name: same\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    std::fs::write(dir.path().join("a.yaml"), one).unwrap();
+    std::fs::write(dir.path().join("b.yml"), one).unwrap();
+    let err = load(dir.path(), &sources()).unwrap_err().to_string();
+    assert!(err.contains("already used at"), "{err}");
+}
+
+#[test]
+fn every_shipped_invariant_file_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("invariants");
+    let known: BTreeSet<SourceName> = ["shop", "ledger"]
+        .into_iter()
+        .map(|s| SourceName::parse(s).unwrap())
+        .collect();
+    let invs = load(&dir, &known).unwrap_or_else(|e| panic!("{e}"));
+    assert!(invs.len() >= 4, "{}", invs.len());
+}

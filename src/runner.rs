@@ -1,0 +1,179 @@
+//! One run of one invariant: evaluate it against the sources and record the result in the
+//! ledger, all or nothing.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Invariant, InvariantName, Violation};
+use crate::engine::{self, EngineError, ViolationSink};
+use crate::source::Sources;
+use crate::store::{
+    LedgerChange, RunId, RunStats, RunStatus, StatusFilter, Store, StoreError, ViolationFilter,
+    ViolationRecord,
+};
+
+/// Violations are staged in the store in batches of this size.
+const FLUSH_EVERY: usize = 500;
+
+/// What one run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunOutcome {
+    pub run_id: RunId,
+    pub invariant: String,
+    pub severity: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub stats: RunStats,
+    /// `None` when the run failed: then nothing in the ledger changed.
+    pub change: Option<LedgerChange>,
+    /// Violations open after the run (new, reopened and still open).
+    pub open_after: u64,
+    pub error: Option<String>,
+    /// The first new or reopened violations, else the first open ones.
+    pub samples: Vec<ViolationRecord>,
+}
+
+impl RunOutcome {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    pub fn holds(&self) -> bool {
+        !self.failed() && self.open_after == 0
+    }
+}
+
+/// Evaluates `invariant` now and records the run. A store that cannot record the start is an
+/// error; everything after that ends up in the run's record.
+pub async fn run_invariant(
+    invariant: &Invariant,
+    sources: &Sources,
+    store: &dyn Store,
+) -> Result<RunOutcome, StoreError> {
+    let started_at = Utc::now();
+    let run_id = store.begin_run(&invariant.name, started_at).await?;
+    let mut recorder = Recorder {
+        store,
+        run: run_id,
+        invariant: &invariant.name,
+        budget: invariant.violation_budget,
+        stored: 0,
+        truncated: false,
+        buffer: Vec::new(),
+    };
+    let evaluated = engine::evaluate(invariant, sources, started_at, &mut recorder).await;
+    let evaluated = match evaluated {
+        Ok(stats) => recorder.flush().await.map(|()| stats),
+        Err(e) => Err(e),
+    };
+    let finished_at = Utc::now();
+    let mut outcome = RunOutcome {
+        run_id,
+        invariant: invariant.name.to_string(),
+        severity: invariant.severity.to_string(),
+        started_at,
+        finished_at,
+        stats: RunStats::default(),
+        change: None,
+        open_after: 0,
+        error: None,
+        samples: Vec::new(),
+    };
+    match evaluated {
+        Ok(mut stats) => {
+            stats.truncated = recorder.truncated;
+            let change = match store
+                .complete_run(run_id, &invariant.name, &stats, finished_at)
+                .await
+            {
+                Ok(change) => change,
+                Err(e) => {
+                    // Leave no run "running": record why it could not complete, if the store
+                    // lets us, and report the original error either way.
+                    let message = format!("could not record the result: {e}");
+                    let _ = store
+                        .abandon_run(run_id, RunStatus::Failed, &message, Utc::now())
+                        .await;
+                    return Err(e);
+                }
+            };
+            outcome.open_after = change.new + change.reopened + change.still_open;
+            outcome.stats = stats;
+            outcome.change = Some(change);
+            outcome.samples = samples(store, invariant, run_id).await?;
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::warn!(invariant = %invariant.name, run = run_id, "evaluation failed: {message}");
+            store
+                .abandon_run(run_id, RunStatus::Failed, &message, finished_at)
+                .await?;
+            outcome.error = Some(message);
+        }
+    }
+    Ok(outcome)
+}
+
+async fn samples(
+    store: &dyn Store,
+    invariant: &Invariant,
+    run: RunId,
+) -> Result<Vec<ViolationRecord>, StoreError> {
+    let limit = u32::try_from(invariant.sample_limit).unwrap_or(u32::MAX);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut filter = ViolationFilter {
+        invariants: vec![invariant.name.to_string()],
+        status: StatusFilter::Active,
+        new_in_run: Some(run),
+        limit,
+        ..Default::default()
+    };
+    let fresh = store.violations(&filter).await?;
+    if !fresh.is_empty() {
+        return Ok(fresh);
+    }
+    filter.new_in_run = None;
+    store.violations(&filter).await
+}
+
+/// Stages violations in the store, up to the invariant's budget.
+struct Recorder<'a> {
+    store: &'a dyn Store,
+    run: RunId,
+    invariant: &'a InvariantName,
+    budget: u64,
+    stored: u64,
+    truncated: bool,
+    buffer: Vec<Violation>,
+}
+
+impl Recorder<'_> {
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        if !self.buffer.is_empty() {
+            let first_seq = self.stored - self.buffer.len() as u64;
+            self.store
+                .observe(self.run, self.invariant, first_seq, &self.buffer)
+                .await?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ViolationSink for Recorder<'_> {
+    async fn accept(&mut self, violation: Violation) -> Result<(), EngineError> {
+        if self.stored >= self.budget {
+            self.truncated = true;
+            return Ok(());
+        }
+        self.stored += 1;
+        self.buffer.push(violation);
+        if self.buffer.len() >= FLUSH_EVERY {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,435 @@
+//! Read-only access to the databases trueup checks.
+//!
+//! Architecture invariant: nothing in this module can change a source. Every rule query
+//! - is wrapped as a subquery (`SELECT * FROM (<query>) AS trueup_q ...`), so it can only be
+//!   a SELECT: no `COMMIT`, `SET`, DDL or data-modifying CTE parses there;
+//! - is sent through the extended (prepared-statement) protocol, which refuses several
+//!   statements in one string;
+//! - runs inside a read-only transaction with a statement timeout, which is always rolled
+//!   back, so even session settings changed by a function call inside it are undone;
+//! - on any failure, the connection is closed instead of going back to the pool.
+//!
+//! SQLite sources are opened read-only with `query_only` on.
+
+mod decode;
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{SourceConfig, SourceKind, WritablePolicy};
+use crate::domain::{ColumnName, SourceName, Value};
+
+/// One row, in the column order of [`RowStream::columns`].
+pub type Row = Vec<Value>;
+
+/// Rows travel from the reading task to the evaluator in batches of this size; together with
+/// the channel bound it caps the rows in memory per stream.
+pub const BATCH_ROWS: usize = 2048;
+const CHANNEL_BATCHES: usize = 4;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error("source `{source_name}`: cannot connect: {message}")]
+    Connect {
+        source_name: SourceName,
+        message: String,
+    },
+    #[error("source `{source_name}`: query failed: {message}")]
+    Query {
+        source_name: SourceName,
+        message: String,
+    },
+    #[error(
+        "source `{source_name}`: the query returns no column `{column}` (needed as {role}); it returns: {available}. Alias a column `AS {column}` in the query"
+    )]
+    MissingColumn {
+        source_name: SourceName,
+        column: String,
+        role: &'static str,
+        available: String,
+    },
+    #[error(
+        "source `{source_name}`: column `{column}` has type {db_type}, which trueup does not read; cast it in the query, e.g. `CAST({column} AS TEXT)`"
+    )]
+    UnsupportedType {
+        source_name: SourceName,
+        column: String,
+        db_type: String,
+    },
+    #[error("source `{source_name}`: column `{column}`: {message}")]
+    Decode {
+        source_name: SourceName,
+        column: String,
+        message: String,
+    },
+    #[error(
+        "source `{source_name}`: its database role can write ({what}) and the source says `on_writable: refuse`; connect with a read-only role"
+    )]
+    Writable {
+        source_name: SourceName,
+        what: String,
+    },
+    #[error("source `{source_name}` is not configured")]
+    Unknown { source_name: SourceName },
+}
+
+/// A column the evaluator needs, and why (for the error when it is absent).
+#[derive(Debug, Clone)]
+pub struct Needed {
+    pub column: ColumnName,
+    pub role: &'static str,
+}
+
+/// What to read: the user's query, the columns it must return and the order to return rows in.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    pub query: String,
+    pub needed: Vec<Needed>,
+    /// Sort by these columns, byte-wise for text, NULL first (see `domain::value`).
+    pub order_by: Vec<ColumnName>,
+}
+
+/// Rows arriving from a source, in batches.
+pub struct RowStream {
+    columns: Arc<[String]>,
+    rx: mpsc::Receiver<Result<Vec<Row>, SourceError>>,
+}
+
+impl RowStream {
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Index of a result column, matching names exactly first, then ignoring case.
+    pub fn index_of(&self, column: &str) -> Option<usize> {
+        index_of(&self.columns, column)
+    }
+
+    /// The next batch; `None` once the source has returned every row.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<Row>, SourceError>> {
+        self.rx.recv().await
+    }
+}
+
+pub(crate) fn index_of(columns: &[String], column: &str) -> Option<usize> {
+    columns.iter().position(|c| c == column).or_else(|| {
+        let mut matches = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.eq_ignore_ascii_case(column));
+        match (matches.next(), matches.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    })
+}
+
+/// Checks the needed columns against what the query returns; gives each needed column's
+/// actual name.
+pub(crate) fn resolve_needed(
+    source: &SourceName,
+    columns: &[String],
+    req: &ReadRequest,
+) -> Result<Vec<String>, SourceError> {
+    let mut order = Vec::new();
+    for n in &req.needed {
+        if index_of(columns, n.column.as_str()).is_none() {
+            return Err(SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: n.column.to_string(),
+                role: n.role,
+                available: columns.join(", "),
+            });
+        }
+    }
+    for c in &req.order_by {
+        let i = index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
+            source_name: source.clone(),
+            column: c.to_string(),
+            role: "a key",
+            available: columns.join(", "),
+        })?;
+        order.push(columns[i].clone());
+    }
+    Ok(order)
+}
+
+/// The user's query as a subquery: only a row-returning query parses there.
+pub(crate) fn wrap(query: &str) -> String {
+    // The newline before `)` keeps a trailing `-- comment` from swallowing it.
+    format!("SELECT * FROM (\n{query}\n) AS trueup_q")
+}
+
+#[derive(Clone)]
+enum Pool {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// A connected source.
+#[derive(Clone)]
+pub struct Source {
+    name: SourceName,
+    kind: SourceKind,
+    timeout_ms: u64,
+    pool: Pool,
+}
+
+impl Source {
+    /// Builds the pool; connections open on first use, so one unreachable source does not
+    /// stop the others.
+    pub fn open(cfg: &SourceConfig) -> Result<Self, SourceError> {
+        let timeout_ms = cfg
+            .statement_timeout
+            .as_std()
+            .as_millis()
+            .min(u64::MAX as u128) as u64;
+        let pool = match cfg.kind {
+            SourceKind::Postgres => Pool::Postgres(postgres::pool(cfg, timeout_ms)?),
+            SourceKind::MySql => Pool::MySql(mysql::pool(cfg, timeout_ms)?),
+            SourceKind::Sqlite => Pool::Sqlite(sqlite::pool(cfg)?),
+        };
+        Ok(Self {
+            name: cfg.name.clone(),
+            kind: cfg.kind,
+            timeout_ms,
+            pool,
+        })
+    }
+
+    pub fn name(&self) -> &SourceName {
+        &self.name
+    }
+
+    pub fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    /// What the source's database role could change, as short descriptions (empty when the
+    /// role is read-only).
+    pub async fn write_capabilities(&self) -> Result<Vec<String>, SourceError> {
+        match &self.pool {
+            Pool::Postgres(p) => postgres::write_capabilities(&self.name, p).await,
+            Pool::MySql(p) => mysql::write_capabilities(&self.name, p).await,
+            Pool::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Starts reading; returns once the query is prepared and its columns are known.
+    pub async fn read(&self, req: ReadRequest) -> Result<RowStream, SourceError> {
+        let (cols_tx, cols_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let out = Feed {
+            source: self.name.clone(),
+            columns: Some(cols_tx),
+            rows: tx,
+        };
+        match self.pool.clone() {
+            Pool::Postgres(p) => {
+                tokio::spawn(postgres::read(p, req, self.timeout_ms, out));
+            }
+            Pool::MySql(p) => {
+                tokio::spawn(mysql::read(p, req, out));
+            }
+            Pool::Sqlite(p) => {
+                tokio::spawn(sqlite::read(p, req, out));
+            }
+        }
+        let columns = cols_rx.await.map_err(|_| SourceError::Query {
+            source_name: self.name.clone(),
+            message: "the reading task stopped before the query started".into(),
+        })??;
+        Ok(RowStream { columns, rx })
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(p) => p.close().await,
+            Pool::MySql(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// The reading task's two outlets: the column names once, then row batches.
+pub(crate) struct Feed {
+    source: SourceName,
+    columns: Option<oneshot::Sender<Result<Arc<[String]>, SourceError>>>,
+    rows: mpsc::Sender<Result<Vec<Row>, SourceError>>,
+}
+
+/// The reader stopped because nobody listens any more.
+pub(crate) struct Abandoned;
+
+impl Feed {
+    pub(crate) fn source(&self) -> &SourceName {
+        &self.source
+    }
+
+    pub(crate) fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
+        let tx = self.columns.take().ok_or(Abandoned)?;
+        tx.send(Ok(columns.into())).map_err(|_| Abandoned)
+    }
+
+    pub(crate) async fn send_rows(&self, batch: Vec<Row>) -> Result<(), Abandoned> {
+        self.rows.send(Ok(batch)).await.map_err(|_| Abandoned)
+    }
+
+    /// Reports an error to whoever is waiting: the caller of `read` if the query never
+    /// started, the evaluator otherwise.
+    pub(crate) async fn fail(mut self, err: SourceError) {
+        match self.columns.take() {
+            Some(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            None => {
+                let _ = self.rows.send(Err(err)).await;
+            }
+        }
+    }
+
+    pub(crate) fn query_error(&self, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Query {
+            source_name: self.source.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Every configured source, opened.
+#[derive(Clone, Default)]
+pub struct Sources {
+    by_name: BTreeMap<SourceName, Source>,
+}
+
+impl Sources {
+    /// Opens each source and checks its role's write privileges, warning or refusing as each
+    /// source's `on_writable` says. A source that cannot be reached now is only warned about:
+    /// invariants that read it will fail with the connection error.
+    pub async fn open_all(
+        configs: &BTreeMap<SourceName, SourceConfig>,
+    ) -> Result<Self, SourceError> {
+        let mut by_name = BTreeMap::new();
+        for (name, cfg) in configs {
+            let source = Source::open(cfg)?;
+            match source.write_capabilities().await {
+                Ok(caps) if caps.is_empty() => {}
+                Ok(caps) => {
+                    let what = caps.join("; ");
+                    if cfg.on_writable == WritablePolicy::Refuse {
+                        return Err(SourceError::Writable {
+                            source_name: name.clone(),
+                            what,
+                        });
+                    }
+                    tracing::warn!(
+                        source = %name,
+                        "SOURCE ROLE CAN WRITE: {what}. trueup only reads and guards every query, but a read-only role is the real protection: GRANT SELECT only, or set `on_writable: refuse`"
+                    );
+                }
+                Err(e) => tracing::warn!(source = %name, "cannot check the role's privileges: {e}"),
+            }
+            by_name.insert(name.clone(), source);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &SourceName) -> Result<&Source, SourceError> {
+        self.by_name.get(name).ok_or_else(|| SourceError::Unknown {
+            source_name: name.clone(),
+        })
+    }
+
+    pub async fn close(&self) {
+        for s in self.by_name.values() {
+            s.close().await;
+        }
+    }
+}
+
+/// Whether `sql` holds more than one statement: a `;` outside string literals, quoted
+/// identifiers and comments. PostgreSQL and MySQL refuse such strings at the protocol level;
+/// SQLite would run every statement, so trueup refuses them before it prepares anything.
+pub(crate) fn has_several_statements(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == q {
+                        // A doubled quote is an escaped quote inside the literal.
+                        if bytes.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_several_statements;
+
+    #[test]
+    fn one_statement_with_semicolons_inside_literals_and_comments_is_one() {
+        for sql in [
+            "SELECT 1",
+            "SELECT 1;",
+            "SELECT ';' AS x",
+            "SELECT 'it''s; fine' AS x",
+            "SELECT \"a;b\" FROM t",
+            "SELECT 1 -- trailing; comment",
+            "SELECT /* ; */ 1",
+            "SELECT [a;b] FROM t",
+        ] {
+            assert!(!has_several_statements(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_second_statement_is_found() {
+        for sql in [
+            "SELECT 1; DELETE FROM t",
+            "SELECT 1 AS id); DELETE FROM t; SELECT (1",
+            "SELECT 'x'; PRAGMA query_only = OFF",
+            "SELECT 1 /* c */; ATTACH 'x.db' AS y",
+        ] {
+            assert!(has_several_statements(sql), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlValueRef};
+use sqlx::{Column, Decode, Executor, MySql, MySqlPool, Row as _, Statement, TypeInfo, ValueRef};
+
+use crate::config::SourceConfig;
+use crate::domain::{SourceName, Value};
+
+use super::decode::{Kind, decode_error, unsupported};
+use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+
+pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, SourceError> {
+    let opts =
+        MySqlConnectOptions::from_str(cfg.url.expose()).map_err(|e| SourceError::Connect {
+            source_name: cfg.name.clone(),
+            message: format!("bad URL {}: {e}", cfg.url),
+        })?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(cfg.pool_size)
+        .acquire_timeout(Duration::from_secs(15))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                // MariaDB and MySQL name their statement time limits differently.
+                let limit = if version.contains("MariaDB") {
+                    format!(
+                        "SET SESSION max_statement_time = {}",
+                        timeout_ms as f64 / 1000.0
+                    )
+                } else {
+                    format!("SET SESSION max_execution_time = {timeout_ms}")
+                };
+                conn.execute(limit.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(opts))
+}
+
+pub(super) async fn write_capabilities(
+    name: &SourceName,
+    pool: &MySqlPool,
+) -> Result<Vec<String>, SourceError> {
+    let connect = |e: sqlx::Error| SourceError::Connect {
+        source_name: name.clone(),
+        message: e.to_string(),
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT PRIVILEGE_TYPE, 'all databases' FROM information_schema.USER_PRIVILEGES \
+           WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
+             AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER', 'CREATE', 'SUPER') \
+         UNION ALL \
+         SELECT PRIVILEGE_TYPE, TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES \
+           WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
+             AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER') \
+         UNION ALL \
+         SELECT PRIVILEGE_TYPE, CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLE_PRIVILEGES \
+           WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
+             AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER') \
+         LIMIT 8",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(connect)?;
+    Ok(rows
+        .into_iter()
+        .map(|(privilege, on)| format!("{privilege} on {on}"))
+        .collect())
+}
+
+pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            let err = SourceError::Connect {
+                source_name: feed.source().clone(),
+                message: e.to_string(),
+            };
+            return feed.fail(err).await;
+        }
+    };
+    match run(&mut conn, &req, &mut feed).await {
+        Ok(()) => {
+            if conn.execute("ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+        }
+        Err(stop) => {
+            conn.close_on_drop();
+            if let Some(err) = stop {
+                feed.fail(err).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    conn: &mut sqlx::pool::PoolConnection<MySql>,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let conn: &mut sqlx::MySqlConnection = conn;
+    conn.execute("START TRANSACTION READ ONLY")
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let inner = wrap(&req.query);
+    let stmt = (&mut *conn)
+        .prepare(&inner)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let declared: Vec<Option<Kind>> = stmt
+        .columns()
+        .iter()
+        .map(|c| kind_of(c.type_info().name()))
+        .collect();
+    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
+    let order_sql: Vec<String> = order
+        .iter()
+        .map(|c| {
+            let i = super::index_of(&columns, c).unwrap_or(0);
+            let quoted = format!("`{}`", c.replace('`', "``"));
+            if declared[i].is_some_and(Kind::is_text) {
+                // Byte-wise, no padding: the order trueup compares keys in.
+                format!("CAST({quoted} AS BINARY)")
+            } else {
+                quoted
+            }
+        })
+        .collect();
+    let sql = if order_sql.is_empty() {
+        inner
+    } else {
+        format!("{inner} ORDER BY {}", order_sql.join(", "))
+    };
+    feed.send_columns(columns.clone()).map_err(|_| None)?;
+
+    let mut rows = sqlx::query(&sql).persistent(false).fetch(&mut *conn);
+    let mut kinds: Option<Vec<Kind>> = None;
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?
+    {
+        // The executed statement's column types are the truth; build decoders from them once.
+        let kinds = match &kinds {
+            Some(k) => k,
+            None => {
+                let k = row
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        kind_of(c.type_info().name()).ok_or_else(|| {
+                            unsupported(feed.source(), c.name(), c.type_info().name())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(Some)?;
+                kinds.insert(k)
+            }
+        };
+        let mut values = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
+            values.push(
+                decode(*kind, raw)
+                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+            );
+        }
+        batch.push(values);
+        if batch.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            feed.send_rows(full).await.map_err(|_| None)?;
+        }
+    }
+    if !batch.is_empty() {
+        feed.send_rows(batch).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+fn kind_of(type_name: &str) -> Option<Kind> {
+    Some(match type_name {
+        "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => Kind::I64,
+        "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+        | "BIGINT UNSIGNED" | "YEAR" => Kind::U64,
+        "DECIMAL" => Kind::Decimal,
+        "FLOAT" => Kind::F32,
+        "DOUBLE" => Kind::F64,
+        "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET" => {
+            Kind::Text
+        }
+        "JSON" => Kind::Json,
+        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" => Kind::Bytes,
+        "DATE" => Kind::Date,
+        "TIME" => Kind::Time,
+        "DATETIME" => Kind::Naive,
+        "TIMESTAMP" => Kind::Timestamp,
+        // A NULL literal column: every value is NULL.
+        "NULL" => Kind::Text,
+        _ => return None,
+    })
+}
+
+fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> Result<Value, sqlx::error::BoxDynError> {
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    fn d<'r, T: Decode<'r, MySql>>(raw: MySqlValueRef<'r>) -> Result<T, sqlx::error::BoxDynError> {
+        T::decode(raw)
+    }
+    Ok(match kind {
+        Kind::I64 => Value::Int(d(raw)?),
+        Kind::U64 => {
+            let v: u64 = d(raw)?;
+            i64::try_from(v)
+                .map(Value::Int)
+                .unwrap_or_else(|_| Value::Decimal(v.into()))
+        }
+        Kind::Decimal => Value::Decimal(d(raw)?),
+        Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
+        Kind::F64 => Value::Float(d(raw)?),
+        Kind::Text => Value::Text(d(raw)?),
+        Kind::Json => Value::Json(d(raw)?),
+        Kind::Bytes => Value::Bytes(d(raw)?),
+        Kind::Date => Value::Date(d(raw)?),
+        Kind::Time => Value::Time(d(raw)?),
+        Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),
+        Kind::Timestamp => Value::Timestamp(d(raw)?),
+        _ => return Err("unexpected column kind for MySQL".into()),
+    })
+}

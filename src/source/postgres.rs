@@ -1,0 +1,223 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
+use sqlx::{Column, Decode, Executor, PgPool, Postgres, Row as _, Statement, TypeInfo, ValueRef};
+
+use crate::config::SourceConfig;
+use crate::domain::{SourceName, Value};
+
+use super::decode::{Kind, decode_error, unsupported};
+use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+
+pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
+    let opts = PgConnectOptions::from_str(cfg.url.expose())
+        .map_err(|e| SourceError::Connect {
+            source_name: cfg.name.clone(),
+            message: format!("bad URL {}: {e}", cfg.url),
+        })?
+        .application_name("trueup")
+        .options([
+            ("default_transaction_read_only", "on".to_owned()),
+            ("statement_timeout", timeout_ms.to_string()),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.pool_size)
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_lazy_with(opts))
+}
+
+pub(super) async fn write_capabilities(
+    name: &SourceName,
+    pool: &PgPool,
+) -> Result<Vec<String>, SourceError> {
+    let connect = |e: sqlx::Error| SourceError::Connect {
+        source_name: name.clone(),
+        message: e.to_string(),
+    };
+    let row = sqlx::query(
+        "SELECT r.rolsuper, \
+           (SELECT string_agg(t, ', ') FROM ( \
+              SELECT format('%I.%I', n.nspname, c.relname) AS t \
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind IN ('r', 'p', 'v', 'f') \
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND n.nspname NOT LIKE 'pg_toast%' \
+                AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') \
+              ORDER BY 1 LIMIT 5) w) \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(connect)?;
+    let mut caps = Vec::new();
+    if row.try_get::<bool, _>(0).map_err(connect)? {
+        caps.push("the role is a superuser".to_owned());
+    }
+    if let Some(tables) = row.try_get::<Option<String>, _>(1).map_err(connect)? {
+        caps.push(format!("INSERT/UPDATE/DELETE/TRUNCATE on {tables}"));
+    }
+    Ok(caps)
+}
+
+pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut feed: Feed) {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            let err = SourceError::Connect {
+                source_name: feed.source().clone(),
+                message: e.to_string(),
+            };
+            return feed.fail(err).await;
+        }
+    };
+    match run(&mut conn, &req, timeout_ms, &mut feed).await {
+        Ok(()) => {
+            // Always roll back: whatever the query did to the session is undone.
+            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                conn.close_on_drop();
+            }
+        }
+        Err(stop) => {
+            // A failed or abandoned read never returns its connection to the pool.
+            conn.close_on_drop();
+            if let Some(err) = stop {
+                feed.fail(err).await;
+            }
+        }
+    }
+}
+
+/// `Err(None)`: the evaluator stopped listening.
+async fn run(
+    conn: &mut sqlx::pool::PoolConnection<Postgres>,
+    req: &ReadRequest,
+    timeout_ms: u64,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let conn: &mut sqlx::PgConnection = conn;
+    sqlx::query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(timeout_ms.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let inner = wrap(&req.query);
+    let stmt = (&mut *conn)
+        .prepare(&inner)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let kinds: Vec<Kind> = stmt
+        .columns()
+        .iter()
+        .map(|c| {
+            kind_of(c.type_info().name())
+                .ok_or_else(|| unsupported(feed.source(), c.name(), c.type_info().name()))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(Some)?;
+    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
+    let order_sql: Vec<String> = order
+        .iter()
+        .map(|c| {
+            let i = super::index_of(&columns, c).unwrap_or(0);
+            let quoted = format!("\"{}\"", c.replace('"', "\"\""));
+            if kinds[i].is_text() {
+                format!("({quoted})::text COLLATE \"C\" NULLS FIRST")
+            } else {
+                format!("{quoted} NULLS FIRST")
+            }
+        })
+        .collect();
+    let sql = if order_sql.is_empty() {
+        inner
+    } else {
+        format!("{inner} ORDER BY {}", order_sql.join(", "))
+    };
+    feed.send_columns(columns.clone()).map_err(|_| None)?;
+
+    let mut rows = sqlx::query(&sql).persistent(false).fetch(&mut *conn);
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?
+    {
+        let mut values = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
+            values.push(
+                decode(*kind, raw)
+                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+            );
+        }
+        batch.push(values);
+        if batch.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            feed.send_rows(full).await.map_err(|_| None)?;
+        }
+    }
+    if !batch.is_empty() {
+        feed.send_rows(batch).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+fn kind_of(type_name: &str) -> Option<Kind> {
+    Some(match type_name {
+        "BOOL" => Kind::Bool,
+        "INT2" => Kind::I16,
+        "INT4" => Kind::I32,
+        "INT8" => Kind::I64,
+        "OID" => Kind::U32,
+        "NUMERIC" => Kind::Decimal,
+        "FLOAT4" => Kind::F32,
+        "FLOAT8" => Kind::F64,
+        "TEXT" | "VARCHAR" | "NAME" | "UNKNOWN" | "citext" | "CITEXT" => Kind::Text,
+        "BPCHAR" | "CHAR" => Kind::PaddedText,
+        "UUID" => Kind::Uuid,
+        "DATE" => Kind::Date,
+        "TIME" => Kind::Time,
+        "TIMESTAMP" => Kind::Naive,
+        "TIMESTAMPTZ" => Kind::Timestamp,
+        "JSON" | "JSONB" => Kind::Json,
+        "BYTEA" => Kind::Bytes,
+        _ => return None,
+    })
+}
+
+type DecodeResult = Result<Value, sqlx::error::BoxDynError>;
+
+fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    fn d<'r, T: Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T, sqlx::error::BoxDynError> {
+        T::decode(raw)
+    }
+    Ok(match kind {
+        Kind::Bool => Value::Bool(d(raw)?),
+        Kind::I16 => Value::Int(d::<i16>(raw)?.into()),
+        Kind::I32 => Value::Int(d::<i32>(raw)?.into()),
+        Kind::I64 => Value::Int(d(raw)?),
+        Kind::U32 => Value::Int(d::<sqlx::postgres::types::Oid>(raw)?.0.into()),
+        Kind::Decimal => Value::Decimal(d(raw)?),
+        Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
+        Kind::F64 => Value::Float(d(raw)?),
+        Kind::Text => Value::Text(d(raw)?),
+        Kind::PaddedText => Value::Text(d::<String>(raw)?.trim_end_matches(' ').to_owned()),
+        Kind::Uuid => Value::Text(d::<sqlx::types::Uuid>(raw)?.to_string()),
+        Kind::Date => Value::Date(d(raw)?),
+        Kind::Time => Value::Time(d(raw)?),
+        Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),
+        Kind::Timestamp => Value::Timestamp(d(raw)?),
+        Kind::Json => Value::Json(d(raw)?),
+        Kind::Bytes => Value::Bytes(d(raw)?),
+        Kind::U64 | Kind::Dynamic(_) => return Err("unexpected column kind for PostgreSQL".into()),
+    })
+}

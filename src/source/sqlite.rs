@@ -1,0 +1,158 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteValueRef};
+use sqlx::{Column, Decode, Executor, Row as _, Sqlite, SqlitePool, Statement, TypeInfo, ValueRef};
+
+use crate::config::SourceConfig;
+use crate::domain::Value;
+
+use super::decode::{Kind, SqliteHint, decode_error, sqlite_text};
+use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+
+pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
+    let opts = SqliteConnectOptions::from_str(cfg.url.expose())
+        .map_err(|e| SourceError::Connect {
+            source_name: cfg.name.clone(),
+            message: format!("bad URL {}: {e}", cfg.url),
+        })?
+        // Read-only at the file level, and no writes at the statement level either.
+        .read_only(true)
+        .create_if_missing(false)
+        .pragma("query_only", "ON");
+    Ok(SqlitePoolOptions::new()
+        .max_connections(cfg.pool_size)
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_lazy_with(opts))
+}
+
+pub(super) async fn read(pool: SqlitePool, req: ReadRequest, mut feed: Feed) {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            let err = SourceError::Connect {
+                source_name: feed.source().clone(),
+                message: e.to_string(),
+            };
+            return feed.fail(err).await;
+        }
+    };
+    match run(&mut conn, &req, &mut feed).await {
+        Ok(()) => {
+            if conn.execute("ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+        }
+        Err(stop) => {
+            conn.close_on_drop();
+            if let Some(err) = stop {
+                feed.fail(err).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    conn: &mut sqlx::pool::PoolConnection<Sqlite>,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let conn: &mut sqlx::SqliteConnection = conn;
+    if super::has_several_statements(&req.query) {
+        return Err(Some(feed.query_error(
+            "the query holds more than one statement; an invariant query is a single SELECT",
+        )));
+    }
+    // One snapshot for the whole read.
+    conn.execute("BEGIN")
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let inner = wrap(&req.query);
+    let stmt = (&mut *conn)
+        .prepare(&inner)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let kinds: Vec<Kind> = stmt
+        .columns()
+        .iter()
+        .map(|c| Kind::Dynamic(hint(c.type_info().name())))
+        .collect();
+    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
+    let order_sql: Vec<String> = order
+        .iter()
+        .map(|c| format!("\"{}\" COLLATE BINARY", c.replace('"', "\"\"")))
+        .collect();
+    let sql = if order_sql.is_empty() {
+        inner
+    } else {
+        format!("{inner} ORDER BY {}", order_sql.join(", "))
+    };
+    feed.send_columns(columns.clone()).map_err(|_| None)?;
+
+    let mut rows = sqlx::query(&sql).persistent(false).fetch(&mut *conn);
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?
+    {
+        let mut values = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
+            values.push(
+                decode(*kind, raw)
+                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+            );
+        }
+        batch.push(values);
+        if batch.len() == BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            feed.send_rows(full).await.map_err(|_| None)?;
+        }
+    }
+    if !batch.is_empty() {
+        feed.send_rows(batch).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+fn hint(declared: &str) -> SqliteHint {
+    match declared {
+        "BOOLEAN" => SqliteHint::Bool,
+        "DATE" => SqliteHint::Date,
+        "TIME" => SqliteHint::Time,
+        "DATETIME" => SqliteHint::Datetime,
+        _ => SqliteHint::None,
+    }
+}
+
+fn decode(kind: Kind, raw: SqliteValueRef<'_>) -> Result<Value, sqlx::error::BoxDynError> {
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let Kind::Dynamic(hint) = kind else {
+        return Err("unexpected column kind for SQLite".into());
+    };
+    fn d<'r, T: Decode<'r, Sqlite>>(
+        raw: SqliteValueRef<'r>,
+    ) -> Result<T, sqlx::error::BoxDynError> {
+        T::decode(raw)
+    }
+    let storage = raw.type_info().name().to_owned();
+    Ok(match (storage.as_str(), hint) {
+        ("INTEGER", SqliteHint::Bool) => Value::Bool(d::<i64>(raw)? != 0),
+        ("INTEGER", SqliteHint::Datetime) => {
+            let secs: i64 = d(raw)?;
+            chrono::DateTime::from_timestamp(secs, 0)
+                .map(Value::Timestamp)
+                .unwrap_or(Value::Int(secs))
+        }
+        ("INTEGER", _) => Value::Int(d(raw)?),
+        ("REAL", _) => Value::Float(d(raw)?),
+        ("TEXT", _) => sqlite_text(d(raw)?, hint),
+        ("BLOB", _) => Value::Bytes(d(raw)?),
+        (other, _) => return Err(format!("unexpected SQLite storage class {other}").into()),
+    })
+}

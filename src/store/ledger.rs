@@ -1,0 +1,313 @@
+//! The ledger's SQL, written once for both backends. Both dialects accept `$N` parameters,
+//! `ON CONFLICT ... DO UPDATE` and `RETURNING`; JSON columns are JSONB in PostgreSQL and TEXT
+//! in SQLite and are bound as `Json` either way.
+
+macro_rules! impl_store {
+    // `$begin` starts a write transaction: SQLite needs `BEGIN IMMEDIATE` so that two writers
+    // wait for each other (busy timeout) instead of failing when a read lock upgrades.
+    ($store:ty, $db:ty, $backend:literal, $begin:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn begin_run(
+                &self,
+                invariant: &$crate::domain::InvariantName,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::RunId, $crate::store::StoreError> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO runs (invariant, started_at, status) VALUES ($1, $2, 'running') RETURNING id",
+                )
+                .bind(invariant.as_str())
+                .bind(at)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            async fn observe(
+                &self,
+                run: $crate::store::RunId,
+                invariant: &$crate::domain::InvariantName,
+                first_seq: u64,
+                batch: &[$crate::domain::Violation],
+            ) -> Result<(), $crate::store::StoreError> {
+                // 8 parameters a row; chunks stay far below both engines' parameter limits.
+                for (c, chunk) in batch.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO run_observations (run_id, seq, fingerprint, invariant, kind, key, event_at, evidence) ",
+                    );
+                    let base = first_seq as i64 + (c * 1000) as i64;
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, v)| {
+                        b.push_bind(run)
+                            .push_bind(base + i as i64)
+                            .push_bind(v.fingerprint(invariant).to_string())
+                            .push_bind(invariant.as_str().to_owned())
+                            .push_bind(v.kind.as_str())
+                            .push_bind(sqlx::types::Json(v.key_json()))
+                            .push_bind(v.event_at)
+                            .push_bind(sqlx::types::Json(v.evidence.clone()));
+                    });
+                    qb.push(" ON CONFLICT (run_id, fingerprint) DO NOTHING");
+                    qb.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn complete_run(
+                &self,
+                run: $crate::store::RunId,
+                invariant: &$crate::domain::InvariantName,
+                stats: &$crate::store::RunStats,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::LedgerChange, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let running: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+                        .bind(run)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if running.as_deref() != Some("running") {
+                    return Err($crate::store::StoreError::NoSuchRun(run));
+                }
+                // `WHERE true` lets SQLite tell the upsert clause from a join condition.
+                sqlx::query(
+                    "INSERT INTO violations (fingerprint, invariant, kind, key, status, first_seen, last_seen, \
+                                             first_run_id, last_run_id, times_reopened, event_at, evidence) \
+                     SELECT fingerprint, invariant, kind, key, 'open', $2, $2, run_id, run_id, 0, event_at, evidence \
+                     FROM run_observations WHERE run_id = $1 AND true ORDER BY seq \
+                     ON CONFLICT (fingerprint) DO UPDATE SET \
+                       last_seen = excluded.last_seen, \
+                       last_run_id = excluded.last_run_id, \
+                       event_at = excluded.event_at, \
+                       evidence = excluded.evidence, \
+                       status = CASE WHEN violations.status = 'resolved' THEN 'reopened' ELSE violations.status END, \
+                       reopened_run_id = CASE WHEN violations.status = 'resolved' THEN excluded.last_run_id \
+                                              ELSE violations.reopened_run_id END, \
+                       times_reopened = violations.times_reopened \
+                                        + CASE WHEN violations.status = 'resolved' THEN 1 ELSE 0 END, \
+                       resolved_at = NULL, \
+                       resolved_run_id = NULL",
+                )
+                .bind(run)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let resolved = if stats.truncated {
+                    0
+                } else {
+                    sqlx::query(
+                        "UPDATE violations SET status = 'resolved', resolved_at = $1, resolved_run_id = $2 \
+                         WHERE invariant = $3 AND status <> 'resolved' AND last_run_id <> $2",
+                    )
+                    .bind(at)
+                    .bind(run)
+                    .bind(invariant.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                };
+                let (new, reopened, still_open): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT \
+                       COALESCE(SUM(CASE WHEN first_run_id = $1 THEN 1 ELSE 0 END), 0), \
+                       COALESCE(SUM(CASE WHEN reopened_run_id = $1 THEN 1 ELSE 0 END), 0), \
+                       COALESCE(SUM(CASE WHEN first_run_id <> $1 \
+                                          AND (reopened_run_id IS NULL OR reopened_run_id <> $1) \
+                                         THEN 1 ELSE 0 END), 0) \
+                     FROM violations WHERE last_run_id = $1",
+                )
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await?;
+                let change = $crate::store::LedgerChange {
+                    new: new as u64,
+                    still_open: still_open as u64,
+                    reopened: reopened as u64,
+                    resolved,
+                };
+                sqlx::query("DELETE FROM run_observations WHERE run_id = $1")
+                    .bind(run)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE runs SET status = 'succeeded', finished_at = $2, rows_left = $3, rows_right = $4, \
+                       observed = $5, counts = $6, not_yet_due = $7, truncated = $8, new_count = $9, \
+                       open_count = $10, reopened_count = $11, resolved_count = $12 \
+                     WHERE id = $1",
+                )
+                .bind(run)
+                .bind(at)
+                .bind(stats.rows_left as i64)
+                .bind(stats.rows_right as i64)
+                .bind(stats.observed as i64)
+                .bind(sqlx::types::Json(&stats.counts))
+                .bind(stats.not_yet_due as i64)
+                .bind(stats.truncated)
+                .bind(change.new as i64)
+                .bind(change.still_open as i64)
+                .bind(change.reopened as i64)
+                .bind(change.resolved as i64)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(change)
+            }
+
+            async fn abandon_run(
+                &self,
+                run: $crate::store::RunId,
+                status: $crate::store::RunStatus,
+                error: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query("DELETE FROM run_observations WHERE run_id = $1")
+                    .bind(run)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE runs SET status = $2, finished_at = $3, error = $4 WHERE id = $1 AND status = 'running'",
+                )
+                .bind(run)
+                .bind(status.as_str())
+                .bind(at)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn violations(
+                &self,
+                filter: &$crate::store::ViolationFilter,
+            ) -> Result<Vec<$crate::store::ViolationRecord>, $crate::store::StoreError> {
+                use $crate::store::{StatusFilter, ViolationStatus};
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, fingerprint, invariant, kind, key, status, first_seen, last_seen, resolved_at, \
+                            event_at, times_reopened, first_run_id, last_run_id, evidence \
+                     FROM violations WHERE 1 = 1",
+                );
+                if !filter.invariants.is_empty() {
+                    qb.push(" AND invariant IN (");
+                    let mut sep = qb.separated(", ");
+                    for name in &filter.invariants {
+                        sep.push_bind(name.clone());
+                    }
+                    qb.push(")");
+                }
+                match filter.status {
+                    StatusFilter::Active => {
+                        qb.push(" AND status IN ('open', 'reopened')");
+                    }
+                    StatusFilter::Only(s) => {
+                        qb.push(" AND status = ").push_bind(s.as_str());
+                    }
+                    StatusFilter::All => {}
+                }
+                if let Some(kind) = filter.kind {
+                    qb.push(" AND kind = ").push_bind(kind.as_str());
+                }
+                if let Some(run) = filter.new_in_run {
+                    qb.push(" AND (first_run_id = ")
+                        .push_bind(run)
+                        .push(" OR reopened_run_id = ")
+                        .push_bind(run)
+                        .push(")");
+                }
+                if let Some(after) = filter.after_id {
+                    qb.push(" AND id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.max(1)));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        use sqlx::Row;
+                        let status: String = row.try_get("status")?;
+                        let key: sqlx::types::Json<serde_json::Value> = row.try_get("key")?;
+                        let evidence: sqlx::types::Json<serde_json::Value> = row.try_get("evidence")?;
+                        let times_reopened: i32 = row.try_get("times_reopened")?;
+                        Ok($crate::store::ViolationRecord {
+                            id: row.try_get("id")?,
+                            fingerprint: row.try_get("fingerprint")?,
+                            invariant: row.try_get("invariant")?,
+                            kind: row.try_get("kind")?,
+                            key: key.0,
+                            status: ViolationStatus::parse(&status),
+                            first_seen: row.try_get("first_seen")?,
+                            last_seen: row.try_get("last_seen")?,
+                            resolved_at: row.try_get("resolved_at")?,
+                            event_at: row.try_get("event_at")?,
+                            times_reopened: times_reopened.into(),
+                            first_run_id: row.try_get("first_run_id")?,
+                            last_run_id: row.try_get("last_run_id")?,
+                            evidence: evidence.0,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
+            async fn runs(
+                &self,
+                invariant: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::RunRecord>, $crate::store::StoreError> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, invariant, started_at, finished_at, status, rows_left, rows_right, observed, \
+                            counts, not_yet_due, truncated, new_count, open_count, reopened_count, \
+                            resolved_count, error \
+                     FROM runs WHERE 1 = 1",
+                );
+                if let Some(name) = invariant {
+                    qb.push(" AND invariant = ").push_bind(name.to_owned());
+                }
+                qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.max(1)));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        use sqlx::Row;
+                        let status: String = row.try_get("status")?;
+                        let counts: sqlx::types::Json<
+                            std::collections::BTreeMap<$crate::domain::ViolationKind, u64>,
+                        > = row.try_get("counts")?;
+                        let n = |c: &str| -> Result<u64, sqlx::Error> {
+                            Ok(row.try_get::<i64, _>(c)?.max(0) as u64)
+                        };
+                        Ok($crate::store::RunRecord {
+                            id: row.try_get("id")?,
+                            invariant: row.try_get("invariant")?,
+                            started_at: row.try_get("started_at")?,
+                            finished_at: row.try_get("finished_at")?,
+                            status: $crate::store::RunStatus::parse(&status),
+                            stats: $crate::store::RunStats {
+                                rows_left: n("rows_left")?,
+                                rows_right: n("rows_right")?,
+                                observed: n("observed")?,
+                                counts: counts.0,
+                                not_yet_due: n("not_yet_due")?,
+                                truncated: row.try_get("truncated")?,
+                            },
+                            change: $crate::store::LedgerChange {
+                                new: n("new_count")?,
+                                still_open: n("open_count")?,
+                                reopened: n("reopened_count")?,
+                                resolved: n("resolved_count")?,
+                            },
+                            error: row.try_get("error")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,240 @@
+//! trueup's own state: evaluation runs and the violation ledger.
+//!
+//! Architecture invariant: only this module reads or writes trueup's tables. One interface
+//! ([`Store`]), two backends that share their SQL text (see `ledger.rs`): SQLite, embedded and
+//! the default, and PostgreSQL, for production and several replicas. Each has its own
+//! migrations under `migrations/`, applied when the store opens.
+
+mod ledger;
+mod postgres;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::SecretUrl;
+use crate::domain::{InvariantName, Violation, ViolationKind};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {url}: {message}")]
+    Open { url: String, message: String },
+    #[error("cannot migrate the store {url}: {message}")]
+    Migrate { url: String, message: String },
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store: run {0} does not exist or is no longer running")]
+    NoSuchRun(i64),
+}
+
+pub type RunId = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "cancelled" => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+/// Where a violation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationStatus {
+    /// Seen, and seen again by every completed run since.
+    Open,
+    /// A completed run no longer saw it.
+    Resolved,
+    /// Seen again after it had been resolved.
+    Reopened,
+}
+
+impl ViolationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationStatus::Open => "open",
+            ViolationStatus::Resolved => "resolved",
+            ViolationStatus::Reopened => "reopened",
+        }
+    }
+
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "resolved" => ViolationStatus::Resolved,
+            "reopened" => ViolationStatus::Reopened,
+            _ => ViolationStatus::Open,
+        }
+    }
+}
+
+/// Which statuses a listing wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    /// Open or reopened: what still needs attention.
+    #[default]
+    Active,
+    Only(ViolationStatus),
+    All,
+}
+
+/// What an evaluation measured, handed to the store when the run completes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunStats {
+    pub rows_left: u64,
+    pub rows_right: u64,
+    /// Every violation seen, stored or not.
+    pub observed: u64,
+    pub counts: BTreeMap<ViolationKind, u64>,
+    /// Rows inside the grace period: neither reported nor resolved.
+    pub not_yet_due: u64,
+    /// More violations than the budget: only the first ones were stored, and nothing was
+    /// resolved (the run cannot tell what it did not store).
+    pub truncated: bool,
+}
+
+/// How a completed run changed the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerChange {
+    pub new: u64,
+    pub still_open: u64,
+    pub reopened: u64,
+    pub resolved: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub invariant: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    pub stats: RunStats,
+    pub change: LedgerChange,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViolationRecord {
+    pub id: i64,
+    pub fingerprint: String,
+    pub invariant: String,
+    pub kind: String,
+    pub key: serde_json::Value,
+    pub status: ViolationStatus,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub event_at: Option<DateTime<Utc>>,
+    pub times_reopened: i64,
+    pub first_run_id: RunId,
+    pub last_run_id: RunId,
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ViolationFilter {
+    pub invariants: Vec<String>,
+    pub status: StatusFilter,
+    pub kind: Option<ViolationKind>,
+    /// Only violations that this run found new or reopened.
+    pub new_in_run: Option<RunId>,
+    /// Keyset pagination: only ids greater than this.
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> &'static str;
+
+    /// Records that an evaluation started.
+    async fn begin_run(
+        &self,
+        invariant: &InvariantName,
+        at: DateTime<Utc>,
+    ) -> Result<RunId, StoreError>;
+
+    /// Stages violations seen by a running evaluation; `first_seq` numbers the first of the
+    /// batch in the order seen. Nothing reaches the ledger until [`Store::complete_run`].
+    async fn observe(
+        &self,
+        run: RunId,
+        invariant: &InvariantName,
+        first_seq: u64,
+        batch: &[Violation],
+    ) -> Result<(), StoreError>;
+
+    /// Merges the run's observations into the ledger in one transaction: new violations open,
+    /// resolved ones seen again reopen, and (unless the run was truncated) open ones it did not
+    /// see resolve.
+    async fn complete_run(
+        &self,
+        run: RunId,
+        invariant: &InvariantName,
+        stats: &RunStats,
+        at: DateTime<Utc>,
+    ) -> Result<LedgerChange, StoreError>;
+
+    /// Ends a run that did not complete; its observations are dropped and the ledger is
+    /// untouched: a failed evaluation never resolves anything.
+    async fn abandon_run(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        error: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    async fn violations(
+        &self,
+        filter: &ViolationFilter,
+    ) -> Result<Vec<ViolationRecord>, StoreError>;
+
+    /// The latest runs, newest first.
+    async fn runs(&self, invariant: Option<&str>, limit: u32)
+    -> Result<Vec<RunRecord>, StoreError>;
+
+    async fn close(&self);
+}
+
+/// Opens the store named by `url` (sqlite:// or postgres://) and applies its migrations.
+pub async fn open(url: &SecretUrl) -> Result<Arc<dyn Store>, StoreError> {
+    let raw = url.expose();
+    if raw.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Open {
+            url: url.redacted(),
+            message: "the store must be sqlite://FILE or postgres://...".into(),
+        })
+    }
+}

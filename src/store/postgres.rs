@@ -1,0 +1,42 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::SecretUrl;
+
+use super::StoreError;
+
+/// The production store; several replicas can share it.
+pub struct PgStore {
+    pub(super) pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &SecretUrl) -> Result<Self, StoreError> {
+        let open_err = |e: sqlx::Error| StoreError::Open {
+            url: url.redacted(),
+            message: e.to_string(),
+        };
+        let opts = PgConnectOptions::from_str(url.expose())
+            .map_err(open_err)?
+            .application_name("trueup-store");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate {
+                url: url.redacted(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { pool })
+    }
+}
+
+super::ledger::impl_store!(PgStore, sqlx::Postgres, "postgres", "BEGIN");

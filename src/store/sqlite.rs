@@ -1,0 +1,45 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::SecretUrl;
+
+use super::StoreError;
+
+/// The embedded default: one file, WAL journal, nothing to install.
+pub struct SqliteStore {
+    pub(super) pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &SecretUrl) -> Result<Self, StoreError> {
+        let open_err = |e: sqlx::Error| StoreError::Open {
+            url: url.redacted(),
+            message: e.to_string(),
+        };
+        let opts = SqliteConnectOptions::from_str(url.expose())
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate {
+                url: url.redacted(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { pool })
+    }
+}
+
+super::ledger::impl_store!(SqliteStore, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE");

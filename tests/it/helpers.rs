@@ -1,0 +1,163 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sqlx::{Connection, Executor};
+use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
+use trueup::domain::{HumanDuration, SourceName};
+use trueup::source::Sources;
+
+/// The server every machine of this project runs; override with TRUEUP_TEST_PG.
+pub fn pg_server() -> String {
+    std::env::var("TRUEUP_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Override with TRUEUP_TEST_MYSQL.
+pub fn mysql_server() -> String {
+    std::env::var("TRUEUP_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// A fresh PostgreSQL database, dropped when this goes out of scope.
+pub struct TestPg {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestPg {
+    pub async fn new() -> Self {
+        let name = unique_name("trueup_test");
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server()))
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (.ci/run starts it)");
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .expect("create test database");
+        let url = format!("{}/{name}", pg_server());
+        Self { name, url }
+    }
+
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.expect("connect to test database")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.connect().await;
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        drop_on_thread(async move {
+            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await?;
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                .await?;
+            Ok(())
+        });
+    }
+}
+
+/// A fresh MariaDB/MySQL database, dropped when this goes out of scope.
+pub struct TestMysql {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestMysql {
+    pub async fn new() -> Self {
+        let name = unique_name("trueup_test");
+        let mut admin = sqlx::MySqlConnection::connect(&mysql_server())
+            .await
+            .expect("MariaDB must run on 127.0.0.1:3306 (.ci/run starts it)");
+        admin
+            .execute(format!("CREATE DATABASE `{name}`").as_str())
+            .await
+            .expect("create test database");
+        let url = format!("{}/{name}", mysql_server());
+        Self { name, url }
+    }
+
+    pub async fn connect(&self) -> sqlx::MySqlConnection {
+        sqlx::MySqlConnection::connect(&self.url).await.expect("connect to test database")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.connect().await;
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestMysql {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        drop_on_thread(async move {
+            let mut admin = sqlx::MySqlConnection::connect(&mysql_server()).await?;
+            admin.execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str()).await?;
+            Ok(())
+        });
+    }
+}
+
+/// Drop cannot await; clean up on a thread with its own runtime so it works from any test.
+fn drop_on_thread<F>(work: F)
+where
+    F: std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime for cleanup");
+        if let Err(e) = rt.block_on(work) {
+            eprintln!("warning: could not drop a test database: {e}");
+        }
+    });
+    let _ = handle.join();
+}
+
+pub fn source(name: &str, url: &str) -> SourceConfig {
+    SourceConfig {
+        name: SourceName::parse(name).unwrap(),
+        kind: SourceKind::of_url(url).unwrap(),
+        url: SecretUrl::new(url),
+        pool_size: 2,
+        statement_timeout: HumanDuration::from_std(Duration::from_secs(30)),
+        on_writable: WritablePolicy::Warn,
+    }
+}
+
+pub async fn sources(list: &[(&str, &str)]) -> Sources {
+    let configs: BTreeMap<SourceName, SourceConfig> = list
+        .iter()
+        .map(|(n, u)| (SourceName::parse(n).unwrap(), source(n, u)))
+        .collect();
+    Sources::open_all(&configs).await.expect("open sources")
+}
+
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Creates a SQLite file with `sql` applied.
+pub async fn sqlite_file(path: &Path, sql: &str) {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary (fast to link), real databases. Each test gets its own
+//! PostgreSQL / MariaDB database (random name, dropped afterwards) or SQLite files in a
+//! temporary folder.
+
+mod helpers;
+
+mod cli;
+mod reconcile;
+mod source_readonly;
+mod store;

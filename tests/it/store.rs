@@ -1,0 +1,175 @@
+//! The same ledger story against both store backends.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::json;
+use trueup::config::SecretUrl;
+use trueup::domain::{InvariantName, Value, Violation, ViolationKind};
+use trueup::store::{
+    self, RunStats, RunStatus, StatusFilter, Store, StoreError, ViolationFilter, ViolationStatus,
+};
+
+use crate::helpers::TestPg;
+
+fn violation(kind: ViolationKind, key: i64) -> Violation {
+    Violation {
+        kind,
+        key: vec![Value::Int(key)],
+        discriminator: None,
+        event_at: None,
+        evidence: json!({"left": {"id": key}}),
+    }
+}
+
+async fn run_with(store: &dyn Store, inv: &InvariantName, seen: &[Violation]) -> trueup::store::LedgerChange {
+    let run = store.begin_run(inv, Utc::now()).await.unwrap();
+    store.observe(run, inv, 0, seen).await.unwrap();
+    let stats = RunStats {
+        observed: seen.len() as u64,
+        ..Default::default()
+    };
+    store.complete_run(run, inv, &stats, Utc::now()).await.unwrap()
+}
+
+async fn status_of(store: &dyn Store, inv: &InvariantName, key: i64) -> Option<ViolationStatus> {
+    store
+        .violations(&ViolationFilter {
+            invariants: vec![inv.to_string()],
+            status: StatusFilter::All,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.key == json!([key]))
+        .map(|v| v.status)
+}
+
+/// The lifecycle every backend must implement identically.
+async fn ledger_story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let inv = InvariantName::parse("payments-ledger").unwrap();
+    let other = InvariantName::parse("other").unwrap();
+    use ViolationKind::*;
+
+    // Run 1 sees three violations: all new.
+    let change = run_with(store, &inv, &[violation(Missing, 1), violation(Extra, 2), violation(Mismatch, 3)]).await;
+    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (3, 0, 0, 0));
+    // Another invariant's runs never touch this one's violations.
+    run_with(store, &other, &[violation(Missing, 1)]).await;
+
+    // Run 2 no longer sees key 3: it resolves; 1 and 2 are still open.
+    let change = run_with(store, &inv, &[violation(Missing, 1), violation(Extra, 2)]).await;
+    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (0, 2, 0, 1));
+    assert_eq!(status_of(store, &inv, 3).await, Some(ViolationStatus::Resolved));
+    assert_eq!(status_of(store, &other, 1).await, Some(ViolationStatus::Open));
+
+    // Run 3: key 3 is back (reopened), key 2 is gone (resolved), key 4 is new.
+    let change = run_with(store, &inv, &[violation(Missing, 1), violation(Mismatch, 3), violation(Missing, 4)]).await;
+    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (1, 1, 1, 1));
+    assert_eq!(status_of(store, &inv, 3).await, Some(ViolationStatus::Reopened));
+    let reopened = store
+        .violations(&ViolationFilter {
+            invariants: vec![inv.to_string()],
+            status: StatusFilter::Only(ViolationStatus::Reopened),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reopened.len(), 1);
+    assert_eq!(reopened[0].times_reopened, 1);
+    assert!(reopened[0].resolved_at.is_none());
+
+    // A failed run stages a violation, then fails: the ledger is exactly as before.
+    let run = store.begin_run(&inv, Utc::now()).await.unwrap();
+    store.observe(run, &inv, 0, &[violation(Duplicate, 9)]).await.unwrap();
+    store
+        .abandon_run(run, RunStatus::Failed, "source `ledger`: connection refused", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(status_of(store, &inv, 9).await, None);
+    assert_eq!(status_of(store, &inv, 1).await, Some(ViolationStatus::Open));
+    let runs = store.runs(Some("payments-ledger"), 1).await.unwrap();
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    assert_eq!(runs[0].error.as_deref(), Some("source `ledger`: connection refused"));
+    // A run that ended cannot be completed afterwards.
+    let late = store.complete_run(run, &inv, &RunStats::default(), Utc::now()).await;
+    assert!(matches!(late, Err(StoreError::NoSuchRun(_))), "{late:?}");
+
+    // A truncated run (over its violation budget) resolves nothing it did not store.
+    let run = store.begin_run(&inv, Utc::now()).await.unwrap();
+    store.observe(run, &inv, 0, &[violation(Missing, 1)]).await.unwrap();
+    let stats = RunStats {
+        observed: 50_000,
+        truncated: true,
+        ..Default::default()
+    };
+    let change = store.complete_run(run, &inv, &stats, Utc::now()).await.unwrap();
+    assert_eq!(change.resolved, 0);
+    assert_eq!(status_of(store, &inv, 4).await, Some(ViolationStatus::Open));
+    let runs = store.runs(Some("payments-ledger"), 1).await.unwrap();
+    assert!(runs[0].stats.truncated);
+    assert_eq!(runs[0].stats.observed, 50_000);
+
+    // Listing: by kind, and paged by id.
+    let missing = store
+        .violations(&ViolationFilter {
+            invariants: vec![inv.to_string()],
+            kind: Some(Missing),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(missing.len(), 2);
+    let first_page = store
+        .violations(&ViolationFilter {
+            status: StatusFilter::All,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second_page = store
+        .violations(&ViolationFilter {
+            status: StatusFilter::All,
+            limit: 100,
+            after_id: Some(first_page[1].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first_page.len() + second_page.len(), 5);
+    assert!(second_page.iter().all(|v| v.id > first_page[1].id));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_sqlite_store_keeps_the_violation_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!("sqlite://{}", dir.path().join("trueup.db").display()));
+    ledger_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_postgres_store_keeps_the_violation_lifecycle() {
+    let db = TestPg::new().await;
+    ledger_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn reopening_a_store_keeps_its_ledger_and_migrates_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!("sqlite://{}", dir.path().join("trueup.db").display()));
+    let inv = InvariantName::parse("x").unwrap();
+    let s = store::open(&url).await.unwrap();
+    run_with(s.as_ref(), &inv, &[violation(ViolationKind::Check, 1)]).await;
+    s.close().await;
+    let s = store::open(&url).await.unwrap();
+    let change = run_with(s.as_ref(), &inv, &[violation(ViolationKind::Check, 1)]).await;
+    assert_eq!(change.still_open, 1);
+    s.close().await;
+}

@@ -170,7 +170,12 @@ impl Value {
 fn numeric_cmp(a: &Value, b: &Value) -> Ordering {
     match (as_decimal(a), as_decimal(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
-        _ => as_f64(a).total_cmp(&as_f64(b)),
+        // Equal numbers are equal (so -0.0 = 0.0, as databases say); NaN sorts last.
+        _ => {
+            let (x, y) = (as_f64(a), as_f64(b));
+            x.partial_cmp(&y)
+                .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
+        }
     }
 }
 
@@ -247,6 +252,22 @@ mod tests {
         assert!(Value::Bool(true).same_as(&Value::Int(1)));
         assert!(Value::Int(0).same_as(&Value::Bool(false)));
         assert!(!Value::Bool(true).same_as(&Value::Int(2)));
+    }
+
+    #[test]
+    fn negative_zero_equals_zero_and_nan_sorts_last() {
+        assert_eq!(
+            Value::Float(-0.0).key_cmp(&Value::Float(0.0)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            Value::Float(f64::NAN).key_cmp(&Value::Float(f64::INFINITY)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            Value::Int(1).key_cmp(&Value::Float(f64::NAN)),
+            Ordering::Less
+        );
     }
 
     #[test]

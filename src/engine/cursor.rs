@@ -78,29 +78,30 @@ impl Cursor {
         let mut count = 1;
         let key_idx = self.key_idx.clone();
         loop {
-            let side = self.side;
-            let row_no = self.rows_read;
-            match self.peek().await? {
+            let order = match self.peek().await? {
                 None => break,
                 Some(next) => match compare_keys(&first, &key_idx, next, &key_idx) {
-                    Ordering::Equal => {
-                        self.next().await?;
-                        count += 1;
-                    }
-                    Ordering::Less => break,
                     Ordering::Greater => {
-                        let previous: Vec<Value> =
-                            key_idx.iter().map(|&i| first[i].clone()).collect();
-                        let current: Vec<Value> =
-                            key_idx.iter().map(|&i| next[i].clone()).collect();
-                        return Err(EngineError::OutOfOrder {
-                            side,
-                            row: row_no,
-                            previous: key_text(&previous),
-                            current: key_text(&current),
-                        });
+                        Err(key_idx.iter().map(|&i| next[i].clone()).collect::<Vec<_>>())
                     }
+                    other => Ok(other),
                 },
+            };
+            match order {
+                Ok(Ordering::Equal) => {
+                    self.next().await?;
+                    count += 1;
+                }
+                Ok(_) => break,
+                Err(current) => {
+                    let previous: Vec<Value> = key_idx.iter().map(|&i| first[i].clone()).collect();
+                    return Err(EngineError::OutOfOrder {
+                        side: self.side,
+                        row: self.rows_read,
+                        previous: key_text(&previous),
+                        current: key_text(&current),
+                    });
+                }
             }
         }
         Ok(Some(Group { first, count }))
@@ -115,4 +116,53 @@ pub(super) fn compare_keys(a: &[Value], a_idx: &[usize], b: &[Value], b_idx: &[u
         }
     }
     Ordering::Equal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(keys: &[i64]) -> Cursor {
+        let rows = keys.iter().map(|k| vec![Value::Int(*k)]).collect();
+        Cursor::new(
+            RowStream::from_rows(vec!["id".into()], rows),
+            vec![0],
+            "left",
+        )
+    }
+
+    #[tokio::test]
+    async fn groups_count_repeated_keys() {
+        let mut c = cursor(&[1, 2, 2, 2, 3]);
+        let mut got = Vec::new();
+        while let Some(g) = c.next_group().await.unwrap() {
+            got.push((g.first[0].clone(), g.count));
+        }
+        assert_eq!(
+            got,
+            vec![(Value::Int(1), 1), (Value::Int(2), 3), (Value::Int(3), 1)]
+        );
+        assert_eq!(c.rows_read, 5);
+    }
+
+    #[tokio::test]
+    async fn keys_going_backwards_stop_the_merge_with_the_row_number() {
+        let mut c = cursor(&[1, 3, 2]);
+        c.next_group().await.unwrap();
+        let err = c.next_group().await.err().unwrap();
+        let EngineError::OutOfOrder {
+            side,
+            row,
+            previous,
+            current,
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            (*side, *row, previous.as_str(), current.as_str()),
+            ("left", 3, "(3)", "(2)")
+        );
+        assert!(err.to_string().contains("out of order at row 3"), "{err}");
+    }
 }

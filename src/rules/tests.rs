@@ -70,6 +70,7 @@ fn three_different_mistakes_are_all_reported_with_their_lines() {
   - name: payments-ledger
     schedule: "every five minutes"
     grace: 15 minutes please
+    time_column: created_at
     check:
       source: shopp
       query: SELECT 1 AS id
@@ -82,7 +83,7 @@ fn three_different_mistakes_are_all_reported_with_their_lines() {
     assert!(shown[0].starts_with("invariants/x.yaml:3:"), "{}", shown[0]);
     assert!(shown[0].contains("schedule"), "{}", shown[0]);
     assert!(shown[1].starts_with("invariants/x.yaml:4:"), "{}", shown[1]);
-    assert!(shown[2].starts_with("invariants/x.yaml:6:"), "{}", shown[2]);
+    assert!(shown[2].starts_with("invariants/x.yaml:7:"), "{}", shown[2]);
     assert!(shown[2].contains("did you mean `shop`?"), "{}", shown[2]);
     assert!(
         shown

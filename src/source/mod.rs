@@ -116,6 +116,20 @@ impl RowStream {
     }
 }
 
+impl RowStream {
+    /// A stream over rows already in memory (tests, and sources that are not databases).
+    pub fn from_rows(columns: Vec<String>, rows: Vec<Row>) -> Self {
+        let (tx, rx) = mpsc::channel(rows.len().div_ceil(BATCH_ROWS).max(1));
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let _ = tx.try_send(Ok(chunk.to_vec()));
+        }
+        Self {
+            columns: columns.into(),
+            rx,
+        }
+    }
+}
+
 pub(crate) fn index_of(columns: &[String], column: &str) -> Option<usize> {
     columns.iter().position(|c| c == column).or_else(|| {
         let mut matches = columns

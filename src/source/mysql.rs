@@ -126,8 +126,9 @@ async fn run(
             let i = super::index_of(&columns, c).unwrap_or(0);
             let quoted = format!("`{}`", c.replace('`', "``"));
             if declared[i].is_some_and(Kind::is_text) {
-                // Byte-wise, no padding: the order trueup compares keys in.
-                format!("CAST({quoted} AS BINARY)")
+                // UTF-8 bytes, no padding, whatever the column's charset: the order trueup
+                // compares keys in.
+                format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
             } else {
                 quoted
             }

@@ -45,7 +45,15 @@ pub(super) async fn write_capabilities(
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                 AND n.nspname NOT LIKE 'pg_toast%' \
                 AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') \
-              ORDER BY 1 LIMIT 5) w) \
+              ORDER BY 1 LIMIT 5) w), \
+           (SELECT string_agg(m.rolname, ', ') FROM pg_roles m \
+              WHERE m.rolname <> current_user \
+                AND pg_has_role(current_user, m.oid, 'MEMBER') \
+                AND (m.rolsuper OR EXISTS ( \
+                  SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind IN ('r', 'p') \
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                    AND has_table_privilege(m.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')))) \
          FROM pg_roles r WHERE r.rolname = current_user",
     )
     .fetch_one(pool)
@@ -57,6 +65,9 @@ pub(super) async fn write_capabilities(
     }
     if let Some(tables) = row.try_get::<Option<String>, _>(1).map_err(connect)? {
         caps.push(format!("INSERT/UPDATE/DELETE/TRUNCATE on {tables}"));
+    }
+    if let Some(roles) = row.try_get::<Option<String>, _>(2).map_err(connect)? {
+        caps.push(format!("can SET ROLE to {roles}, which can write"));
     }
     Ok(caps)
 }

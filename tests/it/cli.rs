@@ -1,0 +1,233 @@
+//! The `trueup` binary, as a user runs it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use trueup::demo::{NOT_YET_DUE, PLANTED};
+
+fn trueup(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TRUEUP_CONFIG")
+        .env_remove("TRUEUP_STORE")
+        .output()
+        .expect("run trueup")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("by kind: missing 3, extra 2, duplicate 1, mismatch 2"),
+        "{text}"
+    );
+    assert!(text.contains("1 not yet due (within grace)"), "{text}");
+    assert!(
+        text.contains("4 invariants: 0 hold, 4 violated (15 open violations)"),
+        "{text}"
+    );
+
+    // The same counts, read from the JSON report of a second check.
+    let out = trueup(
+        tmp.path(),
+        &["--config", "demo/trueup.yaml", "check", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for run in report.as_array().unwrap() {
+        assert_eq!(run["change"]["new"], 0, "second run: nothing new");
+        for (kind, n) in run["stats"]["counts"].as_object().unwrap() {
+            found.insert(
+                (run["invariant"].as_str().unwrap().into(), kind.clone()),
+                n.as_u64().unwrap(),
+            );
+        }
+        if run["invariant"] == "payments-ledger" {
+            assert_eq!(run["stats"]["not_yet_due"], NOT_YET_DUE);
+        }
+    }
+    let planted: BTreeMap<(String, String), u64> = PLANTED
+        .iter()
+        .map(|(i, k, n)| ((i.to_string(), k.to_string()), *n))
+        .collect();
+    assert_eq!(found, planted);
+
+    let out = trueup(tmp.path(), &["demo", "--dir", "demo", "--repair"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("6 violations open: 0 new, 6 still open, 0 reopened; 2 resolved"),
+        "{text}"
+    );
+    let out = trueup(
+        tmp.path(),
+        &[
+            "-c",
+            "demo/trueup.yaml",
+            "violations",
+            "--status",
+            "resolved",
+            "-f",
+            "json",
+        ],
+    );
+    let resolved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<(String, serde_json::Value)> = resolved
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["kind"].as_str().unwrap().to_owned(), v["key"].clone()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("missing".into(), serde_json::json!([17])),
+            ("extra".into(), serde_json::json!([901]))
+        ]
+    );
+    // Running the demo again starts over.
+    let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
+    assert!(stdout(&out).contains("15 open violations"));
+}
+
+#[test]
+fn validate_reports_three_mistakes_with_their_lines_and_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("trueup.yaml"),
+        "sources:\n  shop:\n    url: sqlite://shop.db\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("invariants")).unwrap();
+    std::fs::write(
+        tmp.path().join("invariants/broken.yaml"),
+        r#"invariants:
+  - name: orders-paid
+    schedule: "*/5 * * *"
+    check:
+      source: shop
+      query: SELECT id FROM orders
+      key: id
+  - name: payments
+    severity: urgent
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: shop, query: SELECT 1 AS id}
+      key: id
+      expcet: exactly_one
+"#,
+    )
+    .unwrap();
+    let out = trueup(tmp.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("broken.yaml:")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].contains("broken.yaml:3:")
+            && lines[0].contains("orders-paid")
+            && lines[0].contains("schedule"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("broken.yaml:9:") && lines[1].contains("critical, high, medium or low"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains("broken.yaml:14:") && lines[2].contains("did you mean `expect`"),
+        "{err}"
+    );
+    assert!(err.contains("3 problems found"), "{err}");
+}
+
+#[test]
+fn the_shipped_invariants_validate_against_the_demo_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("trueup.yaml"),
+        format!(
+            "invariants: {}\nsources:\n  shop:\n    url: sqlite://shop.db\n  ledger:\n    url: sqlite://ledger.db\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("invariants").display()
+        ),
+    )
+    .unwrap();
+    let out = trueup(tmp.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("4 invariants OK"));
+}
+
+#[test]
+fn an_unknown_invariant_name_is_an_error_with_a_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    trueup(tmp.path(), &["demo", "--dir", "d"]);
+    let out = trueup(
+        tmp.path(),
+        &["-c", "d/trueup.yaml", "check", "-i", "payment-ledger"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("did you mean `payments-ledger`?"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_source_that_cannot_be_reached_fails_its_invariant_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    trueup(tmp.path(), &["demo", "--dir", "d"]);
+    std::fs::remove_file(tmp.path().join("d/ledger.db")).unwrap();
+    let out = trueup(
+        tmp.path(),
+        &["-c", "d/trueup.yaml", "check", "-i", "payments-ledger"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(text.contains("ERROR payments-ledger"), "{text}");
+    assert!(text.contains("nothing in the ledger changed"), "{text}");
+    // The violations the demo found are still open: an outage resolves nothing.
+    let out = trueup(
+        tmp.path(),
+        &[
+            "-c",
+            "d/trueup.yaml",
+            "violations",
+            "-i",
+            "payments-ledger",
+            "-f",
+            "json",
+        ],
+    );
+    let open: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(open.as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn help_lists_the_commands_and_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = trueup(tmp.path(), &["--help"]);
+    let text = stdout(&out);
+    for cmd in [
+        "validate",
+        "check",
+        "violations",
+        "runs",
+        "demo",
+        "Exit codes",
+    ] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}

@@ -49,12 +49,17 @@ impl TestPg {
     }
 
     pub async fn connect(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url).await.expect("connect to test database")
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 
     pub async fn exec(&self, sql: &str) {
         let mut c = self.connect().await;
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::raw_sql(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 
@@ -62,7 +67,8 @@ impl Drop for TestPg {
     fn drop(&mut self) {
         let name = self.name.clone();
         drop_on_thread(async move {
-            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await?;
+            let mut admin =
+                sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await?;
             admin
                 .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
                 .await?;
@@ -92,12 +98,17 @@ impl TestMysql {
     }
 
     pub async fn connect(&self) -> sqlx::MySqlConnection {
-        sqlx::MySqlConnection::connect(&self.url).await.expect("connect to test database")
+        sqlx::MySqlConnection::connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 
     pub async fn exec(&self, sql: &str) {
         let mut c = self.connect().await;
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::raw_sql(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 
@@ -106,7 +117,9 @@ impl Drop for TestMysql {
         let name = self.name.clone();
         drop_on_thread(async move {
             let mut admin = sqlx::MySqlConnection::connect(&mysql_server()).await?;
-            admin.execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str()).await?;
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+                .await?;
             Ok(())
         });
     }

@@ -1,0 +1,291 @@
+//! Reconcile across engines: PostgreSQL ↔ MariaDB, with planted differences of every kind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::json;
+use trueup::config::SecretUrl;
+use trueup::domain::{
+    ColumnName, Expect, Invariant, InvariantName, InvariantSpec, QuerySide, ReconcileSpec,
+    Severity, SourceName, ViolationKind,
+};
+use trueup::engine::{self, Collect, EngineError};
+use trueup::runner::run_invariant;
+use trueup::store::{self, StatusFilter, ViolationFilter, ViolationStatus};
+
+use crate::helpers::{TestMysql, TestPg, sources};
+
+fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) -> Invariant {
+    Invariant {
+        name: InvariantName::parse("pg-mysql").unwrap(),
+        description: None,
+        owner: None,
+        severity: Severity::High,
+        schedule: None,
+        time_column: None,
+        grace: None,
+        sample_limit: 10,
+        violation_budget: 100_000,
+        spec: InvariantSpec::Reconcile(ReconcileSpec {
+            left: QuerySide {
+                source: SourceName::parse("pg").unwrap(),
+                query: left.into(),
+            },
+            right: QuerySide {
+                source: SourceName::parse("my").unwrap(),
+                query: right.into(),
+            },
+            key: key.iter().map(|k| ColumnName::parse(k).unwrap()).collect(),
+            expect: Expect::ExactlyOne,
+            compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
+        }),
+        defined_at: (PathBuf::from("test"), 1),
+    }
+}
+
+const ROWS: i64 = 100_000;
+
+/// Keys planted per kind; disjoint.
+fn planted() -> BTreeMap<&'static str, BTreeSet<i64>> {
+    BTreeMap::from([
+        ("missing", (1..=ROWS).filter(|i| i % 2711 == 0).collect()),
+        ("extra", (ROWS + 1..=ROWS + 13).collect()),
+        ("duplicate", [5, 55_555, 99_999].into()),
+        // amount off by a cent, currency in another case, a NULL against a value, a timestamp
+        // a second off
+        ("mismatch", [7, 1_001, 42_042, 77_777, 88_888].into()),
+    ])
+}
+
+async fn keys_by_kind(
+    store: &dyn trueup::store::Store,
+    status: StatusFilter,
+) -> BTreeMap<String, BTreeSet<i64>> {
+    let list = store
+        .violations(&ViolationFilter {
+            invariants: vec!["pg-mysql".into()],
+            status,
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for v in list {
+        out.entry(v.kind)
+            .or_default()
+            .insert(v.key[0].as_i64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec(&format!(
+        "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, currency text NOT NULL,
+                                note varchar(20), captured_at timestamptz NOT NULL);
+         INSERT INTO payments
+           SELECT i, (i % 1000) + 0.5, CASE WHEN i % 3 = 0 THEN 'EUR' ELSE 'USD' END,
+                  CASE WHEN i % 2 = 0 THEN 'n' || i END,
+                  timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second'
+           FROM generate_series(1, {ROWS}) AS i;"
+    ))
+    .await;
+    // The right side is built independently in MariaDB, from a digits table.
+    my.exec(&format!(
+        "CREATE TABLE digits (d INT);
+         INSERT INTO digits VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9);
+         CREATE TABLE entries (payment_id BIGINT NOT NULL, amount DECIMAL(14,3) NOT NULL,
+                               currency VARCHAR(3) NOT NULL, note TEXT, captured_at DATETIME(6) NOT NULL,
+                               KEY (payment_id));
+         INSERT INTO entries
+           SELECT n, (n % 1000) + 0.5, IF(n % 3 = 0, 'EUR', 'USD'), IF(n % 2 = 0, CONCAT('n', n), NULL),
+                  TIMESTAMP '2026-01-01 00:00:00' + INTERVAL n SECOND
+           FROM (SELECT a.d + 10*b.d + 100*c.d + 1000*e.d + 10000*f.d + 1 AS n
+                 FROM digits a, digits b, digits c, digits e, digits f) s
+           WHERE n <= {ROWS};"
+    ))
+    .await;
+    let p = planted();
+    let list = |k: &str| {
+        p[k].iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    my.exec(&format!(
+        "DELETE FROM entries WHERE payment_id IN ({missing});
+         INSERT INTO entries SELECT payment_id + {ROWS}, amount, currency, note, captured_at FROM entries WHERE payment_id <= 13;
+         INSERT INTO entries SELECT * FROM entries WHERE payment_id IN ({dup});
+         UPDATE entries SET amount = amount + 0.01 WHERE payment_id = 7;
+         UPDATE entries SET currency = LOWER(currency) WHERE payment_id = 1001;
+         UPDATE entries SET note = NULL WHERE payment_id = 42042;
+         UPDATE entries SET note = 'x' WHERE payment_id = 77777;
+         UPDATE entries SET captured_at = captured_at + INTERVAL 1 SECOND WHERE payment_id = 88888;",
+        missing = list("missing"),
+        dup = list("duplicate"),
+    ))
+    .await;
+
+    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let inv = reconcile(
+        "SELECT id AS payment_id, amount, currency, note, captured_at FROM payments",
+        "SELECT payment_id, amount, currency, note, captured_at FROM entries",
+        &["payment_id"],
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("t.db").display()
+    )))
+    .await
+    .unwrap();
+
+    let first = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(first.stats.rows_left, ROWS as u64);
+    assert_eq!(first.stats.rows_right, (ROWS - 36 + 13 + 3) as u64);
+    let found = keys_by_kind(store.as_ref(), StatusFilter::Active).await;
+    for (kind, keys) in &p {
+        assert_eq!(found.get(*kind), Some(keys), "{kind}");
+    }
+    assert_eq!(found.len(), 4, "{:?}", found.keys());
+    // The evidence says which column differs, with both values.
+    let mismatches = store
+        .violations(&ViolationFilter {
+            invariants: vec!["pg-mysql".into()],
+            kind: Some(ViolationKind::Mismatch),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let by_key: BTreeMap<i64, serde_json::Value> = mismatches
+        .iter()
+        .map(|v| (v.key[0].as_i64().unwrap(), v.evidence["diff"].clone()))
+        .collect();
+    assert_eq!(
+        by_key[&7],
+        json!([{"column": "amount", "left": "7.5", "right": "7.51"}])
+    );
+    assert_eq!(
+        by_key[&1001],
+        json!([{"column": "currency", "left": "USD", "right": "usd"}])
+    );
+    assert_eq!(
+        by_key[&42042],
+        json!([{"column": "note", "left": "n42042", "right": null}])
+    );
+
+    // Repair some rows on the right; the next run resolves exactly those.
+    my.exec(&format!(
+        "INSERT INTO entries VALUES (2711, 711.5, 'USD', NULL, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL 2711 SECOND);
+         DELETE FROM entries WHERE payment_id = {};
+         UPDATE entries SET amount = 7.5 WHERE payment_id = 7;",
+        ROWS + 1
+    ))
+    .await;
+    let second = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    let change = second.change.unwrap();
+    assert_eq!(change.resolved, 3);
+    assert_eq!(change.new, 0);
+    let resolved = keys_by_kind(
+        store.as_ref(),
+        StatusFilter::Only(ViolationStatus::Resolved),
+    )
+    .await;
+    assert_eq!(
+        resolved,
+        BTreeMap::from([
+            ("missing".to_owned(), BTreeSet::from([2711])),
+            ("extra".to_owned(), BTreeSet::from([ROWS + 1])),
+            ("mismatch".to_owned(), BTreeSet::from([7])),
+        ])
+    );
+    srcs.close().await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn text_keys_merge_byte_wise_despite_case_insensitive_and_locale_collations() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    // Keys that collations order differently: case, accents, trailing spaces, punctuation.
+    let keys = [
+        "a",
+        "A",
+        "b",
+        "B",
+        "ab",
+        "a b",
+        "a-b",
+        "a_b",
+        "Z",
+        "z",
+        "é",
+        "e",
+        "É",
+        "ä",
+        "ß",
+        "ss",
+        "10",
+        "9",
+        "a ",
+        "x\u{2028}",
+        "",
+        "Ω",
+        "_",
+        "-",
+        "~",
+    ];
+    let values: Vec<String> = keys
+        .iter()
+        .map(|k| format!("('{}')", k.replace('\'', "''")))
+        .collect();
+    pg.exec(&format!(
+        "CREATE TABLE l (k text COLLATE \"en-US-x-icu\"); INSERT INTO l VALUES {};",
+        values.join(",")
+    ))
+    .await;
+    // MariaDB's default collation is case- and accent-insensitive and pads spaces.
+    my.exec(&format!(
+        "CREATE TABLE r (k VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci);
+         INSERT INTO r VALUES {};
+         DELETE FROM r WHERE k = BINARY 'ß';",
+        values.join(",")
+    ))
+    .await;
+    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let inv = reconcile("SELECT k FROM l", "SELECT k FROM r", &["k"], None);
+    let mut found = Collect::default();
+    let stats = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
+        .await
+        .unwrap();
+    assert_eq!(stats.rows_left, keys.len() as u64);
+    let got: Vec<(ViolationKind, serde_json::Value)> =
+        found.0.iter().map(|v| (v.kind, v.key_json())).collect();
+    assert_eq!(got, vec![(ViolationKind::Missing, json!(["ß"]))]);
+    srcs.close().await;
+}
+
+#[tokio::test]
+async fn keys_of_different_types_on_each_side_are_refused_not_misreported() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec("CREATE TABLE l (id int); INSERT INTO l VALUES (1), (2);")
+        .await;
+    my.exec("CREATE TABLE r (id VARCHAR(5)); INSERT INTO r VALUES ('1'), ('2');")
+        .await;
+    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let inv = reconcile("SELECT id FROM l", "SELECT id FROM r", &["id"], None);
+    let err = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut Collect::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::KeyTypeMismatch { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("number on the left and text on the right"),
+        "{err}"
+    );
+    srcs.close().await;
+}

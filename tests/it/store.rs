@@ -22,14 +22,21 @@ fn violation(kind: ViolationKind, key: i64) -> Violation {
     }
 }
 
-async fn run_with(store: &dyn Store, inv: &InvariantName, seen: &[Violation]) -> trueup::store::LedgerChange {
+async fn run_with(
+    store: &dyn Store,
+    inv: &InvariantName,
+    seen: &[Violation],
+) -> trueup::store::LedgerChange {
     let run = store.begin_run(inv, Utc::now()).await.unwrap();
     store.observe(run, inv, 0, seen).await.unwrap();
     let stats = RunStats {
         observed: seen.len() as u64,
         ..Default::default()
     };
-    store.complete_run(run, inv, &stats, Utc::now()).await.unwrap()
+    store
+        .complete_run(run, inv, &stats, Utc::now())
+        .await
+        .unwrap()
 }
 
 async fn status_of(store: &dyn Store, inv: &InvariantName, key: i64) -> Option<ViolationStatus> {
@@ -55,21 +62,72 @@ async fn ledger_story(store: Arc<dyn Store>) {
     use ViolationKind::*;
 
     // Run 1 sees three violations: all new.
-    let change = run_with(store, &inv, &[violation(Missing, 1), violation(Extra, 2), violation(Mismatch, 3)]).await;
-    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (3, 0, 0, 0));
+    let change = run_with(
+        store,
+        &inv,
+        &[
+            violation(Missing, 1),
+            violation(Extra, 2),
+            violation(Mismatch, 3),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (
+            change.new,
+            change.still_open,
+            change.reopened,
+            change.resolved
+        ),
+        (3, 0, 0, 0)
+    );
     // Another invariant's runs never touch this one's violations.
     run_with(store, &other, &[violation(Missing, 1)]).await;
 
     // Run 2 no longer sees key 3: it resolves; 1 and 2 are still open.
     let change = run_with(store, &inv, &[violation(Missing, 1), violation(Extra, 2)]).await;
-    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (0, 2, 0, 1));
-    assert_eq!(status_of(store, &inv, 3).await, Some(ViolationStatus::Resolved));
-    assert_eq!(status_of(store, &other, 1).await, Some(ViolationStatus::Open));
+    assert_eq!(
+        (
+            change.new,
+            change.still_open,
+            change.reopened,
+            change.resolved
+        ),
+        (0, 2, 0, 1)
+    );
+    assert_eq!(
+        status_of(store, &inv, 3).await,
+        Some(ViolationStatus::Resolved)
+    );
+    assert_eq!(
+        status_of(store, &other, 1).await,
+        Some(ViolationStatus::Open)
+    );
 
     // Run 3: key 3 is back (reopened), key 2 is gone (resolved), key 4 is new.
-    let change = run_with(store, &inv, &[violation(Missing, 1), violation(Mismatch, 3), violation(Missing, 4)]).await;
-    assert_eq!((change.new, change.still_open, change.reopened, change.resolved), (1, 1, 1, 1));
-    assert_eq!(status_of(store, &inv, 3).await, Some(ViolationStatus::Reopened));
+    let change = run_with(
+        store,
+        &inv,
+        &[
+            violation(Missing, 1),
+            violation(Mismatch, 3),
+            violation(Missing, 4),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (
+            change.new,
+            change.still_open,
+            change.reopened,
+            change.resolved
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        status_of(store, &inv, 3).await,
+        Some(ViolationStatus::Reopened)
+    );
     let reopened = store
         .violations(&ViolationFilter {
             invariants: vec![inv.to_string()],
@@ -85,29 +143,48 @@ async fn ledger_story(store: Arc<dyn Store>) {
 
     // A failed run stages a violation, then fails: the ledger is exactly as before.
     let run = store.begin_run(&inv, Utc::now()).await.unwrap();
-    store.observe(run, &inv, 0, &[violation(Duplicate, 9)]).await.unwrap();
     store
-        .abandon_run(run, RunStatus::Failed, "source `ledger`: connection refused", Utc::now())
+        .observe(run, &inv, 0, &[violation(Duplicate, 9)])
+        .await
+        .unwrap();
+    store
+        .abandon_run(
+            run,
+            RunStatus::Failed,
+            "source `ledger`: connection refused",
+            Utc::now(),
+        )
         .await
         .unwrap();
     assert_eq!(status_of(store, &inv, 9).await, None);
     assert_eq!(status_of(store, &inv, 1).await, Some(ViolationStatus::Open));
     let runs = store.runs(Some("payments-ledger"), 1).await.unwrap();
     assert_eq!(runs[0].status, RunStatus::Failed);
-    assert_eq!(runs[0].error.as_deref(), Some("source `ledger`: connection refused"));
+    assert_eq!(
+        runs[0].error.as_deref(),
+        Some("source `ledger`: connection refused")
+    );
     // A run that ended cannot be completed afterwards.
-    let late = store.complete_run(run, &inv, &RunStats::default(), Utc::now()).await;
+    let late = store
+        .complete_run(run, &inv, &RunStats::default(), Utc::now())
+        .await;
     assert!(matches!(late, Err(StoreError::NoSuchRun(_))), "{late:?}");
 
     // A truncated run (over its violation budget) resolves nothing it did not store.
     let run = store.begin_run(&inv, Utc::now()).await.unwrap();
-    store.observe(run, &inv, 0, &[violation(Missing, 1)]).await.unwrap();
+    store
+        .observe(run, &inv, 0, &[violation(Missing, 1)])
+        .await
+        .unwrap();
     let stats = RunStats {
         observed: 50_000,
         truncated: true,
         ..Default::default()
     };
-    let change = store.complete_run(run, &inv, &stats, Utc::now()).await.unwrap();
+    let change = store
+        .complete_run(run, &inv, &stats, Utc::now())
+        .await
+        .unwrap();
     assert_eq!(change.resolved, 0);
     assert_eq!(status_of(store, &inv, 4).await, Some(ViolationStatus::Open));
     let runs = store.runs(Some("payments-ledger"), 1).await.unwrap();
@@ -150,7 +227,10 @@ async fn ledger_story(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn the_sqlite_store_keeps_the_violation_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
-    let url = SecretUrl::new(format!("sqlite://{}", dir.path().join("trueup.db").display()));
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
     ledger_story(store::open(&url).await.unwrap()).await;
 }
 
@@ -163,7 +243,10 @@ async fn the_postgres_store_keeps_the_violation_lifecycle() {
 #[tokio::test]
 async fn reopening_a_store_keeps_its_ledger_and_migrates_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = SecretUrl::new(format!("sqlite://{}", dir.path().join("trueup.db").display()));
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
     let inv = InvariantName::parse("x").unwrap();
     let s = store::open(&url).await.unwrap();
     run_with(s.as_ref(), &inv, &[violation(ViolationKind::Check, 1)]).await;

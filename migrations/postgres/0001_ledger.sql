@@ -14,6 +14,8 @@ CREATE TABLE runs (
     -- kind -> count
     counts          JSONB       NOT NULL DEFAULT '{}',
     not_yet_due     BIGINT      NOT NULL DEFAULT 0,
+    -- rows skipped because a key column was NULL
+    null_keys       BIGINT      NOT NULL DEFAULT 0,
     truncated       BOOLEAN     NOT NULL DEFAULT FALSE,
     new_count       BIGINT      NOT NULL DEFAULT 0,
     open_count      BIGINT      NOT NULL DEFAULT 0,

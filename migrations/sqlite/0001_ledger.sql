@@ -14,6 +14,8 @@ CREATE TABLE runs (
     -- JSON object: kind -> count
     counts          TEXT    NOT NULL DEFAULT '{}',
     not_yet_due     INTEGER NOT NULL DEFAULT 0,
+    -- rows skipped because a key column was NULL
+    null_keys       INTEGER NOT NULL DEFAULT 0,
     truncated       INTEGER NOT NULL DEFAULT 0,
     new_count       INTEGER NOT NULL DEFAULT 0,
     open_count      INTEGER NOT NULL DEFAULT 0,

@@ -71,6 +71,9 @@ pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
         if s.not_yet_due > 0 {
             let _ = write!(out, "; {} not yet due (within grace)", s.not_yet_due);
         }
+        if s.null_keys > 0 {
+            let _ = write!(out, "; {} with a NULL key, not compared", s.null_keys);
+        }
         let _ = writeln!(out);
         if let Some(c) = o.change
             && (o.open_after > 0 || c.resolved > 0)

@@ -8,7 +8,7 @@
 //! - timestamps compare as instants in UTC (a timestamp without time zone is read as UTC);
 //! - booleans compare with booleans, and with the integers 0 and 1 (MySQL `TINYINT(1)`);
 //! - `NULL` equals `NULL` when comparing columns (like `IS NOT DISTINCT FROM`), and differs
-//!   from every value; in keys `NULL` sorts first.
+//!   from every value. (Rows with a NULL key never reach a comparison: the merge skips them.)
 //! - values of different classes (text and number, say) are never equal.
 
 use std::cmp::Ordering;

@@ -12,6 +12,8 @@ pub(super) struct Cursor {
     batch: std::vec::IntoIter<Row>,
     peeked: Option<Row>,
     pub rows_read: u64,
+    /// Rows skipped because a key column was NULL.
+    pub null_keys: u64,
     pub key_idx: Vec<usize>,
     side: &'static str,
     done: bool,
@@ -30,6 +32,7 @@ impl Cursor {
             batch: Vec::new().into_iter(),
             peeked: None,
             rows_read: 0,
+            null_keys: 0,
             key_idx,
             side,
             done: false,
@@ -43,8 +46,13 @@ impl Cursor {
     async fn fill(&mut self) -> Result<(), EngineError> {
         while self.peeked.is_none() && !self.done {
             if let Some(row) = self.batch.next() {
-                self.peeked = Some(row);
                 self.rows_read += 1;
+                // A NULL key identifies nothing and engines disagree on where NULLs sort.
+                if self.key_idx.iter().any(|&i| row[i].is_null()) {
+                    self.null_keys += 1;
+                    continue;
+                }
+                self.peeked = Some(row);
                 return Ok(());
             }
             match self.stream.next_batch().await {
@@ -143,6 +151,27 @@ mod tests {
             vec![(Value::Int(1), 1), (Value::Int(2), 3), (Value::Int(3), 1)]
         );
         assert_eq!(c.rows_read, 5);
+    }
+
+    #[tokio::test]
+    async fn rows_with_a_null_key_are_counted_and_skipped() {
+        let rows = vec![
+            vec![Value::Null],
+            vec![Value::Int(1)],
+            vec![Value::Null],
+            vec![Value::Int(2)],
+        ];
+        let mut c = Cursor::new(
+            RowStream::from_rows(vec!["id".into()], rows),
+            vec![0],
+            "left",
+        );
+        let mut keys = Vec::new();
+        while let Some(g) = c.next_group().await.unwrap() {
+            keys.push(g.first[0].clone());
+        }
+        assert_eq!(keys, vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!((c.rows_read, c.null_keys), (4, 2));
     }
 
     #[tokio::test]

@@ -98,6 +98,7 @@ pub(super) async fn run(
     }
     tally.stats.rows_left = left.rows_read;
     tally.stats.rows_right = right.rows_read;
+    tally.stats.null_keys = left.null_keys + right.null_keys;
     Ok(())
 }
 

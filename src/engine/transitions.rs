@@ -35,7 +35,8 @@ pub(super) async fn run(
     let at_idx = stream.index_of(spec.at.as_str()).unwrap_or(0);
     let mut history_idx = key_idx.clone();
     history_idx.push(at_idx);
-    let mut cursor = Cursor::new(stream, key_idx.clone(), "history");
+    // Rows with a NULL key or a NULL time are skipped (and counted) by the cursor.
+    let mut cursor = Cursor::new(stream, history_idx.clone(), "history");
 
     let mut previous: Option<Vec<Value>> = None;
     while let Some(row) = cursor.next().await? {
@@ -98,6 +99,7 @@ pub(super) async fn run(
         previous = Some(row);
     }
     tally.stats.rows_left = cursor.rows_read;
+    tally.stats.null_keys = cursor.null_keys;
     Ok(())
 }
 

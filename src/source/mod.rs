@@ -90,7 +90,8 @@ pub struct Needed {
 pub struct ReadRequest {
     pub query: String,
     pub needed: Vec<Needed>,
-    /// Sort by these columns, byte-wise for text, NULL first (see `domain::value`).
+    /// Sort by these columns, byte-wise for text (see `domain::value`). NULLs may come first
+    /// or last: readers of ordered streams skip rows with a NULL key.
     pub order_by: Vec<ColumnName>,
 }
 

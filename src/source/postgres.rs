@@ -139,9 +139,11 @@ async fn run(
             let i = super::index_of(&columns, c).unwrap_or(0);
             let quoted = format!("\"{}\"", c.replace('"', "\"\""));
             if kinds[i].is_text() {
-                format!("({quoted})::text COLLATE \"C\" NULLS FIRST")
+                format!("({quoted})::text COLLATE \"C\"")
             } else {
-                format!("{quoted} NULLS FIRST")
+                // Plain ascending order, so a key index can serve it. Where NULLs land does
+                // not matter: the merge skips rows with a NULL key.
+                quoted
             }
         })
         .collect();

@@ -134,7 +134,7 @@ macro_rules! impl_store {
                 sqlx::query(
                     "UPDATE runs SET status = 'succeeded', finished_at = $2, rows_left = $3, rows_right = $4, \
                        observed = $5, counts = $6, not_yet_due = $7, truncated = $8, new_count = $9, \
-                       open_count = $10, reopened_count = $11, resolved_count = $12 \
+                       open_count = $10, reopened_count = $11, resolved_count = $12, null_keys = $13 \
                      WHERE id = $1",
                 )
                 .bind(run)
@@ -149,6 +149,7 @@ macro_rules! impl_store {
                 .bind(change.still_open as i64)
                 .bind(change.reopened as i64)
                 .bind(change.resolved as i64)
+                .bind(stats.null_keys as i64)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -257,7 +258,7 @@ macro_rules! impl_store {
             ) -> Result<Vec<$crate::store::RunRecord>, $crate::store::StoreError> {
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "SELECT id, invariant, started_at, finished_at, status, rows_left, rows_right, observed, \
-                            counts, not_yet_due, truncated, new_count, open_count, reopened_count, \
+                            counts, not_yet_due, null_keys, truncated, new_count, open_count, reopened_count, \
                             resolved_count, error \
                      FROM runs WHERE 1 = 1",
                 );
@@ -288,6 +289,7 @@ macro_rules! impl_store {
                                 observed: n("observed")?,
                                 counts: counts.0,
                                 not_yet_due: n("not_yet_due")?,
+                                null_keys: n("null_keys")?,
                                 truncated: row.try_get("truncated")?,
                             },
                             change: $crate::store::LedgerChange {

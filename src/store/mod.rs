@@ -114,6 +114,8 @@ pub struct RunStats {
     pub counts: BTreeMap<ViolationKind, u64>,
     /// Rows inside the grace period: neither reported nor resolved.
     pub not_yet_due: u64,
+    /// Rows whose key has a NULL: they identify nothing, so they are counted, not compared.
+    pub null_keys: u64,
     /// More violations than the budget: only the first ones were stored, and nothing was
     /// resolved (the run cannot tell what it did not store).
     pub truncated: bool,

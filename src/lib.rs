@@ -24,3 +24,8 @@ pub mod rules;
 pub mod runner;
 pub mod source;
 pub mod store;
+
+// The reconcile hot path allocates a row vector and its strings per row; mimalloc's thread
+// caches make that markedly cheaper than glibc malloc (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,6 +1,7 @@
 //! A row-at-a-time view over a [`RowStream`] with one row of look-ahead and order checking.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use crate::domain::Value;
 use crate::source::{Row, RowStream};
@@ -14,7 +15,7 @@ pub(super) struct Cursor {
     pub rows_read: u64,
     /// Rows skipped because a key column was NULL.
     pub null_keys: u64,
-    pub key_idx: Vec<usize>,
+    pub key_idx: Arc<[usize]>,
     side: &'static str,
     done: bool,
 }
@@ -33,7 +34,7 @@ impl Cursor {
             peeked: None,
             rows_read: 0,
             null_keys: 0,
-            key_idx,
+            key_idx: key_idx.into(),
             side,
             done: false,
         }
@@ -84,7 +85,8 @@ impl Cursor {
             return Ok(None);
         };
         let mut count = 1;
-        let key_idx = self.key_idx.clone();
+        // An Arc, so holding the indices while `self` is borrowed costs no allocation per row.
+        let key_idx = Arc::clone(&self.key_idx);
         loop {
             let order = match self.peek().await? {
                 None => break,

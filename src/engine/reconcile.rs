@@ -156,7 +156,12 @@ fn cross_compare(
     right: &Cursor,
     rrow: &[Value],
 ) -> Result<Ordering, EngineError> {
-    for ((k, &i), &j) in spec.key.iter().zip(&left.key_idx).zip(&right.key_idx) {
+    for ((k, &i), &j) in spec
+        .key
+        .iter()
+        .zip(left.key_idx.iter())
+        .zip(right.key_idx.iter())
+    {
         let (a, b) = (&lrow[i], &rrow[j]);
         if !a.is_null() && !b.is_null() && a.class() != b.class() {
             return Err(EngineError::KeyTypeMismatch {

@@ -289,3 +289,96 @@ async fn keys_of_different_types_on_each_side_are_refused_not_misreported() {
     );
     srcs.close().await;
 }
+
+#[tokio::test]
+async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, r) = (dir.path().join("l.db"), dir.path().join("r.db"));
+    crate::helpers::sqlite_file(
+        &l,
+        "CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1),(2),(3),(4),(5),(6);",
+    )
+    .await;
+    crate::helpers::sqlite_file(&r, "CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (6);").await;
+    let srcs = sources(&[
+        ("pg", &crate::helpers::sqlite_url(&l)),
+        ("my", &crate::helpers::sqlite_url(&r)),
+    ])
+    .await;
+    let mut inv = reconcile("SELECT id FROM t", "SELECT id FROM t", &["id"], None);
+    inv.violation_budget = 2;
+    let store = store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("s.db").display()
+    )))
+    .await
+    .unwrap();
+    let outcome = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert_eq!(outcome.stats.observed, 5);
+    assert!(outcome.stats.truncated);
+    assert_eq!(outcome.change.unwrap().new, 2);
+    // The stored ones are the first in key order.
+    let stored = keys_by_kind(store.as_ref(), StatusFilter::Active).await;
+    assert_eq!(
+        stored,
+        BTreeMap::from([("missing".to_owned(), BTreeSet::from([1, 2]))])
+    );
+    // A truncated run cannot tell what it did not store, so it resolves nothing.
+    inv.violation_budget = 1;
+    crate::helpers::sqlite_file(&r, "INSERT INTO t VALUES (1);").await;
+    let outcome = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert_eq!(outcome.change.unwrap().resolved, 0);
+    srcs.close().await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn grace_keeps_recent_rows_out_of_the_report_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, r) = (dir.path().join("l.db"), dir.path().join("r.db"));
+    crate::helpers::sqlite_file(
+        &l,
+        "CREATE TABLE t (id INTEGER, v INTEGER, at DATETIME);
+         INSERT INTO t VALUES (1, 1, datetime('now', '-2 hours')), (2, 1, datetime('now', '-1 minutes')),
+                              (3, 1, datetime('now', '-2 hours')), (4, 1, datetime('now', '-1 minutes'));",
+    )
+    .await;
+    crate::helpers::sqlite_file(
+        &r,
+        "CREATE TABLE t (id INTEGER, v INTEGER, at DATETIME);
+         INSERT INTO t VALUES (3, 2, datetime('now', '-2 hours')), (4, 2, datetime('now', '-1 minutes')),
+                              (5, 1, datetime('now', '-2 hours')), (6, 1, datetime('now', '-1 minutes'));",
+    )
+    .await;
+    let srcs = sources(&[
+        ("pg", &crate::helpers::sqlite_url(&l)),
+        ("my", &crate::helpers::sqlite_url(&r)),
+    ])
+    .await;
+    let mut inv = reconcile(
+        "SELECT id, v, at FROM t",
+        "SELECT id, v, at FROM t",
+        &["id"],
+        Some(&["v"]),
+    );
+    inv.time_column = Some(ColumnName::parse("at").unwrap());
+    inv.grace = Some(trueup::domain::HumanDuration::parse("15m").unwrap());
+    let mut found = Collect::default();
+    let stats = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
+        .await
+        .unwrap();
+    let got: Vec<(ViolationKind, serde_json::Value)> =
+        found.0.iter().map(|v| (v.kind, v.key_json())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ViolationKind::Missing, json!([1])),
+            (ViolationKind::Mismatch, json!([3])),
+            (ViolationKind::Extra, json!([5])),
+        ]
+    );
+    assert_eq!(stats.not_yet_due, 3);
+    // The event time travels with the violation.
+    assert!(found.0[0].event_at.is_some());
+    srcs.close().await;
+}

@@ -236,3 +236,37 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
     assert!(err.contains("payment_id, amount"), "{err}");
     src.close().await;
 }
+
+#[tokio::test]
+async fn a_query_over_the_statement_timeout_is_stopped() {
+    let db = TestPg::new().await;
+    let mut cfg = source("pg", &db.url);
+    cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
+    let src = Source::open(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    let err = read_all(&src, "SELECT pg_sleep(5)::text AS x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("statement timeout"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    src.close().await;
+
+    let my = TestMysql::new().await;
+    let mut cfg = source("my", &my.url);
+    cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
+    let src = Source::open(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    let result = read_all(
+        &src,
+        "SELECT COUNT(*) AS n FROM information_schema.COLUMNS a, information_schema.COLUMNS b, information_schema.COLUMNS c",
+    )
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("max_statement_time") || err.contains("interrupted"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    src.close().await;
+}

@@ -30,7 +30,13 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let outcomes = outcomes?;
     print!("{}", check::render(&outcomes));
 
-    let c = format!("trueup --config {}", config_path.display());
+    // Show commands the user can paste: the program as it was invoked (under `cargo run` that
+    // is target/release/trueup, not a `trueup` on PATH).
+    let program = std::env::args()
+        .next()
+        .filter(|p| p.contains('/'))
+        .unwrap_or_else(|| "trueup".into());
+    let c = format!("{program} --config {}", config_path.display());
     if args.repair {
         println!("\nThe two repaired violations are now resolved; the rest stay open.");
         println!("  {c} violations --status resolved");
@@ -47,9 +53,30 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         println!("  # check again: the same violations, now \"still open\"");
         println!("  {c} check");
         println!("  # repair two of them, then check: they resolve");
-        println!("  trueup demo --dir {} --repair", dir.display());
+        println!("  {program} demo --dir {} --repair", dir.display());
         println!("  # lint the invariant files");
         println!("  {c} validate");
     }
-    Ok(check::exit_code(&outcomes))
+    // The demo succeeds when it finds what it planted; anything else is a bug worth a non-zero
+    // exit. (`check` on the same data exits 1: violations are open.)
+    if outcomes.iter().any(|o| o.failed()) {
+        return Ok(super::EXIT_ERROR);
+    }
+    if !args.repair {
+        let mut found = std::collections::BTreeMap::new();
+        for o in &outcomes {
+            for (kind, n) in &o.stats.counts {
+                found.insert((o.invariant.clone(), kind.to_string()), *n);
+            }
+        }
+        let planted: std::collections::BTreeMap<(String, String), u64> = demo::PLANTED
+            .iter()
+            .map(|(i, k, n)| ((i.to_string(), k.to_string()), *n))
+            .collect();
+        if found != planted {
+            eprintln!("error: the demo found {found:?} but planted {planted:?}");
+            return Ok(super::EXIT_VIOLATIONS);
+        }
+    }
+    Ok(super::EXIT_OK)
 }

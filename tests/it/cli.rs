@@ -29,7 +29,8 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
     let tmp = tempfile::tempdir().unwrap();
     let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    // The demo succeeds when it finds exactly what it planted.
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
     assert!(
         text.contains("by kind: missing 3, extra 2, duplicate 1, mismatch 2"),
         "{text}"

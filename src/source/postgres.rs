@@ -206,6 +206,48 @@ fn kind_of(type_name: &str) -> Option<Kind> {
 
 type DecodeResult = Result<Value, sqlx::error::BoxDynError>;
 
+/// PostgreSQL's binary NUMERIC (base-10000 digits, weight, sign, display scale) straight to a
+/// `Decimal`: one integer pass instead of the general conversion, which divides per digit and
+/// showed up as an eighth of the reconcile's CPU time. `None` for what it does not cover
+/// (NaN, infinities, more than 28 digits of scale or 96 bits of mantissa).
+fn numeric_to_decimal(bytes: &[u8]) -> Option<rust_decimal::Decimal> {
+    let word = |i: usize| -> Option<i32> {
+        Some(i32::from(i16::from_be_bytes([
+            *bytes.get(i)?,
+            *bytes.get(i + 1)?,
+        ])))
+    };
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = word(2)?;
+    let sign = u16::from_be_bytes([*bytes.get(4)?, *bytes.get(5)?]);
+    let scale = u16::from_be_bytes([*bytes.get(6)?, *bytes.get(7)?]);
+    let negative = match sign {
+        0x0000 => false,
+        0x4000 => true,
+        _ => return None,
+    };
+    if scale > 28 || bytes.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    let mut mantissa: i128 = 0;
+    for i in 0..ndigits {
+        let digit = i128::from(word(8 + 2 * i)?);
+        // This digit's power of ten once the value is scaled by 10^scale.
+        let exp = 4 * (weight - i as i32) + i32::from(scale);
+        let term = if exp >= 0 {
+            digit.checked_mul(10_i128.checked_pow(u32::try_from(exp).ok()?)?)?
+        } else {
+            // Past the display scale only zeros remain in a digit group.
+            digit / 10_i128.checked_pow(u32::try_from(-exp).ok()?)?
+        };
+        mantissa = mantissa.checked_add(term)?;
+    }
+    if negative {
+        mantissa = -mantissa;
+    }
+    rust_decimal::Decimal::try_from_i128_with_scale(mantissa, u32::from(scale)).ok()
+}
+
 fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
     if raw.is_null() {
         return Ok(Value::Null);
@@ -219,7 +261,17 @@ fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
         Kind::I32 => Value::Int(d::<i32>(raw)?.into()),
         Kind::I64 => Value::Int(d(raw)?),
         Kind::U32 => Value::Int(d::<sqlx::postgres::types::Oid>(raw)?.0.into()),
-        Kind::Decimal => Value::Decimal(d(raw)?),
+        Kind::Decimal => match raw.format() {
+            sqlx::postgres::PgValueFormat::Binary => {
+                let bytes = raw.as_bytes()?;
+                match numeric_to_decimal(bytes) {
+                    Some(v) => Value::Decimal(v),
+                    // NaN, infinities and values beyond 28 digits: sqlx says what is wrong.
+                    None => Value::Decimal(d(raw)?),
+                }
+            }
+            sqlx::postgres::PgValueFormat::Text => Value::Decimal(d(raw)?),
+        },
         Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
         Kind::F64 => Value::Float(d(raw)?),
         Kind::Text => Value::Text(d(raw)?),

@@ -270,3 +270,59 @@ async fn a_query_over_the_statement_timeout_is_stopped() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     src.close().await;
 }
+
+#[tokio::test]
+async fn postgres_numerics_read_exactly_as_their_text_says() {
+    let db = TestPg::new().await;
+    let src = Source::open(&source("pg", &db.url)).unwrap();
+    let literals = [
+        "0",
+        "1",
+        "-1",
+        "0.5",
+        "-0.5",
+        "10.50",
+        "0.0001",
+        "0.00010",
+        "12345.6789",
+        "9999.9999",
+        "10000",
+        "100000000",
+        "123456789012345678.1234567890",
+        "-98765.4321000",
+        "0.000000000000000000000000001",
+        "79228162514264337593543950335",
+        "1e20",
+        "5e-3",
+        "1.000000000000000000000000000",
+    ];
+    let values: Vec<String> = literals.iter().map(|l| format!("({l}::numeric)")).collect();
+    let rows = read_all(
+        &src,
+        &format!(
+            "SELECT v, v::text AS t FROM (VALUES {}) AS x(v)",
+            values.join(",")
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), literals.len());
+    for row in rows {
+        let Value::Text(t) = &row[1] else {
+            panic!("{row:?}")
+        };
+        let want = rust_decimal::Decimal::from_str_exact(t).unwrap();
+        assert_eq!(row[0], Value::Decimal(want), "{t}");
+        let Value::Decimal(got) = &row[0] else {
+            unreachable!()
+        };
+        assert_eq!(got.to_string(), want.to_string(), "scale kept for {t}");
+    }
+    // Beyond what a Decimal holds: a clear error, not a wrong number.
+    let err = read_all(&src, "SELECT 'NaN'::numeric AS v")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column `v`"), "{err}");
+    src.close().await;
+}

@@ -22,6 +22,27 @@ pub struct Config {
     pub store: SecretUrl,
     pub invariants_dir: PathBuf,
     pub sources: BTreeMap<SourceName, SourceConfig>,
+    pub serve: ServeConfig,
+}
+
+/// `serve:` — how `trueup serve` listens and bounds its runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    /// A run longer than this is stopped and recorded as failed.
+    pub run_timeout: HumanDuration,
+    /// On shutdown, how long runs in flight may take before they are cancelled.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            run_timeout: HumanDuration::from_std(std::time::Duration::from_secs(300)),
+            shutdown_grace: HumanDuration::from_std(std::time::Duration::from_secs(30)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +154,15 @@ struct RawConfig {
     invariants: Option<Spanned<String>>,
     #[serde(default)]
     sources: BTreeMap<String, Spanned<RawSource>>,
+    serve: Option<RawServe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: Option<Spanned<String>>,
+    run_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +183,7 @@ impl Config {
             store: SecretUrl::new(resolve_sqlite_path(DEFAULT_STORE, base_dir)),
             invariants_dir: base_dir.join(DEFAULT_INVARIANTS_DIR),
             sources: BTreeMap::new(),
+            serve: ServeConfig::default(),
         }
     }
 
@@ -218,6 +249,7 @@ impl Config {
                 store: None,
                 invariants: None,
                 sources: BTreeMap::new(),
+                serve: None,
             }
         } else {
             serde_saphyr::from_str(text)
@@ -377,12 +409,53 @@ impl Config {
             );
         }
 
+        let mut serve = ServeConfig::default();
+        if let Some(raw_serve) = &raw.serve {
+            if let Some(l) = &raw_serve.listen {
+                match l.value.parse() {
+                    Ok(addr) => serve.listen = addr,
+                    Err(_) => errors.push(Diagnostic::at(
+                        path,
+                        l.referenced,
+                        format!(
+                            "serve.listen: `{}` is not an address; write host:port with an IP, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
+                            l.value
+                        ),
+                    )),
+                }
+            }
+            for (field, raw_value, slot) in [
+                (
+                    "run_timeout",
+                    &raw_serve.run_timeout,
+                    &mut serve.run_timeout,
+                ),
+                (
+                    "shutdown_grace",
+                    &raw_serve.shutdown_grace,
+                    &mut serve.shutdown_grace,
+                ),
+            ] {
+                if let Some(v) = raw_value {
+                    match HumanDuration::parse(&v.value) {
+                        Ok(d) => *slot = d,
+                        Err(e) => errors.push(Diagnostic::at(
+                            path,
+                            v.referenced,
+                            format!("serve.{field}: {e}"),
+                        )),
+                    }
+                }
+            }
+        }
+
         if errors.is_empty() {
             Ok(Config {
                 file: Some(path.to_owned()),
                 store,
                 invariants_dir,
                 sources,
+                serve,
             })
         } else {
             Err(Diagnostics(errors))
@@ -519,6 +592,17 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn serve_settings_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.serve, ServeConfig::default());
+        let c = parse("serve:\n  listen: 0.0.0.0:9000\n  run_timeout: 90s\n").unwrap();
+        assert_eq!(c.serve.listen.port(), 9000);
+        assert_eq!(c.serve.run_timeout.as_std().as_secs(), 90);
+        let err = parse("serve:\n  listen: localhost\n  shutdown_grace: never\n").unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

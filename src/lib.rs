@@ -11,6 +11,7 @@
 //! - [`runner`]: one run of one invariant, from sources to ledger.
 //! - [`demo`]: the self-contained demo (`trueup demo`).
 //! - [`app`]: config + invariants + store + sources, opened once for a command.
+//! - [`serve`]: `trueup serve`: scheduler, metrics, shutdown; [`http`]: its endpoints.
 //! - [`cli`]: the commands.
 
 pub mod app;
@@ -20,8 +21,10 @@ pub mod demo;
 pub mod diagnostic;
 pub mod domain;
 pub mod engine;
+pub mod http;
 pub mod rules;
 pub mod runner;
+pub mod serve;
 pub mod source;
 pub mod store;
 

@@ -1,8 +1,11 @@
 //! One run of one invariant: evaluate it against the sources and record the result in the
 //! ledger, all or nothing.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Invariant, InvariantName, Violation};
 use crate::engine::{self, EngineError, ViolationSink};
@@ -15,10 +18,18 @@ use crate::store::{
 /// Violations are staged in the store in batches of this size.
 const FLUSH_EVERY: usize = 500;
 
+/// Bounds on one run: a deadline, and a token that cancels it (shutdown).
+#[derive(Debug, Clone, Default)]
+pub struct RunLimits {
+    pub timeout: Option<Duration>,
+    pub cancel: Option<CancellationToken>,
+}
+
 /// What one run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunOutcome {
     pub run_id: RunId,
+    pub status: RunStatus,
     pub invariant: String,
     pub severity: String,
     pub started_at: DateTime<Utc>,
@@ -50,6 +61,24 @@ pub async fn run_invariant(
     sources: &Sources,
     store: &dyn Store,
 ) -> Result<RunOutcome, StoreError> {
+    run_invariant_limited(invariant, sources, store, &RunLimits::default()).await
+}
+
+/// Why an evaluation stopped early.
+enum Stopped {
+    Failed(EngineError),
+    TimedOut(Duration),
+    Cancelled,
+}
+
+/// [`run_invariant`] within limits: a run over its timeout is recorded as failed, a cancelled
+/// one as cancelled; either way nothing in the ledger changes.
+pub async fn run_invariant_limited(
+    invariant: &Invariant,
+    sources: &Sources,
+    store: &dyn Store,
+    limits: &RunLimits,
+) -> Result<RunOutcome, StoreError> {
     let started_at = Utc::now();
     let run_id = store.begin_run(&invariant.name, started_at).await?;
     let mut recorder = Recorder {
@@ -61,14 +90,33 @@ pub async fn run_invariant(
         truncated: false,
         buffer: Vec::new(),
     };
-    let evaluated = engine::evaluate(invariant, sources, started_at, &mut recorder).await;
-    let evaluated = match evaluated {
-        Ok(stats) => recorder.flush().await.map(|()| stats),
-        Err(e) => Err(e),
+    let evaluated = {
+        let evaluation = async {
+            let stats = engine::evaluate(invariant, sources, started_at, &mut recorder).await?;
+            recorder.flush().await?;
+            Ok::<_, EngineError>(stats)
+        };
+        let bounded = async {
+            match limits.timeout {
+                Some(t) => match tokio::time::timeout(t, evaluation).await {
+                    Ok(r) => r.map_err(Stopped::Failed),
+                    Err(_) => Err(Stopped::TimedOut(t)),
+                },
+                None => evaluation.await.map_err(Stopped::Failed),
+            }
+        };
+        match &limits.cancel {
+            Some(token) => tokio::select! {
+                r = bounded => r,
+                () = token.cancelled() => Err(Stopped::Cancelled),
+            },
+            None => bounded.await,
+        }
     };
     let finished_at = Utc::now();
     let mut outcome = RunOutcome {
         run_id,
+        status: RunStatus::Succeeded,
         invariant: invariant.name.to_string(),
         severity: invariant.severity.to_string(),
         started_at,
@@ -102,12 +150,26 @@ pub async fn run_invariant(
             outcome.change = Some(change);
             outcome.samples = samples(store, invariant, run_id).await?;
         }
-        Err(e) => {
-            let message = e.to_string();
-            tracing::warn!(invariant = %invariant.name, run = run_id, "evaluation failed: {message}");
+        Err(stopped) => {
+            let (status, message) = match stopped {
+                Stopped::Failed(e) => (RunStatus::Failed, e.to_string()),
+                Stopped::TimedOut(t) => (
+                    RunStatus::Failed,
+                    format!(
+                        "timed out after {}; raise the run timeout or make the queries cheaper",
+                        humantime::format_duration(t)
+                    ),
+                ),
+                Stopped::Cancelled => (
+                    RunStatus::Cancelled,
+                    "cancelled: trueup was shutting down".to_owned(),
+                ),
+            };
+            tracing::warn!(invariant = %invariant.name, run = run_id, "run {}: {message}", status.as_str());
             store
-                .abandon_run(run_id, RunStatus::Failed, &message, finished_at)
+                .abandon_run(run_id, status, &message, finished_at)
                 .await?;
+            outcome.status = status;
             outcome.error = Some(message);
         }
     }

@@ -6,6 +6,7 @@
 mod check;
 mod demo_cmd;
 mod output;
+mod serve_cmd;
 mod validate;
 mod violations;
 
@@ -62,6 +63,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Evaluate invariants now and record the results in the ledger
     Check(CheckArgs),
+    /// Run invariants on their schedules and serve /metrics, /healthz and /readyz
+    Serve(ServeArgs),
     /// List violations from the ledger
     Violations(ViolationsArgs),
     /// List recent evaluation runs
@@ -91,6 +94,13 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, short = 'f', value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: `serve.listen` in the config, else 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
@@ -165,6 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Validate(args) => validate::run(cli.config.as_deref(), args).await,
             Command::Check(args) => check::run(cli.config.as_deref(), args).await,
+            Command::Serve(args) => serve_cmd::run(cli.config.as_deref(), args).await,
             Command::Violations(args) => violations::run(cli.config.as_deref(), args).await,
             Command::Runs(args) => violations::runs(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo_cmd::run(args).await,

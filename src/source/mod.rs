@@ -287,6 +287,13 @@ impl Feed {
         &self.source
     }
 
+    /// Resolves when the reader of this feed is gone (the evaluation finished early, timed
+    /// out or was cancelled): the read should stop and drop its connection.
+    pub(crate) fn abandoned(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let rows = self.rows.clone();
+        async move { rows.closed().await }
+    }
+
     pub(crate) fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
         let tx = self.columns.take().ok_or(Abandoned)?;
         tx.send(Ok(columns.into())).map_err(|_| Abandoned)

@@ -84,7 +84,14 @@ pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {
             return feed.fail(err).await;
         }
     };
-    match run(&mut conn, &req, &mut feed).await {
+    let abandoned = feed.abandoned();
+    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
+    // busy until its query ends.
+    let outcome = tokio::select! {
+        r = run(&mut conn, &req, &mut feed) => r,
+        () = abandoned => Err(None),
+    };
+    match outcome {
         Ok(()) => {
             if conn.execute("ROLLBACK").await.is_err() {
                 conn.close_on_drop();

@@ -83,7 +83,14 @@ pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut fe
             return feed.fail(err).await;
         }
     };
-    match run(&mut conn, &req, timeout_ms, &mut feed).await {
+    let abandoned = feed.abandoned();
+    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
+    // busy until its query ends.
+    let outcome = tokio::select! {
+        r = run(&mut conn, &req, timeout_ms, &mut feed) => r,
+        () = abandoned => Err(None),
+    };
+    match outcome {
         Ok(()) => {
             // Always roll back: whatever the query did to the session is undone.
             if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {

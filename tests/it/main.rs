@@ -6,5 +6,6 @@ mod helpers;
 
 mod cli;
 mod reconcile;
+mod serve;
 mod source_readonly;
 mod store;

@@ -1,0 +1,192 @@
+//! Prometheus metrics, named the Prometheus way: `trueup_*_total` counters, `*_seconds`,
+//! labelled by invariant.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::domain::{Invariant, ViolationKind};
+use crate::runner::RunOutcome;
+use crate::store::RunStatus;
+
+pub struct Metrics {
+    registry: Registry,
+    runs: IntCounterVec,
+    failures: IntCounterVec,
+    missed_ticks: IntCounterVec,
+    duration: HistogramVec,
+    last_run: GaugeVec,
+    last_success: GaugeVec,
+    healthy: IntGaugeVec,
+    violations: IntGaugeVec,
+    rows_read: IntCounterVec,
+    pub http_requests: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "trueup_invariant_run_duration_seconds",
+                "How long evaluating an invariant took.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0,
+            ]),
+            &["invariant"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("metric registered once");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        Self {
+            runs: counter(
+                &registry,
+                "trueup_invariant_runs_total",
+                "Evaluation runs, by how they ended (succeeded, failed, cancelled).",
+                &["invariant", "status"],
+            ),
+            failures: counter(
+                &registry,
+                "trueup_invariant_evaluation_failures_total",
+                "Evaluations that could not complete (source down, timeout, bad query).",
+                &["invariant"],
+            ),
+            missed_ticks: counter(
+                &registry,
+                "trueup_invariant_missed_ticks_total",
+                "Scheduled evaluations skipped because the previous run was still going.",
+                &["invariant"],
+            ),
+            rows_read: counter(
+                &registry,
+                "trueup_invariant_rows_read_total",
+                "Rows read from sources, by side (left, right).",
+                &["invariant", "side"],
+            ),
+            http_requests: counter(
+                &registry,
+                "trueup_http_requests_total",
+                "HTTP requests served, by route and status code.",
+                &["route", "status"],
+            ),
+            duration,
+            last_run: gauge(
+                "trueup_invariant_last_run_timestamp_seconds",
+                "When the last evaluation of the invariant finished (Unix time).",
+                &["invariant"],
+            ),
+            last_success: gauge(
+                "trueup_invariant_last_success_timestamp_seconds",
+                "When the last evaluation that completed finished (Unix time).",
+                &["invariant"],
+            ),
+            healthy: int_gauge(
+                "trueup_invariant_healthy",
+                "1 if the last evaluation completed, 0 if it failed.",
+                &["invariant"],
+            ),
+            violations: int_gauge(
+                "trueup_invariant_violations",
+                "Violations seen by the last completed evaluation, by kind.",
+                &["invariant", "kind", "severity"],
+            ),
+            registry,
+        }
+    }
+
+    /// Makes every invariant's series exist from the start (at zero), so alerts on `rate()`
+    /// and absence work before the first run.
+    pub fn declare(&self, invariant: &Invariant) {
+        let name = invariant.name.as_str();
+        for status in ["succeeded", "failed", "cancelled"] {
+            self.runs.with_label_values(&[name, status]);
+        }
+        self.failures.with_label_values(&[name]);
+        self.missed_ticks.with_label_values(&[name]);
+    }
+
+    pub fn missed(&self, invariant: &str, ticks: u64) {
+        self.missed_ticks
+            .with_label_values(&[invariant])
+            .inc_by(ticks);
+    }
+
+    pub fn record(&self, invariant: &Invariant, outcome: &RunOutcome) {
+        let name = invariant.name.as_str();
+        self.runs
+            .with_label_values(&[name, outcome.status.as_str()])
+            .inc();
+        let secs = (outcome.finished_at - outcome.started_at).num_milliseconds() as f64 / 1000.0;
+        self.duration.with_label_values(&[name]).observe(secs);
+        let finished = outcome.finished_at.timestamp_millis() as f64 / 1000.0;
+        self.last_run.with_label_values(&[name]).set(finished);
+        match outcome.status {
+            RunStatus::Succeeded => {
+                self.healthy.with_label_values(&[name]).set(1);
+                self.last_success.with_label_values(&[name]).set(finished);
+                let s = &outcome.stats;
+                self.rows_read
+                    .with_label_values(&[name, "left"])
+                    .inc_by(s.rows_left);
+                self.rows_read
+                    .with_label_values(&[name, "right"])
+                    .inc_by(s.rows_right);
+                for kind in ViolationKind::ALL {
+                    let seen = s.counts.get(&kind).copied().unwrap_or(0);
+                    self.violations
+                        .with_label_values(&[name, kind.as_str(), invariant.severity.as_str()])
+                        .set(i64::try_from(seen).unwrap_or(i64::MAX));
+                }
+            }
+            // A failed evaluation says nothing about violations: their gauges keep the last
+            // known values, only health drops.
+            RunStatus::Failed => {
+                self.healthy.with_label_values(&[name]).set(0);
+                self.failures.with_label_values(&[name]).inc();
+            }
+            RunStatus::Cancelled | RunStatus::Running => {}
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

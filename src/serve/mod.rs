@@ -1,0 +1,169 @@
+//! `trueup serve`: the scheduler and the HTTP endpoints in one process.
+//!
+//! [`Application::build`] binds the listener (port 0 in tests) and starts the scheduler;
+//! [`Application::run_until`] serves until the given shutdown future resolves, then drains:
+//! no new runs, runs in flight finish within the grace period or are cancelled (and recorded
+//! as cancelled), the HTTP server stops.
+
+pub mod metrics;
+pub mod scheduler;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::ServeConfig;
+use crate::domain::Invariant;
+
+use metrics::Metrics;
+use scheduler::Shared;
+use state::Board;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen on {addr}: {source}; pick another address with --listen or `serve.listen`"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    invariants: Vec<Arc<Invariant>>,
+    shared: Shared,
+    settings: ServeConfig,
+}
+
+impl Application {
+    /// Binds the listener. Nothing runs until [`Application::run_until`].
+    pub async fn build(app: App, settings: ServeConfig) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        let invariants: Vec<Arc<Invariant>> =
+            app.invariants.iter().cloned().map(Arc::new).collect();
+        let shared = Shared {
+            sources: app.sources.clone(),
+            store: Arc::clone(&app.store),
+            metrics: Arc::new(Metrics::new()),
+            board: Arc::new(Board::default()),
+            run_timeout: settings.run_timeout.as_std(),
+            cancel_runs: CancellationToken::new(),
+        };
+        Ok(Self {
+            addr,
+            listener,
+            app: Arc::new(app),
+            invariants,
+            shared,
+            settings,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves and schedules until `shutdown` resolves, then shuts down in order.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let stop = CancellationToken::new();
+        let mut scheduled = scheduler::start(&self.invariants, &self.shared, &stop);
+        tracing::info!(
+            addr = %self.addr,
+            invariants = self.invariants.len(),
+            scheduled = scheduled.len(),
+            "trueup is serving"
+        );
+        let router = crate::http::router(crate::http::HttpState {
+            store: Arc::clone(&self.shared.store),
+            metrics: Arc::clone(&self.shared.metrics),
+            board: Arc::clone(&self.shared.board),
+            invariants: self.invariants.clone(),
+        });
+        let server_stop = CancellationToken::new();
+        let server = {
+            let server_stop = server_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(self.listener, router)
+                    .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                    .await
+            })
+        };
+
+        shutdown.await;
+        tracing::info!("shutting down: no new runs; waiting for runs in flight");
+        stop.cancel();
+        let grace = self.settings.shutdown_grace.as_std();
+        if tokio::time::timeout(grace, drain(&mut scheduled))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "runs still going after {}; cancelling them",
+                humantime::format_duration(grace)
+            );
+            self.shared.cancel_runs.cancel();
+            drain(&mut scheduled).await;
+        }
+        server_stop.cancel();
+        let served = server.await;
+        self.app.close().await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Http(e)),
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+        }
+    }
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// A grace period long enough for the usual run; see `serve.shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

@@ -1,0 +1,152 @@
+//! Runs each scheduled invariant on its cron schedule, one run at a time per invariant.
+//!
+//! Semantics borrowed from Prometheus rule groups: a run that outlasts its interval is never
+//! overlapped by the next one; the ticks that came due meanwhile are skipped and counted
+//! (`trueup_invariant_missed_ticks_total`). Each run has a timeout. On shutdown no new run
+//! starts; runs in flight get a grace period, then are cancelled and recorded as cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Invariant, Schedule};
+use crate::runner::{self, RunLimits};
+use crate::source::Sources;
+use crate::store::Store;
+
+use super::metrics::Metrics;
+use super::state::Board;
+
+/// What every invariant task shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub sources: Sources,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<Board>,
+    pub run_timeout: Duration,
+    /// Cancelled when runs in flight must stop (end of the shutdown grace period).
+    pub cancel_runs: CancellationToken,
+}
+
+/// Starts one task per invariant that has a schedule. The tasks end when `stop` is cancelled
+/// (after finishing any run in flight).
+pub fn start(
+    invariants: &[Arc<Invariant>],
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for inv in invariants {
+        shared.metrics.declare(inv);
+        shared.board.declare(inv);
+        let Some(schedule) = inv.schedule.clone() else {
+            continue;
+        };
+        tasks.spawn(run_on_schedule(
+            Arc::clone(inv),
+            schedule,
+            shared.clone(),
+            stop.clone(),
+        ));
+    }
+    tasks
+}
+
+async fn run_on_schedule(
+    invariant: Arc<Invariant>,
+    schedule: Schedule,
+    shared: Shared,
+    stop: CancellationToken,
+) {
+    let mut next = schedule.next_after(Utc::now());
+    while let Some(fire_at) = next {
+        let wait = (fire_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+        run_once(&invariant, &shared).await;
+        let (following, missed) = after_run(&schedule, fire_at, Utc::now());
+        if missed > 0 {
+            tracing::warn!(invariant = %invariant.name, missed, "runs took longer than the schedule allows; skipped ticks");
+            shared.metrics.missed(invariant.name.as_str(), missed);
+        }
+        next = following;
+    }
+    tracing::warn!(invariant = %invariant.name, "the schedule has no more fire times; no longer scheduled");
+}
+
+/// Evaluates an invariant now and publishes the outcome (metrics, board).
+pub async fn run_once(invariant: &Invariant, shared: &Shared) {
+    let limits = RunLimits {
+        timeout: Some(shared.run_timeout),
+        cancel: Some(shared.cancel_runs.clone()),
+    };
+    shared.board.started(invariant.name.as_str());
+    match runner::run_invariant_limited(invariant, &shared.sources, shared.store.as_ref(), &limits)
+        .await
+    {
+        Ok(outcome) => {
+            shared.metrics.record(invariant, &outcome);
+            shared.board.finished(invariant.name.as_str(), &outcome);
+        }
+        Err(e) => {
+            // The store itself failed; the run may not even be recorded. Say so loudly.
+            tracing::error!(invariant = %invariant.name, "cannot record the run: {e}");
+            shared
+                .board
+                .store_failed(invariant.name.as_str(), &e.to_string());
+        }
+    }
+}
+
+/// The next fire time after a run that was due at `fired` and ended at `now`, and how many
+/// fire times passed while it ran (skipped, never run late).
+fn after_run(
+    schedule: &Schedule,
+    fired: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (Option<DateTime<Utc>>, u64) {
+    let mut missed = 0;
+    let mut t = fired;
+    loop {
+        match schedule.next_after(t) {
+            Some(n) if n <= now => {
+                missed += 1;
+                t = n;
+            }
+            other => return (other, missed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_run_longer_than_its_interval_skips_and_counts_the_ticks_it_overlapped() {
+        let every_10s = Schedule::parse("*/10 * * * * *").unwrap();
+        let fired = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let ended = fired + chrono::TimeDelta::seconds(35);
+        let (next, missed) = after_run(&every_10s, fired, ended);
+        assert_eq!(missed, 3);
+        assert_eq!(next, Some(fired + chrono::TimeDelta::seconds(40)));
+    }
+
+    #[test]
+    fn a_quick_run_misses_nothing() {
+        let every_10s = Schedule::parse("*/10 * * * * *").unwrap();
+        let fired = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let (next, missed) = after_run(&every_10s, fired, fired + chrono::TimeDelta::seconds(2));
+        assert_eq!(
+            (next, missed),
+            (Some(fired + chrono::TimeDelta::seconds(10)), 0)
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! `trueup serve`: the scheduler, metrics and shutdown, against real sources.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use trueup::app::App;
+use trueup::config::Config;
+use trueup::domain::HumanDuration;
+use trueup::serve::Application;
+use trueup::store::RunStatus;
+
+use crate::helpers::TestPg;
+
+/// Starts the application on a free port; returns its base URL, a shutdown trigger and the
+/// task serving it.
+async fn start(
+    config: Config,
+) -> (
+    String,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
+    std::sync::Arc<dyn trueup::store::Store>,
+) {
+    let mut settings = config.serve.clone();
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    let app = App::with_config(config).await.unwrap();
+    let store = std::sync::Arc::clone(&app.store);
+    let application = Application::build(app, settings).await.unwrap();
+    let base = format!("http://{}", application.addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(application.run_until(async {
+        let _ = rx.await;
+    }));
+    (base, tx, task, store)
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of one sample in the exposition text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The demo, with every invariant scheduled every second.
+async fn demo_every_second(dir: &Path) -> Config {
+    let config_path = trueup::demo::create(dir).await.unwrap();
+    let text = trueup::demo::INVARIANTS
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("schedule:") {
+                "    schedule: \"* * * * * *\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
+    Config::load(&config_path).unwrap()
+}
+
+#[tokio::test]
+async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_every_second(dir.path()).await;
+    let config_store = config.store.clone();
+    let (base, stop, task, store) = start(config).await;
+
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get(&format!("{base}/readyz")).await.0, 200);
+    let names = [
+        "payments-ledger",
+        "fulfilled-orders-paid",
+        "subscriptions-entitlements",
+        "payment-lifecycle",
+    ];
+    wait_for(
+        "three runs of every invariant",
+        Duration::from_secs(20),
+        || {
+            let store = std::sync::Arc::clone(&store);
+            async move {
+                let mut all = true;
+                for name in names {
+                    let runs = store.runs(Some(name), 100).await.unwrap();
+                    all &= runs
+                        .iter()
+                        .filter(|r| r.status == RunStatus::Succeeded)
+                        .count()
+                        >= 3;
+                }
+                all
+            }
+        },
+    )
+    .await;
+
+    let (status, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    for name in names {
+        let runs = sample(
+            &metrics,
+            &format!("trueup_invariant_runs_total{{invariant=\"{name}\",status=\"succeeded\"}}"),
+        );
+        assert!(runs.unwrap_or(0.0) >= 3.0, "{name}: {runs:?}\n{metrics}");
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("trueup_invariant_healthy{{invariant=\"{name}\"}}")
+            ),
+            Some(1.0)
+        );
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "trueup_invariant_violations{invariant=\"payments-ledger\",kind=\"missing\",severity=\"critical\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(metrics.contains("trueup_invariant_run_duration_seconds_bucket"));
+    assert!(
+        metrics.contains("trueup_http_requests_total{route=\"/healthz\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("shutdown within the grace period")
+        .unwrap()
+        .unwrap();
+
+    // One run at a time per invariant, and nothing left running.
+    let store = trueup::store::open(&config_store).await.unwrap();
+    for name in names {
+        let mut runs = store.runs(Some(name), 1000).await.unwrap();
+        runs.reverse();
+        assert!(
+            runs.iter().all(|r| r.status != RunStatus::Running),
+            "{name}"
+        );
+        for pair in runs.windows(2) {
+            let finished = pair[0].finished_at.unwrap();
+            assert!(
+                finished <= pair[1].started_at,
+                "{name}: runs {} and {} overlap",
+                pair[0].id,
+                pair[1].id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_the_run_in_flight() {
+    let db = TestPg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/slow.yaml"),
+        r#"invariants:
+  - name: slow
+    schedule: "* * * * * *"
+    check:
+      source: pg
+      query: SELECT 1 AS id FROM (SELECT pg_sleep(3)) AS s
+      key: id
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        format!(
+            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\nserve:\n  run_timeout: 1s\n  shutdown_grace: 200ms\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("trueup.yaml")).unwrap();
+    let (base, stop, task, store) = start(config.clone()).await;
+
+    wait_for("two timed-out runs", Duration::from_secs(15), || {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            let runs = store.runs(Some("slow"), 100).await.unwrap();
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    let runs = store.runs(Some("slow"), 100).await.unwrap();
+    let failed = runs.iter().find(|r| r.status == RunStatus::Failed).unwrap();
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 1s"),
+        "{:?}",
+        failed.error
+    );
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(&metrics, "trueup_invariant_healthy{invariant=\"slow\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            "trueup_invariant_evaluation_failures_total{invariant=\"slow\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
+    // Each 1 s run overruns its 1 s schedule, so ticks are skipped, never run in parallel.
+    assert!(
+        sample(
+            &metrics,
+            "trueup_invariant_missed_ticks_total{invariant=\"slow\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{metrics}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    // A long run at shutdown is cancelled after the grace period and recorded as cancelled.
+    let mut config = config;
+    config.serve.run_timeout = HumanDuration::parse("30s").unwrap();
+    let config_store = config.store.clone();
+    let (_, stop, task, store) = start(config).await;
+    wait_for("a run in flight", Duration::from_secs(5), || {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            store
+                .runs(Some("slow"), 1)
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|r| r.status == RunStatus::Running)
+        }
+    })
+    .await;
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let store = trueup::store::open(&config_store).await.unwrap();
+    let last = &store.runs(Some("slow"), 1).await.unwrap()[0];
+    assert_eq!(last.status, RunStatus::Cancelled, "{last:?}");
+    assert!(last.error.as_deref().unwrap().contains("shutting down"));
+}

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::domain::{HumanDuration, SourceName};
+use crate::domain::{HumanDuration, Role, SourceName};
 
 pub const DEFAULT_STORE: &str = "sqlite://trueup.db";
 pub const DEFAULT_INVARIANTS_DIR: &str = "invariants";
@@ -33,6 +33,34 @@ pub struct ServeConfig {
     pub run_timeout: HumanDuration,
     /// On shutdown, how long runs in flight may take before they are cancelled.
     pub shutdown_grace: HumanDuration,
+    /// Who may call the API, and as what.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// A bearer token the API accepts: only its SHA-256 is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// The identity recorded in the audit log.
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+impl ApiToken {
+    pub fn digest(token: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(token.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("sha256", &"***")
+            .finish()
+    }
 }
 
 impl Default for ServeConfig {
@@ -41,6 +69,7 @@ impl Default for ServeConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             run_timeout: HumanDuration::from_std(std::time::Duration::from_secs(300)),
             shutdown_grace: HumanDuration::from_std(std::time::Duration::from_secs(30)),
+            tokens: Vec::new(),
         }
     }
 }
@@ -163,6 +192,19 @@ struct RawServe {
     listen: Option<Spanned<String>>,
     run_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    tokens: Vec<Spanned<RawToken>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: Spanned<String>,
+    role: Spanned<String>,
+    /// `${ENV_VAR}` holding the token.
+    token: Option<Spanned<String>>,
+    /// The token's SHA-256, in hex.
+    sha256: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -424,6 +466,28 @@ impl Config {
                     )),
                 }
             }
+            for t in &raw_serve.tokens {
+                match parse_token(&t.value, env) {
+                    Ok(token) => {
+                        if serve
+                            .tokens
+                            .iter()
+                            .any(|o| o.name == token.name || o.sha256 == token.sha256)
+                        {
+                            errors.push(Diagnostic::at(
+                                path,
+                                t.referenced,
+                                format!("serve.tokens: `{}` repeats another token's name or value; each identity needs its own token", token.name),
+                            ));
+                        } else {
+                            serve.tokens.push(token);
+                        }
+                    }
+                    Err((at, msg)) => {
+                        errors.push(Diagnostic::at(path, at, format!("serve.tokens: {msg}")))
+                    }
+                }
+            }
             for (field, raw_value, slot) in [
                 (
                     "run_timeout",
@@ -461,6 +525,72 @@ impl Config {
             Err(Diagnostics(errors))
         }
     }
+}
+
+fn parse_token(
+    raw: &RawToken,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ApiToken, (serde_saphyr::Location, String)> {
+    let name = raw.name.value.trim();
+    if name.is_empty() {
+        return Err((
+            raw.name.referenced,
+            "a token needs a `name` (the identity in the audit log)".into(),
+        ));
+    }
+    let role = Role::parse(&raw.role.value).ok_or_else(|| {
+        (
+            raw.role.referenced,
+            format!("role `{}` is unknown; use {}", raw.role.value, Role::NAMES),
+        )
+    })?;
+    let sha256 = match (&raw.token, &raw.sha256) {
+        (Some(t), None) => {
+            let v = t.value.trim();
+            let is_reference = v.starts_with("${") && v.ends_with('}') && v.len() > 3;
+            if !is_reference {
+                return Err((
+                    t.referenced,
+                    format!(
+                        "token `{name}` is written in the file; write `token: ${{TRUEUP_TOKEN_{}}}` and set that environment variable, or give its `sha256`",
+                        name.to_uppercase()
+                            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    ),
+                ));
+            }
+            let value = expand_env(v, env).map_err(|m| (t.referenced, m))?;
+            if value.len() < 16 {
+                return Err((
+                    t.referenced,
+                    format!(
+                        "token `{name}` is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
+            ApiToken::digest(&value)
+        }
+        (None, Some(h)) => {
+            let bytes = hex::decode(h.value.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                (h.referenced, format!("sha256 of token `{name}` must be 64 hex digits (`printf %s \"$TOKEN\" | sha256sum`)"))
+            })?;
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&bytes);
+            out
+        }
+        _ => {
+            return Err((
+                raw.name.referenced,
+                format!(
+                    "token `{name}` needs exactly one of `token: ${{ENV_VAR}}` or `sha256: <hex>`"
+                ),
+            ));
+        }
+    };
+    Ok(ApiToken {
+        name: name.to_owned(),
+        role,
+        sha256,
+    })
 }
 
 /// Replaces `${VAR}` references, and refuses a password written literally in the file.
@@ -603,6 +733,38 @@ mod tests {
         assert_eq!(c.serve.run_timeout.as_std().as_secs(), 90);
         let err = parse("serve:\n  listen: localhost\n  shutdown_grace: never\n").unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn api_tokens_come_from_the_environment_or_as_hashes_never_literally() {
+        let env = |name: &str| match name {
+            "ALICE" => Some("alice-token-0123456789".to_owned()),
+            _ => None,
+        };
+        let hash = hex::encode(ApiToken::digest("bob-token-0123456789"));
+        let c = Config::parse(
+            &format!("serve:\n  tokens:\n    - {{name: alice, role: approver, token: \"${{ALICE}}\"}}\n    - {{name: bob, role: viewer, sha256: {hash}}}\n"),
+            Path::new("t.yaml"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.serve.tokens.len(), 2);
+        assert_eq!(
+            c.serve.tokens[0].sha256,
+            ApiToken::digest("alice-token-0123456789")
+        );
+        assert_eq!(c.serve.tokens[1].role, Role::Viewer);
+        assert!(!format!("{c:?}").contains(&hash));
+        let err = Config::parse(
+            "serve:\n  tokens:\n    - {name: eve, role: admin, token: hunter2hunter2hunter2}\n    - {name: mal, role: god, sha256: abc}\n",
+            Path::new("t.yaml"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("written in the file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("viewer, operator, approver or admin"), "{err}");
     }
 
     #[test]

@@ -125,6 +125,12 @@ pub struct ViolationsArgs {
     /// Only this kind: missing, extra, duplicate, mismatch, check, transition
     #[arg(long, short = 'k', value_name = "KIND")]
     pub kind: Option<String>,
+    /// Only violations seen at or after this time (RFC 3339, e.g. 2026-11-25T02:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only violations first seen before this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// At most this many
     #[arg(long, default_value_t = 100)]
     pub limit: u32,

@@ -47,6 +47,8 @@ pub(super) async fn run(config: Option<&Path>, args: ViolationsArgs) -> anyhow::
             status,
             kind,
             new_in_run: None,
+            since: args.since,
+            until: args.until,
             after_id: args.after,
             limit: args.limit,
         })

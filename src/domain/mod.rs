@@ -3,6 +3,7 @@
 mod duration;
 mod invariant;
 mod name;
+mod role;
 mod schedule;
 mod value;
 mod violation;
@@ -13,6 +14,7 @@ pub use invariant::{
     TransitionsSpec,
 };
 pub use name::{ColumnName, InvariantName, NameError, SourceName};
+pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
 pub use value::{Value, ValueClass};
 pub use violation::{Fingerprint, Violation, ViolationKind};

@@ -1,33 +1,153 @@
-//! HTTP endpoints: health, readiness and Prometheus metrics. Handlers never touch SQL: they go
-//! through the `Store` trait and the in-memory board.
+//! HTTP: health, readiness, Prometheus metrics and the JSON API under `/api/v1`.
+//!
+//! Every endpoint is declared once in [`endpoints`], with the role it needs; the router and the
+//! OpenAPI document are both built from that list, so they cannot disagree, and no route can
+//! be added without saying who may call it. Handlers never touch SQL: they go through the
+//! `Store` trait, the scheduler's shared state and the in-memory board.
+
+mod api;
+pub use api::openapi_document;
+pub mod auth;
+pub mod error;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 
-use crate::domain::Invariant;
-use crate::serve::metrics::Metrics;
-use crate::serve::state::Board;
-use crate::store::Store;
+use crate::config::ApiToken;
+use crate::domain::{Invariant, Role};
+use crate::serve::scheduler::Shared;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
-    pub board: Arc<Board>,
+    pub shared: Shared,
     pub invariants: Vec<Arc<Invariant>>,
+    pub tokens: Arc<Vec<ApiToken>>,
+}
+
+/// One endpoint: where it is, who may call it, what it does.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    /// `None`: anyone (health checks only).
+    pub role: Option<Role>,
+    pub summary: &'static str,
+    /// Whether it changes anything (and so writes an audit record).
+    pub mutating: bool,
+    handler: MethodRouter<HttpState>,
+}
+
+fn endpoint(
+    method: Method,
+    path: &'static str,
+    role: Option<Role>,
+    summary: &'static str,
+    handler: MethodRouter<HttpState>,
+) -> Endpoint {
+    Endpoint {
+        mutating: method != Method::GET,
+        method,
+        path,
+        role,
+        summary,
+        handler,
+    }
+}
+
+pub fn endpoints() -> Vec<Endpoint> {
+    use Role::*;
+    vec![
+        endpoint(
+            Method::GET,
+            "/healthz",
+            None,
+            "The process is up.",
+            get(healthz),
+        ),
+        endpoint(
+            Method::GET,
+            "/readyz",
+            None,
+            "The store answers.",
+            get(readyz),
+        ),
+        endpoint(
+            Method::GET,
+            "/metrics",
+            Some(Viewer),
+            "Prometheus metrics.",
+            get(metrics),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/openapi.json",
+            Some(Viewer),
+            "This API's OpenAPI document.",
+            get(api::openapi),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/invariants",
+            Some(Viewer),
+            "Every invariant with its health, state and last error.",
+            get(api::list_invariants),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/invariants/{name}",
+            Some(Viewer),
+            "One invariant, with its definition and recent runs.",
+            get(api::get_invariant),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/invariants/{name}/runs",
+            Some(Operator),
+            "Evaluate the invariant now; answers with the run's outcome (409 if a run is going).",
+            post(api::trigger_run),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/runs",
+            Some(Viewer),
+            "Recent runs, newest first (`invariant`, `limit`).",
+            get(api::list_runs),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/violations",
+            Some(Viewer),
+            "Violations (`invariant`, `status`, `kind`, `since`, `until`, `after`, `limit`), keyset-paged by `next_after`.",
+            get(api::list_violations),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/audit",
+            Some(Admin),
+            "The append-only audit log (`target`, `after`, `limit`).",
+            get(api::audit_log),
+        ),
+    ]
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let mut router = Router::new();
+    for e in endpoints() {
+        let handler = match e.role {
+            Some(role) => e.handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), role),
+                auth::require_role,
+            )),
+            None => e.handler,
+        };
+        router = router.route(e.path, handler);
+    }
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -44,6 +164,7 @@ async fn count_requests(State(state): State<HttpState>, req: Request, next: Next
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     state
+        .shared
         .metrics
         .http_requests
         .with_label_values(&[route.as_str(), response.status().as_str()])
@@ -51,14 +172,12 @@ async fn count_requests(State(state): State<HttpState>, req: Request, next: Next
     response
 }
 
-/// The process is up.
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The process can do its job: the store answers.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    match state.store.runs(None, 1).await {
+    match state.shared.store.runs(None, 1).await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
             tracing::warn!("not ready: {e}");
@@ -77,7 +196,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.shared.metrics.render(),
     )
         .into_response()
 }

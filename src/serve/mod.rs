@@ -97,11 +97,15 @@ impl Application {
             scheduled = scheduled.len(),
             "trueup is serving"
         );
+        if self.settings.tokens.is_empty() {
+            tracing::warn!(
+                "no API tokens configured (serve.tokens): every route but /healthz and /readyz will answer 401"
+            );
+        }
         let router = crate::http::router(crate::http::HttpState {
-            store: Arc::clone(&self.shared.store),
-            metrics: Arc::clone(&self.shared.metrics),
-            board: Arc::clone(&self.shared.board),
+            shared: self.shared.clone(),
             invariants: self.invariants.clone(),
+            tokens: Arc::new(self.settings.tokens.clone()),
         });
         let server_stop = CancellationToken::new();
         let server = {

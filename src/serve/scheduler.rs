@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Invariant, Schedule};
-use crate::runner::{self, RunLimits};
+use crate::runner::{self, RunLimits, RunOutcome};
 use crate::source::Sources;
 use crate::store::Store;
 
@@ -69,8 +69,12 @@ async fn run_on_schedule(
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
-        run_once(&invariant, &shared).await;
-        let (following, missed) = after_run(&schedule, fire_at, Utc::now());
+        let busy = matches!(run_once(&invariant, &shared).await, Attempt::Busy);
+        let (following, mut missed) = after_run(&schedule, fire_at, Utc::now());
+        if busy {
+            // A run requested through the API was going: this tick is skipped too.
+            missed += 1;
+        }
         if missed > 0 {
             tracing::warn!(invariant = %invariant.name, missed, "runs took longer than the schedule allows; skipped ticks");
             shared.metrics.missed(invariant.name.as_str(), missed);
@@ -80,8 +84,21 @@ async fn run_on_schedule(
     tracing::warn!(invariant = %invariant.name, "the schedule has no more fire times; no longer scheduled");
 }
 
+/// How an attempt to run an invariant went.
+pub enum Attempt {
+    Ran(Box<RunOutcome>),
+    /// A run of the same invariant was already going; nothing started.
+    Busy,
+    /// The store could not record the run.
+    StoreFailed(String),
+}
+
 /// Evaluates an invariant now and publishes the outcome (metrics, board).
-pub async fn run_once(invariant: &Invariant, shared: &Shared) {
+pub async fn run_once(invariant: &Invariant, shared: &Shared) -> Attempt {
+    let lock = shared.board.run_lock(invariant.name.as_str());
+    let Ok(_running) = lock.try_lock() else {
+        return Attempt::Busy;
+    };
     let limits = RunLimits {
         timeout: Some(shared.run_timeout),
         cancel: Some(shared.cancel_runs.clone()),
@@ -93,6 +110,7 @@ pub async fn run_once(invariant: &Invariant, shared: &Shared) {
         Ok(outcome) => {
             shared.metrics.record(invariant, &outcome);
             shared.board.finished(invariant.name.as_str(), &outcome);
+            Attempt::Ran(Box::new(outcome))
         }
         Err(e) => {
             // The store itself failed; the run may not even be recorded. Say so loudly.
@@ -100,6 +118,7 @@ pub async fn run_once(invariant: &Invariant, shared: &Shared) {
             shared
                 .board
                 .store_failed(invariant.name.as_str(), &e.to_string());
+            Attempt::StoreFailed(e.to_string())
         }
     }
 }

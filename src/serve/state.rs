@@ -34,9 +34,17 @@ pub struct InvariantState {
 #[derive(Default)]
 pub struct Board {
     states: RwLock<BTreeMap<String, InvariantState>>,
+    /// One lock per invariant: held for the whole of a run, scheduled or requested.
+    run_locks: std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Board {
+    /// The lock that keeps two runs of `name` from overlapping.
+    pub fn run_lock(&self, name: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.run_locks.lock().unwrap_or_else(|e| e.into_inner());
+        std::sync::Arc::clone(locks.entry(name.to_owned()).or_default())
+    }
+
     fn update(&self, name: &str, f: impl FnOnce(&mut InvariantState)) {
         let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         let state = states.entry(name.to_owned()).or_insert(InvariantState {

@@ -218,6 +218,12 @@ macro_rules! impl_store {
                         .push_bind(run)
                         .push(")");
                 }
+                if let Some(since) = filter.since {
+                    qb.push(" AND last_seen >= ").push_bind(since);
+                }
+                if let Some(until) = filter.until {
+                    qb.push(" AND first_seen < ").push_bind(until);
+                }
                 if let Some(after) = filter.after_id {
                     qb.push(" AND id > ").push_bind(after);
                 }
@@ -299,6 +305,61 @@ macro_rules! impl_store {
                                 resolved: n("resolved_count")?,
                             },
                             error: row.try_get("error")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
+            async fn audit(
+                &self,
+                actor: &str,
+                action: &str,
+                target: &str,
+                details: &serde_json::Value,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<i64, $crate::store::StoreError> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(at)
+                .bind(actor)
+                .bind(action)
+                .bind(target)
+                .bind(sqlx::types::Json(details))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            async fn audit_log(
+                &self,
+                target: Option<&str>,
+                after_id: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, at, actor, action, target, details FROM audit_log WHERE 1 = 1",
+                );
+                if let Some(t) = target {
+                    qb.push(" AND target = ").push_bind(t.to_owned());
+                }
+                if let Some(after) = after_id {
+                    qb.push(" AND id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.max(1)));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        use sqlx::Row;
+                        let details: sqlx::types::Json<serde_json::Value> = row.try_get("details")?;
+                        Ok($crate::store::AuditEntry {
+                            id: row.try_get("id")?,
+                            at: row.try_get("at")?,
+                            actor: row.try_get("actor")?,
+                            action: row.try_get("action")?,
+                            target: row.try_get("target")?,
+                            details: details.0,
                         })
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -160,6 +160,18 @@ pub struct ViolationRecord {
     pub evidence: serde_json::Value,
 }
 
+/// One entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The identity that acted (a token's name, or `cli` / `scheduler`).
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ViolationFilter {
     pub invariants: Vec<String>,
@@ -167,6 +179,10 @@ pub struct ViolationFilter {
     pub kind: Option<ViolationKind>,
     /// Only violations that this run found new or reopened.
     pub new_in_run: Option<RunId>,
+    /// Only violations seen at or after this time (`last_seen >= since`).
+    pub since: Option<DateTime<Utc>>,
+    /// Only violations first seen before this time (`first_seen < until`).
+    pub until: Option<DateTime<Utc>>,
     /// Keyset pagination: only ids greater than this.
     pub after_id: Option<i64>,
     pub limit: u32,
@@ -222,6 +238,24 @@ pub trait Store: Send + Sync {
     /// The latest runs, newest first.
     async fn runs(&self, invariant: Option<&str>, limit: u32)
     -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Appends to the audit log; returns the entry's id.
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+
+    /// Audit entries in order, after `after_id`, optionally for one target.
+    async fn audit_log(
+        &self,
+        target: Option<&str>,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     async fn close(&self);
 }

@@ -35,8 +35,34 @@ async fn start(
     (base, tx, task, store)
 }
 
+/// Tokens the test configs accept, one per role.
+pub const VIEWER: &str = "viewer-token-0123456789abcdef";
+pub const OPERATOR: &str = "operator-token-0123456789abcdef";
+pub const APPROVER: &str = "approver-token-0123456789abcdef";
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// A `serve:` block with one token per role (given as hashes, as a config file would).
+fn tokens_yaml(extra: &str) -> String {
+    let hash = |t: &str| hex::encode(trueup::config::ApiToken::digest(t));
+    format!(
+        "serve:\n{extra}  tokens:\n    - {{name: vera, role: viewer, sha256: {}}}\n    - {{name: otto, role: operator, sha256: {}}}\n    - {{name: april, role: approver, sha256: {}}}\n    - {{name: ada, role: admin, sha256: {}}}\n",
+        hash(VIEWER),
+        hash(OPERATOR),
+        hash(APPROVER),
+        hash(ADMIN)
+    )
+}
+
 async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
+    call(reqwest::Method::GET, url, Some(VIEWER)).await
+}
+
+async fn call(method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -78,6 +104,9 @@ async fn demo_every_second(dir: &Path) -> Config {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
+    let mut config_text = std::fs::read_to_string(&config_path).unwrap();
+    config_text.push_str(&tokens_yaml(""));
+    std::fs::write(&config_path, config_text).unwrap();
     Config::load(&config_path).unwrap()
 }
 
@@ -195,8 +224,9 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
     std::fs::write(
         dir.path().join("trueup.yaml"),
         format!(
-            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\nserve:\n  run_timeout: 1s\n  shutdown_grace: 200ms\n",
-            db.url
+            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
+            db.url,
+            tokens_yaml("  run_timeout: 1s\n  shutdown_grace: 200ms\n")
         ),
     )
     .unwrap();
@@ -280,4 +310,201 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
     let last = &store.runs(Some("slow"), 1).await.unwrap()[0];
     assert_eq!(last.status, RunStatus::Cancelled, "{last:?}");
     assert!(last.error.as_deref().unwrap().contains("shutting down"));
+}
+
+/// The demo under `serve`, with nothing scheduled (runs only when asked).
+async fn demo_on_demand(dir: &Path) -> Config {
+    let config_path = trueup::demo::create(dir).await.unwrap();
+    let text: String = trueup::demo::INVARIANTS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("schedule:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
+    let mut config_text = std::fs::read_to_string(&config_path).unwrap();
+    config_text.push_str(&tokens_yaml(""));
+    std::fs::write(&config_path, config_text).unwrap();
+    Config::load(&config_path).unwrap()
+}
+
+#[tokio::test]
+async fn every_route_checks_its_token_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, stop, task, _) = start(demo_on_demand(dir.path()).await).await;
+    let tokens = [
+        (trueup::domain::Role::Viewer, VIEWER),
+        (trueup::domain::Role::Operator, OPERATOR),
+        (trueup::domain::Role::Approver, APPROVER),
+        (trueup::domain::Role::Admin, ADMIN),
+    ];
+    let endpoints = trueup::http::endpoints();
+    assert!(endpoints.len() >= 10);
+    for e in &endpoints {
+        let url = format!(
+            "{base}{}",
+            e.path.replace("{name}", "fulfilled-orders-paid")
+        );
+        let method = reqwest::Method::from_bytes(e.method.as_str().as_bytes()).unwrap();
+        let Some(needed) = e.role else {
+            assert_eq!(
+                call(method, &url, None).await.0,
+                200,
+                "{} {}",
+                e.method,
+                e.path
+            );
+            continue;
+        };
+        assert_eq!(
+            call(method.clone(), &url, None).await.0,
+            401,
+            "no token: {} {}",
+            e.method,
+            e.path
+        );
+        assert_eq!(
+            call(method.clone(), &url, Some("not-a-token-of-ours-at-all"))
+                .await
+                .0,
+            401,
+            "wrong token: {} {}",
+            e.method,
+            e.path
+        );
+        for (role, token) in tokens {
+            let (status, body) = call(method.clone(), &url, Some(token)).await;
+            if role < needed {
+                assert_eq!(status, 403, "{role} on {} {}: {body}", e.method, e.path);
+                assert!(body.contains(&format!("this needs {needed}")), "{body}");
+            } else {
+                assert!(
+                    status == 200,
+                    "{role} on {} {}: {status} {body}",
+                    e.method,
+                    e.path
+                );
+            }
+        }
+        if e.mutating {
+            assert!(
+                needed > trueup::domain::Role::Viewer,
+                "a viewer must not change anything: {}",
+                e.path
+            );
+        }
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_api_runs_lists_pages_and_audits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, stop, task, _) = start(demo_on_demand(dir.path()).await).await;
+
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/invariants/payments-ledger/runs"),
+        Some(OPERATOR),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let outcome: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["status"], "succeeded");
+    assert_eq!(outcome["change"]["new"], 8);
+
+    let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ledger = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "payments-ledger")
+        .unwrap();
+    assert_eq!(ledger["state"]["health"], "ok");
+    assert_eq!(ledger["state"]["open_violations"], 8);
+    assert_eq!(ledger["severity"], "critical");
+
+    // Keyset pages cover every violation exactly once.
+    let mut seen = Vec::new();
+    let mut after: Option<i64> = None;
+    loop {
+        let url = match after {
+            Some(a) => {
+                format!("{base}/api/v1/violations?invariant=payments-ledger&limit=3&after={a}")
+            }
+            None => format!("{base}/api/v1/violations?invariant=payments-ledger&limit=3"),
+        };
+        let (status, body) = get(&url).await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_i64().unwrap()),
+        );
+        match page["next_after"].as_i64() {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    let (_, body) = get(&format!("{base}/api/v1/violations?kind=mismatch")).await;
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let (status, body) = get(&format!("{base}/api/v1/violations?status=broken")).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("use active, open, reopened, resolved or all"),
+        "{body}"
+    );
+    let (status, _) = get(&format!("{base}/api/v1/invariants/no-such-thing")).await;
+    assert_eq!(status, 404);
+
+    // The run request is in the audit log, with who asked.
+    let (_, body) = call(
+        reqwest::Method::GET,
+        &format!("{base}/api/v1/audit"),
+        Some(ADMIN),
+    )
+    .await;
+    let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = &audit["items"][0];
+    assert_eq!(
+        (
+            entry["actor"].as_str(),
+            entry["action"].as_str(),
+            entry["target"].as_str()
+        ),
+        (
+            Some("otto"),
+            Some("run.requested"),
+            Some("invariant:payments-ledger")
+        )
+    );
+
+    // The OpenAPI document lists exactly the routes the server has.
+    let (_, body) = get(&format!("{base}/api/v1/openapi.json")).await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let documented: std::collections::BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {p}", m.to_uppercase()))
+        })
+        .collect();
+    let served: std::collections::BTreeSet<String> = trueup::http::endpoints()
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert_eq!(documented, served);
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }

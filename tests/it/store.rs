@@ -256,3 +256,77 @@ async fn reopening_a_store_keeps_its_ledger_and_migrates_once() {
     assert_eq!(change.still_open, 1);
     s.close().await;
 }
+
+async fn audit_story(store: &dyn Store) {
+    let at = Utc::now();
+    let first = store
+        .audit("otto", "run.requested", "invariant:x", &json!({}), at)
+        .await
+        .unwrap();
+    let second = store
+        .audit(
+            "ada",
+            "plan.approved",
+            "plan:7",
+            &json!({"hash": "abc"}),
+            at,
+        )
+        .await
+        .unwrap();
+    assert!(second > first);
+    let all = store.audit_log(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].details, json!({"hash": "abc"}));
+    let for_plan = store.audit_log(Some("plan:7"), None, 10).await.unwrap();
+    assert_eq!(for_plan.len(), 1);
+    assert!(
+        store
+            .audit_log(None, Some(second), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_on_both_backends() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trueup.db");
+    let sqlite = store::open(&SecretUrl::new(format!("sqlite://{}", path.display())))
+        .await
+        .unwrap();
+    audit_story(sqlite.as_ref()).await;
+    sqlite.close().await;
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    for tamper in [
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = sqlx::query(tamper)
+            .execute(&mut raw)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("append-only"), "{err}");
+    }
+
+    let db = TestPg::new().await;
+    let pg = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
+    audit_story(pg.as_ref()).await;
+    pg.close().await;
+    let mut raw = db.connect().await;
+    for tamper in [
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = sqlx::query(tamper)
+            .execute(&mut raw)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("append-only"), "{err}");
+    }
+}

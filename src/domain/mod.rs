@@ -1,5 +1,6 @@
 //! Pure domain types: parsed once from raw input, no I/O.
 
+mod alert;
 mod duration;
 mod invariant;
 mod name;
@@ -8,6 +9,7 @@ mod schedule;
 mod value;
 mod violation;
 
+pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
 pub use duration::HumanDuration;
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, Severity,

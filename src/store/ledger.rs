@@ -5,7 +5,31 @@
 macro_rules! impl_store {
     // `$begin` starts a write transaction: SQLite needs `BEGIN IMMEDIATE` so that two writers
     // wait for each other (busy timeout) instead of failing when a read lock upgrades.
-    ($store:ty, $db:ty, $backend:literal, $begin:literal) => {
+    // `$skip_locked` is how a claim query skips rows another worker holds: PostgreSQL needs
+    // `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time and needs nothing.
+    ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal) => {
+        impl $store {
+            fn outbox_item(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::OutboxItem, sqlx::Error> {
+                use sqlx::Row;
+                let payload: sqlx::types::Json<serde_json::Value> = row.try_get("payload")?;
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok($crate::store::OutboxItem {
+                    id: row.try_get("id")?,
+                    message: $crate::store::OutboxMessage {
+                        dedup_key: row.try_get("dedup_key")?,
+                        channel: row.try_get("channel")?,
+                        payload: payload.0,
+                    },
+                    attempts: attempts.into(),
+                    created_at: row.try_get("created_at")?,
+                    delivered_at: row.try_get("delivered_at")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             fn backend(&self) -> &'static str {
@@ -309,6 +333,148 @@ macro_rules! impl_store {
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(Into::into)
+            }
+
+            async fn alert(
+                &self,
+                invariant: &str,
+            ) -> Result<$crate::domain::Alert, $crate::store::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT state, active_since, last_violating_at, last_notified_at FROM alerts WHERE invariant = $1",
+                )
+                .bind(invariant)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    None => $crate::domain::Alert::inactive(),
+                    Some(row) => {
+                        let state: String = row.try_get("state")?;
+                        $crate::domain::Alert {
+                            state: $crate::domain::AlertState::parse(&state),
+                            active_since: row.try_get("active_since")?,
+                            last_violating_at: row.try_get("last_violating_at")?,
+                            last_notified_at: row.try_get("last_notified_at")?,
+                        }
+                    }
+                })
+            }
+
+            async fn record_alert(
+                &self,
+                invariant: &str,
+                alert: &$crate::domain::Alert,
+                messages: &[$crate::store::OutboxMessage],
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query(
+                    "INSERT INTO alerts (invariant, state, active_since, last_violating_at, last_notified_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (invariant) DO UPDATE SET state = excluded.state, \
+                       active_since = excluded.active_since, last_violating_at = excluded.last_violating_at, \
+                       last_notified_at = excluded.last_notified_at, updated_at = excluded.updated_at",
+                )
+                .bind(invariant)
+                .bind(alert.state.as_str())
+                .bind(alert.active_since)
+                .bind(alert.last_violating_at)
+                .bind(alert.last_notified_at)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                for m in messages {
+                    sqlx::query(
+                        "INSERT INTO outbox (dedup_key, channel, payload, created_at, next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(&m.dedup_key)
+                    .bind(&m.channel)
+                    .bind(sqlx::types::Json(&m.payload))
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_outbox(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                lease: chrono::TimeDelta,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::OutboxItem>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let rows = sqlx::query(concat!(
+                    "UPDATE outbox SET claimed_until = $1 WHERE id IN (",
+                    "SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $2 ",
+                    "AND (claimed_until IS NULL OR claimed_until < $2) ORDER BY id LIMIT $3 ",
+                    $skip_locked,
+                    ") RETURNING id, dedup_key, channel, payload, attempts, created_at, delivered_at, last_error"
+                ))
+                .bind(now + lease)
+                .bind(now)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let mut items = rows
+                    .iter()
+                    .map(Self::outbox_item)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                items.sort_by_key(|i| i.id);
+                Ok(items)
+            }
+
+            async fn outbox_delivered(
+                &self,
+                id: i64,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, claimed_until = NULL, last_error = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn outbox_failed(
+                &self,
+                id: i64,
+                error: &str,
+                retry_at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, claimed_until = NULL \
+                     WHERE id = $1 AND delivered_at IS NULL",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(retry_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn outbox(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::OutboxItem>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, dedup_key, channel, payload, attempts, created_at, delivered_at, last_error \
+                     FROM outbox ORDER BY id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::outbox_item)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
             }
 
             async fn audit(

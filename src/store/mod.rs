@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::SecretUrl;
-use crate::domain::{InvariantName, Violation, ViolationKind};
+use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -172,6 +172,26 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// A notification to deliver on one channel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OutboxMessage {
+    /// Stable across retries and restarts: receivers can drop repeats.
+    pub dedup_key: String,
+    pub channel: String,
+    pub payload: serde_json::Value,
+}
+
+/// An outbox row claimed for delivery.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub message: OutboxMessage,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ViolationFilter {
     pub invariants: Vec<String>,
@@ -238,6 +258,41 @@ pub trait Store: Send + Sync {
     /// The latest runs, newest first.
     async fn runs(&self, invariant: Option<&str>, limit: u32)
     -> Result<Vec<RunRecord>, StoreError>;
+
+    /// The invariant's alert as last recorded (inactive if never).
+    async fn alert(&self, invariant: &str) -> Result<Alert, StoreError>;
+
+    /// Records the alert's new state and queues its notifications, in one transaction.
+    async fn record_alert(
+        &self,
+        invariant: &str,
+        alert: &Alert,
+        messages: &[OutboxMessage],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` undelivered messages that are due, for `lease`: another worker
+    /// will not take them until the lease ends (a worker that dies releases them that way).
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Marks a claimed message delivered.
+    async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Records a failed delivery and when to try again.
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Outbox messages, newest first (for operators and tests).
+    async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError>;
 
     /// Appends to the audit log; returns the entry's id.
     async fn audit(

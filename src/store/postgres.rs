@@ -39,4 +39,10 @@ impl PgStore {
     }
 }
 
-super::ledger::impl_store!(PgStore, sqlx::Postgres, "postgres", "BEGIN");
+super::ledger::impl_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED"
+);

@@ -42,4 +42,4 @@ impl SqliteStore {
     }
 }
 
-super::ledger::impl_store!(SqliteStore, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE");
+super::ledger::impl_store!(SqliteStore, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE", "");

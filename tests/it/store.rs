@@ -330,3 +330,95 @@ async fn the_audit_log_is_append_only_on_both_backends() {
         assert!(err.contains("append-only"), "{err}");
     }
 }
+
+async fn outbox_story(store: Arc<dyn Store>) {
+    use trueup::domain::{Alert, AlertState};
+    use trueup::store::OutboxMessage;
+    let now = Utc::now();
+    assert_eq!(store.alert("inv").await.unwrap(), Alert::inactive());
+    let firing = Alert {
+        state: AlertState::Firing,
+        active_since: Some(now),
+        last_violating_at: Some(now),
+        last_notified_at: Some(now),
+    };
+    let messages: Vec<OutboxMessage> = (0..6)
+        .map(|i| OutboxMessage {
+            dedup_key: format!("inv:firing:{i}"),
+            channel: "ops".into(),
+            payload: json!({"i": i}),
+        })
+        .collect();
+    store
+        .record_alert("inv", &firing, &messages, now)
+        .await
+        .unwrap();
+    // Recording the same notices again (a retried transaction) queues nothing twice.
+    store
+        .record_alert("inv", &firing, &messages, now)
+        .await
+        .unwrap();
+    let back = store.alert("inv").await.unwrap();
+    assert_eq!(back.state, AlertState::Firing);
+    assert_eq!(
+        back.active_since.map(|t| t.timestamp_millis()),
+        Some(now.timestamp_millis())
+    );
+
+    // Two workers claiming at once get disjoint messages; together, all six.
+    let lease = chrono::TimeDelta::seconds(30);
+    let (a, b) = tokio::join!(
+        store.claim_outbox(now, lease, 4),
+        store.claim_outbox(now, lease, 4)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<i64> = a.iter().chain(&b).map(|i| i.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "a={a:?} b={b:?}");
+    assert_eq!(a.len() + b.len(), 6);
+    // Claimed messages are not handed out again while their lease holds...
+    assert!(store.claim_outbox(now, lease, 10).await.unwrap().is_empty());
+    // ...and are once it has ended (the worker died).
+    let later = now + chrono::TimeDelta::seconds(31);
+    let reclaimed = store.claim_outbox(later, lease, 10).await.unwrap();
+    assert_eq!(reclaimed.len(), 6);
+
+    store
+        .outbox_delivered(reclaimed[0].id, later)
+        .await
+        .unwrap();
+    store
+        .outbox_failed(
+            reclaimed[1].id,
+            "connection refused",
+            later + chrono::TimeDelta::seconds(60),
+        )
+        .await
+        .unwrap();
+    let much_later = later + chrono::TimeDelta::seconds(120);
+    let due = store.claim_outbox(much_later, lease, 10).await.unwrap();
+    assert_eq!(due.len(), 5, "the delivered one is never due again");
+    let retried = due.iter().find(|i| i.id == reclaimed[1].id).unwrap();
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("connection refused"));
+    let all = store.outbox(10).await.unwrap();
+    assert_eq!(all.iter().filter(|i| i.delivered_at.is_some()).count(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_outbox_claims_retries_and_delivers_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    outbox_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_outbox_claims_retries_and_delivers_once_on_postgres() {
+    let db = TestPg::new().await;
+    outbox_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

@@ -55,6 +55,8 @@ fn invariant() -> Invariant {
         schedule: None,
         time_column: None,
         grace: None,
+        alert: Default::default(),
+        notify: None,
         sample_limit: 0,
         violation_budget: 1_000_000,
         spec: InvariantSpec::Reconcile(ReconcileSpec {

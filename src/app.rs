@@ -1,6 +1,5 @@
 //! Everything a command needs, opened once: configuration, invariants, store and sources.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,7 +7,7 @@ use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::diagnostic::Diagnostics;
-use crate::domain::{Invariant, SourceName};
+use crate::domain::Invariant;
 use crate::runner::{self, RunOutcome};
 use crate::source::{SourceError, Sources};
 use crate::store::{self, Store, StoreError};
@@ -46,9 +45,9 @@ impl App {
     }
 
     pub async fn with_config(config: Config) -> Result<Self, AppError> {
-        let known: BTreeSet<SourceName> = config.sources.keys().cloned().collect();
         let invariants =
-            crate::rules::load(&config.invariants_dir, &known).map_err(AppError::Rules)?;
+            crate::rules::load(&config.invariants_dir, &crate::rules::Known::of(&config))
+                .map_err(AppError::Rules)?;
         let store = store::open(&config.store).await?;
         let sources = Sources::open_all(&config.sources).await?;
         Ok(Self {

@@ -23,6 +23,40 @@ pub struct Config {
     pub invariants_dir: PathBuf,
     pub sources: BTreeMap<SourceName, SourceConfig>,
     pub serve: ServeConfig,
+    /// Where alert notifications go, by channel name.
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// One notification channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelConfig {
+    Email(EmailChannel),
+    Webhook(WebhookChannel),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailChannel {
+    /// `smtp://host:port` (plain, for local relays), `smtp+starttls://host:port` or
+    /// `smtps://host:port` (TLS from the start).
+    pub smtp: String,
+    pub username: Option<String>,
+    pub password: Option<SecretUrl>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// trueup's documented JSON payload.
+    Json,
+    /// `{"text": "..."}`, which Slack, Mattermost and Rocket.Chat incoming webhooks accept.
+    Slack,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookChannel {
+    pub url: SecretUrl,
+    pub format: WebhookFormat,
 }
 
 /// `serve:` — how `trueup serve` listens and bounds its runs.
@@ -184,6 +218,38 @@ struct RawConfig {
     #[serde(default)]
     sources: BTreeMap<String, Spanned<RawSource>>,
     serve: Option<RawServe>,
+    notifications: Option<RawNotifications>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    #[serde(default)]
+    channels: BTreeMap<String, Spanned<RawChannel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    email: Option<RawEmail>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp: Spanned<String>,
+    username: Option<String>,
+    password: Option<Spanned<String>>,
+    from: Spanned<String>,
+    to: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +292,7 @@ impl Config {
             invariants_dir: base_dir.join(DEFAULT_INVARIANTS_DIR),
             sources: BTreeMap::new(),
             serve: ServeConfig::default(),
+            channels: BTreeMap::new(),
         }
     }
 
@@ -292,6 +359,7 @@ impl Config {
                 invariants: None,
                 sources: BTreeMap::new(),
                 serve: None,
+                notifications: None,
             }
         } else {
             serde_saphyr::from_str(text)
@@ -513,6 +581,20 @@ impl Config {
             }
         }
 
+        let mut channels = BTreeMap::new();
+        for (name, raw) in raw.notifications.iter().flat_map(|n| &n.channels) {
+            match parse_channel(name, &raw.value, env) {
+                Ok(c) => {
+                    channels.insert(name.clone(), c);
+                }
+                Err((at, msg)) => errors.push(Diagnostic::at(
+                    path,
+                    at.unwrap_or(raw.referenced),
+                    format!("notifications.channels.{name}: {msg}"),
+                )),
+            }
+        }
+
         if errors.is_empty() {
             Ok(Config {
                 file: Some(path.to_owned()),
@@ -520,10 +602,102 @@ impl Config {
                 invariants_dir,
                 sources,
                 serve,
+                channels,
             })
         } else {
             Err(Diagnostics(errors))
         }
+    }
+}
+
+fn parse_channel(
+    name: &str,
+    raw: &RawChannel,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ChannelConfig, (Option<serde_saphyr::Location>, String)> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err((
+            None,
+            "channel names use letters, digits, `-` and `_`".into(),
+        ));
+    }
+    match (&raw.email, &raw.webhook) {
+        (Some(e), None) => {
+            let scheme_ok = ["smtp://", "smtp+starttls://", "smtps://"]
+                .iter()
+                .any(|p| e.smtp.value.starts_with(p));
+            if !scheme_ok {
+                return Err((
+                    Some(e.smtp.referenced),
+                    format!(
+                        "smtp `{}` must start with smtp:// (plain), smtp+starttls:// or smtps://",
+                        e.smtp.value
+                    ),
+                ));
+            }
+            if !e.from.value.contains('@') {
+                return Err((
+                    Some(e.from.referenced),
+                    format!("from `{}` is not an email address", e.from.value),
+                ));
+            }
+            if e.to.is_empty() || e.to.iter().any(|t| !t.contains('@')) {
+                return Err((
+                    Some(e.smtp.referenced),
+                    "`to` needs one or more email addresses".into(),
+                ));
+            }
+            let password = match &e.password {
+                None => None,
+                Some(p) => {
+                    let v = p.value.trim();
+                    if !(v.starts_with("${") && v.ends_with('}')) {
+                        return Err((Some(p.referenced), "the SMTP password is written in the file; write `password: ${SMTP_PASSWORD}` and set that environment variable".into()));
+                    }
+                    Some(SecretUrl::new(
+                        expand_env(v, env).map_err(|m| (Some(p.referenced), m))?,
+                    ))
+                }
+            };
+            Ok(ChannelConfig::Email(EmailChannel {
+                smtp: e.smtp.value.clone(),
+                username: e.username.clone(),
+                password,
+                from: e.from.value.clone(),
+                to: e.to.clone(),
+            }))
+        }
+        (None, Some(w)) => {
+            let url = expand_env(&w.url.value, env).map_err(|m| (Some(w.url.referenced), m))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    Some(w.url.referenced),
+                    "the webhook url must start with http:// or https://".into(),
+                ));
+            }
+            let format = match w.format.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
+                None | Some(("json", _)) => WebhookFormat::Json,
+                Some(("slack", _)) => WebhookFormat::Slack,
+                Some((other, at)) => {
+                    return Err((
+                        Some(at),
+                        format!("format `{other}` is unknown; use json or slack"),
+                    ));
+                }
+            };
+            Ok(ChannelConfig::Webhook(WebhookChannel {
+                url: SecretUrl::new(url),
+                format,
+            }))
+        }
+        _ => Err((
+            None,
+            "a channel is exactly one of `email:` or `webhook:`".into(),
+        )),
     }
 }
 
@@ -765,6 +939,24 @@ mod tests {
         assert!(err.contains("written in the file"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("viewer, operator, approver or admin"), "{err}");
+    }
+
+    #[test]
+    fn notification_channels_are_parsed_and_checked() {
+        let c = parse(
+            "notifications:\n  channels:\n    oncall:\n      email: {smtp: \"smtp://127.0.0.1:2525\", from: trueup@example.com, to: [oncall@example.com]}\n    ops:\n      webhook: {url: \"http://127.0.0.1:9/hook\", format: slack}\n",
+        )
+        .unwrap();
+        assert_eq!(c.channels.len(), 2);
+        assert!(
+            matches!(&c.channels["ops"], ChannelConfig::Webhook(w) if w.format == WebhookFormat::Slack)
+        );
+        let err = parse(
+            "notifications:\n  channels:\n    a:\n      email: {smtp: \"mail:25\", from: x@y, to: [z@w]}\n    b:\n      webhook: {url: ftp://x}\n    c:\n      email: {smtp: \"smtp://h:25\", from: x@y, to: [z@w], password: hunter2}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(!err.to_string().contains("hunter2"));
     }
 
     #[test]

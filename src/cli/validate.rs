@@ -1,8 +1,6 @@
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::config::Config;
-use crate::domain::SourceName;
 use crate::rules;
 
 use super::{EXIT_ERROR, EXIT_OK, ValidateArgs};
@@ -16,8 +14,7 @@ pub(super) async fn run(config: Option<&Path>, args: ValidateArgs) -> anyhow::Re
         }
     };
     let path = args.path.unwrap_or_else(|| config.invariants_dir.clone());
-    let sources: BTreeSet<SourceName> = config.sources.keys().cloned().collect();
-    match rules::load(&path, &sources) {
+    match rules::load(&path, &rules::Known::of(&config)) {
         Ok(invariants) => {
             println!(
                 "{}: {} invariant{} OK",

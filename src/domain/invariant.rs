@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use super::{ColumnName, HumanDuration, InvariantName, Schedule, SourceName};
+use super::{AlertPolicy, ColumnName, HumanDuration, InvariantName, Schedule, SourceName};
 
 /// A parsed, validated invariant. Built only by `rules::load`, which reports every problem in
 /// the file with its location first.
@@ -20,6 +20,10 @@ pub struct Invariant {
     /// system may still be catching up, so they are neither reported nor resolved. Requires
     /// `time_column`.
     pub grace: Option<HumanDuration>,
+    /// When its alert fires, holds and repeats.
+    pub alert: AlertPolicy,
+    /// Channels its notifications go to; `None`: every configured channel.
+    pub notify: Option<Vec<String>>,
     /// How many violations `check` prints per invariant.
     pub sample_limit: usize,
     /// How many violations one run stores; beyond it they are counted, not stored.

@@ -12,23 +12,39 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{
-    CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec,
-    QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TransitionsSpec,
+    AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName,
+    InvariantSpec, QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TransitionsSpec,
 };
 
 pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
 pub const DEFAULT_VIOLATION_BUDGET: u64 = 10_000;
 
-/// Loads every `*.yaml` / `*.yml` file under `path` (or the one file `path` names).
-/// `sources` are the configured source names; an invariant naming another is an error.
-pub fn load(path: &Path, sources: &BTreeSet<SourceName>) -> Result<Vec<Invariant>, Diagnostics> {
+/// The names an invariant may refer to, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub sources: BTreeSet<SourceName>,
+    pub channels: BTreeSet<String>,
+}
+
+impl Known {
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            sources: config.sources.keys().cloned().collect(),
+            channels: config.channels.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Loads every `*.yaml` / `*.yml` file under `path` (or the one file `path` names). An
+/// invariant naming a source or channel that `known` does not list is an error.
+pub fn load(path: &Path, known: &Known) -> Result<Vec<Invariant>, Diagnostics> {
     let files = rule_files(path).map_err(|d| Diagnostics(vec![d]))?;
     let mut invariants = Vec::new();
     let mut errors = Vec::new();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => {
-                let (found, errs) = parse_file(&text, file, sources);
+                let (found, errs) = parse_file(&text, file, known);
                 invariants.extend(found);
                 errors.extend(errs);
             }
@@ -94,11 +110,7 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 }
 
 /// Parses one file: the invariants that are sound, and every problem found.
-pub fn parse_file(
-    text: &str,
-    file: &Path,
-    sources: &BTreeSet<SourceName>,
-) -> (Vec<Invariant>, Vec<Diagnostic>) {
+pub fn parse_file(text: &str, file: &Path, known: &Known) -> (Vec<Invariant>, Vec<Diagnostic>) {
     let mut errors = shape::unknown_fields(text, file);
     let raw: raw::RawFile = match serde_saphyr::from_str(text) {
         Ok(r) => r,
@@ -118,7 +130,7 @@ pub fn parse_file(
             name: None,
             errors: Vec::new(),
         };
-        if let Some(inv) = build_invariant(spanned, sources, &mut ctx) {
+        if let Some(inv) = build_invariant(spanned, known, &mut ctx) {
             invariants.push(inv);
         }
         errors.extend(ctx.errors);
@@ -233,9 +245,10 @@ impl Ctx<'_> {
 
 fn build_invariant(
     spanned: Spanned<raw::RawInvariant>,
-    sources: &BTreeSet<SourceName>,
+    known: &Known,
     ctx: &mut Ctx<'_>,
 ) -> Option<Invariant> {
+    let sources = &known.sources;
     let at = spanned.referenced;
     let raw = spanned.value;
     let name = match &raw.name {
@@ -284,6 +297,60 @@ fn build_invariant(
         }
         None => Some(None),
     };
+    let (alert, notify) = match &raw.alert {
+        None => (Some(AlertPolicy::default()), Some(None)),
+        Some(a) => {
+            let mut policy = AlertPolicy::default();
+            let mut ok = true;
+            for (field, value, slot) in [
+                ("alert.for", &a.value.for_, &mut policy.for_),
+                (
+                    "alert.keep_firing_for",
+                    &a.value.keep_firing_for,
+                    &mut policy.keep_firing_for,
+                ),
+                (
+                    "alert.repeat_interval",
+                    &a.value.repeat_interval,
+                    &mut policy.repeat_interval,
+                ),
+            ] {
+                if let Some(v) = value {
+                    match ctx.parse(field, v, HumanDuration::parse) {
+                        Some(d) => *slot = d.as_chrono(),
+                        None => ok = false,
+                    }
+                }
+            }
+            let notify = match &a.value.notify {
+                None => Some(None),
+                Some(list) => {
+                    let unknown: Vec<&String> = list
+                        .value
+                        .0
+                        .iter()
+                        .filter(|c| !known.channels.contains(*c))
+                        .collect();
+                    if unknown.is_empty() {
+                        Some(Some(list.value.0.clone()))
+                    } else {
+                        let configured: Vec<&str> =
+                            known.channels.iter().map(String::as_str).collect();
+                        ctx.error(
+                            list.referenced,
+                            format!(
+                                "alert.notify: unknown channel `{}` (configured: {}; channels are declared under `notifications.channels` in trueup.yaml)",
+                                unknown[0],
+                                if configured.is_empty() { "none".to_owned() } else { configured.join(", ") }
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+            (ok.then_some(policy), notify)
+        }
+    };
     let sample_limit = raw
         .sample_limit
         .map_or(DEFAULT_SAMPLE_LIMIT, |s| s as usize);
@@ -331,6 +398,8 @@ fn build_invariant(
         schedule: schedule?,
         time_column: time_column?,
         grace: grace?,
+        alert: alert?,
+        notify: notify?,
         sample_limit,
         violation_budget: violation_budget?,
         spec: spec?,

@@ -21,11 +21,21 @@ pub struct RawInvariant {
     pub schedule: Option<Spanned<String>>,
     pub grace: Option<Spanned<String>>,
     pub time_column: Option<Spanned<String>>,
+    pub alert: Option<Spanned<RawAlert>>,
     pub sample_limit: Option<u32>,
     pub violation_budget: Option<Spanned<u64>>,
     pub check: Option<Spanned<RawCheck>>,
     pub reconcile: Option<Spanned<RawReconcile>>,
     pub transitions: Option<Spanned<RawTransitions>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawAlert {
+    #[serde(rename = "for")]
+    pub for_: Option<Spanned<String>>,
+    pub keep_firing_for: Option<Spanned<String>>,
+    pub repeat_interval: Option<Spanned<String>>,
+    pub notify: Option<Spanned<OneOrMany>>,
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,7 @@ enum Shape {
     Reconcile,
     Side,
     Transitions,
+    Alert,
     /// A map whose keys are the user's (the `allowed` state map).
     Free,
 }
@@ -116,6 +117,7 @@ impl Shape {
                 ("time_column", None),
                 ("sample_limit", None),
                 ("violation_budget", None),
+                ("alert", Some(Shape::Alert)),
                 ("check", Some(Shape::Check)),
                 ("reconcile", Some(Shape::Reconcile)),
                 ("transitions", Some(Shape::Transitions)),
@@ -137,6 +139,12 @@ impl Shape {
                 ("at", None),
                 ("initial", None),
                 ("allowed", Some(Shape::Free)),
+            ],
+            Shape::Alert => &[
+                ("for", None),
+                ("keep_firing_for", None),
+                ("repeat_interval", None),
+                ("notify", None),
             ],
             Shape::Free => &[],
         }

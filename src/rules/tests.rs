@@ -1,10 +1,13 @@
 use super::*;
 
-fn sources() -> BTreeSet<SourceName> {
-    ["shop", "ledger"]
-        .into_iter()
-        .map(|s| SourceName::parse(s).unwrap())
-        .collect()
+fn sources() -> Known {
+    Known {
+        sources: ["shop", "ledger"]
+            .into_iter()
+            .map(|s| SourceName::parse(s).unwrap())
+            .collect(),
+        channels: ["oncall".to_owned()].into(),
+    }
 }
 
 fn parse(text: &str) -> (Vec<Invariant>, Vec<Diagnostic>) {
@@ -160,10 +163,32 @@ fn duplicate_names_across_files_are_refused() {
 #[test]
 fn every_shipped_invariant_file_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("invariants");
-    let known: BTreeSet<SourceName> = ["shop", "ledger"]
-        .into_iter()
-        .map(|s| SourceName::parse(s).unwrap())
-        .collect();
-    let invs = load(&dir, &known).unwrap_or_else(|e| panic!("{e}"));
+    let invs = load(&dir, &sources()).unwrap_or_else(|e| panic!("{e}"));
     assert!(invs.len() >= 4, "{}", invs.len());
+}
+
+#[test]
+fn alert_settings_and_channels_are_read_and_checked() {
+    let text = r#"invariants:
+  - name: a
+    alert:
+      for: 10m
+      keep_firing_for: 5m
+      notify: [oncall]
+    check: {source: shop, query: SELECT 1 AS id, key: id}
+  - name: b
+    alert:
+      for: soon
+      notify: [pager]
+    check: {source: shop, query: SELECT 1 AS id, key: id}
+"#;
+    let (invs, errs) = parse(text);
+    assert_eq!(invs.len(), 1);
+    assert_eq!(invs[0].alert.for_, chrono::TimeDelta::minutes(10));
+    assert_eq!(invs[0].alert.keep_firing_for, chrono::TimeDelta::minutes(5));
+    assert_eq!(invs[0].notify, Some(vec!["oncall".to_owned()]));
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 2, "{shown:#?}");
+    assert!(shown[0].contains("alert.for"), "{shown:#?}");
+    assert!(shown[1].contains("unknown channel `pager`"), "{shown:#?}");
 }

@@ -24,6 +24,8 @@ fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) ->
         schedule: None,
         time_column: None,
         grace: None,
+        alert: Default::default(),
+        notify: None,
         sample_limit: 10,
         violation_budget: 100_000,
         spec: InvariantSpec::Reconcile(ReconcileSpec {

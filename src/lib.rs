@@ -11,6 +11,7 @@
 //! - [`runner`]: one run of one invariant, from sources to ledger.
 //! - [`demo`]: the self-contained demo (`trueup demo`).
 //! - [`app`]: config + invariants + store + sources, opened once for a command.
+//! - [`notify`]: alert notices, email and webhook channels, the outbox worker.
 //! - [`serve`]: `trueup serve`: scheduler, metrics, shutdown; [`http`]: its endpoints.
 //! - [`cli`]: the commands.
 
@@ -22,6 +23,7 @@ pub mod diagnostic;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod notify;
 pub mod rules;
 pub mod runner;
 pub mod serve;

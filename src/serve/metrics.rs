@@ -21,6 +21,8 @@ pub struct Metrics {
     healthy: IntGaugeVec,
     violations: IntGaugeVec,
     rows_read: IntCounterVec,
+    notifications_sent: IntCounterVec,
+    notifications_failed: IntCounterVec,
     pub http_requests: IntCounterVec,
 }
 
@@ -89,6 +91,18 @@ impl Metrics {
                 "Rows read from sources, by side (left, right).",
                 &["invariant", "side"],
             ),
+            notifications_sent: counter(
+                &registry,
+                "trueup_notifications_sent_total",
+                "Notifications delivered, by channel.",
+                &["channel"],
+            ),
+            notifications_failed: counter(
+                &registry,
+                "trueup_notifications_failed_total",
+                "Notification delivery attempts that failed (they are retried), by channel.",
+                &["channel"],
+            ),
             http_requests: counter(
                 &registry,
                 "trueup_http_requests_total",
@@ -129,6 +143,21 @@ impl Metrics {
         }
         self.failures.with_label_values(&[name]);
         self.missed_ticks.with_label_values(&[name]);
+    }
+
+    pub fn declare_channel(&self, channel: &str) {
+        self.notifications_sent.with_label_values(&[channel]);
+        self.notifications_failed.with_label_values(&[channel]);
+    }
+
+    pub fn notification(&self, channel: &str, delivered: bool) {
+        if delivered {
+            self.notifications_sent.with_label_values(&[channel]).inc();
+        } else {
+            self.notifications_failed
+                .with_label_values(&[channel])
+                .inc();
+        }
     }
 
     pub fn missed(&self, invariant: &str, ticks: u64) {

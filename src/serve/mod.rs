@@ -35,6 +35,10 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("notification channel `{channel}`: {message}")]
+    Channel { channel: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub struct Application {
@@ -44,6 +48,7 @@ pub struct Application {
     invariants: Vec<Arc<Invariant>>,
     shared: Shared,
     settings: ServeConfig,
+    channels: Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
 }
 
 impl Application {
@@ -58,7 +63,18 @@ impl Application {
         let addr = listener.local_addr().map_err(ServeError::Http)?;
         let invariants: Vec<Arc<Invariant>> =
             app.invariants.iter().cloned().map(Arc::new).collect();
+        let mut channels = std::collections::BTreeMap::new();
+        for (name, config) in &app.config.channels {
+            let channel =
+                crate::notify::Channel::open(config).map_err(|message| ServeError::Channel {
+                    channel: name.clone(),
+                    message,
+                })?;
+            channels.insert(name.clone(), channel);
+        }
         let shared = Shared {
+            channels: Arc::new(channels.keys().cloned().collect()),
+            wake_outbox: Arc::new(tokio::sync::Notify::new()),
             sources: app.sources.clone(),
             store: Arc::clone(&app.store),
             metrics: Arc::new(Metrics::new()),
@@ -66,6 +82,15 @@ impl Application {
             run_timeout: settings.run_timeout.as_std(),
             cancel_runs: CancellationToken::new(),
         };
+        for name in channels.keys() {
+            shared.metrics.declare_channel(name);
+        }
+        // The alert state survives restarts; show it from the start.
+        for inv in &invariants {
+            let alert = shared.store.alert(inv.name.as_str()).await?;
+            shared.board.declare(inv);
+            shared.board.alert(inv.name.as_str(), alert.state);
+        }
         Ok(Self {
             addr,
             listener,
@@ -73,6 +98,7 @@ impl Application {
             invariants,
             shared,
             settings,
+            channels: Arc::new(channels),
         })
     }
 
@@ -91,6 +117,16 @@ impl Application {
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
         let mut scheduled = scheduler::start(&self.invariants, &self.shared, &stop);
+        let stop_outbox = CancellationToken::new();
+        let outbox = tokio::spawn(
+            crate::notify::worker::Worker {
+                store: Arc::clone(&self.shared.store),
+                channels: Arc::clone(&self.channels),
+                metrics: Arc::clone(&self.shared.metrics),
+                wake: Arc::clone(&self.shared.wake_outbox),
+            }
+            .run(stop_outbox.clone()),
+        );
         tracing::info!(
             addr = %self.addr,
             invariants = self.invariants.len(),
@@ -132,6 +168,9 @@ impl Application {
             self.shared.cancel_runs.cancel();
             drain(&mut scheduled).await;
         }
+        // Undelivered notices stay in the outbox for the next start.
+        stop_outbox.cancel();
+        let _ = outbox.await;
         server_stop.cancel();
         let served = server.await;
         self.app.close().await;

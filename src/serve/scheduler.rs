@@ -12,9 +12,10 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Invariant, Schedule};
+use crate::domain::{Invariant, Observation, Schedule, alert_step};
 use crate::runner::{self, RunLimits, RunOutcome};
 use crate::source::Sources;
+use crate::store::RunStatus;
 use crate::store::Store;
 
 use super::metrics::Metrics;
@@ -30,6 +31,10 @@ pub struct Shared {
     pub run_timeout: Duration,
     /// Cancelled when runs in flight must stop (end of the shutdown grace period).
     pub cancel_runs: CancellationToken,
+    /// Every configured notification channel.
+    pub channels: Arc<Vec<String>>,
+    /// Wakes the outbox worker when notices are queued.
+    pub wake_outbox: Arc<tokio::sync::Notify>,
 }
 
 /// Starts one task per invariant that has a schedule. The tasks end when `stop` is cancelled
@@ -110,6 +115,9 @@ pub async fn run_once(invariant: &Invariant, shared: &Shared) -> Attempt {
         Ok(outcome) => {
             shared.metrics.record(invariant, &outcome);
             shared.board.finished(invariant.name.as_str(), &outcome);
+            if let Err(e) = advance_alert(invariant, &outcome, shared).await {
+                tracing::error!(invariant = %invariant.name, "cannot record the alert state: {e}");
+            }
             Attempt::Ran(Box::new(outcome))
         }
         Err(e) => {
@@ -121,6 +129,44 @@ pub async fn run_once(invariant: &Invariant, shared: &Shared) -> Attempt {
             Attempt::StoreFailed(e.to_string())
         }
     }
+}
+
+/// Moves the invariant's alert after a run, and queues the notices in the same transaction.
+async fn advance_alert(
+    invariant: &Invariant,
+    outcome: &RunOutcome,
+    shared: &Shared,
+) -> Result<(), crate::store::StoreError> {
+    let name = invariant.name.as_str();
+    let current = shared.store.alert(name).await?;
+    let observation = match (outcome.status, outcome.change) {
+        (RunStatus::Succeeded, Some(change)) if outcome.open_after > 0 => Observation::Violating {
+            open: outcome.open_after,
+            changed: change.new + change.reopened > 0,
+        },
+        (RunStatus::Succeeded, _) => Observation::Holding,
+        _ => Observation::Failed,
+    };
+    let now = outcome.finished_at;
+    let (next, notice) = alert_step(&current, observation, now, &invariant.alert);
+    shared.board.alert(name, next.state);
+    if next == current && notice.is_none() {
+        return Ok(());
+    }
+    let messages = notice
+        .map(|n| crate::notify::messages(invariant, n, &next, outcome, &shared.channels))
+        .unwrap_or_default();
+    shared
+        .store
+        .record_alert(name, &next, &messages, now)
+        .await?;
+    if let Some(n) = notice {
+        tracing::info!(invariant = %name, notice = n.as_str(), channels = messages.len(), "alert notice queued");
+    }
+    if !messages.is_empty() {
+        shared.wake_outbox.notify_one();
+    }
+    Ok(())
 }
 
 /// The next fire time after a run that was due at `fired` and ended at `now`, and how many

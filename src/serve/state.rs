@@ -23,6 +23,8 @@ pub enum Health {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InvariantState {
     pub health: Health,
+    /// The alert's state (inactive, pending, firing).
+    pub alert: crate::domain::AlertState,
     pub running: bool,
     pub last_run_id: Option<i64>,
     pub last_run_at: Option<DateTime<Utc>>,
@@ -49,6 +51,7 @@ impl Board {
         let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         let state = states.entry(name.to_owned()).or_insert(InvariantState {
             health: Health::Unknown,
+            alert: crate::domain::AlertState::Inactive,
             running: false,
             last_run_id: None,
             last_run_at: None,
@@ -61,6 +64,10 @@ impl Board {
 
     pub fn declare(&self, invariant: &Invariant) {
         self.update(invariant.name.as_str(), |_| {});
+    }
+
+    pub fn alert(&self, name: &str, state: crate::domain::AlertState) {
+        self.update(name, |s| s.alert = state);
     }
 
     pub fn started(&self, name: &str) {

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cli;
+mod notify;
 mod reconcile;
 mod serve;
 mod source_readonly;

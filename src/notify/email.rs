@@ -1,0 +1,83 @@
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::EmailChannel;
+
+pub struct EmailSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: lettre::message::Mailbox,
+    to: Vec<lettre::message::Mailbox>,
+}
+
+impl EmailSender {
+    pub fn new(c: &EmailChannel) -> Result<Self, String> {
+        let (scheme, rest) = c
+            .smtp
+            .split_once("://")
+            .ok_or_else(|| format!("bad smtp address `{}`", c.smtp))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("bad port in `{}`", c.smtp))?,
+                ),
+            ),
+            None => (rest, None),
+        };
+        let builder = match scheme {
+            "smtp" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .port(port.unwrap_or(25)),
+            "smtp+starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                .map_err(|e| e.to_string())?
+                .port(port.unwrap_or(587)),
+            "smtps" => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+                .map_err(|e| e.to_string())?
+                .port(port.unwrap_or(465)),
+            other => return Err(format!("unknown smtp scheme `{other}`")),
+        };
+        let builder = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => {
+                builder.credentials(Credentials::new(u.clone(), p.expose().to_owned()))
+            }
+            _ => builder,
+        };
+        let parse = |a: &str| {
+            a.parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("address `{a}`: {e}"))
+        };
+        Ok(Self {
+            transport: builder
+                .timeout(Some(std::time::Duration::from_secs(20)))
+                .build(),
+            from: parse(&c.from)?,
+            to: c.to.iter().map(|a| parse(a)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), String> {
+        let (subject, body) = super::text(payload);
+        let mut message = Message::builder().from(self.from.clone()).subject(subject);
+        for to in &self.to {
+            message = message.to(to.clone());
+        }
+        if let Some(key) = payload["dedup_key"].as_str() {
+            // Mail clients thread and deduplicate on Message-ID; retries reuse it.
+            message = message.message_id(Some(format!(
+                "<{}@trueup>",
+                key.replace([' ', '<', '>'], "_")
+            )));
+        }
+        let email = message
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|e| format!("cannot build the email: {e}"))?;
+        self.transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("SMTP: {e}"))
+    }
+}

@@ -1,0 +1,174 @@
+//! Alert notifications: what a notice says, how each channel sends it, and the worker that
+//! delivers the outbox.
+//!
+//! Notices are never sent directly: they are written to the store's outbox in the same
+//! transaction as the alert change, and the [`worker`] delivers them with retries and backoff.
+//! Delivery is at least once; every message carries a stable `dedup_key`.
+
+mod email;
+mod webhook;
+pub mod worker;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::config::ChannelConfig;
+use crate::domain::{Alert, Invariant, Notice};
+use crate::runner::RunOutcome;
+use crate::store::OutboxMessage;
+
+/// The version of the JSON payload below; bumped on any incompatible change.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The messages for one notice, one per channel the invariant notifies.
+pub fn messages(
+    invariant: &Invariant,
+    notice: Notice,
+    alert: &Alert,
+    outcome: &RunOutcome,
+    channels: &[String],
+) -> Vec<OutboxMessage> {
+    let targets: Vec<&String> = match &invariant.notify {
+        Some(list) => channels.iter().filter(|c| list.contains(c)).collect(),
+        None => channels.iter().collect(),
+    };
+    targets
+        .into_iter()
+        .map(|channel| {
+            let dedup_key = format!(
+                "{}:{}:run-{}:{channel}",
+                invariant.name,
+                notice.as_str(),
+                outcome.run_id
+            );
+            OutboxMessage {
+                payload: payload(invariant, notice, alert, outcome, &dedup_key),
+                dedup_key,
+                channel: channel.clone(),
+            }
+        })
+        .collect()
+}
+
+fn time(t: Option<DateTime<Utc>>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| {
+        json!(t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    })
+}
+
+/// The documented JSON payload (see README, "Notifications").
+fn payload(
+    invariant: &Invariant,
+    notice: Notice,
+    alert: &Alert,
+    outcome: &RunOutcome,
+    dedup_key: &str,
+) -> serde_json::Value {
+    let samples: Vec<serde_json::Value> = outcome
+        .samples
+        .iter()
+        .take(5)
+        .map(|v| json!({"kind": v.kind, "key": v.key, "status": v.status, "evidence": v.evidence}))
+        .collect();
+    let counts: BTreeMap<String, u64> = outcome
+        .stats
+        .counts
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    json!({
+        "version": PAYLOAD_VERSION,
+        "dedup_key": dedup_key,
+        "notice": notice,
+        "state": alert.state,
+        "invariant": invariant.name,
+        "severity": invariant.severity,
+        "owner": invariant.owner,
+        "description": invariant.description,
+        "active_since": time(alert.active_since),
+        "at": time(Some(outcome.finished_at)),
+        "run_id": outcome.run_id,
+        "open_violations": outcome.open_after,
+        "new_violations": outcome.change.map_or(0, |c| c.new + c.reopened),
+        "counts": counts,
+        "samples": samples,
+    })
+}
+
+/// A one-line summary and a plain-text body, for email and chat.
+pub fn text(payload: &serde_json::Value) -> (String, String) {
+    let s = |k: &str| payload[k].as_str().unwrap_or("").to_owned();
+    let notice = s("notice");
+    let verb = match notice.as_str() {
+        "firing" => "FIRING",
+        "updated" => "FIRING (new violations)",
+        "repeat" => "STILL FIRING",
+        "resolved" => "RESOLVED",
+        other => other,
+    };
+    let subject = if notice == "resolved" {
+        format!("[trueup] {verb}: {} holds again", s("invariant"))
+    } else {
+        format!(
+            "[trueup] {verb} {} {}: {} open violation(s)",
+            s("severity"),
+            s("invariant"),
+            payload["open_violations"]
+        )
+    };
+    let mut body = format!(
+        "{subject}\n\ninvariant: {}\nseverity:  {}\nowner:     {}\nsince:     {}\nrun:       {} at {}\n",
+        s("invariant"),
+        s("severity"),
+        s("owner"),
+        s("active_since"),
+        payload["run_id"],
+        s("at"),
+    );
+    if let Some(d) = payload["description"].as_str() {
+        body.push_str(&format!("\n{d}\n"));
+    }
+    if let Some(counts) = payload["counts"].as_object().filter(|c| !c.is_empty()) {
+        let list: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        body.push_str(&format!("\nby kind: {}\n", list.join(", ")));
+    }
+    if let Some(samples) = payload["samples"].as_array().filter(|s| !s.is_empty()) {
+        body.push_str("\nsamples:\n");
+        for v in samples {
+            body.push_str(&format!(
+                "  {} {} {}\n",
+                v["kind"].as_str().unwrap_or(""),
+                v["key"],
+                v["evidence"]
+            ));
+        }
+    }
+    body.push_str(&format!("\ndedup key: {}\n", s("dedup_key")));
+    (subject, body)
+}
+
+/// A channel ready to send.
+pub enum Channel {
+    Email(Box<email::EmailSender>),
+    Webhook(webhook::WebhookSender),
+}
+
+impl Channel {
+    pub fn open(config: &ChannelConfig) -> Result<Self, String> {
+        match config {
+            ChannelConfig::Email(e) => {
+                email::EmailSender::new(e).map(|s| Channel::Email(Box::new(s)))
+            }
+            ChannelConfig::Webhook(w) => webhook::WebhookSender::new(w).map(Channel::Webhook),
+        }
+    }
+
+    pub async fn deliver(&self, payload: &serde_json::Value) -> Result<(), String> {
+        match self {
+            Channel::Email(e) => e.send(payload).await,
+            Channel::Webhook(w) => w.send(payload).await,
+        }
+    }
+}

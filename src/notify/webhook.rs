@@ -1,0 +1,47 @@
+use crate::config::{WebhookChannel, WebhookFormat};
+
+pub struct WebhookSender {
+    client: reqwest::Client,
+    url: String,
+    format: WebhookFormat,
+}
+
+impl WebhookSender {
+    pub fn new(c: &WebhookChannel) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            url: c.url.expose().to_owned(),
+            format: c.format,
+        })
+    }
+
+    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), String> {
+        let body = match self.format {
+            WebhookFormat::Json => payload.clone(),
+            WebhookFormat::Slack => {
+                let (subject, body) = super::text(payload);
+                let rest = body.strip_prefix(&subject).unwrap_or(&body).trim();
+                serde_json::json!({ "text": format!("*{subject}*\n```{rest}```") })
+            }
+        };
+        let mut request = self.client.post(&self.url).json(&body);
+        if let Some(key) = payload["dedup_key"].as_str() {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.map_err(|e| {
+            // reqwest's message may include the URL, which may hold a secret token.
+            format!("webhook request failed: {}", e.without_url())
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("webhook answered {status}"))
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Delivers the outbox: claims due messages under a lease, sends each on its channel, marks it
+//! delivered or schedules a retry with exponential backoff (1 s, 2 s, 4 s … capped at 5 min).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::metrics::Metrics;
+use crate::store::Store;
+
+use super::Channel;
+
+const LEASE: TimeDelta = TimeDelta::seconds(60);
+const BATCH: u32 = 20;
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub fn backoff(attempts: i64) -> TimeDelta {
+    let secs = 1_i64 << attempts.clamp(0, 9);
+    TimeDelta::seconds(secs.min(300))
+}
+
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub channels: Arc<BTreeMap<String, Channel>>,
+    pub metrics: Arc<Metrics>,
+    /// Notified when new messages are queued, so they go out without waiting for the poll.
+    pub wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            let delivered_some = match self.store.claim_outbox(Utc::now(), LEASE, BATCH).await {
+                Ok(items) => {
+                    let any = !items.is_empty();
+                    for item in items {
+                        let result = match self.channels.get(&item.message.channel) {
+                            Some(channel) => channel.deliver(&item.message.payload).await,
+                            None => Err(format!(
+                                "channel `{}` is no longer configured",
+                                item.message.channel
+                            )),
+                        };
+                        let now = Utc::now();
+                        let recorded = match result {
+                            Ok(()) => {
+                                self.metrics.notification(&item.message.channel, true);
+                                self.store.outbox_delivered(item.id, now).await
+                            }
+                            Err(e) => {
+                                self.metrics.notification(&item.message.channel, false);
+                                tracing::warn!(
+                                    channel = %item.message.channel,
+                                    attempts = item.attempts + 1,
+                                    "notification not delivered: {e}"
+                                );
+                                self.store
+                                    .outbox_failed(item.id, &e, now + backoff(item.attempts))
+                                    .await
+                            }
+                        };
+                        if let Err(e) = recorded {
+                            tracing::error!("cannot record a delivery attempt: {e}");
+                        }
+                    }
+                    any
+                }
+                Err(e) => {
+                    tracing::error!("cannot read the notification outbox: {e}");
+                    false
+                }
+            };
+            if delivered_some {
+                if stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_five_minutes() {
+        let waits: Vec<i64> = (0..12).map(|a| backoff(a).num_seconds()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,333 @@
+//! Alert notifications end to end: a real webhook listener and a real SMTP server (aiosmtpd,
+//! which .ci/run installs from PyPI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use tokio::sync::oneshot;
+use trueup::app::App;
+use trueup::config::Config;
+use trueup::serve::Application;
+use trueup::store::RunStatus;
+
+async fn serve(
+    config: Config,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
+    Arc<dyn trueup::store::Store>,
+) {
+    let mut settings = config.serve.clone();
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    let app = App::with_config(config).await.unwrap();
+    let store = Arc::clone(&app.store);
+    let application = Application::build(app, settings).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(application.run_until(async {
+        let _ = rx.await;
+    }));
+    (tx, task, store)
+}
+
+/// The demo with every invariant every second and `channels` appended to its config.
+async fn demo(dir: &Path, channels_yaml: &str) -> Config {
+    let config_path = trueup::demo::create(dir).await.unwrap();
+    let text = trueup::demo::INVARIANTS
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("schedule:") {
+                "    schedule: \"* * * * * *\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str(channels_yaml);
+    std::fs::write(&config_path, config).unwrap();
+    Config::load(&config_path).unwrap()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+type Received = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
+
+async fn webhook_listener() -> (String, Received) {
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(r): State<Received>,
+                 headers: HeaderMap,
+                 body: axum::Json<serde_json::Value>| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    r.lock().unwrap().push((key, body.0));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(Arc::clone(&received));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[tokio::test]
+async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = webhook_listener().await;
+    let config = demo(
+        dir.path(),
+        &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"{url}\"}}\n"),
+    )
+    .await;
+    let (stop, task, store) = serve(config).await;
+
+    // All four demo invariants are violated: each fires once.
+    wait_until("four firing notices", Duration::from_secs(15), || {
+        received.lock().unwrap().len() >= 4
+    })
+    .await;
+    // Several more runs with the same evidence: no more notices.
+    let runs_before = store
+        .runs(Some("payments-ledger"), 100)
+        .await
+        .unwrap()
+        .len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .runs(Some("payments-ledger"), 100)
+        .await
+        .unwrap()
+        .len()
+        < runs_before + 2
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    {
+        let got = received.lock().unwrap();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        let mut invariants: Vec<&str> = got
+            .iter()
+            .map(|(_, p)| p["invariant"].as_str().unwrap())
+            .collect();
+        invariants.sort();
+        assert_eq!(
+            invariants,
+            [
+                "fulfilled-orders-paid",
+                "payment-lifecycle",
+                "payments-ledger",
+                "subscriptions-entitlements"
+            ]
+        );
+        for (key, payload) in got.iter() {
+            assert_eq!(payload["notice"], "firing");
+            assert_eq!(payload["version"], 1);
+            assert_eq!(
+                key.as_deref(),
+                payload["dedup_key"].as_str(),
+                "Idempotency-Key is the dedup key"
+            );
+        }
+        let ledger = got
+            .iter()
+            .find(|(_, p)| p["invariant"] == "payments-ledger")
+            .unwrap();
+        assert_eq!(ledger.1["open_violations"], 8);
+        assert_eq!(ledger.1["counts"]["missing"], 3);
+    }
+
+    // The ledger's table goes away (as in a botched migration): evaluations fail, and nothing
+    // resolves.
+    {
+        use sqlx::Connection;
+        let mut ledger = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("ledger.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("ALTER TABLE ledger_entries RENAME TO ledger_entries_away")
+            .execute(&mut ledger)
+            .await
+            .unwrap();
+        ledger.close().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let runs = store.runs(Some("payments-ledger"), 5).await.unwrap();
+        if runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .count()
+            >= 2
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failed = store
+        .runs(Some("payments-ledger"), 5)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == RunStatus::Failed)
+        .count();
+    assert!(failed >= 2, "the outage must show as failed runs");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, p)| p["notice"] != "resolved"),
+        "a source outage must not resolve anything"
+    );
+    assert_eq!(
+        store.alert("payments-ledger").await.unwrap().state,
+        trueup::domain::AlertState::Firing
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// An aiosmtpd process writing every message it accepts into a maildir.
+struct SmtpServer {
+    child: Child,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(port: u16, maildir: &Path) -> Self {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir)
+            .spawn()
+            .expect("python3 with aiosmtpd (.ci/run installs it: python3 -m pip install aiosmtpd)");
+        Self {
+            child,
+            maildir: maildir.to_owned(),
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
+    let check = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .expect("python3");
+    assert!(
+        check.success(),
+        "aiosmtpd is missing: .ci/run installs it with `python3 -m pip install aiosmtpd`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = demo(
+        dir.path(),
+        &format!(
+            "notifications:\n  channels:\n    oncall:\n      email: {{smtp: \"smtp://127.0.0.1:{port}\", from: trueup@example.com, to: [oncall@example.com]}}\n"
+        ),
+    )
+    .await;
+    let (stop, task, store) = serve(config).await;
+
+    // The SMTP server is down: the four firing notices wait in the outbox, retried.
+    wait_until("failed delivery attempts", Duration::from_secs(15), || {
+        let store = Arc::clone(&store);
+        futures_util::FutureExt::now_or_never(async move { store.outbox(10).await.unwrap() })
+            .is_some_and(|items| {
+                items.len() == 4
+                    && items
+                        .iter()
+                        .all(|i| i.attempts >= 1 && i.delivered_at.is_none())
+            })
+    })
+    .await;
+    let maildir = dir.path().join("maildir");
+    let smtp = SmtpServer::start(port, &maildir);
+    wait_until("four emails", Duration::from_secs(30), || {
+        smtp.messages().len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 4, "exactly one email per firing alert");
+    // Undo quoted-printable soft line breaks before reading the body.
+    let mails: Vec<String> = mails.iter().map(|m| m.replace("=\n", "")).collect();
+    let ledger = mails
+        .iter()
+        .find(|m| m.contains("payments-ledger"))
+        .unwrap();
+    assert!(
+        ledger.contains("Subject: [trueup] FIRING critical payments-ledger: 8 open violation(s)"),
+        "{ledger}"
+    );
+    assert!(
+        ledger.contains("by kind: duplicate 1, extra 2, mismatch 2, missing 3"),
+        "{ledger}"
+    );
+    let delivered = store.outbox(10).await.unwrap();
+    assert!(
+        delivered.iter().all(|i| i.delivered_at.is_some()),
+        "{delivered:#?}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -508,3 +508,87 @@ async fn the_api_runs_lists_pages_and_audits() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// promtool from Debian's prometheus package; .ci/run installs it.
+fn promtool() -> std::process::Command {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "promtool is missing: .ci/run installs it (apt-get install prometheus)"
+    );
+    std::process::Command::new("promtool")
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    demo_every_second(dir.path()).await;
+    // A channel, so the notification series exist too (its deliveries fail: nothing listens).
+    let path = dir.path().join("trueup.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("notifications:\n  channels:\n    ops:\n      webhook: {url: \"http://127.0.0.1:9/hook\"}\n");
+    std::fs::write(&path, text).unwrap();
+    let (base, stop, task, _) = start(Config::load(&path).unwrap()).await;
+    wait_for("a first round of runs", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        sample(
+            &m,
+            "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let mut check = promtool()
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prometheus/trueup-alerts.yml");
+    let out = promtool()
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every metric the rules use is one trueup exports.
+    let text = std::fs::read_to_string(&rules).unwrap();
+    for name in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("trueup_"))
+    {
+        assert!(
+            metrics.contains(name),
+            "the rules use {name}, which /metrics does not export"
+        );
+    }
+}

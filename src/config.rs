@@ -69,6 +69,9 @@ pub struct ServeConfig {
     pub shutdown_grace: HumanDuration,
     /// Who may call the API, and as what.
     pub tokens: Vec<ApiToken>,
+    /// How long a replica holds a claimed tick without renewing it; when a replica dies,
+    /// another takes its tick over after this.
+    pub lease: HumanDuration,
 }
 
 /// A bearer token the API accepts: only its SHA-256 is kept.
@@ -104,6 +107,7 @@ impl Default for ServeConfig {
             run_timeout: HumanDuration::from_std(std::time::Duration::from_secs(300)),
             shutdown_grace: HumanDuration::from_std(std::time::Duration::from_secs(30)),
             tokens: Vec::new(),
+            lease: HumanDuration::from_std(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -258,6 +262,7 @@ struct RawServe {
     listen: Option<Spanned<String>>,
     run_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    lease: Option<Spanned<String>>,
     #[serde(default)]
     tokens: Vec<Spanned<RawToken>>,
 }
@@ -567,6 +572,7 @@ impl Config {
                     &raw_serve.shutdown_grace,
                     &mut serve.shutdown_grace,
                 ),
+                ("lease", &raw_serve.lease, &mut serve.lease),
             ] {
                 if let Some(v) = raw_value {
                     match HumanDuration::parse(&v.value) {

@@ -39,7 +39,14 @@ pub enum ServeError {
     Channel { channel: String, message: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "another trueup serve ({others}) is using this SQLite store; SQLite supports a single replica. Stop it, or move the store to PostgreSQL to run several"
+    )]
+    SingleReplica { others: String },
 }
+
+/// How often a replica says it is alive; one silent for three beats counts as gone.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     addr: SocketAddr,
@@ -72,7 +79,31 @@ impl Application {
                 })?;
             channels.insert(name.clone(), channel);
         }
+        let replica: Arc<str> = format!(
+            "{}-{}-{:04x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "trueup".into()),
+            std::process::id(),
+            rand_suffix()
+        )
+        .into();
+        let now = chrono::Utc::now();
+        let others = app
+            .store
+            .heartbeat(
+                &replica,
+                now,
+                now - chrono::TimeDelta::from_std(HEARTBEAT * 3).unwrap_or_default(),
+            )
+            .await?;
+        if !others.is_empty() && !app.store.supports_replicas() {
+            let _ = app.store.retire(&replica).await;
+            return Err(ServeError::SingleReplica {
+                others: others.join(", "),
+            });
+        }
         let shared = Shared {
+            replica,
+            lease: settings.lease.as_std(),
             channels: Arc::new(channels.keys().cloned().collect()),
             wake_outbox: Arc::new(tokio::sync::Notify::new()),
             sources: app.sources.clone(),
@@ -117,6 +148,29 @@ impl Application {
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
         let mut scheduled = scheduler::start(&self.invariants, &self.shared, &stop);
+        let takeover = tokio::spawn(scheduler::take_over_abandoned_ticks(
+            self.invariants.clone(),
+            self.shared.clone(),
+            stop.clone(),
+        ));
+        let heartbeat = {
+            let store = Arc::clone(&self.shared.store);
+            let replica = Arc::clone(&self.shared.replica);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {}
+                        () = stop.cancelled() => return,
+                    }
+                    let now = chrono::Utc::now();
+                    if let Err(e) = store.heartbeat(&replica, now, now).await {
+                        tracing::warn!("cannot record the heartbeat: {e}");
+                    }
+                }
+            })
+        };
         let stop_outbox = CancellationToken::new();
         let outbox = tokio::spawn(
             crate::notify::worker::Worker {
@@ -168,6 +222,11 @@ impl Application {
             self.shared.cancel_runs.cancel();
             drain(&mut scheduled).await;
         }
+        let _ = takeover.await;
+        let _ = heartbeat.await;
+        if let Err(e) = self.shared.store.retire(&self.shared.replica).await {
+            tracing::warn!("cannot deregister this replica: {e}");
+        }
         // Undelivered notices stay in the outbox for the next start.
         stop_outbox.cancel();
         let _ = outbox.await;
@@ -180,6 +239,14 @@ impl Application {
             Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
         }
     }
+}
+
+/// A few random bits so two replicas on one host with a reused pid stay distinct.
+fn rand_suffix() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ (nanos >> 16)) as u16
 }
 
 async fn drain(tasks: &mut JoinSet<()>) {

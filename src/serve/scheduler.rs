@@ -35,6 +35,11 @@ pub struct Shared {
     pub channels: Arc<Vec<String>>,
     /// Wakes the outbox worker when notices are queued.
     pub wake_outbox: Arc<tokio::sync::Notify>,
+    /// This process's name among the replicas sharing the store.
+    pub replica: Arc<str>,
+    /// How long a claimed tick stays ours without renewal; a replica that dies loses its
+    /// ticks to the others after this.
+    pub lease: Duration,
 }
 
 /// Starts one task per invariant that has a schedule. The tasks end when `stop` is cancelled
@@ -74,7 +79,15 @@ async fn run_on_schedule(
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
-        let busy = matches!(run_once(&invariant, &shared).await, Attempt::Busy);
+        let busy = match run_tick(&invariant, fire_at, &shared).await {
+            Ok(Some(attempt)) => matches!(attempt, Attempt::Busy),
+            // Another replica claimed this tick, or still runs this invariant.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(invariant = %invariant.name, "cannot claim the tick: {e}");
+                false
+            }
+        };
         let (following, mut missed) = after_run(&schedule, fire_at, Utc::now());
         if busy {
             // A run requested through the API was going: this tick is skipped too.
@@ -87,6 +100,110 @@ async fn run_on_schedule(
         next = following;
     }
     tracing::warn!(invariant = %invariant.name, "the schedule has no more fire times; no longer scheduled");
+}
+
+/// Claims the tick due at `fire_at` in the store (so that one replica evaluates it), runs it
+/// while renewing the lease, and marks it finished. `None` when the tick is not ours.
+pub async fn run_tick(
+    invariant: &Invariant,
+    fire_at: DateTime<Utc>,
+    shared: &Shared,
+) -> Result<Option<Attempt>, crate::store::StoreError> {
+    let name = invariant.name.as_str();
+    let now = Utc::now();
+    let claimed = shared
+        .store
+        .claim_tick(name, fire_at, &shared.replica, now, now + lease(shared))
+        .await?;
+    if !claimed {
+        return Ok(None);
+    }
+    Ok(Some(run_claimed(invariant, fire_at, shared).await))
+}
+
+fn lease(shared: &Shared) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(shared.lease).unwrap_or(chrono::TimeDelta::seconds(30))
+}
+
+/// Runs a tick this replica holds, renewing its lease until the run ends.
+async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Shared) -> Attempt {
+    let name = invariant.name.as_str();
+    let renew = async {
+        let mut every = tokio::time::interval(shared.lease / 3);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let until = Utc::now() + lease(shared);
+            match shared
+                .store
+                .renew_tick(name, fire_at, &shared.replica, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(invariant = %name, "lost the lease on a tick"),
+                Err(e) => tracing::warn!(invariant = %name, "cannot renew the lease: {e}"),
+            }
+        }
+    };
+    let attempt = tokio::select! {
+        a = run_once(invariant, shared) => a,
+        () = renew => unreachable!("the renewal loop never ends"),
+    };
+    let run_id = match &attempt {
+        Attempt::Ran(o) => Some(o.run_id),
+        _ => None,
+    };
+    if let Err(e) = shared
+        .store
+        .finish_tick(name, fire_at, &shared.replica, run_id)
+        .await
+    {
+        tracing::error!(invariant = %name, "cannot mark the tick finished: {e}");
+    }
+    attempt
+}
+
+/// Looks for ticks whose replica stopped renewing its lease, and runs them here.
+pub async fn take_over_abandoned_ticks(
+    invariants: Vec<Arc<Invariant>>,
+    shared: Shared,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(shared.lease / 2);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        loop {
+            let now = Utc::now();
+            let tick = match shared
+                .store
+                .take_over_tick(&shared.replica, now, now + lease(&shared))
+                .await
+            {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("cannot look for abandoned ticks: {e}");
+                    break;
+                }
+            };
+            let Some(inv) = invariants
+                .iter()
+                .find(|i| i.name.as_str() == tick.invariant)
+            else {
+                // An invariant this replica does not have (configs differ): give it back done.
+                let _ = shared
+                    .store
+                    .finish_tick(&tick.invariant, tick.fire_at, &shared.replica, None)
+                    .await;
+                continue;
+            };
+            tracing::warn!(invariant = %tick.invariant, fire_at = %tick.fire_at, "taking over a tick from a replica that stopped");
+            run_claimed(inv, tick.fire_at, &shared).await;
+        }
+    }
 }
 
 /// How an attempt to run an invariant went.

@@ -7,7 +7,7 @@ macro_rules! impl_store {
     // wait for each other (busy timeout) instead of failing when a read lock upgrades.
     // `$skip_locked` is how a claim query skips rows another worker holds: PostgreSQL needs
     // `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time and needs nothing.
-    ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal) => {
+    ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal, $replicas:literal) => {
         impl $store {
             fn outbox_item(
                 row: &<$db as sqlx::Database>::Row,
@@ -329,6 +329,194 @@ macro_rules! impl_store {
                                 resolved: n("resolved_count")?,
                             },
                             error: row.try_get("error")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
+            fn supports_replicas(&self) -> bool {
+                $replicas
+            }
+
+            async fn heartbeat(
+                &self,
+                replica: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                alive_after: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                )
+                .bind(replica)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                let others: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM replicas WHERE id <> $1 AND heartbeat_at > $2 ORDER BY id",
+                )
+                .bind(replica)
+                .bind(alive_after)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(others)
+            }
+
+            async fn retire(&self, replica: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM replicas WHERE id = $1")
+                    .bind(replica)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn claim_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                // One statement: the primary key makes a tick claimable once, and the NOT EXISTS
+                // keeps a replica from starting while another still holds a live lease on the
+                // same invariant (one run per invariant across replicas).
+                let claimed: Option<i32> = sqlx::query_scalar(
+                    "INSERT INTO ticks (invariant, fire_at, owner, lease_until) \
+                     SELECT $1, $2, $3, $4 WHERE NOT EXISTS ( \
+                       SELECT 1 FROM ticks WHERE invariant = $1 AND finished = $6 AND lease_until >= $5) \
+                     ON CONFLICT (invariant, fire_at) DO NOTHING RETURNING 1",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(false)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(claimed.is_some())
+            }
+
+            async fn renew_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let n = sqlx::query(
+                    "UPDATE ticks SET lease_until = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $5",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(false)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn finish_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                run_id: Option<i64>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE ticks SET finished = $5, run_id = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(run_id)
+                .bind(true)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn take_over_tick(
+                &self,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::Tick>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let row = sqlx::query(concat!(
+                    "UPDATE ticks SET owner = $1, lease_until = $2, taken_over = $4 WHERE (invariant, fire_at) IN (",
+                    "SELECT invariant, fire_at FROM ticks WHERE finished = $5 AND lease_until < $3 ",
+                    "ORDER BY fire_at LIMIT 1 ",
+                    $skip_locked,
+                    ") RETURNING invariant, fire_at, owner, finished, run_id, taken_over"
+                ))
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(true)
+                .bind(false)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let tick = $crate::store::Tick {
+                    invariant: row.try_get("invariant")?,
+                    fire_at: row.try_get("fire_at")?,
+                    owner: row.try_get("owner")?,
+                    finished: row.try_get("finished")?,
+                    run_id: row.try_get("run_id")?,
+                    taken_over: row.try_get("taken_over")?,
+                };
+                // The dead replica's run can never finish: say so, and drop what it staged.
+                sqlx::query(
+                    "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE invariant = $1 AND status = 'running')",
+                )
+                .bind(&tick.invariant)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE runs SET status = 'failed', finished_at = $2, \
+                       error = 'the replica running it stopped answering; another replica took the tick over' \
+                     WHERE invariant = $1 AND status = 'running'",
+                )
+                .bind(&tick.invariant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(tick))
+            }
+
+            async fn ticks(
+                &self,
+                invariant: &str,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::Tick>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT invariant, fire_at, owner, finished, run_id, taken_over FROM ticks \
+                     WHERE invariant = $1 ORDER BY fire_at LIMIT $2",
+                )
+                .bind(invariant)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::store::Tick {
+                            invariant: row.try_get("invariant")?,
+                            fire_at: row.try_get("fire_at")?,
+                            owner: row.try_get("owner")?,
+                            finished: row.try_get("finished")?,
+                            run_id: row.try_get("run_id")?,
+                            taken_over: row.try_get("taken_over")?,
                         })
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -172,6 +172,18 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// A scheduled evaluation claimed by one replica.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tick {
+    pub invariant: String,
+    pub fire_at: DateTime<Utc>,
+    pub owner: String,
+    pub finished: bool,
+    pub run_id: Option<i64>,
+    /// Claimed from a replica whose lease ran out.
+    pub taken_over: bool,
+}
+
 /// A notification to deliver on one channel.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OutboxMessage {
@@ -258,6 +270,61 @@ pub trait Store: Send + Sync {
     /// The latest runs, newest first.
     async fn runs(&self, invariant: Option<&str>, limit: u32)
     -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Whether several `trueup serve` processes can share this store.
+    fn supports_replicas(&self) -> bool;
+
+    /// Registers or refreshes a replica's heartbeat. Returns the other replicas whose
+    /// heartbeat is newer than `alive_after`.
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+        alive_after: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Removes a replica (clean shutdown).
+    async fn retire(&self, replica: &str) -> Result<(), StoreError>;
+
+    /// Claims the tick of `invariant` due at `fire_at` for `owner` until `lease_until`.
+    /// `false` when another replica claimed it, or is still running this invariant.
+    async fn claim_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends a held tick's lease; `false` if it is no longer ours.
+    async fn renew_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn finish_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        run_id: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes over one unfinished tick whose lease has run out (its replica died), and marks the
+    /// runs that replica left running as failed.
+    async fn take_over_tick(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Tick>, StoreError>;
+
+    /// Ticks of an invariant in time order (for operators and tests).
+    async fn ticks(&self, invariant: &str, limit: u32) -> Result<Vec<Tick>, StoreError>;
 
     /// The invariant's alert as last recorded (inactive if never).
     async fn alert(&self, invariant: &str) -> Result<Alert, StoreError>;

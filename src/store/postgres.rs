@@ -44,5 +44,6 @@ super::ledger::impl_store!(
     sqlx::Postgres,
     "postgres",
     "BEGIN",
-    "FOR UPDATE SKIP LOCKED"
+    "FOR UPDATE SKIP LOCKED",
+    true
 );

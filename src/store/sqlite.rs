@@ -42,4 +42,11 @@ impl SqliteStore {
     }
 }
 
-super::ledger::impl_store!(SqliteStore, sqlx::Sqlite, "sqlite", "BEGIN IMMEDIATE", "");
+super::ledger::impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    "",
+    false
+);

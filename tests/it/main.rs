@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod notify;
 mod reconcile;
+mod replicas;
 mod serve;
 mod source_readonly;
 mod store;

@@ -1,0 +1,218 @@
+//! Several `trueup serve` processes on one PostgreSQL store: every tick evaluated once, a
+//! killed replica's tick taken over after its lease; a second process on SQLite refused.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trueup::config::SecretUrl;
+use trueup::store::{self, RunStatus};
+
+use crate::helpers::TestPg;
+
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(dir: &Path, n: usize) -> Replica {
+    let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).unwrap();
+    Replica(
+        Command::new(env!("CARGO_BIN_EXE_trueup"))
+            .args([
+                "--config",
+                "trueup.yaml",
+                "--log",
+                "info",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn terminate(replica: &mut Replica) {
+    let pid = replica.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = replica.0.try_wait() {
+            assert!(status.success(), "SIGTERM must exit 0, got {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("replica {pid} did not stop on SIGTERM");
+}
+
+#[tokio::test]
+async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick() {
+    let db = TestPg::new().await;
+    db.exec("CREATE TABLE items (id int)").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    let mut yaml = String::from("invariants:\n");
+    for name in ["alpha", "beta", "gamma"] {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    schedule: \"* * * * * *\"\n    check:\n      source: pg\n      query: SELECT i AS id FROM (SELECT pg_sleep(0.4)) AS s, generate_series(1, 2) AS i\n      key: id\n"
+        ));
+    }
+    std::fs::write(dir.path().join("invariants/slow.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        format!("store: {url}\nsources:\n  pg:\n    url: {url}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url),
+    )
+    .unwrap();
+    // Migrate once up front so the three processes do not race on an empty database.
+    let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
+
+    let mut replicas: Vec<Replica> = (0..3).map(|n| spawn_serve(dir.path(), n)).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Kill (SIGKILL) a replica while it holds a tick in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (victim, held) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no replica was seen running a tick"
+        );
+        let mut found = None;
+        for name in ["alpha", "beta", "gamma"] {
+            for t in store.ticks(name, 10_000).await.unwrap() {
+                if !t.finished
+                    && let Some(i) = replicas
+                        .iter()
+                        .position(|r| t.owner.contains(&format!("-{}-", r.0.id())))
+                {
+                    found = Some((i, t));
+                }
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut killed = replicas.remove(victim);
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
+    let killed_at = chrono::Utc::now();
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for r in &mut replicas {
+        terminate(r);
+    }
+
+    // The killed replica's tick was taken over by another and finished.
+    let ticks = store.ticks(&held.invariant, 10_000).await.unwrap();
+    let taken = ticks.iter().find(|t| t.fire_at == held.fire_at).unwrap();
+    assert!(taken.finished && taken.taken_over, "{taken:?}");
+    assert_ne!(taken.owner, held.owner);
+
+    for name in ["alpha", "beta", "gamma"] {
+        let ticks = store.ticks(name, 10_000).await.unwrap();
+        assert!(
+            ticks.len() >= 5,
+            "{name}: only {} ticks: {ticks:#?}\n{}",
+            ticks.len(),
+            std::fs::read_to_string(dir.path().join("replica-1.log")).unwrap_or_default()
+        );
+        assert!(
+            ticks.iter().all(|t| t.finished),
+            "{name}: unfinished ticks after shutdown"
+        );
+        // Each tick evaluated once: one run per tick, and every succeeded run belongs to one.
+        let runs = store.runs(Some(name), 10_000).await.unwrap();
+        let succeeded: Vec<i64> = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .map(|r| r.id)
+            .collect();
+        let mut tick_runs: Vec<i64> = ticks.iter().filter_map(|t| t.run_id).collect();
+        tick_runs.sort();
+        tick_runs.dedup();
+        assert_eq!(
+            tick_runs.len(),
+            ticks.iter().filter(|t| t.run_id.is_some()).count(),
+            "{name}: a run serves two ticks"
+        );
+        let mut succeeded_sorted = succeeded.clone();
+        succeeded_sorted.sort();
+        let mut ran: Vec<i64> = tick_runs
+            .iter()
+            .copied()
+            .filter(|id| succeeded.contains(id))
+            .collect();
+        ran.sort();
+        assert_eq!(
+            ran, succeeded_sorted,
+            "{name}: every succeeded run answers one tick"
+        );
+        // One run of an invariant at a time, across replicas.
+        let mut by_start = runs.clone();
+        by_start.sort_by_key(|r| r.started_at);
+        for w in by_start.windows(2) {
+            if let Some(end) = w[0].finished_at {
+                assert!(
+                    end <= w[1].started_at || w[0].status == RunStatus::Failed,
+                    "{name}: runs {} and {} overlap",
+                    w[0].id,
+                    w[1].id
+                );
+            }
+        }
+        // No tick lost beyond the lease: the schedule's gaps stay within lease + a tick.
+        for w in ticks.windows(2) {
+            let gap = w[1].fire_at - w[0].fire_at;
+            assert!(
+                gap <= chrono::TimeDelta::seconds(4),
+                "{name}: gap of {gap} after {} (kill at {killed_at})",
+                w[0].fire_at
+            );
+        }
+        // The killed replica's run is failed, not left running.
+        assert!(
+            runs.iter().all(|r| r.status != RunStatus::Running),
+            "{name}: a run left running"
+        );
+    }
+    store.close().await;
+}
+
+#[test]
+fn a_second_serve_on_one_sqlite_store_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        "store: sqlite://trueup.db\n",
+    )
+    .unwrap();
+    let mut first = spawn_serve(dir.path(), 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let second = Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .args([
+            "--config",
+            "trueup.yaml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("SQLite supports a single replica"), "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
+    terminate(&mut first);
+}

@@ -19,11 +19,10 @@ use super::{HttpState, endpoints};
 
 const MAX_PAGE: u32 = 1000;
 
-fn find<'a>(state: &'a HttpState, name: &str) -> Result<&'a Arc<Invariant>, ApiError> {
+fn find(state: &HttpState, name: &str) -> Result<Arc<Invariant>, ApiError> {
     state
-        .invariants
-        .iter()
-        .find(|i| i.name.as_str() == name)
+        .catalog
+        .find(name)
         .ok_or_else(|| ApiError::not_found(format!("no invariant named `{name}`")))
 }
 
@@ -59,7 +58,8 @@ fn definition(inv: &Invariant) -> serde_json::Value {
 
 pub(super) async fn list_invariants(State(state): State<HttpState>) -> Json<serde_json::Value> {
     let items: Vec<serde_json::Value> = state
-        .invariants
+        .catalog
+        .snapshot()
         .iter()
         .map(|i| summary(&state, i))
         .collect();
@@ -72,8 +72,8 @@ pub(super) async fn get_invariant(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let inv = find(&state, &name)?;
     let runs = state.shared.store.runs(Some(&name), 10).await?;
-    let mut out = summary(&state, inv);
-    out["definition"] = definition(inv);
+    let mut out = summary(&state, &inv);
+    out["definition"] = definition(&inv);
     out["time_column"] = json!(inv.time_column);
     out["grace"] = json!(inv.grace.map(|g| g.to_string()));
     out["recent_runs"] = json!(runs);
@@ -85,7 +85,7 @@ pub(super) async fn trigger_run(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let inv = Arc::clone(find(&state, &name)?);
+    let inv = find(&state, &name)?;
     state
         .shared
         .store

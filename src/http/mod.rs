@@ -20,13 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
 use crate::config::ApiToken;
-use crate::domain::{Invariant, Role};
+use crate::domain::Role;
 use crate::serve::scheduler::Shared;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub shared: Shared,
-    pub invariants: Vec<Arc<Invariant>>,
+    pub catalog: Arc<crate::serve::catalog::Catalog>,
     pub tokens: Arc<Vec<ApiToken>>,
 }
 

@@ -21,6 +21,9 @@ pub struct Metrics {
     healthy: IntGaugeVec,
     violations: IntGaugeVec,
     rows_read: IntCounterVec,
+    reload_ok: prometheus::IntGauge,
+    reload_time: prometheus::Gauge,
+    reloads: IntCounterVec,
     notifications_sent: IntCounterVec,
     notifications_failed: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -91,6 +94,34 @@ impl Metrics {
                 "Rows read from sources, by side (left, right).",
                 &["invariant", "side"],
             ),
+            reloads: counter(
+                &registry,
+                "trueup_config_reloads_total",
+                "Reloads of the invariant files, by result (success, failure).",
+                &["result"],
+            ),
+            reload_ok: {
+                let g = prometheus::IntGauge::new(
+                    "trueup_config_last_reload_successful",
+                    "1 if the last reload of the invariant files succeeded, 0 if it was refused.",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            reload_time: {
+                let g = prometheus::Gauge::new(
+                    "trueup_config_last_reload_success_timestamp_seconds",
+                    "When the invariant files were last loaded successfully (Unix time).",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             notifications_sent: counter(
                 &registry,
                 "trueup_notifications_sent_total",
@@ -143,6 +174,17 @@ impl Metrics {
         }
         self.failures.with_label_values(&[name]);
         self.missed_ticks.with_label_values(&[name]);
+    }
+
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     pub fn declare_channel(&self, channel: &str) {

@@ -5,6 +5,7 @@
 //! no new runs, runs in flight finish within the grace period or are cancelled (and recorded
 //! as cancelled), the HTTP server stops.
 
+pub mod catalog;
 pub mod metrics;
 pub mod scheduler;
 pub mod state;
@@ -13,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -50,9 +50,10 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     addr: SocketAddr,
-    listener: tokio::net::TcpListener,
+    /// Taken when serving starts.
+    listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     app: Arc<App>,
-    invariants: Vec<Arc<Invariant>>,
+    catalog: Arc<catalog::Catalog>,
     shared: Shared,
     settings: ServeConfig,
     channels: Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
@@ -124,9 +125,9 @@ impl Application {
         }
         Ok(Self {
             addr,
-            listener,
+            listener: std::sync::Mutex::new(Some(listener)),
             app: Arc::new(app),
-            invariants,
+            catalog: Arc::new(catalog::Catalog::new(invariants)),
             shared,
             settings,
             channels: Arc::new(channels),
@@ -147,9 +148,11 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
-        let mut scheduled = scheduler::start(&self.invariants, &self.shared, &stop);
+        let mut scheduled = scheduler::Scheduler::new(self.shared.clone(), stop.clone());
+        scheduled.apply(&self.catalog.snapshot());
+        self.shared.metrics.reloaded(true);
         let takeover = tokio::spawn(scheduler::take_over_abandoned_ticks(
-            self.invariants.clone(),
+            Arc::clone(&self.catalog),
             self.shared.clone(),
             stop.clone(),
         ));
@@ -183,8 +186,8 @@ impl Application {
         );
         tracing::info!(
             addr = %self.addr,
-            invariants = self.invariants.len(),
-            scheduled = scheduled.len(),
+            invariants = self.catalog.snapshot().len(),
+            scheduled = scheduled.scheduled(),
             "trueup is serving"
         );
         if self.settings.tokens.is_empty() {
@@ -194,24 +197,56 @@ impl Application {
         }
         let router = crate::http::router(crate::http::HttpState {
             shared: self.shared.clone(),
-            invariants: self.invariants.clone(),
+            catalog: Arc::clone(&self.catalog),
             tokens: Arc::new(self.settings.tokens.clone()),
         });
         let server_stop = CancellationToken::new();
+        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return Err(ServeError::Http(std::io::Error::other(
+                "the application was already started",
+            )));
+        };
         let server = {
             let server_stop = server_stop.clone();
             tokio::spawn(async move {
-                axum::serve(self.listener, router)
+                axum::serve(listener, router)
                     .with_graceful_shutdown(async move { server_stop.cancelled().await })
                     .await
             })
         };
 
-        shutdown.await;
+        // Serve until asked to stop; reload the invariants on SIGHUP and when their files
+        // change.
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut hangups = hangup_signals();
+        let dir = self.app.config.invariants_dir.clone();
+        let mut seen = catalog::folder_state(&dir);
+        let mut poll = tokio::time::interval(RELOAD_POLL);
+        loop {
+            let reason = tokio::select! {
+                () = &mut shutdown => break,
+                Some(()) = hangups.recv() => "SIGHUP",
+                _ = poll.tick() => {
+                    let now = catalog::folder_state(&dir);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    "a change in the invariant files"
+                }
+            };
+            reload(
+                &self.app,
+                &self.catalog,
+                &self.shared,
+                &mut scheduled,
+                reason,
+            );
+        }
         tracing::info!("shutting down: no new runs; waiting for runs in flight");
         stop.cancel();
         let grace = self.settings.shutdown_grace.as_std();
-        if tokio::time::timeout(grace, drain(&mut scheduled))
+        if tokio::time::timeout(grace, scheduled.drain())
             .await
             .is_err()
         {
@@ -220,7 +255,7 @@ impl Application {
                 humantime::format_duration(grace)
             );
             self.shared.cancel_runs.cancel();
-            drain(&mut scheduled).await;
+            scheduled.drain().await;
         }
         let _ = takeover.await;
         let _ = heartbeat.await;
@@ -249,8 +284,66 @@ fn rand_suffix() -> u16 {
     (nanos ^ (nanos >> 16)) as u16
 }
 
-async fn drain(tasks: &mut JoinSet<()>) {
-    while tasks.join_next().await.is_some() {}
+/// Re-reads the invariant files. On any error the running set stays as it is, every problem
+/// is logged, and `trueup_config_last_reload_successful` drops to 0.
+fn reload(
+    app: &App,
+    catalog: &catalog::Catalog,
+    shared: &Shared,
+    scheduled: &mut scheduler::Scheduler,
+    reason: &str,
+) {
+    {
+        let known = crate::rules::Known::of(&app.config);
+        match crate::rules::load(&app.config.invariants_dir, &known) {
+            Ok(list) => {
+                let invariants: Vec<Arc<Invariant>> = list.into_iter().map(Arc::new).collect();
+                let changes = scheduled.apply(&invariants);
+                catalog.replace(invariants);
+                shared.metrics.reloaded(true);
+                tracing::info!(
+                    reason,
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    changed = ?changes.changed,
+                    unchanged = changes.unchanged.len(),
+                    "reloaded the invariants"
+                );
+            }
+            Err(diagnostics) => {
+                shared.metrics.reloaded(false);
+                for d in &diagnostics.0 {
+                    tracing::error!("{d}");
+                }
+                tracing::error!(
+                    reason,
+                    problems = diagnostics.0.len(),
+                    "reload refused; the previous invariants keep running"
+                );
+            }
+        }
+    }
+}
+
+/// How often the invariant folder is checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// A stream of SIGHUPs (none where there are no signals).
+fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

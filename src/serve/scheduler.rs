@@ -42,28 +42,89 @@ pub struct Shared {
     pub lease: Duration,
 }
 
-/// Starts one task per invariant that has a schedule. The tasks end when `stop` is cancelled
-/// (after finishing any run in flight).
-pub fn start(
-    invariants: &[Arc<Invariant>],
-    shared: &Shared,
-    stop: &CancellationToken,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for inv in invariants {
-        shared.metrics.declare(inv);
-        shared.board.declare(inv);
-        let Some(schedule) = inv.schedule.clone() else {
-            continue;
-        };
-        tasks.spawn(run_on_schedule(
-            Arc::clone(inv),
-            schedule,
-            shared.clone(),
-            stop.clone(),
-        ));
+/// The schedule loops of the current invariants, one task each.
+pub struct Scheduler {
+    shared: Shared,
+    stop: CancellationToken,
+    running: std::collections::BTreeMap<String, (String, CancellationToken)>,
+    tasks: JoinSet<()>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+impl Scheduler {
+    pub fn new(shared: Shared, stop: CancellationToken) -> Self {
+        Self {
+            shared,
+            stop,
+            running: std::collections::BTreeMap::new(),
+            tasks: JoinSet::new(),
+        }
     }
-    tasks
+
+    /// Makes the running schedule loops match `invariants`: loops of removed or changed
+    /// invariants stop (a run in flight finishes first), new and changed ones start, and
+    /// unchanged ones go on untouched.
+    pub fn apply(&mut self, invariants: &[Arc<Invariant>]) -> Changes {
+        let mut changes = Changes::default();
+        let wanted: std::collections::BTreeMap<&str, &Arc<Invariant>> =
+            invariants.iter().map(|i| (i.name.as_str(), i)).collect();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            if !wanted.contains_key(name.as_str()) {
+                if let Some((_, token)) = self.running.remove(&name) {
+                    token.cancel();
+                }
+                changes.removed.push(name);
+            }
+        }
+        for inv in invariants {
+            let name = inv.name.to_string();
+            let fp = super::catalog::fingerprint(inv);
+            match self.running.get(&name) {
+                Some((old, _)) if *old == fp => {
+                    changes.unchanged.push(name);
+                    continue;
+                }
+                Some(_) => {
+                    if let Some((_, token)) = self.running.remove(&name) {
+                        token.cancel();
+                    }
+                    changes.changed.push(name.clone());
+                }
+                None => changes.added.push(name.clone()),
+            }
+            self.shared.metrics.declare(inv);
+            self.shared.board.declare(inv);
+            let token = self.stop.child_token();
+            if let Some(schedule) = inv.schedule.clone() {
+                self.tasks.spawn(run_on_schedule(
+                    Arc::clone(inv),
+                    schedule,
+                    self.shared.clone(),
+                    token.clone(),
+                ));
+            }
+            self.running.insert(name, (fp, token));
+        }
+        changes
+    }
+
+    pub fn scheduled(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Waits for every loop to end (after `stop` is cancelled).
+    pub async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 async fn run_on_schedule(
@@ -165,7 +226,7 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
 
 /// Looks for ticks whose replica stopped renewing its lease, and runs them here.
 pub async fn take_over_abandoned_ticks(
-    invariants: Vec<Arc<Invariant>>,
+    catalog: Arc<super::catalog::Catalog>,
     shared: Shared,
     stop: CancellationToken,
 ) {
@@ -189,10 +250,7 @@ pub async fn take_over_abandoned_ticks(
                     break;
                 }
             };
-            let Some(inv) = invariants
-                .iter()
-                .find(|i| i.name.as_str() == tick.invariant)
-            else {
+            let Some(inv) = catalog.find(&tick.invariant) else {
                 // An invariant this replica does not have (configs differ): give it back done.
                 let _ = shared
                     .store
@@ -201,7 +259,7 @@ pub async fn take_over_abandoned_ticks(
                 continue;
             };
             tracing::warn!(invariant = %tick.invariant, fire_at = %tick.fire_at, "taking over a tick from a replica that stopped");
-            run_claimed(inv, tick.fire_at, &shared).await;
+            run_claimed(&inv, tick.fire_at, &shared).await;
         }
     }
 }

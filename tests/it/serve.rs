@@ -592,3 +592,119 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
         );
     }
 }
+
+#[tokio::test]
+async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_every_second(dir.path()).await;
+    let (base, stop, task, _) = start(config).await;
+    let file = dir.path().join("invariants/demo.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let names = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let mut n: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    wait_for("first runs", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        sample(
+            &m,
+            "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+
+    // A broken edit: refused, the four invariants keep running.
+    std::fs::write(
+        &file,
+        original.replace("severity: high", "severity: urgent"),
+    )
+    .unwrap();
+    wait_for("the refused reload", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        sample(&m, "trueup_config_last_reload_successful") == Some(0.0)
+    })
+    .await;
+    let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
+    assert_eq!(names(&body).len(), 4);
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    let before = sample(
+        &m,
+        "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    let after = sample(
+        &m,
+        "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
+    )
+    .unwrap();
+    assert!(
+        after > before,
+        "the old set keeps running after a refused reload"
+    );
+
+    // A good edit that removes one invariant: applied; the others keep their state.
+    let start_of = original.find("  # No order is fulfilled").unwrap();
+    let end_of = original.find("  # An active subscription").unwrap();
+    let mut edited = original.clone();
+    edited.replace_range(start_of..end_of, "");
+    std::fs::write(&file, edited).unwrap();
+    wait_for("the applied reload", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        sample(&m, "trueup_config_last_reload_successful") == Some(1.0)
+    })
+    .await;
+    let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
+    assert_eq!(
+        names(&body),
+        [
+            "payment-lifecycle",
+            "payments-ledger",
+            "subscriptions-entitlements"
+        ]
+    );
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"]["last_run_id"].is_number()),
+        "{list:#}"
+    );
+    assert_eq!(
+        get(&format!("{base}/api/v1/invariants/fulfilled-orders-paid"))
+            .await
+            .0,
+        404
+    );
+    // The removed invariant is no longer scheduled.
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    let removed_runs = sample(
+        &m,
+        "trueup_invariant_runs_total{invariant=\"fulfilled-orders-paid\",status=\"succeeded\"}",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(
+            &m,
+            "trueup_invariant_runs_total{invariant=\"fulfilled-orders-paid\",status=\"succeeded\"}"
+        )
+        .unwrap(),
+        removed_runs
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

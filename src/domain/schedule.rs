@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 pub struct Schedule {
     written: String,
     cron: cron::Schedule,
+    /// Where the fields are read; UTC when `None`.
+    timezone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +27,10 @@ pub enum ScheduleError {
     FieldCount { written: String, fields: usize },
     #[error("`{written}` never fires again; pick a schedule with upcoming times")]
     NeverFires { written: String },
+    #[error(
+        "`{written}` is not a time zone; use an IANA name such as `Europe/Paris` or `America/New_York`"
+    )]
+    UnknownTimezone { written: String },
 }
 
 impl Schedule {
@@ -60,12 +66,40 @@ impl Schedule {
         if cron.upcoming(Utc).next().is_none() {
             return Err(ScheduleError::NeverFires { written });
         }
-        Ok(Self { written, cron })
+        Ok(Self {
+            written,
+            cron,
+            timezone: None,
+        })
+    }
+
+    /// Reads the schedule's fields in `timezone` (an IANA name) instead of UTC.
+    pub fn in_timezone(mut self, timezone: &str) -> Result<Self, ScheduleError> {
+        let tz: chrono_tz::Tz =
+            timezone
+                .trim()
+                .parse()
+                .map_err(|_| ScheduleError::UnknownTimezone {
+                    written: timezone.to_owned(),
+                })?;
+        self.timezone = Some(tz);
+        Ok(self)
     }
 
     /// The first fire time strictly after `after`.
+    ///
+    /// In a time zone with daylight saving time, a local time that does not exist (the hour
+    /// skipped in spring) does not fire that day, and a local time that happens twice (the
+    /// hour repeated in autumn) fires once, at its first occurrence.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.after(&after).next()
+        match self.timezone {
+            None => self.cron.after(&after).next(),
+            Some(tz) => self
+                .cron
+                .after(&after.with_timezone(&tz))
+                .next()
+                .map(|t| t.with_timezone(&Utc)),
+        }
     }
 
     pub fn as_written(&self) -> &str {
@@ -75,7 +109,10 @@ impl Schedule {
 
 impl fmt::Debug for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Schedule({:?})", self.written)
+        match self.timezone {
+            Some(tz) => write!(f, "Schedule({:?} in {tz})", self.written),
+            None => write!(f, "Schedule({:?})", self.written),
+        }
     }
 }
 
@@ -87,7 +124,7 @@ impl fmt::Display for Schedule {
 
 impl PartialEq for Schedule {
     fn eq(&self, other: &Self) -> bool {
-        self.written == other.written
+        self.written == other.written && self.timezone == other.timezone
     }
 }
 
@@ -193,6 +230,45 @@ mod tests {
         assert!(err.contains("fields"), "{err}");
         let err = Schedule::parse("61 * * * *").unwrap_err().to_string();
         assert!(err.contains("`*/15 * * * *`"), "{err}");
+    }
+
+    #[test]
+    fn a_time_zone_moves_the_fire_times_and_follows_daylight_saving() {
+        let s = Schedule::parse("0 9 * * *")
+            .unwrap()
+            .in_timezone("Europe/Paris")
+            .unwrap();
+        // Winter: 09:00 in Paris is 08:00 UTC; summer: 07:00 UTC.
+        assert_eq!(
+            s.next_after(at(2026, 1, 5, 0, 0)).unwrap(),
+            at(2026, 1, 5, 8, 0)
+        );
+        assert_eq!(
+            s.next_after(at(2026, 7, 5, 0, 0)).unwrap(),
+            at(2026, 7, 5, 7, 0)
+        );
+        assert!(
+            Schedule::parse("0 9 * * *")
+                .unwrap()
+                .in_timezone("Mars/Olympus")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn daylight_saving_skips_missing_times_and_fires_repeated_times_once() {
+        let s = Schedule::parse("30 2 * * *")
+            .unwrap()
+            .in_timezone("Europe/Paris")
+            .unwrap();
+        // 2026-03-29 02:30 does not exist in Paris: the next fire is the 30th.
+        let next = s.next_after(at(2026, 3, 28, 12, 0)).unwrap();
+        assert_eq!(next, at(2026, 3, 30, 0, 30));
+        // 2026-10-25 02:30 happens twice: it fires once.
+        let first = s.next_after(at(2026, 10, 24, 12, 0)).unwrap();
+        assert_eq!(first, at(2026, 10, 25, 0, 30));
+        let second = s.next_after(first).unwrap();
+        assert_eq!(second, at(2026, 10, 26, 1, 30));
     }
 
     #[test]

@@ -268,9 +268,23 @@ fn build_invariant(
         }),
         None => Some(Severity::Medium),
     };
-    let schedule = match &raw.schedule {
-        Some(s) => ctx.parse("schedule", s, Schedule::parse).map(Some),
-        None => Some(None),
+    let schedule = match (&raw.schedule, &raw.timezone) {
+        (Some(s), tz) => ctx
+            .parse("schedule", s, Schedule::parse)
+            .and_then(|schedule| match tz {
+                Some(tz) => ctx
+                    .parse("timezone", tz, |name| schedule.clone().in_timezone(name))
+                    .map(Some),
+                None => Some(Some(schedule)),
+            }),
+        (None, Some(tz)) => {
+            ctx.error(
+                tz.referenced,
+                "timezone applies to a `schedule`; add one or remove the timezone",
+            );
+            None
+        }
+        (None, None) => Some(None),
     };
     let time_column = match &raw.time_column {
         Some(c) => ctx.parse("time_column", c, ColumnName::parse).map(Some),

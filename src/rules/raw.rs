@@ -19,6 +19,7 @@ pub struct RawInvariant {
     pub owner: Option<String>,
     pub severity: Option<Spanned<String>>,
     pub schedule: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
     pub grace: Option<Spanned<String>>,
     pub time_column: Option<Spanned<String>>,
     pub alert: Option<Spanned<RawAlert>>,

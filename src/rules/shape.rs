@@ -113,6 +113,7 @@ impl Shape {
                 ("owner", None),
                 ("severity", None),
                 ("schedule", None),
+                ("timezone", None),
                 ("grace", None),
                 ("time_column", None),
                 ("sample_limit", None),

@@ -192,3 +192,17 @@ fn alert_settings_and_channels_are_read_and_checked() {
     assert!(shown[0].contains("alert.for"), "{shown:#?}");
     assert!(shown[1].contains("unknown channel `pager`"), "{shown:#?}");
 }
+
+#[test]
+fn a_schedule_may_name_its_time_zone() {
+    let text = "invariants:\n  - name: a\n    schedule: \"0 9 * * 1-5\"\n    timezone: Europe/Paris\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n  - name: b\n    schedule: \"0 9 * * *\"\n    timezone: Paris\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    let (invs, errs) = parse(text);
+    assert_eq!(invs.len(), 1);
+    assert!(format!("{:?}", invs[0].schedule).contains("Europe/Paris"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].to_string().contains(":8:") && errs[0].message.contains("IANA"),
+        "{}",
+        errs[0]
+    );
+}

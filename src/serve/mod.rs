@@ -57,6 +57,8 @@ pub struct Application {
     shared: Shared,
     settings: ServeConfig,
     channels: Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
+    /// Held for the life of the process on the SQLite store.
+    _single_replica_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -96,12 +98,13 @@ impl Application {
                 now - chrono::TimeDelta::from_std(HEARTBEAT * 3).unwrap_or_default(),
             )
             .await?;
-        if !others.is_empty() && !app.store.supports_replicas() {
-            let _ = app.store.retire(&replica).await;
-            return Err(ServeError::SingleReplica {
-                others: others.join(", "),
-            });
-        }
+        // SQLite admits one serve process: an OS lock beside the database file says whether
+        // another holds it, and is released by the kernel when that process dies, however.
+        let single_replica_lock = if app.store.supports_replicas() {
+            None
+        } else {
+            Some(lock_sqlite_store(app.config.store.expose(), &others)?)
+        };
         let shared = Shared {
             replica,
             lease: settings.lease.as_std(),
@@ -131,6 +134,7 @@ impl Application {
             shared,
             settings,
             channels: Arc::new(channels),
+            _single_replica_lock: single_replica_lock,
         })
     }
 
@@ -273,6 +277,39 @@ impl Application {
             Ok(Err(e)) => Err(ServeError::Http(e)),
             Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
         }
+    }
+}
+
+/// Takes the exclusive lock of a SQLite store (`<database>.serve.lock`).
+fn lock_sqlite_store(url: &str, others: &[String]) -> Result<std::fs::File, ServeError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    let lock_path = format!("{path}.serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            ServeError::Http(std::io::Error::other(format!(
+                "cannot open {lock_path}: {e}"
+            )))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::SingleReplica {
+            others: if others.is_empty() {
+                format!("it holds {lock_path}")
+            } else {
+                others.join(", ")
+            },
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServeError::Http(std::io::Error::other(
+            format!("cannot lock {lock_path}: {e}"),
+        ))),
     }
 }
 

@@ -288,7 +288,8 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     .await;
     let (stop, task, store) = serve(config).await;
 
-    // The SMTP server is down: the four firing notices wait in the outbox, retried.
+    // The SMTP server is down for 30 s: the four firing notices wait in the outbox, retried.
+    let down_since = Instant::now();
     wait_until("failed delivery attempts", Duration::from_secs(15), || {
         let store = Arc::clone(&store);
         futures_util::FutureExt::now_or_never(async move { store.outbox(10).await.unwrap() })
@@ -300,9 +301,18 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
             })
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
+    let waiting = store.outbox(10).await.unwrap();
+    assert!(
+        waiting
+            .iter()
+            .all(|i| i.delivered_at.is_none() && i.attempts >= 4),
+        "{waiting:#?}"
+    );
     let maildir = dir.path().join("maildir");
     let smtp = SmtpServer::start(port, &maildir);
-    wait_until("four emails", Duration::from_secs(30), || {
+    // Retries have backed off to at most 32 s by now.
+    wait_until("four emails", Duration::from_secs(60), || {
         smtp.messages().len() >= 4
     })
     .await;
@@ -330,4 +340,110 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_once() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the webhook's port yet: deliveries fail and stay queued.
+    let port = free_port();
+    demo(dir.path(), &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"http://127.0.0.1:{port}/hook\"}}\n")).await;
+    let spawn = |n: u32| {
+        Command::new(env!("CARGO_BIN_EXE_trueup"))
+            .args([
+                "--config",
+                "trueup.yaml",
+                "--log",
+                "info",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("serve-{n}.log"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    // Migrate before the process starts, so the two never race on a fresh file.
+    let store = trueup::store::open(&Config::load(&dir.path().join("trueup.yaml")).unwrap().store)
+        .await
+        .unwrap();
+    let mut first = spawn(1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.outbox(10).await.unwrap().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the firing notices were never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let each notice fail at least once (so none is mid-attempt), then the process dies
+    // before it could deliver anything.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store
+        .outbox(10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.attempts >= 1)
+    {
+        assert!(Instant::now() < deadline, "no delivery was attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.delivered_at.is_none())
+    );
+
+    // The receiver comes up, trueup restarts: each queued notice arrives once, and the alerts,
+    // still firing in the store, fire nothing new.
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(r): State<Received>, body: axum::Json<serde_json::Value>| async move {
+                    r.lock().unwrap().push((None, body.0));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(Arc::clone(&received));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut second = spawn(2);
+    // A notice the dead process had claimed waits for its claim's lease (60 s) to end.
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while received.lock().unwrap().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the queued notices did not arrive: {:#?}\n{}",
+            store.outbox(10).await.unwrap(),
+            std::fs::read_to_string(dir.path().join("serve-2.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let mut keys: Vec<&str> = got
+        .iter()
+        .map(|(_, p)| p["dedup_key"].as_str().unwrap())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 4);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    store.close().await;
 }

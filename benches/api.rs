@@ -55,7 +55,9 @@ async fn fill(config: &Config, rows: u64) -> anyhow::Result<()> {
         observed: rows,
         ..Default::default()
     };
-    store.complete_run(run, &inv, &stats, Utc::now()).await?;
+    store
+        .complete_run(run, &inv, &stats, Utc::now(), None)
+        .await?;
     store.close().await;
     println!(
         "  stored {rows} violations in {:.1}s",

@@ -18,11 +18,13 @@ use crate::store::{
 /// Violations are staged in the store in batches of this size.
 const FLUSH_EVERY: usize = 500;
 
-/// Bounds on one run: a deadline, and a token that cancels it (shutdown).
+/// Bounds on one run: a deadline, a token that cancels it (shutdown), and the scheduled tick
+/// it answers (committed with the result).
 #[derive(Debug, Clone, Default)]
 pub struct RunLimits {
     pub timeout: Option<Duration>,
     pub cancel: Option<CancellationToken>,
+    pub tick: Option<crate::store::TickRef>,
 }
 
 /// What one run did.
@@ -131,7 +133,13 @@ pub async fn run_invariant_limited(
         Ok(mut stats) => {
             stats.truncated = recorder.truncated;
             let change = match store
-                .complete_run(run_id, &invariant.name, &stats, finished_at)
+                .complete_run(
+                    run_id,
+                    &invariant.name,
+                    &stats,
+                    finished_at,
+                    limits.tick.as_ref(),
+                )
                 .await
             {
                 Ok(change) => change,

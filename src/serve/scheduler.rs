@@ -207,7 +207,10 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
         }
     };
     let attempt = tokio::select! {
-        a = run_once(invariant, shared) => a,
+        a = run_once(invariant, shared, Some(crate::store::TickRef {
+            fire_at,
+            owner: shared.replica.to_string(),
+        })) => a,
         () = renew => unreachable!("the renewal loop never ends"),
     };
     let run_id = match &attempt {
@@ -274,7 +277,11 @@ pub enum Attempt {
 }
 
 /// Evaluates an invariant now and publishes the outcome (metrics, board).
-pub async fn run_once(invariant: &Invariant, shared: &Shared) -> Attempt {
+pub async fn run_once(
+    invariant: &Invariant,
+    shared: &Shared,
+    tick: Option<crate::store::TickRef>,
+) -> Attempt {
     let lock = shared.board.run_lock(invariant.name.as_str());
     let Ok(_running) = lock.try_lock() else {
         return Attempt::Busy;
@@ -282,6 +289,7 @@ pub async fn run_once(invariant: &Invariant, shared: &Shared) -> Attempt {
     let limits = RunLimits {
         timeout: Some(shared.run_timeout),
         cancel: Some(shared.cancel_runs.clone()),
+        tick,
     };
     shared.board.started(invariant.name.as_str());
     match runner::run_invariant_limited(invariant, &shared.sources, shared.store.as_ref(), &limits)

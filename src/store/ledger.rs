@@ -86,8 +86,26 @@ macro_rules! impl_store {
                 invariant: &$crate::domain::InvariantName,
                 stats: &$crate::store::RunStats,
                 at: chrono::DateTime<chrono::Utc>,
+                tick: Option<&$crate::store::TickRef>,
             ) -> Result<$crate::store::LedgerChange, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                if let Some(t) = tick {
+                    let held = sqlx::query(
+                        "UPDATE ticks SET finished = $4, run_id = $5 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $6",
+                    )
+                    .bind(invariant.as_str())
+                    .bind(t.fire_at)
+                    .bind(&t.owner)
+                    .bind(true)
+                    .bind(run)
+                    .bind(false)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if held != 1 {
+                        return Err($crate::store::StoreError::LostTick);
+                    }
+                }
                 let running: Option<String> =
                     sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
                         .bind(run)

@@ -31,6 +31,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("store: run {0} does not exist or is no longer running")]
     NoSuchRun(i64),
+    #[error(
+        "store: the tick this run answers is no longer held by this replica (its lease ran out and another replica took it over); the result is dropped"
+    )]
+    LostTick,
 }
 
 pub type RunId = i64;
@@ -172,6 +176,13 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// The tick a run answers, and the replica holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickRef {
+    pub fire_at: DateTime<Utc>,
+    pub owner: String,
+}
+
 /// A scheduled evaluation claimed by one replica.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tick {
@@ -244,12 +255,17 @@ pub trait Store: Send + Sync {
     /// Merges the run's observations into the ledger in one transaction: new violations open,
     /// resolved ones seen again reopen, and (unless the run was truncated) open ones it did not
     /// see resolve.
+    ///
+    /// With `tick`, the scheduled tick the run answers is marked finished in the same
+    /// transaction, so a replica that dies after this commit leaves nothing to take over, and
+    /// one whose lease was taken over cannot commit a second result for the tick.
     async fn complete_run(
         &self,
         run: RunId,
         invariant: &InvariantName,
         stats: &RunStats,
         at: DateTime<Utc>,
+        tick: Option<&TickRef>,
     ) -> Result<LedgerChange, StoreError>;
 
     /// Ends a run that did not complete; its observations are dropped and the ledger is

@@ -34,7 +34,7 @@ async fn run_with(
         ..Default::default()
     };
     store
-        .complete_run(run, inv, &stats, Utc::now())
+        .complete_run(run, inv, &stats, Utc::now(), None)
         .await
         .unwrap()
 }
@@ -166,7 +166,7 @@ async fn ledger_story(store: Arc<dyn Store>) {
     );
     // A run that ended cannot be completed afterwards.
     let late = store
-        .complete_run(run, &inv, &RunStats::default(), Utc::now())
+        .complete_run(run, &inv, &RunStats::default(), Utc::now(), None)
         .await;
     assert!(matches!(late, Err(StoreError::NoSuchRun(_))), "{late:?}");
 
@@ -182,7 +182,7 @@ async fn ledger_story(store: Arc<dyn Store>) {
         ..Default::default()
     };
     let change = store
-        .complete_run(run, &inv, &stats, Utc::now())
+        .complete_run(run, &inv, &stats, Utc::now(), None)
         .await
         .unwrap();
     assert_eq!(change.resolved, 0);

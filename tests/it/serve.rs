@@ -171,6 +171,17 @@ async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("trueup_invariant_run_duration_seconds_bucket"));
+    // The same runs and their violations through the API.
+    let (status, body) = get(&format!("{base}/api/v1/runs?invariant=payments-ledger")).await;
+    assert_eq!(status, 200);
+    let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(runs["items"].as_array().unwrap().len() >= 3, "{runs:#}");
+    let (_, body) = get(&format!(
+        "{base}/api/v1/violations?invariant=payments-ledger&limit=1000"
+    ))
+    .await;
+    let open: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(open["items"].as_array().unwrap().len(), 8);
     assert!(
         metrics.contains("trueup_http_requests_total{route=\"/healthz\",status=\"200\"} 1"),
         "{metrics}"

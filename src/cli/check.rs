@@ -1,19 +1,14 @@
 use std::path::Path;
 
-use crate::app::{App, AppError};
 use crate::runner::RunOutcome;
 
 use super::output::{evidence, key, plural};
 use super::{CheckArgs, EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format};
 
 pub(super) async fn run(config: Option<&Path>, args: CheckArgs) -> anyhow::Result<u8> {
-    let app = match App::open(config).await {
+    let app = match super::open_app(config).await? {
         Ok(app) => app,
-        Err(AppError::Config(d) | AppError::Rules(d)) => {
-            eprintln!("{d}");
-            return Ok(EXIT_ERROR);
-        }
-        Err(e) => return Err(e.into()),
+        Err(code) => return Ok(code),
     };
     let outcomes = app.check(&args.invariant).await;
     app.close().await;

@@ -196,6 +196,19 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Opens everything a command needs. Mistakes in the user's files are printed as they are
+/// (file:line: …) and become exit code 2; other failures are errors for the caller.
+async fn open_app(config: Option<&std::path::Path>) -> anyhow::Result<Result<crate::app::App, u8>> {
+    match crate::app::App::open(config).await {
+        Ok(app) => Ok(Ok(app)),
+        Err(crate::app::AppError::Config(d) | crate::app::AppError::Rules(d)) => {
+            eprintln!("{d}");
+            Ok(Err(EXIT_ERROR))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

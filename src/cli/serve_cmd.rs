@@ -1,18 +1,13 @@
 use std::path::Path;
 
-use crate::app::{App, AppError};
 use crate::serve::{Application, shutdown_signal};
 
-use super::{EXIT_ERROR, EXIT_OK, ServeArgs};
+use super::{EXIT_OK, ServeArgs};
 
 pub(super) async fn run(config: Option<&Path>, args: ServeArgs) -> anyhow::Result<u8> {
-    let app = match App::open(config).await {
+    let app = match super::open_app(config).await? {
         Ok(app) => app,
-        Err(AppError::Config(d) | AppError::Rules(d)) => {
-            eprintln!("{d}");
-            return Ok(EXIT_ERROR);
-        }
-        Err(e) => return Err(e.into()),
+        Err(code) => return Ok(code),
     };
     let mut settings = app.config.serve.clone();
     if let Some(listen) = args.listen {

@@ -1,6 +1,6 @@
 //! `trueup serve`: the scheduler and the HTTP endpoints in one process.
 //!
-//! [`Application::build`] binds the listener (port 0 in tests) and starts the scheduler;
+//! [`Application::build`] binds the listener (port 0 in tests) and loads the alert state;
 //! [`Application::run_until`] serves until the given shutdown future resolves, then drains:
 //! no new runs, runs in flight finish within the grace period or are cancelled (and recorded
 //! as cancelled), the HTTP server stops.
@@ -50,8 +50,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     addr: SocketAddr,
-    /// Taken when serving starts.
-    listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    listener: tokio::net::TcpListener,
     app: Arc<App>,
     catalog: Arc<catalog::Catalog>,
     shared: Shared,
@@ -128,7 +127,7 @@ impl Application {
         }
         Ok(Self {
             addr,
-            listener: std::sync::Mutex::new(Some(listener)),
+            listener,
             app: Arc::new(app),
             catalog: Arc::new(catalog::Catalog::new(invariants)),
             shared,
@@ -205,11 +204,7 @@ impl Application {
             tokens: Arc::new(self.settings.tokens.clone()),
         });
         let server_stop = CancellationToken::new();
-        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
-            return Err(ServeError::Http(std::io::Error::other(
-                "the application was already started",
-            )));
-        };
+        let listener = self.listener;
         let server = {
             let server_stop = server_stop.clone();
             tokio::spawn(async move {
@@ -330,34 +325,32 @@ fn reload(
     scheduled: &mut scheduler::Scheduler,
     reason: &str,
 ) {
-    {
-        let known = crate::rules::Known::of(&app.config);
-        match crate::rules::load(&app.config.invariants_dir, &known) {
-            Ok(list) => {
-                let invariants: Vec<Arc<Invariant>> = list.into_iter().map(Arc::new).collect();
-                let changes = scheduled.apply(&invariants);
-                catalog.replace(invariants);
-                shared.metrics.reloaded(true);
-                tracing::info!(
-                    reason,
-                    added = ?changes.added,
-                    removed = ?changes.removed,
-                    changed = ?changes.changed,
-                    unchanged = changes.unchanged.len(),
-                    "reloaded the invariants"
-                );
+    let known = crate::rules::Known::of(&app.config);
+    match crate::rules::load(&app.config.invariants_dir, &known) {
+        Ok(list) => {
+            let invariants: Vec<Arc<Invariant>> = list.into_iter().map(Arc::new).collect();
+            let changes = scheduled.apply(&invariants);
+            catalog.replace(invariants);
+            shared.metrics.reloaded(true);
+            tracing::info!(
+                reason,
+                added = ?changes.added,
+                removed = ?changes.removed,
+                changed = ?changes.changed,
+                unchanged = changes.unchanged.len(),
+                "reloaded the invariants"
+            );
+        }
+        Err(diagnostics) => {
+            shared.metrics.reloaded(false);
+            for d in &diagnostics.0 {
+                tracing::error!("{d}");
             }
-            Err(diagnostics) => {
-                shared.metrics.reloaded(false);
-                for d in &diagnostics.0 {
-                    tracing::error!("{d}");
-                }
-                tracing::error!(
-                    reason,
-                    problems = diagnostics.0.len(),
-                    "reload refused; the previous invariants keep running"
-                );
-            }
+            tracing::error!(
+                reason,
+                problems = diagnostics.0.len(),
+                "reload refused; the previous invariants keep running"
+            );
         }
     }
 }

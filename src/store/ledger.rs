@@ -9,6 +9,18 @@ macro_rules! impl_store {
     // `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time and needs nothing.
     ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal, $replicas:literal) => {
         impl $store {
+            fn tick(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Tick, sqlx::Error> {
+                use sqlx::Row;
+                Ok($crate::store::Tick {
+                    invariant: row.try_get("invariant")?,
+                    fire_at: row.try_get("fire_at")?,
+                    owner: row.try_get("owner")?,
+                    finished: row.try_get("finished")?,
+                    run_id: row.try_get("run_id")?,
+                    taken_over: row.try_get("taken_over")?,
+                })
+            }
+
             fn outbox_item(
                 row: &<$db as sqlx::Database>::Row,
             ) -> Result<$crate::store::OutboxItem, sqlx::Error> {
@@ -464,7 +476,6 @@ macro_rules! impl_store {
                 now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<$crate::store::Tick>, $crate::store::StoreError> {
-                use sqlx::Row;
                 let mut tx = self.pool.begin_with($begin).await?;
                 let row = sqlx::query(concat!(
                     "UPDATE ticks SET owner = $1, lease_until = $2, taken_over = $4 WHERE (invariant, fire_at) IN (",
@@ -484,14 +495,7 @@ macro_rules! impl_store {
                     tx.commit().await?;
                     return Ok(None);
                 };
-                let tick = $crate::store::Tick {
-                    invariant: row.try_get("invariant")?,
-                    fire_at: row.try_get("fire_at")?,
-                    owner: row.try_get("owner")?,
-                    finished: row.try_get("finished")?,
-                    run_id: row.try_get("run_id")?,
-                    taken_over: row.try_get("taken_over")?,
-                };
+                let tick = Self::tick(&row)?;
                 // The dead replica's run can never finish: say so, and drop what it staged.
                 sqlx::query(
                     "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE invariant = $1 AND status = 'running')",
@@ -517,7 +521,6 @@ macro_rules! impl_store {
                 invariant: &str,
                 limit: u32,
             ) -> Result<Vec<$crate::store::Tick>, $crate::store::StoreError> {
-                use sqlx::Row;
                 let rows = sqlx::query(
                     "SELECT invariant, fire_at, owner, finished, run_id, taken_over FROM ticks \
                      WHERE invariant = $1 ORDER BY fire_at LIMIT $2",
@@ -527,16 +530,7 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()
-                    .map(|row| {
-                        Ok($crate::store::Tick {
-                            invariant: row.try_get("invariant")?,
-                            fire_at: row.try_get("fire_at")?,
-                            owner: row.try_get("owner")?,
-                            finished: row.try_get("finished")?,
-                            run_id: row.try_get("run_id")?,
-                            taken_over: row.try_get("taken_over")?,
-                        })
-                    })
+                    .map(Self::tick)
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(Into::into)
             }

@@ -174,3 +174,24 @@ pub async fn sqlite_file(path: &Path, sql: &str) {
     sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
     c.close().await.unwrap();
 }
+
+/// The demo in `dir` with every invariant's schedule replaced by `schedule` (or removed, so
+/// they run only when asked), and `extra` appended to its trueup.yaml.
+pub async fn demo_with(dir: &Path, schedule: Option<&str>, extra: &str) -> trueup::config::Config {
+    let config_path = trueup::demo::create(dir).await.unwrap();
+    let text: Vec<String> = trueup::demo::INVARIANTS
+        .lines()
+        .filter_map(
+            |l| match (l.trim_start().starts_with("schedule:"), schedule) {
+                (true, Some(s)) => Some(format!("    schedule: \"{s}\"")),
+                (true, None) => None,
+                (false, _) => Some(l.to_owned()),
+            },
+        )
+        .collect();
+    std::fs::write(dir.join("invariants/demo.yaml"), text.join("\n")).unwrap();
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str(extra);
+    std::fs::write(&config_path, config).unwrap();
+    trueup::config::Config::load(&config_path).unwrap()
+}

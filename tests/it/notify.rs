@@ -36,23 +36,7 @@ async fn serve(
 
 /// The demo with every invariant every second and `channels` appended to its config.
 async fn demo(dir: &Path, channels_yaml: &str) -> Config {
-    let config_path = trueup::demo::create(dir).await.unwrap();
-    let text = trueup::demo::INVARIANTS
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("schedule:") {
-                "    schedule: \"* * * * * *\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
-    let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config.push_str(channels_yaml);
-    std::fs::write(&config_path, config).unwrap();
-    Config::load(&config_path).unwrap()
+    crate::helpers::demo_with(dir, Some("* * * * * *"), channels_yaml).await
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {

@@ -91,23 +91,7 @@ where
 
 /// The demo, with every invariant scheduled every second.
 async fn demo_every_second(dir: &Path) -> Config {
-    let config_path = trueup::demo::create(dir).await.unwrap();
-    let text = trueup::demo::INVARIANTS
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("schedule:") {
-                "    schedule: \"* * * * * *\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
-    let mut config_text = std::fs::read_to_string(&config_path).unwrap();
-    config_text.push_str(&tokens_yaml(""));
-    std::fs::write(&config_path, config_text).unwrap();
-    Config::load(&config_path).unwrap()
+    crate::helpers::demo_with(dir, Some("* * * * * *"), &tokens_yaml("")).await
 }
 
 #[tokio::test]
@@ -325,17 +309,7 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
 
 /// The demo under `serve`, with nothing scheduled (runs only when asked).
 async fn demo_on_demand(dir: &Path) -> Config {
-    let config_path = trueup::demo::create(dir).await.unwrap();
-    let text: String = trueup::demo::INVARIANTS
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("schedule:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(dir.join("invariants/demo.yaml"), text).unwrap();
-    let mut config_text = std::fs::read_to_string(&config_path).unwrap();
-    config_text.push_str(&tokens_yaml(""));
-    std::fs::write(&config_path, config_text).unwrap();
-    Config::load(&config_path).unwrap()
+    crate::helpers::demo_with(dir, None, &tokens_yaml("")).await
 }
 
 #[tokio::test]
@@ -535,13 +509,17 @@ fn promtool() -> std::process::Command {
 #[tokio::test]
 async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
     let dir = tempfile::tempdir().unwrap();
-    demo_every_second(dir.path()).await;
     // A channel, so the notification series exist too (its deliveries fail: nothing listens).
-    let path = dir.path().join("trueup.yaml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("notifications:\n  channels:\n    ops:\n      webhook: {url: \"http://127.0.0.1:9/hook\"}\n");
-    std::fs::write(&path, text).unwrap();
-    let (base, stop, task, _) = start(Config::load(&path).unwrap()).await;
+    let config = crate::helpers::demo_with(
+        dir.path(),
+        Some("* * * * * *"),
+        &format!(
+            "{}notifications:\n  channels:\n    ops:\n      webhook: {{url: \"http://127.0.0.1:9/hook\"}}\n",
+            tokens_yaml("")
+        ),
+    )
+    .await;
+    let (base, stop, task, _) = start(config).await;
     wait_for("a first round of runs", Duration::from_secs(10), || async {
         let (_, m) = get(&format!("{base}/metrics")).await;
         sample(

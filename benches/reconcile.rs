@@ -66,6 +66,7 @@ fn invariant() -> Invariant {
             expect: Expect::ExactlyOne,
             compare: None,
         }),
+        compensate: Default::default(),
         defined_at: (PathBuf::from("bench"), 0),
     }
 }

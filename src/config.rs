@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::domain::{HumanDuration, Role, SourceName};
+use crate::domain::{HumanDuration, Role, SourceName, TargetName};
+
+mod targets;
+pub use targets::{DEFAULT_MARKER_TABLE, HttpTarget, PlansConfig, SqlTarget, TargetConfig};
 
 pub const DEFAULT_STORE: &str = "sqlite://trueup.db";
 pub const DEFAULT_INVARIANTS_DIR: &str = "invariants";
@@ -25,6 +28,9 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Where alert notifications go, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// What approved compensating actions may change.
+    pub targets: BTreeMap<TargetName, TargetConfig>,
+    pub plans: PlansConfig,
 }
 
 /// One notification channel.
@@ -223,6 +229,9 @@ struct RawConfig {
     sources: BTreeMap<String, Spanned<RawSource>>,
     serve: Option<RawServe>,
     notifications: Option<RawNotifications>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<targets::RawTarget>>,
+    plans: Option<targets::RawPlans>,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +307,8 @@ impl Config {
             sources: BTreeMap::new(),
             serve: ServeConfig::default(),
             channels: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            plans: PlansConfig::default(),
         }
     }
 
@@ -365,6 +376,8 @@ impl Config {
                 sources: BTreeMap::new(),
                 serve: None,
                 notifications: None,
+                targets: BTreeMap::new(),
+                plans: None,
             }
         } else {
             serde_saphyr::from_str(text)
@@ -601,6 +614,23 @@ impl Config {
             }
         }
 
+        let mut targets = BTreeMap::new();
+        for (name, raw_target) in &raw.targets {
+            match targets::parse_target(name, raw_target, &base, env, path) {
+                Ok(t) => {
+                    targets.insert(t.name().clone(), t);
+                }
+                Err(d) => errors.push(d),
+            }
+        }
+        let plans = match &raw.plans {
+            Some(p) => targets::parse_plans(p, path).unwrap_or_else(|d| {
+                errors.push(d);
+                PlansConfig::default()
+            }),
+            None => PlansConfig::default(),
+        };
+
         if errors.is_empty() {
             Ok(Config {
                 file: Some(path.to_owned()),
@@ -609,6 +639,8 @@ impl Config {
                 sources,
                 serve,
                 channels,
+                targets,
+                plans,
             })
         } else {
             Err(Diagnostics(errors))
@@ -976,5 +1008,64 @@ mod tests {
         let c = parse("sources:\n  shop:\n    url: sqlite://shop.db\n").unwrap();
         let src = &c.sources[&SourceName::parse("shop").unwrap()];
         assert_eq!(src.url.expose(), "sqlite://conf/shop.db");
+    }
+
+    #[test]
+    fn targets_and_plan_rules_are_read() {
+        let c = parse(
+            "targets:\n  ledger-writer:\n    url: postgres://writer:${LEDGER_PASSWORD}@db/ledger\n  billing:\n    base_url: https://billing.example/api\n    headers: {Authorization: \"Bearer ${LEDGER_PASSWORD}\"}\nplans:\n  ttl: 2h\n  approvals: {critical: 3}\n",
+        )
+        .unwrap();
+        let Some(TargetConfig::Sql(sql)) = c
+            .targets
+            .values()
+            .find(|t| t.name().as_str() == "ledger-writer")
+        else {
+            panic!("{:?}", c.targets)
+        };
+        assert_eq!(sql.kind, SourceKind::Postgres);
+        assert_eq!(sql.marker_table, DEFAULT_MARKER_TABLE);
+        let Some(TargetConfig::Http(http)) =
+            c.targets.values().find(|t| t.name().as_str() == "billing")
+        else {
+            panic!("{:?}", c.targets)
+        };
+        assert_eq!(http.base_url, "https://billing.example/api/");
+        assert!(!http.allow_private_network);
+        assert_eq!(c.plans.approvals_for(crate::domain::Severity::Critical), 3);
+        assert_eq!(c.plans.approvals_for(crate::domain::Severity::High), 1);
+        assert_eq!(c.plans.ttl.as_std().as_secs(), 7200);
+    }
+
+    #[test]
+    fn a_target_mistake_says_where_and_what_to_write() {
+        let err = parse("targets:\n  w:\n    url: postgres://u:pw@db/x\n  h:\n    base_url: ftp://x/\n  b:\n    url: sqlite://x.db\n    base_url: https://x/\nplans:\n  approvals: {urgent: 2}\n")
+            .unwrap_err();
+        let shown: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains(":3:") && s.contains("password written in the file")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains(":5:") && s.contains("http:// or https://")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("targets.b") && s.contains("not both")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("`urgent` is not a severity")),
+            "{shown:#?}"
+        );
     }
 }

@@ -2,7 +2,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use super::{AlertPolicy, ColumnName, HumanDuration, InvariantName, Schedule, SourceName};
+use super::{
+    AlertPolicy, ColumnName, Compensation, HumanDuration, InvariantName, Schedule, SourceName,
+    ViolationKind,
+};
 
 /// A parsed, validated invariant. Built only by `rules::load`, which reports every problem in
 /// the file with its location first.
@@ -29,6 +32,8 @@ pub struct Invariant {
     /// How many violations one run stores; beyond it they are counted, not stored.
     pub violation_budget: u64,
     pub spec: InvariantSpec,
+    /// How to repair each kind of violation (kinds without an entry are not compensated).
+    pub compensate: BTreeMap<ViolationKind, Compensation>,
     /// Where it was defined (file and line), for messages.
     pub defined_at: (PathBuf, u64),
 }
@@ -39,6 +44,15 @@ impl Invariant {
             InvariantSpec::Check(_) => "check",
             InvariantSpec::Reconcile(_) => "reconcile",
             InvariantSpec::Transitions(_) => "transitions",
+        }
+    }
+
+    /// The key columns violations are identified by.
+    pub fn key(&self) -> &[ColumnName] {
+        match &self.spec {
+            InvariantSpec::Check(c) => &c.key,
+            InvariantSpec::Reconcile(r) => &r.key,
+            InvariantSpec::Transitions(t) => &t.key,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Pure domain types: parsed once from raw input, no I/O.
 
 mod alert;
+mod compensation;
 mod duration;
 mod invariant;
 mod name;
@@ -10,12 +11,16 @@ mod value;
 mod violation;
 
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
+pub use compensation::{
+    ActionSpec, Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, RenderError,
+    Scope, Segment, SqlCompensation, Template, TemplateError, ViolationContext,
+};
 pub use duration::HumanDuration;
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, Severity,
     TransitionsSpec,
 };
-pub use name::{ColumnName, InvariantName, NameError, SourceName};
+pub use name::{ColumnName, InvariantName, NameError, SourceName, TargetName};
 pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
 pub use value::{Value, ValueClass};

@@ -113,6 +113,25 @@ impl SourceName {
 }
 
 string_name!(
+    /// The name of a configured compensation target: a writable database connection or an
+    /// HTTP base URL that approved actions may change.
+    TargetName
+);
+
+impl TargetName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(
+            raw,
+            "target name",
+            64,
+            "lowercase letters, digits, `-` and `_`, starting with a letter",
+            |i, c| c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || "-_".contains(c))),
+        )?;
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+string_name!(
     /// A result column named in an invariant (a key, a compared column, a time column).
     /// trueup quotes it when it builds `ORDER BY`, so it must be a plain identifier.
     ColumnName

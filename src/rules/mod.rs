@@ -2,8 +2,11 @@
 //! rules`, loading reports every problem in every file at once, each with file:line:column,
 //! the invariant it belongs to and what to do.
 
+mod compensation;
 mod raw;
 mod shape;
+
+pub use compensation::check_statement;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,8 @@ use serde_saphyr::{Location, Spanned};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{
     AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName,
-    InvariantSpec, QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TransitionsSpec,
+    InvariantSpec, QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TargetName,
+    TransitionsSpec,
 };
 
 pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
@@ -24,6 +28,15 @@ pub const DEFAULT_VIOLATION_BUDGET: u64 = 10_000;
 pub struct Known {
     pub sources: BTreeSet<SourceName>,
     pub channels: BTreeSet<String>,
+    pub targets: BTreeMap<TargetName, TargetInfo>,
+}
+
+/// What a compensation needs to know of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetInfo {
+    /// A writable database of this engine (for its SQL grammar and parameter style).
+    Sql(crate::config::SourceKind),
+    Http,
 }
 
 impl Known {
@@ -31,6 +44,17 @@ impl Known {
         Self {
             sources: config.sources.keys().cloned().collect(),
             channels: config.channels.keys().cloned().collect(),
+            targets: config
+                .targets
+                .iter()
+                .map(|(name, t)| {
+                    let info = match t {
+                        crate::config::TargetConfig::Sql(s) => TargetInfo::Sql(s.kind),
+                        crate::config::TargetConfig::Http(_) => TargetInfo::Http,
+                    };
+                    (name.clone(), info)
+                })
+                .collect(),
         }
     }
 }
@@ -404,6 +428,24 @@ fn build_invariant(
         }
     };
 
+    let spec = spec?;
+    let compensate = match &raw.compensate {
+        Some(c) => {
+            let key = match &spec {
+                InvariantSpec::Check(c) => &c.key,
+                InvariantSpec::Reconcile(r) => &r.key,
+                InvariantSpec::Transitions(t) => &t.key,
+            };
+            let kind = match &spec {
+                InvariantSpec::Check(_) => "check",
+                InvariantSpec::Reconcile(_) => "reconcile",
+                InvariantSpec::Transitions(_) => "transitions",
+            };
+            compensation::build(c, kind, key, known, ctx)
+        }
+        None => Some(BTreeMap::new()),
+    };
+
     Some(Invariant {
         name: name?,
         description: raw.description.map(|d| d.trim().to_owned()),
@@ -416,7 +458,8 @@ fn build_invariant(
         notify: notify?,
         sample_limit,
         violation_budget: violation_budget?,
-        spec: spec?,
+        spec,
+        compensate: compensate?,
         defined_at: (ctx.file.to_owned(), at.line()),
     })
 }

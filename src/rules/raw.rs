@@ -28,6 +28,7 @@ pub struct RawInvariant {
     pub check: Option<Spanned<RawCheck>>,
     pub reconcile: Option<Spanned<RawReconcile>>,
     pub transitions: Option<Spanned<RawTransitions>>,
+    pub compensate: Option<Spanned<super::compensation::RawCompensate>>,
 }
 
 #[derive(Deserialize)]

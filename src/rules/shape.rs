@@ -99,6 +99,10 @@ enum Shape {
     Side,
     Transitions,
     Alert,
+    Compensate,
+    Action,
+    SqlAction,
+    HttpAction,
     /// A map whose keys are the user's (the `allowed` state map).
     Free,
 }
@@ -122,6 +126,7 @@ impl Shape {
                 ("check", Some(Shape::Check)),
                 ("reconcile", Some(Shape::Reconcile)),
                 ("transitions", Some(Shape::Transitions)),
+                ("compensate", Some(Shape::Compensate)),
             ],
             Shape::Check => &[("source", None), ("query", None), ("key", None)],
             Shape::Reconcile => &[
@@ -146,6 +151,27 @@ impl Shape {
                 ("keep_firing_for", None),
                 ("repeat_interval", None),
                 ("notify", None),
+            ],
+            Shape::Compensate => &[
+                ("missing", Some(Shape::Action)),
+                ("extra", Some(Shape::Action)),
+                ("duplicate", Some(Shape::Action)),
+                ("mismatch", Some(Shape::Action)),
+                ("check", Some(Shape::Action)),
+                ("transition", Some(Shape::Action)),
+            ],
+            Shape::Action => &[
+                ("sql", Some(Shape::SqlAction)),
+                ("http", Some(Shape::HttpAction)),
+                ("manual", None),
+            ],
+            Shape::SqlAction => &[("target", None), ("statement", None)],
+            Shape::HttpAction => &[
+                ("target", None),
+                ("method", None),
+                ("path", None),
+                ("headers", Some(Shape::Free)),
+                ("body", Some(Shape::Free)),
             ],
             Shape::Free => &[],
         }

@@ -7,6 +7,16 @@ fn sources() -> Known {
             .map(|s| SourceName::parse(s).unwrap())
             .collect(),
         channels: ["oncall".to_owned()].into(),
+        targets: [
+            (
+                "ledger-writer",
+                TargetInfo::Sql(crate::config::SourceKind::Postgres),
+            ),
+            ("billing", TargetInfo::Http),
+        ]
+        .into_iter()
+        .map(|(n, i)| (TargetName::parse(n).unwrap(), i))
+        .collect(),
     }
 }
 
@@ -79,8 +89,9 @@ fn three_different_mistakes_are_all_reported_with_their_lines() {
       query: SELECT 1 AS id
       key: id
 "#;
-    let (invs, errs) = parse(text);
+    let (invs, mut errs) = parse(text);
     assert!(invs.is_empty());
+    errs.sort_by_key(|e| e.line);
     let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(errs.len(), 3, "{shown:#?}");
     assert!(shown[0].starts_with("invariants/x.yaml:3:"), "{}", shown[0]);
@@ -205,4 +216,99 @@ fn a_schedule_may_name_its_time_zone() {
         "{}",
         errs[0]
     );
+}
+
+const COMPENSATED: &str = r#"invariants:
+  - name: payments-ledger
+    severity: critical
+    reconcile:
+      left: {source: shop, query: "SELECT id AS payment_id, amount FROM payments"}
+      right: {source: ledger, query: "SELECT payment_id, amount FROM entries"}
+      key: payment_id
+    compensate:
+      missing:
+        sql:
+          target: ledger-writer
+          statement: INSERT INTO entries (payment_id, amount) VALUES ({{key.payment_id}}, {{left.amount}})
+      mismatch:
+        http:
+          target: billing
+          method: patch
+          path: /entries/{{key.payment_id}}
+          headers: {X-Reason: "trueup {{violation.kind}}"}
+          body: {amount: "{{left.amount}}"}
+      extra:
+        manual: Void ledger entry {{key.payment_id}} ({{right.amount}}) in the finance console
+"#;
+
+#[test]
+fn compensations_are_read_per_violation_kind() {
+    let (invs, errs) = parse(COMPENSATED);
+    assert!(errs.is_empty(), "{errs:#?}");
+    let c = &invs[0].compensate;
+    assert_eq!(c.len(), 3);
+    let Some(crate::domain::Compensation::Sql(sql)) = c.get(&crate::domain::ViolationKind::Missing)
+    else {
+        panic!("{c:?}")
+    };
+    assert_eq!(
+        sql.statement(),
+        "INSERT INTO entries (payment_id, amount) VALUES ($1, $2)"
+    );
+    let Some(crate::domain::Compensation::Http(http)) =
+        c.get(&crate::domain::ViolationKind::Mismatch)
+    else {
+        panic!("{c:?}")
+    };
+    assert_eq!(http.method, "PATCH");
+}
+
+#[test]
+fn compensation_mistakes_are_each_reported_where_they_are() {
+    let text = r#"invariants:
+  - name: a
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    compensate:
+      missing:
+        sql:
+          target: ledger-writer
+          statement: DELETE FROM {{left.table}} WHERE id = {{key.id}}
+      extra:
+        sql:
+          target: ledger-writr
+          statement: DELETE FROM t WHERE id = {{key.id}}
+      mismatch:
+        manual: fix {{right.amount}} for {{key.nope}}
+      duplicate:
+        http: {target: ledger-writer, path: /x}
+  - name: b
+    check: {source: shop, query: SELECT 1 AS id, key: id}
+    compensate:
+      missing:
+        manual: x {{right.id}}
+      check:
+        sql: {target: ledger-writer, statement: "UPDATE t SET a = 1 WHERE id = {{right.id}}"}
+"#;
+    let (invs, mut errs) = parse(text);
+    assert!(invs.is_empty());
+    errs.sort_by_key(|e| e.line);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let expect = [
+        (":11:", "table or column name"),
+        (":14:", "did you mean `ledger-writer`"),
+        (":17:", "`nope` is not a key column"),
+        (":19:", "is a SQL target"),
+        (":24:", "a check invariant reports check"),
+        (":26:", "{{right.id}}: a `check` violation has one row"),
+    ];
+    assert_eq!(errs.len(), expect.len(), "{shown:#?}");
+    for ((at, what), got) in expect.iter().zip(&shown) {
+        assert!(
+            got.contains(at) && got.contains(what),
+            "{at} {what}: {shown:#?}"
+        );
+    }
 }

@@ -41,6 +41,7 @@ fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) ->
             expect: Expect::ExactlyOne,
             compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
         }),
+        compensate: Default::default(),
         defined_at: (PathBuf::from("test"), 1),
     }
 }

@@ -1,0 +1,671 @@
+//! Compensations: how an invariant says to repair each kind of violation, and the concrete
+//! action one violation turns into.
+//!
+//! A template is text with `{{scope.field}}` placeholders. Scopes: `key` (the violation's key
+//! columns), `left` / `right` (the rows a reconcile saw), `row` (the row a check returned) and
+//! `violation` (`kind`, `fingerprint`, `invariant`). How a value enters the action depends on
+//! where it goes, and it is never spliced into code:
+//! - SQL: each placeholder becomes a bound parameter (`$1`… or `?`), never text;
+//! - HTTP path: the value is percent-encoded as one path segment;
+//! - HTTP body: a string that is exactly one placeholder takes the value with its JSON type;
+//!   anything else is interpolated as text;
+//! - headers and manual instructions: interpolated as text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::{TargetName, ViolationKind};
+
+/// Where a placeholder takes its value from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    Key,
+    Left,
+    Right,
+    Row,
+    Violation,
+}
+
+impl Scope {
+    pub const NAMES: &'static str = "key, left, right, row or violation";
+
+    fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "key" => Scope::Key,
+            "left" => Scope::Left,
+            "right" => Scope::Right,
+            "row" => Scope::Row,
+            "violation" => Scope::Violation,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Left => "left",
+            Scope::Right => "right",
+            Scope::Row => "row",
+            Scope::Violation => "violation",
+        }
+    }
+
+    /// Whether a violation of `kind` carries this scope; `None` when it does, otherwise why not.
+    pub fn unavailable_for(self, kind: ViolationKind) -> Option<&'static str> {
+        use ViolationKind::*;
+        match (self, kind) {
+            (Scope::Key | Scope::Violation, _) => None,
+            (Scope::Left, Missing | Duplicate | Mismatch) => None,
+            (Scope::Right, Extra | Duplicate | Mismatch) => None,
+            (Scope::Row, Check) => None,
+            (Scope::Left, Extra) => Some("an `extra` violation has no left row"),
+            (Scope::Right, Missing) => Some("a `missing` violation has no right row"),
+            (Scope::Row, _) => Some("`row` is the row a `check` query returned"),
+            (_, Check) => Some("a `check` violation has one row: use `row.`"),
+            (_, Transition) => Some("a `transition` violation has no rows: use `key.`"),
+        }
+    }
+}
+
+/// `{{scope.field}}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Placeholder {
+    pub scope: Scope,
+    pub field: String,
+}
+
+impl fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{{{}.{}}}}}", self.scope.as_str(), self.field)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{{{{` at character {at} is not closed with `}}}}`")]
+    Unclosed { at: usize },
+    #[error(
+        "`{{{{{inner}}}}}` is not a placeholder; write `{{{{scope.field}}}}` with scope {}",
+        Scope::NAMES
+    )]
+    Malformed { inner: String },
+    #[error("`{{{{{inner}}}}}`: unknown scope `{scope}`; use {}", Scope::NAMES)]
+    UnknownScope { inner: String, scope: String },
+    #[error(
+        "`{{{{violation.{field}}}}}`: use violation.kind, violation.fingerprint or violation.invariant"
+    )]
+    UnknownViolationField { field: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Text(String),
+    Value(Placeholder),
+}
+
+/// Text with placeholders, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Segment>);
+
+impl Template {
+    pub fn parse(raw: &str) -> Result<Self, TemplateError> {
+        let mut segments = Vec::new();
+        let mut rest = raw;
+        let mut offset = 0;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                segments.push(Segment::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 2..];
+            let close = after.find("}}").ok_or(TemplateError::Unclosed {
+                at: offset + open + 1,
+            })?;
+            let inner = after[..close].trim();
+            segments.push(Segment::Value(parse_placeholder(inner)?));
+            let consumed = open + 2 + close + 2;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Text(rest.to_owned()));
+        }
+        Ok(Self(segments))
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.0
+    }
+
+    pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
+        self.0.iter().filter_map(|s| match s {
+            Segment::Value(p) => Some(p),
+            Segment::Text(_) => None,
+        })
+    }
+
+    /// The placeholder, when the template is exactly one placeholder and nothing else.
+    fn sole_placeholder(&self) -> Option<&Placeholder> {
+        match self.0.as_slice() {
+            [Segment::Value(p)] => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The text with each value written by `write` (which may encode it).
+    pub fn render_with(
+        &self,
+        ctx: &ViolationContext<'_>,
+        mut write: impl FnMut(&serde_json::Value, &mut String),
+    ) -> Result<String, RenderError> {
+        let mut out = String::new();
+        for s in &self.0 {
+            match s {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Value(p) => write(&ctx.lookup(p)?, &mut out),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The text with each value interpolated as plain text.
+    pub fn render_text(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
+        self.render_with(ctx, |v, out| out.push_str(&as_text(v)))
+    }
+}
+
+fn parse_placeholder(inner: &str) -> Result<Placeholder, TemplateError> {
+    let Some((scope, field)) = inner.split_once('.') else {
+        return Err(TemplateError::Malformed {
+            inner: inner.to_owned(),
+        });
+    };
+    let field_ok = !field.is_empty()
+        && field
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()));
+    if !field_ok {
+        return Err(TemplateError::Malformed {
+            inner: inner.to_owned(),
+        });
+    }
+    let scope = Scope::parse(scope).ok_or_else(|| TemplateError::UnknownScope {
+        inner: inner.to_owned(),
+        scope: scope.to_owned(),
+    })?;
+    if scope == Scope::Violation && !["kind", "fingerprint", "invariant"].contains(&field) {
+        return Err(TemplateError::UnknownViolationField {
+            field: field.to_owned(),
+        });
+    }
+    Ok(Placeholder {
+        scope,
+        field: field.to_owned(),
+    })
+}
+
+/// A value as text: strings without quotes, everything else as JSON.
+fn as_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON body whose strings are templates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonTemplate {
+    Literal(serde_json::Value),
+    Text(Template),
+    Array(Vec<JsonTemplate>),
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+impl JsonTemplate {
+    pub fn parse(raw: &serde_json::Value) -> Result<Self, TemplateError> {
+        Ok(match raw {
+            serde_json::Value::String(s) => {
+                let t = Template::parse(s)?;
+                if t.placeholders().next().is_some() {
+                    JsonTemplate::Text(t)
+                } else {
+                    JsonTemplate::Literal(raw.clone())
+                }
+            }
+            serde_json::Value::Array(items) => {
+                JsonTemplate::Array(items.iter().map(Self::parse).collect::<Result<_, _>>()?)
+            }
+            serde_json::Value::Object(map) => JsonTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Self::parse(v)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+            ),
+            other => JsonTemplate::Literal(other.clone()),
+        })
+    }
+
+    pub fn placeholders(&self) -> Vec<&Placeholder> {
+        match self {
+            JsonTemplate::Literal(_) => Vec::new(),
+            JsonTemplate::Text(t) => t.placeholders().collect(),
+            JsonTemplate::Array(items) => items.iter().flat_map(Self::placeholders).collect(),
+            JsonTemplate::Object(entries) => {
+                entries.iter().flat_map(|(_, v)| v.placeholders()).collect()
+            }
+        }
+    }
+
+    pub fn render(&self, ctx: &ViolationContext<'_>) -> Result<serde_json::Value, RenderError> {
+        Ok(match self {
+            JsonTemplate::Literal(v) => v.clone(),
+            JsonTemplate::Text(t) => match t.sole_placeholder() {
+                Some(p) => ctx.lookup(p)?,
+                None => serde_json::Value::String(t.render_text(ctx)?),
+            },
+            JsonTemplate::Array(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.render(ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            JsonTemplate::Object(entries) => {
+                let mut map = serde_json::Map::new();
+                for (k, v) in entries {
+                    map.insert(k.clone(), v.render(ctx)?);
+                }
+                serde_json::Value::Object(map)
+            }
+        })
+    }
+}
+
+/// How a SQL target writes positional parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamStyle {
+    /// `$1`, `$2`, … (PostgreSQL).
+    Dollar,
+    /// `?` (MySQL, SQLite).
+    Question,
+}
+
+/// One parameterized statement on a writable SQL target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlCompensation {
+    pub target: TargetName,
+    pub template: Template,
+    pub style: ParamStyle,
+}
+
+impl SqlCompensation {
+    /// The statement as sent, with a parameter marker wherever the template has a placeholder.
+    pub fn statement(&self) -> String {
+        let mut out = String::new();
+        let mut n = 0;
+        for s in self.template.segments() {
+            match s {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Value(_) => {
+                    n += 1;
+                    match self.style {
+                        ParamStyle::Dollar => out.push_str(&format!("${n}")),
+                        ParamStyle::Question => out.push('?'),
+                    }
+                }
+            }
+        }
+        out.trim().trim_end_matches(';').trim_end().to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCompensation {
+    pub target: TargetName,
+    pub method: String,
+    /// Relative to the target's base URL.
+    pub path: Template,
+    pub headers: Vec<(String, Template)>,
+    pub body: Option<JsonTemplate>,
+}
+
+/// How to compensate one kind of violation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compensation {
+    Sql(SqlCompensation),
+    Http(HttpCompensation),
+    /// A step for a person; tracked, never executed.
+    Manual(Template),
+}
+
+impl Compensation {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Compensation::Sql(_) => "sql",
+            Compensation::Http(_) => "http",
+            Compensation::Manual(_) => "manual",
+        }
+    }
+
+    pub fn placeholders(&self) -> Vec<&Placeholder> {
+        match self {
+            Compensation::Sql(s) => s.template.placeholders().collect(),
+            Compensation::Http(h) => {
+                let mut all: Vec<&Placeholder> = h.path.placeholders().collect();
+                for (_, v) in &h.headers {
+                    all.extend(v.placeholders());
+                }
+                if let Some(b) = &h.body {
+                    all.extend(b.placeholders());
+                }
+                all
+            }
+            Compensation::Manual(t) => t.placeholders().collect(),
+        }
+    }
+
+    /// The concrete action for one violation. `base_url` gives an HTTP target's base URL
+    /// (ending in `/`).
+    pub fn render(
+        &self,
+        ctx: &ViolationContext<'_>,
+        base_url: impl Fn(&TargetName) -> Option<String>,
+    ) -> Result<ActionSpec, RenderError> {
+        Ok(match self {
+            Compensation::Sql(s) => ActionSpec::Sql {
+                target: s.target.to_string(),
+                statement: s.statement(),
+                params: s
+                    .template
+                    .placeholders()
+                    .map(|p| ctx.lookup(p))
+                    .collect::<Result<_, _>>()?,
+            },
+            Compensation::Http(h) => {
+                let base = base_url(&h.target).ok_or_else(|| RenderError::UnknownTarget {
+                    target: h.target.to_string(),
+                })?;
+                let path = h.path.render_with(ctx, |v, out| {
+                    out.extend(percent_encoding::utf8_percent_encode(
+                        &as_text(v),
+                        PATH_SEGMENT,
+                    ));
+                })?;
+                let mut headers = BTreeMap::new();
+                for (name, value) in &h.headers {
+                    headers.insert(name.clone(), value.render_text(ctx)?);
+                }
+                ActionSpec::Http {
+                    target: h.target.to_string(),
+                    method: h.method.clone(),
+                    url: format!("{base}{}", path.trim_start_matches('/')),
+                    headers,
+                    body: h.body.as_ref().map(|b| b.render(ctx)).transpose()?,
+                }
+            }
+            Compensation::Manual(t) => ActionSpec::Manual {
+                instructions: t.render_text(ctx)?,
+            },
+        })
+    }
+}
+
+/// Everything but unreserved characters is encoded, so a value stays one path segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One concrete compensating action, as stored in a plan and shown to reviewers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ActionSpec {
+    Sql {
+        target: String,
+        statement: String,
+        params: Vec<serde_json::Value>,
+    },
+    Http {
+        target: String,
+        method: String,
+        url: String,
+        headers: BTreeMap<String, String>,
+        body: Option<serde_json::Value>,
+    },
+    Manual {
+        instructions: String,
+    },
+}
+
+impl ActionSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ActionSpec::Sql { .. } => "sql",
+            ActionSpec::Http { .. } => "http",
+            ActionSpec::Manual { .. } => "manual",
+        }
+    }
+
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            ActionSpec::Sql { target, .. } | ActionSpec::Http { target, .. } => Some(target),
+            ActionSpec::Manual { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("{placeholder}: {reason}")]
+    Missing { placeholder: String, reason: String },
+    #[error("target `{target}` is not configured")]
+    UnknownTarget { target: String },
+}
+
+/// What a template can see of one violation.
+#[derive(Debug, Clone)]
+pub struct ViolationContext<'a> {
+    pub invariant: &'a str,
+    pub kind: ViolationKind,
+    pub fingerprint: &'a str,
+    /// Key column names with the violation's key values, in key order.
+    pub key: Vec<(&'a str, &'a serde_json::Value)>,
+    /// The violation's evidence (`left`, `right`, `row` objects of column → value).
+    pub evidence: &'a serde_json::Value,
+}
+
+impl ViolationContext<'_> {
+    pub fn lookup(&self, p: &Placeholder) -> Result<serde_json::Value, RenderError> {
+        let missing = |reason: String| RenderError::Missing {
+            placeholder: p.to_string(),
+            reason,
+        };
+        match p.scope {
+            Scope::Violation => Ok(serde_json::Value::String(match p.field.as_str() {
+                "kind" => self.kind.to_string(),
+                "fingerprint" => self.fingerprint.to_owned(),
+                _ => self.invariant.to_owned(),
+            })),
+            Scope::Key => find_field(self.key.iter().map(|(k, v)| (*k, *v)), &p.field)
+                .cloned()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.key.iter().map(|(k, _)| *k).collect();
+                    missing(format!(
+                        "`{}` is not a key column (the key is: {})",
+                        p.field,
+                        names.join(", ")
+                    ))
+                }),
+            scope => {
+                let Some(row) = self
+                    .evidence
+                    .get(scope.as_str())
+                    .and_then(|r| r.as_object())
+                else {
+                    return Err(missing(
+                        scope
+                            .unavailable_for(self.kind)
+                            .unwrap_or("the violation's evidence has no such row")
+                            .to_owned(),
+                    ));
+                };
+                find_field(row.iter().map(|(k, v)| (k.as_str(), v)), &p.field)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = row.keys().map(String::as_str).collect();
+                        missing(format!(
+                            "the {} row has no column `{}` (it has: {})",
+                            scope.as_str(),
+                            p.field,
+                            names.join(", ")
+                        ))
+                    })
+            }
+        }
+    }
+}
+
+/// Exact name first, then the one name equal ignoring case (as result columns are matched).
+fn find_field<'v>(
+    fields: impl Iterator<Item = (&'v str, &'v serde_json::Value)> + Clone,
+    name: &str,
+) -> Option<&'v serde_json::Value> {
+    if let Some((_, v)) = fields.clone().find(|(k, _)| *k == name) {
+        return Some(v);
+    }
+    let mut folded = fields.filter(|(k, _)| k.eq_ignore_ascii_case(name));
+    match (folded.next(), folded.next()) {
+        (Some((_, v)), None) => Some(v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx<'a>(
+        evidence: &'a serde_json::Value,
+        key: &'a serde_json::Value,
+    ) -> ViolationContext<'a> {
+        ViolationContext {
+            invariant: "payments-ledger",
+            kind: ViolationKind::Missing,
+            fingerprint: "abc",
+            key: vec![("id", key)],
+            evidence,
+        }
+    }
+
+    #[test]
+    fn a_sql_template_becomes_a_statement_with_one_parameter_per_placeholder() {
+        let sql = SqlCompensation {
+            target: TargetName::parse("ledger").unwrap(),
+            template: Template::parse(
+                "INSERT INTO ledger (payment_id, amount) VALUES ({{key.id}}, {{ left.amount }});",
+            )
+            .unwrap(),
+            style: ParamStyle::Dollar,
+        };
+        assert_eq!(
+            sql.statement(),
+            "INSERT INTO ledger (payment_id, amount) VALUES ($1, $2)"
+        );
+        let evidence = json!({"left": {"id": 7, "amount": "12.50"}});
+        let key = json!(7);
+        let action = Compensation::Sql(sql)
+            .render(&ctx(&evidence, &key), |_| None)
+            .unwrap();
+        assert_eq!(
+            action,
+            ActionSpec::Sql {
+                target: "ledger".into(),
+                statement: "INSERT INTO ledger (payment_id, amount) VALUES ($1, $2)".into(),
+                params: vec![json!(7), json!("12.50")],
+            }
+        );
+    }
+
+    #[test]
+    fn an_http_path_value_cannot_escape_its_segment() {
+        let http = Compensation::Http(HttpCompensation {
+            target: TargetName::parse("billing").unwrap(),
+            method: "POST".into(),
+            path: Template::parse("/payments/{{key.id}}/sync").unwrap(),
+            headers: vec![],
+            body: Some(
+                JsonTemplate::parse(
+                    &json!({"amount": "{{left.amount}}", "note": "for {{key.id}}"}),
+                )
+                .unwrap(),
+            ),
+        });
+        let evidence = json!({"left": {"amount": 12}});
+        let key = json!("../admin?x=1");
+        let action = http
+            .render(&ctx(&evidence, &key), |_| {
+                Some("https://billing/api/".into())
+            })
+            .unwrap();
+        let ActionSpec::Http { url, body, .. } = action else {
+            panic!("not http")
+        };
+        assert_eq!(url, "https://billing/api/payments/..%2Fadmin%3Fx%3D1/sync");
+        assert_eq!(
+            body,
+            Some(json!({"amount": 12, "note": "for ../admin?x=1"}))
+        );
+    }
+
+    #[test]
+    fn a_missing_column_names_what_the_row_has() {
+        let evidence = json!({"left": {"id": 7, "amount": 1}});
+        let key = json!(7);
+        let t = Template::parse("{{left.amont}}").unwrap();
+        let err = t.render_text(&ctx(&evidence, &key)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "{{left.amont}}: the left row has no column `amont` (it has: id, amount)"
+        );
+    }
+
+    #[test]
+    fn malformed_placeholders_are_refused_with_the_reason() {
+        assert!(matches!(
+            Template::parse("x {{left.amount"),
+            Err(TemplateError::Unclosed { .. })
+        ));
+        assert!(matches!(
+            Template::parse("{{amount}}"),
+            Err(TemplateError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Template::parse("{{lft.amount}}"),
+            Err(TemplateError::UnknownScope { .. })
+        ));
+        assert!(matches!(
+            Template::parse("{{left.a-b}}"),
+            Err(TemplateError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn scopes_say_which_kinds_carry_them() {
+        assert!(
+            Scope::Right
+                .unavailable_for(ViolationKind::Missing)
+                .is_some()
+        );
+        assert!(
+            Scope::Left
+                .unavailable_for(ViolationKind::Missing)
+                .is_none()
+        );
+        assert!(Scope::Row.unavailable_for(ViolationKind::Check).is_none());
+        assert!(
+            Scope::Key
+                .unavailable_for(ViolationKind::Transition)
+                .is_none()
+        );
+    }
+}

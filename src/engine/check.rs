@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::domain::{CheckSpec, Invariant, Violation, ViolationKind};
 use crate::source::{Needed, ReadRequest, Sources};
 
+use super::KeyFilter;
 use super::{EngineError, Tally, not_yet_due, row_json};
 
 pub(super) async fn run(
@@ -13,6 +14,7 @@ pub(super) async fn run(
     spec: &CheckSpec,
     sources: &Sources,
     due_before: Option<DateTime<Utc>>,
+    filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
     let mut needed: Vec<Needed> = spec
@@ -35,6 +37,7 @@ pub(super) async fn run(
             query: spec.side.query.clone(),
             needed,
             order_by: Vec::new(),
+            filter: filter.to_vec(),
         })
         .await?;
     let key_idx: Vec<usize> = spec

@@ -68,11 +68,26 @@ impl ViolationSink for Collect {
     }
 }
 
+/// A key column and the value to keep (canonical JSON).
+pub type KeyFilter = (crate::domain::ColumnName, serde_json::Value);
+
 /// Evaluates one invariant as of `now` (the reference for grace periods).
 pub async fn evaluate(
     invariant: &Invariant,
     sources: &Sources,
     now: DateTime<Utc>,
+    sink: &mut dyn ViolationSink,
+) -> Result<RunStats, EngineError> {
+    evaluate_keys(invariant, sources, now, &[], sink).await
+}
+
+/// Evaluates one invariant over only the rows whose key columns equal `filter` (every
+/// column when empty): how a single violation is re-checked.
+pub async fn evaluate_keys(
+    invariant: &Invariant,
+    sources: &Sources,
+    now: DateTime<Utc>,
+    filter: &[KeyFilter],
     sink: &mut dyn ViolationSink,
 ) -> Result<RunStats, EngineError> {
     let due_before = invariant.grace.map(|g| now - g.as_chrono());
@@ -83,12 +98,12 @@ pub async fn evaluate(
     };
     match &invariant.spec {
         InvariantSpec::Check(spec) => {
-            check::run(invariant, spec, sources, due_before, &mut tally).await?
+            check::run(invariant, spec, sources, due_before, filter, &mut tally).await?
         }
         InvariantSpec::Reconcile(spec) => {
-            reconcile::run(invariant, spec, sources, due_before, &mut tally).await?
+            reconcile::run(invariant, spec, sources, due_before, filter, &mut tally).await?
         }
-        InvariantSpec::Transitions(spec) => transitions::run(spec, sources, &mut tally).await?,
+        InvariantSpec::Transitions(spec) => transitions::run(spec, sources, filter, &mut tally).await?,
     }
     Ok(stats)
 }

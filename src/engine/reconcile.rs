@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
 use crate::source::{Needed, ReadRequest, Sources, index_of};
 
+use super::KeyFilter;
 use super::cursor::{Cursor, Group, compare_keys};
 use super::{EngineError, Tally, not_yet_due, row_json};
 
@@ -23,6 +24,7 @@ pub(super) async fn run(
     spec: &ReconcileSpec,
     sources: &Sources,
     due_before: Option<DateTime<Utc>>,
+    filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
     let request = |query: &str| {
@@ -45,6 +47,7 @@ pub(super) async fn run(
             query: query.to_owned(),
             needed,
             order_by: spec.key.clone(),
+            filter: filter.to_vec(),
         }
     };
     let left_source = sources.get(&spec.left.source)?;

@@ -5,12 +5,14 @@ use serde_json::json;
 use crate::domain::{TransitionsSpec, Value, Violation, ViolationKind};
 use crate::source::{Needed, ReadRequest, Sources};
 
+use super::KeyFilter;
 use super::cursor::{Cursor, compare_keys};
 use super::{EngineError, Tally, key_text};
 
 pub(super) async fn run(
     spec: &TransitionsSpec,
     sources: &Sources,
+    filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
     let mut order_by = spec.key.clone();
@@ -24,6 +26,7 @@ pub(super) async fn run(
                 role: "the state column",
             }],
             order_by,
+            filter: filter.to_vec(),
         })
         .await?;
     let key_idx: Vec<usize> = spec

@@ -93,6 +93,10 @@ pub struct ReadRequest {
     /// Sort by these columns, byte-wise for text (see `domain::value`). NULLs may come first
     /// or last: readers of ordered streams skip rows with a NULL key.
     pub order_by: Vec<ColumnName>,
+    /// Only rows whose columns equal these values (canonical JSON, as stored with a
+    /// violation's key): how one violation is re-checked without reading the whole table.
+    /// Values are bound as parameters of the column's type, never spliced.
+    pub filter: Vec<(ColumnName, serde_json::Value)>,
 }
 
 /// Rows arriving from a source, in batches.
@@ -172,6 +176,39 @@ pub(crate) fn resolve_needed(
         order.push(columns[i].clone());
     }
     Ok(order)
+}
+
+/// The actual result-column name of each filter column, in filter order.
+pub(crate) fn resolve_filter(
+    source: &SourceName,
+    columns: &[String],
+    req: &ReadRequest,
+) -> Result<Vec<usize>, SourceError> {
+    req.filter
+        .iter()
+        .map(|(c, _)| {
+            index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: c.to_string(),
+                role: "a key",
+                available: columns.join(", "),
+            })
+        })
+        .collect()
+}
+
+/// A filter value that cannot be bound as the column's type.
+pub(crate) fn filter_value_error(
+    source: &SourceName,
+    column: &str,
+    value: &serde_json::Value,
+    wanted: &str,
+) -> SourceError {
+    SourceError::Decode {
+        source_name: source.clone(),
+        column: column.to_owned(),
+        message: format!("key value {value} cannot be compared as {wanted}"),
+    }
 }
 
 /// The user's query as a subquery: only a row-returning query parses there.

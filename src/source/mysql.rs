@@ -141,14 +141,36 @@ async fn run(
             }
         })
         .collect();
-    let sql = if order_sql.is_empty() {
-        inner
-    } else {
-        format!("{inner} ORDER BY {}", order_sql.join(", "))
-    };
+    let filter_idx = super::resolve_filter(feed.source(), &columns, req).map_err(Some)?;
+    let mut sql = inner;
+    if !filter_idx.is_empty() {
+        let conditions: Vec<String> = filter_idx
+            .iter()
+            .map(|&i| format!("`{}` = ?", columns[i].replace('`', "``")))
+            .collect();
+        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
+    }
+    if !order_sql.is_empty() {
+        sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
+    }
     feed.send_columns(columns.clone()).map_err(|_| None)?;
 
-    let mut rows = sqlx::query(&sql).persistent(false).fetch(&mut *conn);
+    let mut query = sqlx::query(&sql).persistent(false);
+    for (&i, (_, value)) in filter_idx.iter().zip(&req.filter) {
+        query = match (declared[i], value) {
+            (_, serde_json::Value::Bool(b)) => query.bind(*b),
+            (_, serde_json::Value::Number(n)) if n.is_i64() => query.bind(n.as_i64()),
+            (Some(Kind::Timestamp | Kind::Naive), serde_json::Value::String(s)) => {
+                match chrono::DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => query.bind(t.naive_utc()),
+                    Err(_) => query.bind(s.clone()),
+                }
+            }
+            (_, serde_json::Value::String(s)) => query.bind(s.clone()),
+            (_, other) => query.bind(other.to_string()),
+        };
+    }
+    let mut rows = query.fetch(&mut *conn);
     let mut kinds: Option<Vec<Kind>> = None;
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     while let Some(row) = rows

@@ -154,14 +154,52 @@ async fn run(
             }
         })
         .collect();
-    let sql = if order_sql.is_empty() {
-        inner
-    } else {
-        format!("{inner} ORDER BY {}", order_sql.join(", "))
-    };
+    let filter_idx = super::resolve_filter(feed.source(), &columns, req).map_err(Some)?;
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (n, (&i, (_, value))) in filter_idx.iter().zip(&req.filter).enumerate() {
+        let quoted = format!("\"{}\"", columns[i].replace('"', "\"\""));
+        let (param, as_text) = filter_param(kinds[i], value).ok_or_else(|| {
+            Some(super::filter_value_error(
+                feed.source(),
+                &columns[i],
+                value,
+                &format!("{:?}", kinds[i]),
+            ))
+        })?;
+        conditions.push(if as_text {
+            format!("({quoted})::text = ${}", n + 1)
+        } else {
+            format!("{quoted} = ${}", n + 1)
+        });
+        params.push(param);
+    }
+    let mut sql = inner;
+    if !conditions.is_empty() {
+        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
+    }
+    if !order_sql.is_empty() {
+        sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
+    }
     feed.send_columns(columns.clone()).map_err(|_| None)?;
 
-    let mut rows = sqlx::query(&sql).persistent(false).fetch(&mut *conn);
+    let mut query = sqlx::query(&sql).persistent(false);
+    for p in params {
+        query = match p {
+            FilterParam::Bool(v) => query.bind(v),
+            FilterParam::I16(v) => query.bind(v),
+            FilterParam::I32(v) => query.bind(v),
+            FilterParam::I64(v) => query.bind(v),
+            FilterParam::Decimal(v) => query.bind(v),
+            FilterParam::F64(v) => query.bind(v),
+            FilterParam::Text(v) => query.bind(v),
+            FilterParam::Date(v) => query.bind(v),
+            FilterParam::Time(v) => query.bind(v),
+            FilterParam::Naive(v) => query.bind(v),
+            FilterParam::Timestamp(v) => query.bind(v),
+        };
+    }
+    let mut rows = query.fetch(&mut *conn);
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     while let Some(row) = rows
         .try_next()
@@ -186,6 +224,58 @@ async fn run(
         feed.send_rows(batch).await.map_err(|_| None)?;
     }
     Ok(())
+}
+
+/// A key value bound with the type of the column it is compared with, so the key's index
+/// serves the lookup.
+enum FilterParam {
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Decimal(rust_decimal::Decimal),
+    F64(f64),
+    Text(String),
+    Date(chrono::NaiveDate),
+    Time(chrono::NaiveTime),
+    Naive(chrono::NaiveDateTime),
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+/// The parameter for comparing a column of `kind` with a canonical JSON value, and whether the
+/// column is compared as text.
+fn filter_param(kind: Kind, value: &serde_json::Value) -> Option<(FilterParam, bool)> {
+    use serde_json::Value as J;
+    let decimal = || match value {
+        J::Number(n) => rust_decimal::Decimal::from_str(&n.to_string()).ok(),
+        J::String(s) => rust_decimal::Decimal::from_str(s).ok(),
+        _ => None,
+    };
+    let text = || match value {
+        J::String(s) => Some(s.clone()),
+        J::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let instant = || {
+        value
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    Some(match kind {
+        Kind::Bool => (FilterParam::Bool(value.as_bool()?), false),
+        Kind::I16 => (FilterParam::I16(i16::try_from(value.as_i64()?).ok()?), false),
+        Kind::I32 => (FilterParam::I32(i32::try_from(value.as_i64()?).ok()?), false),
+        Kind::I64 | Kind::U32 => (FilterParam::I64(value.as_i64()?), false),
+        Kind::U64 | Kind::Decimal => (FilterParam::Decimal(decimal()?), false),
+        Kind::F32 | Kind::F64 => (FilterParam::F64(value.as_f64()?), false),
+        Kind::Text | Kind::PaddedText | Kind::Uuid => (FilterParam::Text(text()?), true),
+        Kind::Date => (FilterParam::Date(value.as_str()?.parse().ok()?), false),
+        Kind::Time => (FilterParam::Time(value.as_str()?.parse().ok()?), false),
+        Kind::Naive => (FilterParam::Naive(instant()?.naive_utc()), false),
+        Kind::Timestamp => (FilterParam::Timestamp(instant()?), false),
+        Kind::Json | Kind::Bytes | Kind::Dynamic(_) => return None,
+    })
 }
 
 fn kind_of(type_name: &str) -> Option<Kind> {

@@ -6,6 +6,7 @@
 //! migrations under `migrations/`, applied when the store opens.
 
 mod ledger;
+mod plans;
 mod postgres;
 mod sqlite;
 
@@ -18,6 +19,10 @@ use chrono::{DateTime, Utc};
 use crate::config::SecretUrl;
 use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
 
+pub use plans::{
+    ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanRecord, PlanState,
+    PlanStore, Transition,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -232,7 +237,7 @@ pub struct ViolationFilter {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: PlanStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Records that an evaluation started.

@@ -39,6 +39,8 @@ impl PgStore {
     }
 }
 
+super::plans::impl_plan_store!(PgStore, sqlx::Postgres, "BEGIN", "FOR UPDATE SKIP LOCKED");
+
 super::ledger::impl_store!(
     PgStore,
     sqlx::Postgres,

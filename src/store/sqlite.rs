@@ -42,6 +42,8 @@ impl SqliteStore {
     }
 }
 
+super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");
+
 super::ledger::impl_store!(
     SqliteStore,
     sqlx::Sqlite,

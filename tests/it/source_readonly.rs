@@ -15,6 +15,7 @@ fn request(query: &str) -> ReadRequest {
         query: query.to_owned(),
         needed: Vec::new(),
         order_by: Vec::new(),
+        filter: Vec::new(),
     }
 }
 
@@ -227,6 +228,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
             query: "SELECT id AS payment_id, amount FROM t".into(),
             needed: Vec::new(),
             order_by: vec![ColumnName::parse("id").unwrap()],
+            filter: Vec::new(),
         })
         .await
         .err()

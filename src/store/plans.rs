@@ -1,0 +1,771 @@
+//! Compensation plans in the store: plans, their actions (with per-action checkpoints and
+//! leases) and approvals. The SQL is written once, as a macro instantiated for both backends
+//! like `ledger.rs`. Every change a plan goes through writes its audit entry in the same
+//! transaction.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use crate::domain::{ActionSpec, ViolationKind};
+
+pub type PlanId = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanState {
+    /// Waiting for approvals (or approved and not yet applied).
+    Proposed,
+    Rejected,
+    /// A newer plan for the same invariant replaced it before it was applied.
+    Superseded,
+    Applying,
+    Applied,
+    /// Apply stopped after too many failed actions, or was interrupted; apply again to go on.
+    Stopped,
+}
+
+impl PlanState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanState::Proposed => "proposed",
+            PlanState::Rejected => "rejected",
+            PlanState::Superseded => "superseded",
+            PlanState::Applying => "applying",
+            PlanState::Applied => "applied",
+            PlanState::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "rejected" => PlanState::Rejected,
+            "superseded" => PlanState::Superseded,
+            "applying" => PlanState::Applying,
+            "applied" => PlanState::Applied,
+            "stopped" => PlanState::Stopped,
+            _ => PlanState::Proposed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    Pending,
+    InProgress,
+    Applied,
+    /// Not executed: the violation no longer held, or the action had already been applied.
+    Skipped,
+    Failed,
+    /// A step for a person; recorded, not executed.
+    Manual,
+}
+
+impl ActionStatus {
+    pub const ALL: [ActionStatus; 6] = [
+        ActionStatus::Pending,
+        ActionStatus::InProgress,
+        ActionStatus::Applied,
+        ActionStatus::Skipped,
+        ActionStatus::Failed,
+        ActionStatus::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::InProgress => "in_progress",
+            ActionStatus::Applied => "applied",
+            ActionStatus::Skipped => "skipped",
+            ActionStatus::Failed => "failed",
+            ActionStatus::Manual => "manual",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .unwrap_or(ActionStatus::Failed)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, ActionStatus::Pending | ActionStatus::InProgress)
+    }
+}
+
+/// A plan about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewPlan {
+    pub invariant: String,
+    pub definition_hash: String,
+    pub content_hash: String,
+    pub severity: String,
+    pub approvals_required: u32,
+    pub has_manual: bool,
+    pub proposed_by: String,
+    pub proposed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub source_run_id: Option<i64>,
+    pub counts: serde_json::Value,
+}
+
+/// One action of a plan about to be stored; `seq` is its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAction {
+    pub fingerprint: String,
+    pub violation_kind: ViolationKind,
+    pub key: serde_json::Value,
+    pub evidence: serde_json::Value,
+    pub spec: ActionSpec,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Approval {
+    pub approver: String,
+    /// The content hash the approver saw.
+    pub content_hash: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanRecord {
+    pub id: PlanId,
+    pub invariant: String,
+    pub definition_hash: String,
+    pub content_hash: String,
+    pub severity: String,
+    pub approvals_required: u32,
+    pub has_manual: bool,
+    pub proposed_by: String,
+    pub proposed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub source_run_id: Option<i64>,
+    pub state: PlanState,
+    pub state_by: Option<String>,
+    pub state_reason: Option<String>,
+    pub state_at: Option<DateTime<Utc>>,
+    pub action_count: u64,
+    pub counts: serde_json::Value,
+    pub verification: Option<serde_json::Value>,
+    pub approvals: Vec<Approval>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActionRecord {
+    pub plan_id: PlanId,
+    pub seq: i64,
+    pub fingerprint: String,
+    pub violation_kind: String,
+    pub key: serde_json::Value,
+    pub evidence: serde_json::Value,
+    pub spec: ActionSpec,
+    pub idempotency_key: String,
+    pub status: ActionStatus,
+    pub attempts: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub outcome: Option<serde_json::Value>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A plan's state change, with who made it and why (for the audit log).
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub from: &'a [PlanState],
+    pub to: PlanState,
+    pub by: &'a str,
+    pub reason: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    /// The audit action, e.g. `plan.reject`.
+    pub audit_action: &'a str,
+    pub details: serde_json::Value,
+}
+
+#[async_trait]
+pub trait PlanStore: Send + Sync {
+    /// Stores a plan and its actions in one transaction. Proposed plans of the same invariant
+    /// that are not applying become `superseded`: their approvals do not carry over.
+    async fn create_plan(
+        &self,
+        plan: &NewPlan,
+        actions: &[NewAction],
+    ) -> Result<PlanId, StoreError>;
+
+    async fn plan(&self, id: PlanId) -> Result<Option<PlanRecord>, StoreError>;
+
+    /// Plans, newest first.
+    async fn plans(
+        &self,
+        invariant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PlanRecord>, StoreError>;
+
+    /// Actions in order, after `after_seq`.
+    async fn plan_actions(
+        &self,
+        plan: PlanId,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ActionRecord>, StoreError>;
+
+    /// Records an approval of the plan's content hash; `false` when this approver had already
+    /// approved it (an identity counts once).
+    async fn approve_plan(
+        &self,
+        plan: PlanId,
+        approver: &str,
+        content_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves the plan to `to` if it is in one of `from`; `false` otherwise.
+    async fn transition_plan(
+        &self,
+        plan: PlanId,
+        change: &Transition<'_>,
+    ) -> Result<bool, StoreError>;
+
+    /// Claims the next action to work on: a pending one, or one whose worker's lease ran out
+    /// (a worker that died). Counts an attempt.
+    async fn claim_action(
+        &self,
+        plan: PlanId,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ActionRecord>, StoreError>;
+
+    /// Records a claimed action's outcome (and its audit entry); `false` if the lease was lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_action(
+        &self,
+        plan: PlanId,
+        seq: i64,
+        owner: &str,
+        actor: &str,
+        status: ActionStatus,
+        outcome: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a claimed action back (apply stopping): pending again.
+    async fn release_action(&self, plan: PlanId, seq: i64, owner: &str)
+    -> Result<(), StoreError>;
+
+    /// Makes failed actions pending again (apply `--retry-failed`).
+    async fn retry_failed_actions(&self, plan: PlanId) -> Result<u64, StoreError>;
+
+    /// How many actions are in each status.
+    async fn action_progress(
+        &self,
+        plan: PlanId,
+    ) -> Result<BTreeMap<ActionStatus, u64>, StoreError>;
+
+    /// Whether an action with this idempotency key was applied by another plan.
+    async fn applied_elsewhere(
+        &self,
+        idempotency_key: &str,
+        plan: PlanId,
+    ) -> Result<bool, StoreError>;
+
+    async fn record_verification(
+        &self,
+        plan: PlanId,
+        verification: &serde_json::Value,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
+
+macro_rules! impl_plan_store {
+    ($store:ty, $db:ty, $begin:literal, $skip_locked:literal) => {
+        impl $store {
+            fn plan_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::PlanRecord, sqlx::Error> {
+                use sqlx::Row;
+                let counts: sqlx::types::Json<serde_json::Value> = row.try_get("counts")?;
+                let verification: Option<sqlx::types::Json<serde_json::Value>> =
+                    row.try_get("verification")?;
+                let state: String = row.try_get("state")?;
+                let required: i32 = row.try_get("approvals_required")?;
+                let count: i32 = row.try_get("action_count")?;
+                Ok($crate::store::PlanRecord {
+                    id: row.try_get("id")?,
+                    invariant: row.try_get("invariant")?,
+                    definition_hash: row.try_get("definition_hash")?,
+                    content_hash: row.try_get("content_hash")?,
+                    severity: row.try_get("severity")?,
+                    approvals_required: required.max(0) as u32,
+                    has_manual: row.try_get("has_manual")?,
+                    proposed_by: row.try_get("proposed_by")?,
+                    proposed_at: row.try_get("proposed_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                    source_run_id: row.try_get("source_run_id")?,
+                    state: $crate::store::PlanState::parse(&state),
+                    state_by: row.try_get("state_by")?,
+                    state_reason: row.try_get("state_reason")?,
+                    state_at: row.try_get("state_at")?,
+                    action_count: count.max(0) as u64,
+                    counts: counts.0,
+                    verification: verification.map(|v| v.0),
+                    approvals: Vec::new(),
+                })
+            }
+
+            fn action_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::ActionRecord, sqlx::Error> {
+                use sqlx::Row;
+                let key: sqlx::types::Json<serde_json::Value> = row.try_get("key")?;
+                let evidence: sqlx::types::Json<serde_json::Value> = row.try_get("evidence")?;
+                let spec: sqlx::types::Json<$crate::domain::ActionSpec> = row.try_get("spec")?;
+                let outcome: Option<sqlx::types::Json<serde_json::Value>> =
+                    row.try_get("outcome")?;
+                let status: String = row.try_get("status")?;
+                let seq: i32 = row.try_get("seq")?;
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok($crate::store::ActionRecord {
+                    plan_id: row.try_get("plan_id")?,
+                    seq: seq.into(),
+                    fingerprint: row.try_get("fingerprint")?,
+                    violation_kind: row.try_get("violation_kind")?,
+                    key: key.0,
+                    evidence: evidence.0,
+                    spec: spec.0,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    status: $crate::store::ActionStatus::parse(&status),
+                    attempts: attempts.into(),
+                    lease_owner: row.try_get("lease_owner")?,
+                    lease_until: row.try_get("lease_until")?,
+                    outcome: outcome.map(|o| o.0),
+                    finished_at: row.try_get("finished_at")?,
+                })
+            }
+
+            async fn approvals_of(
+                &self,
+                plans: &mut [$crate::store::PlanRecord],
+            ) -> Result<(), sqlx::Error> {
+                use sqlx::Row;
+                for plan in plans.iter_mut() {
+                    let rows = sqlx::query(
+                        "SELECT approver, content_hash, at FROM plan_approvals WHERE plan_id = $1 ORDER BY at, approver",
+                    )
+                    .bind(plan.id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    plan.approvals = rows
+                        .iter()
+                        .map(|r| {
+                            Ok($crate::store::Approval {
+                                approver: r.try_get("approver")?,
+                                content_hash: r.try_get("content_hash")?,
+                                at: r.try_get("at")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::PlanStore for $store {
+            async fn create_plan(
+                &self,
+                plan: &$crate::store::NewPlan,
+                actions: &[$crate::store::NewAction],
+            ) -> Result<$crate::store::PlanId, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let superseded: Vec<i64> = sqlx::query_scalar(
+                    "UPDATE plans SET state = 'superseded', state_by = $2, state_at = $3, \
+                       state_reason = 'a newer plan replaced it' \
+                     WHERE invariant = $1 AND state = 'proposed' RETURNING id",
+                )
+                .bind(&plan.invariant)
+                .bind(&plan.proposed_by)
+                .bind(plan.proposed_at)
+                .fetch_all(&mut *tx)
+                .await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO plans (invariant, definition_hash, content_hash, severity, approvals_required, \
+                       has_manual, proposed_by, proposed_at, expires_at, source_run_id, state, action_count, counts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'proposed', $11, $12) RETURNING id",
+                )
+                .bind(&plan.invariant)
+                .bind(&plan.definition_hash)
+                .bind(&plan.content_hash)
+                .bind(&plan.severity)
+                .bind(plan.approvals_required as i32)
+                .bind(plan.has_manual)
+                .bind(&plan.proposed_by)
+                .bind(plan.proposed_at)
+                .bind(plan.expires_at)
+                .bind(plan.source_run_id)
+                .bind(actions.len() as i32)
+                .bind(sqlx::types::Json(&plan.counts))
+                .fetch_one(&mut *tx)
+                .await?;
+                // 7 parameters a row; chunks stay below both engines' parameter limits.
+                for (c, chunk) in actions.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO plan_actions (plan_id, seq, fingerprint, violation_kind, key, evidence, spec, idempotency_key) ",
+                    );
+                    let base = (c * 1000) as i32;
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, a)| {
+                        b.push_bind(id)
+                            .push_bind(base + i as i32 + 1)
+                            .push_bind(a.fingerprint.clone())
+                            .push_bind(a.violation_kind.as_str())
+                            .push_bind(sqlx::types::Json(a.key.clone()))
+                            .push_bind(sqlx::types::Json(a.evidence.clone()))
+                            .push_bind(sqlx::types::Json(a.spec.clone()))
+                            .push_bind(a.idempotency_key.clone());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                let target = format!("plan:{id}");
+                for old in &superseded {
+                    sqlx::query(
+                        "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.supersede', $3, $4)",
+                    )
+                    .bind(plan.proposed_at)
+                    .bind(&plan.proposed_by)
+                    .bind(format!("plan:{old}"))
+                    .bind(sqlx::types::Json(serde_json::json!({"superseded_by": id})))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.propose', $3, $4)",
+                )
+                .bind(plan.proposed_at)
+                .bind(&plan.proposed_by)
+                .bind(&target)
+                .bind(sqlx::types::Json(serde_json::json!({
+                    "invariant": plan.invariant,
+                    "content_hash": plan.content_hash,
+                    "actions": actions.len(),
+                    "counts": plan.counts,
+                    "supersedes": superseded,
+                })))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+
+            async fn plan(
+                &self,
+                id: $crate::store::PlanId,
+            ) -> Result<Option<$crate::store::PlanRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM plans WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let mut plans = vec![Self::plan_row(&row)?];
+                self.approvals_of(&mut plans).await?;
+                Ok(plans.pop())
+            }
+
+            async fn plans(
+                &self,
+                invariant: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::PlanRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM plans WHERE ($1 IS NULL OR invariant = $1) ORDER BY id DESC LIMIT $2",
+                )
+                .bind(invariant)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut plans = rows
+                    .iter()
+                    .map(Self::plan_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.approvals_of(&mut plans).await?;
+                Ok(plans)
+            }
+
+            async fn plan_actions(
+                &self,
+                plan: $crate::store::PlanId,
+                after_seq: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::ActionRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM plan_actions WHERE plan_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(plan)
+                .bind(after_seq.unwrap_or(0) as i32)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::action_row)
+                    .collect::<Result<Vec<_>, _>>()?)
+            }
+
+            async fn approve_plan(
+                &self,
+                plan: $crate::store::PlanId,
+                approver: &str,
+                content_hash: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let added = sqlx::query(
+                    "INSERT INTO plan_approvals (plan_id, approver, content_hash, at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (plan_id, approver) DO NOTHING",
+                )
+                .bind(plan)
+                .bind(approver)
+                .bind(content_hash)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.approve', $3, $4)",
+                )
+                .bind(at)
+                .bind(approver)
+                .bind(format!("plan:{plan}"))
+                .bind(sqlx::types::Json(serde_json::json!({
+                    "content_hash": content_hash,
+                    "counted": added == 1,
+                })))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(added == 1)
+            }
+
+            async fn transition_plan(
+                &self,
+                plan: $crate::store::PlanId,
+                change: &$crate::store::Transition<'_>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let current: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM plans WHERE id = $1")
+                        .bind(plan)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(current) = current else {
+                    return Ok(false);
+                };
+                if !change
+                    .from
+                    .contains(&$crate::store::PlanState::parse(&current))
+                {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE plans SET state = $2, state_by = $3, state_reason = $4, state_at = $5 WHERE id = $1",
+                )
+                .bind(plan)
+                .bind(change.to.as_str())
+                .bind(change.by)
+                .bind(change.reason)
+                .bind(change.at)
+                .execute(&mut *tx)
+                .await?;
+                let mut details = change.details.clone();
+                if let Some(obj) = details.as_object_mut() {
+                    obj.insert("from".into(), current.into());
+                    obj.insert("to".into(), change.to.as_str().into());
+                    if let Some(r) = change.reason {
+                        obj.insert("reason".into(), r.into());
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(change.at)
+                .bind(change.by)
+                .bind(change.audit_action)
+                .bind(format!("plan:{plan}"))
+                .bind(sqlx::types::Json(details))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn claim_action(
+                &self,
+                plan: $crate::store::PlanId,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::ActionRecord>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let row = sqlx::query(concat!(
+                    "UPDATE plan_actions SET status = 'in_progress', lease_owner = $2, lease_until = $3, ",
+                    "attempts = attempts + 1 WHERE plan_id = $1 AND seq = (",
+                    "SELECT seq FROM plan_actions WHERE plan_id = $1 AND (status = 'pending' ",
+                    "OR (status = 'in_progress' AND lease_until < $4)) ORDER BY seq LIMIT 1 ",
+                    $skip_locked,
+                    ") RETURNING *"
+                ))
+                .bind(plan)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row.as_ref().map(Self::action_row).transpose()?)
+            }
+
+            async fn finish_action(
+                &self,
+                plan: $crate::store::PlanId,
+                seq: i64,
+                owner: &str,
+                actor: &str,
+                status: $crate::store::ActionStatus,
+                outcome: &serde_json::Value,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let held = sqlx::query(
+                    "UPDATE plan_actions SET status = $4, outcome = $5, finished_at = $6, lease_owner = NULL, lease_until = NULL \
+                     WHERE plan_id = $1 AND seq = $2 AND lease_owner = $3 AND status = 'in_progress'",
+                )
+                .bind(plan)
+                .bind(seq as i32)
+                .bind(owner)
+                .bind(status.as_str())
+                .bind(sqlx::types::Json(outcome))
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if held != 1 {
+                    return Ok(false);
+                }
+                let mut details = outcome.clone();
+                if let Some(obj) = details.as_object_mut() {
+                    obj.insert("seq".into(), seq.into());
+                }
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(at)
+                .bind(actor)
+                .bind(format!("action.{}", status.as_str()))
+                .bind(format!("plan:{plan}"))
+                .bind(sqlx::types::Json(details))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn release_action(
+                &self,
+                plan: $crate::store::PlanId,
+                seq: i64,
+                owner: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE plan_actions SET status = 'pending', lease_owner = NULL, lease_until = NULL \
+                     WHERE plan_id = $1 AND seq = $2 AND lease_owner = $3 AND status = 'in_progress'",
+                )
+                .bind(plan)
+                .bind(seq as i32)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn retry_failed_actions(
+                &self,
+                plan: $crate::store::PlanId,
+            ) -> Result<u64, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "UPDATE plan_actions SET status = 'pending', outcome = NULL, finished_at = NULL \
+                     WHERE plan_id = $1 AND status = 'failed'",
+                )
+                .bind(plan)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn action_progress(
+                &self,
+                plan: $crate::store::PlanId,
+            ) -> Result<
+                std::collections::BTreeMap<$crate::store::ActionStatus, u64>,
+                $crate::store::StoreError,
+            > {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM plan_actions WHERE plan_id = $1 GROUP BY status",
+                )
+                .bind(plan)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(s, n)| ($crate::store::ActionStatus::parse(&s), n.max(0) as u64))
+                    .collect())
+            }
+
+            async fn applied_elsewhere(
+                &self,
+                idempotency_key: &str,
+                plan: $crate::store::PlanId,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT plan_id FROM plan_actions WHERE idempotency_key = $1 AND status = 'applied' AND plan_id <> $2 LIMIT 1",
+                )
+                .bind(idempotency_key)
+                .bind(plan)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn record_verification(
+                &self,
+                plan: $crate::store::PlanId,
+                verification: &serde_json::Value,
+                actor: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query("UPDATE plans SET verification = $2 WHERE id = $1")
+                    .bind(plan)
+                    .bind(sqlx::types::Json(verification))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.verify', $3, $4)",
+                )
+                .bind(at)
+                .bind(actor)
+                .bind(format!("plan:{plan}"))
+                .bind(sqlx::types::Json(verification))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use impl_plan_store;

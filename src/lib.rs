@@ -12,6 +12,8 @@
 //! - [`demo`]: the self-contained demo (`trueup demo`).
 //! - [`app`]: config + invariants + store + sources, opened once for a command.
 //! - [`notify`]: alert notices, email and webhook channels, the outbox worker.
+//! - [`plan`]: compensation plans: propose, approve, apply (the only writes to monitored
+//!   systems, through [`plan::targets`]).
 //! - [`serve`]: `trueup serve`: scheduler, metrics, shutdown; [`http`]: its endpoints.
 //! - [`cli`]: the commands.
 
@@ -24,6 +26,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod notify;
+pub mod plan;
 pub mod rules;
 pub mod runner;
 pub mod serve;

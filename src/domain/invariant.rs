@@ -47,6 +47,18 @@ impl Invariant {
         }
     }
 
+    /// What identifies the definition: a hash of everything but where it is written (moving
+    /// it in its file changes nothing). A plan proposed under one definition goes stale when
+    /// the definition changes.
+    pub fn definition_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let placed_nowhere = Invariant {
+            defined_at: (PathBuf::new(), 0),
+            ..self.clone()
+        };
+        hex::encode(Sha256::digest(format!("{placed_nowhere:?}").as_bytes()))
+    }
+
     /// The key columns violations are identified by.
     pub fn key(&self) -> &[ColumnName] {
         match &self.spec {

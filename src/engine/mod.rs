@@ -103,7 +103,9 @@ pub async fn evaluate_keys(
         InvariantSpec::Reconcile(spec) => {
             reconcile::run(invariant, spec, sources, due_before, filter, &mut tally).await?
         }
-        InvariantSpec::Transitions(spec) => transitions::run(spec, sources, filter, &mut tally).await?,
+        InvariantSpec::Transitions(spec) => {
+            transitions::run(spec, sources, filter, &mut tally).await?
+        }
     }
     Ok(stats)
 }

@@ -41,11 +41,7 @@ impl Catalog {
 /// What identifies an invariant's definition: everything but where it is written, so moving
 /// it in its file does not restart it.
 pub fn fingerprint(invariant: &Invariant) -> String {
-    let placed_nowhere = Invariant {
-        defined_at: (PathBuf::new(), 0),
-        ..invariant.clone()
-    };
-    format!("{placed_nowhere:?}")
+    invariant.definition_hash()
 }
 
 /// A cheap summary of the files under a folder (names, sizes, modification times): when it

@@ -264,8 +264,14 @@ fn filter_param(kind: Kind, value: &serde_json::Value) -> Option<(FilterParam, b
     };
     Some(match kind {
         Kind::Bool => (FilterParam::Bool(value.as_bool()?), false),
-        Kind::I16 => (FilterParam::I16(i16::try_from(value.as_i64()?).ok()?), false),
-        Kind::I32 => (FilterParam::I32(i32::try_from(value.as_i64()?).ok()?), false),
+        Kind::I16 => (
+            FilterParam::I16(i16::try_from(value.as_i64()?).ok()?),
+            false,
+        ),
+        Kind::I32 => (
+            FilterParam::I32(i32::try_from(value.as_i64()?).ok()?),
+            false,
+        ),
         Kind::I64 | Kind::U32 => (FilterParam::I64(value.as_i64()?), false),
         Kind::U64 | Kind::Decimal => (FilterParam::Decimal(decimal()?), false),
         Kind::F32 | Kind::F64 => (FilterParam::F64(value.as_f64()?), false),

@@ -254,8 +254,7 @@ pub trait PlanStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Gives a claimed action back (apply stopping): pending again.
-    async fn release_action(&self, plan: PlanId, seq: i64, owner: &str)
-    -> Result<(), StoreError>;
+    async fn release_action(&self, plan: PlanId, seq: i64, owner: &str) -> Result<(), StoreError>;
 
     /// Makes failed actions pending again (apply `--retry-failed`).
     async fn retry_failed_actions(&self, plan: PlanId) -> Result<u64, StoreError>;

@@ -1,0 +1,688 @@
+//! Applying an approved plan: one action at a time, at a bounded rate, checkpointed in the
+//! store so that a crash (even `kill -9`) loses nothing and repeats nothing.
+//!
+//! For each action, an apply process
+//! 1. claims it in the store under a lease (a dead worker's claim is taken over after it);
+//! 2. skips it if it was already applied (same idempotency key applied by another plan, or the
+//!    target's marker says so);
+//! 3. re-checks the violation against the sources for that key alone, and skips it if it no
+//!    longer holds: a manual correction made since the plan was proposed is never clobbered;
+//! 4. executes it with its idempotency key (see `targets`) and records the outcome, with its
+//!    audit entry, in one store transaction.
+//!
+//! Several applies of one plan may run at once: each claims different actions. The last one
+//! to find nothing left marks the plan applied and verifies it: every applied action's
+//! violation is re-checked and the plan records how many the apply closed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::targets::{Executed, Targets};
+use super::{Actor, PlanError, check_applicable, load, staleness, verify_content};
+use crate::domain::{ActionSpec, Invariant};
+use crate::engine::{Collect, KeyFilter, evaluate_keys};
+use crate::source::Sources;
+use crate::store::{ActionRecord, ActionStatus, PlanId, PlanState, Store, Transition};
+
+/// How fast actions are executed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    Unlimited,
+}
+
+impl Rate {
+    /// A conservative default: a target is never hit harder unless an operator asks.
+    pub const DEFAULT: Rate = Rate::PerSecond(5.0);
+
+    /// `5/s`, `300/m`, `2/h` or `unlimited`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw == "unlimited" {
+            return Ok(Rate::Unlimited);
+        }
+        let err = || format!("rate `{raw}`: write N/s, N/m or N/h (e.g. 5/s), or `unlimited`");
+        let (n, unit) = raw.split_once('/').ok_or_else(err)?;
+        let n: f64 = n.trim().parse().map_err(|_| err())?;
+        let per = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        if !(n > 0.0 && n.is_finite()) {
+            return Err(err());
+        }
+        Ok(Rate::PerSecond(n / per))
+    }
+
+    fn period(self) -> Option<Duration> {
+        match self {
+            Rate::PerSecond(r) => Some(Duration::from_secs_f64(1.0 / r)),
+            Rate::Unlimited => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::PerSecond(r) => write!(f, "{r}/s"),
+            Rate::Unlimited => f.write_str("unlimited"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub dry_run: bool,
+    pub rate: Rate,
+    /// Stop (plan `stopped`) after this many actions failed in this apply.
+    pub max_failures: u64,
+    /// How long a claimed action stays claimed: a worker that dies holds it this long.
+    pub lease: Duration,
+    /// Make failed actions pending again first.
+    pub retry_failed: bool,
+    /// Examples kept per outcome.
+    pub samples: usize,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            rate: Rate::DEFAULT,
+            max_failures: 10,
+            lease: Duration::from_secs(60),
+            retry_failed: false,
+            samples: 5,
+        }
+    }
+}
+
+/// What happened (or, in a dry run, would happen) to an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// The violation no longer holds.
+    SkippedResolved,
+    /// Applied before (another plan, or an earlier attempt).
+    SkippedAlreadyApplied,
+    Failed,
+    /// A step for a person.
+    Manual,
+    WouldApply,
+    WouldSkipResolved,
+    WouldSkipAlreadyApplied,
+    /// Finished by an earlier apply of this plan.
+    AlreadyDone,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::SkippedResolved => "skipped_resolved",
+            Outcome::SkippedAlreadyApplied => "skipped_already_applied",
+            Outcome::Failed => "failed",
+            Outcome::Manual => "manual",
+            Outcome::WouldApply => "would_apply",
+            Outcome::WouldSkipResolved => "would_skip_resolved",
+            Outcome::WouldSkipAlreadyApplied => "would_skip_already_applied",
+            Outcome::AlreadyDone => "already_done",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    pub seq: i64,
+    pub key: serde_json::Value,
+    pub action: String,
+    pub detail: Option<String>,
+}
+
+/// Progress of a plan's actions, as the store counts them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Progress {
+    pub total: u64,
+    pub by_status: BTreeMap<ActionStatus, u64>,
+    /// Actions this process finished.
+    pub done_here: u64,
+    pub elapsed_secs: f64,
+}
+
+impl Progress {
+    pub fn finished(&self) -> u64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    /// Applied actions whose violation was re-checked.
+    pub checked: u64,
+    /// Of those, violations that no longer hold.
+    pub closed: u64,
+    pub still_open: u64,
+    pub errors: u64,
+    pub at: chrono::DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub plan: PlanId,
+    pub dry_run: bool,
+    pub counts: BTreeMap<Outcome, u64>,
+    pub samples: BTreeMap<Outcome, Vec<Sample>>,
+    /// Why this apply stopped before the plan was done, if it did.
+    pub stopped: Option<String>,
+    /// The plan's state afterwards.
+    pub state: PlanState,
+    pub verification: Option<Verification>,
+    pub elapsed_secs: f64,
+}
+
+impl ApplyReport {
+    fn new(plan: PlanId, dry_run: bool) -> Self {
+        Self {
+            plan,
+            dry_run,
+            counts: BTreeMap::new(),
+            samples: BTreeMap::new(),
+            stopped: None,
+            state: PlanState::Proposed,
+            verification: None,
+            elapsed_secs: 0.0,
+        }
+    }
+
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        action: &ActionRecord,
+        detail: Option<String>,
+        keep: usize,
+    ) {
+        *self.counts.entry(outcome).or_default() += 1;
+        let samples = self.samples.entry(outcome).or_default();
+        if samples.len() < keep {
+            samples.push(Sample {
+                seq: action.seq,
+                key: action.key.clone(),
+                action: summary(&action.spec),
+                detail,
+            });
+        }
+    }
+}
+
+/// One line describing an action.
+pub fn summary(spec: &ActionSpec) -> String {
+    match spec {
+        ActionSpec::Sql {
+            target,
+            statement,
+            params,
+        } => {
+            let values: Vec<String> = params.iter().map(ToString::to_string).collect();
+            format!("sql {target}: {statement} -- [{}]", values.join(", "))
+        }
+        ActionSpec::Http {
+            target,
+            method,
+            url,
+            ..
+        } => format!("http {target}: {method} {url}"),
+        ActionSpec::Manual { instructions } => format!("manual: {instructions}"),
+    }
+}
+
+/// What an apply works with.
+pub struct ApplyEnv<'a> {
+    pub store: &'a dyn Store,
+    pub sources: &'a Sources,
+    pub targets: &'a Targets,
+    /// The plan's invariant as currently defined (`None`: no longer defined).
+    pub invariant: Option<&'a Invariant>,
+    pub actor: &'a Actor,
+    /// Identifies this apply process's claims.
+    pub worker: String,
+}
+
+/// Whether the violation an action compensates still holds, evaluated now for its key only.
+pub async fn still_holds(
+    invariant: &Invariant,
+    sources: &Sources,
+    action: &ActionRecord,
+) -> Result<bool, String> {
+    let values = match &action.key {
+        serde_json::Value::Array(v) => v.clone(),
+        other => vec![other.clone()],
+    };
+    let filter: Vec<KeyFilter> = invariant.key().iter().cloned().zip(values).collect();
+    let mut found = Collect::default();
+    evaluate_keys(invariant, sources, Utc::now(), &filter, &mut found)
+        .await
+        .map_err(|e| format!("re-check failed: {e}"))?;
+    Ok(found
+        .0
+        .iter()
+        .any(|v| v.fingerprint(&invariant.name).as_str() == action.fingerprint))
+}
+
+/// Dry run or live apply of plan `id`. `progress` is called as actions finish.
+pub async fn apply(
+    env: &ApplyEnv<'_>,
+    id: PlanId,
+    opts: &ApplyOptions,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<ApplyReport, PlanError> {
+    let started = Instant::now();
+    let plan = load(env.store, id).await?;
+    let mut report = if opts.dry_run {
+        dry_run(env, &plan, opts).await?
+    } else {
+        live(env, &plan, opts, cancel, progress, started).await?
+    };
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn dry_run(
+    env: &ApplyEnv<'_>,
+    plan: &crate::store::PlanRecord,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, PlanError> {
+    // A dry run changes nothing, so reviewers may run it before approving.
+    let now = Utc::now();
+    if let Some(why) = staleness(plan, env.invariant, now) {
+        return Err(PlanError::refused(plan.id, why));
+    }
+    let invariant = env.invariant.ok_or(PlanError::NotFound(plan.id))?;
+    let actions = verify_content(env.store, plan).await?;
+    let mut report = ApplyReport::new(plan.id, true);
+    report.state = plan.state;
+    for action in &actions {
+        let (outcome, detail) = if action.status.is_final() {
+            (
+                Outcome::AlreadyDone,
+                Some(action.status.as_str().to_owned()),
+            )
+        } else if matches!(action.spec, ActionSpec::Manual { .. }) {
+            (Outcome::Manual, None)
+        } else if let Some(why) = applied_before(env, action).await? {
+            (Outcome::WouldSkipAlreadyApplied, Some(why))
+        } else {
+            match still_holds(invariant, env.sources, action).await {
+                Ok(true) => (Outcome::WouldApply, None),
+                Ok(false) => (
+                    Outcome::WouldSkipResolved,
+                    Some("the violation no longer holds".into()),
+                ),
+                Err(e) => (Outcome::Failed, Some(e)),
+            }
+        };
+        report.record(outcome, action, detail, opts.samples);
+    }
+    Ok(report)
+}
+
+/// Whether the action was applied before, and by what.
+async fn applied_before(
+    env: &ApplyEnv<'_>,
+    action: &ActionRecord,
+) -> Result<Option<String>, PlanError> {
+    if env
+        .store
+        .applied_elsewhere(&action.idempotency_key, action.plan_id)
+        .await?
+    {
+        return Ok(Some(
+            "applied by another plan (same idempotency key)".into(),
+        ));
+    }
+    match env
+        .targets
+        .already_applied(&action.spec, &action.idempotency_key)
+        .await
+    {
+        Ok(true) => Ok(Some(
+            "the target's marker table records it as applied".into(),
+        )),
+        Ok(false) => Ok(None),
+        Err(e) => Err(PlanError::Target {
+            target: action.spec.target().unwrap_or("?").to_owned(),
+            message: e,
+        }),
+    }
+}
+
+async fn live(
+    env: &ApplyEnv<'_>,
+    plan: &crate::store::PlanRecord,
+    opts: &ApplyOptions,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(&Progress) + Sync),
+    started: Instant,
+) -> Result<ApplyReport, PlanError> {
+    let id = plan.id;
+    check_applicable(env.store, plan, env.invariant, Utc::now()).await?;
+    let invariant = env.invariant.ok_or(PlanError::NotFound(id))?;
+    if opts.retry_failed {
+        env.store.retry_failed_actions(id).await?;
+    }
+    env.store
+        .transition_plan(
+            id,
+            &Transition {
+                from: &[PlanState::Proposed, PlanState::Stopped, PlanState::Applying],
+                to: PlanState::Applying,
+                by: &env.actor.name,
+                reason: None,
+                at: Utc::now(),
+                audit_action: "plan.apply.start",
+                details: serde_json::json!({
+                    "worker": env.worker,
+                    "rate": opts.rate.to_string(),
+                    "max_failures": opts.max_failures,
+                }),
+            },
+        )
+        .await?;
+    let mut report = ApplyReport::new(id, false);
+    let mut ticker = opts.rate.period().map(|p| {
+        // The first action waits one period too: N actions take at least N periods.
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let lease = chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60));
+    let mut failures = 0u64;
+    let mut done_here = 0u64;
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    let report_progress = |done_here: u64, force: bool, last: &mut Instant| {
+        let due = force || last.elapsed() >= Duration::from_millis(250);
+        async move {
+            if !due {
+                return Ok::<_, PlanError>(false);
+            }
+            let by_status = env.store.action_progress(id).await?;
+            progress(&Progress {
+                total: plan.action_count,
+                by_status,
+                done_here,
+                elapsed_secs: started.elapsed().as_secs_f64(),
+            });
+            Ok(true)
+        }
+    };
+    loop {
+        if cancel.is_cancelled() {
+            report.stopped = Some("interrupted".into());
+            break;
+        }
+        if let Some(t) = ticker.as_mut() {
+            tokio::select! {
+                _ = t.tick() => {}
+                () = cancel.cancelled() => continue,
+            }
+        }
+        let now = Utc::now();
+        let claimed = env
+            .store
+            .claim_action(id, &env.worker, now, now + lease)
+            .await?;
+        let Some(action) = claimed else {
+            // Nothing claimable: done, or other workers hold the rest (taken over when their
+            // lease runs out, if they died).
+            let left = env.store.action_progress(id).await?;
+            let open = left.get(&ActionStatus::Pending).copied().unwrap_or(0)
+                + left.get(&ActionStatus::InProgress).copied().unwrap_or(0);
+            if open == 0 {
+                break;
+            }
+            if report_progress(done_here, false, &mut last_progress).await? {
+                last_progress = Instant::now();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = cancel.cancelled() => {}
+            }
+            continue;
+        };
+        let (status, outcome, detail) = execute_one(env, invariant, &action).await?;
+        let kept = serde_json::json!({
+            "result": outcome.as_str(),
+            "detail": detail,
+            "attempt": action.attempts,
+            "worker": env.worker,
+        });
+        let mut record = kept.clone();
+        if let (Some(obj), Executed::Applied(extra)) = (record.as_object_mut(), &status.1)
+            && let Some(extra) = extra.as_object()
+        {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        let held = env
+            .store
+            .finish_action(
+                id,
+                action.seq,
+                &env.worker,
+                &env.actor.name,
+                status.0,
+                &record,
+                Utc::now(),
+            )
+            .await?;
+        if !held {
+            // Our lease ran out and another worker took the action over; its record stands.
+            tracing::warn!(
+                plan = id,
+                seq = action.seq,
+                "lost the claim on an action before recording it"
+            );
+            continue;
+        }
+        done_here += 1;
+        report.record(outcome, &action, detail, opts.samples);
+        if outcome == Outcome::Failed {
+            failures += 1;
+            if failures >= opts.max_failures {
+                report.stopped = Some(format!(
+                    "{failures} action(s) failed (--max-failures {})",
+                    opts.max_failures
+                ));
+                break;
+            }
+        }
+        if report_progress(done_here, false, &mut last_progress).await? {
+            last_progress = Instant::now();
+        }
+    }
+    report_progress(done_here, true, &mut last_progress).await?;
+    if let Some(why) = &report.stopped {
+        env.store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Stopped,
+                    by: &env.actor.name,
+                    reason: Some(why),
+                    at: Utc::now(),
+                    audit_action: "plan.apply.stop",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+    } else {
+        let finished_it = env
+            .store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Applied,
+                    by: &env.actor.name,
+                    reason: None,
+                    at: Utc::now(),
+                    audit_action: "plan.apply.finish",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+        if finished_it {
+            report.verification = Some(verify(env, invariant, id).await?);
+        }
+    }
+    report.state = load(env.store, id).await?.state;
+    Ok(report)
+}
+
+type Status = (ActionStatus, Executed);
+
+async fn execute_one(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    action: &ActionRecord,
+) -> Result<(Status, Outcome, Option<String>), PlanError> {
+    if let ActionSpec::Manual { instructions } = &action.spec {
+        return Ok((
+            (ActionStatus::Manual, Executed::AlreadyApplied),
+            Outcome::Manual,
+            Some(instructions.clone()),
+        ));
+    }
+    let skipped = |outcome, why: String| {
+        Ok((
+            (ActionStatus::Skipped, Executed::AlreadyApplied),
+            outcome,
+            Some(why),
+        ))
+    };
+    match applied_before(env, action).await {
+        Ok(Some(why)) => return skipped(Outcome::SkippedAlreadyApplied, why),
+        Ok(None) => {}
+        Err(PlanError::Target { target, message }) => {
+            return Ok((
+                (ActionStatus::Failed, Executed::Failed(message.clone())),
+                Outcome::Failed,
+                Some(format!("target `{target}`: {message}")),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    match still_holds(invariant, env.sources, action).await {
+        Ok(false) => {
+            return skipped(
+                Outcome::SkippedResolved,
+                "the violation no longer holds (corrected since the plan was proposed); not applied".into(),
+            );
+        }
+        Ok(true) => {}
+        Err(e) => {
+            return Ok((
+                (ActionStatus::Failed, Executed::Failed(e.clone())),
+                Outcome::Failed,
+                Some(e),
+            ));
+        }
+    }
+    let executed = env
+        .targets
+        .execute(
+            &action.spec,
+            &action.idempotency_key,
+            action.plan_id,
+            action.seq,
+        )
+        .await;
+    Ok(match executed {
+        Executed::Applied(d) => (
+            (ActionStatus::Applied, Executed::Applied(d)),
+            Outcome::Applied,
+            None,
+        ),
+        Executed::AlreadyApplied => (
+            (ActionStatus::Skipped, Executed::AlreadyApplied),
+            Outcome::SkippedAlreadyApplied,
+            Some("the target's marker table records it as applied".into()),
+        ),
+        Executed::Failed(e) => (
+            (ActionStatus::Failed, Executed::Failed(e.clone())),
+            Outcome::Failed,
+            Some(e),
+        ),
+    })
+}
+
+/// Re-checks the violation of every applied action and records how many the apply closed.
+async fn verify(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    id: PlanId,
+) -> Result<Verification, PlanError> {
+    let mut v = Verification {
+        checked: 0,
+        closed: 0,
+        still_open: 0,
+        errors: 0,
+        at: Utc::now(),
+    };
+    let mut after = None;
+    loop {
+        let page = env.store.plan_actions(id, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        for action in page.iter().filter(|a| a.status == ActionStatus::Applied) {
+            v.checked += 1;
+            match still_holds(invariant, env.sources, action).await {
+                Ok(false) => v.closed += 1,
+                Ok(true) => v.still_open += 1,
+                Err(_) => v.errors += 1,
+            }
+        }
+    }
+    v.at = Utc::now();
+    env.store
+        .record_verification(
+            id,
+            &serde_json::to_value(&v).unwrap_or_default(),
+            &env.actor.name,
+            v.at,
+        )
+        .await?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_per_second_minute_and_hour() {
+        assert_eq!(Rate::parse("5/s"), Ok(Rate::PerSecond(5.0)));
+        assert_eq!(Rate::parse("300/m"), Ok(Rate::PerSecond(5.0)));
+        assert_eq!(Rate::parse("unlimited"), Ok(Rate::Unlimited));
+        assert!(Rate::parse("5").is_err());
+        assert!(Rate::parse("0/s").is_err());
+        assert!(Rate::parse("-1/s").is_err());
+        assert_eq!(
+            Rate::parse("50/s").unwrap().period(),
+            Some(Duration::from_millis(20))
+        );
+    }
+}

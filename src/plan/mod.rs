@@ -1,0 +1,586 @@
+//! Compensation plans: propose (violations → actions), review, approve, reject, and decide
+//! whether a plan may be applied. Applying is in [`apply`]; the systems it changes in
+//! [`targets`].
+//!
+//! A plan is immutable once stored. Its content hash covers every action (what it does, to
+//! which key, with which idempotency key) and the invariant's definition; approvals record the
+//! hash they approved, and apply recomputes the hash from the stored actions. Anything that
+//! changes the actions is a new plan, with no approvals.
+
+pub mod apply;
+pub mod netguard;
+pub mod targets;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, TargetConfig};
+use crate::domain::{ActionSpec, Invariant, Role, ViolationContext, ViolationKind};
+use crate::store::{
+    ActionRecord, NewAction, NewPlan, PlanId, PlanRecord, PlanState, StatusFilter, Store,
+    StoreError, Transition, ViolationFilter,
+};
+
+/// Who is acting: a token's identity through the API, the local user on the CLI, or the
+/// scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Actor {
+    /// The local user running a command. Whoever can run the CLI can open the store, so the
+    /// CLI acts as admin; the identity still tells approvers apart in the audit log.
+    pub fn local() -> Self {
+        let user = std::env::var("TRUEUP_ACTOR")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            name: format!("cli:{user}"),
+            role: Role::Admin,
+        }
+    }
+
+    pub fn scheduler() -> Self {
+        Self {
+            name: "scheduler".into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("plan {0} does not exist; `trueup plans` lists the plans")]
+    NotFound(PlanId),
+    #[error(
+        "invariant `{0}` has no `compensate:` block, so trueup cannot propose actions for it; add one (see README, \"Compensating actions\")"
+    )]
+    NoCompensation(String),
+    #[error(
+        "cannot build {count} action(s) of invariant `{invariant}`; nothing was proposed. First: {first}"
+    )]
+    Render {
+        invariant: String,
+        count: usize,
+        first: String,
+    },
+    #[error("plan {plan}: {reason}")]
+    Refused { plan: PlanId, reason: String },
+    #[error("target `{target}`: {message}")]
+    Target { target: String, message: String },
+}
+
+impl PlanError {
+    fn refused(plan: PlanId, reason: impl Into<String>) -> Self {
+        PlanError::Refused {
+            plan,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What proposing did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Proposal {
+    Created {
+        plan: PlanId,
+        actions: u64,
+    },
+    /// The open plan already holds exactly these actions.
+    Unchanged {
+        plan: PlanId,
+    },
+    /// No open violation has a compensation.
+    Nothing,
+}
+
+/// The stable idempotency key of compensating one violation with one concrete action: the same
+/// action for the same violation has the same key in every plan, so it is applied once.
+pub fn idempotency_key(invariant: &str, fingerprint: &str, spec: &ActionSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(invariant);
+    h.update([0]);
+    h.update(fingerprint);
+    h.update([0]);
+    h.update(serde_json::to_string(spec).unwrap_or_default());
+    format!("trueup-{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The content hash of a plan: its invariant, definition and actions, in order.
+pub fn content_hash<'a>(
+    invariant: &str,
+    definition_hash: &str,
+    actions: impl Iterator<
+        Item = (
+            &'a str,
+            &'a str,
+            &'a serde_json::Value,
+            &'a ActionSpec,
+            &'a str,
+        ),
+    >,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(invariant);
+    h.update([0]);
+    h.update(definition_hash);
+    for (seq, (fingerprint, kind, key, spec, idem)) in actions.enumerate() {
+        let line = serde_json::json!([seq + 1, fingerprint, kind, key, spec, idem]);
+        h.update([0]);
+        h.update(line.to_string());
+    }
+    hex::encode(h.finalize())
+}
+
+fn stored_content_hash(plan: &PlanRecord, actions: &[ActionRecord]) -> String {
+    content_hash(
+        &plan.invariant,
+        &plan.definition_hash,
+        actions.iter().map(|a| {
+            (
+                a.fingerprint.as_str(),
+                a.violation_kind.as_str(),
+                &a.key,
+                &a.spec,
+                a.idempotency_key.as_str(),
+            )
+        }),
+    )
+}
+
+/// Base URLs of the HTTP targets, for rendering action URLs.
+fn base_url_of(config: &Config) -> impl Fn(&crate::domain::TargetName) -> Option<String> + '_ {
+    |name| match config.targets.get(name) {
+        Some(TargetConfig::Http(h)) => Some(h.base_url.clone()),
+        _ => None,
+    }
+}
+
+/// Turns the invariant's open violations that have a compensation into a plan. When the
+/// latest proposed plan already holds exactly these actions, nothing new is stored.
+pub async fn propose(
+    store: &dyn Store,
+    config: &Config,
+    invariant: &Invariant,
+    actor: &Actor,
+    source_run: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<Proposal, PlanError> {
+    if invariant.compensate.is_empty() {
+        return Err(PlanError::NoCompensation(invariant.name.to_string()));
+    }
+    let name = invariant.name.as_str();
+    let key_columns: Vec<&str> = invariant.key().iter().map(|c| c.as_str()).collect();
+    let base_url = base_url_of(config);
+    let mut actions = Vec::new();
+    let mut failures = Vec::new();
+    let mut after_id = None;
+    loop {
+        let page = store
+            .violations(&ViolationFilter {
+                invariants: vec![name.to_owned()],
+                status: StatusFilter::Active,
+                after_id,
+                limit: 1000,
+                ..ViolationFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after_id = Some(last.id);
+        for v in &page {
+            let Some(kind) = ViolationKind::parse(&v.kind) else {
+                continue;
+            };
+            let Some(compensation) = invariant.compensate.get(&kind) else {
+                continue;
+            };
+            let key_values: Vec<serde_json::Value> = match &v.key {
+                serde_json::Value::Array(values) => values.clone(),
+                other => vec![other.clone()],
+            };
+            let ctx = ViolationContext {
+                invariant: name,
+                kind,
+                fingerprint: &v.fingerprint,
+                key: key_columns.iter().copied().zip(key_values.iter()).collect(),
+                evidence: &v.evidence,
+            };
+            match compensation.render(&ctx, &base_url) {
+                Ok(spec) => actions.push(NewAction {
+                    idempotency_key: idempotency_key(name, &v.fingerprint, &spec),
+                    fingerprint: v.fingerprint.clone(),
+                    violation_kind: kind,
+                    key: v.key.clone(),
+                    evidence: v.evidence.clone(),
+                    spec,
+                }),
+                Err(e) => failures.push(format!("violation {} (key {}): {e}", v.id, v.key)),
+            }
+        }
+    }
+    if let Some(first) = failures.first() {
+        return Err(PlanError::Render {
+            invariant: name.to_owned(),
+            count: failures.len(),
+            first: first.clone(),
+        });
+    }
+    if actions.is_empty() {
+        return Ok(Proposal::Nothing);
+    }
+    let definition_hash = invariant.definition_hash();
+    let hash = content_hash(
+        name,
+        &definition_hash,
+        actions.iter().map(|a| {
+            (
+                a.fingerprint.as_str(),
+                a.violation_kind.as_str(),
+                &a.key,
+                &a.spec,
+                a.idempotency_key.as_str(),
+            )
+        }),
+    );
+    if let Some(open) = store
+        .plans(Some(name), 1)
+        .await?
+        .into_iter()
+        .find(|p| p.state == PlanState::Proposed && p.expires_at > now)
+        && open.content_hash == hash
+    {
+        return Ok(Proposal::Unchanged { plan: open.id });
+    }
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for a in &actions {
+        *counts
+            .entry(a.spec.type_name().to_owned())
+            .or_default()
+            .entry(a.violation_kind.as_str().to_owned())
+            .or_default() += 1;
+    }
+    let plan = NewPlan {
+        invariant: name.to_owned(),
+        definition_hash,
+        content_hash: hash,
+        severity: invariant.severity.to_string(),
+        approvals_required: config.plans.approvals_for(invariant.severity),
+        has_manual: actions
+            .iter()
+            .any(|a| matches!(a.spec, ActionSpec::Manual { .. })),
+        proposed_by: actor.name.clone(),
+        proposed_at: now,
+        expires_at: now + config.plans.ttl.as_chrono(),
+        source_run_id: source_run,
+        counts: serde_json::to_value(&counts).unwrap_or_default(),
+    };
+    let id = store.create_plan(&plan, &actions).await?;
+    Ok(Proposal::Created {
+        plan: id,
+        actions: actions.len() as u64,
+    })
+}
+
+/// Where a plan stands for approval.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApprovalStatus {
+    pub plan: PlanId,
+    pub content_hash: String,
+    /// Distinct identities that approved this content hash.
+    pub approvers: Vec<String>,
+    pub required: u32,
+    pub approved: bool,
+    /// Whether this call added an approval (false: this identity had already approved).
+    pub counted: bool,
+}
+
+pub async fn load(store: &dyn Store, id: PlanId) -> Result<PlanRecord, PlanError> {
+    store.plan(id).await?.ok_or(PlanError::NotFound(id))
+}
+
+/// Approvers whose approval counts: those who approved the plan's current content hash.
+pub fn valid_approvers(plan: &PlanRecord) -> Vec<String> {
+    plan.approvals
+        .iter()
+        .filter(|a| a.content_hash == plan.content_hash)
+        .map(|a| a.approver.clone())
+        .collect()
+}
+
+/// Why a plan cannot be approved or applied now, if it cannot. `invariant` is the loaded
+/// definition of the plan's invariant (`None` when it no longer exists).
+pub fn staleness(
+    plan: &PlanRecord,
+    invariant: Option<&Invariant>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    match plan.state {
+        PlanState::Rejected => {
+            return Some(format!(
+                "it was rejected by {} ({}); propose a new plan",
+                plan.state_by.as_deref().unwrap_or("?"),
+                plan.state_reason.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        PlanState::Superseded => {
+            return Some(
+                "a newer plan for the same invariant replaced it; review that one (`trueup plans`)"
+                    .into(),
+            );
+        }
+        PlanState::Applied => return Some("it has already been applied".into()),
+        PlanState::Proposed | PlanState::Applying | PlanState::Stopped => {}
+    }
+    if now >= plan.expires_at {
+        return Some(format!(
+            "it is stale: it expired at {} (plans.ttl); run `trueup plan create --invariant {}` for a fresh one",
+            plan.expires_at.to_rfc3339(),
+            plan.invariant
+        ));
+    }
+    match invariant {
+        None => Some(format!(
+            "it is stale: invariant `{}` is no longer defined",
+            plan.invariant
+        )),
+        Some(inv) if inv.definition_hash() != plan.definition_hash => Some(format!(
+            "it is stale: invariant `{}` changed since the plan was proposed; run `trueup plan create --invariant {}` for a fresh one",
+            plan.invariant, plan.invariant
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Recomputes the content hash from the stored actions; refuses a plan whose actions are
+/// not what was proposed and approved.
+pub async fn verify_content(
+    store: &dyn Store,
+    plan: &PlanRecord,
+) -> Result<Vec<ActionRecord>, PlanError> {
+    let mut actions = Vec::with_capacity(plan.action_count as usize);
+    let mut after = None;
+    loop {
+        let page = store.plan_actions(plan.id, after, 5000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        actions.extend(page);
+    }
+    let recomputed = stored_content_hash(plan, &actions);
+    if recomputed != plan.content_hash || actions.len() as u64 != plan.action_count {
+        return Err(PlanError::refused(
+            plan.id,
+            format!(
+                "its actions changed after it was proposed (content hash {} recomputes to {}); it is refused. Propose a new plan and review it",
+                short(&plan.content_hash),
+                short(&recomputed)
+            ),
+        ));
+    }
+    Ok(actions)
+}
+
+pub fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// Records `actor`'s approval of the plan. `seen_hash` is the content hash the approver
+/// reviewed (required through the API); it must be the plan's.
+pub async fn approve(
+    store: &dyn Store,
+    id: PlanId,
+    invariant: Option<&Invariant>,
+    actor: &Actor,
+    seen_hash: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ApprovalStatus, PlanError> {
+    if actor.role < Role::Approver {
+        return Err(PlanError::refused(
+            id,
+            format!(
+                "`{}` has the {} role; approving needs approver or admin",
+                actor.name, actor.role
+            ),
+        ));
+    }
+    let plan = load(store, id).await?;
+    if plan.state != PlanState::Proposed {
+        return Err(PlanError::refused(
+            id,
+            staleness(&plan, invariant, now).unwrap_or_else(|| {
+                format!(
+                    "it is {}; only a proposed plan is approved",
+                    plan.state.as_str()
+                )
+            }),
+        ));
+    }
+    if let Some(why) = staleness(&plan, invariant, now) {
+        return Err(PlanError::refused(id, why));
+    }
+    if let Some(seen) = seen_hash
+        && !plan.content_hash.starts_with(seen)
+    {
+        return Err(PlanError::refused(
+            id,
+            format!(
+                "you reviewed content {} but the plan is {}; review it again (`trueup plan show {id}`)",
+                seen,
+                short(&plan.content_hash)
+            ),
+        ));
+    }
+    if plan.has_manual && plan.proposed_by == actor.name {
+        return Err(PlanError::refused(
+            id,
+            format!(
+                "`{}` proposed this plan and it has manual steps; someone else must approve it",
+                actor.name
+            ),
+        ));
+    }
+    verify_content(store, &plan).await?;
+    let counted = store
+        .approve_plan(id, &actor.name, &plan.content_hash, now)
+        .await?;
+    let plan = load(store, id).await?;
+    let approvers = valid_approvers(&plan);
+    Ok(ApprovalStatus {
+        plan: id,
+        content_hash: plan.content_hash.clone(),
+        approved: approvers.len() as u32 >= plan.approvals_required,
+        required: plan.approvals_required,
+        approvers,
+        counted,
+    })
+}
+
+pub async fn reject(
+    store: &dyn Store,
+    id: PlanId,
+    actor: &Actor,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), PlanError> {
+    if actor.role < Role::Approver {
+        return Err(PlanError::refused(
+            id,
+            format!(
+                "`{}` has the {} role; rejecting needs approver or admin",
+                actor.name, actor.role
+            ),
+        ));
+    }
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(PlanError::refused(id, "give a reason (`--reason ...`)"));
+    }
+    load(store, id).await?;
+    let moved = store
+        .transition_plan(
+            id,
+            &Transition {
+                from: &[PlanState::Proposed, PlanState::Stopped],
+                to: PlanState::Rejected,
+                by: &actor.name,
+                reason: Some(reason),
+                at: now,
+                audit_action: "plan.reject",
+                details: serde_json::json!({}),
+            },
+        )
+        .await?;
+    if !moved {
+        let plan = load(store, id).await?;
+        return Err(PlanError::refused(
+            id,
+            format!(
+                "it is {}; only a proposed or stopped plan can be rejected",
+                plan.state.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Everything `apply` needs to know before it may start: the plan is live, its actions are
+/// what was approved, and enough distinct identities approved that content.
+pub async fn check_applicable(
+    store: &dyn Store,
+    plan: &PlanRecord,
+    invariant: Option<&Invariant>,
+    now: DateTime<Utc>,
+) -> Result<Vec<ActionRecord>, PlanError> {
+    if let Some(why) = staleness(plan, invariant, now) {
+        return Err(PlanError::refused(
+            plan.id,
+            format!("{why}; nothing was applied"),
+        ));
+    }
+    let actions = verify_content(store, plan).await?;
+    let approvers = valid_approvers(plan);
+    if (approvers.len() as u32) < plan.approvals_required {
+        return Err(PlanError::refused(
+            plan.id,
+            format!(
+                "it is not approved: {} of {} distinct approvers ({}); nothing was applied. Approve with `trueup plan approve {}`",
+                approvers.len(),
+                plan.approvals_required,
+                if approvers.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    approvers.join(", ")
+                },
+                plan.id
+            ),
+        ));
+    }
+    Ok(actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_action_for_the_same_violation_has_one_idempotency_key() {
+        let spec = ActionSpec::Manual {
+            instructions: "x".into(),
+        };
+        let a = idempotency_key("inv", "fp1", &spec);
+        assert_eq!(a, idempotency_key("inv", "fp1", &spec));
+        assert_ne!(a, idempotency_key("inv", "fp2", &spec));
+        let other = ActionSpec::Manual {
+            instructions: "y".into(),
+        };
+        assert_ne!(a, idempotency_key("inv", "fp1", &other));
+    }
+
+    #[test]
+    fn any_change_to_an_action_changes_the_content_hash() {
+        let spec = ActionSpec::Sql {
+            target: "t".into(),
+            statement: "DELETE FROM x WHERE id = $1".into(),
+            params: vec![serde_json::json!(1)],
+        };
+        let key = serde_json::json!([1]);
+        let hash = |spec: &ActionSpec, def: &str| {
+            content_hash("inv", def, [("fp", "extra", &key, spec, "k")].into_iter())
+        };
+        let base = hash(&spec, "d1");
+        assert_eq!(base, hash(&spec, "d1"));
+        assert_ne!(base, hash(&spec, "d2"));
+        let changed = ActionSpec::Sql {
+            target: "t".into(),
+            statement: "DELETE FROM x WHERE id = $1".into(),
+            params: vec![serde_json::json!(2)],
+        };
+        assert_ne!(base, hash(&changed, "d1"));
+    }
+}

@@ -1,0 +1,597 @@
+//! The systems approved actions change: writable SQL connections and HTTP APIs. This is the
+//! only code in trueup that writes to a system it monitors, and only `plan::apply` calls it,
+//! for actions of an approved plan.
+//!
+//! Exactly once on SQL targets: the action's statement and a row in the target's marker table
+//! (keyed by the action's idempotency key) commit in one transaction. A second attempt — a
+//! worker that died after committing, or two applies racing — finds the marker and does
+//! nothing. On HTTP targets every request carries the action's `Idempotency-Key`, stable
+//! across retries, plans and restarts; the receiver drops repeats.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Executor as _, Statement as _, TypeInfo as _};
+use tokio::sync::OnceCell;
+
+use super::netguard;
+use crate::config::{Config, HttpTarget, SourceKind, SqlTarget, TargetConfig};
+use crate::domain::ActionSpec;
+
+/// What executing one action did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Executed {
+    /// The change was made; details for the record (rows affected, HTTP status).
+    Applied(serde_json::Value),
+    /// The target already holds this action's marker: it was applied before.
+    AlreadyApplied,
+    Failed(String),
+}
+
+enum Pool {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+struct SqlConn {
+    cfg: SqlTarget,
+    pool: Pool,
+    marker_ready: OnceCell<()>,
+}
+
+struct HttpConn {
+    cfg: HttpTarget,
+    client: reqwest::Client,
+}
+
+enum Target {
+    Sql(SqlConn),
+    Http(HttpConn),
+}
+
+/// Every configured target, connected lazily.
+pub struct Targets {
+    by_name: BTreeMap<String, Arc<Target>>,
+}
+
+impl Targets {
+    pub fn open(config: &Config) -> Result<Self, String> {
+        let mut by_name = BTreeMap::new();
+        for (name, t) in &config.targets {
+            let target = match t {
+                TargetConfig::Sql(s) => Target::Sql(SqlConn {
+                    pool: sql_pool(s)?,
+                    cfg: s.clone(),
+                    marker_ready: OnceCell::new(),
+                }),
+                TargetConfig::Http(h) => Target::Http(HttpConn {
+                    client: http_client(h)?,
+                    cfg: h.clone(),
+                }),
+            };
+            by_name.insert(name.to_string(), Arc::new(target));
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Executes one action. `Manual` actions are never executed.
+    pub async fn execute(
+        &self,
+        spec: &ActionSpec,
+        idempotency_key: &str,
+        plan: i64,
+        seq: i64,
+    ) -> Executed {
+        let Some(name) = spec.target() else {
+            return Executed::Failed("a manual step is done by a person, not executed".into());
+        };
+        let Some(target) = self.by_name.get(name) else {
+            return Executed::Failed(format!(
+                "target `{name}` is not configured any more; add it back under `targets:` or reject the plan"
+            ));
+        };
+        match (target.as_ref(), spec) {
+            (
+                Target::Sql(conn),
+                ActionSpec::Sql {
+                    statement, params, ..
+                },
+            ) => {
+                if let Err(e) = conn.ensure_marker().await {
+                    return Executed::Failed(e);
+                }
+                conn.execute(statement, params, idempotency_key, plan, seq)
+                    .await
+            }
+            (
+                Target::Http(conn),
+                ActionSpec::Http {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    ..
+                },
+            ) => {
+                conn.execute(method, url, headers, body.as_ref(), idempotency_key)
+                    .await
+            }
+            _ => Executed::Failed(format!(
+                "target `{name}` is not a {} target any more",
+                spec.type_name()
+            )),
+        }
+    }
+
+    /// Whether the target records this action as applied (SQL markers; HTTP cannot tell).
+    pub async fn already_applied(
+        &self,
+        spec: &ActionSpec,
+        idempotency_key: &str,
+    ) -> Result<bool, String> {
+        let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
+            return Ok(false);
+        };
+        match target.as_ref() {
+            Target::Sql(conn) => conn.has_marker(idempotency_key).await,
+            Target::Http(_) => Ok(false),
+        }
+    }
+
+    pub async fn close(&self) {
+        for t in self.by_name.values() {
+            if let Target::Sql(conn) = t.as_ref() {
+                match &conn.pool {
+                    Pool::Postgres(p) => p.close().await,
+                    Pool::MySql(p) => p.close().await,
+                    Pool::Sqlite(p) => p.close().await,
+                }
+            }
+        }
+    }
+}
+
+fn sql_pool(cfg: &SqlTarget) -> Result<Pool, String> {
+    let bad = |e: sqlx::Error| format!("target `{}`: bad URL {}: {e}", cfg.name, cfg.url);
+    let timeout_ms = cfg.statement_timeout.as_std().as_millis().to_string();
+    Ok(match cfg.kind {
+        SourceKind::Postgres => Pool::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(15))
+                .connect_lazy_with(
+                    sqlx::postgres::PgConnectOptions::from_str(cfg.url.expose())
+                        .map_err(bad)?
+                        .application_name("trueup-apply")
+                        .options([("statement_timeout", timeout_ms)]),
+                ),
+        ),
+        SourceKind::MySql => Pool::MySql(
+            sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(15))
+                .connect_lazy_with(
+                    sqlx::mysql::MySqlConnectOptions::from_str(cfg.url.expose()).map_err(bad)?,
+                ),
+        ),
+        SourceKind::Sqlite => Pool::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(
+                    sqlx::sqlite::SqliteConnectOptions::from_str(cfg.url.expose())
+                        .map_err(bad)?
+                        .busy_timeout(Duration::from_secs(10)),
+                ),
+        ),
+    })
+}
+
+fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, String> {
+    let base = cfg.base_url.clone();
+    let guarded = !cfg.allow_private_network;
+    // Follow a few redirects, only under the base URL and (unless allowed) to public addresses.
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 3 {
+            return attempt.error("more than 3 redirects");
+        }
+        if !attempt.url().as_str().starts_with(&base) {
+            let to = attempt.url().to_string();
+            return attempt.error(format!("redirect to {to}, outside the target's base_url"));
+        }
+        if guarded && let Err(e) = netguard::check_url(attempt.url()) {
+            return attempt.error(e);
+        }
+        attempt.follow()
+    });
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(cfg.timeout.as_std())
+        .redirect(redirects)
+        .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")));
+    if guarded {
+        builder = builder.dns_resolver(Arc::new(netguard::GuardedResolver));
+    }
+    builder
+        .build()
+        .map_err(|e| format!("target `{}`: cannot build an HTTP client: {e}", cfg.name))
+}
+
+impl HttpConn {
+    async fn execute(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        body: Option<&serde_json::Value>,
+        idempotency_key: &str,
+    ) -> Executed {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Executed::Failed(format!("`{url}` is not a URL"));
+        };
+        if !parsed.as_str().starts_with(&self.cfg.base_url) {
+            return Executed::Failed(format!(
+                "{parsed} is outside target `{}`'s base_url {}",
+                self.cfg.name, self.cfg.base_url
+            ));
+        }
+        if !self.cfg.allow_private_network
+            && let Err(e) = netguard::check_url(&parsed)
+        {
+            return Executed::Failed(e.to_string());
+        }
+        let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+            return Executed::Failed(format!("`{method}` is not an HTTP method"));
+        };
+        let mut request = self.client.request(method, parsed);
+        for (name, value) in &self.cfg.headers {
+            request = request.header(name, value.expose());
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request = request.header("Idempotency-Key", idempotency_key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                if status.is_success() {
+                    Executed::Applied(serde_json::json!({ "http_status": status.as_u16() }))
+                } else {
+                    let text = response.text().await.unwrap_or_default();
+                    let excerpt: String = text.chars().take(300).collect();
+                    Executed::Failed(format!("HTTP {status}: {excerpt}"))
+                }
+            }
+            Err(e) => {
+                // The guard's refusal is the most useful part of a connect error.
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg = format!("{msg}: {s}");
+                    source = s.source();
+                }
+                Executed::Failed(msg)
+            }
+        }
+    }
+}
+
+impl SqlConn {
+    fn marker(&self) -> &str {
+        &self.cfg.marker_table
+    }
+
+    /// Creates the marker table if it does not exist (once per process).
+    async fn ensure_marker(&self) -> Result<(), String> {
+        self.marker_ready
+            .get_or_try_init(|| async {
+                let m = self.marker();
+                let ddl = match &self.pool {
+                    Pool::Postgres(_) => format!(
+                        "CREATE TABLE IF NOT EXISTS {m} (idempotency_key TEXT PRIMARY KEY, plan_id BIGINT NOT NULL, seq INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                    ),
+                    Pool::MySql(_) => format!(
+                        "CREATE TABLE IF NOT EXISTS {m} (idempotency_key VARCHAR(64) PRIMARY KEY, plan_id BIGINT NOT NULL, seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+                    ),
+                    Pool::Sqlite(_) => format!(
+                        "CREATE TABLE IF NOT EXISTS {m} (idempotency_key TEXT PRIMARY KEY, plan_id INTEGER NOT NULL, seq INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+                    ),
+                };
+                let created = match &self.pool {
+                    Pool::Postgres(p) => p.execute(ddl.as_str()).await.map(|_| ()),
+                    Pool::MySql(p) => p.execute(ddl.as_str()).await.map(|_| ()),
+                    Pool::Sqlite(p) => p.execute(ddl.as_str()).await.map(|_| ()),
+                };
+                match created {
+                    Ok(()) => Ok(()),
+                    // Two processes creating it at once: PostgreSQL reports a duplicate type;
+                    // the table exists either way.
+                    Err(e) if self.has_marker("").await.is_ok() => {
+                        tracing::debug!(error = %e, "marker table created concurrently");
+                        Ok(())
+                    }
+                    Err(e) => Err(format!(
+                        "target `{}`: cannot create the marker table `{m}`: {e}; create it, or grant CREATE to trueup's role",
+                        self.cfg.name
+                    )),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn has_marker(&self, key: &str) -> Result<bool, String> {
+        let m = self.marker();
+        let found = match &self.pool {
+            Pool::Postgres(p) => {
+                sqlx::query_scalar::<_, i32>(&format!(
+                    "SELECT 1 FROM {m} WHERE idempotency_key = $1"
+                ))
+                .bind(key)
+                .fetch_optional(p)
+                .await
+            }
+            Pool::MySql(p) => {
+                sqlx::query_scalar::<_, i32>(&format!(
+                    "SELECT 1 FROM {m} WHERE idempotency_key = ?"
+                ))
+                .bind(key)
+                .fetch_optional(p)
+                .await
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar::<_, i32>(&format!(
+                    "SELECT 1 FROM {m} WHERE idempotency_key = ?"
+                ))
+                .bind(key)
+                .fetch_optional(p)
+                .await
+            }
+        };
+        found
+            .map(|r| r.is_some())
+            .map_err(|e| format!("target `{}`: {e}", self.cfg.name))
+    }
+
+    async fn execute(
+        &self,
+        statement: &str,
+        params: &[serde_json::Value],
+        key: &str,
+        plan: i64,
+        seq: i64,
+    ) -> Executed {
+        let result = match &self.pool {
+            Pool::Postgres(p) => {
+                pg_execute(p, self.marker(), statement, params, key, plan, seq).await
+            }
+            Pool::MySql(p) => {
+                mysql_execute(p, self.marker(), statement, params, key, plan, seq).await
+            }
+            Pool::Sqlite(p) => {
+                sqlite_execute(p, self.marker(), statement, params, key, plan, seq).await
+            }
+        };
+        match result {
+            Ok(Some(rows)) => Executed::Applied(serde_json::json!({ "rows_affected": rows })),
+            Ok(None) => Executed::AlreadyApplied,
+            Err(e) => Executed::Failed(e),
+        }
+    }
+}
+
+/// A parameter bound with the type PostgreSQL inferred for it, so `$1` works for a NUMERIC,
+/// UUID or TIMESTAMPTZ column as well as for text.
+enum PgParam {
+    Null,
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Decimal(rust_decimal::Decimal),
+    F32(f32),
+    F64(f64),
+    Text(String),
+    Uuid(sqlx::types::Uuid),
+    Date(chrono::NaiveDate),
+    Naive(chrono::NaiveDateTime),
+    Timestamp(chrono::DateTime<chrono::Utc>),
+    Json(serde_json::Value),
+}
+
+fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam, String> {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return Ok(PgParam::Null);
+    }
+    let text = || match v {
+        J::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let wrong = |what: &str| format!("parameter ${n} ({type_name}): {v} is not {what}");
+    let int = || -> Result<i64, String> {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| wrong("an integer"))
+    };
+    let instant = || -> Result<chrono::DateTime<chrono::Utc>, String> {
+        chrono::DateTime::parse_from_rfc3339(&text())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| wrong("an RFC 3339 timestamp"))
+    };
+    Ok(match type_name {
+        "BOOL" => PgParam::Bool(v.as_bool().ok_or_else(|| wrong("a boolean"))?),
+        "INT2" => PgParam::I16(i16::try_from(int()?).map_err(|_| wrong("a SMALLINT"))?),
+        "INT4" => PgParam::I32(i32::try_from(int()?).map_err(|_| wrong("an INTEGER"))?),
+        "INT8" => PgParam::I64(int()?),
+        "NUMERIC" => PgParam::Decimal(
+            rust_decimal::Decimal::from_str(&text())
+                .or_else(|_| rust_decimal::Decimal::from_scientific(&text()))
+                .map_err(|_| wrong("a number"))?,
+        ),
+        "FLOAT4" => PgParam::F32(text().parse().map_err(|_| wrong("a number"))?),
+        "FLOAT8" => PgParam::F64(text().parse().map_err(|_| wrong("a number"))?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => PgParam::Text(text()),
+        "UUID" => PgParam::Uuid(text().parse().map_err(|_| wrong("a UUID"))?),
+        "DATE" => PgParam::Date(text().parse().map_err(|_| wrong("a date"))?),
+        "TIMESTAMP" => PgParam::Naive(instant()?.naive_utc()),
+        "TIMESTAMPTZ" => PgParam::Timestamp(instant()?),
+        "JSON" | "JSONB" => PgParam::Json(v.clone()),
+        other => {
+            return Err(format!(
+                "parameter ${n} has type {other}, which trueup does not bind; cast it in the statement, e.g. CAST({{{{...}}}} AS text)::{}",
+                other.to_lowercase()
+            ));
+        }
+    })
+}
+
+async fn pg_execute(
+    pool: &sqlx::PgPool,
+    marker: &str,
+    statement: &str,
+    params: &[serde_json::Value],
+    key: &str,
+    plan: i64,
+    seq: i64,
+) -> Result<Option<u64>, String> {
+    let err = |e: sqlx::Error| e.to_string();
+    let mut tx = pool.begin().await.map_err(err)?;
+    let fresh = sqlx::query(&format!(
+        "INSERT INTO {marker} (idempotency_key, plan_id, seq) VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING"
+    ))
+    .bind(key)
+    .bind(plan)
+    .bind(seq as i32)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(None);
+    }
+    // Ask the server what type each parameter has, then bind the values as those types.
+    let prepared = (&mut *tx).prepare(statement).await.map_err(err)?;
+    let types: Vec<String> = match prepared.parameters() {
+        Some(sqlx::Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    if types.len() != params.len() {
+        return Err(format!(
+            "the statement takes {} parameters but the action has {}",
+            types.len(),
+            params.len()
+        ));
+    }
+    let mut query = sqlx::query(statement);
+    for (n, (t, v)) in types.iter().zip(params).enumerate() {
+        query = match pg_param(t, v, n + 1)? {
+            PgParam::Null => query.bind(None::<String>),
+            PgParam::Bool(x) => query.bind(x),
+            PgParam::I16(x) => query.bind(x),
+            PgParam::I32(x) => query.bind(x),
+            PgParam::I64(x) => query.bind(x),
+            PgParam::Decimal(x) => query.bind(x),
+            PgParam::F32(x) => query.bind(x),
+            PgParam::F64(x) => query.bind(x),
+            PgParam::Text(x) => query.bind(x),
+            PgParam::Uuid(x) => query.bind(x),
+            PgParam::Date(x) => query.bind(x),
+            PgParam::Naive(x) => query.bind(x),
+            PgParam::Timestamp(x) => query.bind(x),
+            PgParam::Json(x) => query.bind(sqlx::types::Json(x)),
+        };
+    }
+    let rows = query.execute(&mut *tx).await.map_err(err)?.rows_affected();
+    tx.commit().await.map_err(err)?;
+    Ok(Some(rows))
+}
+
+/// MySQL and SQLite convert a bound string or number to the column's type themselves.
+macro_rules! bind_loose {
+    ($query:expr, $params:expr) => {{
+        let mut q = $query;
+        for v in $params {
+            q = match v {
+                serde_json::Value::Null => q.bind(None::<String>),
+                serde_json::Value::Bool(b) => q.bind(*b),
+                serde_json::Value::Number(n) if n.is_i64() => q.bind(n.as_i64()),
+                serde_json::Value::Number(n) => q.bind(n.to_string()),
+                serde_json::Value::String(s) => q.bind(s.clone()),
+                other => q.bind(other.to_string()),
+            };
+        }
+        q
+    }};
+}
+
+async fn mysql_execute(
+    pool: &sqlx::MySqlPool,
+    marker: &str,
+    statement: &str,
+    params: &[serde_json::Value],
+    key: &str,
+    plan: i64,
+    seq: i64,
+) -> Result<Option<u64>, String> {
+    let err = |e: sqlx::Error| e.to_string();
+    let mut tx = pool.begin().await.map_err(err)?;
+    let fresh = sqlx::query(&format!(
+        "INSERT IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"
+    ))
+    .bind(key)
+    .bind(plan)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(None);
+    }
+    let rows = bind_loose!(sqlx::query(statement), params)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+    tx.commit().await.map_err(err)?;
+    Ok(Some(rows))
+}
+
+async fn sqlite_execute(
+    pool: &sqlx::SqlitePool,
+    marker: &str,
+    statement: &str,
+    params: &[serde_json::Value],
+    key: &str,
+    plan: i64,
+    seq: i64,
+) -> Result<Option<u64>, String> {
+    let err = |e: sqlx::Error| e.to_string();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let fresh = sqlx::query(&format!(
+        "INSERT OR IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"
+    ))
+    .bind(key)
+    .bind(plan)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(None);
+    }
+    let rows = bind_loose!(sqlx::query(statement), params)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+    tx.commit().await.map_err(err)?;
+    Ok(Some(rows))
+}

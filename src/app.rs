@@ -86,7 +86,19 @@ impl App {
     pub async fn check(&self, names: &[String]) -> Result<Vec<RunOutcome>, AppError> {
         let selected = self.select(names)?;
         let outcomes: Vec<Result<RunOutcome, StoreError>> = futures_util::stream::iter(selected)
-            .map(|inv| runner::run_invariant(inv, &self.sources, self.store.as_ref()))
+            .map(|inv| async move {
+                let mut outcome =
+                    runner::run_invariant(inv, &self.sources, self.store.as_ref()).await?;
+                outcome.proposal = crate::plan::propose_after_run(
+                    self.store.as_ref(),
+                    &self.config,
+                    inv,
+                    &outcome,
+                    &crate::plan::Actor::local(),
+                )
+                .await;
+                Ok(outcome)
+            })
             .buffered(PARALLEL_EVALUATIONS)
             .collect()
             .await;

@@ -44,6 +44,9 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// The first new or reopened violations, else the first open ones.
     pub samples: Vec<ViolationRecord>,
+    /// The compensation plan proposed after the run, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<crate::plan::Proposal>,
 }
 
 impl RunOutcome {
@@ -128,6 +131,7 @@ pub async fn run_invariant_limited(
         open_after: 0,
         error: None,
         samples: Vec::new(),
+        proposal: None,
     };
     match evaluated {
         Ok(mut stats) => {

@@ -110,6 +110,22 @@ pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
                 o.invariant, o.open_after
             );
         }
+        match &o.proposal {
+            Some(crate::plan::Proposal::Created { plan, actions }) => {
+                let _ = writeln!(
+                    out,
+                    "      proposed plan {plan}: {} to compensate; review with `trueup plan show {plan}`",
+                    plural(*actions, "action", "actions")
+                );
+            }
+            Some(crate::plan::Proposal::Unchanged { plan }) => {
+                let _ = writeln!(
+                    out,
+                    "      plan {plan} already proposes these compensations (`trueup plan show {plan}`)"
+                );
+            }
+            _ => {}
+        }
     }
     let failed = outcomes.iter().filter(|o| o.failed()).count();
     let holding = outcomes.iter().filter(|o| o.holds()).count();

@@ -6,6 +6,7 @@
 mod check;
 mod demo_cmd;
 mod output;
+mod plans;
 mod serve_cmd;
 mod validate;
 mod violations;
@@ -69,8 +70,109 @@ pub enum Command {
     Violations(ViolationsArgs),
     /// List recent evaluation runs
     Runs(RunsArgs),
+    /// List compensation plans
+    Plans(PlansArgs),
+    /// Create, show, approve or reject a compensation plan
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Apply an approved plan (or dry-run any plan), at a bounded rate, resumably
+    Apply(ApplyArgs),
+    /// Show the append-only audit log
+    Audit(AuditArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlansArgs {
+    /// Only this invariant's plans
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Option<String>,
+    /// At most this many, newest first
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Propose a plan now from the invariant's open violations
+    Create {
+        /// The invariant
+        #[arg(long, short = 'i', value_name = "NAME")]
+        invariant: String,
+    },
+    /// Show a plan as a diff: each statement with its bound values, each request, the evidence
+    Show {
+        id: i64,
+        /// Show at most this many actions
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Output format
+        #[arg(long, short = 'f', value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Approve a plan (as `cli:$USER`, or $TRUEUP_ACTOR)
+    Approve {
+        id: i64,
+        /// The content hash you reviewed (its first characters are enough); refused if the
+        /// plan is not that content
+        #[arg(long, value_name = "HASH")]
+        hash: Option<String>,
+    },
+    /// Reject a plan
+    Reject {
+        id: i64,
+        /// Why (recorded in the audit log)
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan's id
+    pub plan: i64,
+    /// Walk every action and report what would happen, changing nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many actions: N/s, N/m, N/h or `unlimited` [default: 5/s]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Stop after this many actions fail
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub max_failures: u64,
+    /// How long an action claimed by an apply that died stays claimed before another apply
+    /// takes it over
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub lease: String,
+    /// Try actions that failed in an earlier apply again
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries about this plan
+    #[arg(long, value_name = "ID")]
+    pub plan: Option<i64>,
+    /// Only entries about this target (e.g. `invariant:payments-ledger`)
+    #[arg(long, value_name = "TARGET", conflicts_with = "plan")]
+    pub target: Option<String>,
+    /// Only entries with an id greater than this (for paging)
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    /// At most this many, oldest first
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +286,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve(args) => serve_cmd::run(cli.config.as_deref(), args).await,
             Command::Violations(args) => violations::run(cli.config.as_deref(), args).await,
             Command::Runs(args) => violations::runs(cli.config.as_deref(), args).await,
+            Command::Plans(args) => plans::list(cli.config.as_deref(), args).await,
+            Command::Plan(cmd) => plans::command(cli.config.as_deref(), cmd).await,
+            Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
+            Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
         }
     });

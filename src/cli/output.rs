@@ -35,8 +35,12 @@ fn row(v: &serde_json::Value) -> String {
 
 /// One line saying what the evidence shows.
 pub(super) fn evidence(v: &ViolationRecord) -> String {
-    let e = &v.evidence;
-    let text = match v.kind.as_str() {
+    evidence_of(&v.kind, &v.evidence)
+}
+
+/// One line saying what the evidence of a violation of `kind` shows.
+pub(super) fn evidence_of(kind: &str, e: &serde_json::Value) -> String {
+    let text = match kind {
         "missing" => format!("no right row; left: {}", row(&e["left"])),
         "extra" => format!("no left row; right: {}", row(&e["right"])),
         "duplicate" => format!(

@@ -288,6 +288,28 @@ pub async fn propose(
     })
 }
 
+/// Proposes a plan after a run that found new or reopened violations of a compensated
+/// invariant. A failure to propose is logged; it never fails the run.
+pub async fn propose_after_run(
+    store: &dyn Store,
+    config: &Config,
+    invariant: &Invariant,
+    outcome: &crate::runner::RunOutcome,
+    actor: &Actor,
+) -> Option<Proposal> {
+    let change = outcome.change?;
+    if invariant.compensate.is_empty() || change.new + change.reopened == 0 {
+        return None;
+    }
+    match propose(store, config, invariant, actor, Some(outcome.run_id), Utc::now()).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(invariant = %invariant.name, "no plan proposed: {e}");
+            None
+        }
+    }
+}
+
 /// Where a plan stands for approval.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ApprovalStatus {
@@ -299,6 +321,51 @@ pub struct ApprovalStatus {
     pub approved: bool,
     /// Whether this call added an approval (false: this identity had already approved).
     pub counted: bool,
+}
+
+/// A plan as reviewers see it: its record, where it stands and its progress.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanView {
+    #[serde(flatten)]
+    pub plan: PlanRecord,
+    /// proposed, approved, stale, rejected, superseded, applying, applied or stopped.
+    pub status: &'static str,
+    /// Identities whose approval counts (they approved the current content hash).
+    pub approvers: Vec<String>,
+    pub approved: bool,
+    /// Why it can no longer be approved or applied, if so.
+    pub stale: Option<String>,
+    pub progress: BTreeMap<crate::store::ActionStatus, u64>,
+}
+
+pub async fn view(
+    store: &dyn Store,
+    plan: PlanRecord,
+    invariant: Option<&Invariant>,
+    now: DateTime<Utc>,
+) -> Result<PlanView, PlanError> {
+    let approvers = valid_approvers(&plan);
+    let approved = approvers.len() as u32 >= plan.approvals_required;
+    let stale = match plan.state {
+        PlanState::Proposed | PlanState::Applying | PlanState::Stopped => {
+            staleness(&plan, invariant, now)
+        }
+        _ => None,
+    };
+    let status = match plan.state {
+        _ if stale.is_some() => "stale",
+        PlanState::Proposed if approved => "approved",
+        s => s.as_str(),
+    };
+    let progress = store.action_progress(plan.id).await?;
+    Ok(PlanView {
+        plan,
+        status,
+        approvers,
+        approved,
+        stale,
+        progress,
+    })
 }
 
 pub async fn load(store: &dyn Store, id: PlanId) -> Result<PlanRecord, PlanError> {

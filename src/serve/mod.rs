@@ -115,6 +115,7 @@ impl Application {
             board: Arc::new(Board::default()),
             run_timeout: settings.run_timeout.as_std(),
             cancel_runs: CancellationToken::new(),
+            config: Arc::new(app.config.clone()),
         };
         for name in channels.keys() {
             shared.metrics.declare_channel(name);

@@ -40,6 +40,8 @@ pub struct Shared {
     /// How long a claimed tick stays ours without renewal; a replica that dies loses its
     /// ticks to the others after this.
     pub lease: Duration,
+    /// For proposing compensation plans after runs.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// The schedule loops of the current invariants, one task each.
@@ -295,7 +297,15 @@ pub async fn run_once(
     match runner::run_invariant_limited(invariant, &shared.sources, shared.store.as_ref(), &limits)
         .await
     {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
+            outcome.proposal = crate::plan::propose_after_run(
+                shared.store.as_ref(),
+                &shared.config,
+                invariant,
+                &outcome,
+                &crate::plan::Actor::scheduler(),
+            )
+            .await;
             shared.metrics.record(invariant, &outcome);
             shared.board.finished(invariant.name.as_str(), &outcome);
             if let Err(e) = advance_alert(invariant, &outcome, shared).await {

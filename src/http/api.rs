@@ -228,6 +228,10 @@ pub fn openapi_document() -> serde_json::Value {
             op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
             op["responses"]["404"] = json!({"description": "No such invariant"});
         }
+        if e.path.contains("{id}") {
+            op["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}]);
+            op["responses"]["404"] = json!({"description": "No such plan"});
+        }
         match e.role {
             Some(role) => {
                 op["security"] = json!([{"bearer": []}]);

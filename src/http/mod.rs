@@ -6,6 +6,7 @@
 //! `Store` trait, the scheduler's shared state and the in-memory board.
 
 mod api;
+mod plans_api;
 pub use api::openapi_document;
 pub mod auth;
 pub mod error;
@@ -124,6 +125,55 @@ pub fn endpoints() -> Vec<Endpoint> {
             Some(Viewer),
             "Violations (`invariant`, `status`, `kind`, `since`, `until`, `after`, `limit`), keyset-paged by `next_after`.",
             get(api::list_violations),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/plans",
+            Some(Viewer),
+            "Compensation plans, newest first (`invariant`, `limit`), with status, approvals and progress.",
+            get(plans_api::list),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans",
+            Some(Operator),
+            "Propose a plan now from an invariant's open violations (body `{\"invariant\": NAME}`).",
+            post(plans_api::create),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/plans/{id}",
+            Some(Viewer),
+            "One plan: content hash, approvals, status and progress by action status.",
+            get(plans_api::get),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/plans/{id}/actions",
+            Some(Viewer),
+            "The plan's actions in order (`after`, `limit`), with evidence and outcomes.",
+            get(plans_api::actions),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/approve",
+            Some(Approver),
+            "Approve the plan as the caller (body `{\"content_hash\": ...}`: the content reviewed).",
+            post(plans_api::approve),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/reject",
+            Some(Approver),
+            "Reject the plan (body `{\"reason\": ...}`).",
+            post(plans_api::reject),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/apply",
+            Some(Operator),
+            "Dry-run (answers with the report) or apply an approved plan in the background (202; progress in GET /api/v1/plans/{id}). Body: `dry_run`, `rate`, `max_failures`, `retry_failed`.",
+            post(plans_api::apply),
         ),
         endpoint(
             Method::GET,

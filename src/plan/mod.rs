@@ -72,6 +72,8 @@ pub enum PlanError {
     },
     #[error("plan {plan}: {reason}")]
     Refused { plan: PlanId, reason: String },
+    #[error("plan {plan}: {reason}")]
+    Forbidden { plan: PlanId, reason: String },
     #[error("target `{target}`: {message}")]
     Target { target: String, message: String },
 }
@@ -301,7 +303,16 @@ pub async fn propose_after_run(
     if invariant.compensate.is_empty() || change.new + change.reopened == 0 {
         return None;
     }
-    match propose(store, config, invariant, actor, Some(outcome.run_id), Utc::now()).await {
+    match propose(
+        store,
+        config,
+        invariant,
+        actor,
+        Some(outcome.run_id),
+        Utc::now(),
+    )
+    .await
+    {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(invariant = %invariant.name, "no plan proposed: {e}");
@@ -468,13 +479,13 @@ pub async fn approve(
     now: DateTime<Utc>,
 ) -> Result<ApprovalStatus, PlanError> {
     if actor.role < Role::Approver {
-        return Err(PlanError::refused(
-            id,
-            format!(
+        return Err(PlanError::Forbidden {
+            plan: id,
+            reason: format!(
                 "`{}` has the {} role; approving needs approver or admin",
                 actor.name, actor.role
             ),
-        ));
+        });
     }
     let plan = load(store, id).await?;
     if plan.state != PlanState::Proposed {
@@ -504,13 +515,13 @@ pub async fn approve(
         ));
     }
     if plan.has_manual && plan.proposed_by == actor.name {
-        return Err(PlanError::refused(
-            id,
-            format!(
+        return Err(PlanError::Forbidden {
+            plan: id,
+            reason: format!(
                 "`{}` proposed this plan and it has manual steps; someone else must approve it",
                 actor.name
             ),
-        ));
+        });
     }
     verify_content(store, &plan).await?;
     let counted = store
@@ -536,13 +547,13 @@ pub async fn reject(
     now: DateTime<Utc>,
 ) -> Result<(), PlanError> {
     if actor.role < Role::Approver {
-        return Err(PlanError::refused(
-            id,
-            format!(
+        return Err(PlanError::Forbidden {
+            plan: id,
+            reason: format!(
                 "`{}` has the {} role; rejecting needs approver or admin",
                 actor.name, actor.role
             ),
-        ));
+        });
     }
     let reason = reason.trim();
     if reason.is_empty() {

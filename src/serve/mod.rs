@@ -39,6 +39,8 @@ pub enum ServeError {
     Channel { channel: String, message: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Target(String),
     #[error(
         "another trueup serve ({others}) is using this SQLite store; SQLite supports a single replica. Stop it, or move the store to PostgreSQL to run several"
     )]
@@ -104,7 +106,10 @@ impl Application {
         } else {
             Some(lock_sqlite_store(app.config.store.expose(), &others)?)
         };
+        let targets =
+            crate::plan::targets::Targets::open(&app.config).map_err(ServeError::Target)?;
         let shared = Shared {
+            targets: Arc::new(targets),
             replica,
             lease: settings.lease.as_std(),
             channels: Arc::new(channels.keys().cloned().collect()),

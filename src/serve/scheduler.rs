@@ -42,6 +42,8 @@ pub struct Shared {
     pub lease: Duration,
     /// For proposing compensation plans after runs.
     pub config: Arc<crate::config::Config>,
+    /// What applied plans change.
+    pub targets: Arc<crate::plan::targets::Targets>,
 }
 
 /// The schedule loops of the current invariants, one task each.

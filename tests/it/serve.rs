@@ -327,7 +327,9 @@ async fn every_route_checks_its_token_and_role() {
     for e in &endpoints {
         let url = format!(
             "{base}{}",
-            e.path.replace("{name}", "fulfilled-orders-paid")
+            e.path
+                .replace("{name}", "fulfilled-orders-paid")
+                .replace("{id}", "999999")
         );
         let method = reqwest::Method::from_bytes(e.method.as_str().as_bytes()).unwrap();
         let Some(needed) = e.role else {
@@ -361,6 +363,11 @@ async fn every_route_checks_its_token_and_role() {
             if role < needed {
                 assert_eq!(status, 403, "{role} on {} {}: {body}", e.method, e.path);
                 assert!(body.contains(&format!("this needs {needed}")), "{body}");
+            } else if e.path.starts_with("/api/v1/plans") && e.path != "/api/v1/plans" {
+                // Past the role check, a plan that does not exist is the handler's answer.
+                assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
+            } else if e.path == "/api/v1/plans" && e.method == axum::http::Method::POST {
+                assert_eq!(status, 400, "{role} on {} {}: {body}", e.method, e.path);
             } else {
                 assert!(
                     status == 200,

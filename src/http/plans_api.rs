@@ -1,0 +1,300 @@
+//! `/api/v1/plans`: review, approve, reject and apply compensation plans, as the caller's
+//! token identity.
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::plan::apply::{self, ApplyEnv, ApplyOptions, Rate};
+use crate::plan::{self, Actor, PlanError};
+use crate::store::PlanId;
+
+use super::HttpState;
+use super::auth::Caller;
+use super::error::ApiError;
+
+const MAX_PAGE: u32 = 1000;
+
+impl From<PlanError> for ApiError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::NotFound(_) => ApiError::not_found(e.to_string()),
+            PlanError::Forbidden { .. } => ApiError::forbidden(e.to_string()),
+            PlanError::Refused { .. }
+            | PlanError::NoCompensation(_)
+            | PlanError::Render { .. }
+            | PlanError::Target { .. } => ApiError::conflict(e.to_string()),
+            PlanError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+fn actor(caller: &Caller) -> Actor {
+    Actor {
+        name: caller.name.clone(),
+        role: caller.role,
+    }
+}
+
+async fn audit(
+    state: &HttpState,
+    caller: &Caller,
+    action: &str,
+    plan: Option<PlanId>,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let target = plan.map_or_else(|| "plans".to_owned(), |p| format!("plan:{p}"));
+    state
+        .shared
+        .store
+        .audit(&caller.name, action, &target, &details, Utc::now())
+        .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlansQuery {
+    invariant: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn list(
+    State(state): State<HttpState>,
+    Query(q): Query<PlansQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let plans = state
+        .shared
+        .store
+        .plans(
+            q.invariant.as_deref(),
+            q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
+        )
+        .await?;
+    let now = Utc::now();
+    let mut items = Vec::new();
+    for p in plans {
+        let inv = state.catalog.find(&p.invariant);
+        items.push(plan::view(state.shared.store.as_ref(), p, inv.as_deref(), now).await?);
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ActionsQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn get(
+    State(state): State<HttpState>,
+    Path(id): Path<PlanId>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p = plan::load(state.shared.store.as_ref(), id).await?;
+    let inv = state.catalog.find(&p.invariant);
+    let view = plan::view(state.shared.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
+    Ok(Json(json!({ "plan": view })))
+}
+
+pub(super) async fn actions(
+    State(state): State<HttpState>,
+    Path(id): Path<PlanId>,
+    Query(q): Query<ActionsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    plan::load(state.shared.store.as_ref(), id).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let items = state.shared.store.plan_actions(id, q.after, limit).await?;
+    let next_after = (items.len() as u32 == limit)
+        .then(|| items.last().map(|a| a.seq))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_after": next_after })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateBody {
+    invariant: String,
+}
+
+pub(super) async fn create(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    body: Option<Json<CreateBody>>,
+) -> Result<Response, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send a JSON body {\"invariant\": \"NAME\"}",
+        ));
+    };
+    let inv = state
+        .catalog
+        .find(&body.invariant)
+        .ok_or_else(|| ApiError::not_found(format!("no invariant named `{}`", body.invariant)))?;
+    audit(
+        &state,
+        &caller,
+        "plan.create.requested",
+        None,
+        json!({"invariant": body.invariant}),
+    )
+    .await?;
+    let proposal = plan::propose(
+        state.shared.store.as_ref(),
+        &state.shared.config,
+        &inv,
+        &actor(&caller),
+        None,
+        Utc::now(),
+    )
+    .await?;
+    let status = match proposal {
+        plan::Proposal::Created { .. } => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(proposal)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApproveBody {
+    /// The content hash the approver reviewed.
+    content_hash: String,
+}
+
+pub(super) async fn approve(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+    body: Option<Json<ApproveBody>>,
+) -> Result<Json<plan::ApprovalStatus>, ApiError> {
+    let p = plan::load(state.shared.store.as_ref(), id).await?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send a JSON body {\"content_hash\": \"...\"} with the hash of the plan you reviewed (GET /api/v1/plans/{id})",
+        ));
+    };
+    let inv = state.catalog.find(&p.invariant);
+    let status = plan::approve(
+        state.shared.store.as_ref(),
+        id,
+        inv.as_deref(),
+        &actor(&caller),
+        Some(&body.content_hash),
+        Utc::now(),
+    )
+    .await?;
+    Ok(Json(status))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RejectBody {
+    reason: String,
+}
+
+pub(super) async fn reject(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+    body: Option<Json<RejectBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    plan::load(state.shared.store.as_ref(), id).await?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request(
+            "send a JSON body {\"reason\": \"...\"}",
+        ));
+    };
+    plan::reject(
+        state.shared.store.as_ref(),
+        id,
+        &actor(&caller),
+        &body.reason,
+        Utc::now(),
+    )
+    .await?;
+    Ok(Json(json!({ "plan": id, "state": "rejected" })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApplyBody {
+    #[serde(default)]
+    dry_run: bool,
+    rate: Option<String>,
+    max_failures: Option<u64>,
+    #[serde(default)]
+    retry_failed: bool,
+}
+
+/// A dry run answers with its report. A live apply starts in the background and answers 202;
+/// its progress is in `GET /api/v1/plans/{id}`.
+pub(super) async fn apply(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+    body: Option<Json<ApplyBody>>,
+) -> Result<Response, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let rate = match &body.rate {
+        Some(r) => Rate::parse(r).map_err(ApiError::bad_request)?,
+        None => Rate::DEFAULT,
+    };
+    let opts = ApplyOptions {
+        dry_run: body.dry_run,
+        rate,
+        max_failures: body.max_failures.unwrap_or(10).max(1),
+        retry_failed: body.retry_failed,
+        ..ApplyOptions::default()
+    };
+    let p = plan::load(state.shared.store.as_ref(), id).await?;
+    let inv = state.catalog.find(&p.invariant);
+    audit(
+        &state,
+        &caller,
+        "plan.apply.requested",
+        Some(id),
+        json!({"dry_run": opts.dry_run, "rate": rate.to_string(), "max_failures": opts.max_failures}),
+    )
+    .await?;
+    let who = actor(&caller);
+    let worker = format!("{}:{}", state.shared.replica, caller.name);
+    if opts.dry_run {
+        let env = ApplyEnv {
+            store: state.shared.store.as_ref(),
+            sources: &state.shared.sources,
+            targets: &state.shared.targets,
+            invariant: inv.as_deref(),
+            actor: &who,
+            worker,
+        };
+        let report = apply::apply(&env, id, &opts, &state.shared.cancel_runs, &|_| {}).await?;
+        return Ok(Json(report).into_response());
+    }
+    // Refuse an unapproved or stale plan now, with its reason, rather than in the background.
+    plan::check_applicable(state.shared.store.as_ref(), &p, inv.as_deref(), Utc::now()).await?;
+    let shared = state.shared.clone();
+    tokio::spawn(async move {
+        let env = ApplyEnv {
+            store: shared.store.as_ref(),
+            sources: &shared.sources,
+            targets: &shared.targets,
+            invariant: inv.as_deref(),
+            actor: &who,
+            worker,
+        };
+        match apply::apply(&env, id, &opts, &shared.cancel_runs, &|_| {}).await {
+            Ok(r) => tracing::info!(plan = id, state = r.state.as_str(), "apply finished"),
+            Err(e) => tracing::error!(plan = id, "apply failed: {e}"),
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "plan": id, "state": "applying", "progress": format!("/api/v1/plans/{id}") })),
+    )
+        .into_response())
+}

@@ -85,24 +85,25 @@ impl App {
     /// Evaluates the selected invariants now, a few at a time; results in selection order.
     pub async fn check(&self, names: &[String]) -> Result<Vec<RunOutcome>, AppError> {
         let selected = self.select(names)?;
-        let outcomes: Vec<Result<RunOutcome, StoreError>> = futures_util::stream::iter(selected)
-            .map(|inv| async move {
-                let mut outcome =
-                    runner::run_invariant(inv, &self.sources, self.store.as_ref()).await?;
-                outcome.proposal = crate::plan::propose_after_run(
-                    self.store.as_ref(),
-                    &self.config,
-                    inv,
-                    &outcome,
-                    &crate::plan::Actor::local(),
-                )
+        let outcomes: Vec<Result<RunOutcome, StoreError>> =
+            futures_util::stream::iter(selected.iter().copied())
+                .map(|inv| runner::run_invariant(inv, &self.sources, self.store.as_ref()))
+                .buffered(PARALLEL_EVALUATIONS)
+                .collect()
                 .await;
-                Ok(outcome)
-            })
-            .buffered(PARALLEL_EVALUATIONS)
-            .collect()
+        let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Proposed in selection order, so plan numbers follow the invariants' order.
+        for (inv, outcome) in selected.iter().zip(outcomes.iter_mut()) {
+            outcome.proposal = crate::plan::propose_after_run(
+                self.store.as_ref(),
+                &self.config,
+                inv,
+                outcome,
+                &crate::plan::Actor::local(),
+            )
             .await;
-        Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
+        }
+        Ok(outcomes)
     }
 
     pub async fn close(&self) {

@@ -22,6 +22,10 @@ sources:
     url: sqlite://shop.db
   ledger:
     url: sqlite://ledger.db
+# What approved compensating actions may change: a writable connection to the ledger.
+targets:
+  ledger-writer:
+    url: sqlite://ledger.db
 ";
 
 /// What the demo plants, per invariant and kind: what `trueup check` must find.

@@ -54,6 +54,17 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         println!("  {c} check");
         println!("  # repair two of them, then check: they resolve");
         println!("  {program} demo --dir {} --repair", dir.display());
+        println!(
+            "  # review the proposed repair of payments-ledger: a diff of SQL with bound values"
+        );
+        println!("  {c} plans");
+        println!("  {c} plan show 1");
+        println!("  # it is critical: two different people approve it, then a dry run, then apply");
+        println!("  TRUEUP_ACTOR=alice {c} plan approve 1");
+        println!("  TRUEUP_ACTOR=bob {c} plan approve 1");
+        println!("  {c} apply 1 --dry-run");
+        println!("  {c} apply 1");
+        println!("  {c} audit --plan 1");
         println!("  # lint the invariant files");
         println!("  {c} validate");
     }

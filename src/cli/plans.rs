@@ -185,7 +185,9 @@ fn print_action(a: &ActionRecord) {
             params,
         } => {
             println!("    sql on {target}:");
-            println!("      {statement}");
+            for line in statement.lines() {
+                println!("      {line}");
+            }
             for (i, p) in params.iter().enumerate() {
                 let n = if statement.contains(&format!("${}", i + 1)) {
                     format!("${}", i + 1)

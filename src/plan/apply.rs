@@ -234,7 +234,8 @@ pub fn summary(spec: &ActionSpec) -> String {
             params,
         } => {
             let values: Vec<String> = params.iter().map(ToString::to_string).collect();
-            format!("sql {target}: {statement} -- [{}]", values.join(", "))
+            let one_line = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("sql {target}: {one_line} -- [{}]", values.join(", "))
         }
         ActionSpec::Http {
             target,
@@ -528,6 +529,31 @@ async fn live(
                 },
             )
             .await?;
+    } else if let Some(&failed) = env
+        .store
+        .action_progress(id)
+        .await?
+        .get(&ActionStatus::Failed)
+        .filter(|n| **n > 0)
+    {
+        let why = format!(
+            "{failed} action(s) failed; fix the cause and run `trueup apply {id} --retry-failed`"
+        );
+        env.store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Stopped,
+                    by: &env.actor.name,
+                    reason: Some(&why),
+                    at: Utc::now(),
+                    audit_action: "plan.apply.stop",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+        report.stopped = Some(why);
     } else {
         let finished_it = env
             .store

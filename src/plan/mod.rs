@@ -37,6 +37,7 @@ impl Actor {
     pub fn local() -> Self {
         let user = std::env::var("TRUEUP_ACTOR")
             .or_else(|_| std::env::var("USER"))
+            .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into());
         Self {
             name: format!("cli:{user}"),

@@ -156,6 +156,7 @@ impl Targets {
 
 fn sql_pool(cfg: &SqlTarget) -> Result<Pool, String> {
     let bad = |e: sqlx::Error| format!("target `{}`: bad URL {}: {e}", cfg.name, cfg.url);
+    // (Errors while executing name the target once, where they are reported.)
     let timeout_ms = cfg.statement_timeout.as_std().as_millis().to_string();
     Ok(match cfg.kind {
         SourceKind::Postgres => Pool::Postgres(
@@ -311,7 +312,7 @@ impl SqlConn {
                     Ok(()) => Ok(()),
                     // Two processes creating it at once: PostgreSQL reports a duplicate type;
                     // the table exists either way.
-                    Err(e) if self.has_marker("").await.is_ok() => {
+                    Err(e) if self.marker_exists().await == Ok(true) => {
                         tracing::debug!(error = %e, "marker table created concurrently");
                         Ok(())
                     }
@@ -325,7 +326,37 @@ impl SqlConn {
             .map(|_| ())
     }
 
+    /// Whether the marker table exists (a dry run must not create it).
+    async fn marker_exists(&self) -> Result<bool, String> {
+        let m = self.marker();
+        let n: Result<i64, sqlx::Error> = match &self.pool {
+            Pool::Postgres(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = $1 AND schemaname = ANY (current_schemas(false))")
+                    .bind(m)
+                    .fetch_one(p)
+                    .await
+            }
+            Pool::MySql(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?")
+                    .bind(m)
+                    .fetch_one(p)
+                    .await
+            }
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?")
+                    .bind(m)
+                    .fetch_one(p)
+                    .await
+            }
+        };
+        n.map(|n| n > 0)
+            .map_err(|e| format!("cannot reach it: {e}"))
+    }
+
     async fn has_marker(&self, key: &str) -> Result<bool, String> {
+        if self.marker_ready.get().is_none() && !self.marker_exists().await? {
+            return Ok(false);
+        }
         let m = self.marker();
         let found = match &self.pool {
             Pool::Postgres(p) => {
@@ -355,7 +386,7 @@ impl SqlConn {
         };
         found
             .map(|r| r.is_some())
-            .map_err(|e| format!("target `{}`: {e}", self.cfg.name))
+            .map_err(|e| format!("cannot read the marker table `{m}`: {e}"))
     }
 
     async fn execute(

@@ -382,7 +382,8 @@ async fn live(
     if opts.retry_failed {
         env.store.retry_failed_actions(id).await?;
     }
-    env.store
+    let started_here = env
+        .store
         .transition_plan(
             id,
             &Transition {
@@ -400,6 +401,15 @@ async fn live(
             },
         )
         .await?;
+    if !started_here {
+        // Another apply finished (or ended) the plan in the meantime.
+        let now = load(env.store, id).await?;
+        return Err(PlanError::refused(
+            id,
+            staleness(&now, env.invariant, Utc::now())
+                .unwrap_or_else(|| format!("it is {}", now.state.as_str())),
+        ));
+    }
     let mut report = ApplyReport::new(id, false);
     let mut ticker = opts.rate.period().map(|p| {
         // The first action waits one period too: N actions take at least N periods.

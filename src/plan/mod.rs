@@ -112,8 +112,32 @@ pub fn idempotency_key(invariant: &str, fingerprint: &str, spec: &ActionSpec) ->
     h.update([0]);
     h.update(fingerprint);
     h.update([0]);
-    h.update(serde_json::to_string(spec).unwrap_or_default());
+    h.update(canonical(&serde_json::to_value(spec).unwrap_or_default()));
     format!("trueup-{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// JSON text with object keys sorted at every level: the same value gives the same text
+/// whichever store kept it (PostgreSQL's JSONB reorders keys).
+fn canonical(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(sorted).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    sorted(v).to_string()
 }
 
 /// The content hash of a plan: its invariant, definition and actions, in order.
@@ -135,9 +159,10 @@ pub fn content_hash<'a>(
     h.update([0]);
     h.update(definition_hash);
     for (seq, (fingerprint, kind, key, spec, idem)) in actions.enumerate() {
+        let spec = serde_json::to_value(spec).unwrap_or_default();
         let line = serde_json::json!([seq + 1, fingerprint, kind, key, spec, idem]);
         h.update([0]);
-        h.update(line.to_string());
+        h.update(canonical(&line));
     }
     hex::encode(h.finalize())
 }
@@ -258,6 +283,7 @@ pub async fn propose(
         .into_iter()
         .find(|p| p.state == PlanState::Proposed && p.expires_at > now)
         && open.content_hash == hash
+        && verify_content(store, &open).await.is_ok()
     {
         return Ok(Proposal::Unchanged { plan: open.id });
     }
@@ -639,6 +665,27 @@ mod tests {
             instructions: "y".into(),
         };
         assert_ne!(a, idempotency_key("inv", "fp1", &other));
+    }
+
+    #[test]
+    fn the_content_hash_does_not_depend_on_the_order_a_store_keeps_json_keys_in() {
+        let spec = |body: serde_json::Value| ActionSpec::Http {
+            target: "t".into(),
+            method: "POST".into(),
+            url: "https://x/".into(),
+            headers: Default::default(),
+            body: Some(body),
+        };
+        let a: serde_json::Value = serde_json::from_str(r#"{"event_id": 1, "amount": 2}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"amount": 2, "event_id": 1}"#).unwrap();
+        let key = serde_json::json!([1]);
+        let hash =
+            |s: &ActionSpec| content_hash("i", "d", [("f", "missing", &key, s, "k")].into_iter());
+        assert_eq!(hash(&spec(a.clone())), hash(&spec(b.clone())));
+        assert_eq!(
+            idempotency_key("i", "f", &spec(a)),
+            idempotency_key("i", "f", &spec(b))
+        );
     }
 
     #[test]

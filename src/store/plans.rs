@@ -282,7 +282,9 @@ pub trait PlanStore: Send + Sync {
 }
 
 macro_rules! impl_plan_store {
-    ($store:ty, $db:ty, $begin:literal, $skip_locked:literal) => {
+    // `$for_update` locks the plan row while its state changes (PostgreSQL); SQLite's
+    // `BEGIN IMMEDIATE` already admits one writer.
+    ($store:ty, $db:ty, $begin:literal, $skip_locked:literal, $for_update:literal) => {
         impl $store {
             fn plan_row(
                 row: &<$db as sqlx::Database>::Row,
@@ -556,7 +558,7 @@ macro_rules! impl_plan_store {
             ) -> Result<bool, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let current: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM plans WHERE id = $1")
+                    sqlx::query_scalar(concat!("SELECT state FROM plans WHERE id = $1 ", $for_update))
                         .bind(plan)
                         .fetch_optional(&mut *tx)
                         .await?;

@@ -39,7 +39,13 @@ impl PgStore {
     }
 }
 
-super::plans::impl_plan_store!(PgStore, sqlx::Postgres, "BEGIN", "FOR UPDATE SKIP LOCKED");
+super::plans::impl_plan_store!(
+    PgStore,
+    sqlx::Postgres,
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED",
+    "FOR UPDATE"
+);
 
 super::ledger::impl_store!(
     PgStore,

@@ -42,7 +42,7 @@ impl SqliteStore {
     }
 }
 
-super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");
+super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
 
 super::ledger::impl_store!(
     SqliteStore,

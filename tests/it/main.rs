@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod notify;
+mod plans;
 mod reconcile;
 mod replicas;
 mod serve;

@@ -14,7 +14,7 @@ use crate::helpers::TestPg;
 
 /// Starts the application on a free port; returns its base URL, a shutdown trigger and the
 /// task serving it.
-async fn start(
+pub(crate) async fn start(
     config: Config,
 ) -> (
     String,
@@ -42,7 +42,7 @@ pub const APPROVER: &str = "approver-token-0123456789abcdef";
 pub const ADMIN: &str = "admin-token-0123456789abcdef";
 
 /// A `serve:` block with one token per role (given as hashes, as a config file would).
-fn tokens_yaml(extra: &str) -> String {
+pub(crate) fn tokens_yaml(extra: &str) -> String {
     let hash = |t: &str| hex::encode(trueup::config::ApiToken::digest(t));
     format!(
         "serve:\n{extra}  tokens:\n    - {{name: vera, role: viewer, sha256: {}}}\n    - {{name: otto, role: operator, sha256: {}}}\n    - {{name: april, role: approver, sha256: {}}}\n    - {{name: ada, role: admin, sha256: {}}}\n",
@@ -57,7 +57,7 @@ async fn get(url: &str) -> (u16, String) {
     call(reqwest::Method::GET, url, Some(VIEWER)).await
 }
 
-async fn call(method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn call(method: reqwest::Method, url: &str, token: Option<&str>) -> (u16, String) {
     let mut req = reqwest::Client::new().request(method, url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -74,7 +74,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

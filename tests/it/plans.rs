@@ -785,7 +785,11 @@ async fn a_rate_of_50_per_second_spreads_500_actions_over_at_least_10_seconds() 
         EVENTS_RULES,
     );
     // Exit 1: violations are open (and a plan is proposed).
-    let checked = trueup(&config).arg("check").env("TRUEUP_ACTOR", "proposer").output().unwrap();
+    let checked = trueup(&config)
+        .arg("check")
+        .env("TRUEUP_ACTOR", "proposer")
+        .output()
+        .unwrap();
     assert_eq!(checked.status.code(), Some(1));
     run_ok(trueup(&config).args(["plan", "approve", "1"]));
     let started = Instant::now();
@@ -1118,4 +1122,160 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
             "sqlite {filter:?}"
         );
     }
+}
+
+async fn post_json(url: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) =
+        crate::serve::call(reqwest::Method::GET, url, Some(crate::serve::VIEWER)).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_progress() {
+    use crate::serve::{ADMIN, APPROVER, OPERATOR, VIEWER};
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(dir.path(), None, &crate::serve::tokens_yaml("")).await;
+    let (base, stop, task, _store) = crate::serve::start(config).await;
+
+    // A requested run proposes the demo's payments-ledger plan (critical: two approvers).
+    let (status, body) = crate::serve::call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/invariants/payments-ledger/runs"),
+        Some(OPERATOR),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let plans = get_json(&format!("{base}/api/v1/plans?invariant=payments-ledger")).await;
+    let plan = &plans["items"][0];
+    let id = plan["id"].as_i64().unwrap();
+    let hash = plan["content_hash"].as_str().unwrap().to_owned();
+    assert_eq!(plan["status"], "proposed");
+    assert_eq!(plan["approvals_required"], 2);
+    assert_eq!(plan["proposed_by"], "scheduler");
+    let actions = get_json(&format!("{base}/api/v1/plans/{id}/actions")).await;
+    assert_eq!(actions["items"].as_array().unwrap().len(), 8);
+
+    let approve = format!("{base}/api/v1/plans/{id}/approve");
+    // A viewer cannot approve, and neither can an operator.
+    for token in [VIEWER, OPERATOR] {
+        let (status, body) =
+            post_json(&approve, token, serde_json::json!({"content_hash": hash})).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // Approval binds to the content reviewed.
+    let (status, body) = post_json(
+        &approve,
+        APPROVER,
+        serde_json::json!({"content_hash": "0000"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // One identity approving twice still needs a second approver.
+    for _ in 0..2 {
+        let (status, body) = post_json(
+            &approve,
+            APPROVER,
+            serde_json::json!({"content_hash": hash}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["approved"], false, "{body}");
+        assert_eq!(body["approvers"], serde_json::json!(["april"]));
+    }
+    let apply_url = format!("{base}/api/v1/plans/{id}/apply");
+    let (status, body) = post_json(&apply_url, OPERATOR, serde_json::json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not approved: 1 of 2"),
+        "{body}"
+    );
+    let (status, body) =
+        post_json(&approve, ADMIN, serde_json::json!({"content_hash": hash})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["approved"], true, "{body}");
+
+    // Dry run answers with the report; the live apply runs in the background.
+    let (status, dry) = post_json(&apply_url, OPERATOR, serde_json::json!({"dry_run": true})).await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["counts"]["would_apply"], 6, "{dry}");
+    assert_eq!(dry["counts"]["manual"], 2, "{dry}");
+    let (status, body) =
+        post_json(&apply_url, OPERATOR, serde_json::json!({"rate": "100/s"})).await;
+    assert_eq!(status, 202, "{body}");
+    // The apply that finishes a plan marks it applied, then records its verification.
+    crate::serve::wait_for(
+        "the plan applied and verified",
+        Duration::from_secs(20),
+        || {
+            let url = format!("{base}/api/v1/plans/{id}");
+            async move {
+                let plan = get_json(&url).await;
+                plan["plan"]["status"] == "applied" && !plan["plan"]["verification"].is_null()
+            }
+        },
+    )
+    .await;
+    let done = get_json(&format!("{base}/api/v1/plans/{id}")).await;
+    assert_eq!(done["plan"]["progress"]["applied"], 6, "{done}");
+    assert_eq!(done["plan"]["progress"]["manual"], 2, "{done}");
+    assert_eq!(done["plan"]["verification"]["closed"], 6, "{done}");
+
+    // The next run resolves what the plan repaired; the manual steps' violations stay open.
+    let (_, body) = crate::serve::call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/invariants/payments-ledger/runs"),
+        Some(OPERATOR),
+    )
+    .await;
+    let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(run["change"]["resolved"], 6, "{run}");
+    assert_eq!(run["open_after"], 2, "{run}");
+    let audit = get_json_as(&format!("{base}/api/v1/audit?target=plan:{id}"), ADMIN).await;
+    let actors: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        actors.contains(&("april".into(), "plan.approve".into())),
+        "{actors:?}"
+    );
+    assert!(
+        actors.contains(&("ada".into(), "plan.approve".into())),
+        "{actors:?}"
+    );
+    assert!(
+        actors.contains(&("otto".into(), "plan.apply.start".into())),
+        "{actors:?}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+async fn get_json_as(url: &str, token: &str) -> serde_json::Value {
+    let (status, body) = crate::serve::call(reqwest::Method::GET, url, Some(token)).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
 }

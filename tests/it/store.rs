@@ -422,3 +422,207 @@ async fn the_outbox_claims_retries_and_delivers_once_on_postgres() {
     let db = TestPg::new().await;
     outbox_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+/// Claims, leases and their rescue, approvals and state changes of plans.
+async fn plan_story(store: Arc<dyn Store>) {
+    use trueup::domain::ActionSpec;
+    use trueup::store::{ActionStatus, NewAction, NewPlan, PlanState, Transition};
+    let t0 = Utc::now();
+    let action = |n: i64| NewAction {
+        fingerprint: format!("fp{n}"),
+        violation_kind: ViolationKind::Missing,
+        key: json!([n]),
+        evidence: json!({"left": {"id": n}}),
+        spec: ActionSpec::Manual {
+            instructions: format!("fix {n}"),
+        },
+        idempotency_key: format!("key-{n}"),
+    };
+    let new_plan = NewPlan {
+        invariant: "inv".into(),
+        definition_hash: "d".into(),
+        content_hash: "c".into(),
+        severity: "high".into(),
+        approvals_required: 1,
+        has_manual: true,
+        proposed_by: "otto".into(),
+        proposed_at: t0,
+        expires_at: t0 + chrono::TimeDelta::hours(1),
+        source_run_id: None,
+        counts: json!({}),
+    };
+    let id = store
+        .create_plan(&new_plan, &[action(1), action(2), action(3)])
+        .await
+        .unwrap();
+    let lease = chrono::TimeDelta::seconds(10);
+    let a = store
+        .claim_action(id, "w1", t0, t0 + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .claim_action(id, "w2", t0, t0 + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert_eq!(a.spec, action(1).spec);
+    // Another worker cannot record an action it does not hold.
+    assert!(
+        !store
+            .finish_action(id, 1, "w2", "otto", ActionStatus::Applied, &json!({}), t0)
+            .await
+            .unwrap()
+    );
+    // w1 dies: after its lease, its action is taken over first, with a second attempt.
+    let later = t0 + chrono::TimeDelta::seconds(11);
+    let rescued = store
+        .claim_action(id, "w3", later, later + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rescued.seq, rescued.attempts), (1, 2));
+    assert!(
+        !store
+            .finish_action(
+                id,
+                1,
+                "w1",
+                "otto",
+                ActionStatus::Applied,
+                &json!({}),
+                later
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_action(
+                id,
+                1,
+                "w3",
+                "otto",
+                ActionStatus::Applied,
+                &json!({"result": "applied"}),
+                later
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_action(
+                id,
+                2,
+                "w2",
+                "otto",
+                ActionStatus::Failed,
+                &json!({"result": "failed"}),
+                later
+            )
+            .await
+            .unwrap()
+    );
+    let c = store
+        .claim_action(id, "w2", later, later + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release_action(id, c.seq, "w2").await.unwrap();
+    let progress = store.action_progress(id).await.unwrap();
+    assert_eq!(progress.get(&ActionStatus::Applied), Some(&1));
+    assert_eq!(progress.get(&ActionStatus::Failed), Some(&1));
+    assert_eq!(progress.get(&ActionStatus::Pending), Some(&1));
+    assert_eq!(store.retry_failed_actions(id).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .action_progress(id)
+            .await
+            .unwrap()
+            .get(&ActionStatus::Pending),
+        Some(&2)
+    );
+    assert!(store.applied_elsewhere("key-1", id + 1).await.unwrap());
+    assert!(!store.applied_elsewhere("key-1", id).await.unwrap());
+
+    // One approval per identity.
+    assert!(store.approve_plan(id, "alice", "c", t0).await.unwrap());
+    assert!(!store.approve_plan(id, "alice", "c", t0).await.unwrap());
+    assert_eq!(store.plan(id).await.unwrap().unwrap().approvals.len(), 1);
+    // A state change happens only from the states it names.
+    let change = |from: &'static [PlanState], to| Transition {
+        from,
+        to,
+        by: "otto",
+        reason: None,
+        at: t0,
+        audit_action: "plan.test",
+        details: json!({}),
+    };
+    assert!(
+        !store
+            .transition_plan(id, &change(&[PlanState::Applying], PlanState::Applied))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .transition_plan(id, &change(&[PlanState::Proposed], PlanState::Applying))
+            .await
+            .unwrap()
+    );
+    // A newer plan supersedes a proposed one, not one being applied.
+    let newer = store.create_plan(&new_plan, &[action(1)]).await.unwrap();
+    assert_eq!(
+        store.plan(id).await.unwrap().unwrap().state,
+        PlanState::Applying
+    );
+    let third = store.create_plan(&new_plan, &[action(1)]).await.unwrap();
+    assert_eq!(
+        store.plan(newer).await.unwrap().unwrap().state,
+        PlanState::Superseded
+    );
+    let listed: Vec<i64> = store
+        .plans(Some("inv"), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(listed, vec![third, newer, id]);
+    let audit = store
+        .audit_log(Some(&format!("plan:{id}")), None, 50)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "plan.propose",
+            "action.applied",
+            "action.failed",
+            "plan.approve",
+            "plan.approve",
+            "plan.test"
+        ]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn plans_claim_rescue_and_approve_the_same_way_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    plan_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn plans_claim_rescue_and_approve_the_same_way_on_postgres() {
+    let db = TestPg::new().await;
+    plan_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

@@ -188,6 +188,8 @@ pub struct ApplyReport {
     /// The plan's state afterwards.
     pub state: PlanState,
     pub verification: Option<Verification>,
+    /// Until this apply's last action was recorded (before any verification).
+    pub actions_secs: f64,
     pub elapsed_secs: f64,
 }
 
@@ -201,6 +203,7 @@ impl ApplyReport {
             stopped: None,
             state: PlanState::Proposed,
             verification: None,
+            actions_secs: 0.0,
             elapsed_secs: 0.0,
         }
     }
@@ -524,6 +527,7 @@ async fn live(
         }
     }
     report_progress(done_here, true, &mut last_progress).await?;
+    report.actions_secs = started.elapsed().as_secs_f64();
     if let Some(why) = &report.stopped {
         env.store
             .transition_plan(

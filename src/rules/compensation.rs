@@ -254,12 +254,12 @@ fn target(
     }
     let names: Vec<&str> = known.targets.keys().map(TargetName::as_str).collect();
     let hint = super::suggest(name.as_str(), names.iter().copied())
-        .map(|s| format!("did you mean `{s}`? "))
+        .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     ctx.error(
         raw.referenced,
         format!(
-            "{field}.target: unknown target `{name}`; {hint}({}; targets are declared under `targets:` in trueup.yaml)",
+            "{field}.target: unknown target `{name}`{hint} ({}; targets are declared under `targets:` in trueup.yaml)",
             if names.is_empty() { "none are configured".to_owned() } else { format!("configured: {}", names.join(", ")) }
         ),
     );

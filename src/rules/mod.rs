@@ -243,12 +243,12 @@ impl Ctx<'_> {
             format!("configured: {}", names.join(", "))
         };
         let hint = suggest(name.as_str(), sources.iter().map(SourceName::as_str))
-            .map(|s| format!("did you mean `{s}`? "))
+            .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
         self.error(
             raw.referenced,
             format!(
-                "{field}.source: unknown source `{name}`; {hint}({configured}; sources are declared under `sources:` in trueup.yaml)"
+                "{field}.source: unknown source `{name}`{hint} ({configured}; sources are declared under `sources:` in trueup.yaml)"
             ),
         );
         None

@@ -160,7 +160,7 @@ fn the_shipped_invariants_validate_against_the_demo_sources() {
     std::fs::write(
         tmp.path().join("trueup.yaml"),
         format!(
-            "invariants: {}\nsources:\n  shop:\n    url: sqlite://shop.db\n  ledger:\n    url: sqlite://ledger.db\n",
+            "invariants: {}\nsources:\n  shop:\n    url: sqlite://shop.db\n  ledger:\n    url: sqlite://ledger.db\ntargets:\n  ledger-writer:\n    url: sqlite://ledger.db\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("invariants").display()
         ),
     )

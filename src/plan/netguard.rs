@@ -94,6 +94,29 @@ pub fn check_url(url: &reqwest::Url) -> Result<(), Refused> {
     }
 }
 
+/// Whether to follow a redirect to `to` after `hops` redirects: only a few, only under the
+/// target's base URL, and (for a guarded target) not to an internal address. Names are
+/// checked again by the resolver when the redirect is followed.
+pub fn check_redirect(
+    to: &reqwest::Url,
+    hops: usize,
+    base: &str,
+    guarded: bool,
+) -> Result<(), String> {
+    if hops >= 3 {
+        return Err("more than 3 redirects".into());
+    }
+    if !to.as_str().starts_with(base) {
+        return Err(format!(
+            "a redirect to {to}, outside the target's base_url {base}"
+        ));
+    }
+    if guarded {
+        check_url(to).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// A DNS resolver that refuses a name if any of its addresses is internal.
 pub struct GuardedResolver;
 
@@ -160,6 +183,28 @@ mod tests {
         ] {
             assert!(!url_refused(raw), "{raw} was refused");
         }
+    }
+
+    #[test]
+    fn redirects_stay_under_the_base_url_and_off_internal_addresses() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let base = "https://billing.example.com/api/";
+        assert!(
+            check_redirect(&url("https://billing.example.com/api/v2/x"), 0, base, true).is_ok()
+        );
+        for to in [
+            "http://169.254.169.254/latest/meta-data/",
+            "https://billing.example.com/admin",
+            "https://evil.example.net/api/",
+        ] {
+            assert!(check_redirect(&url(to), 0, base, true).is_err(), "{to}");
+        }
+        assert!(check_redirect(&url("https://billing.example.com/api/x"), 3, base, true).is_err());
+        // A base URL on an internal address (allowed for that target) still cannot redirect
+        // elsewhere inside.
+        let inside = "http://10.1.2.3/api/";
+        assert!(check_redirect(&url("http://10.1.2.3/api/next"), 0, inside, false).is_ok());
+        assert!(check_redirect(&url("http://10.1.2.4/api/next"), 0, inside, false).is_err());
     }
 
     #[tokio::test]

@@ -194,19 +194,14 @@ fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, String> {
     let base = cfg.base_url.clone();
     let guarded = !cfg.allow_private_network;
     // Follow a few redirects, only under the base URL and (unless allowed) to public addresses.
-    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 3 {
-            return attempt.error("more than 3 redirects");
-        }
-        if !attempt.url().as_str().starts_with(&base) {
-            let to = attempt.url().to_string();
-            return attempt.error(format!("redirect to {to}, outside the target's base_url"));
-        }
-        if guarded && let Err(e) = netguard::check_url(attempt.url()) {
-            return attempt.error(e);
-        }
-        attempt.follow()
-    });
+    let redirects =
+        reqwest::redirect::Policy::custom(move |attempt| {
+            match netguard::check_redirect(attempt.url(), attempt.previous().len(), &base, guarded)
+            {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(why),
+            }
+        });
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .timeout(cfg.timeout.as_std())

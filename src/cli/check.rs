@@ -124,6 +124,9 @@ pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
                     "      plan {plan} already proposes these compensations (`trueup plan show {plan}`)"
                 );
             }
+            Some(crate::plan::Proposal::Failed { error }) => {
+                let _ = writeln!(out, "      no plan proposed: {error}");
+            }
             _ => {}
         }
     }

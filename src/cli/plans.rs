@@ -146,6 +146,10 @@ async fn create(app: &App, name: &str) -> anyhow::Result<u8> {
             );
             Ok(EXIT_OK)
         }
+        Ok(Proposal::Failed { error }) => {
+            eprintln!("error: {error}");
+            Ok(EXIT_ERROR)
+        }
         Ok(Proposal::Nothing) => {
             println!(
                 "nothing to propose: `{name}` has no open violation of a kind it compensates (run `trueup check -i {name}` first?)"

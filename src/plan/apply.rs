@@ -474,21 +474,7 @@ async fn live(
             }
             continue;
         };
-        let (status, outcome, detail) = execute_one(env, invariant, &action).await?;
-        let kept = serde_json::json!({
-            "result": outcome.as_str(),
-            "detail": detail,
-            "attempt": action.attempts,
-            "worker": env.worker,
-        });
-        let mut record = kept.clone();
-        if let (Some(obj), Executed::Applied(extra)) = (record.as_object_mut(), &status.1)
-            && let Some(extra) = extra.as_object()
-        {
-            for (k, v) in extra {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
+        let done = execute_one(env, invariant, &action).await?;
         let held = env
             .store
             .finish_action(
@@ -496,8 +482,8 @@ async fn live(
                 action.seq,
                 &env.worker,
                 &env.actor.name,
-                status.0,
-                &record,
+                done.status,
+                &done.record(&action, &env.worker),
                 Utc::now(),
             )
             .await?;
@@ -511,8 +497,8 @@ async fn live(
             continue;
         }
         done_here += 1;
-        report.record(outcome, &action, detail, opts.samples);
-        if outcome == Outcome::Failed {
+        report.record(done.outcome, &action, done.detail, opts.samples);
+        if done.outcome == Outcome::Failed {
             failures += 1;
             if failures >= opts.max_failures {
                 report.stopped = Some(format!(
@@ -592,54 +578,82 @@ async fn live(
     Ok(report)
 }
 
-type Status = (ActionStatus, Executed);
+/// What became of one action in a live apply.
+struct Done {
+    status: ActionStatus,
+    outcome: Outcome,
+    detail: Option<String>,
+    /// What the target reported (rows affected, HTTP status).
+    target_said: Option<serde_json::Value>,
+}
+
+impl Done {
+    fn new(status: ActionStatus, outcome: Outcome, detail: Option<String>) -> Self {
+        Self {
+            status,
+            outcome,
+            detail,
+            target_said: None,
+        }
+    }
+
+    fn failed(why: String) -> Self {
+        Self::new(ActionStatus::Failed, Outcome::Failed, Some(why))
+    }
+
+    /// The outcome as recorded with the action and in the audit log.
+    fn record(&self, action: &ActionRecord, worker: &str) -> serde_json::Value {
+        let mut record = serde_json::json!({
+            "result": self.outcome.as_str(),
+            "detail": self.detail,
+            "attempt": action.attempts,
+            "worker": worker,
+        });
+        if let (Some(obj), Some(serde_json::Value::Object(said))) =
+            (record.as_object_mut(), &self.target_said)
+        {
+            obj.extend(said.clone());
+        }
+        record
+    }
+}
 
 async fn execute_one(
     env: &ApplyEnv<'_>,
     invariant: &Invariant,
     action: &ActionRecord,
-) -> Result<(Status, Outcome, Option<String>), PlanError> {
+) -> Result<Done, PlanError> {
     if let ActionSpec::Manual { instructions } = &action.spec {
-        return Ok((
-            (ActionStatus::Manual, Executed::AlreadyApplied),
+        return Ok(Done::new(
+            ActionStatus::Manual,
             Outcome::Manual,
             Some(instructions.clone()),
         ));
     }
-    let skipped = |outcome, why: String| {
-        Ok((
-            (ActionStatus::Skipped, Executed::AlreadyApplied),
-            outcome,
-            Some(why),
-        ))
-    };
     match applied_before(env, action).await {
-        Ok(Some(why)) => return skipped(Outcome::SkippedAlreadyApplied, why),
+        Ok(Some(why)) => {
+            return Ok(Done::new(
+                ActionStatus::Skipped,
+                Outcome::SkippedAlreadyApplied,
+                Some(why),
+            ));
+        }
         Ok(None) => {}
         Err(PlanError::Target { target, message }) => {
-            return Ok((
-                (ActionStatus::Failed, Executed::Failed(message.clone())),
-                Outcome::Failed,
-                Some(format!("target `{target}`: {message}")),
-            ));
+            return Ok(Done::failed(format!("target `{target}`: {message}")));
         }
         Err(e) => return Err(e),
     }
     match still_holds(invariant, env.sources, action).await {
         Ok(false) => {
-            return skipped(
+            return Ok(Done::new(
+                ActionStatus::Skipped,
                 Outcome::SkippedResolved,
-                "the violation no longer holds (corrected since the plan was proposed); not applied".into(),
-            );
-        }
-        Ok(true) => {}
-        Err(e) => {
-            return Ok((
-                (ActionStatus::Failed, Executed::Failed(e.clone())),
-                Outcome::Failed,
-                Some(e),
+                Some("the violation no longer holds (corrected since the plan was proposed); not applied".into()),
             ));
         }
+        Ok(true) => {}
+        Err(e) => return Ok(Done::failed(e)),
     }
     let executed = env
         .targets
@@ -651,21 +665,16 @@ async fn execute_one(
         )
         .await;
     Ok(match executed {
-        Executed::Applied(d) => (
-            (ActionStatus::Applied, Executed::Applied(d)),
-            Outcome::Applied,
-            None,
-        ),
-        Executed::AlreadyApplied => (
-            (ActionStatus::Skipped, Executed::AlreadyApplied),
+        Executed::Applied(said) => Done {
+            target_said: Some(said),
+            ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
+        },
+        Executed::AlreadyApplied => Done::new(
+            ActionStatus::Skipped,
             Outcome::SkippedAlreadyApplied,
             Some("the target's marker table records it as applied".into()),
         ),
-        Executed::Failed(e) => (
-            (ActionStatus::Failed, Executed::Failed(e.clone())),
-            Outcome::Failed,
-            Some(e),
-        ),
+        Executed::Failed(e) => Done::failed(e),
     })
 }
 

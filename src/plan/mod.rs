@@ -102,6 +102,11 @@ pub enum Proposal {
     },
     /// No open violation has a compensation.
     Nothing,
+    /// After a run: no plan, because the compensations could not be built (a template names
+    /// a column the query does not return, say).
+    Failed {
+        error: String,
+    },
 }
 
 /// The stable idempotency key of compensating one violation with one concrete action: the same
@@ -343,7 +348,9 @@ pub async fn propose_after_run(
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(invariant = %invariant.name, "no plan proposed: {e}");
-            None
+            Some(Proposal::Failed {
+                error: e.to_string(),
+            })
         }
     }
 }

@@ -611,20 +611,30 @@ macro_rules! impl_plan_store {
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<$crate::store::ActionRecord>, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let row = sqlx::query(concat!(
-                    "UPDATE plan_actions SET status = 'in_progress', lease_owner = $2, lease_until = $3, ",
-                    "attempts = attempts + 1 WHERE plan_id = $1 AND seq = (",
-                    "SELECT seq FROM plan_actions WHERE plan_id = $1 AND (status = 'pending' ",
-                    "OR (status = 'in_progress' AND lease_until < $4)) ORDER BY seq LIMIT 1 ",
-                    $skip_locked,
-                    ") RETURNING *"
-                ))
-                .bind(plan)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
+                // Rescue first (an action a dead worker held), then the next pending one. Each
+                // lookup is one range of the (plan_id, status, seq) index, so a claim costs the
+                // same at the first action and the ten-thousandth.
+                let mut row = None;
+                for status in ["in_progress", "pending"] {
+                    row = sqlx::query(concat!(
+                        "UPDATE plan_actions SET status = 'in_progress', lease_owner = $2, lease_until = $3, ",
+                        "attempts = attempts + 1 WHERE plan_id = $1 AND seq = (",
+                        "SELECT seq FROM plan_actions WHERE plan_id = $1 AND status = $5 ",
+                        "AND ($5 = 'pending' OR lease_until < $4) ORDER BY seq LIMIT 1 ",
+                        $skip_locked,
+                        ") RETURNING *"
+                    ))
+                    .bind(plan)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(status)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if row.is_some() {
+                        break;
+                    }
+                }
                 tx.commit().await?;
                 Ok(row.as_ref().map(Self::action_row).transpose()?)
             }

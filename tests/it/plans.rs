@@ -1279,3 +1279,32 @@ async fn get_json_as(url: &str, token: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{url}: {body}");
     serde_json::from_str(&body).unwrap()
 }
+
+#[tokio::test]
+async fn a_template_naming_a_column_the_query_lacks_proposes_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = sqlite_url(&dir.path().join("trueup.db"));
+    let config = events_scenario(dir.path(), &store_url, "").await;
+    std::fs::write(
+        dir.path().join("invariants/rules.yaml"),
+        EVENTS_RULES.replace(
+            "VALUES ({{key.event_id}}, {{left.amount}})",
+            "VALUES ({{key.event_id}}, {{left.amont}})",
+        ),
+    )
+    .unwrap();
+    let app = open(&config).await;
+    let outcomes = app.check(&[]).await.unwrap();
+    let Some(Proposal::Failed { error }) = &outcomes[0].proposal else {
+        panic!("{:?}", outcomes[0].proposal)
+    };
+    assert!(
+        error.contains("cannot build 3 action(s)")
+            && error.contains(
+                "{{left.amont}}: the left row has no column `amont` (it has: event_id, amount)"
+            ),
+        "{error}"
+    );
+    assert!(app.store.plans(None, 10).await.unwrap().is_empty());
+    app.close().await;
+}

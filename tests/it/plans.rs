@@ -1308,3 +1308,80 @@ async fn a_template_naming_a_column_the_query_lacks_proposes_nothing_and_says_wh
     assert!(app.store.plans(None, 10).await.unwrap().is_empty());
     app.close().await;
 }
+
+#[tokio::test]
+async fn eight_apply_processes_racing_on_one_http_plan_send_each_key_once() {
+    let data = TestPg::new().await;
+    let ledger = TestPg::new().await;
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL);
+         INSERT INTO events SELECT g, g FROM generate_series(1, 300) g;
+         CREATE TABLE deliveries (event_id BIGINT NOT NULL, amount BIGINT NOT NULL, idempotency_key TEXT NOT NULL);",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let receiver = receiver::Receiver {
+        requests: Default::default(),
+        db: pool.clone(),
+    };
+    let base = receiver::start(receiver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
+            ledger.url, data.url
+        ),
+        r#"invariants:
+  - name: events-delivered
+    severity: high
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, amount FROM events"}
+      right: {source: upstream, query: "SELECT event_id, amount FROM deliveries"}
+      key: event_id
+    compensate:
+      missing:
+        http: {target: consumer, path: "deliveries/{{key.event_id}}", body: {amount: "{{left.amount}}"}}
+"#,
+    );
+    let checked = trueup(&config).arg("check").output().unwrap();
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("proposed plan 1: 300 actions"));
+    run_ok(trueup(&config).args(["plan", "approve", "1"]));
+    let racers: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            trueup(&config)
+                .args(["apply", "1", "--rate", "unlimited", "-f", "json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = 0;
+    for racer in racers {
+        let out = tokio::task::spawn_blocking(move || racer.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if let Ok(report) = serde_json::from_str::<serde_json::Value>(&stdout) {
+            applied += report["counts"]["applied"].as_u64().unwrap_or(0);
+        } else {
+            // A racer that started after the plan was done is refused, and says so.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("already been applied"), "{stdout}{stderr}");
+        }
+    }
+    assert_eq!(applied, 300);
+    let requests = receiver.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 300);
+    assert!(requests.values().all(|n| *n == 1), "a key was sent twice");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 300);
+}

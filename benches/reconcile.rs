@@ -67,6 +67,7 @@ fn invariant() -> Invariant {
             compare: None,
         }),
         compensate: Default::default(),
+        replay: None,
         defined_at: (PathBuf::from("bench"), 0),
     }
 }

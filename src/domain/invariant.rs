@@ -34,6 +34,8 @@ pub struct Invariant {
     pub spec: InvariantSpec,
     /// How to repair each kind of violation (kinds without an entry are not compensated).
     pub compensate: BTreeMap<ViolationKind, Compensation>,
+    /// How to re-deliver a lost upstream event (`missing` violations of a reconcile).
+    pub replay: Option<ReplaySpec>,
     /// Where it was defined (file and line), for messages.
     pub defined_at: (PathBuf, u64),
 }
@@ -76,6 +78,27 @@ impl Invariant {
             InvariantSpec::Transitions(t) => vec![&t.side.source],
         }
     }
+}
+
+/// How to replay lost events: re-deliver the upstream event of each `missing` violation whose
+/// event time falls in an operator's window, in event order (per partition).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaySpec {
+    /// One delivery: an `sql` insert or an `http` request (never manual).
+    pub deliver: Compensation,
+    /// The idempotency key of a delivery (e.g. the upstream event id); default: derived from
+    /// the invariant, the violation and the delivery.
+    pub idempotency_key: Option<super::Template>,
+    /// A left column: events of one partition are delivered in order, one at a time;
+    /// partitions proceed concurrently. None: one global order.
+    pub partition: Option<ColumnName>,
+    /// Windows wider than this need `--wide` and a reason.
+    pub max_window: HumanDuration,
+    /// Failed deliveries of one event before it is parked and the replay goes on.
+    pub attempts: u32,
+    /// A read-only lookup that proves an event was already processed downstream (a row for
+    /// the key means yes), checked before each delivery in addition to the re-check.
+    pub processed: Option<QuerySide>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

@@ -17,7 +17,7 @@ pub use compensation::{
 };
 pub use duration::HumanDuration;
 pub use invariant::{
-    CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, Severity,
+    CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, ReplaySpec, Severity,
     TransitionsSpec,
 };
 pub use name::{ColumnName, InvariantName, NameError, SourceName, TargetName};

@@ -41,6 +41,102 @@ pub struct RawHttp {
 
 pub type RawCompensate = BTreeMap<String, Spanned<RawAction>>;
 
+#[derive(Deserialize)]
+pub struct RawReplay {
+    pub sql: Option<Spanned<RawSql>>,
+    pub http: Option<Spanned<RawHttp>>,
+    pub idempotency_key: Option<Spanned<String>>,
+    pub partition: Option<Spanned<String>>,
+    pub max_window: Option<Spanned<String>>,
+    pub attempts: Option<Spanned<u32>>,
+    pub processed: Option<Spanned<super::raw::RawSide>>,
+}
+
+pub const DEFAULT_REPLAY_WINDOW_HOURS: u64 = 24;
+pub const DEFAULT_REPLAY_ATTEMPTS: u32 = 3;
+
+/// The `replay:` block of a reconcile invariant.
+pub(super) fn build_replay(
+    raw: &Spanned<RawReplay>,
+    has_time_column: bool,
+    key: &[crate::domain::ColumnName],
+    known: &Known,
+    ctx: &mut Ctx<'_>,
+) -> Option<crate::domain::ReplaySpec> {
+    let r = &raw.value;
+    if !has_time_column {
+        ctx.error(
+            raw.referenced,
+            "replay needs `time_column`: the upstream event's time, which selects the replay window and orders the deliveries",
+        );
+        return None;
+    }
+    let deliver = build_action(
+        "replay",
+        ViolationKind::Missing,
+        (r.sql.as_ref(), r.http.as_ref(), None),
+        raw.referenced,
+        key,
+        known,
+        ctx,
+    )?;
+    let idempotency_key = match &r.idempotency_key {
+        Some(t) => {
+            let template = template("replay.idempotency_key", t, ctx)?;
+            if let Some(p) = template
+                .placeholders()
+                .find(|p| p.scope.unavailable_for(ViolationKind::Missing).is_some())
+            {
+                ctx.error(
+                    t.referenced,
+                    format!("replay.idempotency_key: {p}: use key., left. or violation."),
+                );
+                return None;
+            }
+            Some(template)
+        }
+        None => None,
+    };
+    let partition = match &r.partition {
+        Some(p) => Some(ctx.parse("replay.partition", p, crate::domain::ColumnName::parse)?),
+        None => None,
+    };
+    let max_window = match &r.max_window {
+        Some(w) => ctx.parse("replay.max_window", w, crate::domain::HumanDuration::parse)?,
+        None => crate::domain::HumanDuration::from_std(std::time::Duration::from_secs(
+            DEFAULT_REPLAY_WINDOW_HOURS * 3600,
+        )),
+    };
+    let attempts = match &r.attempts {
+        Some(a) if a.value == 0 || a.value > 100 => {
+            ctx.error(
+                a.referenced,
+                "replay.attempts: between 1 and 100 deliveries before an event is parked",
+            );
+            return None;
+        }
+        Some(a) => a.value,
+        None => DEFAULT_REPLAY_ATTEMPTS,
+    };
+    let processed = match &r.processed {
+        Some(p) => Some(ctx.side(
+            "replay.processed",
+            &p.value.source,
+            &p.value.query,
+            &known.sources,
+        )?),
+        None => None,
+    };
+    Some(crate::domain::ReplaySpec {
+        deliver,
+        idempotency_key,
+        partition,
+        max_window,
+        attempts,
+        processed,
+    })
+}
+
 /// Kinds an invariant of this type can report.
 fn possible_kinds(invariant_kind: &str) -> &'static [ViolationKind] {
     use ViolationKind::*;
@@ -75,10 +171,11 @@ pub(super) fn build(
             continue;
         };
         let field = format!("compensate.{kind_name}");
+        let a = &action.value;
         match build_action(
             &field,
             kind,
-            &action.value,
+            (a.sql.as_ref(), a.http.as_ref(), a.manual.as_ref()),
             action.referenced,
             key,
             known,
@@ -93,27 +190,35 @@ pub(super) fn build(
     ok.then_some(out)
 }
 
+type RawChoice<'a> = (
+    Option<&'a Spanned<RawSql>>,
+    Option<&'a Spanned<RawHttp>>,
+    Option<&'a Spanned<String>>,
+);
+
 fn build_action(
     field: &str,
     kind: ViolationKind,
-    raw: &RawAction,
+    (raw_sql, raw_http, raw_manual): RawChoice<'_>,
     at: serde_saphyr::Location,
     key: &[crate::domain::ColumnName],
     known: &Known,
     ctx: &mut Ctx<'_>,
 ) -> Option<Compensation> {
-    let count = [raw.sql.is_some(), raw.http.is_some(), raw.manual.is_some()]
+    let count = [raw_sql.is_some(), raw_http.is_some(), raw_manual.is_some()]
         .iter()
         .filter(|b| **b)
         .count();
     if count != 1 {
-        ctx.error(
-            at,
-            format!("{field}: give exactly one of `sql:`, `http:` or `manual:`"),
-        );
+        let choices = if field == "replay" {
+            "`sql:` or `http:`"
+        } else {
+            "`sql:`, `http:` or `manual:`"
+        };
+        ctx.error(at, format!("{field}: give exactly one of {choices}"));
         return None;
     }
-    let compensation = if let Some(sql) = &raw.sql {
+    let compensation = if let Some(sql) = raw_sql {
         let target = target(field, &sql.value.target, known, ctx)?;
         let Some(TargetInfo::Sql(engine)) = known.targets.get(&target) else {
             ctx.error(
@@ -140,7 +245,7 @@ fn build_action(
             return None;
         }
         Compensation::Sql(compensation)
-    } else if let Some(http) = &raw.http {
+    } else if let Some(http) = raw_http {
         let h = &http.value;
         let target = target(field, &h.target, known, ctx)?;
         if !matches!(known.targets.get(&target), Some(TargetInfo::Http)) {
@@ -213,7 +318,7 @@ fn build_action(
             body,
         })
     } else {
-        let manual = raw.manual.as_ref()?;
+        let manual = raw_manual?;
         Compensation::Manual(template(&format!("{field}.manual"), manual, ctx)?)
     };
     // Each placeholder must exist for this kind of violation.

@@ -446,6 +446,20 @@ fn build_invariant(
         None => Some(BTreeMap::new()),
     };
 
+    let replay = match (&raw.replay, &spec) {
+        (None, _) => Some(None),
+        (Some(r), InvariantSpec::Reconcile(rec)) => {
+            compensation::build_replay(r, raw.time_column.is_some(), &rec.key, known, ctx).map(Some)
+        }
+        (Some(r), _) => {
+            ctx.error(
+                r.referenced,
+                "replay applies to reconcile invariants: it re-delivers upstream (left) events missing downstream",
+            );
+            None
+        }
+    };
+
     Some(Invariant {
         name: name?,
         description: raw.description.map(|d| d.trim().to_owned()),
@@ -460,6 +474,7 @@ fn build_invariant(
         violation_budget: violation_budget?,
         spec,
         compensate: compensate?,
+        replay: replay?,
         defined_at: (ctx.file.to_owned(), at.line()),
     })
 }

@@ -29,6 +29,7 @@ pub struct RawInvariant {
     pub reconcile: Option<Spanned<RawReconcile>>,
     pub transitions: Option<Spanned<RawTransitions>>,
     pub compensate: Option<Spanned<super::compensation::RawCompensate>>,
+    pub replay: Option<Spanned<super::compensation::RawReplay>>,
 }
 
 #[derive(Deserialize)]

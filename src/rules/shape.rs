@@ -100,6 +100,7 @@ enum Shape {
     Transitions,
     Alert,
     Compensate,
+    Replay,
     Action,
     SqlAction,
     HttpAction,
@@ -127,6 +128,7 @@ impl Shape {
                 ("reconcile", Some(Shape::Reconcile)),
                 ("transitions", Some(Shape::Transitions)),
                 ("compensate", Some(Shape::Compensate)),
+                ("replay", Some(Shape::Replay)),
             ],
             Shape::Check => &[("source", None), ("query", None), ("key", None)],
             Shape::Reconcile => &[
@@ -164,6 +166,15 @@ impl Shape {
                 ("sql", Some(Shape::SqlAction)),
                 ("http", Some(Shape::HttpAction)),
                 ("manual", None),
+            ],
+            Shape::Replay => &[
+                ("sql", Some(Shape::SqlAction)),
+                ("http", Some(Shape::HttpAction)),
+                ("idempotency_key", None),
+                ("partition", None),
+                ("max_window", None),
+                ("attempts", None),
+                ("processed", Some(Shape::Side)),
             ],
             Shape::SqlAction => &[("target", None), ("statement", None)],
             Shape::HttpAction => &[

@@ -312,3 +312,78 @@ fn compensation_mistakes_are_each_reported_where_they_are() {
         );
     }
 }
+
+#[test]
+fn a_replay_block_says_how_to_redeliver_a_lost_event() {
+    let text = r#"invariants:
+  - name: orders-events
+    time_column: created_at
+    reconcile:
+      left: {source: shop, query: "SELECT id AS event_id, account, payload, created_at FROM events"}
+      right: {source: ledger, query: "SELECT event_id, created_at FROM processed"}
+      key: event_id
+    replay:
+      http:
+        target: billing
+        path: events
+        body: "{{left.payload}}"
+      idempotency_key: "{{key.event_id}}"
+      partition: account
+      max_window: 6h
+      attempts: 5
+      processed: {source: ledger, query: "SELECT event_id FROM inbox"}
+"#;
+    let (invs, errs) = parse(text);
+    assert!(errs.is_empty(), "{errs:#?}");
+    let replay = invs[0].replay.as_ref().unwrap();
+    assert_eq!(replay.partition.as_ref().unwrap().as_str(), "account");
+    assert_eq!(replay.attempts, 5);
+    assert_eq!(replay.max_window.as_std().as_secs(), 6 * 3600);
+    assert!(replay.processed.is_some() && replay.idempotency_key.is_some());
+}
+
+#[test]
+fn replay_mistakes_are_reported_where_they_are() {
+    let text = r#"invariants:
+  - name: a
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    replay:
+      http: {target: billing, path: x}
+  - name: b
+    time_column: at
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    replay:
+      http: {target: billing, path: "x/{{right.id}}"}
+      partiton: account
+  - name: c
+    check: {source: shop, query: SELECT 1 AS id, key: id}
+    replay:
+      http: {target: billing, path: x}
+"#;
+    let (invs, mut errs) = parse(text);
+    errs.sort_by_key(|e| e.line);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert!(invs.is_empty(), "{invs:?}");
+    let expect = [
+        (":8:", "replay needs `time_column`"),
+        (
+            ":16:",
+            "{{right.id}}: a `missing` violation has no right row",
+        ),
+        (":17:", "did you mean `partition`?"),
+        (":21:", "replay applies to reconcile invariants"),
+    ];
+    assert_eq!(errs.len(), expect.len(), "{shown:#?}");
+    for ((at, what), got) in expect.iter().zip(&shown) {
+        assert!(
+            got.contains(at) && got.contains(what),
+            "{at} {what}: {shown:#?}"
+        );
+    }
+}

@@ -42,6 +42,7 @@ fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) ->
             compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
         }),
         compensate: Default::default(),
+        replay: None,
         defined_at: (PathBuf::from("test"), 1),
     }
 }

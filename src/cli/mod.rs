@@ -233,6 +233,23 @@ pub struct ViolationsArgs {
     /// Only violations first seen before this time (RFC 3339)
     #[arg(long, value_name = "TIME")]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only violations whose business event happened at or after this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub event_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only violations whose business event happened before this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub event_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Instead of listing, count them by event time (the outage window stands out)
+    #[arg(long)]
+    pub histogram: bool,
+    /// The histogram's bucket width
+    #[arg(
+        long,
+        default_value = "5m",
+        value_name = "DURATION",
+        requires = "histogram"
+    )]
+    pub bucket: String,
     /// At most this many
     #[arg(long, default_value_t = 100)]
     pub limit: u32,

@@ -16,6 +16,42 @@ fn load_config(config: Option<&Path>) -> Result<Config, u8> {
     })
 }
 
+/// One line per bucket with a bar scaled to the fullest bucket.
+fn print_histogram(
+    buckets: &[crate::domain::Bucket],
+    total: usize,
+    format: Format,
+) -> anyhow::Result<()> {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "total": total, "buckets": buckets })
+            )?
+        );
+        return Ok(());
+    }
+    if buckets.is_empty() {
+        println!("no violations with an event time match");
+        return Ok(());
+    }
+    let max = buckets.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+    for b in buckets {
+        let width = (b.count * 50).div_ceil(max) as usize;
+        println!(
+            "{}  {:>7}  {}",
+            b.start.format("%Y-%m-%d %H:%M"),
+            b.count,
+            "█".repeat(width)
+        );
+    }
+    println!(
+        "{total} violation(s) with an event time, in {} bucket(s)",
+        buckets.len()
+    );
+    Ok(())
+}
+
 pub(super) async fn run(config: Option<&Path>, args: ViolationsArgs) -> anyhow::Result<u8> {
     let config = match load_config(config) {
         Ok(c) => c,
@@ -41,6 +77,35 @@ pub(super) async fn run(config: Option<&Path>, args: ViolationsArgs) -> anyhow::
         StatusArg::All => StatusFilter::All,
     };
     let store = store::open(&config.store).await?;
+    if args.histogram {
+        let bucket = match crate::domain::HumanDuration::parse(&args.bucket) {
+            Ok(b) => b.as_chrono(),
+            Err(e) => {
+                store.close().await;
+                eprintln!("error: --bucket: {e}");
+                return Ok(EXIT_ERROR);
+            }
+        };
+        let filter = ViolationFilter {
+            invariants: args.invariant,
+            status,
+            kind,
+            since: args.since,
+            until: args.until,
+            event_from: args.event_from,
+            event_until: args.event_until,
+            ..ViolationFilter::default()
+        };
+        let times = store.event_times(&filter).await;
+        store.close().await;
+        let times = times?;
+        let Some(buckets) = crate::domain::histogram(&times, bucket) else {
+            eprintln!("error: --bucket must be at least one second");
+            return Ok(EXIT_ERROR);
+        };
+        print_histogram(&buckets, times.len(), args.format)?;
+        return Ok(EXIT_OK);
+    }
     let list = store
         .violations(&ViolationFilter {
             invariants: args.invariant,
@@ -49,6 +114,8 @@ pub(super) async fn run(config: Option<&Path>, args: ViolationsArgs) -> anyhow::
             new_in_run: None,
             since: args.since,
             until: args.until,
+            event_from: args.event_from,
+            event_until: args.event_until,
             after_id: args.after,
             limit: args.limit,
         })

@@ -3,6 +3,7 @@
 mod alert;
 mod compensation;
 mod duration;
+mod histogram;
 mod invariant;
 mod name;
 mod role;
@@ -16,6 +17,7 @@ pub use compensation::{
     Scope, Segment, SqlCompensation, Template, TemplateError, ViolationContext,
 };
 pub use duration::HumanDuration;
+pub use histogram::{Bucket, histogram};
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, ReplaySpec, Severity,
     TransitionsSpec,

@@ -27,7 +27,9 @@ pub(super) async fn run(
     filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    let request = |query: &str| {
+    // The time column is required on the left (the upstream event's time: grace, replay
+    // windows); on the right it is optional and, when returned, gives extra rows their time.
+    let request = |query: &str, needs_time: bool| {
         let mut needed: Vec<Needed> = spec
             .compare
             .iter()
@@ -37,7 +39,7 @@ pub(super) async fn run(
                 role: "a compared column",
             })
             .collect();
-        if let Some(t) = &inv.time_column {
+        if let Some(t) = inv.time_column.as_ref().filter(|_| needs_time) {
             needed.push(Needed {
                 column: t.clone(),
                 role: "the time column",
@@ -54,8 +56,8 @@ pub(super) async fn run(
     let right_source = sources.get(&spec.right.source)?;
     // Both sides start at once: each query runs on its own connection while the merge reads.
     let (left, right) = tokio::try_join!(
-        left_source.read(request(&spec.left.query)),
-        right_source.read(request(&spec.right.query)),
+        left_source.read(request(&spec.left.query, true)),
+        right_source.read(request(&spec.right.query, false)),
     )?;
     let key_idx = |s: &crate::source::RowStream| -> Vec<usize> {
         spec.key

@@ -136,15 +136,14 @@ pub(super) struct ViolationsQuery {
     kind: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    event_from: Option<DateTime<Utc>>,
+    event_until: Option<DateTime<Utc>>,
     after: Option<i64>,
     limit: Option<u32>,
 }
 
-pub(super) async fn list_violations(
-    State(state): State<HttpState>,
-    Query(q): Query<ViolationsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = match q.status.as_deref() {
+fn status_filter(raw: Option<&str>) -> Result<StatusFilter, ApiError> {
+    Ok(match raw {
         None | Some("active") => StatusFilter::Active,
         Some("open") => StatusFilter::Only(ViolationStatus::Open),
         Some("reopened") => StatusFilter::Only(ViolationStatus::Reopened),
@@ -155,15 +154,26 @@ pub(super) async fn list_violations(
                 "status `{other}` is unknown; use active, open, reopened, resolved or all"
             )));
         }
-    };
-    let kind = match q.kind.as_deref() {
-        None => None,
-        Some(k) => Some(ViolationKind::parse(k).ok_or_else(|| {
+    })
+}
+
+fn kind_filter(raw: Option<&str>) -> Result<Option<ViolationKind>, ApiError> {
+    raw.map(|k| {
+        ViolationKind::parse(k).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "kind `{k}` is unknown; use missing, extra, duplicate, mismatch, check or transition"
             ))
-        })?),
-    };
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn list_violations(
+    State(state): State<HttpState>,
+    Query(q): Query<ViolationsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = status_filter(q.status.as_deref())?;
+    let kind = kind_filter(q.kind.as_deref())?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
         .shared
@@ -175,6 +185,8 @@ pub(super) async fn list_violations(
             new_in_run: None,
             since: q.since,
             until: q.until,
+            event_from: q.event_from,
+            event_until: q.event_until,
             after_id: q.after,
             limit,
         })
@@ -183,6 +195,42 @@ pub(super) async fn list_violations(
         .then(|| items.last().map(|v| v.id))
         .flatten();
     Ok(Json(json!({ "items": items, "next_after": next_after })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistogramQuery {
+    invariant: Option<String>,
+    status: Option<String>,
+    kind: Option<String>,
+    event_from: Option<DateTime<Utc>>,
+    event_until: Option<DateTime<Utc>>,
+    bucket: Option<String>,
+}
+
+/// Violations counted by event time, in buckets (`bucket`, default 5m): where the outage was.
+pub(super) async fn violation_histogram(
+    State(state): State<HttpState>,
+    Query(q): Query<HistogramQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bucket = crate::domain::HumanDuration::parse(q.bucket.as_deref().unwrap_or("5m"))
+        .map_err(|e| ApiError::bad_request(format!("bucket: {e}")))?;
+    let filter = ViolationFilter {
+        invariants: q.invariant.into_iter().collect(),
+        status: status_filter(q.status.as_deref())?,
+        kind: kind_filter(q.kind.as_deref())?,
+        event_from: q.event_from,
+        event_until: q.event_until,
+        ..ViolationFilter::default()
+    };
+    let times = state.shared.store.event_times(&filter).await?;
+    let buckets = crate::domain::histogram(&times, bucket.as_chrono())
+        .ok_or_else(|| ApiError::bad_request("bucket: at least one second"))?;
+    Ok(Json(json!({
+        "bucket_seconds": bucket.as_std().as_secs(),
+        "total": times.len(),
+        "buckets": buckets,
+    })))
 }
 
 #[derive(Deserialize)]

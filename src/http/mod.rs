@@ -128,6 +128,13 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         endpoint(
             Method::GET,
+            "/api/v1/violations/histogram",
+            Some(Viewer),
+            "Violations counted by event time (`invariant`, `kind`, `status`, `event_from`, `event_until`, `bucket`, default 5m), empty buckets included.",
+            get(api::violation_histogram),
+        ),
+        endpoint(
+            Method::GET,
             "/api/v1/plans",
             Some(Viewer),
             "Compensation plans, newest first (`invariant`, `limit`), with status, approvals and progress.",

@@ -9,6 +9,56 @@ macro_rules! impl_store {
     // `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time and needs nothing.
     ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal, $replicas:literal) => {
         impl $store {
+            /// The WHERE conditions of a violation filter (after `WHERE 1 = 1`).
+            fn push_filter<'a>(
+                qb: &mut sqlx::QueryBuilder<'a, $db>,
+                filter: &'a $crate::store::ViolationFilter,
+            ) {
+                use $crate::store::StatusFilter;
+                if !filter.invariants.is_empty() {
+                    qb.push(" AND invariant IN (");
+                    let mut sep = qb.separated(", ");
+                    for name in &filter.invariants {
+                        sep.push_bind(name.as_str());
+                    }
+                    qb.push(")");
+                }
+                match filter.status {
+                    StatusFilter::Active => {
+                        qb.push(" AND status IN ('open', 'reopened')");
+                    }
+                    StatusFilter::Only(s) => {
+                        qb.push(" AND status = ").push_bind(s.as_str());
+                    }
+                    StatusFilter::All => {}
+                }
+                if let Some(kind) = filter.kind {
+                    qb.push(" AND kind = ").push_bind(kind.as_str());
+                }
+                if let Some(run) = filter.new_in_run {
+                    qb.push(" AND (first_run_id = ")
+                        .push_bind(run)
+                        .push(" OR reopened_run_id = ")
+                        .push_bind(run)
+                        .push(")");
+                }
+                if let Some(since) = filter.since {
+                    qb.push(" AND last_seen >= ").push_bind(since);
+                }
+                if let Some(until) = filter.until {
+                    qb.push(" AND first_seen < ").push_bind(until);
+                }
+                if let Some(after) = filter.after_id {
+                    qb.push(" AND id > ").push_bind(after);
+                }
+                if let Some(from) = filter.event_from {
+                    qb.push(" AND event_at >= ").push_bind(from);
+                }
+                if let Some(to) = filter.event_until {
+                    qb.push(" AND event_at < ").push_bind(to);
+                }
+            }
+
             fn tick(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Tick, sqlx::Error> {
                 use sqlx::Row;
                 Ok($crate::store::Tick {
@@ -235,52 +285,43 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn event_times(
+                &self,
+                filter: &$crate::store::ViolationFilter,
+            ) -> Result<Vec<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+                let mut out = Vec::new();
+                let mut after = 0_i64;
+                loop {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, event_at FROM violations WHERE event_at IS NOT NULL",
+                    );
+                    let unpaged = $crate::store::ViolationFilter {
+                        after_id: None,
+                        ..filter.clone()
+                    };
+                    Self::push_filter(&mut qb, &unpaged);
+                    qb.push(" AND id > ").push_bind(after);
+                    qb.push(" ORDER BY id LIMIT 10000");
+                    let page: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+                        qb.build_query_as().fetch_all(&self.pool).await?;
+                    let Some(&(last, _)) = page.last() else { break };
+                    after = last;
+                    out.extend(page.into_iter().map(|(_, t)| t));
+                }
+                Ok(out)
+            }
+
             async fn violations(
                 &self,
                 filter: &$crate::store::ViolationFilter,
             ) -> Result<Vec<$crate::store::ViolationRecord>, $crate::store::StoreError> {
-                use $crate::store::{StatusFilter, ViolationStatus};
+                use $crate::store::ViolationStatus;
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "SELECT id, fingerprint, invariant, kind, key, status, first_seen, last_seen, resolved_at, \
                             event_at, times_reopened, first_run_id, last_run_id, evidence \
                      FROM violations WHERE 1 = 1",
                 );
-                if !filter.invariants.is_empty() {
-                    qb.push(" AND invariant IN (");
-                    let mut sep = qb.separated(", ");
-                    for name in &filter.invariants {
-                        sep.push_bind(name.clone());
-                    }
-                    qb.push(")");
-                }
-                match filter.status {
-                    StatusFilter::Active => {
-                        qb.push(" AND status IN ('open', 'reopened')");
-                    }
-                    StatusFilter::Only(s) => {
-                        qb.push(" AND status = ").push_bind(s.as_str());
-                    }
-                    StatusFilter::All => {}
-                }
-                if let Some(kind) = filter.kind {
-                    qb.push(" AND kind = ").push_bind(kind.as_str());
-                }
-                if let Some(run) = filter.new_in_run {
-                    qb.push(" AND (first_run_id = ")
-                        .push_bind(run)
-                        .push(" OR reopened_run_id = ")
-                        .push_bind(run)
-                        .push(")");
-                }
-                if let Some(since) = filter.since {
-                    qb.push(" AND last_seen >= ").push_bind(since);
-                }
-                if let Some(until) = filter.until {
-                    qb.push(" AND first_seen < ").push_bind(until);
-                }
-                if let Some(after) = filter.after_id {
-                    qb.push(" AND id > ").push_bind(after);
-                }
+                Self::push_filter(&mut qb, filter);
                 qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.max(1)));
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()

@@ -231,6 +231,10 @@ pub struct ViolationFilter {
     pub since: Option<DateTime<Utc>>,
     /// Only violations first seen before this time (`first_seen < until`).
     pub until: Option<DateTime<Utc>>,
+    /// Only violations whose business event happened at or after this (`event_at`).
+    pub event_from: Option<DateTime<Utc>>,
+    /// Only violations whose business event happened before this.
+    pub event_until: Option<DateTime<Utc>>,
     /// Keyset pagination: only ids greater than this.
     pub after_id: Option<i64>,
     pub limit: u32,
@@ -287,6 +291,11 @@ pub trait Store: PlanStore + Send + Sync {
         &self,
         filter: &ViolationFilter,
     ) -> Result<Vec<ViolationRecord>, StoreError>;
+
+    /// The event times (`event_at`) of every violation the filter matches (its `limit` and
+    /// `after_id` are ignored); violations without one are left out.
+    async fn event_times(&self, filter: &ViolationFilter)
+    -> Result<Vec<DateTime<Utc>>, StoreError>;
 
     /// The latest runs, newest first.
     async fn runs(&self, invariant: Option<&str>, limit: u32)

@@ -8,6 +8,7 @@ mod cli;
 mod notify;
 mod plans;
 mod reconcile;
+mod replay;
 mod replicas;
 mod serve;
 mod source_readonly;

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, TargetConfig};
 use crate::domain::{ActionSpec, Invariant, Role, ViolationContext, ViolationKind};
 use crate::store::{
-    ActionRecord, NewAction, NewPlan, PlanId, PlanRecord, PlanState, StatusFilter, Store,
+    ActionRecord, NewAction, NewPlan, PlanId, PlanKind, PlanRecord, PlanState, StatusFilter, Store,
     StoreError, Transition, ViolationFilter,
 };
 
@@ -145,27 +145,75 @@ fn canonical(v: &serde_json::Value) -> String {
     sorted(v).to_string()
 }
 
-/// The content hash of a plan: its invariant, definition and actions, in order.
+/// What the content hash of a plan covers for one action.
+pub struct HashedAction<'a> {
+    pub fingerprint: &'a str,
+    pub violation_kind: &'a str,
+    pub key: &'a serde_json::Value,
+    pub spec: &'a ActionSpec,
+    pub idempotency_key: &'a str,
+    pub partition: &'a str,
+    pub event_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> From<&'a NewAction> for HashedAction<'a> {
+    fn from(a: &'a NewAction) -> Self {
+        Self {
+            fingerprint: &a.fingerprint,
+            violation_kind: a.violation_kind.as_str(),
+            key: &a.key,
+            spec: &a.spec,
+            idempotency_key: &a.idempotency_key,
+            partition: &a.partition,
+            event_at: a.event_at,
+        }
+    }
+}
+
+impl<'a> From<&'a ActionRecord> for HashedAction<'a> {
+    fn from(a: &'a ActionRecord) -> Self {
+        Self {
+            fingerprint: &a.fingerprint,
+            violation_kind: &a.violation_kind,
+            key: &a.key,
+            spec: &a.spec,
+            idempotency_key: &a.idempotency_key,
+            partition: &a.partition,
+            event_at: a.event_at,
+        }
+    }
+}
+
+/// The content hash of a plan: its invariant, definition, kind and purpose (`meta`: a
+/// replay's window), and its actions in order.
 pub fn content_hash<'a>(
     invariant: &str,
     definition_hash: &str,
-    actions: impl Iterator<
-        Item = (
-            &'a str,
-            &'a str,
-            &'a serde_json::Value,
-            &'a ActionSpec,
-            &'a str,
-        ),
-    >,
+    kind: PlanKind,
+    meta: &serde_json::Value,
+    actions: impl Iterator<Item = HashedAction<'a>>,
 ) -> String {
     let mut h = Sha256::new();
     h.update(invariant);
     h.update([0]);
     h.update(definition_hash);
-    for (seq, (fingerprint, kind, key, spec, idem)) in actions.enumerate() {
-        let spec = serde_json::to_value(spec).unwrap_or_default();
-        let line = serde_json::json!([seq + 1, fingerprint, kind, key, spec, idem]);
+    h.update([0]);
+    h.update(canonical(&serde_json::json!([kind.as_str(), meta])));
+    for (seq, a) in actions.enumerate() {
+        let spec = serde_json::to_value(a.spec).unwrap_or_default();
+        let at = a
+            .event_at
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        let line = serde_json::json!([
+            seq + 1,
+            a.fingerprint,
+            a.violation_kind,
+            a.key,
+            spec,
+            a.idempotency_key,
+            a.partition,
+            at
+        ]);
         h.update([0]);
         h.update(canonical(&line));
     }
@@ -176,15 +224,9 @@ fn stored_content_hash(plan: &PlanRecord, actions: &[ActionRecord]) -> String {
     content_hash(
         &plan.invariant,
         &plan.definition_hash,
-        actions.iter().map(|a| {
-            (
-                a.fingerprint.as_str(),
-                a.violation_kind.as_str(),
-                &a.key,
-                &a.spec,
-                a.idempotency_key.as_str(),
-            )
-        }),
+        plan.kind,
+        &plan.meta,
+        actions.iter().map(HashedAction::from),
     )
 }
 
@@ -248,6 +290,8 @@ pub async fn propose(
             match compensation.render(&ctx, &base_url) {
                 Ok(spec) => actions.push(NewAction {
                     idempotency_key: idempotency_key(name, &v.fingerprint, &spec),
+                    partition: String::new(),
+                    event_at: v.event_at,
                     fingerprint: v.fingerprint.clone(),
                     violation_kind: kind,
                     key: v.key.clone(),
@@ -272,15 +316,9 @@ pub async fn propose(
     let hash = content_hash(
         name,
         &definition_hash,
-        actions.iter().map(|a| {
-            (
-                a.fingerprint.as_str(),
-                a.violation_kind.as_str(),
-                &a.key,
-                &a.spec,
-                a.idempotency_key.as_str(),
-            )
-        }),
+        PlanKind::Compensation,
+        &serde_json::json!({}),
+        actions.iter().map(HashedAction::from),
     );
     if let Some(open) = store
         .plans(Some(name), 1)
@@ -301,6 +339,8 @@ pub async fn propose(
             .or_default() += 1;
     }
     let plan = NewPlan {
+        kind: PlanKind::Compensation,
+        meta: serde_json::json!({}),
         invariant: name.to_owned(),
         definition_hash,
         content_hash: hash,
@@ -392,7 +432,7 @@ pub async fn view(
     let approvers = valid_approvers(&plan);
     let approved = approvers.len() as u32 >= plan.approvals_required;
     let stale = match plan.state {
-        PlanState::Proposed | PlanState::Applying | PlanState::Stopped => {
+        PlanState::Proposed | PlanState::Applying | PlanState::Stopped | PlanState::Paused => {
             staleness(&plan, invariant, now)
         }
         _ => None,
@@ -448,6 +488,13 @@ pub fn staleness(
             );
         }
         PlanState::Applied => return Some("it has already been applied".into()),
+        PlanState::Cancelled => {
+            return Some(format!(
+                "it was cancelled by {}",
+                plan.state_by.as_deref().unwrap_or("?")
+            ));
+        }
+        PlanState::Paused => {}
         PlanState::Proposed | PlanState::Applying | PlanState::Stopped => {}
     }
     if now >= plan.expires_at {
@@ -660,6 +707,25 @@ pub async fn check_applicable(
 mod tests {
     use super::*;
 
+    fn hash_one(spec: &ActionSpec, definition: &str, key: &serde_json::Value) -> String {
+        content_hash(
+            "inv",
+            definition,
+            PlanKind::Compensation,
+            &serde_json::json!({}),
+            [HashedAction {
+                fingerprint: "fp",
+                violation_kind: "extra",
+                key,
+                spec,
+                idempotency_key: "k",
+                partition: "",
+                event_at: None,
+            }]
+            .into_iter(),
+        )
+    }
+
     #[test]
     fn the_same_action_for_the_same_violation_has_one_idempotency_key() {
         let spec = ActionSpec::Manual {
@@ -686,8 +752,7 @@ mod tests {
         let a: serde_json::Value = serde_json::from_str(r#"{"event_id": 1, "amount": 2}"#).unwrap();
         let b: serde_json::Value = serde_json::from_str(r#"{"amount": 2, "event_id": 1}"#).unwrap();
         let key = serde_json::json!([1]);
-        let hash =
-            |s: &ActionSpec| content_hash("i", "d", [("f", "missing", &key, s, "k")].into_iter());
+        let hash = |s: &ActionSpec| hash_one(s, "d", &key);
         assert_eq!(hash(&spec(a.clone())), hash(&spec(b.clone())));
         assert_eq!(
             idempotency_key("i", "f", &spec(a)),
@@ -703,9 +768,7 @@ mod tests {
             params: vec![serde_json::json!(1)],
         };
         let key = serde_json::json!([1]);
-        let hash = |spec: &ActionSpec, def: &str| {
-            content_hash("inv", def, [("fp", "extra", &key, spec, "k")].into_iter())
-        };
+        let hash = |spec: &ActionSpec, def: &str| hash_one(spec, def, &key);
         let base = hash(&spec, "d1");
         assert_eq!(base, hash(&spec, "d1"));
         assert_ne!(base, hash(&spec, "d2"));

@@ -20,8 +20,8 @@ use crate::config::SecretUrl;
 use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
 
 pub use plans::{
-    ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanRecord, PlanState,
-    PlanStore, Transition,
+    ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanKind, PlanRecord,
+    PlanState, PlanStore, Transition,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

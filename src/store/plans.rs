@@ -25,6 +25,10 @@ pub enum PlanState {
     Applied,
     /// Apply stopped after too many failed actions, or was interrupted; apply again to go on.
     Stopped,
+    /// An operator paused it: applies stop after the action in flight; resume to go on.
+    Paused,
+    /// An operator cancelled it: nothing more is applied.
+    Cancelled,
 }
 
 impl PlanState {
@@ -36,6 +40,8 @@ impl PlanState {
             PlanState::Applying => "applying",
             PlanState::Applied => "applied",
             PlanState::Stopped => "stopped",
+            PlanState::Paused => "paused",
+            PlanState::Cancelled => "cancelled",
         }
     }
 
@@ -46,6 +52,8 @@ impl PlanState {
             "applying" => PlanState::Applying,
             "applied" => PlanState::Applied,
             "stopped" => PlanState::Stopped,
+            "paused" => PlanState::Paused,
+            "cancelled" => PlanState::Cancelled,
             _ => PlanState::Proposed,
         }
     }
@@ -62,16 +70,20 @@ pub enum ActionStatus {
     Failed,
     /// A step for a person; recorded, not executed.
     Manual,
+    /// A replayed event that failed its every attempt: set aside so the replay goes on;
+    /// `--retry-failed` tries it again.
+    Parked,
 }
 
 impl ActionStatus {
-    pub const ALL: [ActionStatus; 6] = [
+    pub const ALL: [ActionStatus; 7] = [
         ActionStatus::Pending,
         ActionStatus::InProgress,
         ActionStatus::Applied,
         ActionStatus::Skipped,
         ActionStatus::Failed,
         ActionStatus::Manual,
+        ActionStatus::Parked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +94,7 @@ impl ActionStatus {
             ActionStatus::Skipped => "skipped",
             ActionStatus::Failed => "failed",
             ActionStatus::Manual => "manual",
+            ActionStatus::Parked => "parked",
         }
     }
 
@@ -97,9 +110,39 @@ impl ActionStatus {
     }
 }
 
+/// What a plan does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanKind {
+    /// Compensating actions for violations.
+    Compensation,
+    /// Re-deliveries of lost upstream events over a time window, in event order.
+    Replay,
+}
+
+impl PlanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanKind::Compensation => "compensation",
+            PlanKind::Replay => "replay",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Self {
+        if raw == "replay" {
+            PlanKind::Replay
+        } else {
+            PlanKind::Compensation
+        }
+    }
+}
+
 /// A plan about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewPlan {
+    pub kind: PlanKind,
+    /// What the plan was made for (a replay's window, partition column, reason).
+    pub meta: serde_json::Value,
     pub invariant: String,
     pub definition_hash: String,
     pub content_hash: String,
@@ -122,6 +165,11 @@ pub struct NewAction {
     pub evidence: serde_json::Value,
     pub spec: ActionSpec,
     pub idempotency_key: String,
+    /// Actions of one partition are applied in `seq` order by one worker at a time (`""`:
+    /// no partition).
+    pub partition: String,
+    /// When the violation's business event happened.
+    pub event_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -135,6 +183,8 @@ pub struct Approval {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlanRecord {
     pub id: PlanId,
+    pub kind: PlanKind,
+    pub meta: serde_json::Value,
     pub invariant: String,
     pub definition_hash: String,
     pub content_hash: String,
@@ -165,6 +215,8 @@ pub struct ActionRecord {
     pub evidence: serde_json::Value,
     pub spec: ActionSpec,
     pub idempotency_key: String,
+    pub partition: String,
+    pub event_at: Option<DateTime<Utc>>,
     pub status: ActionStatus,
     pub attempts: i64,
     pub lease_owner: Option<String>,
@@ -253,6 +305,41 @@ pub trait PlanStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Leases one partition of a replay plan that has work left and no live lease.
+    async fn claim_partition(
+        &self,
+        plan: PlanId,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Extends a held partition lease; `false` if it is no longer ours.
+    async fn renew_partition(
+        &self,
+        plan: PlanId,
+        partition: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn release_partition(
+        &self,
+        plan: PlanId,
+        partition: &str,
+        owner: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Claims the first unfinished action of a partition whose lease the caller holds (an
+    /// action a dead worker left in progress included): the next event in order.
+    async fn claim_in_partition(
+        &self,
+        plan: PlanId,
+        partition: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ActionRecord>, StoreError>;
+
     /// Gives a claimed action back (apply stopping): pending again.
     async fn release_action(&self, plan: PlanId, seq: i64, owner: &str) -> Result<(), StoreError>;
 
@@ -296,8 +383,12 @@ macro_rules! impl_plan_store {
                 let state: String = row.try_get("state")?;
                 let required: i32 = row.try_get("approvals_required")?;
                 let count: i32 = row.try_get("action_count")?;
+                let kind: String = row.try_get("kind")?;
+                let meta: sqlx::types::Json<serde_json::Value> = row.try_get("meta")?;
                 Ok($crate::store::PlanRecord {
                     id: row.try_get("id")?,
+                    kind: $crate::store::PlanKind::parse(&kind),
+                    meta: meta.0,
                     invariant: row.try_get("invariant")?,
                     definition_hash: row.try_get("definition_hash")?,
                     content_hash: row.try_get("content_hash")?,
@@ -340,6 +431,8 @@ macro_rules! impl_plan_store {
                     evidence: evidence.0,
                     spec: spec.0,
                     idempotency_key: row.try_get("idempotency_key")?,
+                    partition: row.try_get("partition_key")?,
+                    event_at: row.try_get("event_at")?,
                     status: $crate::store::ActionStatus::parse(&status),
                     attempts: attempts.into(),
                     lease_owner: row.try_get("lease_owner")?,
@@ -387,17 +480,18 @@ macro_rules! impl_plan_store {
                 let superseded: Vec<i64> = sqlx::query_scalar(
                     "UPDATE plans SET state = 'superseded', state_by = $2, state_at = $3, \
                        state_reason = 'a newer plan replaced it' \
-                     WHERE invariant = $1 AND state = 'proposed' RETURNING id",
+                     WHERE invariant = $1 AND state = 'proposed' AND kind = $4 RETURNING id",
                 )
                 .bind(&plan.invariant)
                 .bind(&plan.proposed_by)
                 .bind(plan.proposed_at)
+                .bind(plan.kind.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO plans (invariant, definition_hash, content_hash, severity, approvals_required, \
-                       has_manual, proposed_by, proposed_at, expires_at, source_run_id, state, action_count, counts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'proposed', $11, $12) RETURNING id",
+                       has_manual, proposed_by, proposed_at, expires_at, source_run_id, state, action_count, counts, kind, meta) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'proposed', $11, $12, $13, $14) RETURNING id",
                 )
                 .bind(&plan.invariant)
                 .bind(&plan.definition_hash)
@@ -411,12 +505,14 @@ macro_rules! impl_plan_store {
                 .bind(plan.source_run_id)
                 .bind(actions.len() as i32)
                 .bind(sqlx::types::Json(&plan.counts))
+                .bind(plan.kind.as_str())
+                .bind(sqlx::types::Json(&plan.meta))
                 .fetch_one(&mut *tx)
                 .await?;
-                // 7 parameters a row; chunks stay below both engines' parameter limits.
+                // 10 parameters a row; chunks stay below both engines' parameter limits.
                 for (c, chunk) in actions.chunks(1000).enumerate() {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO plan_actions (plan_id, seq, fingerprint, violation_kind, key, evidence, spec, idempotency_key) ",
+                        "INSERT INTO plan_actions (plan_id, seq, fingerprint, violation_kind, key, evidence, spec, idempotency_key, partition_key, event_at) ",
                     );
                     let base = (c * 1000) as i32;
                     qb.push_values(chunk.iter().enumerate(), |mut b, (i, a)| {
@@ -427,9 +523,25 @@ macro_rules! impl_plan_store {
                             .push_bind(sqlx::types::Json(a.key.clone()))
                             .push_bind(sqlx::types::Json(a.evidence.clone()))
                             .push_bind(sqlx::types::Json(a.spec.clone()))
-                            .push_bind(a.idempotency_key.clone());
+                            .push_bind(a.idempotency_key.clone())
+                            .push_bind(a.partition.clone())
+                            .push_bind(a.event_at);
                     });
                     qb.build().execute(&mut *tx).await?;
+                }
+                if plan.kind == $crate::store::PlanKind::Replay {
+                    let partitions: std::collections::BTreeSet<&str> =
+                        actions.iter().map(|a| a.partition.as_str()).collect();
+                    let partitions: Vec<&str> = partitions.into_iter().collect();
+                    for chunk in partitions.chunks(1000) {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO plan_partitions (plan_id, partition_key) ",
+                        );
+                        qb.push_values(chunk.iter(), |mut b, key| {
+                            b.push_bind(id).push_bind(key.to_string());
+                        });
+                        qb.build().execute(&mut *tx).await?;
+                    }
                 }
                 let target = format!("plan:{id}");
                 for old in &superseded {
@@ -684,6 +796,109 @@ macro_rules! impl_plan_store {
                 Ok(true)
             }
 
+            async fn claim_partition(
+                &self,
+                plan: $crate::store::PlanId,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let key: Option<String> = sqlx::query_scalar(concat!(
+                    "UPDATE plan_partitions SET lease_owner = $2, lease_until = $3 ",
+                    "WHERE plan_id = $1 AND partition_key = (",
+                    "SELECT p.partition_key FROM plan_partitions p WHERE p.plan_id = $1 ",
+                    "AND (p.lease_owner IS NULL OR p.lease_until < $4) ",
+                    "AND EXISTS (SELECT 1 FROM plan_actions a WHERE a.plan_id = p.plan_id ",
+                    "AND a.partition_key = p.partition_key AND a.status IN ('pending', 'in_progress')) ",
+                    "ORDER BY p.partition_key LIMIT 1 ",
+                    $skip_locked,
+                    ") RETURNING partition_key"
+                ))
+                .bind(plan)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(key)
+            }
+
+            async fn renew_partition(
+                &self,
+                plan: $crate::store::PlanId,
+                partition: &str,
+                owner: &str,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "UPDATE plan_partitions SET lease_until = $4 WHERE plan_id = $1 AND partition_key = $2 AND lease_owner = $3",
+                )
+                .bind(plan)
+                .bind(partition)
+                .bind(owner)
+                .bind(lease_until)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn release_partition(
+                &self,
+                plan: $crate::store::PlanId,
+                partition: &str,
+                owner: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE plan_partitions SET lease_owner = NULL, lease_until = NULL WHERE plan_id = $1 AND partition_key = $2 AND lease_owner = $3",
+                )
+                .bind(plan)
+                .bind(partition)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_in_partition(
+                &self,
+                plan: $crate::store::PlanId,
+                partition: &str,
+                owner: &str,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::ActionRecord>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let held: Option<String> = sqlx::query_scalar(concat!(
+                    "SELECT lease_owner FROM plan_partitions WHERE plan_id = $1 AND partition_key = $2 ",
+                    $for_update
+                ))
+                .bind(plan)
+                .bind(partition)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+                if held.as_deref() != Some(owner) {
+                    return Ok(None);
+                }
+                let row = sqlx::query(
+                    "UPDATE plan_actions SET status = 'in_progress', lease_owner = $3, lease_until = $4, \
+                       attempts = attempts + 1 \
+                     WHERE plan_id = $1 AND seq = (SELECT seq FROM plan_actions WHERE plan_id = $1 \
+                       AND partition_key = $2 AND status IN ('pending', 'in_progress') ORDER BY seq LIMIT 1) \
+                     RETURNING *",
+                )
+                .bind(plan)
+                .bind(partition)
+                .bind(owner)
+                .bind(lease_until)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row.as_ref().map(Self::action_row).transpose()?)
+            }
+
             async fn release_action(
                 &self,
                 plan: $crate::store::PlanId,
@@ -708,7 +923,7 @@ macro_rules! impl_plan_store {
             ) -> Result<u64, $crate::store::StoreError> {
                 Ok(sqlx::query(
                     "UPDATE plan_actions SET status = 'pending', outcome = NULL, finished_at = NULL \
-                     WHERE plan_id = $1 AND status = 'failed'",
+                     WHERE plan_id = $1 AND status IN ('failed', 'parked')",
                 )
                 .bind(plan)
                 .execute(&self.pool)

@@ -437,8 +437,12 @@ async fn plan_story(store: Arc<dyn Store>) {
             instructions: format!("fix {n}"),
         },
         idempotency_key: format!("key-{n}"),
+        partition: String::new(),
+        event_at: None,
     };
     let new_plan = NewPlan {
+        kind: trueup::store::PlanKind::Compensation,
+        meta: json!({}),
         invariant: "inv".into(),
         definition_hash: "d".into(),
         content_hash: "c".into(),
@@ -607,6 +611,96 @@ async fn plan_story(store: Arc<dyn Store>) {
             "plan.approve",
             "plan.test"
         ]
+    );
+
+    // A replay: one worker per partition, a partition's actions in order; a replay plan does
+    // not supersede the compensation plan of the same invariant.
+    let replay = NewPlan {
+        kind: trueup::store::PlanKind::Replay,
+        meta: json!({"from": "2026-11-20T00:00:00Z"}),
+        ..new_plan.clone()
+    };
+    let in_partition = |n: i64, p: &str| NewAction {
+        partition: p.into(),
+        ..action(n)
+    };
+    let r = store
+        .create_plan(
+            &replay,
+            &[
+                in_partition(1, "a"),
+                in_partition(2, "b"),
+                in_partition(3, "a"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.plan(third).await.unwrap().unwrap().state,
+        PlanState::Proposed
+    );
+    let p1 = store
+        .claim_partition(r, "w1", t0, t0 + lease)
+        .await
+        .unwrap();
+    let p2 = store
+        .claim_partition(r, "w2", t0, t0 + lease)
+        .await
+        .unwrap();
+    assert_eq!((p1.as_deref(), p2.as_deref()), (Some("a"), Some("b")));
+    assert_eq!(
+        store
+            .claim_partition(r, "w3", t0, t0 + lease)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .claim_in_partition(r, "a", "w2", t0 + lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let first = store
+        .claim_in_partition(r, "a", "w1", t0 + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.seq, 1);
+    store
+        .finish_action(r, 1, "w1", "otto", ActionStatus::Parked, &json!({}), t0)
+        .await
+        .unwrap();
+    let next = store
+        .claim_in_partition(r, "a", "w1", t0 + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.seq, 3);
+    // w1 dies holding partition a and action 3: after the lease another worker gets both.
+    let p3 = store
+        .claim_partition(r, "w3", later, later + lease)
+        .await
+        .unwrap();
+    assert_eq!(p3.as_deref(), Some("a"));
+    assert!(
+        !store
+            .renew_partition(r, "a", "w1", later + lease)
+            .await
+            .unwrap()
+    );
+    let again = store
+        .claim_in_partition(r, "a", "w3", later + lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.seq, again.attempts), (3, 2));
+    store.release_partition(r, "a", "w3").await.unwrap();
+    assert_eq!(
+        store.retry_failed_actions(r).await.unwrap(),
+        1,
+        "the parked action"
     );
     store.close().await;
 }

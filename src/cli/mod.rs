@@ -7,6 +7,7 @@ mod check;
 mod demo_cmd;
 mod output;
 mod plans;
+mod replay;
 mod serve_cmd;
 mod validate;
 mod violations;
@@ -77,6 +78,8 @@ pub enum Command {
     Plan(PlanCommand),
     /// Apply an approved plan (or dry-run any plan), at a bounded rate, resumably
     Apply(ApplyArgs),
+    /// Replay lost events over a time window (dry run unless --execute); pause, resume, cancel
+    Replay(ReplayArgs),
     /// Show the append-only audit log
     Audit(AuditArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
@@ -148,12 +151,62 @@ pub struct ApplyArgs {
     /// takes it over
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub lease: String,
-    /// Try actions that failed in an earlier apply again
+    /// Try actions that failed (or replayed events that were parked) in an earlier apply again
     #[arg(long)]
     pub retry_failed: bool,
+    /// Replays: how many partitions to deliver at once (events of one partition always go in
+    /// order, one at a time)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: usize,
     /// Output format
     #[arg(long, short = 'f', value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReplayArgs {
+    #[command(subcommand)]
+    pub command: Option<ReplayCommand>,
+    /// The reconcile invariant whose missing events to replay
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Option<String>,
+    /// Start of the window on the events' own time (RFC 3339); required
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End of the window, exclusive (RFC 3339); required
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Propose the live replay as a plan (to approve, then `trueup apply`) instead of a dry run
+    #[arg(long)]
+    pub execute: bool,
+    /// Allow a window wider than the invariant's replay.max_window (needs --reason)
+    #[arg(long)]
+    pub wide: bool,
+    /// Why a wide window is safe (recorded in the audit log)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The rate to estimate the duration at: N/s, N/m, N/h or `unlimited` [default: 10/s]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Pause a replay plan: applies stop after the event in flight
+    Pause { plan: i64 },
+    /// Resume a paused replay plan and apply it
+    Resume {
+        plan: i64,
+        /// At most this many events: N/s, N/m, N/h or `unlimited` [default: 10/s]
+        #[arg(long, value_name = "RATE")]
+        rate: Option<String>,
+    },
+    /// Cancel a replay plan: nothing more is delivered
+    Cancel { plan: i64 },
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +360,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Plan(cmd) => plans::command(cli.config.as_deref(), cmd).await,
             Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
             Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
+            Command::Replay(args) => replay::run(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo_cmd::run(args).await,
         }
     });

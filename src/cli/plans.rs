@@ -392,15 +392,12 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Result<u8> {
-    let rate = match &args.rate {
-        Some(r) => match Rate::parse(r) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: --{e}");
-                return Ok(EXIT_ERROR);
-            }
-        },
-        None => Rate::DEFAULT,
+    let rate = match args.rate.as_deref().map(Rate::parse).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: --{e}");
+            return Ok(EXIT_ERROR);
+        }
     };
     let lease = match humantime::parse_duration(&args.lease) {
         Ok(d) if d >= Duration::from_secs(1) => d,
@@ -440,6 +437,11 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
         actor: &actor,
         worker: format!("{}:{}:{}", actor.name, hostname(), std::process::id()),
     };
+    // Replays default to their own conservative rate; compensations to apply's.
+    let rate = rate.unwrap_or(match plan_record.kind {
+        crate::store::PlanKind::Replay => super::replay::DEFAULT_REPLAY_RATE,
+        crate::store::PlanKind::Compensation => Rate::DEFAULT,
+    });
     let opts = ApplyOptions {
         dry_run: args.dry_run,
         rate,
@@ -447,6 +449,7 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
         lease,
         retry_failed: args.retry_failed,
         samples: 5,
+        concurrency: args.concurrency.max(1),
     };
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();

@@ -183,6 +183,27 @@ pub fn endpoints() -> Vec<Endpoint> {
             post(plans_api::apply),
         ),
         endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/pause",
+            Some(Operator),
+            "Pause a plan (a replay, say): applies stop after the action in flight.",
+            post(plans_api::pause),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/resume",
+            Some(Operator),
+            "Resume a paused plan and apply it in the background (body as for apply).",
+            post(plans_api::resume),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/plans/{id}/cancel",
+            Some(Operator),
+            "Cancel a plan: nothing more is applied.",
+            post(plans_api::cancel),
+        ),
+        endpoint(
             Method::GET,
             "/api/v1/audit",
             Some(Admin),

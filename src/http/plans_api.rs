@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::plan::apply::{self, ApplyEnv, ApplyOptions, Rate};
 use crate::plan::{self, Actor, PlanError};
-use crate::store::PlanId;
+use crate::store::{PlanId, PlanState, Transition};
 
 use super::HttpState;
 use super::auth::Caller;
@@ -240,8 +240,10 @@ pub(super) async fn apply(
     body: Option<Json<ApplyBody>>,
 ) -> Result<Response, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
+    let p = plan::load(state.shared.store.as_ref(), id).await?;
     let rate = match &body.rate {
         Some(r) => Rate::parse(r).map_err(ApiError::bad_request)?,
+        None if p.kind == crate::store::PlanKind::Replay => Rate::PerSecond(10.0),
         None => Rate::DEFAULT,
     };
     let opts = ApplyOptions {
@@ -251,7 +253,6 @@ pub(super) async fn apply(
         retry_failed: body.retry_failed,
         ..ApplyOptions::default()
     };
-    let p = plan::load(state.shared.store.as_ref(), id).await?;
     let inv = state.catalog.find(&p.invariant);
     audit(
         &state,
@@ -297,4 +298,102 @@ pub(super) async fn apply(
         Json(json!({ "plan": id, "state": "applying", "progress": format!("/api/v1/plans/{id}") })),
     )
         .into_response())
+}
+
+async fn change_state(
+    state: &HttpState,
+    caller: &Caller,
+    id: PlanId,
+    from: &[PlanState],
+    to: PlanState,
+    action: &str,
+) -> Result<(), ApiError> {
+    let current = plan::load(state.shared.store.as_ref(), id).await?;
+    let moved = state
+        .shared
+        .store
+        .transition_plan(
+            id,
+            &Transition {
+                from,
+                to,
+                by: &caller.name,
+                reason: None,
+                at: Utc::now(),
+                audit_action: action,
+                details: json!({}),
+            },
+        )
+        .await?;
+    if !moved {
+        return Err(ApiError::conflict(format!(
+            "plan {id} is {}; this applies to a plan that is {}",
+            current.state.as_str(),
+            from.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Pauses a plan: applies stop after the action in flight.
+pub(super) async fn pause(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    change_state(
+        &state,
+        &caller,
+        id,
+        &[PlanState::Proposed, PlanState::Applying, PlanState::Stopped],
+        PlanState::Paused,
+        "plan.pause",
+    )
+    .await?;
+    Ok(Json(json!({ "plan": id, "state": "paused" })))
+}
+
+/// Cancels a plan: nothing more is applied.
+pub(super) async fn cancel(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    change_state(
+        &state,
+        &caller,
+        id,
+        &[
+            PlanState::Proposed,
+            PlanState::Applying,
+            PlanState::Stopped,
+            PlanState::Paused,
+        ],
+        PlanState::Cancelled,
+        "plan.cancel",
+    )
+    .await?;
+    Ok(Json(json!({ "plan": id, "state": "cancelled" })))
+}
+
+/// Resumes a paused plan and applies it in the background (like `apply`).
+pub(super) async fn resume(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<PlanId>,
+    body: Option<Json<ApplyBody>>,
+) -> Result<Response, ApiError> {
+    change_state(
+        &state,
+        &caller,
+        id,
+        &[PlanState::Paused],
+        PlanState::Stopped,
+        "plan.resume",
+    )
+    .await?;
+    apply(State(state), Extension(caller), Path(id), body).await
 }

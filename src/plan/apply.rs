@@ -25,7 +25,7 @@ use super::{Actor, PlanError, check_applicable, load, staleness, verify_content}
 use crate::domain::{ActionSpec, Invariant};
 use crate::engine::{Collect, KeyFilter, evaluate_keys};
 use crate::source::Sources;
-use crate::store::{ActionRecord, ActionStatus, PlanId, PlanState, Store, Transition};
+use crate::store::{ActionRecord, ActionStatus, PlanId, PlanKind, PlanState, Store, Transition};
 
 /// How fast actions are executed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +88,8 @@ pub struct ApplyOptions {
     pub retry_failed: bool,
     /// Examples kept per outcome.
     pub samples: usize,
+    /// Replays: partitions delivered at once by this apply.
+    pub concurrency: usize,
 }
 
 impl Default for ApplyOptions {
@@ -99,6 +101,7 @@ impl Default for ApplyOptions {
             lease: Duration::from_secs(60),
             retry_failed: false,
             samples: 5,
+            concurrency: 4,
         }
     }
 }
@@ -115,6 +118,10 @@ pub enum Outcome {
     Failed,
     /// A step for a person.
     Manual,
+    /// A replayed event the downstream had processed already.
+    SkippedProcessed,
+    /// A replayed event that failed every attempt; the replay went on.
+    Parked,
     WouldApply,
     WouldSkipResolved,
     WouldSkipAlreadyApplied,
@@ -130,6 +137,8 @@ impl Outcome {
             Outcome::SkippedAlreadyApplied => "skipped_already_applied",
             Outcome::Failed => "failed",
             Outcome::Manual => "manual",
+            Outcome::SkippedProcessed => "skipped_processed",
+            Outcome::Parked => "parked",
             Outcome::WouldApply => "would_apply",
             Outcome::WouldSkipResolved => "would_skip_resolved",
             Outcome::WouldSkipAlreadyApplied => "would_skip_already_applied",
@@ -174,6 +183,9 @@ pub struct Verification {
     pub closed: u64,
     pub still_open: u64,
     pub errors: u64,
+    /// Replays: `missing` violations still open in the window after a fresh run (0 when the
+    /// gap is closed).
+    pub remaining_in_window: Option<u64>,
     pub at: chrono::DateTime<Utc>,
 }
 
@@ -342,7 +354,7 @@ async fn dry_run(
 }
 
 /// Whether the action was applied before, and by what.
-async fn applied_before(
+pub(crate) async fn applied_before(
     env: &ApplyEnv<'_>,
     action: &ActionRecord,
 ) -> Result<Option<String>, PlanError> {
@@ -414,12 +426,173 @@ async fn live(
         ));
     }
     let mut report = ApplyReport::new(id, false);
-    let mut ticker = opts.rate.period().map(|p| {
+    let halted = if plan.kind == PlanKind::Replay {
+        let spec = invariant.replay.as_ref().ok_or_else(|| {
+            PlanError::refused(id, "its invariant no longer has a `replay:` block")
+        })?;
+        run_partitions(
+            env,
+            invariant,
+            spec,
+            plan,
+            opts,
+            cancel,
+            progress,
+            started,
+            &mut report,
+        )
+        .await?
+    } else {
+        run_sequential(
+            env,
+            invariant,
+            plan,
+            opts,
+            cancel,
+            progress,
+            started,
+            &mut report,
+        )
+        .await?
+    };
+    report.actions_secs = started.elapsed().as_secs_f64();
+    if let Some(state) = halted {
+        // An operator paused or cancelled it: the state says so already.
+        report.stopped = Some(format!("the plan was {}", state.as_str()));
+    } else if let Some(why) = &report.stopped {
+        env.store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Stopped,
+                    by: &env.actor.name,
+                    reason: Some(why),
+                    at: Utc::now(),
+                    audit_action: "plan.apply.stop",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+    } else if let Some(why) = unfinished(&env.store.action_progress(id).await?, id) {
+        env.store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Stopped,
+                    by: &env.actor.name,
+                    reason: Some(&why),
+                    at: Utc::now(),
+                    audit_action: "plan.apply.stop",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+        report.stopped = Some(why);
+    } else {
+        let finished_it = env
+            .store
+            .transition_plan(
+                id,
+                &Transition {
+                    from: &[PlanState::Applying],
+                    to: PlanState::Applied,
+                    by: &env.actor.name,
+                    reason: None,
+                    at: Utc::now(),
+                    audit_action: "plan.apply.finish",
+                    details: serde_json::json!({ "worker": env.worker }),
+                },
+            )
+            .await?;
+        if finished_it {
+            let mut verification = verify(env, invariant, id).await?;
+            if plan.kind == PlanKind::Replay {
+                verification.remaining_in_window =
+                    Some(remaining_in_window(env, invariant, plan).await?);
+            }
+            env.store
+                .record_verification(
+                    id,
+                    &serde_json::to_value(&verification).unwrap_or_default(),
+                    &env.actor.name,
+                    verification.at,
+                )
+                .await?;
+            report.verification = Some(verification);
+        }
+    }
+    report.state = load(env.store, id).await?.state;
+    Ok(report)
+}
+
+/// Actions failed or parked: why the plan stops short of applied.
+fn unfinished(progress: &BTreeMap<ActionStatus, u64>, id: PlanId) -> Option<String> {
+    let failed = progress.get(&ActionStatus::Failed).copied().unwrap_or(0);
+    let parked = progress.get(&ActionStatus::Parked).copied().unwrap_or(0);
+    match (failed, parked) {
+        (0, 0) => None,
+        (f, 0) => Some(format!(
+            "{f} action(s) failed; fix the cause and run `trueup apply {id} --retry-failed`"
+        )),
+        (f, p) => Some(format!(
+            "{p} event(s) parked and {f} action(s) failed; see `trueup plan show {id}`, fix the cause and run `trueup apply {id} --retry-failed`"
+        )),
+    }
+}
+
+/// Whether an operator paused or cancelled the plan (checked at most once a second).
+struct HaltWatch {
+    last: Instant,
+}
+
+impl HaltWatch {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+        }
+    }
+
+    async fn check(
+        &mut self,
+        env: &ApplyEnv<'_>,
+        id: PlanId,
+    ) -> Result<Option<PlanState>, PlanError> {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return Ok(None);
+        }
+        self.last = Instant::now();
+        let state = load(env.store, id).await?.state;
+        Ok(matches!(state, PlanState::Paused | PlanState::Cancelled).then_some(state))
+    }
+}
+
+fn ticker(rate: Rate) -> Option<tokio::time::Interval> {
+    rate.period().map(|p| {
         // The first action waits one period too: N actions take at least N periods.
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
-    });
+    })
+}
+
+/// Compensation plans: any action, in `seq` order, one at a time.
+#[allow(clippy::too_many_arguments)]
+async fn run_sequential(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    plan: &crate::store::PlanRecord,
+    opts: &ApplyOptions,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(&Progress) + Sync),
+    started: Instant,
+    report: &mut ApplyReport,
+) -> Result<Option<PlanState>, PlanError> {
+    let id = plan.id;
+    let mut halt = HaltWatch::new();
+    let mut halted = None;
+    let mut ticker = ticker(opts.rate);
     let lease = chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60));
     let mut failures = 0u64;
     let mut done_here = 0u64;
@@ -443,6 +616,10 @@ async fn live(
     loop {
         if cancel.is_cancelled() {
             report.stopped = Some("interrupted".into());
+            break;
+        }
+        if let Some(state) = halt.check(env, id).await? {
+            halted = Some(state);
             break;
         }
         if let Some(t) = ticker.as_mut() {
@@ -513,69 +690,7 @@ async fn live(
         }
     }
     report_progress(done_here, true, &mut last_progress).await?;
-    report.actions_secs = started.elapsed().as_secs_f64();
-    if let Some(why) = &report.stopped {
-        env.store
-            .transition_plan(
-                id,
-                &Transition {
-                    from: &[PlanState::Applying],
-                    to: PlanState::Stopped,
-                    by: &env.actor.name,
-                    reason: Some(why),
-                    at: Utc::now(),
-                    audit_action: "plan.apply.stop",
-                    details: serde_json::json!({ "worker": env.worker }),
-                },
-            )
-            .await?;
-    } else if let Some(&failed) = env
-        .store
-        .action_progress(id)
-        .await?
-        .get(&ActionStatus::Failed)
-        .filter(|n| **n > 0)
-    {
-        let why = format!(
-            "{failed} action(s) failed; fix the cause and run `trueup apply {id} --retry-failed`"
-        );
-        env.store
-            .transition_plan(
-                id,
-                &Transition {
-                    from: &[PlanState::Applying],
-                    to: PlanState::Stopped,
-                    by: &env.actor.name,
-                    reason: Some(&why),
-                    at: Utc::now(),
-                    audit_action: "plan.apply.stop",
-                    details: serde_json::json!({ "worker": env.worker }),
-                },
-            )
-            .await?;
-        report.stopped = Some(why);
-    } else {
-        let finished_it = env
-            .store
-            .transition_plan(
-                id,
-                &Transition {
-                    from: &[PlanState::Applying],
-                    to: PlanState::Applied,
-                    by: &env.actor.name,
-                    reason: None,
-                    at: Utc::now(),
-                    audit_action: "plan.apply.finish",
-                    details: serde_json::json!({ "worker": env.worker }),
-                },
-            )
-            .await?;
-        if finished_it {
-            report.verification = Some(verify(env, invariant, id).await?);
-        }
-    }
-    report.state = load(env.store, id).await?.state;
-    Ok(report)
+    Ok(halted)
 }
 
 /// What became of one action in a live apply.
@@ -689,6 +804,7 @@ async fn verify(
         closed: 0,
         still_open: 0,
         errors: 0,
+        remaining_in_window: None,
         at: Utc::now(),
     };
     let mut after = None;
@@ -706,15 +822,263 @@ async fn verify(
         }
     }
     v.at = Utc::now();
-    env.store
-        .record_verification(
-            id,
-            &serde_json::to_value(&v).unwrap_or_default(),
-            &env.actor.name,
-            v.at,
-        )
-        .await?;
     Ok(v)
+}
+
+/// After a replay: evaluates the invariant again (a normal run, recorded in the ledger) and
+/// counts the `missing` violations still open in the replay's window.
+async fn remaining_in_window(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    plan: &crate::store::PlanRecord,
+) -> Result<u64, PlanError> {
+    let outcome = crate::runner::run_invariant(invariant, env.sources, env.store).await?;
+    if let Some(e) = outcome.error {
+        return Err(PlanError::refused(
+            plan.id,
+            format!("the replay finished but re-checking its window failed: {e}"),
+        ));
+    }
+    let bound = |k: &str| {
+        plan.meta
+            .get(k)
+            .and_then(|v| serde_json::from_value::<chrono::DateTime<Utc>>(v.clone()).ok())
+    };
+    let times = env
+        .store
+        .event_times(&crate::store::ViolationFilter {
+            invariants: vec![invariant.name.to_string()],
+            status: crate::store::StatusFilter::Active,
+            kind: Some(crate::domain::ViolationKind::Missing),
+            event_from: bound("from"),
+            event_until: bound("to"),
+            ..crate::store::ViolationFilter::default()
+        })
+        .await?;
+    Ok(times.len() as u64)
+}
+
+/// Replay plans: each worker leases a partition and delivers its events in order; up to
+/// `opts.concurrency` partitions at once; every delivery waits for the shared rate.
+#[allow(clippy::too_many_arguments)]
+async fn run_partitions(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    spec: &crate::domain::ReplaySpec,
+    plan: &crate::store::PlanRecord,
+    opts: &ApplyOptions,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(&Progress) + Sync),
+    started: Instant,
+    report: &mut ApplyReport,
+) -> Result<Option<PlanState>, PlanError> {
+    let id = plan.id;
+    let shared_ticker = tokio::sync::Mutex::new(ticker(opts.rate));
+    let shared_report =
+        std::sync::Mutex::new(std::mem::replace(report, ApplyReport::new(id, false)));
+    let halted = std::sync::Mutex::new(None::<PlanState>);
+    let done_here = std::sync::atomic::AtomicU64::new(0);
+    let last_progress = tokio::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
+    let lease = chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60));
+    let show_progress = || async {
+        let mut last = last_progress.lock().await;
+        if last.elapsed() < Duration::from_millis(250) {
+            return Ok::<_, PlanError>(());
+        }
+        *last = Instant::now();
+        let by_status = env.store.action_progress(id).await?;
+        progress(&Progress {
+            total: plan.action_count,
+            by_status,
+            done_here: done_here.load(std::sync::atomic::Ordering::Relaxed),
+            elapsed_secs: started.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    };
+    let worker = |n: usize| {
+        let me = format!("{}#{n}", env.worker);
+        let shared_ticker = &shared_ticker;
+        let shared_report = &shared_report;
+        let halted = &halted;
+        let done_here = &done_here;
+        let show_progress = &show_progress;
+        async move {
+            let mut halt = HaltWatch::new();
+            'partitions: loop {
+                if cancel.is_cancelled() {
+                    return Ok::<_, PlanError>(());
+                }
+                if let Some(state) = halt.check(env, id).await? {
+                    *halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+                    return Ok(());
+                }
+                let now = Utc::now();
+                let Some(partition) = env.store.claim_partition(id, &me, now, now + lease).await?
+                else {
+                    let left = env.store.action_progress(id).await?;
+                    let open = left.get(&ActionStatus::Pending).copied().unwrap_or(0)
+                        + left.get(&ActionStatus::InProgress).copied().unwrap_or(0);
+                    if open == 0 {
+                        return Ok(());
+                    }
+                    show_progress().await?;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                    continue;
+                };
+                loop {
+                    let stop =
+                        cancel.is_cancelled() || halted.lock().map(|h| h.is_some()).unwrap_or(true);
+                    if stop {
+                        env.store.release_partition(id, &partition, &me).await?;
+                        continue 'partitions;
+                    }
+                    if let Some(state) = halt.check(env, id).await? {
+                        *halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+                        env.store.release_partition(id, &partition, &me).await?;
+                        return Ok(());
+                    }
+                    if let Some(t) = shared_ticker.lock().await.as_mut() {
+                        tokio::select! {
+                            _ = t.tick() => {}
+                            () = cancel.cancelled() => continue,
+                        }
+                    }
+                    let until = Utc::now() + lease;
+                    if !env
+                        .store
+                        .renew_partition(id, &partition, &me, until)
+                        .await?
+                    {
+                        // Our lease ran out (we were too slow); another worker has it now.
+                        continue 'partitions;
+                    }
+                    let Some(action) = env
+                        .store
+                        .claim_in_partition(id, &partition, &me, until)
+                        .await?
+                    else {
+                        env.store.release_partition(id, &partition, &me).await?;
+                        continue 'partitions;
+                    };
+                    let done = deliver(env, invariant, spec, &action, cancel).await?;
+                    let held = env
+                        .store
+                        .finish_action(
+                            id,
+                            action.seq,
+                            &me,
+                            &env.actor.name,
+                            done.status,
+                            &done.record(&action, &me),
+                            Utc::now(),
+                        )
+                        .await?;
+                    if held {
+                        done_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        shared_report
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(done.outcome, &action, done.detail, opts.samples);
+                    }
+                    show_progress().await?;
+                }
+            }
+        }
+    };
+    let workers: Vec<_> = (0..opts.concurrency.max(1)).map(worker).collect();
+    futures_util::future::try_join_all(workers).await?;
+    *report = shared_report
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let halted = halted.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(halted)
+}
+
+/// One replayed event: check, then act, retried up to the replay's `attempts`, then parked.
+async fn deliver(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    spec: &crate::domain::ReplaySpec,
+    action: &ActionRecord,
+    cancel: &CancellationToken,
+) -> Result<Done, PlanError> {
+    let mut last_error = String::new();
+    for attempt in 1..=spec.attempts {
+        if attempt > 1 {
+            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts.
+            let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => {}
+            }
+        }
+        match applied_before(env, action).await {
+            Ok(Some(why)) => {
+                return Ok(Done::new(
+                    ActionStatus::Skipped,
+                    Outcome::SkippedAlreadyApplied,
+                    Some(why),
+                ));
+            }
+            Ok(None) => {}
+            Err(PlanError::Target { target, message }) => {
+                last_error = format!("target `{target}`: {message}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match super::replay::already_processed(invariant, spec, env.sources, action).await {
+            Ok(Some(why)) => {
+                return Ok(Done::new(
+                    ActionStatus::Skipped,
+                    Outcome::SkippedProcessed,
+                    Some(why),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                last_error = e;
+                continue;
+            }
+        }
+        match env
+            .targets
+            .execute(
+                &action.spec,
+                &action.idempotency_key,
+                action.plan_id,
+                action.seq,
+            )
+            .await
+        {
+            Executed::Applied(said) => {
+                return Ok(Done {
+                    target_said: Some(said),
+                    ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
+                });
+            }
+            Executed::AlreadyApplied => {
+                return Ok(Done::new(
+                    ActionStatus::Skipped,
+                    Outcome::SkippedAlreadyApplied,
+                    Some("the target's marker table records it as applied".into()),
+                ));
+            }
+            Executed::Failed(e) => last_error = e,
+        }
+    }
+    Ok(Done::new(
+        ActionStatus::Parked,
+        Outcome::Parked,
+        Some(format!(
+            "failed {} time(s); last: {last_error}",
+            spec.attempts
+        )),
+    ))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod netguard;
+pub mod replay;
 pub mod targets;
 
 use std::collections::BTreeMap;
@@ -231,7 +232,9 @@ fn stored_content_hash(plan: &PlanRecord, actions: &[ActionRecord]) -> String {
 }
 
 /// Base URLs of the HTTP targets, for rendering action URLs.
-fn base_url_of(config: &Config) -> impl Fn(&crate::domain::TargetName) -> Option<String> + '_ {
+pub(crate) fn base_url_of(
+    config: &Config,
+) -> impl Fn(&crate::domain::TargetName) -> Option<String> + '_ {
     |name| match config.targets.get(name) {
         Some(TargetConfig::Http(h)) => Some(h.base_url.clone()),
         _ => None,

@@ -135,3 +135,391 @@ async fn the_histogram_shows_the_outage_window_on_the_postgres_store() {
     let pg = TestPg::new().await;
     the_histogram_shows_the_outage_window(&pg.url).await;
 }
+
+/// A downstream consumer: books each event once per Idempotency-Key into `processed`, and
+/// checks that each account's events arrive in sequence order.
+mod consumer {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+
+    #[derive(Clone, Default)]
+    pub struct Seen {
+        pub requests: HashMap<String, u32>,
+        pub last_seq: HashMap<String, i64>,
+        pub out_of_order: Vec<String>,
+    }
+
+    #[derive(Clone)]
+    pub struct Consumer {
+        pub seen: Arc<Mutex<Seen>>,
+        pub db: sqlx::PgPool,
+    }
+
+    async fn receive(
+        State(c): State<Consumer>,
+        Path(id): Path<i64>,
+        headers: HeaderMap,
+        body: String,
+    ) -> StatusCode {
+        let Some(key) = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        else {
+            return StatusCode::BAD_REQUEST;
+        };
+        // A real consumer books the key and the effect together: run it to the end even if
+        // the sender dies mid-request (axum drops a handler whose client went away).
+        tokio::spawn(process(c, id, key, body)).await.unwrap()
+    }
+
+    async fn process(c: Consumer, id: i64, key: String, body: String) -> StatusCode {
+        let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let account = event["account"].as_str().unwrap().to_owned();
+        let seq = event["seq"].as_i64().unwrap();
+        let first = {
+            let mut seen = c.seen.lock().unwrap();
+            let n = seen.requests.entry(key.to_owned()).or_default();
+            *n += 1;
+            let first = *n == 1;
+            if first {
+                let last = seen.last_seq.entry(account.clone()).or_insert(i64::MIN);
+                if seq <= *last {
+                    let msg = format!("{account}: seq {seq} after {last}");
+                    seen.out_of_order.push(msg);
+                } else {
+                    *last = seq;
+                }
+            }
+            first
+        };
+        if first {
+            sqlx::query("INSERT INTO processed (event_id) VALUES ($1)")
+                .bind(id)
+                .execute(&c.db)
+                .await
+                .unwrap();
+        }
+        StatusCode::OK
+    }
+
+    pub async fn start(c: Consumer) -> String {
+        let app = axum::Router::new()
+            .route("/events/{id}", axum::routing::post(receive))
+            .with_state(c);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/")
+    }
+}
+
+/// Runs a command to completion without blocking the async runtime.
+async fn output(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn trueup(config: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_trueup"));
+    c.arg("--config").arg(config).env("TRUEUP_ACTOR", "oncall");
+    c
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+// Multi-threaded, and every child process awaited off the runtime: the consumer this test
+// runs must keep answering while trueup delivers to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_closes() {
+    use std::time::{Duration, Instant};
+    let data = TestPg::new().await;
+    let ledger = TestPg::new().await;
+    // 50,000 events over 48 hours across 40 accounts, each account numbering its own events;
+    // the consumer lost the six hours from 2026-11-20T10:00 to 16:00.
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
+                              created_at TIMESTAMPTZ NOT NULL, amount BIGINT NOT NULL);
+         INSERT INTO events
+           SELECT g, 'acct-' || (g % 40), g / 40, TIMESTAMPTZ '2026-11-19T16:00:00Z' + (g * 3456) * INTERVAL '1 millisecond', g % 1000
+           FROM generate_series(1, 50000) g;
+         CREATE TABLE processed (event_id BIGINT NOT NULL);
+         INSERT INTO processed SELECT id FROM events
+           WHERE created_at < '2026-11-20T10:00:00Z' OR created_at >= '2026-11-20T16:00:00Z';",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let (lost, lost_ids): (i64, Vec<i64>) = {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE created_at >= '2026-11-20T10:00:00Z' AND created_at < '2026-11-20T16:00:00Z' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        (ids.len() as i64, ids)
+    };
+    assert!((5500..7000).contains(&lost), "{lost} lost");
+    let consumer = consumer::Consumer {
+        seen: Default::default(),
+        db: pool.clone(),
+    };
+    let base = consumer::start(consumer.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-consumed
+    severity: high
+    time_column: created_at
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, account, seq, amount, created_at FROM events"}
+      right: {source: upstream, query: "SELECT event_id FROM processed"}
+      key: event_id
+    replay:
+      http:
+        target: consumer
+        path: events/{{key.event_id}}
+        body: {account: "{{left.account}}", seq: "{{left.seq}}", amount: "{{left.amount}}"}
+      idempotency_key: evt-{{key.event_id}}
+      partition: account
+      max_window: 6h
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\", pool_size: 8}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
+            ledger.url, data.url
+        ),
+    )
+    .unwrap();
+
+    let checked = output({
+        let mut c = trueup(&config);
+        c.arg("check");
+        c
+    })
+    .await;
+    assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+    assert!(
+        text(&checked).contains(&format!("missing {lost}")),
+        "{}",
+        text(&checked)
+    );
+
+    // The histogram shows the outage: six hourly buckets, nothing before or after.
+    let hist = output({
+        let mut c = trueup(&config);
+        c.args([
+            "violations",
+            "-i",
+            "events-consumed",
+            "-k",
+            "missing",
+            "--histogram",
+            "--bucket",
+            "1h",
+            "-f",
+            "json",
+        ]);
+        c
+    })
+    .await;
+    let hist: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    let buckets = hist["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 6, "{hist}");
+    assert_eq!(buckets[0]["start"], "2026-11-20T10:00:00Z");
+    assert!(
+        buckets.iter().all(|b| b["count"].as_u64().unwrap() > 900),
+        "{hist}"
+    );
+
+    // Partial recovery processed 200 of the lost events before the replay.
+    for id in lost_ids.iter().step_by(lost_ids.len() / 200).take(200) {
+        sqlx::query("INSERT INTO processed VALUES ($1)")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    // No window, no replay.
+    let refused = output({
+        let mut c = trueup(&config);
+        c.args(["replay", "-i", "events-consumed"]);
+        c
+    })
+    .await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused).contains("give both --from and --to"),
+        "{}",
+        text(&refused)
+    );
+    let too_wide = output({
+        let mut c = trueup(&config);
+        c.args([
+            "replay",
+            "-i",
+            "events-consumed",
+            "--from",
+            "2026-11-20T09:00:00Z",
+            "--to",
+            "2026-11-20T16:00:00Z",
+        ]);
+        c
+    })
+    .await;
+    assert_eq!(too_wide.status.code(), Some(2));
+    assert!(
+        text(&too_wide).contains("wider than"),
+        "{}",
+        text(&too_wide)
+    );
+
+    let window = [
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T16:00:00Z",
+    ];
+    let dry = output({
+        let mut c = trueup(&config);
+        c.args(["replay", "-i", "events-consumed", "-f", "json"])
+            .args(window);
+        c
+    })
+    .await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(dry["would_replay"], lost - 200, "{dry}");
+    assert_eq!(dry["would_skip_processed"], 200, "{dry}");
+    assert_eq!(dry["outside_window"], 0, "{dry}");
+    assert_eq!(dry["parked"], 0, "{dry}");
+    assert!(
+        consumer.seen.lock().unwrap().requests.is_empty(),
+        "the dry run delivered nothing"
+    );
+
+    let proposed = output({
+        let mut c = trueup(&config);
+        c.args(["replay", "-i", "events-consumed", "--execute"])
+            .args(window);
+        c
+    })
+    .await;
+    assert!(
+        text(&proposed).contains(&format!("proposed replay plan 1: {lost} event(s)")),
+        "{}",
+        text(&proposed)
+    );
+    let approved = output({
+        let mut c = trueup(&config);
+        c.args(["plan", "approve", "1"]);
+        c
+    })
+    .await;
+    assert!(approved.status.success(), "{}", text(&approved));
+
+    // Kill the replay mid-way, then run it again.
+    let store = trueup::store::open(&trueup::config::SecretUrl::new(ledger.url.clone()))
+        .await
+        .unwrap();
+    let mut child = trueup(&config)
+        .args([
+            "apply",
+            "1",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "8",
+            "--lease",
+            "2s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let done: u64 = store
+            .action_progress(1)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| *n)
+            .sum();
+        if done >= 2000 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replay ended before the kill"
+        );
+        assert!(started.elapsed() < Duration::from_secs(180), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = output({
+        let mut c = trueup(&config);
+        c.args([
+            "apply",
+            "1",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "8",
+            "--lease",
+            "2s",
+            "-f",
+            "json",
+        ]);
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["state"], "applied", "{report}");
+    assert_eq!(report["verification"]["remaining_in_window"], 0, "{report}");
+
+    // Exactly the still-missing events, once each, in order within each account.
+    let seen = consumer.seen.lock().unwrap().clone();
+    assert!(
+        seen.out_of_order.is_empty(),
+        "{:?}",
+        &seen.out_of_order[..seen.out_of_order.len().min(5)]
+    );
+    assert_eq!(seen.requests.len() as i64, lost - 200);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (50_000, 50_000));
+    let progress = store.action_progress(1).await.unwrap();
+    assert_eq!(
+        progress.get(&trueup::store::ActionStatus::Parked),
+        None,
+        "{progress:?}"
+    );
+    store.close().await;
+}

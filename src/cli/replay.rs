@@ -1,0 +1,287 @@
+//! `trueup replay`: dry-run (default) or propose a replay of lost events over a window; pause,
+//! resume and cancel a replay plan.
+
+use std::path::Path;
+
+use chrono::Utc;
+
+use crate::plan::apply::{ApplyEnv, Rate};
+use crate::plan::replay::{self, Window};
+use crate::plan::targets::Targets;
+use crate::plan::{self, Actor, Proposal};
+use crate::store::{PlanState, Transition};
+
+use super::output::{key, truncate};
+use super::{ApplyArgs, EXIT_ERROR, EXIT_OK, Format, ReplayArgs, ReplayCommand, open_app};
+
+/// A replay's rate unless the operator raises it.
+pub const DEFAULT_REPLAY_RATE: Rate = Rate::PerSecond(10.0);
+
+pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<u8> {
+    if let Some(cmd) = args.command {
+        return control(config, cmd).await;
+    }
+    let rate = match args.rate.as_deref().map(Rate::parse).transpose() {
+        Ok(r) => r.unwrap_or(DEFAULT_REPLAY_RATE),
+        Err(e) => {
+            eprintln!("error: --{e}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    let Some(name) = args.invariant.clone() else {
+        eprintln!("error: say which invariant's events to replay: --invariant NAME");
+        return Ok(EXIT_ERROR);
+    };
+    let app = match open_app(config).await? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    let result = async {
+        let inv = match app.select(std::slice::from_ref(&name)) {
+            Ok(mut found) => found.remove(0),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_ERROR);
+            }
+        };
+        let (spec, window) = match replay::check_window(
+            inv,
+            args.from,
+            args.to,
+            args.wide,
+            args.reason.as_deref(),
+        ) {
+            Ok(ok) => ok,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_ERROR);
+            }
+        };
+        let actor = Actor::local();
+        if args.execute {
+            let proposal = plan::replay::propose(
+                app.store.as_ref(),
+                &app.config,
+                inv,
+                spec,
+                window,
+                args.reason.as_deref(),
+                &actor,
+                Utc::now(),
+            )
+            .await;
+            return match proposal {
+                Ok(Proposal::Created { plan: id, actions }) => {
+                    let p = plan::load(app.store.as_ref(), id).await?;
+                    println!(
+                        "proposed replay plan {id}: {actions} event(s) of `{name}` between {} and {} (content {}).\nIt needs {} distinct approver(s): `trueup plan show {id}`, `trueup plan approve {id}`, then `trueup apply {id}` (default rate {DEFAULT_REPLAY_RATE}).",
+                        window.from.to_rfc3339(),
+                        window.to.to_rfc3339(),
+                        plan::short(&p.content_hash),
+                        p.approvals_required
+                    );
+                    Ok(EXIT_OK)
+                }
+                Ok(_) => {
+                    println!("nothing to replay: no open `missing` violation of `{name}` has its event in the window");
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(EXIT_ERROR)
+                }
+            };
+        }
+        let targets = match Targets::open(&app.config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_ERROR);
+            }
+        };
+        let env = ApplyEnv {
+            store: app.store.as_ref(),
+            sources: &app.sources,
+            targets: &targets,
+            invariant: Some(inv),
+            actor: &actor,
+            worker: "dry-run".into(),
+        };
+        let dry = replay::dry_run(&env, &app.config, inv, spec, window, rate, 5).await;
+        targets.close().await;
+        let dry = match dry {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_ERROR);
+            }
+        };
+        print_dry_run(&name, window, &dry, args.format, &args)?;
+        Ok(EXIT_OK)
+    }
+    .await;
+    app.close().await;
+    result
+}
+
+fn print_dry_run(
+    name: &str,
+    window: Window,
+    dry: &replay::DryRun,
+    format: Format,
+    args: &ReplayArgs,
+) -> anyhow::Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(dry)?);
+        return Ok(());
+    }
+    println!(
+        "dry run: replay of `{name}` for events between {} and {}",
+        window.from.to_rfc3339(),
+        window.to.to_rfc3339()
+    );
+    for (label, n, category) in [
+        ("would replay", dry.would_replay, "would_replay"),
+        (
+            "would skip, already processed",
+            dry.would_skip_processed,
+            "would_skip_processed",
+        ),
+        ("outside the window", dry.outside_window, ""),
+        ("parked by an earlier replay", dry.parked, "parked"),
+    ] {
+        println!("  {label:<32}{n}");
+        for s in dry.samples.get(category).into_iter().flatten() {
+            println!(
+                "      {}  {}{}",
+                key(&s.key),
+                truncate(&s.action, 80),
+                s.detail
+                    .as_ref()
+                    .map(|d| format!(" — {}", truncate(d, 70)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    match dry.estimated_secs {
+        Some(secs) => println!(
+            "  at {}: about {}",
+            dry.rate,
+            humantime::format_duration(std::time::Duration::from_secs(secs.ceil() as u64))
+        ),
+        None => println!("  at an unlimited rate"),
+    }
+    let wide = if args.wide {
+        format!(
+            " --wide --reason {:?}",
+            args.reason.as_deref().unwrap_or("")
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "Nothing was delivered. To replay, propose it as a plan: trueup replay -i {name} --from {} --to {}{wide} --execute",
+        window.from.to_rfc3339(),
+        window.to.to_rfc3339()
+    );
+    Ok(())
+}
+
+async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8> {
+    let (id, to, from, action): (i64, PlanState, &[PlanState], &str) = match &cmd {
+        ReplayCommand::Pause { plan } => (
+            *plan,
+            PlanState::Paused,
+            &[PlanState::Proposed, PlanState::Applying, PlanState::Stopped],
+            "plan.pause",
+        ),
+        ReplayCommand::Resume { plan, .. } => (
+            *plan,
+            PlanState::Stopped,
+            &[PlanState::Paused],
+            "plan.resume",
+        ),
+        ReplayCommand::Cancel { plan } => (
+            *plan,
+            PlanState::Cancelled,
+            &[
+                PlanState::Proposed,
+                PlanState::Applying,
+                PlanState::Stopped,
+                PlanState::Paused,
+            ],
+            "plan.cancel",
+        ),
+    };
+    let app = match open_app(config).await? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    let actor = Actor::local();
+    let moved = match plan::load(app.store.as_ref(), id).await {
+        Ok(_) => {
+            app.store
+                .transition_plan(
+                    id,
+                    &Transition {
+                        from,
+                        to,
+                        by: &actor.name,
+                        reason: None,
+                        at: Utc::now(),
+                        audit_action: action,
+                        details: serde_json::json!({}),
+                    },
+                )
+                .await?
+        }
+        Err(e) => {
+            app.close().await;
+            eprintln!("error: {e}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    let state = plan::load(app.store.as_ref(), id).await?.state;
+    app.close().await;
+    if !moved {
+        eprintln!(
+            "error: plan {id} is {}; {} applies to {}",
+            state.as_str(),
+            action.trim_start_matches("plan."),
+            from.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(EXIT_ERROR);
+    }
+    match cmd {
+        ReplayCommand::Pause { .. } => {
+            println!(
+                "plan {id} paused: applies stop after the event in flight; `trueup replay resume {id}` goes on"
+            );
+            Ok(EXIT_OK)
+        }
+        ReplayCommand::Cancel { .. } => {
+            println!("plan {id} cancelled: nothing more will be delivered");
+            Ok(EXIT_OK)
+        }
+        ReplayCommand::Resume { plan, rate } => {
+            println!("plan {id} resumed");
+            super::plans::apply(
+                config,
+                ApplyArgs {
+                    plan,
+                    dry_run: false,
+                    rate,
+                    max_failures: 10,
+                    lease: "60s".into(),
+                    retry_failed: false,
+                    concurrency: 4,
+                    format: Format::Table,
+                },
+            )
+            .await
+        }
+    }
+}

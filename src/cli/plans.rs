@@ -470,7 +470,10 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
                 .copied()
                 .unwrap_or(0);
             let failed = p.by_status.get(&ActionStatus::Failed).copied().unwrap_or(0);
-            bar.set_message(format!("{skipped} skipped, {failed} failed"));
+            let parked = p.by_status.get(&ActionStatus::Parked).copied().unwrap_or(0);
+            bar.set_message(format!(
+                "{skipped} skipped, {parked} parked, {failed} failed"
+            ));
         }
     };
     let result = apply::apply(&env, args.plan, &opts, &cancel, &draw).await;

@@ -27,6 +27,8 @@ pub struct Metrics {
     notifications_sent: IntCounterVec,
     notifications_failed: IntCounterVec,
     pub http_requests: IntCounterVec,
+    plan_actions: IntGaugeVec,
+    plan_actions_total: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -38,6 +40,31 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 }
 
 impl Metrics {
+    /// Replaces the plan gauges with the given plans and their progress.
+    pub fn record_plans(
+        &self,
+        plans: &[(
+            crate::store::PlanRecord,
+            std::collections::BTreeMap<crate::store::ActionStatus, u64>,
+        )],
+    ) {
+        self.plan_actions.reset();
+        self.plan_actions_total.reset();
+        for (plan, progress) in plans {
+            let id = plan.id.to_string();
+            let labels = [id.as_str(), plan.invariant.as_str(), plan.kind.as_str()];
+            self.plan_actions_total
+                .with_label_values(&labels)
+                .set(plan.action_count as i64);
+            for status in crate::store::ActionStatus::ALL {
+                let n = progress.get(&status).copied().unwrap_or(0);
+                self.plan_actions
+                    .with_label_values(&[labels[0], labels[1], labels[2], status.as_str()])
+                    .set(n as i64);
+            }
+        }
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let duration = HistogramVec::new(
@@ -139,6 +166,16 @@ impl Metrics {
                 "trueup_http_requests_total",
                 "HTTP requests served, by route and status code.",
                 &["route", "status"],
+            ),
+            plan_actions: int_gauge(
+                "trueup_plan_actions",
+                "Actions of recent plans (compensations, replays) by status: pending, in_progress, applied, skipped, failed, manual, parked. Read from the store, so applies run from the CLI count too.",
+                &["plan", "invariant", "kind", "status"],
+            ),
+            plan_actions_total: int_gauge(
+                "trueup_plan_actions_planned",
+                "How many actions each recent plan has.",
+                &["plan", "invariant", "kind"],
             ),
             duration,
             last_run: gauge(

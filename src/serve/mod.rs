@@ -167,6 +167,7 @@ impl Application {
         ));
         let heartbeat = {
             let store = Arc::clone(&self.shared.store);
+            let metrics = Arc::clone(&self.shared.metrics);
             let replica = Arc::clone(&self.shared.replica);
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -179,6 +180,9 @@ impl Application {
                     let now = chrono::Utc::now();
                     if let Err(e) = store.heartbeat(&replica, now, now).await {
                         tracing::warn!("cannot record the heartbeat: {e}");
+                    }
+                    if let Err(e) = refresh_plan_metrics(store.as_ref(), &metrics).await {
+                        tracing::warn!("cannot read plan progress for /metrics: {e}");
                     }
                 }
             })
@@ -406,3 +410,20 @@ pub async fn shutdown_signal() {
 
 /// A grace period long enough for the usual run; see `serve.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Plans shown in /metrics: the most recent ones.
+const PLANS_IN_METRICS: u32 = 20;
+
+/// Progress of recent plans from the store (applies may run in other processes).
+async fn refresh_plan_metrics(
+    store: &dyn crate::store::Store,
+    metrics: &Metrics,
+) -> Result<(), crate::store::StoreError> {
+    let mut rows = Vec::new();
+    for plan in store.plans(None, PLANS_IN_METRICS).await? {
+        let progress = store.action_progress(plan.id).await?;
+        rows.push((plan, progress));
+    }
+    metrics.record_plans(&rows);
+    Ok(())
+}

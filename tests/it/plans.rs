@@ -1235,6 +1235,17 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     assert_eq!(done["plan"]["progress"]["applied"], 6, "{done}");
     assert_eq!(done["plan"]["progress"]["manual"], 2, "{done}");
     assert_eq!(done["plan"]["verification"]["closed"], 6, "{done}");
+    // The same figures in /metrics, read from the store every few seconds.
+    crate::serve::wait_for("plan progress in /metrics", Duration::from_secs(15), || {
+        let url = format!("{base}/metrics");
+        async move {
+            let (_, text) = crate::serve::call(reqwest::Method::GET, &url, Some(VIEWER)).await;
+            text.contains(&format!(
+                "trueup_plan_actions{{invariant=\"payments-ledger\",kind=\"compensation\",plan=\"{id}\",status=\"applied\"}} 6"
+            ))
+        }
+    })
+    .await;
 
     // The next run resolves what the plan repaired; the manual steps' violations stay open.
     let (_, body) = crate::serve::call(

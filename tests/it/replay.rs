@@ -479,27 +479,66 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_
     }
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // Paused, it does not apply; resumed, it goes on from where the killed one stopped.
+    let paused = output({
+        let mut c = trueup(&config);
+        c.args(["replay", "pause", "1"]);
+        c
+    })
+    .await;
+    assert!(paused.status.success(), "{}", text(&paused));
+    let refused = output({
+        let mut c = trueup(&config);
+        c.args(["apply", "1", "--rate", "unlimited"]);
+        c
+    })
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("paused"), "{}", text(&refused));
     let out = output({
         let mut c = trueup(&config);
-        c.args([
-            "apply",
-            "1",
-            "--rate",
-            "unlimited",
-            "--concurrency",
-            "8",
-            "--lease",
-            "2s",
-            "-f",
-            "json",
-        ]);
+        c.args(["replay", "resume", "1", "--rate", "unlimited"]);
         c
     })
     .await;
     assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["state"], "applied", "{report}");
-    assert_eq!(report["verification"]["remaining_in_window"], 0, "{report}");
+    assert!(text(&out).contains("plan 1 is applied"), "{}", text(&out));
+    let plan = store.plan(1).await.unwrap().unwrap();
+    assert_eq!(
+        plan.verification.as_ref().unwrap()["remaining_in_window"],
+        0,
+        "{:?}",
+        plan.verification
+    );
+    let cancel_after = output({
+        let mut c = trueup(&config);
+        c.args(["replay", "cancel", "1"]);
+        c
+    })
+    .await;
+    assert_eq!(
+        cancel_after.status.code(),
+        Some(2),
+        "an applied replay cannot be cancelled"
+    );
+    let audit: Vec<String> = store
+        .audit_log(Some("plan:1"), None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "plan.propose",
+        "plan.approve",
+        "plan.pause",
+        "plan.resume",
+        "plan.apply.finish",
+        "plan.verify",
+    ] {
+        assert!(audit.iter().any(|a| a == action), "{action}: {audit:?}");
+    }
 
     // Exactly the still-missing events, once each, in order within each account.
     let seen = consumer.seen.lock().unwrap().clone();

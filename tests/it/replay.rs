@@ -156,6 +156,8 @@ mod consumer {
     pub struct Consumer {
         pub seen: Arc<Mutex<Seen>>,
         pub db: sqlx::PgPool,
+        /// Events this consumer refuses (HTTP 500) for now.
+        pub failing: Arc<Mutex<std::collections::HashSet<i64>>>,
     }
 
     async fn receive(
@@ -177,6 +179,9 @@ mod consumer {
     }
 
     async fn process(c: Consumer, id: i64, key: String, body: String) -> StatusCode {
+        if c.failing.lock().unwrap().contains(&id) {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
         let event: serde_json::Value = serde_json::from_str(&body).unwrap();
         let account = event["account"].as_str().unwrap().to_owned();
         let seq = event["seq"].as_i64().unwrap();
@@ -276,6 +281,7 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_
     let consumer = consumer::Consumer {
         seen: Default::default(),
         db: pool.clone(),
+        failing: Default::default(),
     };
     let base = consumer::start(consumer.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -561,4 +567,123 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_
         "{progress:?}"
     );
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_delivers_it() {
+    let data = TestPg::new().await;
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
+                              created_at TIMESTAMPTZ NOT NULL);
+         INSERT INTO events SELECT g, 'acct-' || (g % 3), g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
+           FROM generate_series(1, 60) g;
+         CREATE TABLE processed (event_id BIGINT NOT NULL);",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let consumer = consumer::Consumer {
+        seen: Default::default(),
+        db: pool.clone(),
+        failing: Default::default(),
+    };
+    consumer.failing.lock().unwrap().extend([7, 31]);
+    let base = consumer::start(consumer.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-consumed
+    time_column: created_at
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, account, seq, created_at FROM events"}
+      right: {source: upstream, query: "SELECT event_id FROM processed"}
+      key: event_id
+    replay:
+      http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
+      partition: account
+      attempts: 2
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            data.url
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        output(c)
+    };
+    run(&["check"]).await;
+    let window: &[&str] = &[
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T11:00:00Z",
+    ];
+    let mut propose = trueup(&config);
+    propose
+        .args(["replay", "-i", "events-consumed", "--execute"])
+        .args(window);
+    assert!(output(propose).await.status.success());
+    assert!(run(&["plan", "approve", "1"]).await.status.success());
+    let first = run(&["apply", "1", "--rate", "unlimited", "-f", "json"]).await;
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["counts"]["applied"], 58, "{report}");
+    assert_eq!(report["counts"]["parked"], 2, "{report}");
+    assert_eq!(report["state"], "stopped", "{report}");
+    assert!(
+        report["stopped"]
+            .as_str()
+            .unwrap()
+            .contains("2 event(s) parked"),
+        "{report}"
+    );
+    let detail = report["samples"]["parked"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("failed 2 time(s)") && detail.contains("500"),
+        "{detail}"
+    );
+    // The parked list is visible.
+    let shown = run(&["plan", "show", "1", "--limit", "100"]).await;
+    assert_eq!(
+        text(&shown).matches("[parked]").count(),
+        2,
+        "{}",
+        text(&shown)
+    );
+
+    // The consumer is fixed; retrying delivers the parked events and closes the gap.
+    consumer.failing.lock().unwrap().clear();
+    let retry = run(&[
+        "apply",
+        "1",
+        "--rate",
+        "unlimited",
+        "--retry-failed",
+        "-f",
+        "json",
+    ])
+    .await;
+    assert!(retry.status.success(), "{}", text(&retry));
+    let report: serde_json::Value = serde_json::from_slice(&retry.stdout).unwrap();
+    assert_eq!(report["counts"]["applied"], 2, "{report}");
+    assert_eq!(report["verification"]["remaining_in_window"], 0, "{report}");
+    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM processed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(delivered, 60);
 }

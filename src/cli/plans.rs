@@ -521,6 +521,12 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
                 "verified: {} of {} applied action(s) closed their violation ({} still open, {} could not be re-checked)",
                 v.closed, v.checked, v.still_open, v.errors
             );
+            if let Some(n) = v.remaining_in_window {
+                println!(
+                    "re-checked the replay window: {n} missing event(s) remain{}",
+                    if n == 0 { " (the gap is closed)" } else { "" }
+                );
+            }
         }
         if !report.dry_run {
             println!("plan {} is {}", report.plan, report.state.as_str());

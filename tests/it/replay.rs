@@ -607,6 +607,7 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
       http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
       partition: account
       attempts: 2
+      max_window: 30m
 "#,
     )
     .unwrap();
@@ -632,11 +633,45 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
         "--to",
         "2026-11-20T11:00:00Z",
     ];
+    // An hour is wider than max_window: it takes --wide and a reason, which is audited.
+    let mut unexplained = trueup(&config);
+    unexplained
+        .args(["replay", "-i", "events-consumed", "--wide", "--execute"])
+        .args(window);
+    let unexplained = output(unexplained).await;
+    assert_eq!(unexplained.status.code(), Some(2));
+    assert!(
+        text(&unexplained).contains("--wide needs --reason"),
+        "{}",
+        text(&unexplained)
+    );
     let mut propose = trueup(&config);
     propose
-        .args(["replay", "-i", "events-consumed", "--execute"])
+        .args([
+            "replay",
+            "-i",
+            "events-consumed",
+            "--execute",
+            "--wide",
+            "--reason",
+            "consumer down 10:00-11:00, INC-42",
+        ])
         .args(window);
-    assert!(output(propose).await.status.success());
+    let proposed = output(propose).await;
+    assert!(proposed.status.success(), "{}", text(&proposed));
+    let store = trueup::store::open(&trueup::config::SecretUrl::new(sqlite_url(
+        &dir.path().join("trueup.db"),
+    )))
+    .await
+    .unwrap();
+    let audit = store.audit_log(Some("plan:1"), None, 50).await.unwrap();
+    let wide = audit
+        .iter()
+        .find(|e| e.action == "replay.wide_window")
+        .expect("audited");
+    assert_eq!(wide.details["reason"], "consumer down 10:00-11:00, INC-42");
+    assert_eq!(wide.actor, "cli:oncall");
+    store.close().await;
     assert!(run(&["plan", "approve", "1"]).await.status.success());
     let first = run(&["apply", "1", "--rate", "unlimited", "-f", "json"]).await;
     assert_eq!(first.status.code(), Some(1), "{}", text(&first));
@@ -667,20 +702,15 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
 
     // The consumer is fixed; retrying delivers the parked events and closes the gap.
     consumer.failing.lock().unwrap().clear();
-    let retry = run(&[
-        "apply",
-        "1",
-        "--rate",
-        "unlimited",
-        "--retry-failed",
-        "-f",
-        "json",
-    ])
-    .await;
+    let retry = run(&["apply", "1", "--rate", "unlimited", "--retry-failed"]).await;
     assert!(retry.status.success(), "{}", text(&retry));
-    let report: serde_json::Value = serde_json::from_slice(&retry.stdout).unwrap();
-    assert_eq!(report["counts"]["applied"], 2, "{report}");
-    assert_eq!(report["verification"]["remaining_in_window"], 0, "{report}");
+    assert!(
+        text(&retry).contains(
+            "re-checked the replay window: 0 missing event(s) remain (the gap is closed)"
+        ),
+        "{}",
+        text(&retry)
+    );
     let delivered: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM processed")
         .fetch_one(&pool)
         .await

@@ -779,18 +779,24 @@ async fn execute_one(
             action.seq,
         )
         .await;
-    Ok(match executed {
-        Executed::Applied(said) => Done {
-            target_said: Some(said),
-            ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
-        },
-        Executed::AlreadyApplied => Done::new(
-            ActionStatus::Skipped,
-            Outcome::SkippedAlreadyApplied,
-            Some("the target's marker table records it as applied".into()),
-        ),
-        Executed::Failed(e) => Done::failed(e),
-    })
+    Ok(Done::from(executed))
+}
+
+impl From<Executed> for Done {
+    fn from(executed: Executed) -> Self {
+        match executed {
+            Executed::Applied(said) => Done {
+                target_said: Some(said),
+                ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
+            },
+            Executed::AlreadyApplied => Done::new(
+                ActionStatus::Skipped,
+                Outcome::SkippedAlreadyApplied,
+                Some("the target's marker table records it as applied".into()),
+            ),
+            Executed::Failed(e) => Done::failed(e),
+        }
+    }
 }
 
 /// Re-checks the violation of every applied action and records how many the apply closed.
@@ -1055,20 +1061,8 @@ async fn deliver(
             )
             .await
         {
-            Executed::Applied(said) => {
-                return Ok(Done {
-                    target_said: Some(said),
-                    ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
-                });
-            }
-            Executed::AlreadyApplied => {
-                return Ok(Done::new(
-                    ActionStatus::Skipped,
-                    Outcome::SkippedAlreadyApplied,
-                    Some("the target's marker table records it as applied".into()),
-                ));
-            }
             Executed::Failed(e) => last_error = e,
+            done => return Ok(Done::from(done)),
         }
     }
     Ok(Done::new(

@@ -292,7 +292,13 @@ pub async fn propose(
             };
             match compensation.render(&ctx, &base_url) {
                 Ok(spec) => actions.push(NewAction {
-                    idempotency_key: idempotency_key(name, &v.fingerprint, &spec),
+                    // One key per occurrence: a violation that was resolved and came back is
+                    // a new occurrence, compensated anew.
+                    idempotency_key: idempotency_key(
+                        name,
+                        &format!("{}#{}", v.fingerprint, v.times_reopened),
+                        &spec,
+                    ),
                     partition: String::new(),
                     event_at: v.event_at,
                     fingerprint: v.fingerprint.clone(),

@@ -539,8 +539,10 @@ async fn pg_execute(
 }
 
 /// MySQL and SQLite convert a bound string or number to the column's type themselves.
+/// `$timestamps_as_datetime`: MySQL refuses RFC 3339 text (`…T10:00:00Z`) for DATETIME and
+/// TIMESTAMP columns, so such values go as date-times (UTC); SQLite keeps them as text.
 macro_rules! bind_loose {
-    ($query:expr, $params:expr) => {{
+    ($query:expr, $params:expr, $timestamps_as_datetime:expr) => {{
         let mut q = $query;
         for v in $params {
             q = match v {
@@ -548,11 +550,41 @@ macro_rules! bind_loose {
                 serde_json::Value::Bool(b) => q.bind(*b),
                 serde_json::Value::Number(n) if n.is_i64() => q.bind(n.as_i64()),
                 serde_json::Value::Number(n) => q.bind(n.to_string()),
-                serde_json::Value::String(s) => q.bind(s.clone()),
+                serde_json::Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+                    Ok(t) if $timestamps_as_datetime => q.bind(t.naive_utc()),
+                    _ => q.bind(s.clone()),
+                },
                 other => q.bind(other.to_string()),
             };
         }
         q
+    }};
+}
+
+/// MySQL and SQLite: the marker row, then the statement with its values bound loosely, in
+/// one transaction begun by `$begin`; `None` when the marker was there already.
+macro_rules! marked_execute {
+    ($begin:expr, $insert_marker:expr, $statement:expr, $params:expr, $key:expr, $plan:expr, $seq:expr, $datetimes:expr) => {{
+        let err = |e: sqlx::Error| e.to_string();
+        let mut tx = $begin.await.map_err(err)?;
+        let fresh = sqlx::query(&$insert_marker)
+            .bind($key)
+            .bind($plan)
+            .bind($seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+        if fresh == 0 {
+            return Ok(None);
+        }
+        let rows = bind_loose!(sqlx::query($statement), $params, $datetimes)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+        tx.commit().await.map_err(err)?;
+        Ok(Some(rows))
     }};
 }
 
@@ -565,28 +597,16 @@ async fn mysql_execute(
     plan: i64,
     seq: i64,
 ) -> Result<Option<u64>, String> {
-    let err = |e: sqlx::Error| e.to_string();
-    let mut tx = pool.begin().await.map_err(err)?;
-    let fresh = sqlx::query(&format!(
-        "INSERT IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"
-    ))
-    .bind(key)
-    .bind(plan)
-    .bind(seq)
-    .execute(&mut *tx)
-    .await
-    .map_err(err)?
-    .rows_affected();
-    if fresh == 0 {
-        return Ok(None);
-    }
-    let rows = bind_loose!(sqlx::query(statement), params)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected();
-    tx.commit().await.map_err(err)?;
-    Ok(Some(rows))
+    marked_execute!(
+        pool.begin(),
+        format!("INSERT IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),
+        statement,
+        params,
+        key,
+        plan,
+        seq,
+        true
+    )
 }
 
 async fn sqlite_execute(
@@ -598,26 +618,14 @@ async fn sqlite_execute(
     plan: i64,
     seq: i64,
 ) -> Result<Option<u64>, String> {
-    let err = |e: sqlx::Error| e.to_string();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-    let fresh = sqlx::query(&format!(
-        "INSERT OR IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"
-    ))
-    .bind(key)
-    .bind(plan)
-    .bind(seq)
-    .execute(&mut *tx)
-    .await
-    .map_err(err)?
-    .rows_affected();
-    if fresh == 0 {
-        return Ok(None);
-    }
-    let rows = bind_loose!(sqlx::query(statement), params)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected();
-    tx.commit().await.map_err(err)?;
-    Ok(Some(rows))
+    marked_execute!(
+        pool.begin_with("BEGIN IMMEDIATE"),
+        format!("INSERT OR IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),
+        statement,
+        params,
+        key,
+        plan,
+        seq,
+        false
+    )
 }

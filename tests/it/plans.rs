@@ -1396,3 +1396,120 @@ async fn eight_apply_processes_racing_on_one_http_plan_send_each_key_once() {
         .unwrap();
     assert_eq!(rows, 300);
 }
+
+#[tokio::test]
+async fn a_mysql_target_applies_each_action_once_with_its_marker() {
+    let my = crate::helpers::TestMysql::new().await;
+    my.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount DECIMAL(10,2) NOT NULL, at DATETIME NOT NULL);
+         INSERT INTO events VALUES (1, 1.50, '2026-11-20 10:00:00'), (2, 2.50, '2026-11-20 10:01:00'), (3, 3.50, '2026-11-20 10:02:00');
+         CREATE TABLE records (event_id BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, at DATETIME NOT NULL);
+         INSERT INTO records VALUES (2, 2.50, '2026-11-20 10:01:00');",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  writer: {{url: \"{}\"}}\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            my.url,
+            my.url
+        ),
+        r#"invariants:
+  - name: events-recorded
+    severity: low
+    reconcile:
+      left: {source: shop, query: "SELECT id AS event_id, amount, at FROM events"}
+      right: {source: shop, query: "SELECT event_id, amount, at FROM records"}
+      key: event_id
+    compensate:
+      missing:
+        sql:
+          target: writer
+          statement: INSERT INTO records (event_id, amount, at) VALUES ({{key.event_id}}, {{left.amount}}, {{left.at}})
+"#,
+    );
+    let app = open(&config).await;
+    let targets = Targets::open(&app.config).unwrap();
+    let outcomes = app.check(&[]).await.unwrap();
+    let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
+        panic!("{:?}", outcomes[0])
+    };
+    assert_eq!(actions, 2);
+    let who = actor("alice", Role::Approver);
+    plan::approve(
+        app.store.as_ref(),
+        id,
+        app.invariants.first(),
+        &who,
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let report = apply::apply(
+        &env(&app, &targets, &who, "events-recorded", "w"),
+        id,
+        &unlimited(),
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.counts.get(&Outcome::Applied), Some(&2), "{report:?}");
+    assert_eq!(report.verification.unwrap().closed, 2);
+    // The record goes missing again before any run saw the violation resolved: the same
+    // occurrence, so a second plan finds the marker and applies nothing twice.
+    let mut c = my.connect().await;
+    sqlx::query("DELETE FROM records WHERE event_id = 3")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (rows, markers): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM records), (SELECT COUNT(*) FROM trueup_applied_actions)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!((rows, markers), (2, 2));
+    app.check(&[]).await.unwrap();
+    let Proposal::Created { plan: again, .. } = plan::propose(
+        app.store.as_ref(),
+        &app.config,
+        &app.invariants[0],
+        &who,
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap() else {
+        panic!("no second plan")
+    };
+    plan::approve(
+        app.store.as_ref(),
+        again,
+        app.invariants.first(),
+        &actor("bob", Role::Approver),
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let second = apply::apply(
+        &env(&app, &targets, &who, "events-recorded", "w"),
+        again,
+        &unlimited(),
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        second.counts.get(&Outcome::SkippedAlreadyApplied),
+        Some(&1),
+        "{second:?}"
+    );
+    targets.close().await;
+    app.close().await;
+}

@@ -14,6 +14,7 @@
 //! - [`notify`]: alert notices, email and webhook channels, the outbox worker.
 //! - [`plan`]: compensation plans: propose, approve, apply (the only writes to monitored
 //!   systems, through [`plan::targets`]).
+//! - [`incident`]: incidents (window, scope, phases, notes).
 //! - [`serve`]: `trueup serve`: scheduler, metrics, shutdown; [`http`]: its endpoints.
 //! - [`cli`]: the commands.
 
@@ -25,6 +26,7 @@ pub mod diagnostic;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod incident;
 pub mod notify;
 pub mod plan;
 pub mod rules;

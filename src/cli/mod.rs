@@ -5,6 +5,7 @@
 
 mod check;
 mod demo_cmd;
+mod incident;
 mod output;
 mod plans;
 mod replay;
@@ -80,6 +81,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Replay lost events over a time window (dry run unless --execute); pause, resume, cancel
     Replay(ReplayArgs),
+    /// Incidents: open one, mark its phases, add notes, show its timeline
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Show the append-only audit log
     Audit(AuditArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
@@ -207,6 +211,48 @@ pub enum ReplayCommand {
     },
     /// Cancel a replay plan: nothing more is delivered
     Cancel { plan: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Open an incident over a window
+    Open {
+        /// e.g. 2026-11-25-billing-outage
+        name: String,
+        /// When it started (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        from: chrono::DateTime<chrono::Utc>,
+        /// When it ended, if known (RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// An invariant in scope (repeatable) [default: every invariant with violations in the window]
+        #[arg(long, short = 'i', value_name = "NAME")]
+        invariant: Vec<String>,
+        /// One line on what happened
+        #[arg(long)]
+        summary: Option<String>,
+    },
+    /// List incidents, newest first
+    List {
+        #[arg(long, short = 'f', value_enum, default_value_t)]
+        format: Format,
+    },
+    /// An incident with its phases and notes
+    Show {
+        name: String,
+        #[arg(long, short = 'f', value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Mark that the response reached a phase: contain, restore, reconcile or verify
+    Phase {
+        name: String,
+        phase: String,
+        /// A note to go with it
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Add a note to the incident's timeline
+    Note { name: String, text: String },
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +407,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
             Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
             Command::Replay(args) => replay::run(cli.config.as_deref(), args).await,
+            Command::Incident(cmd) => incident::run(cli.config.as_deref(), cmd).await,
             Command::Demo(args) => demo_cmd::run(args).await,
         }
     });

@@ -4,6 +4,7 @@ mod alert;
 mod compensation;
 mod duration;
 mod histogram;
+mod incident;
 mod invariant;
 mod name;
 mod role;
@@ -18,6 +19,7 @@ pub use compensation::{
 };
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};
+pub use incident::{IncidentName, Phase};
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, ReplaySpec, Severity,
     TransitionsSpec,

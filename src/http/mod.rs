@@ -6,6 +6,7 @@
 //! `Store` trait, the scheduler's shared state and the in-memory board.
 
 mod api;
+mod incidents_api;
 mod plans_api;
 pub use api::openapi_document;
 pub mod auth;
@@ -202,6 +203,41 @@ pub fn endpoints() -> Vec<Endpoint> {
             Some(Operator),
             "Cancel a plan: nothing more is applied.",
             post(plans_api::cancel),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/incidents",
+            Some(Viewer),
+            "Incidents, newest first.",
+            get(incidents_api::list),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/incidents",
+            Some(Operator),
+            "Open an incident (body `name`, `from`, optional `to`, `invariants`, `summary`).",
+            post(incidents_api::open),
+        ),
+        endpoint(
+            Method::GET,
+            "/api/v1/incidents/{name}",
+            Some(Viewer),
+            "One incident with its phase marks and notes.",
+            get(incidents_api::get),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/incidents/{name}/phases",
+            Some(Operator),
+            "Mark a phase (body `phase`: contain, restore, reconcile or verify; optional `note`).",
+            post(incidents_api::phase),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/incidents/{name}/notes",
+            Some(Operator),
+            "Add a note (body `text`).",
+            post(incidents_api::note),
         ),
         endpoint(
             Method::GET,

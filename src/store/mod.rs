@@ -5,6 +5,7 @@
 //! the default, and PostgreSQL, for production and several replicas. Each has its own
 //! migrations under `migrations/`, applied when the store opens.
 
+mod incidents;
 mod ledger;
 mod plans;
 mod postgres;
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::config::SecretUrl;
 use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
 
+pub use incidents::{IncidentEvent, IncidentRecord, IncidentState, IncidentStore, NewIncident};
 pub use plans::{
     ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanKind, PlanRecord,
     PlanState, PlanStore, Transition,
@@ -241,7 +243,7 @@ pub struct ViolationFilter {
 }
 
 #[async_trait]
-pub trait Store: PlanStore + Send + Sync {
+pub trait Store: PlanStore + IncidentStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Records that an evaluation started.

@@ -39,6 +39,8 @@ impl PgStore {
     }
 }
 
+super::incidents::impl_incident_store!(PgStore, sqlx::Postgres, "BEGIN");
+
 super::plans::impl_plan_store!(
     PgStore,
     sqlx::Postgres,

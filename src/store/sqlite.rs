@@ -42,6 +42,8 @@ impl SqliteStore {
     }
 }
 
+super::incidents::impl_incident_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+
 super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
 
 super::ledger::impl_store!(

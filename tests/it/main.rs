@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod incidents;
+
 mod cli;
 mod notify;
 mod plans;

@@ -1,0 +1,180 @@
+//! `trueup incident open|list|show|phase|note`.
+
+use std::path::Path;
+
+use chrono::Utc;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::incident::{self, IncidentError};
+use crate::plan::Actor;
+
+use super::output::truncate;
+use super::{EXIT_ERROR, EXIT_OK, Format, IncidentCommand, open_app};
+
+fn failed(e: IncidentError) -> anyhow::Result<u8> {
+    match e {
+        IncidentError::Store(e) => Err(e.into()),
+        other => {
+            eprintln!("error: {other}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::Result<u8> {
+    let app = match open_app(config).await? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    let store = app.store.as_ref();
+    let actor = Actor::local();
+    let now = Utc::now();
+    let result = match cmd {
+        IncidentCommand::Open {
+            name,
+            from,
+            to,
+            invariant,
+            summary,
+        } => match incident::open(
+            store,
+            &app.invariants,
+            &name,
+            from,
+            to,
+            &invariant,
+            summary.as_deref(),
+            &actor,
+            now,
+        )
+        .await
+        {
+            Ok(i) => {
+                println!(
+                    "opened incident `{}` (window from {}{}; scope: {})",
+                    i.name,
+                    i.window_from.to_rfc3339(),
+                    i.window_to
+                        .map(|t| format!(" to {}", t.to_rfc3339()))
+                        .unwrap_or_default(),
+                    if i.invariants.is_empty() {
+                        "every invariant with violations in the window".to_owned()
+                    } else {
+                        i.invariants.join(", ")
+                    }
+                );
+                Ok(EXIT_OK)
+            }
+            Err(e) => failed(e),
+        },
+        IncidentCommand::List { format } => {
+            let list = store.incidents(100).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no incidents; open one with `trueup incident open NAME --from TIME`");
+            } else {
+                let mut table = Table::new();
+                table
+                    .load_preset(UTF8_FULL_CONDENSED)
+                    .set_header(["name", "state", "window", "scope", "opened", "summary"]);
+                for i in &list {
+                    table.add_row([
+                        i.name.clone(),
+                        format!("{:?}", i.state).to_lowercase(),
+                        format!(
+                            "{} – {}",
+                            i.window_from.format("%Y-%m-%d %H:%M"),
+                            i.window_to
+                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                                .unwrap_or_else(|| "now".into())
+                        ),
+                        if i.invariants.is_empty() {
+                            "all in window".into()
+                        } else {
+                            i.invariants.join(", ")
+                        },
+                        format!(
+                            "{} by {}",
+                            i.opened_at.format("%Y-%m-%d %H:%M"),
+                            i.opened_by
+                        ),
+                        truncate(i.summary.as_deref().unwrap_or(""), 40),
+                    ]);
+                }
+                println!("{table}");
+            }
+            Ok(EXIT_OK)
+        }
+        IncidentCommand::Show { name, format } => match incident::view(store, &name).await {
+            Ok(v) => {
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let i = &v.incident;
+                    println!("incident `{}` ({:?})", i.name, i.state);
+                    if let Some(s) = &i.summary {
+                        println!("  summary: {s}");
+                    }
+                    println!(
+                        "  window:  {} – {}",
+                        i.window_from.to_rfc3339(),
+                        i.window_to
+                            .map_or_else(|| "now".to_owned(), |t| t.to_rfc3339())
+                    );
+                    println!(
+                        "  scope:   {}",
+                        if i.invariants.is_empty() {
+                            "every invariant with violations in the window".to_owned()
+                        } else {
+                            i.invariants.join(", ")
+                        }
+                    );
+                    println!("  opened:  {} by {}", i.opened_at.to_rfc3339(), i.opened_by);
+                    for m in &v.phases {
+                        println!(
+                            "  {:<9} {} by {}",
+                            format!("{}:", m.phase),
+                            m.at.to_rfc3339(),
+                            m.by
+                        );
+                    }
+                    for e in &v.events {
+                        println!(
+                            "  {} {} {}{}",
+                            e.at.format("%Y-%m-%d %H:%M:%S"),
+                            e.actor,
+                            e.phase
+                                .as_deref()
+                                .map(|p| format!("[{p}] "))
+                                .unwrap_or_default(),
+                            e.text.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                Ok(EXIT_OK)
+            }
+            Err(e) => failed(e),
+        },
+        IncidentCommand::Phase { name, phase, note } => {
+            match incident::mark_phase(store, &name, &phase, note.as_deref(), &actor, now).await {
+                Ok(()) => {
+                    println!("incident `{name}`: {phase} marked by {}", actor.name);
+                    Ok(EXIT_OK)
+                }
+                Err(e) => failed(e),
+            }
+        }
+        IncidentCommand::Note { name, text } => {
+            match incident::add_note(store, &name, &text, &actor, now).await {
+                Ok(()) => {
+                    println!("incident `{name}`: note added");
+                    Ok(EXIT_OK)
+                }
+                Err(e) => failed(e),
+            }
+        }
+    };
+    app.close().await;
+    result
+}

@@ -1,0 +1,249 @@
+//! Incidents in the store: the incident (window, scope, state, frozen report) and its timeline
+//! of phase marks and notes. Like `plans.rs`, the SQL is written once for both backends and
+//! every change writes its audit entry in the same transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    pub name: String,
+    pub summary: Option<String>,
+    pub window_from: DateTime<Utc>,
+    pub window_to: Option<DateTime<Utc>>,
+    /// Named invariants; empty: every invariant with violations in the window.
+    pub invariants: Vec<String>,
+    pub opened_by: String,
+    pub opened_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncidentRecord {
+    pub id: i64,
+    pub name: String,
+    pub summary: Option<String>,
+    pub window_from: DateTime<Utc>,
+    pub window_to: Option<DateTime<Utc>>,
+    pub invariants: Vec<String>,
+    pub state: IncidentState,
+    pub opened_by: String,
+    pub opened_at: DateTime<Utc>,
+    pub closed_by: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub override_reason: Option<String>,
+    pub report_hash: Option<String>,
+}
+
+/// A phase mark or a note.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IncidentEvent {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// `phase` or `note`.
+    pub kind: String,
+    pub phase: Option<String>,
+    pub text: Option<String>,
+}
+
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
+    /// Opens an incident; `None` when the name is taken.
+    async fn open_incident(&self, incident: &NewIncident) -> Result<Option<i64>, StoreError>;
+
+    async fn incident(&self, name: &str) -> Result<Option<IncidentRecord>, StoreError>;
+
+    /// Incidents, newest first.
+    async fn incidents(&self, limit: u32) -> Result<Vec<IncidentRecord>, StoreError>;
+
+    /// Adds a phase mark or a note to an open incident; `false` if it is closed.
+    async fn add_incident_event(
+        &self,
+        incident: i64,
+        actor: &str,
+        kind: &str,
+        phase: Option<&str>,
+        text: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Its phase marks and notes in order.
+    async fn incident_events(&self, incident: i64) -> Result<Vec<IncidentEvent>, StoreError>;
+}
+
+macro_rules! impl_incident_store {
+    ($store:ty, $db:ty, $begin:literal) => {
+        impl $store {
+            fn incident_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::IncidentRecord, sqlx::Error> {
+                use sqlx::Row;
+                let invariants: sqlx::types::Json<Vec<String>> = row.try_get("invariants")?;
+                let state: String = row.try_get("state")?;
+                Ok($crate::store::IncidentRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    summary: row.try_get("summary")?,
+                    window_from: row.try_get("window_from")?,
+                    window_to: row.try_get("window_to")?,
+                    invariants: invariants.0,
+                    state: if state == "closed" {
+                        $crate::store::IncidentState::Closed
+                    } else {
+                        $crate::store::IncidentState::Open
+                    },
+                    opened_by: row.try_get("opened_by")?,
+                    opened_at: row.try_get("opened_at")?,
+                    closed_by: row.try_get("closed_by")?,
+                    closed_at: row.try_get("closed_at")?,
+                    override_reason: row.try_get("override_reason")?,
+                    report_hash: row.try_get("report_hash")?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::IncidentStore for $store {
+            async fn open_incident(
+                &self,
+                incident: &$crate::store::NewIncident,
+            ) -> Result<Option<i64>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO incidents (name, summary, window_from, window_to, invariants, state, opened_by, opened_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'open', $6, $7) ON CONFLICT (name) DO NOTHING RETURNING id",
+                )
+                .bind(&incident.name)
+                .bind(&incident.summary)
+                .bind(incident.window_from)
+                .bind(incident.window_to)
+                .bind(sqlx::types::Json(&incident.invariants))
+                .bind(&incident.opened_by)
+                .bind(incident.opened_at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(id) = id else {
+                    return Ok(None);
+                };
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'incident.open', $3, $4)",
+                )
+                .bind(incident.opened_at)
+                .bind(&incident.opened_by)
+                .bind(format!("incident:{}", incident.name))
+                .bind(sqlx::types::Json(serde_json::json!({
+                    "from": incident.window_from,
+                    "to": incident.window_to,
+                    "invariants": incident.invariants,
+                    "summary": incident.summary,
+                })))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(id))
+            }
+
+            async fn incident(
+                &self,
+                name: &str,
+            ) -> Result<Option<$crate::store::IncidentRecord>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM incidents WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.as_ref().map(Self::incident_row).transpose()?)
+            }
+
+            async fn incidents(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::IncidentRecord>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM incidents ORDER BY id DESC LIMIT $1")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::incident_row)
+                    .collect::<Result<Vec<_>, _>>()?)
+            }
+
+            async fn add_incident_event(
+                &self,
+                incident: i64,
+                actor: &str,
+                kind: &str,
+                phase: Option<&str>,
+                text: Option<&str>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let name: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM incidents WHERE id = $1 AND state = 'open'",
+                )
+                .bind(incident)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(name) = name else {
+                    return Ok(false);
+                };
+                sqlx::query(
+                    "INSERT INTO incident_events (incident_id, at, actor, kind, phase, text) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(incident)
+                .bind(at)
+                .bind(actor)
+                .bind(kind)
+                .bind(phase)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(at)
+                .bind(actor)
+                .bind(format!("incident.{kind}"))
+                .bind(format!("incident:{name}"))
+                .bind(sqlx::types::Json(serde_json::json!({ "phase": phase, "text": text })))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn incident_events(
+                &self,
+                incident: i64,
+            ) -> Result<Vec<$crate::store::IncidentEvent>, $crate::store::StoreError> {
+                Ok(sqlx::query_as::<_, (i64, chrono::DateTime<chrono::Utc>, String, String, Option<String>, Option<String>)>(
+                    "SELECT id, at, actor, kind, phase, text FROM incident_events WHERE incident_id = $1 ORDER BY id",
+                )
+                .bind(incident)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|(id, at, actor, kind, phase, text)| $crate::store::IncidentEvent {
+                    id,
+                    at,
+                    actor,
+                    kind,
+                    phase,
+                    text,
+                })
+                .collect())
+            }
+        }
+    };
+}
+
+pub(super) use impl_incident_store;

@@ -276,8 +276,14 @@ pub(super) async fn apply(
         let report = apply::apply(&env, id, &opts, &state.shared.cancel_runs, &|_| {}).await?;
         return Ok(Json(report).into_response());
     }
-    // Refuse an unapproved or stale plan now, with its reason, rather than in the background.
+    // Refuse an unapproved, stale or paused plan now, with its reason, rather than in the
+    // background.
     plan::check_applicable(state.shared.store.as_ref(), &p, inv.as_deref(), Utc::now()).await?;
+    if p.state == PlanState::Paused {
+        return Err(ApiError::conflict(format!(
+            "plan {id} is paused; resume it (POST /api/v1/plans/{id}/resume)"
+        )));
+    }
     let shared = state.shared.clone();
     tokio::spawn(async move {
         let env = ApplyEnv {

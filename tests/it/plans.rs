@@ -1215,8 +1215,27 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     assert_eq!(status, 200, "{dry}");
     assert_eq!(dry["counts"]["would_apply"], 6, "{dry}");
     assert_eq!(dry["counts"]["manual"], 2, "{dry}");
+    // Paused, it is not applied; resumed, it is.
+    let (status, body) = post_json(
+        &format!("{base}/api/v1/plans/{id}/pause"),
+        OPERATOR,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) =
         post_json(&apply_url, OPERATOR, serde_json::json!({"rate": "100/s"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("paused"),
+        "{body}"
+    );
+    let (status, body) = post_json(
+        &format!("{base}/api/v1/plans/{id}/resume"),
+        OPERATOR,
+        serde_json::json!({"rate": "100/s"}),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     // The apply that finishes a plan marks it applied, then records its verification.
     crate::serve::wait_for(
@@ -1281,6 +1300,12 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
         actors.contains(&("otto".into(), "plan.apply.start".into())),
         "{actors:?}"
     );
+    for action in ["plan.pause", "plan.resume"] {
+        assert!(
+            actors.contains(&("otto".into(), action.into())),
+            "{action}: {actors:?}"
+        );
+    }
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -134,19 +134,19 @@ macro_rules! impl_incident_store {
                 let Some(id) = id else {
                     return Ok(None);
                 };
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'incident.open', $3, $4)",
-                )
-                .bind(incident.opened_at)
-                .bind(&incident.opened_by)
-                .bind(format!("incident:{}", incident.name))
-                .bind(sqlx::types::Json(serde_json::json!({
+                Self::write_audit(
+                    &mut tx,
+                    incident.opened_at,
+                    &incident.opened_by,
+                    "incident.open",
+                    &format!("incident:{}", incident.name),
+                    &serde_json::json!({
                     "from": incident.window_from,
                     "to": incident.window_to,
                     "invariants": incident.invariants,
                     "summary": incident.summary,
-                })))
-                .execute(&mut *tx)
+                }),
+                )
                 .await?;
                 tx.commit().await?;
                 Ok(Some(id))
@@ -207,15 +207,14 @@ macro_rules! impl_incident_store {
                 .bind(text)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                Self::write_audit(
+                    &mut tx,
+                    at,
+                    actor,
+                    &format!("incident.{kind}"),
+                    &format!("incident:{name}"),
+                    &serde_json::json!({ "phase": phase, "text": text }),
                 )
-                .bind(at)
-                .bind(actor)
-                .bind(format!("incident.{kind}"))
-                .bind(format!("incident:{name}"))
-                .bind(sqlx::types::Json(serde_json::json!({ "phase": phase, "text": text })))
-                .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(true)

@@ -9,6 +9,28 @@ macro_rules! impl_store {
     // `FOR UPDATE SKIP LOCKED`; SQLite has one writer at a time and needs nothing.
     ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal, $replicas:literal) => {
         impl $store {
+            /// Appends one entry to the audit log on `conn` — inside the caller's transaction,
+            /// so a change and its audit entry commit together.
+            async fn write_audit(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                at: chrono::DateTime<chrono::Utc>,
+                actor: &str,
+                action: &str,
+                target: &str,
+                details: &serde_json::Value,
+            ) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar(
+                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(at)
+                .bind(actor)
+                .bind(action)
+                .bind(target)
+                .bind(sqlx::types::Json(details))
+                .fetch_one(conn)
+                .await
+            }
+
             /// The WHERE conditions of a violation filter (after `WHERE 1 = 1`).
             fn push_filter<'a>(
                 qb: &mut sqlx::QueryBuilder<'a, $db>,
@@ -726,17 +748,8 @@ macro_rules! impl_store {
                 details: &serde_json::Value,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<i64, $crate::store::StoreError> {
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                )
-                .bind(at)
-                .bind(actor)
-                .bind(action)
-                .bind(target)
-                .bind(sqlx::types::Json(details))
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(id)
+                let mut conn = self.pool.acquire().await?;
+                Ok(Self::write_audit(&mut conn, at, actor, action, target, details).await?)
             }
 
             async fn audit_log(

@@ -442,28 +442,33 @@ macro_rules! impl_plan_store {
                 })
             }
 
+            /// Fills in the approvals of `plans` with one query.
             async fn approvals_of(
                 &self,
                 plans: &mut [$crate::store::PlanRecord],
             ) -> Result<(), sqlx::Error> {
                 use sqlx::Row;
-                for plan in plans.iter_mut() {
-                    let rows = sqlx::query(
-                        "SELECT approver, content_hash, at FROM plan_approvals WHERE plan_id = $1 ORDER BY at, approver",
-                    )
-                    .bind(plan.id)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    plan.approvals = rows
-                        .iter()
-                        .map(|r| {
-                            Ok($crate::store::Approval {
-                                approver: r.try_get("approver")?,
-                                content_hash: r.try_get("content_hash")?,
-                                at: r.try_get("at")?,
-                            })
-                        })
-                        .collect::<Result<_, sqlx::Error>>()?;
+                if plans.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT plan_id, approver, content_hash, at FROM plan_approvals WHERE plan_id IN (",
+                );
+                let mut ids = qb.separated(", ");
+                for plan in plans.iter() {
+                    ids.push_bind(plan.id);
+                }
+                qb.push(") ORDER BY at, approver");
+                for row in qb.build().fetch_all(&self.pool).await? {
+                    let plan_id: i64 = row.try_get("plan_id")?;
+                    let approval = $crate::store::Approval {
+                        approver: row.try_get("approver")?,
+                        content_hash: row.try_get("content_hash")?,
+                        at: row.try_get("at")?,
+                    };
+                    if let Some(plan) = plans.iter_mut().find(|p| p.id == plan_id) {
+                        plan.approvals.push(approval);
+                    }
                 }
                 Ok(())
             }
@@ -545,30 +550,30 @@ macro_rules! impl_plan_store {
                 }
                 let target = format!("plan:{id}");
                 for old in &superseded {
-                    sqlx::query(
-                        "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.supersede', $3, $4)",
+                    Self::write_audit(
+                        &mut tx,
+                        plan.proposed_at,
+                        &plan.proposed_by,
+                        "plan.supersede",
+                        &format!("plan:{old}"),
+                        &serde_json::json!({"superseded_by": id}),
                     )
-                    .bind(plan.proposed_at)
-                    .bind(&plan.proposed_by)
-                    .bind(format!("plan:{old}"))
-                    .bind(sqlx::types::Json(serde_json::json!({"superseded_by": id})))
-                    .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.propose', $3, $4)",
-                )
-                .bind(plan.proposed_at)
-                .bind(&plan.proposed_by)
-                .bind(&target)
-                .bind(sqlx::types::Json(serde_json::json!({
+                Self::write_audit(
+                    &mut tx,
+                    plan.proposed_at,
+                    &plan.proposed_by,
+                    "plan.propose",
+                    &target,
+                    &serde_json::json!({
                     "invariant": plan.invariant,
                     "content_hash": plan.content_hash,
                     "actions": actions.len(),
                     "counts": plan.counts,
                     "supersedes": superseded,
-                })))
-                .execute(&mut *tx)
+                }),
+                )
                 .await?;
                 tx.commit().await?;
                 Ok(id)
@@ -647,17 +652,17 @@ macro_rules! impl_plan_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.approve', $3, $4)",
-                )
-                .bind(at)
-                .bind(approver)
-                .bind(format!("plan:{plan}"))
-                .bind(sqlx::types::Json(serde_json::json!({
+                Self::write_audit(
+                    &mut tx,
+                    at,
+                    approver,
+                    "plan.approve",
+                    &format!("plan:{plan}"),
+                    &serde_json::json!({
                     "content_hash": content_hash,
                     "counted": added == 1,
-                })))
-                .execute(&mut *tx)
+                }),
+                )
                 .await?;
                 tx.commit().await?;
                 Ok(added == 1)
@@ -701,15 +706,14 @@ macro_rules! impl_plan_store {
                         obj.insert("reason".into(), r.into());
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                Self::write_audit(
+                    &mut tx,
+                    change.at,
+                    change.by,
+                    change.audit_action,
+                    &format!("plan:{plan}"),
+                    &details,
                 )
-                .bind(change.at)
-                .bind(change.by)
-                .bind(change.audit_action)
-                .bind(format!("plan:{plan}"))
-                .bind(sqlx::types::Json(details))
-                .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(true)
@@ -782,15 +786,14 @@ macro_rules! impl_plan_store {
                 if let Some(obj) = details.as_object_mut() {
                     obj.insert("seq".into(), seq.into());
                 }
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
+                Self::write_audit(
+                    &mut tx,
+                    at,
+                    actor,
+                    &format!("action.{}", status.as_str()),
+                    &format!("plan:{plan}"),
+                    &details,
                 )
-                .bind(at)
-                .bind(actor)
-                .bind(format!("action.{}", status.as_str()))
-                .bind(format!("plan:{plan}"))
-                .bind(sqlx::types::Json(details))
-                .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(true)
@@ -978,14 +981,14 @@ macro_rules! impl_plan_store {
                     .bind(sqlx::types::Json(verification))
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, 'plan.verify', $3, $4)",
+                Self::write_audit(
+                    &mut tx,
+                    at,
+                    actor,
+                    "plan.verify",
+                    &format!("plan:{plan}"),
+                    verification,
                 )
-                .bind(at)
-                .bind(actor)
-                .bind(format!("plan:{plan}"))
-                .bind(sqlx::types::Json(verification))
-                .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(())

@@ -349,8 +349,13 @@ impl SqlConn {
     }
 
     async fn has_marker(&self, key: &str) -> Result<bool, String> {
-        if self.marker_ready.get().is_none() && !self.marker_exists().await? {
-            return Ok(false);
+        if self.marker_ready.get().is_none() {
+            if !self.marker_exists().await? {
+                // Nothing was ever applied through this target.
+                return Ok(false);
+            }
+            // It exists: no need to ask again (or to create it) in this process.
+            let _ = self.marker_ready.set(());
         }
         let m = self.marker();
         let found = match &self.pool {

@@ -37,6 +37,16 @@ pub enum Rate {
 impl Rate {
     /// A conservative default: a target is never hit harder unless an operator asks.
     pub const DEFAULT: Rate = Rate::PerSecond(5.0);
+    /// Replays re-deliver events a consumer already expects, a little faster by default.
+    pub const DEFAULT_REPLAY: Rate = Rate::PerSecond(10.0);
+
+    /// The rate a plan of this kind is applied at unless the operator says otherwise.
+    pub fn default_for(kind: PlanKind) -> Rate {
+        match kind {
+            PlanKind::Compensation => Rate::DEFAULT,
+            PlanKind::Replay => Rate::DEFAULT_REPLAY,
+        }
+    }
 
     /// `5/s`, `300/m`, `2/h` or `unlimited`.
     pub fn parse(raw: &str) -> Result<Self, String> {
@@ -92,16 +102,20 @@ pub struct ApplyOptions {
     pub concurrency: usize,
 }
 
+pub const DEFAULT_MAX_FAILURES: u64 = 10;
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
 impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
             dry_run: false,
             rate: Rate::DEFAULT,
-            max_failures: 10,
-            lease: Duration::from_secs(60),
+            max_failures: DEFAULT_MAX_FAILURES,
+            lease: DEFAULT_LEASE,
             retry_failed: false,
             samples: 5,
-            concurrency: 4,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -274,17 +288,20 @@ pub struct ApplyEnv<'a> {
     pub worker: String,
 }
 
-/// Whether the violation an action compensates still holds, evaluated now for its key only.
+/// Whether the violation with this `fingerprint` still holds, evaluated now for its `key`
+/// only.
 pub async fn still_holds(
     invariant: &Invariant,
     sources: &Sources,
-    action: &ActionRecord,
+    key: &serde_json::Value,
+    fingerprint: &str,
 ) -> Result<bool, String> {
-    let values = match &action.key {
-        serde_json::Value::Array(v) => v.clone(),
-        other => vec![other.clone()],
-    };
-    let filter: Vec<KeyFilter> = invariant.key().iter().cloned().zip(values).collect();
+    let filter: Vec<KeyFilter> = invariant
+        .key()
+        .iter()
+        .cloned()
+        .zip(super::key_values(key))
+        .collect();
     let mut found = Collect::default();
     evaluate_keys(invariant, sources, Utc::now(), &filter, &mut found)
         .await
@@ -292,7 +309,7 @@ pub async fn still_holds(
     Ok(found
         .0
         .iter()
-        .any(|v| v.fingerprint(&invariant.name).as_str() == action.fingerprint))
+        .any(|v| v.fingerprint(&invariant.name).as_str() == fingerprint))
 }
 
 /// Dry run or live apply of plan `id`. `progress` is called as actions finish.
@@ -336,10 +353,12 @@ async fn dry_run(
             )
         } else if matches!(action.spec, ActionSpec::Manual { .. }) {
             (Outcome::Manual, None)
-        } else if let Some(why) = applied_before(env, action).await? {
+        } else if let Some(why) =
+            applied_before(env, action.plan_id, &action.spec, &action.idempotency_key).await?
+        {
             (Outcome::WouldSkipAlreadyApplied, Some(why))
         } else {
-            match still_holds(invariant, env.sources, action).await {
+            match still_holds(invariant, env.sources, &action.key, &action.fingerprint).await {
                 Ok(true) => (Outcome::WouldApply, None),
                 Ok(false) => (
                     Outcome::WouldSkipResolved,
@@ -353,31 +372,26 @@ async fn dry_run(
     Ok(report)
 }
 
-/// Whether the action was applied before, and by what.
+/// Whether an action with this idempotency key was applied before, and by what (another
+/// plan, or the target's marker table); `plan` is the action's own plan.
 pub(crate) async fn applied_before(
     env: &ApplyEnv<'_>,
-    action: &ActionRecord,
+    plan: PlanId,
+    spec: &ActionSpec,
+    idempotency_key: &str,
 ) -> Result<Option<String>, PlanError> {
-    if env
-        .store
-        .applied_elsewhere(&action.idempotency_key, action.plan_id)
-        .await?
-    {
+    if env.store.applied_elsewhere(idempotency_key, plan).await? {
         return Ok(Some(
             "applied by another plan (same idempotency key)".into(),
         ));
     }
-    match env
-        .targets
-        .already_applied(&action.spec, &action.idempotency_key)
-        .await
-    {
+    match env.targets.already_applied(spec, idempotency_key).await {
         Ok(true) => Ok(Some(
             "the target's marker table records it as applied".into(),
         )),
         Ok(false) => Ok(None),
         Err(e) => Err(PlanError::Target {
-            target: action.spec.target().unwrap_or("?").to_owned(),
+            target: spec.target().unwrap_or("?").to_owned(),
             message: e,
         }),
     }
@@ -577,6 +591,65 @@ fn ticker(rate: Rate) -> Option<tokio::time::Interval> {
     })
 }
 
+/// Hands the store's progress counts to the caller's callback, at most four times a second
+/// (and once more at the end), from however many workers.
+struct Reporter<'a> {
+    store: &'a dyn Store,
+    plan: &'a crate::store::PlanRecord,
+    callback: &'a (dyn Fn(&Progress) + Sync),
+    started: Instant,
+    last: std::sync::Mutex<Option<Instant>>,
+    done_here: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(
+        store: &'a dyn Store,
+        plan: &'a crate::store::PlanRecord,
+        callback: &'a (dyn Fn(&Progress) + Sync),
+        started: Instant,
+    ) -> Self {
+        Self {
+            store,
+            plan,
+            callback,
+            started,
+            last: std::sync::Mutex::new(None),
+            done_here: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn finished_one(&self) {
+        self.done_here
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn report(&self, force: bool) -> Result<(), PlanError> {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let by_status = self.store.action_progress(self.plan.id).await?;
+        (self.callback)(&Progress {
+            total: self.plan.action_count,
+            by_status,
+            done_here: self.done_here.load(std::sync::atomic::Ordering::Relaxed),
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+}
+
+/// Actions nobody has finished yet (pending, or claimed by a worker).
+async fn open_actions(store: &dyn Store, plan: PlanId) -> Result<u64, PlanError> {
+    let left = store.action_progress(plan).await?;
+    Ok(left.get(&ActionStatus::Pending).copied().unwrap_or(0)
+        + left.get(&ActionStatus::InProgress).copied().unwrap_or(0))
+}
+
 /// Compensation plans: any action, in `seq` order, one at a time.
 #[allow(clippy::too_many_arguments)]
 async fn run_sequential(
@@ -595,24 +668,7 @@ async fn run_sequential(
     let mut ticker = ticker(opts.rate);
     let lease = chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60));
     let mut failures = 0u64;
-    let mut done_here = 0u64;
-    let mut last_progress = Instant::now() - Duration::from_secs(1);
-    let report_progress = |done_here: u64, force: bool, last: &mut Instant| {
-        let due = force || last.elapsed() >= Duration::from_millis(250);
-        async move {
-            if !due {
-                return Ok::<_, PlanError>(false);
-            }
-            let by_status = env.store.action_progress(id).await?;
-            progress(&Progress {
-                total: plan.action_count,
-                by_status,
-                done_here,
-                elapsed_secs: started.elapsed().as_secs_f64(),
-            });
-            Ok(true)
-        }
-    };
+    let reporter = Reporter::new(env.store, plan, progress, started);
     loop {
         if cancel.is_cancelled() {
             report.stopped = Some("interrupted".into());
@@ -636,22 +692,24 @@ async fn run_sequential(
         let Some(action) = claimed else {
             // Nothing claimable: done, or other workers hold the rest (taken over when their
             // lease runs out, if they died).
-            let left = env.store.action_progress(id).await?;
-            let open = left.get(&ActionStatus::Pending).copied().unwrap_or(0)
-                + left.get(&ActionStatus::InProgress).copied().unwrap_or(0);
-            if open == 0 {
+            if open_actions(env.store, id).await? == 0 {
                 break;
             }
-            if report_progress(done_here, false, &mut last_progress).await? {
-                last_progress = Instant::now();
-            }
+            reporter.report(false).await?;
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = cancel.cancelled() => {}
             }
             continue;
         };
-        let done = execute_one(env, invariant, &action).await?;
+        let done = match &action.spec {
+            ActionSpec::Manual { instructions } => Done::new(
+                ActionStatus::Manual,
+                Outcome::Manual,
+                Some(instructions.clone()),
+            ),
+            _ => check_then_act(env, &action, Recheck::Violation(invariant), 1, cancel).await?,
+        };
         let held = env
             .store
             .finish_action(
@@ -673,7 +731,7 @@ async fn run_sequential(
             );
             continue;
         }
-        done_here += 1;
+        reporter.finished_one();
         report.record(done.outcome, &action, done.detail, opts.samples);
         if done.outcome == Outcome::Failed {
             failures += 1;
@@ -685,11 +743,9 @@ async fn run_sequential(
                 break;
             }
         }
-        if report_progress(done_here, false, &mut last_progress).await? {
-            last_progress = Instant::now();
-        }
+        reporter.report(false).await?;
     }
-    report_progress(done_here, true, &mut last_progress).await?;
+    reporter.report(true).await?;
     Ok(halted)
 }
 
@@ -733,53 +789,110 @@ impl Done {
     }
 }
 
-async fn execute_one(
+/// How an action finds that its work is done already downstream.
+enum Recheck<'a> {
+    /// The violation no longer holds (compensations).
+    Violation(&'a Invariant),
+    /// The downstream processed the event (replays): the processed lookup, then the violation.
+    Processed(&'a Invariant, &'a crate::domain::ReplaySpec),
+}
+
+impl Recheck<'_> {
+    async fn done_already(
+        &self,
+        sources: &Sources,
+        action: &ActionRecord,
+    ) -> Result<Option<Done>, String> {
+        Ok(match self {
+            Recheck::Violation(invariant) => {
+                (!still_holds(invariant, sources, &action.key, &action.fingerprint).await?).then(|| {
+                    Done::new(
+                        ActionStatus::Skipped,
+                        Outcome::SkippedResolved,
+                        Some("the violation no longer holds (corrected since the plan was proposed); not applied".into()),
+                    )
+                })
+            }
+            Recheck::Processed(invariant, spec) => super::replay::already_processed(
+                invariant,
+                spec,
+                sources,
+                &action.key,
+                &action.fingerprint,
+            )
+            .await?
+            .map(|why| Done::new(ActionStatus::Skipped, Outcome::SkippedProcessed, Some(why))),
+        })
+    }
+}
+
+/// Check, then act: skip the action if it was applied before or its work is done already,
+/// else execute it. Up to `attempts` tries with a growing pause; after the last failure the
+/// action is failed (one attempt) or parked (replays, which go on without it).
+async fn check_then_act(
     env: &ApplyEnv<'_>,
-    invariant: &Invariant,
     action: &ActionRecord,
+    recheck: Recheck<'_>,
+    attempts: u32,
+    cancel: &CancellationToken,
 ) -> Result<Done, PlanError> {
-    if let ActionSpec::Manual { instructions } = &action.spec {
-        return Ok(Done::new(
-            ActionStatus::Manual,
-            Outcome::Manual,
-            Some(instructions.clone()),
-        ));
-    }
-    match applied_before(env, action).await {
-        Ok(Some(why)) => {
-            return Ok(Done::new(
-                ActionStatus::Skipped,
-                Outcome::SkippedAlreadyApplied,
-                Some(why),
-            ));
+    let mut last_error = String::new();
+    for attempt in 1..=attempts.max(1) {
+        if attempt > 1 {
+            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts.
+            let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => {}
+            }
         }
-        Ok(None) => {}
-        Err(PlanError::Target { target, message }) => {
-            return Ok(Done::failed(format!("target `{target}`: {message}")));
+        match applied_before(env, action.plan_id, &action.spec, &action.idempotency_key).await {
+            Ok(Some(why)) => {
+                return Ok(Done::new(
+                    ActionStatus::Skipped,
+                    Outcome::SkippedAlreadyApplied,
+                    Some(why),
+                ));
+            }
+            Ok(None) => {}
+            Err(PlanError::Target { target, message }) => {
+                last_error = format!("target `{target}`: {message}");
+                continue;
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
-    }
-    match still_holds(invariant, env.sources, action).await {
-        Ok(false) => {
-            return Ok(Done::new(
-                ActionStatus::Skipped,
-                Outcome::SkippedResolved,
-                Some("the violation no longer holds (corrected since the plan was proposed); not applied".into()),
-            ));
+        match recheck.done_already(env.sources, action).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            Err(e) => {
+                last_error = e;
+                continue;
+            }
         }
-        Ok(true) => {}
-        Err(e) => return Ok(Done::failed(e)),
+        match env
+            .targets
+            .execute(
+                &action.spec,
+                &action.idempotency_key,
+                action.plan_id,
+                action.seq,
+            )
+            .await
+        {
+            Executed::Failed(e) => last_error = e,
+            done => return Ok(Done::from(done)),
+        }
     }
-    let executed = env
-        .targets
-        .execute(
-            &action.spec,
-            &action.idempotency_key,
-            action.plan_id,
-            action.seq,
+    Ok(if attempts <= 1 {
+        Done::failed(last_error)
+    } else {
+        Done::new(
+            ActionStatus::Parked,
+            Outcome::Parked,
+            Some(format!("failed {attempts} time(s); last: {last_error}")),
         )
-        .await;
-    Ok(Done::from(executed))
+    })
 }
 
 impl From<Executed> for Done {
@@ -813,18 +926,13 @@ async fn verify(
         remaining_in_window: None,
         at: Utc::now(),
     };
-    let mut after = None;
-    loop {
-        let page = env.store.plan_actions(id, after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.seq);
-        for action in page.iter().filter(|a| a.status == ActionStatus::Applied) {
-            v.checked += 1;
-            match still_holds(invariant, env.sources, action).await {
-                Ok(false) => v.closed += 1,
-                Ok(true) => v.still_open += 1,
-                Err(_) => v.errors += 1,
-            }
+    let actions = super::all_actions(env.store, id).await?;
+    for action in actions.iter().filter(|a| a.status == ActionStatus::Applied) {
+        v.checked += 1;
+        match still_holds(invariant, env.sources, &action.key, &action.fingerprint).await {
+            Ok(false) => v.closed += 1,
+            Ok(true) => v.still_open += 1,
+            Err(_) => v.errors += 1,
         }
     }
     v.at = Utc::now();
@@ -883,31 +991,14 @@ async fn run_partitions(
     let shared_report =
         std::sync::Mutex::new(std::mem::replace(report, ApplyReport::new(id, false)));
     let halted = std::sync::Mutex::new(None::<PlanState>);
-    let done_here = std::sync::atomic::AtomicU64::new(0);
-    let last_progress = tokio::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
+    let reporter = Reporter::new(env.store, plan, progress, started);
     let lease = chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60));
-    let show_progress = || async {
-        let mut last = last_progress.lock().await;
-        if last.elapsed() < Duration::from_millis(250) {
-            return Ok::<_, PlanError>(());
-        }
-        *last = Instant::now();
-        let by_status = env.store.action_progress(id).await?;
-        progress(&Progress {
-            total: plan.action_count,
-            by_status,
-            done_here: done_here.load(std::sync::atomic::Ordering::Relaxed),
-            elapsed_secs: started.elapsed().as_secs_f64(),
-        });
-        Ok(())
-    };
     let worker = |n: usize| {
         let me = format!("{}#{n}", env.worker);
         let shared_ticker = &shared_ticker;
         let shared_report = &shared_report;
         let halted = &halted;
-        let done_here = &done_here;
-        let show_progress = &show_progress;
+        let reporter = &reporter;
         async move {
             let mut halt = HaltWatch::new();
             'partitions: loop {
@@ -921,13 +1012,10 @@ async fn run_partitions(
                 let now = Utc::now();
                 let Some(partition) = env.store.claim_partition(id, &me, now, now + lease).await?
                 else {
-                    let left = env.store.action_progress(id).await?;
-                    let open = left.get(&ActionStatus::Pending).copied().unwrap_or(0)
-                        + left.get(&ActionStatus::InProgress).copied().unwrap_or(0);
-                    if open == 0 {
+                    if open_actions(env.store, id).await? == 0 {
                         return Ok(());
                     }
-                    show_progress().await?;
+                    reporter.report(false).await?;
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(200)) => {}
                         () = cancel.cancelled() => {}
@@ -969,7 +1057,14 @@ async fn run_partitions(
                         env.store.release_partition(id, &partition, &me).await?;
                         continue 'partitions;
                     };
-                    let done = deliver(env, invariant, spec, &action, cancel).await?;
+                    let done = check_then_act(
+                        env,
+                        &action,
+                        Recheck::Processed(invariant, spec),
+                        spec.attempts,
+                        cancel,
+                    )
+                    .await?;
                     let held = env
                         .store
                         .finish_action(
@@ -983,96 +1078,25 @@ async fn run_partitions(
                         )
                         .await?;
                     if held {
-                        done_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reporter.finished_one();
                         shared_report
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .record(done.outcome, &action, done.detail, opts.samples);
                     }
-                    show_progress().await?;
+                    reporter.report(false).await?;
                 }
             }
         }
     };
     let workers: Vec<_> = (0..opts.concurrency.max(1)).map(worker).collect();
     futures_util::future::try_join_all(workers).await?;
+    reporter.report(true).await?;
     *report = shared_report
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     let halted = halted.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(halted)
-}
-
-/// One replayed event: check, then act, retried up to the replay's `attempts`, then parked.
-async fn deliver(
-    env: &ApplyEnv<'_>,
-    invariant: &Invariant,
-    spec: &crate::domain::ReplaySpec,
-    action: &ActionRecord,
-    cancel: &CancellationToken,
-) -> Result<Done, PlanError> {
-    let mut last_error = String::new();
-    for attempt in 1..=spec.attempts {
-        if attempt > 1 {
-            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts.
-            let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
-                .min(Duration::from_secs(5));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = cancel.cancelled() => {}
-            }
-        }
-        match applied_before(env, action).await {
-            Ok(Some(why)) => {
-                return Ok(Done::new(
-                    ActionStatus::Skipped,
-                    Outcome::SkippedAlreadyApplied,
-                    Some(why),
-                ));
-            }
-            Ok(None) => {}
-            Err(PlanError::Target { target, message }) => {
-                last_error = format!("target `{target}`: {message}");
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        match super::replay::already_processed(invariant, spec, env.sources, action).await {
-            Ok(Some(why)) => {
-                return Ok(Done::new(
-                    ActionStatus::Skipped,
-                    Outcome::SkippedProcessed,
-                    Some(why),
-                ));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                last_error = e;
-                continue;
-            }
-        }
-        match env
-            .targets
-            .execute(
-                &action.spec,
-                &action.idempotency_key,
-                action.plan_id,
-                action.seq,
-            )
-            .await
-        {
-            Executed::Failed(e) => last_error = e,
-            done => return Ok(Done::from(done)),
-        }
-    }
-    Ok(Done::new(
-        ActionStatus::Parked,
-        Outcome::Parked,
-        Some(format!(
-            "failed {} time(s); last: {last_error}",
-            spec.attempts
-        )),
-    ))
 }
 
 #[cfg(test)]

@@ -231,6 +231,50 @@ fn stored_content_hash(plan: &PlanRecord, actions: &[ActionRecord]) -> String {
     )
 }
 
+/// A violation's key as its list of values (the store keeps a list; one value stands alone).
+pub(crate) fn key_values(key: &serde_json::Value) -> Vec<serde_json::Value> {
+    match key {
+        serde_json::Value::Array(values) => values.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Every violation the filter matches (its `after_id` and `limit` are used for paging).
+pub(crate) async fn all_violations(
+    store: &dyn Store,
+    filter: ViolationFilter,
+) -> Result<Vec<crate::store::ViolationRecord>, StoreError> {
+    let mut out = Vec::new();
+    let mut page_filter = ViolationFilter {
+        after_id: None,
+        limit: 1000,
+        ..filter
+    };
+    loop {
+        let page = store.violations(&page_filter).await?;
+        let Some(last) = page.last() else { break };
+        page_filter.after_id = Some(last.id);
+        out.extend(page);
+    }
+    Ok(out)
+}
+
+/// Every action of a plan, in order.
+pub(crate) async fn all_actions(
+    store: &dyn Store,
+    plan: PlanId,
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.plan_actions(plan, after, 5000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        out.extend(page);
+    }
+    Ok(out)
+}
+
 /// Base URLs of the HTTP targets, for rendering action URLs.
 pub(crate) fn base_url_of(
     config: &Config,
@@ -259,56 +303,48 @@ pub async fn propose(
     let base_url = base_url_of(config);
     let mut actions = Vec::new();
     let mut failures = Vec::new();
-    let mut after_id = None;
-    loop {
-        let page = store
-            .violations(&ViolationFilter {
-                invariants: vec![name.to_owned()],
-                status: StatusFilter::Active,
-                after_id,
-                limit: 1000,
-                ..ViolationFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after_id = Some(last.id);
-        for v in &page {
-            let Some(kind) = ViolationKind::parse(&v.kind) else {
-                continue;
-            };
-            let Some(compensation) = invariant.compensate.get(&kind) else {
-                continue;
-            };
-            let key_values: Vec<serde_json::Value> = match &v.key {
-                serde_json::Value::Array(values) => values.clone(),
-                other => vec![other.clone()],
-            };
-            let ctx = ViolationContext {
-                invariant: name,
-                kind,
-                fingerprint: &v.fingerprint,
-                key: key_columns.iter().copied().zip(key_values.iter()).collect(),
-                evidence: &v.evidence,
-            };
-            match compensation.render(&ctx, &base_url) {
-                Ok(spec) => actions.push(NewAction {
-                    // One key per occurrence: a violation that was resolved and came back is
-                    // a new occurrence, compensated anew.
-                    idempotency_key: idempotency_key(
-                        name,
-                        &format!("{}#{}", v.fingerprint, v.times_reopened),
-                        &spec,
-                    ),
-                    partition: String::new(),
-                    event_at: v.event_at,
-                    fingerprint: v.fingerprint.clone(),
-                    violation_kind: kind,
-                    key: v.key.clone(),
-                    evidence: v.evidence.clone(),
-                    spec,
-                }),
-                Err(e) => failures.push(format!("violation {} (key {}): {e}", v.id, v.key)),
-            }
+    let open = all_violations(
+        store,
+        ViolationFilter {
+            invariants: vec![name.to_owned()],
+            status: StatusFilter::Active,
+            ..ViolationFilter::default()
+        },
+    )
+    .await?;
+    for v in &open {
+        let Some(kind) = ViolationKind::parse(&v.kind) else {
+            continue;
+        };
+        let Some(compensation) = invariant.compensate.get(&kind) else {
+            continue;
+        };
+        let key_values = key_values(&v.key);
+        let ctx = ViolationContext {
+            invariant: name,
+            kind,
+            fingerprint: &v.fingerprint,
+            key: key_columns.iter().copied().zip(key_values.iter()).collect(),
+            evidence: &v.evidence,
+        };
+        match compensation.render(&ctx, &base_url) {
+            Ok(spec) => actions.push(NewAction {
+                // One key per occurrence: a violation that was resolved and came back is
+                // a new occurrence, compensated anew.
+                idempotency_key: idempotency_key(
+                    name,
+                    &format!("{}#{}", v.fingerprint, v.times_reopened),
+                    &spec,
+                ),
+                partition: String::new(),
+                event_at: v.event_at,
+                fingerprint: v.fingerprint.clone(),
+                violation_kind: kind,
+                key: v.key.clone(),
+                evidence: v.evidence.clone(),
+                spec,
+            }),
+            Err(e) => failures.push(format!("violation {} (key {}): {e}", v.id, v.key)),
         }
     }
     if let Some(first) = failures.first() {
@@ -532,14 +568,7 @@ pub async fn verify_content(
     store: &dyn Store,
     plan: &PlanRecord,
 ) -> Result<Vec<ActionRecord>, PlanError> {
-    let mut actions = Vec::with_capacity(plan.action_count as usize);
-    let mut after = None;
-    loop {
-        let page = store.plan_actions(plan.id, after, 5000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.seq);
-        actions.extend(page);
-    }
+    let actions = all_actions(store, plan.id).await?;
     let recomputed = stored_content_hash(plan, &actions);
     if recomputed != plan.content_hash || actions.len() as u64 != plan.action_count {
         return Err(PlanError::refused(
@@ -552,6 +581,20 @@ pub async fn verify_content(
         ));
     }
     Ok(actions)
+}
+
+/// Approving and rejecting need the approver role or above.
+fn require_approver(actor: &Actor, plan: PlanId, verb: &str) -> Result<(), PlanError> {
+    if actor.role < Role::Approver {
+        return Err(PlanError::Forbidden {
+            plan,
+            reason: format!(
+                "`{}` has the {} role; {verb} needs approver or admin",
+                actor.name, actor.role
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub fn short(hash: &str) -> &str {
@@ -568,15 +611,7 @@ pub async fn approve(
     seen_hash: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<ApprovalStatus, PlanError> {
-    if actor.role < Role::Approver {
-        return Err(PlanError::Forbidden {
-            plan: id,
-            reason: format!(
-                "`{}` has the {} role; approving needs approver or admin",
-                actor.name, actor.role
-            ),
-        });
-    }
+    require_approver(actor, id, "approving")?;
     let plan = load(store, id).await?;
     if plan.state != PlanState::Proposed {
         return Err(PlanError::refused(
@@ -636,15 +671,7 @@ pub async fn reject(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<(), PlanError> {
-    if actor.role < Role::Approver {
-        return Err(PlanError::Forbidden {
-            plan: id,
-            reason: format!(
-                "`{}` has the {} role; rejecting needs approver or admin",
-                actor.name, actor.role
-            ),
-        });
-    }
+    require_approver(actor, id, "rejecting")?;
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(PlanError::refused(id, "give a reason (`--reason ...`)"));

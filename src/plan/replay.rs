@@ -76,45 +76,40 @@ pub async fn candidates(
     invariant: &Invariant,
     window: Window,
 ) -> Result<Vec<ViolationRecord>, PlanError> {
-    let mut out = Vec::new();
-    let mut after_id = None;
-    loop {
-        let page = store
-            .violations(&ViolationFilter {
-                invariants: vec![invariant.name.to_string()],
-                status: StatusFilter::Active,
-                kind: Some(ViolationKind::Missing),
-                event_from: Some(window.from),
-                event_until: Some(window.to),
-                after_id,
-                limit: 1000,
-                ..ViolationFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after_id = Some(last.id);
-        out.extend(page);
-    }
+    let mut out = super::all_violations(
+        store,
+        ViolationFilter {
+            invariants: vec![invariant.name.to_string()],
+            status: StatusFilter::Active,
+            kind: Some(ViolationKind::Missing),
+            event_from: Some(window.from),
+            event_until: Some(window.to),
+            ..ViolationFilter::default()
+        },
+    )
+    .await?;
     out.sort_by(|a, b| {
         (a.event_at, a.key.to_string(), a.id).cmp(&(b.event_at, b.key.to_string(), b.id))
     });
     Ok(out)
 }
 
-/// Whether the downstream already processed the event: the `processed` lookup has a row for
-/// its key, or the violation no longer holds.
+/// Whether the downstream already processed the event with this key: the `processed`
+/// lookup has a row for it, or its violation (`fingerprint`) no longer holds.
 pub async fn already_processed(
     invariant: &Invariant,
     spec: &ReplaySpec,
     sources: &Sources,
-    action: &crate::store::ActionRecord,
+    key: &serde_json::Value,
+    fingerprint: &str,
 ) -> Result<Option<String>, String> {
     if let Some(lookup) = &spec.processed {
-        let values = match &action.key {
-            serde_json::Value::Array(v) => v.clone(),
-            other => vec![other.clone()],
-        };
-        let filter: Vec<KeyFilter> = invariant.key().iter().cloned().zip(values).collect();
+        let filter: Vec<KeyFilter> = invariant
+            .key()
+            .iter()
+            .cloned()
+            .zip(super::key_values(key))
+            .collect();
         let probe = Invariant {
             spec: crate::domain::InvariantSpec::Check(crate::domain::CheckSpec {
                 side: lookup.clone(),
@@ -132,7 +127,7 @@ pub async fn already_processed(
             return Ok(Some("the downstream's processed lookup has it".into()));
         }
     }
-    if !still_holds(invariant, sources, action).await? {
+    if !still_holds(invariant, sources, key, fingerprint).await? {
         return Ok(Some(
             "the downstream has it now (the violation no longer holds)".into(),
         ));
@@ -172,10 +167,7 @@ fn render(
     let mut actions = Vec::with_capacity(violations.len());
     let mut failures = Vec::new();
     for v in violations {
-        let key_values: Vec<serde_json::Value> = match &v.key {
-            serde_json::Value::Array(values) => values.clone(),
-            other => vec![other.clone()],
-        };
+        let key_values = super::key_values(&v.key);
         let ctx = ViolationContext {
             invariant: name,
             kind: ViolationKind::Missing,
@@ -259,31 +251,14 @@ pub async fn dry_run(
     let parked = parked_keys(env.store, invariant).await?;
     let (mut would, mut processed, mut parked_n) = (0, 0, 0);
     for a in &rendered.actions {
-        let probe = crate::store::ActionRecord {
-            plan_id: 0,
-            seq: 0,
-            fingerprint: a.fingerprint.clone(),
-            violation_kind: "missing".into(),
-            key: a.key.clone(),
-            evidence: a.evidence.clone(),
-            spec: a.spec.clone(),
-            idempotency_key: a.idempotency_key.clone(),
-            partition: a.partition.clone(),
-            event_at: a.event_at,
-            status: crate::store::ActionStatus::Pending,
-            attempts: 0,
-            lease_owner: None,
-            lease_until: None,
-            outcome: None,
-            finished_at: None,
-        };
         if parked.contains(&a.idempotency_key) {
             parked_n += 1;
             keep("parked", a, Some("parked by an earlier replay".into()));
         }
-        let skip = match applied_before(env, &probe).await? {
+        // Not yet in a plan (plan 0): any plan that applied this key counts.
+        let skip = match applied_before(env, 0, &a.spec, &a.idempotency_key).await? {
             Some(why) => Some(why),
-            None => already_processed(invariant, spec, env.sources, &probe)
+            None => already_processed(invariant, spec, env.sources, &a.key, &a.fingerprint)
                 .await
                 .map_err(|message| PlanError::Target {
                     target: "sources".into(),
@@ -336,17 +311,13 @@ async fn parked_keys(
         {
             continue;
         }
-        let mut after = None;
-        loop {
-            let page = store.plan_actions(plan.id, after, 5000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.seq);
-            keys.extend(
-                page.into_iter()
-                    .filter(|a| a.status == crate::store::ActionStatus::Parked)
-                    .map(|a| a.idempotency_key),
-            );
-        }
+        keys.extend(
+            super::all_actions(store, plan.id)
+                .await?
+                .into_iter()
+                .filter(|a| a.status == crate::store::ActionStatus::Parked)
+                .map(|a| a.idempotency_key),
+        );
     }
     Ok(keys)
 }

@@ -58,6 +58,11 @@ impl App {
         })
     }
 
+    /// The loaded invariant with this name.
+    pub fn invariant(&self, name: &str) -> Option<&Invariant> {
+        self.invariants.iter().find(|i| i.name.as_str() == name)
+    }
+
     /// The invariants named, in the order given, or all of them.
     pub fn select(&self, names: &[String]) -> Result<Vec<&Invariant>, AppError> {
         if names.is_empty() {

@@ -149,18 +149,18 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "RATE")]
     pub rate: Option<String>,
     /// Stop after this many actions fail
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value_t = crate::plan::apply::DEFAULT_MAX_FAILURES, value_name = "N")]
     pub max_failures: u64,
     /// How long an action claimed by an apply that died stays claimed before another apply
-    /// takes it over
-    #[arg(long, default_value = "60s", value_name = "DURATION")]
-    pub lease: String,
+    /// takes it over [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease: Option<String>,
     /// Try actions that failed (or replayed events that were parked) in an earlier apply again
     #[arg(long)]
     pub retry_failed: bool,
     /// Replays: how many partitions to deliver at once (events of one partition always go in
     /// order, one at a time)
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = crate::plan::apply::DEFAULT_CONCURRENCY, value_name = "N")]
     pub concurrency: usize,
     /// Output format
     #[arg(long, short = 'f', value_enum, default_value_t)]

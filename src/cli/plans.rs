@@ -31,10 +31,6 @@ fn refused(e: PlanError) -> anyhow::Result<u8> {
     }
 }
 
-fn invariant_of<'a>(app: &'a App, name: &str) -> Option<&'a crate::domain::Invariant> {
-    app.invariants.iter().find(|i| i.name.as_str() == name)
-}
-
 pub(super) async fn list(config: Option<&Path>, args: PlansArgs) -> anyhow::Result<u8> {
     let app = match open_app(config).await? {
         Ok(a) => a,
@@ -47,7 +43,7 @@ pub(super) async fn list(config: Option<&Path>, args: PlansArgs) -> anyhow::Resu
     let now = Utc::now();
     let mut views = Vec::new();
     for p in plans {
-        let inv = invariant_of(&app, &p.invariant);
+        let inv = app.invariant(&p.invariant);
         views.push(plan::view(app.store.as_ref(), p, inv, now).await?);
     }
     app.close().await;
@@ -233,7 +229,7 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
         Ok(p) => p,
         Err(e) => return refused(e),
     };
-    let inv = invariant_of(app, &p.invariant);
+    let inv = app.invariant(&p.invariant);
     let view = plan::view(app.store.as_ref(), p, inv, Utc::now()).await?;
     let actions = app.store.plan_actions(id, None, limit).await?;
     if format == Format::Json {
@@ -328,7 +324,7 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
 
 async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
     let inv = match app.store.plan(id).await? {
-        Some(p) => invariant_of(app, &p.invariant),
+        Some(p) => app.invariant(&p.invariant),
         None => None,
     };
     match plan::approve(
@@ -399,16 +395,36 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
             return Ok(EXIT_ERROR);
         }
     };
-    let lease = match humantime::parse_duration(&args.lease) {
-        Ok(d) if d >= Duration::from_secs(1) => d,
-        _ => {
+    let lease = match args.lease.as_deref().map(humantime::parse_duration) {
+        None => crate::plan::apply::DEFAULT_LEASE,
+        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
+        Some(_) => {
             eprintln!(
                 "error: --lease `{}`: give a duration of at least 1s, e.g. 60s",
-                args.lease
+                args.lease.as_deref().unwrap_or_default()
             );
             return Ok(EXIT_ERROR);
         }
     };
+    let opts = ApplyOptions {
+        dry_run: args.dry_run,
+        max_failures: args.max_failures,
+        lease,
+        retry_failed: args.retry_failed,
+        concurrency: args.concurrency.max(1),
+        ..ApplyOptions::default()
+    };
+    run_apply(config, args.plan, rate, opts, args.format).await
+}
+
+/// Applies (or dry-runs) plan `id`; `rate` `None`: the default for the plan's kind.
+pub(super) async fn run_apply(
+    config: Option<&Path>,
+    id: i64,
+    rate: Option<Rate>,
+    mut opts: ApplyOptions,
+    format: Format,
+) -> anyhow::Result<u8> {
     let app = match open_app(config).await? {
         Ok(a) => a,
         Err(code) => return Ok(code),
@@ -421,7 +437,7 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
             return Ok(EXIT_ERROR);
         }
     };
-    let plan_record = match plan::load(app.store.as_ref(), args.plan).await {
+    let plan_record = match plan::load(app.store.as_ref(), id).await {
         Ok(p) => p,
         Err(e) => {
             app.close().await;
@@ -433,24 +449,11 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
         store: app.store.as_ref(),
         sources: &app.sources,
         targets: &targets,
-        invariant: invariant_of(&app, &plan_record.invariant),
+        invariant: app.invariant(&plan_record.invariant),
         actor: &actor,
         worker: format!("{}:{}:{}", actor.name, hostname(), std::process::id()),
     };
-    // Replays default to their own conservative rate; compensations to apply's.
-    let rate = rate.unwrap_or(match plan_record.kind {
-        crate::store::PlanKind::Replay => super::replay::DEFAULT_REPLAY_RATE,
-        crate::store::PlanKind::Compensation => Rate::DEFAULT,
-    });
-    let opts = ApplyOptions {
-        dry_run: args.dry_run,
-        rate,
-        max_failures: args.max_failures,
-        lease,
-        retry_failed: args.retry_failed,
-        samples: 5,
-        concurrency: args.concurrency.max(1),
-    };
+    opts.rate = rate.unwrap_or(Rate::default_for(plan_record.kind));
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -459,8 +462,8 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
             on_signal.cancel();
         }
     });
-    let bar = (!args.dry_run && args.format == Format::Table)
-        .then(|| progress_bar(plan_record.action_count));
+    let bar =
+        (!opts.dry_run && format == Format::Table).then(|| progress_bar(plan_record.action_count));
     let draw = |p: &Progress| {
         if let Some(bar) = &bar {
             bar.set_position(p.finished());
@@ -476,7 +479,7 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
             ));
         }
     };
-    let result = apply::apply(&env, args.plan, &opts, &cancel, &draw).await;
+    let result = apply::apply(&env, id, &opts, &cancel, &draw).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -486,7 +489,7 @@ pub(super) async fn apply(config: Option<&Path>, args: ApplyArgs) -> anyhow::Res
         Ok(r) => r,
         Err(e) => return refused(e),
     };
-    if args.format == Format::Json {
+    if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let verb = if report.dry_run {

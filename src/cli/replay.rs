@@ -12,17 +12,14 @@ use crate::plan::{self, Actor, Proposal};
 use crate::store::{PlanState, Transition};
 
 use super::output::{key, truncate};
-use super::{ApplyArgs, EXIT_ERROR, EXIT_OK, Format, ReplayArgs, ReplayCommand, open_app};
-
-/// A replay's rate unless the operator raises it.
-pub const DEFAULT_REPLAY_RATE: Rate = Rate::PerSecond(10.0);
+use super::{EXIT_ERROR, EXIT_OK, Format, ReplayArgs, ReplayCommand, open_app};
 
 pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<u8> {
     if let Some(cmd) = args.command {
         return control(config, cmd).await;
     }
     let rate = match args.rate.as_deref().map(Rate::parse).transpose() {
-        Ok(r) => r.unwrap_or(DEFAULT_REPLAY_RATE),
+        Ok(r) => r.unwrap_or(Rate::DEFAULT_REPLAY),
         Err(e) => {
             eprintln!("error: --{e}");
             return Ok(EXIT_ERROR);
@@ -74,11 +71,12 @@ pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Resu
                 Ok(Proposal::Created { plan: id, actions }) => {
                     let p = plan::load(app.store.as_ref(), id).await?;
                     println!(
-                        "proposed replay plan {id}: {actions} event(s) of `{name}` between {} and {} (content {}).\nIt needs {} distinct approver(s): `trueup plan show {id}`, `trueup plan approve {id}`, then `trueup apply {id}` (default rate {DEFAULT_REPLAY_RATE}).",
+                        "proposed replay plan {id}: {actions} event(s) of `{name}` between {} and {} (content {}).\nIt needs {} distinct approver(s): `trueup plan show {id}`, `trueup plan approve {id}`, then `trueup apply {id}` (default rate {}).",
                         window.from.to_rfc3339(),
                         window.to.to_rfc3339(),
                         plan::short(&p.content_hash),
-                        p.approvals_required
+                        p.approvals_required,
+                        Rate::DEFAULT_REPLAY
                     );
                     Ok(EXIT_OK)
                 }
@@ -268,18 +266,19 @@ async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8
         }
         ReplayCommand::Resume { plan, rate } => {
             println!("plan {id} resumed");
-            super::plans::apply(
+            let rate = match rate.as_deref().map(Rate::parse).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: --{e}");
+                    return Ok(EXIT_ERROR);
+                }
+            };
+            super::plans::run_apply(
                 config,
-                ApplyArgs {
-                    plan,
-                    dry_run: false,
-                    rate,
-                    max_failures: 10,
-                    lease: "60s".into(),
-                    retry_failed: false,
-                    concurrency: 4,
-                    format: Format::Table,
-                },
+                plan,
+                rate,
+                crate::plan::apply::ApplyOptions::default(),
+                Format::Table,
             )
             .await
         }

@@ -243,8 +243,7 @@ pub(super) async fn apply(
     let p = plan::load(state.shared.store.as_ref(), id).await?;
     let rate = match &body.rate {
         Some(r) => Rate::parse(r).map_err(ApiError::bad_request)?,
-        None if p.kind == crate::store::PlanKind::Replay => Rate::PerSecond(10.0),
-        None => Rate::DEFAULT,
+        None => Rate::default_for(p.kind),
     };
     let opts = ApplyOptions {
         dry_run: body.dry_run,

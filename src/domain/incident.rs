@@ -1,53 +1,6 @@
-//! Incidents: names and the phases of a response.
+//! Incidents: the phases of a response (an incident's name is in `name.rs`).
 
 use std::fmt;
-
-use super::NameError;
-
-/// The name of an incident, as people type it in commands (`2026-11-25-billing-outage`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct IncidentName(String);
-
-impl IncidentName {
-    pub fn parse(raw: &str) -> Result<Self, NameError> {
-        let allowed =
-            "lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit";
-        if raw.is_empty() {
-            return Err(NameError::Empty {
-                what: "incident name",
-            });
-        }
-        if raw.chars().count() > 128 {
-            return Err(NameError::TooLong {
-                what: "incident name",
-                name: raw.to_owned(),
-                max: 128,
-            });
-        }
-        if let Some((_, bad)) = raw.char_indices().find(|&(i, c)| {
-            !(c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && "-_.".contains(c)))
-        }) {
-            return Err(NameError::BadCharacter {
-                what: "incident name",
-                name: raw.to_owned(),
-                bad,
-                allowed,
-            });
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IncidentName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The phases of an incident response, in their usual order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -95,6 +48,7 @@ impl fmt::Display for Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IncidentName;
 
     #[test]
     fn incident_names_and_phases_parse_with_reasons() {

@@ -19,12 +19,12 @@ pub use compensation::{
 };
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};
-pub use incident::{IncidentName, Phase};
+pub use incident::Phase;
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, ReplaySpec, Severity,
     TransitionsSpec,
 };
-pub use name::{ColumnName, InvariantName, NameError, SourceName, TargetName};
+pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
 pub use value::{Value, ValueClass};

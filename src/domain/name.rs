@@ -95,6 +95,24 @@ impl InvariantName {
 }
 
 string_name!(
+    /// The name of an incident, as people type it in commands (`2026-11-25-billing-outage`).
+    IncidentName
+);
+
+impl IncidentName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(
+            raw,
+            "incident name",
+            128,
+            "lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit",
+            |i, c| c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && "-_.".contains(c)),
+        )?;
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+string_name!(
     /// The name of a configured source database.
     SourceName
 );

@@ -195,3 +195,27 @@ pub async fn demo_with(dir: &Path, schedule: Option<&str>, extra: &str) -> trueu
     std::fs::write(&config_path, config).unwrap();
     trueup::config::Config::load(&config_path).unwrap()
 }
+
+/// The `trueup` binary with `--config` and an acting identity (`TRUEUP_ACTOR`).
+pub fn trueup_cli(config: &Path, actor: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_trueup"));
+    c.arg("--config").arg(config).env("TRUEUP_ACTOR", actor);
+    c
+}
+
+/// A finished command's stdout then stderr, for assertions and their messages.
+pub fn combined_output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a command to completion without blocking the async runtime (a test server on the
+/// same runtime keeps answering).
+pub async fn output_off_runtime(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}

@@ -61,6 +61,15 @@ fn env<'a>(
     }
 }
 
+/// Applies (or dry-runs) a plan to the end, without a progress display.
+async fn apply_plan(
+    env: &ApplyEnv<'_>,
+    id: i64,
+    opts: &ApplyOptions,
+) -> Result<trueup::plan::apply::ApplyReport, PlanError> {
+    apply::apply(env, id, opts, &CancellationToken::new(), &|_| {}).await
+}
+
 fn unlimited() -> ApplyOptions {
     ApplyOptions {
         rate: Rate::Unlimited,
@@ -172,16 +181,13 @@ async fn the_plan_lifecycle(store_url: &str) {
 
     // A dry run works before approval and changes nothing.
     let before = records(dir.path()).await;
-    let cancel = CancellationToken::new();
-    let dry = apply::apply(
+    let dry = apply_plan(
         &env(&app, &targets, &alice, "events-delivered", "w1"),
         id,
         &ApplyOptions {
             dry_run: true,
             ..unlimited()
         },
-        &cancel,
-        &|_| {},
     )
     .await
     .unwrap();
@@ -189,12 +195,10 @@ async fn the_plan_lifecycle(store_url: &str) {
     assert_eq!(records(dir.path()).await, before);
 
     // Live apply of an unapproved plan is refused, with no effect.
-    let refused = apply::apply(
+    let refused = apply_plan(
         &env(&app, &targets, &alice, "events-delivered", "w1"),
         id,
         &unlimited(),
-        &cancel,
-        &|_| {},
     )
     .await
     .unwrap_err()
@@ -219,12 +223,10 @@ async fn the_plan_lifecycle(store_url: &str) {
         )
         .await
         .unwrap();
-    let report = apply::apply(
+    let report = apply_plan(
         &env(&app, &targets, &bob, "events-delivered", "w1"),
         id,
         &unlimited(),
-        &cancel,
-        &|_| {},
     )
     .await
     .unwrap();
@@ -285,12 +287,10 @@ async fn the_plan_lifecycle(store_url: &str) {
         3
     );
     assert_eq!(audit.iter().filter(|a| a.contains("action.")).count(), 5);
-    let again = apply::apply(
+    let again = apply_plan(
         &env(&app, &targets, &bob, "events-delivered", "w1"),
         id,
         &unlimited(),
-        &cancel,
-        &|_| {},
     )
     .await
     .unwrap_err();
@@ -348,7 +348,7 @@ async fn an_approved_plan_whose_actions_change_is_refused_and_a_fresh_one_propos
         .await
         .unwrap();
     let before = records(dir.path()).await;
-    let err = apply::apply(
+    let err = apply_plan(
         &env(
             &app,
             &targets,
@@ -358,8 +358,6 @@ async fn an_approved_plan_whose_actions_change_is_refused_and_a_fresh_one_propos
         ),
         id,
         &unlimited(),
-        &CancellationToken::new(),
-        &|_| {},
     )
     .await
     .unwrap_err()
@@ -442,12 +440,10 @@ async fn a_plan_goes_stale_when_its_invariant_changes_or_its_ttl_ends() {
     .unwrap();
     let app = open(&config).await;
     let targets = Targets::open(&app.config).unwrap();
-    let err = apply::apply(
+    let err = apply_plan(
         &env(&app, &targets, &alice, "events-delivered", "w"),
         id,
         &unlimited(),
-        &CancellationToken::new(),
-        &|_| {},
     )
     .await
     .unwrap_err()
@@ -620,18 +616,12 @@ async fn who_may_approve_is_enforced_by_role_identity_and_manual_steps() {
 }
 
 fn trueup(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trueup"));
-    c.arg("--config").arg(config).env("TRUEUP_ACTOR", "ci");
-    c
+    crate::helpers::trueup_cli(config, "ci")
 }
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::helpers::combined_output(&out);
     assert!(out.status.success(), "{cmd:?}: {text}");
     text
 }
@@ -1012,12 +1002,10 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
     .await
     .unwrap();
     let who = actor("alice", Role::Approver);
-    let report = apply::apply(
+    let report = apply_plan(
         &env(&app, &targets, &who, "events-delivered-guarded", "w"),
         guarded,
         &unlimited(),
-        &CancellationToken::new(),
-        &|_| {},
     )
     .await
     .unwrap();
@@ -1473,12 +1461,10 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     )
     .await
     .unwrap();
-    let report = apply::apply(
+    let report = apply_plan(
         &env(&app, &targets, &who, "events-recorded", "w"),
         id,
         &unlimited(),
-        &CancellationToken::new(),
-        &|_| {},
     )
     .await
     .unwrap();
@@ -1521,12 +1507,10 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     )
     .await
     .unwrap();
-    let second = apply::apply(
+    let second = apply_plan(
         &env(&app, &targets, &who, "events-recorded", "w"),
         again,
         &unlimited(),
-        &CancellationToken::new(),
-        &|_| {},
     )
     .await
     .unwrap();

@@ -222,25 +222,10 @@ mod consumer {
     }
 }
 
-/// Runs a command to completion without blocking the async runtime.
-async fn output(mut cmd: std::process::Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
+use crate::helpers::{combined_output as text, output_off_runtime as output};
 
 fn trueup(config: &Path) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_trueup"));
-    c.arg("--config").arg(config).env("TRUEUP_ACTOR", "oncall");
-    c
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    crate::helpers::trueup_cli(config, "oncall")
 }
 
 // Multi-threaded, and every child process awaited off the runtime: the consumer this test

@@ -36,6 +36,27 @@ enum Pool {
     Sqlite(sqlx::SqlitePool),
 }
 
+/// Runs the same code against whichever pool it is (the engines' pool types differ).
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            Pool::Postgres($p) => $body,
+            Pool::MySql($p) => $body,
+            Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+impl Pool {
+    /// How the engine writes the first positional parameter.
+    fn param1(&self) -> &'static str {
+        match self {
+            Pool::MySql(_) => "?",
+            Pool::Postgres(_) | Pool::Sqlite(_) => "$1",
+        }
+    }
+}
+
 struct SqlConn {
     cfg: SqlTarget,
     pool: Pool,
@@ -144,11 +165,7 @@ impl Targets {
     pub async fn close(&self) {
         for t in self.by_name.values() {
             if let Target::Sql(conn) = t.as_ref() {
-                match &conn.pool {
-                    Pool::Postgres(p) => p.close().await,
-                    Pool::MySql(p) => p.close().await,
-                    Pool::Sqlite(p) => p.close().await,
-                }
+                on_pool!(&conn.pool, p => p.close().await);
             }
         }
     }
@@ -298,11 +315,7 @@ impl SqlConn {
                         "CREATE TABLE IF NOT EXISTS {m} (idempotency_key TEXT PRIMARY KEY, plan_id INTEGER NOT NULL, seq INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
                     ),
                 };
-                let created = match &self.pool {
-                    Pool::Postgres(p) => p.execute(ddl.as_str()).await.map(|_| ()),
-                    Pool::MySql(p) => p.execute(ddl.as_str()).await.map(|_| ()),
-                    Pool::Sqlite(p) => p.execute(ddl.as_str()).await.map(|_| ()),
-                };
+                let created = on_pool!(&self.pool, p => p.execute(ddl.as_str()).await.map(|_| ()));
                 match created {
                     Ok(()) => Ok(()),
                     // Two processes creating it at once: PostgreSQL reports a duplicate type;
@@ -324,26 +337,19 @@ impl SqlConn {
     /// Whether the marker table exists (a dry run must not create it).
     async fn marker_exists(&self) -> Result<bool, String> {
         let m = self.marker();
-        let n: Result<i64, sqlx::Error> = match &self.pool {
-            Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = $1 AND schemaname = ANY (current_schemas(false))")
-                    .bind(m)
-                    .fetch_one(p)
-                    .await
+        let sql = match &self.pool {
+            Pool::Postgres(_) => {
+                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = $1 AND schemaname = ANY (current_schemas(false))"
             }
-            Pool::MySql(p) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?")
-                    .bind(m)
-                    .fetch_one(p)
-                    .await
+            Pool::MySql(_) => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
             }
-            Pool::Sqlite(p) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?")
-                    .bind(m)
-                    .fetch_one(p)
-                    .await
+            Pool::Sqlite(_) => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
             }
         };
+        let n: Result<i64, sqlx::Error> =
+            on_pool!(&self.pool, p => sqlx::query_scalar(sql).bind(m).fetch_one(p).await);
         n.map(|n| n > 0)
             .map_err(|e| format!("cannot reach it: {e}"))
     }
@@ -358,32 +364,13 @@ impl SqlConn {
             let _ = self.marker_ready.set(());
         }
         let m = self.marker();
-        let found = match &self.pool {
-            Pool::Postgres(p) => {
-                sqlx::query_scalar::<_, i32>(&format!(
-                    "SELECT 1 FROM {m} WHERE idempotency_key = $1"
-                ))
-                .bind(key)
-                .fetch_optional(p)
-                .await
-            }
-            Pool::MySql(p) => {
-                sqlx::query_scalar::<_, i32>(&format!(
-                    "SELECT 1 FROM {m} WHERE idempotency_key = ?"
-                ))
-                .bind(key)
-                .fetch_optional(p)
-                .await
-            }
-            Pool::Sqlite(p) => {
-                sqlx::query_scalar::<_, i32>(&format!(
-                    "SELECT 1 FROM {m} WHERE idempotency_key = ?"
-                ))
-                .bind(key)
-                .fetch_optional(p)
-                .await
-            }
-        };
+        let sql = format!(
+            "SELECT 1 FROM {m} WHERE idempotency_key = {}",
+            self.pool.param1()
+        );
+        let found = on_pool!(&self.pool, p => {
+            sqlx::query_scalar::<_, i32>(&sql).bind(key).fetch_optional(p).await
+        });
         found
             .map(|r| r.is_some())
             .map_err(|e| format!("cannot read the marker table `{m}`: {e}"))

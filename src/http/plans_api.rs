@@ -278,11 +278,6 @@ pub(super) async fn apply(
     // Refuse an unapproved, stale or paused plan now, with its reason, rather than in the
     // background.
     plan::check_applicable(state.shared.store.as_ref(), &p, inv.as_deref(), Utc::now()).await?;
-    if p.state == PlanState::Paused {
-        return Err(ApiError::conflict(format!(
-            "plan {id} is paused; resume it (POST /api/v1/plans/{id}/resume)"
-        )));
-    }
     let shared = state.shared.clone();
     tokio::spawn(async move {
         let env = ApplyEnv {

@@ -718,6 +718,15 @@ pub async fn check_applicable(
             format!("{why}; nothing was applied"),
         ));
     }
+    if plan.state == PlanState::Paused {
+        return Err(PlanError::refused(
+            plan.id,
+            format!(
+                "it is paused; resume it (`trueup replay resume {id}` or POST /api/v1/plans/{id}/resume). Nothing was applied",
+                id = plan.id
+            ),
+        ));
+    }
     let actions = verify_content(store, plan).await?;
     let approvers = valid_approvers(plan);
     if (approvers.len() as u32) < plan.approvals_required {

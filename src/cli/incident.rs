@@ -9,7 +9,7 @@ use crate::incident::{self, IncidentError};
 use crate::plan::Actor;
 
 use super::output::truncate;
-use super::{EXIT_ERROR, EXIT_OK, Format, IncidentCommand, open_app};
+use super::{EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format, IncidentCommand, VerifyArgs, open_app};
 
 fn failed(e: IncidentError) -> anyhow::Result<u8> {
     match e {
@@ -165,6 +165,79 @@ pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::
                 Err(e) => failed(e),
             }
         }
+        IncidentCommand::Report {
+            name,
+            format,
+            output,
+            verify,
+        } => {
+            if let Err(code) = verify_scope(&app, &name, &verify).await? {
+                app.close().await;
+                return Ok(code);
+            }
+            match incident::report(store, &app.invariants, &name).await {
+                Ok(report) => {
+                    let text = incident::render(&report, format)?;
+                    match output {
+                        Some(path) => {
+                            write_atomically(&path, &text)?;
+                            eprintln!(
+                                "wrote the {} report of `{name}` to {} ({})",
+                                format.extension(),
+                                path.display(),
+                                report.verdict.summary
+                            );
+                        }
+                        None => print!("{text}"),
+                    }
+                    Ok(EXIT_OK)
+                }
+                Err(e) => failed(e),
+            }
+        }
+        IncidentCommand::Close {
+            name,
+            override_,
+            reason,
+            verify,
+        } => {
+            if let Err(code) = verify_scope(&app, &name, &verify).await? {
+                app.close().await;
+                return Ok(code);
+            }
+            let reason = if override_ { reason } else { None };
+            match incident::close(
+                store,
+                &app.invariants,
+                &name,
+                reason.as_deref(),
+                &actor,
+                now,
+            )
+            .await
+            {
+                Ok(report) => {
+                    match &report.closure {
+                        Some(c) if c.overridden => println!(
+                            "closed incident `{name}` with {} blocker(s) overridden: {}",
+                            report.verdict.blockers.len(),
+                            c.override_reason.as_deref().unwrap_or("")
+                        ),
+                        _ => println!("closed incident `{name}`: ready to close"),
+                    }
+                    println!(
+                        "report frozen, sha256 {}",
+                        report.content_hash.as_deref().unwrap_or("")
+                    );
+                    Ok(EXIT_OK)
+                }
+                Err(e @ IncidentError::Blocked { .. }) => {
+                    eprintln!("{e}");
+                    Ok(EXIT_VIOLATIONS)
+                }
+                Err(e) => failed(e),
+            }
+        }
         IncidentCommand::Note { name, text } => {
             match incident::add_note(store, &name, &text, &actor, now).await {
                 Ok(()) => {
@@ -177,4 +250,70 @@ pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::
     };
     app.close().await;
     result
+}
+
+/// Evaluates what the incident's verification needs (unless `--no-verify`), saying so on
+/// stderr. `Err(code)` when the arguments are wrong.
+async fn verify_scope(
+    app: &crate::app::App,
+    name: &str,
+    args: &VerifyArgs,
+) -> anyhow::Result<Result<(), u8>> {
+    if args.no_verify {
+        return Ok(Ok(()));
+    }
+    let fresh_within = match crate::domain::HumanDuration::parse(&args.fresh_within) {
+        Ok(d) => d.as_chrono(),
+        Err(e) => {
+            eprintln!("error: --fresh-within: {e}");
+            return Ok(Err(EXIT_ERROR));
+        }
+    };
+    let names = match incident::unverified(
+        app.store.as_ref(),
+        &app.invariants,
+        name,
+        fresh_within,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(names) => names,
+        Err(e) => return failed(e).map(Err),
+    };
+    if names.is_empty() {
+        return Ok(Ok(()));
+    }
+    // The same evaluation as `trueup check` (it may propose plans for what it finds).
+    for r in app.check(&names).await? {
+        eprintln!(
+            "verified `{}`: run {} {}{}",
+            r.invariant,
+            r.run_id,
+            r.status.as_str(),
+            match &r.error {
+                Some(e) => format!(": {e}"),
+                None => format!(", {} open", r.open_after),
+            }
+        );
+    }
+    Ok(Ok(()))
+}
+
+/// Writes the whole file or nothing: a temporary file beside it, renamed into place.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -16,6 +16,7 @@ mod violations;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::incident::ReportFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const EXIT_OK: u8 = 0;
@@ -253,6 +254,41 @@ pub enum IncidentCommand {
     },
     /// Add a note to the incident's timeline
     Note { name: String, text: String },
+    /// The closure report: what happened, what was repaired, what was verified, and whether
+    /// the incident is ready to close. Evaluates the in-scope invariants first unless a
+    /// recent evaluation after the last repair exists.
+    Report {
+        name: String,
+        #[arg(long, short = 'f', value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write it to FILE instead of printing it
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        verify: VerifyArgs,
+    },
+    /// Close the incident: refused while the report has blockers; the report is frozen
+    Close {
+        name: String,
+        /// Close despite the blockers (approver or admin); needs --reason
+        #[arg(long = "override", requires = "reason")]
+        override_: bool,
+        /// Why it closes despite the blockers (recorded in the report and the audit log)
+        #[arg(long, requires = "override_")]
+        reason: Option<String>,
+        #[command(flatten)]
+        verify: VerifyArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Do not evaluate anything: use the runs already recorded
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Evaluate again when the latest run after the last repair is older than this
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub fresh_within: String,
 }
 
 #[derive(Debug, Args)]

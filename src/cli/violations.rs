@@ -116,6 +116,7 @@ pub(super) async fn run(config: Option<&Path>, args: ViolationsArgs) -> anyhow::
             until: args.until,
             event_from: args.event_from,
             event_until: args.event_until,
+            window: None,
             after_id: args.after,
             limit: args.limit,
         })

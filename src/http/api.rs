@@ -187,6 +187,7 @@ pub(super) async fn list_violations(
             until: q.until,
             event_from: q.event_from,
             event_until: q.event_until,
+            window: None,
             after_id: q.after,
             limit,
         })

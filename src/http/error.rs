@@ -10,6 +10,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// More fields for the body, next to `error` and `message`.
+    fields: Option<Box<(&'static str, serde_json::Value)>>,
 }
 
 impl ApiError {
@@ -18,6 +20,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: "unauthorized",
             message: message.into(),
+            fields: None,
         }
     }
 
@@ -26,6 +29,7 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: message.into(),
+            fields: None,
         }
     }
 
@@ -34,6 +38,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+            fields: None,
         }
     }
 
@@ -42,6 +47,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             code: "conflict",
             message: message.into(),
+            fields: None,
         }
     }
 
@@ -50,6 +56,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: message.into(),
+            fields: None,
         }
     }
 
@@ -60,13 +67,24 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: "trueup could not complete the request; the server log has the cause".into(),
+            fields: None,
         }
+    }
+
+    /// Adds a field to the body (e.g. the list of blockers a refusal is about).
+    pub fn with_field(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.fields = Some(Box::new((name, value)));
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({"error": self.code, "message": self.message}));
+        let mut body = serde_json::json!({"error": self.code, "message": self.message});
+        if let Some((name, value)) = self.fields.map(|f| *f) {
+            body[name] = value;
+        }
+        let body = Json(body);
         if self.status == StatusCode::UNAUTHORIZED {
             (
                 self.status,

@@ -2,15 +2,16 @@
 //! caller's token identity.
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::incident::{self, IncidentError};
+use crate::incident::{self, IncidentError, ReportFormat};
 use crate::plan::Actor;
+use crate::serve::scheduler::{Attempt, run_once};
 
 use super::HttpState;
 use super::auth::Caller;
@@ -22,6 +23,12 @@ impl From<IncidentError> for ApiError {
             IncidentError::NotFound(_) => ApiError::not_found(e.to_string()),
             IncidentError::Invalid(_) => ApiError::bad_request(e.to_string()),
             IncidentError::Closed(_) => ApiError::conflict(e.to_string()),
+            IncidentError::Blocked { ref blockers, .. } => {
+                let blockers = serde_json::to_value(blockers).unwrap_or_default();
+                ApiError::conflict(e.to_string()).with_field("blockers", blockers)
+            }
+            IncidentError::Forbidden(_) => ApiError::forbidden(e.to_string()),
+            IncidentError::Tampered(_) | IncidentError::Render(_) => ApiError::internal(e),
             IncidentError::Store(e) => ApiError::internal(e),
         }
     }
@@ -32,6 +39,16 @@ fn actor(caller: &Caller) -> Actor {
         name: caller.name.clone(),
         role: caller.role,
     }
+}
+
+/// The invariants loaded now.
+fn loaded(state: &HttpState) -> Vec<crate::domain::Invariant> {
+    state
+        .catalog
+        .snapshot()
+        .iter()
+        .map(|i| (**i).clone())
+        .collect()
 }
 
 pub(super) async fn list(
@@ -71,12 +88,7 @@ pub(super) async fn open(
             "send a JSON body {\"name\": ..., \"from\": RFC 3339, \"to\"?, \"invariants\"?, \"summary\"?}",
         ));
     };
-    let loaded: Vec<crate::domain::Invariant> = state
-        .catalog
-        .snapshot()
-        .iter()
-        .map(|i| (**i).clone())
-        .collect();
+    let loaded = loaded(&state);
     let opened = incident::open(
         state.shared.store.as_ref(),
         &loaded,
@@ -152,4 +164,128 @@ pub(super) async fn note(
     Ok(Json(
         incident::view(state.shared.store.as_ref(), &name).await?,
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportQuery {
+    format: Option<String>,
+    /// Serve it as a file to save rather than to show.
+    #[serde(default)]
+    download: bool,
+}
+
+/// The closure report as it stands (the frozen one once closed). Runs nothing: `POST
+/// .../verify` evaluates first.
+pub(super) async fn report(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let format = match q.format.as_deref() {
+        None => ReportFormat::Json,
+        Some(raw) => ReportFormat::parse(raw).ok_or_else(|| {
+            ApiError::bad_request(format!("format `{raw}`: use json, md or html"))
+        })?,
+    };
+    let report = incident::report(state.shared.store.as_ref(), &loaded(&state), &name).await?;
+    let body = incident::render(&report, format).map_err(IncidentError::from)?;
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if q.download {
+        let disposition = format!(
+            "attachment; filename=\"incident-{}.{}\"",
+            report.incident.name,
+            format.extension()
+        );
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyBody {
+    /// A verification run older than this is made again (default 15m).
+    fresh_within: Option<String>,
+}
+
+/// Evaluates the in-scope invariants whose latest run does not verify the incident, then
+/// returns the verdict.
+pub(super) async fn verify(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    body: Option<Json<VerifyBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let fresh_within = match body.fresh_within.as_deref() {
+        None => incident::DEFAULT_FRESH_WITHIN,
+        Some(raw) => crate::domain::HumanDuration::parse(raw)
+            .map_err(|e| ApiError::bad_request(format!("fresh_within: {e}")))?
+            .as_chrono(),
+    };
+    // Evaluations run to the end even if the client goes away.
+    let task = tokio::spawn(async move {
+        let loaded = loaded(&state);
+        let store = state.shared.store.as_ref();
+        let names = incident::unverified(store, &loaded, &name, fresh_within, Utc::now()).await?;
+        let mut runs = Vec::new();
+        for invariant in names {
+            let Some(inv) = state.catalog.find(&invariant) else {
+                continue;
+            };
+            // Like a requested run: the invariant's run lock, metrics, alert and plans.
+            runs.push(match run_once(&inv, &state.shared, None).await {
+                Attempt::Ran(r) => json!({
+                    "invariant": r.invariant,
+                    "run": r.run_id,
+                    "status": r.status,
+                    "open_after": r.open_after,
+                    "error": r.error,
+                }),
+                Attempt::Busy => json!({
+                    "invariant": invariant,
+                    "run": null,
+                    "status": "busy",
+                    "error": "a run of this invariant was already going; verify again when it ends",
+                }),
+                Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
+            });
+        }
+        let report = incident::report(store, &loaded, &name).await?;
+        Ok::<_, ApiError>(json!({ "runs": runs, "verdict": report.verdict }))
+    });
+    let value = task.await.map_err(ApiError::internal)??;
+    Ok(Json(value))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CloseBody {
+    /// Close despite blockers (approver or admin), saying why.
+    override_reason: Option<String>,
+}
+
+/// Closes the incident if its report has no blockers (or they are overridden), freezing the
+/// report.
+pub(super) async fn close(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Option<Json<CloseBody>>,
+) -> Result<Json<incident::Report>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let report = incident::close(
+        state.shared.store.as_ref(),
+        &loaded(&state),
+        &name,
+        body.override_reason.as_deref(),
+        &actor(&caller),
+        Utc::now(),
+    )
+    .await?;
+    Ok(Json(report))
 }

@@ -241,6 +241,27 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         endpoint(
             Method::GET,
+            "/api/v1/incidents/{name}/report",
+            Some(Viewer),
+            "The closure report (`format`: json, md or html; `download`); the frozen one once closed.",
+            get(incidents_api::report),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/incidents/{name}/verify",
+            Some(Operator),
+            "Evaluate the in-scope invariants not verified since the last repair (optional body `fresh_within`).",
+            post(incidents_api::verify),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/v1/incidents/{name}/close",
+            Some(Operator),
+            "Close on evidence: refused with the blockers (409) unless `override_reason` is given by an approver.",
+            post(incidents_api::close),
+        ),
+        endpoint(
+            Method::GET,
             "/api/v1/audit",
             Some(Admin),
             "The append-only audit log (`target`, `after`, `limit`).",

@@ -1,11 +1,24 @@
 //! Incidents: an outage's window and scope, the phases people mark (contain → restore →
-//! reconcile → verify) and their notes. Closure reports build on this (issue 6 continues).
+//! reconcile → verify) and their notes, the closure report (`report.rs`, rendered by
+//! `render.rs`), its verification runs, and closing on evidence.
+
+pub mod render;
+pub mod report;
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
-use crate::domain::{IncidentName, Invariant, Phase};
+use crate::domain::{IncidentName, Invariant, Phase, Role};
 use crate::plan::Actor;
-use crate::store::{IncidentEvent, IncidentRecord, IncidentState, NewIncident, Store, StoreError};
+use crate::store::{
+    IncidentClosure, IncidentEvent, IncidentRecord, IncidentState, NewIncident, Store, StoreError,
+};
+
+pub use render::{RenderError, ReportFormat, render};
+
+/// How old a verification run may be before `verify` makes a new one.
+pub const DEFAULT_FRESH_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+pub use report::{Blocker, Closure, Report, VerificationResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentError {
@@ -17,6 +30,37 @@ pub enum IncidentError {
     NotFound(String),
     #[error("incident `{0}` is closed; a closed incident does not change")]
     Closed(String),
+    #[error("{}", blocked_message(.name, .blockers))]
+    Blocked {
+        name: String,
+        blockers: Vec<Blocker>,
+    },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(
+        "the frozen report of incident `{0}` does not match its stored hash: the store was changed behind trueup's back"
+    )]
+    Tampered(String),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+fn blocked_message(name: &str, blockers: &[Blocker]) -> String {
+    let mut out = format!(
+        "incident `{name}` is not ready to close; {} blocker(s):",
+        blockers.len()
+    );
+    for b in blockers {
+        out.push_str("\n  - ");
+        if let Some(i) = &b.invariant {
+            out.push_str(&format!("{i}: "));
+        }
+        out.push_str(&b.detail);
+    }
+    out.push_str(
+        "\nresolve them, or close anyway with `--override --reason \"...\"` (the report records who and why)",
+    );
+    out
 }
 
 /// An incident with its timeline.
@@ -166,4 +210,139 @@ async fn add(
         return Err(IncidentError::Closed(name.to_owned()));
     }
     Ok(())
+}
+
+/// The incident's closure report: the frozen one if it is closed, else built from the store
+/// as it is now (no evaluation is run; see [`verify`]).
+pub async fn report(
+    store: &dyn Store,
+    loaded: &[Invariant],
+    name: &str,
+) -> Result<Report, IncidentError> {
+    let incident = load(store, name).await?;
+    if incident.state == IncidentState::Closed {
+        return frozen(store, &incident).await;
+    }
+    let evidence = report::gather(store, incident).await?;
+    Ok(report::assemble(&evidence, loaded, None))
+}
+
+async fn frozen(store: &dyn Store, incident: &IncidentRecord) -> Result<Report, IncidentError> {
+    let stored = store
+        .frozen_report(incident.id)
+        .await?
+        .ok_or_else(|| IncidentError::Tampered(incident.name.clone()))?;
+    if content_hash(&stored.report) != stored.report_hash {
+        return Err(IncidentError::Tampered(incident.name.clone()));
+    }
+    let mut report: Report = serde_json::from_str(&stored.report)
+        .map_err(|_| IncidentError::Tampered(incident.name.clone()))?;
+    report.content_hash = Some(stored.report_hash);
+    Ok(report)
+}
+
+/// SHA-256 of the frozen report's stored text.
+pub fn content_hash(frozen: &str) -> String {
+    hex::encode(Sha256::digest(frozen.as_bytes()))
+}
+
+/// The in-scope invariants to evaluate again before the report can verify the incident: no
+/// run after the last repair, or one older than `fresh_within`. Only loaded invariants are
+/// listed (one that is not loaded is a blocker of its own). Empty for a closed incident.
+pub async fn unverified(
+    store: &dyn Store,
+    loaded: &[Invariant],
+    name: &str,
+    fresh_within: chrono::TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, IncidentError> {
+    let incident = load(store, name).await?;
+    if incident.state == IncidentState::Closed {
+        return Ok(Vec::new());
+    }
+    let evidence = report::gather(store, incident).await?;
+    let current = report::assemble(&evidence, loaded, None);
+    Ok(current
+        .invariants
+        .into_iter()
+        .filter(|part| {
+            let v = &part.verification;
+            let fresh = v.run.as_ref().is_some_and(|r| {
+                r.started_at > v.required_after && now - r.started_at <= fresh_within
+            });
+            part.loaded && !fresh
+        })
+        .map(|part| part.name)
+        .collect())
+}
+
+/// Closes the incident on evidence: refused while the report has blockers, unless
+/// `override_reason` is given by an approver. The report is frozen with its hash.
+pub async fn close(
+    store: &dyn Store,
+    loaded: &[Invariant],
+    name: &str,
+    override_reason: Option<&str>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<Report, IncidentError> {
+    let incident = load(store, name).await?;
+    if incident.state == IncidentState::Closed {
+        return Err(IncidentError::Closed(name.to_owned()));
+    }
+    let override_reason = match override_reason.map(str::trim) {
+        Some("") => {
+            return Err(IncidentError::Invalid(
+                "--override needs a --reason: say why the incident closes despite its blockers"
+                    .into(),
+            ));
+        }
+        other => other,
+    };
+    let evidence = report::gather(store, incident.clone()).await?;
+    let draft = report::assemble(&evidence, loaded, None);
+    if !draft.verdict.ready {
+        if override_reason.is_none() {
+            return Err(IncidentError::Blocked {
+                name: name.to_owned(),
+                blockers: draft.verdict.blockers,
+            });
+        }
+        if actor.role < Role::Approver {
+            return Err(IncidentError::Forbidden(format!(
+                "`{}` has the {} role; closing over blockers needs approver or admin",
+                actor.name, actor.role
+            )));
+        }
+    }
+    let closure = Closure {
+        closed_by: actor.name.clone(),
+        closed_at: now,
+        overridden: !draft.verdict.ready,
+        override_reason: (!draft.verdict.ready)
+            .then(|| override_reason.map(str::to_owned))
+            .flatten(),
+    };
+    let frozen_report = report::assemble(&evidence, loaded, Some(&closure));
+    let text = serde_json::to_string(&frozen_report)
+        .map_err(|e| IncidentError::Render(RenderError::new(e.to_string())))?;
+    let hash = content_hash(&text);
+    let closed = store
+        .close_incident(
+            incident.id,
+            &IncidentClosure {
+                closed_by: closure.closed_by.clone(),
+                closed_at: now,
+                override_reason: closure.override_reason.clone(),
+                report: text,
+                report_hash: hash.clone(),
+            },
+        )
+        .await?;
+    if !closed {
+        return Err(IncidentError::Closed(name.to_owned()));
+    }
+    let mut report = frozen_report;
+    report.content_hash = Some(hash);
+    Ok(report)
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::StoreError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentState {
     Open,
@@ -41,6 +41,34 @@ pub struct IncidentRecord {
     pub closed_at: Option<DateTime<Utc>>,
     pub override_reason: Option<String>,
     pub report_hash: Option<String>,
+}
+
+/// What closing an incident stores: who, when, why if overridden, and the frozen report.
+#[derive(Debug, Clone)]
+pub struct IncidentClosure {
+    pub closed_by: String,
+    pub closed_at: DateTime<Utc>,
+    /// Set when it was closed despite blockers.
+    pub override_reason: Option<String>,
+    /// The report as it was when the incident closed (JSON), and its content hash.
+    pub report: String,
+    pub report_hash: String,
+}
+
+/// A closed incident's report, as stored when it closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrozenReport {
+    pub report: String,
+    pub report_hash: String,
+}
+
+impl IncidentRecord {
+    pub fn window(&self) -> super::IncidentWindow {
+        super::IncidentWindow {
+            from: self.window_from,
+            to: self.window_to,
+        }
+    }
 }
 
 /// A phase mark or a note.
@@ -78,6 +106,16 @@ pub trait IncidentStore: Send + Sync {
 
     /// Its phase marks and notes in order.
     async fn incident_events(&self, incident: i64) -> Result<Vec<IncidentEvent>, StoreError>;
+
+    /// Closes an open incident and stores its frozen report; `false` if it was not open.
+    async fn close_incident(
+        &self,
+        incident: i64,
+        closure: &IncidentClosure,
+    ) -> Result<bool, StoreError>;
+
+    /// The report frozen when the incident closed.
+    async fn frozen_report(&self, incident: i64) -> Result<Option<FrozenReport>, StoreError>;
 }
 
 macro_rules! impl_incident_store {
@@ -240,6 +278,66 @@ macro_rules! impl_incident_store {
                     text,
                 })
                 .collect())
+            }
+
+            async fn close_incident(
+                &self,
+                incident: i64,
+                closure: &$crate::store::IncidentClosure,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let name: Option<String> = sqlx::query_scalar(
+                    "UPDATE incidents SET state = 'closed', closed_by = $1, closed_at = $2, \
+                     override_reason = $3, report = $4, report_hash = $5 \
+                     WHERE id = $6 AND state = 'open' RETURNING name",
+                )
+                .bind(&closure.closed_by)
+                .bind(closure.closed_at)
+                .bind(&closure.override_reason)
+                .bind(&closure.report)
+                .bind(&closure.report_hash)
+                .bind(incident)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(name) = name else {
+                    return Ok(false);
+                };
+                Self::write_audit(
+                    &mut tx,
+                    closure.closed_at,
+                    &closure.closed_by,
+                    if closure.override_reason.is_some() {
+                        "incident.close.override"
+                    } else {
+                        "incident.close"
+                    },
+                    &format!("incident:{name}"),
+                    &serde_json::json!({
+                        "override_reason": closure.override_reason,
+                        "report_hash": closure.report_hash,
+                    }),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn frozen_report(
+                &self,
+                incident: i64,
+            ) -> Result<Option<$crate::store::FrozenReport>, $crate::store::StoreError> {
+                let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT report, report_hash FROM incidents WHERE id = $1",
+                )
+                .bind(incident)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    Some((Some(report), Some(report_hash))) => {
+                        Some($crate::store::FrozenReport { report, report_hash })
+                    }
+                    _ => None,
+                })
             }
         }
     };

@@ -79,6 +79,105 @@ macro_rules! impl_store {
                 if let Some(to) = filter.event_until {
                     qb.push(" AND event_at < ").push_bind(to);
                 }
+                if let Some(w) = &filter.window {
+                    // The business event's time when there is one, else when trueup first
+                    // saw the violation.
+                    qb.push(" AND ((event_at IS NOT NULL AND event_at >= ").push_bind(w.from);
+                    if let Some(to) = w.to {
+                        qb.push(" AND event_at < ").push_bind(to);
+                    }
+                    qb.push(") OR (event_at IS NULL AND first_seen >= ").push_bind(w.from);
+                    if let Some(to) = w.to {
+                        qb.push(" AND first_seen < ").push_bind(to);
+                    }
+                    qb.push("))");
+                }
+            }
+
+            /// Every column of a violation, for [`Self::violation_row`]; ends in `WHERE 1 = 1`.
+            const VIOLATIONS: &str =
+                "SELECT id, fingerprint, invariant, kind, key, status, first_seen, last_seen, resolved_at, \
+                        event_at, times_reopened, first_run_id, last_run_id, evidence \
+                 FROM violations WHERE 1 = 1";
+
+            /// Every column of a run, for [`Self::run_row`]; ends in `WHERE 1 = 1`.
+            const RUNS: &str =
+                "SELECT id, invariant, started_at, finished_at, status, rows_left, rows_right, observed, \
+                        counts, not_yet_due, null_keys, truncated, new_count, open_count, reopened_count, \
+                        resolved_count, error \
+                 FROM runs WHERE 1 = 1";
+
+            fn violation_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::store::ViolationRecord, sqlx::Error> {
+                use sqlx::Row;
+                let status: String = row.try_get("status")?;
+                let key: sqlx::types::Json<serde_json::Value> = row.try_get("key")?;
+                let evidence: sqlx::types::Json<serde_json::Value> = row.try_get("evidence")?;
+                let times_reopened: i32 = row.try_get("times_reopened")?;
+                Ok($crate::store::ViolationRecord {
+                    id: row.try_get("id")?,
+                    fingerprint: row.try_get("fingerprint")?,
+                    invariant: row.try_get("invariant")?,
+                    kind: row.try_get("kind")?,
+                    key: key.0,
+                    status: $crate::store::ViolationStatus::parse(&status),
+                    first_seen: row.try_get("first_seen")?,
+                    last_seen: row.try_get("last_seen")?,
+                    resolved_at: row.try_get("resolved_at")?,
+                    event_at: row.try_get("event_at")?,
+                    times_reopened: times_reopened.into(),
+                    first_run_id: row.try_get("first_run_id")?,
+                    last_run_id: row.try_get("last_run_id")?,
+                    evidence: evidence.0,
+                })
+            }
+
+            fn run_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::RunRecord, sqlx::Error> {
+                use sqlx::Row;
+                let status: String = row.try_get("status")?;
+                let counts: sqlx::types::Json<
+                    std::collections::BTreeMap<$crate::domain::ViolationKind, u64>,
+                > = row.try_get("counts")?;
+                let n = |c: &str| -> Result<u64, sqlx::Error> {
+                    Ok(row.try_get::<i64, _>(c)?.max(0) as u64)
+                };
+                Ok($crate::store::RunRecord {
+                    id: row.try_get("id")?,
+                    invariant: row.try_get("invariant")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    status: $crate::store::RunStatus::parse(&status),
+                    stats: $crate::store::RunStats {
+                        rows_left: n("rows_left")?,
+                        rows_right: n("rows_right")?,
+                        observed: n("observed")?,
+                        counts: counts.0,
+                        not_yet_due: n("not_yet_due")?,
+                        null_keys: n("null_keys")?,
+                        truncated: row.try_get("truncated")?,
+                    },
+                    change: $crate::store::LedgerChange {
+                        new: n("new_count")?,
+                        still_open: n("open_count")?,
+                        reopened: n("reopened_count")?,
+                        resolved: n("resolved_count")?,
+                    },
+                    error: row.try_get("error")?,
+                })
+            }
+
+            fn audit_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::AuditEntry, sqlx::Error> {
+                use sqlx::Row;
+                let details: sqlx::types::Json<serde_json::Value> = row.try_get("details")?;
+                Ok($crate::store::AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    details: details.0,
+                })
             }
 
             fn tick(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Tick, sqlx::Error> {
@@ -337,39 +436,12 @@ macro_rules! impl_store {
                 &self,
                 filter: &$crate::store::ViolationFilter,
             ) -> Result<Vec<$crate::store::ViolationRecord>, $crate::store::StoreError> {
-                use $crate::store::ViolationStatus;
-                let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, fingerprint, invariant, kind, key, status, first_seen, last_seen, resolved_at, \
-                            event_at, times_reopened, first_run_id, last_run_id, evidence \
-                     FROM violations WHERE 1 = 1",
-                );
+                let mut qb = sqlx::QueryBuilder::<$db>::new(Self::VIOLATIONS);
                 Self::push_filter(&mut qb, filter);
                 qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.max(1)));
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
-                    .map(|row| {
-                        use sqlx::Row;
-                        let status: String = row.try_get("status")?;
-                        let key: sqlx::types::Json<serde_json::Value> = row.try_get("key")?;
-                        let evidence: sqlx::types::Json<serde_json::Value> = row.try_get("evidence")?;
-                        let times_reopened: i32 = row.try_get("times_reopened")?;
-                        Ok($crate::store::ViolationRecord {
-                            id: row.try_get("id")?,
-                            fingerprint: row.try_get("fingerprint")?,
-                            invariant: row.try_get("invariant")?,
-                            kind: row.try_get("kind")?,
-                            key: key.0,
-                            status: ViolationStatus::parse(&status),
-                            first_seen: row.try_get("first_seen")?,
-                            last_seen: row.try_get("last_seen")?,
-                            resolved_at: row.try_get("resolved_at")?,
-                            event_at: row.try_get("event_at")?,
-                            times_reopened: times_reopened.into(),
-                            first_run_id: row.try_get("first_run_id")?,
-                            last_run_id: row.try_get("last_run_id")?,
-                            evidence: evidence.0,
-                        })
-                    })
+                    .map(Self::violation_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(Into::into)
             }
@@ -379,51 +451,14 @@ macro_rules! impl_store {
                 invariant: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<$crate::store::RunRecord>, $crate::store::StoreError> {
-                let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, invariant, started_at, finished_at, status, rows_left, rows_right, observed, \
-                            counts, not_yet_due, null_keys, truncated, new_count, open_count, reopened_count, \
-                            resolved_count, error \
-                     FROM runs WHERE 1 = 1",
-                );
+                let mut qb = sqlx::QueryBuilder::<$db>::new(Self::RUNS);
                 if let Some(name) = invariant {
                     qb.push(" AND invariant = ").push_bind(name.to_owned());
                 }
                 qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.max(1)));
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
-                    .map(|row| {
-                        use sqlx::Row;
-                        let status: String = row.try_get("status")?;
-                        let counts: sqlx::types::Json<
-                            std::collections::BTreeMap<$crate::domain::ViolationKind, u64>,
-                        > = row.try_get("counts")?;
-                        let n = |c: &str| -> Result<u64, sqlx::Error> {
-                            Ok(row.try_get::<i64, _>(c)?.max(0) as u64)
-                        };
-                        Ok($crate::store::RunRecord {
-                            id: row.try_get("id")?,
-                            invariant: row.try_get("invariant")?,
-                            started_at: row.try_get("started_at")?,
-                            finished_at: row.try_get("finished_at")?,
-                            status: $crate::store::RunStatus::parse(&status),
-                            stats: $crate::store::RunStats {
-                                rows_left: n("rows_left")?,
-                                rows_right: n("rows_right")?,
-                                observed: n("observed")?,
-                                counts: counts.0,
-                                not_yet_due: n("not_yet_due")?,
-                                null_keys: n("null_keys")?,
-                                truncated: row.try_get("truncated")?,
-                            },
-                            change: $crate::store::LedgerChange {
-                                new: n("new_count")?,
-                                still_open: n("open_count")?,
-                                reopened: n("reopened_count")?,
-                                resolved: n("resolved_count")?,
-                            },
-                            error: row.try_get("error")?,
-                        })
-                    })
+                    .map(Self::run_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(Into::into)
             }
@@ -631,6 +666,28 @@ macro_rules! impl_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                let before: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM alerts WHERE invariant = $1")
+                        .bind(invariant)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let before = before.unwrap_or_else(|| "inactive".to_owned());
+                if before != alert.state.as_str() {
+                    // Alert transitions go to the audit log: incident timelines read them there.
+                    Self::write_audit(
+                        &mut tx,
+                        at,
+                        "scheduler",
+                        &format!("alert.{}", alert.state.as_str()),
+                        &format!("invariant:{invariant}"),
+                        &serde_json::json!({
+                            "from": before,
+                            "to": alert.state.as_str(),
+                            "active_since": alert.active_since,
+                        }),
+                    )
+                    .await?;
+                }
                 sqlx::query(
                     "INSERT INTO alerts (invariant, state, active_since, last_violating_at, last_notified_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) \
@@ -769,21 +826,121 @@ macro_rules! impl_store {
                 }
                 qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.max(1)));
                 let rows = qb.build().fetch_all(&self.pool).await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::audit_row)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn audit_trail(
+                &self,
+                targets: &[String],
+                since: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                if targets.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, at, actor, action, target, details FROM audit_log WHERE target IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for t in targets {
+                    sep.push_bind(t.as_str());
+                }
+                qb.push(") AND action NOT LIKE 'action.%' AND at >= ")
+                    .push_bind(since)
+                    .push(" ORDER BY id LIMIT ")
+                    .push_bind(i64::from(limit.max(1)));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::audit_row)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn violation_groups(
+                &self,
+                filter: &$crate::store::ViolationFilter,
+            ) -> Result<Vec<$crate::store::ViolationGroup>, $crate::store::StoreError> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT invariant, kind, status, COUNT(*) AS n, MIN(first_seen) AS first_seen, \
+                            MAX(last_seen) AS last_seen, MIN(event_at) AS event_from, MAX(event_at) AS event_to \
+                     FROM violations WHERE 1 = 1",
+                );
+                let unpaged = $crate::store::ViolationFilter {
+                    after_id: None,
+                    ..filter.clone()
+                };
+                Self::push_filter(&mut qb, &unpaged);
+                qb.push(" GROUP BY invariant, kind, status ORDER BY invariant, kind, status");
+                let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
                     .map(|row| {
                         use sqlx::Row;
-                        let details: sqlx::types::Json<serde_json::Value> = row.try_get("details")?;
-                        Ok($crate::store::AuditEntry {
-                            id: row.try_get("id")?,
-                            at: row.try_get("at")?,
-                            actor: row.try_get("actor")?,
-                            action: row.try_get("action")?,
-                            target: row.try_get("target")?,
-                            details: details.0,
+                        let status: String = row.try_get("status")?;
+                        Ok($crate::store::ViolationGroup {
+                            invariant: row.try_get("invariant")?,
+                            kind: row.try_get("kind")?,
+                            status: $crate::store::ViolationStatus::parse(&status),
+                            count: row.try_get::<i64, _>("n")?.max(0) as u64,
+                            first_seen: row.try_get("first_seen")?,
+                            last_seen: row.try_get("last_seen")?,
+                            event_from: row.try_get("event_from")?,
+                            event_to: row.try_get("event_to")?,
                         })
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(Into::into)
+            }
+
+            async fn run_digest(
+                &self,
+                invariant: &str,
+                since: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<$crate::store::RunDigest, $crate::store::StoreError> {
+                let (total, failed): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT COUNT(*), SUM(CASE WHEN status IN ('failed', 'cancelled') THEN 1 ELSE 0 END) \
+                     FROM runs WHERE invariant = $1 AND started_at >= $2",
+                )
+                .bind(invariant)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(Self::RUNS);
+                qb.push(" AND invariant = ")
+                    .push_bind(invariant)
+                    .push(" AND started_at >= ")
+                    .push_bind(since)
+                    .push(
+                        " AND (status <> 'succeeded' OR new_count + reopened_count + resolved_count > 0) \
+                         ORDER BY id LIMIT ",
+                    )
+                    .push_bind(i64::from(limit.max(1)));
+                let notable = qb
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(Self::run_row)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                let latest = sqlx::QueryBuilder::<$db>::new(Self::RUNS)
+                    .push(" AND invariant = ")
+                    .push_bind(invariant)
+                    .push(" AND status <> 'running' ORDER BY id DESC LIMIT 1")
+                    .build()
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(Self::run_row)
+                    .transpose()?;
+                Ok($crate::store::RunDigest {
+                    total: total.max(0) as u64,
+                    failed: failed.unwrap_or(0).max(0) as u64,
+                    notable,
+                    latest,
+                })
             }
 
             async fn close(&self) {

@@ -20,7 +20,10 @@ use chrono::{DateTime, Utc};
 use crate::config::SecretUrl;
 use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
 
-pub use incidents::{IncidentEvent, IncidentRecord, IncidentState, IncidentStore, NewIncident};
+pub use incidents::{
+    FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentState, IncidentStore,
+    NewIncident,
+};
 pub use plans::{
     ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanKind, PlanRecord,
     PlanState, PlanStore, Transition,
@@ -46,7 +49,7 @@ pub enum StoreError {
 
 pub type RunId = i64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -76,7 +79,7 @@ impl RunStatus {
 }
 
 /// Where a violation is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ViolationStatus {
     /// Seen, and seen again by every completed run since.
@@ -237,9 +240,49 @@ pub struct ViolationFilter {
     pub event_from: Option<DateTime<Utc>>,
     /// Only violations whose business event happened before this.
     pub event_until: Option<DateTime<Utc>>,
+    /// Only violations inside an incident's window (see [`IncidentWindow`]).
+    pub window: Option<IncidentWindow>,
     /// Keyset pagination: only ids greater than this.
     pub after_id: Option<i64>,
     pub limit: u32,
+}
+
+/// An incident's time window. A violation is inside it when its business event happened in
+/// the window, or, for a violation without an event time, when trueup first saw it in the
+/// window. No `to`: the window is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncidentWindow {
+    pub from: DateTime<Utc>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl IncidentWindow {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        at >= self.from && self.to.is_none_or(|to| at < to)
+    }
+}
+
+/// Violations of one invariant, kind and status, counted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ViolationGroup {
+    pub invariant: String,
+    pub kind: String,
+    pub status: ViolationStatus,
+    pub count: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub event_from: Option<DateTime<Utc>>,
+    pub event_to: Option<DateTime<Utc>>,
+}
+
+/// An invariant's runs since a time: how many, how many failed, the ones that changed the
+/// ledger or did not succeed (oldest first, up to a limit), and the latest finished run.
+#[derive(Debug, Clone, Default)]
+pub struct RunDigest {
+    pub total: u64,
+    pub failed: u64,
+    pub notable: Vec<RunRecord>,
+    pub latest: Option<RunRecord>,
 }
 
 #[async_trait]
@@ -410,6 +453,30 @@ pub trait Store: PlanStore + IncidentStore + Send + Sync {
         after_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Audit entries for any of `targets` at or after `since`, in order, without the
+    /// per-action entries (`action.*`) of plans.
+    async fn audit_trail(
+        &self,
+        targets: &[String],
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The violations the filter matches (its `limit` and `after_id` ignored), counted by
+    /// invariant, kind and status.
+    async fn violation_groups(
+        &self,
+        filter: &ViolationFilter,
+    ) -> Result<Vec<ViolationGroup>, StoreError>;
+
+    /// The runs of `invariant` started at or after `since`; at most `limit` notable ones.
+    async fn run_digest(
+        &self,
+        invariant: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<RunDigest, StoreError>;
 
     async fn close(&self);
 }

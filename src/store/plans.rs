@@ -13,7 +13,7 @@ use crate::domain::{ActionSpec, ViolationKind};
 
 pub type PlanId = i64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PlanState {
     /// Waiting for approvals (or approved and not yet applied).
@@ -111,7 +111,7 @@ impl ActionStatus {
 }
 
 /// What a plan does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PlanKind {
     /// Compensating actions for violations.
@@ -351,6 +351,9 @@ pub trait PlanStore: Send + Sync {
         &self,
         plan: PlanId,
     ) -> Result<BTreeMap<ActionStatus, u64>, StoreError>;
+
+    /// When the plan's last applied action finished (`None`: none applied yet).
+    async fn last_applied_at(&self, plan: PlanId) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Whether an action with this idempotency key was applied by another plan.
     async fn applied_elsewhere(
@@ -932,6 +935,20 @@ macro_rules! impl_plan_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn last_applied_at(
+                &self,
+                plan: $crate::store::PlanId,
+            ) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT finished_at FROM plan_actions WHERE plan_id = $1 AND status = 'applied' \
+                     AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+                )
+                .bind(plan)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten())
             }
 
             async fn action_progress(

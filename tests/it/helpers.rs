@@ -219,3 +219,49 @@ pub async fn output_off_runtime(mut cmd: std::process::Command) -> std::process:
         .await
         .unwrap()
 }
+
+/// Debian's Chromium; `.ci/run` installs it. A test that needs it fails (never skips) when it
+/// is missing.
+pub fn chromium() -> &'static str {
+    const PATH: &str = "/usr/bin/chromium";
+    assert!(
+        Path::new(PATH).exists(),
+        "{PATH} is missing: install Debian's chromium (`.ci/run` does)"
+    );
+    PATH
+}
+
+/// Loads `page` in headless Chromium, saves a screenshot of it to `png`, and returns the DOM
+/// as Chromium built it.
+pub async fn render_in_chromium(page: &Path, png: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let mut c = std::process::Command::new(chromium());
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()));
+        c
+    };
+    let shot = output_off_runtime(run(&[format!("--screenshot={}", png.display())])).await;
+    assert!(shot.status.success(), "{}", combined_output(&shot));
+    let png_bytes = std::fs::read(png).unwrap();
+    assert!(
+        png_bytes.starts_with(b"\x89PNG") && png_bytes.len() > 10_000,
+        "the screenshot is not a rendered page ({} bytes)",
+        png_bytes.len()
+    );
+    let dom = output_off_runtime(run(&["--dump-dom".to_owned()])).await;
+    assert!(dom.status.success(), "{}", combined_output(&dom));
+    String::from_utf8(dom.stdout).unwrap()
+}

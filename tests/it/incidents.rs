@@ -261,6 +261,352 @@ async fn incidents_are_opened_and_marked_through_the_cli_and_the_api() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
+
+    // The report, verification and closing.
+    let get = |url: String, token: &'static str| async move {
+        let r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, kind, r.text().await.unwrap())
+    };
+    let (status, body) = post(
+        format!("{base}/api/v1/incidents/ledger-gap/verify"),
+        OPERATOR,
+        serde_json::json!({"fresh_within": "1s"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let verified: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        verified["runs"][0]["invariant"], "payments-ledger",
+        "{verified}"
+    );
+    assert_eq!(verified["verdict"]["ready"], false, "{verified}");
+    let (status, kind, html) = get(
+        format!("{base}/api/v1/incidents/ledger-gap/report?format=html"),
+        VIEWER,
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(kind, "text/html; charset=utf-8");
+    assert!(html.contains("Verdict: not ready to close"), "{html}");
+    let (status, _, body) = get(
+        format!("{base}/api/v1/incidents/ledger-gap/report?format=pdf"),
+        VIEWER,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(
+        format!("{base}/api/v1/incidents/ledger-gap/close"),
+        OPERATOR,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        refused["blockers"][0]["kind"], "open_violations",
+        "{refused}"
+    );
+    assert_eq!(refused["blockers"][0]["invariant"], "payments-ledger");
+    let (status, body) = post(
+        format!("{base}/api/v1/incidents/ledger-gap/close"),
+        OPERATOR,
+        serde_json::json!({"override_reason": "tracked in BILL-123"}),
+    )
+    .await;
+    assert_eq!(status, 403, "an operator cannot override: {body}");
+    let (status, body) = post(
+        format!("{base}/api/v1/incidents/ledger-gap/close"),
+        crate::serve::APPROVER,
+        serde_json::json!({"override_reason": "tracked in BILL-123"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let closed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_matches_schema(&closed);
+    assert_eq!(closed["closure"]["overridden"], true);
+    assert_eq!(closed["closure"]["override_reason"], "tracked in BILL-123");
+    assert_eq!(closed["closure"]["closed_by"], "april");
+    let (status, kind, md) = get(
+        format!("{base}/api/v1/incidents/ledger-gap/report?format=md"),
+        VIEWER,
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (200, "text/markdown; charset=utf-8")
+    );
+    assert!(
+        md.contains("**with blockers overridden**: tracked in BILL-123"),
+        "{md}"
+    );
+    let (status, _, json) = get(format!("{base}/api/v1/incidents/ledger-gap/report"), VIEWER).await;
+    assert_eq!(status, 200);
+    let frozen: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        frozen, closed,
+        "the frozen report is the one closing returned"
+    );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// Validates a JSON report against the documented schema.
+pub fn assert_matches_schema(report: &serde_json::Value) {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/incident-report.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// 300 upstream events a minute apart from 00:00; the downstream lost the 30 from 02:00 to
+/// 02:29. A compensation re-inserts them.
+async fn lost_events(dir: &std::path::Path, store: &str) -> std::path::PathBuf {
+    use crate::helpers::{sqlite_file, sqlite_url};
+    let start: chrono::DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+    let mut up =
+        String::from("CREATE TABLE events (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL);");
+    let mut down = String::from("CREATE TABLE processed (event_id INTEGER PRIMARY KEY);");
+    for i in 0..300 {
+        let at = start + TimeDelta::minutes(i);
+        up.push_str(&format!(
+            "INSERT INTO events VALUES ({i}, '{}');",
+            at.format("%Y-%m-%d %H:%M:%S")
+        ));
+        if !(120..150).contains(&i) {
+            down.push_str(&format!("INSERT INTO processed VALUES ({i});"));
+        }
+    }
+    sqlite_file(&dir.join("up.db"), &up).await;
+    sqlite_file(&dir.join("down.db"), &down).await;
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-processed
+    severity: high
+    owner: billing-team
+    time_column: created_at
+    reconcile:
+      left: {source: up, query: "SELECT id AS event_id, created_at FROM events"}
+      right: {source: down, query: "SELECT event_id FROM processed"}
+      key: event_id
+    compensate:
+      missing:
+        sql:
+          target: down-writer
+          statement: INSERT INTO processed (event_id) VALUES ({{key.event_id}})
+"#,
+    )
+    .unwrap();
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {store}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\ntargets:\n  down-writer: {{url: {}}}\n",
+            sqlite_url(&dir.join("up.db")),
+            sqlite_url(&dir.join("down.db")),
+            sqlite_url(&dir.join("down.db")),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The story of a closure: the report shows the gap and refuses to close, the repair and a
+/// fresh evaluation make it ready, closing freezes it, and later violations do not change it.
+async fn an_incident_closes_on_evidence_and_its_report_is_frozen(store: &str) {
+    use crate::helpers::{combined_output as text, trueup_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let config = lost_events(dir.path(), store).await;
+    let run = |args: &[&str]| {
+        let out = trueup_cli(&config, "olga").args(args).output().unwrap();
+        (out.status.code(), text(&out), out.stdout)
+    };
+    let (code, out, _) = run(&["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("proposed plan 1"), "{out}");
+    let (code, out, _) = run(&[
+        "incident",
+        "open",
+        "consumer-outage",
+        "--from",
+        "2026-11-20T02:00:00Z",
+        "--to",
+        "2026-11-20T02:30:00Z",
+        "--summary",
+        "the consumer was down | events lost",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    run(&[
+        "incident",
+        "phase",
+        "consumer-outage",
+        "contain",
+        "--note",
+        "consumer restarted",
+    ]);
+
+    // Before the repair: the exact gap, and blockers.
+    let (code, out, json) = run(&["incident", "report", "consumer-outage", "-f", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_matches_schema(&report);
+    assert_eq!(
+        report["incident"]["scope"],
+        serde_json::json!(["events-processed"])
+    );
+    let inv = &report["invariants"][0];
+    assert_eq!(inv["violations"]["by_kind"][0]["kind"], "missing");
+    assert_eq!(inv["violations"]["by_kind"][0]["count"], 30);
+    assert_eq!(
+        inv["violations"]["by_kind"][0]["event_from"],
+        "2026-11-20T02:00:00Z"
+    );
+    assert_eq!(
+        inv["violations"]["by_kind"][0]["event_to"],
+        "2026-11-20T02:29:00Z"
+    );
+    assert_eq!(report["verdict"]["ready"], false);
+    let kinds: Vec<&str> = report["verdict"]["blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["open_violations", "unapproved_plan"], "{report:#}");
+    let (code, out, _) = run(&["incident", "close", "consumer-outage"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("not ready to close")
+            && out.contains("30 violation(s) in the window are still open (missing 30)")
+            && out.contains("plan 1 awaits approval"),
+        "{out}"
+    );
+
+    // The repair; the report evaluates again, since nothing has run since.
+    let (code, out, _) = run(&["plan", "approve", "1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out, _) = run(&["apply", "1", "--rate", "unlimited"]);
+    assert_eq!(code, Some(0), "{out}");
+    run(&["incident", "phase", "consumer-outage", "reconcile"]);
+    let (code, out, json) = run(&["incident", "report", "consumer-outage", "-f", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("verified `events-processed`: run 2 succeeded, 0 open"),
+        "{out}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_matches_schema(&report);
+    let inv = &report["invariants"][0];
+    assert_eq!(report["verdict"]["ready"], true, "{report:#}");
+    assert_eq!(report["verdict"]["summary"], "ready to close");
+    assert_eq!(inv["violations"]["by_kind"][0]["resolved"], 30);
+    assert_eq!(inv["compensation"]["applied"], 30);
+    assert_eq!(inv["verification"]["result"], "holds");
+    assert_eq!(inv["verification"]["run"]["id"], 2);
+    assert_eq!(inv["consistency"]["parity_pct"], 100.0);
+    // Without a new evaluation it is the same report, byte for byte.
+    let (_, _, again) = run(&["incident", "report", "consumer-outage", "-f", "json"]);
+    assert_eq!(json, again, "same store content, same report");
+
+    let (code, out, _) = run(&["incident", "close", "consumer-outage"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("closed incident `consumer-outage`: ready to close"),
+        "{out}"
+    );
+    let reports = |suffix: &str| -> Vec<Vec<u8>> {
+        ["md", "html", "json"]
+            .iter()
+            .map(|f| {
+                let file = dir.path().join(format!("report-{suffix}.{f}"));
+                let (code, out, _) = run(&[
+                    "incident",
+                    "report",
+                    "consumer-outage",
+                    "-f",
+                    f,
+                    "-o",
+                    file.to_str().unwrap(),
+                ]);
+                assert_eq!(code, Some(0), "{out}");
+                std::fs::read(&file).unwrap()
+            })
+            .collect()
+    };
+    let frozen = reports("closed");
+    let report: serde_json::Value = serde_json::from_slice(&frozen[2]).unwrap();
+    assert_matches_schema(&report);
+    assert_eq!(report["incident"]["state"], "closed");
+    assert_eq!(report["closure"]["closed_by"], "cli:olga");
+    assert_eq!(report["closure"]["overridden"], false);
+    let md = String::from_utf8(frozen[0].clone()).unwrap();
+    assert!(md.contains("**Verdict: ready to close**"), "{md}");
+    assert!(md.contains("the consumer was down \\| events lost"), "{md}");
+    assert!(md.contains("| contain |"), "{md}");
+
+    // New violations, in the window and out of it: the closed report does not move.
+    std::fs::remove_file(dir.path().join("down.db")).unwrap();
+    crate::helpers::sqlite_file(
+        &dir.path().join("down.db"),
+        "CREATE TABLE processed (event_id INTEGER PRIMARY KEY); INSERT INTO processed VALUES (1);",
+    )
+    .await;
+    let (code, out, _) = run(&["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        reports("later"),
+        frozen,
+        "a closed incident's report is frozen"
+    );
+    let (code, out, _) = run(&["incident", "note", "consumer-outage", "late note"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is closed"), "{out}");
+
+    // The HTML report renders in a real browser, verdict and all.
+    let html = dir.path().join("report-closed.html");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let dom = crate::helpers::render_in_chromium(
+        &html,
+        &shots.join(format!(
+            "incident-report-{}.png",
+            store.split(':').next().unwrap()
+        )),
+    )
+    .await;
+    assert!(dom.contains("Verdict: ready to close"), "{dom}");
+    assert!(dom.contains("class=\"verdict ready\""), "{dom}");
+    assert!(
+        !dom.contains("http://") && !dom.contains("https://"),
+        "no external assets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_closes_on_evidence_and_its_report_is_frozen_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::helpers::sqlite_url(&dir.path().join("trueup.db"));
+    an_incident_closes_on_evidence_and_its_report_is_frozen(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_closes_on_evidence_and_its_report_is_frozen_on_postgres() {
+    let db = TestPg::new().await;
+    an_incident_closes_on_evidence_and_its_report_is_frozen(&db.url).await;
 }

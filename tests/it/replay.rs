@@ -223,6 +223,7 @@ mod consumer {
 }
 
 use crate::helpers::{combined_output as text, output_off_runtime as output};
+use trueup::incident::render::thousands;
 
 fn trueup(config: &Path) -> std::process::Command {
     crate::helpers::trueup_cli(config, "oncall")
@@ -231,7 +232,8 @@ fn trueup(config: &Path) -> std::process::Command {
 // Multi-threaded, and every child process awaited off the runtime: the consumer this test
 // runs must keep answering while trueup delivers to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_closes() {
+async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_closes_and_the_incident_closes_on_evidence()
+ {
     use std::time::{Duration, Instant};
     let data = TestPg::new().await;
     let ledger = TestPg::new().await;
@@ -340,6 +342,44 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_
     assert!(
         buckets.iter().all(|b| b["count"].as_u64().unwrap() > 900),
         "{hist}"
+    );
+
+    // The incident: before the replay its report shows the exact gap, and it cannot close.
+    let incident = |args: &[&str]| {
+        let mut c = trueup(&config);
+        c.arg("incident").args(args);
+        c
+    };
+    let opened = output(incident(&[
+        "open",
+        "consumer-outage",
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T16:00:00Z",
+        "-i",
+        "events-consumed",
+    ]))
+    .await;
+    assert!(opened.status.success(), "{}", text(&opened));
+    let report = output(incident(&["report", "consumer-outage", "-f", "json"])).await;
+    assert!(report.status.success(), "{}", text(&report));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    crate::incidents::assert_matches_schema(&report);
+    let missing = &report["invariants"][0]["violations"]["by_kind"][0];
+    assert_eq!(missing["kind"], "missing");
+    assert_eq!(
+        (missing["count"].as_i64(), missing["open"].as_i64()),
+        (Some(lost), Some(lost))
+    );
+    let refused = output(incident(&["close", "consumer-outage"])).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!(
+            "{lost} violation(s) in the window are still open (missing {lost})"
+        )),
+        "{}",
+        text(&refused)
     );
 
     // Partial recovery processed 200 of the lost events before the replay.
@@ -530,6 +570,77 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_and_the_gap_
     ] {
         assert!(audit.iter().any(|a| a == action), "{action}: {audit:?}");
     }
+
+    // After the replay: the report shows what was delivered and skipped, and the replay's own
+    // re-check (a run after the last delivery) verifies the window; the incident closes.
+    let report = output(incident(&["report", "consumer-outage", "-f", "json"])).await;
+    assert!(report.status.success(), "{}", text(&report));
+    assert!(
+        !text(&report).contains("verified `"),
+        "the replay's re-check is the verification; nothing runs again: {}",
+        text(&report)
+    );
+    let json = report.stdout.clone();
+    let report: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    crate::incidents::assert_matches_schema(&report);
+    let inv = &report["invariants"][0];
+    let replay = &inv["replays"][0];
+    assert_eq!(replay["plan"], 1);
+    assert_eq!(replay["events"].as_i64(), Some(lost));
+    // The 200 recovered by hand are skipped as already processed, and so are the few the
+    // killed worker delivered without recording them (at most one per partition worker).
+    let delivered = replay["delivered"].as_i64().unwrap();
+    let skipped = replay["skipped_processed"].as_i64().unwrap();
+    assert_eq!(delivered + skipped, lost, "{replay}");
+    assert!((200..=208).contains(&skipped), "{replay}");
+    assert_eq!(
+        (replay["parked"].as_i64(), replay["failed"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(replay["remaining_in_window"], 0);
+    assert_eq!(replay["complete"], true);
+    assert_eq!(
+        inv["violations"]["by_kind"][0]["resolved"].as_i64(),
+        Some(lost)
+    );
+    assert_eq!(inv["verification"]["result"], "holds", "{inv:#}");
+    assert_eq!(inv["verification"]["passed"], true);
+    assert_eq!(inv["consistency"]["replays_complete_and_clean"], true);
+    assert_eq!(inv["consistency"]["parity_pct"], 100.0);
+    assert_eq!(
+        report["verdict"]["summary"], "ready to close",
+        "{:#}",
+        report["verdict"]
+    );
+    let closed = output(incident(&["close", "consumer-outage"])).await;
+    assert!(closed.status.success(), "{}", text(&closed));
+    let frozen = output(incident(&["report", "consumer-outage", "-f", "md"])).await;
+    let md = String::from_utf8(frozen.stdout.clone()).unwrap();
+    assert!(md.contains("**Verdict: ready to close**"), "{md}");
+    assert!(
+        md.contains(&format!("| 1 | applied | 2026-11-20 10:00:00 UTC – 2026-11-20 16:00:00 UTC | {} | {} | {} | 0 | 0 | 0 | 0 | yes |",
+            thousands(lost),
+            thousands(delivered), skipped)),
+        "{md}"
+    );
+    // Later violations leave the closed report as it was.
+    sqlx::query("DELETE FROM processed WHERE event_id IN (1, 2, 3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let later = output({
+        let mut c = trueup(&config);
+        c.arg("check");
+        c
+    })
+    .await;
+    assert_eq!(later.status.code(), Some(1), "{}", text(&later));
+    let again = output(incident(&["report", "consumer-outage", "-f", "md"])).await;
+    assert_eq!(again.stdout, frozen.stdout, "the closed report is frozen");
+    sqlx::query("INSERT INTO processed VALUES (1), (2), (3)")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     // Exactly the still-missing events, once each, in order within each account.
     let seen = consumer.seen.lock().unwrap().clone();

@@ -65,6 +65,15 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         println!("  {c} apply 1 --dry-run");
         println!("  {c} apply 1");
         println!("  {c} audit --plan 1");
+        println!(
+            "  # an incident over the last week, and its closure report (blockers until repaired)"
+        );
+        println!(
+            "  {c} incident open demo-week --from {} -i payments-ledger",
+            (chrono::Utc::now() - chrono::TimeDelta::days(8)).format("%Y-%m-%dT00:00:00Z")
+        );
+        println!("  {c} incident report demo-week -f html -o report.html");
+        println!("  {c} incident close demo-week");
         println!("  # lint the invariant files");
         println!("  {c} validate");
     }

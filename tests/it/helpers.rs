@@ -231,8 +231,8 @@ pub fn chromium() -> &'static str {
     PATH
 }
 
-/// Loads `page` in headless Chromium, saves a screenshot of it to `png`, and returns the DOM
-/// as Chromium built it.
+/// Loads `page` in headless Chromium, saves a screenshot of it to `png` and a print of it to
+/// the same name with `.pdf`, and returns the DOM as Chromium built it.
 pub async fn render_in_chromium(page: &Path, png: &Path) -> String {
     let profile = tempfile::tempdir().unwrap();
     let run = |extra: &[String]| {
@@ -260,6 +260,19 @@ pub async fn render_in_chromium(page: &Path, png: &Path) -> String {
         png_bytes.starts_with(b"\x89PNG") && png_bytes.len() > 10_000,
         "the screenshot is not a rendered page ({} bytes)",
         png_bytes.len()
+    );
+    let pdf = png.with_extension("pdf");
+    let printed = output_off_runtime(run(&[
+        "--no-pdf-header-footer".to_owned(),
+        format!("--print-to-pdf={}", pdf.display()),
+    ]))
+    .await;
+    assert!(printed.status.success(), "{}", combined_output(&printed));
+    let pdf_bytes = std::fs::read(&pdf).unwrap();
+    assert!(
+        pdf_bytes.starts_with(b"%PDF") && pdf_bytes.len() > 5_000,
+        "the page does not print ({} bytes)",
+        pdf_bytes.len()
     );
     let dom = output_off_runtime(run(&["--dump-dom".to_owned()])).await;
     assert!(dom.status.success(), "{}", combined_output(&dom));

@@ -146,7 +146,76 @@ async fn incident_story(store: Arc<dyn Store>) {
         ]
     );
     assert_eq!(s.incidents(10).await.unwrap().len(), 1);
+
+    // Nothing in scope, nothing blocks: it closes, once, and its report is frozen.
+    let approver = Actor {
+        name: "april".into(),
+        role: Role::Approver,
+    };
+    let closed = incident::close(s, &[], name, None, &approver, t0 + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert!(closed.verdict.ready);
+    let again = incident::close(s, &[], name, None, &approver, t0).await;
+    assert!(matches!(again, Err(IncidentError::Closed(_))));
+    let record = incident::load(s, name).await.unwrap();
+    let frozen = s.frozen_report(record.id).await.unwrap().unwrap();
+    assert_eq!(incident::content_hash(&frozen.report), frozen.report_hash);
+    assert_eq!(
+        closed.content_hash.as_deref(),
+        Some(frozen.report_hash.as_str())
+    );
+    assert_eq!(record.closed_by.as_deref(), Some("april"));
+    assert_eq!(incident::report(s, &[], name).await.unwrap(), closed);
+    let late = incident::mark_phase(s, name, "verify", None, &approver, t0).await;
+    assert!(matches!(late, Err(IncidentError::Closed(_))));
     store.close().await;
+}
+
+#[tokio::test]
+async fn the_store_refuses_to_change_a_closed_incident_on_both_backends() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("trueup.db");
+    let pg = TestPg::new().await;
+    for url in [format!("sqlite://{}", file.display()), pg.url.clone()] {
+        let store = store::open(&SecretUrl::new(url.clone())).await.unwrap();
+        let t0 = Utc::now();
+        incident::open(
+            store.as_ref(),
+            &[],
+            "closed-one",
+            t0,
+            None,
+            &[],
+            None,
+            &actor("olga"),
+            t0,
+        )
+        .await
+        .unwrap();
+        let admin = Actor {
+            name: "ada".into(),
+            role: Role::Admin,
+        };
+        incident::close(store.as_ref(), &[], "closed-one", None, &admin, t0)
+            .await
+            .unwrap();
+        store.close().await;
+        let tamper =
+            "UPDATE incidents SET report = '{}', report_hash = 'x' WHERE name = 'closed-one'";
+        let refused = if url.starts_with("sqlite") {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(tamper).execute(&mut c).await.map(|_| ())
+        } else {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(tamper).execute(&mut c).await.map(|_| ())
+        };
+        let err = refused
+            .expect_err("a closed incident must not change")
+            .to_string();
+        assert!(err.contains("a closed incident does not change"), "{err}");
+    }
 }
 
 #[tokio::test]

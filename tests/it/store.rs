@@ -358,6 +358,29 @@ async fn outbox_story(store: Arc<dyn Store>) {
         .record_alert("inv", &firing, &messages, now)
         .await
         .unwrap();
+    store
+        .record_alert("inv", &Alert::inactive(), &[], now)
+        .await
+        .unwrap();
+    // Each change of state (and only a change) is in the audit log, for incident timelines.
+    let transitions: Vec<(String, serde_json::Value)> = store
+        .audit_trail(&["invariant:inv".to_owned()], now, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.details["from"].clone()))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("alert.firing".to_owned(), json!("inactive")),
+            ("alert.inactive".to_owned(), json!("firing"))
+        ]
+    );
+    store
+        .record_alert("inv", &firing, &messages, now)
+        .await
+        .unwrap();
     let back = store.alert("inv").await.unwrap();
     assert_eq!(back.state, AlertState::Firing);
     assert_eq!(

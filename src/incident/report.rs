@@ -1237,11 +1237,10 @@ mod tests {
         }
     }
 
-    fn evidence(
-        open: u64,
-        latest: Option<RunRecord>,
-        plans: Vec<(PlanRecord, &[(ActionStatus, u64)], Option<&str>)>,
-    ) -> Evidence {
+    /// A plan, its actions by status, and when its last action was applied.
+    type PlanFixture<'a> = (PlanRecord, &'a [(ActionStatus, u64)], Option<&'a str>);
+
+    fn evidence(open: u64, latest: Option<RunRecord>, plans: Vec<PlanFixture<'_>>) -> Evidence {
         let groups = [
             (ViolationStatus::Open, open),
             (ViolationStatus::Resolved, 10 - open),

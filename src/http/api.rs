@@ -39,7 +39,7 @@ fn summary(state: &HttpState, inv: &Invariant) -> serde_json::Value {
     })
 }
 
-fn definition(inv: &Invariant) -> serde_json::Value {
+pub(super) fn definition(inv: &Invariant) -> serde_json::Value {
     let side = |s: &crate::domain::QuerySide| json!({"source": s.source, "query": s.query});
     match &inv.spec {
         InvariantSpec::Check(c) => {

@@ -71,6 +71,15 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What the caller is told (for 5xx, the opaque message, never the cause).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Adds a field to the body (e.g. the list of blockers a refusal is about).
     pub fn with_field(mut self, name: &'static str, value: serde_json::Value) -> Self {
         self.fields = Some(Box::new((name, value)));

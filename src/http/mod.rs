@@ -6,6 +6,7 @@
 //! `Store` trait, the scheduler's shared state and the in-memory board.
 
 mod api;
+pub mod console;
 mod incidents_api;
 mod plans_api;
 pub use api::openapi_document;
@@ -283,6 +284,7 @@ pub fn router(state: HttpState) -> Router {
         router = router.route(e.path, handler);
     }
     router
+        .merge(console::routes(&state))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

@@ -252,16 +252,36 @@ pub(super) async fn apply(
         retry_failed: body.retry_failed,
         ..ApplyOptions::default()
     };
+    match request_apply(&state, &caller, &p, opts).await? {
+        Some(report) => Ok(Json(report).into_response()),
+        None => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "plan": id, "state": "applying", "progress": format!("/api/v1/plans/{id}") })),
+        )
+            .into_response()),
+    }
+}
+
+/// Audits the request, then runs a dry run (its report) or starts a live apply in the
+/// background (`None`), refusing an unapproved, stale or paused plan up front. The API and the
+/// console both apply through this.
+pub(crate) async fn request_apply(
+    state: &HttpState,
+    caller: &Caller,
+    p: &crate::store::PlanRecord,
+    opts: ApplyOptions,
+) -> Result<Option<apply::ApplyReport>, ApiError> {
+    let id = p.id;
     let inv = state.catalog.find(&p.invariant);
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "plan.apply.requested",
         Some(id),
-        json!({"dry_run": opts.dry_run, "rate": rate.to_string(), "max_failures": opts.max_failures}),
+        json!({"dry_run": opts.dry_run, "rate": opts.rate.to_string(), "max_failures": opts.max_failures}),
     )
     .await?;
-    let who = actor(&caller);
+    let who = actor(caller);
     let worker = format!("{}:{}", state.shared.replica, caller.name);
     if opts.dry_run {
         let env = ApplyEnv {
@@ -273,11 +293,9 @@ pub(super) async fn apply(
             worker,
         };
         let report = apply::apply(&env, id, &opts, &state.shared.cancel_runs, &|_| {}).await?;
-        return Ok(Json(report).into_response());
+        return Ok(Some(report));
     }
-    // Refuse an unapproved, stale or paused plan now, with its reason, rather than in the
-    // background.
-    plan::check_applicable(state.shared.store.as_ref(), &p, inv.as_deref(), Utc::now()).await?;
+    plan::check_applicable(state.shared.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
     let shared = state.shared.clone();
     tokio::spawn(async move {
         let env = ApplyEnv {
@@ -293,11 +311,7 @@ pub(super) async fn apply(
             Err(e) => tracing::error!(plan = id, "apply failed: {e}"),
         }
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "plan": id, "state": "applying", "progress": format!("/api/v1/plans/{id}") })),
-    )
-        .into_response())
+    Ok(None)
 }
 
 async fn change_state(

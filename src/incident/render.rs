@@ -69,18 +69,24 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
             .build()
             .expect("the default syntax with trimming is valid"),
     );
-    env.add_filter("dt", dt);
-    env.add_filter("dur", dur);
-    env.add_filter("num", num);
-    env.add_filter("cell", cell);
-    env.add_filter("keytext", keytext);
-    env.add_filter("words", words);
+    add_filters(&mut env);
     env.add_template("report.md", include_str!("templates/report.md"))
         .expect("report.md parses");
     env.add_template("report.html", include_str!("templates/report.html"))
         .expect("report.html parses");
     env
 });
+
+/// The filters the report templates use (the console's templates use them too): `dt`, `dur`,
+/// `num`, `cell`, `keytext`, `words`.
+pub fn add_filters(env: &mut Environment<'_>) {
+    env.add_filter("dt", dt);
+    env.add_filter("dur", dur);
+    env.add_filter("num", num);
+    env.add_filter("cell", cell);
+    env.add_filter("keytext", keytext);
+    env.add_filter("words", words);
+}
 
 /// Renders the report. The same report always renders to the same bytes.
 pub fn render(report: &Report, format: ReportFormat) -> Result<String, RenderError> {

@@ -9,6 +9,7 @@ mod incidents;
 mod ledger;
 mod plans;
 mod postgres;
+mod sessions;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub use plans::{
     PlanState, PlanStore, Transition,
 };
 pub use postgres::PgStore;
+pub use sessions::{SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +288,7 @@ pub struct RunDigest {
 }
 
 #[async_trait]
-pub trait Store: PlanStore + IncidentStore + Send + Sync {
+pub trait Store: PlanStore + IncidentStore + SessionStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Records that an evaluation started.

@@ -39,6 +39,8 @@ impl PgStore {
     }
 }
 
+super::sessions::impl_session_store!(PgStore, "BEGIN");
+
 super::incidents::impl_incident_store!(PgStore, sqlx::Postgres, "BEGIN");
 
 super::plans::impl_plan_store!(

@@ -42,6 +42,8 @@ impl SqliteStore {
     }
 }
 
+super::sessions::impl_session_store!(SqliteStore, "BEGIN IMMEDIATE");
+
 super::incidents::impl_incident_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 
 super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");

@@ -2,11 +2,13 @@
 //! PostgreSQL / MariaDB database (random name, dropped afterwards) or SQLite files in a
 //! temporary folder.
 
+mod browser;
 mod helpers;
 
 mod incidents;
 
 mod cli;
+mod console;
 mod notify;
 mod plans;
 mod reconcile;

@@ -1,0 +1,58 @@
+// trueup console: progressive enhancement only. Pages work without this script.
+(function () {
+  "use strict";
+
+  // Live progress on a plan page while it is being applied (or was just asked to be).
+  const progress = document.getElementById("progress");
+  if (progress && progress.dataset.watch === "true") {
+    const started = progress.dataset.state;
+    const plan = progress.dataset.plan;
+    const bar = document.getElementById("progress-bar");
+    const done = document.getElementById("progress-done");
+    let idle = 0;
+    const tick = async () => {
+      try {
+        const r = await fetch("/ui/plans/" + plan + "/progress", { credentials: "same-origin" });
+        const p = r.ok ? await r.json() : null;
+        if (!p) throw new Error("no progress");
+        bar.max = p.total;
+        bar.value = p.done;
+        done.textContent = p.done.toLocaleString("en-US");
+        // Done when the apply has left `applying` (or never entered it after 30 polls).
+        if (p.state !== "applying" && (p.state !== started || ++idle > 30)) {
+          window.location.replace("/ui/plans/" + plan);
+          return;
+        }
+      } catch (e) {
+        // A failed poll is retried on the next tick.
+      }
+      setTimeout(tick, 1000);
+    };
+    setTimeout(tick, 500);
+  }
+
+  // The timeline: click a bar, then another, to select a window; the replay form follows.
+  const bars = Array.from(document.querySelectorAll(".chart .bar"));
+  const from = document.getElementById("replay-from");
+  const to = document.getElementById("replay-to");
+  if (bars.length && from && to) {
+    let anchor = null;
+    const select = (a, b) => {
+      const [lo, hi] = a <= b ? [a, b] : [b, a];
+      bars.forEach((bar, i) => bar.classList.toggle("selected", i >= lo && i <= hi));
+      from.value = bars[lo].dataset.from;
+      to.value = bars[hi].dataset.to;
+    };
+    bars.forEach((bar, i) => {
+      bar.addEventListener("click", () => {
+        if (anchor === null) {
+          anchor = i;
+          select(i, i);
+        } else {
+          select(anchor, i);
+          anchor = null;
+        }
+      });
+    });
+  }
+})();

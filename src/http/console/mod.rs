@@ -1,0 +1,266 @@
+//! The operator web console under `/ui`: server-rendered pages (minijinja, auto-escaped
+//! `*.html` templates), every asset compiled into the binary, a little JavaScript only for
+//! live progress and the timeline selection. Reading pages work without JavaScript.
+//!
+//! Like the API, every page is declared once in [`pages`] with the role it needs; the session
+//! layer (`session.rs`) enforces the role, and the CSRF token on every POST, for all of them.
+//! Handlers act through the same library calls as the API (`plan::approve`, `apply`, ...),
+//! which check roles again: hiding a button is never the guard.
+
+// Helpers here fail with the error page itself (`Result<_, Response>`): the page is what the
+// browser gets, and boxing it would buy nothing on this path.
+#![allow(clippy::result_large_err)]
+
+mod pages;
+pub mod session;
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::http::{Method, StatusCode, header};
+use axum::middleware;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use minijinja::value::{Serde, Value};
+use minijinja::{Environment, syntax::SyntaxConfig};
+
+use crate::domain::Role;
+
+use super::HttpState;
+use session::Session;
+
+/// One console page or form action: where it is and who may use it.
+pub struct Page {
+    pub method: Method,
+    pub path: &'static str,
+    /// `None`: anyone (the sign-in page and the static assets).
+    pub role: Option<Role>,
+    handler: MethodRouter<HttpState>,
+}
+
+fn page(
+    method: Method,
+    path: &'static str,
+    role: Option<Role>,
+    handler: MethodRouter<HttpState>,
+) -> Page {
+    Page {
+        method,
+        path,
+        role,
+        handler,
+    }
+}
+
+pub fn pages() -> Vec<Page> {
+    use Role::*;
+    vec![
+        page(Method::GET, "/ui/login", None, get(pages::login_form)),
+        page(Method::POST, "/ui/login", None, post(pages::login)),
+        page(Method::GET, "/ui/assets/{file}", None, get(asset)),
+        page(
+            Method::POST,
+            "/ui/logout",
+            Some(Viewer),
+            post(pages::logout),
+        ),
+        page(Method::GET, "/ui/", Some(Viewer), get(pages::overview)),
+        page(
+            Method::GET,
+            "/ui/invariants/{name}",
+            Some(Viewer),
+            get(pages::invariant),
+        ),
+        page(Method::GET, "/ui/plans", Some(Viewer), get(pages::plans)),
+        page(
+            Method::GET,
+            "/ui/plans/{id}",
+            Some(Viewer),
+            get(pages::plan),
+        ),
+        page(
+            Method::GET,
+            "/ui/plans/{id}/progress",
+            Some(Viewer),
+            get(pages::plan_progress),
+        ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/approve",
+            Some(Approver),
+            post(pages::approve),
+        ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/reject",
+            Some(Approver),
+            post(pages::reject),
+        ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/apply",
+            Some(Operator),
+            post(pages::apply),
+        ),
+        page(Method::GET, "/ui/audit", Some(Admin), get(pages::audit)),
+    ]
+}
+
+/// The console's routes, each behind the session layer with its role.
+pub fn routes(state: &HttpState) -> Router<HttpState> {
+    let mut router = Router::new();
+    for p in pages() {
+        let handler = match p.role {
+            Some(role) => p.handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), role),
+                session::require,
+            )),
+            None => p.handler,
+        };
+        router = router.route(p.path, handler);
+    }
+    router.route(
+        "/ui",
+        get(|| async { axum::response::Redirect::to("/ui/") }),
+    )
+}
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("the default syntax with trimming is valid"),
+    );
+    crate::incident::render::add_filters(&mut env);
+    for (name, source) in [
+        ("layout.html", include_str!("templates/layout.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("error.html", include_str!("templates/error.html")),
+        ("overview.html", include_str!("templates/overview.html")),
+        ("invariant.html", include_str!("templates/invariant.html")),
+        ("plans.html", include_str!("templates/plans.html")),
+        ("plan.html", include_str!("templates/plan.html")),
+        ("audit.html", include_str!("templates/audit.html")),
+    ] {
+        env.add_template(name, source)
+            .unwrap_or_else(|e| panic!("console template {name}: {e:#}"));
+    }
+    env
+});
+
+/// What every signed-in page knows: who is signed in, what they may do, the CSRF token.
+fn base(session: &Session) -> Value {
+    let role = session.caller.role;
+    minijinja::context! {
+        me => minijinja::context! { name => session.caller.name.clone(), role => role.as_str() },
+        csrf => session.csrf.clone(),
+        can => minijinja::context! {
+            operate => role >= Role::Operator,
+            approve => role >= Role::Approver,
+            admin => role >= Role::Admin,
+        },
+    }
+}
+
+/// Renders a template with `status`. A template that fails is a bug: it is logged and the
+/// page says so without details.
+fn render_status(status: StatusCode, name: &str, ctx: Value) -> Response {
+    let rendered = TEMPLATES.get_template(name).and_then(|t| t.render(ctx));
+    match rendered {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!("console template {name}: {e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html("<!DOCTYPE html><title>trueup</title><p>This page could not be drawn; the server log says why.</p>"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A signed-in page: the page's own context merged over [`base`].
+fn render(session: &Session, name: &str, ctx: Value) -> Response {
+    render_status(
+        StatusCode::OK,
+        name,
+        minijinja::context! { ..ctx, ..base(session) },
+    )
+}
+
+/// A page that explains a refusal or a failure.
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {
+    render_status(
+        status,
+        "error.html",
+        minijinja::context! {
+            status => status.as_u16(),
+            reason => status.canonical_reason().unwrap_or(""),
+            message => message,
+        },
+    )
+}
+
+fn serde<T: serde::Serialize>(value: &T) -> Value {
+    Value::from(Serde(value))
+}
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// The console's style and script, compiled in.
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "console.css" => (CSS, "text/css; charset=utf-8"),
+        "console.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return error_page(StatusCode::NOT_FOUND, "no such asset"),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_console_template_parses() {
+        for name in TEMPLATES.templates().map(|(n, _)| n) {
+            assert!(TEMPLATES.get_template(name).is_ok(), "{name}");
+        }
+        assert!(TEMPLATES.templates().count() >= 8);
+    }
+
+    #[tokio::test]
+    async fn an_error_page_escapes_what_it_is_told() {
+        let page = error_page(StatusCode::NOT_FOUND, "no plan <script>x</script>");
+        assert_eq!(page.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(page.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            html.contains("no plan &lt;script&gt;x&lt;&#x2f;script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>x"), "{html}");
+    }
+
+    #[test]
+    fn pages_that_change_something_need_more_than_a_viewer() {
+        for p in pages() {
+            if p.method == Method::POST && p.path != "/ui/login" && p.path != "/ui/logout" {
+                assert!(p.role > Some(Role::Viewer), "{}", p.path);
+            }
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! The console's pages and form actions.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Extension, Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::CookieJar;
+use chrono::{DateTime, TimeDelta, Utc};
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AlertState, Invariant};
+use crate::http::HttpState;
+use crate::http::error::ApiError;
+use crate::plan::{self, Actor};
+use crate::serve::state::Health;
+use crate::store::{ActionRecord, PlanId, RunStatus, StatusFilter, ViolationFilter};
+
+use super::session::{self, Session};
+use super::{error_page, render, render_status, serde};
+
+/// A refusal or failure from the library, as a page.
+fn refused(e: impl Into<ApiError>) -> Response {
+    let e: ApiError = e.into();
+    error_page(e.status(), e.message())
+}
+
+fn actor(s: &Session) -> Actor {
+    Actor {
+        name: s.caller.name.clone(),
+        role: s.caller.role,
+    }
+}
+
+/// Only a path inside the console: never a redirect to another site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with("/ui/") && !n.starts_with("//") && !n.contains("\\") => {
+            n.to_owned()
+        }
+        _ => "/ui/".to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginQuery {
+    next: Option<String>,
+}
+
+pub(super) async fn login_form(
+    State(state): State<HttpState>,
+    jar: CookieJar,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    if let Ok(Some(_)) = session::current(&state, &jar).await {
+        return Redirect::to(&safe_next(q.next.as_deref())).into_response();
+    }
+    render_status(
+        StatusCode::OK,
+        "login.html",
+        context! { next => safe_next(q.next.as_deref()) },
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+pub(super) async fn login(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    jar: CookieJar,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(form.next.as_deref());
+    match session::sign_in(&state, &form.token, session::is_https(&headers)).await {
+        Ok(Some(cookie)) => (jar.add(cookie), Redirect::to(&next)).into_response(),
+        Ok(None) => render_status(
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            context! {
+                next => next,
+                error => "trueup does not know this token; check it (tokens are listed, hashed, under serve.tokens in trueup.yaml)",
+            },
+        ),
+        Err(page) => page,
+    }
+}
+
+pub(super) async fn logout(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    jar: CookieJar,
+) -> Response {
+    if let Err(page) = session::sign_out(&state, &session).await {
+        return page;
+    }
+    (jar.remove(session::removal()), Redirect::to("/ui/login")).into_response()
+}
+
+/// An invariant's state as the overview shows it.
+fn state_name(health: Option<Health>, alert: Option<AlertState>, ran: bool) -> &'static str {
+    match (health, alert) {
+        (Some(Health::Error), _) => "error",
+        (_, Some(AlertState::Firing)) => "firing",
+        (_, Some(AlertState::Pending)) => "pending",
+        _ if !ran => "unknown",
+        _ => "ok",
+    }
+}
+
+#[derive(Serialize)]
+struct Spark {
+    /// SVG polyline points in a 100×20 box.
+    points: String,
+    first: u64,
+    last: u64,
+    max: u64,
+    /// The first run drawn.
+    since: String,
+}
+
+/// Open violations after each run of the last 24 hours, as a sparkline.
+fn sparkline(runs: &[crate::store::RunRecord], now: DateTime<Utc>) -> Option<Spark> {
+    let from = now - TimeDelta::hours(24);
+    let mut series: Vec<(DateTime<Utc>, u64)> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded && r.started_at >= from)
+        .map(|r| {
+            (
+                r.started_at,
+                r.change.new + r.change.still_open + r.change.reopened,
+            )
+        })
+        .collect();
+    series.sort_by_key(|(t, _)| *t);
+    let (first, last) = (series.first()?.1, series.last()?.1);
+    let max = series.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    // Across the runs there are (a sparkline of runs from the last minute would otherwise be
+    // a dot at the right edge); one run draws a flat line.
+    let (start, end) = (series[0].0, series[series.len() - 1].0);
+    let span = (end - start).num_milliseconds().max(1) as f64;
+    let y = |n: u64| 19.0 - (n as f64 / max as f64) * 18.0;
+    let points = if series.len() == 1 {
+        format!("0,{y0:.1} 100,{y0:.1}", y0 = y(first))
+    } else {
+        series
+            .iter()
+            .map(|(t, n)| {
+                let x = (*t - start).num_milliseconds() as f64 / span * 100.0;
+                format!("{x:.1},{:.1}", y(*n))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Some(Spark {
+        points,
+        first,
+        last,
+        max,
+        since: start.to_rfc3339(),
+    })
+}
+
+#[derive(Deserialize)]
+pub(super) struct OverviewQuery {
+    q: Option<String>,
+    severity: Option<String>,
+    state: Option<String>,
+}
+
+pub(super) async fn overview(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(filter): Query<OverviewQuery>,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let open = match store
+        .violation_groups(&ViolationFilter {
+            status: StatusFilter::Active,
+            ..ViolationFilter::default()
+        })
+        .await
+    {
+        Ok(g) => g,
+        Err(e) => return refused(e),
+    };
+    let now = Utc::now();
+    let board = state.shared.board.snapshot();
+    let mut rows = Vec::new();
+    for inv in state.catalog.snapshot().iter() {
+        let name = inv.name.as_str();
+        let b = board.get(name);
+        let status = state_name(
+            b.map(|b| b.health),
+            b.map(|b| b.alert),
+            b.is_some_and(|b| b.last_run_at.is_some()),
+        );
+        let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+        for g in open.iter().filter(|g| g.invariant == name) {
+            *by_kind.entry(g.kind.as_str()).or_default() += g.count;
+        }
+        let wanted = filter
+            .q
+            .as_deref()
+            .is_none_or(|q| q.is_empty() || name.contains(q.trim()))
+            && filter
+                .severity
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || inv.severity.to_string() == s)
+            && filter
+                .state
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || s == status);
+        if !wanted {
+            continue;
+        }
+        let runs = match store.runs(Some(name), 300).await {
+            Ok(r) => r,
+            Err(e) => return refused(e),
+        };
+        rows.push(context! {
+            name => name,
+            severity => inv.severity.to_string(),
+            owner => inv.owner.clone(),
+            rule => inv.kind_name(),
+            state => status,
+            last_run_at => b.and_then(|b| b.last_run_at).or(runs.first().map(|r| r.started_at)).map(|t| t.to_rfc3339()),
+            last_error => b.and_then(|b| b.last_error.clone()),
+            open => by_kind.values().sum::<u64>(),
+            by_kind => serde(&by_kind),
+            spark => serde(&sparkline(&runs, now)),
+        });
+    }
+    render(
+        &session,
+        "overview.html",
+        context! {
+            nav => "overview",
+            rows => rows,
+            q => filter.q.unwrap_or_default(),
+            severity => filter.severity.unwrap_or_default(),
+            state => filter.state.unwrap_or_default(),
+            severities => ["critical", "high", "medium", "low"],
+            states => ["firing", "pending", "error", "ok", "unknown"],
+        },
+    )
+}
+
+/// Evidence as rows of column / left / right, with the columns that differ marked, and the
+/// other facts (counts, transitions) beside it.
+#[derive(Serialize)]
+struct EvidenceView {
+    columns: Vec<EvidenceColumn>,
+    facts: Vec<(String, String)>,
+}
+
+#[derive(Serialize)]
+struct EvidenceColumn {
+    name: String,
+    left: Option<String>,
+    right: Option<String>,
+    differs: bool,
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn evidence_view(evidence: &serde_json::Value) -> EvidenceView {
+    let side = |k: &str| evidence.get(k).and_then(|v| v.as_object());
+    let (left, right) = (side("left").or(side("row")), side("right"));
+    let mut names: Vec<&String> = left
+        .iter()
+        .chain(right.iter())
+        .flat_map(|m| m.keys())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(*n));
+    let columns = names
+        .into_iter()
+        .map(|n| {
+            let l = left.and_then(|m| m.get(n)).map(text);
+            let r = right.and_then(|m| m.get(n)).map(text);
+            EvidenceColumn {
+                differs: left.is_some() && right.is_some() && l != r,
+                name: n.clone(),
+                left: l,
+                right: r,
+            }
+        })
+        .collect();
+    let facts = evidence
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "left" | "right" | "row" | "diff"))
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    EvidenceView { columns, facts }
+}
+
+fn find(state: &HttpState, name: &str) -> Result<std::sync::Arc<Invariant>, Response> {
+    state.catalog.find(name).ok_or_else(|| {
+        error_page(
+            StatusCode::NOT_FOUND,
+            &format!("no invariant named `{name}`"),
+        )
+    })
+}
+
+pub(super) async fn invariant(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+) -> Response {
+    let inv = match find(&state, &name) {
+        Ok(i) => i,
+        Err(page) => return page,
+    };
+    let store = state.shared.store.as_ref();
+    let active = ViolationFilter {
+        invariants: vec![name.clone()],
+        status: StatusFilter::Active,
+        limit: 200,
+        ..ViolationFilter::default()
+    };
+    let (runs, violations, times, plans) = match tokio::try_join!(
+        store.runs(Some(&name), 50),
+        store.violations(&active),
+        store.event_times(&active),
+        store.plans(Some(&name), 20),
+    ) {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    // Buckets sized so the whole spread fits in about sixty bars.
+    let spread = match (times.iter().min(), times.iter().max()) {
+        (Some(a), Some(b)) => (*b - *a).num_seconds().max(60),
+        _ => 3600,
+    };
+    let bucket = [60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400]
+        .into_iter()
+        .find(|w| spread / w <= 60)
+        .unwrap_or(86_400);
+    let buckets = crate::domain::histogram(&times, TimeDelta::seconds(bucket)).unwrap_or_default();
+    let tallest = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+    let bars: Vec<_> = buckets
+        .iter()
+        .map(|b| {
+            context! {
+                from => b.start.to_rfc3339(),
+                to => (b.start + TimeDelta::seconds(bucket)).to_rfc3339(),
+                count => b.count,
+                height => (b.count as f64 / tallest as f64 * 100.0).round() as u64,
+            }
+        })
+        .collect();
+    let violations: Vec<_> = violations
+        .iter()
+        .map(|v| {
+            context! {
+                v => serde(v),
+                evidence => serde(&evidence_view(&v.evidence)),
+            }
+        })
+        .collect();
+    let board = state.shared.board.get(&name);
+    render(
+        &session,
+        "invariant.html",
+        context! {
+            nav => "overview",
+            inv => context! {
+                name => name,
+                description => inv.description.clone(),
+                owner => inv.owner.clone(),
+                severity => inv.severity.to_string(),
+                rule => inv.kind_name(),
+                schedule => inv.schedule.as_ref().map(ToString::to_string),
+                time_column => inv.time_column.as_ref().map(ToString::to_string),
+                grace => inv.grace.map(|g| g.to_string()),
+                replay => inv.replay.is_some(),
+                definition => serde_json::to_string_pretty(&crate::http::api::definition(&inv)).unwrap_or_default(),
+                defined_at => format!("{}:{}", inv.defined_at.0.display(), inv.defined_at.1),
+            },
+            state => state_name(board.as_ref().map(|b| b.health), board.as_ref().map(|b| b.alert), board.as_ref().is_some_and(|b| b.last_run_at.is_some())),
+            runs => serde(&runs),
+            violations => violations,
+            bars => bars,
+            bucket_secs => bucket,
+            plans => serde(&plans),
+        },
+    )
+}
+
+pub(super) async fn plans(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let records = match store.plans(None, 200).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let now = Utc::now();
+    let mut groups: BTreeMap<&'static str, Vec<plan::PlanView>> = BTreeMap::new();
+    for p in records {
+        let inv = state.catalog.find(&p.invariant);
+        match plan::view(store, p, inv.as_deref(), now).await {
+            Ok(v) => groups.entry(v.status).or_default().push(v),
+            Err(e) => return refused(e),
+        }
+    }
+    let order = [
+        "applying",
+        "paused",
+        "stopped",
+        "approved",
+        "proposed",
+        "stale",
+        "applied",
+        "rejected",
+        "superseded",
+        "cancelled",
+    ];
+    let queue: Vec<_> = order
+        .iter()
+        .filter_map(|s| {
+            groups
+                .get(s)
+                .map(|plans| context! { status => *s, plans => serde(plans) })
+        })
+        .collect();
+    render(
+        &session,
+        "plans.html",
+        context! { nav => "plans", queue => queue },
+    )
+}
+
+async fn plan_page(
+    state: &HttpState,
+    session: &Session,
+    id: PlanId,
+    dry_run: Option<crate::plan::apply::ApplyReport>,
+    watch: bool,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let record = match plan::load(store, id).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let inv = state.catalog.find(&record.invariant);
+    let view = match plan::view(store, record, inv.as_deref(), Utc::now()).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let actions = match store.plan_actions(id, None, 200).await {
+        Ok(a) => a,
+        Err(e) => return refused(e),
+    };
+    let me = &session.caller.name;
+    let approved_by_me = view.approvers.iter().any(|a| a == me);
+    // Why the approve control is disabled for this approver, if it is.
+    let approve_blocked = if let Some(why) = &view.stale {
+        Some(format!("It cannot be approved: {why}."))
+    } else if view.plan.state != crate::store::PlanState::Proposed {
+        Some(format!(
+            "It is {}; only a proposed plan is approved.",
+            view.plan.state.as_str()
+        ))
+    } else if approved_by_me {
+        Some("You approved this content already; another approver must add theirs.".to_owned())
+    } else {
+        None
+    };
+    // Why the apply controls are disabled, if they are.
+    let apply_blocked = {
+        use crate::store::PlanState::*;
+        match view.plan.state {
+            _ if view.stale.is_some() && view.plan.state != Applied => Some(format!(
+                "It cannot be applied: {}.",
+                view.stale.as_deref().unwrap_or("")
+            )),
+            Applied => Some("It has been applied.".to_owned()),
+            Rejected | Superseded | Cancelled => {
+                Some(format!("It is {}.", view.plan.state.as_str()))
+            }
+            Applying => Some("It is being applied.".to_owned()),
+            Paused => Some("It is paused; resume it to go on.".to_owned()),
+            Proposed if !view.approved => Some(format!(
+                "It needs {} approval(s) before it is applied; a dry run shows what would happen.",
+                view.plan.approvals_required
+            )),
+            Proposed | Stopped => None,
+        }
+    };
+    // A dry run is for a plan that can still be applied.
+    let can_dry_run = matches!(
+        view.plan.state,
+        crate::store::PlanState::Proposed | crate::store::PlanState::Stopped
+    ) && view.stale.is_none();
+    let actions: Vec<_> = actions.iter().map(action_view).collect();
+    render(
+        session,
+        "plan.html",
+        context! {
+            nav => "plans",
+            p => serde(&view),
+            total => view.plan.action_count,
+            done => view.progress.iter().filter(|(s, _)| s.is_final()).map(|(_, n)| *n).sum::<u64>(),
+            actions => actions,
+            approve_blocked => approve_blocked,
+            apply_blocked => apply_blocked,
+            can_dry_run => can_dry_run,
+            dry_run => serde(&dry_run),
+            applying => matches!(view.plan.state, crate::store::PlanState::Applying),
+            // Just asked to apply: the page follows the progress even before the apply has
+            // moved the plan to `applying`.
+            watch => matches!(view.plan.state, crate::store::PlanState::Applying)
+                || (watch && view.plan.state == crate::store::PlanState::Proposed),
+        },
+    )
+}
+
+fn action_view(a: &ActionRecord) -> minijinja::Value {
+    let marker = match a.violation_kind.as_str() {
+        "missing" => "+",
+        "extra" | "duplicate" => "-",
+        _ => "~",
+    };
+    // Bound values by their placeholder: `$1` in PostgreSQL statements, `?1` otherwise.
+    let params: Vec<(String, String)> = match &a.spec {
+        crate::domain::ActionSpec::Sql {
+            statement, params, ..
+        } => params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let n = i + 1;
+                let label = if statement.contains(&format!("${n}")) {
+                    format!("${n}")
+                } else {
+                    format!("?{n}")
+                };
+                (label, text(v))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    context! {
+        a => serde(a),
+        params => params,
+        marker => marker,
+        evidence => serde(&evidence_view(&a.evidence)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct PlanQuery {
+    #[serde(default)]
+    watch: bool,
+}
+
+pub(super) async fn plan(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Query(q): Query<PlanQuery>,
+) -> Response {
+    plan_page(&state, &session, id, None, q.watch).await
+}
+
+/// Live progress for the plan page's script.
+pub(super) async fn plan_progress(
+    State(state): State<HttpState>,
+    Path(id): Path<PlanId>,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let record = match plan::load(store, id).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    match store.action_progress(id).await {
+        Ok(progress) => {
+            let done: u64 = progress
+                .iter()
+                .filter(|(s, _)| s.is_final())
+                .map(|(_, n)| *n)
+                .sum();
+            Json(serde_json::json!({
+                "state": record.state,
+                "total": record.action_count,
+                "done": done,
+                "progress": progress,
+            }))
+            .into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ApproveForm {
+    content_hash: String,
+}
+
+pub(super) async fn approve(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<ApproveForm>,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let record = match plan::load(store, id).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let inv = state.catalog.find(&record.invariant);
+    match plan::approve(
+        store,
+        id,
+        inv.as_deref(),
+        &actor(&session),
+        Some(&form.content_hash),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(_) => Redirect::to(&format!("/ui/plans/{id}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RejectForm {
+    reason: String,
+}
+
+pub(super) async fn reject(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<RejectForm>,
+) -> Response {
+    match plan::reject(
+        state.shared.store.as_ref(),
+        id,
+        &actor(&session),
+        &form.reason,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(()) => Redirect::to(&format!("/ui/plans/{id}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ApplyForm {
+    /// `dry_run` or `live`.
+    mode: String,
+}
+
+pub(super) async fn apply(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<ApplyForm>,
+) -> Response {
+    let record = match plan::load(state.shared.store.as_ref(), id).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let opts = crate::plan::apply::ApplyOptions {
+        dry_run: form.mode != "live",
+        rate: crate::plan::apply::Rate::default_for(record.kind),
+        ..crate::plan::apply::ApplyOptions::default()
+    };
+    match crate::http::plans_api::request_apply(&state, &session.caller, &record, opts).await {
+        Ok(Some(report)) => plan_page(&state, &session, id, Some(report), false).await,
+        Ok(None) => Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response(),
+        Err(e) => error_page(e.status(), e.message()),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct AuditQuery {
+    target: Option<String>,
+    actor: Option<String>,
+    after: Option<i64>,
+}
+
+pub(super) async fn audit(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let target = q.target.as_deref().filter(|t| !t.trim().is_empty());
+    let entries = match state
+        .shared
+        .store
+        .audit_log(target.map(str::trim), q.after, 200)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return refused(e),
+    };
+    let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    let next_after = (entries.len() == 200)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| actor.is_none_or(|a| e.actor == a))
+        .collect();
+    render(
+        &session,
+        "audit.html",
+        context! {
+            nav => "audit",
+            entries => serde(&entries),
+            target => target.unwrap_or(""),
+            actor => actor.unwrap_or(""),
+            next_after => next_after,
+        },
+    )
+}

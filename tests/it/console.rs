@@ -1,0 +1,330 @@
+//! The web console in a real browser (headless Chromium over WebDriver), on the demo served
+//! by `trueup serve`.
+
+use std::time::Duration;
+
+use trueup::domain::AlertState;
+
+use crate::serve::{ADMIN, APPROVER, VIEWER};
+
+const INVARIANT: &str = "subscriptions-entitlements";
+
+// Multi-threaded: the server under test and the browser's client share the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(
+        dir.path(),
+        Some("* * * * * *"),
+        &crate::serve::tokens_yaml(""),
+    )
+    .await;
+    let (base, stop, task, store) = crate::serve::start(config).await;
+    crate::serve::wait_for("the invariant to fire", Duration::from_secs(30), || {
+        let store = std::sync::Arc::clone(&store);
+        async move { store.alert(INVARIANT).await.unwrap().state == AlertState::Firing }
+    })
+    .await;
+    let b = crate::browser::open().await;
+
+    // A signed-out visit lands on the sign-in page; a wrong token is refused there.
+    b.goto(&format!("{base}/ui/")).await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), "/ui/login");
+    b.screenshot("sign-in").await;
+    b.fill("#token", "not-a-token").await;
+    b.click("form button[type=submit]").await;
+    assert!(b.text("p.error").await.contains("does not know this token"));
+
+    // The overview: the demo's firing invariant.
+    b.sign_in(&base, APPROVER).await;
+    let row = format!("tr[data-invariant=\"{INVARIANT}\"]");
+    b.wait_for("the overview", Duration::from_secs(10), |s| {
+        s.contains("Invariants")
+    })
+    .await;
+    assert_eq!(b.text(&format!("{row} .state")).await, "firing");
+    assert!(b.exists(&format!("{row} svg.spark")).await, "a sparkline");
+    b.screenshot("overview").await;
+
+    // Its page: open violations with their evidence, and its plan.
+    b.click(&format!("{row} th a")).await;
+    b.wait_for("the invariant page", Duration::from_secs(10), |s| {
+        s.contains("Open violations (3)")
+    })
+    .await;
+    assert!(
+        b.exists("tr.differs").await,
+        "the mismatched column is marked"
+    );
+    b.screenshot("invariant").await;
+    b.click("#plans li a").await;
+    b.wait_for("the plan page", Duration::from_secs(10), |s| {
+        s.contains("Content hash")
+    })
+    .await;
+    let plan_path = b.client.current_url().await.unwrap().path().to_owned();
+    assert_eq!(b.text("#plan-status").await, "proposed");
+    assert!(b.text("#diff").await.contains("INSERT INTO entitlements"));
+    b.screenshot("plan-proposed").await;
+
+    // Approve, dry run, apply; the progress finishes on its own (the page reloads itself).
+    b.click("#approve").await;
+    b.wait_for("the approval", Duration::from_secs(10), |s| {
+        s.contains("id=\"plan-status\">approved")
+    })
+    .await;
+    assert!(
+        b.text("#approve-why")
+            .await
+            .contains("approved this content already")
+    );
+    b.click("#dry-run").await;
+    b.wait_for("the dry run", Duration::from_secs(30), |s| {
+        s.contains("dry-run-result")
+    })
+    .await;
+    b.screenshot("plan-dry-run").await;
+    b.click("#apply").await;
+    b.wait_for("the apply to finish", Duration::from_secs(60), |s| {
+        s.contains("id=\"plan-status\">applied")
+    })
+    .await;
+    assert!(
+        b.text("#progress").await.contains("3 of 3 done"),
+        "{}",
+        b.text("#progress").await
+    );
+    assert!(b.text("#verification").await.contains("3 of 3"));
+    b.screenshot("plan-applied").await;
+
+    // The next scheduled run resolves the violations.
+    b.goto(&format!("{base}/ui/invariants/{INVARIANT}")).await;
+    b.wait_for("the violations to resolve", Duration::from_secs(30), |s| {
+        s.contains("None open.")
+    })
+    .await;
+    b.screenshot("invariant-resolved").await;
+
+    b.goto(&format!("{base}/ui/plans")).await;
+    assert!(b.exists("#queue-applied").await);
+    b.screenshot("plans").await;
+
+    // A viewer sees no approve control, and a POST forged from a viewer's session is refused.
+    b.sign_in(&base, VIEWER).await;
+    let proposed = store
+        .plans(None, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.state == trueup::store::PlanState::Proposed)
+        .expect("another demo plan still proposed");
+    b.goto(&format!("{base}/ui/plans/{}", proposed.id)).await;
+    assert!(
+        !b.exists("#approve").await,
+        "a viewer gets no approve control"
+    );
+    assert!(
+        b.text("#approve-why")
+            .await
+            .contains("needs the approver role")
+    );
+    b.screenshot("plan-as-viewer").await;
+    let forged = b
+        .client
+        .execute_async(
+            r#"const [id, hash, done] = arguments;
+               const csrf = document.querySelector("input[name=csrf]").value;
+               fetch("/ui/plans/" + id + "/approve", {
+                   method: "POST",
+                   headers: {"Content-Type": "application/x-www-form-urlencoded"},
+                   body: "csrf=" + encodeURIComponent(csrf) + "&content_hash=" + hash,
+               }).then(r => done(r.status));"#,
+            vec![
+                serde_json::json!(proposed.id),
+                serde_json::json!(proposed.content_hash),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged, serde_json::json!(403));
+    assert!(
+        store
+            .plan(proposed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .approvals
+            .is_empty(),
+        "the forged approval did not count"
+    );
+    b.goto(&format!("{base}/ui/audit")).await;
+    assert!(b.text("#problem").await.contains("needs admin"));
+
+    // The audit log, as an admin: the approval and the apply, by name.
+    b.sign_in(&base, ADMIN).await;
+    b.goto(&format!(
+        "{base}/ui/audit?target=plan:{}",
+        plan_path.rsplit('/').next().unwrap()
+    ))
+    .await;
+    let audit = b.text("table").await;
+    assert!(
+        audit.contains("plan.approve") && audit.contains("april"),
+        "{audit}"
+    );
+    assert!(audit.contains("plan.apply.finish"), "{audit}");
+    b.screenshot("audit").await;
+
+    b.close().await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(dir.path(), None, &crate::serve::tokens_yaml("")).await;
+    // One check, so that the demo's plans exist.
+    let checked = crate::helpers::trueup_cli(config.file.as_ref().unwrap(), "olga")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        crate::helpers::combined_output(&checked).contains("proposed plan 1"),
+        "{}",
+        crate::helpers::combined_output(&checked)
+    );
+    let (base, stop, task, _store) = crate::serve::start(config).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Every console page declares its role; without a session, pages redirect to sign-in
+    // and forms are refused.
+    for p in trueup::http::console::pages() {
+        let url = format!(
+            "{base}{}",
+            p.path
+                .replace("{id}", "1")
+                .replace("{name}", INVARIANT)
+                .replace("{file}", "console.css")
+        );
+        let method = reqwest::Method::from_bytes(p.method.as_str().as_bytes()).unwrap();
+        let status = client
+            .request(method, &url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        match (p.role, p.method.as_str()) {
+            (None, _) => assert!(
+                status == 200 || status == 422 || status == 415,
+                "{} {}: {status}",
+                p.method,
+                p.path
+            ),
+            (Some(_), "GET") => assert_eq!(status, 303, "{} {}", p.method, p.path),
+            (Some(_), _) => assert_eq!(status, 401, "{} {}", p.method, p.path),
+        }
+    }
+    // Signed in: a form without the session's CSRF token, or from another origin, is refused.
+    let signed_in = client
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", APPROVER), ("next", "/ui/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let approve = |body: Vec<(&'static str, String)>, origin: Option<&'static str>| {
+        let mut r = client
+            .post(format!("{base}/ui/plans/1/approve"))
+            .header("cookie", session.clone())
+            .form(&body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let no_token = approve(vec![("content_hash", "x".into())], None)
+        .await
+        .unwrap();
+    assert_eq!(no_token.status().as_u16(), 403);
+    assert!(no_token.text().await.unwrap().contains("CSRF token"));
+    let page = client
+        .get(format!("{base}/ui/plans/1"))
+        .header("cookie", session.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{page}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let foreign = approve(
+        vec![("csrf", csrf.clone()), ("content_hash", "x".into())],
+        Some("https://evil.example"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(foreign.status().as_u16(), 403);
+    // With the token, the request reaches the plan rules (this hash is not the plan's).
+    let wrong_hash = approve(vec![("csrf", csrf), ("content_hash", "x".into())], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong_hash.status().as_u16(),
+        409,
+        "{}",
+        wrong_hash.text().await.unwrap()
+    );
+    // Signing out ends the session on the server, not just in the browser.
+    let out = client
+        .post(format!("{base}/ui/logout"))
+        .header("cookie", session.clone())
+        .form(&[(
+            "csrf",
+            page.split("name=\"csrf\" value=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap(),
+        )])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 303);
+    let after = client
+        .get(format!("{base}/ui/"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status().as_u16(),
+        303,
+        "the old cookie no longer works"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -39,7 +39,33 @@ pub const PLANTED: &[(&str, &str, u64)] = &[
     ("subscriptions-entitlements", "extra", 1),
     ("subscriptions-entitlements", "mismatch", 1),
     ("payment-lifecycle", "transition", 2),
+    ("order-events-billed", "missing", OUTAGE_EVENTS),
 ];
+
+/// Order events: one every six minutes over the two days before the current hour, eight
+/// accounts taking turns.
+const ORDER_EVENTS: i64 = 480;
+/// Billing's consumer was down for three hours, from 18 h after the first event: the 30
+/// events of that window never reached `billed_events`.
+const OUTAGE_FIRST: i64 = 180;
+pub const OUTAGE_EVENTS: u64 = 30;
+
+/// When order event `i` happened.
+fn order_event_at(i: i64, now: DateTime<Utc>) -> DateTime<Utc> {
+    let hour = now
+        .with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .unwrap_or(now);
+    hour - TimeDelta::hours(48) + TimeDelta::minutes(6 * i)
+}
+
+/// The outage: when billing's consumer stopped and started again.
+pub fn outage_window(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        order_event_at(OUTAGE_FIRST, now),
+        order_event_at(OUTAGE_FIRST + OUTAGE_EVENTS as i64, now),
+    )
+}
 
 /// Payments captured moments ago, inside the 15-minute grace: not yet due.
 pub const NOT_YET_DUE: u64 = 1;
@@ -154,6 +180,7 @@ async fn seed_shop(path: &Path, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         "CREATE TABLE payments (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, captured_at DATETIME)",
         "CREATE TABLE payment_events (payment_id INTEGER NOT NULL, state TEXT NOT NULL, at DATETIME NOT NULL)",
         "CREATE TABLE subscriptions (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, plan TEXT NOT NULL, status TEXT NOT NULL)",
+        "CREATE TABLE order_events (id INTEGER PRIMARY KEY, account TEXT NOT NULL, amount_cents INTEGER NOT NULL, created_at DATETIME NOT NULL)",
     ] {
         sqlx::query(ddl).execute(&mut *tx).await?;
     }
@@ -226,6 +253,15 @@ async fn seed_shop(path: &Path, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
             .execute(&mut *tx)
             .await?;
     }
+    for i in 0..ORDER_EVENTS {
+        sqlx::query("INSERT INTO order_events VALUES ($1, $2, $3, $4)")
+            .bind(i + 1)
+            .bind(format!("acct-{}", i % 8))
+            .bind(amount(i))
+            .bind(ts(order_event_at(i, now)))
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     db.close().await
 }
@@ -236,6 +272,7 @@ async fn seed_ledger(path: &Path, now: DateTime<Utc>) -> Result<(), sqlx::Error>
     for ddl in [
         "CREATE TABLE ledger_entries (id INTEGER PRIMARY KEY AUTOINCREMENT, payment_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL, currency TEXT NOT NULL, booked_at DATETIME NOT NULL)",
         "CREATE TABLE entitlements (subscription_id INTEGER NOT NULL, plan TEXT NOT NULL, active INTEGER NOT NULL)",
+        "CREATE TABLE billed_events (event_id INTEGER PRIMARY KEY, account TEXT NOT NULL, amount_cents INTEGER NOT NULL, billed_at DATETIME NOT NULL)",
     ] {
         sqlx::query(ddl).execute(&mut *tx).await?;
     }
@@ -290,6 +327,18 @@ async fn seed_ledger(path: &Path, now: DateTime<Utc>) -> Result<(), sqlx::Error>
                 .execute(&mut *tx)
                 .await?;
         }
+    }
+    // Planted: the outage; billing processed every event but those of its three hours.
+    for i in (0..ORDER_EVENTS)
+        .filter(|i| !(OUTAGE_FIRST..OUTAGE_FIRST + OUTAGE_EVENTS as i64).contains(i))
+    {
+        sqlx::query("INSERT INTO billed_events VALUES ($1, $2, $3, $4)")
+            .bind(i + 1)
+            .bind(format!("acct-{}", i % 8))
+            .bind(amount(i))
+            .bind(ts(order_event_at(i, now) + TimeDelta::seconds(20)))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     db.close().await

@@ -16,7 +16,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     } else {
         let path = demo::create(dir).await?;
         println!(
-            "Created a demo in {}: a shop and a ledger (SQLite) with planted problems, four invariants in {}, and {}.\n",
+            "Created a demo in {}: a shop and a ledger (SQLite) with planted problems, five invariants in {}, and {}.\n",
             dir.display(),
             dir.join("invariants/demo.yaml").display(),
             path.display()
@@ -65,6 +65,16 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         println!("  {c} apply 1 --dry-run");
         println!("  {c} apply 1");
         println!("  {c} audit --plan 1");
+        let (from, to) = demo::outage_window(chrono::Utc::now());
+        println!(
+            "  # billing lost three hours of order events: see the gap, dry-run the replay, run it"
+        );
+        println!("  {c} violations -i order-events-billed --histogram --bucket 1h");
+        println!(
+            "  {c} replay -i order-events-billed --from {} --to {}",
+            from.format("%Y-%m-%dT%H:%M:%SZ"),
+            to.format("%Y-%m-%dT%H:%M:%SZ")
+        );
         println!(
             "  # an incident over the last week, and its closure report (blockers until repaired)"
         );

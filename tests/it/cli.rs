@@ -37,7 +37,7 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
     );
     assert!(text.contains("1 not yet due (within grace)"), "{text}");
     assert!(
-        text.contains("4 invariants: 0 hold, 4 violated (15 open violations)"),
+        text.contains("5 invariants: 0 hold, 5 violated (45 open violations)"),
         "{text}"
     );
 
@@ -101,7 +101,7 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
     );
     // Running the demo again starts over.
     let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
-    assert!(stdout(&out).contains("15 open violations"));
+    assert!(stdout(&out).contains("45 open violations"));
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn the_shipped_invariants_validate_against_the_demo_sources() {
     .unwrap();
     let out = trueup(tmp.path(), &["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("4 invariants OK"));
+    assert!(stdout(&out).contains("5 invariants OK"));
 }
 
 #[test]

@@ -328,3 +328,179 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// The 2 AM flow, in the console alone, on the demo's outage: find the window on the
+/// timeline, dry-run the replay, approve it, apply it with live progress, see the gap closed,
+/// open the incident, verify, read the report and close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_alone() {
+    const OUTAGE: &str = "order-events-billed";
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(
+        dir.path(),
+        Some("* * * * * *"),
+        &crate::serve::tokens_yaml(""),
+    )
+    .await;
+    let (base, stop, task, store) = crate::serve::start(config).await;
+    crate::serve::wait_for("the outage to fire", Duration::from_secs(30), || {
+        let store = std::sync::Arc::clone(&store);
+        async move { store.alert(OUTAGE).await.unwrap().state == AlertState::Firing }
+    })
+    .await;
+    let b = crate::browser::open().await;
+    b.sign_in(&base, APPROVER).await;
+    let row = format!("tr[data-invariant=\"{OUTAGE}\"]");
+    b.wait_for("the overview", Duration::from_secs(10), |s| {
+        s.contains(OUTAGE)
+    })
+    .await;
+    assert_eq!(b.text(&format!("{row} .state")).await, "firing");
+    b.click(&format!("{row} th a")).await;
+    b.wait_for("the timeline", Duration::from_secs(10), |s| {
+        s.contains("class=\"chart\"")
+    })
+    .await;
+
+    // Pick the window on the timeline: the first bar, then the last.
+    b.click(".chart .bar:first-child").await;
+    b.click(".chart .bar:last-child").await;
+    let selected = b
+        .client
+        .find_all(fantoccini::Locator::Css(".chart .bar.selected"))
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        selected > 10,
+        "the whole outage is selected ({selected} bars)"
+    );
+    let from = b
+        .client
+        .find(fantoccini::Locator::Css("#replay-from"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let to = b
+        .client
+        .find(fantoccini::Locator::Css("#replay-to"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    b.screenshot("timeline-selected").await;
+    b.click("#replay-form button").await;
+    b.wait_for("the dry run", Duration::from_secs(20), |s| {
+        s.contains("would-replay")
+    })
+    .await;
+    assert_eq!(
+        b.text("#would-replay").await,
+        trueup::demo::OUTAGE_EVENTS.to_string()
+    );
+    assert_eq!(b.text("#would-skip").await, "0");
+    b.screenshot("replay-dry-run").await;
+
+    // Submit, approve, apply: live progress until the gap is closed.
+    b.click("#propose-replay").await;
+    b.wait_for("the replay plan", Duration::from_secs(10), |s| {
+        s.contains("Content hash")
+    })
+    .await;
+    assert!(b.text("h1").await.contains("proposed"));
+    b.click("#approve").await;
+    b.wait_for("the approval", Duration::from_secs(10), |s| {
+        s.contains("id=\"plan-status\">approved")
+    })
+    .await;
+    b.fill("#rate", "5/s").await;
+    b.click("#apply").await;
+    b.wait_for("progress under way", Duration::from_secs(20), |s| {
+        s.contains("actions/s")
+    })
+    .await;
+    b.screenshot("replay-applying").await;
+    b.wait_for("the replay to finish", Duration::from_secs(60), |s| {
+        s.contains("id=\"plan-status\">applied")
+    })
+    .await;
+    let verification = b.text("#verification").await;
+    assert!(
+        verification.contains("0 missing left in the window"),
+        "{verification}"
+    );
+    b.screenshot("replay-applied").await;
+    b.goto(&format!("{base}/ui/invariants/{OUTAGE}")).await;
+    b.wait_for("the gap to close", Duration::from_secs(30), |s| {
+        s.contains("None open.")
+    })
+    .await;
+
+    // The incident: open it over the window, verify, read the report, close it.
+    b.goto(&format!("{base}/ui/incidents")).await;
+    b.fill("input[name=name]", "billing-consumer-outage").await;
+    b.fill("input[name=from]", &from).await;
+    b.fill("input[name=to]", &to).await;
+    b.fill(
+        "input[name=summary]",
+        "billing's consumer was down for three hours",
+    )
+    .await;
+    b.client
+        .find(fantoccini::Locator::Css("select[name=invariant]"))
+        .await
+        .unwrap()
+        .select_by_value(OUTAGE)
+        .await
+        .unwrap();
+    b.click("#open-incident-button").await;
+    b.wait_for("the incident", Duration::from_secs(10), |s| {
+        s.contains("Verdict:")
+    })
+    .await;
+    b.click("#verify").await;
+    b.wait_for("a ready verdict", Duration::from_secs(30), |s| {
+        s.contains("Verdict: ready to close")
+    })
+    .await;
+    assert!(
+        b.text("#verdict").await.contains(&format!(
+            "{} delivered, 0 skipped as processed, 0 parked, 0 missing left in its window",
+            trueup::demo::OUTAGE_EVENTS
+        )),
+        "{}",
+        b.text("#verdict").await
+    );
+    b.screenshot("incident-ready").await;
+    b.click("#report-html").await;
+    b.wait_for("the report", Duration::from_secs(10), |s| {
+        s.contains("closure report")
+    })
+    .await;
+    assert!(b.text("#verdict").await.contains("Verdict: ready to close"));
+    b.screenshot("incident-report").await;
+    b.goto(&format!("{base}/ui/incidents/billing-consumer-outage"))
+        .await;
+    b.click("#close").await;
+    b.wait_for("the close", Duration::from_secs(10), |s| {
+        s.contains("status-closed")
+    })
+    .await;
+    b.screenshot("incident-closed").await;
+    let closed = store
+        .incident("billing-consumer-outage")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.closed_by.as_deref(), Some("april"));
+    assert!(closed.report_hash.is_some());
+
+    b.close().await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -88,9 +88,9 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
     .await;
     let (stop, task, store) = serve(config).await;
 
-    // All four demo invariants are violated: each fires once.
-    wait_until("four firing notices", Duration::from_secs(15), || {
-        received.lock().unwrap().len() >= 4
+    // All five demo invariants are violated: each fires once.
+    wait_until("five firing notices", Duration::from_secs(15), || {
+        received.lock().unwrap().len() >= 5
     })
     .await;
     // Several more runs with the same evidence: no more notices.
@@ -112,7 +112,7 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
     }
     {
         let got = received.lock().unwrap();
-        assert_eq!(got.len(), 4, "{got:#?}");
+        assert_eq!(got.len(), 5, "{got:#?}");
         let mut invariants: Vec<&str> = got
             .iter()
             .map(|(_, p)| p["invariant"].as_str().unwrap())
@@ -122,6 +122,7 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
             invariants,
             [
                 "fulfilled-orders-paid",
+                "order-events-billed",
                 "payment-lifecycle",
                 "payments-ledger",
                 "subscriptions-entitlements"
@@ -272,13 +273,13 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     .await;
     let (stop, task, store) = serve(config).await;
 
-    // The SMTP server is down for 30 s: the four firing notices wait in the outbox, retried.
+    // The SMTP server is down for 30 s: the five firing notices wait in the outbox, retried.
     let down_since = Instant::now();
     wait_until("failed delivery attempts", Duration::from_secs(15), || {
         let store = Arc::clone(&store);
         futures_util::FutureExt::now_or_never(async move { store.outbox(10).await.unwrap() })
             .is_some_and(|items| {
-                items.len() == 4
+                items.len() == 5
                     && items
                         .iter()
                         .all(|i| i.attempts >= 1 && i.delivered_at.is_none())
@@ -296,13 +297,13 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     let maildir = dir.path().join("maildir");
     let smtp = SmtpServer::start(port, &maildir);
     // Retries have backed off to at most 32 s by now.
-    wait_until("four emails", Duration::from_secs(60), || {
-        smtp.messages().len() >= 4
+    wait_until("five emails", Duration::from_secs(60), || {
+        smtp.messages().len() >= 5
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mails = smtp.messages();
-    assert_eq!(mails.len(), 4, "exactly one email per firing alert");
+    assert_eq!(mails.len(), 5, "exactly one email per firing alert");
     // Undo quoted-printable soft line breaks before reading the body.
     let mails: Vec<String> = mails.iter().map(|m| m.replace("=\n", "")).collect();
     let ledger = mails
@@ -356,7 +357,7 @@ async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_o
         .unwrap();
     let mut first = spawn(1);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while store.outbox(10).await.unwrap().len() < 4 {
+    while store.outbox(10).await.unwrap().len() < 5 {
         assert!(
             Instant::now() < deadline,
             "the firing notices were never queued"
@@ -408,7 +409,7 @@ async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_o
     let mut second = spawn(2);
     // A notice the dead process had claimed waits for its claim's lease (60 s) to end.
     let deadline = Instant::now() + Duration::from_secs(75);
-    while received.lock().unwrap().len() < 4 {
+    while received.lock().unwrap().len() < 5 {
         assert!(
             Instant::now() < deadline,
             "the queued notices did not arrive: {:#?}\n{}",
@@ -419,14 +420,14 @@ async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_o
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = received.lock().unwrap().clone();
-    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(got.len(), 5, "{got:#?}");
     let mut keys: Vec<&str> = got
         .iter()
         .map(|(_, p)| p["dedup_key"].as_str().unwrap())
         .collect();
     keys.sort();
     keys.dedup();
-    assert_eq!(keys.len(), 4);
+    assert_eq!(keys.len(), 5);
     second.kill().unwrap();
     second.wait().unwrap();
     store.close().await;

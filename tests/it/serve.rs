@@ -623,7 +623,7 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     })
     .await;
 
-    // A broken edit: refused, the four invariants keep running.
+    // A broken edit: refused, the five invariants keep running.
     std::fs::write(
         &file,
         original.replace("severity: high", "severity: urgent"),
@@ -635,7 +635,7 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     })
     .await;
     let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
-    assert_eq!(names(&body).len(), 4);
+    assert_eq!(names(&body).len(), 5);
     let (_, m) = get(&format!("{base}/metrics")).await;
     let before = sample(
         &m,
@@ -669,6 +669,7 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     assert_eq!(
         names(&body),
         [
+            "order-events-billed",
             "payment-lifecycle",
             "payments-ledger",
             "subscriptions-entitlements"

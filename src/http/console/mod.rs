@@ -102,6 +102,61 @@ pub fn pages() -> Vec<Page> {
             Some(Operator),
             post(pages::apply),
         ),
+        page(Method::GET, "/ui/replay", Some(Viewer), get(pages::replay)),
+        page(
+            Method::POST,
+            "/ui/replay",
+            Some(Operator),
+            post(pages::propose_replay),
+        ),
+        page(
+            Method::GET,
+            "/ui/incidents",
+            Some(Viewer),
+            get(pages::incidents),
+        ),
+        page(
+            Method::POST,
+            "/ui/incidents",
+            Some(Operator),
+            post(pages::open_incident),
+        ),
+        page(
+            Method::GET,
+            "/ui/incidents/{name}",
+            Some(Viewer),
+            get(pages::incident),
+        ),
+        page(
+            Method::GET,
+            "/ui/incidents/{name}/report",
+            Some(Viewer),
+            get(pages::incident_report),
+        ),
+        page(
+            Method::POST,
+            "/ui/incidents/{name}/phases",
+            Some(Operator),
+            post(pages::incident_phase),
+        ),
+        page(
+            Method::POST,
+            "/ui/incidents/{name}/notes",
+            Some(Operator),
+            post(pages::incident_note),
+        ),
+        page(
+            Method::POST,
+            "/ui/incidents/{name}/verify",
+            Some(Operator),
+            post(pages::incident_verify),
+        ),
+        page(
+            Method::POST,
+            "/ui/incidents/{name}/close",
+            Some(Operator),
+            post(pages::incident_close),
+        ),
         page(Method::GET, "/ui/audit", Some(Admin), get(pages::audit)),
     ]
 }
@@ -144,6 +199,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("plans.html", include_str!("templates/plans.html")),
         ("plan.html", include_str!("templates/plan.html")),
         ("audit.html", include_str!("templates/audit.html")),
+        ("replay.html", include_str!("templates/replay.html")),
+        ("incidents.html", include_str!("templates/incidents.html")),
+        ("incident.html", include_str!("templates/incident.html")),
     ] {
         env.add_template(name, source)
             .unwrap_or_else(|e| panic!("console template {name}: {e:#}"));

@@ -522,6 +522,7 @@ async fn plan_page(
             actions => actions,
             approve_blocked => approve_blocked,
             apply_blocked => apply_blocked,
+            default_rate => crate::plan::apply::Rate::default_for(view.plan.kind).to_string(),
             can_dry_run => can_dry_run,
             dry_run => serde(&dry_run),
             applying => matches!(view.plan.state, crate::store::PlanState::Applying),
@@ -671,6 +672,8 @@ pub(super) async fn reject(
 pub(super) struct ApplyForm {
     /// `dry_run` or `live`.
     mode: String,
+    /// e.g. `5/s` or `unlimited` (default: the plan kind's).
+    rate: Option<String>,
 }
 
 pub(super) async fn apply(
@@ -683,9 +686,21 @@ pub(super) async fn apply(
         Ok(p) => p,
         Err(e) => return refused(e),
     };
+    let rate = match form
+        .rate
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        None => crate::plan::apply::Rate::default_for(record.kind),
+        Some(r) => match crate::plan::apply::Rate::parse(r) {
+            Ok(r) => r,
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+        },
+    };
     let opts = crate::plan::apply::ApplyOptions {
         dry_run: form.mode != "live",
-        rate: crate::plan::apply::Rate::default_for(record.kind),
+        rate,
         ..crate::plan::apply::ApplyOptions::default()
     };
     match crate::http::plans_api::request_apply(&state, &session.caller, &record, opts).await {
@@ -736,4 +751,447 @@ pub(super) async fn audit(
             next_after => next_after,
         },
     )
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReplayQuery {
+    invariant: String,
+    from: Option<String>,
+    to: Option<String>,
+    rate: Option<String>,
+}
+
+/// A time from a form: RFC 3339; empty is absent.
+fn form_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Response> {
+    match raw.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(None),
+        Some(r) => r.parse::<DateTime<Utc>>().map(Some).map_err(|e| {
+            error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("{field} `{r}` is not an RFC 3339 time (like 2026-11-25T01:00:00Z): {e}"),
+            )
+        }),
+    }
+}
+
+/// The replay dry run for a window: what would be delivered, skipped, left out; and the form
+/// that submits the replay for approval.
+pub(super) async fn replay(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<ReplayQuery>,
+) -> Response {
+    let inv = match find(&state, &q.invariant) {
+        Ok(i) => i,
+        Err(page) => return page,
+    };
+    let (from, to) = match (
+        form_time("from", q.from.as_deref()),
+        form_time("to", q.to.as_deref()),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(page), _) | (_, Err(page)) => return page,
+    };
+    let rate = match q.rate.as_deref().filter(|r| !r.trim().is_empty()) {
+        None => crate::plan::apply::Rate::DEFAULT_REPLAY,
+        Some(r) => match crate::plan::apply::Rate::parse(r.trim()) {
+            Ok(r) => r,
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    let (spec, window) = match crate::plan::replay::check_window(&inv, from, to, false, None) {
+        Ok(ok) => ok,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
+    let who = actor(&session);
+    let env = crate::plan::apply::ApplyEnv {
+        store: state.shared.store.as_ref(),
+        sources: &state.shared.sources,
+        targets: &state.shared.targets,
+        invariant: Some(&inv),
+        actor: &who,
+        worker: "console-dry-run".into(),
+    };
+    let dry =
+        match crate::plan::replay::dry_run(&env, &state.shared.config, &inv, spec, window, rate, 5)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => return refused(e),
+        };
+    render(
+        &session,
+        "replay.html",
+        context! {
+            nav => "overview",
+            invariant => inv.name.as_str(),
+            partition => spec.partition.as_ref().map(ToString::to_string),
+            max_window => spec.max_window.to_string(),
+            from => window.from.to_rfc3339(),
+            to => window.to.to_rfc3339(),
+            rate => rate.to_string(),
+            dry => serde(&dry),
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReplayForm {
+    invariant: String,
+    from: String,
+    to: String,
+}
+
+/// Proposes the replay of a window as a plan, for approval.
+pub(super) async fn propose_replay(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let inv = match find(&state, &form.invariant) {
+        Ok(i) => i,
+        Err(page) => return page,
+    };
+    let (from, to) = match (
+        form_time("from", Some(&form.from)),
+        form_time("to", Some(&form.to)),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(page), _) | (_, Err(page)) => return page,
+    };
+    let (spec, window) = match crate::plan::replay::check_window(&inv, from, to, false, None) {
+        Ok(ok) => ok,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
+    match crate::plan::replay::propose(
+        state.shared.store.as_ref(),
+        &state.shared.config,
+        &inv,
+        spec,
+        window,
+        None,
+        &actor(&session),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(plan::Proposal::Created { plan: id, .. }) => {
+            Redirect::to(&format!("/ui/plans/{id}")).into_response()
+        }
+        Ok(_) => error_page(
+            StatusCode::CONFLICT,
+            "nothing to replay: no open `missing` violation has its event in this window",
+        ),
+        Err(e) => refused(e),
+    }
+}
+
+pub(super) async fn incidents(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    match state.shared.store.incidents(200).await {
+        Ok(list) => render(
+            &session,
+            "incidents.html",
+            context! {
+                nav => "incidents",
+                incidents => serde(&list),
+                invariants => state.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
+            },
+        ),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct OpenIncidentForm {
+    name: String,
+    from: String,
+    to: Option<String>,
+    summary: Option<String>,
+    /// One invariant, or empty: every invariant with violations in the window.
+    invariant: Option<String>,
+}
+
+pub(super) async fn open_incident(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Form(form): Form<OpenIncidentForm>,
+) -> Response {
+    let (from, to) = match (
+        form_time("from", Some(&form.from)),
+        form_time("to", form.to.as_deref()),
+    ) {
+        (Ok(Some(f)), Ok(t)) => (f, t),
+        (Ok(None), _) => return error_page(StatusCode::BAD_REQUEST, "say when it started (from)"),
+        (Err(page), _) | (_, Err(page)) => return page,
+    };
+    let invariants: Vec<String> = form
+        .invariant
+        .iter()
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty())
+        .collect();
+    let loaded: Vec<Invariant> = state
+        .catalog
+        .snapshot()
+        .iter()
+        .map(|i| (**i).clone())
+        .collect();
+    match crate::incident::open(
+        state.shared.store.as_ref(),
+        &loaded,
+        form.name.trim(),
+        from,
+        to,
+        &invariants,
+        form.summary
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty()),
+        &actor(&session),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(i) => Redirect::to(&format!("/ui/incidents/{}", i.name)).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+fn loaded(state: &HttpState) -> Vec<Invariant> {
+    state
+        .catalog
+        .snapshot()
+        .iter()
+        .map(|i| (**i).clone())
+        .collect()
+}
+
+async fn incident_page(
+    state: &HttpState,
+    session: &Session,
+    name: &str,
+    status: StatusCode,
+    refusal: Option<Vec<crate::incident::Blocker>>,
+) -> Response {
+    let store = state.shared.store.as_ref();
+    let view = match crate::incident::view(store, name).await {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let report = match crate::incident::report(store, &loaded(state), name).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let page = render(
+        session,
+        "incident.html",
+        context! {
+            nav => "incidents",
+            i => serde(&view),
+            report => serde(&report),
+            phases => crate::domain::Phase::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            refusal => serde(&refusal),
+        },
+    );
+    (status, page).into_response()
+}
+
+pub(super) async fn incident(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+) -> Response {
+    incident_page(&state, &session, &name, StatusCode::OK, None).await
+}
+
+#[derive(Deserialize)]
+pub(super) struct PhaseForm {
+    phase: String,
+    note: Option<String>,
+}
+
+pub(super) async fn incident_phase(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<PhaseForm>,
+) -> Response {
+    let note = form
+        .note
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    match crate::incident::mark_phase(
+        state.shared.store.as_ref(),
+        &name,
+        &form.phase,
+        note,
+        &actor(&session),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(()) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct NoteForm {
+    text: String,
+}
+
+pub(super) async fn incident_note(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<NoteForm>,
+) -> Response {
+    match crate::incident::add_note(
+        state.shared.store.as_ref(),
+        &name,
+        &form.text,
+        &actor(&session),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(()) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// Evaluates what the incident's verification needs, as requested runs (the run lock, metrics,
+/// alerts), then shows the incident again.
+pub(super) async fn incident_verify(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> Response {
+    let names = match crate::incident::unverified(
+        state.shared.store.as_ref(),
+        &loaded(&state),
+        &name,
+        crate::incident::DEFAULT_FRESH_WITHIN,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => return refused(e),
+    };
+    for invariant in names {
+        if let Some(inv) = state.catalog.find(&invariant) {
+            let shared = state.shared.clone();
+            // To the end even if the browser goes away.
+            let ran = tokio::spawn(async move {
+                crate::serve::scheduler::run_once(&inv, &shared, None).await
+            })
+            .await;
+            if let Ok(crate::serve::scheduler::Attempt::StoreFailed(e)) = ran {
+                return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e);
+            }
+        }
+    }
+    Redirect::to(&format!("/ui/incidents/{name}#verdict")).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct CloseForm {
+    override_reason: Option<String>,
+}
+
+pub(super) async fn incident_close(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    Form(form): Form<CloseForm>,
+) -> Response {
+    let reason = form
+        .override_reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    match crate::incident::close(
+        state.shared.store.as_ref(),
+        &loaded(&state),
+        &name,
+        reason,
+        &actor(&session),
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(_) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
+        Err(crate::incident::IncidentError::Blocked { blockers, .. }) => {
+            incident_page(
+                &state,
+                &session,
+                &name,
+                StatusCode::CONFLICT,
+                Some(blockers),
+            )
+            .await
+        }
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReportQuery {
+    format: Option<String>,
+    #[serde(default)]
+    download: bool,
+}
+
+/// The closure report: the HTML one as a page of its own, or a file to download.
+pub(super) async fn incident_report(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
+    let format = match q.format.as_deref() {
+        None => crate::incident::ReportFormat::Html,
+        Some(raw) => match crate::incident::ReportFormat::parse(raw) {
+            Some(f) => f,
+            None => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    &format!("format `{raw}`: use html, md or json"),
+                );
+            }
+        },
+    };
+    let report =
+        match crate::incident::report(state.shared.store.as_ref(), &loaded(&state), &name).await {
+            Ok(r) => r,
+            Err(e) => return refused(e),
+        };
+    let body = match crate::incident::render(&report, format) {
+        Ok(b) => b,
+        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut headers = vec![(
+        axum::http::header::CONTENT_TYPE,
+        format.content_type().to_owned(),
+    )];
+    if q.download || format != crate::incident::ReportFormat::Html {
+        headers.push((
+            axum::http::header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"incident-{}.{}\"",
+                report.incident.name,
+                format.extension()
+            ),
+        ));
+    }
+    let mut response = body.into_response();
+    for (k, v) in headers {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
 }

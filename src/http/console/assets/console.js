@@ -10,14 +10,28 @@
     const bar = document.getElementById("progress-bar");
     const done = document.getElementById("progress-done");
     let idle = 0;
+    let first = null;
+    const rateLine = document.getElementById("progress-rate");
+    const status = document.getElementById("plan-status");
     const tick = async () => {
       try {
         const r = await fetch("/ui/plans/" + plan + "/progress", { credentials: "same-origin" });
         const p = r.ok ? await r.json() : null;
         if (!p) throw new Error("no progress");
+        if (p.state === "applying") status.textContent = "applying";
         bar.max = p.total;
         bar.value = p.done;
         done.textContent = p.done.toLocaleString("en-US");
+        // Rate and ETA from the first poll to this one.
+        const now = Date.now();
+        if (first === null) first = { at: now, done: p.done };
+        const secs = (now - first.at) / 1000;
+        const perSec = secs > 0 ? (p.done - first.done) / secs : 0;
+        const n = (s) => (p.progress[s] || 0).toLocaleString("en-US");
+        rateLine.textContent =
+          (perSec > 0 ? perSec.toFixed(1) + " actions/s, about " +
+            Math.ceil((p.total - p.done) / perSec) + " s left · " : "") +
+          "skipped " + n("skipped") + " · parked " + n("parked") + " · failed " + n("failed");
         // Done when the apply has left `applying` (or never entered it after 30 polls).
         if (p.state !== "applying" && (p.state !== started || ++idle > 30)) {
           window.location.replace("/ui/plans/" + plan);

@@ -59,9 +59,11 @@ impl RenderError {
     }
 }
 
-static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+/// A template environment as trueup's templates expect it: block tags on their own lines leave
+/// no blank lines behind (Markdown tables need that), and the filters of [`add_filters`]. The
+/// console's pages use it too.
+pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    // Block tags on their own lines leave no blank lines behind (Markdown tables need that).
     env.set_syntax(
         SyntaxConfig::builder()
             .trim_blocks(true)
@@ -70,6 +72,11 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
             .expect("the default syntax with trimming is valid"),
     );
     add_filters(&mut env);
+    env
+}
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = environment();
     env.add_template("report.md", include_str!("templates/report.md"))
         .expect("report.md parses");
     env.add_template("report.html", include_str!("templates/report.html"))
@@ -77,9 +84,8 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
-/// The filters the report templates use (the console's templates use them too): `dt`, `dur`,
-/// `num`, `cell`, `keytext`, `words`.
-pub fn add_filters(env: &mut Environment<'_>) {
+/// The filters trueup's templates use: `dt`, `dur`, `num`, `cell`, `keytext`, `words`.
+fn add_filters(env: &mut Environment<'_>) {
     env.add_filter("dt", dt);
     env.add_filter("dur", dur);
     env.add_filter("num", num);

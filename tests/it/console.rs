@@ -418,6 +418,12 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("id=\"plan-status\">approved")
     })
     .await;
+    assert!(!b.exists("#apply").await, "a dry run comes first");
+    b.click("#dry-run").await;
+    b.wait_for("the plan's dry run", Duration::from_secs(20), |s| {
+        s.contains("dry-run-result")
+    })
+    .await;
     b.fill("#rate", "5/s").await;
     b.click("#apply").await;
     b.wait_for("progress under way", Duration::from_secs(20), |s| {
@@ -458,6 +464,7 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         .select_by_value(OUTAGE)
         .await
         .unwrap();
+    b.screenshot("incidents").await;
     b.click("#open-incident-button").await;
     b.wait_for("the incident", Duration::from_secs(10), |s| {
         s.contains("Verdict:")
@@ -492,6 +499,28 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     b.screenshot("incident-closed").await;
+    b.goto(&format!("{base}/ui/incidents")).await;
+    b.screenshot("incidents-after").await;
+
+    // At phone width the pages fit: nothing scrolls sideways.
+    b.client.set_window_size(390, 844).await.unwrap();
+    for page in ["/ui/", "/ui/incidents/billing-consumer-outage", "/ui/plans"] {
+        b.goto(&format!("{base}{page}")).await;
+        let overflow = b
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{page} is wider than a phone: {overflow}"
+        );
+    }
+    b.goto(&format!("{base}/ui/")).await;
+    b.screenshot("overview-phone").await;
     let closed = store
         .incident("billing-consumer-outage")
         .await

@@ -442,66 +442,12 @@ pub fn assert_matches_schema(report: &serde_json::Value) {
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
-/// 300 upstream events a minute apart from 00:00; the downstream lost the 30 from 02:00 to
-/// 02:29. A compensation re-inserts them.
-async fn lost_events(dir: &std::path::Path, store: &str) -> std::path::PathBuf {
-    use crate::helpers::{sqlite_file, sqlite_url};
-    let start: chrono::DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
-    let mut up =
-        String::from("CREATE TABLE events (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL);");
-    let mut down = String::from("CREATE TABLE processed (event_id INTEGER PRIMARY KEY);");
-    for i in 0..300 {
-        let at = start + TimeDelta::minutes(i);
-        up.push_str(&format!(
-            "INSERT INTO events VALUES ({i}, '{}');",
-            at.format("%Y-%m-%d %H:%M:%S")
-        ));
-        if !(120..150).contains(&i) {
-            down.push_str(&format!("INSERT INTO processed VALUES ({i});"));
-        }
-    }
-    sqlite_file(&dir.join("up.db"), &up).await;
-    sqlite_file(&dir.join("down.db"), &down).await;
-    std::fs::create_dir_all(dir.join("invariants")).unwrap();
-    std::fs::write(
-        dir.join("invariants/events.yaml"),
-        r#"invariants:
-  - name: events-processed
-    severity: high
-    owner: billing-team
-    time_column: created_at
-    reconcile:
-      left: {source: up, query: "SELECT id AS event_id, created_at FROM events"}
-      right: {source: down, query: "SELECT event_id FROM processed"}
-      key: event_id
-    compensate:
-      missing:
-        sql:
-          target: down-writer
-          statement: INSERT INTO processed (event_id) VALUES ({{key.event_id}})
-"#,
-    )
-    .unwrap();
-    let config = dir.join("trueup.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {store}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\ntargets:\n  down-writer: {{url: {}}}\n",
-            sqlite_url(&dir.join("up.db")),
-            sqlite_url(&dir.join("down.db")),
-            sqlite_url(&dir.join("down.db")),
-        ),
-    )
-    .unwrap();
-    config
-}
-
 /// The story of a closure: the report shows the gap and refuses to close, the repair and a
 /// fresh evaluation make it ready, closing freezes it, and later violations do not change it.
 async fn an_incident_closes_on_evidence_and_its_report_is_frozen(store: &str) {
     use crate::helpers::{combined_output as text, trueup_cli};
     let dir = tempfile::tempdir().unwrap();
-    let config = lost_events(dir.path(), store).await;
+    let config = crate::replay::outage(dir.path(), store, true).await;
     let run = |args: &[&str]| {
         let out = trueup_cli(&config, "olga").args(args).output().unwrap();
         (out.status.code(), text(&out), out.stdout)

@@ -11,8 +11,8 @@ use trueup::store::{StatusFilter, ViolationFilter};
 use crate::helpers::{TestPg, sqlite_file, sqlite_url};
 
 /// 300 upstream events a minute apart from 00:00; the downstream lost the 30 from 02:00 to
-/// 02:29.
-async fn outage(dir: &Path, store: &str) -> std::path::PathBuf {
+/// 02:29. With `compensated`, a `missing` event is repaired by inserting it downstream.
+pub(crate) async fn outage(dir: &Path, store: &str, compensated: bool) -> std::path::PathBuf {
     let start: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
     let mut up =
         String::from("CREATE TABLE events (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL);");
@@ -30,25 +30,34 @@ async fn outage(dir: &Path, store: &str) -> std::path::PathBuf {
     sqlite_file(&dir.join("up.db"), &up).await;
     sqlite_file(&dir.join("down.db"), &down).await;
     std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    let compensation = if compensated {
+        "    compensate:\n      missing:\n        sql:\n          target: down-writer\n          statement: INSERT INTO processed (event_id) VALUES ({{key.event_id}})\n"
+    } else {
+        ""
+    };
     std::fs::write(
         dir.join("invariants/events.yaml"),
-        r#"invariants:
+        format!(
+            r#"invariants:
   - name: events-processed
+    severity: high
+    owner: billing-team
     time_column: created_at
     reconcile:
-      left: {source: up, query: "SELECT id AS event_id, created_at FROM events"}
-      right: {source: down, query: "SELECT event_id FROM processed"}
+      left: {{source: up, query: "SELECT id AS event_id, created_at FROM events"}}
+      right: {{source: down, query: "SELECT event_id FROM processed"}}
       key: event_id
-"#,
+{compensation}"#
+        ),
     )
     .unwrap();
     let config = dir.join("trueup.yaml");
+    let down = sqlite_url(&dir.join("down.db"));
     std::fs::write(
         &config,
         format!(
-            "store: {store}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\n",
+            "store: {store}\nsources:\n  up: {{url: {}}}\n  down: {{url: {down}}}\ntargets:\n  down-writer: {{url: {down}}}\n",
             sqlite_url(&dir.join("up.db")),
-            sqlite_url(&dir.join("down.db"))
         ),
     )
     .unwrap();
@@ -57,7 +66,7 @@ async fn outage(dir: &Path, store: &str) -> std::path::PathBuf {
 
 async fn the_histogram_shows_the_outage_window(store: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let config = outage(dir.path(), store).await;
+    let config = outage(dir.path(), store, false).await;
     let app = App::with_config(Config::load(&config).unwrap())
         .await
         .unwrap();

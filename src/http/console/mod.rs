@@ -21,8 +21,8 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use minijinja::Environment;
 use minijinja::value::{Serde, Value};
-use minijinja::{Environment, syntax::SyntaxConfig};
 
 use crate::domain::Role;
 
@@ -181,15 +181,7 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
 }
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
-    let mut env = Environment::new();
-    env.set_syntax(
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .expect("the default syntax with trimming is valid"),
-    );
-    crate::incident::render::add_filters(&mut env);
+    let mut env = crate::incident::render::environment();
     for (name, source) in [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),

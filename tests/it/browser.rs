@@ -80,14 +80,22 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
+    /// The element, waiting for it to appear (a page may still be loading after a click).
+    pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        match self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => panic!("{css}: {e}\n{}", self.source().await),
+        }
+    }
+
     pub async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        self.find(css).await.text().await.unwrap()
     }
 
     pub async fn exists(&self, css: &str) -> bool {
@@ -100,21 +108,11 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.find(css).await.click().await.unwrap();
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
-        let field = self
-            .client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        let field = self.find(css).await;
         field.clear().await.unwrap();
         field.send_keys(value).await.unwrap();
     }
@@ -164,6 +162,10 @@ impl Browser {
         );
         self.fill("#token", token).await;
         self.click("form button[type=submit]").await;
+        self.wait_for("the signed-in page", Duration::from_secs(20), |s| {
+            s.contains("Sign out")
+        })
+        .await;
     }
 
     pub async fn close(self) {

@@ -297,6 +297,54 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
         "{}",
         wrong_hash.text().await.unwrap()
     );
+    // Every page refuses every role below its own, with a valid session and CSRF token.
+    for (role, token) in [
+        (trueup::domain::Role::Viewer, crate::serve::VIEWER),
+        (trueup::domain::Role::Operator, crate::serve::OPERATOR),
+        (trueup::domain::Role::Approver, APPROVER),
+    ] {
+        let signed = client
+            .post(format!("{base}/ui/login"))
+            .form(&[("token", token), ("next", "/ui/")])
+            .send()
+            .await
+            .unwrap();
+        let cookie = signed.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let home = client
+            .get(format!("{base}/ui/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let token = home
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("{home}"))
+            .to_owned();
+        for p in trueup::http::console::pages() {
+            let Some(needed) = p.role else { continue };
+            if role >= needed {
+                continue;
+            }
+            let url = format!(
+                "{base}{}",
+                p.path.replace("{id}", "1").replace("{name}", INVARIANT)
+            );
+            let r = if p.method == axum::http::Method::POST {
+                client.post(&url).form(&[("csrf", token.as_str())])
+            } else {
+                client.get(&url)
+            };
+            let status = r.header("cookie", &cookie).send().await.unwrap().status();
+            assert_eq!(status.as_u16(), 403, "{role} on {} {}", p.method, p.path);
+        }
+    }
+
     // Signing out ends the session on the server, not just in the browser.
     let out = client
         .post(format!("{base}/ui/logout"))
@@ -376,19 +424,15 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         "the whole outage is selected ({selected} bars)"
     );
     let from = b
-        .client
-        .find(fantoccini::Locator::Css("#replay-from"))
+        .find("#replay-from")
         .await
-        .unwrap()
         .prop("value")
         .await
         .unwrap()
         .unwrap();
     let to = b
-        .client
-        .find(fantoccini::Locator::Css("#replay-to"))
+        .find("#replay-to")
         .await
-        .unwrap()
         .prop("value")
         .await
         .unwrap()
@@ -457,10 +501,8 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         "billing's consumer was down for three hours",
     )
     .await;
-    b.client
-        .find(fantoccini::Locator::Css("select[name=invariant]"))
+    b.find("select[name=invariant]")
         .await
-        .unwrap()
         .select_by_value(OUTAGE)
         .await
         .unwrap();

@@ -1082,6 +1082,16 @@ fn audit_entry(e: &AuditEntry, plans: &BTreeMap<i64, (PlanKind, String)>) -> Opt
                 "{what} superseded by plan {}",
                 d.get("superseded_by").and_then(|v| v.as_i64()).unwrap_or(0)
             ),
+            "plan.apply.requested" => {
+                if d.get("dry_run").and_then(|v| v.as_bool()) == Some(true) {
+                    format!("{what}: dry run")
+                } else {
+                    format!(
+                        "{what}: apply requested at {}",
+                        s("rate").unwrap_or_else(|| "the default rate".into())
+                    )
+                }
+            }
             "plan.apply.start" => format!("{what}: apply started"),
             "plan.apply.finish" => format!("{what} applied"),
             "plan.apply.stop" => format!("{what}: apply stopped"),
@@ -1500,6 +1510,78 @@ mod tests {
         assert!(
             html.contains("<strong>with blockers overridden</strong>"),
             "{html}"
+        );
+    }
+
+    #[test]
+    fn the_timeline_says_what_the_audit_log_recorded_in_words() {
+        let mut ev = evidence(
+            0,
+            Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+            vec![(
+                plan(1, PlanKind::Replay, PlanState::Applied, &["ana"]),
+                &[(ActionStatus::Applied, 10)],
+                Some("05:30"),
+            )],
+        );
+        let entry = |id: i64, action: &str, target: &str, details: serde_json::Value| AuditEntry {
+            id,
+            at: t("05:00") + chrono::TimeDelta::seconds(id),
+            actor: "ana".into(),
+            action: action.into(),
+            target: target.into(),
+            details,
+        };
+        ev.audit = vec![
+            entry(
+                1,
+                "alert.firing",
+                "invariant:events-processed",
+                serde_json::json!({"from": "pending"}),
+            ),
+            entry(
+                2,
+                "plan.apply.requested",
+                "plan:1",
+                serde_json::json!({"dry_run": true}),
+            ),
+            entry(
+                3,
+                "plan.apply.requested",
+                "plan:1",
+                serde_json::json!({"dry_run": false, "rate": "5/s"}),
+            ),
+            entry(
+                4,
+                "plan.verify",
+                "plan:1",
+                serde_json::json!({"checked": 10, "closed": 10, "still_open": 0, "remaining_in_window": 0}),
+            ),
+            entry(
+                5,
+                "incident.note",
+                "incident:outage",
+                serde_json::json!({"text": "consumer back"}),
+            ),
+            entry(6, "plan.approve", "plan:99", serde_json::json!({})),
+        ];
+        let report = assemble(&ev, &loaded(), None);
+        let texts: Vec<&str> = report
+            .timeline
+            .entries
+            .iter()
+            .map(|e| e.text.as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "alert pending → firing",
+                "replay plan 1: dry run",
+                "replay plan 1: apply requested at 5/s",
+                "replay plan 1 verified: 10 re-checked, 10 closed, 0 still open, 0 missing left in its window",
+                "note: consumer back",
+            ],
+            "a plan outside the incident is left out"
         );
     }
 

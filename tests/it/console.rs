@@ -85,9 +85,11 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
     .await;
     b.screenshot("plan-dry-run").await;
     b.click("#apply").await;
-    b.wait_for("the apply to finish", Duration::from_secs(60), |s| {
-        s.contains("id=\"plan-status\">applied")
-    })
+    b.wait_for(
+        "the apply and its re-check to finish",
+        Duration::from_secs(60),
+        |s| s.contains("id=\"plan-status\">applied") && s.contains("id=\"verification\""),
+    )
     .await;
     assert!(
         b.text("#progress").await.contains("3 of 3 done"),
@@ -468,16 +470,20 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("dry-run-result")
     })
     .await;
-    b.fill("#rate", "5/s").await;
+    b.fill("#rate", "3/s").await;
     b.click("#apply").await;
-    b.wait_for("progress under way", Duration::from_secs(20), |s| {
-        s.contains("actions/s")
+    // 30 events at 3/s: about ten seconds of live progress (rate and ETA appear after the
+    // second poll that sees one more event done).
+    b.wait_for("progress under way", Duration::from_secs(30), |s| {
+        s.contains("actions/s") || s.contains("id=\"verification\"")
     })
     .await;
     b.screenshot("replay-applying").await;
-    b.wait_for("the replay to finish", Duration::from_secs(60), |s| {
-        s.contains("id=\"plan-status\">applied")
-    })
+    b.wait_for(
+        "the replay and its re-check to finish",
+        Duration::from_secs(60),
+        |s| s.contains("id=\"plan-status\">applied") && s.contains("id=\"verification\""),
+    )
     .await;
     let verification = b.text("#verification").await;
     assert!(

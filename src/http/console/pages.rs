@@ -510,6 +510,9 @@ async fn plan_page(
         view.plan.state,
         crate::store::PlanState::Proposed | crate::store::PlanState::Stopped
     ) && view.stale.is_none();
+    // Applied, and the re-check of what was applied (a replay's window) still running.
+    let verifying =
+        view.plan.state == crate::store::PlanState::Applied && view.plan.verification.is_none();
     let actions: Vec<_> = actions.iter().map(action_view).collect();
     render(
         session,
@@ -529,7 +532,9 @@ async fn plan_page(
             // Just asked to apply: the page follows the progress even before the apply has
             // moved the plan to `applying`.
             watch => matches!(view.plan.state, crate::store::PlanState::Applying)
-                || (watch && view.plan.state == crate::store::PlanState::Proposed),
+                || (watch && view.plan.state == crate::store::PlanState::Proposed)
+                || verifying,
+            verifying => verifying,
         },
     )
 }
@@ -604,6 +609,8 @@ pub(super) async fn plan_progress(
                 "total": record.action_count,
                 "done": done,
                 "progress": progress,
+                // The re-check after an apply has been recorded.
+                "verified": record.verification.is_some(),
             }))
             .into_response()
         }

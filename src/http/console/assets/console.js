@@ -32,8 +32,10 @@
           (perSec > 0 ? perSec.toFixed(1) + " actions/s, about " +
             Math.ceil((p.total - p.done) / perSec) + " s left · " : "") +
           "skipped " + n("skipped") + " · parked " + n("parked") + " · failed " + n("failed");
-        // Done when the apply has left `applying` (or never entered it after 30 polls).
-        if (p.state !== "applying" && (p.state !== started || ++idle > 30)) {
+        // Done when the apply has left `applying` and, if it applied, its re-check is recorded
+        // (or when nothing has moved after 30 polls: the apply never started).
+        const finished = p.state !== "applying" && (p.state !== "applied" || p.verified);
+        if (finished && (p.state !== started || p.verified || ++idle > 30)) {
           window.location.replace("/ui/plans/" + plan);
           return;
         }

@@ -156,16 +156,6 @@ async fn create(app: &App, name: &str) -> anyhow::Result<u8> {
     }
 }
 
-/// The marker of a change, like a diff: + adds what is missing, - removes what is extra,
-/// ~ changes what differs.
-fn marker(kind: &str) -> &'static str {
-    match kind {
-        "missing" => "+",
-        "extra" | "duplicate" => "-",
-        _ => "~",
-    }
-}
-
 fn print_action(a: &ActionRecord) {
     let status = match a.status {
         ActionStatus::Pending => String::new(),
@@ -173,27 +163,20 @@ fn print_action(a: &ActionRecord) {
     };
     println!(
         "{} #{} {} {}{status}",
-        marker(&a.violation_kind),
+        plan::diff_marker(&a.violation_kind),
         a.seq,
         a.violation_kind,
         key(&a.key)
     );
     match &a.spec {
         ActionSpec::Sql {
-            target,
-            statement,
-            params,
+            target, statement, ..
         } => {
             println!("    sql on {target}:");
             for line in statement.lines() {
                 println!("      {line}");
             }
-            for (i, p) in params.iter().enumerate() {
-                let n = if statement.contains(&format!("${}", i + 1)) {
-                    format!("${}", i + 1)
-                } else {
-                    format!("?{}", i + 1)
-                };
+            for (n, p) in a.spec.sql_bindings() {
                 println!("        {n} = {p}");
             }
         }

@@ -169,7 +169,7 @@ impl Template {
 
     /// The text with each value interpolated as plain text.
     pub fn render_text(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
-        self.render_with(ctx, |v, out| out.push_str(&as_text(v)))
+        self.render_with(ctx, |v, out| out.push_str(&json_text(v)))
     }
 }
 
@@ -204,8 +204,8 @@ fn parse_placeholder(inner: &str) -> Result<Placeholder, TemplateError> {
     })
 }
 
-/// A value as text: strings without quotes, everything else as JSON.
-fn as_text(v: &serde_json::Value) -> String {
+/// A JSON value as text: strings without quotes, everything else as JSON.
+pub fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -385,7 +385,7 @@ impl Compensation {
                 })?;
                 let path = h.path.render_with(ctx, |v, out| {
                     out.extend(percent_encoding::utf8_percent_encode(
-                        &as_text(v),
+                        &json_text(v),
                         PATH_SEGMENT,
                     ));
                 })?;
@@ -437,6 +437,30 @@ pub enum ActionSpec {
 }
 
 impl ActionSpec {
+    /// An SQL action's bound values with the placeholder each stands for: `$1` in a
+    /// PostgreSQL statement, `?1` otherwise. Empty for other actions.
+    pub fn sql_bindings(&self) -> Vec<(String, &serde_json::Value)> {
+        let ActionSpec::Sql {
+            statement, params, ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let n = i + 1;
+                let label = if statement.contains(&format!("${n}")) {
+                    format!("${n}")
+                } else {
+                    format!("?{n}")
+                };
+                (label, v)
+            })
+            .collect()
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             ActionSpec::Sql { .. } => "sql",

@@ -15,7 +15,7 @@ mod violation;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
 pub use compensation::{
     ActionSpec, Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, RenderError,
-    Scope, Segment, SqlCompensation, Template, TemplateError, ViolationContext,
+    Scope, Segment, SqlCompensation, Template, TemplateError, ViolationContext, json_text,
 };
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};

@@ -18,6 +18,16 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// The caller as the library's acting identity.
+    pub fn actor(&self) -> crate::plan::Actor {
+        crate::plan::Actor {
+            name: self.name.clone(),
+            role: self.role,
+        }
+    }
+}
+
 pub fn identify(tokens: &[ApiToken], authorization: Option<&str>) -> Result<Caller, ApiError> {
     let presented = authorization
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?

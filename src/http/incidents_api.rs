@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::incident::{self, IncidentError, ReportFormat};
-use crate::plan::Actor;
 use crate::serve::scheduler::{Attempt, run_once};
 
 use super::HttpState;
@@ -32,23 +31,6 @@ impl From<IncidentError> for ApiError {
             IncidentError::Store(e) => ApiError::internal(e),
         }
     }
-}
-
-fn actor(caller: &Caller) -> Actor {
-    Actor {
-        name: caller.name.clone(),
-        role: caller.role,
-    }
-}
-
-/// The invariants loaded now.
-fn loaded(state: &HttpState) -> Vec<crate::domain::Invariant> {
-    state
-        .catalog
-        .snapshot()
-        .iter()
-        .map(|i| (**i).clone())
-        .collect()
 }
 
 pub(super) async fn list(
@@ -88,16 +70,15 @@ pub(super) async fn open(
             "send a JSON body {\"name\": ..., \"from\": RFC 3339, \"to\"?, \"invariants\"?, \"summary\"?}",
         ));
     };
-    let loaded = loaded(&state);
     let opened = incident::open(
         state.shared.store.as_ref(),
-        &loaded,
+        &state.catalog.snapshot(),
         &body.name,
         body.from,
         body.to,
         &body.invariants,
         body.summary.as_deref(),
-        &actor(&caller),
+        &caller.actor(),
         Utc::now(),
     )
     .await?;
@@ -128,7 +109,7 @@ pub(super) async fn phase(
         &name,
         &body.phase,
         body.note.as_deref(),
-        &actor(&caller),
+        &caller.actor(),
         Utc::now(),
     )
     .await?;
@@ -157,7 +138,7 @@ pub(super) async fn note(
         state.shared.store.as_ref(),
         &name,
         &body.text,
-        &actor(&caller),
+        &caller.actor(),
         Utc::now(),
     )
     .await?;
@@ -182,16 +163,35 @@ pub(super) async fn report(
     Path(name): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let format = match q.format.as_deref() {
-        None => ReportFormat::Json,
-        Some(raw) => ReportFormat::parse(raw).ok_or_else(|| {
-            ApiError::bad_request(format!("format `{raw}`: use json, md or html"))
-        })?,
-    };
-    let report = incident::report(state.shared.store.as_ref(), &loaded(&state), &name).await?;
+    let format = report_format(q.format.as_deref(), ReportFormat::Json)?;
+    report_response(&state, &name, format, q.download).await
+}
+
+/// A report format asked for in a query (`default` when none is).
+pub(super) fn report_format(
+    raw: Option<&str>,
+    default: ReportFormat,
+) -> Result<ReportFormat, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => ReportFormat::parse(raw)
+            .ok_or_else(|| ApiError::bad_request(format!("format `{raw}`: use json, md or html"))),
+    }
+}
+
+/// The incident's report rendered in `format`, as a file to save when `download`. The API
+/// and the console serve reports through this.
+pub(super) async fn report_response(
+    state: &HttpState,
+    name: &str,
+    format: ReportFormat,
+    download: bool,
+) -> Result<Response, ApiError> {
+    let report =
+        incident::report(state.shared.store.as_ref(), &state.catalog.snapshot(), name).await?;
     let body = incident::render(&report, format).map_err(IncidentError::from)?;
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
-    if q.download {
+    if download {
         let disposition = format!(
             "attachment; filename=\"incident-{}.{}\"",
             report.incident.name,
@@ -217,6 +217,7 @@ pub(super) struct VerifyBody {
 /// returns the verdict.
 pub(super) async fn verify(
     State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Option<Json<VerifyBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -229,37 +230,69 @@ pub(super) async fn verify(
     };
     // Evaluations run to the end even if the client goes away.
     let task = tokio::spawn(async move {
-        let loaded = loaded(&state);
-        let store = state.shared.store.as_ref();
-        let names = incident::unverified(store, &loaded, &name, fresh_within, Utc::now()).await?;
-        let mut runs = Vec::new();
-        for invariant in names {
-            let Some(inv) = state.catalog.find(&invariant) else {
-                continue;
-            };
-            // Like a requested run: the invariant's run lock, metrics, alert and plans.
-            runs.push(match run_once(&inv, &state.shared, None).await {
-                Attempt::Ran(r) => json!({
-                    "invariant": r.invariant,
-                    "run": r.run_id,
-                    "status": r.status,
-                    "open_after": r.open_after,
-                    "error": r.error,
-                }),
-                Attempt::Busy => json!({
-                    "invariant": invariant,
-                    "run": null,
-                    "status": "busy",
-                    "error": "a run of this invariant was already going; verify again when it ends",
-                }),
-                Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
-            });
-        }
-        let report = incident::report(store, &loaded, &name).await?;
+        let runs = run_verification(&state, &caller, &name, fresh_within).await?;
+        let report = incident::report(
+            state.shared.store.as_ref(),
+            &state.catalog.snapshot(),
+            &name,
+        )
+        .await?;
         Ok::<_, ApiError>(json!({ "runs": runs, "verdict": report.verdict }))
     });
     let value = task.await.map_err(ApiError::internal)??;
     Ok(Json(value))
+}
+
+/// Evaluates, as requested runs (audited, under the invariant's run lock, with metrics, alert
+/// and plans), the in-scope invariants the incident's verification needs. The API and the
+/// console verify through this. One entry per invariant: its run, or that it was busy.
+pub(super) async fn run_verification(
+    state: &HttpState,
+    caller: &Caller,
+    name: &str,
+    fresh_within: chrono::TimeDelta,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let store = state.shared.store.as_ref();
+    let names = incident::unverified(
+        store,
+        &state.catalog.snapshot(),
+        name,
+        fresh_within,
+        Utc::now(),
+    )
+    .await?;
+    let mut runs = Vec::new();
+    for invariant in names {
+        let Some(inv) = state.catalog.find(&invariant) else {
+            continue;
+        };
+        store
+            .audit(
+                &caller.name,
+                "run.requested",
+                &format!("invariant:{invariant}"),
+                &json!({ "incident": name }),
+                Utc::now(),
+            )
+            .await?;
+        runs.push(match run_once(&inv, &state.shared, None).await {
+            Attempt::Ran(r) => json!({
+                "invariant": r.invariant,
+                "run": r.run_id,
+                "status": r.status,
+                "open_after": r.open_after,
+                "error": r.error,
+            }),
+            Attempt::Busy => json!({
+                "invariant": invariant,
+                "run": null,
+                "status": "busy",
+                "error": "a run of this invariant was already going; verify again when it ends",
+            }),
+            Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
+        });
+    }
+    Ok(runs)
 }
 
 #[derive(Deserialize, Default)]
@@ -280,10 +313,10 @@ pub(super) async fn close(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let report = incident::close(
         state.shared.store.as_ref(),
-        &loaded(&state),
+        &state.catalog.snapshot(),
         &name,
         body.override_reason.as_deref(),
-        &actor(&caller),
+        &caller.actor(),
         Utc::now(),
     )
     .await?;

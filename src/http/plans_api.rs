@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::plan::apply::{self, ApplyEnv, ApplyOptions, Rate};
-use crate::plan::{self, Actor, PlanError};
+use crate::plan::{self, PlanError};
 use crate::store::{PlanId, PlanState, Transition};
 
 use super::HttpState;
@@ -30,13 +30,6 @@ impl From<PlanError> for ApiError {
             | PlanError::Target { .. } => ApiError::conflict(e.to_string()),
             PlanError::Store(e) => ApiError::internal(e),
         }
-    }
-}
-
-fn actor(caller: &Caller) -> Actor {
-    Actor {
-        name: caller.name.clone(),
-        role: caller.role,
     }
 }
 
@@ -147,7 +140,7 @@ pub(super) async fn create(
         state.shared.store.as_ref(),
         &state.shared.config,
         &inv,
-        &actor(&caller),
+        &caller.actor(),
         None,
         Utc::now(),
     )
@@ -183,7 +176,7 @@ pub(super) async fn approve(
         state.shared.store.as_ref(),
         id,
         inv.as_deref(),
-        &actor(&caller),
+        &caller.actor(),
         Some(&body.content_hash),
         Utc::now(),
     )
@@ -212,7 +205,7 @@ pub(super) async fn reject(
     plan::reject(
         state.shared.store.as_ref(),
         id,
-        &actor(&caller),
+        &caller.actor(),
         &body.reason,
         Utc::now(),
     )
@@ -281,7 +274,7 @@ pub(crate) async fn request_apply(
         json!({"dry_run": opts.dry_run, "rate": opts.rate.to_string(), "max_failures": opts.max_failures}),
     )
     .await?;
-    let who = actor(caller);
+    let who = caller.actor();
     let worker = format!("{}:{}", state.shared.replica, caller.name);
     if opts.dry_run {
         let env = ApplyEnv {

@@ -5,6 +5,8 @@
 pub mod render;
 pub mod report;
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
@@ -81,11 +83,12 @@ pub struct PhaseMark {
 }
 
 /// Opens an incident. `invariants` must name loaded invariants (empty: every invariant with
-/// violations in the window).
+/// violations in the window). Functions here take the loaded invariants as any slice that
+/// borrows them (the CLI's `Vec<Invariant>`, the server catalog's `Arc`s).
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
     store: &dyn Store,
-    loaded: &[Invariant],
+    loaded: &[impl Borrow<Invariant> + Sync],
     name: &str,
     from: DateTime<Utc>,
     to: Option<DateTime<Utc>>,
@@ -105,8 +108,8 @@ pub async fn open(
         )));
     }
     for inv in invariants {
-        if !loaded.iter().any(|i| i.name.as_str() == inv) {
-            let hint = crate::rules::suggest(inv, loaded.iter().map(|i| i.name.as_str()))
+        if !loaded.iter().any(|i| i.borrow().name.as_str() == inv) {
+            let hint = crate::rules::suggest(inv, loaded.iter().map(|i| i.borrow().name.as_str()))
                 .map(|s| format!("; did you mean `{s}`?"))
                 .unwrap_or_default();
             return Err(IncidentError::Invalid(format!(
@@ -143,24 +146,30 @@ pub async fn load(store: &dyn Store, name: &str) -> Result<IncidentRecord, Incid
 pub async fn view(store: &dyn Store, name: &str) -> Result<IncidentView, IncidentError> {
     let incident = load(store, name).await?;
     let events = store.incident_events(incident.id).await?;
-    let mut phases: Vec<PhaseMark> = Vec::new();
-    for e in events.iter().filter(|e| e.kind == "phase") {
-        let Some(phase) = e.phase.as_deref().and_then(Phase::parse) else {
-            continue;
-        };
-        phases.retain(|m| m.phase != phase);
-        phases.push(PhaseMark {
-            phase,
-            at: e.at,
-            by: e.actor.clone(),
-        });
-    }
-    phases.sort_by_key(|m| m.phase);
+    let phases = latest_phase_marks(&events);
     Ok(IncidentView {
         incident,
         events,
         phases,
     })
+}
+
+/// The latest mark of each phase reached, in phase order.
+pub fn latest_phase_marks(events: &[IncidentEvent]) -> Vec<PhaseMark> {
+    let mut latest: std::collections::BTreeMap<Phase, PhaseMark> = Default::default();
+    for e in events.iter().filter(|e| e.kind == "phase") {
+        if let Some(phase) = e.phase.as_deref().and_then(Phase::parse) {
+            latest.insert(
+                phase,
+                PhaseMark {
+                    phase,
+                    at: e.at,
+                    by: e.actor.clone(),
+                },
+            );
+        }
+    }
+    latest.into_values().collect()
 }
 
 /// Marks that the response reached a phase, with an optional note.
@@ -213,10 +222,10 @@ async fn add(
 }
 
 /// The incident's closure report: the frozen one if it is closed, else built from the store
-/// as it is now (no evaluation is run; see [`verify`]).
+/// as it is now (no evaluation is run; [`unverified`] says what to evaluate first).
 pub async fn report(
     store: &dyn Store,
-    loaded: &[Invariant],
+    loaded: &[impl Borrow<Invariant> + Sync],
     name: &str,
 ) -> Result<Report, IncidentError> {
     let incident = load(store, name).await?;
@@ -251,7 +260,7 @@ pub fn content_hash(frozen: &str) -> String {
 /// listed (one that is not loaded is a blocker of its own). Empty for a closed incident.
 pub async fn unverified(
     store: &dyn Store,
-    loaded: &[Invariant],
+    loaded: &[impl Borrow<Invariant> + Sync],
     name: &str,
     fresh_within: chrono::TimeDelta,
     now: DateTime<Utc>,
@@ -280,7 +289,7 @@ pub async fn unverified(
 /// `override_reason` is given by an approver. The report is frozen with its hash.
 pub async fn close(
     store: &dyn Store,
-    loaded: &[Invariant],
+    loaded: &[impl Borrow<Invariant> + Sync],
     name: &str,
     override_reason: Option<&str>,
     actor: &Actor,

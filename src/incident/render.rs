@@ -176,19 +176,16 @@ fn cell(value: Value) -> String {
         .replace(['\n', '\r'], " ")
 }
 
-/// A violation's key as `col=value, col=value`.
+/// A violation's key as `col=value, col=value` (or its values, `7, eu`).
 fn keytext(value: Value) -> String {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    use crate::domain::json_text;
     match serde_json::to_value(&value) {
         Ok(serde_json::Value::Array(values)) => {
-            values.iter().map(text).collect::<Vec<_>>().join(", ")
+            values.iter().map(json_text).collect::<Vec<_>>().join(", ")
         }
         Ok(serde_json::Value::Object(map)) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", text(v)))
+            .map(|(k, v)| format!("{k}={}", json_text(v)))
             .collect::<Vec<_>>()
             .join(", "),
         Ok(other) => other.to_string(),

@@ -8,6 +8,7 @@
 //! (`render.rs`). A closed incident's report is stored as JSON with its SHA-256 and read back
 //! from there, never rebuilt.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -488,7 +489,11 @@ pub async fn gather(store: &dyn Store, incident: IncidentRecord) -> Result<Evide
 
 /// Builds the report from what [`gather`] read. `closing` is set when the report is being
 /// frozen by closing the incident.
-pub fn assemble(evidence: &Evidence, loaded: &[Invariant], closing: Option<&Closure>) -> Report {
+pub fn assemble(
+    evidence: &Evidence,
+    loaded: &[impl Borrow<Invariant>],
+    closing: Option<&Closure>,
+) -> Report {
     let incident = &evidence.incident;
     let window = incident.window();
     let closed_at = closing.map(|c| c.closed_at).or(incident.closed_at);
@@ -496,7 +501,10 @@ pub fn assemble(evidence: &Evidence, loaded: &[Invariant], closing: Option<&Clos
     let mut parts = Vec::new();
     let mut timeline = Vec::new();
     for ev in &evidence.invariants {
-        let definition = loaded.iter().find(|i| i.name.as_str() == ev.name);
+        let definition = loaded
+            .iter()
+            .map(Borrow::borrow)
+            .find(|i: &&Invariant| i.name.as_str() == ev.name);
         let part = invariant_part(ev, definition, window);
         blockers.extend(invariant_blockers(&part));
         for run in &ev.runs.notable {
@@ -599,29 +607,20 @@ pub fn assemble(evidence: &Evidence, loaded: &[Invariant], closing: Option<&Clos
 
 /// Each phase's latest mark, in time order, lasting until the next one (or the close).
 fn phases(events: &[IncidentEvent], closed_at: Option<DateTime<Utc>>) -> Vec<PhasePart> {
-    let mut latest: BTreeMap<Phase, (DateTime<Utc>, String)> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.kind == "phase") {
-        if let Some(phase) = e.phase.as_deref().and_then(Phase::parse) {
-            latest.insert(phase, (e.at, e.actor.clone()));
-        }
-    }
-    let mut marks: Vec<(Phase, DateTime<Utc>, String)> = latest
-        .into_iter()
-        .map(|(p, (at, by))| (p, at, by))
-        .collect();
-    marks.sort_by_key(|(p, at, _)| (*at, *p));
+    let mut marks = super::latest_phase_marks(events);
+    marks.sort_by_key(|m| (m.at, m.phase));
     let ends: Vec<Option<DateTime<Utc>>> = (0..marks.len())
-        .map(|i| marks.get(i + 1).map(|m| m.1).or(closed_at))
+        .map(|i| marks.get(i + 1).map(|m| m.at).or(closed_at))
         .collect();
     marks
         .into_iter()
         .zip(ends)
-        .map(|((phase, at, by), until)| PhasePart {
-            phase,
-            at,
-            by,
+        .map(|(m, until)| PhasePart {
+            phase: m.phase,
+            at: m.at,
+            by: m.by,
             until,
-            duration_secs: until.map(|u| (u - at).num_seconds().max(0)),
+            duration_secs: until.map(|u| (u - m.at).num_seconds().max(0)),
         })
         .collect()
 }
@@ -1447,7 +1446,7 @@ mod tests {
             Some(run(9, "06:00", RunStatus::Succeeded, 0)),
             Vec::new(),
         );
-        let report = assemble(&ev, &[], None);
+        let report = assemble(&ev, &[] as &[Invariant], None);
         assert_eq!(kinds(&report), [BlockerKind::NotLoaded]);
         assert_eq!(
             report.invariants[0].verification.result,

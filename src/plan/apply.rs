@@ -181,12 +181,17 @@ pub struct Progress {
 
 impl Progress {
     pub fn finished(&self) -> u64 {
-        self.by_status
-            .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, n)| n)
-            .sum()
+        finished(&self.by_status)
     }
+}
+
+/// How many actions are worked to an end, from a plan's actions by status.
+pub fn finished(by_status: &BTreeMap<ActionStatus, u64>) -> u64 {
+    by_status
+        .iter()
+        .filter(|(s, _)| s.is_final())
+        .map(|(_, n)| n)
+        .sum()
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -597,6 +597,16 @@ fn require_approver(actor: &Actor, plan: PlanId, verb: &str) -> Result<(), PlanE
     Ok(())
 }
 
+/// An action's marker in a plan shown as a diff: `+` adds what is missing, `-` removes what
+/// is extra, `~` changes what differs.
+pub fn diff_marker(violation_kind: &str) -> &'static str {
+    match violation_kind {
+        "missing" => "+",
+        "extra" | "duplicate" => "-",
+        _ => "~",
+    }
+}
+
 pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

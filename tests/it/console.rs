@@ -9,22 +9,37 @@ use crate::serve::{ADMIN, APPROVER, VIEWER};
 
 const INVARIANT: &str = "subscriptions-entitlements";
 
+/// `trueup serve` on the demo, every invariant scheduled every second, once `firing`'s alert
+/// fires.
+async fn serve_demo_until_firing(
+    dir: &std::path::Path,
+    firing: &'static str,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
+    std::sync::Arc<dyn trueup::store::Store>,
+) {
+    let config =
+        crate::helpers::demo_with(dir, Some("* * * * * *"), &crate::serve::tokens_yaml("")).await;
+    let (base, stop, task, store) = crate::serve::start(config).await;
+    crate::serve::wait_for(
+        &format!("`{firing}` to fire"),
+        Duration::from_secs(30),
+        || {
+            let store = std::sync::Arc::clone(&store);
+            async move { store.alert(firing).await.unwrap().state == AlertState::Firing }
+        },
+    )
+    .await;
+    (base, stop, task, store)
+}
+
 // Multi-threaded: the server under test and the browser's client share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_resolve() {
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::helpers::demo_with(
-        dir.path(),
-        Some("* * * * * *"),
-        &crate::serve::tokens_yaml(""),
-    )
-    .await;
-    let (base, stop, task, store) = crate::serve::start(config).await;
-    crate::serve::wait_for("the invariant to fire", Duration::from_secs(30), || {
-        let store = std::sync::Arc::clone(&store);
-        async move { store.alert(INVARIANT).await.unwrap().state == AlertState::Firing }
-    })
-    .await;
+    let (base, stop, task, store) = serve_demo_until_firing(dir.path(), INVARIANT).await;
     let b = crate::browser::open().await;
 
     // A signed-out visit lands on the sign-in page; a wrong token is refused there.
@@ -386,18 +401,7 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
 async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_alone() {
     const OUTAGE: &str = "order-events-billed";
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::helpers::demo_with(
-        dir.path(),
-        Some("* * * * * *"),
-        &crate::serve::tokens_yaml(""),
-    )
-    .await;
-    let (base, stop, task, store) = crate::serve::start(config).await;
-    crate::serve::wait_for("the outage to fire", Duration::from_secs(30), || {
-        let store = std::sync::Arc::clone(&store);
-        async move { store.alert(OUTAGE).await.unwrap().state == AlertState::Firing }
-    })
-    .await;
+    let (base, stop, task, store) = serve_demo_until_firing(dir.path(), OUTAGE).await;
     let b = crate::browser::open().await;
     b.sign_in(&base, APPROVER).await;
     let row = format!("tr[data-invariant=\"{OUTAGE}\"]");

@@ -12,6 +12,9 @@ use trueup::store::{self, Store};
 
 use crate::helpers::TestPg;
 
+/// No invariant loaded: these incidents name none.
+const NONE_LOADED: &[trueup::domain::Invariant] = &[];
+
 fn actor(name: &str) -> Actor {
     Actor {
         name: name.into(),
@@ -24,7 +27,7 @@ async fn incident_story(store: Arc<dyn Store>) {
     let t0 = Utc::now();
     let opened = incident::open(
         s,
-        &[],
+        NONE_LOADED,
         "2026-11-25-billing-outage",
         t0 - TimeDelta::hours(6),
         Some(t0),
@@ -38,7 +41,7 @@ async fn incident_story(store: Arc<dyn Store>) {
     assert!(opened.invariants.is_empty());
     let again = incident::open(
         s,
-        &[],
+        NONE_LOADED,
         "2026-11-25-billing-outage",
         t0,
         None,
@@ -51,7 +54,7 @@ async fn incident_story(store: Arc<dyn Store>) {
     assert!(matches!(again, Err(IncidentError::Invalid(m)) if m.contains("exists already")));
     let unknown = incident::open(
         s,
-        &[],
+        NONE_LOADED,
         "other",
         t0,
         None,
@@ -66,7 +69,7 @@ async fn incident_story(store: Arc<dyn Store>) {
     );
     let backwards = incident::open(
         s,
-        &[],
+        NONE_LOADED,
         "other",
         t0,
         Some(t0 - TimeDelta::hours(1)),
@@ -152,11 +155,18 @@ async fn incident_story(store: Arc<dyn Store>) {
         name: "april".into(),
         role: Role::Approver,
     };
-    let closed = incident::close(s, &[], name, None, &approver, t0 + TimeDelta::hours(1))
-        .await
-        .unwrap();
+    let closed = incident::close(
+        s,
+        NONE_LOADED,
+        name,
+        None,
+        &approver,
+        t0 + TimeDelta::hours(1),
+    )
+    .await
+    .unwrap();
     assert!(closed.verdict.ready);
-    let again = incident::close(s, &[], name, None, &approver, t0).await;
+    let again = incident::close(s, NONE_LOADED, name, None, &approver, t0).await;
     assert!(matches!(again, Err(IncidentError::Closed(_))));
     let record = incident::load(s, name).await.unwrap();
     let frozen = s.frozen_report(record.id).await.unwrap().unwrap();
@@ -166,7 +176,10 @@ async fn incident_story(store: Arc<dyn Store>) {
         Some(frozen.report_hash.as_str())
     );
     assert_eq!(record.closed_by.as_deref(), Some("april"));
-    assert_eq!(incident::report(s, &[], name).await.unwrap(), closed);
+    assert_eq!(
+        incident::report(s, NONE_LOADED, name).await.unwrap(),
+        closed
+    );
     let late = incident::mark_phase(s, name, "verify", None, &approver, t0).await;
     assert!(matches!(late, Err(IncidentError::Closed(_))));
     store.close().await;
@@ -183,7 +196,7 @@ async fn the_store_refuses_to_change_a_closed_incident_on_both_backends() {
         let t0 = Utc::now();
         incident::open(
             store.as_ref(),
-            &[],
+            NONE_LOADED,
             "closed-one",
             t0,
             None,
@@ -198,7 +211,7 @@ async fn the_store_refuses_to_change_a_closed_incident_on_both_backends() {
             name: "ada".into(),
             role: Role::Admin,
         };
-        incident::close(store.as_ref(), &[], "closed-one", None, &admin, t0)
+        incident::close(store.as_ref(), NONE_LOADED, "closed-one", None, &admin, t0)
             .await
             .unwrap();
         store.close().await;

@@ -12,7 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod pages;
-pub mod session;
+mod session;
 
 use std::sync::LazyLock;
 
@@ -240,6 +240,50 @@ fn render(session: &Session, name: &str, ctx: Value) -> Response {
         minijinja::context! { ..ctx, ..base(session) },
     )
 }
+
+/// A page that explains why a request was refused or failed. Console handlers return
+/// `Result<Response, Refusal>` and use `?` on the library's errors, which become the page the
+/// API's status and message would have been.
+pub(crate) struct Refusal(Response);
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, message: &str) -> Self {
+        Self(error_page(status, message))
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<super::error::ApiError> for Refusal {
+    fn from(e: super::error::ApiError) -> Self {
+        Self::new(e.status(), e.message())
+    }
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(e: crate::store::StoreError) -> Self {
+        super::error::ApiError::from(e).into()
+    }
+}
+
+impl From<crate::plan::PlanError> for Refusal {
+    fn from(e: crate::plan::PlanError) -> Self {
+        super::error::ApiError::from(e).into()
+    }
+}
+
+impl From<crate::incident::IncidentError> for Refusal {
+    fn from(e: crate::incident::IncidentError) -> Self {
+        super::error::ApiError::from(e).into()
+    }
+}
+
+/// What a console handler answers: its page, or the page of its refusal.
+pub(crate) type PageResult = Result<Response, Refusal>;
 
 /// A page that explains a refusal or a failure.
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Response {

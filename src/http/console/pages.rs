@@ -11,28 +11,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{AlertState, Invariant};
+use crate::domain::{AlertState, Invariant, json_text};
 use crate::http::HttpState;
-use crate::http::error::ApiError;
-use crate::plan::{self, Actor};
-use crate::serve::state::Health;
-use crate::store::{ActionRecord, PlanId, RunStatus, StatusFilter, ViolationFilter};
+use crate::http::incidents_api::{report_format, report_response, run_verification};
+use crate::plan::apply::Rate;
+use crate::plan::{self, diff_marker};
+use crate::serve::state::{Health, InvariantState};
+use crate::store::{ActionRecord, PlanId, PlanState, RunStatus, StatusFilter, ViolationFilter};
 
 use super::session::{self, Session};
-use super::{error_page, render, render_status, serde};
-
-/// A refusal or failure from the library, as a page.
-fn refused(e: impl Into<ApiError>) -> Response {
-    let e: ApiError = e.into();
-    error_page(e.status(), e.message())
-}
-
-fn actor(s: &Session) -> Actor {
-    Actor {
-        name: s.caller.name.clone(),
-        role: s.caller.role,
-    }
-}
+use super::{PageResult, Refusal, render, render_status, serde};
 
 /// Only a path inside the console: never a redirect to another site.
 fn safe_next(next: Option<&str>) -> String {
@@ -75,41 +63,40 @@ pub(super) async fn login(
     headers: HeaderMap,
     jar: CookieJar,
     Form(form): Form<LoginForm>,
-) -> Response {
+) -> PageResult {
     let next = safe_next(form.next.as_deref());
-    match session::sign_in(&state, &form.token, session::is_https(&headers)).await {
-        Ok(Some(cookie)) => (jar.add(cookie), Redirect::to(&next)).into_response(),
-        Ok(None) => render_status(
-            StatusCode::UNAUTHORIZED,
-            "login.html",
-            context! {
-                next => next,
-                error => "trueup does not know this token; check it (tokens are listed, hashed, under serve.tokens in trueup.yaml)",
-            },
-        ),
-        Err(page) => page,
-    }
+    Ok(
+        match session::sign_in(&state, &form.token, session::is_https(&headers)).await? {
+            Some(cookie) => (jar.add(cookie), Redirect::to(&next)).into_response(),
+            None => render_status(
+                StatusCode::UNAUTHORIZED,
+                "login.html",
+                context! {
+                    next => next,
+                    error => "trueup does not know this token; check it (tokens are listed, hashed, under serve.tokens in trueup.yaml)",
+                },
+            ),
+        },
+    )
 }
 
 pub(super) async fn logout(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     jar: CookieJar,
-) -> Response {
-    if let Err(page) = session::sign_out(&state, &session).await {
-        return page;
-    }
-    (jar.remove(session::removal()), Redirect::to("/ui/login")).into_response()
+) -> PageResult {
+    session::sign_out(&state, &session).await?;
+    Ok((jar.remove(session::removal()), Redirect::to("/ui/login")).into_response())
 }
 
-/// An invariant's state as the overview shows it.
-fn state_name(health: Option<Health>, alert: Option<AlertState>, ran: bool) -> &'static str {
-    match (health, alert) {
-        (Some(Health::Error), _) => "error",
-        (_, Some(AlertState::Firing)) => "firing",
-        (_, Some(AlertState::Pending)) => "pending",
-        _ if !ran => "unknown",
-        _ => "ok",
+/// An invariant's state as the console shows it, from what the scheduler knows of it.
+fn state_name(known: Option<&InvariantState>) -> &'static str {
+    match known {
+        Some(b) if b.health == Health::Error => "error",
+        Some(b) if b.alert == AlertState::Firing => "firing",
+        Some(b) if b.alert == AlertState::Pending => "pending",
+        Some(b) if b.last_run_at.is_some() => "ok",
+        _ => "unknown",
     }
 }
 
@@ -177,29 +164,21 @@ pub(super) async fn overview(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Query(filter): Query<OverviewQuery>,
-) -> Response {
+) -> PageResult {
     let store = state.shared.store.as_ref();
-    let open = match store
+    let open = store
         .violation_groups(&ViolationFilter {
             status: StatusFilter::Active,
             ..ViolationFilter::default()
         })
-        .await
-    {
-        Ok(g) => g,
-        Err(e) => return refused(e),
-    };
+        .await?;
     let now = Utc::now();
     let board = state.shared.board.snapshot();
     let mut rows = Vec::new();
     for inv in state.catalog.snapshot().iter() {
         let name = inv.name.as_str();
         let b = board.get(name);
-        let status = state_name(
-            b.map(|b| b.health),
-            b.map(|b| b.alert),
-            b.is_some_and(|b| b.last_run_at.is_some()),
-        );
+        let status = state_name(b);
         let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
         for g in open.iter().filter(|g| g.invariant == name) {
             *by_kind.entry(g.kind.as_str()).or_default() += g.count;
@@ -219,10 +198,7 @@ pub(super) async fn overview(
         if !wanted {
             continue;
         }
-        let runs = match store.runs(Some(name), 300).await {
-            Ok(r) => r,
-            Err(e) => return refused(e),
-        };
+        let runs = store.runs(Some(name), 300).await?;
         rows.push(context! {
             name => name,
             severity => inv.severity.to_string(),
@@ -236,7 +212,7 @@ pub(super) async fn overview(
             spark => serde(&sparkline(&runs, now)),
         });
     }
-    render(
+    Ok(render(
         &session,
         "overview.html",
         context! {
@@ -248,7 +224,7 @@ pub(super) async fn overview(
             severities => ["critical", "high", "medium", "low"],
             states => ["firing", "pending", "error", "ok", "unknown"],
         },
-    )
+    ))
 }
 
 /// Evidence as rows of column / left / right, with the columns that differ marked, and the
@@ -267,13 +243,6 @@ struct EvidenceColumn {
     differs: bool,
 }
 
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn evidence_view(evidence: &serde_json::Value) -> EvidenceView {
     let side = |k: &str| evidence.get(k).and_then(|v| v.as_object());
     let (left, right) = (side("left").or(side("row")), side("right"));
@@ -287,8 +256,8 @@ fn evidence_view(evidence: &serde_json::Value) -> EvidenceView {
     let columns = names
         .into_iter()
         .map(|n| {
-            let l = left.and_then(|m| m.get(n)).map(text);
-            let r = right.and_then(|m| m.get(n)).map(text);
+            let l = left.and_then(|m| m.get(n)).map(json_text);
+            let r = right.and_then(|m| m.get(n)).map(json_text);
             EvidenceColumn {
                 differs: left.is_some() && right.is_some() && l != r,
                 name: n.clone(),
@@ -302,16 +271,16 @@ fn evidence_view(evidence: &serde_json::Value) -> EvidenceView {
         .map(|m| {
             m.iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "left" | "right" | "row" | "diff"))
-                .map(|(k, v)| (k.clone(), text(v)))
+                .map(|(k, v)| (k.clone(), json_text(v)))
                 .collect()
         })
         .unwrap_or_default();
     EvidenceView { columns, facts }
 }
 
-fn find(state: &HttpState, name: &str) -> Result<std::sync::Arc<Invariant>, Response> {
+fn find(state: &HttpState, name: &str) -> Result<std::sync::Arc<Invariant>, Refusal> {
     state.catalog.find(name).ok_or_else(|| {
-        error_page(
+        Refusal::new(
             StatusCode::NOT_FOUND,
             &format!("no invariant named `{name}`"),
         )
@@ -322,11 +291,8 @@ pub(super) async fn invariant(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
-) -> Response {
-    let inv = match find(&state, &name) {
-        Ok(i) => i,
-        Err(page) => return page,
-    };
+) -> PageResult {
+    let inv = find(&state, &name)?;
     let store = state.shared.store.as_ref();
     let active = ViolationFilter {
         invariants: vec![name.clone()],
@@ -334,15 +300,12 @@ pub(super) async fn invariant(
         limit: 200,
         ..ViolationFilter::default()
     };
-    let (runs, violations, times, plans) = match tokio::try_join!(
+    let (runs, violations, times, plans) = tokio::try_join!(
         store.runs(Some(&name), 50),
         store.violations(&active),
         store.event_times(&active),
         store.plans(Some(&name), 20),
-    ) {
-        Ok(r) => r,
-        Err(e) => return refused(e),
-    };
+    )?;
     // Buckets sized so the whole spread fits in about sixty bars.
     let spread = match (times.iter().min(), times.iter().max()) {
         (Some(a), Some(b)) => (*b - *a).num_seconds().max(60),
@@ -375,7 +338,7 @@ pub(super) async fn invariant(
         })
         .collect();
     let board = state.shared.board.get(&name);
-    render(
+    Ok(render(
         &session,
         "invariant.html",
         context! {
@@ -393,33 +356,27 @@ pub(super) async fn invariant(
                 definition => serde_json::to_string_pretty(&crate::http::api::definition(&inv)).unwrap_or_default(),
                 defined_at => format!("{}:{}", inv.defined_at.0.display(), inv.defined_at.1),
             },
-            state => state_name(board.as_ref().map(|b| b.health), board.as_ref().map(|b| b.alert), board.as_ref().is_some_and(|b| b.last_run_at.is_some())),
+            state => state_name(board.as_ref()),
             runs => serde(&runs),
             violations => violations,
             bars => bars,
             bucket_secs => bucket,
             plans => serde(&plans),
         },
-    )
+    ))
 }
 
 pub(super) async fn plans(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
-) -> Response {
+) -> PageResult {
     let store = state.shared.store.as_ref();
-    let records = match store.plans(None, 200).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
     let now = Utc::now();
     let mut groups: BTreeMap<&'static str, Vec<plan::PlanView>> = BTreeMap::new();
-    for p in records {
+    for p in store.plans(None, 200).await? {
         let inv = state.catalog.find(&p.invariant);
-        match plan::view(store, p, inv.as_deref(), now).await {
-            Ok(v) => groups.entry(v.status).or_default().push(v),
-            Err(e) => return refused(e),
-        }
+        let v = plan::view(store, p, inv.as_deref(), now).await?;
+        groups.entry(v.status).or_default().push(v);
     }
     let order = [
         "applying",
@@ -441,11 +398,11 @@ pub(super) async fn plans(
                 .map(|plans| context! { status => *s, plans => serde(plans) })
         })
         .collect();
-    render(
+    Ok(render(
         &session,
         "plans.html",
         context! { nav => "plans", queue => queue },
-    )
+    ))
 }
 
 async fn plan_page(
@@ -454,27 +411,18 @@ async fn plan_page(
     id: PlanId,
     dry_run: Option<crate::plan::apply::ApplyReport>,
     watch: bool,
-) -> Response {
+) -> PageResult {
     let store = state.shared.store.as_ref();
-    let record = match plan::load(store, id).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
+    let record = plan::load(store, id).await?;
     let inv = state.catalog.find(&record.invariant);
-    let view = match plan::view(store, record, inv.as_deref(), Utc::now()).await {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let actions = match store.plan_actions(id, None, 200).await {
-        Ok(a) => a,
-        Err(e) => return refused(e),
-    };
+    let view = plan::view(store, record, inv.as_deref(), Utc::now()).await?;
+    let actions = store.plan_actions(id, None, 200).await?;
     let me = &session.caller.name;
     let approved_by_me = view.approvers.iter().any(|a| a == me);
     // Why the approve control is disabled for this approver, if it is.
     let approve_blocked = if let Some(why) = &view.stale {
         Some(format!("It cannot be approved: {why}."))
-    } else if view.plan.state != crate::store::PlanState::Proposed {
+    } else if view.plan.state != PlanState::Proposed {
         Some(format!(
             "It is {}; only a proposed plan is approved.",
             view.plan.state.as_str()
@@ -486,7 +434,7 @@ async fn plan_page(
     };
     // Why the apply controls are disabled, if they are.
     let apply_blocked = {
-        use crate::store::PlanState::*;
+        use PlanState::*;
         match view.plan.state {
             _ if view.stale.is_some() && view.plan.state != Applied => Some(format!(
                 "It cannot be applied: {}.",
@@ -506,68 +454,46 @@ async fn plan_page(
         }
     };
     // A dry run is for a plan that can still be applied.
-    let can_dry_run = matches!(
-        view.plan.state,
-        crate::store::PlanState::Proposed | crate::store::PlanState::Stopped
-    ) && view.stale.is_none();
+    let can_dry_run =
+        matches!(view.plan.state, PlanState::Proposed | PlanState::Stopped) && view.stale.is_none();
     // Applied, and the re-check of what was applied (a replay's window) still running.
-    let verifying =
-        view.plan.state == crate::store::PlanState::Applied && view.plan.verification.is_none();
+    let verifying = view.plan.state == PlanState::Applied && view.plan.verification.is_none();
+    let applying = view.plan.state == PlanState::Applying;
     let actions: Vec<_> = actions.iter().map(action_view).collect();
-    render(
+    Ok(render(
         session,
         "plan.html",
         context! {
             nav => "plans",
             p => serde(&view),
             total => view.plan.action_count,
-            done => view.progress.iter().filter(|(s, _)| s.is_final()).map(|(_, n)| *n).sum::<u64>(),
+            done => plan::apply::finished(&view.progress),
             actions => actions,
             approve_blocked => approve_blocked,
             apply_blocked => apply_blocked,
-            default_rate => crate::plan::apply::Rate::default_for(view.plan.kind).to_string(),
+            default_rate => Rate::default_for(view.plan.kind).to_string(),
             can_dry_run => can_dry_run,
             dry_run => serde(&dry_run),
-            applying => matches!(view.plan.state, crate::store::PlanState::Applying),
+            applying => applying,
             // Just asked to apply: the page follows the progress even before the apply has
             // moved the plan to `applying`.
-            watch => matches!(view.plan.state, crate::store::PlanState::Applying)
-                || (watch && view.plan.state == crate::store::PlanState::Proposed)
-                || verifying,
+            watch => applying || (watch && view.plan.state == PlanState::Proposed) || verifying,
             verifying => verifying,
         },
-    )
+    ))
 }
 
 fn action_view(a: &ActionRecord) -> minijinja::Value {
-    let marker = match a.violation_kind.as_str() {
-        "missing" => "+",
-        "extra" | "duplicate" => "-",
-        _ => "~",
-    };
-    // Bound values by their placeholder: `$1` in PostgreSQL statements, `?1` otherwise.
-    let params: Vec<(String, String)> = match &a.spec {
-        crate::domain::ActionSpec::Sql {
-            statement, params, ..
-        } => params
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let n = i + 1;
-                let label = if statement.contains(&format!("${n}")) {
-                    format!("${n}")
-                } else {
-                    format!("?{n}")
-                };
-                (label, text(v))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let params: Vec<(String, String)> = a
+        .spec
+        .sql_bindings()
+        .into_iter()
+        .map(|(label, v)| (label, json_text(v)))
+        .collect();
     context! {
         a => serde(a),
         params => params,
-        marker => marker,
+        marker => diff_marker(&a.violation_kind),
         evidence => serde(&evidence_view(&a.evidence)),
     }
 }
@@ -583,7 +509,7 @@ pub(super) async fn plan(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
     Query(q): Query<PlanQuery>,
-) -> Response {
+) -> PageResult {
     plan_page(&state, &session, id, None, q.watch).await
 }
 
@@ -591,31 +517,19 @@ pub(super) async fn plan(
 pub(super) async fn plan_progress(
     State(state): State<HttpState>,
     Path(id): Path<PlanId>,
-) -> Response {
+) -> PageResult {
     let store = state.shared.store.as_ref();
-    let record = match plan::load(store, id).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
-    match store.action_progress(id).await {
-        Ok(progress) => {
-            let done: u64 = progress
-                .iter()
-                .filter(|(s, _)| s.is_final())
-                .map(|(_, n)| *n)
-                .sum();
-            Json(serde_json::json!({
-                "state": record.state,
-                "total": record.action_count,
-                "done": done,
-                "progress": progress,
-                // The re-check after an apply has been recorded.
-                "verified": record.verification.is_some(),
-            }))
-            .into_response()
-        }
-        Err(e) => refused(e),
-    }
+    let record = plan::load(store, id).await?;
+    let progress = store.action_progress(id).await?;
+    Ok(Json(serde_json::json!({
+        "state": record.state,
+        "total": record.action_count,
+        "done": plan::apply::finished(&progress),
+        "progress": progress,
+        // The re-check after an apply has been recorded.
+        "verified": record.verification.is_some(),
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -628,26 +542,20 @@ pub(super) async fn approve(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
     Form(form): Form<ApproveForm>,
-) -> Response {
+) -> PageResult {
     let store = state.shared.store.as_ref();
-    let record = match plan::load(store, id).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
+    let record = plan::load(store, id).await?;
     let inv = state.catalog.find(&record.invariant);
-    match plan::approve(
+    plan::approve(
         store,
         id,
         inv.as_deref(),
-        &actor(&session),
+        &session.caller.actor(),
         Some(&form.content_hash),
         Utc::now(),
     )
-    .await
-    {
-        Ok(_) => Redirect::to(&format!("/ui/plans/{id}")).into_response(),
-        Err(e) => refused(e),
-    }
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -660,19 +568,16 @@ pub(super) async fn reject(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
     Form(form): Form<RejectForm>,
-) -> Response {
-    match plan::reject(
+) -> PageResult {
+    plan::reject(
         state.shared.store.as_ref(),
         id,
-        &actor(&session),
+        &session.caller.actor(),
         &form.reason,
         Utc::now(),
     )
-    .await
-    {
-        Ok(()) => Redirect::to(&format!("/ui/plans/{id}")).into_response(),
-        Err(e) => refused(e),
-    }
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -688,32 +593,24 @@ pub(super) async fn apply(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
     Form(form): Form<ApplyForm>,
-) -> Response {
-    let record = match plan::load(state.shared.store.as_ref(), id).await {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
-    let rate = match form
-        .rate
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-    {
-        None => crate::plan::apply::Rate::default_for(record.kind),
-        Some(r) => match crate::plan::apply::Rate::parse(r) {
-            Ok(r) => r,
-            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
-        },
-    };
+) -> PageResult {
+    let record = plan::load(state.shared.store.as_ref(), id).await?;
     let opts = crate::plan::apply::ApplyOptions {
         dry_run: form.mode != "live",
-        rate,
+        rate: form_rate(form.rate.as_deref(), Rate::default_for(record.kind))?,
         ..crate::plan::apply::ApplyOptions::default()
     };
-    match crate::http::plans_api::request_apply(&state, &session.caller, &record, opts).await {
-        Ok(Some(report)) => plan_page(&state, &session, id, Some(report), false).await,
-        Ok(None) => Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response(),
-        Err(e) => error_page(e.status(), e.message()),
+    match crate::http::plans_api::request_apply(&state, &session.caller, &record, opts).await? {
+        Some(report) => plan_page(&state, &session, id, Some(report), false).await,
+        None => Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response()),
+    }
+}
+
+/// A rate from a form (`5/s`, `unlimited`); empty is `default`.
+fn form_rate(raw: Option<&str>, default: Rate) -> Result<Rate, Refusal> {
+    match raw.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(default),
+        Some(r) => Rate::parse(r).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e)),
     }
 }
 
@@ -728,17 +625,13 @@ pub(super) async fn audit(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Query(q): Query<AuditQuery>,
-) -> Response {
+) -> PageResult {
     let target = q.target.as_deref().filter(|t| !t.trim().is_empty());
-    let entries = match state
+    let entries = state
         .shared
         .store
         .audit_log(target.map(str::trim), q.after, 200)
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => return refused(e),
-    };
+        .await?;
     let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
     let next_after = (entries.len() == 200)
         .then(|| entries.last().map(|e| e.id))
@@ -747,7 +640,7 @@ pub(super) async fn audit(
         .into_iter()
         .filter(|e| actor.is_none_or(|a| e.actor == a))
         .collect();
-    render(
+    Ok(render(
         &session,
         "audit.html",
         context! {
@@ -757,7 +650,7 @@ pub(super) async fn audit(
             actor => actor.unwrap_or(""),
             next_after => next_after,
         },
-    )
+    ))
 }
 
 #[derive(Deserialize)]
@@ -769,16 +662,27 @@ pub(super) struct ReplayQuery {
 }
 
 /// A time from a form: RFC 3339; empty is absent.
-fn form_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Response> {
+fn form_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Refusal> {
     match raw.map(str::trim).filter(|r| !r.is_empty()) {
         None => Ok(None),
         Some(r) => r.parse::<DateTime<Utc>>().map(Some).map_err(|e| {
-            error_page(
+            Refusal::new(
                 StatusCode::BAD_REQUEST,
                 &format!("{field} `{r}` is not an RFC 3339 time (like 2026-11-25T01:00:00Z): {e}"),
             )
         }),
     }
+}
+
+/// An invariant's replay window as a form gives it: checked against its replay settings.
+fn replay_window<'a>(
+    inv: &'a Invariant,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(&'a crate::domain::ReplaySpec, crate::plan::replay::Window), Refusal> {
+    let (from, to) = (form_time("from", from)?, form_time("to", to)?);
+    crate::plan::replay::check_window(inv, from, to, false, None)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e))
 }
 
 /// The replay dry run for a window: what would be delivered, skipped, left out; and the form
@@ -787,30 +691,11 @@ pub(super) async fn replay(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Query(q): Query<ReplayQuery>,
-) -> Response {
-    let inv = match find(&state, &q.invariant) {
-        Ok(i) => i,
-        Err(page) => return page,
-    };
-    let (from, to) = match (
-        form_time("from", q.from.as_deref()),
-        form_time("to", q.to.as_deref()),
-    ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(page), _) | (_, Err(page)) => return page,
-    };
-    let rate = match q.rate.as_deref().filter(|r| !r.trim().is_empty()) {
-        None => crate::plan::apply::Rate::DEFAULT_REPLAY,
-        Some(r) => match crate::plan::apply::Rate::parse(r.trim()) {
-            Ok(r) => r,
-            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
-        },
-    };
-    let (spec, window) = match crate::plan::replay::check_window(&inv, from, to, false, None) {
-        Ok(ok) => ok,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
-    };
-    let who = actor(&session);
+) -> PageResult {
+    let inv = find(&state, &q.invariant)?;
+    let (spec, window) = replay_window(&inv, q.from.as_deref(), q.to.as_deref())?;
+    let rate = form_rate(q.rate.as_deref(), Rate::DEFAULT_REPLAY)?;
+    let who = session.caller.actor();
     let env = crate::plan::apply::ApplyEnv {
         store: state.shared.store.as_ref(),
         sources: &state.shared.sources,
@@ -819,14 +704,9 @@ pub(super) async fn replay(
         actor: &who,
         worker: "console-dry-run".into(),
     };
-    let dry =
-        match crate::plan::replay::dry_run(&env, &state.shared.config, &inv, spec, window, rate, 5)
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => return refused(e),
-        };
-    render(
+    let dry = crate::plan::replay::dry_run(&env, &state.shared.config, &inv, spec, window, rate, 5)
+        .await?;
+    Ok(render(
         &session,
         "replay.html",
         context! {
@@ -839,7 +719,7 @@ pub(super) async fn replay(
             rate => rate.to_string(),
             dry => serde(&dry),
         },
-    )
+    ))
 }
 
 #[derive(Deserialize)]
@@ -854,61 +734,45 @@ pub(super) async fn propose_replay(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Form(form): Form<ReplayForm>,
-) -> Response {
-    let inv = match find(&state, &form.invariant) {
-        Ok(i) => i,
-        Err(page) => return page,
-    };
-    let (from, to) = match (
-        form_time("from", Some(&form.from)),
-        form_time("to", Some(&form.to)),
-    ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(page), _) | (_, Err(page)) => return page,
-    };
-    let (spec, window) = match crate::plan::replay::check_window(&inv, from, to, false, None) {
-        Ok(ok) => ok,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
-    };
-    match crate::plan::replay::propose(
+) -> PageResult {
+    let inv = find(&state, &form.invariant)?;
+    let (spec, window) = replay_window(&inv, Some(&form.from), Some(&form.to))?;
+    let proposal = crate::plan::replay::propose(
         state.shared.store.as_ref(),
         &state.shared.config,
         &inv,
         spec,
         window,
         None,
-        &actor(&session),
+        &session.caller.actor(),
         Utc::now(),
     )
-    .await
-    {
-        Ok(plan::Proposal::Created { plan: id, .. }) => {
-            Redirect::to(&format!("/ui/plans/{id}")).into_response()
+    .await?;
+    match proposal {
+        plan::Proposal::Created { plan: id, .. } => {
+            Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
         }
-        Ok(_) => error_page(
+        _ => Err(Refusal::new(
             StatusCode::CONFLICT,
             "nothing to replay: no open `missing` violation has its event in this window",
-        ),
-        Err(e) => refused(e),
+        )),
     }
 }
 
 pub(super) async fn incidents(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
-) -> Response {
-    match state.shared.store.incidents(200).await {
-        Ok(list) => render(
-            &session,
-            "incidents.html",
-            context! {
-                nav => "incidents",
-                incidents => serde(&list),
-                invariants => state.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
-            },
-        ),
-        Err(e) => refused(e),
-    }
+) -> PageResult {
+    let list = state.shared.store.incidents(200).await?;
+    Ok(render(
+        &session,
+        "incidents.html",
+        context! {
+            nav => "incidents",
+            incidents => serde(&list),
+            invariants => state.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -921,59 +785,36 @@ pub(super) struct OpenIncidentForm {
     invariant: Option<String>,
 }
 
+/// A form field's text, trimmed; empty is absent.
+fn filled(raw: Option<&str>) -> Option<&str> {
+    raw.map(str::trim).filter(|s| !s.is_empty())
+}
+
 pub(super) async fn open_incident(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Form(form): Form<OpenIncidentForm>,
-) -> Response {
-    let (from, to) = match (
-        form_time("from", Some(&form.from)),
-        form_time("to", form.to.as_deref()),
-    ) {
-        (Ok(Some(f)), Ok(t)) => (f, t),
-        (Ok(None), _) => return error_page(StatusCode::BAD_REQUEST, "say when it started (from)"),
-        (Err(page), _) | (_, Err(page)) => return page,
-    };
-    let invariants: Vec<String> = form
-        .invariant
-        .iter()
-        .map(|i| i.trim().to_owned())
-        .filter(|i| !i.is_empty())
+) -> PageResult {
+    let from = form_time("from", Some(&form.from))?
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "say when it started (from)"))?;
+    let to = form_time("to", form.to.as_deref())?;
+    let invariants: Vec<String> = filled(form.invariant.as_deref())
+        .map(str::to_owned)
+        .into_iter()
         .collect();
-    let loaded: Vec<Invariant> = state
-        .catalog
-        .snapshot()
-        .iter()
-        .map(|i| (**i).clone())
-        .collect();
-    match crate::incident::open(
+    let opened = crate::incident::open(
         state.shared.store.as_ref(),
-        &loaded,
+        &state.catalog.snapshot(),
         form.name.trim(),
         from,
         to,
         &invariants,
-        form.summary
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty()),
-        &actor(&session),
+        filled(form.summary.as_deref()),
+        &session.caller.actor(),
         Utc::now(),
     )
-    .await
-    {
-        Ok(i) => Redirect::to(&format!("/ui/incidents/{}", i.name)).into_response(),
-        Err(e) => refused(e),
-    }
-}
-
-fn loaded(state: &HttpState) -> Vec<Invariant> {
-    state
-        .catalog
-        .snapshot()
-        .iter()
-        .map(|i| (**i).clone())
-        .collect()
+    .await?;
+    Ok(Redirect::to(&format!("/ui/incidents/{}", opened.name)).into_response())
 }
 
 async fn incident_page(
@@ -982,36 +823,36 @@ async fn incident_page(
     name: &str,
     status: StatusCode,
     refusal: Option<Vec<crate::incident::Blocker>>,
-) -> Response {
-    let store = state.shared.store.as_ref();
-    let view = match crate::incident::view(store, name).await {
-        Ok(v) => v,
-        Err(e) => return refused(e),
-    };
-    let report = match crate::incident::report(store, &loaded(state), name).await {
-        Ok(r) => r,
-        Err(e) => return refused(e),
-    };
+) -> PageResult {
+    // The report holds the incident and its timeline: one read of the store for the page.
+    let report =
+        crate::incident::report(state.shared.store.as_ref(), &state.catalog.snapshot(), name)
+            .await?;
     let page = render(
         session,
         "incident.html",
         context! {
             nav => "incidents",
-            i => serde(&view),
+            i => serde(&report.incident),
             report => serde(&report),
             phases => crate::domain::Phase::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             refusal => serde(&refusal),
         },
     );
-    (status, page).into_response()
+    Ok((status, page).into_response())
 }
 
 pub(super) async fn incident(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
-) -> Response {
+) -> PageResult {
     incident_page(&state, &session, &name, StatusCode::OK, None).await
+}
+
+/// Back to the incident's page after a change.
+fn to_incident(name: &str) -> PageResult {
+    Ok(Redirect::to(&format!("/ui/incidents/{name}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -1025,25 +866,17 @@ pub(super) async fn incident_phase(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     Form(form): Form<PhaseForm>,
-) -> Response {
-    let note = form
-        .note
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    match crate::incident::mark_phase(
+) -> PageResult {
+    crate::incident::mark_phase(
         state.shared.store.as_ref(),
         &name,
         &form.phase,
-        note,
-        &actor(&session),
+        filled(form.note.as_deref()),
+        &session.caller.actor(),
         Utc::now(),
     )
-    .await
-    {
-        Ok(()) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
-        Err(e) => refused(e),
-    }
+    .await?;
+    to_incident(&name)
 }
 
 #[derive(Deserialize)]
@@ -1056,53 +889,39 @@ pub(super) async fn incident_note(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     Form(form): Form<NoteForm>,
-) -> Response {
-    match crate::incident::add_note(
+) -> PageResult {
+    crate::incident::add_note(
         state.shared.store.as_ref(),
         &name,
         &form.text,
-        &actor(&session),
+        &session.caller.actor(),
         Utc::now(),
     )
-    .await
-    {
-        Ok(()) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
-        Err(e) => refused(e),
-    }
+    .await?;
+    to_incident(&name)
 }
 
-/// Evaluates what the incident's verification needs, as requested runs (the run lock, metrics,
-/// alerts), then shows the incident again.
+/// Evaluates what the incident's verification needs, as the API's verify does, then shows the
+/// incident again.
 pub(super) async fn incident_verify(
     State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
     Path(name): Path<String>,
-) -> Response {
-    let names = match crate::incident::unverified(
-        state.shared.store.as_ref(),
-        &loaded(&state),
-        &name,
-        crate::incident::DEFAULT_FRESH_WITHIN,
-        Utc::now(),
-    )
+) -> PageResult {
+    let to = format!("/ui/incidents/{name}#verdict");
+    // To the end even if the browser goes away.
+    tokio::spawn(async move {
+        run_verification(
+            &state,
+            &session.caller,
+            &name,
+            crate::incident::DEFAULT_FRESH_WITHIN,
+        )
+        .await
+    })
     .await
-    {
-        Ok(n) => n,
-        Err(e) => return refused(e),
-    };
-    for invariant in names {
-        if let Some(inv) = state.catalog.find(&invariant) {
-            let shared = state.shared.clone();
-            // To the end even if the browser goes away.
-            let ran = tokio::spawn(async move {
-                crate::serve::scheduler::run_once(&inv, &shared, None).await
-            })
-            .await;
-            if let Ok(crate::serve::scheduler::Attempt::StoreFailed(e)) = ran {
-                return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e);
-            }
-        }
-    }
-    Redirect::to(&format!("/ui/incidents/{name}#verdict")).into_response()
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))??;
+    Ok(Redirect::to(&to).into_response())
 }
 
 #[derive(Deserialize)]
@@ -1115,23 +934,18 @@ pub(super) async fn incident_close(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     Form(form): Form<CloseForm>,
-) -> Response {
-    let reason = form
-        .override_reason
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty());
-    match crate::incident::close(
+) -> PageResult {
+    let closed = crate::incident::close(
         state.shared.store.as_ref(),
-        &loaded(&state),
+        &state.catalog.snapshot(),
         &name,
-        reason,
-        &actor(&session),
+        filled(form.override_reason.as_deref()),
+        &session.caller.actor(),
         Utc::now(),
     )
-    .await
-    {
-        Ok(_) => Redirect::to(&format!("/ui/incidents/{name}")).into_response(),
+    .await;
+    match closed {
+        Ok(_) => to_incident(&name),
         Err(crate::incident::IncidentError::Blocked { blockers, .. }) => {
             incident_page(
                 &state,
@@ -1142,7 +956,7 @@ pub(super) async fn incident_close(
             )
             .await
         }
-        Err(e) => refused(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1153,52 +967,13 @@ pub(super) struct ReportQuery {
     download: bool,
 }
 
-/// The closure report: the HTML one as a page of its own, or a file to download.
+/// The closure report: the HTML one as a page of its own, the others as files to download.
 pub(super) async fn incident_report(
     State(state): State<HttpState>,
     Path(name): Path<String>,
     Query(q): Query<ReportQuery>,
-) -> Response {
-    let format = match q.format.as_deref() {
-        None => crate::incident::ReportFormat::Html,
-        Some(raw) => match crate::incident::ReportFormat::parse(raw) {
-            Some(f) => f,
-            None => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    &format!("format `{raw}`: use html, md or json"),
-                );
-            }
-        },
-    };
-    let report =
-        match crate::incident::report(state.shared.store.as_ref(), &loaded(&state), &name).await {
-            Ok(r) => r,
-            Err(e) => return refused(e),
-        };
-    let body = match crate::incident::render(&report, format) {
-        Ok(b) => b,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    let mut headers = vec![(
-        axum::http::header::CONTENT_TYPE,
-        format.content_type().to_owned(),
-    )];
-    if q.download || format != crate::incident::ReportFormat::Html {
-        headers.push((
-            axum::http::header::CONTENT_DISPOSITION,
-            format!(
-                "attachment; filename=\"incident-{}.{}\"",
-                report.incident.name,
-                format.extension()
-            ),
-        ));
-    }
-    let mut response = body.into_response();
-    for (k, v) in headers {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
-            response.headers_mut().insert(k, v);
-        }
-    }
-    response
+) -> PageResult {
+    let format = report_format(q.format.as_deref(), crate::incident::ReportFormat::Html)?;
+    let download = q.download || format != crate::incident::ReportFormat::Html;
+    Ok(report_response(&state, &name, format, download).await?)
 }

@@ -20,6 +20,8 @@ use crate::http::HttpState;
 use crate::http::auth::Caller;
 use crate::store::SessionRecord;
 
+use super::Refusal;
+
 pub const COOKIE: &str = "trueup_session";
 /// How long a sign-in lasts.
 pub const SESSION_TTL: TimeDelta = TimeDelta::hours(12);
@@ -43,17 +45,12 @@ fn digest(text: &str) -> String {
 }
 
 /// The session the request's cookie names, if it is live and its token still exists.
-pub async fn current(state: &HttpState, jar: &CookieJar) -> Result<Option<Session>, Response> {
+pub async fn current(state: &HttpState, jar: &CookieJar) -> Result<Option<Session>, Refusal> {
     let Some(id) = jar.get(COOKIE).map(|c| c.value().to_owned()) else {
         return Ok(None);
     };
     let id_sha256 = digest(&id);
-    let record = state
-        .shared
-        .store
-        .session(&id_sha256, Utc::now())
-        .await
-        .map_err(|e| super::error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let record = state.shared.store.session(&id_sha256, Utc::now()).await?;
     // The role comes from the configuration now: a removed token ends its sessions.
     Ok(record.and_then(|r| {
         state
@@ -76,7 +73,7 @@ pub async fn sign_in(
     state: &HttpState,
     token: &str,
     secure: bool,
-) -> Result<Option<Cookie<'static>>, Response> {
+) -> Result<Option<Cookie<'static>>, Refusal> {
     let digest_of_token = ApiToken::digest(token.trim());
     let Some(known) = state.tokens.iter().find(|t| t.sha256 == digest_of_token) else {
         return Ok(None);
@@ -95,8 +92,7 @@ pub async fn sign_in(
                 expires_at: now + SESSION_TTL,
             },
         )
-        .await
-        .map_err(|e| super::error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+        .await?;
     Ok(Some(
         Cookie::build((COOKIE, id))
             .http_only(true)
@@ -107,13 +103,12 @@ pub async fn sign_in(
     ))
 }
 
-pub async fn sign_out(state: &HttpState, session: &Session) -> Result<(), Response> {
+pub async fn sign_out(state: &HttpState, session: &Session) -> Result<(), Refusal> {
     state
         .shared
         .store
         .end_session(&session.id_sha256, Utc::now())
-        .await
-        .map_err(|e| super::error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+        .await?;
     Ok(())
 }
 
@@ -150,7 +145,7 @@ pub async fn require(
                 "you are not signed in (or your session ended); sign in again",
             );
         }
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     if session.caller.role < needed {
         return super::error_page(
@@ -164,7 +159,7 @@ pub async fn require(
     let req = if req.method() == Method::POST {
         match checked_post(req, &session).await {
             Ok(r) => r,
-            Err(page) => return page,
+            Err(refusal) => return refusal.into_response(),
         }
     } else {
         req
@@ -175,8 +170,8 @@ pub async fn require(
 }
 
 /// Checks a POST's origin and CSRF token, and hands back the request with its body intact.
-async fn checked_post(req: Request, session: &Session) -> Result<Request, Response> {
-    let forbidden = |why: &str| super::error_page(StatusCode::FORBIDDEN, why);
+async fn checked_post(req: Request, session: &Session) -> Result<Request, Refusal> {
+    let forbidden = |why: &str| Refusal::new(StatusCode::FORBIDDEN, why);
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let host = req
             .headers()
@@ -194,7 +189,7 @@ async fn checked_post(req: Request, session: &Session) -> Result<Request, Respon
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_FORM)
         .await
-        .map_err(|_| super::error_page(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?;
+        .map_err(|_| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?;
     let presented = form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.into_owned());

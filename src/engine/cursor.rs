@@ -196,4 +196,26 @@ mod tests {
         );
         assert!(err.to_string().contains("out of order at row 3"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_stream_cut_off_before_its_end_is_an_error_after_the_rows_it_did_send() {
+        let rows = vec![vec![Value::Int(1)], vec![Value::Int(2)]];
+        let mut c = Cursor::new(
+            RowStream::cut_off(vec!["id".into()], vec![rows]),
+            vec![0],
+            "right",
+        );
+        assert_eq!(
+            c.next_group().await.unwrap().unwrap().first[0],
+            Value::Int(1)
+        );
+        let err = c
+            .next_group()
+            .await
+            .err()
+            .expect("an incomplete read is an error");
+        assert!(err.to_string().contains("the read did not finish"), "{err}");
+        // Asked again, it does not turn into the end of the rows.
+        assert!(c.next_group().await.is_err());
+    }
 }

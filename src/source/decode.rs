@@ -47,15 +47,129 @@ impl Kind {
     }
 }
 
+/// A value the database holds that has no counterpart trueup can compare: the error says
+/// which one and how to map it in the query, for the column it is found in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unrepresentable {
+    /// PostgreSQL `infinity` / `-infinity` dates and timestamps.
+    #[error("infinite")]
+    Infinite { value: &'static str },
+    /// A date or time beyond what trueup's calendar covers (years ±262,143, or 24:00:00).
+    #[error("out of range")]
+    OutOfRange {
+        value: String,
+        /// The engine's text type to cast to (`TEXT`, or `CHAR` on MySQL).
+        text_type: &'static str,
+    },
+}
+
+impl Unrepresentable {
+    fn explain(&self, column: &str) -> String {
+        let q = |c: &str| c.replace('"', "\"\"");
+        match self {
+            Self::Infinite { value } => format!(
+                "holds `{value}`, which is no point in time trueup can compare; map it in the query, \
+                 to NULL with `CASE WHEN isfinite(\"{c}\") THEN \"{c}\" END AS \"{c}\"` or to text with \
+                 `\"{c}\"::text AS \"{c}\"`",
+                c = q(column)
+            ),
+            Self::OutOfRange { value, text_type } => format!(
+                "holds {value}, outside the dates and times trueup can compare; map it in the query, \
+                 e.g. read it as text with `CAST({column} AS {text_type}) AS {column}`"
+            ),
+        }
+    }
+}
+
 pub(crate) fn decode_error(
     source: &SourceName,
     column: &str,
-    e: impl std::fmt::Display,
+    e: sqlx::error::BoxDynError,
 ) -> SourceError {
+    let message = match e.downcast_ref::<Unrepresentable>() {
+        Some(u) => u.explain(column),
+        None => format!("{e}; cast the column to text in the query if its values do not fit"),
+    };
     SourceError::Decode {
         source_name: source.clone(),
         column: column.to_owned(),
-        message: format!("{e}; cast the column to text in the query if its values do not fit"),
+        message,
+    }
+}
+
+/// PostgreSQL's binary dates, times and timestamps, with every value the server can send
+/// either read or refused as [`Unrepresentable`] (the driver's own decoding panics on
+/// `infinity` and on years past chrono's range).
+pub(crate) mod pg_time {
+    use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+
+    use super::Unrepresentable;
+
+    /// 2000-01-01, PostgreSQL's epoch, as days since 0001-01-01 (chrono's day 1).
+    const EPOCH_DAYS_FROM_CE: i32 = 730_120;
+    /// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
+    const EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+    fn be<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
+        bytes
+            .try_into()
+            .map_err(|_| format!("expected {N} bytes, got {}", bytes.len()))
+    }
+
+    pub(crate) fn date(bytes: &[u8]) -> Result<NaiveDate, sqlx::error::BoxDynError> {
+        let days = i32::from_be_bytes(be(bytes)?);
+        match days {
+            i32::MAX => Err(Unrepresentable::Infinite { value: "infinity" }.into()),
+            i32::MIN => Err(Unrepresentable::Infinite { value: "-infinity" }.into()),
+            _ => days
+                .checked_add(EPOCH_DAYS_FROM_CE)
+                .and_then(NaiveDate::from_num_days_from_ce_opt)
+                .ok_or_else(|| {
+                    Unrepresentable::OutOfRange {
+                        value: format!("a date {days} days from 2000-01-01"),
+                        text_type: "TEXT",
+                    }
+                    .into()
+                }),
+        }
+    }
+
+    pub(crate) fn timestamp(bytes: &[u8]) -> Result<DateTime<Utc>, sqlx::error::BoxDynError> {
+        let micros = i64::from_be_bytes(be(bytes)?);
+        match micros {
+            i64::MAX => Err(Unrepresentable::Infinite { value: "infinity" }.into()),
+            i64::MIN => Err(Unrepresentable::Infinite { value: "-infinity" }.into()),
+            _ => micros
+                .checked_add(EPOCH_UNIX_MICROS)
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or_else(|| {
+                    Unrepresentable::OutOfRange {
+                        value: format!("a timestamp {micros} µs from 2000-01-01"),
+                        text_type: "TEXT",
+                    }
+                    .into()
+                }),
+        }
+    }
+
+    pub(crate) fn time(bytes: &[u8]) -> Result<NaiveTime, sqlx::error::BoxDynError> {
+        let micros = i64::from_be_bytes(be(bytes)?);
+        let secs = u32::try_from(micros.div_euclid(1_000_000)).ok();
+        let nanos = u32::try_from(micros.rem_euclid(1_000_000) * 1_000).ok();
+        secs.zip(nanos)
+            .and_then(|(s, n)| NaiveTime::from_num_seconds_from_midnight_opt(s, n))
+            .filter(|_| micros < 86_400_000_000)
+            .ok_or_else(|| {
+                Unrepresentable::OutOfRange {
+                    value: if micros == 86_400_000_000 {
+                        "24:00:00".to_owned()
+                    } else {
+                        format!("a time of {micros} µs")
+                    },
+                    text_type: "TEXT",
+                }
+                .into()
+            })
     }
 }
 
@@ -121,6 +235,35 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_infinities_and_dates_past_the_calendar_are_refused_not_wrapped() {
+        let explain = |e: sqlx::error::BoxDynError| {
+            e.downcast_ref::<Unrepresentable>()
+                .map(|u| u.explain("t"))
+                .unwrap_or_else(|| panic!("{e}"))
+        };
+        let ts = |micros: i64| pg_time::timestamp(&micros.to_be_bytes());
+        assert_eq!(ts(0).unwrap().to_rfc3339(), "2000-01-01T00:00:00+00:00");
+        assert_eq!(
+            ts(-1).unwrap().to_rfc3339(),
+            "1999-12-31T23:59:59.999999+00:00"
+        );
+        assert!(explain(ts(i64::MAX).unwrap_err()).contains("holds `infinity`"));
+        assert!(explain(ts(i64::MIN).unwrap_err()).contains("holds `-infinity`"));
+        // 294276 AD, PostgreSQL's last timestamp, is past chrono's calendar.
+        assert!(explain(ts(9_223_371_331_199_999_999).unwrap_err()).contains("CAST(t AS TEXT)"));
+
+        let date = |days: i32| pg_time::date(&days.to_be_bytes());
+        assert_eq!(date(-1).unwrap().to_string(), "1999-12-31");
+        assert!(explain(date(i32::MAX).unwrap_err()).contains("isfinite(\"t\")"));
+        assert!(explain(date(2_000_000_000).unwrap_err()).contains("outside"));
+
+        let time = |micros: i64| pg_time::time(&micros.to_be_bytes());
+        assert_eq!(time(86_399_999_999).unwrap().to_string(), "23:59:59.999999");
+        assert!(explain(time(86_400_000_000).unwrap_err()).contains("holds 24:00:00"));
+        assert!(pg_time::date(&[0, 1]).is_err(), "a short value is an error");
     }
 
     #[test]

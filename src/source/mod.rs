@@ -19,7 +19,8 @@ mod sqlite;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
 
 use crate::config::{SourceConfig, SourceKind, WritablePolicy};
 use crate::domain::{ColumnName, SourceName, Value};
@@ -74,6 +75,13 @@ pub enum SourceError {
         source_name: SourceName,
         what: String,
     },
+    #[error(
+        "source `{source_name}`: the read did not finish ({cause}); the run is failed and no violation changes"
+    )]
+    Incomplete {
+        source_name: SourceName,
+        cause: String,
+    },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
 }
@@ -99,10 +107,29 @@ pub struct ReadRequest {
     pub filter: Vec<(ColumnName, serde_json::Value)>,
 }
 
+/// What a reading task sends, in this order: the columns once, row batches, then `End`.
+/// A stream that closes without `End` did not finish: the reader failed, panicked or was
+/// cancelled, and its rows must never be taken for the whole result.
+enum Chunk {
+    Columns(Arc<[String]>),
+    Rows(Vec<Row>),
+    End,
+}
+
+type ChunkTx = mpsc::Sender<Result<Chunk, SourceError>>;
+
 /// Rows arriving from a source, in batches.
 pub struct RowStream {
+    source: SourceName,
     columns: Arc<[String]>,
-    rx: mpsc::Receiver<Result<Vec<Row>, SourceError>>,
+    rx: mpsc::Receiver<Result<Chunk, SourceError>>,
+    state: StreamState,
+}
+
+enum StreamState {
+    Open,
+    Finished,
+    Failed(SourceError),
 }
 
 impl RowStream {
@@ -115,22 +142,63 @@ impl RowStream {
         index_of(&self.columns, column)
     }
 
-    /// The next batch; `None` once the source has returned every row.
+    /// The next batch; `None` only once the source has said it returned every row. A reader
+    /// that stops without saying so is an error ([`SourceError::Incomplete`]), never the end,
+    /// and a failed stream keeps answering with its error.
     pub async fn next_batch(&mut self) -> Option<Result<Vec<Row>, SourceError>> {
-        self.rx.recv().await
+        match &self.state {
+            StreamState::Open => {}
+            StreamState::Finished => return None,
+            StreamState::Failed(e) => return Some(Err(e.clone())),
+        }
+        let failure = match self.rx.recv().await {
+            Some(Ok(Chunk::Rows(rows))) => return Some(Ok(rows)),
+            Some(Ok(Chunk::End)) => {
+                self.state = StreamState::Finished;
+                return None;
+            }
+            Some(Ok(Chunk::Columns(_))) => SourceError::Incomplete {
+                source_name: self.source.clone(),
+                cause: "the reader sent its columns twice".into(),
+            },
+            Some(Err(e)) => e,
+            None => SourceError::Incomplete {
+                source_name: self.source.clone(),
+                cause: "the reading task stopped before the last row".into(),
+            },
+        };
+        self.state = StreamState::Failed(failure.clone());
+        Some(Err(failure))
     }
-}
 
-impl RowStream {
     /// A stream over rows already in memory (tests, and sources that are not databases).
     pub fn from_rows(columns: Vec<String>, rows: Vec<Row>) -> Self {
-        let (tx, rx) = mpsc::channel(rows.len().div_ceil(BATCH_ROWS).max(1));
+        let (tx, rx) = mpsc::channel(rows.len().div_ceil(BATCH_ROWS) + 1);
         for chunk in rows.chunks(BATCH_ROWS) {
-            let _ = tx.try_send(Ok(chunk.to_vec()));
+            let _ = tx.try_send(Ok(Chunk::Rows(chunk.to_vec())));
         }
+        let _ = tx.try_send(Ok(Chunk::End));
         Self {
+            source: SourceName::parse("memory").expect("a valid source name"),
             columns: columns.into(),
             rx,
+            state: StreamState::Open,
+        }
+    }
+
+    /// A stream whose reader sends `batches` and then stops without `End`, as a reader that
+    /// died mid-read does (tests of the engine's handling of an incomplete read).
+    #[cfg(test)]
+    pub(crate) fn cut_off(columns: Vec<String>, batches: Vec<Vec<Row>>) -> Self {
+        let (tx, rx) = mpsc::channel(batches.len() + 1);
+        for b in batches {
+            let _ = tx.try_send(Ok(Chunk::Rows(b)));
+        }
+        Self {
+            source: SourceName::parse("memory").expect("a valid source name"),
+            columns: columns.into(),
+            rx,
+            state: StreamState::Open,
         }
     }
 }
@@ -274,30 +342,50 @@ impl Source {
     }
 
     /// Starts reading; returns once the query is prepared and its columns are known.
+    ///
+    /// The reader runs in its own task. A panic there (a driver that cannot decode a value,
+    /// say) is caught and reaches the evaluator as an error naming the source, never as the
+    /// end of the rows; the connection it held is closed, not pooled.
     pub async fn read(&self, req: ReadRequest) -> Result<RowStream, SourceError> {
-        let (cols_tx, cols_rx) = oneshot::channel();
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let out = Feed {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
+        let net = tx.clone();
+        let feed = Feed {
             source: self.name.clone(),
-            columns: Some(cols_tx),
-            rows: tx,
+            columns_sent: false,
+            tx,
         };
-        match self.pool.clone() {
-            Pool::Postgres(p) => {
-                tokio::spawn(postgres::read(p, req, self.timeout_ms, out));
+        let reader: futures_util::future::BoxFuture<'static, ()> = match self.pool.clone() {
+            Pool::Postgres(p) => Box::pin(postgres::read(p, req, self.timeout_ms, feed)),
+            Pool::MySql(p) => Box::pin(mysql::read(p, req, feed)),
+            Pool::Sqlite(p) => Box::pin(sqlite::read(p, req, feed)),
+        };
+        let source_name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(reader).catch_unwind().await {
+                let err = SourceError::Incomplete {
+                    source_name,
+                    cause: format!("the reader panicked: {}", panic_message(&*panic)),
+                };
+                let _ = net.send(Err(err)).await;
             }
-            Pool::MySql(p) => {
-                tokio::spawn(mysql::read(p, req, out));
-            }
-            Pool::Sqlite(p) => {
-                tokio::spawn(sqlite::read(p, req, out));
-            }
-        }
-        let columns = cols_rx.await.map_err(|_| SourceError::Query {
+        });
+        let incomplete = |cause: &str| SourceError::Incomplete {
             source_name: self.name.clone(),
-            message: "the reading task stopped before the query started".into(),
-        })??;
-        Ok(RowStream { columns, rx })
+            cause: cause.into(),
+        };
+        match rx.recv().await {
+            Some(Ok(Chunk::Columns(columns))) => Ok(RowStream {
+                source: self.name.clone(),
+                columns,
+                rx,
+                state: StreamState::Open,
+            }),
+            Some(Ok(_)) => Err(incomplete("the reader sent rows before its columns")),
+            Some(Err(e)) => Err(e),
+            None => Err(incomplete(
+                "the reading task stopped before the query started",
+            )),
+        }
     }
 
     pub async fn close(&self) {
@@ -309,11 +397,11 @@ impl Source {
     }
 }
 
-/// The reading task's two outlets: the column names once, then row batches.
+/// The reading task's outlet: the column names once, then row batches, then the end.
 pub(crate) struct Feed {
     source: SourceName,
-    columns: Option<oneshot::Sender<Result<Arc<[String]>, SourceError>>>,
-    rows: mpsc::Sender<Result<Vec<Row>, SourceError>>,
+    columns_sent: bool,
+    tx: ChunkTx,
 }
 
 /// The reader stopped because nobody listens any more.
@@ -327,30 +415,38 @@ impl Feed {
     /// Resolves when the reader of this feed is gone (the evaluation finished early, timed
     /// out or was cancelled): the read should stop and drop its connection.
     pub(crate) fn abandoned(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let rows = self.rows.clone();
-        async move { rows.closed().await }
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
     }
 
-    pub(crate) fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
-        let tx = self.columns.take().ok_or(Abandoned)?;
-        tx.send(Ok(columns.into())).map_err(|_| Abandoned)
+    pub(crate) async fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
+        self.columns_sent = true;
+        self.tx
+            .send(Ok(Chunk::Columns(columns.into())))
+            .await
+            .map_err(|_| Abandoned)
     }
 
     pub(crate) async fn send_rows(&self, batch: Vec<Row>) -> Result<(), Abandoned> {
-        self.rows.send(Ok(batch)).await.map_err(|_| Abandoned)
+        self.tx
+            .send(Ok(Chunk::Rows(batch)))
+            .await
+            .map_err(|_| Abandoned)
+    }
+
+    /// Sends the last (possibly empty) batch and then says the result is complete: the only
+    /// way a stream ends without an error.
+    pub(crate) async fn finish(&self, last: Vec<Row>) -> Result<(), Abandoned> {
+        if !last.is_empty() {
+            self.send_rows(last).await?;
+        }
+        self.tx.send(Ok(Chunk::End)).await.map_err(|_| Abandoned)
     }
 
     /// Reports an error to whoever is waiting: the caller of `read` if the query never
     /// started, the evaluator otherwise.
-    pub(crate) async fn fail(mut self, err: SourceError) {
-        match self.columns.take() {
-            Some(tx) => {
-                let _ = tx.send(Err(err));
-            }
-            None => {
-                let _ = self.rows.send(Err(err)).await;
-            }
-        }
+    pub(crate) async fn fail(self, err: SourceError) {
+        let _ = self.tx.send(Err(err)).await;
     }
 
     pub(crate) fn query_error(&self, e: impl std::fmt::Display) -> SourceError {
@@ -358,6 +454,77 @@ impl Feed {
             source_name: self.source.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+/// A pooled connection for one read. If the reader unwinds while holding it, the connection is
+/// closed instead of going back to the pool, where it would carry an open transaction and
+/// whatever state the panic left behind.
+pub(crate) struct Leased<DB: sqlx::Database>(sqlx::pool::PoolConnection<DB>);
+
+impl<DB: sqlx::Database> Leased<DB> {
+    pub(crate) async fn acquire(pool: &sqlx::Pool<DB>, feed: &Feed) -> Result<Self, SourceError> {
+        pool.acquire()
+            .await
+            .map(Self)
+            .map_err(|e| SourceError::Connect {
+                source_name: feed.source().clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Leased<DB> {
+    type Target = sqlx::pool::PoolConnection<DB>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Leased<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Leased<DB> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close_on_drop();
+        }
+    }
+}
+
+/// Decodes one value, turning a driver panic into a decode error for its column: a value the
+/// driver cannot represent fails the read with the column's name, it never ends it.
+pub(crate) fn decode_value(
+    source: &SourceName,
+    column: &str,
+    decode: impl FnOnce() -> Result<Value, sqlx::error::BoxDynError>,
+) -> Result<Value, SourceError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(decode::decode_error(source, column, e)),
+        Err(panic) => Err(decode::decode_error(
+            source,
+            column,
+            format!(
+                "the database driver could not decode a value ({})",
+                panic_message(&*panic)
+            )
+            .into(),
+        )),
+    }
+}
+
+/// The text of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 

@@ -8,8 +8,10 @@ use sqlx::{Column, Decode, Executor, MySql, MySqlPool, Row as _, Statement, Type
 use crate::config::SourceConfig;
 use crate::domain::{SourceName, Value};
 
-use super::decode::{Kind, decode_error, unsupported};
-use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+use super::decode::{Kind, Unrepresentable, unsupported};
+use super::{
+    BATCH_ROWS, Feed, Leased, ReadRequest, Row, SourceError, decode_value, resolve_needed, wrap,
+};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, SourceError> {
     let opts =
@@ -74,15 +76,9 @@ pub(super) async fn write_capabilities(
 }
 
 pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {
-    let mut conn = match pool.acquire().await {
+    let mut conn = match Leased::acquire(&pool, &feed).await {
         Ok(c) => c,
-        Err(e) => {
-            let err = SourceError::Connect {
-                source_name: feed.source().clone(),
-                message: e.to_string(),
-            };
-            return feed.fail(err).await;
-        }
+        Err(err) => return feed.fail(err).await,
     };
     let abandoned = feed.abandoned();
     // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
@@ -153,7 +149,7 @@ async fn run(
     if !order_sql.is_empty() {
         sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
     }
-    feed.send_columns(columns.clone()).map_err(|_| None)?;
+    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
     let mut query = sqlx::query(&sql).persistent(false);
     for (&i, (_, value)) in filter_idx.iter().zip(&req.filter) {
@@ -199,8 +195,7 @@ async fn run(
         for (i, kind) in kinds.iter().enumerate() {
             let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
             values.push(
-                decode(*kind, raw)
-                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
             );
         }
         batch.push(values);
@@ -209,9 +204,7 @@ async fn run(
             feed.send_rows(full).await.map_err(|_| None)?;
         }
     }
-    if !batch.is_empty() {
-        feed.send_rows(batch).await.map_err(|_| None)?;
-    }
+    feed.finish(batch).await.map_err(|_| None)?;
     Ok(())
 }
 
@@ -260,9 +253,41 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> Result<Value, sqlx::error::BoxD
         Kind::Json => Value::Json(d(raw)?),
         Kind::Bytes => Value::Bytes(d(raw)?),
         Kind::Date => Value::Date(d(raw)?),
-        Kind::Time => Value::Time(d(raw)?),
+        Kind::Time => Value::Time(time_of_day(d(raw)?)?),
         Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),
         Kind::Timestamp => Value::Timestamp(d(raw)?),
         _ => return Err("unexpected column kind for MySQL".into()),
+    })
+}
+
+/// MySQL's TIME is a signed duration up to 838:59:59; the driver's time-of-day reading drops
+/// the sign and refuses hours past 23. trueup compares times of day, so anything else is
+/// refused with what it is.
+fn time_of_day(
+    t: sqlx::mysql::types::MySqlTime,
+) -> Result<chrono::NaiveTime, sqlx::error::BoxDynError> {
+    let of_day = t
+        .is_valid_time_of_day()
+        .then(|| {
+            chrono::NaiveTime::from_hms_micro_opt(
+                t.hours(),
+                u32::from(t.minutes()),
+                u32::from(t.seconds()),
+                t.microseconds(),
+            )
+        })
+        .flatten();
+    of_day.ok_or_else(|| {
+        Unrepresentable::OutOfRange {
+            value: format!(
+                "the duration {}{}:{:02}:{:02}, not a time of day",
+                if t.is_negative() { "-" } else { "" },
+                t.hours(),
+                t.minutes(),
+                t.seconds()
+            ),
+            text_type: "CHAR",
+        }
+        .into()
     })
 }

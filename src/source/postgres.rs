@@ -8,8 +8,10 @@ use sqlx::{Column, Decode, Executor, PgPool, Postgres, Row as _, Statement, Type
 use crate::config::SourceConfig;
 use crate::domain::{SourceName, Value};
 
-use super::decode::{Kind, decode_error, unsupported};
-use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+use super::decode::{Kind, pg_time, unsupported};
+use super::{
+    BATCH_ROWS, Feed, Leased, ReadRequest, Row, SourceError, decode_value, resolve_needed, wrap,
+};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
     let opts = PgConnectOptions::from_str(cfg.url.expose())
@@ -73,15 +75,9 @@ pub(super) async fn write_capabilities(
 }
 
 pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut feed: Feed) {
-    let mut conn = match pool.acquire().await {
+    let mut conn = match Leased::acquire(&pool, &feed).await {
         Ok(c) => c,
-        Err(e) => {
-            let err = SourceError::Connect {
-                source_name: feed.source().clone(),
-                message: e.to_string(),
-            };
-            return feed.fail(err).await;
-        }
+        Err(err) => return feed.fail(err).await,
     };
     let abandoned = feed.abandoned();
     // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
@@ -93,7 +89,7 @@ pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut fe
     match outcome {
         Ok(()) => {
             // Always roll back: whatever the query did to the session is undone.
-            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_err() {
                 conn.close_on_drop();
             }
         }
@@ -181,7 +177,7 @@ async fn run(
     if !order_sql.is_empty() {
         sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
     }
-    feed.send_columns(columns.clone()).map_err(|_| None)?;
+    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
     let mut query = sqlx::query(&sql).persistent(false);
     for p in params {
@@ -210,8 +206,7 @@ async fn run(
         for (i, kind) in kinds.iter().enumerate() {
             let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
             values.push(
-                decode(*kind, raw)
-                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
             );
         }
         batch.push(values);
@@ -220,9 +215,7 @@ async fn run(
             feed.send_rows(full).await.map_err(|_| None)?;
         }
     }
-    if !batch.is_empty() {
-        feed.send_rows(batch).await.map_err(|_| None)?;
-    }
+    feed.finish(batch).await.map_err(|_| None)?;
     Ok(())
 }
 
@@ -380,6 +373,16 @@ fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
         Kind::Text => Value::Text(d(raw)?),
         Kind::PaddedText => Value::Text(d::<String>(raw)?.trim_end_matches(' ').to_owned()),
         Kind::Uuid => Value::Text(d::<sqlx::types::Uuid>(raw)?.to_string()),
+        Kind::Date | Kind::Time | Kind::Naive | Kind::Timestamp
+            if raw.format() == sqlx::postgres::PgValueFormat::Binary =>
+        {
+            let bytes = raw.as_bytes()?;
+            match kind {
+                Kind::Date => Value::Date(pg_time::date(bytes)?),
+                Kind::Time => Value::Time(pg_time::time(bytes)?),
+                _ => Value::Timestamp(pg_time::timestamp(bytes)?),
+            }
+        }
         Kind::Date => Value::Date(d(raw)?),
         Kind::Time => Value::Time(d(raw)?),
         Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),

@@ -8,8 +8,10 @@ use sqlx::{Column, Decode, Executor, Row as _, Sqlite, SqlitePool, Statement, Ty
 use crate::config::SourceConfig;
 use crate::domain::Value;
 
-use super::decode::{Kind, SqliteHint, decode_error, sqlite_text};
-use super::{BATCH_ROWS, Feed, ReadRequest, Row, SourceError, resolve_needed, wrap};
+use super::decode::{Kind, SqliteHint, sqlite_text};
+use super::{
+    BATCH_ROWS, Feed, Leased, ReadRequest, Row, SourceError, decode_value, resolve_needed, wrap,
+};
 
 pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
     let opts = SqliteConnectOptions::from_str(cfg.url.expose())
@@ -28,15 +30,9 @@ pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
 }
 
 pub(super) async fn read(pool: SqlitePool, req: ReadRequest, mut feed: Feed) {
-    let mut conn = match pool.acquire().await {
+    let mut conn = match Leased::acquire(&pool, &feed).await {
         Ok(c) => c,
-        Err(e) => {
-            let err = SourceError::Connect {
-                source_name: feed.source().clone(),
-                message: e.to_string(),
-            };
-            return feed.fail(err).await;
-        }
+        Err(err) => return feed.fail(err).await,
     };
     let abandoned = feed.abandoned();
     // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
@@ -103,7 +99,7 @@ async fn run(
     if !order_sql.is_empty() {
         sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
     }
-    feed.send_columns(columns.clone()).map_err(|_| None)?;
+    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
     let mut query = sqlx::query(&sql).persistent(false);
     for (_, value) in &req.filter {
@@ -126,8 +122,7 @@ async fn run(
         for (i, kind) in kinds.iter().enumerate() {
             let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
             values.push(
-                decode(*kind, raw)
-                    .map_err(|e| Some(decode_error(feed.source(), &columns[i], e)))?,
+                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
             );
         }
         batch.push(values);
@@ -136,9 +131,7 @@ async fn run(
             feed.send_rows(full).await.map_err(|_| None)?;
         }
     }
-    if !batch.is_empty() {
-        feed.send_rows(batch).await.map_err(|_| None)?;
-    }
+    feed.finish(batch).await.map_err(|_| None)?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! temporary folder.
 
 mod browser;
+mod hardening;
 mod helpers;
 
 mod incidents;

@@ -125,7 +125,7 @@ pub enum PlanCommand {
     /// Approve a plan (as `cli:$USER`, or $TRUEUP_ACTOR)
     Approve {
         id: i64,
-        /// The content hash you reviewed (its first characters are enough); refused if the
+        /// The content hash you reviewed (its first 12 characters or more); refused if the
         /// plan is not that content
         #[arg(long, value_name = "HASH")]
         hash: Option<String>,

@@ -306,6 +306,13 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
 }
 
 async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
+    let seen = match hash.map(plan::ReviewedHash::prefix).transpose() {
+        Ok(seen) => seen,
+        Err(e) => {
+            eprintln!("error: --hash: {e}; `trueup plan show {id}` prints it");
+            return Ok(EXIT_ERROR);
+        }
+    };
     let inv = match app.store.plan(id).await? {
         Some(p) => app.invariant(&p.invariant),
         None => None,
@@ -315,7 +322,7 @@ async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
         id,
         inv,
         &Actor::local(),
-        hash,
+        seen.as_ref(),
         Utc::now(),
     )
     .await

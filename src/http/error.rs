@@ -60,6 +60,16 @@ impl ApiError {
         }
     }
 
+    /// A well-formed request whose content cannot be used as sent.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "unprocessable",
+            message: message.into(),
+            fields: None,
+        }
+    }
+
     /// An internal failure: logged with its cause, reported without it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!("request failed: {cause}");

@@ -171,17 +171,28 @@ pub(super) async fn approve(
             "send a JSON body {\"content_hash\": \"...\"} with the hash of the plan you reviewed (GET /api/v1/plans/{id})",
         ));
     };
+    let seen = reviewed_hash(id, &body.content_hash)?;
     let inv = state.catalog.find(&p.invariant);
     let status = plan::approve(
         state.shared.store.as_ref(),
         id,
         inv.as_deref(),
         &caller.actor(),
-        Some(&body.content_hash),
+        Some(&seen),
         Utc::now(),
     )
     .await?;
     Ok(Json(status))
+}
+
+/// The whole content hash an approval is bound to (API and console), or a 422 that says
+/// what to send.
+pub(super) fn reviewed_hash(id: PlanId, raw: &str) -> Result<plan::ReviewedHash, ApiError> {
+    plan::ReviewedHash::exact(raw).map_err(|e| {
+        ApiError::unprocessable(format!(
+            "plan {id}: {e}. Send the whole `content_hash` of the plan you reviewed, as GET /api/v1/plans/{id} gives it"
+        ))
+    })
 }
 
 #[derive(Deserialize)]

@@ -611,14 +611,78 @@ pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
+/// Characters of a content hash a person must type at least, when a prefix is accepted.
+pub const MIN_HASH_PREFIX: usize = 12;
+const HASH_LEN: usize = 64;
+
+/// The content hash an approver says they reviewed. An approval is bound to it, so it is
+/// parsed once, strictly: the whole SHA-256 in hex from the API and the console, where it is
+/// copied by a program or a form; a prefix of at least [`MIN_HASH_PREFIX`] characters from
+/// the CLI, where a person types it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedHash(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    #[error("the content hash is empty")]
+    Empty,
+    #[error("the content hash has `{bad}`, which is not a hexadecimal digit")]
+    NotHex { bad: char },
+    #[error("the content hash has {len} characters; the whole hash has {HASH_LEN}")]
+    NotWhole { len: usize },
+    #[error(
+        "the content hash has {len} characters; give at least {MIN_HASH_PREFIX} (the whole hash has {HASH_LEN})"
+    )]
+    TooShort { len: usize },
+}
+
+impl ReviewedHash {
+    fn digits(raw: &str) -> Result<String, HashError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(HashError::Empty);
+        }
+        if let Some(bad) = raw.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(HashError::NotHex { bad });
+        }
+        Ok(raw.to_ascii_lowercase())
+    }
+
+    /// The whole hash, exactly.
+    pub fn exact(raw: &str) -> Result<Self, HashError> {
+        let digits = Self::digits(raw)?;
+        if digits.len() != HASH_LEN {
+            return Err(HashError::NotWhole { len: digits.len() });
+        }
+        Ok(Self(digits))
+    }
+
+    /// The whole hash or a prefix long enough to be unique among plans in practice.
+    pub fn prefix(raw: &str) -> Result<Self, HashError> {
+        let digits = Self::digits(raw)?;
+        if digits.len() < MIN_HASH_PREFIX || digits.len() > HASH_LEN {
+            return Err(HashError::TooShort { len: digits.len() });
+        }
+        Ok(Self(digits))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, content_hash: &str) -> bool {
+        content_hash.starts_with(&self.0)
+    }
+}
+
 /// Records `actor`'s approval of the plan. `seen_hash` is the content hash the approver
-/// reviewed (required through the API); it must be the plan's.
+/// reviewed (required through the API and the console); it must be the plan's.
 pub async fn approve(
     store: &dyn Store,
     id: PlanId,
     invariant: Option<&Invariant>,
     actor: &Actor,
-    seen_hash: Option<&str>,
+    seen_hash: Option<&ReviewedHash>,
     now: DateTime<Utc>,
 ) -> Result<ApprovalStatus, PlanError> {
     require_approver(actor, id, "approving")?;
@@ -638,13 +702,13 @@ pub async fn approve(
         return Err(PlanError::refused(id, why));
     }
     if let Some(seen) = seen_hash
-        && !plan.content_hash.starts_with(seen)
+        && !seen.matches(&plan.content_hash)
     {
         return Err(PlanError::refused(
             id,
             format!(
                 "you reviewed content {} but the plan is {}; review it again (`trueup plan show {id}`)",
-                seen,
+                short(seen.as_str()),
                 short(&plan.content_hash)
             ),
         ));

@@ -304,16 +304,24 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
     .await
     .unwrap();
     assert_eq!(foreign.status().as_u16(), 403);
-    // With the token, the request reaches the plan rules (this hash is not the plan's).
-    let wrong_hash = approve(vec![("csrf", csrf), ("content_hash", "x".into())], None)
+    // With the token, the request reaches the plan rules: an empty or partial hash is refused
+    // with what to send, a whole hash of other content conflicts.
+    for (sent, status, says) in [
+        (String::new(), 422, "the content hash is empty"),
+        ("x".to_owned(), 422, "not a hexadecimal digit"),
+        ("6".to_owned(), 422, "the whole hash has 64"),
+        ("0".repeat(64), 409, "review it again"),
+    ] {
+        let refused = approve(
+            vec![("csrf", csrf.clone()), ("content_hash", sent.clone())],
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(
-        wrong_hash.status().as_u16(),
-        409,
-        "{}",
-        wrong_hash.text().await.unwrap()
-    );
+        assert_eq!(refused.status().as_u16(), status, "{sent:?}");
+        let page = refused.text().await.unwrap();
+        assert!(page.contains(says), "{sent:?}: {page}");
+    }
     // Every page refuses every role below its own, with a valid session and CSRF token.
     for (role, token) in [
         (trueup::domain::Role::Viewer, crate::serve::VIEWER),

@@ -562,7 +562,7 @@ async fn who_may_approve_is_enforced_by_role_identity_and_manual_steps() {
         id,
         Some(inv),
         &actor("alice", Role::Approver),
-        Some("deadbeef"),
+        Some(&plan::ReviewedHash::prefix("deadbeefdeadbeef").unwrap()),
         now,
     )
     .await;
@@ -573,7 +573,7 @@ async fn who_may_approve_is_enforced_by_role_identity_and_manual_steps() {
         id,
         Some(inv),
         &actor("alice", Role::Approver),
-        Some(&p.content_hash[..10]),
+        Some(&plan::ReviewedHash::prefix(&p.content_hash[..12]).unwrap()),
         now,
     )
     .await
@@ -781,7 +781,28 @@ async fn a_rate_of_50_per_second_spreads_500_actions_over_at_least_10_seconds() 
         .output()
         .unwrap();
     assert_eq!(checked.status.code(), Some(1));
-    run_ok(trueup(&config).args(["plan", "approve", "1"]));
+    // `--hash` takes the hash a person reviewed: 12 characters at least, hex only; a prefix of
+    // other content is refused. None of it counts as an approval.
+    let shown = run_ok(trueup(&config).args(["plan", "show", "1", "--format", "json"]));
+    let hash = serde_json::from_str::<serde_json::Value>(&shown).unwrap()["plan"]["content_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (sent, says) in [
+        ("", "the content hash is empty"),
+        (&hash[..11], "has 11 characters; give at least 12"),
+        ("zzzzzzzzzzzzzz", "`z`, which is not a hexadecimal digit"),
+        ("000000000000", "review it again"),
+    ] {
+        let out = trueup(&config)
+            .args(["plan", "approve", "1", "--hash", sent])
+            .output()
+            .unwrap();
+        let text = crate::helpers::combined_output(&out);
+        assert_eq!(out.status.code(), Some(2), "{sent:?}: {text}");
+        assert!(text.contains(says), "{sent:?}: {text}");
+    }
+    run_ok(trueup(&config).args(["plan", "approve", "1", "--hash", &hash[..12]]));
     let started = Instant::now();
     let out = run_ok(trueup(&config).args(["apply", "1", "--rate", "50/s"]));
     let took = started.elapsed();
@@ -1163,14 +1184,46 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
             post_json(&approve, token, serde_json::json!({"content_hash": hash})).await;
         assert_eq!(status, 403, "{body}");
     }
-    // Approval binds to the content reviewed.
+    // Approval binds to the whole content hash reviewed: empty, short, prefixes and non-hex
+    // are refused with what to send (422); a whole hash of other content conflicts (409).
+    for sent in [
+        String::new(),
+        hash[..1].to_owned(),
+        hash[..12].to_owned(),
+        hash[..63].to_owned(),
+        format!("{hash}0"),
+        format!("{}g", &hash[..63]),
+    ] {
+        let (status, body) = post_json(
+            &approve,
+            APPROVER,
+            serde_json::json!({"content_hash": sent}),
+        )
+        .await;
+        assert_eq!(status, 422, "{sent:?}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("Send the whole `content_hash`"),
+            "{sent:?}: {message}"
+        );
+    }
     let (status, body) = post_json(
         &approve,
         APPROVER,
-        serde_json::json!({"content_hash": "0000"}),
+        serde_json::json!({"content_hash": "0".repeat(64)}),
     )
     .await;
     assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("review it again"),
+        "{body}"
+    );
+    // Nothing of that counted.
+    let shown = get_json(&format!("{base}/api/v1/plans/{id}")).await;
+    assert_eq!(shown["plan"]["approvals"], serde_json::json!([]), "{shown}");
     // One identity approving twice still needs a second approver.
     for _ in 0..2 {
         let (status, body) = post_json(

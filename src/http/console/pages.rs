@@ -545,13 +545,14 @@ pub(super) async fn approve(
 ) -> PageResult {
     let store = state.shared.store.as_ref();
     let record = plan::load(store, id).await?;
+    let seen = crate::http::plans_api::reviewed_hash(id, &form.content_hash)?;
     let inv = state.catalog.find(&record.invariant);
     plan::approve(
         store,
         id,
         inv.as_deref(),
         &session.caller.actor(),
-        Some(&form.content_hash),
+        Some(&seen),
         Utc::now(),
     )
     .await?;

@@ -107,6 +107,8 @@ async fn bench(server: &str, rows: u64) -> anyhow::Result<()> {
             pool_size: 2,
             statement_timeout: HumanDuration::parse("1h")?,
             on_writable: WritablePolicy::Warn,
+        // The benchmark connects as the server's superuser, which trueup refuses by default.
+        on_privileged: trueup::config::PrivilegedPolicy::Allow,
         };
         let sources = Sources::open_all(&[(cfg.name.clone(), cfg)].into()).await?;
         let dir = tempfile::tempdir()?;

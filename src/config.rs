@@ -165,6 +165,18 @@ pub enum WritablePolicy {
     Refuse,
 }
 
+/// What to do when a source's database role is privileged (superuser, server programs or
+/// files): powers no read-only transaction contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrivilegedPolicy {
+    /// Refuse to use the source (the default).
+    #[default]
+    Refuse,
+    /// `allow_privileged_role: true`: use it, with a loud warning at every start and
+    /// `trueup_source_privileged_role` at 1.
+    Allow,
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: SourceName,
@@ -173,6 +185,7 @@ pub struct SourceConfig {
     pub pool_size: u32,
     pub statement_timeout: HumanDuration,
     pub on_writable: WritablePolicy,
+    pub on_privileged: PrivilegedPolicy,
 }
 
 /// A database URL whose password never appears in Debug or Display output.
@@ -295,6 +308,7 @@ struct RawSource {
     pool_size: Option<Spanned<u32>>,
     statement_timeout: Option<Spanned<String>>,
     on_writable: Option<Spanned<String>>,
+    allow_privileged_role: Option<bool>,
 }
 
 impl Config {
@@ -533,6 +547,10 @@ impl Config {
                     pool_size,
                     statement_timeout,
                     on_writable,
+                    on_privileged: match src.allow_privileged_role {
+                        Some(true) => PrivilegedPolicy::Allow,
+                        Some(false) | None => PrivilegedPolicy::Refuse,
+                    },
                 },
             );
         }

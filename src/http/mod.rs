@@ -328,6 +328,10 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
+    state
+        .shared
+        .metrics
+        .record_sources(state.shared.sources.privileged());
     (
         [(
             header::CONTENT_TYPE,

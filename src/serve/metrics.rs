@@ -29,6 +29,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     plan_actions: IntGaugeVec,
     plan_actions_total: IntGaugeVec,
+    source_privileged: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -40,6 +41,19 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 }
 
 impl Metrics {
+    /// Sets, for each source whose role has been audited, whether it runs with a privileged
+    /// role that `allow_privileged_role: true` accepted.
+    pub fn record_sources<'a>(
+        &self,
+        sources: impl Iterator<Item = (&'a crate::domain::SourceName, bool)>,
+    ) {
+        for (name, privileged) in sources {
+            self.source_privileged
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(privileged));
+        }
+    }
+
     /// Replaces the plan gauges with the given plans and their progress.
     pub fn record_plans(
         &self,
@@ -176,6 +190,11 @@ impl Metrics {
                 "trueup_plan_actions_planned",
                 "How many actions each recent plan has.",
                 &["plan", "invariant", "kind"],
+            ),
+            source_privileged: int_gauge(
+                "trueup_source_privileged_role",
+                "1 if the source's database role is privileged (superuser, server programs or files) and `allow_privileged_role: true` lets trueup use it anyway.",
+                &["source"],
             ),
             duration,
             last_run: gauge(

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-use crate::config::{SourceConfig, SourceKind, WritablePolicy};
+use crate::config::{PrivilegedPolicy, SourceConfig, SourceKind, WritablePolicy};
 use crate::domain::{ColumnName, SourceName, Value};
 
 /// One row, in the column order of [`RowStream::columns`].
@@ -82,6 +82,13 @@ pub enum SourceError {
         source_name: SourceName,
         cause: String,
     },
+    #[error(
+        "source `{source_name}`: its database role is privileged ({what}): in spite of the read-only transaction it could change data or run programs on the database host. Connect with a role that only has SELECT on the tables the invariants read, or, accepting the risk, set `allow_privileged_role: true` on the source"
+    )]
+    Privileged {
+        source_name: SourceName,
+        what: String,
+    },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
 }
@@ -91,6 +98,18 @@ pub enum SourceError {
 pub struct Needed {
     pub column: ColumnName,
     pub role: &'static str,
+}
+
+/// What a source's database role could do beyond reading, found by asking the database.
+#[derive(Debug, Clone, Default)]
+pub struct RoleAudit {
+    /// Powers no read-only transaction contains: superuser, running server programs, touching
+    /// server files. Refused unless the source says `allow_privileged_role: true`.
+    pub privileged: Vec<String>,
+    /// Write grants on tables: warned about, or refused with `on_writable: refuse`.
+    pub writable: Vec<String>,
+    /// Ways out of the session (`dblink`, `postgres_fdw`): warned about.
+    pub links: Vec<String>,
 }
 
 /// What to read: the user's query, the columns it must return and the order to return rows in.
@@ -299,6 +318,11 @@ pub struct Source {
     kind: SourceKind,
     timeout_ms: u64,
     pool: Pool,
+    on_writable: WritablePolicy,
+    on_privileged: PrivilegedPolicy,
+    /// The role's audit, made once per process on first contact (at start, or at the first
+    /// read if the database was down then); every read waits for it.
+    role: Arc<tokio::sync::OnceCell<RoleAudit>>,
 }
 
 impl Source {
@@ -320,6 +344,9 @@ impl Source {
             kind: cfg.kind,
             timeout_ms,
             pool,
+            on_writable: cfg.on_writable,
+            on_privileged: cfg.on_privileged,
+            role: Arc::default(),
         })
     }
 
@@ -331,14 +358,67 @@ impl Source {
         self.kind
     }
 
-    /// What the source's database role could change, as short descriptions (empty when the
-    /// role is read-only).
-    pub async fn write_capabilities(&self) -> Result<Vec<String>, SourceError> {
+    /// What the source's database role could do beyond reading (nothing, for SQLite files,
+    /// which are opened read-only).
+    pub async fn audit_role(&self) -> Result<RoleAudit, SourceError> {
         match &self.pool {
-            Pool::Postgres(p) => postgres::write_capabilities(&self.name, p).await,
-            Pool::MySql(p) => mysql::write_capabilities(&self.name, p).await,
-            Pool::Sqlite(_) => Ok(Vec::new()),
+            Pool::Postgres(p) => postgres::audit_role(&self.name, p).await,
+            Pool::MySql(p) => mysql::audit_role(&self.name, p).await,
+            Pool::Sqlite(_) => Ok(RoleAudit::default()),
         }
+    }
+
+    /// The role's audit (made on first use, with its warnings logged then), or the refusal
+    /// the source's policies call for. Nothing is read through a role that was refused.
+    pub async fn vet(&self) -> Result<&RoleAudit, SourceError> {
+        let audit = self
+            .role
+            .get_or_try_init(|| async {
+                let audit = self.audit_role().await?;
+                self.warn_about(&audit);
+                Ok::<_, SourceError>(audit)
+            })
+            .await?;
+        if !audit.privileged.is_empty() && self.on_privileged == PrivilegedPolicy::Refuse {
+            return Err(SourceError::Privileged {
+                source_name: self.name.clone(),
+                what: audit.privileged.join("; "),
+            });
+        }
+        if !audit.writable.is_empty() && self.on_writable == WritablePolicy::Refuse {
+            return Err(SourceError::Writable {
+                source_name: self.name.clone(),
+                what: audit.writable.join("; "),
+            });
+        }
+        Ok(audit)
+    }
+
+    fn warn_about(&self, audit: &RoleAudit) {
+        let name = &self.name;
+        if !audit.privileged.is_empty() && self.on_privileged == PrivilegedPolicy::Allow {
+            tracing::warn!(
+                source = %name,
+                "SOURCE ROLE IS PRIVILEGED and `allow_privileged_role: true` accepts it: {}. A query can write through dblink or run programs on the database host in spite of trueup's guards; connect with a role that only has SELECT",
+                audit.privileged.join("; ")
+            );
+        }
+        if !audit.writable.is_empty() && self.on_writable == WritablePolicy::Warn {
+            tracing::warn!(
+                source = %name,
+                "SOURCE ROLE CAN WRITE: {}. trueup only reads and guards every query, but a read-only role is the real protection: GRANT SELECT only, or set `on_writable: refuse`",
+                audit.writable.join("; ")
+            );
+        }
+        for link in &audit.links {
+            tracing::warn!(source = %name, "{link}");
+        }
+    }
+
+    /// Whether the role is known to be privileged and allowed to be (for `/metrics`);
+    /// `None` until the role has been audited.
+    pub fn privileged_allowed(&self) -> Option<bool> {
+        self.role.get().map(|a| !a.privileged.is_empty())
     }
 
     /// Starts reading; returns once the query is prepared and its columns are known.
@@ -347,6 +427,7 @@ impl Source {
     /// say) is caught and reaches the evaluator as an error naming the source, never as the
     /// end of the rows; the connection it held is closed, not pooled.
     pub async fn read(&self, req: ReadRequest) -> Result<RowStream, SourceError> {
+        self.vet().await?;
         let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
         let net = tx.clone();
         let feed = Feed {
@@ -535,35 +616,34 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Opens each source and checks its role's write privileges, warning or refusing as each
-    /// source's `on_writable` says. A source that cannot be reached now is only warned about:
-    /// invariants that read it will fail with the connection error.
+    /// Opens each source and audits its role: a privileged role (unless allowed) or a writable
+    /// one under `on_writable: refuse` stops here, with the reason. A source that cannot be
+    /// reached now is only warned about: its role is audited at its first read, which fails
+    /// with the connection error until then.
     pub async fn open_all(
         configs: &BTreeMap<SourceName, SourceConfig>,
     ) -> Result<Self, SourceError> {
         let mut by_name = BTreeMap::new();
         for (name, cfg) in configs {
             let source = Source::open(cfg)?;
-            match source.write_capabilities().await {
-                Ok(caps) if caps.is_empty() => {}
-                Ok(caps) => {
-                    let what = caps.join("; ");
-                    if cfg.on_writable == WritablePolicy::Refuse {
-                        return Err(SourceError::Writable {
-                            source_name: name.clone(),
-                            what,
-                        });
-                    }
-                    tracing::warn!(
-                        source = %name,
-                        "SOURCE ROLE CAN WRITE: {what}. trueup only reads and guards every query, but a read-only role is the real protection: GRANT SELECT only, or set `on_writable: refuse`"
-                    );
+            match source.vet().await {
+                Ok(_) => {}
+                Err(e @ (SourceError::Privileged { .. } | SourceError::Writable { .. })) => {
+                    return Err(e);
                 }
                 Err(e) => tracing::warn!(source = %name, "cannot check the role's privileges: {e}"),
             }
             by_name.insert(name.clone(), source);
         }
         Ok(Self { by_name })
+    }
+
+    /// Each source whose role has been audited, and whether it is privileged (and allowed to
+    /// be, since a refused one is never read).
+    pub fn privileged(&self) -> impl Iterator<Item = (&SourceName, bool)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, s)| s.privileged_allowed().map(|p| (name, p)))
     }
 
     pub fn get(&self, name: &SourceName) -> Result<&Source, SourceError> {

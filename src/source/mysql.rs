@@ -10,7 +10,8 @@ use crate::domain::{SourceName, Value};
 
 use super::decode::{Kind, Unrepresentable, unsupported};
 use super::{
-    BATCH_ROWS, Feed, Leased, ReadRequest, Row, SourceError, decode_value, resolve_needed, wrap,
+    BATCH_ROWS, Feed, Leased, ReadRequest, RoleAudit, Row, SourceError, decode_value,
+    resolve_needed, wrap,
 };
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, SourceError> {
@@ -44,10 +45,10 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, Sou
         .connect_lazy_with(opts))
 }
 
-pub(super) async fn write_capabilities(
+pub(super) async fn audit_role(
     name: &SourceName,
     pool: &MySqlPool,
-) -> Result<Vec<String>, SourceError> {
+) -> Result<RoleAudit, SourceError> {
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
@@ -55,7 +56,7 @@ pub(super) async fn write_capabilities(
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT PRIVILEGE_TYPE, 'all databases' FROM information_schema.USER_PRIVILEGES \
            WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
-             AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER', 'CREATE', 'SUPER') \
+             AND PRIVILEGE_TYPE IN ('SUPER', 'FILE', 'INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER', 'CREATE') \
          UNION ALL \
          SELECT PRIVILEGE_TYPE, TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES \
            WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
@@ -64,15 +65,26 @@ pub(super) async fn write_capabilities(
          SELECT PRIVILEGE_TYPE, CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLE_PRIVILEGES \
            WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
              AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER') \
-         LIMIT 8",
+         LIMIT 24",
     )
     .fetch_all(pool)
     .await
     .map_err(connect)?;
-    Ok(rows
-        .into_iter()
-        .map(|(privilege, on)| format!("{privilege} on {on}"))
-        .collect())
+    let mut audit = RoleAudit::default();
+    for (privilege, on) in rows {
+        match privilege.as_str() {
+            "SUPER" => audit.privileged.push(
+                "the user has SUPER (can change server settings and write in spite of read-only mode)"
+                    .to_owned(),
+            ),
+            "FILE" => audit.privileged.push(
+                "the user has FILE (can read and write files on the database host)".to_owned(),
+            ),
+            _ if audit.writable.len() < 8 => audit.writable.push(format!("{privilege} on {on}")),
+            _ => {}
+        }
+    }
+    Ok(audit)
 }
 
 pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {

@@ -10,7 +10,8 @@ use crate::domain::{SourceName, Value};
 
 use super::decode::{Kind, pg_time, unsupported};
 use super::{
-    BATCH_ROWS, Feed, Leased, ReadRequest, Row, SourceError, decode_value, resolve_needed, wrap,
+    BATCH_ROWS, Feed, Leased, ReadRequest, RoleAudit, Row, SourceError, decode_value,
+    resolve_needed, wrap,
 };
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
@@ -30,16 +31,22 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, Source
         .connect_lazy_with(opts))
 }
 
-pub(super) async fn write_capabilities(
-    name: &SourceName,
-    pool: &PgPool,
-) -> Result<Vec<String>, SourceError> {
+pub(super) async fn audit_role(name: &SourceName, pool: &PgPool) -> Result<RoleAudit, SourceError> {
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
     };
+    // One round trip. `pg_has_role(..., 'MEMBER')` follows memberships whether or not they
+    // are inherited: a role that can `SET ROLE` to a privileged one is as privileged.
     let row = sqlx::query(
         "SELECT r.rolsuper, \
+           r.rolcreaterole AND current_setting('server_version_num')::int < 160000, \
+           ARRAY(SELECT m.rolname::text FROM pg_roles m \
+              WHERE m.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files') \
+                AND pg_has_role(current_user, m.oid, 'MEMBER') ORDER BY 1), \
+           ARRAY(SELECT m.rolname::text FROM pg_roles m \
+              WHERE m.rolname <> current_user AND m.rolsuper \
+                AND pg_has_role(current_user, m.oid, 'MEMBER') ORDER BY 1), \
            (SELECT string_agg(t, ', ') FROM ( \
               SELECT format('%I.%I', n.nspname, c.relname) AS t \
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -49,29 +56,63 @@ pub(super) async fn write_capabilities(
                 AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') \
               ORDER BY 1 LIMIT 5) w), \
            (SELECT string_agg(m.rolname, ', ') FROM pg_roles m \
-              WHERE m.rolname <> current_user \
+              WHERE m.rolname <> current_user AND NOT m.rolsuper \
                 AND pg_has_role(current_user, m.oid, 'MEMBER') \
-                AND (m.rolsuper OR EXISTS ( \
+                AND EXISTS ( \
                   SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.relkind IN ('r', 'p') \
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                    AND has_table_privilege(m.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')))) \
+                    AND has_table_privilege(m.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE'))), \
+           ARRAY(SELECT extname::text FROM pg_extension \
+              WHERE extname IN ('dblink', 'postgres_fdw') ORDER BY 1) \
          FROM pg_roles r WHERE r.rolname = current_user",
     )
     .fetch_one(pool)
     .await
     .map_err(connect)?;
-    let mut caps = Vec::new();
+    let mut audit = RoleAudit::default();
     if row.try_get::<bool, _>(0).map_err(connect)? {
-        caps.push("the role is a superuser".to_owned());
+        audit.privileged.push("the role is a superuser".to_owned());
     }
-    if let Some(tables) = row.try_get::<Option<String>, _>(1).map_err(connect)? {
-        caps.push(format!("INSERT/UPDATE/DELETE/TRUNCATE on {tables}"));
+    if row.try_get::<bool, _>(1).map_err(connect)? {
+        audit.privileged.push(
+            "the role has CREATEROLE, which before PostgreSQL 16 can grant itself pg_execute_server_program"
+                .to_owned(),
+        );
     }
-    if let Some(roles) = row.try_get::<Option<String>, _>(2).map_err(connect)? {
-        caps.push(format!("can SET ROLE to {roles}, which can write"));
+    for role in row.try_get::<Vec<String>, _>(2).map_err(connect)? {
+        let can = match role.as_str() {
+            "pg_execute_server_program" => "run programs on the database host",
+            "pg_write_server_files" => "write files on the database host",
+            _ => "read files on the database host",
+        };
+        audit
+            .privileged
+            .push(format!("the role is a member of {role} (can {can})"));
     }
-    Ok(caps)
+    let superusers = row.try_get::<Vec<String>, _>(3).map_err(connect)?;
+    if !superusers.is_empty() {
+        audit.privileged.push(format!(
+            "the role can SET ROLE to the superuser {}",
+            superusers.join(", ")
+        ));
+    }
+    if let Some(tables) = row.try_get::<Option<String>, _>(4).map_err(connect)? {
+        audit
+            .writable
+            .push(format!("INSERT/UPDATE/DELETE/TRUNCATE on {tables}"));
+    }
+    if let Some(roles) = row.try_get::<Option<String>, _>(5).map_err(connect)? {
+        audit
+            .writable
+            .push(format!("can SET ROLE to {roles}, which can write"));
+    }
+    for ext in row.try_get::<Vec<String>, _>(6).map_err(connect)? {
+        audit.links.push(format!(
+            "the database has the extension {ext}, whose connections no read-only transaction covers; a privileged role could write through it"
+        ));
+    }
+    Ok(audit)
 }
 
 pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut feed: Feed) {

@@ -67,7 +67,7 @@ async fn a_postgres_value_the_driver_cannot_decode_fails_the_run_and_resolves_no
     let tmp = tempfile::tempdir().unwrap();
     let config = project(
         tmp.path(),
-        &db.url,
+        &db.reader_url,
         r#"invariants:
   - name: pay-listed
     check:
@@ -143,7 +143,7 @@ async fn a_postgres_value_the_driver_cannot_decode_fails_the_run_and_resolves_no
 #[tokio::test]
 async fn a_value_that_fails_to_decode_does_not_leave_its_connection_in_the_pool() {
     let db = TestPg::new().await;
-    let mut cfg = source("pg", &db.url);
+    let mut cfg = source("pg", &db.reader_url);
     cfg.pool_size = 1;
     let src = Source::open(&cfg).unwrap();
     for query in [
@@ -194,7 +194,7 @@ async fn mysql_zero_dates_read_as_null_and_a_time_past_a_day_fails_with_its_colu
                                 (2, '2026-01-01', '2026-01-01 10:00:00', '-01:00:00');",
     )
     .await;
-    let src = Source::open(&source("my", &db.url)).unwrap();
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
     // MySQL's zero date is its stand-in for "no date": it reads as NULL, like NULLIF would.
     let rows = read_all(&src, "SELECT id, on_day, at FROM pay ORDER BY id")
         .await
@@ -218,4 +218,156 @@ async fn mysql_zero_dates_read_as_null_and_a_time_past_a_day_fails_with_its_colu
             "{err}"
         );
     }
+}
+
+/// A project with one source `src` at `url` (with `extra` source settings) and a `check` over
+/// table `t`.
+fn one_check_project(dir: &Path, url: &str, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: sqlite://{}/trueup.db\nsources:\n  src:\n    url: {url}\n{extra}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/t.yaml"),
+        "invariants:\n  - name: t-listed\n    check: {source: src, query: \"SELECT id FROM t\", key: id}\n",
+    )
+    .unwrap();
+    config
+}
+
+fn check(config: &Path) -> (Option<i32>, String) {
+    let out = trueup_cli(config, "tester").arg("check").output().unwrap();
+    (out.status.code(), combined_output(&out))
+}
+
+#[tokio::test]
+async fn a_privileged_postgres_role_is_refused_unless_the_source_allows_it_and_then_warned_about() {
+    let db = TestPg::new().await;
+    let suffix = db.name.rsplit('_').next().unwrap().to_owned();
+    let (prog, files, creator) = (
+        format!("trueup_prog_{suffix}"),
+        format!("trueup_files_{suffix}"),
+        format!("trueup_creator_{suffix}"),
+    );
+    db.exec(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+         CREATE ROLE {prog} LOGIN IN ROLE pg_execute_server_program;
+         CREATE ROLE {files} LOGIN IN ROLE pg_read_server_files;
+         CREATE ROLE {creator} LOGIN CREATEROLE;
+         GRANT SELECT ON t TO {prog}, {files}, {creator};
+         CREATE EXTENSION dblink;"
+    ))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let as_role = |role: &str| crate::helpers::as_user(&db.url, role);
+    for (url, says) in [
+        (db.url.clone(), "the role is a superuser"),
+        (as_role(&prog), "member of pg_execute_server_program"),
+        (as_role(&files), "member of pg_read_server_files"),
+        (as_role(&creator), "CREATEROLE"),
+    ] {
+        let config = one_check_project(tmp.path(), &url, "");
+        let (code, text) = check(&config);
+        assert_eq!(code, Some(2), "{url}: {text}");
+        for part in [
+            "source `src`: its database role is privileged",
+            says,
+            "only has SELECT",
+            "allow_privileged_role: true",
+        ] {
+            assert!(text.contains(part), "{url}: `{part}` in {text}");
+        }
+        assert!(
+            !text.contains("t-listed"),
+            "nothing was evaluated through it: {text}"
+        );
+    }
+    // Opting in runs, with a loud warning each time.
+    let config = one_check_project(tmp.path(), &db.url, "    allow_privileged_role: true\n");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("SOURCE ROLE IS PRIVILEGED") && text.contains("superuser"),
+        "{text}"
+    );
+    // The reader role reads, and is told about dblink in its database.
+    let config = one_check_project(tmp.path(), &db.reader_url, "");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("PRIVILEGED"), "{text}");
+    assert!(text.contains("the extension dblink"), "{text}");
+
+    // Under serve, an allowed privileged role shows in /metrics; a reader role shows 0.
+    for (url, extra, want) in [
+        (db.url.clone(), "    allow_privileged_role: true\n", 1.0),
+        (db.reader_url.clone(), "", 0.0),
+    ] {
+        let config = one_check_project(
+            tmp.path(),
+            &url,
+            &format!("{extra}{}", crate::serve::tokens_yaml("")),
+        );
+        let config = trueup::config::Config::load(&config).unwrap();
+        let (base, stop, task, _) = crate::serve::start(config).await;
+        let (_, metrics) = crate::serve::call(
+            reqwest::Method::GET,
+            &format!("{base}/metrics"),
+            Some(crate::serve::VIEWER),
+        )
+        .await;
+        assert_eq!(
+            crate::serve::sample(&metrics, "trueup_source_privileged_role{source=\"src\"}"),
+            Some(want),
+            "{url}: {metrics}"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    db.exec(&format!(
+        "DROP OWNED BY {prog}, {files}, {creator}; DROP ROLE {prog}, {files}, {creator};"
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_mariadb_user_with_super_or_file_is_refused_unless_the_source_allows_it() {
+    let db = TestMysql::new().await;
+    let filer = format!("{}_f", db.name);
+    db.exec(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+         CREATE USER '{filer}'@'%'; GRANT FILE ON *.* TO '{filer}'@'%';
+         GRANT SELECT ON `{}`.* TO '{filer}'@'%';",
+        db.name
+    ))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    for (url, says) in [
+        (db.url.clone(), "the user has SUPER"),
+        (
+            crate::helpers::as_user(&db.url, &filer),
+            "the user has FILE",
+        ),
+    ] {
+        let config = one_check_project(tmp.path(), &url, "");
+        let (code, text) = check(&config);
+        assert_eq!(code, Some(2), "{url}: {text}");
+        assert!(
+            text.contains("its database role is privileged") && text.contains(says),
+            "{url}: {text}"
+        );
+    }
+    let config = one_check_project(tmp.path(), &db.reader_url, "");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    let config = one_check_project(tmp.path(), &db.url, "    allow_privileged_role: true\n");
+    let (code, text) = check(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("SOURCE ROLE IS PRIVILEGED"), "{text}");
+    db.exec(&format!("DROP USER '{filer}'@'%'")).await;
 }

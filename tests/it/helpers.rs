@@ -28,10 +28,23 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// `url` with its user replaced by `user` (no password: the test servers trust local users).
+pub fn as_user(url: &str, user: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let host_at = url[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    format!("{}{user}@{}", &url[..after_scheme], &url[host_at..])
+}
+
 /// A fresh PostgreSQL database, dropped when this goes out of scope.
 pub struct TestPg {
     pub name: String,
+    /// As the server's superuser: for setting up data, targets and stores.
     pub url: String,
+    /// As a login role that may only read this database's tables, present and future: what
+    /// a source should connect as (trueup refuses a privileged one).
+    pub reader_url: String,
 }
 
 impl TestPg {
@@ -45,7 +58,24 @@ impl TestPg {
             .await
             .expect("create test database");
         let url = format!("{}/{name}", pg_server());
-        Self { name, url }
+        let reader = format!("{name}_reader");
+        let mut db = sqlx::PgConnection::connect(&url)
+            .await
+            .expect("connect to test database");
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE \"{reader}\" LOGIN;
+             GRANT USAGE ON SCHEMA public TO \"{reader}\";
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO \"{reader}\";"
+        ))
+        .execute(&mut db)
+        .await
+        .expect("create the test database's reader role");
+        let reader_url = format!("{}/{name}", as_user(&pg_server(), &reader));
+        Self {
+            name,
+            url,
+            reader_url,
+        }
     }
 
     pub async fn connect(&self) -> sqlx::PgConnection {
@@ -72,6 +102,9 @@ impl Drop for TestPg {
             admin
                 .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
                 .await?;
+            admin
+                .execute(format!("DROP ROLE IF EXISTS \"{name}_reader\"").as_str())
+                .await?;
             Ok(())
         });
     }
@@ -80,7 +113,10 @@ impl Drop for TestPg {
 /// A fresh MariaDB/MySQL database, dropped when this goes out of scope.
 pub struct TestMysql {
     pub name: String,
+    /// As root: for setting up data and targets.
     pub url: String,
+    /// As a user with SELECT on this database only: what a source should connect as.
+    pub reader_url: String,
 }
 
 impl TestMysql {
@@ -93,8 +129,21 @@ impl TestMysql {
             .execute(format!("CREATE DATABASE `{name}`").as_str())
             .await
             .expect("create test database");
+        // MariaDB user names are at most 80 characters; the database name is unique already.
+        let reader = format!("{name}_r");
+        sqlx::raw_sql(&format!(
+            "CREATE USER '{reader}'@'%'; GRANT SELECT ON `{name}`.* TO '{reader}'@'%';"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database's reader user");
         let url = format!("{}/{name}", mysql_server());
-        Self { name, url }
+        let reader_url = format!("{}/{name}", as_user(&mysql_server(), &reader));
+        Self {
+            name,
+            url,
+            reader_url,
+        }
     }
 
     pub async fn connect(&self) -> sqlx::MySqlConnection {
@@ -119,6 +168,9 @@ impl Drop for TestMysql {
             let mut admin = sqlx::MySqlConnection::connect(&mysql_server()).await?;
             admin
                 .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+                .await?;
+            admin
+                .execute(format!("DROP USER IF EXISTS '{name}_r'@'%'").as_str())
                 .await?;
             Ok(())
         });
@@ -150,6 +202,7 @@ pub fn source(name: &str, url: &str) -> SourceConfig {
         pool_size: 2,
         statement_timeout: HumanDuration::from_std(Duration::from_secs(30)),
         on_writable: WritablePolicy::Warn,
+        on_privileged: trueup::config::PrivilegedPolicy::Refuse,
     }
 }
 

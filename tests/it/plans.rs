@@ -643,7 +643,7 @@ async fn a_ten_thousand_action_sql_plan_killed_three_times_applies_each_action_e
         dir.path(),
         &format!(
             "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  ledger-writer: {{url: \"{}\"}}\n",
-            ledger.url, data.url, data.url
+            ledger.url, data.reader_url, data.url
         ),
         r#"invariants:
   - name: payments-booked
@@ -925,7 +925,7 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
         &format!(
             "store: {}\nsources:\n  upstream: {{url: \"{}\", pool_size: 8}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n  guarded:\n    base_url: {}\n",
             ledger.url,
-            data.url,
+            data.reader_url,
             base.replace("127.0.0.1", "localhost")
         ),
         rules,
@@ -1103,7 +1103,7 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
         (vec![(col("id"), json!(1)), (col("code"), json!("b"))], 0),
     ] {
         assert_eq!(
-            read(open(&pg.url), filter.clone()).await,
+            read(open(&pg.reader_url), filter.clone()).await,
             want,
             "postgres {filter:?}"
         );
@@ -1115,7 +1115,7 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
         (vec![(col("id"), json!(3))], 0),
     ] {
         assert_eq!(
-            read(open(&my.url), filter.clone()).await,
+            read(open(&my.reader_url), filter.clone()).await,
             want,
             "mysql {filter:?}"
         );
@@ -1411,7 +1411,7 @@ async fn eight_apply_processes_racing_on_one_http_plan_send_each_key_once() {
         dir.path(),
         &format!(
             "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
-            ledger.url, data.url
+            ledger.url, data.reader_url
         ),
         r#"invariants:
   - name: events-delivered
@@ -1479,7 +1479,7 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
         &format!(
             "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  writer: {{url: \"{}\"}}\n",
             sqlite_url(&dir.path().join("trueup.db")),
-            my.url,
+            my.reader_url,
             my.url
         ),
         r#"invariants:

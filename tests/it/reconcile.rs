@@ -132,7 +132,7 @@ async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly
     ))
     .await;
 
-    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
     let inv = reconcile(
         "SELECT id AS payment_id, amount, currency, note, captured_at FROM payments",
         "SELECT payment_id, amount, currency, note, captured_at FROM entries",
@@ -260,7 +260,7 @@ async fn text_keys_merge_byte_wise_despite_case_insensitive_and_locale_collation
         values.join(",")
     ))
     .await;
-    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
     let inv = reconcile("SELECT k FROM l", "SELECT k FROM r", &["k"], None);
     let mut found = Collect::default();
     let stats = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
@@ -280,7 +280,7 @@ async fn keys_of_different_types_on_each_side_are_refused_not_misreported() {
         .await;
     my.exec("CREATE TABLE r (id VARCHAR(5)); INSERT INTO r VALUES ('1'), ('2');")
         .await;
-    let srcs = sources(&[("pg", &pg.url), ("my", &my.url)]).await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
     let inv = reconcile("SELECT id FROM l", "SELECT id FROM r", &["id"], None);
     let err = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut Collect::default())
         .await

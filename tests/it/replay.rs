@@ -308,7 +308,7 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
         &config,
         format!(
             "store: {}\nsources:\n  upstream: {{url: \"{}\", pool_size: 8}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
-            ledger.url, data.url
+            ledger.url, data.reader_url
         ),
     )
     .unwrap();
@@ -722,7 +722,7 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
         format!(
             "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
             sqlite_url(&dir.path().join("trueup.db")),
-            data.url
+            data.reader_url
         ),
     )
     .unwrap();

@@ -69,7 +69,7 @@ async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick
     std::fs::write(dir.path().join("invariants/slow.yaml"), yaml).unwrap();
     std::fs::write(
         dir.path().join("trueup.yaml"),
-        format!("store: {url}\nsources:\n  pg:\n    url: {url}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url),
+        format!("store: {url}\nsources:\n  pg:\n    url: {reader}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url, reader = db.reader_url),
     )
     .unwrap();
     // Migrate once up front so the three processes do not race on an empty database.

@@ -53,7 +53,7 @@ pub(crate) fn tokens_yaml(extra: &str) -> String {
     )
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(crate) async fn get(url: &str) -> (u16, String) {
     call(reqwest::Method::GET, url, Some(VIEWER)).await
 }
 
@@ -67,7 +67,7 @@ pub(crate) async fn call(method: reqwest::Method, url: &str, token: Option<&str>
 }
 
 /// The value of one sample in the exposition text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -220,7 +220,7 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
         dir.path().join("trueup.yaml"),
         format!(
             "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
-            db.url,
+            db.reader_url,
             tokens_yaml("  run_timeout: 1s\n  shutdown_grace: 200ms\n")
         ),
     )

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::Executor;
-use trueup::config::WritablePolicy;
+use trueup::config::{PrivilegedPolicy, WritablePolicy};
 use trueup::domain::{ColumnName, SourceName, Value};
 use trueup::source::{ReadRequest, Source, SourceError, Sources};
 
@@ -130,7 +130,7 @@ async fn postgres_bypasses_leave_the_source_unchanged_and_the_session_read_only(
         .expect("a superuser source must be refused under on_writable: refuse");
     assert!(err.to_string().contains("superuser"), "{err}");
     let ro_src = Source::open(&source("pg", &url)).unwrap();
-    let caps = ro_src.write_capabilities().await.unwrap();
+    let caps = ro_src.audit_role().await.unwrap().writable;
     assert!(
         caps.iter()
             .any(|c| c.contains(&format!("SET ROLE to {rw}"))),
@@ -152,7 +152,12 @@ async fn mysql_bypasses_leave_the_source_unchanged_and_the_session_read_only() {
          CREATE FUNCTION wipe() RETURNS INT MODIFIES SQL DATA BEGIN DELETE FROM t; RETURN 1; END",
     )
     .await;
-    let src = single_connection("my", &db.url);
+    // As root, accepted with `allow_privileged_role`: the guards hold even for a user who
+    // could lift them.
+    let mut cfg = source("my", &db.url);
+    cfg.pool_size = 1;
+    cfg.on_privileged = PrivilegedPolicy::Allow;
+    let src = Source::open(&cfg).unwrap();
     let attempts = [
         "SELECT 1 AS id; DELETE FROM t",
         "SET SESSION TRANSACTION READ WRITE",
@@ -242,7 +247,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
 #[tokio::test]
 async fn a_query_over_the_statement_timeout_is_stopped() {
     let db = TestPg::new().await;
-    let mut cfg = source("pg", &db.url);
+    let mut cfg = source("pg", &db.reader_url);
     cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
     let src = Source::open(&cfg).unwrap();
     let started = std::time::Instant::now();
@@ -255,7 +260,7 @@ async fn a_query_over_the_statement_timeout_is_stopped() {
     src.close().await;
 
     let my = TestMysql::new().await;
-    let mut cfg = source("my", &my.url);
+    let mut cfg = source("my", &my.reader_url);
     cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
     let src = Source::open(&cfg).unwrap();
     let started = std::time::Instant::now();
@@ -276,7 +281,7 @@ async fn a_query_over_the_statement_timeout_is_stopped() {
 #[tokio::test]
 async fn postgres_numerics_read_exactly_as_their_text_says() {
     let db = TestPg::new().await;
-    let src = Source::open(&source("pg", &db.url)).unwrap();
+    let src = Source::open(&source("pg", &db.reader_url)).unwrap();
     let literals = [
         "0",
         "1",

@@ -34,19 +34,19 @@ pub struct Config {
 }
 
 /// One notification channel.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ChannelConfig {
     Email(EmailChannel),
     Webhook(WebhookChannel),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EmailChannel {
     /// `smtp://host:port` (plain, for local relays), `smtp+starttls://host:port` or
     /// `smtps://host:port` (TLS from the start).
     pub smtp: String,
     pub username: Option<String>,
-    pub password: Option<SecretUrl>,
+    pub password: Option<secrecy::SecretString>,
     pub from: String,
     pub to: Vec<String>,
 }
@@ -202,12 +202,55 @@ impl SecretUrl {
         &self.0
     }
 
+    /// The URL with its secrets (the userinfo password, and the value of every query
+    /// parameter whose name says it holds a secret) replaced by `***`.
     pub fn redacted(&self) -> String {
-        match userinfo_password_range(&self.0) {
-            Some((start, end)) => format!("{}***{}", &self.0[..start], &self.0[end..]),
-            None => self.0.clone(),
+        let mut out = self.0.clone();
+        // Right to left, so the earlier ranges stay where they are.
+        for (start, end) in secret_ranges(&self.0).into_iter().rev() {
+            out.replace_range(start..end, "***");
         }
+        out
     }
+}
+
+/// Whether a query parameter or header of this name carries a credential.
+pub(crate) fn names_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass", "pwd", "secret", "token", "key", "auth", "cred", "sig", "cookie", "session",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Byte ranges of the values of query parameters that name a secret (`password=`,
+/// `sslpassword=`, `token=`, ...), in order.
+fn query_secret_ranges(url: &str) -> Vec<(usize, usize)> {
+    let Some(q) = url.find('?') else {
+        return Vec::new();
+    };
+    let end = url[q..].find('#').map_or(url.len(), |i| q + i);
+    let mut ranges = Vec::new();
+    let mut at = q + 1;
+    for pair in url[q + 1..end].split('&') {
+        if let Some(eq) = pair.find('=') {
+            let name = percent_encoding::percent_decode_str(&pair[..eq]).decode_utf8_lossy();
+            if names_a_secret(&name) && eq + 1 < pair.len() {
+                ranges.push((at + eq + 1, at + pair.len()));
+            }
+        }
+        at += pair.len() + 1;
+    }
+    ranges
+}
+
+/// Every secret's byte range in a URL: the userinfo password, then secret query values.
+fn secret_ranges(url: &str) -> Vec<(usize, usize)> {
+    userinfo_password_range(url)
+        .into_iter()
+        .chain(query_secret_ranges(url))
+        .collect()
 }
 
 impl fmt::Debug for SecretUrl {
@@ -714,7 +757,7 @@ fn parse_channel(
                     if !(v.starts_with("${") && v.ends_with('}')) {
                         return Err((Some(p.referenced), "the SMTP password is written in the file; write `password: ${SMTP_PASSWORD}` and set that environment variable".into()));
                     }
-                    Some(SecretUrl::new(
+                    Some(secrecy::SecretString::from(
                         expand_env(v, env).map_err(|m| (Some(p.referenced), m))?,
                     ))
                 }
@@ -728,7 +771,8 @@ fn parse_channel(
             }))
         }
         (None, Some(w)) => {
-            let url = expand_env(&w.url.value, env).map_err(|m| (Some(w.url.referenced), m))?;
+            let url =
+                expand_secret_url(&w.url.value, env).map_err(|m| (Some(w.url.referenced), m))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err((
                     Some(w.url.referenced),
@@ -823,19 +867,33 @@ fn parse_token(
     })
 }
 
-/// Replaces `${VAR}` references, and refuses a password written literally in the file.
+/// Whether `value` is one whole `${VAR}` reference.
+fn is_env_reference(value: &str) -> bool {
+    value.len() > 3
+        && value.starts_with("${")
+        && value.ends_with('}')
+        && value[2..value.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Replaces `${VAR}` references, and refuses a password written literally in the file, in the
+/// userinfo or in a query parameter.
 fn expand_secret_url(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    if let Some((start, end)) = userinfo_password_range(raw) {
-        let password = &raw[start..end];
-        let is_reference = password.starts_with("${")
-            && password.ends_with('}')
-            && password[2..password.len() - 1]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !is_reference {
-            return Err(
-                "the URL has a password written in the file; write it as a reference like `postgres://user:${DB_PASSWORD}@host/db` and set that environment variable".into(),
-            );
+    if let Some((start, end)) = userinfo_password_range(raw)
+        && !is_env_reference(&raw[start..end])
+    {
+        return Err(
+            "the URL has a password written in the file; write it as a reference like `postgres://user:${DB_PASSWORD}@host/db` and set that environment variable".into(),
+        );
+    }
+    for (start, end) in query_secret_ranges(raw) {
+        if !is_env_reference(&raw[start..end]) {
+            let name_start = raw[..start - 1].rfind(['?', '&']).map_or(0, |i| i + 1);
+            let name = &raw[name_start..start - 1];
+            return Err(format!(
+                "the URL's query has `{name}=` written in the file; write it as a reference like `{name}=${{DB_PASSWORD}}` (or put the password in the URL as `user:${{DB_PASSWORD}}@`) and set that environment variable"
+            ));
         }
     }
     expand_env(raw, env)
@@ -925,6 +983,57 @@ mod tests {
             shown.contains("postgres://app:***@db:5432/ledger"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_password_in_the_query_comes_from_the_environment_and_never_prints() {
+        let c = parse(
+            "store: postgres://app@db/trueup?sslmode=require&password=${LEDGER_PASSWORD}\nsources:\n  ledger:\n    url: mysql://app@db/ledger?ssl-mode=REQUIRED&sslpassword=${LEDGER_PASSWORD}&token=${LEDGER_PASSWORD}#x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.expose(),
+            "postgres://app@db/trueup?sslmode=require&password=s3cret"
+        );
+        let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+        let shown = format!("{c:?} {} {}", src.url, c.store);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://app@db/trueup?sslmode=require&password=***"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("mysql://app@db/ledger?ssl-mode=REQUIRED&sslpassword=***&token=***#x"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_literal_password_in_the_query_is_refused_with_the_line_and_the_fix() {
+        for (url, name) in [
+            ("postgres://app@db/ledger?password=hunter2", "password"),
+            (
+                "postgres://app@db/ledger?sslmode=disable&sslpassword=hunter2",
+                "sslpassword",
+            ),
+            ("mysql://app@db/ledger?Password=hunter2&x=1", "Password"),
+        ] {
+            let err = parse(&format!("sources:\n  ledger:\n    url: \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("conf/trueup.yaml:3:"), "{err}");
+            assert!(
+                err.contains(&format!("`{name}=` written in the file")),
+                "{err}"
+            );
+            assert!(err.contains("${DB_PASSWORD}"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = parse("store: postgres://app@db/t?password=hunter2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`password=` written in the file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
@@ -1053,6 +1162,53 @@ mod tests {
         assert_eq!(c.plans.approvals_for(crate::domain::Severity::Critical), 3);
         assert_eq!(c.plans.approvals_for(crate::domain::Severity::High), 1);
         assert_eq!(c.plans.ttl.as_std().as_secs(), 7200);
+    }
+
+    #[test]
+    fn a_credential_header_written_in_the_file_is_refused_and_one_from_the_environment_is_read() {
+        for header in [
+            "Authorization: \"Bearer abc123\"",
+            "Proxy-Authorization: \"Basic abc123\"",
+            "X-Api-Key: abc123",
+            "Cookie: \"session=abc123\"",
+        ] {
+            let name = header.split(':').next().unwrap();
+            let err = parse(&format!(
+                "targets:\n  billing:\n    base_url: https://billing.example/\n    headers:\n      {header}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("conf/trueup.yaml:5:"), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "header `{name}` carries a credential written in the file"
+                )),
+                "{err}"
+            );
+            assert!(err.contains("${BILLING_TOKEN}"), "{err}");
+            assert!(!err.contains("abc123"), "{err}");
+        }
+        let c = parse(
+            "targets:\n  billing:\n    base_url: https://billing.example/\n    headers: {X-Api-Key: \"${LEDGER_PASSWORD}\", Accept: application/json}\n",
+        )
+        .unwrap();
+        let Some(TargetConfig::Http(http)) = c.targets.values().next() else {
+            panic!("{:?}", c.targets)
+        };
+        let key = http.headers.iter().find(|(h, _)| h == "X-Api-Key").unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&key.1), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_webhook_url_with_a_literal_token_in_its_query_is_refused() {
+        let err = parse(
+            "notifications:\n  channels:\n    ops:\n      webhook: {url: \"https://hooks.example/x?token=abc123\"}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`token=` written in the file"), "{err}");
+        assert!(!err.contains("abc123"), "{err}");
     }
 
     #[test]

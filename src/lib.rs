@@ -21,6 +21,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod demo;
 pub mod diagnostic;
 pub mod domain;

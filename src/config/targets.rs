@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{SecretUrl, SourceKind, expand_env, expand_secret_url, resolve_sqlite_path};
+use super::{
+    SecretUrl, SourceKind, expand_env, expand_secret_url, names_a_secret, resolve_sqlite_path,
+};
 use crate::diagnostic::Diagnostic;
 use crate::domain::{HumanDuration, Severity, TargetName};
 
@@ -46,7 +48,8 @@ pub struct HttpTarget {
     /// Ends with `/`; every action URL starts with it.
     pub base_url: String,
     /// Sent with every request (credentials come from `${ENV}` references).
-    pub headers: Vec<(String, SecretUrl)>,
+    /// Header values may carry credentials (from `${ENV}` only): they never print.
+    pub headers: Vec<(String, secrecy::SecretString)>,
     pub timeout: HumanDuration,
     /// Lets this target reach loopback, private, link-local and metadata addresses, which are
     /// refused by default.
@@ -191,8 +194,16 @@ pub(super) fn parse_target(
                         "trueup sets Idempotency-Key itself, one per action".into(),
                     ));
                 }
+                if names_a_secret(h) && !v.value.contains("${") {
+                    return Err(err(
+                        v.referenced,
+                        format!(
+                            "header `{h}` carries a credential written in the file; write it from the environment, like `{h}: \"Bearer ${{BILLING_TOKEN}}\"`, and set that variable"
+                        ),
+                    ));
+                }
                 let value = expand_env(&v.value, env).map_err(|m| err(v.referenced, m))?;
-                headers.push((h.clone(), SecretUrl::new(value)));
+                headers.push((h.clone(), secrecy::SecretString::from(value)));
             }
             Ok(TargetConfig::Http(HttpTarget {
                 name,

@@ -39,9 +39,10 @@ impl EmailSender {
             other => return Err(format!("unknown smtp scheme `{other}`")),
         };
         let builder = match (&c.username, &c.password) {
-            (Some(u), Some(p)) => {
-                builder.credentials(Credentials::new(u.clone(), p.expose().to_owned()))
-            }
+            (Some(u), Some(p)) => builder.credentials(Credentials::new(
+                u.clone(),
+                secrecy::ExposeSecret::expose_secret(p).to_owned(),
+            )),
             _ => builder,
         };
         let parse = |a: &str| {

@@ -260,7 +260,7 @@ impl HttpConn {
         };
         let mut request = self.client.request(method, parsed);
         for (name, value) in &self.cfg.headers {
-            request = request.header(name, value.expose());
+            request = request.header(name, secrecy::ExposeSecret::expose_secret(value));
         }
         for (name, value) in headers {
             request = request.header(name, value);

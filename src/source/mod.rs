@@ -320,6 +320,8 @@ pub struct Source {
     pool: Pool,
     on_writable: WritablePolicy,
     on_privileged: PrivilegedPolicy,
+    /// `host:port` (or the file), for connection errors.
+    endpoint: Arc<str>,
     /// The role's audit, made once per process on first contact (at start, or at the first
     /// read if the database was down then); every read waits for it.
     role: Arc<tokio::sync::OnceCell<RoleAudit>>,
@@ -346,6 +348,7 @@ impl Source {
             pool,
             on_writable: cfg.on_writable,
             on_privileged: cfg.on_privileged,
+            endpoint: crate::connect::endpoint(cfg.url.expose()).into(),
             role: Arc::default(),
         })
     }
@@ -362,8 +365,8 @@ impl Source {
     /// which are opened read-only).
     pub async fn audit_role(&self) -> Result<RoleAudit, SourceError> {
         match &self.pool {
-            Pool::Postgres(p) => postgres::audit_role(&self.name, p).await,
-            Pool::MySql(p) => mysql::audit_role(&self.name, p).await,
+            Pool::Postgres(p) => postgres::audit_role(&self.name, &self.endpoint, p).await,
+            Pool::MySql(p) => mysql::audit_role(&self.name, &self.endpoint, p).await,
             Pool::Sqlite(_) => Ok(RoleAudit::default()),
         }
     }
@@ -432,6 +435,7 @@ impl Source {
         let net = tx.clone();
         let feed = Feed {
             source: self.name.clone(),
+            endpoint: Arc::clone(&self.endpoint),
             columns_sent: false,
             tx,
         };
@@ -481,6 +485,7 @@ impl Source {
 /// The reading task's outlet: the column names once, then row batches, then the end.
 pub(crate) struct Feed {
     source: SourceName,
+    endpoint: Arc<str>,
     columns_sent: bool,
     tx: ChunkTx,
 }
@@ -545,13 +550,7 @@ pub(crate) struct Leased<DB: sqlx::Database>(sqlx::pool::PoolConnection<DB>);
 
 impl<DB: sqlx::Database> Leased<DB> {
     pub(crate) async fn acquire(pool: &sqlx::Pool<DB>, feed: &Feed) -> Result<Self, SourceError> {
-        pool.acquire()
-            .await
-            .map(Self)
-            .map_err(|e| SourceError::Connect {
-                source_name: feed.source().clone(),
-                message: e.to_string(),
-            })
+        connect(&feed.source, &feed.endpoint, pool).await.map(Self)
     }
 }
 
@@ -574,6 +573,21 @@ impl<DB: sqlx::Database> Drop for Leased<DB> {
             self.0.close_on_drop();
         }
     }
+}
+
+/// A pooled connection to a source, or why there is none (at once, not after the pool's
+/// timeout: see [`crate::connect`]).
+pub(crate) async fn connect<DB: sqlx::Database>(
+    source: &SourceName,
+    endpoint: &str,
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::pool::PoolConnection<DB>, SourceError> {
+    crate::connect::acquire(pool, endpoint)
+        .await
+        .map_err(|e| SourceError::Connect {
+            source_name: source.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Decodes one value, turning a driver panic into a decode error for its column: a value the

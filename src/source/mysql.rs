@@ -47,8 +47,10 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, Sou
 
 pub(super) async fn audit_role(
     name: &SourceName,
+    endpoint: &str,
     pool: &MySqlPool,
 ) -> Result<RoleAudit, SourceError> {
+    let mut conn = super::connect(name, endpoint, pool).await?;
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
@@ -67,7 +69,7 @@ pub(super) async fn audit_role(
              AND PRIVILEGE_TYPE IN ('INSERT', 'UPDATE', 'DELETE', 'DROP', 'ALTER') \
          LIMIT 24",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(connect)?;
     let mut audit = RoleAudit::default();

@@ -31,7 +31,12 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, Source
         .connect_lazy_with(opts))
 }
 
-pub(super) async fn audit_role(name: &SourceName, pool: &PgPool) -> Result<RoleAudit, SourceError> {
+pub(super) async fn audit_role(
+    name: &SourceName,
+    endpoint: &str,
+    pool: &PgPool,
+) -> Result<RoleAudit, SourceError> {
+    let mut conn = super::connect(name, endpoint, pool).await?;
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
@@ -67,7 +72,7 @@ pub(super) async fn audit_role(name: &SourceName, pool: &PgPool) -> Result<RoleA
               WHERE extname IN ('dblink', 'postgres_fdw') ORDER BY 1) \
          FROM pg_roles r WHERE r.rolname = current_user",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .map_err(connect)?;
     let mut audit = RoleAudit::default();

@@ -25,9 +25,14 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
+            .connect_lazy_with(opts);
+        // Fails at once, with the cause, when the server cannot be reached.
+        crate::connect::acquire(&pool, &crate::connect::endpoint(url.expose()))
             .await
-            .map_err(open_err)?;
+            .map_err(|e| StoreError::Open {
+                url: url.redacted(),
+                message: e.to_string(),
+            })?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await

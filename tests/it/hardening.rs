@@ -371,3 +371,100 @@ async fn a_mariadb_user_with_super_or_file_is_refused_unless_the_source_allows_i
     assert!(text.contains("SOURCE ROLE IS PRIVILEGED"), "{text}");
     db.exec(&format!("DROP USER '{filer}'@'%'")).await;
 }
+
+#[tokio::test]
+async fn a_password_in_a_url_query_never_appears_in_what_trueup_prints() {
+    const CANARY: &str = "canary-s3cret-9f2c";
+    let tmp = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
+    std::fs::write(
+        tmp.path().join("invariants/t.yaml"),
+        "invariants:\n  - name: t-listed\n    check: {source: src, query: \"SELECT id FROM t\", key: id}\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("trueup.yaml");
+    for (yaml, says) in [
+        // The store cannot be reached.
+        (
+            format!(
+                "store: postgres://app@127.0.0.1:{closed}/t?sslmode=disable&password=${{PW}}\nsources:\n  src:\n    url: sqlite://{}/src.db\n",
+                tmp.path().display()
+            ),
+            "password=***",
+        ),
+        // A source URL the driver cannot parse.
+        (
+            "sources:\n  src:\n    url: postgres://app@127.0.0.1:notaport/t?password=${PW}\n"
+                .to_owned(),
+            "bad URL",
+        ),
+        // A source that cannot be reached.
+        (
+            format!(
+                "sources:\n  src:\n    url: mysql://app@127.0.0.1:{closed}/t?password=${{PW}}\n"
+            ),
+            "src",
+        ),
+    ] {
+        std::fs::write(&config, &yaml).unwrap();
+        for args in [
+            &["check"][..],
+            &["validate"],
+            &["check", "--format", "json"],
+        ] {
+            let out = trueup_cli(&config, "tester")
+                .args(args)
+                .env("PW", CANARY)
+                .env("RUST_LOG", "debug")
+                .output()
+                .unwrap();
+            let text = combined_output(&out);
+            assert!(!text.contains(CANARY), "{yaml} {args:?}: {text}");
+            if args == ["check"] {
+                assert_eq!(out.status.code(), Some(2), "{yaml}: {text}");
+                assert!(text.contains(says), "{yaml}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_source_or_store_fails_at_once_with_its_address_and_the_cause() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for url in [
+        format!("postgres://reader@127.0.0.1:{closed}/x"),
+        format!("mysql://reader@127.0.0.1:{closed}/x"),
+    ] {
+        let src = Source::open(&source("down", &url)).unwrap();
+        let started = std::time::Instant::now();
+        let err = read_all(&src, "SELECT 1 AS id").await.unwrap_err();
+        let took = started.elapsed();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("cannot connect to 127.0.0.1:{closed}"))
+                && text.contains("refused"),
+            "{text}"
+        );
+        assert!(took < std::time::Duration::from_secs(3), "{url}: {took:?}");
+    }
+    let started = std::time::Instant::now();
+    let err = trueup::store::open(&trueup::config::SecretUrl::new(format!(
+        "postgres://app@127.0.0.1:{closed}/x"
+    )))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains(&format!("cannot connect to 127.0.0.1:{closed}")) && err.contains("refused"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}

@@ -1,0 +1,83 @@
+//! Opening database connections so that a failure says why, at once.
+//!
+//! sqlx's pool retries a refused connection (and a failing `after_connect`) silently until
+//! its acquire timeout, then reports only "pool timed out": an unreachable database looked
+//! like a slow one for 15 s. Before waiting on a pool that holds no connection, trueup
+//! connects once directly, so a refused, unresolvable or rejected connection fails now with
+//! its own error. Shared by sources, the store and targets.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{ConnectOptions, Connection, Database, Pool};
+
+/// How long the direct connection may take before the database counts as not answering.
+pub const CONNECT_PROBE: Duration = Duration::from_secs(5);
+
+/// Why a connection could not be had, with where it was going.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to {endpoint}: {cause}")]
+pub struct ConnectError {
+    pub endpoint: String,
+    pub cause: String,
+}
+
+/// A pooled connection; on an empty pool, a direct connection first proves the database
+/// answers (and is closed again).
+pub async fn acquire<DB: Database>(
+    pool: &Pool<DB>,
+    endpoint: &str,
+) -> Result<PoolConnection<DB>, ConnectError> {
+    let failed = |cause: String| ConnectError {
+        endpoint: endpoint.to_owned(),
+        cause,
+    };
+    if pool.size() == 0 {
+        let options = pool.connect_options();
+        match tokio::time::timeout(CONNECT_PROBE, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => {
+                return Err(failed(format!(
+                    "no answer within {}s",
+                    CONNECT_PROBE.as_secs()
+                )));
+            }
+        }
+    }
+    pool.acquire().await.map_err(|e| failed(e.to_string()))
+}
+
+/// `host:port` (or the file) of a database URL, for messages: never the credentials or the
+/// query.
+pub fn endpoint(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return path.split('?').next().unwrap_or(path).to_owned();
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => "the database".to_owned(),
+        },
+        Err(_) => "the database".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn an_endpoint_is_the_host_and_port_without_credentials_or_query() {
+        assert_eq!(
+            endpoint("postgres://u:pw@db.example:6432/x?password=pw"),
+            "db.example:6432"
+        );
+        assert_eq!(endpoint("mysql://root@127.0.0.1/x"), "127.0.0.1");
+        assert_eq!(endpoint("sqlite:///var/x.db?mode=ro"), "/var/x.db");
+        assert_eq!(endpoint("not a url"), "the database");
+    }
+}

@@ -97,7 +97,7 @@ pub(super) async fn trigger_run(
             Utc::now(),
         )
         .await?;
-    match run_once(&inv, &state.shared, None).await {
+    match run_once(&inv, &state.shared, None, &caller.actor()).await {
         Attempt::Ran(outcome) => Ok(Json(outcome).into_response()),
         Attempt::Busy => Err(ApiError::conflict(format!(
             "a run of `{name}` is in progress; wait for it (GET /api/v1/invariants/{name})"

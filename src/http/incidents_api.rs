@@ -275,22 +275,24 @@ pub(super) async fn run_verification(
                 Utc::now(),
             )
             .await?;
-        runs.push(match run_once(&inv, &state.shared, None).await {
-            Attempt::Ran(r) => json!({
-                "invariant": r.invariant,
-                "run": r.run_id,
-                "status": r.status,
-                "open_after": r.open_after,
-                "error": r.error,
-            }),
-            Attempt::Busy => json!({
-                "invariant": invariant,
-                "run": null,
-                "status": "busy",
-                "error": "a run of this invariant was already going; verify again when it ends",
-            }),
-            Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
-        });
+        runs.push(
+            match run_once(&inv, &state.shared, None, &caller.actor()).await {
+                Attempt::Ran(r) => json!({
+                    "invariant": r.invariant,
+                    "run": r.run_id,
+                    "status": r.status,
+                    "open_after": r.open_after,
+                    "error": r.error,
+                }),
+                Attempt::Busy => json!({
+                    "invariant": invariant,
+                    "run": null,
+                    "status": "busy",
+                    "error": "a run of this invariant was already going; verify again when it ends",
+                }),
+                Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
+            },
+        );
     }
     Ok(runs)
 }

@@ -210,11 +210,12 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
             }
         }
     };
+    let scheduler = crate::plan::Actor::scheduler();
     let attempt = tokio::select! {
         a = run_once(invariant, shared, Some(crate::store::TickRef {
             fire_at,
             owner: shared.replica.to_string(),
-        })) => a,
+        }), &scheduler) => a,
         () = renew => unreachable!("the renewal loop never ends"),
     };
     let run_id = match &attempt {
@@ -280,11 +281,14 @@ pub enum Attempt {
     StoreFailed(String),
 }
 
-/// Evaluates an invariant now and publishes the outcome (metrics, board).
+/// Evaluates an invariant now and publishes the outcome (metrics, board). A plan the run
+/// proposes is `requested_by`'s: the scheduler for a tick, the caller for a requested run
+/// (so whoever triggered it cannot also be the approver of its manual steps).
 pub async fn run_once(
     invariant: &Invariant,
     shared: &Shared,
     tick: Option<crate::store::TickRef>,
+    requested_by: &crate::plan::Actor,
 ) -> Attempt {
     let lock = shared.board.run_lock(invariant.name.as_str());
     let Ok(_running) = lock.try_lock() else {
@@ -305,7 +309,7 @@ pub async fn run_once(
                 &shared.config,
                 invariant,
                 &outcome,
-                &crate::plan::Actor::scheduler(),
+                requested_by,
             )
             .await;
             shared.metrics.record(invariant, &outcome);

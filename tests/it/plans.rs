@@ -1153,6 +1153,50 @@ async fn get_json(url: &str) -> serde_json::Value {
 }
 
 #[tokio::test]
+async fn whoever_requests_the_run_that_proposes_a_plan_with_manual_steps_cannot_approve_it() {
+    use crate::serve::{ADMIN, APPROVER};
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(dir.path(), None, &crate::serve::tokens_yaml("")).await;
+    let (base, stop, task, _store) = crate::serve::start(config).await;
+    // april (an approver) asks for the run that proposes the demo's plan, which has manual
+    // steps.
+    let (status, body) = crate::serve::call(
+        reqwest::Method::POST,
+        &format!("{base}/api/v1/invariants/payments-ledger/runs"),
+        Some(APPROVER),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let plans = get_json(&format!("{base}/api/v1/plans?invariant=payments-ledger")).await;
+    let plan = &plans["items"][0];
+    assert_eq!(plan["proposed_by"], "april", "{plan}");
+    assert_eq!(plan["has_manual"], true, "{plan}");
+    let id = plan["id"].as_i64().unwrap();
+    let hash = plan["content_hash"].as_str().unwrap().to_owned();
+    let approve = format!("{base}/api/v1/plans/{id}/approve");
+    let (status, body) = post_json(
+        &approve,
+        APPROVER,
+        serde_json::json!({"content_hash": hash}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`april` proposed this plan and it has manual steps"),
+        "{body}"
+    );
+    // Someone else can.
+    let (status, body) =
+        post_json(&approve, ADMIN, serde_json::json!({"content_hash": hash})).await;
+    assert_eq!(status, 200, "{body}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_progress() {
     use crate::serve::{ADMIN, APPROVER, OPERATOR, VIEWER};
     let dir = tempfile::tempdir().unwrap();
@@ -1173,7 +1217,8 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     let hash = plan["content_hash"].as_str().unwrap().to_owned();
     assert_eq!(plan["status"], "proposed");
     assert_eq!(plan["approvals_required"], 2);
-    assert_eq!(plan["proposed_by"], "scheduler");
+    // The plan is the one who asked for the run, not the scheduler.
+    assert_eq!(plan["proposed_by"], "otto");
     let actions = get_json(&format!("{base}/api/v1/plans/{id}/actions")).await;
     assert_eq!(actions["items"].as_array().unwrap().len(), 8);
 

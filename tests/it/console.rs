@@ -212,8 +212,13 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
         crate::helpers::combined_output(&checked)
     );
     let (base, stop, task, _store) = crate::serve::start(config).await;
+    // As a browser on the console's pages would: every POST says where it comes from.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::ORIGIN,
+            base.parse().unwrap(),
+        )]))
         .build()
         .unwrap();
     // Every console page declares its role; without a session, pages redirect to sign-in
@@ -322,6 +327,50 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
         let page = refused.text().await.unwrap();
         assert!(page.contains(says), "{sent:?}: {page}");
     }
+    // A POST that does not say where it comes from (no Origin, no Referer: no browser sends
+    // that) is refused even with the session and its token; a Referer from the console
+    // itself is enough; a browser that says the form is cross-site is refused.
+    let bare = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (headers, status, says) in [
+        (vec![], 403, "neither where this form comes from"),
+        (
+            vec![("referer", format!("{base}/ui/plans/1"))],
+            409,
+            "review it again",
+        ),
+        (
+            vec![
+                ("origin", base.clone()),
+                ("sec-fetch-site", "cross-site".into()),
+            ],
+            403,
+            "sent from another site",
+        ),
+    ] {
+        let mut r = bare
+            .post(format!("{base}/ui/plans/1/approve"))
+            .header("cookie", session.clone())
+            .form(&[("csrf", csrf.clone()), ("content_hash", "0".repeat(64))]);
+        for (k, v) in &headers {
+            r = r.header(*k, v);
+        }
+        let answer = r.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{headers:?}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains(says), "{headers:?}: {page}");
+    }
+    // Signing in is a form too: a sign-in from nowhere is refused.
+    let forged = bare
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", APPROVER), ("next", "/ui/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
     // Every page refuses every role below its own, with a valid session and CSRF token.
     for (role, token) in [
         (trueup::domain::Role::Viewer, crate::serve::VIEWER),

@@ -64,6 +64,14 @@ pub(super) async fn login(
     jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
+    // A sign-in forged from another site would sign the browser in as someone else.
+    if let Err(why) = session::same_origin(&headers) {
+        return Ok(render_status(
+            StatusCode::FORBIDDEN,
+            "login.html",
+            context! { next => "/ui/", error => why },
+        ));
+    }
     let next = safe_next(form.next.as_deref());
     Ok(
         match session::sign_in(&state, &form.token, session::is_https(&headers)).await? {

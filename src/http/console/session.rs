@@ -6,7 +6,7 @@
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
@@ -172,20 +172,7 @@ pub async fn require(
 /// Checks a POST's origin and CSRF token, and hands back the request with its body intact.
 async fn checked_post(req: Request, session: &Session) -> Result<Request, Refusal> {
     let forbidden = |why: &str| Refusal::new(StatusCode::FORBIDDEN, why);
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let origin = origin.to_str().unwrap_or("");
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if origin_host != host {
-            return Err(forbidden(
-                "this form was sent from another site; use the console itself",
-            ));
-        }
-    }
+    same_origin(req.headers()).map_err(forbidden)?;
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_FORM)
         .await
@@ -202,10 +189,101 @@ async fn checked_post(req: Request, session: &Session) -> Result<Request, Refusa
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
+/// Whether a form POST comes from the console's own pages, as the browser says: its
+/// `Sec-Fetch-Site` if it sends one, else its `Origin`, else its `Referer`, which must name
+/// this host. A POST that says none of them is refused: every browser the console supports
+/// sends at least one, so only a request made outside a browser (or one stripped on the way)
+/// lacks them all, and a cookie alone must never be enough to act.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
+    const FOREIGN: &str = "this form was sent from another site; use the console itself";
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text("sec-fetch-site") {
+        return if site.eq_ignore_ascii_case("same-origin") {
+            Ok(())
+        } else {
+            Err(FOREIGN)
+        };
+    }
+    let host = text(header::HOST.as_str()).unwrap_or("");
+    let host_of = |url: &str| -> Option<String> {
+        let (_, rest) = url.split_once("://")?;
+        Some(rest.split(['/', '?', '#']).next().unwrap_or("").to_owned())
+    };
+    let claimed = match (
+        text(header::ORIGIN.as_str()),
+        text(header::REFERER.as_str()),
+    ) {
+        (Some(origin), _) => host_of(origin),
+        (None, Some(referer)) => host_of(referer),
+        (None, None) => {
+            return Err(
+                "the browser said neither where this form comes from (no Origin, no Referer); use the console in a browser, and do not strip those headers in a proxy",
+            );
+        }
+    };
+    match claimed {
+        Some(h) if !host.is_empty() && h.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(FOREIGN),
+    }
+}
+
 /// Whether the browser reached us over HTTPS (directly or through a proxy that says so).
 pub fn is_https(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("trueup.example:8080"));
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_post_from_the_console_itself_is_same_origin() {
+        for pairs in [
+            &[("sec-fetch-site", "same-origin")][..],
+            &[("origin", "http://trueup.example:8080")],
+            &[("origin", "https://TRUEUP.example:8080")],
+            &[("referer", "http://trueup.example:8080/ui/plans/1")],
+        ] {
+            assert_eq!(same_origin(&headers(pairs)), Ok(()), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn a_post_from_elsewhere_or_from_nowhere_is_refused() {
+        for pairs in [
+            &[][..],
+            &[("sec-fetch-site", "cross-site")],
+            &[
+                ("sec-fetch-site", "same-site"),
+                ("origin", "http://trueup.example:8080"),
+            ],
+            &[("sec-fetch-site", "none")],
+            &[("origin", "null")],
+            &[("origin", "http://evil.example")],
+            &[("origin", "http://trueup.example:8080.evil.example")],
+            &[(
+                "referer",
+                "http://evil.example/?http://trueup.example:8080/",
+            )],
+        ] {
+            assert!(same_origin(&headers(pairs)).is_err(), "{pairs:?}");
+        }
+    }
 }

@@ -1155,7 +1155,12 @@ mod tests {
         let known = crate::rules::Known {
             sources: ["up", "down"]
                 .into_iter()
-                .map(|s| crate::domain::SourceName::parse(s).unwrap())
+                .map(|s| {
+                    (
+                        crate::domain::SourceName::parse(s).unwrap(),
+                        crate::config::SourceKind::Sqlite,
+                    )
+                })
                 .collect(),
             channels: Default::default(),
             targets: Default::default(),

@@ -385,14 +385,9 @@ fn template(field: &str, raw: &Spanned<String>, ctx: &mut Ctx<'_>) -> Option<Tem
 /// bound value.
 pub fn check_statement(sql: &SqlCompensation, engine: SourceKind) -> Result<(), String> {
     use sqlparser::ast::{Expr, Statement, Value};
-    use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
     use sqlparser::parser::Parser;
 
-    let dialect: &dyn Dialect = match engine {
-        SourceKind::Postgres => &PostgreSqlDialect {},
-        SourceKind::MySql => &MySqlDialect {},
-        SourceKind::Sqlite => &SQLiteDialect {},
-    };
+    let dialect = super::query::dialect(engine);
     let placeholders: Vec<&Placeholder> = sql.template.placeholders().collect();
     let statements = match Parser::parse_sql(dialect, &sql.statement()) {
         Ok(s) => s,

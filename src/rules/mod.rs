@@ -3,6 +3,7 @@
 //! the invariant it belongs to and what to do.
 
 mod compensation;
+mod query;
 mod raw;
 mod shape;
 
@@ -26,7 +27,8 @@ pub const DEFAULT_VIOLATION_BUDGET: u64 = 10_000;
 /// The names an invariant may refer to, from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Known {
-    pub sources: BTreeSet<SourceName>,
+    /// Each source and its engine (for its SQL grammar).
+    pub sources: BTreeMap<SourceName, crate::config::SourceKind>,
     pub channels: BTreeSet<String>,
     pub targets: BTreeMap<TargetName, TargetInfo>,
 }
@@ -42,7 +44,11 @@ pub enum TargetInfo {
 impl Known {
     pub fn of(config: &crate::config::Config) -> Self {
         Self {
-            sources: config.sources.keys().cloned().collect(),
+            sources: config
+                .sources
+                .iter()
+                .map(|(name, s)| (name.clone(), s.kind))
+                .collect(),
             channels: config.channels.keys().cloned().collect(),
             targets: config
                 .targets
@@ -216,33 +222,35 @@ impl Ctx<'_> {
         field: &str,
         source: &Spanned<String>,
         query: &Spanned<String>,
-        sources: &BTreeSet<SourceName>,
+        sources: &BTreeMap<SourceName, crate::config::SourceKind>,
     ) -> Option<QuerySide> {
         let source = self.source(field, source, sources);
-        let query = self.query(field, query);
-        Some(QuerySide {
-            source: source?,
-            query: query?,
-        })
+        let sql = self.query(field, query);
+        let (source, sql) = (source?, sql?);
+        if let Err(why) = query::check_query(&sql, sources[&source]) {
+            self.error(query.referenced, format!("{field}.query {why}"));
+            return None;
+        }
+        Some(QuerySide { source, query: sql })
     }
 
     fn source(
         &mut self,
         field: &str,
         raw: &Spanned<String>,
-        sources: &BTreeSet<SourceName>,
+        sources: &BTreeMap<SourceName, crate::config::SourceKind>,
     ) -> Option<SourceName> {
         let name = self.parse(&format!("{field}.source"), raw, SourceName::parse)?;
-        if sources.contains(&name) {
+        if sources.contains_key(&name) {
             return Some(name);
         }
         let configured = if sources.is_empty() {
             "none are configured".to_owned()
         } else {
-            let names: Vec<&str> = sources.iter().map(SourceName::as_str).collect();
+            let names: Vec<&str> = sources.keys().map(SourceName::as_str).collect();
             format!("configured: {}", names.join(", "))
         };
-        let hint = suggest(name.as_str(), sources.iter().map(SourceName::as_str))
+        let hint = suggest(name.as_str(), sources.keys().map(SourceName::as_str))
             .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
         self.error(
@@ -481,7 +489,7 @@ fn build_invariant(
 
 fn build_spec(
     raw: &raw::RawInvariant,
-    sources: &BTreeSet<SourceName>,
+    sources: &BTreeMap<SourceName, crate::config::SourceKind>,
     ctx: &mut Ctx<'_>,
 ) -> Option<InvariantSpec> {
     if let Some(c) = &raw.check {

@@ -4,7 +4,12 @@ fn sources() -> Known {
     Known {
         sources: ["shop", "ledger"]
             .into_iter()
-            .map(|s| SourceName::parse(s).unwrap())
+            .map(|s| {
+                (
+                    SourceName::parse(s).unwrap(),
+                    crate::config::SourceKind::Sqlite,
+                )
+            })
             .collect(),
         channels: ["oncall".to_owned()].into(),
         targets: [

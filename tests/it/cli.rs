@@ -155,6 +155,62 @@ fn validate_reports_three_mistakes_with_their_lines_and_exits_2() {
 }
 
 #[test]
+fn validate_refuses_the_queries_a_run_would_refuse_with_their_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("trueup.yaml"),
+        "sources:\n  shop:\n    url: sqlite://shop.db\n  pg:\n    url: postgres://reader@127.0.0.1:1/x\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("invariants")).unwrap();
+    std::fs::write(
+        tmp.path().join("invariants/queries.yaml"),
+        r#"invariants:
+  - name: two-statements
+    check:
+      source: shop
+      query: "SELECT id FROM orders; DELETE FROM orders"
+      key: id
+  - name: not-a-select
+    check:
+      source: shop
+      query: DELETE FROM orders RETURNING id
+      key: id
+  - name: write-in-a-cte
+    check:
+      source: pg
+      query: "WITH d AS (DELETE FROM orders RETURNING id) SELECT id FROM d"
+      key: id
+  - name: fine
+    check:
+      source: pg
+      query: "SELECT id, $$a;b$$ AS note FROM orders; "
+      key: id
+"#,
+    )
+    .unwrap();
+    let out = trueup(tmp.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("queries.yaml:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for (line, (at, name, says)) in lines.iter().zip([
+        (":5:", "two-statements", "holds more than one statement"),
+        (":10:", "not-a-select", "is a `DELETE` statement"),
+        (":15:", "write-in-a-cte", "modifies data"),
+    ]) {
+        assert!(
+            line.contains(at) && line.contains(name) && line.contains(says),
+            "{line}"
+        );
+    }
+    assert!(!err.contains("`fine`"), "{err}");
+}
+
+#[test]
 fn the_shipped_invariants_validate_against_the_demo_sources() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(

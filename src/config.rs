@@ -437,7 +437,7 @@ impl Config {
                 plans: None,
             }
         } else {
-            serde_saphyr::from_str(text)
+            crate::yaml::from_str(text)
                 .map_err(|e| Diagnostics(vec![Diagnostic::from_yaml(path, &e)]))?
         };
         let base = path
@@ -1122,6 +1122,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_named_with_its_line_in_our_words() {
+        let err = parse("store: sqlite://a.db\nstore: sqlite://b.db\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("conf/trueup.yaml:2:")
+                && err.contains("`store` is given twice in the same mapping; keep one"),
+            "{err}"
+        );
+        assert!(!err.contains("DuplicateKeyPolicy"), "{err}");
     }
 
     #[test]

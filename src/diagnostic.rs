@@ -40,6 +40,9 @@ impl Diagnostic {
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
+        if let Some(message) = yaml_limit_message(err) {
+            return Self::new(file, line, column, message);
+        }
         let rendered = err.without_snippet().to_string();
         // The deserializer appends its own position; ours is in front already.
         let message = rendered
@@ -50,6 +53,37 @@ impl Diagnostic {
             .to_owned();
         Self::new(file, line, column, message)
     }
+}
+
+/// Our own words for the deserializer's refusals whose message speaks to a programmer (the
+/// API to call instead, a `Debug` of its budget): what is wrong in the file, and what to do.
+fn yaml_limit_message(err: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    Some(match err.without_snippet() {
+        E::DuplicateMappingKey { key: Some(k), .. } => {
+            format!("`{k}` is given twice in the same mapping; keep one (YAML allows each key once)")
+        }
+        E::DuplicateMappingKey { key: None, .. } => {
+            "a key is given twice in the same mapping; keep one (YAML allows each key once)".into()
+        }
+        E::MultipleDocuments { .. } => "a second YAML document (after a `---`) starts here; a file holds one document: keep everything under one top-level mapping, or move the rest to a file of its own".into(),
+        E::Budget { breach, .. } => match breach {
+            B::Nodes { .. } | B::Events { .. } | B::ScalarBytes { .. } | B::InputBytes { .. } => {
+                "the file is larger than trueup reads (more than 250,000 YAML values); split it into several files".into()
+            }
+            B::Depth { .. } => format!(
+                "the YAML is nested more than {} levels deep; no trueup file needs that, look for a runaway indentation or bracket",
+                crate::yaml::MAX_DEPTH
+            ),
+            B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } | B::MergeKeys { .. } => {
+                "the file uses more aliases (`*name`) than trueup expands; write the values out".into()
+            }
+            B::Documents { .. } => "the file holds more YAML documents than trueup reads; a file holds one".into(),
+            _ => "the file is larger or more deeply nested than trueup reads; split it into several files".into(),
+        },
+        _ => return None,
+    })
 }
 
 impl fmt::Display for Diagnostic {

@@ -35,6 +35,7 @@ pub mod runner;
 pub mod serve;
 pub mod source;
 pub mod store;
+pub mod yaml;
 
 // The reconcile hot path allocates a row vector and its strings per row; mimalloc's thread
 // caches make that markedly cheaper than glibc malloc (see BENCHMARKS.md).

@@ -142,7 +142,7 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 /// Parses one file: the invariants that are sound, and every problem found.
 pub fn parse_file(text: &str, file: &Path, known: &Known) -> (Vec<Invariant>, Vec<Diagnostic>) {
     let mut errors = shape::unknown_fields(text, file);
-    let raw: raw::RawFile = match serde_saphyr::from_str(text) {
+    let raw: raw::RawFile = match crate::yaml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             let d = Diagnostic::from_yaml(file, &e);

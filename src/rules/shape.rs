@@ -192,7 +192,7 @@ impl Shape {
 /// Every unknown key in `text`, located. A file that is not valid YAML yields nothing here:
 /// the typed pass reports the syntax error.
 pub fn unknown_fields(text: &str, file: &Path) -> Vec<Diagnostic> {
-    let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(text) else {
+    let Ok(root) = crate::yaml::from_str::<Spanned<Node>>(text) else {
         return Vec::new();
     };
     let mut out = Vec::new();

@@ -166,6 +166,60 @@ fn yaml_syntax_errors_carry_a_location() {
 }
 
 #[test]
+fn yaml_the_reader_refuses_is_explained_in_our_words_with_its_line() {
+    let many = format!(
+        "invariants:\n  - name: a\n    tags: [{}]\n",
+        vec!["x"; 250_001].join(", ")
+    );
+    let deep = format!("invariants: {}{}\n", "[".repeat(80), "]".repeat(80));
+    // Just inside the limit, a deep value is read (and refused for its type), not a crash.
+    let (_, errs) = parse(&format!(
+        "invariants:\n  - name: a\n    description: {}{}\n",
+        "[".repeat(20),
+        "]".repeat(20)
+    ));
+    assert!(errs.iter().any(|e| e.line == 3), "{errs:?}");
+    for (text, line, says) in [
+        (
+            "invariants:\n  - name: a\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n    name: b\n".to_owned(),
+            4,
+            "`name` is given twice in the same mapping; keep one",
+        ),
+        (
+            "invariants: []\n---\ninvariants: []\n".to_owned(),
+            3,
+            "a second YAML document (after a `---`) starts here",
+        ),
+        (many, 0, "split it into several files"),
+        // The typed pass stops at the first `[` where a mapping belongs; the point is that the
+        // file is refused rather than crashing the reader (the shape pass walks it all).
+        (deep, 1, "expected mapping start"),
+    ] {
+        let (_, errs) = parse(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let shown = errs[0].to_string();
+        assert!(shown.contains(says), "{shown}");
+        if line > 0 {
+            assert_eq!(errs[0].line, line, "{shown}");
+        }
+        for internal in ["DuplicateKeyPolicy", "from_str", "budget breached", "{ "] {
+            assert!(!shown.contains(internal), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn yaml_nested_beyond_the_limit_is_refused_in_our_words() {
+    let deep = format!("{}{}\n", "[".repeat(80), "]".repeat(80));
+    let err = crate::yaml::from_str::<serde_json::Value>(&deep).unwrap_err();
+    let shown = Diagnostic::from_yaml(Path::new("x.yaml"), &err).to_string();
+    assert!(
+        shown.starts_with("x.yaml:1:") && shown.contains("nested more than 24 levels deep"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn duplicate_names_across_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let one =

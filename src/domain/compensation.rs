@@ -532,17 +532,29 @@ impl ViolationContext<'_> {
                             .to_owned(),
                     ));
                 };
-                find_field(row.iter().map(|(k, v)| (k.as_str(), v)), &p.field)
-                    .cloned()
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = row.keys().map(String::as_str).collect();
-                        missing(format!(
-                            "the {} row has no column `{}` (it has: {})",
-                            scope.as_str(),
-                            p.field,
-                            names.join(", ")
-                        ))
-                    })
+                let value = find_field(row.iter().map(|(k, v)| (k.as_str(), v)), &p.field);
+                if let Some(v) = value
+                    && super::is_capped(v)
+                {
+                    // Evidence keeps only the start of a long value: writing that start
+                    // downstream would be a wrong value, not a repair.
+                    return Err(missing(format!(
+                        "the {} row's `{}` is longer than the {} bytes evidence keeps ({} bytes); a compensation cannot carry it — make the action look it up by key instead",
+                        scope.as_str(),
+                        p.field,
+                        super::EVIDENCE_VALUE_CAP,
+                        v[super::CAPPED]["bytes"]
+                    )));
+                }
+                value.cloned().ok_or_else(|| {
+                    let names: Vec<&str> = row.keys().map(String::as_str).collect();
+                    missing(format!(
+                        "the {} row has no column `{}` (it has: {})",
+                        scope.as_str(),
+                        p.field,
+                        names.join(", ")
+                    ))
+                })
             }
         }
     }
@@ -650,6 +662,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "{{left.amont}}: the left row has no column `amont` (it has: id, amount)"
+        );
+    }
+
+    #[test]
+    fn a_value_evidence_keeps_only_the_start_of_cannot_be_rendered() {
+        let long = crate::domain::Value::Text("x".repeat(10_000));
+        let evidence = json!({"left": {"id": 7, "note": long.to_evidence_json()}});
+        let key = json!(7);
+        let err = Template::parse("{{left.note}}")
+            .unwrap()
+            .render_text(&ctx(&evidence, &key))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`note` is longer than the 4096 bytes evidence keeps (10000 bytes)"),
+            "{err}"
         );
     }
 

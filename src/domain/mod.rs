@@ -27,5 +27,5 @@ pub use invariant::{
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
-pub use value::{Value, ValueClass};
+pub use value::{CAPPED, EVIDENCE_VALUE_CAP, Value, ValueClass, is_capped};
 pub use violation::{Fingerprint, Violation, ViolationKind};

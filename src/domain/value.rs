@@ -151,6 +151,57 @@ impl Value {
         }
     }
 
+    /// Roughly how many bytes the value holds: for the per-row size cap and for sizing
+    /// batches, not an exact allocation count.
+    pub fn size(&self) -> usize {
+        match self {
+            Value::Text(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Json(j) => json_size(j),
+            _ => 16,
+        }
+    }
+
+    /// The value as evidence (stored with a violation, printed, sent): its canonical JSON
+    /// when that is at most [`EVIDENCE_VALUE_CAP`] bytes of text, else a stand-in that keeps
+    /// the start, the whole length and a digest of the whole,
+    /// `{"$capped": {"prefix": "...", "bytes": 10485760, "sha256": "..."}}`. Comparisons
+    /// never read evidence: they use the whole value.
+    pub fn to_evidence_json(&self) -> serde_json::Value {
+        use sha2::{Digest, Sha256};
+        let capped = |prefix: String, bytes: usize, digest: &[u8]| {
+            serde_json::json!({ CAPPED: {
+                "prefix": prefix,
+                "bytes": bytes,
+                "sha256": hex::encode(digest),
+            }})
+        };
+        match self {
+            Value::Text(s) if s.len() > EVIDENCE_VALUE_CAP => capped(
+                s[..s.floor_char_boundary(EVIDENCE_VALUE_CAP)].to_owned(),
+                s.len(),
+                &Sha256::digest(s.as_bytes()),
+            ),
+            Value::Bytes(b) if 2 + 2 * b.len() > EVIDENCE_VALUE_CAP => capped(
+                format!("\\x{}", hex::encode(&b[..(EVIDENCE_VALUE_CAP - 2) / 2])),
+                b.len(),
+                &Sha256::digest(b),
+            ),
+            Value::Json(j) if json_size(j) > EVIDENCE_VALUE_CAP => {
+                let text = j.to_string();
+                if text.len() <= EVIDENCE_VALUE_CAP {
+                    return j.clone();
+                }
+                capped(
+                    text[..text.floor_char_boundary(EVIDENCE_VALUE_CAP)].to_owned(),
+                    text.len(),
+                    &Sha256::digest(text.as_bytes()),
+                )
+            }
+            other => other.to_canonical_json(),
+        }
+    }
+
     pub fn as_timestamp(&self) -> Option<DateTime<Utc>> {
         match self {
             Value::Timestamp(t) => Some(*t),
@@ -164,6 +215,35 @@ impl Value {
             Value::Text(s) => Some(s),
             _ => None,
         }
+    }
+}
+
+/// How many bytes of a value's text evidence keeps; a longer value is stored, printed and
+/// sent as its start, its length and its digest.
+pub const EVIDENCE_VALUE_CAP: usize = 4096;
+
+/// The key of the stand-in for a value longer than [`EVIDENCE_VALUE_CAP`].
+pub const CAPPED: &str = "$capped";
+
+/// Whether an evidence value is the stand-in for a capped one (not the value itself).
+pub fn is_capped(evidence_value: &serde_json::Value) -> bool {
+    evidence_value
+        .as_object()
+        .is_some_and(|o| o.len() == 1 && o.contains_key(CAPPED))
+}
+
+/// Roughly the bytes of a JSON value's text, without writing it out.
+fn json_size(j: &serde_json::Value) -> usize {
+    match j {
+        serde_json::Value::String(s) => s.len() + 2,
+        serde_json::Value::Array(a) => 2 + a.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        serde_json::Value::Object(o) => {
+            2 + o
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+        }
+        _ => 8,
     }
 }
 
@@ -211,6 +291,40 @@ impl fmt::Display for Value {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn a_value_longer_than_the_cap_is_kept_as_its_start_length_and_digest() {
+        use sha2::{Digest, Sha256};
+        let short = Value::Text("é".repeat(EVIDENCE_VALUE_CAP / 2));
+        assert_eq!(short.to_evidence_json(), short.to_canonical_json());
+        // A multi-byte character straddling the cap is not cut in half.
+        let long = Value::Text(format!("a{}", "é".repeat(5_000_000)));
+        let e = long.to_evidence_json();
+        assert!(is_capped(&e), "{e}");
+        let prefix = e[CAPPED]["prefix"].as_str().unwrap();
+        assert_eq!(prefix.len(), EVIDENCE_VALUE_CAP - 1);
+        assert_eq!(e[CAPPED]["bytes"], 10_000_001);
+        let Value::Text(whole) = &long else {
+            unreachable!()
+        };
+        assert_eq!(
+            e[CAPPED]["sha256"],
+            hex::encode(Sha256::digest(whole.as_bytes()))
+        );
+        // Two long values that differ only past the cap still differ as evidence.
+        let other = Value::Text(format!("a{}b", "é".repeat(4_999_999)));
+        assert_ne!(other.to_evidence_json(), e);
+        assert!(!long.same_as(&other));
+        let bytes = Value::Bytes(vec![7; 100_000]).to_evidence_json();
+        assert_eq!(bytes[CAPPED]["bytes"], 100_000);
+        assert_eq!(
+            bytes[CAPPED]["prefix"].as_str().unwrap().len(),
+            EVIDENCE_VALUE_CAP
+        );
+        let json = Value::Json(serde_json::json!({"items": vec!["x"; 10_000]})).to_evidence_json();
+        assert!(is_capped(&json));
+        assert!(!is_capped(&serde_json::json!({"$capped": 1, "other": 2})));
+    }
 
     fn dec(s: &str) -> Value {
         Value::Decimal(Decimal::from_str(s).unwrap())

@@ -132,13 +132,13 @@ fn not_yet_due(time: Option<&Value>, due_before: Option<DateTime<Utc>>) -> bool 
     }
 }
 
-/// A row as a JSON object, for evidence.
+/// A row as a JSON object, for evidence (each value capped).
 fn row_json(columns: &[String], row: &[Value]) -> serde_json::Value {
     serde_json::Value::Object(
         columns
             .iter()
             .zip(row)
-            .map(|(c, v)| (c.clone(), v.to_canonical_json()))
+            .map(|(c, v)| (c.clone(), v.to_evidence_json()))
             .collect(),
     )
 }

@@ -305,8 +305,8 @@ async fn both(
         .map(|(c, i, j)| {
             json!({
                 "column": c,
-                "left": lg.first[*i].to_canonical_json(),
-                "right": rg.first[*j].to_canonical_json(),
+                "left": lg.first[*i].to_evidence_json(),
+                "right": rg.first[*j].to_evidence_json(),
             })
         })
         .collect();

@@ -66,23 +66,28 @@ pub(super) async fn run(
             None
         };
         let problem = match &from {
-            _ if !spec.is_known_state(&to) => Some(format!("`{to}` is not a known state")),
+            _ if !spec.is_known_state(&to) => {
+                Some(format!("`{}` is not a known state", shown(&to)))
+            }
             Some(f) if !spec.allowed.get(f).is_some_and(|next| next.contains(&to)) => {
-                Some(format!("`{f}` may not change to `{to}`"))
+                Some(format!("`{}` may not change to `{}`", shown(f), shown(&to)))
             }
             None => match &spec.initial {
                 Some(initial) if !initial.contains(&to) => {
-                    Some(format!("`{to}` is not an initial state"))
+                    Some(format!("`{}` is not an initial state", shown(&to)))
                 }
                 _ => None,
             },
             _ => None,
         };
         if let Some(problem) = problem {
-            let at = row[at_idx].to_canonical_json();
+            // Declared states are short; a state value that is not (a whole document in the
+            // state column, say) is shown by its start, and told apart by its digest.
+            let (to, from) = (shown(&to), from.as_deref().map(shown));
+            let at = row[at_idx].to_evidence_json();
             let previous_at = from
                 .as_ref()
-                .and_then(|_| previous.as_ref().map(|p| p[at_idx].to_canonical_json()));
+                .and_then(|_| previous.as_ref().map(|p| p[at_idx].to_evidence_json()));
             tally
                 .report(Violation {
                     kind: ViolationKind::Transition,
@@ -104,6 +109,21 @@ pub(super) async fn run(
     tally.stats.rows_left = cursor.rows_read;
     tally.stats.null_keys = cursor.null_keys;
     Ok(())
+}
+
+/// A state as evidence shows it: whole when short, else its start, length and digest.
+fn shown(state: &str) -> String {
+    const SHOWN: usize = 256;
+    if state.len() <= SHOWN {
+        return state.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    format!(
+        "{}… ({} bytes, sha256 {})",
+        &state[..state.floor_char_boundary(SHOWN)],
+        state.len(),
+        hex::encode(Sha256::digest(state.as_bytes()))
+    )
 }
 
 fn state_text(v: &Value) -> String {

@@ -28,10 +28,17 @@ use crate::domain::{ColumnName, SourceName, Value};
 /// One row, in the column order of [`RowStream::columns`].
 pub type Row = Vec<Value>;
 
-/// Rows travel from the reading task to the evaluator in batches of this size; together with
-/// the channel bound it caps the rows in memory per stream.
+/// Rows travel from the reading task to the evaluator in batches of at most this many rows,
+/// or [`BATCH_BYTES`] of values, whichever comes first; with the channel's bounds (in batches
+/// and in bytes) it caps the rows in memory per stream, whatever their size.
 pub const BATCH_ROWS: usize = 2048;
+const BATCH_BYTES: usize = 4 << 20;
 const CHANNEL_BATCHES: usize = 4;
+/// Row bytes waiting in one stream's channel at most; a batch larger than this waits until
+/// the channel is empty.
+const CHANNEL_BYTES: usize = 8 << 20;
+/// The largest row trueup reads; a larger one fails the read, naming its biggest column.
+pub const MAX_ROW_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
@@ -89,6 +96,16 @@ pub enum SourceError {
         source_name: SourceName,
         what: String,
     },
+    #[error(
+        "source `{source_name}`: a row holds {bytes} bytes, over the {limit} a row may have (column `{column}` alone holds {column_bytes}); select a digest or a prefix of it instead, e.g. `md5({column})` or `left({column}, 1000)`"
+    )]
+    RowTooLarge {
+        source_name: SourceName,
+        column: String,
+        column_bytes: usize,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
 }
@@ -131,7 +148,8 @@ pub struct ReadRequest {
 /// cancelled, and its rows must never be taken for the whole result.
 enum Chunk {
     Columns(Arc<[String]>),
-    Rows(Vec<Row>),
+    /// Rows, with their share of the channel's byte budget (released once taken out).
+    Rows(Vec<Row>, Option<tokio::sync::OwnedSemaphorePermit>),
     End,
 }
 
@@ -171,7 +189,7 @@ impl RowStream {
             StreamState::Failed(e) => return Some(Err(e.clone())),
         }
         let failure = match self.rx.recv().await {
-            Some(Ok(Chunk::Rows(rows))) => return Some(Ok(rows)),
+            Some(Ok(Chunk::Rows(rows, _budget))) => return Some(Ok(rows)),
             Some(Ok(Chunk::End)) => {
                 self.state = StreamState::Finished;
                 return None;
@@ -194,7 +212,7 @@ impl RowStream {
     pub fn from_rows(columns: Vec<String>, rows: Vec<Row>) -> Self {
         let (tx, rx) = mpsc::channel(rows.len().div_ceil(BATCH_ROWS) + 1);
         for chunk in rows.chunks(BATCH_ROWS) {
-            let _ = tx.try_send(Ok(Chunk::Rows(chunk.to_vec())));
+            let _ = tx.try_send(Ok(Chunk::Rows(chunk.to_vec(), None)));
         }
         let _ = tx.try_send(Ok(Chunk::End));
         Self {
@@ -211,7 +229,7 @@ impl RowStream {
     pub(crate) fn cut_off(columns: Vec<String>, batches: Vec<Vec<Row>>) -> Self {
         let (tx, rx) = mpsc::channel(batches.len() + 1);
         for b in batches {
-            let _ = tx.try_send(Ok(Chunk::Rows(b)));
+            let _ = tx.try_send(Ok(Chunk::Rows(b, None)));
         }
         Self {
             source: SourceName::parse("memory").expect("a valid source name"),
@@ -436,7 +454,10 @@ impl Source {
         let feed = Feed {
             source: self.name.clone(),
             endpoint: Arc::clone(&self.endpoint),
-            columns_sent: false,
+            columns: Arc::from(Vec::new()),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            budget: Arc::new(tokio::sync::Semaphore::new(CHANNEL_BYTES >> 10)),
             tx,
         };
         let reader: futures_util::future::BoxFuture<'static, ()> = match self.pool.clone() {
@@ -486,7 +507,12 @@ impl Source {
 pub(crate) struct Feed {
     source: SourceName,
     endpoint: Arc<str>,
-    columns_sent: bool,
+    columns: Arc<[String]>,
+    /// The batch being filled, and the bytes of its values.
+    batch: Vec<Row>,
+    batch_bytes: usize,
+    /// The channel's byte budget, in KiB.
+    budget: Arc<tokio::sync::Semaphore>,
     tx: ChunkTx,
 }
 
@@ -506,25 +532,71 @@ impl Feed {
     }
 
     pub(crate) async fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
-        self.columns_sent = true;
+        self.columns = columns.into();
         self.tx
-            .send(Ok(Chunk::Columns(columns.into())))
+            .send(Ok(Chunk::Columns(Arc::clone(&self.columns))))
             .await
             .map_err(|_| Abandoned)
     }
 
-    pub(crate) async fn send_rows(&self, batch: Vec<Row>) -> Result<(), Abandoned> {
-        self.tx
-            .send(Ok(Chunk::Rows(batch)))
+    /// Adds a row to the batch, sending the batch once it is full (by rows or by bytes).
+    /// `Err(None)`: nobody listens any more; `Err(Some)`: the row is over [`MAX_ROW_BYTES`].
+    pub(crate) async fn push_row(&mut self, row: Row) -> Result<(), Option<SourceError>> {
+        let bytes: usize = row.iter().map(Value::size).sum();
+        if bytes > MAX_ROW_BYTES {
+            let (i, biggest) = row
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.size())
+                .expect("a row over the limit has a value");
+            return Err(Some(SourceError::RowTooLarge {
+                source_name: self.source.clone(),
+                column: self.columns.get(i).cloned().unwrap_or_default(),
+                column_bytes: biggest.size(),
+                bytes,
+                limit: MAX_ROW_BYTES,
+            }));
+        }
+        self.batch.push(row);
+        self.batch_bytes += bytes;
+        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
+            self.send_batch().await.map_err(|_| None)?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&mut self) -> Result<(), Abandoned> {
+        let whole = (CHANNEL_BYTES >> 10) as u32;
+        let kib = ((self.batch_bytes >> 10) as u32).clamp(1, whole);
+        let share = Arc::clone(&self.budget)
+            .acquire_many_owned(kib)
             .await
-            .map_err(|_| Abandoned)
+            .map_err(|_| Abandoned)?;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_ROWS));
+        self.batch_bytes = 0;
+        self.tx
+            .send(Ok(Chunk::Rows(batch, Some(share))))
+            .await
+            .map_err(|_| Abandoned)?;
+        if kib == whole {
+            // A batch as large as the whole budget (rows of megabytes): read the next row only
+            // once the evaluator has taken this one, so that one such row is in flight between
+            // the two, not three.
+            drop(
+                self.budget
+                    .acquire_many(whole)
+                    .await
+                    .map_err(|_| Abandoned)?,
+            );
+        }
+        Ok(())
     }
 
     /// Sends the last (possibly empty) batch and then says the result is complete: the only
     /// way a stream ends without an error.
-    pub(crate) async fn finish(&self, last: Vec<Row>) -> Result<(), Abandoned> {
-        if !last.is_empty() {
-            self.send_rows(last).await?;
+    pub(crate) async fn finish(&mut self) -> Result<(), Abandoned> {
+        if !self.batch.is_empty() {
+            self.send_batch().await?;
         }
         self.tx.send(Ok(Chunk::End)).await.map_err(|_| Abandoned)
     }

@@ -10,8 +10,7 @@ use crate::domain::{SourceName, Value};
 
 use super::decode::{Kind, pg_time, unsupported};
 use super::{
-    BATCH_ROWS, Feed, Leased, ReadRequest, RoleAudit, Row, SourceError, decode_value,
-    resolve_needed, wrap,
+    Feed, Leased, ReadRequest, RoleAudit, SourceError, decode_value, resolve_needed, wrap,
 };
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
@@ -242,7 +241,6 @@ async fn run(
         };
     }
     let mut rows = query.fetch(&mut *conn);
-    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     while let Some(row) = rows
         .try_next()
         .await
@@ -255,13 +253,12 @@ async fn run(
                 decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
             );
         }
-        batch.push(values);
-        if batch.len() == BATCH_ROWS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-            feed.send_rows(full).await.map_err(|_| None)?;
-        }
+        // The driver's copy of a row can be large (a buffer sized for it): free it before
+        // waiting for room in the channel.
+        drop(row);
+        feed.push_row(values).await?;
     }
-    feed.finish(batch).await.map_err(|_| None)?;
+    feed.finish().await.map_err(|_| None)?;
     Ok(())
 }
 

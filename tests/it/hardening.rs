@@ -468,3 +468,125 @@ async fn an_unreachable_source_or_store_fails_at_once_with_its_address_and_the_c
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
+
+/// Runs `trueup --config <config> <args>` under a Python parent whose only child it is, and
+/// gives its output and its peak resident memory in MiB (the child's `ru_maxrss`).
+fn check_with_peak_rss(config: &Path, args: &[&str]) -> (Output, f64) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import resource, subprocess, sys\n\
+             p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n\
+             sys.stdout.buffer.write(p.stdout)\n\
+             sys.stderr.buffer.write(p.stderr)\n\
+             sys.stderr.write('\\nPEAK_RSS_KIB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             sys.exit(p.returncode)",
+        )
+        .arg(env!("CARGO_BIN_EXE_trueup"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("TRUEUP_ACTOR", "tester")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kib: f64 = stderr
+        .rsplit("PEAK_RSS_KIB=")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in: {stderr}"));
+    (out, kib / 1024.0)
+}
+
+#[tokio::test]
+async fn ten_megabyte_values_are_capped_in_evidence_and_a_run_stays_bounded_in_memory() {
+    const MB10: usize = 10 << 20;
+    let db = TestPg::new().await;
+    // Values differ only in their last characters: past any prefix evidence keeps.
+    db.exec(&format!(
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         INSERT INTO big SELECT g, repeat('x', {MB10}) || g FROM generate_series(1, 5) g;
+         CREATE TABLE sent (id int PRIMARY KEY, body text);
+         CREATE TABLE got (id int PRIMARY KEY, body text);
+         INSERT INTO sent SELECT g, repeat('y', {MB10}) || g FROM generate_series(1, 10) g;
+         INSERT INTO got SELECT g, repeat('y', {MB10}) || (g + 1) FROM generate_series(1, 10) g;"
+    ))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(
+        tmp.path(),
+        &db.reader_url,
+        r#"invariants:
+  - name: big-listed
+    check:
+      source: pg
+      query: "SELECT id, body FROM big"
+      key: id
+  - name: sent-got
+    reconcile:
+      left: {source: pg, query: "SELECT id, body FROM sent"}
+      right: {source: pg, query: "SELECT id, body FROM got"}
+      key: id
+      compare: [body]
+"#,
+    );
+    // One invariant at a time, as the probes ran them (`check` evaluates up to four at once,
+    // each with its own streams).
+    let mut runs = Vec::new();
+    for (invariant, bound_mib) in [("big-listed", 150.0), ("sent-got", 300.0)] {
+        let (out, peak_mib) =
+            check_with_peak_rss(&config, &["check", "-i", invariant, "--format", "json"]);
+        let text = combined_output(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            &text[..text.len().min(2000)]
+        );
+        println!("peak RSS of `check -i {invariant}` over values of 10 MiB: {peak_mib:.1} MiB");
+        assert!(
+            peak_mib < bound_mib,
+            "{invariant}: peak RSS {peak_mib:.1} MiB"
+        );
+        assert!(
+            out.stdout.len() < 1 << 20,
+            "the JSON report is {} bytes",
+            out.stdout.len()
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        runs.push(report[0].clone());
+    }
+    assert_eq!(runs[0]["change"]["new"], 5, "{runs:?}");
+    assert_eq!(runs[1]["change"]["new"], 10, "{runs:?}");
+    // Evidence keeps the start, the whole length and a digest of each long value; the
+    // mismatch is still found, by comparing the whole values.
+    let sample = &runs[1]["samples"][0]["evidence"];
+    let left = &sample["diff"][0]["left"]["$capped"];
+    let right = &sample["diff"][0]["right"]["$capped"];
+    assert_eq!(left["bytes"], MB10 + 1, "{sample}");
+    assert_eq!(left["prefix"].as_str().unwrap().len(), 4096);
+    assert_eq!(left["prefix"], right["prefix"]);
+    assert_ne!(left["sha256"], right["sha256"]);
+    let store_bytes = std::fs::metadata(tmp.path().join("trueup.db"))
+        .unwrap()
+        .len()
+        + std::fs::metadata(tmp.path().join("trueup.db-wal")).map_or(0, |m| m.len());
+    assert!(store_bytes < 8 << 20, "the store holds {store_bytes} bytes");
+
+    // A row over the per-row cap fails the run with its column, and resolves nothing.
+    db.exec(
+        "DELETE FROM big WHERE id > 1; INSERT INTO big VALUES (9, repeat('z', 65 * 1024 * 1024))",
+    )
+    .await;
+    let (code, runs, text) = check_json(&config);
+    assert_eq!(code, Some(2), "{}", &text[..text.len().min(2000)]);
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    let error = runs[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("a row holds")
+            && error.contains("column `body`")
+            && error.contains("md5(body)"),
+        "{error}"
+    );
+    assert_eq!(runs[0]["change"], serde_json::Value::Null, "{runs}");
+}

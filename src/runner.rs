@@ -1,6 +1,7 @@
 //! One run of one invariant: evaluate it against the sources and record the result in the
 //! ledger, all or nothing.
 
+use futures_util::FutureExt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,6 +73,8 @@ pub async fn run_invariant(
 /// Why an evaluation stopped early.
 enum Stopped {
     Failed(EngineError),
+    /// The evaluation panicked (a bug): the run fails with the panic's message.
+    Panicked(String),
     TimedOut(Duration),
     Cancelled,
 }
@@ -101,13 +104,23 @@ pub async fn run_invariant_limited(
             recorder.flush().await?;
             Ok::<_, EngineError>(stats)
         };
+        // A panic anywhere in the evaluation is a failed run, never an unrecorded one.
+        let evaluation = async {
+            match std::panic::AssertUnwindSafe(evaluation)
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r.map_err(Stopped::Failed),
+                Err(panic) => Err(Stopped::Panicked(crate::source::panic_message(&*panic))),
+            }
+        };
         let bounded = async {
             match limits.timeout {
                 Some(t) => match tokio::time::timeout(t, evaluation).await {
-                    Ok(r) => r.map_err(Stopped::Failed),
+                    Ok(r) => r,
                     Err(_) => Err(Stopped::TimedOut(t)),
                 },
-                None => evaluation.await.map_err(Stopped::Failed),
+                None => evaluation.await,
             }
         };
         match &limits.cancel {
@@ -136,16 +149,19 @@ pub async fn run_invariant_limited(
     match evaluated {
         Ok(mut stats) => {
             stats.truncated = recorder.truncated;
-            let change = match store
-                .complete_run(
-                    run_id,
-                    &invariant.name,
-                    &stats,
-                    finished_at,
-                    limits.tick.as_ref(),
-                )
-                .await
-            {
+            let completed = std::panic::AssertUnwindSafe(store.complete_run(
+                run_id,
+                &invariant.name,
+                &stats,
+                finished_at,
+                limits.tick.as_ref(),
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(StoreError::Panicked(crate::source::panic_message(&*panic)))
+            });
+            let change = match completed {
                 Ok(change) => change,
                 Err(e) => {
                     // Leave no run "running": record why it could not complete, if the store
@@ -165,6 +181,12 @@ pub async fn run_invariant_limited(
         Err(stopped) => {
             let (status, message) = match stopped {
                 Stopped::Failed(e) => (RunStatus::Failed, e.to_string()),
+                Stopped::Panicked(message) => (
+                    RunStatus::Failed,
+                    format!(
+                        "the evaluation panicked (a bug in trueup; please report it): {message}"
+                    ),
+                ),
                 Stopped::TimedOut(t) => (
                     RunStatus::Failed,
                     format!(
@@ -225,6 +247,9 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     async fn flush(&mut self) -> Result<(), EngineError> {
+        fail::fail_point!("runner.stage", |_| Err(EngineError::Injected(
+            "staging the violations failed".into()
+        )));
         if !self.buffer.is_empty() {
             let first_seq = self.stored - self.buffer.len() as u64;
             self.store

@@ -48,6 +48,9 @@ pub enum EngineError {
     },
     #[error("could not record violations: {0}")]
     Sink(#[from] StoreError),
+    /// A fault a test injected through a fail point (test builds only).
+    #[error("{0} (injected)")]
+    Injected(String),
 }
 
 /// Where the engine puts what it finds.

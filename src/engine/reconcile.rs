@@ -73,6 +73,9 @@ pub(super) async fn run(
     let mut l = left.next_group().await?;
     let mut r = right.next_group().await?;
     loop {
+        fail::fail_point!("engine.merge", |_| Err(EngineError::Injected(
+            "the merge stopped".into()
+        )));
         let order = match (&l, &r) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,

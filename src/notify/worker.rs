@@ -39,7 +39,10 @@ impl Worker {
                     let any = !items.is_empty();
                     for item in items {
                         let result = match self.channels.get(&item.message.channel) {
-                            Some(channel) => channel.deliver(&item.message.payload).await,
+                            Some(channel) => match injected_refusal() {
+                                Err(e) => Err(e),
+                                Ok(()) => channel.deliver(&item.message.payload).await,
+                            },
                             None => Err(format!(
                                 "channel `{}` is no longer configured",
                                 item.message.channel
@@ -87,6 +90,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// The fail point `notify.deliver` (test builds): the channel refuses the notice.
+fn injected_refusal() -> Result<(), String> {
+    fail::fail_point!("notify.deliver", |_| Err(
+        "the channel refused the notice (injected)".to_owned()
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

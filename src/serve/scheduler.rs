@@ -355,6 +355,9 @@ async fn advance_alert(
     let messages = notice
         .map(|n| crate::notify::messages(invariant, n, &next, outcome, &shared.channels))
         .unwrap_or_default();
+    fail::fail_point!("serve.alert", |_| Err(crate::store::StoreError::Database(
+        sqlx::Error::Protocol("recording the alert failed (injected)".into())
+    )));
     shared
         .store
         .record_alert(name, &next, &messages, now)

@@ -449,6 +449,10 @@ impl Source {
     /// end of the rows; the connection it held is closed, not pooled.
     pub async fn read(&self, req: ReadRequest) -> Result<RowStream, SourceError> {
         self.vet().await?;
+        fail::fail_point!("source.read", |_| Err(SourceError::Connect {
+            source_name: self.name.clone(),
+            message: "connection reset (injected by the fail point source.read)".into(),
+        }));
         let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
         let net = tx.clone();
         let feed = Feed {
@@ -566,6 +570,8 @@ impl Feed {
     }
 
     async fn send_batch(&mut self) -> Result<(), Abandoned> {
+        // A reader that stops here ends its stream without the end marker.
+        fail::fail_point!("source.batch", |_| Err(Abandoned));
         let whole = (CHANNEL_BYTES >> 10) as u32;
         let kib = ((self.batch_bytes >> 10) as u32).clamp(1, whole);
         let share = Arc::clone(&self.budget)
@@ -669,6 +675,11 @@ pub(crate) fn decode_value(
     column: &str,
     decode: impl FnOnce() -> Result<Value, sqlx::error::BoxDynError>,
 ) -> Result<Value, SourceError> {
+    fail::fail_point!("source.decode", |_| Err(decode::decode_error(
+        source,
+        column,
+        "the value cannot be decoded (injected by the fail point source.decode)".into(),
+    )));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(decode::decode_error(source, column, e)),
@@ -685,7 +696,7 @@ pub(crate) fn decode_value(
 }
 
 /// The text of a caught panic's payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -352,6 +352,11 @@ macro_rules! impl_store {
                     reopened: reopened as u64,
                     resolved,
                 };
+                // After the ledger was rewritten, before it commits: the transaction must roll
+                // all of it back.
+                fail::fail_point!("store.commit", |_| Err($crate::store::StoreError::Database(
+                    sqlx::Error::Protocol("the commit failed (injected)".into())
+                )));
                 sqlx::query("DELETE FROM run_observations WHERE run_id = $1")
                     .bind(run)
                     .execute(&mut *tx)

@@ -47,6 +47,8 @@ pub enum StoreError {
         "store: the tick this run answers is no longer held by this replica (its lease ran out and another replica took it over); the result is dropped"
     )]
     LostTick,
+    #[error("store: recording the result panicked (a bug in trueup; please report it): {0}")]
+    Panicked(String),
 }
 
 pub type RunId = i64;

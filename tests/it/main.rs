@@ -10,6 +10,7 @@ mod incidents;
 
 mod cli;
 mod console;
+mod faults;
 mod notify;
 mod plans;
 mod reconcile;

@@ -1,6 +1,7 @@
 //! Delivers the outbox: claims due messages under a lease, sends each on its channel, marks it
 //! delivered or schedules a retry with exponential backoff (1 s, 2 s, 4 s … capped at 5 min).
 
+use futures_util::FutureExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,16 +39,28 @@ impl Worker {
                 Ok(items) => {
                     let any = !items.is_empty();
                     for item in items {
-                        let result = match self.channels.get(&item.message.channel) {
-                            Some(channel) => match injected_refusal() {
-                                Err(e) => Err(e),
-                                Ok(()) => channel.deliver(&item.message.payload).await,
-                            },
-                            None => Err(format!(
-                                "channel `{}` is no longer configured",
-                                item.message.channel
-                            )),
+                        let attempt = async {
+                            match self.channels.get(&item.message.channel) {
+                                Some(channel) => {
+                                    injected_refusal()?;
+                                    channel.deliver(&item.message.payload).await
+                                }
+                                None => Err(format!(
+                                    "channel `{}` is no longer configured",
+                                    item.message.channel
+                                )),
+                            }
                         };
+                        // A panicking channel (a bug) fails this attempt; the worker goes on.
+                        let result = std::panic::AssertUnwindSafe(attempt)
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                Err(format!(
+                                    "delivering panicked (a bug in trueup; please report it): {}",
+                                    crate::source::panic_message(&*panic)
+                                ))
+                            });
                         let now = Utc::now();
                         let recorded = match result {
                             Ok(()) => {

@@ -264,6 +264,12 @@ impl Metrics {
             .inc_by(ticks);
     }
 
+    /// A tick that ended without an outcome (it panicked): unhealthy, one failure more.
+    pub fn failed(&self, invariant: &str) {
+        self.healthy.with_label_values(&[invariant]).set(0);
+        self.failures.with_label_values(&[invariant]).inc();
+    }
+
     pub fn record(&self, invariant: &Invariant, outcome: &RunOutcome) {
         let name = invariant.name.as_str();
         self.runs

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -144,12 +145,25 @@ async fn run_on_schedule(
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
-        let busy = match run_tick(&invariant, fire_at, &shared).await {
-            Ok(Some(attempt)) => matches!(attempt, Attempt::Busy),
+        // A panic in one tick (a bug) is logged and counted; the schedule goes on.
+        let tick = std::panic::AssertUnwindSafe(run_tick(&invariant, fire_at, &shared))
+            .catch_unwind()
+            .await;
+        let busy = match tick {
+            Ok(Ok(Some(attempt))) => matches!(attempt, Attempt::Busy),
             // Another replica claimed this tick, or still runs this invariant.
-            Ok(None) => false,
-            Err(e) => {
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => {
                 tracing::error!(invariant = %invariant.name, "cannot claim the tick: {e}");
+                false
+            }
+            Err(panic) => {
+                tracing::error!(
+                    invariant = %invariant.name,
+                    "a tick panicked (a bug in trueup; please report it): {}",
+                    crate::source::panic_message(&*panic)
+                );
+                shared.metrics.failed(invariant.name.as_str());
                 false
             }
         };
@@ -314,8 +328,21 @@ pub async fn run_once(
             .await;
             shared.metrics.record(invariant, &outcome);
             shared.board.finished(invariant.name.as_str(), &outcome);
-            if let Err(e) = advance_alert(invariant, &outcome, shared).await {
-                tracing::error!(invariant = %invariant.name, "cannot record the alert state: {e}");
+            // The alert keeps its state when this step fails or panics: it is stepped again
+            // after the next run.
+            match std::panic::AssertUnwindSafe(advance_alert(invariant, &outcome, shared))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(invariant = %invariant.name, "cannot record the alert state: {e}");
+                }
+                Err(panic) => tracing::error!(
+                    invariant = %invariant.name,
+                    "recording the alert state panicked (a bug in trueup; please report it): {}",
+                    crate::source::panic_message(&*panic)
+                ),
             }
             Attempt::Ran(Box::new(outcome))
         }

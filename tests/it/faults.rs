@@ -34,6 +34,12 @@ async fn active(store: &dyn Store) -> usize {
 
 /// Two SQLite sources and a reconcile that finds 10 missing rows and 1 mismatch.
 async fn project(dir: &Path) -> std::path::PathBuf {
+    project_with(dir, "", "").await
+}
+
+/// [`project`], with `config_extra` appended to trueup.yaml and `schedule` (if not empty) as
+/// the invariant's schedule.
+async fn project_with(dir: &Path, config_extra: &str, schedule: &str) -> std::path::PathBuf {
     let mut up = String::from("CREATE TABLE events (id INTEGER PRIMARY KEY, amount INTEGER);");
     let mut down =
         String::from("CREATE TABLE records (event_id INTEGER PRIMARY KEY, amount INTEGER);");
@@ -50,7 +56,7 @@ async fn project(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "store: {}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\n",
+            "store: {}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\n{config_extra}",
             sqlite_url(&dir.join("trueup.db")),
             sqlite_url(&dir.join("up.db")),
             sqlite_url(&dir.join("down.db")),
@@ -60,17 +66,28 @@ async fn project(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("invariants")).unwrap();
     std::fs::write(
         dir.join("invariants/events.yaml"),
-        r#"invariants:
+        format!(
+            r#"invariants:
   - name: events-recorded
-    reconcile:
-      left: {source: up, query: "SELECT id, amount FROM events"}
-      right: {source: down, query: "SELECT event_id AS id, amount FROM records"}
+{schedule}    reconcile:
+      left: {{source: up, query: "SELECT id, amount FROM events"}}
+      right: {{source: down, query: "SELECT event_id AS id, amount FROM records"}}
       key: id
       compare: [amount]
-"#,
+"#
+        ),
     )
     .unwrap();
     config
+}
+
+/// Makes the downstream agree with the upstream: a run that completes now resolves all.
+async fn repair(dir: &Path) {
+    let mut fix = String::from("UPDATE records SET amount = 300 WHERE event_id = 3;");
+    for id in 11..=20 {
+        fix.push_str(&format!("INSERT INTO records VALUES ({id}, {});", id * 100));
+    }
+    sqlite_file(&dir.join("down.db"), &fix).await;
 }
 
 #[tokio::test]
@@ -85,11 +102,7 @@ async fn a_failure_injected_at_any_stage_of_a_run_fails_it_and_resolves_nothing(
     assert_eq!(active(store.as_ref()).await, 11);
 
     // Repair everything: from now on, any run that completes resolves all eleven.
-    let mut fix = String::from("UPDATE records SET amount = 300 WHERE event_id = 3;");
-    for id in 11..=20 {
-        fix.push_str(&format!("INSERT INTO records VALUES ({id}, {});", id * 100));
-    }
-    sqlite_file(&tmp.path().join("down.db"), &fix).await;
+    repair(tmp.path()).await;
 
     let mut table = Vec::new();
     for point in RUN_POINTS {
@@ -133,4 +146,141 @@ async fn a_failure_injected_at_any_stage_of_a_run_fails_it_and_resolves_nothing(
     let clean = trueup_cli(&config, "tester").arg("check").output().unwrap();
     assert_eq!(clean.status.code(), Some(0), "{}", combined_output(&clean));
     assert_eq!(active(store.as_ref()).await, 0);
+}
+
+/// `trueup serve` as its own process, with `faults` as its FAILPOINTS.
+fn serve(dir: &Path, faults: &str, log: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .args([
+            "--config",
+            "trueup.yaml",
+            "--log",
+            "info",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir)
+        .env("FAILPOINTS", faults)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for(what: &str, dir: &Path, log: &str, mut done: impl AsyncFnMut() -> bool) {
+    // Long enough for a notice claimed by a killed process to be claimed again (its lease).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(75);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}\n{}",
+            std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn succeeded_runs(store: &dyn Store) -> usize {
+    store
+        .runs(Some("events-recorded"), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded)
+        .count()
+}
+
+#[tokio::test]
+async fn a_failure_recording_the_alert_or_delivering_its_notice_never_sends_resolved() {
+    use trueup::domain::AlertState;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (url, received) = crate::notify::webhook_listener().await;
+    project_with(
+        dir,
+        &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"{url}\"}}\n"),
+        "    schedule: \"* * * * * *\"\n",
+    )
+    .await;
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&dir.join("trueup.db"))))
+        .await
+        .unwrap();
+    let notices = || -> Vec<String> {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p["notice"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let alert = async || store.alert("events-recorded").await.unwrap().state;
+
+    // Violated: the alert fires and its notice arrives.
+    let mut child = serve(dir, "", "serve-1.log");
+    wait_for("the firing notice", dir, "serve-1.log", async || {
+        notices() == ["firing"]
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Repaired; recording the alert fails (an error, then a panic): runs succeed and resolve
+    // the violations, the alert stays firing, nothing is sent.
+    repair(dir).await;
+    for (n, fault) in [(2, "serve.alert=return"), (3, "serve.alert=panic")] {
+        let log = format!("serve-{n}.log");
+        let before = succeeded_runs(store.as_ref()).await;
+        let mut child = serve(dir, fault, &log);
+        wait_for("three runs under the fault", dir, &log, async || {
+            succeeded_runs(store.as_ref()).await >= before + 3
+        })
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(alert().await, AlertState::Firing, "{fault}");
+        assert_eq!(
+            active(store.as_ref()).await,
+            0,
+            "{fault}: the runs themselves completed"
+        );
+        assert_eq!(notices(), ["firing"], "{fault}");
+    }
+
+    // The alert resolves, but its notice cannot be delivered (an error, then a panic in the
+    // channel): it stays queued, unsent, and is tried again.
+    for (n, fault, says) in [
+        (4, "notify.deliver=return", "injected"),
+        (5, "notify.deliver=panic", "panicked"),
+    ] {
+        let log = format!("serve-{n}.log");
+        let mut child = serve(dir, fault, &log);
+        wait_for(
+            "a failed delivery of the resolved notice",
+            dir,
+            &log,
+            async || {
+                store.outbox(10).await.unwrap().iter().any(|i| {
+                    i.delivered_at.is_none()
+                        && i.last_error.as_deref().is_some_and(|e| e.contains(says))
+                })
+            },
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(alert().await, AlertState::Inactive, "{fault}");
+        assert_eq!(notices(), ["firing"], "{fault}");
+    }
+
+    // Without faults, the queued notice goes out once; nothing else is sent.
+    let mut child = serve(dir, "", "serve-6.log");
+    wait_for("the resolved notice", dir, "serve-6.log", async || {
+        notices().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(notices(), ["firing", "resolved"]);
 }

@@ -50,9 +50,9 @@ async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool)
     panic!("timed out waiting for {what}");
 }
 
-type Received = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
 
-async fn webhook_listener() -> (String, Received) {
+pub(crate) async fn webhook_listener() -> (String, Received) {
     let received: Received = Arc::default();
     let app = axum::Router::new()
         .route(

@@ -37,6 +37,8 @@ const CHANNEL_BATCHES: usize = 4;
 /// Row bytes waiting in one stream's channel at most; a batch larger than this waits until
 /// the channel is empty.
 const CHANNEL_BYTES: usize = 8 << 20;
+/// How long past its statement_timeout a read may go on before trueup gives up on it.
+const READ_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The largest row trueup reads; a larger one fails the read, naming its biggest column.
 pub const MAX_ROW_BYTES: usize = 64 << 20;
 
@@ -470,14 +472,35 @@ impl Source {
             Pool::Sqlite(p) => Box::pin(sqlite::read(p, req, feed)),
         };
         let source_name = self.name.clone();
+        // The server stops a statement at its statement_timeout; a read still going well past
+        // that waits on a network or a server that stalled. Dropping the reader closes its
+        // connection. (A SQLite file has no network and no statement timeout.)
+        let deadline = match self.kind {
+            SourceKind::Sqlite => std::time::Duration::MAX,
+            _ => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
+        };
         tokio::spawn(async move {
-            if let Err(panic) = std::panic::AssertUnwindSafe(reader).catch_unwind().await {
-                let err = SourceError::Incomplete {
+            let err = match tokio::time::timeout(
+                deadline,
+                std::panic::AssertUnwindSafe(reader).catch_unwind(),
+            )
+            .await
+            {
+                Ok(Ok(())) => return,
+                Ok(Err(panic)) => SourceError::Incomplete {
                     source_name,
                     cause: format!("the reader panicked: {}", panic_message(&*panic)),
-                };
-                let _ = net.send(Err(err)).await;
-            }
+                },
+                Err(_) => SourceError::Incomplete {
+                    source_name,
+                    cause: format!(
+                        "no end of the result within {}s (the source's statement_timeout and {}s more): the network or the database stalled; the connection was closed",
+                        deadline.as_secs(),
+                        READ_GRACE.as_secs()
+                    ),
+                },
+            };
+            let _ = net.send(Err(err)).await;
         });
         let incomplete = |cause: &str| SourceError::Incomplete {
             source_name: self.name.clone(),
@@ -621,34 +644,48 @@ impl Feed {
     }
 }
 
-/// A pooled connection for one read. If the reader unwinds while holding it, the connection is
-/// closed instead of going back to the pool, where it would carry an open transaction and
-/// whatever state the panic left behind.
-pub(crate) struct Leased<DB: sqlx::Database>(sqlx::pool::PoolConnection<DB>);
+/// A pooled connection for one read. It goes back to the pool only if the read marked it
+/// [`Leased::reusable`] (it ended and rolled back); a read that failed, panicked, was cancelled
+/// or ran out of time closes it, so no connection carrying an open transaction, a half-read
+/// result or a stalled socket is handed to the next read.
+pub(crate) struct Leased<DB: sqlx::Database> {
+    conn: sqlx::pool::PoolConnection<DB>,
+    reusable: bool,
+}
 
 impl<DB: sqlx::Database> Leased<DB> {
     pub(crate) async fn acquire(pool: &sqlx::Pool<DB>, feed: &Feed) -> Result<Self, SourceError> {
-        connect(&feed.source, &feed.endpoint, pool).await.map(Self)
+        connect(&feed.source, &feed.endpoint, pool)
+            .await
+            .map(|conn| Self {
+                conn,
+                reusable: false,
+            })
+    }
+
+    /// The read ended cleanly (its transaction rolled back): the pool may have it again.
+    pub(crate) fn reusable(&mut self) {
+        self.reusable = true;
     }
 }
 
 impl<DB: sqlx::Database> std::ops::Deref for Leased<DB> {
     type Target = sqlx::pool::PoolConnection<DB>;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.conn
     }
 }
 
 impl<DB: sqlx::Database> std::ops::DerefMut for Leased<DB> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+        &mut self.conn
     }
 }
 
 impl<DB: sqlx::Database> Drop for Leased<DB> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.close_on_drop();
+        if !self.reusable || std::thread::panicking() {
+            self.conn.close_on_drop();
         }
     }
 }

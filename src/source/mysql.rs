@@ -102,8 +102,8 @@ pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {
     };
     match outcome {
         Ok(()) => {
-            if conn.execute("ROLLBACK").await.is_err() {
-                conn.close_on_drop();
+            if conn.execute("ROLLBACK").await.is_ok() {
+                conn.reusable();
             }
         }
         Err(stop) => {

@@ -134,8 +134,8 @@ pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut fe
     match outcome {
         Ok(()) => {
             // Always roll back: whatever the query did to the session is undone.
-            if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_err() {
-                conn.close_on_drop();
+            if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                conn.reusable();
             }
         }
         Err(stop) => {

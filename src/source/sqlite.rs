@@ -41,8 +41,8 @@ pub(super) async fn read(pool: SqlitePool, req: ReadRequest, mut feed: Feed) {
     };
     match outcome {
         Ok(()) => {
-            if conn.execute("ROLLBACK").await.is_err() {
-                conn.close_on_drop();
+            if conn.execute("ROLLBACK").await.is_ok() {
+                conn.reusable();
             }
         }
         Err(stop) => {

@@ -284,3 +284,170 @@ async fn a_failure_recording_the_alert_or_delivering_its_notice_never_sends_reso
     child.wait().unwrap();
     assert_eq!(notices(), ["firing", "resolved"]);
 }
+
+/// `trueup check`, waited for off the test's runtime (which runs the proxy).
+async fn check_off_runtime(config: &Path) -> std::process::Output {
+    let mut cmd = trueup_cli(config, "tester");
+    cmd.arg("check");
+    crate::helpers::output_off_runtime(cmd).await
+}
+
+/// A PostgreSQL source behind a [`FaultProxy`], read by a reader role with two connections (one
+/// per side: a stalled one that went back to the pool would hang the next run) and
+/// a 2 s statement timeout; a reconcile over 50,000 rows that finds 10 missing, then repaired.
+async fn network_project(
+    dir: &Path,
+    db: &crate::helpers::TestPg,
+    proxy: &crate::proxy::FaultProxy,
+    extra: &str,
+) -> std::path::PathBuf {
+    db.exec(
+        "CREATE TABLE events (id int PRIMARY KEY, note text);
+         INSERT INTO events SELECT g, repeat('n', 60) FROM generate_series(1, 50000) g;
+         CREATE TABLE ledger (id int PRIMARY KEY);
+         INSERT INTO ledger SELECT g FROM generate_series(11, 50000) g;",
+    )
+    .await;
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  pg:\n    url: {}\n    pool_size: 2\n    statement_timeout: 2s\n{extra}",
+            sqlite_url(&dir.join("trueup.db")),
+            proxy.url(&db.reader_url)
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-booked
+    reconcile:
+      left: {source: pg, query: "SELECT id, note FROM events"}
+      right: {source: pg, query: "SELECT id FROM ledger"}
+      key: id
+"#,
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn a_source_behind_a_failing_network_fails_the_run_within_its_deadline_and_resolves_nothing()
+{
+    use crate::proxy::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+    let db = crate::helpers::TestPg::new().await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = network_project(tmp.path(), &db, &proxy, "").await;
+    let first = check_off_runtime(&config).await;
+    assert_eq!(first.status.code(), Some(1), "{}", combined_output(&first));
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&tmp.path().join("trueup.db"))))
+        .await
+        .unwrap();
+    assert_eq!(active(store.as_ref()).await, 10);
+    db.exec("INSERT INTO ledger SELECT g FROM generate_series(1, 10) g")
+        .await;
+
+    // Each fault fails the run, within the statement timeout (2 s), the reader's grace (5 s)
+    // and the connection probe (5 s), and leaves the ten open.
+    let mut table = Vec::new();
+    for fault in [
+        Fault::ResetAfter(64 * 1024),
+        Fault::Blackhole,
+        Fault::Bandwidth(100 * 1024),
+    ] {
+        proxy.set(fault);
+        let started = Instant::now();
+        let out = check_off_runtime(&config).await;
+        let took = started.elapsed();
+        let text = combined_output(&out);
+        let open = active(store.as_ref()).await;
+        table.push(format!(
+            "{fault:?}: exit {:?} after {took:.1?}, still open {open}/10",
+            out.status.code()
+        ));
+        assert_eq!(out.status.code(), Some(2), "{fault:?}: {text}");
+        assert_eq!(open, 10, "{fault:?}: {text}");
+        assert!(
+            took < Duration::from_secs(20),
+            "{fault:?} took {took:?}: {text}"
+        );
+    }
+    // Slow but whole: latency delays the run, which completes and resolves the ten.
+    proxy.set(Fault::Latency(Duration::from_millis(5)));
+    let out = check_off_runtime(&config).await;
+    assert_eq!(out.status.code(), Some(0), "{}", combined_output(&out));
+    assert_eq!(active(store.as_ref()).await, 0);
+    println!("{}", table.join("\n"));
+}
+
+#[tokio::test]
+async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_recovers_succeeds()
+{
+    use crate::proxy::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+    let db = crate::helpers::TestPg::new().await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = network_project(tmp.path(), &db, &proxy, "serve:\n  run_timeout: 20s\n").await;
+    std::fs::write(
+        tmp.path().join("invariants/events.yaml"),
+        std::fs::read_to_string(tmp.path().join("invariants/events.yaml"))
+            .unwrap()
+            .replace(
+                "  - name: events-booked\n",
+                "  - name: events-booked\n    schedule: \"*/2 * * * * *\"\n",
+            ),
+    )
+    .unwrap();
+    let config = trueup::config::Config::load(&config).unwrap();
+    let (_base, stop, task, store) = crate::serve::start(config).await;
+    let runs = async |status: RunStatus| {
+        store
+            .runs(Some("events-booked"), 1000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == status)
+            .count()
+    };
+    crate::serve::wait_for("a first run", Duration::from_secs(20), || async {
+        runs(RunStatus::Succeeded).await >= 1
+    })
+    .await;
+    assert_eq!(active(store.as_ref()).await, 10);
+    db.exec("INSERT INTO ledger SELECT g FROM generate_series(1, 10) g")
+        .await;
+    // The one pooled connection stalls mid-use: runs fail (the reader's deadline, not the
+    // run timeout), nothing resolves.
+    proxy.set(Fault::Blackhole);
+    let failed_before = runs(RunStatus::Failed).await;
+    crate::serve::wait_for("two failed runs", Duration::from_secs(40), || async {
+        runs(RunStatus::Failed).await >= failed_before + 2
+    })
+    .await;
+    assert_eq!(active(store.as_ref()).await, 10);
+    // Back to normal: a stalled connection was closed, not pooled, so the next tick succeeds.
+    proxy.set(Fault::None);
+    let recovered = Instant::now();
+    crate::serve::wait_for(
+        "a run that resolves the ten",
+        Duration::from_secs(20),
+        || async { active(store.as_ref()).await == 0 },
+    )
+    .await;
+    println!(
+        "recovered {:.1?} after the network did",
+        recovered.elapsed()
+    );
+    assert!(
+        recovered.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        recovered.elapsed()
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -13,6 +13,7 @@ mod console;
 mod faults;
 mod notify;
 mod plans;
+mod proxy;
 mod reconcile;
 mod replay;
 mod replicas;

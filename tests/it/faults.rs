@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use sqlx::Connection;
 use trueup::config::SecretUrl;
 use trueup::store::{RunStatus, StatusFilter, Store, ViolationFilter};
 
@@ -450,4 +451,134 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
     );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_apply_killed_at_ten_points_applies_each_action_exactly_once() {
+    use std::time::{Duration, Instant};
+    use trueup::store::ActionStatus;
+    const N: i64 = 3000;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut up = String::from("CREATE TABLE events (id INTEGER PRIMARY KEY, amount INTEGER);");
+    up.push_str(&format!(
+        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {N}) \
+         INSERT INTO events SELECT i, i * 7 FROM g;"
+    ));
+    sqlite_file(&dir.join("up.db"), &up).await;
+    // No unique key: an action applied twice would be a second row.
+    sqlite_file(
+        &dir.join("down.db"),
+        "CREATE TABLE ledger (event_id INTEGER NOT NULL, amount INTEGER NOT NULL);",
+    )
+    .await;
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  up: {{url: {}}}\n  down: {{url: {}}}\ntargets:\n  writer: {{url: {}}}\n",
+            sqlite_url(&dir.join("trueup.db")),
+            sqlite_url(&dir.join("up.db")),
+            sqlite_url(&dir.join("down.db")),
+            sqlite_url(&dir.join("down.db")),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/ledger.yaml"),
+        r#"invariants:
+  - name: events-booked
+    reconcile:
+      left: {source: up, query: "SELECT id, amount FROM events"}
+      right: {source: down, query: "SELECT event_id AS id, amount FROM ledger"}
+      key: id
+    compensate:
+      missing:
+        sql:
+          target: writer
+          statement: INSERT INTO ledger (event_id, amount) VALUES ({{key.id}}, {{left.amount}})
+"#,
+    )
+    .unwrap();
+    let checked = check_off_runtime(&config).await;
+    assert!(
+        combined_output(&checked).contains(&format!("proposed plan 1: {N} actions")),
+        "{}",
+        combined_output(&checked)
+    );
+    let mut approve = trueup_cli(&config, "approver");
+    approve.args(["plan", "approve", "1"]);
+    let approved = crate::helpers::output_off_runtime(approve).await;
+    assert!(approved.status.success(), "{}", combined_output(&approved));
+
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&dir.join("trueup.db"))))
+        .await
+        .unwrap();
+    let finished = async || -> u64 {
+        store
+            .action_progress(1)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let step = N as u64 / 11;
+    let mut killed_at = Vec::new();
+    for k in 1..=10u64 {
+        let point = k * step;
+        let mut child = trueup_cli(&config, "approver")
+            .args(["apply", "1", "--rate", "unlimited", "--lease", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while finished().await < point {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "apply made no progress"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "apply ended before the kill point {point}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed_at.push(finished().await);
+    }
+    let mut last = trueup_cli(&config, "approver");
+    last.args(["apply", "1", "--rate", "unlimited", "--lease", "1s"]);
+    let out = crate::helpers::output_off_runtime(last).await;
+    assert!(
+        combined_output(&out).contains("plan 1 is applied"),
+        "{}",
+        combined_output(&out)
+    );
+    let mut down = sqlx::SqliteConnection::connect(&sqlite_url(&dir.join("down.db")))
+        .await
+        .unwrap();
+    let (rows, distinct, wrong): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT event_id), SUM(amount <> event_id * 7) FROM ledger",
+    )
+    .fetch_one(&mut down)
+    .await
+    .unwrap();
+    println!("killed with {killed_at:?} of {N} actions done: {rows} rows, {distinct} distinct");
+    assert_eq!(
+        (rows, distinct, wrong),
+        (N, N, 0),
+        "killed at {killed_at:?}"
+    );
+    let progress = store.action_progress(1).await.unwrap();
+    assert_eq!(progress.get(&ActionStatus::Failed), None, "{progress:?}");
+    assert_eq!(
+        progress.get(&ActionStatus::Applied).copied().unwrap_or(0),
+        N as u64,
+        "{progress:?}"
+    );
 }

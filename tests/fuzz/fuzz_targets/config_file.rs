@@ -1,0 +1,26 @@
+//! A `trueup.yaml`, as bytes: parsing it never panics, and a secret from the environment never
+//! appears in what a parsed config or its problems print.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+
+const SECRET: &str = "fuzz-canary-0f3a9c";
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let env = |_: &str| Some(SECRET.to_owned());
+    match trueup::config::Config::parse(text, Path::new("trueup.yaml"), &env) {
+        Ok(config) => {
+            let shown = format!("{config:?}");
+            assert!(!shown.contains(SECRET), "a secret printed: {shown}");
+        }
+        Err(problems) => {
+            let shown = problems.to_string();
+            assert!(!shown.contains(SECRET), "a secret printed: {shown}");
+        }
+    }
+});

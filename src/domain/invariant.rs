@@ -41,6 +41,23 @@ pub struct Invariant {
 }
 
 impl Invariant {
+    /// Whether a compensation or replay template reads column `column` of the `scope` row
+    /// (`left`, `right` or `row`): its values become an action's input, so evidence keeps
+    /// them whole rather than capped.
+    pub fn template_reads(&self, scope: super::Scope, column: &str) -> bool {
+        let replay = self.replay.iter().flat_map(|r| {
+            r.deliver
+                .placeholders()
+                .into_iter()
+                .chain(r.idempotency_key.iter().flat_map(|t| t.placeholders()))
+        });
+        self.compensate
+            .values()
+            .flat_map(|c| c.placeholders())
+            .chain(replay)
+            .any(|p| p.scope == scope && p.field.eq_ignore_ascii_case(column))
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.spec {
             InvariantSpec::Check(_) => "check",

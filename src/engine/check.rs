@@ -50,6 +50,7 @@ pub(super) async fn run(
         .as_ref()
         .and_then(|t| stream.index_of(t.as_str()));
     let columns = stream.columns().to_vec();
+    let whole = super::whole_columns(inv, crate::domain::Scope::Row, &columns);
     while let Some(batch) = stream.next_batch().await {
         for row in batch? {
             tally.stats.rows_left += 1;
@@ -64,7 +65,7 @@ pub(super) async fn run(
                     key: key_idx.iter().map(|&i| row[i].clone()).collect(),
                     discriminator: None,
                     event_at: time.and_then(|t| t.as_timestamp()),
-                    evidence: json!({ "row": row_json(&columns, &row) }),
+                    evidence: json!({ "row": row_json(&columns, &row, &whole) }),
                 })
                 .await?;
         }

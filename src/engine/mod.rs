@@ -135,15 +135,32 @@ fn not_yet_due(time: Option<&Value>, due_before: Option<DateTime<Utc>>) -> bool 
     }
 }
 
-/// A row as a JSON object, for evidence (each value capped).
-fn row_json(columns: &[String], row: &[Value]) -> serde_json::Value {
+/// A row as a JSON object, for evidence: each value capped, but for the columns marked
+/// `whole` (a template reads them; see [`Invariant::template_reads`]).
+fn row_json(columns: &[String], row: &[Value], whole: &[bool]) -> serde_json::Value {
     serde_json::Value::Object(
         columns
             .iter()
             .zip(row)
-            .map(|(c, v)| (c.clone(), v.to_evidence_json()))
+            .enumerate()
+            .map(|(i, (c, v))| {
+                let json = if whole.get(i).copied().unwrap_or(false) {
+                    v.to_canonical_json()
+                } else {
+                    v.to_evidence_json()
+                };
+                (c.clone(), json)
+            })
             .collect(),
     )
+}
+
+/// For each column of a side, whether evidence keeps it whole.
+fn whole_columns(inv: &Invariant, scope: crate::domain::Scope, columns: &[String]) -> Vec<bool> {
+    columns
+        .iter()
+        .map(|c| inv.template_reads(scope, c))
+        .collect()
 }
 
 fn key_text(key: &[Value]) -> String {

@@ -17,6 +17,9 @@ struct Plan {
     compare: Vec<(String, usize, usize)>,
     left_time: Option<usize>,
     right_time: Option<usize>,
+    /// Per column, whether evidence keeps it whole (a template reads it).
+    left_whole: Vec<bool>,
+    right_whole: Vec<bool>,
 }
 
 pub(super) async fn run(
@@ -152,6 +155,8 @@ fn plan(
         compare,
         left_time: time(left),
         right_time: time(right),
+        left_whole: super::whole_columns(inv, crate::domain::Scope::Left, left),
+        right_whole: super::whole_columns(inv, crate::domain::Scope::Right, right),
     })
 }
 
@@ -200,7 +205,7 @@ async fn left_only(
 ) -> Result<(), EngineError> {
     let key = key_of(left, &lg.first);
     let event_at = time_of(&lg.first, plan.left_time);
-    let evidence = row_json(left.columns(), &lg.first);
+    let evidence = row_json(left.columns(), &lg.first, &plan.left_whole);
     if lg.count > 1 {
         tally
             .report(Violation {
@@ -240,7 +245,7 @@ async fn right_only(
 ) -> Result<(), EngineError> {
     let key = key_of(right, &rg.first);
     let event_at = time_of(&rg.first, plan.right_time);
-    let evidence = row_json(right.columns(), &rg.first);
+    let evidence = row_json(right.columns(), &rg.first, &plan.right_whole);
     if rg.count > 1 && !spec.expect.right_may_repeat() {
         tally
             .report(Violation {
@@ -291,8 +296,8 @@ async fn both(
                 evidence: json!({
                     "left_rows": lg.count,
                     "right_rows": rg.count,
-                    "left": row_json(left.columns(), &lg.first),
-                    "right": row_json(right.columns(), &rg.first),
+                    "left": row_json(left.columns(), &lg.first, &plan.left_whole),
+                    "right": row_json(right.columns(), &rg.first, &plan.right_whole),
                 }),
             })
             .await?;
@@ -329,8 +334,8 @@ async fn both(
             discriminator: None,
             event_at,
             evidence: json!({
-                "left": row_json(left.columns(), &lg.first),
-                "right": row_json(right.columns(), &rg.first),
+                "left": row_json(left.columns(), &lg.first, &plan.left_whole),
+                "right": row_json(right.columns(), &rg.first, &plan.right_whole),
                 "diff": diff,
             }),
         })

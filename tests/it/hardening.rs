@@ -590,3 +590,63 @@ async fn ten_megabyte_values_are_capped_in_evidence_and_a_run_stays_bounded_in_m
     );
     assert_eq!(runs[0]["change"], serde_json::Value::Null, "{runs}");
 }
+
+#[tokio::test]
+async fn evidence_keeps_whole_the_columns_a_compensation_writes_and_caps_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let note = "n".repeat(10_000);
+    let blob = "b".repeat(10_000);
+    crate::helpers::sqlite_file(
+        &dir.join("up.db"),
+        &format!(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, note TEXT, blob TEXT);
+             INSERT INTO events VALUES (1, '{note}', '{blob}');"
+        ),
+    )
+    .await;
+    crate::helpers::sqlite_file(
+        &dir.join("down.db"),
+        "CREATE TABLE records (id INTEGER, note TEXT);",
+    )
+    .await;
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: sqlite://{d}/trueup.db\nsources:\n  up: {{url: sqlite://{d}/up.db}}\n  down: {{url: sqlite://{d}/down.db}}\ntargets:\n  writer: {{url: sqlite://{d}/down.db}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/e.yaml"),
+        r#"invariants:
+  - name: events-recorded
+    reconcile:
+      left: {source: up, query: "SELECT id, note, blob FROM events"}
+      right: {source: down, query: "SELECT id, note FROM records"}
+      key: id
+    compensate:
+      missing:
+        sql:
+          target: writer
+          statement: INSERT INTO records (id, note) VALUES ({{key.id}}, {{left.NOTE}})
+"#,
+    )
+    .unwrap();
+    let (code, runs, text) = check_json(&config);
+    assert_eq!(code, Some(1), "{text}");
+    let left = &runs[0]["samples"][0]["evidence"]["left"];
+    assert_eq!(left["note"], note.as_str(), "the written column is whole");
+    assert_eq!(left["blob"]["$capped"]["bytes"], 10_000, "{left}");
+    let shown = trueup_cli(&config, "tester")
+        .args(["plan", "show", "1", "--format", "json"])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|_| panic!("{}", combined_output(&shown)));
+    let params = &plan["actions"][0]["spec"]["params"];
+    assert_eq!(params[1], note.as_str(), "{}", plan["actions"][0]);
+}

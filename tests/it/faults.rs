@@ -582,3 +582,82 @@ async fn an_apply_killed_at_ten_points_applies_each_action_exactly_once() {
         "{progress:?}"
     );
 }
+
+#[tokio::test]
+async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_network_recovers() {
+    use crate::proxy::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+    let (url, received) = crate::notify::webhook_listener().await;
+    let upstream: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await;
+    proxy.set(Fault::Blackhole);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project_with(
+        tmp.path(),
+        &format!(
+            "notifications:\n  channels:\n    ops:\n      webhook: {{url: \"http://{}/hook\"}}\n",
+            proxy.addr
+        ),
+        "    schedule: \"* * * * * *\"\n",
+    )
+    .await;
+    let config = trueup::config::Config::load(&config).unwrap();
+    let (_base, stop, task, store) = crate::serve::start(config).await;
+    // Blackholed: the attempt ends at the webhook's 15 s deadline, the notice stays queued,
+    // the schedule goes on.
+    let queued = Instant::now();
+    crate::serve::wait_for("a timed-out delivery", Duration::from_secs(30), || async {
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.attempts >= 1 && i.delivered_at.is_none())
+    })
+    .await;
+    let took = queued.elapsed();
+    println!("blackholed webhook attempt ended after {took:.1?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(received.lock().unwrap().is_empty());
+    assert!(succeeded_runs(store.as_ref()).await >= 5);
+    // The answer is cut by a reset: the receiver may have the notice, trueup cannot know, so
+    // it tries again with the same Idempotency-Key.
+    proxy.set(Fault::ResetAfter(0));
+    crate::serve::wait_for("a reset delivery", Duration::from_secs(30), || async {
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.attempts >= 2)
+    })
+    .await;
+    // The network recovers: the notice is recorded delivered, and every copy the receiver
+    // saw carries one key, so a receiver that honours it acts once.
+    proxy.set(Fault::None);
+    crate::serve::wait_for("the delivered notice", Duration::from_secs(30), || async {
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.delivered_at.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received.lock().unwrap().clone();
+    println!("the receiver saw {} copies of the one notice", got.len());
+    assert!(!got.is_empty());
+    let mut keys: Vec<Option<String>> = got.iter().map(|(k, _)| k.clone()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 1, "{got:?}");
+    assert!(keys[0].is_some(), "{got:?}");
+    assert!(got.iter().all(|(_, p)| p["notice"] == "firing"), "{got:?}");
+    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

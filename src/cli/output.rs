@@ -15,6 +15,22 @@ pub(super) fn key(key: &serde_json::Value) -> String {
 }
 
 fn scalar(v: &serde_json::Value) -> String {
+    if crate::domain::is_capped(v) {
+        // A long value, as evidence keeps it: what it starts with, how long, which one.
+        let c = &v[crate::domain::CAPPED];
+        let start: String = c["prefix"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(24)
+            .collect();
+        return format!(
+            "{start}… ({} bytes, sha256 {})",
+            c["bytes"],
+            &c["sha256"].as_str().unwrap_or_default()
+                [..12.min(c["sha256"].as_str().map_or(0, str::len))]
+        );
+    }
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "NULL".into(),

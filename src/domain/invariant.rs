@@ -45,6 +45,13 @@ impl Invariant {
     /// (`left`, `right` or `row`): its values become an action's input, so evidence keeps
     /// them whole rather than capped.
     pub fn template_reads(&self, scope: super::Scope, column: &str) -> bool {
+        self.template_fields(scope)
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(column))
+    }
+
+    /// The columns of the `scope` row that compensation and replay templates read.
+    pub fn template_fields(&self, scope: super::Scope) -> Vec<String> {
         let replay = self.replay.iter().flat_map(|r| {
             r.deliver
                 .placeholders()
@@ -55,7 +62,9 @@ impl Invariant {
             .values()
             .flat_map(|c| c.placeholders())
             .chain(replay)
-            .any(|p| p.scope == scope && p.field.eq_ignore_ascii_case(column))
+            .filter(|p| p.scope == scope)
+            .map(|p| p.field.clone())
+            .collect()
     }
 
     pub fn kind_name(&self) -> &'static str {

@@ -27,5 +27,8 @@ pub use invariant::{
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
-pub use value::{CAPPED, EVIDENCE_VALUE_CAP, Value, ValueClass, is_capped};
+pub use value::{
+    CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
+    is_capped, text_prefix as value_text_prefix,
+};
 pub use violation::{Fingerprint, Violation, ViolationKind};

@@ -31,6 +31,79 @@ pub enum Value {
     Time(NaiveTime),
     Timestamp(DateTime<Utc>),
     Json(serde_json::Value),
+    /// A text or bytes value too long to bring over whole, as the database described it: its
+    /// length, a SHA-256 of all of it and its start. It compares equal to the whole value it
+    /// stands for (by digest), and to another digest of the same value.
+    Digest(Box<Digested>),
+}
+
+/// What trueup keeps of a long value: enough to compare it and to show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digested {
+    /// [`ValueClass::Text`] or [`ValueClass::Bytes`].
+    pub class: ValueClass,
+    /// Length of the whole value, in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the whole value (its UTF-8 bytes for text), in lowercase hex.
+    pub sha256: String,
+    /// Its start as evidence shows it (text, or `\\x` and hex for bytes), at most
+    /// [`EVIDENCE_VALUE_CAP`] bytes.
+    pub prefix: String,
+}
+
+impl Digested {
+    pub fn of_text(s: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            class: ValueClass::Text,
+            bytes: s.len() as u64,
+            sha256: hex::encode(Sha256::digest(s.as_bytes())),
+            prefix: text_prefix(s).to_owned(),
+        }
+    }
+
+    pub fn of_bytes(b: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            class: ValueClass::Bytes,
+            bytes: b.len() as u64,
+            sha256: hex::encode(Sha256::digest(b)),
+            prefix: bytes_prefix(b),
+        }
+    }
+
+    /// The stand-in evidence shows: `{"$capped": {"prefix", "bytes", "sha256"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ CAPPED: {
+            "prefix": self.prefix,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }})
+    }
+
+    /// Whether `whole` is the value this digest stands for.
+    fn is_digest_of(&self, whole: &Value) -> bool {
+        use sha2::{Digest, Sha256};
+        let raw: &[u8] = match (self.class, whole) {
+            (ValueClass::Text, Value::Text(t)) => t.as_bytes(),
+            (ValueClass::Bytes, Value::Bytes(b)) => b,
+            _ => return false,
+        };
+        raw.len() as u64 == self.bytes && hex::encode(Sha256::digest(raw)) == self.sha256
+    }
+}
+
+/// The start of a text, at most [`EVIDENCE_VALUE_CAP`] bytes, cut at a character boundary.
+pub fn text_prefix(s: &str) -> &str {
+    &s[..s.floor_char_boundary(EVIDENCE_VALUE_CAP)]
+}
+
+/// The start of bytes as evidence shows them (`\\x` and hex), at most [`EVIDENCE_VALUE_CAP`].
+pub fn bytes_prefix(b: &[u8]) -> String {
+    format!(
+        "\\x{}",
+        hex::encode(&b[..b.len().min((EVIDENCE_VALUE_CAP - 2) / 2)])
+    )
 }
 
 /// The comparison class of a value. Keys of different classes cannot be merged because every
@@ -76,6 +149,7 @@ impl Value {
             Value::Time(_) => ValueClass::Time,
             Value::Timestamp(_) => ValueClass::Timestamp,
             Value::Json(_) => ValueClass::Json,
+            Value::Digest(d) => d.class,
         }
     }
 
@@ -97,6 +171,10 @@ impl Value {
             (Time(a), Time(b)) => a.cmp(b),
             (Timestamp(a), Timestamp(b)) => a.cmp(b),
             (Json(a), Json(b)) => a.to_string().cmp(&b.to_string()),
+            // Never a key (keys are read whole); a total order all the same.
+            (Digest(a), Digest(b)) => {
+                (&a.prefix, a.bytes, &a.sha256).cmp(&(&b.prefix, b.bytes, &b.sha256))
+            }
             (a, b) if a.class() == ValueClass::Number && b.class() == ValueClass::Number => {
                 numeric_cmp(a, b)
             }
@@ -112,6 +190,10 @@ impl Value {
             (Null, _) | (_, Null) => false,
             (Bool(a), Int(b)) | (Int(b), Bool(a)) => (*b == 0 && !a) || (*b == 1 && *a),
             (Json(a), Json(b)) => a == b,
+            (Digest(a), Digest(b)) => {
+                a.class == b.class && a.bytes == b.bytes && a.sha256 == b.sha256
+            }
+            (Digest(d), whole) | (whole, Digest(d)) => d.is_digest_of(whole),
             (Json(j), Text(t)) | (Text(t), Json(j)) => {
                 serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| &p == j)
             }
@@ -148,6 +230,7 @@ impl Value {
             Value::Time(t) => J::String(t.to_string()),
             Value::Timestamp(t) => J::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
             Value::Json(j) => j.clone(),
+            Value::Digest(d) => d.to_json(),
         }
     }
 
@@ -158,6 +241,7 @@ impl Value {
             Value::Text(s) => s.len(),
             Value::Bytes(b) => b.len(),
             Value::Json(j) => json_size(j),
+            Value::Digest(d) => d.prefix.len() + 96,
             _ => 16,
         }
     }
@@ -169,34 +253,21 @@ impl Value {
     /// never read evidence: they use the whole value.
     pub fn to_evidence_json(&self) -> serde_json::Value {
         use sha2::{Digest, Sha256};
-        let capped = |prefix: String, bytes: usize, digest: &[u8]| {
-            serde_json::json!({ CAPPED: {
-                "prefix": prefix,
-                "bytes": bytes,
-                "sha256": hex::encode(digest),
-            }})
-        };
         match self {
-            Value::Text(s) if s.len() > EVIDENCE_VALUE_CAP => capped(
-                s[..s.floor_char_boundary(EVIDENCE_VALUE_CAP)].to_owned(),
-                s.len(),
-                &Sha256::digest(s.as_bytes()),
-            ),
-            Value::Bytes(b) if 2 + 2 * b.len() > EVIDENCE_VALUE_CAP => capped(
-                format!("\\x{}", hex::encode(&b[..(EVIDENCE_VALUE_CAP - 2) / 2])),
-                b.len(),
-                &Sha256::digest(b),
-            ),
+            Value::Text(s) if s.len() > EVIDENCE_VALUE_CAP => Digested::of_text(s).to_json(),
+            Value::Bytes(b) if 2 + 2 * b.len() > EVIDENCE_VALUE_CAP => {
+                Digested::of_bytes(b).to_json()
+            }
             Value::Json(j) if json_size(j) > EVIDENCE_VALUE_CAP => {
                 let text = j.to_string();
                 if text.len() <= EVIDENCE_VALUE_CAP {
                     return j.clone();
                 }
-                capped(
-                    text[..text.floor_char_boundary(EVIDENCE_VALUE_CAP)].to_owned(),
-                    text.len(),
-                    &Sha256::digest(text.as_bytes()),
-                )
+                serde_json::json!({ CAPPED: {
+                    "prefix": text_prefix(&text),
+                    "bytes": text.len(),
+                    "sha256": hex::encode(Sha256::digest(text.as_bytes())),
+                }})
             }
             other => other.to_canonical_json(),
         }
@@ -291,6 +362,26 @@ impl fmt::Display for Value {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn a_digest_equals_the_whole_value_it_stands_for_and_nothing_else() {
+        let whole = "z".repeat(100_000);
+        let d = Value::Digest(Box::new(Digested::of_text(&whole)));
+        assert!(d.same_as(&Value::Text(whole.clone())));
+        assert!(Value::Text(whole.clone()).same_as(&d));
+        assert!(d.same_as(&d.clone()));
+        let other = format!("{}y", &whole[1..]);
+        assert!(!d.same_as(&Value::Text(other.clone())));
+        assert!(!d.same_as(&Value::Digest(Box::new(Digested::of_text(&other)))));
+        assert!(!d.same_as(&Value::Bytes(whole.clone().into_bytes())));
+        assert!(!d.same_as(&Value::Null));
+        // Evidence of a digest and of the whole value it stands for are the same.
+        assert_eq!(d.to_evidence_json(), Value::Text(whole).to_evidence_json());
+        let b = vec![1u8; 50_000];
+        let db = Value::Digest(Box::new(Digested::of_bytes(&b)));
+        assert!(db.same_as(&Value::Bytes(b.clone())));
+        assert_eq!(db.to_evidence_json(), Value::Bytes(b).to_evidence_json());
+    }
 
     #[test]
     fn a_value_longer_than_the_cap_is_kept_as_its_start_length_and_digest() {

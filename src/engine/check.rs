@@ -38,6 +38,7 @@ pub(super) async fn run(
             needed,
             order_by: Vec::new(),
             filter: filter.to_vec(),
+            digest_long_except: Some(inv.template_fields(crate::domain::Scope::Row)),
         })
         .await?;
     let key_idx: Vec<usize> = spec

@@ -32,14 +32,15 @@ pub(super) async fn run(
 ) -> Result<(), EngineError> {
     // The time column is required on the left (the upstream event's time: grace, replay
     // windows); on the right it is optional and, when returned, gives extra rows their time.
-    let request = |query: &str, needs_time: bool| {
+    let request = |query: &str, side: crate::domain::Scope| {
+        let needs_time = side == crate::domain::Scope::Left;
         let mut needed: Vec<Needed> = spec
             .compare
             .iter()
             .flatten()
             .map(|c| Needed {
                 column: c.clone(),
-                role: "a compared column",
+                role: crate::source::COMPARED,
             })
             .collect();
         if let Some(t) = inv.time_column.as_ref().filter(|_| needs_time) {
@@ -53,14 +54,17 @@ pub(super) async fn run(
             needed,
             order_by: spec.key.clone(),
             filter: filter.to_vec(),
+            // Long compared and shown values may stay in the database as digests; the
+            // columns a template writes arrive whole.
+            digest_long_except: Some(inv.template_fields(side)),
         }
     };
     let left_source = sources.get(&spec.left.source)?;
     let right_source = sources.get(&spec.right.source)?;
     // Both sides start at once: each query runs on its own connection while the merge reads.
     let (left, right) = tokio::try_join!(
-        left_source.read(request(&spec.left.query, true)),
-        right_source.read(request(&spec.right.query, false)),
+        left_source.read(request(&spec.left.query, crate::domain::Scope::Left)),
+        right_source.read(request(&spec.right.query, crate::domain::Scope::Right)),
     )?;
     let key_idx = |s: &crate::source::RowStream| -> Vec<usize> {
         spec.key

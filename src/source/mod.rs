@@ -143,7 +143,41 @@ pub struct ReadRequest {
     /// violation's key): how one violation is re-checked without reading the whole table.
     /// Values are bound as parameters of the column's type, never spliced.
     pub filter: Vec<(ColumnName, serde_json::Value)>,
+    /// `Some`: a text or bytes value longer than [`DIGEST_OVER`] may arrive as a
+    /// [`Value::Digest`] the database computed (its length, SHA-256 and start) instead of
+    /// crossing the network whole — except in the columns listed here, in keys, filter
+    /// columns and needed columns other than compared ones. `None`: every value whole.
+    pub digest_long_except: Option<Vec<String>>,
 }
+
+/// Text and bytes values longer than this may be read as digests (see
+/// [`ReadRequest::digest_long_except`]).
+pub const DIGEST_OVER: usize = 64 << 10;
+
+impl ReadRequest {
+    /// Which result columns may arrive as digests.
+    pub(crate) fn digestible(&self, columns: &[String]) -> Vec<bool> {
+        let Some(except) = &self.digest_long_except else {
+            return vec![false; columns.len()];
+        };
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        columns
+            .iter()
+            .map(|c| {
+                !except.iter().any(|e| same(e, c))
+                    && !self.order_by.iter().any(|k| same(k.as_str(), c))
+                    && !self.filter.iter().any(|(k, _)| same(k.as_str(), c))
+                    && !self
+                        .needed
+                        .iter()
+                        .any(|n| n.role != COMPARED && same(n.column.as_str(), c))
+            })
+            .collect()
+    }
+}
+
+/// The role of a needed column that is only compared (and so may be read as a digest).
+pub const COMPARED: &str = "a compared column";
 
 /// What a reading task sends, in this order: the columns once, row batches, then `End`.
 /// A stream that closes without `End` did not finish: the reader failed, panicked or was
@@ -320,8 +354,13 @@ pub(crate) fn filter_value_error(
 
 /// The user's query as a subquery: only a row-returning query parses there.
 pub(crate) fn wrap(query: &str) -> String {
+    wrap_selecting(query, "*")
+}
+
+/// The user's query as a subquery, selecting `list` from it.
+pub(crate) fn wrap_selecting(query: &str, list: &str) -> String {
     // The newline before `)` keeps a trailing `-- comment` from swallowing it.
-    format!("SELECT * FROM (\n{query}\n) AS trueup_q")
+    format!("SELECT {list} FROM (\n{query}\n) AS trueup_q")
 }
 
 #[derive(Clone)]

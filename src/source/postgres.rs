@@ -6,11 +6,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
 use sqlx::{Column, Decode, Executor, PgPool, Postgres, Row as _, Statement, TypeInfo, ValueRef};
 
 use crate::config::SourceConfig;
-use crate::domain::{SourceName, Value};
+use crate::domain::{EVIDENCE_VALUE_CAP, SourceName, Value};
 
 use super::decode::{Kind, pg_time, unsupported};
 use super::{
-    Feed, Leased, ReadRequest, RoleAudit, SourceError, decode_value, resolve_needed, wrap,
+    DIGEST_OVER, Feed, Leased, ReadRequest, RoleAudit, SourceError, decode_value, resolve_needed,
+    wrap,
 };
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
@@ -75,16 +76,23 @@ pub(super) async fn audit_role(
     .await
     .map_err(connect)?;
     let mut audit = RoleAudit::default();
-    if row.try_get::<bool, _>(0).map_err(connect)? {
+    let superuser = row.try_get::<bool, _>(0).map_err(connect)?;
+    if superuser {
+        // Everything below follows from it; saying so once is clearer.
         audit.privileged.push("the role is a superuser".to_owned());
     }
-    if row.try_get::<bool, _>(1).map_err(connect)? {
+    if !superuser && row.try_get::<bool, _>(1).map_err(connect)? {
         audit.privileged.push(
             "the role has CREATEROLE, which before PostgreSQL 16 can grant itself pg_execute_server_program"
                 .to_owned(),
         );
     }
-    for role in row.try_get::<Vec<String>, _>(2).map_err(connect)? {
+    for role in row
+        .try_get::<Vec<String>, _>(2)
+        .map_err(connect)?
+        .into_iter()
+        .filter(|_| !superuser)
+    {
         let can = match role.as_str() {
             "pg_execute_server_program" => "run programs on the database host",
             "pg_write_server_files" => "write files on the database host",
@@ -95,7 +103,7 @@ pub(super) async fn audit_role(
             .push(format!("the role is a member of {role} (can {can})"));
     }
     let superusers = row.try_get::<Vec<String>, _>(3).map_err(connect)?;
-    if !superusers.is_empty() {
+    if !superuser && !superusers.is_empty() {
         audit.privileged.push(format!(
             "the role can SET ROLE to the superuser {}",
             superusers.join(", ")
@@ -215,7 +223,44 @@ async fn run(
         });
         params.push(param);
     }
-    let mut sql = inner;
+    // Long text and bytes values of digestible columns stay in the database: it sends their
+    // length, SHA-256 and start instead (four columns in place of one).
+    let digest = req.digestible(&columns);
+    let digest: Vec<bool> = digest
+        .iter()
+        .zip(&kinds)
+        .map(|(d, k)| *d && matches!(k, Kind::Text | Kind::Bytes))
+        .collect();
+    let mut sql = if digest.iter().any(|d| *d) {
+        let list: Vec<String> = columns
+            .iter()
+            .zip(&digest)
+            .map(|(c, d)| {
+                let q = format!("trueup_q.\"{}\"", c.replace('"', "\"\""));
+                if !*d {
+                    return q;
+                }
+                let long = format!("octet_length({q}) > {DIGEST_OVER}");
+                let (sha, start) = if kinds[columns.iter().position(|x| x == c).unwrap_or(0)]
+                    == Kind::Bytes
+                {
+                    (format!("sha256({q})"), format!("substring({q} from 1 for {})", (EVIDENCE_VALUE_CAP - 2) / 2))
+                } else {
+                    (
+                        format!("sha256(convert_to({q}::text, 'UTF8'))"),
+                        format!("left({q}::text, {EVIDENCE_VALUE_CAP})"),
+                    )
+                };
+                format!(
+                    "CASE WHEN {long} THEN NULL ELSE {q} END, CASE WHEN {long} THEN octet_length({q}) END, \
+                     CASE WHEN {long} THEN encode({sha}, 'hex') END, CASE WHEN {long} THEN {start} END"
+                )
+            })
+            .collect();
+        super::wrap_selecting(&req.query, &list.join(", "))
+    } else {
+        inner
+    };
     if !conditions.is_empty() {
         sql = format!("{sql} WHERE {}", conditions.join(" AND "));
     }
@@ -247,11 +292,25 @@ async fn run(
         .map_err(|e| Some(feed.query_error(e)))?
     {
         let mut values = Vec::with_capacity(kinds.len());
+        let mut at = 0;
         for (i, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
-            values.push(
-                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
-            );
+            let raw = row.try_get_raw(at).map_err(|e| Some(feed.query_error(e)))?;
+            let value = if digest[i] {
+                let parts: Vec<PgValueRef<'_>> = (at + 1..at + 4)
+                    .map(|j| row.try_get_raw(j))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Some(feed.query_error(e)))?;
+                at += 4;
+                decode_value(feed.source(), &columns[i], || match parts[0].is_null() {
+                    true => decode(*kind, raw),
+                    false => digested(*kind, &parts),
+                })
+                .map_err(Some)?
+            } else {
+                at += 1;
+                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?
+            };
+            values.push(value);
         }
         // The driver's copy of a row can be large (a buffer sized for it): free it before
         // waiting for room in the channel.
@@ -385,6 +444,31 @@ fn numeric_to_decimal(bytes: &[u8]) -> Option<rust_decimal::Decimal> {
         mantissa = -mantissa;
     }
     rust_decimal::Decimal::try_from_i128_with_scale(mantissa, u32::from(scale)).ok()
+}
+
+/// A long value as the database described it: its length, SHA-256 (hex) and start.
+fn digested(kind: Kind, parts: &[PgValueRef<'_>]) -> DecodeResult {
+    let bytes = <i32 as Decode<Postgres>>::decode(parts[0].clone())?;
+    let sha256 = <String as Decode<Postgres>>::decode(parts[1].clone())?;
+    let prefix = match kind {
+        Kind::Bytes => crate::domain::value_bytes_prefix(&<Vec<u8> as Decode<Postgres>>::decode(
+            parts[2].clone(),
+        )?),
+        _ => crate::domain::value_text_prefix(&<String as Decode<Postgres>>::decode(
+            parts[2].clone(),
+        )?)
+        .to_owned(),
+    };
+    Ok(Value::Digest(Box::new(crate::domain::Digested {
+        class: if kind == Kind::Bytes {
+            crate::domain::ValueClass::Bytes
+        } else {
+            crate::domain::ValueClass::Text
+        },
+        bytes: bytes as u64,
+        sha256,
+        prefix,
+    })))
 }
 
 fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {

@@ -1079,6 +1079,7 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
                 needed: Vec::new(),
                 order_by: Vec::new(),
                 filter,
+                digest_long_except: None,
             })
             .await
             .unwrap();

@@ -16,6 +16,7 @@ fn request(query: &str) -> ReadRequest {
         needed: Vec::new(),
         order_by: Vec::new(),
         filter: Vec::new(),
+        digest_long_except: None,
     }
 }
 
@@ -234,6 +235,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
             needed: Vec::new(),
             order_by: vec![ColumnName::parse("id").unwrap()],
             filter: Vec::new(),
+            digest_long_except: None,
         })
         .await
         .err()

@@ -214,14 +214,46 @@ impl SecretUrl {
     }
 }
 
-/// Whether a query parameter or header of this name carries a credential.
+/// Whether a URL query parameter of this name carries a credential (`sslkey=`, `passfile=`
+/// and the like name files, not secrets).
 pub(crate) fn names_a_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
     [
-        "pass", "pwd", "secret", "token", "key", "auth", "cred", "sig", "cookie", "session",
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "sslpassword",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "auth_token",
+        "api_key",
+        "apikey",
+        "key",
+        "sig",
+        "signature",
     ]
     .iter()
-    .any(|word| name.contains(word))
+    .any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// Whether an HTTP header of this name carries a credential.
+pub(crate) fn header_holds_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || [
+        "token",
+        "secret",
+        "api-key",
+        "apikey",
+        "password",
+        "signature",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
 }
 
 /// Byte ranges of the values of query parameters that name a secret (`password=`,
@@ -1005,6 +1037,20 @@ mod tests {
         assert!(
             shown.contains("mysql://app@db/ledger?ssl-mode=REQUIRED&sslpassword=***&token=***#x"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn query_parameters_that_name_files_or_settings_are_not_secrets() {
+        let c = parse(
+            "sources:\n  ledger:\n    url: \"postgres://app:${LEDGER_PASSWORD}@db/l?sslmode=verify-full&sslkey=/etc/k.pem&sslcert=/etc/c.pem&target_session_attrs=read-write\"\n",
+        )
+        .unwrap();
+        let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+        assert!(
+            src.url
+                .redacted()
+                .contains("sslkey=/etc/k.pem&sslcert=/etc/c.pem")
         );
     }
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    SecretUrl, SourceKind, expand_env, expand_secret_url, names_a_secret, resolve_sqlite_path,
+    SecretUrl, SourceKind, expand_env, expand_secret_url, header_holds_a_secret,
+    resolve_sqlite_path,
 };
 use crate::diagnostic::Diagnostic;
 use crate::domain::{HumanDuration, Severity, TargetName};
@@ -194,7 +195,7 @@ pub(super) fn parse_target(
                         "trueup sets Idempotency-Key itself, one per action".into(),
                     ));
                 }
-                if names_a_secret(h) && !v.value.contains("${") {
+                if header_holds_a_secret(h) && !v.value.contains("${") {
                     return Err(err(
                         v.referenced,
                         format!(

@@ -252,7 +252,6 @@ impl Value {
     /// `{"$capped": {"prefix": "...", "bytes": 10485760, "sha256": "..."}}`. Comparisons
     /// never read evidence: they use the whole value.
     pub fn to_evidence_json(&self) -> serde_json::Value {
-        use sha2::{Digest, Sha256};
         match self {
             Value::Text(s) if s.len() > EVIDENCE_VALUE_CAP => Digested::of_text(s).to_json(),
             Value::Bytes(b) if 2 + 2 * b.len() > EVIDENCE_VALUE_CAP => {
@@ -263,11 +262,7 @@ impl Value {
                 if text.len() <= EVIDENCE_VALUE_CAP {
                     return j.clone();
                 }
-                serde_json::json!({ CAPPED: {
-                    "prefix": text_prefix(&text),
-                    "bytes": text.len(),
-                    "sha256": hex::encode(Sha256::digest(text.as_bytes())),
-                }})
+                Digested::of_text(&text).to_json()
             }
             other => other.to_canonical_json(),
         }

@@ -79,10 +79,11 @@ pub(super) async fn run(
 
     let mut l = left.next_group().await?;
     let mut r = right.next_group().await?;
+    // Looked up once, not per key group (test builds only).
+    if crate::source::injected("engine.merge") {
+        return Err(EngineError::Injected("the merge stopped".into()));
+    }
     loop {
-        fail::fail_point!("engine.merge", |_| Err(EngineError::Injected(
-            "the merge stopped".into()
-        )));
         let order = match (&l, &r) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,

@@ -1,5 +1,8 @@
 use crate::config::{WebhookChannel, WebhookFormat};
 
+/// How long one delivery attempt may take.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub struct WebhookSender {
     client: reqwest::Client,
     url: String,
@@ -9,7 +12,7 @@ pub struct WebhookSender {
 impl WebhookSender {
     pub fn new(c: &WebhookChannel) -> Result<Self, String> {
         let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
+            .timeout(TIMEOUT)
             .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
@@ -35,7 +38,17 @@ impl WebhookSender {
         }
         let response = request.send().await.map_err(|e| {
             // reqwest's message may include the URL, which may hold a secret token.
-            format!("webhook request failed: {}", e.without_url())
+            let e = e.without_url();
+            if e.is_timeout() {
+                return format!("webhook request timed out after {}s", TIMEOUT.as_secs());
+            }
+            let mut message = format!("webhook request failed: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message = format!("{message}: {c}");
+                cause = c.source();
+            }
+            message
         })?;
         let status = response.status();
         if status.is_success() {

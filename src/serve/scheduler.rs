@@ -225,11 +225,25 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
         }
     };
     let scheduler = crate::plan::Actor::scheduler();
+    let tick = Some(crate::store::TickRef {
+        fire_at,
+        owner: shared.replica.to_string(),
+    });
+    // A panic after the run (proposing a plan, publishing it) still finishes the tick below:
+    // its result, if any, is committed already.
+    let run =
+        std::panic::AssertUnwindSafe(run_once(invariant, shared, tick, &scheduler)).catch_unwind();
     let attempt = tokio::select! {
-        a = run_once(invariant, shared, Some(crate::store::TickRef {
-            fire_at,
-            owner: shared.replica.to_string(),
-        }), &scheduler) => a,
+        a = run => a.unwrap_or_else(|panic| {
+            let message = format!(
+                "the tick panicked (a bug in trueup; please report it): {}",
+                crate::source::panic_message(&*panic)
+            );
+            tracing::error!(invariant = %name, "{message}");
+            shared.metrics.failed(name);
+            shared.board.store_failed(name, &message);
+            Attempt::StoreFailed(message)
+        }),
         () = renew => unreachable!("the renewal loop never ends"),
     };
     let run_id = match &attempt {

@@ -480,7 +480,9 @@ impl Source {
     /// Whether the role is known to be privileged and allowed to be (for `/metrics`);
     /// `None` until the role has been audited.
     pub fn privileged_allowed(&self) -> Option<bool> {
-        self.role.get().map(|a| !a.privileged.is_empty())
+        self.role
+            .get()
+            .map(|a| !a.privileged.is_empty() && self.on_privileged == PrivilegedPolicy::Allow)
     }
 
     /// Starts reading; returns once the query is prepared and its columns are known.
@@ -497,6 +499,8 @@ impl Source {
         let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
         let net = tx.clone();
         let feed = Feed {
+            // Fail points are looked up once per read, never per value.
+            decode_fault: injected("source.decode"),
             source: self.name.clone(),
             endpoint: Arc::clone(&self.endpoint),
             columns: Arc::from(Vec::new()),
@@ -533,7 +537,7 @@ impl Source {
                 Err(_) => SourceError::Incomplete {
                     source_name,
                     cause: format!(
-                        "no end of the result within {}s (the source's statement_timeout and {}s more): the network or the database stalled; the connection was closed",
+                        "the read did not end within {}s (the source's statement_timeout and {}s more, connecting included): the network or the database stalled; the connection was closed",
                         deadline.as_secs(),
                         READ_GRACE.as_secs()
                     ),
@@ -571,6 +575,8 @@ impl Source {
 
 /// The reading task's outlet: the column names once, then row batches, then the end.
 pub(crate) struct Feed {
+    /// The fail point `source.decode` is set (test builds): the first row fails to decode.
+    decode_fault: bool,
     source: SourceName,
     endpoint: Arc<str>,
     columns: Arc<[String]>,
@@ -608,6 +614,13 @@ impl Feed {
     /// Adds a row to the batch, sending the batch once it is full (by rows or by bytes).
     /// `Err(None)`: nobody listens any more; `Err(Some)`: the row is over [`MAX_ROW_BYTES`].
     pub(crate) async fn push_row(&mut self, row: Row) -> Result<(), Option<SourceError>> {
+        if self.decode_fault {
+            return Err(Some(decode::decode_error(
+                &self.source,
+                self.columns.first().map_or("", String::as_str),
+                "the value cannot be decoded (injected by the fail point source.decode)".into(),
+            )));
+        }
         let bytes: usize = row.iter().map(Value::size).sum();
         if bytes > MAX_ROW_BYTES {
             let (i, biggest) = row
@@ -751,11 +764,6 @@ pub(crate) fn decode_value(
     column: &str,
     decode: impl FnOnce() -> Result<Value, sqlx::error::BoxDynError>,
 ) -> Result<Value, SourceError> {
-    fail::fail_point!("source.decode", |_| Err(decode::decode_error(
-        source,
-        column,
-        "the value cannot be decoded (injected by the fail point source.decode)".into(),
-    )));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(decode::decode_error(source, column, e)),
@@ -769,6 +777,14 @@ pub(crate) fn decode_value(
             .into(),
         )),
     }
+}
+
+/// Whether the fail point `name` is set (test builds; always `false` in a release build). Its
+/// `panic` action panics here.
+pub(crate) fn injected(name: &str) -> bool {
+    fail::fail_point!(name, |_| true);
+    let _ = name; // (unused where fail points compile to nothing)
+    false
 }
 
 /// The text of a caught panic's payload.

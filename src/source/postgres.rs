@@ -147,8 +147,7 @@ pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut fe
             }
         }
         Err(stop) => {
-            // A failed or abandoned read never returns its connection to the pool.
-            conn.close_on_drop();
+            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
             if let Some(err) = stop {
                 feed.fail(err).await;
             }
@@ -226,33 +225,45 @@ async fn run(
     // Long text and bytes values of digestible columns stay in the database: it sends their
     // length, SHA-256 and start instead (four columns in place of one).
     let digest = req.digestible(&columns);
+    // (Columns are selected by name from the subquery: a query returning one name twice
+    // keeps its values whole.)
+    let unique = columns
+        .iter()
+        .enumerate()
+        .all(|(i, c)| !columns[..i].iter().any(|o| o.eq_ignore_ascii_case(c)));
     let digest: Vec<bool> = digest
         .iter()
         .zip(&kinds)
-        .map(|(d, k)| *d && matches!(k, Kind::Text | Kind::Bytes))
+        .map(|(d, k)| unique && *d && matches!(k, Kind::Text | Kind::Bytes))
         .collect();
     let mut sql = if digest.iter().any(|d| *d) {
         let list: Vec<String> = columns
             .iter()
-            .zip(&digest)
-            .map(|(c, d)| {
+            .enumerate()
+            .map(|(i, c)| {
                 let q = format!("trueup_q.\"{}\"", c.replace('"', "\"\""));
-                if !*d {
+                if !digest[i] {
                     return q;
                 }
                 let long = format!("octet_length({q}) > {DIGEST_OVER}");
-                let (sha, start) = if kinds[columns.iter().position(|x| x == c).unwrap_or(0)]
-                    == Kind::Bytes
-                {
-                    (format!("sha256({q})"), format!("substring({q} from 1 for {})", (EVIDENCE_VALUE_CAP - 2) / 2))
-                } else {
+                // Length and digest of the UTF-8 bytes, whatever the database's encoding,
+                // so they match what trueup computes of the same text.
+                let (bytes, sha, start) = if kinds[i] == Kind::Bytes {
                     (
-                        format!("sha256(convert_to({q}::text, 'UTF8'))"),
+                        format!("octet_length({q})"),
+                        format!("sha256({q})"),
+                        format!("substring({q} from 1 for {})", (EVIDENCE_VALUE_CAP - 2) / 2),
+                    )
+                } else {
+                    let utf8 = format!("convert_to({q}::text, 'UTF8')");
+                    (
+                        format!("octet_length({utf8})"),
+                        format!("sha256({utf8})"),
                         format!("left({q}::text, {EVIDENCE_VALUE_CAP})"),
                     )
                 };
                 format!(
-                    "CASE WHEN {long} THEN NULL ELSE {q} END, CASE WHEN {long} THEN octet_length({q}) END, \
+                    "CASE WHEN {long} THEN NULL ELSE {q} END, CASE WHEN {long} THEN {bytes} END, \
                      CASE WHEN {long} THEN encode({sha}, 'hex') END, CASE WHEN {long} THEN {start} END"
                 )
             })

@@ -46,7 +46,7 @@ pub(super) async fn read(pool: SqlitePool, req: ReadRequest, mut feed: Feed) {
             }
         }
         Err(stop) => {
-            conn.close_on_drop();
+            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
             if let Some(err) = stop {
                 feed.fail(err).await;
             }

@@ -541,7 +541,8 @@ async fn ten_megabyte_values_are_capped_in_evidence_and_a_run_stays_bounded_in_m
     // One invariant at a time, as the probes ran them (`check` evaluates up to four at once,
     // each with its own streams).
     let mut runs = Vec::new();
-    for (invariant, bound_mib) in [("big-listed", 150.0), ("sent-got", 150.0)] {
+    // ~55-65 MiB measured; the issue's bound is 150.
+    for (invariant, bound_mib) in [("big-listed", 100.0), ("sent-got", 100.0)] {
         let (out, peak_mib) =
             check_with_peak_rss(&config, &["check", "-i", invariant, "--format", "json"]);
         let text = combined_output(&out);
@@ -698,6 +699,52 @@ async fn a_long_value_read_as_a_digest_on_postgres_compares_with_the_whole_value
 "#,
     )
     .unwrap();
+    // On PostgreSQL the long values arrive as digests (computed there), multi-byte text and
+    // bytea included; a query naming a column twice reads it whole.
+    db.exec(
+        "CREATE TABLE more (id int PRIMARY KEY, t text, b bytea);
+         INSERT INTO more VALUES (1, repeat('é', 40000), decode(repeat('ff', 70000), 'hex'));",
+    )
+    .await;
+    let src = Source::open(&source("pg", &db.reader_url)).unwrap();
+    let digested = |query: &str| {
+        let mut req = request(query);
+        req.digest_long_except = Some(Vec::new());
+        req
+    };
+    let mut stream = src
+        .read(digested("SELECT id, t, b FROM more"))
+        .await
+        .unwrap();
+    let row = stream.next_batch().await.unwrap().unwrap().remove(0);
+    let whole_t = "é".repeat(40000);
+    let whole_b = vec![0xffu8; 70000];
+    assert!(
+        matches!(&row[1], Value::Digest(d) if d.bytes == 80000),
+        "{:?}",
+        row[1]
+    );
+    assert!(
+        matches!(&row[2], Value::Digest(d) if d.bytes == 70000),
+        "{:?}",
+        row[2]
+    );
+    assert!(row[1].same_as(&Value::Text(whole_t.clone())));
+    assert!(row[2].same_as(&Value::Bytes(whole_b)));
+    assert_eq!(
+        row[1].to_evidence_json(),
+        Value::Text(whole_t).to_evidence_json()
+    );
+    let mut stream = src
+        .read(digested("SELECT id, t, t FROM more"))
+        .await
+        .unwrap();
+    let row = stream.next_batch().await.unwrap().unwrap().remove(0);
+    assert!(
+        matches!(&row[1], Value::Text(t) if t.len() == 80000),
+        "read whole"
+    );
+
     let (code, runs, text) = check_json(&config);
     assert_eq!(code, Some(1), "{text}");
     // Only row 2 differs: the digest of row 1 equals the whole value SQLite returned.

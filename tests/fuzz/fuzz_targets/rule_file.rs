@@ -14,10 +14,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let known = Known {
-        sources: [("shop", SourceKind::Sqlite), ("ledger", SourceKind::Postgres), ("orders", SourceKind::MySql)]
-            .into_iter()
-            .map(|(n, k)| (SourceName::parse(n).unwrap(), k))
-            .collect(),
+        sources: [
+            ("shop", SourceKind::Sqlite),
+            ("ledger", SourceKind::Postgres),
+            ("orders", SourceKind::MySql),
+        ]
+        .into_iter()
+        .map(|(n, k)| (SourceName::parse(n).unwrap(), k))
+        .collect(),
         channels: ["oncall".to_owned()].into(),
         targets: [
             ("writer", TargetInfo::Sql(SourceKind::Postgres)),
@@ -30,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     let (_, problems) = trueup::rules::parse_file(text, Path::new("fuzz.yaml"), &known);
     let lines = text.lines().count() as u64 + 1;
     for p in problems {
-        assert!(p.line <= lines, "{p} is past the end of a {lines}-line file");
+        assert!(
+            p.line <= lines,
+            "{p} is past the end of a {lines}-line file"
+        );
         assert!(!p.message.is_empty());
     }
 });

@@ -18,6 +18,9 @@ use super::Channel;
 const LEASE: TimeDelta = TimeDelta::seconds(60);
 const BATCH: u32 = 20;
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The longest one delivery attempt may take, whatever the channel (its own timeouts are
+/// shorter; this also bounds a server that accepts the connection and never answers).
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn backoff(attempts: i64) -> TimeDelta {
     let secs = 1_i64 << attempts.clamp(0, 9);
@@ -51,16 +54,26 @@ impl Worker {
                                 )),
                             }
                         };
-                        // A panicking channel (a bug) fails this attempt; the worker goes on.
-                        let result = std::panic::AssertUnwindSafe(attempt)
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|panic| {
-                                Err(format!(
-                                    "delivering panicked (a bug in trueup; please report it): {}",
-                                    crate::source::panic_message(&*panic)
-                                ))
-                            });
+                        // A panicking channel (a bug) fails this attempt, and so does one that
+                        // stalls past the deadline (a server that accepts the connection and
+                        // never answers): the worker goes on.
+                        let result = tokio::time::timeout(
+                            ATTEMPT_DEADLINE,
+                            std::panic::AssertUnwindSafe(attempt).catch_unwind(),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Ok(Err(format!(
+                                "the channel did not answer within {}s",
+                                ATTEMPT_DEADLINE.as_secs()
+                            )))
+                        })
+                        .unwrap_or_else(|panic| {
+                            Err(format!(
+                                "delivering panicked (a bug in trueup; please report it): {}",
+                                crate::source::panic_message(&*panic)
+                            ))
+                        });
                         let now = Utc::now();
                         let recorded = match result {
                             Ok(()) => {

@@ -709,3 +709,58 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_network_recovers() {
+    use crate::proxy::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = crate::notify::free_port();
+    let smtp = crate::notify::SmtpServer::start(port, &tmp.path().join("mail"));
+    let proxy = FaultProxy::start(([127, 0, 0, 1], port).into()).await;
+    // The server's greeting is cut: each attempt fails at once.
+    proxy.set(Fault::ResetAfter(0));
+    let config = project_with(
+        tmp.path(),
+        &format!(
+            "notifications:\n  channels:\n    oncall:\n      email: {{smtp: \"smtp://{}\", from: trueup@example.com, to: [oncall@example.com]}}\n",
+            proxy.addr
+        ),
+        "    schedule: \"* * * * * *\"\n",
+    )
+    .await;
+    let config = trueup::config::Config::load(&config).unwrap();
+    let (_base, stop, task, store) = crate::serve::start(config).await;
+    crate::serve::wait_for("a failed delivery", Duration::from_secs(30), || async {
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.attempts >= 1)
+    })
+    .await;
+    // Blackholed: the next attempt ends at the SMTP client's 20 s deadline.
+    proxy.set(Fault::Blackhole);
+    let attempts = store.outbox(10).await.unwrap()[0].attempts;
+    let since = Instant::now();
+    crate::serve::wait_for("a timed-out delivery", Duration::from_secs(60), || async {
+        store.outbox(10).await.unwrap()[0].attempts > attempts
+    })
+    .await;
+    let took = since.elapsed();
+    println!("blackholed SMTP attempt ended {took:.1?} after the fault was set");
+    assert!(took < Duration::from_secs(40), "{took:?}");
+    assert!(smtp.messages().is_empty());
+    // The network recovers: one message.
+    proxy.set(Fault::None);
+    crate::serve::wait_for("the message", Duration::from_secs(60), || async {
+        !smtp.messages().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.messages().len(), 1);
+    assert!(store.outbox(10).await.unwrap()[0].delivered_at.is_some());
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -201,13 +201,13 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
 }
 
 /// An aiosmtpd process writing every message it accepts into a maildir.
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     child: Child,
     maildir: PathBuf,
 }
 
 impl SmtpServer {
-    fn start(port: u16, maildir: &Path) -> Self {
+    pub(crate) fn start(port: u16, maildir: &Path) -> Self {
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -227,7 +227,7 @@ impl SmtpServer {
         }
     }
 
-    fn messages(&self) -> Vec<String> {
+    pub(crate) fn messages(&self) -> Vec<String> {
         std::fs::read_dir(self.maildir.join("new"))
             .map(|d| {
                 d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
@@ -244,7 +244,7 @@ impl Drop for SmtpServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1621,3 +1621,113 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     targets.close().await;
     app.close().await;
 }
+
+#[tokio::test]
+async fn an_http_target_behind_a_failing_network_fails_actions_within_its_timeout_and_applies_each_once_after()
+ {
+    use crate::proxy::{Fault, FaultProxy};
+    let data = TestPg::new().await;
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL);
+         INSERT INTO events SELECT g, g * 3 FROM generate_series(1, 200) g;
+         CREATE TABLE deliveries (event_id BIGINT NOT NULL, amount BIGINT NOT NULL, idempotency_key TEXT NOT NULL);",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let receiver = receiver::Receiver {
+        requests: Default::default(),
+        db: pool.clone(),
+    };
+    let base = receiver::start(receiver.clone()).await;
+    let upstream: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: http://{}/\n    allow_private_network: true\n    timeout: 1s\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            data.reader_url,
+            proxy.addr
+        ),
+        r#"invariants:
+  - name: events-delivered
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, amount FROM events"}
+      right: {source: upstream, query: "SELECT event_id FROM deliveries"}
+      key: event_id
+    compensate:
+      missing:
+        http: {target: consumer, path: "deliveries/{{key.event_id}}", body: {amount: "{{left.amount}}"}}
+"#,
+    );
+    let run = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        crate::helpers::output_off_runtime(c)
+    };
+    let checked = run(&["check"]).await;
+    assert!(
+        crate::helpers::combined_output(&checked).contains("proposed plan 1: 200 actions"),
+        "{}",
+        crate::helpers::combined_output(&checked)
+    );
+    let approved = run(&["plan", "approve", "1"]).await;
+    assert!(
+        approved.status.success(),
+        "{}",
+        crate::helpers::combined_output(&approved)
+    );
+
+    // Blackholed, then answers cut by a reset: the apply stops after its failures, each
+    // attempt ending at the target's 1 s timeout, and applies nothing it cannot confirm.
+    for fault in [Fault::Blackhole, Fault::ResetAfter(0)] {
+        proxy.set(fault);
+        let started = Instant::now();
+        let out = run(&[
+            "apply",
+            "1",
+            "--rate",
+            "unlimited",
+            "--max-failures",
+            "3",
+            "--retry-failed",
+        ])
+        .await;
+        let took = started.elapsed();
+        let text = crate::helpers::combined_output(&out);
+        println!("{fault:?}: apply stopped after {took:.1?}");
+        assert!(!out.status.success(), "{fault:?}: {text}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{fault:?} took {took:?}: {text}"
+        );
+    }
+    // The network recovers: the rest is applied, each event's effect booked once (an attempt
+    // whose answer was cut after it reached the receiver is found done by the re-check).
+    proxy.set(Fault::None);
+    let out = run(&["apply", "1", "--rate", "unlimited", "--retry-failed"]).await;
+    let text = crate::helpers::combined_output(&out);
+    assert!(text.contains("plan 1 is applied"), "{text}");
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM deliveries")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (200, 200));
+    let requests = receiver.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 200);
+    println!(
+        "{} requests for 200 keys ({} keys sent more than once, booked once)",
+        requests.values().sum::<u32>(),
+        requests.values().filter(|n| **n > 1).count()
+    );
+}

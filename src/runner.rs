@@ -18,6 +18,9 @@ use crate::store::{
 
 /// Violations are staged in the store in batches of this size.
 const FLUSH_EVERY: usize = 500;
+/// ... or once their evidence holds this much (columns a template reads are kept whole, and
+/// may be large).
+const FLUSH_BYTES: usize = 8 << 20;
 
 /// Bounds on one run: a deadline, a token that cancels it (shutdown), and the scheduled tick
 /// it answers (committed with the result).
@@ -97,6 +100,7 @@ pub async fn run_invariant_limited(
         stored: 0,
         truncated: false,
         buffer: Vec::new(),
+        buffered: 0,
     };
     let evaluated = {
         let evaluation = async {
@@ -243,6 +247,8 @@ struct Recorder<'a> {
     stored: u64,
     truncated: bool,
     buffer: Vec<Violation>,
+    /// Roughly the bytes of the buffered violations' evidence.
+    buffered: usize,
 }
 
 impl Recorder<'_> {
@@ -256,6 +262,7 @@ impl Recorder<'_> {
                 .observe(self.run, self.invariant, first_seq, &self.buffer)
                 .await?;
             self.buffer.clear();
+            self.buffered = 0;
         }
         Ok(())
     }
@@ -269,8 +276,9 @@ impl ViolationSink for Recorder<'_> {
             return Ok(());
         }
         self.stored += 1;
+        self.buffered += crate::domain::json_size(&violation.evidence);
         self.buffer.push(violation);
-        if self.buffer.len() >= FLUSH_EVERY {
+        if self.buffer.len() >= FLUSH_EVERY || self.buffered >= FLUSH_BYTES {
             self.flush().await?;
         }
         Ok(())

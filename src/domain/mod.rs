@@ -29,6 +29,6 @@ pub use role::Role;
 pub use schedule::{Schedule, ScheduleError};
 pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
-    is_capped, text_prefix as value_text_prefix,
+    is_capped, json_size, text_prefix as value_text_prefix,
 };
 pub use violation::{Fingerprint, Violation, ViolationKind};

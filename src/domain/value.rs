@@ -299,7 +299,7 @@ pub fn is_capped(evidence_value: &serde_json::Value) -> bool {
 }
 
 /// Roughly the bytes of a JSON value's text, without writing it out.
-fn json_size(j: &serde_json::Value) -> usize {
+pub fn json_size(j: &serde_json::Value) -> usize {
     match j {
         serde_json::Value::String(s) => s.len() + 2,
         serde_json::Value::Array(a) => 2 + a.iter().map(|v| json_size(v) + 1).sum::<usize>(),

@@ -776,3 +776,52 @@ async fn a_row_over_the_limit_read_whole_fails_the_read_naming_its_column() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn two_hundred_violations_with_half_a_megabyte_values_stay_bounded_in_memory() {
+    // 200 rows of 512 KiB read whole from SQLite (100 MiB in all), each a violation whose
+    // evidence keeps the value's start and digest.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::helpers::sqlite_file(
+        &dir.join("up.db"),
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT);
+         WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 200)
+         INSERT INTO events SELECT i, i || replace(hex(zeroblob(262144)), '00', 'ab') FROM g;",
+    )
+    .await;
+    crate::helpers::sqlite_file(&dir.join("down.db"), "CREATE TABLE records (id INTEGER);").await;
+    let config = dir.join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: sqlite://{d}/trueup.db\nsources:\n  up: {{url: sqlite://{d}/up.db}}\n  down: {{url: sqlite://{d}/down.db}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/e.yaml"),
+        r#"invariants:
+  - name: events-recorded
+    reconcile:
+      left: {source: up, query: "SELECT id, payload FROM events"}
+      right: {source: down, query: "SELECT id FROM records"}
+      key: id
+"#,
+    )
+    .unwrap();
+    let (out, peak_mib) = check_with_peak_rss(&config, &["check", "--format", "json"]);
+    let text = combined_output(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    println!("peak RSS over 200 violations with 512 KiB values: {peak_mib:.1} MiB");
+    assert!(peak_mib < 150.0, "peak RSS {peak_mib:.1} MiB");
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["change"]["new"], 200, "{runs}");
+}

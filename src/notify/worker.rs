@@ -16,11 +16,15 @@ use crate::store::Store;
 use super::Channel;
 
 const LEASE: TimeDelta = TimeDelta::seconds(60);
-const BATCH: u32 = 20;
+/// Notices claimed at once. Their attempts run one after another, so every claimed notice
+/// must be done (each attempt bounded by `ATTEMPT_DEADLINE`) before the lease runs out and
+/// another replica may claim it again: at most LEASE / ATTEMPT_DEADLINE - 1 of them.
+const BATCH: u32 = 1;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// The longest one delivery attempt may take, whatever the channel (its own timeouts are
 /// shorter; this also bounds a server that accepts the connection and never answers).
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(30);
+const _: () = assert!((BATCH as u64) * ATTEMPT_DEADLINE.as_secs() < LEASE.num_seconds() as u64);
 
 pub fn backoff(attempts: i64) -> TimeDelta {
     let secs = 1_i64 << attempts.clamp(0, 9);

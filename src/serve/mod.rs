@@ -104,7 +104,17 @@ impl Application {
         let single_replica_lock = if app.store.supports_replicas() {
             None
         } else {
-            Some(lock_sqlite_store(app.config.store.expose(), &others)?)
+            let lock = lock_sqlite_store(app.config.store.expose(), &others)?;
+            // Holding the lock, this is the only worker: notices claimed by one that stopped
+            // (killed mid-delivery) go out now rather than after their claim's lease.
+            match app.store.release_outbox_claims().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!("{n} notice(s) claimed by a trueup that stopped are sent again")
+                }
+                Err(e) => tracing::warn!("cannot release stale notice claims: {e}"),
+            }
+            Some(lock)
         };
         let targets =
             crate::plan::targets::Targets::open(&app.config).map_err(ServeError::Target)?;

@@ -724,6 +724,16 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn release_outbox_claims(&self) -> Result<u64, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "UPDATE outbox SET claimed_until = NULL \
+                     WHERE delivered_at IS NULL AND claimed_until IS NOT NULL",
+                )
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
             async fn claim_outbox(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,

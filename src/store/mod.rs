@@ -417,6 +417,10 @@ pub trait Store: PlanStore + IncidentStore + SessionStore + Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
+    /// Releases every claim on undelivered messages; for a process that knows no other worker
+    /// is alive (the one `serve` of a SQLite store, at start). Returns how many it released.
+    async fn release_outbox_claims(&self) -> Result<u64, StoreError>;
+
     /// Claims up to `limit` undelivered messages that are due, for `lease`: another worker
     /// will not take them until the lease ends (a worker that dies releases them that way).
     async fn claim_outbox(

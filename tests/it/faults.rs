@@ -764,3 +764,73 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn notification_delivery_killed_at_four_points_loses_no_notice() {
+    use crate::proxy::{Fault, FaultProxy};
+    use std::time::Duration;
+    let (url, received) = crate::notify::webhook_listener().await;
+    let upstream: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .parse()
+        .unwrap();
+    // Each delivery takes a while, so the kills land between and during them.
+    let proxy = FaultProxy::start(upstream).await;
+    proxy.set(Fault::Latency(Duration::from_millis(150)));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    project_with(
+        dir,
+        &format!(
+            "notifications:\n  channels:\n    ops:\n      webhook: {{url: \"http://{}/hook\"}}\n",
+            proxy.addr
+        ),
+        "    schedule: \"* * * * * *\"\n",
+    )
+    .await;
+    // Five invariants, all violated: five firing notices.
+    let one = std::fs::read_to_string(dir.join("invariants/events.yaml")).unwrap();
+    let body = one.trim_start_matches("invariants:\n");
+    let mut all = String::from("invariants:\n");
+    for n in 1..=5 {
+        all.push_str(&body.replace(
+            "name: events-recorded",
+            &format!("name: events-recorded-{n}"),
+        ));
+    }
+    std::fs::write(dir.join("invariants/events.yaml"), all).unwrap();
+    let count = || received.lock().unwrap().len();
+    let mut killed_at = Vec::new();
+    for k in 1..=4 {
+        let log = format!("serve-{k}.log");
+        let mut child = serve(dir, "", &log);
+        wait_for("a delivery", dir, &log, async || count() >= k).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed_at.push(count());
+    }
+    let _last = serve(dir, "", "serve-5.log");
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&dir.join("trueup.db"))))
+        .await
+        .unwrap();
+    wait_for("every notice delivered", dir, "serve-5.log", async || {
+        let outbox = store.outbox(100).await.unwrap();
+        outbox.len() == 5 && outbox.iter().all(|i| i.delivered_at.is_some())
+    })
+    .await;
+    let got = received.lock().unwrap().clone();
+    let mut keys: Vec<String> = got
+        .iter()
+        .map(|(_, p)| p["dedup_key"].as_str().unwrap().to_owned())
+        .collect();
+    let copies = keys.len();
+    keys.sort();
+    keys.dedup();
+    println!(
+        "killed after {killed_at:?} deliveries: 5 notices, {copies} requests ({} sent again after a kill, same key)",
+        copies - keys.len()
+    );
+    assert_eq!(keys.len(), 5, "no notice lost: {got:?}");
+    assert!(got.iter().all(|(_, p)| p["notice"] == "firing"), "{got:?}");
+}

@@ -4,7 +4,7 @@
 //! its acquire timeout, then reports only "pool timed out": an unreachable database looked
 //! like a slow one for 15 s. Before waiting on a pool that holds no connection, trueup
 //! connects once directly, so a refused, unresolvable or rejected connection fails now with
-//! its own error. Used by sources and the store.
+//! its own error. Used by sources, the store and SQL targets.
 
 use std::time::Duration;
 

@@ -47,6 +47,42 @@ macro_rules! on_pool {
     };
 }
 
+/// Runs `$body` on a connection of `$conn`'s pool (bound as `$c`) within the target's deadline
+/// (its statement_timeout and `TARGET_GRACE`): an unreachable database fails at once with its
+/// cause, a stalled one fails at the deadline and its connection is closed, never pooled.
+/// Evaluates to `Result<_, String>`.
+macro_rules! on_conn_within {
+    ($conn:expr, $pool:expr, $c:ident => $body:expr) => {{
+        let sql_conn: &SqlConn = $conn;
+        let deadline = sql_conn.cfg.statement_timeout.as_std() + TARGET_GRACE;
+        let endpoint = crate::connect::endpoint(sql_conn.cfg.url.expose());
+        let started = std::time::Instant::now();
+        let stalled = || {
+            format!(
+                "target `{}`: no answer within {}s (its statement_timeout and {}s more); the connection was closed",
+                sql_conn.cfg.name,
+                deadline.as_secs(),
+                TARGET_GRACE.as_secs()
+            )
+        };
+        // (Taking a pooled connection pings it, which a stalled network also holds up.)
+        match tokio::time::timeout(deadline, crate::connect::acquire($pool, &endpoint)).await {
+            Err(_) => Err(stalled()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(mut $c)) => {
+                let left = deadline.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, async { $body }).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        $c.close_on_drop();
+                        Err(stalled())
+                    }
+                }
+            }
+        }
+    }};
+}
+
 impl Pool {
     /// How the engine writes the first positional parameter.
     fn param1(&self) -> &'static str {
@@ -368,9 +404,13 @@ impl SqlConn {
             "SELECT 1 FROM {m} WHERE idempotency_key = {}",
             self.pool.param1()
         );
-        let found = on_pool!(&self.pool, p => {
-            sqlx::query_scalar::<_, i32>(&sql).bind(key).fetch_optional(p).await
-        });
+        let found: Result<Option<i32>, String> = on_pool!(&self.pool, p => on_conn_within!(self, p, c => {
+            sqlx::query_scalar::<_, i32>(&sql)
+                .bind(key)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(|e| e.to_string())
+        }));
         found
             .map(|r| r.is_some())
             .map_err(|e| format!("cannot read the marker table `{m}`: {e}"))
@@ -384,16 +424,20 @@ impl SqlConn {
         plan: i64,
         seq: i64,
     ) -> Executed {
+        // The server stops a statement at its statement_timeout; an action still waiting
+        // well past that waits on a network or a server that stalled. Whether a cut one
+        // committed, its marker row tells the next try.
+        let marker = self.marker();
         let result = match &self.pool {
-            Pool::Postgres(p) => {
-                pg_execute(p, self.marker(), statement, params, key, plan, seq).await
-            }
-            Pool::MySql(p) => {
-                mysql_execute(p, self.marker(), statement, params, key, plan, seq).await
-            }
-            Pool::Sqlite(p) => {
-                sqlite_execute(p, self.marker(), statement, params, key, plan, seq).await
-            }
+            Pool::Postgres(p) => on_conn_within!(self, p, c => {
+                pg_execute(&mut c, marker, statement, params, key, plan, seq).await
+            }),
+            Pool::MySql(p) => on_conn_within!(self, p, c => {
+                mysql_execute(&mut c, marker, statement, params, key, plan, seq).await
+            }),
+            Pool::Sqlite(p) => on_conn_within!(self, p, c => {
+                sqlite_execute(&mut c, marker, statement, params, key, plan, seq).await
+            }),
         };
         match result {
             Ok(Some(rows)) => Executed::Applied(serde_json::json!({ "rows_affected": rows })),
@@ -469,8 +513,11 @@ fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam,
     })
 }
 
+/// How long past its statement_timeout an action may wait before trueup gives up on it.
+const TARGET_GRACE: Duration = Duration::from_secs(5);
+
 async fn pg_execute(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
     marker: &str,
     statement: &str,
     params: &[serde_json::Value],
@@ -479,7 +526,7 @@ async fn pg_execute(
     seq: i64,
 ) -> Result<Option<u64>, String> {
     let err = |e: sqlx::Error| e.to_string();
-    let mut tx = pool.begin().await.map_err(err)?;
+    let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(err)?;
     let fresh = sqlx::query(&format!(
         "INSERT INTO {marker} (idempotency_key, plan_id, seq) VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING"
     ))
@@ -581,7 +628,7 @@ macro_rules! marked_execute {
 }
 
 async fn mysql_execute(
-    pool: &sqlx::MySqlPool,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::MySql>,
     marker: &str,
     statement: &str,
     params: &[serde_json::Value],
@@ -590,7 +637,7 @@ async fn mysql_execute(
     seq: i64,
 ) -> Result<Option<u64>, String> {
     marked_execute!(
-        pool.begin(),
+        sqlx::Connection::begin(&mut **conn),
         format!("INSERT IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),
         statement,
         params,
@@ -602,7 +649,7 @@ async fn mysql_execute(
 }
 
 async fn sqlite_execute(
-    pool: &sqlx::SqlitePool,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
     marker: &str,
     statement: &str,
     params: &[serde_json::Value],
@@ -611,7 +658,7 @@ async fn sqlite_execute(
     seq: i64,
 ) -> Result<Option<u64>, String> {
     marked_execute!(
-        pool.begin_with("BEGIN IMMEDIATE"),
+        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE"),
         format!("INSERT OR IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),
         statement,
         params,

@@ -1731,3 +1731,92 @@ async fn an_http_target_behind_a_failing_network_fails_actions_within_its_timeou
         requests.values().filter(|n| **n > 1).count()
     );
 }
+
+#[tokio::test]
+async fn a_sql_target_that_stalls_mid_apply_fails_within_its_deadline_and_each_action_lands_once() {
+    use crate::proxy::{Fault, FaultProxy};
+    let data = TestPg::new().await;
+    data.exec(
+        "CREATE TABLE payments (id BIGINT PRIMARY KEY, amount BIGINT NOT NULL);
+         INSERT INTO payments SELECT g, g * 5 FROM generate_series(1, 100) g;
+         -- No unique key: an action applied twice would be a second row.
+         CREATE TABLE ledger_entries (payment_id BIGINT NOT NULL, amount BIGINT NOT NULL);",
+    )
+    .await;
+    let server = crate::helpers::pg_server();
+    let host_port = server.rsplit('@').next().unwrap().trim_end_matches('/');
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  ledger-writer: {{url: \"{}\", statement_timeout: 1s}}\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            data.reader_url,
+            proxy.url(&data.url)
+        ),
+        r#"invariants:
+  - name: payments-booked
+    reconcile:
+      left: {source: shop, query: "SELECT id AS payment_id, amount FROM payments"}
+      right: {source: shop, query: "SELECT payment_id, amount FROM ledger_entries"}
+      key: payment_id
+    compensate:
+      missing:
+        sql:
+          target: ledger-writer
+          statement: INSERT INTO ledger_entries (payment_id, amount) VALUES ({{key.payment_id}}, {{left.amount}})
+"#,
+    );
+    let rows = async || -> (i64, i64) {
+        let mut c = data.connect().await;
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT payment_id) FROM ledger_entries")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    for args in [&["check"][..], &["plan", "approve", "1"]] {
+        let mut c = trueup(&config);
+        c.args(args);
+        let out = crate::helpers::output_off_runtime(c).await;
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            crate::helpers::combined_output(&out)
+        );
+    }
+    // The apply runs; mid-way the target's connection stalls.
+    let mut apply = trueup(&config);
+    apply.args(["apply", "1", "--rate", "20/s", "--max-failures", "2"]);
+    let running = tokio::task::spawn_blocking(move || apply.output().unwrap());
+    let started = Instant::now();
+    while rows().await.0 < 20 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set(Fault::Blackhole);
+    let stalled = Instant::now();
+    let out = running.await.unwrap();
+    let took = stalled.elapsed();
+    let text = crate::helpers::combined_output(&out);
+    println!("the apply stopped {took:.1?} after the target stalled");
+    assert!(!out.status.success(), "{text}");
+    // Each of the two failed actions waits out the target's deadline (1 s + 5 s), no more.
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(20)).contains(&took),
+        "{took:?}: {text}"
+    );
+    assert!(text.contains("failed                      2"), "{text}");
+    // Back: every action lands exactly once, the one cut mid-flight included.
+    proxy.set(Fault::None);
+    let mut again = trueup(&config);
+    again.args(["apply", "1", "--rate", "unlimited", "--retry-failed"]);
+    let out = crate::helpers::output_off_runtime(again).await;
+    let text = crate::helpers::combined_output(&out);
+    assert!(text.contains("plan 1 is applied"), "{text}");
+    assert_eq!(rows().await, (100, 100));
+}

@@ -205,6 +205,10 @@ impl SecretUrl {
     /// The URL with its secrets (the userinfo password, and the value of every query
     /// parameter whose name says it holds a secret) replaced by `***`.
     pub fn redacted(&self) -> String {
+        // Without `scheme://` there is no telling where a password would be: show none of it.
+        if !self.0.contains("://") && !self.0.starts_with("sqlite:") {
+            return "(a URL that does not start with scheme://, not shown)".to_owned();
+        }
         let mut out = self.0.clone();
         // Right to left, so the earlier ranges stay where they are.
         for (start, end) in secret_ranges(&self.0).into_iter().rev() {
@@ -563,7 +567,8 @@ impl Config {
                         src.url.referenced,
                         format!(
                             "source `{name}`: cannot tell the database from URL `{}`; start it with postgres://, mysql:// or sqlite://",
-                            SecretUrl::new(url.clone())
+                            // As written: `${VAR}` references, never their values.
+                            src.url.value
                         ),
                     ));
                     continue;
@@ -1052,6 +1057,18 @@ mod tests {
                 .redacted()
                 .contains("sslkey=/etc/k.pem&sslcert=/etc/c.pem")
         );
+    }
+
+    #[test]
+    fn a_malformed_url_never_shows_the_password_it_was_given() {
+        // Found by fuzzing `config_file`: no `://`, so no userinfo to redact.
+        let err = parse("sources:\n  shop:\n    url: \"pg/:x/u:${LEDGER_PASSWORD}@db/shop\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("${LEDGER_PASSWORD}"), "{err}");
+        let shown = SecretUrl::new("postgres:u:s3cret@db/x").to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

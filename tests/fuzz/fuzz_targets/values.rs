@@ -22,8 +22,7 @@ fuzz_target!(|data: &[u8]| {
     // A URL with a password: redacted, the password is gone.
     let url = trueup::config::SecretUrl::new(format!("postgres://u:{text}@h/d?password={text}"));
     let shown = url.redacted();
-    if !text.is_empty() && !text.contains(['@', '/', '?', '#', '&', '=']) {
-        assert!(!shown.contains(&format!(":{text}@")), "{shown}");
-        assert!(!shown.contains(&format!("password={text}")), "{shown}");
+    if !text.is_empty() && !text.contains(['@', '/', '?', '#', '&', '=', ':']) {
+        assert_eq!(shown, "postgres://u:***@h/d?password=***");
     }
 });

@@ -16,9 +16,9 @@ use chrono::Utc;
 use sqlx::{Connection, Executor};
 use trueup::app::App;
 use trueup::config::{ApiToken, Config};
+use trueup::domain::RunStats;
 use trueup::domain::{InvariantName, Value, Violation, ViolationKind};
 use trueup::serve::Application;
-use trueup::store::RunStats;
 
 const TOKEN: &str = "bench-viewer-token-0123456789";
 

@@ -19,10 +19,11 @@ use sqlx::{Connection, Executor};
 use tokio_util::sync::CancellationToken;
 use trueup::app::App;
 use trueup::config::Config;
+use trueup::domain::Actor;
 use trueup::domain::Role;
 use trueup::plan::apply::{self, ApplyEnv, ApplyOptions, Outcome, Rate};
 use trueup::plan::targets::Targets;
-use trueup::plan::{self, Actor, Proposal};
+use trueup::plan::{self, Proposal};
 
 fn repeats() -> usize {
     std::env::var("TRUEUP_BENCH_REPEAT")
@@ -108,9 +109,9 @@ async fn one_run(
                 .await?,
         );
         let targets = Arc::new(Targets::open(&app.config).map_err(anyhow::Error::msg)?);
-        let outcomes = app.check(&[]).await?;
+        let outcomes = app.check(&[], &trueup::domain::Actor::local("test")).await?;
         let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {
-            anyhow::bail!("no plan proposed: {:?}", outcomes[0].error);
+            anyhow::bail!("no plan proposed: {:?}", outcomes[0].run.error);
         };
         let approver = Actor {
             name: "bench".into(),

@@ -7,7 +7,8 @@ use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::diagnostic::Diagnostics;
-use crate::domain::Invariant;
+use crate::domain::{Actor, Invariant};
+use crate::plan::Evaluation;
 use crate::runner::{self, RunOutcome};
 use crate::source::{SourceError, Sources};
 use crate::store::{self, Store, StoreError};
@@ -87,8 +88,13 @@ impl App {
             .collect()
     }
 
-    /// Evaluates the selected invariants now, a few at a time; results in selection order.
-    pub async fn check(&self, names: &[String]) -> Result<Vec<RunOutcome>, AppError> {
+    /// Evaluates the selected invariants now, a few at a time, and proposes the plans their
+    /// compensations call for (as `requested_by`); results in selection order.
+    pub async fn check(
+        &self,
+        names: &[String],
+        requested_by: &Actor,
+    ) -> Result<Vec<Evaluation>, AppError> {
         let selected = self.select(names)?;
         let outcomes: Vec<Result<RunOutcome, StoreError>> =
             futures_util::stream::iter(selected.iter().copied())
@@ -96,19 +102,22 @@ impl App {
                 .buffered(PARALLEL_EVALUATIONS)
                 .collect()
                 .await;
-        let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
         // Proposed in selection order, so plan numbers follow the invariants' order.
-        for (inv, outcome) in selected.iter().zip(outcomes.iter_mut()) {
-            outcome.proposal = crate::plan::propose_after_run(
-                self.store.as_ref(),
-                &self.config,
-                inv,
-                outcome,
-                &crate::plan::Actor::local(),
-            )
-            .await;
+        let mut evaluations = Vec::with_capacity(outcomes.len());
+        for (inv, outcome) in selected.iter().zip(outcomes) {
+            evaluations.push(
+                crate::plan::propose_after_run(
+                    self.store.as_ref(),
+                    &self.config,
+                    inv,
+                    outcome,
+                    requested_by,
+                )
+                .await,
+            );
         }
-        Ok(outcomes)
+        Ok(evaluations)
     }
 
     pub async fn close(&self) {

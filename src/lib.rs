@@ -11,11 +11,15 @@
 //! - [`runner`]: one run of one invariant, from sources to ledger.
 //! - [`demo`]: the self-contained demo (`trueup demo`).
 //! - [`app`]: config + invariants + store + sources, opened once for a command.
-//! - [`notify`]: alert notices, email and webhook channels, the outbox worker.
+//! - [`notify`]: alert notices, their email and webhook channels.
 //! - [`plan`]: compensation plans: propose, approve, apply (the only writes to monitored
 //!   systems, through [`plan::targets`]).
 //! - [`incident`]: incidents (window, scope, phases, notes).
-//! - [`serve`]: `trueup serve`: scheduler, metrics, shutdown; [`http`]: its endpoints.
+//! - [`runtime`]: the running service's context (metrics, board, catalog) and what every
+//!   surface does the same way: run an invariant now, request an apply, verify an incident.
+//! - [`http`]: the API and the console, over the runtime.
+//! - [`serve`]: `trueup serve`, the composition root: scheduler, outbox worker, reload,
+//!   shutdown.
 //! - [`cli`]: the commands.
 
 pub mod app;
@@ -32,6 +36,7 @@ pub mod notify;
 pub mod plan;
 pub mod rules;
 pub mod runner;
+pub mod runtime;
 pub mod serve;
 pub mod source;
 pub mod store;

@@ -9,12 +9,10 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Invariant, InvariantName, Violation};
+use crate::domain::{LedgerChange, RunId, RunStats, RunStatus};
 use crate::engine::{self, EngineError, ViolationSink};
 use crate::source::Sources;
-use crate::store::{
-    LedgerChange, RunId, RunStats, RunStatus, StatusFilter, Store, StoreError, ViolationFilter,
-    ViolationRecord,
-};
+use crate::store::{StatusFilter, Store, StoreError, ViolationFilter, ViolationRecord};
 
 /// Violations are staged in the store in batches of this size.
 const FLUSH_EVERY: usize = 500;
@@ -48,9 +46,6 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// The first new or reopened violations, else the first open ones.
     pub samples: Vec<ViolationRecord>,
-    /// The compensation plan proposed after the run, if one was.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proposal: Option<crate::plan::Proposal>,
 }
 
 impl RunOutcome {
@@ -148,7 +143,6 @@ pub async fn run_invariant_limited(
         open_after: 0,
         error: None,
         samples: Vec::new(),
-        proposal: None,
     };
     match evaluated {
         Ok(mut stats) => {
@@ -260,7 +254,8 @@ impl Recorder<'_> {
             let first_seq = self.stored - self.buffer.len() as u64;
             self.store
                 .observe(self.run, self.invariant, first_seq, &self.buffer)
-                .await?;
+                .await
+                .map_err(|e| EngineError::Sink(Box::new(e)))?;
             self.buffer.clear();
             self.buffered = 0;
         }

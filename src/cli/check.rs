@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use crate::runner::RunOutcome;
+use crate::plan::Evaluation;
 
 use super::output::{evidence, key, plural};
 use super::{CheckArgs, EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format};
@@ -10,7 +10,7 @@ pub(super) async fn run(config: Option<&Path>, args: CheckArgs) -> anyhow::Resul
         Ok(app) => app,
         Err(code) => return Ok(code),
     };
-    let outcomes = app.check(&args.invariant).await;
+    let outcomes = app.check(&args.invariant, &super::local_actor()).await;
     app.close().await;
     let outcomes = outcomes?;
     match args.format {
@@ -20,10 +20,10 @@ pub(super) async fn run(config: Option<&Path>, args: CheckArgs) -> anyhow::Resul
     Ok(exit_code(&outcomes))
 }
 
-pub(crate) fn exit_code(outcomes: &[RunOutcome]) -> u8 {
-    if outcomes.iter().any(RunOutcome::failed) {
+pub(crate) fn exit_code(evaluations: &[Evaluation]) -> u8 {
+    if evaluations.iter().any(|e| e.run.failed()) {
         EXIT_ERROR
-    } else if outcomes.iter().any(|o| !o.holds()) {
+    } else if evaluations.iter().any(|e| !e.run.holds()) {
         EXIT_VIOLATIONS
     } else {
         EXIT_OK
@@ -31,10 +31,11 @@ pub(crate) fn exit_code(outcomes: &[RunOutcome]) -> u8 {
 }
 
 /// The report `trueup check` prints.
-pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
+pub(crate) fn render(evaluations: &[Evaluation]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    for o in outcomes {
+    for e in evaluations {
+        let o = &e.run;
         let took = (o.finished_at - o.started_at).num_milliseconds() as f64 / 1000.0;
         let verdict = if o.failed() {
             "ERROR"
@@ -110,7 +111,7 @@ pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
                 o.invariant, o.open_after
             );
         }
-        match &o.proposal {
+        match &e.proposal {
             Some(crate::plan::Proposal::Created { plan, actions }) => {
                 let _ = writeln!(
                     out,
@@ -130,6 +131,7 @@ pub(crate) fn render(outcomes: &[RunOutcome]) -> String {
             _ => {}
         }
     }
+    let outcomes: Vec<_> = evaluations.iter().map(|e| &e.run).collect();
     let failed = outcomes.iter().filter(|o| o.failed()).count();
     let holding = outcomes.iter().filter(|o| o.holds()).count();
     let violated = outcomes.len() - failed - holding;

@@ -25,7 +25,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     };
     let config = Config::load(&config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let app = App::with_config(config).await?;
-    let outcomes = app.check(&[]).await;
+    let outcomes = app.check(&[], &super::local_actor()).await;
     app.close().await;
     let outcomes = outcomes?;
     print!("{}", check::render(&outcomes));
@@ -89,12 +89,12 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
     // The demo succeeds when it finds what it planted; anything else is a bug worth a non-zero
     // exit. (`check` on the same data exits 1: violations are open.)
-    if outcomes.iter().any(|o| o.failed()) {
+    if outcomes.iter().any(|e| e.run.failed()) {
         return Ok(super::EXIT_ERROR);
     }
     if !args.repair {
         let mut found = std::collections::BTreeMap::new();
-        for o in &outcomes {
+        for o in outcomes.iter().map(|e| &e.run) {
             for (kind, n) in &o.stats.counts {
                 found.insert((o.invariant.clone(), kind.to_string()), *n);
             }

@@ -6,7 +6,6 @@ use chrono::Utc;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::incident::{self, IncidentError};
-use crate::plan::Actor;
 
 use super::output::truncate;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format, IncidentCommand, VerifyArgs, open_app};
@@ -27,7 +26,7 @@ pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::
         Err(code) => return Ok(code),
     };
     let store = app.store.as_ref();
-    let actor = Actor::local();
+    let actor = super::local_actor();
     let now = Utc::now();
     let result = match cmd {
         IncidentCommand::Open {
@@ -285,7 +284,8 @@ async fn verify_scope(
         return Ok(Ok(()));
     }
     // The same evaluation as `trueup check` (it may propose plans for what it finds).
-    for r in app.check(&names).await? {
+    for r in app.check(&names, &super::local_actor()).await? {
+        let r = r.run;
         eprintln!(
             "verified `{}`: run {} {}{}",
             r.invariant,

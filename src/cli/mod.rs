@@ -419,6 +419,16 @@ pub struct DemoArgs {
     pub repair: bool,
 }
 
+/// The person running this command, as the audit log names them: `$TRUEUP_ACTOR`, else the
+/// login name.
+fn local_actor() -> crate::domain::Actor {
+    let user = std::env::var("TRUEUP_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    crate::domain::Actor::local(&user)
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

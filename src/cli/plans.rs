@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::ActionSpec;
+use crate::domain::{ActionStatus, PlanState};
 use crate::plan::apply::{self, ApplyEnv, ApplyOptions, Outcome, Progress, Rate};
 use crate::plan::targets::Targets;
-use crate::plan::{self, Actor, PlanError, Proposal};
-use crate::store::{ActionRecord, ActionStatus, PlanState};
+use crate::plan::{self, PlanError, Proposal};
+use crate::store::ActionRecord;
 
 use super::output::{evidence_of, key, plural, truncate};
 use super::{
@@ -116,7 +117,7 @@ async fn create(app: &App, name: &str) -> anyhow::Result<u8> {
         app.store.as_ref(),
         &app.config,
         inv,
-        &Actor::local(),
+        &super::local_actor(),
         None,
         Utc::now(),
     )
@@ -321,7 +322,7 @@ async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
         app.store.as_ref(),
         id,
         inv,
-        &Actor::local(),
+        &super::local_actor(),
         seen.as_ref(),
         Utc::now(),
     )
@@ -331,7 +332,7 @@ async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
             if !s.counted {
                 println!(
                     "you ({}) had already approved plan {id}; an identity counts once",
-                    Actor::local().name
+                    super::local_actor().name
                 );
             }
             if s.approved {
@@ -357,7 +358,15 @@ async fn approve(app: &App, id: i64, hash: Option<&str>) -> anyhow::Result<u8> {
 }
 
 async fn reject(app: &App, id: i64, reason: &str) -> anyhow::Result<u8> {
-    match plan::reject(app.store.as_ref(), id, &Actor::local(), reason, Utc::now()).await {
+    match plan::reject(
+        app.store.as_ref(),
+        id,
+        &super::local_actor(),
+        reason,
+        Utc::now(),
+    )
+    .await
+    {
         Ok(()) => {
             println!("plan {id} rejected");
             Ok(EXIT_OK)
@@ -434,7 +443,7 @@ pub(super) async fn run_apply(
             return refused(e);
         }
     };
-    let actor = Actor::local();
+    let actor = super::local_actor();
     let env = ApplyEnv {
         store: app.store.as_ref(),
         sources: &app.sources,

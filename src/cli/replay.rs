@@ -5,11 +5,12 @@ use std::path::Path;
 
 use chrono::Utc;
 
+use crate::domain::PlanState;
 use crate::plan::apply::{ApplyEnv, Rate};
 use crate::plan::replay::{self, Window};
 use crate::plan::targets::Targets;
-use crate::plan::{self, Actor, Proposal};
-use crate::store::{PlanState, Transition};
+use crate::plan::{self, Proposal};
+use crate::store::Transition;
 
 use super::output::{key, truncate};
 use super::{EXIT_ERROR, EXIT_OK, Format, ReplayArgs, ReplayCommand, open_app};
@@ -54,7 +55,7 @@ pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Resu
                 return Ok(EXIT_ERROR);
             }
         };
-        let actor = Actor::local();
+        let actor = super::local_actor();
         if args.execute {
             let proposal = plan::replay::propose(
                 app.store.as_ref(),
@@ -215,7 +216,7 @@ async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
-    let actor = Actor::local();
+    let actor = super::local_actor();
     let moved = match plan::load(app.store.as_ref(), id).await {
         Ok(_) => {
             app.store

@@ -4,7 +4,8 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::config::Config;
 use crate::domain::ViolationKind;
-use crate::store::{self, StatusFilter, ViolationFilter, ViolationStatus};
+use crate::domain::ViolationStatus;
+use crate::store::{self, StatusFilter, ViolationFilter};
 
 use super::output::{evidence, key, truncate};
 use super::{EXIT_ERROR, EXIT_OK, Format, RunsArgs, StatusArg, ViolationsArgs};

@@ -2,6 +2,14 @@
 
 use std::fmt;
 
+/// Whether an incident is still being worked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    Open,
+    Closed,
+}
+
 /// The phases of an incident response, in their usual order.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,

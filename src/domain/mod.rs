@@ -1,5 +1,6 @@
 //! Pure domain types: parsed once from raw input, no I/O.
 
+mod actor;
 mod alert;
 mod compensation;
 mod duration;
@@ -7,11 +8,14 @@ mod histogram;
 mod incident;
 mod invariant;
 mod name;
+mod plan;
 mod role;
+mod run;
 mod schedule;
 mod value;
 mod violation;
 
+pub use actor::Actor;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
 pub use compensation::{
     ActionSpec, Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, RenderError,
@@ -19,16 +23,18 @@ pub use compensation::{
 };
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};
-pub use incident::Phase;
+pub use incident::{IncidentState, Phase};
 pub use invariant::{
     CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileSpec, ReplaySpec, Severity,
     TransitionsSpec,
 };
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
+pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
+pub use run::{LedgerChange, RunId, RunStats, RunStatus};
 pub use schedule::{Schedule, ScheduleError};
 pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
     is_capped, json_size, text_prefix as value_text_prefix,
 };
-pub use violation::{Fingerprint, Violation, ViolationKind};
+pub use violation::{Fingerprint, Violation, ViolationKind, ViolationStatus};

@@ -126,6 +126,37 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+/// Where a violation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationStatus {
+    /// Seen, and seen again by every completed run since.
+    Open,
+    /// A completed run no longer saw it.
+    Resolved,
+    /// Seen again after it had been resolved.
+    Reopened,
+}
+
+impl ViolationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationStatus::Open => "open",
+            ViolationStatus::Resolved => "resolved",
+            ViolationStatus::Reopened => "reopened",
+        }
+    }
+
+    /// The status as the store wrote it.
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "resolved" => ViolationStatus::Resolved,
+            "reopened" => ViolationStatus::Reopened,
+            _ => ViolationStatus::Open,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,8 @@ mod transitions;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Invariant, InvariantSpec, Value, Violation};
+use crate::domain::{Invariant, InvariantSpec, RunStats, Value, Violation};
 use crate::source::{SourceError, Sources};
-use crate::store::{RunStats, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -46,8 +45,9 @@ pub enum EngineError {
         side: &'static str,
         available: String,
     },
+    /// The sink could not take a violation (the store failed, say).
     #[error("could not record violations: {0}")]
-    Sink(#[from] StoreError),
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A fault a test injected through a fail point (test builds only).
     #[error("{0} (injected)")]
     Injected(String),

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::domain::ViolationStatus;
 use crate::domain::{Invariant, InvariantSpec, ViolationKind};
-use crate::serve::scheduler::{Attempt, run_once};
-use crate::store::{StatusFilter, ViolationFilter, ViolationStatus};
+use crate::runtime::{Attempt, run_once};
+use crate::store::{StatusFilter, ViolationFilter};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -21,13 +22,14 @@ const MAX_PAGE: u32 = 1000;
 
 fn find(state: &HttpState, name: &str) -> Result<Arc<Invariant>, ApiError> {
     state
+        .runtime
         .catalog
         .find(name)
         .ok_or_else(|| ApiError::not_found(format!("no invariant named `{name}`")))
 }
 
 fn summary(state: &HttpState, inv: &Invariant) -> serde_json::Value {
-    let board = state.shared.board.get(inv.name.as_str());
+    let board = state.runtime.board.get(inv.name.as_str());
     json!({
         "name": inv.name,
         "kind": inv.kind_name(),
@@ -58,6 +60,7 @@ pub(super) fn definition(inv: &Invariant) -> serde_json::Value {
 
 pub(super) async fn list_invariants(State(state): State<HttpState>) -> Json<serde_json::Value> {
     let items: Vec<serde_json::Value> = state
+        .runtime
         .catalog
         .snapshot()
         .iter()
@@ -71,7 +74,7 @@ pub(super) async fn get_invariant(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let inv = find(&state, &name)?;
-    let runs = state.shared.store.runs(Some(&name), 10).await?;
+    let runs = state.runtime.store.runs(Some(&name), 10).await?;
     let mut out = summary(&state, &inv);
     out["definition"] = definition(&inv);
     out["time_column"] = json!(inv.time_column);
@@ -87,7 +90,7 @@ pub(super) async fn trigger_run(
 ) -> Result<Response, ApiError> {
     let inv = find(&state, &name)?;
     state
-        .shared
+        .runtime
         .store
         .audit(
             &caller.name,
@@ -97,7 +100,7 @@ pub(super) async fn trigger_run(
             Utc::now(),
         )
         .await?;
-    match run_once(&inv, &state.shared, None, &caller.actor()).await {
+    match run_once(&inv, &state.runtime, None, &caller.actor()).await {
         Attempt::Ran(outcome) => Ok(Json(outcome).into_response()),
         Attempt::Busy => Err(ApiError::conflict(format!(
             "a run of `{name}` is in progress; wait for it (GET /api/v1/invariants/{name})"
@@ -118,7 +121,7 @@ pub(super) async fn list_runs(
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let runs = state
-        .shared
+        .runtime
         .store
         .runs(
             q.invariant.as_deref(),
@@ -176,7 +179,7 @@ pub(super) async fn list_violations(
     let kind = kind_filter(q.kind.as_deref())?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
-        .shared
+        .runtime
         .store
         .violations(&ViolationFilter {
             invariants: q.invariant.into_iter().collect(),
@@ -224,7 +227,7 @@ pub(super) async fn violation_histogram(
         event_until: q.event_until,
         ..ViolationFilter::default()
     };
-    let times = state.shared.store.event_times(&filter).await?;
+    let times = state.runtime.store.event_times(&filter).await?;
     let buckets = crate::domain::histogram(&times, bucket.as_chrono())
         .ok_or_else(|| ApiError::bad_request("bucket: at least one second"))?;
     Ok(Json(json!({
@@ -248,7 +251,7 @@ pub(super) async fn audit_log(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state
-        .shared
+        .runtime
         .store
         .audit_log(q.target.as_deref(), q.after, limit)
         .await?;

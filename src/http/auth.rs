@@ -20,8 +20,8 @@ pub struct Caller {
 
 impl Caller {
     /// The caller as the library's acting identity.
-    pub fn actor(&self) -> crate::plan::Actor {
-        crate::plan::Actor {
+    pub fn actor(&self) -> crate::domain::Actor {
+        crate::domain::Actor {
             name: self.name.clone(),
             role: self.role,
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::incident::{self, IncidentError, ReportFormat};
-use crate::serve::scheduler::{Attempt, run_once};
+use crate::runtime::VerifyError;
 
 use super::HttpState;
 use super::auth::Caller;
@@ -36,7 +36,7 @@ impl From<IncidentError> for ApiError {
 pub(super) async fn list(
     State(state): State<HttpState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let items = state.shared.store.incidents(200).await?;
+    let items = state.runtime.store.incidents(200).await?;
     Ok(Json(json!({ "items": items })))
 }
 
@@ -45,7 +45,7 @@ pub(super) async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
     Ok(Json(
-        incident::view(state.shared.store.as_ref(), &name).await?,
+        incident::view(state.runtime.store.as_ref(), &name).await?,
     ))
 }
 
@@ -71,8 +71,8 @@ pub(super) async fn open(
         ));
     };
     let opened = incident::open(
-        state.shared.store.as_ref(),
-        &state.catalog.snapshot(),
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
         &body.name,
         body.from,
         body.to,
@@ -98,14 +98,14 @@ pub(super) async fn phase(
     Path(name): Path<String>,
     body: Option<Json<PhaseBody>>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
-    incident::load(state.shared.store.as_ref(), &name).await?;
+    incident::load(state.runtime.store.as_ref(), &name).await?;
     let Some(Json(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"phase\": \"contain|restore|reconcile|verify\", \"note\"?}",
         ));
     };
     incident::mark_phase(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         &name,
         &body.phase,
         body.note.as_deref(),
@@ -114,7 +114,7 @@ pub(super) async fn phase(
     )
     .await?;
     Ok(Json(
-        incident::view(state.shared.store.as_ref(), &name).await?,
+        incident::view(state.runtime.store.as_ref(), &name).await?,
     ))
 }
 
@@ -130,12 +130,12 @@ pub(super) async fn note(
     Path(name): Path<String>,
     body: Option<Json<NoteBody>>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
-    incident::load(state.shared.store.as_ref(), &name).await?;
+    incident::load(state.runtime.store.as_ref(), &name).await?;
     let Some(Json(body)) = body else {
         return Err(ApiError::bad_request("send a JSON body {\"text\": ...}"));
     };
     incident::add_note(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         &name,
         &body.text,
         &caller.actor(),
@@ -143,7 +143,7 @@ pub(super) async fn note(
     )
     .await?;
     Ok(Json(
-        incident::view(state.shared.store.as_ref(), &name).await?,
+        incident::view(state.runtime.store.as_ref(), &name).await?,
     ))
 }
 
@@ -187,8 +187,12 @@ pub(super) async fn report_response(
     format: ReportFormat,
     download: bool,
 ) -> Result<Response, ApiError> {
-    let report =
-        incident::report(state.shared.store.as_ref(), &state.catalog.snapshot(), name).await?;
+    let report = incident::report(
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
+        name,
+    )
+    .await?;
     let body = incident::render(&report, format).map_err(IncidentError::from)?;
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if download {
@@ -204,6 +208,16 @@ pub(super) async fn report_response(
         }
     }
     Ok(response)
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Incident(e) => e.into(),
+            VerifyError::Store(e) => ApiError::internal(e),
+            VerifyError::RunNotRecorded(message) => ApiError::internal(message),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -230,10 +244,12 @@ pub(super) async fn verify(
     };
     // Evaluations run to the end even if the client goes away.
     let task = tokio::spawn(async move {
-        let runs = run_verification(&state, &caller, &name, fresh_within).await?;
+        let runs =
+            crate::runtime::run_verification(&state.runtime, &caller.actor(), &name, fresh_within)
+                .await?;
         let report = incident::report(
-            state.shared.store.as_ref(),
-            &state.catalog.snapshot(),
+            state.runtime.store.as_ref(),
+            &state.runtime.catalog.snapshot(),
             &name,
         )
         .await?;
@@ -241,60 +257,6 @@ pub(super) async fn verify(
     });
     let value = task.await.map_err(ApiError::internal)??;
     Ok(Json(value))
-}
-
-/// Evaluates, as requested runs (audited, under the invariant's run lock, with metrics, alert
-/// and plans), the in-scope invariants the incident's verification needs. The API and the
-/// console verify through this. One entry per invariant: its run, or that it was busy.
-pub(super) async fn run_verification(
-    state: &HttpState,
-    caller: &Caller,
-    name: &str,
-    fresh_within: chrono::TimeDelta,
-) -> Result<Vec<serde_json::Value>, ApiError> {
-    let store = state.shared.store.as_ref();
-    let names = incident::unverified(
-        store,
-        &state.catalog.snapshot(),
-        name,
-        fresh_within,
-        Utc::now(),
-    )
-    .await?;
-    let mut runs = Vec::new();
-    for invariant in names {
-        let Some(inv) = state.catalog.find(&invariant) else {
-            continue;
-        };
-        store
-            .audit(
-                &caller.name,
-                "run.requested",
-                &format!("invariant:{invariant}"),
-                &json!({ "incident": name }),
-                Utc::now(),
-            )
-            .await?;
-        runs.push(
-            match run_once(&inv, &state.shared, None, &caller.actor()).await {
-                Attempt::Ran(r) => json!({
-                    "invariant": r.invariant,
-                    "run": r.run_id,
-                    "status": r.status,
-                    "open_after": r.open_after,
-                    "error": r.error,
-                }),
-                Attempt::Busy => json!({
-                    "invariant": invariant,
-                    "run": null,
-                    "status": "busy",
-                    "error": "a run of this invariant was already going; verify again when it ends",
-                }),
-                Attempt::StoreFailed(e) => return Err(ApiError::internal(e)),
-            },
-        );
-    }
-    Ok(runs)
 }
 
 #[derive(Deserialize, Default)]
@@ -314,8 +276,8 @@ pub(super) async fn close(
 ) -> Result<Json<incident::Report>, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let report = incident::close(
-        state.shared.store.as_ref(),
-        &state.catalog.snapshot(),
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
         &name,
         body.override_reason.as_deref(),
         &caller.actor(),

@@ -3,7 +3,7 @@
 //! Every endpoint is declared once in [`endpoints`], with the role it needs; the router and the
 //! OpenAPI document are both built from that list, so they cannot disagree, and no route can
 //! be added without saying who may call it. Handlers never touch SQL: they go through the
-//! `Store` trait, the scheduler's shared state and the in-memory board.
+//! `Store` trait and the [`Runtime`] (run now, request an apply, verify, the board).
 
 mod api;
 pub mod console;
@@ -24,12 +24,11 @@ use axum::routing::{MethodRouter, get, post};
 
 use crate::config::ApiToken;
 use crate::domain::Role;
-use crate::serve::scheduler::Shared;
+use crate::runtime::Runtime;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub shared: Shared,
-    pub catalog: Arc<crate::serve::catalog::Catalog>,
+    pub runtime: Runtime,
     pub tokens: Arc<Vec<ApiToken>>,
 }
 
@@ -301,7 +300,7 @@ async fn count_requests(State(state): State<HttpState>, req: Request, next: Next
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     state
-        .shared
+        .runtime
         .metrics
         .http_requests
         .with_label_values(&[route.as_str(), response.status().as_str()])
@@ -314,7 +313,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    match state.shared.store.runs(None, 1).await {
+    match state.runtime.store.runs(None, 1).await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
             tracing::warn!("not ready: {e}");
@@ -329,15 +328,15 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     state
-        .shared
+        .runtime
         .metrics
-        .record_sources(state.shared.sources.privileged());
+        .record_sources(state.runtime.sources.privileged());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.shared.metrics.render(),
+        state.runtime.metrics.render(),
     )
         .into_response()
 }

@@ -9,9 +9,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::plan::apply::{self, ApplyEnv, ApplyOptions, Rate};
+use crate::domain::{PlanId, PlanState};
+use crate::plan::apply::{ApplyOptions, Rate};
 use crate::plan::{self, PlanError};
-use crate::store::{PlanId, PlanState, Transition};
+use crate::store::Transition;
 
 use super::HttpState;
 use super::auth::Caller;
@@ -42,7 +43,7 @@ async fn audit(
 ) -> Result<(), ApiError> {
     let target = plan.map_or_else(|| "plans".to_owned(), |p| format!("plan:{p}"));
     state
-        .shared
+        .runtime
         .store
         .audit(&caller.name, action, &target, &details, Utc::now())
         .await?;
@@ -61,7 +62,7 @@ pub(super) async fn list(
     Query(q): Query<PlansQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let plans = state
-        .shared
+        .runtime
         .store
         .plans(
             q.invariant.as_deref(),
@@ -71,8 +72,8 @@ pub(super) async fn list(
     let now = Utc::now();
     let mut items = Vec::new();
     for p in plans {
-        let inv = state.catalog.find(&p.invariant);
-        items.push(plan::view(state.shared.store.as_ref(), p, inv.as_deref(), now).await?);
+        let inv = state.runtime.catalog.find(&p.invariant);
+        items.push(plan::view(state.runtime.store.as_ref(), p, inv.as_deref(), now).await?);
     }
     Ok(Json(json!({ "items": items })))
 }
@@ -88,9 +89,9 @@ pub(super) async fn get(
     State(state): State<HttpState>,
     Path(id): Path<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let p = plan::load(state.shared.store.as_ref(), id).await?;
-    let inv = state.catalog.find(&p.invariant);
-    let view = plan::view(state.shared.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
+    let p = plan::load(state.runtime.store.as_ref(), id).await?;
+    let inv = state.runtime.catalog.find(&p.invariant);
+    let view = plan::view(state.runtime.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
     Ok(Json(json!({ "plan": view })))
 }
 
@@ -99,9 +100,9 @@ pub(super) async fn actions(
     Path(id): Path<PlanId>,
     Query(q): Query<ActionsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    plan::load(state.shared.store.as_ref(), id).await?;
+    plan::load(state.runtime.store.as_ref(), id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let items = state.shared.store.plan_actions(id, q.after, limit).await?;
+    let items = state.runtime.store.plan_actions(id, q.after, limit).await?;
     let next_after = (items.len() as u32 == limit)
         .then(|| items.last().map(|a| a.seq))
         .flatten();
@@ -124,10 +125,10 @@ pub(super) async fn create(
             "send a JSON body {\"invariant\": \"NAME\"}",
         ));
     };
-    let inv = state
-        .catalog
-        .find(&body.invariant)
-        .ok_or_else(|| ApiError::not_found(format!("no invariant named `{}`", body.invariant)))?;
+    let inv =
+        state.runtime.catalog.find(&body.invariant).ok_or_else(|| {
+            ApiError::not_found(format!("no invariant named `{}`", body.invariant))
+        })?;
     audit(
         &state,
         &caller,
@@ -137,8 +138,8 @@ pub(super) async fn create(
     )
     .await?;
     let proposal = plan::propose(
-        state.shared.store.as_ref(),
-        &state.shared.config,
+        state.runtime.store.as_ref(),
+        &state.runtime.config,
         &inv,
         &caller.actor(),
         None,
@@ -165,16 +166,16 @@ pub(super) async fn approve(
     Path(id): Path<PlanId>,
     body: Option<Json<ApproveBody>>,
 ) -> Result<Json<plan::ApprovalStatus>, ApiError> {
-    let p = plan::load(state.shared.store.as_ref(), id).await?;
+    let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let Some(Json(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"content_hash\": \"...\"} with the hash of the plan you reviewed (GET /api/v1/plans/{id})",
         ));
     };
     let seen = reviewed_hash(id, &body.content_hash)?;
-    let inv = state.catalog.find(&p.invariant);
+    let inv = state.runtime.catalog.find(&p.invariant);
     let status = plan::approve(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         id,
         inv.as_deref(),
         &caller.actor(),
@@ -207,14 +208,14 @@ pub(super) async fn reject(
     Path(id): Path<PlanId>,
     body: Option<Json<RejectBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    plan::load(state.shared.store.as_ref(), id).await?;
+    plan::load(state.runtime.store.as_ref(), id).await?;
     let Some(Json(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"reason\": \"...\"}",
         ));
     };
     plan::reject(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         id,
         &caller.actor(),
         &body.reason,
@@ -244,7 +245,7 @@ pub(super) async fn apply(
     body: Option<Json<ApplyBody>>,
 ) -> Result<Response, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let p = plan::load(state.shared.store.as_ref(), id).await?;
+    let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let rate = match &body.rate {
         Some(r) => Rate::parse(r).map_err(ApiError::bad_request)?,
         None => Rate::default_for(p.kind),
@@ -256,7 +257,7 @@ pub(super) async fn apply(
         retry_failed: body.retry_failed,
         ..ApplyOptions::default()
     };
-    match request_apply(&state, &caller, &p, opts).await? {
+    match crate::runtime::request_apply(&state.runtime, &caller.actor(), &p, opts).await? {
         Some(report) => Ok(Json(report).into_response()),
         None => Ok((
             StatusCode::ACCEPTED,
@@ -264,58 +265,6 @@ pub(super) async fn apply(
         )
             .into_response()),
     }
-}
-
-/// Audits the request, then runs a dry run (its report) or starts a live apply in the
-/// background (`None`), refusing an unapproved, stale or paused plan up front. The API and the
-/// console both apply through this.
-pub(crate) async fn request_apply(
-    state: &HttpState,
-    caller: &Caller,
-    p: &crate::store::PlanRecord,
-    opts: ApplyOptions,
-) -> Result<Option<apply::ApplyReport>, ApiError> {
-    let id = p.id;
-    let inv = state.catalog.find(&p.invariant);
-    audit(
-        state,
-        caller,
-        "plan.apply.requested",
-        Some(id),
-        json!({"dry_run": opts.dry_run, "rate": opts.rate.to_string(), "max_failures": opts.max_failures}),
-    )
-    .await?;
-    let who = caller.actor();
-    let worker = format!("{}:{}", state.shared.replica, caller.name);
-    if opts.dry_run {
-        let env = ApplyEnv {
-            store: state.shared.store.as_ref(),
-            sources: &state.shared.sources,
-            targets: &state.shared.targets,
-            invariant: inv.as_deref(),
-            actor: &who,
-            worker,
-        };
-        let report = apply::apply(&env, id, &opts, &state.shared.cancel_runs, &|_| {}).await?;
-        return Ok(Some(report));
-    }
-    plan::check_applicable(state.shared.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
-    let shared = state.shared.clone();
-    tokio::spawn(async move {
-        let env = ApplyEnv {
-            store: shared.store.as_ref(),
-            sources: &shared.sources,
-            targets: &shared.targets,
-            invariant: inv.as_deref(),
-            actor: &who,
-            worker,
-        };
-        match apply::apply(&env, id, &opts, &shared.cancel_runs, &|_| {}).await {
-            Ok(r) => tracing::info!(plan = id, state = r.state.as_str(), "apply finished"),
-            Err(e) => tracing::error!(plan = id, "apply failed: {e}"),
-        }
-    });
-    Ok(None)
 }
 
 async fn change_state(
@@ -326,9 +275,9 @@ async fn change_state(
     to: PlanState,
     action: &str,
 ) -> Result<(), ApiError> {
-    let current = plan::load(state.shared.store.as_ref(), id).await?;
+    let current = plan::load(state.runtime.store.as_ref(), id).await?;
     let moved = state
-        .shared
+        .runtime
         .store
         .transition_plan(
             id,

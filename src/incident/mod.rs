@@ -10,10 +10,11 @@ use std::borrow::Borrow;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::domain::Actor;
+use crate::domain::IncidentState;
 use crate::domain::{IncidentName, Invariant, Phase, Role};
-use crate::plan::Actor;
 use crate::store::{
-    IncidentClosure, IncidentEvent, IncidentRecord, IncidentState, NewIncident, Store, StoreError,
+    IncidentClosure, IncidentEvent, IncidentRecord, NewIncident, Store, StoreError,
 };
 
 pub use render::{RenderError, ReportFormat, render};

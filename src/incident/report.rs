@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{ActionStatus, IncidentState, PlanKind, PlanState, RunStatus, ViolationStatus};
 use crate::domain::{Invariant, Phase, ViolationKind};
 use crate::store::{
-    ActionStatus, AuditEntry, IncidentEvent, IncidentRecord, IncidentState, IncidentWindow,
-    PlanKind, PlanRecord, PlanState, RunDigest, RunRecord, RunStatus, StatusFilter, Store,
-    StoreError, ViolationFilter, ViolationGroup, ViolationRecord, ViolationStatus,
+    AuditEntry, IncidentEvent, IncidentRecord, IncidentWindow, PlanRecord, RunDigest, RunRecord,
+    StatusFilter, Store, StoreError, ViolationFilter, ViolationGroup, ViolationRecord,
 };
 
 /// What the `$schema` field of every report says.
@@ -1145,7 +1145,8 @@ fn closing_text(c: &Closure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Approval, LedgerChange, RunStats};
+    use crate::domain::{LedgerChange, RunStats};
+    use crate::store::Approval;
 
     fn t(raw: &str) -> DateTime<Utc> {
         format!("2026-11-20T{raw}:00Z").parse().unwrap()

@@ -1,13 +1,12 @@
-//! Alert notifications: what a notice says, how each channel sends it, and the worker that
-//! delivers the outbox.
+//! Alert notifications: what a notice says and how each channel sends it (`serve`'s outbox
+//! worker delivers them).
 //!
 //! Notices are never sent directly: they are written to the store's outbox in the same
-//! transaction as the alert change, and the [`worker`] delivers them with retries and backoff.
+//! transaction as the alert change, and the outbox worker delivers them with retries and backoff.
 //! Delivery is at least once; every message carries a stable `dedup_key`.
 
 mod email;
 mod webhook;
-pub mod worker;
 
 use std::collections::BTreeMap;
 

@@ -21,11 +21,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::targets::{Executed, Targets};
-use super::{Actor, PlanError, check_applicable, load, staleness, verify_content};
+use super::{PlanError, check_applicable, load, staleness, verify_content};
+use crate::domain::Actor;
 use crate::domain::{ActionSpec, Invariant};
+use crate::domain::{ActionStatus, PlanId, PlanKind, PlanState};
 use crate::engine::{Collect, KeyFilter, evaluate_keys};
 use crate::source::Sources;
-use crate::store::{ActionRecord, ActionStatus, PlanId, PlanKind, PlanState, Store, Transition};
+use crate::store::{ActionRecord, Store, Transition};
 
 /// How fast actions are executed.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -18,41 +18,13 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, TargetConfig};
-use crate::domain::{ActionSpec, Invariant, Role, ViolationContext, ViolationKind};
+use crate::domain::{ActionSpec, Actor, Invariant, Role, ViolationContext, ViolationKind};
+use crate::domain::{PlanId, PlanKind, PlanState};
+use crate::runner::RunOutcome;
 use crate::store::{
-    ActionRecord, NewAction, NewPlan, PlanId, PlanKind, PlanRecord, PlanState, StatusFilter, Store,
-    StoreError, Transition, ViolationFilter,
+    ActionRecord, NewAction, NewPlan, PlanRecord, StatusFilter, Store, StoreError, Transition,
+    ViolationFilter,
 };
-
-/// Who is acting: a token's identity through the API, the local user on the CLI, or the
-/// scheduler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub name: String,
-    pub role: Role,
-}
-
-impl Actor {
-    /// The local user running a command. Whoever can run the CLI can open the store, so the
-    /// CLI acts as admin; the identity still tells approvers apart in the audit log.
-    pub fn local() -> Self {
-        let user = std::env::var("TRUEUP_ACTOR")
-            .or_else(|_| std::env::var("USER"))
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
-        Self {
-            name: format!("cli:{user}"),
-            role: Role::Admin,
-        }
-    }
-
-    pub fn scheduler() -> Self {
-        Self {
-            name: "scheduler".into(),
-            role: Role::Admin,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -87,6 +59,16 @@ impl PlanError {
             reason: reason.into(),
         }
     }
+}
+
+/// A run, and what proposing a plan after it did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Evaluation {
+    #[serde(flatten)]
+    pub run: RunOutcome,
+    /// `None` when the run did not get as far as proposing (it failed, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<Proposal>,
 }
 
 /// What proposing did.
@@ -408,36 +390,38 @@ pub async fn propose(
 }
 
 /// Proposes a plan after a run that found new or reopened violations of a compensated
-/// invariant. A failure to propose is logged; it never fails the run.
+/// invariant. A failure to propose is logged and reported; it never fails the run.
 pub async fn propose_after_run(
     store: &dyn Store,
     config: &Config,
     invariant: &Invariant,
-    outcome: &crate::runner::RunOutcome,
+    run: RunOutcome,
     actor: &Actor,
-) -> Option<Proposal> {
-    let change = outcome.change?;
-    if invariant.compensate.is_empty() || change.new + change.reopened == 0 {
-        return None;
-    }
-    match propose(
-        store,
-        config,
-        invariant,
-        actor,
-        Some(outcome.run_id),
-        Utc::now(),
-    )
-    .await
-    {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(invariant = %invariant.name, "no plan proposed: {e}");
-            Some(Proposal::Failed {
-                error: e.to_string(),
-            })
+) -> Evaluation {
+    let proposal = match run.change {
+        Some(change) if !invariant.compensate.is_empty() && change.new + change.reopened > 0 => {
+            match propose(
+                store,
+                config,
+                invariant,
+                actor,
+                Some(run.run_id),
+                Utc::now(),
+            )
+            .await
+            {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(invariant = %invariant.name, "no plan proposed: {e}");
+                    Some(Proposal::Failed {
+                        error: e.to_string(),
+                    })
+                }
+            }
         }
-    }
+        _ => None,
+    };
+    Evaluation { run, proposal }
 }
 
 /// Where a plan stands for approval.
@@ -465,7 +449,7 @@ pub struct PlanView {
     pub approved: bool,
     /// Why it can no longer be approved or applied, if so.
     pub stale: Option<String>,
-    pub progress: BTreeMap<crate::store::ActionStatus, u64>,
+    pub progress: BTreeMap<crate::domain::ActionStatus, u64>,
 }
 
 pub async fn view(

@@ -8,14 +8,14 @@
 use chrono::{DateTime, Utc};
 
 use super::apply::{ApplyEnv, Rate, Sample, applied_before, still_holds};
-use super::{Actor, HashedAction, PlanError, Proposal, base_url_of, content_hash, idempotency_key};
+use super::{HashedAction, PlanError, Proposal, base_url_of, content_hash, idempotency_key};
 use crate::config::Config;
+use crate::domain::Actor;
 use crate::domain::{Invariant, ReplaySpec, ViolationContext, ViolationKind};
+use crate::domain::{PlanKind, PlanState};
 use crate::engine::{Collect, KeyFilter, evaluate_keys};
 use crate::source::Sources;
-use crate::store::{
-    NewAction, NewPlan, PlanKind, PlanState, StatusFilter, Store, ViolationFilter, ViolationRecord,
-};
+use crate::store::{NewAction, NewPlan, StatusFilter, Store, ViolationFilter, ViolationRecord};
 
 /// A replay window on the upstream events' own time: `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -315,7 +315,7 @@ async fn parked_keys(
             super::all_actions(store, plan.id)
                 .await?
                 .into_iter()
-                .filter(|a| a.status == crate::store::ActionStatus::Parked)
+                .filter(|a| a.status == crate::domain::ActionStatus::Parked)
                 .map(|a| a.idempotency_key),
         );
     }

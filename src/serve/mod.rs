@@ -5,10 +5,8 @@
 //! no new runs, runs in flight finish within the grace period or are cancelled (and recorded
 //! as cancelled), the HTTP server stops.
 
-pub mod catalog;
-pub mod metrics;
+mod outbox;
 pub mod scheduler;
-pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,9 +18,10 @@ use crate::app::App;
 use crate::config::ServeConfig;
 use crate::domain::Invariant;
 
-use metrics::Metrics;
-use scheduler::Shared;
-use state::Board;
+use crate::runtime::Runtime;
+use crate::runtime::board::Board;
+use crate::runtime::catalog::{self, Catalog};
+use crate::runtime::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,6 +34,14 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(
+        "cannot {verb} {path}, the lock that keeps a SQLite store to one trueup serve: {source}; check that its folder is writable"
+    )]
+    Lock {
+        verb: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("notification channel `{channel}`: {message}")]
     Channel { channel: String, message: String },
     #[error(transparent)]
@@ -54,8 +61,7 @@ pub struct Application {
     addr: SocketAddr,
     listener: tokio::net::TcpListener,
     app: Arc<App>,
-    catalog: Arc<catalog::Catalog>,
-    shared: Shared,
+    runtime: Runtime,
     settings: ServeConfig,
     channels: Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
     /// Held for the life of the process on the SQLite store.
@@ -118,7 +124,9 @@ impl Application {
         };
         let targets =
             crate::plan::targets::Targets::open(&app.config).map_err(ServeError::Target)?;
-        let shared = Shared {
+        let catalog = Arc::new(Catalog::new(invariants.clone()));
+        let runtime = Runtime {
+            catalog,
             targets: Arc::new(targets),
             replica,
             lease: settings.lease.as_std(),
@@ -133,20 +141,19 @@ impl Application {
             config: Arc::new(app.config.clone()),
         };
         for name in channels.keys() {
-            shared.metrics.declare_channel(name);
+            runtime.metrics.declare_channel(name);
         }
         // The alert state survives restarts; show it from the start.
         for inv in &invariants {
-            let alert = shared.store.alert(inv.name.as_str()).await?;
-            shared.board.declare(inv);
-            shared.board.alert(inv.name.as_str(), alert.state);
+            let alert = runtime.store.alert(inv.name.as_str()).await?;
+            runtime.board.declare(inv);
+            runtime.board.alert(inv.name.as_str(), alert.state);
         }
         Ok(Self {
             addr,
             listener,
             app: Arc::new(app),
-            catalog: Arc::new(catalog::Catalog::new(invariants)),
-            shared,
+            runtime,
             settings,
             channels: Arc::new(channels),
             _single_replica_lock: single_replica_lock,
@@ -167,18 +174,18 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
-        let mut scheduled = scheduler::Scheduler::new(self.shared.clone(), stop.clone());
-        scheduled.apply(&self.catalog.snapshot());
-        self.shared.metrics.reloaded(true);
+        let mut scheduled = scheduler::Scheduler::new(self.runtime.clone(), stop.clone());
+        scheduled.apply(&self.runtime.catalog.snapshot()).await;
+        self.runtime.metrics.reloaded(true);
         let takeover = tokio::spawn(scheduler::take_over_abandoned_ticks(
-            Arc::clone(&self.catalog),
-            self.shared.clone(),
+            Arc::clone(&self.runtime.catalog),
+            self.runtime.clone(),
             stop.clone(),
         ));
         let heartbeat = {
-            let store = Arc::clone(&self.shared.store);
-            let metrics = Arc::clone(&self.shared.metrics);
-            let replica = Arc::clone(&self.shared.replica);
+            let store = Arc::clone(&self.runtime.store);
+            let metrics = Arc::clone(&self.runtime.metrics);
+            let replica = Arc::clone(&self.runtime.replica);
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(HEARTBEAT);
@@ -199,17 +206,17 @@ impl Application {
         };
         let stop_outbox = CancellationToken::new();
         let outbox = tokio::spawn(
-            crate::notify::worker::Worker {
-                store: Arc::clone(&self.shared.store),
+            outbox::Worker {
+                store: Arc::clone(&self.runtime.store),
                 channels: Arc::clone(&self.channels),
-                metrics: Arc::clone(&self.shared.metrics),
-                wake: Arc::clone(&self.shared.wake_outbox),
+                metrics: Arc::clone(&self.runtime.metrics),
+                wake: Arc::clone(&self.runtime.wake_outbox),
             }
             .run(stop_outbox.clone()),
         );
         tracing::info!(
             addr = %self.addr,
-            invariants = self.catalog.snapshot().len(),
+            invariants = self.runtime.catalog.snapshot().len(),
             scheduled = scheduled.scheduled(),
             "trueup is serving"
         );
@@ -219,8 +226,7 @@ impl Application {
             );
         }
         let router = crate::http::router(crate::http::HttpState {
-            shared: self.shared.clone(),
-            catalog: Arc::clone(&self.catalog),
+            runtime: self.runtime.clone(),
             tokens: Arc::new(self.settings.tokens.clone()),
         });
         let server_stop = CancellationToken::new();
@@ -254,13 +260,12 @@ impl Application {
                     "a change in the invariant files"
                 }
             };
-            reload(
-                &self.app,
-                &self.catalog,
-                &self.shared,
-                &mut scheduled,
-                reason,
-            );
+            // A reload waits for the loops it stops; a shutdown meanwhile goes ahead (the drain
+            // below waits for them too).
+            tokio::select! {
+                () = reload(&self.app, &self.runtime, &mut scheduled, reason) => {}
+                () = &mut shutdown => break,
+            }
         }
         tracing::info!("shutting down: no new runs; waiting for runs in flight");
         stop.cancel();
@@ -273,12 +278,12 @@ impl Application {
                 "runs still going after {}; cancelling them",
                 humantime::format_duration(grace)
             );
-            self.shared.cancel_runs.cancel();
+            self.runtime.cancel_runs.cancel();
             scheduled.drain().await;
         }
         let _ = takeover.await;
         let _ = heartbeat.await;
-        if let Err(e) = self.shared.store.retire(&self.shared.replica).await {
+        if let Err(e) = self.runtime.store.retire(&self.runtime.replica).await {
             tracing::warn!("cannot deregister this replica: {e}");
         }
         // Undelivered notices stay in the outbox for the next start.
@@ -308,10 +313,10 @@ fn lock_sqlite_store(url: &str, others: &[String]) -> Result<std::fs::File, Serv
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| {
-            ServeError::Http(std::io::Error::other(format!(
-                "cannot open {lock_path}: {e}"
-            )))
+        .map_err(|source| ServeError::Lock {
+            verb: "open",
+            path: lock_path.clone(),
+            source,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -322,9 +327,11 @@ fn lock_sqlite_store(url: &str, others: &[String]) -> Result<std::fs::File, Serv
                 others.join(", ")
             },
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(ServeError::Http(std::io::Error::other(
-            format!("cannot lock {lock_path}: {e}"),
-        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServeError::Lock {
+            verb: "lock",
+            path: lock_path,
+            source,
+        }),
     }
 }
 
@@ -337,21 +344,16 @@ fn rand_suffix() -> u16 {
 }
 
 /// Re-reads the invariant files. On any error the running set stays as it is, every problem
-/// is logged, and `trueup_config_last_reload_successful` drops to 0.
-fn reload(
-    app: &App,
-    catalog: &catalog::Catalog,
-    shared: &Shared,
-    scheduled: &mut scheduler::Scheduler,
-    reason: &str,
-) {
+/// is logged, and `trueup_config_last_reload_successful` drops to 0. On success the new set
+/// is in place, and nothing of a removed invariant runs any more, before the gauge says 1.
+async fn reload(app: &App, runtime: &Runtime, scheduled: &mut scheduler::Scheduler, reason: &str) {
     let known = crate::rules::Known::of(&app.config);
     match crate::rules::load(&app.config.invariants_dir, &known) {
         Ok(list) => {
             let invariants: Vec<Arc<Invariant>> = list.into_iter().map(Arc::new).collect();
-            let changes = scheduled.apply(&invariants);
-            catalog.replace(invariants);
-            shared.metrics.reloaded(true);
+            let changes = scheduled.apply(&invariants).await;
+            runtime.catalog.replace(invariants);
+            runtime.metrics.reloaded(true);
             tracing::info!(
                 reason,
                 added = ?changes.added,
@@ -362,7 +364,7 @@ fn reload(
             );
         }
         Err(diagnostics) => {
-            shared.metrics.reloaded(false);
+            runtime.metrics.reloaded(false);
             for d in &diagnostics.0 {
                 tracing::error!("{d}");
             }

@@ -4,55 +4,39 @@
 //! overlapped by the next one; the ticks that came due meanwhile are skipped and counted
 //! (`trueup_invariant_missed_ticks_total`). Each run has a timeout. On shutdown no new run
 //! starts; runs in flight get a grace period, then are cancelled and recorded as cancelled.
+//! A reload stops the loops of removed and changed invariants and waits until they ended.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Invariant, Observation, Schedule, alert_step};
-use crate::runner::{self, RunLimits, RunOutcome};
-use crate::source::Sources;
-use crate::store::RunStatus;
-use crate::store::Store;
+use crate::domain::{Actor, Invariant, Schedule};
 
-use super::metrics::Metrics;
-use super::state::Board;
-
-/// What every invariant task shares.
-#[derive(Clone)]
-pub struct Shared {
-    pub sources: Sources,
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
-    pub board: Arc<Board>,
-    pub run_timeout: Duration,
-    /// Cancelled when runs in flight must stop (end of the shutdown grace period).
-    pub cancel_runs: CancellationToken,
-    /// Every configured notification channel.
-    pub channels: Arc<Vec<String>>,
-    /// Wakes the outbox worker when notices are queued.
-    pub wake_outbox: Arc<tokio::sync::Notify>,
-    /// This process's name among the replicas sharing the store.
-    pub replica: Arc<str>,
-    /// How long a claimed tick stays ours without renewal; a replica that dies loses its
-    /// ticks to the others after this.
-    pub lease: Duration,
-    /// For proposing compensation plans after runs.
-    pub config: Arc<crate::config::Config>,
-    /// What applied plans change.
-    pub targets: Arc<crate::plan::targets::Targets>,
-}
+use crate::runtime::catalog::fingerprint;
+use crate::runtime::{Attempt, Runtime, run_once};
 
 /// The schedule loops of the current invariants, one task each.
 pub struct Scheduler {
-    shared: Shared,
+    runtime: Runtime,
     stop: CancellationToken,
-    running: std::collections::BTreeMap<String, (String, CancellationToken)>,
-    tasks: JoinSet<()>,
+    loops: BTreeMap<String, Loop>,
+    /// Loops told to stop and not yet ended (a run in flight finishes first). Kept here, so
+    /// that [`Scheduler::drain`] waits for them even if an `apply` waiting on them was dropped.
+    stopping: Vec<JoinHandle<()>>,
+}
+
+/// One invariant's schedule loop.
+struct Loop {
+    /// The definition it runs (see [`crate::runtime::catalog::fingerprint`]).
+    fingerprint: String,
+    stop: CancellationToken,
+    /// `None` for an invariant without a schedule (it runs on request only).
+    task: Option<JoinHandle<()>>,
 }
 
 /// What a reload changed.
@@ -65,77 +49,114 @@ pub struct Changes {
 }
 
 impl Scheduler {
-    pub fn new(shared: Shared, stop: CancellationToken) -> Self {
+    pub fn new(runtime: Runtime, stop: CancellationToken) -> Self {
         Self {
-            shared,
+            runtime,
             stop,
-            running: std::collections::BTreeMap::new(),
-            tasks: JoinSet::new(),
+            loops: BTreeMap::new(),
+            stopping: Vec::new(),
         }
     }
 
     /// Makes the running schedule loops match `invariants`: loops of removed or changed
-    /// invariants stop (a run in flight finishes first), new and changed ones start, and
-    /// unchanged ones go on untouched.
-    pub fn apply(&mut self, invariants: &[Arc<Invariant>]) -> Changes {
+    /// invariants stop, and this waits until they have ended (a run in flight finishes
+    /// first), as Prometheus waits for a rule group to stop; then new and changed ones start.
+    /// Unchanged ones go on untouched. When it returns, nothing of a removed invariant runs.
+    pub async fn apply(&mut self, invariants: &[Arc<Invariant>]) -> Changes {
         let mut changes = Changes::default();
-        let wanted: std::collections::BTreeMap<&str, &Arc<Invariant>> =
+        let wanted: BTreeMap<&str, &Arc<Invariant>> =
             invariants.iter().map(|i| (i.name.as_str(), i)).collect();
-        let names: Vec<String> = self.running.keys().cloned().collect();
+        let mut to_start = Vec::new();
+        let names: Vec<String> = self.loops.keys().cloned().collect();
         for name in names {
-            if !wanted.contains_key(name.as_str()) {
-                if let Some((_, token)) = self.running.remove(&name) {
-                    token.cancel();
+            match wanted.get(name.as_str()) {
+                None => {
+                    self.stop_loop(&name);
+                    changes.removed.push(name);
                 }
-                changes.removed.push(name);
+                Some(inv) if self.loops[&name].fingerprint != fingerprint(inv) => {
+                    self.stop_loop(&name);
+                    changes.changed.push(name);
+                    to_start.push(Arc::clone(inv));
+                }
+                Some(_) => changes.unchanged.push(name),
             }
         }
         for inv in invariants {
-            let name = inv.name.to_string();
-            let fp = super::catalog::fingerprint(inv);
-            match self.running.get(&name) {
-                Some((old, _)) if *old == fp => {
-                    changes.unchanged.push(name);
-                    continue;
-                }
-                Some(_) => {
-                    if let Some((_, token)) = self.running.remove(&name) {
-                        token.cancel();
-                    }
-                    changes.changed.push(name.clone());
-                }
-                None => changes.added.push(name.clone()),
+            if !self.loops.contains_key(inv.name.as_str())
+                && !changes.changed.iter().any(|c| c == inv.name.as_str())
+            {
+                changes.added.push(inv.name.to_string());
+                to_start.push(Arc::clone(inv));
             }
-            self.shared.metrics.declare(inv);
-            self.shared.board.declare(inv);
-            let token = self.stop.child_token();
-            if let Some(schedule) = inv.schedule.clone() {
-                self.tasks.spawn(run_on_schedule(
-                    Arc::clone(inv),
-                    schedule,
-                    self.shared.clone(),
-                    token.clone(),
-                ));
-            }
-            self.running.insert(name, (fp, token));
+        }
+        self.wait_stopped().await;
+        for inv in to_start {
+            self.start_loop(inv);
         }
         changes
     }
 
+    fn stop_loop(&mut self, name: &str) {
+        if let Some(old) = self.loops.remove(name) {
+            old.stop.cancel();
+            self.stopping.extend(old.task);
+        }
+    }
+
+    fn start_loop(&mut self, inv: Arc<Invariant>) {
+        self.runtime.metrics.declare(&inv);
+        self.runtime.board.declare(&inv);
+        let stop = self.stop.child_token();
+        let task = inv.schedule.clone().map(|schedule| {
+            tokio::spawn(run_on_schedule(
+                Arc::clone(&inv),
+                schedule,
+                self.runtime.clone(),
+                stop.clone(),
+            ))
+        });
+        self.loops.insert(
+            inv.name.to_string(),
+            Loop {
+                fingerprint: fingerprint(&inv),
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Waits for the loops told to stop. A handle leaves the list only once its task ended.
+    async fn wait_stopped(&mut self) {
+        while let Some(task) = self.stopping.last_mut() {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!("a schedule loop panicked (a bug in trueup; please report it)");
+            }
+            self.stopping.pop();
+        }
+    }
+
+    /// How many invariants have a running schedule loop.
     pub fn scheduled(&self) -> usize {
-        self.tasks.len()
+        self.loops.values().filter(|l| l.task.is_some()).count()
     }
 
     /// Waits for every loop to end (after `stop` is cancelled).
     pub async fn drain(&mut self) {
-        while self.tasks.join_next().await.is_some() {}
+        let names: Vec<String> = self.loops.keys().cloned().collect();
+        for name in names {
+            self.stop_loop(&name);
+        }
+        self.wait_stopped().await;
     }
 }
 
 async fn run_on_schedule(
     invariant: Arc<Invariant>,
     schedule: Schedule,
-    shared: Shared,
+    runtime: Runtime,
     stop: CancellationToken,
 ) {
     let mut next = schedule.next_after(Utc::now());
@@ -146,7 +167,7 @@ async fn run_on_schedule(
             () = stop.cancelled() => return,
         }
         // A panic in one tick (a bug) is logged and counted; the schedule goes on.
-        let tick = std::panic::AssertUnwindSafe(run_tick(&invariant, fire_at, &shared))
+        let tick = std::panic::AssertUnwindSafe(run_tick(&invariant, fire_at, &runtime))
             .catch_unwind()
             .await;
         let busy = match tick {
@@ -163,7 +184,7 @@ async fn run_on_schedule(
                     "a tick panicked (a bug in trueup; please report it): {}",
                     crate::source::panic_message(&*panic)
                 );
-                shared.metrics.failed(invariant.name.as_str());
+                runtime.metrics.failed(invariant.name.as_str());
                 false
             }
         };
@@ -174,7 +195,7 @@ async fn run_on_schedule(
         }
         if missed > 0 {
             tracing::warn!(invariant = %invariant.name, missed, "runs took longer than the schedule allows; skipped ticks");
-            shared.metrics.missed(invariant.name.as_str(), missed);
+            runtime.metrics.missed(invariant.name.as_str(), missed);
         }
         next = following;
     }
@@ -186,36 +207,36 @@ async fn run_on_schedule(
 pub async fn run_tick(
     invariant: &Invariant,
     fire_at: DateTime<Utc>,
-    shared: &Shared,
+    runtime: &Runtime,
 ) -> Result<Option<Attempt>, crate::store::StoreError> {
     let name = invariant.name.as_str();
     let now = Utc::now();
-    let claimed = shared
+    let claimed = runtime
         .store
-        .claim_tick(name, fire_at, &shared.replica, now, now + lease(shared))
+        .claim_tick(name, fire_at, &runtime.replica, now, now + lease(runtime))
         .await?;
     if !claimed {
         return Ok(None);
     }
-    Ok(Some(run_claimed(invariant, fire_at, shared).await))
+    Ok(Some(run_claimed(invariant, fire_at, runtime).await))
 }
 
-fn lease(shared: &Shared) -> chrono::TimeDelta {
-    chrono::TimeDelta::from_std(shared.lease).unwrap_or(chrono::TimeDelta::seconds(30))
+fn lease(runtime: &Runtime) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(runtime.lease).unwrap_or(chrono::TimeDelta::seconds(30))
 }
 
 /// Runs a tick this replica holds, renewing its lease until the run ends.
-async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Shared) -> Attempt {
+async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Runtime) -> Attempt {
     let name = invariant.name.as_str();
     let renew = async {
-        let mut every = tokio::time::interval(shared.lease / 3);
+        let mut every = tokio::time::interval(runtime.lease / 3);
         every.tick().await;
         loop {
             every.tick().await;
-            let until = Utc::now() + lease(shared);
-            match shared
+            let until = Utc::now() + lease(runtime);
+            match runtime
                 .store
-                .renew_tick(name, fire_at, &shared.replica, until)
+                .renew_tick(name, fire_at, &runtime.replica, until)
                 .await
             {
                 Ok(true) => {}
@@ -224,15 +245,15 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
             }
         }
     };
-    let scheduler = crate::plan::Actor::scheduler();
+    let scheduler = Actor::scheduler();
     let tick = Some(crate::store::TickRef {
         fire_at,
-        owner: shared.replica.to_string(),
+        owner: runtime.replica.to_string(),
     });
     // A panic after the run (proposing a plan, publishing it) still finishes the tick below:
     // its result, if any, is committed already.
     let run =
-        std::panic::AssertUnwindSafe(run_once(invariant, shared, tick, &scheduler)).catch_unwind();
+        std::panic::AssertUnwindSafe(run_once(invariant, runtime, tick, &scheduler)).catch_unwind();
     let attempt = tokio::select! {
         a = run => a.unwrap_or_else(|panic| {
             let message = format!(
@@ -240,19 +261,19 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
                 crate::source::panic_message(&*panic)
             );
             tracing::error!(invariant = %name, "{message}");
-            shared.metrics.failed(name);
-            shared.board.store_failed(name, &message);
+            runtime.metrics.failed(name);
+            runtime.board.store_failed(name, &message);
             Attempt::StoreFailed(message)
         }),
         () = renew => unreachable!("the renewal loop never ends"),
     };
     let run_id = match &attempt {
-        Attempt::Ran(o) => Some(o.run_id),
+        Attempt::Ran(o) => Some(o.run.run_id),
         _ => None,
     };
-    if let Err(e) = shared
+    if let Err(e) = runtime
         .store
-        .finish_tick(name, fire_at, &shared.replica, run_id)
+        .finish_tick(name, fire_at, &runtime.replica, run_id)
         .await
     {
         tracing::error!(invariant = %name, "cannot mark the tick finished: {e}");
@@ -262,11 +283,11 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, shared: &Sha
 
 /// Looks for ticks whose replica stopped renewing its lease, and runs them here.
 pub async fn take_over_abandoned_ticks(
-    catalog: Arc<super::catalog::Catalog>,
-    shared: Shared,
+    catalog: Arc<crate::runtime::catalog::Catalog>,
+    runtime: Runtime,
     stop: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(shared.lease / 2);
+    let mut every = tokio::time::interval(runtime.lease / 2);
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -274,9 +295,9 @@ pub async fn take_over_abandoned_ticks(
         }
         loop {
             let now = Utc::now();
-            let tick = match shared
+            let tick = match runtime
                 .store
-                .take_over_tick(&shared.replica, now, now + lease(&shared))
+                .take_over_tick(&runtime.replica, now, now + lease(&runtime))
                 .await
             {
                 Ok(Some(t)) => t,
@@ -288,128 +309,16 @@ pub async fn take_over_abandoned_ticks(
             };
             let Some(inv) = catalog.find(&tick.invariant) else {
                 // An invariant this replica does not have (configs differ): give it back done.
-                let _ = shared
+                let _ = runtime
                     .store
-                    .finish_tick(&tick.invariant, tick.fire_at, &shared.replica, None)
+                    .finish_tick(&tick.invariant, tick.fire_at, &runtime.replica, None)
                     .await;
                 continue;
             };
             tracing::warn!(invariant = %tick.invariant, fire_at = %tick.fire_at, "taking over a tick from a replica that stopped");
-            run_claimed(&inv, tick.fire_at, &shared).await;
+            run_claimed(&inv, tick.fire_at, &runtime).await;
         }
     }
-}
-
-/// How an attempt to run an invariant went.
-pub enum Attempt {
-    Ran(Box<RunOutcome>),
-    /// A run of the same invariant was already going; nothing started.
-    Busy,
-    /// The store could not record the run.
-    StoreFailed(String),
-}
-
-/// Evaluates an invariant now and publishes the outcome (metrics, board). A plan the run
-/// proposes is `requested_by`'s: the scheduler for a tick, the caller for a requested run
-/// (so whoever triggered it cannot also be the approver of its manual steps).
-pub async fn run_once(
-    invariant: &Invariant,
-    shared: &Shared,
-    tick: Option<crate::store::TickRef>,
-    requested_by: &crate::plan::Actor,
-) -> Attempt {
-    let lock = shared.board.run_lock(invariant.name.as_str());
-    let Ok(_running) = lock.try_lock() else {
-        return Attempt::Busy;
-    };
-    let limits = RunLimits {
-        timeout: Some(shared.run_timeout),
-        cancel: Some(shared.cancel_runs.clone()),
-        tick,
-    };
-    shared.board.started(invariant.name.as_str());
-    match runner::run_invariant_limited(invariant, &shared.sources, shared.store.as_ref(), &limits)
-        .await
-    {
-        Ok(mut outcome) => {
-            outcome.proposal = crate::plan::propose_after_run(
-                shared.store.as_ref(),
-                &shared.config,
-                invariant,
-                &outcome,
-                requested_by,
-            )
-            .await;
-            shared.metrics.record(invariant, &outcome);
-            shared.board.finished(invariant.name.as_str(), &outcome);
-            // The alert keeps its state when this step fails or panics: it is stepped again
-            // after the next run.
-            match std::panic::AssertUnwindSafe(advance_alert(invariant, &outcome, shared))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(invariant = %invariant.name, "cannot record the alert state: {e}");
-                }
-                Err(panic) => tracing::error!(
-                    invariant = %invariant.name,
-                    "recording the alert state panicked (a bug in trueup; please report it): {}",
-                    crate::source::panic_message(&*panic)
-                ),
-            }
-            Attempt::Ran(Box::new(outcome))
-        }
-        Err(e) => {
-            // The store itself failed; the run may not even be recorded. Say so loudly.
-            tracing::error!(invariant = %invariant.name, "cannot record the run: {e}");
-            shared
-                .board
-                .store_failed(invariant.name.as_str(), &e.to_string());
-            Attempt::StoreFailed(e.to_string())
-        }
-    }
-}
-
-/// Moves the invariant's alert after a run, and queues the notices in the same transaction.
-async fn advance_alert(
-    invariant: &Invariant,
-    outcome: &RunOutcome,
-    shared: &Shared,
-) -> Result<(), crate::store::StoreError> {
-    let name = invariant.name.as_str();
-    let current = shared.store.alert(name).await?;
-    let observation = match (outcome.status, outcome.change) {
-        (RunStatus::Succeeded, Some(change)) if outcome.open_after > 0 => Observation::Violating {
-            open: outcome.open_after,
-            changed: change.new + change.reopened > 0,
-        },
-        (RunStatus::Succeeded, _) => Observation::Holding,
-        _ => Observation::Failed,
-    };
-    let now = outcome.finished_at;
-    let (next, notice) = alert_step(&current, observation, now, &invariant.alert);
-    shared.board.alert(name, next.state);
-    if next == current && notice.is_none() {
-        return Ok(());
-    }
-    let messages = notice
-        .map(|n| crate::notify::messages(invariant, n, &next, outcome, &shared.channels))
-        .unwrap_or_default();
-    fail::fail_point!("serve.alert", |_| Err(crate::store::StoreError::Database(
-        sqlx::Error::Protocol("recording the alert failed (injected)".into())
-    )));
-    shared
-        .store
-        .record_alert(name, &next, &messages, now)
-        .await?;
-    if let Some(n) = notice {
-        tracing::info!(invariant = %name, notice = n.as_str(), channels = messages.len(), "alert notice queued");
-    }
-    if !messages.is_empty() {
-        shared.wake_outbox.notify_one();
-    }
-    Ok(())
 }
 
 /// The next fire time after a run that was due at `fired` and ended at `now`, and how many

@@ -6,13 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IncidentState {
-    Open,
-    Closed,
-}
+use crate::domain::IncidentState;
 
 #[derive(Debug, Clone)]
 pub struct NewIncident {
@@ -135,9 +129,9 @@ macro_rules! impl_incident_store {
                     window_to: row.try_get("window_to")?,
                     invariants: invariants.0,
                     state: if state == "closed" {
-                        $crate::store::IncidentState::Closed
+                        $crate::domain::IncidentState::Closed
                     } else {
-                        $crate::store::IncidentState::Open
+                        $crate::domain::IncidentState::Open
                     },
                     opened_by: row.try_get("opened_by")?,
                     opened_at: row.try_get("opened_at")?,

@@ -121,7 +121,7 @@ macro_rules! impl_store {
                     invariant: row.try_get("invariant")?,
                     kind: row.try_get("kind")?,
                     key: key.0,
-                    status: $crate::store::ViolationStatus::parse(&status),
+                    status: $crate::domain::ViolationStatus::parse(&status),
                     first_seen: row.try_get("first_seen")?,
                     last_seen: row.try_get("last_seen")?,
                     resolved_at: row.try_get("resolved_at")?,
@@ -147,8 +147,8 @@ macro_rules! impl_store {
                     invariant: row.try_get("invariant")?,
                     started_at: row.try_get("started_at")?,
                     finished_at: row.try_get("finished_at")?,
-                    status: $crate::store::RunStatus::parse(&status),
-                    stats: $crate::store::RunStats {
+                    status: $crate::domain::RunStatus::parse(&status),
+                    stats: $crate::domain::RunStats {
                         rows_left: n("rows_left")?,
                         rows_right: n("rows_right")?,
                         observed: n("observed")?,
@@ -157,7 +157,7 @@ macro_rules! impl_store {
                         null_keys: n("null_keys")?,
                         truncated: row.try_get("truncated")?,
                     },
-                    change: $crate::store::LedgerChange {
+                    change: $crate::domain::LedgerChange {
                         new: n("new_count")?,
                         still_open: n("open_count")?,
                         reopened: n("reopened_count")?,
@@ -223,7 +223,7 @@ macro_rules! impl_store {
                 &self,
                 invariant: &$crate::domain::InvariantName,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::RunId, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::RunId, $crate::store::StoreError> {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO runs (invariant, started_at, status) VALUES ($1, $2, 'running') RETURNING id",
                 )
@@ -236,7 +236,7 @@ macro_rules! impl_store {
 
             async fn observe(
                 &self,
-                run: $crate::store::RunId,
+                run: $crate::domain::RunId,
                 invariant: &$crate::domain::InvariantName,
                 first_seq: u64,
                 batch: &[$crate::domain::Violation],
@@ -265,12 +265,12 @@ macro_rules! impl_store {
 
             async fn complete_run(
                 &self,
-                run: $crate::store::RunId,
+                run: $crate::domain::RunId,
                 invariant: &$crate::domain::InvariantName,
-                stats: &$crate::store::RunStats,
+                stats: &$crate::domain::RunStats,
                 at: chrono::DateTime<chrono::Utc>,
                 tick: Option<&$crate::store::TickRef>,
-            ) -> Result<$crate::store::LedgerChange, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::LedgerChange, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 if let Some(t) = tick {
                     let held = sqlx::query(
@@ -346,7 +346,7 @@ macro_rules! impl_store {
                 .bind(run)
                 .fetch_one(&mut *tx)
                 .await?;
-                let change = $crate::store::LedgerChange {
+                let change = $crate::domain::LedgerChange {
                     new: new as u64,
                     still_open: still_open as u64,
                     reopened: reopened as u64,
@@ -388,8 +388,8 @@ macro_rules! impl_store {
 
             async fn abandon_run(
                 &self,
-                run: $crate::store::RunId,
-                status: $crate::store::RunStatus,
+                run: $crate::domain::RunId,
+                status: $crate::domain::RunStatus,
                 error: &str,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
@@ -897,7 +897,7 @@ macro_rules! impl_store {
                         Ok($crate::store::ViolationGroup {
                             invariant: row.try_get("invariant")?,
                             kind: row.try_get("kind")?,
-                            status: $crate::store::ViolationStatus::parse(&status),
+                            status: $crate::domain::ViolationStatus::parse(&status),
                             count: row.try_get::<i64, _>("n")?.max(0) as u64,
                             first_seen: row.try_get("first_seen")?,
                             last_seen: row.try_get("last_seen")?,

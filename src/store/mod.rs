@@ -12,23 +12,21 @@ mod postgres;
 mod sessions;
 mod sqlite;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::SecretUrl;
-use crate::domain::{Alert, InvariantName, Violation, ViolationKind};
+use crate::domain::{
+    Alert, InvariantName, LedgerChange, RunId, RunStats, RunStatus, Violation, ViolationKind,
+    ViolationStatus,
+};
 
 pub use incidents::{
-    FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentState, IncidentStore,
-    NewIncident,
+    FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
-pub use plans::{
-    ActionRecord, ActionStatus, Approval, NewAction, NewPlan, PlanId, PlanKind, PlanRecord,
-    PlanState, PlanStore, Transition,
-};
+pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
 pub use sessions::{SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
@@ -51,67 +49,6 @@ pub enum StoreError {
     Panicked(String),
 }
 
-pub type RunId = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(raw: &str) -> Self {
-        match raw {
-            "running" => RunStatus::Running,
-            "succeeded" => RunStatus::Succeeded,
-            "cancelled" => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        }
-    }
-}
-
-/// Where a violation is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ViolationStatus {
-    /// Seen, and seen again by every completed run since.
-    Open,
-    /// A completed run no longer saw it.
-    Resolved,
-    /// Seen again after it had been resolved.
-    Reopened,
-}
-
-impl ViolationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ViolationStatus::Open => "open",
-            ViolationStatus::Resolved => "resolved",
-            ViolationStatus::Reopened => "reopened",
-        }
-    }
-
-    fn parse(raw: &str) -> Self {
-        match raw {
-            "resolved" => ViolationStatus::Resolved,
-            "reopened" => ViolationStatus::Reopened,
-            _ => ViolationStatus::Open,
-        }
-    }
-}
-
 /// Which statuses a listing wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StatusFilter {
@@ -120,32 +57,6 @@ pub enum StatusFilter {
     Active,
     Only(ViolationStatus),
     All,
-}
-
-/// What an evaluation measured, handed to the store when the run completes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct RunStats {
-    pub rows_left: u64,
-    pub rows_right: u64,
-    /// Every violation seen, stored or not.
-    pub observed: u64,
-    pub counts: BTreeMap<ViolationKind, u64>,
-    /// Rows inside the grace period: neither reported nor resolved.
-    pub not_yet_due: u64,
-    /// Rows whose key has a NULL: they identify nothing, so they are counted, not compared.
-    pub null_keys: u64,
-    /// More violations than the budget: only the first ones were stored, and nothing was
-    /// resolved (the run cannot tell what it did not store).
-    pub truncated: bool,
-}
-
-/// How a completed run changed the ledger.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LedgerChange {
-    pub new: u64,
-    pub still_open: u64,
-    pub reopened: u64,
-    pub resolved: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -9,133 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use crate::domain::{ActionSpec, ViolationKind};
-
-pub type PlanId = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PlanState {
-    /// Waiting for approvals (or approved and not yet applied).
-    Proposed,
-    Rejected,
-    /// A newer plan for the same invariant replaced it before it was applied.
-    Superseded,
-    Applying,
-    Applied,
-    /// Apply stopped after too many failed actions, or was interrupted; apply again to go on.
-    Stopped,
-    /// An operator paused it: applies stop after the action in flight; resume to go on.
-    Paused,
-    /// An operator cancelled it: nothing more is applied.
-    Cancelled,
-}
-
-impl PlanState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanState::Proposed => "proposed",
-            PlanState::Rejected => "rejected",
-            PlanState::Superseded => "superseded",
-            PlanState::Applying => "applying",
-            PlanState::Applied => "applied",
-            PlanState::Stopped => "stopped",
-            PlanState::Paused => "paused",
-            PlanState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Self {
-        match raw {
-            "rejected" => PlanState::Rejected,
-            "superseded" => PlanState::Superseded,
-            "applying" => PlanState::Applying,
-            "applied" => PlanState::Applied,
-            "stopped" => PlanState::Stopped,
-            "paused" => PlanState::Paused,
-            "cancelled" => PlanState::Cancelled,
-            _ => PlanState::Proposed,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionStatus {
-    Pending,
-    InProgress,
-    Applied,
-    /// Not executed: the violation no longer held, or the action had already been applied.
-    Skipped,
-    Failed,
-    /// A step for a person; recorded, not executed.
-    Manual,
-    /// A replayed event that failed its every attempt: set aside so the replay goes on;
-    /// `--retry-failed` tries it again.
-    Parked,
-}
-
-impl ActionStatus {
-    pub const ALL: [ActionStatus; 7] = [
-        ActionStatus::Pending,
-        ActionStatus::InProgress,
-        ActionStatus::Applied,
-        ActionStatus::Skipped,
-        ActionStatus::Failed,
-        ActionStatus::Manual,
-        ActionStatus::Parked,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionStatus::Pending => "pending",
-            ActionStatus::InProgress => "in_progress",
-            ActionStatus::Applied => "applied",
-            ActionStatus::Skipped => "skipped",
-            ActionStatus::Failed => "failed",
-            ActionStatus::Manual => "manual",
-            ActionStatus::Parked => "parked",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str() == raw)
-            .unwrap_or(ActionStatus::Failed)
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, ActionStatus::Pending | ActionStatus::InProgress)
-    }
-}
-
-/// What a plan does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PlanKind {
-    /// Compensating actions for violations.
-    Compensation,
-    /// Re-deliveries of lost upstream events over a time window, in event order.
-    Replay,
-}
-
-impl PlanKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanKind::Compensation => "compensation",
-            PlanKind::Replay => "replay",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Self {
-        if raw == "replay" {
-            PlanKind::Replay
-        } else {
-            PlanKind::Compensation
-        }
-    }
-}
+use crate::domain::{ActionSpec, ActionStatus, PlanId, PlanKind, PlanState, ViolationKind};
 
 /// A plan about to be stored.
 #[derive(Debug, Clone)]
@@ -390,7 +264,7 @@ macro_rules! impl_plan_store {
                 let meta: sqlx::types::Json<serde_json::Value> = row.try_get("meta")?;
                 Ok($crate::store::PlanRecord {
                     id: row.try_get("id")?,
-                    kind: $crate::store::PlanKind::parse(&kind),
+                    kind: $crate::domain::PlanKind::parse(&kind),
                     meta: meta.0,
                     invariant: row.try_get("invariant")?,
                     definition_hash: row.try_get("definition_hash")?,
@@ -402,7 +276,7 @@ macro_rules! impl_plan_store {
                     proposed_at: row.try_get("proposed_at")?,
                     expires_at: row.try_get("expires_at")?,
                     source_run_id: row.try_get("source_run_id")?,
-                    state: $crate::store::PlanState::parse(&state),
+                    state: $crate::domain::PlanState::parse(&state),
                     state_by: row.try_get("state_by")?,
                     state_reason: row.try_get("state_reason")?,
                     state_at: row.try_get("state_at")?,
@@ -436,7 +310,7 @@ macro_rules! impl_plan_store {
                     idempotency_key: row.try_get("idempotency_key")?,
                     partition: row.try_get("partition_key")?,
                     event_at: row.try_get("event_at")?,
-                    status: $crate::store::ActionStatus::parse(&status),
+                    status: $crate::domain::ActionStatus::parse(&status),
                     attempts: attempts.into(),
                     lease_owner: row.try_get("lease_owner")?,
                     lease_until: row.try_get("lease_until")?,
@@ -483,7 +357,7 @@ macro_rules! impl_plan_store {
                 &self,
                 plan: &$crate::store::NewPlan,
                 actions: &[$crate::store::NewAction],
-            ) -> Result<$crate::store::PlanId, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::PlanId, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let superseded: Vec<i64> = sqlx::query_scalar(
                     "UPDATE plans SET state = 'superseded', state_by = $2, state_at = $3, \
@@ -537,7 +411,7 @@ macro_rules! impl_plan_store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
-                if plan.kind == $crate::store::PlanKind::Replay {
+                if plan.kind == $crate::domain::PlanKind::Replay {
                     let partitions: std::collections::BTreeSet<&str> =
                         actions.iter().map(|a| a.partition.as_str()).collect();
                     let partitions: Vec<&str> = partitions.into_iter().collect();
@@ -584,7 +458,7 @@ macro_rules! impl_plan_store {
 
             async fn plan(
                 &self,
-                id: $crate::store::PlanId,
+                id: $crate::domain::PlanId,
             ) -> Result<Option<$crate::store::PlanRecord>, $crate::store::StoreError> {
                 let row = sqlx::query("SELECT * FROM plans WHERE id = $1")
                     .bind(id)
@@ -618,7 +492,7 @@ macro_rules! impl_plan_store {
 
             async fn plan_actions(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 after_seq: Option<i64>,
                 limit: u32,
             ) -> Result<Vec<$crate::store::ActionRecord>, $crate::store::StoreError> {
@@ -638,7 +512,7 @@ macro_rules! impl_plan_store {
 
             async fn approve_plan(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 approver: &str,
                 content_hash: &str,
                 at: chrono::DateTime<chrono::Utc>,
@@ -673,7 +547,7 @@ macro_rules! impl_plan_store {
 
             async fn transition_plan(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 change: &$crate::store::Transition<'_>,
             ) -> Result<bool, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
@@ -687,7 +561,7 @@ macro_rules! impl_plan_store {
                 };
                 if !change
                     .from
-                    .contains(&$crate::store::PlanState::parse(&current))
+                    .contains(&$crate::domain::PlanState::parse(&current))
                 {
                     return Ok(false);
                 }
@@ -724,7 +598,7 @@ macro_rules! impl_plan_store {
 
             async fn claim_action(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 owner: &str,
                 now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
@@ -760,11 +634,11 @@ macro_rules! impl_plan_store {
 
             async fn finish_action(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 seq: i64,
                 owner: &str,
                 actor: &str,
-                status: $crate::store::ActionStatus,
+                status: $crate::domain::ActionStatus,
                 outcome: &serde_json::Value,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
@@ -804,7 +678,7 @@ macro_rules! impl_plan_store {
 
             async fn claim_partition(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 owner: &str,
                 now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
@@ -833,7 +707,7 @@ macro_rules! impl_plan_store {
 
             async fn renew_partition(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 partition: &str,
                 owner: &str,
                 lease_until: chrono::DateTime<chrono::Utc>,
@@ -853,7 +727,7 @@ macro_rules! impl_plan_store {
 
             async fn release_partition(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 partition: &str,
                 owner: &str,
             ) -> Result<(), $crate::store::StoreError> {
@@ -870,7 +744,7 @@ macro_rules! impl_plan_store {
 
             async fn claim_in_partition(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 partition: &str,
                 owner: &str,
                 lease_until: chrono::DateTime<chrono::Utc>,
@@ -907,7 +781,7 @@ macro_rules! impl_plan_store {
 
             async fn release_action(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 seq: i64,
                 owner: &str,
             ) -> Result<(), $crate::store::StoreError> {
@@ -925,7 +799,7 @@ macro_rules! impl_plan_store {
 
             async fn retry_failed_actions(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
             ) -> Result<u64, $crate::store::StoreError> {
                 Ok(sqlx::query(
                     "UPDATE plan_actions SET status = 'pending', outcome = NULL, finished_at = NULL \
@@ -939,7 +813,7 @@ macro_rules! impl_plan_store {
 
             async fn last_applied_at(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
             ) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
                 Ok(sqlx::query_scalar(
                     "SELECT finished_at FROM plan_actions WHERE plan_id = $1 AND status = 'applied' \
@@ -953,9 +827,9 @@ macro_rules! impl_plan_store {
 
             async fn action_progress(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
             ) -> Result<
-                std::collections::BTreeMap<$crate::store::ActionStatus, u64>,
+                std::collections::BTreeMap<$crate::domain::ActionStatus, u64>,
                 $crate::store::StoreError,
             > {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
@@ -966,14 +840,14 @@ macro_rules! impl_plan_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(s, n)| ($crate::store::ActionStatus::parse(&s), n.max(0) as u64))
+                    .map(|(s, n)| ($crate::domain::ActionStatus::parse(&s), n.max(0) as u64))
                     .collect())
             }
 
             async fn applied_elsewhere(
                 &self,
                 idempotency_key: &str,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
             ) -> Result<bool, $crate::store::StoreError> {
                 let found: Option<i64> = sqlx::query_scalar(
                     "SELECT plan_id FROM plan_actions WHERE idempotency_key = $1 AND status = 'applied' AND plan_id <> $2 LIMIT 1",
@@ -987,7 +861,7 @@ macro_rules! impl_plan_store {
 
             async fn record_verification(
                 &self,
-                plan: $crate::store::PlanId,
+                plan: $crate::domain::PlanId,
                 verification: &serde_json::Value,
                 actor: &str,
                 at: chrono::DateTime<chrono::Utc>,

@@ -133,7 +133,7 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
         .await
         .unwrap()
         .into_iter()
-        .find(|p| p.state == trueup::store::PlanState::Proposed)
+        .find(|p| p.state == trueup::domain::PlanState::Proposed)
         .expect("another demo plan still proposed");
     b.goto(&format!("{base}/ui/plans/{}", proposed.id)).await;
     assert!(

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use sqlx::Connection;
 use trueup::config::SecretUrl;
-use trueup::store::{RunStatus, StatusFilter, Store, ViolationFilter};
+use trueup::domain::RunStatus;
+use trueup::store::{StatusFilter, Store, ViolationFilter};
 
 use crate::helpers::{combined_output, sqlite_file, sqlite_url, trueup_cli};
 
@@ -487,7 +488,7 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
 #[tokio::test]
 async fn an_apply_killed_at_ten_points_applies_each_action_exactly_once() {
     use std::time::{Duration, Instant};
-    use trueup::store::ActionStatus;
+    use trueup::domain::ActionStatus;
     const N: i64 = 3000;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use trueup::config::SecretUrl;
+use trueup::domain::Actor;
 use trueup::domain::Role;
 use trueup::incident::{self, IncidentError};
-use trueup::plan::Actor;
 use trueup::store::{self, Store};
 
 use crate::helpers::TestPg;

@@ -12,8 +12,8 @@ use axum::routing::post;
 use tokio::sync::oneshot;
 use trueup::app::App;
 use trueup::config::Config;
+use trueup::domain::RunStatus;
 use trueup::serve::Application;
-use trueup::store::RunStatus;
 
 async fn serve(
     config: Config,

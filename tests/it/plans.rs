@@ -11,11 +11,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use trueup::app::App;
 use trueup::config::Config;
+use trueup::domain::Actor;
 use trueup::domain::Role;
+use trueup::domain::{ActionStatus, PlanState};
 use trueup::plan::apply::{self, ApplyEnv, ApplyOptions, Outcome, Rate};
 use trueup::plan::targets::Targets;
-use trueup::plan::{self, Actor, PlanError, Proposal};
-use trueup::store::{ActionStatus, PlanState, Store};
+use trueup::plan::{self, PlanError, Proposal};
+use trueup::store::Store;
 
 use crate::helpers::{TestPg, sqlite_file, sqlite_url};
 
@@ -145,7 +147,10 @@ async fn the_plan_lifecycle(store_url: &str) {
     let store = app.store.as_ref();
 
     // A run proposes a plan: one action per violation.
-    let outcomes = app.check(&[]).await.unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
         panic!("no plan proposed: {:?}", outcomes[0].proposal)
     };
@@ -153,7 +158,10 @@ async fn the_plan_lifecycle(store_url: &str) {
     let inv = app.invariants.first();
     // Checking again finds nothing new, so proposes nothing; asking for a plan gets the open
     // one, which holds exactly these actions.
-    let again = app.check(&[]).await.unwrap();
+    let again = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     assert_eq!(again[0].proposal, None);
     let asked = plan::propose(
         store,
@@ -256,8 +264,11 @@ async fn the_plan_lifecycle(store_url: &str) {
     assert_eq!(seven.status, ActionStatus::Skipped);
 
     // The ledger agrees at the next run.
-    let after = app.check(&[]).await.unwrap();
-    assert_eq!(after[0].open_after, 0, "{:?}", after[0]);
+    let after = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
+    assert_eq!(after[0].run.open_after, 0, "{:?}", after[0]);
 
     // The audit log tells the whole story; an applied plan is not applied again.
     let audit: Vec<String> = store
@@ -321,7 +332,10 @@ async fn an_approved_plan_whose_actions_change_is_refused_and_a_fresh_one_propos
     let config = events_scenario(dir.path(), &store_url, "").await;
     let app = open(&config).await;
     let targets = Targets::open(&app.config).unwrap();
-    let outcomes = app.check(&[]).await.unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {
         panic!("no plan")
     };
@@ -412,7 +426,10 @@ async fn a_plan_goes_stale_when_its_invariant_changes_or_its_ttl_ends() {
     )
     .await;
     let app = open(&config).await;
-    let outcomes = app.check(&[]).await.unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {
         panic!("no plan")
     };
@@ -932,7 +949,13 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
     );
     let app = Arc::new(open(&config).await);
     let targets = Arc::new(Targets::open(&app.config).unwrap());
-    let outcomes = app.check(&["events-delivered".into()]).await.unwrap();
+    let outcomes = app
+        .check(
+            &["events-delivered".into()],
+            &trueup::domain::Actor::local("test"),
+        )
+        .await
+        .unwrap();
     let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
         panic!("no plan: {:?}", outcomes[0])
     };
@@ -1006,7 +1029,10 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
         .await
         .unwrap();
     let outcomes = app
-        .check(&["events-delivered-guarded".into()])
+        .check(
+            &["events-delivered-guarded".into()],
+            &trueup::domain::Actor::local("test"),
+        )
         .await
         .unwrap();
     let Some(Proposal::Created { plan: guarded, .. }) = outcomes[0].proposal.clone() else {
@@ -1417,7 +1443,10 @@ async fn a_template_naming_a_column_the_query_lacks_proposes_nothing_and_says_wh
     )
     .unwrap();
     let app = open(&config).await;
-    let outcomes = app.check(&[]).await.unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Some(Proposal::Failed { error }) = &outcomes[0].proposal else {
         panic!("{:?}", outcomes[0].proposal)
     };
@@ -1544,7 +1573,10 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     );
     let app = open(&config).await;
     let targets = Targets::open(&app.config).unwrap();
-    let outcomes = app.check(&[]).await.unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
         panic!("{:?}", outcomes[0])
     };
@@ -1583,7 +1615,9 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     .await
     .unwrap();
     assert_eq!((rows, markers), (2, 2));
-    app.check(&[]).await.unwrap();
+    app.check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
     let Proposal::Created { plan: again, .. } = plan::propose(
         app.store.as_ref(),
         &app.config,

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use trueup::config::SecretUrl;
+use trueup::domain::ViolationStatus;
 use trueup::domain::{
     ColumnName, Expect, Invariant, InvariantName, InvariantSpec, QuerySide, ReconcileSpec,
     Severity, SourceName, ViolationKind,
 };
 use trueup::engine::{self, Collect, EngineError};
 use trueup::runner::run_invariant;
-use trueup::store::{self, StatusFilter, ViolationFilter, ViolationStatus};
+use trueup::store::{self, StatusFilter, ViolationFilter};
 
 use crate::helpers::{TestMysql, TestPg, sources};
 

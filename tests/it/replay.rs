@@ -70,8 +70,11 @@ async fn the_histogram_shows_the_outage_window(store: &str) {
     let app = App::with_config(Config::load(&config).unwrap())
         .await
         .unwrap();
-    let outcomes = app.check(&[]).await.unwrap();
-    assert_eq!(outcomes[0].open_after, 30, "{:?}", outcomes[0]);
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"))
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0].run.open_after, 30, "{:?}", outcomes[0]);
     let filter = ViolationFilter {
         invariants: vec!["events-processed".into()],
         status: StatusFilter::Active,
@@ -667,7 +670,7 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
     assert_eq!((rows, distinct), (50_000, 50_000));
     let progress = store.action_progress(1).await.unwrap();
     assert_eq!(
-        progress.get(&trueup::store::ActionStatus::Parked),
+        progress.get(&trueup::domain::ActionStatus::Parked),
         None,
         "{progress:?}"
     );

@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trueup::config::SecretUrl;
-use trueup::store::{self, RunStatus};
+use trueup::domain::RunStatus;
+use trueup::store;
 
 use crate::helpers::TestPg;
 

@@ -7,8 +7,8 @@ use tokio::sync::oneshot;
 use trueup::app::App;
 use trueup::config::Config;
 use trueup::domain::HumanDuration;
+use trueup::domain::RunStatus;
 use trueup::serve::Application;
-use trueup::store::RunStatus;
 
 use crate::helpers::TestPg;
 
@@ -601,6 +601,12 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     let (base, stop, task, _) = start(config).await;
     let file = dir.path().join("invariants/demo.yaml");
     let original = std::fs::read_to_string(&file).unwrap();
+    // As an editor saves: the poller never sees half a file.
+    let save = |text: String| {
+        let staged = dir.path().join("demo.yaml.saving");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+    };
     let names = |body: &str| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         let mut n: Vec<String> = v["items"]
@@ -612,59 +618,58 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
         n.sort();
         n
     };
+    let metric = |name: String| {
+        let base = base.clone();
+        async move {
+            let (_, m) = get(&format!("{base}/metrics")).await;
+            sample(&m, &name)
+        }
+    };
+    let runs = |invariant: &str| {
+        metric(format!(
+            "trueup_invariant_runs_total{{invariant=\"{invariant}\",status=\"succeeded\"}}"
+        ))
+    };
     wait_for("first runs", Duration::from_secs(10), || async {
-        let (_, m) = get(&format!("{base}/metrics")).await;
-        sample(
-            &m,
-            "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
-        )
-        .unwrap_or(0.0)
-            >= 1.0
+        runs("payment-lifecycle").await.unwrap_or(0.0) >= 1.0
     })
     .await;
 
     // A broken edit: refused, the five invariants keep running.
-    std::fs::write(
-        &file,
-        original.replace("severity: high", "severity: urgent"),
-    )
-    .unwrap();
+    save(original.replace("severity: high", "severity: urgent"));
     wait_for("the refused reload", Duration::from_secs(10), || async {
-        let (_, m) = get(&format!("{base}/metrics")).await;
-        sample(&m, "trueup_config_last_reload_successful") == Some(0.0)
+        metric("trueup_config_reloads_total{result=\"failure\"}".into()).await == Some(1.0)
     })
     .await;
+    assert_eq!(
+        metric("trueup_config_last_reload_successful".into()).await,
+        Some(0.0)
+    );
     let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
     assert_eq!(names(&body).len(), 5);
-    let (_, m) = get(&format!("{base}/metrics")).await;
-    let before = sample(
-        &m,
-        "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
+    let before = runs("payment-lifecycle").await.unwrap();
+    wait_for(
+        "the old set to keep running after a refused reload",
+        Duration::from_secs(10),
+        || async { runs("payment-lifecycle").await.unwrap() > before },
     )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, m) = get(&format!("{base}/metrics")).await;
-    let after = sample(
-        &m,
-        "trueup_invariant_runs_total{invariant=\"payment-lifecycle\",status=\"succeeded\"}",
-    )
-    .unwrap();
-    assert!(
-        after > before,
-        "the old set keeps running after a refused reload"
-    );
+    .await;
 
     // A good edit that removes one invariant: applied; the others keep their state.
     let start_of = original.find("  # No order is fulfilled").unwrap();
     let end_of = original.find("  # An active subscription").unwrap();
     let mut edited = original.clone();
     edited.replace_range(start_of..end_of, "");
-    std::fs::write(&file, edited).unwrap();
+    save(edited);
+    // The gauge says 1 only once the removed invariant's loop has ended.
     wait_for("the applied reload", Duration::from_secs(10), || async {
-        let (_, m) = get(&format!("{base}/metrics")).await;
-        sample(&m, "trueup_config_last_reload_successful") == Some(1.0)
+        metric("trueup_config_reloads_total{result=\"success\"}".into()).await == Some(2.0)
     })
     .await;
+    assert_eq!(
+        metric("trueup_config_last_reload_successful".into()).await,
+        Some(1.0)
+    );
     let (_, body) = get(&format!("{base}/api/v1/invariants")).await;
     assert_eq!(
         names(&body),
@@ -690,23 +695,17 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
             .0,
         404
     );
-    // The removed invariant is no longer scheduled.
-    let (_, m) = get(&format!("{base}/metrics")).await;
-    let removed_runs = sample(
-        &m,
-        "trueup_invariant_runs_total{invariant=\"fulfilled-orders-paid\",status=\"succeeded\"}",
+    // The removed invariant is no longer scheduled: while the others run on, twice each,
+    // its count stays where it was.
+    let removed_runs = runs("fulfilled-orders-paid").await.unwrap();
+    let others = runs("payment-lifecycle").await.unwrap();
+    wait_for(
+        "two more ticks of the others",
+        Duration::from_secs(10),
+        || async { runs("payment-lifecycle").await.unwrap() >= others + 2.0 },
     )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, m) = get(&format!("{base}/metrics")).await;
-    assert_eq!(
-        sample(
-            &m,
-            "trueup_invariant_runs_total{invariant=\"fulfilled-orders-paid\",status=\"succeeded\"}"
-        )
-        .unwrap(),
-        removed_runs
-    );
+    .await;
+    assert_eq!(runs("fulfilled-orders-paid").await.unwrap(), removed_runs);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

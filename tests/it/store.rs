@@ -6,9 +6,8 @@ use chrono::Utc;
 use serde_json::json;
 use trueup::config::SecretUrl;
 use trueup::domain::{InvariantName, Value, Violation, ViolationKind};
-use trueup::store::{
-    self, RunStats, RunStatus, StatusFilter, Store, StoreError, ViolationFilter, ViolationStatus,
-};
+use trueup::domain::{RunStats, RunStatus, ViolationStatus};
+use trueup::store::{self, StatusFilter, Store, StoreError, ViolationFilter};
 
 use crate::helpers::TestPg;
 
@@ -26,7 +25,7 @@ async fn run_with(
     store: &dyn Store,
     inv: &InvariantName,
     seen: &[Violation],
-) -> trueup::store::LedgerChange {
+) -> trueup::domain::LedgerChange {
     let run = store.begin_run(inv, Utc::now()).await.unwrap();
     store.observe(run, inv, 0, seen).await.unwrap();
     let stats = RunStats {
@@ -449,7 +448,8 @@ async fn the_outbox_claims_retries_and_delivers_once_on_postgres() {
 /// Claims, leases and their rescue, approvals and state changes of plans.
 async fn plan_story(store: Arc<dyn Store>) {
     use trueup::domain::ActionSpec;
-    use trueup::store::{ActionStatus, NewAction, NewPlan, PlanState, Transition};
+    use trueup::domain::{ActionStatus, PlanState};
+    use trueup::store::{NewAction, NewPlan, Transition};
     let t0 = Utc::now();
     let action = |n: i64| NewAction {
         fingerprint: format!("fp{n}"),
@@ -464,7 +464,7 @@ async fn plan_story(store: Arc<dyn Store>) {
         event_at: None,
     };
     let new_plan = NewPlan {
-        kind: trueup::store::PlanKind::Compensation,
+        kind: trueup::domain::PlanKind::Compensation,
         meta: json!({}),
         invariant: "inv".into(),
         definition_hash: "d".into(),
@@ -639,7 +639,7 @@ async fn plan_story(store: Arc<dyn Store>) {
     // A replay: one worker per partition, a partition's actions in order; a replay plan does
     // not supersede the compensation plan of the same invariant.
     let replay = NewPlan {
-        kind: trueup::store::PlanKind::Replay,
+        kind: trueup::domain::PlanKind::Replay,
         meta: json!({"from": "2026-11-20T00:00:00Z"}),
         ..new_plan.clone()
     };

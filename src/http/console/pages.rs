@@ -12,12 +12,13 @@ use minijinja::context;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{AlertState, Invariant, json_text};
+use crate::domain::{PlanId, PlanState, RunStatus};
 use crate::http::HttpState;
-use crate::http::incidents_api::{report_format, report_response, run_verification};
+use crate::http::incidents_api::{report_format, report_response};
 use crate::plan::apply::Rate;
 use crate::plan::{self, diff_marker};
-use crate::serve::state::{Health, InvariantState};
-use crate::store::{ActionRecord, PlanId, PlanState, RunStatus, StatusFilter, ViolationFilter};
+use crate::runtime::board::{Health, InvariantState};
+use crate::store::{ActionRecord, StatusFilter, ViolationFilter};
 
 use super::session::{self, Session};
 use super::{PageResult, Refusal, render, render_status, serde};
@@ -173,7 +174,7 @@ pub(super) async fn overview(
     Extension(session): Extension<Session>,
     Query(filter): Query<OverviewQuery>,
 ) -> PageResult {
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let open = store
         .violation_groups(&ViolationFilter {
             status: StatusFilter::Active,
@@ -181,9 +182,9 @@ pub(super) async fn overview(
         })
         .await?;
     let now = Utc::now();
-    let board = state.shared.board.snapshot();
+    let board = state.runtime.board.snapshot();
     let mut rows = Vec::new();
-    for inv in state.catalog.snapshot().iter() {
+    for inv in state.runtime.catalog.snapshot().iter() {
         let name = inv.name.as_str();
         let b = board.get(name);
         let status = state_name(b);
@@ -287,7 +288,7 @@ fn evidence_view(evidence: &serde_json::Value) -> EvidenceView {
 }
 
 fn find(state: &HttpState, name: &str) -> Result<std::sync::Arc<Invariant>, Refusal> {
-    state.catalog.find(name).ok_or_else(|| {
+    state.runtime.catalog.find(name).ok_or_else(|| {
         Refusal::new(
             StatusCode::NOT_FOUND,
             &format!("no invariant named `{name}`"),
@@ -301,7 +302,7 @@ pub(super) async fn invariant(
     Path(name): Path<String>,
 ) -> PageResult {
     let inv = find(&state, &name)?;
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let active = ViolationFilter {
         invariants: vec![name.clone()],
         status: StatusFilter::Active,
@@ -345,7 +346,7 @@ pub(super) async fn invariant(
             }
         })
         .collect();
-    let board = state.shared.board.get(&name);
+    let board = state.runtime.board.get(&name);
     Ok(render(
         &session,
         "invariant.html",
@@ -378,11 +379,11 @@ pub(super) async fn plans(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
 ) -> PageResult {
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let now = Utc::now();
     let mut groups: BTreeMap<&'static str, Vec<plan::PlanView>> = BTreeMap::new();
     for p in store.plans(None, 200).await? {
-        let inv = state.catalog.find(&p.invariant);
+        let inv = state.runtime.catalog.find(&p.invariant);
         let v = plan::view(store, p, inv.as_deref(), now).await?;
         groups.entry(v.status).or_default().push(v);
     }
@@ -420,9 +421,9 @@ async fn plan_page(
     dry_run: Option<crate::plan::apply::ApplyReport>,
     watch: bool,
 ) -> PageResult {
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let record = plan::load(store, id).await?;
-    let inv = state.catalog.find(&record.invariant);
+    let inv = state.runtime.catalog.find(&record.invariant);
     let view = plan::view(store, record, inv.as_deref(), Utc::now()).await?;
     let actions = store.plan_actions(id, None, 200).await?;
     let me = &session.caller.name;
@@ -526,7 +527,7 @@ pub(super) async fn plan_progress(
     State(state): State<HttpState>,
     Path(id): Path<PlanId>,
 ) -> PageResult {
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let record = plan::load(store, id).await?;
     let progress = store.action_progress(id).await?;
     Ok(Json(serde_json::json!({
@@ -551,10 +552,10 @@ pub(super) async fn approve(
     Path(id): Path<PlanId>,
     Form(form): Form<ApproveForm>,
 ) -> PageResult {
-    let store = state.shared.store.as_ref();
+    let store = state.runtime.store.as_ref();
     let record = plan::load(store, id).await?;
     let seen = crate::http::plans_api::reviewed_hash(id, &form.content_hash)?;
-    let inv = state.catalog.find(&record.invariant);
+    let inv = state.runtime.catalog.find(&record.invariant);
     plan::approve(
         store,
         id,
@@ -579,7 +580,7 @@ pub(super) async fn reject(
     Form(form): Form<RejectForm>,
 ) -> PageResult {
     plan::reject(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         id,
         &session.caller.actor(),
         &form.reason,
@@ -603,13 +604,15 @@ pub(super) async fn apply(
     Path(id): Path<PlanId>,
     Form(form): Form<ApplyForm>,
 ) -> PageResult {
-    let record = plan::load(state.shared.store.as_ref(), id).await?;
+    let record = plan::load(state.runtime.store.as_ref(), id).await?;
     let opts = crate::plan::apply::ApplyOptions {
         dry_run: form.mode != "live",
         rate: form_rate(form.rate.as_deref(), Rate::default_for(record.kind))?,
         ..crate::plan::apply::ApplyOptions::default()
     };
-    match crate::http::plans_api::request_apply(&state, &session.caller, &record, opts).await? {
+    match crate::runtime::request_apply(&state.runtime, &session.caller.actor(), &record, opts)
+        .await?
+    {
         Some(report) => plan_page(&state, &session, id, Some(report), false).await,
         None => Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response()),
     }
@@ -637,7 +640,7 @@ pub(super) async fn audit(
 ) -> PageResult {
     let target = q.target.as_deref().filter(|t| !t.trim().is_empty());
     let entries = state
-        .shared
+        .runtime
         .store
         .audit_log(target.map(str::trim), q.after, 200)
         .await?;
@@ -706,15 +709,16 @@ pub(super) async fn replay(
     let rate = form_rate(q.rate.as_deref(), Rate::DEFAULT_REPLAY)?;
     let who = session.caller.actor();
     let env = crate::plan::apply::ApplyEnv {
-        store: state.shared.store.as_ref(),
-        sources: &state.shared.sources,
-        targets: &state.shared.targets,
+        store: state.runtime.store.as_ref(),
+        sources: &state.runtime.sources,
+        targets: &state.runtime.targets,
         invariant: Some(&inv),
         actor: &who,
         worker: "console-dry-run".into(),
     };
-    let dry = crate::plan::replay::dry_run(&env, &state.shared.config, &inv, spec, window, rate, 5)
-        .await?;
+    let dry =
+        crate::plan::replay::dry_run(&env, &state.runtime.config, &inv, spec, window, rate, 5)
+            .await?;
     Ok(render(
         &session,
         "replay.html",
@@ -747,8 +751,8 @@ pub(super) async fn propose_replay(
     let inv = find(&state, &form.invariant)?;
     let (spec, window) = replay_window(&inv, Some(&form.from), Some(&form.to))?;
     let proposal = crate::plan::replay::propose(
-        state.shared.store.as_ref(),
-        &state.shared.config,
+        state.runtime.store.as_ref(),
+        &state.runtime.config,
         &inv,
         spec,
         window,
@@ -772,14 +776,14 @@ pub(super) async fn incidents(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
 ) -> PageResult {
-    let list = state.shared.store.incidents(200).await?;
+    let list = state.runtime.store.incidents(200).await?;
     Ok(render(
         &session,
         "incidents.html",
         context! {
             nav => "incidents",
             incidents => serde(&list),
-            invariants => state.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
+            invariants => state.runtime.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
         },
     ))
 }
@@ -812,8 +816,8 @@ pub(super) async fn open_incident(
         .into_iter()
         .collect();
     let opened = crate::incident::open(
-        state.shared.store.as_ref(),
-        &state.catalog.snapshot(),
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
         form.name.trim(),
         from,
         to,
@@ -834,9 +838,12 @@ async fn incident_page(
     refusal: Option<Vec<crate::incident::Blocker>>,
 ) -> PageResult {
     // The report holds the incident and its timeline: one read of the store for the page.
-    let report =
-        crate::incident::report(state.shared.store.as_ref(), &state.catalog.snapshot(), name)
-            .await?;
+    let report = crate::incident::report(
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
+        name,
+    )
+    .await?;
     let page = render(
         session,
         "incident.html",
@@ -877,7 +884,7 @@ pub(super) async fn incident_phase(
     Form(form): Form<PhaseForm>,
 ) -> PageResult {
     crate::incident::mark_phase(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         &name,
         &form.phase,
         filled(form.note.as_deref()),
@@ -900,7 +907,7 @@ pub(super) async fn incident_note(
     Form(form): Form<NoteForm>,
 ) -> PageResult {
     crate::incident::add_note(
-        state.shared.store.as_ref(),
+        state.runtime.store.as_ref(),
         &name,
         &form.text,
         &session.caller.actor(),
@@ -920,13 +927,14 @@ pub(super) async fn incident_verify(
     let to = format!("/ui/incidents/{name}#verdict");
     // To the end even if the browser goes away.
     tokio::spawn(async move {
-        run_verification(
-            &state,
-            &session.caller,
+        crate::runtime::run_verification(
+            &state.runtime,
+            &session.caller.actor(),
             &name,
             crate::incident::DEFAULT_FRESH_WITHIN,
         )
         .await
+        .map_err(crate::http::error::ApiError::from)
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))??;
@@ -945,8 +953,8 @@ pub(super) async fn incident_close(
     Form(form): Form<CloseForm>,
 ) -> PageResult {
     let closed = crate::incident::close(
-        state.shared.store.as_ref(),
-        &state.catalog.snapshot(),
+        state.runtime.store.as_ref(),
+        &state.runtime.catalog.snapshot(),
         &name,
         filled(form.override_reason.as_deref()),
         &session.caller.actor(),

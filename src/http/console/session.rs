@@ -50,7 +50,7 @@ pub async fn current(state: &HttpState, jar: &CookieJar) -> Result<Option<Sessio
         return Ok(None);
     };
     let id_sha256 = digest(&id);
-    let record = state.shared.store.session(&id_sha256, Utc::now()).await?;
+    let record = state.runtime.store.session(&id_sha256, Utc::now()).await?;
     // The role comes from the configuration now: a removed token ends its sessions.
     Ok(record.and_then(|r| {
         state
@@ -81,7 +81,7 @@ pub async fn sign_in(
     let id = secret();
     let now = Utc::now();
     state
-        .shared
+        .runtime
         .store
         .create_session(
             &digest(&id),
@@ -105,7 +105,7 @@ pub async fn sign_in(
 
 pub async fn sign_out(state: &HttpState, session: &Session) -> Result<(), Refusal> {
     state
-        .shared
+        .runtime
         .store
         .end_session(&session.id_sha256, Utc::now())
         .await?;

@@ -10,10 +10,9 @@ use chrono::{TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::metrics::Metrics;
+use crate::notify::Channel;
+use crate::runtime::metrics::Metrics;
 use crate::store::Store;
-
-use super::Channel;
 
 const LEASE: TimeDelta = TimeDelta::seconds(60);
 /// Notices claimed at once. Their attempts run one after another, so every claimed notice

@@ -7,8 +7,8 @@ use std::sync::RwLock;
 use chrono::{DateTime, Utc};
 
 use crate::domain::Invariant;
+use crate::domain::RunStatus;
 use crate::runner::RunOutcome;
-use crate::store::RunStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

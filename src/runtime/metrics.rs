@@ -6,9 +6,9 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::domain::RunStatus;
 use crate::domain::{Invariant, ViolationKind};
 use crate::runner::RunOutcome;
-use crate::store::RunStatus;
 
 pub struct Metrics {
     registry: Registry,
@@ -59,7 +59,7 @@ impl Metrics {
         &self,
         plans: &[(
             crate::store::PlanRecord,
-            std::collections::BTreeMap<crate::store::ActionStatus, u64>,
+            std::collections::BTreeMap<crate::domain::ActionStatus, u64>,
         )],
     ) {
         self.plan_actions.reset();
@@ -70,7 +70,7 @@ impl Metrics {
             self.plan_actions_total
                 .with_label_values(&labels)
                 .set(plan.action_count as i64);
-            for status in crate::store::ActionStatus::ALL {
+            for status in crate::domain::ActionStatus::ALL {
                 let n = progress.get(&status).copied().unwrap_or(0);
                 self.plan_actions
                     .with_label_values(&[labels[0], labels[1], labels[2], status.as_str()])

@@ -1,0 +1,63 @@
+//! Runs: one evaluation of one invariant, what it measured and how it changed the ledger.
+
+use std::collections::BTreeMap;
+
+use super::ViolationKind;
+
+pub type RunId = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status as the store wrote it (an unknown one reads as failed).
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "cancelled" => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+/// What an evaluation measured, handed to the store when the run completes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunStats {
+    pub rows_left: u64,
+    pub rows_right: u64,
+    /// Every violation seen, stored or not.
+    pub observed: u64,
+    pub counts: BTreeMap<ViolationKind, u64>,
+    /// Rows inside the grace period: neither reported nor resolved.
+    pub not_yet_due: u64,
+    /// Rows whose key has a NULL: they identify nothing, so they are counted, not compared.
+    pub null_keys: u64,
+    /// More violations than the budget: only the first ones were stored, and nothing was
+    /// resolved (the run cannot tell what it did not store).
+    pub truncated: bool,
+}
+
+/// How a completed run changed the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerChange {
+    pub new: u64,
+    pub still_open: u64,
+    pub reopened: u64,
+    pub resolved: u64,
+}

@@ -14,6 +14,7 @@
 mod decode;
 mod mysql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -510,9 +511,14 @@ impl Source {
             tx,
         };
         let reader: futures_util::future::BoxFuture<'static, ()> = match self.pool.clone() {
-            Pool::Postgres(p) => Box::pin(postgres::read(p, req, self.timeout_ms, feed)),
-            Pool::MySql(p) => Box::pin(mysql::read(p, req, feed)),
-            Pool::Sqlite(p) => Box::pin(sqlite::read(p, req, feed)),
+            Pool::Postgres(p) => {
+                let dialect = postgres::Dialect {
+                    timeout_ms: self.timeout_ms,
+                };
+                Box::pin(sql::read(dialect, p, req, feed))
+            }
+            Pool::MySql(p) => Box::pin(sql::read(mysql::Dialect, p, req, feed)),
+            Pool::Sqlite(p) => Box::pin(sql::read(sqlite::Dialect, p, req, feed)),
         };
         let source_name = self.name.clone();
         // The server stops a statement at its statement_timeout; a read still going well past

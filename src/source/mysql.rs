@@ -1,17 +1,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlValueRef};
-use sqlx::{Column, Decode, Executor, MySql, MySqlPool, Row as _, Statement, TypeInfo, ValueRef};
+use sqlx::{Decode, Executor, MySql, MySqlPool, ValueRef};
 
 use crate::config::SourceConfig;
 use crate::domain::{SourceName, Value};
 
-use super::decode::{Kind, Unrepresentable, unsupported};
-use super::{
-    Feed, Leased, ReadRequest, RoleAudit, SourceError, decode_value, resolve_needed, wrap,
-};
+use super::decode::{Kind, Unrepresentable};
+use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::{ReadRequest, RoleAudit, SourceError};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, SourceError> {
     let opts =
@@ -88,135 +86,54 @@ pub(super) async fn audit_role(
     Ok(audit)
 }
 
-pub(super) async fn read(pool: MySqlPool, req: ReadRequest, mut feed: Feed) {
-    let mut conn = match Leased::acquire(&pool, &feed).await {
-        Ok(c) => c,
-        Err(err) => return feed.fail(err).await,
-    };
-    let abandoned = feed.abandoned();
-    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
-    // busy until its query ends.
-    let outcome = tokio::select! {
-        r = run(&mut conn, &req, &mut feed) => r,
-        () = abandoned => Err(None),
-    };
-    match outcome {
-        Ok(()) => {
-            if conn.execute("ROLLBACK").await.is_ok() {
-                conn.reusable();
-            }
-        }
-        Err(stop) => {
-            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
-            if let Some(err) = stop {
-                feed.fail(err).await;
-            }
-        }
-    }
-}
+/// MySQL's and MariaDB's side of a read (see [`super::sql`]).
+pub(super) struct Dialect;
 
-async fn run(
-    conn: &mut sqlx::pool::PoolConnection<MySql>,
-    req: &ReadRequest,
-    feed: &mut Feed,
-) -> Result<(), Option<SourceError>> {
-    let conn: &mut sqlx::MySqlConnection = conn;
-    conn.execute("START TRANSACTION READ ONLY")
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let inner = wrap(&req.query);
-    let stmt = (&mut *conn)
-        .prepare(&inner)
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-    let declared: Vec<Option<Kind>> = stmt
-        .columns()
-        .iter()
-        .map(|c| kind_of(c.type_info().name()))
-        .collect();
-    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
-    let order_sql: Vec<String> = order
-        .iter()
-        .map(|c| {
-            let i = super::index_of(&columns, c).unwrap_or(0);
-            let quoted = format!("`{}`", c.replace('`', "``"));
-            if declared[i].is_some_and(Kind::is_text) {
-                // UTF-8 bytes, no padding, whatever the column's charset: the order trueup
-                // compares keys in.
-                format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
-            } else {
-                quoted
-            }
-        })
-        .collect();
-    let filter_idx = super::resolve_filter(feed.source(), &columns, req).map_err(Some)?;
-    let mut sql = inner;
-    if !filter_idx.is_empty() {
-        let conditions: Vec<String> = filter_idx
-            .iter()
-            .map(|&i| format!("`{}` = ?", columns[i].replace('`', "``")))
-            .collect();
-        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
-    }
-    if !order_sql.is_empty() {
-        sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
-    }
-    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
+impl super::sql::Dialect for Dialect {
+    type DB = MySql;
 
-    let mut query = sqlx::query(&sql).persistent(false);
-    for (&i, (_, value)) in filter_idx.iter().zip(&req.filter) {
-        query = match (declared[i], value) {
-            (_, serde_json::Value::Bool(b)) => query.bind(*b),
-            (_, serde_json::Value::Number(n)) if n.is_i64() => query.bind(n.as_i64()),
-            (Some(Kind::Timestamp | Kind::Naive), serde_json::Value::String(s)) => {
-                match chrono::DateTime::parse_from_rfc3339(s) {
-                    Ok(t) => query.bind(t.naive_utc()),
-                    Err(_) => query.bind(s.clone()),
-                }
-            }
-            (_, serde_json::Value::String(s)) => query.bind(s.clone()),
-            (_, other) => query.bind(other.to_string()),
-        };
+    const KINDS_FROM_FIRST_ROW: bool = true;
+
+    async fn begin(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        _req: &ReadRequest,
+    ) -> Result<(), sqlx::error::BoxDynError> {
+        // (The statement time limit is the session's, set when the connection opened.)
+        conn.execute("START TRANSACTION READ ONLY").await?;
+        Ok(())
     }
-    let mut rows = query.fetch(&mut *conn);
-    let mut kinds: Option<Vec<Kind>> = None;
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?
-    {
-        // The executed statement's column types are the truth; build decoders from them once.
-        let kinds = match &kinds {
-            Some(k) => k,
-            None => {
-                let k = row
-                    .columns()
-                    .iter()
-                    .map(|c| {
-                        kind_of(c.type_info().name()).ok_or_else(|| {
-                            unsupported(feed.source(), c.name(), c.type_info().name())
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(Some)?;
-                kinds.insert(k)
-            }
-        };
-        let mut values = Vec::with_capacity(kinds.len());
-        for (i, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
-            values.push(
-                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
-            );
+
+    fn quote(&self, column: &str) -> String {
+        format!("`{}`", column.replace('`', "``"))
+    }
+
+    fn kind_of(&self, type_name: &str) -> Option<Kind> {
+        kind_of(type_name)
+    }
+
+    fn order_term(&self, quoted: &str, kind: Option<Kind>) -> String {
+        if kind.is_some_and(Kind::is_text) {
+            // UTF-8 bytes, no padding, whatever the column's charset.
+            format!("CAST(CONVERT({quoted} USING utf8mb4) AS BINARY)")
+        } else {
+            quoted.to_owned()
         }
-        // The driver's copy of a row can be large (a buffer sized for it): free it before
-        // waiting for room in the channel.
-        drop(row);
-        feed.push_row(values).await?;
     }
-    feed.finish().await.map_err(|_| None)?;
-    Ok(())
+
+    fn filter_term(&self, quoted: &str, _kind: Option<Kind>, _n: usize) -> String {
+        format!("{quoted} = ?")
+    }
+
+    fn bind<'q>(&self, query: SqlQuery<'q, MySql>, param: FilterParam) -> SqlQuery<'q, MySql> {
+        // The session's time zone is UTC (sqlx sets it), as trueup reads TIMESTAMPs.
+        let utc = |t: chrono::DateTime<chrono::Utc>| t.naive_utc();
+        bind_typed!(query, param, decimal: |d| d, timestamp: utc)
+    }
+
+    fn decode(&self, kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
+        decode(kind, raw)
+    }
 }
 
 fn kind_of(type_name: &str) -> Option<Kind> {
@@ -242,7 +159,7 @@ fn kind_of(type_name: &str) -> Option<Kind> {
     })
 }
 
-fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> Result<Value, sqlx::error::BoxDynError> {
+fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
     if raw.is_null() {
         return Ok(Value::Null);
     }

@@ -1,18 +1,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
-use sqlx::{Column, Decode, Executor, PgPool, Postgres, Row as _, Statement, TypeInfo, ValueRef};
+use sqlx::{Decode, PgPool, Postgres, Row as _, ValueRef};
 
 use crate::config::SourceConfig;
 use crate::domain::{EVIDENCE_VALUE_CAP, SourceName, Value};
 
-use super::decode::{Kind, pg_time, unsupported};
-use super::{
-    DIGEST_OVER, Feed, Leased, ReadRequest, RoleAudit, SourceError, decode_value, resolve_needed,
-    wrap,
-};
+use super::decode::{Kind, pg_time};
+use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::{DIGEST_OVER, ReadRequest, RoleAudit, SourceError};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
     let opts = PgConnectOptions::from_str(cfg.url.expose())
@@ -127,267 +124,97 @@ pub(super) async fn audit_role(
     Ok(audit)
 }
 
-pub(super) async fn read(pool: PgPool, req: ReadRequest, timeout_ms: u64, mut feed: Feed) {
-    let mut conn = match Leased::acquire(&pool, &feed).await {
-        Ok(c) => c,
-        Err(err) => return feed.fail(err).await,
-    };
-    let abandoned = feed.abandoned();
-    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
-    // busy until its query ends.
-    let outcome = tokio::select! {
-        r = run(&mut conn, &req, timeout_ms, &mut feed) => r,
-        () = abandoned => Err(None),
-    };
-    match outcome {
-        Ok(()) => {
-            // Always roll back: whatever the query did to the session is undone.
-            if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
-                conn.reusable();
-            }
-        }
-        Err(stop) => {
-            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
-            if let Some(err) = stop {
-                feed.fail(err).await;
-            }
-        }
-    }
+/// PostgreSQL's side of a read (see [`super::sql`]).
+pub(super) struct Dialect {
+    pub(super) timeout_ms: u64,
 }
 
-/// `Err(None)`: the evaluator stopped listening.
-async fn run(
-    conn: &mut sqlx::pool::PoolConnection<Postgres>,
-    req: &ReadRequest,
-    timeout_ms: u64,
-    feed: &mut Feed,
-) -> Result<(), Option<SourceError>> {
-    let conn: &mut sqlx::PgConnection = conn;
-    sqlx::query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(timeout_ms.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let inner = wrap(&req.query);
-    let stmt = (&mut *conn)
-        .prepare(&inner)
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-    let kinds: Vec<Kind> = stmt
-        .columns()
-        .iter()
-        .map(|c| {
-            kind_of(c.type_info().name())
-                .ok_or_else(|| unsupported(feed.source(), c.name(), c.type_info().name()))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(Some)?;
-    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
-    let order_sql: Vec<String> = order
-        .iter()
-        .map(|c| {
-            let i = super::index_of(&columns, c).unwrap_or(0);
-            let quoted = format!("\"{}\"", c.replace('"', "\"\""));
-            if kinds[i].is_text() {
-                format!("({quoted})::text COLLATE \"C\"")
-            } else {
-                // Plain ascending order, so a key index can serve it. Where NULLs land does
-                // not matter: the merge skips rows with a NULL key.
-                quoted
-            }
-        })
-        .collect();
-    let filter_idx = super::resolve_filter(feed.source(), &columns, req).map_err(Some)?;
-    let mut conditions = Vec::new();
-    let mut params = Vec::new();
-    for (n, (&i, (_, value))) in filter_idx.iter().zip(&req.filter).enumerate() {
-        let quoted = format!("\"{}\"", columns[i].replace('"', "\"\""));
-        let (param, as_text) = filter_param(kinds[i], value).ok_or_else(|| {
-            Some(super::filter_value_error(
-                feed.source(),
-                &columns[i],
-                value,
-                &format!("{:?}", kinds[i]),
-            ))
-        })?;
-        conditions.push(if as_text {
-            format!("({quoted})::text = ${}", n + 1)
+impl super::sql::Dialect for Dialect {
+    type DB = Postgres;
+
+    async fn begin(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        _req: &ReadRequest,
+    ) -> Result<(), sqlx::error::BoxDynError> {
+        sqlx::query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(self.timeout_ms.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    fn quote(&self, column: &str) -> String {
+        format!("\"{}\"", column.replace('"', "\"\""))
+    }
+
+    fn kind_of(&self, type_name: &str) -> Option<Kind> {
+        kind_of(type_name)
+    }
+
+    fn order_term(&self, quoted: &str, kind: Option<Kind>) -> String {
+        if kind.is_some_and(Kind::is_text) {
+            format!("({quoted})::text COLLATE \"C\"")
         } else {
-            format!("{quoted} = ${}", n + 1)
-        });
-        params.push(param);
-    }
-    // Long text and bytes values of digestible columns stay in the database: it sends their
-    // length, SHA-256 and start instead (four columns in place of one).
-    let digest = req.digestible(&columns);
-    // (Columns are selected by name from the subquery: a query returning one name twice
-    // keeps its values whole.)
-    let unique = columns
-        .iter()
-        .enumerate()
-        .all(|(i, c)| !columns[..i].iter().any(|o| o.eq_ignore_ascii_case(c)));
-    let digest: Vec<bool> = digest
-        .iter()
-        .zip(&kinds)
-        .map(|(d, k)| unique && *d && matches!(k, Kind::Text | Kind::Bytes))
-        .collect();
-    let mut sql = if digest.iter().any(|d| *d) {
-        let list: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let q = format!("trueup_q.\"{}\"", c.replace('"', "\"\""));
-                if !digest[i] {
-                    return q;
-                }
-                let long = format!("octet_length({q}) > {DIGEST_OVER}");
-                // Length and digest of the UTF-8 bytes, whatever the database's encoding,
-                // so they match what trueup computes of the same text.
-                let (bytes, sha, start) = if kinds[i] == Kind::Bytes {
-                    (
-                        format!("octet_length({q})"),
-                        format!("sha256({q})"),
-                        format!("substring({q} from 1 for {})", (EVIDENCE_VALUE_CAP - 2) / 2),
-                    )
-                } else {
-                    let utf8 = format!("convert_to({q}::text, 'UTF8')");
-                    (
-                        format!("octet_length({utf8})"),
-                        format!("sha256({utf8})"),
-                        format!("left({q}::text, {EVIDENCE_VALUE_CAP})"),
-                    )
-                };
-                format!(
-                    "CASE WHEN {long} THEN NULL ELSE {q} END, CASE WHEN {long} THEN {bytes} END, \
-                     CASE WHEN {long} THEN encode({sha}, 'hex') END, CASE WHEN {long} THEN {start} END"
-                )
-            })
-            .collect();
-        super::wrap_selecting(&req.query, &list.join(", "))
-    } else {
-        inner
-    };
-    if !conditions.is_empty() {
-        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
-    }
-    if !order_sql.is_empty() {
-        sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
-    }
-    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
-
-    let mut query = sqlx::query(&sql).persistent(false);
-    for p in params {
-        query = match p {
-            FilterParam::Bool(v) => query.bind(v),
-            FilterParam::I16(v) => query.bind(v),
-            FilterParam::I32(v) => query.bind(v),
-            FilterParam::I64(v) => query.bind(v),
-            FilterParam::Decimal(v) => query.bind(v),
-            FilterParam::F64(v) => query.bind(v),
-            FilterParam::Text(v) => query.bind(v),
-            FilterParam::Date(v) => query.bind(v),
-            FilterParam::Time(v) => query.bind(v),
-            FilterParam::Naive(v) => query.bind(v),
-            FilterParam::Timestamp(v) => query.bind(v),
-        };
-    }
-    let mut rows = query.fetch(&mut *conn);
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?
-    {
-        let mut values = Vec::with_capacity(kinds.len());
-        let mut at = 0;
-        for (i, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(at).map_err(|e| Some(feed.query_error(e)))?;
-            let value = if digest[i] {
-                let parts: Vec<PgValueRef<'_>> = (at + 1..at + 4)
-                    .map(|j| row.try_get_raw(j))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| Some(feed.query_error(e)))?;
-                at += 4;
-                decode_value(feed.source(), &columns[i], || match parts[0].is_null() {
-                    true => decode(*kind, raw),
-                    false => digested(*kind, &parts),
-                })
-                .map_err(Some)?
-            } else {
-                at += 1;
-                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?
-            };
-            values.push(value);
+            // Plain ascending order, so a key index can serve it. Where NULLs land does not
+            // matter: the merge skips rows with a NULL key.
+            quoted.to_owned()
         }
-        // The driver's copy of a row can be large (a buffer sized for it): free it before
-        // waiting for room in the channel.
-        drop(row);
-        feed.push_row(values).await?;
     }
-    feed.finish().await.map_err(|_| None)?;
-    Ok(())
-}
 
-/// A key value bound with the type of the column it is compared with, so the key's index
-/// serves the lookup.
-enum FilterParam {
-    Bool(bool),
-    I16(i16),
-    I32(i32),
-    I64(i64),
-    Decimal(rust_decimal::Decimal),
-    F64(f64),
-    Text(String),
-    Date(chrono::NaiveDate),
-    Time(chrono::NaiveTime),
-    Naive(chrono::NaiveDateTime),
-    Timestamp(chrono::DateTime<chrono::Utc>),
-}
+    fn filter_term(&self, quoted: &str, kind: Option<Kind>, n: usize) -> String {
+        match kind {
+            Some(Kind::Text | Kind::PaddedText | Kind::Uuid) => format!("({quoted})::text = ${n}"),
+            _ => format!("{quoted} = ${n}"),
+        }
+    }
 
-/// The parameter for comparing a column of `kind` with a canonical JSON value, and whether the
-/// column is compared as text.
-fn filter_param(kind: Kind, value: &serde_json::Value) -> Option<(FilterParam, bool)> {
-    use serde_json::Value as J;
-    let decimal = || match value {
-        J::Number(n) => rust_decimal::Decimal::from_str(&n.to_string()).ok(),
-        J::String(s) => rust_decimal::Decimal::from_str(s).ok(),
-        _ => None,
-    };
-    let text = || match value {
-        J::String(s) => Some(s.clone()),
-        J::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let instant = || {
-        value
-            .as_str()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&chrono::Utc))
-    };
-    Some(match kind {
-        Kind::Bool => (FilterParam::Bool(value.as_bool()?), false),
-        Kind::I16 => (
-            FilterParam::I16(i16::try_from(value.as_i64()?).ok()?),
-            false,
-        ),
-        Kind::I32 => (
-            FilterParam::I32(i32::try_from(value.as_i64()?).ok()?),
-            false,
-        ),
-        Kind::I64 | Kind::U32 => (FilterParam::I64(value.as_i64()?), false),
-        Kind::U64 | Kind::Decimal => (FilterParam::Decimal(decimal()?), false),
-        Kind::F32 | Kind::F64 => (FilterParam::F64(value.as_f64()?), false),
-        Kind::Text | Kind::PaddedText | Kind::Uuid => (FilterParam::Text(text()?), true),
-        Kind::Date => (FilterParam::Date(value.as_str()?.parse().ok()?), false),
-        Kind::Time => (FilterParam::Time(value.as_str()?.parse().ok()?), false),
-        Kind::Naive => (FilterParam::Naive(instant()?.naive_utc()), false),
-        Kind::Timestamp => (FilterParam::Timestamp(instant()?), false),
-        Kind::Json | Kind::Bytes | Kind::Dynamic(_) => return None,
-    })
+    fn bind<'q>(
+        &self,
+        query: SqlQuery<'q, Postgres>,
+        param: FilterParam,
+    ) -> SqlQuery<'q, Postgres> {
+        bind_typed!(query, param, decimal: |d| d, timestamp: |t| t)
+    }
+
+    fn decode(&self, kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
+        decode(kind, raw)
+    }
+
+    fn digests(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Text | Kind::Bytes)
+    }
+
+    fn digest_select(&self, q: &str, kind: Kind) -> String {
+        let long = format!("octet_length({q}) > {DIGEST_OVER}");
+        // Length and digest of the UTF-8 bytes, whatever the database's encoding, so they
+        // match what trueup computes of the same text.
+        let (bytes, sha, start) = if kind == Kind::Bytes {
+            (
+                format!("octet_length({q})"),
+                format!("sha256({q})"),
+                format!("substring({q} from 1 for {})", (EVIDENCE_VALUE_CAP - 2) / 2),
+            )
+        } else {
+            let utf8 = format!("convert_to({q}::text, 'UTF8')");
+            (
+                format!("octet_length({utf8})"),
+                format!("sha256({utf8})"),
+                format!("left({q}::text, {EVIDENCE_VALUE_CAP})"),
+            )
+        };
+        format!(
+            "CASE WHEN {long} THEN NULL ELSE {q} END, CASE WHEN {long} THEN {bytes} END, \
+             CASE WHEN {long} THEN encode({sha}, 'hex') END, CASE WHEN {long} THEN {start} END"
+        )
+    }
+
+    fn digested(&self, kind: Kind, parts: &[PgValueRef<'_>]) -> DecodeResult {
+        digested(kind, parts)
+    }
 }
 
 fn kind_of(type_name: &str) -> Option<Kind> {
@@ -412,8 +239,6 @@ fn kind_of(type_name: &str) -> Option<Kind> {
         _ => return None,
     })
 }
-
-type DecodeResult = Result<Value, sqlx::error::BoxDynError>;
 
 /// PostgreSQL's binary NUMERIC (base-10000 digits, weight, sign, display scale) straight to a
 /// `Decimal`: one integer pass instead of the general conversion, which divides per digit and

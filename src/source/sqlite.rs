@@ -1,15 +1,15 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteValueRef};
-use sqlx::{Column, Decode, Executor, Row as _, Sqlite, SqlitePool, Statement, TypeInfo, ValueRef};
+use sqlx::{Decode, Executor, Sqlite, SqlitePool, TypeInfo, ValueRef};
 
 use crate::config::SourceConfig;
 use crate::domain::Value;
 
 use super::decode::{Kind, SqliteHint, sqlite_text};
-use super::{Feed, Leased, ReadRequest, SourceError, decode_value, resolve_needed, wrap};
+use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::{ReadRequest, SourceError};
 
 pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
     let opts = SqliteConnectOptions::from_str(cfg.url.expose())
@@ -27,108 +27,55 @@ pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
         .connect_lazy_with(opts))
 }
 
-pub(super) async fn read(pool: SqlitePool, req: ReadRequest, mut feed: Feed) {
-    let mut conn = match Leased::acquire(&pool, &feed).await {
-        Ok(c) => c,
-        Err(err) => return feed.fail(err).await,
-    };
-    let abandoned = feed.abandoned();
-    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
-    // busy until its query ends.
-    let outcome = tokio::select! {
-        r = run(&mut conn, &req, &mut feed) => r,
-        () = abandoned => Err(None),
-    };
-    match outcome {
-        Ok(()) => {
-            if conn.execute("ROLLBACK").await.is_ok() {
-                conn.reusable();
-            }
-        }
-        Err(stop) => {
-            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
-            if let Some(err) = stop {
-                feed.fail(err).await;
-            }
-        }
-    }
-}
+/// SQLite's side of a read (see [`super::sql`]).
+pub(super) struct Dialect;
 
-async fn run(
-    conn: &mut sqlx::pool::PoolConnection<Sqlite>,
-    req: &ReadRequest,
-    feed: &mut Feed,
-) -> Result<(), Option<SourceError>> {
-    let conn: &mut sqlx::SqliteConnection = conn;
-    if super::has_several_statements(&req.query) {
-        return Err(Some(feed.query_error(
-            "the query holds more than one statement; an invariant query is a single SELECT",
-        )));
-    }
-    // One snapshot for the whole read.
-    conn.execute("BEGIN")
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let inner = wrap(&req.query);
-    let stmt = (&mut *conn)
-        .prepare(&inner)
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?;
-    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-    let kinds: Vec<Kind> = stmt
-        .columns()
-        .iter()
-        .map(|c| Kind::Dynamic(hint(c.type_info().name())))
-        .collect();
-    let order = resolve_needed(feed.source(), &columns, req).map_err(Some)?;
-    let order_sql: Vec<String> = order
-        .iter()
-        .map(|c| format!("\"{}\" COLLATE BINARY", c.replace('"', "\"\"")))
-        .collect();
-    let filter_idx = super::resolve_filter(feed.source(), &columns, req).map_err(Some)?;
-    let mut sql = inner;
-    if !filter_idx.is_empty() {
-        let conditions: Vec<String> = filter_idx
-            .iter()
-            .map(|&i| format!("\"{}\" = ?", columns[i].replace('"', "\"\"")))
-            .collect();
-        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
-    }
-    if !order_sql.is_empty() {
-        sql = format!("{sql} ORDER BY {}", order_sql.join(", "));
-    }
-    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
+impl super::sql::Dialect for Dialect {
+    type DB = Sqlite;
 
-    let mut query = sqlx::query(&sql).persistent(false);
-    for (_, value) in &req.filter {
-        query = match value {
-            serde_json::Value::Bool(b) => query.bind(*b),
-            serde_json::Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
-            serde_json::Value::Number(n) => query.bind(n.as_f64()),
-            serde_json::Value::String(s) => query.bind(s.clone()),
-            other => query.bind(other.to_string()),
-        };
-    }
-    let mut rows = query.fetch(&mut *conn);
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| Some(feed.query_error(e)))?
-    {
-        let mut values = Vec::with_capacity(kinds.len());
-        for (i, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(i).map_err(|e| Some(feed.query_error(e)))?;
-            values.push(
-                decode_value(feed.source(), &columns[i], || decode(*kind, raw)).map_err(Some)?,
+    async fn begin(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        req: &ReadRequest,
+    ) -> Result<(), sqlx::error::BoxDynError> {
+        // PostgreSQL and MySQL refuse several statements in one prepared string; SQLite
+        // would run them all.
+        if super::has_several_statements(&req.query) {
+            return Err(
+                "the query holds more than one statement; an invariant query is a single SELECT"
+                    .into(),
             );
         }
-        // The driver's copy of a row can be large (a buffer sized for it): free it before
-        // waiting for room in the channel.
-        drop(row);
-        feed.push_row(values).await?;
+        // One snapshot for the whole read (the file is open read-only, `query_only` on).
+        conn.execute("BEGIN").await?;
+        Ok(())
     }
-    feed.finish().await.map_err(|_| None)?;
-    Ok(())
+
+    fn quote(&self, column: &str) -> String {
+        format!("\"{}\"", column.replace('"', "\"\""))
+    }
+
+    fn kind_of(&self, type_name: &str) -> Option<Kind> {
+        Some(Kind::Dynamic(hint(type_name)))
+    }
+
+    fn order_term(&self, quoted: &str, _kind: Option<Kind>) -> String {
+        format!("{quoted} COLLATE BINARY")
+    }
+
+    fn filter_term(&self, quoted: &str, _kind: Option<Kind>, _n: usize) -> String {
+        format!("{quoted} = ?")
+    }
+
+    fn bind<'q>(&self, query: SqlQuery<'q, Sqlite>, param: FilterParam) -> SqlQuery<'q, Sqlite> {
+        // SQLite has no decimal type: the number's text, as a decimal column stores it.
+        let text = |d: rust_decimal::Decimal| d.to_string();
+        bind_typed!(query, param, decimal: text, timestamp: |t| t)
+    }
+
+    fn decode(&self, kind: Kind, raw: SqliteValueRef<'_>) -> DecodeResult {
+        decode(kind, raw)
+    }
 }
 
 fn hint(declared: &str) -> SqliteHint {
@@ -141,7 +88,7 @@ fn hint(declared: &str) -> SqliteHint {
     }
 }
 
-fn decode(kind: Kind, raw: SqliteValueRef<'_>) -> Result<Value, sqlx::error::BoxDynError> {
+fn decode(kind: Kind, raw: SqliteValueRef<'_>) -> DecodeResult {
     if raw.is_null() {
         return Ok(Value::Null);
     }

@@ -1078,15 +1078,16 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
     use trueup::source::{ReadRequest, Source};
     let pg = TestPg::new().await;
     pg.exec(
-        "CREATE TABLE t (id INT, code VARCHAR(20), at TIMESTAMPTZ, amount NUMERIC(10,2), u UUID);
-         INSERT INTO t VALUES (1, 'a', '2026-01-01T00:00:00Z', 1.50, '6f1c2d3e-0000-4000-8000-000000000001'),
-                              (2, 'b', '2026-01-02T00:00:00Z', 2.50, '6f1c2d3e-0000-4000-8000-000000000002');",
+        "CREATE TABLE t (id INT, code VARCHAR(20), at TIMESTAMPTZ, amount NUMERIC(10,2), u UUID, b BYTEA);
+         INSERT INTO t VALUES (1, 'a', '2026-01-01T00:00:00Z', 1.50, '6f1c2d3e-0000-4000-8000-000000000001', '\\x0102'),
+                              (2, 'b', '2026-01-02T00:00:00Z', 2.50, '6f1c2d3e-0000-4000-8000-000000000002', '\\x0a0b');",
     )
     .await;
     let my = crate::helpers::TestMysql::new().await;
     my.exec(
-        "CREATE TABLE t (id INT, code VARCHAR(20), at DATETIME, amount DECIMAL(10,2));
-         INSERT INTO t VALUES (1, 'a', '2026-01-01 00:00:00', 1.50), (2, 'b', '2026-01-02 00:00:00', 2.50);",
+        "CREATE TABLE t (id INT, code VARCHAR(20), at DATETIME, amount DECIMAL(10,2), b VARBINARY(4), big BIGINT UNSIGNED);
+         INSERT INTO t VALUES (1, 'a', '2026-01-01 00:00:00', 1.50, 0x0102, 18446744073709551615),
+                              (2, 'b', '2026-01-02 00:00:00', 2.50, 0x0a0b, 7);",
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -1127,6 +1128,8 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
             vec![(col("u"), json!("6f1c2d3e-0000-4000-8000-000000000002"))],
             1,
         ),
+        // Bytes keys, as `Value::to_json` writes them.
+        (vec![(col("b"), json!("\\x0a0b"))], 1),
         (vec![(col("id"), json!(1)), (col("code"), json!("b"))], 0),
     ] {
         assert_eq!(
@@ -1139,6 +1142,10 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
         (vec![(col("id"), json!(2))], 1),
         (vec![(col("code"), json!("a"))], 1),
         (vec![(col("at"), json!("2026-01-02T00:00:00Z"))], 1),
+        (vec![(col("amount"), json!("1.5"))], 1),
+        (vec![(col("b"), json!("\\x0102"))], 1),
+        (vec![(col("big"), json!("18446744073709551615"))], 1),
+        (vec![(col("big"), json!(7))], 1),
         (vec![(col("id"), json!(3))], 0),
     ] {
         assert_eq!(

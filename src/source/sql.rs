@@ -1,0 +1,395 @@
+//! The one read path of the SQL engines: lease a connection, open a read-only transaction,
+//! prepare the wrapped query, compose the key filter and the key order, stream and decode
+//! the rows, roll back. Each engine says only what differs, as a [`Dialect`]: how a read
+//! begins, how to quote, order and compare a column, which types it reads and how it decodes
+//! them (and, on PostgreSQL, how a long value is digested in the database).
+
+use std::future::Future;
+use std::str::FromStr;
+
+use futures_util::TryStreamExt;
+use sqlx::query::Query;
+use sqlx::{Column, Database, Executor, IntoArguments, Row as _, Statement, TypeInfo};
+
+use crate::domain::Value;
+
+use super::decode::{Kind, unsupported};
+use super::{
+    Feed, Leased, ReadRequest, SourceError, decode_value, filter_value_error, index_of,
+    resolve_filter, resolve_needed, wrap, wrap_selecting,
+};
+
+pub(super) type DecodeResult = Result<Value, sqlx::error::BoxDynError>;
+
+/// A query of `DB` being built.
+pub(super) type SqlQuery<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
+
+/// What one SQL engine does its own way; everything else about a read is [`read`]'s.
+pub(super) trait Dialect: Send + Sync + 'static {
+    type DB: Database + sqlx::database::HasStatementCache;
+
+    /// Whether the prepared statement's column types can differ from the executed result's
+    /// (MySQL): decoders are then built from the first row, and the declared types only
+    /// guide ordering and key filters.
+    const KINDS_FROM_FIRST_ROW: bool = false;
+
+    /// Opens the read's transaction: read-only, one snapshot, the statement timeout set.
+    fn begin<'c>(
+        &'c self,
+        conn: &'c mut <Self::DB as Database>::Connection,
+        req: &'c ReadRequest,
+    ) -> impl Future<Output = Result<(), sqlx::error::BoxDynError>> + Send + 'c;
+
+    /// A column name as a quoted identifier.
+    fn quote(&self, column: &str) -> String;
+
+    /// How trueup reads a column the database calls `type_name`; `None`: it does not.
+    fn kind_of(&self, type_name: &str) -> Option<Kind>;
+
+    /// The `ORDER BY` term for a key column: byte-wise for text, so that every engine sorts
+    /// keys in the order `Value::key_cmp` compares them.
+    fn order_term(&self, quoted: &str, kind: Option<Kind>) -> String;
+
+    /// The `WHERE` term comparing a key column with the `n`th parameter (from 1).
+    fn filter_term(&self, quoted: &str, kind: Option<Kind>, n: usize) -> String;
+
+    /// Binds a key value as a parameter of the engine's type for it.
+    fn bind<'q>(&self, query: SqlQuery<'q, Self::DB>, param: FilterParam)
+    -> SqlQuery<'q, Self::DB>;
+
+    /// One value of a column of `kind`.
+    fn decode(&self, kind: Kind, raw: <Self::DB as Database>::ValueRef<'_>) -> DecodeResult;
+
+    /// Whether a long value of a column of `kind` can be digested in the database.
+    fn digests(&self, _kind: Kind) -> bool {
+        false
+    }
+
+    /// The four select-list expressions standing for a digestible column `quoted`: the value
+    /// when it is short (else NULL), then the long value's length, SHA-256 (hex) and start.
+    fn digest_select(&self, quoted: &str, _kind: Kind) -> String {
+        quoted.to_owned()
+    }
+
+    /// A long value from the three parts [`Dialect::digest_select`] added.
+    fn digested(
+        &self,
+        _kind: Kind,
+        _parts: &[<Self::DB as Database>::ValueRef<'_>],
+    ) -> DecodeResult {
+        Err("this engine does not digest values".into())
+    }
+}
+
+/// Binds a [`FilterParam`] as its own Rust type (the engine's encoding of it), but decimals
+/// and instants as the engine takes them: `decimal` and `timestamp` map those first.
+macro_rules! bind_typed {
+    ($query:expr, $param:expr, decimal: $decimal:expr, timestamp: $timestamp:expr) => {
+        match $param {
+            FilterParam::Bool(v) => $query.bind(v),
+            FilterParam::I16(v) => $query.bind(v),
+            FilterParam::I32(v) => $query.bind(v),
+            FilterParam::I64(v) => $query.bind(v),
+            FilterParam::Decimal(v) => $query.bind(($decimal)(v)),
+            FilterParam::F64(v) => $query.bind(v),
+            FilterParam::Text(v) => $query.bind(v),
+            FilterParam::Bytes(v) => $query.bind(v),
+            FilterParam::Date(v) => $query.bind(v),
+            FilterParam::Time(v) => $query.bind(v),
+            FilterParam::Naive(v) => $query.bind(v),
+            FilterParam::Timestamp(v) => $query.bind(($timestamp)(v)),
+        }
+    };
+}
+pub(super) use bind_typed;
+
+/// A key value, bound with the type of the column it is compared with, so that the key's
+/// index serves the lookup and no engine compares a number with a string.
+pub(super) enum FilterParam {
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Decimal(rust_decimal::Decimal),
+    F64(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Date(chrono::NaiveDate),
+    Time(chrono::NaiveTime),
+    Naive(chrono::NaiveDateTime),
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+impl FilterParam {
+    /// The parameter comparing a column of `kind` with a key value in its canonical JSON (as
+    /// `Value::to_json` writes it); `None` when the value cannot be one of that column. A
+    /// column whose type only its values tell (SQLite, or a type the statement does not
+    /// declare) takes the value's own type.
+    pub(super) fn for_column(kind: Option<Kind>, value: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value as J;
+        let decimal = || match value {
+            J::Number(n) => rust_decimal::Decimal::from_str(&n.to_string()).ok(),
+            J::String(s) => rust_decimal::Decimal::from_str(s).ok(),
+            _ => None,
+        };
+        let text = || match value {
+            J::String(s) => Some(s.clone()),
+            J::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let instant = || {
+            value
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let bytes = || hex::decode(value.as_str()?.strip_prefix("\\x")?).ok();
+        Some(match kind {
+            Some(Kind::Bool) => Self::Bool(value.as_bool()?),
+            Some(Kind::I16) => Self::I16(i16::try_from(value.as_i64()?).ok()?),
+            Some(Kind::I32) => Self::I32(i32::try_from(value.as_i64()?).ok()?),
+            Some(Kind::I64 | Kind::U32) => Self::I64(value.as_i64()?),
+            Some(Kind::U64 | Kind::Decimal) => Self::Decimal(decimal()?),
+            Some(Kind::F32 | Kind::F64) => Self::F64(value.as_f64()?),
+            Some(Kind::Text | Kind::PaddedText | Kind::Uuid) => Self::Text(text()?),
+            Some(Kind::Bytes) => Self::Bytes(bytes()?),
+            Some(Kind::Date) => Self::Date(value.as_str()?.parse().ok()?),
+            Some(Kind::Time) => Self::Time(value.as_str()?.parse().ok()?),
+            Some(Kind::Naive) => Self::Naive(instant()?.naive_utc()),
+            Some(Kind::Timestamp) => Self::Timestamp(instant()?),
+            Some(Kind::Json) => return None,
+            None | Some(Kind::Dynamic(_)) => match value {
+                J::Bool(b) => Self::Bool(*b),
+                J::Number(n) => match n.as_i64() {
+                    Some(i) => Self::I64(i),
+                    None => Self::F64(n.as_f64()?),
+                },
+                J::String(s) => Self::Text(s.clone()),
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// Reads `req` from `pool` into `feed`, then rolls back. The connection goes back to the
+/// pool only after a read that ended and rolled back; one that failed, was abandoned (nobody
+/// listens any more: a cancelled or timed-out run) or panicked is closed.
+pub(super) async fn read<D>(dialect: D, pool: sqlx::Pool<D::DB>, req: ReadRequest, mut feed: Feed)
+where
+    D: Dialect,
+    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
+    for<'q> <D::DB as Database>::Arguments<'q>: IntoArguments<'q, D::DB>,
+    usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
+{
+    let mut conn = match Leased::acquire(&pool, &feed).await {
+        Ok(c) => c,
+        Err(err) => return feed.fail(err).await,
+    };
+    let abandoned = feed.abandoned();
+    // Stop as soon as nobody reads: a cancelled or timed-out run must not keep a connection
+    // busy until its query ends.
+    let outcome = tokio::select! {
+        r = run(&dialect, &mut conn, &req, &mut feed) => r,
+        () = abandoned => Err(None),
+    };
+    match outcome {
+        Ok(()) => {
+            // Always roll back: whatever the query did to the session is undone.
+            if (&mut **conn).execute("ROLLBACK").await.is_ok() {
+                conn.reusable();
+            }
+        }
+        Err(stop) => {
+            // (`Leased` closes the connection: a failed or abandoned read never returns it.)
+            if let Some(err) = stop {
+                feed.fail(err).await;
+            }
+        }
+    }
+}
+
+/// `Err(None)`: the evaluator stopped listening.
+async fn run<D>(
+    dialect: &D,
+    conn: &mut Leased<D::DB>,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>>
+where
+    D: Dialect,
+    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
+    for<'q> <D::DB as Database>::Arguments<'q>: IntoArguments<'q, D::DB>,
+    usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
+{
+    let conn: &mut <D::DB as Database>::Connection = conn;
+    dialect
+        .begin(&mut *conn, req)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let inner = wrap(&req.query);
+    let stmt = (&mut *conn)
+        .prepare(&inner)
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?;
+    let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    let declared: Vec<Option<Kind>> = stmt
+        .columns()
+        .iter()
+        .map(|c| dialect.kind_of(c.type_info().name()))
+        .collect();
+    let mut kinds: Option<Vec<Kind>> = if D::KINDS_FROM_FIRST_ROW {
+        None
+    } else {
+        let known = stmt
+            .columns()
+            .iter()
+            .zip(&declared)
+            .map(|(c, k)| {
+                k.ok_or_else(|| unsupported(feed.source(), c.name(), c.type_info().name()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Some)?;
+        Some(known)
+    };
+    let sql = compose(dialect, req, &columns, &declared, feed).map_err(Some)?;
+    feed.send_columns(columns.clone()).await.map_err(|_| None)?;
+
+    let mut query = sqlx::query::<D::DB>(&sql.text).persistent(false);
+    for p in sql.params {
+        query = dialect.bind(query, p);
+    }
+    let mut rows = query.fetch(&mut *conn);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| Some(feed.query_error(e)))?
+    {
+        // The executed statement's column types are the truth where the prepared one's may
+        // not be: build the decoders from the first row then, once.
+        let kinds = match &kinds {
+            Some(k) => k,
+            None => {
+                let k = row
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        dialect.kind_of(c.type_info().name()).ok_or_else(|| {
+                            unsupported(feed.source(), c.name(), c.type_info().name())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(Some)?;
+                kinds.insert(k)
+            }
+        };
+        let mut values = Vec::with_capacity(kinds.len());
+        let mut at = 0;
+        for (i, kind) in kinds.iter().enumerate() {
+            let raw = row.try_get_raw(at).map_err(|e| Some(feed.query_error(e)))?;
+            let value = if sql.digest[i] {
+                let parts = (at + 1..at + 4)
+                    .map(|j| row.try_get_raw(j))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Some(feed.query_error(e)))?;
+                at += 4;
+                decode_value(feed.source(), &columns[i], || {
+                    if sqlx::ValueRef::is_null(&parts[0]) {
+                        dialect.decode(*kind, raw)
+                    } else {
+                        dialect.digested(*kind, &parts)
+                    }
+                })
+            } else {
+                at += 1;
+                decode_value(feed.source(), &columns[i], || dialect.decode(*kind, raw))
+            };
+            values.push(value.map_err(Some)?);
+        }
+        // The driver's copy of a row can be large (a buffer sized for it): free it before
+        // waiting for room in the channel.
+        drop(row);
+        feed.push_row(values).await?;
+    }
+    feed.finish().await.map_err(|_| None)?;
+    Ok(())
+}
+
+/// The statement a read sends: the wrapped query, its digests, key filter and key order.
+struct Composed {
+    text: String,
+    params: Vec<FilterParam>,
+    /// Per result column: whether it arrives as four columns (see [`Dialect::digest_select`]).
+    digest: Vec<bool>,
+}
+
+fn compose<D: Dialect>(
+    dialect: &D,
+    req: &ReadRequest,
+    columns: &[String],
+    declared: &[Option<Kind>],
+    feed: &Feed,
+) -> Result<Composed, SourceError> {
+    let source = feed.source();
+    let order = resolve_needed(source, columns, req)?;
+    let filter = resolve_filter(source, columns, req)?;
+
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (n, (&i, (_, value))) in filter.iter().zip(&req.filter).enumerate() {
+        let param = FilterParam::for_column(declared[i], value).ok_or_else(|| {
+            let wanted = declared[i].map_or_else(|| "its type".to_owned(), |k| format!("{k:?}"));
+            filter_value_error(source, &columns[i], value, &wanted)
+        })?;
+        conditions.push(dialect.filter_term(&dialect.quote(&columns[i]), declared[i], n + 1));
+        params.push(param);
+    }
+
+    // Long text and bytes values of digestible columns stay in the database: it sends their
+    // length, SHA-256 and start instead. (Columns are selected by name from the subquery: a
+    // query returning one name twice keeps its values whole.)
+    let unique = columns
+        .iter()
+        .enumerate()
+        .all(|(i, c)| !columns[..i].iter().any(|o| o.eq_ignore_ascii_case(c)));
+    let digest: Vec<bool> = req
+        .digestible(columns)
+        .iter()
+        .zip(declared)
+        .map(|(d, k)| unique && *d && k.is_some_and(|k| dialect.digests(k)))
+        .collect();
+    let mut text = if digest.iter().any(|d| *d) {
+        let list: Vec<String> = columns
+            .iter()
+            .zip(declared)
+            .zip(&digest)
+            .map(|((c, kind), digest)| {
+                let q = format!("trueup_q.{}", dialect.quote(c));
+                match kind {
+                    Some(kind) if *digest => dialect.digest_select(&q, *kind),
+                    _ => q,
+                }
+            })
+            .collect();
+        wrap_selecting(&req.query, &list.join(", "))
+    } else {
+        wrap(&req.query)
+    };
+    if !conditions.is_empty() {
+        text = format!("{text} WHERE {}", conditions.join(" AND "));
+    }
+    let order: Vec<String> = order
+        .iter()
+        .map(|c| {
+            let kind = index_of(columns, c).and_then(|i| declared[i]);
+            dialect.order_term(&dialect.quote(c), kind)
+        })
+        .collect();
+    if !order.is_empty() {
+        text = format!("{text} ORDER BY {}", order.join(", "));
+    }
+    Ok(Composed {
+        text,
+        params,
+        digest,
+    })
+}

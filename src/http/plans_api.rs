@@ -28,7 +28,8 @@ impl From<PlanError> for ApiError {
             PlanError::Refused { .. }
             | PlanError::NoCompensation(_)
             | PlanError::Render { .. }
-            | PlanError::Target { .. } => ApiError::conflict(e.to_string()),
+            | PlanError::Target { .. }
+            | PlanError::Recheck(_) => ApiError::conflict(e.to_string()),
             PlanError::Store(e) => ApiError::internal(e),
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod netguard;
+pub mod recheck;
 pub mod replay;
 pub mod targets;
 
@@ -50,6 +51,9 @@ pub enum PlanError {
     Forbidden { plan: PlanId, reason: String },
     #[error("target `{target}`: {message}")]
     Target { target: String, message: String },
+    /// A source could not be read to re-check whether an action's work is done.
+    #[error(transparent)]
+    Recheck(#[from] recheck::RecheckError),
 }
 
 impl PlanError {

@@ -7,14 +7,13 @@
 
 use chrono::{DateTime, Utc};
 
-use super::apply::{ApplyEnv, Rate, Sample, applied_before, still_holds};
+use super::apply::{ApplyEnv, Rate, Sample, applied_before};
+use super::recheck::already_processed;
 use super::{HashedAction, PlanError, Proposal, base_url_of, content_hash, idempotency_key};
 use crate::config::Config;
 use crate::domain::Actor;
 use crate::domain::{Invariant, ReplaySpec, ViolationContext, ViolationKind};
 use crate::domain::{PlanKind, PlanState};
-use crate::engine::{Collect, KeyFilter, evaluate_keys};
-use crate::source::Sources;
 use crate::store::{NewAction, NewPlan, StatusFilter, Store, ViolationFilter, ViolationRecord};
 
 /// A replay window on the upstream events' own time: `[from, to)`.
@@ -92,47 +91,6 @@ pub async fn candidates(
         (a.event_at, a.key.to_string(), a.id).cmp(&(b.event_at, b.key.to_string(), b.id))
     });
     Ok(out)
-}
-
-/// Whether the downstream already processed the event with this key: the `processed`
-/// lookup has a row for it, or its violation (`fingerprint`) no longer holds.
-pub async fn already_processed(
-    invariant: &Invariant,
-    spec: &ReplaySpec,
-    sources: &Sources,
-    key: &serde_json::Value,
-    fingerprint: &str,
-) -> Result<Option<String>, String> {
-    if let Some(lookup) = &spec.processed {
-        let filter: Vec<KeyFilter> = invariant
-            .key()
-            .iter()
-            .cloned()
-            .zip(super::key_values(key))
-            .collect();
-        let probe = Invariant {
-            spec: crate::domain::InvariantSpec::Check(crate::domain::CheckSpec {
-                side: lookup.clone(),
-                key: invariant.key().to_vec(),
-            }),
-            time_column: None,
-            grace: None,
-            ..invariant.clone()
-        };
-        let mut found = Collect::default();
-        evaluate_keys(&probe, sources, Utc::now(), &filter, &mut found)
-            .await
-            .map_err(|e| format!("the processed lookup failed: {e}"))?;
-        if !found.0.is_empty() {
-            return Ok(Some("the downstream's processed lookup has it".into()));
-        }
-    }
-    if !still_holds(invariant, sources, key, fingerprint).await? {
-        return Ok(Some(
-            "the downstream has it now (the violation no longer holds)".into(),
-        ));
-    }
-    Ok(None)
 }
 
 /// What a dry run found.
@@ -258,12 +216,7 @@ pub async fn dry_run(
         // Not yet in a plan (plan 0): any plan that applied this key counts.
         let skip = match applied_before(env, 0, &a.spec, &a.idempotency_key).await? {
             Some(why) => Some(why),
-            None => already_processed(invariant, spec, env.sources, &a.key, &a.fingerprint)
-                .await
-                .map_err(|message| PlanError::Target {
-                    target: "sources".into(),
-                    message,
-                })?,
+            None => already_processed(invariant, spec, env.sources, &a.key, &a.fingerprint).await?,
         };
         match skip {
             Some(why) => {

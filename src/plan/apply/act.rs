@@ -1,0 +1,226 @@
+//! One action, checked then acted on: skipped if it was applied before or its work is done
+//! already, else executed with its idempotency key; retried and parked as its plan says.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ApplyEnv, Outcome};
+use crate::domain::{ActionSpec, ActionStatus, Invariant, PlanId, ReplaySpec};
+use crate::plan::PlanError;
+use crate::plan::recheck::{RecheckError, already_processed, still_holds};
+use crate::plan::targets::Executed;
+use crate::source::Sources;
+use crate::store::ActionRecord;
+
+/// Whether an action with this idempotency key was applied before, and by what (another
+/// plan, or the target's marker table); `plan` is the action's own plan.
+pub(crate) async fn applied_before(
+    env: &ApplyEnv<'_>,
+    plan: PlanId,
+    spec: &ActionSpec,
+    idempotency_key: &str,
+) -> Result<Option<String>, PlanError> {
+    if env.store.applied_elsewhere(idempotency_key, plan).await? {
+        return Ok(Some(
+            "applied by another plan (same idempotency key)".into(),
+        ));
+    }
+    match env.targets.already_applied(spec, idempotency_key).await {
+        Ok(true) => Ok(Some(
+            "the target's marker table records it as applied".into(),
+        )),
+        Ok(false) => Ok(None),
+        Err(e) => Err(PlanError::Target {
+            target: spec.target().unwrap_or("?").to_owned(),
+            message: e,
+        }),
+    }
+}
+
+/// What became of one action in a live apply.
+pub(super) struct Done {
+    pub(super) status: ActionStatus,
+    pub(super) outcome: Outcome,
+    pub(super) detail: Option<String>,
+    /// What the target reported (rows affected, HTTP status).
+    target_said: Option<serde_json::Value>,
+}
+
+impl Done {
+    pub(super) fn new(status: ActionStatus, outcome: Outcome, detail: Option<String>) -> Self {
+        Self {
+            status,
+            outcome,
+            detail,
+            target_said: None,
+        }
+    }
+
+    fn failed(why: String) -> Self {
+        Self::new(ActionStatus::Failed, Outcome::Failed, Some(why))
+    }
+
+    /// Records the outcome of `action`, which `worker` claimed, with its audit entry.
+    /// `false`: the claim's lease ran out and another worker took the action over; its
+    /// record stands.
+    pub(super) async fn finish(
+        &self,
+        env: &ApplyEnv<'_>,
+        action: &ActionRecord,
+        worker: &str,
+    ) -> Result<bool, PlanError> {
+        let held = env
+            .store
+            .finish_action(
+                action.plan_id,
+                action.seq,
+                worker,
+                &env.actor.name,
+                self.status,
+                &self.record(action, worker),
+                chrono::Utc::now(),
+            )
+            .await?;
+        Ok(held)
+    }
+
+    /// The outcome as recorded with the action and in the audit log.
+    fn record(&self, action: &ActionRecord, worker: &str) -> serde_json::Value {
+        let mut record = serde_json::json!({
+            "result": self.outcome.as_str(),
+            "detail": self.detail,
+            "attempt": action.attempts,
+            "worker": worker,
+        });
+        if let (Some(obj), Some(serde_json::Value::Object(said))) =
+            (record.as_object_mut(), &self.target_said)
+        {
+            obj.extend(said.clone());
+        }
+        record
+    }
+}
+
+/// How an action finds that its work is done already downstream.
+pub(super) enum Recheck<'a> {
+    /// The violation no longer holds (compensations).
+    Violation(&'a Invariant),
+    /// The downstream processed the event (replays): the processed lookup, then the violation.
+    Processed(&'a Invariant, &'a ReplaySpec),
+}
+
+impl Recheck<'_> {
+    async fn done_already(
+        &self,
+        sources: &Sources,
+        action: &ActionRecord,
+    ) -> Result<Option<Done>, RecheckError> {
+        Ok(match self {
+            Recheck::Violation(invariant) => {
+                (!still_holds(invariant, sources, &action.key, &action.fingerprint).await?).then(|| {
+                    Done::new(
+                        ActionStatus::Skipped,
+                        Outcome::SkippedResolved,
+                        Some("the violation no longer holds (corrected since the plan was proposed); not applied".into()),
+                    )
+                })
+            }
+            Recheck::Processed(invariant, spec) => already_processed(
+                invariant,
+                spec,
+                sources,
+                &action.key,
+                &action.fingerprint,
+            )
+            .await?
+            .map(|why| Done::new(ActionStatus::Skipped, Outcome::SkippedProcessed, Some(why))),
+        })
+    }
+}
+
+/// Check, then act: skip the action if it was applied before or its work is done already,
+/// else execute it. Up to `attempts` tries with a growing pause; after the last failure the
+/// action is failed (one attempt) or parked (replays, which go on without it).
+pub(super) async fn check_then_act(
+    env: &ApplyEnv<'_>,
+    action: &ActionRecord,
+    recheck: Recheck<'_>,
+    attempts: u32,
+    cancel: &CancellationToken,
+) -> Result<Done, PlanError> {
+    let mut last_error = String::new();
+    for attempt in 1..=attempts.max(1) {
+        if attempt > 1 {
+            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts.
+            let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => {}
+            }
+        }
+        match applied_before(env, action.plan_id, &action.spec, &action.idempotency_key).await {
+            Ok(Some(why)) => {
+                return Ok(Done::new(
+                    ActionStatus::Skipped,
+                    Outcome::SkippedAlreadyApplied,
+                    Some(why),
+                ));
+            }
+            Ok(None) => {}
+            Err(PlanError::Target { target, message }) => {
+                last_error = format!("target `{target}`: {message}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match recheck.done_already(env.sources, action).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        }
+        match env
+            .targets
+            .execute(
+                &action.spec,
+                &action.idempotency_key,
+                action.plan_id,
+                action.seq,
+            )
+            .await
+        {
+            Executed::Failed(e) => last_error = e,
+            done => return Ok(Done::from(done)),
+        }
+    }
+    Ok(if attempts <= 1 {
+        Done::failed(last_error)
+    } else {
+        Done::new(
+            ActionStatus::Parked,
+            Outcome::Parked,
+            Some(format!("failed {attempts} time(s); last: {last_error}")),
+        )
+    })
+}
+
+impl From<Executed> for Done {
+    fn from(executed: Executed) -> Self {
+        match executed {
+            Executed::Applied(said) => Done {
+                target_said: Some(said),
+                ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
+            },
+            Executed::AlreadyApplied => Done::new(
+                ActionStatus::Skipped,
+                Outcome::SkippedAlreadyApplied,
+                Some("the target's marker table records it as applied".into()),
+            ),
+            Executed::Failed(e) => Done::failed(e),
+        }
+    }
+}

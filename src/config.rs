@@ -190,28 +190,52 @@ pub struct SourceConfig {
 
 /// A database URL whose password never appears in Debug or Display output.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(String);
+pub struct SecretUrl {
+    url: String,
+    /// What each `${VAR}` in the URL as written expanded to, and the variable's name: shown
+    /// as the reference wherever it ends up in the URL, a password or not.
+    expanded: Vec<(String, String)>,
+}
 
 impl SecretUrl {
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        Self {
+            url: url.into(),
+            expanded: Vec::new(),
+        }
     }
 
     /// The real URL, for connecting. Never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
     }
 
-    /// The URL with its secrets (the userinfo password, and the value of every query
-    /// parameter whose name says it holds a secret) replaced by `***`.
+    /// The same URL changed by `f` (a relative path resolved, say), hiding what it hid.
+    pub fn map(self, f: impl FnOnce(&str) -> String) -> Self {
+        Self {
+            url: f(&self.url),
+            expanded: self.expanded,
+        }
+    }
+
+    /// The URL with its secrets replaced: each value an environment variable gave it by the
+    /// `${VAR}` reference, then the userinfo password and the value of every query parameter
+    /// whose name says it holds a secret by `***`.
     pub fn redacted(&self) -> String {
         // Without `scheme://` there is no telling where a password would be: show none of it.
-        if !self.0.contains("://") && !self.0.starts_with("sqlite:") {
+        if !self.url.contains("://") && !self.url.starts_with("sqlite:") {
             return "(a URL that does not start with scheme://, not shown)".to_owned();
         }
-        let mut out = self.0.clone();
+        let mut out = self.url.clone();
+        let mut expanded: Vec<&(String, String)> =
+            self.expanded.iter().filter(|(v, _)| !v.is_empty()).collect();
+        // The longest first, so that a value inside another is not half replaced.
+        expanded.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        for (value, name) in expanded {
+            out = out.replace(value.as_str(), &format!("${{{name}}}"));
+        }
         // Right to left, so the earlier ranges stay where they are.
-        for (start, end) in secret_ranges(&self.0).into_iter().rev() {
+        for (start, end) in secret_ranges(&out).into_iter().rev() {
             out.replace_range(start..end, "***");
         }
         out
@@ -485,17 +509,16 @@ impl Config {
         let store = match &raw.store {
             Some(s) => match expand_secret_url(&s.value, env) {
                 Ok(url) => {
-                    if SourceKind::of_url(&url).is_none_or(|k| k == SourceKind::MySql) {
+                    if SourceKind::of_url(url.expose()).is_none_or(|k| k == SourceKind::MySql) {
                         errors.push(Diagnostic::at(
                             path,
                             s.referenced,
                             format!(
-                                "store `{}` is neither sqlite:// nor postgres://; trueup keeps its ledger in SQLite (default `{DEFAULT_STORE}`) or PostgreSQL",
-                                SecretUrl::new(url.clone())
+                                "store `{url}` is neither sqlite:// nor postgres://; trueup keeps its ledger in SQLite (default `{DEFAULT_STORE}`) or PostgreSQL"
                             ),
                         ));
                     }
-                    SecretUrl::new(resolve_sqlite_path(&url, &base))
+                    url.map(|u| resolve_sqlite_path(u, &base))
                 }
                 Err(msg) => {
                     errors.push(Diagnostic::at(path, s.referenced, format!("store: {msg}")));
@@ -533,7 +556,7 @@ impl Config {
                     continue;
                 }
             };
-            let url_kind = SourceKind::of_url(&url);
+            let url_kind = SourceKind::of_url(url.expose());
             let kind = match (&src.kind, url_kind) {
                 (Some(k), _) => match SourceKind::parse(&k.value) {
                     Some(kind) if url_kind.is_some_and(|u| u != kind) => {
@@ -615,7 +638,7 @@ impl Config {
                 None => 4,
             };
             let url = match kind {
-                SourceKind::Sqlite => resolve_sqlite_path(&url, &base),
+                SourceKind::Sqlite => url.map(|u| resolve_sqlite_path(u, &base)),
                 _ => url,
             };
             sources.insert(
@@ -623,7 +646,7 @@ impl Config {
                 SourceConfig {
                     name,
                     kind,
-                    url: SecretUrl::new(url),
+                    url,
                     pool_size,
                     statement_timeout,
                     on_writable,
@@ -810,7 +833,7 @@ fn parse_channel(
         (None, Some(w)) => {
             let url =
                 expand_secret_url(&w.url.value, env).map_err(|m| (Some(w.url.referenced), m))?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.expose().starts_with("http://") || url.expose().starts_with("https://")) {
                 return Err((
                     Some(w.url.referenced),
                     "the webhook url must start with http:// or https://".into(),
@@ -827,7 +850,7 @@ fn parse_channel(
                 }
             };
             Ok(ChannelConfig::Webhook(WebhookChannel {
-                url: SecretUrl::new(url),
+                url,
                 format,
             }))
         }
@@ -916,7 +939,10 @@ fn is_env_reference(value: &str) -> bool {
 
 /// Replaces `${VAR}` references, and refuses a password written literally in the file, in the
 /// userinfo or in a query parameter.
-fn expand_secret_url(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand_secret_url(
+    raw: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SecretUrl, String> {
     if let Some((start, end)) = userinfo_password_range(raw)
         && !is_env_reference(&raw[start..end])
     {
@@ -933,10 +959,22 @@ fn expand_secret_url(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             ));
         }
     }
-    expand_env(raw, env)
+    let mut expanded = Vec::new();
+    let url = expand_each(raw, env, &mut expanded)?;
+    Ok(SecretUrl { url, expanded })
 }
 
+/// Replaces `${VAR}` references with their values from `env`.
 fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_each(raw, env, &mut Vec::new())
+}
+
+/// [`expand_env`], noting each value and its variable's name in `expanded`.
+fn expand_each(
+    raw: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    expanded: &mut Vec<(String, String)>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -950,6 +988,7 @@ fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String,
             format!("environment variable `{name}` is not set; export it before starting trueup")
         })?;
         out.push_str(&value);
+        expanded.push((value, name.to_owned()));
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -1018,6 +1057,25 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(
             shown.contains("postgres://app:***@db:5432/ledger"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_variable_anywhere_in_a_url_shows_as_its_reference_never_its_value() {
+        // Found by fuzzing: the userinfo split at the first `@` left a second `user:${VAR}@`
+        // in the query, where no `name=` said it was a secret.
+        let c = parse(
+            "sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db/ledger?x:${LEDGER_PASSWORD}@db&application_name=${LEDGER_PASSWORD}\n",
+        )
+        .unwrap();
+        let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+        let shown = format!("{c:?} {}", src.url);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains(
+                "postgres://app:***@db/ledger?x:${LEDGER_PASSWORD}@db&application_name=${LEDGER_PASSWORD}"
+            ),
             "{shown}"
         );
     }

@@ -138,14 +138,14 @@ pub(super) fn parse_target(
             }
             let expanded =
                 expand_secret_url(&url.value, env).map_err(|m| err(url.referenced, m))?;
-            let kind = SourceKind::of_url(&expanded).ok_or_else(|| {
+            let kind = SourceKind::of_url(expanded.expose()).ok_or_else(|| {
                 err(
                     url.referenced,
                     "start the URL with postgres://, mysql:// or sqlite://".into(),
                 )
             })?;
             let expanded = match kind {
-                SourceKind::Sqlite => resolve_sqlite_path(&expanded, base),
+                SourceKind::Sqlite => expanded.map(|u| resolve_sqlite_path(u, base)),
                 _ => expanded,
             };
             let marker_table = match &t.marker_table {
@@ -171,7 +171,7 @@ pub(super) fn parse_target(
             Ok(TargetConfig::Sql(SqlTarget {
                 name,
                 kind,
-                url: SecretUrl::new(expanded),
+                url: expanded,
                 statement_timeout: duration(&t.statement_timeout, "statement_timeout", 30)?,
                 marker_table,
             }))

@@ -134,7 +134,7 @@ impl Browser {
                 started.elapsed() < timeout,
                 "timed out waiting for {what}:\n{source}"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -23,7 +23,7 @@ async fn serve_demo_until_firing(
     let config =
         crate::helpers::demo_with(dir, Some("* * * * * *"), &crate::serve::tokens_yaml("")).await;
     let (base, stop, task, store) = crate::serve::start(config).await;
-    crate::serve::wait_for(
+    crate::helpers::wait_for(
         &format!("`{firing}` to fire"),
         Duration::from_secs(30),
         || {

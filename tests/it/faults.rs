@@ -298,11 +298,18 @@ async fn a_failure_recording_the_alert_or_delivering_its_notice_never_sends_reso
 
     // Without faults, the queued notice goes out once; nothing else is sent.
     let mut child = serve(dir, "", "serve-6.log");
-    wait_for("the resolved notice", dir, "serve-6.log", async || {
-        notices().len() >= 2
-    })
+    // Recorded delivered: no attempt of it is left, so whatever the receiver has now is all
+    // it will get.
+    wait_for(
+        "the resolved notice, delivered",
+        dir,
+        "serve-6.log",
+        async || {
+            let outbox = store.outbox(10).await.unwrap();
+            outbox.len() == 2 && outbox.iter().all(|i| i.delivered_at.is_some())
+        },
+    )
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(notices(), ["firing", "resolved"]);
@@ -447,7 +454,7 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
             .filter(|r| r.status == status)
             .count()
     };
-    crate::serve::wait_for("a first run", Duration::from_secs(20), || async {
+    crate::helpers::wait_for("a first run", Duration::from_secs(20), || async {
         runs(RunStatus::Succeeded).await >= 1
     })
     .await;
@@ -458,7 +465,7 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
     // run timeout), nothing resolves.
     proxy.set(Fault::Blackhole);
     let failed_before = runs(RunStatus::Failed).await;
-    crate::serve::wait_for("two failed runs", Duration::from_secs(40), || async {
+    crate::helpers::wait_for("two failed runs", Duration::from_secs(40), || async {
         runs(RunStatus::Failed).await >= failed_before + 2
     })
     .await;
@@ -466,7 +473,7 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
     // Back to normal: a stalled connection was closed, not pooled, so the next tick succeeds.
     proxy.set(Fault::None);
     let recovered = Instant::now();
-    crate::serve::wait_for(
+    crate::helpers::wait_for(
         "a run that resolves the ten",
         Duration::from_secs(20),
         || async { active(store.as_ref()).await == 0 },
@@ -647,7 +654,7 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     // Blackholed: the attempt ends at the webhook's 15 s deadline, the notice stays queued,
     // the schedule goes on.
     let queued = Instant::now();
-    crate::serve::wait_for("a timed-out delivery", Duration::from_secs(30), || async {
+    crate::helpers::wait_for("a timed-out delivery", Duration::from_secs(30), || async {
         store
             .outbox(10)
             .await
@@ -676,7 +683,7 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     // The answer is cut by a reset: the receiver may have the notice, trueup cannot know, so
     // it tries again with the same Idempotency-Key.
     proxy.set(Fault::ResetAfter(0));
-    crate::serve::wait_for("a reset delivery", Duration::from_secs(30), || async {
+    crate::helpers::wait_for("a reset delivery", Duration::from_secs(30), || async {
         store
             .outbox(10)
             .await
@@ -688,7 +695,7 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     // The network recovers: the notice is recorded delivered, and every copy the receiver
     // saw carries one key, so a receiver that honours it acts once.
     proxy.set(Fault::None);
-    crate::serve::wait_for("the delivered notice", Duration::from_secs(30), || async {
+    crate::helpers::wait_for("the delivered notice", Duration::from_secs(30), || async {
         store
             .outbox(10)
             .await
@@ -697,7 +704,10 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
             .all(|i| i.delivered_at.is_some())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+    // Stopped, the outbox worker has ended: every copy the receiver will ever see is in.
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
     let got = received.lock().unwrap().clone();
     println!("the receiver saw {} copies of the one notice", got.len());
     assert!(!got.is_empty());
@@ -706,9 +716,6 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     assert_eq!(keys.len(), 1, "{got:?}");
     assert!(keys[0].is_some(), "{got:?}");
     assert!(got.iter().all(|(_, p)| p["notice"] == "firing"), "{got:?}");
-    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -732,7 +739,7 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     .await;
     let config = trueup::config::Config::load(&config).unwrap();
     let (_base, stop, task, store) = crate::serve::start(config).await;
-    crate::serve::wait_for("a failed delivery", Duration::from_secs(30), || async {
+    crate::helpers::wait_for("a failed delivery", Duration::from_secs(30), || async {
         store
             .outbox(10)
             .await
@@ -745,7 +752,7 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     proxy.set(Fault::Blackhole);
     let attempts = store.outbox(10).await.unwrap()[0].attempts;
     let since = Instant::now();
-    crate::serve::wait_for("a timed-out delivery", Duration::from_secs(60), || async {
+    crate::helpers::wait_for("a timed-out delivery", Duration::from_secs(60), || async {
         store.outbox(10).await.unwrap()[0].attempts > attempts
     })
     .await;
@@ -755,15 +762,16 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     assert!(smtp.messages().is_empty());
     // The network recovers: one message.
     proxy.set(Fault::None);
-    crate::serve::wait_for("the message", Duration::from_secs(60), || async {
-        !smtp.messages().is_empty()
-    })
+    crate::helpers::wait_for(
+        "the message, delivered",
+        Duration::from_secs(60),
+        || async { store.outbox(10).await.unwrap()[0].delivered_at.is_some() },
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(smtp.messages().len(), 1);
-    assert!(store.outbox(10).await.unwrap()[0].delivered_at.is_some());
+    // Stopped, the outbox worker has ended: no copy can still be on its way.
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+    assert_eq!(smtp.messages().len(), 1);
 }
 
 #[tokio::test]

@@ -331,3 +331,20 @@ pub async fn render_in_chromium(page: &Path, png: &Path) -> String {
     assert!(dom.status.success(), "{}", combined_output(&dom));
     String::from_utf8(dom.stdout).unwrap()
 }
+
+/// Waits until `check` holds, asking every 100 ms; fails the test with `what` after
+/// `timeout`. The one way a test waits for something to happen.
+pub async fn wait_for<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -15,6 +15,8 @@ use trueup::config::Config;
 use trueup::domain::RunStatus;
 use trueup::serve::Application;
 
+use crate::helpers::wait_for;
+
 async fn serve(
     config: Config,
 ) -> (
@@ -37,17 +39,6 @@ async fn serve(
 /// The demo with every invariant every second and `channels` appended to its config.
 async fn demo(dir: &Path, channels_yaml: &str) -> Config {
     crate::helpers::demo_with(dir, Some("* * * * * *"), channels_yaml).await
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while Instant::now() < until {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 pub(crate) type Received = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
@@ -89,7 +80,7 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
     let (stop, task, store) = serve(config).await;
 
     // All five demo invariants are violated: each fires once.
-    wait_until("five firing notices", Duration::from_secs(15), || {
+    wait_for("five firing notices", Duration::from_secs(15), || async {
         received.lock().unwrap().len() >= 5
     })
     .await;
@@ -99,17 +90,17 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
         .await
         .unwrap()
         .len();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .runs(Some("payments-ledger"), 100)
-        .await
-        .unwrap()
-        .len()
-        < runs_before + 2
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for("two more runs", Duration::from_secs(10), || async {
+        store
+            .runs(Some("payments-ledger"), 100)
+            .await
+            .unwrap()
+            .len()
+            >= runs_before + 2
+    })
+    .await;
+    // The outbox holds every notice ever queued: still the five.
+    assert_eq!(store.outbox(20).await.unwrap().len(), 5);
     {
         let got = received.lock().unwrap();
         assert_eq!(got.len(), 5, "{got:#?}");
@@ -161,29 +152,29 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
             .unwrap();
         ledger.close().await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let runs = store.runs(Some("payments-ledger"), 5).await.unwrap();
-        if runs
+    wait_for(
+        "the outage to show as failed runs",
+        Duration::from_secs(10),
+        || async {
+            store
+                .runs(Some("payments-ledger"), 5)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    // Notices are queued with the alert change they announce: none resolved was.
+    let queued = store.outbox(20).await.unwrap();
+    assert!(
+        queued
             .iter()
-            .filter(|r| r.status == RunStatus::Failed)
-            .count()
-            >= 2
-            || Instant::now() > deadline
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let failed = store
-        .runs(Some("payments-ledger"), 5)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.status == RunStatus::Failed)
-        .count();
-    assert!(failed >= 2, "the outage must show as failed runs");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+            .all(|i| i.message.payload["notice"] != "resolved"),
+        "{queued:#?}"
+    );
     assert!(
         received
             .lock()
@@ -274,34 +265,34 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     let (stop, task, store) = serve(config).await;
 
     // The SMTP server is down for 30 s: the five firing notices wait in the outbox, retried.
-    let down_since = Instant::now();
-    wait_until("failed delivery attempts", Duration::from_secs(15), || {
-        let store = Arc::clone(&store);
-        futures_util::FutureExt::now_or_never(async move { store.outbox(10).await.unwrap() })
-            .is_some_and(|items| {
-                items.len() == 5
-                    && items
-                        .iter()
-                        .all(|i| i.attempts >= 1 && i.delivered_at.is_none())
-            })
-    })
+    // Retried with backoff (1, 2, 4 s ...): four attempts each take about 15 s.
+    wait_for(
+        "four failed attempts of each notice",
+        Duration::from_secs(60),
+        || async {
+            let items = store.outbox(10).await.unwrap();
+            items.len() == 5
+                && items
+                    .iter()
+                    .all(|i| i.attempts >= 4 && i.delivered_at.is_none())
+        },
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
-    let waiting = store.outbox(10).await.unwrap();
-    assert!(
-        waiting
-            .iter()
-            .all(|i| i.delivered_at.is_none() && i.attempts >= 4),
-        "{waiting:#?}"
-    );
     let maildir = dir.path().join("maildir");
     let smtp = SmtpServer::start(port, &maildir);
     // Retries have backed off to at most 32 s by now.
-    wait_until("five emails", Duration::from_secs(60), || {
-        smtp.messages().len() >= 5
-    })
+    wait_for(
+        "five emails, delivered",
+        Duration::from_secs(60),
+        || async {
+            let items = store.outbox(10).await.unwrap();
+            items.len() == 5 && items.iter().all(|i| i.delivered_at.is_some())
+        },
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stopped, the outbox worker has ended: no copy can still be on its way.
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
     let mails = smtp.messages();
     assert_eq!(mails.len(), 5, "exactly one email per firing alert");
     // Undo quoted-printable soft line breaks before reading the body.
@@ -318,13 +309,6 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
         ledger.contains("by kind: duplicate 1, extra 2, mismatch 2, missing 3"),
         "{ledger}"
     );
-    let delivered = store.outbox(10).await.unwrap();
-    assert!(
-        delivered.iter().all(|i| i.delivered_at.is_some()),
-        "{delivered:#?}"
-    );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -418,7 +402,20 @@ async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_o
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Recorded delivered: no attempt is left that could send another copy.
+    wait_for(
+        "the notices, delivered",
+        Duration::from_secs(15),
+        || async {
+            store
+                .outbox(10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|i| i.delivered_at.is_some())
+        },
+    )
+    .await;
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 5, "{got:#?}");
     let mut keys: Vec<&str> = got

@@ -492,14 +492,14 @@ async fn a_plan_goes_stale_when_its_invariant_changes_or_its_ttl_ends() {
     .unwrap() else {
         panic!("no fresh plan")
     };
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Approved 2.1 s later (the clock is a parameter): past the TTL.
     let err = plan::approve(
         app.store.as_ref(),
         fresh,
         app.invariants.first(),
         &alice,
         None,
-        Utc::now(),
+        Utc::now() + chrono::TimeDelta::milliseconds(2100),
     )
     .await
     .unwrap_err()
@@ -1358,7 +1358,7 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     .await;
     assert_eq!(status, 202, "{body}");
     // The apply that finishes a plan marks it applied, then records its verification.
-    crate::serve::wait_for(
+    crate::helpers::wait_for(
         "the plan applied and verified",
         Duration::from_secs(20),
         || {
@@ -1375,7 +1375,7 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     assert_eq!(done["plan"]["progress"]["manual"], 2, "{done}");
     assert_eq!(done["plan"]["verification"]["closed"], 6, "{done}");
     // The same figures in /metrics, read from the store every few seconds.
-    crate::serve::wait_for("plan progress in /metrics", Duration::from_secs(15), || {
+    crate::helpers::wait_for("plan progress in /metrics", Duration::from_secs(15), || {
         let url = format!("{base}/metrics");
         async move {
             let (_, text) = crate::serve::call(reqwest::Method::GET, &url, Some(VIEWER)).await;

@@ -77,10 +77,9 @@ async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick
     let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
 
     let mut replicas: Vec<Replica> = (0..3).map(|n| spawn_serve(dir.path(), n)).collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Kill (SIGKILL) a replica while it holds a tick in flight.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     let (victim, held) = loop {
         assert!(
             Instant::now() < deadline,
@@ -108,16 +107,41 @@ async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick
     killed.0.wait().unwrap();
     let killed_at = chrono::Utc::now();
 
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The killed replica's tick is taken over by another once its lease (2 s) ends, and
+    // finished.
+    let taken_over = || async {
+        let ticks = store.ticks(&held.invariant, 10_000).await.unwrap();
+        ticks.into_iter().find(|t| t.fire_at == held.fire_at)
+    };
+    crate::helpers::wait_for(
+        "the killed replica's tick, taken over",
+        Duration::from_secs(20),
+        || async {
+            taken_over()
+                .await
+                .is_some_and(|t| t.finished && t.taken_over)
+        },
+    )
+    .await;
+    let taken = taken_over().await.unwrap();
+    assert_ne!(taken.owner, held.owner);
+    // The schedule goes on: enough finished ticks of each invariant to judge it by.
+    crate::helpers::wait_for(
+        "five finished ticks of each invariant",
+        Duration::from_secs(20),
+        || async {
+            let mut enough = true;
+            for name in ["alpha", "beta", "gamma"] {
+                let ticks = store.ticks(name, 10_000).await.unwrap();
+                enough &= ticks.iter().filter(|t| t.finished).count() >= 5;
+            }
+            enough
+        },
+    )
+    .await;
     for r in &mut replicas {
         terminate(r);
     }
-
-    // The killed replica's tick was taken over by another and finished.
-    let ticks = store.ticks(&held.invariant, 10_000).await.unwrap();
-    let taken = ticks.iter().find(|t| t.fire_at == held.fire_at).unwrap();
-    assert!(taken.finished && taken.taken_over, "{taken:?}");
-    assert_ne!(taken.owner, held.owner);
 
     for name in ["alpha", "beta", "gamma"] {
         let ticks = store.ticks(name, 10_000).await.unwrap();
@@ -199,7 +223,13 @@ fn a_second_serve_on_one_sqlite_store_is_refused_with_a_clear_message() {
     )
     .unwrap();
     let mut first = spawn_serve(dir.path(), 0);
-    std::thread::sleep(Duration::from_secs(2));
+    // Serving means holding the store's lock.
+    let log = dir.path().join("replica-0.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("trueup is serving")) {
+        assert!(Instant::now() < deadline, "the first serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let second = Command::new(env!("CARGO_BIN_EXE_trueup"))
         .args([
             "--config",

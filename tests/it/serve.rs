@@ -11,6 +11,7 @@ use trueup::domain::RunStatus;
 use trueup::serve::Application;
 
 use crate::helpers::TestPg;
+use crate::helpers::wait_for;
 
 /// Starts the application on a free port; returns its base URL, a shutdown trigger and the
 /// task serving it.
@@ -72,21 +73,6 @@ pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
         .lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + timeout;
-    while Instant::now() < until {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// The demo, with every invariant scheduled every second.

@@ -14,15 +14,11 @@ const INVARIANT: &str = "subscriptions-entitlements";
 async fn serve_demo_until_firing(
     dir: &std::path::Path,
     firing: &'static str,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
-    std::sync::Arc<dyn trueup::store::Store>,
-) {
+) -> crate::helpers::TestServer {
     let config =
         crate::helpers::demo_with(dir, Some("* * * * * *"), &crate::serve::tokens_yaml("")).await;
-    let (base, stop, task, store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
     crate::helpers::wait_for(
         &format!("`{firing}` to fire"),
         Duration::from_secs(30),
@@ -32,14 +28,15 @@ async fn serve_demo_until_firing(
         },
     )
     .await;
-    (base, stop, task, store)
+    server
 }
 
 // Multi-threaded: the server under test and the browser's client share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_resolve() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, stop, task, store) = serve_demo_until_firing(dir.path(), INVARIANT).await;
+    let server = serve_demo_until_firing(dir.path(), INVARIANT).await;
+    let (base, store) = (server.base.clone(), std::sync::Arc::clone(&server.store));
     let b = crate::browser::open().await;
 
     // A signed-out visit lands on the sign-in page; a wrong token is refused there.
@@ -193,8 +190,7 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
     b.screenshot("audit").await;
 
     b.close().await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +207,8 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
         "{}",
         crate::helpers::combined_output(&checked)
     );
-    let (base, stop, task, _store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
     // As a browser on the console's pages would: every POST says where it comes from.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -447,8 +444,7 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
         303,
         "the old cookie no longer works"
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// The 2 AM flow, in the console alone, on the demo's outage: find the window on the
@@ -458,7 +454,8 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
 async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_alone() {
     const OUTAGE: &str = "order-events-billed";
     let dir = tempfile::tempdir().unwrap();
-    let (base, stop, task, store) = serve_demo_until_firing(dir.path(), OUTAGE).await;
+    let server = serve_demo_until_firing(dir.path(), OUTAGE).await;
+    let (base, store) = (server.base.clone(), std::sync::Arc::clone(&server.store));
     let b = crate::browser::open().await;
     b.sign_in(&base, APPROVER).await;
     let row = format!("tr[data-invariant=\"{OUTAGE}\"]");
@@ -639,6 +636,5 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     assert!(closed.report_hash.is_some());
 
     b.close().await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }

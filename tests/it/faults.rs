@@ -444,7 +444,8 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
     )
     .unwrap();
     let config = trueup::config::Config::load(&config).unwrap();
-    let (_base, stop, task, store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
     let runs = async |status: RunStatus| {
         store
             .runs(Some("events-booked"), 1000)
@@ -488,8 +489,7 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
         "{:?}",
         recovered.elapsed()
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -650,7 +650,8 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     )
     .await;
     let config = trueup::config::Config::load(&config).unwrap();
-    let (_base, stop, task, store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
     // Blackholed: the attempt ends at the webhook's 15 s deadline, the notice stays queued,
     // the schedule goes on.
     let queued = Instant::now();
@@ -706,8 +707,7 @@ async fn a_webhook_behind_a_failing_network_gets_its_notice_once_when_the_networ
     .await;
     assert_eq!(store.outbox(10).await.unwrap().len(), 1);
     // Stopped, the outbox worker has ended: every copy the receiver will ever see is in.
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
     let got = received.lock().unwrap().clone();
     println!("the receiver saw {} copies of the one notice", got.len());
     assert!(!got.is_empty());
@@ -738,7 +738,8 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     )
     .await;
     let config = trueup::config::Config::load(&config).unwrap();
-    let (_base, stop, task, store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
     crate::helpers::wait_for("a failed delivery", Duration::from_secs(30), || async {
         store
             .outbox(10)
@@ -769,8 +770,7 @@ async fn an_smtp_server_behind_a_failing_network_gets_the_notice_once_when_the_n
     )
     .await;
     // Stopped, the outbox worker has ended: no copy can still be on its way.
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
     assert_eq!(smtp.messages().len(), 1);
 }
 

@@ -315,7 +315,8 @@ async fn a_privileged_postgres_role_is_refused_unless_the_source_allows_it_and_t
             &format!("{extra}{}", crate::serve::tokens_yaml("")),
         );
         let config = trueup::config::Config::load(&config).unwrap();
-        let (base, stop, task, _) = crate::serve::start(config).await;
+        let server = crate::helpers::TestServer::start(config).await;
+        let base = server.base.clone();
         let (_, metrics) = crate::serve::call(
             reqwest::Method::GET,
             &format!("{base}/metrics"),
@@ -327,8 +328,7 @@ async fn a_privileged_postgres_role_is_refused_unless_the_source_allows_it_and_t
             Some(want),
             "{url}: {metrics}"
         );
-        stop.send(()).unwrap();
-        task.await.unwrap().unwrap();
+        server.stop().await;
     }
     db.exec(&format!(
         "DROP OWNED BY {prog}, {files}, {creator}; DROP ROLE {prog}, {files}, {creator};"

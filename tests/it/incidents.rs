@@ -307,7 +307,8 @@ async fn incidents_are_opened_and_marked_through_the_cli_and_the_api() {
         "{text}"
     );
 
-    let (base, stop, task, _store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
     let post = |url: String, token: &'static str, body: serde_json::Value| async move {
         let r = reqwest::Client::new()
             .post(url)
@@ -439,8 +440,7 @@ async fn incidents_are_opened_and_marked_through_the_cli_and_the_api() {
         frozen, closed,
         "the frozen report is the one closing returned"
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// Validates a JSON report against the documented schema.

@@ -9,32 +9,10 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use tokio::sync::oneshot;
-use trueup::app::App;
 use trueup::config::Config;
 use trueup::domain::RunStatus;
-use trueup::serve::Application;
 
 use crate::helpers::wait_for;
-
-async fn serve(
-    config: Config,
-) -> (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
-    Arc<dyn trueup::store::Store>,
-) {
-    let mut settings = config.serve.clone();
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let app = App::with_config(config).await.unwrap();
-    let store = Arc::clone(&app.store);
-    let application = Application::build(app, settings).await.unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(application.run_until(async {
-        let _ = rx.await;
-    }));
-    (tx, task, store)
-}
 
 /// The demo with every invariant every second and `channels` appended to its config.
 async fn demo(dir: &Path, channels_yaml: &str) -> Config {
@@ -77,7 +55,8 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
         &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"{url}\"}}\n"),
     )
     .await;
-    let (stop, task, store) = serve(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
 
     // All five demo invariants are violated: each fires once.
     wait_for("five firing notices", Duration::from_secs(15), || async {
@@ -187,8 +166,7 @@ async fn a_webhook_hears_each_firing_once_and_a_source_outage_never_resolves() {
         store.alert("payments-ledger").await.unwrap().state,
         trueup::domain::AlertState::Firing
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// An aiosmtpd process writing every message it accepts into a maildir.
@@ -262,7 +240,8 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
         ),
     )
     .await;
-    let (stop, task, store) = serve(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
 
     // The SMTP server is down for 30 s: the five firing notices wait in the outbox, retried.
     // Retried with backoff (1, 2, 4 s ...): four attempts each take about 15 s.
@@ -291,8 +270,7 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     )
     .await;
     // Stopped, the outbox worker has ended: no copy can still be on its way.
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
     let mails = smtp.messages();
     assert_eq!(mails.len(), 5, "exactly one email per firing alert");
     // Undo quoted-printable soft line breaks before reading the body.

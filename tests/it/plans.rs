@@ -1191,7 +1191,8 @@ async fn whoever_requests_the_run_that_proposes_a_plan_with_manual_steps_cannot_
     use crate::serve::{ADMIN, APPROVER};
     let dir = tempfile::tempdir().unwrap();
     let config = crate::helpers::demo_with(dir.path(), None, &crate::serve::tokens_yaml("")).await;
-    let (base, stop, task, _store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
     // april (an approver) asks for the run that proposes the demo's plan, which has manual
     // steps.
     let (status, body) = crate::serve::call(
@@ -1226,8 +1227,7 @@ async fn whoever_requests_the_run_that_proposes_a_plan_with_manual_steps_cannot_
     let (status, body) =
         post_json(&approve, ADMIN, serde_json::json!({"content_hash": hash})).await;
     assert_eq!(status, 200, "{body}");
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -1235,7 +1235,8 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
     use crate::serve::{ADMIN, APPROVER, OPERATOR, VIEWER};
     let dir = tempfile::tempdir().unwrap();
     let config = crate::helpers::demo_with(dir.path(), None, &crate::serve::tokens_yaml("")).await;
-    let (base, stop, task, _store) = crate::serve::start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
 
     // A requested run proposes the demo's payments-ledger plan (critical: two approvers).
     let (status, body) = crate::serve::call(
@@ -1426,8 +1427,7 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
             "{action}: {actors:?}"
         );
     }
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 async fn get_json_as(url: &str, token: &str) -> serde_json::Value {

@@ -3,38 +3,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use trueup::app::App;
 use trueup::config::Config;
 use trueup::domain::HumanDuration;
 use trueup::domain::RunStatus;
-use trueup::serve::Application;
 
 use crate::helpers::TestPg;
 use crate::helpers::wait_for;
-
-/// Starts the application on a free port; returns its base URL, a shutdown trigger and the
-/// task serving it.
-pub(crate) async fn start(
-    config: Config,
-) -> (
-    String,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), trueup::serve::ServeError>>,
-    std::sync::Arc<dyn trueup::store::Store>,
-) {
-    let mut settings = config.serve.clone();
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let app = App::with_config(config).await.unwrap();
-    let store = std::sync::Arc::clone(&app.store);
-    let application = Application::build(app, settings).await.unwrap();
-    let base = format!("http://{}", application.addr());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(application.run_until(async {
-        let _ = rx.await;
-    }));
-    (base, tx, task, store)
-}
 
 /// Tokens the test configs accept, one per role.
 pub const VIEWER: &str = "viewer-token-0123456789abcdef";
@@ -85,7 +59,9 @@ async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let config = demo_every_second(dir.path()).await;
     let config_store = config.store.clone();
-    let (base, stop, task, store) = start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
+    let store = std::sync::Arc::clone(&server.store);
 
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&format!("{base}/readyz")).await.0, 200);
@@ -157,12 +133,9 @@ async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
         "{metrics}"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), task)
+    tokio::time::timeout(Duration::from_secs(15), server.stop())
         .await
-        .expect("shutdown within the grace period")
-        .unwrap()
-        .unwrap();
+        .expect("shutdown within the grace period");
 
     // One run at a time per invariant, and nothing left running.
     let store = trueup::store::open(&config_store).await.unwrap();
@@ -212,7 +185,9 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
     )
     .unwrap();
     let config = Config::load(&dir.path().join("trueup.yaml")).unwrap();
-    let (base, stop, task, store) = start(config.clone()).await;
+    let server = crate::helpers::TestServer::start(config.clone()).await;
+    let base = server.base.clone();
+    let store = std::sync::Arc::clone(&server.store);
 
     wait_for("two timed-out runs", Duration::from_secs(15), || {
         let store = std::sync::Arc::clone(&store);
@@ -259,14 +234,14 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
             >= 1.0,
         "{metrics}"
     );
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 
     // A long run at shutdown is cancelled after the grace period and recorded as cancelled.
     let mut config = config;
     config.serve.run_timeout = HumanDuration::parse("30s").unwrap();
     let config_store = config.store.clone();
-    let (_, stop, task, store) = start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
     wait_for("a run in flight", Duration::from_secs(5), || {
         let store = std::sync::Arc::clone(&store);
         async move {
@@ -280,8 +255,7 @@ async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_t
     })
     .await;
     let asked = Instant::now();
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
     assert!(
         asked.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -301,7 +275,8 @@ async fn demo_on_demand(dir: &Path) -> Config {
 #[tokio::test]
 async fn every_route_checks_its_token_and_role() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, stop, task, _) = start(demo_on_demand(dir.path()).await).await;
+    let server = crate::helpers::TestServer::start(demo_on_demand(dir.path()).await).await;
+    let base = server.base.clone();
     let tokens = [
         (trueup::domain::Role::Viewer, VIEWER),
         (trueup::domain::Role::Operator, OPERATOR),
@@ -376,14 +351,14 @@ async fn every_route_checks_its_token_and_role() {
             );
         }
     }
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn the_api_runs_lists_pages_and_audits() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, stop, task, _) = start(demo_on_demand(dir.path()).await).await;
+    let server = crate::helpers::TestServer::start(demo_on_demand(dir.path()).await).await;
+    let base = server.base.clone();
 
     let (status, body) = call(
         reqwest::Method::POST,
@@ -488,8 +463,7 @@ async fn the_api_runs_lists_pages_and_audits() {
         .collect();
     assert_eq!(documented, served);
 
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// promtool from Debian's prometheus package; .ci/run installs it.
@@ -517,7 +491,8 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
         ),
     )
     .await;
-    let (base, stop, task, _) = start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
     wait_for("a first round of runs", Duration::from_secs(10), || async {
         let (_, m) = get(&format!("{base}/metrics")).await;
         sample(
@@ -529,8 +504,7 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
     })
     .await;
     let (_, metrics) = get(&format!("{base}/metrics")).await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 
     let mut check = promtool()
         .args(["check", "metrics"])
@@ -584,7 +558,8 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
 async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set() {
     let dir = tempfile::tempdir().unwrap();
     let config = demo_every_second(dir.path()).await;
-    let (base, stop, task, _) = start(config).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
     let file = dir.path().join("invariants/demo.yaml");
     let original = std::fs::read_to_string(&file).unwrap();
     // As an editor saves: the poller never sees half a file.
@@ -692,6 +667,5 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     )
     .await;
     assert_eq!(runs("fulfilled-orders-paid").await.unwrap(), removed_runs);
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -1,3 +1,5 @@
+mod server;
+pub use server::TestServer;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

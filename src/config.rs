@@ -227,8 +227,11 @@ impl SecretUrl {
             return "(a URL that does not start with scheme://, not shown)".to_owned();
         }
         let mut out = self.url.clone();
-        let mut expanded: Vec<&(String, String)> =
-            self.expanded.iter().filter(|(v, _)| !v.is_empty()).collect();
+        let mut expanded: Vec<&(String, String)> = self
+            .expanded
+            .iter()
+            .filter(|(v, _)| !v.is_empty())
+            .collect();
         // The longest first, so that a value inside another is not half replaced.
         expanded.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
         for (value, name) in expanded {
@@ -849,10 +852,7 @@ fn parse_channel(
                     ));
                 }
             };
-            Ok(ChannelConfig::Webhook(WebhookChannel {
-                url,
-                format,
-            }))
+            Ok(ChannelConfig::Webhook(WebhookChannel { url, format }))
         }
         _ => Err((
             None,
@@ -939,10 +939,7 @@ fn is_env_reference(value: &str) -> bool {
 
 /// Replaces `${VAR}` references, and refuses a password written literally in the file, in the
 /// userinfo or in a query parameter.
-fn expand_secret_url(
-    raw: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<SecretUrl, String> {
+fn expand_secret_url(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<SecretUrl, String> {
     if let Some((start, end)) = userinfo_password_range(raw)
         && !is_env_reference(&raw[start..end])
     {

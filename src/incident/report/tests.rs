@@ -1,0 +1,464 @@
+//! The report from hand-made evidence: verdicts, blockers, timeline wording.
+
+use super::assemble::*;
+use super::*;
+use crate::domain::{Invariant, ViolationKind};
+use crate::domain::{LedgerChange, RunStats};
+use crate::store::Approval;
+use crate::store::RunRecord;
+
+fn t(raw: &str) -> DateTime<Utc> {
+    format!("2026-11-20T{raw}:00Z").parse().unwrap()
+}
+
+fn loaded() -> Vec<Invariant> {
+    let known = crate::rules::Known {
+        sources: ["up", "down"]
+            .into_iter()
+            .map(|s| {
+                (
+                    crate::domain::SourceName::parse(s).unwrap(),
+                    crate::config::SourceKind::Sqlite,
+                )
+            })
+            .collect(),
+        channels: Default::default(),
+        targets: Default::default(),
+    };
+    let (invariants, errors) = crate::rules::parse_file(
+        r#"invariants:
+  - name: events-processed
+    time_column: created_at
+    reconcile:
+      left: {source: up, query: "SELECT id AS event_id, created_at FROM events"}
+      right: {source: down, query: "SELECT event_id FROM processed"}
+      key: event_id
+"#,
+        std::path::Path::new("invariants/x.yaml"),
+        &known,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    invariants
+}
+
+fn incident() -> IncidentRecord {
+    IncidentRecord {
+        id: 1,
+        name: "outage".into(),
+        summary: None,
+        window_from: t("02:00"),
+        window_to: Some(t("03:00")),
+        invariants: vec!["events-processed".into()],
+        state: IncidentState::Open,
+        opened_by: "olga".into(),
+        opened_at: t("04:00"),
+        closed_by: None,
+        closed_at: None,
+        override_reason: None,
+        report_hash: None,
+    }
+}
+
+fn run(id: i64, started: &str, status: RunStatus, observed: u64) -> RunRecord {
+    RunRecord {
+        id,
+        invariant: "events-processed".into(),
+        started_at: t(started),
+        finished_at: Some(t(started)),
+        status,
+        stats: RunStats {
+            rows_left: 100,
+            rows_right: 100 - observed,
+            observed,
+            counts: [(ViolationKind::Missing, observed)].into(),
+            ..RunStats::default()
+        },
+        change: LedgerChange::default(),
+        error: (status == RunStatus::Failed).then(|| "connection refused".into()),
+    }
+}
+
+fn plan(id: i64, kind: PlanKind, state: PlanState, approvals: &[&str]) -> PlanRecord {
+    PlanRecord {
+        id,
+        kind,
+        meta: serde_json::json!({"from": t("02:00"), "to": t("03:00")}),
+        invariant: "events-processed".into(),
+        definition_hash: "d".into(),
+        content_hash: "h".into(),
+        severity: "high".into(),
+        approvals_required: 1,
+        has_manual: false,
+        proposed_by: "olga".into(),
+        proposed_at: t("04:10"),
+        expires_at: t("23:00"),
+        source_run_id: None,
+        state,
+        state_by: None,
+        state_reason: None,
+        state_at: None,
+        action_count: 10,
+        counts: serde_json::json!({}),
+        verification: None,
+        approvals: approvals
+            .iter()
+            .map(|a| Approval {
+                approver: (*a).into(),
+                content_hash: "h".into(),
+                at: t("04:20"),
+            })
+            .collect(),
+    }
+}
+
+/// A plan, its actions by status, and when its last action was applied.
+type PlanFixture<'a> = (PlanRecord, &'a [(ActionStatus, u64)], Option<&'a str>);
+
+fn evidence(open: u64, latest: Option<RunRecord>, plans: Vec<PlanFixture<'_>>) -> Evidence {
+    let groups = [
+        (ViolationStatus::Open, open),
+        (ViolationStatus::Resolved, 10 - open),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(status, count)| ViolationGroup {
+        invariant: "events-processed".into(),
+        kind: "missing".into(),
+        status,
+        count,
+        first_seen: t("04:00"),
+        last_seen: t("04:05"),
+        event_from: Some(t("02:00")),
+        event_to: Some(t("02:09")),
+    })
+    .collect();
+    Evidence {
+        incident: incident(),
+        events: vec![
+            IncidentEvent {
+                id: 1,
+                at: t("04:30"),
+                actor: "olga".into(),
+                kind: "phase".into(),
+                phase: Some("contain".into()),
+                text: None,
+            },
+            IncidentEvent {
+                id: 2,
+                at: t("05:00"),
+                actor: "ravi".into(),
+                kind: "phase".into(),
+                phase: Some("reconcile".into()),
+                text: None,
+            },
+        ],
+        invariants: vec![InvariantEvidence {
+            name: "events-processed".into(),
+            groups,
+            open_anywhere: open + 2,
+            samples: Vec::new(),
+            runs: RunDigest {
+                total: 3,
+                failed: 0,
+                notable: Vec::new(),
+                latest,
+            },
+            plans: plans
+                .into_iter()
+                .map(|(plan, progress, last)| PlanEvidence {
+                    plan,
+                    progress: progress.iter().copied().collect(),
+                    last_applied_at: last.map(t),
+                })
+                .collect(),
+        }],
+        audit: Vec::new(),
+    }
+}
+
+fn kinds(report: &Report) -> Vec<BlockerKind> {
+    report.verdict.blockers.iter().map(|b| b.kind).collect()
+}
+
+#[test]
+fn a_repaired_window_with_a_later_clean_run_is_ready_to_close() {
+    let ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        vec![(
+            plan(1, PlanKind::Compensation, PlanState::Applied, &["ana"]),
+            &[(ActionStatus::Applied, 10)],
+            Some("05:30"),
+        )],
+    );
+    let report = assemble(&ev, &loaded(), None);
+    assert_eq!(
+        report.verdict.summary, "ready to close",
+        "{:?}",
+        report.verdict
+    );
+    let inv = &report.invariants[0];
+    assert_eq!(inv.verification.result, VerificationResult::Holds);
+    assert_eq!(inv.verification.required_after, t("05:30"));
+    assert_eq!(inv.violations.open_outside_window, 2);
+    assert_eq!(inv.compensation.applied, 10);
+    assert_eq!(inv.compensation.approved, 10);
+    assert_eq!(inv.consistency.as_ref().unwrap().parity_pct, Some(100.0));
+    // Phases last until the next mark; the last one is still going on.
+    let durations: Vec<Option<i64>> = report.phases.iter().map(|p| p.duration_secs).collect();
+    assert_eq!(durations, [Some(1800), None]);
+    assert_eq!(report, assemble(&ev, &loaded(), None), "no clock inside");
+}
+
+#[test]
+fn a_run_before_the_last_repair_does_not_verify_it() {
+    let ev = evidence(
+        0,
+        Some(run(9, "05:00", RunStatus::Succeeded, 0)),
+        vec![(
+            plan(1, PlanKind::Compensation, PlanState::Applied, &["ana"]),
+            &[(ActionStatus::Applied, 10)],
+            Some("05:30"),
+        )],
+    );
+    let report = assemble(&ev, &loaded(), None);
+    assert_eq!(kinds(&report), [BlockerKind::StaleVerification]);
+    assert!(report.verdict.blockers[0].detail.contains("run 9"));
+}
+
+#[test]
+fn every_kind_of_unfinished_work_is_a_blocker_of_its_own() {
+    let ev = evidence(
+        3,
+        Some(run(9, "06:00", RunStatus::Failed, 0)),
+        vec![
+            (
+                plan(1, PlanKind::Compensation, PlanState::Proposed, &[]),
+                &[(ActionStatus::Pending, 10)],
+                None,
+            ),
+            (
+                plan(2, PlanKind::Compensation, PlanState::Stopped, &["ana"]),
+                &[
+                    (ActionStatus::Applied, 5),
+                    (ActionStatus::Failed, 2),
+                    (ActionStatus::Pending, 3),
+                ],
+                Some("05:00"),
+            ),
+            (
+                plan(3, PlanKind::Replay, PlanState::Paused, &["ana"]),
+                &[(ActionStatus::Applied, 4), (ActionStatus::Pending, 6)],
+                Some("05:10"),
+            ),
+            (
+                plan(4, PlanKind::Replay, PlanState::Applied, &["ana"]),
+                &[(ActionStatus::Applied, 9), (ActionStatus::Parked, 1)],
+                Some("05:20"),
+            ),
+            (
+                plan(5, PlanKind::Compensation, PlanState::Rejected, &[]),
+                &[(ActionStatus::Pending, 10)],
+                None,
+            ),
+        ],
+    );
+    let report = assemble(&ev, &loaded(), None);
+    assert_eq!(
+        kinds(&report),
+        [
+            BlockerKind::OpenViolations,
+            BlockerKind::EvaluationError,
+            BlockerKind::UnapprovedPlan,
+            BlockerKind::PendingActions,
+            BlockerKind::FailedActions,
+            BlockerKind::UnfinishedReplay,
+            BlockerKind::UnfinishedReplay,
+        ],
+        "{:#?}",
+        report.verdict
+    );
+    let plans: Vec<Option<i64>> = report.verdict.blockers.iter().map(|b| b.plan).collect();
+    assert_eq!(
+        plans,
+        [None, None, Some(1), Some(2), Some(2), Some(3), Some(4)]
+    );
+    assert!(
+        report.verdict.blockers[1]
+            .detail
+            .contains("connection refused")
+    );
+    let replays = &report.invariants[0].replays;
+    assert_eq!(
+        (
+            replays[0].delivered,
+            replays[0].pending,
+            replays[0].complete
+        ),
+        (4, 6, false)
+    );
+    assert_eq!((replays[1].parked, replays[1].complete), (1, false));
+    assert_eq!(
+        report.invariants[0].consistency, None,
+        "no consistency figures from a failed run"
+    );
+}
+
+#[test]
+fn an_invariant_that_is_no_longer_defined_cannot_be_verified() {
+    let ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        Vec::new(),
+    );
+    let report = assemble(&ev, &[] as &[Invariant], None);
+    assert_eq!(kinds(&report), [BlockerKind::NotLoaded]);
+    assert_eq!(
+        report.invariants[0].verification.result,
+        VerificationResult::NotLoaded
+    );
+}
+
+#[test]
+fn a_long_timeline_keeps_its_start_and_end_and_counts_what_it_left_out() {
+    let mut ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        Vec::new(),
+    );
+    ev.invariants[0].runs.notable = (0..TIMELINE_LIMIT as i64 + 50)
+        .map(|i| RunRecord {
+            started_at: t("06:00") + chrono::TimeDelta::seconds(i),
+            ..run(i, "06:00", RunStatus::Failed, 0)
+        })
+        .collect();
+    let report = assemble(&ev, &loaded(), None);
+    let entries = &report.timeline.entries;
+    assert_eq!(entries.len(), TIMELINE_LIMIT);
+    assert_eq!(report.timeline.omitted, 50);
+    assert_eq!(entries[0].run, Some(0));
+    assert_eq!(
+        entries[TIMELINE_LIMIT - 1].run,
+        Some(TIMELINE_LIMIT as i64 + 49)
+    );
+}
+
+#[test]
+fn closing_sets_the_state_the_closure_and_the_end_of_the_last_phase() {
+    let ev = evidence(
+        1,
+        Some(run(9, "06:00", RunStatus::Succeeded, 1)),
+        Vec::new(),
+    );
+    let closure = Closure {
+        closed_by: "april".into(),
+        closed_at: t("07:00"),
+        overridden: true,
+        override_reason: Some("tracked in BILL-1".into()),
+    };
+    let report = assemble(&ev, &loaded(), Some(&closure));
+    assert_eq!(report.incident.state, IncidentState::Closed);
+    assert_eq!(report.phases[1].duration_secs, Some(7200));
+    assert_eq!(report.closure.as_ref(), Some(&closure));
+    let last = report.timeline.entries.last().unwrap();
+    assert_eq!(
+        last.text,
+        "incident closed with blockers overridden: tracked in BILL-1"
+    );
+    let md = crate::incident::render(&report, crate::incident::ReportFormat::Md).unwrap();
+    assert!(
+        md.contains("**with blockers overridden**: tracked in BILL-1"),
+        "{md}"
+    );
+    let html = crate::incident::render(&report, crate::incident::ReportFormat::Html).unwrap();
+    assert!(
+        html.contains("<strong>with blockers overridden</strong>"),
+        "{html}"
+    );
+}
+
+#[test]
+fn the_timeline_says_what_the_audit_log_recorded_in_words() {
+    let mut ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        vec![(
+            plan(1, PlanKind::Replay, PlanState::Applied, &["ana"]),
+            &[(ActionStatus::Applied, 10)],
+            Some("05:30"),
+        )],
+    );
+    let entry = |id: i64, action: &str, target: &str, details: serde_json::Value| AuditEntry {
+        id,
+        at: t("05:00") + chrono::TimeDelta::seconds(id),
+        actor: "ana".into(),
+        action: action.into(),
+        target: target.into(),
+        details,
+    };
+    ev.audit = vec![
+        entry(
+            1,
+            "alert.firing",
+            "invariant:events-processed",
+            serde_json::json!({"from": "pending"}),
+        ),
+        entry(
+            2,
+            "plan.apply.requested",
+            "plan:1",
+            serde_json::json!({"dry_run": true}),
+        ),
+        entry(
+            3,
+            "plan.apply.requested",
+            "plan:1",
+            serde_json::json!({"dry_run": false, "rate": "5/s"}),
+        ),
+        entry(
+            4,
+            "plan.verify",
+            "plan:1",
+            serde_json::json!({"checked": 10, "closed": 10, "still_open": 0, "remaining_in_window": 0}),
+        ),
+        entry(
+            5,
+            "incident.note",
+            "incident:outage",
+            serde_json::json!({"text": "consumer back"}),
+        ),
+        entry(6, "plan.approve", "plan:99", serde_json::json!({})),
+    ];
+    let report = assemble(&ev, &loaded(), None);
+    let texts: Vec<&str> = report
+        .timeline
+        .entries
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "alert pending → firing",
+            "replay plan 1: dry run",
+            "replay plan 1: apply requested at 5/s",
+            "replay plan 1 verified: 10 re-checked, 10 closed, 0 still open, 0 missing left in its window",
+            "note: consumer back",
+        ],
+        "a plan outside the incident is left out"
+    );
+}
+
+#[test]
+fn html_from_the_ledger_is_escaped() {
+    let mut ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        Vec::new(),
+    );
+    ev.incident.summary = Some("<script>alert(1)</script>".into());
+    let report = assemble(&ev, &loaded(), None);
+    let html = crate::incident::render(&report, crate::incident::ReportFormat::Html).unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("&lt;script&gt;"), "{html}");
+}

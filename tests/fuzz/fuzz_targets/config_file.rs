@@ -13,7 +13,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let env = |_: &str| Some(SECRET.to_owned());
-    match trueup::config::Config::parse(text, Path::new("trueup.yaml"), &env) {
+    let parsed = trueup::config::Config::parse(text, Path::new("trueup.yaml"), &env);
+    // A file that holds the canary itself may see it quoted back (a key name, say): that is
+    // the file's own text, not the environment's secret.
+    if text.contains(SECRET) {
+        return;
+    }
+    match parsed {
         Ok(config) => {
             let shown = format!("{config:?}");
             assert!(!shown.contains(SECRET), "a secret printed: {shown}");

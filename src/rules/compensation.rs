@@ -6,51 +6,15 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::raw::{RawCompensate, RawHttp, RawReplay, RawSql};
 use super::{Ctx, Known, TargetInfo};
 use crate::config::SourceKind;
 use crate::domain::{
     Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, SqlCompensation,
     TargetName, Template, ViolationKind,
 };
-
-#[derive(Deserialize)]
-pub struct RawAction {
-    pub sql: Option<Spanned<RawSql>>,
-    pub http: Option<Spanned<RawHttp>>,
-    pub manual: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-pub struct RawSql {
-    pub target: Spanned<String>,
-    pub statement: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-pub struct RawHttp {
-    pub target: Spanned<String>,
-    pub method: Option<Spanned<String>>,
-    pub path: Spanned<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, Spanned<String>>,
-    pub body: Option<Spanned<serde_json::Value>>,
-}
-
-pub type RawCompensate = BTreeMap<String, Spanned<RawAction>>;
-
-#[derive(Deserialize)]
-pub struct RawReplay {
-    pub sql: Option<Spanned<RawSql>>,
-    pub http: Option<Spanned<RawHttp>>,
-    pub idempotency_key: Option<Spanned<String>>,
-    pub partition: Option<Spanned<String>>,
-    pub max_window: Option<Spanned<String>>,
-    pub attempts: Option<Spanned<u32>>,
-    pub processed: Option<Spanned<super::raw::RawSide>>,
-}
 
 pub const DEFAULT_REPLAY_WINDOW_HOURS: u64 = 24;
 pub const DEFAULT_REPLAY_ATTEMPTS: u32 = 3;

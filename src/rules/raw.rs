@@ -28,8 +28,8 @@ pub struct RawInvariant {
     pub check: Option<Spanned<RawCheck>>,
     pub reconcile: Option<Spanned<RawReconcile>>,
     pub transitions: Option<Spanned<RawTransitions>>,
-    pub compensate: Option<Spanned<super::compensation::RawCompensate>>,
-    pub replay: Option<Spanned<super::compensation::RawReplay>>,
+    pub compensate: Option<Spanned<RawCompensate>>,
+    pub replay: Option<Spanned<RawReplay>>,
 }
 
 #[derive(Deserialize)]
@@ -105,4 +105,41 @@ impl<'de> Deserialize<'de> for OneOrMany {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `compensate:`: per violation kind (its name as the key), one action.
+pub type RawCompensate = BTreeMap<String, Spanned<RawAction>>;
+
+#[derive(Deserialize)]
+pub struct RawAction {
+    pub sql: Option<Spanned<RawSql>>,
+    pub http: Option<Spanned<RawHttp>>,
+    pub manual: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawSql {
+    pub target: Spanned<String>,
+    pub statement: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RawHttp {
+    pub target: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: Option<Spanned<serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawReplay {
+    pub sql: Option<Spanned<RawSql>>,
+    pub http: Option<Spanned<RawHttp>>,
+    pub idempotency_key: Option<Spanned<String>>,
+    pub partition: Option<Spanned<String>>,
+    pub max_window: Option<Spanned<String>>,
+    pub attempts: Option<Spanned<u32>>,
+    pub processed: Option<Spanned<RawSide>>,
 }

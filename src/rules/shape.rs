@@ -1,11 +1,14 @@
 //! The shape pass: reads the file as a located tree and reports every key that the format does
-//! not know, with a suggestion. Serde stops at the first unknown field; this does not.
+//! not know, with a suggestion. Serde stops at the first unknown field; this does not. The
+//! format is described once, by the types of `raw.rs`: the keys allowed here are their fields
+//! as serde names them; this file only says which keys hold nested maps to look into.
 
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::raw;
 use crate::diagnostic::Diagnostic;
 
 enum Node {
@@ -109,83 +112,47 @@ enum Shape {
 }
 
 impl Shape {
-    fn fields(self) -> &'static [(&'static str, Option<Shape>)] {
+    /// The keys a map of this shape may hold: the fields of the type the typed pass reads it
+    /// into (`raw.rs`), as serde names them, so the two passes cannot disagree.
+    fn fields(self) -> &'static [&'static str] {
+        use serde_aux::serde_introspection::serde_introspect;
         match self {
-            Shape::File => &[("invariants", Some(Shape::Invariant))],
-            Shape::Invariant => &[
-                ("name", None),
-                ("description", None),
-                ("owner", None),
-                ("severity", None),
-                ("schedule", None),
-                ("timezone", None),
-                ("grace", None),
-                ("time_column", None),
-                ("sample_limit", None),
-                ("violation_budget", None),
-                ("alert", Some(Shape::Alert)),
-                ("check", Some(Shape::Check)),
-                ("reconcile", Some(Shape::Reconcile)),
-                ("transitions", Some(Shape::Transitions)),
-                ("compensate", Some(Shape::Compensate)),
-                ("replay", Some(Shape::Replay)),
-            ],
-            Shape::Check => &[("source", None), ("query", None), ("key", None)],
-            Shape::Reconcile => &[
-                ("left", Some(Shape::Side)),
-                ("right", Some(Shape::Side)),
-                ("key", None),
-                ("expect", None),
-                ("compare", None),
-            ],
-            Shape::Side => &[("source", None), ("query", None)],
-            Shape::Transitions => &[
-                ("source", None),
-                ("query", None),
-                ("key", None),
-                ("state", None),
-                ("at", None),
-                ("initial", None),
-                ("allowed", Some(Shape::Free)),
-            ],
-            Shape::Alert => &[
-                ("for", None),
-                ("keep_firing_for", None),
-                ("repeat_interval", None),
-                ("notify", None),
-            ],
-            Shape::Compensate => &[
-                ("missing", Some(Shape::Action)),
-                ("extra", Some(Shape::Action)),
-                ("duplicate", Some(Shape::Action)),
-                ("mismatch", Some(Shape::Action)),
-                ("check", Some(Shape::Action)),
-                ("transition", Some(Shape::Action)),
-            ],
-            Shape::Action => &[
-                ("sql", Some(Shape::SqlAction)),
-                ("http", Some(Shape::HttpAction)),
-                ("manual", None),
-            ],
-            Shape::Replay => &[
-                ("sql", Some(Shape::SqlAction)),
-                ("http", Some(Shape::HttpAction)),
-                ("idempotency_key", None),
-                ("partition", None),
-                ("max_window", None),
-                ("attempts", None),
-                ("processed", Some(Shape::Side)),
-            ],
-            Shape::SqlAction => &[("target", None), ("statement", None)],
-            Shape::HttpAction => &[
-                ("target", None),
-                ("method", None),
-                ("path", None),
-                ("headers", Some(Shape::Free)),
-                ("body", Some(Shape::Free)),
-            ],
+            Shape::File => serde_introspect::<raw::RawFile>(),
+            Shape::Invariant => serde_introspect::<raw::RawInvariant>(),
+            Shape::Check => serde_introspect::<raw::RawCheck>(),
+            Shape::Reconcile => serde_introspect::<raw::RawReconcile>(),
+            Shape::Side => serde_introspect::<raw::RawSide>(),
+            Shape::Transitions => serde_introspect::<raw::RawTransitions>(),
+            Shape::Alert => serde_introspect::<raw::RawAlert>(),
+            // `compensate:` is keyed by violation kind.
+            Shape::Compensate => serde_introspect::<crate::domain::ViolationKind>(),
+            Shape::Replay => serde_introspect::<raw::RawReplay>(),
+            Shape::Action => serde_introspect::<raw::RawAction>(),
+            Shape::SqlAction => serde_introspect::<raw::RawSql>(),
+            Shape::HttpAction => serde_introspect::<raw::RawHttp>(),
             Shape::Free => &[],
         }
+    }
+
+    /// The shape of the map or list under `key`, where it is one the walk looks into.
+    fn child(self, key: &str) -> Option<Shape> {
+        Some(match (self, key) {
+            (Shape::File, "invariants") => Shape::Invariant,
+            (Shape::Invariant, "alert") => Shape::Alert,
+            (Shape::Invariant, "check") => Shape::Check,
+            (Shape::Invariant, "reconcile") => Shape::Reconcile,
+            (Shape::Invariant, "transitions") => Shape::Transitions,
+            (Shape::Invariant, "compensate") => Shape::Compensate,
+            (Shape::Invariant, "replay") => Shape::Replay,
+            (Shape::Reconcile, "left" | "right") => Shape::Side,
+            (Shape::Transitions, "allowed") => Shape::Free,
+            (Shape::Compensate, _) => Shape::Action,
+            (Shape::Action | Shape::Replay, "sql") => Shape::SqlAction,
+            (Shape::Action | Shape::Replay, "http") => Shape::HttpAction,
+            (Shape::Replay, "processed") => Shape::Side,
+            (Shape::HttpAction, "headers" | "body") => Shape::Free,
+            _ => return None,
+        })
     }
 }
 
@@ -229,28 +196,23 @@ fn walk(
             let invariant = name.or(invariant);
             let fields = shape.fields();
             for (key, value) in entries {
-                match fields.iter().find(|(f, _)| f == key) {
-                    Some((_, Some(child))) => {
-                        walk(value, *child, &join(path, key), invariant, file, out)
+                if fields.contains(&key.as_str()) {
+                    if let Some(child) = shape.child(key) {
+                        walk(value, child, &join(path, key), invariant, file, out);
                     }
-                    Some((_, None)) => {}
-                    None => {
-                        let field = join(path, key);
-                        let hint = super::suggest(key, fields.iter().map(|(f, _)| *f))
-                            .map(|s| format!("; did you mean `{s}`?"))
-                            .unwrap_or_else(|| {
-                                let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
-                                format!("; known fields here: {}", names.join(", "))
-                            });
-                        out.push(
-                            Diagnostic::at(
-                                file,
-                                value.referenced,
-                                format!("unknown field `{field}`{hint}"),
-                            )
-                            .in_invariant(invariant),
-                        );
-                    }
+                } else {
+                    let field = join(path, key);
+                    let hint = super::suggest(key, fields.iter().copied())
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_else(|| format!("; known fields here: {}", fields.join(", ")));
+                    out.push(
+                        Diagnostic::at(
+                            file,
+                            value.referenced,
+                            format!("unknown field `{field}`{hint}"),
+                        )
+                        .in_invariant(invariant),
+                    );
                 }
             }
         }
@@ -263,5 +225,97 @@ fn join(path: &str, key: &str) -> String {
         key.to_owned()
     } else {
         format!("{path}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPES: [Shape; 13] = [
+        Shape::File,
+        Shape::Invariant,
+        Shape::Check,
+        Shape::Reconcile,
+        Shape::Side,
+        Shape::Transitions,
+        Shape::Alert,
+        Shape::Compensate,
+        Shape::Replay,
+        Shape::Action,
+        Shape::SqlAction,
+        Shape::HttpAction,
+        Shape::Free,
+    ];
+
+    #[test]
+    fn every_nested_shape_hangs_under_a_field_the_typed_pass_reads() {
+        let candidates = [
+            "invariants",
+            "alert",
+            "check",
+            "reconcile",
+            "transitions",
+            "compensate",
+            "replay",
+            "left",
+            "right",
+            "allowed",
+            "sql",
+            "http",
+            "processed",
+            "headers",
+            "body",
+            "missing",
+        ];
+        for shape in SHAPES {
+            for key in candidates {
+                if shape.child(key).is_some() && !matches!(shape, Shape::Compensate) {
+                    assert!(
+                        shape.fields().contains(&key),
+                        "`{key}` leads to a nested shape but is no field of {:?}",
+                        shape.fields()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_keys_allowed_are_the_typed_pass_fields_renamed_as_serde_reads_them() {
+        // `for` is the Rust field `for_`, renamed.
+        assert!(Shape::Alert.fields().contains(&"for"));
+        assert!(!Shape::Alert.fields().contains(&"for_"));
+        assert_eq!(
+            Shape::Compensate.fields(),
+            [
+                "missing",
+                "extra",
+                "duplicate",
+                "mismatch",
+                "check",
+                "transition"
+            ]
+        );
+        assert!(Shape::Invariant.fields().contains(&"violation_budget"));
+    }
+
+    #[test]
+    fn an_unknown_key_at_every_depth_is_reported_with_its_path() {
+        let text = "invariants:\n  - name: a\n    colour: red\n    reconcile:\n      left: {source: s, query: q, sorce: x}\n      right: {source: s, query: q}\n      key: id\n    compensate:\n      missing:\n        sql: {target: t, statement: s, params: x}\n";
+        let found: Vec<String> = unknown_fields(text, Path::new("x.yaml"))
+            .into_iter()
+            .map(|d| d.message)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("unknown field `colour`"), "{found:?}");
+        assert!(
+            found[1].starts_with("unknown field `reconcile.left.sorce`; did you mean `source`?"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("unknown field `compensate.missing.sql.params`"),
+            "{found:?}"
+        );
     }
 }

@@ -2,6 +2,7 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use super::ChannelError;
 use crate::config::EmailChannel;
 
 pub struct EmailSender {
@@ -11,18 +12,18 @@ pub struct EmailSender {
 }
 
 impl EmailSender {
-    pub fn new(c: &EmailChannel) -> Result<Self, String> {
+    pub fn new(c: &EmailChannel) -> Result<Self, ChannelError> {
         let (scheme, rest) = c
             .smtp
             .split_once("://")
-            .ok_or_else(|| format!("bad smtp address `{}`", c.smtp))?;
+            .ok_or_else(|| ChannelError::BadSmtpAddress(c.smtp.clone()))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
                 h,
                 Some(
                     p.parse::<u16>()
-                        .map_err(|_| format!("bad port in `{}`", c.smtp))?,
+                        .map_err(|_| ChannelError::BadPort(c.smtp.clone()))?,
                 ),
             ),
             None => (rest, None),
@@ -31,12 +32,12 @@ impl EmailSender {
             "smtp" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
                 .port(port.unwrap_or(25)),
             "smtp+starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| ChannelError::Setup(e.to_string()))?
                 .port(port.unwrap_or(587)),
             "smtps" => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| ChannelError::Setup(e.to_string()))?
                 .port(port.unwrap_or(465)),
-            other => return Err(format!("unknown smtp scheme `{other}`")),
+            other => return Err(ChannelError::UnknownScheme(other.to_owned())),
         };
         let builder = match (&c.username, &c.password) {
             (Some(u), Some(p)) => builder.credentials(Credentials::new(
@@ -47,7 +48,10 @@ impl EmailSender {
         };
         let parse = |a: &str| {
             a.parse::<lettre::message::Mailbox>()
-                .map_err(|e| format!("address `{a}`: {e}"))
+                .map_err(|e| ChannelError::BadMailbox {
+                    address: a.to_owned(),
+                    message: e.to_string(),
+                })
         };
         Ok(Self {
             transport: builder
@@ -58,7 +62,7 @@ impl EmailSender {
         })
     }
 
-    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), String> {
+    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
         let (subject, body) = super::text(payload);
         let mut message = Message::builder().from(self.from.clone()).subject(subject);
         for to in &self.to {
@@ -74,11 +78,11 @@ impl EmailSender {
         let email = message
             .header(ContentType::TEXT_PLAIN)
             .body(body)
-            .map_err(|e| format!("cannot build the email: {e}"))?;
+            .map_err(|e| ChannelError::BuildEmail(e.to_string()))?;
         self.transport
             .send(email)
             .await
             .map(|_| ())
-            .map_err(|e| format!("SMTP: {e}"))
+            .map_err(|e| ChannelError::Smtp(e.to_string()))
     }
 }

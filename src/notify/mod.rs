@@ -148,6 +148,33 @@ pub fn text(payload: &serde_json::Value) -> (String, String) {
     (subject, body)
 }
 
+/// Why a channel could not be opened or a notice not delivered (recorded with the notice,
+/// which is tried again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("bad smtp address `{0}`; write it as smtp://host:port, smtp+starttls:// or smtps://")]
+    BadSmtpAddress(String),
+    #[error("bad port in `{0}`")]
+    BadPort(String),
+    #[error("unknown smtp scheme `{0}`; use smtp, smtp+starttls or smtps")]
+    UnknownScheme(String),
+    #[error("address `{address}`: {message}")]
+    BadMailbox { address: String, message: String },
+    /// A TLS relay or an HTTP client that could not be set up.
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot build the email: {0}")]
+    BuildEmail(String),
+    #[error("SMTP: {0}")]
+    Smtp(String),
+    #[error("webhook request timed out after {0}s")]
+    WebhookTimeout(u64),
+    #[error("webhook request failed: {0}")]
+    WebhookRequest(String),
+    #[error("webhook answered {0}")]
+    WebhookStatus(String),
+}
+
 /// A channel ready to send.
 pub enum Channel {
     Email(Box<email::EmailSender>),
@@ -155,7 +182,7 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub fn open(config: &ChannelConfig) -> Result<Self, String> {
+    pub fn open(config: &ChannelConfig) -> Result<Self, ChannelError> {
         match config {
             ChannelConfig::Email(e) => {
                 email::EmailSender::new(e).map(|s| Channel::Email(Box::new(s)))
@@ -164,7 +191,7 @@ impl Channel {
         }
     }
 
-    pub async fn deliver(&self, payload: &serde_json::Value) -> Result<(), String> {
+    pub async fn deliver(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
         match self {
             Channel::Email(e) => e.send(payload).await,
             Channel::Webhook(w) => w.send(payload).await,

@@ -1,3 +1,4 @@
+use super::ChannelError;
 use crate::config::{WebhookChannel, WebhookFormat};
 
 /// How long one delivery attempt may take.
@@ -10,12 +11,12 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    pub fn new(c: &WebhookChannel) -> Result<Self, String> {
+    pub fn new(c: &WebhookChannel) -> Result<Self, ChannelError> {
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ChannelError::Setup(e.to_string()))?;
         Ok(Self {
             client,
             url: c.url.expose().to_owned(),
@@ -23,7 +24,7 @@ impl WebhookSender {
         })
     }
 
-    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), String> {
+    pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
         let body = match self.format {
             WebhookFormat::Json => payload.clone(),
             WebhookFormat::Slack => {
@@ -40,21 +41,21 @@ impl WebhookSender {
             // reqwest's message may include the URL, which may hold a secret token.
             let e = e.without_url();
             if e.is_timeout() {
-                return format!("webhook request timed out after {}s", TIMEOUT.as_secs());
+                return ChannelError::WebhookTimeout(TIMEOUT.as_secs());
             }
-            let mut message = format!("webhook request failed: {e}");
+            let mut message = e.to_string();
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {
                 message = format!("{message}: {c}");
                 cause = c.source();
             }
-            message
+            ChannelError::WebhookRequest(message)
         })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("webhook answered {status}"))
+            Err(ChannelError::WebhookStatus(status.to_string()))
         }
     }
 }

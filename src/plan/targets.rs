@@ -27,7 +27,91 @@ pub enum Executed {
     Applied(serde_json::Value),
     /// The target already holds this action's marker: it was applied before.
     AlreadyApplied,
-    Failed(String),
+    Failed(TargetError),
+}
+
+/// Why a target could not be opened, asked or written to. Each says what to do where there is
+/// something to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("target `{target}`: bad URL {url}: {message}")]
+    BadUrl {
+        target: String,
+        url: String,
+        message: String,
+    },
+    #[error("target `{target}`: cannot build an HTTP client: {message}")]
+    HttpClient { target: String, message: String },
+    #[error(
+        "target `{target}` is not configured any more; add it back under `targets:` or reject the plan"
+    )]
+    NotConfigured { target: String },
+    #[error("target `{target}` is not a {wanted} target any more")]
+    WrongKind { target: String, wanted: String },
+    #[error("a manual step is done by a person, not executed")]
+    Manual,
+    /// The database could not be reached (its address and the cause).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(
+        "target `{target}`: no answer within {deadline_secs}s (its statement_timeout and {grace_secs}s more); the connection was closed"
+    )]
+    Stalled {
+        target: String,
+        deadline_secs: u64,
+        grace_secs: u64,
+    },
+    #[error(
+        "target `{target}`: cannot create the marker table `{table}`: {message}; create it, or grant CREATE to trueup's role"
+    )]
+    MarkerCreate {
+        target: String,
+        table: String,
+        message: String,
+    },
+    #[error("cannot read the marker table `{table}`: {message}")]
+    MarkerRead { table: String, message: String },
+    #[error("parameter ${n} ({type_name}): {value} is not {wanted}")]
+    ParamValue {
+        n: usize,
+        type_name: String,
+        value: String,
+        wanted: &'static str,
+    },
+    #[error(
+        "parameter ${n} has type {type_name}, which trueup does not bind; cast it in the statement, e.g. CAST({{{{...}}}} AS text)::{}",
+        type_name.to_lowercase()
+    )]
+    ParamType { n: usize, type_name: String },
+    #[error("the statement takes {takes} parameters but the action has {given}")]
+    ParamCount { takes: usize, given: usize },
+    /// What the database said.
+    #[error("{0}")]
+    Database(String),
+    #[error("`{0}` is not a URL")]
+    NotAUrl(String),
+    #[error("{url} is outside target `{target}`'s base_url {base_url}")]
+    OutsideBase {
+        url: String,
+        target: String,
+        base_url: String,
+    },
+    /// The address guard refused the request (an internal network).
+    #[error("{0}")]
+    Refused(String),
+    #[error("`{0}` is not an HTTP method")]
+    NotAMethod(String),
+    #[error("HTTP {status}: {excerpt}")]
+    Status { status: String, excerpt: String },
+    /// The request failed on the way (connect, TLS, timeout), with every cause.
+    #[error("{0}")]
+    Request(String),
+}
+
+impl From<sqlx::Error> for TargetError {
+    fn from(e: sqlx::Error) -> Self {
+        TargetError::Database(e.to_string())
+    }
 }
 
 enum Pool {
@@ -50,25 +134,22 @@ macro_rules! on_pool {
 /// Runs `$body` on a connection of `$conn`'s pool (bound as `$c`) within the target's deadline
 /// (its statement_timeout and `TARGET_GRACE`): an unreachable database fails at once with its
 /// cause, a stalled one fails at the deadline and its connection is closed, never pooled.
-/// Evaluates to `Result<_, String>`.
+/// Evaluates to `Result<_, TargetError>`.
 macro_rules! on_conn_within {
     ($conn:expr, $pool:expr, $c:ident => $body:expr) => {{
         let sql_conn: &SqlConn = $conn;
         let deadline = sql_conn.cfg.statement_timeout.as_std() + TARGET_GRACE;
         let endpoint = crate::connect::endpoint(sql_conn.cfg.url.expose());
         let started = std::time::Instant::now();
-        let stalled = || {
-            format!(
-                "target `{}`: no answer within {}s (its statement_timeout and {}s more); the connection was closed",
-                sql_conn.cfg.name,
-                deadline.as_secs(),
-                TARGET_GRACE.as_secs()
-            )
+        let stalled = || TargetError::Stalled {
+            target: sql_conn.cfg.name.to_string(),
+            deadline_secs: deadline.as_secs(),
+            grace_secs: TARGET_GRACE.as_secs(),
         };
         // (Taking a pooled connection pings it, which a stalled network also holds up.)
         match tokio::time::timeout(deadline, crate::connect::acquire($pool, &endpoint)).await {
             Err(_) => Err(stalled()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(TargetError::Unreachable(e.to_string())),
             Ok(Ok(mut $c)) => {
                 let left = deadline.saturating_sub(started.elapsed());
                 match tokio::time::timeout(left, async { $body }).await {
@@ -115,7 +196,7 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn open(config: &Config) -> Result<Self, String> {
+    pub fn open(config: &Config) -> Result<Self, TargetError> {
         let mut by_name = BTreeMap::new();
         for (name, t) in &config.targets {
             let target = match t {
@@ -143,12 +224,12 @@ impl Targets {
         seq: i64,
     ) -> Executed {
         let Some(name) = spec.target() else {
-            return Executed::Failed("a manual step is done by a person, not executed".into());
+            return Executed::Failed(TargetError::Manual);
         };
         let Some(target) = self.by_name.get(name) else {
-            return Executed::Failed(format!(
-                "target `{name}` is not configured any more; add it back under `targets:` or reject the plan"
-            ));
+            return Executed::Failed(TargetError::NotConfigured {
+                target: name.to_owned(),
+            });
         };
         match (target.as_ref(), spec) {
             (
@@ -176,10 +257,10 @@ impl Targets {
                 conn.execute(method, url, headers, body.as_ref(), idempotency_key)
                     .await
             }
-            _ => Executed::Failed(format!(
-                "target `{name}` is not a {} target any more",
-                spec.type_name()
-            )),
+            _ => Executed::Failed(TargetError::WrongKind {
+                target: name.to_owned(),
+                wanted: spec.type_name().to_owned(),
+            }),
         }
     }
 
@@ -188,7 +269,7 @@ impl Targets {
         &self,
         spec: &ActionSpec,
         idempotency_key: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, TargetError> {
         let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
             return Ok(false);
         };
@@ -207,8 +288,12 @@ impl Targets {
     }
 }
 
-fn sql_pool(cfg: &SqlTarget) -> Result<Pool, String> {
-    let bad = |e: sqlx::Error| format!("target `{}`: bad URL {}: {e}", cfg.name, cfg.url);
+fn sql_pool(cfg: &SqlTarget) -> Result<Pool, TargetError> {
+    let bad = |e: sqlx::Error| TargetError::BadUrl {
+        target: cfg.name.to_string(),
+        url: cfg.url.to_string(),
+        message: e.to_string(),
+    };
     // (Errors while executing name the target once, where they are reported.)
     let timeout_ms = cfg.statement_timeout.as_std().as_millis().to_string();
     Ok(match cfg.kind {
@@ -243,7 +328,7 @@ fn sql_pool(cfg: &SqlTarget) -> Result<Pool, String> {
     })
 }
 
-fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, String> {
+fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, TargetError> {
     let base = cfg.base_url.clone();
     let guarded = !cfg.allow_private_network;
     // Follow a few redirects, only under the base URL and (unless allowed) to public addresses.
@@ -263,9 +348,10 @@ fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, String> {
     if guarded {
         builder = builder.dns_resolver(Arc::new(netguard::GuardedResolver));
     }
-    builder
-        .build()
-        .map_err(|e| format!("target `{}`: cannot build an HTTP client: {e}", cfg.name))
+    builder.build().map_err(|e| TargetError::HttpClient {
+        target: cfg.name.to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl HttpConn {
@@ -278,21 +364,22 @@ impl HttpConn {
         idempotency_key: &str,
     ) -> Executed {
         let Ok(parsed) = reqwest::Url::parse(url) else {
-            return Executed::Failed(format!("`{url}` is not a URL"));
+            return Executed::Failed(TargetError::NotAUrl(url.to_owned()));
         };
         if !parsed.as_str().starts_with(&self.cfg.base_url) {
-            return Executed::Failed(format!(
-                "{parsed} is outside target `{}`'s base_url {}",
-                self.cfg.name, self.cfg.base_url
-            ));
+            return Executed::Failed(TargetError::OutsideBase {
+                url: parsed.to_string(),
+                target: self.cfg.name.to_string(),
+                base_url: self.cfg.base_url.clone(),
+            });
         }
         if !self.cfg.allow_private_network
             && let Err(e) = netguard::check_url(&parsed)
         {
-            return Executed::Failed(e.to_string());
+            return Executed::Failed(TargetError::Refused(e.to_string()));
         }
         let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-            return Executed::Failed(format!("`{method}` is not an HTTP method"));
+            return Executed::Failed(TargetError::NotAMethod(method.to_owned()));
         };
         let mut request = self.client.request(method, parsed);
         for (name, value) in &self.cfg.headers {
@@ -313,7 +400,10 @@ impl HttpConn {
                 } else {
                     let text = response.text().await.unwrap_or_default();
                     let excerpt: String = text.chars().take(300).collect();
-                    Executed::Failed(format!("HTTP {status}: {excerpt}"))
+                    Executed::Failed(TargetError::Status {
+                        status: status.to_string(),
+                        excerpt,
+                    })
                 }
             }
             Err(e) => {
@@ -324,7 +414,7 @@ impl HttpConn {
                     msg = format!("{msg}: {s}");
                     source = s.source();
                 }
-                Executed::Failed(msg)
+                Executed::Failed(TargetError::Request(msg))
             }
         }
     }
@@ -336,7 +426,7 @@ impl SqlConn {
     }
 
     /// Creates the marker table if it does not exist (once per process).
-    async fn ensure_marker(&self) -> Result<(), String> {
+    async fn ensure_marker(&self) -> Result<(), TargetError> {
         self.marker_ready
             .get_or_try_init(|| async {
                 let m = self.marker();
@@ -356,14 +446,15 @@ impl SqlConn {
                     Ok(()) => Ok(()),
                     // Two processes creating it at once: PostgreSQL reports a duplicate type;
                     // the table exists either way.
-                    Err(e) if self.marker_exists().await == Ok(true) => {
+                    Err(e) if matches!(self.marker_exists().await, Ok(true)) => {
                         tracing::debug!(error = %e, "marker table created concurrently");
                         Ok(())
                     }
-                    Err(e) => Err(format!(
-                        "target `{}`: cannot create the marker table `{m}`: {e}; create it, or grant CREATE to trueup's role",
-                        self.cfg.name
-                    )),
+                    Err(e) => Err(TargetError::MarkerCreate {
+                        target: self.cfg.name.to_string(),
+                        table: m.to_owned(),
+                        message: e.to_string(),
+                    }),
                 }
             })
             .await
@@ -371,7 +462,7 @@ impl SqlConn {
     }
 
     /// Whether the marker table exists (a dry run must not create it).
-    async fn marker_exists(&self) -> Result<bool, String> {
+    async fn marker_exists(&self) -> Result<bool, TargetError> {
         let m = self.marker();
         let sql = match &self.pool {
             Pool::Postgres(_) => {
@@ -386,11 +477,13 @@ impl SqlConn {
         };
         let n: Result<i64, sqlx::Error> =
             on_pool!(&self.pool, p => sqlx::query_scalar(sql).bind(m).fetch_one(p).await);
-        n.map(|n| n > 0)
-            .map_err(|e| format!("cannot reach it: {e}"))
+        n.map(|n| n > 0).map_err(|e| TargetError::MarkerRead {
+            table: m.to_owned(),
+            message: format!("cannot reach it: {e}"),
+        })
     }
 
-    async fn has_marker(&self, key: &str) -> Result<bool, String> {
+    async fn has_marker(&self, key: &str) -> Result<bool, TargetError> {
         if self.marker_ready.get().is_none() {
             if !self.marker_exists().await? {
                 // Nothing was ever applied through this target.
@@ -404,16 +497,19 @@ impl SqlConn {
             "SELECT 1 FROM {m} WHERE idempotency_key = {}",
             self.pool.param1()
         );
-        let found: Result<Option<i32>, String> = on_pool!(&self.pool, p => on_conn_within!(self, p, c => {
+        let found: Result<Option<i32>, TargetError> = on_pool!(&self.pool, p => on_conn_within!(self, p, c => {
             sqlx::query_scalar::<_, i32>(&sql)
                 .bind(key)
                 .fetch_optional(&mut *c)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(TargetError::from)
         }));
         found
             .map(|r| r.is_some())
-            .map_err(|e| format!("cannot read the marker table `{m}`: {e}"))
+            .map_err(|e| TargetError::MarkerRead {
+                table: m.to_owned(),
+                message: e.to_string(),
+            })
     }
 
     async fn execute(
@@ -466,7 +562,7 @@ enum PgParam {
     Json(serde_json::Value),
 }
 
-fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam, String> {
+fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam, TargetError> {
     use serde_json::Value as J;
     if v.is_null() {
         return Ok(PgParam::Null);
@@ -475,13 +571,18 @@ fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam,
         J::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let wrong = |what: &str| format!("parameter ${n} ({type_name}): {v} is not {what}");
-    let int = || -> Result<i64, String> {
+    let wrong = |wanted: &'static str| TargetError::ParamValue {
+        n,
+        type_name: type_name.to_owned(),
+        value: v.to_string(),
+        wanted,
+    };
+    let int = || -> Result<i64, TargetError> {
         v.as_i64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| wrong("an integer"))
     };
-    let instant = || -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let instant = || -> Result<chrono::DateTime<chrono::Utc>, TargetError> {
         chrono::DateTime::parse_from_rfc3339(&text())
             .map(|t| t.with_timezone(&chrono::Utc))
             .map_err(|_| wrong("an RFC 3339 timestamp"))
@@ -505,10 +606,10 @@ fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam,
         "TIMESTAMPTZ" => PgParam::Timestamp(instant()?),
         "JSON" | "JSONB" => PgParam::Json(v.clone()),
         other => {
-            return Err(format!(
-                "parameter ${n} has type {other}, which trueup does not bind; cast it in the statement, e.g. CAST({{{{...}}}} AS text)::{}",
-                other.to_lowercase()
-            ));
+            return Err(TargetError::ParamType {
+                n,
+                type_name: other.to_owned(),
+            });
         }
     })
 }
@@ -524,8 +625,8 @@ async fn pg_execute(
     key: &str,
     plan: i64,
     seq: i64,
-) -> Result<Option<u64>, String> {
-    let err = |e: sqlx::Error| e.to_string();
+) -> Result<Option<u64>, TargetError> {
+    let err = TargetError::from;
     let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(err)?;
     let fresh = sqlx::query(&format!(
         "INSERT INTO {marker} (idempotency_key, plan_id, seq) VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING"
@@ -547,11 +648,10 @@ async fn pg_execute(
         _ => Vec::new(),
     };
     if types.len() != params.len() {
-        return Err(format!(
-            "the statement takes {} parameters but the action has {}",
-            types.len(),
-            params.len()
-        ));
+        return Err(TargetError::ParamCount {
+            takes: types.len(),
+            given: params.len(),
+        });
     }
     let mut query = sqlx::query(statement);
     for (n, (t, v)) in types.iter().zip(params).enumerate() {
@@ -604,7 +704,7 @@ macro_rules! bind_loose {
 /// one transaction begun by `$begin`; `None` when the marker was there already.
 macro_rules! marked_execute {
     ($begin:expr, $insert_marker:expr, $statement:expr, $params:expr, $key:expr, $plan:expr, $seq:expr, $datetimes:expr) => {{
-        let err = |e: sqlx::Error| e.to_string();
+        let err = TargetError::from;
         let mut tx = $begin.await.map_err(err)?;
         let fresh = sqlx::query(&$insert_marker)
             .bind($key)
@@ -635,7 +735,7 @@ async fn mysql_execute(
     key: &str,
     plan: i64,
     seq: i64,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, TargetError> {
     marked_execute!(
         sqlx::Connection::begin(&mut **conn),
         format!("INSERT IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),
@@ -656,7 +756,7 @@ async fn sqlite_execute(
     key: &str,
     plan: i64,
     seq: i64,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, TargetError> {
     marked_execute!(
         sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE"),
         format!("INSERT OR IGNORE INTO {marker} (idempotency_key, plan_id, seq) VALUES (?, ?, ?)"),

@@ -42,12 +42,15 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
-    #[error("notification channel `{channel}`: {message}")]
-    Channel { channel: String, message: String },
+    #[error("notification channel `{channel}`: {source}")]
+    Channel {
+        channel: String,
+        source: crate::notify::ChannelError,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Target(String),
+    #[error(transparent)]
+    Target(#[from] crate::plan::targets::TargetError),
     #[error(
         "another trueup serve ({others}) is using this SQLite store; SQLite supports a single replica. Stop it, or move the store to PostgreSQL to run several"
     )]
@@ -83,9 +86,9 @@ impl Application {
         let mut channels = std::collections::BTreeMap::new();
         for (name, config) in &app.config.channels {
             let channel =
-                crate::notify::Channel::open(config).map_err(|message| ServeError::Channel {
+                crate::notify::Channel::open(config).map_err(|source| ServeError::Channel {
                     channel: name.clone(),
-                    message,
+                    source,
                 })?;
             channels.insert(name.clone(), channel);
         }
@@ -122,8 +125,7 @@ impl Application {
             }
             Some(lock)
         };
-        let targets =
-            crate::plan::targets::Targets::open(&app.config).map_err(ServeError::Target)?;
+        let targets = crate::plan::targets::Targets::open(&app.config)?;
         let catalog = Arc::new(Catalog::new(invariants.clone()));
         let runtime = Runtime {
             catalog,

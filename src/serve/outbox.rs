@@ -49,7 +49,10 @@ impl Worker {
                             match self.channels.get(&item.message.channel) {
                                 Some(channel) => {
                                     injected_refusal()?;
-                                    channel.deliver(&item.message.payload).await
+                                    channel
+                                        .deliver(&item.message.payload)
+                                        .await
+                                        .map_err(|e| e.to_string())
                                 }
                                 None => Err(format!(
                                     "channel `{}` is no longer configured",

@@ -33,7 +33,7 @@ pub(crate) async fn applied_before(
         Ok(false) => Ok(None),
         Err(e) => Err(PlanError::Target {
             target: spec.target().unwrap_or("?").to_owned(),
-            message: e,
+            message: e.to_string(),
         }),
     }
 }
@@ -193,7 +193,7 @@ pub(super) async fn check_then_act(
             )
             .await
         {
-            Executed::Failed(e) => last_error = e,
+            Executed::Failed(e) => last_error = e.to_string(),
             done => return Ok(Done::from(done)),
         }
     }
@@ -220,7 +220,7 @@ impl From<Executed> for Done {
                 Outcome::SkippedAlreadyApplied,
                 Some("the target's marker table records it as applied".into()),
             ),
-            Executed::Failed(e) => Done::failed(e),
+            Executed::Failed(e) => Done::failed(e.to_string()),
         }
     }
 }

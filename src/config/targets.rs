@@ -10,10 +10,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{
-    SecretUrl, SourceKind, expand_env, expand_secret_url, header_holds_a_secret,
-    resolve_sqlite_path,
-};
+use super::secret::{expand_env, expand_secret_url};
+use super::{SecretUrl, SourceKind, header_holds_a_secret, resolve_sqlite_path};
 use crate::diagnostic::Diagnostic;
 use crate::domain::{HumanDuration, Severity, TargetName};
 

@@ -1,0 +1,296 @@
+//! `trueup.yaml`: where trueup keeps its ledger, which databases it reads, where the invariant
+//! files are. Layers: built-in defaults, then the file, then `TRUEUP_*` environment variables.
+//! Credentials only arrive through `${ENV_VAR}` references and never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::domain::{HumanDuration, Role, SourceName, TargetName};
+
+mod parse;
+mod secret;
+mod targets;
+#[cfg(test)]
+mod tests;
+
+pub use secret::SecretUrl;
+pub(crate) use secret::header_holds_a_secret;
+pub use targets::{DEFAULT_MARKER_TABLE, HttpTarget, PlansConfig, SqlTarget, TargetConfig};
+
+pub const DEFAULT_STORE: &str = "sqlite://trueup.db";
+pub const DEFAULT_INVARIANTS_DIR: &str = "invariants";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+    pub store: SecretUrl,
+    pub invariants_dir: PathBuf,
+    pub sources: BTreeMap<SourceName, SourceConfig>,
+    pub serve: ServeConfig,
+    /// Where alert notifications go, by channel name.
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// What approved compensating actions may change.
+    pub targets: BTreeMap<TargetName, TargetConfig>,
+    pub plans: PlansConfig,
+}
+
+/// One notification channel.
+#[derive(Debug, Clone)]
+pub enum ChannelConfig {
+    Email(EmailChannel),
+    Webhook(WebhookChannel),
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailChannel {
+    /// `smtp://host:port` (plain, for local relays), `smtp+starttls://host:port` or
+    /// `smtps://host:port` (TLS from the start).
+    pub smtp: String,
+    pub username: Option<String>,
+    pub password: Option<secrecy::SecretString>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// trueup's documented JSON payload.
+    Json,
+    /// `{"text": "..."}`, which Slack, Mattermost and Rocket.Chat incoming webhooks accept.
+    Slack,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookChannel {
+    pub url: SecretUrl,
+    pub format: WebhookFormat,
+}
+
+/// `serve:` — how `trueup serve` listens and bounds its runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    /// A run longer than this is stopped and recorded as failed.
+    pub run_timeout: HumanDuration,
+    /// On shutdown, how long runs in flight may take before they are cancelled.
+    pub shutdown_grace: HumanDuration,
+    /// Who may call the API, and as what.
+    pub tokens: Vec<ApiToken>,
+    /// How long a replica holds a claimed tick without renewing it; when a replica dies,
+    /// another takes its tick over after this.
+    pub lease: HumanDuration,
+}
+
+/// A bearer token the API accepts: only its SHA-256 is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// The identity recorded in the audit log.
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+impl ApiToken {
+    pub fn digest(token: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(token.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("sha256", &"***")
+            .finish()
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            run_timeout: HumanDuration::from_std(std::time::Duration::from_secs(300)),
+            shutdown_grace: HumanDuration::from_std(std::time::Duration::from_secs(30)),
+            tokens: Vec::new(),
+            lease: HumanDuration::from_std(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl SourceKind {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "postgres" | "postgresql" => Some(SourceKind::Postgres),
+            "mysql" | "mariadb" => Some(SourceKind::MySql),
+            "sqlite" => Some(SourceKind::Sqlite),
+            _ => None,
+        }
+    }
+
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        Self::parse(scheme)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Postgres => "postgres",
+            SourceKind::MySql => "mysql",
+            SourceKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do when a source's database role could write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WritablePolicy {
+    /// Log a loud warning and go on (trueup's own guards still hold).
+    #[default]
+    Warn,
+    /// Refuse to use the source.
+    Refuse,
+}
+
+/// What to do when a source's database role is privileged (superuser, server programs or
+/// files): powers no read-only transaction contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrivilegedPolicy {
+    /// Refuse to use the source (the default).
+    #[default]
+    Refuse,
+    /// `allow_privileged_role: true`: use it, with a loud warning at every start and
+    /// `trueup_source_privileged_role` at 1.
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: SourceName,
+    pub kind: SourceKind,
+    pub url: SecretUrl,
+    pub pool_size: u32,
+    pub statement_timeout: HumanDuration,
+    pub on_writable: WritablePolicy,
+    pub on_privileged: PrivilegedPolicy,
+}
+
+impl Config {
+    /// Defaults only: the embedded SQLite store in the working directory.
+    pub fn defaults(base_dir: &Path) -> Self {
+        Self {
+            file: None,
+            store: SecretUrl::new(resolve_sqlite_path(DEFAULT_STORE, base_dir)),
+            invariants_dir: base_dir.join(DEFAULT_INVARIANTS_DIR),
+            sources: BTreeMap::new(),
+            serve: ServeConfig::default(),
+            channels: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            plans: PlansConfig::default(),
+        }
+    }
+
+    /// Reads `path`, then applies `TRUEUP_STORE` / `TRUEUP_INVARIANTS` from the environment.
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                path,
+                0,
+                0,
+                format!("cannot read the config file: {e}"),
+            )])
+        })?;
+        let mut config = Self::parse(&text, path, &|name| std::env::var(name).ok())?;
+        config.apply_env_overrides(&|name| std::env::var(name).ok());
+        Ok(config)
+    }
+
+    /// Finds the config the way the CLI does: an explicit path, else `./trueup.yaml` if it
+    /// exists, else defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Self, Diagnostics> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None => {
+                let here = Path::new("trueup.yaml");
+                if here.exists() {
+                    Self::load(here)
+                } else {
+                    let mut c = Self::defaults(Path::new("."));
+                    c.apply_env_overrides(&|name| std::env::var(name).ok());
+                    Ok(c)
+                }
+            }
+        }
+    }
+
+    fn apply_env_overrides(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let base = self.base_dir();
+        if let Some(store) = env("TRUEUP_STORE") {
+            self.store = SecretUrl::new(resolve_sqlite_path(&store, &base));
+        }
+        if let Some(dir) = env("TRUEUP_INVARIANTS") {
+            self.invariants_dir = base.join(dir);
+        }
+    }
+
+    pub fn base_dir(&self) -> PathBuf {
+        self.file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Parses config text. `env` resolves `${VAR}` references. Every problem is reported.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Diagnostics> {
+        parse::config(text, path, env)
+    }
+}
+
+/// Makes a relative SQLite path relative to `base` (the config file's folder), so a config
+/// works from any working directory.
+pub fn resolve_sqlite_path(url: &str, base: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_owned();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((f, q)) => (f, Some(q)),
+        None => (rest, None),
+    };
+    if file.is_empty()
+        || file == ":memory:"
+        || Path::new(file).is_absolute()
+        || base == Path::new(".")
+    {
+        return url.to_owned();
+    }
+    let joined = base.join(file);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}

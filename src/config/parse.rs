@@ -1,0 +1,579 @@
+//! `trueup.yaml` as written (`Raw*`) → [`Config`], section by section; every problem is
+//! collected with its location, none stops the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::secret::{expand_env, expand_secret_url};
+use super::*;
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::domain::{HumanDuration, Role, SourceName};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    store: Option<Spanned<String>>,
+    invariants: Option<Spanned<String>>,
+    #[serde(default)]
+    sources: BTreeMap<String, Spanned<RawSource>>,
+    serve: Option<RawServe>,
+    notifications: Option<RawNotifications>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<targets::RawTarget>>,
+    plans: Option<targets::RawPlans>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotifications {
+    #[serde(default)]
+    channels: BTreeMap<String, Spanned<RawChannel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChannel {
+    email: Option<RawEmail>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEmail {
+    smtp: Spanned<String>,
+    username: Option<String>,
+    password: Option<Spanned<String>>,
+    from: Spanned<String>,
+    to: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    url: Spanned<String>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServe {
+    listen: Option<Spanned<String>>,
+    run_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    lease: Option<Spanned<String>>,
+    #[serde(default)]
+    tokens: Vec<Spanned<RawToken>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    name: Spanned<String>,
+    role: Spanned<String>,
+    /// `${ENV_VAR}` holding the token.
+    token: Option<Spanned<String>>,
+    /// The token's SHA-256, in hex.
+    sha256: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    kind: Option<Spanned<String>>,
+    url: Spanned<String>,
+    pool_size: Option<Spanned<u32>>,
+    statement_timeout: Option<Spanned<String>>,
+    on_writable: Option<Spanned<String>>,
+    allow_privileged_role: Option<bool>,
+}
+
+/// Parses config text. `env` resolves `${VAR}` references. Every problem is reported.
+pub(super) fn config(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Diagnostics> {
+    let raw: RawConfig = if text.trim().is_empty() {
+        RawConfig {
+            store: None,
+            invariants: None,
+            sources: BTreeMap::new(),
+            serve: None,
+            notifications: None,
+            targets: BTreeMap::new(),
+            plans: None,
+        }
+    } else {
+        crate::yaml::from_str(text)
+            .map_err(|e| Diagnostics(vec![Diagnostic::from_yaml(path, &e)]))?
+    };
+    let base = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut errors = Vec::new();
+
+    let store = store(&raw, path, &base, env, &mut errors);
+    let invariants_dir = base.join(
+        raw.invariants
+            .as_ref()
+            .map(|s| s.value.as_str())
+            .unwrap_or(DEFAULT_INVARIANTS_DIR),
+    );
+
+    let sources = sources(&raw, path, &base, env, &mut errors);
+
+    let serve = serve(&raw, path, env, &mut errors);
+
+    let channels = channels(&raw, path, env, &mut errors);
+
+    let mut targets = BTreeMap::new();
+    for (name, raw_target) in &raw.targets {
+        match targets::parse_target(name, raw_target, &base, env, path) {
+            Ok(t) => {
+                targets.insert(t.name().clone(), t);
+            }
+            Err(d) => errors.push(d),
+        }
+    }
+    let plans = match &raw.plans {
+        Some(p) => targets::parse_plans(p, path).unwrap_or_else(|d| {
+            errors.push(d);
+            PlansConfig::default()
+        }),
+        None => PlansConfig::default(),
+    };
+
+    if errors.is_empty() {
+        Ok(Config {
+            file: Some(path.to_owned()),
+            store,
+            invariants_dir,
+            sources,
+            serve,
+            channels,
+            targets,
+            plans,
+        })
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+/// `store:`, its `${VAR}`s expanded, a relative SQLite path made relative to the file.
+fn store(
+    raw: &RawConfig,
+    path: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Diagnostic>,
+) -> SecretUrl {
+    match &raw.store {
+        Some(s) => match expand_secret_url(&s.value, env) {
+            Ok(url) => {
+                if SourceKind::of_url(url.expose()).is_none_or(|k| k == SourceKind::MySql) {
+                    errors.push(Diagnostic::at(
+                        path,
+                        s.referenced,
+                        format!(
+                            "store `{url}` is neither sqlite:// nor postgres://; trueup keeps its ledger in SQLite (default `{DEFAULT_STORE}`) or PostgreSQL"
+                        ),
+                    ));
+                }
+                url.map(|u| resolve_sqlite_path(u, base))
+            }
+            Err(msg) => {
+                errors.push(Diagnostic::at(path, s.referenced, format!("store: {msg}")));
+                SecretUrl::new(String::new())
+            }
+        },
+        None => SecretUrl::new(resolve_sqlite_path(DEFAULT_STORE, base)),
+    }
+}
+
+/// `sources:`: each source's URL, kind and settings; a source with a problem is left out.
+fn sources(
+    raw: &RawConfig,
+    path: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Diagnostic>,
+) -> BTreeMap<SourceName, SourceConfig> {
+    let mut sources = BTreeMap::new();
+    for (name, spanned) in &raw.sources {
+        let at = spanned.referenced;
+        let src = &spanned.value;
+        let name = match SourceName::parse(name) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(Diagnostic::at(path, at, format!("sources: {e}")));
+                continue;
+            }
+        };
+        let url = match expand_secret_url(&src.url.value, env) {
+            Ok(u) => u,
+            Err(msg) => {
+                errors.push(Diagnostic::at(
+                    path,
+                    src.url.referenced,
+                    format!("source `{name}`: {msg}"),
+                ));
+                continue;
+            }
+        };
+        let url_kind = SourceKind::of_url(url.expose());
+        let kind = match (&src.kind, url_kind) {
+            (Some(k), _) => match SourceKind::parse(&k.value) {
+                Some(kind) if url_kind.is_some_and(|u| u != kind) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        k.referenced,
+                        format!(
+                            "source `{name}`: kind is `{kind}` but its URL is a {} URL; make them agree",
+                            url_kind.map_or("different", SourceKind::as_str)
+                        ),
+                    ));
+                    continue;
+                }
+                Some(kind) => kind,
+                None => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        k.referenced,
+                        format!(
+                            "source `{name}`: kind `{}` is unknown; use postgres, mysql or sqlite",
+                            k.value
+                        ),
+                    ));
+                    continue;
+                }
+            },
+            (None, Some(k)) => k,
+            (None, None) => {
+                errors.push(Diagnostic::at(
+                    path,
+                    src.url.referenced,
+                    format!(
+                        "source `{name}`: cannot tell the database from URL `{}`; start it with postgres://, mysql:// or sqlite://",
+                        // As written: `${VAR}` references, never their values.
+                        src.url.value
+                    ),
+                ));
+                continue;
+            }
+        };
+        let statement_timeout = match &src.statement_timeout {
+            Some(t) => match HumanDuration::parse(&t.value) {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(Diagnostic::at(
+                        path,
+                        t.referenced,
+                        format!("source `{name}`: statement_timeout: {e}"),
+                    ));
+                    continue;
+                }
+            },
+            None => HumanDuration::from_std(std::time::Duration::from_secs(60)),
+        };
+        let on_writable = match src.on_writable.as_ref().map(|w| (w.value.as_str(), w)) {
+            None | Some(("warn", _)) => WritablePolicy::Warn,
+            Some(("refuse", _)) => WritablePolicy::Refuse,
+            Some((other, w)) => {
+                errors.push(Diagnostic::at(
+                    path,
+                    w.referenced,
+                    format!(
+                        "source `{name}`: on_writable `{other}` is unknown; use warn or refuse"
+                    ),
+                ));
+                continue;
+            }
+        };
+        let pool_size = match &src.pool_size {
+            Some(p) if p.value == 0 || p.value > 64 => {
+                errors.push(Diagnostic::at(
+                    path,
+                    p.referenced,
+                    format!("source `{name}`: pool_size must be between 1 and 64"),
+                ));
+                continue;
+            }
+            Some(p) => p.value,
+            None => 4,
+        };
+        let url = match kind {
+            SourceKind::Sqlite => url.map(|u| resolve_sqlite_path(u, base)),
+            _ => url,
+        };
+        sources.insert(
+            name.clone(),
+            SourceConfig {
+                name,
+                kind,
+                url,
+                pool_size,
+                statement_timeout,
+                on_writable,
+                on_privileged: match src.allow_privileged_role {
+                    Some(true) => PrivilegedPolicy::Allow,
+                    Some(false) | None => PrivilegedPolicy::Refuse,
+                },
+            },
+        );
+    }
+    sources
+}
+
+/// `serve:`: the listener, API tokens and durations, each defaulted when absent.
+fn serve(
+    raw: &RawConfig,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Diagnostic>,
+) -> ServeConfig {
+    let mut serve = ServeConfig::default();
+    if let Some(raw_serve) = &raw.serve {
+        if let Some(l) = &raw_serve.listen {
+            match l.value.parse() {
+                Ok(addr) => serve.listen = addr,
+                Err(_) => errors.push(Diagnostic::at(
+                    path,
+                    l.referenced,
+                    format!(
+                        "serve.listen: `{}` is not an address; write host:port with an IP, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
+                        l.value
+                    ),
+                )),
+            }
+        }
+        for t in &raw_serve.tokens {
+            match parse_token(&t.value, env) {
+                Ok(token) => {
+                    if serve
+                        .tokens
+                        .iter()
+                        .any(|o| o.name == token.name || o.sha256 == token.sha256)
+                    {
+                        errors.push(Diagnostic::at(
+                            path,
+                            t.referenced,
+                            format!("serve.tokens: `{}` repeats another token's name or value; each identity needs its own token", token.name),
+                        ));
+                    } else {
+                        serve.tokens.push(token);
+                    }
+                }
+                Err((at, msg)) => {
+                    errors.push(Diagnostic::at(path, at, format!("serve.tokens: {msg}")))
+                }
+            }
+        }
+        for (field, raw_value, slot) in [
+            (
+                "run_timeout",
+                &raw_serve.run_timeout,
+                &mut serve.run_timeout,
+            ),
+            (
+                "shutdown_grace",
+                &raw_serve.shutdown_grace,
+                &mut serve.shutdown_grace,
+            ),
+            ("lease", &raw_serve.lease, &mut serve.lease),
+        ] {
+            if let Some(v) = raw_value {
+                match HumanDuration::parse(&v.value) {
+                    Ok(d) => *slot = d,
+                    Err(e) => errors.push(Diagnostic::at(
+                        path,
+                        v.referenced,
+                        format!("serve.{field}: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+    serve
+}
+
+/// `notifications.channels`.
+fn channels(
+    raw: &RawConfig,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, ChannelConfig> {
+    let mut channels = BTreeMap::new();
+    for (name, raw) in raw.notifications.iter().flat_map(|n| &n.channels) {
+        match parse_channel(name, &raw.value, env) {
+            Ok(c) => {
+                channels.insert(name.clone(), c);
+            }
+            Err((at, msg)) => errors.push(Diagnostic::at(
+                path,
+                at.unwrap_or(raw.referenced),
+                format!("notifications.channels.{name}: {msg}"),
+            )),
+        }
+    }
+    channels
+}
+
+fn parse_channel(
+    name: &str,
+    raw: &RawChannel,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ChannelConfig, (Option<serde_saphyr::Location>, String)> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err((
+            None,
+            "channel names use letters, digits, `-` and `_`".into(),
+        ));
+    }
+    match (&raw.email, &raw.webhook) {
+        (Some(e), None) => {
+            let scheme_ok = ["smtp://", "smtp+starttls://", "smtps://"]
+                .iter()
+                .any(|p| e.smtp.value.starts_with(p));
+            if !scheme_ok {
+                return Err((
+                    Some(e.smtp.referenced),
+                    format!(
+                        "smtp `{}` must start with smtp:// (plain), smtp+starttls:// or smtps://",
+                        e.smtp.value
+                    ),
+                ));
+            }
+            if !e.from.value.contains('@') {
+                return Err((
+                    Some(e.from.referenced),
+                    format!("from `{}` is not an email address", e.from.value),
+                ));
+            }
+            if e.to.is_empty() || e.to.iter().any(|t| !t.contains('@')) {
+                return Err((
+                    Some(e.smtp.referenced),
+                    "`to` needs one or more email addresses".into(),
+                ));
+            }
+            let password = match &e.password {
+                None => None,
+                Some(p) => {
+                    let v = p.value.trim();
+                    if !(v.starts_with("${") && v.ends_with('}')) {
+                        return Err((Some(p.referenced), "the SMTP password is written in the file; write `password: ${SMTP_PASSWORD}` and set that environment variable".into()));
+                    }
+                    Some(secrecy::SecretString::from(
+                        expand_env(v, env).map_err(|m| (Some(p.referenced), m))?,
+                    ))
+                }
+            };
+            Ok(ChannelConfig::Email(EmailChannel {
+                smtp: e.smtp.value.clone(),
+                username: e.username.clone(),
+                password,
+                from: e.from.value.clone(),
+                to: e.to.clone(),
+            }))
+        }
+        (None, Some(w)) => {
+            let url =
+                expand_secret_url(&w.url.value, env).map_err(|m| (Some(w.url.referenced), m))?;
+            if !(url.expose().starts_with("http://") || url.expose().starts_with("https://")) {
+                return Err((
+                    Some(w.url.referenced),
+                    "the webhook url must start with http:// or https://".into(),
+                ));
+            }
+            let format = match w.format.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
+                None | Some(("json", _)) => WebhookFormat::Json,
+                Some(("slack", _)) => WebhookFormat::Slack,
+                Some((other, at)) => {
+                    return Err((
+                        Some(at),
+                        format!("format `{other}` is unknown; use json or slack"),
+                    ));
+                }
+            };
+            Ok(ChannelConfig::Webhook(WebhookChannel { url, format }))
+        }
+        _ => Err((
+            None,
+            "a channel is exactly one of `email:` or `webhook:`".into(),
+        )),
+    }
+}
+
+fn parse_token(
+    raw: &RawToken,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ApiToken, (serde_saphyr::Location, String)> {
+    let name = raw.name.value.trim();
+    if name.is_empty() {
+        return Err((
+            raw.name.referenced,
+            "a token needs a `name` (the identity in the audit log)".into(),
+        ));
+    }
+    let role = Role::parse(&raw.role.value).ok_or_else(|| {
+        (
+            raw.role.referenced,
+            format!("role `{}` is unknown; use {}", raw.role.value, Role::NAMES),
+        )
+    })?;
+    let sha256 = match (&raw.token, &raw.sha256) {
+        (Some(t), None) => {
+            let v = t.value.trim();
+            let is_reference = v.starts_with("${") && v.ends_with('}') && v.len() > 3;
+            if !is_reference {
+                return Err((
+                    t.referenced,
+                    format!(
+                        "token `{name}` is written in the file; write `token: ${{TRUEUP_TOKEN_{}}}` and set that environment variable, or give its `sha256`",
+                        name.to_uppercase()
+                            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    ),
+                ));
+            }
+            let value = expand_env(v, env).map_err(|m| (t.referenced, m))?;
+            if value.len() < 16 {
+                return Err((
+                    t.referenced,
+                    format!(
+                        "token `{name}` is shorter than 16 characters; use a long random value (e.g. `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
+            ApiToken::digest(&value)
+        }
+        (None, Some(h)) => {
+            let bytes = hex::decode(h.value.trim()).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+                (h.referenced, format!("sha256 of token `{name}` must be 64 hex digits (`printf %s \"$TOKEN\" | sha256sum`)"))
+            })?;
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&bytes);
+            out
+        }
+        _ => {
+            return Err((
+                raw.name.referenced,
+                format!(
+                    "token `{name}` needs exactly one of `token: ${{ENV_VAR}}` or `sha256: <hex>`"
+                ),
+            ));
+        }
+    };
+    Ok(ApiToken {
+        name: name.to_owned(),
+        role,
+        sha256,
+    })
+}

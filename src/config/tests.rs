@@ -1,0 +1,353 @@
+//! Parsing `trueup.yaml`: defaults, secrets, every problem at once.
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "LEDGER_PASSWORD" => Some("s3cret".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, Diagnostics> {
+    Config::parse(text, Path::new("conf/trueup.yaml"), &env)
+}
+
+#[test]
+fn an_empty_file_gives_the_embedded_sqlite_store() {
+    let c = parse("").unwrap();
+    assert_eq!(c.store.expose(), "sqlite://conf/trueup.db");
+    assert_eq!(c.invariants_dir, Path::new("conf/invariants"));
+}
+
+#[test]
+fn passwords_come_from_the_environment_and_never_print() {
+    let c =
+        parse("sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db:5432/ledger\n")
+            .unwrap();
+    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    assert_eq!(src.url.expose(), "postgres://app:s3cret@db:5432/ledger");
+    assert_eq!(src.kind, SourceKind::Postgres);
+    let shown = format!("{c:?} {}", src.url);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("postgres://app:***@db:5432/ledger"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_variable_anywhere_in_a_url_shows_as_its_reference_never_its_value() {
+    // Found by fuzzing: the userinfo split at the first `@` left a second `user:${VAR}@`
+    // in the query, where no `name=` said it was a secret.
+    let c = parse(
+            "sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db/ledger?x:${LEDGER_PASSWORD}@db&application_name=${LEDGER_PASSWORD}\n",
+        )
+        .unwrap();
+    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let shown = format!("{c:?} {}", src.url);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+            shown.contains(
+                "postgres://app:***@db/ledger?x:${LEDGER_PASSWORD}@db&application_name=${LEDGER_PASSWORD}"
+            ),
+            "{shown}"
+        );
+}
+
+#[test]
+fn a_password_in_the_query_comes_from_the_environment_and_never_prints() {
+    let c = parse(
+            "store: postgres://app@db/trueup?sslmode=require&password=${LEDGER_PASSWORD}\nsources:\n  ledger:\n    url: mysql://app@db/ledger?ssl-mode=REQUIRED&sslpassword=${LEDGER_PASSWORD}&token=${LEDGER_PASSWORD}#x\n",
+        )
+        .unwrap();
+    assert_eq!(
+        c.store.expose(),
+        "postgres://app@db/trueup?sslmode=require&password=s3cret"
+    );
+    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let shown = format!("{c:?} {} {}", src.url, c.store);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("postgres://app@db/trueup?sslmode=require&password=***"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("mysql://app@db/ledger?ssl-mode=REQUIRED&sslpassword=***&token=***#x"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn query_parameters_that_name_files_or_settings_are_not_secrets() {
+    let c = parse(
+            "sources:\n  ledger:\n    url: \"postgres://app:${LEDGER_PASSWORD}@db/l?sslmode=verify-full&sslkey=/etc/k.pem&sslcert=/etc/c.pem&target_session_attrs=read-write\"\n",
+        )
+        .unwrap();
+    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    assert!(
+        src.url
+            .redacted()
+            .contains("sslkey=/etc/k.pem&sslcert=/etc/c.pem")
+    );
+}
+
+#[test]
+fn a_malformed_url_never_shows_the_password_it_was_given() {
+    // Found by fuzzing `config_file`: no `://`, so no userinfo to redact.
+    let err = parse("sources:\n  shop:\n    url: \"pg/:x/u:${LEDGER_PASSWORD}@db/shop\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(err.contains("${LEDGER_PASSWORD}"), "{err}");
+    let shown = SecretUrl::new("postgres:u:s3cret@db/x").to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+#[test]
+fn a_literal_password_in_the_query_is_refused_with_the_line_and_the_fix() {
+    for (url, name) in [
+        ("postgres://app@db/ledger?password=hunter2", "password"),
+        (
+            "postgres://app@db/ledger?sslmode=disable&sslpassword=hunter2",
+            "sslpassword",
+        ),
+        ("mysql://app@db/ledger?Password=hunter2&x=1", "Password"),
+    ] {
+        let err = parse(&format!("sources:\n  ledger:\n    url: \"{url}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trueup.yaml:3:"), "{err}");
+        assert!(
+            err.contains(&format!("`{name}=` written in the file")),
+            "{err}"
+        );
+        assert!(err.contains("${DB_PASSWORD}"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    let err = parse("store: postgres://app@db/t?password=hunter2\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`password=` written in the file"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_literal_password_is_refused_with_the_line_and_the_fix() {
+    let err = parse("sources:\n  ledger:\n    url: postgres://app:hunter2@db/ledger\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("conf/trueup.yaml:3:"), "{err}");
+    assert!(err.contains("${DB_PASSWORD}"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let err = parse("store: postgres://u:${NOPE}@h/db\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`NOPE` is not set"), "{err}");
+}
+
+#[test]
+fn every_source_problem_is_reported_at_once() {
+    let err = parse(
+            "sources:\n  a:\n    url: oracle://x\n  b:\n    url: postgres://h/db\n    statement_timeout: soon\n  c:\n    kind: mysql\n    url: postgres://h/db\n",
+        )
+        .unwrap_err();
+    assert_eq!(err.0.len(), 3, "{err}");
+}
+
+#[test]
+fn serve_settings_have_defaults_and_are_checked() {
+    let c = parse("").unwrap();
+    assert_eq!(c.serve, ServeConfig::default());
+    let c = parse("serve:\n  listen: 0.0.0.0:9000\n  run_timeout: 90s\n").unwrap();
+    assert_eq!(c.serve.listen.port(), 9000);
+    assert_eq!(c.serve.run_timeout.as_std().as_secs(), 90);
+    let err = parse("serve:\n  listen: localhost\n  shutdown_grace: never\n").unwrap_err();
+    assert_eq!(err.0.len(), 2, "{err}");
+}
+
+#[test]
+fn api_tokens_come_from_the_environment_or_as_hashes_never_literally() {
+    let env = |name: &str| match name {
+        "ALICE" => Some("alice-token-0123456789".to_owned()),
+        _ => None,
+    };
+    let hash = hex::encode(ApiToken::digest("bob-token-0123456789"));
+    let c = Config::parse(
+            &format!("serve:\n  tokens:\n    - {{name: alice, role: approver, token: \"${{ALICE}}\"}}\n    - {{name: bob, role: viewer, sha256: {hash}}}\n"),
+            Path::new("t.yaml"),
+            &env,
+        )
+        .unwrap();
+    assert_eq!(c.serve.tokens.len(), 2);
+    assert_eq!(
+        c.serve.tokens[0].sha256,
+        ApiToken::digest("alice-token-0123456789")
+    );
+    assert_eq!(c.serve.tokens[1].role, Role::Viewer);
+    assert!(!format!("{c:?}").contains(&hash));
+    let err = Config::parse(
+            "serve:\n  tokens:\n    - {name: eve, role: admin, token: hunter2hunter2hunter2}\n    - {name: mal, role: god, sha256: abc}\n",
+            Path::new("t.yaml"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("written in the file"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("viewer, operator, approver or admin"), "{err}");
+}
+
+#[test]
+fn notification_channels_are_parsed_and_checked() {
+    let c = parse(
+            "notifications:\n  channels:\n    oncall:\n      email: {smtp: \"smtp://127.0.0.1:2525\", from: trueup@example.com, to: [oncall@example.com]}\n    ops:\n      webhook: {url: \"http://127.0.0.1:9/hook\", format: slack}\n",
+        )
+        .unwrap();
+    assert_eq!(c.channels.len(), 2);
+    assert!(
+        matches!(&c.channels["ops"], ChannelConfig::Webhook(w) if w.format == WebhookFormat::Slack)
+    );
+    let err = parse(
+            "notifications:\n  channels:\n    a:\n      email: {smtp: \"mail:25\", from: x@y, to: [z@w]}\n    b:\n      webhook: {url: ftp://x}\n    c:\n      email: {smtp: \"smtp://h:25\", from: x@y, to: [z@w], password: hunter2}\n",
+        )
+        .unwrap_err();
+    assert_eq!(err.0.len(), 3, "{err}");
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn a_key_given_twice_is_named_with_its_line_in_our_words() {
+    let err = parse("store: sqlite://a.db\nstore: sqlite://b.db\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("conf/trueup.yaml:2:")
+            && err.contains("`store` is given twice in the same mapping; keep one"),
+        "{err}"
+    );
+    assert!(!err.contains("DuplicateKeyPolicy"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let err = parse("stor: sqlite://x.db\n").unwrap_err().to_string();
+    assert!(err.contains("stor"), "{err}");
+}
+
+#[test]
+fn relative_sqlite_sources_are_relative_to_the_config_file() {
+    let c = parse("sources:\n  shop:\n    url: sqlite://shop.db\n").unwrap();
+    let src = &c.sources[&SourceName::parse("shop").unwrap()];
+    assert_eq!(src.url.expose(), "sqlite://conf/shop.db");
+}
+
+#[test]
+fn targets_and_plan_rules_are_read() {
+    let c = parse(
+            "targets:\n  ledger-writer:\n    url: postgres://writer:${LEDGER_PASSWORD}@db/ledger\n  billing:\n    base_url: https://billing.example/api\n    headers: {Authorization: \"Bearer ${LEDGER_PASSWORD}\"}\nplans:\n  ttl: 2h\n  approvals: {critical: 3}\n",
+        )
+        .unwrap();
+    let Some(TargetConfig::Sql(sql)) = c
+        .targets
+        .values()
+        .find(|t| t.name().as_str() == "ledger-writer")
+    else {
+        panic!("{:?}", c.targets)
+    };
+    assert_eq!(sql.kind, SourceKind::Postgres);
+    assert_eq!(sql.marker_table, DEFAULT_MARKER_TABLE);
+    let Some(TargetConfig::Http(http)) =
+        c.targets.values().find(|t| t.name().as_str() == "billing")
+    else {
+        panic!("{:?}", c.targets)
+    };
+    assert_eq!(http.base_url, "https://billing.example/api/");
+    assert!(!http.allow_private_network);
+    assert_eq!(c.plans.approvals_for(crate::domain::Severity::Critical), 3);
+    assert_eq!(c.plans.approvals_for(crate::domain::Severity::High), 1);
+    assert_eq!(c.plans.ttl.as_std().as_secs(), 7200);
+}
+
+#[test]
+fn a_credential_header_written_in_the_file_is_refused_and_one_from_the_environment_is_read() {
+    for header in [
+        "Authorization: \"Bearer abc123\"",
+        "Proxy-Authorization: \"Basic abc123\"",
+        "X-Api-Key: abc123",
+        "Cookie: \"session=abc123\"",
+    ] {
+        let name = header.split(':').next().unwrap();
+        let err = parse(&format!(
+                "targets:\n  billing:\n    base_url: https://billing.example/\n    headers:\n      {header}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trueup.yaml:5:"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "header `{name}` carries a credential written in the file"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("${BILLING_TOKEN}"), "{err}");
+        assert!(!err.contains("abc123"), "{err}");
+    }
+    let c = parse(
+            "targets:\n  billing:\n    base_url: https://billing.example/\n    headers: {X-Api-Key: \"${LEDGER_PASSWORD}\", Accept: application/json}\n",
+        )
+        .unwrap();
+    let Some(TargetConfig::Http(http)) = c.targets.values().next() else {
+        panic!("{:?}", c.targets)
+    };
+    let key = http.headers.iter().find(|(h, _)| h == "X-Api-Key").unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&key.1), "s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn a_webhook_url_with_a_literal_token_in_its_query_is_refused() {
+    let err = parse(
+            "notifications:\n  channels:\n    ops:\n      webhook: {url: \"https://hooks.example/x?token=abc123\"}\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`token=` written in the file"), "{err}");
+    assert!(!err.contains("abc123"), "{err}");
+}
+
+#[test]
+fn a_target_mistake_says_where_and_what_to_write() {
+    let err = parse("targets:\n  w:\n    url: postgres://u:pw@db/x\n  h:\n    base_url: ftp://x/\n  b:\n    url: sqlite://x.db\n    base_url: https://x/\nplans:\n  approvals: {urgent: 2}\n")
+            .unwrap_err();
+    let shown: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 4, "{shown:#?}");
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains(":3:") && s.contains("password written in the file")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains(":5:") && s.contains("http:// or https://")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains("targets.b") && s.contains("not both")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains("`urgent` is not a severity")),
+        "{shown:#?}"
+    );
+}

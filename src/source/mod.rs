@@ -14,8 +14,19 @@
 mod decode;
 mod mysql;
 mod postgres;
+mod query;
 mod sql;
 mod sqlite;
+mod stream;
+
+pub use query::{COMPARED, DIGEST_OVER, Needed, ReadRequest};
+pub(crate) use query::{
+    filter_value_error, has_several_statements, index_of, resolve_filter, resolve_needed, wrap,
+    wrap_selecting,
+};
+pub(crate) use stream::Feed;
+pub use stream::RowStream;
+use stream::{Chunk, StreamState};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +35,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::config::{PrivilegedPolicy, SourceConfig, SourceKind, WritablePolicy};
-use crate::domain::{ColumnName, SourceName, Value};
+use crate::domain::{SourceName, Value};
 
 /// One row, in the column order of [`RowStream::columns`].
 pub type Row = Vec<Value>;
@@ -113,13 +124,6 @@ pub enum SourceError {
     Unknown { source_name: SourceName },
 }
 
-/// A column the evaluator needs, and why (for the error when it is absent).
-#[derive(Debug, Clone)]
-pub struct Needed {
-    pub column: ColumnName,
-    pub role: &'static str,
-}
-
 /// What a source's database role could do beyond reading, found by asking the database.
 #[derive(Debug, Clone, Default)]
 pub struct RoleAudit {
@@ -130,238 +134,6 @@ pub struct RoleAudit {
     pub writable: Vec<String>,
     /// Ways out of the session (`dblink`, `postgres_fdw`): warned about.
     pub links: Vec<String>,
-}
-
-/// What to read: the user's query, the columns it must return and the order to return rows in.
-#[derive(Debug, Clone)]
-pub struct ReadRequest {
-    pub query: String,
-    pub needed: Vec<Needed>,
-    /// Sort by these columns, byte-wise for text (see `domain::value`). NULLs may come first
-    /// or last: readers of ordered streams skip rows with a NULL key.
-    pub order_by: Vec<ColumnName>,
-    /// Only rows whose columns equal these values (canonical JSON, as stored with a
-    /// violation's key): how one violation is re-checked without reading the whole table.
-    /// Values are bound as parameters of the column's type, never spliced.
-    pub filter: Vec<(ColumnName, serde_json::Value)>,
-    /// `Some`: a text or bytes value longer than [`DIGEST_OVER`] may arrive as a
-    /// [`Value::Digest`] the database computed (its length, SHA-256 and start) instead of
-    /// crossing the network whole — except in the columns listed here, in keys, filter
-    /// columns and needed columns other than compared ones. `None`: every value whole.
-    pub digest_long_except: Option<Vec<String>>,
-}
-
-/// Text and bytes values longer than this may be read as digests (see
-/// [`ReadRequest::digest_long_except`]).
-pub const DIGEST_OVER: usize = 64 << 10;
-
-impl ReadRequest {
-    /// Which result columns may arrive as digests.
-    pub(crate) fn digestible(&self, columns: &[String]) -> Vec<bool> {
-        let Some(except) = &self.digest_long_except else {
-            return vec![false; columns.len()];
-        };
-        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-        columns
-            .iter()
-            .map(|c| {
-                !except.iter().any(|e| same(e, c))
-                    && !self.order_by.iter().any(|k| same(k.as_str(), c))
-                    && !self.filter.iter().any(|(k, _)| same(k.as_str(), c))
-                    && !self
-                        .needed
-                        .iter()
-                        .any(|n| n.role != COMPARED && same(n.column.as_str(), c))
-            })
-            .collect()
-    }
-}
-
-/// The role of a needed column that is only compared (and so may be read as a digest).
-pub const COMPARED: &str = "a compared column";
-
-/// What a reading task sends, in this order: the columns once, row batches, then `End`.
-/// A stream that closes without `End` did not finish: the reader failed, panicked or was
-/// cancelled, and its rows must never be taken for the whole result.
-enum Chunk {
-    Columns(Arc<[String]>),
-    /// Rows, with their share of the channel's byte budget (released once taken out).
-    Rows(Vec<Row>, Option<tokio::sync::OwnedSemaphorePermit>),
-    End,
-}
-
-type ChunkTx = mpsc::Sender<Result<Chunk, SourceError>>;
-
-/// Rows arriving from a source, in batches.
-pub struct RowStream {
-    source: SourceName,
-    columns: Arc<[String]>,
-    rx: mpsc::Receiver<Result<Chunk, SourceError>>,
-    state: StreamState,
-}
-
-enum StreamState {
-    Open,
-    Finished,
-    Failed(SourceError),
-}
-
-impl RowStream {
-    pub fn columns(&self) -> &[String] {
-        &self.columns
-    }
-
-    /// Index of a result column, matching names exactly first, then ignoring case.
-    pub fn index_of(&self, column: &str) -> Option<usize> {
-        index_of(&self.columns, column)
-    }
-
-    /// The next batch; `None` only once the source has said it returned every row. A reader
-    /// that stops without saying so is an error ([`SourceError::Incomplete`]), never the end,
-    /// and a failed stream keeps answering with its error.
-    pub async fn next_batch(&mut self) -> Option<Result<Vec<Row>, SourceError>> {
-        match &self.state {
-            StreamState::Open => {}
-            StreamState::Finished => return None,
-            StreamState::Failed(e) => return Some(Err(e.clone())),
-        }
-        let failure = match self.rx.recv().await {
-            Some(Ok(Chunk::Rows(rows, _budget))) => return Some(Ok(rows)),
-            Some(Ok(Chunk::End)) => {
-                self.state = StreamState::Finished;
-                return None;
-            }
-            Some(Ok(Chunk::Columns(_))) => SourceError::Incomplete {
-                source_name: self.source.clone(),
-                cause: "the reader sent its columns twice".into(),
-            },
-            Some(Err(e)) => e,
-            None => SourceError::Incomplete {
-                source_name: self.source.clone(),
-                cause: "the reading task stopped before the last row".into(),
-            },
-        };
-        self.state = StreamState::Failed(failure.clone());
-        Some(Err(failure))
-    }
-
-    /// A stream over rows already in memory (tests, and sources that are not databases).
-    pub fn from_rows(columns: Vec<String>, rows: Vec<Row>) -> Self {
-        let (tx, rx) = mpsc::channel(rows.len().div_ceil(BATCH_ROWS) + 1);
-        for chunk in rows.chunks(BATCH_ROWS) {
-            let _ = tx.try_send(Ok(Chunk::Rows(chunk.to_vec(), None)));
-        }
-        let _ = tx.try_send(Ok(Chunk::End));
-        Self {
-            source: SourceName::parse("memory").expect("a valid source name"),
-            columns: columns.into(),
-            rx,
-            state: StreamState::Open,
-        }
-    }
-
-    /// A stream whose reader sends `batches` and then stops without `End`, as a reader that
-    /// died mid-read does (tests of the engine's handling of an incomplete read).
-    #[cfg(test)]
-    pub(crate) fn cut_off(columns: Vec<String>, batches: Vec<Vec<Row>>) -> Self {
-        let (tx, rx) = mpsc::channel(batches.len() + 1);
-        for b in batches {
-            let _ = tx.try_send(Ok(Chunk::Rows(b, None)));
-        }
-        Self {
-            source: SourceName::parse("memory").expect("a valid source name"),
-            columns: columns.into(),
-            rx,
-            state: StreamState::Open,
-        }
-    }
-}
-
-pub(crate) fn index_of(columns: &[String], column: &str) -> Option<usize> {
-    columns.iter().position(|c| c == column).or_else(|| {
-        let mut matches = columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.eq_ignore_ascii_case(column));
-        match (matches.next(), matches.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
-        }
-    })
-}
-
-/// Checks the needed columns against what the query returns; gives each needed column's
-/// actual name.
-pub(crate) fn resolve_needed(
-    source: &SourceName,
-    columns: &[String],
-    req: &ReadRequest,
-) -> Result<Vec<String>, SourceError> {
-    let mut order = Vec::new();
-    for n in &req.needed {
-        if index_of(columns, n.column.as_str()).is_none() {
-            return Err(SourceError::MissingColumn {
-                source_name: source.clone(),
-                column: n.column.to_string(),
-                role: n.role,
-                available: columns.join(", "),
-            });
-        }
-    }
-    for c in &req.order_by {
-        let i = index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
-            source_name: source.clone(),
-            column: c.to_string(),
-            role: "a key",
-            available: columns.join(", "),
-        })?;
-        order.push(columns[i].clone());
-    }
-    Ok(order)
-}
-
-/// The actual result-column name of each filter column, in filter order.
-pub(crate) fn resolve_filter(
-    source: &SourceName,
-    columns: &[String],
-    req: &ReadRequest,
-) -> Result<Vec<usize>, SourceError> {
-    req.filter
-        .iter()
-        .map(|(c, _)| {
-            index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
-                source_name: source.clone(),
-                column: c.to_string(),
-                role: "a key",
-                available: columns.join(", "),
-            })
-        })
-        .collect()
-}
-
-/// A filter value that cannot be bound as the column's type.
-pub(crate) fn filter_value_error(
-    source: &SourceName,
-    column: &str,
-    value: &serde_json::Value,
-    wanted: &str,
-) -> SourceError {
-    SourceError::Decode {
-        source_name: source.clone(),
-        column: column.to_owned(),
-        message: format!("key value {value} cannot be compared as {wanted}"),
-    }
-}
-
-/// The user's query as a subquery: only a row-returning query parses there.
-pub(crate) fn wrap(query: &str) -> String {
-    wrap_selecting(query, "*")
-}
-
-/// The user's query as a subquery, selecting `list` from it.
-pub(crate) fn wrap_selecting(query: &str, list: &str) -> String {
-    // The newline before `)` keeps a trailing `-- comment` from swallowing it.
-    format!("SELECT {list} FROM (\n{query}\n) AS trueup_q")
 }
 
 #[derive(Clone)]
@@ -579,129 +351,6 @@ impl Source {
     }
 }
 
-/// The reading task's outlet: the column names once, then row batches, then the end.
-pub(crate) struct Feed {
-    /// The fail point `source.decode` is set (test builds): the first row fails to decode.
-    decode_fault: bool,
-    source: SourceName,
-    endpoint: Arc<str>,
-    columns: Arc<[String]>,
-    /// The batch being filled, and the bytes of its values.
-    batch: Vec<Row>,
-    batch_bytes: usize,
-    /// The channel's byte budget, in KiB.
-    budget: Arc<tokio::sync::Semaphore>,
-    tx: ChunkTx,
-}
-
-/// The reader stopped because nobody listens any more.
-pub(crate) struct Abandoned;
-
-impl Feed {
-    pub(crate) fn source(&self) -> &SourceName {
-        &self.source
-    }
-
-    /// Resolves when the reader of this feed is gone (the evaluation finished early, timed
-    /// out or was cancelled): the read should stop and drop its connection.
-    pub(crate) fn abandoned(&self) -> impl std::future::Future<Output = ()> + use<> {
-        let tx = self.tx.clone();
-        async move { tx.closed().await }
-    }
-
-    pub(crate) async fn send_columns(&mut self, columns: Vec<String>) -> Result<(), Abandoned> {
-        self.columns = columns.into();
-        self.tx
-            .send(Ok(Chunk::Columns(Arc::clone(&self.columns))))
-            .await
-            .map_err(|_| Abandoned)
-    }
-
-    /// Adds a row to the batch, sending the batch once it is full (by rows or by bytes).
-    /// `Err(None)`: nobody listens any more; `Err(Some)`: the row is over [`MAX_ROW_BYTES`].
-    pub(crate) async fn push_row(&mut self, row: Row) -> Result<(), Option<SourceError>> {
-        if self.decode_fault {
-            return Err(Some(decode::decode_error(
-                &self.source,
-                self.columns.first().map_or("", String::as_str),
-                "the value cannot be decoded (injected by the fail point source.decode)".into(),
-            )));
-        }
-        let bytes: usize = row.iter().map(Value::size).sum();
-        if bytes > MAX_ROW_BYTES {
-            let (i, biggest) = row
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, v)| v.size())
-                .expect("a row over the limit has a value");
-            return Err(Some(SourceError::RowTooLarge {
-                source_name: self.source.clone(),
-                column: self.columns.get(i).cloned().unwrap_or_default(),
-                column_bytes: biggest.size(),
-                bytes,
-                limit: MAX_ROW_BYTES,
-            }));
-        }
-        self.batch.push(row);
-        self.batch_bytes += bytes;
-        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
-            self.send_batch().await.map_err(|_| None)?;
-        }
-        Ok(())
-    }
-
-    async fn send_batch(&mut self) -> Result<(), Abandoned> {
-        // A reader that stops here ends its stream without the end marker.
-        fail::fail_point!("source.batch", |_| Err(Abandoned));
-        let whole = (CHANNEL_BYTES >> 10) as u32;
-        let kib = ((self.batch_bytes >> 10) as u32).clamp(1, whole);
-        let share = Arc::clone(&self.budget)
-            .acquire_many_owned(kib)
-            .await
-            .map_err(|_| Abandoned)?;
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_ROWS));
-        self.batch_bytes = 0;
-        self.tx
-            .send(Ok(Chunk::Rows(batch, Some(share))))
-            .await
-            .map_err(|_| Abandoned)?;
-        if kib == whole {
-            // A batch as large as the whole budget (rows of megabytes): read the next row only
-            // once the evaluator has taken this one, so that one such row is in flight between
-            // the two, not three.
-            drop(
-                self.budget
-                    .acquire_many(whole)
-                    .await
-                    .map_err(|_| Abandoned)?,
-            );
-        }
-        Ok(())
-    }
-
-    /// Sends the last (possibly empty) batch and then says the result is complete: the only
-    /// way a stream ends without an error.
-    pub(crate) async fn finish(&mut self) -> Result<(), Abandoned> {
-        if !self.batch.is_empty() {
-            self.send_batch().await?;
-        }
-        self.tx.send(Ok(Chunk::End)).await.map_err(|_| Abandoned)
-    }
-
-    /// Reports an error to whoever is waiting: the caller of `read` if the query never
-    /// started, the evaluator otherwise.
-    pub(crate) async fn fail(self, err: SourceError) {
-        let _ = self.tx.send(Err(err)).await;
-    }
-
-    pub(crate) fn query_error(&self, e: impl std::fmt::Display) -> SourceError {
-        SourceError::Query {
-            source_name: self.source.clone(),
-            message: e.to_string(),
-        }
-    }
-}
-
 /// A pooled connection for one read. It goes back to the pool only if the read marked it
 /// [`Leased::reusable`] (it ended and rolled back); a read that failed, panicked, was cancelled
 /// or ran out of time closes it, so no connection carrying an open transaction, a half-read
@@ -850,87 +499,6 @@ impl Sources {
     pub async fn close(&self) {
         for s in self.by_name.values() {
             s.close().await;
-        }
-    }
-}
-
-/// Whether `sql` holds more than one statement: a `;` outside string literals, quoted
-/// identifiers and comments. PostgreSQL and MySQL refuse such strings at the protocol level;
-/// SQLite would run every statement, so trueup refuses them before it prepares anything.
-pub(crate) fn has_several_statements(sql: &str) -> bool {
-    let body = sql.trim().trim_end_matches(';');
-    let bytes = body.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == q {
-                        // A doubled quote is an escaped quote inside the literal.
-                        if bytes.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            b'[' => {
-                while i < bytes.len() && bytes[i] != b']' {
-                    i += 1;
-                }
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b';' => return true,
-            _ => {}
-        }
-        i += 1;
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_several_statements;
-
-    #[test]
-    fn one_statement_with_semicolons_inside_literals_and_comments_is_one() {
-        for sql in [
-            "SELECT 1",
-            "SELECT 1;",
-            "SELECT ';' AS x",
-            "SELECT 'it''s; fine' AS x",
-            "SELECT \"a;b\" FROM t",
-            "SELECT 1 -- trailing; comment",
-            "SELECT /* ; */ 1",
-            "SELECT [a;b] FROM t",
-        ] {
-            assert!(!has_several_statements(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn a_second_statement_is_found() {
-        for sql in [
-            "SELECT 1; DELETE FROM t",
-            "SELECT 1 AS id); DELETE FROM t; SELECT (1",
-            "SELECT 'x'; PRAGMA query_only = OFF",
-            "SELECT 1 /* c */; ATTACH 'x.db' AS y",
-        ] {
-            assert!(has_several_statements(sql), "{sql}");
         }
     }
 }

@@ -1,0 +1,228 @@
+//! What a read asks for, and the SQL every engine wraps it in: the user's query as a
+//! subquery, the columns it must return, key filter and order.
+
+use super::SourceError;
+use crate::domain::{ColumnName, SourceName};
+
+/// A column the evaluator needs, and why (for the error when it is absent).
+#[derive(Debug, Clone)]
+pub struct Needed {
+    pub column: ColumnName,
+    pub role: &'static str,
+}
+
+/// What to read: the user's query, the columns it must return and the order to return rows in.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    pub query: String,
+    pub needed: Vec<Needed>,
+    /// Sort by these columns, byte-wise for text (see `domain::value`). NULLs may come first
+    /// or last: readers of ordered streams skip rows with a NULL key.
+    pub order_by: Vec<ColumnName>,
+    /// Only rows whose columns equal these values (canonical JSON, as stored with a
+    /// violation's key): how one violation is re-checked without reading the whole table.
+    /// Values are bound as parameters of the column's type, never spliced.
+    pub filter: Vec<(ColumnName, serde_json::Value)>,
+    /// `Some`: a text or bytes value longer than [`DIGEST_OVER`] may arrive as a
+    /// [`Value::Digest`] the database computed (its length, SHA-256 and start) instead of
+    /// crossing the network whole — except in the columns listed here, in keys, filter
+    /// columns and needed columns other than compared ones. `None`: every value whole.
+    pub digest_long_except: Option<Vec<String>>,
+}
+
+/// Text and bytes values longer than this may be read as digests (see
+/// [`ReadRequest::digest_long_except`]).
+pub const DIGEST_OVER: usize = 64 << 10;
+
+impl ReadRequest {
+    /// Which result columns may arrive as digests.
+    pub(crate) fn digestible(&self, columns: &[String]) -> Vec<bool> {
+        let Some(except) = &self.digest_long_except else {
+            return vec![false; columns.len()];
+        };
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        columns
+            .iter()
+            .map(|c| {
+                !except.iter().any(|e| same(e, c))
+                    && !self.order_by.iter().any(|k| same(k.as_str(), c))
+                    && !self.filter.iter().any(|(k, _)| same(k.as_str(), c))
+                    && !self
+                        .needed
+                        .iter()
+                        .any(|n| n.role != COMPARED && same(n.column.as_str(), c))
+            })
+            .collect()
+    }
+}
+
+/// The role of a needed column that is only compared (and so may be read as a digest).
+pub const COMPARED: &str = "a compared column";
+
+pub(crate) fn index_of(columns: &[String], column: &str) -> Option<usize> {
+    columns.iter().position(|c| c == column).or_else(|| {
+        let mut matches = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.eq_ignore_ascii_case(column));
+        match (matches.next(), matches.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    })
+}
+
+/// Checks the needed columns against what the query returns; gives each needed column's
+/// actual name.
+pub(crate) fn resolve_needed(
+    source: &SourceName,
+    columns: &[String],
+    req: &ReadRequest,
+) -> Result<Vec<String>, SourceError> {
+    let mut order = Vec::new();
+    for n in &req.needed {
+        if index_of(columns, n.column.as_str()).is_none() {
+            return Err(SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: n.column.to_string(),
+                role: n.role,
+                available: columns.join(", "),
+            });
+        }
+    }
+    for c in &req.order_by {
+        let i = index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
+            source_name: source.clone(),
+            column: c.to_string(),
+            role: "a key",
+            available: columns.join(", "),
+        })?;
+        order.push(columns[i].clone());
+    }
+    Ok(order)
+}
+
+/// The actual result-column name of each filter column, in filter order.
+pub(crate) fn resolve_filter(
+    source: &SourceName,
+    columns: &[String],
+    req: &ReadRequest,
+) -> Result<Vec<usize>, SourceError> {
+    req.filter
+        .iter()
+        .map(|(c, _)| {
+            index_of(columns, c.as_str()).ok_or_else(|| SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: c.to_string(),
+                role: "a key",
+                available: columns.join(", "),
+            })
+        })
+        .collect()
+}
+
+/// A filter value that cannot be bound as the column's type.
+pub(crate) fn filter_value_error(
+    source: &SourceName,
+    column: &str,
+    value: &serde_json::Value,
+    wanted: &str,
+) -> SourceError {
+    SourceError::Decode {
+        source_name: source.clone(),
+        column: column.to_owned(),
+        message: format!("key value {value} cannot be compared as {wanted}"),
+    }
+}
+
+/// The user's query as a subquery: only a row-returning query parses there.
+pub(crate) fn wrap(query: &str) -> String {
+    wrap_selecting(query, "*")
+}
+
+/// The user's query as a subquery, selecting `list` from it.
+pub(crate) fn wrap_selecting(query: &str, list: &str) -> String {
+    // The newline before `)` keeps a trailing `-- comment` from swallowing it.
+    format!("SELECT {list} FROM (\n{query}\n) AS trueup_q")
+}
+
+/// Whether `sql` holds more than one statement: a `;` outside string literals, quoted
+/// identifiers and comments. PostgreSQL and MySQL refuse such strings at the protocol level;
+/// SQLite would run every statement, so trueup refuses them before it prepares anything.
+pub(crate) fn has_several_statements(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == q {
+                        // A doubled quote is an escaped quote inside the literal.
+                        if bytes.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_several_statements;
+
+    #[test]
+    fn one_statement_with_semicolons_inside_literals_and_comments_is_one() {
+        for sql in [
+            "SELECT 1",
+            "SELECT 1;",
+            "SELECT ';' AS x",
+            "SELECT 'it''s; fine' AS x",
+            "SELECT \"a;b\" FROM t",
+            "SELECT 1 -- trailing; comment",
+            "SELECT /* ; */ 1",
+            "SELECT [a;b] FROM t",
+        ] {
+            assert!(!has_several_statements(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_second_statement_is_found() {
+        for sql in [
+            "SELECT 1; DELETE FROM t",
+            "SELECT 1 AS id); DELETE FROM t; SELECT (1",
+            "SELECT 'x'; PRAGMA query_only = OFF",
+            "SELECT 1 /* c */; ATTACH 'x.db' AS y",
+        ] {
+            assert!(has_several_statements(sql), "{sql}");
+        }
+    }
+}

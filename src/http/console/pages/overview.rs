@@ -1,0 +1,222 @@
+//! The overview (every invariant, its state and recent runs) and one invariant with its violations.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Extension, Path, Query, State};
+use chrono::{DateTime, TimeDelta, Utc};
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::RunStatus;
+use crate::http::HttpState;
+use crate::store::{StatusFilter, ViolationFilter};
+
+use super::super::session::Session;
+use super::super::{PageResult, render, serde};
+use super::*;
+
+#[derive(Serialize)]
+struct Spark {
+    /// SVG polyline points in a 100×20 box.
+    points: String,
+    first: u64,
+    last: u64,
+    max: u64,
+    /// The first run drawn.
+    since: String,
+}
+
+/// Open violations after each run of the last 24 hours, as a sparkline.
+fn sparkline(runs: &[crate::store::RunRecord], now: DateTime<Utc>) -> Option<Spark> {
+    let from = now - TimeDelta::hours(24);
+    let mut series: Vec<(DateTime<Utc>, u64)> = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded && r.started_at >= from)
+        .map(|r| {
+            (
+                r.started_at,
+                r.change.new + r.change.still_open + r.change.reopened,
+            )
+        })
+        .collect();
+    series.sort_by_key(|(t, _)| *t);
+    let (first, last) = (series.first()?.1, series.last()?.1);
+    let max = series.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    // Across the runs there are (a sparkline of runs from the last minute would otherwise be
+    // a dot at the right edge); one run draws a flat line.
+    let (start, end) = (series[0].0, series[series.len() - 1].0);
+    let span = (end - start).num_milliseconds().max(1) as f64;
+    let y = |n: u64| 19.0 - (n as f64 / max as f64) * 18.0;
+    let points = if series.len() == 1 {
+        format!("0,{y0:.1} 100,{y0:.1}", y0 = y(first))
+    } else {
+        series
+            .iter()
+            .map(|(t, n)| {
+                let x = (*t - start).num_milliseconds() as f64 / span * 100.0;
+                format!("{x:.1},{:.1}", y(*n))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Some(Spark {
+        points,
+        first,
+        last,
+        max,
+        since: start.to_rfc3339(),
+    })
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct OverviewQuery {
+    q: Option<String>,
+    severity: Option<String>,
+    state: Option<String>,
+}
+
+pub(in crate::http::console) async fn overview(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(filter): Query<OverviewQuery>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let open = store
+        .violation_groups(&ViolationFilter {
+            status: StatusFilter::Active,
+            ..ViolationFilter::default()
+        })
+        .await?;
+    let now = Utc::now();
+    let board = state.runtime.board.snapshot();
+    let mut rows = Vec::new();
+    for inv in state.runtime.catalog.snapshot().iter() {
+        let name = inv.name.as_str();
+        let b = board.get(name);
+        let status = state_name(b);
+        let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+        for g in open.iter().filter(|g| g.invariant == name) {
+            *by_kind.entry(g.kind.as_str()).or_default() += g.count;
+        }
+        let wanted = filter
+            .q
+            .as_deref()
+            .is_none_or(|q| q.is_empty() || name.contains(q.trim()))
+            && filter
+                .severity
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || inv.severity.to_string() == s)
+            && filter
+                .state
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || s == status);
+        if !wanted {
+            continue;
+        }
+        let runs = store.runs(Some(name), 300).await?;
+        rows.push(context! {
+            name => name,
+            severity => inv.severity.to_string(),
+            owner => inv.owner.clone(),
+            rule => inv.kind_name(),
+            state => status,
+            last_run_at => b.and_then(|b| b.last_run_at).or(runs.first().map(|r| r.started_at)).map(|t| t.to_rfc3339()),
+            last_error => b.and_then(|b| b.last_error.clone()),
+            open => by_kind.values().sum::<u64>(),
+            by_kind => serde(&by_kind),
+            spark => serde(&sparkline(&runs, now)),
+        });
+    }
+    Ok(render(
+        &session,
+        "overview.html",
+        context! {
+            nav => "overview",
+            rows => rows,
+            q => filter.q.unwrap_or_default(),
+            severity => filter.severity.unwrap_or_default(),
+            state => filter.state.unwrap_or_default(),
+            severities => ["critical", "high", "medium", "low"],
+            states => ["firing", "pending", "error", "ok", "unknown"],
+        },
+    ))
+}
+
+pub(in crate::http::console) async fn invariant(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+) -> PageResult {
+    let inv = find(&state, &name)?;
+    let store = state.runtime.store.as_ref();
+    let active = ViolationFilter {
+        invariants: vec![name.clone()],
+        status: StatusFilter::Active,
+        limit: 200,
+        ..ViolationFilter::default()
+    };
+    let (runs, violations, times, plans) = tokio::try_join!(
+        store.runs(Some(&name), 50),
+        store.violations(&active),
+        store.event_times(&active),
+        store.plans(Some(&name), 20),
+    )?;
+    // Buckets sized so the whole spread fits in about sixty bars.
+    let spread = match (times.iter().min(), times.iter().max()) {
+        (Some(a), Some(b)) => (*b - *a).num_seconds().max(60),
+        _ => 3600,
+    };
+    let bucket = [60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400]
+        .into_iter()
+        .find(|w| spread / w <= 60)
+        .unwrap_or(86_400);
+    let buckets = crate::domain::histogram(&times, TimeDelta::seconds(bucket)).unwrap_or_default();
+    let tallest = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+    let bars: Vec<_> = buckets
+        .iter()
+        .map(|b| {
+            context! {
+                from => b.start.to_rfc3339(),
+                to => (b.start + TimeDelta::seconds(bucket)).to_rfc3339(),
+                count => b.count,
+                height => (b.count as f64 / tallest as f64 * 100.0).round() as u64,
+            }
+        })
+        .collect();
+    let violations: Vec<_> = violations
+        .iter()
+        .map(|v| {
+            context! {
+                v => serde(v),
+                evidence => serde(&evidence_view(&v.evidence)),
+            }
+        })
+        .collect();
+    let board = state.runtime.board.get(&name);
+    Ok(render(
+        &session,
+        "invariant.html",
+        context! {
+            nav => "overview",
+            inv => context! {
+                name => name,
+                description => inv.description.clone(),
+                owner => inv.owner.clone(),
+                severity => inv.severity.to_string(),
+                rule => inv.kind_name(),
+                schedule => inv.schedule.as_ref().map(ToString::to_string),
+                time_column => inv.time_column.as_ref().map(ToString::to_string),
+                grace => inv.grace.map(|g| g.to_string()),
+                replay => inv.replay.is_some(),
+                definition => serde_json::to_string_pretty(&crate::http::api::definition(&inv)).unwrap_or_default(),
+                defined_at => format!("{}:{}", inv.defined_at.0.display(), inv.defined_at.1),
+            },
+            state => state_name(board.as_ref()),
+            runs => serde(&runs),
+            violations => violations,
+            bars => bars,
+            bucket_secs => bucket,
+            plans => serde(&plans),
+        },
+    ))
+}

@@ -1,0 +1,303 @@
+//! Plans: the list, one plan with its actions and progress, approve, reject, apply; the audit log.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Extension, Form, Path, Query, State};
+use axum::response::{IntoResponse, Redirect};
+use chrono::Utc;
+use minijinja::context;
+use serde::Deserialize;
+
+use crate::domain::json_text;
+use crate::domain::{PlanId, PlanState};
+use crate::http::HttpState;
+use crate::plan::apply::Rate;
+use crate::plan::{self, diff_marker};
+use crate::store::ActionRecord;
+
+use super::super::session::Session;
+use super::super::{PageResult, render, serde};
+use super::*;
+
+pub(in crate::http::console) async fn plans(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let now = Utc::now();
+    let mut groups: BTreeMap<&'static str, Vec<plan::PlanView>> = BTreeMap::new();
+    for p in store.plans(None, 200).await? {
+        let inv = state.runtime.catalog.find(&p.invariant);
+        let v = plan::view(store, p, inv.as_deref(), now).await?;
+        groups.entry(v.status).or_default().push(v);
+    }
+    let order = [
+        "applying",
+        "paused",
+        "stopped",
+        "approved",
+        "proposed",
+        "stale",
+        "applied",
+        "rejected",
+        "superseded",
+        "cancelled",
+    ];
+    let queue: Vec<_> = order
+        .iter()
+        .filter_map(|s| {
+            groups
+                .get(s)
+                .map(|plans| context! { status => *s, plans => serde(plans) })
+        })
+        .collect();
+    Ok(render(
+        &session,
+        "plans.html",
+        context! { nav => "plans", queue => queue },
+    ))
+}
+
+async fn plan_page(
+    state: &HttpState,
+    session: &Session,
+    id: PlanId,
+    dry_run: Option<crate::plan::apply::ApplyReport>,
+    watch: bool,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let record = plan::load(store, id).await?;
+    let inv = state.runtime.catalog.find(&record.invariant);
+    let view = plan::view(store, record, inv.as_deref(), Utc::now()).await?;
+    let actions = store.plan_actions(id, None, 200).await?;
+    let me = &session.caller.name;
+    let approved_by_me = view.approvers.iter().any(|a| a == me);
+    // Why the approve control is disabled for this approver, if it is.
+    let approve_blocked = if let Some(why) = &view.stale {
+        Some(format!("It cannot be approved: {why}."))
+    } else if view.plan.state != PlanState::Proposed {
+        Some(format!(
+            "It is {}; only a proposed plan is approved.",
+            view.plan.state.as_str()
+        ))
+    } else if approved_by_me {
+        Some("You approved this content already; another approver must add theirs.".to_owned())
+    } else {
+        None
+    };
+    // Why the apply controls are disabled, if they are.
+    let apply_blocked = {
+        use PlanState::*;
+        match view.plan.state {
+            _ if view.stale.is_some() && view.plan.state != Applied => Some(format!(
+                "It cannot be applied: {}.",
+                view.stale.as_deref().unwrap_or("")
+            )),
+            Applied => Some("It has been applied.".to_owned()),
+            Rejected | Superseded | Cancelled => {
+                Some(format!("It is {}.", view.plan.state.as_str()))
+            }
+            Applying => Some("It is being applied.".to_owned()),
+            Paused => Some("It is paused; resume it to go on.".to_owned()),
+            Proposed if !view.approved => Some(format!(
+                "It needs {} approval(s) before it is applied; a dry run shows what would happen.",
+                view.plan.approvals_required
+            )),
+            Proposed | Stopped => None,
+        }
+    };
+    // A dry run is for a plan that can still be applied.
+    let can_dry_run =
+        matches!(view.plan.state, PlanState::Proposed | PlanState::Stopped) && view.stale.is_none();
+    // Applied, and the re-check of what was applied (a replay's window) still running.
+    let verifying = view.plan.state == PlanState::Applied && view.plan.verification.is_none();
+    let applying = view.plan.state == PlanState::Applying;
+    let actions: Vec<_> = actions.iter().map(action_view).collect();
+    Ok(render(
+        session,
+        "plan.html",
+        context! {
+            nav => "plans",
+            p => serde(&view),
+            total => view.plan.action_count,
+            done => plan::apply::finished(&view.progress),
+            actions => actions,
+            approve_blocked => approve_blocked,
+            apply_blocked => apply_blocked,
+            default_rate => Rate::default_for(view.plan.kind).to_string(),
+            can_dry_run => can_dry_run,
+            dry_run => serde(&dry_run),
+            applying => applying,
+            // Just asked to apply: the page follows the progress even before the apply has
+            // moved the plan to `applying`.
+            watch => applying || (watch && view.plan.state == PlanState::Proposed) || verifying,
+            verifying => verifying,
+        },
+    ))
+}
+
+fn action_view(a: &ActionRecord) -> minijinja::Value {
+    let params: Vec<(String, String)> = a
+        .spec
+        .sql_bindings()
+        .into_iter()
+        .map(|(label, v)| (label, json_text(v)))
+        .collect();
+    context! {
+        a => serde(a),
+        params => params,
+        marker => diff_marker(&a.violation_kind),
+        evidence => serde(&evidence_view(&a.evidence)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct PlanQuery {
+    #[serde(default)]
+    watch: bool,
+}
+
+pub(in crate::http::console) async fn plan(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Query(q): Query<PlanQuery>,
+) -> PageResult {
+    plan_page(&state, &session, id, None, q.watch).await
+}
+
+/// Live progress for the plan page's script.
+pub(in crate::http::console) async fn plan_progress(
+    State(state): State<HttpState>,
+    Path(id): Path<PlanId>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let record = plan::load(store, id).await?;
+    let progress = store.action_progress(id).await?;
+    Ok(Json(serde_json::json!({
+        "state": record.state,
+        "total": record.action_count,
+        "done": plan::apply::finished(&progress),
+        "progress": progress,
+        // The re-check after an apply has been recorded.
+        "verified": record.verification.is_some(),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ApproveForm {
+    content_hash: String,
+}
+
+pub(in crate::http::console) async fn approve(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<ApproveForm>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let record = plan::load(store, id).await?;
+    let seen = crate::http::plans_api::reviewed_hash(id, &form.content_hash)?;
+    let inv = state.runtime.catalog.find(&record.invariant);
+    plan::approve(
+        store,
+        id,
+        inv.as_deref(),
+        &session.caller.actor(),
+        Some(&seen),
+        Utc::now(),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct RejectForm {
+    reason: String,
+}
+
+pub(in crate::http::console) async fn reject(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<RejectForm>,
+) -> PageResult {
+    plan::reject(
+        state.runtime.store.as_ref(),
+        id,
+        &session.caller.actor(),
+        &form.reason,
+        Utc::now(),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ApplyForm {
+    /// `dry_run` or `live`.
+    mode: String,
+    /// e.g. `5/s` or `unlimited` (default: the plan kind's).
+    rate: Option<String>,
+}
+
+pub(in crate::http::console) async fn apply(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<ApplyForm>,
+) -> PageResult {
+    let record = plan::load(state.runtime.store.as_ref(), id).await?;
+    let opts = crate::plan::apply::ApplyOptions {
+        dry_run: form.mode != "live",
+        rate: form_rate(form.rate.as_deref(), Rate::default_for(record.kind))?,
+        ..crate::plan::apply::ApplyOptions::default()
+    };
+    match crate::runtime::request_apply(&state.runtime, &session.caller.actor(), &record, opts)
+        .await?
+    {
+        Some(report) => plan_page(&state, &session, id, Some(report), false).await,
+        None => Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct AuditQuery {
+    target: Option<String>,
+    actor: Option<String>,
+    after: Option<i64>,
+}
+
+pub(in crate::http::console) async fn audit(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<AuditQuery>,
+) -> PageResult {
+    let target = q.target.as_deref().filter(|t| !t.trim().is_empty());
+    let entries = state
+        .runtime
+        .store
+        .audit_log(target.map(str::trim), q.after, 200)
+        .await?;
+    let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    let next_after = (entries.len() == 200)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| actor.is_none_or(|a| e.actor == a))
+        .collect();
+    Ok(render(
+        &session,
+        "audit.html",
+        context! {
+            nav => "audit",
+            entries => serde(&entries),
+            target => target.unwrap_or(""),
+            actor => actor.unwrap_or(""),
+            next_after => next_after,
+        },
+    ))
+}

@@ -1,0 +1,111 @@
+//! Replays: the dry run of a window and proposing the replay plan.
+
+use axum::extract::{Extension, Form, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use chrono::Utc;
+use minijinja::context;
+use serde::Deserialize;
+
+use crate::domain::Invariant;
+use crate::http::HttpState;
+use crate::plan::apply::Rate;
+use crate::plan::{self};
+
+use super::super::session::Session;
+use super::super::{PageResult, Refusal, render, serde};
+use super::*;
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ReplayQuery {
+    invariant: String,
+    from: Option<String>,
+    to: Option<String>,
+    rate: Option<String>,
+}
+
+/// An invariant's replay window as a form gives it: checked against its replay settings.
+fn replay_window<'a>(
+    inv: &'a Invariant,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(&'a crate::domain::ReplaySpec, crate::plan::replay::Window), Refusal> {
+    let (from, to) = (form_time("from", from)?, form_time("to", to)?);
+    crate::plan::replay::check_window(inv, from, to, false, None)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e))
+}
+
+/// The replay dry run for a window: what would be delivered, skipped, left out; and the form
+/// that submits the replay for approval.
+pub(in crate::http::console) async fn replay(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Query(q): Query<ReplayQuery>,
+) -> PageResult {
+    let inv = find(&state, &q.invariant)?;
+    let (spec, window) = replay_window(&inv, q.from.as_deref(), q.to.as_deref())?;
+    let rate = form_rate(q.rate.as_deref(), Rate::DEFAULT_REPLAY)?;
+    let who = session.caller.actor();
+    let env = crate::plan::apply::ApplyEnv {
+        store: state.runtime.store.as_ref(),
+        sources: &state.runtime.sources,
+        targets: &state.runtime.targets,
+        invariant: Some(&inv),
+        actor: &who,
+        worker: "console-dry-run".into(),
+    };
+    let dry =
+        crate::plan::replay::dry_run(&env, &state.runtime.config, &inv, spec, window, rate, 5)
+            .await?;
+    Ok(render(
+        &session,
+        "replay.html",
+        context! {
+            nav => "overview",
+            invariant => inv.name.as_str(),
+            partition => spec.partition.as_ref().map(ToString::to_string),
+            max_window => spec.max_window.to_string(),
+            from => window.from.to_rfc3339(),
+            to => window.to.to_rfc3339(),
+            rate => rate.to_string(),
+            dry => serde(&dry),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ReplayForm {
+    invariant: String,
+    from: String,
+    to: String,
+}
+
+/// Proposes the replay of a window as a plan, for approval.
+pub(in crate::http::console) async fn propose_replay(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Form(form): Form<ReplayForm>,
+) -> PageResult {
+    let inv = find(&state, &form.invariant)?;
+    let (spec, window) = replay_window(&inv, Some(&form.from), Some(&form.to))?;
+    let proposal = crate::plan::replay::propose(
+        state.runtime.store.as_ref(),
+        &state.runtime.config,
+        &inv,
+        spec,
+        window,
+        None,
+        &session.caller.actor(),
+        Utc::now(),
+    )
+    .await?;
+    match proposal {
+        plan::Proposal::Created { plan: id, .. } => {
+            Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+        }
+        _ => Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "nothing to replay: no open `missing` violation has its event in this window",
+        )),
+    }
+}

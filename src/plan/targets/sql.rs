@@ -1,118 +1,14 @@
-//! The systems approved actions change: writable SQL connections and HTTP APIs. This is the
-//! only code in trueup that writes to a system it monitors, and only `plan::apply` calls it,
-//! for actions of an approved plan.
-//!
-//! Exactly once on SQL targets: the action's statement and a row in the target's marker table
-//! (keyed by the action's idempotency key) commit in one transaction. A second attempt — a
-//! worker that died after committing, or two applies racing — finds the marker and does
-//! nothing. On HTTP targets every request carries the action's `Idempotency-Key`, stable
-//! across retries, plans and restarts; the receiver drops repeats.
+//! SQL targets: a pool per target, the marker table, and each action's statement committed
+//! with its marker row in one transaction, within the target's deadline.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Executor as _, Statement as _, TypeInfo as _};
 use tokio::sync::OnceCell;
 
-use super::netguard;
-use crate::config::{Config, HttpTarget, SourceKind, SqlTarget, TargetConfig};
-use crate::domain::ActionSpec;
-
-/// What executing one action did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Executed {
-    /// The change was made; details for the record (rows affected, HTTP status).
-    Applied(serde_json::Value),
-    /// The target already holds this action's marker: it was applied before.
-    AlreadyApplied,
-    Failed(TargetError),
-}
-
-/// Why a target could not be opened, asked or written to. Each says what to do where there is
-/// something to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    #[error("target `{target}`: bad URL {url}: {message}")]
-    BadUrl {
-        target: String,
-        url: String,
-        message: String,
-    },
-    #[error("target `{target}`: cannot build an HTTP client: {message}")]
-    HttpClient { target: String, message: String },
-    #[error(
-        "target `{target}` is not configured any more; add it back under `targets:` or reject the plan"
-    )]
-    NotConfigured { target: String },
-    #[error("target `{target}` is not a {wanted} target any more")]
-    WrongKind { target: String, wanted: String },
-    #[error("a manual step is done by a person, not executed")]
-    Manual,
-    /// The database could not be reached (its address and the cause).
-    #[error("{0}")]
-    Unreachable(String),
-    #[error(
-        "target `{target}`: no answer within {deadline_secs}s (its statement_timeout and {grace_secs}s more); the connection was closed"
-    )]
-    Stalled {
-        target: String,
-        deadline_secs: u64,
-        grace_secs: u64,
-    },
-    #[error(
-        "target `{target}`: cannot create the marker table `{table}`: {message}; create it, or grant CREATE to trueup's role"
-    )]
-    MarkerCreate {
-        target: String,
-        table: String,
-        message: String,
-    },
-    #[error("cannot read the marker table `{table}`: {message}")]
-    MarkerRead { table: String, message: String },
-    #[error("parameter ${n} ({type_name}): {value} is not {wanted}")]
-    ParamValue {
-        n: usize,
-        type_name: String,
-        value: String,
-        wanted: &'static str,
-    },
-    #[error(
-        "parameter ${n} has type {type_name}, which trueup does not bind; cast it in the statement, e.g. CAST({{{{...}}}} AS text)::{}",
-        type_name.to_lowercase()
-    )]
-    ParamType { n: usize, type_name: String },
-    #[error("the statement takes {takes} parameters but the action has {given}")]
-    ParamCount { takes: usize, given: usize },
-    /// What the database said.
-    #[error("{0}")]
-    Database(String),
-    #[error("`{0}` is not a URL")]
-    NotAUrl(String),
-    #[error("{url} is outside target `{target}`'s base_url {base_url}")]
-    OutsideBase {
-        url: String,
-        target: String,
-        base_url: String,
-    },
-    /// The address guard refused the request (an internal network).
-    #[error("{0}")]
-    Refused(String),
-    #[error("`{0}` is not an HTTP method")]
-    NotAMethod(String),
-    #[error("HTTP {status}: {excerpt}")]
-    Status { status: String, excerpt: String },
-    /// The request failed on the way (connect, TLS, timeout), with every cause.
-    #[error("{0}")]
-    Request(String),
-}
-
-impl From<sqlx::Error> for TargetError {
-    fn from(e: sqlx::Error) -> Self {
-        TargetError::Database(e.to_string())
-    }
-}
+use super::{Executed, TargetError};
+use crate::config::{SourceKind, SqlTarget};
 
 enum Pool {
     Postgres(sqlx::PgPool),
@@ -174,118 +70,10 @@ impl Pool {
     }
 }
 
-struct SqlConn {
-    cfg: SqlTarget,
+pub(super) struct SqlConn {
+    pub(super) cfg: SqlTarget,
     pool: Pool,
     marker_ready: OnceCell<()>,
-}
-
-struct HttpConn {
-    cfg: HttpTarget,
-    client: reqwest::Client,
-}
-
-enum Target {
-    Sql(SqlConn),
-    Http(HttpConn),
-}
-
-/// Every configured target, connected lazily.
-pub struct Targets {
-    by_name: BTreeMap<String, Arc<Target>>,
-}
-
-impl Targets {
-    pub fn open(config: &Config) -> Result<Self, TargetError> {
-        let mut by_name = BTreeMap::new();
-        for (name, t) in &config.targets {
-            let target = match t {
-                TargetConfig::Sql(s) => Target::Sql(SqlConn {
-                    pool: sql_pool(s)?,
-                    cfg: s.clone(),
-                    marker_ready: OnceCell::new(),
-                }),
-                TargetConfig::Http(h) => Target::Http(HttpConn {
-                    client: http_client(h)?,
-                    cfg: h.clone(),
-                }),
-            };
-            by_name.insert(name.to_string(), Arc::new(target));
-        }
-        Ok(Self { by_name })
-    }
-
-    /// Executes one action. `Manual` actions are never executed.
-    pub async fn execute(
-        &self,
-        spec: &ActionSpec,
-        idempotency_key: &str,
-        plan: i64,
-        seq: i64,
-    ) -> Executed {
-        let Some(name) = spec.target() else {
-            return Executed::Failed(TargetError::Manual);
-        };
-        let Some(target) = self.by_name.get(name) else {
-            return Executed::Failed(TargetError::NotConfigured {
-                target: name.to_owned(),
-            });
-        };
-        match (target.as_ref(), spec) {
-            (
-                Target::Sql(conn),
-                ActionSpec::Sql {
-                    statement, params, ..
-                },
-            ) => {
-                if let Err(e) = conn.ensure_marker().await {
-                    return Executed::Failed(e);
-                }
-                conn.execute(statement, params, idempotency_key, plan, seq)
-                    .await
-            }
-            (
-                Target::Http(conn),
-                ActionSpec::Http {
-                    method,
-                    url,
-                    headers,
-                    body,
-                    ..
-                },
-            ) => {
-                conn.execute(method, url, headers, body.as_ref(), idempotency_key)
-                    .await
-            }
-            _ => Executed::Failed(TargetError::WrongKind {
-                target: name.to_owned(),
-                wanted: spec.type_name().to_owned(),
-            }),
-        }
-    }
-
-    /// Whether the target records this action as applied (SQL markers; HTTP cannot tell).
-    pub async fn already_applied(
-        &self,
-        spec: &ActionSpec,
-        idempotency_key: &str,
-    ) -> Result<bool, TargetError> {
-        let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
-            return Ok(false);
-        };
-        match target.as_ref() {
-            Target::Sql(conn) => conn.has_marker(idempotency_key).await,
-            Target::Http(_) => Ok(false),
-        }
-    }
-
-    pub async fn close(&self) {
-        for t in self.by_name.values() {
-            if let Target::Sql(conn) = t.as_ref() {
-                on_pool!(&conn.pool, p => p.close().await);
-            }
-        }
-    }
 }
 
 fn sql_pool(cfg: &SqlTarget) -> Result<Pool, TargetError> {
@@ -328,105 +116,25 @@ fn sql_pool(cfg: &SqlTarget) -> Result<Pool, TargetError> {
     })
 }
 
-fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, TargetError> {
-    let base = cfg.base_url.clone();
-    let guarded = !cfg.allow_private_network;
-    // Follow a few redirects, only under the base URL and (unless allowed) to public addresses.
-    let redirects =
-        reqwest::redirect::Policy::custom(move |attempt| {
-            match netguard::check_redirect(attempt.url(), attempt.previous().len(), &base, guarded)
-            {
-                Ok(()) => attempt.follow(),
-                Err(why) => attempt.error(why),
-            }
-        });
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(cfg.timeout.as_std())
-        .redirect(redirects)
-        .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")));
-    if guarded {
-        builder = builder.dns_resolver(Arc::new(netguard::GuardedResolver));
-    }
-    builder.build().map_err(|e| TargetError::HttpClient {
-        target: cfg.name.to_string(),
-        message: e.to_string(),
-    })
-}
-
-impl HttpConn {
-    async fn execute(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &BTreeMap<String, String>,
-        body: Option<&serde_json::Value>,
-        idempotency_key: &str,
-    ) -> Executed {
-        let Ok(parsed) = reqwest::Url::parse(url) else {
-            return Executed::Failed(TargetError::NotAUrl(url.to_owned()));
-        };
-        if !parsed.as_str().starts_with(&self.cfg.base_url) {
-            return Executed::Failed(TargetError::OutsideBase {
-                url: parsed.to_string(),
-                target: self.cfg.name.to_string(),
-                base_url: self.cfg.base_url.clone(),
-            });
-        }
-        if !self.cfg.allow_private_network
-            && let Err(e) = netguard::check_url(&parsed)
-        {
-            return Executed::Failed(TargetError::Refused(e.to_string()));
-        }
-        let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-            return Executed::Failed(TargetError::NotAMethod(method.to_owned()));
-        };
-        let mut request = self.client.request(method, parsed);
-        for (name, value) in &self.cfg.headers {
-            request = request.header(name, secrecy::ExposeSecret::expose_secret(value));
-        }
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        request = request.header("Idempotency-Key", idempotency_key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                if status.is_success() {
-                    Executed::Applied(serde_json::json!({ "http_status": status.as_u16() }))
-                } else {
-                    let text = response.text().await.unwrap_or_default();
-                    let excerpt: String = text.chars().take(300).collect();
-                    Executed::Failed(TargetError::Status {
-                        status: status.to_string(),
-                        excerpt,
-                    })
-                }
-            }
-            Err(e) => {
-                // The guard's refusal is the most useful part of a connect error.
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg = format!("{msg}: {s}");
-                    source = s.source();
-                }
-                Executed::Failed(TargetError::Request(msg))
-            }
-        }
-    }
-}
-
 impl SqlConn {
+    pub(super) fn open(cfg: &SqlTarget) -> Result<Self, TargetError> {
+        Ok(Self {
+            pool: sql_pool(cfg)?,
+            cfg: cfg.clone(),
+            marker_ready: OnceCell::new(),
+        })
+    }
+
+    pub(super) async fn close(&self) {
+        on_pool!(&self.pool, p => p.close().await);
+    }
+
     fn marker(&self) -> &str {
         &self.cfg.marker_table
     }
 
     /// Creates the marker table if it does not exist (once per process).
-    async fn ensure_marker(&self) -> Result<(), TargetError> {
+    pub(super) async fn ensure_marker(&self) -> Result<(), TargetError> {
         self.marker_ready
             .get_or_try_init(|| async {
                 let m = self.marker();
@@ -483,7 +191,7 @@ impl SqlConn {
         })
     }
 
-    async fn has_marker(&self, key: &str) -> Result<bool, TargetError> {
+    pub(super) async fn has_marker(&self, key: &str) -> Result<bool, TargetError> {
         if self.marker_ready.get().is_none() {
             if !self.marker_exists().await? {
                 // Nothing was ever applied through this target.
@@ -512,7 +220,7 @@ impl SqlConn {
             })
     }
 
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         statement: &str,
         params: &[serde_json::Value],

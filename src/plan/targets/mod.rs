@@ -1,0 +1,213 @@
+//! The systems approved actions change: writable SQL connections and HTTP APIs. This is the
+//! only code in trueup that writes to a system it monitors, and only `plan::apply` calls it,
+//! for actions of an approved plan.
+//!
+//! Exactly once on SQL targets: the action's statement and a row in the target's marker table
+//! (keyed by the action's idempotency key) commit in one transaction. A second attempt — a
+//! worker that died after committing, or two applies racing — finds the marker and does
+//! nothing. On HTTP targets every request carries the action's `Idempotency-Key`, stable
+//! across retries, plans and restarts; the receiver drops repeats.
+
+mod http;
+mod sql;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, TargetConfig};
+use crate::domain::ActionSpec;
+use http::{HttpConn, http_client};
+use sql::SqlConn;
+
+/// What executing one action did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Executed {
+    /// The change was made; details for the record (rows affected, HTTP status).
+    Applied(serde_json::Value),
+    /// The target already holds this action's marker: it was applied before.
+    AlreadyApplied,
+    Failed(TargetError),
+}
+
+/// Why a target could not be opened, asked or written to. Each says what to do where there is
+/// something to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("target `{target}`: bad URL {url}: {message}")]
+    BadUrl {
+        target: String,
+        url: String,
+        message: String,
+    },
+    #[error("target `{target}`: cannot build an HTTP client: {message}")]
+    HttpClient { target: String, message: String },
+    #[error(
+        "target `{target}` is not configured any more; add it back under `targets:` or reject the plan"
+    )]
+    NotConfigured { target: String },
+    #[error("target `{target}` is not a {wanted} target any more")]
+    WrongKind { target: String, wanted: String },
+    #[error("a manual step is done by a person, not executed")]
+    Manual,
+    /// The database could not be reached (its address and the cause).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(
+        "target `{target}`: no answer within {deadline_secs}s (its statement_timeout and {grace_secs}s more); the connection was closed"
+    )]
+    Stalled {
+        target: String,
+        deadline_secs: u64,
+        grace_secs: u64,
+    },
+    #[error(
+        "target `{target}`: cannot create the marker table `{table}`: {message}; create it, or grant CREATE to trueup's role"
+    )]
+    MarkerCreate {
+        target: String,
+        table: String,
+        message: String,
+    },
+    #[error("cannot read the marker table `{table}`: {message}")]
+    MarkerRead { table: String, message: String },
+    #[error("parameter ${n} ({type_name}): {value} is not {wanted}")]
+    ParamValue {
+        n: usize,
+        type_name: String,
+        value: String,
+        wanted: &'static str,
+    },
+    #[error(
+        "parameter ${n} has type {type_name}, which trueup does not bind; cast it in the statement, e.g. CAST({{{{...}}}} AS text)::{}",
+        type_name.to_lowercase()
+    )]
+    ParamType { n: usize, type_name: String },
+    #[error("the statement takes {takes} parameters but the action has {given}")]
+    ParamCount { takes: usize, given: usize },
+    /// What the database said.
+    #[error("{0}")]
+    Database(String),
+    #[error("`{0}` is not a URL")]
+    NotAUrl(String),
+    #[error("{url} is outside target `{target}`'s base_url {base_url}")]
+    OutsideBase {
+        url: String,
+        target: String,
+        base_url: String,
+    },
+    /// The address guard refused the request (an internal network).
+    #[error("{0}")]
+    Refused(String),
+    #[error("`{0}` is not an HTTP method")]
+    NotAMethod(String),
+    #[error("HTTP {status}: {excerpt}")]
+    Status { status: String, excerpt: String },
+    /// The request failed on the way (connect, TLS, timeout), with every cause.
+    #[error("{0}")]
+    Request(String),
+}
+
+impl From<sqlx::Error> for TargetError {
+    fn from(e: sqlx::Error) -> Self {
+        TargetError::Database(e.to_string())
+    }
+}
+
+enum Target {
+    Sql(SqlConn),
+    Http(HttpConn),
+}
+
+/// Every configured target, connected lazily.
+pub struct Targets {
+    by_name: BTreeMap<String, Arc<Target>>,
+}
+
+impl Targets {
+    pub fn open(config: &Config) -> Result<Self, TargetError> {
+        let mut by_name = BTreeMap::new();
+        for (name, t) in &config.targets {
+            let target = match t {
+                TargetConfig::Sql(s) => Target::Sql(SqlConn::open(s)?),
+                TargetConfig::Http(h) => Target::Http(HttpConn {
+                    client: http_client(h)?,
+                    cfg: h.clone(),
+                }),
+            };
+            by_name.insert(name.to_string(), Arc::new(target));
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Executes one action. `Manual` actions are never executed.
+    pub async fn execute(
+        &self,
+        spec: &ActionSpec,
+        idempotency_key: &str,
+        plan: i64,
+        seq: i64,
+    ) -> Executed {
+        let Some(name) = spec.target() else {
+            return Executed::Failed(TargetError::Manual);
+        };
+        let Some(target) = self.by_name.get(name) else {
+            return Executed::Failed(TargetError::NotConfigured {
+                target: name.to_owned(),
+            });
+        };
+        match (target.as_ref(), spec) {
+            (
+                Target::Sql(conn),
+                ActionSpec::Sql {
+                    statement, params, ..
+                },
+            ) => {
+                if let Err(e) = conn.ensure_marker().await {
+                    return Executed::Failed(e);
+                }
+                conn.execute(statement, params, idempotency_key, plan, seq)
+                    .await
+            }
+            (
+                Target::Http(conn),
+                ActionSpec::Http {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    ..
+                },
+            ) => {
+                conn.execute(method, url, headers, body.as_ref(), idempotency_key)
+                    .await
+            }
+            _ => Executed::Failed(TargetError::WrongKind {
+                target: name.to_owned(),
+                wanted: spec.type_name().to_owned(),
+            }),
+        }
+    }
+
+    /// Whether the target records this action as applied (SQL markers; HTTP cannot tell).
+    pub async fn already_applied(
+        &self,
+        spec: &ActionSpec,
+        idempotency_key: &str,
+    ) -> Result<bool, TargetError> {
+        let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
+            return Ok(false);
+        };
+        match target.as_ref() {
+            Target::Sql(conn) => conn.has_marker(idempotency_key).await,
+            Target::Http(_) => Ok(false),
+        }
+    }
+
+    pub async fn close(&self) {
+        for t in self.by_name.values() {
+            if let Target::Sql(conn) = t.as_ref() {
+                conn.close().await;
+            }
+        }
+    }
+}

@@ -5,10 +5,13 @@
 //! the default, and PostgreSQL, for production and several replicas. Each has its own
 //! migrations under `migrations/`, applied when the store opens.
 
+mod actions;
+mod alerts;
 mod incidents;
 mod ledger;
 mod plans;
 mod postgres;
+mod replicas;
 mod sessions;
 mod sqlite;
 
@@ -19,15 +22,18 @@ use chrono::{DateTime, Utc};
 
 use crate::config::SecretUrl;
 use crate::domain::{
-    Alert, InvariantName, LedgerChange, RunId, RunStats, RunStatus, Violation, ViolationKind,
+    InvariantName, LedgerChange, RunId, RunStats, RunStatus, Violation, ViolationKind,
     ViolationStatus,
 };
 
+pub use actions::ActionStore;
+pub use alerts::AlertStore;
 pub use incidents::{
     FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
+pub use replicas::ReplicaStore;
 pub use sessions::{SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 
@@ -201,7 +207,9 @@ pub struct RunDigest {
 }
 
 #[async_trait]
-pub trait Store: PlanStore + IncidentStore + SessionStore + Send + Sync {
+pub trait Store:
+    PlanStore + ActionStore + IncidentStore + SessionStore + ReplicaStore + AlertStore + Send + Sync
+{
     fn backend(&self) -> &'static str;
 
     /// Records that an evaluation started.
@@ -260,100 +268,6 @@ pub trait Store: PlanStore + IncidentStore + SessionStore + Send + Sync {
     /// The latest runs, newest first.
     async fn runs(&self, invariant: Option<&str>, limit: u32)
     -> Result<Vec<RunRecord>, StoreError>;
-
-    /// Whether several `trueup serve` processes can share this store.
-    fn supports_replicas(&self) -> bool;
-
-    /// Registers or refreshes a replica's heartbeat. Returns the other replicas whose
-    /// heartbeat is newer than `alive_after`.
-    async fn heartbeat(
-        &self,
-        replica: &str,
-        now: DateTime<Utc>,
-        alive_after: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError>;
-
-    /// Removes a replica (clean shutdown).
-    async fn retire(&self, replica: &str) -> Result<(), StoreError>;
-
-    /// Claims the tick of `invariant` due at `fire_at` for `owner` until `lease_until`.
-    /// `false` when another replica claimed it, or is still running this invariant.
-    async fn claim_tick(
-        &self,
-        invariant: &str,
-        fire_at: DateTime<Utc>,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Extends a held tick's lease; `false` if it is no longer ours.
-    async fn renew_tick(
-        &self,
-        invariant: &str,
-        fire_at: DateTime<Utc>,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    async fn finish_tick(
-        &self,
-        invariant: &str,
-        fire_at: DateTime<Utc>,
-        owner: &str,
-        run_id: Option<i64>,
-    ) -> Result<(), StoreError>;
-
-    /// Takes over one unfinished tick whose lease has run out (its replica died), and marks the
-    /// runs that replica left running as failed.
-    async fn take_over_tick(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<Tick>, StoreError>;
-
-    /// Ticks of an invariant in time order (for operators and tests).
-    async fn ticks(&self, invariant: &str, limit: u32) -> Result<Vec<Tick>, StoreError>;
-
-    /// The invariant's alert as last recorded (inactive if never).
-    async fn alert(&self, invariant: &str) -> Result<Alert, StoreError>;
-
-    /// Records the alert's new state and queues its notifications, in one transaction.
-    async fn record_alert(
-        &self,
-        invariant: &str,
-        alert: &Alert,
-        messages: &[OutboxMessage],
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-
-    /// Releases every claim on undelivered messages; for a process that knows no other worker
-    /// is alive (the one `serve` of a SQLite store, at start). Returns how many it released.
-    async fn release_outbox_claims(&self) -> Result<u64, StoreError>;
-
-    /// Claims up to `limit` undelivered messages that are due, for `lease`: another worker
-    /// will not take them until the lease ends (a worker that dies releases them that way).
-    async fn claim_outbox(
-        &self,
-        now: DateTime<Utc>,
-        lease: chrono::TimeDelta,
-        limit: u32,
-    ) -> Result<Vec<OutboxItem>, StoreError>;
-
-    /// Marks a claimed message delivered.
-    async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError>;
-
-    /// Records a failed delivery and when to try again.
-    async fn outbox_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-
-    /// Outbox messages, newest first (for operators and tests).
-    async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError>;
 
     /// Appends to the audit log; returns the entry's id.
     async fn audit(

@@ -48,6 +48,14 @@ super::sessions::impl_session_store!(PgStore, "BEGIN");
 
 super::incidents::impl_incident_store!(PgStore, sqlx::Postgres, "BEGIN");
 
+super::actions::impl_action_store!(
+    PgStore,
+    sqlx::Postgres,
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED",
+    "FOR UPDATE"
+);
+
 super::plans::impl_plan_store!(
     PgStore,
     sqlx::Postgres,
@@ -57,6 +65,24 @@ super::plans::impl_plan_store!(
 );
 
 super::ledger::impl_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED",
+    true
+);
+
+super::replicas::impl_replica_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED",
+    true
+);
+
+super::alerts::impl_alert_store!(
     PgStore,
     sqlx::Postgres,
     "postgres",

@@ -46,9 +46,29 @@ super::sessions::impl_session_store!(SqliteStore, "BEGIN IMMEDIATE");
 
 super::incidents::impl_incident_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 
+super::actions::impl_action_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
+
 super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
 
 super::ledger::impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    "",
+    false
+);
+
+super::replicas::impl_replica_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    "",
+    false
+);
+
+super::alerts::impl_alert_store!(
     SqliteStore,
     sqlx::Sqlite,
     "sqlite",

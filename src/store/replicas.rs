@@ -1,0 +1,245 @@
+//! Several `trueup serve` processes on one store: heartbeats, and each scheduled tick claimed
+//! by one replica under a lease, renewed while it runs, taken over when its replica stops.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, Tick};
+
+#[async_trait]
+pub trait ReplicaStore: Send + Sync {
+    /// Whether several `trueup serve` processes can share this store.
+    fn supports_replicas(&self) -> bool;
+
+    /// Registers or refreshes a replica's heartbeat. Returns the other replicas whose
+    /// heartbeat is newer than `alive_after`.
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        now: DateTime<Utc>,
+        alive_after: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Removes a replica (clean shutdown).
+    async fn retire(&self, replica: &str) -> Result<(), StoreError>;
+
+    /// Claims the tick of `invariant` due at `fire_at` for `owner` until `lease_until`.
+    /// `false` when another replica claimed it, or is still running this invariant.
+    async fn claim_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends a held tick's lease; `false` if it is no longer ours.
+    async fn renew_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn finish_tick(
+        &self,
+        invariant: &str,
+        fire_at: DateTime<Utc>,
+        owner: &str,
+        run_id: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes over one unfinished tick whose lease has run out (its replica died), and marks the
+    /// runs that replica left running as failed.
+    async fn take_over_tick(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Tick>, StoreError>;
+
+    /// Ticks of an invariant in time order (for operators and tests).
+    async fn ticks(&self, invariant: &str, limit: u32) -> Result<Vec<Tick>, StoreError>;
+}
+
+macro_rules! impl_replica_store {
+    // (The arguments of `ledger::impl_store!`, which defines the row readers used here.)
+    ($store:ty, $db:ty, $backend:literal, $begin:literal, $skip_locked:literal, $replicas:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::ReplicaStore for $store {
+            fn supports_replicas(&self) -> bool {
+                $replicas
+            }
+
+            async fn heartbeat(
+                &self,
+                replica: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                alive_after: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                )
+                .bind(replica)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                let others: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM replicas WHERE id <> $1 AND heartbeat_at > $2 ORDER BY id",
+                )
+                .bind(replica)
+                .bind(alive_after)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(others)
+            }
+
+            async fn retire(&self, replica: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM replicas WHERE id = $1")
+                    .bind(replica)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn claim_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                // One statement: the primary key makes a tick claimable once, and the NOT EXISTS
+                // keeps a replica from starting while another still holds a live lease on the
+                // same invariant (one run per invariant across replicas).
+                let claimed: Option<i32> = sqlx::query_scalar(
+                    "INSERT INTO ticks (invariant, fire_at, owner, lease_until) \
+                     SELECT $1, $2, $3, $4 WHERE NOT EXISTS ( \
+                       SELECT 1 FROM ticks WHERE invariant = $1 AND finished = $6 AND lease_until >= $5) \
+                     ON CONFLICT (invariant, fire_at) DO NOTHING RETURNING 1",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(false)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(claimed.is_some())
+            }
+
+            async fn renew_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let n = sqlx::query(
+                    "UPDATE ticks SET lease_until = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $5",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(false)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn finish_tick(
+                &self,
+                invariant: &str,
+                fire_at: chrono::DateTime<chrono::Utc>,
+                owner: &str,
+                run_id: Option<i64>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE ticks SET finished = $5, run_id = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
+                )
+                .bind(invariant)
+                .bind(fire_at)
+                .bind(owner)
+                .bind(run_id)
+                .bind(true)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn take_over_tick(
+                &self,
+                owner: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::Tick>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let row = sqlx::query(concat!(
+                    "UPDATE ticks SET owner = $1, lease_until = $2, taken_over = $4 WHERE (invariant, fire_at) IN (",
+                    "SELECT invariant, fire_at FROM ticks WHERE finished = $5 AND lease_until < $3 ",
+                    "ORDER BY fire_at LIMIT 1 ",
+                    $skip_locked,
+                    ") RETURNING invariant, fire_at, owner, finished, run_id, taken_over"
+                ))
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(true)
+                .bind(false)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let tick = Self::tick(&row)?;
+                // The dead replica's run can never finish: say so, and drop what it staged.
+                sqlx::query(
+                    "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE invariant = $1 AND status = 'running')",
+                )
+                .bind(&tick.invariant)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE runs SET status = 'failed', finished_at = $2, \
+                       error = 'the replica running it stopped answering; another replica took the tick over' \
+                     WHERE invariant = $1 AND status = 'running'",
+                )
+                .bind(&tick.invariant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(tick))
+            }
+
+            async fn ticks(
+                &self,
+                invariant: &str,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::Tick>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT invariant, fire_at, owner, finished, run_id, taken_over FROM ticks \
+                     WHERE invariant = $1 ORDER BY fire_at LIMIT $2",
+                )
+                .bind(invariant)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(Self::tick)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+        }
+    };
+}
+
+pub(super) use impl_replica_store;

@@ -12,15 +12,13 @@ mod plan;
 mod role;
 mod run;
 mod schedule;
+mod template;
 mod value;
 mod violation;
 
 pub use actor::Actor;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
-pub use compensation::{
-    ActionSpec, Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, RenderError,
-    Scope, Segment, SqlCompensation, Template, TemplateError, ViolationContext, json_text,
-};
+pub use compensation::{ActionSpec, Compensation, HttpCompensation, ParamStyle, SqlCompensation};
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};
 pub use incident::{IncidentState, Phase};
@@ -33,6 +31,10 @@ pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
 pub use run::{LedgerChange, RunId, RunStats, RunStatus};
 pub use schedule::{Schedule, ScheduleError};
+pub use template::{
+    JsonTemplate, Placeholder, RenderError, Scope, Segment, Template, TemplateError,
+    ViolationContext, json_text,
+};
 pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
     is_capped, json_size, text_prefix as value_text_prefix,

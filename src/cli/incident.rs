@@ -14,7 +14,10 @@ fn failed(e: IncidentError) -> anyhow::Result<u8> {
     match e {
         IncidentError::Store(e) => Err(e.into()),
         other => {
-            eprintln!("error: {other}");
+            eprintln!(
+                "error: {}",
+                super::output::with_next_step(&other, other.next_step())
+            );
             Ok(EXIT_ERROR)
         }
     }

@@ -99,3 +99,50 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
+
+/// A next step as a person at the terminal takes it: a command.
+pub(crate) fn next_step(step: &crate::domain::NextStep) -> String {
+    use crate::domain::NextStep;
+    match step {
+        NextStep::ListPlans => "`trueup plans` lists the plans".into(),
+        NextStep::ListIncidents => "`trueup incident list` shows them".into(),
+        NextStep::ChooseAnotherIncidentName(name) => {
+            format!("choose another name or `trueup incident show {name}`")
+        }
+    }
+}
+
+/// An error and, where it has one, its next step worded for the terminal.
+pub(crate) fn with_next_step(
+    error: &dyn std::fmt::Display,
+    step: Option<crate::domain::NextStep>,
+) -> String {
+    match step {
+        Some(step) => format!("{error}; {}", next_step(&step)),
+        None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_next_step;
+
+    #[test]
+    fn the_terminal_is_told_the_next_step_as_a_command() {
+        let missing = crate::plan::PlanError::NotFound(7);
+        assert_eq!(
+            with_next_step(&missing, missing.next_step()),
+            "plan 7 does not exist; `trueup plans` lists the plans"
+        );
+        let taken = crate::incident::IncidentError::Exists("outage".into());
+        assert_eq!(
+            with_next_step(&taken, taken.next_step()),
+            "an incident named `outage` exists already; choose another name or `trueup incident show outage`"
+        );
+        let unknown = crate::incident::IncidentError::NotFound("x".into());
+        assert_eq!(
+            with_next_step(&unknown, unknown.next_step()),
+            "no incident named `x`; `trueup incident list` shows them"
+        );
+    }
+}

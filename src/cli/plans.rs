@@ -26,7 +26,10 @@ fn refused(e: PlanError) -> anyhow::Result<u8> {
     match e {
         PlanError::Store(e) => Err(e.into()),
         other => {
-            eprintln!("error: {other}");
+            eprintln!(
+                "error: {}",
+                super::output::with_next_step(&other, other.next_step())
+            );
             Ok(EXIT_ERROR)
         }
     }

@@ -8,6 +8,7 @@ mod histogram;
 mod incident;
 mod invariant;
 mod name;
+mod next_step;
 mod plan;
 mod role;
 mod run;
@@ -27,6 +28,7 @@ pub use invariant::{
     TransitionsSpec,
 };
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
+pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
 pub use run::{LedgerChange, RunId, RunStats, RunStatus};

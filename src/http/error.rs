@@ -5,6 +5,8 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::domain::NextStep;
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -12,6 +14,20 @@ pub struct ApiError {
     message: String,
     /// More fields for the body, next to `error` and `message`.
     fields: Option<Box<(&'static str, serde_json::Value)>>,
+    /// What the caller can do next; worded for an API caller in the body, for a person by the
+    /// console.
+    next: Option<NextStep>,
+}
+
+/// A next step as an API caller takes it: a route.
+pub fn api_next_step(step: &NextStep) -> String {
+    match step {
+        NextStep::ListPlans => "GET /api/v1/plans lists the plans".into(),
+        NextStep::ListIncidents => "GET /api/v1/incidents lists them".into(),
+        NextStep::ChooseAnotherIncidentName(name) => {
+            format!("choose another name, or GET /api/v1/incidents/{name}")
+        }
+    }
 }
 
 impl ApiError {
@@ -21,6 +37,7 @@ impl ApiError {
             code: "unauthorized",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -30,6 +47,7 @@ impl ApiError {
             code: "forbidden",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -39,6 +57,7 @@ impl ApiError {
             code: "not_found",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -48,6 +67,7 @@ impl ApiError {
             code: "conflict",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -57,6 +77,7 @@ impl ApiError {
             code: "bad_request",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -67,6 +88,7 @@ impl ApiError {
             code: "unprocessable",
             message: message.into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -78,6 +100,7 @@ impl ApiError {
             code: "internal",
             message: "trueup could not complete the request; the server log has the cause".into(),
             fields: None,
+            next: None,
         }
     }
 
@@ -90,6 +113,16 @@ impl ApiError {
         &self.message
     }
 
+    /// What the caller can do next.
+    pub fn with_next(mut self, step: Option<NextStep>) -> Self {
+        self.next = step;
+        self
+    }
+
+    pub fn next(&self) -> Option<&NextStep> {
+        self.next.as_ref()
+    }
+
     /// Adds a field to the body (e.g. the list of blockers a refusal is about).
     pub fn with_field(mut self, name: &'static str, value: serde_json::Value) -> Self {
         self.fields = Some(Box::new((name, value)));
@@ -99,7 +132,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({"error": self.code, "message": self.message});
+        let message = match &self.next {
+            Some(step) => format!("{}; {}", self.message, api_next_step(step)),
+            None => self.message,
+        };
+        let mut body = serde_json::json!({"error": self.code, "message": message});
         if let Some((name, value)) = self.fields.map(|f| *f) {
             body[name] = value;
         }

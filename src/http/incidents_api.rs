@@ -18,8 +18,10 @@ use super::error::ApiError;
 
 impl From<IncidentError> for ApiError {
     fn from(e: IncidentError) -> Self {
-        match e {
+        let next = e.next_step();
+        let error = match e {
             IncidentError::NotFound(_) => ApiError::not_found(e.to_string()),
+            IncidentError::Exists(_) => ApiError::conflict(e.to_string()),
             IncidentError::Invalid(_) => ApiError::bad_request(e.to_string()),
             IncidentError::Closed(_) => ApiError::conflict(e.to_string()),
             IncidentError::Blocked { ref blockers, .. } => {
@@ -29,7 +31,8 @@ impl From<IncidentError> for ApiError {
             IncidentError::Forbidden(_) => ApiError::forbidden(e.to_string()),
             IncidentError::Tampered(_) | IncidentError::Render(_) => ApiError::internal(e),
             IncidentError::Store(e) => ApiError::internal(e),
-        }
+        };
+        error.with_next(next)
     }
 }
 

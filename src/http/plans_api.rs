@@ -22,7 +22,8 @@ const MAX_PAGE: u32 = 1000;
 
 impl From<PlanError> for ApiError {
     fn from(e: PlanError) -> Self {
-        match e {
+        let next = e.next_step();
+        let error = match e {
             PlanError::NotFound(_) => ApiError::not_found(e.to_string()),
             PlanError::Forbidden { .. } => ApiError::forbidden(e.to_string()),
             PlanError::Refused { .. }
@@ -31,7 +32,8 @@ impl From<PlanError> for ApiError {
             | PlanError::Target { .. }
             | PlanError::Recheck(_) => ApiError::conflict(e.to_string()),
             PlanError::Store(e) => ApiError::internal(e),
-        }
+        };
+        error.with_next(next)
     }
 }
 

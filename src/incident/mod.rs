@@ -29,8 +29,10 @@ pub enum IncidentError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Invalid(String),
-    #[error("no incident named `{0}`; `trueup incident list` shows them")]
+    #[error("no incident named `{0}`")]
     NotFound(String),
+    #[error("an incident named `{0}` exists already")]
+    Exists(String),
     #[error("incident `{0}` is closed; a closed incident does not change")]
     Closed(String),
     #[error("{}", blocked_message(.name, .blockers))]
@@ -46,6 +48,18 @@ pub enum IncidentError {
     Tampered(String),
     #[error(transparent)]
     Render(#[from] RenderError),
+}
+
+impl IncidentError {
+    /// What the person can do about it, for each surface to word.
+    pub fn next_step(&self) -> Option<crate::domain::NextStep> {
+        use crate::domain::NextStep;
+        match self {
+            IncidentError::NotFound(_) => Some(NextStep::ListIncidents),
+            IncidentError::Exists(name) => Some(NextStep::ChooseAnotherIncidentName(name.clone())),
+            _ => None,
+        }
+    }
 }
 
 fn blocked_message(name: &str, blockers: &[Blocker]) -> String {
@@ -130,9 +144,7 @@ pub async fn open(
         })
         .await?;
     if created.is_none() {
-        return Err(IncidentError::Invalid(format!(
-            "an incident named `{name}` exists already; choose another name or `trueup incident show {name}`"
-        )));
+        return Err(IncidentError::Exists(name.to_string()));
     }
     load(store, name.as_str()).await
 }

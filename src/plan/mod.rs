@@ -34,7 +34,7 @@ pub use review::{
 pub enum PlanError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("plan {0} does not exist; `trueup plans` lists the plans")]
+    #[error("plan {0} does not exist")]
     NotFound(PlanId),
     #[error(
         "invariant `{0}` has no `compensate:` block, so trueup cannot propose actions for it; add one (see README, \"Compensating actions\")"
@@ -60,6 +60,14 @@ pub enum PlanError {
 }
 
 impl PlanError {
+    /// What the person can do about it, for each surface to word.
+    pub fn next_step(&self) -> Option<crate::domain::NextStep> {
+        match self {
+            PlanError::NotFound(_) => Some(crate::domain::NextStep::ListPlans),
+            _ => None,
+        }
+    }
+
     fn refused(plan: PlanId, reason: impl Into<String>) -> Self {
         PlanError::Refused {
             plan,

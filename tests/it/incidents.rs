@@ -51,7 +51,10 @@ async fn incident_story(store: Arc<dyn Store>) {
         t0,
     )
     .await;
-    assert!(matches!(again, Err(IncidentError::Invalid(m)) if m.contains("exists already")));
+    assert!(
+        matches!(again, Err(IncidentError::Exists(ref n)) if n == "2026-11-25-billing-outage"),
+        "{again:?}"
+    );
     let unknown = incident::open(
         s,
         NONE_LOADED,

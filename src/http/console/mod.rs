@@ -260,7 +260,25 @@ impl IntoResponse for Refusal {
 
 impl From<super::error::ApiError> for Refusal {
     fn from(e: super::error::ApiError) -> Self {
-        Self::new(e.status(), e.message())
+        match e.next() {
+            Some(step) => Self::new(
+                e.status(),
+                &format!("{}; {}", e.message(), console_next_step(step)),
+            ),
+            None => Self::new(e.status(), e.message()),
+        }
+    }
+}
+
+/// A next step as a person in the console takes it: a page.
+fn console_next_step(step: &crate::domain::NextStep) -> String {
+    use crate::domain::NextStep;
+    match step {
+        NextStep::ListPlans => "the Plans page lists them".into(),
+        NextStep::ListIncidents => "the Incidents page lists them".into(),
+        NextStep::ChooseAnotherIncidentName(name) => {
+            format!("choose another name, or open /ui/incidents/{name}")
+        }
     }
 }
 
@@ -332,6 +350,52 @@ mod tests {
             assert!(TEMPLATES.get_template(name).is_ok(), "{name}");
         }
         assert!(TEMPLATES.templates().count() >= 8);
+    }
+
+    /// The text of a page, as a person reads it (tags dropped).
+    async fn page_text(response: Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        html.replace("&#x60;", "`").replace("&#x2f;", "/")
+    }
+
+    #[tokio::test]
+    async fn the_api_and_the_console_word_the_next_step_for_their_own_users() {
+        use crate::http::error::ApiError;
+        let missing = || crate::plan::PlanError::NotFound(7);
+        // The API: a route.
+        let api = ApiError::from(missing()).into_response();
+        assert_eq!(api.status(), StatusCode::NOT_FOUND);
+        let body: serde_json::Value = serde_json::from_slice(
+            &axum::body::to_bytes(api.into_body(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            body["message"],
+            "plan 7 does not exist; GET /api/v1/plans lists the plans"
+        );
+        // The console: a page, never a command or a route.
+        let Refusal(page) = Refusal::from(missing());
+        let text = page_text(page).await;
+        assert!(
+            text.contains("plan 7 does not exist; the Plans page lists them"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("trueup plans") && !text.contains("GET /api"),
+            "{text}"
+        );
+        let taken = crate::incident::IncidentError::Exists("outage".into());
+        let Refusal(page) = Refusal::from(taken);
+        assert!(
+            page_text(page)
+                .await
+                .contains("choose another name, or open /ui/incidents/outage")
+        );
     }
 
     #[tokio::test]

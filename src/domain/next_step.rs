@@ -1,0 +1,14 @@
+//! What a person can do next, as data. An error below the surfaces names the step; the CLI,
+//! the API and the console each word it for their own user (a command, a route, a page), so
+//! an API caller is never told to run a command.
+
+/// A next step an error points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextStep {
+    /// See which plans exist.
+    ListPlans,
+    /// See which incidents exist.
+    ListIncidents,
+    /// The incident of this name exists: choose another name, or look at it.
+    ChooseAnotherIncidentName(String),
+}

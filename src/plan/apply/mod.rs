@@ -175,7 +175,9 @@ async fn dry_run(
     if let Some(why) = staleness(plan, env.invariant, now) {
         return Err(PlanError::refused(plan.id, why));
     }
-    let invariant = env.invariant.ok_or(PlanError::NotFound(plan.id))?;
+    let invariant = env
+        .invariant
+        .ok_or_else(|| PlanError::refused(plan.id, "its invariant is no longer defined"))?;
     let actions = verify_content(env.store, plan).await?;
     let mut report = ApplyReport::new(plan.id, true);
     report.state = plan.state;
@@ -216,7 +218,9 @@ async fn live(
 ) -> Result<ApplyReport, PlanError> {
     let id = plan.id;
     check_applicable(env.store, plan, env.invariant, Utc::now()).await?;
-    let invariant = env.invariant.ok_or(PlanError::NotFound(id))?;
+    let invariant = env
+        .invariant
+        .ok_or_else(|| PlanError::refused(id, "its invariant is no longer defined"))?;
     if opts.retry_failed {
         env.store.retry_failed_actions(id).await?;
     }

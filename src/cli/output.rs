@@ -109,6 +109,12 @@ pub(crate) fn next_step(step: &crate::domain::NextStep) -> String {
         NextStep::ChooseAnotherIncidentName(name) => {
             format!("choose another name or `trueup incident show {name}`")
         }
+        NextStep::ProposeFreshPlan(invariant) => {
+            format!("run `trueup plan create --invariant {invariant}` for a fresh one")
+        }
+        NextStep::ReviewPlanAgain(id) => format!("`trueup plan show {id}` shows it"),
+        NextStep::ResumePlan(id) => format!("resume it (`trueup replay resume {id}`)"),
+        NextStep::ApprovePlan(id) => format!("approve it with `trueup plan approve {id}`"),
     }
 }
 
@@ -138,6 +144,16 @@ mod tests {
         assert_eq!(
             with_next_step(&taken, taken.next_step()),
             "an incident named `outage` exists already; choose another name or `trueup incident show outage`"
+        );
+        let unapproved = crate::plan::PlanError::Refused {
+            plan: 3,
+            reason: "it is not approved: 1 of 2 distinct approvers (ada); nothing was applied"
+                .into(),
+            next: Some(crate::domain::NextStep::ApprovePlan(3)),
+        };
+        assert_eq!(
+            with_next_step(&unapproved, unapproved.next_step()),
+            "plan 3: it is not approved: 1 of 2 distinct approvers (ada); nothing was applied; approve it with `trueup plan approve 3`"
         );
         let unknown = crate::incident::IncidentError::NotFound("x".into());
         assert_eq!(

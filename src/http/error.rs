@@ -27,6 +27,12 @@ pub fn api_next_step(step: &NextStep) -> String {
         NextStep::ChooseAnotherIncidentName(name) => {
             format!("choose another name, or GET /api/v1/incidents/{name}")
         }
+        NextStep::ProposeFreshPlan(invariant) => {
+            format!("POST /api/v1/plans {{\"invariant\": \"{invariant}\"}} proposes a fresh one")
+        }
+        NextStep::ReviewPlanAgain(id) => format!("GET /api/v1/plans/{id} shows it"),
+        NextStep::ResumePlan(id) => format!("resume it (POST /api/v1/plans/{id}/resume)"),
+        NextStep::ApprovePlan(id) => format!("approve it (POST /api/v1/plans/{id}/approve)"),
     }
 }
 

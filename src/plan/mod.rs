@@ -26,7 +26,7 @@ pub use hash::{
 pub use propose::{Evaluation, Proposal, propose, propose_after_run};
 pub(crate) use propose::{all_violations, base_url_of};
 pub use review::{
-    ApprovalStatus, PlanView, approve, check_applicable, diff_marker, reject, staleness,
+    ApprovalStatus, PlanView, Stale, approve, check_applicable, diff_marker, reject, staleness,
     valid_approvers, verify_content, view,
 };
 
@@ -49,7 +49,12 @@ pub enum PlanError {
         first: String,
     },
     #[error("plan {plan}: {reason}")]
-    Refused { plan: PlanId, reason: String },
+    Refused {
+        plan: PlanId,
+        reason: String,
+        /// What to do about it, for each surface to word.
+        next: Option<crate::domain::NextStep>,
+    },
     #[error("plan {plan}: {reason}")]
     Forbidden { plan: PlanId, reason: String },
     #[error("target `{target}`: {message}")]
@@ -64,6 +69,7 @@ impl PlanError {
     pub fn next_step(&self) -> Option<crate::domain::NextStep> {
         match self {
             PlanError::NotFound(_) => Some(crate::domain::NextStep::ListPlans),
+            PlanError::Refused { next, .. } => next.clone(),
             _ => None,
         }
     }
@@ -72,6 +78,16 @@ impl PlanError {
         PlanError::Refused {
             plan,
             reason: reason.into(),
+            next: None,
+        }
+    }
+
+    /// A refusal because the plan is stale.
+    fn stale(plan: PlanId, stale: Stale) -> Self {
+        PlanError::Refused {
+            plan,
+            reason: stale.why,
+            next: stale.next,
         }
     }
 }

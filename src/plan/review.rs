@@ -10,6 +10,7 @@ use crate::domain::{PlanId, PlanState};
 use crate::store::{ActionRecord, PlanRecord, Store, Transition};
 
 use super::*;
+use crate::domain::NextStep;
 
 /// Where a plan stands for approval.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -49,7 +50,7 @@ pub async fn view(
     let approved = approvers.len() as u32 >= plan.approvals_required;
     let stale = match plan.state {
         PlanState::Proposed | PlanState::Applying | PlanState::Stopped | PlanState::Paused => {
-            staleness(&plan, invariant, now)
+            staleness(&plan, invariant, now).map(|s| s.why)
         }
         _ => None,
     };
@@ -78,53 +79,71 @@ pub fn valid_approvers(plan: &PlanRecord) -> Vec<String> {
         .collect()
 }
 
-/// Why a plan cannot be approved or applied now, if it cannot. `invariant` is the loaded
-/// definition of the plan's invariant (`None` when it no longer exists).
+/// Why a plan can no longer be approved or applied, and what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    pub why: String,
+    pub next: Option<NextStep>,
+}
+
+impl Stale {
+    fn because(why: String) -> Self {
+        Self { why, next: None }
+    }
+}
+
+/// Why the plan may not be approved or applied any more (`None`: it still may be).
 pub fn staleness(
     plan: &PlanRecord,
     invariant: Option<&Invariant>,
     now: DateTime<Utc>,
-) -> Option<String> {
+) -> Option<Stale> {
     match plan.state {
         PlanState::Rejected => {
-            return Some(format!(
+            return Some(Stale::because(format!(
                 "it was rejected by {} ({}); propose a new plan",
                 plan.state_by.as_deref().unwrap_or("?"),
                 plan.state_reason.as_deref().unwrap_or("no reason given")
-            ));
+            )));
         }
         PlanState::Superseded => {
-            return Some(
-                "a newer plan for the same invariant replaced it; review that one (`trueup plans`)"
-                    .into(),
-            );
+            return Some(Stale {
+                why: "a newer plan for the same invariant replaced it; review that one".into(),
+                next: Some(NextStep::ListPlans),
+            });
         }
-        PlanState::Applied => return Some("it has already been applied".into()),
+        PlanState::Applied => return Some(Stale::because("it has already been applied".into())),
         PlanState::Cancelled => {
-            return Some(format!(
+            return Some(Stale::because(format!(
                 "it was cancelled by {}",
                 plan.state_by.as_deref().unwrap_or("?")
-            ));
+            )));
         }
         PlanState::Paused => {}
         PlanState::Proposed | PlanState::Applying | PlanState::Stopped => {}
     }
+    let fresh = || Some(NextStep::ProposeFreshPlan(plan.invariant.clone()));
     if now >= plan.expires_at {
-        return Some(format!(
-            "it is stale: it expired at {} (plans.ttl); run `trueup plan create --invariant {}` for a fresh one",
-            plan.expires_at.to_rfc3339(),
-            plan.invariant
-        ));
+        return Some(Stale {
+            why: format!(
+                "it is stale: it expired at {} (plans.ttl)",
+                plan.expires_at.to_rfc3339()
+            ),
+            next: fresh(),
+        });
     }
     match invariant {
-        None => Some(format!(
+        None => Some(Stale::because(format!(
             "it is stale: invariant `{}` is no longer defined",
             plan.invariant
-        )),
-        Some(inv) if inv.definition_hash() != plan.definition_hash => Some(format!(
-            "it is stale: invariant `{}` changed since the plan was proposed; run `trueup plan create --invariant {}` for a fresh one",
-            plan.invariant, plan.invariant
-        )),
+        ))),
+        Some(inv) if inv.definition_hash() != plan.definition_hash => Some(Stale {
+            why: format!(
+                "it is stale: invariant `{}` changed since the plan was proposed",
+                plan.invariant
+            ),
+            next: fresh(),
+        }),
         Some(_) => None,
     }
 }
@@ -187,30 +206,32 @@ pub async fn approve(
     require_approver(actor, id, "approving")?;
     let plan = load(store, id).await?;
     if plan.state != PlanState::Proposed {
-        return Err(PlanError::refused(
-            id,
-            staleness(&plan, invariant, now).unwrap_or_else(|| {
+        return Err(match staleness(&plan, invariant, now) {
+            Some(stale) => PlanError::stale(id, stale),
+            None => PlanError::refused(
+                id,
                 format!(
                     "it is {}; only a proposed plan is approved",
                     plan.state.as_str()
-                )
-            }),
-        ));
+                ),
+            ),
+        });
     }
-    if let Some(why) = staleness(&plan, invariant, now) {
-        return Err(PlanError::refused(id, why));
+    if let Some(stale) = staleness(&plan, invariant, now) {
+        return Err(PlanError::stale(id, stale));
     }
     if let Some(seen) = seen_hash
         && !seen.matches(&plan.content_hash)
     {
-        return Err(PlanError::refused(
-            id,
-            format!(
-                "you reviewed content {} but the plan is {}; review it again (`trueup plan show {id}`)",
+        return Err(PlanError::Refused {
+            plan: id,
+            reason: format!(
+                "you reviewed content {} but the plan is {}; review it again",
                 short(seen.as_str()),
                 short(&plan.content_hash)
             ),
-        ));
+            next: Some(NextStep::ReviewPlanAgain(id)),
+        });
     }
     if plan.has_manual && plan.proposed_by == actor.name {
         return Err(PlanError::Forbidden {
@@ -285,28 +306,29 @@ pub async fn check_applicable(
     invariant: Option<&Invariant>,
     now: DateTime<Utc>,
 ) -> Result<Vec<ActionRecord>, PlanError> {
-    if let Some(why) = staleness(plan, invariant, now) {
-        return Err(PlanError::refused(
+    if let Some(stale) = staleness(plan, invariant, now) {
+        return Err(PlanError::stale(
             plan.id,
-            format!("{why}; nothing was applied"),
+            Stale {
+                why: format!("{}; nothing was applied", stale.why),
+                ..stale
+            },
         ));
     }
     if plan.state == PlanState::Paused {
-        return Err(PlanError::refused(
-            plan.id,
-            format!(
-                "it is paused; resume it (`trueup replay resume {id}` or POST /api/v1/plans/{id}/resume). Nothing was applied",
-                id = plan.id
-            ),
-        ));
+        return Err(PlanError::Refused {
+            plan: plan.id,
+            reason: "it is paused; nothing was applied".into(),
+            next: Some(NextStep::ResumePlan(plan.id)),
+        });
     }
     let actions = verify_content(store, plan).await?;
     let approvers = valid_approvers(plan);
     if (approvers.len() as u32) < plan.approvals_required {
-        return Err(PlanError::refused(
-            plan.id,
-            format!(
-                "it is not approved: {} of {} distinct approvers ({}); nothing was applied. Approve with `trueup plan approve {}`",
+        return Err(PlanError::Refused {
+            plan: plan.id,
+            reason: format!(
+                "it is not approved: {} of {} distinct approvers ({}); nothing was applied",
                 approvers.len(),
                 plan.approvals_required,
                 if approvers.is_empty() {
@@ -314,9 +336,9 @@ pub async fn check_applicable(
                 } else {
                     approvers.join(", ")
                 },
-                plan.id
             ),
-        ));
+            next: Some(NextStep::ApprovePlan(plan.id)),
+        });
     }
     Ok(actions)
 }

@@ -279,6 +279,15 @@ fn console_next_step(step: &crate::domain::NextStep) -> String {
         NextStep::ChooseAnotherIncidentName(name) => {
             format!("choose another name, or open /ui/incidents/{name}")
         }
+        // The console does not propose compensation plans (yet): say where it is done.
+        NextStep::ProposeFreshPlan(invariant) => format!(
+            "a fresh plan for `{invariant}` is proposed from the CLI or the API; the console does not propose compensation plans"
+        ),
+        NextStep::ReviewPlanAgain(id) => format!("/ui/plans/{id} shows it"),
+        NextStep::ResumePlan(id) => {
+            format!("it is resumed from the CLI or the API (POST /api/v1/plans/{id}/resume)")
+        }
+        NextStep::ApprovePlan(id) => format!("approve it on /ui/plans/{id}"),
     }
 }
 
@@ -387,6 +396,31 @@ mod tests {
         );
         assert!(
             !text.contains("trueup plans") && !text.contains("GET /api"),
+            "{text}"
+        );
+        // A stale plan: the API names the route that proposes a fresh one; the console says
+        // where that is done, since it does not.
+        let stale = || crate::plan::PlanError::Refused {
+            plan: 4,
+            reason: "it is stale: invariant `ledger` changed since the plan was proposed".into(),
+            next: Some(crate::domain::NextStep::ProposeFreshPlan("ledger".into())),
+        };
+        let api = ApiError::from(stale()).into_response();
+        assert_eq!(api.status(), StatusCode::CONFLICT);
+        let body: serde_json::Value = serde_json::from_slice(
+            &axum::body::to_bytes(api.into_body(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            body["message"],
+            "plan 4: it is stale: invariant `ledger` changed since the plan was proposed; POST /api/v1/plans {\"invariant\": \"ledger\"} proposes a fresh one"
+        );
+        let Refusal(page) = Refusal::from(stale());
+        let text = page_text(page).await;
+        assert!(
+            text.contains("is proposed from the CLI or the API; the console does not propose"),
             "{text}"
         );
         let taken = crate::incident::IncidentError::Exists("outage".into());

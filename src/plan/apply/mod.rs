@@ -172,8 +172,8 @@ async fn dry_run(
 ) -> Result<ApplyReport, PlanError> {
     // A dry run changes nothing, so reviewers may run it before approving.
     let now = Utc::now();
-    if let Some(why) = staleness(plan, env.invariant, now) {
-        return Err(PlanError::refused(plan.id, why));
+    if let Some(stale) = staleness(plan, env.invariant, now) {
+        return Err(PlanError::stale(plan.id, stale));
     }
     let invariant = env
         .invariant
@@ -246,11 +246,10 @@ async fn live(
     if !started_here {
         // Another apply finished (or ended) the plan in the meantime.
         let now = load(env.store, id).await?;
-        return Err(PlanError::refused(
-            id,
-            staleness(&now, env.invariant, Utc::now())
-                .unwrap_or_else(|| format!("it is {}", now.state.as_str())),
-        ));
+        return Err(match staleness(&now, env.invariant, Utc::now()) {
+            Some(stale) => PlanError::stale(id, stale),
+            None => PlanError::refused(id, format!("it is {}", now.state.as_str())),
+        });
     }
     let mut report = ApplyReport::new(id, false);
     let live = Live {

@@ -233,7 +233,10 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
     );
     println!("  status:    {}", view.status);
     if let Some(why) = &view.stale {
-        println!("             {why}");
+        println!(
+            "             {}",
+            super::output::with_next_step(why, view.stale_next.clone())
+        );
     }
     println!("  content:   {}", p.content_hash);
     println!(

@@ -37,6 +37,9 @@ pub struct PlanView {
     pub approved: bool,
     /// Why it can no longer be approved or applied, if so.
     pub stale: Option<String>,
+    /// What to do about a stale plan, for each surface to word (not part of the JSON).
+    #[serde(skip)]
+    pub stale_next: Option<NextStep>,
     pub progress: BTreeMap<crate::domain::ActionStatus, u64>,
 }
 
@@ -50,9 +53,13 @@ pub async fn view(
     let approved = approvers.len() as u32 >= plan.approvals_required;
     let stale = match plan.state {
         PlanState::Proposed | PlanState::Applying | PlanState::Stopped | PlanState::Paused => {
-            staleness(&plan, invariant, now).map(|s| s.why)
+            staleness(&plan, invariant, now)
         }
         _ => None,
+    };
+    let (stale, stale_next) = match stale {
+        Some(s) => (Some(s.why), s.next),
+        None => (None, None),
     };
     let status = match plan.state {
         _ if stale.is_some() => "stale",
@@ -66,6 +73,7 @@ pub async fn view(
         approvers,
         approved,
         stale,
+        stale_next,
         progress,
     })
 }

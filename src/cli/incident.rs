@@ -234,7 +234,8 @@ pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::
                     Ok(EXIT_OK)
                 }
                 Err(e @ IncidentError::Blocked { .. }) => {
-                    eprintln!("{e}");
+                    let next = e.next_step().map(|s| super::output::next_step(&s));
+                    eprintln!("{e}\n{}", next.unwrap_or_default());
                     Ok(EXIT_VIOLATIONS)
                 }
                 Err(e) => failed(e),

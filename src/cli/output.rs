@@ -115,6 +115,13 @@ pub(crate) fn next_step(step: &crate::domain::NextStep) -> String {
         NextStep::ReviewPlanAgain(id) => format!("`trueup plan show {id}` shows it"),
         NextStep::ResumePlan(id) => format!("resume it (`trueup replay resume {id}`)"),
         NextStep::ApprovePlan(id) => format!("approve it with `trueup plan approve {id}`"),
+        NextStep::RetryFailed(id) => {
+            format!("fix the cause and run `trueup apply {id} --retry-failed`")
+        }
+        NextStep::ContinueApply(id) => format!("run `trueup apply {id}` again to continue"),
+        NextStep::ResolveBlockersOrOverride(name) => format!(
+            "resolve them, or close anyway with `trueup incident close {name} --override --reason \"...\"` (the report records who and why)"
+        ),
     }
 }
 
@@ -131,7 +138,19 @@ pub(crate) fn with_next_step(
 
 #[cfg(test)]
 mod tests {
-    use super::with_next_step;
+    use super::{next_step, with_next_step};
+
+    #[test]
+    fn every_next_step_is_a_command_in_the_terminal_and_never_a_route() {
+        for step in crate::domain::NextStep::one_of_each() {
+            let said = next_step(&step);
+            assert!(said.contains("`trueup "), "{step:?}: {said}");
+            assert!(
+                !said.contains("/api/") && !said.contains("/ui/"),
+                "{step:?}: {said}"
+            );
+        }
+    }
 
     #[test]
     fn the_terminal_is_told_the_next_step_as_a_command() {

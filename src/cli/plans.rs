@@ -520,8 +520,8 @@ pub(super) async fn run_apply(
         }
         if let Some(why) = &report.stopped {
             println!(
-                "stopped: {why}; run `trueup apply {}` again to continue",
-                report.plan
+                "stopped: {}",
+                super::output::with_next_step(why, report.next.clone())
             );
         }
         if let Some(v) = &report.verification {

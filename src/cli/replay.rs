@@ -51,7 +51,7 @@ pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Resu
         ) {
             Ok(ok) => ok,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", window_refusal(&e));
                 return Ok(EXIT_ERROR);
             }
         };
@@ -283,5 +283,23 @@ async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8
             )
             .await
         }
+    }
+}
+
+/// A refused replay window, in the flags that fix it.
+fn window_refusal(e: &replay::WindowError) -> String {
+    use replay::WindowError as W;
+    match e {
+        W::NotReplayable { .. } => e.to_string(),
+        W::Unbounded => "a replay needs a window on the events' own time: give both --from and --to (RFC 3339, e.g. --from 2026-11-25T01:00:00Z --to 2026-11-25T07:00:00Z). There is no \"replay everything\"; nothing was done".into(),
+        W::Reversed { from, to } => format!(
+            "--from {} is not before --to {}; nothing was done",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        ),
+        W::TooWide { .. } => format!(
+            "{e}; narrow it, or pass --wide with --reason \"...\" (recorded in the audit log). Nothing was done"
+        ),
+        W::WideWithoutReason => "--wide needs --reason \"...\": why a window this wide is safe (recorded in the audit log). Nothing was done".into(),
     }
 }

@@ -19,4 +19,46 @@ pub enum NextStep {
     ResumePlan(i64),
     /// Approve this plan (it lacks approvals).
     ApprovePlan(i64),
+    /// Fix what made this plan's actions fail (or events park), then apply it again retrying
+    /// them.
+    RetryFailed(i64),
+    /// Apply this plan again: it stopped short with nothing failed (interrupted).
+    ContinueApply(i64),
+    /// This incident has blockers: resolve them, or close it anyway with a reason (approvers).
+    ResolveBlockersOrOverride(String),
+}
+
+impl NextStep {
+    /// One step of every kind, for tests that check each surface words them all.
+    #[cfg(test)]
+    pub(crate) fn one_of_each() -> Vec<NextStep> {
+        let all = vec![
+            NextStep::ListPlans,
+            NextStep::ListIncidents,
+            NextStep::ChooseAnotherIncidentName("outage".into()),
+            NextStep::ProposeFreshPlan("ledger".into()),
+            NextStep::ReviewPlanAgain(3),
+            NextStep::ResumePlan(3),
+            NextStep::ApprovePlan(3),
+            NextStep::RetryFailed(3),
+            NextStep::ContinueApply(3),
+            NextStep::ResolveBlockersOrOverride("outage".into()),
+        ];
+        // A new kind does not compile here until it is listed above.
+        for step in &all {
+            match step {
+                NextStep::ListPlans
+                | NextStep::ListIncidents
+                | NextStep::ChooseAnotherIncidentName(_)
+                | NextStep::ProposeFreshPlan(_)
+                | NextStep::ReviewPlanAgain(_)
+                | NextStep::ResumePlan(_)
+                | NextStep::ApprovePlan(_)
+                | NextStep::RetryFailed(_)
+                | NextStep::ContinueApply(_)
+                | NextStep::ResolveBlockersOrOverride(_) => {}
+            }
+        }
+        all
+    }
 }

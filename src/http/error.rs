@@ -33,6 +33,15 @@ pub fn api_next_step(step: &NextStep) -> String {
         NextStep::ReviewPlanAgain(id) => format!("GET /api/v1/plans/{id} shows it"),
         NextStep::ResumePlan(id) => format!("resume it (POST /api/v1/plans/{id}/resume)"),
         NextStep::ApprovePlan(id) => format!("approve it (POST /api/v1/plans/{id}/approve)"),
+        NextStep::RetryFailed(id) => {
+            format!("fix the cause, then POST /api/v1/plans/{id}/apply {{\"retry_failed\": true}}")
+        }
+        NextStep::ContinueApply(id) => {
+            format!("POST /api/v1/plans/{id}/apply again to continue")
+        }
+        NextStep::ResolveBlockersOrOverride(name) => format!(
+            "resolve them, or close anyway as an approver: POST /api/v1/incidents/{name}/close {{\"override_reason\": \"...\"}} (the report records who and why)"
+        ),
     }
 }
 

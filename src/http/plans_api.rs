@@ -250,7 +250,7 @@ pub(super) async fn apply(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let rate = match &body.rate {
-        Some(r) => Rate::parse(r).map_err(ApiError::bad_request)?,
+        Some(r) => Rate::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => Rate::default_for(p.kind),
     };
     let opts = ApplyOptions {

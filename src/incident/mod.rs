@@ -57,6 +57,9 @@ impl IncidentError {
         match self {
             IncidentError::NotFound(_) => Some(NextStep::ListIncidents),
             IncidentError::Exists(name) => Some(NextStep::ChooseAnotherIncidentName(name.clone())),
+            IncidentError::Blocked { name, .. } => {
+                Some(NextStep::ResolveBlockersOrOverride(name.clone()))
+            }
             _ => None,
         }
     }
@@ -74,9 +77,6 @@ fn blocked_message(name: &str, blockers: &[Blocker]) -> String {
         }
         out.push_str(&b.detail);
     }
-    out.push_str(
-        "\nresolve them, or close anyway with `--override --reason \"...\"` (the report records who and why)",
-    );
     out
 }
 
@@ -117,7 +117,7 @@ pub async fn open(
         && to <= from
     {
         return Err(IncidentError::Invalid(format!(
-            "--to {} is not after --from {}",
+            "the window's end {} is not after its start {}",
             to.to_rfc3339(),
             from.to_rfc3339()
         )));
@@ -315,7 +315,7 @@ pub async fn close(
     let override_reason = match override_reason.map(str::trim) {
         Some("") => {
             return Err(IncidentError::Invalid(
-                "--override needs a --reason: say why the incident closes despite its blockers"
+                "closing despite the blockers needs a reason: say why the incident closes anyway"
                     .into(),
             ));
         }

@@ -23,6 +23,36 @@ pub struct Window {
     pub to: DateTime<Utc>,
 }
 
+/// Why a replay window was refused, as data: each surface words it for its own user (the CLI
+/// in flags, the console in form fields). Nothing was done in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// The invariant cannot be replayed at all.
+    #[error(
+        "invariant `{invariant}` has no `replay:` block, so trueup does not know how to re-deliver its events; add one (see README, \"Replaying lost events\")"
+    )]
+    NotReplayable { invariant: String },
+    /// One end of the window (or both) was not given: there is no "replay everything".
+    #[error("a replay needs a window on the events' own time, both its start and its end")]
+    Unbounded,
+    /// The window ends before it starts.
+    #[error("the window's start {from} is not before its end {to}", from = .from.to_rfc3339(), to = .to.to_rfc3339())]
+    Reversed {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    /// Wider than the invariant's `replay.max_window`, without the explicit flag.
+    #[error("the window is {width}, wider than `{invariant}`'s replay.max_window ({max_window})", width = humantime::format_duration(*.width))]
+    TooWide {
+        invariant: String,
+        width: std::time::Duration,
+        max_window: crate::domain::HumanDuration,
+    },
+    /// The explicit flag for a wide window came without a reason for the audit log.
+    #[error("a window wider than replay.max_window needs a reason (recorded in the audit log)")]
+    WideWithoutReason,
+}
+
 /// Checks a window against the invariant's replay settings. `wide` with a `reason` allows a
 /// window beyond `max_window`.
 pub fn check_window<'a>(
@@ -31,39 +61,29 @@ pub fn check_window<'a>(
     to: Option<DateTime<Utc>>,
     wide: bool,
     reason: Option<&str>,
-) -> Result<(&'a ReplaySpec, Window), String> {
+) -> Result<(&'a ReplaySpec, Window), WindowError> {
     let Some(spec) = &invariant.replay else {
-        return Err(format!(
-            "invariant `{}` has no `replay:` block, so trueup does not know how to re-deliver its events; add one (see README, \"Replaying lost events\")",
-            invariant.name
-        ));
+        return Err(WindowError::NotReplayable {
+            invariant: invariant.name.to_string(),
+        });
     };
     let (Some(from), Some(to)) = (from, to) else {
-        return Err(
-            "a replay needs a window on the events' own time: give both --from and --to (RFC 3339, e.g. --from 2026-11-25T01:00:00Z --to 2026-11-25T07:00:00Z). There is no \"replay everything\"; nothing was done".into(),
-        );
+        return Err(WindowError::Unbounded);
     };
     if from >= to {
-        return Err(format!(
-            "--from {} is not before --to {}; nothing was done",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        ));
+        return Err(WindowError::Reversed { from, to });
     }
     let width = to - from;
     if width > spec.max_window.as_chrono() {
         if !wide {
-            return Err(format!(
-                "the window is {}, wider than `{}`'s replay.max_window ({}); narrow it, or pass --wide with --reason \"...\" (recorded in the audit log). Nothing was done",
-                humantime::format_duration(width.to_std().unwrap_or_default()),
-                invariant.name,
-                spec.max_window
-            ));
+            return Err(WindowError::TooWide {
+                invariant: invariant.name.to_string(),
+                width: width.to_std().unwrap_or_default(),
+                max_window: spec.max_window,
+            });
         }
         if reason.is_none_or(|r| r.trim().is_empty()) {
-            return Err(
-                "--wide needs --reason \"...\": why a window this wide is safe (recorded in the audit log). Nothing was done".into(),
-            );
+            return Err(WindowError::WideWithoutReason);
         }
     }
     Ok((spec, Window { from, to }))

@@ -52,12 +52,11 @@ impl Worker {
                                     channel
                                         .deliver(&item.message.payload)
                                         .await
-                                        .map_err(|e| e.to_string())
+                                        .map_err(DeliveryError::Channel)
                                 }
-                                None => Err(format!(
-                                    "channel `{}` is no longer configured",
-                                    item.message.channel
-                                )),
+                                None => {
+                                    Err(DeliveryError::Unconfigured(item.message.channel.clone()))
+                                }
                             }
                         };
                         // A panicking channel (a bug) fails this attempt, and so does one that
@@ -68,17 +67,11 @@ impl Worker {
                             std::panic::AssertUnwindSafe(attempt).catch_unwind(),
                         )
                         .await
-                        .unwrap_or_else(|_| {
-                            Ok(Err(format!(
-                                "the channel did not answer within {}s",
-                                ATTEMPT_DEADLINE.as_secs()
-                            )))
-                        })
+                        .unwrap_or(Ok(Err(DeliveryError::TimedOut(ATTEMPT_DEADLINE.as_secs()))))
                         .unwrap_or_else(|panic| {
-                            Err(format!(
-                                "delivering panicked (a bug in trueup; please report it): {}",
-                                crate::source::panic_message(&*panic)
-                            ))
+                            Err(DeliveryError::Panicked(crate::source::panic_message(
+                                &*panic,
+                            )))
                         });
                         let now = Utc::now();
                         let recorded = match result {
@@ -94,7 +87,11 @@ impl Worker {
                                     "notification not delivered: {e}"
                                 );
                                 self.store
-                                    .outbox_failed(item.id, &e, now + backoff(item.attempts))
+                                    .outbox_failed(
+                                        item.id,
+                                        &e.to_string(),
+                                        now + backoff(item.attempts),
+                                    )
                                     .await
                             }
                         };
@@ -124,11 +121,25 @@ impl Worker {
     }
 }
 
+/// Why one attempt to deliver a notice failed; the outbox records it with the notice.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error(transparent)]
+    Channel(#[from] crate::notify::ChannelError),
+    #[error("channel `{0}` is no longer configured")]
+    Unconfigured(String),
+    #[error("the channel did not answer within {0}s")]
+    TimedOut(u64),
+    #[error("delivering panicked (a bug in trueup; please report it): {0}")]
+    Panicked(String),
+    /// The fail point `notify.deliver` (test builds).
+    #[error("the channel refused the notice (injected)")]
+    Injected,
+}
+
 /// The fail point `notify.deliver` (test builds): the channel refuses the notice.
-fn injected_refusal() -> Result<(), String> {
-    fail::fail_point!("notify.deliver", |_| Err(
-        "the channel refused the notice (injected)".to_owned()
-    ));
+fn injected_refusal() -> Result<(), DeliveryError> {
+    fail::fail_point!("notify.deliver", |_| Err(DeliveryError::Injected));
     Ok(())
 }
 

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
+/// How long an element that keeps going stale is looked for again.
+const STALE_RETRIES: Duration = Duration::from_secs(20);
+
 pub struct Browser {
     pub client: Client,
     driver: Child,
@@ -94,8 +97,27 @@ impl Browser {
         }
     }
 
+    /// Finds the element and acts on it, finding it again when the page was replaced in between
+    /// (a page's script reloads it, e.g. when a live apply finishes): a stale element is the
+    /// page moving on, not a failure.
+    async fn on_element<T, Act, Done>(&self, css: &str, act: Act) -> T
+    where
+        Act: Fn(fantoccini::elements::Element) -> Done,
+        Done: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let started = Instant::now();
+        loop {
+            match act(self.find(css).await).await {
+                Ok(done) => return done,
+                Err(e) if e.is_stale_element_reference() && started.elapsed() < STALE_RETRIES => {}
+                Err(e) => panic!("{css}: {e}\n{}", self.source().await),
+            }
+        }
+    }
+
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        self.on_element(css, |e| async move { e.text().await })
+            .await
     }
 
     pub async fn exists(&self, css: &str) -> bool {
@@ -108,13 +130,16 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        self.on_element(css, |e| async move { e.click().await.map(drop) })
+            .await
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
-        let field = self.find(css).await;
-        field.clear().await.unwrap();
-        field.send_keys(value).await.unwrap();
+        self.on_element(css, |field| async move {
+            field.clear().await?;
+            field.send_keys(value).await
+        })
+        .await
     }
 
     /// The page's source, for assertions and their messages.

@@ -288,6 +288,13 @@ fn console_next_step(step: &crate::domain::NextStep) -> String {
             format!("it is resumed from the CLI or the API (POST /api/v1/plans/{id}/resume)")
         }
         NextStep::ApprovePlan(id) => format!("approve it on /ui/plans/{id}"),
+        // The console's apply goes on with what is pending; retrying failed actions is not
+        // offered here.
+        NextStep::RetryFailed(id) => format!(
+            "fix the cause, then retry the failed actions from the CLI (`trueup apply {id} --retry-failed`) or the API"
+        ),
+        NextStep::ContinueApply(_) => "apply it again below to continue".into(),
+        NextStep::ResolveBlockersOrOverride(_) => "resolve them, or, as an approver, close anyway with an override reason (the report records who and why)".into(),
     }
 }
 
@@ -368,6 +375,28 @@ mod tests {
             .unwrap();
         let html = String::from_utf8(body.to_vec()).unwrap();
         html.replace("&#x60;", "`").replace("&#x2f;", "/")
+    }
+
+    #[test]
+    fn every_next_step_is_a_route_for_the_api_and_a_page_for_the_console() {
+        for step in crate::domain::NextStep::one_of_each() {
+            let api = crate::http::error::api_next_step(&step);
+            assert!(api.contains("/api/v1/"), "{step:?}: {api}");
+            assert!(
+                !api.contains("trueup ") && !api.contains("/ui/"),
+                "{step:?}: {api}"
+            );
+            // The console names a command or a route only for what it does not do itself,
+            // and then says where that is done.
+            let console = console_next_step(&step);
+            assert!(!console.contains("GET /api"), "{step:?}: {console}");
+            if console.contains("trueup ") || console.contains("/api/") {
+                assert!(
+                    console.contains("the CLI") || console.contains("the API"),
+                    "{step:?}: {console}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
             BlockerKind::NotLoaded,
             None,
             format!(
-                "`{name}` is not defined in the loaded invariant files, so it cannot be re-checked; restore its definition or close with --override"
+                "`{name}` is not defined in the loaded invariant files, so it cannot be re-checked; restore its definition, or close the incident overriding this blocker with a reason"
             ),
         );
     }
@@ -68,7 +68,7 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
             BlockerKind::StaleVerification,
             None,
             format!(
-                "not evaluated since the window opened ({}); evaluate it (`trueup check -i {name}`)",
+                "not evaluated since the window opened ({}); evaluate `{name}` and re-check",
                 v.required_after.to_rfc3339()
             ),
         ),
@@ -97,7 +97,7 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                 BlockerKind::UnfinishedReplay,
                 Some(p.id),
                 format!(
-                    "replay plan {} is {}: {} delivered, {} pending, {} parked; finish it (`trueup apply {}`) or cancel it",
+                    "replay plan {} is {}: {} delivered, {} pending, {} parked; finish applying it or cancel it",
                     p.id,
                     if p.approved {
                         "approved, not applied"
@@ -107,7 +107,6 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                     t.applied,
                     t.unfinished(),
                     t.parked,
-                    p.id
                 ),
             );
         } else if p.kind == PlanKind::Replay && p.state == PlanState::Applied && t.parked > 0 {
@@ -115,8 +114,8 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                 BlockerKind::UnfinishedReplay,
                 Some(p.id),
                 format!(
-                    "replay plan {} parked {} event(s); deliver them (`trueup apply {} --retry-failed`)",
-                    p.id, t.parked, p.id
+                    "replay plan {} parked {} event(s); deliver them (apply it again, retrying its failed actions)",
+                    p.id, t.parked
                 ),
             );
         } else if live && t.unfinished() > 0 {
@@ -124,7 +123,7 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                 BlockerKind::PendingActions,
                 Some(p.id),
                 format!(
-                    "plan {} ({}) has {} action(s) not applied; apply it (`trueup apply {}`) or reject it",
+                    "plan {} ({}) has {} action(s) not applied; apply it or reject it",
                     p.id,
                     if p.approved {
                         "approved"
@@ -132,7 +131,6 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                         p.state.as_str()
                     },
                     t.unfinished(),
-                    p.id
                 ),
             );
         }
@@ -144,10 +142,9 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                 BlockerKind::FailedActions,
                 Some(p.id),
                 format!(
-                    "plan {} has {} failed action(s); retry them (`trueup apply {} --retry-failed`)",
+                    "plan {} has {} failed action(s); retry them (apply it again, retrying its failed actions)",
                     p.id,
                     t.failed + t.parked,
-                    p.id
                 ),
             );
         }

@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::targets::Targets;
 use super::{PlanError, check_applicable, load, staleness, verify_content};
-use crate::domain::{ActionSpec, ActionStatus, Actor, Invariant, PlanId, PlanKind, PlanState};
+use crate::domain::{
+    ActionSpec, ActionStatus, Actor, Invariant, NextStep, PlanId, PlanKind, PlanState,
+};
 use crate::plan::recheck::still_holds;
 use crate::source::Sources;
 use crate::store::{PlanRecord, Store, Transition};
@@ -63,12 +65,14 @@ impl Rate {
     }
 
     /// `5/s`, `300/m`, `2/h` or `unlimited`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, RateError> {
         let raw = raw.trim();
         if raw == "unlimited" {
             return Ok(Rate::Unlimited);
         }
-        let err = || format!("rate `{raw}`: write N/s, N/m or N/h (e.g. 5/s), or `unlimited`");
+        let err = || RateError {
+            raw: raw.to_owned(),
+        };
         let (n, unit) = raw.split_once('/').ok_or_else(err)?;
         let n: f64 = n.trim().parse().map_err(|_| err())?;
         let per = match unit.trim() {
@@ -89,6 +93,13 @@ impl Rate {
             Rate::Unlimited => None,
         }
     }
+}
+
+/// A rate that is not one: what was given, and the forms that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate `{raw}`: write N/s, N/m or N/h (e.g. 5/s), or `unlimited`")]
+pub struct RateError {
+    raw: String,
 }
 
 impl std::fmt::Display for Rate {
@@ -274,11 +285,16 @@ async fn live(
     if let Some(state) = halted {
         // An operator paused or cancelled it: the state says so already.
         report.stopped = Some(format!("the plan was {}", state.as_str()));
+        if state == PlanState::Paused {
+            report.next = Some(NextStep::ResumePlan(id));
+        }
     } else if let Some(why) = report.stopped.clone() {
         end_applying(env, id, PlanState::Stopped, Some(&why)).await?;
-    } else if let Some(why) = unfinished(&env.store.action_progress(id).await?, id) {
+        report.next = Some(after_stop(&env.store.action_progress(id).await?, id));
+    } else if let Some(why) = unfinished(&env.store.action_progress(id).await?) {
         end_applying(env, id, PlanState::Stopped, Some(&why)).await?;
         report.stopped = Some(why);
+        report.next = Some(NextStep::RetryFailed(id));
     } else {
         // Of several applies of one plan, the one that moves it to applied verifies it.
         if end_applying(env, id, PlanState::Applied, None).await? {
@@ -344,18 +360,28 @@ async fn end_applying(
     Ok(moved)
 }
 
-/// Actions failed or parked: why the plan stops short of applied.
-fn unfinished(progress: &BTreeMap<ActionStatus, u64>, id: PlanId) -> Option<String> {
+/// Actions failed or parked: why the plan stops short of applied (the stored reason, read on
+/// every surface, so it names no command).
+fn unfinished(progress: &BTreeMap<ActionStatus, u64>) -> Option<String> {
     let failed = progress.get(&ActionStatus::Failed).copied().unwrap_or(0);
     let parked = progress.get(&ActionStatus::Parked).copied().unwrap_or(0);
     match (failed, parked) {
         (0, 0) => None,
-        (f, 0) => Some(format!(
-            "{f} action(s) failed; fix the cause and run `trueup apply {id} --retry-failed`"
-        )),
-        (f, p) => Some(format!(
-            "{p} event(s) parked and {f} action(s) failed; see `trueup plan show {id}`, fix the cause and run `trueup apply {id} --retry-failed`"
-        )),
+        (f, 0) => Some(format!("{f} action(s) failed")),
+        (f, p) => Some(format!("{p} event(s) parked and {f} action(s) failed")),
+    }
+}
+
+/// What to do about a plan an apply left stopped: retry what failed or parked, or, when
+/// nothing did (it was interrupted), apply it again.
+pub fn after_stop(progress: &BTreeMap<ActionStatus, u64>, id: PlanId) -> NextStep {
+    let stuck = [ActionStatus::Failed, ActionStatus::Parked]
+        .iter()
+        .any(|s| progress.get(s).is_some_and(|n| *n > 0));
+    if stuck {
+        NextStep::RetryFailed(id)
+    } else {
+        NextStep::ContinueApply(id)
     }
 }
 

@@ -103,6 +103,9 @@ pub struct ApplyReport {
     pub samples: BTreeMap<Outcome, Vec<Sample>>,
     /// Why this apply stopped before the plan was done, if it did.
     pub stopped: Option<String>,
+    /// What to do about it, when it stopped short.
+    #[serde(skip)]
+    pub next: Option<crate::domain::NextStep>,
     /// The plan's state afterwards.
     pub state: PlanState,
     pub verification: Option<Verification>,
@@ -119,6 +122,7 @@ impl ApplyReport {
             counts: BTreeMap::new(),
             samples: BTreeMap::new(),
             stopped: None,
+            next: None,
             state: PlanState::Proposed,
             verification: None,
             actions_secs: 0.0,

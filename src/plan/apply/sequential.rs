@@ -71,7 +71,7 @@ pub(super) async fn run_sequential(
             failures += 1;
             if failures >= opts.max_failures {
                 report.stopped = Some(format!(
-                    "{failures} action(s) failed (--max-failures {})",
+                    "{failures} action(s) failed, this apply's limit (max failures {})",
                     opts.max_failures
                 ));
                 break;

@@ -57,7 +57,9 @@ fn find(state: &HttpState, name: &str) -> Result<std::sync::Arc<Invariant>, Refu
 fn form_rate(raw: Option<&str>, default: Rate) -> Result<Rate, Refusal> {
     match raw.map(str::trim).filter(|r| !r.is_empty()) {
         None => Ok(default),
-        Some(r) => Rate::parse(r).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e)),
+        Some(r) => {
+            Rate::parse(r).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e.to_string()))
+        }
     }
 }
 

@@ -113,6 +113,10 @@ async fn plan_page(
     // Applied, and the re-check of what was applied (a replay's window) still running.
     let verifying = view.plan.state == PlanState::Applied && view.plan.verification.is_none();
     let applying = view.plan.state == PlanState::Applying;
+    // A stopped plan: what to do about it (retry what failed, or apply again).
+    let stopped_next = (view.plan.state == PlanState::Stopped).then(|| {
+        crate::http::console::console_next_step(&plan::apply::after_stop(&view.progress, id))
+    });
     let actions: Vec<_> = actions.iter().map(action_view).collect();
     Ok(render(
         session,
@@ -133,6 +137,7 @@ async fn plan_page(
             // moved the plan to `applying`.
             watch => applying || (watch && view.plan.state == PlanState::Proposed) || verifying,
             verifying => verifying,
+            stopped_next => stopped_next,
         },
     ))
 }

@@ -32,7 +32,21 @@ fn replay_window<'a>(
 ) -> Result<(&'a crate::domain::ReplaySpec, crate::plan::replay::Window), Refusal> {
     let (from, to) = (form_time("from", from)?, form_time("to", to)?);
     crate::plan::replay::check_window(inv, from, to, false, None)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &e))
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &window_refusal(&e)))
+}
+
+/// A refused replay window, in the form's terms: the timeline selection, its two fields, and
+/// the CLI for what the console does not offer (a window past `max_window`).
+fn window_refusal(e: &crate::plan::replay::WindowError) -> String {
+    use crate::plan::replay::WindowError as W;
+    match e {
+        W::NotReplayable { .. } => e.to_string(),
+        W::Unbounded => "a replay needs a window on the events' own time: select it on the timeline, or fill in both From and To. There is no \"replay everything\"; nothing was done".into(),
+        W::Reversed { .. } => format!("{e}: swap From and To. Nothing was done"),
+        W::TooWide { .. } | W::WideWithoutReason => format!(
+            "{e}; narrow it, or use the CLI's `trueup replay --wide --reason \"...\"` (recorded in the audit log). Nothing was done"
+        ),
+    }
 }
 
 /// The replay dry run for a window: what would be delivered, skipped, left out; and the form
@@ -107,5 +121,39 @@ pub(in crate::http::console) async fn propose_replay(
             StatusCode::CONFLICT,
             "nothing to replay: no open `missing` violation has its event in this window",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_refusal;
+    use crate::plan::replay::WindowError;
+
+    #[test]
+    fn a_refused_window_is_worded_in_the_forms_fields_not_the_clis_flags() {
+        let unbounded = window_refusal(&WindowError::Unbounded);
+        assert!(
+            unbounded.contains("select it on the timeline, or fill in both From and To"),
+            "{unbounded}"
+        );
+        let from = "2026-11-25T07:00:00Z".parse().unwrap();
+        let to = "2026-11-25T01:00:00Z".parse().unwrap();
+        let reversed = window_refusal(&WindowError::Reversed { from, to });
+        assert_eq!(
+            reversed,
+            "the window's start 2026-11-25T07:00:00+00:00 is not before its end 2026-11-25T01:00:00+00:00: swap From and To. Nothing was done"
+        );
+        let wide = window_refusal(&WindowError::TooWide {
+            invariant: "ledger".into(),
+            width: std::time::Duration::from_secs(3 * 3600),
+            max_window: crate::domain::HumanDuration::parse("2h").unwrap(),
+        });
+        assert!(
+            wide.starts_with("the window is 3h, wider than `ledger`'s replay.max_window (2h); narrow it, or use the CLI's"),
+            "{wide}"
+        );
+        for said in [unbounded, reversed] {
+            assert!(!said.contains("--"), "{said}");
+        }
     }
 }

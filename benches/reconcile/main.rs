@@ -1,0 +1,321 @@
+//! Reconcile at scale against its floor and its peer, in one run on the same tables.
+//!
+//!     cargo bench --bench reconcile                 # 1M and 10M rows per side
+//!     cargo bench --bench reconcile -- 100000       # other sizes (multiples of 10,000)
+//!
+//! For each size it creates a fresh database on TRUEUP_BENCH_PG (default
+//! postgres://postgres@127.0.0.1:5432) and on TRUEUP_BENCH_MARIADB (default
+//! mysql://root@127.0.0.1:3306; `none` leaves the cross-engine case out) with a left table of N
+//! rows (id bigint primary key, amount numeric(12,2), currency text) and a right table per case
+//! (`fixture.rs`): uniform differences, identical, an outage of 10,000 consecutive keys; and the
+//! uniform case with its right side in MariaDB. Per case, interleaved, it measures:
+//!
+//! - the floor: both sides read in key order at once, as cheaply as each engine sends them
+//!   (PostgreSQL binary COPY, MariaDB's text protocol), and discarded (`floor.rs`);
+//! - trueup: one full `reconcile` through the real runner into a SQLite ledger, its violation
+//!   counts checked against what the case planted (a wrong answer fails the benchmark), and
+//!   its peak RSS (VmHWM, reset before the case);
+//! - reladiff, when installed (`peer.rs`), once per case, with its peak RSS.
+//!
+//! Seconds are medians of TRUEUP_BENCH_REPEAT runs (default 3). It prints one table per size:
+//! seconds, trueup as a multiple of the floor, reladiff as a multiple of trueup. The databases
+//! are dropped afterwards.
+
+mod fixture;
+mod floor;
+mod peer;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use fixture::{CASES, Case, Fixture};
+use floor::Side;
+use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
+use trueup::domain::{
+    ColumnName, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec, QuerySide,
+    ReconcileSpec, Severity, SourceName, ViolationKind,
+};
+use trueup::runner::run_invariant;
+use trueup::source::Sources;
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets the process's peak RSS to its current RSS (Linux: `5` to `clear_refs`), so the
+/// next reading is one case's peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs per case (TRUEUP_BENCH_REPEAT, default 3); the median is reported.
+fn repeats() -> usize {
+    std::env::var("TRUEUP_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// One row of the table: a case on a pair of engines.
+struct Measured {
+    case: Case,
+    engines: &'static str,
+    floor_secs: f64,
+    trueup_secs: f64,
+    trueup_rss_mib: f64,
+    peer: Option<peer::PeerRun>,
+}
+
+fn invariant(left: &str, right_source: &str, right: &str) -> Invariant {
+    let side = |source: &str, table: &str| QuerySide {
+        source: SourceName::parse(source).expect("name"),
+        query: format!("SELECT id, amount, currency FROM {table}"),
+    };
+    Invariant {
+        name: InvariantName::parse("bench").expect("name"),
+        description: None,
+        owner: None,
+        severity: Severity::Low,
+        schedule: None,
+        time_column: None,
+        grace: None,
+        alert: Default::default(),
+        notify: None,
+        sample_limit: 0,
+        violation_budget: 1_000_000,
+        spec: InvariantSpec::Reconcile(ReconcileSpec {
+            left: side("pg", left),
+            right: side(right_source, right),
+            key: vec![ColumnName::parse("id").expect("column")],
+            expect: Expect::ExactlyOne,
+            compare: None,
+        }),
+        compensate: Default::default(),
+        replay: None,
+        defined_at: (PathBuf::from("bench"), 0),
+    }
+}
+
+fn source(name: &str, kind: SourceKind, url: &str) -> anyhow::Result<(SourceName, SourceConfig)> {
+    let name = SourceName::parse(name)?;
+    Ok((
+        name.clone(),
+        SourceConfig {
+            name,
+            kind,
+            url: SecretUrl::new(url.to_owned()),
+            pool_size: 2,
+            statement_timeout: HumanDuration::parse("1h")?,
+            on_writable: WritablePolicy::Warn,
+            // The benchmark connects as the servers' superusers, which trueup refuses by default.
+            on_privileged: trueup::config::PrivilegedPolicy::Allow,
+        },
+    ))
+}
+
+async fn bench(pg_server: &str, maria_server: Option<&str>, n: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let fixture = Fixture::create(pg_server, maria_server, n).await?;
+    println!(
+        "\n{n} x {n} rows: tables loaded in {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
+    let result = measure(&fixture, n).await;
+    fixture.drop_all().await?;
+    let rows = result?;
+    print_table(n, &rows);
+    Ok(())
+}
+
+async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
+    let mut configs = vec![source("pg", SourceKind::Postgres, &fixture.pg_url)?];
+    if let Some(url) = &fixture.maria_url {
+        configs.push(source("maria", SourceKind::MySql, url)?);
+    }
+    let sources = Sources::open_all(&configs.into_iter().collect()).await?;
+    let dir = tempfile::tempdir()?;
+    let store = trueup::store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    )))
+    .await?;
+    let peer_version = peer::installed();
+
+    let mut pairs: Vec<(Case, &'static str)> = CASES.iter().map(|c| (*c, "pg-pg")).collect();
+    if fixture.maria_url.is_some() {
+        pairs.push((Case::Uniform, "pg-mariadb"));
+    }
+    let mut measured = Vec::new();
+    for (case, engines) in pairs {
+        let table = case.table();
+        let (right_source, right_side, peer_right) = match (engines, &fixture.maria_url) {
+            ("pg-mariadb", Some(url)) => (
+                "maria",
+                Side::MariaDb {
+                    url: url.clone(),
+                    table: table.clone(),
+                },
+                peer::url(url),
+            ),
+            _ => (
+                "pg",
+                Side::Postgres {
+                    url: fixture.pg_url.clone(),
+                    table: table.clone(),
+                },
+                peer::url(&fixture.pg_url),
+            ),
+        };
+        let left_side = Side::Postgres {
+            url: fixture.pg_url.clone(),
+            table: "l".into(),
+        };
+        let inv = invariant("l", right_source, &table);
+        let (want_missing, want_mismatch, want_extra) = case.expected(n);
+        let (mut floors, mut trueups) = (Vec::new(), Vec::new());
+        let mut peak_mib: f64 = 0.0;
+        for _ in 0..repeats() {
+            let (secs, rows) = floor::floor(&left_side, &right_side).await?;
+            anyhow::ensure!(
+                rows == 2 * n - want_missing + want_extra,
+                "{} {engines}: the floor read {rows} rows",
+                case.label()
+            );
+            floors.push(secs);
+
+            reset_peak_rss();
+            let t = Instant::now();
+            let outcome = run_invariant(&inv, &sources, store.as_ref()).await?;
+            let secs = t.elapsed().as_secs_f64();
+            peak_mib = peak_mib.max(peak_rss_kib() as f64 / 1024.0);
+            if let Some(e) = outcome.error {
+                anyhow::bail!("{} {engines}: the reconcile failed: {e}", case.label());
+            }
+            let count = |k| outcome.stats.counts.get(&k).copied().unwrap_or(0);
+            let got = (
+                count(ViolationKind::Missing),
+                count(ViolationKind::Mismatch),
+                count(ViolationKind::Extra),
+            );
+            anyhow::ensure!(
+                got == (want_missing, want_mismatch, want_extra)
+                    && outcome.stats.observed == want_missing + want_mismatch + want_extra,
+                "{} {engines}: trueup found (missing, mismatch, extra) {got:?} and {} in all; planted {:?}",
+                case.label(),
+                outcome.stats.observed,
+                (want_missing, want_mismatch, want_extra),
+            );
+            trueups.push(secs);
+        }
+        let peer = match &peer_version {
+            Some(_) => Some(peer::run(
+                (&peer::url(&fixture.pg_url), "l"),
+                (&peer_right, &table),
+            )?),
+            None => None,
+        };
+        let row = Measured {
+            case,
+            engines,
+            floor_secs: median(floors),
+            trueup_secs: median(trueups),
+            trueup_rss_mib: peak_mib,
+            peer,
+        };
+        println!(
+            "  {} {}: floor {:.2}s, trueup {:.2}s{}",
+            row.case.label(),
+            row.engines,
+            row.floor_secs,
+            row.trueup_secs,
+            row.peer
+                .as_ref()
+                .map(|p| format!(", reladiff {:.2}s ({})", p.secs, p.said))
+                .unwrap_or_default()
+        );
+        measured.push(row);
+    }
+    match peer_version {
+        Some(v) => println!("  peer: {v}, `--algorithm hashdiff`, its defaults otherwise"),
+        None => println!(
+            "  peer: reladiff is not installed (pip install 'reladiff[postgresql,mysql]'): its columns are empty"
+        ),
+    }
+    sources.close().await;
+    store.close().await;
+    Ok(measured)
+}
+
+fn print_table(n: u64, rows: &[Measured]) {
+    println!(
+        "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let (peer, ratio, peer_rss) = match &r.peer {
+            Some(p) => (
+                format!("{:.2} s", p.secs),
+                format!("{:.1}x", p.secs / r.trueup_secs),
+                p.peak_rss_mib
+                    .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.0} MiB")),
+            ),
+            None => ("not run".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {:.2} s | {:.2} s | {:.2}x | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
+            r.case.label(),
+            r.engines,
+            r.floor_secs,
+            r.trueup_secs,
+            r.trueup_secs / r.floor_secs,
+            r.trueup_rss_mib,
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1_000_000, 10_000_000]
+    } else {
+        sizes
+    };
+    if let Some(bad) = sizes.iter().find(|n| **n == 0 || **n % 10_000 != 0) {
+        anyhow::bail!(
+            "size {bad}: give multiples of 10,000 (the planted differences are exact fractions)"
+        );
+    }
+    let pg = std::env::var("TRUEUP_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let maria = std::env::var("TRUEUP_BENCH_MARIADB")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let maria = (maria != "none").then_some(maria);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "reconcile: floor, trueup and reladiff on the same tables ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for n in sizes {
+        runtime.block_on(bench(&pg, maria.as_deref(), n))?;
+    }
+    Ok(())
+}

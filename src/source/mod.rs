@@ -13,6 +13,7 @@
 
 mod decode;
 mod mysql;
+mod pg_wire;
 mod postgres;
 mod query;
 mod sql;

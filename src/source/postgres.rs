@@ -1,14 +1,19 @@
+use std::future::Future;
 use std::str::FromStr;
+
+use futures_util::TryStreamExt;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
-use sqlx::{Decode, PgPool, Postgres, Row as _, ValueRef};
+use sqlx::{PgPool, Postgres, Row as _, ValueRef};
 
 use crate::config::SourceConfig;
 use crate::domain::{EVIDENCE_VALUE_CAP, SourceName, Value};
 
-use super::decode::{Kind, pg_time};
-use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::decode::Kind;
+use super::pg_wire;
+use super::sql::{DecodeResult, FilterParam, RowShape, SqlQuery, bind_typed};
+use super::stream::Feed;
 use super::{DIGEST_OVER, ReadRequest, RoleAudit, SourceError};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, SourceError> {
@@ -215,6 +220,63 @@ impl super::sql::Dialect for Dialect {
     fn digested(&self, kind: Kind, parts: &[PgValueRef<'_>]) -> DecodeResult {
         digested(kind, parts)
     }
+
+    /// `COPY (statement) TO STDOUT (FORMAT binary)`: each row one message of the connection's
+    /// read buffer, decoded where it lies, without the driver's per-row machinery. COPY TO only
+    /// reads, so it runs in the read's read-only transaction under its statement timeout.
+    fn bulk<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        statement: &'a str,
+        shape: &'a RowShape<'a>,
+        feed: &'a mut Feed,
+    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+        Some(async move {
+            let copy = format!("COPY ({statement}) TO STDOUT (FORMAT binary)");
+            let mut messages = conn
+                .copy_out_raw(&copy)
+                .await
+                .map_err(|e| Some(feed.query_error(e)))?;
+            let mut rows = pg_wire::CopyRows::new(shape.wire_columns());
+            let mut fields = Vec::with_capacity(shape.wire_columns());
+            while let Some(message) = messages
+                .try_next()
+                .await
+                .map_err(|e| Some(feed.query_error(e)))?
+            {
+                if !rows
+                    .row(&message, &mut fields)
+                    .map_err(|e| Some(feed.query_error(e)))?
+                {
+                    continue;
+                }
+                let field = |i: usize| Ok(fields[i].clone().map(|r| &message[r]));
+                let values = shape
+                    .decode(
+                        feed,
+                        field,
+                        Option::is_none,
+                        |kind, raw| raw.map_or(Ok(Value::Null), |b| pg_wire::value(kind, b)),
+                        |kind, [length, sha256, start]| match (length, sha256, start) {
+                            (Some(l), Some(s), Some(p)) => pg_wire::digested(kind, l, s, p),
+                            _ => Err("a digest with a NULL part".into()),
+                        },
+                    )
+                    .map_err(Some)?;
+                // The row's message is a slice of the connection's buffer: let it go before
+                // waiting for room in the channel.
+                drop(message);
+                feed.push_row(values).await?;
+            }
+            // A COPY that ended without its trailer did not send every row.
+            if !rows.ended() {
+                return Err(Some(
+                    feed.query_error("the binary COPY ended before its trailer"),
+                ));
+            }
+            Ok(())
+        })
+    }
 }
 
 fn kind_of(type_name: &str) -> Option<Kind> {
@@ -240,118 +302,28 @@ fn kind_of(type_name: &str) -> Option<Kind> {
     })
 }
 
-/// PostgreSQL's binary NUMERIC (base-10000 digits, weight, sign, display scale) straight to a
-/// `Decimal`: one integer pass instead of the general conversion, which divides per digit and
-/// showed up as an eighth of the reconcile's CPU time. `None` for what it does not cover
-/// (NaN, infinities, more than 28 digits of scale or 96 bits of mantissa).
-fn numeric_to_decimal(bytes: &[u8]) -> Option<rust_decimal::Decimal> {
-    let word = |i: usize| -> Option<i32> {
-        Some(i32::from(i16::from_be_bytes([
-            *bytes.get(i)?,
-            *bytes.get(i + 1)?,
-        ])))
-    };
-    let ndigits = usize::try_from(word(0)?).ok()?;
-    let weight = word(2)?;
-    let sign = u16::from_be_bytes([*bytes.get(4)?, *bytes.get(5)?]);
-    let scale = u16::from_be_bytes([*bytes.get(6)?, *bytes.get(7)?]);
-    let negative = match sign {
-        0x0000 => false,
-        0x4000 => true,
-        _ => return None,
-    };
-    if scale > 28 || bytes.len() != 8 + 2 * ndigits {
-        return None;
-    }
-    let mut mantissa: i128 = 0;
-    for i in 0..ndigits {
-        let digit = i128::from(word(8 + 2 * i)?);
-        // This digit's power of ten once the value is scaled by 10^scale.
-        let exp = 4 * (weight - i as i32) + i32::from(scale);
-        let term = if exp >= 0 {
-            digit.checked_mul(10_i128.checked_pow(u32::try_from(exp).ok()?)?)?
-        } else {
-            // Past the display scale only zeros remain in a digit group.
-            digit / 10_i128.checked_pow(u32::try_from(-exp).ok()?)?
-        };
-        mantissa = mantissa.checked_add(term)?;
-    }
-    if negative {
-        mantissa = -mantissa;
-    }
-    rust_decimal::Decimal::try_from_i128_with_scale(mantissa, u32::from(scale)).ok()
-}
-
 /// A long value as the database described it: its length, SHA-256 (hex) and start.
 fn digested(kind: Kind, parts: &[PgValueRef<'_>]) -> DecodeResult {
-    let bytes = <i32 as Decode<Postgres>>::decode(parts[0].clone())?;
-    let sha256 = <String as Decode<Postgres>>::decode(parts[1].clone())?;
-    let prefix = match kind {
-        Kind::Bytes => crate::domain::value_bytes_prefix(&<Vec<u8> as Decode<Postgres>>::decode(
-            parts[2].clone(),
-        )?),
-        _ => crate::domain::value_text_prefix(&<String as Decode<Postgres>>::decode(
-            parts[2].clone(),
-        )?)
-        .to_owned(),
+    let [length, sha256, start] = parts else {
+        return Err(format!("a digest in {} parts, expected 3", parts.len()).into());
     };
-    Ok(Value::Digest(Box::new(crate::domain::Digested {
-        class: if kind == Kind::Bytes {
-            crate::domain::ValueClass::Bytes
-        } else {
-            crate::domain::ValueClass::Text
-        },
-        bytes: bytes as u64,
-        sha256,
-        prefix,
-    })))
+    pg_wire::digested(
+        kind,
+        length.as_bytes()?,
+        sha256.as_bytes()?,
+        start.as_bytes()?,
+    )
 }
 
 fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
     if raw.is_null() {
         return Ok(Value::Null);
     }
-    fn d<'r, T: Decode<'r, Postgres>>(raw: PgValueRef<'r>) -> Result<T, sqlx::error::BoxDynError> {
-        T::decode(raw)
-    }
-    Ok(match kind {
-        Kind::Bool => Value::Bool(d(raw)?),
-        Kind::I16 => Value::Int(d::<i16>(raw)?.into()),
-        Kind::I32 => Value::Int(d::<i32>(raw)?.into()),
-        Kind::I64 => Value::Int(d(raw)?),
-        Kind::U32 => Value::Int(d::<sqlx::postgres::types::Oid>(raw)?.0.into()),
-        Kind::Decimal => match raw.format() {
-            sqlx::postgres::PgValueFormat::Binary => {
-                let bytes = raw.as_bytes()?;
-                match numeric_to_decimal(bytes) {
-                    Some(v) => Value::Decimal(v),
-                    // NaN, infinities and values beyond 28 digits: sqlx says what is wrong.
-                    None => Value::Decimal(d(raw)?),
-                }
-            }
-            sqlx::postgres::PgValueFormat::Text => Value::Decimal(d(raw)?),
-        },
-        Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
-        Kind::F64 => Value::Float(d(raw)?),
-        Kind::Text => Value::Text(d(raw)?),
-        Kind::PaddedText => Value::Text(d::<String>(raw)?.trim_end_matches(' ').to_owned()),
-        Kind::Uuid => Value::Text(d::<sqlx::types::Uuid>(raw)?.to_string()),
-        Kind::Date | Kind::Time | Kind::Naive | Kind::Timestamp
-            if raw.format() == sqlx::postgres::PgValueFormat::Binary =>
-        {
-            let bytes = raw.as_bytes()?;
-            match kind {
-                Kind::Date => Value::Date(pg_time::date(bytes)?),
-                Kind::Time => Value::Time(pg_time::time(bytes)?),
-                _ => Value::Timestamp(pg_time::timestamp(bytes)?),
-            }
+    match raw.format() {
+        // What sqlx asks the server for: every result column in binary.
+        sqlx::postgres::PgValueFormat::Binary => pg_wire::value(kind, raw.as_bytes()?),
+        sqlx::postgres::PgValueFormat::Text => {
+            Err("a value in text format, where trueup reads PostgreSQL's binary format".into())
         }
-        Kind::Date => Value::Date(d(raw)?),
-        Kind::Time => Value::Time(d(raw)?),
-        Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),
-        Kind::Timestamp => Value::Timestamp(d(raw)?),
-        Kind::Json => Value::Json(d(raw)?),
-        Kind::Bytes => Value::Bytes(d(raw)?),
-        Kind::U64 | Kind::Dynamic(_) => return Err("unexpected column kind for PostgreSQL".into()),
-    })
+    }
 }

@@ -79,6 +79,71 @@ pub(super) trait Dialect: Send + Sync + 'static {
     ) -> DecodeResult {
         Err("this engine does not digest values".into())
     }
+
+    /// Reads a composed statement without parameters into `feed` the engine's bulk way, if it
+    /// has one (PostgreSQL: a binary COPY), decoding by `shape` as [`read`] does and
+    /// ending only on the engine's proof that every row came; `None`: it has none. A bulk
+    /// read that stops early may leave its connection out of step, so it must fail the read
+    /// (and the connection is closed); only a complete one returns `Ok`.
+    fn bulk<'a>(
+        &'a self,
+        _conn: &'a mut <Self::DB as Database>::Connection,
+        _statement: &'a str,
+        _shape: &'a RowShape<'a>,
+        _feed: &'a mut Feed,
+    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+        None::<std::future::Ready<_>>
+    }
+}
+
+/// How a result's rows decode: per column its name, its kind and whether it arrives as the
+/// four wire columns of a digest (see [`Dialect::digest_select`]).
+pub(super) struct RowShape<'a> {
+    pub(super) columns: &'a [String],
+    pub(super) kinds: &'a [Kind],
+    pub(super) digest: &'a [bool],
+}
+
+impl RowShape<'_> {
+    /// Columns on the wire: a digested column is four.
+    pub(super) fn wire_columns(&self) -> usize {
+        self.kinds.len() + 3 * self.digest.iter().filter(|d| **d).count()
+    }
+
+    /// One row from its wire fields, whatever their form `F`: `field(i)` is the `i`th wire
+    /// field, `whole` decodes a value (NULL included), `digested` a long value from its
+    /// length, digest and start. The length is NULL when the value was short enough to come
+    /// whole.
+    pub(super) fn decode<F>(
+        &self,
+        feed: &Feed,
+        mut field: impl FnMut(usize) -> Result<F, SourceError>,
+        is_null: impl Fn(&F) -> bool,
+        whole: impl Fn(Kind, F) -> DecodeResult,
+        digested: impl Fn(Kind, [F; 3]) -> DecodeResult,
+    ) -> Result<crate::source::Row, SourceError> {
+        let mut values = Vec::with_capacity(self.kinds.len());
+        let mut at = 0;
+        for (i, kind) in self.kinds.iter().enumerate() {
+            let raw = field(at)?;
+            let value = if self.digest[i] {
+                let parts = [field(at + 1)?, field(at + 2)?, field(at + 3)?];
+                at += 4;
+                decode_value(feed.source(), &self.columns[i], || {
+                    if is_null(&parts[0]) {
+                        whole(*kind, raw)
+                    } else {
+                        digested(*kind, parts)
+                    }
+                })
+            } else {
+                at += 1;
+                decode_value(feed.source(), &self.columns[i], || whole(*kind, raw))
+            };
+            values.push(value?);
+        }
+        Ok(values)
+    }
 }
 
 /// Binds a [`FilterParam`] as its own Rust type (the engine's encoding of it), but decimals
@@ -254,6 +319,26 @@ where
     let sql = compose(dialect, req, &columns, &declared, feed).map_err(Some)?;
     feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
+    if sql.params.is_empty()
+        && let Some(kinds) = &kinds
+    {
+        let shape = RowShape {
+            columns: &columns,
+            kinds,
+            digest: &sql.digest,
+        };
+        let read_in_bulk = match dialect.bulk(&mut *conn, &sql.text, &shape, feed) {
+            Some(bulk) => {
+                bulk.await?;
+                true
+            }
+            None => false,
+        };
+        if read_in_bulk {
+            feed.finish().await.map_err(|_| None)?;
+            return Ok(());
+        }
+    }
     let mut query = sqlx::query::<D::DB>(&sql.text).persistent(false);
     for p in sql.params {
         query = dialect.bind(query, p);
@@ -282,29 +367,20 @@ where
                 kinds.insert(k)
             }
         };
-        let mut values = Vec::with_capacity(kinds.len());
-        let mut at = 0;
-        for (i, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(at).map_err(|e| Some(feed.query_error(e)))?;
-            let value = if sql.digest[i] {
-                let parts = (at + 1..at + 4)
-                    .map(|j| row.try_get_raw(j))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Some(feed.query_error(e)))?;
-                at += 4;
-                decode_value(feed.source(), &columns[i], || {
-                    if sqlx::ValueRef::is_null(&parts[0]) {
-                        dialect.decode(*kind, raw)
-                    } else {
-                        dialect.digested(*kind, &parts)
-                    }
-                })
-            } else {
-                at += 1;
-                decode_value(feed.source(), &columns[i], || dialect.decode(*kind, raw))
-            };
-            values.push(value.map_err(Some)?);
-        }
+        let shape = RowShape {
+            columns: &columns,
+            kinds,
+            digest: &sql.digest,
+        };
+        let values = shape
+            .decode(
+                feed,
+                |at| row.try_get_raw(at).map_err(|e| feed.query_error(e)),
+                sqlx::ValueRef::is_null,
+                |kind, raw| dialect.decode(kind, raw),
+                |kind, parts| dialect.digested(kind, &parts),
+            )
+            .map_err(Some)?;
         // The driver's copy of a row can be large (a buffer sized for it): free it before
         // waiting for room in the channel.
         drop(row);

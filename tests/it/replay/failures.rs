@@ -1,0 +1,326 @@
+//! Replays under failure: an event that keeps failing is parked while the replay goes on, and a
+//! replay killed at eight points delivers each event once, in order.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_delivers_it() {
+    let data = TestPg::new().await;
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
+                              created_at TIMESTAMPTZ NOT NULL);
+         INSERT INTO events SELECT g, 'acct-' || (g % 3), g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
+           FROM generate_series(1, 60) g;
+         CREATE TABLE processed (event_id BIGINT NOT NULL);",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let consumer = consumer::Consumer {
+        seen: Default::default(),
+        db: pool.clone(),
+        failing: Default::default(),
+    };
+    consumer.failing.lock().unwrap().extend([7, 31]);
+    let base = consumer::start(consumer.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-consumed
+    time_column: created_at
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, account, seq, created_at FROM events"}
+      right: {source: upstream, query: "SELECT event_id FROM processed"}
+      key: event_id
+    replay:
+      http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
+      partition: account
+      attempts: 2
+      max_window: 30m
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            data.reader_url
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        output(c)
+    };
+    run(&["check"]).await;
+    let window: &[&str] = &[
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T11:00:00Z",
+    ];
+    // An hour is wider than max_window: it takes --wide and a reason, which is audited.
+    let mut unexplained = trueup(&config);
+    unexplained
+        .args(["replay", "-i", "events-consumed", "--wide", "--execute"])
+        .args(window);
+    let unexplained = output(unexplained).await;
+    assert_eq!(unexplained.status.code(), Some(2));
+    assert!(
+        text(&unexplained).contains("--wide needs --reason"),
+        "{}",
+        text(&unexplained)
+    );
+    let mut propose = trueup(&config);
+    propose
+        .args([
+            "replay",
+            "-i",
+            "events-consumed",
+            "--execute",
+            "--wide",
+            "--reason",
+            "consumer down 10:00-11:00, INC-42",
+        ])
+        .args(window);
+    let proposed = output(propose).await;
+    assert!(proposed.status.success(), "{}", text(&proposed));
+    let store = trueup::store::open(&trueup::config::SecretUrl::new(sqlite_url(
+        &dir.path().join("trueup.db"),
+    )))
+    .await
+    .unwrap();
+    let audit = store.audit_log(Some("plan:1"), None, 50).await.unwrap();
+    let wide = audit
+        .iter()
+        .find(|e| e.action == "replay.wide_window")
+        .expect("audited");
+    assert_eq!(wide.details["reason"], "consumer down 10:00-11:00, INC-42");
+    assert_eq!(wide.actor, "cli:oncall");
+    store.close().await;
+    assert!(run(&["plan", "approve", "1"]).await.status.success());
+    let first = run(&["apply", "1", "--rate", "unlimited", "-f", "json"]).await;
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["counts"]["applied"], 58, "{report}");
+    assert_eq!(report["counts"]["parked"], 2, "{report}");
+    assert_eq!(report["state"], "stopped", "{report}");
+    assert!(
+        report["stopped"]
+            .as_str()
+            .unwrap()
+            .contains("2 event(s) parked"),
+        "{report}"
+    );
+    let detail = report["samples"]["parked"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("failed 2 time(s)") && detail.contains("500"),
+        "{detail}"
+    );
+    // The parked list is visible.
+    let shown = run(&["plan", "show", "1", "--limit", "100"]).await;
+    assert_eq!(
+        text(&shown).matches("[parked]").count(),
+        2,
+        "{}",
+        text(&shown)
+    );
+
+    // The consumer is fixed; retrying delivers the parked events and closes the gap.
+    consumer.failing.lock().unwrap().clear();
+    let retry = run(&["apply", "1", "--rate", "unlimited", "--retry-failed"]).await;
+    assert!(retry.status.success(), "{}", text(&retry));
+    assert!(
+        text(&retry).contains(
+            "re-checked the replay window: 0 missing event(s) remain (the gap is closed)"
+        ),
+        "{}",
+        text(&retry)
+    );
+    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM processed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(delivered, 60);
+}
+
+#[tokio::test]
+async fn a_replay_killed_at_eight_points_delivers_each_event_once_and_in_order() {
+    use std::time::{Duration, Instant};
+    let data = TestPg::new().await;
+    // 2,399 events in 12 accounts over a day; the consumer lost the 1,200 of the afternoon.
+    data.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
+                              created_at TIMESTAMPTZ NOT NULL, amount BIGINT NOT NULL);
+         INSERT INTO events
+           SELECT g, 'acct-' || (g % 12), g / 12, TIMESTAMPTZ '2026-11-20T00:00:00Z' + g * INTERVAL '36 seconds', g
+           FROM generate_series(1, 2399) g;
+         CREATE TABLE processed (event_id BIGINT NOT NULL);
+         INSERT INTO processed SELECT id FROM events WHERE created_at < '2026-11-20T12:00:00Z';",
+    )
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let consumer = consumer::Consumer {
+        seen: Default::default(),
+        db: pool.clone(),
+        failing: Default::default(),
+    };
+    let base = consumer::start(consumer.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-consumed
+    time_column: created_at
+    reconcile:
+      left: {source: upstream, query: "SELECT id AS event_id, account, seq, amount, created_at FROM events"}
+      right: {source: upstream, query: "SELECT event_id FROM processed"}
+      key: event_id
+    replay:
+      http:
+        target: consumer
+        path: events/{{key.event_id}}
+        body: {account: "{{left.account}}", seq: "{{left.seq}}", amount: "{{left.amount}}"}
+      idempotency_key: evt-{{key.event_id}}
+      partition: account
+      max_window: 12h
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            data.reader_url
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["check"][..],
+        &[
+            "replay",
+            "-i",
+            "events-consumed",
+            "--from",
+            "2026-11-20T12:00:00Z",
+            "--to",
+            "2026-11-21T00:00:00Z",
+            "--execute",
+        ],
+        &["plan", "approve", "1"],
+    ] {
+        let out = output({
+            let mut c = trueup(&config);
+            c.args(args);
+            c
+        })
+        .await;
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let lost: i64 = 1200;
+    let store = trueup::store::open(&trueup::config::SecretUrl::new(sqlite_url(
+        &dir.path().join("trueup.db"),
+    )))
+    .await
+    .unwrap();
+    let finished = async || -> u64 {
+        store
+            .action_progress(1)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let apply = || {
+        trueup(&config)
+            .args([
+                "apply",
+                "1",
+                "--rate",
+                "unlimited",
+                "--concurrency",
+                "4",
+                "--lease",
+                "1s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut killed_at = Vec::new();
+    for k in 1..=8u64 {
+        let point = k * lost as u64 / 9;
+        let mut child = apply();
+        let started = Instant::now();
+        while finished().await < point {
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("the replay made no progress past {point}");
+            }
+            if child.try_wait().unwrap().is_some() {
+                panic!("the replay ended before the kill point {point}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed_at.push(finished().await);
+    }
+    let last = output({
+        let mut c = trueup(&config);
+        c.args([
+            "apply",
+            "1",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "4",
+            "--lease",
+            "1s",
+        ]);
+        c
+    })
+    .await;
+    assert!(last.status.success(), "{}", text(&last));
+    let seen = consumer.seen.lock().unwrap().clone();
+    let twice = seen.requests.values().filter(|n| **n > 1).count();
+    println!(
+        "killed at {killed_at:?} of {lost}: {} keys, {twice} sent again after a kill (same key), {} out of order",
+        seen.requests.len(),
+        seen.out_of_order.len()
+    );
+    assert_eq!(
+        seen.requests.len() as i64,
+        lost,
+        "every lost event delivered"
+    );
+    assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM processed")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (2399, 2399), "each event processed once");
+}

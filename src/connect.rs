@@ -50,6 +50,21 @@ pub async fn acquire<DB: Database>(
     pool.acquire().await.map_err(|e| failed(e.to_string()))
 }
 
+/// Closes a pool, waiting at most `within` for its connections to come back. sqlx pings a
+/// connection as it returns to the pool, with no deadline of its own: one released just as its
+/// network stalled holds the pool open for as long as the stall lasts, and `close` waits for
+/// it. Past `within` such a connection is left to the process's end (nothing waits on it,
+/// nothing is written through it), and the pool says so once.
+pub async fn close_within<DB: Database>(pool: &Pool<DB>, within: Duration, endpoint: &str) {
+    if tokio::time::timeout(within, pool.close()).await.is_err() {
+        tracing::warn!(
+            endpoint,
+            "a connection to {endpoint} did not close within {}s (its network stalled); left open",
+            within.as_secs()
+        );
+    }
+}
+
 /// `host:port` (or the file) of a database URL, for messages: never the credentials or the
 /// query.
 pub fn endpoint(url: &str) -> String {

@@ -343,11 +343,14 @@ impl Source {
         }
     }
 
+    /// Closes the pool within the read deadline (see [`crate::connect::close_within`]).
     pub async fn close(&self) {
+        let within = std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE;
+        let endpoint = &*self.endpoint;
         match &self.pool {
-            Pool::Postgres(p) => p.close().await,
-            Pool::MySql(p) => p.close().await,
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => crate::connect::close_within(p, within, endpoint).await,
+            Pool::MySql(p) => crate::connect::close_within(p, within, endpoint).await,
+            Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
         }
     }
 }

@@ -125,8 +125,11 @@ impl SqlConn {
         })
     }
 
+    /// Closes the pool within the target's deadline (see [`crate::connect::close_within`]).
     pub(super) async fn close(&self) {
-        on_pool!(&self.pool, p => p.close().await);
+        let within = self.cfg.statement_timeout.as_std() + TARGET_GRACE;
+        let endpoint = crate::connect::endpoint(self.cfg.url.expose());
+        on_pool!(&self.pool, p => crate::connect::close_within(p, within, &endpoint).await);
     }
 
     fn marker(&self) -> &str {

@@ -280,3 +280,53 @@ async fn under_serve_a_stalled_source_fails_its_runs_and_the_next_tick_after_it_
     );
     server.stop().await;
 }
+
+/// sqlx pings a connection as it goes back to its pool, with no deadline: one released just as
+/// its network stalls kept `close` waiting for as long as the stall lasted (an apply hung at
+/// exit in CI). Closing is bounded now.
+#[tokio::test]
+async fn closing_a_pool_whose_released_connection_stalled_ends_within_its_deadline() {
+    use crate::proxy::{Fault, FaultProxy};
+    use sqlx::Executor;
+    let data = crate::helpers::TestPg::new().await;
+    let server = crate::helpers::pg_server();
+    let host_port = server.rsplit('@').next().unwrap().trim_end_matches('/');
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&proxy.url(&data.url))
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    conn.execute("SELECT 1").await.unwrap();
+    proxy.set(Fault::Blackhole);
+    // Released: its return to the pool (a task sqlx spawns) pings through the stalled
+    // network. On this test's single-threaded runtime, yielding lets that task send its ping
+    // and wait for the answer that never comes.
+    drop(conn);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        pool.num_idle(),
+        0,
+        "the released connection is still being pinged"
+    );
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        trueup::connect::close_within(&pool, std::time::Duration::from_secs(2), "the proxy"),
+    )
+    .await
+    .expect("closing is bounded by its deadline, never by the stall");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1900) && took < std::time::Duration::from_secs(5),
+        "closed after {took:?}: the stalled connection held the pool until the deadline, no longer"
+    );
+    proxy.set(Fault::None);
+}

@@ -299,7 +299,11 @@ async fn a_sql_target_that_stalls_mid_apply_fails_within_its_deadline_and_each_a
     }
     proxy.set(Fault::Blackhole);
     let stalled = Instant::now();
-    let out = running.await.unwrap();
+    // A hang (the apply waiting on the stalled network past its deadlines) fails here.
+    let out = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the apply ends within its deadlines while the target is stalled")
+        .unwrap();
     let took = stalled.elapsed();
     let text = crate::helpers::combined_output(&out);
     println!("the apply stopped {took:.1?} after the target stalled");

@@ -50,10 +50,10 @@ pub async fn acquire<DB: Database>(
     pool.acquire().await.map_err(|e| failed(e.to_string()))
 }
 
-/// Closes a pool, waiting at most `within` for its connections to come back. sqlx pings a
-/// connection as it returns to the pool, with no deadline of its own: one released just as its
-/// network stalled holds the pool open for as long as the stall lasts, and `close` waits for
-/// it. Past `within` such a connection is left to the process's end (nothing waits on it,
+/// Closes a pool, waiting at most `within` for its connections to come back (one ping's round
+/// trip; sources, targets and the store give 5 s). sqlx pings a connection as it returns to the
+/// pool, with no deadline of its own: one released just as its network stalled holds the pool
+/// open for as long as the stall lasts, and `close` waits for it. Past `within` such a connection is left to the process's end (nothing waits on it,
 /// nothing is written through it), and the pool says so once.
 pub async fn close_within<DB: Database>(pool: &Pool<DB>, within: Duration, endpoint: &str) {
     if tokio::time::timeout(within, pool.close()).await.is_err() {

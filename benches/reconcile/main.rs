@@ -17,7 +17,9 @@
 //!   its peak RSS (VmHWM, reset before the case);
 //! - reladiff, when installed (`peer.rs`), once per case, with its peak RSS.
 //!
-//! Seconds are medians of TRUEUP_BENCH_REPEAT runs (default 3). It prints one table per size:
+//! Seconds are medians of TRUEUP_BENCH_REPEAT runs (default 3; of an even count, the mean of the
+//! middle two); each case has its own invariant, so the first run of a case stores its
+//! violations and the later ones find them open. It prints one table per size:
 //! seconds, trueup as a multiple of the floor, reladiff as a multiple of trueup. The databases
 //! are dropped afterwards.
 
@@ -66,7 +68,12 @@ fn repeats() -> usize {
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    let mid = xs.len() / 2;
+    if xs.len().is_multiple_of(2) {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
 }
 
 /// One row of the table: a case on a pair of engines.
@@ -79,13 +86,14 @@ struct Measured {
     peer: Option<peer::PeerRun>,
 }
 
-fn invariant(left: &str, right_source: &str, right: &str) -> Invariant {
+/// One invariant per case (`name`), so no case's runs open or resolve another's violations.
+fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invariant {
     let side = |source: &str, table: &str| QuerySide {
         source: SourceName::parse(source).expect("name"),
         query: format!("SELECT id, amount, currency FROM {table}"),
     };
     Invariant {
-        name: InvariantName::parse("bench").expect("name"),
+        name: InvariantName::parse(name).expect("name"),
         description: None,
         owner: None,
         severity: Severity::Low,
@@ -183,7 +191,12 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
             url: fixture.pg_url.clone(),
             table: "l".into(),
         };
-        let inv = invariant("l", right_source, &table);
+        let inv = invariant(
+            &format!("bench-{}-{engines}", case.label()),
+            "l",
+            right_source,
+            &table,
+        );
         let (want_missing, want_mismatch, want_extra) = case.expected(n);
         let (mut floors, mut trueups) = (Vec::new(), Vec::new());
         let mut peak_mib: f64 = 0.0;
@@ -297,9 +310,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         sizes
     };
-    if let Some(bad) = sizes.iter().find(|n| **n == 0 || **n % 10_000 != 0) {
+    if let Some(bad) = sizes.iter().find(|n| **n < 20_000 || **n % 10_000 != 0) {
         anyhow::bail!(
-            "size {bad}: give multiples of 10,000 (the planted differences are exact fractions)"
+            "size {bad}: give multiples of 10,000 from 20,000 (the planted differences are exact \
+             fractions, and the outage's 10,000 keys must fit in the second half)"
         );
     }
     let pg = std::env::var("TRUEUP_BENCH_PG")

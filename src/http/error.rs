@@ -148,6 +148,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = match &self.next {
+            // A message that lists things (an incident's blockers) ends in its list: the next
+            // step goes on a line of its own.
+            Some(step) if self.message.contains('\n') => {
+                format!("{}\n{}", self.message, api_next_step(step))
+            }
             Some(step) => format!("{}; {}", self.message, api_next_step(step)),
             None => self.message,
         };

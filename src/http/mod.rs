@@ -152,7 +152,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::GET,
             "/api/v1/plans/{id}",
             Some(Viewer),
-            "One plan: content hash, approvals, status and progress by action status.",
+            "One plan: content hash, approvals, status and progress by action status; `next_step` says what to do about a stopped or paused plan.",
             get(plans_api::get),
         ),
         endpoint(

@@ -95,7 +95,17 @@ pub(super) async fn get(
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let inv = state.runtime.catalog.find(&p.invariant);
     let view = plan::view(state.runtime.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
-    Ok(Json(json!({ "plan": view })))
+    // What to do about a plan an apply left stopped or paused, as a route.
+    let next = match view.plan.state {
+        PlanState::Stopped => Some(plan::apply::after_stop(&view.progress, id)),
+        PlanState::Paused => Some(crate::domain::NextStep::ResumePlan(id)),
+        _ => None,
+    };
+    let mut body = json!({ "plan": view });
+    if let Some(step) = next {
+        body["next_step"] = json!(super::error::api_next_step(&step));
+    }
+    Ok(Json(body))
 }
 
 pub(super) async fn actions(

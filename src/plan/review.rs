@@ -276,7 +276,10 @@ pub async fn reject(
     require_approver(actor, id, "rejecting")?;
     let reason = reason.trim();
     if reason.is_empty() {
-        return Err(PlanError::refused(id, "give a reason (`--reason ...`)"));
+        return Err(PlanError::refused(
+            id,
+            "a rejection needs a reason, which the audit log keeps",
+        ));
     }
     load(store, id).await?;
     let moved = store

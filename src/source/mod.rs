@@ -343,9 +343,9 @@ impl Source {
         }
     }
 
-    /// Closes the pool within the read deadline (see [`crate::connect::close_within`]).
+    /// Closes the pool, waiting at most [`READ_GRACE`] (see [`crate::connect::close_within`]).
     pub async fn close(&self) {
-        let within = std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE;
+        let within = READ_GRACE;
         let endpoint = &*self.endpoint;
         match &self.pool {
             Pool::Postgres(p) => crate::connect::close_within(p, within, endpoint).await,
@@ -500,9 +500,8 @@ impl Sources {
         })
     }
 
+    /// Closes every source's pool at once, so stalled ones wait their bound together.
     pub async fn close(&self) {
-        for s in self.by_name.values() {
-            s.close().await;
-        }
+        futures_util::future::join_all(self.by_name.values().map(|s| s.close())).await;
     }
 }

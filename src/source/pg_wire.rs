@@ -66,11 +66,72 @@ fn numeric(bytes: &[u8]) -> Result<rust_decimal::Decimal, sqlx::error::BoxDynErr
         Some(0xC000) => "NUMERIC `NaN` is not a number trueup can compare".into(),
         Some(0xD000) => "NUMERIC `Infinity` is not a number trueup can compare".into(),
         Some(0xF000) => "NUMERIC `-Infinity` is not a number trueup can compare".into(),
-        Some(0x0000 | 0x4000) => {
-            "a NUMERIC beyond 28 digits after the point or 96 bits of digits, more than trueup's decimals hold".into()
-        }
-        _ => format!("a binary NUMERIC of {} bytes that is malformed", bytes.len()).into(),
+        // A display scale past 28 (`numeric(40,30)`) or a scaled mantissa past 96 bits
+        // (`numeric(36,18)` above ~8e10) often holds a value a decimal does: its digits without
+        // the scale's trailing zeros. Only a value with more significant digits is refused.
+        Some(0x0000 | 0x4000) => match significant_digits(bytes) {
+            Some(text) => {
+                return rust_decimal::Decimal::from_str_exact(&text).map_err(|_| {
+                    format!(
+                        "NUMERIC {text} has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
+                    )
+                    .into()
+                });
+            }
+            None => format!(
+                "a binary NUMERIC of {} bytes that is malformed",
+                bytes.len()
+            )
+            .into(),
+        },
+        _ => format!(
+            "a binary NUMERIC of {} bytes that is malformed",
+            bytes.len()
+        )
+        .into(),
     })
+}
+
+/// A finite binary NUMERIC as decimal text with no leading or trailing zeros (`-12.5`, `0.001`,
+/// `100`), whatever its display scale; `None` if the bytes are not one.
+fn significant_digits(bytes: &[u8]) -> Option<String> {
+    let word = |i: usize| Some(i16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]));
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = i32::from(word(2)?);
+    let negative = u16::from_be_bytes([*bytes.get(4)?, *bytes.get(5)?]) == 0x4000;
+    if bytes.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    // Base-10000 groups from `weight` down: group g stands for 10000^(weight - g).
+    let groups: Vec<u16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i).and_then(|d| u16::try_from(d).ok().filter(|d| *d < 10_000)))
+        .collect::<Option<_>>()?;
+    // Group g stands for 10000^(weight - g); groups past the stored ones, or before the first
+    // (a fraction's leading zeros), are zero.
+    let group = |g: i32| -> u16 {
+        usize::try_from(g)
+            .ok()
+            .and_then(|g| groups.get(g))
+            .copied()
+            .unwrap_or(0)
+    };
+    let last = i32::try_from(ndigits).ok()? - 1;
+    let int: String = (0..=weight).map(|g| format!("{:04}", group(g))).collect();
+    let frac: String = (weight + 1..=last)
+        .map(|g| format!("{:04}", group(g)))
+        .collect();
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let mut text = String::new();
+    if negative && !(int.is_empty() && frac.is_empty()) {
+        text.push('-');
+    }
+    text.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        text.push('.');
+        text.push_str(frac);
+    }
+    Some(text)
 }
 
 /// PostgreSQL's binary NUMERIC (base-10000 digits, weight, sign, display scale) straight to a
@@ -423,6 +484,34 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("`NaN`")
+        );
+        // Past 28 places of display scale, or 96 bits once scaled: the value without the
+        // scale's trailing zeros, when it has that few significant digits.
+        // 1.5 as numeric(40,30): groups (1, 5000), weight 0, scale 30.
+        let wide_scale = [0, 2, 0, 0, 0, 0, 0, 30, 0, 1, 0x13, 0x88];
+        assert_eq!(
+            value(Kind::Decimal, &wide_scale).unwrap(),
+            Value::Decimal(rust_decimal::Decimal::new(15, 1))
+        );
+        // 100000000000 (1e11) as numeric(36,18): one group 1000, weight 2, scale 18.
+        let big = [0, 1, 0, 2, 0, 0, 0, 18, 0x03, 0xE8];
+        assert_eq!(
+            value(Kind::Decimal, &big).unwrap(),
+            Value::Decimal(rust_decimal::Decimal::new(100_000_000_000, 0))
+        );
+        // -0.00000123 with scale 40: groups (0, 123) at weight -2 → 0.0000 0123.
+        let small = [0, 1, 0xFF, 0xFE, 0x40, 0, 0, 40, 0, 123];
+        assert_eq!(
+            value(Kind::Decimal, &small).unwrap(),
+            Value::Decimal(rust_decimal::Decimal::new(-123, 8))
+        );
+        // 1e40: more significant digits than a decimal holds.
+        let huge = [0, 1, 0, 10, 0, 0, 0, 0, 0, 1];
+        assert!(
+            value(Kind::Decimal, &huge)
+                .unwrap_err()
+                .to_string()
+                .contains("more significant digits"),
         );
         let infinity = [0, 0, 0, 0, 0xD0, 0, 0, 0];
         assert!(

@@ -615,7 +615,10 @@ macro_rules! impl_store {
             }
 
             async fn close(&self) {
-                self.pool.close().await;
+                // Bounded: a connection released as its network stalled must not hold the
+                // process's exit (see `connect::close_within`).
+                crate::connect::close_within(&self.pool, std::time::Duration::from_secs(5), "the store")
+                    .await;
             }
         }
     };

@@ -327,7 +327,32 @@ async fn postgres_numerics_read_exactly_as_their_text_says() {
         };
         assert_eq!(got.to_string(), want.to_string(), "scale kept for {t}");
     }
+    // A display scale past a Decimal's 28 places, or a scaled value past its 96 bits, reads as
+    // its significant digits (the scale's trailing zeros dropped).
+    let rows = read_all(
+        &src,
+        "SELECT 1.5::numeric(40,30) AS a, 100000000000::numeric(36,18) AS b, \
+         -0.00000123::numeric(50,40) AS c",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rows[0],
+        vec![
+            Value::Decimal(rust_decimal::Decimal::new(15, 1)),
+            Value::Decimal(rust_decimal::Decimal::new(100_000_000_000, 0)),
+            Value::Decimal(rust_decimal::Decimal::new(-123, 8)),
+        ]
+    );
     // Beyond what a Decimal holds: a clear error, not a wrong number.
+    let err = read_all(
+        &src,
+        "SELECT 0.1234567890123456789012345678901::numeric AS v",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("more significant digits"), "{err}");
     let err = read_all(&src, "SELECT 'NaN'::numeric AS v")
         .await
         .unwrap_err()

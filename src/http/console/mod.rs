@@ -293,7 +293,9 @@ fn console_next_step(step: &crate::domain::NextStep) -> String {
         NextStep::RetryFailed(id) => format!(
             "fix the cause, then retry the failed actions from the CLI (`trueup apply {id} --retry-failed`) or the API"
         ),
-        NextStep::ContinueApply(_) => "apply it again below to continue".into(),
+        NextStep::ContinueApply(_) => {
+            "an operator applies it again (a dry run first) to continue".into()
+        }
         NextStep::ResolveBlockersOrOverride(_) => "resolve them, or, as an approver, close anyway with an override reason (the report records who and why)".into(),
     }
 }

@@ -125,11 +125,10 @@ impl SqlConn {
         })
     }
 
-    /// Closes the pool within the target's deadline (see [`crate::connect::close_within`]).
+    /// Closes the pool, waiting at most [`TARGET_GRACE`] (see [`crate::connect::close_within`]).
     pub(super) async fn close(&self) {
-        let within = self.cfg.statement_timeout.as_std() + TARGET_GRACE;
         let endpoint = crate::connect::endpoint(self.cfg.url.expose());
-        on_pool!(&self.pool, p => crate::connect::close_within(p, within, &endpoint).await);
+        on_pool!(&self.pool, p => crate::connect::close_within(p, TARGET_GRACE, &endpoint).await);
     }
 
     fn marker(&self) -> &str {

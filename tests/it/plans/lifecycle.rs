@@ -405,6 +405,13 @@ async fn through_the_api_approvals_are_the_token_identities_and_apply_reports_pr
         body["message"].as_str().unwrap().contains("paused"),
         "{body}"
     );
+    // The plan says what to do about it, as a route.
+    let shown = get_json_as(&format!("{base}/api/v1/plans/{id}"), OPERATOR).await;
+    assert_eq!(
+        shown["next_step"],
+        format!("resume it (POST /api/v1/plans/{id}/resume)"),
+        "{shown}"
+    );
     let (status, body) = post_json(
         &format!("{base}/api/v1/plans/{id}/resume"),
         OPERATOR,

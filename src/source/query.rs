@@ -147,7 +147,9 @@ pub(crate) fn wrap_selecting(query: &str, list: &str) -> String {
 }
 
 /// Whether `sql` holds more than one statement: a `;` outside string literals, quoted
-/// identifiers and comments. PostgreSQL and MySQL refuse such strings at the protocol level;
+/// identifiers and comments. PostgreSQL and MySQL refuse such strings when they are prepared,
+/// and every read prepares its wrapped query first — also on PostgreSQL, whose bulk read then
+/// sends the same text as a simple-protocol COPY, which alone would run several statements;
 /// SQLite would run every statement, so trueup refuses them before it prepares anything.
 pub(crate) fn has_several_statements(sql: &str) -> bool {
     let body = sql.trim().trim_end_matches(';');

@@ -86,11 +86,23 @@ async fn a_failure_recording_the_alert_or_delivering_its_notice_never_sends_reso
     };
     let alert = async || store.alert("events-recorded").await.unwrap().state;
 
-    // Violated: the alert fires and its notice arrives.
+    // Violated: the alert fires and its notice arrives, and the outbox records it delivered
+    // (killed between the two, the next serve sends it again: delivery is at least once).
     let mut child = serve(dir, "", "serve-1.log");
-    wait_for("the firing notice", dir, "serve-1.log", async || {
-        notices() == ["firing"]
-    })
+    wait_for(
+        "the firing notice, recorded delivered",
+        dir,
+        "serve-1.log",
+        async || {
+            notices() == ["firing"]
+                && store
+                    .outbox(10)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|i| i.delivered_at.is_some())
+        },
+    )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();

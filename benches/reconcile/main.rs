@@ -34,8 +34,8 @@ use fixture::{CASES, Case, Fixture};
 use floor::Side;
 use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
 use trueup::domain::{
-    ColumnName, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec, QuerySide,
-    ReconcileSpec, Severity, SourceName, ViolationKind,
+    ColumnName, CompareMethod, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec,
+    QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
 };
 use trueup::runner::run_invariant;
 use trueup::source::Sources;
@@ -83,7 +83,21 @@ struct Measured {
     floor_secs: f64,
     trueup_secs: f64,
     trueup_rss_mib: f64,
+    /// How trueup's `auto` compared the sides (stream, or checksum and what it read).
+    how: String,
     peer: Option<peer::PeerRun>,
+}
+
+/// A run's comparison in a few words: `stream`, or `checksum, 5 of 2,112 segments read`.
+fn how(compared: Option<&trueup::domain::Compared>) -> String {
+    match compared {
+        Some(c) if c.method == CompareMethod::Checksum => format!(
+            "checksum, {} of {} segments read",
+            c.segments_streamed, c.segments
+        ),
+        Some(c) => c.method.as_str().to_owned(),
+        None => "?".to_owned(),
+    }
 }
 
 /// One invariant per case (`name`), so no case's runs open or resolve another's violations.
@@ -110,6 +124,7 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
             key: vec![ColumnName::parse("id").expect("column")],
             expect: Expect::ExactlyOne,
             compare: None,
+            mode: ReconcileMode::Auto,
         }),
         compensate: Default::default(),
         replay: None,
@@ -200,6 +215,7 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         let (want_missing, want_mismatch, want_extra) = case.expected(n);
         let (mut floors, mut trueups) = (Vec::new(), Vec::new());
         let mut peak_mib: f64 = 0.0;
+        let mut compared = String::new();
         for _ in 0..repeats() {
             let (secs, rows) = floor::floor(&left_side, &right_side).await?;
             anyhow::ensure!(
@@ -232,6 +248,7 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
                 (want_missing, want_mismatch, want_extra),
             );
             trueups.push(secs);
+            compared = how(outcome.stats.compared.as_ref());
         }
         let peer = match &peer_version {
             Some(_) => Some(peer::run(
@@ -246,14 +263,16 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
             floor_secs: median(floors),
             trueup_secs: median(trueups),
             trueup_rss_mib: peak_mib,
+            how: compared,
             peer,
         };
         println!(
-            "  {} {}: floor {:.2}s, trueup {:.2}s{}",
+            "  {} {}: floor {:.2}s, trueup {:.2}s ({}){}",
             row.case.label(),
             row.engines,
             row.floor_secs,
             row.trueup_secs,
+            row.how,
             row.peer
                 .as_ref()
                 .map(|p| format!(", reladiff {:.2}s ({})", p.secs, p.said))
@@ -274,9 +293,9 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
 
 fn print_table(n: u64, rows: &[Measured]) {
     println!(
-        "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
+        "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor | trueup compared by | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (peer, ratio, peer_rss) = match &r.peer {
             Some(p) => (
@@ -288,12 +307,13 @@ fn print_table(n: u64, rows: &[Measured]) {
             None => ("not run".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {:.2} s | {:.2} s | {:.2}x | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
+            "| {} | {} | {:.2} s | {:.2} s | {:.2}x | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
             r.case.label(),
             r.engines,
             r.floor_secs,
             r.trueup_secs,
             r.trueup_secs / r.floor_secs,
+            r.how,
             r.trueup_rss_mib,
         );
     }

@@ -2,6 +2,9 @@ use std::path::Path;
 
 use crate::plan::Evaluation;
 
+/// Rows from which `check` says why a reconcile streamed rather than checksummed.
+const STREAMED_BECAUSE_FROM_ROWS: u64 = 100_000;
+
 use super::output::{evidence, key, plural};
 use super::{CheckArgs, EXIT_ERROR, EXIT_OK, EXIT_VIOLATIONS, Format};
 
@@ -58,10 +61,19 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             continue;
         }
         let s = &o.stats;
-        let rows = if s.rows_right > 0 {
-            format!("read {} left / {} right rows", s.rows_left, s.rows_right)
-        } else {
-            format!("read {} rows", s.rows_left)
+        let checksummed = s
+            .compared
+            .as_ref()
+            .filter(|c| c.method == crate::domain::CompareMethod::Checksum);
+        let rows = match checksummed {
+            Some(c) => format!(
+                "compared {} left / {} right rows by checksum ({} of {} segments differed: {} rows read)",
+                s.rows_left, s.rows_right, c.segments_streamed, c.segments, c.rows_streamed
+            ),
+            None if s.rows_right > 0 => {
+                format!("read {} left / {} right rows", s.rows_left, s.rows_right)
+            }
+            None => format!("read {} rows", s.rows_left),
         };
         let _ = write!(out, "      {rows}");
         if s.not_yet_due > 0 {
@@ -71,6 +83,15 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             let _ = write!(out, "; {} with a NULL key, not compared", s.null_keys);
         }
         let _ = writeln!(out);
+        // Why a large reconcile was read whole; on a small one the answer changes nothing.
+        if let Some(why) = s
+            .compared
+            .as_ref()
+            .and_then(|c| c.streamed_because.as_ref())
+            && s.rows_left + s.rows_right >= STREAMED_BECAUSE_FROM_ROWS
+        {
+            let _ = writeln!(out, "      streamed, not checksummed: {why}");
+        }
         if let Some(c) = o.change
             && (o.open_after > 0 || c.resolved > 0)
         {

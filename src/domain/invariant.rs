@@ -229,6 +229,44 @@ pub struct ReconcileSpec {
     /// Columns compared on matched keys; `None` compares every non-key column both sides
     /// return (except the grace column).
     pub compare: Option<Vec<ColumnName>>,
+    /// How the two sides are compared: row by row, or by segment checksums first.
+    pub mode: ReconcileMode,
+}
+
+/// How a reconcile compares its sides. Every mode finds the same violations; they differ in
+/// what crosses the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReconcileMode {
+    /// Checksums where the invariant allows them and a sample of segments says they pay,
+    /// else a stream; the run's stats say which and why.
+    #[default]
+    Auto,
+    /// Every row of both sides, merged by key.
+    Stream,
+    /// Segment checksums computed in each database, only differing segments streamed; a run
+    /// whose invariant cannot be checksummed fails, saying why.
+    Checksum,
+}
+
+impl ReconcileMode {
+    pub const NAMES: &'static str = "auto, stream or checksum";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "auto" => Some(Self::Auto),
+            "stream" => Some(Self::Stream),
+            "checksum" => Some(Self::Checksum),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Stream => "stream",
+            Self::Checksum => "checksum",
+        }
+    }
 }
 
 /// A state history (key, state, at) checked against the allowed state changes.

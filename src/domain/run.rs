@@ -51,6 +51,44 @@ pub struct RunStats {
     /// More violations than the budget: only the first ones were stored, and nothing was
     /// resolved (the run cannot tell what it did not store).
     pub truncated: bool,
+    /// How a reconcile compared its sides; `None` for other invariants. (Reported by the run,
+    /// not kept in the store.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared: Option<Compared>,
+}
+
+/// The way a reconcile actually compared its sides (an `auto` one chooses per run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompareMethod {
+    #[default]
+    Stream,
+    Checksum,
+}
+
+impl CompareMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Checksum => "checksum",
+        }
+    }
+}
+
+/// How a reconcile compared its sides, and what crossed the network.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Compared {
+    pub method: CompareMethod,
+    /// Why an `auto` reconcile streamed (a column with no checksum form, a sample of
+    /// segments that mostly differed, ...); `None` when it checksummed or was told to stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed_because: Option<String>,
+    /// Segments whose checksums were compared (0 when streamed), and how many of them
+    /// differed at their smallest size and were streamed.
+    pub segments: u64,
+    pub segments_streamed: u64,
+    /// Rows that crossed the network, both sides (all of them when streamed).
+    pub rows_streamed: u64,
 }
 
 /// How a completed run changed the ledger.

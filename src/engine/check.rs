@@ -39,6 +39,7 @@ pub(super) async fn run(
             order_by: Vec::new(),
             filter: filter.to_vec(),
             digest_long_except: Some(inv.template_fields(crate::domain::Scope::Row)),
+            key_range: None,
         })
         .await?;
     let key_idx: Vec<usize> = spec

@@ -45,6 +45,10 @@ pub enum EngineError {
         side: &'static str,
         available: String,
     },
+    #[error(
+        "this invariant says `reconcile.mode: checksum`, but it cannot be checksummed: {why}. Set `mode: auto` to checksum where it can and stream otherwise, or `mode: stream`"
+    )]
+    NoChecksum { why: String },
     /// The sink could not take a violation (the store failed, say).
     #[error("could not record violations: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),

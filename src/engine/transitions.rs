@@ -28,6 +28,7 @@ pub(super) async fn run(
             order_by,
             filter: filter.to_vec(),
             digest_long_except: None,
+            key_range: None,
         })
         .await?;
     let key_idx: Vec<usize> = spec

@@ -17,8 +17,8 @@ use serde_saphyr::{Location, Spanned};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{
     AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName,
-    InvariantSpec, QuerySide, ReconcileSpec, Schedule, Severity, SourceName, TargetName,
-    TransitionsSpec,
+    InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Schedule, Severity, SourceName,
+    TargetName, TransitionsSpec,
 };
 
 pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
@@ -516,6 +516,17 @@ fn build_spec(
             Some(c) => ctx.columns("reconcile.compare", c).map(Some),
             None => Some(None),
         };
+        let mode = match &r.value.mode {
+            Some(m) => ctx.parse("reconcile.mode", m, |v| {
+                ReconcileMode::parse(v).ok_or_else(|| {
+                    format!(
+                        "`{v}` is not a reconcile mode; use {}",
+                        ReconcileMode::NAMES
+                    )
+                })
+            }),
+            None => Some(ReconcileMode::default()),
+        };
         if let (Some(key), Some(Some(compare))) = (&key, &compare)
             && let Some(k) = compare.iter().find(|c| key.contains(c))
         {
@@ -534,6 +545,7 @@ fn build_spec(
             key: key?,
             expect: expect?,
             compare: compare?,
+            mode: mode?,
         }));
     }
     if let Some(t) = &raw.transitions {

@@ -61,6 +61,7 @@ pub struct RawReconcile {
     pub key: Spanned<OneOrMany>,
     pub expect: Option<Spanned<String>>,
     pub compare: Option<Spanned<OneOrMany>>,
+    pub mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@
 //!
 //! SQLite sources are opened read-only with `query_only` on.
 
+mod checksum;
 mod decode;
 mod mysql;
 mod pg_wire;
@@ -20,7 +21,8 @@ mod sql;
 mod sqlite;
 mod stream;
 
-pub use query::{COMPARED, DIGEST_OVER, Needed, ReadRequest};
+pub use checksum::{Described, RowHash, SegmentSummary, Summary, SummaryRequest};
+pub use query::{COMPARED, DIGEST_OVER, KeyRange, Needed, ReadRequest};
 pub(crate) use query::{
     filter_value_error, has_several_statements, index_of, resolve_filter, resolve_needed, wrap,
     wrap_selecting,
@@ -341,6 +343,57 @@ impl Source {
                 "the reading task stopped before the query started",
             )),
         }
+    }
+
+    /// Whether this source computes segment checksums (see [`checksum`]): PostgreSQL does.
+    pub fn checksums(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    fn postgres(&self) -> Result<&sqlx::PgPool, SourceError> {
+        match &self.pool {
+            Pool::Postgres(p) => Ok(p),
+            _ => Err(SourceError::Query {
+                source_name: self.name.clone(),
+                message: format!(
+                    "{} sources compute no segment checksums; stream this invariant (`mode: stream`)",
+                    self.kind.as_str()
+                ),
+            }),
+        }
+    }
+
+    /// The result columns of `query` and how trueup reads them; nothing runs.
+    pub async fn describe(&self, query: &str) -> Result<Described, SourceError> {
+        self.vet().await?;
+        postgres::describe(self, self.postgres()?, query).await
+    }
+
+    /// The smallest and largest value of the integer column `key` in `query`'s rows.
+    pub async fn key_bounds(
+        &self,
+        query: &str,
+        key: &str,
+    ) -> Result<Option<(i64, i64)>, SourceError> {
+        self.vet().await?;
+        postgres::key_bounds(self, self.postgres()?, query, key).await
+    }
+
+    /// Segment summaries of `req`, computed by the database.
+    pub async fn summarize(&self, req: &SummaryRequest) -> Result<Summary, SourceError> {
+        self.vet().await?;
+        fail::fail_point!("source.summarize", |_| Err(SourceError::Query {
+            source_name: self.name.clone(),
+            message: "connection reset (injected by the fail point source.summarize)".into(),
+        }));
+        postgres::summarize(self, self.postgres()?, req).await
+    }
+
+    /// The hashes of fixed values under every checksum form: two sources whose probes are
+    /// equal hash every value alike.
+    pub async fn checksum_probe(&self) -> Result<Vec<i64>, SourceError> {
+        self.vet().await?;
+        postgres::checksum_probe(self, self.postgres()?).await
     }
 
     /// Closes the pool, waiting at most [`READ_GRACE`] (see [`crate::connect::close_within`]).

@@ -28,6 +28,18 @@ pub struct ReadRequest {
     /// crossing the network whole — except in the columns listed here, in keys, filter
     /// columns and needed columns other than compared ones. `None`: every value whole.
     pub digest_long_except: Option<Vec<String>>,
+    /// `Some`: only rows whose integer key lies in this range — how a checksummed reconcile
+    /// streams the segments that differ. Its bounds are integers written as literals, so the
+    /// read keeps PostgreSQL's bulk path.
+    pub key_range: Option<KeyRange>,
+}
+
+/// The rows whose integer key column lies between two bounds, both included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub column: ColumnName,
+    pub low: i64,
+    pub high: i64,
 }
 
 /// Text and bytes values longer than this may be read as digests (see

@@ -420,6 +420,22 @@ fn compose<D: Dialect>(
         params.push(param);
     }
 
+    if let Some(range) = &req.key_range {
+        let i = index_of(columns, range.column.as_str()).ok_or_else(|| {
+            super::SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: range.column.to_string(),
+                role: "a key",
+                available: columns.join(", "),
+            }
+        })?;
+        let quoted = dialect.quote(&columns[i]);
+        conditions.push(format!(
+            "{quoted} >= {} AND {quoted} <= {}",
+            range.low, range.high
+        ));
+    }
+
     // Long text and bytes values of digestible columns stay in the database: it sends their
     // length, SHA-256 and start instead. (Columns are selected by name from the subquery: a
     // query returning one name twice keeps its values whole.)

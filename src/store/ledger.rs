@@ -156,6 +156,7 @@ macro_rules! impl_store {
                         not_yet_due: n("not_yet_due")?,
                         null_keys: n("null_keys")?,
                         truncated: row.try_get("truncated")?,
+                        compared: None,
                     },
                     change: $crate::domain::LedgerChange {
                         new: n("new_count")?,

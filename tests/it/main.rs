@@ -9,6 +9,7 @@ mod helpers;
 
 mod incidents;
 
+mod checksum;
 mod cli;
 mod console;
 mod faults;

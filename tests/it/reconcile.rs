@@ -7,8 +7,8 @@ use serde_json::json;
 use trueup::config::SecretUrl;
 use trueup::domain::ViolationStatus;
 use trueup::domain::{
-    ColumnName, Expect, Invariant, InvariantName, InvariantSpec, QuerySide, ReconcileSpec,
-    Severity, SourceName, ViolationKind,
+    ColumnName, Expect, Invariant, InvariantName, InvariantSpec, QuerySide, ReconcileMode,
+    ReconcileSpec, Severity, SourceName, ViolationKind,
 };
 use trueup::engine::{self, Collect, EngineError};
 use trueup::runner::run_invariant;
@@ -41,6 +41,7 @@ fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) ->
             key: key.iter().map(|k| ColumnName::parse(k).unwrap()).collect(),
             expect: Expect::ExactlyOne,
             compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
+            mode: ReconcileMode::Auto,
         }),
         compensate: Default::default(),
         replay: None,

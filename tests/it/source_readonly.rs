@@ -17,6 +17,7 @@ fn request(query: &str) -> ReadRequest {
         order_by: Vec::new(),
         filter: Vec::new(),
         digest_long_except: None,
+        key_range: None,
     }
 }
 
@@ -236,6 +237,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
             order_by: vec![ColumnName::parse("id").unwrap()],
             filter: Vec::new(),
             digest_long_except: None,
+            key_range: None,
         })
         .await
         .err()

@@ -1,4 +1,5 @@
-//! `reconcile`: a streaming merge join of two key-ordered row streams.
+//! The merge join of two key-ordered row streams, with one key group per side in memory:
+//! over every row (stream mode), or over one key range (a checksummed segment that differs).
 
 use std::cmp::Ordering;
 
@@ -6,15 +7,15 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
-use crate::source::{Needed, ReadRequest, Sources, index_of};
+use crate::source::{KeyRange, Needed, ReadRequest, Sources, index_of};
 
-use super::KeyFilter;
-use super::cursor::{Cursor, Group, compare_keys};
-use super::{EngineError, Tally, not_yet_due, row_json};
+use crate::engine::KeyFilter;
+use crate::engine::cursor::{Cursor, Group, compare_keys};
+use crate::engine::{EngineError, Tally, not_yet_due, row_json};
 
-struct Plan {
+pub(super) struct Plan {
     /// (name, left index, right index) of each compared column.
-    compare: Vec<(String, usize, usize)>,
+    pub(super) compare: Vec<(String, usize, usize)>,
     left_time: Option<usize>,
     right_time: Option<usize>,
     /// Per column, whether evidence keeps it whole (a template reads it).
@@ -22,14 +23,25 @@ struct Plan {
     right_whole: Vec<bool>,
 }
 
-pub(super) async fn run(
+/// What a merge read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Read {
+    pub(super) rows_left: u64,
+    pub(super) rows_right: u64,
+    pub(super) null_keys: u64,
+}
+
+/// Merges the rows of both sides whose keys equal `filter` (all when empty) and lie in
+/// `range` (all when `None`), reporting what differs to `tally`.
+pub(super) async fn merge(
     inv: &Invariant,
     spec: &ReconcileSpec,
     sources: &Sources,
     due_before: Option<DateTime<Utc>>,
     filter: &[KeyFilter],
+    range: Option<(i64, i64)>,
     tally: &mut Tally<'_>,
-) -> Result<(), EngineError> {
+) -> Result<Read, EngineError> {
     // The time column is required on the left (the upstream event's time: grace, replay
     // windows); on the right it is optional and, when returned, gives extra rows their time.
     let request = |query: &str, side: crate::domain::Scope| {
@@ -57,6 +69,11 @@ pub(super) async fn run(
             // Long compared and shown values may stay in the database as digests; the
             // columns a template writes arrive whole.
             digest_long_except: Some(inv.template_fields(side)),
+            key_range: range.map(|(low, high)| KeyRange {
+                column: spec.key[0].clone(),
+                low,
+                high,
+            }),
         }
     };
     let left_source = sources.get(&spec.left.source)?;
@@ -112,13 +129,14 @@ pub(super) async fn run(
             }
         }
     }
-    tally.stats.rows_left = left.rows_read;
-    tally.stats.rows_right = right.rows_read;
-    tally.stats.null_keys = left.null_keys + right.null_keys;
-    Ok(())
+    Ok(Read {
+        rows_left: left.rows_read,
+        rows_right: right.rows_read,
+        null_keys: left.null_keys + right.null_keys,
+    })
 }
 
-fn plan(
+pub(super) fn plan(
     inv: &Invariant,
     spec: &ReconcileSpec,
     left: &[String],
@@ -160,8 +178,8 @@ fn plan(
         compare,
         left_time: time(left),
         right_time: time(right),
-        left_whole: super::whole_columns(inv, crate::domain::Scope::Left, left),
-        right_whole: super::whole_columns(inv, crate::domain::Scope::Right, right),
+        left_whole: crate::engine::whole_columns(inv, crate::domain::Scope::Left, left),
+        right_whole: crate::engine::whole_columns(inv, crate::domain::Scope::Right, right),
     })
 }
 

@@ -1,0 +1,348 @@
+//! Segment checksums computed where the rows are: how a reconcile learns which key ranges
+//! differ without reading their rows.
+//!
+//! A row's hash is the XOR of one seeded 64-bit hash per column (the key first), each column
+//! hashed under a [`Form`] both sides share; a segment's summary is its row count, the sum of
+//! its row hashes (exact: PostgreSQL sums `bigint` into `numeric`) and how many of its rows
+//! repeat the key of the row before them. Equal count and sum mean equal rows but with a
+//! chance of about 2^-64 per differing segment.
+//!
+//! **The rule a form keeps:** two values hash alike only if trueup compares them equal
+//! (`domain::value`). The converse need not hold: a form may tell apart values the comparison
+//! calls equal — their segment is then streamed and the merge decides, which costs time,
+//! never a violation. A pair of column types with no such form has no checksum: the
+//! invariant streams, and the run says why.
+
+use super::decode::Kind;
+
+/// How one column's values enter a row's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Integers of any width, and booleans as 0/1 (they equal MySQL `TINYINT(1)`).
+    Integer,
+    /// Numbers by value: `10.50` and `10.5` alike; integers compared with a NUMERIC column.
+    Numeric,
+    /// Text by its bytes (PostgreSQL `CHAR(n)` without its padding, as trueup reads it).
+    Text,
+    /// Timestamps as instants (without time zone: read as UTC).
+    Instant,
+    Date,
+    TimeOfDay,
+    Bytes,
+}
+
+impl Form {
+    /// The form under which a left column of `left` and a right one of `right` hash alike
+    /// only when trueup compares their values equal; `Err`: why there is none.
+    pub(crate) fn shared(left: Kind, right: Kind) -> Result<Form, String> {
+        use Kind::*;
+        let integer = |k: Kind| matches!(k, Bool | I16 | I32 | I64 | U32);
+        let number = |k: Kind| matches!(k, I16 | I32 | I64 | U32 | Decimal);
+        let text = |k: Kind| matches!(k, Text | PaddedText | Uuid);
+        let instant = |k: Kind| matches!(k, Naive | Timestamp);
+        let why = |k: Kind| match k {
+            F32 | F64 => Some("floating-point values have no exact form both sides hash alike"),
+            Json => Some("JSON compares structurally, which no hash of its text follows"),
+            U64 => Some("unsigned 64-bit integers have no PostgreSQL form"),
+            Dynamic(_) => Some("its type is only known per value"),
+            _ => None,
+        };
+        if let Some(reason) = why(left).or(why(right)) {
+            return Err(reason.to_owned());
+        }
+        Ok(match (left, right) {
+            (l, r) if integer(l) && integer(r) => Form::Integer,
+            (l, r) if number(l) && number(r) => Form::Numeric,
+            (l, r) if text(l) && text(r) => Form::Text,
+            (l, r) if instant(l) && instant(r) => Form::Instant,
+            (Date, Date) => Form::Date,
+            (Time, Time) => Form::TimeOfDay,
+            (Bytes, Bytes) => Form::Bytes,
+            _ => {
+                return Err(format!(
+                    "it is {} on the left and {} on the right",
+                    kind_name(left),
+                    kind_name(right)
+                ));
+            }
+        })
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    use Kind::*;
+    match kind {
+        Bool => "a boolean",
+        I16 | I32 | I64 | U32 | U64 => "an integer",
+        Decimal => "a decimal",
+        F32 | F64 => "a float",
+        Text | PaddedText => "text",
+        Uuid => "a UUID",
+        Date => "a date",
+        Time => "a time of day",
+        Naive | Timestamp => "a timestamp",
+        Json => "JSON",
+        Bytes => "bytes",
+        Dynamic(_) => "untyped",
+    }
+}
+
+/// The columns a row's hash covers on one side, each with its kind there and the form both
+/// sides share. Built for both sides at once by [`RowHash::pair`], so that the two agree.
+#[derive(Debug, Clone)]
+pub struct RowHash {
+    pub(crate) key: String,
+    pub(crate) key_kind: Kind,
+    /// (column, its kind on this side, form); the seed of each is its position.
+    pub(crate) columns: Vec<(String, Kind, Form)>,
+}
+
+/// The result columns of a query and how trueup reads each (`None`: it does not).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub columns: Vec<String>,
+    pub(crate) kinds: Vec<Option<Kind>>,
+}
+
+impl RowHash {
+    /// The row hashes of two sides: `key` is the key column's index on each side, `compared`
+    /// each compared column's name and index on each side. `Err`: why these columns cannot
+    /// be checksummed, for the run to say.
+    pub fn pair(
+        left: &Described,
+        right: &Described,
+        key: (usize, usize),
+        compared: &[(String, usize, usize)],
+    ) -> Result<(RowHash, RowHash), String> {
+        let kind = |d: &Described, i: usize| {
+            d.kinds[i]
+                .ok_or_else(|| format!("column `{}` has a type trueup does not read", d.columns[i]))
+        };
+        let (lk, rk) = (kind(left, key.0)?, kind(right, key.1)?);
+        let integer_key = |k: Kind| matches!(k, Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32);
+        if !integer_key(lk) || !integer_key(rk) {
+            let not = if integer_key(lk) { rk } else { lk };
+            return Err(format!(
+                "the key `{}` is {}: segments split integer keys only",
+                left.columns[key.0],
+                kind_name(not)
+            ));
+        }
+        let mut l = Vec::with_capacity(compared.len());
+        let mut r = Vec::with_capacity(compared.len());
+        for (name, i, j) in compared {
+            let (a, b) = (kind(left, *i)?, kind(right, *j)?);
+            let form = Form::shared(a, b).map_err(|why| format!("column `{name}`: {why}"))?;
+            l.push((left.columns[*i].clone(), a, form));
+            r.push((right.columns[*j].clone(), b, form));
+        }
+        Ok((
+            RowHash {
+                key: left.columns[key.0].clone(),
+                key_kind: lk,
+                columns: l,
+            },
+            RowHash {
+                key: right.columns[key.1].clone(),
+                key_kind: rk,
+                columns: r,
+            },
+        ))
+    }
+}
+
+/// What to summarise on one side: the rows of `query` whose key lies in `range`, split
+/// into `buckets` segments of equal key width (the last one may be narrower).
+#[derive(Debug, Clone)]
+pub struct SummaryRequest {
+    pub query: String,
+    pub hash: RowHash,
+    pub range: super::KeyRange,
+    pub buckets: u64,
+    /// Whether rows with a NULL key are counted too (in [`Summary::null_keys`]).
+    pub null_keys: bool,
+}
+
+impl SummaryRequest {
+    /// The width in keys of every bucket but maybe the last.
+    pub fn width(&self) -> u64 {
+        let span = (i128::from(self.range.high) - i128::from(self.range.low) + 1) as u128;
+        let buckets = u128::from(self.buckets.max(1));
+        span.div_ceil(buckets).max(1) as u64
+    }
+}
+
+/// One segment's summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub rows: u64,
+    /// The sum of the rows' hashes (wide enough never to wrap).
+    pub sum: i128,
+    /// Rows whose key equals the key of the row before them in key order.
+    pub repeats: u64,
+}
+
+/// A side's summary of a request: per bucket (from 0; empty ones absent) and the rows with a
+/// NULL key when asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub buckets: std::collections::BTreeMap<u64, SegmentSummary>,
+    pub null_keys: u64,
+}
+
+/// Seeds: the hash of column `i` (0 = key) is seeded with `SEED + 2i` and, where a form
+/// hashes two parts, `SEED + 2i + 1`. Arbitrary, but fixed: both sides must use the same.
+const SEED: i64 = 0x7472_7565_7570; // "trueup"
+
+/// What a NULL in column `i` contributes: a constant per column, so NULLs in different
+/// columns differ and a NULL differs from every value but with a chance of 2^-64.
+fn null_marker(i: usize) -> i64 {
+    // splitmix64 of the position: well spread, reproducible.
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as i64
+}
+
+/// PostgreSQL's expression for the hash of `quoted` (of `kind`) under `form`, as column `i`.
+pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> String {
+    let (s, t) = (SEED + 2 * i as i64, SEED + 2 * i as i64 + 1);
+    let hash = match form {
+        Form::Integer => {
+            let v = if kind == Kind::Bool {
+                format!("({quoted})::int4::int8")
+            } else {
+                format!("({quoted})::int8")
+            };
+            // `hashint8extended` folds the high half into the low one (so that it agrees
+            // with the 4-byte hashes): two values with the same fold would hash alike.
+            // Hashing the high half on its own as well tells them apart.
+            format!("(hashint8extended({v}, {s}) # hashint4extended(({v} >> 32)::int4, {t}))")
+        }
+        Form::Numeric => {
+            // `hash_numeric` ignores the sign and hashes every special value (NaN,
+            // ±Infinity) as 0: the sign and NaN are mixed in apart.
+            let v = format!("({quoted})::numeric");
+            format!(
+                "(hash_numeric_extended({v}, {s}) # CASE WHEN {v} < 0 THEN {neg} WHEN {v} = 'NaN' THEN {nan} ELSE 0 END)",
+                neg = null_marker(1000 + i),
+                nan = null_marker(2000 + i),
+            )
+        }
+        // A deterministic collation, so that the hash covers the bytes.
+        Form::Text => format!("hashtextextended(({quoted})::text COLLATE \"C\", {s})"),
+        // Seconds since 1970 as a double: exact to the microsecond from 1902 to 2106
+        // (outside, instants less than 2 µs apart may hash alike).
+        Form::Instant | Form::TimeOfDay => {
+            format!("hashfloat8extended(date_part('epoch', {quoted}), {s})")
+        }
+        // An infinite date fails the subtraction, and so the run, as it fails a stream.
+        Form::Date => format!("hashint4extended(({quoted}) - DATE '2000-01-01', {s})"),
+        Form::Bytes => format!("hashtextextended(encode({quoted}, 'hex'), {s})"),
+    };
+    format!("coalesce({hash}, {})", null_marker(i))
+}
+
+/// The PostgreSQL statement summarising `req`: one row per non-empty bucket (bucket, rows,
+/// sum as text, repeats), and one with a NULL bucket for the NULL keys when asked for.
+pub(crate) fn pg_summary_sql(req: &SummaryRequest, quote: impl Fn(&str) -> String) -> String {
+    let key = format!("trueup_q.{}", quote(&req.hash.key));
+    let (low, high) = (req.range.low, req.range.high);
+    let width = req.width();
+    let mut terms = vec![pg_column_hash(&key, req.hash.key_kind, Form::Integer, 0)];
+    for (i, (column, kind, form)) in req.hash.columns.iter().enumerate() {
+        let quoted = format!("trueup_q.{}", quote(column));
+        terms.push(pg_column_hash(&quoted, *kind, *form, i + 1));
+    }
+    let within = if req.null_keys {
+        format!("({key} >= {low} AND {key} <= {high} OR {key} IS NULL)")
+    } else {
+        format!("{key} >= {low} AND {key} <= {high}")
+    };
+    // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
+    format!(
+        "SELECT b, count(*)::int8, sum(h)::text, coalesce(sum(d), 0)::int8 FROM (\
+         SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, \
+         ({key} = lag({key}) OVER (ORDER BY {key}))::int4 AS d \
+         FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b",
+        hash = terms.join(" # "),
+        query = req.query,
+    )
+}
+
+/// Values every form hashes in [`pg_probe_sql`]: two servers that hash these alike hash
+/// every value alike (same hash functions, same byte order).
+pub(crate) fn pg_probe_sql() -> String {
+    let probes = [
+        pg_column_hash("5000000001::int8", Kind::I64, Form::Integer, 0),
+        pg_column_hash("true", Kind::Bool, Form::Integer, 1),
+        pg_column_hash("-12.340::numeric", Kind::Decimal, Form::Numeric, 2),
+        pg_column_hash("'trueup ✓'::text", Kind::Text, Form::Text, 3),
+        pg_column_hash(
+            "timestamptz '2026-01-02 03:04:05.678901+00'",
+            Kind::Timestamp,
+            Form::Instant,
+            4,
+        ),
+        pg_column_hash("date '2026-12-03'", Kind::Date, Form::Date, 5),
+        pg_column_hash("'\\x00ff'::bytea", Kind::Bytes, Form::Bytes, 6),
+    ];
+    format!("SELECT ARRAY[{}]", probes.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_that_compare_by_value_share_a_form_and_floats_json_and_mixed_classes_do_not() {
+        use Kind::*;
+        assert_eq!(Form::shared(I32, I64), Ok(Form::Integer));
+        assert_eq!(Form::shared(Bool, I16), Ok(Form::Integer));
+        assert_eq!(Form::shared(I64, Decimal), Ok(Form::Numeric));
+        assert_eq!(Form::shared(PaddedText, Uuid), Ok(Form::Text));
+        assert_eq!(Form::shared(Naive, Timestamp), Ok(Form::Instant));
+        for (l, r) in [
+            (F64, F64),
+            (Json, Json),
+            (Bool, Decimal),
+            (Date, Timestamp),
+            (Text, I64),
+        ] {
+            assert!(Form::shared(l, r).is_err(), "{l:?} / {r:?}");
+        }
+        assert_eq!(
+            Form::shared(Text, I64).unwrap_err(),
+            "it is text on the left and an integer on the right"
+        );
+    }
+
+    #[test]
+    fn null_markers_differ_per_column() {
+        let markers: std::collections::BTreeSet<i64> = (0..100).map(null_marker).collect();
+        assert_eq!(markers.len(), 100);
+    }
+
+    #[test]
+    fn a_bucket_width_covers_the_range_even_at_the_ends_of_bigint() {
+        let req = |low, high, buckets| SummaryRequest {
+            query: String::new(),
+            hash: RowHash {
+                key: "id".into(),
+                key_kind: Kind::I64,
+                columns: vec![],
+            },
+            range: super::super::KeyRange {
+                column: crate::domain::ColumnName::parse("id").unwrap(),
+                low,
+                high,
+            },
+            buckets,
+            null_keys: false,
+        };
+        assert_eq!(req(1, 64, 64).width(), 1);
+        assert_eq!(req(1, 65, 64).width(), 2);
+        assert_eq!(req(0, i64::MAX, 2).width(), 1 << 62);
+        assert_eq!(req(5, 5, 64).width(), 1);
+    }
+}

@@ -1,0 +1,465 @@
+//! Checksum mode (PostgreSQL ↔ PostgreSQL): every mode finds exactly what a plain stream
+//! finds, reading only the segments that differ.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use chrono::Utc;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use trueup::config::SecretUrl;
+use trueup::domain::{
+    ColumnName, CompareMethod, Expect, Invariant, InvariantName, InvariantSpec, QuerySide,
+    ReconcileMode, ReconcileSpec, RunStats, Severity, SourceName, Value, ViolationKind,
+};
+use trueup::engine::{self, Collect};
+use trueup::runner::run_invariant;
+use trueup::source::Sources;
+
+use crate::helpers::{TestPg, sources};
+
+const MODES: [ReconcileMode; 3] = [
+    ReconcileMode::Stream,
+    ReconcileMode::Checksum,
+    ReconcileMode::Auto,
+];
+
+fn invariant(left: &str, right: &str, mode: ReconcileMode) -> Invariant {
+    let side = |query: &str| QuerySide {
+        source: SourceName::parse("pg").unwrap(),
+        query: query.into(),
+    };
+    Invariant {
+        name: InvariantName::parse("checksummed").unwrap(),
+        description: None,
+        owner: None,
+        severity: Severity::High,
+        schedule: None,
+        time_column: None,
+        grace: None,
+        alert: Default::default(),
+        notify: None,
+        sample_limit: 10,
+        violation_budget: 1_000_000,
+        spec: InvariantSpec::Reconcile(ReconcileSpec {
+            left: side(left),
+            right: side(right),
+            key: vec![ColumnName::parse("id").unwrap()],
+            expect: Expect::ExactlyOne,
+            compare: None,
+            mode,
+        }),
+        compensate: Default::default(),
+        replay: None,
+        defined_at: (PathBuf::from("test"), 1),
+    }
+}
+
+type Found = BTreeSet<(ViolationKind, i64)>;
+
+async fn evaluate(inv: &Invariant, srcs: &Sources) -> (Found, RunStats) {
+    let mut sink = Collect::default();
+    let stats = engine::evaluate(inv, srcs, Utc::now(), &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{:?}: {e}", mode_of(inv)));
+    let found = sink
+        .0
+        .iter()
+        .map(|v| match v.key.as_slice() {
+            [Value::Int(k)] => (v.kind, *k),
+            other => panic!("key {other:?}"),
+        })
+        .collect();
+    (found, stats)
+}
+
+fn mode_of(inv: &Invariant) -> ReconcileMode {
+    match &inv.spec {
+        InvariantSpec::Reconcile(r) => r.mode,
+        _ => unreachable!(),
+    }
+}
+
+const ROWS: i64 = 100_000;
+
+/// Left: one table; right: the same rows in other column types that compare equal
+/// (`numeric` without scale, `text` for `char(3)`, `timestamp` for `timestamptz`, `smallint`
+/// for `boolean`), then the planted differences.
+async fn planted_tables(pg: &TestPg) {
+    pg.exec(&format!(
+        "CREATE TABLE l (id bigint, amount numeric(12,2), currency text, code char(3),
+                         flag boolean, big bigint, at timestamptz, day date, note varchar(20));
+         INSERT INTO l SELECT i, (i % 1000) + 0.5, CASE WHEN i % 3 = 0 THEN 'EUR' ELSE 'USD' END,
+                'C' || (i % 10), i % 2 = 0, i::bigint * 1000003, timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
+                date '2026-01-01' + (i % 365), CASE WHEN i % 2 = 0 THEN 'n' || i END
+           FROM generate_series(1, {ROWS}) AS i;
+         CREATE INDEX ON l (id);
+         CREATE TABLE r (id bigint, amount numeric, currency text, code text, flag smallint,
+                         big bigint, at timestamp, day date, note varchar(20));
+         INSERT INTO r SELECT id, amount, currency, rtrim(code), flag::int, big, at AT TIME ZONE 'UTC',
+                day, note FROM l;
+         CREATE INDEX ON r (id);
+         -- missing: three single keys and an outage of 50
+         DELETE FROM r WHERE id IN (11, 55555, 99998) OR id BETWEEN 70001 AND 70050;
+         -- extra: past both ends of the left's keys
+         INSERT INTO r SELECT id + {ROWS}, amount, currency, code, flag, big, at, day, note FROM r WHERE id <= 3;
+         INSERT INTO r SELECT -7, amount, currency, code, flag, big, at, day, note FROM r WHERE id = 5;
+         -- duplicate: the same row twice on both sides, and twice on the right only
+         INSERT INTO l SELECT * FROM l WHERE id = 31337;
+         INSERT INTO r SELECT * FROM r WHERE id IN (31337, 4242);
+         -- mismatch: a sign, a case, NULL against a value, NULLs in two other columns, a
+         -- bigint whose hash folds to 0's, a microsecond, a day, a flag
+         UPDATE l SET amount = 5 WHERE id = 7;
+         UPDATE r SET amount = -5 WHERE id = 7;
+         UPDATE r SET currency = 'usd' WHERE id = 1001;
+         UPDATE r SET note = 'x' WHERE id = 20001;
+         UPDATE l SET note = NULL, code = 'ABC' WHERE id = 20002;
+         UPDATE r SET note = 'ABC', code = NULL WHERE id = 20002;
+         UPDATE l SET big = 4294967297 WHERE id = 30000;
+         UPDATE r SET big = 0 WHERE id = 30000;
+         UPDATE r SET at = at + interval '1 microsecond' WHERE id = 40000;
+         UPDATE r SET day = day + 1 WHERE id = 50000;
+         UPDATE r SET flag = 1 - flag WHERE id = 60000;
+         -- the same values written differently: not differences
+         UPDATE l SET amount = 10.50 WHERE id = 80000;
+         UPDATE r SET amount = 10.5 WHERE id = 80000;
+         -- a NULL key on each side: counted, never compared
+         INSERT INTO l (id, amount) VALUES (NULL, 1);
+         INSERT INTO r (id, amount) VALUES (NULL, 2);
+         ANALYZE l; ANALYZE r;"
+    ))
+    .await;
+}
+
+fn expected() -> Found {
+    let mut want = Found::new();
+    for k in [11, 55555, 99998].into_iter().chain(70001..=70050) {
+        want.insert((ViolationKind::Missing, k));
+    }
+    for k in [ROWS + 1, ROWS + 2, ROWS + 3, -7] {
+        want.insert((ViolationKind::Extra, k));
+    }
+    for k in [31337, 4242] {
+        want.insert((ViolationKind::Duplicate, k));
+    }
+    for k in [7, 1001, 20001, 20002, 30000, 40000, 50000, 60000] {
+        want.insert((ViolationKind::Mismatch, k));
+    }
+    want
+}
+
+#[tokio::test]
+async fn every_mode_finds_exactly_the_planted_differences_and_checksums_read_only_the_segments_that_hold_them()
+ {
+    let pg = TestPg::new().await;
+    planted_tables(&pg).await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
+
+    let mut stats_by_mode = Vec::new();
+    for mode in MODES {
+        let (found, stats) = evaluate(&invariant(left, right, mode), &srcs).await;
+        assert_eq!(found, expected(), "{mode:?}");
+        stats_by_mode.push((mode, stats));
+    }
+    let (_, stream) = &stats_by_mode[0];
+    let rows = (ROWS + 2) as u64; // a duplicate and a NULL key
+    assert_eq!(
+        (stream.rows_left, stream.null_keys),
+        (rows, 2),
+        "{stream:?}"
+    );
+    let streamed = stream.compared.as_ref().unwrap();
+    assert_eq!(streamed.method, CompareMethod::Stream);
+    assert_eq!(streamed.streamed_because, None);
+    for (mode, stats) in &stats_by_mode[1..] {
+        // The same counts as the stream's, from the summaries.
+        assert_eq!(
+            (stats.rows_left, stats.rows_right, stats.null_keys),
+            (stream.rows_left, stream.rows_right, stream.null_keys),
+            "{mode:?}"
+        );
+        let c = stats.compared.as_ref().unwrap();
+        assert_eq!(c.method, CompareMethod::Checksum, "{mode:?}: {c:?}");
+        // The differences sit in 12 to 15 segments of ~49 keys (100,000 keys in 64
+        // segments, split in 32; -7, 7 and 11 share one, the outage straddles two or
+        // three): a few hundred rows per side cross the network, not 100,000.
+        assert!((12..=15).contains(&c.segments_streamed), "{mode:?}: {c:?}");
+        assert!(c.rows_streamed < 2_500, "{mode:?}: {c:?}");
+        assert!(c.segments > 64 + 32, "{mode:?}: {c:?}");
+    }
+    srcs.close().await;
+}
+
+#[tokio::test]
+async fn a_checksummed_run_opens_and_resolves_violations_in_the_ledger_as_a_stream_does() {
+    let pg = TestPg::new().await;
+    planted_tables(&pg).await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = trueup::store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("t.db").display()
+    )))
+    .await
+    .unwrap();
+    let inv = invariant(
+        "SELECT * FROM l",
+        "SELECT * FROM r",
+        ReconcileMode::Checksum,
+    );
+    let first = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(first.change.unwrap().new, expected().len() as u64);
+
+    // Repair a missing row, an extra one and a mismatch: exactly those resolve.
+    pg.exec(
+        "INSERT INTO r SELECT id, amount, currency, rtrim(code), flag::int, big, at AT TIME ZONE 'UTC', day, note FROM l WHERE id = 11;
+         DELETE FROM r WHERE id = -7;
+         UPDATE r SET amount = 5 WHERE id = 7;",
+    )
+    .await;
+    let second = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert!(second.error.is_none(), "{:?}", second.error);
+    let change = second.change.unwrap();
+    assert_eq!(
+        (change.new, change.resolved, change.still_open),
+        (0, 3, expected().len() as u64 - 3)
+    );
+    srcs.close().await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_column_without_a_checksum_form_fails_checksum_mode_saying_why_and_auto_streams_it() {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, ratio double precision);
+         INSERT INTO l SELECT i, i / 3.0 FROM generate_series(1, 1000) AS i;
+         CREATE TABLE r AS SELECT * FROM l;
+         UPDATE r SET ratio = ratio + 1 WHERE id = 500;",
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
+
+    let mut sink = Collect::default();
+    let err = engine::evaluate(
+        &invariant(left, right, ReconcileMode::Checksum),
+        &srcs,
+        Utc::now(),
+        &mut sink,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "this invariant says `reconcile.mode: checksum`, but it cannot be checksummed: column `ratio`: floating-point values have no exact form both sides hash alike. Set `mode: auto` to checksum where it can and stream otherwise, or `mode: stream`"
+    );
+    assert!(sink.0.is_empty());
+
+    let (found, stats) = evaluate(&invariant(left, right, ReconcileMode::Auto), &srcs).await;
+    assert_eq!(found, Found::from([(ViolationKind::Mismatch, 500)]));
+    let c = stats.compared.unwrap();
+    assert_eq!(c.method, CompareMethod::Stream);
+    assert_eq!(
+        c.streamed_because.as_deref(),
+        Some("column `ratio`: floating-point values have no exact form both sides hash alike")
+    );
+    srcs.close().await;
+}
+
+#[tokio::test]
+async fn auto_streams_when_sampled_segments_mostly_differ() {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, amount int);
+         INSERT INTO l SELECT i, i FROM generate_series(1, 20000) AS i;
+         CREATE TABLE r AS SELECT * FROM l;
+         UPDATE r SET amount = amount + 1 WHERE id % 5 = 0;",
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
+    let (auto, stats) = evaluate(&invariant(left, right, ReconcileMode::Auto), &srcs).await;
+    assert_eq!(auto.len(), 4000);
+    let c = stats.compared.unwrap();
+    assert_eq!(c.method, CompareMethod::Stream);
+    assert_eq!(
+        c.streamed_because.as_deref(),
+        Some(
+            "8 of 8 sampled segments differ, so nearly every segment would be read: streaming costs less"
+        )
+    );
+    // Told to checksum, it does, and finds the same.
+    let (checksum, stats) = evaluate(&invariant(left, right, ReconcileMode::Checksum), &srcs).await;
+    assert_eq!(checksum, auto);
+    assert_eq!(stats.compared.unwrap().method, CompareMethod::Checksum);
+    srcs.close().await;
+}
+
+/// Random tables with random planted differences: every mode finds what a plain stream
+/// finds. Seeds are fixed (the failing one is printed), so a failure reproduces.
+#[tokio::test]
+async fn random_tables_with_random_differences_give_the_same_violations_in_every_mode() {
+    let pg = TestPg::new().await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    for seed in 0..10u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rows: i64 = rng.random_range(1_000..40_000);
+        // Keys with gaps, and sometimes negative or far apart.
+        let stride: i64 = rng.random_range(1..4);
+        let offset: i64 =
+            rng.random_range(-50_000..50_000) * if rng.random_bool(0.2) { 1 << 33 } else { 1 };
+        pg.exec(&format!(
+            "DROP TABLE IF EXISTS l, r;
+             CREATE TABLE l (id bigint, amount numeric(14,3), label text, at timestamptz, flag boolean);
+             INSERT INTO l SELECT {offset} + i * {stride}, ((i * 7919) % 100000) / 1000.0,
+                    CASE WHEN i % 11 = 0 THEN NULL ELSE md5(i::text) END,
+                    timestamptz '2025-06-01 00:00:00+00' + i * interval '1 minute', i % 3 = 0
+               FROM generate_series(1, {rows}) AS i;
+             CREATE INDEX ON l (id);
+             CREATE TABLE r AS SELECT * FROM l;
+             CREATE INDEX ON r (id);"
+        ))
+        .await;
+        let key = |rng: &mut StdRng| offset + rng.random_range(1..=rows) * stride;
+        let mut sql = Vec::new();
+        // Sparse or dense differences.
+        let changes = if rng.random_bool(0.3) {
+            rng.random_range(200..2_000)
+        } else {
+            rng.random_range(0..30)
+        };
+        for _ in 0..changes {
+            let k = key(&mut rng);
+            sql.push(match rng.random_range(0..9) {
+                0 => format!("DELETE FROM r WHERE id = {k};"),
+                1 => format!("DELETE FROM l WHERE id = {k};"),
+                2 => format!("UPDATE r SET amount = -amount - 1 WHERE id = {k};"),
+                3 => format!("UPDATE r SET label = NULL WHERE id = {k};"),
+                4 => format!("UPDATE r SET at = at + interval '1 microsecond' WHERE id = {k};"),
+                5 => format!("UPDATE r SET flag = NOT flag WHERE id = {k};"),
+                6 => format!("INSERT INTO r SELECT * FROM r WHERE id = {k};"),
+                7 => format!(
+                    "INSERT INTO l SELECT * FROM l WHERE id = {k}; INSERT INTO r SELECT * FROM r WHERE id = {k};"
+                ),
+                _ => format!("UPDATE r SET id = NULL WHERE id = {k};"),
+            });
+        }
+        sql.push("ANALYZE l; ANALYZE r;".into());
+        pg.exec(&sql.join("\n")).await;
+
+        let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
+        let (stream, stream_stats) =
+            evaluate(&invariant(left, right, ReconcileMode::Stream), &srcs).await;
+        for mode in [ReconcileMode::Checksum, ReconcileMode::Auto] {
+            let (found, stats) = evaluate(&invariant(left, right, mode), &srcs).await;
+            assert_eq!(
+                found, stream,
+                "seed {seed}, {rows} rows, {changes} changes, {mode:?}: {:?}",
+                stats.compared
+            );
+            assert_eq!(
+                (stats.rows_left, stats.rows_right, stats.null_keys),
+                (
+                    stream_stats.rows_left,
+                    stream_stats.rows_right,
+                    stream_stats.null_keys
+                ),
+                "seed {seed}, {mode:?}"
+            );
+        }
+    }
+    srcs.close().await;
+}
+
+/// Through the CLI, from an invariant file that says `mode: checksum`: it prints how it
+/// compared; a failure in a summary or in a differing segment's merge fails the run and
+/// resolves nothing; without the fault, the same run resolves the repaired rows.
+#[tokio::test]
+async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
+    use crate::helpers::{combined_output, sqlite_url, trueup_cli};
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE events (id bigint PRIMARY KEY, amount int);
+         INSERT INTO events SELECT i, i * 100 FROM generate_series(1, 50000) AS i;
+         CREATE TABLE records AS SELECT id AS event_id, amount FROM events WHERE id % 10000 <> 0;
+         CREATE INDEX ON records (event_id);",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {}\nsources:\n  pg: {{url: \"{}\"}}\n",
+            sqlite_url(&tmp.path().join("trueup.db")),
+            pg.reader_url
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
+    std::fs::write(
+        tmp.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-recorded
+    reconcile:
+      left: {source: pg, query: "SELECT id, amount FROM events"}
+      right: {source: pg, query: "SELECT event_id AS id, amount FROM records"}
+      key: id
+      mode: checksum
+"#,
+    )
+    .unwrap();
+    let first = trueup_cli(&config, "tester").arg("check").output().unwrap();
+    let text = combined_output(&first);
+    assert_eq!(first.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("compared 50000 left / 49995 right rows by checksum (5 of "),
+        "{text}"
+    );
+
+    // Four repaired; the fifth keeps one segment differing, so every run merges one.
+    pg.exec("INSERT INTO records SELECT id, amount FROM events WHERE id IN (10000, 20000, 30000, 40000);")
+        .await;
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&tmp.path().join("trueup.db"))))
+        .await
+        .unwrap();
+    let open = || async {
+        store
+            .violations(&trueup::store::ViolationFilter {
+                status: trueup::store::StatusFilter::Active,
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(open().await, 5);
+    for point in ["source.summarize", "engine.merge"] {
+        for action in ["return", "panic"] {
+            let out = trueup_cli(&config, "tester")
+                .arg("check")
+                .env("FAILPOINTS", format!("{point}={action}"))
+                .output()
+                .unwrap();
+            let text = combined_output(&out);
+            assert_eq!(out.status.code(), Some(2), "{point}={action}: {text}");
+            assert_eq!(
+                open().await,
+                5,
+                "{point}={action} resolved something: {text}"
+            );
+        }
+    }
+    let clean = trueup_cli(&config, "tester").arg("check").output().unwrap();
+    let text = combined_output(&clean);
+    assert_eq!(clean.status.code(), Some(1), "{text}");
+    assert!(text.contains("by checksum (1 of "), "{text}");
+    assert!(text.contains("4 resolved"), "{text}");
+    assert_eq!(open().await, 1);
+    store.close().await;
+}

@@ -102,6 +102,9 @@ pub struct RowHash {
 pub struct Described {
     pub columns: Vec<String>,
     pub(crate) kinds: Vec<Option<Kind>>,
+    /// Per column, the table (its OID) and column number it is read from unchanged, where
+    /// the database says so.
+    pub(crate) origins: Vec<Option<(u32, i16)>>,
 }
 
 impl RowHash {
@@ -161,6 +164,10 @@ pub struct SummaryRequest {
     pub buckets: u64,
     /// Whether rows with a NULL key are counted too (in [`Summary::null_keys`]).
     pub null_keys: bool,
+    /// Whether a key may repeat in the query's rows, so repeats must be counted (an ordered
+    /// window over the key, as costly as the hashing); `false` only where proven (a unique
+    /// index, see [`single_table`]).
+    pub key_may_repeat: bool,
 }
 
 impl SummaryRequest {
@@ -260,10 +267,14 @@ pub(crate) fn pg_summary_sql(req: &SummaryRequest, quote: impl Fn(&str) -> Strin
         format!("{key} >= {low} AND {key} <= {high}")
     };
     // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
+    let repeats = if req.key_may_repeat {
+        format!("({key} = lag({key}) OVER (ORDER BY {key}))::int4")
+    } else {
+        "0".to_owned()
+    };
     format!(
         "SELECT b, count(*)::int8, sum(h)::text, coalesce(sum(d), 0)::int8 FROM (\
-         SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, \
-         ({key} = lag({key}) OVER (ORDER BY {key}))::int4 AS d \
+         SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, {repeats} AS d \
          FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b",
         hash = terms.join(" # "),
         query = req.query,
@@ -290,9 +301,100 @@ pub(crate) fn pg_probe_sql() -> String {
     format!("SELECT ARRAY[{}]", probes.join(", "))
 }
 
+/// The table whose rows `query` returns at most once each, when its shape proves it: one
+/// SELECT (no WITH, no set operation) from one plain table (no join, no table function), with
+/// no grouping and no function call in its select list (a set-returning one repeats rows).
+/// Gives the table's name as written and whether it says `ONLY` (an inherited table's
+/// children are read too otherwise). `None`: not proven — the summary then counts repeats.
+pub(crate) fn single_table(query: &str) -> Option<(String, bool)> {
+    use sqlparser::ast::{
+        Expr, GroupByExpr, SetExpr, Statement, TableFactor, TableInheritance, Visit, Visitor,
+    };
+    let statements =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, query)
+            .ok()?;
+    let [Statement::Query(q)] = statements.as_slice() else {
+        return None;
+    };
+    if q.with.is_some() || !q.pipe_operators.is_empty() {
+        return None;
+    }
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    let grouped = match &select.group_by {
+        GroupByExpr::All(_) => true,
+        GroupByExpr::Expressions(e, m) => !e.is_empty() || !m.is_empty(),
+    };
+    if !from.joins.is_empty()
+        || grouped
+        || select.having.is_some()
+        || !select.lateral_views.is_empty()
+        || !select.connect_by.is_empty()
+    {
+        return None;
+    }
+    let TableFactor::Table {
+        name,
+        args: None,
+        inheritance,
+        ..
+    } = &from.relation
+    else {
+        return None;
+    };
+    struct CallsAFunction(bool);
+    impl Visitor for CallsAFunction {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> std::ops::ControlFlow<()> {
+            if matches!(expr, Expr::Function(_)) {
+                self.0 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut calls = CallsAFunction(false);
+    let _ = select.projection.visit(&mut calls);
+    if calls.0 {
+        return None;
+    }
+    let only = matches!(inheritance, Some(TableInheritance::Only { .. }));
+    Some((name.to_string(), only))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_select_of_one_table_without_row_making_functions_proves_its_rows_unique() {
+        assert_eq!(
+            single_table("SELECT id AS payment_id, amount::text FROM public.payments WHERE x > 1"),
+            Some(("public.payments".into(), false))
+        );
+        assert_eq!(
+            single_table("SELECT * FROM ONLY \"Ledger\" ORDER BY 1 LIMIT 5"),
+            Some(("\"Ledger\"".into(), true))
+        );
+        for repeats in [
+            "SELECT p.id FROM payments p JOIN items i ON i.payment_id = p.id",
+            "SELECT p.id FROM payments p, items i",
+            "SELECT id, generate_series(1, 2) FROM payments",
+            "SELECT id, unnest(tags) FROM payments",
+            "SELECT id FROM payments UNION ALL SELECT id FROM payments",
+            "WITH p AS (SELECT * FROM payments) SELECT id FROM p",
+            "SELECT id FROM (SELECT id FROM payments) s",
+            "SELECT id FROM generate_series(1, 10) AS id",
+            "SELECT id, count(*) FROM payments GROUP BY id",
+            "not sql at all",
+        ] {
+            assert_eq!(single_table(repeats), None, "{repeats}");
+        }
+    }
 
     #[test]
     fn columns_that_compare_by_value_share_a_form_and_floats_json_and_mixed_classes_do_not() {
@@ -339,6 +441,7 @@ mod tests {
             },
             buckets,
             null_keys: false,
+            key_may_repeat: true,
         };
         assert_eq!(req(1, 64, 64).width(), 1);
         assert_eq!(req(1, 65, 64).width(), 2);

@@ -369,6 +369,18 @@ impl Source {
         postgres::describe(self, self.postgres()?, query).await
     }
 
+    /// Whether the key column `key` (an index into `described`) provably never repeats in
+    /// `query`'s rows; `false` when not proven.
+    pub async fn key_unique(
+        &self,
+        query: &str,
+        described: &Described,
+        key: usize,
+    ) -> Result<bool, SourceError> {
+        self.vet().await?;
+        postgres::key_unique(self, self.postgres()?, query, described, key).await
+    }
+
     /// The smallest and largest value of the integer column `key` in `query`'s rows.
     pub async fn key_bounds(
         &self,

@@ -394,6 +394,15 @@ pub(super) async fn describe(
                     .iter()
                     .map(|c| kind_of(c.type_info().name()))
                     .collect(),
+                origins: stmt
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        c.relation_id()
+                            .zip(c.relation_attribute_no())
+                            .map(|(t, a)| (t.0, a))
+                    })
+                    .collect(),
             })
         })
     })
@@ -489,6 +498,44 @@ pub(super) async fn checksum_probe(
             sqlx::query_scalar::<_, Vec<i64>>(&sql)
                 .fetch_one(&mut *c)
                 .await
+        })
+    })
+    .await
+}
+
+/// Whether the key column `key` of `query` (described as `described`) cannot repeat: the query
+/// returns each row of one table at most once ([`super::checksum::single_table`]) and the key is
+/// that table's column, under a unique, valid, non-partial index on it alone; an inherited
+/// table counts only with `ONLY` (its children's rows are not under its index).
+pub(super) async fn key_unique(
+    source: &super::Source,
+    pool: &PgPool,
+    query: &str,
+    described: &super::checksum::Described,
+    key: usize,
+) -> Result<bool, SourceError> {
+    let (Some((table, only)), Some(Some((relation, column)))) = (
+        super::checksum::single_table(query),
+        described.origins.get(key).copied(),
+    ) else {
+        return Ok(false);
+    };
+    within_read(source, pool, |c| {
+        Box::pin(async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid \
+                   WHERE c.oid = to_regclass($1) AND c.oid = $2::oid \
+                     AND (c.relkind = 'p' OR (c.relkind = 'r' AND ($3 OR NOT EXISTS \
+                          (SELECT 1 FROM pg_inherits h WHERE h.inhparent = c.oid)))) \
+                     AND i.indisunique AND i.indisvalid AND i.indpred IS NULL \
+                     AND i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = $4)",
+            )
+            .bind(table)
+            .bind(i64::from(relation))
+            .bind(only)
+            .bind(column)
+            .fetch_one(&mut *c)
+            .await
         })
     })
     .await

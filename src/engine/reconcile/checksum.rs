@@ -71,6 +71,8 @@ struct Sides<'a> {
     right: &'a Source,
     left_hash: RowHash,
     right_hash: RowHash,
+    left_may_repeat: bool,
+    right_may_repeat: bool,
     key: crate::domain::ColumnName,
     segments: u64,
 }
@@ -129,6 +131,12 @@ pub(super) async fn run(
             right.name()
         )));
     }
+    // Counting repeated keys costs as much as hashing: skipped where a unique index proves
+    // there are none.
+    let (left_unique, right_unique) = tokio::try_join!(
+        left.key_unique(&spec.left.query, &ld, lk),
+        right.key_unique(&spec.right.query, &rd, rk)
+    )?;
     let (lb, rb) = tokio::try_join!(
         left.key_bounds(&spec.left.query, &ld.columns[lk]),
         right.key_bounds(&spec.right.query, &rd.columns[rk])
@@ -144,6 +152,8 @@ pub(super) async fn run(
         right,
         left_hash,
         right_hash,
+        left_may_repeat: !left_unique,
+        right_may_repeat: !right_unique,
         key: key.clone(),
         segments: 0,
     };
@@ -222,7 +232,7 @@ impl Sides<'_> {
         buckets: u64,
         null_keys: bool,
     ) -> Result<(Summary, Summary), EngineError> {
-        let request = |query: &str, hash: &RowHash| SummaryRequest {
+        let request = |query: &str, hash: &RowHash, key_may_repeat: bool| SummaryRequest {
             query: query.to_owned(),
             hash: hash.clone(),
             range: KeyRange {
@@ -232,10 +242,15 @@ impl Sides<'_> {
             },
             buckets,
             null_keys,
+            key_may_repeat,
         };
         let (lq, rq) = (
-            request(&self.spec.left.query, &self.left_hash),
-            request(&self.spec.right.query, &self.right_hash),
+            request(&self.spec.left.query, &self.left_hash, self.left_may_repeat),
+            request(
+                &self.spec.right.query,
+                &self.right_hash,
+                self.right_may_repeat,
+            ),
         );
         let (l, r) = tokio::try_join!(self.left.summarize(&lq), self.right.summarize(&rq))?;
         let compared: std::collections::BTreeSet<&u64> =

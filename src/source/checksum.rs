@@ -15,6 +15,17 @@
 
 use super::decode::Kind;
 
+/// How rows are hashed; both sides of a reconcile use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// PostgreSQL's seeded hash functions, one per column, XORed: fast, and only between
+    /// PostgreSQL servers whose probe of fixed values agrees.
+    Typed,
+    /// The MD5 of a canonical text of the row, which PostgreSQL and MySQL/MariaDB write
+    /// alike: every value is written as text first (slower), across engines.
+    Canonical,
+}
+
 /// How one column's values enter a row's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Form {
@@ -36,14 +47,13 @@ impl Form {
     /// only when trueup compares their values equal; `Err`: why there is none.
     pub(crate) fn shared(left: Kind, right: Kind) -> Result<Form, String> {
         use Kind::*;
-        let integer = |k: Kind| matches!(k, Bool | I16 | I32 | I64 | U32);
-        let number = |k: Kind| matches!(k, I16 | I32 | I64 | U32 | Decimal);
+        let integer = |k: Kind| matches!(k, Bool | I16 | I32 | I64 | U32 | U64);
+        let number = |k: Kind| matches!(k, I16 | I32 | I64 | U32 | U64 | Decimal);
         let text = |k: Kind| matches!(k, Text | PaddedText | Uuid);
         let instant = |k: Kind| matches!(k, Naive | Timestamp);
         let why = |k: Kind| match k {
             F32 | F64 => Some("floating-point values have no exact form both sides hash alike"),
             Json => Some("JSON compares structurally, which no hash of its text follows"),
-            U64 => Some("unsigned 64-bit integers have no PostgreSQL form"),
             Dynamic(_) => Some("its type is only known per value"),
             _ => None,
         };
@@ -95,6 +105,7 @@ pub struct RowHash {
     pub(crate) key_kind: Kind,
     /// (column, its kind on this side, form); the seed of each is its position.
     pub(crate) columns: Vec<(String, Kind, Form)>,
+    pub flavor: Flavor,
 }
 
 /// The result columns of a query and how trueup reads each (`None`: it does not).
@@ -116,6 +127,7 @@ impl RowHash {
         right: &Described,
         key: (usize, usize),
         compared: &[(String, usize, usize)],
+        flavor: Flavor,
     ) -> Result<(RowHash, RowHash), String> {
         let kind = |d: &Described, i: usize| {
             d.kinds[i]
@@ -144,11 +156,13 @@ impl RowHash {
                 key: left.columns[key.0].clone(),
                 key_kind: lk,
                 columns: l,
+                flavor,
             },
             RowHash {
                 key: right.columns[key.1].clone(),
                 key_kind: rk,
                 columns: r,
+                flavor,
             },
         ))
     }
@@ -250,55 +264,198 @@ pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> 
     format!("coalesce({hash}, {})", null_marker(i))
 }
 
-/// The PostgreSQL statement summarising `req`: one row per non-empty bucket (bucket, rows,
-/// sum as text, repeats), and one with a NULL bucket for the NULL keys when asked for.
-pub(crate) fn pg_summary_sql(req: &SummaryRequest, quote: impl Fn(&str) -> String) -> String {
+/// The engines that summarise segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    MySql,
+}
+
+/// The canonical text of a value of `kind` under `form`, as `engine` writes it: integers and
+/// numbers in plain decimal without trailing zeros (`10.5`, `5`), instants in UTC as
+/// `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day with six fraction digits, bytes in
+/// lowercase hex, text as itself prefixed by its length in characters; `~` for NULL. No
+/// part but text can hold `|`, `~` or start with a digit and `:`, so parts joined by `|`
+/// read back one way only.
+pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
+    let q = quoted;
+    let text = match (engine, form) {
+        (Engine::Postgres, Form::Integer) if kind == Kind::Bool => format!("({q})::int4::text"),
+        (Engine::Postgres, Form::Integer) => format!("({q})::int8::text"),
+        (Engine::Postgres, Form::Numeric) => format!("trim_scale(({q})::numeric)::text"),
+        (Engine::Postgres, Form::Text) => format!("({q})::text"),
+        (Engine::Postgres, Form::Instant) if kind == Kind::Timestamp => {
+            format!("to_char(({q}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+        }
+        (Engine::Postgres, Form::Instant) => format!("to_char({q}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+        (Engine::Postgres, Form::Date) => format!("to_char({q}, 'YYYY-MM-DD')"),
+        (Engine::Postgres, Form::TimeOfDay) => format!("to_char({q}, 'HH24:MI:SS.US')"),
+        (Engine::Postgres, Form::Bytes) => format!("encode({q}, 'hex')"),
+        (Engine::MySql, Form::Integer) => format!("CAST({q} AS CHAR)"),
+        // DECIMAL writes its whole scale: trailing zeros (and a bare point) are cut, but
+        // only after a point (`100` stays).
+        (Engine::MySql, Form::Numeric) => {
+            let t = format!("CAST({q} AS CHAR)");
+            format!(
+                "IF(LOCATE('.', {t}) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM {t})), {t})"
+            )
+        }
+        (Engine::MySql, Form::Text) => q.to_owned(),
+        // The session's time zone is UTC (sqlx sets it), so TIMESTAMPs read as UTC.
+        (Engine::MySql, Form::Instant) => format!("DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f')"),
+        (Engine::MySql, Form::Date) => format!("DATE_FORMAT({q}, '%Y-%m-%d')"),
+        (Engine::MySql, Form::TimeOfDay) => format!("TIME_FORMAT({q}, '%H:%i:%s.%f')"),
+        (Engine::MySql, Form::Bytes) => format!("LOWER(HEX({q}))"),
+    };
+    match (engine, form) {
+        (Engine::Postgres, Form::Text) => {
+            format!("coalesce(length({text})::text || ':' || {text}, '~')")
+        }
+        (Engine::MySql, Form::Text) => {
+            format!("COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '~')")
+        }
+        (Engine::Postgres, _) => format!("coalesce({text}, '~')"),
+        (Engine::MySql, _) => format!("COALESCE({text}, '~')"),
+    }
+}
+
+/// A row's canonical hash: 60 bits of the MD5 of its canonical text (60, so that it is a
+/// non-negative integer on both engines, whose sums are then alike).
+fn canonical_row_hash(engine: Engine, parts: &[String]) -> String {
+    match engine {
+        Engine::Postgres => format!(
+            "('x' || substr(md5(concat_ws('|', {})), 1, 15))::bit(60)::int8",
+            parts.join(", ")
+        ),
+        Engine::MySql => format!(
+            "CAST(CONV(SUBSTRING(MD5(CONCAT_WS('|', {})), 1, 15), 16, 10) AS UNSIGNED)",
+            parts.join(", ")
+        ),
+    }
+}
+
+/// The statement summarising `req` on `engine`: one row per non-empty bucket (bucket, rows,
+/// sum, repeats, all as text), and one with a NULL bucket for the NULL keys when asked for.
+pub(crate) fn summary_sql(
+    engine: Engine,
+    req: &SummaryRequest,
+    quote: impl Fn(&str) -> String,
+) -> String {
     let key = format!("trueup_q.{}", quote(&req.hash.key));
     let (low, high) = (req.range.low, req.range.high);
     let width = req.width();
-    let mut terms = vec![pg_column_hash(&key, req.hash.key_kind, Form::Integer, 0)];
-    for (i, (column, kind, form)) in req.hash.columns.iter().enumerate() {
-        let quoted = format!("trueup_q.{}", quote(column));
-        terms.push(pg_column_hash(&quoted, *kind, *form, i + 1));
-    }
+    let columns = std::iter::once((&req.hash.key, req.hash.key_kind, Form::Integer)).chain(
+        req.hash
+            .columns
+            .iter()
+            .map(|(c, kind, form)| (c, *kind, *form)),
+    );
+    let hash = match req.hash.flavor {
+        Flavor::Typed => columns
+            .enumerate()
+            .map(|(i, (c, kind, form))| {
+                pg_column_hash(&format!("trueup_q.{}", quote(c)), kind, form, i)
+            })
+            .collect::<Vec<_>>()
+            .join(" # "),
+        Flavor::Canonical => {
+            let parts: Vec<String> = columns
+                .map(|(c, kind, form)| {
+                    canonical(engine, &format!("trueup_q.{}", quote(c)), kind, form)
+                })
+                .collect();
+            canonical_row_hash(engine, &parts)
+        }
+    };
     let within = if req.null_keys {
         format!("({key} >= {low} AND {key} <= {high} OR {key} IS NULL)")
     } else {
         format!("{key} >= {low} AND {key} <= {high}")
     };
-    // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
     let repeats = if req.key_may_repeat {
-        format!("({key} = lag({key}) OVER (ORDER BY {key}))::int4")
+        format!("CASE WHEN {key} = lag({key}) OVER (ORDER BY {key}) THEN 1 ELSE 0 END")
     } else {
         "0".to_owned()
     };
-    format!(
-        "SELECT b, count(*)::int8, sum(h)::text, coalesce(sum(d), 0)::int8 FROM (\
-         SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, {repeats} AS d \
-         FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b",
-        hash = terms.join(" # "),
-        query = req.query,
-    )
+    let query = &req.query;
+    // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
+    match engine {
+        Engine::Postgres => format!(
+            "SELECT b::text, count(*)::text, sum(h)::text, coalesce(sum(d), 0)::text FROM (\
+             SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, {repeats} AS d \
+             FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b"
+        ),
+        Engine::MySql => format!(
+            "SELECT CAST(b AS CHAR), CAST(COUNT(*) AS CHAR), CAST(SUM(h) AS CHAR), \
+             CAST(COALESCE(SUM(d), 0) AS CHAR) FROM (\
+             SELECT (CAST({key} AS SIGNED) - ({low})) DIV {width} AS b, {hash} AS h, {repeats} AS d \
+             FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b"
+        ),
+    }
 }
 
-/// Values every form hashes in [`pg_probe_sql`]: two servers that hash these alike hash
-/// every value alike (same hash functions, same byte order).
-pub(crate) fn pg_probe_sql() -> String {
-    let probes = [
-        pg_column_hash("5000000001::int8", Kind::I64, Form::Integer, 0),
-        pg_column_hash("true", Kind::Bool, Form::Integer, 1),
-        pg_column_hash("-12.340::numeric", Kind::Decimal, Form::Numeric, 2),
-        pg_column_hash("'trueup ✓'::text", Kind::Text, Form::Text, 3),
-        pg_column_hash(
+/// Fixed values under every form, hashed as `flavor` hashes them on `engine`, as one text:
+/// two sources whose probes are equal hash every value alike (the same functions, byte
+/// order and text forms).
+pub(crate) fn probe_sql(engine: Engine, flavor: Flavor) -> String {
+    let values: [(&str, &str, Kind, Form); 8] = [
+        (
+            "5000000001::int8",
+            "CAST(5000000001 AS SIGNED)",
+            Kind::I64,
+            Form::Integer,
+        ),
+        ("true", "1", Kind::Bool, Form::Integer),
+        (
+            "-12.340::numeric",
+            "CAST(-12.340 AS DECIMAL(10,3))",
+            Kind::Decimal,
+            Form::Numeric,
+        ),
+        ("'trueup ✓|~'::text", "'trueup ✓|~'", Kind::Text, Form::Text),
+        (
             "timestamptz '2026-01-02 03:04:05.678901+00'",
+            "CAST('2026-01-02 03:04:05.678901' AS DATETIME(6))",
             Kind::Timestamp,
             Form::Instant,
-            4,
         ),
-        pg_column_hash("date '2026-12-03'", Kind::Date, Form::Date, 5),
-        pg_column_hash("'\\x00ff'::bytea", Kind::Bytes, Form::Bytes, 6),
+        (
+            "date '2026-12-03'",
+            "DATE '2026-12-03'",
+            Kind::Date,
+            Form::Date,
+        ),
+        (
+            "time '03:04:05.5'",
+            "CAST('03:04:05.5' AS TIME(6))",
+            Kind::Time,
+            Form::TimeOfDay,
+        ),
+        ("'\\x00ff'::bytea", "X'00FF'", Kind::Bytes, Form::Bytes),
     ];
-    format!("SELECT ARRAY[{}]", probes.join(", "))
+    let probes: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, (pg, my, kind, form))| match (engine, flavor) {
+            (Engine::Postgres, Flavor::Typed) => {
+                format!("({})::text", pg_column_hash(pg, *kind, *form, i))
+            }
+            (Engine::Postgres, Flavor::Canonical) => {
+                format!(
+                    "({})::text",
+                    canonical_row_hash(engine, &[canonical(engine, pg, *kind, *form)])
+                )
+            }
+            (Engine::MySql, _) => format!(
+                "CAST({} AS CHAR)",
+                canonical_row_hash(engine, &[canonical(engine, my, *kind, *form)])
+            ),
+        })
+        .collect();
+    match engine {
+        Engine::Postgres => format!("SELECT concat_ws(',', {})", probes.join(", ")),
+        Engine::MySql => format!("SELECT CONCAT_WS(',', {})", probes.join(", ")),
+    }
 }
 
 /// The table whose rows `query` returns at most once each, when its shape proves it: one
@@ -433,6 +590,7 @@ mod tests {
                 key: "id".into(),
                 key_kind: Kind::I64,
                 columns: vec![],
+                flavor: Flavor::Typed,
             },
             range: super::super::KeyRange {
                 column: crate::domain::ColumnName::parse("id").unwrap(),

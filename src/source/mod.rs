@@ -20,8 +20,9 @@ mod query;
 mod sql;
 mod sqlite;
 mod stream;
+mod summarize;
 
-pub use checksum::{Described, RowHash, SegmentSummary, Summary, SummaryRequest};
+pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
 pub use query::{COMPARED, DIGEST_OVER, KeyRange, Needed, ReadRequest};
 pub(crate) use query::{
     filter_value_error, has_several_statements, index_of, resolve_filter, resolve_needed, wrap,
@@ -345,32 +346,40 @@ impl Source {
         }
     }
 
-    /// Whether this source computes segment checksums (see [`checksum`]): PostgreSQL does.
+    /// Whether this source computes segment checksums (see [`checksum`]): PostgreSQL and
+    /// MySQL/MariaDB do.
     pub fn checksums(&self) -> bool {
-        matches!(self.pool, Pool::Postgres(_))
+        !matches!(self.pool, Pool::Sqlite(_))
     }
 
-    fn postgres(&self) -> Result<&sqlx::PgPool, SourceError> {
-        match &self.pool {
-            Pool::Postgres(p) => Ok(p),
-            _ => Err(SourceError::Query {
-                source_name: self.name.clone(),
-                message: format!(
-                    "{} sources compute no segment checksums; stream this invariant (`mode: stream`)",
-                    self.kind.as_str()
-                ),
-            }),
+    fn pg_dialect(&self) -> postgres::Dialect {
+        postgres::Dialect {
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
+    fn no_checksums(&self) -> SourceError {
+        SourceError::Query {
+            source_name: self.name.clone(),
+            message: format!(
+                "{} sources compute no segment checksums; stream this invariant (`mode: stream`)",
+                self.kind.as_str()
+            ),
         }
     }
 
     /// The result columns of `query` and how trueup reads them; nothing runs.
     pub async fn describe(&self, query: &str) -> Result<Described, SourceError> {
         self.vet().await?;
-        postgres::describe(self, self.postgres()?, query).await
+        match &self.pool {
+            Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
+            Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
+            Pool::Sqlite(_) => Err(self.no_checksums()),
+        }
     }
 
     /// Whether the key column `key` (an index into `described`) provably never repeats in
-    /// `query`'s rows; `false` when not proven.
+    /// `query`'s rows; `false` when not proven (always, on MySQL/MariaDB).
     pub async fn key_unique(
         &self,
         query: &str,
@@ -378,7 +387,10 @@ impl Source {
         key: usize,
     ) -> Result<bool, SourceError> {
         self.vet().await?;
-        postgres::key_unique(self, self.postgres()?, query, described, key).await
+        match &self.pool {
+            Pool::Postgres(p) => postgres::key_unique(self, p, query, described, key).await,
+            _ => Ok(false),
+        }
     }
 
     /// The smallest and largest value of the integer column `key` in `query`'s rows.
@@ -388,7 +400,13 @@ impl Source {
         key: &str,
     ) -> Result<Option<(i64, i64)>, SourceError> {
         self.vet().await?;
-        postgres::key_bounds(self, self.postgres()?, query, key).await
+        match &self.pool {
+            Pool::Postgres(p) => {
+                summarize::key_bounds(&self.pg_dialect(), self, p, query, key).await
+            }
+            Pool::MySql(p) => summarize::key_bounds(&mysql::Dialect, self, p, query, key).await,
+            Pool::Sqlite(_) => Err(self.no_checksums()),
+        }
     }
 
     /// Segment summaries of `req`, computed by the database.
@@ -398,14 +416,29 @@ impl Source {
             source_name: self.name.clone(),
             message: "connection reset (injected by the fail point source.summarize)".into(),
         }));
-        postgres::summarize(self, self.postgres()?, req).await
+        match &self.pool {
+            Pool::Postgres(p) => summarize::summarize(&self.pg_dialect(), self, p, req).await,
+            Pool::MySql(p) => summarize::summarize(&mysql::Dialect, self, p, req).await,
+            Pool::Sqlite(_) => Err(self.no_checksums()),
+        }
     }
 
-    /// The hashes of fixed values under every checksum form: two sources whose probes are
-    /// equal hash every value alike.
-    pub async fn checksum_probe(&self) -> Result<Vec<i64>, SourceError> {
+    /// Fixed values hashed the way `flavor` hashes rows here: two sources whose probes are
+    /// equal hash every value alike. `None`: this source cannot hash that way (the typed
+    /// flavor is PostgreSQL's).
+    pub async fn checksum_probe(&self, flavor: Flavor) -> Result<Option<String>, SourceError> {
         self.vet().await?;
-        postgres::checksum_probe(self, self.postgres()?).await
+        match (&self.pool, flavor) {
+            (Pool::Postgres(p), _) => summarize::probe(&self.pg_dialect(), self, p, flavor)
+                .await
+                .map(Some),
+            (Pool::MySql(p), Flavor::Canonical) => {
+                summarize::probe(&mysql::Dialect, self, p, flavor)
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Closes the pool, waiting at most [`READ_GRACE`] (see [`crate::connect::close_within`]).

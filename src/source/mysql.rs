@@ -94,6 +94,8 @@ impl super::sql::Dialect for Dialect {
 
     const KINDS_FROM_FIRST_ROW: bool = true;
 
+    const CHECKSUM_ENGINE: Option<super::checksum::Engine> = Some(super::checksum::Engine::MySql);
+
     async fn begin(
         &self,
         conn: &mut sqlx::MySqlConnection,

@@ -137,6 +137,21 @@ pub(super) struct Dialect {
 impl super::sql::Dialect for Dialect {
     type DB = Postgres;
 
+    const CHECKSUM_ENGINE: Option<super::checksum::Engine> =
+        Some(super::checksum::Engine::Postgres);
+
+    /// JIT compiling costs more than a summary's hashing saves.
+    fn summary_settings(&self) -> Option<&'static str> {
+        Some("SET LOCAL jit = off")
+    }
+
+    fn origin(column: &sqlx::postgres::PgColumn) -> Option<(u32, i16)> {
+        column
+            .relation_id()
+            .zip(column.relation_attribute_no())
+            .map(|(table, attribute)| (table.0, attribute))
+    }
+
     async fn begin(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -328,181 +343,6 @@ fn decode(kind: Kind, raw: PgValueRef<'_>) -> DecodeResult {
     }
 }
 
-/// Runs `work` on a leased connection inside a read-only transaction under the statement
-/// timeout (and without JIT, whose compiling costs more than a summary's hashing saves), then
-/// rolls back. As for a read, the connection goes back to the pool only after a rollback, and
-/// a statement still running past the timeout and [`super::READ_GRACE`] closes it.
-pub(super) async fn within_read<T>(
-    source: &super::Source,
-    pool: &PgPool,
-    work: impl for<'c> FnOnce(
-        &'c mut sqlx::PgConnection,
-    ) -> futures_util::future::BoxFuture<'c, Result<T, sqlx::Error>>,
-) -> Result<T, SourceError> {
-    let query_error = |e: sqlx::Error| SourceError::Query {
-        source_name: source.name.clone(),
-        message: e.to_string(),
-    };
-    let deadline = Duration::from_millis(source.timeout_ms) + super::READ_GRACE;
-    let mut conn = super::Leased {
-        conn: super::connect(&source.name, &source.endpoint, pool).await?,
-        reusable: false,
-    };
-    let run = async {
-        let c: &mut sqlx::PgConnection = &mut conn;
-        sqlx::query("BEGIN READ ONLY").execute(&mut *c).await?;
-        sqlx::query(
-            "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true)",
-        )
-        .bind(source.timeout_ms.to_string())
-        .execute(&mut *c)
-        .await?;
-        let out = work(&mut *c).await?;
-        sqlx::query("ROLLBACK").execute(&mut *c).await?;
-        Ok::<_, sqlx::Error>(out)
-    };
-    let out = tokio::time::timeout(deadline, run)
-        .await
-        .map_err(|_| SourceError::Incomplete {
-            source_name: source.name.clone(),
-            cause: format!(
-                "a checksum query did not end within {}s (the source's statement_timeout and {}s more): the network or the database stalled; the connection was closed",
-                deadline.as_secs(),
-                super::READ_GRACE.as_secs()
-            ),
-        })?
-        .map_err(query_error)?;
-    conn.reusable();
-    Ok(out)
-}
-
-/// The result columns of `query` and their kinds, from preparing it (nothing runs).
-pub(super) async fn describe(
-    source: &super::Source,
-    pool: &PgPool,
-    query: &str,
-) -> Result<super::checksum::Described, SourceError> {
-    use sqlx::{Column, Executor, Statement, TypeInfo};
-    let wrapped = super::wrap(query);
-    within_read(source, pool, |c| {
-        Box::pin(async move {
-            let stmt = (&mut *c).prepare(&wrapped).await?;
-            Ok(super::checksum::Described {
-                columns: stmt.columns().iter().map(|c| c.name().to_owned()).collect(),
-                kinds: stmt
-                    .columns()
-                    .iter()
-                    .map(|c| kind_of(c.type_info().name()))
-                    .collect(),
-                origins: stmt
-                    .columns()
-                    .iter()
-                    .map(|c| {
-                        c.relation_id()
-                            .zip(c.relation_attribute_no())
-                            .map(|(t, a)| (t.0, a))
-                    })
-                    .collect(),
-            })
-        })
-    })
-    .await
-}
-
-/// The smallest and largest key `query` returns (`None`: no row with a key).
-pub(super) async fn key_bounds(
-    source: &super::Source,
-    pool: &PgPool,
-    query: &str,
-    key: &str,
-) -> Result<Option<(i64, i64)>, SourceError> {
-    use super::sql::Dialect as _;
-    let key = Dialect { timeout_ms: 0 }.quote(key);
-    let sql = super::wrap_selecting(
-        query,
-        &format!("min(trueup_q.{key})::int8, max(trueup_q.{key})::int8"),
-    );
-    within_read(source, pool, |c| {
-        Box::pin(async move {
-            let row = sqlx::query(&sql).fetch_one(&mut *c).await?;
-            let low: Option<i64> = row.try_get(0)?;
-            let high: Option<i64> = row.try_get(1)?;
-            Ok(low.zip(high))
-        })
-    })
-    .await
-}
-
-/// Summarises `req`'s segments in the database (see [`super::checksum`]).
-pub(super) async fn summarize(
-    source: &super::Source,
-    pool: &PgPool,
-    req: &super::checksum::SummaryRequest,
-) -> Result<super::checksum::Summary, SourceError> {
-    use super::sql::Dialect as _;
-    let quote = |c: &str| Dialect { timeout_ms: 0 }.quote(c);
-    let sql = super::checksum::pg_summary_sql(req, quote);
-    let rows = within_read(source, pool, |c| {
-        Box::pin(async move { sqlx::query(&sql).fetch_all(&mut *c).await })
-    })
-    .await?;
-    let bad = |message: String| SourceError::Query {
-        source_name: source.name.clone(),
-        message,
-    };
-    let mut summary = super::checksum::Summary::default();
-    for row in rows {
-        let get = |i: usize| -> Result<Option<i64>, SourceError> {
-            row.try_get(i).map_err(|e| bad(e.to_string()))
-        };
-        let count = get(1)?.unwrap_or(0).max(0) as u64;
-        let repeats = get(3)?.unwrap_or(0).max(0) as u64;
-        let sum: Option<String> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
-        let sum = match sum {
-            Some(s) => s
-                .parse::<i128>()
-                .map_err(|e| bad(format!("a checksum sum `{s}` is not an integer: {e}")))?,
-            None => 0,
-        };
-        match get(0)? {
-            Some(b) => {
-                let b = u64::try_from(b)
-                    .ok()
-                    .filter(|b| *b < req.buckets)
-                    .ok_or_else(|| {
-                        bad(format!("a checksum bucket {b} outside 0..{}", req.buckets))
-                    })?;
-                summary.buckets.insert(
-                    b,
-                    super::checksum::SegmentSummary {
-                        rows: count,
-                        sum,
-                        repeats,
-                    },
-                );
-            }
-            None => summary.null_keys = count,
-        }
-    }
-    Ok(summary)
-}
-
-/// Every checksum form's hash of fixed values (see [`super::checksum::pg_probe_sql`]).
-pub(super) async fn checksum_probe(
-    source: &super::Source,
-    pool: &PgPool,
-) -> Result<Vec<i64>, SourceError> {
-    let sql = super::checksum::pg_probe_sql();
-    within_read(source, pool, |c| {
-        Box::pin(async move {
-            sqlx::query_scalar::<_, Vec<i64>>(&sql)
-                .fetch_one(&mut *c)
-                .await
-        })
-    })
-    .await
-}
-
 /// Whether the key column `key` of `query` (described as `described`) cannot repeat: the query
 /// returns each row of one table at most once ([`super::checksum::single_table`]) and the key is
 /// that table's column, under a unique, valid, non-partial index on it alone; an inherited
@@ -520,23 +360,30 @@ pub(super) async fn key_unique(
     ) else {
         return Ok(false);
     };
-    within_read(source, pool, |c| {
-        Box::pin(async move {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid \
+    super::summarize::within_read(
+        &Dialect {
+            timeout_ms: source.timeout_ms,
+        },
+        source,
+        pool,
+        |c| {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid \
                    WHERE c.oid = to_regclass($1) AND c.oid = $2::oid \
                      AND (c.relkind = 'p' OR (c.relkind = 'r' AND ($3 OR NOT EXISTS \
                           (SELECT 1 FROM pg_inherits h WHERE h.inhparent = c.oid)))) \
                      AND i.indisunique AND i.indisvalid AND i.indpred IS NULL \
                      AND i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = $4)",
-            )
-            .bind(table)
-            .bind(i64::from(relation))
-            .bind(only)
-            .bind(column)
-            .fetch_one(&mut *c)
-            .await
-        })
-    })
+                )
+                .bind(table)
+                .bind(i64::from(relation))
+                .bind(only)
+                .bind(column)
+                .fetch_one(&mut *c)
+                .await
+            })
+        },
+    )
     .await
 }

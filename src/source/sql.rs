@@ -33,6 +33,21 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// guide ordering and key filters.
     const KINDS_FROM_FIRST_ROW: bool = false;
 
+    /// The engine whose segment checksums [`super::checksum`] composes for this dialect;
+    /// `None`: it computes none (its reconciles stream).
+    const CHECKSUM_ENGINE: Option<super::checksum::Engine> = None;
+
+    /// Settings for a checksum summary's transaction, after [`Dialect::begin`].
+    fn summary_settings(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The table (its id) and column number a result column is read from unchanged, where
+    /// the engine says so.
+    fn origin(_column: &<Self::DB as Database>::Column) -> Option<(u32, i16)> {
+        None
+    }
+
     /// Opens the read's transaction: read-only, one snapshot, the statement timeout set.
     fn begin<'c>(
         &'c self,

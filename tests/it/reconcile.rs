@@ -7,8 +7,8 @@ use serde_json::json;
 use trueup::config::SecretUrl;
 use trueup::domain::ViolationStatus;
 use trueup::domain::{
-    ColumnName, Expect, Invariant, InvariantName, InvariantSpec, QuerySide, ReconcileMode,
-    ReconcileSpec, Severity, SourceName, ViolationKind,
+    ColumnName, CompareMethod, Expect, Invariant, InvariantName, InvariantSpec, QuerySide,
+    ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
 };
 use trueup::engine::{self, Collect, EngineError};
 use trueup::runner::run_invariant;
@@ -87,6 +87,22 @@ async fn keys_by_kind(
 
 #[tokio::test]
 async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones() {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream).await;
+}
+
+#[tokio::test]
+async fn postgres_to_mariadb_by_checksum_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
+ {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum).await;
+}
+
+#[tokio::test]
+async fn postgres_to_mariadb_in_auto_mode_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
+ {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto).await;
+}
+
+async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
     let (pg, my) = (TestPg::new().await, TestMysql::new().await);
     pg.exec(&format!(
         "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, currency text NOT NULL,
@@ -135,12 +151,15 @@ async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly
     .await;
 
     let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
-    let inv = reconcile(
+    let mut inv = reconcile(
         "SELECT id AS payment_id, amount, currency, note, captured_at FROM payments",
         "SELECT payment_id, amount, currency, note, captured_at FROM entries",
         &["payment_id"],
         None,
     );
+    if let InvariantSpec::Reconcile(spec) = &mut inv.spec {
+        spec.mode = mode;
+    }
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&SecretUrl::new(format!(
         "sqlite://{}",
@@ -151,6 +170,13 @@ async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly
 
     let first = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
     assert!(first.error.is_none(), "{:?}", first.error);
+    // Checksummed, the 46 planted keys sit in a few dozen small segments: most rows are
+    // compared where they are, never read.
+    let compared = first.stats.compared.clone().unwrap();
+    if mode != ReconcileMode::Stream {
+        assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
+        assert!(compared.rows_streamed < 20_000, "{compared:?}");
+    }
     assert_eq!(first.stats.rows_left, ROWS as u64);
     assert_eq!(first.stats.rows_right, (ROWS - 36 + 13 + 3) as u64);
     let found = keys_by_kind(store.as_ref(), StatusFilter::Active).await;

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
-    KeyRange, RowHash, SegmentSummary, Source, Sources, Summary, SummaryRequest, index_of,
+    Flavor, KeyRange, RowHash, SegmentSummary, Source, Sources, Summary, SummaryRequest, index_of,
 };
 
 use super::merge;
@@ -99,12 +99,19 @@ pub(super) async fn run(
     for side in [left, right] {
         if !side.checksums() {
             return Ok(Outcome::Unfit(format!(
-                "source `{}` is {}: checksums are computed by PostgreSQL sources",
+                "source `{}` is {}: checksums are computed by PostgreSQL and MySQL/MariaDB sources",
                 side.name(),
                 side.kind().as_str()
             )));
         }
     }
+    let Some(flavor) = flavor(left, right).await? else {
+        return Ok(Outcome::Unfit(format!(
+            "sources `{}` and `{}` write the same values differently (another byte order, encoding or version)",
+            left.name(),
+            right.name()
+        )));
+    };
     let (ld, rd) = tokio::try_join!(
         left.describe(&spec.left.query),
         right.describe(&spec.right.query)
@@ -119,18 +126,10 @@ pub(super) async fn run(
         )));
     };
     let plan = merge::plan(inv, spec, &ld.columns, &rd.columns)?;
-    let (left_hash, right_hash) = match RowHash::pair(&ld, &rd, (lk, rk), &plan.compare) {
+    let (left_hash, right_hash) = match RowHash::pair(&ld, &rd, (lk, rk), &plan.compare, flavor) {
         Ok(pair) => pair,
         Err(why) => return Ok(Outcome::Unfit(why)),
     };
-    let (lp, rp) = tokio::try_join!(left.checksum_probe(), right.checksum_probe())?;
-    if lp != rp {
-        return Ok(Outcome::Unfit(format!(
-            "sources `{}` and `{}` hash the same values differently (another byte order or PostgreSQL version)",
-            left.name(),
-            right.name()
-        )));
-    }
     // Counting repeated keys costs as much as hashing: skipped where a unique index proves
     // there are none.
     let (left_unique, right_unique) = tokio::try_join!(
@@ -221,6 +220,20 @@ pub(super) async fn run(
         segments_streamed: leaves.len() as u64,
         rows_streamed,
     }))
+}
+
+/// How both sides hash rows: PostgreSQL's typed hashes where both sources compute them
+/// alike, else the canonical text both write alike; `None`: neither agrees.
+async fn flavor(left: &Source, right: &Source) -> Result<Option<Flavor>, EngineError> {
+    for flavor in [Flavor::Typed, Flavor::Canonical] {
+        let (l, r) = tokio::try_join!(left.checksum_probe(flavor), right.checksum_probe(flavor))?;
+        if let (Some(l), Some(r)) = (l, r)
+            && l == r
+        {
+            return Ok(Some(flavor));
+        }
+    }
+    Ok(None)
 }
 
 impl Sides<'_> {

@@ -51,10 +51,18 @@ impl Form {
         let number = |k: Kind| matches!(k, I16 | I32 | I64 | U32 | U64 | Decimal);
         let text = |k: Kind| matches!(k, Text | PaddedText | Uuid);
         let instant = |k: Kind| matches!(k, Naive | Timestamp);
+        // A SQLite value's type is its own: that side is hashed per value
+        // ([`canonical_value`]), in the form the other side's type gives.
+        let (left, right) = match (left, right) {
+            (Dynamic(_), Dynamic(_)) => {
+                return Err("both sides' types are only known per value (SQLite)".into());
+            }
+            (Dynamic(_), k) | (k, Dynamic(_)) => (k, k),
+            pair => pair,
+        };
         let why = |k: Kind| match k {
             F32 | F64 => Some("floating-point values have no exact form both sides hash alike"),
             Json => Some("JSON compares structurally, which no hash of its text follows"),
-            Dynamic(_) => Some("its type is only known per value"),
             _ => None,
         };
         if let Some(reason) = why(left).or(why(right)) {
@@ -134,7 +142,13 @@ impl RowHash {
                 .ok_or_else(|| format!("column `{}` has a type trueup does not read", d.columns[i]))
         };
         let (lk, rk) = (kind(left, key.0)?, kind(right, key.1)?);
-        let integer_key = |k: Kind| matches!(k, Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32);
+        // (A SQLite key's values are checked one by one as they are summarised.)
+        let integer_key = |k: Kind| {
+            matches!(
+                k,
+                Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32 | Kind::Dynamic(_)
+            )
+        };
         if !integer_key(lk) || !integer_key(rk) {
             let not = if integer_key(lk) { rk } else { lk };
             return Err(format!(
@@ -271,12 +285,14 @@ pub enum Engine {
     MySql,
 }
 
-/// The canonical text of a value of `kind` under `form`, as `engine` writes it: integers and
-/// numbers in plain decimal without trailing zeros (`10.5`, `5`), instants in UTC as
-/// `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day with six fraction digits, bytes in
-/// lowercase hex, text as itself prefixed by its length in characters; `~` for NULL. No
-/// part but text can hold `|`, `~` or start with a digit and `:`, so parts joined by `|`
-/// read back one way only.
+/// The canonical text of a value of `kind` under `form`, as `engine` writes it: a letter
+/// for its class (`n` numbers and booleans, `t` text, `i` instants, `d` dates, `h` times of
+/// day, `b` bytes), then integers and numbers in plain decimal without trailing zeros
+/// (`n10.5`, `n5`), instants in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day
+/// with six fraction digits, bytes in lowercase hex, text as its length in characters, `:`
+/// and itself; `~` for NULL. Only text can hold `|` or `~`, and its length says where it
+/// ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
+/// from a value trueup read.
 pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
     let q = quoted;
     let text = match (engine, form) {
@@ -307,16 +323,58 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         (Engine::MySql, Form::TimeOfDay) => format!("TIME_FORMAT({q}, '%H:%i:%s.%f')"),
         (Engine::MySql, Form::Bytes) => format!("LOWER(HEX({q}))"),
     };
+    let class = match form {
+        Form::Integer | Form::Numeric => "n",
+        Form::Text => "t",
+        Form::Instant => "i",
+        Form::Date => "d",
+        Form::TimeOfDay => "h",
+        Form::Bytes => "b",
+    };
     match (engine, form) {
         (Engine::Postgres, Form::Text) => {
-            format!("coalesce(length({text})::text || ':' || {text}, '~')")
+            format!("coalesce('t' || length({text})::text || ':' || {text}, '~')")
         }
         (Engine::MySql, Form::Text) => {
-            format!("COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '~')")
+            format!("COALESCE(CONCAT('t', CHAR_LENGTH({text}), ':', {text}), '~')")
         }
-        (Engine::Postgres, _) => format!("coalesce({text}, '~')"),
-        (Engine::MySql, _) => format!("COALESCE({text}, '~')"),
+        (Engine::Postgres, _) => format!("coalesce('{class}' || {text}, '~')"),
+        (Engine::MySql, _) => format!("COALESCE(CONCAT('{class}', {text}), '~')"),
     }
+}
+
+/// [`canonical`]'s text of a value trueup read (a SQLite side's, summarised in process);
+/// `None` for a value with no canonical form (JSON, a digest, a float beyond a decimal's
+/// range or not finite). A float is written as the decimal it exactly is, so it matches a
+/// number the other side holds only when the two are equal.
+pub(crate) fn canonical_value(value: &crate::domain::Value) -> Option<String> {
+    use crate::domain::Value;
+    Some(match value {
+        Value::Null => "~".to_owned(),
+        Value::Bool(b) => format!("n{}", u8::from(*b)),
+        Value::Int(i) => format!("n{i}"),
+        Value::Decimal(d) => format!("n{}", d.normalize()),
+        Value::Float(f) => format!(
+            "n{}",
+            rust_decimal::Decimal::from_f64_retain(*f)?.normalize()
+        ),
+        Value::Text(t) => format!("t{}:{t}", t.chars().count()),
+        Value::Bytes(b) => format!("b{}", hex::encode(b)),
+        Value::Date(d) => format!("d{}", d.format("%Y-%m-%d")),
+        Value::Time(t) => format!("h{}", t.format("%H:%M:%S%.6f")),
+        Value::Timestamp(t) => format!("i{}", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+        Value::Json(_) | Value::Digest(_) => return None,
+    })
+}
+
+/// The 60 bits [`canonical_row_hash`] takes from the MD5 of a row's canonical parts.
+pub(crate) fn canonical_row_hash_of(parts: &[String]) -> i128 {
+    use md5::Digest;
+    let digest = md5::Md5::digest(parts.join("|").as_bytes());
+    // The first 15 hex digits: the first 7 bytes and the high half of the 8th.
+    let mut top = [0u8; 8];
+    top.copy_from_slice(&digest[..8]);
+    i128::from(u64::from_be_bytes(top) >> 4)
 }
 
 /// A row's canonical hash: 60 bits of the MD5 of its canonical text (60, so that it is a

@@ -124,6 +124,12 @@ pub enum SourceError {
         bytes: usize,
         limit: usize,
     },
+    #[error("source `{source_name}`: column `{column}` holds {value}, which has no checksum form")]
+    NoCanonicalForm {
+        source_name: SourceName,
+        column: String,
+        value: String,
+    },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
 }
@@ -346,25 +352,15 @@ impl Source {
         }
     }
 
-    /// Whether this source computes segment checksums (see [`checksum`]): PostgreSQL and
-    /// MySQL/MariaDB do.
+    /// Whether this source gives segment checksums (see [`checksum`]): PostgreSQL and
+    /// MySQL/MariaDB compute them, a SQLite file's are computed here from its rows.
     pub fn checksums(&self) -> bool {
-        !matches!(self.pool, Pool::Sqlite(_))
+        true
     }
 
     fn pg_dialect(&self) -> postgres::Dialect {
         postgres::Dialect {
             timeout_ms: self.timeout_ms,
-        }
-    }
-
-    fn no_checksums(&self) -> SourceError {
-        SourceError::Query {
-            source_name: self.name.clone(),
-            message: format!(
-                "{} sources compute no segment checksums; stream this invariant (`mode: stream`)",
-                self.kind.as_str()
-            ),
         }
     }
 
@@ -374,7 +370,7 @@ impl Source {
         match &self.pool {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
             Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
-            Pool::Sqlite(_) => Err(self.no_checksums()),
+            Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
         }
     }
 
@@ -405,7 +401,7 @@ impl Source {
                 summarize::key_bounds(&self.pg_dialect(), self, p, query, key).await
             }
             Pool::MySql(p) => summarize::key_bounds(&mysql::Dialect, self, p, query, key).await,
-            Pool::Sqlite(_) => Err(self.no_checksums()),
+            Pool::Sqlite(p) => summarize::key_bounds(&sqlite::Dialect, self, p, query, key).await,
         }
     }
 
@@ -419,7 +415,7 @@ impl Source {
         match &self.pool {
             Pool::Postgres(p) => summarize::summarize(&self.pg_dialect(), self, p, req).await,
             Pool::MySql(p) => summarize::summarize(&mysql::Dialect, self, p, req).await,
-            Pool::Sqlite(_) => Err(self.no_checksums()),
+            Pool::Sqlite(_) => summarize::in_process(self, req).await,
         }
     }
 
@@ -437,6 +433,7 @@ impl Source {
                     .await
                     .map(Some)
             }
+            (Pool::Sqlite(_), Flavor::Canonical) => Ok(Some(summarize::in_process_probe())),
             _ => Ok(None),
         }
     }

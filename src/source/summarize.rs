@@ -151,7 +151,7 @@ where
     let key = format!("trueup_q.{}", dialect.quote(key));
     let list = match D::CHECKSUM_ENGINE {
         Some(Engine::MySql) => format!("CAST(MIN({key}) AS CHAR), CAST(MAX({key}) AS CHAR)"),
-        _ => format!("min({key})::int8::text, max({key})::int8::text"),
+        _ => format!("CAST(min({key}) AS TEXT), CAST(max({key}) AS TEXT)"),
     };
     let sql = super::wrap_selecting(query, &list);
     let rows = within_read(dialect, source, pool, |c| fetch_texts::<D::DB>(c, sql, 2)).await?;
@@ -258,4 +258,117 @@ fn unsupported(source: &Source) -> SourceError {
             source.kind.as_str()
         ),
     }
+}
+
+/// A SQLite side's summary, computed here: its file is local, so its rows are read in key
+/// order and hashed by [`super::checksum::canonical_value`] as the other engine writes them.
+pub(super) async fn in_process(
+    source: &Source,
+    req: &SummaryRequest,
+) -> Result<Summary, SourceError> {
+    use super::checksum::{SegmentSummary, canonical_row_hash_of, canonical_value};
+    use crate::domain::Value;
+    let key = crate::domain::ColumnName::parse(&req.hash.key).map_err(|e| SourceError::Query {
+        source_name: source.name.clone(),
+        message: e.to_string(),
+    })?;
+    // The NULL keys are counted on the first, whole-range request: it reads every row.
+    let mut rows = source
+        .read(ReadRequest {
+            query: req.query.clone(),
+            needed: Vec::new(),
+            order_by: vec![key],
+            filter: Vec::new(),
+            digest_long_except: None,
+            key_range: (!req.null_keys).then(|| req.range.clone()),
+        })
+        .await?;
+    let columns = rows.columns().to_vec();
+    let index = |name: &str| {
+        super::index_of(&columns, name).ok_or_else(|| SourceError::MissingColumn {
+            source_name: source.name.clone(),
+            column: name.to_owned(),
+            role: "a compared column",
+            available: columns.join(", "),
+        })
+    };
+    let key_at = index(&req.hash.key)?;
+    let compared = req
+        .hash
+        .columns
+        .iter()
+        .map(|(c, _, _)| index(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let width = i128::from(req.width());
+    let (low, high) = (req.range.low, req.range.high);
+    let mut summary = Summary::default();
+    let mut previous: Option<i64> = None;
+    let mut parts = Vec::with_capacity(compared.len() + 1);
+    while let Some(batch) = rows.next_batch().await {
+        for row in batch? {
+            let k = match &row[key_at] {
+                Value::Null => {
+                    summary.null_keys += 1;
+                    continue;
+                }
+                Value::Int(k) => *k,
+                other => {
+                    return Err(SourceError::NoCanonicalForm {
+                        source_name: source.name.clone(),
+                        column: req.hash.key.clone(),
+                        value: format!("{} {}", other.class(), other.to_evidence_json()),
+                    });
+                }
+            };
+            if k < low || k > high {
+                continue;
+            }
+            parts.clear();
+            for &i in std::iter::once(&key_at).chain(&compared) {
+                parts.push(canonical_value(&row[i]).ok_or_else(|| {
+                    SourceError::NoCanonicalForm {
+                        source_name: source.name.clone(),
+                        column: columns[i].clone(),
+                        value: format!("{} {}", row[i].class(), row[i].to_evidence_json()),
+                    }
+                })?);
+            }
+            let bucket = ((i128::from(k) - i128::from(low)) / width) as u64;
+            let segment: &mut SegmentSummary = summary.buckets.entry(bucket).or_default();
+            segment.rows += 1;
+            segment.sum += canonical_row_hash_of(&parts);
+            if previous == Some(k) {
+                segment.repeats += 1;
+            }
+            previous = Some(k);
+        }
+    }
+    Ok(summary)
+}
+
+/// [`super::checksum::probe_sql`]'s canonical probe, computed here.
+pub(super) fn in_process_probe() -> String {
+    use super::checksum::{canonical_row_hash_of, canonical_value};
+    use crate::domain::Value;
+    let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().ok();
+    let values = [
+        Some(Value::Int(5_000_000_001)),
+        Some(Value::Bool(true)),
+        "-12.340".parse().ok().map(Value::Decimal),
+        Some(Value::Text("trueup ✓|~".into())),
+        t("2026-01-02T03:04:05.678901Z").map(Value::Timestamp),
+        "2026-12-03".parse().ok().map(Value::Date),
+        "03:04:05.5".parse().ok().map(Value::Time),
+        Some(Value::Bytes(vec![0, 255])),
+    ];
+    values
+        .iter()
+        .map(|v| {
+            v.as_ref()
+                .and_then(canonical_value)
+                .map(|c| canonical_row_hash_of(&[c]).to_string())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::SourceKind;
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
-    Flavor, KeyRange, RowHash, SegmentSummary, Source, Sources, Summary, SummaryRequest, index_of,
+    Flavor, KeyRange, RowHash, SegmentSummary, Source, SourceError, Sources, Summary,
+    SummaryRequest, index_of,
 };
 
 use super::merge;
@@ -75,6 +77,8 @@ struct Sides<'a> {
     right_may_repeat: bool,
     key: crate::domain::ColumnName,
     segments: u64,
+    /// How many of the sampled segments differed (`auto` only).
+    sampled_differing: u64,
 }
 
 pub(super) async fn run(
@@ -104,6 +108,11 @@ pub(super) async fn run(
                 side.kind().as_str()
             )));
         }
+    }
+    if left.kind() == SourceKind::Sqlite && right.kind() == SourceKind::Sqlite {
+        return Ok(Outcome::Unfit(
+            "both sides are SQLite files, whose summaries trueup computes by reading every row: streaming them costs less".into(),
+        ));
     }
     let Some(flavor) = flavor(left, right).await? else {
         return Ok(Outcome::Unfit(format!(
@@ -155,44 +164,29 @@ pub(super) async fn run(
         right_may_repeat: !right_unique,
         key: key.clone(),
         segments: 0,
+        sampled_differing: 0,
     };
 
-    if spec.mode == ReconcileMode::Auto {
-        let differing = sides.sample(low, high).await?;
-        if differing >= SAMPLES_DIFFERING_TO_STREAM {
+    // Nothing is reported before every summary is in, so a value found on the way to have
+    // no checksum form (a SQLite side's, hashed per value) still leaves the stream to it all.
+    let Found {
+        mut leaves,
+        rows_left,
+        rows_right,
+        null_keys,
+    } = match sides.differing_leaves(low, high).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
             return Ok(Outcome::NotWorthIt(format!(
-                "{differing} of {SAMPLES} sampled segments differ, so nearly every segment would be read: streaming costs less"
+                "{} of {SAMPLES} sampled segments differ, so nearly every segment would be read: streaming costs less",
+                sides.sampled_differing
             )));
         }
-    }
-
-    // The first split, over every key (and the NULL keys, counted once).
-    let mut differing = Vec::new();
-    let (mut rows_left, mut rows_right, mut null_keys) = (0, 0, 0);
-    for (i, (low, high)) in halves(low, high).into_iter().enumerate() {
-        let (l, r) = sides.summarize(low, high, FIRST_SPLIT, i == 0).await?;
-        null_keys += l.null_keys + r.null_keys;
-        rows_left += l.null_keys + l.buckets.values().map(|s| s.rows).sum::<u64>();
-        rows_right += r.null_keys + r.buckets.values().map(|s| s.rows).sum::<u64>();
-        differing.extend(differing_segments(low, high, FIRST_SPLIT, &l, &r));
-    }
-
-    // Split what differs until it is small enough to read.
-    let leaf_rows =
-        (rows_left.max(rows_right) / LEAF_FRACTION).clamp(*LEAF_ROWS.start(), *LEAF_ROWS.end());
-    let mut leaves = Vec::new();
-    while let Some(segment) = differing.pop() {
-        if segment.left_rows.max(segment.right_rows) <= leaf_rows
-            || segment.span() <= u128::from(SPLIT)
-        {
-            leaves.push(segment);
-            continue;
+        Err(EngineError::Source(e @ SourceError::NoCanonicalForm { .. })) => {
+            return Ok(Outcome::Unfit(e.to_string()));
         }
-        let (l, r) = sides
-            .summarize(segment.low, segment.high, SPLIT, false)
-            .await?;
-        differing.extend(differing_segments(segment.low, segment.high, SPLIT, &l, &r));
-    }
+        Err(e) => return Err(e),
+    };
 
     // Read the differing leaves, adjacent ones as one range, in key order.
     leaves.sort_by_key(|s| s.low);
@@ -236,7 +230,65 @@ async fn flavor(left: &Source, right: &Source) -> Result<Option<Flavor>, EngineE
     Ok(None)
 }
 
+/// What the summaries found: the smallest differing segments, and the rows of each side (NULL
+/// keys included) and the NULL keys of both.
+struct Found {
+    leaves: Vec<Segment>,
+    rows_left: u64,
+    rows_right: u64,
+    null_keys: u64,
+}
+
 impl Sides<'_> {
+    /// Summarises `[low, high]`, then splits what differs until it is small enough to read;
+    /// `None` when `auto`'s sample says to stream.
+    async fn differing_leaves(
+        &mut self,
+        low: i64,
+        high: i64,
+    ) -> Result<Option<Found>, EngineError> {
+        if self.spec.mode == ReconcileMode::Auto {
+            self.sampled_differing = self.sample(low, high).await?;
+            if self.sampled_differing >= SAMPLES_DIFFERING_TO_STREAM {
+                return Ok(None);
+            }
+        }
+
+        // The first split, over every key (and the NULL keys, counted once).
+        let mut differing = Vec::new();
+        let (mut rows_left, mut rows_right, mut null_keys) = (0, 0, 0);
+        for (i, (low, high)) in halves(low, high).into_iter().enumerate() {
+            let (l, r) = self.summarize(low, high, FIRST_SPLIT, i == 0).await?;
+            null_keys += l.null_keys + r.null_keys;
+            rows_left += l.null_keys + l.buckets.values().map(|s| s.rows).sum::<u64>();
+            rows_right += r.null_keys + r.buckets.values().map(|s| s.rows).sum::<u64>();
+            differing.extend(differing_segments(low, high, FIRST_SPLIT, &l, &r));
+        }
+
+        // Split what differs until it is small enough to read.
+        let leaf_rows =
+            (rows_left.max(rows_right) / LEAF_FRACTION).clamp(*LEAF_ROWS.start(), *LEAF_ROWS.end());
+        let mut leaves = Vec::new();
+        while let Some(segment) = differing.pop() {
+            if segment.left_rows.max(segment.right_rows) <= leaf_rows
+                || segment.span() <= u128::from(SPLIT)
+            {
+                leaves.push(segment);
+                continue;
+            }
+            let (l, r) = self
+                .summarize(segment.low, segment.high, SPLIT, false)
+                .await?;
+            differing.extend(differing_segments(segment.low, segment.high, SPLIT, &l, &r));
+        }
+        Ok(Some(Found {
+            leaves,
+            rows_left,
+            rows_right,
+            null_keys,
+        }))
+    }
+
     /// Summarises `[low, high]` on both sides at once, in `buckets` segments.
     async fn summarize(
         &mut self,

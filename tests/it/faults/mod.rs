@@ -211,6 +211,7 @@ async fn network_project(
       left: {source: pg, query: "SELECT id, note FROM events"}
       right: {source: pg, query: "SELECT id FROM ledger"}
       key: id
+      mode: stream
 "#,
     )
     .unwrap();

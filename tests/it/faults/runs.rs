@@ -217,6 +217,27 @@ async fn a_source_behind_a_failing_network_fails_the_run_within_its_deadline_and
             "{fault:?} took {took:?}: {text}"
         );
     }
+    // Checksummed, a run moves a few kilobytes (the faults above are sized for a stream's
+    // megabytes); a source that stops answering fails it all the same.
+    let invariant = tmp.path().join("invariants/events.yaml");
+    let text = std::fs::read_to_string(&invariant).unwrap();
+    std::fs::write(&invariant, text.replace("mode: stream", "mode: checksum")).unwrap();
+    proxy.set(Fault::Blackhole);
+    let started = Instant::now();
+    let out = check_off_runtime(&config).await;
+    let took = started.elapsed();
+    let text = combined_output(&out);
+    table.push(format!(
+        "Blackhole, checksummed: exit {:?} after {took:.1?}",
+        out.status.code()
+    ));
+    assert_eq!(out.status.code(), Some(2), "checksummed: {text}");
+    assert_eq!(active(store.as_ref()).await, 10, "checksummed: {text}");
+    assert!(
+        took < Duration::from_secs(20),
+        "checksummed took {took:?}: {text}"
+    );
+
     // Slow but whole: latency delays the run, which completes and resolves the ten.
     proxy.set(Fault::Latency(Duration::from_millis(5)));
     let out = check_off_runtime(&config).await;

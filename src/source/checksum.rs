@@ -162,6 +162,13 @@ impl RowHash {
         for (name, i, j) in compared {
             let (a, b) = (kind(left, *i)?, kind(right, *j)?);
             let form = Form::shared(a, b).map_err(|why| format!("column `{name}`: {why}"))?;
+            // A SQLite side hashes per value ([`canonical_value`]), against the other side's
+            // kind: that is the kind it keeps.
+            let (a, b) = match (a, b) {
+                (Kind::Dynamic(_), k) => (k, k),
+                (k, Kind::Dynamic(_)) => (k, k),
+                pair => pair,
+            };
             l.push((left.columns[*i].clone(), a, form));
             r.push((right.columns[*j].clone(), b, form));
         }
@@ -239,6 +246,17 @@ fn null_marker(i: usize) -> i64 {
     (z ^ (z >> 31)) as i64
 }
 
+/// A row's typed hash from the XOR of its columns' hashes, mixed once more before it is
+/// summed: XOR and sum are both linear, so without the mix two rows changed alike (a value
+/// swapped between them, a scale shifted by 10^4 — `hash_numeric` XORs in its weight) could
+/// cancel in a segment's sum far more often than 2^-64.
+fn typed_row_mix(xor: &str) -> String {
+    format!(
+        "hashint8extended({xor}, {SEED}) # hashint4extended(({xor} >> 32)::int4, {seed2})",
+        seed2 = SEED - 1
+    )
+}
+
 /// PostgreSQL's expression for the hash of `quoted` (of `kind`) under `form`, as column `i`.
 pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> String {
     let (s, t) = (SEED + 2 * i as i64, SEED + 2 * i as i64 + 1);
@@ -266,11 +284,21 @@ pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> 
         }
         // A deterministic collation, so that the hash covers the bytes.
         Form::Text => format!("hashtextextended(({quoted})::text COLLATE \"C\", {s})"),
-        // Seconds since 1970 as a double: exact to the microsecond from 1902 to 2106
-        // (outside, instants less than 2 µs apart may hash alike).
-        Form::Instant | Form::TimeOfDay => {
-            format!("hashfloat8extended(date_part('epoch', {quoted}), {s})")
+        // Seconds since 1970 as a double (exact to the microsecond from 1902 to 2106), and
+        // the microseconds' own (folded) hash: two instants hash alike only if the double
+        // and the fold both agree, which far-apart and near instants never do at once.
+        Form::Instant => {
+            let naive = if kind == Kind::Timestamp {
+                format!("({quoted}) AT TIME ZONE 'UTC'")
+            } else {
+                quoted.to_owned()
+            };
+            format!(
+                "(hashfloat8extended(date_part('epoch', {quoted}), {s}) # timestamp_hash_extended({naive}, {t}))"
+            )
         }
+        // Less than a day of seconds: the double is exact to the microsecond.
+        Form::TimeOfDay => format!("hashfloat8extended(date_part('epoch', {quoted}), {s})"),
         // An infinite date fails the subtraction, and so the run, as it fails a stream.
         Form::Date => format!("hashint4extended(({quoted}) - DATE '2000-01-01', {s})"),
         Form::Bytes => format!("hashtextextended(encode({quoted}, 'hex'), {s})"),
@@ -300,11 +328,21 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         (Engine::Postgres, Form::Integer) => format!("({q})::int8::text"),
         (Engine::Postgres, Form::Numeric) => format!("trim_scale(({q})::numeric)::text"),
         (Engine::Postgres, Form::Text) => format!("({q})::text"),
-        (Engine::Postgres, Form::Instant) if kind == Kind::Timestamp => {
-            format!("to_char(({q}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
-        }
-        (Engine::Postgres, Form::Instant) => format!("to_char({q}, 'YYYY-MM-DD HH24:MI:SS.US')"),
-        (Engine::Postgres, Form::Date) => format!("to_char({q}, 'YYYY-MM-DD')"),
+        // `to_char` writes no era and NULL for ±infinity: such values are written as
+        // PostgreSQL's own text after an `x`, which no other engine writes (their segment
+        // streams, and the stream says what it makes of them).
+        (Engine::Postgres, Form::Instant) if kind == Kind::Timestamp => format!(
+            "CASE WHEN isfinite({q}) AND {q} >= timestamptz '0001-01-01 00:00:00+00' \
+             THEN to_char(({q}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') ELSE 'x' || ({q})::text END"
+        ),
+        (Engine::Postgres, Form::Instant) => format!(
+            "CASE WHEN isfinite({q}) AND {q} >= timestamp '0001-01-01 00:00:00' \
+             THEN to_char({q}, 'YYYY-MM-DD HH24:MI:SS.US') ELSE 'x' || ({q})::text END"
+        ),
+        (Engine::Postgres, Form::Date) => format!(
+            "CASE WHEN isfinite({q}) AND {q} >= date '0001-01-01' \
+             THEN to_char({q}, 'YYYY-MM-DD') ELSE 'x' || ({q})::text END"
+        ),
         (Engine::Postgres, Form::TimeOfDay) => format!("to_char({q}, 'HH24:MI:SS.US')"),
         (Engine::Postgres, Form::Bytes) => format!("encode({q}, 'hex')"),
         (Engine::MySql, Form::Integer) => format!("CAST({q} AS CHAR)"),
@@ -316,7 +354,8 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
                 "IF(LOCATE('.', {t}) > 0, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM {t})), {t})"
             )
         }
-        (Engine::MySql, Form::Text) => q.to_owned(),
+        // The UTF-8 bytes, whatever the column's charset (as the stream orders them).
+        (Engine::MySql, Form::Text) => format!("CONVERT({q} USING utf8mb4)"),
         // The session's time zone is UTC (sqlx sets it), so TIMESTAMPs read as UTC.
         (Engine::MySql, Form::Instant) => format!("DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f')"),
         (Engine::MySql, Form::Date) => format!("DATE_FORMAT({q}, '%Y-%m-%d')"),
@@ -347,12 +386,24 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
 /// `None` for a value with no canonical form (JSON, a digest, a float beyond a decimal's
 /// range or not finite). A float is written as the decimal it exactly is, so it matches a
 /// number the other side holds only when the two are equal.
-pub(crate) fn canonical_value(value: &crate::domain::Value) -> Option<String> {
+pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Option<String> {
     use crate::domain::Value;
+    use chrono::Timelike;
+    let numeric_other = matches!(
+        other,
+        Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32 | Kind::U64 | Kind::Decimal
+    );
     Some(match value {
         Value::Null => "~".to_owned(),
-        Value::Bool(b) => format!("n{}", u8::from(*b)),
+        // A boolean equals the integers 0 and 1, never a decimal or a float: against a
+        // decimal column it has no form (the segment streams and the merge says).
+        Value::Bool(b) if other == Kind::Bool || (numeric_other && other != Kind::Decimal) => {
+            format!("n{}", u8::from(*b))
+        }
+        Value::Bool(_) => return None,
         Value::Int(i) => format!("n{i}"),
+        // A decimal or a float never equals a boolean.
+        Value::Decimal(_) | Value::Float(_) if other == Kind::Bool => return None,
         Value::Decimal(d) => format!("n{}", d.normalize()),
         Value::Float(f) => format!(
             "n{}",
@@ -361,7 +412,10 @@ pub(crate) fn canonical_value(value: &crate::domain::Value) -> Option<String> {
         Value::Text(t) => format!("t{}:{t}", t.chars().count()),
         Value::Bytes(b) => format!("b{}", hex::encode(b)),
         Value::Date(d) => format!("d{}", d.format("%Y-%m-%d")),
+        // Six fraction digits say a whole microsecond only: finer instants have no form.
+        Value::Time(t) if t.nanosecond() % 1000 != 0 => return None,
         Value::Time(t) => format!("h{}", t.format("%H:%M:%S%.6f")),
+        Value::Timestamp(t) if t.nanosecond() % 1000 != 0 => return None,
         Value::Timestamp(t) => format!("i{}", t.format("%Y-%m-%d %H:%M:%S%.6f")),
         Value::Json(_) | Value::Digest(_) => return None,
     })
@@ -436,12 +490,18 @@ pub(crate) fn summary_sql(
         "0".to_owned()
     };
     let query = &req.query;
+    // The typed hash's last mix reads `h` twice: `OFFSET 0` keeps the planner from pulling
+    // the subquery up and computing the column hashes twice.
+    let summed = match req.hash.flavor {
+        Flavor::Typed => typed_row_mix("h"),
+        Flavor::Canonical => "h".to_owned(),
+    };
     // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
     match engine {
         Engine::Postgres => format!(
-            "SELECT b::text, count(*)::text, sum(h)::text, coalesce(sum(d), 0)::text FROM (\
+            "SELECT b::text, count(*)::text, sum({summed})::text, coalesce(sum(d), 0)::text FROM (\
              SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, {repeats} AS d \
-             FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b"
+             FROM (\n{query}\n) AS trueup_q WHERE {within} OFFSET 0) AS trueup_s GROUP BY b"
         ),
         Engine::MySql => format!(
             "SELECT CAST(b AS CHAR), CAST(COUNT(*) AS CHAR), CAST(SUM(h) AS CHAR), \

@@ -324,8 +324,10 @@ pub(super) async fn in_process(
                 continue;
             }
             parts.clear();
-            for &i in std::iter::once(&key_at).chain(&compared) {
-                parts.push(canonical_value(&row[i]).ok_or_else(|| {
+            let kinds = std::iter::once(req.hash.key_kind)
+                .chain(req.hash.columns.iter().map(|(_, kind, _)| *kind));
+            for (&i, other) in std::iter::once(&key_at).chain(&compared).zip(kinds) {
+                parts.push(canonical_value(&row[i], other).ok_or_else(|| {
                     SourceError::NoCanonicalForm {
                         source_name: source.name.clone(),
                         column: columns[i].clone(),
@@ -365,10 +367,21 @@ pub(super) fn in_process_probe() -> String {
         .iter()
         .map(|v| {
             v.as_ref()
-                .and_then(canonical_value)
+                .and_then(|v| canonical_value(v, probe_kind(v)))
                 .map(|c| canonical_row_hash_of(&[c]).to_string())
                 .unwrap_or_default()
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The kind the probe's other side has for a probe value: its own.
+fn probe_kind(value: &crate::domain::Value) -> super::decode::Kind {
+    use super::decode::Kind;
+    use crate::domain::Value;
+    match value {
+        Value::Bool(_) => Kind::Bool,
+        Value::Decimal(_) => Kind::Decimal,
+        _ => Kind::I64,
+    }
 }

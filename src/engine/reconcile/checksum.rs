@@ -114,17 +114,29 @@ pub(super) async fn run(
             "both sides are SQLite files, whose summaries trueup computes by reading every row: streaming them costs less".into(),
         ));
     }
-    let Some(flavor) = flavor(left, right).await? else {
+    // In `auto`, a checksum attempt that fails before anything is reported (an engine
+    // without window functions, an older server) leaves the run to the stream, which reads
+    // the rows itself and fails as any read does if they cannot be read; told to checksum,
+    // the failure is the run's.
+    macro_rules! attempt {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return fall_back(spec.mode, EngineError::from(e)),
+            }
+        };
+    }
+    let Some(flavor) = attempt!(flavor(left, right).await) else {
         return Ok(Outcome::Unfit(format!(
             "sources `{}` and `{}` write the same values differently (another byte order, encoding or version)",
             left.name(),
             right.name()
         )));
     };
-    let (ld, rd) = tokio::try_join!(
+    let (ld, rd) = attempt!(tokio::try_join!(
         left.describe(&spec.left.query),
         right.describe(&spec.right.query)
-    )?;
+    ));
     let (Some(lk), Some(rk)) = (
         index_of(&ld.columns, key.as_str()),
         index_of(&rd.columns, key.as_str()),
@@ -141,14 +153,14 @@ pub(super) async fn run(
     };
     // Counting repeated keys costs as much as hashing: skipped where a unique index proves
     // there are none.
-    let (left_unique, right_unique) = tokio::try_join!(
+    let (left_unique, right_unique) = attempt!(tokio::try_join!(
         left.key_unique(&spec.left.query, &ld, lk),
         right.key_unique(&spec.right.query, &rd, rk)
-    )?;
-    let (lb, rb) = tokio::try_join!(
+    ));
+    let (lb, rb) = attempt!(tokio::try_join!(
         left.key_bounds(&spec.left.query, &ld.columns[lk]),
         right.key_bounds(&spec.right.query, &rd.columns[rk])
-    )?;
+    ));
     let Some((low, high)) = union(lb, rb) else {
         return Ok(Outcome::Unfit(
             "neither side returns a row with a key".into(),
@@ -185,7 +197,7 @@ pub(super) async fn run(
         Err(EngineError::Source(e @ SourceError::NoCanonicalForm { .. })) => {
             return Ok(Outcome::Unfit(e.to_string()));
         }
-        Err(e) => return Err(e),
+        Err(e) => return fall_back(spec.mode, e),
     };
 
     // Read the differing leaves, adjacent ones as one range, in key order.
@@ -214,6 +226,20 @@ pub(super) async fn run(
         segments_streamed: leaves.len() as u64,
         rows_streamed,
     }))
+}
+
+/// What a failed checksum attempt comes to: in `auto`, the stream (with the failure as its
+/// reason, and a warning); otherwise the run's failure.
+fn fall_back(mode: ReconcileMode, e: EngineError) -> Result<Outcome, EngineError> {
+    match (mode, &e) {
+        (ReconcileMode::Auto, EngineError::Source(source)) => {
+            tracing::warn!("checksums failed, streaming instead: {source}");
+            Ok(Outcome::Unfit(format!(
+                "the checksum attempt failed ({source})"
+            )))
+        }
+        _ => Err(e),
+    }
 }
 
 /// How both sides hash rows: PostgreSQL's typed hashes where both sources compute them
@@ -335,7 +361,10 @@ impl Sides<'_> {
             let end = (start + width - 1).min(i128::from(high));
             let (start, end) = (start as i64, end as i64);
             let (l, r) = self.summarize(start, end, 1, false).await?;
-            if l.buckets.get(&0) != r.buckets.get(&0) || !no_repeats(l.buckets.get(&0)) {
+            if l.buckets.get(&0) != r.buckets.get(&0)
+                || !no_repeats(l.buckets.get(&0))
+                || !no_repeats(r.buckets.get(&0))
+            {
                 differing += 1;
             }
         }

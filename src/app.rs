@@ -89,16 +89,24 @@ impl App {
     }
 
     /// Evaluates the selected invariants now, a few at a time, and proposes the plans their
-    /// compensations call for (as `requested_by`); results in selection order.
+    /// compensations call for (as `requested_by`); results in selection order. With
+    /// `full_pass`, incremental reconciles read every row too.
     pub async fn check(
         &self,
         names: &[String],
         requested_by: &Actor,
+        full_pass: bool,
     ) -> Result<Vec<Evaluation>, AppError> {
         let selected = self.select(names)?;
+        let limits = runner::RunLimits {
+            full_pass,
+            ..runner::RunLimits::default()
+        };
         let outcomes: Vec<Result<RunOutcome, StoreError>> =
             futures_util::stream::iter(selected.iter().copied())
-                .map(|inv| runner::run_invariant(inv, &self.sources, self.store.as_ref()))
+                .map(|inv| {
+                    runner::run_invariant_limited(inv, &self.sources, self.store.as_ref(), &limits)
+                })
                 .buffered(PARALLEL_EVALUATIONS)
                 .collect()
                 .await;

@@ -5,12 +5,12 @@ use futures_util::FutureExt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Invariant, InvariantName, Violation};
 use crate::domain::{LedgerChange, RunId, RunStats, RunStatus};
-use crate::engine::{self, EngineError, ViolationSink};
+use crate::engine::{self, Changes, EngineError, Pass, ViolationSink};
 use crate::source::Sources;
 use crate::store::{StatusFilter, Store, StoreError, ViolationFilter, ViolationRecord};
 
@@ -27,6 +27,9 @@ pub struct RunLimits {
     pub timeout: Option<Duration>,
     pub cancel: Option<CancellationToken>,
     pub tick: Option<crate::store::TickRef>,
+    /// Read every row, even of an incremental reconcile (a person checking by hand, an
+    /// incident's verification).
+    pub full_pass: bool,
 }
 
 /// What one run did.
@@ -86,6 +89,11 @@ pub async fn run_invariant_limited(
     limits: &RunLimits,
 ) -> Result<RunOutcome, StoreError> {
     let started_at = Utc::now();
+    let pass = if limits.full_pass {
+        Pass::Full
+    } else {
+        choose_pass(invariant, store, started_at).await?
+    };
     let run_id = store.begin_run(&invariant.name, started_at).await?;
     let mut recorder = Recorder {
         store,
@@ -99,7 +107,8 @@ pub async fn run_invariant_limited(
     };
     let evaluated = {
         let evaluation = async {
-            let stats = engine::evaluate(invariant, sources, started_at, &mut recorder).await?;
+            let stats =
+                engine::evaluate_pass(invariant, sources, started_at, pass, &mut recorder).await?;
             recorder.flush().await?;
             Ok::<_, EngineError>(stats)
         };
@@ -171,7 +180,7 @@ pub async fn run_invariant_limited(
                     return Err(e);
                 }
             };
-            outcome.open_after = change.new + change.reopened + change.still_open;
+            outcome.open_after = change.open_after();
             outcome.stats = stats;
             outcome.change = Some(change);
             outcome.samples = samples(store, invariant, run_id).await?;
@@ -206,6 +215,44 @@ pub async fn run_invariant_limited(
         }
     }
     Ok(outcome)
+}
+
+/// An incremental reconcile reads what changed since its watermark, less the lookback and
+/// the grace period (a row still inside its grace period at the last run is due now, though
+/// it did not change again); a full pass when it has no watermark, its definition changed
+/// since, or the last full pass is `full_every` old. Every other invariant reads every row.
+async fn choose_pass(
+    invariant: &Invariant,
+    store: &dyn Store,
+    now: DateTime<Utc>,
+) -> Result<Pass, StoreError> {
+    let crate::domain::InvariantSpec::Reconcile(spec) = &invariant.spec else {
+        return Ok(Pass::Full);
+    };
+    let Some(inc) = &spec.incremental else {
+        return Ok(Pass::Full);
+    };
+    let Some(mark) = store.watermark(&invariant.name).await? else {
+        return Ok(Pass::Full);
+    };
+    if mark.marks.definition != invariant.definition_hash()
+        || now - mark.full_at >= inc.full_every.as_chrono()
+    {
+        return Ok(Pass::Full);
+    }
+    let back =
+        inc.lookback.as_chrono() + invariant.grace.map_or(TimeDelta::zero(), |g| g.as_chrono());
+    let side = |column: Option<&crate::domain::ColumnName>, mark: Option<DateTime<Utc>>| match (
+        column, mark,
+    ) {
+        (None, _) => Changes::Unwatched,
+        (Some(_), None) => Changes::All,
+        (Some(_), Some(m)) => Changes::Since(m - back),
+    };
+    Ok(Pass::Changed {
+        left: side(inc.left.as_ref(), mark.marks.left),
+        right: side(inc.right.as_ref(), mark.marks.right),
+    })
 }
 
 async fn samples(
@@ -277,5 +324,12 @@ impl ViolationSink for Recorder<'_> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    async fn cover(&mut self, keys: &[serde_json::Value]) -> Result<(), EngineError> {
+        self.store
+            .cover(self.run, keys)
+            .await
+            .map_err(|e| EngineError::Sink(Box::new(e)))
     }
 }

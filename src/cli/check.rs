@@ -13,7 +13,9 @@ pub(super) async fn run(config: Option<&Path>, args: CheckArgs) -> anyhow::Resul
         Ok(app) => app,
         Err(code) => return Ok(code),
     };
-    let outcomes = app.check(&args.invariant, &super::local_actor()).await;
+    let outcomes = app
+        .check(&args.invariant, &super::local_actor(), args.full)
+        .await;
     app.close().await;
     let outcomes = outcomes?;
     match args.format {
@@ -83,6 +85,29 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             let _ = write!(out, "; {} with a NULL key, not compared", s.null_keys);
         }
         let _ = writeln!(out);
+        if let crate::domain::Coverage::Changed {
+            keys,
+            left_since,
+            right_since,
+        } = &s.coverage
+        {
+            let since: Vec<String> = [("left", left_since), ("right", right_since)]
+                .into_iter()
+                .filter_map(|(side, t)| {
+                    t.map(|t| format!("{side} since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                })
+                .collect();
+            let since = if since.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", since.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "      incremental: only the {} of rows changed{since}; a full pass (`--full`) also sees deleted rows",
+                plural(*keys, "key", "keys"),
+            );
+        }
         // Why a large reconcile was read whole; on a small one the answer changes nothing.
         if let Some(why) = s
             .compared
@@ -95,9 +120,14 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
         if let Some(c) = o.change
             && (o.open_after > 0 || c.resolved > 0)
         {
+            let uncovered = if c.uncovered > 0 {
+                format!(", {} on keys this run did not read", c.uncovered)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "      {} open: {} new, {} still open, {} reopened; {} resolved",
+                "      {} open: {} new, {} still open, {} reopened{uncovered}; {} resolved",
                 plural(o.open_after, "violation", "violations"),
                 c.new,
                 c.still_open,

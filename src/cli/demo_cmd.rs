@@ -25,7 +25,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     };
     let config = Config::load(&config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let app = App::with_config(config).await?;
-    let outcomes = app.check(&[], &super::local_actor()).await;
+    let outcomes = app.check(&[], &super::local_actor(), false).await;
     app.close().await;
     let outcomes = outcomes?;
     print!("{}", check::render(&outcomes));

@@ -288,7 +288,7 @@ async fn verify_scope(
         return Ok(Ok(()));
     }
     // The same evaluation as `trueup check` (it may propose plans for what it finds).
-    for r in app.check(&names, &super::local_actor()).await? {
+    for r in app.check(&names, &super::local_actor(), true).await? {
         let r = r.run;
         eprintln!(
             "verified `{}`: run {} {}{}",

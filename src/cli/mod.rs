@@ -331,6 +331,10 @@ pub struct CheckArgs {
     /// Output format
     #[arg(long, short = 'f', value_enum, default_value_t)]
     pub format: Format,
+    /// Read every row, also of reconciles declared `incremental:` (which otherwise read only
+    /// the rows changed since their last run)
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]

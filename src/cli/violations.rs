@@ -199,7 +199,7 @@ pub(super) async fn runs(config: Option<&Path>, args: RunsArgs) -> anyhow::Resul
                     format!("{}/{}", r.stats.rows_left, r.stats.rows_right),
                     r.stats.observed.to_string(),
                     r.change.new.to_string(),
-                    (r.change.new + r.change.still_open + r.change.reopened).to_string(),
+                    r.change.open_after().to_string(),
                     r.change.resolved.to_string(),
                     truncate(r.error.as_deref().unwrap_or(""), 50),
                 ]);

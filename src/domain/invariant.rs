@@ -231,6 +231,38 @@ pub struct ReconcileSpec {
     pub compare: Option<Vec<ColumnName>>,
     /// How the two sides are compared: row by row, or by segment checksums first.
     pub mode: ReconcileMode,
+    /// `Some`: scheduled runs read only the rows changed since the last run, with a full
+    /// pass now and then.
+    pub incremental: Option<Incremental>,
+}
+
+/// A reconcile that reads only what changed: the rows whose change column (an `updated_at`)
+/// moved since the last completed run, and on both sides the rows with those keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incremental {
+    /// The change column of each side; `None`: that side's own changes (an extra row, an
+    /// edit) wait for the next full pass.
+    pub left: Option<ColumnName>,
+    pub right: Option<ColumnName>,
+    /// How far before the last run's watermark a run starts reading: a change committed late
+    /// with an earlier timestamp, or a clock behind the others, is still read.
+    pub lookback: HumanDuration,
+    /// A full pass at least this often (the only way a deleted row is seen).
+    pub full_every: HumanDuration,
+}
+
+impl Incremental {
+    /// `full_every` when the file does not say.
+    pub const DEFAULT_FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// The change column of a side (`Scope::Left` or `Scope::Right`).
+    pub fn column(&self, side: super::Scope) -> Option<&ColumnName> {
+        match side {
+            super::Scope::Left => self.left.as_ref(),
+            super::Scope::Right => self.right.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// How a reconcile compares its sides. Every mode finds the same violations; they differ in

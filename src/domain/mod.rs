@@ -24,14 +24,16 @@ pub use duration::HumanDuration;
 pub use histogram::{Bucket, histogram};
 pub use incident::{IncidentState, Phase};
 pub use invariant::{
-    CheckSpec, Expect, Invariant, InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec,
-    ReplaySpec, Severity, TransitionsSpec,
+    CheckSpec, Expect, Incremental, Invariant, InvariantSpec, QuerySide, ReconcileMode,
+    ReconcileSpec, ReplaySpec, Severity, TransitionsSpec,
 };
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
-pub use run::{CompareMethod, Compared, LedgerChange, RunId, RunStats, RunStatus};
+pub use run::{
+    CompareMethod, Compared, Coverage, LedgerChange, Marks, RunId, RunStats, RunStatus, Watermark,
+};
 pub use schedule::{Schedule, ScheduleError};
 pub use template::{
     JsonTemplate, Placeholder, RenderError, Scope, Segment, Template, TemplateError,

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use super::ViolationKind;
 
 pub type RunId = i64;
@@ -55,6 +57,54 @@ pub struct RunStats {
     /// not kept in the store.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared: Option<Compared>,
+    /// Which rows the run looked at: all of them, or only the keys of changed rows.
+    pub coverage: Coverage,
+    /// For an incremental reconcile: each side's change mark as the run began, where the
+    /// next run starts reading (saved only if this run completes).
+    #[serde(skip)]
+    pub marks: Option<Marks>,
+}
+
+/// Which rows a run looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "pass")]
+pub enum Coverage {
+    /// Every row the queries return: a violation this run did not see is resolved.
+    #[default]
+    Full,
+    /// Only the keys of rows whose change column reached `since` on a side (an incremental
+    /// reconcile): a violation on any other key is left as it was.
+    Changed {
+        /// The keys read, from both sides' changes.
+        keys: u64,
+        left_since: Option<DateTime<Utc>>,
+        right_since: Option<DateTime<Utc>>,
+    },
+}
+
+impl Coverage {
+    pub fn is_full(&self) -> bool {
+        matches!(self, Coverage::Full)
+    }
+}
+
+/// Each side's largest change-column value when a run began (`None`: no row, or no change
+/// column on that side), under one definition of the invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks {
+    /// [`super::Invariant::definition_hash`]: marks read under another definition of the
+    /// queries mean nothing for this one.
+    pub definition: String,
+    pub left: Option<DateTime<Utc>>,
+    pub right: Option<DateTime<Utc>>,
+}
+
+/// Where an incremental reconcile's next run starts: the marks of the last completed run and
+/// when the last full pass completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub marks: Marks,
+    pub full_at: DateTime<Utc>,
 }
 
 /// The way a reconcile actually compared its sides (an `auto` one chooses per run).
@@ -98,4 +148,14 @@ pub struct LedgerChange {
     pub still_open: u64,
     pub reopened: u64,
     pub resolved: u64,
+    /// Open violations on keys the run did not cover (an incremental run): left as they were,
+    /// and still open.
+    pub uncovered: u64,
+}
+
+impl LedgerChange {
+    /// Violations open after the run.
+    pub fn open_after(&self) -> u64 {
+        self.new + self.reopened + self.still_open + self.uncovered
+    }
 }

@@ -40,6 +40,8 @@ pub(super) async fn run(
             filter: filter.to_vec(),
             digest_long_except: Some(inv.template_fields(crate::domain::Scope::Row)),
             key_range: None,
+            keys: None,
+            changed_since: None,
         })
         .await?;
     let key_idx: Vec<usize> = spec

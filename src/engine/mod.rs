@@ -61,6 +61,34 @@ pub enum EngineError {
 #[async_trait]
 pub trait ViolationSink: Send {
     async fn accept(&mut self, violation: Violation) -> Result<(), EngineError>;
+
+    /// Keys an incremental run covered (as [`Violation::key_json`] writes them): violations on
+    /// them that the run did not see may resolve, no others.
+    async fn cover(&mut self, _keys: &[serde_json::Value]) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+/// Which rows a run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pass {
+    /// Every row.
+    #[default]
+    Full,
+    /// An incremental reconcile's: the keys of the rows changed on each side (see
+    /// [`crate::domain::Incremental`]); other invariants read every row.
+    Changed { left: Changes, right: Changes },
+}
+
+/// Which rows of one side count as changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// None: the side has no change column, its own changes wait for a full pass.
+    Unwatched,
+    /// Every row (the side had none at the last watermark).
+    All,
+    /// Those whose change column is at or after this instant.
+    Since(DateTime<Utc>),
 }
 
 /// Collects violations in memory; for tests and small checks.
@@ -85,7 +113,19 @@ pub async fn evaluate(
     now: DateTime<Utc>,
     sink: &mut dyn ViolationSink,
 ) -> Result<RunStats, EngineError> {
-    evaluate_keys(invariant, sources, now, &[], sink).await
+    evaluate_pass(invariant, sources, now, Pass::Full, sink).await
+}
+
+/// Evaluates one invariant over the rows `pass` says (an incremental reconcile's changes, or
+/// every row).
+pub async fn evaluate_pass(
+    invariant: &Invariant,
+    sources: &Sources,
+    now: DateTime<Utc>,
+    pass: Pass,
+    sink: &mut dyn ViolationSink,
+) -> Result<RunStats, EngineError> {
+    evaluate_within(invariant, sources, now, pass, &[], sink).await
 }
 
 /// Evaluates one invariant over only the rows whose key columns equal `filter` (every
@@ -94,6 +134,17 @@ pub async fn evaluate_keys(
     invariant: &Invariant,
     sources: &Sources,
     now: DateTime<Utc>,
+    filter: &[KeyFilter],
+    sink: &mut dyn ViolationSink,
+) -> Result<RunStats, EngineError> {
+    evaluate_within(invariant, sources, now, Pass::Full, filter, sink).await
+}
+
+async fn evaluate_within(
+    invariant: &Invariant,
+    sources: &Sources,
+    now: DateTime<Utc>,
+    pass: Pass,
     filter: &[KeyFilter],
     sink: &mut dyn ViolationSink,
 ) -> Result<RunStats, EngineError> {
@@ -108,7 +159,10 @@ pub async fn evaluate_keys(
             check::run(invariant, spec, sources, due_before, filter, &mut tally).await?
         }
         InvariantSpec::Reconcile(spec) => {
-            reconcile::run(invariant, spec, sources, due_before, filter, &mut tally).await?
+            reconcile::run(
+                invariant, spec, sources, due_before, pass, filter, &mut tally,
+            )
+            .await?
         }
         InvariantSpec::Transitions(spec) => {
             transitions::run(spec, sources, filter, &mut tally).await?

@@ -29,6 +29,8 @@ pub(super) async fn run(
             filter: filter.to_vec(),
             digest_long_except: None,
             key_range: None,
+            keys: None,
+            changed_since: None,
         })
         .await?;
     let key_idx: Vec<usize> = spec

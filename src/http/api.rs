@@ -100,7 +100,15 @@ pub(super) async fn trigger_run(
             Utc::now(),
         )
         .await?;
-    match run_once(&inv, &state.runtime, None, &caller.actor()).await {
+    match run_once(
+        &inv,
+        &state.runtime,
+        None,
+        &caller.actor(),
+        crate::runtime::RunPass::Declared,
+    )
+    .await
+    {
         Attempt::Ran(outcome) => Ok(Json(outcome).into_response()),
         Attempt::Busy => Err(ApiError::conflict(format!(
             "a run of `{name}` is in progress; wait for it (GET /api/v1/invariants/{name})"

@@ -16,9 +16,9 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{
-    AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Invariant, InvariantName,
-    InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Schedule, Severity, SourceName,
-    TargetName, TransitionsSpec,
+    AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Incremental, Invariant,
+    InvariantName, InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Schedule, Severity,
+    SourceName, TargetName, TransitionsSpec,
 };
 
 pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
@@ -193,6 +193,84 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    fn incremental(&mut self, raw: &Spanned<raw::RawIncremental>) -> Option<Incremental> {
+        const FIELD: &str = "reconcile.incremental";
+        let inc = &raw.value;
+        let column = |ctx: &mut Self, field: &str, name: &str| -> Option<ColumnName> {
+            match ColumnName::parse(name) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let at = inc.column.as_ref().map_or(raw.referenced, |c| c.referenced);
+                    ctx.error(at, format!("{FIELD}.{field}: {e}"));
+                    None
+                }
+            }
+        };
+        let columns = match inc.column.as_ref().map(|c| &c.value) {
+            None => {
+                self.error(
+                    raw.referenced,
+                    format!("{FIELD}.column is missing: name the column whose value moves when a row changes (e.g. `column: updated_at`, or `column: {{left: updated_at, right: recorded_at}}`)"),
+                );
+                None
+            }
+            Some(raw::RawChangeColumn::Both(c)) => {
+                column(self, "column", c).map(|c| (Some(c.clone()), Some(c)))
+            }
+            Some(raw::RawChangeColumn::PerSide(sides)) => {
+                if sides.left.is_none() && sides.right.is_none() {
+                    let at = inc.column.as_ref().map_or(raw.referenced, |c| c.referenced);
+                    self.error(
+                        at,
+                        format!("{FIELD}.column: name the change column of the left side, the right side or both"),
+                    );
+                    None
+                } else {
+                    let left = sides.left.as_ref().map(|c| column(self, "column.left", c));
+                    let right = sides
+                        .right
+                        .as_ref()
+                        .map(|c| column(self, "column.right", c));
+                    match (left, right) {
+                        (Some(None), _) | (_, Some(None)) => None,
+                        (l, r) => Some((l.flatten(), r.flatten())),
+                    }
+                }
+            }
+        };
+        let lookback = match &inc.lookback {
+            Some(l) => self.parse(&format!("{FIELD}.lookback"), l, HumanDuration::parse),
+            None => {
+                self.error(
+                    raw.referenced,
+                    format!("{FIELD}.lookback is missing: say how long after its change-column time a change may still commit (the longest transaction, plus how far the writers' clocks may lag), e.g. `lookback: 5m`"),
+                );
+                None
+            }
+        };
+        let full_every = match &inc.full_every {
+            Some(f) => {
+                let every = self.parse(&format!("{FIELD}.full_every"), f, HumanDuration::parse);
+                if every.is_some_and(|e| e.as_std().is_zero()) {
+                    self.error(
+                        f.referenced,
+                        format!("{FIELD}.full_every: must be longer than zero (without incremental runs, leave `incremental:` out)"),
+                    );
+                    return None;
+                }
+                every
+            }
+            None => Some(HumanDuration::from_std(Incremental::DEFAULT_FULL_EVERY)),
+        };
+        let (left, right) = columns?;
+        Some(Incremental {
+            left,
+            right,
+            lookback: lookback?,
+            full_every: full_every?,
+        })
     }
 
     fn columns(&mut self, field: &str, list: &Spanned<raw::OneOrMany>) -> Option<Vec<ColumnName>> {
@@ -527,6 +605,10 @@ fn build_spec(
             }),
             None => Some(ReconcileMode::default()),
         };
+        let incremental = match &r.value.incremental {
+            Some(i) => ctx.incremental(i).map(Some),
+            None => Some(None),
+        };
         if let (Some(key), Some(Some(compare))) = (&key, &compare)
             && let Some(k) = compare.iter().find(|c| key.contains(c))
         {
@@ -546,6 +628,7 @@ fn build_spec(
             expect: expect?,
             compare: compare?,
             mode: mode?,
+            incremental: incremental?,
         }));
     }
     if let Some(t) = &raw.transitions {

@@ -62,6 +62,28 @@ pub struct RawReconcile {
     pub expect: Option<Spanned<String>>,
     pub compare: Option<Spanned<OneOrMany>>,
     pub mode: Option<Spanned<String>>,
+    pub incremental: Option<Spanned<RawIncremental>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawIncremental {
+    pub column: Option<Spanned<RawChangeColumn>>,
+    pub lookback: Option<Spanned<String>>,
+    pub full_every: Option<Spanned<String>>,
+}
+
+/// `column: updated_at` (both sides) or `column: {left: updated_at, right: recorded_at}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawChangeColumn {
+    Both(String),
+    PerSide(RawChangeColumns),
+}
+
+#[derive(Deserialize)]
+pub struct RawChangeColumns {
+    pub left: Option<String>,
+    pub right: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -99,6 +99,8 @@ enum Shape {
     Invariant,
     Check,
     Reconcile,
+    Incremental,
+    ChangeColumns,
     Side,
     Transitions,
     Alert,
@@ -121,6 +123,8 @@ impl Shape {
             Shape::Invariant => serde_introspect::<raw::RawInvariant>(),
             Shape::Check => serde_introspect::<raw::RawCheck>(),
             Shape::Reconcile => serde_introspect::<raw::RawReconcile>(),
+            Shape::Incremental => serde_introspect::<raw::RawIncremental>(),
+            Shape::ChangeColumns => serde_introspect::<raw::RawChangeColumns>(),
             Shape::Side => serde_introspect::<raw::RawSide>(),
             Shape::Transitions => serde_introspect::<raw::RawTransitions>(),
             Shape::Alert => serde_introspect::<raw::RawAlert>(),
@@ -145,6 +149,8 @@ impl Shape {
             (Shape::Invariant, "compensate") => Shape::Compensate,
             (Shape::Invariant, "replay") => Shape::Replay,
             (Shape::Reconcile, "left" | "right") => Shape::Side,
+            (Shape::Reconcile, "incremental") => Shape::Incremental,
+            (Shape::Incremental, "column") => Shape::ChangeColumns,
             (Shape::Transitions, "allowed") => Shape::Free,
             (Shape::Compensate, _) => Shape::Action,
             (Shape::Action | Shape::Replay, "sql") => Shape::SqlAction,
@@ -232,11 +238,13 @@ fn join(path: &str, key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHAPES: [Shape; 13] = [
+    const SHAPES: [Shape; 15] = [
         Shape::File,
         Shape::Invariant,
         Shape::Check,
         Shape::Reconcile,
+        Shape::Incremental,
+        Shape::ChangeColumns,
         Shape::Side,
         Shape::Transitions,
         Shape::Alert,
@@ -264,6 +272,8 @@ mod tests {
             "sql",
             "http",
             "processed",
+            "incremental",
+            "column",
             "headers",
             "body",
             "missing",

@@ -53,6 +53,15 @@ pub struct Runtime {
     pub targets: Arc<crate::plan::targets::Targets>,
 }
 
+/// Which rows a run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPass {
+    /// What the invariant declares: an incremental reconcile's changes, else every row.
+    Declared,
+    /// Every row (an incident's verification).
+    Full,
+}
+
 /// How an attempt to run an invariant went.
 pub enum Attempt {
     Ran(Box<Evaluation>),
@@ -70,6 +79,7 @@ pub async fn run_once(
     runtime: &Runtime,
     tick: Option<TickRef>,
     requested_by: &Actor,
+    pass: RunPass,
 ) -> Attempt {
     let lock = runtime.board.run_lock(invariant.name.as_str());
     let Ok(_running) = lock.try_lock() else {
@@ -79,6 +89,7 @@ pub async fn run_once(
         timeout: Some(runtime.run_timeout),
         cancel: Some(runtime.cancel_runs.clone()),
         tick,
+        full_pass: pass == RunPass::Full,
     };
     runtime.board.started(invariant.name.as_str());
     match runner::run_invariant_limited(

@@ -11,7 +11,7 @@ use crate::plan::apply::{self, ApplyEnv, ApplyOptions, ApplyReport};
 use crate::plan::{self, PlanError};
 use crate::store::{PlanRecord, StoreError};
 
-use super::{Attempt, Runtime, run_once};
+use super::{Attempt, RunPass, Runtime, run_once};
 
 /// Audits the request, then runs a dry run (its report) or starts a live apply in the
 /// background (`None`), refusing an unapproved, stale or paused plan up front.
@@ -121,25 +121,28 @@ pub async fn run_verification(
                 Utc::now(),
             )
             .await?;
-        runs.push(match run_once(&inv, runtime, None, actor).await {
-            Attempt::Ran(r) => VerificationRun {
-                invariant: r.run.invariant.clone(),
-                run: Some(r.run.run_id),
-                status: r.run.status.as_str().into(),
-                open_after: Some(r.run.open_after),
-                error: r.run.error.clone(),
+        runs.push(
+            match run_once(&inv, runtime, None, actor, RunPass::Full).await {
+                Attempt::Ran(r) => VerificationRun {
+                    invariant: r.run.invariant.clone(),
+                    run: Some(r.run.run_id),
+                    status: r.run.status.as_str().into(),
+                    open_after: Some(r.run.open_after),
+                    error: r.run.error.clone(),
+                },
+                Attempt::Busy => VerificationRun {
+                    invariant,
+                    run: None,
+                    status: "busy".into(),
+                    open_after: None,
+                    error: Some(
+                        "a run of this invariant was already going; verify again when it ends"
+                            .into(),
+                    ),
+                },
+                Attempt::StoreFailed(e) => return Err(VerifyError::RunNotRecorded(e)),
             },
-            Attempt::Busy => VerificationRun {
-                invariant,
-                run: None,
-                status: "busy".into(),
-                open_after: None,
-                error: Some(
-                    "a run of this invariant was already going; verify again when it ends".into(),
-                ),
-            },
-            Attempt::StoreFailed(e) => return Err(VerifyError::RunNotRecorded(e)),
-        });
+        );
     }
     Ok(runs)
 }

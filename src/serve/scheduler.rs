@@ -252,8 +252,14 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
     });
     // A panic after the run (proposing a plan, publishing it) still finishes the tick below:
     // its result, if any, is committed already.
-    let run =
-        std::panic::AssertUnwindSafe(run_once(invariant, runtime, tick, &scheduler)).catch_unwind();
+    let run = std::panic::AssertUnwindSafe(run_once(
+        invariant,
+        runtime,
+        tick,
+        &scheduler,
+        crate::runtime::RunPass::Declared,
+    ))
+    .catch_unwind();
     let attempt = tokio::select! {
         a = run => a.unwrap_or_else(|panic| {
             let message = format!(

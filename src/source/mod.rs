@@ -23,7 +23,7 @@ mod stream;
 mod summarize;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
-pub use query::{COMPARED, DIGEST_OVER, KeyRange, Needed, ReadRequest};
+pub use query::{COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeySet, Needed, ReadRequest};
 pub(crate) use query::{
     filter_value_error, has_several_statements, index_of, resolve_filter, resolve_needed, wrap,
     wrap_selecting,
@@ -352,10 +352,79 @@ impl Source {
         }
     }
 
-    /// Whether this source gives segment checksums (see [`checksum`]): PostgreSQL and
-    /// MySQL/MariaDB compute them, a SQLite file's are computed here from its rows.
-    pub fn checksums(&self) -> bool {
-        true
+    /// The latest instant in the change column `column` of `query`'s rows (`None`: no row has
+    /// one): where an incremental reconcile's next run starts reading.
+    pub async fn latest_change(
+        &self,
+        query: &str,
+        column: &crate::domain::ColumnName,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, SourceError> {
+        use decode::Kind;
+        use sql::Dialect as _;
+        let described = self.describe(query).await?;
+        let i = index_of(&described.columns, column.as_str()).ok_or_else(|| {
+            SourceError::MissingColumn {
+                source_name: self.name.clone(),
+                column: column.to_string(),
+                role: "the incremental change column",
+                available: described.columns.join(", "),
+            }
+        })?;
+        let not_an_instant = |what: String| SourceError::Decode {
+            source_name: self.name.clone(),
+            column: described.columns[i].clone(),
+            message: format!(
+                "the incremental change column holds {what}, not a timestamp; name a column whose timestamp moves when a row changes under `reconcile.incremental.column`"
+            ),
+        };
+        if let Some(kind) = described.kinds[i]
+            && !matches!(kind, Kind::Timestamp | Kind::Naive | Kind::Dynamic(_))
+        {
+            return Err(not_an_instant(format!("{kind:?} values")));
+        }
+        let column = &described.columns[i];
+        let expr = match &self.pool {
+            Pool::Postgres(_) => {
+                let d = self.pg_dialect();
+                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
+            }
+            Pool::MySql(_) => {
+                let d = mysql::Dialect;
+                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
+            }
+            Pool::Sqlite(_) => {
+                let d = sqlite::Dialect;
+                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
+            }
+        };
+        let statement = format!("SELECT {expr} AS trueup_latest FROM ({query}) AS trueup_m");
+        let mut rows = self
+            .read(ReadRequest {
+                query: statement,
+                needed: Vec::new(),
+                order_by: Vec::new(),
+                filter: Vec::new(),
+                digest_long_except: None,
+                key_range: None,
+                keys: None,
+                changed_since: None,
+            })
+            .await?;
+        let mut value = Value::Null;
+        while let Some(batch) = rows.next_batch().await {
+            if let Some(v) = batch?.into_iter().next().and_then(|r| r.into_iter().next()) {
+                value = v;
+            }
+        }
+        match value {
+            Value::Null => Ok(None),
+            Value::Timestamp(t) => Ok(Some(t)),
+            Value::Text(text) => match decode::sqlite_text(text, decode::SqliteHint::Datetime) {
+                Value::Timestamp(t) => Ok(Some(t)),
+                other => Err(not_an_instant(format!("`{other}`"))),
+            },
+            other => Err(not_an_instant(format!("{} values", other.class()))),
+        }
     }
 
     fn pg_dialect(&self) -> postgres::Dialect {

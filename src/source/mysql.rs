@@ -123,10 +123,6 @@ impl super::sql::Dialect for Dialect {
         }
     }
 
-    fn filter_term(&self, quoted: &str, _kind: Option<Kind>, _n: usize) -> String {
-        format!("{quoted} = ?")
-    }
-
     fn bind<'q>(&self, query: SqlQuery<'q, MySql>, param: FilterParam) -> SqlQuery<'q, MySql> {
         // The session's time zone is UTC (sqlx sets it), as trueup reads TIMESTAMPs.
         let utc = |t: chrono::DateTime<chrono::Utc>| t.naive_utc();

@@ -185,10 +185,14 @@ impl super::sql::Dialect for Dialect {
         }
     }
 
-    fn filter_term(&self, quoted: &str, kind: Option<Kind>, n: usize) -> String {
+    fn placeholder(&self, n: usize) -> String {
+        format!("${n}")
+    }
+
+    fn key_operand(&self, quoted: &str, kind: Option<Kind>) -> String {
         match kind {
-            Some(Kind::Text | Kind::PaddedText | Kind::Uuid) => format!("({quoted})::text = ${n}"),
-            _ => format!("{quoted} = ${n}"),
+            Some(Kind::Text | Kind::PaddedText | Kind::Uuid) => format!("({quoted})::text"),
+            _ => quoted.to_owned(),
         }
     }
 

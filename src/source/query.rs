@@ -32,6 +32,34 @@ pub struct ReadRequest {
     /// streams the segments that differ. Its bounds are integers written as literals, so the
     /// read keeps PostgreSQL's bulk path.
     pub key_range: Option<KeyRange>,
+    /// `Some`: only rows whose key equals one of these keys — how an incremental reconcile
+    /// reads both sides of the keys that changed. Values are bound as parameters of each
+    /// column's type, never spliced.
+    pub keys: Option<KeySet>,
+    /// `Some`: only rows whose change column is at or after an instant — how an incremental
+    /// reconcile finds what changed.
+    pub changed_since: Option<ChangedSince>,
+}
+
+/// Keys to read: per key, one value per column (canonical JSON, as a violation's key holds
+/// them), in the order of `columns`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySet {
+    pub columns: Vec<ColumnName>,
+    pub keys: Vec<Vec<serde_json::Value>>,
+}
+
+impl KeySet {
+    /// At most this many keys go into one statement (far below every engine's limit on
+    /// parameters, and small enough for a quick plan).
+    pub const MAX_PER_READ: usize = 1000;
+}
+
+/// The rows whose change column reached `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedSince {
+    pub column: ColumnName,
+    pub since: chrono::DateTime<chrono::Utc>,
 }
 
 /// The rows whose integer key column lies between two bounds, both included.

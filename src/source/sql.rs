@@ -65,8 +65,35 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// keys in the order `Value::key_cmp` compares them.
     fn order_term(&self, quoted: &str, kind: Option<Kind>) -> String;
 
-    /// The `WHERE` term comparing a key column with the `n`th parameter (from 1).
-    fn filter_term(&self, quoted: &str, kind: Option<Kind>, n: usize) -> String;
+    /// The `n`th parameter (from 1) as the statement writes it.
+    fn placeholder(&self, _n: usize) -> String {
+        "?".to_owned()
+    }
+
+    /// A key column as a `WHERE` term compares it with a parameter.
+    fn key_operand(&self, quoted: &str, _kind: Option<Kind>) -> String {
+        quoted.to_owned()
+    }
+
+    /// The `WHERE` term comparing a key column with the `n`th parameter.
+    fn filter_term(&self, quoted: &str, kind: Option<Kind>, n: usize) -> String {
+        format!(
+            "{} = {}",
+            self.key_operand(quoted, kind),
+            self.placeholder(n)
+        )
+    }
+
+    /// The select-list expression for the latest instant in a change column.
+    fn latest_instant(&self, quoted: &str) -> String {
+        format!("max({quoted})")
+    }
+
+    /// The `WHERE` term keeping rows whose change column is at or after the instant in the
+    /// `n`th parameter.
+    fn since_term(&self, quoted: &str, _kind: Option<Kind>, n: usize) -> String {
+        format!("{quoted} >= {}", self.placeholder(n))
+    }
 
     /// Binds a key value as a parameter of the engine's type for it.
     fn bind<'q>(&self, query: SqlQuery<'q, Self::DB>, param: FilterParam)
@@ -433,6 +460,89 @@ fn compose<D: Dialect>(
         })?;
         conditions.push(dialect.filter_term(&dialect.quote(&columns[i]), declared[i], n + 1));
         params.push(param);
+    }
+
+    if let Some(set) = &req.keys {
+        let columns_at = set
+            .columns
+            .iter()
+            .map(|c| {
+                index_of(columns, c.as_str()).ok_or_else(|| super::SourceError::MissingColumn {
+                    source_name: source.clone(),
+                    column: c.to_string(),
+                    role: "a key",
+                    available: columns.join(", "),
+                })
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        let mut alternatives = Vec::with_capacity(set.keys.len());
+        for key in &set.keys {
+            let mut terms = Vec::with_capacity(columns_at.len());
+            for (&i, value) in columns_at.iter().zip(key) {
+                let param = FilterParam::for_column(declared[i], value).ok_or_else(|| {
+                    let wanted =
+                        declared[i].map_or_else(|| "its type".to_owned(), |k| format!("{k:?}"));
+                    filter_value_error(source, &columns[i], value, &wanted)
+                })?;
+                params.push(param);
+                terms.push((i, params.len()));
+            }
+            alternatives.push(terms);
+        }
+        conditions.push(match columns_at.as_slice() {
+            // One column: an IN list, which every engine plans as lookups in the key index.
+            [i] => {
+                let list: Vec<String> = alternatives
+                    .iter()
+                    .map(|terms| dialect.placeholder(terms[0].1))
+                    .collect();
+                let operand = dialect.key_operand(&dialect.quote(&columns[*i]), declared[*i]);
+                format!("{operand} IN ({})", list.join(", "))
+            }
+            _ => {
+                let ored: Vec<String> = alternatives
+                    .iter()
+                    .map(|terms| {
+                        let anded: Vec<String> = terms
+                            .iter()
+                            .map(|&(i, n)| {
+                                dialect.filter_term(&dialect.quote(&columns[i]), declared[i], n)
+                            })
+                            .collect();
+                        format!("({})", anded.join(" AND "))
+                    })
+                    .collect();
+                format!("({})", ored.join(" OR "))
+            }
+        });
+    }
+
+    if let Some(changed) = &req.changed_since {
+        let i = index_of(columns, changed.column.as_str()).ok_or_else(|| {
+            super::SourceError::MissingColumn {
+                source_name: source.clone(),
+                column: changed.column.to_string(),
+                role: "the incremental change column",
+                available: columns.join(", "),
+            }
+        })?;
+        let instant = serde_json::Value::String(
+            changed
+                .since
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        );
+        let param = FilterParam::for_column(declared[i], &instant).ok_or_else(|| {
+            super::SourceError::Decode {
+                source_name: source.clone(),
+                column: columns[i].clone(),
+                message: format!(
+                    "the incremental change column is {}, which cannot be compared with an instant; name a timestamp column under `reconcile.incremental.column`",
+                    declared[i].map_or_else(|| "of an unknown type".to_owned(), |k| format!("{k:?}"))
+                ),
+            }
+        })?;
+        params.push(param);
+        conditions.push(dialect.since_term(&dialect.quote(&columns[i]), declared[i], params.len()));
     }
 
     if let Some(range) = &req.key_range {

@@ -41,6 +41,8 @@ where
         filter: Vec::new(),
         digest_long_except: None,
         key_range: None,
+        keys: None,
+        changed_since: None,
     };
     let run = async {
         let c: &mut <D::DB as Database>::Connection = &mut conn;
@@ -281,6 +283,8 @@ pub(super) async fn in_process(
             filter: Vec::new(),
             digest_long_except: None,
             key_range: (!req.null_keys).then(|| req.range.clone()),
+            keys: None,
+            changed_since: None,
         })
         .await?;
     let columns = rows.columns().to_vec();

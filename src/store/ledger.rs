@@ -31,6 +31,21 @@ macro_rules! impl_store {
                 .await
             }
 
+            /// Drops what a run staged (its observations and covered keys), in the transaction
+            /// that completes or abandons it.
+            async fn drop_staged(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                run: $crate::domain::RunId,
+            ) -> Result<(), sqlx::Error> {
+                for table in ["run_observations", "run_coverage"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
+                        .bind(run)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
             /// The WHERE conditions of a violation filter (after `WHERE 1 = 1`).
             fn push_filter<'a>(
                 qb: &mut sqlx::QueryBuilder<'a, $db>,
@@ -104,7 +119,7 @@ macro_rules! impl_store {
             const RUNS: &str =
                 "SELECT id, invariant, started_at, finished_at, status, rows_left, rows_right, observed, \
                         counts, not_yet_due, null_keys, truncated, new_count, open_count, reopened_count, \
-                        resolved_count, error \
+                        resolved_count, uncovered_count, coverage, error \
                  FROM runs WHERE 1 = 1";
 
             fn violation_row(
@@ -142,6 +157,9 @@ macro_rules! impl_store {
                 let n = |c: &str| -> Result<u64, sqlx::Error> {
                     Ok(row.try_get::<i64, _>(c)?.max(0) as u64)
                 };
+                // Runs recorded before coverage was kept read everything.
+                let coverage: Option<sqlx::types::Json<$crate::domain::Coverage>> =
+                    row.try_get("coverage")?;
                 Ok($crate::store::RunRecord {
                     id: row.try_get("id")?,
                     invariant: row.try_get("invariant")?,
@@ -157,12 +175,15 @@ macro_rules! impl_store {
                         null_keys: n("null_keys")?,
                         truncated: row.try_get("truncated")?,
                         compared: None,
+                        coverage: coverage.map(|c| c.0).unwrap_or_default(),
+                        marks: None,
                     },
                     change: $crate::domain::LedgerChange {
                         new: n("new_count")?,
                         still_open: n("open_count")?,
                         reopened: n("reopened_count")?,
                         resolved: n("resolved_count")?,
+                        uncovered: n("uncovered_count")?,
                     },
                     error: row.try_get("error")?,
                 })
@@ -264,6 +285,45 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn cover(
+                &self,
+                run: $crate::domain::RunId,
+                keys: &[serde_json::Value],
+            ) -> Result<(), $crate::store::StoreError> {
+                for chunk in keys.chunks(1000) {
+                    let mut qb: sqlx::QueryBuilder<'_, $db> =
+                        sqlx::QueryBuilder::new("INSERT INTO run_coverage (run_id, key) ");
+                    qb.push_values(chunk, |mut b, key| {
+                        b.push_bind(run).push_bind(sqlx::types::Json(key));
+                    });
+                    qb.push(" ON CONFLICT (run_id, key) DO NOTHING");
+                    qb.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn watermark(
+                &self,
+                invariant: &$crate::domain::InvariantName,
+            ) -> Result<Option<$crate::domain::Watermark>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT definition, left_mark, right_mark, full_at FROM watermarks WHERE invariant = $1",
+                )
+                .bind(invariant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some($crate::domain::Watermark {
+                    marks: $crate::domain::Marks {
+                        definition: row.try_get("definition")?,
+                        left: row.try_get("left_mark")?,
+                        right: row.try_get("right_mark")?,
+                    },
+                    full_at: row.try_get("full_at")?,
+                }))
+            }
+
             async fn complete_run(
                 &self,
                 run: $crate::domain::RunId,
@@ -321,20 +381,58 @@ macro_rules! impl_store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+                // A violation the run did not see resolves only if the run covered its key:
+                // every key in a full pass, the staged keys in an incremental one.
+                let full = stats.coverage.is_full();
                 let resolved = if stats.truncated {
                     0
                 } else {
                     sqlx::query(
                         "UPDATE violations SET status = 'resolved', resolved_at = $1, resolved_run_id = $2 \
-                         WHERE invariant = $3 AND status <> 'resolved' AND last_run_id <> $2",
+                         WHERE invariant = $3 AND status <> 'resolved' AND last_run_id <> $2 \
+                           AND ($4 OR key IN (SELECT key FROM run_coverage WHERE run_id = $2))",
                     )
                     .bind(at)
                     .bind(run)
                     .bind(invariant.as_str())
+                    .bind(full)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
                 };
+                let uncovered: i64 = if full {
+                    0
+                } else {
+                    sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM violations \
+                         WHERE invariant = $1 AND status <> 'resolved' AND last_run_id <> $2",
+                    )
+                    .bind(invariant.as_str())
+                    .bind(run)
+                    .fetch_one(&mut *tx)
+                    .await?
+                };
+                if let Some(marks) = &stats.marks {
+                    sqlx::query(
+                        "INSERT INTO watermarks (invariant, definition, left_mark, right_mark, full_at, run_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (invariant) DO UPDATE SET \
+                           definition = excluded.definition, \
+                           left_mark = excluded.left_mark, \
+                           right_mark = excluded.right_mark, \
+                           run_id = excluded.run_id, \
+                           full_at = CASE WHEN $7 THEN excluded.full_at ELSE watermarks.full_at END",
+                    )
+                    .bind(invariant.as_str())
+                    .bind(&marks.definition)
+                    .bind(marks.left)
+                    .bind(marks.right)
+                    .bind(at)
+                    .bind(run)
+                    .bind(full)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let (new, reopened, still_open): (i64, i64, i64) = sqlx::query_as(
                     "SELECT \
                        COALESCE(SUM(CASE WHEN first_run_id = $1 THEN 1 ELSE 0 END), 0), \
@@ -352,20 +450,19 @@ macro_rules! impl_store {
                     still_open: still_open as u64,
                     reopened: reopened as u64,
                     resolved,
+                    uncovered: uncovered.max(0) as u64,
                 };
                 // After the ledger was rewritten, before it commits: the transaction must roll
                 // all of it back.
                 fail::fail_point!("store.commit", |_| Err($crate::store::StoreError::Database(
                     sqlx::Error::Protocol("the commit failed (injected)".into())
                 )));
-                sqlx::query("DELETE FROM run_observations WHERE run_id = $1")
-                    .bind(run)
-                    .execute(&mut *tx)
-                    .await?;
+                Self::drop_staged(&mut tx, run).await?;
                 sqlx::query(
                     "UPDATE runs SET status = 'succeeded', finished_at = $2, rows_left = $3, rows_right = $4, \
                        observed = $5, counts = $6, not_yet_due = $7, truncated = $8, new_count = $9, \
-                       open_count = $10, reopened_count = $11, resolved_count = $12, null_keys = $13 \
+                       open_count = $10, reopened_count = $11, resolved_count = $12, null_keys = $13, \
+                       uncovered_count = $14, coverage = $15 \
                      WHERE id = $1",
                 )
                 .bind(run)
@@ -381,6 +478,8 @@ macro_rules! impl_store {
                 .bind(change.reopened as i64)
                 .bind(change.resolved as i64)
                 .bind(stats.null_keys as i64)
+                .bind(change.uncovered as i64)
+                .bind(sqlx::types::Json(&stats.coverage))
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -395,10 +494,7 @@ macro_rules! impl_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                sqlx::query("DELETE FROM run_observations WHERE run_id = $1")
-                    .bind(run)
-                    .execute(&mut *tx)
-                    .await?;
+                Self::drop_staged(&mut tx, run).await?;
                 sqlx::query(
                     "UPDATE runs SET status = $2, finished_at = $3, error = $4 WHERE id = $1 AND status = 'running'",
                 )

@@ -229,9 +229,21 @@ pub trait Store:
         batch: &[Violation],
     ) -> Result<(), StoreError>;
 
+    /// Stages keys an incremental run covered (as [`Violation::key_json`] writes them): only
+    /// violations on these keys may resolve when it completes.
+    async fn cover(&self, run: RunId, keys: &[serde_json::Value]) -> Result<(), StoreError>;
+
+    /// Where the next incremental run of `invariant` starts, as the last completed run left it.
+    async fn watermark(
+        &self,
+        invariant: &InvariantName,
+    ) -> Result<Option<crate::domain::Watermark>, StoreError>;
+
     /// Merges the run's observations into the ledger in one transaction: new violations open,
     /// resolved ones seen again reopen, and (unless the run was truncated) open ones it did not
-    /// see resolve.
+    /// see resolve — all of them after a full pass, those on the keys it staged with
+    /// [`Store::cover`] after an incremental one. The run's marks, if any, become the
+    /// invariant's watermark in the same transaction.
     ///
     /// With `tick`, the scheduled tick the run answers is marked finished in the same
     /// transaction, so a replica that dies after this commit leaves nothing to take over, and

@@ -18,6 +18,8 @@ fn request(query: &str) -> ReadRequest {
         filter: Vec::new(),
         digest_long_except: None,
         key_range: None,
+        keys: None,
+        changed_since: None,
     }
 }
 
@@ -238,6 +240,8 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
             filter: Vec::new(),
             digest_long_except: None,
             key_range: None,
+            keys: None,
+            changed_since: None,
         })
         .await
         .err()

@@ -100,15 +100,6 @@ pub(super) async fn run(
     };
     let left = sources.get(&spec.left.source)?;
     let right = sources.get(&spec.right.source)?;
-    for side in [left, right] {
-        if !side.checksums() {
-            return Ok(Outcome::Unfit(format!(
-                "source `{}` is {}: checksums are computed by PostgreSQL and MySQL/MariaDB sources",
-                side.name(),
-                side.kind().as_str()
-            )));
-        }
-    }
     if left.kind() == SourceKind::Sqlite && right.kind() == SourceKind::Sqlite {
         return Ok(Outcome::Unfit(
             "both sides are SQLite files, whose summaries trueup computes by reading every row: streaming them costs less".into(),
@@ -210,7 +201,7 @@ pub(super) async fn run(
             sources,
             due_before,
             &[],
-            Some((low, high)),
+            merge::Keys::Between(low, high),
             tally,
         )
         .await?;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
-use crate::source::{KeyRange, Needed, ReadRequest, Sources, index_of};
+use crate::source::{KeyRange, KeySet, Needed, ReadRequest, Sources, index_of};
 
 use crate::engine::KeyFilter;
 use crate::engine::cursor::{Cursor, Group, compare_keys};
@@ -31,15 +31,25 @@ pub(super) struct Read {
     pub(super) null_keys: u64,
 }
 
-/// Merges the rows of both sides whose keys equal `filter` (all when empty) and lie in
-/// `range` (all when `None`), reporting what differs to `tally`.
+/// Which keys a merge reads (besides a key filter).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Keys<'a> {
+    All,
+    /// The integer keys between two bounds, both included (a checksummed segment).
+    Between(i64, i64),
+    /// These keys (changed ones, in an incremental run).
+    In(&'a KeySet),
+}
+
+/// Merges the rows of both sides whose keys equal `filter` (all when empty) and are among
+/// `keys`, reporting what differs to `tally`.
 pub(super) async fn merge(
     inv: &Invariant,
     spec: &ReconcileSpec,
     sources: &Sources,
     due_before: Option<DateTime<Utc>>,
     filter: &[KeyFilter],
-    range: Option<(i64, i64)>,
+    keys: Keys<'_>,
     tally: &mut Tally<'_>,
 ) -> Result<Read, EngineError> {
     // The time column is required on the left (the upstream event's time: grace, replay
@@ -69,11 +79,19 @@ pub(super) async fn merge(
             // Long compared and shown values may stay in the database as digests; the
             // columns a template writes arrive whole.
             digest_long_except: Some(inv.template_fields(side)),
-            key_range: range.map(|(low, high)| KeyRange {
-                column: spec.key[0].clone(),
-                low,
-                high,
-            }),
+            key_range: match keys {
+                Keys::Between(low, high) => Some(KeyRange {
+                    column: spec.key[0].clone(),
+                    low,
+                    high,
+                }),
+                _ => None,
+            },
+            keys: match keys {
+                Keys::In(set) => Some(set.clone()),
+                _ => None,
+            },
+            changed_since: None,
         }
     };
     let left_source = sources.get(&spec.left.source)?;

@@ -43,7 +43,13 @@ pub(super) async fn remaining_in_window(
     invariant: &Invariant,
     plan: &PlanRecord,
 ) -> Result<u64, PlanError> {
-    let outcome = crate::runner::run_invariant(invariant, env.sources, env.store).await?;
+    // Every row: a replayed key whose downstream row has no change column is still covered.
+    let limits = crate::runner::RunLimits {
+        full_pass: true,
+        ..crate::runner::RunLimits::default()
+    };
+    let outcome =
+        crate::runner::run_invariant_limited(invariant, env.sources, env.store, &limits).await?;
     if let Some(e) = outcome.error {
         return Err(PlanError::refused(
             plan.id,

@@ -21,6 +21,8 @@ fn request(query: &str) -> ReadRequest {
         filter: Vec::new(),
         digest_long_except: None,
         key_range: None,
+        keys: None,
+        changed_since: None,
     }
 }
 

@@ -225,6 +225,8 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
                 filter,
                 digest_long_except: None,
                 key_range: None,
+                keys: None,
+                changed_since: None,
             })
             .await
             .unwrap();

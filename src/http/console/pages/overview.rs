@@ -32,12 +32,7 @@ fn sparkline(runs: &[crate::store::RunRecord], now: DateTime<Utc>) -> Option<Spa
     let mut series: Vec<(DateTime<Utc>, u64)> = runs
         .iter()
         .filter(|r| r.status == RunStatus::Succeeded && r.started_at >= from)
-        .map(|r| {
-            (
-                r.started_at,
-                r.change.new + r.change.still_open + r.change.reopened,
-            )
-        })
+        .map(|r| (r.started_at, r.change.open_after()))
         .collect();
     series.sort_by_key(|(t, _)| *t);
     let (first, last) = (series.first()?.1, series.last()?.1);

@@ -125,6 +125,7 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
             expect: Expect::ExactlyOne,
             compare: None,
             mode: ReconcileMode::Auto,
+            incremental: None,
         }),
         compensate: Default::default(),
         replay: None,

@@ -7,11 +7,12 @@ use serde_json::json;
 use trueup::config::SecretUrl;
 use trueup::domain::ViolationStatus;
 use trueup::domain::{
-    ColumnName, CompareMethod, Expect, Invariant, InvariantName, InvariantSpec, QuerySide,
-    ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
+    ColumnName, CompareMethod, Coverage, Expect, HumanDuration, Incremental, Invariant,
+    InvariantName, InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName,
+    ViolationKind,
 };
 use trueup::engine::{self, Collect, EngineError};
-use trueup::runner::run_invariant;
+use trueup::runner::{RunLimits, run_invariant, run_invariant_limited};
 use trueup::store::{self, StatusFilter, ViolationFilter};
 
 use crate::helpers::{TestMysql, TestPg, sources};
@@ -42,6 +43,7 @@ fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) ->
             expect: Expect::ExactlyOne,
             compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
             mode: ReconcileMode::Auto,
+            incremental: None,
         }),
         compensate: Default::default(),
         replay: None,
@@ -87,29 +89,39 @@ async fn keys_by_kind(
 
 #[tokio::test]
 async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones() {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream, false).await;
 }
 
 #[tokio::test]
 async fn postgres_to_mariadb_by_checksum_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
  {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum, false).await;
 }
 
 #[tokio::test]
 async fn postgres_to_mariadb_in_auto_mode_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
  {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, false).await;
 }
 
-async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
+#[tokio::test]
+async fn postgres_to_mariadb_incrementally_finds_exactly_the_planted_keys_and_resolves_the_fixed_ones_it_covers()
+ {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, true).await;
+}
+
+/// With `incremental`, each side has a change column (the left's set by hand, the right's
+/// moved by MariaDB on every write) and runs after the first read only what changed.
+async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode, incremental: bool) {
     let (pg, my) = (TestPg::new().await, TestMysql::new().await);
     pg.exec(&format!(
         "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, currency text NOT NULL,
-                                note varchar(20), captured_at timestamptz NOT NULL);
+                                note varchar(20), captured_at timestamptz NOT NULL,
+                                changed_at timestamptz NOT NULL);
          INSERT INTO payments
            SELECT i, (i % 1000) + 0.5, CASE WHEN i % 3 = 0 THEN 'EUR' ELSE 'USD' END,
                   CASE WHEN i % 2 = 0 THEN 'n' || i END,
+                  timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
                   timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second'
            FROM generate_series(1, {ROWS}) AS i;"
     ))
@@ -120,9 +132,11 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
          INSERT INTO digits VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9);
          CREATE TABLE entries (payment_id BIGINT NOT NULL, amount DECIMAL(14,3) NOT NULL,
                                currency VARCHAR(3) NOT NULL, note TEXT, captured_at DATETIME(6) NOT NULL,
-                               KEY (payment_id));
+                               updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+                               KEY (payment_id), KEY (updated_at));
          INSERT INTO entries
            SELECT n, (n % 1000) + 0.5, IF(n % 3 = 0, 'EUR', 'USD'), IF(n % 2 = 0, CONCAT('n', n), NULL),
+                  TIMESTAMP '2026-01-01 00:00:00' + INTERVAL n SECOND,
                   TIMESTAMP '2026-01-01 00:00:00' + INTERVAL n SECOND
            FROM (SELECT a.d + 10*b.d + 100*c.d + 1000*e.d + 10000*f.d + 1 AS n
                  FROM digits a, digits b, digits c, digits e, digits f) s
@@ -138,8 +152,10 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
     };
     my.exec(&format!(
         "DELETE FROM entries WHERE payment_id IN ({missing});
-         INSERT INTO entries SELECT payment_id + {ROWS}, amount, currency, note, captured_at FROM entries WHERE payment_id <= 13;
-         INSERT INTO entries SELECT * FROM entries WHERE payment_id IN ({dup});
+         INSERT INTO entries (payment_id, amount, currency, note, captured_at)
+           SELECT payment_id + {ROWS}, amount, currency, note, captured_at FROM entries WHERE payment_id <= 13;
+         INSERT INTO entries (payment_id, amount, currency, note, captured_at)
+           SELECT payment_id, amount, currency, note, captured_at FROM entries WHERE payment_id IN ({dup});
          UPDATE entries SET amount = amount + 0.01 WHERE payment_id = 7;
          UPDATE entries SET currency = LOWER(currency) WHERE payment_id = 1001;
          UPDATE entries SET note = NULL WHERE payment_id = 42042;
@@ -151,14 +167,27 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
     .await;
 
     let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
-    let mut inv = reconcile(
-        "SELECT id AS payment_id, amount, currency, note, captured_at FROM payments",
-        "SELECT payment_id, amount, currency, note, captured_at FROM entries",
-        &["payment_id"],
-        None,
-    );
+    let (left, right) = if incremental {
+        (
+            "SELECT id AS payment_id, amount, currency, note, captured_at, changed_at FROM payments",
+            "SELECT payment_id, amount, currency, note, captured_at, updated_at FROM entries",
+        )
+    } else {
+        (
+            "SELECT id AS payment_id, amount, currency, note, captured_at FROM payments",
+            "SELECT payment_id, amount, currency, note, captured_at FROM entries",
+        )
+    };
+    let mut inv = reconcile(left, right, &["payment_id"], None);
     if let InvariantSpec::Reconcile(spec) = &mut inv.spec {
         spec.mode = mode;
+        // Each side's change column is its own: neither is compared.
+        spec.incremental = incremental.then(|| Incremental {
+            left: Some(ColumnName::parse("changed_at").unwrap()),
+            right: Some(ColumnName::parse("updated_at").unwrap()),
+            lookback: HumanDuration::parse("1s").unwrap(),
+            full_every: HumanDuration::parse("1d").unwrap(),
+        });
     }
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&SecretUrl::new(format!(
@@ -213,15 +242,45 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode) {
 
     // Repair some rows on the right; the next run resolves exactly those.
     my.exec(&format!(
-        "INSERT INTO entries VALUES (2711, 711.5, 'USD', NULL, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL 2711 SECOND);
+        "INSERT INTO entries (payment_id, amount, currency, note, captured_at)
+           VALUES (2711, 711.5, 'USD', NULL, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL 2711 SECOND);
          DELETE FROM entries WHERE payment_id = {};
          UPDATE entries SET amount = 7.5 WHERE payment_id = 7;",
         ROWS + 1
     ))
     .await;
     let second = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert!(second.error.is_none(), "{:?}", second.error);
     let change = second.change.unwrap();
-    assert_eq!(change.resolved, 3);
+    let resolved = if incremental {
+        // The repaired keys changed and are resolved; the deleted extra row left no changed
+        // row, so its violation waits, open, with the 35 missing keys nothing changed (57
+        // planted, 2 resolved).
+        let Coverage::Changed { keys, .. } = second.stats.coverage else {
+            panic!("{:?}", second.stats.coverage)
+        };
+        assert!(keys < 100, "only the changed keys are read: {keys}");
+        assert_eq!((change.resolved, change.uncovered), (2, 36), "{change:?}");
+        assert_eq!(second.open_after, 57 - 2);
+        // A full pass sees the deleted row.
+        let limits = RunLimits {
+            full_pass: true,
+            ..RunLimits::default()
+        };
+        let full = run_invariant_limited(&inv, &srcs, store.as_ref(), &limits)
+            .await
+            .unwrap();
+        assert_eq!(full.stats.coverage, Coverage::Full);
+        let full_change = full.change.unwrap();
+        assert_eq!(
+            (full_change.resolved, full_change.new, full_change.uncovered),
+            (1, 0, 0)
+        );
+        change.resolved + full_change.resolved
+    } else {
+        change.resolved
+    };
+    assert_eq!(resolved, 3);
     assert_eq!(change.new, 0);
     let resolved = keys_by_kind(
         store.as_ref(),

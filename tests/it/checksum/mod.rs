@@ -48,6 +48,7 @@ fn invariant(left: &str, right: &str, mode: ReconcileMode) -> Invariant {
             expect: Expect::ExactlyOne,
             compare: None,
             mode,
+            incremental: None,
         }),
         compensate: Default::default(),
         replay: None,

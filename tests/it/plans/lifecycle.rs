@@ -12,7 +12,7 @@ async fn the_plan_lifecycle(store_url: &str) {
 
     // A run proposes a plan: one action per violation.
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
@@ -23,7 +23,7 @@ async fn the_plan_lifecycle(store_url: &str) {
     // Checking again finds nothing new, so proposes nothing; asking for a plan gets the open
     // one, which holds exactly these actions.
     let again = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     assert_eq!(again[0].proposal, None);
@@ -129,7 +129,7 @@ async fn the_plan_lifecycle(store_url: &str) {
 
     // The ledger agrees at the next run.
     let after = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     assert_eq!(after[0].run.open_after, 0, "{:?}", after[0]);
@@ -509,7 +509,7 @@ async fn a_template_naming_a_column_the_query_lacks_proposes_nothing_and_says_wh
     .unwrap();
     let app = open(&config).await;
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Some(Proposal::Failed { error }) = &outcomes[0].proposal else {

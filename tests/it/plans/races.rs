@@ -254,6 +254,7 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
         .check(
             &["events-delivered".into()],
             &trueup::domain::Actor::local("test"),
+            false,
         )
         .await
         .unwrap();
@@ -333,6 +334,7 @@ async fn a_thousand_http_actions_raced_by_fifty_applies_have_one_effect_per_idem
         .check(
             &["events-delivered-guarded".into()],
             &trueup::domain::Actor::local("test"),
+            false,
         )
         .await
         .unwrap();

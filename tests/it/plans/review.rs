@@ -10,7 +10,7 @@ async fn an_approved_plan_whose_actions_change_is_refused_and_a_fresh_one_propos
     let app = open(&config).await;
     let targets = Targets::open(&app.config).unwrap();
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {
@@ -104,7 +104,7 @@ async fn a_plan_goes_stale_when_its_invariant_changes_or_its_ttl_ends() {
     .await;
     let app = open(&config).await;
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {

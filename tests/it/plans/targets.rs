@@ -39,7 +39,7 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     let app = open(&config).await;
     let targets = Targets::open(&app.config).unwrap();
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
@@ -80,7 +80,7 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     .await
     .unwrap();
     assert_eq!((rows, markers), (2, 2));
-    app.check(&[], &trueup::domain::Actor::local("test"))
+    app.check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     let Proposal::Created { plan: again, .. } = plan::propose(

@@ -74,7 +74,7 @@ async fn the_histogram_shows_the_outage_window(store: &str) {
         .await
         .unwrap();
     let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"))
+        .check(&[], &trueup::domain::Actor::local("test"), false)
         .await
         .unwrap();
     assert_eq!(outcomes[0].run.open_after, 30, "{:?}", outcomes[0]);

@@ -109,7 +109,7 @@ async fn one_run(
                 .await?,
         );
         let targets = Arc::new(Targets::open(&app.config).map_err(anyhow::Error::msg)?);
-        let outcomes = app.check(&[], &trueup::domain::Actor::local("test")).await?;
+        let outcomes = app.check(&[], &trueup::domain::Actor::local("test"), false).await?;
         let Some(Proposal::Created { plan: id, .. }) = outcomes[0].proposal.clone() else {
             anyhow::bail!("no plan proposed: {:?}", outcomes[0].run.error);
         };

@@ -13,6 +13,7 @@ mod checksum;
 mod cli;
 mod console;
 mod faults;
+mod incremental;
 mod notify;
 mod plans;
 mod proxy;

@@ -1,54 +1,26 @@
 //! Reconcile across engines: PostgreSQL ↔ MariaDB, with planted differences of every kind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use serde_json::json;
 use trueup::config::SecretUrl;
 use trueup::domain::ViolationStatus;
 use trueup::domain::{
-    ColumnName, CompareMethod, Coverage, Expect, HumanDuration, Incremental, Invariant,
-    InvariantName, InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName,
-    ViolationKind,
+    ColumnName, CompareMethod, Coverage, HumanDuration, Incremental, Invariant, InvariantSpec,
+    ReconcileMode, ViolationKind,
 };
 use trueup::engine::{self, Collect, EngineError};
 use trueup::runner::{RunLimits, run_invariant, run_invariant_limited};
 use trueup::store::{self, StatusFilter, ViolationFilter};
 
-use crate::helpers::{TestMysql, TestPg, sources};
+use crate::helpers::{TestMysql, TestPg, reconcile_invariant, reconcile_spec, sources};
 
 fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) -> Invariant {
-    Invariant {
-        name: InvariantName::parse("pg-mysql").unwrap(),
-        description: None,
-        owner: None,
-        severity: Severity::High,
-        schedule: None,
-        time_column: None,
-        grace: None,
-        alert: Default::default(),
-        notify: None,
-        sample_limit: 10,
-        violation_budget: 100_000,
-        spec: InvariantSpec::Reconcile(ReconcileSpec {
-            left: QuerySide {
-                source: SourceName::parse("pg").unwrap(),
-                query: left.into(),
-            },
-            right: QuerySide {
-                source: SourceName::parse("my").unwrap(),
-                query: right.into(),
-            },
-            key: key.iter().map(|k| ColumnName::parse(k).unwrap()).collect(),
-            expect: Expect::ExactlyOne,
-            compare: compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect()),
-            mode: ReconcileMode::Auto,
-            incremental: None,
-        }),
-        compensate: Default::default(),
-        replay: None,
-        defined_at: (PathBuf::from("test"), 1),
-    }
+    let mut inv = reconcile_invariant("pg-mysql", ("pg", left), ("my", right), key);
+    inv.violation_budget = 100_000;
+    reconcile_spec(&mut inv).compare =
+        compare.map(|c| c.iter().map(|k| ColumnName::parse(k).unwrap()).collect());
+    inv
 }
 
 const ROWS: i64 = 100_000;

@@ -2,19 +2,18 @@
 //! finds, reading only the segments that differ.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use chrono::Utc;
 use trueup::config::SecretUrl;
 use trueup::domain::{
-    ColumnName, CompareMethod, Expect, Invariant, InvariantName, InvariantSpec, QuerySide,
-    ReconcileMode, ReconcileSpec, RunStats, Severity, SourceName, Value, ViolationKind,
+    CompareMethod, Invariant, InvariantSpec, ReconcileMode, RunStats, SourceName, Value,
+    ViolationKind,
 };
 use trueup::engine::{self, Collect};
 use trueup::runner::run_invariant;
 use trueup::source::Sources;
 
-use crate::helpers::{TestPg, sources};
+use crate::helpers::{TestPg, reconcile_invariant, reconcile_spec, sources};
 
 mod random;
 
@@ -25,35 +24,9 @@ const MODES: [ReconcileMode; 3] = [
 ];
 
 fn invariant(left: &str, right: &str, mode: ReconcileMode) -> Invariant {
-    let side = |query: &str| QuerySide {
-        source: SourceName::parse("pg").unwrap(),
-        query: query.into(),
-    };
-    Invariant {
-        name: InvariantName::parse("checksummed").unwrap(),
-        description: None,
-        owner: None,
-        severity: Severity::High,
-        schedule: None,
-        time_column: None,
-        grace: None,
-        alert: Default::default(),
-        notify: None,
-        sample_limit: 10,
-        violation_budget: 1_000_000,
-        spec: InvariantSpec::Reconcile(ReconcileSpec {
-            left: side(left),
-            right: side(right),
-            key: vec![ColumnName::parse("id").unwrap()],
-            expect: Expect::ExactlyOne,
-            compare: None,
-            mode,
-            incremental: None,
-        }),
-        compensate: Default::default(),
-        replay: None,
-        defined_at: (PathBuf::from("test"), 1),
-    }
+    let mut inv = reconcile_invariant("checksummed", ("pg", left), ("pg", right), &["id"]);
+    reconcile_spec(&mut inv).mode = mode;
+    inv
 }
 
 type Found = BTreeSet<(ViolationKind, i64)>;

@@ -216,6 +216,54 @@ pub async fn sources(list: &[(&str, &str)]) -> Sources {
     Sources::open_all(&configs).await.expect("open sources")
 }
 
+/// A reconcile of `left` and `right` (each a source name and a query) on `key`, every other
+/// setting at its default; a test sets the fields it exercises.
+pub fn reconcile_invariant(
+    name: &str,
+    left: (&str, &str),
+    right: (&str, &str),
+    key: &[&str],
+) -> trueup::domain::Invariant {
+    use trueup::domain::{ColumnName, InvariantName, QuerySide, ReconcileSpec};
+    let side = |(source, query): (&str, &str)| QuerySide {
+        source: SourceName::parse(source).unwrap(),
+        query: query.into(),
+    };
+    trueup::domain::Invariant {
+        name: InvariantName::parse(name).unwrap(),
+        description: None,
+        owner: None,
+        severity: trueup::domain::Severity::High,
+        schedule: None,
+        time_column: None,
+        grace: None,
+        alert: Default::default(),
+        notify: None,
+        sample_limit: 10,
+        violation_budget: 1_000_000,
+        spec: trueup::domain::InvariantSpec::Reconcile(ReconcileSpec {
+            left: side(left),
+            right: side(right),
+            key: key.iter().map(|k| ColumnName::parse(k).unwrap()).collect(),
+            expect: trueup::domain::Expect::ExactlyOne,
+            compare: None,
+            mode: trueup::domain::ReconcileMode::Auto,
+            incremental: None,
+        }),
+        compensate: Default::default(),
+        replay: None,
+        defined_at: (std::path::PathBuf::from("test"), 1),
+    }
+}
+
+/// The reconcile settings of `inv` (a reconcile), to change.
+pub fn reconcile_spec(inv: &mut trueup::domain::Invariant) -> &mut trueup::domain::ReconcileSpec {
+    match &mut inv.spec {
+        trueup::domain::InvariantSpec::Reconcile(spec) => spec,
+        _ => panic!("{} is no reconcile", inv.name),
+    }
+}
+
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }

@@ -1,0 +1,170 @@
+//! Incremental reconciles: after a full pass, a run reads only the keys whose rows changed,
+//! resolves only what it covered, and leaves the rest of the ledger as it was.
+
+use chrono::{TimeZone, Utc};
+use trueup::config::SecretUrl;
+use trueup::domain::InvariantName;
+use trueup::store::{StatusFilter, Store, ViolationFilter};
+
+use crate::helpers::{combined_output, sqlite_file, sqlite_url, trueup_cli};
+
+mod ledger;
+mod random;
+
+async fn active(store: &dyn Store) -> usize {
+    store
+        .violations(&ViolationFilter {
+            status: StatusFilter::Active,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Two SQLite files (instants kept as text, in two forms), the CLI, a failure at each step of
+/// an incremental run, and `--full`.
+#[tokio::test]
+async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_it_did_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (app, ledger) = (tmp.path().join("app.db"), tmp.path().join("ledger.db"));
+    // 5,000 events a minute apart; the ledger lacks every 1,000th.
+    sqlite_file(
+        &app,
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, amount INTEGER, changed_at DATETIME NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO events SELECT i, i * 10, datetime('2026-01-01', '+' || (i * 60) || ' seconds') FROM n;",
+    )
+    .await;
+    sqlite_file(
+        &ledger,
+        "CREATE TABLE records (event_id INTEGER PRIMARY KEY, amount INTEGER, recorded_at DATETIME NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO records SELECT i, i * 10, datetime('2026-01-01', '+' || (i * 60) || ' seconds')
+           FROM n WHERE i % 1000 <> 0;",
+    )
+    .await;
+    let config = tmp.path().join("trueup.yaml");
+    let store_url = sqlite_url(&tmp.path().join("trueup.db"));
+    std::fs::write(
+        &config,
+        format!(
+            "store: {store_url}\nsources:\n  app: {{url: \"{}\"}}\n  ledger: {{url: \"{}\"}}\n",
+            sqlite_url(&app),
+            sqlite_url(&ledger)
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
+    std::fs::write(
+        tmp.path().join("invariants/events.yaml"),
+        r#"invariants:
+  - name: events-recorded
+    reconcile:
+      left: {source: app, query: "SELECT id, amount, changed_at FROM events"}
+      right: {source: ledger, query: "SELECT event_id AS id, amount, recorded_at FROM records"}
+      key: id
+      incremental:
+        column: {left: changed_at, right: recorded_at}
+        lookback: 30s
+"#,
+    )
+    .unwrap();
+    let check = |extra: &[&str], failpoints: Option<&str>| {
+        let mut cmd = trueup_cli(&config, "tester");
+        cmd.arg("check").args(extra);
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), combined_output(&out))
+    };
+
+    // The first run has no watermark: a full pass.
+    let (code, text) = check(&[], None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("read 5000 left / 4995 right rows"), "{text}");
+    assert!(!text.contains("incremental"), "{text}");
+    assert!(text.contains("5 violations open: 5 new"), "{text}");
+    let store = trueup::store::open(&SecretUrl::new(store_url.clone()))
+        .await
+        .unwrap();
+    let name = InvariantName::parse("events-recorded").unwrap();
+    let mark = store.watermark(&name).await.unwrap().expect("a watermark");
+    let minute =
+        |m: i64| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::TimeDelta::minutes(m);
+    assert_eq!(
+        (mark.marks.left, mark.marks.right),
+        (Some(minute(5000)), Some(minute(4999)))
+    );
+
+    // Changes, written the way SQLite's own clock writes them (`T`, fraction, `Z`): a
+    // repair, a new mismatch, a new event; and a ledger row deleted, which changes nothing
+    // an incremental run can see.
+    let now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+    sqlite_file(
+        &ledger,
+        &format!(
+            "INSERT INTO records VALUES (1000, 10000, {now});
+             UPDATE records SET amount = 421, recorded_at = {now} WHERE event_id = 42;
+             DELETE FROM records WHERE event_id = 7;"
+        ),
+    )
+    .await;
+    sqlite_file(
+        &app,
+        &format!("INSERT INTO events VALUES (6000, 60000, {now});"),
+    )
+    .await;
+    let (code, text) = check(&[], None);
+    assert_eq!(code, Some(1), "{text}");
+    // Covered: 42 and 1000 (the ledger's changes) and 4999 (its last mark, less the lookback,
+    // is 4999's minute); 6000 and 5000 (likewise the events').
+    assert!(text.contains("read 5 left / 3 right rows"), "{text}");
+    assert!(
+        text.contains("incremental: only the 5 keys of rows changed (left since 2026-01-04 11:19:30 UTC, right since 2026-01-04 11:18:30 UTC)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("6 violations open: 2 new, 1 still open, 0 reopened, 3 on keys this run did not read; 1 resolved"),
+        "{text}"
+    );
+    assert_eq!(active(store.as_ref()).await, 6);
+    let mark = store.watermark(&name).await.unwrap().unwrap();
+    assert_eq!(mark.marks.left.map(|t| t > minute(6000)), Some(true));
+
+    // A run that fails anywhere — reading, merging, committing — changes neither the ledger
+    // nor the watermark.
+    sqlite_file(
+        &ledger,
+        &format!("UPDATE records SET amount = 420, recorded_at = {now} WHERE event_id = 42;"),
+    )
+    .await;
+    for point in ["source.read", "engine.merge", "store.commit"] {
+        for action in ["return", "panic"] {
+            let (code, text) = check(&[], Some(&format!("{point}={action}")));
+            assert_eq!(code, Some(2), "{point}={action}: {text}");
+            assert_eq!(active(store.as_ref()).await, 6, "{point}={action}: {text}");
+            assert_eq!(
+                store.watermark(&name).await.unwrap().unwrap(),
+                mark,
+                "{point}={action}"
+            );
+        }
+    }
+    let (code, text) = check(&[], None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("1 resolved"), "{text}");
+
+    // A full pass sees the deleted ledger row.
+    let (code, text) = check(&["--full"], None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("incremental"), "{text}");
+    assert!(text.contains("read 5001 left / 4995 right rows"), "{text}");
+    assert!(
+        text.contains("6 violations open: 1 new, 5 still open, 0 reopened; 0 resolved"),
+        "{text}"
+    );
+    store.close().await;
+}

@@ -446,3 +446,107 @@ fn replay_mistakes_are_reported_where_they_are() {
         );
     }
 }
+
+const INCREMENTAL: &str = r#"
+invariants:
+  - name: payments-ledger
+    reconcile:
+      left: {source: shop, query: "SELECT id, amount, updated_at FROM payments"}
+      right: {source: ledger, query: "SELECT id, amount, recorded_at FROM entries"}
+      key: id
+      incremental:
+        column: {left: updated_at, right: recorded_at}
+        lookback: 5m
+        full_every: 6h
+"#;
+
+#[test]
+fn an_incremental_reconcile_names_each_sides_change_column_a_lookback_and_how_often_to_read_everything()
+ {
+    let (invs, errs) = parse(INCREMENTAL);
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    let inc = spec.incremental.as_ref().unwrap();
+    assert_eq!(inc.left.as_ref().unwrap().as_str(), "updated_at");
+    assert_eq!(inc.right.as_ref().unwrap().as_str(), "recorded_at");
+    assert_eq!(inc.lookback.as_std().as_secs(), 300);
+    assert_eq!(inc.full_every.as_std().as_secs(), 6 * 3600);
+
+    // One name for both sides; one side only; `full_every` a day unless said.
+    let both = INCREMENTAL
+        .replace("{left: updated_at, right: recorded_at}", "changed_at")
+        .replace("        full_every: 6h\n", "");
+    let (invs, errs) = parse(&both);
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    let inc = spec.incremental.as_ref().unwrap();
+    assert_eq!(
+        (inc.left.as_ref(), inc.right.as_ref()),
+        (
+            Some(&ColumnName::parse("changed_at").unwrap()),
+            Some(&ColumnName::parse("changed_at").unwrap())
+        )
+    );
+    assert_eq!(inc.full_every.as_std().as_secs(), 24 * 3600);
+    let left_only = INCREMENTAL.replace(", right: recorded_at", "");
+    let (invs, errs) = parse(&left_only);
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    assert_eq!(spec.incremental.as_ref().unwrap().right, None);
+}
+
+#[test]
+fn incremental_mistakes_are_each_reported_where_they_are() {
+    let cases = [
+        (
+            INCREMENTAL.replace("        lookback: 5m\n", ""),
+            "reconcile.incremental.lookback is missing",
+            9,
+        ),
+        (
+            INCREMENTAL.replace(
+                "        column: {left: updated_at, right: recorded_at}\n",
+                "",
+            ),
+            "reconcile.incremental.column is missing",
+            9,
+        ),
+        (
+            INCREMENTAL.replace("{left: updated_at, right: recorded_at}", "{}"),
+            "name the change column of the left side, the right side or both",
+            9,
+        ),
+        (
+            INCREMENTAL.replace("lookback: 5m", "lookback: soon"),
+            "reconcile.incremental.lookback: `soon` is not a duration",
+            10,
+        ),
+        (
+            INCREMENTAL.replace("full_every: 6h", "full_every: 0s"),
+            "reconcile.incremental.full_every: must be longer than zero",
+            11,
+        ),
+        (
+            INCREMENTAL.replace("full_every: 6h", "full_evry: 6h"),
+            "unknown field `reconcile.incremental.full_evry`; did you mean `full_every`?",
+            11,
+        ),
+        (
+            INCREMENTAL.replace("right: recorded_at}", "rigth: recorded_at}"),
+            "unknown field `reconcile.incremental.column.rigth`; did you mean `right`?",
+            9,
+        ),
+    ];
+    for (text, want, line) in cases {
+        let (_, errs) = parse(&text);
+        let found = errs.iter().find(|e| e.message.contains(want));
+        assert!(found.is_some(), "{want}: {errs:?}");
+        assert_eq!(found.unwrap().line, line, "{want}: {errs:?}");
+    }
+}

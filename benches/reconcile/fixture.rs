@@ -64,6 +64,22 @@ impl Case {
 
 pub const CASES: [Case; 3] = [Case::Uniform, Case::Identical, Case::Outage];
 
+/// The incremental case: `li` and `ri`, the same rows as `l` with a change column
+/// (`changed_at`, indexed, a second apart, long ago); each round then changes this many rows,
+/// half on each side, spread over the key range, a second apart, a day after the last round.
+pub const INCREMENTAL_CHANGED: u64 = 10_000;
+
+/// The keys a round of the incremental case changes on the left and on the right.
+pub fn incremental_keys(n: u64, round: u64) -> (Vec<u64>, Vec<u64>) {
+    let half = INCREMENTAL_CHANGED / 2;
+    let spacing = n / half;
+    let at = |k: u64, shift: u64| 1 + round * 7 + k * spacing + shift;
+    (
+        (0..half).map(|k| at(k, 0)).collect(),
+        (0..half).map(|k| at(k, spacing / 2)).collect(),
+    )
+}
+
 /// A database created for one size, dropped when the benchmark is done with it.
 pub struct Fixture {
     pub pg_url: String,
@@ -124,8 +140,30 @@ impl Fixture {
                 .await?;
             }
         }
+        for t in ["li", "ri"] {
+            c.execute(
+                format!(
+                    "CREATE UNLOGGED TABLE {t} (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, currency text NOT NULL, changed_at timestamptz NOT NULL)"
+                )
+                .as_str(),
+            )
+            .await?;
+            c.execute(
+                format!(
+                    "INSERT INTO {t} SELECT id, amount, currency, timestamptz '2020-01-01 00:00:00+00' + id * interval '1 second' FROM l"
+                )
+                .as_str(),
+            )
+            .await?;
+            c.execute(format!("CREATE INDEX ON {t} (changed_at)").as_str())
+                .await?;
+        }
         // VACUUM refuses to run inside the implicit transaction of a multi-statement string.
-        for t in std::iter::once("l".to_owned()).chain(CASES.map(Case::table)) {
+        for t in ["l", "li", "ri"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain(CASES.map(Case::table))
+        {
             c.execute(format!("VACUUM ANALYZE {t}").as_str()).await?;
         }
         c.close().await?;
@@ -171,6 +209,30 @@ impl Fixture {
             m.close().await?;
         }
         Ok(fixture)
+    }
+
+    /// Round `round` of the incremental case: its keys' amounts moved by one on one side,
+    /// their change column set a second apart from the round's day (2027-01-01 + `round` days).
+    pub async fn change(&self, n: u64, round: u64) -> anyhow::Result<()> {
+        let (left, right) = incremental_keys(n, round);
+        let mut c = sqlx::PgConnection::connect(&self.pg_url).await?;
+        for (table, keys, parity) in [("li", left, 0), ("ri", right, 1)] {
+            let list: Vec<String> = keys.iter().map(u64::to_string).collect();
+            c.execute(
+                format!(
+                    "UPDATE {table} SET amount = amount + 1, \
+                       changed_at = timestamptz '2027-01-01 00:00:00+00' + {round} * interval '1 day' \
+                                    + (2 * c.k + {parity}) * interval '1 second' \
+                     FROM unnest(ARRAY[{}]::bigint[]) WITH ORDINALITY AS c(id, k) \
+                     WHERE {table}.id = c.id",
+                    list.join(",")
+                )
+                .as_str(),
+            )
+            .await?;
+        }
+        c.close().await?;
+        Ok(())
     }
 
     pub async fn drop_all(self) -> anyhow::Result<()> {

@@ -17,6 +17,10 @@
 //!   its peak RSS (VmHWM, reset before the case);
 //! - reladiff, when installed (`peer.rs`), once per case, with its peak RSS.
 //!
+//! Then the incremental case: tables `li`/`ri` with a change column, a full pass to set the
+//! watermark, and per repeat 10,000 rows changed and one incremental run timed (its floor is
+//! still both sides read whole: what a run without incremental would at least cost).
+//!
 //! Seconds are medians of TRUEUP_BENCH_REPEAT runs (default 3; of an even count, the mean of the
 //! middle two); each case has its own invariant, so the first run of a case stores its
 //! violations and the later ones find them open. It prints one table per size:
@@ -34,8 +38,8 @@ use fixture::{CASES, Case, Fixture};
 use floor::Side;
 use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
 use trueup::domain::{
-    ColumnName, CompareMethod, Expect, HumanDuration, Invariant, InvariantName, InvariantSpec,
-    QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
+    ColumnName, CompareMethod, Expect, HumanDuration, Incremental, Invariant, InvariantName,
+    InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
 };
 use trueup::runner::run_invariant;
 use trueup::source::Sources;
@@ -78,7 +82,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// One row of the table: a case on a pair of engines.
 struct Measured {
-    case: Case,
+    case: String,
     engines: &'static str,
     floor_secs: f64,
     trueup_secs: f64,
@@ -259,7 +263,7 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
             None => None,
         };
         let row = Measured {
-            case,
+            case: case.label().to_owned(),
             engines,
             floor_secs: median(floors),
             trueup_secs: median(trueups),
@@ -269,7 +273,7 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         };
         println!(
             "  {} {}: floor {:.2}s, trueup {:.2}s ({}){}",
-            row.case.label(),
+            row.case,
             row.engines,
             row.floor_secs,
             row.trueup_secs,
@@ -281,6 +285,12 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         );
         measured.push(row);
     }
+    let row = measure_incremental(fixture, &sources, store.as_ref(), n).await?;
+    println!(
+        "  {} {}: floor {:.2}s, trueup {:.2}s ({})",
+        row.case, row.engines, row.floor_secs, row.trueup_secs, row.how
+    );
+    measured.push(row);
     match peer_version {
         Some(v) => println!("  peer: {v}, `--algorithm hashdiff`, its defaults otherwise"),
         None => println!(
@@ -290,6 +300,96 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
     sources.close().await;
     store.close().await;
     Ok(measured)
+}
+
+/// The incremental case: a full pass sets the watermark (not timed); then per repeat, 10,000
+/// rows change (half on each side) and one incremental run is timed. It must read only those
+/// keys (and the two at the last round's mark) and find each one's mismatch.
+async fn measure_incremental(
+    fixture: &Fixture,
+    sources: &Sources,
+    store: &dyn trueup::store::Store,
+    n: u64,
+) -> anyhow::Result<Measured> {
+    let mut inv = invariant("bench-incremental-pg-pg", "li", "pg", "ri");
+    if let InvariantSpec::Reconcile(spec) = &mut inv.spec {
+        spec.compare = Some(vec![
+            ColumnName::parse("amount")?,
+            ColumnName::parse("currency")?,
+        ]);
+        spec.incremental = Some(Incremental {
+            left: Some(ColumnName::parse("changed_at")?),
+            right: Some(ColumnName::parse("changed_at")?),
+            lookback: HumanDuration::parse("1s")?,
+            full_every: HumanDuration::parse("1d")?,
+        });
+        for side in [&mut spec.left, &mut spec.right] {
+            side.query = side.query.replace("currency FROM", "currency, changed_at FROM");
+        }
+    }
+    let full = run_invariant(&inv, sources, store).await?;
+    anyhow::ensure!(
+        full.error.is_none() && full.stats.observed == 0,
+        "incremental: the first full pass found {} or failed: {:?}",
+        full.stats.observed,
+        full.error
+    );
+    let (left_side, right_side) = (
+        Side::Postgres {
+            url: fixture.pg_url.clone(),
+            table: "li".into(),
+        },
+        Side::Postgres {
+            url: fixture.pg_url.clone(),
+            table: "ri".into(),
+        },
+    );
+    let (mut floors, mut trueups) = (Vec::new(), Vec::new());
+    let mut peak_mib: f64 = 0.0;
+    let mut how = String::new();
+    for round in 0..repeats() as u64 {
+        let (secs, _) = floor::floor(&left_side, &right_side).await?;
+        floors.push(secs);
+        fixture.change(n, round).await?;
+        reset_peak_rss();
+        let t = Instant::now();
+        let outcome = run_invariant(&inv, sources, store).await?;
+        let secs = t.elapsed().as_secs_f64();
+        peak_mib = peak_mib.max(peak_rss_kib() as f64 / 1024.0);
+        if let Some(e) = outcome.error {
+            anyhow::bail!("incremental: the run failed: {e}");
+        }
+        let trueup::domain::Coverage::Changed { keys, .. } = outcome.stats.coverage else {
+            anyhow::bail!("incremental: round {round} read every row");
+        };
+        // Round 0 also reads the full pass's last rows (at its mark, unchanged); later rounds
+        // the last round's (at its mark, still mismatched).
+        let at_mark = if round == 0 { 0 } else { 2 };
+        let mismatches = outcome
+            .stats
+            .counts
+            .get(&ViolationKind::Mismatch)
+            .copied()
+            .unwrap_or(0);
+        anyhow::ensure!(
+            mismatches == fixture::INCREMENTAL_CHANGED + at_mark
+                && outcome.stats.observed == mismatches
+                && keys <= fixture::INCREMENTAL_CHANGED + 2,
+            "incremental: round {round} covered {keys} keys and found {mismatches} mismatches, {} in all",
+            outcome.stats.observed
+        );
+        trueups.push(secs);
+        how = format!("incremental, {keys} keys read");
+    }
+    Ok(Measured {
+        case: format!("{} changed of {n}", fixture::INCREMENTAL_CHANGED),
+        engines: "pg-pg",
+        floor_secs: median(floors),
+        trueup_secs: median(trueups),
+        trueup_rss_mib: peak_mib,
+        how,
+        peer: None,
+    })
 }
 
 fn print_table(n: u64, rows: &[Measured]) {
@@ -309,7 +409,7 @@ fn print_table(n: u64, rows: &[Measured]) {
         };
         println!(
             "| {} | {} | {:.2} s | {:.2} s | {:.2}x | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
-            r.case.label(),
+            r.case,
             r.engines,
             r.floor_secs,
             r.trueup_secs,

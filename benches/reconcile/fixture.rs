@@ -65,19 +65,18 @@ impl Case {
 pub const CASES: [Case; 3] = [Case::Uniform, Case::Identical, Case::Outage];
 
 /// The incremental case: `li` and `ri`, the same rows as `l` with a change column
-/// (`changed_at`, indexed, a second apart, long ago); each round then changes this many rows,
-/// half on each side, spread over the key range, a second apart, a day after the last round.
+/// (`changed_at`, indexed, a second apart, long ago). Each round then changes this many rows:
+/// as many keys on both sides (a change the downstream took), spread over the key range,
+/// a second apart, a day after the last round's; on 1 key in 100 the right row is touched but
+/// keeps its old amount ([`INCREMENTAL_MISMATCHES`] mismatches a round).
 pub const INCREMENTAL_CHANGED: u64 = 10_000;
+pub const INCREMENTAL_MISMATCHES: u64 = INCREMENTAL_CHANGED / 2 / 100;
 
-/// The keys a round of the incremental case changes on the left and on the right.
-pub fn incremental_keys(n: u64, round: u64) -> (Vec<u64>, Vec<u64>) {
-    let half = INCREMENTAL_CHANGED / 2;
-    let spacing = n / half;
-    let at = |k: u64, shift: u64| 1 + round * 7 + k * spacing + shift;
-    (
-        (0..half).map(|k| at(k, 0)).collect(),
-        (0..half).map(|k| at(k, spacing / 2)).collect(),
-    )
+/// The keys round `round` of the incremental case changes (on both sides).
+pub fn incremental_keys(n: u64, round: u64) -> Vec<u64> {
+    let keys = INCREMENTAL_CHANGED / 2;
+    let spacing = n / keys;
+    (0..keys).map(|k| 1 + round * 7 + k * spacing).collect()
 }
 
 /// A database created for one size, dropped when the benchmark is done with it.
@@ -211,16 +210,26 @@ impl Fixture {
         Ok(fixture)
     }
 
-    /// Round `round` of the incremental case: its keys' amounts moved by one on one side,
-    /// their change column set a second apart from the round's day (2027-01-01 + `round` days).
+    /// Round `round` of the incremental case: its keys' amounts moved by one on both sides
+    /// (but for the `k % 100 = 50`th key's right row, touched without it), the change column
+    /// set a second apart from the round's day (2027-01-01 + `round` days).
     pub async fn change(&self, n: u64, round: u64) -> anyhow::Result<()> {
-        let (left, right) = incremental_keys(n, round);
+        let list: Vec<String> = incremental_keys(n, round)
+            .iter()
+            .map(u64::to_string)
+            .collect();
         let mut c = sqlx::PgConnection::connect(&self.pg_url).await?;
-        for (table, keys, parity) in [("li", left, 0), ("ri", right, 1)] {
-            let list: Vec<String> = keys.iter().map(u64::to_string).collect();
+        for (table, parity, amount) in [
+            ("li", 0, "amount + 1"),
+            (
+                "ri",
+                1,
+                "CASE WHEN c.k % 100 = 50 THEN amount ELSE amount + 1 END",
+            ),
+        ] {
             c.execute(
                 format!(
-                    "UPDATE {table} SET amount = amount + 1, \
+                    "UPDATE {table} SET amount = {amount}, \
                        changed_at = timestamptz '2027-01-01 00:00:00+00' + {round} * interval '1 day' \
                                     + (2 * c.k + {parity}) * interval '1 second' \
                      FROM unnest(ARRAY[{}]::bigint[]) WITH ORDINALITY AS c(id, k) \

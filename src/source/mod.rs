@@ -291,6 +291,7 @@ impl Source {
             batch_bytes: 0,
             budget: Arc::new(tokio::sync::Semaphore::new(CHANNEL_BYTES >> 10)),
             tx,
+            keep_only: None,
         };
         let reader: futures_util::future::BoxFuture<'static, ()> = match self.pool.clone() {
             Pool::Postgres(p) => {

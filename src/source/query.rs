@@ -41,18 +41,35 @@ pub struct ReadRequest {
     pub changed_since: Option<ChangedSince>,
 }
 
-/// Keys to read: per key, one value per column (canonical JSON, as a violation's key holds
-/// them), in the order of `columns`.
+/// Keys to read: per key, one value per column, in the order of `columns`, sorted as
+/// [`crate::domain::Value::key_cmp`] orders keys.
+///
+/// The database finds the candidate rows (with its key index, by its own comparison); a read
+/// keeps only rows whose key equals one of these as trueup compares keys, so a collation
+/// that calls `acme` and `Acme`, or `a` and `a `, equal adds nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySet {
     pub columns: Vec<ColumnName>,
-    pub keys: Vec<Vec<serde_json::Value>>,
+    pub keys: Vec<Vec<crate::domain::Value>>,
 }
 
 impl KeySet {
     /// At most this many keys go into one statement (far below every engine's limit on
     /// parameters, and small enough for a quick plan).
     pub const MAX_PER_READ: usize = 1000;
+
+    /// Whether `key` (one value per column) is one of the set's keys.
+    pub fn holds(&self, key: &[&crate::domain::Value]) -> bool {
+        self.keys
+            .binary_search_by(|k| {
+                k.iter()
+                    .zip(key)
+                    .map(|(a, b)| a.key_cmp(b))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .is_ok()
+    }
 }
 
 /// The rows whose change column reached `since`.

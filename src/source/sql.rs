@@ -358,7 +358,8 @@ where
             .map_err(Some)?;
         Some(known)
     };
-    let sql = compose(dialect, req, &columns, &declared, feed).map_err(Some)?;
+    let mut sql = compose(dialect, req, &columns, &declared, feed).map_err(Some)?;
+    feed.keep_only = sql.keep_only.take();
     feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
     if sql.params.is_empty()
@@ -436,6 +437,8 @@ where
 struct Composed {
     text: String,
     params: Vec<FilterParam>,
+    /// A keyed read's keys and their columns' positions (see [`Feed`]'s `keep_only`).
+    keep_only: Option<(super::KeySet, Vec<usize>)>,
     /// Per result column: whether it arrives as four columns (see [`Dialect::digest_select`]).
     digest: Vec<bool>,
 }
@@ -462,6 +465,7 @@ fn compose<D: Dialect>(
         params.push(param);
     }
 
+    let mut keep_only = None;
     if let Some(set) = &req.keys {
         let columns_at = set
             .columns
@@ -475,10 +479,34 @@ fn compose<D: Dialect>(
                 })
             })
             .collect::<Result<Vec<usize>, _>>()?;
+        // One integer column: the keys are written as integer literals (Rust formats them, so
+        // nothing of the user's is spliced), which keeps PostgreSQL's bulk path and spares
+        // the binding of a thousand parameters.
+        let integer_literals = match columns_at.as_slice() {
+            [i] => {
+                declared[*i].is_some_and(|k| {
+                    matches!(
+                        k,
+                        Kind::I16
+                            | Kind::I32
+                            | Kind::I64
+                            | Kind::U32
+                            | Kind::U64
+                            | Kind::Decimal
+                            | Kind::Dynamic(_)
+                    )
+                }) && set
+                    .keys
+                    .iter()
+                    .all(|k| matches!(k.as_slice(), [Value::Int(_)]))
+            }
+            _ => false,
+        };
         let mut alternatives = Vec::with_capacity(set.keys.len());
-        for key in &set.keys {
+        for key in set.keys.iter().filter(|_| !integer_literals) {
             let mut terms = Vec::with_capacity(columns_at.len());
             for (&i, value) in columns_at.iter().zip(key) {
+                let value = &value.to_canonical_json();
                 let param = FilterParam::for_column(declared[i], value).ok_or_else(|| {
                     let wanted =
                         declared[i].map_or_else(|| "its type".to_owned(), |k| format!("{k:?}"));
@@ -489,7 +517,20 @@ fn compose<D: Dialect>(
             }
             alternatives.push(terms);
         }
+        keep_only = Some((set.clone(), columns_at.clone()));
         conditions.push(match columns_at.as_slice() {
+            _ if set.keys.is_empty() => "1 = 0".to_owned(),
+            [i] if integer_literals => {
+                let list: Vec<String> = set
+                    .keys
+                    .iter()
+                    .filter_map(|k| match k.as_slice() {
+                        [Value::Int(i)] => Some(i.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                format!("{} IN ({})", dialect.quote(&columns[*i]), list.join(", "))
+            }
             // One column: an IN list, which every engine plans as lookups in the key index.
             [i] => {
                 let list: Vec<String> = alternatives
@@ -608,5 +649,6 @@ fn compose<D: Dialect>(
         text,
         params,
         digest,
+        keep_only,
     })
 }

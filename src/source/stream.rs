@@ -120,6 +120,9 @@ pub(crate) struct Feed {
     /// The channel's byte budget, in KiB.
     pub(super) budget: Arc<tokio::sync::Semaphore>,
     pub(super) tx: ChunkTx,
+    /// A keyed read's keys and where they are in a row: rows with another key are dropped
+    /// (see [`super::KeySet`]).
+    pub(super) keep_only: Option<(super::KeySet, Vec<usize>)>,
 }
 
 /// The reader stopped because nobody listens any more.
@@ -154,6 +157,12 @@ impl Feed {
                 self.columns.first().map_or("", String::as_str),
                 "the value cannot be decoded (injected by the fail point source.decode)".into(),
             )));
+        }
+        if let Some((set, at)) = &self.keep_only {
+            let key: Vec<&Value> = at.iter().map(|&i| &row[i]).collect();
+            if !set.holds(&key) {
+                return Ok(());
+            }
         }
         let bytes: usize = row.iter().map(Value::size).sum();
         if bytes > MAX_ROW_BYTES {

@@ -84,10 +84,7 @@ pub(super) async fn run(
     for batch in keys.chunks(KeySet::MAX_PER_READ) {
         let set = KeySet {
             columns: spec.key.clone(),
-            keys: batch
-                .iter()
-                .map(|k| k.iter().map(Value::to_canonical_json).collect())
-                .collect(),
+            keys: batch.to_vec(),
         };
         let read = merge::merge(
             inv,
@@ -101,8 +98,11 @@ pub(super) async fn run(
         .await?;
         rows_left += read.rows_left;
         rows_right += read.rows_right;
-        let covered: Vec<serde_json::Value> =
-            set.keys.into_iter().map(serde_json::Value::Array).collect();
+        // As `Violation::key_json` writes a key.
+        let covered: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|k| serde_json::Value::Array(k.iter().map(Value::to_canonical_json).collect()))
+            .collect();
         tally.sink.cover(&covered).await?;
     }
     let since = |c: Changes| match c {

@@ -168,3 +168,88 @@ async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_
     );
     store.close().await;
 }
+
+/// A compound key of text and integer, across PostgreSQL and MariaDB: the changed keys are
+/// read back as typed parameters, text compared byte-wise on both sides.
+#[tokio::test]
+async fn an_incremental_run_reads_back_compound_text_keys_on_both_engines() {
+    use crate::helpers::{TestMysql, TestPg, reconcile_invariant, reconcile_spec, sources};
+    use trueup::domain::{ColumnName, Coverage, HumanDuration, Incremental};
+    use trueup::runner::run_invariant;
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec(
+        "CREATE TABLE orders (tenant text, id int, total int, changed_at timestamptz NOT NULL);
+         INSERT INTO orders SELECT t, i, i * 3, timestamptz '2020-01-01 00:00:00+00' + i * interval '1 minute'
+           FROM unnest(ARRAY['acme', 'Acme', 'é-corp', 'o''brien']) AS t, generate_series(1, 500) AS i;",
+    )
+    .await;
+    my.exec(
+        "CREATE TABLE orders (tenant VARCHAR(20), id INT, total INT, changed_at DATETIME(6) NOT NULL, KEY (tenant, id));
+         CREATE TABLE digits (d INT); INSERT INTO digits VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9);
+         INSERT INTO orders SELECT t.n, i.i, i.i * 3, TIMESTAMP '2020-01-01 00:00:00' + INTERVAL i.i MINUTE
+           FROM (SELECT 'acme' AS n UNION ALL SELECT 'Acme' UNION ALL SELECT 'é-corp' UNION ALL SELECT 'o''brien') t,
+                (SELECT a.d + 10 * b.d + 100 * c.d + 1 AS i FROM digits a, digits b, digits c) i
+           WHERE i.i <= 500;",
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
+    let mut inv = reconcile_invariant(
+        "orders-booked",
+        ("pg", "SELECT tenant, id, total, changed_at FROM orders"),
+        ("my", "SELECT tenant, id, total FROM orders"),
+        &["tenant", "id"],
+    );
+    reconcile_spec(&mut inv).incremental = Some(Incremental {
+        left: Some(ColumnName::parse("changed_at").unwrap()),
+        right: None,
+        lookback: HumanDuration::parse("1s").unwrap(),
+        full_every: HumanDuration::parse("1d").unwrap(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = trueup::store::open(&SecretUrl::new(sqlite_url(&dir.path().join("s.db"))))
+        .await
+        .unwrap();
+    let first = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert_eq!((first.stats.observed, first.error), (0, None));
+
+    // Left changes on keys that differ only in case, accent or a quote; the right moved
+    // 'Acme' 7's total earlier (a right change without a change column: unseen) and keeps
+    // the others.
+    pg.exec(
+        "UPDATE orders SET total = total + 1, changed_at = now()
+          WHERE (tenant, id) IN (('acme', 7), ('é-corp', 499), ('o''brien', 1));",
+    )
+    .await;
+    my.exec("UPDATE orders SET total = 0 WHERE tenant = 'Acme' AND id = 7;")
+        .await;
+    let second = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+    assert_eq!(second.error, None);
+    let Coverage::Changed { keys, .. } = second.stats.coverage else {
+        panic!("{:?}", second.stats.coverage)
+    };
+    // The three changed keys, and the left's last rows at its old mark (one per tenant).
+    assert_eq!(keys, 3 + 4, "{:?}", second.stats);
+    let found: std::collections::BTreeSet<String> = store
+        .violations(&ViolationFilter {
+            status: StatusFilter::Active,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| format!("{} {}", v.kind, v.key))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            r#"mismatch ["acme",7]"#,
+            r#"mismatch ["o'brien",1]"#,
+            r#"mismatch ["é-corp",499]"#,
+        ]
+        .map(str::to_owned)
+        .into(),
+    );
+    srcs.close().await;
+    store.close().await;
+}

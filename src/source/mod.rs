@@ -383,20 +383,11 @@ impl Source {
         {
             return Err(not_an_instant(format!("{kind:?} values")));
         }
-        let column = &described.columns[i];
+        let quoted = format!("trueup_m.{}", self.quote(&described.columns[i]));
         let expr = match &self.pool {
-            Pool::Postgres(_) => {
-                let d = self.pg_dialect();
-                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
-            }
-            Pool::MySql(_) => {
-                let d = mysql::Dialect;
-                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
-            }
-            Pool::Sqlite(_) => {
-                let d = sqlite::Dialect;
-                d.latest_instant(&format!("trueup_m.{}", d.quote(column)))
-            }
+            Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
+            Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
+            Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
         };
         let statement = format!("SELECT {expr} AS trueup_latest FROM ({query}) AS trueup_m");
         let mut rows = self
@@ -425,6 +416,39 @@ impl Source {
                 other => Err(not_an_instant(format!("`{other}`"))),
             },
             other => Err(not_an_instant(format!("{} values", other.class()))),
+        }
+    }
+
+    /// Runs a statement of [`checksum`]'s in a read of its own; its rows as text.
+    async fn fetch_texts(
+        &self,
+        sql: String,
+        columns: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        match &self.pool {
+            Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
+            Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
+            Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
+        }
+    }
+
+    /// A column name quoted for this source's engine.
+    fn quote(&self, column: &str) -> String {
+        use sql::Dialect as _;
+        match &self.pool {
+            Pool::Postgres(_) => self.pg_dialect().quote(column),
+            Pool::MySql(_) => mysql::Dialect.quote(column),
+            Pool::Sqlite(_) => sqlite::Dialect.quote(column),
+        }
+    }
+
+    /// The engine whose segment summaries this source's database computes.
+    fn checksum_engine(&self) -> Option<checksum::Engine> {
+        use sql::Dialect;
+        match &self.pool {
+            Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
+            Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
+            Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
         }
     }
 
@@ -466,13 +490,7 @@ impl Source {
         key: &str,
     ) -> Result<Option<(i64, i64)>, SourceError> {
         self.vet().await?;
-        match &self.pool {
-            Pool::Postgres(p) => {
-                summarize::key_bounds(&self.pg_dialect(), self, p, query, key).await
-            }
-            Pool::MySql(p) => summarize::key_bounds(&mysql::Dialect, self, p, query, key).await,
-            Pool::Sqlite(p) => summarize::key_bounds(&sqlite::Dialect, self, p, query, key).await,
-        }
+        summarize::key_bounds(self, query, key).await
     }
 
     /// Segment summaries of `req`, computed by the database.
@@ -483,8 +501,7 @@ impl Source {
             message: "connection reset (injected by the fail point source.summarize)".into(),
         }));
         match &self.pool {
-            Pool::Postgres(p) => summarize::summarize(&self.pg_dialect(), self, p, req).await,
-            Pool::MySql(p) => summarize::summarize(&mysql::Dialect, self, p, req).await,
+            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
             Pool::Sqlite(_) => summarize::in_process(self, req).await,
         }
     }
@@ -495,13 +512,8 @@ impl Source {
     pub async fn checksum_probe(&self, flavor: Flavor) -> Result<Option<String>, SourceError> {
         self.vet().await?;
         match (&self.pool, flavor) {
-            (Pool::Postgres(p), _) => summarize::probe(&self.pg_dialect(), self, p, flavor)
-                .await
-                .map(Some),
-            (Pool::MySql(p), Flavor::Canonical) => {
-                summarize::probe(&mysql::Dialect, self, p, flavor)
-                    .await
-                    .map(Some)
+            (Pool::Postgres(_), _) | (Pool::MySql(_), Flavor::Canonical) => {
+                summarize::probe(self, flavor).await.map(Some)
             }
             (Pool::Sqlite(_), Flavor::Canonical) => Ok(Some(summarize::in_process_probe())),
             _ => Ok(None),

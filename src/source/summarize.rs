@@ -113,35 +113,17 @@ where
     })
 }
 
-fn fetch_texts<'c, DB: Database>(
-    conn: &'c mut DB::Connection,
-    sql: String,
-    columns: usize,
-) -> futures_util::future::BoxFuture<'c, Result<Vec<Vec<Text>>, sqlx::Error>>
-where
-    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'r> Text: sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row as _;
-    Box::pin(async move {
-        let rows = sqlx::query::<DB>(&sql).fetch_all(&mut *conn).await?;
-        rows.iter()
-            .map(|row| (0..columns).map(|i| row.try_get::<Text, _>(i)).collect())
-            .collect()
-    })
-}
-
-/// The smallest and largest key `query` returns (`None`: no row with a key).
-pub(super) async fn key_bounds<D>(
+/// Runs `sql` (a statement of [`super::checksum`]'s, no parameters) in a read of its own and
+/// returns its rows, each value as text (`columns` of them). The one generic step of every
+/// statement here: the engine-neutral functions below reach it through
+/// [`Source::fetch_texts`].
+pub(super) async fn fetch<D>(
     dialect: &D,
     source: &Source,
     pool: &sqlx::Pool<D::DB>,
-    query: &str,
-    key: &str,
-) -> Result<Option<(i64, i64)>, SourceError>
+    sql: String,
+    columns: usize,
+) -> Result<Vec<Vec<Text>>, SourceError>
 where
     D: Dialect,
     for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
@@ -150,13 +132,32 @@ where
     String: sqlx::Type<D::DB>,
     usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
 {
-    let key = format!("trueup_q.{}", dialect.quote(key));
-    let list = match D::CHECKSUM_ENGINE {
+    use sqlx::Row as _;
+    within_read(dialect, source, pool, |c| {
+        Box::pin(async move {
+            let rows = sqlx::query::<D::DB>(&sql).fetch_all(&mut *c).await?;
+            rows.iter()
+                .map(|row| (0..columns).map(|i| row.try_get::<Text, _>(i)).collect())
+                .collect()
+        })
+    })
+    .await
+}
+
+/// The smallest and largest key `query` returns (`None`: no row with a key).
+pub(super) async fn key_bounds(
+    source: &Source,
+    query: &str,
+    key: &str,
+) -> Result<Option<(i64, i64)>, SourceError> {
+    let key = format!("trueup_q.{}", source.quote(key));
+    let list = match source.checksum_engine() {
         Some(Engine::MySql) => format!("CAST(MIN({key}) AS CHAR), CAST(MAX({key}) AS CHAR)"),
         _ => format!("CAST(min({key}) AS TEXT), CAST(max({key}) AS TEXT)"),
     };
-    let sql = super::wrap_selecting(query, &list);
-    let rows = within_read(dialect, source, pool, |c| fetch_texts::<D::DB>(c, sql, 2)).await?;
+    let rows = source
+        .fetch_texts(super::wrap_selecting(query, &list), 2)
+        .await?;
     let bad = |what: &str| SourceError::Query {
         source_name: source.name.clone(),
         message: format!("the key's bounds: {what}"),
@@ -176,23 +177,15 @@ where
 }
 
 /// Summarises `req`'s segments in the database.
-pub(super) async fn summarize<D>(
-    dialect: &D,
+pub(super) async fn summarize(
     source: &Source,
-    pool: &sqlx::Pool<D::DB>,
     req: &SummaryRequest,
-) -> Result<Summary, SourceError>
-where
-    D: Dialect,
-    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
-    for<'q> <D::DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::DB>,
-    for<'r> Text: sqlx::Decode<'r, D::DB>,
-    String: sqlx::Type<D::DB>,
-    usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
-{
-    let engine = D::CHECKSUM_ENGINE.ok_or_else(|| unsupported(source))?;
-    let sql = super::checksum::summary_sql(engine, req, |c| dialect.quote(c));
-    let rows = within_read(dialect, source, pool, |c| fetch_texts::<D::DB>(c, sql, 4)).await?;
+) -> Result<Summary, SourceError> {
+    let engine = source
+        .checksum_engine()
+        .ok_or_else(|| unsupported(source))?;
+    let sql = super::checksum::summary_sql(engine, req, |c| source.quote(c));
+    let rows = source.fetch_texts(sql, 4).await?;
     let bad = |message: String| SourceError::Query {
         source_name: source.name.clone(),
         message: format!("a checksum summary: {message}"),
@@ -228,23 +221,13 @@ where
 }
 
 /// Fixed values hashed as `flavor` hashes them here (see [`super::checksum::probe_sql`]).
-pub(super) async fn probe<D>(
-    dialect: &D,
-    source: &Source,
-    pool: &sqlx::Pool<D::DB>,
-    flavor: Flavor,
-) -> Result<String, SourceError>
-where
-    D: Dialect,
-    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
-    for<'q> <D::DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::DB>,
-    for<'r> Text: sqlx::Decode<'r, D::DB>,
-    String: sqlx::Type<D::DB>,
-    usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
-{
-    let engine = D::CHECKSUM_ENGINE.ok_or_else(|| unsupported(source))?;
-    let sql = super::checksum::probe_sql(engine, flavor);
-    let rows = within_read(dialect, source, pool, |c| fetch_texts::<D::DB>(c, sql, 1)).await?;
+pub(super) async fn probe(source: &Source, flavor: Flavor) -> Result<String, SourceError> {
+    let engine = source
+        .checksum_engine()
+        .ok_or_else(|| unsupported(source))?;
+    let rows = source
+        .fetch_texts(super::checksum::probe_sql(engine, flavor), 1)
+        .await?;
     Ok(rows
         .into_iter()
         .next()

@@ -7,6 +7,33 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+/// Evaluates the invariant `reconcile` gives for a mode as a plain stream, then in checksum
+/// and auto mode: each finds what the stream finds and reads the same rows. The stats of the
+/// checksum and auto runs, for a test's own checks.
+async fn every_mode_finds_what_a_stream_finds(
+    reconcile: impl Fn(ReconcileMode) -> Invariant,
+    srcs: &Sources,
+    context: &str,
+) -> Vec<(ReconcileMode, RunStats)> {
+    let (stream, stream_stats) = evaluate(&reconcile(ReconcileMode::Stream), srcs).await;
+    let mut out = Vec::new();
+    for mode in [ReconcileMode::Checksum, ReconcileMode::Auto] {
+        let (found, stats) = evaluate(&reconcile(mode), srcs).await;
+        assert_eq!(found, stream, "{context}, {mode:?}: {:?}", stats.compared);
+        assert_eq!(
+            (stats.rows_left, stats.rows_right, stats.null_keys),
+            (
+                stream_stats.rows_left,
+                stream_stats.rows_right,
+                stream_stats.null_keys
+            ),
+            "{context}, {mode:?}"
+        );
+        out.push((mode, stats));
+    }
+    out
+}
+
 /// Random PostgreSQL tables with random planted differences.
 #[tokio::test]
 async fn random_tables_with_random_differences_give_the_same_violations_in_every_mode() {
@@ -58,26 +85,12 @@ async fn random_tables_with_random_differences_give_the_same_violations_in_every
         sql.push("ANALYZE l; ANALYZE r;".into());
         pg.exec(&sql.join("\n")).await;
 
-        let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
-        let (stream, stream_stats) =
-            evaluate(&invariant(left, right, ReconcileMode::Stream), &srcs).await;
-        for mode in [ReconcileMode::Checksum, ReconcileMode::Auto] {
-            let (found, stats) = evaluate(&invariant(left, right, mode), &srcs).await;
-            assert_eq!(
-                found, stream,
-                "seed {seed}, {rows} rows, {changes} changes, {mode:?}: {:?}",
-                stats.compared
-            );
-            assert_eq!(
-                (stats.rows_left, stats.rows_right, stats.null_keys),
-                (
-                    stream_stats.rows_left,
-                    stream_stats.rows_right,
-                    stream_stats.null_keys
-                ),
-                "seed {seed}, {mode:?}"
-            );
-        }
+        every_mode_finds_what_a_stream_finds(
+            |mode| invariant("SELECT * FROM l", "SELECT * FROM r", mode),
+            &srcs,
+            &format!("seed {seed}, {rows} rows, {changes} changes"),
+        )
+        .await;
     }
     srcs.close().await;
 }
@@ -183,29 +196,15 @@ async fn random_tables_across_postgres_and_mariadb_give_the_same_violations_in_e
             }
             inv
         };
-        let (stream, stream_stats) = evaluate(&reconcile(ReconcileMode::Stream), &srcs).await;
-        for mode in [ReconcileMode::Checksum, ReconcileMode::Auto] {
-            let (found, stats) = evaluate(&reconcile(mode), &srcs).await;
-            assert_eq!(
-                found, stream,
-                "seed {seed}, {rows} rows, {changes} changes, {mode:?}: {:?}",
-                stats.compared
-            );
-            assert_eq!(
-                (stats.rows_left, stats.rows_right, stats.null_keys),
-                (
-                    stream_stats.rows_left,
-                    stream_stats.rows_right,
-                    stream_stats.null_keys
-                ),
-                "seed {seed}, {mode:?}"
-            );
+        let context = format!("seed {seed}, {rows} rows, {changes} changes");
+        for (mode, stats) in every_mode_finds_what_a_stream_finds(reconcile, &srcs, &context).await
+        {
             // With few differences, few rows are read: equal rows checksum alike.
             if mode == ReconcileMode::Checksum && changes < 20 {
                 let c = stats.compared.unwrap();
                 assert!(
                     c.rows_streamed <= (changes as u64 + 1) * 2 * 600,
-                    "seed {seed}, {changes} changes: {c:?}"
+                    "{context}: {c:?}"
                 );
             }
         }
@@ -287,29 +286,15 @@ async fn random_tables_across_sqlite_and_postgres_give_the_same_violations_in_ev
             }
             inv
         };
-        let (stream, stream_stats) = evaluate(&reconcile(ReconcileMode::Stream), &srcs).await;
-        for mode in [ReconcileMode::Checksum, ReconcileMode::Auto] {
-            let (found, stats) = evaluate(&reconcile(mode), &srcs).await;
-            assert_eq!(
-                found, stream,
-                "seed {seed}, {rows} rows, {changes} changes, {mode:?}: {:?}",
-                stats.compared
-            );
-            assert_eq!(
-                (stats.rows_left, stats.rows_right, stats.null_keys),
-                (
-                    stream_stats.rows_left,
-                    stream_stats.rows_right,
-                    stream_stats.null_keys
-                ),
-                "seed {seed}, {mode:?}"
-            );
+        let context = format!("seed {seed}, {rows} rows, {changes} changes");
+        for (mode, stats) in every_mode_finds_what_a_stream_finds(reconcile, &srcs, &context).await
+        {
             if mode == ReconcileMode::Checksum {
                 let c = stats.compared.unwrap();
-                assert_eq!(c.method, CompareMethod::Checksum, "seed {seed}: {c:?}");
+                assert_eq!(c.method, CompareMethod::Checksum, "{context}: {c:?}");
                 assert!(
                     c.rows_streamed <= (changes as u64 + 1) * 2 * 300,
-                    "seed {seed}, {changes} changes: {c:?}"
+                    "{context}: {c:?}"
                 );
             }
         }

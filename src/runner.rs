@@ -94,7 +94,14 @@ pub async fn run_invariant_limited(
     } else {
         choose_pass(invariant, store, started_at).await?
     };
-    let run_id = store.begin_run(&invariant.name, started_at).await?;
+    let run_id = match &limits.tick {
+        Some(tick) => {
+            store
+                .begin_tick_run(&invariant.name, started_at, tick)
+                .await?
+        }
+        None => store.begin_run(&invariant.name, started_at).await?,
+    };
     let mut recorder = Recorder {
         store,
         run: run_id,

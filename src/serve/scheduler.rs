@@ -228,6 +228,8 @@ fn lease(runtime: &Runtime) -> chrono::TimeDelta {
 /// Runs a tick this replica holds, renewing its lease until the run ends.
 async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Runtime) -> Attempt {
     let name = invariant.name.as_str();
+    // Ends only when the tick is no longer ours (another replica took it over after our lease
+    // ran out: this process stalled): the run stops then, as its result would be refused.
     let renew = async {
         let mut every = tokio::time::interval(runtime.lease / 3);
         every.tick().await;
@@ -240,7 +242,10 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!(invariant = %name, "lost the lease on a tick"),
+                Ok(false) => {
+                    tracing::warn!(invariant = %name, "lost the lease on a tick; stopping its run");
+                    return;
+                }
                 Err(e) => tracing::warn!(invariant = %name, "cannot renew the lease: {e}"),
             }
         }
@@ -271,7 +276,12 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
             runtime.board.store_failed(name, &message);
             Attempt::StoreFailed(message)
         }),
-        () = renew => unreachable!("the renewal loop never ends"),
+        () = renew => {
+            runtime.metrics.failed(name);
+            return Attempt::StoreFailed(
+                "another replica took the tick over: this one had stopped renewing its lease".into(),
+            );
+        }
     };
     let run_id = match &attempt {
         Attempt::Ran(o) => Some(o.run.run_id),
@@ -287,13 +297,18 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
     attempt
 }
 
-/// Looks for ticks whose replica stopped renewing its lease, and runs them here.
+/// How often a replica looks for ticks whose lease ran out.
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(1);
+
+/// Looks for ticks whose replica stopped renewing its lease, and runs them here (each in
+/// turn: the invariant's later fire times are recorded as missed until it ends).
 pub async fn take_over_abandoned_ticks(
     catalog: Arc<crate::runtime::catalog::Catalog>,
     runtime: Runtime,
     stop: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(runtime.lease / 2);
+    // Within a second of a lease running out: the invariant's later ticks wait for it.
+    let mut every = tokio::time::interval(TAKE_OVER_EVERY.min(runtime.lease / 2));
     loop {
         tokio::select! {
             _ = every.tick() => {}

@@ -211,6 +211,7 @@ macro_rules! impl_store {
                     finished: row.try_get("finished")?,
                     run_id: row.try_get("run_id")?,
                     taken_over: row.try_get("taken_over")?,
+                    missed: row.try_get("missed")?,
                 })
             }
 

@@ -124,6 +124,8 @@ pub struct Tick {
     pub run_id: Option<i64>,
     /// Claimed from a replica whose lease ran out.
     pub taken_over: bool,
+    /// Not run: it came while an earlier tick of the invariant was unfinished.
+    pub missed: bool,
 }
 
 /// A notification to deliver on one channel.

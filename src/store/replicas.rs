@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{StoreError, Tick};
+use super::{StoreError, Tick, TickRef};
+use crate::domain::{InvariantName, RunId};
 
 #[async_trait]
 pub trait ReplicaStore: Send + Sync {
@@ -24,7 +25,10 @@ pub trait ReplicaStore: Send + Sync {
     async fn retire(&self, replica: &str) -> Result<(), StoreError>;
 
     /// Claims the tick of `invariant` due at `fire_at` for `owner` until `lease_until`.
-    /// `false` when another replica claimed it, or is still running this invariant.
+    /// `false` when another replica has this fire time, or when an earlier tick of the
+    /// invariant is not finished (running, or abandoned and not yet taken over): then this
+    /// fire time is recorded as missed, once — an invariant never runs twice at once, and
+    /// its ticks run in order.
     async fn claim_tick(
         &self,
         invariant: &str,
@@ -51,8 +55,18 @@ pub trait ReplicaStore: Send + Sync {
         run_id: Option<i64>,
     ) -> Result<(), StoreError>;
 
-    /// Takes over one unfinished tick whose lease has run out (its replica died), and marks the
-    /// runs that replica left running as failed.
+    /// Begins the run that answers a tick `owner` holds, and links it to the tick in the same
+    /// transaction (so that a takeover fails exactly this run). `LostTick` when the tick is no
+    /// longer `owner`'s.
+    async fn begin_tick_run(
+        &self,
+        invariant: &InvariantName,
+        at: DateTime<Utc>,
+        tick: &TickRef,
+    ) -> Result<RunId, StoreError>;
+
+    /// Takes over the oldest unfinished tick whose lease has run out (its replica died), and
+    /// marks the run linked to it — that one only — as failed.
     async fn take_over_tick(
         &self,
         owner: &str,
@@ -110,27 +124,58 @@ macro_rules! impl_replica_store {
                 invariant: &str,
                 fire_at: chrono::DateTime<chrono::Utc>,
                 owner: &str,
-                now: chrono::DateTime<chrono::Utc>,
+                _now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                // One statement: the primary key makes a tick claimable once, and the NOT EXISTS
-                // keeps a replica from starting while another still holds a live lease on the
-                // same invariant (one run per invariant across replicas).
-                let claimed: Option<i32> = sqlx::query_scalar(
-                    "INSERT INTO ticks (invariant, fire_at, owner, lease_until) \
-                     SELECT $1, $2, $3, $4 WHERE NOT EXISTS ( \
-                       SELECT 1 FROM ticks WHERE invariant = $1 AND finished = $6 AND lease_until >= $5) \
-                     ON CONFLICT (invariant, fire_at) DO NOTHING RETURNING 1",
+                // One statement: the primary key gives each fire time one row, and an earlier
+                // unfinished tick of the invariant turns this one into a recorded miss.
+                let missed: Option<bool> = sqlx::query_scalar(
+                    "INSERT INTO ticks (invariant, fire_at, owner, lease_until, finished, missed) \
+                     SELECT $1, $2, $3, $4, busy, busy FROM ( \
+                       SELECT EXISTS (SELECT 1 FROM ticks WHERE invariant = $1 AND finished = $5) AS busy \
+                     ) AS b \
+                     ON CONFLICT (invariant, fire_at) DO NOTHING RETURNING missed",
                 )
                 .bind(invariant)
                 .bind(fire_at)
                 .bind(owner)
                 .bind(lease_until)
-                .bind(now)
                 .bind(false)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(claimed.is_some())
+                Ok(missed == Some(false))
+            }
+
+            async fn begin_tick_run(
+                &self,
+                invariant: &$crate::domain::InvariantName,
+                at: chrono::DateTime<chrono::Utc>,
+                tick: &$crate::store::TickRef,
+            ) -> Result<$crate::domain::RunId, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO runs (invariant, started_at, status) VALUES ($1, $2, 'running') RETURNING id",
+                )
+                .bind(invariant.as_str())
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                let held = sqlx::query(
+                    "UPDATE ticks SET run_id = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $5",
+                )
+                .bind(invariant.as_str())
+                .bind(tick.fire_at)
+                .bind(&tick.owner)
+                .bind(id)
+                .bind(false)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if held != 1 {
+                    return Err($crate::store::StoreError::LostTick);
+                }
+                tx.commit().await?;
+                Ok(id)
             }
 
             async fn renew_tick(
@@ -186,7 +231,7 @@ macro_rules! impl_replica_store {
                     "SELECT invariant, fire_at FROM ticks WHERE finished = $5 AND lease_until < $3 ",
                     "ORDER BY fire_at LIMIT 1 ",
                     $skip_locked,
-                    ") RETURNING invariant, fire_at, owner, finished, run_id, taken_over"
+                    ") RETURNING invariant, fire_at, owner, finished, run_id, taken_over, missed"
                 ))
                 .bind(owner)
                 .bind(lease_until)
@@ -201,21 +246,27 @@ macro_rules! impl_replica_store {
                 };
                 let tick = Self::tick(&row)?;
                 // The dead replica's run can never finish: say so, and drop what it staged.
-                sqlx::query(
-                    "DELETE FROM run_observations WHERE run_id IN (SELECT id FROM runs WHERE invariant = $1 AND status = 'running')",
-                )
-                .bind(&tick.invariant)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE runs SET status = 'failed', finished_at = $2, \
-                       error = 'the replica running it stopped answering; another replica took the tick over' \
-                     WHERE invariant = $1 AND status = 'running'",
-                )
-                .bind(&tick.invariant)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                // Only that run: another tick's run is never touched.
+                if let Some(dead) = tick.run_id {
+                    for table in ["run_observations", "run_coverage"] {
+                        sqlx::query(&format!(
+                            "DELETE FROM {table} WHERE run_id = $1 \
+                               AND run_id IN (SELECT id FROM runs WHERE status = 'running')"
+                        ))
+                        .bind(dead)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "UPDATE runs SET status = 'failed', finished_at = $2, \
+                           error = 'the replica running it stopped answering; another replica took the tick over' \
+                         WHERE id = $1 AND status = 'running'",
+                    )
+                    .bind(dead)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(Some(tick))
             }
@@ -226,7 +277,7 @@ macro_rules! impl_replica_store {
                 limit: u32,
             ) -> Result<Vec<$crate::store::Tick>, $crate::store::StoreError> {
                 let rows = sqlx::query(
-                    "SELECT invariant, fire_at, owner, finished, run_id, taken_over FROM ticks \
+                    "SELECT invariant, fire_at, owner, finished, run_id, taken_over, missed FROM ticks \
                      WHERE invariant = $1 ORDER BY fire_at LIMIT $2",
                 )
                 .bind(invariant)

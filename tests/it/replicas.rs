@@ -247,3 +247,173 @@ fn a_second_serve_on_one_sqlite_store_is_refused_with_a_clear_message() {
     assert!(err.contains("PostgreSQL"), "{err}");
     terminate(&mut first);
 }
+
+/// Slow runs on three replicas, one of them killed (SIGKILL) mid-run ten times and replaced:
+/// every fire time of each invariant has exactly one outcome (a run, or a recorded miss), no
+/// two runs of an invariant overlap, and the only failed runs are the killed replicas' own.
+#[tokio::test]
+async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_fail_only_their_own_runs()
+ {
+    let db = TestPg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    let names = ["alpha", "beta"];
+    let mut yaml = String::from("invariants:\n");
+    for name in names {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    schedule: \"* * * * * *\"\n    check:\n      source: pg\n      query: SELECT i AS id FROM (SELECT pg_sleep(0.7)) AS s, generate_series(1, 2) AS i\n      key: id\n"
+        ));
+    }
+    std::fs::write(dir.path().join("invariants/slow.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        format!("store: {url}\nsources:\n  pg:\n    url: {reader}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url, reader = db.reader_url),
+    )
+    .unwrap();
+    let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
+    let mut spawned = 0;
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| {
+            spawned += 1;
+            spawn_serve(dir.path(), spawned)
+        })
+        .collect();
+
+    // Each kill: a replica seen holding a tick whose run has begun; its run is the one that
+    // may fail.
+    let mut killed_runs = std::collections::BTreeSet::new();
+    for kill in 0..10 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (victim, run) = loop {
+            assert!(Instant::now() < deadline, "kill {kill}: no run in flight");
+            let mut found = None;
+            for name in names {
+                for t in store.ticks(name, 100_000).await.unwrap() {
+                    if let (false, Some(run)) = (t.finished, t.run_id)
+                        && let Some(i) = replicas
+                            .iter()
+                            .position(|r| t.owner.contains(&format!("-{}-", r.0.id())))
+                    {
+                        found = Some((i, run));
+                    }
+                }
+            }
+            if let Some(f) = found {
+                break f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut dead = replicas.remove(victim);
+        let pid = dead.0.id();
+        dead.0.kill().unwrap();
+        dead.0.wait().unwrap();
+        // Every run the dead replica had begun (it may hold a tick of each invariant): its
+        // ticks keep it as their owner until their leases run out.
+        killed_runs.insert(run);
+        for name in names {
+            for t in store.ticks(name, 100_000).await.unwrap() {
+                if !t.finished && t.owner.contains(&format!("-{pid}-")) {
+                    killed_runs.extend(t.run_id);
+                }
+            }
+        }
+        spawned += 1;
+        replicas.push(spawn_serve(dir.path(), spawned));
+        // The dead replica's tick is taken over before the next kill.
+        crate::helpers::wait_for(
+            "the killed replica's run, failed by the takeover",
+            Duration::from_secs(20),
+            || async {
+                let runs = store.runs(None, 100_000).await.unwrap();
+                runs.iter()
+                    .any(|r| r.id == run && r.status == RunStatus::Failed)
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for r in &mut replicas {
+        terminate(r);
+    }
+
+    let log = || {
+        (1..=spawned)
+            .map(|n| {
+                std::fs::read_to_string(dir.path().join(format!("replica-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let mut failed_seen = std::collections::BTreeSet::new();
+    for name in names {
+        let ticks = store.ticks(name, 100_000).await.unwrap();
+        assert!(ticks.len() >= 20, "{name}: {} ticks", ticks.len());
+        // One outcome per fire time, and no fire time without one (every second).
+        for t in &ticks {
+            assert!(t.finished, "{name}: tick {} left unfinished", t.fire_at);
+            assert!(
+                t.missed != t.run_id.is_some(),
+                "{name}: tick {} has {} (missed: {})",
+                t.fire_at,
+                t.run_id.map_or("no run".into(), |r| format!("run {r}")),
+                t.missed
+            );
+        }
+        for w in ticks.windows(2) {
+            assert_eq!(
+                w[1].fire_at - w[0].fire_at,
+                chrono::TimeDelta::seconds(1),
+                "{name}: no outcome for the fire times between {} and {}\n{}",
+                w[0].fire_at,
+                w[1].fire_at,
+                log()
+            );
+        }
+        // The runs the ticks record succeeded, each for one tick.
+        let runs = store.runs(Some(name), 100_000).await.unwrap();
+        let mut tick_runs: Vec<i64> = ticks.iter().filter_map(|t| t.run_id).collect();
+        let count = tick_runs.len();
+        tick_runs.sort();
+        tick_runs.dedup();
+        assert_eq!(tick_runs.len(), count, "{name}: a run answers two ticks");
+        for id in &tick_runs {
+            let run = runs.iter().find(|r| r.id == *id).unwrap();
+            assert_eq!(
+                run.status,
+                RunStatus::Succeeded,
+                "{name}: run {id}: {:?}",
+                run.error
+            );
+        }
+        // No two runs of the invariant overlap, failed ones included.
+        let mut by_start = runs.clone();
+        by_start.sort_by_key(|r| r.started_at);
+        for w in by_start.windows(2) {
+            let end = w[0].finished_at.expect("every run ended");
+            assert!(
+                end <= w[1].started_at,
+                "{name}: run {} ({:?}, until {end}) overlaps run {} (from {})",
+                w[0].id,
+                w[0].status,
+                w[1].id,
+                w[1].started_at
+            );
+        }
+        for r in runs.iter().filter(|r| r.status != RunStatus::Succeeded) {
+            assert!(
+                r.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("stopped answering")),
+                "{name}: run {} {:?}: {:?}",
+                r.id,
+                r.status,
+                r.error
+            );
+            failed_seen.insert(r.id);
+        }
+    }
+    // Only the killed replicas' runs failed: no live replica's run was.
+    assert_eq!(failed_seen, killed_runs, "{}", log());
+    store.close().await;
+}

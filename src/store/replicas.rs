@@ -128,12 +128,13 @@ macro_rules! impl_replica_store {
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
                 // One statement: the primary key gives each fire time one row, and an earlier
-                // unfinished tick of the invariant turns this one into a recorded miss.
+                // unfinished tick of the invariant turns this one into a recorded miss. (`WHERE
+                // true` lets SQLite tell the upsert clause from a join condition.)
                 let missed: Option<bool> = sqlx::query_scalar(
                     "INSERT INTO ticks (invariant, fire_at, owner, lease_until, finished, missed) \
                      SELECT $1, $2, $3, $4, busy, busy FROM ( \
                        SELECT EXISTS (SELECT 1 FROM ticks WHERE invariant = $1 AND finished = $5) AS busy \
-                     ) AS b \
+                     ) AS b WHERE true \
                      ON CONFLICT (invariant, fire_at) DO NOTHING RETURNING missed",
                 )
                 .bind(invariant)

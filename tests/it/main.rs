@@ -23,3 +23,4 @@ mod replicas;
 mod serve;
 mod source_readonly;
 mod store;
+mod ticks;

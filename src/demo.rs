@@ -28,6 +28,38 @@ targets:
     url: sqlite://ledger.db
 ";
 
+/// Where the demo's console listens.
+pub const CONSOLE: &str = "127.0.0.1:8080";
+
+/// The file in the demo folder that keeps the console's sign-in token (the config keeps only
+/// its SHA-256, as a real one should).
+pub const TOKEN_FILE: &str = "console-token.txt";
+
+/// The `serve:` section of the demo's config: the console on [`CONSOLE`], one admin token
+/// known by its SHA-256. (Last in the file.)
+fn serve_section(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "# `trueup serve`: the console at http://{CONSOLE}/ui/; sign in with the token in {TOKEN_FILE}.
+serve:
+  listen: {CONSOLE}
+  tokens:
+    - name: demo
+      role: admin
+      sha256: {}
+",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )
+}
+
+/// The demo console's token, as `create` wrote it (`None`: not a demo folder, or made by an
+/// older trueup).
+pub fn console_token(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(TOKEN_FILE))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
 /// What the demo plants, per invariant and kind: what `trueup check` must find.
 pub const PLANTED: &[(&str, &str, u64)] = &[
     ("payments-ledger", "missing", 3),
@@ -98,6 +130,7 @@ pub async fn create(dir: &Path) -> Result<PathBuf, DemoError> {
             return Err(DemoError::NotADemo(dir.to_owned()));
         }
         for name in [
+            TOKEN_FILE,
             "shop.db",
             "ledger.db",
             "trueup.db",
@@ -116,7 +149,14 @@ pub async fn create(dir: &Path) -> Result<PathBuf, DemoError> {
     }
     std::fs::create_dir_all(dir.join("invariants")).map_err(io(dir))?;
     std::fs::write(dir.join(MARKER), "created by `trueup demo`\n").map_err(io(dir))?;
-    std::fs::write(dir.join("trueup.yaml"), CONFIG).map_err(io(dir))?;
+    // A fresh token for each demo: it signs in to a console that can approve and apply.
+    let token = format!("demo-{}", hex::encode(rand::random::<[u8; 16]>()));
+    std::fs::write(dir.join(TOKEN_FILE), format!("{token}\n")).map_err(io(dir))?;
+    std::fs::write(
+        dir.join("trueup.yaml"),
+        format!("{CONFIG}{}", serve_section(&token)),
+    )
+    .map_err(io(dir))?;
     std::fs::write(dir.join("invariants/demo.yaml"), INVARIANTS).map_err(io(dir))?;
 
     let now = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);

@@ -42,10 +42,25 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         println!("  {c} violations --status resolved");
     } else {
         let planted: u64 = demo::PLANTED.iter().map(|(_, _, n)| n).sum();
+        let invariants: std::collections::BTreeSet<&str> =
+            demo::PLANTED.iter().map(|(i, _, _)| *i).collect();
         println!(
-            "\nPlanted: {planted} violations across 4 invariants, plus {} payment inside its grace period.",
+            "\nPlanted: {planted} violations across {} invariants, plus {} payment inside its grace period.",
+            invariants.len(),
             demo::NOT_YET_DUE
         );
+        println!(
+            "\nThe console (the 2 AM flow: the gap on a chart, a dry run, the replay, incidents):"
+        );
+        println!("  {c} serve");
+        match demo::console_token(dir) {
+            Some(token) => println!(
+                "  then open http://{}/ui/ and sign in with this token (also in {}): {token}",
+                demo::CONSOLE,
+                dir.join(demo::TOKEN_FILE).display()
+            ),
+            None => println!("  then open http://{}/ui/", demo::CONSOLE),
+        }
         println!("\nTry next:");
         println!("  # the ledger of open violations, and one kind as JSON");
         println!("  {c} violations");

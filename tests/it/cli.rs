@@ -288,3 +288,111 @@ fn help_lists_the_commands_and_exit_codes() {
         assert!(text.contains(cmd), "{text}");
     }
 }
+
+/// From `trueup demo` to a signed-in console in the one step it prints: the command, the
+/// address and a token the demo's config accepts; `/` leads to the console, which has an icon.
+#[tokio::test]
+async fn the_demo_prints_one_step_to_a_signed_in_console() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    // The count of invariants is the count listed.
+    assert!(
+        text.contains(
+            "Planted: 45 violations across 5 invariants, plus 1 payment inside its grace period."
+        ),
+        "{text}"
+    );
+    assert!(text.contains("--config demo/trueup.yaml serve\n"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("then open http://127.0.0.1:8080/ui/ and sign in with this token"))
+        .unwrap_or_else(|| panic!("no console line: {text}"));
+    let token = line.rsplit(": ").next().unwrap().trim().to_owned();
+    assert!(token.starts_with("demo-") && token.len() > 16, "{line}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("demo/console-token.txt"))
+            .unwrap()
+            .trim(),
+        token
+    );
+    let config = std::fs::read_to_string(tmp.path().join("demo/trueup.yaml")).unwrap();
+    assert!(
+        !config.contains(&token),
+        "the config keeps only the token's hash"
+    );
+
+    // Serve it (on a free port rather than 8080), and sign in with the printed token.
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .args([
+            "--config",
+            "demo/trueup.yaml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut base = None;
+    for _ in 0..300 {
+        let printed = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+        if let Some(at) = printed.find("serving on http://") {
+            let url = &printed[at + "serving on ".len()..];
+            base = url.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let base = base.expect("serve printed its address");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = http.get(format!("{base}/")).send().await.unwrap();
+    assert!(root.status().is_redirection(), "{}", root.status());
+    assert_eq!(root.headers()["location"], "/ui/");
+    let icon = http
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    let signed_in = http
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", base.as_str())
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signed_in.status().as_u16(),
+        303,
+        "{:?}",
+        signed_in.text().await
+    );
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let overview = http
+        .get(format!("{base}/ui/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status().as_u16(), 200);
+    let page = overview.text().await.unwrap();
+    assert!(page.contains("payments-ledger"), "{page}");
+    assert!(page.contains(r#"<link rel="icon" href="/ui/assets/favicon.svg""#));
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

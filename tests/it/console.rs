@@ -237,6 +237,8 @@ async fn console_forms_need_the_csrf_token_and_pages_need_a_session() {
             .status()
             .as_u16();
         match (p.role, p.method.as_str()) {
+            // The bare address leads to the console.
+            (None, _) if p.path == "/" => assert_eq!(status, 303, "GET /"),
             (None, _) => assert!(
                 status == 200 || status == 422 || status == 415,
                 "{} {}: {status}",

@@ -55,6 +55,20 @@ fn page(
 pub fn pages() -> Vec<Page> {
     use Role::*;
     vec![
+        // The address people type: the console.
+        page(
+            Method::GET,
+            "/",
+            None,
+            get(|| async { axum::response::Redirect::to("/ui/") }),
+        ),
+        // Browsers ask for it whatever the page says.
+        page(
+            Method::GET,
+            "/favicon.ico",
+            None,
+            get(|| async { asset(axum::extract::Path("favicon.svg".to_owned())).await }),
+        ),
         page(Method::GET, "/ui/login", None, get(pages::login_form)),
         page(Method::POST, "/ui/login", None, post(pages::login)),
         page(Method::GET, "/ui/assets/{file}", None, get(asset)),
@@ -340,12 +354,14 @@ fn serde<T: serde::Serialize>(value: &T) -> Value {
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
+const FAVICON: &str = include_str!("assets/favicon.svg");
 
 /// The console's style and script, compiled in.
 async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "console.css" => (CSS, "text/css; charset=utf-8"),
         "console.js" => (JS, "text/javascript; charset=utf-8"),
+        "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return error_page(StatusCode::NOT_FOUND, "no such asset"),
     };
     (

@@ -294,6 +294,16 @@ pub async fn demo_with(dir: &Path, schedule: Option<&str>, extra: &str) -> trueu
         .collect();
     std::fs::write(dir.join("invariants/demo.yaml"), text.join("\n")).unwrap();
     let mut config = std::fs::read_to_string(&config_path).unwrap();
+    // The demo's own `serve:` section comes last; a test's replaces it.
+    if !extra.is_empty()
+        && let Some(at) = config.find("\nserve:\n")
+    {
+        let start = config[..at]
+            .rfind("\n#")
+            .filter(|c| at - c < 200)
+            .unwrap_or(at);
+        config.truncate(start + 1);
+    }
     config.push_str(extra);
     std::fs::write(&config_path, config).unwrap();
     trueup::config::Config::load(&config_path).unwrap()

@@ -227,7 +227,7 @@ pub struct ReconcileSpec {
     pub key: Vec<ColumnName>,
     pub expect: Expect,
     /// Columns compared on matched keys; `None` compares every non-key column both sides
-    /// return (except the grace column).
+    /// return (except the time column and the incremental change columns).
     pub compare: Option<Vec<ColumnName>>,
     /// How the two sides are compared: row by row, or by segment checksums first.
     pub mode: ReconcileMode,

@@ -166,6 +166,16 @@ pub(super) fn plan(
             .as_ref()
             .is_some_and(|t| t.as_str().eq_ignore_ascii_case(c))
     };
+    // An incremental reconcile's change columns say when a row was written, not what it
+    // holds: like the time column, they are not compared unless listed.
+    let is_change = |c: &str| {
+        spec.incremental.as_ref().is_some_and(|inc| {
+            [inc.left.as_ref(), inc.right.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|k| k.as_str().eq_ignore_ascii_case(c))
+        })
+    };
     let compare = match &spec.compare {
         Some(cols) => cols
             .iter()
@@ -183,7 +193,7 @@ pub(super) fn plan(
         None => left
             .iter()
             .enumerate()
-            .filter(|(_, c)| !is_key(c) && !is_time(c))
+            .filter(|(_, c)| !is_key(c) && !is_time(c) && !is_change(c))
             .filter_map(|(i, c)| index_of(right, c).map(|j| (c.clone(), i, j)))
             .collect(),
     };

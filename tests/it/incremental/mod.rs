@@ -253,3 +253,54 @@ async fn an_incremental_run_reads_back_compound_text_keys_on_both_engines() {
     srcs.close().await;
     store.close().await;
 }
+
+/// A change column says when a row was written, not what it holds: one both sides return
+/// under the same name is not compared unless `compare` lists it.
+#[tokio::test]
+async fn change_columns_are_not_compared_unless_listed() {
+    use crate::helpers::{reconcile_invariant, reconcile_spec, sources};
+    use trueup::domain::{ColumnName, HumanDuration, Incremental};
+    use trueup::engine::{self, Collect};
+    let tmp = tempfile::tempdir().unwrap();
+    let (l, r) = (tmp.path().join("l.db"), tmp.path().join("r.db"));
+    sqlite_file(
+        &l,
+        "CREATE TABLE t (id INTEGER, amount INTEGER, updated_at DATETIME);
+         INSERT INTO t VALUES (1, 10, '2026-01-01 00:00:00'), (2, 20, '2026-01-01 00:00:00');",
+    )
+    .await;
+    sqlite_file(
+        &r,
+        "CREATE TABLE t (id INTEGER, amount INTEGER, updated_at DATETIME);
+         INSERT INTO t VALUES (1, 10, '2026-01-02 09:30:00'), (2, 20, '2026-01-02 09:31:00');",
+    )
+    .await;
+    let srcs = sources(&[("l", &sqlite_url(&l)), ("r", &sqlite_url(&r))]).await;
+    let mut inv = reconcile_invariant(
+        "changes",
+        ("l", "SELECT * FROM t"),
+        ("r", "SELECT * FROM t"),
+        &["id"],
+    );
+    reconcile_spec(&mut inv).incremental = Some(Incremental {
+        left: Some(ColumnName::parse("updated_at").unwrap()),
+        right: Some(ColumnName::parse("updated_at").unwrap()),
+        lookback: HumanDuration::parse("1m").unwrap(),
+        full_every: HumanDuration::parse("1d").unwrap(),
+    });
+    let mut found = Collect::default();
+    engine::evaluate(&inv, &srcs, Utc::now(), &mut found)
+        .await
+        .unwrap();
+    assert!(found.0.is_empty(), "{:?}", found.0);
+    reconcile_spec(&mut inv).compare = Some(vec![
+        ColumnName::parse("amount").unwrap(),
+        ColumnName::parse("updated_at").unwrap(),
+    ]);
+    let mut found = Collect::default();
+    engine::evaluate(&inv, &srcs, Utc::now(), &mut found)
+        .await
+        .unwrap();
+    assert_eq!(found.0.len(), 2, "listed, it is compared: {:?}", found.0);
+    srcs.close().await;
+}

@@ -31,6 +31,34 @@ macro_rules! impl_store {
                 .await
             }
 
+            /// Records `run` on the unfinished tick `tick` still holds (and marks it finished
+            /// with `finished`), in the caller's transaction; `LostTick` when the tick is no
+            /// longer its holder's.
+            async fn record_on_held_tick(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                invariant: &$crate::domain::InvariantName,
+                tick: &$crate::store::TickRef,
+                run: $crate::domain::RunId,
+                finished: bool,
+            ) -> Result<(), $crate::store::StoreError> {
+                let held = sqlx::query(
+                    "UPDATE ticks SET finished = $4, run_id = $5 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $6",
+                )
+                .bind(invariant.as_str())
+                .bind(tick.fire_at)
+                .bind(&tick.owner)
+                .bind(finished)
+                .bind(run)
+                .bind(false)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if held != 1 {
+                    return Err($crate::store::StoreError::LostTick);
+                }
+                Ok(())
+            }
+
             /// Drops what a run staged (its observations and covered keys), in the transaction
             /// that completes or abandons it.
             async fn drop_staged(
@@ -335,21 +363,7 @@ macro_rules! impl_store {
             ) -> Result<$crate::domain::LedgerChange, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 if let Some(t) = tick {
-                    let held = sqlx::query(
-                        "UPDATE ticks SET finished = $4, run_id = $5 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $6",
-                    )
-                    .bind(invariant.as_str())
-                    .bind(t.fire_at)
-                    .bind(&t.owner)
-                    .bind(true)
-                    .bind(run)
-                    .bind(false)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if held != 1 {
-                        return Err($crate::store::StoreError::LostTick);
-                    }
+                    Self::record_on_held_tick(&mut tx, invariant, t, run, true).await?;
                 }
                 let running: Option<String> =
                     sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")

@@ -161,20 +161,7 @@ macro_rules! impl_replica_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                let held = sqlx::query(
-                    "UPDATE ticks SET run_id = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $5",
-                )
-                .bind(invariant.as_str())
-                .bind(tick.fire_at)
-                .bind(&tick.owner)
-                .bind(id)
-                .bind(false)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if held != 1 {
-                    return Err($crate::store::StoreError::LostTick);
-                }
+                Self::record_on_held_tick(&mut tx, invariant, tick, id, false).await?;
                 tx.commit().await?;
                 Ok(id)
             }

@@ -331,7 +331,24 @@ async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_f
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The schedule goes on after the last takeover: three more ticks of each invariant run.
+    let ran = |ticks: &[trueup::store::Tick]| ticks.iter().filter(|t| t.run_id.is_some()).count();
+    let mut before = Vec::new();
+    for name in names {
+        before.push(ran(&store.ticks(name, 100_000).await.unwrap()));
+    }
+    crate::helpers::wait_for(
+        "three more runs of each invariant",
+        Duration::from_secs(20),
+        || async {
+            let mut enough = true;
+            for (name, n) in names.iter().zip(&before) {
+                enough &= ran(&store.ticks(name, 100_000).await.unwrap()) >= n + 3;
+            }
+            enough
+        },
+    )
+    .await;
     for r in &mut replicas {
         terminate(r);
     }

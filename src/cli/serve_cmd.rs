@@ -1,10 +1,14 @@
 use std::path::Path;
 
+use anyhow::Context;
+
 use crate::serve::{Application, shutdown_signal};
 
 use super::{EXIT_OK, ServeArgs};
 
 pub(super) async fn run(config: Option<&Path>, args: ServeArgs) -> anyhow::Result<u8> {
+    // Before anything is announced: a SIGTERM from then on always shuts down gracefully.
+    let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
     let app = match super::open_app(config).await? {
         Ok(app) => app,
         Err(code) => return Ok(code),
@@ -18,6 +22,6 @@ pub(super) async fn run(config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         "trueup serving on http://{} (/metrics, /healthz, /readyz); SIGTERM or Ctrl-C stops it",
         application.addr()
     );
-    application.run_until(shutdown_signal()).await?;
+    application.run_until(shutdown).await?;
     Ok(EXIT_OK)
 }

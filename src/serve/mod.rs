@@ -69,6 +69,9 @@ pub struct Application {
     channels: Arc<std::collections::BTreeMap<String, crate::notify::Channel>>,
     /// Held for the life of the process on the SQLite store.
     _single_replica_lock: Option<std::fs::File>,
+    /// Registered while building, so a SIGHUP sent as soon as the process announces itself
+    /// reloads instead of killing it (the default action of an unhandled SIGHUP).
+    hangups: tokio::sync::mpsc::Receiver<()>,
 }
 
 impl Application {
@@ -159,6 +162,7 @@ impl Application {
             settings,
             channels: Arc::new(channels),
             _single_replica_lock: single_replica_lock,
+            hangups: hangup_signals(),
         })
     }
 
@@ -245,7 +249,7 @@ impl Application {
         // Serve until asked to stop; reload the invariants on SIGHUP and when their files
         // change.
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut hangups = hangup_signals();
+        let mut hangups = self.hangups;
         let dir = self.app.config.invariants_dir.clone();
         let mut seen = catalog::folder_state(&dir);
         let mut poll = tokio::time::interval(RELOAD_POLL);
@@ -400,25 +404,29 @@ fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
     rx
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers SIGTERM and SIGINT (Ctrl-C) handlers now and returns a future that resolves on
+/// the first of them. Registering eagerly matters: a handler installed only when the future is
+/// first polled leaves a window after the process announces itself in which SIGTERM still has
+/// its default action and kills it without a graceful shutdown.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static>
+{
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -213,7 +213,7 @@ pub async fn run_tick(
     let now = Utc::now();
     let claimed = runtime
         .store
-        .claim_tick(name, fire_at, &runtime.replica, now, now + lease(runtime))
+        .claim_tick(name, fire_at, &runtime.replica, now + lease(runtime))
         .await?;
     if !claimed {
         return Ok(None);

@@ -34,7 +34,6 @@ pub trait ReplicaStore: Send + Sync {
         invariant: &str,
         fire_at: DateTime<Utc>,
         owner: &str,
-        now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
@@ -124,7 +123,6 @@ macro_rules! impl_replica_store {
                 invariant: &str,
                 fire_at: chrono::DateTime<chrono::Utc>,
                 owner: &str,
-                _now: chrono::DateTime<chrono::Utc>,
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
                 // One statement: the primary key gives each fire time one row, and an earlier

@@ -1,5 +1,6 @@
 //! Several `trueup serve` processes on one PostgreSQL store: every tick evaluated once, a
-//! killed replica's tick taken over after its lease; a second process on SQLite refused.
+//! killed replica's tick taken over after its lease; a second process on SQLite refused; a
+//! serve signalled the moment it starts stops or reloads gracefully.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -55,24 +56,34 @@ fn terminate(replica: &mut Replica) {
     panic!("replica {pid} did not stop on SIGTERM");
 }
 
+/// A project in `dir` whose invariants `names` each run every second, reading `db` through a
+/// query that takes `run_secs`; replicas hold ticks under a 2 s lease.
+fn slow_project(dir: &Path, db: &TestPg, names: &[&str], run_secs: f64) {
+    std::fs::create_dir(dir.join("invariants")).unwrap();
+    let mut yaml = String::from("invariants:\n");
+    for name in names {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    schedule: \"* * * * * *\"\n    check:\n      source: pg\n      query: SELECT i AS id FROM (SELECT pg_sleep({run_secs})) AS s, generate_series(1, 2) AS i\n      key: id\n"
+        ));
+    }
+    std::fs::write(dir.join("invariants/slow.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.join("trueup.yaml"),
+        format!(
+            "store: {url}\nsources:\n  pg:\n    url: {reader}\nserve:\n  lease: 2s\n  run_timeout: 10s\n",
+            url = db.url,
+            reader = db.reader_url
+        ),
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick() {
     let db = TestPg::new().await;
     db.exec("CREATE TABLE items (id int)").await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
-    let mut yaml = String::from("invariants:\n");
-    for name in ["alpha", "beta", "gamma"] {
-        yaml.push_str(&format!(
-            "  - name: {name}\n    schedule: \"* * * * * *\"\n    check:\n      source: pg\n      query: SELECT i AS id FROM (SELECT pg_sleep(0.4)) AS s, generate_series(1, 2) AS i\n      key: id\n"
-        ));
-    }
-    std::fs::write(dir.path().join("invariants/slow.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        format!("store: {url}\nsources:\n  pg:\n    url: {reader}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url, reader = db.reader_url),
-    )
-    .unwrap();
+    slow_project(dir.path(), &db, &["alpha", "beta", "gamma"], 0.4);
     // Migrate once up front so the three processes do not race on an empty database.
     let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
 
@@ -256,20 +267,8 @@ async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_f
  {
     let db = TestPg::new().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
     let names = ["alpha", "beta"];
-    let mut yaml = String::from("invariants:\n");
-    for name in names {
-        yaml.push_str(&format!(
-            "  - name: {name}\n    schedule: \"* * * * * *\"\n    check:\n      source: pg\n      query: SELECT i AS id FROM (SELECT pg_sleep(0.7)) AS s, generate_series(1, 2) AS i\n      key: id\n"
-        ));
-    }
-    std::fs::write(dir.path().join("invariants/slow.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        format!("store: {url}\nsources:\n  pg:\n    url: {reader}\nserve:\n  lease: 2s\n  run_timeout: 10s\n", url = db.url, reader = db.reader_url),
-    )
-    .unwrap();
+    slow_project(dir.path(), &db, &names, 0.7);
     let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
     let mut spawned = 0;
     let mut replicas: Vec<Replica> = (0..3)
@@ -433,4 +432,59 @@ async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_f
     // Only the killed replicas' runs failed: no live replica's run was.
     assert_eq!(failed_seen, killed_runs, "{}", log());
     store.close().await;
+}
+
+/// Waits (polling closely) until `serve`'s log in `dir` shows its first announcement.
+fn wait_for_announcement(dir: &Path, n: usize) {
+    let log = dir.join(format!("replica-{n}.log"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("trueup serving on")) {
+        assert!(
+            Instant::now() < deadline,
+            "serve {n} did not announce itself"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The signal handlers exist before `serve` says it is serving: a SIGTERM or SIGHUP sent the
+/// moment the announcement appears gets a graceful shutdown or a reload, never the signal's
+/// default action (which kills the process).
+#[test]
+fn a_serve_signalled_the_moment_it_announces_itself_reloads_or_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        "store: sqlite://trueup.db\n",
+    )
+    .unwrap();
+    for n in 0..5 {
+        let mut serve = spawn_serve(dir.path(), n);
+        wait_for_announcement(dir.path(), n);
+        terminate(&mut serve);
+    }
+    let n = 5;
+    let mut serve = spawn_serve(dir.path(), n);
+    wait_for_announcement(dir.path(), n);
+    let pid = serve.0.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let log = dir.path().join(format!("replica-{n}.log"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reloaded the invariants")) {
+        assert!(
+            serve.0.try_wait().unwrap().is_none(),
+            "SIGHUP killed serve: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "no reload after SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("reloaded the invariants") && l.contains("SIGHUP")),
+        "{text}"
+    );
+    terminate(&mut serve);
 }

@@ -131,6 +131,7 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
             compare: None,
             mode: ReconcileMode::Auto,
             incremental: None,
+            segments: None,
         }),
         compensate: Default::default(),
         replay: None,

@@ -108,6 +108,22 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
                 plural(*keys, "key", "keys"),
             );
         }
+        if let Some(split) = &s.split {
+            let taken_over = if split.taken_over > 0 {
+                format!(
+                    "; {} taken over from a worker that stopped answering",
+                    plural(u64::from(split.taken_over), "segment", "segments")
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "      split into {} of the key range, evaluated by {}{taken_over}",
+                plural(u64::from(split.segments), "segment", "segments"),
+                split.workers.join(", ")
+            );
+        }
         // Why a large reconcile was read whole; on a small one the answer changes nothing.
         if let Some(why) = s
             .compared

@@ -234,6 +234,14 @@ pub struct ReconcileSpec {
     /// `Some`: scheduled runs read only the rows changed since the last run, with a full
     /// pass now and then.
     pub incremental: Option<Incremental>,
+    /// `Some(n)`: a full pass splits the (single, integer) key range into `n` segments that
+    /// every replica on the store may claim and evaluate; one run, one ledger change.
+    pub segments: Option<u32>,
+}
+
+impl ReconcileSpec {
+    /// The most segments a run may be split into: each is a row in the store and a claim.
+    pub const MAX_SEGMENTS: u64 = 4096;
 }
 
 /// A reconcile that reads only what changed: the rows whose change column (an `updated_at`)

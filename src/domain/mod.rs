@@ -32,7 +32,8 @@ pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
 pub use run::{
-    CompareMethod, Compared, Coverage, LedgerChange, Marks, RunId, RunStats, RunStatus, Watermark,
+    CompareMethod, Compared, Coverage, LedgerChange, Marks, RunId, RunStats, RunStatus, Split,
+    Watermark,
 };
 pub use schedule::{Schedule, ScheduleError};
 pub use template::{

@@ -39,7 +39,8 @@ impl RunStatus {
 }
 
 /// What an evaluation measured, handed to the store when the run completes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunStats {
     pub rows_left: u64,
     pub rows_right: u64,
@@ -63,6 +64,52 @@ pub struct RunStats {
     /// next run starts reading (saved only if this run completes).
     #[serde(skip)]
     pub marks: Option<Marks>,
+    /// A run split into segments of its key range: how many, and which replicas evaluated
+    /// them. (Reported by the run, not kept in the store.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// How a split run's segments were shared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Split {
+    pub segments: u32,
+    /// The replicas (or CLI processes) that completed segments, each once, sorted.
+    pub workers: Vec<String>,
+    /// Segments evaluated again after their first worker stopped answering.
+    pub taken_over: u32,
+}
+
+impl RunStats {
+    /// Adds what one segment of a split run measured (each key lies in one segment, so the
+    /// run's figures are the sums).
+    pub fn absorb(&mut self, segment: &RunStats) {
+        self.rows_left += segment.rows_left;
+        self.rows_right += segment.rows_right;
+        self.observed += segment.observed;
+        for (kind, n) in &segment.counts {
+            *self.counts.entry(*kind).or_default() += n;
+        }
+        self.not_yet_due += segment.not_yet_due;
+        self.null_keys += segment.null_keys;
+        self.truncated |= segment.truncated;
+        if let Some(theirs) = &segment.compared {
+            let ours = self.compared.get_or_insert_with(|| Compared {
+                method: theirs.method,
+                ..Compared::default()
+            });
+            // A run checksummed only if every segment was.
+            if theirs.method == CompareMethod::Stream {
+                ours.method = CompareMethod::Stream;
+            }
+            if ours.streamed_because.is_none() {
+                ours.streamed_because.clone_from(&theirs.streamed_because);
+            }
+            ours.segments += theirs.segments;
+            ours.segments_streamed += theirs.segments_streamed;
+            ours.rows_streamed += theirs.rows_streamed;
+        }
+    }
 }
 
 /// Which rows a run looked at.
@@ -108,7 +155,7 @@ pub struct Watermark {
 }
 
 /// The way a reconcile actually compared its sides (an `auto` one chooses per run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CompareMethod {
     #[default]
@@ -126,7 +173,7 @@ impl CompareMethod {
 }
 
 /// How a reconcile compared its sides, and what crossed the network.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Compared {
     pub method: CompareMethod,
     /// Why an `auto` reconcile streamed (a column with no checksum form, a sample of

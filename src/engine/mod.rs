@@ -49,6 +49,20 @@ pub enum EngineError {
         "this invariant says `reconcile.mode: checksum`, but it cannot be checksummed: {why}. Set `mode: auto` to checksum where it can and stream otherwise, or `mode: stream`"
     )]
     NoChecksum { why: String },
+    #[error(
+        "this invariant says `reconcile.segments`, but its key range cannot be split: {why}. Leave `segments` out to run it whole"
+    )]
+    Unsplittable { why: String },
+    #[error("the segment of keys {low} to {high} failed on {worker}: {error}")]
+    SegmentFailed {
+        low: i64,
+        high: i64,
+        worker: String,
+        error: String,
+    },
+    /// The store could not share a split run's segments among the workers.
+    #[error("could not share the run's segments through the store: {0}")]
+    Segments(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The sink could not take a violation (the store failed, say).
     #[error("could not record violations: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -138,6 +152,58 @@ pub async fn evaluate_keys(
     sink: &mut dyn ViolationSink,
 ) -> Result<RunStats, EngineError> {
     evaluate_within(invariant, sources, now, Pass::Full, filter, sink).await
+}
+
+/// How a split run divides its keys: the segments' key ranges, and (an incremental
+/// reconcile's) each side's change mark as the run began.
+#[derive(Debug, Clone)]
+pub struct SplitPlan {
+    pub ranges: Vec<(i64, i64)>,
+    pub marks: Option<crate::domain::Marks>,
+}
+
+/// Splits a full pass of a reconcile that declares `segments`; `None` for any other
+/// invariant (it runs whole).
+pub async fn split(
+    invariant: &Invariant,
+    sources: &Sources,
+) -> Result<Option<SplitPlan>, EngineError> {
+    let InvariantSpec::Reconcile(spec) = &invariant.spec else {
+        return Ok(None);
+    };
+    let Some(segments) = spec.segments else {
+        return Ok(None);
+    };
+    let marks = match &spec.incremental {
+        Some(inc) => Some(reconcile::marks(invariant, spec, inc, sources).await?),
+        None => None,
+    };
+    let ranges = reconcile::split(spec, sources, segments).await?;
+    Ok(Some(SplitPlan { ranges, marks }))
+}
+
+/// Evaluates the keys from `low` to `high` of a split reconcile as of `now` (the run's
+/// start, the reference for grace periods).
+pub async fn evaluate_segment(
+    invariant: &Invariant,
+    sources: &Sources,
+    now: DateTime<Utc>,
+    range: (i64, i64),
+    sink: &mut dyn ViolationSink,
+) -> Result<RunStats, EngineError> {
+    let InvariantSpec::Reconcile(spec) = &invariant.spec else {
+        return Err(EngineError::Unsplittable {
+            why: "only a reconcile is split into segments".into(),
+        });
+    };
+    let due_before = invariant.grace.map(|g| now - g.as_chrono());
+    let mut stats = RunStats::default();
+    let mut tally = Tally {
+        stats: &mut stats,
+        sink,
+    };
+    reconcile::run_segment(invariant, spec, sources, due_before, range, &mut tally).await?;
+    Ok(stats)
 }
 
 async fn evaluate_within(

@@ -609,6 +609,31 @@ fn build_spec(
             Some(i) => ctx.incremental(i).map(Some),
             None => Some(None),
         };
+        let segments = match &r.value.segments {
+            None => Some(None),
+            Some(n) if (2..=ReconcileSpec::MAX_SEGMENTS).contains(&n.value) => {
+                if r.value.key.value.0.len() == 1 {
+                    Some(Some(n.value as u32))
+                } else {
+                    ctx.error(
+                        n.referenced,
+                        "reconcile.segments: segments split one integer key, and this reconcile's key has several columns; leave `segments` out",
+                    );
+                    None
+                }
+            }
+            Some(n) => {
+                ctx.error(
+                    n.referenced,
+                    format!(
+                        "reconcile.segments: {} is out of range; split a run into 2 to {} segments, or leave `segments` out to run it whole",
+                        n.value,
+                        ReconcileSpec::MAX_SEGMENTS
+                    ),
+                );
+                None
+            }
+        };
         if let (Some(key), Some(Some(compare))) = (&key, &compare)
             && let Some(k) = compare.iter().find(|c| key.contains(c))
         {
@@ -629,6 +654,7 @@ fn build_spec(
             compare: compare?,
             mode: mode?,
             incremental: incremental?,
+            segments: segments?,
         }));
     }
     if let Some(t) = &raw.transitions {

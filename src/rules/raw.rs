@@ -63,6 +63,7 @@ pub struct RawReconcile {
     pub compare: Option<Spanned<OneOrMany>>,
     pub mode: Option<Spanned<String>>,
     pub incremental: Option<Spanned<RawIncremental>>,
+    pub segments: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

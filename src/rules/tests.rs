@@ -550,3 +550,34 @@ fn incremental_mistakes_are_each_reported_where_they_are() {
         assert_eq!(found.unwrap().line, line, "{want}: {errs:?}");
     }
 }
+
+#[test]
+fn a_reconcile_may_be_split_into_segments_of_one_key_and_a_wrong_count_is_located() {
+    let split = INCREMENTAL.replace("      key: id\n", "      key: id\n      segments: 16\n");
+    let (invs, errs) = parse(&split);
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    assert_eq!(spec.segments, Some(16));
+    let cases = [
+        (
+            split.replace("segments: 16", "segments: 1"),
+            "reconcile.segments: 1 is out of range; split a run into 2 to 4096 segments, or leave `segments` out to run it whole",
+        ),
+        (
+            split.replace("segments: 16", "segments: 5000"),
+            "reconcile.segments: 5000 is out of range",
+        ),
+        (
+            split.replace("key: id", "key: [tenant, id]"),
+            "reconcile.segments: segments split one integer key, and this reconcile's key has several columns",
+        ),
+    ];
+    for (text, want) in cases {
+        let (_, errs) = parse(&text);
+        let found = errs.iter().find(|e| e.message.contains(want));
+        assert!(found.is_some(), "{want}: {errs:?}");
+        assert_eq!(found.unwrap().line, 8, "{want}: {errs:?}");
+    }
+}

@@ -53,6 +53,16 @@ pub struct Runtime {
     pub targets: Arc<crate::plan::targets::Targets>,
 }
 
+impl Runtime {
+    /// This replica as a worker of split runs (its segments held under the tick lease).
+    pub fn segment_worker(&self) -> crate::runner::SegmentWorker {
+        crate::runner::SegmentWorker {
+            owner: self.replica.to_string(),
+            lease: self.lease,
+        }
+    }
+}
+
 /// Which rows a run reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunPass {
@@ -90,6 +100,7 @@ pub async fn run_once(
         cancel: Some(runtime.cancel_runs.clone()),
         tick,
         full_pass: pass == RunPass::Full,
+        worker: Some(runtime.segment_worker()),
     };
     runtime.board.started(invariant.name.as_str());
     match runner::run_invariant_limited(

@@ -7,6 +7,7 @@
 
 mod outbox;
 pub mod scheduler;
+mod segments;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,6 +184,10 @@ impl Application {
         let mut scheduled = scheduler::Scheduler::new(self.runtime.clone(), stop.clone());
         scheduled.apply(&self.runtime.catalog.snapshot()).await;
         self.runtime.metrics.reloaded(true);
+        let segment_worker = tokio::spawn(segments::work_shared_segments(
+            self.runtime.clone(),
+            stop.clone(),
+        ));
         let takeover = tokio::spawn(scheduler::take_over_abandoned_ticks(
             Arc::clone(&self.runtime.catalog),
             self.runtime.clone(),
@@ -276,9 +281,13 @@ impl Application {
         tracing::info!("shutting down: no new runs; waiting for runs in flight");
         stop.cancel();
         let grace = self.settings.shutdown_grace.as_std();
-        if tokio::time::timeout(grace, scheduled.drain())
-            .await
-            .is_err()
+        let mut segment_worker = segment_worker;
+        if tokio::time::timeout(grace, async {
+            scheduled.drain().await;
+            let _ = (&mut segment_worker).await;
+        })
+        .await
+        .is_err()
         {
             tracing::warn!(
                 "runs still going after {}; cancelling them",
@@ -286,6 +295,9 @@ impl Application {
             );
             self.runtime.cancel_runs.cancel();
             scheduled.drain().await;
+        }
+        if !segment_worker.is_finished() {
+            let _ = segment_worker.await;
         }
         let _ = takeover.await;
         let _ = heartbeat.await;

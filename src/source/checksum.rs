@@ -126,6 +126,31 @@ pub struct Described {
     pub(crate) origins: Vec<Option<(u32, i16)>>,
 }
 
+impl Described {
+    /// `Err` (why, for the run to say) unless column `i` holds integers, which segments of a
+    /// key range split. (A SQLite key's values are checked one by one as they are read.)
+    pub fn integer_key(&self, i: usize) -> Result<(), String> {
+        let kind = self.kinds[i].ok_or_else(|| {
+            format!(
+                "column `{}` has a type trueup does not read",
+                self.columns[i]
+            )
+        })?;
+        if matches!(
+            kind,
+            Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32 | Kind::Dynamic(_)
+        ) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the key `{}` is {}: segments split integer keys only",
+                self.columns[i],
+                kind_name(kind)
+            ))
+        }
+    }
+}
+
 impl RowHash {
     /// The row hashes of two sides: `key` is the key column's index on each side, `compared`
     /// each compared column's name and index on each side. `Err`: why these columns cannot
@@ -141,22 +166,9 @@ impl RowHash {
             d.kinds[i]
                 .ok_or_else(|| format!("column `{}` has a type trueup does not read", d.columns[i]))
         };
+        left.integer_key(key.0)?;
+        right.integer_key(key.1)?;
         let (lk, rk) = (kind(left, key.0)?, kind(right, key.1)?);
-        // (A SQLite key's values are checked one by one as they are summarised.)
-        let integer_key = |k: Kind| {
-            matches!(
-                k,
-                Kind::I16 | Kind::I32 | Kind::I64 | Kind::U32 | Kind::Dynamic(_)
-            )
-        };
-        if !integer_key(lk) || !integer_key(rk) {
-            let not = if integer_key(lk) { rk } else { lk };
-            return Err(format!(
-                "the key `{}` is {}: segments split integer keys only",
-                left.columns[key.0],
-                kind_name(not)
-            ));
-        }
         let mut l = Vec::with_capacity(compared.len());
         let mut r = Vec::with_capacity(compared.len());
         for (name, i, j) in compared {

@@ -150,6 +150,7 @@ pub(super) async fn key_bounds(
     query: &str,
     key: &str,
 ) -> Result<Option<(i64, i64)>, SourceError> {
+    let column = key;
     let key = format!("trueup_q.{}", source.quote(key));
     let list = match source.checksum_engine() {
         Some(Engine::MySql) => format!("CAST(MIN({key}) AS CHAR), CAST(MAX({key}) AS CHAR)"),
@@ -169,7 +170,11 @@ pub(super) async fn key_bounds(
         t.as_deref()
             .map(|s| {
                 s.parse::<i64>()
-                    .map_err(|_| bad(&format!("`{s}` is not a bigint")))
+                    .map_err(|_| {
+                        bad(&format!(
+                            "the key `{column}` holds `{s}`, not an integer: segments of a key range split integer keys only"
+                        ))
+                    })
             })
             .transpose()
     };

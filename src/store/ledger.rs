@@ -65,11 +65,53 @@ macro_rules! impl_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 run: $crate::domain::RunId,
             ) -> Result<(), sqlx::Error> {
-                for table in ["run_observations", "run_coverage"] {
+                for table in ["run_observations", "run_coverage", "run_segments"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
                         .bind(run)
                         .execute(&mut *conn)
                         .await?;
+                }
+                Ok(())
+            }
+
+            /// Stages a batch of a run's violations, numbered from `first_seq`; `segment` says
+            /// which segment and attempt of a split run found them. A violation staged twice
+            /// stays once, as its latest attempt found it (an older attempt never overwrites).
+            async fn stage(
+                pool: &sqlx::Pool<$db>,
+                run: $crate::domain::RunId,
+                invariant: &$crate::domain::InvariantName,
+                first_seq: i64,
+                batch: &[$crate::domain::Violation],
+                segment: Option<(i32, i32)>,
+            ) -> Result<(), sqlx::Error> {
+                // 10 parameters a row; chunks stay far below both engines' parameter limits.
+                for (c, chunk) in batch.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO run_observations (run_id, seq, fingerprint, invariant, kind, key, event_at, evidence, segment, attempt) ",
+                    );
+                    let base = first_seq + (c * 1000) as i64;
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, v)| {
+                        b.push_bind(run)
+                            .push_bind(base + i as i64)
+                            .push_bind(v.fingerprint(invariant).to_string())
+                            .push_bind(invariant.as_str().to_owned())
+                            .push_bind(v.kind.as_str())
+                            .push_bind(sqlx::types::Json(v.key_json()))
+                            .push_bind(v.event_at)
+                            .push_bind(sqlx::types::Json(v.evidence.clone()))
+                            .push_bind(segment.map(|s| s.0))
+                            .push_bind(segment.map(|s| s.1));
+                    });
+                    // (NULL attempts, an unsplit run's, compare as unknown: nothing updates.)
+                    qb.push(
+                        " ON CONFLICT (run_id, fingerprint) DO UPDATE SET \
+                           seq = excluded.seq, kind = excluded.kind, key = excluded.key, \
+                           event_at = excluded.event_at, evidence = excluded.evidence, \
+                           segment = excluded.segment, attempt = excluded.attempt \
+                         WHERE excluded.attempt > run_observations.attempt",
+                    );
+                    qb.build().execute(pool).await?;
                 }
                 Ok(())
             }
@@ -205,6 +247,7 @@ macro_rules! impl_store {
                         compared: None,
                         coverage: coverage.map(|c| c.0).unwrap_or_default(),
                         marks: None,
+                        split: None,
                     },
                     change: $crate::domain::LedgerChange {
                         new: n("new_count")?,
@@ -292,25 +335,7 @@ macro_rules! impl_store {
                 first_seq: u64,
                 batch: &[$crate::domain::Violation],
             ) -> Result<(), $crate::store::StoreError> {
-                // 8 parameters a row; chunks stay far below both engines' parameter limits.
-                for (c, chunk) in batch.chunks(1000).enumerate() {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO run_observations (run_id, seq, fingerprint, invariant, kind, key, event_at, evidence) ",
-                    );
-                    let base = first_seq as i64 + (c * 1000) as i64;
-                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, v)| {
-                        b.push_bind(run)
-                            .push_bind(base + i as i64)
-                            .push_bind(v.fingerprint(invariant).to_string())
-                            .push_bind(invariant.as_str().to_owned())
-                            .push_bind(v.kind.as_str())
-                            .push_bind(sqlx::types::Json(v.key_json()))
-                            .push_bind(v.event_at)
-                            .push_bind(sqlx::types::Json(v.evidence.clone()));
-                    });
-                    qb.push(" ON CONFLICT (run_id, fingerprint) DO NOTHING");
-                    qb.build().execute(&self.pool).await?;
-                }
+                Self::stage(&self.pool, run, invariant, first_seq as i64, batch, None).await?;
                 Ok(())
             }
 
@@ -373,6 +398,17 @@ macro_rules! impl_store {
                 if running.as_deref() != Some("running") {
                     return Err($crate::store::StoreError::NoSuchRun(run));
                 }
+                // A split run's violations are those of each segment's completing attempt; an
+                // earlier attempt (its worker died or lost the lease) may still have written.
+                sqlx::query(
+                    "DELETE FROM run_observations WHERE run_id = $1 AND segment IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM run_segments s WHERE s.run_id = run_observations.run_id \
+                         AND s.seq = run_observations.segment AND s.attempt = run_observations.attempt \
+                         AND s.status = 'done')",
+                )
+                .bind(run)
+                .execute(&mut *tx)
+                .await?;
                 // `WHERE true` lets SQLite tell the upsert clause from a join condition.
                 sqlx::query(
                     "INSERT INTO violations (fingerprint, invariant, kind, key, status, first_seen, last_seen, \

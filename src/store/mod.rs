@@ -12,6 +12,7 @@ mod ledger;
 mod plans;
 mod postgres;
 mod replicas;
+mod segments;
 mod sessions;
 mod sqlite;
 
@@ -34,6 +35,7 @@ pub use incidents::{
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
 pub use replicas::ReplicaStore;
+pub use segments::{SegmentClaim, SegmentRecord, SegmentStatus, SegmentStore};
 pub use sessions::{SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 
@@ -51,6 +53,10 @@ pub enum StoreError {
         "store: the tick this run answers is no longer held by this replica (its lease ran out and another replica took it over); the result is dropped"
     )]
     LostTick,
+    #[error(
+        "store: segment {segment} of run {run} is no longer held by this worker (its lease ran out and another worker claimed it); its result is dropped"
+    )]
+    LostSegment { run: i64, segment: u32 },
     #[error("store: recording the result panicked (a bug in trueup; please report it): {0}")]
     Panicked(String),
 }
@@ -210,7 +216,15 @@ pub struct RunDigest {
 
 #[async_trait]
 pub trait Store:
-    PlanStore + ActionStore + IncidentStore + SessionStore + ReplicaStore + AlertStore + Send + Sync
+    PlanStore
+    + ActionStore
+    + IncidentStore
+    + SessionStore
+    + ReplicaStore
+    + SegmentStore
+    + AlertStore
+    + Send
+    + Sync
 {
     fn backend(&self) -> &'static str;
 

@@ -90,3 +90,12 @@ super::alerts::impl_alert_store!(
     "FOR UPDATE SKIP LOCKED",
     true
 );
+
+super::segments::impl_segment_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED",
+    true
+);

@@ -234,7 +234,7 @@ macro_rules! impl_replica_store {
                 // The dead replica's run can never finish: say so, and drop what it staged.
                 // Only that run: another tick's run is never touched.
                 if let Some(dead) = tick.run_id {
-                    for table in ["run_observations", "run_coverage"] {
+                    for table in ["run_observations", "run_coverage", "run_segments"] {
                         sqlx::query(&format!(
                             "DELETE FROM {table} WHERE run_id = $1 \
                                AND run_id IN (SELECT id FROM runs WHERE status = 'running')"

@@ -76,3 +76,12 @@ super::alerts::impl_alert_store!(
     "",
     false
 );
+
+super::segments::impl_segment_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    "",
+    false
+);

@@ -20,6 +20,7 @@ mod proxy;
 mod reconcile;
 mod replay;
 mod replicas;
+mod segments;
 mod serve;
 mod source_readonly;
 mod store;

@@ -61,30 +61,48 @@ async fn keys_by_kind(
 
 #[tokio::test]
 async fn postgres_to_mariadb_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones() {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream, false).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream, false, None).await;
 }
 
 #[tokio::test]
 async fn postgres_to_mariadb_by_checksum_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
  {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum, false).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum, false, None).await;
 }
 
 #[tokio::test]
 async fn postgres_to_mariadb_in_auto_mode_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
  {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, false).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, false, None).await;
 }
 
 #[tokio::test]
 async fn postgres_to_mariadb_incrementally_finds_exactly_the_planted_keys_and_resolves_the_fixed_ones_it_covers()
  {
-    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, true).await;
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Auto, true, None).await;
+}
+
+#[tokio::test]
+async fn postgres_to_mariadb_split_into_segments_finds_exactly_the_planted_keys_and_resolves_exactly_the_fixed_ones()
+ {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Stream, false, Some(8)).await;
+}
+
+#[tokio::test]
+async fn postgres_to_mariadb_split_into_checksummed_segments_finds_exactly_the_planted_keys_and_resolves_the_fixed_ones()
+ {
+    planted_keys_found_and_fixed_ones_resolved(ReconcileMode::Checksum, true, Some(7)).await;
 }
 
 /// With `incremental`, each side has a change column (the left's set by hand, the right's
-/// moved by MariaDB on every write) and runs after the first read only what changed.
-async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode, incremental: bool) {
+/// moved by MariaDB on every write) and runs after the first read only what changed. With
+/// `segments`, every full pass is split into that many segments of the key range (this
+/// process the only worker).
+async fn planted_keys_found_and_fixed_ones_resolved(
+    mode: ReconcileMode,
+    incremental: bool,
+    segments: Option<u32>,
+) {
     let (pg, my) = (TestPg::new().await, TestMysql::new().await);
     pg.exec(&format!(
         "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, currency text NOT NULL,
@@ -160,6 +178,7 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode, increme
             lookback: HumanDuration::parse("1s").unwrap(),
             full_every: HumanDuration::parse("1d").unwrap(),
         });
+        spec.segments = segments;
     }
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&SecretUrl::new(format!(
@@ -177,6 +196,13 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode, increme
     if mode != ReconcileMode::Stream {
         assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
         assert!(compared.rows_streamed < 20_000, "{compared:?}");
+    }
+    if let Some(n) = segments {
+        let split = first.stats.split.clone().expect("a split run");
+        assert_eq!(split.segments, n);
+        assert_eq!((split.workers.len(), split.taken_over), (1, 0), "{split:?}");
+    } else {
+        assert_eq!(first.stats.split, None);
     }
     assert_eq!(first.stats.rows_left, ROWS as u64);
     assert_eq!(first.stats.rows_right, (ROWS - 36 + 13 + 3) as u64);
@@ -243,6 +269,7 @@ async fn planted_keys_found_and_fixed_ones_resolved(mode: ReconcileMode, increme
             .await
             .unwrap();
         assert_eq!(full.stats.coverage, Coverage::Full);
+        assert_eq!(full.stats.split.is_some(), segments.is_some());
         let full_change = full.change.unwrap();
         assert_eq!(
             (full_change.resolved, full_change.new, full_change.uncovered),

@@ -12,7 +12,7 @@ use trueup::store;
 
 use crate::helpers::TestPg;
 
-struct Replica(Child);
+pub(crate) struct Replica(pub(crate) Child);
 
 impl Drop for Replica {
     fn drop(&mut self) {
@@ -21,7 +21,7 @@ impl Drop for Replica {
     }
 }
 
-fn spawn_serve(dir: &Path, n: usize) -> Replica {
+pub(crate) fn spawn_serve(dir: &Path, n: usize) -> Replica {
     let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).unwrap();
     Replica(
         Command::new(env!("CARGO_BIN_EXE_trueup"))
@@ -42,7 +42,7 @@ fn spawn_serve(dir: &Path, n: usize) -> Replica {
     )
 }
 
-fn terminate(replica: &mut Replica) {
+pub(crate) fn terminate(replica: &mut Replica) {
     let pid = replica.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -79,13 +79,19 @@ struct Sides<'a> {
     segments: u64,
     /// How many of the sampled segments differed (`auto` only).
     sampled_differing: u64,
+    /// Whether the first summary counts the rows with a NULL key (a whole run's does; a
+    /// segment of a split run reads only its keys).
+    count_null_keys: bool,
 }
 
+/// Checksums the whole key range, or only `within` (a segment of a split run, both bounds
+/// included).
 pub(super) async fn run(
     inv: &Invariant,
     spec: &ReconcileSpec,
     sources: &Sources,
     due_before: Option<DateTime<Utc>>,
+    within: Option<(i64, i64)>,
     tally: &mut Tally<'_>,
 ) -> Result<Outcome, EngineError> {
     if spec.expect == Expect::AtLeastOne {
@@ -148,11 +154,17 @@ pub(super) async fn run(
         left.key_unique(&spec.left.query, &ld, lk),
         right.key_unique(&spec.right.query, &rd, rk)
     ));
-    let (lb, rb) = attempt!(tokio::try_join!(
-        left.key_bounds(&spec.left.query, &ld.columns[lk]),
-        right.key_bounds(&spec.right.query, &rd.columns[rk])
-    ));
-    let Some((low, high)) = union(lb, rb) else {
+    let bounds = match within {
+        Some(range) => Some(range),
+        None => {
+            let (lb, rb) = attempt!(tokio::try_join!(
+                left.key_bounds(&spec.left.query, &ld.columns[lk]),
+                right.key_bounds(&spec.right.query, &rd.columns[rk])
+            ));
+            union(lb, rb)
+        }
+    };
+    let Some((low, high)) = bounds else {
         return Ok(Outcome::Unfit(
             "neither side returns a row with a key".into(),
         ));
@@ -168,6 +180,7 @@ pub(super) async fn run(
         key: key.clone(),
         segments: 0,
         sampled_differing: 0,
+        count_null_keys: within.is_none(),
     };
 
     // Nothing is reported before every summary is in, so a value found on the way to have
@@ -275,7 +288,9 @@ impl Sides<'_> {
         let mut differing = Vec::new();
         let (mut rows_left, mut rows_right, mut null_keys) = (0, 0, 0);
         for (i, (low, high)) in halves(low, high).into_iter().enumerate() {
-            let (l, r) = self.summarize(low, high, FIRST_SPLIT, i == 0).await?;
+            let (l, r) = self
+                .summarize(low, high, FIRST_SPLIT, i == 0 && self.count_null_keys)
+                .await?;
             null_keys += l.null_keys + r.null_keys;
             rows_left += l.null_keys + l.buckets.values().map(|s| s.rows).sum::<u64>();
             rows_right += r.null_keys + r.buckets.values().map(|s| s.rows).sum::<u64>();
@@ -368,7 +383,7 @@ fn no_repeats(s: Option<&SegmentSummary>) -> bool {
 }
 
 /// The smallest range holding both sides' keys.
-fn union(left: Option<(i64, i64)>, right: Option<(i64, i64)>) -> Option<(i64, i64)> {
+pub(super) fn union(left: Option<(i64, i64)>, right: Option<(i64, i64)>) -> Option<(i64, i64)> {
     match (left, right) {
         (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
         (one, None) | (None, one) => one,
@@ -386,7 +401,7 @@ fn halves(low: i64, high: i64) -> Vec<(i64, i64)> {
 }
 
 /// The key range of bucket `b` of `[low, high]` split into `buckets` of equal width.
-fn bucket_range(low: i64, high: i64, buckets: u64, b: u64) -> (i64, i64) {
+pub(super) fn bucket_range(low: i64, high: i64, buckets: u64, b: u64) -> (i64, i64) {
     let span = (i128::from(high) - i128::from(low) + 1) as u128;
     let width = span.div_ceil(u128::from(buckets.max(1))).max(1) as i128;
     let start = i128::from(low) + i128::from(b) * width;

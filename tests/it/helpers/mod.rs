@@ -249,6 +249,7 @@ pub fn reconcile_invariant(
             compare: None,
             mode: trueup::domain::ReconcileMode::Auto,
             incremental: None,
+            segments: None,
         }),
         compensate: Default::default(),
         replay: None,

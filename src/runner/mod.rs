@@ -14,6 +14,10 @@ use crate::engine::{self, Changes, EngineError, Pass, ViolationSink};
 use crate::source::Sources;
 use crate::store::{StatusFilter, Store, StoreError, ViolationFilter, ViolationRecord};
 
+mod split;
+
+pub use split::{SegmentWorker, work_segment};
+
 /// Violations are staged in the store in batches of this size.
 const FLUSH_EVERY: usize = 500;
 /// ... or once their evidence holds this much (columns a template reads are kept whole, and
@@ -30,6 +34,9 @@ pub struct RunLimits {
     /// Read every row, even of an incremental reconcile (a person checking by hand, an
     /// incident's verification).
     pub full_pass: bool,
+    /// Who this process is among the workers of split runs (a `serve` replica); `None`: a
+    /// name made from the host and process.
+    pub worker: Option<SegmentWorker>,
 }
 
 /// What one run did.
@@ -102,21 +109,23 @@ pub async fn run_invariant_limited(
         }
         None => store.begin_run(&invariant.name, started_at).await?,
     };
-    let mut recorder = Recorder {
-        store,
-        run: run_id,
-        invariant: &invariant.name,
-        budget: invariant.violation_budget,
-        stored: 0,
-        truncated: false,
-        buffer: Vec::new(),
-        buffered: 0,
-    };
+    let mut recorder = Recorder::new(store, run_id, invariant, None);
+    let worker = limits
+        .worker
+        .clone()
+        .unwrap_or_else(SegmentWorker::this_process);
     let evaluated = {
         let evaluation = async {
-            let stats =
+            // A full pass of a reconcile that declares segments is split among the workers.
+            if pass == Pass::Full
+                && let Some(plan) = engine::split(invariant, sources).await?
+            {
+                return split::coordinate(invariant, plan, sources, store, run_id, &worker).await;
+            }
+            let mut stats =
                 engine::evaluate_pass(invariant, sources, started_at, pass, &mut recorder).await?;
             recorder.flush().await?;
+            stats.truncated = recorder.truncated;
             Ok::<_, EngineError>(stats)
         };
         // A panic anywhere in the evaluation is a failed run, never an unrecorded one.
@@ -161,8 +170,7 @@ pub async fn run_invariant_limited(
         samples: Vec::new(),
     };
     match evaluated {
-        Ok(mut stats) => {
-            stats.truncated = recorder.truncated;
+        Ok(stats) => {
             let completed = std::panic::AssertUnwindSafe(store.complete_run(
                 run_id,
                 &invariant.name,
@@ -286,10 +294,12 @@ async fn samples(
     store.violations(&filter).await
 }
 
-/// Stages violations in the store, up to the invariant's budget.
+/// Stages violations in the store, up to the invariant's budget: a run's, or one segment's
+/// of a split run.
 struct Recorder<'a> {
     store: &'a dyn Store,
     run: RunId,
+    segment: Option<&'a crate::store::SegmentClaim>,
     invariant: &'a InvariantName,
     budget: u64,
     stored: u64,
@@ -299,17 +309,45 @@ struct Recorder<'a> {
     buffered: usize,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    fn new(
+        store: &'a dyn Store,
+        run: RunId,
+        invariant: &'a Invariant,
+        segment: Option<&'a crate::store::SegmentClaim>,
+    ) -> Self {
+        Recorder {
+            store,
+            run,
+            segment,
+            invariant: &invariant.name,
+            budget: invariant.violation_budget,
+            stored: 0,
+            truncated: false,
+            buffer: Vec::new(),
+            buffered: 0,
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), EngineError> {
         fail::fail_point!("runner.stage", |_| Err(EngineError::Injected(
             "staging the violations failed".into()
         )));
         if !self.buffer.is_empty() {
             let first_seq = self.stored - self.buffer.len() as u64;
-            self.store
-                .observe(self.run, self.invariant, first_seq, &self.buffer)
-                .await
-                .map_err(|e| EngineError::Sink(Box::new(e)))?;
+            match self.segment {
+                Some(claim) => {
+                    self.store
+                        .observe_segment(claim, first_seq, &self.buffer)
+                        .await
+                }
+                None => {
+                    self.store
+                        .observe(self.run, self.invariant, first_seq, &self.buffer)
+                        .await
+                }
+            }
+            .map_err(|e| EngineError::Sink(Box::new(e)))?;
             self.buffer.clear();
             self.buffered = 0;
         }

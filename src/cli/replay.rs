@@ -5,12 +5,10 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use crate::domain::PlanState;
 use crate::plan::apply::{ApplyEnv, Rate};
 use crate::plan::replay::{self, Window};
 use crate::plan::targets::Targets;
 use crate::plan::{self, Proposal};
-use crate::store::Transition;
 
 use super::output::{key, truncate};
 use super::{EXIT_ERROR, EXIT_OK, Format, ReplayArgs, ReplayCommand, open_app};
@@ -187,71 +185,20 @@ fn print_dry_run(
 }
 
 async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8> {
-    let (id, to, from, action): (i64, PlanState, &[PlanState], &str) = match &cmd {
-        ReplayCommand::Pause { plan } => (
-            *plan,
-            PlanState::Paused,
-            &[PlanState::Proposed, PlanState::Applying, PlanState::Stopped],
-            "plan.pause",
-        ),
-        ReplayCommand::Resume { plan, .. } => (
-            *plan,
-            PlanState::Stopped,
-            &[PlanState::Paused],
-            "plan.resume",
-        ),
-        ReplayCommand::Cancel { plan } => (
-            *plan,
-            PlanState::Cancelled,
-            &[
-                PlanState::Proposed,
-                PlanState::Applying,
-                PlanState::Stopped,
-                PlanState::Paused,
-            ],
-            "plan.cancel",
-        ),
+    let (id, control) = match &cmd {
+        ReplayCommand::Pause { plan } => (*plan, plan::Control::Pause),
+        ReplayCommand::Resume { plan, .. } => (*plan, plan::Control::Resume),
+        ReplayCommand::Cancel { plan } => (*plan, plan::Control::Cancel),
     };
     let app = match open_app(config).await? {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
     let actor = super::local_actor();
-    let moved = match plan::load(app.store.as_ref(), id).await {
-        Ok(_) => {
-            app.store
-                .transition_plan(
-                    id,
-                    &Transition {
-                        from,
-                        to,
-                        by: &actor.name,
-                        reason: None,
-                        at: Utc::now(),
-                        audit_action: action,
-                        details: serde_json::json!({}),
-                    },
-                )
-                .await?
-        }
-        Err(e) => {
-            app.close().await;
-            eprintln!("error: {e}");
-            return Ok(EXIT_ERROR);
-        }
-    };
-    let state = plan::load(app.store.as_ref(), id).await?.state;
+    let moved = plan::control(app.store.as_ref(), id, control, &actor, Utc::now()).await;
     app.close().await;
-    if !moved {
-        eprintln!(
-            "error: plan {id} is {}; {} applies to {}",
-            state.as_str(),
-            action.trim_start_matches("plan."),
-            from.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    if let Err(e) = moved {
+        eprintln!("error: {e}");
         return Ok(EXIT_ERROR);
     }
     match cmd {

@@ -12,7 +12,6 @@ use serde_json::json;
 use crate::domain::{PlanId, PlanState};
 use crate::plan::apply::{ApplyOptions, Rate};
 use crate::plan::{self, PlanError};
-use crate::store::Transition;
 
 use super::HttpState;
 use super::auth::Caller;
@@ -284,37 +283,16 @@ async fn change_state(
     state: &HttpState,
     caller: &Caller,
     id: PlanId,
-    from: &[PlanState],
-    to: PlanState,
-    action: &str,
+    control: plan::Control,
 ) -> Result<(), ApiError> {
-    let current = plan::load(state.runtime.store.as_ref(), id).await?;
-    let moved = state
-        .runtime
-        .store
-        .transition_plan(
-            id,
-            &Transition {
-                from,
-                to,
-                by: &caller.name,
-                reason: None,
-                at: Utc::now(),
-                audit_action: action,
-                details: json!({}),
-            },
-        )
-        .await?;
-    if !moved {
-        return Err(ApiError::conflict(format!(
-            "plan {id} is {}; this applies to a plan that is {}",
-            current.state.as_str(),
-            from.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    plan::control(
+        state.runtime.store.as_ref(),
+        id,
+        control,
+        &caller.actor(),
+        Utc::now(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -324,15 +302,7 @@ pub(super) async fn pause(
     Extension(caller): Extension<Caller>,
     Path(id): Path<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    change_state(
-        &state,
-        &caller,
-        id,
-        &[PlanState::Proposed, PlanState::Applying, PlanState::Stopped],
-        PlanState::Paused,
-        "plan.pause",
-    )
-    .await?;
+    change_state(&state, &caller, id, plan::Control::Pause).await?;
     Ok(Json(json!({ "plan": id, "state": "paused" })))
 }
 
@@ -342,20 +312,7 @@ pub(super) async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    change_state(
-        &state,
-        &caller,
-        id,
-        &[
-            PlanState::Proposed,
-            PlanState::Applying,
-            PlanState::Stopped,
-            PlanState::Paused,
-        ],
-        PlanState::Cancelled,
-        "plan.cancel",
-    )
-    .await?;
+    change_state(&state, &caller, id, plan::Control::Cancel).await?;
     Ok(Json(json!({ "plan": id, "state": "cancelled" })))
 }
 
@@ -366,14 +323,6 @@ pub(super) async fn resume(
     Path(id): Path<PlanId>,
     body: Option<Json<ApplyBody>>,
 ) -> Result<Response, ApiError> {
-    change_state(
-        &state,
-        &caller,
-        id,
-        &[PlanState::Paused],
-        PlanState::Stopped,
-        "plan.resume",
-    )
-    .await?;
+    change_state(&state, &caller, id, plan::Control::Resume).await?;
     apply(State(state), Extension(caller), Path(id), body).await
 }

@@ -8,6 +8,7 @@
 //! changes the actions is a new plan, with no approvals.
 
 pub mod apply;
+mod control;
 mod hash;
 pub mod netguard;
 mod propose;
@@ -19,6 +20,7 @@ pub mod targets;
 use crate::domain::PlanId;
 use crate::store::{ActionRecord, PlanRecord, Store, StoreError};
 
+pub use control::{Control, control};
 use hash::stored_content_hash;
 pub use hash::{
     HashError, HashedAction, MIN_HASH_PREFIX, ReviewedHash, content_hash, idempotency_key, short,

@@ -519,6 +519,15 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     assert!(b.text("h1").await.contains("proposed"));
+    // Reject does not look like Approve.
+    let looks = |id: &str| {
+        format!(
+            "const s = getComputedStyle(document.getElementById('{id}')); return s.color + ' on ' + s.backgroundColor;"
+        )
+    };
+    let approve_looks = b.client.execute(&looks("approve"), vec![]).await.unwrap();
+    let reject_looks = b.client.execute(&looks("reject"), vec![]).await.unwrap();
+    assert_ne!(approve_looks, reject_looks);
     b.click("#approve").await;
     b.wait_for("the approval", Duration::from_secs(10), |s| {
         s.contains("id=\"plan-status\">approved")
@@ -539,6 +548,60 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     b.screenshot("replay-applying").await;
+
+    // Pause it mid-way: the page says paused, offers Resume (not Pause), and nothing more is
+    // delivered; Resume goes on from there.
+    assert_eq!(b.text("#pause").await, "Pause");
+    b.click("#pause").await;
+    b.wait_for("the pause", Duration::from_secs(10), |s| {
+        s.contains("id=\"plan-status\">paused")
+    })
+    .await;
+    assert!(!b.exists("#pause").await, "a paused plan offers no Pause");
+    assert_eq!(b.text("#resume").await, "Resume");
+    assert!(
+        b.text("#controls-help")
+            .await
+            .contains("Resume applies on from where the plan stopped"),
+        "{}",
+        b.text("#controls-help").await
+    );
+    let paused_plan = store
+        .plans(None, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.state == trueup::domain::PlanState::Paused)
+        .expect("the paused replay");
+    let done_at = |store: std::sync::Arc<dyn trueup::store::Store>, id| async move {
+        let progress = store.action_progress(id).await.unwrap();
+        trueup::plan::apply::finished(&progress)
+    };
+    // (The action in flight may still finish.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let paused_at = done_at(std::sync::Arc::clone(&store), paused_plan.id).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        done_at(std::sync::Arc::clone(&store), paused_plan.id).await,
+        paused_at,
+        "nothing is delivered while paused"
+    );
+    assert!(
+        paused_at < trueup::demo::OUTAGE_EVENTS,
+        "paused before the end: {paused_at}"
+    );
+    b.goto(&format!("{base}/ui/plans/{}", paused_plan.id)).await;
+    assert!(
+        b.text("#progress").await.contains(&format!(
+            "{paused_at} of {} done",
+            trueup::demo::OUTAGE_EVENTS
+        )),
+        "{}",
+        b.text("#progress").await
+    );
+    b.screenshot("replay-paused").await;
+    b.fill("#resume-rate", "10/s").await;
+    b.click("#resume").await;
     b.wait_for(
         "the replay and its re-check to finish",
         Duration::from_secs(60),
@@ -609,6 +672,28 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     b.screenshot("incident-closed").await;
     b.goto(&format!("{base}/ui/incidents")).await;
     b.screenshot("incidents-after").await;
+
+    // Another plan, cancelled from its page: nothing more can be done to it.
+    let other = store
+        .plans(None, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.state == trueup::domain::PlanState::Proposed)
+        .expect("another demo plan still proposed");
+    b.goto(&format!("{base}/ui/plans/{}", other.id)).await;
+    assert_eq!(b.text("#cancel").await, "Cancel the plan");
+    b.click("#cancel").await;
+    b.wait_for("the cancel", Duration::from_secs(10), |s| {
+        s.contains("id=\"plan-status\">cancelled")
+    })
+    .await;
+    assert!(
+        !b.exists("#controls").await,
+        "a cancelled plan has no controls"
+    );
+    assert!(b.text("#apply-why").await.contains("It is cancelled."));
+    b.screenshot("plan-cancelled").await;
 
     // At phone width the pages fit: nothing scrolls sideways.
     b.client.set_window_size(390, 844).await.unwrap();

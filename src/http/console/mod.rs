@@ -116,6 +116,24 @@ pub fn pages() -> Vec<Page> {
             Some(Operator),
             post(pages::apply),
         ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/pause",
+            Some(Operator),
+            post(pages::pause),
+        ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/resume",
+            Some(Operator),
+            post(pages::resume),
+        ),
+        page(
+            Method::POST,
+            "/ui/plans/{id}/cancel",
+            Some(Operator),
+            post(pages::cancel),
+        ),
         page(Method::GET, "/ui/replay", Some(Viewer), get(pages::replay)),
         page(
             Method::POST,

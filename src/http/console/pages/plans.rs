@@ -118,6 +118,28 @@ async fn plan_page(
         crate::http::console::console_next_step(&plan::apply::after_stop(&view.progress, id))
     });
     let actions: Vec<_> = actions.iter().map(action_view).collect();
+    // What an operator may do to the plan's course now.
+    let state_now = view.plan.state;
+    // An apply was just asked for (a first apply, a resume, a retry) and has not yet moved the
+    // plan to `applying`.
+    let just_asked = watch && matches!(state_now, PlanState::Proposed | PlanState::Stopped);
+    let retry = state_now == PlanState::Stopped
+        && matches!(
+            plan::apply::after_stop(&view.progress, id),
+            crate::domain::NextStep::RetryFailed(_)
+        )
+        && view.stale.is_none();
+    let controls = context! {
+        // (Also while an apply just asked for has not yet moved the plan to `applying`.)
+        pause => applying || just_asked,
+        resume => plan::Control::Resume.applies_to(state_now) && view.stale.is_none(),
+        cancel => plan::Control::Cancel.applies_to(state_now),
+        retry => retry,
+        failed => [crate::domain::ActionStatus::Failed, crate::domain::ActionStatus::Parked]
+            .iter()
+            .filter_map(|s| view.progress.get(s))
+            .sum::<u64>(),
+    };
     Ok(render(
         session,
         "plan.html",
@@ -134,10 +156,11 @@ async fn plan_page(
             dry_run => serde(&dry_run),
             applying => applying,
             // Just asked to apply: the page follows the progress even before the apply has
-            // moved the plan to `applying`.
-            watch => applying || (watch && view.plan.state == PlanState::Proposed) || verifying,
+            // moved the plan to `applying` (from proposed, or stopped by a resume).
+            watch => applying || just_asked || verifying,
             verifying => verifying,
             stopped_next => stopped_next,
+            controls => controls,
         },
     ))
 }
@@ -246,6 +269,9 @@ pub(in crate::http::console) struct ApplyForm {
     mode: String,
     /// e.g. `5/s` or `unlimited` (default: the plan kind's).
     rate: Option<String>,
+    /// Apply again the actions that failed or parked (a stopped plan).
+    #[serde(default)]
+    retry_failed: bool,
 }
 
 pub(in crate::http::console) async fn apply(
@@ -258,6 +284,7 @@ pub(in crate::http::console) async fn apply(
     let opts = crate::plan::apply::ApplyOptions {
         dry_run: form.mode != "live",
         rate: form_rate(form.rate.as_deref(), Rate::default_for(record.kind))?,
+        retry_failed: form.retry_failed,
         ..crate::plan::apply::ApplyOptions::default()
     };
     match crate::runtime::request_apply(&state.runtime, &session.caller.actor(), &record, opts)
@@ -266,6 +293,77 @@ pub(in crate::http::console) async fn apply(
         Some(report) => plan_page(&state, &session, id, Some(report), false).await,
         None => Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response()),
     }
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ControlForm {
+    /// Resume: the rate to apply on at (default: the plan kind's).
+    rate: Option<String>,
+}
+
+/// Pause: applies stop after the action in flight.
+pub(in crate::http::console) async fn pause(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    plan::control(
+        store,
+        id,
+        plan::Control::Pause,
+        &session.caller.actor(),
+        Utc::now(),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+}
+
+/// Cancel: nothing more is applied.
+pub(in crate::http::console) async fn cancel(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    plan::control(
+        store,
+        id,
+        plan::Control::Cancel,
+        &session.caller.actor(),
+        Utc::now(),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+}
+
+/// Resume a paused plan and apply on, in the background (as the API's resume does).
+pub(in crate::http::console) async fn resume(
+    State(state): State<HttpState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<PlanId>,
+    Form(form): Form<ControlForm>,
+) -> PageResult {
+    let store = state.runtime.store.as_ref();
+    let record = plan::load(store, id).await?;
+    // The rate is read before anything moves: a bad one leaves the plan paused.
+    let rate = form_rate(form.rate.as_deref(), Rate::default_for(record.kind))?;
+    plan::control(
+        store,
+        id,
+        plan::Control::Resume,
+        &session.caller.actor(),
+        Utc::now(),
+    )
+    .await?;
+    let record = plan::load(store, id).await?;
+    let opts = crate::plan::apply::ApplyOptions {
+        dry_run: false,
+        rate,
+        ..crate::plan::apply::ApplyOptions::default()
+    };
+    crate::runtime::request_apply(&state.runtime, &session.caller.actor(), &record, opts).await?;
+    Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response())
 }
 
 #[derive(Deserialize)]

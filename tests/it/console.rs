@@ -472,6 +472,37 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
 
+    // A window wider than the invariant's max_window: refused without a reason, with the
+    // fields that fix it; dry-run with one.
+    let wide = |reason: &str| {
+        format!(
+            "{base}/ui/replay?invariant={OUTAGE}&from={}&to={}&reason={reason}",
+            (chrono::Utc::now() - chrono::TimeDelta::days(30)).format("%Y-%m-%dT%H:%M:%SZ"),
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    };
+    b.goto(&wide("")).await;
+    let refused = b.text("main").await;
+    assert!(
+        refused.contains("narrow it, or say in the Reason field why a window this wide is safe"),
+        "{refused}"
+    );
+    b.goto(&wide("backfill%20after%20the%20November%20outage"))
+        .await;
+    assert!(
+        b.text("#wide-window")
+            .await
+            .contains("the reason given: “backfill after the November outage”"),
+        "{}",
+        b.text("main").await
+    );
+    assert_eq!(
+        b.text("#would-replay").await,
+        trueup::demo::OUTAGE_EVENTS.to_string()
+    );
+    b.screenshot("replay-wide-window").await;
+    b.goto(&format!("{base}/ui/invariants/{OUTAGE}")).await;
+
     // Pick the window on the timeline: the first bar, then the last.
     b.click(".chart .bar:first-child").await;
     b.click(".chart .bar:last-child").await;

@@ -22,21 +22,29 @@ pub(in crate::http::console) struct ReplayQuery {
     from: Option<String>,
     to: Option<String>,
     rate: Option<String>,
+    /// Why a window wider than `max_window` is safe (recorded with the plan).
+    reason: Option<String>,
 }
 
-/// An invariant's replay window as a form gives it: checked against its replay settings.
+/// A reason given in a form: trimmed, none when blank.
+fn wide_reason(reason: Option<&str>) -> Option<&str> {
+    reason.map(str::trim).filter(|r| !r.is_empty())
+}
+
+/// An invariant's replay window as a form gives it: checked against its replay settings (a
+/// window past `max_window` only with a reason).
 fn replay_window<'a>(
     inv: &'a Invariant,
     from: Option<&str>,
     to: Option<&str>,
+    reason: Option<&str>,
 ) -> Result<(&'a crate::domain::ReplaySpec, crate::plan::replay::Window), Refusal> {
     let (from, to) = (form_time("from", from)?, form_time("to", to)?);
-    crate::plan::replay::check_window(inv, from, to, false, None)
+    crate::plan::replay::check_window(inv, from, to, reason.is_some(), reason)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, &window_refusal(&e)))
 }
 
-/// A refused replay window, in the form's terms: the timeline selection, its two fields, and
-/// the CLI for what the console does not offer (a window past `max_window`).
+/// A refused replay window, in the form's terms: the timeline selection and the form's fields.
 fn window_refusal(e: &crate::plan::replay::WindowError) -> String {
     use crate::plan::replay::WindowError as W;
     match e {
@@ -44,7 +52,7 @@ fn window_refusal(e: &crate::plan::replay::WindowError) -> String {
         W::Unbounded => "a replay needs a window on the events' own time: select it on the timeline, or fill in both From and To. There is no \"replay everything\"; nothing was done".into(),
         W::Reversed { .. } => format!("{e}: swap From and To. Nothing was done"),
         W::TooWide { .. } | W::WideWithoutReason => format!(
-            "{e}; narrow it, or use the CLI's `trueup replay --wide --reason \"...\"` (recorded in the audit log). Nothing was done"
+            "{e}; narrow it, or say in the Reason field why a window this wide is safe (it is recorded with the plan and in the audit log). Nothing was done"
         ),
     }
 }
@@ -57,7 +65,8 @@ pub(in crate::http::console) async fn replay(
     Query(q): Query<ReplayQuery>,
 ) -> PageResult {
     let inv = find(&state, &q.invariant)?;
-    let (spec, window) = replay_window(&inv, q.from.as_deref(), q.to.as_deref())?;
+    let reason = wide_reason(q.reason.as_deref());
+    let (spec, window) = replay_window(&inv, q.from.as_deref(), q.to.as_deref(), reason)?;
     let rate = form_rate(q.rate.as_deref(), Rate::DEFAULT_REPLAY)?;
     let who = session.caller.actor();
     let env = crate::plan::apply::ApplyEnv {
@@ -82,6 +91,8 @@ pub(in crate::http::console) async fn replay(
             from => window.from.to_rfc3339(),
             to => window.to.to_rfc3339(),
             rate => rate.to_string(),
+            reason => reason.unwrap_or(""),
+            wide => (window.to - window.from) > spec.max_window.as_chrono(),
             dry => serde(&dry),
         },
     ))
@@ -92,6 +103,7 @@ pub(in crate::http::console) struct ReplayForm {
     invariant: String,
     from: String,
     to: String,
+    reason: Option<String>,
 }
 
 /// Proposes the replay of a window as a plan, for approval.
@@ -101,14 +113,15 @@ pub(in crate::http::console) async fn propose_replay(
     Form(form): Form<ReplayForm>,
 ) -> PageResult {
     let inv = find(&state, &form.invariant)?;
-    let (spec, window) = replay_window(&inv, Some(&form.from), Some(&form.to))?;
+    let reason = wide_reason(form.reason.as_deref());
+    let (spec, window) = replay_window(&inv, Some(&form.from), Some(&form.to), reason)?;
     let proposal = crate::plan::replay::propose(
         state.runtime.store.as_ref(),
         &state.runtime.config,
         &inv,
         spec,
         window,
-        None,
+        reason,
         &session.caller.actor(),
         Utc::now(),
     )
@@ -149,7 +162,7 @@ mod tests {
             max_window: crate::domain::HumanDuration::parse("2h").unwrap(),
         });
         assert!(
-            wide.starts_with("the window is 3h, wider than `ledger`'s replay.max_window (2h); narrow it, or use the CLI's"),
+            wide.starts_with("the window is 3h, wider than `ledger`'s replay.max_window (2h); narrow it, or say in the Reason field why a window this wide is safe"),
             "{wide}"
         );
         for said in [unbounded, reversed] {

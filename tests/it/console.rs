@@ -61,9 +61,10 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
     // Its page: open violations with their evidence, and its plan.
     b.click(&format!("{row} th a")).await;
     b.wait_for("the invariant page", Duration::from_secs(10), |s| {
-        s.contains("Open violations (3)")
+        s.contains("id=\"open-total\"")
     })
     .await;
+    assert_eq!(b.text("#violations h2").await, "Open violations (3)");
     assert!(
         b.exists("tr.differs").await,
         "the mismatched column is marked"
@@ -85,11 +86,11 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
         s.contains("id=\"plan-status\">approved")
     })
     .await;
-    assert!(
-        b.text("#approve-why")
-            .await
-            .contains("approved this content already")
+    assert_eq!(
+        b.text("#approve-why").await,
+        "You approved this content; it has the approval it needs."
     );
+    assert_eq!(b.text("#approvals").await, "1 of 1: april");
     b.click("#dry-run").await;
     b.wait_for("the dry run", Duration::from_secs(30), |s| {
         s.contains("dry-run-result")
@@ -471,6 +472,11 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("class=\"chart\"")
     })
     .await;
+    // Every open violation is counted, though only the first are listed.
+    assert_eq!(
+        b.text("#open-total").await,
+        trueup::demo::OUTAGE_EVENTS.to_string()
+    );
 
     // A window wider than the invariant's max_window: refused without a reason, with the
     // fields that fix it; dry-run with one.
@@ -565,6 +571,11 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     assert!(!b.exists("#apply").await, "a dry run comes first");
+    // The proposer approved alone (one approval is required): the page says so.
+    assert_eq!(
+        b.text("#approvals").await,
+        "1 of 1: april (who proposed it)"
+    );
     b.click("#dry-run").await;
     b.wait_for("the plan's dry run", Duration::from_secs(20), |s| {
         s.contains("dry-run-result")
@@ -653,6 +664,23 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
 
     // The incident: open it over the window, verify, read the report, close it.
     b.goto(&format!("{base}/ui/incidents")).await;
+    // The name's pattern is one the browser enforces (an invalid pattern is silently off).
+    let valid = |name: &str| {
+        format!(
+            "const i = document.querySelector('input[name=name]'); i.value = '{name}'; return i.checkValidity();"
+        )
+    };
+    for (name, ok) in [
+        ("Billing Outage", false),
+        ("-outage", false),
+        ("2026-11-25_billing.outage", true),
+    ] {
+        assert_eq!(
+            b.client.execute(&valid(name), vec![]).await.unwrap(),
+            serde_json::json!(ok),
+            "{name}"
+        );
+    }
     b.fill("input[name=name]", "billing-consumer-outage").await;
     b.fill("input[name=from]", &from).await;
     b.fill("input[name=to]", &to).await;

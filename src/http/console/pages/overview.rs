@@ -150,12 +150,15 @@ pub(in crate::http::console) async fn invariant(
         limit: 200,
         ..ViolationFilter::default()
     };
-    let (runs, violations, times, plans) = tokio::try_join!(
+    let (runs, violations, times, plans, groups) = tokio::try_join!(
         store.runs(Some(&name), 50),
         store.violations(&active),
         store.event_times(&active),
         store.plans(Some(&name), 20),
+        store.violation_groups(&active),
     )?;
+    // All of them, though only the first page is listed.
+    let open_total: u64 = groups.iter().map(|g| g.count).sum();
     // Buckets sized so the whole spread fits in about sixty bars.
     let spread = match (times.iter().min(), times.iter().max()) {
         (Some(a), Some(b)) => (*b - *a).num_seconds().max(60),
@@ -209,6 +212,7 @@ pub(in crate::http::console) async fn invariant(
             state => state_name(board.as_ref()),
             runs => serde(&runs),
             violations => violations,
+            open_total => open_total,
             bars => bars,
             bucket_secs => bucket,
             plans => serde(&plans),

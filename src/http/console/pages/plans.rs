@@ -81,6 +81,15 @@ async fn plan_page(
             "It is {}; only a proposed plan is approved.",
             view.plan.state.as_str()
         ))
+    } else if approved_by_me && view.approved {
+        Some(format!(
+            "You approved this content; it has the {} it needs.",
+            if view.plan.approvals_required == 1 {
+                "approval".to_owned()
+            } else {
+                format!("{} approvals", view.plan.approvals_required)
+            }
+        ))
     } else if approved_by_me {
         Some("You approved this content already; another approver must add theirs.".to_owned())
     } else {

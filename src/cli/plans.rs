@@ -576,7 +576,11 @@ pub(super) async fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Res
     };
     let store = crate::store::open(&config.store).await?;
     let entries = store
-        .audit_log(target.as_deref(), args.after, args.limit)
+        .audit_log(
+            target.as_deref(),
+            crate::store::AuditPage::After(args.after),
+            args.limit,
+        )
         .await;
     store.close().await;
     let entries = entries?;

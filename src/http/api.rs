@@ -261,7 +261,11 @@ pub(super) async fn audit_log(
     let items = state
         .runtime
         .store
-        .audit_log(q.target.as_deref(), q.after, limit)
+        .audit_log(
+            q.target.as_deref(),
+            crate::store::AuditPage::After(q.after),
+            limit,
+        )
         .await?;
     let next_after = (items.len() as u32 == limit)
         .then(|| items.last().map(|e| e.id))

@@ -631,19 +631,30 @@ macro_rules! impl_store {
             async fn audit_log(
                 &self,
                 target: Option<&str>,
-                after_id: Option<i64>,
+                page: $crate::store::AuditPage,
                 limit: u32,
             ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                use $crate::store::AuditPage;
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "SELECT id, at, actor, action, target, details FROM audit_log WHERE 1 = 1",
                 );
                 if let Some(t) = target {
                     qb.push(" AND target = ").push_bind(t.to_owned());
                 }
-                if let Some(after) = after_id {
-                    qb.push(" AND id > ").push_bind(after);
+                match page {
+                    AuditPage::After(Some(after)) => {
+                        qb.push(" AND id > ").push_bind(after);
+                    }
+                    AuditPage::Before(Some(before)) => {
+                        qb.push(" AND id < ").push_bind(before);
+                    }
+                    AuditPage::After(None) | AuditPage::Before(None) => {}
                 }
-                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit.max(1)));
+                qb.push(match page {
+                    AuditPage::After(_) => " ORDER BY id",
+                    AuditPage::Before(_) => " ORDER BY id DESC",
+                });
+                qb.push(" LIMIT ").push_bind(i64::from(limit.max(1)));
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 Ok(rows
                     .iter()

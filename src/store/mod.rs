@@ -101,6 +101,16 @@ pub struct ViolationRecord {
     pub evidence: serde_json::Value,
 }
 
+/// Which page of the audit log, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditPage {
+    /// Oldest first, the entries after this id (all when `None`): for reading on, or
+    /// following the log.
+    After(Option<i64>),
+    /// Newest first, the entries before this id (the latest when `None`): what just happened.
+    Before(Option<i64>),
+}
+
 /// One entry of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AuditEntry {
@@ -307,11 +317,11 @@ pub trait Store:
         at: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
 
-    /// Audit entries in order, after `after_id`, optionally for one target.
+    /// A page of audit entries, optionally for one target.
     async fn audit_log(
         &self,
         target: Option<&str>,
-        after_id: Option<i64>,
+        page: AuditPage,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;
 

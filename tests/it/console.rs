@@ -188,6 +188,13 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
         "{audit}"
     );
     assert!(audit.contains("plan.apply.finish"), "{audit}");
+    // Newest first: the apply's end comes before the approval.
+    let first_row = b.text("tbody tr:first-child").await;
+    assert!(
+        audit.find("plan.apply.finish") < audit.find("plan.approve"),
+        "{audit}"
+    );
+    assert!(!first_row.contains("plan.approve"), "{first_row}");
     b.screenshot("audit").await;
 
     b.close().await;

@@ -136,7 +136,11 @@ async fn incident_story(store: Arc<dyn Store>) {
         Some("upstream kept the events")
     );
     let audit: Vec<String> = s
-        .audit_log(Some(&format!("incident:{name}")), None, 10)
+        .audit_log(
+            Some(&format!("incident:{name}")),
+            trueup::store::AuditPage::After(None),
+            10,
+        )
         .await
         .unwrap()
         .into_iter()

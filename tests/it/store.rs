@@ -273,18 +273,38 @@ async fn audit_story(store: &dyn Store) {
         .await
         .unwrap();
     assert!(second > first);
-    let all = store.audit_log(None, None, 10).await.unwrap();
+    let all = store
+        .audit_log(None, trueup::store::AuditPage::After(None), 10)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].details, json!({"hash": "abc"}));
-    let for_plan = store.audit_log(Some("plan:7"), None, 10).await.unwrap();
+    let for_plan = store
+        .audit_log(Some("plan:7"), trueup::store::AuditPage::After(None), 10)
+        .await
+        .unwrap();
     assert_eq!(for_plan.len(), 1);
     assert!(
         store
-            .audit_log(None, Some(second), 10)
+            .audit_log(None, trueup::store::AuditPage::After(Some(second)), 10)
             .await
             .unwrap()
             .is_empty()
     );
+    // Newest first, and the page before an entry.
+    let newest = store
+        .audit_log(None, trueup::store::AuditPage::Before(None), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![second, first]
+    );
+    let older = store
+        .audit_log(None, trueup::store::AuditPage::Before(Some(second)), 10)
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first]);
 }
 
 #[tokio::test]
@@ -620,7 +640,11 @@ async fn plan_story(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(listed, vec![third, newer, id]);
     let audit = store
-        .audit_log(Some(&format!("plan:{id}")), None, 50)
+        .audit_log(
+            Some(&format!("plan:{id}")),
+            trueup::store::AuditPage::After(None),
+            50,
+        )
         .await
         .unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();

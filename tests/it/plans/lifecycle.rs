@@ -136,7 +136,11 @@ async fn the_plan_lifecycle(store_url: &str) {
 
     // The audit log tells the whole story; an applied plan is not applied again.
     let audit: Vec<String> = store
-        .audit_log(Some(&format!("plan:{id}")), None, 100)
+        .audit_log(
+            Some(&format!("plan:{id}")),
+            trueup::store::AuditPage::After(None),
+            100,
+        )
         .await
         .unwrap()
         .into_iter()

@@ -98,7 +98,10 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
     )))
     .await
     .unwrap();
-    let audit = store.audit_log(Some("plan:1"), None, 50).await.unwrap();
+    let audit = store
+        .audit_log(Some("plan:1"), trueup::store::AuditPage::After(None), 50)
+        .await
+        .unwrap();
     let wide = audit
         .iter()
         .find(|e| e.action == "replay.wide_window")

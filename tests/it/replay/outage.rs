@@ -326,7 +326,11 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
         "an applied replay cannot be cancelled"
     );
     let audit: Vec<String> = store
-        .audit_log(Some("plan:1"), None, 10_000)
+        .audit_log(
+            Some("plan:1"),
+            trueup::store::AuditPage::After(None),
+            10_000,
+        )
         .await
         .unwrap()
         .into_iter()

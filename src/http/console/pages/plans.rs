@@ -379,7 +379,8 @@ pub(in crate::http::console) async fn resume(
 pub(in crate::http::console) struct AuditQuery {
     target: Option<String>,
     actor: Option<String>,
-    after: Option<i64>,
+    /// The page of entries older than this one (newest first).
+    before: Option<i64>,
 }
 
 pub(in crate::http::console) async fn audit(
@@ -391,10 +392,14 @@ pub(in crate::http::console) async fn audit(
     let entries = state
         .runtime
         .store
-        .audit_log(target.map(str::trim), q.after, 200)
+        .audit_log(
+            target.map(str::trim),
+            crate::store::AuditPage::Before(q.before),
+            200,
+        )
         .await?;
     let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
-    let next_after = (entries.len() == 200)
+    let older_before = (entries.len() == 200)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
     let entries: Vec<_> = entries
@@ -409,7 +414,7 @@ pub(in crate::http::console) async fn audit(
             entries => serde(&entries),
             target => target.unwrap_or(""),
             actor => actor.unwrap_or(""),
-            next_after => next_after,
+            older_before => older_before,
         },
     ))
 }

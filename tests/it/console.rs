@@ -554,6 +554,13 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         trueup::demo::OUTAGE_EVENTS.to_string()
     );
     assert_eq!(b.text("#would-skip").await, "0");
+    // Samples name the event's key, not the action's internals.
+    let sample = b.text("ul.samples li").await;
+    assert!(sample.starts_with("key "), "{sample}");
+    assert!(
+        !sample.contains("seq") && !sample.contains("null"),
+        "{sample}"
+    );
     b.screenshot("replay-dry-run").await;
 
     // Submit, approve, apply: live progress until the gap is closed.
@@ -669,8 +676,37 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
 
-    // The incident: open it over the window, verify, read the report, close it.
-    b.goto(&format!("{base}/ui/incidents")).await;
+    // The incident: open it over the replay's window (the plan's page leads there with the
+    // window filled in), verify, read the report, close it.
+    b.goto(&format!("{base}/ui/plans/{}", paused_plan.id)).await;
+    b.click("#incident-for-window").await;
+    b.wait_for("the incidents page", Duration::from_secs(10), |s| {
+        s.contains("open-incident-button")
+    })
+    .await;
+    let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let field = |name: &'static str| {
+        let b = &b;
+        async move {
+            b.find(&format!("input[name={name}]"))
+                .await
+                .prop("value")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(instant(&field("from").await), instant(&from));
+    assert_eq!(instant(&field("to").await), instant(&to));
+    assert_eq!(
+        b.find("select[name=invariant]")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap(),
+        OUTAGE
+    );
     // The name's pattern is one the browser enforces (an invalid pattern is silently off).
     let valid = |name: &str| {
         format!(
@@ -689,18 +725,11 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         );
     }
     b.fill("input[name=name]", "billing-consumer-outage").await;
-    b.fill("input[name=from]", &from).await;
-    b.fill("input[name=to]", &to).await;
     b.fill(
         "input[name=summary]",
         "billing's consumer was down for three hours",
     )
     .await;
-    b.find("select[name=invariant]")
-        .await
-        .select_by_value(OUTAGE)
-        .await
-        .unwrap();
     b.screenshot("incidents").await;
     b.click("#open-incident-button").await;
     b.wait_for("the incident", Duration::from_secs(10), |s| {

@@ -14,9 +14,18 @@ use super::super::session::Session;
 use super::super::{PageResult, Refusal, render, serde};
 use super::*;
 
+/// What the open-incident form starts with (a replay plan's page links here with its window).
+#[derive(Deserialize, Default)]
+pub(in crate::http::console) struct IncidentPrefill {
+    invariant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
 pub(in crate::http::console) async fn incidents(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
+    Query(prefill): Query<IncidentPrefill>,
 ) -> PageResult {
     let list = state.runtime.store.incidents(200).await?;
     Ok(render(
@@ -26,6 +35,11 @@ pub(in crate::http::console) async fn incidents(
             nav => "incidents",
             incidents => serde(&list),
             invariants => state.runtime.catalog.snapshot().iter().map(|i| i.name.to_string()).collect::<Vec<_>>(),
+            prefill => context! {
+                invariant => prefill.invariant.unwrap_or_default(),
+                from => prefill.from.unwrap_or_default(),
+                to => prefill.to.unwrap_or_default(),
+            },
         },
     ))
 }

@@ -764,7 +764,24 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("status-closed")
     })
     .await;
+    // Closed, the verdict says so (not "ready to close"), and the report has no replay-only
+    // "Compensations: 0 proposed" line.
+    assert_eq!(
+        b.text("#verdict h2").await,
+        "Verdict: closed, ready: every check held"
+    );
     b.screenshot("incident-closed").await;
+    b.click("#report-html").await;
+    b.wait_for("the closed report", Duration::from_secs(10), |s| {
+        s.contains("closure report")
+    })
+    .await;
+    assert!(
+        b.text("#verdict")
+            .await
+            .contains("Verdict: closed, ready: every check held")
+    );
+    assert!(!b.text("main, body").await.contains("Compensations: 0"));
     b.goto(&format!("{base}/ui/incidents")).await;
     b.screenshot("incidents-after").await;
 

@@ -591,7 +591,10 @@ async fn an_incident_closes_on_evidence_and_its_report_is_frozen(store: &str) {
     assert_eq!(report["closure"]["closed_by"], "cli:olga");
     assert_eq!(report["closure"]["overridden"], false);
     let md = String::from_utf8(frozen[0].clone()).unwrap();
-    assert!(md.contains("**Verdict: ready to close**"), "{md}");
+    assert!(
+        md.contains("**Verdict: closed, ready: every check held**"),
+        "{md}"
+    );
     assert!(md.contains("the consumer was down \\| events lost"), "{md}");
     assert!(md.contains("| contain |"), "{md}");
 
@@ -625,7 +628,10 @@ async fn an_incident_closes_on_evidence_and_its_report_is_frozen(store: &str) {
         )),
     )
     .await;
-    assert!(dom.contains("Verdict: ready to close"), "{dom}");
+    assert!(
+        dom.contains("Verdict: closed, ready: every check held"),
+        "{dom}"
+    );
     assert!(dom.contains("class=\"verdict ready\""), "{dom}");
     assert!(
         !dom.contains("http://") && !dom.contains("https://"),

@@ -741,6 +741,12 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("Verdict: ready to close")
     })
     .await;
+    // The click says what it did: here the schedule (every second) evaluated the invariant
+    // moments ago, so nothing needed evaluating again.
+    assert_eq!(
+        b.text("#verified").await,
+        "Nothing needed evaluating again: every invariant in scope was evaluated in the last 15 minutes, and the verdict is their result."
+    );
     assert!(
         b.text("#verdict").await.contains(&format!(
             "{} delivered, 0 skipped as processed, 0 parked, 0 missing left in its window",

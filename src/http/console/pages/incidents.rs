@@ -87,6 +87,7 @@ async fn incident_page(
     name: &str,
     status: StatusCode,
     refusal: Option<Vec<crate::incident::Blocker>>,
+    verified: Option<usize>,
 ) -> PageResult {
     // The report holds the incident and its timeline: one read of the store for the page.
     let report = crate::incident::report(
@@ -104,17 +105,26 @@ async fn incident_page(
             report => serde(&report),
             phases => crate::domain::Phase::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             refusal => serde(&refusal),
+            verified => verified,
+            fresh_within_minutes => crate::incident::DEFAULT_FRESH_WITHIN.num_minutes(),
         },
     );
     Ok((status, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::http::console) struct IncidentQuery {
+    /// Just verified: how many invariants that evaluated again.
+    verified: Option<usize>,
 }
 
 pub(in crate::http::console) async fn incident(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
+    Query(q): Query<IncidentQuery>,
 ) -> PageResult {
-    incident_page(&state, &session, &name, StatusCode::OK, None).await
+    incident_page(&state, &session, &name, StatusCode::OK, None, q.verified).await
 }
 
 /// Back to the incident's page after a change.
@@ -175,9 +185,9 @@ pub(in crate::http::console) async fn incident_verify(
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
 ) -> PageResult {
-    let to = format!("/ui/incidents/{name}#verdict");
+    let page = format!("/ui/incidents/{name}");
     // To the end even if the browser goes away.
-    tokio::spawn(async move {
+    let runs = tokio::spawn(async move {
         crate::runtime::run_verification(
             &state.runtime,
             &session.caller.actor(),
@@ -189,7 +199,9 @@ pub(in crate::http::console) async fn incident_verify(
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))??;
-    Ok(Redirect::to(&to).into_response())
+    // The page says what the click did: how many invariants were evaluated again (none when
+    // each was evaluated recently enough).
+    Ok(Redirect::to(&format!("{page}?verified={}#verdict", runs.len())).into_response())
 }
 
 #[derive(Deserialize)]
@@ -221,6 +233,7 @@ pub(in crate::http::console) async fn incident_close(
                 &name,
                 StatusCode::CONFLICT,
                 Some(blockers),
+                None,
             )
             .await
         }

@@ -235,12 +235,7 @@ fn a_second_serve_on_one_sqlite_store_is_refused_with_a_clear_message() {
     .unwrap();
     let mut first = spawn_serve(dir.path(), 0);
     // Serving means holding the store's lock.
-    let log = dir.path().join("replica-0.log");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("trueup is serving")) {
-        assert!(Instant::now() < deadline, "the first serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(dir.path(), 0, "trueup is serving");
     let second = Command::new(env!("CARGO_BIN_EXE_trueup"))
         .args([
             "--config",
@@ -434,15 +429,13 @@ async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_f
     store.close().await;
 }
 
-/// Waits (polling closely) until `serve`'s log in `dir` shows its first announcement.
-fn wait_for_announcement(dir: &Path, n: usize) {
+/// Waits (polling closely, so that a signal can follow at once) until the log of `serve`
+/// number `n` in `dir` holds `text`.
+fn wait_for_log(dir: &Path, n: usize, text: &str) {
     let log = dir.join(format!("replica-{n}.log"));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("trueup serving on")) {
-        assert!(
-            Instant::now() < deadline,
-            "serve {n} did not announce itself"
-        );
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text)) {
+        assert!(Instant::now() < deadline, "serve {n} did not log {text:?}");
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -461,12 +454,12 @@ fn a_serve_signalled_the_moment_it_announces_itself_reloads_or_shuts_down_gracef
     .unwrap();
     for n in 0..5 {
         let mut serve = spawn_serve(dir.path(), n);
-        wait_for_announcement(dir.path(), n);
+        wait_for_log(dir.path(), n, "trueup serving on");
         terminate(&mut serve);
     }
     let n = 5;
     let mut serve = spawn_serve(dir.path(), n);
-    wait_for_announcement(dir.path(), n);
+    wait_for_log(dir.path(), n, "trueup serving on");
     let pid = serve.0.id().to_string();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     let log = dir.path().join(format!("replica-{n}.log"));

@@ -279,6 +279,37 @@ pub async fn sqlite_file(path: &Path, sql: &str) {
     c.close().await.unwrap();
 }
 
+/// A project in `dir` over two SQLite files, `app.db` (source `app`) and `ledger.db` (source
+/// `ledger`), made with `app_sql` and `ledger_sql`, a SQLite store and an empty invariants
+/// folder. Returns the config's path, the store's URL and both files.
+pub async fn app_and_ledger_project(
+    dir: &Path,
+    app_sql: &str,
+    ledger_sql: &str,
+) -> (
+    std::path::PathBuf,
+    String,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let (app, ledger) = (dir.join("app.db"), dir.join("ledger.db"));
+    sqlite_file(&app, app_sql).await;
+    sqlite_file(&ledger, ledger_sql).await;
+    let config = dir.join("trueup.yaml");
+    let store_url = sqlite_url(&dir.join("trueup.db"));
+    std::fs::write(
+        &config,
+        format!(
+            "store: {store_url}\nsources:\n  app: {{url: \"{}\"}}\n  ledger: {{url: \"{}\"}}\n",
+            sqlite_url(&app),
+            sqlite_url(&ledger)
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    (config, store_url, app, ledger)
+}
+
 /// The demo in `dir` with every invariant's schedule replaced by `schedule` (or removed, so
 /// they run only when asked), and `extra` appended to its trueup.yaml.
 pub async fn demo_with(dir: &Path, schedule: Option<&str>, extra: &str) -> trueup::config::Config {

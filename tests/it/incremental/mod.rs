@@ -28,35 +28,18 @@ async fn active(store: &dyn Store) -> usize {
 #[tokio::test]
 async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_it_did_not_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let (app, ledger) = (tmp.path().join("app.db"), tmp.path().join("ledger.db"));
     // 5,000 events a minute apart; the ledger lacks every 1,000th.
-    sqlite_file(
-        &app,
+    let (config, store_url, app, ledger) = crate::helpers::app_and_ledger_project(
+        tmp.path(),
         "CREATE TABLE events (id INTEGER PRIMARY KEY, amount INTEGER, changed_at DATETIME NOT NULL);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
          INSERT INTO events SELECT i, i * 10, datetime('2026-01-01', '+' || (i * 60) || ' seconds') FROM n;",
-    )
-    .await;
-    sqlite_file(
-        &ledger,
         "CREATE TABLE records (event_id INTEGER PRIMARY KEY, amount INTEGER, recorded_at DATETIME NOT NULL);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
          INSERT INTO records SELECT i, i * 10, datetime('2026-01-01', '+' || (i * 60) || ' seconds')
            FROM n WHERE i % 1000 <> 0;",
     )
     .await;
-    let config = tmp.path().join("trueup.yaml");
-    let store_url = sqlite_url(&tmp.path().join("trueup.db"));
-    std::fs::write(
-        &config,
-        format!(
-            "store: {store_url}\nsources:\n  app: {{url: \"{}\"}}\n  ledger: {{url: \"{}\"}}\n",
-            sqlite_url(&app),
-            sqlite_url(&ledger)
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
     std::fs::write(
         tmp.path().join("invariants/events.yaml"),
         r#"invariants:

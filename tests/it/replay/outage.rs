@@ -392,7 +392,10 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
     assert!(closed.status.success(), "{}", text(&closed));
     let frozen = output(incident(&["report", "consumer-outage", "-f", "md"])).await;
     let md = String::from_utf8(frozen.stdout.clone()).unwrap();
-    assert!(md.contains("**Verdict: ready to close**"), "{md}");
+    assert!(
+        md.contains("**Verdict: closed, ready: every check held**"),
+        "{md}"
+    );
     assert!(
         md.contains(&format!("| 1 | applied | 2026-11-20 10:00:00 UTC – 2026-11-20 16:00:00 UTC | {} | {} | {} | 0 | 0 | 0 | 0 | yes |",
             thousands(lost),

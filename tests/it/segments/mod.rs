@@ -203,36 +203,19 @@ async fn the_postgres_store_shares_segments_and_drops_what_a_lost_attempt_staged
 /// fails the run and changes nothing; a key that cannot be split says so.
 #[tokio::test]
 async fn a_split_check_reports_its_segments_and_any_failure_in_one_fails_the_run() {
-    use crate::helpers::{combined_output, sqlite_file, sqlite_url, trueup_cli};
+    use crate::helpers::{combined_output, sqlite_file, trueup_cli};
     let tmp = tempfile::tempdir().unwrap();
-    let (app, ledger) = (tmp.path().join("app.db"), tmp.path().join("ledger.db"));
-    sqlite_file(
-        &app,
+    let (config, store_url, _app, ledger) = crate::helpers::app_and_ledger_project(
+        tmp.path(),
         "CREATE TABLE events (id INTEGER PRIMARY KEY, code TEXT, amount INTEGER);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
          INSERT INTO events SELECT i, 'e' || i, i * 10 FROM n;",
-    )
-    .await;
-    sqlite_file(
-        &ledger,
         "CREATE TABLE records (event_id INTEGER PRIMARY KEY, code TEXT, amount INTEGER);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5003)
          INSERT INTO records SELECT i, 'e' || i, CASE WHEN i % 1250 = 1 THEN 0 ELSE i * 10 END
            FROM n WHERE i % 1000 <> 0;",
     )
     .await;
-    let config = tmp.path().join("trueup.yaml");
-    let store_url = sqlite_url(&tmp.path().join("trueup.db"));
-    std::fs::write(
-        &config,
-        format!(
-            "store: {store_url}\nsources:\n  app: {{url: \"{}\"}}\n  ledger: {{url: \"{}\"}}\n",
-            sqlite_url(&app),
-            sqlite_url(&ledger)
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
     let invariant = |key: &str| {
         format!(
             "invariants:

@@ -316,16 +316,7 @@ pub(in crate::http::console) async fn pause(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
 ) -> PageResult {
-    let store = state.runtime.store.as_ref();
-    plan::control(
-        store,
-        id,
-        plan::Control::Pause,
-        &session.caller.actor(),
-        Utc::now(),
-    )
-    .await?;
-    Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
+    control_and_back(&state, &session, id, plan::Control::Pause).await
 }
 
 /// Cancel: nothing more is applied.
@@ -334,15 +325,18 @@ pub(in crate::http::console) async fn cancel(
     Extension(session): Extension<Session>,
     Path(id): Path<PlanId>,
 ) -> PageResult {
+    control_and_back(&state, &session, id, plan::Control::Cancel).await
+}
+
+/// Moves the plan's course as the signed-in person, then back to its page.
+async fn control_and_back(
+    state: &HttpState,
+    session: &Session,
+    id: PlanId,
+    control: plan::Control,
+) -> PageResult {
     let store = state.runtime.store.as_ref();
-    plan::control(
-        store,
-        id,
-        plan::Control::Cancel,
-        &session.caller.actor(),
-        Utc::now(),
-    )
-    .await?;
+    plan::control(store, id, control, &session.caller.actor(), Utc::now()).await?;
     Ok(Redirect::to(&format!("/ui/plans/{id}")).into_response())
 }
 

@@ -201,7 +201,7 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ReplayCommand {
-    /// Pause a replay plan: applies stop after the event in flight
+    /// Pause a replay plan: applies stop within about a second
     Pause { plan: i64 },
     /// Resume a paused replay plan and apply it
     Resume {

@@ -187,7 +187,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/api/v1/plans/{id}/pause",
             Some(Operator),
-            "Pause a plan (a replay, say): applies stop after the action in flight.",
+            "Pause a plan (a replay, say): applies stop within about a second, finishing the actions they hold.",
             post(plans_api::pause),
         ),
         endpoint(

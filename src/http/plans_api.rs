@@ -296,7 +296,8 @@ async fn change_state(
     Ok(())
 }
 
-/// Pauses a plan: applies stop after the action in flight.
+/// Pauses a plan: applies stop within about a second (each worker looks at the plan's state
+/// once a second), finishing the actions they hold.
 pub(super) async fn pause(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,

@@ -10,7 +10,8 @@ use crate::store::{Store, Transition};
 /// What a person does to a plan's course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Applies stop after the action in flight; resuming goes on.
+    /// Applies stop within about a second (each worker looks at the plan's state once a
+    /// second, and finishes the action it holds); resuming goes on.
     Pause,
     /// A paused plan may be applied again (the caller starts the apply).
     Resume,

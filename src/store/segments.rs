@@ -18,7 +18,7 @@ pub struct SegmentClaim {
     /// 1 for the first claim; more when earlier workers stopped answering.
     pub attempt: u32,
     pub owner: String,
-    pub invariant: String,
+    pub invariant: InvariantName,
     /// The definition hash the run was split under; a worker evaluates only that definition.
     pub definition: String,
     /// The keys of the segment, both bounds included.
@@ -232,7 +232,8 @@ macro_rules! impl_segment_store {
                     seq: seq as u32,
                     attempt: attempt as u32,
                     owner: owner.to_owned(),
-                    invariant: row.try_get("invariant")?,
+                    invariant: $crate::domain::InvariantName::parse(&row.try_get::<String, _>("invariant")?)
+                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
                     definition: row.try_get("definition")?,
                     low: row.try_get("low")?,
                     high: row.try_get("high")?,
@@ -280,12 +281,10 @@ macro_rules! impl_segment_store {
                         segment: claim.seq,
                     });
                 }
-                let invariant = $crate::domain::InvariantName::parse(&claim.invariant)
-                    .map_err(|e| $crate::store::StoreError::Database(sqlx::Error::Decode(e.into())))?;
                 Self::stage(
                     &self.pool,
                     claim.run,
-                    &invariant,
+                    &claim.invariant,
                     $crate::store::segments::staged_seq(claim.seq, first_seq),
                     batch,
                     Some((claim.seq as i32, claim.attempt as i32)),

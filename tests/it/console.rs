@@ -633,7 +633,8 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         let progress = store.action_progress(id).await.unwrap();
         trueup::plan::apply::finished(&progress)
     };
-    // (The action in flight may still finish.)
+    // Each apply worker looks at the plan's state once a second: after that, nothing moves.
+    // (There is no event to wait for: the end of a paused apply is not recorded.)
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let paused_at = done_at(std::sync::Arc::clone(&store), paused_plan.id).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

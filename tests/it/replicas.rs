@@ -226,13 +226,7 @@ async fn three_replicas_evaluate_each_tick_once_and_take_over_a_killed_ones_tick
 
 #[test]
 fn a_second_serve_on_one_sqlite_store_is_refused_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        "store: sqlite://trueup.db\n",
-    )
-    .unwrap();
+    let dir = sqlite_project();
     let mut first = spawn_serve(dir.path(), 0);
     // Serving means holding the store's lock.
     wait_for_log(dir.path(), 0, "trueup is serving");
@@ -429,6 +423,18 @@ async fn replicas_killed_mid_run_ten_times_leave_one_outcome_per_fire_time_and_f
     store.close().await;
 }
 
+/// A project with no invariants on a SQLite store.
+fn sqlite_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        "store: sqlite://trueup.db\n",
+    )
+    .unwrap();
+    dir
+}
+
 /// Waits (polling closely, so that a signal can follow at once) until the log of `serve`
 /// number `n` in `dir` holds `text`.
 fn wait_for_log(dir: &Path, n: usize, text: &str) {
@@ -445,13 +451,7 @@ fn wait_for_log(dir: &Path, n: usize, text: &str) {
 /// default action (which kills the process).
 #[test]
 fn a_serve_signalled_the_moment_it_announces_itself_reloads_or_shuts_down_gracefully() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        "store: sqlite://trueup.db\n",
-    )
-    .unwrap();
+    let dir = sqlite_project();
     for n in 0..5 {
         let mut serve = spawn_serve(dir.path(), n);
         wait_for_log(dir.path(), n, "trueup serving on");

@@ -68,7 +68,7 @@ async fn segment_story(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!((a.seq, a.low, a.high, a.attempt), (0, 1, 100, 1));
     assert_eq!((b.seq, c.seq), (1, 2));
-    assert_eq!(a.invariant, "split");
+    assert_eq!(a.invariant.as_str(), "split");
     assert_eq!(a.run_started_at.timestamp(), now.timestamp());
     assert_eq!(
         store

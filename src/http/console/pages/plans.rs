@@ -310,7 +310,7 @@ pub(in crate::http::console) struct ControlForm {
     rate: Option<String>,
 }
 
-/// Pause: applies stop after the action in flight.
+/// Pause: applies stop within about a second.
 pub(in crate::http::console) async fn pause(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -18,10 +19,16 @@ pub(super) async fn run(config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         settings.listen = listen;
     }
     let application = Application::build(app, settings).await?;
-    eprintln!(
-        "trueup serving on http://{} (/metrics, /healthz, /readyz); SIGTERM or Ctrl-C stops it",
+    // One write, so whoever reads the log for the address never sees half of it (`eprintln!`
+    // writes each formatted piece to the unbuffered stderr on its own).
+    let announcement = format!(
+        "trueup serving on http://{} (/metrics, /healthz, /readyz); SIGTERM or Ctrl-C stops it\n",
         application.addr()
     );
+    std::io::stderr()
+        .lock()
+        .write_all(announcement.as_bytes())
+        .context("cannot write to stderr")?;
     application.run_until(shutdown).await?;
     Ok(EXIT_OK)
 }

@@ -341,14 +341,23 @@ async fn the_demo_prints_one_step_to_a_signed_in_console() {
     let mut base = None;
     for _ in 0..300 {
         let printed = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
-        if let Some(at) = printed.find("serving on http://") {
-            let url = &printed[at + "serving on ".len()..];
-            base = url.split_whitespace().next().map(str::to_owned);
+        // The whole line, not the first bytes of it: the address ends where the line does.
+        if let Some(at) = printed.find("serving on http://")
+            && let Some(line) = printed[at..].split_inclusive('\n').next()
+            && line.ends_with('\n')
+        {
+            base = line["serving on ".len()..]
+                .split_whitespace()
+                .next()
+                .map(str::to_owned);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let base = base.expect("serve printed its address");
+    let base = base.unwrap_or_else(|| {
+        let printed = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+        panic!("serve did not print its address within 15 s:\n{printed}")
+    });
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

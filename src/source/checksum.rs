@@ -285,14 +285,12 @@ pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> 
             format!("(hashint8extended({v}, {s}) # hashint4extended(({v} >> 32)::int4, {t}))")
         }
         Form::Numeric => {
-            // `hash_numeric` ignores the sign and hashes every special value (NaN,
-            // ±Infinity) as 0: the sign and NaN are mixed in apart.
+            // `hash_numeric` ignores the sign: it goes into the seed (one comparison per
+            // row; a CASE testing the sign and NaN apart cost two, a sixth of a summary).
+            // Every special value hashes as its seed, so NaN and +Infinity (both above 0)
+            // hash alike; a read refuses both (README, "How values compare").
             let v = format!("({quoted})::numeric");
-            format!(
-                "(hash_numeric_extended({v}, {s}) # CASE WHEN {v} < 0 THEN {neg} WHEN {v} = 'NaN' THEN {nan} ELSE 0 END)",
-                neg = null_marker(1000 + i),
-                nan = null_marker(2000 + i),
-            )
+            format!("hash_numeric_extended({v}, {s} + 2 * numeric_cmp({v}, 0))")
         }
         // A deterministic collation, so that the hash covers the bytes.
         Form::Text => format!("hashtextextended(({quoted})::text COLLATE \"C\", {s})"),
@@ -508,11 +506,16 @@ pub(crate) fn summary_sql(
         Flavor::Typed => typed_row_mix("h"),
         Flavor::Canonical => "h".to_owned(),
     };
+    // Where no key can repeat, no column of zeros to sum (a tenth of a summary's time).
+    let (repeats_column, repeats_sum) = match req.key_may_repeat {
+        true => (format!(", {repeats} AS d"), "coalesce(sum(d), 0)::text"),
+        false => (String::new(), "'0'"),
+    };
     // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
     match engine {
         Engine::Postgres => format!(
-            "SELECT b::text, count(*)::text, sum({summed})::text, coalesce(sum(d), 0)::text FROM (\
-             SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h, {repeats} AS d \
+            "SELECT b::text, count(*)::text, sum({summed})::text, {repeats_sum} FROM (\
+             SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h{repeats_column} \
              FROM (\n{query}\n) AS trueup_q WHERE {within} OFFSET 0) AS trueup_s GROUP BY b"
         ),
         Engine::MySql => format!(

@@ -41,6 +41,13 @@ use tokio::sync::mpsc;
 use crate::config::{PrivilegedPolicy, SourceConfig, SourceKind, WritablePolicy};
 use crate::domain::{SourceName, Value};
 
+/// A source's statements run as long as their data takes (a checksum over 10M rows takes
+/// seconds, by design; `statement_timeout` is the limit): sqlx's default warning for every
+/// statement over a second, with the whole SQL, would be noise on every run. Debug level.
+fn quiet_slow_statements<O: sqlx::ConnectOptions>(options: O) -> O {
+    options.log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1))
+}
+
 /// One row, in the column order of [`RowStream::columns`].
 pub type Row = Vec<Value>;
 

@@ -39,7 +39,7 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, Sou
                 Ok(())
             })
         })
-        .connect_lazy_with(opts))
+        .connect_lazy_with(super::quiet_slow_statements(opts)))
 }
 
 pub(super) async fn audit_role(

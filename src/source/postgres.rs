@@ -30,7 +30,7 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, Source
     Ok(PgPoolOptions::new()
         .max_connections(cfg.pool_size)
         .acquire_timeout(Duration::from_secs(15))
-        .connect_lazy_with(opts))
+        .connect_lazy_with(super::quiet_slow_statements(opts)))
 }
 
 pub(super) async fn audit_role(
@@ -140,10 +140,9 @@ impl super::sql::Dialect for Dialect {
     const CHECKSUM_ENGINE: Option<super::checksum::Engine> =
         Some(super::checksum::Engine::Postgres);
 
-    /// JIT compiling costs more than a summary's hashing saves.
-    fn summary_settings(&self) -> Option<&'static str> {
-        Some("SET LOCAL jit = off")
-    }
+    // A summary runs under the server's own JIT settings: over 10M rows the compiled
+    // expressions and tuple deforming take 1.39 s where the interpreter takes 1.92 s; under
+    // ~2M rows the plan stays below `jit_above_cost` and nothing is compiled (docs/scale.md).
 
     fn origin(column: &sqlx::postgres::PgColumn) -> Option<(u32, i16)> {
         column

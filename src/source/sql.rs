@@ -37,11 +37,6 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// `None`: it computes none (its reconciles stream).
     const CHECKSUM_ENGINE: Option<super::checksum::Engine> = None;
 
-    /// Settings for a checksum summary's transaction, after [`Dialect::begin`].
-    fn summary_settings(&self) -> Option<&'static str> {
-        None
-    }
-
     /// The table (its id) and column number a result column is read from unchanged, where
     /// the engine says so.
     fn origin(_column: &<Self::DB as Database>::Column) -> Option<(u32, i16)> {

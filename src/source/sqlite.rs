@@ -24,7 +24,7 @@ pub(super) fn pool(cfg: &SourceConfig) -> Result<SqlitePool, SourceError> {
     Ok(SqlitePoolOptions::new()
         .max_connections(cfg.pool_size)
         .acquire_timeout(Duration::from_secs(15))
-        .connect_lazy_with(opts))
+        .connect_lazy_with(super::quiet_slow_statements(opts)))
 }
 
 /// SQLite's side of a read (see [`super::sql`]).

@@ -50,12 +50,6 @@ where
             .begin(&mut *c, &begin)
             .await
             .map_err(|e| query_error(&e))?;
-        if let Some(settings) = dialect.summary_settings() {
-            (&mut *c)
-                .execute(settings)
-                .await
-                .map_err(|e| query_error(&e))?;
-        }
         let out = work(&mut *c).await.map_err(|e| query_error(&e))?;
         (&mut *c)
             .execute("ROLLBACK")

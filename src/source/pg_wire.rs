@@ -134,10 +134,23 @@ fn significant_digits(bytes: &[u8]) -> Option<String> {
     Some(text)
 }
 
+/// Powers of ten an `i128` holds (10^0 to 10^38).
+const POW10: [i128; 39] = {
+    let mut table = [1i128; 39];
+    let mut i = 1;
+    while i < table.len() {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
 /// PostgreSQL's binary NUMERIC (base-10000 digits, weight, sign, display scale) straight to a
-/// `Decimal`: one integer pass instead of the general conversion, which divides per digit and
-/// showed up as an eighth of the reconcile's CPU time. `None` for what it does not cover
-/// (NaN, infinities, more than 28 digits of scale or 96 bits of mantissa).
+/// `Decimal`: the digit groups as one integer (Horner's rule), then one multiplication or
+/// division by a power of ten from a table to the display scale. The general conversion
+/// divided per digit and showed up as an eighth of the reconcile's CPU time; a power computed
+/// per digit group, as a tenth. `None` for what it does not cover (NaN, infinities, more than
+/// 28 digits of scale or 96 bits of mantissa, malformed digit groups).
 fn numeric_to_decimal(bytes: &[u8]) -> Option<rust_decimal::Decimal> {
     let word = |i: usize| -> Option<i32> {
         Some(i32::from(i16::from_be_bytes([
@@ -157,19 +170,23 @@ fn numeric_to_decimal(bytes: &[u8]) -> Option<rust_decimal::Decimal> {
     if scale > 28 || bytes.len() != 8 + 2 * ndigits {
         return None;
     }
-    let mut mantissa: i128 = 0;
+    let mut groups: i128 = 0;
     for i in 0..ndigits {
-        let digit = i128::from(word(8 + 2 * i)?);
-        // This digit's power of ten once the value is scaled by 10^scale.
-        let exp = 4 * (weight - i as i32) + i32::from(scale);
-        let term = if exp >= 0 {
-            digit.checked_mul(10_i128.checked_pow(u32::try_from(exp).ok()?)?)?
-        } else {
-            // Past the display scale only zeros remain in a digit group.
-            digit / 10_i128.checked_pow(u32::try_from(-exp).ok()?)?
-        };
-        mantissa = mantissa.checked_add(term)?;
+        let digit = word(8 + 2 * i)?;
+        if !(0..10_000).contains(&digit) {
+            return None;
+        }
+        groups = groups.checked_mul(10_000)?.checked_add(i128::from(digit))?;
     }
+    // The last group stands for 10000^(weight - ndigits + 1); scaled by 10^scale.
+    let last = i32::try_from(ndigits).ok()? - 1;
+    let exp = 4 * (weight - last) + i32::from(scale);
+    let mut mantissa = if exp >= 0 {
+        groups.checked_mul(*POW10.get(usize::try_from(exp).ok()?)?)?
+    } else {
+        // Past the display scale only zeros remain in a digit group.
+        groups / *POW10.get(usize::try_from(-exp).ok()?)?
+    };
     if negative {
         mantissa = -mantissa;
     }
@@ -436,6 +453,58 @@ mod tests {
                 .unwrap_or_else(|| panic!("{what}: read without an error"));
             assert!(err.to_string().contains(says), "{what}: {err}");
         }
+    }
+
+    /// The fast conversion agrees with the text one (each digit group written out) on every
+    /// NUMERIC it covers, and covers the everyday ones: random digit groups, weights, signs
+    /// and display scales.
+    #[test]
+    fn the_fast_numeric_conversion_agrees_with_the_digit_by_digit_one() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let mut covered = 0;
+        for _ in 0..20_000 {
+            let ndigits: i16 = rng.random_range(0..=8);
+            let weight: i16 = rng.random_range(-6..=6);
+            let negative = rng.random_bool(0.5);
+            let scale: u16 = rng.random_range(0..=32);
+            let mut bytes = Vec::new();
+            bytes.extend(ndigits.to_be_bytes());
+            bytes.extend(weight.to_be_bytes());
+            bytes.extend(if negative { 0x4000u16 } else { 0 }.to_be_bytes());
+            bytes.extend(scale.to_be_bytes());
+            for _ in 0..ndigits {
+                bytes.extend(rng.random_range(0i16..10_000).to_be_bytes());
+            }
+            let Some(fast) = numeric_to_decimal(&bytes) else {
+                continue;
+            };
+            let text = significant_digits(&bytes).expect("well-formed");
+            // The display scale cuts what lies past it, as PostgreSQL's output does.
+            let cut = match text.split_once('.') {
+                Some((int, frac)) => {
+                    let frac = &frac[..frac.len().min(usize::from(scale))];
+                    if frac.is_empty() {
+                        int.to_owned()
+                    } else {
+                        format!("{int}.{frac}")
+                    }
+                }
+                None => text.clone(),
+            };
+            let want = rust_decimal::Decimal::from_str_exact(&cut)
+                .expect("a decimal")
+                .trunc_with_scale(u32::from(scale));
+            assert_eq!(fast, want, "{bytes:?} ({text}, scale {scale})");
+            assert_eq!(fast.scale(), u32::from(scale), "{bytes:?}");
+            covered += 1;
+        }
+        assert!(covered > 10_000, "only {covered} of 20000 covered");
+        // A digit group past 9999 is malformed: not a number to convert.
+        assert_eq!(
+            numeric_to_decimal(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]),
+            None
+        );
     }
 
     #[test]

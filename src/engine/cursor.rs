@@ -75,10 +75,6 @@ impl Cursor {
         Ok(self.peeked.as_ref())
     }
 
-    pub fn key<'r>(&self, row: &'r [Value]) -> Vec<&'r Value> {
-        self.key_idx.iter().map(|&i| &row[i]).collect()
-    }
-
     /// The next key group, checking that keys never go backwards.
     pub async fn next_group(&mut self) -> Result<Option<Group>, EngineError> {
         let Some(first) = self.next().await? else {

@@ -239,7 +239,7 @@ fn cross_compare(
 }
 
 fn key_of(cursor: &Cursor, row: &[Value]) -> Vec<Value> {
-    cursor.key(row).into_iter().cloned().collect()
+    cursor.key_idx.iter().map(|&i| row[i].clone()).collect()
 }
 
 fn time_of(row: &[Value], idx: Option<usize>) -> Option<DateTime<Utc>> {
@@ -334,14 +334,16 @@ async fn both(
     due_before: Option<DateTime<Utc>>,
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    let key = key_of(left, &lg.first);
+    // The key is copied out only for a violation: most key groups match, and two
+    // allocations per row showed in a 10M-row profile.
+    let key = || key_of(left, &lg.first);
     let event_at = time_of(&lg.first, plan.left_time);
     let right_dup = rg.count > 1 && !spec.expect.right_may_repeat();
     if lg.count > 1 || right_dup {
         tally
             .report(Violation {
                 kind: ViolationKind::Duplicate,
-                key: key.clone(),
+                key: key(),
                 discriminator: None,
                 event_at,
                 evidence: json!({
@@ -381,7 +383,7 @@ async fn both(
     tally
         .report(Violation {
             kind: ViolationKind::Mismatch,
-            key,
+            key: key(),
             discriminator: None,
             event_at,
             evidence: json!({

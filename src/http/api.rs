@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use crate::store::{StatusFilter, ViolationFilter};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use super::{HttpState, endpoints};
 
 const MAX_PAGE: u32 = 1000;
@@ -71,7 +72,7 @@ pub(super) async fn list_invariants(State(state): State<HttpState>) -> Json<serd
 
 pub(super) async fn get_invariant(
     State(state): State<HttpState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let inv = find(&state, &name)?;
     let runs = state.runtime.store.runs(Some(&name), 10).await?;
@@ -86,7 +87,7 @@ pub(super) async fn get_invariant(
 pub(super) async fn trigger_run(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let inv = find(&state, &name)?;
     state
@@ -126,7 +127,7 @@ pub(super) struct RunsQuery {
 
 pub(super) async fn list_runs(
     State(state): State<HttpState>,
-    Query(q): Query<RunsQuery>,
+    ApiQuery(q): ApiQuery<RunsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let runs = state
         .runtime
@@ -181,7 +182,7 @@ fn kind_filter(raw: Option<&str>) -> Result<Option<ViolationKind>, ApiError> {
 
 pub(super) async fn list_violations(
     State(state): State<HttpState>,
-    Query(q): Query<ViolationsQuery>,
+    ApiQuery(q): ApiQuery<ViolationsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let status = status_filter(q.status.as_deref())?;
     let kind = kind_filter(q.kind.as_deref())?;
@@ -223,7 +224,7 @@ pub(super) struct HistogramQuery {
 /// Violations counted by event time, in buckets (`bucket`, default 5m): where the outage was.
 pub(super) async fn violation_histogram(
     State(state): State<HttpState>,
-    Query(q): Query<HistogramQuery>,
+    ApiQuery(q): ApiQuery<HistogramQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let bucket = crate::domain::HumanDuration::parse(q.bucket.as_deref().unwrap_or("5m"))
         .map_err(|e| ApiError::bad_request(format!("bucket: {e}")))?;
@@ -255,7 +256,7 @@ pub(super) struct AuditQuery {
 
 pub(super) async fn audit_log(
     State(state): State<HttpState>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let items = state

@@ -96,6 +96,27 @@ impl ApiError {
         }
     }
 
+    /// A request axum's extractors could not read (its path, query string or body), with
+    /// the status they chose for it.
+    pub fn refused(status: StatusCode, message: impl Into<String>) -> Self {
+        if status.is_server_error() {
+            return Self::internal(message.into());
+        }
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+            _ => "bad_request",
+        };
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fields: None,
+            next: None,
+        }
+    }
+
     /// A well-formed request whose content cannot be used as sent.
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self {

@@ -2,7 +2,7 @@
 //! caller's token identity.
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -15,6 +15,7 @@ use crate::runtime::VerifyError;
 use super::HttpState;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 
 impl From<IncidentError> for ApiError {
     fn from(e: IncidentError) -> Self {
@@ -45,7 +46,7 @@ pub(super) async fn list(
 
 pub(super) async fn get(
     State(state): State<HttpState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
     Ok(Json(
         incident::view(state.runtime.store.as_ref(), &name).await?,
@@ -66,9 +67,9 @@ pub(super) struct OpenBody {
 pub(super) async fn open(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    body: Option<Json<OpenBody>>,
+    body: Option<ApiJson<OpenBody>>,
 ) -> Result<Response, ApiError> {
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"name\": ..., \"from\": RFC 3339, \"to\"?, \"invariants\"?, \"summary\"?}",
         ));
@@ -98,11 +99,11 @@ pub(super) struct PhaseBody {
 pub(super) async fn phase(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    body: Option<Json<PhaseBody>>,
+    ApiPath(name): ApiPath<String>,
+    body: Option<ApiJson<PhaseBody>>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
     incident::load(state.runtime.store.as_ref(), &name).await?;
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"phase\": \"contain|restore|reconcile|verify\", \"note\"?}",
         ));
@@ -130,11 +131,11 @@ pub(super) struct NoteBody {
 pub(super) async fn note(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    body: Option<Json<NoteBody>>,
+    ApiPath(name): ApiPath<String>,
+    body: Option<ApiJson<NoteBody>>,
 ) -> Result<Json<incident::IncidentView>, ApiError> {
     incident::load(state.runtime.store.as_ref(), &name).await?;
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request("send a JSON body {\"text\": ...}"));
     };
     incident::add_note(
@@ -163,8 +164,8 @@ pub(super) struct ReportQuery {
 /// .../verify` evaluates first.
 pub(super) async fn report(
     State(state): State<HttpState>,
-    Path(name): Path<String>,
-    Query(q): Query<ReportQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let format = report_format(q.format.as_deref(), ReportFormat::Json)?;
     report_response(&state, &name, format, q.download).await
@@ -235,10 +236,10 @@ pub(super) struct VerifyBody {
 pub(super) async fn verify(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    body: Option<Json<VerifyBody>>,
+    ApiPath(name): ApiPath<String>,
+    body: Option<ApiJson<VerifyBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let fresh_within = match body.fresh_within.as_deref() {
         None => incident::DEFAULT_FRESH_WITHIN,
         Some(raw) => crate::domain::HumanDuration::parse(raw)
@@ -274,10 +275,10 @@ pub(super) struct CloseBody {
 pub(super) async fn close(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    body: Option<Json<CloseBody>>,
+    ApiPath(name): ApiPath<String>,
+    body: Option<ApiJson<CloseBody>>,
 ) -> Result<Json<incident::Report>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let report = incident::close(
         state.runtime.store.as_ref(),
         &state.runtime.catalog.snapshot(),

@@ -12,6 +12,7 @@ mod plans_api;
 pub use api::openapi_document;
 pub mod auth;
 pub mod error;
+mod extract;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! token identity.
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -16,6 +16,7 @@ use crate::plan::{self, PlanError};
 use super::HttpState;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 
 const MAX_PAGE: u32 = 1000;
 
@@ -61,7 +62,7 @@ pub(super) struct PlansQuery {
 
 pub(super) async fn list(
     State(state): State<HttpState>,
-    Query(q): Query<PlansQuery>,
+    ApiQuery(q): ApiQuery<PlansQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let plans = state
         .runtime
@@ -89,7 +90,7 @@ pub(super) struct ActionsQuery {
 
 pub(super) async fn get(
     State(state): State<HttpState>,
-    Path(id): Path<PlanId>,
+    ApiPath(id): ApiPath<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let inv = state.runtime.catalog.find(&p.invariant);
@@ -109,8 +110,8 @@ pub(super) async fn get(
 
 pub(super) async fn actions(
     State(state): State<HttpState>,
-    Path(id): Path<PlanId>,
-    Query(q): Query<ActionsQuery>,
+    ApiPath(id): ApiPath<PlanId>,
+    ApiQuery(q): ApiQuery<ActionsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     plan::load(state.runtime.store.as_ref(), id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
@@ -130,9 +131,9 @@ pub(super) struct CreateBody {
 pub(super) async fn create(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    body: Option<Json<CreateBody>>,
+    body: Option<ApiJson<CreateBody>>,
 ) -> Result<Response, ApiError> {
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"invariant\": \"NAME\"}",
         ));
@@ -175,11 +176,11 @@ pub(super) struct ApproveBody {
 pub(super) async fn approve(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
-    body: Option<Json<ApproveBody>>,
+    ApiPath(id): ApiPath<PlanId>,
+    body: Option<ApiJson<ApproveBody>>,
 ) -> Result<Json<plan::ApprovalStatus>, ApiError> {
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"content_hash\": \"...\"} with the hash of the plan you reviewed (GET /api/v1/plans/{id})",
         ));
@@ -217,11 +218,11 @@ pub(super) struct RejectBody {
 pub(super) async fn reject(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
-    body: Option<Json<RejectBody>>,
+    ApiPath(id): ApiPath<PlanId>,
+    body: Option<ApiJson<RejectBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     plan::load(state.runtime.store.as_ref(), id).await?;
-    let Some(Json(body)) = body else {
+    let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
             "send a JSON body {\"reason\": \"...\"}",
         ));
@@ -253,10 +254,10 @@ pub(super) struct ApplyBody {
 pub(super) async fn apply(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
-    body: Option<Json<ApplyBody>>,
+    ApiPath(id): ApiPath<PlanId>,
+    body: Option<ApiJson<ApplyBody>>,
 ) -> Result<Response, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let rate = match &body.rate {
         Some(r) => Rate::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
@@ -301,7 +302,7 @@ async fn change_state(
 pub(super) async fn pause(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
+    ApiPath(id): ApiPath<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     change_state(&state, &caller, id, plan::Control::Pause).await?;
     Ok(Json(json!({ "plan": id, "state": "paused" })))
@@ -311,7 +312,7 @@ pub(super) async fn pause(
 pub(super) async fn cancel(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
+    ApiPath(id): ApiPath<PlanId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     change_state(&state, &caller, id, plan::Control::Cancel).await?;
     Ok(Json(json!({ "plan": id, "state": "cancelled" })))
@@ -321,9 +322,9 @@ pub(super) async fn cancel(
 pub(super) async fn resume(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<PlanId>,
-    body: Option<Json<ApplyBody>>,
+    ApiPath(id): ApiPath<PlanId>,
+    body: Option<ApiJson<ApplyBody>>,
 ) -> Result<Response, ApiError> {
     change_state(&state, &caller, id, plan::Control::Resume).await?;
-    apply(State(state), Extension(caller), Path(id), body).await
+    apply(State(state), Extension(caller), ApiPath(id), body).await
 }

@@ -421,6 +421,61 @@ async fn the_api_runs_lists_pages_and_audits() {
     let (status, _) = get(&format!("{base}/api/v1/invariants/no-such-thing")).await;
     assert_eq!(status, 404);
 
+    // A path, query string or body the route cannot read is refused in the same JSON body as
+    // every other refusal (axum's own refusals are text/plain), saying which part and why.
+    let client = reqwest::Client::new();
+    let unreadable = [
+        (
+            client.get(format!("{base}/api/v1/runs?limit=abc")),
+            "the query string is not one this route takes",
+            "limit",
+        ),
+        (
+            client.get(format!("{base}/api/v1/plans/abc")),
+            "the path does not name what this route takes",
+            "abc",
+        ),
+        (
+            client
+                .post(format!("{base}/api/v1/plans"))
+                .header("content-type", "application/json")
+                .body("{\"invariant\": "),
+            "the body is not the JSON this route takes",
+            "EOF",
+        ),
+        (
+            client
+                .post(format!("{base}/api/v1/plans"))
+                .header("content-type", "application/json")
+                .body("{\"invariant\": 7}"),
+            "the body is not the JSON this route takes",
+            "invalid type",
+        ),
+    ];
+    for (request, says, names) in unreadable {
+        let response = request.bearer_auth(ADMIN).send().await.unwrap();
+        let status = response.status().as_u16();
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(matches!(status, 400 | 422), "{status} {body}");
+        assert_eq!(kind, "application/json", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(says) && message.contains(names),
+            "{body}"
+        );
+        assert!(
+            matches!(
+                body["error"].as_str(),
+                Some("bad_request" | "unprocessable")
+            ),
+            "{body}"
+        );
+    }
+
     // The run request is in the audit log, with who asked.
     let (_, body) = call(
         reqwest::Method::GET,

@@ -343,6 +343,50 @@ fn a_long_timeline_keeps_its_start_and_end_and_counts_what_it_left_out() {
     );
 }
 
+/// A scheduled run still going when the incident closed stays in the frozen report as what it
+/// was then, not as a run that is "running" for good; before the close it reads as under way.
+#[test]
+fn a_run_still_running_at_the_close_is_said_to_have_been_running_then() {
+    let mut ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        Vec::new(),
+    );
+    ev.invariants[0].runs.notable = vec![run(10, "06:59", RunStatus::Running, 0)];
+    let open = assemble(&ev, &loaded(), None);
+    let texts = |r: &Report| -> Vec<String> {
+        r.timeline
+            .entries
+            .iter()
+            .filter(|e| e.run == Some(10))
+            .map(|e| e.text.clone())
+            .collect()
+    };
+    assert_eq!(
+        texts(&open),
+        ["run 10 is running: its outcome is not known yet"]
+    );
+    let closure = Closure {
+        closed_by: "april".into(),
+        closed_at: t("07:00"),
+        overridden: false,
+        override_reason: None,
+    };
+    let closed = assemble(&ev, &loaded(), Some(&closure));
+    assert_eq!(
+        texts(&closed),
+        [
+            "run 10 was still running when the incident closed: its outcome is not part of this report"
+        ]
+    );
+    let md = crate::incident::render(&closed, crate::incident::ReportFormat::Md).unwrap();
+    assert!(!md.contains("run 10 running"), "{md}");
+    assert!(
+        md.contains("run 10 was still running when the incident closed"),
+        "{md}"
+    );
+}
+
 #[test]
 fn closing_sets_the_state_the_closure_and_the_end_of_the_last_phase() {
     let ev = evidence(

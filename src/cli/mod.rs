@@ -201,7 +201,7 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ReplayCommand {
-    /// Pause a replay plan: applies stop within about a second
+    /// Pause a replay plan: no action starts after it; those under way finish
     Pause { plan: i64 },
     /// Resume a paused replay plan and apply it
     Resume {

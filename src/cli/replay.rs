@@ -204,7 +204,7 @@ async fn control(config: Option<&Path>, cmd: ReplayCommand) -> anyhow::Result<u8
     match cmd {
         ReplayCommand::Pause { .. } => {
             println!(
-                "plan {id} paused: applies stop within about a second; `trueup replay resume {id}` goes on"
+                "plan {id} paused: no action starts now, those under way finish; `trueup replay resume {id}` goes on"
             );
             Ok(EXIT_OK)
         }

@@ -14,7 +14,7 @@ pub enum PlanState {
     Applied,
     /// Apply stopped after too many failed actions, or was interrupted; apply again to go on.
     Stopped,
-    /// An operator paused it: applies stop within about a second; resume to go on.
+    /// An operator paused it: no action starts; resume to go on.
     Paused,
     /// An operator cancelled it: nothing more is applied.
     Cancelled,

@@ -188,7 +188,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/api/v1/plans/{id}/pause",
             Some(Operator),
-            "Pause a plan (a replay, say): applies stop within about a second, finishing the actions they hold.",
+            "Pause a plan (a replay, say): once recorded, no action starts; the actions under way finish.",
             post(plans_api::pause),
         ),
         endpoint(

@@ -297,8 +297,8 @@ async fn change_state(
     Ok(())
 }
 
-/// Pauses a plan: applies stop within about a second (each worker looks at the plan's state
-/// once a second), finishing the actions they hold.
+/// Pauses a plan: once the pause is recorded no action starts (the store hands out none);
+/// the actions under way finish.
 pub(super) async fn pause(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,

@@ -10,8 +10,8 @@ use crate::store::{Store, Transition};
 /// What a person does to a plan's course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Applies stop within about a second (each worker looks at the plan's state once a
-    /// second, and finishes the action it holds); resuming goes on.
+    /// Once recorded, no action starts (the store hands out none); the actions under way
+    /// finish; resuming goes on.
     Pause,
     /// A paused plan may be applied again (the caller starts the apply).
     Resume,

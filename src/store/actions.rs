@@ -13,7 +13,9 @@ use crate::domain::{ActionStatus, PlanId};
 #[async_trait]
 pub trait ActionStore: Send + Sync {
     /// Claims the next action to work on: a pending one, or one whose worker's lease ran out
-    /// (a worker that died). Counts an attempt.
+    /// (a worker that died). Counts an attempt. A paused or cancelled plan hands out none:
+    /// once `transition_plan` has recorded the pause, no action starts (one claimed before
+    /// it finishes).
     async fn claim_action(
         &self,
         plan: PlanId,
@@ -35,7 +37,8 @@ pub trait ActionStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Leases one partition of a replay plan that has work left and no live lease.
+    /// Leases one partition of a replay plan that has work left and no live lease; none of a
+    /// paused or cancelled plan.
     async fn claim_partition(
         &self,
         plan: PlanId,
@@ -61,7 +64,8 @@ pub trait ActionStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Claims the first unfinished action of a partition whose lease the caller holds (an
-    /// action a dead worker left in progress included): the next event in order.
+    /// action a dead worker left in progress included): the next event in order. None from a
+    /// paused or cancelled plan, as [`ActionStore::claim_action`].
     async fn claim_in_partition(
         &self,
         plan: PlanId,
@@ -87,8 +91,32 @@ pub trait ActionStore: Send + Sync {
 }
 
 macro_rules! impl_action_store {
-    // (The same arguments as `impl_plan_store!`, which defines the row readers used here.)
-    ($store:ty, $db:ty, $begin:literal, $skip_locked:literal, $for_update:literal) => {
+    // The same arguments as `impl_plan_store!` (which defines the row readers used here),
+    // and the lock a claim holds on its plan's row so that a pause or cancel (which locks it
+    // for update) waits for claims under way and every later claim sees it.
+    ($store:ty, $db:ty, $begin:literal, $skip_locked:literal, $for_update:literal, $for_key_share:literal) => {
+        impl $store {
+            /// Whether `plan` hands out actions: not while paused or cancelled.
+            async fn hands_out_actions(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                plan: $crate::domain::PlanId,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let state: Option<String> = sqlx::query_scalar(concat!(
+                    "SELECT state FROM plans WHERE id = $1 ",
+                    $for_key_share
+                ))
+                .bind(plan)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(state.is_some_and(|s| {
+                    !matches!(
+                        $crate::domain::PlanState::parse(&s),
+                        $crate::domain::PlanState::Paused | $crate::domain::PlanState::Cancelled
+                    )
+                }))
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::ActionStore for $store {
             async fn claim_action(
@@ -99,6 +127,9 @@ macro_rules! impl_action_store {
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<$crate::store::ActionRecord>, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                if !Self::hands_out_actions(&mut tx, plan).await? {
+                    return Ok(None);
+                }
                 // Rescue first (an action a dead worker held), then the next pending one. Each
                 // lookup is one range of the (plan_id, status, seq) index, so a claim costs the
                 // same at the first action and the ten-thousandth.
@@ -179,6 +210,9 @@ macro_rules! impl_action_store {
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<String>, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                if !Self::hands_out_actions(&mut tx, plan).await? {
+                    return Ok(None);
+                }
                 let key: Option<String> = sqlx::query_scalar(concat!(
                     "UPDATE plan_partitions SET lease_owner = $2, lease_until = $3 ",
                     "WHERE plan_id = $1 AND partition_key = (",
@@ -254,7 +288,7 @@ macro_rules! impl_action_store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .flatten();
-                if held.as_deref() != Some(owner) {
+                if held.as_deref() != Some(owner) || !Self::hands_out_actions(&mut tx, plan).await? {
                     return Ok(None);
                 }
                 let row = sqlx::query(

@@ -53,7 +53,8 @@ super::actions::impl_action_store!(
     sqlx::Postgres,
     "BEGIN",
     "FOR UPDATE SKIP LOCKED",
-    "FOR UPDATE"
+    "FOR UPDATE",
+    "FOR KEY SHARE"
 );
 
 super::plans::impl_plan_store!(

@@ -46,7 +46,8 @@ super::sessions::impl_session_store!(SqliteStore, "BEGIN IMMEDIATE");
 
 super::incidents::impl_incident_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 
-super::actions::impl_action_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
+// SQLite's one writer (`BEGIN IMMEDIATE`) orders claims and a pause: no lock to take.
+super::actions::impl_action_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "", "");
 
 super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", "");
 

@@ -744,6 +744,38 @@ async fn plan_story(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!((again.seq, again.attempts), (3, 2));
     store.release_partition(r, "a", "w3").await.unwrap();
+    // Paused (or cancelled), a plan hands out nothing more, not even to a worker that still
+    // holds a partition's lease: a pause stops applies when it is recorded, not a second later.
+    // Resumed, it hands out again.
+    let held = store
+        .claim_partition(r, "w4", later, later + lease)
+        .await
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("a"));
+    let pause = change(&[PlanState::Proposed], PlanState::Paused);
+    assert!(store.transition_plan(r, &pause).await.unwrap());
+    let in_a = store.claim_in_partition(r, "a", "w4", later + lease).await;
+    assert!(in_a.unwrap().is_none(), "paused");
+    let other = store.claim_partition(r, "w5", later, later + lease).await;
+    assert_eq!(other.unwrap(), None, "paused");
+    let any = store.claim_action(r, "w5", later, later + lease).await;
+    assert!(any.unwrap().is_none(), "paused");
+    let resume = change(&[PlanState::Paused], PlanState::Applying);
+    assert!(store.transition_plan(r, &resume).await.unwrap());
+    let in_a = store
+        .claim_in_partition(r, "a", "w4", later + lease)
+        .await
+        .unwrap()
+        .expect("resumed: the next action of a");
+    assert_eq!(in_a.seq, 3);
+    store.release_action(r, 3, "w4").await.unwrap();
+    store.release_partition(r, "a", "w4").await.unwrap();
+    let other = store
+        .claim_partition(r, "w5", later, later + lease)
+        .await
+        .unwrap()
+        .expect("resumed: a partition with work left");
+    store.release_partition(r, &other, "w5").await.unwrap();
     assert_eq!(
         store.retry_failed_actions(r).await.unwrap(),
         1,

@@ -10,7 +10,9 @@ use crate::domain::{ActionStatus, PlanId, PlanState};
 use crate::plan::{PlanError, load};
 use crate::store::{PlanRecord, Store};
 
-/// Whether an operator paused or cancelled the plan (checked at most once a second).
+/// Whether an operator paused or cancelled the plan (checked at most once a second). The store
+/// hands out no action of a paused or cancelled plan from the moment it is recorded; this is
+/// how a worker, getting nothing, learns to stop rather than wait for more.
 pub(super) struct HaltWatch {
     last: Instant,
 }

@@ -310,7 +310,7 @@ pub(in crate::http::console) struct ControlForm {
     rate: Option<String>,
 }
 
-/// Pause: applies stop within about a second.
+/// Pause: no action starts once it is recorded.
 pub(in crate::http::console) async fn pause(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,

@@ -544,6 +544,15 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         .unwrap()
         .unwrap();
     b.screenshot("timeline-selected").await;
+    // A dry run takes seconds on a real window: while it runs the form says so and cannot be
+    // sent twice (held here by a listener that keeps the browser on the page, then sent).
+    busy_while_sent(
+        &b,
+        "replay-form",
+        "Running the dry run: reading the window's events",
+    )
+    .await;
+    b.screenshot("replay-dry-run-running").await;
     b.click("#replay-form button").await;
     b.wait_for("the dry run", Duration::from_secs(20), |s| {
         s.contains("would-replay")
@@ -590,6 +599,12 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         b.text("#approvals").await,
         "1 of 1: april (who proposed it)"
     );
+    busy_while_sent(
+        &b,
+        "dry-run-form",
+        "Running the dry run: checking each action",
+    )
+    .await;
     b.click("#dry-run").await;
     b.wait_for("the plan's dry run", Duration::from_secs(20), |s| {
         s.contains("dry-run-result")
@@ -843,4 +858,38 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
 
     b.close().await;
     server.stop().await;
+}
+
+/// Submits form `id` once with the browser kept on the page, and checks what a person sees
+/// while the server works: the status line `says` (and the seconds so far), the submit button
+/// disabled. Then undoes that, so the caller can send the form for real.
+async fn busy_while_sent(b: &crate::browser::Browser, id: &str, says: &str) {
+    let hold = format!(
+        "const f = document.getElementById('{id}'); \
+         f.addEventListener('submit', e => e.preventDefault(), {{ once: true }}); \
+         f.requestSubmit(); return true;"
+    );
+    b.client.execute(&hold, vec![]).await.unwrap();
+    let status = b.text(&format!("#{id} [role=status]")).await;
+    assert!(
+        status.starts_with(says) && status.ends_with(" s"),
+        "{id}: {status:?}"
+    );
+    let disabled = b
+        .client
+        .execute(
+            &format!(
+                "return Array.from(document.querySelectorAll('#{id} button[type=submit]')).every(b => b.disabled) \
+                 && document.getElementById('{id}').getAttribute('aria-busy') === 'true';"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(disabled, serde_json::json!(true), "{id}: not sent twice");
+    let undo = format!(
+        "const f = document.getElementById('{id}'); f.removeAttribute('aria-busy'); \
+         f.querySelectorAll('button[type=submit]').forEach(b => b.disabled = false); return true;"
+    );
+    b.client.execute(&undo, vec![]).await.unwrap();
 }

@@ -47,6 +47,27 @@
     setTimeout(tick, 500);
   }
 
+  // A form that starts slow work (a dry run reads a whole window) says so while the server
+  // works, with the seconds it has taken, and cannot be sent twice.
+  document.querySelectorAll("form[data-busy]").forEach((form) => {
+    form.addEventListener("submit", () => {
+      const started = Date.now();
+      form.querySelectorAll("button[type=submit]").forEach((b) => {
+        b.disabled = true;
+      });
+      form.setAttribute("aria-busy", "true");
+      const status = form.querySelector("[role=status]");
+      if (!status) return;
+      const show = () => {
+        status.textContent =
+          form.dataset.busy + " " + Math.floor((Date.now() - started) / 1000) + " s";
+      };
+      show();
+      status.hidden = false;
+      setInterval(show, 1000);
+    });
+  });
+
   // The timeline: click a bar, then another, to select a window; the replay form follows.
   const bars = Array.from(document.querySelectorAll(".chart .bar"));
   const from = document.getElementById("replay-from");

@@ -46,6 +46,11 @@ impl PlanState {
             _ => PlanState::Proposed,
         }
     }
+
+    /// Whether an operator stopped its apply (paused or cancelled): no action starts.
+    pub fn halts_apply(self) -> bool {
+        matches!(self, PlanState::Paused | PlanState::Cancelled)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

@@ -507,9 +507,13 @@ pub(crate) fn summary_sql(
         Flavor::Canonical => "h".to_owned(),
     };
     // Where no key can repeat, no column of zeros to sum (a tenth of a summary's time).
-    let (repeats_column, repeats_sum) = match req.key_may_repeat {
-        true => (format!(", {repeats} AS d"), "coalesce(sum(d), 0)::text"),
-        false => (String::new(), "'0'"),
+    let (repeats_column, repeats_sum) = match (req.key_may_repeat, engine) {
+        (false, _) => (String::new(), "'0'"),
+        (true, Engine::Postgres) => (format!(", {repeats} AS d"), "coalesce(sum(d), 0)::text"),
+        (true, Engine::MySql) => (
+            format!(", {repeats} AS d"),
+            "CAST(COALESCE(SUM(d), 0) AS CHAR)",
+        ),
     };
     // `key - low` fits a bigint: a range spans at most 2^63 keys (see the engine's split).
     match engine {
@@ -519,9 +523,9 @@ pub(crate) fn summary_sql(
              FROM (\n{query}\n) AS trueup_q WHERE {within} OFFSET 0) AS trueup_s GROUP BY b"
         ),
         Engine::MySql => format!(
-            "SELECT CAST(b AS CHAR), CAST(COUNT(*) AS CHAR), CAST(SUM(h) AS CHAR), \
-             CAST(COALESCE(SUM(d), 0) AS CHAR) FROM (\
-             SELECT (CAST({key} AS SIGNED) - ({low})) DIV {width} AS b, {hash} AS h, {repeats} AS d \
+            "SELECT CAST(b AS CHAR), CAST(COUNT(*) AS CHAR), CAST(SUM(h) AS CHAR), {repeats_sum} \
+             FROM (\
+             SELECT (CAST({key} AS SIGNED) - ({low})) DIV {width} AS b, {hash} AS h{repeats_column} \
              FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b"
         ),
     }

@@ -108,12 +108,7 @@ macro_rules! impl_action_store {
                 .bind(plan)
                 .fetch_optional(&mut **tx)
                 .await?;
-                Ok(state.is_some_and(|s| {
-                    !matches!(
-                        $crate::domain::PlanState::parse(&s),
-                        $crate::domain::PlanState::Paused | $crate::domain::PlanState::Cancelled
-                    )
-                }))
+                Ok(state.is_some_and(|s| !$crate::domain::PlanState::parse(&s).halts_apply()))
             }
         }
 

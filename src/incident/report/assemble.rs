@@ -34,7 +34,7 @@ pub fn assemble(
         let part = invariant_part(ev, definition, window);
         blockers.extend(invariant_blockers(&part));
         for run in &ev.runs.notable {
-            timeline.push(run_entry(run, closed_at));
+            timeline.push(run_entry(run, closed_at.is_some()));
         }
         parts.push(part);
     }

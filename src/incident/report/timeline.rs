@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-
 use crate::domain::{PlanKind, RunStatus};
 use crate::store::{AuditEntry, RunRecord};
 
@@ -11,13 +9,13 @@ use super::*;
 
 /// A run as a timeline entry. A run still running has no outcome yet: in a closed incident's
 /// report (frozen at the close) it says so for good, not "running".
-pub(super) fn run_entry(run: &RunRecord, closed_at: Option<DateTime<Utc>>) -> TimelineEntry {
+pub(super) fn run_entry(run: &RunRecord, closed: bool) -> TimelineEntry {
     let text = match run.status {
         RunStatus::Succeeded => format!(
             "run {}: {} new, {} reopened, {} resolved, {} still open",
             run.id, run.change.new, run.change.reopened, run.change.resolved, run.change.still_open
         ),
-        RunStatus::Running if closed_at.is_some() => format!(
+        RunStatus::Running if closed => format!(
             "run {} was still running when the incident closed: its outcome is not part of this report",
             run.id
         ),

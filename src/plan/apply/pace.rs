@@ -34,7 +34,7 @@ impl HaltWatch {
         }
         self.last = Instant::now();
         let state = load(env.store, id).await?.state;
-        Ok(matches!(state, PlanState::Paused | PlanState::Cancelled).then_some(state))
+        Ok(state.halts_apply().then_some(state))
     }
 }
 

@@ -21,7 +21,7 @@ pub use actor::Actor;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
 pub use compensation::{ActionSpec, Compensation, HttpCompensation, ParamStyle, SqlCompensation};
 pub use duration::HumanDuration;
-pub use histogram::{Bucket, histogram};
+pub use histogram::{Bucket, StackedBucket, histogram, stacked_histogram};
 pub use incident::{IncidentState, Phase};
 pub use invariant::{
     CheckSpec, Expect, Incremental, Invariant, InvariantSpec, QuerySide, ReconcileMode,

@@ -484,6 +484,46 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         b.text("#open-total").await,
         trueup::demo::OUTAGE_EVENTS.to_string()
     );
+    // The chart: the outage still open, nothing resolved, selected from its start (within
+    // max_window) with its count; a y-axis of counts and time ticks at round hours.
+    let outage_selected = format!("{} open, 0 resolved.", trueup::demo::OUTAGE_EVENTS);
+    assert_eq!(
+        b.text("#chart-open").await,
+        trueup::demo::OUTAGE_EVENTS.to_string()
+    );
+    assert_eq!(b.text("#chart-resolved").await, "0");
+    let selection = b.text("#selection").await;
+    assert!(
+        selection.starts_with("Selected ") && selection.ends_with(&outage_selected),
+        "{selection}"
+    );
+    let chart_range = b.text("#chart-range").await;
+    let labels = |css: &str| {
+        let b = &b;
+        let js = format!(
+            "return Array.from(document.querySelectorAll('{css}')).map(t => t.textContent);"
+        );
+        async move {
+            let v = b.client.execute(&js, vec![]).await.unwrap();
+            serde_json::from_value::<Vec<String>>(v).unwrap()
+        }
+    };
+    let times = labels(".chart .xaxis text:not(.sub)").await;
+    assert!(times.len() >= 3, "{times:?}");
+    assert!(
+        times
+            .iter()
+            .all(|t| t.len() == 5 && t.ends_with(":00") && t[..2].parse::<u32>().is_ok()),
+        "round hours: {times:?}"
+    );
+    let counts: Vec<u64> = labels(".chart .grid text")
+        .await
+        .iter()
+        .map(|c| c.replace(',', "").parse().unwrap())
+        .collect();
+    assert_eq!(counts.first(), Some(&0), "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    b.screenshot("timeline").await;
 
     // A window wider than the invariant's max_window: refused without a reason, with the
     // fields that fix it; dry-run with one.
@@ -529,6 +569,8 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         selected > 10,
         "the whole outage is selected ({selected} bars)"
     );
+    let selection = b.text("#selection").await;
+    assert!(selection.ends_with(&outage_selected), "{selection}");
     let from = b
         .find("#replay-from")
         .await
@@ -691,6 +733,18 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("None open.")
     })
     .await;
+    // The chart keeps its range and shows the window resolved.
+    assert_eq!(b.text("#chart-range").await, chart_range);
+    assert_eq!(b.text("#chart-open").await, "0");
+    assert_eq!(
+        b.text("#chart-resolved").await,
+        trueup::demo::OUTAGE_EVENTS.to_string()
+    );
+    assert_eq!(
+        b.text("#selection").await,
+        "Click a bar, then another, to select a window."
+    );
+    b.screenshot("timeline-resolved").await;
 
     // The incident: open it over the replay's window (the plan's page leads there with the
     // window filled in), verify, read the report, close it.

@@ -11,6 +11,7 @@
 // browser gets, and boxing it would buy nothing on this path.
 #![allow(clippy::result_large_err)]
 
+mod chart;
 mod pages;
 mod session;
 

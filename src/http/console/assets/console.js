@@ -68,26 +68,73 @@
     });
   });
 
-  // The timeline: click a bar, then another, to select a window; the replay form follows.
+  // The timeline: click a bar (or press Enter on it), then another, to select a window; the
+  // selection line counts what it holds, and the replay form and the zoom link follow it.
   const bars = Array.from(document.querySelectorAll(".chart .bar"));
-  const from = document.getElementById("replay-from");
-  const to = document.getElementById("replay-to");
-  if (bars.length && from && to) {
+  const selection = document.getElementById("selection");
+  if (bars.length && selection) {
+    const from = document.getElementById("replay-from");
+    const to = document.getElementById("replay-to");
+    const zoom = document.getElementById("zoom");
+    const maxWindow = Number(selection.dataset.maxWindow || 0);
+    const num = (n) => n.toLocaleString("en-US");
+    // As the server writes them: `2026-11-25 02:00:00 UTC`, `6h 00m 00s`.
+    const dt = (iso) => new Date(iso).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+    const two = (n) => String(n).padStart(2, "0");
+    const dur = (secs) => {
+      const h = Math.floor(secs / 3600), m = Math.floor((secs % 3600) / 60), s = secs % 60;
+      if (h === 0 && m === 0) return s + "s";
+      if (h === 0) return m + "m " + two(s) + "s";
+      return h + "h " + two(m) + "m " + two(s) + "s";
+    };
     let anchor = null;
     const select = (a, b) => {
       const [lo, hi] = a <= b ? [a, b] : [b, a];
-      bars.forEach((bar, i) => bar.classList.toggle("selected", i >= lo && i <= hi));
-      from.value = bars[lo].dataset.from;
-      to.value = bars[hi].dataset.to;
+      let open = 0;
+      let resolved = 0;
+      bars.forEach((bar, i) => {
+        const on = i >= lo && i <= hi;
+        bar.classList.toggle("selected", on);
+        bar.setAttribute("aria-pressed", on ? "true" : "false");
+        if (on) {
+          open += Number(bar.dataset.open);
+          resolved += Number(bar.dataset.resolved);
+        }
+      });
+      const f = bars[lo].dataset.from;
+      const t = bars[hi].dataset.to;
+      const secs = Math.round((Date.parse(t) - Date.parse(f)) / 1000);
+      selection.textContent =
+        "Selected " + dt(f) + " to " + dt(t) + " (" + dur(secs) + "): " +
+        num(open) + " open, " + num(resolved) + " resolved." +
+        (maxWindow && secs > maxWindow
+          ? " It is wider than the replay's max_window (" + selection.dataset.maxWindowText +
+            "): a replay of it needs a reason."
+          : "");
+      if (from && to) {
+        from.value = f;
+        to.value = t;
+      }
+      if (zoom) {
+        zoom.href = "?from=" + encodeURIComponent(f) + "&to=" + encodeURIComponent(t);
+        zoom.hidden = false;
+      }
+    };
+    const pick = (i) => {
+      if (anchor === null) {
+        anchor = i;
+        select(i, i);
+      } else {
+        select(anchor, i);
+        anchor = null;
+      }
     };
     bars.forEach((bar, i) => {
-      bar.addEventListener("click", () => {
-        if (anchor === null) {
-          anchor = i;
-          select(i, i);
-        } else {
-          select(anchor, i);
-          anchor = null;
+      bar.addEventListener("click", () => pick(i));
+      bar.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          pick(i);
         }
       });
     });

@@ -12,7 +12,7 @@ use crate::http::HttpState;
 use crate::store::{StatusFilter, ViolationFilter};
 
 use super::super::session::Session;
-use super::super::{PageResult, render, serde};
+use super::super::{PageResult, Refusal, render, serde};
 use super::*;
 
 #[derive(Serialize)]
@@ -137,12 +137,36 @@ pub(in crate::http::console) async fn overview(
     ))
 }
 
+/// The range an invariant's page draws its chart over, as `?from=…&to=…` gives it.
+#[derive(Deserialize)]
+pub(in crate::http::console) struct ChartRange {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// How far back resolved violations are drawn when no range is asked for.
+const RESOLVED_LOOKBACK_DAYS: i64 = 7;
+
 pub(in crate::http::console) async fn invariant(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
+    Query(range): Query<ChartRange>,
 ) -> PageResult {
     let inv = find(&state, &name)?;
+    let view = match (
+        form_time("from", range.from.as_deref())?,
+        form_time("to", range.to.as_deref())?,
+    ) {
+        (Some(from), Some(to)) => Some((from, to)),
+        (None, None) => None,
+        _ => {
+            return Err(Refusal::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "the chart's range needs both from and to (RFC 3339 times), or neither to fit the violations",
+            ));
+        }
+    };
     let store = state.runtime.store.as_ref();
     let active = ViolationFilter {
         invariants: vec![name.clone()],
@@ -150,37 +174,41 @@ pub(in crate::http::console) async fn invariant(
         limit: 200,
         ..ViolationFilter::default()
     };
-    let (runs, violations, times, plans, groups) = tokio::try_join!(
+    // Resolved ones: those in the range asked for, or those seen in the last days — so a
+    // window that was repaired stays on the chart, drawn as resolved.
+    let resolved = ViolationFilter {
+        status: StatusFilter::Only(crate::domain::ViolationStatus::Resolved),
+        since: view
+            .is_none()
+            .then(|| Utc::now() - TimeDelta::days(RESOLVED_LOOKBACK_DAYS)),
+        event_from: view.map(|v| v.0),
+        event_until: view.map(|v| v.1),
+        ..active.clone()
+    };
+    let (runs, violations, times, resolved_times, plans, groups) = tokio::try_join!(
         store.runs(Some(&name), 50),
         store.violations(&active),
         store.event_times(&active),
+        store.event_times(&resolved),
         store.plans(Some(&name), 20),
         store.violation_groups(&active),
     )?;
     // All of them, though only the first page is listed.
     let open_total: u64 = groups.iter().map(|g| g.count).sum();
-    // Buckets sized so the whole spread fits in about sixty bars.
-    let spread = match (times.iter().min(), times.iter().max()) {
-        (Some(a), Some(b)) => (*b - *a).num_seconds().max(60),
-        _ => 3600,
-    };
-    let bucket = [60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400]
-        .into_iter()
-        .find(|w| spread / w <= 60)
-        .unwrap_or(86_400);
-    let buckets = crate::domain::histogram(&times, TimeDelta::seconds(bucket)).unwrap_or_default();
-    let tallest = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1);
-    let bars: Vec<_> = buckets
-        .iter()
-        .map(|b| {
-            context! {
-                from => b.start.to_rfc3339(),
-                to => (b.start + TimeDelta::seconds(bucket)).to_rfc3339(),
-                count => b.count,
-                height => (b.count as f64 / tallest as f64 * 100.0).round() as u64,
-            }
-        })
-        .collect();
+    let chart = crate::http::console::chart::chart(&crate::http::console::chart::ChartInput {
+        open: &times,
+        resolved: &resolved_times,
+        range: view,
+        max_window: inv.replay.as_ref().map(|r| r.max_window.as_chrono()),
+    })
+    .map_err(|e| {
+        Refusal::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            &format!(
+                "{e}: choose a narrower range, or open the page without one to fit the violations"
+            ),
+        )
+    })?;
     let violations: Vec<_> = violations
         .iter()
         .map(|v| {
@@ -213,8 +241,10 @@ pub(in crate::http::console) async fn invariant(
             runs => serde(&runs),
             violations => violations,
             open_total => open_total,
-            bars => bars,
-            bucket_secs => bucket,
+            chart => serde(&chart),
+            view => view.is_some(),
+            resolved_lookback_days => RESOLVED_LOOKBACK_DAYS,
+            max_window => inv.replay.as_ref().map(|r| r.max_window.to_string()),
             plans => serde(&plans),
         },
     ))

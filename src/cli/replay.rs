@@ -104,7 +104,17 @@ pub(super) async fn run(config: Option<&Path>, args: ReplayArgs) -> anyhow::Resu
             actor: &actor,
             worker: "dry-run".into(),
         };
-        let dry = replay::dry_run(&env, &app.config, inv, spec, window, rate, 5).await;
+        let dry = replay::dry_run(
+            &env,
+            &app.config,
+            inv,
+            spec,
+            window,
+            args.reason.as_deref(),
+            rate,
+            5,
+        )
+        .await;
         targets.close().await;
         let dry = match dry {
             Ok(d) => d,

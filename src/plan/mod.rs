@@ -9,6 +9,7 @@
 
 pub mod apply;
 mod control;
+pub mod dry_runs;
 mod hash;
 pub mod netguard;
 mod propose;

@@ -197,19 +197,52 @@ fn render(
     Ok(Rendered { actions })
 }
 
+/// A replay plan's metadata and content hash: what its approval is bound to.
+fn content(
+    invariant: &Invariant,
+    spec: &ReplaySpec,
+    window: Window,
+    reason: Option<&str>,
+    actions: &[NewAction],
+) -> (serde_json::Value, String, String) {
+    let definition_hash = invariant.definition_hash();
+    let wide = window.to - window.from > spec.max_window.as_chrono();
+    let meta = serde_json::json!({
+        "from": window.from,
+        "to": window.to,
+        "reason": reason,
+        "partition": spec.partition.as_ref().map(|p| p.to_string()),
+        "wide": wide,
+    });
+    let hash = content_hash(
+        invariant.name.as_str(),
+        &definition_hash,
+        PlanKind::Replay,
+        &meta,
+        actions.iter().map(HashedAction::from),
+    );
+    (meta, definition_hash, hash)
+}
+
 /// Walks the replay without delivering anything: what would be replayed, what the downstream
-/// already processed, what lies outside the window, what an earlier replay parked.
+/// already processed, what lies outside the window, what an earlier replay parked. It is
+/// recorded (audit log) with the content hash of the plan that proposing this window with
+/// this `reason` would make, so that plan needs no second dry run.
+#[allow(clippy::too_many_arguments)]
 pub async fn dry_run(
     env: &ApplyEnv<'_>,
     config: &Config,
     invariant: &Invariant,
     spec: &ReplaySpec,
     window: Window,
+    reason: Option<&str>,
     rate: Rate,
     samples: usize,
 ) -> Result<DryRun, PlanError> {
     let violations = candidates(env.store, invariant, window).await?;
     let rendered = render(config, invariant, spec, &violations)?;
+    let hash = (!rendered.actions.is_empty())
+        .then(|| content(invariant, spec, window, reason, &rendered.actions).2);
     let mut out = DryRun {
         window: Some(window),
         rate: rate.to_string(),
@@ -269,6 +302,16 @@ pub async fn dry_run(
         Rate::PerSecond(r) => Some(would as f64 / r),
         Rate::Unlimited => None,
     };
+    super::dry_runs::record_window(
+        env.store,
+        env.actor,
+        invariant.name.as_str(),
+        window,
+        hash.as_deref(),
+        &out,
+        chrono::Utc::now(),
+    )
+    .await?;
     Ok(out)
 }
 
@@ -313,22 +356,8 @@ pub async fn propose(
         return Ok(Proposal::Nothing);
     }
     let name = invariant.name.as_str();
-    let definition_hash = invariant.definition_hash();
     let wide = window.to - window.from > spec.max_window.as_chrono();
-    let meta = serde_json::json!({
-        "from": window.from,
-        "to": window.to,
-        "reason": reason,
-        "partition": spec.partition.as_ref().map(|p| p.to_string()),
-        "wide": wide,
-    });
-    let hash = content_hash(
-        name,
-        &definition_hash,
-        PlanKind::Replay,
-        &meta,
-        rendered.actions.iter().map(HashedAction::from),
-    );
+    let (meta, definition_hash, hash) = content(invariant, spec, window, reason, &rendered.actions);
     let partitions: std::collections::BTreeSet<&str> = rendered
         .actions
         .iter()
@@ -353,6 +382,7 @@ pub async fn propose(
         }),
     };
     let id = store.create_plan(&plan, &rendered.actions).await?;
+    super::dry_runs::carry_window(store, name, id, &plan.content_hash, now).await?;
     if let Some(reason) = reason.filter(|_| wide) {
         store
             .audit(

@@ -662,6 +662,22 @@ macro_rules! impl_store {
                     .collect::<Result<Vec<_>, sqlx::Error>>()?)
             }
 
+            async fn last_audit(
+                &self,
+                target: &str,
+                action: &str,
+            ) -> Result<Option<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "SELECT id, at, actor, action, target, details FROM audit_log \
+                     WHERE target = $1 AND action = $2 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(target)
+                .bind(action)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.as_ref().map(Self::audit_row).transpose()?)
+            }
+
             async fn audit_trail(
                 &self,
                 targets: &[String],

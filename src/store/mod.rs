@@ -325,6 +325,13 @@ pub trait Store:
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// The latest audit entry of `action` on `target`, if there is one.
+    async fn last_audit(
+        &self,
+        target: &str,
+        action: &str,
+    ) -> Result<Option<AuditEntry>, StoreError>;
+
     /// Audit entries for any of `targets` at or after `since`, in order, without the
     /// per-action entries (`action.*`) of plans.
     async fn audit_trail(

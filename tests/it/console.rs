@@ -91,11 +91,30 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
         "You approved this content; it has the approval it needs."
     );
     assert_eq!(b.text("#approvals").await, "1 of 1: april");
+    // A plan proposed after a run has never been dry-run: that comes first.
+    assert!(!b.exists("#apply").await, "a dry run comes first");
+    assert_eq!(
+        b.text("#apply-why").await,
+        "A dry run comes first: the live apply is offered with its result."
+    );
     b.click("#dry-run").await;
     b.wait_for("the dry run", Duration::from_secs(30), |s| {
         s.contains("dry-run-result")
     })
     .await;
+    // Recorded: it is still there when the page is opened again.
+    b.goto(&format!("{base}{plan_path}")).await;
+    assert!(
+        b.text("#dry-run-when").await.starts_with("Dry-run at "),
+        "{}",
+        b.text("#dry-run-when").await
+    );
+    assert!(b.text("#dry-run-when").await.ends_with(" by april."));
+    assert!(
+        b.text("#dry-run-result").await.contains("would apply 3"),
+        "{}",
+        b.text("#dry-run-result").await
+    );
     b.screenshot("plan-dry-run").await;
     b.click("#apply").await;
     b.wait_for(
@@ -635,22 +654,33 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("id=\"plan-status\">approved")
     })
     .await;
-    assert!(!b.exists("#apply").await, "a dry run comes first");
     // The proposer approved alone (one approval is required): the page says so.
     assert_eq!(
         b.text("#approvals").await,
         "1 of 1: april (who proposed it)"
     );
+    // The replay page's dry run was of this very content: no second one is asked for.
+    assert!(
+        b.text("#dry-run-when")
+            .await
+            .starts_with("Dry-run as its window on the replay page, before it was proposed"),
+        "{}",
+        b.text("#dry-run-when").await
+    );
+    assert!(
+        b.text("#dry-run-result")
+            .await
+            .contains(&format!("would apply {}", trueup::demo::OUTAGE_EVENTS)),
+        "{}",
+        b.text("#dry-run-result").await
+    );
+    assert!(b.exists("#apply").await, "no second dry run");
+    // Another dry run is still there for whoever wants one, and says it is working.
     busy_while_sent(
         &b,
         "dry-run-form",
         "Running the dry run: checking each action",
     )
-    .await;
-    b.click("#dry-run").await;
-    b.wait_for("the plan's dry run", Duration::from_secs(20), |s| {
-        s.contains("dry-run-result")
-    })
     .await;
     b.fill("#rate", "3/s").await;
     b.click("#apply").await;

@@ -305,6 +305,27 @@ async fn audit_story(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(older.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first]);
+    // The latest entry of one action on one target.
+    let third = store
+        .audit(
+            "otto",
+            "plan.approved",
+            "plan:7",
+            &json!({"hash": "def"}),
+            at,
+        )
+        .await
+        .unwrap();
+    let last = store.last_audit("plan:7", "plan.approved").await.unwrap();
+    assert_eq!(last.map(|e| (e.id, e.actor)), Some((third, "otto".into())));
+    assert_eq!(
+        store.last_audit("plan:7", "plan.rejected").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.last_audit("plan:8", "plan.approved").await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

@@ -317,14 +317,10 @@ fn console_next_step(step: &crate::domain::NextStep) -> String {
             "a fresh plan for `{invariant}` is proposed from the CLI or the API; the console does not propose compensation plans"
         ),
         NextStep::ReviewPlanAgain(id) => format!("/ui/plans/{id} shows it"),
-        NextStep::ResumePlan(id) => {
-            format!("it is resumed from the CLI or the API (POST /api/v1/plans/{id}/resume)")
-        }
+        NextStep::ResumePlan(id) => format!("resume it with Resume on /ui/plans/{id}"),
         NextStep::ApprovePlan(id) => format!("approve it on /ui/plans/{id}"),
-        // The console's apply goes on with what is pending; retrying failed actions is not
-        // offered here.
         NextStep::RetryFailed(id) => format!(
-            "fix the cause, then retry the failed actions from the CLI (`trueup apply {id} --retry-failed`) or the API"
+            "fix the cause, then retry them with \"Retry the failed or parked\" on /ui/plans/{id}"
         ),
         NextStep::ContinueApply(_) => {
             "an operator applies it again (a dry run first) to continue".into()

@@ -216,6 +216,8 @@ async fn dry_run(
         };
         report.record(outcome, action, detail, opts.samples);
     }
+    // Recorded, so the plan's page shows it after a reload and offers the live apply.
+    crate::plan::dry_runs::record_plan(env.store, env.actor, plan, &report, Utc::now()).await?;
     Ok(report)
 }
 

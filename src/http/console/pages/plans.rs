@@ -59,15 +59,11 @@ pub(in crate::http::console) async fn plans(
     ))
 }
 
-async fn plan_page(
-    state: &HttpState,
-    session: &Session,
-    id: PlanId,
-    dry_run: Option<crate::plan::apply::ApplyReport>,
-    watch: bool,
-) -> PageResult {
+async fn plan_page(state: &HttpState, session: &Session, id: PlanId, watch: bool) -> PageResult {
     let store = state.runtime.store.as_ref();
     let record = plan::load(store, id).await?;
+    // The last dry run of this content: the plan's own, or its window's on the replay page.
+    let dry_run = plan::dry_runs::last(store, id, &record.content_hash).await?;
     let inv = state.runtime.catalog.find(&record.invariant);
     let view = plan::view(store, record, inv.as_deref(), Utc::now()).await?;
     let actions = store.plan_actions(id, None, 200).await?;
@@ -201,7 +197,7 @@ pub(in crate::http::console) async fn plan(
     Path(id): Path<PlanId>,
     Query(q): Query<PlanQuery>,
 ) -> PageResult {
-    plan_page(&state, &session, id, None, q.watch).await
+    plan_page(&state, &session, id, q.watch).await
 }
 
 /// Live progress for the plan page's script.
@@ -299,7 +295,8 @@ pub(in crate::http::console) async fn apply(
     match crate::runtime::request_apply(&state.runtime, &session.caller.actor(), &record, opts)
         .await?
     {
-        Some(report) => plan_page(&state, &session, id, Some(report), false).await,
+        // The dry run is recorded: the plan's page shows it (and offers the live apply).
+        Some(_) => Ok(Redirect::to(&format!("/ui/plans/{id}#dry-run-result")).into_response()),
         None => Ok(Redirect::to(&format!("/ui/plans/{id}?watch=true")).into_response()),
     }
 }

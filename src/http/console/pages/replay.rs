@@ -77,9 +77,17 @@ pub(in crate::http::console) async fn replay(
         actor: &who,
         worker: "console-dry-run".into(),
     };
-    let dry =
-        crate::plan::replay::dry_run(&env, &state.runtime.config, &inv, spec, window, rate, 5)
-            .await?;
+    let dry = crate::plan::replay::dry_run(
+        &env,
+        &state.runtime.config,
+        &inv,
+        spec,
+        window,
+        reason,
+        rate,
+        5,
+    )
+    .await?;
     Ok(render(
         &session,
         "replay.html",

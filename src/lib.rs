@@ -38,6 +38,7 @@ pub mod rules;
 pub mod runner;
 pub mod runtime;
 pub mod serve;
+pub mod slo;
 pub mod source;
 pub mod store;
 pub mod yaml;

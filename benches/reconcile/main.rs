@@ -135,6 +135,7 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
         }),
         compensate: Default::default(),
         replay: None,
+        slo: None,
         defined_at: (PathBuf::from("bench"), 0),
     }
 }

@@ -36,6 +36,8 @@ pub struct Invariant {
     pub compensate: BTreeMap<ViolationKind, Compensation>,
     /// How to re-deliver a lost upstream event (`missing` violations of a reconcile).
     pub replay: Option<ReplaySpec>,
+    /// Its consistency objective, if it declares one.
+    pub slo: Option<super::Objective>,
     /// Where it was defined (file and line), for messages.
     pub defined_at: (PathBuf, u64),
 }

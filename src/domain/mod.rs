@@ -13,6 +13,7 @@ mod plan;
 mod role;
 mod run;
 mod schedule;
+mod slo;
 mod template;
 mod value;
 mod violation;
@@ -36,6 +37,7 @@ pub use run::{
     Watermark,
 };
 pub use schedule::{Schedule, ScheduleError};
+pub use slo::{Objective, SloMeasure, SloObservation, Target as SloTarget, measure as measure_slo};
 pub use template::{
     JsonTemplate, Placeholder, RenderError, Scope, Segment, Template, TemplateError,
     ViolationContext, json_text,

@@ -546,6 +546,11 @@ fn build_invariant(
         }
     };
 
+    let slo = match &raw.slo {
+        None => Some(None),
+        Some(block) => build_slo(block, ctx).map(Some),
+    };
+
     Some(Invariant {
         name: name?,
         description: raw.description.map(|d| d.trim().to_owned()),
@@ -561,7 +566,68 @@ fn build_invariant(
         spec,
         compensate: compensate?,
         replay: replay?,
+        slo: slo?,
         defined_at: (ctx.file.to_owned(), at.line()),
+    })
+}
+
+/// The SLO window unless the invariant names one: the usual 30 days.
+const DEFAULT_SLO_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+fn build_slo(block: &Spanned<raw::RawSlo>, ctx: &mut Ctx<'_>) -> Option<crate::domain::Objective> {
+    let raw = &block.value;
+    let target = match &raw.objective {
+        Some(t) => match crate::domain::SloTarget::parse(&t.value.0) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                ctx.error(t.referenced, format!("slo.objective: {e}"));
+                None
+            }
+        },
+        None => {
+            ctx.error(
+                block.referenced,
+                "slo needs an `objective`: the share of time with no violation open longer than `max_open`, e.g. `objective: 99.9%`",
+            );
+            None
+        }
+    };
+    let max_open = match &raw.max_open {
+        Some(d) => ctx.parse("slo.max_open", d, HumanDuration::parse),
+        None => {
+            ctx.error(
+                block.referenced,
+                "slo needs `max_open`: how long a violation may stay open before it counts against the objective, e.g. `max_open: 1h`",
+            );
+            None
+        }
+    };
+    let window = match &raw.window {
+        Some(d) => ctx.parse("slo.window", d, HumanDuration::parse).and_then(|w| {
+            if w.as_std() < std::time::Duration::from_secs(3600) {
+                ctx.error(
+                    d.referenced,
+                    format!("slo.window `{}` is shorter than an hour: an error budget is spent over days (30d is usual)", d.value),
+                );
+                None
+            } else {
+                Some(w)
+            }
+        }),
+        None => Some(HumanDuration::from_std(DEFAULT_SLO_WINDOW)),
+    };
+    let (target, max_open, window) = (target?, max_open?, window?);
+    if max_open.as_std() >= window.as_std() {
+        ctx.error(
+            block.referenced,
+            format!("slo.max_open ({max_open}) must be shorter than slo.window ({window})"),
+        );
+        return None;
+    }
+    Some(crate::domain::Objective {
+        target,
+        max_open,
+        window,
     })
 }
 

@@ -30,6 +30,44 @@ pub struct RawInvariant {
     pub transitions: Option<Spanned<RawTransitions>>,
     pub compensate: Option<Spanned<RawCompensate>>,
     pub replay: Option<Spanned<RawReplay>>,
+    pub slo: Option<Spanned<RawSlo>>,
+}
+
+/// `slo:` — a consistency objective.
+#[derive(Deserialize)]
+pub struct RawSlo {
+    pub objective: Option<Spanned<ScalarText>>,
+    pub max_open: Option<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
+}
+
+/// A scalar read as the text written: `99.9%` and `99.9` alike.
+#[derive(Debug, Clone)]
+pub struct ScalarText(pub String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ScalarText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a percentage")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_owned()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

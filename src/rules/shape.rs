@@ -106,6 +106,7 @@ enum Shape {
     Alert,
     Compensate,
     Replay,
+    Slo,
     Action,
     SqlAction,
     HttpAction,
@@ -131,6 +132,7 @@ impl Shape {
             // `compensate:` is keyed by violation kind.
             Shape::Compensate => serde_introspect::<crate::domain::ViolationKind>(),
             Shape::Replay => serde_introspect::<raw::RawReplay>(),
+            Shape::Slo => serde_introspect::<raw::RawSlo>(),
             Shape::Action => serde_introspect::<raw::RawAction>(),
             Shape::SqlAction => serde_introspect::<raw::RawSql>(),
             Shape::HttpAction => serde_introspect::<raw::RawHttp>(),
@@ -148,6 +150,7 @@ impl Shape {
             (Shape::Invariant, "transitions") => Shape::Transitions,
             (Shape::Invariant, "compensate") => Shape::Compensate,
             (Shape::Invariant, "replay") => Shape::Replay,
+            (Shape::Invariant, "slo") => Shape::Slo,
             (Shape::Reconcile, "left" | "right") => Shape::Side,
             (Shape::Reconcile, "incremental") => Shape::Incremental,
             (Shape::Incremental, "column") => Shape::ChangeColumns,
@@ -238,7 +241,7 @@ fn join(path: &str, key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHAPES: [Shape; 15] = [
+    const SHAPES: [Shape; 16] = [
         Shape::File,
         Shape::Invariant,
         Shape::Check,
@@ -250,6 +253,7 @@ mod tests {
         Shape::Alert,
         Shape::Compensate,
         Shape::Replay,
+        Shape::Slo,
         Shape::Action,
         Shape::SqlAction,
         Shape::HttpAction,
@@ -266,6 +270,7 @@ mod tests {
             "transitions",
             "compensate",
             "replay",
+            "slo",
             "left",
             "right",
             "allowed",

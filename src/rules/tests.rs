@@ -581,3 +581,50 @@ fn a_reconcile_may_be_split_into_segments_of_one_key_and_a_wrong_count_is_locate
         assert_eq!(found.unwrap().line, 8, "{want}: {errs:?}");
     }
 }
+
+#[test]
+fn an_slo_block_gives_the_objective_with_a_thirty_day_window_by_default() {
+    let text = "invariants:\n  - name: a\n    slo: {objective: 99.9%, max_open: 1h}\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n  - name: b\n    slo:\n      objective: 99.95\n      max_open: 30m\n      window: 7d\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    let (invs, errs) = parse(text);
+    assert!(errs.is_empty(), "{errs:?}");
+    let a = invs[0].slo.as_ref().unwrap();
+    assert_eq!(a.target.to_string(), "99.9%");
+    assert_eq!(a.max_open.as_std().as_secs(), 3600);
+    assert_eq!(a.window.as_std().as_secs(), 30 * 86_400);
+    let b = invs[1].slo.as_ref().unwrap();
+    assert_eq!(b.target.to_string(), "99.95%");
+    assert_eq!(b.window.as_std().as_secs(), 7 * 86_400);
+}
+
+#[test]
+fn slo_mistakes_are_reported_with_their_field_line_and_remedy() {
+    let text = "invariants:\n  - name: a\n    slo:\n      objective: 100%\n      max_open: soon\n      windw: 30d\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n  - name: b\n    slo: {max_open: 40d}\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    let (_, errs) = parse(text);
+    let lines: Vec<String> = errs
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{} [{}] {}",
+                e.line,
+                e.column,
+                e.invariant.as_deref().unwrap_or("-"),
+                e.message
+            )
+        })
+        .collect();
+    let has = |line: u64, inv: &str, text: &str| {
+        errs.iter().any(|e| {
+            e.line == line && e.invariant.as_deref() == Some(inv) && e.message.contains(text)
+        })
+    };
+    assert!(
+        has(4, "a", "slo.objective: `100%` is not an objective"),
+        "{lines:#?}"
+    );
+    assert!(
+        has(5, "a", "slo.max_open: `soon` is not a duration"),
+        "{lines:#?}"
+    );
+    assert!(has(6, "a", "did you mean `window`"), "{lines:#?}");
+    assert!(has(9, "b", "slo needs an `objective`"), "{lines:#?}");
+}

@@ -509,11 +509,24 @@ macro_rules! impl_store {
                     sqlx::Error::Protocol("the commit failed (injected)".into())
                 )));
                 Self::drop_staged(&mut tx, run).await?;
+                // For consistency SLOs: since when the oldest violation still open has been
+                // open (a reopened one since the run that reopened it; this run has no
+                // finish time yet, so its own is `at`).
+                let oldest_open_since: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                    "SELECT MIN(CASE WHEN v.status = 'reopened' THEN COALESCE(r.finished_at, $2) \
+                                     ELSE v.first_seen END) \
+                     FROM violations v LEFT JOIN runs r ON r.id = v.reopened_run_id \
+                     WHERE v.invariant = $1 AND v.status <> 'resolved'",
+                )
+                .bind(invariant.as_str())
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
                 sqlx::query(
                     "UPDATE runs SET status = 'succeeded', finished_at = $2, rows_left = $3, rows_right = $4, \
                        observed = $5, counts = $6, not_yet_due = $7, truncated = $8, new_count = $9, \
                        open_count = $10, reopened_count = $11, resolved_count = $12, null_keys = $13, \
-                       uncovered_count = $14, coverage = $15 \
+                       uncovered_count = $14, coverage = $15, oldest_open_since = $16, slo_recorded = $17 \
                      WHERE id = $1",
                 )
                 .bind(run)
@@ -531,6 +544,8 @@ macro_rules! impl_store {
                 .bind(stats.null_keys as i64)
                 .bind(change.uncovered as i64)
                 .bind(sqlx::types::Json(&stats.coverage))
+                .bind(oldest_open_since)
+                .bind(true)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -660,6 +675,52 @@ macro_rules! impl_store {
                     .iter()
                     .map(Self::audit_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn slo_observations(
+                &self,
+                invariant: &str,
+                from: chrono::DateTime<chrono::Utc>,
+                to: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::SloHistory, $crate::store::StoreError> {
+                type Row = (
+                    chrono::DateTime<chrono::Utc>,
+                    String,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                );
+                let observation = |(at, status, oldest_open_since): Row| {
+                    $crate::domain::SloObservation {
+                        at,
+                        completed: status == "succeeded",
+                        oldest_open_since,
+                    }
+                };
+                // Completed runs recorded before SLOs existed say nothing about them.
+                let seed: Option<Row> = sqlx::query_as(
+                    "SELECT finished_at, status, oldest_open_since FROM runs \
+                     WHERE invariant = $1 AND status = 'succeeded' AND slo_recorded \
+                       AND finished_at < $2 \
+                     ORDER BY finished_at DESC LIMIT 1",
+                )
+                .bind(invariant)
+                .bind(from)
+                .fetch_optional(&self.pool)
+                .await?;
+                let runs: Vec<Row> = sqlx::query_as(
+                    "SELECT finished_at, status, oldest_open_since FROM runs \
+                     WHERE invariant = $1 AND finished_at >= $2 AND finished_at < $3 \
+                       AND ((status = 'succeeded' AND slo_recorded) OR status = 'failed') \
+                     ORDER BY finished_at, id",
+                )
+                .bind(invariant)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok($crate::store::SloHistory {
+                    seed: seed.map(observation),
+                    runs: runs.into_iter().map(observation).collect(),
+                })
             }
 
             async fn last_audit(

@@ -111,6 +111,15 @@ pub enum AuditPage {
     Before(Option<i64>),
 }
 
+/// Runs as a consistency objective reads them (see [`crate::domain::measure_slo`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SloHistory {
+    /// The last completed run before the window: its state holds where the window opens.
+    pub seed: Option<crate::domain::SloObservation>,
+    /// Completed and failed runs finished in the window, oldest first.
+    pub runs: Vec<crate::domain::SloObservation>,
+}
+
 /// One entry of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AuditEntry {
@@ -324,6 +333,15 @@ pub trait Store:
         page: AuditPage,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// What runs of `invariant` say about its consistency objective over `[from, to)`: the
+    /// last completed run before `from` and the completed or failed runs finished in it.
+    async fn slo_observations(
+        &self,
+        invariant: &str,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SloHistory, StoreError>;
 
     /// The latest audit entry of `action` on `target`, if there is one.
     async fn last_audit(

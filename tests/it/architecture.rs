@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "rules",
     "source",
     "store",
+    "slo",
     "engine",
     "runner",
     "plan",

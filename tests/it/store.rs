@@ -820,3 +820,108 @@ async fn plans_claim_rescue_and_approve_the_same_way_on_postgres() {
     let db = TestPg::new().await;
     plan_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+/// What a consistency objective reads: each completed run records since when its oldest
+/// still-open violation has been open (a reopened one since it reopened), failed runs are
+/// kept as failed, and the window's measure follows from them.
+async fn slo_story(store: &dyn Store) {
+    use chrono::{TimeDelta, TimeZone};
+    let inv = InvariantName::parse("payments-ledger").unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let at = |minutes: i64| t0 + TimeDelta::minutes(minutes);
+    let run_at = |minute: i64, keys: &'static [i64]| {
+        let inv = inv.clone();
+        async move {
+            let run = store
+                .begin_run(&inv, at(minute) - TimeDelta::seconds(5))
+                .await
+                .unwrap();
+            let seen: Vec<Violation> = keys
+                .iter()
+                .map(|k| violation(ViolationKind::Missing, *k))
+                .collect();
+            store.observe(run, &inv, 0, &seen).await.unwrap();
+            let stats = RunStats {
+                observed: seen.len() as u64,
+                ..Default::default()
+            };
+            store
+                .complete_run(run, &inv, &stats, at(minute), None)
+                .await
+                .unwrap();
+        }
+    };
+    run_at(0, &[1]).await;
+    run_at(30, &[1, 2]).await;
+    let failed = store.begin_run(&inv, at(90)).await.unwrap();
+    store
+        .abandon_run(
+            failed,
+            RunStatus::Failed,
+            "source `ledger`: timed out",
+            at(90),
+        )
+        .await
+        .unwrap();
+    run_at(120, &[2]).await; // 1 resolves
+    run_at(150, &[1, 2]).await; // 1 reopens
+    run_at(180, &[1]).await; // 2 resolves: the oldest open is 1, since it reopened
+
+    let history = store
+        .slo_observations("payments-ledger", at(60), at(200))
+        .await
+        .unwrap();
+    let seed = history.seed.unwrap();
+    assert_eq!((seed.at, seed.oldest_open_since), (at(30), Some(at(0))));
+    let seen: Vec<_> = history
+        .runs
+        .iter()
+        .map(|r| (r.at, r.completed, r.oldest_open_since))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (at(90), false, None),
+            (at(120), true, Some(at(30))),
+            (at(150), true, Some(at(30))),
+            (at(180), true, Some(at(150))),
+        ]
+    );
+
+    let objective = trueup::domain::Objective {
+        target: trueup::domain::SloTarget::parse("99%").unwrap(),
+        max_open: trueup::domain::HumanDuration::parse("1h").unwrap(),
+        window: trueup::domain::HumanDuration::parse("30d").unwrap(),
+    };
+    let m = trueup::slo::over(store, "payments-ledger", &objective, at(60), at(200))
+        .await
+        .unwrap();
+    // Key 1 was open past the hour from 60 to the run at 120; key 2 (open since 30) from 120
+    // to the run at 180; key 1 again only from 210.
+    assert_eq!(m.breach, TimeDelta::minutes(120));
+    assert_eq!(m.unverified, TimeDelta::minutes(30));
+    assert_eq!(m.measured, TimeDelta::minutes(140));
+    assert!(!m.breaching);
+    // Another invariant's runs are its own.
+    let none = store
+        .slo_observations("other", at(0), at(200))
+        .await
+        .unwrap();
+    assert_eq!(none, trueup::store::SloHistory::default());
+}
+
+#[tokio::test]
+async fn runs_record_what_a_consistency_objective_needs_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    let sqlite = store::open(&url).await.unwrap();
+    slo_story(sqlite.as_ref()).await;
+    sqlite.close().await;
+    let db = TestPg::new().await;
+    let pg = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
+    slo_story(pg.as_ref()).await;
+    pg.close().await;
+}

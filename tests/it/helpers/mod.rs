@@ -253,6 +253,7 @@ pub fn reconcile_invariant(
         }),
         compensate: Default::default(),
         replay: None,
+        slo: None,
         defined_at: (std::path::PathBuf::from("test"), 1),
     }
 }

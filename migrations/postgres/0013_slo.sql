@@ -1,0 +1,7 @@
+-- Consistency SLOs: each completed run records when its oldest violation still open after it
+-- was opened (NULL: none open), so the time a violation stayed open past an objective's
+-- `max_open` can be measured for any past window, under any objective declared later.
+ALTER TABLE runs ADD COLUMN oldest_open_since TIMESTAMPTZ;
+-- Runs completed before this column existed say nothing about it.
+ALTER TABLE runs ADD COLUMN slo_recorded BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX runs_by_invariant_finished ON runs (invariant, finished_at);

@@ -30,6 +30,13 @@ pub struct Metrics {
     plan_actions: IntGaugeVec,
     plan_actions_total: IntGaugeVec,
     source_privileged: IntGaugeVec,
+    slo_objective: GaugeVec,
+    slo_breaching: IntGaugeVec,
+    slo_sli: GaugeVec,
+    slo_budget_remaining: GaugeVec,
+    slo_breach: GaugeVec,
+    slo_allowed_breach: GaugeVec,
+    slo_unverified: GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -51,6 +58,48 @@ impl Metrics {
             self.source_privileged
                 .with_label_values(&[name.as_str()])
                 .set(i64::from(privileged));
+        }
+    }
+
+    /// Replaces the SLO gauges with the objectives measured now.
+    pub fn record_slos(&self, statuses: &[(String, crate::slo::SloStatus)]) {
+        for g in [
+            &self.slo_objective,
+            &self.slo_sli,
+            &self.slo_budget_remaining,
+            &self.slo_breach,
+            &self.slo_allowed_breach,
+            &self.slo_unverified,
+        ] {
+            g.reset();
+        }
+        self.slo_breaching.reset();
+        for (invariant, status) in statuses {
+            let labels = [invariant.as_str()];
+            let m = &status.measure;
+            self.slo_objective
+                .with_label_values(&labels)
+                .set(status.objective.target.ratio());
+            self.slo_breaching
+                .with_label_values(&labels)
+                .set(i64::from(m.breaching));
+            // No SLI before the first run: absent, not 100 %.
+            if let Some(sli) = m.sli() {
+                self.slo_sli.with_label_values(&labels).set(sli);
+            }
+            self.slo_budget_remaining
+                .with_label_values(&labels)
+                .set(status.budget_left());
+            let secs = |d: chrono::TimeDelta| d.num_milliseconds() as f64 / 1000.0;
+            self.slo_breach
+                .with_label_values(&labels)
+                .set(secs(m.breach));
+            self.slo_allowed_breach
+                .with_label_values(&labels)
+                .set(secs(status.objective.allowed_breach()));
+            self.slo_unverified
+                .with_label_values(&labels)
+                .set(secs(m.unverified));
         }
     }
 
@@ -195,6 +244,41 @@ impl Metrics {
                 "trueup_source_privileged_role",
                 "1 if the source's database role is privileged (superuser, server programs or files) and `allow_privileged_role: true` lets trueup use it anyway.",
                 &["source"],
+            ),
+            slo_objective: gauge(
+                "trueup_slo_objective_ratio",
+                "An invariant's consistency objective: the share of time with no violation open longer than its max_open (0.999 for 99.9%). The burn-rate rules in examples/prometheus/trueup-slo.yml read it.",
+                &["invariant"],
+            ),
+            slo_breaching: int_gauge(
+                "trueup_slo_breaching",
+                "1 while a violation of the invariant has been open longer than its objective's max_open (the ledger's view: a failed run leaves violations open), else 0.",
+                &["invariant"],
+            ),
+            slo_sli: gauge(
+                "trueup_slo_sli_ratio",
+                "The share of the objective's window (measured since the first run in it) with no violation open longer than max_open.",
+                &["invariant"],
+            ),
+            slo_budget_remaining: gauge(
+                "trueup_slo_error_budget_remaining_ratio",
+                "The share of the error budget left over the objective's window: 1 untouched, 0 spent, below 0 overspent.",
+                &["invariant"],
+            ),
+            slo_breach: gauge(
+                "trueup_slo_breach_seconds",
+                "Time in the objective's window during which a violation had been open longer than max_open.",
+                &["invariant"],
+            ),
+            slo_allowed_breach: gauge(
+                "trueup_slo_error_budget_seconds",
+                "The breach time the objective allows over its window: (1 - objective) x window.",
+                &["invariant"],
+            ),
+            slo_unverified: gauge(
+                "trueup_slo_unverified_seconds",
+                "Time in the objective's window after a failed run, before the next completed one: nothing confirmed the state then.",
+                &["invariant"],
             ),
             duration,
             last_run: gauge(

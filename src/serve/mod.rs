@@ -197,6 +197,7 @@ impl Application {
             let store = Arc::clone(&self.runtime.store);
             let metrics = Arc::clone(&self.runtime.metrics);
             let replica = Arc::clone(&self.runtime.replica);
+            let catalog = Arc::clone(&self.runtime.catalog);
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(HEARTBEAT);
@@ -211,6 +212,11 @@ impl Application {
                     }
                     if let Err(e) = refresh_plan_metrics(store.as_ref(), &metrics).await {
                         tracing::warn!("cannot read plan progress for /metrics: {e}");
+                    }
+                    if let Err(e) = refresh_slo_metrics(store.as_ref(), &catalog, &metrics).await {
+                        tracing::warn!("cannot measure the SLOs for /metrics: {e}");
+                        // Unknown, not the last figures: absent series are not read as good.
+                        metrics.record_slos(&[]);
                     }
                 }
             })
@@ -444,6 +450,24 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
 
 /// A grace period long enough for the usual run; see `serve.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The consistency objectives of the loaded invariants, measured now from the store (runs may
+/// complete in other replicas).
+async fn refresh_slo_metrics(
+    store: &dyn crate::store::Store,
+    catalog: &crate::runtime::catalog::Catalog,
+    metrics: &Metrics,
+) -> Result<(), crate::store::StoreError> {
+    let now = chrono::Utc::now();
+    let mut statuses = Vec::new();
+    for invariant in catalog.snapshot() {
+        if let Some(status) = crate::slo::status(store, &invariant, now).await? {
+            statuses.push((invariant.name.to_string(), status));
+        }
+    }
+    metrics.record_slos(&statuses);
+    Ok(())
+}
 
 /// Plans shown in /metrics: the most recent ones.
 const PLANS_IN_METRICS: u32 = 20;

@@ -558,8 +558,31 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
             >= 1.0
     })
     .await;
+    // The SLO figures are measured from the store every few seconds: wait for a measure that
+    // holds a run.
+    let ledger_sli = "trueup_slo_sli_ratio{invariant=\"payments-ledger\"}";
+    wait_for("the SLOs measured", Duration::from_secs(15), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        sample(&m, ledger_sli).is_some()
+    })
+    .await;
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     server.stop().await;
+    // payments-ledger: 99.9% over 30 days, its violations opened seconds ago.
+    let ledger = |name: &str| {
+        sample(
+            &metrics,
+            &format!("{name}{{invariant=\"payments-ledger\"}}"),
+        )
+    };
+    assert_eq!(ledger("trueup_slo_objective_ratio"), Some(0.999));
+    assert_eq!(ledger("trueup_slo_breaching"), Some(0.0));
+    assert_eq!(ledger("trueup_slo_sli_ratio"), Some(1.0));
+    assert_eq!(ledger("trueup_slo_error_budget_remaining_ratio"), Some(1.0));
+    assert_eq!(ledger("trueup_slo_error_budget_seconds"), Some(2592.0));
+    assert_eq!(ledger("trueup_slo_breach_seconds"), Some(0.0));
+    // An invariant without an objective has no SLO series.
+    assert!(!metrics.contains("trueup_slo_objective_ratio{invariant=\"payment-lifecycle\"}"));
 
     let mut check = promtool()
         .args(["check", "metrics"])
@@ -585,28 +608,45 @@ async fn promtool_accepts_the_metrics_and_the_shipped_alerting_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prometheus/trueup-alerts.yml");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prometheus");
+    for file in ["trueup-alerts.yml", "trueup-slo.yml"] {
+        let rules = examples.join(file);
+        let out = promtool()
+            .args(["check", "rules"])
+            .arg(&rules)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check rules {file}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every metric the rules use is one trueup exports.
+        let text = std::fs::read_to_string(&rules).unwrap();
+        for name in text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("trueup_"))
+        {
+            assert!(
+                metrics.lines().any(|l| l
+                    .strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(['{', ' ']))),
+                "{file} uses {name}, which /metrics does not export"
+            );
+        }
+    }
+    // The burn-rate alerts fire and clear as their unit tests say.
     let out = promtool()
-        .args(["check", "rules"])
-        .arg(&rules)
+        .current_dir(&examples)
+        .args(["test", "rules", "trueup-slo.test.yml"])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "promtool check rules: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "promtool test rules trueup-slo.test.yml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    // Every metric the rules use is one trueup exports.
-    let text = std::fs::read_to_string(&rules).unwrap();
-    for name in text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("trueup_"))
-    {
-        assert!(
-            metrics.contains(name),
-            "the rules use {name}, which /metrics does not export"
-        );
-    }
 }
 
 #[tokio::test]

@@ -56,6 +56,16 @@ pub async fn over(
     ))
 }
 
+/// What is left of a budget of which `used` (a ratio) is spent: "58% left", or once it is
+/// all spent "none left (277.8% used)".
+pub fn budget_left_words(used: f64) -> String {
+    if used < 1.0 {
+        format!("{} left", percent(1.0 - used))
+    } else {
+        format!("none left ({} used)", percent(used))
+    }
+}
+
 /// A span as the console and reports write it: "3 h 2 min", "43 min 12 s", "0 s".
 pub fn span_words(d: TimeDelta) -> String {
     let total = d.num_seconds().max(0);
@@ -117,6 +127,14 @@ mod tests {
         assert_eq!(span_words(TimeDelta::seconds(7200)), "2 h");
         assert_eq!(span_words(TimeDelta::seconds(86_400 + 60)), "1 d");
         assert_eq!(span_words(TimeDelta::zero()), "0 s");
+    }
+
+    #[test]
+    fn a_spent_budget_says_none_is_left_and_how_much_was_used() {
+        assert_eq!(budget_left_words(0.42), "58% left");
+        assert_eq!(budget_left_words(0.0), "100% left");
+        assert_eq!(budget_left_words(1.0), "none left (100% used)");
+        assert_eq!(budget_left_words(2.7778), "none left (277.8% used)");
     }
 
     #[test]

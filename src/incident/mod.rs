@@ -245,7 +245,7 @@ pub async fn report(
     if incident.state == IncidentState::Closed {
         return frozen(store, &incident).await;
     }
-    let evidence = report::gather(store, incident).await?;
+    let evidence = report::gather(store, incident, loaded, chrono::Utc::now()).await?;
     Ok(report::assemble(&evidence, loaded, None))
 }
 
@@ -282,7 +282,7 @@ pub async fn unverified(
     if incident.state == IncidentState::Closed {
         return Ok(Vec::new());
     }
-    let evidence = report::gather(store, incident).await?;
+    let evidence = report::gather(store, incident, loaded, now).await?;
     let current = report::assemble(&evidence, loaded, None);
     Ok(current
         .invariants
@@ -321,7 +321,7 @@ pub async fn close(
         }
         other => other,
     };
-    let evidence = report::gather(store, incident.clone()).await?;
+    let evidence = report::gather(store, incident.clone(), loaded, now).await?;
     let draft = report::assemble(&evidence, loaded, None);
     if !draft.verdict.ready {
         if override_reason.is_none() {

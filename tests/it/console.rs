@@ -493,6 +493,13 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     assert_eq!(b.text(&format!("{row} .state")).await, "firing");
+    // The outage was found seconds ago: none of its violations has been open an hour, so its
+    // objective (99%, none open over 1h) has its whole budget.
+    assert_eq!(b.text(&format!("{row} .budget")).await, "100% left");
+    assert_eq!(
+        b.text(&format!("{row} .slo-objective")).await,
+        "99% of 30 days with no violation open over 1h"
+    );
     b.click(&format!("{row} th a")).await;
     b.wait_for("the timeline", Duration::from_secs(10), |s| {
         s.contains("class=\"chart\"")
@@ -862,6 +869,11 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     assert!(b.text("#verdict").await.contains("Verdict: ready to close"));
+    // Replayed within the hour: the incident cost none of the error budget.
+    assert_eq!(
+        b.text(".slo-statement").await,
+        "This incident consumed 0% of the error budget: 0 s in breach of the 7 h 12 min the objective allows over 30 days. Over the last 30 days: 100% left."
+    );
     b.screenshot("incident-report").await;
     b.goto(&format!("{base}/ui/incidents/billing-consumer-outage"))
         .await;

@@ -22,6 +22,7 @@ mod replay;
 mod replicas;
 mod segments;
 mod serve;
+mod slo;
 mod source_readonly;
 mod store;
 mod ticks;

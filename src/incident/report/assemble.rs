@@ -342,7 +342,46 @@ pub(super) fn invariant_part(
         compensation,
         replays,
         consistency,
+        slo: ev.slo.as_ref().map(slo_part),
         verification,
+    }
+}
+
+fn slo_part(e: &SloEvidence) -> SloPart {
+    use crate::slo::{budget_left_words, percent as pct, span_words};
+    let o = &e.objective;
+    let used = e.incident.budget_used(o);
+    let left = 1.0 - e.rolling.budget_used(o);
+    let rounded = |ratio: f64| (ratio * 100.0 * 10_000.0).round() / 10_000.0;
+    let unverified = if e.incident.unverified > chrono::TimeDelta::zero() {
+        format!(
+            " {} of it followed failed runs: nothing confirmed the state then.",
+            span_words(e.incident.unverified)
+        )
+    } else {
+        String::new()
+    };
+    SloPart {
+        objective: o.describe(),
+        objective_pct: rounded(o.target.ratio()),
+        max_open_secs: o.max_open.as_chrono().num_seconds(),
+        window_secs: o.window.as_chrono().num_seconds(),
+        budget_secs: o.allowed_breach().num_seconds(),
+        from: e.incident.from,
+        to: e.incident.to,
+        breach_secs: e.incident.breach.num_seconds(),
+        unverified_secs: e.incident.unverified.num_seconds(),
+        budget_used_pct: rounded(used),
+        budget_left_pct: rounded(left),
+        statement: format!(
+            "This incident consumed {} of the error budget: {} in breach of the {} the objective allows over {}.{unverified} Over the last {}: {}.",
+            pct(used),
+            span_words(e.incident.breach),
+            span_words(o.allowed_breach()),
+            o.window_words(),
+            o.window_words(),
+            budget_left_words(1.0 - left),
+        ),
     }
 }
 

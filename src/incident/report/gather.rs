@@ -5,8 +5,14 @@ use crate::store::{IncidentRecord, StatusFilter, Store, StoreError, ViolationFil
 
 use super::*;
 
-/// Reads what the report needs from the store.
-pub async fn gather(store: &dyn Store, incident: IncidentRecord) -> Result<Evidence, StoreError> {
+/// Reads what the report needs from the store. `until` is where the SLO measures end: the
+/// close, or now for a report of an open incident.
+pub async fn gather(
+    store: &dyn Store,
+    incident: IncidentRecord,
+    loaded: &[impl std::borrow::Borrow<crate::domain::Invariant> + Sync],
+    until: chrono::DateTime<chrono::Utc>,
+) -> Result<Evidence, StoreError> {
     let window = incident.window();
     let scope = if incident.invariants.is_empty() {
         let mut names: Vec<String> = store
@@ -79,6 +85,31 @@ pub async fn gather(store: &dyn Store, incident: IncidentRecord) -> Result<Evide
             });
         }
         plans.sort_by_key(|p| p.plan.id);
+        let objective = loaded
+            .iter()
+            .map(std::borrow::Borrow::borrow)
+            .find(|i| i.name.as_str() == name)
+            .and_then(|i| i.slo.clone());
+        let slo = match objective {
+            None => None,
+            Some(objective) => {
+                let incident =
+                    crate::slo::over(store, &name, &objective, window.from, until).await?;
+                let rolling = crate::slo::over(
+                    store,
+                    &name,
+                    &objective,
+                    until - objective.window.as_chrono(),
+                    until,
+                )
+                .await?;
+                Some(SloEvidence {
+                    objective,
+                    incident,
+                    rolling,
+                })
+            }
+        };
         targets.push(format!("invariant:{name}"));
         invariants.push(InvariantEvidence {
             name,
@@ -87,6 +118,7 @@ pub async fn gather(store: &dyn Store, incident: IncidentRecord) -> Result<Evide
             samples,
             runs,
             plans,
+            slo,
         });
     }
     let audit = store

@@ -132,7 +132,39 @@ pub struct InvariantPart {
     pub compensation: CompensationPart,
     pub replays: Vec<ReplayPart>,
     pub consistency: Option<ConsistencyPart>,
+    /// Its consistency objective and the error budget the incident consumed (`None`: it
+    /// declares none, or the report was frozen before SLOs existed).
+    #[serde(default)]
+    pub slo: Option<SloPart>,
     pub verification: VerificationPart,
+}
+
+/// An invariant's consistency objective over the incident: from the window's start to the
+/// close (or to when the report was built, while it is open).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloPart {
+    /// "no violation open longer than 1h, 99.9% of the time over 30 days".
+    pub objective: String,
+    pub objective_pct: f64,
+    pub max_open_secs: i64,
+    pub window_secs: i64,
+    /// The breach time the objective allows over its window: the error budget.
+    pub budget_secs: i64,
+    /// The span measured for the incident.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Time in the span during which a violation had been open longer than max_open.
+    pub breach_secs: i64,
+    /// Time in the span after failed runs, when nothing confirmed the state.
+    pub unverified_secs: i64,
+    /// The share of the error budget the incident consumed, in percent (above 100: more than
+    /// the whole budget).
+    pub budget_used_pct: f64,
+    /// The budget left over the objective's window ending at `to`, in percent.
+    pub budget_left_pct: f64,
+    /// The two facts in words: what the incident consumed, what is left.
+    pub statement: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,6 +414,17 @@ pub struct InvariantEvidence {
     pub runs: RunDigest,
     /// Plans proposed since the window opened, oldest first.
     pub plans: Vec<PlanEvidence>,
+    /// Its consistency objective measured over the incident and over its own window.
+    pub slo: Option<SloEvidence>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SloEvidence {
+    pub objective: crate::domain::Objective,
+    /// From the incident window's start to the close (or now).
+    pub incident: crate::domain::SloMeasure,
+    /// The objective's own window ending at the same moment.
+    pub rolling: crate::domain::SloMeasure,
 }
 
 #[derive(Debug, Clone)]

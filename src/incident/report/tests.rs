@@ -171,6 +171,7 @@ fn evidence(open: u64, latest: Option<RunRecord>, plans: Vec<PlanFixture<'_>>) -
                     last_applied_at: last.map(t),
                 })
                 .collect(),
+            slo: None,
         }],
         audit: Vec::new(),
     }
@@ -505,4 +506,62 @@ fn html_from_the_ledger_is_escaped() {
     let html = crate::incident::render(&report, crate::incident::ReportFormat::Html).unwrap();
     assert!(!html.contains("<script>"), "{html}");
     assert!(html.contains("&lt;script&gt;"), "{html}");
+}
+
+#[test]
+fn the_report_states_the_error_budget_the_incident_consumed_in_every_format() {
+    use crate::domain::{HumanDuration, Objective, SloMeasure, SloTarget};
+    let mut ev = evidence(
+        0,
+        Some(run(9, "06:00", RunStatus::Succeeded, 0)),
+        Vec::new(),
+    );
+    let objective = Objective {
+        target: SloTarget::parse("99%").unwrap(),
+        max_open: HumanDuration::parse("1h").unwrap(),
+        window: HumanDuration::parse("30d").unwrap(),
+    };
+    let measure = |breach_min: i64, unverified_min: i64| SloMeasure {
+        from: t("02:00"),
+        to: t("07:00"),
+        measured: chrono::TimeDelta::hours(5),
+        breach: chrono::TimeDelta::minutes(breach_min),
+        unverified: chrono::TimeDelta::minutes(unverified_min),
+        breaching: false,
+    };
+    ev.invariants[0].slo = Some(SloEvidence {
+        objective,
+        // 3 h 2 min of the 7 h 12 min that 1 % of 30 days allows.
+        incident: measure(182, 20),
+        rolling: measure(216, 20),
+    });
+    let report = assemble(&ev, &loaded(), None);
+    let slo = report.invariants[0].slo.as_ref().unwrap();
+    assert_eq!(
+        slo.objective,
+        "no violation open longer than 1h, 99% of the time over 30 days"
+    );
+    assert_eq!((slo.budget_secs, slo.breach_secs), (25_920, 10_920));
+    assert_eq!(slo.budget_used_pct, 42.1296);
+    assert_eq!(slo.budget_left_pct, 50.0);
+    let statement = "This incident consumed 42.1% of the error budget: 3 h 2 min in breach of the 7 h 12 min the objective allows over 30 days. 20 min of it followed failed runs: nothing confirmed the state then. Over the last 30 days: 50% left.";
+    assert_eq!(slo.statement, statement);
+    for format in [
+        crate::incident::render::ReportFormat::Md,
+        crate::incident::render::ReportFormat::Html,
+    ] {
+        let text = crate::incident::render::render(&report, format).unwrap();
+        assert!(text.contains(statement), "{format:?}: {text}");
+        assert!(text.contains("Error budget"), "{format:?}");
+    }
+    // JSON round trip, and a report frozen before SLOs existed (no `slo` field) still reads.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        serde_json::from_value::<Report>(json.clone()).unwrap(),
+        report
+    );
+    let mut old = json;
+    old["invariants"][0].as_object_mut().unwrap().remove("slo");
+    let read: Report = serde_json::from_value(old).unwrap();
+    assert_eq!(read.invariants[0].slo, None);
 }

@@ -63,6 +63,59 @@ fn sparkline(runs: &[crate::store::RunRecord], now: DateTime<Utc>) -> Option<Spa
     })
 }
 
+/// An invariant's consistency objective as the overview shows it.
+#[derive(Serialize)]
+struct SloView {
+    /// "42% left", "none left (310% used)".
+    left: String,
+    /// ok, low (under a quarter left) or spent.
+    level: &'static str,
+    objective: String,
+    max_open: String,
+    window: String,
+    /// "SLI 99.95% over 30 days: 12 min in breach of 43 min 12 s allowed".
+    detail: String,
+    breaching: bool,
+    /// Time after failed runs, when nothing confirmed the state ("2 h"); None when none.
+    unverified: Option<String>,
+}
+
+fn slo_view(status: &crate::slo::SloStatus) -> SloView {
+    use crate::slo::{budget_left_words, percent, span_words};
+    let left = status.budget_left();
+    let m = &status.measure;
+    let o = &status.objective;
+    SloView {
+        left: budget_left_words(1.0 - left),
+        level: if left <= 0.0 {
+            "spent"
+        } else if left < 0.25 {
+            "low"
+        } else {
+            "ok"
+        },
+        objective: o.target.to_string(),
+        max_open: o.max_open.to_string(),
+        window: o.window_words(),
+        detail: format!(
+            "{}: {} in breach of {} allowed{}",
+            match m.sli() {
+                Some(sli) => format!("SLI {} over {}", percent(sli), o.window_words()),
+                None => "no completed run yet".to_owned(),
+            },
+            span_words(m.breach),
+            span_words(o.allowed_breach()),
+            if m.measured < o.window.as_chrono() && m.sli().is_some() {
+                format!(" (measured for {})", span_words(m.measured))
+            } else {
+                String::new()
+            }
+        ),
+        breaching: m.breaching,
+        unverified: (m.unverified > TimeDelta::zero()).then(|| span_words(m.unverified)),
+    }
+}
+
 #[derive(Deserialize)]
 pub(in crate::http::console) struct OverviewQuery {
     q: Option<String>,
@@ -109,6 +162,7 @@ pub(in crate::http::console) async fn overview(
             continue;
         }
         let runs = store.runs(Some(name), 300).await?;
+        let slo = crate::slo::status(store, inv, now).await?;
         rows.push(context! {
             name => name,
             severity => inv.severity.to_string(),
@@ -120,6 +174,7 @@ pub(in crate::http::console) async fn overview(
             open => by_kind.values().sum::<u64>(),
             by_kind => serde(&by_kind),
             spark => serde(&sparkline(&runs, now)),
+            slo => serde(&slo.as_ref().map(slo_view)),
         });
     }
     Ok(render(

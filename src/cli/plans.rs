@@ -577,7 +577,10 @@ pub(super) async fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Res
     let store = crate::store::open(&config.store).await?;
     let entries = store
         .audit_log(
-            target.as_deref(),
+            &crate::store::AuditFilter {
+                target: target.clone(),
+                ..Default::default()
+            },
             crate::store::AuditPage::After(args.after),
             args.limit,
         )

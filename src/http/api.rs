@@ -263,7 +263,10 @@ pub(super) async fn audit_log(
         .runtime
         .store
         .audit_log(
-            q.target.as_deref(),
+            &crate::store::AuditFilter {
+                target: q.target,
+                ..Default::default()
+            },
             crate::store::AuditPage::After(q.after),
             limit,
         )

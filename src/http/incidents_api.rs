@@ -168,7 +168,7 @@ pub(super) async fn report(
     ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let format = report_format(q.format.as_deref(), ReportFormat::Json)?;
-    report_response(&state, &name, format, q.download).await
+    report_response(&state, &name, format, q.download, None).await
 }
 
 /// A report format asked for in a query (`default` when none is).
@@ -183,13 +183,14 @@ pub(super) fn report_format(
     }
 }
 
-/// The incident's report rendered in `format`, as a file to save when `download`. The API
-/// and the console serve reports through this.
+/// The incident's report rendered in `format`, as a file to save when `download`, its HTML
+/// linking `back` to where it was opened. The API and the console serve reports through this.
 pub(super) async fn report_response(
     state: &HttpState,
     name: &str,
     format: ReportFormat,
     download: bool,
+    back: Option<&str>,
 ) -> Result<Response, ApiError> {
     let report = incident::report(
         state.runtime.store.as_ref(),
@@ -197,7 +198,8 @@ pub(super) async fn report_response(
         name,
     )
     .await?;
-    let body = incident::render(&report, format).map_err(IncidentError::from)?;
+    let body =
+        incident::render::render_linked(&report, format, back).map_err(IncidentError::from)?;
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if download {
         let disposition = format!(

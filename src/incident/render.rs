@@ -96,6 +96,16 @@ fn add_filters(env: &mut Environment<'_>) {
 
 /// Renders the report. The same report always renders to the same bytes.
 pub fn render(report: &Report, format: ReportFormat) -> Result<String, RenderError> {
+    render_linked(report, format, None)
+}
+
+/// Renders the report; the HTML leads `back` to where it was opened from (the console's
+/// incident page), a link that printing leaves out.
+pub fn render_linked(
+    report: &Report,
+    format: ReportFormat,
+    back: Option<&str>,
+) -> Result<String, RenderError> {
     match format {
         ReportFormat::Json => serde_json::to_string_pretty(report)
             .map(|mut s| {
@@ -112,6 +122,7 @@ pub fn render(report: &Report, format: ReportFormat) -> Result<String, RenderErr
                 .render(minijinja::context! {
                     r => Value::from(Serde(report)),
                     timeline_head => super::report::TIMELINE_LIMIT / 2,
+                    back => back,
                 })
                 .map_err(|e| RenderError(format!("{e:#}")))
         }

@@ -645,7 +645,7 @@ macro_rules! impl_store {
 
             async fn audit_log(
                 &self,
-                target: Option<&str>,
+                filter: &$crate::store::AuditFilter,
                 page: $crate::store::AuditPage,
                 limit: u32,
             ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
@@ -653,8 +653,14 @@ macro_rules! impl_store {
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "SELECT id, at, actor, action, target, details FROM audit_log WHERE 1 = 1",
                 );
-                if let Some(t) = target {
-                    qb.push(" AND target = ").push_bind(t.to_owned());
+                if let Some(t) = &filter.target {
+                    qb.push(" AND target = ").push_bind(t.clone());
+                }
+                if let Some(a) = &filter.actor {
+                    qb.push(" AND actor = ").push_bind(a.clone());
+                }
+                if filter.decisions_only {
+                    qb.push(" AND action NOT LIKE 'action.%'");
                 }
                 match page {
                     AuditPage::After(Some(after)) => {

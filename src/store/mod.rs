@@ -111,6 +111,26 @@ pub enum AuditPage {
     Before(Option<i64>),
 }
 
+/// Which audit entries a page holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// One target (`plan:7`, `incident:NAME`).
+    pub target: Option<String>,
+    pub actor: Option<String>,
+    /// Decisions only: leaves out each action's own record (`action.<status>`), thousands of
+    /// which follow one replay.
+    pub decisions_only: bool,
+}
+
+impl AuditFilter {
+    pub fn target(target: impl Into<String>) -> Self {
+        Self {
+            target: Some(target.into()),
+            ..Self::default()
+        }
+    }
+}
+
 /// Runs as a consistency objective reads them (see [`crate::domain::measure_slo`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SloHistory {
@@ -326,10 +346,10 @@ pub trait Store:
         at: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
 
-    /// A page of audit entries, optionally for one target.
+    /// A page of the audit entries `filter` keeps.
     async fn audit_log(
         &self,
-        target: Option<&str>,
+        filter: &AuditFilter,
         page: AuditPage,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError>;

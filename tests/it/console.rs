@@ -214,7 +214,23 @@ async fn an_approver_signs_in_approves_and_applies_a_plan_and_the_violations_res
         "{audit}"
     );
     assert!(!first_row.contains("plan.approve"), "{first_row}");
+    // Decisions only, unless each action's record is asked for: a replay writes thousands.
+    assert!(!audit.contains("action.applied"), "{audit}");
+    assert!(
+        b.text("#audit-scope").await.contains("Decisions only"),
+        "{}",
+        b.text("#audit-scope").await
+    );
     b.screenshot("audit").await;
+    b.click("#include-actions").await;
+    b.click("form.filters button[type=submit]").await;
+    b.wait_for("every record", Duration::from_secs(10), |s| {
+        s.contains("Every record, each action's included.")
+    })
+    .await;
+    let every = b.text("table").await;
+    assert_eq!(every.matches("action.applied").count(), 3, "{every}");
+    assert!(every.contains("plan.approve"), "{every}");
 
     b.close().await;
     server.stop().await;
@@ -694,9 +710,39 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     // 30 events at 3/s: about ten seconds of live progress (rate and ETA appear after the
     // second poll that sees one more event done).
     b.wait_for("progress under way", Duration::from_secs(30), |s| {
-        s.contains("actions/s") || s.contains("id=\"verification\"")
+        s.contains("actions/s")
     })
     .await;
+    // While it applies, neither a dry run nor another apply is offered, and the page says why.
+    assert!(!b.exists("#dry-run").await, "no dry run during an apply");
+    assert!(!b.exists("#apply").await, "no second apply during an apply");
+    assert_eq!(
+        b.text("#apply-why").await,
+        "It is being applied: the dry run and the apply come back when it stops."
+    );
+    // The counts by status and the listed actions follow the apply on this same page (no
+    // reload: the mark set now stays).
+    b.client
+        .execute("window.samePage = true; return true;", vec![])
+        .await
+        .unwrap();
+    b.wait_for(
+        "the counts and the action list to follow the apply",
+        Duration::from_secs(20),
+        |s| {
+            s.contains("data-status=\"applied\">applied ")
+                && s.contains("class=\"astatus astatus-applied\" data-seq=\"1\"")
+        },
+    )
+    .await;
+    assert_eq!(
+        b.client
+            .execute("return window.samePage === true;", vec![])
+            .await
+            .unwrap(),
+        serde_json::json!(true),
+        "the page reloaded instead of following the apply"
+    );
     b.screenshot("replay-applying").await;
 
     // Pause it mid-way: the page says paused, offers Resume (not Pause), and nothing more is
@@ -869,14 +915,19 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     })
     .await;
     assert!(b.text("#verdict").await.contains("Verdict: ready to close"));
+    assert_eq!(b.text("#back").await, "← Back to the incident");
     // Replayed within the hour: the incident cost none of the error budget.
     assert_eq!(
         b.text(".slo-statement").await,
         "This incident consumed 0% of the error budget: 0 s in breach of the 7 h 12 min the objective allows over 30 days. Over the last 30 days: 100% left."
     );
     b.screenshot("incident-report").await;
-    b.goto(&format!("{base}/ui/incidents/billing-consumer-outage"))
-        .await;
+    // The report leads back to the incident.
+    b.click("#back").await;
+    b.wait_for("the incident again", Duration::from_secs(10), |s| {
+        s.contains("id=\"close\"")
+    })
+    .await;
     b.click("#close").await;
     b.wait_for("the close", Duration::from_secs(10), |s| {
         s.contains("status-closed")

@@ -137,7 +137,7 @@ async fn incident_story(store: Arc<dyn Store>) {
     );
     let audit: Vec<String> = s
         .audit_log(
-            Some(&format!("incident:{name}")),
+            &trueup::store::AuditFilter::target(format!("incident:{name}")),
             trueup::store::AuditPage::After(None),
             10,
         )

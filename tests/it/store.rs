@@ -274,26 +274,42 @@ async fn audit_story(store: &dyn Store) {
         .unwrap();
     assert!(second > first);
     let all = store
-        .audit_log(None, trueup::store::AuditPage::After(None), 10)
+        .audit_log(
+            &trueup::store::AuditFilter::default(),
+            trueup::store::AuditPage::After(None),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].details, json!({"hash": "abc"}));
     let for_plan = store
-        .audit_log(Some("plan:7"), trueup::store::AuditPage::After(None), 10)
+        .audit_log(
+            &trueup::store::AuditFilter::target("plan:7"),
+            trueup::store::AuditPage::After(None),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(for_plan.len(), 1);
     assert!(
         store
-            .audit_log(None, trueup::store::AuditPage::After(Some(second)), 10)
+            .audit_log(
+                &trueup::store::AuditFilter::default(),
+                trueup::store::AuditPage::After(Some(second)),
+                10
+            )
             .await
             .unwrap()
             .is_empty()
     );
     // Newest first, and the page before an entry.
     let newest = store
-        .audit_log(None, trueup::store::AuditPage::Before(None), 10)
+        .audit_log(
+            &trueup::store::AuditFilter::default(),
+            trueup::store::AuditPage::Before(None),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -301,10 +317,46 @@ async fn audit_story(store: &dyn Store) {
         vec![second, first]
     );
     let older = store
-        .audit_log(None, trueup::store::AuditPage::Before(Some(second)), 10)
+        .audit_log(
+            &trueup::store::AuditFilter::default(),
+            trueup::store::AuditPage::Before(Some(second)),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(older.iter().map(|e| e.id).collect::<Vec<_>>(), vec![first]);
+    // By actor, and decisions only (each action's own record left out).
+    let action_record = store
+        .audit("ada", "action.applied", "plan:7", &json!({"seq": 1}), at)
+        .await
+        .unwrap();
+    let ids =
+        |entries: Vec<trueup::store::AuditEntry>| entries.iter().map(|e| e.id).collect::<Vec<_>>();
+    let by_ada = store
+        .audit_log(
+            &trueup::store::AuditFilter {
+                actor: Some("ada".into()),
+                ..Default::default()
+            },
+            trueup::store::AuditPage::Before(None),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(by_ada), vec![action_record, second]);
+    let decisions = store
+        .audit_log(
+            &trueup::store::AuditFilter {
+                target: Some("plan:7".into()),
+                decisions_only: true,
+                ..Default::default()
+            },
+            trueup::store::AuditPage::Before(None),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(decisions), vec![second]);
     // The latest entry of one action on one target.
     let third = store
         .audit(
@@ -662,7 +714,7 @@ async fn plan_story(store: Arc<dyn Store>) {
     assert_eq!(listed, vec![third, newer, id]);
     let audit = store
         .audit_log(
-            Some(&format!("plan:{id}")),
+            &trueup::store::AuditFilter::target(format!("plan:{id}")),
             trueup::store::AuditPage::After(None),
             50,
         )

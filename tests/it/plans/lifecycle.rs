@@ -137,7 +137,7 @@ async fn the_plan_lifecycle(store_url: &str) {
     // The audit log tells the whole story; an applied plan is not applied again.
     let audit: Vec<String> = store
         .audit_log(
-            Some(&format!("plan:{id}")),
+            &trueup::store::AuditFilter::target(format!("plan:{id}")),
             trueup::store::AuditPage::After(None),
             100,
         )

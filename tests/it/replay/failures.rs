@@ -99,7 +99,11 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
     .await
     .unwrap();
     let audit = store
-        .audit_log(Some("plan:1"), trueup::store::AuditPage::After(None), 50)
+        .audit_log(
+            &trueup::store::AuditFilter::target("plan:1"),
+            trueup::store::AuditPage::After(None),
+            50,
+        )
         .await
         .unwrap();
     let wide = audit

@@ -327,7 +327,7 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
     );
     let audit: Vec<String> = store
         .audit_log(
-            Some("plan:1"),
+            &trueup::store::AuditFilter::target("plan:1"),
             trueup::store::AuditPage::After(None),
             10_000,
         )

@@ -28,6 +28,26 @@
         const secs = (now - first.at) / 1000;
         const perSec = secs > 0 ? (p.done - first.done) / secs : 0;
         const n = (s) => (p.progress[s] || 0).toLocaleString("en-US");
+        const words = (s) => s.replace(/_/g, " ");
+        // The count of each status, as the server drew them.
+        const statuses = document.getElementById("progress-statuses");
+        if (statuses) {
+          statuses.replaceChildren(...Object.keys(p.progress).flatMap((s) => {
+            const span = document.createElement("span");
+            span.className = "kind";
+            span.dataset.status = s;
+            span.textContent = words(s) + " " + n(s);
+            return [span, document.createTextNode(" ")];
+          }));
+        }
+        // The listed actions' statuses.
+        document.querySelectorAll(".astatus[data-seq]").forEach((el) => {
+          const s = p.listed && p.listed[el.dataset.seq];
+          if (s && !el.classList.contains("astatus-" + s)) {
+            el.className = "astatus astatus-" + s;
+            el.textContent = words(s);
+          }
+        });
         rateLine.textContent =
           (perSec > 0 ? perSec.toFixed(1) + " actions/s, about " +
             Math.ceil((p.total - p.done) / perSec) + " s left · " : "") +

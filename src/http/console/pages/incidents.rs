@@ -256,5 +256,9 @@ pub(in crate::http::console) async fn incident_report(
 ) -> PageResult {
     let format = report_format(q.format.as_deref(), crate::incident::ReportFormat::Html)?;
     let download = q.download || format != crate::incident::ReportFormat::Html;
-    Ok(report_response(&state, &name, format, download).await?)
+    let back = format!(
+        "/ui/incidents/{}",
+        percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    Ok(report_response(&state, &name, format, download, Some(&back)).await?)
 }

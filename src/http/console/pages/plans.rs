@@ -66,7 +66,7 @@ async fn plan_page(state: &HttpState, session: &Session, id: PlanId, watch: bool
     let dry_run = plan::dry_runs::last(store, id, &record.content_hash).await?;
     let inv = state.runtime.catalog.find(&record.invariant);
     let view = plan::view(store, record, inv.as_deref(), Utc::now()).await?;
-    let actions = store.plan_actions(id, None, 200).await?;
+    let actions = store.plan_actions(id, None, ACTIONS_SHOWN).await?;
     let me = &session.caller.name;
     let approved_by_me = view.approvers.iter().any(|a| a == me);
     // Why the approve control is disabled for this approver, if it is.
@@ -185,6 +185,9 @@ fn action_view(a: &ActionRecord) -> minijinja::Value {
     }
 }
 
+/// Actions a plan's page lists (and its live progress follows).
+const ACTIONS_SHOWN: u32 = 200;
+
 #[derive(Deserialize)]
 pub(in crate::http::console) struct PlanQuery {
     #[serde(default)]
@@ -208,11 +211,19 @@ pub(in crate::http::console) async fn plan_progress(
     let store = state.runtime.store.as_ref();
     let record = plan::load(store, id).await?;
     let progress = store.action_progress(id).await?;
+    // The statuses of the actions the page lists, so that the list follows the apply too.
+    let listed: BTreeMap<String, crate::domain::ActionStatus> = store
+        .plan_actions(id, None, ACTIONS_SHOWN)
+        .await?
+        .into_iter()
+        .map(|a| (a.seq.to_string(), a.status))
+        .collect();
     Ok(Json(serde_json::json!({
         "state": record.state,
         "total": record.action_count,
         "done": plan::apply::finished(&progress),
         "progress": progress,
+        "listed": listed,
         // The re-check after an apply has been recorded.
         "verified": record.verification.is_some(),
     }))
@@ -372,31 +383,40 @@ pub(in crate::http::console) struct AuditQuery {
     actor: Option<String>,
     /// The page of entries older than this one (newest first).
     before: Option<i64>,
+    /// Each action's own record too, not only the decisions.
+    #[serde(default)]
+    actions: bool,
 }
+
+/// Audit entries on one page of the console.
+const AUDIT_PAGE: u32 = 200;
 
 pub(in crate::http::console) async fn audit(
     State(state): State<HttpState>,
     Extension(session): Extension<Session>,
     Query(q): Query<AuditQuery>,
 ) -> PageResult {
-    let target = q.target.as_deref().filter(|t| !t.trim().is_empty());
+    let target = q.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    // Decisions unless asked for every action's record too: one replay writes thousands.
+    let decisions_only = !q.actions;
+    let filter = crate::store::AuditFilter {
+        target: target.map(str::to_owned),
+        actor: actor.map(str::to_owned),
+        decisions_only,
+    };
     let entries = state
         .runtime
         .store
         .audit_log(
-            target.map(str::trim),
+            &filter,
             crate::store::AuditPage::Before(q.before),
-            200,
+            AUDIT_PAGE,
         )
         .await?;
-    let actor = q.actor.as_deref().map(str::trim).filter(|a| !a.is_empty());
-    let older_before = (entries.len() == 200)
+    let older_before = (entries.len() == AUDIT_PAGE as usize)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
-    let entries: Vec<_> = entries
-        .into_iter()
-        .filter(|e| actor.is_none_or(|a| e.actor == a))
-        .collect();
     Ok(render(
         &session,
         "audit.html",
@@ -405,6 +425,7 @@ pub(in crate::http::console) async fn audit(
             entries => serde(&entries),
             target => target.unwrap_or(""),
             actor => actor.unwrap_or(""),
+            actions => q.actions,
             older_before => older_before,
         },
     ))

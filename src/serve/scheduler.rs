@@ -188,7 +188,22 @@ async fn run_on_schedule(
                 false
             }
         };
-        let (following, mut missed) = after_run(&schedule, fire_at, Utc::now());
+        let (following, skipped) = after_run(&schedule, fire_at, Utc::now());
+        // Fire times that passed while the run went on get their outcome in the store: missed.
+        if !skipped.is_empty()
+            && let Err(e) = runtime
+                .store
+                .record_missed_ticks(
+                    invariant.name.as_str(),
+                    &skipped,
+                    &runtime.replica,
+                    Utc::now(),
+                )
+                .await
+        {
+            tracing::error!(invariant = %invariant.name, "cannot record the missed ticks: {e}");
+        }
+        let mut missed = skipped.len() as u64;
         if busy {
             // A run requested through the API was going: this tick is skipped too.
             missed += 1;
@@ -342,22 +357,22 @@ pub async fn take_over_abandoned_ticks(
     }
 }
 
-/// The next fire time after a run that was due at `fired` and ended at `now`, and how many
-/// fire times passed while it ran (skipped, never run late).
+/// The next fire time after a run that was due at `fired` and ended at `now`, and the fire
+/// times that passed while it ran (skipped, never run late).
 fn after_run(
     schedule: &Schedule,
     fired: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> (Option<DateTime<Utc>>, u64) {
-    let mut missed = 0;
+) -> (Option<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+    let mut skipped = Vec::new();
     let mut t = fired;
     loop {
         match schedule.next_after(t) {
             Some(n) if n <= now => {
-                missed += 1;
+                skipped.push(n);
                 t = n;
             }
-            other => return (other, missed),
+            other => return (other, skipped),
         }
     }
 }
@@ -372,8 +387,11 @@ mod tests {
         let every_10s = Schedule::parse("*/10 * * * * *").unwrap();
         let fired = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let ended = fired + chrono::TimeDelta::seconds(35);
-        let (next, missed) = after_run(&every_10s, fired, ended);
-        assert_eq!(missed, 3);
+        let (next, skipped) = after_run(&every_10s, fired, ended);
+        assert_eq!(
+            skipped,
+            [10, 20, 30].map(|s| fired + chrono::TimeDelta::seconds(s))
+        );
         assert_eq!(next, Some(fired + chrono::TimeDelta::seconds(40)));
     }
 
@@ -381,10 +399,8 @@ mod tests {
     fn a_quick_run_misses_nothing() {
         let every_10s = Schedule::parse("*/10 * * * * *").unwrap();
         let fired = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let (next, missed) = after_run(&every_10s, fired, fired + chrono::TimeDelta::seconds(2));
-        assert_eq!(
-            (next, missed),
-            (Some(fired + chrono::TimeDelta::seconds(10)), 0)
-        );
+        let (next, skipped) = after_run(&every_10s, fired, fired + chrono::TimeDelta::seconds(2));
+        assert_eq!(next, Some(fired + chrono::TimeDelta::seconds(10)));
+        assert!(skipped.is_empty());
     }
 }

@@ -37,6 +37,17 @@ pub trait ReplicaStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Records fire times of `invariant` that `owner` let pass while its previous run was
+    /// still going, each as missed — unless another replica has that fire time already (its
+    /// outcome stands). With this every fire time has an outcome in the store.
+    async fn record_missed_ticks(
+        &self,
+        invariant: &str,
+        fire_times: &[DateTime<Utc>],
+        owner: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// Extends a held tick's lease; `false` if it is no longer ours.
     async fn renew_tick(
         &self,
@@ -162,6 +173,32 @@ macro_rules! impl_replica_store {
                 Self::record_on_held_tick(&mut tx, invariant, tick, id, false).await?;
                 tx.commit().await?;
                 Ok(id)
+            }
+
+            async fn record_missed_ticks(
+                &self,
+                invariant: &str,
+                fire_times: &[chrono::DateTime<chrono::Utc>],
+                owner: &str,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                // Bounded statements: a long stall can skip many fire times.
+                for chunk in fire_times.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO ticks (invariant, fire_at, owner, lease_until, finished, missed) ",
+                    );
+                    qb.push_values(chunk, |mut row, fire_at| {
+                        row.push_bind(invariant)
+                            .push_bind(*fire_at)
+                            .push_bind(owner)
+                            .push_bind(at)
+                            .push_bind(true)
+                            .push_bind(true);
+                    });
+                    qb.push(" ON CONFLICT (invariant, fire_at) DO NOTHING");
+                    qb.build().execute(&self.pool).await?;
+                }
+                Ok(())
             }
 
             async fn renew_tick(

@@ -97,6 +97,13 @@ async fn tick_story(store: Arc<dyn Store>) {
             .unwrap()
     );
 
+    // Fire times a replica let pass while its run went on are recorded as missed; one that
+    // another replica holds keeps its outcome.
+    store
+        .record_missed_ticks("hourly", &[at(3), at(4), at(5)], "a", later)
+        .await
+        .unwrap();
+
     let ticks = store.ticks("hourly", 100).await.unwrap();
     let outcomes: Vec<(i64, bool, Option<i64>, bool)> = ticks
         .iter()
@@ -116,9 +123,12 @@ async fn tick_story(store: Arc<dyn Store>) {
             (1, true, None, false),
             (2, true, None, false),
             (3, false, None, false),
+            (4, true, None, false),
+            (5, true, None, false),
         ]
     );
     assert!(ticks[1].finished && ticks[2].finished && !ticks[3].finished);
+    assert!(ticks[4].finished && ticks[5].finished);
 }
 
 #[tokio::test]

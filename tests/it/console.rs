@@ -627,6 +627,23 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         .await
         .unwrap()
         .unwrap();
+    // The From and To boxes show their whole timestamps.
+    for id in ["replay-from", "replay-to"] {
+        let cut = b
+            .client
+            .execute(
+                &format!(
+                    "const i = document.getElementById('{id}'); return i.scrollWidth - i.clientWidth;"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            cut.as_i64().unwrap() <= 0,
+            "#{id} cuts its timestamp off by {cut} px"
+        );
+    }
     b.screenshot("timeline-selected").await;
     // A dry run takes seconds on a real window: while it runs the form says so and cannot be
     // sent twice (held here by a listener that keeps the browser on the page, then sent).

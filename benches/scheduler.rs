@@ -42,6 +42,8 @@ struct Outcome {
     missed: bool,
     /// Run start minus fire time, for a tick that ran.
     lateness: Option<TimeDelta>,
+    /// How long the run took, start to finish (its reads and its ledger change).
+    duration: Option<TimeDelta>,
 }
 
 fn invariants_yaml(n: usize, every_secs: u32) -> String {
@@ -65,10 +67,15 @@ async fn outcomes(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Outcome>> {
-    const SQL: &str = "SELECT t.missed, t.fire_at, r.started_at FROM ticks t \
+    const SQL: &str = "SELECT t.missed, t.fire_at, r.started_at, r.finished_at FROM ticks t \
                        LEFT JOIN runs r ON r.id = t.run_id \
                        WHERE t.fire_at >= $1 AND t.fire_at < $2";
-    type Row = (bool, DateTime<Utc>, Option<DateTime<Utc>>);
+    type Row = (
+        bool,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
     let rows: Vec<Row> = match backend {
         Backend::Sqlite => {
             let path = store_url.trim_start_matches("sqlite://");
@@ -90,9 +97,10 @@ async fn outcomes(
     };
     Ok(rows
         .into_iter()
-        .map(|(missed, fire_at, started)| Outcome {
+        .map(|(missed, fire_at, started, finished)| Outcome {
             missed,
             lateness: started.map(|s| s - fire_at),
+            duration: started.zip(finished).map(|(s, f)| f - s),
         })
         .collect())
 }
@@ -193,14 +201,13 @@ async fn measure(case: &Case, dir: &Path, app_db: &Path, store_url: &str) -> any
     let ran = seen.iter().filter(|o| o.lateness.is_some()).count();
     let missed = seen.iter().filter(|o| o.missed).count();
     let no_outcome = expected.saturating_sub(ran + missed);
-    let mut late: Vec<f64> = seen
-        .iter()
-        .filter_map(|o| o.lateness)
-        .map(|d| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6)
-        .collect();
+    let secs = |d: TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+    let mut late: Vec<f64> = seen.iter().filter_map(|o| o.lateness).map(secs).collect();
     late.sort_by(f64::total_cmp);
+    let mut took: Vec<f64> = seen.iter().filter_map(|o| o.duration).map(secs).collect();
+    took.sort_by(f64::total_cmp);
     println!(
-        "{:<10} {:>6} every {:>2}s | fire times {:>7} | runs/s {:>7.1} | missed {:>6} ({:>5.2}%) | no outcome {:>5} | lateness p50 {:>6.3}s p90 {:>6.3}s p99 {:>6.3}s max {:>6.3}s | peak RSS {:>6.1} MiB",
+        "{:<10} {:>6} every {:>2}s | fire times {:>7} | runs/s {:>7.1} | missed {:>6} ({:>5.2}%) | no outcome {:>5} | lateness p50 {:>6.3}s p90 {:>6.3}s p99 {:>6.3}s max {:>6.3}s | run p50 {:>6.3}s p99 {:>6.3}s | peak RSS {:>6.1} MiB",
         match case.backend {
             Backend::Sqlite => "SQLite",
             Backend::Postgres => "PostgreSQL",
@@ -216,6 +223,8 @@ async fn measure(case: &Case, dir: &Path, app_db: &Path, store_url: &str) -> any
         percentile(&late, 90.0),
         percentile(&late, 99.0),
         late.last().copied().unwrap_or(f64::NAN),
+        percentile(&took, 50.0),
+        percentile(&took, 99.0),
         peak_rss_mib(),
     );
     Ok(())

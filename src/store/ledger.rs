@@ -509,24 +509,16 @@ macro_rules! impl_store {
                     sqlx::Error::Protocol("the commit failed (injected)".into())
                 )));
                 Self::drop_staged(&mut tx, run).await?;
-                // For consistency SLOs: since when the oldest violation still open has been
-                // open (a reopened one since the run that reopened it; this run has no
-                // finish time yet, so its own is `at`).
-                let oldest_open_since: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-                    "SELECT MIN(CASE WHEN v.status = 'reopened' THEN COALESCE(r.finished_at, $2) \
-                                     ELSE v.first_seen END) \
-                     FROM violations v LEFT JOIN runs r ON r.id = v.reopened_run_id \
-                     WHERE v.invariant = $1 AND v.status <> 'resolved'",
-                )
-                .bind(invariant.as_str())
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
                 sqlx::query(
                     "UPDATE runs SET status = 'succeeded', finished_at = $2, rows_left = $3, rows_right = $4, \
                        observed = $5, counts = $6, not_yet_due = $7, truncated = $8, new_count = $9, \
                        open_count = $10, reopened_count = $11, resolved_count = $12, null_keys = $13, \
-                       uncovered_count = $14, coverage = $15, oldest_open_since = $16, slo_recorded = $17 \
+                       uncovered_count = $14, coverage = $15, slo_recorded = $16, \
+                       oldest_open_since = ( \
+                         SELECT MIN(CASE WHEN v.status = 'reopened' THEN COALESCE(r.finished_at, $2) \
+                                         ELSE v.first_seen END) \
+                         FROM violations v LEFT JOIN runs r ON r.id = v.reopened_run_id \
+                         WHERE v.invariant = $17 AND v.status <> 'resolved') \
                      WHERE id = $1",
                 )
                 .bind(run)
@@ -544,8 +536,11 @@ macro_rules! impl_store {
                 .bind(stats.null_keys as i64)
                 .bind(change.uncovered as i64)
                 .bind(sqlx::types::Json(&stats.coverage))
-                .bind(oldest_open_since)
                 .bind(true)
+                // For consistency SLOs, in the same statement (no round trip more per run):
+                // since when the oldest violation still open has been open — a reopened one
+                // since the run that reopened it; this run's own finish time is `at`.
+                .bind(invariant.as_str())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -697,7 +692,8 @@ macro_rules! impl_store {
                 let observation = |(at, status, oldest_open_since): Row| {
                     $crate::domain::SloObservation {
                         at,
-                        completed: status == "succeeded",
+                        completed: $crate::domain::RunStatus::parse(&status)
+                            == $crate::domain::RunStatus::Succeeded,
                         oldest_open_since,
                     }
                 };

@@ -351,8 +351,7 @@ fn slo_part(e: &SloEvidence) -> SloPart {
     use crate::slo::{budget_left_words, percent as pct, span_words};
     let o = &e.objective;
     let used = e.incident.budget_used(o);
-    let left = 1.0 - e.rolling.budget_used(o);
-    let rounded = |ratio: f64| (ratio * 100.0 * 10_000.0).round() / 10_000.0;
+    let rolling_used = e.rolling.budget_used(o);
     let unverified = if e.incident.unverified > chrono::TimeDelta::zero() {
         format!(
             " {} of it followed failed runs: nothing confirmed the state then.",
@@ -363,7 +362,7 @@ fn slo_part(e: &SloEvidence) -> SloPart {
     };
     SloPart {
         objective: o.describe(),
-        objective_pct: rounded(o.target.ratio()),
+        objective_pct: percent(o.target.ratio(), 1.0),
         max_open_secs: o.max_open.as_chrono().num_seconds(),
         window_secs: o.window.as_chrono().num_seconds(),
         budget_secs: o.allowed_breach().num_seconds(),
@@ -371,8 +370,8 @@ fn slo_part(e: &SloEvidence) -> SloPart {
         to: e.incident.to,
         breach_secs: e.incident.breach.num_seconds(),
         unverified_secs: e.incident.unverified.num_seconds(),
-        budget_used_pct: rounded(used),
-        budget_left_pct: rounded(left),
+        budget_used_pct: percent(used, 1.0),
+        budget_left_pct: percent(1.0 - rolling_used, 1.0),
         statement: format!(
             "This incident consumed {} of the error budget: {} in breach of the {} the objective allows over {}.{unverified} Over the last {}: {}.",
             pct(used),
@@ -380,7 +379,7 @@ fn slo_part(e: &SloEvidence) -> SloPart {
             span_words(o.allowed_breach()),
             o.window_words(),
             o.window_words(),
-            budget_left_words(1.0 - left),
+            budget_left_words(rolling_used),
         ),
     }
 }

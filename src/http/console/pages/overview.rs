@@ -86,7 +86,7 @@ fn slo_view(status: &crate::slo::SloStatus) -> SloView {
     let m = &status.measure;
     let o = &status.objective;
     SloView {
-        left: budget_left_words(1.0 - left),
+        left: budget_left_words(m.budget_used(o)),
         level: if left <= 0.0 {
             "spent"
         } else if left < 0.25 {

@@ -31,12 +31,22 @@ pub struct RunLimits {
     pub timeout: Option<Duration>,
     pub cancel: Option<CancellationToken>,
     pub tick: Option<crate::store::TickRef>,
+    /// The run, when the caller recorded its start already (the scheduler begins it in the
+    /// transaction that claims its tick).
+    pub begun: Option<Begun>,
     /// Read every row, even of an incremental reconcile (a person checking by hand, an
     /// incident's verification).
     pub full_pass: bool,
     /// Who this process is among the workers of split runs (a `serve` replica); `None`: a
     /// name made from the host and process.
     pub worker: Option<SegmentWorker>,
+}
+
+/// A run recorded as running by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Begun {
+    pub id: RunId,
+    pub at: DateTime<Utc>,
 }
 
 /// What one run did.
@@ -95,19 +105,20 @@ pub async fn run_invariant_limited(
     store: &dyn Store,
     limits: &RunLimits,
 ) -> Result<RunOutcome, StoreError> {
-    let started_at = Utc::now();
+    let started_at = limits.begun.map_or_else(Utc::now, |b| b.at);
     let pass = if limits.full_pass {
         Pass::Full
     } else {
         choose_pass(invariant, store, started_at).await?
     };
-    let run_id = match &limits.tick {
-        Some(tick) => {
+    let run_id = match (&limits.begun, &limits.tick) {
+        (Some(begun), _) => begun.id,
+        (None, Some(tick)) => {
             store
                 .begin_tick_run(&invariant.name, started_at, tick)
                 .await?
         }
-        None => store.begin_run(&invariant.name, started_at).await?,
+        (None, None) => store.begin_run(&invariant.name, started_at).await?,
     };
     let mut recorder = Recorder::new(store, run_id, invariant, None);
     let worker = limits
@@ -198,7 +209,10 @@ pub async fn run_invariant_limited(
             outcome.open_after = change.open_after();
             outcome.stats = stats;
             outcome.change = Some(change);
-            outcome.samples = samples(store, invariant, run_id).await?;
+            // Nothing open: no samples to read (the common case, and a round trip per run).
+            if outcome.open_after > 0 {
+                outcome.samples = samples(store, invariant, run_id).await?;
+            }
         }
         Err(stopped) => {
             let (status, message) = match stopped {

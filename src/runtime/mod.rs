@@ -91,17 +91,60 @@ pub async fn run_once(
     requested_by: &Actor,
     pass: RunPass,
 ) -> Attempt {
-    let lock = runtime.board.run_lock(invariant.name.as_str());
-    let Ok(_running) = lock.try_lock() else {
+    let Ok(running) = runtime
+        .board
+        .run_lock(invariant.name.as_str())
+        .try_lock_owned()
+    else {
         return Attempt::Busy;
     };
     let limits = RunLimits {
-        timeout: Some(runtime.run_timeout),
-        cancel: Some(runtime.cancel_runs.clone()),
         tick,
         full_pass: pass == RunPass::Full,
-        worker: Some(runtime.segment_worker()),
+        ..runtime.limits()
     };
+    run_holding(invariant, runtime, limits, requested_by, running).await
+}
+
+/// The scheduled run of a tick this replica claimed, begun in the claim's transaction, while
+/// `running` (the invariant's run lock, taken before the claim) is held.
+pub async fn run_claimed_tick(
+    invariant: &Invariant,
+    runtime: &Runtime,
+    tick: TickRef,
+    begun: runner::Begun,
+    running: RunLock,
+) -> Attempt {
+    let limits = RunLimits {
+        tick: Some(tick),
+        begun: Some(begun),
+        ..runtime.limits()
+    };
+    run_holding(invariant, runtime, limits, &Actor::scheduler(), running).await
+}
+
+/// Held for the whole of a run of one invariant (see [`Board::run_lock`]).
+pub type RunLock = tokio::sync::OwnedMutexGuard<()>;
+
+impl Runtime {
+    /// A run's limits in this service: its timeout, shutdown, and this replica as a worker.
+    fn limits(&self) -> RunLimits {
+        RunLimits {
+            timeout: Some(self.run_timeout),
+            cancel: Some(self.cancel_runs.clone()),
+            worker: Some(self.segment_worker()),
+            ..RunLimits::default()
+        }
+    }
+}
+
+async fn run_holding(
+    invariant: &Invariant,
+    runtime: &Runtime,
+    limits: RunLimits,
+    requested_by: &Actor,
+    _running: RunLock,
+) -> Attempt {
     runtime.board.started(invariant.name.as_str());
     match runner::run_invariant_limited(
         invariant,

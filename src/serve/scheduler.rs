@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Actor, Invariant, Schedule};
 
+use crate::runner::Begun;
 use crate::runtime::catalog::fingerprint;
-use crate::runtime::{Attempt, Runtime, run_once};
+use crate::runtime::{Attempt, RunLock, Runtime, run_claimed_tick, run_once};
 
 /// The schedule loops of the current invariants, one task each.
 pub struct Scheduler {
@@ -217,31 +218,55 @@ async fn run_on_schedule(
     tracing::warn!(invariant = %invariant.name, "the schedule has no more fire times; no longer scheduled");
 }
 
-/// Claims the tick due at `fire_at` in the store (so that one replica evaluates it), runs it
-/// while renewing the lease, and marks it finished. `None` when the tick is not ours.
+/// Claims the tick due at `fire_at` in the store (so that one replica evaluates it), begins
+/// its run in the same transaction, runs it while renewing the lease, and marks it finished.
+/// `None` when the tick is not ours. The invariant's run lock is taken first: while a run
+/// requested through the API goes on, this fire time is recorded as missed, not claimed.
 pub async fn run_tick(
     invariant: &Invariant,
     fire_at: DateTime<Utc>,
     runtime: &Runtime,
 ) -> Result<Option<Attempt>, crate::store::StoreError> {
     let name = invariant.name.as_str();
-    let now = Utc::now();
-    let claimed = runtime
+    let Ok(running) = runtime.board.run_lock(name).try_lock_owned() else {
+        runtime
+            .store
+            .record_missed_ticks(name, &[fire_at], &runtime.replica, Utc::now())
+            .await?;
+        return Ok(Some(Attempt::Busy));
+    };
+    let at = Utc::now();
+    let Some(run) = runtime
         .store
-        .claim_tick(name, fire_at, &runtime.replica, now + lease(runtime))
-        .await?;
-    if !claimed {
+        .claim_tick_run(
+            &invariant.name,
+            fire_at,
+            &runtime.replica,
+            at + lease(runtime),
+            at,
+        )
+        .await?
+    else {
         return Ok(None);
-    }
-    Ok(Some(run_claimed(invariant, fire_at, runtime).await))
+    };
+    let begun = Begun { id: run, at };
+    Ok(Some(
+        run_claimed(invariant, fire_at, runtime, Some((begun, running))).await,
+    ))
 }
 
 fn lease(runtime: &Runtime) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(runtime.lease).unwrap_or(chrono::TimeDelta::seconds(30))
 }
 
-/// Runs a tick this replica holds, renewing its lease until the run ends.
-async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Runtime) -> Attempt {
+/// Runs a tick this replica holds, renewing its lease until the run ends: the run `begun`
+/// with the claim, or (a tick taken over) one begun here.
+async fn run_claimed(
+    invariant: &Invariant,
+    fire_at: DateTime<Utc>,
+    runtime: &Runtime,
+    begun: Option<(Begun, RunLock)>,
+) -> Attempt {
     let name = invariant.name.as_str();
     // Ends only when the tick is no longer ours (another replica took it over after our lease
     // ran out: this process stalled): the run stops then, as its result would be refused.
@@ -266,20 +291,30 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
         }
     };
     let scheduler = Actor::scheduler();
-    let tick = Some(crate::store::TickRef {
+    let tick = crate::store::TickRef {
         fire_at,
         owner: runtime.replica.to_string(),
-    });
+    };
     // A panic after the run (proposing a plan, publishing it) still finishes the tick below:
     // its result, if any, is committed already.
-    let run = std::panic::AssertUnwindSafe(run_once(
-        invariant,
-        runtime,
-        tick,
-        &scheduler,
-        crate::runtime::RunPass::Declared,
-    ))
-    .catch_unwind();
+    let run = async {
+        match begun {
+            Some((begun, running)) => {
+                run_claimed_tick(invariant, runtime, tick, begun, running).await
+            }
+            None => {
+                run_once(
+                    invariant,
+                    runtime,
+                    Some(tick),
+                    &scheduler,
+                    crate::runtime::RunPass::Declared,
+                )
+                .await
+            }
+        }
+    };
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind();
     let attempt = tokio::select! {
         a = run => a.unwrap_or_else(|panic| {
             let message = format!(
@@ -299,6 +334,8 @@ async fn run_claimed(invariant: &Invariant, fire_at: DateTime<Utc>, runtime: &Ru
         }
     };
     let run_id = match &attempt {
+        // A completed run marked its tick finished in the transaction that recorded it.
+        Attempt::Ran(o) if o.run.status == crate::domain::RunStatus::Succeeded => return attempt,
         Attempt::Ran(o) => Some(o.run.run_id),
         _ => None,
     };
@@ -352,7 +389,7 @@ pub async fn take_over_abandoned_ticks(
                 continue;
             };
             tracing::warn!(invariant = %tick.invariant, fire_at = %tick.fire_at, "taking over a tick from a replica that stopped");
-            run_claimed(&inv, tick.fire_at, &runtime).await;
+            run_claimed(&inv, tick.fire_at, &runtime, None).await;
         }
     }
 }

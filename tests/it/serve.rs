@@ -159,6 +159,79 @@ async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
 }
 
 #[tokio::test]
+async fn a_fire_time_that_comes_while_a_requested_run_goes_on_is_recorded_as_missed() {
+    let db = TestPg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("invariants")).unwrap();
+    // Runs of 2.5 s every 3 s: the schedule alone never overlaps itself.
+    std::fs::write(
+        dir.path().join("invariants/slow.yaml"),
+        r#"invariants:
+  - name: slow
+    schedule: "*/3 * * * * *"
+    check:
+      source: pg
+      query: SELECT 1 AS id FROM (SELECT pg_sleep(2.5)) AS s
+      key: id
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trueup.yaml"),
+        format!(
+            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
+            db.reader_url,
+            tokens_yaml("  run_timeout: 30s\n")
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("trueup.yaml")).unwrap();
+    let config_store = config.store.clone();
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
+
+    // Someone asks for runs over and over: each one that starts holds the invariant for
+    // 2.5 s, and the fire times that come meanwhile cannot run.
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut requested = 0;
+    while Instant::now() < until {
+        let (status, body) = call(
+            reqwest::Method::POST,
+            &format!("{base}/api/v1/invariants/slow/runs"),
+            Some(OPERATOR),
+        )
+        .await;
+        match status {
+            200 => requested += 1,
+            409 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    server.stop().await;
+
+    // Every fire time has its outcome in the store: a run, or a recorded miss.
+    let store = trueup::store::open(&config_store).await.unwrap();
+    let ticks = store.ticks("slow", 100).await.unwrap();
+    let without: Vec<_> = ticks
+        .iter()
+        .filter(|t| !t.missed && t.run_id.is_none())
+        .collect();
+    assert!(
+        without.is_empty(),
+        "fire times with no outcome: {without:?}"
+    );
+    let missed = ticks.iter().filter(|t| t.missed).count();
+    assert!(
+        requested >= 2 && missed >= 1,
+        "{requested} requested runs, {missed} missed fire times: {ticks:?}"
+    );
+    // The requested runs are runs of their own, linked to no fire time.
+    let runs = store.runs(Some("slow"), 100).await.unwrap();
+    let scheduled = ticks.iter().filter(|t| t.run_id.is_some()).count();
+    assert_eq!(runs.len(), scheduled + requested, "{runs:?}");
+}
+
+#[tokio::test]
 async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_the_run_in_flight() {
     let db = TestPg::new().await;
     let dir = tempfile::tempdir().unwrap();

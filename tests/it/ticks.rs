@@ -129,6 +129,80 @@ async fn tick_story(store: Arc<dyn Store>) {
     );
     assert!(ticks[1].finished && ticks[2].finished && !ticks[3].finished);
     assert!(ticks[4].finished && ticks[5].finished);
+
+    // The scheduler's path claims a tick and begins its run in one transaction. A fire time
+    // that is not ours, or comes while an earlier tick is unfinished, records no run.
+    let minutely = InvariantName::parse("minutely").unwrap();
+    let lease = later + TimeDelta::seconds(30);
+    let runs_before = store.runs(None, 1000).await.unwrap().len();
+    let run = store
+        .claim_tick_run(&minutely, at(0), "a", lease, at(10))
+        .await
+        .unwrap()
+        .expect("a free fire time is ours");
+    let not_ours = store
+        .claim_tick_run(&minutely, at(0), "b", lease, at(10))
+        .await
+        .unwrap();
+    let while_running = store
+        .claim_tick_run(&minutely, at(1), "b", lease, at(10))
+        .await
+        .unwrap();
+    assert_eq!((not_ours, while_running), (None, None));
+    let runs = store.runs(None, 1000).await.unwrap();
+    assert_eq!(
+        runs.len(),
+        runs_before + 1,
+        "one run recorded, the claimed one's"
+    );
+    let recorded = runs.iter().find(|r| r.id == run).unwrap();
+    assert_eq!(
+        (recorded.status, recorded.started_at),
+        (RunStatus::Running, at(10))
+    );
+    // Its completion finishes the tick, linked to the run.
+    let tick = TickRef {
+        fire_at: at(0),
+        owner: "a".into(),
+    };
+    store
+        .complete_run(
+            run,
+            &minutely,
+            &trueup::domain::RunStats::default(),
+            later,
+            Some(&tick),
+        )
+        .await
+        .unwrap();
+    let ticks: Vec<(i64, bool, bool, Option<i64>)> = store
+        .ticks("minutely", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                (t.fire_at - at(0)).num_seconds(),
+                t.finished,
+                t.missed,
+                t.run_id,
+            )
+        })
+        .collect();
+    assert_eq!(ticks, [(0, true, false, Some(run)), (1, true, true, None)]);
+    // A completed run cannot complete again (nor can one a takeover failed).
+    assert!(matches!(
+        store
+            .complete_run(
+                run,
+                &minutely,
+                &trueup::domain::RunStats::default(),
+                later,
+                None
+            )
+            .await,
+        Err(StoreError::NoSuchRun(id)) if id == run
+    ));
 }
 
 #[tokio::test]

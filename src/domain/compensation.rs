@@ -154,25 +154,42 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'.')
     .remove(b'~');
 
+/// An HTTP action's headers (name → value): a schema of its own, which client generators
+/// make one model of (inline in each place they would make several of the same name).
+struct HttpHeaders;
+
+impl schemars::JsonSchema for HttpHeaders {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpHeaders".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+    }
+}
+
 /// One concrete compensating action, as stored in a plan and shown to reviewers.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ActionSpec {
+    // Titled, so that client generators name each kind's model (not `ActionSpecType1`).
+    #[schemars(title = "SqlAction")]
     Sql {
         target: String,
         statement: String,
         params: Vec<serde_json::Value>,
     },
+    #[schemars(title = "HttpAction")]
     Http {
         target: String,
         method: String,
         url: String,
+        #[schemars(with = "HttpHeaders")]
         headers: BTreeMap<String, String>,
         body: Option<serde_json::Value>,
     },
-    Manual {
-        instructions: String,
-    },
+    #[schemars(title = "ManualAction")]
+    Manual { instructions: String },
 }
 
 impl ActionSpec {

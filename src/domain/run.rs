@@ -8,7 +8,9 @@ use super::ViolationKind;
 
 pub type RunId = i64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -39,7 +41,9 @@ impl RunStatus {
 }
 
 /// What an evaluation measured, handed to the store when the run completes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(default)]
 pub struct RunStats {
     pub rows_left: u64,
@@ -71,7 +75,9 @@ pub struct RunStats {
 }
 
 /// How a split run's segments were shared.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Split {
     pub segments: u32,
     /// The replicas (or CLI processes) that completed segments, each once, sorted.
@@ -113,7 +119,17 @@ impl RunStats {
 }
 
 /// Which rows a run looked at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase", tag = "pass")]
 pub enum Coverage {
     /// Every row the queries return: a violation this run did not see is resolved.
@@ -155,7 +171,17 @@ pub struct Watermark {
 }
 
 /// The way a reconcile actually compared its sides (an `auto` one chooses per run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CompareMethod {
     #[default]
@@ -173,7 +199,9 @@ impl CompareMethod {
 }
 
 /// How a reconcile compared its sides, and what crossed the network.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Compared {
     pub method: CompareMethod,
     /// Why an `auto` reconcile streamed (a column with no checksum form, a sample of
@@ -189,7 +217,7 @@ pub struct Compared {
 }
 
 /// How a completed run changed the ledger.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct LedgerChange {
     pub new: u64,
     pub still_open: u64,

@@ -6,7 +6,8 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::domain::ViolationStatus;
@@ -15,11 +16,11 @@ use crate::runtime::{Attempt, run_once};
 use crate::store::{StatusFilter, ViolationFilter};
 
 use super::auth::Caller;
+use super::contract::{Items, Page};
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
+use super::params::{Duration, PageSize, page_size};
 use super::{HttpState, endpoints};
-
-const MAX_PAGE: u32 = 1000;
 
 fn find(state: &HttpState, name: &str) -> Result<Arc<Invariant>, ApiError> {
     state
@@ -29,17 +30,44 @@ fn find(state: &HttpState, name: &str) -> Result<Arc<Invariant>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no invariant named `{name}`")))
 }
 
-fn summary(state: &HttpState, inv: &Invariant) -> serde_json::Value {
-    let board = state.runtime.board.get(inv.name.as_str());
-    json!({
-        "name": inv.name,
-        "kind": inv.kind_name(),
-        "severity": inv.severity,
-        "owner": inv.owner,
-        "description": inv.description,
-        "schedule": inv.schedule.as_ref().map(ToString::to_string),
-        "state": board,
-    })
+/// One invariant in a list: what it is and how it stands.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct InvariantSummary {
+    name: String,
+    /// check, reconcile or transitions.
+    kind: &'static str,
+    severity: String,
+    owner: Option<String>,
+    description: Option<String>,
+    /// Its cron schedule; null: it runs on request only.
+    schedule: Option<String>,
+    /// How it stands in this process (null until this process has seen a run of it).
+    state: Option<crate::runtime::board::InvariantState>,
+}
+
+/// One invariant: as in the list, with its definition and recent runs.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct InvariantDetail {
+    #[serde(flatten)]
+    summary: InvariantSummary,
+    /// What it evaluates: `check`, `reconcile` or `transitions`, with its queries.
+    definition: serde_json::Value,
+    time_column: Option<String>,
+    grace: Option<String>,
+    /// The latest runs, newest first.
+    recent_runs: Vec<crate::store::RunRecord>,
+}
+
+fn summary(state: &HttpState, inv: &Invariant) -> InvariantSummary {
+    InvariantSummary {
+        name: inv.name.to_string(),
+        kind: inv.kind_name(),
+        severity: inv.severity.to_string(),
+        owner: inv.owner.clone(),
+        description: inv.description.clone(),
+        schedule: inv.schedule.as_ref().map(ToString::to_string),
+        state: state.runtime.board.get(inv.name.as_str()),
+    }
 }
 
 pub(super) fn definition(inv: &Invariant) -> serde_json::Value {
@@ -59,29 +87,32 @@ pub(super) fn definition(inv: &Invariant) -> serde_json::Value {
     }
 }
 
-pub(super) async fn list_invariants(State(state): State<HttpState>) -> Json<serde_json::Value> {
-    let items: Vec<serde_json::Value> = state
+pub(super) async fn list_invariants(
+    State(state): State<HttpState>,
+) -> Json<Items<InvariantSummary>> {
+    let items = state
         .runtime
         .catalog
         .snapshot()
         .iter()
         .map(|i| summary(&state, i))
         .collect();
-    Json(json!({ "items": items }))
+    Json(Items { items })
 }
 
 pub(super) async fn get_invariant(
     State(state): State<HttpState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<InvariantDetail>, ApiError> {
     let inv = find(&state, &name)?;
-    let runs = state.runtime.store.runs(Some(&name), 10).await?;
-    let mut out = summary(&state, &inv);
-    out["definition"] = definition(&inv);
-    out["time_column"] = json!(inv.time_column);
-    out["grace"] = json!(inv.grace.map(|g| g.to_string()));
-    out["recent_runs"] = json!(runs);
-    Ok(Json(out))
+    let recent_runs = state.runtime.store.runs(Some(&name), 10).await?;
+    Ok(Json(InvariantDetail {
+        summary: summary(&state, &inv),
+        definition: definition(&inv),
+        time_column: inv.time_column.as_ref().map(ToString::to_string),
+        grace: inv.grace.map(|g| g.to_string()),
+        recent_runs,
+    }))
 }
 
 pub(super) async fn trigger_run(
@@ -118,75 +149,78 @@ pub(super) async fn trigger_run(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RunsQuery {
+    /// Only this invariant's runs.
     invariant: Option<String>,
-    limit: Option<u32>,
+    limit: Option<PageSize>,
 }
 
 pub(super) async fn list_runs(
     State(state): State<HttpState>,
     ApiQuery(q): ApiQuery<RunsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<crate::store::RunRecord>>, ApiError> {
     let runs = state
         .runtime
         .store
-        .runs(
-            q.invariant.as_deref(),
-            q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
-        )
+        .runs(q.invariant.as_deref(), page_size(q.limit, 50))
         .await?;
-    Ok(Json(json!({ "items": runs })))
+    Ok(Json(Items { items: runs }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ViolationsQuery {
+    /// Only this invariant's violations.
     invariant: Option<String>,
-    status: Option<String>,
-    kind: Option<String>,
+    /// Default `active` (open or reopened).
+    status: Option<StatusParam>,
+    kind: Option<ViolationKind>,
+    /// Seen last at or after.
     since: Option<DateTime<Utc>>,
+    /// Seen last before.
     until: Option<DateTime<Utc>>,
+    /// Their rows' event time at or after.
     event_from: Option<DateTime<Utc>>,
+    /// Their rows' event time before.
     event_until: Option<DateTime<Utc>>,
+    /// The previous page's `next_after`.
     after: Option<i64>,
-    limit: Option<u32>,
+    limit: Option<PageSize>,
 }
 
-fn status_filter(raw: Option<&str>) -> Result<StatusFilter, ApiError> {
-    Ok(match raw {
-        None | Some("active") => StatusFilter::Active,
-        Some("open") => StatusFilter::Only(ViolationStatus::Open),
-        Some("reopened") => StatusFilter::Only(ViolationStatus::Reopened),
-        Some("resolved") => StatusFilter::Only(ViolationStatus::Resolved),
-        Some("all") => StatusFilter::All,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "status `{other}` is unknown; use active, open, reopened, resolved or all"
-            )));
+/// Which violations by status: `active` (open or reopened), one status, or `all`.
+#[derive(Deserialize, JsonSchema, Clone, Copy, Default)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum StatusParam {
+    #[default]
+    Active,
+    Open,
+    Reopened,
+    Resolved,
+    All,
+}
+
+impl From<StatusParam> for StatusFilter {
+    fn from(p: StatusParam) -> Self {
+        match p {
+            StatusParam::Active => StatusFilter::Active,
+            StatusParam::Open => StatusFilter::Only(ViolationStatus::Open),
+            StatusParam::Reopened => StatusFilter::Only(ViolationStatus::Reopened),
+            StatusParam::Resolved => StatusFilter::Only(ViolationStatus::Resolved),
+            StatusParam::All => StatusFilter::All,
         }
-    })
-}
-
-fn kind_filter(raw: Option<&str>) -> Result<Option<ViolationKind>, ApiError> {
-    raw.map(|k| {
-        ViolationKind::parse(k).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "kind `{k}` is unknown; use missing, extra, duplicate, mismatch, check or transition"
-            ))
-        })
-    })
-    .transpose()
+    }
 }
 
 pub(super) async fn list_violations(
     State(state): State<HttpState>,
     ApiQuery(q): ApiQuery<ViolationsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = status_filter(q.status.as_deref())?;
-    let kind = kind_filter(q.kind.as_deref())?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+) -> Result<Json<Page<crate::store::ViolationRecord>>, ApiError> {
+    let status = q.status.unwrap_or_default().into();
+    let kind = q.kind;
+    let limit = page_size(q.limit, 100);
     let items = state
         .runtime
         .store
@@ -207,31 +241,44 @@ pub(super) async fn list_violations(
     let next_after = (items.len() as u32 == limit)
         .then(|| items.last().map(|v| v.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_after": next_after })))
+    Ok(Json(Page { items, next_after }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistogramQuery {
     invariant: Option<String>,
-    status: Option<String>,
-    kind: Option<String>,
+    status: Option<StatusParam>,
+    kind: Option<ViolationKind>,
     event_from: Option<DateTime<Utc>>,
     event_until: Option<DateTime<Utc>>,
-    bucket: Option<String>,
+    /// A bucket's width, at least a second (default 5m).
+    bucket: Option<Duration>,
+}
+
+/// Violations counted by event time.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Histogram {
+    bucket_seconds: u64,
+    /// Every violation counted (the sum of the buckets).
+    total: usize,
+    /// Consecutive buckets, empty ones included.
+    buckets: Vec<crate::domain::Bucket>,
 }
 
 /// Violations counted by event time, in buckets (`bucket`, default 5m): where the outage was.
 pub(super) async fn violation_histogram(
     State(state): State<HttpState>,
     ApiQuery(q): ApiQuery<HistogramQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let bucket = crate::domain::HumanDuration::parse(q.bucket.as_deref().unwrap_or("5m"))
-        .map_err(|e| ApiError::bad_request(format!("bucket: {e}")))?;
+) -> Result<Json<Histogram>, ApiError> {
+    let bucket = q.bucket.map_or(
+        crate::domain::HumanDuration::from_std(std::time::Duration::from_secs(300)),
+        |b| b.parse(),
+    );
     let filter = ViolationFilter {
         invariants: q.invariant.into_iter().collect(),
-        status: status_filter(q.status.as_deref())?,
-        kind: kind_filter(q.kind.as_deref())?,
+        status: q.status.unwrap_or_default().into(),
+        kind: q.kind,
         event_from: q.event_from,
         event_until: q.event_until,
         ..ViolationFilter::default()
@@ -239,26 +286,28 @@ pub(super) async fn violation_histogram(
     let times = state.runtime.store.event_times(&filter).await?;
     let buckets = crate::domain::histogram(&times, bucket.as_chrono())
         .ok_or_else(|| ApiError::bad_request("bucket: at least one second"))?;
-    Ok(Json(json!({
-        "bucket_seconds": bucket.as_std().as_secs(),
-        "total": times.len(),
-        "buckets": buckets,
-    })))
+    Ok(Json(Histogram {
+        bucket_seconds: bucket.as_std().as_secs(),
+        total: times.len(),
+        buckets,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
+    /// Only entries about this target (`plan:7`, `incident:db-outage`, ...).
     target: Option<String>,
+    /// The previous page's `next_after`.
     after: Option<i64>,
-    limit: Option<u32>,
+    limit: Option<PageSize>,
 }
 
 pub(super) async fn audit_log(
     State(state): State<HttpState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+) -> Result<Json<Page<crate::store::AuditEntry>>, ApiError> {
+    let limit = page_size(q.limit, 100);
     let items = state
         .runtime
         .store
@@ -274,7 +323,7 @@ pub(super) async fn audit_log(
     let next_after = (items.len() as u32 == limit)
         .then(|| items.last().map(|e| e.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_after": next_after })))
+    Ok(Json(Page { items, next_after }))
 }
 
 /// The OpenAPI 3.1 document, generated from the same endpoint list as the router.
@@ -283,42 +332,13 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
 }
 
 pub fn openapi_document() -> serde_json::Value {
-    let mut paths = serde_json::Map::new();
-    for e in endpoints() {
-        let path = paths.entry(e.path.to_owned()).or_insert_with(|| json!({}));
-        let mut op = json!({
-            "summary": e.summary,
-            "responses": {
-                "200": {"description": "OK"},
-            },
-        });
-        if e.path.contains("{name}") {
-            op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
-            op["responses"]["404"] = json!({"description": "No such invariant"});
-        }
-        if e.path.contains("{id}") {
-            op["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}]);
-            op["responses"]["404"] = json!({"description": "No such plan"});
-        }
-        match e.role {
-            Some(role) => {
-                op["security"] = json!([{"bearer": []}]);
-                op["x-trueup-role"] = json!(role);
-                op["responses"]["401"] = json!({"description": "No or unknown bearer token"});
-                op["responses"]["403"] =
-                    json!({"description": format!("The token's role is below {role}")});
-            }
-            None => op["security"] = json!([]),
-        }
-        if e.mutating {
-            op["responses"]["409"] = json!({"description": "Conflicts with work in progress"});
-        }
-        path[e.method.as_str().to_lowercase()] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "trueup", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    })
+    let endpoints = endpoints();
+    super::contract::document(endpoints.iter().map(|e| super::contract::Operation {
+        method: &e.method,
+        path: e.path,
+        role: e.role,
+        summary: e.summary,
+        mutating: e.mutating,
+        contract: &e.contract,
+    }))
 }

@@ -6,16 +6,18 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::incident::{self, IncidentError, ReportFormat};
 use crate::runtime::VerifyError;
 
 use super::HttpState;
 use super::auth::Caller;
+use super::contract::Items;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::params::{Duration, IncidentName, Text};
 
 impl From<IncidentError> for ApiError {
     fn from(e: IncidentError) -> Self {
@@ -23,7 +25,9 @@ impl From<IncidentError> for ApiError {
         let error = match e {
             IncidentError::NotFound(_) => ApiError::not_found(e.to_string()),
             IncidentError::Exists(_) => ApiError::conflict(e.to_string()),
-            IncidentError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            // Well-formed, but not what the incident can take (a window that ends before it
+            // starts, an invariant that is not loaded).
+            IncidentError::Invalid(_) => ApiError::unprocessable(e.to_string()),
             IncidentError::Closed(_) => ApiError::conflict(e.to_string()),
             IncidentError::Blocked { ref blockers, .. } => {
                 let blockers = serde_json::to_value(blockers).unwrap_or_default();
@@ -39,9 +43,9 @@ impl From<IncidentError> for ApiError {
 
 pub(super) async fn list(
     State(state): State<HttpState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<crate::store::IncidentRecord>>, ApiError> {
     let items = state.runtime.store.incidents(200).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
 pub(super) async fn get(
@@ -53,10 +57,10 @@ pub(super) async fn get(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OpenBody {
-    name: String,
+    name: IncidentName,
     from: DateTime<Utc>,
     to: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -77,7 +81,7 @@ pub(super) async fn open(
     let opened = incident::open(
         state.runtime.store.as_ref(),
         &state.runtime.catalog.snapshot(),
-        &body.name,
+        &body.name.0,
         body.from,
         body.to,
         &body.invariants,
@@ -89,10 +93,10 @@ pub(super) async fn open(
     Ok((StatusCode::CREATED, Json(opened)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PhaseBody {
-    phase: String,
+    phase: crate::domain::Phase,
     note: Option<String>,
 }
 
@@ -111,7 +115,7 @@ pub(super) async fn phase(
     incident::mark_phase(
         state.runtime.store.as_ref(),
         &name,
-        &body.phase,
+        body.phase.as_str(),
         body.note.as_deref(),
         &caller.actor(),
         Utc::now(),
@@ -122,10 +126,10 @@ pub(super) async fn phase(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NoteBody {
-    text: String,
+    text: Text,
 }
 
 pub(super) async fn note(
@@ -141,7 +145,7 @@ pub(super) async fn note(
     incident::add_note(
         state.runtime.store.as_ref(),
         &name,
-        &body.text,
+        &body.text.0,
         &caller.actor(),
         Utc::now(),
     )
@@ -151,10 +155,11 @@ pub(super) async fn note(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReportQuery {
-    format: Option<String>,
+    /// json (the default), md or html.
+    format: Option<ReportFormat>,
     /// Serve it as a file to save rather than to show.
     #[serde(default)]
     download: bool,
@@ -167,8 +172,14 @@ pub(super) async fn report(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let format = report_format(q.format.as_deref(), ReportFormat::Json)?;
-    report_response(&state, &name, format, q.download, None).await
+    report_response(
+        &state,
+        &name,
+        q.format.unwrap_or(ReportFormat::Json),
+        q.download,
+        None,
+    )
+    .await
 }
 
 /// A report format asked for in a query (`default` when none is).
@@ -226,11 +237,18 @@ impl From<VerifyError> for ApiError {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct VerifyBody {
     /// A verification run older than this is made again (default 15m).
-    fresh_within: Option<String>,
+    fresh_within: Option<Duration>,
+}
+
+/// What a verification did, and the verdict after it.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Verification {
+    runs: Vec<crate::runtime::VerificationRun>,
+    verdict: crate::incident::report::Verdict,
 }
 
 /// Evaluates the in-scope invariants whose latest run does not verify the incident, then
@@ -240,14 +258,11 @@ pub(super) async fn verify(
     Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
     body: Option<ApiJson<VerifyBody>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Verification>, ApiError> {
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
-    let fresh_within = match body.fresh_within.as_deref() {
-        None => incident::DEFAULT_FRESH_WITHIN,
-        Some(raw) => crate::domain::HumanDuration::parse(raw)
-            .map_err(|e| ApiError::bad_request(format!("fresh_within: {e}")))?
-            .as_chrono(),
-    };
+    let fresh_within = body
+        .fresh_within
+        .map_or(incident::DEFAULT_FRESH_WITHIN, |d| d.parse().as_chrono());
     // Evaluations run to the end even if the client goes away.
     let task = tokio::spawn(async move {
         let runs =
@@ -259,17 +274,20 @@ pub(super) async fn verify(
             &name,
         )
         .await?;
-        Ok::<_, ApiError>(json!({ "runs": runs, "verdict": report.verdict }))
+        Ok::<_, ApiError>(Verification {
+            runs,
+            verdict: report.verdict,
+        })
     });
     let value = task.await.map_err(ApiError::internal)??;
     Ok(Json(value))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CloseBody {
     /// Close despite blockers (approver or admin), saying why.
-    override_reason: Option<String>,
+    override_reason: Option<Text>,
 }
 
 /// Closes the incident if its report has no blockers (or they are overridden), freezing the
@@ -285,7 +303,7 @@ pub(super) async fn close(
         state.runtime.store.as_ref(),
         &state.runtime.catalog.snapshot(),
         &name,
-        body.override_reason.as_deref(),
+        body.override_reason.as_ref().map(|t| t.0.as_str()),
         &caller.actor(),
         Utc::now(),
     )

@@ -6,7 +6,8 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::domain::{PlanId, PlanState};
@@ -15,10 +16,10 @@ use crate::plan::{self, PlanError};
 
 use super::HttpState;
 use super::auth::Caller;
+use super::contract::{Items, Page};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-
-const MAX_PAGE: u32 = 1000;
+use super::params::{ContentHash, Count, PageSize, Rate as RateParam, Text, page_size};
 
 impl From<PlanError> for ApiError {
     fn from(e: PlanError) -> Self {
@@ -53,24 +54,52 @@ async fn audit(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PlansQuery {
+    /// Only this invariant's plans.
     invariant: Option<String>,
-    limit: Option<u32>,
+    limit: Option<PageSize>,
+}
+
+/// One plan, and what to do about it when an apply left it stopped or paused.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct PlanDetail {
+    plan: plan::PlanView,
+    /// A route that takes the plan on (absent unless stopped or paused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_step: Option<String>,
+}
+
+/// A plan's new state after a request.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct PlanStateChange {
+    plan: PlanId,
+    /// rejected, paused, cancelled or applying.
+    state: &'static str,
+    /// Where its progress shows (an apply in the background).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<String>,
+}
+
+impl PlanStateChange {
+    fn now(plan: PlanId, state: &'static str) -> Self {
+        Self {
+            plan,
+            state,
+            progress: None,
+        }
+    }
 }
 
 pub(super) async fn list(
     State(state): State<HttpState>,
     ApiQuery(q): ApiQuery<PlansQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Items<plan::PlanView>>, ApiError> {
     let plans = state
         .runtime
         .store
-        .plans(
-            q.invariant.as_deref(),
-            q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
-        )
+        .plans(q.invariant.as_deref(), page_size(q.limit, 50))
         .await?;
     let now = Utc::now();
     let mut items = Vec::new();
@@ -78,20 +107,21 @@ pub(super) async fn list(
         let inv = state.runtime.catalog.find(&p.invariant);
         items.push(plan::view(state.runtime.store.as_ref(), p, inv.as_deref(), now).await?);
     }
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActionsQuery {
+    /// The previous page's `next_after`.
     after: Option<i64>,
-    limit: Option<u32>,
+    limit: Option<PageSize>,
 }
 
 pub(super) async fn get(
     State(state): State<HttpState>,
     ApiPath(id): ApiPath<PlanId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PlanDetail>, ApiError> {
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let inv = state.runtime.catalog.find(&p.invariant);
     let view = plan::view(state.runtime.store.as_ref(), p, inv.as_deref(), Utc::now()).await?;
@@ -101,28 +131,27 @@ pub(super) async fn get(
         PlanState::Paused => Some(crate::domain::NextStep::ResumePlan(id)),
         _ => None,
     };
-    let mut body = json!({ "plan": view });
-    if let Some(step) = next {
-        body["next_step"] = json!(super::error::api_next_step(&step));
-    }
-    Ok(Json(body))
+    Ok(Json(PlanDetail {
+        plan: view,
+        next_step: next.map(|step| super::error::api_next_step(&step)),
+    }))
 }
 
 pub(super) async fn actions(
     State(state): State<HttpState>,
     ApiPath(id): ApiPath<PlanId>,
     ApiQuery(q): ApiQuery<ActionsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<crate::store::ActionRecord>>, ApiError> {
     plan::load(state.runtime.store.as_ref(), id).await?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = page_size(q.limit, 100);
     let items = state.runtime.store.plan_actions(id, q.after, limit).await?;
     let next_after = (items.len() as u32 == limit)
         .then(|| items.last().map(|a| a.seq))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_after": next_after })))
+    Ok(Json(Page { items, next_after }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     invariant: String,
@@ -166,11 +195,11 @@ pub(super) async fn create(
     Ok((status, Json(proposal)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApproveBody {
     /// The content hash the approver reviewed.
-    content_hash: String,
+    content_hash: ContentHash,
 }
 
 pub(super) async fn approve(
@@ -185,7 +214,7 @@ pub(super) async fn approve(
             "send a JSON body {\"content_hash\": \"...\"} with the hash of the plan you reviewed (GET /api/v1/plans/{id})",
         ));
     };
-    let seen = reviewed_hash(id, &body.content_hash)?;
+    let seen = reviewed_hash(id, &body.content_hash.0)?;
     let inv = state.runtime.catalog.find(&p.invariant);
     let status = plan::approve(
         state.runtime.store.as_ref(),
@@ -209,10 +238,11 @@ pub(super) fn reviewed_hash(id: PlanId, raw: &str) -> Result<plan::ReviewedHash,
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RejectBody {
-    reason: String,
+    /// Why (it goes into the audit log).
+    reason: Text,
 }
 
 pub(super) async fn reject(
@@ -220,7 +250,7 @@ pub(super) async fn reject(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<PlanId>,
     body: Option<ApiJson<RejectBody>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PlanStateChange>, ApiError> {
     plan::load(state.runtime.store.as_ref(), id).await?;
     let Some(ApiJson(body)) = body else {
         return Err(ApiError::bad_request(
@@ -231,20 +261,22 @@ pub(super) async fn reject(
         state.runtime.store.as_ref(),
         id,
         &caller.actor(),
-        &body.reason,
+        &body.reason.0,
         Utc::now(),
     )
     .await?;
-    Ok(Json(json!({ "plan": id, "state": "rejected" })))
+    Ok(Json(PlanStateChange::now(id, "rejected")))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApplyBody {
     #[serde(default)]
     dry_run: bool,
-    rate: Option<String>,
-    max_failures: Option<u64>,
+    /// How fast actions are applied (default: the plan kind's).
+    rate: Option<RateParam>,
+    /// Stop after this many failed actions (default 10).
+    max_failures: Option<Count>,
     #[serde(default)]
     retry_failed: bool,
 }
@@ -260,13 +292,13 @@ pub(super) async fn apply(
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let p = plan::load(state.runtime.store.as_ref(), id).await?;
     let rate = match &body.rate {
-        Some(r) => Rate::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Some(r) => Rate::parse(&r.0).map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => Rate::default_for(p.kind),
     };
     let opts = ApplyOptions {
         dry_run: body.dry_run,
         rate,
-        max_failures: body.max_failures.unwrap_or(10).max(1),
+        max_failures: body.max_failures.map_or(10, |c| c.0),
         retry_failed: body.retry_failed,
         ..ApplyOptions::default()
     };
@@ -274,7 +306,11 @@ pub(super) async fn apply(
         Some(report) => Ok(Json(report).into_response()),
         None => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "plan": id, "state": "applying", "progress": format!("/api/v1/plans/{id}") })),
+            Json(PlanStateChange {
+                plan: id,
+                state: "applying",
+                progress: Some(format!("/api/v1/plans/{id}")),
+            }),
         )
             .into_response()),
     }
@@ -303,9 +339,9 @@ pub(super) async fn pause(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<PlanId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PlanStateChange>, ApiError> {
     change_state(&state, &caller, id, plan::Control::Pause).await?;
-    Ok(Json(json!({ "plan": id, "state": "paused" })))
+    Ok(Json(PlanStateChange::now(id, "paused")))
 }
 
 /// Cancels a plan: nothing more is applied.
@@ -313,9 +349,9 @@ pub(super) async fn cancel(
     State(state): State<HttpState>,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<PlanId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PlanStateChange>, ApiError> {
     change_state(&state, &caller, id, plan::Control::Cancel).await?;
-    Ok(Json(json!({ "plan": id, "state": "cancelled" })))
+    Ok(Json(PlanStateChange::now(id, "cancelled")))
 }
 
 /// Resumes a paused plan and applies it in the background (like `apply`).

@@ -81,7 +81,7 @@ fn blocked_message(name: &str, blockers: &[Blocker]) -> String {
 }
 
 /// An incident with its timeline.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct IncidentView {
     #[serde(flatten)]
     pub incident: IncidentRecord,
@@ -90,7 +90,7 @@ pub struct IncidentView {
     pub phases: Vec<PhaseMark>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct PhaseMark {
     pub phase: Phase,
     pub at: DateTime<Utc>,

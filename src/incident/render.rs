@@ -14,7 +14,9 @@ use minijinja::{Environment, syntax::SyntaxConfig};
 use super::report::Report;
 
 /// A report format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportFormat {
     Md,

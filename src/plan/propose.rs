@@ -13,7 +13,7 @@ use crate::store::{NewAction, NewPlan, StatusFilter, Store, StoreError, Violatio
 use super::*;
 
 /// A run, and what proposing a plan after it did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Evaluation {
     #[serde(flatten)]
     pub run: RunOutcome,
@@ -23,7 +23,7 @@ pub struct Evaluation {
 }
 
 /// What proposing did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Proposal {
     Created {

@@ -13,7 +13,7 @@ use super::*;
 use crate::domain::NextStep;
 
 /// Where a plan stands for approval.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ApprovalStatus {
     pub plan: PlanId,
     pub content_hash: String,
@@ -26,7 +26,7 @@ pub struct ApprovalStatus {
 }
 
 /// A plan as reviewers see it: its record, where it stands and its progress.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct PlanView {
     #[serde(flatten)]
     pub plan: PlanRecord,

@@ -50,7 +50,7 @@ pub struct Begun {
 }
 
 /// What one run did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct RunOutcome {
     pub run_id: RunId,
     pub status: RunStatus,

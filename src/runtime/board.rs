@@ -10,7 +10,7 @@ use crate::domain::Invariant;
 use crate::domain::RunStatus;
 use crate::runner::RunOutcome;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Not evaluated since start.
@@ -20,7 +20,7 @@ pub enum Health {
     Error,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct InvariantState {
     pub health: Health,
     /// The alert's state (inactive, pending, firing).

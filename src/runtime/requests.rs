@@ -67,7 +67,7 @@ pub async fn request_apply(
 }
 
 /// One invariant a verification evaluated: its run, or that a run was already going.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct VerificationRun {
     pub invariant: String,
     pub run: Option<RunId>,

@@ -20,7 +20,7 @@ pub struct NewIncident {
     pub opened_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct IncidentRecord {
     pub id: i64,
     pub name: String,
@@ -66,7 +66,7 @@ impl IncidentRecord {
 }
 
 /// A phase mark or a note.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct IncidentEvent {
     pub id: i64,
     pub at: DateTime<Utc>,

@@ -71,7 +71,7 @@ pub enum StatusFilter {
     All,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct RunRecord {
     pub id: RunId,
     pub invariant: String,
@@ -83,7 +83,7 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ViolationRecord {
     pub id: i64,
     pub fingerprint: String,
@@ -141,7 +141,7 @@ pub struct SloHistory {
 }
 
 /// One entry of the append-only audit log.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: DateTime<Utc>,

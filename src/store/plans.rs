@@ -44,7 +44,7 @@ pub struct NewAction {
     pub event_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Approval {
     pub approver: String,
     /// The content hash the approver saw.
@@ -52,7 +52,7 @@ pub struct Approval {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct PlanRecord {
     pub id: PlanId,
     pub kind: PlanKind,
@@ -77,7 +77,7 @@ pub struct PlanRecord {
     pub approvals: Vec<Approval>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ActionRecord {
     pub plan_id: PlanId,
     pub seq: i64,

@@ -350,7 +350,8 @@ async fn incidents_are_opened_and_marked_through_the_cli_and_the_api() {
         serde_json::json!({"phase": "celebrate"}),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("unknown variant `celebrate`"), "{body}");
 
     // The report, verification and closing.
     let get = |url: String, token: &'static str| async move {

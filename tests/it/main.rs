@@ -12,6 +12,7 @@ mod incidents;
 mod checksum;
 mod cli;
 mod console;
+mod contract;
 mod faults;
 mod incremental;
 mod notify;

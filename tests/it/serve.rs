@@ -488,7 +488,7 @@ async fn the_api_runs_lists_pages_and_audits() {
     let (status, body) = get(&format!("{base}/api/v1/violations?status=broken")).await;
     assert_eq!(status, 400);
     assert!(
-        body.contains("use active, open, reopened, resolved or all"),
+        body.contains("unknown variant `broken`, expected one of `active`, `open`, `reopened`, `resolved`, `all`"),
         "{body}"
     );
     let (status, _) = get(&format!("{base}/api/v1/invariants/no-such-thing")).await;

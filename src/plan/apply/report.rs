@@ -8,7 +8,9 @@ use crate::domain::{ActionSpec, ActionStatus, PlanId, PlanState};
 use crate::store::ActionRecord;
 
 /// What happened (or, in a dry run, would happen) to an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Applied,
@@ -48,7 +50,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Sample {
     pub seq: i64,
     pub key: serde_json::Value,
@@ -81,7 +83,7 @@ pub fn finished(by_status: &BTreeMap<ActionStatus, u64>) -> u64 {
         .sum()
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Verification {
     /// Applied actions whose violation was re-checked.
     pub checked: u64,
@@ -95,7 +97,7 @@ pub struct Verification {
     pub at: chrono::DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ApplyReport {
     pub plan: PlanId,
     pub dry_run: bool,

@@ -43,6 +43,8 @@ fn serve_section(token: &str) -> String {
         "# `trueup serve`: the console at http://{CONSOLE}/ui/; sign in with the token in {TOKEN_FILE}.
 serve:
   listen: {CONSOLE}
+  # Notices link to the console here.
+  external_url: http://{CONSOLE}
   tokens:
     - name: demo
       role: admin

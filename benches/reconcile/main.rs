@@ -136,6 +136,8 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
         compensate: Default::default(),
         replay: None,
         slo: None,
+        runbook_url: None,
+        labels: Default::default(),
         defined_at: (PathBuf::from("bench"), 0),
     }
 }

@@ -82,6 +82,8 @@ pub struct ServeConfig {
     /// How long a replica holds a claimed tick without renewing it; when a replica dies,
     /// another takes its tick over after this.
     pub lease: HumanDuration,
+    /// The console's address as people reach it (behind a proxy, say): notices link to it.
+    pub external_url: Option<crate::domain::WebUrl>,
 }
 
 /// A bearer token the API accepts: only its SHA-256 is kept.
@@ -118,6 +120,7 @@ impl Default for ServeConfig {
             shutdown_grace: HumanDuration::from_std(std::time::Duration::from_secs(30)),
             tokens: Vec::new(),
             lease: HumanDuration::from_std(std::time::Duration::from_secs(30)),
+            external_url: None,
         }
     }
 }

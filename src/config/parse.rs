@@ -64,6 +64,7 @@ pub(super) struct RawServe {
     run_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     lease: Option<Spanned<String>>,
+    external_url: Option<Spanned<String>>,
     #[serde(default)]
     tokens: Vec<Spanned<RawToken>>,
 }
@@ -347,6 +348,16 @@ fn serve(
                         "serve.listen: `{}` is not an address; write host:port with an IP, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
                         l.value
                     ),
+                )),
+            }
+        }
+        if let Some(u) = &raw_serve.external_url {
+            match crate::domain::WebUrl::parse_base(&u.value) {
+                Ok(url) => serve.external_url = Some(url),
+                Err(e) => errors.push(Diagnostic::at(
+                    path,
+                    u.referenced,
+                    format!("serve.external_url: {e}"),
                 )),
             }
         }

@@ -38,6 +38,10 @@ pub struct Invariant {
     pub replay: Option<ReplaySpec>,
     /// Its consistency objective, if it declares one.
     pub slo: Option<super::Objective>,
+    /// What to do when it fires: linked from every notice.
+    pub runbook_url: Option<super::WebUrl>,
+    /// Free-form labels (`team: billing`), shown in every notice and carried in webhooks.
+    pub labels: BTreeMap<String, String>,
     /// Where it was defined (file and line), for messages.
     pub defined_at: (PathBuf, u64),
 }
@@ -78,12 +82,14 @@ impl Invariant {
     }
 
     /// What identifies the definition: a hash of everything but where it is written (moving
-    /// it in its file changes nothing). A plan proposed under one definition goes stale when
-    /// the definition changes.
+    /// it in its file changes nothing) and what only notices show (its runbook and labels).
+    /// A plan proposed under one definition goes stale when the definition changes.
     pub fn definition_hash(&self) -> String {
         use sha2::{Digest, Sha256};
         let placed_nowhere = Invariant {
             defined_at: (PathBuf::new(), 0),
+            runbook_url: None,
+            labels: BTreeMap::new(),
             ..self.clone()
         };
         hex::encode(Sha256::digest(format!("{placed_nowhere:?}").as_bytes()))

@@ -4,9 +4,11 @@ mod actor;
 mod alert;
 mod compensation;
 mod duration;
+pub mod evidence;
 mod histogram;
 mod incident;
 mod invariant;
+mod link;
 mod name;
 mod next_step;
 mod plan;
@@ -28,6 +30,7 @@ pub use invariant::{
     CheckSpec, Expect, Incremental, Invariant, InvariantSpec, QuerySide, ReconcileMode,
     ReconcileSpec, ReplaySpec, Severity, TransitionsSpec,
 };
+pub use link::{WebUrl, WebUrlError};
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};

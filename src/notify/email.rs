@@ -1,4 +1,4 @@
-use lettre::message::header::ContentType;
+use lettre::message::MultiPart;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -64,7 +64,9 @@ impl EmailSender {
 
     pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
         let (subject, body) = super::text(payload);
-        let mut message = Message::builder().from(self.from.clone()).subject(subject);
+        let mut message = Message::builder()
+            .from(self.from.clone())
+            .subject(subject.as_str());
         for to in &self.to {
             message = message.to(to.clone());
         }
@@ -75,9 +77,11 @@ impl EmailSender {
                 key.replace([' ', '<', '>'], "_")
             )));
         }
+        let html = super::html::render(&subject, payload)
+            .map_err(|e| ChannelError::BuildEmail(format!("the HTML part: {e}")))?;
+        // Both parts say the same; a mail client shows the one it can.
         let email = message
-            .header(ContentType::TEXT_PLAIN)
-            .body(body)
+            .multipart(MultiPart::alternative_plain_html(body, html))
             .map_err(|e| ChannelError::BuildEmail(e.to_string()))?;
         self.transport
             .send(email)

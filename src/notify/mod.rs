@@ -6,6 +6,7 @@
 //! Delivery is at least once; every message carries a stable `dedup_key`.
 
 mod email;
+mod html;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -14,12 +15,62 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::config::ChannelConfig;
-use crate::domain::{Alert, Invariant, Notice};
+use crate::domain::{Alert, Invariant, InvariantSpec, Notice, WebUrl};
 use crate::runner::RunOutcome;
 use crate::store::OutboxMessage;
 
+/// How much of a sample's evidence a notice shows (each value is capped already).
+const EVIDENCE_CHARS: usize = 300;
+
 /// The version of the JSON payload below; bumped on any incompatible change.
 pub const PAYLOAD_VERSION: u32 = 1;
+
+/// Where a notice sends a person: the console's pages for the invariant, under
+/// `serve.external_url`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NoticeLinks {
+    /// The invariant's page.
+    pub invariant: String,
+    /// Its timeline over the event times of the violations open now.
+    pub timeline: Option<String>,
+    /// The dry run of a replay of that window (a reconcile that declares `replay:`); it
+    /// delivers nothing.
+    pub replay_dry_run: Option<String>,
+}
+
+impl NoticeLinks {
+    /// The links for `invariant`, its violations' events spanning `events` (first, last).
+    pub fn new(
+        base: &WebUrl,
+        invariant: &Invariant,
+        events: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Self {
+        let name = invariant.name.as_str();
+        let page = format!("/ui/invariants/{name}");
+        // The window's end is exclusive: one second past the last event (times are written
+        // to the second).
+        let window = events.map(|(first, last)| {
+            (
+                first.to_rfc3339_opts(SecondsFormat::Secs, true),
+                (last + chrono::TimeDelta::seconds(1)).to_rfc3339_opts(SecondsFormat::Secs, true),
+            )
+        });
+        let replayable =
+            invariant.replay.is_some() && matches!(invariant.spec, InvariantSpec::Reconcile(_));
+        Self {
+            invariant: base.join(&page, &[]),
+            timeline: window
+                .as_ref()
+                .map(|(from, to)| base.join(&page, &[("from", from), ("to", to)])),
+            replay_dry_run: window.as_ref().filter(|_| replayable).map(|(from, to)| {
+                base.join(
+                    "/ui/replay",
+                    &[("invariant", name), ("from", from), ("to", to)],
+                )
+            }),
+        }
+    }
+}
 
 /// The messages for one notice, one per channel the invariant notifies.
 pub fn messages(
@@ -28,6 +79,7 @@ pub fn messages(
     alert: &Alert,
     outcome: &RunOutcome,
     channels: &[String],
+    links: Option<&NoticeLinks>,
 ) -> Vec<OutboxMessage> {
     let targets: Vec<&String> = match &invariant.notify {
         Some(list) => channels.iter().filter(|c| list.contains(c)).collect(),
@@ -43,7 +95,7 @@ pub fn messages(
                 outcome.run_id
             );
             OutboxMessage {
-                payload: payload(invariant, notice, alert, outcome, &dedup_key),
+                payload: payload(invariant, notice, alert, outcome, links, &dedup_key),
                 dedup_key,
                 channel: channel.clone(),
             }
@@ -63,13 +115,29 @@ fn payload(
     notice: Notice,
     alert: &Alert,
     outcome: &RunOutcome,
+    links: Option<&NoticeLinks>,
     dedup_key: &str,
 ) -> serde_json::Value {
+    use crate::domain::evidence::{evidence_line, key};
     let samples: Vec<serde_json::Value> = outcome
         .samples
         .iter()
         .take(5)
-        .map(|v| json!({"kind": v.kind, "key": v.key, "status": v.status, "evidence": v.evidence}))
+        .map(|v| {
+            json!({
+                "kind": v.kind,
+                "key": v.key,
+                "status": v.status,
+                "evidence": v.evidence,
+                // As `trueup check` prints it.
+                "text": format!(
+                    "{} {} — {}",
+                    v.kind,
+                    key(&v.key),
+                    evidence_line(&v.kind, &v.evidence, EVIDENCE_CHARS)
+                ),
+            })
+        })
         .collect();
     let counts: BTreeMap<String, u64> = outcome
         .stats
@@ -93,6 +161,9 @@ fn payload(
         "new_violations": outcome.change.map_or(0, |c| c.new + c.reopened),
         "counts": counts,
         "samples": samples,
+        "runbook_url": invariant.runbook_url,
+        "labels": invariant.labels,
+        "links": links,
     })
 }
 
@@ -126,8 +197,36 @@ pub fn text(payload: &serde_json::Value) -> (String, String) {
         payload["run_id"],
         s("at"),
     );
+    if let Some(labels) = payload["labels"].as_object().filter(|l| !l.is_empty()) {
+        let list: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        body.push_str(&format!("labels:    {}\n", list.join(" ")));
+    }
     if let Some(d) = payload["description"].as_str() {
         body.push_str(&format!("\n{d}\n"));
+    }
+    body.push('\n');
+    if let Some(r) = payload["runbook_url"].as_str() {
+        body.push_str(&format!("runbook:   {r}\n"));
+    }
+    let links = &payload["links"];
+    match links["invariant"].as_str() {
+        Some(page) => {
+            body.push_str(&format!("console:   {page}\n"));
+            if let Some(t) = links["timeline"].as_str() {
+                body.push_str(&format!("timeline:  {t}\n"));
+            }
+            if let Some(r) = links["replay_dry_run"].as_str() {
+                body.push_str(&format!(
+                    "replay:    {r} (a dry run: it delivers nothing)\n"
+                ));
+            }
+        }
+        None => body.push_str(
+            "console:   set serve.external_url in trueup.yaml for links to the console\n",
+        ),
     }
     if let Some(counts) = payload["counts"].as_object().filter(|c| !c.is_empty()) {
         let list: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -136,12 +235,7 @@ pub fn text(payload: &serde_json::Value) -> (String, String) {
     if let Some(samples) = payload["samples"].as_array().filter(|s| !s.is_empty()) {
         body.push_str("\nsamples:\n");
         for v in samples {
-            body.push_str(&format!(
-                "  {} {} {}\n",
-                v["kind"].as_str().unwrap_or(""),
-                v["key"],
-                v["evidence"]
-            ));
+            body.push_str(&format!("  {}\n", v["text"].as_str().unwrap_or("")));
         }
     }
     body.push_str(&format!("\ndedup key: {}\n", s("dedup_key")));

@@ -550,6 +550,30 @@ fn build_invariant(
         None => Some(None),
         Some(block) => build_slo(block, ctx).map(Some),
     };
+    let runbook_url = match &raw.runbook_url {
+        None => Some(None),
+        Some(u) => ctx
+            .parse("runbook_url", u, crate::domain::WebUrl::parse)
+            .map(Some),
+    };
+    let mut labels = BTreeMap::new();
+    let mut labels_ok = true;
+    for (name, value) in &raw.labels {
+        // Prometheus's rule for label names, so labels can travel to any receiver.
+        let valid = name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if name.is_empty() || !valid {
+            ctx.error(
+                value.referenced,
+                format!("labels: `{name}` is not a label name; use letters, digits and `_`, not starting with a digit (e.g. `team`, `service_tier`)"),
+            );
+            labels_ok = false;
+        } else {
+            labels.insert(name.clone(), value.value.clone());
+        }
+    }
 
     Some(Invariant {
         name: name?,
@@ -567,6 +591,8 @@ fn build_invariant(
         compensate: compensate?,
         replay: replay?,
         slo: slo?,
+        runbook_url: runbook_url?,
+        labels: labels_ok.then_some(labels)?,
         defined_at: (ctx.file.to_owned(), at.line()),
     })
 }

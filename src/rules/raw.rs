@@ -31,6 +31,9 @@ pub struct RawInvariant {
     pub compensate: Option<Spanned<RawCompensate>>,
     pub replay: Option<Spanned<RawReplay>>,
     pub slo: Option<Spanned<RawSlo>>,
+    pub runbook_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, Spanned<String>>,
 }
 
 /// `slo:` — a consistency objective.

@@ -628,3 +628,39 @@ fn slo_mistakes_are_reported_with_their_field_line_and_remedy() {
     assert!(has(6, "a", "did you mean `window`"), "{lines:#?}");
     assert!(has(9, "b", "slo needs an `objective`"), "{lines:#?}");
 }
+
+#[test]
+fn a_runbook_and_labels_are_read_and_their_mistakes_named_with_their_line() {
+    let text = "invariants:\n  - name: a\n    runbook_url: https://wiki.example.com/runbooks/a\n    labels: {team: billing, tier_1: yes}\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n  - name: b\n    runbook_url: wiki/runbooks/b\n    labels:\n      2fast: x\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n";
+    let (invs, errs) = parse(text);
+    let a = invs.iter().find(|i| i.name.as_str() == "a").unwrap();
+    assert_eq!(
+        a.runbook_url.as_ref().map(|u| u.as_str()),
+        Some("https://wiki.example.com/runbooks/a")
+    );
+    assert_eq!(
+        a.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+        ["team=billing", "tier_1=yes"]
+    );
+    let has = |line: u64, text: &str| {
+        errs.iter().any(|e| {
+            e.line == line && e.invariant.as_deref() == Some("b") && e.message.contains(text)
+        })
+    };
+    assert!(
+        has(
+            7,
+            "runbook_url: `wiki/runbooks/b` is not an absolute web address"
+        ),
+        "{errs:#?}"
+    );
+    assert!(has(9, "labels: `2fast` is not a label name"), "{errs:#?}");
+    // What only notices show is not part of the definition: editing it stales no plan.
+    let mut edited = a.clone();
+    edited.runbook_url = None;
+    edited.labels.clear();
+    assert_eq!(edited.definition_hash(), a.definition_hash());
+}

@@ -217,9 +217,20 @@ async fn advance_alert(
     if next == current && notice.is_none() {
         return Ok(());
     }
-    let messages = notice
-        .map(|n| crate::notify::messages(invariant, n, &next, outcome, &runtime.channels))
-        .unwrap_or_default();
+    let messages = match notice {
+        Some(n) => {
+            let links = notice_links(invariant, runtime).await?;
+            crate::notify::messages(
+                invariant,
+                n,
+                &next,
+                outcome,
+                &runtime.channels,
+                links.as_ref(),
+            )
+        }
+        None => Vec::new(),
+    };
     fail::fail_point!("serve.alert", |_| Err(StoreError::Database(
         sqlx::Error::Protocol("recording the alert failed (injected)".into())
     )));
@@ -234,4 +245,27 @@ async fn advance_alert(
         runtime.wake_outbox.notify_one();
     }
     Ok(())
+}
+
+/// The console links of a notice (none without `serve.external_url`): the timeline and the
+/// replay dry run span the event times of the violations open now.
+async fn notice_links(
+    invariant: &Invariant,
+    runtime: &Runtime,
+) -> Result<Option<crate::notify::NoticeLinks>, StoreError> {
+    let Some(base) = &runtime.config.serve.external_url else {
+        return Ok(None);
+    };
+    let open = crate::store::ViolationFilter {
+        invariants: vec![invariant.name.to_string()],
+        status: crate::store::StatusFilter::Active,
+        ..Default::default()
+    };
+    let times = runtime.store.event_times(&open).await?;
+    let span = times
+        .iter()
+        .min()
+        .zip(times.iter().max())
+        .map(|(a, b)| (*a, *b));
+    Ok(Some(crate::notify::NoticeLinks::new(base, invariant, span)))
 }

@@ -273,19 +273,25 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     server.stop().await;
     let mails = smtp.messages();
     assert_eq!(mails.len(), 5, "exactly one email per firing alert");
-    // Undo quoted-printable soft line breaks before reading the body.
-    let mails: Vec<String> = mails.iter().map(|m| m.replace("=\n", "")).collect();
-    let ledger = mails
-        .iter()
-        .find(|m| m.contains("payments-ledger"))
-        .unwrap();
-    assert!(
-        ledger.contains("Subject: [trueup] FIRING critical payments-ledger: 8 open violation(s)"),
-        "{ledger}"
+    let ledger = read_email(
+        mails
+            .iter()
+            .find(|m| m.contains("payments-ledger"))
+            .unwrap(),
     );
+    assert_eq!(
+        ledger["subject"], "[trueup] FIRING critical payments-ledger: 8 open violation(s)",
+        "{ledger:#}"
+    );
+    let text = ledger["text/plain"].as_str().unwrap();
     assert!(
-        ledger.contains("by kind: duplicate 1, extra 2, mismatch 2, missing 3"),
-        "{ledger}"
+        text.contains("by kind: duplicate 1, extra 2, mismatch 2, missing 3"),
+        "{text}"
+    );
+    // No console address is configured: the notice says where to set one.
+    assert!(
+        text.contains("set serve.external_url in trueup.yaml for links to the console"),
+        "{text}"
     );
 }
 
@@ -406,4 +412,167 @@ async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_o
     second.kill().unwrap();
     second.wait().unwrap();
     store.close().await;
+}
+
+/// An email as a mail client reads it (Python's email package): its subject and the text of
+/// each part by content type, transfer encodings undone.
+pub(crate) fn read_email(raw: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import email, json, sys\n\
+             from email import policy\n\
+             m = email.message_from_string(sys.stdin.read(), policy=policy.default)\n\
+             out = {'subject': str(m['subject'])}\n\
+             for part in m.walk():\n\
+             \x20   if part.get_content_maintype() == 'text':\n\
+             \x20       out[part.get_content_type()] = part.get_content()\n\
+             print(json.dumps(out))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "cannot read the email:\n{raw}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_firing_email_links_the_invariant_its_replay_and_runbook_and_reads_its_samples_in_both_parts()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let maildir = dir.path().join("maildir");
+    let smtp = SmtpServer::start(port, &maildir);
+    let config = demo(
+        dir.path(),
+        &format!(
+            "serve:\n  external_url: https://trueup.example.test/ops/\nnotifications:\n  channels:\n    oncall:\n      email: {{smtp: \"smtp://127.0.0.1:{port}\", from: trueup@example.com, to: [oncall@example.com]}}\n"
+        ),
+    )
+    .await;
+    // The invariant that lost three hours of order events gets a runbook.
+    let rules = dir.path().join("invariants/demo.yaml");
+    let text = std::fs::read_to_string(&rules).unwrap().replace(
+        "  - name: order-events-billed\n",
+        "  - name: order-events-billed\n    runbook_url: https://wiki.example.test/runbooks/order-events\n",
+    );
+    std::fs::write(&rules, text).unwrap();
+    let config_store = config.store.clone();
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = std::sync::Arc::clone(&server.store);
+    wait_for("the order events' email", Duration::from_secs(30), || {
+        let smtp = &smtp;
+        async move {
+            smtp.messages()
+                .iter()
+                .any(|m| m.contains("order-events-billed"))
+        }
+    })
+    .await;
+    let outbox = store.outbox(20).await.unwrap();
+    server.stop().await;
+
+    let raw = smtp
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("order-events-billed"))
+        .unwrap();
+    let mail = read_email(&raw);
+    let payload = &outbox
+        .iter()
+        .find(|m| m.message.payload["invariant"] == "order-events-billed")
+        .unwrap()
+        .message
+        .payload;
+    assert_eq!(
+        mail["subject"],
+        format!(
+            "[trueup] FIRING high order-events-billed: {} open violation(s)",
+            payload["open_violations"]
+        ),
+        "{mail:#}"
+    );
+    let plain = mail["text/plain"].as_str().expect("a plain-text part");
+    // The template escapes `/` in attributes as `&#x2f;`: the same address to a browser.
+    let html = mail["text/html"]
+        .as_str()
+        .expect("an HTML part")
+        .replace("&#x2f;", "/");
+
+    // The links span the event times of the open violations, to the second, end exclusive.
+    let store = trueup::store::open(&config_store).await.unwrap();
+    let times = store
+        .event_times(&trueup::store::ViolationFilter {
+            invariants: vec!["order-events-billed".into()],
+            status: trueup::store::StatusFilter::Active,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stamp = |t: chrono::DateTime<chrono::Utc>| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .replace(':', "%3A")
+    };
+    let from = stamp(*times.iter().min().unwrap());
+    let to = stamp(*times.iter().max().unwrap() + chrono::TimeDelta::seconds(1));
+    let page = "https://trueup.example.test/ops/ui/invariants/order-events-billed";
+    let timeline = format!("{page}?from={from}&to={to}");
+    let replay = format!(
+        "https://trueup.example.test/ops/ui/replay?invariant=order-events-billed&from={from}&to={to}"
+    );
+    let runbook = "https://wiki.example.test/runbooks/order-events";
+    for line in [
+        format!("console:   {page}"),
+        format!("timeline:  {timeline}"),
+        format!("replay:    {replay} (a dry run: it delivers nothing)"),
+        format!("runbook:   {runbook}"),
+        "labels:    service=orders team=billing".to_owned(),
+    ] {
+        assert!(plain.contains(&line), "{line}\n---\n{plain}");
+    }
+    for href in [page.to_owned(), timeline, replay, runbook.to_owned()] {
+        let escaped = href.replace('&', "&amp;");
+        assert!(
+            html.contains(&format!("href=\"{escaped}\"")),
+            "{escaped}\n---\n{html}"
+        );
+    }
+    // Each sample as `trueup check` prints it, in both parts: no raw JSON.
+    let samples = payload["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 5, "{payload:#}");
+    for s in samples {
+        let key = s["key"][0].as_i64().unwrap();
+        // The upstream row's columns as `name=value`, text unquoted.
+        let left: Vec<String> = s["evidence"]["left"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(text) => format!("{k}={text}"),
+                None => format!("{k}={v}"),
+            })
+            .collect();
+        let line = format!("missing {key} — no right row; left: {}", left.join(" "));
+        assert!(
+            plain.contains(&format!("  {line}\n")),
+            "{line}\n---\n{plain}"
+        );
+        assert!(
+            html.contains(&format!("<li>{line}</li>")),
+            "{line}\n---\n{html}"
+        );
+    }
+    assert!(
+        !plain.contains("{\"") && !html.contains("{&quot;"),
+        "{plain}"
+    );
 }

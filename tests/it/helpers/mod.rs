@@ -254,6 +254,8 @@ pub fn reconcile_invariant(
         compensate: Default::default(),
         replay: None,
         slo: None,
+        runbook_url: None,
+        labels: Default::default(),
         defined_at: (std::path::PathBuf::from("test"), 1),
     }
 }

@@ -59,14 +59,19 @@ pub struct EmailChannel {
 pub enum WebhookFormat {
     /// trueup's documented JSON payload.
     Json,
-    /// `{"text": "..."}`, which Slack, Mattermost and Rocket.Chat incoming webhooks accept.
+    /// A Slack Block Kit message (with `text` as its fallback, which Mattermost and
+    /// Rocket.Chat incoming webhooks show).
     Slack,
+    /// A PagerDuty Events API v2 event: `trigger`, or `resolve` when the alert resolves.
+    PagerDuty,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WebhookChannel {
     pub url: SecretUrl,
     pub format: WebhookFormat,
+    /// The PagerDuty integration's routing key (`format: pagerduty` only).
+    pub routing_key: Option<secrecy::SecretString>,
 }
 
 /// `serve:` — how `trueup serve` listens and bounds its runs.

@@ -55,6 +55,7 @@ pub(super) struct RawEmail {
 pub(super) struct RawWebhook {
     url: Spanned<String>,
     format: Option<Spanned<String>>,
+    routing_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -507,14 +508,44 @@ fn parse_channel(
             let format = match w.format.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
                 None | Some(("json", _)) => WebhookFormat::Json,
                 Some(("slack", _)) => WebhookFormat::Slack,
+                Some(("pagerduty", _)) => WebhookFormat::PagerDuty,
                 Some((other, at)) => {
                     return Err((
                         Some(at),
-                        format!("format `{other}` is unknown; use json or slack"),
+                        format!("format `{other}` is unknown; use json, slack or pagerduty"),
                     ));
                 }
             };
-            Ok(ChannelConfig::Webhook(WebhookChannel { url, format }))
+            let routing_key = match (&w.routing_key, format) {
+                (Some(k), WebhookFormat::PagerDuty) => {
+                    if !super::secret::is_env_reference(&k.value) {
+                        return Err((
+                            Some(k.referenced),
+                            "the routing key is written in the file; write `routing_key: ${PAGERDUTY_ROUTING_KEY}` and set that environment variable".into(),
+                        ));
+                    }
+                    let key = expand_env(&k.value, env).map_err(|m| (Some(k.referenced), m))?;
+                    Some(secrecy::SecretString::from(key))
+                }
+                (None, WebhookFormat::PagerDuty) => {
+                    return Err((
+                        Some(w.url.referenced),
+                        "format: pagerduty needs `routing_key: ${PAGERDUTY_ROUTING_KEY}`: the integration key of the PagerDuty service (Events API v2)".into(),
+                    ));
+                }
+                (Some(k), _) => {
+                    return Err((
+                        Some(k.referenced),
+                        "routing_key applies to `format: pagerduty` only".into(),
+                    ));
+                }
+                (None, _) => None,
+            };
+            Ok(ChannelConfig::Webhook(WebhookChannel {
+                url,
+                format,
+                routing_key,
+            }))
         }
         _ => Err((
             None,

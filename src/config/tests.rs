@@ -351,3 +351,42 @@ fn a_target_mistake_says_where_and_what_to_write() {
         "{shown:#?}"
     );
 }
+
+#[test]
+fn a_pagerduty_channel_takes_its_routing_key_from_the_environment_only() {
+    let env =
+        |name: &str| (name == "PD_KEY").then(|| "R0UT1NGKEY0123456789abcdefABCDEF".to_owned());
+    let c = Config::parse(
+        "notifications:\n  channels:\n    pager:\n      webhook: {url: \"https://events.pagerduty.com/v2/enqueue\", format: pagerduty, routing_key: \"${PD_KEY}\"}\n",
+        Path::new("t.yaml"),
+        &env,
+    )
+    .unwrap();
+    let ChannelConfig::Webhook(w) = &c.channels["pager"] else {
+        panic!("a webhook")
+    };
+    assert_eq!(w.format, WebhookFormat::PagerDuty);
+    assert_eq!(
+        w.routing_key
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
+        Some("R0UT1NGKEY0123456789abcdefABCDEF")
+    );
+    assert!(!format!("{c:?}").contains("R0UT1NGKEY"));
+    let err = Config::parse(
+        "notifications:\n  channels:\n    a:\n      webhook: {url: \"https://x.example\", format: pagerduty}\n    b:\n      webhook: {url: \"https://x.example\", format: pagerduty, routing_key: R0UT1NGKEY0123456789abcdefABCDEF}\n    c:\n      webhook: {url: \"https://x.example\", routing_key: \"${PD_KEY}\"}\n    d:\n      webhook: {url: \"https://x.example\", format: teams}\n",
+        Path::new("t.yaml"),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    for says in [
+        "format: pagerduty needs `routing_key: ${PAGERDUTY_ROUTING_KEY}`",
+        "the routing key is written in the file",
+        "routing_key applies to `format: pagerduty` only",
+        "format `teams` is unknown; use json, slack or pagerduty",
+    ] {
+        assert!(err.contains(says), "{says}\n---\n{err}");
+    }
+    assert!(!err.contains("R0UT1NGKEY"), "{err}");
+}

@@ -6,6 +6,7 @@
 //! Delivery is at least once; every message carries a stable `dedup_key`.
 
 mod email;
+pub mod formats;
 mod html;
 mod webhook;
 

@@ -8,6 +8,7 @@ pub struct WebhookSender {
     client: reqwest::Client,
     url: String,
     format: WebhookFormat,
+    routing_key: Option<secrecy::SecretString>,
 }
 
 impl WebhookSender {
@@ -21,17 +22,21 @@ impl WebhookSender {
             client,
             url: c.url.expose().to_owned(),
             format: c.format,
+            routing_key: c.routing_key.clone(),
         })
     }
 
     pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
         let body = match self.format {
             WebhookFormat::Json => payload.clone(),
-            WebhookFormat::Slack => {
-                let (subject, body) = super::text(payload);
-                let rest = body.strip_prefix(&subject).unwrap_or(&body).trim();
-                serde_json::json!({ "text": format!("*{subject}*\n```{rest}```") })
-            }
+            WebhookFormat::Slack => super::formats::slack(payload),
+            WebhookFormat::PagerDuty => super::formats::pagerduty(
+                payload,
+                self.routing_key
+                    .as_ref()
+                    .map(secrecy::ExposeSecret::expose_secret)
+                    .unwrap_or_default(),
+            ),
         };
         let mut request = self.client.post(&self.url).json(&body);
         if let Some(key) = payload["dedup_key"].as_str() {

@@ -576,3 +576,295 @@ async fn a_firing_email_links_the_invariant_its_replay_and_runbook_and_reads_its
         "{plain}"
     );
 }
+
+/// Block Kit as Slack documents it, with its limits (the blocks trueup sends).
+const SLACK_BLOCK_KIT: &str = r##"{
+  "type": "object", "required": ["text", "blocks"], "additionalProperties": false,
+  "properties": {
+    "text": {"type": "string", "minLength": 1, "maxLength": 40000},
+    "blocks": {"type": "array", "minItems": 1, "maxItems": 50, "items": {"oneOf": [
+      {"type": "object", "required": ["type", "text"], "additionalProperties": false,
+       "properties": {"type": {"const": "header"}, "text": {"$ref": "#/$defs/plain150"}}},
+      {"type": "object", "required": ["type"], "additionalProperties": false,
+       "anyOf": [{"required": ["text"]}, {"required": ["fields"]}],
+       "properties": {"type": {"const": "section"}, "text": {"$ref": "#/$defs/text3000"},
+         "fields": {"type": "array", "minItems": 1, "maxItems": 10,
+           "items": {"$ref": "#/$defs/text2000"}}}},
+      {"type": "object", "required": ["type", "elements"], "additionalProperties": false,
+       "properties": {"type": {"const": "actions"}, "elements": {"type": "array", "minItems": 1,
+         "maxItems": 25, "items": {"type": "object", "required": ["type", "text", "url"],
+           "additionalProperties": false, "properties": {"type": {"const": "button"},
+             "text": {"$ref": "#/$defs/plain75"},
+             "url": {"type": "string", "pattern": "^https?://", "maxLength": 3000}}}}}},
+      {"type": "object", "required": ["type", "elements"], "additionalProperties": false,
+       "properties": {"type": {"const": "context"}, "elements": {"type": "array", "minItems": 1,
+         "maxItems": 10, "items": {"$ref": "#/$defs/text2000"}}}}
+    ]}}
+  },
+  "$defs": {
+    "plain150": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
+      "properties": {"type": {"const": "plain_text"}, "text": {"type": "string", "minLength": 1, "maxLength": 150}}},
+    "plain75": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
+      "properties": {"type": {"const": "plain_text"}, "text": {"type": "string", "minLength": 1, "maxLength": 75}}},
+    "text3000": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
+      "properties": {"type": {"enum": ["mrkdwn", "plain_text"]}, "text": {"type": "string", "minLength": 1, "maxLength": 3000}}},
+    "text2000": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
+      "properties": {"type": {"enum": ["mrkdwn", "plain_text"]}, "text": {"type": "string", "minLength": 1, "maxLength": 2000}}}
+  }
+}"##;
+
+/// A PagerDuty Events API v2 event as PagerDuty documents it.
+const PAGERDUTY_EVENT_V2: &str = r##"{
+  "type": "object", "required": ["routing_key", "event_action", "dedup_key"],
+  "additionalProperties": false,
+  "properties": {
+    "routing_key": {"type": "string", "minLength": 32, "maxLength": 32},
+    "event_action": {"enum": ["trigger", "acknowledge", "resolve"]},
+    "dedup_key": {"type": "string", "minLength": 1, "maxLength": 255},
+    "payload": {"type": "object", "required": ["summary", "source", "severity"],
+      "additionalProperties": false,
+      "properties": {
+        "summary": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "source": {"type": "string", "minLength": 1},
+        "severity": {"enum": ["critical", "error", "warning", "info"]},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "component": {"type": "string"}, "group": {"type": "string"}, "class": {"type": "string"},
+        "custom_details": {"type": "object"}}},
+    "images": {"type": "array"},
+    "links": {"type": "array", "items": {"type": "object", "required": ["href"],
+      "additionalProperties": false,
+      "properties": {"href": {"type": "string", "pattern": "^https?://"}, "text": {"type": "string"}}}},
+    "client": {"type": "string"},
+    "client_url": {"type": "string", "pattern": "^https?://"}
+  },
+  "if": {"properties": {"event_action": {"const": "trigger"}}},
+  "then": {"required": ["payload"]},
+  "else": {"not": {"required": ["payload"]}}
+}"##;
+
+type Bodies = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A receiver that answers like Slack and PagerDuty do: 400 with the reasons for a body not
+/// of their shape (the delivery then fails), 200 / 202 otherwise.
+async fn shape_checking_receiver() -> (String, Bodies) {
+    use axum::http::StatusCode;
+    let bodies: Bodies = Arc::default();
+    let check = |schema: &'static str, ok: StatusCode| {
+        let validator =
+            Arc::new(jsonschema::validator_for(&serde_json::from_str(schema).unwrap()).unwrap());
+        move |axum::extract::Path(kind): axum::extract::Path<String>,
+              State(bodies): State<Bodies>,
+              body: axum::Json<serde_json::Value>| {
+            let validator = Arc::clone(&validator);
+            async move {
+                let errors: Vec<String> = validator
+                    .iter_errors(&body.0)
+                    .map(|e| format!("{} at {}", e, e.instance_path()))
+                    .collect();
+                bodies.lock().unwrap().push((kind, body.0));
+                if errors.is_empty() {
+                    (ok, String::new())
+                } else {
+                    (StatusCode::BAD_REQUEST, errors.join("; "))
+                }
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/slack/{kind}",
+            post(check(SLACK_BLOCK_KIT, StatusCode::OK)),
+        )
+        .route(
+            "/pagerduty/{kind}",
+            post(check(PAGERDUTY_EVENT_V2, StatusCode::ACCEPTED)),
+        )
+        .with_state(Arc::clone(&bodies));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, bodies)
+}
+
+#[tokio::test]
+async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_shape() {
+    use chrono::{TimeDelta, Utc};
+    use trueup::config::{ChannelConfig, SecretUrl, WebhookChannel, WebhookFormat};
+    use trueup::domain::{Alert, AlertState, Notice, WebUrl};
+
+    let (base, bodies) = shape_checking_receiver().await;
+    // The receiver refuses what its service would: the old `{"text"}`-only Slack body, and a
+    // PagerDuty trigger without its payload.
+    let client = reqwest::Client::new();
+    for (path, body) in [
+        ("slack/probe", serde_json::json!({"text": "x"})),
+        (
+            "pagerduty/probe",
+            serde_json::json!({"routing_key": "R0UT1NGKEY0123456789abcdefABCDEF", "event_action": "trigger", "dedup_key": "k"}),
+        ),
+    ] {
+        let r = client
+            .post(format!("{base}/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+    }
+    bodies.lock().unwrap().clear();
+    let mut inv = crate::helpers::reconcile_invariant(
+        "order-events-billed",
+        ("shop", "SELECT 1 AS event_id"),
+        ("ledger", "SELECT 1 AS event_id"),
+        &["event_id"],
+    );
+    inv.severity = trueup::domain::Severity::High;
+    inv.owner = Some("billing-team".into());
+    inv.runbook_url =
+        Some(WebUrl::parse("https://wiki.example.test/runbooks/order-events").unwrap());
+    inv.labels.insert("team".into(), "billing".into());
+    let now = Utc::now();
+    let sample = |id: i64| trueup::store::ViolationRecord {
+        id,
+        fingerprint: format!("f{id}"),
+        invariant: "order-events-billed".into(),
+        kind: "missing".into(),
+        key: serde_json::json!([id]),
+        status: trueup::domain::ViolationStatus::Open,
+        first_seen: now,
+        last_seen: now,
+        resolved_at: None,
+        event_at: Some(now - TimeDelta::hours(3)),
+        times_reopened: 0,
+        first_run_id: 7,
+        last_run_id: 7,
+        // A long value: Block Kit's and PagerDuty's limits must hold anyway.
+        evidence: serde_json::json!({"left": {"event_id": id, "account": "acct-4", "note": "x".repeat(5000)}}),
+    };
+    let links = trueup::notify::NoticeLinks::new(
+        &WebUrl::parse_base("https://trueup.example.test").unwrap(),
+        &inv,
+        Some((now - TimeDelta::hours(3), now - TimeDelta::hours(1))),
+    );
+    let routing_key = "R0UT1NGKEY0123456789abcdefABCDEF";
+    let channel = |format: WebhookFormat, path: &str| {
+        trueup::notify::Channel::open(&ChannelConfig::Webhook(WebhookChannel {
+            url: SecretUrl::new(format!("{base}/{path}")),
+            format,
+            routing_key: (format == WebhookFormat::PagerDuty)
+                .then(|| secrecy::SecretString::from(routing_key)),
+        }))
+        .unwrap()
+    };
+    for (notice, state, open) in [
+        (Notice::Firing, AlertState::Firing, 30),
+        (Notice::Updated, AlertState::Firing, 45),
+        (Notice::Repeat, AlertState::Firing, 45),
+        (Notice::Resolved, AlertState::Inactive, 0),
+    ] {
+        let outcome = trueup::runner::RunOutcome {
+            run_id: 7,
+            status: trueup::domain::RunStatus::Succeeded,
+            invariant: "order-events-billed".into(),
+            severity: "high".into(),
+            started_at: now,
+            finished_at: now,
+            stats: Default::default(),
+            change: Some(trueup::domain::LedgerChange {
+                new: if notice == Notice::Resolved { 0 } else { 15 },
+                still_open: open,
+                reopened: 0,
+                resolved: if notice == Notice::Resolved { 45 } else { 0 },
+                uncovered: 0,
+            }),
+            open_after: open,
+            error: None,
+            samples: if open > 0 {
+                (1..=5).map(sample).collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let alert = Alert {
+            state,
+            active_since: (state == AlertState::Firing).then_some(now),
+            last_violating_at: Some(now),
+            last_notified_at: Some(now),
+        };
+        let messages = trueup::notify::messages(
+            &inv,
+            notice,
+            &alert,
+            &outcome,
+            &["pager".to_owned(), "chat".to_owned()],
+            Some(&links),
+        );
+        assert_eq!(messages.len(), 2);
+        for m in &messages {
+            let (format, path) = match m.channel.as_str() {
+                "chat" => (WebhookFormat::Slack, "slack"),
+                _ => (WebhookFormat::PagerDuty, "pagerduty"),
+            };
+            channel(format, &format!("{path}/{}", notice.as_str()))
+                .deliver(&m.payload)
+                .await
+                .unwrap_or_else(|e| panic!("{path} refused the {} notice: {e}", notice.as_str()));
+        }
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    let pd: Vec<&serde_json::Value> = bodies
+        .iter()
+        .filter(|(_, b)| b.get("routing_key").is_some())
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        pd.iter()
+            .map(|b| b["event_action"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["trigger", "trigger", "trigger", "resolve"]
+    );
+    // One PagerDuty incident per alert: every notice of it carries the same dedup key.
+    assert!(
+        pd.iter()
+            .all(|b| b["dedup_key"] == "trueup:order-events-billed")
+    );
+    assert_eq!(pd[0]["payload"]["severity"], "error", "high maps to error");
+    assert_eq!(
+        pd[0]["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        // No replay link: this invariant declares no `replay:`.
+        [
+            "Open in the console",
+            "Timeline of the open violations",
+            "Runbook"
+        ]
+    );
+    let slack: Vec<&serde_json::Value> = bodies
+        .iter()
+        .filter(|(_, b)| b.get("blocks").is_some())
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(slack.len(), 4);
+    assert_eq!(
+        slack[0]["blocks"][0]["text"]["text"],
+        "[trueup] FIRING high order-events-billed: 30 open violation(s)"
+    );
+    assert_eq!(
+        slack[3]["text"],
+        "[trueup] RESOLVED: order-events-billed holds again"
+    );
+    let samples = slack[0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|b| b["text"]["text"].as_str().filter(|t| t.starts_with("```")))
+        .unwrap();
+    assert!(
+        samples.starts_with("```missing 1 — no right row; left: event_id=1 account=acct-4 note=x"),
+        "{samples}"
+    );
+}

@@ -31,6 +31,16 @@ fn labelled_links(payload: &Value) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The samples as `trueup check` prints them.
+fn sample_lines(payload: &Value) -> Vec<&str> {
+    payload["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["text"].as_str())
+        .collect()
+}
+
 /// A Slack Block Kit message: a header, the facts as fields, the samples, the links as
 /// buttons; `text` is the fallback for notifications and for receivers without blocks.
 pub fn slack(payload: &Value) -> Value {
@@ -58,12 +68,7 @@ pub fn slack(payload: &Value) -> Value {
     if let Some(d) = payload["description"].as_str() {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cap(d, 3000)}}));
     }
-    let samples: Vec<&str> = payload["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["text"].as_str())
-        .collect();
+    let samples = sample_lines(payload);
     if !samples.is_empty() {
         // A code block: its characters are shown as they are.
         let text = format!("```{}```", cap(&samples.join("\n"), 2900));
@@ -112,12 +117,7 @@ pub fn pagerduty(payload: &Value, routing_key: &str) -> Value {
         .into_iter()
         .map(|(text, href)| json!({"href": href, "text": text}))
         .collect();
-    let samples: Vec<&str> = payload["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["text"].as_str())
-        .collect();
+    let samples = sample_lines(payload);
     let mut event = json!({
         "routing_key": routing_key,
         "event_action": "trigger",

@@ -158,34 +158,47 @@ async fn scheduled_invariants_run_on_time_one_at_a_time_and_show_in_metrics() {
     }
 }
 
+/// A serve config in `dir` with one check, `slow`, on `schedule`, whose query takes `secs`
+/// seconds on PostgreSQL, and `serve_settings` beside the test tokens.
+fn slow_invariant(
+    dir: &Path,
+    db: &TestPg,
+    schedule: &str,
+    secs: f64,
+    serve_settings: &str,
+) -> Config {
+    std::fs::create_dir(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/slow.yaml"),
+        format!(
+            "invariants:\n  - name: slow\n    schedule: \"{schedule}\"\n    check:\n      source: pg\n      query: SELECT 1 AS id FROM (SELECT pg_sleep({secs})) AS s\n      key: id\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("trueup.yaml"),
+        format!(
+            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
+            db.reader_url,
+            tokens_yaml(serve_settings)
+        ),
+    )
+    .unwrap();
+    Config::load(&dir.join("trueup.yaml")).unwrap()
+}
+
 #[tokio::test]
 async fn a_fire_time_that_comes_while_a_requested_run_goes_on_is_recorded_as_missed() {
     let db = TestPg::new().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
     // Runs of 2.5 s every 3 s: the schedule alone never overlaps itself.
-    std::fs::write(
-        dir.path().join("invariants/slow.yaml"),
-        r#"invariants:
-  - name: slow
-    schedule: "*/3 * * * * *"
-    check:
-      source: pg
-      query: SELECT 1 AS id FROM (SELECT pg_sleep(2.5)) AS s
-      key: id
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        format!(
-            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
-            db.reader_url,
-            tokens_yaml("  run_timeout: 30s\n")
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("trueup.yaml")).unwrap();
+    let config = slow_invariant(
+        dir.path(),
+        &db,
+        "*/3 * * * * *",
+        2.5,
+        "  run_timeout: 30s\n",
+    );
     let config_store = config.store.clone();
     let server = crate::helpers::TestServer::start(config).await;
     let base = server.base.clone();
@@ -235,29 +248,13 @@ async fn a_fire_time_that_comes_while_a_requested_run_goes_on_is_recorded_as_mis
 async fn a_run_over_its_timeout_fails_counts_missed_ticks_and_shutdown_cancels_the_run_in_flight() {
     let db = TestPg::new().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("invariants")).unwrap();
-    std::fs::write(
-        dir.path().join("invariants/slow.yaml"),
-        r#"invariants:
-  - name: slow
-    schedule: "* * * * * *"
-    check:
-      source: pg
-      query: SELECT 1 AS id FROM (SELECT pg_sleep(3)) AS s
-      key: id
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("trueup.yaml"),
-        format!(
-            "store: sqlite://trueup.db\nsources:\n  pg:\n    url: {}\n{}",
-            db.reader_url,
-            tokens_yaml("  run_timeout: 1s\n  shutdown_grace: 200ms\n")
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("trueup.yaml")).unwrap();
+    let config = slow_invariant(
+        dir.path(),
+        &db,
+        "* * * * * *",
+        3.0,
+        "  run_timeout: 1s\n  shutdown_grace: 200ms\n",
+    );
     let server = crate::helpers::TestServer::start(config.clone()).await;
     let base = server.base.clone();
     let store = std::sync::Arc::clone(&server.store);

@@ -261,11 +261,6 @@ async fn notice_links(
         status: crate::store::StatusFilter::Active,
         ..Default::default()
     };
-    let times = runtime.store.event_times(&open).await?;
-    let span = times
-        .iter()
-        .min()
-        .zip(times.iter().max())
-        .map(|(a, b)| (*a, *b));
+    let span = runtime.store.event_span(&open).await?;
     Ok(Some(crate::notify::NoticeLinks::new(base, invariant, span)))
 }

@@ -588,6 +588,28 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn event_span(
+                &self,
+                filter: &$crate::store::ViolationFilter,
+            ) -> Result<
+                Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+                $crate::store::StoreError,
+            > {
+                let unpaged = $crate::store::ViolationFilter {
+                    after_id: None,
+                    ..filter.clone()
+                };
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT MIN(event_at), MAX(event_at) FROM violations WHERE event_at IS NOT NULL",
+                );
+                Self::push_filter(&mut qb, &unpaged);
+                let (first, last): (
+                    Option<chrono::DateTime<chrono::Utc>>,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                ) = qb.build_query_as().fetch_one(&self.pool).await?;
+                Ok(first.zip(last))
+            }
+
             async fn event_times(
                 &self,
                 filter: &$crate::store::ViolationFilter,

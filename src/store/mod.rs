@@ -327,6 +327,13 @@ pub trait Store:
         filter: &ViolationFilter,
     ) -> Result<Vec<ViolationRecord>, StoreError>;
 
+    /// The first and the last event time (`event_at`) of the violations the filter matches
+    /// (its `limit` and `after_id` are ignored), in one row; `None` when none has one.
+    async fn event_span(
+        &self,
+        filter: &ViolationFilter,
+    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, StoreError>;
+
     /// The event times (`event_at`) of every violation the filter matches (its `limit` and
     /// `after_id` are ignored); violations without one are left out.
     async fn event_times(&self, filter: &ViolationFilter)

@@ -10,6 +10,7 @@ mod output;
 mod plans;
 mod replay;
 mod serve_cmd;
+mod silence;
 mod validate;
 mod violations;
 
@@ -85,10 +86,40 @@ pub enum Command {
     /// Incidents: open one, mark its phases, add notes, show its timeline
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Silences: hold an alert's notices during planned work (add, list, expire)
+    #[command(subcommand)]
+    Silence(SilenceCommand),
     /// Show the append-only audit log
     Audit(AuditArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCommand {
+    /// Hold the notices of the alerts matching every matcher, for a while, with a reason
+    Add {
+        /// label=value, label!=value, label=~regex or label!~regex; labels are invariant,
+        /// severity, owner and the invariants' own (repeat for several)
+        #[arg(long = "matcher", short = 'm', value_name = "MATCHER", required = true)]
+        matcher: Vec<String>,
+        /// How long (e.g. 30m, 2h; at most 30d)
+        #[arg(long = "for", value_name = "DURATION")]
+        length: String,
+        /// Why (shown with the silence and in the notices summarised after it)
+        #[arg(long)]
+        reason: String,
+    },
+    /// List active silences (with --all, those that ended too)
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Output format
+        #[arg(long, short = 'f', value_enum, default_value_t)]
+        format: Format,
+    },
+    /// End a silence now
+    Expire { id: i64 },
 }
 
 #[derive(Debug, Args)]
@@ -456,6 +487,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Plan(cmd) => plans::command(cli.config.as_deref(), cmd).await,
             Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
             Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
+            Command::Silence(cmd) => silence::run(cli.config.as_deref(), cmd).await,
             Command::Replay(args) => replay::run(cli.config.as_deref(), args).await,
             Command::Incident(cmd) => incident::run(cli.config.as_deref(), cmd).await,
             Command::Demo(args) => demo_cmd::run(args).await,

@@ -10,6 +10,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{HumanDuration, Role, SourceName, TargetName};
 
 mod parse;
+mod routes;
 mod secret;
 mod targets;
 #[cfg(test)]
@@ -32,6 +33,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Where alert notifications go, by channel name.
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// `notifications.route`, if written; see [`Config::route`].
+    pub route: Option<crate::domain::Route>,
     /// What approved compensating actions may change.
     pub targets: BTreeMap<TargetName, TargetConfig>,
     pub plans: PlansConfig,
@@ -201,6 +204,14 @@ pub struct SourceConfig {
 }
 
 impl Config {
+    /// Where notices go: `notifications.route` as written, or without one every channel,
+    /// at once, each invariant on its own.
+    pub fn route(&self) -> crate::domain::Route {
+        self.route.clone().unwrap_or_else(|| {
+            crate::domain::Route::every_channel(self.channels.keys().cloned().collect())
+        })
+    }
+
     /// Defaults only: the embedded SQLite store in the working directory.
     pub fn defaults(base_dir: &Path) -> Self {
         Self {
@@ -210,6 +221,7 @@ impl Config {
             sources: BTreeMap::new(),
             serve: ServeConfig::default(),
             channels: BTreeMap::new(),
+            route: None,
             targets: BTreeMap::new(),
             plans: PlansConfig::default(),
         }

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawNotifications {
     #[serde(default)]
     channels: BTreeMap<String, Spanned<RawChannel>>,
+    route: Option<Spanned<super::routes::RawRoute>>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +132,18 @@ pub(super) fn config(
     let serve = serve(&raw, path, env, &mut errors);
 
     let channels = channels(&raw, path, env, &mut errors);
+    let route = raw
+        .notifications
+        .as_ref()
+        .and_then(|n| n.route.as_ref())
+        .and_then(|r| {
+            let names: Vec<String> = raw
+                .notifications
+                .iter()
+                .flat_map(|n| n.channels.keys().cloned())
+                .collect();
+            super::routes::parse_route(r, &names, path, &mut errors)
+        });
 
     let mut targets = BTreeMap::new();
     for (name, raw_target) in &raw.targets {
@@ -157,6 +170,7 @@ pub(super) fn config(
             sources,
             serve,
             channels,
+            route,
             targets,
             plans,
         })

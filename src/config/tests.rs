@@ -390,3 +390,63 @@ fn a_pagerduty_channel_takes_its_routing_key_from_the_environment_only() {
     }
     assert!(!err.contains("R0UT1NGKEY"), "{err}");
 }
+
+#[test]
+fn a_route_tree_inherits_its_parents_settings_and_routes_by_labels() {
+    let c = parse(
+        "notifications:\n  channels:\n    mail: {webhook: {url: \"https://mail.example\"}}\n    pager: {webhook: {url: \"https://pager.example\"}}\n    chat: {webhook: {url: \"https://chat.example\"}}\n  route:\n    channels: [mail]\n    group_by: [owner]\n    group_wait: 10s\n    routes:\n      - matchers: ['severity=critical']\n        channels: [pager]\n        continue: true\n      - matchers: ['team=~\"pay.*\"']\n        channels: [chat]\n        group_interval: 1m\n",
+    )
+    .unwrap();
+    let route = c.route();
+    let labels = |pairs: &[(&str, &str)]| {
+        crate::domain::AlertLabels(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    };
+    let d = route.deliveries(&labels(&[("severity", "critical"), ("team", "payments")]));
+    let channels: Vec<&str> = d.iter().map(|d| d.channel.as_str()).collect();
+    assert_eq!(channels, ["pager", "chat"]);
+    assert_eq!(d[1].group_wait, chrono::TimeDelta::seconds(10), "inherited");
+    assert_eq!(d[1].group_interval, chrono::TimeDelta::minutes(1));
+    assert_eq!(
+        d[0].group_interval,
+        chrono::TimeDelta::minutes(5),
+        "the default"
+    );
+    let other = route.deliveries(&labels(&[("severity", "low")]));
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].channel, "mail");
+    // Without a route: every channel, at once, each invariant on its own.
+    let plain = parse(
+        "notifications:\n  channels:\n    mail: {webhook: {url: \"https://mail.example\"}}\n",
+    )
+    .unwrap();
+    let d = plain.route().deliveries(&labels(&[("invariant", "a")]));
+    assert_eq!(d[0].group_wait, chrono::TimeDelta::zero());
+}
+
+#[test]
+fn every_mistake_in_a_route_tree_is_located_and_explained() {
+    let err = parse(
+        "notifications:\n  channels:\n    mail: {webhook: {url: \"https://mail.example\"}}\n  route:\n    matchers: ['a=b']\n    continue: true\n    routes:\n      - matchers: ['team', 'x=~(']\n        channels: [pagr]\n        group_by: ['...', owner]\n        group_wait: soon\n      - group_by: ['1x']\n        group_interval: 48h\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for says in [
+        "trueup.yaml:5:",
+        "the root route matches every alert and takes no `matchers`",
+        "the root route has no siblings to continue to",
+        "notifications.route.routes[0]: matchers: `team` is not a matcher",
+        "matchers: `(` is not a regular expression",
+        "channels: unknown channel `pagr` (configured: mail)",
+        "group_by: `...` (each alert on its own) stands alone",
+        "group_wait: ",
+        "notifications.route.routes[1]: group_by: `1x` is not a label name",
+        "group_interval: at most 24h",
+    ] {
+        assert!(err.contains(says), "missing {says:?} in:\n{err}");
+    }
+}

@@ -13,6 +13,7 @@ mod name;
 mod next_step;
 mod plan;
 mod role;
+mod routing;
 mod run;
 mod schedule;
 mod slo;
@@ -35,6 +36,10 @@ pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, T
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use role::Role;
+pub use routing::{
+    AlertLabels, Delivery, GroupBy, MatchOp, Matcher, MatcherError, NewSilence, RESERVED_LABELS,
+    Route, Silence, SilenceError, is_label_name,
+};
 pub use run::{
     CompareMethod, Compared, Coverage, LedgerChange, Marks, RunId, RunStats, RunStatus, Split,
     Watermark,

@@ -11,6 +11,7 @@ pub mod contract;
 mod incidents_api;
 mod params;
 mod plans_api;
+pub mod silences_api;
 pub use api::openapi_document;
 pub mod auth;
 pub mod error;
@@ -238,6 +239,30 @@ pub fn endpoints() -> Vec<Endpoint> {
             post(plans_api::cancel),
         )
         .takes(Contract::default().answers::<plans_api::PlanStateChange>(StatusCode::OK, "Cancelled")),
+        endpoint(
+            Method::GET,
+            "/api/v1/silences",
+            Some(Viewer),
+            "Active silences, soonest ending first (`all=true`: those that ended too).",
+            get(silences_api::list),
+        )
+        .takes(Contract::default().query::<silences_api::ListQuery>().answers::<contract::Items<silences_api::SilenceView>>(StatusCode::OK, "Silences")),
+        endpoint(
+            Method::POST,
+            "/api/v1/silences",
+            Some(Operator),
+            "Hold the notices of the alerts matching every matcher (body `matchers`, `duration`, `reason`); audited.",
+            post(silences_api::create),
+        )
+        .takes(Contract::default().body::<silences_api::CreateBody>().answers::<silences_api::SilenceView>(StatusCode::CREATED, "The silence, active")),
+        endpoint(
+            Method::POST,
+            "/api/v1/silences/{id}/expire",
+            Some(Operator),
+            "End a silence now (409 if it had ended); audited.",
+            post(silences_api::expire),
+        )
+        .takes(Contract::default().answers::<silences_api::SilenceView>(StatusCode::OK, "The silence, expired")),
         endpoint(
             Method::GET,
             "/api/v1/incidents",

@@ -44,6 +44,9 @@ fn sample_lines(payload: &Value) -> Vec<&str> {
 /// A Slack Block Kit message: a header, the facts as fields, the samples, the links as
 /// buttons; `text` is the fallback for notifications and for receivers without blocks.
 pub fn slack(payload: &Value) -> Value {
+    if payload["kind"] == "group" {
+        return slack_group(payload);
+    }
     let (subject, _) = super::text(payload);
     let s = |k: &str| payload[k].as_str().unwrap_or("—").to_owned();
     let mut fields = vec![
@@ -87,6 +90,68 @@ pub fn slack(payload: &Value) -> Value {
         {"type": "mrkdwn", "text": cap(&format!("dedup key: {}", s("dedup_key")), 2000)}
     ]}));
     json!({ "text": cap(&subject, 3000), "blocks": blocks })
+}
+
+/// Block Kit allows 50 blocks: a header, a section per notice, a note of the rest, the key.
+const SLACK_NOTICES: usize = 46;
+
+/// A group in Block Kit: a header saying what the notices share, a section per notice (its
+/// line, first samples and a button to its page), the dedup key.
+fn slack_group(payload: &Value) -> Value {
+    let (subject, _) = super::text(payload);
+    let notices: Vec<&Value> = payload["notices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut blocks =
+        vec![json!({"type": "header", "text": {"type": "plain_text", "text": cap(&subject, 150)}})];
+    for p in notices.iter().take(SLACK_NOTICES) {
+        let (one, _) = super::text(p);
+        let mut text = format!("*{}*", one.trim_start_matches("[trueup] "));
+        let samples = sample_lines(p);
+        if !samples.is_empty() {
+            text.push_str(&format!(
+                "\n```{}```",
+                samples
+                    .iter()
+                    .take(3)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        let mut section =
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": cap(&text, 3000)}});
+        if let Some((label, url)) = labelled_links(p).into_iter().next() {
+            section["accessory"] = json!({"type": "button", "text": {"type": "plain_text", "text": label}, "url": cap(&url, 3000)});
+        }
+        blocks.push(section);
+    }
+    if notices.len() > SLACK_NOTICES {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!(
+            "… and {} more; the console lists every invariant firing now.", notices.len() - SLACK_NOTICES
+        )}}));
+    }
+    blocks.push(json!({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": cap(&format!("dedup key: {}", payload["dedup_key"].as_str().unwrap_or("")), 2000)}
+    ]}));
+    json!({ "text": cap(&subject, 3000), "blocks": blocks })
+}
+
+/// The PagerDuty events of a notice, or of each notice of a group: PagerDuty groups by
+/// its own rules, so each alert stays its own incident.
+pub fn pagerduty_events(payload: &Value, routing_key: &str) -> Vec<Value> {
+    if payload["kind"] == "group" {
+        payload["notices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| pagerduty(p, routing_key))
+            .collect()
+    } else {
+        vec![pagerduty(payload, routing_key)]
+    }
 }
 
 /// PagerDuty's severities from trueup's.

@@ -23,10 +23,34 @@ pub fn render(subject: &str, payload: &serde_json::Value) -> Result<String, mini
             })
             .unwrap_or_default()
     };
+    // A group lists each notice in one line, then shows each in full; a notice is a group
+    // of one without the list.
+    let grouped = payload["kind"] == "group";
+    let notices: Vec<&serde_json::Value> = if grouped {
+        payload["notices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect()
+    } else {
+        vec![payload]
+    };
+    let notices: Vec<minijinja::Value> = notices
+        .into_iter()
+        .map(|p| {
+            context! {
+                p => minijinja::value::Serde(p),
+                heading => super::group::one_line(p),
+                counts => pairs(&p["counts"], " "),
+                labels => pairs(&p["labels"], "="),
+                held => p.get("held").filter(|h| h.is_object()).map(super::held_line),
+            }
+        })
+        .collect();
     env.get_template("notice.html")?.render(context! {
         subject,
-        p => minijinja::value::Serde(payload),
-        counts => pairs(&payload["counts"], " "),
-        labels => pairs(&payload["labels"], "="),
+        grouped,
+        notices,
+        dedup_key => payload["dedup_key"].as_str().unwrap_or(""),
     })
 }

@@ -7,8 +7,11 @@
 
 mod email;
 pub mod formats;
+mod group;
 mod html;
 mod webhook;
+
+pub use group::{labels_of, message_of, summary_of_held};
 
 use std::collections::BTreeMap;
 
@@ -16,9 +19,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::config::ChannelConfig;
-use crate::domain::{Alert, Invariant, InvariantSpec, Notice, WebUrl};
+use crate::domain::{Alert, AlertLabels, Invariant, InvariantSpec, Notice, Route, Silence, WebUrl};
 use crate::runner::RunOutcome;
-use crate::store::OutboxMessage;
+use crate::store::QueuedNotice;
 
 /// How much of a sample's evidence a notice shows (each value is capped already).
 const EVIDENCE_CHARS: usize = 300;
@@ -73,32 +76,42 @@ impl NoticeLinks {
     }
 }
 
-/// The messages for one notice, one per channel the invariant notifies.
-pub fn messages(
+/// The notices to queue for one alert notice: one per channel the route tree (or the
+/// invariant's own `notify:` list) sends it to, each in its group, held if a silence among
+/// `silences` (the active ones) matches the invariant.
+pub fn queued(
     invariant: &Invariant,
     notice: Notice,
     alert: &Alert,
     outcome: &RunOutcome,
-    channels: &[String],
+    route: &Route,
+    silences: &[Silence],
     links: Option<&NoticeLinks>,
-) -> Vec<OutboxMessage> {
-    let targets: Vec<&String> = match &invariant.notify {
-        Some(list) => channels.iter().filter(|c| list.contains(c)).collect(),
-        None => channels.iter().collect(),
+) -> Vec<QueuedNotice> {
+    let labels = AlertLabels::of(invariant);
+    let deliveries = match &invariant.notify {
+        // An invariant that names its channels is sent to exactly those, grouped as the root
+        // route groups.
+        Some(list) => route.own_deliveries(&labels, "notify", list),
+        None => route.deliveries(&labels),
     };
-    targets
+    let held_by = silences.iter().find(|s| s.matches(&labels)).map(|s| s.id);
+    deliveries
         .into_iter()
-        .map(|channel| {
+        .map(|delivery| {
             let dedup_key = format!(
-                "{}:{}:run-{}:{channel}",
+                "{}:{}:run-{}:{}",
                 invariant.name,
                 notice.as_str(),
-                outcome.run_id
+                outcome.run_id,
+                delivery.channel
             );
-            OutboxMessage {
+            QueuedNotice {
+                invariant: invariant.name.to_string(),
+                notice: notice.as_str().to_owned(),
                 payload: payload(invariant, notice, alert, outcome, links, &dedup_key),
-                dedup_key,
-                channel: channel.clone(),
+                delivery,
+                held_by,
             }
         })
         .collect()
@@ -148,6 +161,7 @@ fn payload(
         .collect();
     json!({
         "version": PAYLOAD_VERSION,
+        "kind": "notice",
         "dedup_key": dedup_key,
         "notice": notice,
         "state": alert.state,
@@ -168,17 +182,35 @@ fn payload(
     })
 }
 
-/// A one-line summary and a plain-text body, for email and chat.
+/// A one-line summary and a plain-text body, for email and chat: of one notice, or of a
+/// group (each of its notices in one line, then each in full).
 pub fn text(payload: &serde_json::Value) -> (String, String) {
+    if payload["kind"] == "group" {
+        let subject = group::group_subject(payload);
+        let notices = payload["notices"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut body = format!("{subject}\n\n");
+        for p in notices {
+            body.push_str(&format!("  {}\n", group::one_line(p)));
+        }
+        for p in notices {
+            let (one, detail) = notice_text(p);
+            body.push_str(&format!("\n──── {one}\n"));
+            // The notice's own subject is its heading; its body follows.
+            body.push_str(detail.split_once("\n\n").map_or("", |(_, rest)| rest));
+        }
+        body.push_str(&format!(
+            "\ndedup key: {}\n",
+            payload["dedup_key"].as_str().unwrap_or("")
+        ));
+        return (subject, body);
+    }
+    notice_text(payload)
+}
+
+fn notice_text(payload: &serde_json::Value) -> (String, String) {
     let s = |k: &str| payload[k].as_str().unwrap_or("").to_owned();
     let notice = s("notice");
-    let verb = match notice.as_str() {
-        "firing" => "FIRING",
-        "updated" => "FIRING (new violations)",
-        "repeat" => "STILL FIRING",
-        "resolved" => "RESOLVED",
-        other => other,
-    };
+    let verb = group::verb(payload);
     let subject = if notice == "resolved" {
         format!("[trueup] {verb}: {} holds again", s("invariant"))
     } else {
@@ -204,6 +236,9 @@ pub fn text(payload: &serde_json::Value) -> (String, String) {
             .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
             .collect();
         body.push_str(&format!("labels:    {}\n", list.join(" ")));
+    }
+    if let Some(held) = payload.get("held").filter(|h| h.is_object()) {
+        body.push_str(&format!("held:      {}\n", held_line(held)));
     }
     if let Some(d) = payload["description"].as_str() {
         body.push_str(&format!("\n{d}\n"));
@@ -241,6 +276,27 @@ pub fn text(payload: &serde_json::Value) -> (String, String) {
     }
     body.push_str(&format!("\ndedup key: {}\n", s("dedup_key")));
     (subject, body)
+}
+
+/// What a silence held of a notice, in one line.
+pub(super) fn held_line(held: &serde_json::Value) -> String {
+    let kinds: Vec<String> = held["kinds"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    format!(
+        "{} notice(s) ({}) from {} to {} were held by silence {} ({}, by {}), which ended at {}; it still fires",
+        held["notices"],
+        kinds.join(", "),
+        held["first_at"].as_str().unwrap_or(""),
+        held["last_at"].as_str().unwrap_or(""),
+        held["silence"],
+        held["reason"].as_str().unwrap_or(""),
+        held["created_by"].as_str().unwrap_or(""),
+        held["ended_at"].as_str().unwrap_or(""),
+    )
 }
 
 /// Why a channel could not be opened or a notice not delivered (recorded with the notice,

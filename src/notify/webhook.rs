@@ -27,10 +27,10 @@ impl WebhookSender {
     }
 
     pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
-        let body = match self.format {
-            WebhookFormat::Json => payload.clone(),
-            WebhookFormat::Slack => super::formats::slack(payload),
-            WebhookFormat::PagerDuty => super::formats::pagerduty(
+        let bodies = match self.format {
+            WebhookFormat::Json => vec![payload.clone()],
+            WebhookFormat::Slack => vec![super::formats::slack(payload)],
+            WebhookFormat::PagerDuty => super::formats::pagerduty_events(
                 payload,
                 self.routing_key
                     .as_ref()
@@ -38,8 +38,21 @@ impl WebhookSender {
                     .unwrap_or_default(),
             ),
         };
-        let mut request = self.client.post(&self.url).json(&body);
-        if let Some(key) = payload["dedup_key"].as_str() {
+        // A group's events go one after another; a failure sends the whole message again,
+        // which PagerDuty's dedup keys make harmless.
+        for body in &bodies {
+            self.post(body, payload["dedup_key"].as_str()).await?;
+        }
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        body: &serde_json::Value,
+        dedup_key: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        let mut request = self.client.post(&self.url).json(body);
+        if let Some(key) = dedup_key {
             request = request.header("Idempotency-Key", key);
         }
         let response = request.send().await.map_err(|e| {

@@ -560,14 +560,20 @@ fn build_invariant(
     let mut labels_ok = true;
     for (name, value) in &raw.labels {
         // Prometheus's rule for label names, so labels can travel to any receiver.
-        let valid = name
-            .chars()
-            .enumerate()
-            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
-        if name.is_empty() || !valid {
+        if !crate::domain::is_label_name(name) {
             ctx.error(
                 value.referenced,
                 format!("labels: `{name}` is not a label name; use letters, digits and `_`, not starting with a digit (e.g. `team`, `service_tier`)"),
+            );
+            labels_ok = false;
+        } else if crate::domain::RESERVED_LABELS.contains(&name.as_str()) {
+            // Routes and silences match these; trueup sets them from the invariant.
+            ctx.error(
+                value.referenced,
+                format!(
+                    "labels: `{name}` is set by trueup from the invariant's own `{}:` (as are `invariant`, `severity` and `owner`); use another label name",
+                    if name == "invariant" { "name" } else { name.as_str() }
+                ),
             );
             labels_ok = false;
         } else {

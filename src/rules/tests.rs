@@ -664,3 +664,19 @@ fn a_runbook_and_labels_are_read_and_their_mistakes_named_with_their_line() {
     edited.labels.clear();
     assert_eq!(edited.definition_hash(), a.definition_hash());
 }
+
+#[test]
+fn a_label_cannot_take_a_name_trueup_sets_from_the_invariant() {
+    let (_, errs) = parse(
+        "invariants:\n  - name: a\n    labels: {owner: billing, invariant: x}\n    check: {source: shop, query: SELECT 1 AS id, key: id}\n",
+    );
+    let all: String = errs.iter().map(|e| format!("{e}\n")).collect();
+    assert!(
+        all.contains("labels: `owner` is set by trueup from the invariant's own `owner:`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("labels: `invariant` is set by trueup from the invariant's own `name:`"),
+        "{all}"
+    );
+}

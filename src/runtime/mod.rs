@@ -36,8 +36,8 @@ pub struct Runtime {
     pub run_timeout: Duration,
     /// Cancelled when runs in flight must stop (end of the shutdown grace period).
     pub cancel_runs: CancellationToken,
-    /// Every configured notification channel.
-    pub channels: Arc<Vec<String>>,
+    /// Where notices go (`notifications.route`, or every channel).
+    pub route: Arc<crate::domain::Route>,
     /// Wakes the outbox worker when notices are queued.
     pub wake_outbox: Arc<tokio::sync::Notify>,
     /// This process's name among the replicas sharing the store.
@@ -217,15 +217,17 @@ async fn advance_alert(
     if next == current && notice.is_none() {
         return Ok(());
     }
-    let messages = match notice {
+    let notices = match notice {
         Some(n) => {
             let links = notice_links(invariant, runtime).await?;
-            crate::notify::messages(
+            let silences = runtime.store.silences(now, false, 1000).await?;
+            crate::notify::queued(
                 invariant,
                 n,
                 &next,
                 outcome,
-                &runtime.channels,
+                &runtime.route,
+                &silences,
                 links.as_ref(),
             )
         }
@@ -236,12 +238,13 @@ async fn advance_alert(
     )));
     runtime
         .store
-        .record_alert(name, &next, &messages, now)
+        .record_alert(name, &next, &notices, now)
         .await?;
     if let Some(n) = notice {
-        tracing::info!(invariant = %name, notice = n.as_str(), channels = messages.len(), "alert notice queued");
+        let held = notices.iter().filter(|q| q.held_by.is_some()).count();
+        tracing::info!(invariant = %name, notice = n.as_str(), channels = notices.len(), held, "alert notice queued");
     }
-    if !messages.is_empty() {
+    if !notices.is_empty() {
         runtime.wake_outbox.notify_one();
     }
     Ok(())

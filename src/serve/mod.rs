@@ -5,7 +5,7 @@
 //! no new runs, runs in flight finish within the grace period or are cancelled (and recorded
 //! as cancelled), the HTTP server stops.
 
-mod outbox;
+pub mod outbox;
 pub mod scheduler;
 mod segments;
 
@@ -136,7 +136,7 @@ impl Application {
             targets: Arc::new(targets),
             replica,
             lease: settings.lease.as_std(),
-            channels: Arc::new(channels.keys().cloned().collect()),
+            route: Arc::new(app.config.route()),
             wake_outbox: Arc::new(tokio::sync::Notify::new()),
             sources: app.sources.clone(),
             store: Arc::clone(&app.store),

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::AlertState;
 use crate::notify::Channel;
 use crate::runtime::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Release, Store, StoreError, WaitingNotice};
 
 const LEASE: TimeDelta = TimeDelta::seconds(60);
 /// Notices claimed at once. Their attempts run one after another, so every claimed notice
@@ -41,6 +42,9 @@ pub struct Worker {
 impl Worker {
     pub async fn run(self, stop: CancellationToken) {
         loop {
+            if let Err(e) = dispatch(self.store.as_ref(), Utc::now()).await {
+                tracing::error!("cannot move due notices to the outbox: {e}");
+            }
             let delivered_some = match self.store.claim_outbox(Utc::now(), LEASE, BATCH).await {
                 Ok(items) => {
                     let any = !items.is_empty();
@@ -119,6 +123,65 @@ impl Worker {
             }
         }
     }
+}
+
+/// Moves each due group of notices into the outbox as one message, holding the notices of
+/// alerts a silence now matches, after settling what ended silences held: notices of an
+/// alert still firing become one summary, those of an alert that stopped firing are dropped.
+/// Each step is one store transaction; a replica that loses a race changes nothing.
+pub async fn dispatch(store: &dyn Store, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let active = store.silences(now, false, 1000).await?;
+    let matching = |payload: &serde_json::Value, except: Option<i64>| {
+        let labels = crate::notify::labels_of(payload);
+        active
+            .iter()
+            .find(|s| Some(s.id) != except && s.matches(&labels))
+            .map(|s| s.id)
+    };
+    for silence in store.silences_to_release(now).await? {
+        let mut release = Release::default();
+        let mut by_alert: BTreeMap<(String, String), Vec<WaitingNotice>> = BTreeMap::new();
+        for n in store.held_notices(silence.id).await? {
+            match matching(&n.payload, Some(silence.id)) {
+                Some(other) => release.rehold.push((n.id, other)),
+                None => by_alert
+                    .entry((n.invariant.clone(), n.group_key.clone()))
+                    .or_default()
+                    .push(n),
+            }
+        }
+        for ((invariant, _), held) in by_alert {
+            let ids: Vec<i64> = held.iter().map(|n| n.id).collect();
+            let firing = store.alert(&invariant).await?.state == AlertState::Firing;
+            match crate::notify::summary_of_held(&held, &silence).filter(|_| firing) {
+                Some(summary) => release.summaries.push((ids, summary)),
+                None => release.dropped.extend(ids),
+            }
+        }
+        store.release_silence(&silence, &release, now).await?;
+    }
+    for mut group in store.due_notice_groups(now).await? {
+        let mut held: BTreeMap<i64, Vec<WaitingNotice>> = BTreeMap::new();
+        group.notices.retain(|n| match matching(&n.payload, None) {
+            Some(silence) => {
+                held.entry(silence).or_default().push(n.clone());
+                false
+            }
+            None => true,
+        });
+        for (silence, notices) in held {
+            store.hold_notices(&notices, silence, now).await?;
+        }
+        if group.notices.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = group.notices.iter().map(|n| n.id).collect();
+        let message = crate::notify::message_of(&group);
+        store
+            .send_notice_group(&group.group_key, &ids, &message, now)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Why one attempt to deliver a notice failed; the outbox records it with the notice.

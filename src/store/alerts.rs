@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{OutboxItem, OutboxMessage, StoreError};
+use super::{OutboxItem, QueuedNotice, StoreError};
 use crate::domain::Alert;
 
 #[async_trait]
@@ -12,12 +12,13 @@ pub trait AlertStore: Send + Sync {
     /// The invariant's alert as last recorded (inactive if never).
     async fn alert(&self, invariant: &str) -> Result<Alert, StoreError>;
 
-    /// Records the alert's new state and queues its notifications, in one transaction.
+    /// Records the alert's new state and queues its notices (each to wait for its group, or
+    /// held by a silence), in one transaction.
     async fn record_alert(
         &self,
         invariant: &str,
         alert: &Alert,
-        messages: &[OutboxMessage],
+        notices: &[QueuedNotice],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
@@ -83,7 +84,7 @@ macro_rules! impl_alert_store {
                 &self,
                 invariant: &str,
                 alert: &$crate::domain::Alert,
-                messages: &[$crate::store::OutboxMessage],
+                notices: &[$crate::store::QueuedNotice],
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
@@ -124,17 +125,8 @@ macro_rules! impl_alert_store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-                for m in messages {
-                    sqlx::query(
-                        "INSERT INTO outbox (dedup_key, channel, payload, created_at, next_attempt_at) \
-                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (dedup_key) DO NOTHING",
-                    )
-                    .bind(&m.dedup_key)
-                    .bind(&m.channel)
-                    .bind(sqlx::types::Json(&m.payload))
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
+                for n in notices {
+                    Self::insert_notice(&mut tx, n, at).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -9,6 +9,7 @@ mod actions;
 mod alerts;
 mod incidents;
 mod ledger;
+mod notices;
 mod plans;
 mod postgres;
 mod replicas;
@@ -32,6 +33,7 @@ pub use alerts::AlertStore;
 pub use incidents::{
     FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
+pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
 pub use replicas::ReplicaStore;
@@ -262,6 +264,7 @@ pub trait Store:
     + ReplicaStore
     + SegmentStore
     + AlertStore
+    + NoticeStore
     + Send
     + Sync
 {

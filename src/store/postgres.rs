@@ -83,6 +83,8 @@ super::replicas::impl_replica_store!(
     true
 );
 
+super::notices::impl_notice_store!(PgStore, sqlx::Postgres, "BEGIN");
+
 super::alerts::impl_alert_store!(
     PgStore,
     sqlx::Postgres,

@@ -69,6 +69,8 @@ super::replicas::impl_replica_store!(
     false
 );
 
+super::notices::impl_notice_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+
 super::alerts::impl_alert_store!(
     SqliteStore,
     sqlx::Sqlite,

@@ -589,19 +589,21 @@ const SLACK_BLOCK_KIT: &str = r##"{
        "anyOf": [{"required": ["text"]}, {"required": ["fields"]}],
        "properties": {"type": {"const": "section"}, "text": {"$ref": "#/$defs/text3000"},
          "fields": {"type": "array", "minItems": 1, "maxItems": 10,
-           "items": {"$ref": "#/$defs/text2000"}}}},
+           "items": {"$ref": "#/$defs/text2000"}},
+         "accessory": {"$ref": "#/$defs/button"}}},
       {"type": "object", "required": ["type", "elements"], "additionalProperties": false,
        "properties": {"type": {"const": "actions"}, "elements": {"type": "array", "minItems": 1,
-         "maxItems": 25, "items": {"type": "object", "required": ["type", "text", "url"],
-           "additionalProperties": false, "properties": {"type": {"const": "button"},
-             "text": {"$ref": "#/$defs/plain75"},
-             "url": {"type": "string", "pattern": "^https?://", "maxLength": 3000}}}}}},
+         "maxItems": 25, "items": {"$ref": "#/$defs/button"}}}},
       {"type": "object", "required": ["type", "elements"], "additionalProperties": false,
        "properties": {"type": {"const": "context"}, "elements": {"type": "array", "minItems": 1,
          "maxItems": 10, "items": {"$ref": "#/$defs/text2000"}}}}
     ]}}
   },
   "$defs": {
+    "button": {"type": "object", "required": ["type", "text", "url"],
+      "additionalProperties": false, "properties": {"type": {"const": "button"},
+        "text": {"$ref": "#/$defs/plain75"},
+        "url": {"type": "string", "pattern": "^https?://", "maxLength": 3000}}},
     "plain150": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
       "properties": {"type": {"const": "plain_text"}, "text": {"type": "string", "minLength": 1, "maxLength": 150}}},
     "plain75": {"type": "object", "required": ["type", "text"], "additionalProperties": false,
@@ -747,7 +749,7 @@ async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_sha
         Some((now - TimeDelta::hours(3), now - TimeDelta::hours(1))),
     );
     let routing_key = "R0UT1NGKEY0123456789abcdefABCDEF";
-    let channel = |format: WebhookFormat, path: &str| {
+    let channel_of = |format: WebhookFormat, path: &str| {
         trueup::notify::Channel::open(&ChannelConfig::Webhook(WebhookChannel {
             url: SecretUrl::new(format!("{base}/{path}")),
             format,
@@ -756,6 +758,7 @@ async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_sha
         }))
         .unwrap()
     };
+    let mut queued: Vec<trueup::store::QueuedNotice> = Vec::new();
     for (notice, state, open) in [
         (Notice::Firing, AlertState::Firing, 30),
         (Notice::Updated, AlertState::Firing, 45),
@@ -791,28 +794,30 @@ async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_sha
             last_violating_at: Some(now),
             last_notified_at: Some(now),
         };
-        let messages = trueup::notify::messages(
+        let messages = trueup::notify::queued(
             &inv,
             notice,
             &alert,
             &outcome,
-            &["pager".to_owned(), "chat".to_owned()],
+            &trueup::domain::Route::every_channel(vec!["pager".to_owned(), "chat".to_owned()]),
+            &[],
             Some(&links),
         );
         assert_eq!(messages.len(), 2);
+        queued.extend(messages.iter().cloned());
         for m in &messages {
-            let (format, path) = match m.channel.as_str() {
+            let (format, path) = match m.delivery.channel.as_str() {
                 "chat" => (WebhookFormat::Slack, "slack"),
                 _ => (WebhookFormat::PagerDuty, "pagerduty"),
             };
-            channel(format, &format!("{path}/{}", notice.as_str()))
+            channel_of(format, &format!("{path}/{}", notice.as_str()))
                 .deliver(&m.payload)
                 .await
                 .unwrap_or_else(|e| panic!("{path} refused the {} notice: {e}", notice.as_str()));
         }
     }
-    let bodies = bodies.lock().unwrap().clone();
-    let pd: Vec<&serde_json::Value> = bodies
+    let received = bodies.lock().unwrap().clone();
+    let pd: Vec<&serde_json::Value> = received
         .iter()
         .filter(|(_, b)| b.get("routing_key").is_some())
         .map(|(_, b)| b)
@@ -843,7 +848,7 @@ async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_sha
             "Runbook"
         ]
     );
-    let slack: Vec<&serde_json::Value> = bodies
+    let slack: Vec<&serde_json::Value> = received
         .iter()
         .filter(|(_, b)| b.get("blocks").is_some())
         .map(|(_, b)| b)
@@ -867,4 +872,329 @@ async fn slack_and_pagerduty_receivers_accept_every_notice_kind_in_their_own_sha
         samples.starts_with("```missing 1 — no right row; left: event_id=1 account=acct-4 note=x"),
         "{samples}"
     );
+
+    // The four notices as one group on each channel: Slack takes one message listing each,
+    // PagerDuty one event per notice.
+    bodies.lock().unwrap().clear();
+    for (channel, format, path) in [
+        ("chat", WebhookFormat::Slack, "slack/group"),
+        ("pager", WebhookFormat::PagerDuty, "pagerduty/group"),
+    ] {
+        let notices: Vec<trueup::store::WaitingNotice> = queued
+            .iter()
+            .filter(|q| q.delivery.channel == channel)
+            .enumerate()
+            .map(|(i, q)| trueup::store::WaitingNotice {
+                id: i as i64 + 1,
+                invariant: q.invariant.clone(),
+                notice: q.notice.clone(),
+                channel: channel.into(),
+                group_key: q.delivery.group_key.clone(),
+                group_labels: Default::default(),
+                payload: q.payload.clone(),
+                created_at: now,
+                silenced_by: None,
+            })
+            .collect();
+        let group = trueup::notify::message_of(&trueup::store::NoticeGroup {
+            group_key: format!("{channel}/0/{{}}"),
+            channel: channel.into(),
+            group_labels: Default::default(),
+            notices,
+        });
+        channel_of(format, path)
+            .deliver(&group.payload)
+            .await
+            .unwrap_or_else(|e| panic!("{path} refused the group: {e}"));
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    let slack_group = &bodies
+        .iter()
+        .find(|(_, b)| b.get("blocks").is_some())
+        .unwrap()
+        .1;
+    assert_eq!(slack_group["text"], "[trueup] 3 firing, 1 resolved");
+    let sections: Vec<&str> = slack_group["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "section")
+        .map(|b| b["text"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(sections.len(), 4, "one section per notice: {sections:#?}");
+    assert!(sections[0].starts_with("*FIRING high order-events-billed: 30 open violation(s)*"));
+    assert!(sections[3].starts_with("*RESOLVED: order-events-billed holds again*"));
+    let events: Vec<&str> = bodies
+        .iter()
+        .filter(|(_, b)| b.get("routing_key").is_some())
+        .map(|(_, b)| b["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["trigger", "trigger", "trigger", "resolve"]);
+}
+
+/// The demo's five invariants twice over (the copies named `…-eu`): ten alerts firing in one
+/// outage.
+fn ten_invariants(dir: &Path) {
+    let rules = std::fs::read_to_string(dir.join("invariants/demo.yaml")).unwrap();
+    let copies: String = rules
+        .lines()
+        .map(|l| match l.strip_prefix("  - name: ") {
+            Some(name) => format!("  - name: {name}-eu\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join("invariants/eu.yaml"), copies).unwrap();
+}
+
+#[tokio::test]
+async fn ten_invariants_failing_in_one_outage_send_one_grouped_notice_per_channel_and_a_silence_holds_only_its_own()
+ {
+    use crate::serve::{OPERATOR, call, tokens_yaml};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = webhook_listener().await;
+    let port = free_port();
+    let smtp = SmtpServer::start(port, &dir.path().join("maildir"));
+    let config = demo(
+        dir.path(),
+        &format!(
+            "{}notifications:\n  channels:\n    ops:\n      webhook: {{url: \"{url}\"}}\n    oncall:\n      email: {{smtp: \"smtp://127.0.0.1:{port}\", from: trueup@example.com, to: [oncall@example.com]}}\n  route:\n    group_by: []\n    group_wait: 4s\n    group_interval: 1h\n",
+            tokens_yaml("")
+        ),
+    )
+    .await;
+    ten_invariants(dir.path());
+    let config_path = config.file.clone().unwrap();
+
+    // Maintenance on the EU ledger: its alert is silenced from the CLI before anything runs.
+    let out = crate::helpers::trueup_cli(&config_path, "ana")
+        .args([
+            "silence",
+            "add",
+            "-m",
+            "invariant=payments-ledger-eu",
+            "--for",
+            "1h",
+        ])
+        .args(["--reason", "EU ledger maintenance"])
+        .output()
+        .unwrap();
+    let said = crate::helpers::combined_output(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "silence 1 holds the notices of alerts matching invariant=\"payments-ledger-eu\" until"
+        ) && said.contains("it matches 1 now: payments-ledger-eu"),
+        "{said}"
+    );
+
+    let server = crate::helpers::TestServer::start(config).await;
+    let store = Arc::clone(&server.store);
+    wait_for(
+        "the grouped webhook notice",
+        Duration::from_secs(30),
+        || async { !received.lock().unwrap().is_empty() },
+    )
+    .await;
+    wait_for("the grouped email", Duration::from_secs(15), || {
+        let smtp = &smtp;
+        async move { !smtp.messages().is_empty() }
+    })
+    .await;
+    // More runs with the same evidence: nothing more is sent (group_interval is an hour).
+    let runs = store
+        .runs(Some("payments-ledger"), 100)
+        .await
+        .unwrap()
+        .len();
+    wait_for("three more runs", Duration::from_secs(10), || async {
+        store
+            .runs(Some("payments-ledger"), 100)
+            .await
+            .unwrap()
+            .len()
+            >= runs + 3
+    })
+    .await;
+
+    let expected: Vec<String> = [
+        "fulfilled-orders-paid",
+        "order-events-billed",
+        "payment-lifecycle",
+        "payments-ledger",
+        "subscriptions-entitlements",
+    ]
+    .iter()
+    .flat_map(|n| [n.to_string(), format!("{n}-eu")])
+    .filter(|n| n != "payments-ledger-eu")
+    .collect();
+    {
+        let got = received.lock().unwrap();
+        assert_eq!(got.len(), 1, "one message on the webhook: {got:#?}");
+        let (key, group) = &got[0];
+        assert_eq!(group["kind"], "group");
+        assert_eq!(key.as_deref(), group["dedup_key"].as_str());
+        let mut names: Vec<String> = group["invariants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        let mut want = expected.clone();
+        want.sort();
+        assert_eq!(names, want, "nine invariants; the silenced one is held");
+        assert_eq!(group["firing"], 9);
+        assert_eq!(group["notices"].as_array().unwrap().len(), 9);
+        assert!(
+            group["notices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["notice"] == "firing")
+        );
+    }
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "one email");
+    let mail = read_email(&mails[0]);
+    assert_eq!(mail["subject"], "[trueup] FIRING: 9 invariants", "{mail:#}");
+    let plain = mail["text/plain"].as_str().unwrap();
+    let html = mail["text/html"].as_str().unwrap();
+    for name in &expected {
+        assert!(
+            plain.contains(&format!(" {name}: ")),
+            "{name}\n---\n{plain}"
+        );
+        assert!(html.contains(name.as_str()), "{name}");
+    }
+    assert!(!plain.contains("payments-ledger-eu"), "{plain}");
+    assert!(
+        plain.contains("FIRING critical payments-ledger: 8 open violation(s)"),
+        "{plain}"
+    );
+
+    // Both went out once the group had waited group_wait after its first notice, not before.
+    let audit = store
+        .audit_log(
+            &trueup::store::AuditFilter::default(),
+            trueup::store::AuditPage::After(None),
+            500,
+        )
+        .await
+        .unwrap();
+    let first_firing = audit
+        .iter()
+        .filter(|e| e.action == "alert.firing")
+        .map(|e| e.at)
+        .min()
+        .unwrap();
+    for m in store.outbox(10).await.unwrap() {
+        let waited = (m.created_at - first_firing).as_seconds_f64();
+        assert!(
+            (4.0..6.5).contains(&waited),
+            "queued {waited:.2}s after the first firing"
+        );
+    }
+    let of = |action: &str| -> Vec<(String, String)> {
+        audit
+            .iter()
+            .filter(|e| e.action == action)
+            .map(|e| (e.actor.clone(), e.target.clone()))
+            .collect()
+    };
+    let mut grouped = of("notice.grouped");
+    grouped.sort();
+    assert_eq!(
+        grouped,
+        [
+            ("scheduler".to_owned(), "channel:oncall".to_owned()),
+            ("scheduler".to_owned(), "channel:ops".to_owned())
+        ]
+    );
+    assert_eq!(
+        of("notice.held"),
+        vec![
+            (
+                "scheduler".to_owned(),
+                "invariant:payments-ledger-eu".to_owned()
+            );
+            2
+        ],
+        "held on both channels"
+    );
+    assert_eq!(
+        of("silence.create"),
+        [("cli:ana".to_owned(), "silence:1".to_owned())]
+    );
+    // The silenced alert still changed state: it fires, only its notices were held.
+    assert_eq!(
+        store.alert("payments-ledger-eu").await.unwrap().state,
+        trueup::domain::AlertState::Firing
+    );
+
+    // The maintenance ends early (through the API); the alert still fires: one summary.
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/api/v1/silences/1/expire", server.base),
+        Some(OPERATOR),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["state"], "expired");
+    assert_eq!(view["expired_by"], "otto");
+    wait_for(
+        "the summary of the held notices",
+        Duration::from_secs(15),
+        || async { received.lock().unwrap().len() >= 2 && smtp.messages().len() >= 2 },
+    )
+    .await;
+    let summary = received.lock().unwrap()[1].1.clone();
+    assert_eq!(summary["kind"], "notice");
+    assert_eq!(summary["invariant"], "payments-ledger-eu");
+    assert_eq!(summary["notice"], "repeat");
+    assert_eq!(summary["held"]["notices"], 1);
+    assert_eq!(summary["held"]["reason"], "EU ledger maintenance");
+    // The maildir lists messages in no particular order.
+    let mail = smtp
+        .messages()
+        .iter()
+        .map(|m| read_email(m))
+        .find(|m| m["subject"] != "[trueup] FIRING: 9 invariants")
+        .unwrap();
+    assert_eq!(
+        mail["subject"],
+        "[trueup] STILL FIRING after a silence critical payments-ledger-eu: 8 open violation(s)"
+    );
+    assert!(
+        mail["text/plain"]
+            .as_str()
+            .unwrap()
+            .contains("held:      1 notice(s) (1 firing) from "),
+        "{mail:#}"
+    );
+    let audit = store
+        .audit_trail(
+            &["silence:1".to_owned()],
+            first_firing - chrono::TimeDelta::hours(1),
+            10,
+        )
+        .await
+        .unwrap();
+    let trail: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("silence.create", "cli:ana"),
+            ("silence.expire", "otto"),
+            ("silence.end", "scheduler")
+        ]
+    );
+    assert_eq!(
+        audit[2].details["summarised"],
+        serde_json::json!(["payments-ledger-eu"])
+    );
+    server.stop().await;
 }

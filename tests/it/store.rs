@@ -424,8 +424,9 @@ async fn the_audit_log_is_append_only_on_both_backends() {
 }
 
 async fn outbox_story(store: Arc<dyn Store>) {
+    use trueup::domain::Delivery;
     use trueup::domain::{Alert, AlertState};
-    use trueup::store::OutboxMessage;
+    use trueup::store::QueuedNotice;
     let now = Utc::now();
     assert_eq!(store.alert("inv").await.unwrap(), Alert::inactive());
     let firing = Alert {
@@ -434,11 +435,20 @@ async fn outbox_story(store: Arc<dyn Store>) {
         last_violating_at: Some(now),
         last_notified_at: Some(now),
     };
-    let messages: Vec<OutboxMessage> = (0..6)
-        .map(|i| OutboxMessage {
-            dedup_key: format!("inv:firing:{i}"),
-            channel: "ops".into(),
-            payload: json!({"i": i}),
+    // Six notices, each in a group of its own with no wait: each goes out as it is.
+    let messages: Vec<QueuedNotice> = (0..6)
+        .map(|i| QueuedNotice {
+            invariant: "inv".into(),
+            notice: "firing".into(),
+            delivery: Delivery {
+                channel: "ops".into(),
+                group_key: format!("ops/0/{{invariant=inv-{i}}}"),
+                group_labels: Default::default(),
+                group_wait: chrono::TimeDelta::zero(),
+                group_interval: chrono::TimeDelta::zero(),
+            },
+            payload: json!({"i": i, "dedup_key": format!("inv:firing:{i}"), "invariant": "inv"}),
+            held_by: None,
         })
         .collect();
     store
@@ -478,6 +488,21 @@ async fn outbox_story(store: Arc<dyn Store>) {
     assert_eq!(
         back.active_since.map(|t| t.timestamp_millis()),
         Some(now.timestamp_millis())
+    );
+
+    // The notices move to the outbox, each once, whoever moves them.
+    let (a, b) = tokio::join!(
+        trueup::serve::outbox::dispatch(store.as_ref(), now),
+        trueup::serve::outbox::dispatch(store.as_ref(), now)
+    );
+    a.unwrap();
+    b.unwrap();
+    let queued = store.outbox(20).await.unwrap();
+    assert_eq!(queued.len(), 6, "{queued:#?}");
+    assert!(
+        queued
+            .iter()
+            .all(|m| m.message.dedup_key.starts_with("inv:firing:"))
     );
 
     // Two workers claiming at once get disjoint messages; together, all six.
@@ -976,4 +1001,233 @@ async fn runs_record_what_a_consistency_objective_needs_on_both_backends() {
     let pg = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
     slo_story(pg.as_ref()).await;
     pg.close().await;
+}
+
+/// Groups, silences and their release: what every backend must do identically.
+async fn notice_story(store: Arc<dyn Store>) {
+    use chrono::TimeDelta;
+    use trueup::domain::{Alert, AlertState, NewSilence, Route};
+    use trueup::serve::outbox::dispatch;
+    use trueup::store::{QueuedNotice, SilenceExpiry};
+    let t0 = Utc::now();
+    let route = {
+        let mut r = Route::every_channel(vec!["mail".into()]);
+        r.group_by = trueup::domain::GroupBy::Labels(vec!["owner".into()]);
+        r.group_wait = TimeDelta::seconds(30);
+        r.group_interval = TimeDelta::minutes(5);
+        r
+    };
+    let firing = Alert {
+        state: AlertState::Firing,
+        active_since: Some(t0),
+        last_violating_at: Some(t0),
+        last_notified_at: Some(t0),
+    };
+    let notice = |invariant: &str, kind: &str, run: u32, held_by: Option<i64>| {
+        let labels = trueup::domain::AlertLabels(
+            [
+                ("invariant", invariant),
+                ("owner", "payments"),
+                ("severity", "high"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        QueuedNotice {
+            invariant: invariant.into(),
+            notice: kind.into(),
+            delivery: route.deliveries(&labels).remove(0),
+            payload: json!({"kind": "notice", "dedup_key": format!("{invariant}:{kind}:run-{run}:mail"),
+                "invariant": invariant, "owner": "payments", "severity": "high", "notice": kind}),
+            held_by,
+        }
+    };
+    // A silence on `c` only.
+    let silence = store
+        .create_silence(
+            &NewSilence::parse(
+                &["invariant=c".into()],
+                TimeDelta::hours(1),
+                "ledger maintenance",
+                t0,
+            )
+            .unwrap(),
+            "cli:ana",
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.silences(t0, false, 10).await.unwrap(),
+        std::slice::from_ref(&silence)
+    );
+    for (name, held) in [("a", None), ("b", None), ("c", Some(silence.id))] {
+        store
+            .record_alert(name, &firing, &[notice(name, "firing", 1, held)], t0)
+            .await
+            .unwrap();
+    }
+    // Within group_wait nothing goes out; at its end, a and b together; c is held.
+    dispatch(store.as_ref(), t0 + TimeDelta::seconds(29))
+        .await
+        .unwrap();
+    assert!(store.outbox(10).await.unwrap().is_empty());
+    let t1 = t0 + TimeDelta::seconds(30);
+    dispatch(store.as_ref(), t1).await.unwrap();
+    let out = store.outbox(10).await.unwrap();
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].message.payload["kind"], "group");
+    assert_eq!(out[0].message.payload["invariants"], json!(["a", "b"]));
+    // Another notice of the group waits for group_interval after the last one.
+    store
+        .record_alert(
+            "b",
+            &firing,
+            &[notice("b", "updated", 2, None)],
+            t1 + TimeDelta::seconds(1),
+        )
+        .await
+        .unwrap();
+    dispatch(store.as_ref(), t1 + TimeDelta::minutes(4))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+    dispatch(store.as_ref(), t1 + TimeDelta::minutes(5))
+        .await
+        .unwrap();
+    let out = store.outbox(10).await.unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].message.dedup_key, "b:updated:run-2:mail",
+        "alone, as it is"
+    );
+
+    // The silence ends early; c still fires: its held notices become one summary.
+    let t2 = t1 + TimeDelta::minutes(10);
+    let expired = store
+        .expire_silence(silence.id, "cli:bo", t2)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&expired, SilenceExpiry::Expired(s) if s.expired_by.as_deref() == Some("cli:bo"))
+    );
+    assert!(matches!(
+        store
+            .expire_silence(silence.id, "cli:bo", t2)
+            .await
+            .unwrap(),
+        SilenceExpiry::AlreadyEnded(_)
+    ));
+    assert_eq!(
+        store.expire_silence(9999, "cli:bo", t2).await.unwrap(),
+        SilenceExpiry::NotFound
+    );
+    assert!(store.silences(t2, false, 10).await.unwrap().is_empty());
+    assert_eq!(store.silences(t2, true, 10).await.unwrap().len(), 1);
+    dispatch(store.as_ref(), t2).await.unwrap();
+    let out = store.outbox(10).await.unwrap();
+    assert_eq!(out.len(), 3, "{out:#?}");
+    let summary = &out[0].message.payload;
+    assert_eq!(summary["invariant"], "c");
+    assert_eq!(summary["held"]["notices"], 1);
+    assert_eq!(summary["held"]["silence"], silence.id);
+    // Released once: a second pass finds nothing to settle.
+    dispatch(store.as_ref(), t2 + TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox(10).await.unwrap().len(), 3);
+
+    // A silence over an alert that stops firing: its held notices are dropped, not sent.
+    let t3 = t2 + TimeDelta::minutes(1);
+    let second = store
+        .create_silence(
+            &NewSilence::parse(&["invariant=d".into()], TimeDelta::minutes(5), "deploy", t3)
+                .unwrap(),
+            "cli:ana",
+            t3,
+        )
+        .await
+        .unwrap();
+    store
+        .record_alert(
+            "d",
+            &firing,
+            &[notice("d", "firing", 1, Some(second.id))],
+            t3,
+        )
+        .await
+        .unwrap();
+    store
+        .record_alert(
+            "d",
+            &Alert::inactive(),
+            &[notice("d", "resolved", 2, Some(second.id))],
+            t3,
+        )
+        .await
+        .unwrap();
+    dispatch(store.as_ref(), t3 + TimeDelta::minutes(6))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox(10).await.unwrap().len(), 3, "nothing about d");
+
+    let audit: Vec<(String, String)> = store
+        .audit_trail(
+            &[
+                format!("silence:{}", silence.id),
+                format!("silence:{}", second.id),
+                "invariant:c".into(),
+                "invariant:d".into(),
+                "channel:mail".into(),
+            ],
+            t0 - TimeDelta::seconds(1),
+            50,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.action.starts_with("alert."))
+        .map(|e| (e.action, e.target))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            (
+                "silence.create".to_owned(),
+                format!("silence:{}", silence.id)
+            ),
+            ("notice.held".to_owned(), "invariant:c".to_owned()),
+            ("notice.grouped".to_owned(), "channel:mail".to_owned()),
+            (
+                "silence.expire".to_owned(),
+                format!("silence:{}", silence.id)
+            ),
+            ("silence.end".to_owned(), format!("silence:{}", silence.id)),
+            (
+                "silence.create".to_owned(),
+                format!("silence:{}", second.id)
+            ),
+            ("notice.held".to_owned(), "invariant:d".to_owned()),
+            ("notice.held".to_owned(), "invariant:d".to_owned()),
+            ("silence.end".to_owned(), format!("silence:{}", second.id)),
+        ]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn notices_group_and_silences_hold_and_release_them_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    notice_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn notices_group_and_silences_hold_and_release_them_on_postgres() {
+    let db = TestPg::new().await;
+    notice_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }

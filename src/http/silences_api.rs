@@ -116,40 +116,41 @@ pub(super) async fn create(
             "send a JSON body {\"matchers\": [\"invariant=orders-billed\"], \"duration\": \"2h\", \"reason\": \"...\"}",
         ));
     };
-    let now = Utc::now();
-    let new = NewSilence::parse(
+    let view = create_silence(
+        &state.runtime,
         &body.matchers,
         body.duration.parse().as_chrono(),
         &body.reason.0,
-        now,
+        &caller.name,
     )
-    .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let silence = state
-        .runtime
-        .store
-        .create_silence(&new, &caller.name, now)
-        .await?;
-    let view = SilenceView::of(&silence, now, &state.runtime.catalog.snapshot());
+    .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub(super) async fn expire(
-    State(state): State<HttpState>,
-    Extension(caller): Extension<Caller>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<SilenceView>, ApiError> {
+/// Records a silence as `actor`'s (the API and the console both create them here).
+pub(super) async fn create_silence(
+    runtime: &crate::runtime::Runtime,
+    matchers: &[String],
+    length: chrono::TimeDelta,
+    reason: &str,
+    actor: &str,
+) -> Result<SilenceView, ApiError> {
     let now = Utc::now();
-    match state
-        .runtime
-        .store
-        .expire_silence(id, &caller.name, now)
-        .await?
-    {
-        SilenceExpiry::Expired(s) => Ok(Json(SilenceView::of(
-            &s,
-            now,
-            &state.runtime.catalog.snapshot(),
-        ))),
+    let new = NewSilence::parse(matchers, length, reason, now)
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let silence = runtime.store.create_silence(&new, actor, now).await?;
+    Ok(SilenceView::of(&silence, now, &runtime.catalog.snapshot()))
+}
+
+/// Ends a silence now as `actor`; 404 if there is none, 409 if it had ended.
+pub(super) async fn expire_silence(
+    runtime: &crate::runtime::Runtime,
+    id: i64,
+    actor: &str,
+) -> Result<SilenceView, ApiError> {
+    let now = Utc::now();
+    match runtime.store.expire_silence(id, actor, now).await? {
+        SilenceExpiry::Expired(s) => Ok(SilenceView::of(&s, now, &runtime.catalog.snapshot())),
         SilenceExpiry::AlreadyEnded(s) => Err(ApiError::conflict(format!(
             "silence {id} had already ended at {}",
             s.ended_at().to_rfc3339()
@@ -158,4 +159,14 @@ pub(super) async fn expire(
             "no silence {id}; GET /api/v1/silences?all=true lists them"
         ))),
     }
+}
+
+pub(super) async fn expire(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<SilenceView>, ApiError> {
+    Ok(Json(
+        expire_silence(&state.runtime, id, &caller.name).await?,
+    ))
 }

@@ -405,3 +405,88 @@ async fn the_demo_prints_one_step_to_a_signed_in_console() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+#[tokio::test]
+async fn silences_are_added_listed_and_expired_from_the_cli_and_mistakes_explained() {
+    use crate::helpers::{combined_output as text, trueup_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(dir.path(), None, "").await;
+    let config = config.file.unwrap();
+    let run = |args: &[&str]| {
+        let out = trueup_cli(&config, "ana").args(args).output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, out) = run(&[
+        "silence", "add", "-m", "team", "--for", "1h", "--reason", "x",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("error: matcher 1: `team` is not a matcher; write label=value"),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "silence",
+        "add",
+        "-m",
+        "team=billing",
+        "--for",
+        "soon",
+        "--reason",
+        "x",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("error: --for: "), "{out}");
+    let (code, out) = run(&[
+        "silence",
+        "add",
+        "-m",
+        "team=billing",
+        "--for",
+        "2h",
+        "--reason",
+        "orders replay",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("it matches 1 now: order-events-billed"),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "silence",
+        "add",
+        "-m",
+        "team=nobody",
+        "--for",
+        "2h",
+        "--reason",
+        "typo",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("note: it matches none of the 5 invariants loaded now"),
+        "{out}"
+    );
+    let (_, out) = run(&["silence", "list"]);
+    assert!(
+        out.contains("orders replay")
+            && out.contains("order-events-billed")
+            && out.contains("cli:ana"),
+        "{out}"
+    );
+    let (code, out) = run(&["silence", "expire", "2"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("silence 2 expired"), "{out}");
+    let (_, out) = run(&["silence", "expire", "2"]);
+    assert!(out.contains("silence 2 had already ended at "), "{out}");
+    let (code, out) = run(&["silence", "expire", "7"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.contains("error: no silence 7; `trueup silence list --all` lists them"),
+        "{out}"
+    );
+    let (_, out) = run(&["silence", "list", "-f", "json"]);
+    let active: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(active.as_array().unwrap().len(), 1, "{out}");
+    let (_, out) = run(&["silence", "list", "--all"]);
+    assert!(out.contains("expired by cli:ana"), "{out}");
+}

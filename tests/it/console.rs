@@ -1057,3 +1057,95 @@ async fn busy_while_sent(b: &crate::browser::Browser, id: &str, says: &str) {
     );
     b.client.execute(&undo, vec![]).await.unwrap();
 }
+
+// Multi-threaded: the server under test and the browser's client share the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_silences_an_invariant_from_its_page_and_ends_the_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_demo_until_firing(dir.path(), INVARIANT).await;
+    let (base, store) = (server.base.clone(), std::sync::Arc::clone(&server.store));
+    let b = crate::browser::open().await;
+    b.sign_in(&base, crate::serve::OPERATOR).await;
+
+    // From the invariant's page, the form comes prefilled with its matcher.
+    b.goto(&format!("{base}/ui/invariants/{INVARIANT}")).await;
+    b.click("#silence-link").await;
+    b.wait_for("the silences page", Duration::from_secs(10), |s| {
+        s.contains("id=\"new-silence\"")
+    })
+    .await;
+    assert_eq!(b.text("#silence-count").await, "0 silences active");
+    b.fill("input[name=reason]", "entitlements migration").await;
+    b.fill("input[name=duration]", "90m").await;
+    b.click("#create-silence").await;
+    b.wait_for("the silence", Duration::from_secs(10), |s| {
+        s.contains("id=\"silence-1\"")
+    })
+    .await;
+    assert_eq!(b.text("#silence-count").await, "1 silence active");
+    let row = b.text("#silence-1").await;
+    for says in [
+        "active",
+        &format!("invariant=\"{INVARIANT}\""),
+        "entitlements migration",
+        "otto",
+        "End now",
+    ] {
+        assert!(row.contains(says), "{says:?} in {row:?}");
+    }
+    assert_eq!(
+        b.text("#silence-1 td:nth-of-type(3)").await,
+        INVARIANT,
+        "matches now"
+    );
+    b.screenshot("silences").await;
+
+    // The invariant's page says its notices are silenced; the alert is still shown firing.
+    b.goto(&format!("{base}/ui/invariants/{INVARIANT}")).await;
+    let banner = b.text("#silenced-1").await;
+    assert!(
+        banner.starts_with("Notices silenced until ")
+            && banner.contains("by otto: entitlements migration"),
+        "{banner}"
+    );
+    assert_eq!(b.text("h1 .state").await, "firing");
+    assert!(!b.exists("#silence-link").await, "already silenced");
+
+    // Ended early: it says so, and the page offers the link again.
+    b.goto(&format!("{base}/ui/silences")).await;
+    b.click("#silence-1 button").await;
+    b.wait_for("the silence ended", Duration::from_secs(10), |s| {
+        s.contains("0 silences active")
+    })
+    .await;
+    let row = b.text("#silence-1").await;
+    assert!(
+        row.contains("expired") && row.contains("ended by otto"),
+        "{row}"
+    );
+    assert!(!b.exists("#silence-1 button").await);
+    b.goto(&format!("{base}/ui/invariants/{INVARIANT}")).await;
+    assert!(b.exists("#silence-link").await);
+
+    let trail: Vec<(String, String)> = store
+        .audit_trail(
+            &["silence:1".to_owned()],
+            chrono::Utc::now() - chrono::TimeDelta::hours(1),
+            10,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.actor))
+        .filter(|(a, _)| a != "silence.end")
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("silence.create".to_owned(), "otto".to_owned()),
+            ("silence.expire".to_owned(), "otto".to_owned())
+        ]
+    );
+    b.close().await;
+    server.stop().await;
+}

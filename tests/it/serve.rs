@@ -834,3 +834,80 @@ async fn invariant_files_reload_on_change_and_a_bad_reload_keeps_the_running_set
     assert_eq!(runs("fulfilled-orders-paid").await.unwrap(), removed_runs);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_creates_lists_and_expires_silences_and_explains_what_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::demo_with(dir.path(), None, &tokens_yaml("")).await;
+    let server = crate::helpers::TestServer::start(config).await;
+    let client = reqwest::Client::new();
+    let create = |token: &'static str, body: serde_json::Value| {
+        let request = client
+            .post(format!("{}/api/v1/silences", server.base))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let body = serde_json::json!({
+        "matchers": ["owner=payments-team", "severity=~\"critical|high\""],
+        "duration": "2h",
+        "reason": "ledger upgrade"
+    });
+    // A viewer may look, not silence.
+    assert_eq!(create(VIEWER, body.clone()).await.0, 403);
+    let (status, created) = create(OPERATOR, body).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["created_by"], "otto");
+    assert_eq!(
+        created["matchers"],
+        serde_json::json!(["owner=\"payments-team\"", "severity=~\"critical|high\""])
+    );
+    assert_eq!(
+        created["matches_now"],
+        serde_json::json!(["payments-ledger"])
+    );
+    for (body, says) in [
+        (
+            serde_json::json!({"matchers": ["team"], "duration": "1h", "reason": "x"}),
+            "matcher 1: `team` is not a matcher",
+        ),
+        (
+            serde_json::json!({"matchers": ["owner=~.*"], "duration": "1h", "reason": "x"}),
+            "these matchers match every alert",
+        ),
+        (
+            serde_json::json!({"matchers": ["owner=a"], "duration": "31d", "reason": "x"}),
+            "a silence must last between 1 minute and 30 days",
+        ),
+    ] {
+        let (status, error) = create(OPERATOR, body).await;
+        assert_eq!(status, 422, "{error}");
+        assert!(error["message"].as_str().unwrap().contains(says), "{error}");
+    }
+    let (status, list) = get(&format!("{}/api/v1/silences", server.base)).await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let expire = |id: i64| {
+        let url = format!("{}/api/v1/silences/{id}/expire", server.base);
+        async move { call(reqwest::Method::POST, &url, Some(OPERATOR)).await }
+    };
+    let id = created["id"].as_i64().unwrap();
+    let (status, expired) = expire(id).await;
+    assert_eq!(status, 200, "{expired}");
+    assert!(expired.contains("\"state\":\"expired\""), "{expired}");
+    let (status, again) = expire(id).await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again.contains("had already ended"), "{again}");
+    assert_eq!(expire(999).await.0, 404);
+    let (_, active) = get(&format!("{}/api/v1/silences", server.base)).await;
+    assert!(active.contains("\"items\":[]"), "{active}");
+    let (_, all) = get(&format!("{}/api/v1/silences?all=true", server.base)).await;
+    assert!(all.contains("ledger upgrade"), "{all}");
+    server.stop().await;
+}

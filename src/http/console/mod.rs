@@ -190,6 +190,24 @@ pub fn pages() -> Vec<Page> {
             Some(Operator),
             post(pages::incident_close),
         ),
+        page(
+            Method::GET,
+            "/ui/silences",
+            Some(Viewer),
+            get(pages::silences::silences),
+        ),
+        page(
+            Method::POST,
+            "/ui/silences",
+            Some(Operator),
+            post(pages::silences::create),
+        ),
+        page(
+            Method::POST,
+            "/ui/silences/{id}/expire",
+            Some(Operator),
+            post(pages::silences::expire),
+        ),
         page(Method::GET, "/ui/audit", Some(Admin), get(pages::audit)),
     ]
 }
@@ -226,6 +244,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("audit.html", include_str!("templates/audit.html")),
         ("replay.html", include_str!("templates/replay.html")),
         ("incidents.html", include_str!("templates/incidents.html")),
+        ("silences.html", include_str!("templates/silences.html")),
         ("incident.html", include_str!("templates/incident.html")),
     ] {
         env.add_template(name, source)

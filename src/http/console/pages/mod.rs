@@ -5,6 +5,7 @@ mod overview;
 mod plans;
 mod replay;
 mod sign_in;
+pub(in crate::http::console) mod silences;
 
 pub(in crate::http::console) use incidents::*;
 pub(in crate::http::console) use overview::*;

@@ -274,6 +274,17 @@ pub(in crate::http::console) async fn invariant(
         })
         .collect();
     let board = state.runtime.board.get(&name);
+    let now = Utc::now();
+    let labels = crate::domain::AlertLabels::of(&inv);
+    let silenced: Vec<crate::http::silences_api::SilenceView> = state
+        .runtime
+        .store
+        .silences(now, false, 500)
+        .await?
+        .iter()
+        .filter(|s| s.matches(&labels))
+        .map(|s| crate::http::silences_api::SilenceView::of(s, now, std::slice::from_ref(&*inv)))
+        .collect();
     Ok(render(
         &session,
         "invariant.html",
@@ -291,7 +302,10 @@ pub(in crate::http::console) async fn invariant(
                 replay => inv.replay.is_some(),
                 definition => serde_json::to_string_pretty(&crate::http::api::definition(&inv)).unwrap_or_default(),
                 defined_at => format!("{}:{}", inv.defined_at.0.display(), inv.defined_at.1),
+                labels => inv.labels.clone(),
+                runbook_url => inv.runbook_url.as_ref().map(ToString::to_string),
             },
+            silenced => serde(&silenced),
             state => state_name(board.as_ref()),
             runs => serde(&runs),
             violations => violations,

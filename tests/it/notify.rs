@@ -295,30 +295,32 @@ async fn email_sent_while_the_smtp_server_is_down_arrives_once_it_is_back() {
     );
 }
 
+/// `trueup serve` on `dir`'s config as a process of its own, logging to `serve-N.log`.
+fn serve_process(dir: &Path, n: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .args([
+            "--config",
+            "trueup.yaml",
+            "--log",
+            "info",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn notices_queued_before_a_crash_are_delivered_after_the_restart_exactly_once() {
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on the webhook's port yet: deliveries fail and stay queued.
     let port = free_port();
     demo(dir.path(), &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"http://127.0.0.1:{port}/hook\"}}\n")).await;
-    let spawn = |n: u32| {
-        Command::new(env!("CARGO_BIN_EXE_trueup"))
-            .args([
-                "--config",
-                "trueup.yaml",
-                "--log",
-                "info",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(format!("serve-{n}.log"))).unwrap())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |n: u32| serve_process(dir.path(), n);
     // Migrate before the process starts, so the two never race on a fresh file.
     let store = trueup::store::open(&Config::load(&dir.path().join("trueup.yaml")).unwrap().store)
         .await
@@ -1197,4 +1199,72 @@ async fn ten_invariants_failing_in_one_outage_send_one_grouped_notice_per_channe
         serde_json::json!(["payments-ledger-eu"])
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_still_waiting_when_trueup_is_killed_goes_out_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, received) = webhook_listener().await;
+    demo(
+        dir.path(),
+        &format!("notifications:\n  channels:\n    ops:\n      webhook: {{url: \"{url}\"}}\n  route:\n    group_wait: 8s\n"),
+    )
+    .await;
+    let store = trueup::store::open(&Config::load(&dir.path().join("trueup.yaml")).unwrap().store)
+        .await
+        .unwrap();
+    let mut first = serve_process(dir.path(), 1);
+    // The five firing notices wait in their group; the process dies before it is due.
+    let far = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    wait_for(
+        "five notices waiting in one group",
+        Duration::from_secs(15),
+        || async {
+            let groups = store.due_notice_groups(far).await.unwrap();
+            groups.len() == 1 && groups[0].notices.len() == 5
+        },
+    )
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(store.outbox(10).await.unwrap().is_empty());
+    assert!(received.lock().unwrap().is_empty());
+
+    // Restarted, it sends the group once it is due: one message with the five.
+    let mut second = serve_process(dir.path(), 2);
+    wait_for("the grouped notice", Duration::from_secs(40), || async {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    wait_for("recorded delivered", Duration::from_secs(10), || async {
+        store
+            .outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.delivered_at.is_some())
+    })
+    .await;
+    // More runs with the same evidence: nothing more.
+    let runs = store
+        .runs(Some("payments-ledger"), 100)
+        .await
+        .unwrap()
+        .len();
+    wait_for("three more runs", Duration::from_secs(10), || async {
+        store
+            .runs(Some("payments-ledger"), 100)
+            .await
+            .unwrap()
+            .len()
+            >= runs + 3
+    })
+    .await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].1["kind"], "group");
+    assert_eq!(got[0].1["firing"], 5);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    store.close().await;
 }

@@ -184,6 +184,8 @@ pub enum GroupBy {
     Labels(Vec<String>),
     /// Each alert on its own (`['...']`).
     Each,
+    /// Each notice on its own, at once: trueup without `notifications.route`.
+    EachNotice,
 }
 
 /// One node of the route tree, its unset settings taken from its parent when built.
@@ -208,7 +210,7 @@ impl Route {
         Self {
             matchers: Vec::new(),
             channels,
-            group_by: GroupBy::Each,
+            group_by: GroupBy::EachNotice,
             group_wait: TimeDelta::zero(),
             group_interval: TimeDelta::zero(),
             continue_: false,
@@ -251,14 +253,16 @@ impl Route {
         channels: &[String],
     ) -> Vec<Delivery> {
         let group_labels: BTreeMap<String, String> = match &self.group_by {
-            GroupBy::Each => labels.0.clone(),
+            GroupBy::Each | GroupBy::EachNotice => labels.0.clone(),
             GroupBy::Labels(names) => names
                 .iter()
                 .map(|n| (n.clone(), labels.get(n).to_owned()))
                 .collect(),
         };
         let grouping = match &self.group_by {
-            GroupBy::Each => format!("invariant={}", labels.get("invariant")),
+            GroupBy::Each | GroupBy::EachNotice => {
+                format!("invariant={}", labels.get("invariant"))
+            }
             GroupBy::Labels(_) => group_labels
                 .iter()
                 .map(|(k, v)| format!("{k}={v:?}"))
@@ -273,6 +277,7 @@ impl Route {
                 group_labels: group_labels.clone(),
                 group_wait: self.group_wait,
                 group_interval: self.group_interval,
+                alone: self.group_by == GroupBy::EachNotice,
             })
             .collect()
     }
@@ -288,6 +293,8 @@ pub struct Delivery {
     pub group_labels: BTreeMap<String, String>,
     pub group_wait: TimeDelta,
     pub group_interval: TimeDelta,
+    /// The notice goes out on its own, whatever else waits (the group key is made its own).
+    pub alone: bool,
 }
 
 impl Delivery {

@@ -141,16 +141,23 @@ fn slack_group(payload: &Value) -> Value {
 
 /// The PagerDuty events of a notice, or of each notice of a group: PagerDuty groups by
 /// its own rules, so each alert stays its own incident.
-pub fn pagerduty_events(payload: &Value, routing_key: &str) -> Vec<Value> {
+/// Each event comes with the dedup key of its own notice (its `Idempotency-Key`).
+pub fn pagerduty_events(payload: &Value, routing_key: &str) -> Vec<(Value, Option<String>)> {
+    let one = |p: &Value| {
+        (
+            pagerduty(p, routing_key),
+            p["dedup_key"].as_str().map(str::to_owned),
+        )
+    };
     if payload["kind"] == "group" {
         payload["notices"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|p| pagerduty(p, routing_key))
+            .map(one)
             .collect()
     } else {
-        vec![pagerduty(payload, routing_key)]
+        vec![one(payload)]
     }
 }
 

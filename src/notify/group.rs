@@ -43,13 +43,17 @@ pub fn message_of(group: &NoticeGroup) -> OutboxMessage {
     let first = group.notices.first().map_or(0, |n| n.id);
     let last = group.notices.last().map_or(0, |n| n.id);
     let dedup_key = format!("group-{digest}:notices-{first}-{last}");
-    let resolved = group
-        .notices
-        .iter()
-        .filter(|n| n.notice == "resolved")
-        .count();
-    let mut invariants: Vec<&str> = group.notices.iter().map(|n| n.invariant.as_str()).collect();
-    invariants.dedup();
+    // Counted by invariant, as its latest notice here says: two notices of one invariant
+    // (firing, then updated) are one invariant firing.
+    let mut latest: Vec<(&str, &str)> = Vec::new();
+    for n in &group.notices {
+        match latest.iter_mut().find(|(i, _)| *i == n.invariant) {
+            Some(seen) => seen.1 = &n.notice,
+            None => latest.push((&n.invariant, &n.notice)),
+        }
+    }
+    let invariants: Vec<&str> = latest.iter().map(|(i, _)| *i).collect();
+    let resolved = latest.iter().filter(|(_, n)| *n == "resolved").count();
     let notices: Vec<&Value> = group.notices.iter().map(|n| &n.payload).collect();
     OutboxMessage {
         payload: json!({
@@ -58,8 +62,8 @@ pub fn message_of(group: &NoticeGroup) -> OutboxMessage {
             "dedup_key": dedup_key,
             "channel": group.channel,
             "group_labels": group.group_labels,
-            "status": if resolved == group.notices.len() { "resolved" } else { "firing" },
-            "firing": group.notices.len() - resolved,
+            "status": if resolved == latest.len() { "resolved" } else { "firing" },
+            "firing": latest.len() - resolved,
             "resolved": resolved,
             "invariants": invariants,
             "notices": notices,
@@ -69,20 +73,37 @@ pub fn message_of(group: &NoticeGroup) -> OutboxMessage {
     }
 }
 
-/// The one notice that replaces what `silence` held of one invariant on one channel (`held`,
-/// oldest first, not empty), for an alert still firing when the silence ended: the latest held
-/// notice, marked as a reminder that says what was held.
-pub fn summary_of_held(held: &[WaitingNotice], silence: &Silence) -> Option<QueuedNotice> {
-    let latest = held.last()?;
+/// What replaces the notices `silence` held of one invariant in one group (`held`, oldest
+/// first), once it has ended: while the alert still fires, the latest held notice as a
+/// reminder that says what was held; when it stopped firing, its last `resolved` notice if
+/// people had heard it fire before the silence (the first held notice is not `firing`), so a
+/// receiver such as PagerDuty closes what it opened; otherwise nothing.
+pub fn settle_held(
+    held: &[WaitingNotice],
+    silence: &Silence,
+    firing: bool,
+) -> Option<QueuedNotice> {
+    let first = held.first()?;
+    let (latest, notice) = if firing {
+        (held.last()?, "repeat")
+    } else if first.notice != "firing" {
+        (
+            held.iter().rev().find(|n| n.notice == "resolved")?,
+            "resolved",
+        )
+    } else {
+        return None;
+    };
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     for n in held {
         *kinds.entry(n.notice.as_str()).or_default() += 1;
     }
     let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let group = hex::encode(&Sha256::digest(latest.group_key.as_bytes())[..4]);
     let mut payload = latest.payload.clone();
-    payload["notice"] = json!("repeat");
+    payload["notice"] = json!(notice);
     payload["dedup_key"] = json!(format!(
-        "{}:held-by-silence-{}:{}",
+        "{}:held-by-silence-{}:{}:{group}",
         latest.invariant, silence.id, latest.channel
     ));
     payload["held"] = json!({
@@ -92,12 +113,13 @@ pub fn summary_of_held(held: &[WaitingNotice], silence: &Silence) -> Option<Queu
         "ended_at": stamp(silence.ended_at()),
         "notices": held.len(),
         "kinds": kinds,
-        "first_at": stamp(held[0].created_at),
-        "last_at": stamp(latest.created_at),
+        "first_at": stamp(first.created_at),
+        "last_at": stamp(held.last().map_or(first.created_at, |n| n.created_at)),
+        "still_firing": firing,
     });
     Some(QueuedNotice {
         invariant: latest.invariant.clone(),
-        notice: "repeat".into(),
+        notice: notice.into(),
         // Due at once: the silence has already made people wait.
         delivery: Delivery {
             channel: latest.channel.clone(),
@@ -105,6 +127,7 @@ pub fn summary_of_held(held: &[WaitingNotice], silence: &Silence) -> Option<Queu
             group_labels: latest.group_labels.clone(),
             group_wait: TimeDelta::zero(),
             group_interval: TimeDelta::zero(),
+            alone: false,
         },
         payload,
         held_by: None,
@@ -113,7 +136,7 @@ pub fn summary_of_held(held: &[WaitingNotice], silence: &Silence) -> Option<Queu
 
 /// The verb a notice's subject opens with.
 pub(super) fn verb(payload: &Value) -> &str {
-    if payload.get("held").is_some_and(|h| !h.is_null()) {
+    if payload["held"]["still_firing"] == true {
         return "STILL FIRING after a silence";
     }
     match payload["notice"].as_str().unwrap_or("") {
@@ -161,7 +184,9 @@ pub(super) fn group_subject(p: &Value) -> String {
         format!(" ({})", shared.join(", "))
     };
     let head = match (firing, resolved) {
+        (1, 0) => "FIRING: 1 invariant".to_owned(),
         (f, 0) => format!("FIRING: {f} invariants"),
+        (0, 1) => "RESOLVED: 1 invariant holds again".to_owned(),
         (0, r) => format!("RESOLVED: {r} invariants hold again"),
         (f, r) => format!("{f} firing, {r} resolved"),
     };
@@ -248,19 +273,31 @@ mod tests {
             waiting(2, "a", "updated"),
             waiting(3, "a", "updated"),
         ];
-        let s = summary_of_held(&held, &silence).unwrap();
+        let s = settle_held(&held, &silence, true).unwrap();
         assert_eq!(s.payload["notice"], "repeat");
         assert_eq!(s.payload["held"]["notices"], 3);
         assert_eq!(
             s.payload["held"]["kinds"],
             json!({"firing": 1, "updated": 2})
         );
-        assert_eq!(s.payload["dedup_key"], "a:held-by-silence-4:mail");
+        assert!(
+            s.payload["dedup_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("a:held-by-silence-4:mail:")
+        );
         assert_eq!(s.delivery.group_wait, TimeDelta::zero());
         assert_eq!(verb(&s.payload), "STILL FIRING after a silence");
         let labels = labels_of(&s.payload);
         assert_eq!(labels.get("team"), "billing");
         assert_eq!(labels.get("invariant"), "a");
-        assert!(summary_of_held(&[], &silence).is_none());
+        assert!(settle_held(&[], &silence, true).is_none());
+        // Stopped firing: nothing if people never heard it fire; its resolve if they did.
+        assert!(settle_held(&held, &silence, false).is_none());
+        let heard = [waiting(1, "a", "updated"), waiting(2, "a", "resolved")];
+        let r = settle_held(&heard, &silence, false).unwrap();
+        assert_eq!(r.notice, "resolved");
+        assert_eq!(r.payload["notice"], "resolved");
+        assert_eq!(r.payload["held"]["still_firing"], false);
     }
 }

@@ -11,7 +11,7 @@ mod group;
 mod html;
 mod webhook;
 
-pub use group::{labels_of, message_of, summary_of_held};
+pub use group::{labels_of, message_of, settle_held};
 
 use std::collections::BTreeMap;
 
@@ -106,6 +106,10 @@ pub fn queued(
                 outcome.run_id,
                 delivery.channel
             );
+            let mut delivery = delivery;
+            if delivery.alone {
+                delivery.group_key = format!("{}/{dedup_key}", delivery.group_key);
+            }
             QueuedNotice {
                 invariant: invariant.name.to_string(),
                 notice: notice.as_str().to_owned(),
@@ -287,7 +291,7 @@ pub(super) fn held_line(held: &serde_json::Value) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     format!(
-        "{} notice(s) ({}) from {} to {} were held by silence {} ({}, by {}), which ended at {}; it still fires",
+        "{} notice(s) ({}) from {} to {} were held by silence {} ({}, by {}), which ended at {}; {}",
         held["notices"],
         kinds.join(", "),
         held["first_at"].as_str().unwrap_or(""),
@@ -296,6 +300,11 @@ pub(super) fn held_line(held: &serde_json::Value) -> String {
         held["reason"].as_str().unwrap_or(""),
         held["created_by"].as_str().unwrap_or(""),
         held["ended_at"].as_str().unwrap_or(""),
+        if held["still_firing"] == true {
+            "it still fires"
+        } else {
+            "it has stopped firing"
+        },
     )
 }
 

@@ -27,9 +27,10 @@ impl WebhookSender {
     }
 
     pub async fn send(&self, payload: &serde_json::Value) -> Result<(), ChannelError> {
+        let key = payload["dedup_key"].as_str().map(str::to_owned);
         let bodies = match self.format {
-            WebhookFormat::Json => vec![payload.clone()],
-            WebhookFormat::Slack => vec![super::formats::slack(payload)],
+            WebhookFormat::Json => vec![(payload.clone(), key)],
+            WebhookFormat::Slack => vec![(super::formats::slack(payload), key)],
             WebhookFormat::PagerDuty => super::formats::pagerduty_events(
                 payload,
                 self.routing_key
@@ -40,8 +41,8 @@ impl WebhookSender {
         };
         // A group's events go one after another; a failure sends the whole message again,
         // which PagerDuty's dedup keys make harmless.
-        for body in &bodies {
-            self.post(body, payload["dedup_key"].as_str()).await?;
+        for (body, key) in &bodies {
+            self.post(body, key.as_deref()).await?;
         }
         Ok(())
     }

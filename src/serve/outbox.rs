@@ -13,13 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::AlertState;
 use crate::notify::Channel;
 use crate::runtime::metrics::Metrics;
-use crate::store::{Release, Store, StoreError, WaitingNotice};
+use crate::store::{NoticeGroup, Release, Store, StoreError, WaitingNotice};
 
 const LEASE: TimeDelta = TimeDelta::seconds(60);
 /// Notices claimed at once. Their attempts run one after another, so every claimed notice
 /// must be done (each attempt bounded by `ATTEMPT_DEADLINE`) before the lease runs out and
 /// another replica may claim it again: at most LEASE / ATTEMPT_DEADLINE - 1 of them.
 const BATCH: u32 = 1;
+/// The most notices one message lists.
+const NOTICES_PER_MESSAGE: usize = 50;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// The longest one delivery attempt may take, whatever the channel (its own timeouts are
 /// shorter; this also bounds a server that accepts the connection and never answers).
@@ -125,9 +127,9 @@ impl Worker {
     }
 }
 
-/// Moves each due group of notices into the outbox as one message, holding the notices of
-/// alerts a silence now matches, after settling what ended silences held: notices of an
-/// alert still firing become one summary, those of an alert that stopped firing are dropped.
+/// Moves each due group of notices into the outbox as one message (up to
+/// `NOTICES_PER_MESSAGE` notices each), holding the notices of alerts a silence now matches,
+/// after settling what ended silences held (see `notify::settle_held`).
 /// Each step is one store transaction; a replica that loses a race changes nothing.
 pub async fn dispatch(store: &dyn Store, now: DateTime<Utc>) -> Result<(), StoreError> {
     let active = store.silences(now, false, 1000).await?;
@@ -153,7 +155,7 @@ pub async fn dispatch(store: &dyn Store, now: DateTime<Utc>) -> Result<(), Store
         for ((invariant, _), held) in by_alert {
             let ids: Vec<i64> = held.iter().map(|n| n.id).collect();
             let firing = store.alert(&invariant).await?.state == AlertState::Firing;
-            match crate::notify::summary_of_held(&held, &silence).filter(|_| firing) {
+            match crate::notify::settle_held(&held, &silence, firing) {
                 Some(summary) => release.summaries.push((ids, summary)),
                 None => release.dropped.extend(ids),
             }
@@ -172,14 +174,19 @@ pub async fn dispatch(store: &dyn Store, now: DateTime<Utc>) -> Result<(), Store
         for (silence, notices) in held {
             store.hold_notices(&notices, silence, now).await?;
         }
-        if group.notices.is_empty() {
-            continue;
+        // A large outage goes out in several messages, each small enough to deliver within
+        // one attempt's deadline (PagerDuty takes one request per notice).
+        for chunk in group.notices.chunks(NOTICES_PER_MESSAGE) {
+            let part = NoticeGroup {
+                notices: chunk.to_vec(),
+                ..group.clone()
+            };
+            let ids: Vec<i64> = chunk.iter().map(|n| n.id).collect();
+            let message = crate::notify::message_of(&part);
+            store
+                .send_notice_group(&group.group_key, &ids, &message, now)
+                .await?;
         }
-        let ids: Vec<i64> = group.notices.iter().map(|n| n.id).collect();
-        let message = crate::notify::message_of(&group);
-        store
-            .send_notice_group(&group.group_key, &ids, &message, now)
-            .await?;
     }
     Ok(())
 }

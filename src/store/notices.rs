@@ -146,10 +146,14 @@ macro_rules! impl_notice_store {
                 .bind(&n.delivery.group_key)
                 .fetch_optional(&mut *conn)
                 .await?;
-                let queued = sqlx::query(
+                // Held only by a silence still active and unreleased: one that ended since the
+                // caller looked would never settle it.
+                let held: Option<Option<i64>> = sqlx::query_scalar(
                     "INSERT INTO notices (invariant, notice, notice_key, channel, group_key, group_labels, \
-                     payload, created_at, due_at, silenced_by) VALUES ($1, $2, $10, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (notice_key) DO NOTHING",
+                     payload, created_at, due_at, silenced_by) VALUES ($1, $2, $10, $3, $4, $5, $6, $7, $8, \
+                     (SELECT id FROM silences WHERE id = $9 AND released_at IS NULL \
+                      AND expired_at IS NULL AND ends_at > $7)) \
+                     ON CONFLICT (notice_key) DO NOTHING RETURNING silenced_by",
                 )
                 .bind(&n.invariant)
                 .bind(&n.notice)
@@ -161,11 +165,9 @@ macro_rules! impl_notice_store {
                 .bind(n.delivery.due_at(at, last_sent))
                 .bind(n.held_by)
                 .bind(n.payload["dedup_key"].as_str().unwrap_or_default())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                if let Some(silence) = n.held_by.filter(|_| queued) {
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(Some(silence)) = held {
                     Self::audit_held(conn, &n.invariant, &n.notice, &n.delivery.channel, silence, at)
                         .await?;
                 }
@@ -212,6 +214,25 @@ macro_rules! impl_notice_store {
                 })
             }
 
+            /// The silences among `rows`; one whose matchers no longer parse (a change of
+            /// the regular expression syntax) is left out with a warning, so that it cannot
+            /// stop every notice.
+            fn silence_rows(
+                rows: &[<$db as sqlx::Database>::Row],
+            ) -> Result<Vec<$crate::domain::Silence>, sqlx::Error> {
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    match Self::silence_row(row) {
+                        Ok(s) => out.push(s),
+                        Err(sqlx::Error::Decode(e)) => {
+                            tracing::warn!("a stored silence is left out: its matchers do not parse: {e}")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            }
+
             fn silence_row(
                 row: &<$db as sqlx::Database>::Row,
             ) -> Result<$crate::domain::Silence, sqlx::Error> {
@@ -222,7 +243,7 @@ macro_rules! impl_notice_store {
                     .iter()
                     .map(|m| $crate::domain::Matcher::parse(m))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?;
+                    .map_err(|e| sqlx::Error::Decode(format!("silence matchers: {e}").into()))?;
                 Ok($crate::domain::Silence {
                     id: row.try_get("id")?,
                     matchers,
@@ -235,21 +256,23 @@ macro_rules! impl_notice_store {
                 })
             }
 
+            /// Settles a held notice; whether it was still unsettled.
             async fn settle_notice(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 id: i64,
                 outcome: &str,
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), sqlx::Error> {
-                sqlx::query(
+            ) -> Result<bool, sqlx::Error> {
+                Ok(sqlx::query(
                     "UPDATE notices SET outcome = $2, outcome_at = $3 WHERE id = $1 AND outcome IS NULL",
                 )
                 .bind(id)
                 .bind(outcome)
                 .bind(at)
                 .execute(&mut *conn)
-                .await
-                .map(|_| ())
+                .await?
+                .rows_affected()
+                    == 1)
             }
         }
 
@@ -294,10 +317,13 @@ macro_rules! impl_notice_store {
                 let mut tx = self.pool.begin_with($begin).await?;
                 for n in notices {
                     let held = sqlx::query(
-                        "UPDATE notices SET silenced_by = $2 WHERE id = $1 AND outcome IS NULL AND silenced_by IS NULL",
+                        "UPDATE notices SET silenced_by = $2 WHERE id = $1 AND outcome IS NULL AND silenced_by IS NULL \
+                         AND EXISTS (SELECT 1 FROM silences WHERE id = $2 AND released_at IS NULL \
+                           AND expired_at IS NULL AND ends_at > $3)",
                     )
                     .bind(n.id)
                     .bind(silence)
+                    .bind(at)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -432,10 +458,7 @@ macro_rules! impl_notice_store {
                 .bind(i64::from(limit.max(1)))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .iter()
-                    .map(Self::silence_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+                Ok(Self::silence_rows(&rows)?)
             }
 
             async fn expire_silence(
@@ -490,16 +513,14 @@ macro_rules! impl_notice_store {
             ) -> Result<Vec<$crate::domain::Silence>, $crate::store::StoreError> {
                 let rows = sqlx::query(
                     "SELECT id, matchers, reason, created_by, created_at, ends_at, expired_at, expired_by \
-                     FROM silences WHERE released_at IS NULL AND (ends_at <= $1 OR expired_at IS NOT NULL) \
+                     FROM silences WHERE (ends_at <= $1 OR expired_at IS NOT NULL) AND (released_at IS NULL \
+                       OR EXISTS (SELECT 1 FROM notices WHERE silenced_by = silences.id AND outcome IS NULL)) \
                      ORDER BY id",
                 )
                 .bind(now)
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .iter()
-                    .map(Self::silence_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+                Ok(Self::silence_rows(&rows)?)
             }
 
             async fn held_notices(
@@ -526,35 +547,47 @@ macro_rules! impl_notice_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let claimed = sqlx::query(
+                let first = sqlx::query(
                     "UPDATE silences SET released_at = $2 WHERE id = $1 AND released_at IS NULL",
                 )
                 .bind(silence.id)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?
-                .rows_affected();
-                if claimed != 1 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
+                .rows_affected()
+                    == 1;
+                // What this pass settled; a silence released before is settled again only for
+                // notices it still holds (held late, or left when another silence ended).
+                let mut changed = 0_u64;
                 for (notice, other) in &release.rehold {
-                    sqlx::query(
-                        "UPDATE notices SET silenced_by = $2 WHERE id = $1 AND outcome IS NULL",
+                    changed += sqlx::query(
+                        "UPDATE notices SET silenced_by = $2 WHERE id = $1 AND outcome IS NULL \
+                         AND EXISTS (SELECT 1 FROM silences WHERE id = $2 AND released_at IS NULL \
+                           AND expired_at IS NULL AND ends_at > $3)",
                     )
                     .bind(notice)
                     .bind(other)
+                    .bind(at)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
                 }
                 for (held, summary) in &release.summaries {
+                    let mut settled = false;
                     for id in held {
-                        Self::settle_notice(&mut tx, *id, "summarised", at).await?;
+                        settled |= Self::settle_notice(&mut tx, *id, "summarised", at).await?;
                     }
-                    Self::insert_notice(&mut tx, summary, at).await?;
+                    if settled {
+                        Self::insert_notice(&mut tx, summary, at).await?;
+                        changed += 1;
+                    }
                 }
                 for id in &release.dropped {
-                    Self::settle_notice(&mut tx, *id, "dropped", at).await?;
+                    changed += u64::from(Self::settle_notice(&mut tx, *id, "dropped", at).await?);
+                }
+                if !first && changed == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
                 }
                 let summarised: std::collections::BTreeSet<&str> = release
                     .summaries

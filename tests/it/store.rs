@@ -446,6 +446,7 @@ async fn outbox_story(store: Arc<dyn Store>) {
                 group_labels: Default::default(),
                 group_wait: chrono::TimeDelta::zero(),
                 group_interval: chrono::TimeDelta::zero(),
+                alone: false,
             },
             payload: json!({"i": i, "dedup_key": format!("inv:firing:{i}"), "invariant": "inv"}),
             held_by: None,
@@ -1213,6 +1214,59 @@ async fn notice_story(store: Arc<dyn Store>) {
             ("silence.end".to_owned(), format!("silence:{}", second.id)),
         ]
     );
+
+    // A notice queued "held" by a silence that has ended meanwhile is not held: it would
+    // never be settled.
+    let t4 = t3 + TimeDelta::minutes(10);
+    store
+        .record_alert(
+            "d",
+            &firing,
+            &[notice("d", "firing", 3, Some(second.id))],
+            t4,
+        )
+        .await
+        .unwrap();
+    dispatch(store.as_ref(), t4 + TimeDelta::minutes(6))
+        .await
+        .unwrap();
+    let out = store.outbox(10).await.unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].message.dedup_key, "d:firing:run-3:mail");
+
+    // An alert people heard fire before the silence and that resolved during it: its resolve
+    // goes out when the silence ends (PagerDuty closes what it opened).
+    let t5 = t4 + TimeDelta::hours(1);
+    let third = store
+        .create_silence(
+            &NewSilence::parse(
+                &["invariant=d".into()],
+                TimeDelta::minutes(5),
+                "cleanup",
+                t5,
+            )
+            .unwrap(),
+            "cli:ana",
+            t5,
+        )
+        .await
+        .unwrap();
+    store
+        .record_alert(
+            "d",
+            &Alert::inactive(),
+            &[notice("d", "resolved", 4, Some(third.id))],
+            t5,
+        )
+        .await
+        .unwrap();
+    dispatch(store.as_ref(), t5 + TimeDelta::minutes(6))
+        .await
+        .unwrap();
+    let out = store.outbox(10).await.unwrap();
+    assert_eq!(out.len(), 5, "{out:#?}");
+    assert_eq!(out[0].message.payload["notice"], "resolved");
+    assert_eq!(out[0].message.payload["held"]["still_firing"], false);
     store.close().await;
 }
 

@@ -730,6 +730,19 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("actions/s")
     })
     .await;
+    // The time left is written as every duration on the pages is (`9s`, `33m 06s`).
+    let rate = b.text("#progress-rate").await;
+    let left = rate
+        .split("about ")
+        .nth(1)
+        .and_then(|r| r.split(" left").next())
+        .unwrap_or_default();
+    assert!(
+        !left.is_empty()
+            && left.split(' ').all(|part| part.ends_with(['h', 'm', 's'])
+                && part[..part.len() - 1].parse::<u32>().is_ok()),
+        "{rate}"
+    );
     // While it applies, neither a dry run nor another apply is offered, and the page says why.
     assert!(!b.exists("#dry-run").await, "no dry run during an apply");
     assert!(!b.exists("#apply").await, "no second apply during an apply");
@@ -1146,6 +1159,87 @@ async fn an_operator_silences_an_invariant_from_its_page_and_ends_the_silence() 
             ("silence.expire".to_owned(), "otto".to_owned())
         ]
     );
+    b.close().await;
+    server.stop().await;
+}
+
+// Multi-threaded: the server under test and the browser's client share the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parked_events_of_a_wide_replay_are_retried_from_the_console_once_fixed() {
+    use crate::helpers::{combined_output, trueup_cli};
+    let f = crate::replay::failures::consumer_down().await;
+    // From the CLI: a replay of an hour (wider than its 30m max_window, with the reason),
+    // approved and applied; events 7 and 31 keep failing and are parked.
+    let run = |args: &[&str]| {
+        let out = trueup_cli(&f.config, "oncall").args(args).output().unwrap();
+        (out.status.code(), combined_output(&out))
+    };
+    assert_eq!(run(&["check"]).0, Some(1));
+    let (code, out) = run(&[
+        "replay",
+        "-i",
+        "events-consumed",
+        "--execute",
+        "--wide",
+        "--reason",
+        "consumer down, INC-42",
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T11:00:00Z",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(run(&["plan", "approve", "1"]).0, Some(0));
+    let (code, out) = run(&["apply", "1", "--rate", "unlimited"]);
+    assert_eq!(code, Some(1), "{out}");
+
+    let mut yaml = std::fs::read_to_string(&f.config).unwrap();
+    yaml.push_str(&crate::serve::tokens_yaml(""));
+    std::fs::write(&f.config, yaml).unwrap();
+    let server =
+        crate::helpers::TestServer::start(trueup::config::Config::load(&f.config).unwrap()).await;
+    let (base, store) = (server.base.clone(), std::sync::Arc::clone(&server.store));
+    let b = crate::browser::open().await;
+    b.sign_in(&base, crate::serve::OPERATOR).await;
+    b.goto(&format!("{base}/ui/plans/1")).await;
+    assert_eq!(b.text("#plan-status").await, "stopped");
+    assert_eq!(
+        b.text("#wide-reason").await,
+        "Wider than the invariant's max_window, because: “consumer down, INC-42”"
+    );
+    assert_eq!(
+        b.text("#retry-failed").await,
+        "Retry the 2 failed or parked"
+    );
+    b.screenshot("retry-parked").await;
+
+    // The consumer is fixed; the retry delivers the two and the plan ends applied.
+    f.consumer.failing.lock().unwrap().clear();
+    b.fill("#retry-rate", "unlimited").await;
+    b.click("#retry-failed").await;
+    b.wait_for("the retry to finish", Duration::from_secs(30), |s| {
+        s.contains("id=\"plan-status\">applied")
+    })
+    .await;
+    assert!(!b.exists("#retry-failed").await, "nothing left to retry");
+    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM processed")
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(delivered, 60);
+    let retried = store
+        .audit_log(
+            &trueup::store::AuditFilter::target("plan:1"),
+            trueup::store::AuditPage::After(None),
+            200,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.actor == "otto")
+        .map(|e| e.action)
+        .collect::<Vec<_>>();
+    assert!(!retried.is_empty(), "the retry is the operator's");
     b.close().await;
     server.stop().await;
 }

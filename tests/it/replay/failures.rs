@@ -3,8 +3,18 @@
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_delivers_it() {
+/// Sixty events from 10:00:00, a second apart, in three accounts, none processed yet; the
+/// consumer (HTTP) refuses events 7 and 31 until `consumer.failing` is cleared; the invariant
+/// `events-consumed` replays to it with two attempts, so those two are parked.
+pub(crate) struct ConsumerDown {
+    pub data: TestPg,
+    pub pool: sqlx::PgPool,
+    pub consumer: consumer::Consumer,
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+}
+
+pub(crate) async fn consumer_down() -> ConsumerDown {
     let data = TestPg::new().await;
     data.exec(
         "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
@@ -55,6 +65,24 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
         ),
     )
     .unwrap();
+    ConsumerDown {
+        data,
+        pool,
+        consumer,
+        dir,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_delivers_it() {
+    let ConsumerDown {
+        data: _data,
+        pool,
+        consumer,
+        dir,
+        config,
+    } = consumer_down().await;
     let run = |args: &'static [&'static str]| {
         let mut c = trueup(&config);
         c.args(args);

@@ -1,6 +1,6 @@
 //! Replaying lost events: seeing the gap (histogram by event time).
 
-mod failures;
+pub(crate) mod failures;
 mod outage;
 
 use std::path::Path;
@@ -153,7 +153,7 @@ async fn the_histogram_shows_the_outage_window_on_the_postgres_store() {
 
 /// A downstream consumer: books each event once per Idempotency-Key into `processed`, and
 /// checks that each account's events arrive in sequence order.
-mod consumer {
+pub(crate) mod consumer {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 

@@ -48,9 +48,15 @@
             el.textContent = words(s);
           }
         });
+        // Durations as the pages write them (`dur`): 45s, 33m 06s, 2h 05m 10s.
+        const dur = (secs) => {
+          const h = Math.floor(secs / 3600), m = Math.floor(secs % 3600 / 60), s = secs % 60;
+          const two = (x) => String(x).padStart(2, "0");
+          return h > 0 ? h + "h " + two(m) + "m " + two(s) + "s" : m > 0 ? m + "m " + two(s) + "s" : s + "s";
+        };
         rateLine.textContent =
           (perSec > 0 ? perSec.toFixed(1) + " actions/s, about " +
-            Math.ceil((p.total - p.done) / perSec) + " s left · " : "") +
+            dur(Math.ceil((p.total - p.done) / perSec)) + " left · " : "") +
           "skipped " + n("skipped") + " · parked " + n("parked") + " · failed " + n("failed");
         // Done when the apply has left `applying` and, if it applied, its re-check is recorded
         // (or when nothing has moved after 30 polls: the apply never started).

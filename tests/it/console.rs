@@ -1243,3 +1243,43 @@ async fn the_parked_events_of_a_wide_replay_are_retried_from_the_console_once_fi
     b.close().await;
     server.stop().await;
 }
+
+// Multi-threaded: the server under test and the browser's client share the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invariant_with_more_open_violations_than_a_page_lists_says_how_many_in_all() {
+    use crate::helpers::{combined_output, trueup_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::helpers::sqlite_url(&dir.path().join("trueup.db"));
+    let config = crate::replay::outage(dir.path(), &store, false).await;
+    // The downstream lost every one of the 300 events: more than the page lists.
+    crate::helpers::sqlite_file(&dir.path().join("down.db"), "DELETE FROM processed;").await;
+    let out = trueup_cli(&config, "oncall").arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", combined_output(&out));
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(&crate::serve::tokens_yaml(""));
+    std::fs::write(&config, yaml).unwrap();
+    let server =
+        crate::helpers::TestServer::start(trueup::config::Config::load(&config).unwrap()).await;
+    let b = crate::browser::open().await;
+    b.sign_in(&server.base, VIEWER).await;
+    b.goto(&format!("{}/ui/invariants/events-processed", server.base))
+        .await;
+    assert_eq!(b.text("#open-total").await, "300");
+    assert_eq!(
+        b.text("#open-shown").await,
+        "The first 200 of 300 are listed here."
+    );
+    assert_eq!(b.text("#violations h2").await, "Open violations (300)");
+    let chart = b
+        .client
+        .find(fantoccini::Locator::Css("svg.chart"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(chart.contains(": 300 still open, 0 resolved"), "{chart}");
+    b.close().await;
+    server.stop().await;
+}

@@ -1168,31 +1168,11 @@ async fn an_operator_silences_an_invariant_from_its_page_and_ends_the_silence() 
 async fn the_parked_events_of_a_wide_replay_are_retried_from_the_console_once_fixed() {
     use crate::helpers::{combined_output, trueup_cli};
     let f = crate::replay::failures::consumer_down().await;
-    // From the CLI: a replay of an hour (wider than its 30m max_window, with the reason),
-    // approved and applied; events 7 and 31 keep failing and are parked.
     let run = |args: &[&str]| {
         let out = trueup_cli(&f.config, "oncall").args(args).output().unwrap();
         (out.status.code(), combined_output(&out))
     };
     assert_eq!(run(&["check"]).0, Some(1));
-    let (code, out) = run(&[
-        "replay",
-        "-i",
-        "events-consumed",
-        "--execute",
-        "--wide",
-        "--reason",
-        "consumer down, INC-42",
-        "--from",
-        "2026-11-20T10:00:00Z",
-        "--to",
-        "2026-11-20T11:00:00Z",
-    ]);
-    assert_eq!(code, Some(0), "{out}");
-    assert_eq!(run(&["plan", "approve", "1"]).0, Some(0));
-    let (code, out) = run(&["apply", "1", "--rate", "unlimited"]);
-    assert_eq!(code, Some(1), "{out}");
-
     let mut yaml = std::fs::read_to_string(&f.config).unwrap();
     yaml.push_str(&crate::serve::tokens_yaml(""));
     std::fs::write(&f.config, yaml).unwrap();
@@ -1201,12 +1181,36 @@ async fn the_parked_events_of_a_wide_replay_are_retried_from_the_console_once_fi
     let (base, store) = (server.base.clone(), std::sync::Arc::clone(&server.store));
     let b = crate::browser::open().await;
     b.sign_in(&base, crate::serve::OPERATOR).await;
-    b.goto(&format!("{base}/ui/plans/1")).await;
-    assert_eq!(b.text("#plan-status").await, "stopped");
+
+    // An hour, wider than the invariant's 30m max_window: from the invariant page's replay
+    // form, with the reason, dry-run and proposed from the console.
+    b.goto(&format!("{base}/ui/invariants/events-consumed"))
+        .await;
+    b.fill("#replay-from", "2026-11-20T10:00:00Z").await;
+    b.fill("#replay-to", "2026-11-20T11:00:00Z").await;
+    b.fill("#replay-reason", "consumer down, INC-42").await;
+    b.click("#replay-form button[type=submit]").await;
+    b.wait_for("the wide dry run", Duration::from_secs(30), |s| {
+        s.contains("id=\"propose-replay\"")
+    })
+    .await;
+    assert_eq!(b.text("#would-replay").await, "60");
+    b.click("#propose-replay").await;
+    b.wait_for("the plan page", Duration::from_secs(10), |s| {
+        s.contains("id=\"wide-reason\"")
+    })
+    .await;
     assert_eq!(
         b.text("#wide-reason").await,
         "Wider than the invariant's max_window, because: “consumer down, INC-42”"
     );
+
+    // Approved and applied from the CLI: events 7 and 31 keep failing and are parked.
+    assert_eq!(run(&["plan", "approve", "1"]).0, Some(0));
+    let (code, out) = run(&["apply", "1", "--rate", "unlimited"]);
+    assert_eq!(code, Some(1), "{out}");
+    b.goto(&format!("{base}/ui/plans/1")).await;
+    assert_eq!(b.text("#plan-status").await, "stopped");
     assert_eq!(
         b.text("#retry-failed").await,
         "Retry the 2 failed or parked"

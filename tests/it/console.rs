@@ -539,6 +539,35 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         selection.starts_with("Selected ") && selection.ends_with(&outage_selected),
         "{selection}"
     );
+    // Within the replay's max_window: the selection's length against it, in seconds.
+    let max_window: u64 = b
+        .client
+        .execute(
+            "return document.getElementById('selection').dataset.maxWindow;",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let selected: u64 = b
+        .client
+        .execute(
+            "const f = document.getElementById('replay-from').value, t = document.getElementById('replay-to').value; return String((Date.parse(t) - Date.parse(f)) / 1000);",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        selected > 0 && selected <= max_window,
+        "selected {selected}s of max_window {max_window}s"
+    );
     let chart_range = b.text("#chart-range").await;
     let labels = |css: &str| {
         let b = &b;
@@ -698,6 +727,10 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
     assert_eq!(
         b.text("#approvals").await,
         "1 of 1: april (who proposed it)"
+    );
+    assert_eq!(
+        b.text("#self-approved").await,
+        "No second person reviewed it: its only approval is its proposer's (plans.approvals asks for 1 at high severity)."
     );
     // The replay page's dry run was of this very content: no second one is asked for.
     assert!(

@@ -952,6 +952,20 @@ async fn the_demo_outage_is_replayed_and_its_incident_closed_from_the_console_al
         s.contains("Verdict:")
     })
     .await;
+    let incident_path = b.client.current_url().await.unwrap().path().to_owned();
+    // The plan now leads to the incident that covers its window, not to a second one.
+    b.goto(&format!("{base}/ui/plans/{}", paused_plan.id)).await;
+    assert_eq!(
+        b.text("#covering-incidents").await,
+        "Incident covering this window: billing-consumer-outage"
+    );
+    assert!(!b.exists("#incident-for-window").await);
+    b.click("#covering-incidents a").await;
+    b.wait_for("the incident again", Duration::from_secs(10), |s| {
+        s.contains("Verdict:")
+    })
+    .await;
+    assert_eq!(b.client.current_url().await.unwrap().path(), incident_path);
     b.click("#verify").await;
     b.wait_for("a ready verdict", Duration::from_secs(30), |s| {
         s.contains("Verdict: ready to close")

@@ -145,11 +145,32 @@ async fn plan_page(state: &HttpState, session: &Session, id: PlanId, watch: bool
             .filter_map(|s| view.progress.get(s))
             .sum::<u64>(),
     };
+    // The incidents whose window and scope hold a replay's window: the page links to them.
+    let window = |k: &str| {
+        view.plan.meta[k]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
+    };
+    let covering: Vec<String> = match (window("from"), window("to")) {
+        (Some(from), Some(to)) => store
+            .incidents(200)
+            .await?
+            .into_iter()
+            .filter(|i| {
+                i.window_from < to
+                    && i.window_to.is_none_or(|end| end > from)
+                    && (i.invariants.is_empty() || i.invariants.contains(&view.plan.invariant))
+            })
+            .map(|i| i.name)
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(render(
         session,
         "plan.html",
         context! {
             nav => "plans",
+            covering => covering,
             p => serde(&view),
             total => view.plan.action_count,
             done => plan::apply::finished(&view.progress),

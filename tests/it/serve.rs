@@ -394,14 +394,17 @@ async fn every_route_checks_its_token_and_role() {
             if role < needed {
                 assert_eq!(status, 403, "{role} on {} {}: {body}", e.method, e.path);
                 assert!(body.contains(&format!("this needs {needed}")), "{body}");
-            } else if e.path.starts_with("/api/v1/plans") && e.path != "/api/v1/plans" {
-                // Past the role check, a plan that does not exist is the handler's answer.
+            } else if (e.path.starts_with("/api/v1/plans") && e.path != "/api/v1/plans")
+                || e.path.starts_with("/api/v1/silences/")
+            {
+                // Past the role check, a plan or silence that does not exist is the handler's
+                // answer.
                 assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
             } else if e.path.starts_with("/api/v1/incidents/") {
                 // No incident is named like the invariant the test puts in `{name}`.
                 assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
             } else if e.method == axum::http::Method::POST
-                && (e.path == "/api/v1/plans" || e.path == "/api/v1/incidents")
+                && ["/api/v1/plans", "/api/v1/incidents", "/api/v1/silences"].contains(&e.path)
             {
                 assert_eq!(status, 400, "{role} on {} {}: {body}", e.method, e.path);
             } else {

@@ -205,7 +205,7 @@ pub struct SourceConfig {
 
 impl Config {
     /// Where notices go: `notifications.route` as written, or without one every channel,
-    /// at once, each invariant on its own.
+    /// at once, each notice on its own.
     pub fn route(&self) -> crate::domain::Route {
         self.route.clone().unwrap_or_else(|| {
             crate::domain::Route::every_channel(self.channels.keys().cloned().collect())

@@ -419,7 +419,7 @@ fn a_route_tree_inherits_its_parents_settings_and_routes_by_labels() {
     let other = route.deliveries(&labels(&[("severity", "low")]));
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].channel, "mail");
-    // Without a route: every channel, at once, each invariant on its own.
+    // Without a route: every channel, at once, each notice on its own.
     let plain = parse(
         "notifications:\n  channels:\n    mail: {webhook: {url: \"https://mail.example\"}}\n",
     )

@@ -39,7 +39,7 @@ pub(super) async fn run(
             order_by: Vec::new(),
             filter: filter.to_vec(),
             digest_long_except: Some(inv.template_fields(crate::domain::Scope::Row)),
-            key_range: None,
+            key_ranges: None,
             keys: None,
             changed_since: None,
         })

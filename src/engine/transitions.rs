@@ -28,7 +28,7 @@ pub(super) async fn run(
             order_by,
             filter: filter.to_vec(),
             digest_long_except: None,
-            key_range: None,
+            key_ranges: None,
             keys: None,
             changed_since: None,
         })

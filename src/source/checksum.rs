@@ -231,17 +231,50 @@ impl SummaryRequest {
 pub struct SegmentSummary {
     pub rows: u64,
     /// The sum of the rows' hashes (wide enough never to wrap).
-    pub sum: i128,
+    pub sum: HashSum,
     /// Rows whose key equals the key of the row before them in key order.
     pub repeats: u64,
 }
 
-/// A side's summary of a request: per bucket (from 0; empty ones absent) and the rows with a
-/// NULL key when asked for.
+/// A sum of row hashes, as two words: an `i128` is aligned to 16 bytes, which would make a
+/// bucket of a fine split's summary (a million of them) take 64 bytes instead of 40.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashSum([u64; 2]);
+
+impl From<i128> for HashSum {
+    fn from(v: i128) -> Self {
+        let u = v as u128;
+        HashSum([u as u64, (u >> 64) as u64])
+    }
+}
+
+impl HashSum {
+    pub fn get(self) -> i128 {
+        ((u128::from(self.0[1]) << 64) | u128::from(self.0[0])) as i128
+    }
+}
+
+/// A side's summary of a request: per non-empty bucket (from 0), in bucket order, and the
+/// rows with a NULL key when asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub buckets: std::collections::BTreeMap<u64, SegmentSummary>,
+    pub buckets: Vec<(u64, SegmentSummary)>,
     pub null_keys: u64,
+}
+
+impl Summary {
+    /// Bucket `b`'s summary, if it holds a row.
+    pub fn get(&self, b: u64) -> Option<&SegmentSummary> {
+        self.buckets
+            .binary_search_by_key(&b, |(bucket, _)| *bucket)
+            .ok()
+            .map(|i| &self.buckets[i].1)
+    }
+
+    /// Rows in its buckets (NULL keys not included).
+    pub fn rows(&self) -> u64 {
+        self.buckets.iter().map(|(_, s)| s.rows).sum()
+    }
 }
 
 /// Seeds: the hash of column `i` (0 = key) is seeded with `SEED + 2i` and, where a form
@@ -531,6 +564,20 @@ pub(crate) fn summary_sql(
     }
 }
 
+/// Memory for a summary of many buckets, as a statement raising PostgreSQL's `work_mem` for
+/// its transaction only (never lowering it): a hash aggregate of more groups than fit spills
+/// to disk, which more than doubles a fine split's pass (1.8 s against 4.3 s for 625,000
+/// groups of 10M rows). About 100 bytes a group; `None` below 65,536 buckets or on MySQL.
+pub(crate) fn summary_memory(engine: Engine, req: &SummaryRequest) -> Option<String> {
+    const BYTES_PER_GROUP: u64 = 128;
+    (engine == Engine::Postgres && req.buckets > 65_536).then(|| {
+        let kib = req.buckets.saturating_mul(BYTES_PER_GROUP) / 1024;
+        format!(
+            "SELECT set_config('work_mem', greatest(pg_size_bytes(current_setting('work_mem')) / 1024, {kib})::text || 'kB', true)"
+        )
+    })
+}
+
 /// Fixed values under every form, hashed as `flavor` hashes them on `engine`, as one text:
 /// two sources whose probes are equal hash every value alike (the same functions, byte
 /// order and text forms).
@@ -663,6 +710,14 @@ pub(crate) fn single_table(query: &str) -> Option<(String, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_sum_keeps_every_bit_of_an_i128() {
+        for v in [0, 1, -1, i128::MAX, i128::MIN, 1 << 64, -(1 << 70) + 12345] {
+            assert_eq!(HashSum::from(v).get(), v);
+        }
+        assert_eq!(std::mem::size_of::<(u64, SegmentSummary)>(), 40);
+    }
 
     #[test]
     fn only_a_select_of_one_table_without_row_making_functions_proves_its_rows_unique() {

@@ -23,7 +23,9 @@ mod stream;
 mod summarize;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
-pub use query::{COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeySet, Needed, ReadRequest};
+pub use query::{
+    COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,
+};
 pub(crate) use query::{
     filter_value_error, has_several_statements, index_of, resolve_filter, resolve_needed, wrap,
     wrap_selecting,
@@ -404,7 +406,7 @@ impl Source {
                 order_by: Vec::new(),
                 filter: Vec::new(),
                 digest_long_except: None,
-                key_range: None,
+                key_ranges: None,
                 keys: None,
                 changed_since: None,
             })
@@ -436,6 +438,27 @@ impl Source {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
             Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
+        }
+    }
+
+    /// Runs a summary statement of [`checksum`]'s in a read of its own, after a setting, and
+    /// folds its rows as they arrive (see [`summarize::fold_summary`]).
+    async fn fold_summary(
+        &self,
+        setting: Option<String>,
+        sql: String,
+        buckets: u64,
+    ) -> Result<Result<Summary, String>, SourceError> {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                summarize::fold_summary(&self.pg_dialect(), self, p, setting, sql, buckets).await
+            }
+            Pool::MySql(p) => {
+                summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
+            }
+            Pool::Sqlite(p) => {
+                summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
+            }
         }
     }
 

@@ -28,10 +28,10 @@ pub struct ReadRequest {
     /// crossing the network whole — except in the columns listed here, in keys, filter
     /// columns and needed columns other than compared ones. `None`: every value whole.
     pub digest_long_except: Option<Vec<String>>,
-    /// `Some`: only rows whose integer key lies in this range — how a checksummed reconcile
-    /// streams the segments that differ. Its bounds are integers written as literals, so the
-    /// read keeps PostgreSQL's bulk path.
-    pub key_range: Option<KeyRange>,
+    /// `Some`: only rows whose integer key lies in one of these ranges — how a checksummed
+    /// reconcile streams the segments that differ. Their bounds (and the keys of narrow ones)
+    /// are integers written as literals, so the read keeps PostgreSQL's bulk path.
+    pub key_ranges: Option<KeyRanges>,
     /// `Some`: only rows whose key equals one of these keys — how an incremental reconcile
     /// reads both sides of the keys that changed. Values are bound as parameters of each
     /// column's type, never spliced.
@@ -85,6 +85,67 @@ pub struct KeyRange {
     pub column: ColumnName,
     pub low: i64,
     pub high: i64,
+}
+
+/// The rows whose integer key column lies in one of several ranges, each `(low, high)` with
+/// both bounds included, in key order and disjoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRanges {
+    pub column: ColumnName,
+    pub ranges: Vec<(i64, i64)>,
+}
+
+impl KeyRanges {
+    /// A range spanning at most this many keys is written as its keys (`IN (...)`), which
+    /// every engine plans as lookups in the key index in key order; a wider one as bounds.
+    pub const LISTED_SPAN: u64 = 64;
+    /// At most this many listed keys, or bounded ranges, go into one statement (a quick plan;
+    /// far below every engine's limit on a statement's size).
+    pub const MAX_LISTED_KEYS: u64 = 10_000;
+    pub const MAX_BOUNDED: usize = 64;
+
+    /// One range.
+    pub fn between(column: ColumnName, low: i64, high: i64) -> Self {
+        KeyRanges {
+            column,
+            ranges: vec![(low, high)],
+        }
+    }
+
+    /// The keys of a range, when it is narrow enough to list them.
+    fn listed(low: i64, high: i64) -> Option<std::ops::RangeInclusive<i64>> {
+        let span = i128::from(high) - i128::from(low) + 1;
+        (span >= 1 && span <= i128::from(Self::LISTED_SPAN)).then_some(low..=high)
+    }
+
+    /// How much of a statement a range takes: (listed keys, bounded ranges).
+    pub fn weight(low: i64, high: i64) -> (u64, usize) {
+        match Self::listed(low, high) {
+            Some(keys) => (keys.count() as u64, 0),
+            None => (0, 1),
+        }
+    }
+
+    /// The condition on `quoted` (the key column as the engine names it): the listed keys of
+    /// narrow ranges in one `IN`, each wide range by its bounds, joined by `OR`.
+    pub(crate) fn condition(&self, quoted: &str) -> String {
+        let mut listed = Vec::new();
+        let mut terms = Vec::new();
+        for &(low, high) in &self.ranges {
+            match Self::listed(low, high) {
+                Some(keys) => listed.extend(keys.map(|k| k.to_string())),
+                None => terms.push(format!("{quoted} >= {low} AND {quoted} <= {high}")),
+            }
+        }
+        if !listed.is_empty() {
+            terms.insert(0, format!("{quoted} IN ({})", listed.join(", ")));
+        }
+        match terms.as_slice() {
+            [] => "1 = 0".to_owned(),
+            [one] => one.clone(),
+            _ => format!("(({}))", terms.join(") OR (")),
+        }
+    }
 }
 
 /// Text and bytes values longer than this may be read as digests (see
@@ -255,7 +316,43 @@ pub(crate) fn has_several_statements(sql: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::has_several_statements;
+    use super::{KeyRanges, has_several_statements};
+    use crate::domain::ColumnName;
+
+    #[test]
+    fn narrow_ranges_are_read_by_their_keys_and_wide_ones_by_their_bounds() {
+        let ranges = |ranges: &[(i64, i64)]| KeyRanges {
+            column: ColumnName::parse("id").unwrap(),
+            ranges: ranges.to_vec(),
+        };
+        assert_eq!(ranges(&[]).condition("k"), "1 = 0");
+        assert_eq!(ranges(&[(5, 1000)]).condition("k"), "k >= 5 AND k <= 1000");
+        assert_eq!(
+            ranges(&[(-2, 1), (7, 7)]).condition("k"),
+            "k IN (-2, -1, 0, 1, 7)"
+        );
+        assert_eq!(
+            ranges(&[(1, 3), (100, 200), (300, 363), (400, 464)]).condition("k"),
+            format!(
+                "((k IN (1, 2, 3, {})) OR (k >= 100 AND k <= 200) OR (k >= 400 AND k <= 464))",
+                (300..=363)
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        );
+        // The ends of bigint: listed where narrow, bounded where not.
+        assert_eq!(
+            ranges(&[(i64::MAX - 1, i64::MAX)]).condition("k"),
+            format!("k IN ({}, {})", i64::MAX - 1, i64::MAX)
+        );
+        assert_eq!(
+            ranges(&[(i64::MIN, i64::MAX)]).condition("k"),
+            format!("k >= {} AND k <= {}", i64::MIN, i64::MAX)
+        );
+        assert_eq!(KeyRanges::weight(1, 64), (64, 0));
+        assert_eq!(KeyRanges::weight(1, 65), (0, 1));
+    }
 
     #[test]
     fn one_statement_with_semicolons_inside_literals_and_comments_is_one() {

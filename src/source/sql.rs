@@ -581,20 +581,16 @@ fn compose<D: Dialect>(
         conditions.push(dialect.since_term(&dialect.quote(&columns[i]), declared[i], params.len()));
     }
 
-    if let Some(range) = &req.key_range {
-        let i = index_of(columns, range.column.as_str()).ok_or_else(|| {
+    if let Some(ranges) = &req.key_ranges {
+        let i = index_of(columns, ranges.column.as_str()).ok_or_else(|| {
             super::SourceError::MissingColumn {
                 source_name: source.clone(),
-                column: range.column.to_string(),
+                column: ranges.column.to_string(),
                 role: "a key",
                 available: columns.join(", "),
             }
         })?;
-        let quoted = dialect.quote(&columns[i]);
-        conditions.push(format!(
-            "{quoted} >= {} AND {quoted} <= {}",
-            range.low, range.high
-        ));
+        conditions.push(ranges.condition(&dialect.quote(&columns[i])));
     }
 
     // Long text and bytes values of digestible columns stay in the database: it sends their

@@ -7,7 +7,7 @@ use sqlx::{Column, Database, Executor, Statement, TypeInfo};
 
 use super::checksum::{Described, Engine, Flavor, Summary, SummaryRequest};
 use super::sql::Dialect;
-use super::{Leased, ReadRequest, Source, SourceError};
+use super::{KeyRanges, Leased, ReadRequest, Source, SourceError};
 
 /// What every statement here reads its values as: text, parsed by trueup, so both engines'
 /// results decode one way.
@@ -40,7 +40,7 @@ where
         order_by: Vec::new(),
         filter: Vec::new(),
         digest_long_except: None,
-        key_range: None,
+        key_ranges: None,
         keys: None,
         changed_since: None,
     };
@@ -184,39 +184,91 @@ pub(super) async fn summarize(
         .checksum_engine()
         .ok_or_else(|| unsupported(source))?;
     let sql = super::checksum::summary_sql(engine, req, |c| source.quote(c));
-    let rows = source.fetch_texts(sql, 4).await?;
-    let bad = |message: String| SourceError::Query {
-        source_name: source.name.clone(),
-        message: format!("a checksum summary: {message}"),
-    };
-    let number = |t: &Text, what: &str| -> Result<i128, SourceError> {
-        match t.as_deref() {
-            None => Ok(0),
-            Some(s) => s
-                .parse::<i128>()
-                .map_err(|_| bad(format!("its {what} `{s}` is not an integer"))),
-        }
-    };
-    let mut summary = Summary::default();
-    for row in &rows {
-        let rows_in = u64::try_from(number(&row[1], "row count")?).unwrap_or(0);
-        let segment = super::checksum::SegmentSummary {
-            rows: rows_in,
-            sum: number(&row[2], "sum")?,
-            repeats: u64::try_from(number(&row[3], "repeat count")?).unwrap_or(0),
-        };
-        match &row[0] {
-            None => summary.null_keys = rows_in,
-            Some(_) => {
-                let b = u64::try_from(number(&row[0], "bucket")?)
-                    .ok()
-                    .filter(|b| *b < req.buckets)
-                    .ok_or_else(|| bad(format!("a bucket outside 0..{}", req.buckets)))?;
-                summary.buckets.insert(b, segment);
+    let setting = super::checksum::summary_memory(engine, req);
+    source
+        .fold_summary(setting, sql, req.buckets)
+        .await?
+        .map_err(|message| SourceError::Query {
+            source_name: source.name.clone(),
+            message: format!("a checksum summary: {message}"),
+        })
+}
+
+/// Runs a summary statement, after `setting` (a statement changing a setting for this
+/// transaction only) if any, and folds its rows into a
+/// [`Summary`] as they arrive: none is kept as text, since a fine split's summary has a row
+/// for every 16 rows of the table. `Ok(Err(why))`: a row that is no summary's.
+pub(super) async fn fold_summary<D>(
+    dialect: &D,
+    source: &Source,
+    pool: &sqlx::Pool<D::DB>,
+    setting: Option<String>,
+    sql: String,
+    buckets: u64,
+) -> Result<Result<Summary, String>, SourceError>
+where
+    D: Dialect,
+    for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
+    for<'q> <D::DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::DB>,
+    for<'r> Option<&'r str>: sqlx::Decode<'r, D::DB>,
+    for<'r> &'r str: sqlx::Type<D::DB>,
+    usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
+{
+    use futures_util::TryStreamExt as _;
+    use sqlx::Row as _;
+    within_read(dialect, source, pool, |c| {
+        Box::pin(async move {
+            if let Some(setting) = &setting {
+                (&mut *c).execute(setting.as_str()).await?;
             }
+            let mut rows = sqlx::query::<D::DB>(&sql).fetch(&mut *c);
+            // At most a row per bucket: reserved at once, not doubled on the way (a fine
+            // split's million buckets would hold up to twice their 40 MB).
+            let mut summary = Summary {
+                buckets: Vec::with_capacity(usize::try_from(buckets.min(1 << 22)).unwrap_or(0)),
+                null_keys: 0,
+            };
+            while let Some(row) = rows.try_next().await? {
+                let cell = |i: usize| row.try_get::<Option<&str>, _>(i);
+                let cells = [cell(0)?, cell(1)?, cell(2)?, cell(3)?];
+                if let Err(why) = fold_row(&mut summary, cells, buckets) {
+                    return Ok(Err(why));
+                }
+            }
+            // A hash aggregate returns its groups in no order.
+            summary.buckets.sort_unstable_by_key(|(b, _)| *b);
+            Ok(Ok(summary))
+        })
+    })
+    .await
+}
+
+/// Adds one summary row (bucket, rows, sum, repeats; a NULL bucket for the NULL keys).
+fn fold_row(summary: &mut Summary, cells: [Option<&str>; 4], buckets: u64) -> Result<(), String> {
+    let number = |t: Option<&str>, what: &str| -> Result<i128, String> {
+        t.map_or(Ok(0), |s| {
+            s.parse::<i128>()
+                .map_err(|_| format!("its {what} `{s}` is not an integer"))
+        })
+    };
+    let [bucket, rows, sum, repeats] = cells;
+    let rows = u64::try_from(number(rows, "row count")?).unwrap_or(0);
+    let segment = super::checksum::SegmentSummary {
+        rows,
+        sum: number(sum, "sum")?.into(),
+        repeats: u64::try_from(number(repeats, "repeat count")?).unwrap_or(0),
+    };
+    match bucket {
+        None => summary.null_keys = rows,
+        Some(_) => {
+            let b = u64::try_from(number(bucket, "bucket")?)
+                .ok()
+                .filter(|b| *b < buckets)
+                .ok_or_else(|| format!("a bucket outside 0..{buckets}"))?;
+            summary.buckets.push((b, segment));
         }
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// Fixed values hashed as `flavor` hashes them here (see [`super::checksum::probe_sql`]).
@@ -264,7 +316,9 @@ pub(super) async fn in_process(
             order_by: vec![key],
             filter: Vec::new(),
             digest_long_except: None,
-            key_range: (!req.null_keys).then(|| req.range.clone()),
+            key_ranges: (!req.null_keys).then(|| {
+                KeyRanges::between(req.range.column.clone(), req.range.low, req.range.high)
+            }),
             keys: None,
             changed_since: None,
         })
@@ -322,9 +376,13 @@ pub(super) async fn in_process(
                 })?);
             }
             let bucket = ((i128::from(k) - i128::from(low)) / width) as u64;
-            let segment: &mut SegmentSummary = summary.buckets.entry(bucket).or_default();
+            // Rows come in key order, so buckets in bucket order.
+            if summary.buckets.last().is_none_or(|(b, _)| *b != bucket) {
+                summary.buckets.push((bucket, SegmentSummary::default()));
+            }
+            let (_, segment) = summary.buckets.last_mut().expect("pushed above");
             segment.rows += 1;
-            segment.sum += canonical_row_hash_of(&parts);
+            segment.sum = (segment.sum.get() + canonical_row_hash_of(&parts)).into();
             if previous == Some(k) {
                 segment.repeats += 1;
             }

@@ -17,7 +17,7 @@ fn request(query: &str) -> ReadRequest {
         order_by: Vec::new(),
         filter: Vec::new(),
         digest_long_except: None,
-        key_range: None,
+        key_ranges: None,
         keys: None,
         changed_since: None,
     }
@@ -239,7 +239,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
             order_by: vec![ColumnName::parse("id").unwrap()],
             filter: Vec::new(),
             digest_long_except: None,
-            key_range: None,
+            key_ranges: None,
             keys: None,
             changed_since: None,
         })

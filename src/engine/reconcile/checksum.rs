@@ -11,14 +11,12 @@
 //! summary and each segment read is its own statement, so a row changed during the run is
 //! seen as it was when its segment was read (as two sides in two databases always are).
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 
 use crate::config::SourceKind;
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
-    Flavor, KeyRange, RowHash, SegmentSummary, Source, SourceError, Sources, Summary,
+    Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources, Summary,
     SummaryRequest, index_of,
 };
 
@@ -35,12 +33,22 @@ const SPLIT: u64 = 32;
 /// more).
 const LEAF_ROWS: std::ops::RangeInclusive<u64> = 256..=16_384;
 const LEAF_FRACTION: u64 = 1024;
-/// Segments sampled before an `auto` run commits to checksums, and how many of them may
-/// differ before it streams instead (differences everywhere: every segment would be read).
+/// Segments sampled before the first split, and how many of them may differ before
+/// differences count as everywhere (then a fine first split, or the stream, costs less than
+/// splitting nearly every segment again and again).
 const SAMPLES: u64 = 8;
-const SAMPLES_DIFFERING_TO_STREAM: u64 = SAMPLES / 2;
-/// A sampled segment spans this fraction of the key range.
+const SAMPLES_DIFFERING_EVERYWHERE: u64 = SAMPLES / 2;
+/// A sampled segment spans this fraction of the key range, summarised in this many buckets
+/// (how densely the differences lie).
 const SAMPLE_FRACTION: i128 = 1024;
+const SAMPLE_BUCKETS: u64 = 256;
+/// Rows per bucket of a fine first split: one pass in each database, then the few rows of
+/// each differing bucket read by their keys.
+const FINE_ROWS: u64 = 16;
+const MAX_FINE_BUCKETS: u64 = 1 << 20;
+/// A fine split is chosen while the differing buckets are expected to hold at most this
+/// share of the rows: a row read by its key costs several streamed ones.
+const FINE_READ_SHARE: f64 = 1.0 / 16.0;
 
 pub(super) enum Outcome {
     /// Compared by checksums; the violations are reported and the stats set.
@@ -76,9 +84,9 @@ struct Sides<'a> {
     left_may_repeat: bool,
     right_may_repeat: bool,
     key: crate::domain::ColumnName,
+    /// Both sides hash with PostgreSQL's typed hashes (a summary costs a fraction of a read).
+    typed: bool,
     segments: u64,
-    /// How many of the sampled segments differed (`auto` only).
-    sampled_differing: u64,
     /// Whether the first summary counts the rows with a NULL key (a whole run's does; a
     /// segment of a split run reads only its keys).
     count_null_keys: bool,
@@ -178,11 +186,12 @@ pub(super) async fn run(
         left_may_repeat: !left_unique,
         right_may_repeat: !right_unique,
         key: key.clone(),
+        typed: flavor == Flavor::Typed,
         segments: 0,
-        sampled_differing: 0,
         count_null_keys: within.is_none(),
     };
 
+    let started = std::time::Instant::now();
     // Nothing is reported before every summary is in, so a value found on the way to have
     // no checksum form (a SQLite side's, hashed per value) still leaves the stream to it all.
     let Found {
@@ -191,35 +200,42 @@ pub(super) async fn run(
         rows_right,
         null_keys,
     } = match sides.differing_leaves(low, high).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return Ok(Outcome::NotWorthIt(format!(
-                "{} of {SAMPLES} sampled segments differ, so nearly every segment would be read: streaming costs less",
-                sides.sampled_differing
-            )));
-        }
+        Ok(Ok(found)) => found,
+        Ok(Err(why)) => return Ok(Outcome::NotWorthIt(why)),
         Err(EngineError::Source(e @ SourceError::NoCanonicalForm { .. })) => {
             return Ok(Outcome::Unfit(e.to_string()));
         }
         Err(e) => return fall_back(spec.mode, e),
     };
 
-    // Read the differing leaves, adjacent ones as one range, in key order.
+    // Read the differing leaves in key order, adjacent ones as one range, several ranges to
+    // a read.
     leaves.sort_by_key(|s| s.low);
+    let ranges = coalesce(&leaves);
+    let summarised = started.elapsed();
     let mut rows_streamed = 0;
-    for (low, high) in coalesce(&leaves) {
+    for batch in reads(&ranges) {
         let read = merge::merge(
             inv,
             spec,
             sources,
             due_before,
             &[],
-            merge::Keys::Between(low, high),
+            merge::Keys::Ranges(batch),
             tally,
         )
         .await?;
         rows_streamed += read.rows_left + read.rows_right;
     }
+    tracing::debug!(
+        invariant = %inv.name,
+        segments = sides.segments,
+        differing = leaves.len(),
+        rows_streamed,
+        "checksums: summaries took {:.2?}, reading the differing segments {:.2?}",
+        summarised,
+        started.elapsed() - summarised
+    );
     tally.stats.rows_left = rows_left;
     tally.stats.rows_right = rows_right;
     tally.stats.null_keys = null_keys;
@@ -271,30 +287,35 @@ struct Found {
 
 impl Sides<'_> {
     /// Summarises `[low, high]`, then splits what differs until it is small enough to read;
-    /// `None` when `auto`'s sample says to stream.
+    /// `Err(why)` when `auto`'s sample says to stream.
     async fn differing_leaves(
         &mut self,
         low: i64,
         high: i64,
-    ) -> Result<Option<Found>, EngineError> {
-        if self.spec.mode == ReconcileMode::Auto {
-            self.sampled_differing = self.sample(low, high).await?;
-            if self.sampled_differing >= SAMPLES_DIFFERING_TO_STREAM {
-                return Ok(None);
+    ) -> Result<Result<Found, String>, EngineError> {
+        let sampled = self.sample(low, high).await?;
+        let span = (i128::from(high) - i128::from(low) + 1) as u128;
+        let first = match first_split(&sampled, span, self.typed) {
+            FirstSplit::Coarse => FIRST_SPLIT,
+            FirstSplit::Fine(buckets) => buckets,
+            FirstSplit::Stream(why) if self.spec.mode == ReconcileMode::Auto => {
+                return Ok(Err(why));
             }
-        }
+            // Told to checksum: split and split again.
+            FirstSplit::Stream(_) => FIRST_SPLIT,
+        };
 
         // The first split, over every key (and the NULL keys, counted once).
         let mut differing = Vec::new();
         let (mut rows_left, mut rows_right, mut null_keys) = (0, 0, 0);
         for (i, (low, high)) in halves(low, high).into_iter().enumerate() {
             let (l, r) = self
-                .summarize(low, high, FIRST_SPLIT, i == 0 && self.count_null_keys)
+                .summarize(low, high, first, i == 0 && self.count_null_keys)
                 .await?;
             null_keys += l.null_keys + r.null_keys;
-            rows_left += l.null_keys + l.buckets.values().map(|s| s.rows).sum::<u64>();
-            rows_right += r.null_keys + r.buckets.values().map(|s| s.rows).sum::<u64>();
-            differing.extend(differing_segments(low, high, FIRST_SPLIT, &l, &r));
+            rows_left += l.null_keys + l.rows();
+            rows_right += r.null_keys + r.rows();
+            differing.extend(differing_segments(low, high, first, &l, &r));
         }
 
         // Split what differs until it is small enough to read.
@@ -313,7 +334,7 @@ impl Sides<'_> {
                 .await?;
             differing.extend(differing_segments(segment.low, segment.high, SPLIT, &l, &r));
         }
-        Ok(Some(Found {
+        Ok(Ok(Found {
             leaves,
             rows_left,
             rows_right,
@@ -350,36 +371,102 @@ impl Sides<'_> {
             ),
         );
         let (l, r) = tokio::try_join!(self.left.summarize(&lq), self.right.summarize(&rq))?;
-        let compared: std::collections::BTreeSet<&u64> =
-            l.buckets.keys().chain(r.buckets.keys()).collect();
-        self.segments += compared.len() as u64;
+        self.segments += pairs(&l, &r).count() as u64;
         Ok((l, r))
     }
 
-    /// How many of [`SAMPLES`] small segments spread over `[low, high]` differ.
-    async fn sample(&mut self, low: i64, high: i64) -> Result<u64, EngineError> {
+    /// [`SAMPLES`] small segments spread over `[low, high]`, each summarised in
+    /// [`SAMPLE_BUCKETS`] buckets: how many differ, and how densely.
+    async fn sample(&mut self, low: i64, high: i64) -> Result<Sampled, EngineError> {
         let span = i128::from(high) - i128::from(low) + 1;
         let width = (span / SAMPLE_FRACTION).max(1);
         let step = span / i128::from(SAMPLES);
-        let mut differing = 0;
+        let mut sampled = Sampled::default();
         for i in 0..i128::from(SAMPLES) {
             let start = i128::from(low) + i * step;
             let end = (start + width - 1).min(i128::from(high));
             let (start, end) = (start as i64, end as i64);
-            let (l, r) = self.summarize(start, end, 1, false).await?;
-            if l.buckets.get(&0) != r.buckets.get(&0)
-                || !no_repeats(l.buckets.get(&0))
-                || !no_repeats(r.buckets.get(&0))
-            {
-                differing += 1;
+            let (l, r) = self.summarize(start, end, SAMPLE_BUCKETS, false).await?;
+            let differing = differing_segments(start, end, SAMPLE_BUCKETS, &l, &r).len() as u64;
+            sampled.span += (i128::from(end) - i128::from(start) + 1) as u128;
+            sampled.segments_differing += u64::from(differing > 0);
+            sampled.differing += differing;
+            for (_, ls, rs) in pairs(&l, &r) {
+                sampled.buckets += 1;
+                sampled.rows += ls.rows.max(rs.rows);
             }
         }
-        Ok(differing)
+        Ok(sampled)
     }
 }
 
-fn no_repeats(s: Option<&SegmentSummary>) -> bool {
-    s.is_none_or(|s| s.repeats == 0)
+/// What the sampled segments found.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Sampled {
+    /// Keys the sampled segments span.
+    span: u128,
+    segments_differing: u64,
+    /// Their non-empty buckets, and how many of those differ.
+    buckets: u64,
+    differing: u64,
+    /// Their rows (of the larger side, per bucket).
+    rows: u64,
+}
+
+/// How the key range is first split.
+#[derive(Debug, Clone, PartialEq)]
+enum FirstSplit {
+    /// Few segments differ: [`FIRST_SPLIT`] segments, the differing ones split again.
+    Coarse,
+    /// Differences everywhere but few per row: this many buckets of about [`FINE_ROWS`]
+    /// rows, the differing ones read by their keys.
+    Fine(u64),
+    /// Differences everywhere and dense (or only coarse splits possible): streaming costs
+    /// less, and why.
+    Stream(String),
+}
+
+/// The first split of a range of `span` keys, from its sample. `typed`: both sides hash with
+/// PostgreSQL's typed hashes, whose pass costs a fraction of a read (a canonical text's
+/// MD5 costs about as much as sending the row, so dense differences are streamed there).
+fn first_split(sampled: &Sampled, span: u128, typed: bool) -> FirstSplit {
+    if sampled.segments_differing < SAMPLES_DIFFERING_EVERYWHERE {
+        return FirstSplit::Coarse;
+    }
+    let everywhere = format!(
+        "{} of {SAMPLES} sampled segments differ",
+        sampled.segments_differing
+    );
+    if !typed || sampled.buckets == 0 || sampled.span == 0 {
+        return FirstSplit::Stream(format!(
+            "{everywhere}, so nearly every segment would be read: streaming costs less"
+        ));
+    }
+    let rows = sampled.rows as f64 * span as f64 / sampled.span as f64;
+    let buckets = ((rows / FINE_ROWS as f64).ceil() as u64).clamp(FIRST_SPLIT, MAX_FINE_BUCKETS);
+    // A differing bucket is read by listing its keys: it must span few (keys a few apart, and
+    // not more rows than a fine split has buckets for).
+    if span.div_ceil(u128::from(buckets)) > u128::from(KeyRanges::LISTED_SPAN) {
+        return FirstSplit::Stream(format!(
+            "{everywhere}, and a fine split's buckets would span more than {} keys each, too many to read by key: streaming costs less",
+            KeyRanges::LISTED_SPAN
+        ));
+    }
+    // Differences per row, from the share of sampled buckets that differ (each holds a
+    // difference with a chance of 1 - e^(-rate x rows)), and the share of rows a fine split
+    // would read.
+    let differing = sampled.differing as f64 / sampled.buckets as f64;
+    let rows_per_bucket = sampled.rows as f64 / sampled.buckets as f64;
+    let rate = -(1.0 - differing).ln() / rows_per_bucket.max(1.0);
+    let read_share = 1.0 - (-rate * FINE_ROWS as f64).exp();
+    // NaN (no bucket sampled with a row) streams too.
+    if read_share.is_nan() || read_share > FINE_READ_SHARE {
+        return FirstSplit::Stream(format!(
+            "{everywhere}, and about {:.0}% of the rows lie in their differing buckets of {FINE_ROWS}: streaming costs less",
+            (read_share * 100.0).min(100.0)
+        ));
+    }
+    FirstSplit::Fine(buckets)
 }
 
 /// The smallest range holding both sides' keys.
@@ -417,16 +504,9 @@ fn differing_segments(
     left: &Summary,
     right: &Summary,
 ) -> Vec<Segment> {
-    let mut all: BTreeMap<u64, (SegmentSummary, SegmentSummary)> = BTreeMap::new();
-    for (b, s) in &left.buckets {
-        all.entry(*b).or_default().0 = *s;
-    }
-    for (b, s) in &right.buckets {
-        all.entry(*b).or_default().1 = *s;
-    }
-    all.into_iter()
-        .filter(|(_, (l, r))| l != r || l.repeats > 0 || r.repeats > 0)
-        .map(|(b, (l, r))| {
+    pairs(left, right)
+        .filter(|(_, l, r)| l != r || l.repeats > 0 || r.repeats > 0)
+        .map(|(b, l, r)| {
             let (low, high) = bucket_range(low, high, buckets, b);
             Segment {
                 low,
@@ -436,6 +516,34 @@ fn differing_segments(
             }
         })
         .collect()
+}
+
+/// Every bucket either side holds, in bucket order, with both sides' summaries (empty where a
+/// side has no row): the two lists walked side by side, as a fine split's million buckets
+/// should be, without a third collection.
+fn pairs<'a>(
+    left: &'a Summary,
+    right: &'a Summary,
+) -> impl Iterator<Item = (u64, SegmentSummary, SegmentSummary)> + 'a {
+    let mut l = left.buckets.iter().peekable();
+    let mut r = right.buckets.iter().peekable();
+    std::iter::from_fn(move || {
+        let order = match (l.peek(), r.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((lb, _)), Some((rb, _))) => lb.cmp(rb),
+        };
+        let empty = SegmentSummary::default();
+        Some(match order {
+            std::cmp::Ordering::Less => l.next().map(|(b, s)| (*b, *s, empty))?,
+            std::cmp::Ordering::Greater => r.next().map(|(b, s)| (*b, empty, *s))?,
+            std::cmp::Ordering::Equal => {
+                let ((b, ls), (_, rs)) = (l.next()?, r.next()?);
+                (*b, *ls, *rs)
+            }
+        })
+    })
 }
 
 /// Sorted segments as ranges, adjacent ones joined.
@@ -450,6 +558,28 @@ fn coalesce(sorted: &[Segment]) -> Vec<(i64, i64)> {
     out
 }
 
+/// Sorted, disjoint ranges as reads in key order, each of at most
+/// [`KeyRanges::MAX_LISTED_KEYS`] listed keys and [`KeyRanges::MAX_BOUNDED`] bounded ranges.
+fn reads(ranges: &[(i64, i64)]) -> Vec<&[(i64, i64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut keys, mut bounded) = (0, 0, 0);
+    for (i, &(low, high)) in ranges.iter().enumerate() {
+        let (k, b) = KeyRanges::weight(low, high);
+        if i > start
+            && (keys + k > KeyRanges::MAX_LISTED_KEYS || bounded + b > KeyRanges::MAX_BOUNDED)
+        {
+            out.push(&ranges[start..i]);
+            (start, keys, bounded) = (i, 0, 0);
+        }
+        keys += k;
+        bounded += b;
+    }
+    if start < ranges.len() {
+        out.push(&ranges[start..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,10 +588,121 @@ mod tests {
         Summary {
             buckets: buckets
                 .iter()
-                .map(|&(b, rows, sum, repeats)| (b, SegmentSummary { rows, sum, repeats }))
+                .map(|&(b, rows, sum, repeats)| {
+                    (
+                        b,
+                        SegmentSummary {
+                            rows,
+                            sum: sum.into(),
+                            repeats,
+                        },
+                    )
+                })
                 .collect(),
             null_keys: 0,
         }
+    }
+
+    #[test]
+    fn reads_hold_at_most_ten_thousand_listed_keys_or_sixty_four_bounded_ranges_in_key_order() {
+        // 700 narrow ranges of 16 keys (11,200 keys): two reads, the first of 625 ranges.
+        let narrow: Vec<(i64, i64)> = (0..700).map(|i| (i * 100, i * 100 + 15)).collect();
+        let batches = reads(&narrow);
+        assert_eq!(
+            batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![625, 75]
+        );
+        // 100 wide ranges: 64, then 36.
+        let wide: Vec<(i64, i64)> = (0..100).map(|i| (i * 1000, i * 1000 + 500)).collect();
+        assert_eq!(
+            reads(&wide).iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![64, 36]
+        );
+        // Every range once, in order; a range wider than a read's keys still gets a read.
+        let mixed = [
+            (0, 15),
+            (100, 100_000),
+            (200_000, 200_063),
+            (300_000, 300_000),
+        ];
+        let batches = reads(&mixed);
+        assert_eq!(batches.concat(), mixed.to_vec());
+        assert!(reads(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_first_split_is_coarse_fine_or_a_stream_as_the_sample_says() {
+        // 8 segments of 10,000 keys, each in 256 buckets of ~39 rows.
+        let sampled = |segments_differing, differing| Sampled {
+            span: 80_000,
+            segments_differing,
+            buckets: 8 * 256,
+            differing,
+            rows: 80_000,
+        };
+        let span = 10_240_000;
+        // Few segments differ: split and split again.
+        assert_eq!(first_split(&sampled(3, 3), span, true), FirstSplit::Coarse);
+        // Differences in every segment, one in ~1,000 rows: one fine pass, 16 rows a bucket.
+        assert_eq!(
+            first_split(&sampled(8, 80), span, true),
+            FirstSplit::Fine(640_000)
+        );
+        // One in five rows: nearly every bucket would be read.
+        let FirstSplit::Stream(why) = first_split(&sampled(8, 2000), span, true) else {
+            panic!("dense differences are streamed");
+        };
+        assert_eq!(
+            why,
+            "8 of 8 sampled segments differ, and about 79% of the rows lie in their differing buckets of 16: streaming costs less"
+        );
+        // Every bucket differs.
+        assert!(matches!(
+            first_split(&sampled(8, 8 * 256), span, true),
+            FirstSplit::Stream(_)
+        ));
+        // Canonical hashes (across engines) cost about a read: streamed.
+        assert_eq!(
+            first_split(&sampled(8, 80), span, false),
+            FirstSplit::Stream(
+                "8 of 8 sampled segments differ, so nearly every segment would be read: streaming costs less".into()
+            )
+        );
+        // Keys a hundred apart: a bucket of 16 rows spans 1,600 keys, too many to list.
+        let sparse = Sampled {
+            span: 8_000_000,
+            ..sampled(8, 80)
+        };
+        let FirstSplit::Stream(why) = first_split(&sparse, span * 100, true) else {
+            panic!("sparse keys are streamed");
+        };
+        assert_eq!(
+            why,
+            "8 of 8 sampled segments differ, and a fine split's buckets would span more than 64 keys each, too many to read by key: streaming costs less"
+        );
+        // A fine split has at least the coarse one's buckets, and at most 2^20.
+        assert_eq!(
+            first_split(&sampled(8, 80), 1_000, true),
+            FirstSplit::Fine(FIRST_SPLIT)
+        );
+        // 2^40 rows: a million buckets would each span a million keys.
+        assert!(matches!(
+            first_split(&sampled(8, 80), 1 << 40, true),
+            FirstSplit::Stream(_)
+        ));
+    }
+
+    #[test]
+    fn both_sides_buckets_are_walked_in_order_with_the_missing_side_empty() {
+        let left = summary(&[(0, 1, 1, 0), (2, 1, 2, 0), (5, 1, 5, 0)]);
+        let right = summary(&[(1, 1, 1, 0), (2, 1, 2, 0), (6, 2, 6, 0)]);
+        let walked: Vec<(u64, u64, u64)> = pairs(&left, &right)
+            .map(|(b, l, r)| (b, l.rows, r.rows))
+            .collect();
+        assert_eq!(
+            walked,
+            vec![(0, 1, 0), (1, 0, 1), (2, 1, 1), (5, 1, 0), (6, 0, 2)]
+        );
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn changed_keys(
             filter: Vec::new(),
             // Only the keys are kept: long values may stay in the database.
             digest_long_except: Some(Vec::new()),
-            key_range: None,
+            key_ranges: None,
             keys: None,
             changed_since,
         })

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
-use crate::source::{KeyRange, KeySet, Needed, ReadRequest, Sources, index_of};
+use crate::source::{KeyRanges, KeySet, Needed, ReadRequest, Sources, index_of};
 
 use crate::engine::KeyFilter;
 use crate::engine::cursor::{Cursor, Group, compare_keys};
@@ -35,8 +35,11 @@ pub(super) struct Read {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Keys<'a> {
     All,
-    /// The integer keys between two bounds, both included (a checksummed segment).
+    /// The integer keys between two bounds, both included (a segment of a split run).
     Between(i64, i64),
+    /// The integer keys in these ranges, sorted and disjoint (a checksummed reconcile's
+    /// differing segments, several to a read).
+    Ranges(&'a [(i64, i64)]),
     /// These keys (changed ones, in an incremental run).
     In(&'a KeySet),
 }
@@ -79,11 +82,13 @@ pub(super) async fn merge(
             // Long compared and shown values may stay in the database as digests; the
             // columns a template writes arrive whole.
             digest_long_except: Some(inv.template_fields(side)),
-            key_range: match keys {
-                Keys::Between(low, high) => Some(KeyRange {
+            key_ranges: match keys {
+                Keys::Between(low, high) => {
+                    Some(KeyRanges::between(spec.key[0].clone(), low, high))
+                }
+                Keys::Ranges(ranges) => Some(KeyRanges {
                     column: spec.key[0].clone(),
-                    low,
-                    high,
+                    ranges: ranges.to_vec(),
                 }),
                 _ => None,
             },

@@ -263,13 +263,57 @@ async fn auto_streams_when_sampled_segments_mostly_differ() {
     assert_eq!(
         c.streamed_because.as_deref(),
         Some(
-            "8 of 8 sampled segments differ, so nearly every segment would be read: streaming costs less"
+            "8 of 8 sampled segments differ, and about 94% of the rows lie in their differing buckets of 16: streaming costs less"
         )
     );
     // Told to checksum, it does, and finds the same.
     let (checksum, stats) = evaluate(&invariant(left, right, ReconcileMode::Checksum), &srcs).await;
     assert_eq!(checksum, auto);
     assert_eq!(stats.compared.unwrap().method, CompareMethod::Checksum);
+    srcs.close().await;
+}
+
+/// Differences in every part of the table but rare per row (one key in 400 missing, extra or
+/// changed, over 400,000 rows): one fine split in each database — a bucket per ~16 rows —
+/// and only the differing buckets' rows read, by their keys; exactly what a stream finds.
+#[tokio::test]
+async fn differences_everywhere_but_rare_per_row_are_found_by_one_fine_split_reading_only_their_buckets()
+ {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, amount numeric(12,2), label text);
+         INSERT INTO l SELECT i, i / 100.0, md5(i::text) FROM generate_series(1, 400000) AS i;
+         CREATE TABLE r (id bigint PRIMARY KEY, amount numeric(12,2), label text);
+         INSERT INTO r SELECT * FROM l WHERE id % 1200 <> 1;
+         UPDATE r SET amount = amount + 0.01 WHERE id % 1200 = 401;
+         DELETE FROM l WHERE id % 1200 = 801;
+         ANALYZE l; ANALYZE r;",
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let (left, right) = ("SELECT * FROM l", "SELECT * FROM r");
+    let (stream, _) = evaluate(&invariant(left, right, ReconcileMode::Stream), &srcs).await;
+    let count = |kind| stream.iter().filter(|(k, _)| *k == kind).count();
+    assert_eq!(
+        (
+            count(ViolationKind::Missing),
+            count(ViolationKind::Mismatch),
+            count(ViolationKind::Extra)
+        ),
+        (334, 333, 333)
+    );
+    for mode in [ReconcileMode::Auto, ReconcileMode::Checksum] {
+        let (found, stats) = evaluate(&invariant(left, right, mode), &srcs).await;
+        assert_eq!(found, stream, "{mode:?}");
+        assert_eq!((stats.rows_left, stats.rows_right), (399_667, 399_666));
+        let c = stats.compared.unwrap();
+        assert_eq!(c.method, CompareMethod::Checksum, "{mode:?}: {c:?}");
+        // 25,000 buckets of 16 keys (and the sample's), a thousand of which differ: about
+        // 32,000 rows read of 800,000.
+        assert!(c.segments > 25_000, "{mode:?}: {c:?}");
+        assert_eq!(c.segments_streamed, 1_000, "{mode:?}: {c:?}");
+        assert!(c.rows_streamed < 32_000, "{mode:?}: {c:?}");
+    }
     srcs.close().await;
 }
 

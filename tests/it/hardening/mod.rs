@@ -20,7 +20,7 @@ fn request(query: &str) -> ReadRequest {
         order_by: Vec::new(),
         filter: Vec::new(),
         digest_long_except: None,
-        key_range: None,
+        key_ranges: None,
         keys: None,
         changed_since: None,
     }

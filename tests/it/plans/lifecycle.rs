@@ -228,7 +228,7 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
                 order_by: Vec::new(),
                 filter,
                 digest_long_except: None,
-                key_range: None,
+                key_ranges: None,
                 keys: None,
                 changed_since: None,
             })

@@ -98,7 +98,7 @@ pub struct KeyRanges {
 impl KeyRanges {
     /// A range spanning at most this many keys is written as its keys (`IN (...)`), which
     /// every engine plans as lookups in the key index in key order; a wider one as bounds.
-    pub const LISTED_SPAN: u64 = 64;
+    pub const LISTED_SPAN: u64 = 256;
     /// At most this many listed keys, or bounded ranges, go into one statement (a quick plan;
     /// far below every engine's limit on a statement's size).
     pub const MAX_LISTED_KEYS: u64 = 10_000;
@@ -350,8 +350,8 @@ mod tests {
             ranges(&[(i64::MIN, i64::MAX)]).condition("k"),
             format!("k >= {} AND k <= {}", i64::MIN, i64::MAX)
         );
-        assert_eq!(KeyRanges::weight(1, 64), (64, 0));
-        assert_eq!(KeyRanges::weight(1, 65), (0, 1));
+        assert_eq!(KeyRanges::weight(1, 256), (256, 0));
+        assert_eq!(KeyRanges::weight(1, 257), (0, 1));
     }
 
     #[test]

@@ -43,9 +43,10 @@ const SAMPLES_DIFFERING_EVERYWHERE: u64 = SAMPLES / 2;
 const SAMPLE_FRACTION: i128 = 1024;
 const SAMPLE_BUCKETS: u64 = 256;
 /// Rows per bucket of a fine first split: one pass in each database, then the few rows of
-/// each differing bucket read by their keys.
+/// each differing bucket read by their keys. At most 2^18 buckets, so that both sides'
+/// summaries take ~20 MB here (40 bytes a bucket) and a large table's buckets hold more rows.
 const FINE_ROWS: u64 = 16;
-const MAX_FINE_BUCKETS: u64 = 1 << 20;
+const MAX_FINE_BUCKETS: u64 = 1 << 18;
 /// A fine split is chosen while the differing buckets are expected to hold at most this
 /// share of the rows: a row read by its key costs several streamed ones.
 const FINE_READ_SHARE: f64 = 1.0 / 16.0;
@@ -444,8 +445,7 @@ fn first_split(sampled: &Sampled, span: u128, typed: bool) -> FirstSplit {
     }
     let rows = sampled.rows as f64 * span as f64 / sampled.span as f64;
     let buckets = ((rows / FINE_ROWS as f64).ceil() as u64).clamp(FIRST_SPLIT, MAX_FINE_BUCKETS);
-    // A differing bucket is read by listing its keys: it must span few (keys a few apart, and
-    // not more rows than a fine split has buckets for).
+    // A differing bucket is read by listing its keys: it must span few.
     if span.div_ceil(u128::from(buckets)) > u128::from(KeyRanges::LISTED_SPAN) {
         return FirstSplit::Stream(format!(
             "{everywhere}, and a fine split's buckets would span more than {} keys each, too many to read by key: streaming costs less",
@@ -458,11 +458,12 @@ fn first_split(sampled: &Sampled, span: u128, typed: bool) -> FirstSplit {
     let differing = sampled.differing as f64 / sampled.buckets as f64;
     let rows_per_bucket = sampled.rows as f64 / sampled.buckets as f64;
     let rate = -(1.0 - differing).ln() / rows_per_bucket.max(1.0);
-    let read_share = 1.0 - (-rate * FINE_ROWS as f64).exp();
+    let fine_rows = (rows / buckets as f64).max(1.0);
+    let read_share = 1.0 - (-rate * fine_rows).exp();
     // NaN (no bucket sampled with a row) streams too.
     if read_share.is_nan() || read_share > FINE_READ_SHARE {
         return FirstSplit::Stream(format!(
-            "{everywhere}, and about {:.0}% of the rows lie in their differing buckets of {FINE_ROWS}: streaming costs less",
+            "{everywhere}, and about {:.0}% of the rows lie in their differing buckets of {fine_rows:.0}: streaming costs less",
             (read_share * 100.0).min(100.0)
         ));
     }
@@ -644,9 +645,14 @@ mod tests {
         // Few segments differ: split and split again.
         assert_eq!(first_split(&sampled(3, 3), span, true), FirstSplit::Coarse);
         // Differences in every segment, one in ~1,000 rows: one fine pass, 16 rows a bucket.
+        // (10M rows: 2^18 buckets of ~39 rows, not 640,000 of 16.)
         assert_eq!(
             first_split(&sampled(8, 80), span, true),
-            FirstSplit::Fine(640_000)
+            FirstSplit::Fine(1 << 18)
+        );
+        assert_eq!(
+            first_split(&sampled(8, 80), span / 10, true),
+            FirstSplit::Fine(64_000)
         );
         // One in five rows: nearly every bucket would be read.
         let FirstSplit::Stream(why) = first_split(&sampled(8, 2000), span, true) else {
@@ -654,7 +660,7 @@ mod tests {
         };
         assert_eq!(
             why,
-            "8 of 8 sampled segments differ, and about 79% of the rows lie in their differing buckets of 16: streaming costs less"
+            "8 of 8 sampled segments differ, and about 98% of the rows lie in their differing buckets of 39: streaming costs less"
         );
         // Every bucket differs.
         assert!(matches!(
@@ -668,7 +674,7 @@ mod tests {
                 "8 of 8 sampled segments differ, so nearly every segment would be read: streaming costs less".into()
             )
         );
-        // Keys a hundred apart: a bucket of 16 rows spans 1,600 keys, too many to list.
+        // Keys a hundred apart: a bucket spans 3,900 keys, too many to list.
         let sparse = Sampled {
             span: 8_000_000,
             ..sampled(8, 80)
@@ -678,14 +684,14 @@ mod tests {
         };
         assert_eq!(
             why,
-            "8 of 8 sampled segments differ, and a fine split's buckets would span more than 64 keys each, too many to read by key: streaming costs less"
+            "8 of 8 sampled segments differ, and a fine split's buckets would span more than 256 keys each, too many to read by key: streaming costs less"
         );
-        // A fine split has at least the coarse one's buckets, and at most 2^20.
+        // A fine split has at least the coarse one's buckets.
         assert_eq!(
             first_split(&sampled(8, 80), 1_000, true),
             FirstSplit::Fine(FIRST_SPLIT)
         );
-        // 2^40 rows: a million buckets would each span a million keys.
+        // 2^40 rows: 2^18 buckets would each span 2^22 keys.
         assert!(matches!(
             first_split(&sampled(8, 80), 1 << 40, true),
             FirstSplit::Stream(_)

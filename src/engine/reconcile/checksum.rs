@@ -388,14 +388,15 @@ impl Sides<'_> {
             let end = (start + width - 1).min(i128::from(high));
             let (start, end) = (start as i64, end as i64);
             let (l, r) = self.summarize(start, end, SAMPLE_BUCKETS, false).await?;
-            let differing = differing_segments(start, end, SAMPLE_BUCKETS, &l, &r).len() as u64;
-            sampled.span += (i128::from(end) - i128::from(start) + 1) as u128;
-            sampled.segments_differing += u64::from(differing > 0);
-            sampled.differing += differing;
+            let mut differing = 0;
             for (_, ls, rs) in pairs(&l, &r) {
                 sampled.buckets += 1;
                 sampled.rows += ls.rows.max(rs.rows);
+                differing += u64::from(differs(&ls, &rs));
             }
+            sampled.span += (i128::from(end) - i128::from(start) + 1) as u128;
+            sampled.segments_differing += u64::from(differing > 0);
+            sampled.differing += differing;
         }
         Ok(sampled)
     }
@@ -420,7 +421,7 @@ enum FirstSplit {
     /// Few segments differ: [`FIRST_SPLIT`] segments, the differing ones split again.
     Coarse,
     /// Differences everywhere but few per row: this many buckets of about [`FINE_ROWS`]
-    /// rows, the differing ones read by their keys.
+    /// rows (more where [`MAX_FINE_BUCKETS`] binds), the differing ones read by their keys.
     Fine(u64),
     /// Differences everywhere and dense (or only coarse splits possible): streaming costs
     /// less, and why.
@@ -506,7 +507,7 @@ fn differing_segments(
     right: &Summary,
 ) -> Vec<Segment> {
     pairs(left, right)
-        .filter(|(_, l, r)| l != r || l.repeats > 0 || r.repeats > 0)
+        .filter(|(_, l, r)| differs(l, r))
         .map(|(b, l, r)| {
             let (low, high) = bucket_range(low, high, buckets, b);
             Segment {
@@ -517,6 +518,11 @@ fn differing_segments(
             }
         })
         .collect()
+}
+
+/// Whether a bucket must be read: its sides differ, or either repeats a key.
+fn differs(left: &SegmentSummary, right: &SegmentSummary) -> bool {
+    left != right || left.repeats > 0 || right.repeats > 0
 }
 
 /// Every bucket either side holds, in bucket order, with both sides' summaries (empty where a

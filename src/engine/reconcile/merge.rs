@@ -35,10 +35,9 @@ pub(super) struct Read {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Keys<'a> {
     All,
-    /// The integer keys between two bounds, both included (a segment of a split run).
-    Between(i64, i64),
-    /// The integer keys in these ranges, sorted and disjoint (a checksummed reconcile's
-    /// differing segments, several to a read).
+    /// The integer keys in these ranges, both bounds included, sorted and disjoint (a
+    /// segment of a split run; a checksummed reconcile's differing segments, several to a
+    /// read).
     Ranges(&'a [(i64, i64)]),
     /// These keys (changed ones, in an incremental run).
     In(&'a KeySet),
@@ -83,9 +82,6 @@ pub(super) async fn merge(
             // columns a template writes arrive whole.
             digest_long_except: Some(inv.template_fields(side)),
             key_ranges: match keys {
-                Keys::Between(low, high) => {
-                    Some(KeyRanges::between(spec.key[0].clone(), low, high))
-                }
                 Keys::Ranges(ranges) => Some(KeyRanges {
                     column: spec.key[0].clone(),
                     ranges: ranges.to_vec(),

@@ -135,8 +135,9 @@ async fn compare(
             checksum::Outcome::Unfit(why) | checksum::Outcome::NotWorthIt(why) => Some(why),
         }
     };
-    let keys = match within {
-        Some((low, high)) => merge::Keys::Between(low, high),
+    let segment = within.map(|range| [range]);
+    let keys = match &segment {
+        Some(range) => merge::Keys::Ranges(range),
         None => merge::Keys::All,
     };
     let read = merge::merge(inv, spec, sources, due_before, filter, keys, tally).await?;

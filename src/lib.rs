@@ -32,6 +32,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod incident;
+pub mod net;
 pub mod notify;
 pub mod plan;
 pub mod rules;

@@ -37,7 +37,8 @@ use std::time::Instant;
 
 use fixture::{CASES, Case, Fixture};
 use floor::Side;
-use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
+use trueup::config::{SecretUrl, SourceConfig, SourceKind, SqlSource, WritablePolicy};
+use trueup::domain::Read;
 use trueup::domain::{
     ColumnName, CompareMethod, Expect, HumanDuration, Incremental, Invariant, InvariantName,
     InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Severity, SourceName, ViolationKind,
@@ -109,7 +110,7 @@ fn how(compared: Option<&trueup::domain::Compared>) -> String {
 fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invariant {
     let side = |source: &str, table: &str| QuerySide {
         source: SourceName::parse(source).expect("name"),
-        query: format!("SELECT id, amount, currency FROM {table}"),
+        query: Read::Sql(format!("SELECT id, amount, currency FROM {table}")),
     };
     Invariant {
         name: InvariantName::parse(name).expect("name"),
@@ -146,7 +147,7 @@ fn source(name: &str, kind: SourceKind, url: &str) -> anyhow::Result<(SourceName
     let name = SourceName::parse(name)?;
     Ok((
         name.clone(),
-        SourceConfig {
+        SourceConfig::Sql(SqlSource {
             name,
             kind,
             url: SecretUrl::new(url.to_owned()),
@@ -155,7 +156,7 @@ fn source(name: &str, kind: SourceKind, url: &str) -> anyhow::Result<(SourceName
             on_writable: WritablePolicy::Warn,
             // The benchmark connects as the servers' superusers, which trueup refuses by default.
             on_privileged: trueup::config::PrivilegedPolicy::Allow,
-        },
+        }),
     ))
 }
 
@@ -329,9 +330,9 @@ async fn measure_incremental(
             full_every: HumanDuration::parse("1d")?,
         });
         for side in [&mut spec.left, &mut spec.right] {
-            side.query = side
-                .query
-                .replace("currency FROM", "currency, changed_at FROM");
+            if let Read::Sql(sql) = &mut side.query {
+                *sql = sql.replace("currency FROM", "currency, changed_at FROM");
+            }
         }
     }
     let full = run_invariant(&inv, sources, store).await?;

@@ -192,8 +192,75 @@ pub enum PrivilegedPolicy {
     Allow,
 }
 
+/// A source: a database trueup reads with SQL, or an HTTP API it pages through.
 #[derive(Debug, Clone)]
-pub struct SourceConfig {
+pub enum SourceConfig {
+    Sql(SqlSource),
+    Http(HttpSource),
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &SourceName {
+        match self {
+            SourceConfig::Sql(s) => &s.name,
+            SourceConfig::Http(s) => &s.name,
+        }
+    }
+
+    /// What an invariant side on this source is written as.
+    pub fn class(&self) -> SourceClass {
+        match self {
+            SourceConfig::Sql(s) => SourceClass::Sql(s.kind),
+            SourceConfig::Http(_) => SourceClass::Http,
+        }
+    }
+}
+
+impl From<SqlSource> for SourceConfig {
+    fn from(s: SqlSource) -> Self {
+        SourceConfig::Sql(s)
+    }
+}
+
+/// What a side on a source is written as: a query in the engine's SQL, or a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceClass {
+    Sql(SourceKind),
+    Http,
+}
+
+impl fmt::Display for SourceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceClass::Sql(kind) => kind.fmt(f),
+            SourceClass::Http => f.write_str("http"),
+        }
+    }
+}
+
+/// An HTTP API read page by page (`kind: http`).
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    pub name: SourceName,
+    /// Ends with `/`; every request's URL starts with it.
+    pub base_url: String,
+    /// Sent with every request; values may carry credentials (from `${ENV}` only) and never
+    /// print.
+    pub headers: Vec<(String, secrecy::SecretString)>,
+    /// For one request, connecting included.
+    pub timeout: HumanDuration,
+    /// Requests per second at most (`None`: as fast as the API answers).
+    pub rate: Option<f64>,
+    /// How often a request refused with 429 or 5xx, or that timed out, is tried again.
+    pub retries: u32,
+    /// Lets this source reach loopback, private, link-local and metadata addresses, which are
+    /// refused by default.
+    pub allow_private_network: bool,
+}
+
+/// A database read with SQL.
+#[derive(Debug, Clone)]
+pub struct SqlSource {
     pub name: SourceName,
     pub kind: SourceKind,
     pub url: SecretUrl,

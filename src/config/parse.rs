@@ -86,11 +86,20 @@ pub(super) struct RawToken {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSource {
     kind: Option<Spanned<String>>,
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
     pool_size: Option<Spanned<u32>>,
     statement_timeout: Option<Spanned<String>>,
     on_writable: Option<Spanned<String>>,
     allow_privileged_role: Option<bool>,
+    // `kind: http`
+    base_url: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rate: Option<Spanned<f64>>,
+    retries: Option<Spanned<u32>>,
+    #[serde(default)]
+    allow_private_network: bool,
 }
 
 /// Parses config text. `env` resolves `${VAR}` references. Every problem is reported.
@@ -229,12 +238,41 @@ fn sources(
                 continue;
             }
         };
-        let url = match expand_secret_url(&src.url.value, env) {
+        if src.kind.as_ref().is_some_and(|k| k.value == "http") || src.base_url.is_some() {
+            match http_source(name, spanned, env) {
+                Ok(http) => {
+                    sources.insert(http.name.clone(), SourceConfig::Http(http));
+                }
+                Err(msg) => errors.push(Diagnostic::at(path, msg.0, msg.1)),
+            }
+            continue;
+        }
+        let Some(url_field) = &src.url else {
+            errors.push(Diagnostic::at(
+                path,
+                at,
+                format!(
+                    "source `{name}`: give `url:` (a database: postgres://, mysql:// or sqlite://) or `kind: http` and `base_url:` (an HTTP API)"
+                ),
+            ));
+            continue;
+        };
+        if let Some(field) = src.http_field() {
+            errors.push(Diagnostic::at(
+                path,
+                at,
+                format!(
+                    "source `{name}`: `{field}` belongs to HTTP sources (`kind: http`); a database source has url, pool_size, statement_timeout, on_writable and allow_privileged_role"
+                ),
+            ));
+            continue;
+        }
+        let url = match expand_secret_url(&url_field.value, env) {
             Ok(u) => u,
             Err(msg) => {
                 errors.push(Diagnostic::at(
                     path,
-                    src.url.referenced,
+                    url_field.referenced,
                     format!("source `{name}`: {msg}"),
                 ));
                 continue;
@@ -260,7 +298,7 @@ fn sources(
                         path,
                         k.referenced,
                         format!(
-                            "source `{name}`: kind `{}` is unknown; use postgres, mysql or sqlite",
+                            "source `{name}`: kind `{}` is unknown; use postgres, mysql, sqlite or http",
                             k.value
                         ),
                     ));
@@ -271,11 +309,11 @@ fn sources(
             (None, None) => {
                 errors.push(Diagnostic::at(
                     path,
-                    src.url.referenced,
+                    url_field.referenced,
                     format!(
-                        "source `{name}`: cannot tell the database from URL `{}`; start it with postgres://, mysql:// or sqlite://",
+                        "source `{name}`: cannot tell the database from URL `{}`; start it with postgres://, mysql:// or sqlite:// (an HTTP API is `kind: http` with `base_url:`)",
                         // As written: `${VAR}` references, never their values.
-                        src.url.value
+                        url_field.value
                     ),
                 ));
                 continue;
@@ -327,7 +365,7 @@ fn sources(
         };
         sources.insert(
             name.clone(),
-            SourceConfig {
+            SourceConfig::Sql(SqlSource {
                 name,
                 kind,
                 url,
@@ -338,10 +376,111 @@ fn sources(
                     Some(true) => PrivilegedPolicy::Allow,
                     Some(false) | None => PrivilegedPolicy::Refuse,
                 },
-            },
+            }),
         );
     }
     sources
+}
+
+impl RawSource {
+    /// The first setting given that only an HTTP source has.
+    fn http_field(&self) -> Option<&'static str> {
+        [
+            ("base_url", self.base_url.is_some()),
+            ("headers", !self.headers.is_empty()),
+            ("timeout", self.timeout.is_some()),
+            ("rate", self.rate.is_some()),
+            ("retries", self.retries.is_some()),
+            ("allow_private_network", self.allow_private_network),
+        ]
+        .into_iter()
+        .find_map(|(field, given)| given.then_some(field))
+    }
+}
+
+/// A `kind: http` source; `Err((where, what))`.
+fn http_source(
+    name: SourceName,
+    spanned: &Spanned<RawSource>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<HttpSource, (serde_saphyr::Location, String)> {
+    let src = &spanned.value;
+    let err = |at, msg: String| (at, format!("source `{name}`: {msg}"));
+    if let Some(kind) = &src.kind
+        && kind.value != "http"
+    {
+        return Err(err(
+            kind.referenced,
+            format!(
+                "kind is `{}` but `base_url` is an HTTP API's; an HTTP source is `kind: http`",
+                kind.value
+            ),
+        ));
+    }
+    let sql_field = [
+        ("url", src.url.is_some()),
+        ("pool_size", src.pool_size.is_some()),
+        ("statement_timeout", src.statement_timeout.is_some()),
+        ("on_writable", src.on_writable.is_some()),
+        ("allow_privileged_role", src.allow_privileged_role.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(field, given)| given.then_some(field));
+    if let Some(field) = sql_field {
+        return Err(err(
+            spanned.referenced,
+            format!(
+                "`{field}` belongs to database sources; an HTTP source has base_url, headers, timeout, rate, retries and allow_private_network"
+            ),
+        ));
+    }
+    let Some(base) = &src.base_url else {
+        return Err(err(
+            spanned.referenced,
+            "an HTTP source needs `base_url:`, the API's address (like https://api.example.com/v1/)".into(),
+        ));
+    };
+    let base_url =
+        super::targets::parse_base_url(&base.value).map_err(|m| err(base.referenced, m))?;
+    let headers =
+        super::targets::parse_headers(&src.headers, env, &[]).map_err(|(at, m)| err(at, m))?;
+    let timeout = match &src.timeout {
+        Some(t) => HumanDuration::parse(&t.value)
+            .map_err(|e| err(t.referenced, format!("timeout: {e}")))?,
+        None => HumanDuration::from_std(std::time::Duration::from_secs(30)),
+    };
+    let rate = match &src.rate {
+        Some(r) if !(r.value.is_finite() && r.value > 0.0) => {
+            return Err(err(
+                r.referenced,
+                format!(
+                    "rate `{}` must be a number of requests per second above 0 (like 10, or 0.5 for one every two seconds)",
+                    r.value
+                ),
+            ));
+        }
+        Some(r) => Some(r.value),
+        None => None,
+    };
+    let retries = match &src.retries {
+        Some(r) if r.value > 20 => {
+            return Err(err(
+                r.referenced,
+                "retries must be at most 20 (each waits longer than the last)".into(),
+            ));
+        }
+        Some(r) => r.value,
+        None => 5,
+    };
+    Ok(HttpSource {
+        name,
+        base_url,
+        headers,
+        timeout,
+        rate,
+        retries,
+        allow_private_network: src.allow_private_network,
+    })
 }
 
 /// `serve:`: the listener, API tokens and durations, each defaulted when absent.

@@ -182,28 +182,8 @@ pub(super) fn parse_target(
                 ));
             }
             let base_url = parse_base_url(&b.value).map_err(|m| err(b.referenced, m))?;
-            let mut headers = Vec::new();
-            for (h, v) in &t.headers {
-                if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    return Err(err(v.referenced, format!("header name `{h}` is not valid")));
-                }
-                if h.eq_ignore_ascii_case("idempotency-key") {
-                    return Err(err(
-                        v.referenced,
-                        "trueup sets Idempotency-Key itself, one per action".into(),
-                    ));
-                }
-                if header_holds_a_secret(h) && !v.value.contains("${") {
-                    return Err(err(
-                        v.referenced,
-                        format!(
-                            "header `{h}` carries a credential written in the file; write it from the environment, like `{h}: \"Bearer ${{BILLING_TOKEN}}\"`, and set that variable"
-                        ),
-                    ));
-                }
-                let value = expand_env(&v.value, env).map_err(|m| err(v.referenced, m))?;
-                headers.push((h.clone(), secrecy::SecretString::from(value)));
-            }
+            let headers = parse_headers(&t.headers, env, &["idempotency-key"])
+                .map_err(|(at, m)| err(at, m))?;
             Ok(TargetConfig::Http(HttpTarget {
                 name,
                 base_url,
@@ -223,8 +203,40 @@ pub(super) fn parse_target(
     }
 }
 
+/// Headers sent with every request: valid names, none of `reserved` (lowercase; trueup sets
+/// those itself), credentials only from `${ENV}`; `Err((where, what))`.
+pub(super) fn parse_headers(
+    raw: &BTreeMap<String, Spanned<String>>,
+    env: &dyn Fn(&str) -> Option<String>,
+    reserved: &[&str],
+) -> Result<Vec<(String, secrecy::SecretString)>, (serde_saphyr::Location, String)> {
+    let mut headers = Vec::new();
+    for (h, v) in raw {
+        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err((v.referenced, format!("header name `{h}` is not valid")));
+        }
+        if reserved.contains(&h.to_ascii_lowercase().as_str()) {
+            return Err((
+                v.referenced,
+                format!("trueup sets {h} itself, one per action"),
+            ));
+        }
+        if header_holds_a_secret(h) && !v.value.contains("${") {
+            return Err((
+                v.referenced,
+                format!(
+                    "header `{h}` carries a credential written in the file; write it from the environment, like `{h}: \"Bearer ${{BILLING_TOKEN}}\"`, and set that variable"
+                ),
+            ));
+        }
+        let value = expand_env(&v.value, env).map_err(|m| (v.referenced, m))?;
+        headers.push((h.clone(), secrecy::SecretString::from(value)));
+    }
+    Ok(headers)
+}
+
 /// An absolute http(s) URL without credentials, query or fragment, ending in `/`.
-fn parse_base_url(raw: &str) -> Result<String, String> {
+pub(super) fn parse_base_url(raw: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(raw.trim())
         .map_err(|e| format!("base_url `{raw}` is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

@@ -25,7 +25,7 @@ fn passwords_come_from_the_environment_and_never_print() {
     let c =
         parse("sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db:5432/ledger\n")
             .unwrap();
-    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let src = sql_source(&c, "ledger");
     assert_eq!(src.url.expose(), "postgres://app:s3cret@db:5432/ledger");
     assert_eq!(src.kind, SourceKind::Postgres);
     let shown = format!("{c:?} {}", src.url);
@@ -44,7 +44,7 @@ fn a_variable_anywhere_in_a_url_shows_as_its_reference_never_its_value() {
             "sources:\n  ledger:\n    url: postgres://app:${LEDGER_PASSWORD}@db/ledger?x:${LEDGER_PASSWORD}@db&application_name=${LEDGER_PASSWORD}\n",
         )
         .unwrap();
-    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let src = sql_source(&c, "ledger");
     let shown = format!("{c:?} {}", src.url);
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(
@@ -65,7 +65,7 @@ fn a_password_in_the_query_comes_from_the_environment_and_never_prints() {
         c.store.expose(),
         "postgres://app@db/trueup?sslmode=require&password=s3cret"
     );
-    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let src = sql_source(&c, "ledger");
     let shown = format!("{c:?} {} {}", src.url, c.store);
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(
@@ -84,7 +84,7 @@ fn query_parameters_that_name_files_or_settings_are_not_secrets() {
             "sources:\n  ledger:\n    url: \"postgres://app:${LEDGER_PASSWORD}@db/l?sslmode=verify-full&sslkey=/etc/k.pem&sslcert=/etc/c.pem&target_session_attrs=read-write\"\n",
         )
         .unwrap();
-    let src = &c.sources[&SourceName::parse("ledger").unwrap()];
+    let src = sql_source(&c, "ledger");
     assert!(
         src.url
             .redacted()
@@ -242,7 +242,7 @@ fn unknown_fields_are_errors() {
 #[test]
 fn relative_sqlite_sources_are_relative_to_the_config_file() {
     let c = parse("sources:\n  shop:\n    url: sqlite://shop.db\n").unwrap();
-    let src = &c.sources[&SourceName::parse("shop").unwrap()];
+    let src = sql_source(&c, "shop");
     assert_eq!(src.url.expose(), "sqlite://conf/shop.db");
 }
 
@@ -448,5 +448,13 @@ fn every_mistake_in_a_route_tree_is_located_and_explained() {
         "group_interval: at most 24h",
     ] {
         assert!(err.contains(says), "missing {says:?} in:\n{err}");
+    }
+}
+
+/// The database source `name` of `c`.
+fn sql_source<'a>(c: &'a Config, name: &str) -> &'a crate::config::SqlSource {
+    match &c.sources[&SourceName::parse(name).unwrap()] {
+        crate::config::SourceConfig::Sql(s) => s,
+        other => panic!("`{name}` is not a database source: {other:?}"),
     }
 }

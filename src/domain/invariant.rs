@@ -180,11 +180,11 @@ pub enum InvariantSpec {
     Transitions(TransitionsSpec),
 }
 
-/// One read-only query on one source.
+/// One read-only query (or request) on one source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuerySide {
     pub source: SourceName,
-    pub query: String,
+    pub query: super::Read,
 }
 
 /// Every row the query returns is a violation, identified by its key columns.

@@ -12,6 +12,7 @@ mod link;
 mod name;
 mod next_step;
 mod plan;
+mod request;
 mod role;
 mod routing;
 mod run;
@@ -35,6 +36,7 @@ pub use link::{WebUrl, WebUrlError};
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
+pub use request::{CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Paging, Read};
 pub use role::Role;
 pub use routing::{
     AlertLabels, Delivery, GroupBy, MatchOp, Matcher, MatcherError, NewSilence, RESERVED_LABELS,

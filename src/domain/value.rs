@@ -18,7 +18,8 @@ use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialized only where trueup spills rows to its own temporary files (an external sort).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Null,
     Bool(bool),
@@ -38,7 +39,7 @@ pub enum Value {
 }
 
 /// What trueup keeps of a long value: enough to compare it and to show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Digested {
     /// [`ValueClass::Text`] or [`ValueClass::Bytes`].
     pub class: ValueClass,
@@ -108,7 +109,9 @@ pub fn bytes_prefix(b: &[u8]) -> String {
 
 /// The comparison class of a value. Keys of different classes cannot be merged because every
 /// engine orders them differently; trueup refuses such a pair instead of guessing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ValueClass {
     Null,
     Bool,

@@ -11,7 +11,6 @@ pub mod apply;
 mod control;
 pub mod dry_runs;
 mod hash;
-pub mod netguard;
 mod propose;
 pub mod recheck;
 pub mod replay;

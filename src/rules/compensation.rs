@@ -86,7 +86,8 @@ pub(super) fn build_replay(
         Some(p) => Some(ctx.side(
             "replay.processed",
             &p.value.source,
-            &p.value.query,
+            p.value.query.as_ref(),
+            p.value.request.as_ref(),
             &known.sources,
         )?),
         None => None,

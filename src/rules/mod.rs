@@ -5,6 +5,7 @@
 mod compensation;
 mod query;
 mod raw;
+mod request;
 mod shape;
 
 pub use compensation::check_statement;
@@ -14,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::{Location, Spanned};
 
+use crate::config::SourceClass;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::{
     AlertPolicy, CheckSpec, ColumnName, Expect, HumanDuration, Incremental, Invariant,
-    InvariantName, InvariantSpec, QuerySide, ReconcileMode, ReconcileSpec, Schedule, Severity,
-    SourceName, TargetName, TransitionsSpec,
+    InvariantName, InvariantSpec, QuerySide, Read, ReconcileMode, ReconcileSpec, Schedule,
+    Severity, SourceName, TargetName, TransitionsSpec,
 };
 
 pub const DEFAULT_SAMPLE_LIMIT: usize = 10;
@@ -27,8 +29,9 @@ pub const DEFAULT_VIOLATION_BUDGET: u64 = 10_000;
 /// The names an invariant may refer to, from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Known {
-    /// Each source and its engine (for its SQL grammar).
-    pub sources: BTreeMap<SourceName, crate::config::SourceKind>,
+    /// Each source and what a side on it is written as (a query in its engine's SQL, or a
+    /// request).
+    pub sources: BTreeMap<SourceName, SourceClass>,
     pub channels: BTreeSet<String>,
     pub targets: BTreeMap<TargetName, TargetInfo>,
 }
@@ -47,7 +50,7 @@ impl Known {
             sources: config
                 .sources
                 .iter()
-                .map(|(name, s)| (name.clone(), s.kind))
+                .map(|(name, s)| (name.clone(), s.class()))
                 .collect(),
             channels: config.channels.keys().cloned().collect(),
             targets: config
@@ -299,24 +302,79 @@ impl Ctx<'_> {
         &mut self,
         field: &str,
         source: &Spanned<String>,
-        query: &Spanned<String>,
-        sources: &BTreeMap<SourceName, crate::config::SourceKind>,
+        query: Option<&Spanned<String>>,
+        request: Option<&Spanned<raw::RawRequest>>,
+        sources: &BTreeMap<SourceName, SourceClass>,
     ) -> Option<QuerySide> {
-        let source = self.source(field, source, sources);
-        let sql = self.query(field, query);
-        let (source, sql) = (source?, sql?);
-        if let Err(why) = query::check_query(&sql, sources[&source]) {
-            self.error(query.referenced, format!("{field}.query {why}"));
-            return None;
-        }
-        Some(QuerySide { source, query: sql })
+        let name = self.source(field, source, sources);
+        let class = name.as_ref().map(|n| sources[n]);
+        let read = match (query, request, class) {
+            (Some(_), Some(r), _) => {
+                self.error(
+                    r.referenced,
+                    format!("{field} gives both `query:` and `request:`; a database source takes a query, an HTTP source a request"),
+                );
+                None
+            }
+            (None, None, _) => {
+                self.error(
+                    source.referenced,
+                    format!("{field} needs `query:` (a SELECT, for a database source) or `request:` (for an HTTP source)"),
+                );
+                None
+            }
+            (Some(q), None, Some(SourceClass::Http)) => {
+                self.error(
+                    q.referenced,
+                    format!(
+                        "{field}.query: source `{}` is an HTTP API; describe what to read with `request:` (path, items, page, columns)",
+                        source.value
+                    ),
+                );
+                None
+            }
+            (None, Some(r), Some(SourceClass::Sql(kind))) => {
+                self.error(
+                    r.referenced,
+                    format!(
+                        "{field}.request: source `{}` is a {kind} database; read it with `query:`",
+                        source.value
+                    ),
+                );
+                None
+            }
+            (Some(q), None, Some(SourceClass::Sql(kind))) => {
+                let sql = self.query(field, q)?;
+                if let Err(why) = query::check_query(&sql, kind) {
+                    self.error(q.referenced, format!("{field}.query {why}"));
+                    return None;
+                }
+                Some(Read::Sql(sql))
+            }
+            (None, Some(r), Some(SourceClass::Http)) => {
+                self.request(field, r).map(|r| Read::Http(Box::new(r)))
+            }
+            // The source is unknown (already reported): check what can be checked alone.
+            (Some(q), None, None) => {
+                self.query(field, q);
+                None
+            }
+            (None, Some(r), None) => {
+                self.request(field, r);
+                None
+            }
+        };
+        Some(QuerySide {
+            source: name?,
+            query: read?,
+        })
     }
 
     fn source(
         &mut self,
         field: &str,
         raw: &Spanned<String>,
-        sources: &BTreeMap<SourceName, crate::config::SourceKind>,
+        sources: &BTreeMap<SourceName, SourceClass>,
     ) -> Option<SourceName> {
         let name = self.parse(&format!("{field}.source"), raw, SourceName::parse)?;
         if sources.contains_key(&name) {
@@ -665,11 +723,17 @@ fn build_slo(block: &Spanned<raw::RawSlo>, ctx: &mut Ctx<'_>) -> Option<crate::d
 
 fn build_spec(
     raw: &raw::RawInvariant,
-    sources: &BTreeMap<SourceName, crate::config::SourceKind>,
+    sources: &BTreeMap<SourceName, SourceClass>,
     ctx: &mut Ctx<'_>,
 ) -> Option<InvariantSpec> {
     if let Some(c) = &raw.check {
-        let side = ctx.side("check", &c.value.source, &c.value.query, sources);
+        let side = ctx.side(
+            "check",
+            &c.value.source,
+            c.value.query.as_ref(),
+            c.value.request.as_ref(),
+            sources,
+        );
         let key = ctx.columns("check.key", &c.value.key);
         return Some(InvariantSpec::Check(CheckSpec {
             side: side?,
@@ -678,8 +742,20 @@ fn build_spec(
     }
     if let Some(r) = &raw.reconcile {
         let (l, r_) = (&r.value.left.value, &r.value.right.value);
-        let left = ctx.side("reconcile.left", &l.source, &l.query, sources);
-        let right = ctx.side("reconcile.right", &r_.source, &r_.query, sources);
+        let left = ctx.side(
+            "reconcile.left",
+            &l.source,
+            l.query.as_ref(),
+            l.request.as_ref(),
+            sources,
+        );
+        let right = ctx.side(
+            "reconcile.right",
+            &r_.source,
+            r_.query.as_ref(),
+            r_.request.as_ref(),
+            sources,
+        );
         let key = ctx.columns("reconcile.key", &r.value.key);
         let expect = match &r.value.expect {
             Some(e) => ctx.parse("reconcile.expect", e, |v| {
@@ -744,6 +820,50 @@ fn build_spec(
             );
             return None;
         }
+        let api_side = [(&left, &l.source), (&right, &r_.source)]
+            .into_iter()
+            .find(|(side, _)| {
+                side.as_ref()
+                    .is_some_and(|s| matches!(s.query, Read::Http(_)))
+            })
+            .map(|(_, source)| source.value.clone());
+        if let Some(api) = api_side {
+            // What a database computes or filters for these, an API cannot.
+            let refused = [
+                (
+                    r.value
+                        .mode
+                        .as_ref()
+                        .filter(|_| mode == Some(ReconcileMode::Checksum))
+                        .map(|m| m.referenced),
+                    "reconcile.mode: checksum",
+                    "segment checksums are computed by databases; an API's items are streamed (`mode: auto` or `stream`)",
+                ),
+                (
+                    r.value.segments.as_ref().map(|n| n.referenced),
+                    "reconcile.segments",
+                    "segments split a database's key range; an API's items are read in one pass",
+                ),
+                (
+                    r.value.incremental.as_ref().map(|i| i.referenced),
+                    "reconcile.incremental",
+                    "an incremental run asks a database for the rows changed since its watermark",
+                ),
+            ];
+            let mut refused_any = false;
+            for (given, what, why) in refused {
+                if let Some(at) = given {
+                    ctx.error(
+                        at,
+                        format!("{what} cannot be used with source `{api}`, an HTTP API: {why}"),
+                    );
+                    refused_any = true;
+                }
+            }
+            if refused_any {
+                return None;
+            }
+        }
         return Some(InvariantSpec::Reconcile(ReconcileSpec {
             left: left?,
             right: right?,
@@ -757,7 +877,13 @@ fn build_spec(
     }
     if let Some(t) = &raw.transitions {
         let t = &t.value;
-        let side = ctx.side("transitions", &t.source, &t.query, sources);
+        let side = ctx.side(
+            "transitions",
+            &t.source,
+            t.query.as_ref(),
+            t.request.as_ref(),
+            sources,
+        );
         let key = ctx.columns("transitions.key", &t.key);
         let state = match &t.state {
             Some(s) => ctx.parse("transitions.state", s, ColumnName::parse),

@@ -85,14 +85,72 @@ pub struct RawAlert {
 #[derive(Deserialize)]
 pub struct RawCheck {
     pub source: Spanned<String>,
-    pub query: Spanned<String>,
+    pub query: Option<Spanned<String>>,
+    pub request: Option<Spanned<RawRequest>>,
     pub key: Spanned<OneOrMany>,
 }
 
 #[derive(Deserialize)]
 pub struct RawSide {
     pub source: Spanned<String>,
-    pub query: Spanned<String>,
+    pub query: Option<Spanned<String>>,
+    pub request: Option<Spanned<RawRequest>>,
+}
+
+/// `request:` — a side read from an HTTP API (a source of `kind: http`).
+#[derive(Deserialize)]
+pub struct RawRequest {
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub params: BTreeMap<String, Spanned<ScalarText>>,
+    pub items: Option<Spanned<String>>,
+    pub page: Option<Spanned<RawPage>>,
+    pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
+}
+
+/// `page:` — one of the paging styles.
+#[derive(Deserialize)]
+pub struct RawPage {
+    pub cursor: Option<Spanned<RawCursor>>,
+    pub link: Option<Spanned<String>>,
+    pub offset: Option<Spanned<RawOffset>>,
+    pub number: Option<Spanned<RawNumber>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawCursor {
+    pub param: Option<Spanned<String>>,
+    pub from_item: Option<Spanned<String>>,
+    pub from_response: Option<Spanned<String>>,
+    pub has_more: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawOffset {
+    pub param: Option<Spanned<String>>,
+    pub size: Option<Spanned<u64>>,
+    pub size_param: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+pub struct RawNumber {
+    pub param: Option<Spanned<String>>,
+    pub first: Option<Spanned<u64>>,
+}
+
+/// A column of an item: `id` (its path, the type as JSON has it) or `{path: .., type: ..}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawField {
+    Path(String),
+    Typed(RawTypedField),
+}
+
+#[derive(Deserialize)]
+pub struct RawTypedField {
+    pub path: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,7 +189,8 @@ pub struct RawChangeColumns {
 #[derive(Deserialize)]
 pub struct RawTransitions {
     pub source: Spanned<String>,
-    pub query: Spanned<String>,
+    pub query: Option<Spanned<String>>,
+    pub request: Option<Spanned<RawRequest>>,
     pub key: Spanned<OneOrMany>,
     pub state: Option<Spanned<String>>,
     pub at: Option<Spanned<String>>,

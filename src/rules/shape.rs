@@ -110,6 +110,14 @@ enum Shape {
     Action,
     SqlAction,
     HttpAction,
+    Request,
+    Page,
+    Cursor,
+    Offset,
+    PageNumber,
+    /// `columns:` of a request: keyed by the user's column names.
+    Columns,
+    Field,
     /// A map whose keys are the user's (the `allowed` state map).
     Free,
 }
@@ -136,7 +144,13 @@ impl Shape {
             Shape::Action => serde_introspect::<raw::RawAction>(),
             Shape::SqlAction => serde_introspect::<raw::RawSql>(),
             Shape::HttpAction => serde_introspect::<raw::RawHttp>(),
-            Shape::Free => &[],
+            Shape::Request => serde_introspect::<raw::RawRequest>(),
+            Shape::Page => serde_introspect::<raw::RawPage>(),
+            Shape::Cursor => serde_introspect::<raw::RawCursor>(),
+            Shape::Offset => serde_introspect::<raw::RawOffset>(),
+            Shape::PageNumber => serde_introspect::<raw::RawNumber>(),
+            Shape::Field => serde_introspect::<raw::RawTypedField>(),
+            Shape::Columns | Shape::Free => &[],
         }
     }
 
@@ -161,6 +175,14 @@ impl Shape {
             (Shape::Action | Shape::Replay, "http") => Shape::HttpAction,
             (Shape::Replay, "processed") => Shape::Side,
             (Shape::HttpAction, "headers" | "body") => Shape::Free,
+            (Shape::Side | Shape::Check | Shape::Transitions, "request") => Shape::Request,
+            (Shape::Request, "params") => Shape::Free,
+            (Shape::Request, "page") => Shape::Page,
+            (Shape::Request, "columns") => Shape::Columns,
+            (Shape::Page, "cursor") => Shape::Cursor,
+            (Shape::Page, "offset") => Shape::Offset,
+            (Shape::Page, "number") => Shape::PageNumber,
+            (Shape::Columns, _) => Shape::Field,
             _ => return None,
         })
     }
@@ -189,6 +211,12 @@ fn walk(
         Node::Seq(items) => {
             for item in items {
                 walk(item, shape, path, invariant, file, out);
+            }
+        }
+        Node::Map(entries) if matches!(shape, Shape::Columns) => {
+            // Keys are the user's column names; each value is a path or a typed field.
+            for (key, value) in entries {
+                walk(value, Shape::Field, &join(path, key), invariant, file, out);
             }
         }
         Node::Map(entries) if !matches!(shape, Shape::Free) => {
@@ -242,7 +270,7 @@ fn join(path: &str, key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHAPES: [Shape; 16] = [
+    const SHAPES: [Shape; 23] = [
         Shape::File,
         Shape::Invariant,
         Shape::Check,
@@ -258,6 +286,13 @@ mod tests {
         Shape::Action,
         Shape::SqlAction,
         Shape::HttpAction,
+        Shape::Request,
+        Shape::Page,
+        Shape::Cursor,
+        Shape::Offset,
+        Shape::PageNumber,
+        Shape::Columns,
+        Shape::Field,
         Shape::Free,
     ];
 
@@ -284,10 +319,19 @@ mod tests {
             "headers",
             "body",
             "missing",
+            "request",
+            "params",
+            "page",
+            "cursor",
+            "offset",
+            "number",
+            "columns",
         ];
         for shape in SHAPES {
             for key in candidates {
-                if shape.child(key).is_some() && !matches!(shape, Shape::Compensate) {
+                if shape.child(key).is_some()
+                    && !matches!(shape, Shape::Compensate | Shape::Columns)
+                {
                     assert!(
                         shape.fields().contains(&key),
                         "`{key}` leads to a nested shape but is no field of {:?}",

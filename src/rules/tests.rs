@@ -7,7 +7,7 @@ fn sources() -> Known {
             .map(|s| {
                 (
                     SourceName::parse(s).unwrap(),
-                    crate::config::SourceKind::Sqlite,
+                    crate::config::SourceClass::Sql(crate::config::SourceKind::Sqlite),
                 )
             })
             .collect(),
@@ -69,7 +69,9 @@ fn a_well_formed_file_gives_all_three_kinds() {
     };
     assert_eq!(
         r.left.query,
-        "SELECT id AS payment_id, amount, captured_at FROM payments"
+        crate::domain::Read::Sql(
+            "SELECT id AS payment_id, amount, captured_at FROM payments".into()
+        )
     );
     assert_eq!(r.key[0].as_str(), "payment_id");
     assert_eq!(invs[0].severity, Severity::Critical);

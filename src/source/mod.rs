@@ -13,10 +13,12 @@
 
 mod checksum;
 mod decode;
+mod http;
 mod mysql;
 mod pg_wire;
 mod postgres;
 mod query;
+mod sort;
 mod sql;
 mod sqlite;
 mod stream;
@@ -40,8 +42,8 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-use crate::config::{PrivilegedPolicy, SourceConfig, SourceKind, WritablePolicy};
-use crate::domain::{SourceName, Value};
+use crate::config::{PrivilegedPolicy, SourceClass, SourceConfig, SourceKind, WritablePolicy};
+use crate::domain::{Read, SourceName, Value};
 
 /// A source's statements run as long as their data takes (a checksum over 10M rows takes
 /// seconds, by design; `statement_timeout` is the limit): sqlx's default warning for every
@@ -141,6 +143,23 @@ pub enum SourceError {
     },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
+    #[error("source `{source_name}` is {is}: {why}")]
+    WrongClass {
+        source_name: SourceName,
+        /// "an HTTP API", "a database".
+        is: &'static str,
+        why: String,
+    },
+    #[error(
+        "source `{source_name}`: {request}: {message}; the run is failed and no violation changes"
+    )]
+    Api {
+        source_name: SourceName,
+        /// The request as `GET <url>` (the URL without the base's credentials, which never
+        /// are in it).
+        request: String,
+        message: String,
+    },
 }
 
 /// What a source's database role could do beyond reading, found by asking the database.
@@ -160,13 +179,14 @@ enum Pool {
     Postgres(sqlx::PgPool),
     MySql(sqlx::MySqlPool),
     Sqlite(sqlx::SqlitePool),
+    Http(Arc<http::Api>),
 }
 
 /// A connected source.
 #[derive(Clone)]
 pub struct Source {
     name: SourceName,
-    kind: SourceKind,
+    class: SourceClass,
     timeout_ms: u64,
     pool: Pool,
     on_writable: WritablePolicy,
@@ -182,6 +202,21 @@ impl Source {
     /// Builds the pool; connections open on first use, so one unreachable source does not
     /// stop the others.
     pub fn open(cfg: &SourceConfig) -> Result<Self, SourceError> {
+        let cfg = match cfg {
+            SourceConfig::Sql(cfg) => cfg,
+            SourceConfig::Http(api) => {
+                return Ok(Self {
+                    name: api.name.clone(),
+                    class: SourceClass::Http,
+                    timeout_ms: api.timeout.as_std().as_millis().min(u64::MAX as u128) as u64,
+                    pool: Pool::Http(Arc::new(http::Api::open(api)?)),
+                    on_writable: WritablePolicy::Warn,
+                    on_privileged: PrivilegedPolicy::Refuse,
+                    endpoint: api.base_url.as_str().into(),
+                    role: Arc::default(),
+                });
+            }
+        };
         let timeout_ms = cfg
             .statement_timeout
             .as_std()
@@ -194,7 +229,7 @@ impl Source {
         };
         Ok(Self {
             name: cfg.name.clone(),
-            kind: cfg.kind,
+            class: SourceClass::Sql(cfg.kind),
             timeout_ms,
             pool,
             on_writable: cfg.on_writable,
@@ -208,8 +243,27 @@ impl Source {
         &self.name
     }
 
-    pub fn kind(&self) -> SourceKind {
-        self.kind
+    /// Why `what` cannot be had from this source, an HTTP API.
+    fn not_sql(&self, what: &str) -> SourceError {
+        SourceError::WrongClass {
+            source_name: self.name.clone(),
+            is: "an HTTP API",
+            why: format!("{what} needs a database"),
+        }
+    }
+
+    /// `read`'s SQL, or why `what` cannot be had from this source (an HTTP API's).
+    pub fn sql_of<'a>(&self, read: &'a Read, what: &str) -> Result<&'a str, SourceError> {
+        read.sql().ok_or_else(|| SourceError::WrongClass {
+            source_name: self.name.clone(),
+            is: "an HTTP API",
+            why: format!("{what} needs a database's query"),
+        })
+    }
+
+    /// A database of an engine, or an HTTP API.
+    pub fn class(&self) -> SourceClass {
+        self.class
     }
 
     /// What the source's database role could do beyond reading (nothing, for SQLite files,
@@ -218,7 +272,8 @@ impl Source {
         match &self.pool {
             Pool::Postgres(p) => postgres::audit_role(&self.name, &self.endpoint, p).await,
             Pool::MySql(p) => mysql::audit_role(&self.name, &self.endpoint, p).await,
-            Pool::Sqlite(_) => Ok(RoleAudit::default()),
+            // A SQLite file is opened read-only; an API is only ever sent GET requests.
+            Pool::Sqlite(_) | Pool::Http(_) => Ok(RoleAudit::default()),
         }
     }
 
@@ -311,14 +366,17 @@ impl Source {
             }
             Pool::MySql(p) => Box::pin(sql::read(mysql::Dialect, p, req, feed)),
             Pool::Sqlite(p) => Box::pin(sql::read(sqlite::Dialect, p, req, feed)),
+            Pool::Http(api) => Box::pin(http::read(api, req, feed)),
         };
         let source_name = self.name.clone();
         // The server stops a statement at its statement_timeout; a read still going well past
         // that waits on a network or a server that stalled. Dropping the reader closes its
         // connection. (A SQLite file has no network and no statement timeout.)
-        let deadline = match self.kind {
-            SourceKind::Sqlite => std::time::Duration::MAX,
-            _ => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
+        // An API's pages each have the source's timeout, and each retry its own; its read
+        // as a whole has as many pages as the API holds.
+        let deadline = match self.class {
+            SourceClass::Sql(SourceKind::Sqlite) | SourceClass::Http => std::time::Duration::MAX,
+            SourceClass::Sql(_) => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
         };
         tokio::spawn(async move {
             let err = match tokio::time::timeout(
@@ -397,11 +455,12 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
             Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
             Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
+            Pool::Http(_) => return Err(self.not_sql("a change column's latest instant")),
         };
         let statement = format!("SELECT {expr} AS trueup_latest FROM ({query}) AS trueup_m");
         let mut rows = self
             .read(ReadRequest {
-                query: statement,
+                query: Read::Sql(statement),
                 needed: Vec::new(),
                 order_by: Vec::new(),
                 filter: Vec::new(),
@@ -438,6 +497,7 @@ impl Source {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
             Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
+            Pool::Http(_) => Err(self.not_sql("a statement")),
         }
     }
 
@@ -456,6 +516,7 @@ impl Source {
             Pool::MySql(p) => {
                 summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
             }
+            Pool::Http(_) => Err(self.not_sql("a checksum")),
             Pool::Sqlite(p) => {
                 summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
             }
@@ -468,7 +529,8 @@ impl Source {
         match &self.pool {
             Pool::Postgres(_) => self.pg_dialect().quote(column),
             Pool::MySql(_) => mysql::Dialect.quote(column),
-            Pool::Sqlite(_) => sqlite::Dialect.quote(column),
+            // Never reached: every caller works on a database's query.
+            Pool::Sqlite(_) | Pool::Http(_) => sqlite::Dialect.quote(column),
         }
     }
 
@@ -479,6 +541,7 @@ impl Source {
             Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
             Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
             Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
+            Pool::Http(_) => None,
         }
     }
 
@@ -495,6 +558,7 @@ impl Source {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
             Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
             Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
+            Pool::Http(_) => Err(self.not_sql("describing a query")),
         }
     }
 
@@ -533,6 +597,7 @@ impl Source {
         match &self.pool {
             Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
             Pool::Sqlite(_) => summarize::in_process(self, req).await,
+            Pool::Http(_) => Err(self.not_sql("a checksum")),
         }
     }
 
@@ -558,6 +623,7 @@ impl Source {
             Pool::Postgres(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::MySql(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
+            Pool::Http(_) => {}
         }
     }
 }

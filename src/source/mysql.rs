@@ -4,7 +4,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlValueRef};
 use sqlx::{Decode, Executor, MySql, MySqlPool, ValueRef};
 
-use crate::config::SourceConfig;
+use crate::config::SqlSource as SourceConfig;
 use crate::domain::{SourceName, Value};
 
 use super::decode::{Kind, Unrepresentable};

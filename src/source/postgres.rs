@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
 use sqlx::{PgPool, Postgres, Row as _, ValueRef};
 
-use crate::config::SourceConfig;
+use crate::config::SqlSource as SourceConfig;
 use crate::domain::{EVIDENCE_VALUE_CAP, SourceName, Value};
 
 use super::decode::Kind;

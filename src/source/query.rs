@@ -2,7 +2,7 @@
 //! subquery, the columns it must return, key filter and order.
 
 use super::SourceError;
-use crate::domain::{ColumnName, SourceName};
+use crate::domain::{ColumnName, Read, SourceName};
 
 /// A column the evaluator needs, and why (for the error when it is absent).
 #[derive(Debug, Clone)]
@@ -14,7 +14,7 @@ pub struct Needed {
 /// What to read: the user's query, the columns it must return and the order to return rows in.
 #[derive(Debug, Clone)]
 pub struct ReadRequest {
-    pub query: String,
+    pub query: Read,
     pub needed: Vec<Needed>,
     /// Sort by these columns, byte-wise for text (see `domain::value`). NULLs may come first
     /// or last: readers of ordered streams skip rows with a NULL key.
@@ -39,6 +39,21 @@ pub struct ReadRequest {
     /// `Some`: only rows whose change column is at or after an instant — how an incremental
     /// reconcile finds what changed.
     pub changed_since: Option<ChangedSince>,
+}
+
+impl ReadRequest {
+    /// The SQL of a read from a database (a request reaches a database's reader only by a
+    /// mistake in the code: it fails, never reads something else).
+    pub(crate) fn sql(&self, source: &SourceName) -> Result<&str, SourceError> {
+        self.query.sql().ok_or_else(|| SourceError::WrongClass {
+            source_name: source.clone(),
+            is: "a database",
+            why: format!(
+                "the side asks it for an HTTP request ({}); write `query:` for a database source",
+                self.query
+            ),
+        })
+    }
 }
 
 /// Keys to read: per key, one value per column, in the order of `columns`, sorted as

@@ -328,7 +328,7 @@ where
         .begin(&mut *conn, req)
         .await
         .map_err(|e| Some(feed.query_error(e)))?;
-    let inner = wrap(&req.query);
+    let inner = wrap(req.sql(&feed.source).map_err(Some)?);
     let stmt = (&mut *conn)
         .prepare(&inner)
         .await
@@ -619,9 +619,9 @@ fn compose<D: Dialect>(
                 }
             })
             .collect();
-        wrap_selecting(&req.query, &list.join(", "))
+        wrap_selecting(req.sql(source)?, &list.join(", "))
     } else {
-        wrap(&req.query)
+        wrap(req.sql(source)?)
     };
     if !conditions.is_empty() {
         text = format!("{text} WHERE {}", conditions.join(" AND "));

@@ -4,7 +4,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteValueRef};
 use sqlx::{Decode, Executor, Sqlite, SqlitePool, TypeInfo, ValueRef};
 
-use crate::config::SourceConfig;
+use crate::config::SqlSource as SourceConfig;
 use crate::domain::Value;
 
 use super::decode::{Kind, SqliteHint, sqlite_text};
@@ -40,7 +40,7 @@ impl super::sql::Dialect for Dialect {
     ) -> Result<(), sqlx::error::BoxDynError> {
         // PostgreSQL and MySQL refuse several statements in one prepared string; SQLite
         // would run them all.
-        if super::has_several_statements(&req.query) {
+        if super::has_several_statements(req.query.sql().unwrap_or_default()) {
             return Err(
                 "the query holds more than one statement; an invariant query is a single SELECT"
                     .into(),

@@ -8,6 +8,7 @@ use sqlx::{Column, Database, Executor, Statement, TypeInfo};
 use super::checksum::{Described, Engine, Flavor, Summary, SummaryRequest};
 use super::sql::Dialect;
 use super::{KeyRanges, Leased, ReadRequest, Source, SourceError};
+use crate::domain::Read;
 
 /// What every statement here reads its values as: text, parsed by trueup, so both engines'
 /// results decode one way.
@@ -35,7 +36,7 @@ where
         reusable: false,
     };
     let begin = ReadRequest {
-        query: String::new(),
+        query: Read::Sql(String::new()),
         needed: Vec::new(),
         order_by: Vec::new(),
         filter: Vec::new(),
@@ -291,7 +292,7 @@ fn unsupported(source: &Source) -> SourceError {
         source_name: source.name.clone(),
         message: format!(
             "{} sources compute no segment checksums; stream this invariant (`mode: stream`)",
-            source.kind.as_str()
+            source.class
         ),
     }
 }
@@ -311,7 +312,7 @@ pub(super) async fn in_process(
     // The NULL keys are counted on the first, whole-range request: it reads every row.
     let mut rows = source
         .read(ReadRequest {
-            query: req.query.clone(),
+            query: Read::Sql(req.query.clone()),
             needed: Vec::new(),
             order_by: vec![key],
             filter: Vec::new(),

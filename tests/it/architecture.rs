@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "yaml",
     "diagnostic",
     "connect",
+    "net",
     "config",
     "rules",
     "source",

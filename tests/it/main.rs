@@ -2,6 +2,7 @@
 //! PostgreSQL / MariaDB database (random name, dropped afterwards) or SQLite files in a
 //! temporary folder.
 
+mod api;
 mod architecture;
 mod browser;
 mod hardening;

@@ -8,11 +8,11 @@ use trueup::config::{PrivilegedPolicy, WritablePolicy};
 use trueup::domain::{ColumnName, SourceName, Value};
 use trueup::source::{ReadRequest, Source, SourceError, Sources};
 
-use crate::helpers::{TestMysql, TestPg, source, sqlite_file, sqlite_url};
+use crate::helpers::{TestMysql, TestPg, source, sql_source, sqlite_file, sqlite_url};
 
 fn request(query: &str) -> ReadRequest {
     ReadRequest {
-        query: query.to_owned(),
+        query: trueup::domain::Read::Sql(query.to_owned()),
         needed: Vec::new(),
         order_by: Vec::new(),
         filter: Vec::new(),
@@ -42,9 +42,9 @@ async fn scalar(src: &Source, query: &str) -> Value {
 
 /// A source with a one-connection pool, so every query runs on the same session.
 fn single_connection(name: &str, url: &str) -> Source {
-    let mut cfg = source(name, url);
+    let mut cfg = sql_source(name, url);
     cfg.pool_size = 1;
-    Source::open(&cfg).unwrap()
+    Source::open(&cfg.clone().into()).unwrap()
 }
 
 #[tokio::test]
@@ -122,16 +122,19 @@ async fn postgres_bypasses_leave_the_source_unchanged_and_the_session_read_only(
     src.close().await;
 
     // The role could write through its membership: trueup says so, and refuses when asked to.
-    let mut cfg = source(
+    let mut cfg = sql_source(
         "pg",
         &url.replace(&ro, &rw)
             .replace(&format!("{rw}@"), "postgres@"),
     );
     cfg.on_writable = WritablePolicy::Refuse;
-    let err = Sources::open_all(&BTreeMap::from([(SourceName::parse("pg").unwrap(), cfg)]))
-        .await
-        .err()
-        .expect("a superuser source must be refused under on_writable: refuse");
+    let err = Sources::open_all(&BTreeMap::from([(
+        SourceName::parse("pg").unwrap(),
+        cfg.into(),
+    )]))
+    .await
+    .err()
+    .expect("a superuser source must be refused under on_writable: refuse");
     assert!(err.to_string().contains("superuser"), "{err}");
     let ro_src = Source::open(&source("pg", &url)).unwrap();
     let caps = ro_src.audit_role().await.unwrap().writable;
@@ -158,10 +161,10 @@ async fn mysql_bypasses_leave_the_source_unchanged_and_the_session_read_only() {
     .await;
     // As root, accepted with `allow_privileged_role`: the guards hold even for a user who
     // could lift them.
-    let mut cfg = source("my", &db.url);
+    let mut cfg = sql_source("my", &db.url);
     cfg.pool_size = 1;
     cfg.on_privileged = PrivilegedPolicy::Allow;
-    let src = Source::open(&cfg).unwrap();
+    let src = Source::open(&cfg.clone().into()).unwrap();
     let attempts = [
         "SELECT 1 AS id; DELETE FROM t",
         "SET SESSION TRANSACTION READ WRITE",
@@ -234,7 +237,7 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
     let src = Source::open(&source("shop", &sqlite_url(&path))).unwrap();
     let err = src
         .read(ReadRequest {
-            query: "SELECT id AS payment_id, amount FROM t".into(),
+            query: trueup::domain::Read::Sql("SELECT id AS payment_id, amount FROM t".into()),
             needed: Vec::new(),
             order_by: vec![ColumnName::parse("id").unwrap()],
             filter: Vec::new(),
@@ -255,9 +258,9 @@ async fn a_query_without_a_needed_column_names_what_it_returns() {
 #[tokio::test]
 async fn a_query_over_the_statement_timeout_is_stopped() {
     let db = TestPg::new().await;
-    let mut cfg = source("pg", &db.reader_url);
+    let mut cfg = sql_source("pg", &db.reader_url);
     cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
-    let src = Source::open(&cfg).unwrap();
+    let src = Source::open(&cfg.clone().into()).unwrap();
     let started = std::time::Instant::now();
     let err = read_all(&src, "SELECT pg_sleep(5)::text AS x")
         .await
@@ -268,9 +271,9 @@ async fn a_query_over_the_statement_timeout_is_stopped() {
     src.close().await;
 
     let my = TestMysql::new().await;
-    let mut cfg = source("my", &my.reader_url);
+    let mut cfg = sql_source("my", &my.reader_url);
     cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
-    let src = Source::open(&cfg).unwrap();
+    let src = Source::open(&cfg.clone().into()).unwrap();
     let started = std::time::Instant::now();
     let result = read_all(
         &src,

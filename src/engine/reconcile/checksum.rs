@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::SourceKind;
+use crate::config::{SourceClass, SourceKind};
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
     Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources, Summary,
@@ -78,6 +78,9 @@ impl Segment {
 /// Both sides of a checksummed reconcile, and the segments summarised so far.
 struct Sides<'a> {
     spec: &'a ReconcileSpec,
+    /// Each side's query (a checksum needs a database on both).
+    left_sql: &'a str,
+    right_sql: &'a str,
     left: &'a Source,
     right: &'a Source,
     left_hash: RowHash,
@@ -113,9 +116,16 @@ pub(super) async fn run(
             "the key has several columns: segments split one integer key".into(),
         ));
     };
+    let (Some(left_sql), Some(right_sql)) = (spec.left.query.sql(), spec.right.query.sql()) else {
+        return Ok(Outcome::Unfit(
+            "a side is an HTTP API, which has no checksums to ask for".into(),
+        ));
+    };
     let left = sources.get(&spec.left.source)?;
     let right = sources.get(&spec.right.source)?;
-    if left.kind() == SourceKind::Sqlite && right.kind() == SourceKind::Sqlite {
+    if left.class() == SourceClass::Sql(SourceKind::Sqlite)
+        && right.class() == SourceClass::Sql(SourceKind::Sqlite)
+    {
         return Ok(Outcome::Unfit(
             "both sides are SQLite files, whose summaries trueup computes by reading every row: streaming them costs less".into(),
         ));
@@ -140,8 +150,8 @@ pub(super) async fn run(
         )));
     };
     let (ld, rd) = attempt!(tokio::try_join!(
-        left.describe(&spec.left.query),
-        right.describe(&spec.right.query)
+        left.describe(left_sql),
+        right.describe(right_sql)
     ));
     let (Some(lk), Some(rk)) = (
         index_of(&ld.columns, key.as_str()),
@@ -160,15 +170,15 @@ pub(super) async fn run(
     // Counting repeated keys costs as much as hashing: skipped where a unique index proves
     // there are none.
     let (left_unique, right_unique) = attempt!(tokio::try_join!(
-        left.key_unique(&spec.left.query, &ld, lk),
-        right.key_unique(&spec.right.query, &rd, rk)
+        left.key_unique(left_sql, &ld, lk),
+        right.key_unique(right_sql, &rd, rk)
     ));
     let bounds = match within {
         Some(range) => Some(range),
         None => {
             let (lb, rb) = attempt!(tokio::try_join!(
-                left.key_bounds(&spec.left.query, &ld.columns[lk]),
-                right.key_bounds(&spec.right.query, &rd.columns[rk])
+                left.key_bounds(left_sql, &ld.columns[lk]),
+                right.key_bounds(right_sql, &rd.columns[rk])
             ));
             union(lb, rb)
         }
@@ -180,6 +190,8 @@ pub(super) async fn run(
     };
     let mut sides = Sides {
         spec,
+        left_sql,
+        right_sql,
         left,
         right,
         left_hash,
@@ -364,12 +376,8 @@ impl Sides<'_> {
             key_may_repeat,
         };
         let (lq, rq) = (
-            request(&self.spec.left.query, &self.left_hash, self.left_may_repeat),
-            request(
-                &self.spec.right.query,
-                &self.right_hash,
-                self.right_may_repeat,
-            ),
+            request(self.left_sql, &self.left_hash, self.left_may_repeat),
+            request(self.right_sql, &self.right_hash, self.right_may_repeat),
         );
         let (l, r) = tokio::try_join!(self.left.summarize(&lq), self.right.summarize(&rq))?;
         self.segments += pairs(&l, &r).count() as u64;

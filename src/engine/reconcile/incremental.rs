@@ -37,7 +37,11 @@ pub(super) async fn marks(
         async move {
             match column {
                 None => Ok::<_, EngineError>(None),
-                Some(c) => Ok(sources.get(&source)?.latest_change(&query, &c).await?),
+                Some(c) => {
+                    let source = sources.get(&source)?;
+                    let sql = source.sql_of(&query, "an incremental reconcile's change column")?;
+                    Ok(source.latest_change(sql, &c).await?)
+                }
             }
         }
     };

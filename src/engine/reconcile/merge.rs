@@ -56,7 +56,7 @@ pub(super) async fn merge(
 ) -> Result<Read, EngineError> {
     // The time column is required on the left (the upstream event's time: grace, replay
     // windows); on the right it is optional and, when returned, gives extra rows their time.
-    let request = |query: &str, side: crate::domain::Scope| {
+    let request = |query: &crate::domain::Read, side: crate::domain::Scope| {
         let needs_time = side == crate::domain::Scope::Left;
         let mut needed: Vec<Needed> = spec
             .compare
@@ -74,7 +74,7 @@ pub(super) async fn merge(
             });
         }
         ReadRequest {
-            query: query.to_owned(),
+            query: query.clone(),
             needed,
             order_by: spec.key.clone(),
             filter: filter.to_vec(),

@@ -84,10 +84,12 @@ pub(super) async fn split(
     };
     let left = sources.get(&spec.left.source)?;
     let right = sources.get(&spec.right.source)?;
-    let (ld, rd) = tokio::try_join!(
-        left.describe(&spec.left.query),
-        right.describe(&spec.right.query)
-    )?;
+    let (Some(left_sql), Some(right_sql)) = (spec.left.query.sql(), spec.right.query.sql()) else {
+        return Err(unsplittable(
+            "a side is an HTTP API, whose keys no database can split".into(),
+        ));
+    };
+    let (ld, rd) = tokio::try_join!(left.describe(left_sql), right.describe(right_sql))?;
     let column = |d: &crate::source::Described, side: &str| {
         let i = crate::source::index_of(&d.columns, key.as_str()).ok_or_else(|| {
             unsplittable(format!("the {side} query returns no key column `{key}`"))
@@ -97,8 +99,8 @@ pub(super) async fn split(
     };
     let (lk, rk) = (column(&ld, "left")?, column(&rd, "right")?);
     let (lb, rb) = tokio::try_join!(
-        left.key_bounds(&spec.left.query, &lk),
-        right.key_bounds(&spec.right.query, &rk)
+        left.key_bounds(left_sql, &lk),
+        right.key_bounds(right_sql, &rk)
     )?;
     let Some((low, high)) = checksum::union(lb, rb) else {
         return Ok(Vec::new());

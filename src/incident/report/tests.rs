@@ -18,7 +18,7 @@ fn loaded() -> Vec<Invariant> {
             .map(|s| {
                 (
                     crate::domain::SourceName::parse(s).unwrap(),
-                    crate::config::SourceKind::Sqlite,
+                    crate::config::SourceClass::Sql(crate::config::SourceKind::Sqlite),
                 )
             })
             .collect(),

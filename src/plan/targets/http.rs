@@ -2,11 +2,10 @@
 //! allowed) off internal networks, each carrying the action's `Idempotency-Key`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::{Executed, TargetError};
 use crate::config::HttpTarget;
-use crate::plan::netguard;
+use crate::net::{self, guard};
 
 pub(super) struct HttpConn {
     pub(super) cfg: HttpTarget,
@@ -14,26 +13,12 @@ pub(super) struct HttpConn {
 }
 
 pub(super) fn http_client(cfg: &HttpTarget) -> Result<reqwest::Client, TargetError> {
-    let base = cfg.base_url.clone();
-    let guarded = !cfg.allow_private_network;
-    // Follow a few redirects, only under the base URL and (unless allowed) to public addresses.
-    let redirects =
-        reqwest::redirect::Policy::custom(move |attempt| {
-            match netguard::check_redirect(attempt.url(), attempt.previous().len(), &base, guarded)
-            {
-                Ok(()) => attempt.follow(),
-                Err(why) => attempt.error(why),
-            }
-        });
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(cfg.timeout.as_std())
-        .redirect(redirects)
-        .user_agent(concat!("trueup/", env!("CARGO_PKG_VERSION")));
-    if guarded {
-        builder = builder.dns_resolver(Arc::new(netguard::GuardedResolver));
-    }
-    builder.build().map_err(|e| TargetError::HttpClient {
+    net::guarded_client(
+        &cfg.base_url,
+        cfg.timeout.as_std(),
+        !cfg.allow_private_network,
+    )
+    .map_err(|e| TargetError::HttpClient {
         target: cfg.name.to_string(),
         message: e.to_string(),
     })
@@ -59,7 +44,7 @@ impl HttpConn {
             });
         }
         if !self.cfg.allow_private_network
-            && let Err(e) = netguard::check_url(&parsed)
+            && let Err(e) = guard::check_url(&parsed)
         {
             return Executed::Failed(TargetError::Refused(e.to_string()));
         }
@@ -92,13 +77,7 @@ impl HttpConn {
                 }
             }
             Err(e) => {
-                // The guard's refusal is the most useful part of a connect error.
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg = format!("{msg}: {s}");
-                    source = s.source();
-                }
+                let msg = net::error_chain(&e);
                 Executed::Failed(TargetError::Request(msg))
             }
         }

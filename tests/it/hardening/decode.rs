@@ -2,6 +2,7 @@
 //! connection never pooled.
 
 use super::*;
+use crate::helpers::sql_source;
 
 #[tokio::test]
 async fn a_postgres_value_the_driver_cannot_decode_fails_the_run_and_resolves_nothing() {
@@ -93,9 +94,9 @@ async fn a_postgres_value_the_driver_cannot_decode_fails_the_run_and_resolves_no
 #[tokio::test]
 async fn a_value_that_fails_to_decode_does_not_leave_its_connection_in_the_pool() {
     let db = TestPg::new().await;
-    let mut cfg = source("pg", &db.reader_url);
+    let mut cfg = sql_source("pg", &db.reader_url);
     cfg.pool_size = 1;
-    let src = Source::open(&cfg).unwrap();
+    let src = Source::open(&cfg.clone().into()).unwrap();
     for query in [
         "SELECT 1 AS id, 'infinity'::timestamp AS t",
         "SELECT 1 AS id, '-infinity'::date AS d",

@@ -15,7 +15,7 @@ use crate::helpers::{TestMysql, TestPg, combined_output, source, trueup_cli};
 
 fn request(query: &str) -> ReadRequest {
     ReadRequest {
-        query: query.to_owned(),
+        query: trueup::domain::Read::Sql(query.to_owned()),
         needed: Vec::new(),
         order_by: Vec::new(),
         filter: Vec::new(),

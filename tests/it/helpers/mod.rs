@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, Executor};
-use trueup::config::{SecretUrl, SourceConfig, SourceKind, WritablePolicy};
+use trueup::config::{SecretUrl, SourceConfig, SourceKind, SqlSource, WritablePolicy};
 use trueup::domain::{HumanDuration, SourceName};
 use trueup::source::Sources;
 
@@ -197,7 +197,12 @@ where
 }
 
 pub fn source(name: &str, url: &str) -> SourceConfig {
-    SourceConfig {
+    sql_source(name, url).into()
+}
+
+/// A database source's settings, to change before it is opened.
+pub fn sql_source(name: &str, url: &str) -> SqlSource {
+    SqlSource {
         name: SourceName::parse(name).unwrap(),
         kind: SourceKind::of_url(url).unwrap(),
         url: SecretUrl::new(url),
@@ -227,7 +232,7 @@ pub fn reconcile_invariant(
     use trueup::domain::{ColumnName, InvariantName, QuerySide, ReconcileSpec};
     let side = |(source, query): (&str, &str)| QuerySide {
         source: SourceName::parse(source).unwrap(),
-        query: query.into(),
+        query: trueup::domain::Read::Sql(query.into()),
     };
     trueup::domain::Invariant {
         name: InvariantName::parse(name).unwrap(),

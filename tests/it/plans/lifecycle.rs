@@ -223,7 +223,7 @@ async fn a_keyed_read_finds_one_row_by_typed_key_on_every_engine() {
     let read = |src: Source, filter: Vec<(ColumnName, serde_json::Value)>| async move {
         let mut stream = src
             .read(ReadRequest {
-                query: "SELECT * FROM t".into(),
+                query: trueup::domain::Read::Sql("SELECT * FROM t".into()),
                 needed: Vec::new(),
                 order_by: Vec::new(),
                 filter,

@@ -1,0 +1,219 @@
+//! What an invariant side reads from an HTTP API: one request, paged, its items mapped to
+//! typed columns. Built once from an invariant file (`rules::request`); the reader
+//! (`source::http`) only follows it.
+
+use std::fmt;
+
+use super::ColumnName;
+
+/// What an invariant side reads: a query in its database's SQL, or a request to an API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    Sql(String),
+    Http(Box<HttpRequest>),
+}
+
+impl Read {
+    /// The SQL, for a side on a database; `None` for an API's.
+    pub fn sql(&self) -> Option<&str> {
+        match self {
+            Read::Sql(q) => Some(q),
+            Read::Http(_) => None,
+        }
+    }
+}
+
+/// As one line of text (the SQL, or `GET path?params`): how the API and reports show a side.
+impl serde::Serialize for Read {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for Read {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Read::Sql(q) => f.write_str(q),
+            Read::Http(r) => r.fmt(f),
+        }
+    }
+}
+
+/// `GET base_url + path ? params`, page after page, each page's items at `items`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    /// Relative to the source's `base_url`, without a leading `/`.
+    pub path: String,
+    pub params: Vec<(String, String)>,
+    /// Where a page's items are (empty: the body is the list itself).
+    pub items: JsonPath,
+    pub paging: Paging,
+    /// The columns each item gives, in the order written.
+    pub columns: Vec<Field>,
+}
+
+impl fmt::Display for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GET {}", self.path)?;
+        for (i, (k, v)) in self.params.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
+        }
+        Ok(())
+    }
+}
+
+/// How the next page is asked for, and how the last one is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Paging {
+    /// One response holds every item.
+    None,
+    /// The next page is asked for with `param` set to a cursor; paging ends when a page is
+    /// empty, when `has_more` (if given) is false, or when the cursor is absent.
+    Cursor {
+        param: String,
+        from: CursorFrom,
+        has_more: Option<JsonPath>,
+    },
+    /// The next page's URL is the response's `Link: <…>; rel="next"`; paging ends without one.
+    Link,
+    /// `param` counts items skipped; `size` items a page, asked for with `size_param`; paging
+    /// ends at a page shorter than `size`.
+    Offset {
+        param: String,
+        size: u64,
+        size_param: Option<String>,
+    },
+    /// `param` is the page number, from `first`; paging ends at an empty page.
+    Number { param: String, first: u64 },
+}
+
+/// Where a cursor comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CursorFrom {
+    /// A field of the page's last item (`starting_after=<last id>`).
+    LastItem(JsonPath),
+    /// A field of the response (`meta.next_cursor`).
+    Response(JsonPath),
+}
+
+/// One column of an item: the value at `path`, read as `kind`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub column: ColumnName,
+    pub path: JsonPath,
+    pub kind: FieldKind,
+}
+
+/// How a JSON value becomes a column value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// As JSON has it: a whole number is an integer, another number a decimal, a string text.
+    Auto,
+    Int,
+    Decimal,
+    Float,
+    Text,
+    Bool,
+    /// An RFC 3339 string, or seconds since 1970 (a number).
+    Timestamp,
+    /// `YYYY-MM-DD`.
+    Date,
+    Json,
+}
+
+impl FieldKind {
+    pub const NAMES: &'static str = "int, decimal, float, text, bool, timestamp, date or json";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "int" | "integer" => FieldKind::Int,
+            "decimal" | "numeric" => FieldKind::Decimal,
+            "float" => FieldKind::Float,
+            "text" | "string" => FieldKind::Text,
+            "bool" | "boolean" => FieldKind::Bool,
+            "timestamp" => FieldKind::Timestamp,
+            "date" => FieldKind::Date,
+            "json" => FieldKind::Json,
+            _ => return None,
+        })
+    }
+}
+
+/// A path into a JSON document, written `data.items` or `customer.0.id` (a number indexes a
+/// list); `$` or an empty path is the document itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JsonPath(Vec<String>);
+
+impl JsonPath {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim();
+        let body = trimmed
+            .strip_prefix("$.")
+            .or_else(|| (trimmed == "$").then_some(""))
+            .unwrap_or(trimmed);
+        if body.is_empty() {
+            return Ok(Self::default());
+        }
+        let segments: Vec<String> = body.split('.').map(str::to_owned).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(format!(
+                "`{raw}` has an empty step; write fields joined by dots, like `data.items`"
+            ));
+        }
+        Ok(Self(segments))
+    }
+
+    /// The value at this path, if there is one.
+    pub fn find<'a>(&self, doc: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        self.0.iter().try_fold(doc, |v, step| match v {
+            serde_json::Value::Object(map) => map.get(step),
+            serde_json::Value::Array(list) => list.get(step.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    /// The value at this path, to change or take.
+    pub fn find_mut<'a>(
+        &self,
+        doc: &'a mut serde_json::Value,
+    ) -> Option<&'a mut serde_json::Value> {
+        self.0.iter().try_fold(doc, |v, step| match v {
+            serde_json::Value::Object(map) => map.get_mut(step),
+            serde_json::Value::Array(list) => list.get_mut(step.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("$")
+        } else {
+            f.write_str(&self.0.join("."))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_path_walks_objects_and_lists_and_the_root_is_the_document() {
+        let doc = json!({"data": {"items": [{"id": 7}]}});
+        let path = JsonPath::parse("data.items.0.id").unwrap();
+        assert_eq!(path.find(&doc), Some(&json!(7)));
+        assert_eq!(JsonPath::parse("$.data.items.0.id").unwrap(), path);
+        assert_eq!(JsonPath::parse("$").unwrap().find(&doc), Some(&doc));
+        assert_eq!(JsonPath::parse("data.missing").unwrap().find(&doc), None);
+        assert_eq!(JsonPath::parse("data.items.x").unwrap().find(&doc), None);
+        assert!(JsonPath::parse("data..items").is_err());
+        assert_eq!(path.to_string(), "data.items.0.id");
+    }
+}

@@ -1,0 +1,239 @@
+//! `request:` — a side read from an HTTP API — into a [`HttpRequest`], every mistake located.
+
+use serde_saphyr::Spanned;
+
+use super::Ctx;
+use super::raw::{RawField, RawPage, RawRequest};
+use crate::domain::{ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Paging};
+
+impl Ctx<'_> {
+    pub(super) fn request(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawRequest>,
+    ) -> Option<HttpRequest> {
+        let r = &raw.value;
+        let mut ok = true;
+        let path = match &r.path {
+            None => {
+                self.error(
+                    raw.referenced,
+                    format!("{field}.request needs `path:`, the address under the source's base_url (like `charges`)"),
+                );
+                None
+            }
+            Some(p) => {
+                let path = p.value.trim().trim_start_matches('/').to_owned();
+                if path.contains('?') || path.contains('#') || path.split('/').any(|s| s == "..") {
+                    self.error(
+                        p.referenced,
+                        format!(
+                            "{field}.request.path `{}` must be a plain path: give query parameters under `params:`, and no `..`",
+                            p.value
+                        ),
+                    );
+                    None
+                } else if path.contains("{{") {
+                    self.error(
+                        p.referenced,
+                        format!(
+                            "{field}.request.path `{}` has a placeholder, which a read has no value for (placeholders belong to a lookup of one key)",
+                            p.value
+                        ),
+                    );
+                    None
+                } else {
+                    Some(path)
+                }
+            }
+        };
+        let mut params = Vec::new();
+        for (k, v) in &r.params {
+            if v.value.0.contains("{{") {
+                self.error(
+                    v.referenced,
+                    format!(
+                        "{field}.request.params.{k} `{}` has a placeholder, which a read has no value for",
+                        v.value.0
+                    ),
+                );
+                ok = false;
+            }
+            params.push((k.clone(), v.value.0.clone()));
+        }
+        let mut json_path =
+            |this: &mut Self, what: &str, s: &Spanned<String>| -> Option<JsonPath> {
+                JsonPath::parse(&s.value)
+                    .map_err(|e| this.error(s.referenced, format!("{field}.request.{what} {e}")))
+                    .ok()
+            };
+        let items = match &r.items {
+            Some(s) => json_path(self, "items", s),
+            None => Some(JsonPath::default()),
+        };
+        let paging = match &r.page {
+            None => Some(Paging::None),
+            Some(p) => self.paging(field, p, &mut json_path),
+        };
+        let columns = match &r.columns {
+            None => {
+                self.error(
+                    raw.referenced,
+                    format!(
+                        "{field}.request needs `columns:`, each column and where it is in an item (like `id: {{path: id, type: int}}`)"
+                    ),
+                );
+                None
+            }
+            Some(c) if c.value.is_empty() => {
+                self.error(c.referenced, format!("{field}.request.columns is empty"));
+                None
+            }
+            Some(c) => {
+                let mut columns = Vec::new();
+                for (name, f) in &c.value {
+                    let at = f.referenced;
+                    let here = format!("{field}.request.columns.{name}");
+                    let Ok(column) =
+                        ColumnName::parse(name).map_err(|e| self.error(at, format!("{here}: {e}")))
+                    else {
+                        ok = false;
+                        continue;
+                    };
+                    let (path, kind) = match &f.value {
+                        RawField::Path(p) => (p.as_str(), None),
+                        RawField::Typed(t) => {
+                            (t.path.as_deref().unwrap_or(name), t.kind.as_deref())
+                        }
+                    };
+                    let kind = match kind {
+                        None => Some(FieldKind::Auto),
+                        Some(k) => FieldKind::parse(k).or_else(|| {
+                            self.error(
+                                at,
+                                format!("{here}.type `{k}` is unknown; use {}", FieldKind::NAMES),
+                            );
+                            None
+                        }),
+                    };
+                    let path = JsonPath::parse(path)
+                        .map_err(|e| self.error(at, format!("{here}.path {e}")))
+                        .ok();
+                    match (path, kind) {
+                        (Some(path), Some(kind)) => columns.push(Field { column, path, kind }),
+                        _ => ok = false,
+                    }
+                }
+                Some(columns)
+            }
+        };
+        let (path, items, paging, columns) = (path?, items?, paging?, columns?);
+        ok.then_some(HttpRequest {
+            path,
+            params,
+            items,
+            paging,
+            columns,
+        })
+    }
+
+    fn paging(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawPage>,
+        json_path: &mut impl FnMut(&mut Self, &str, &Spanned<String>) -> Option<JsonPath>,
+    ) -> Option<Paging> {
+        let p = &raw.value;
+        let given = [
+            p.cursor.is_some(),
+            p.link.is_some(),
+            p.offset.is_some(),
+            p.number.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.error(
+                raw.referenced,
+                format!(
+                    "{field}.request.page takes one style: `cursor`, `link`, `offset` or `number`"
+                ),
+            );
+            return None;
+        }
+        let param = |this: &mut Self, style: &str, at, v: &Option<Spanned<String>>| match v {
+            Some(s) if !s.value.trim().is_empty() => Some(s.value.trim().to_owned()),
+            _ => {
+                this.error(
+                    at,
+                    format!("{field}.request.page.{style} needs `param:`, the query parameter that asks for the next page"),
+                );
+                None
+            }
+        };
+        if let Some(c) = &p.cursor {
+            let param = param(self, "cursor", c.referenced, &c.value.param);
+            let from = match (&c.value.from_item, &c.value.from_response) {
+                (Some(i), None) => {
+                    json_path(self, "page.cursor.from_item", i).map(CursorFrom::LastItem)
+                }
+                (None, Some(r)) => {
+                    json_path(self, "page.cursor.from_response", r).map(CursorFrom::Response)
+                }
+                _ => {
+                    self.error(
+                        c.referenced,
+                        format!(
+                            "{field}.request.page.cursor takes the cursor from one place: `from_item:` (a field of the page's last item, like `id`) or `from_response:` (like `meta.next_cursor`)"
+                        ),
+                    );
+                    None
+                }
+            };
+            let has_more = match &c.value.has_more {
+                Some(h) => Some(json_path(self, "page.cursor.has_more", h)?),
+                None => None,
+            };
+            return Some(Paging::Cursor {
+                param: param?,
+                from: from?,
+                has_more,
+            });
+        }
+        if let Some(l) = &p.link {
+            if l.value.trim() != "next" {
+                self.error(
+                    l.referenced,
+                    format!("{field}.request.page.link `{}`: the only link followed is `next` (`Link: <…>; rel=\"next\"`)", l.value),
+                );
+                return None;
+            }
+            return Some(Paging::Link);
+        }
+        if let Some(o) = &p.offset {
+            let param = param(self, "offset", o.referenced, &o.value.param);
+            let size = match &o.value.size {
+                Some(s) if s.value > 0 => Some(s.value),
+                _ => {
+                    self.error(
+                        o.referenced,
+                        format!("{field}.request.page.offset needs `size:` above 0, the items a page holds (a shorter page is the last)"),
+                    );
+                    None
+                }
+            };
+            return Some(Paging::Offset {
+                param: param?,
+                size: size?,
+                size_param: o
+                    .value
+                    .size_param
+                    .as_ref()
+                    .map(|s| s.value.trim().to_owned()),
+            });
+        }
+        let n = p.number.as_ref()?;
+        Some(Paging::Number {
+            param: param(self, "number", n.referenced, &n.value.param)?,
+            first: n.value.first.as_ref().map_or(1, |f| f.value),
+        })
+    }
+}

@@ -1,0 +1,750 @@
+//! An HTTP API as a source: a side's request is sent page after page, each page's items
+//! mapped to typed columns, and the rows given to the evaluator like a database's — in key
+//! order when it asks for an order (`sort.rs`), filtered in process where a database would
+//! filter in its query.
+//!
+//! A failed page never shortens the rows: a request refused with 429 or 5xx, or that timed
+//! out or lost its connection, is sent again after the wait the API asks for (`Retry-After`)
+//! or a growing backoff, and a page that still fails fails the read — and so the run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use reqwest::Url;
+use rust_decimal::Decimal;
+use serde_json::Value as Json;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::sort::Sorter;
+use super::stream::Feed;
+use super::{ReadRequest, Row, SourceError, index_of, resolve_filter, resolve_needed};
+use crate::config::HttpSource;
+use crate::domain::{CursorFrom, Field, FieldKind, HttpRequest, Paging, Read, SourceName, Value};
+
+/// The longest wait a `Retry-After` may ask for within a run.
+const LONGEST_WAIT: Duration = Duration::from_secs(300);
+
+/// A connected API: its client (guarded, with the source's timeout) and its pace.
+pub(super) struct Api {
+    cfg: HttpSource,
+    client: reqwest::Client,
+    /// When the next request may leave (`rate:`), shared by every read of the source.
+    next_slot: Mutex<Instant>,
+}
+
+impl Api {
+    pub(super) fn open(cfg: &HttpSource) -> Result<Self, SourceError> {
+        let client = crate::net::guarded_client(
+            &cfg.base_url,
+            cfg.timeout.as_std(),
+            !cfg.allow_private_network,
+        )
+        .map_err(|e| SourceError::Connect {
+            source_name: cfg.name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            client,
+            next_slot: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn name(&self) -> &SourceName {
+        &self.cfg.name
+    }
+
+    /// Waits for this request's slot under `rate:`.
+    async fn pace(&self) {
+        let Some(rate) = self.cfg.rate else { return };
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let at = {
+            let mut next = self.next_slot.lock().await;
+            let at = (*next).max(Instant::now());
+            *next = at + period;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    fn failed(&self, url: &Url, message: String) -> SourceError {
+        SourceError::Api {
+            source_name: self.name().clone(),
+            request: format!("GET {url}"),
+            message,
+        }
+    }
+
+    /// One page: its JSON body and the URL of the next page its `Link` header gives.
+    async fn page(&self, url: &Url) -> Result<(Json, Option<Url>), SourceError> {
+        let mut attempt = 0;
+        loop {
+            self.pace().await;
+            let mut request = self.client.get(url.clone());
+            for (name, value) in &self.cfg.headers {
+                request = request.header(name, secrecy::ExposeSecret::expose_secret(value));
+            }
+            let retry = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    let next = next_link(&response, url);
+                    let body = response.bytes().await.map_err(|e| {
+                        self.failed(
+                            url,
+                            format!("the response broke off: {}", crate::net::error_chain(&e)),
+                        )
+                    })?;
+                    let json = serde_json::from_slice(&body).map_err(|e| {
+                        let start =
+                            String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
+                        self.failed(
+                            url,
+                            format!("the response is not JSON ({e}); it starts: {start}"),
+                        )
+                    })?;
+                    let next = next.transpose().map_err(|why| self.failed(url, why))?;
+                    return Ok((json, next));
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let asked = retry_after(response.headers());
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        let text = response.text().await.unwrap_or_default();
+                        let excerpt: String = text.chars().take(300).collect();
+                        return Err(
+                            self.failed(url, format!("the API answered {status}: {excerpt}"))
+                        );
+                    }
+                    (format!("the API answered {status}"), asked)
+                }
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() => {
+                    let why = if e.is_timeout() {
+                        format!("no answer within {}", self.cfg.timeout)
+                    } else {
+                        crate::net::error_chain(&e)
+                    };
+                    (why, None)
+                }
+                Err(e) => return Err(self.failed(url, crate::net::error_chain(&e))),
+            };
+            let (why, asked) = retry;
+            if attempt >= self.cfg.retries {
+                return Err(self.failed(
+                    url,
+                    format!("{why}, {} times; the page was not read", attempt + 1),
+                ));
+            }
+            let wait = match asked {
+                Some(Ok(wait)) if wait > LONGEST_WAIT => {
+                    return Err(self.failed(
+                        url,
+                        format!(
+                            "{why} and asks to wait {}s (Retry-After), longer than a run waits ({}s)",
+                            wait.as_secs(),
+                            LONGEST_WAIT.as_secs()
+                        ),
+                    ));
+                }
+                Some(Ok(wait)) => wait,
+                Some(Err(())) | None => backoff(attempt),
+            };
+            tracing::debug!(source = %self.name(), %url, "{why}; trying again in {wait:?}");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// 0.25 s, doubling per attempt, at most 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
+}
+
+/// `Retry-After` as seconds or an HTTP date; `Err` when present but unreadable.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Result<Duration, ()>> {
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Ok(Duration::from_secs(secs)));
+    }
+    Some(
+        DateTime::parse_from_rfc2822(raw)
+            .map(|at| {
+                (at.with_timezone(&Utc) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .map_err(|_| ()),
+    )
+}
+
+/// The `rel="next"` target of a response's `Link` headers (RFC 8288), resolved against the
+/// page's URL; `Err` when it is not under the base URL the page came from.
+fn next_link(response: &reqwest::Response, page: &Url) -> Option<Result<Url, String>> {
+    let values: Vec<&str> = response
+        .headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let target = link_with_rel(&values.join(", "), "next")?;
+    Some(
+        page.join(&target)
+            .map_err(|e| format!("its Link rel=\"next\" `{target}` is not a URL: {e}")),
+    )
+}
+
+/// The target of the first link in a `Link` header value whose `rel` holds `rel`.
+fn link_with_rel(header: &str, rel: &str) -> Option<String> {
+    let mut rest = header;
+    loop {
+        let open = rest.find('<')?;
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        // The link's parameters run to the next `<` (a `<` cannot appear unquoted in them).
+        let after = &rest[close + 1..];
+        let end = after.find('<').unwrap_or(after.len());
+        let params = &after[..end];
+        let has_rel = params.split(';').any(|p| {
+            let Some((name, value)) = p.split_once('=') else {
+                return false;
+            };
+            name.trim().eq_ignore_ascii_case("rel")
+                && value
+                    .trim()
+                    .trim_end_matches(',')
+                    .trim_end()
+                    .trim_matches('"')
+                    .split_ascii_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case(rel))
+        });
+        if has_rel {
+            return Some(target.to_owned());
+        }
+        rest = &after[end..];
+    }
+}
+
+/// Reads `req` from `api` into `feed`, then says it is complete; a failure goes to `feed`.
+pub(super) async fn read(api: Arc<Api>, req: ReadRequest, mut feed: Feed) {
+    match read_all(&api, &req, &mut feed).await {
+        Ok(()) => {}
+        Err(Some(e)) => feed.fail(e).await,
+        // Nobody listens any more.
+        Err(None) => {}
+    }
+}
+
+async fn read_all(
+    api: &Api,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let Read::Http(request) = &req.query else {
+        return Err(Some(SourceError::WrongClass {
+            source_name: api.name().clone(),
+            is: "an HTTP API",
+            why: "the side gives it a SQL query; write `request:` for an HTTP source".into(),
+        }));
+    };
+    let columns: Vec<String> = request
+        .columns
+        .iter()
+        .map(|f| f.column.to_string())
+        .collect();
+    let name = api.name();
+    resolve_needed(name, &columns, req)?;
+    let filter = resolve_filter(name, &columns, req)?;
+    let missing = |column: &str, role: &'static str| SourceError::MissingColumn {
+        source_name: name.clone(),
+        column: column.to_owned(),
+        role,
+        available: columns.join(", "),
+    };
+    let order: Vec<usize> = req
+        .order_by
+        .iter()
+        .map(|c| index_of(&columns, c.as_str()).ok_or_else(|| missing(c.as_str(), "a key")))
+        .collect::<Result<_, _>>()?;
+    let ranges = match &req.key_ranges {
+        Some(r) => Some((
+            index_of(&columns, r.column.as_str())
+                .ok_or_else(|| missing(r.column.as_str(), "a key"))?,
+            r,
+        )),
+        None => None,
+    };
+    let since = match &req.changed_since {
+        Some(c) => Some((
+            index_of(&columns, c.column.as_str())
+                .ok_or_else(|| missing(c.column.as_str(), "the change column"))?,
+            c.since,
+        )),
+        None => None,
+    };
+    if let Some(keys) = &req.keys {
+        let at = keys
+            .columns
+            .iter()
+            .map(|c| index_of(&columns, c.as_str()).ok_or_else(|| missing(c.as_str(), "a key")))
+            .collect::<Result<Vec<_>, _>>()?;
+        feed.keep_only = Some((keys.clone(), at));
+    }
+    feed.send_columns(columns).await.map_err(|_| None)?;
+
+    // What a database would have filtered in its query.
+    let keep = |row: &Row| {
+        filter
+            .iter()
+            .zip(&req.filter)
+            .all(|(&i, (_, want))| &row[i].to_canonical_json() == want)
+            && ranges.is_none_or(|(i, r)| match row[i] {
+                Value::Int(k) => r.ranges.iter().any(|&(low, high)| low <= k && k <= high),
+                _ => false,
+            })
+            && since.is_none_or(|(i, at)| row[i].as_timestamp().is_some_and(|t| t >= at))
+    };
+
+    let mut sorter = (!order.is_empty()).then(|| Sorter::new(order, Sorter::BUDGET));
+    let mut pages = Pages::new(api, request)?;
+    while let Some(items) = pages.next().await? {
+        for (i, item) in items.into_iter().enumerate() {
+            let row = to_row(&request.columns, &item).map_err(|why| {
+                api.failed(&pages.current, format!("item {} of the page: {why}", i + 1))
+            })?;
+            if !keep(&row) {
+                continue;
+            }
+            match &mut sorter {
+                Some(sorter) => sorter.push(row).map_err(|e| Some(spill_error(name, e)))?,
+                None => feed.push_row(row).await?,
+            }
+        }
+    }
+    if let Some(sorter) = sorter {
+        let spilled = sorter.spilled();
+        let sorted = tokio::task::spawn_blocking(move || sorter.finish())
+            .await
+            .map_err(|e| Some(spill_error(name, std::io::Error::other(e.to_string()))))?
+            .map_err(|e| Some(spill_error(name, e)))?;
+        if spilled > 0 {
+            tracing::debug!(source = %name, runs = spilled, "sorted the rows through temporary files");
+        }
+        // Reading the runs is file I/O: it runs beside the runtime, a batch at a time.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<Row>>>(2);
+        tokio::task::spawn_blocking(move || {
+            let mut sorted = sorted;
+            loop {
+                let mut batch = Vec::with_capacity(super::BATCH_ROWS);
+                for row in sorted.by_ref().take(super::BATCH_ROWS) {
+                    match row {
+                        Ok(row) => batch.push(row),
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if batch.is_empty() || tx.blocking_send(Ok(batch)).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(batch) = rx.recv().await {
+            for row in batch.map_err(|e| Some(spill_error(name, e)))? {
+                feed.push_row(row).await?;
+            }
+        }
+    }
+    feed.finish().await.map_err(|_| None)
+}
+
+fn spill_error(source: &SourceName, e: std::io::Error) -> SourceError {
+    SourceError::Incomplete {
+        source_name: source.clone(),
+        cause: format!(
+            "sorting its rows through temporary files failed: {e} (the system's temporary directory needs room for them; set TMPDIR to move it)"
+        ),
+    }
+}
+
+/// The pages of one request, in order.
+struct Pages<'a> {
+    api: &'a Api,
+    request: &'a HttpRequest,
+    /// The page being read (for errors).
+    current: Url,
+    next: Option<Url>,
+    /// Pages read, and items seen (offset paging counts from it).
+    pages: u64,
+    /// The cursor sent last: a cursor that does not move would page forever.
+    last_cursor: Option<String>,
+}
+
+impl<'a> Pages<'a> {
+    fn new(api: &'a Api, request: &'a HttpRequest) -> Result<Self, SourceError> {
+        let mut url = Url::parse(&api.cfg.base_url)
+            .and_then(|b| b.join(&request.path))
+            .map_err(|e| SourceError::Api {
+                source_name: api.name().clone(),
+                request: format!("GET {}{}", api.cfg.base_url, request.path),
+                message: format!("not a URL: {e}"),
+            })?;
+        {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in &request.params {
+                query.append_pair(k, v);
+            }
+            match &request.paging {
+                Paging::Offset {
+                    param,
+                    size,
+                    size_param,
+                } => {
+                    query.append_pair(param, "0");
+                    if let Some(sp) = size_param {
+                        query.append_pair(sp, &size.to_string());
+                    }
+                }
+                Paging::Number { param, first } => {
+                    query.append_pair(param, &first.to_string());
+                }
+                _ => {}
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        Ok(Self {
+            api,
+            request,
+            current: url.clone(),
+            next: Some(url),
+            pages: 0,
+            last_cursor: None,
+        })
+    }
+
+    /// The next page's items; `None` after the last page.
+    async fn next(&mut self) -> Result<Option<Vec<Json>>, SourceError> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        if !url.as_str().starts_with(&self.api.cfg.base_url) {
+            return Err(self.api.failed(
+                &url,
+                format!(
+                    "the next page is outside the source's base_url {}",
+                    self.api.cfg.base_url
+                ),
+            ));
+        }
+        self.current = url.clone();
+        let (mut body, link) = self.api.page(&url).await?;
+        self.pages += 1;
+        let items = match self.request.items.find_mut(&mut body).map(std::mem::take) {
+            Some(Json::Array(items)) => items,
+            Some(other) => {
+                return Err(self.api.failed(
+                    &url,
+                    format!(
+                        "`{}` holds {}, not a list of items",
+                        self.request.items,
+                        kind_of(&other)
+                    ),
+                ));
+            }
+            None => {
+                return Err(self.api.failed(
+                    &url,
+                    format!(
+                        "the response has no `{}`{}; set `items:` to where the list is",
+                        self.request.items,
+                        keys_of(&body)
+                    ),
+                ));
+            }
+        };
+        let with = |param: &str, value: &str| {
+            let mut next = url.clone();
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != param)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            next.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair(param, value);
+            next
+        };
+        self.next = match &self.request.paging {
+            Paging::None => None,
+            Paging::Link => match link {
+                Some(next) if next == url => {
+                    return Err(self.api.failed(
+                        &url,
+                        "its Link rel=\"next\" is the page itself; paging would never end".into(),
+                    ));
+                }
+                next => next,
+            },
+            Paging::Cursor {
+                param,
+                from,
+                has_more,
+            } => {
+                let more = match has_more {
+                    Some(path) => match path.find(&body) {
+                        Some(Json::Bool(b)) => *b,
+                        other => {
+                            return Err(self.api.failed(
+                                &url,
+                                format!(
+                                    "`{path}` (has_more) should be true or false, and is {}",
+                                    other.map_or("absent".to_owned(), kind_of)
+                                ),
+                            ));
+                        }
+                    },
+                    None => !items.is_empty(),
+                };
+                let cursor = match from {
+                    CursorFrom::LastItem(path) => items
+                        .last()
+                        .and_then(|i| path.find(i))
+                        .and_then(scalar_text),
+                    CursorFrom::Response(path) => path.find(&body).and_then(scalar_text),
+                };
+                match cursor {
+                    Some(c) if more && !c.is_empty() => {
+                        if self.last_cursor.as_deref() == Some(c.as_str()) {
+                            return Err(self.api.failed(
+                                &url,
+                                format!(
+                                    "the API gave the cursor `{c}` twice; paging would never end"
+                                ),
+                            ));
+                        }
+                        let next = with(param, &c);
+                        self.last_cursor = Some(c);
+                        Some(next)
+                    }
+                    _ => None,
+                }
+            }
+            Paging::Offset { param, size, .. } => {
+                (items.len() as u64 >= *size).then(|| with(param, &(self.pages * size).to_string()))
+            }
+            Paging::Number { param, first } => {
+                (!items.is_empty()).then(|| with(param, &(first + self.pages).to_string()))
+            }
+        };
+        Ok(Some(items))
+    }
+}
+
+fn scalar_text(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn kind_of(v: &Json) -> String {
+    match v {
+        Json::Null => "null".into(),
+        Json::Bool(b) => b.to_string(),
+        Json::Number(n) => format!("the number {n}"),
+        Json::String(s) => format!("the text {:?}", s.chars().take(60).collect::<String>()),
+        Json::Array(_) => "a list".into(),
+        Json::Object(_) => "an object".into(),
+    }
+}
+
+fn keys_of(body: &Json) -> String {
+    match body {
+        Json::Object(map) => {
+            let keys: Vec<&str> = map.keys().map(String::as_str).take(12).collect();
+            format!(" (its fields: {})", keys.join(", "))
+        }
+        other => format!(" (it is {})", kind_of(other)),
+    }
+}
+
+/// An item's columns.
+fn to_row(fields: &[Field], item: &Json) -> Result<Row, String> {
+    fields
+        .iter()
+        .map(|f| {
+            let raw = f.path.find(item).unwrap_or(&Json::Null);
+            value(f.kind, raw).map_err(|why| {
+                format!(
+                    "column `{}` (`{}`): {} {why}",
+                    f.column,
+                    f.path,
+                    kind_of(raw)
+                )
+            })
+        })
+        .collect()
+}
+
+/// A JSON value read as `kind`.
+fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
+    use FieldKind as K;
+    let number = |n: &serde_json::Number| -> Result<Decimal, &'static str> {
+        let text = n.to_string();
+        text.parse::<Decimal>()
+            .or_else(|_| Decimal::from_scientific(&text))
+            .map_err(|_| "is not a decimal trueup can hold (28 digits)")
+    };
+    Ok(match (kind, raw) {
+        (_, Json::Null) => Value::Null,
+        (K::Json, v) => Value::Json(v.clone()),
+        (K::Auto, Json::Bool(b)) | (K::Bool, Json::Bool(b)) => Value::Bool(*b),
+        (K::Auto, Json::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Decimal(number(n)?),
+        },
+        (K::Auto, Json::String(s)) | (K::Text, Json::String(s)) => Value::Text(s.clone()),
+        (K::Auto, v) => Value::Json(v.clone()),
+        (K::Int, Json::Number(n)) => Value::Int(
+            n.as_i64()
+                .ok_or("is not a whole number that fits 64 bits")?,
+        ),
+        (K::Int, Json::String(s)) => {
+            Value::Int(s.trim().parse().map_err(|_| "is not a whole number")?)
+        }
+        (K::Decimal, Json::Number(n)) => Value::Decimal(number(n)?),
+        (K::Decimal, Json::String(s)) => Value::Decimal(
+            s.trim()
+                .parse::<Decimal>()
+                .or_else(|_| Decimal::from_scientific(s.trim()))
+                .map_err(|_| "is not a decimal number")?,
+        ),
+        (K::Float, Json::Number(n)) => Value::Float(n.as_f64().ok_or("is not a number")?),
+        (K::Float, Json::String(s)) => {
+            Value::Float(s.trim().parse().map_err(|_| "is not a number")?)
+        }
+        (K::Text, Json::Number(n)) => Value::Text(n.to_string()),
+        (K::Timestamp, Json::String(s)) => Value::Timestamp(
+            DateTime::parse_from_rfc3339(s.trim())
+                .map_err(|_| "is not an RFC 3339 timestamp (like 2026-12-04T10:00:00Z)")?
+                .with_timezone(&Utc),
+        ),
+        (K::Timestamp, Json::Number(n)) => {
+            let secs = n.as_f64().ok_or("is not a number of seconds")?;
+            let micros = (secs * 1e6).round();
+            if !micros.is_finite() || micros.abs() > 9.0e15 {
+                return Err("is not a number of seconds since 1970 trueup can hold");
+            }
+            Value::Timestamp(
+                DateTime::from_timestamp_micros(micros as i64)
+                    .ok_or("is out of range for a timestamp")?,
+            )
+        }
+        (K::Date, Json::String(s)) => Value::Date(
+            NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .map_err(|_| "is not a date (like 2026-12-04)")?,
+        ),
+        (K::Int | K::Decimal | K::Float, _) => return Err("is not a number"),
+        (K::Text, _) => return Err("is not text"),
+        (K::Bool, _) => return Err("is not true or false"),
+        (K::Timestamp, _) => return Err("is not a timestamp"),
+        (K::Date, _) => return Err("is not a date"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_next_link_is_found_among_several_links_and_rels() {
+        let h = r#"<https://api.test/v1/x?page=1>; rel="prev first", <https://api.test/v1/x?page=3&a=b,c>; rel="next""#;
+        assert_eq!(
+            link_with_rel(h, "next").as_deref(),
+            Some("https://api.test/v1/x?page=3&a=b,c")
+        );
+        assert_eq!(
+            link_with_rel(h, "first").as_deref(),
+            Some("https://api.test/v1/x?page=1")
+        );
+        assert_eq!(link_with_rel(h, "last"), None);
+        assert_eq!(
+            link_with_rel("</x?p=2>;rel=next", "next").as_deref(),
+            Some("/x?p=2")
+        );
+        assert_eq!(link_with_rel("", "next"), None);
+    }
+
+    #[test]
+    fn json_values_become_typed_columns_or_a_reason_why_not() {
+        assert_eq!(value(FieldKind::Auto, &json!(7)), Ok(Value::Int(7)));
+        assert_eq!(
+            value(FieldKind::Auto, &json!(12.5)),
+            Ok(Value::Decimal("12.5".parse().unwrap()))
+        );
+        assert!(
+            matches!(value(FieldKind::Decimal, &json!("12.50")), Ok(Value::Decimal(d)) if d.to_string() == "12.50")
+        );
+        assert_eq!(value(FieldKind::Int, &json!("42")), Ok(Value::Int(42)));
+        assert_eq!(
+            value(FieldKind::Text, &json!(42)),
+            Ok(Value::Text("42".into()))
+        );
+        assert_eq!(value(FieldKind::Int, &json!(null)), Ok(Value::Null));
+        assert_eq!(
+            value(FieldKind::Timestamp, &json!("2026-12-04T10:00:00+01:00")),
+            Ok(Value::Timestamp("2026-12-04T09:00:00Z".parse().unwrap()))
+        );
+        assert_eq!(
+            value(FieldKind::Timestamp, &json!(1_764_842_400.5)),
+            Ok(Value::Timestamp("2025-12-04T10:00:00.5Z".parse().unwrap()))
+        );
+        assert!(value(FieldKind::Int, &json!("x1")).is_err());
+        assert!(value(FieldKind::Int, &json!(1.5)).is_err());
+        assert!(value(FieldKind::Bool, &json!("yes")).is_err());
+        assert!(value(FieldKind::Date, &json!("04/12/2026")).is_err());
+    }
+
+    #[test]
+    fn an_item_names_the_column_and_path_that_cannot_be_read() {
+        let fields = vec![Field {
+            column: crate::domain::ColumnName::parse("amount").unwrap(),
+            path: crate::domain::JsonPath::parse("money.amount").unwrap(),
+            kind: FieldKind::Decimal,
+        }];
+        let err = to_row(&fields, &json!({"money": {"amount": "lots"}})).unwrap_err();
+        assert_eq!(
+            err,
+            "column `amount` (`money.amount`): the text \"lots\" is not a decimal number"
+        );
+        assert_eq!(to_row(&fields, &json!({})).unwrap(), vec![Value::Null]);
+    }
+
+    #[test]
+    fn waits_follow_retry_after_in_seconds_or_as_a_date_and_back_off_otherwise() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Ok(Duration::from_secs(3))));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Ok(Duration::ZERO)));
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Err(())));
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+}

@@ -5,6 +5,7 @@ use super::*;
 fn env(name: &str) -> Option<String> {
     match name {
         "LEDGER_PASSWORD" => Some("s3cret".into()),
+        "PAYMENTS_TOKEN" => Some("tok_live_9f".into()),
         _ => None,
     }
 }
@@ -456,5 +457,112 @@ fn sql_source<'a>(c: &'a Config, name: &str) -> &'a crate::config::SqlSource {
     match &c.sources[&SourceName::parse(name).unwrap()] {
         crate::config::SourceConfig::Sql(s) => s,
         other => panic!("`{name}` is not a database source: {other:?}"),
+    }
+}
+
+#[test]
+fn an_http_source_has_a_base_url_headers_from_the_environment_a_rate_and_retries() {
+    let c = parse(
+        "sources:
+  payments:
+    kind: http
+    base_url: https://api.payments.example/v1
+    headers:
+      Authorization: \"Bearer ${PAYMENTS_TOKEN}\"
+      Accept: application/json
+    timeout: 10s
+    rate: 2.5
+    retries: 3
+",
+    )
+    .unwrap();
+    let SourceConfig::Http(api) = &c.sources[&SourceName::parse("payments").unwrap()] else {
+        panic!("an HTTP source")
+    };
+    assert_eq!(api.base_url, "https://api.payments.example/v1/");
+    let headers: Vec<(&str, &str)> = api
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), secrecy::ExposeSecret::expose_secret(v)))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("Accept", "application/json"),
+            ("Authorization", "Bearer tok_live_9f")
+        ]
+    );
+    assert_eq!(
+        (api.timeout.as_std().as_secs(), api.rate, api.retries),
+        (10, Some(2.5), 3)
+    );
+    assert!(!api.allow_private_network);
+    // The token never prints.
+    assert!(!format!("{c:?}").contains("tok_live_9f"));
+    // Defaults: 30 s, no rate limit, 5 retries.
+    let c = parse("sources:\n  api: {kind: http, base_url: \"https://api.example/\"}\n").unwrap();
+    let SourceConfig::Http(api) = &c.sources[&SourceName::parse("api").unwrap()] else {
+        panic!()
+    };
+    assert_eq!(
+        (api.timeout.as_std().as_secs(), api.rate, api.retries),
+        (30, None, 5)
+    );
+}
+
+#[test]
+fn http_source_mistakes_are_each_explained_where_they_are() {
+    let cases = [
+        (
+            "sources:\n  api:\n    kind: http\n    base_url: https://a.example/\n    headers: {Authorization: Bearer abc}\n",
+            "header `Authorization` carries a credential written in the file",
+            5,
+        ),
+        (
+            "sources:\n  api:\n    kind: http\n    url: https://a.example/\n",
+            "source `api`: `url` belongs to database sources; an HTTP source has base_url, headers, timeout, rate, retries and allow_private_network",
+            3,
+        ),
+        (
+            "sources:\n  api:\n    kind: http\n",
+            "source `api`: an HTTP source needs `base_url:`",
+            3,
+        ),
+        (
+            "sources:\n  api:\n    kind: postgres\n    base_url: https://a.example/\n",
+            "source `api`: kind is `postgres` but `base_url` is an HTTP API's; an HTTP source is `kind: http`",
+            3,
+        ),
+        (
+            "sources:\n  db:\n    url: postgres://db/x\n    rate: 5\n",
+            "source `db`: `rate` belongs to HTTP sources (`kind: http`)",
+            3,
+        ),
+        (
+            "sources:\n  api: {kind: http, base_url: \"https://a.example/\", rate: 0}\n",
+            "source `api`: rate `0` must be a number of requests per second above 0",
+            2,
+        ),
+        (
+            "sources:\n  api: {kind: http, base_url: \"ftp://a.example/\"}\n",
+            "base_url `ftp://a.example/` must start with http:// or https://",
+            2,
+        ),
+        (
+            "sources:\n  api: {kind: http, base_url: \"https://a.example/\", retries: 50}\n",
+            "source `api`: retries must be at most 20",
+            2,
+        ),
+        (
+            "sources:\n  db: {pool_size: 2}\n",
+            "source `db`: give `url:` (a database: postgres://, mysql:// or sqlite://) or `kind: http` and `base_url:` (an HTTP API)",
+            2,
+        ),
+    ];
+    for (text, want, line) in cases {
+        let errs = parse(text).expect_err(want).0;
+        let found = errs.iter().find(|e| e.message.contains(want));
+        assert!(found.is_some(), "{want}: {errs:?}");
+        assert_eq!(found.unwrap().line, line, "{want}: {errs:?}");
     }
 }

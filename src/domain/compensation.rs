@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use super::TargetName;
 use super::template::{
-    JsonTemplate, Placeholder, RenderError, Segment, Template, ViolationContext, json_text,
+    JsonTemplate, Placeholder, RenderError, Segment, Template, ViolationContext,
 };
 
 /// How a SQL target writes positional parameters.
@@ -122,12 +122,7 @@ impl Compensation {
                 let base = base_url(&h.target).ok_or_else(|| RenderError::UnknownTarget {
                     target: h.target.to_string(),
                 })?;
-                let path = h.path.render_with(ctx, |v, out| {
-                    out.extend(percent_encoding::utf8_percent_encode(
-                        &json_text(v),
-                        PATH_SEGMENT,
-                    ));
-                })?;
+                let path = h.path.render_with(ctx, super::push_path_segment)?;
                 let mut headers = BTreeMap::new();
                 for (name, value) in &h.headers {
                     headers.insert(name.clone(), value.render_text(ctx)?);
@@ -146,13 +141,6 @@ impl Compensation {
         })
     }
 }
-
-/// Everything but unreserved characters is encoded, so a value stays one path segment.
-const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// An HTTP action's headers (name → value): a schema of its own, which client generators
 /// make one model of (inline in each place they would make several of the same name).

@@ -36,7 +36,7 @@ pub use link::{WebUrl, WebUrlError};
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
-pub use request::{CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Paging, Read};
+pub use request::{CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Read};
 pub use role::Role;
 pub use routing::{
     AlertLabels, Delivery, GroupBy, MatchOp, Matcher, MatcherError, NewSilence, RESERVED_LABELS,
@@ -50,7 +50,7 @@ pub use schedule::{Schedule, ScheduleError};
 pub use slo::{Objective, SloMeasure, SloObservation, Target as SloTarget, measure as measure_slo};
 pub use template::{
     JsonTemplate, Placeholder, RenderError, Scope, Segment, Template, TemplateError,
-    ViolationContext, json_text,
+    ViolationContext, json_text, push_path_segment,
 };
 pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,

@@ -50,6 +50,35 @@ pub struct HttpRequest {
     pub paging: Paging,
     /// The columns each item gives, in the order written.
     pub columns: Vec<Field>,
+    /// How one key's item is fetched alone (the re-check before an action), if the API can.
+    pub lookup: Option<Lookup>,
+}
+
+/// `GET base_url + path` for one key, its placeholders `{{key.column}}` filled with the key's
+/// values (each one path segment); a 404 means the key is absent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    pub path: super::Template,
+    /// Where the item is in the response (`$`: the body is the item; a list: each is one).
+    pub item: JsonPath,
+}
+
+impl Lookup {
+    /// The path for `key` (column → canonical JSON value); `None` when a placeholder names a
+    /// column `key` does not give.
+    pub fn path_for(&self, key: &[(ColumnName, serde_json::Value)]) -> Option<String> {
+        let mut out = String::new();
+        for segment in self.path.segments() {
+            match segment {
+                super::Segment::Text(t) => out.push_str(t),
+                super::Segment::Value(p) => {
+                    let (_, value) = key.iter().find(|(c, _)| c.as_str() == p.field)?;
+                    super::push_path_segment(value, &mut out);
+                }
+            }
+        }
+        Some(out.trim_start_matches('/').to_owned())
+    }
 }
 
 impl fmt::Display for HttpRequest {
@@ -203,6 +232,27 @@ impl fmt::Display for JsonPath {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_lookup_path_takes_each_key_value_as_one_encoded_segment() {
+        let lookup = Lookup {
+            path: crate::domain::Template::parse("/charges/{{key.id}}/x").unwrap(),
+            item: JsonPath::default(),
+        };
+        let key = |v| vec![(ColumnName::parse("id").unwrap(), v)];
+        assert_eq!(
+            lookup.path_for(&key(json!(17))).as_deref(),
+            Some("charges/17/x")
+        );
+        assert_eq!(
+            lookup.path_for(&key(json!("a/b c"))).as_deref(),
+            Some("charges/a%2Fb%20c/x")
+        );
+        assert_eq!(
+            lookup.path_for(&[(ColumnName::parse("other").unwrap(), json!(1))]),
+            None
+        );
+    }
 
     #[test]
     fn a_path_walks_objects_and_lists_and_the_root_is_the_document() {

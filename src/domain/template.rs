@@ -194,6 +194,21 @@ fn parse_placeholder(inner: &str) -> Result<Placeholder, TemplateError> {
     })
 }
 
+/// Everything but unreserved characters is encoded, so a value stays one path segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Writes `v` (as [`json_text`]) as one URL path segment.
+pub fn push_path_segment(v: &serde_json::Value, out: &mut String) {
+    out.extend(percent_encoding::utf8_percent_encode(
+        &json_text(v),
+        PATH_SEGMENT,
+    ));
+}
+
 /// A JSON value as text: strings without quotes, everything else as JSON.
 pub fn json_text(v: &serde_json::Value) -> String {
     match v {

@@ -88,6 +88,7 @@ pub(super) fn build_replay(
             &p.value.source,
             p.value.query.as_ref(),
             p.value.request.as_ref(),
+            Some(key),
             &known.sources,
         )?),
         None => None,

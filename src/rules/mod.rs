@@ -304,6 +304,7 @@ impl Ctx<'_> {
         source: &Spanned<String>,
         query: Option<&Spanned<String>>,
         request: Option<&Spanned<raw::RawRequest>>,
+        key: Option<&[ColumnName]>,
         sources: &BTreeMap<SourceName, SourceClass>,
     ) -> Option<QuerySide> {
         let name = self.source(field, source, sources);
@@ -352,7 +353,7 @@ impl Ctx<'_> {
                 Some(Read::Sql(sql))
             }
             (None, Some(r), Some(SourceClass::Http)) => {
-                self.request(field, r).map(|r| Read::Http(Box::new(r)))
+                self.request(field, r, key).map(|r| Read::Http(Box::new(r)))
             }
             // The source is unknown (already reported): check what can be checked alone.
             (Some(q), None, None) => {
@@ -360,7 +361,7 @@ impl Ctx<'_> {
                 None
             }
             (None, Some(r), None) => {
-                self.request(field, r);
+                self.request(field, r, key);
                 None
             }
         };
@@ -727,14 +728,15 @@ fn build_spec(
     ctx: &mut Ctx<'_>,
 ) -> Option<InvariantSpec> {
     if let Some(c) = &raw.check {
+        let key = ctx.columns("check.key", &c.value.key);
         let side = ctx.side(
             "check",
             &c.value.source,
             c.value.query.as_ref(),
             c.value.request.as_ref(),
+            key.as_deref(),
             sources,
         );
-        let key = ctx.columns("check.key", &c.value.key);
         return Some(InvariantSpec::Check(CheckSpec {
             side: side?,
             key: key?,
@@ -742,11 +744,13 @@ fn build_spec(
     }
     if let Some(r) = &raw.reconcile {
         let (l, r_) = (&r.value.left.value, &r.value.right.value);
+        let key = ctx.columns("reconcile.key", &r.value.key);
         let left = ctx.side(
             "reconcile.left",
             &l.source,
             l.query.as_ref(),
             l.request.as_ref(),
+            key.as_deref(),
             sources,
         );
         let right = ctx.side(
@@ -754,9 +758,9 @@ fn build_spec(
             &r_.source,
             r_.query.as_ref(),
             r_.request.as_ref(),
+            key.as_deref(),
             sources,
         );
-        let key = ctx.columns("reconcile.key", &r.value.key);
         let expect = match &r.value.expect {
             Some(e) => ctx.parse("reconcile.expect", e, |v| {
                 Expect::parse(v)
@@ -877,14 +881,15 @@ fn build_spec(
     }
     if let Some(t) = &raw.transitions {
         let t = &t.value;
+        let key = ctx.columns("transitions.key", &t.key);
         let side = ctx.side(
             "transitions",
             &t.source,
             t.query.as_ref(),
             t.request.as_ref(),
+            key.as_deref(),
             sources,
         );
-        let key = ctx.columns("transitions.key", &t.key);
         let state = match &t.state {
             Some(s) => ctx.parse("transitions.state", s, ColumnName::parse),
             None => ColumnName::parse("state").ok(),

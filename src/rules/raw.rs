@@ -106,6 +106,14 @@ pub struct RawRequest {
     pub items: Option<Spanned<String>>,
     pub page: Option<Spanned<RawPage>>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
+    pub lookup: Option<Spanned<RawLookup>>,
+}
+
+/// `lookup:` — how one key's item is fetched alone.
+#[derive(Deserialize)]
+pub struct RawLookup {
+    pub path: Option<Spanned<String>>,
+    pub item: Option<Spanned<String>>,
 }
 
 /// `page:` — one of the paging styles.

@@ -3,14 +3,20 @@
 use serde_saphyr::Spanned;
 
 use super::Ctx;
-use super::raw::{RawField, RawPage, RawRequest};
-use crate::domain::{ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Paging};
+use super::raw::{RawField, RawLookup, RawPage, RawRequest};
+use crate::domain::{
+    ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Scope,
+    Template,
+};
 
 impl Ctx<'_> {
+    /// `key`: the invariant's key columns, when they could be read (a lookup's placeholders
+    /// must name them).
     pub(super) fn request(
         &mut self,
         field: &str,
         raw: &Spanned<RawRequest>,
+        key: Option<&[ColumnName]>,
     ) -> Option<HttpRequest> {
         let r = &raw.value;
         let mut ok = true;
@@ -127,13 +133,73 @@ impl Ctx<'_> {
                 Some(columns)
             }
         };
-        let (path, items, paging, columns) = (path?, items?, paging?, columns?);
+        let lookup = match &r.lookup {
+            None => Some(None),
+            Some(l) => self.lookup(field, l, key).map(Some),
+        };
+        let (path, items, paging, columns, lookup) = (path?, items?, paging?, columns?, lookup?);
         ok.then_some(HttpRequest {
             path,
             params,
             items,
             paging,
             columns,
+            lookup,
+        })
+    }
+
+    fn lookup(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawLookup>,
+        key: Option<&[ColumnName]>,
+    ) -> Option<Lookup> {
+        let here = format!("{field}.request.lookup");
+        let Some(p) = &raw.value.path else {
+            self.error(
+                raw.referenced,
+                format!("{here} needs `path:`, one key's address with its key columns as placeholders (like `charges/{{{{key.charge_id}}}}`)"),
+            );
+            return None;
+        };
+        let template = match Template::parse(p.value.trim()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(p.referenced, format!("{here}.path: {e}"));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for placeholder in template.placeholders() {
+            let known = key.is_none_or(|k| k.iter().any(|c| c.as_str() == placeholder.field));
+            if placeholder.scope != Scope::Key || !known {
+                let columns = key.map_or(String::new(), |k| {
+                    let names: Vec<&str> = k.iter().map(ColumnName::as_str).collect();
+                    format!(" (the key is: {})", names.join(", "))
+                });
+                self.error(
+                    p.referenced,
+                    format!("{here}.path: {placeholder} is not a key column; a lookup fetches one key, so its path takes `{{{{key.<column>}}}}` only{columns}"),
+                );
+                ok = false;
+            }
+        }
+        if template.placeholders().next().is_none() {
+            self.error(
+                p.referenced,
+                format!("{here}.path `{}` has no `{{{{key.<column>}}}}`: every key would fetch the same item", p.value),
+            );
+            ok = false;
+        }
+        let item = match &raw.value.item {
+            Some(i) => JsonPath::parse(&i.value)
+                .map_err(|e| self.error(i.referenced, format!("{here}.item {e}")))
+                .ok(),
+            None => Some(JsonPath::default()),
+        };
+        ok.then_some(Lookup {
+            path: template,
+            item: item?,
         })
     }
 

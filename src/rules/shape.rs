@@ -118,6 +118,7 @@ enum Shape {
     /// `columns:` of a request: keyed by the user's column names.
     Columns,
     Field,
+    Lookup,
     /// A map whose keys are the user's (the `allowed` state map).
     Free,
 }
@@ -150,6 +151,7 @@ impl Shape {
             Shape::Offset => serde_introspect::<raw::RawOffset>(),
             Shape::PageNumber => serde_introspect::<raw::RawNumber>(),
             Shape::Field => serde_introspect::<raw::RawTypedField>(),
+            Shape::Lookup => serde_introspect::<raw::RawLookup>(),
             Shape::Columns | Shape::Free => &[],
         }
     }
@@ -179,6 +181,7 @@ impl Shape {
             (Shape::Request, "params") => Shape::Free,
             (Shape::Request, "page") => Shape::Page,
             (Shape::Request, "columns") => Shape::Columns,
+            (Shape::Request, "lookup") => Shape::Lookup,
             (Shape::Page, "cursor") => Shape::Cursor,
             (Shape::Page, "offset") => Shape::Offset,
             (Shape::Page, "number") => Shape::PageNumber,
@@ -270,7 +273,7 @@ fn join(path: &str, key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHAPES: [Shape; 23] = [
+    const SHAPES: [Shape; 24] = [
         Shape::File,
         Shape::Invariant,
         Shape::Check,
@@ -293,6 +296,7 @@ mod tests {
         Shape::PageNumber,
         Shape::Columns,
         Shape::Field,
+        Shape::Lookup,
         Shape::Free,
     ];
 
@@ -326,6 +330,7 @@ mod tests {
             "offset",
             "number",
             "columns",
+            "lookup",
         ];
         for shape in SHAPES {
             for key in candidates {

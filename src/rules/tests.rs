@@ -682,3 +682,183 @@ fn a_label_cannot_take_a_name_trueup_sets_from_the_invariant() {
         "{all}"
     );
 }
+
+/// `sources()` and an HTTP API, `charges_api`.
+fn with_api() -> Known {
+    let mut known = sources();
+    known.sources.insert(
+        SourceName::parse("charges_api").unwrap(),
+        crate::config::SourceClass::Http,
+    );
+    known
+}
+
+const API: &str = r#"
+invariants:
+  - name: charges-booked
+    reconcile:
+      left:
+        source: charges_api
+        request:
+          path: /charges
+          params: {limit: 100}
+          items: data
+          page:
+            cursor: {param: starting_after, from_item: id, has_more: has_more}
+          columns:
+            charge_id: {path: id, type: int}
+            amount: {path: amount.value, type: decimal}
+            currency: amount.currency
+      right: {source: ledger, query: "SELECT charge_id, amount, currency FROM entries"}
+      key: charge_id
+"#;
+
+#[test]
+fn a_side_on_an_api_is_a_request_with_its_paging_and_typed_columns() {
+    let (invs, errs) = parse_file(API, Path::new("invariants/x.yaml"), &with_api());
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    let Read::Http(request) = &spec.left.query else {
+        panic!("{:?}", spec.left.query)
+    };
+    assert_eq!(request.path, "charges");
+    assert_eq!(request.params, [("limit".to_owned(), "100".to_owned())]);
+    assert_eq!(request.items.to_string(), "data");
+    assert_eq!(
+        request.paging,
+        crate::domain::Paging::Cursor {
+            param: "starting_after".into(),
+            from: crate::domain::CursorFrom::LastItem(
+                crate::domain::JsonPath::parse("id").unwrap()
+            ),
+            has_more: Some(crate::domain::JsonPath::parse("has_more").unwrap()),
+        }
+    );
+    let columns: Vec<(String, String, crate::domain::FieldKind)> = request
+        .columns
+        .iter()
+        .map(|f| (f.column.to_string(), f.path.to_string(), f.kind))
+        .collect();
+    use crate::domain::FieldKind as K;
+    assert_eq!(
+        columns,
+        [
+            ("amount".into(), "amount.value".into(), K::Decimal),
+            ("charge_id".into(), "id".into(), K::Int),
+            ("currency".into(), "amount.currency".into(), K::Auto),
+        ]
+    );
+    // The API and reports show the side as one line.
+    assert_eq!(spec.left.query.to_string(), "GET charges?limit=100");
+}
+
+#[test]
+fn request_mistakes_are_each_reported_where_they_are() {
+    let cases = [
+        (
+            API.replace("        request:\n          path: /charges", "        query: SELECT 1\n        request:\n          path: /charges"),
+            "reconcile.left gives both `query:` and `request:`",
+        ),
+        (
+            API.replace("source: ledger, query:", "source: charges_api, query:"),
+            "reconcile.right.query: source `charges_api` is an HTTP API; describe what to read with `request:` (path, items, page, columns)",
+        ),
+        (
+            API.replace("        source: charges_api\n", "        source: shop\n"),
+            "reconcile.left.request: source `shop` is a sqlite database; read it with `query:`",
+        ),
+        (
+            API.replace("{source: ledger, query: \"SELECT charge_id, amount, currency FROM entries\"}", "{source: ledger}"),
+            "reconcile.right needs `query:` (a SELECT, for a database source) or `request:` (for an HTTP source)",
+        ),
+        (
+            API.replace("          page:\n", "          page:\n            link: next\n"),
+            "reconcile.left.request.page takes one style: `cursor`, `link`, `offset` or `number`",
+        ),
+        (
+            API.replace("from_item: id, ", ""),
+            "reconcile.left.request.page.cursor takes the cursor from one place: `from_item:`",
+        ),
+        (
+            API.replace("type: decimal", "type: money"),
+            "reconcile.left.request.columns.amount.type `money` is unknown; use int, decimal, float, text, bool, timestamp, date or json",
+        ),
+        (
+            API.replace("{limit: 100}", "{limit: 100, since: \"{{window.from}}\"}"),
+            "reconcile.left.request.params.since `{{window.from}}` has a placeholder, which a read has no value for",
+        ),
+        (
+            API.replace("path: /charges", "path: charges?limit=5"),
+            "reconcile.left.request.path `charges?limit=5` must be a plain path: give query parameters under `params:`",
+        ),
+        (
+            API.replace("from_item: id", "from_itme: id"),
+            "unknown field `reconcile.left.request.page.cursor.from_itme`; did you mean `from_item`?",
+        ),
+        (
+            API.replace("{path: id, type: int}", "{path: id, typ: int}"),
+            "unknown field `reconcile.left.request.columns.charge_id.typ`; did you mean `type`?",
+        ),
+        (
+            API.replace("          items: data\n", "          itmes: data\n"),
+            "unknown field `reconcile.left.request.itmes`; did you mean `items`?",
+        ),
+        (
+            API.replace("      key: charge_id\n", "      key: charge_id\n      mode: checksum\n"),
+            "reconcile.mode: checksum cannot be used with source `charges_api`, an HTTP API: segment checksums are computed by databases",
+        ),
+        (
+            API.replace("      key: charge_id\n", "      key: charge_id\n      segments: 4\n"),
+            "reconcile.segments cannot be used with source `charges_api`, an HTTP API",
+        ),
+        (
+            API.replace(
+                "          page:\n            cursor: {param: starting_after, from_item: id, has_more: has_more}\n",
+                "          page:\n            link: prev\n",
+            ),
+            "reconcile.left.request.page.link `prev`: the only link followed is `next`",
+        ),
+        (
+            API.replace(
+                "          page:\n            cursor: {param: starting_after, from_item: id, has_more: has_more}\n",
+                "          page:\n            offset: {param: offset}\n",
+            ),
+            "reconcile.left.request.page.offset needs `size:` above 0",
+        ),
+        (
+            API.replace("          items: data\n", "          items: data..list\n"),
+            "reconcile.left.request.items `data..list` has an empty step",
+        ),
+        (
+            API.replace(
+                "            currency: amount.currency\n",
+                "            currency: amount.currency\n          lookup: {path: \"charges/{{key.id}}\"}\n",
+            ),
+            "reconcile.left.request.lookup.path: {{key.id}} is not a key column; a lookup fetches one key, so its path takes `{{key.<column>}}` only (the key is: charge_id)",
+        ),
+        (
+            API.replace(
+                "            currency: amount.currency\n",
+                "            currency: amount.currency\n          lookup: {path: charges/latest}\n",
+            ),
+            "reconcile.left.request.lookup.path `charges/latest` has no `{{key.<column>}}`",
+        ),
+        (
+            API.replace(
+                "            currency: amount.currency\n",
+                "            currency: amount.currency\n          lookup: {path: \"charges/{{key.charge_id}}\", itme: data}\n",
+            ),
+            "unknown field `reconcile.left.request.lookup.itme`; did you mean `item`?",
+        ),
+    ];
+    for (text, want) in cases {
+        let (_, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &with_api());
+        let found = errs.iter().find(|e| e.message.contains(want));
+        assert!(found.is_some(), "{want}:\n{errs:?}");
+        let found = found.unwrap();
+        assert!(found.line > 0, "{want}: {found:?}");
+        assert_eq!(found.invariant.as_deref(), Some("charges-booked"), "{want}");
+    }
+}

@@ -69,6 +69,14 @@ impl Api {
         tokio::time::sleep_until(at).await;
     }
 
+    fn failed_path(&self, path: &str, message: String) -> SourceError {
+        SourceError::Api {
+            source_name: self.name().clone(),
+            request: format!("GET {}{path}", self.cfg.base_url),
+            message,
+        }
+    }
+
     fn failed(&self, url: &Url, message: String) -> SourceError {
         SourceError::Api {
             source_name: self.name().clone(),
@@ -77,8 +85,13 @@ impl Api {
         }
     }
 
-    /// One page: its JSON body and the URL of the next page its `Link` header gives.
-    async fn page(&self, url: &Url) -> Result<(Json, Option<Url>), SourceError> {
+    /// One page: its JSON body and the URL of the next page its `Link` header gives; `None`
+    /// when the API answers 404 and `absent_ok` (a lookup of a key it does not hold).
+    async fn page(
+        &self,
+        url: &Url,
+        absent_ok: bool,
+    ) -> Result<Option<(Json, Option<Url>)>, SourceError> {
         let mut attempt = 0;
         loop {
             self.pace().await;
@@ -104,11 +117,14 @@ impl Api {
                         )
                     })?;
                     let next = next.transpose().map_err(|why| self.failed(url, why))?;
-                    return Ok((json, next));
+                    return Ok(Some((json, next)));
                 }
                 Ok(response) => {
                     let status = response.status();
                     let asked = retry_after(response.headers());
+                    if status == reqwest::StatusCode::NOT_FOUND && absent_ok {
+                        return Ok(None);
+                    }
                     if !(status.as_u16() == 429 || status.is_server_error()) {
                         let text = response.text().await.unwrap_or_default();
                         let excerpt: String = text.chars().take(300).collect();
@@ -310,18 +326,47 @@ async fn read_all(
     };
 
     let mut sorter = (!order.is_empty()).then(|| Sorter::new(order, Sorter::BUDGET));
-    let mut pages = Pages::new(api, request)?;
-    while let Some(items) = pages.next().await? {
-        for (i, item) in items.into_iter().enumerate() {
-            let row = to_row(&request.columns, &item).map_err(|why| {
-                api.failed(&pages.current, format!("item {} of the page: {why}", i + 1))
-            })?;
-            if !keep(&row) {
-                continue;
-            }
-            match &mut sorter {
-                Some(sorter) => sorter.push(row).map_err(|e| Some(spill_error(name, e)))?,
-                None => feed.push_row(row).await?,
+    let lookup = request
+        .lookup
+        .as_ref()
+        .filter(|_| !req.filter.is_empty())
+        .and_then(|l| Some((l, l.path_for(&req.filter)?)));
+    if let Some((lookup, path)) = lookup {
+        // One key, fetched alone: the re-check before an action reads one item, not the API.
+        let url = Url::parse(&api.cfg.base_url)
+            .and_then(|b| b.join(&path))
+            .map_err(|e| api.failed_path(&path, format!("not a URL: {e}")))?;
+        if !url.as_str().starts_with(&api.cfg.base_url) {
+            // A key value of `..` would climb out of the API.
+            return Err(Some(api.failed(
+                &url,
+                format!(
+                    "the lookup leaves the source's base_url {}",
+                    api.cfg.base_url
+                ),
+            )));
+        }
+        let items = match api.page(&url, true).await? {
+            None => Vec::new(),
+            Some((body, _)) => match lookup.item.find(&body) {
+                Some(Json::Array(items)) => items.clone(),
+                Some(Json::Null) | None => Vec::new(),
+                Some(item) => vec![item.clone()],
+            },
+        };
+        for (i, item) in items.iter().enumerate() {
+            let row = to_row(&request.columns, item)
+                .map_err(|why| api.failed(&url, format!("item {}: {why}", i + 1)))?;
+            take(row, &keep, &mut sorter, feed, name).await?;
+        }
+    } else {
+        let mut pages = Pages::new(api, request)?;
+        while let Some(items) = pages.next().await? {
+            for (i, item) in items.into_iter().enumerate() {
+                let row = to_row(&request.columns, &item).map_err(|why| {
+                    api.failed(&pages.current, format!("item {} of the page: {why}", i + 1))
+                })?;
+                take(row, &keep, &mut sorter, feed, name).await?;
             }
         }
     }
@@ -361,6 +406,23 @@ async fn read_all(
         }
     }
     feed.finish().await.map_err(|_| None)
+}
+
+/// A row the read keeps goes to the sorter, or straight to the evaluator.
+async fn take(
+    row: Row,
+    keep: &impl Fn(&Row) -> bool,
+    sorter: &mut Option<Sorter>,
+    feed: &mut Feed,
+    source: &SourceName,
+) -> Result<(), Option<SourceError>> {
+    if !keep(&row) {
+        return Ok(());
+    }
+    match sorter {
+        Some(sorter) => sorter.push(row).map_err(|e| Some(spill_error(source, e))),
+        None => feed.push_row(row).await,
+    }
 }
 
 fn spill_error(source: &SourceName, e: std::io::Error) -> SourceError {
@@ -444,7 +506,10 @@ impl<'a> Pages<'a> {
             ));
         }
         self.current = url.clone();
-        let (mut body, link) = self.api.page(&url).await?;
+        let (mut body, link) = self.api.page(&url, false).await?.ok_or_else(|| {
+            self.api
+                .failed(&url, "the API answered 404 Not Found".into())
+        })?;
         self.pages += 1;
         let items = match self.request.items.find_mut(&mut body).map(std::mem::take) {
             Some(Json::Array(items)) => items,

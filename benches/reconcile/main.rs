@@ -133,6 +133,7 @@ fn invariant(name: &str, left: &str, right_source: &str, right: &str) -> Invaria
             mode: ReconcileMode::Auto,
             incremental: None,
             segments: None,
+            window: None,
         }),
         compensate: Default::default(),
         replay: None,

@@ -108,6 +108,13 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
                 plural(*keys, "key", "keys"),
             );
         }
+        if let crate::domain::Coverage::Window { from } = &s.coverage {
+            let _ = writeln!(
+                out,
+                "      window: only rows from {} on; older violations are left as they are",
+                from.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
         if let Some(split) = &s.split {
             let taken_over = if split.taken_over > 0 {
                 format!(

@@ -245,6 +245,9 @@ pub struct ReconcileSpec {
     /// `Some(n)`: a full pass splits the (single, integer) key range into `n` segments that
     /// every replica on the store may claim and evaluate; one run, one ledger change.
     pub segments: Option<u32>,
+    /// `Some`: a run compares only the rows whose time column lies within this long before
+    /// it began, on both sides, and resolves only violations whose event time does.
+    pub window: Option<HumanDuration>,
 }
 
 impl ReconcileSpec {

@@ -36,7 +36,9 @@ pub use link::{WebUrl, WebUrlError};
 pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
-pub use request::{CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Read};
+pub use request::{
+    CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Param, Read, WindowEdge,
+};
 pub use role::Role;
 pub use routing::{
     AlertLabels, Delivery, GroupBy, MatchOp, Matcher, MatcherError, NewSilence, RESERVED_LABELS,

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 use super::ColumnName;
 
 /// What an invariant side reads: a query in its database's SQL, or a request to an API.
@@ -44,7 +46,7 @@ impl fmt::Display for Read {
 pub struct HttpRequest {
     /// Relative to the source's `base_url`, without a leading `/`.
     pub path: String,
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(String, Param)>,
     /// Where a page's items are (empty: the body is the list itself).
     pub items: JsonPath,
     pub paging: Paging,
@@ -78,6 +80,124 @@ impl Lookup {
             }
         }
         Some(out.trim_start_matches('/').to_owned())
+    }
+}
+
+/// A query parameter's value: text, with the run's window edges where it says
+/// `{{window.from}}`, `{{window.to}}` (RFC 3339) or `{{window.from_epoch}}`,
+/// `{{window.to_epoch}}` (seconds since 1970).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param(Vec<ParamPart>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowEdge {
+    From,
+    To,
+    FromEpoch,
+    ToEpoch,
+}
+
+impl WindowEdge {
+    fn parse(field: &str) -> Option<Self> {
+        Some(match field {
+            "from" => WindowEdge::From,
+            "to" => WindowEdge::To,
+            "from_epoch" => WindowEdge::FromEpoch,
+            "to_epoch" => WindowEdge::ToEpoch,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            WindowEdge::From => "from",
+            WindowEdge::To => "to",
+            WindowEdge::FromEpoch => "from_epoch",
+            WindowEdge::ToEpoch => "to_epoch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ParamPart {
+    Text(String),
+    Window(WindowEdge),
+}
+
+impl Param {
+    pub fn text(raw: &str) -> Self {
+        Self(vec![ParamPart::Text(raw.to_owned())])
+    }
+
+    /// Text with `{{window.*}}` placeholders; `Err` names a placeholder that is not one.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = raw;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(ParamPart::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 2..];
+            let close = after
+                .find("}}")
+                .ok_or_else(|| format!("`{{{{` in `{raw}` is not closed with `}}}}`"))?;
+            let inner = after[..close].trim();
+            let edge = inner
+                .strip_prefix("window.")
+                .and_then(WindowEdge::parse)
+                .ok_or_else(|| {
+                    format!("`{{{{{inner}}}}}` is not a value a read has; use {{{{window.from}}}}, {{{{window.to}}}}, {{{{window.from_epoch}}}} or {{{{window.to_epoch}}}}")
+                })?;
+            parts.push(ParamPart::Window(edge));
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(ParamPart::Text(rest.to_owned()));
+        }
+        Ok(Self(parts))
+    }
+
+    /// Whether the value needs the run's window.
+    pub fn uses_window(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, ParamPart::Window(_)))
+    }
+
+    /// The value for a window from `from` to `to`; `None` when it needs a window and has none.
+    pub fn render(&self, window: Option<(DateTime<Utc>, DateTime<Utc>)>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                ParamPart::Text(t) => out.push_str(t),
+                ParamPart::Window(edge) => {
+                    let (from, to) = window?;
+                    let at = match edge {
+                        WindowEdge::From | WindowEdge::FromEpoch => from,
+                        WindowEdge::To | WindowEdge::ToEpoch => to,
+                    };
+                    match edge {
+                        WindowEdge::From | WindowEdge::To => {
+                            out.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                        }
+                        WindowEdge::FromEpoch | WindowEdge::ToEpoch => {
+                            out.push_str(&at.timestamp().to_string())
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.0 {
+            match part {
+                ParamPart::Text(t) => f.write_str(t)?,
+                ParamPart::Window(edge) => write!(f, "{{{{window.{}}}}}", edge.name())?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -232,6 +352,29 @@ impl fmt::Display for JsonPath {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_parameter_takes_the_windows_edges_as_instants_or_epoch_seconds() {
+        let from: DateTime<Utc> = "2026-11-24T10:00:00Z".parse().unwrap();
+        let to: DateTime<Utc> = "2026-12-04T10:00:00.5Z".parse().unwrap();
+        let p = Param::parse("{{window.from}}..{{ window.to_epoch }}").unwrap();
+        assert!(p.uses_window());
+        assert_eq!(
+            p.render(Some((from, to))).as_deref(),
+            Some("2026-11-24T10:00:00Z..1796378400")
+        );
+        assert_eq!(p.render(None), None);
+        assert_eq!(p.to_string(), "{{window.from}}..{{window.to_epoch}}");
+        let plain = Param::parse("100").unwrap();
+        assert!(!plain.uses_window());
+        assert_eq!(plain.render(None).as_deref(), Some("100"));
+        assert!(
+            Param::parse("{{key.id}}")
+                .unwrap_err()
+                .contains("is not a value a read has")
+        );
+        assert!(Param::parse("{{window.from").is_err());
+    }
 
     #[test]
     fn a_lookup_path_takes_each_key_value_as_one_encoded_segment() {

@@ -143,11 +143,22 @@ pub enum Coverage {
         left_since: Option<DateTime<Utc>>,
         right_since: Option<DateTime<Utc>>,
     },
+    /// Only the rows whose time column is at or after `from` (a reconcile's `window`): a
+    /// violation resolves only if its event time is too; older ones are left as they were.
+    Window { from: DateTime<Utc> },
 }
 
 impl Coverage {
     pub fn is_full(&self) -> bool {
         matches!(self, Coverage::Full)
+    }
+
+    /// The start of a windowed run's rows.
+    pub fn window_from(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Coverage::Window { from } => Some(*from),
+            _ => None,
+        }
     }
 }
 

@@ -201,6 +201,7 @@ pub async fn evaluate_segment(
     let mut tally = Tally {
         stats: &mut stats,
         sink,
+        window_from: None,
     };
     reconcile::run_segment(invariant, spec, sources, due_before, range, &mut tally).await?;
     Ok(stats)
@@ -216,9 +217,19 @@ async fn evaluate_within(
 ) -> Result<RunStats, EngineError> {
     let due_before = invariant.grace.map(|g| now - g.as_chrono());
     let mut stats = RunStats::default();
+    let window_from = match &invariant.spec {
+        InvariantSpec::Reconcile(spec) => spec.window.map(|w| now - w.as_chrono()),
+        _ => None,
+    };
+    if let Some(from) = window_from
+        && filter.is_empty()
+    {
+        stats.coverage = crate::domain::Coverage::Window { from };
+    }
     let mut tally = Tally {
         stats: &mut stats,
         sink,
+        window_from,
     };
     match &invariant.spec {
         InvariantSpec::Check(spec) => {
@@ -241,6 +252,9 @@ async fn evaluate_within(
 struct Tally<'a> {
     stats: &'a mut RunStats,
     sink: &'a mut dyn ViolationSink,
+    /// A windowed reconcile's start: both sides read only rows whose time column is at or
+    /// after it.
+    window_from: Option<DateTime<Utc>>,
 }
 
 impl Tally<'_> {

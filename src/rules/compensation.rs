@@ -88,7 +88,10 @@ pub(super) fn build_replay(
             &p.value.source,
             p.value.query.as_ref(),
             p.value.request.as_ref(),
-            Some(key),
+            super::request::SideScope {
+                key: Some(key),
+                window: false,
+            },
             &known.sources,
         )?),
         None => None,

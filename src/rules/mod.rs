@@ -304,7 +304,7 @@ impl Ctx<'_> {
         source: &Spanned<String>,
         query: Option<&Spanned<String>>,
         request: Option<&Spanned<raw::RawRequest>>,
-        key: Option<&[ColumnName]>,
+        scope: request::SideScope<'_>,
         sources: &BTreeMap<SourceName, SourceClass>,
     ) -> Option<QuerySide> {
         let name = self.source(field, source, sources);
@@ -352,16 +352,16 @@ impl Ctx<'_> {
                 }
                 Some(Read::Sql(sql))
             }
-            (None, Some(r), Some(SourceClass::Http)) => {
-                self.request(field, r, key).map(|r| Read::Http(Box::new(r)))
-            }
+            (None, Some(r), Some(SourceClass::Http)) => self
+                .request(field, r, scope)
+                .map(|r| Read::Http(Box::new(r))),
             // The source is unknown (already reported): check what can be checked alone.
             (Some(q), None, None) => {
                 self.query(field, q);
                 None
             }
             (None, Some(r), None) => {
-                self.request(field, r, key);
+                self.request(field, r, scope);
                 None
             }
         };
@@ -734,7 +734,10 @@ fn build_spec(
             &c.value.source,
             c.value.query.as_ref(),
             c.value.request.as_ref(),
-            key.as_deref(),
+            request::SideScope {
+                key: key.as_deref(),
+                window: false,
+            },
             sources,
         );
         return Some(InvariantSpec::Check(CheckSpec {
@@ -750,7 +753,10 @@ fn build_spec(
             &l.source,
             l.query.as_ref(),
             l.request.as_ref(),
-            key.as_deref(),
+            request::SideScope {
+                key: key.as_deref(),
+                window: r.value.window.is_some(),
+            },
             sources,
         );
         let right = ctx.side(
@@ -758,7 +764,10 @@ fn build_spec(
             &r_.source,
             r_.query.as_ref(),
             r_.request.as_ref(),
-            key.as_deref(),
+            request::SideScope {
+                key: key.as_deref(),
+                window: r.value.window.is_some(),
+            },
             sources,
         );
         let expect = match &r.value.expect {
@@ -824,6 +833,43 @@ fn build_spec(
             );
             return None;
         }
+        let window = match &r.value.window {
+            None => Some(None),
+            Some(w) => {
+                let parsed = ctx.parse("reconcile.window", w, HumanDuration::parse);
+                let refused = [
+                    (
+                        raw.time_column.is_none(),
+                        "needs `time_column`: the column whose time says whether a row lies in the window (both sides return it)",
+                    ),
+                    (
+                        r.value.segments.is_some(),
+                        "and `segments` do not go together: segments split a key range, a window is a span of time",
+                    ),
+                    (
+                        r.value.incremental.is_some(),
+                        "and `incremental` do not go together: an incremental run already reads only what changed",
+                    ),
+                    (
+                        mode == Some(ReconcileMode::Checksum),
+                        "and `mode: checksum` do not go together: segment checksums summarise key ranges, not a span of time",
+                    ),
+                ];
+                let mut ok = true;
+                for (_, why) in refused.iter().filter(|(bad, _)| *bad) {
+                    ctx.error(w.referenced, format!("reconcile.window {why}"));
+                    ok = false;
+                }
+                match parsed {
+                    Some(d) if d.as_std().is_zero() => {
+                        ctx.error(w.referenced, "reconcile.window must be longer than zero");
+                        None
+                    }
+                    Some(d) if ok => Some(Some(d)),
+                    _ => None,
+                }
+            }
+        };
         let api_side = [(&left, &l.source), (&right, &r_.source)]
             .into_iter()
             .find(|(side, _)| {
@@ -877,6 +923,7 @@ fn build_spec(
             mode: mode?,
             incremental: incremental?,
             segments: segments?,
+            window: window?,
         }));
     }
     if let Some(t) = &raw.transitions {
@@ -887,7 +934,10 @@ fn build_spec(
             &t.source,
             t.query.as_ref(),
             t.request.as_ref(),
-            key.as_deref(),
+            request::SideScope {
+                key: key.as_deref(),
+                window: false,
+            },
             sources,
         );
         let state = match &t.state {

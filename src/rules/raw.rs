@@ -171,6 +171,7 @@ pub struct RawReconcile {
     pub mode: Option<Spanned<String>>,
     pub incremental: Option<Spanned<RawIncremental>>,
     pub segments: Option<Spanned<u64>>,
+    pub window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

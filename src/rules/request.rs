@@ -5,18 +5,26 @@ use serde_saphyr::Spanned;
 use super::Ctx;
 use super::raw::{RawField, RawLookup, RawPage, RawRequest};
 use crate::domain::{
-    ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Scope,
+    ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Param, Scope,
     Template,
 };
 
+/// What a side's request may refer to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SideScope<'a> {
+    /// The invariant's key columns, when they could be read (a lookup's placeholders must
+    /// name them).
+    pub key: Option<&'a [ColumnName]>,
+    /// Whether the reconcile has a `window` (whose edges params may take).
+    pub window: bool,
+}
+
 impl Ctx<'_> {
-    /// `key`: the invariant's key columns, when they could be read (a lookup's placeholders
-    /// must name them).
     pub(super) fn request(
         &mut self,
         field: &str,
         raw: &Spanned<RawRequest>,
-        key: Option<&[ColumnName]>,
+        scope: SideScope<'_>,
     ) -> Option<HttpRequest> {
         let r = &raw.value;
         let mut ok = true;
@@ -55,17 +63,24 @@ impl Ctx<'_> {
         };
         let mut params = Vec::new();
         for (k, v) in &r.params {
-            if v.value.0.contains("{{") {
-                self.error(
-                    v.referenced,
-                    format!(
-                        "{field}.request.params.{k} `{}` has a placeholder, which a read has no value for",
-                        v.value.0
-                    ),
-                );
-                ok = false;
+            let here = format!("{field}.request.params.{k}");
+            match Param::parse(&v.value.0) {
+                Ok(p) if p.uses_window() && !scope.window => {
+                    self.error(
+                        v.referenced,
+                        format!(
+                            "{here} `{}` takes the run's window, and this side has none; give the reconcile a `window:` (like `window: 7d`, with a `time_column`)",
+                            v.value.0
+                        ),
+                    );
+                    ok = false;
+                }
+                Ok(p) => params.push((k.clone(), p)),
+                Err(e) => {
+                    self.error(v.referenced, format!("{here}: {e}"));
+                    ok = false;
+                }
             }
-            params.push((k.clone(), v.value.0.clone()));
         }
         let mut json_path =
             |this: &mut Self, what: &str, s: &Spanned<String>| -> Option<JsonPath> {
@@ -135,7 +150,7 @@ impl Ctx<'_> {
         };
         let lookup = match &r.lookup {
             None => Some(None),
-            Some(l) => self.lookup(field, l, key).map(Some),
+            Some(l) => self.lookup(field, l, scope.key).map(Some),
         };
         let (path, items, paging, columns, lookup) = (path?, items?, paging?, columns?, lookup?);
         ok.then_some(HttpRequest {

@@ -724,7 +724,10 @@ fn a_side_on_an_api_is_a_request_with_its_paging_and_typed_columns() {
         panic!("{:?}", spec.left.query)
     };
     assert_eq!(request.path, "charges");
-    assert_eq!(request.params, [("limit".to_owned(), "100".to_owned())]);
+    assert_eq!(
+        request.params,
+        [("limit".to_owned(), crate::domain::Param::text("100"))]
+    );
     assert_eq!(request.items.to_string(), "data");
     assert_eq!(
         request.paging,
@@ -787,7 +790,25 @@ fn request_mistakes_are_each_reported_where_they_are() {
         ),
         (
             API.replace("{limit: 100}", "{limit: 100, since: \"{{window.from}}\"}"),
-            "reconcile.left.request.params.since `{{window.from}}` has a placeholder, which a read has no value for",
+            "reconcile.left.request.params.since `{{window.from}}` takes the run's window, and this side has none; give the reconcile a `window:`",
+        ),
+        (
+            API.replace("{limit: 100}", "{limit: 100, since: \"{{window.start}}\"}"),
+            "reconcile.left.request.params.since: `{{window.start}}` is not a value a read has; use {{window.from}}, {{window.to}}, {{window.from_epoch}} or {{window.to_epoch}}",
+        ),
+        (
+            API.replace("      key: charge_id\n", "      key: charge_id\n      window: 7d\n"),
+            "reconcile.window needs `time_column`",
+        ),
+        (
+            API.replace("      key: charge_id\n", "      key: charge_id\n      window: 7d\n      segments: 4\n")
+                .replace("  - name: charges-booked\n", "  - name: charges-booked\n    time_column: created\n"),
+            "reconcile.window and `segments` do not go together",
+        ),
+        (
+            API.replace("      key: charge_id\n", "      key: charge_id\n      window: 0s\n")
+                .replace("  - name: charges-booked\n", "  - name: charges-booked\n    time_column: created\n"),
+            "reconcile.window must be longer than zero",
         ),
         (
             API.replace("path: /charges", "path: charges?limit=5"),
@@ -861,4 +882,31 @@ fn request_mistakes_are_each_reported_where_they_are() {
         assert!(found.line > 0, "{want}: {found:?}");
         assert_eq!(found.invariant.as_deref(), Some("charges-booked"), "{want}");
     }
+}
+
+#[test]
+fn a_window_lets_a_request_ask_for_the_runs_span_of_time() {
+    let text = API
+        .replace(
+            "{limit: 100}",
+            "{limit: 100, created_gte: \"{{window.from_epoch}}\"}",
+        )
+        .replace(
+            "      key: charge_id\n",
+            "      key: charge_id\n      window: 7d\n",
+        )
+        .replace(
+            "  - name: charges-booked\n",
+            "  - name: charges-booked\n    time_column: created\n",
+        );
+    let (invs, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &with_api());
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    assert_eq!(spec.window, Some(HumanDuration::parse("7d").unwrap()));
+    assert_eq!(
+        spec.left.query.to_string(),
+        "GET charges?created_gte={{window.from_epoch}}&limit=100"
+    );
 }

@@ -360,7 +360,10 @@ async fn read_all(
             take(row, &keep, &mut sorter, feed, name).await?;
         }
     } else {
-        let mut pages = Pages::new(api, request)?;
+        // The window's edges, for parameters that take them: from the read's start (its
+        // time column at or after an instant) to now.
+        let window = req.changed_since.as_ref().map(|c| (c.since, Utc::now()));
+        let mut pages = Pages::new(api, request, window)?;
         while let Some(items) = pages.next().await? {
             for (i, item) in items.into_iter().enumerate() {
                 let row = to_row(&request.columns, &item).map_err(|why| {
@@ -448,7 +451,11 @@ struct Pages<'a> {
 }
 
 impl<'a> Pages<'a> {
-    fn new(api: &'a Api, request: &'a HttpRequest) -> Result<Self, SourceError> {
+    fn new(
+        api: &'a Api,
+        request: &'a HttpRequest,
+        window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<Self, SourceError> {
         let mut url = Url::parse(&api.cfg.base_url)
             .and_then(|b| b.join(&request.path))
             .map_err(|e| SourceError::Api {
@@ -459,7 +466,16 @@ impl<'a> Pages<'a> {
         {
             let mut query = url.query_pairs_mut();
             for (k, v) in &request.params {
-                query.append_pair(k, v);
+                let Some(value) = v.render(window) else {
+                    return Err(SourceError::Api {
+                        source_name: api.name().clone(),
+                        request: format!("GET {}{}", api.cfg.base_url, request.path),
+                        message: format!(
+                            "params.{k} `{v}` takes the run's window, and this read has none"
+                        ),
+                    });
+                };
+                query.append_pair(k, &value);
             }
             match &request.paging {
                 Paging::Offset {

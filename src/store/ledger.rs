@@ -439,20 +439,24 @@ macro_rules! impl_store {
                     .await?;
                 }
                 // A violation the run did not see resolves only if the run covered its key:
-                // every key in a full pass, the staged keys in an incremental one.
+                // every key in a full pass, the staged keys in an incremental one, the keys
+                // whose event time lies in a windowed one's window.
                 let full = stats.coverage.is_full();
+                let window_from = stats.coverage.window_from();
                 let resolved = if stats.truncated {
                     0
                 } else {
                     sqlx::query(
                         "UPDATE violations SET status = 'resolved', resolved_at = $1, resolved_run_id = $2 \
                          WHERE invariant = $3 AND status <> 'resolved' AND last_run_id <> $2 \
-                           AND ($4 OR key IN (SELECT key FROM run_coverage WHERE run_id = $2))",
+                           AND ($4 OR key IN (SELECT key FROM run_coverage WHERE run_id = $2) \
+                                OR ($5 IS NOT NULL AND event_at IS NOT NULL AND event_at >= $5))",
                     )
                     .bind(at)
                     .bind(run)
                     .bind(invariant.as_str())
                     .bind(full)
+                    .bind(window_from)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()

@@ -47,6 +47,8 @@ struct Api {
     charges: Vec<Json>,
     requests: AtomicUsize,
     faults: std::sync::Mutex<Faults>,
+    /// Each `created_gte` asked for.
+    asked_since: std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>,
 }
 
 /// A charge as the API shows it: the amount nested, the id an integer.
@@ -92,7 +94,27 @@ async fn serve_charges(
     if api.faults.lock().unwrap().weather && n == 6 {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
     }
-    let all = &api.charges;
+    // `created_gte` (an RFC 3339 instant) keeps the charges created since.
+    let all: Vec<Json> = match q.get("created_gte") {
+        Some(gte) => {
+            let gte: chrono::DateTime<chrono::Utc> = gte.parse().expect("an RFC 3339 instant");
+            api.asked_since.lock().unwrap().push(gte);
+            api.charges
+                .iter()
+                .filter(|c| {
+                    c["created"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<chrono::DateTime<chrono::Utc>>()
+                        .unwrap()
+                        >= gte
+                })
+                .cloned()
+                .collect()
+        }
+        None => api.charges.clone(),
+    };
+    let all = &all;
     let page = |from: usize| all[from.min(all.len())..(from + PAGE).min(all.len())].to_vec();
     let num = |k: &str, default: usize| q.get(k).map_or(default, |v| v.parse().unwrap());
     match style.as_str() {
@@ -166,16 +188,19 @@ async fn serve_charge(
 
 /// Starts the test API; its base address (`http://127.0.0.1:port/v1/`).
 async fn start_api(faults: Faults) -> (String, Arc<Api>) {
-    let missing = &planted()["missing"];
     // Every charge but the ledger's extra ones, newest first, with a few out of place.
     let mut charges: Vec<Json> = (1..=CHARGES).rev().map(charge).collect();
     charges.swap(3, 700);
     charges.swap(10, 999);
-    assert!(missing.iter().all(|id| *id <= CHARGES));
+    start_api_with(faults, charges).await
+}
+
+async fn start_api_with(faults: Faults, charges: Vec<Json>) -> (String, Arc<Api>) {
     let api = Arc::new(Api {
         charges,
         requests: AtomicUsize::new(0),
         faults: std::sync::Mutex::new(faults),
+        asked_since: std::sync::Mutex::default(),
     });
     let app = axum::Router::new()
         .route("/v1/{style}/charges", axum::routing::get(serve_charges))
@@ -216,7 +241,19 @@ async fn ledger() -> TestMysql {
 /// A project whose invariant reads the API's `style` of paging on the left, `page` and
 /// `items` as that style needs.
 async fn project(dir: &std::path::Path, base: &str, style: &str, my: &TestMysql) -> App {
-    let (items, page, params) = match style {
+    project_with(dir, base, style, my, None).await
+}
+
+/// [`project`], with the reconcile's `window` (the API asked for charges created since its
+/// start, the ledger's rows selected by their `created` time).
+async fn project_with(
+    dir: &std::path::Path,
+    base: &str,
+    style: &str,
+    my: &TestMysql,
+    window: Option<&str>,
+) -> App {
+    let (items, page, mut params) = match style {
         "item-cursor" => (
             "data",
             "{cursor: {param: starting_after, from_item: id, has_more: has_more}}",
@@ -235,6 +272,21 @@ async fn project(dir: &std::path::Path, base: &str, style: &str, my: &TestMysql)
         ),
         "number" => ("data.charges", "{number: {param: page, first: 1}}", "{}"),
         other => panic!("no style {other}"),
+    };
+    let (time_column, window_line, right_query) = match window {
+        Some(w) => {
+            params = "{created_gte: \"{{window.from}}\"}";
+            (
+                "    time_column: created\n",
+                format!("      window: {w}\n"),
+                "SELECT charge_id, amount, currency, created FROM entries",
+            )
+        }
+        None => (
+            "",
+            String::new(),
+            "SELECT charge_id, amount, currency FROM entries",
+        ),
     };
     let config = format!(
         "store: sqlite://{store}
@@ -257,8 +309,8 @@ sources:
     let invariants = format!(
         "invariants:
   - name: charges-booked
-    reconcile:
-      left:
+{time_column}    reconcile:
+{window_line}      left:
         source: charges_api
         request:
           path: charges
@@ -273,7 +325,7 @@ sources:
           lookup: {{path: \"charges/{{{{key.charge_id}}}}\"}}
       right:
         source: ledger
-        query: SELECT charge_id, amount, currency FROM entries
+        query: {right_query}
       key: charge_id
       compare: [amount, currency]
 "
@@ -512,5 +564,95 @@ async fn the_recheck_before_an_action_fetches_its_one_key_and_a_404_means_absent
         assert_eq!(still, holds, "{id}");
         assert_eq!(api.requests.load(Ordering::SeqCst) - before, 1, "{id}");
     }
+    app.close().await;
+}
+
+#[tokio::test]
+async fn a_window_compares_recent_rows_asks_the_api_for_them_and_leaves_older_violations_open() {
+    // Charge `id` was created `id % 28` days and an hour ago: with a 10-day window, the ids
+    // whose remainder is at most 9 are in it.
+    let now = chrono::Utc::now();
+    let created = |id: i64| now - chrono::TimeDelta::days(id % 28) - chrono::TimeDelta::hours(1);
+    let in_window = |id: i64| id % 28 <= 9;
+    let charges: Vec<Json> = (1..=CHARGES)
+        .rev()
+        .map(|id| {
+            let mut c = charge(id);
+            c["created"] = json!(created(id).to_rfc3339());
+            c
+        })
+        .collect();
+    let (base, api) = start_api_with(Faults::default(), charges).await;
+    let my = ledger().await;
+    my.exec("ALTER TABLE entries ADD COLUMN created DATETIME(6) NULL;")
+        .await;
+    for id in (1..=CHARGES).chain([1_001, 1_002]) {
+        // The extra 1001 is recent, the extra 1002 three weeks old.
+        let at = match id {
+            1_001 => now - chrono::TimeDelta::days(2),
+            1_002 => now - chrono::TimeDelta::days(21),
+            _ => created(id),
+        };
+        my.exec(&format!(
+            "UPDATE entries SET created = '{}' WHERE charge_id = {id};",
+            at.format("%Y-%m-%d %H:%M:%S%.6f")
+        ))
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+
+    // A month's window sees every planted difference.
+    let app = project_with(dir.path(), &base, "offset", &my, Some("30d")).await;
+    let inv = app.invariant("charges-booked").unwrap().clone();
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let all: BTreeMap<String, BTreeSet<i64>> = planted()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, all);
+    app.close().await;
+
+    // Ten days: 7 (in the window) and 444 (not) are repaired. The run compares only recent
+    // rows — it asked the API for charges created since the window's start — and resolves 7;
+    // 444, 17, 333, 50, 600 and 1002 lie before the window: left open, not resolved, though
+    // 444 was repaired too.
+    assert!(
+        [7, 901].into_iter().all(in_window) && ![444, 17, 333, 50, 600].into_iter().any(in_window)
+    );
+    my.exec("UPDATE entries SET amount = amount - 0.01 WHERE charge_id IN (7, 444);")
+        .await;
+    let app = project_with(dir.path(), &base, "offset", &my, Some("10d")).await;
+    let inv = app.invariant("charges-booked").unwrap().clone();
+    let asked_before = api.asked_since.lock().unwrap().len();
+    let second = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(second.error.is_none(), "{:?}", second.error);
+    let from = second.stats.coverage.window_from().expect("a windowed run");
+    let ten_days = chrono::TimeDelta::days(10);
+    assert!((now - ten_days - from).num_seconds().abs() < 60, "{from}");
+    let asked: Vec<_> = api.asked_since.lock().unwrap()[asked_before..].to_vec();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|a| (*a - from).num_seconds().abs() < 1),
+        "{asked:?} vs {from}"
+    );
+    let in_window_rows = (1..=CHARGES).filter(|id| in_window(*id)).count() as u64;
+    assert_eq!(second.stats.rows_left, in_window_rows);
+    let change = second.change.unwrap();
+    assert_eq!((change.resolved, change.uncovered), (1, 6), "{change:?}");
+    assert_eq!(
+        keys_by_kind(
+            &app,
+            StatusFilter::Only(trueup::domain::ViolationStatus::Resolved)
+        )
+        .await,
+        BTreeMap::from([("mismatch".to_owned(), BTreeSet::from([7]))])
+    );
+    let mut open = all.clone();
+    open.get_mut("mismatch").unwrap().remove(&7);
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
     app.close().await;
 }

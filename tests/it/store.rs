@@ -1285,3 +1285,69 @@ async fn notices_group_and_silences_hold_and_release_them_on_postgres() {
     let db = TestPg::new().await;
     notice_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+/// A windowed run resolves the violations it did not see whose event time lies in its
+/// window, and leaves older ones (and ones without a time) as they were.
+async fn window_story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let inv = InvariantName::parse("charges-booked").unwrap();
+    let now = Utc::now();
+    let at = |days: i64, key: i64| Violation {
+        event_at: Some(now - chrono::TimeDelta::days(days)),
+        ..violation(ViolationKind::Missing, key)
+    };
+    // 1 and 2 are recent, 3 is three weeks old, 4 has no time.
+    let seen = [
+        at(1, 1),
+        at(2, 2),
+        at(21, 3),
+        violation(ViolationKind::Extra, 4),
+    ];
+    run_with(store, &inv, &seen).await;
+
+    // A ten-day window sees 1 again, not 2 (repaired), not 3 or 4 (not covered).
+    let run = store.begin_run(&inv, now).await.unwrap();
+    store.observe(run, &inv, 0, &[at(1, 1)]).await.unwrap();
+    let stats = RunStats {
+        observed: 1,
+        coverage: trueup::domain::Coverage::Window {
+            from: now - chrono::TimeDelta::days(10),
+        },
+        ..Default::default()
+    };
+    let change = store
+        .complete_run(run, &inv, &stats, Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!((change.resolved, change.uncovered), (1, 2), "{change:?}");
+    for (key, want) in [
+        (1, ViolationStatus::Open),
+        (2, ViolationStatus::Resolved),
+        (3, ViolationStatus::Open),
+        (4, ViolationStatus::Open),
+    ] {
+        assert_eq!(status_of(store, &inv, key).await, Some(want), "{key}");
+    }
+    let runs = store.runs(Some(inv.as_str()), 1).await.unwrap();
+    assert_eq!(
+        runs[0].stats.coverage.window_from(),
+        stats.coverage.window_from()
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_windowed_run_resolves_only_what_its_window_covers_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    window_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_windowed_run_resolves_only_what_its_window_covers_on_postgres() {
+    let db = TestPg::new().await;
+    window_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

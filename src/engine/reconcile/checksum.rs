@@ -106,6 +106,11 @@ pub(super) async fn run(
     within: Option<(i64, i64)>,
     tally: &mut Tally<'_>,
 ) -> Result<Outcome, EngineError> {
+    if spec.window.is_some() {
+        return Ok(Outcome::Unfit(
+            "a window selects rows by time, and segment checksums summarise key ranges".into(),
+        ));
+    }
     if spec.expect == Expect::AtLeastOne {
         return Ok(Outcome::Unfit(
             "`expect: at_least_one` lets a key repeat on the right, which a checksum cannot tell from a difference".into(),

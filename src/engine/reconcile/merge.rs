@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
-use crate::source::{KeyRanges, KeySet, Needed, ReadRequest, Sources, index_of};
+use crate::source::{ChangedSince, KeyRanges, KeySet, Needed, ReadRequest, Sources, index_of};
 
 use crate::engine::KeyFilter;
 use crate::engine::cursor::{Cursor, Group, compare_keys};
@@ -56,8 +56,10 @@ pub(super) async fn merge(
 ) -> Result<Read, EngineError> {
     // The time column is required on the left (the upstream event's time: grace, replay
     // windows); on the right it is optional and, when returned, gives extra rows their time.
+    let window_from = tally.window_from;
     let request = |query: &crate::domain::Read, side: crate::domain::Scope| {
-        let needs_time = side == crate::domain::Scope::Left;
+        // A window selects rows by their time on both sides.
+        let needs_time = side == crate::domain::Scope::Left || window_from.is_some();
         let mut needed: Vec<Needed> = spec
             .compare
             .iter()
@@ -70,7 +72,11 @@ pub(super) async fn merge(
         if let Some(t) = inv.time_column.as_ref().filter(|_| needs_time) {
             needed.push(Needed {
                 column: t.clone(),
-                role: "the time column",
+                role: if side == crate::domain::Scope::Left {
+                    "the time column"
+                } else {
+                    "the time column (the window selects rows on both sides by it)"
+                },
             });
         }
         ReadRequest {
@@ -92,7 +98,9 @@ pub(super) async fn merge(
                 Keys::In(set) => Some(set.clone()),
                 _ => None,
             },
-            changed_since: None,
+            changed_since: window_from
+                .zip(inv.time_column.clone())
+                .map(|(since, column)| ChangedSince { column, since }),
         }
     };
     let left_source = sources.get(&spec.left.source)?;

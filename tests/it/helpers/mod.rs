@@ -255,6 +255,7 @@ pub fn reconcile_invariant(
             mode: trueup::domain::ReconcileMode::Auto,
             incremental: None,
             segments: None,
+            window: None,
         }),
         compensate: Default::default(),
         replay: None,

@@ -17,9 +17,9 @@ use serde_json::Value as Json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::sort::Sorter;
 use super::stream::Feed;
-use super::{ReadRequest, Row, SourceError, index_of, resolve_filter, resolve_needed};
+use super::unordered::Rows;
+use super::{ReadRequest, Row, SourceError};
 use crate::config::HttpSource;
 use crate::domain::{CursorFrom, Field, FieldKind, HttpRequest, Paging, Read, SourceName, Value};
 
@@ -272,60 +272,7 @@ async fn read_all(
         .iter()
         .map(|f| f.column.to_string())
         .collect();
-    let name = api.name();
-    resolve_needed(name, &columns, req)?;
-    let filter = resolve_filter(name, &columns, req)?;
-    let missing = |column: &str, role: &'static str| SourceError::MissingColumn {
-        source_name: name.clone(),
-        column: column.to_owned(),
-        role,
-        available: columns.join(", "),
-    };
-    let order: Vec<usize> = req
-        .order_by
-        .iter()
-        .map(|c| index_of(&columns, c.as_str()).ok_or_else(|| missing(c.as_str(), "a key")))
-        .collect::<Result<_, _>>()?;
-    let ranges = match &req.key_ranges {
-        Some(r) => Some((
-            index_of(&columns, r.column.as_str())
-                .ok_or_else(|| missing(r.column.as_str(), "a key"))?,
-            r,
-        )),
-        None => None,
-    };
-    let since = match &req.changed_since {
-        Some(c) => Some((
-            index_of(&columns, c.column.as_str())
-                .ok_or_else(|| missing(c.column.as_str(), "the change column"))?,
-            c.since,
-        )),
-        None => None,
-    };
-    if let Some(keys) = &req.keys {
-        let at = keys
-            .columns
-            .iter()
-            .map(|c| index_of(&columns, c.as_str()).ok_or_else(|| missing(c.as_str(), "a key")))
-            .collect::<Result<Vec<_>, _>>()?;
-        feed.keep_only = Some((keys.clone(), at));
-    }
-    feed.send_columns(columns).await.map_err(|_| None)?;
-
-    // What a database would have filtered in its query.
-    let keep = |row: &Row| {
-        filter
-            .iter()
-            .zip(&req.filter)
-            .all(|(&i, (_, want))| &row[i].to_canonical_json() == want)
-            && ranges.is_none_or(|(i, r)| match row[i] {
-                Value::Int(k) => r.ranges.iter().any(|&(low, high)| low <= k && k <= high),
-                _ => false,
-            })
-            && since.is_none_or(|(i, at)| row[i].as_timestamp().is_some_and(|t| t >= at))
-    };
-
-    let mut sorter = (!order.is_empty()).then(|| Sorter::new(order, Sorter::BUDGET));
+    let mut rows = Rows::start(api.name(), columns, req, feed).await?;
     let lookup = request
         .lookup
         .as_ref()
@@ -357,7 +304,7 @@ async fn read_all(
         for (i, item) in items.iter().enumerate() {
             let row = to_row(&request.columns, item)
                 .map_err(|why| api.failed(&url, format!("item {}: {why}", i + 1)))?;
-            take(row, &keep, &mut sorter, feed, name).await?;
+            rows.take(row).await?;
         }
     } else {
         // The window's edges, for parameters that take them: from the read's start (its
@@ -369,72 +316,11 @@ async fn read_all(
                 let row = to_row(&request.columns, &item).map_err(|why| {
                     api.failed(&pages.current, format!("item {} of the page: {why}", i + 1))
                 })?;
-                take(row, &keep, &mut sorter, feed, name).await?;
+                rows.take(row).await?;
             }
         }
     }
-    if let Some(sorter) = sorter {
-        let spilled = sorter.spilled();
-        let sorted = tokio::task::spawn_blocking(move || sorter.finish())
-            .await
-            .map_err(|e| Some(spill_error(name, std::io::Error::other(e.to_string()))))?
-            .map_err(|e| Some(spill_error(name, e)))?;
-        if spilled > 0 {
-            tracing::debug!(source = %name, runs = spilled, "sorted the rows through temporary files");
-        }
-        // Reading the runs is file I/O: it runs beside the runtime, a batch at a time.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<Row>>>(2);
-        tokio::task::spawn_blocking(move || {
-            let mut sorted = sorted;
-            loop {
-                let mut batch = Vec::with_capacity(super::BATCH_ROWS);
-                for row in sorted.by_ref().take(super::BATCH_ROWS) {
-                    match row {
-                        Ok(row) => batch.push(row),
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if batch.is_empty() || tx.blocking_send(Ok(batch)).is_err() {
-                    return;
-                }
-            }
-        });
-        while let Some(batch) = rx.recv().await {
-            for row in batch.map_err(|e| Some(spill_error(name, e)))? {
-                feed.push_row(row).await?;
-            }
-        }
-    }
-    feed.finish().await.map_err(|_| None)
-}
-
-/// A row the read keeps goes to the sorter, or straight to the evaluator.
-async fn take(
-    row: Row,
-    keep: &impl Fn(&Row) -> bool,
-    sorter: &mut Option<Sorter>,
-    feed: &mut Feed,
-    source: &SourceName,
-) -> Result<(), Option<SourceError>> {
-    if !keep(&row) {
-        return Ok(());
-    }
-    match sorter {
-        Some(sorter) => sorter.push(row).map_err(|e| Some(spill_error(source, e))),
-        None => feed.push_row(row).await,
-    }
-}
-
-fn spill_error(source: &SourceName, e: std::io::Error) -> SourceError {
-    SourceError::Incomplete {
-        source_name: source.clone(),
-        cause: format!(
-            "sorting its rows through temporary files failed: {e} (the system's temporary directory needs room for them; set TMPDIR to move it)"
-        ),
-    }
+    rows.finish().await
 }
 
 /// The pages of one request, in order.

@@ -23,6 +23,7 @@ mod sql;
 mod sqlite;
 mod stream;
 mod summarize;
+mod unordered;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
 pub use query::{

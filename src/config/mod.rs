@@ -197,6 +197,7 @@ pub enum PrivilegedPolicy {
 pub enum SourceConfig {
     Sql(SqlSource),
     Http(HttpSource),
+    Nats(NatsSource),
 }
 
 impl SourceConfig {
@@ -204,6 +205,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Sql(s) => &s.name,
             SourceConfig::Http(s) => &s.name,
+            SourceConfig::Nats(s) => &s.name,
         }
     }
 
@@ -212,6 +214,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Sql(s) => SourceClass::Sql(s.kind),
             SourceConfig::Http(_) => SourceClass::Http,
+            SourceConfig::Nats(_) => SourceClass::Nats,
         }
     }
 }
@@ -227,6 +230,8 @@ impl From<SqlSource> for SourceConfig {
 pub enum SourceClass {
     Sql(SourceKind),
     Http,
+    /// NATS JetStream: a side names a stream.
+    Nats,
 }
 
 impl fmt::Display for SourceClass {
@@ -234,6 +239,7 @@ impl fmt::Display for SourceClass {
         match self {
             SourceClass::Sql(kind) => kind.fmt(f),
             SourceClass::Http => f.write_str("http"),
+            SourceClass::Nats => f.write_str("nats"),
         }
     }
 }
@@ -256,6 +262,16 @@ pub struct HttpSource {
     /// Lets this source reach loopback, private, link-local and metadata addresses, which are
     /// refused by default.
     pub allow_private_network: bool,
+}
+
+/// A NATS server with JetStream (`kind: nats`), whose streams sides read.
+#[derive(Debug, Clone)]
+pub struct NatsSource {
+    pub name: SourceName,
+    /// `nats://host:4222`, credentials (`nats://user:${PASSWORD}@host`) only from `${ENV}`.
+    pub url: SecretUrl,
+    /// For connecting, and for each answer of the server while a stream is read.
+    pub timeout: HumanDuration,
 }
 
 /// A database read with SQL.

@@ -247,6 +247,19 @@ fn sources(
             }
             continue;
         }
+        let nats_url = src
+            .url
+            .as_ref()
+            .is_some_and(|u| u.value.starts_with("nats://"));
+        if src.kind.as_ref().is_some_and(|k| k.value == "nats") || nats_url {
+            match nats_source(name, spanned, env) {
+                Ok(nats) => {
+                    sources.insert(nats.name.clone(), SourceConfig::Nats(nats));
+                }
+                Err(msg) => errors.push(Diagnostic::at(path, msg.0, msg.1)),
+            }
+            continue;
+        }
         let Some(url_field) = &src.url else {
             errors.push(Diagnostic::at(
                 path,
@@ -298,7 +311,7 @@ fn sources(
                         path,
                         k.referenced,
                         format!(
-                            "source `{name}`: kind `{}` is unknown; use postgres, mysql, sqlite or http",
+                            "source `{name}`: kind `{}` is unknown; use postgres, mysql, sqlite, http or nats",
                             k.value
                         ),
                     ));
@@ -396,6 +409,61 @@ impl RawSource {
         .into_iter()
         .find_map(|(field, given)| given.then_some(field))
     }
+}
+
+/// A `kind: nats` source; `Err((where, what))`.
+fn nats_source(
+    name: SourceName,
+    spanned: &Spanned<RawSource>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<NatsSource, (serde_saphyr::Location, String)> {
+    let src = &spanned.value;
+    let err = |at, msg: String| (at, format!("source `{name}`: {msg}"));
+    let other = [
+        ("pool_size", src.pool_size.is_some()),
+        ("statement_timeout", src.statement_timeout.is_some()),
+        ("on_writable", src.on_writable.is_some()),
+        ("allow_privileged_role", src.allow_privileged_role.is_some()),
+        ("base_url", src.base_url.is_some()),
+        ("headers", !src.headers.is_empty()),
+        ("rate", src.rate.is_some()),
+        ("retries", src.retries.is_some()),
+        ("allow_private_network", src.allow_private_network),
+    ]
+    .into_iter()
+    .find_map(|(field, given)| given.then_some(field));
+    if let Some(field) = other {
+        return Err(err(
+            spanned.referenced,
+            format!("`{field}` does not belong to a NATS source, which has url and timeout"),
+        ));
+    }
+    let Some(url) = &src.url else {
+        return Err(err(
+            spanned.referenced,
+            "a NATS source needs `url:`, like nats://127.0.0.1:4222".into(),
+        ));
+    };
+    if !url.value.starts_with("nats://") {
+        return Err(err(
+            url.referenced,
+            format!(
+                "a NATS source's url starts with nats://, not `{}`",
+                url.value
+            ),
+        ));
+    }
+    let expanded = expand_secret_url(&url.value, env).map_err(|m| err(url.referenced, m))?;
+    let timeout = match &src.timeout {
+        Some(t) => HumanDuration::parse(&t.value)
+            .map_err(|e| err(t.referenced, format!("timeout: {e}")))?,
+        None => HumanDuration::from_std(std::time::Duration::from_secs(10)),
+    };
+    Ok(NatsSource {
+        name,
+        url: expanded,
+        timeout,
+    })
 }
 
 /// A `kind: http` source; `Err((where, what))`.

@@ -566,3 +566,46 @@ fn http_source_mistakes_are_each_explained_where_they_are() {
         assert_eq!(found.unwrap().line, line, "{want}: {errs:?}");
     }
 }
+
+#[test]
+fn a_nats_source_has_a_url_with_credentials_from_the_environment_and_a_timeout() {
+    let c = parse(
+        "sources:\n  orders:\n    kind: nats\n    url: nats://app:${LEDGER_PASSWORD}@nats:4222\n    timeout: 3s\n  events: {url: \"nats://127.0.0.1:4222\"}\n",
+    )
+    .unwrap();
+    let SourceConfig::Nats(n) = &c.sources[&SourceName::parse("orders").unwrap()] else {
+        panic!("a NATS source")
+    };
+    assert_eq!(n.url.expose(), "nats://app:s3cret@nats:4222");
+    assert_eq!(n.timeout.as_std().as_secs(), 3);
+    assert!(!format!("{c:?} {}", n.url).contains("s3cret"));
+    // The kind follows from the scheme; the timeout defaults to 10 s.
+    let SourceConfig::Nats(e) = &c.sources[&SourceName::parse("events").unwrap()] else {
+        panic!("a NATS source")
+    };
+    assert_eq!(e.timeout.as_std().as_secs(), 10);
+    for (text, want) in [
+        (
+            "sources:\n  o: {kind: nats}\n",
+            "source `o`: a NATS source needs `url:`",
+        ),
+        (
+            "sources:\n  o: {kind: nats, url: \"http://x:4222\"}\n",
+            "source `o`: a NATS source's url starts with nats://",
+        ),
+        (
+            "sources:\n  o: {url: \"nats://x:4222\", pool_size: 3}\n",
+            "source `o`: `pool_size` does not belong to a NATS source",
+        ),
+        (
+            "sources:\n  o: {url: \"nats://app:hunter2@x:4222\"}\n",
+            "password",
+        ),
+    ] {
+        let errs = parse(text).expect_err(want).0;
+        assert!(
+            errs.iter().any(|e| e.message.contains(want)),
+            "{want}: {errs:?}"
+        );
+    }
+}

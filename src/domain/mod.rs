@@ -37,7 +37,8 @@ pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, T
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use request::{
-    CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Param, Read, WindowEdge,
+    CursorFrom, Field, FieldFrom, FieldKind, HttpRequest, JsonPath, Lookup, MessageMeta, Paging,
+    Param, Read, StreamRead, WindowEdge,
 };
 pub use role::Role;
 pub use routing::{

@@ -13,6 +13,26 @@ use super::ColumnName;
 pub enum Read {
     Sql(String),
     Http(Box<HttpRequest>),
+    Stream(Box<StreamRead>),
+}
+
+/// The messages of a JetStream stream (those on `subject`, when given), each one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRead {
+    pub stream: String,
+    pub subject: Option<String>,
+    /// The columns each message gives, from its JSON payload, its headers or its metadata.
+    pub columns: Vec<Field>,
+}
+
+impl fmt::Display for StreamRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream {}", self.stream)?;
+        if let Some(subject) = &self.subject {
+            write!(f, " subject {subject}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Read {
@@ -20,7 +40,7 @@ impl Read {
     pub fn sql(&self) -> Option<&str> {
         match self {
             Read::Sql(q) => Some(q),
-            Read::Http(_) => None,
+            Read::Http(_) | Read::Stream(_) => None,
         }
     }
 }
@@ -37,6 +57,7 @@ impl fmt::Display for Read {
         match self {
             Read::Sql(q) => f.write_str(q),
             Read::Http(r) => r.fmt(f),
+            Read::Stream(r) => r.fmt(f),
         }
     }
 }
@@ -245,12 +266,65 @@ pub enum CursorFrom {
     Response(JsonPath),
 }
 
-/// One column of an item: the value at `path`, read as `kind`.
+/// One column of an item or a message: the value `from` there, read as `kind`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub column: ColumnName,
-    pub path: JsonPath,
+    pub from: FieldFrom,
     pub kind: FieldKind,
+}
+
+/// Where a column's value is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldFrom {
+    /// In the JSON item (an API's) or payload (a message's).
+    Json(JsonPath),
+    /// A message header (as text).
+    Header(String),
+    /// What the stream knows of a message.
+    Meta(MessageMeta),
+}
+
+impl fmt::Display for FieldFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldFrom::Json(p) => p.fmt(f),
+            FieldFrom::Header(h) => write!(f, "header {h}"),
+            FieldFrom::Meta(m) => write!(f, "meta {}", m.name()),
+        }
+    }
+}
+
+/// A message's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageMeta {
+    /// When the stream stored it (a timestamp).
+    Time,
+    /// Its sequence number in the stream (an integer).
+    Sequence,
+    /// The subject it was published on (text).
+    Subject,
+}
+
+impl MessageMeta {
+    pub const NAMES: &'static str = "time, sequence or subject";
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "time" => MessageMeta::Time,
+            "sequence" => MessageMeta::Sequence,
+            "subject" => MessageMeta::Subject,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageMeta::Time => "time",
+            MessageMeta::Sequence => "sequence",
+            MessageMeta::Subject => "subject",
+        }
+    }
 }
 
 /// How a JSON value becomes a column value.

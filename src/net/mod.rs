@@ -40,7 +40,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        msg = format!("{msg}: {s}");
+        // Many errors repeat their cause in their own text.
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
         source = s.source();
     }
     msg

@@ -86,8 +86,11 @@ pub(super) fn build_replay(
         Some(p) => Some(ctx.side(
             "replay.processed",
             &p.value.source,
-            p.value.query.as_ref(),
-            p.value.request.as_ref(),
+            super::RawRead {
+                query: p.value.query.as_ref(),
+                request: p.value.request.as_ref(),
+                stream: p.value.stream.as_ref(),
+            },
             super::request::SideScope {
                 key: Some(key),
                 window: false,

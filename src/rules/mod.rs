@@ -177,6 +177,14 @@ struct Ctx<'a> {
     errors: Vec<Diagnostic>,
 }
 
+/// What a side says to read, as written: one of a query, a request or a stream.
+#[derive(Clone, Copy)]
+pub(super) struct RawRead<'a> {
+    pub query: Option<&'a Spanned<String>>,
+    pub request: Option<&'a Spanned<raw::RawRequest>>,
+    pub stream: Option<&'a Spanned<raw::RawStream>>,
+}
+
 impl Ctx<'_> {
     fn error(&mut self, at: Location, message: impl Into<String>) {
         self.errors
@@ -302,68 +310,82 @@ impl Ctx<'_> {
         &mut self,
         field: &str,
         source: &Spanned<String>,
-        query: Option<&Spanned<String>>,
-        request: Option<&Spanned<raw::RawRequest>>,
+        raw: RawRead<'_>,
         scope: request::SideScope<'_>,
         sources: &BTreeMap<SourceName, SourceClass>,
     ) -> Option<QuerySide> {
         let name = self.source(field, source, sources);
         let class = name.as_ref().map(|n| sources[n]);
-        let read = match (query, request, class) {
-            (Some(_), Some(r), _) => {
-                self.error(
-                    r.referenced,
-                    format!("{field} gives both `query:` and `request:`; a database source takes a query, an HTTP source a request"),
-                );
-                None
-            }
-            (None, None, _) => {
+        let given: Vec<(&str, Location)> = [
+            ("query", raw.query.map(|q| q.referenced)),
+            ("request", raw.request.map(|r| r.referenced)),
+            ("stream", raw.stream.map(|s| s.referenced)),
+        ]
+        .into_iter()
+        .filter_map(|(what, at)| Some((what, at?)))
+        .collect();
+        let (what, at) = match given.as_slice() {
+            [] => {
                 self.error(
                     source.referenced,
-                    format!("{field} needs `query:` (a SELECT, for a database source) or `request:` (for an HTTP source)"),
+                    format!("{field} needs `query:` (a SELECT, for a database source), `request:` (for an HTTP source) or `stream:` (for a NATS source)"),
                 );
-                None
+                return None;
             }
-            (Some(q), None, Some(SourceClass::Http)) => {
+            [(first, _), (second, at), ..] => {
                 self.error(
-                    q.referenced,
+                    *at,
+                    format!("{field} gives both `{first}:` and `{second}:`; a database source takes a query, an HTTP source a request, a NATS source a stream"),
+                );
+                return None;
+            }
+            [one] => *one,
+        };
+        if let Some(class) = class {
+            let (wanted, is, hint) = match class {
+                SourceClass::Sql(kind) => ("query", format!("a {kind} database"), "a SELECT"),
+                SourceClass::Http => (
+                    "request",
+                    "an HTTP API".to_owned(),
+                    "path, items, page, columns",
+                ),
+                SourceClass::Nats => (
+                    "stream",
+                    "a NATS JetStream server".to_owned(),
+                    "name, subject, columns",
+                ),
+            };
+            if what != wanted {
+                self.error(
+                    at,
                     format!(
-                        "{field}.query: source `{}` is an HTTP API; describe what to read with `request:` (path, items, page, columns)",
+                        "{field}.{what}: source `{}` is {is}; read it with `{wanted}:` ({hint})",
                         source.value
                     ),
                 );
-                None
+                return None;
             }
-            (None, Some(r), Some(SourceClass::Sql(kind))) => {
-                self.error(
-                    r.referenced,
-                    format!(
-                        "{field}.request: source `{}` is a {kind} database; read it with `query:`",
-                        source.value
-                    ),
-                );
-                None
-            }
-            (Some(q), None, Some(SourceClass::Sql(kind))) => {
+        }
+        let read = match (raw.query, raw.request, raw.stream) {
+            (Some(q), _, _) => {
                 let sql = self.query(field, q)?;
-                if let Err(why) = query::check_query(&sql, kind) {
-                    self.error(q.referenced, format!("{field}.query {why}"));
-                    return None;
+                match class {
+                    Some(SourceClass::Sql(kind)) => match query::check_query(&sql, kind) {
+                        Ok(()) => Some(Read::Sql(sql)),
+                        Err(why) => {
+                            self.error(q.referenced, format!("{field}.query {why}"));
+                            None
+                        }
+                    },
+                    // The source is unknown (already reported).
+                    _ => None,
                 }
-                Some(Read::Sql(sql))
             }
-            (None, Some(r), Some(SourceClass::Http)) => self
+            (_, Some(r), _) => self
                 .request(field, r, scope)
                 .map(|r| Read::Http(Box::new(r))),
-            // The source is unknown (already reported): check what can be checked alone.
-            (Some(q), None, None) => {
-                self.query(field, q);
-                None
-            }
-            (None, Some(r), None) => {
-                self.request(field, r, scope);
-                None
-            }
+            (_, _, Some(st)) => self.stream(field, st).map(|s| Read::Stream(Box::new(s))),
+            (None, None, None) => None,
         };
         Some(QuerySide {
             source: name?,
@@ -732,8 +754,11 @@ fn build_spec(
         let side = ctx.side(
             "check",
             &c.value.source,
-            c.value.query.as_ref(),
-            c.value.request.as_ref(),
+            RawRead {
+                query: c.value.query.as_ref(),
+                request: c.value.request.as_ref(),
+                stream: c.value.stream.as_ref(),
+            },
             request::SideScope {
                 key: key.as_deref(),
                 window: false,
@@ -751,8 +776,11 @@ fn build_spec(
         let left = ctx.side(
             "reconcile.left",
             &l.source,
-            l.query.as_ref(),
-            l.request.as_ref(),
+            RawRead {
+                query: l.query.as_ref(),
+                request: l.request.as_ref(),
+                stream: l.stream.as_ref(),
+            },
             request::SideScope {
                 key: key.as_deref(),
                 window: r.value.window.is_some(),
@@ -762,8 +790,11 @@ fn build_spec(
         let right = ctx.side(
             "reconcile.right",
             &r_.source,
-            r_.query.as_ref(),
-            r_.request.as_ref(),
+            RawRead {
+                query: r_.query.as_ref(),
+                request: r_.request.as_ref(),
+                stream: r_.stream.as_ref(),
+            },
             request::SideScope {
                 key: key.as_deref(),
                 window: r.value.window.is_some(),
@@ -874,7 +905,7 @@ fn build_spec(
             .into_iter()
             .find(|(side, _)| {
                 side.as_ref()
-                    .is_some_and(|s| matches!(s.query, Read::Http(_)))
+                    .is_some_and(|s| !matches!(s.query, Read::Sql(_)))
             })
             .map(|(_, source)| source.value.clone());
         if let Some(api) = api_side {
@@ -887,12 +918,12 @@ fn build_spec(
                         .filter(|_| mode == Some(ReconcileMode::Checksum))
                         .map(|m| m.referenced),
                     "reconcile.mode: checksum",
-                    "segment checksums are computed by databases; an API's items are streamed (`mode: auto` or `stream`)",
+                    "segment checksums are computed by databases; an API's items or a stream's messages are streamed (`mode: auto` or `stream`)",
                 ),
                 (
                     r.value.segments.as_ref().map(|n| n.referenced),
                     "reconcile.segments",
-                    "segments split a database's key range; an API's items are read in one pass",
+                    "segments split a database's key range; an API or a stream is read in one pass",
                 ),
                 (
                     r.value.incremental.as_ref().map(|i| i.referenced),
@@ -905,7 +936,7 @@ fn build_spec(
                 if let Some(at) = given {
                     ctx.error(
                         at,
-                        format!("{what} cannot be used with source `{api}`, an HTTP API: {why}"),
+                        format!("{what} cannot be used with source `{api}`, which is not a database: {why}"),
                     );
                     refused_any = true;
                 }
@@ -932,8 +963,11 @@ fn build_spec(
         let side = ctx.side(
             "transitions",
             &t.source,
-            t.query.as_ref(),
-            t.request.as_ref(),
+            RawRead {
+                query: t.query.as_ref(),
+                request: t.request.as_ref(),
+                stream: t.stream.as_ref(),
+            },
             request::SideScope {
                 key: key.as_deref(),
                 window: false,

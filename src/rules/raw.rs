@@ -87,6 +87,7 @@ pub struct RawCheck {
     pub source: Spanned<String>,
     pub query: Option<Spanned<String>>,
     pub request: Option<Spanned<RawRequest>>,
+    pub stream: Option<Spanned<RawStream>>,
     pub key: Spanned<OneOrMany>,
 }
 
@@ -95,6 +96,15 @@ pub struct RawSide {
     pub source: Spanned<String>,
     pub query: Option<Spanned<String>>,
     pub request: Option<Spanned<RawRequest>>,
+    pub stream: Option<Spanned<RawStream>>,
+}
+
+/// `stream:` — a side read from a NATS JetStream stream (a source of `kind: nats`).
+#[derive(Deserialize)]
+pub struct RawStream {
+    pub name: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
 }
 
 /// `request:` — a side read from an HTTP API (a source of `kind: http`).
@@ -157,6 +167,9 @@ pub enum RawField {
 #[derive(Deserialize)]
 pub struct RawTypedField {
     pub path: Option<String>,
+    /// A stream message's header, or its metadata (`time`, `sequence`, `subject`).
+    pub header: Option<String>,
+    pub meta: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
 }
@@ -200,6 +213,7 @@ pub struct RawTransitions {
     pub source: Spanned<String>,
     pub query: Option<Spanned<String>>,
     pub request: Option<Spanned<RawRequest>>,
+    pub stream: Option<Spanned<RawStream>>,
     pub key: Spanned<OneOrMany>,
     pub state: Option<Spanned<String>>,
     pub at: Option<Spanned<String>>,

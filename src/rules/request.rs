@@ -3,10 +3,12 @@
 use serde_saphyr::Spanned;
 
 use super::Ctx;
-use super::raw::{RawField, RawLookup, RawPage, RawRequest};
+use std::collections::BTreeMap;
+
+use super::raw::{RawField, RawLookup, RawPage, RawRequest, RawStream};
 use crate::domain::{
-    ColumnName, CursorFrom, Field, FieldKind, HttpRequest, JsonPath, Lookup, Paging, Param, Scope,
-    Template,
+    ColumnName, CursorFrom, Field, FieldFrom, FieldKind, HttpRequest, JsonPath, Lookup,
+    MessageMeta, Paging, Param, Scope, StreamRead, Template,
 };
 
 /// What a side's request may refer to.
@@ -96,58 +98,12 @@ impl Ctx<'_> {
             None => Some(Paging::None),
             Some(p) => self.paging(field, p, &mut json_path),
         };
-        let columns = match &r.columns {
-            None => {
-                self.error(
-                    raw.referenced,
-                    format!(
-                        "{field}.request needs `columns:`, each column and where it is in an item (like `id: {{path: id, type: int}}`)"
-                    ),
-                );
-                None
-            }
-            Some(c) if c.value.is_empty() => {
-                self.error(c.referenced, format!("{field}.request.columns is empty"));
-                None
-            }
-            Some(c) => {
-                let mut columns = Vec::new();
-                for (name, f) in &c.value {
-                    let at = f.referenced;
-                    let here = format!("{field}.request.columns.{name}");
-                    let Ok(column) =
-                        ColumnName::parse(name).map_err(|e| self.error(at, format!("{here}: {e}")))
-                    else {
-                        ok = false;
-                        continue;
-                    };
-                    let (path, kind) = match &f.value {
-                        RawField::Path(p) => (p.as_str(), None),
-                        RawField::Typed(t) => {
-                            (t.path.as_deref().unwrap_or(name), t.kind.as_deref())
-                        }
-                    };
-                    let kind = match kind {
-                        None => Some(FieldKind::Auto),
-                        Some(k) => FieldKind::parse(k).or_else(|| {
-                            self.error(
-                                at,
-                                format!("{here}.type `{k}` is unknown; use {}", FieldKind::NAMES),
-                            );
-                            None
-                        }),
-                    };
-                    let path = JsonPath::parse(path)
-                        .map_err(|e| self.error(at, format!("{here}.path {e}")))
-                        .ok();
-                    match (path, kind) {
-                        (Some(path), Some(kind)) => columns.push(Field { column, path, kind }),
-                        _ => ok = false,
-                    }
-                }
-                Some(columns)
-            }
-        };
+        let columns = self.fields(
+            &format!("{field}.request"),
+            r.columns.as_ref(),
+            raw.referenced,
+            false,
+        );
         let lookup = match &r.lookup {
             None => Some(None),
             Some(l) => self.lookup(field, l, scope.key).map(Some),
@@ -160,6 +116,153 @@ impl Ctx<'_> {
             paging,
             columns,
             lookup,
+        })
+    }
+
+    /// `columns:` of a request (`message: false`: from the JSON item only) or of a stream
+    /// side (also a message's headers and metadata), `here` naming the block.
+    pub(super) fn fields(
+        &mut self,
+        here: &str,
+        raw: Option<&Spanned<BTreeMap<String, Spanned<RawField>>>>,
+        block: serde_saphyr::Location,
+        message: bool,
+    ) -> Option<Vec<Field>> {
+        let c = match raw {
+            None => {
+                self.error(
+                    block,
+                    format!(
+                        "{here} needs `columns:`, each column and where it is (like `id: {{path: id, type: int}}`)"
+                    ),
+                );
+                return None;
+            }
+            Some(c) if c.value.is_empty() => {
+                self.error(c.referenced, format!("{here}.columns is empty"));
+                return None;
+            }
+            Some(c) => c,
+        };
+        let mut ok = true;
+        let mut columns = Vec::new();
+        for (name, f) in &c.value {
+            let at = f.referenced;
+            let here = format!("{here}.columns.{name}");
+            let Ok(column) =
+                ColumnName::parse(name).map_err(|e| self.error(at, format!("{here}: {e}")))
+            else {
+                ok = false;
+                continue;
+            };
+            let (path, header, meta, kind) = match &f.value {
+                RawField::Path(p) => (Some(p.as_str()), None, None, None),
+                RawField::Typed(t) => (
+                    t.path.as_deref(),
+                    t.header.as_deref(),
+                    t.meta.as_deref(),
+                    t.kind.as_deref(),
+                ),
+            };
+            let kind = match kind {
+                None => Some(FieldKind::Auto),
+                Some(k) => FieldKind::parse(k).or_else(|| {
+                    self.error(
+                        at,
+                        format!("{here}.type `{k}` is unknown; use {}", FieldKind::NAMES),
+                    );
+                    None
+                }),
+            };
+            let from = match (path, header, meta) {
+                (_, Some(_), _) | (_, _, Some(_)) if !message => {
+                    self.error(
+                        at,
+                        format!("{here}: an API item has no headers or metadata; give `path:`, where the value is in the item"),
+                    );
+                    None
+                }
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                    self.error(
+                        at,
+                        format!("{here} takes one of `path:`, `header:` or `meta:`"),
+                    );
+                    None
+                }
+                (_, Some(h), _) => Some(FieldFrom::Header(h.to_owned())),
+                (_, _, Some(m)) => MessageMeta::parse(m).map(FieldFrom::Meta).or_else(|| {
+                    self.error(
+                        at,
+                        format!("{here}.meta `{m}` is unknown; use {}", MessageMeta::NAMES),
+                    );
+                    None
+                }),
+                (path, None, None) => JsonPath::parse(path.unwrap_or(name))
+                    .map(FieldFrom::Json)
+                    .map_err(|e| self.error(at, format!("{here}.path {e}")))
+                    .ok(),
+            };
+            match (from, kind) {
+                (Some(from), Some(kind)) => columns.push(Field { column, from, kind }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(columns)
+    }
+
+    /// `stream:` — the messages of a JetStream stream.
+    pub(super) fn stream(&mut self, field: &str, raw: &Spanned<RawStream>) -> Option<StreamRead> {
+        let st = &raw.value;
+        let here = format!("{field}.stream");
+        // Stream names: no spaces, dots, wildcards or path separators (the server's rule).
+        let name = match &st.name {
+            None => {
+                self.error(
+                    raw.referenced,
+                    format!("{here} needs `name:`, the JetStream stream (like ORDERS)"),
+                );
+                None
+            }
+            Some(n) => {
+                let v = n.value.trim();
+                if v.is_empty() || v.chars().any(|c| c.is_whitespace() || ".*>/\\".contains(c)) {
+                    self.error(
+                        n.referenced,
+                        format!("{here}.name `{}` is not a stream name (no spaces, `.`, `*`, `>`, `/` or `\\`)", n.value),
+                    );
+                    None
+                } else {
+                    Some(v.to_owned())
+                }
+            }
+        };
+        let subject = match &st.subject {
+            None => Some(None),
+            Some(s) => {
+                let v = s.value.trim();
+                let tokens_ok = !v.is_empty()
+                    && v.split('.').enumerate().all(|(i, t)| {
+                        !t.is_empty()
+                            && !t.contains(char::is_whitespace)
+                            && (t == "*" || t == ">" || !t.contains(['*', '>']))
+                            && (t != ">" || i == v.split('.').count() - 1)
+                    });
+                if tokens_ok {
+                    Some(Some(v.to_owned()))
+                } else {
+                    self.error(
+                        s.referenced,
+                        format!("{here}.subject `{}` is not a subject filter (tokens joined by `.`, `*` for one token, `>` for the rest at the end)", s.value),
+                    );
+                    None
+                }
+            }
+        };
+        let columns = self.fields(&here, st.columns.as_ref(), raw.referenced, true);
+        Some(StreamRead {
+            stream: name?,
+            subject: subject?,
+            columns: columns?,
         })
     }
 

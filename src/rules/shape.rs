@@ -119,6 +119,7 @@ enum Shape {
     Columns,
     Field,
     Lookup,
+    Stream,
     /// A map whose keys are the user's (the `allowed` state map).
     Free,
 }
@@ -152,6 +153,7 @@ impl Shape {
             Shape::PageNumber => serde_introspect::<raw::RawNumber>(),
             Shape::Field => serde_introspect::<raw::RawTypedField>(),
             Shape::Lookup => serde_introspect::<raw::RawLookup>(),
+            Shape::Stream => serde_introspect::<raw::RawStream>(),
             Shape::Columns | Shape::Free => &[],
         }
     }
@@ -182,6 +184,8 @@ impl Shape {
             (Shape::Request, "page") => Shape::Page,
             (Shape::Request, "columns") => Shape::Columns,
             (Shape::Request, "lookup") => Shape::Lookup,
+            (Shape::Side | Shape::Check | Shape::Transitions, "stream") => Shape::Stream,
+            (Shape::Stream, "columns") => Shape::Columns,
             (Shape::Page, "cursor") => Shape::Cursor,
             (Shape::Page, "offset") => Shape::Offset,
             (Shape::Page, "number") => Shape::PageNumber,
@@ -273,7 +277,7 @@ fn join(path: &str, key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SHAPES: [Shape; 24] = [
+    const SHAPES: [Shape; 25] = [
         Shape::File,
         Shape::Invariant,
         Shape::Check,
@@ -297,6 +301,7 @@ mod tests {
         Shape::Columns,
         Shape::Field,
         Shape::Lookup,
+        Shape::Stream,
         Shape::Free,
     ];
 
@@ -331,6 +336,7 @@ mod tests {
             "number",
             "columns",
             "lookup",
+            "stream",
         ];
         for shape in SHAPES {
             for key in candidates {

@@ -742,7 +742,7 @@ fn a_side_on_an_api_is_a_request_with_its_paging_and_typed_columns() {
     let columns: Vec<(String, String, crate::domain::FieldKind)> = request
         .columns
         .iter()
-        .map(|f| (f.column.to_string(), f.path.to_string(), f.kind))
+        .map(|f| (f.column.to_string(), f.from.to_string(), f.kind))
         .collect();
     use crate::domain::FieldKind as K;
     assert_eq!(
@@ -762,19 +762,19 @@ fn request_mistakes_are_each_reported_where_they_are() {
     let cases = [
         (
             API.replace("        request:\n          path: /charges", "        query: SELECT 1\n        request:\n          path: /charges"),
-            "reconcile.left gives both `query:` and `request:`",
+            "reconcile.left gives both `query:` and `request:`; a database source takes a query, an HTTP source a request, a NATS source a stream",
         ),
         (
             API.replace("source: ledger, query:", "source: charges_api, query:"),
-            "reconcile.right.query: source `charges_api` is an HTTP API; describe what to read with `request:` (path, items, page, columns)",
+            "reconcile.right.query: source `charges_api` is an HTTP API; read it with `request:` (path, items, page, columns)",
         ),
         (
             API.replace("        source: charges_api\n", "        source: shop\n"),
-            "reconcile.left.request: source `shop` is a sqlite database; read it with `query:`",
+            "reconcile.left.request: source `shop` is a sqlite database; read it with `query:` (a SELECT)",
         ),
         (
             API.replace("{source: ledger, query: \"SELECT charge_id, amount, currency FROM entries\"}", "{source: ledger}"),
-            "reconcile.right needs `query:` (a SELECT, for a database source) or `request:` (for an HTTP source)",
+            "reconcile.right needs `query:` (a SELECT, for a database source), `request:` (for an HTTP source) or `stream:` (for a NATS source)",
         ),
         (
             API.replace("          page:\n", "          page:\n            link: next\n"),
@@ -828,11 +828,11 @@ fn request_mistakes_are_each_reported_where_they_are() {
         ),
         (
             API.replace("      key: charge_id\n", "      key: charge_id\n      mode: checksum\n"),
-            "reconcile.mode: checksum cannot be used with source `charges_api`, an HTTP API: segment checksums are computed by databases",
+            "reconcile.mode: checksum cannot be used with source `charges_api`, which is not a database: segment checksums are computed by databases",
         ),
         (
             API.replace("      key: charge_id\n", "      key: charge_id\n      segments: 4\n"),
-            "reconcile.segments cannot be used with source `charges_api`, an HTTP API",
+            "reconcile.segments cannot be used with source `charges_api`, which is not a database",
         ),
         (
             API.replace(
@@ -909,4 +909,99 @@ fn a_window_lets_a_request_ask_for_the_runs_span_of_time() {
         spec.left.query.to_string(),
         "GET charges?created_gte={{window.from_epoch}}&limit=100"
     );
+}
+
+const STREAM: &str = r#"
+invariants:
+  - name: orders-fulfilled
+    reconcile:
+      left:
+        source: orders
+        stream:
+          name: ORDERS
+          subject: orders.created.>
+          columns:
+            order_id: {path: id, type: int}
+            msg_id: {header: Nats-Msg-Id}
+            published: {meta: time}
+      right: {source: ledger, query: "SELECT order_id FROM fulfilled"}
+      key: order_id
+"#;
+
+/// `with_api()` and a NATS server, `orders`.
+fn with_stream() -> Known {
+    let mut known = with_api();
+    known.sources.insert(
+        SourceName::parse("orders").unwrap(),
+        crate::config::SourceClass::Nats,
+    );
+    known
+}
+
+#[test]
+fn a_side_on_a_stream_names_it_its_subject_and_columns_from_payload_headers_and_metadata() {
+    let (invs, errs) = parse_file(STREAM, Path::new("invariants/x.yaml"), &with_stream());
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    let Read::Stream(read) = &spec.left.query else {
+        panic!("{:?}", spec.left.query)
+    };
+    assert_eq!(read.stream, "ORDERS");
+    assert_eq!(read.subject.as_deref(), Some("orders.created.>"));
+    let from: Vec<String> = read.columns.iter().map(|f| f.from.to_string()).collect();
+    assert_eq!(from, ["header Nats-Msg-Id", "id", "meta time"]);
+    assert_eq!(
+        spec.left.query.to_string(),
+        "stream ORDERS subject orders.created.>"
+    );
+}
+
+#[test]
+fn stream_mistakes_are_each_reported_where_they_are() {
+    let cases = [
+        (
+            STREAM.replace("          name: ORDERS\n", ""),
+            "reconcile.left.stream needs `name:`, the JetStream stream",
+        ),
+        (
+            STREAM.replace("name: ORDERS", "name: orders.all"),
+            "reconcile.left.stream.name `orders.all` is not a stream name",
+        ),
+        (
+            STREAM.replace("subject: orders.created.>", "subject: orders.>.created"),
+            "reconcile.left.stream.subject `orders.>.created` is not a subject filter",
+        ),
+        (
+            STREAM.replace("{meta: time}", "{meta: offset}"),
+            "reconcile.left.stream.columns.published.meta `offset` is unknown; use time, sequence or subject",
+        ),
+        (
+            STREAM.replace("{header: Nats-Msg-Id}", "{header: Nats-Msg-Id, path: id}"),
+            "reconcile.left.stream.columns.msg_id takes one of `path:`, `header:` or `meta:`",
+        ),
+        (
+            STREAM.replace("source: ledger, query:", "source: orders, query:"),
+            "reconcile.right.query: source `orders` is a NATS JetStream server; read it with `stream:` (name, subject, columns)",
+        ),
+        (
+            STREAM.replace("        source: orders\n", "        source: charges_api\n"),
+            "reconcile.left.stream: source `charges_api` is an HTTP API; read it with `request:`",
+        ),
+        (
+            STREAM.replace("      key: order_id\n", "      key: order_id\n      incremental: {column: updated_at, lookback: 1m, full_every: 1h}\n"),
+            "reconcile.incremental cannot be used with source `orders`, which is not a database",
+        ),
+        (
+            API.replace("currency: amount.currency", "currency: {header: X-Currency}"),
+            "reconcile.left.request.columns.currency: an API item has no headers or metadata; give `path:`",
+        ),
+    ];
+    for (text, want) in cases {
+        let (_, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &with_stream());
+        let found = errs.iter().find(|e| e.message.contains(want));
+        assert!(found.is_some(), "{want}:\n{errs:?}");
+        assert!(found.unwrap().line > 0, "{want}");
+    }
 }

@@ -21,7 +21,9 @@ use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
 use crate::config::HttpSource;
-use crate::domain::{CursorFrom, Field, FieldKind, HttpRequest, Paging, Read, SourceName, Value};
+use crate::domain::{
+    CursorFrom, Field, FieldFrom, FieldKind, HttpRequest, Paging, Read, SourceName, Value,
+};
 
 /// The longest wait a `Retry-After` may ask for within a run.
 const LONGEST_WAIT: Duration = Duration::from_secs(300);
@@ -523,7 +525,7 @@ fn scalar_text(v: &Json) -> Option<String> {
     }
 }
 
-fn kind_of(v: &Json) -> String {
+pub(super) fn kind_of(v: &Json) -> String {
     match v {
         Json::Null => "null".into(),
         Json::Bool(b) => b.to_string(),
@@ -549,21 +551,21 @@ fn to_row(fields: &[Field], item: &Json) -> Result<Row, String> {
     fields
         .iter()
         .map(|f| {
-            let raw = f.path.find(item).unwrap_or(&Json::Null);
-            value(f.kind, raw).map_err(|why| {
-                format!(
-                    "column `{}` (`{}`): {} {why}",
-                    f.column,
-                    f.path,
-                    kind_of(raw)
-                )
-            })
+            let FieldFrom::Json(path) = &f.from else {
+                return Err(format!(
+                    "column `{}` comes from the {}, which an API item has not",
+                    f.column, f.from
+                ));
+            };
+            let raw = path.find(item).unwrap_or(&Json::Null);
+            value(f.kind, raw)
+                .map_err(|why| format!("column `{}` (`{path}`): {} {why}", f.column, kind_of(raw)))
         })
         .collect()
 }
 
 /// A JSON value read as `kind`.
-fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
+pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
     use FieldKind as K;
     let number = |n: &serde_json::Number| -> Result<Decimal, &'static str> {
         let text = n.to_string();
@@ -686,7 +688,7 @@ mod tests {
     fn an_item_names_the_column_and_path_that_cannot_be_read() {
         let fields = vec![Field {
             column: crate::domain::ColumnName::parse("amount").unwrap(),
-            path: crate::domain::JsonPath::parse("money.amount").unwrap(),
+            from: FieldFrom::Json(crate::domain::JsonPath::parse("money.amount").unwrap()),
             kind: FieldKind::Decimal,
         }];
         let err = to_row(&fields, &json!({"money": {"amount": "lots"}})).unwrap_err();

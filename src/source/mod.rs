@@ -15,6 +15,7 @@ mod checksum;
 mod decode;
 mod http;
 mod mysql;
+mod nats;
 mod pg_wire;
 mod postgres;
 mod query;
@@ -181,6 +182,7 @@ enum Pool {
     MySql(sqlx::MySqlPool),
     Sqlite(sqlx::SqlitePool),
     Http(Arc<http::Api>),
+    Nats(Arc<nats::Nats>),
 }
 
 /// A connected source.
@@ -205,6 +207,19 @@ impl Source {
     pub fn open(cfg: &SourceConfig) -> Result<Self, SourceError> {
         let cfg = match cfg {
             SourceConfig::Sql(cfg) => cfg,
+            SourceConfig::Nats(cfg) => {
+                let nats = nats::Nats::open(cfg);
+                return Ok(Self {
+                    name: cfg.name.clone(),
+                    class: SourceClass::Nats,
+                    timeout_ms: cfg.timeout.as_std().as_millis().min(u64::MAX as u128) as u64,
+                    endpoint: nats.endpoint().into(),
+                    pool: Pool::Nats(Arc::new(nats)),
+                    on_writable: WritablePolicy::Warn,
+                    on_privileged: PrivilegedPolicy::Refuse,
+                    role: Arc::default(),
+                });
+            }
             SourceConfig::Http(api) => {
                 return Ok(Self {
                     name: api.name.clone(),
@@ -244,22 +259,22 @@ impl Source {
         &self.name
     }
 
-    /// Why `what` cannot be had from this source, an HTTP API.
+    /// Why `what` cannot be had from this source, which is not a database.
     fn not_sql(&self, what: &str) -> SourceError {
         SourceError::WrongClass {
             source_name: self.name.clone(),
-            is: "an HTTP API",
+            is: if self.class == SourceClass::Nats {
+                "a NATS JetStream server"
+            } else {
+                "an HTTP API"
+            },
             why: format!("{what} needs a database"),
         }
     }
 
     /// `read`'s SQL, or why `what` cannot be had from this source (an HTTP API's).
     pub fn sql_of<'a>(&self, read: &'a Read, what: &str) -> Result<&'a str, SourceError> {
-        read.sql().ok_or_else(|| SourceError::WrongClass {
-            source_name: self.name.clone(),
-            is: "an HTTP API",
-            why: format!("{what} needs a database's query"),
-        })
+        read.sql().ok_or_else(|| self.not_sql(what))
     }
 
     /// A database of an engine, or an HTTP API.
@@ -274,7 +289,9 @@ impl Source {
             Pool::Postgres(p) => postgres::audit_role(&self.name, &self.endpoint, p).await,
             Pool::MySql(p) => mysql::audit_role(&self.name, &self.endpoint, p).await,
             // A SQLite file is opened read-only; an API is only ever sent GET requests.
-            Pool::Sqlite(_) | Pool::Http(_) => Ok(RoleAudit::default()),
+            // A SQLite file is opened read-only; an API is only ever sent GET requests; a
+            // stream is read by an ordered consumer, which acknowledges nothing.
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) => Ok(RoleAudit::default()),
         }
     }
 
@@ -368,6 +385,7 @@ impl Source {
             Pool::MySql(p) => Box::pin(sql::read(mysql::Dialect, p, req, feed)),
             Pool::Sqlite(p) => Box::pin(sql::read(sqlite::Dialect, p, req, feed)),
             Pool::Http(api) => Box::pin(http::read(api, req, feed)),
+            Pool::Nats(nats) => Box::pin(nats::read(nats, req, feed)),
         };
         let source_name = self.name.clone();
         // The server stops a statement at its statement_timeout; a read still going well past
@@ -376,7 +394,9 @@ impl Source {
         // An API's pages each have the source's timeout, and each retry its own; its read
         // as a whole has as many pages as the API holds.
         let deadline = match self.class {
-            SourceClass::Sql(SourceKind::Sqlite) | SourceClass::Http => std::time::Duration::MAX,
+            SourceClass::Sql(SourceKind::Sqlite) | SourceClass::Http | SourceClass::Nats => {
+                std::time::Duration::MAX
+            }
             SourceClass::Sql(_) => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
         };
         tokio::spawn(async move {
@@ -456,7 +476,9 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
             Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
             Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
-            Pool::Http(_) => return Err(self.not_sql("a change column's latest instant")),
+            Pool::Http(_) | Pool::Nats(_) => {
+                return Err(self.not_sql("a change column's latest instant"));
+            }
         };
         let statement = format!("SELECT {expr} AS trueup_latest FROM ({query}) AS trueup_m");
         let mut rows = self
@@ -498,7 +520,7 @@ impl Source {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
             Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
-            Pool::Http(_) => Err(self.not_sql("a statement")),
+            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a statement")),
         }
     }
 
@@ -517,7 +539,7 @@ impl Source {
             Pool::MySql(p) => {
                 summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
             }
-            Pool::Http(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a checksum")),
             Pool::Sqlite(p) => {
                 summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
             }
@@ -531,7 +553,7 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().quote(column),
             Pool::MySql(_) => mysql::Dialect.quote(column),
             // Never reached: every caller works on a database's query.
-            Pool::Sqlite(_) | Pool::Http(_) => sqlite::Dialect.quote(column),
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) => sqlite::Dialect.quote(column),
         }
     }
 
@@ -542,7 +564,7 @@ impl Source {
             Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
             Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
             Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
-            Pool::Http(_) => None,
+            Pool::Http(_) | Pool::Nats(_) => None,
         }
     }
 
@@ -559,7 +581,7 @@ impl Source {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
             Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
             Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
-            Pool::Http(_) => Err(self.not_sql("describing a query")),
+            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("describing a query")),
         }
     }
 
@@ -598,7 +620,7 @@ impl Source {
         match &self.pool {
             Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
             Pool::Sqlite(_) => summarize::in_process(self, req).await,
-            Pool::Http(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a checksum")),
         }
     }
 
@@ -625,6 +647,7 @@ impl Source {
             Pool::MySql(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Http(_) => {}
+            Pool::Nats(nats) => nats.close().await,
         }
     }
 }

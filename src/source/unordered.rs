@@ -77,10 +77,13 @@ impl<'a> Rows<'a> {
             .iter()
             .zip(&req.filter)
             .all(|(&i, (_, want))| &row[i].to_canonical_json() == want)
-            && self.ranges.zip(req.key_ranges.as_ref()).is_none_or(|(i, r)| match row[i] {
-                Value::Int(k) => r.ranges.iter().any(|&(low, high)| low <= k && k <= high),
-                _ => false,
-            })
+            && self
+                .ranges
+                .zip(req.key_ranges.as_ref())
+                .is_none_or(|(i, r)| match row[i] {
+                    Value::Int(k) => r.ranges.iter().any(|&(low, high)| low <= k && k <= high),
+                    _ => false,
+                })
             && self
                 .since
                 .zip(req.changed_since.as_ref())

@@ -27,4 +27,5 @@ mod serve;
 mod slo;
 mod source_readonly;
 mod store;
+mod stream;
 mod ticks;

@@ -449,3 +449,93 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// The NATS server with JetStream this machine runs (`.ci/run` starts it).
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A message to publish: its subject under the stream's prefix, its headers, its payload.
+pub type TestMessage = (String, Vec<(String, String)>, serde_json::Value);
+
+/// A fresh JetStream stream on subjects `<prefix>.>`, deleted when this goes out of scope.
+pub struct TestStream {
+    pub name: String,
+    /// Every subject of the stream starts with it.
+    pub prefix: String,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl TestStream {
+    pub async fn new() -> Self {
+        let name = unique_name("TRUEUP_TEST").to_uppercase();
+        let prefix = name.to_lowercase();
+        let client = async_nats::connect(NATS_URL)
+            .await
+            .expect("NATS with JetStream must run on 127.0.0.1:4222 (.ci/run starts it)");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .expect("create the test stream");
+        Self { name, prefix, js }
+    }
+
+    /// Publishes each message (subject under the prefix, headers, JSON payload), then waits
+    /// for the stream's acknowledgement of each: they are sent without waiting in between.
+    pub async fn publish_all(
+        &self,
+        messages: &[TestMessage],
+    ) {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, headers, payload) in messages {
+            let mut map = async_nats::HeaderMap::new();
+            for (k, v) in headers {
+                map.insert(k.as_str(), v.as_str());
+            }
+            acks.push(
+                self.js
+                    .publish_with_headers(
+                        format!("{}.{subject}", self.prefix),
+                        map,
+                        serde_json::to_vec(payload).unwrap().into(),
+                    )
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("the stream's acknowledgement");
+        }
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // The test's own connection runs on the test's runtime, which waits here: the stream
+        // is deleted over a connection of this thread's runtime.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for cleanup");
+            let deleted = rt.block_on(async {
+                let client = async_nats::connect(NATS_URL).await?;
+                async_nats::jetstream::new(client)
+                    .delete_stream(&name)
+                    .await
+                    .map_err(async_nats::Error::from)?;
+                Ok::<_, async_nats::Error>(())
+            });
+            // A test that deleted its stream itself left nothing to delete.
+            if let Err(e) = deleted
+                && !e.to_string().contains("stream not found")
+            {
+                eprintln!("warning: could not delete the test stream {name}: {e}");
+            }
+        });
+        let _ = handle.join();
+    }
+}

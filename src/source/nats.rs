@@ -1,0 +1,247 @@
+//! A NATS JetStream stream as a source: the messages on a side's subject, read by an ordered
+//! consumer from the stream's start (or, in a windowed run, from the window's start), each
+//! mapped to a row from its JSON payload, its headers and its metadata.
+//!
+//! The read ends at the message that was the last one pending when it began: messages
+//! published meanwhile wait for the next run. A stream that stops answering before then fails
+//! the read — a stream that went quiet is never taken for one that ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures_util::StreamExt;
+use serde_json::Value as Json;
+
+use super::http::{kind_of, value};
+use super::stream::Feed;
+use super::unordered::Rows;
+use super::{ReadRequest, Row, SourceError};
+use crate::config::NatsSource;
+use crate::domain::{Field, FieldFrom, MessageMeta, Read, SourceName, StreamRead, Value};
+
+/// A NATS server, connected on first use.
+pub(super) struct Nats {
+    cfg: NatsSource,
+    client: tokio::sync::OnceCell<async_nats::Client>,
+}
+
+impl Nats {
+    pub(super) fn open(cfg: &NatsSource) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn name(&self) -> &SourceName {
+        &self.cfg.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.timeout.as_std()
+    }
+
+    /// The server's address as shown: never a password.
+    pub(super) fn endpoint(&self) -> String {
+        self.cfg.url.to_string()
+    }
+
+    async fn client(&self) -> Result<&async_nats::Client, SourceError> {
+        self.client
+            .get_or_try_init(|| async {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(self.timeout())
+                    .request_timeout(Some(self.timeout()))
+                    // Connecting waits for the server (no connecting in the background), and a
+                    // lost connection is tried again only a few times before reads fail.
+                    .max_reconnects(Some(3))
+                    .connect(self.cfg.url.expose());
+                match tokio::time::timeout(self.timeout(), connect).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => Err(self.connect_error(crate::net::error_chain(&e))),
+                    Err(_) => {
+                        Err(self.connect_error(format!("no answer within {}", self.cfg.timeout)))
+                    }
+                }
+            })
+            .await
+    }
+
+    fn connect_error(&self, message: String) -> SourceError {
+        SourceError::Connect {
+            source_name: self.name().clone(),
+            message: format!("{}: {message}", self.endpoint()),
+        }
+    }
+
+    fn failed(&self, read: &StreamRead, message: String) -> SourceError {
+        SourceError::Api {
+            source_name: self.name().clone(),
+            request: read.to_string(),
+            message,
+        }
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(client) = self.client.get() {
+            let _ = tokio::time::timeout(self.timeout(), client.drain()).await;
+        }
+    }
+}
+
+/// Reads `req` from `nats` into `feed`, then says it is complete; a failure goes to `feed`.
+pub(super) async fn read(nats: Arc<Nats>, req: ReadRequest, mut feed: Feed) {
+    match read_all(&nats, &req, &mut feed).await {
+        Ok(()) => {}
+        Err(Some(e)) => feed.fail(e).await,
+        // Nobody listens any more.
+        Err(None) => {}
+    }
+}
+
+async fn read_all(
+    nats: &Nats,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let Read::Stream(read) = &req.query else {
+        return Err(Some(SourceError::WrongClass {
+            source_name: nats.name().clone(),
+            is: "a NATS JetStream server",
+            why: "the side does not name a stream; write `stream:` for a NATS source".into(),
+        }));
+    };
+    let columns: Vec<String> = read.columns.iter().map(|f| f.column.to_string()).collect();
+    let client = nats.client().await?;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(&read.stream).await.map_err(|e| {
+        nats.failed(
+            read,
+            format!("cannot open the stream: {}", crate::net::error_chain(&e)),
+        )
+    })?;
+    // A windowed run starts at the window: the server skips what lies before.
+    let deliver_policy = match &req.changed_since {
+        Some(c) => DeliverPolicy::ByStartTime {
+            start_time: c.since,
+        },
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: read.subject.clone().unwrap_or_default(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            nats.failed(
+                read,
+                format!("cannot read the stream: {}", crate::net::error_chain(&e)),
+            )
+        })?;
+    let pending = consumer.cached_info().num_pending;
+    let mut rows = Rows::start(nats.name(), columns, req, feed).await?;
+    if pending > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| {
+            nats.failed(
+                read,
+                format!("cannot read the stream: {}", crate::net::error_chain(&e)),
+            )
+        })?;
+        let mut seen: u64 = 0;
+        loop {
+            let next = tokio::time::timeout(nats.timeout(), messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    return Err(Some(nats.failed(
+                        read,
+                        format!(
+                            "the stream broke off after {seen} messages: {}",
+                            crate::net::error_chain(&e)
+                        ),
+                    )));
+                }
+                Ok(None) => {
+                    return Err(Some(nats.failed(
+                        read,
+                        format!("the stream ended after {seen} of {pending} messages"),
+                    )));
+                }
+                Err(_) => {
+                    return Err(Some(nats.failed(
+                        read,
+                        format!("no message within {} after {seen} of {pending}; the stream stopped delivering", nats.cfg.timeout),
+                    )));
+                }
+            };
+            seen += 1;
+            let info = message.info().map_err(|e| {
+                nats.failed(read, format!("a message without its stream metadata: {e}"))
+            })?;
+            let (sequence, published, left) = (info.stream_sequence, info.published, info.pending);
+            let row = to_row(&read.columns, &message, sequence, published).map_err(|why| {
+                nats.failed(
+                    read,
+                    format!("message {sequence} (subject {}): {why}", message.subject),
+                )
+            })?;
+            rows.take(row).await?;
+            // `pending` counts what is left after this message.
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    rows.finish().await
+}
+
+/// A message's columns.
+fn to_row(
+    fields: &[Field],
+    message: &jetstream::Message,
+    sequence: u64,
+    published: chrono::DateTime<chrono::Utc>,
+) -> Result<Row, String> {
+    // The payload is parsed only if a column reads it.
+    let needs_payload = fields.iter().any(|f| matches!(f.from, FieldFrom::Json(_)));
+    let payload: Json = if needs_payload {
+        serde_json::from_slice(&message.payload).map_err(|e| {
+            let start = String::from_utf8_lossy(&message.payload[..message.payload.len().min(80)])
+                .into_owned();
+            format!("the payload is not JSON ({e}); it starts: {start}")
+        })?
+    } else {
+        Json::Null
+    };
+    fields
+        .iter()
+        .map(|f| {
+            let raw = match &f.from {
+                FieldFrom::Json(path) => path.find(&payload).cloned().unwrap_or(Json::Null),
+                FieldFrom::Header(name) => message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name.as_str()))
+                    .map_or(Json::Null, |v| Json::String(v.as_str().to_owned())),
+                FieldFrom::Meta(MessageMeta::Sequence) => {
+                    return Ok(Value::Int(i64::try_from(sequence).unwrap_or(i64::MAX)));
+                }
+                FieldFrom::Meta(MessageMeta::Time) => return Ok(Value::Timestamp(published)),
+                FieldFrom::Meta(MessageMeta::Subject) => {
+                    return Ok(Value::Text(message.subject.to_string()));
+                }
+            };
+            value(f.kind, &raw).map_err(|why| {
+                format!(
+                    "column `{}` ({}): {} {why}",
+                    f.column,
+                    f.from,
+                    kind_of(&raw)
+                )
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,271 @@
+//! NATS JetStream as a source: orders published to a fresh stream, reconciled against a
+//! PostgreSQL fulfilment table; the planted differences are found exactly and the repaired
+//! ones resolve exactly; a stream that cannot be read fails the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+use trueup::app::App;
+use trueup::config::Config;
+use trueup::domain::ViolationStatus;
+use trueup::runner::run_invariant;
+use trueup::store::{StatusFilter, ViolationFilter};
+
+use crate::helpers::{NATS_URL, TestPg, TestStream};
+
+const ORDERS: i64 = 1_000;
+
+fn order(id: i64) -> serde_json::Value {
+    let cents = (id % 89) * 100 + 25;
+    json!({
+        "id": id,
+        "total": format!("{}.{:02}", cents / 100, cents % 100),
+        "currency": if id % 4 == 0 { "EUR" } else { "USD" },
+        "lines": [{"sku": format!("sku-{}", id % 13)}],
+    })
+}
+
+fn planted() -> BTreeMap<String, BTreeSet<i64>> {
+    BTreeMap::from([
+        ("missing".to_owned(), BTreeSet::from([17, 333, 901])),
+        ("extra".to_owned(), BTreeSet::from([1_001, 1_002])),
+        ("duplicate".to_owned(), BTreeSet::from([50, 600])),
+        ("mismatch".to_owned(), BTreeSet::from([7, 444])),
+    ])
+}
+
+/// Every order on `<prefix>.orders.created` (newest first, as a replay after an outage might
+/// publish them), and cancellations on another subject the side does not read.
+async fn publish_orders(stream: &TestStream) {
+    let mut messages = Vec::new();
+    for id in (1..=ORDERS).rev() {
+        let msg_id = vec![("Nats-Msg-Id".to_owned(), format!("order-{id}"))];
+        messages.push(("orders.created".to_owned(), msg_id, order(id)));
+        if id % 100 == 0 {
+            messages.push((
+                "orders.cancelled".to_owned(),
+                Vec::new(),
+                json!({"id": id + 5_000}),
+            ));
+        }
+    }
+    stream.publish_all(&messages).await;
+}
+
+/// Fulfilment: one row per order, then the planted differences.
+async fn fulfilment() -> TestPg {
+    let pg = TestPg::new().await;
+    let values: Vec<String> = (1..=ORDERS)
+        .map(|id| {
+            let o = order(id);
+            format!(
+                "({id}, {}, '{}')",
+                o["total"].as_str().unwrap(),
+                o["currency"].as_str().unwrap()
+            )
+        })
+        .collect();
+    pg.exec(&format!(
+        "CREATE TABLE fulfilled (order_id bigint NOT NULL, amount numeric(12,2) NOT NULL, currency text NOT NULL);
+         INSERT INTO fulfilled VALUES {};
+         DELETE FROM fulfilled WHERE order_id IN (17, 333, 901);
+         INSERT INTO fulfilled VALUES (1001, 1.00, 'USD'), (1002, 2.00, 'USD');
+         INSERT INTO fulfilled SELECT * FROM fulfilled WHERE order_id IN (50, 600);
+         UPDATE fulfilled SET amount = amount + 0.01 WHERE order_id IN (7, 444);",
+        values.join(", ")
+    ))
+    .await;
+    pg
+}
+
+async fn project(
+    dir: &std::path::Path,
+    nats_url: &str,
+    stream: &str,
+    subject: &str,
+    pg: &TestPg,
+) -> App {
+    let config = format!(
+        "store: sqlite://{store}
+sources:
+  orders:
+    kind: nats
+    url: {nats_url}
+    timeout: 5s
+  fulfilment:
+    url: {pg}
+",
+        store = dir.join("trueup.db").display(),
+        pg = pg.reader_url,
+    );
+    let invariants = format!(
+        "invariants:
+  - name: orders-fulfilled
+    reconcile:
+      left:
+        source: orders
+        stream:
+          name: {stream}
+          subject: {subject}
+          columns:
+            order_id: {{path: id, type: int}}
+            amount: {{path: total, type: decimal}}
+            currency: currency
+            first_sku: lines.0.sku
+            msg_id: {{header: Nats-Msg-Id}}
+            published: {{meta: time}}
+            seq: {{meta: sequence}}
+      right:
+        source: fulfilment
+        query: SELECT order_id, amount, currency FROM fulfilled
+      key: order_id
+      compare: [amount, currency]
+"
+    );
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(dir.join("invariants/stream.yaml"), invariants).unwrap();
+    let path = dir.join("trueup.yaml");
+    let config = Config::parse(&config, &path, &|_| None).unwrap();
+    App::with_config(config).await.unwrap()
+}
+
+async fn keys_by_kind(app: &App, status: StatusFilter) -> BTreeMap<String, BTreeSet<i64>> {
+    let list = app
+        .store
+        .violations(&ViolationFilter {
+            invariants: vec!["orders-fulfilled".into()],
+            status,
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for v in list {
+        out.entry(v.kind)
+            .or_default()
+            .insert(v.key[0].as_i64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_jetstream_subject_reconciles_exactly_against_postgres_and_repairs_resolve() {
+    let stream = TestStream::new().await;
+    publish_orders(&stream).await;
+    let pg = fulfilment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subject = format!("{}.orders.created", stream.prefix);
+    let app = project(dir.path(), NATS_URL, &stream.name, &subject, &pg).await;
+    let inv = app.invariant("orders-fulfilled").unwrap().clone();
+
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // The cancellations on the other subject were not read.
+    assert_eq!(first.stats.rows_left, ORDERS as u64);
+    assert_eq!(first.stats.rows_right, (ORDERS - 3 + 2 + 2) as u64);
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, planted());
+    // The evidence carries what the message said, headers and metadata included.
+    let missing = app
+        .store
+        .violations(&ViolationFilter {
+            invariants: vec!["orders-fulfilled".into()],
+            kind: Some(trueup::domain::ViolationKind::Missing),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let left = &missing
+        .iter()
+        .find(|v| v.key[0] == json!(333))
+        .unwrap()
+        .evidence["left"];
+    assert_eq!(left["msg_id"], json!("order-333"));
+    assert_eq!(left["first_sku"], json!("sku-8"));
+    assert_eq!(left["amount"], json!("66.25"));
+    assert!(left["seq"].as_i64().unwrap() > 0, "{left}");
+
+    pg.exec(
+        "INSERT INTO fulfilled VALUES (17, 17.25, 'USD');
+         DELETE FROM fulfilled WHERE order_id = 1001;
+         UPDATE fulfilled SET amount = amount - 0.01 WHERE order_id = 7;",
+    )
+    .await;
+    let second = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(second.error.is_none(), "{:?}", second.error);
+    assert_eq!(second.change.unwrap().resolved, 3);
+    assert_eq!(
+        keys_by_kind(&app, StatusFilter::Only(ViolationStatus::Resolved)).await,
+        BTreeMap::from([
+            ("missing".to_owned(), BTreeSet::from([17])),
+            ("extra".to_owned(), BTreeSet::from([1_001])),
+            ("mismatch".to_owned(), BTreeSet::from([7])),
+        ])
+    );
+    app.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_read_fails_the_run_and_resolves_nothing() {
+    let stream = TestStream::new().await;
+    publish_orders(&stream).await;
+    let pg = fulfilment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let subject = format!("{}.orders.created", stream.prefix);
+    let app = project(dir.path(), NATS_URL, &stream.name, &subject, &pg).await;
+    let inv = app.invariant("orders-fulfilled").unwrap().clone();
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let open = keys_by_kind(&app, StatusFilter::Active).await;
+    app.close().await;
+
+    // Everything repaired in fulfilment, and the stream gone: an empty read would resolve
+    // the missing orders and report every fulfilled one as extra.
+    pg.exec(
+        "INSERT INTO fulfilled VALUES (17, 17.25, 'USD'), (333, 66.25, 'USD'), (901, 11.25, 'USD');
+         DELETE FROM fulfilled WHERE order_id > 1000;",
+    )
+    .await;
+    stream.js.delete_stream(&stream.name).await.unwrap();
+    let app = project(dir.path(), NATS_URL, &stream.name, &subject, &pg).await;
+    let second = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    let error = second.error.clone().expect("the run fails");
+    assert!(
+        error.contains("source `orders`")
+            && error.contains(&format!("stream {} subject {subject}", stream.name))
+            && error.contains("cannot open the stream"),
+        "{error}"
+    );
+    assert!(second.change.is_none());
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
+    app.close().await;
+
+    // A server that does not answer: the run fails saying where it tried.
+    let app = project(
+        dir.path(),
+        "nats://127.0.0.1:1",
+        &stream.name,
+        &subject,
+        &pg,
+    )
+    .await;
+    let third = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    let error = third.error.clone().expect("the run fails");
+    assert!(
+        error.contains("source `orders`: cannot connect: nats://127.0.0.1:1"),
+        "{error}"
+    );
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
+    app.close().await;
+}

@@ -60,7 +60,11 @@ impl Sorter {
     }
 
     pub(super) fn push(&mut self, row: Row) -> std::io::Result<()> {
-        self.held_bytes += row.iter().map(Value::size).sum::<usize>() + 24;
+        // The row's own allocation and its values' heap parts, so the budget is what the
+        // held rows take.
+        self.held_bytes += std::mem::size_of::<Row>()
+            + row.capacity() * std::mem::size_of::<Value>()
+            + row.iter().map(Value::size).sum::<usize>();
         self.held.push(row);
         if self.held_bytes >= self.budget {
             self.spill()?;

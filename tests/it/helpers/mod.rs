@@ -484,11 +484,10 @@ impl TestStream {
 
     /// Publishes each message (subject under the prefix, headers, JSON payload), then waits
     /// for the stream's acknowledgement of each: they are sent without waiting in between.
-    pub async fn publish_all(
-        &self,
-        messages: &[TestMessage],
-    ) {
-        let mut acks = Vec::with_capacity(messages.len());
+    pub async fn publish_all(&self, messages: &[TestMessage]) {
+        // The client holds at most 5,000 acknowledgements in flight: await them a thousand
+        // at a time.
+        let mut acks = Vec::with_capacity(1_000);
         for (subject, headers, payload) in messages {
             let mut map = async_nats::HeaderMap::new();
             for (k, v) in headers {
@@ -504,6 +503,11 @@ impl TestStream {
                     .await
                     .expect("publish"),
             );
+            if acks.len() == 1_000 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("the stream's acknowledgement");
+                }
+            }
         }
         for ack in acks {
             ack.await.expect("the stream's acknowledgement");

@@ -198,6 +198,7 @@ pub enum SourceConfig {
     Sql(SqlSource),
     Http(HttpSource),
     Nats(NatsSource),
+    Redis(RedisSource),
 }
 
 impl SourceConfig {
@@ -206,6 +207,7 @@ impl SourceConfig {
             SourceConfig::Sql(s) => &s.name,
             SourceConfig::Http(s) => &s.name,
             SourceConfig::Nats(s) => &s.name,
+            SourceConfig::Redis(s) => &s.name,
         }
     }
 
@@ -215,6 +217,7 @@ impl SourceConfig {
             SourceConfig::Sql(s) => SourceClass::Sql(s.kind),
             SourceConfig::Http(_) => SourceClass::Http,
             SourceConfig::Nats(_) => SourceClass::Nats,
+            SourceConfig::Redis(_) => SourceClass::Redis,
         }
     }
 }
@@ -232,6 +235,8 @@ pub enum SourceClass {
     Http,
     /// NATS JetStream: a side names a stream.
     Nats,
+    /// Redis: a side names a stream's key.
+    Redis,
 }
 
 impl fmt::Display for SourceClass {
@@ -240,6 +245,7 @@ impl fmt::Display for SourceClass {
             SourceClass::Sql(kind) => kind.fmt(f),
             SourceClass::Http => f.write_str("http"),
             SourceClass::Nats => f.write_str("nats"),
+            SourceClass::Redis => f.write_str("redis"),
         }
     }
 }
@@ -271,6 +277,17 @@ pub struct NatsSource {
     /// `nats://host:4222`, credentials (`nats://user:${PASSWORD}@host`) only from `${ENV}`.
     pub url: SecretUrl,
     /// For connecting, and for each answer of the server while a stream is read.
+    pub timeout: HumanDuration,
+}
+
+/// A Redis server (`kind: redis`), whose streams sides read.
+#[derive(Debug, Clone)]
+pub struct RedisSource {
+    pub name: SourceName,
+    /// `redis://host:6379/0` (or `rediss://`), a password (`redis://:${PASSWORD}@host`) only
+    /// from `${ENV}`.
+    pub url: SecretUrl,
+    /// To connect, and for each answer of the server.
     pub timeout: HumanDuration,
 }
 

@@ -247,14 +247,27 @@ fn sources(
             }
             continue;
         }
-        let nats_url = src
-            .url
-            .as_ref()
-            .is_some_and(|u| u.value.starts_with("nats://"));
-        if src.kind.as_ref().is_some_and(|k| k.value == "nats") || nats_url {
-            match nats_source(name, spanned, env) {
-                Ok(nats) => {
+        let scheme = |s: &[&str]| {
+            src.url
+                .as_ref()
+                .is_some_and(|u| s.iter().any(|p| u.value.starts_with(p)))
+        };
+        let kind_is = |k: &str| src.kind.as_ref().is_some_and(|v| v.value == k);
+        if kind_is("nats") || (src.kind.is_none() && scheme(&["nats://"])) {
+            match server_source(name, spanned, env, "NATS", &["nats://"], 10) {
+                Ok((name, url, timeout)) => {
+                    let nats = NatsSource { name, url, timeout };
                     sources.insert(nats.name.clone(), SourceConfig::Nats(nats));
+                }
+                Err(msg) => errors.push(Diagnostic::at(path, msg.0, msg.1)),
+            }
+            continue;
+        }
+        if kind_is("redis") || (src.kind.is_none() && scheme(&["redis://", "rediss://"])) {
+            match server_source(name, spanned, env, "Redis", &["redis://", "rediss://"], 10) {
+                Ok((name, url, timeout)) => {
+                    let redis = RedisSource { name, url, timeout };
+                    sources.insert(redis.name.clone(), SourceConfig::Redis(redis));
                 }
                 Err(msg) => errors.push(Diagnostic::at(path, msg.0, msg.1)),
             }
@@ -311,7 +324,7 @@ fn sources(
                         path,
                         k.referenced,
                         format!(
-                            "source `{name}`: kind `{}` is unknown; use postgres, mysql, sqlite, http or nats",
+                            "source `{name}`: kind `{}` is unknown; use postgres, mysql, sqlite, http, nats or redis",
                             k.value
                         ),
                     ));
@@ -411,12 +424,16 @@ impl RawSource {
     }
 }
 
-/// A `kind: nats` source; `Err((where, what))`.
-fn nats_source(
+/// A stream server's source (`kind: nats`, `kind: redis`): its name, URL (one of `schemes`)
+/// and timeout (`default_secs` when not given); `Err((where, what))`.
+fn server_source(
     name: SourceName,
     spanned: &Spanned<RawSource>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<NatsSource, (serde_saphyr::Location, String)> {
+    server: &str,
+    schemes: &[&str],
+    default_secs: u64,
+) -> Result<(SourceName, SecretUrl, HumanDuration), (serde_saphyr::Location, String)> {
     let src = &spanned.value;
     let err = |at, msg: String| (at, format!("source `{name}`: {msg}"));
     let other = [
@@ -435,20 +452,24 @@ fn nats_source(
     if let Some(field) = other {
         return Err(err(
             spanned.referenced,
-            format!("`{field}` does not belong to a NATS source, which has url and timeout"),
+            format!("`{field}` does not belong to a {server} source, which has url and timeout"),
         ));
     }
     let Some(url) = &src.url else {
         return Err(err(
             spanned.referenced,
-            "a NATS source needs `url:`, like nats://127.0.0.1:4222".into(),
+            format!(
+                "a {server} source needs `url:`, like {}127.0.0.1",
+                schemes[0]
+            ),
         ));
     };
-    if !url.value.starts_with("nats://") {
+    if !schemes.iter().any(|s| url.value.starts_with(s)) {
         return Err(err(
             url.referenced,
             format!(
-                "a NATS source's url starts with nats://, not `{}`",
+                "a {server} source's url starts with {}, not `{}`",
+                schemes.join(" or "),
                 url.value
             ),
         ));
@@ -457,13 +478,9 @@ fn nats_source(
     let timeout = match &src.timeout {
         Some(t) => HumanDuration::parse(&t.value)
             .map_err(|e| err(t.referenced, format!("timeout: {e}")))?,
-        None => HumanDuration::from_std(std::time::Duration::from_secs(10)),
+        None => HumanDuration::from_std(std::time::Duration::from_secs(default_secs)),
     };
-    Ok(NatsSource {
-        name,
-        url: expanded,
-        timeout,
-    })
+    Ok((name, expanded, timeout))
 }
 
 /// A `kind: http` source; `Err((where, what))`.

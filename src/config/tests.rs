@@ -609,3 +609,26 @@ fn a_nats_source_has_a_url_with_credentials_from_the_environment_and_a_timeout()
         );
     }
 }
+
+#[test]
+fn a_redis_source_has_a_url_with_its_password_from_the_environment() {
+    let c = parse(
+        "sources:\n  events: {url: \"redis://:${LEDGER_PASSWORD}@cache:6379/2\", timeout: 2s}\n",
+    )
+    .unwrap();
+    let SourceConfig::Redis(r) = &c.sources[&SourceName::parse("events").unwrap()] else {
+        panic!("a Redis source")
+    };
+    assert_eq!(r.url.expose(), "redis://:s3cret@cache:6379/2");
+    assert_eq!(r.timeout.as_std().as_secs(), 2);
+    assert!(!format!("{c:?} {}", r.url).contains("s3cret"));
+    let errs = parse("sources:\n  e: {kind: redis, url: \"nats://x\"}\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        errs.iter().any(|e| e
+            .message
+            .contains("a Redis source's url starts with redis:// or rediss://")),
+        "{errs:?}"
+    );
+}

@@ -16,7 +16,8 @@ pub enum Read {
     Stream(Box<StreamRead>),
 }
 
-/// The messages of a JetStream stream (those on `subject`, when given), each one row.
+/// The messages of a stream, each one row: a JetStream stream (those on `subject`, when
+/// given), or the entries of a Redis stream at key `stream`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamRead {
     pub stream: String,
@@ -302,18 +303,21 @@ pub enum MessageMeta {
     Time,
     /// Its sequence number in the stream (an integer).
     Sequence,
-    /// The subject it was published on (text).
+    /// The subject it was published on (text; NATS).
     Subject,
+    /// Its entry id (text, like `1733300000000-0`; Redis).
+    Id,
 }
 
 impl MessageMeta {
-    pub const NAMES: &'static str = "time, sequence or subject";
+    pub const NAMES: &'static str = "time, sequence, subject (NATS) or id (Redis)";
 
     pub fn parse(raw: &str) -> Option<Self> {
         Some(match raw {
             "time" => MessageMeta::Time,
             "sequence" => MessageMeta::Sequence,
             "subject" => MessageMeta::Subject,
+            "id" => MessageMeta::Id,
             _ => return None,
         })
     }
@@ -323,6 +327,7 @@ impl MessageMeta {
             MessageMeta::Time => "time",
             MessageMeta::Sequence => "sequence",
             MessageMeta::Subject => "subject",
+            MessageMeta::Id => "id",
         }
     }
 }

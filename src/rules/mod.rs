@@ -354,6 +354,7 @@ impl Ctx<'_> {
                     "a NATS JetStream server".to_owned(),
                     "name, subject, columns",
                 ),
+                SourceClass::Redis => ("stream", "a Redis server".to_owned(), "key, columns"),
             };
             if what != wanted {
                 self.error(
@@ -384,7 +385,11 @@ impl Ctx<'_> {
             (_, Some(r), _) => self
                 .request(field, r, scope)
                 .map(|r| Read::Http(Box::new(r))),
-            (_, _, Some(st)) => self.stream(field, st).map(|s| Read::Stream(Box::new(s))),
+            (_, _, Some(st)) => {
+                let redis = class == Some(SourceClass::Redis);
+                self.stream(field, st, redis)
+                    .map(|s| Read::Stream(Box::new(s)))
+            }
             (None, None, None) => None,
         };
         Some(QuerySide {

@@ -103,6 +103,8 @@ pub struct RawSide {
 #[derive(Deserialize)]
 pub struct RawStream {
     pub name: Option<Spanned<String>>,
+    /// A Redis stream's key (`kind: redis`).
+    pub key: Option<Spanned<String>>,
     pub subject: Option<Spanned<String>>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
 }

@@ -11,6 +11,17 @@ use crate::domain::{
     MessageMeta, Paging, Param, Scope, StreamRead, Template,
 };
 
+/// What carries a side's values, and so where a column may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Carrier {
+    /// A JSON item of an API: paths only.
+    ApiItem,
+    /// A NATS message: payload paths, headers, time, sequence and subject.
+    NatsMessage,
+    /// A Redis stream entry: its fields (as paths), time and id.
+    RedisEntry,
+}
+
 /// What a side's request may refer to.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SideScope<'a> {
@@ -102,7 +113,7 @@ impl Ctx<'_> {
             &format!("{field}.request"),
             r.columns.as_ref(),
             raw.referenced,
-            false,
+            Carrier::ApiItem,
         );
         let lookup = match &r.lookup {
             None => Some(None),
@@ -126,7 +137,7 @@ impl Ctx<'_> {
         here: &str,
         raw: Option<&Spanned<BTreeMap<String, Spanned<RawField>>>>,
         block: serde_saphyr::Location,
-        message: bool,
+        carrier: Carrier,
     ) -> Option<Vec<Field>> {
         let c = match raw {
             None => {
@@ -175,10 +186,17 @@ impl Ctx<'_> {
                 }),
             };
             let from = match (path, header, meta) {
-                (_, Some(_), _) | (_, _, Some(_)) if !message => {
+                (_, Some(_), _) | (_, _, Some(_)) if carrier == Carrier::ApiItem => {
                     self.error(
                         at,
                         format!("{here}: an API item has no headers or metadata; give `path:`, where the value is in the item"),
+                    );
+                    None
+                }
+                (_, Some(_), _) if carrier == Carrier::RedisEntry => {
+                    self.error(
+                        at,
+                        format!("{here}: a Redis stream entry has no headers; give `path:` (a field of the entry) or `meta:`"),
                     );
                     None
                 }
@@ -190,13 +208,30 @@ impl Ctx<'_> {
                     None
                 }
                 (_, Some(h), _) => Some(FieldFrom::Header(h.to_owned())),
-                (_, _, Some(m)) => MessageMeta::parse(m).map(FieldFrom::Meta).or_else(|| {
-                    self.error(
-                        at,
-                        format!("{here}.meta `{m}` is unknown; use {}", MessageMeta::NAMES),
-                    );
-                    None
-                }),
+                (_, _, Some(m)) => match (MessageMeta::parse(m), carrier) {
+                    (Some(MessageMeta::Subject | MessageMeta::Sequence), Carrier::RedisEntry) => {
+                        self.error(
+                            at,
+                            format!("{here}.meta `{m}` is a NATS message's; a Redis entry has time and id"),
+                        );
+                        None
+                    }
+                    (Some(MessageMeta::Id), Carrier::NatsMessage) => {
+                        self.error(
+                            at,
+                            format!("{here}.meta `id` is a Redis entry's; a NATS message has time, sequence and subject"),
+                        );
+                        None
+                    }
+                    (Some(meta), _) => Some(FieldFrom::Meta(meta)),
+                    (None, _) => {
+                        self.error(
+                            at,
+                            format!("{here}.meta `{m}` is unknown; use {}", MessageMeta::NAMES),
+                        );
+                        None
+                    }
+                },
                 (path, None, None) => JsonPath::parse(path.unwrap_or(name))
                     .map(FieldFrom::Json)
                     .map_err(|e| self.error(at, format!("{here}.path {e}")))
@@ -210,10 +245,25 @@ impl Ctx<'_> {
         ok.then_some(columns)
     }
 
-    /// `stream:` — the messages of a JetStream stream.
-    pub(super) fn stream(&mut self, field: &str, raw: &Spanned<RawStream>) -> Option<StreamRead> {
+    /// `stream:` — the messages of a JetStream stream, or (`redis`) a Redis stream's entries.
+    pub(super) fn stream(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawStream>,
+        redis: bool,
+    ) -> Option<StreamRead> {
         let st = &raw.value;
         let here = format!("{field}.stream");
+        if redis {
+            return self.redis_stream(&here, raw);
+        }
+        if let Some(k) = &st.key {
+            self.error(
+                k.referenced,
+                format!("{here}.key is a Redis stream's; a NATS stream has `name:` and `subject:`"),
+            );
+            return None;
+        }
         // Stream names: no spaces, dots, wildcards or path separators (the server's rule).
         let name = match &st.name {
             None => {
@@ -258,10 +308,49 @@ impl Ctx<'_> {
                 }
             }
         };
-        let columns = self.fields(&here, st.columns.as_ref(), raw.referenced, true);
+        let columns = self.fields(
+            &here,
+            st.columns.as_ref(),
+            raw.referenced,
+            Carrier::NatsMessage,
+        );
         Some(StreamRead {
             stream: name?,
             subject: subject?,
+            columns: columns?,
+        })
+    }
+
+    fn redis_stream(&mut self, here: &str, raw: &Spanned<RawStream>) -> Option<StreamRead> {
+        let st = &raw.value;
+        if let Some(n) = st.name.as_ref().or(st.subject.as_ref()) {
+            self.error(
+                n.referenced,
+                format!("{here}: a Redis stream is named by its `key:`; `name` and `subject` are a NATS stream's"),
+            );
+            return None;
+        }
+        let key = match &st.key {
+            Some(k) if !k.value.trim().is_empty() => Some(k.value.trim().to_owned()),
+            _ => {
+                self.error(
+                    raw.referenced,
+                    format!(
+                        "{here} needs `key:`, the Redis key of the stream (like orders:events)"
+                    ),
+                );
+                None
+            }
+        };
+        let columns = self.fields(
+            here,
+            st.columns.as_ref(),
+            raw.referenced,
+            Carrier::RedisEntry,
+        );
+        Some(StreamRead {
+            stream: key?,
+            subject: None,
             columns: columns?,
         })
     }

@@ -975,7 +975,7 @@ fn stream_mistakes_are_each_reported_where_they_are() {
         ),
         (
             STREAM.replace("{meta: time}", "{meta: offset}"),
-            "reconcile.left.stream.columns.published.meta `offset` is unknown; use time, sequence or subject",
+            "reconcile.left.stream.columns.published.meta `offset` is unknown; use time, sequence, subject (NATS) or id (Redis)",
         ),
         (
             STREAM.replace("{header: Nats-Msg-Id}", "{header: Nats-Msg-Id, path: id}"),
@@ -1003,5 +1003,68 @@ fn stream_mistakes_are_each_reported_where_they_are() {
         let found = errs.iter().find(|e| e.message.contains(want));
         assert!(found.is_some(), "{want}:\n{errs:?}");
         assert!(found.unwrap().line > 0, "{want}");
+    }
+}
+
+#[test]
+fn a_side_on_a_redis_stream_names_its_key_and_columns_from_fields_and_entry_ids() {
+    let mut known = with_stream();
+    known.sources.insert(
+        SourceName::parse("events").unwrap(),
+        crate::config::SourceClass::Redis,
+    );
+    let text = STREAM
+        .replace("        source: orders\n", "        source: events\n")
+        .replace(
+            "          name: ORDERS\n          subject: orders.created.>\n",
+            "          key: \"orders:events\"\n",
+        )
+        .replace("{header: Nats-Msg-Id}", "{meta: id}");
+    let (invs, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &known);
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    let Read::Stream(read) = &spec.left.query else {
+        panic!()
+    };
+    assert_eq!(
+        (read.stream.as_str(), read.subject.as_deref()),
+        ("orders:events", None)
+    );
+    let cases = [
+        (
+            text.replace(
+                "          key: \"orders:events\"\n",
+                "          name: ORDERS\n",
+            ),
+            "reconcile.left.stream: a Redis stream is named by its `key:`",
+        ),
+        (
+            text.replace("{meta: id}", "{header: Nats-Msg-Id}"),
+            "reconcile.left.stream.columns.msg_id: a Redis stream entry has no headers",
+        ),
+        (
+            text.replace("{meta: id}", "{meta: subject}"),
+            "reconcile.left.stream.columns.msg_id.meta `subject` is a NATS message's; a Redis entry has time and id",
+        ),
+        (
+            STREAM.replace("{header: Nats-Msg-Id}", "{meta: id}"),
+            "reconcile.left.stream.columns.msg_id.meta `id` is a Redis entry's",
+        ),
+        (
+            STREAM.replace(
+                "          name: ORDERS\n",
+                "          name: ORDERS\n          key: x\n",
+            ),
+            "reconcile.left.stream.key is a Redis stream's",
+        ),
+    ];
+    for (text, want) in cases {
+        let (_, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &known);
+        assert!(
+            errs.iter().any(|e| e.message.contains(want) && e.line > 0),
+            "{want}:\n{errs:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ mod nats;
 mod pg_wire;
 mod postgres;
 mod query;
+mod redis;
 mod sort;
 mod sql;
 mod sqlite;
@@ -183,6 +184,7 @@ enum Pool {
     Sqlite(sqlx::SqlitePool),
     Http(Arc<http::Api>),
     Nats(Arc<nats::Nats>),
+    Redis(Arc<redis::Redis>),
 }
 
 /// A connected source.
@@ -215,6 +217,19 @@ impl Source {
                     timeout_ms: cfg.timeout.as_std().as_millis().min(u64::MAX as u128) as u64,
                     endpoint: nats.endpoint().into(),
                     pool: Pool::Nats(Arc::new(nats)),
+                    on_writable: WritablePolicy::Warn,
+                    on_privileged: PrivilegedPolicy::Refuse,
+                    role: Arc::default(),
+                });
+            }
+            SourceConfig::Redis(cfg) => {
+                let redis = redis::Redis::open(cfg);
+                return Ok(Self {
+                    name: cfg.name.clone(),
+                    class: SourceClass::Redis,
+                    timeout_ms: cfg.timeout.as_std().as_millis().min(u64::MAX as u128) as u64,
+                    endpoint: redis.endpoint().into(),
+                    pool: Pool::Redis(Arc::new(redis)),
                     on_writable: WritablePolicy::Warn,
                     on_privileged: PrivilegedPolicy::Refuse,
                     role: Arc::default(),
@@ -263,10 +278,10 @@ impl Source {
     fn not_sql(&self, what: &str) -> SourceError {
         SourceError::WrongClass {
             source_name: self.name.clone(),
-            is: if self.class == SourceClass::Nats {
-                "a NATS JetStream server"
-            } else {
-                "an HTTP API"
+            is: match self.class {
+                SourceClass::Nats => "a NATS JetStream server",
+                SourceClass::Redis => "a Redis server",
+                _ => "an HTTP API",
             },
             why: format!("{what} needs a database"),
         }
@@ -291,7 +306,9 @@ impl Source {
             // A SQLite file is opened read-only; an API is only ever sent GET requests.
             // A SQLite file is opened read-only; an API is only ever sent GET requests; a
             // stream is read by an ordered consumer, which acknowledges nothing.
-            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) => Ok(RoleAudit::default()),
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+                Ok(RoleAudit::default())
+            }
         }
     }
 
@@ -386,6 +403,7 @@ impl Source {
             Pool::Sqlite(p) => Box::pin(sql::read(sqlite::Dialect, p, req, feed)),
             Pool::Http(api) => Box::pin(http::read(api, req, feed)),
             Pool::Nats(nats) => Box::pin(nats::read(nats, req, feed)),
+            Pool::Redis(redis) => Box::pin(redis::read(redis, req, feed)),
         };
         let source_name = self.name.clone();
         // The server stops a statement at its statement_timeout; a read still going well past
@@ -394,9 +412,10 @@ impl Source {
         // An API's pages each have the source's timeout, and each retry its own; its read
         // as a whole has as many pages as the API holds.
         let deadline = match self.class {
-            SourceClass::Sql(SourceKind::Sqlite) | SourceClass::Http | SourceClass::Nats => {
-                std::time::Duration::MAX
-            }
+            SourceClass::Sql(SourceKind::Sqlite)
+            | SourceClass::Http
+            | SourceClass::Nats
+            | SourceClass::Redis => std::time::Duration::MAX,
             SourceClass::Sql(_) => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
         };
         tokio::spawn(async move {
@@ -476,7 +495,7 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
             Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
             Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
-            Pool::Http(_) | Pool::Nats(_) => {
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
                 return Err(self.not_sql("a change column's latest instant"));
             }
         };
@@ -520,7 +539,7 @@ impl Source {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
             Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
-            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a statement")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a statement")),
         }
     }
 
@@ -539,7 +558,7 @@ impl Source {
             Pool::MySql(p) => {
                 summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
             }
-            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a checksum")),
             Pool::Sqlite(p) => {
                 summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
             }
@@ -553,7 +572,9 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().quote(column),
             Pool::MySql(_) => mysql::Dialect.quote(column),
             // Never reached: every caller works on a database's query.
-            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) => sqlite::Dialect.quote(column),
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+                sqlite::Dialect.quote(column)
+            }
         }
     }
 
@@ -564,7 +585,7 @@ impl Source {
             Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
             Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
             Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
-            Pool::Http(_) | Pool::Nats(_) => None,
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => None,
         }
     }
 
@@ -581,7 +602,9 @@ impl Source {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
             Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
             Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
-            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("describing a query")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+                Err(self.not_sql("describing a query"))
+            }
         }
     }
 
@@ -620,7 +643,7 @@ impl Source {
         match &self.pool {
             Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
             Pool::Sqlite(_) => summarize::in_process(self, req).await,
-            Pool::Http(_) | Pool::Nats(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a checksum")),
         }
     }
 
@@ -648,6 +671,7 @@ impl Source {
             Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Http(_) => {}
             Pool::Nats(nats) => nats.close().await,
+            Pool::Redis(_) => {}
         }
     }
 }

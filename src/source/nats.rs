@@ -233,6 +233,12 @@ fn to_row(
                 FieldFrom::Meta(MessageMeta::Subject) => {
                     return Ok(Value::Text(message.subject.to_string()));
                 }
+                FieldFrom::Meta(MessageMeta::Id) => {
+                    return Err(format!(
+                        "column `{}`: a NATS message has no entry id",
+                        f.column
+                    ));
+                }
             };
             value(f.kind, &raw).map_err(|why| {
                 format!(

@@ -1,6 +1,6 @@
-//! NATS JetStream as a source: orders published to a fresh stream, reconciled against a
-//! PostgreSQL fulfilment table; the planted differences are found exactly and the repaired
-//! ones resolve exactly; a stream that cannot be read fails the run.
+//! Streams as sources — NATS JetStream and Redis Streams: orders published to a fresh stream,
+//! reconciled against a PostgreSQL fulfilment table; the planted differences are found exactly
+//! and the repaired ones resolve exactly; a stream that cannot be read fails the run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +11,7 @@ use trueup::domain::ViolationStatus;
 use trueup::runner::run_invariant;
 use trueup::store::{StatusFilter, ViolationFilter};
 
-use crate::helpers::{NATS_URL, TestPg, TestStream};
+use crate::helpers::{NATS_URL, REDIS_URL, TestPg, TestRedis, TestStream};
 
 const ORDERS: i64 = 1_000;
 
@@ -265,6 +265,182 @@ async fn a_stream_that_cannot_be_read_fails_the_run_and_resolves_nothing() {
     assert!(
         error.contains("source `orders`: cannot connect: nats://127.0.0.1:1"),
         "{error}"
+    );
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
+    app.close().await;
+}
+
+/// Every order added to a Redis stream (newest first), the amount in a JSON `payload` field.
+async fn add_orders(redis: &TestRedis, key: &str) {
+    let mut con = redis.con.clone();
+    let mut pipe = redis::pipe();
+    for id in (1..=ORDERS).rev() {
+        let o = order(id);
+        let payload = json!({"total": o["total"], "lines": o["lines"]}).to_string();
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("order_id")
+            .arg(id)
+            .arg("currency")
+            .arg(o["currency"].as_str().unwrap())
+            .arg("payload")
+            .arg(payload)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut con).await.unwrap();
+}
+
+async fn redis_project(dir: &std::path::Path, redis_url: &str, key: &str, pg: &TestPg) -> App {
+    let config = format!(
+        "store: sqlite://{store}
+sources:
+  orders:
+    url: {redis_url}
+    timeout: 5s
+  fulfilment:
+    url: {pg}
+",
+        store = dir.join("trueup.db").display(),
+        pg = pg.reader_url,
+    );
+    let invariants = format!(
+        "invariants:
+  - name: orders-fulfilled
+    reconcile:
+      left:
+        source: orders
+        stream:
+          key: \"{key}\"
+          columns:
+            order_id: {{type: int}}
+            amount: {{path: payload.total, type: decimal}}
+            currency: currency
+            first_sku: payload.lines.0.sku
+            entry: {{meta: id}}
+            added: {{meta: time}}
+      right:
+        source: fulfilment
+        query: SELECT order_id, amount, currency FROM fulfilled
+      key: order_id
+      compare: [amount, currency]
+"
+    );
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(dir.join("invariants/stream.yaml"), invariants).unwrap();
+    let path = dir.join("trueup.yaml");
+    let config = Config::parse(&config, &path, &|_| None).unwrap();
+    App::with_config(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_redis_stream_reconciles_exactly_against_postgres_and_repairs_resolve() {
+    let redis = TestRedis::new().await;
+    let key = redis.key("orders");
+    add_orders(&redis, &key).await;
+    let pg = fulfilment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = redis_project(dir.path(), REDIS_URL, &key, &pg).await;
+    let inv = app.invariant("orders-fulfilled").unwrap().clone();
+
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(first.stats.rows_left, ORDERS as u64);
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, planted());
+    let missing = app
+        .store
+        .violations(&ViolationFilter {
+            invariants: vec!["orders-fulfilled".into()],
+            kind: Some(trueup::domain::ViolationKind::Missing),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let left = &missing
+        .iter()
+        .find(|v| v.key[0] == json!(333))
+        .unwrap()
+        .evidence["left"];
+    assert_eq!(left["first_sku"], json!("sku-8"));
+    assert!(left["entry"].as_str().unwrap().contains('-'), "{left}");
+
+    pg.exec(
+        "INSERT INTO fulfilled VALUES (17, 17.25, 'USD');
+         DELETE FROM fulfilled WHERE order_id = 1001;
+         UPDATE fulfilled SET amount = amount - 0.01 WHERE order_id = 7;",
+    )
+    .await;
+    let second = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(second.error.is_none(), "{:?}", second.error);
+    assert_eq!(second.change.unwrap().resolved, 3);
+    assert_eq!(
+        keys_by_kind(&app, StatusFilter::Only(ViolationStatus::Resolved)).await,
+        BTreeMap::from([
+            ("missing".to_owned(), BTreeSet::from([17])),
+            ("extra".to_owned(), BTreeSet::from([1_001])),
+            ("mismatch".to_owned(), BTreeSet::from([7])),
+        ])
+    );
+    app.close().await;
+}
+
+#[tokio::test]
+async fn a_redis_key_that_holds_no_stream_fails_the_run_and_resolves_nothing() {
+    let redis = TestRedis::new().await;
+    let key = redis.key("orders");
+    add_orders(&redis, &key).await;
+    let pg = fulfilment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = redis_project(dir.path(), REDIS_URL, &key, &pg).await;
+    let inv = app.invariant("orders-fulfilled").unwrap().clone();
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let open = keys_by_kind(&app, StatusFilter::Active).await;
+
+    // The key is gone (expired, renamed, mistyped): not an empty stream.
+    let mut con = redis.con.clone();
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let second = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    let error = second.error.clone().expect("the run fails");
+    assert!(
+        error.contains(&format!(
+            "source `orders`: stream at key {key}: no key of that name"
+        )),
+        "{error}"
+    );
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
+
+    // A key of another type.
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("x")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let third = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(
+        third
+            .error
+            .clone()
+            .unwrap()
+            .contains("the key holds a string, not a stream"),
+        "{:?}",
+        third.error
     );
     assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
     app.close().await;

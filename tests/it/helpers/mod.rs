@@ -543,3 +543,62 @@ impl Drop for TestStream {
         let _ = handle.join();
     }
 }
+
+/// The Redis server this machine runs (`.ci/run` starts it).
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// A fresh key prefix on Redis; every key under it is deleted when this goes out of scope.
+pub struct TestRedis {
+    pub prefix: String,
+    pub con: redis::aio::MultiplexedConnection,
+}
+
+impl TestRedis {
+    pub async fn new() -> Self {
+        let prefix = unique_name("trueup_test");
+        let con = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis must run on 127.0.0.1:6379 (.ci/run starts it)");
+        Self { prefix, con }
+    }
+
+    /// `key` under the prefix.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.prefix)
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        // The test's connection runs on the test's runtime, which waits here.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for cleanup");
+            let deleted = rt.block_on(async {
+                let mut con = redis::Client::open(REDIS_URL)?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:*"))
+                    .query_async(&mut con)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL")
+                        .arg(&keys)
+                        .query_async::<()>(&mut con)
+                        .await?;
+                }
+                Ok::<_, redis::RedisError>(())
+            });
+            if let Err(e) = deleted {
+                eprintln!("warning: could not delete the test keys {prefix}:*: {e}");
+            }
+        });
+        let _ = handle.join();
+    }
+}

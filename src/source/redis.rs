@@ -1,0 +1,238 @@
+//! A Redis stream as a source: the entries at a side's key, read with `XRANGE` page after page
+//! (from the first entry, or in a windowed run from the window's start) up to the entry that
+//! was the last one when the read began, each mapped to a row from its fields and its id.
+//!
+//! A key that holds no stream fails the read: a mistyped key is never taken for an empty
+//! stream. A field whose value is a JSON object or list can be walked into (`payload.id`).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use redis::streams::{StreamId, StreamRangeReply};
+use serde_json::Value as Json;
+
+use super::http::{kind_of, value};
+use super::stream::Feed;
+use super::unordered::Rows;
+use super::{ReadRequest, Row, SourceError};
+use crate::config::RedisSource;
+use crate::domain::{Field, FieldFrom, MessageMeta, Read, SourceName, StreamRead, Value};
+
+/// Entries asked for at once.
+const PAGE: usize = 1_000;
+
+/// A Redis server, connected on first use.
+pub(super) struct Redis {
+    cfg: RedisSource,
+    connection: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+}
+
+impl Redis {
+    pub(super) fn open(cfg: &RedisSource) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            connection: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn name(&self) -> &SourceName {
+        &self.cfg.name
+    }
+
+    /// The server's address as shown: never a password.
+    pub(super) fn endpoint(&self) -> String {
+        self.cfg.url.to_string()
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, SourceError> {
+        self.connection
+            .get_or_try_init(|| async {
+                let connect_error = |message: String| SourceError::Connect {
+                    source_name: self.name().clone(),
+                    message: format!("{}: {message}", self.endpoint()),
+                };
+                let client = redis::Client::open(self.cfg.url.expose())
+                    .map_err(|e| connect_error(e.to_string()))?;
+                let timeout = Some(self.cfg.timeout.as_std());
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|e| connect_error(crate::net::error_chain(&e)))
+            })
+            .await
+            .cloned()
+    }
+
+    fn failed(&self, read: &StreamRead, message: String) -> SourceError {
+        SourceError::Api {
+            source_name: self.name().clone(),
+            request: format!("stream at key {}", read.stream),
+            message,
+        }
+    }
+}
+
+/// Reads `req` from `redis` into `feed`, then says it is complete; a failure goes to `feed`.
+pub(super) async fn read(redis: Arc<Redis>, req: ReadRequest, mut feed: Feed) {
+    match read_all(&redis, &req, &mut feed).await {
+        Ok(()) => {}
+        Err(Some(e)) => feed.fail(e).await,
+        // Nobody listens any more.
+        Err(None) => {}
+    }
+}
+
+async fn read_all(
+    redis: &Redis,
+    req: &ReadRequest,
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let Read::Stream(read) = &req.query else {
+        return Err(Some(SourceError::WrongClass {
+            source_name: redis.name().clone(),
+            is: "a Redis server",
+            why: "the side does not name a stream; write `stream: {key: ...}` for a Redis source"
+                .into(),
+        }));
+    };
+    let columns: Vec<String> = read.columns.iter().map(|f| f.column.to_string()).collect();
+    let mut con = redis.connection().await?;
+    let failed = |e: redis::RedisError| redis.failed(read, crate::net::error_chain(&e));
+    let kind: String = redis::cmd("TYPE")
+        .arg(&read.stream)
+        .query_async(&mut con)
+        .await
+        .map_err(failed)?;
+    match kind.as_str() {
+        "stream" => {}
+        "none" => {
+            return Err(Some(redis.failed(
+                read,
+                "no key of that name: a stream that was never written to, or a mistyped key".into(),
+            )));
+        }
+        other => {
+            return Err(Some(
+                redis.failed(read, format!("the key holds a {other}, not a stream")),
+            ));
+        }
+    }
+    // The last entry now: entries added while this read runs wait for the next run.
+    let last: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&read.stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .map_err(failed)?;
+    let mut rows = Rows::start(redis.name(), columns, req, feed).await?;
+    if let Some(end) = last.ids.first().map(|e| e.id.clone()) {
+        // A windowed run starts at the window: entry ids begin with their milliseconds.
+        let mut start = match &req.changed_since {
+            Some(c) => c.since.timestamp_millis().max(0).to_string(),
+            None => "-".to_owned(),
+        };
+        loop {
+            let page: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&read.stream)
+                .arg(&start)
+                .arg(&end)
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut con)
+                .await
+                .map_err(failed)?;
+            let full = page.ids.len() == PAGE;
+            let next = page.ids.last().map(|e| format!("({}", e.id));
+            for entry in &page.ids {
+                let row = to_row(&read.columns, entry)
+                    .map_err(|why| redis.failed(read, format!("entry {}: {why}", entry.id)))?;
+                rows.take(row).await?;
+            }
+            match next {
+                Some(n) if full => start = n,
+                _ => break,
+            }
+        }
+    }
+    rows.finish().await
+}
+
+/// An entry's fields as a JSON object: each value as text, or as the JSON object or list it
+/// holds.
+fn fields_of(entry: &StreamId) -> Result<Json, String> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in &entry.map {
+        let text: String =
+            redis::from_redis_value_ref(v).map_err(|e| format!("field `{k}` is not text: {e}"))?;
+        let value = match text.trim_start().as_bytes().first() {
+            Some(b'{' | b'[') => serde_json::from_str(&text).unwrap_or(Json::String(text)),
+            _ => Json::String(text),
+        };
+        map.insert(k.clone(), value);
+    }
+    Ok(Json::Object(map))
+}
+
+/// When an entry was added: the milliseconds its id starts with.
+fn entry_time(id: &str) -> Option<DateTime<Utc>> {
+    let ms: i64 = id.split('-').next()?.parse().ok()?;
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// An entry's columns.
+fn to_row(fields: &[Field], entry: &StreamId) -> Result<Row, String> {
+    let needs_fields = fields.iter().any(|f| matches!(f.from, FieldFrom::Json(_)));
+    let object = if needs_fields {
+        fields_of(entry)?
+    } else {
+        Json::Null
+    };
+    fields
+        .iter()
+        .map(|f| {
+            let raw = match &f.from {
+                FieldFrom::Json(path) => path.find(&object).cloned().unwrap_or(Json::Null),
+                FieldFrom::Meta(MessageMeta::Id) => return Ok(Value::Text(entry.id.clone())),
+                FieldFrom::Meta(MessageMeta::Time) => {
+                    return entry_time(&entry.id).map(Value::Timestamp).ok_or_else(|| {
+                        format!("its id `{}` does not start with a time", entry.id)
+                    });
+                }
+                FieldFrom::Header(_) | FieldFrom::Meta(_) => {
+                    return Err(format!(
+                        "column `{}` comes from the {}, which a Redis entry has not",
+                        f.column, f.from
+                    ));
+                }
+            };
+            value(f.kind, &raw).map_err(|why| {
+                format!(
+                    "column `{}` ({}): {} {why}",
+                    f.column,
+                    f.from,
+                    kind_of(&raw)
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_id_starts_with_its_time_in_milliseconds() {
+        assert_eq!(
+            entry_time("1764842400500-3"),
+            Some("2025-12-04T10:00:00.5Z".parse().unwrap())
+        );
+        assert_eq!(entry_time("soon-1"), None);
+    }
+}

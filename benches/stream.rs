@@ -78,6 +78,7 @@ fn invariant(stream: &str, subject: &str) -> Invariant {
                 field("amount", "total", FieldKind::Decimal),
                 field("currency", "currency", FieldKind::Text),
             ],
+            lookup: None,
         })),
     };
     let right = QuerySide {

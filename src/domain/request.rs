@@ -24,6 +24,41 @@ pub struct StreamRead {
     pub subject: Option<String>,
     /// The columns each message gives, from its JSON payload, its headers or its metadata.
     pub columns: Vec<Field>,
+    /// One key's message fetched alone (NATS, a subject per key): the last message on this
+    /// subject, its `{{key.column}}` placeholders filled with the key's values.
+    pub lookup: Option<super::Template>,
+}
+
+impl StreamRead {
+    /// The lookup subject for `key` (column → canonical JSON value); `None` without a lookup
+    /// or when a placeholder names a column `key` does not give; `Some(Err)` when a value
+    /// cannot be one subject token (empty, or holding `.`, `*`, `>` or white space).
+    pub fn lookup_subject(
+        &self,
+        key: &[(ColumnName, serde_json::Value)],
+    ) -> Option<Result<String, String>> {
+        let mut out = String::new();
+        for segment in self.lookup.as_ref()?.segments() {
+            match segment {
+                super::Segment::Text(t) => out.push_str(t),
+                super::Segment::Value(p) => {
+                    let (_, value) = key.iter().find(|(c, _)| c.as_str() == p.field)?;
+                    let token = super::json_text(value);
+                    if token.is_empty()
+                        || token.contains(|c: char| {
+                            c == '.' || c == '*' || c == '>' || c.is_whitespace()
+                        })
+                    {
+                        return Some(Err(format!(
+                            "the key value `{token}` cannot be one subject token ({p})"
+                        )));
+                    }
+                    out.push_str(&token);
+                }
+            }
+        }
+        Some(Ok(out))
+    }
 }
 
 impl fmt::Display for StreamRead {

@@ -387,7 +387,7 @@ impl Ctx<'_> {
                 .map(|r| Read::Http(Box::new(r))),
             (_, _, Some(st)) => {
                 let redis = class == Some(SourceClass::Redis);
-                self.stream(field, st, redis)
+                self.stream(field, st, redis, scope.key)
                     .map(|s| Read::Stream(Box::new(s)))
             }
             (None, None, None) => None,

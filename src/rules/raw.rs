@@ -102,6 +102,7 @@ pub struct RawSide {
 /// `stream:` — a side read from a NATS JetStream stream (a source of `kind: nats`).
 #[derive(Deserialize)]
 pub struct RawStream {
+    pub lookup: Option<Spanned<RawLookup>>,
     pub name: Option<Spanned<String>>,
     /// A Redis stream's key (`kind: redis`).
     pub key: Option<Spanned<String>>,
@@ -126,6 +127,8 @@ pub struct RawRequest {
 pub struct RawLookup {
     pub path: Option<Spanned<String>>,
     pub item: Option<Spanned<String>>,
+    /// A NATS stream's: the subject of one key's messages.
+    pub subject: Option<Spanned<String>>,
 }
 
 /// `page:` — one of the paging styles.

@@ -251,6 +251,7 @@ impl Ctx<'_> {
         field: &str,
         raw: &Spanned<RawStream>,
         redis: bool,
+        key: Option<&[ColumnName]>,
     ) -> Option<StreamRead> {
         let st = &raw.value;
         let here = format!("{field}.stream");
@@ -314,11 +315,61 @@ impl Ctx<'_> {
             raw.referenced,
             Carrier::NatsMessage,
         );
+        let lookup = match &st.lookup {
+            None => Some(None),
+            Some(l) => self.stream_lookup(&here, l, key).map(Some),
+        };
         Some(StreamRead {
             stream: name?,
             subject: subject?,
             columns: columns?,
+            lookup: lookup?,
         })
+    }
+
+    /// `stream.lookup: {subject}` — one key's last message on its own subject.
+    fn stream_lookup(
+        &mut self,
+        here: &str,
+        raw: &Spanned<RawLookup>,
+        key: Option<&[ColumnName]>,
+    ) -> Option<Template> {
+        let here = format!("{here}.lookup");
+        if let Some(p) = raw.value.path.as_ref().or(raw.value.item.as_ref()) {
+            self.error(
+                p.referenced,
+                format!("{here}: `path` and `item` are an API lookup's; a NATS stream's takes `subject:`"),
+            );
+            return None;
+        }
+        let Some(s) = &raw.value.subject else {
+            self.error(
+                raw.referenced,
+                format!("{here} needs `subject:`, one key's subject with its key columns as placeholders (like `orders.{{{{key.order_id}}}}`)"),
+            );
+            return None;
+        };
+        let template = Template::parse(s.value.trim())
+            .map_err(|e| self.error(s.referenced, format!("{here}.subject: {e}")))
+            .ok()?;
+        let mut ok = template.placeholders().next().is_some();
+        if !ok {
+            self.error(
+                s.referenced,
+                format!("{here}.subject `{}` has no `{{{{key.<column>}}}}`: every key would read the same message", s.value),
+            );
+        }
+        for placeholder in template.placeholders() {
+            let known = key.is_none_or(|k| k.iter().any(|c| c.as_str() == placeholder.field));
+            if placeholder.scope != Scope::Key || !known {
+                self.error(
+                    s.referenced,
+                    format!("{here}.subject: {placeholder} is not a key column; a lookup reads one key, so its subject takes `{{{{key.<column>}}}}` only"),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(template)
     }
 
     fn redis_stream(&mut self, here: &str, raw: &Spanned<RawStream>) -> Option<StreamRead> {
@@ -342,6 +393,13 @@ impl Ctx<'_> {
                 None
             }
         };
+        if let Some(l) = &st.lookup {
+            self.error(
+                l.referenced,
+                format!("{here}.lookup: a Redis stream has no index by key; leave `lookup` out (the re-check before an action reads the stream and keeps the key's entries)"),
+            );
+            return None;
+        }
         let columns = self.fields(
             here,
             st.columns.as_ref(),
@@ -352,6 +410,7 @@ impl Ctx<'_> {
             stream: key?,
             subject: None,
             columns: columns?,
+            lookup: None,
         })
     }
 
@@ -362,6 +421,15 @@ impl Ctx<'_> {
         key: Option<&[ColumnName]>,
     ) -> Option<Lookup> {
         let here = format!("{field}.request.lookup");
+        if let Some(s) = &raw.value.subject {
+            self.error(
+                s.referenced,
+                format!(
+                    "{here}.subject is a NATS stream's lookup; an API's takes `path:` (and `item:`)"
+                ),
+            );
+            return None;
+        }
         let Some(p) = &raw.value.path else {
             self.error(
                 raw.referenced,

@@ -186,6 +186,7 @@ impl Shape {
             (Shape::Request, "lookup") => Shape::Lookup,
             (Shape::Side | Shape::Check | Shape::Transitions, "stream") => Shape::Stream,
             (Shape::Stream, "columns") => Shape::Columns,
+            (Shape::Stream, "lookup") => Shape::Lookup,
             (Shape::Page, "cursor") => Shape::Cursor,
             (Shape::Page, "offset") => Shape::Offset,
             (Shape::Page, "number") => Shape::PageNumber,

@@ -994,6 +994,20 @@ fn stream_mistakes_are_each_reported_where_they_are() {
             "reconcile.incremental cannot be used with source `orders`, which is not a database",
         ),
         (
+            STREAM.replace(
+                "            published: {meta: time}\n",
+                "            published: {meta: time}\n          lookup: {subject: \"orders.{{key.id}}\"}\n",
+            ),
+            "reconcile.left.stream.lookup.subject: {{key.id}} is not a key column",
+        ),
+        (
+            STREAM.replace(
+                "            published: {meta: time}\n",
+                "            published: {meta: time}\n          lookup: {path: \"orders/{{key.order_id}}\"}\n",
+            ),
+            "reconcile.left.stream.lookup: `path` and `item` are an API lookup's; a NATS stream's takes `subject:`",
+        ),
+        (
             API.replace("currency: amount.currency", "currency: {header: X-Currency}"),
             "reconcile.left.request.columns.currency: an API item has no headers or metadata; give `path:`",
         ),

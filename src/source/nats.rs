@@ -128,6 +128,43 @@ async fn read_all(
         },
         None => DeliverPolicy::All,
     };
+    // One key, its last message on its own subject: the re-check before an action.
+    if let Some(subject) = read
+        .lookup_subject(&req.filter)
+        .filter(|_| !req.filter.is_empty())
+    {
+        let subject = subject.map_err(|why| nats.failed(read, why))?;
+        let mut rows = Rows::start(nats.name(), columns, req, feed).await?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => {
+                let message = Message {
+                    subject: m.subject.as_str(),
+                    headers: Some(&m.headers),
+                    payload: &m.payload,
+                };
+                let row = to_row(&read.columns, &message, m.sequence, m.time).map_err(|why| {
+                    nats.failed(
+                        read,
+                        format!("message {} (subject {subject}): {why}", m.sequence),
+                    )
+                })?;
+                rows.take(row).await?;
+            }
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                return Err(Some(nats.failed(
+                    read,
+                    format!(
+                        "cannot read the last message on {subject}: {}",
+                        crate::net::error_chain(&e)
+                    ),
+                )));
+            }
+        }
+        return rows.finish().await;
+    }
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: read.subject.clone().unwrap_or_default(),
@@ -182,7 +219,12 @@ async fn read_all(
                 nats.failed(read, format!("a message without its stream metadata: {e}"))
             })?;
             let (sequence, published, left) = (info.stream_sequence, info.published, info.pending);
-            let row = to_row(&read.columns, &message, sequence, published).map_err(|why| {
+            let view = Message {
+                subject: message.subject.as_str(),
+                headers: message.headers.as_ref(),
+                payload: &message.payload,
+            };
+            let row = to_row(&read.columns, &view, sequence, published).map_err(|why| {
                 nats.failed(
                     read,
                     format!("message {sequence} (subject {}): {why}", message.subject),
@@ -198,17 +240,24 @@ async fn read_all(
     rows.finish().await
 }
 
+/// What a row is made from, whether the message came from a consumer or a direct get.
+struct Message<'a> {
+    subject: &'a str,
+    headers: Option<&'a async_nats::HeaderMap>,
+    payload: &'a [u8],
+}
+
 /// A message's columns.
 fn to_row(
     fields: &[Field],
-    message: &jetstream::Message,
+    message: &Message<'_>,
     sequence: u64,
     published: chrono::DateTime<chrono::Utc>,
 ) -> Result<Row, String> {
     // The payload is parsed only if a column reads it.
     let needs_payload = fields.iter().any(|f| matches!(f.from, FieldFrom::Json(_)));
     let payload: Json = if needs_payload {
-        serde_json::from_slice(&message.payload).map_err(|e| {
+        serde_json::from_slice(message.payload).map_err(|e| {
             let start = String::from_utf8_lossy(&message.payload[..message.payload.len().min(80)])
                 .into_owned();
             format!("the payload is not JSON ({e}); it starts: {start}")
@@ -223,7 +272,6 @@ fn to_row(
                 FieldFrom::Json(path) => path.find(&payload).cloned().unwrap_or(Json::Null),
                 FieldFrom::Header(name) => message
                     .headers
-                    .as_ref()
                     .and_then(|h| h.get(name.as_str()))
                     .map_or(Json::Null, |v| Json::String(v.as_str().to_owned())),
                 FieldFrom::Meta(MessageMeta::Sequence) => {

@@ -85,6 +85,21 @@ async fn project(
     subject: &str,
     pg: &TestPg,
 ) -> App {
+    project_with(dir, nats_url, stream, subject, None, pg).await
+}
+
+/// [`project`], with a `lookup` subject for the re-check of one key.
+async fn project_with(
+    dir: &std::path::Path,
+    nats_url: &str,
+    stream: &str,
+    subject: &str,
+    lookup: Option<&str>,
+    pg: &TestPg,
+) -> App {
+    let lookup = lookup
+        .map(|l| format!("          lookup: {{subject: \"{l}\"}}\n"))
+        .unwrap_or_default();
     let config = format!(
         "store: sqlite://{store}
 sources:
@@ -115,7 +130,7 @@ sources:
             msg_id: {{header: Nats-Msg-Id}}
             published: {{meta: time}}
             seq: {{meta: sequence}}
-      right:
+{lookup}      right:
         source: fulfilment
         query: SELECT order_id, amount, currency FROM fulfilled
       key: order_id
@@ -443,5 +458,66 @@ async fn a_redis_key_that_holds_no_stream_fails_the_run_and_resolves_nothing() {
         third.error
     );
     assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
+    app.close().await;
+}
+
+#[tokio::test]
+async fn the_recheck_of_one_order_reads_the_last_message_on_its_own_subject() {
+    let stream = TestStream::new().await;
+    // A subject per order: orders.<id>.
+    let messages: Vec<crate::helpers::TestMessage> = (1..=ORDERS)
+        .map(|id| (format!("orders.{id}"), Vec::new(), order(id)))
+        .collect();
+    stream.publish_all(&messages).await;
+    let pg = fulfilment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (subject, lookup) = (
+        format!("{}.orders.*", stream.prefix),
+        format!("{}.orders.{{{{key.order_id}}}}", stream.prefix),
+    );
+    let app = project_with(
+        dir.path(),
+        NATS_URL,
+        &stream.name,
+        &subject,
+        Some(&lookup),
+        &pg,
+    )
+    .await;
+    let inv = app.invariant("orders-fulfilled").unwrap().clone();
+    let first = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, planted());
+    let open = app
+        .store
+        .violations(&ViolationFilter {
+            invariants: vec!["orders-fulfilled".into()],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let violation = |id: i64| open.iter().find(|v| v.key[0] == json!(id)).unwrap();
+
+    // The re-check reads only the key's own subject: with the side's subject filter pointed
+    // at nothing, a paged read would see no order at all, and 333 would look repaired.
+    let mut recheck = inv.clone();
+    if let trueup::domain::InvariantSpec::Reconcile(spec) = &mut recheck.spec
+        && let trueup::domain::Read::Stream(read) = &mut spec.left.query
+    {
+        read.subject = Some(format!("{}.nothing.*", stream.prefix));
+    }
+    pg.exec("UPDATE fulfilled SET amount = amount - 0.01 WHERE order_id = 7;")
+        .await;
+    for (id, holds) in [(333, true), (1_001, true), (7, false)] {
+        let v = violation(id);
+        let still =
+            trueup::plan::recheck::still_holds(&recheck, &app.sources, &v.key, &v.fingerprint)
+                .await
+                .unwrap();
+        assert_eq!(still, holds, "{id}");
+    }
     app.close().await;
 }

@@ -284,7 +284,7 @@ pub struct NatsSource {
 #[derive(Debug, Clone)]
 pub struct RedisSource {
     pub name: SourceName,
-    /// `redis://host:6379/0` (or `rediss://`), a password (`redis://:${PASSWORD}@host`) only
+    /// `redis://host:6379/0` (no TLS: `rediss://` is refused), a password (`redis://:${PASSWORD}@host`) only
     /// from `${ENV}`.
     pub url: SecretUrl,
     /// To connect, and for each answer of the server.

@@ -264,7 +264,8 @@ fn sources(
             continue;
         }
         if kind_is("redis") || (src.kind.is_none() && scheme(&["redis://", "rediss://"])) {
-            match server_source(name, spanned, env, "Redis", &["redis://", "rediss://"], 10) {
+            // TLS to Redis is not built in (rediss:// would fail at every connect).
+            match server_source(name, spanned, env, "Redis", &["redis://"], 10) {
                 Ok((name, url, timeout)) => {
                     let redis = RedisSource { name, url, timeout };
                     sources.insert(redis.name.clone(), SourceConfig::Redis(redis));
@@ -474,6 +475,25 @@ fn server_source(
             ),
         ));
     }
+    // A token alone before `@` (NATS token auth) is a credential too, which a URL's password
+    // rule would not see.
+    let userinfo = url.value.split_once("://").and_then(|(_, rest)| {
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        authority.rsplit_once('@').map(|(info, _)| info)
+    });
+    if let Some(info) = userinfo
+        && !info.contains(':')
+        && !info.contains("${")
+    {
+        return Err(err(
+            url.referenced,
+            format!(
+                "the credential before `@` is written in the file; write it from the environment, like `{}${{{}_TOKEN}}@host`",
+                schemes[0],
+                server.to_uppercase()
+            ),
+        ));
+    }
     let expanded = expand_secret_url(&url.value, env).map_err(|m| err(url.referenced, m))?;
     let timeout = match &src.timeout {
         Some(t) => HumanDuration::parse(&t.value)
@@ -535,11 +555,11 @@ fn http_source(
         None => HumanDuration::from_std(std::time::Duration::from_secs(30)),
     };
     let rate = match &src.rate {
-        Some(r) if !(r.value.is_finite() && r.value > 0.0) => {
+        Some(r) if !(r.value.is_finite() && r.value >= 0.001) => {
             return Err(err(
                 r.referenced,
                 format!(
-                    "rate `{}` must be a number of requests per second above 0 (like 10, or 0.5 for one every two seconds)",
+                    "rate `{}` must be a number of requests per second, at least 0.001 (like 10, or 0.5 for one every two seconds)",
                     r.value
                 ),
             ));

@@ -540,7 +540,7 @@ fn http_source_mistakes_are_each_explained_where_they_are() {
         ),
         (
             "sources:\n  api: {kind: http, base_url: \"https://a.example/\", rate: 0}\n",
-            "source `api`: rate `0` must be a number of requests per second above 0",
+            "source `api`: rate `0` must be a number of requests per second, at least 0.001",
             2,
         ),
         (
@@ -601,6 +601,10 @@ fn a_nats_source_has_a_url_with_credentials_from_the_environment_and_a_timeout()
             "sources:\n  o: {url: \"nats://app:hunter2@x:4222\"}\n",
             "password",
         ),
+        (
+            "sources:\n  o: {url: \"nats://s3cr3ttoken@x:4222\"}\n",
+            "the credential before `@` is written in the file; write it from the environment, like `nats://${NATS_TOKEN}@host`",
+        ),
     ] {
         let errs = parse(text).expect_err(want).0;
         assert!(
@@ -628,7 +632,7 @@ fn a_redis_source_has_a_url_with_its_password_from_the_environment() {
     assert!(
         errs.iter().any(|e| e
             .message
-            .contains("a Redis source's url starts with redis:// or rediss://")),
+            .contains("a Redis source's url starts with redis://")),
         "{errs:?}"
     );
 }

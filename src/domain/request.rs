@@ -132,6 +132,11 @@ impl Lookup {
                 super::Segment::Text(t) => out.push_str(t),
                 super::Segment::Value(p) => {
                     let (_, value) = key.iter().find(|(c, _)| c.as_str() == p.field)?;
+                    // `.` and `..` would move along the path, encoded or not: such a key is
+                    // not looked up alone.
+                    if matches!(super::json_text(value).as_str(), "." | "..") {
+                        return None;
+                    }
                     super::push_path_segment(value, &mut out);
                 }
             }
@@ -509,6 +514,7 @@ mod tests {
             lookup.path_for(&[(ColumnName::parse("other").unwrap(), json!(1))]),
             None
         );
+        assert_eq!(lookup.path_for(&key(json!(".."))), None);
     }
 
     #[test]

@@ -217,8 +217,12 @@ async fn evaluate_within(
 ) -> Result<RunStats, EngineError> {
     let due_before = invariant.grace.map(|g| now - g.as_chrono());
     let mut stats = RunStats::default();
+    // A re-check of given keys reads them whatever their time: a violation that slid out of
+    // the window is still open, and must not look repaired because nothing was read.
     let window_from = match &invariant.spec {
-        InvariantSpec::Reconcile(spec) => spec.window.map(|w| now - w.as_chrono()),
+        InvariantSpec::Reconcile(spec) if filter.is_empty() => {
+            spec.window.map(|w| now - w.as_chrono())
+        }
         _ => None,
     };
     if let Some(from) = window_from

@@ -61,7 +61,7 @@ impl Api {
     /// Waits for this request's slot under `rate:`.
     async fn pace(&self) {
         let Some(rate) = self.cfg.rate else { return };
-        let period = Duration::from_secs_f64(1.0 / rate);
+        let period = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::MAX);
         let at = {
             let mut next = self.next_slot.lock().await;
             let at = (*next).max(Instant::now());
@@ -94,6 +94,16 @@ impl Api {
         url: &Url,
         absent_ok: bool,
     ) -> Result<Option<(Json, Option<Url>)>, SourceError> {
+        // Names are checked by the client's resolver; an address written as such never goes
+        // through it.
+        if !self.cfg.allow_private_network
+            && let Err(refused) = crate::net::guard::check_url(url)
+        {
+            return Err(self.failed(
+                url,
+                format!("{refused}; set `allow_private_network: true` on the source to allow it"),
+            ));
+        }
         let mut attempt = 0;
         loop {
             self.pace().await;
@@ -299,8 +309,18 @@ async fn read_all(
             None => Vec::new(),
             Some((body, _)) => match lookup.item.find(&body) {
                 Some(Json::Array(items)) => items.clone(),
-                Some(Json::Null) | None => Vec::new(),
+                Some(Json::Null) => Vec::new(),
                 Some(item) => vec![item.clone()],
+                None => {
+                    return Err(Some(api.failed(
+                        &url,
+                        format!(
+                            "the response has no `{}`{}; set the lookup's `item:` to where the item is",
+                            lookup.item,
+                            keys_of(&body)
+                        ),
+                    )));
+                }
             },
         };
         for (i, item) in items.iter().enumerate() {
@@ -310,8 +330,13 @@ async fn read_all(
         }
     } else {
         // The window's edges, for parameters that take them: from the read's start (its
-        // time column at or after an instant) to now.
-        let window = req.changed_since.as_ref().map(|c| (c.since, Utc::now()));
+        // time column at or after an instant) to now. A read without a start (the re-check of
+        // one key of a windowed reconcile) asks for everything since 1970.
+        let since = req
+            .changed_since
+            .as_ref()
+            .map_or(DateTime::UNIX_EPOCH, |c| c.since);
+        let window = Some((since, Utc::now()));
         let mut pages = Pages::new(api, request, window)?;
         while let Some(items) = pages.next().await? {
             for (i, item) in items.into_iter().enumerate() {
@@ -334,8 +359,14 @@ struct Pages<'a> {
     next: Option<Url>,
     /// Pages read, and items seen (offset paging counts from it).
     pages: u64,
-    /// The cursor sent last: a cursor that does not move would page forever.
-    last_cursor: Option<String>,
+    /// Items received so far (where offset paging goes on from).
+    items_seen: u64,
+    /// Every page's URL and cursor so far: paging that comes back to one would never end.
+    urls: std::collections::HashSet<String>,
+    cursors: std::collections::HashSet<String>,
+    /// The previous page's items, hashed: an API that ignores the paging parameter answers
+    /// the same page again and again.
+    last_items: Option<u64>,
 }
 
 impl<'a> Pages<'a> {
@@ -391,7 +422,10 @@ impl<'a> Pages<'a> {
             current: url.clone(),
             next: Some(url),
             pages: 0,
-            last_cursor: None,
+            items_seen: 0,
+            urls: std::collections::HashSet::new(),
+            cursors: std::collections::HashSet::new(),
+            last_items: None,
         })
     }
 
@@ -407,6 +441,12 @@ impl<'a> Pages<'a> {
                     "the next page is outside the source's base_url {}",
                     self.api.cfg.base_url
                 ),
+            ));
+        }
+        if !self.urls.insert(url.to_string()) {
+            return Err(self.api.failed(
+                &url,
+                "paging came back to a page it had read; it would never end".into(),
             ));
         }
         self.current = url.clone();
@@ -438,6 +478,22 @@ impl<'a> Pages<'a> {
                 ));
             }
         };
+        self.items_seen += items.len() as u64;
+        if !items.is_empty() {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_string(&items)
+                .unwrap_or_default()
+                .hash(&mut h);
+            let digest = h.finish();
+            if self.last_items == Some(digest) {
+                return Err(self.api.failed(
+                    &url,
+                    "the API answered the same items as for the page before; does it read the paging parameter? Paging would never end".into(),
+                ));
+            }
+            self.last_items = Some(digest);
+        }
         let with = |param: &str, value: &str| {
             let mut next = url.clone();
             let kept: Vec<(String, String)> = url
@@ -491,27 +547,45 @@ impl<'a> Pages<'a> {
                 };
                 match cursor {
                     Some(c) if more && !c.is_empty() => {
-                        if self.last_cursor.as_deref() == Some(c.as_str()) {
+                        if !self.cursors.insert(c.clone()) {
                             return Err(self.api.failed(
                                 &url,
                                 format!(
-                                    "the API gave the cursor `{c}` twice; paging would never end"
+                                    "the API gave the cursor `{c}` a second time; paging would never end"
                                 ),
                             ));
                         }
-                        let next = with(param, &c);
-                        self.last_cursor = Some(c);
-                        Some(next)
+                        Some(with(param, &c))
+                    }
+                    // No cursor where there should be one: the rest of the list cannot be asked
+                    // for, and ending here would read it as absent.
+                    None if more
+                        && (has_more.is_some() || matches!(from, CursorFrom::LastItem(_))) =>
+                    {
+                        let place = match from {
+                            CursorFrom::LastItem(p) => format!("`{p}` of the page's last item"),
+                            CursorFrom::Response(p) => format!("`{p}` of the response"),
+                        };
+                        return Err(self.api.failed(
+                            &url,
+                            format!("more items follow, and there is no cursor at {place} (absent, or not text or a number); check `page.cursor`"),
+                        ));
                     }
                     _ => None,
                 }
             }
-            Paging::Offset { param, size, .. } => {
-                (items.len() as u64 >= *size).then(|| with(param, &(self.pages * size).to_string()))
+            // Past what was received, until a page is empty: an API that caps its pages below
+            // `size` is still read to the end.
+            Paging::Offset { param, .. } => {
+                (!items.is_empty()).then(|| with(param, &self.items_seen.to_string()))
             }
-            Paging::Number { param, first } => {
-                (!items.is_empty()).then(|| with(param, &(first + self.pages).to_string()))
-            }
+            Paging::Number { param, first } => match first.checked_add(self.pages) {
+                Some(n) if !items.is_empty() => Some(with(param, &n.to_string())),
+                Some(_) => None,
+                None => {
+                    return Err(self.api.failed(&url, "the page number overflows".into()));
+                }
+            },
         };
         Ok(Some(items))
     }
@@ -598,9 +672,13 @@ pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> 
                 .map_err(|_| "is not a decimal number")?,
         ),
         (K::Float, Json::Number(n)) => Value::Float(n.as_f64().ok_or("is not a number")?),
-        (K::Float, Json::String(s)) => {
-            Value::Float(s.trim().parse().map_err(|_| "is not a number")?)
-        }
+        (K::Float, Json::String(s)) => Value::Float(
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or("is not a finite number")?,
+        ),
         (K::Text, Json::Number(n)) => Value::Text(n.to_string()),
         (K::Timestamp, Json::String(s)) => Value::Timestamp(
             DateTime::parse_from_rfc3339(s.trim())

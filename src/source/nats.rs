@@ -50,13 +50,30 @@ impl Nats {
     async fn client(&self) -> Result<&async_nats::Client, SourceError> {
         self.client
             .get_or_try_init(|| async {
-                let connect = async_nats::ConnectOptions::new()
+                let mut options = async_nats::ConnectOptions::new()
                     .connection_timeout(self.timeout())
                     .request_timeout(Some(self.timeout()))
                     // Connecting waits for the server (no connecting in the background), and a
                     // lost connection is tried again only a few times before reads fail.
-                    .max_reconnects(Some(3))
-                    .connect(self.cfg.url.expose());
+                    .max_reconnects(Some(3));
+                // The client ignores credentials in the URL: they are passed on their own, and
+                // the URL without them.
+                let mut url = reqwest::Url::parse(self.cfg.url.expose())
+                    .map_err(|e| self.connect_error(format!("not a URL: {e}")))?;
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                let (user, password) = (decode(url.username()), url.password().map(decode));
+                options = match (user.is_empty(), password) {
+                    (false, Some(password)) => options.user_and_password(user, password),
+                    (false, None) => options.token(user),
+                    (true, _) => options,
+                };
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                let connect = options.connect(url.as_str());
                 match tokio::time::timeout(self.timeout(), connect).await {
                     Ok(Ok(client)) => Ok(client),
                     Ok(Err(e)) => Err(self.connect_error(crate::net::error_chain(&e))),
@@ -121,13 +138,17 @@ async fn read_all(
             format!("cannot open the stream: {}", crate::net::error_chain(&e)),
         )
     })?;
-    // A windowed run starts at the window: the server skips what lies before.
+    // A windowed run whose time column is the message's own time starts at the window: the
+    // server skips what lies before. A time from the payload may differ from when the
+    // message was stored, so then every message is read and filtered.
     let deliver_policy = match &req.changed_since {
-        Some(c) => DeliverPolicy::ByStartTime {
+        Some(c) if stored_time_is(&read.columns, &c.column) => DeliverPolicy::ByStartTime {
             start_time: c.since,
         },
-        None => DeliverPolicy::All,
+        _ => DeliverPolicy::All,
     };
+    // The read ends at the stream's last message as it begins.
+    let last_at_start = stream.cached_info().state.last_sequence;
     // One key, its last message on its own subject: the re-check before an action.
     if let Some(subject) = read
         .lookup_subject(&req.filter)
@@ -219,6 +240,10 @@ async fn read_all(
                 nats.failed(read, format!("a message without its stream metadata: {e}"))
             })?;
             let (sequence, published, left) = (info.stream_sequence, info.published, info.pending);
+            // Published after the read began: the next run's.
+            if sequence > last_at_start {
+                break;
+            }
             let view = Message {
                 subject: message.subject.as_str(),
                 headers: message.headers.as_ref(),
@@ -231,13 +256,20 @@ async fn read_all(
                 )
             })?;
             rows.take(row).await?;
-            // `pending` counts what is left after this message.
-            if left == 0 {
+            // `pending` counts what is left after this message, published meanwhile included.
+            if left == 0 || sequence >= last_at_start {
                 break;
             }
         }
     }
     rows.finish().await
+}
+
+/// Whether `column` is the message's stored time (`meta: time`).
+fn stored_time_is(fields: &[Field], column: &crate::domain::ColumnName) -> bool {
+    fields
+        .iter()
+        .any(|f| &f.column == column && f.from == FieldFrom::Meta(MessageMeta::Time))
 }
 
 /// What a row is made from, whether the message came from a consumer or a direct get.

@@ -132,10 +132,17 @@ async fn read_all(
         .map_err(failed)?;
     let mut rows = Rows::start(redis.name(), columns, req, feed).await?;
     if let Some(end) = last.ids.first().map(|e| e.id.clone()) {
-        // A windowed run starts at the window: entry ids begin with their milliseconds.
+        // A windowed run whose time column is the entry's own time starts at the window: entry
+        // ids begin with their milliseconds. A time from a field may differ, so then every
+        // entry is read and filtered.
+        let stored_time = |c: &crate::domain::ColumnName| {
+            read.columns
+                .iter()
+                .any(|f| &f.column == c && f.from == FieldFrom::Meta(MessageMeta::Time))
+        };
         let mut start = match &req.changed_since {
-            Some(c) => c.since.timestamp_millis().max(0).to_string(),
-            None => "-".to_owned(),
+            Some(c) if stored_time(&c.column) => c.since.timestamp_millis().max(0).to_string(),
+            _ => "-".to_owned(),
         };
         loop {
             let page: StreamRangeReply = redis::cmd("XRANGE")
@@ -148,7 +155,7 @@ async fn read_all(
                 .await
                 .map_err(failed)?;
             let full = page.ids.len() == PAGE;
-            let next = page.ids.last().map(|e| format!("({}", e.id));
+            let next = page.ids.last().and_then(|e| after(&e.id));
             for entry in &page.ids {
                 let row = to_row(&read.columns, entry)
                     .map_err(|why| redis.failed(read, format!("entry {}: {why}", entry.id)))?;
@@ -161,6 +168,17 @@ async fn read_all(
         }
     }
     rows.finish().await
+}
+
+/// The smallest entry id after `id` (`ms-seq` → `ms-(seq+1)`): where the next page starts,
+/// on any server version (the exclusive `(id` needs Redis 6.2).
+fn after(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    match seq.checked_add(1) {
+        Some(next) => Some(format!("{ms}-{next}")),
+        None => Some(format!("{}-0", ms.parse::<u64>().ok()?.checked_add(1)?)),
+    }
 }
 
 /// An entry's fields as a JSON object: each value as text, or as the JSON object or list it
@@ -234,5 +252,7 @@ mod tests {
             Some("2025-12-04T10:00:00.5Z".parse().unwrap())
         );
         assert_eq!(entry_time("soon-1"), None);
+        assert_eq!(after("1764842400500-3").as_deref(), Some("1764842400500-4"));
+        assert_eq!(after(&format!("5-{}", u64::MAX)).as_deref(), Some("6-0"));
     }
 }

@@ -558,7 +558,7 @@ fn compose<D: Dialect>(
             super::SourceError::MissingColumn {
                 source_name: source.clone(),
                 column: changed.column.to_string(),
-                role: "the incremental change column",
+                role: "the column a read starts from (the incremental change column, or the window's time column)",
                 available: columns.join(", "),
             }
         })?;
@@ -572,7 +572,7 @@ fn compose<D: Dialect>(
                 source_name: source.clone(),
                 column: columns[i].clone(),
                 message: format!(
-                    "the incremental change column is {}, which cannot be compared with an instant; name a timestamp column under `reconcile.incremental.column`",
+                    "it is {}, which cannot be compared with an instant; the incremental change column (`reconcile.incremental.column`) or the window's `time_column` must be a timestamp",
                     declared[i].map_or_else(|| "of an unknown type".to_owned(), |k| format!("{k:?}"))
                 ),
             }

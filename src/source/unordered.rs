@@ -117,7 +117,7 @@ impl<'a> Rows<'a> {
             }
             // Reading the runs is file I/O: it runs beside the runtime, a batch at a time.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<Row>>>(2);
-            tokio::task::spawn_blocking(move || {
+            let reader = tokio::task::spawn_blocking(move || {
                 let mut sorted = sorted;
                 loop {
                     let mut batch = Vec::with_capacity(super::BATCH_ROWS);
@@ -140,6 +140,11 @@ impl<'a> Rows<'a> {
                     self.feed.push_row(row).await?;
                 }
             }
+            // The channel also closes when the reader panicked: only a reader that ended well
+            // read every run.
+            reader
+                .await
+                .map_err(|e| Some(spill_error(name, std::io::Error::other(e.to_string()))))?;
         }
         self.feed.finish().await.map_err(|_| None)
     }

@@ -166,6 +166,25 @@ async fn serve_charges(
             let p = num("page", 1);
             axum::Json(json!({"data": {"charges": page((p - 1) * PAGE)}})).into_response()
         }
+        // An offset API that gives at most 40 items a page, whatever it is asked for.
+        "capped-offset" => {
+            let offset = num("offset", 0);
+            let items: Vec<Json> = page(offset).into_iter().take(40).collect();
+            axum::Json(json!({"items": items})).into_response()
+        }
+        // A page-number API that ignores the page number.
+        "stuck" => axum::Json(json!({"data": {"charges": page(0)}})).into_response(),
+        // An item cursor whose items lost their id, while it says more follow.
+        "no-cursor" => {
+            let items: Vec<Json> = page(0)
+                .into_iter()
+                .map(|mut c| {
+                    c.as_object_mut().unwrap().remove("id");
+                    c
+                })
+                .collect();
+            axum::Json(json!({"data": items, "has_more": true})).into_response()
+        }
         other => (StatusCode::NOT_FOUND, format!("no style {other}")).into_response(),
     }
 }
@@ -270,7 +289,17 @@ async fn project_with(
             "{offset: {param: offset, size: 100, size_param: limit}}",
             "{}",
         ),
-        "number" => ("data.charges", "{number: {param: page, first: 1}}", "{}"),
+        "number" | "stuck" => ("data.charges", "{number: {param: page, first: 1}}", "{}"),
+        "capped-offset" => (
+            "items",
+            "{offset: {param: offset, size: 100, size_param: limit}}",
+            "{}",
+        ),
+        "no-cursor" => (
+            "data",
+            "{cursor: {param: starting_after, from_item: id, has_more: has_more}}",
+            "{limit: 100}",
+        ),
         other => panic!("no style {other}"),
     };
     let (time_column, window_line, right_query) = match window {
@@ -655,4 +684,53 @@ async fn a_window_compares_recent_rows_asks_the_api_for_them_and_leaves_older_vi
     open.get_mut("mismatch").unwrap().remove(&7);
     assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, open);
     app.close().await;
+}
+
+#[tokio::test]
+async fn an_offset_api_that_caps_its_pages_below_the_size_asked_for_is_still_read_to_the_end() {
+    let (base, api) = start_api(Faults::default()).await;
+    let my = ledger().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = project(dir.path(), &base, "capped-offset", &my).await;
+    let inv = app.invariant("charges-booked").unwrap().clone();
+    let run = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(run.stats.rows_left, CHARGES as u64);
+    // 1,000 items 40 at a time, and the empty page that ends them.
+    assert_eq!(api.requests.load(Ordering::SeqCst), 26);
+    let want: BTreeMap<String, BTreeSet<i64>> = planted()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(keys_by_kind(&app, StatusFilter::Active).await, want);
+    app.close().await;
+}
+
+#[tokio::test]
+async fn paging_that_cannot_go_on_fails_the_run_instead_of_ending_early_or_never() {
+    let my = ledger().await;
+    for (style, want) in [
+        (
+            "stuck",
+            "the API answered the same items as for the page before; does it read the paging parameter?",
+        ),
+        (
+            "no-cursor",
+            "more items follow, and there is no cursor at `id` of the page's last item",
+        ),
+    ] {
+        let (base, _api) = start_api(Faults::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let app = project(dir.path(), &base, style, &my).await;
+        let inv = app.invariant("charges-booked").unwrap().clone();
+        let run = run_invariant(&inv, &app.sources, app.store.as_ref())
+            .await
+            .unwrap();
+        let error = run.error.expect("the run fails");
+        assert!(error.contains(want), "{style}: {error}");
+        assert!(run.change.is_none());
+        app.close().await;
+    }
 }

@@ -259,12 +259,8 @@ fn link_with_rel(header: &str, rel: &str) -> Option<String> {
 
 /// Reads `req` from `api` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(api: Arc<Api>, req: ReadRequest, mut feed: Feed) {
-    match read_all(&api, &req, &mut feed).await {
-        Ok(()) => {}
-        Err(Some(e)) => feed.fail(e).await,
-        // Nobody listens any more.
-        Err(None) => {}
-    }
+    let result = read_all(&api, &req, &mut feed).await;
+    feed.end(result).await;
 }
 
 async fn read_all(

@@ -109,12 +109,8 @@ impl Nats {
 
 /// Reads `req` from `nats` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(nats: Arc<Nats>, req: ReadRequest, mut feed: Feed) {
-    match read_all(&nats, &req, &mut feed).await {
-        Ok(()) => {}
-        Err(Some(e)) => feed.fail(e).await,
-        // Nobody listens any more.
-        Err(None) => {}
-    }
+    let result = read_all(&nats, &req, &mut feed).await;
+    feed.end(result).await;
 }
 
 async fn read_all(

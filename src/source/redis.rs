@@ -77,12 +77,8 @@ impl Redis {
 
 /// Reads `req` from `redis` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(redis: Arc<Redis>, req: ReadRequest, mut feed: Feed) {
-    match read_all(&redis, &req, &mut feed).await {
-        Ok(()) => {}
-        Err(Some(e)) => feed.fail(e).await,
-        // Nobody listens any more.
-        Err(None) => {}
-    }
+    let result = read_all(&redis, &req, &mut feed).await;
+    feed.end(result).await;
 }
 
 async fn read_all(

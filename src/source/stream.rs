@@ -225,6 +225,14 @@ impl Feed {
         self.tx.send(Ok(Chunk::End)).await.map_err(|_| Abandoned)
     }
 
+    /// Ends a reader's work: a failure goes to whoever waits (`Err(None)`: nobody listens any
+    /// more, nothing to say); success was already said by [`Feed::finish`].
+    pub(crate) async fn end(self, result: Result<(), Option<SourceError>>) {
+        if let Err(Some(e)) = result {
+            self.fail(e).await;
+        }
+    }
+
     /// Reports an error to whoever is waiting: the caller of `read` if the query never
     /// started, the evaluator otherwise.
     pub(crate) async fn fail(self, err: SourceError) {

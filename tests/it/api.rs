@@ -370,23 +370,7 @@ sources:
 }
 
 async fn keys_by_kind(app: &App, status: StatusFilter) -> BTreeMap<String, BTreeSet<i64>> {
-    let list = app
-        .store
-        .violations(&ViolationFilter {
-            invariants: vec!["charges-booked".into()],
-            status,
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-    for v in list {
-        out.entry(v.kind)
-            .or_default()
-            .insert(v.key[0].as_i64().unwrap());
-    }
-    out
+    crate::helpers::keys_by_kind(app.store.as_ref(), "charges-booked", status).await
 }
 
 /// Reconciles the API, paged in `style`, through throttling, a flaky 503 and a slow page;

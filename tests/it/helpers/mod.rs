@@ -602,3 +602,27 @@ impl Drop for TestRedis {
         let _ = handle.join();
     }
 }
+
+/// The keys (a single integer column) of `invariant`'s violations with `status`, by kind.
+pub async fn keys_by_kind(
+    store: &dyn trueup::store::Store,
+    invariant: &str,
+    status: trueup::store::StatusFilter,
+) -> BTreeMap<String, std::collections::BTreeSet<i64>> {
+    let list = store
+        .violations(&trueup::store::ViolationFilter {
+            invariants: vec![invariant.into()],
+            status,
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out: BTreeMap<String, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for v in list {
+        out.entry(v.kind)
+            .or_default()
+            .insert(v.key[0].as_i64().unwrap());
+    }
+    out
+}

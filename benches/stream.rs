@@ -8,6 +8,10 @@
 //! (`TRUEUP_BENCH_NATS`, `TRUEUP_BENCH_PG` to point elsewhere). The stream and the database
 //! are made for the run and removed after it.
 
+#[path = "common/rss.rs"]
+mod rss;
+use rss::{peak_rss_kib, reset_peak_rss};
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,22 +28,6 @@ use trueup::domain::{
 };
 use trueup::runner::run_invariant;
 use trueup::source::{ReadRequest, Sources};
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resets the process's peak RSS to its current RSS, so the next reading is one step's peak.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 fn order(id: u64) -> serde_json::Value {
     serde_json::json!({

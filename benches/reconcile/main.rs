@@ -28,6 +28,10 @@
 //! seconds, trueup as a multiple of the floor, reladiff as a multiple of trueup. The databases
 //! are dropped afterwards.
 
+#[path = "../common/rss.rs"]
+mod rss;
+use rss::{peak_rss_kib, reset_peak_rss};
+
 mod fixture;
 mod floor;
 mod peer;
@@ -45,23 +49,6 @@ use trueup::domain::{
 };
 use trueup::runner::run_invariant;
 use trueup::source::Sources;
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resets the process's peak RSS to its current RSS (Linux: `5` to `clear_refs`), so the
-/// next reading is one case's peak.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 /// Runs per case (TRUEUP_BENCH_REPEAT, default 3); the median is reported.
 fn repeats() -> usize {

@@ -30,6 +30,14 @@ pub struct StreamRead {
 }
 
 impl StreamRead {
+    /// Whether `column` is the message's stored time (`meta: time`): a read may then start at
+    /// an instant on the server's side; a time from the payload may differ from it.
+    pub fn is_stored_time(&self, column: &ColumnName) -> bool {
+        self.columns
+            .iter()
+            .any(|f| &f.column == column && f.from == FieldFrom::Meta(MessageMeta::Time))
+    }
+
     /// The lookup subject for `key` (column → canonical JSON value); `None` without a lookup
     /// or when a placeholder names a column `key` does not give; `Some(Err)` when a value
     /// cannot be one subject token (empty, or holding `.`, `*`, `>` or white space).

@@ -138,7 +138,7 @@ async fn read_all(
     // server skips what lies before. A time from the payload may differ from when the
     // message was stored, so then every message is read and filtered.
     let deliver_policy = match &req.changed_since {
-        Some(c) if stored_time_is(&read.columns, &c.column) => DeliverPolicy::ByStartTime {
+        Some(c) if read.is_stored_time(&c.column) => DeliverPolicy::ByStartTime {
             start_time: c.since,
         },
         _ => DeliverPolicy::All,
@@ -259,13 +259,6 @@ async fn read_all(
         }
     }
     rows.finish().await
-}
-
-/// Whether `column` is the message's stored time (`meta: time`).
-fn stored_time_is(fields: &[Field], column: &crate::domain::ColumnName) -> bool {
-    fields
-        .iter()
-        .any(|f| &f.column == column && f.from == FieldFrom::Meta(MessageMeta::Time))
 }
 
 /// What a row is made from, whether the message came from a consumer or a direct get.

@@ -131,13 +131,10 @@ async fn read_all(
         // A windowed run whose time column is the entry's own time starts at the window: entry
         // ids begin with their milliseconds. A time from a field may differ, so then every
         // entry is read and filtered.
-        let stored_time = |c: &crate::domain::ColumnName| {
-            read.columns
-                .iter()
-                .any(|f| &f.column == c && f.from == FieldFrom::Meta(MessageMeta::Time))
-        };
         let mut start = match &req.changed_since {
-            Some(c) if stored_time(&c.column) => c.since.timestamp_millis().max(0).to_string(),
+            Some(c) if read.is_stored_time(&c.column) => {
+                c.since.timestamp_millis().max(0).to_string()
+            }
             _ => "-".to_owned(),
         };
         loop {

@@ -98,7 +98,7 @@ impl TestPg {
 impl Drop for TestPg {
     fn drop(&mut self) {
         let name = self.name.clone();
-        drop_on_thread(async move {
+        drop_on_thread::<_, sqlx::Error>(format!("the test database {name}"), async move {
             let mut admin =
                 sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await?;
             admin
@@ -166,7 +166,7 @@ impl TestMysql {
 impl Drop for TestMysql {
     fn drop(&mut self) {
         let name = self.name.clone();
-        drop_on_thread(async move {
+        drop_on_thread::<_, sqlx::Error>(format!("the test database {name}"), async move {
             let mut admin = sqlx::MySqlConnection::connect(&mysql_server()).await?;
             admin
                 .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
@@ -180,9 +180,12 @@ impl Drop for TestMysql {
 }
 
 /// Drop cannot await; clean up on a thread with its own runtime so it works from any test.
-fn drop_on_thread<F>(work: F)
+/// (The test's own connections run on the test's runtime, which waits here: `work` opens its
+/// own.) A failure is printed with `what`.
+fn drop_on_thread<F, E>(what: String, work: F)
 where
-    F: std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
 {
     let handle = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -190,7 +193,7 @@ where
             .build()
             .expect("runtime for cleanup");
         if let Err(e) = rt.block_on(work) {
-            eprintln!("warning: could not drop a test database: {e}");
+            eprintln!("warning: could not remove {what}: {e}");
         }
     });
     let _ = handle.join();
@@ -518,29 +521,17 @@ impl TestStream {
 impl Drop for TestStream {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // The test's own connection runs on the test's runtime, which waits here: the stream
-        // is deleted over a connection of this thread's runtime.
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for cleanup");
-            let deleted = rt.block_on(async {
-                let client = async_nats::connect(NATS_URL).await?;
-                async_nats::jetstream::new(client)
-                    .delete_stream(&name)
-                    .await
-                    .map_err(async_nats::Error::from)?;
-                Ok::<_, async_nats::Error>(())
-            });
-            // A test that deleted its stream itself left nothing to delete.
-            if let Err(e) = deleted
-                && !e.to_string().contains("stream not found")
+        drop_on_thread(format!("the test stream {name}"), async move {
+            let client = async_nats::connect(NATS_URL).await?;
+            match async_nats::jetstream::new(client)
+                .delete_stream(&name)
+                .await
             {
-                eprintln!("warning: could not delete the test stream {name}: {e}");
+                // A test that deleted its stream itself left nothing to delete.
+                Err(e) if !e.to_string().contains("stream not found") => Err(e.into()),
+                _ => Ok::<_, async_nats::Error>(()),
             }
         });
-        let _ = handle.join();
     }
 }
 
@@ -573,33 +564,22 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
-        // The test's connection runs on the test's runtime, which waits here.
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for cleanup");
-            let deleted = rt.block_on(async {
-                let mut con = redis::Client::open(REDIS_URL)?
-                    .get_multiplexed_async_connection()
+        drop_on_thread(format!("the test keys {prefix}:*"), async move {
+            let mut con = redis::Client::open(REDIS_URL)?
+                .get_multiplexed_async_connection()
+                .await?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut con)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut con)
                     .await?;
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}:*"))
-                    .query_async(&mut con)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("DEL")
-                        .arg(&keys)
-                        .query_async::<()>(&mut con)
-                        .await?;
-                }
-                Ok::<_, redis::RedisError>(())
-            });
-            if let Err(e) = deleted {
-                eprintln!("warning: could not delete the test keys {prefix}:*: {e}");
             }
+            Ok::<_, redis::RedisError>(())
         });
-        let _ = handle.join();
     }
 }
 

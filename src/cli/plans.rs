@@ -200,6 +200,30 @@ fn print_action(a: &ActionRecord) {
                 println!("      body: {b}");
             }
         }
+        ActionSpec::Nats {
+            target,
+            subject,
+            headers,
+            body,
+        } => {
+            println!("    nats on {target}: publish to {subject}");
+            println!("      Nats-Msg-Id: {}", a.idempotency_key);
+            for (k, v) in headers {
+                println!("      {k}: {v}");
+            }
+            println!("      body: {body}");
+        }
+        ActionSpec::Redis {
+            target,
+            stream,
+            fields,
+        } => {
+            println!("    redis on {target}: XADD {stream}");
+            println!("      marker: {}", a.idempotency_key);
+            for (k, v) in fields {
+                println!("      {k} = {v}");
+            }
+        }
         ActionSpec::Manual { instructions } => println!("    manual step: {instructions}"),
     }
     println!(

@@ -18,7 +18,10 @@ mod tests;
 
 pub use secret::SecretUrl;
 pub(crate) use secret::header_holds_a_secret;
-pub use targets::{DEFAULT_MARKER_TABLE, HttpTarget, PlansConfig, SqlTarget, TargetConfig};
+pub use targets::{
+    DEFAULT_MARKER_KEY, DEFAULT_MARKER_TABLE, HttpTarget, NatsTarget, PlansConfig, RedisTarget,
+    SqlTarget, TargetConfig,
+};
 
 pub const DEFAULT_STORE: &str = "sqlite://trueup.db";
 pub const DEFAULT_INVARIANTS_DIR: &str = "invariants";

@@ -465,11 +465,29 @@ fn server_source(
             ),
         ));
     };
+    let expanded = server_url(url, env, server, schemes)
+        .map_err(|(at, m)| err(at, format!("a {server} source's {m}")))?;
+    let timeout = match &src.timeout {
+        Some(t) => HumanDuration::parse(&t.value)
+            .map_err(|e| err(t.referenced, format!("timeout: {e}")))?,
+        None => HumanDuration::from_std(std::time::Duration::from_secs(default_secs)),
+    };
+    Ok((name, expanded, timeout))
+}
+
+/// A NATS or Redis server's URL (`schemes`, the first one shown in examples) with credentials
+/// only from `${ENV}`; `Err((where, what))`, the message starting with `url`.
+pub(super) fn server_url(
+    url: &Spanned<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    server: &str,
+    schemes: &[&str],
+) -> Result<SecretUrl, (serde_saphyr::Location, String)> {
     if !schemes.iter().any(|s| url.value.starts_with(s)) {
-        return Err(err(
+        return Err((
             url.referenced,
             format!(
-                "a {server} source's url starts with {}, not `{}`",
+                "url starts with {}, not `{}`",
                 schemes.join(" or "),
                 url.value
             ),
@@ -485,22 +503,16 @@ fn server_source(
         && !info.contains(':')
         && !info.contains("${")
     {
-        return Err(err(
+        return Err((
             url.referenced,
             format!(
-                "the credential before `@` is written in the file; write it from the environment, like `{}${{{}_TOKEN}}@host`",
+                "url holds a credential before `@` written in the file; write it from the environment, like `{}${{{}_TOKEN}}@host`",
                 schemes[0],
                 server.to_uppercase()
             ),
         ));
     }
-    let expanded = expand_secret_url(&url.value, env).map_err(|m| err(url.referenced, m))?;
-    let timeout = match &src.timeout {
-        Some(t) => HumanDuration::parse(&t.value)
-            .map_err(|e| err(t.referenced, format!("timeout: {e}")))?,
-        None => HumanDuration::from_std(std::time::Duration::from_secs(default_secs)),
-    };
-    Ok((name, expanded, timeout))
+    expand_secret_url(&url.value, env).map_err(|m| (url.referenced, format!("url: {m}")))
 }
 
 /// A `kind: http` source; `Err((where, what))`.

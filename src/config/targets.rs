@@ -2,7 +2,8 @@
 //! plans are approved and how long they stay valid.
 //!
 //! A SQL target is its own writable connection, never a source's read-only one. An HTTP target
-//! is a base URL: every action's URL must lie under it.
+//! is a base URL: every action's URL must lie under it. A NATS target publishes into one
+//! JetStream stream; a Redis target appends to streams with `XADD`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,8 @@ use crate::domain::{HumanDuration, Severity, TargetName};
 pub enum TargetConfig {
     Sql(SqlTarget),
     Http(HttpTarget),
+    Nats(NatsTarget),
+    Redis(RedisTarget),
 }
 
 impl TargetConfig {
@@ -26,6 +29,8 @@ impl TargetConfig {
         match self {
             TargetConfig::Sql(t) => &t.name,
             TargetConfig::Http(t) => &t.name,
+            TargetConfig::Nats(t) => &t.name,
+            TargetConfig::Redis(t) => &t.name,
         }
     }
 }
@@ -53,6 +58,32 @@ pub struct HttpTarget {
     /// Lets this target reach loopback, private, link-local and metadata addresses, which are
     /// refused by default.
     pub allow_private_network: bool,
+}
+
+/// A NATS server whose JetStream stream `stream` receives published actions.
+#[derive(Debug, Clone)]
+pub struct NatsTarget {
+    pub name: TargetName,
+    /// `nats://host:4222`; credentials only from `${ENV}`.
+    pub url: SecretUrl,
+    /// The stream every published subject must land in: each ack is checked against it, and
+    /// its duplicate window is what makes a repeated publish a no-op.
+    pub stream: String,
+    /// To connect, and for each publish's ack.
+    pub timeout: HumanDuration,
+}
+
+/// A Redis server whose streams receive actions by `XADD`.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub name: TargetName,
+    /// `redis://host:6379/0`; a password only from `${ENV}`.
+    pub url: SecretUrl,
+    /// The hash where trueup records each applied action's idempotency key (field) and the
+    /// entry id it added (value), in the same atomic script as the `XADD`.
+    pub marker_key: String,
+    /// To connect, and for each answer.
+    pub timeout: HumanDuration,
 }
 
 /// `plans:` in trueup.yaml.
@@ -85,6 +116,7 @@ impl PlansConfig {
 }
 
 pub const DEFAULT_MARKER_TABLE: &str = "trueup_applied_actions";
+pub const DEFAULT_MARKER_KEY: &str = "trueup:applied_actions";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +130,8 @@ pub(super) struct RawTarget {
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     allow_private_network: bool,
+    stream: Option<Spanned<String>>,
+    marker_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +160,26 @@ pub(super) fn parse_target(
             default_secs,
         ))),
     };
+    if let Some(url) = &t.url
+        && t.base_url.is_none()
+        && (url.value.starts_with("nats://") || url.value.starts_with("redis://"))
+    {
+        return server_target(name, raw, env, file);
+    }
+    if let Some(field) = [
+        ("stream", t.stream.is_some()),
+        ("marker_key", t.marker_key.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(f, given)| given.then_some(f))
+    {
+        return Err(err(
+            raw.referenced,
+            format!(
+                "`{field}` belongs to a NATS or Redis target (`url: nats://…` or `url: redis://…`)"
+            ),
+        ));
+    }
     match (&t.url, &t.base_url) {
         (Some(url), None) => {
             if !t.headers.is_empty() || t.timeout.is_some() || t.allow_private_network {
@@ -139,7 +193,7 @@ pub(super) fn parse_target(
             let kind = SourceKind::of_url(expanded.expose()).ok_or_else(|| {
                 err(
                     url.referenced,
-                    "start the URL with postgres://, mysql:// or sqlite://".into(),
+                    "start the URL with postgres://, mysql:// or sqlite:// (a database), nats:// (a JetStream stream) or redis:// (Redis streams)".into(),
                 )
             })?;
             let expanded = match kind {
@@ -201,6 +255,108 @@ pub(super) fn parse_target(
             "give `url:` (a writable database) or `base_url:` (an HTTP API)".into(),
         )),
     }
+}
+
+/// A `url: nats://…` or `url: redis://…` target.
+fn server_target(
+    name: TargetName,
+    raw: &Spanned<RawTarget>,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: &Path,
+) -> Result<TargetConfig, Diagnostic> {
+    let err = |at, msg: String| Diagnostic::at(file, at, format!("targets.{name}: {msg}"));
+    let t = &raw.value;
+    let Some(url) = &t.url else {
+        unreachable!("server_target is called for a target with a url");
+    };
+    let nats = url.value.starts_with("nats://");
+    let (server, scheme, own, foreign) = if nats {
+        ("NATS", "nats://", "stream", "marker_key")
+    } else {
+        ("Redis", "redis://", "marker_key", "stream")
+    };
+    let misplaced = [
+        ("statement_timeout", t.statement_timeout.is_some()),
+        ("marker_table", t.marker_table.is_some()),
+        ("headers", !t.headers.is_empty()),
+        ("allow_private_network", t.allow_private_network),
+        (
+            foreign,
+            if nats {
+                t.marker_key.is_some()
+            } else {
+                t.stream.is_some()
+            },
+        ),
+    ]
+    .into_iter()
+    .find_map(|(f, given)| given.then_some(f));
+    if let Some(field) = misplaced {
+        return Err(err(
+            raw.referenced,
+            format!(
+                "`{field}` does not belong to a {server} target, which has url, {own} and timeout"
+            ),
+        ));
+    }
+    let url =
+        super::parse::server_url(url, env, server, &[scheme]).map_err(|(at, m)| err(at, m))?;
+    let timeout = match &t.timeout {
+        Some(s) => HumanDuration::parse(&s.value)
+            .map_err(|e| err(s.referenced, format!("timeout: {e}")))?,
+        None => HumanDuration::from_std(std::time::Duration::from_secs(10)),
+    };
+    if nats {
+        let Some(stream) = &t.stream else {
+            return Err(err(
+                raw.referenced,
+                "a NATS target needs `stream:`, the JetStream stream its subjects are published into (e.g. `stream: ORDERS`)".into(),
+            ));
+        };
+        let ok = !stream.value.is_empty()
+            && stream.value.len() <= 255
+            && !stream
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c));
+        if !ok {
+            return Err(err(
+                stream.referenced,
+                format!(
+                    "stream `{}` is not a JetStream stream name (no spaces, `.`, `*`, `>`, `/` or `\\`)",
+                    stream.value
+                ),
+            ));
+        }
+        return Ok(TargetConfig::Nats(NatsTarget {
+            name,
+            url,
+            stream: stream.value.clone(),
+            timeout,
+        }));
+    }
+    let marker_key = match &t.marker_key {
+        Some(m)
+            if m.value.is_empty()
+                || m.value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return Err(err(
+                m.referenced,
+                format!(
+                    "marker_key `{}` must be a Redis key without spaces",
+                    m.value
+                ),
+            ));
+        }
+        Some(m) => m.value.clone(),
+        None => DEFAULT_MARKER_KEY.to_owned(),
+    };
+    Ok(TargetConfig::Redis(RedisTarget {
+        name,
+        url,
+        marker_key,
+        timeout,
+    }))
 }
 
 /// Headers sent with every request: valid names, none of `reserved` (lowercase; trueup sets

@@ -275,6 +275,71 @@ fn targets_and_plan_rules_are_read() {
 }
 
 #[test]
+fn nats_and_redis_targets_are_read_with_their_stream_and_marker() {
+    let c = parse(
+        "targets:\n  bus:\n    url: nats://app:${LEDGER_PASSWORD}@127.0.0.1:4222\n    stream: ORDERS\n    timeout: 3s\n  cache:\n    url: redis://127.0.0.1:6379/2\n",
+    )
+    .unwrap();
+    let Some(TargetConfig::Nats(nats)) = c.targets.values().find(|t| t.name().as_str() == "bus")
+    else {
+        panic!("{:?}", c.targets)
+    };
+    assert_eq!(nats.stream, "ORDERS");
+    assert_eq!(nats.timeout.as_std().as_secs(), 3);
+    assert!(nats.url.expose().contains("s3cret"));
+    assert!(!nats.url.to_string().contains("s3cret"));
+    let Some(TargetConfig::Redis(redis)) =
+        c.targets.values().find(|t| t.name().as_str() == "cache")
+    else {
+        panic!("{:?}", c.targets)
+    };
+    assert_eq!(redis.marker_key, DEFAULT_MARKER_KEY);
+    assert_eq!(redis.timeout.as_std().as_secs(), 10);
+}
+
+#[test]
+fn nats_and_redis_target_mistakes_say_what_belongs_where() {
+    for (text, want) in [
+        (
+            "targets:\n  bus:\n    url: nats://127.0.0.1:4222\n",
+            "targets.bus: a NATS target needs `stream:`",
+        ),
+        (
+            "targets:\n  bus:\n    url: nats://127.0.0.1:4222\n    stream: orders.all\n",
+            "stream `orders.all` is not a JetStream stream name",
+        ),
+        (
+            "targets:\n  bus:\n    url: nats://127.0.0.1:4222\n    stream: ORDERS\n    marker_table: t\n",
+            "`marker_table` does not belong to a NATS target, which has url, stream and timeout",
+        ),
+        (
+            "targets:\n  cache:\n    url: redis://127.0.0.1\n    stream: ORDERS\n",
+            "`stream` does not belong to a Redis target, which has url, marker_key and timeout",
+        ),
+        (
+            "targets:\n  cache:\n    url: redis://127.0.0.1\n    marker_key: \"a b\"\n",
+            "marker_key `a b` must be a Redis key without spaces",
+        ),
+        (
+            "targets:\n  bus:\n    url: nats://s3cr3t@127.0.0.1\n    stream: ORDERS\n",
+            "url holds a credential before `@` written in the file",
+        ),
+        (
+            "targets:\n  db:\n    url: postgres://db/x\n    stream: ORDERS\n",
+            "`stream` belongs to a NATS or Redis target",
+        ),
+        (
+            "targets:\n  db:\n    url: kafka://broker\n",
+            "nats:// (a JetStream stream) or redis:// (Redis streams)",
+        ),
+    ] {
+        let err = parse(text).expect_err(want).to_string();
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+}
+
+#[test]
 fn a_credential_header_written_in_the_file_is_refused_and_one_from_the_environment_is_read() {
     for header in [
         "Authorization: \"Bearer abc123\"",
@@ -603,7 +668,7 @@ fn a_nats_source_has_a_url_with_credentials_from_the_environment_and_a_timeout()
         ),
         (
             "sources:\n  o: {url: \"nats://s3cr3ttoken@x:4222\"}\n",
-            "the credential before `@` is written in the file; write it from the environment, like `nats://${NATS_TOKEN}@host`",
+            "source `o`: a NATS source's url holds a credential before `@` written in the file; write it from the environment, like `nats://${NATS_TOKEN}@host`",
         ),
     ] {
         let errs = parse(text).expect_err(want).0;

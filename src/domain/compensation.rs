@@ -9,7 +9,10 @@
 //! - HTTP path: the value is percent-encoded as one path segment;
 //! - HTTP body: a string that is exactly one placeholder takes the value with its JSON type;
 //!   anything else is interpolated as text;
-//! - headers and manual instructions: interpolated as text.
+//! - headers and manual instructions: interpolated as text;
+//! - NATS subject: the value must be one subject token (no `.`, space or wildcard);
+//! - NATS body and Redis fields: as an HTTP body (a Redis field that is not a string is stored
+//!   as JSON text).
 
 use std::collections::BTreeMap;
 
@@ -66,11 +69,33 @@ pub struct HttpCompensation {
     pub body: Option<JsonTemplate>,
 }
 
+/// One message published to a JetStream subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsCompensation {
+    pub target: TargetName,
+    pub subject: Template,
+    pub headers: Vec<(String, Template)>,
+    /// The message's JSON payload.
+    pub body: JsonTemplate,
+}
+
+/// One entry appended to a Redis stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisCompensation {
+    pub target: TargetName,
+    /// The stream's key.
+    pub stream: String,
+    /// The entry's fields, in order.
+    pub fields: Vec<(String, JsonTemplate)>,
+}
+
 /// How to compensate one kind of violation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Compensation {
     Sql(SqlCompensation),
     Http(HttpCompensation),
+    Nats(NatsCompensation),
+    Redis(RedisCompensation),
     /// A step for a person; tracked, never executed.
     Manual(Template),
 }
@@ -80,6 +105,8 @@ impl Compensation {
         match self {
             Compensation::Sql(_) => "sql",
             Compensation::Http(_) => "http",
+            Compensation::Nats(_) => "nats",
+            Compensation::Redis(_) => "redis",
             Compensation::Manual(_) => "manual",
         }
     }
@@ -97,6 +124,19 @@ impl Compensation {
                 }
                 all
             }
+            Compensation::Nats(n) => {
+                let mut all: Vec<&Placeholder> = n.subject.placeholders().collect();
+                for (_, v) in &n.headers {
+                    all.extend(v.placeholders());
+                }
+                all.extend(n.body.placeholders());
+                all
+            }
+            Compensation::Redis(r) => r
+                .fields
+                .iter()
+                .flat_map(|(_, v)| v.placeholders())
+                .collect(),
             Compensation::Manual(t) => t.placeholders().collect(),
         }
     }
@@ -135,11 +175,64 @@ impl Compensation {
                     body: h.body.as_ref().map(|b| b.render(ctx)).transpose()?,
                 }
             }
+            Compensation::Nats(n) => {
+                let mut headers = BTreeMap::new();
+                for (name, value) in &n.headers {
+                    headers.insert(name.clone(), value.render_text(ctx)?);
+                }
+                ActionSpec::Nats {
+                    target: n.target.to_string(),
+                    subject: render_subject(&n.subject, ctx)?,
+                    headers,
+                    body: n.body.render(ctx)?,
+                }
+            }
+            Compensation::Redis(r) => ActionSpec::Redis {
+                target: r.target.to_string(),
+                stream: r.stream.clone(),
+                fields: r
+                    .fields
+                    .iter()
+                    .map(|(name, v)| Ok((name.clone(), super::json_text(&v.render(ctx)?))))
+                    .collect::<Result<_, RenderError>>()?,
+            },
             Compensation::Manual(t) => ActionSpec::Manual {
                 instructions: t.render_text(ctx)?,
             },
         })
     }
+}
+
+/// A subject with each placeholder's value as one token: a value with a `.` would add
+/// tokens (and land on another subject), a space or wildcard would not be a subject at all.
+fn render_subject(subject: &Template, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for s in subject.segments() {
+        match s {
+            Segment::Text(t) => out.push_str(t),
+            Segment::Value(p) => {
+                let text = super::json_text(&ctx.lookup(p)?);
+                if !is_subject_token(&text) {
+                    return Err(RenderError::Missing {
+                        placeholder: p.to_string(),
+                        reason: format!(
+                            "`{text}` cannot be one NATS subject token (empty, or holds `.`, `*`, `>` or a space)"
+                        ),
+                    });
+                }
+                out.push_str(&text);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `token` can stand between two dots of a subject on its own.
+pub fn is_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && !token
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
 }
 
 /// An HTTP action's headers (name → value): a schema of its own, which client generators
@@ -149,6 +242,19 @@ struct HttpHeaders;
 impl schemars::JsonSchema for HttpHeaders {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "HttpHeaders".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+    }
+}
+
+/// A Redis action's fields (name → value), a model of its own like [`HttpHeaders`].
+struct RedisFields;
+
+impl schemars::JsonSchema for RedisFields {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RedisFields".into()
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -175,6 +281,25 @@ pub enum ActionSpec {
         #[schemars(with = "HttpHeaders")]
         headers: BTreeMap<String, String>,
         body: Option<serde_json::Value>,
+    },
+    /// A message published to a JetStream subject, with the idempotency key as `Nats-Msg-Id`.
+    #[schemars(title = "NatsAction")]
+    Nats {
+        target: String,
+        subject: String,
+        #[schemars(with = "HttpHeaders")]
+        headers: BTreeMap<String, String>,
+        body: serde_json::Value,
+    },
+    /// An entry appended to a Redis stream (`XADD`), with the idempotency key recorded in the
+    /// target's marker hash by the same script.
+    #[schemars(title = "RedisAction")]
+    Redis {
+        target: String,
+        stream: String,
+        /// The entry's fields (name → value).
+        #[schemars(with = "RedisFields")]
+        fields: BTreeMap<String, String>,
     },
     #[schemars(title = "ManualAction")]
     Manual { instructions: String },
@@ -209,13 +334,18 @@ impl ActionSpec {
         match self {
             ActionSpec::Sql { .. } => "sql",
             ActionSpec::Http { .. } => "http",
+            ActionSpec::Nats { .. } => "nats",
+            ActionSpec::Redis { .. } => "redis",
             ActionSpec::Manual { .. } => "manual",
         }
     }
 
     pub fn target(&self) -> Option<&str> {
         match self {
-            ActionSpec::Sql { target, .. } | ActionSpec::Http { target, .. } => Some(target),
+            ActionSpec::Sql { target, .. }
+            | ActionSpec::Http { target, .. }
+            | ActionSpec::Nats { target, .. }
+            | ActionSpec::Redis { target, .. } => Some(target),
             ActionSpec::Manual { .. } => None,
         }
     }
@@ -239,6 +369,72 @@ mod tests {
             key: vec![("id", key)],
             evidence,
         }
+    }
+
+    #[test]
+    fn a_nats_subject_takes_each_value_as_one_token_and_refuses_one_that_would_split_it() {
+        let nats = Compensation::Nats(NatsCompensation {
+            target: TargetName::parse("bus").unwrap(),
+            subject: Template::parse("orders.{{key.id}}.created").unwrap(),
+            headers: vec![(
+                "Source".into(),
+                Template::parse("trueup {{violation.kind}}").unwrap(),
+            )],
+            body: JsonTemplate::parse(&json!({"id": "{{key.id}}", "amount": "{{left.amount}}"}))
+                .unwrap(),
+        });
+        let evidence = json!({"left": {"amount": 12.5}});
+        let spec = nats.render(&ctx(&evidence, &json!(41)), |_| None).unwrap();
+        assert_eq!(
+            spec,
+            ActionSpec::Nats {
+                target: "bus".into(),
+                subject: "orders.41.created".into(),
+                headers: [("Source".to_owned(), "trueup missing".to_owned())].into(),
+                body: json!({"id": 41, "amount": 12.5}),
+            }
+        );
+        for bad in ["a.b", "a b", "*", ">", ""] {
+            let err = nats
+                .render(&ctx(&evidence, &json!(bad)), |_| None)
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("cannot be one NATS subject token"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redis_entry_keeps_text_fields_as_text_and_writes_others_as_json() {
+        let redis = Compensation::Redis(RedisCompensation {
+            target: TargetName::parse("cache").unwrap(),
+            stream: "orders".into(),
+            fields: vec![
+                (
+                    "id".into(),
+                    JsonTemplate::parse(&json!("{{key.id}}")).unwrap(),
+                ),
+                (
+                    "note".into(),
+                    JsonTemplate::parse(&json!("lost {{key.id}}")).unwrap(),
+                ),
+                (
+                    "payload".into(),
+                    JsonTemplate::parse(&json!({"amount": "{{left.amount}}"})).unwrap(),
+                ),
+            ],
+        });
+        let evidence = json!({"left": {"amount": 12.5}});
+        let ActionSpec::Redis { fields, .. } = redis
+            .render(&ctx(&evidence, &json!("o-7")), |_| None)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(fields["id"], "o-7");
+        assert_eq!(fields["note"], "lost o-7");
+        assert_eq!(fields["payload"], r#"{"amount":12.5}"#);
     }
 
     #[test]

@@ -24,7 +24,10 @@ mod violation;
 
 pub use actor::Actor;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
-pub use compensation::{ActionSpec, Compensation, HttpCompensation, ParamStyle, SqlCompensation};
+pub use compensation::{
+    ActionSpec, Compensation, HttpCompensation, NatsCompensation, ParamStyle, RedisCompensation,
+    SqlCompensation, is_subject_token,
+};
 pub use duration::HumanDuration;
 pub use histogram::{Bucket, StackedBucket, histogram, stacked_histogram};
 pub use incident::{IncidentState, Phase};

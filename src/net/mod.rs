@@ -4,6 +4,9 @@
 //! (`guard`).
 
 pub mod guard;
+mod servers;
+
+pub use servers::{nats_connect, redis_connect};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! The `compensate:` block of an invariant: per violation kind, one `sql`, `http` or `manual`
-//! action template. SQL templates are parsed with the target database's grammar
+//! The `compensate:` block of an invariant: per violation kind, one `sql`, `http`, `nats`,
+//! `redis` or `manual` action template. SQL templates are parsed with the target database's grammar
 //! (`sqlparser`), so `validate` refuses a placeholder that stands where a table or column name
 //! goes, sits inside a quoted string, or a statement that is not one INSERT, UPDATE or DELETE.
 
@@ -8,12 +8,12 @@ use std::ops::ControlFlow;
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawCompensate, RawHttp, RawReplay, RawSql};
+use super::raw::{RawCompensate, RawHttp, RawNats, RawRedis, RawReplay, RawSql};
 use super::{Ctx, Known, TargetInfo};
 use crate::config::SourceKind;
 use crate::domain::{
-    Compensation, HttpCompensation, JsonTemplate, ParamStyle, Placeholder, SqlCompensation,
-    TargetName, Template, ViolationKind,
+    Compensation, HttpCompensation, JsonTemplate, NatsCompensation, ParamStyle, Placeholder,
+    RedisCompensation, SqlCompensation, TargetName, Template, ViolationKind,
 };
 
 pub const DEFAULT_REPLAY_WINDOW_HOURS: u64 = 24;
@@ -38,7 +38,13 @@ pub(super) fn build_replay(
     let deliver = build_action(
         "replay",
         ViolationKind::Missing,
-        (r.sql.as_ref(), r.http.as_ref(), None),
+        RawChoice {
+            sql: r.sql.as_ref(),
+            http: r.http.as_ref(),
+            nats: r.nats.as_ref(),
+            redis: r.redis.as_ref(),
+            manual: None,
+        },
         raw.referenced,
         key,
         known,
@@ -147,7 +153,13 @@ pub(super) fn build(
         match build_action(
             &field,
             kind,
-            (a.sql.as_ref(), a.http.as_ref(), a.manual.as_ref()),
+            RawChoice {
+                sql: a.sql.as_ref(),
+                http: a.http.as_ref(),
+                nats: a.nats.as_ref(),
+                redis: a.redis.as_ref(),
+                manual: a.manual.as_ref(),
+            },
             action.referenced,
             key,
             known,
@@ -162,43 +174,63 @@ pub(super) fn build(
     ok.then_some(out)
 }
 
-type RawChoice<'a> = (
-    Option<&'a Spanned<RawSql>>,
-    Option<&'a Spanned<RawHttp>>,
-    Option<&'a Spanned<String>>,
-);
+/// The action kinds an action block may give (exactly one of them).
+struct RawChoice<'a> {
+    sql: Option<&'a Spanned<RawSql>>,
+    http: Option<&'a Spanned<RawHttp>>,
+    nats: Option<&'a Spanned<RawNats>>,
+    redis: Option<&'a Spanned<RawRedis>>,
+    manual: Option<&'a Spanned<String>>,
+}
 
 fn build_action(
     field: &str,
     kind: ViolationKind,
-    (raw_sql, raw_http, raw_manual): RawChoice<'_>,
+    choice: RawChoice<'_>,
     at: serde_saphyr::Location,
     key: &[crate::domain::ColumnName],
     known: &Known,
     ctx: &mut Ctx<'_>,
 ) -> Option<Compensation> {
-    let count = [raw_sql.is_some(), raw_http.is_some(), raw_manual.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let RawChoice {
+        sql: raw_sql,
+        http: raw_http,
+        nats: raw_nats,
+        redis: raw_redis,
+        manual: raw_manual,
+    } = choice;
+    let count = [
+        raw_sql.is_some(),
+        raw_http.is_some(),
+        raw_nats.is_some(),
+        raw_redis.is_some(),
+        raw_manual.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if count != 1 {
         let choices = if field == "replay" {
-            "`sql:` or `http:`"
+            "`sql:`, `http:`, `nats:` or `redis:`"
         } else {
-            "`sql:`, `http:` or `manual:`"
+            "`sql:`, `http:`, `nats:`, `redis:` or `manual:`"
         };
         ctx.error(at, format!("{field}: give exactly one of {choices}"));
         return None;
     }
     let compensation = if let Some(sql) = raw_sql {
-        let target = target(field, &sql.value.target, known, ctx)?;
-        let Some(TargetInfo::Sql(engine)) = known.targets.get(&target) else {
-            ctx.error(
-                sql.value.target.referenced,
-                format!("{field}.sql.target: `{target}` is an HTTP target; a SQL action needs a target with `url:`"),
-            );
+        let (target, info) = typed_target(
+            &format!("{field}.sql"),
+            &sql.value.target,
+            |i| matches!(i, TargetInfo::Sql(_)),
+            "a SQL action needs a target with `url:` naming a database",
+            known,
+            ctx,
+        )?;
+        let TargetInfo::Sql(engine) = info else {
             return None;
         };
+        let engine = &engine;
         let template = template(&format!("{field}.sql.statement"), &sql.value.statement, ctx)?;
         let style = match engine {
             SourceKind::Postgres => ParamStyle::Dollar,
@@ -219,14 +251,14 @@ fn build_action(
         Compensation::Sql(compensation)
     } else if let Some(http) = raw_http {
         let h = &http.value;
-        let target = target(field, &h.target, known, ctx)?;
-        if !matches!(known.targets.get(&target), Some(TargetInfo::Http)) {
-            ctx.error(
-                h.target.referenced,
-                format!("{field}.http.target: `{target}` is a SQL target; an HTTP action needs a target with `base_url:`"),
-            );
-            return None;
-        }
+        let (target, _) = typed_target(
+            &format!("{field}.http"),
+            &h.target,
+            |i| i == TargetInfo::Http,
+            "an HTTP action needs a target with `base_url:`",
+            known,
+            ctx,
+        )?;
         let method = match &h.method {
             Some(m) => {
                 let upper = m.value.to_ascii_uppercase();
@@ -251,35 +283,19 @@ fn build_action(
             );
             return None;
         }
-        let mut headers = Vec::new();
-        for (name, value) in &h.headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                ctx.error(
-                    value.referenced,
-                    format!("{field}.http.headers: `{name}` is not a header name"),
-                );
-                return None;
-            }
-            if name.eq_ignore_ascii_case("idempotency-key") {
-                ctx.error(
-                    value.referenced,
-                    format!("{field}.http.headers: trueup sets Idempotency-Key itself (one stable key per action); remove it"),
-                );
-                return None;
-            }
-            headers.push((
-                name.clone(),
-                template(&format!("{field}.http.headers.{name}"), value, ctx)?,
-            ));
-        }
+        let headers = headers(
+            &format!("{field}.http.headers"),
+            &h.headers,
+            "Idempotency-Key",
+            ctx,
+        )?;
         let body = match &h.body {
-            Some(b) => match JsonTemplate::parse(&b.value) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    ctx.error(b.referenced, format!("{field}.http.body: {e}"));
-                    return None;
-                }
-            },
+            Some(b) => Some(json_template(
+                &format!("{field}.http.body"),
+                &b.value,
+                b.referenced,
+                ctx,
+            )?),
             None => None,
         };
         Compensation::Http(HttpCompensation {
@@ -288,6 +304,97 @@ fn build_action(
             path,
             headers,
             body,
+        })
+    } else if let Some(nats) = raw_nats {
+        let n = &nats.value;
+        let (target, _) = typed_target(
+            &format!("{field}.nats"),
+            &n.target,
+            |i| i == TargetInfo::Nats,
+            "a NATS action needs a target with `url: nats://…` and `stream:`",
+            known,
+            ctx,
+        )?;
+        let subject = template(&format!("{field}.nats.subject"), &n.subject, ctx)?;
+        let literal_ok = subject.segments().iter().all(|s| match s {
+            crate::domain::Segment::Text(t) => {
+                !t.chars().any(|c| c == '*' || c == '>' || c.is_whitespace())
+            }
+            crate::domain::Segment::Value(_) => true,
+        });
+        let tokens_ok =
+            !subject.segments().is_empty() && subject_tokens_are_whole(&subject) && literal_ok;
+        if !tokens_ok {
+            ctx.error(
+                n.subject.referenced,
+                format!("{field}.nats.subject: `{}` is not a subject to publish to: dot-separated tokens, none empty, no wildcards (`*`, `>`) or spaces, each placeholder a whole token (like `orders.{{{{left.region}}}}.created`)", n.subject.value),
+            );
+            return None;
+        }
+        let headers = headers(
+            &format!("{field}.nats.headers"),
+            &n.headers,
+            "Nats-Msg-Id",
+            ctx,
+        )?;
+        let body = json_template(
+            &format!("{field}.nats.body"),
+            &n.body.value,
+            n.body.referenced,
+            ctx,
+        )?;
+        Compensation::Nats(NatsCompensation {
+            target,
+            subject,
+            headers,
+            body,
+        })
+    } else if let Some(redis) = raw_redis {
+        let r = &redis.value;
+        let (target, _) = typed_target(
+            &format!("{field}.redis"),
+            &r.target,
+            |i| i == TargetInfo::Redis,
+            "a Redis action needs a target with `url: redis://…`",
+            known,
+            ctx,
+        )?;
+        if r.stream.value.is_empty()
+            || r.stream.value.contains("{{")
+            || r.stream
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            ctx.error(
+                r.stream.referenced,
+                format!("{field}.redis.stream: `{}` is not a stream key: write the key itself, without spaces or placeholders", r.stream.value),
+            );
+            return None;
+        }
+        if r.fields.value.is_empty() {
+            ctx.error(
+                r.fields.referenced,
+                format!("{field}.redis.fields: an entry needs at least one field, like `{{event_id: \"{{{{key.id}}}}\"}}`"),
+            );
+            return None;
+        }
+        let mut fields = Vec::new();
+        for (name, value) in &r.fields.value {
+            fields.push((
+                name.clone(),
+                json_template(
+                    &format!("{field}.redis.fields.{name}"),
+                    value,
+                    r.fields.referenced,
+                    ctx,
+                )?,
+            ));
+        }
+        Compensation::Redis(RedisCompensation {
+            target,
+            stream: r.stream.value.clone(),
+            fields,
         })
     } else {
         let manual = raw_manual?;
@@ -317,6 +424,103 @@ fn build_action(
         }
     }
     ok.then_some(compensation)
+}
+
+/// Each placeholder of a subject stands alone between dots: `orders.{{key.id}}`, never
+/// `orders.id-{{key.id}}` (whose value could not be checked as one token).
+fn subject_tokens_are_whole(subject: &Template) -> bool {
+    use crate::domain::Segment;
+    let segments = subject.segments();
+    let mut text = String::new();
+    for (i, s) in segments.iter().enumerate() {
+        match s {
+            Segment::Text(t) => text.push_str(t),
+            Segment::Value(_) => {
+                let before_ok = i == 0 || text.ends_with('.');
+                let after_ok = match segments.get(i + 1) {
+                    None => true,
+                    Some(Segment::Text(t)) => t.starts_with('.'),
+                    Some(Segment::Value(_)) => false,
+                };
+                if !before_ok || !after_ok {
+                    return false;
+                }
+                text.push('x');
+            }
+        }
+    }
+    text.split('.').all(|t| !t.is_empty())
+}
+
+/// The target `raw` names, when `fits` its kind; otherwise an error saying what it is and
+/// what the action `needs`.
+fn typed_target(
+    field: &str,
+    raw: &Spanned<String>,
+    fits: impl Fn(TargetInfo) -> bool,
+    needs: &str,
+    known: &Known,
+    ctx: &mut Ctx<'_>,
+) -> Option<(TargetName, TargetInfo)> {
+    let name = target(field, raw, known, ctx)?;
+    let info = *known.targets.get(&name)?;
+    if !fits(info) {
+        ctx.error(
+            raw.referenced,
+            format!("{field}.target: `{name}` is {}; {needs}", info.described()),
+        );
+        return None;
+    }
+    Some((name, info))
+}
+
+/// Headers of an HTTP request or NATS message: valid names, each a template, none of them
+/// `reserved` (trueup sets it, one stable value per action).
+fn headers(
+    field: &str,
+    raw: &BTreeMap<String, Spanned<String>>,
+    reserved: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<Vec<(String, Template)>> {
+    let mut out = Vec::new();
+    for (name, value) in raw {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            ctx.error(
+                value.referenced,
+                format!("{field}: `{name}` is not a header name"),
+            );
+            return None;
+        }
+        if name.eq_ignore_ascii_case(reserved) {
+            ctx.error(
+                value.referenced,
+                format!(
+                    "{field}: trueup sets {reserved} itself (one stable key per action); remove it"
+                ),
+            );
+            return None;
+        }
+        out.push((
+            name.clone(),
+            template(&format!("{field}.{name}"), value, ctx)?,
+        ));
+    }
+    Some(out)
+}
+
+fn json_template(
+    field: &str,
+    raw: &serde_json::Value,
+    at: serde_saphyr::Location,
+    ctx: &mut Ctx<'_>,
+) -> Option<JsonTemplate> {
+    match JsonTemplate::parse(raw) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            ctx.error(at, format!("{field}: {e}"));
+            None
+        }
+    }
 }
 
 fn target(

@@ -42,6 +42,20 @@ pub enum TargetInfo {
     /// A writable database of this engine (for its SQL grammar and parameter style).
     Sql(crate::config::SourceKind),
     Http,
+    Nats,
+    Redis,
+}
+
+impl TargetInfo {
+    /// What kind of target this is, with its article ("an HTTP target").
+    pub fn described(self) -> &'static str {
+        match self {
+            TargetInfo::Sql(_) => "a SQL target",
+            TargetInfo::Http => "an HTTP target",
+            TargetInfo::Nats => "a NATS target",
+            TargetInfo::Redis => "a Redis target",
+        }
+    }
 }
 
 impl Known {
@@ -60,6 +74,8 @@ impl Known {
                     let info = match t {
                         crate::config::TargetConfig::Sql(s) => TargetInfo::Sql(s.kind),
                         crate::config::TargetConfig::Http(_) => TargetInfo::Http,
+                        crate::config::TargetConfig::Nats(_) => TargetInfo::Nats,
+                        crate::config::TargetConfig::Redis(_) => TargetInfo::Redis,
                     };
                     (name.clone(), info)
                 })

@@ -266,6 +266,8 @@ pub type RawCompensate = BTreeMap<String, Spanned<RawAction>>;
 pub struct RawAction {
     pub sql: Option<Spanned<RawSql>>,
     pub http: Option<Spanned<RawHttp>>,
+    pub nats: Option<Spanned<RawNats>>,
+    pub redis: Option<Spanned<RawRedis>>,
     pub manual: Option<Spanned<String>>,
 }
 
@@ -285,10 +287,30 @@ pub struct RawHttp {
     pub body: Option<Spanned<serde_json::Value>>,
 }
 
+/// A message published to a JetStream subject.
+#[derive(Deserialize)]
+pub struct RawNats {
+    pub target: Spanned<String>,
+    pub subject: Spanned<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: Spanned<serde_json::Value>,
+}
+
+/// An entry appended to a Redis stream.
+#[derive(Deserialize)]
+pub struct RawRedis {
+    pub target: Spanned<String>,
+    pub stream: Spanned<String>,
+    pub fields: Spanned<BTreeMap<String, serde_json::Value>>,
+}
+
 #[derive(Deserialize)]
 pub struct RawReplay {
     pub sql: Option<Spanned<RawSql>>,
     pub http: Option<Spanned<RawHttp>>,
+    pub nats: Option<Spanned<RawNats>>,
+    pub redis: Option<Spanned<RawRedis>>,
     pub idempotency_key: Option<Spanned<String>>,
     pub partition: Option<Spanned<String>>,
     pub max_window: Option<Spanned<String>>,

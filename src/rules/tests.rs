@@ -18,6 +18,8 @@ fn sources() -> Known {
                 TargetInfo::Sql(crate::config::SourceKind::Postgres),
             ),
             ("billing", TargetInfo::Http),
+            ("bus", TargetInfo::Nats),
+            ("cache", TargetInfo::Redis),
         ]
         .into_iter()
         .map(|(n, i)| (TargetName::parse(n).unwrap(), i))
@@ -401,6 +403,112 @@ fn a_replay_block_says_how_to_redeliver_a_lost_event() {
     assert_eq!(replay.attempts, 5);
     assert_eq!(replay.max_window.as_std().as_secs(), 6 * 3600);
     assert!(replay.processed.is_some() && replay.idempotency_key.is_some());
+}
+
+#[test]
+fn a_replay_publishes_to_a_jetstream_subject_and_a_compensation_appends_to_a_redis_stream() {
+    let text = r#"invariants:
+  - name: orders-published
+    time_column: created_at
+    reconcile:
+      left: {source: shop, query: "SELECT id AS event_id, account, amount, created_at FROM outbox"}
+      right: {source: ledger, query: "SELECT event_id, created_at FROM published"}
+      key: event_id
+    replay:
+      nats:
+        target: bus
+        subject: orders.{{left.account}}.{{key.event_id}}
+        headers: {Event-Type: order.created}
+        body: {id: "{{key.event_id}}", amount: "{{left.amount}}"}
+      partition: account
+    compensate:
+      extra:
+        redis:
+          target: cache
+          stream: orders:voided
+          fields: {event_id: "{{key.event_id}}", why: "{{violation.kind}}", payload: {amount: "{{right.event_id}}"}}
+"#;
+    let (invs, errs) = parse(text);
+    assert!(errs.is_empty(), "{errs:#?}");
+    let replay = invs[0].replay.as_ref().unwrap();
+    let crate::domain::Compensation::Nats(nats) = &replay.deliver else {
+        panic!("{:?}", replay.deliver)
+    };
+    assert_eq!(nats.target.as_str(), "bus");
+    assert_eq!(nats.headers[0].0, "Event-Type");
+    let Some(crate::domain::Compensation::Redis(redis)) =
+        invs[0].compensate.get(&crate::domain::ViolationKind::Extra)
+    else {
+        panic!("{:?}", invs[0].compensate)
+    };
+    assert_eq!(redis.stream, "orders:voided");
+    let names: Vec<&str> = redis.fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["event_id", "payload", "why"]);
+}
+
+#[test]
+fn stream_action_mistakes_are_each_reported_where_they_are() {
+    let text = r#"invariants:
+  - name: a
+    time_column: at
+    reconcile:
+      left: {source: shop, query: "SELECT 1 AS id, 1 AS at"}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    compensate:
+      missing:
+        nats: {target: billing, subject: x, body: {}}
+      extra:
+        nats: {target: bus, subject: "orders.>", body: {}}
+      mismatch:
+        nats: {target: bus, subject: "orders.id-{{key.id}}", body: {}}
+      duplicate:
+        nats: {target: bus, subject: "orders.x", headers: {Nats-Msg-Id: "{{key.id}}"}, body: {}}
+  - name: b
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    compensate:
+      missing:
+        redis: {target: bus, stream: s, fields: {a: "1"}}
+      extra:
+        redis: {target: cache, stream: "s-{{key.id}}", fields: {a: "1"}}
+      mismatch:
+        redis: {target: cache, stream: s, fields: {}}
+      duplicate:
+        redis: {target: cache, stream: s, fields: {a: "{{key.nope}}"}, subject: x}
+"#;
+    let (invs, mut errs) = parse(text);
+    assert!(invs.is_empty());
+    errs.sort_by_key(|e| e.line);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let expect = [
+        (
+            ":10:",
+            "`billing` is an HTTP target; a NATS action needs a target with `url: nats://…`",
+        ),
+        (":12:", "is not a subject to publish to"),
+        (":14:", "each placeholder a whole token"),
+        (":16:", "trueup sets Nats-Msg-Id itself"),
+        (
+            ":24:",
+            "`bus` is a NATS target; a Redis action needs a target with `url: redis://…`",
+        ),
+        (":26:", "is not a stream key"),
+        (":28:", "an entry needs at least one field"),
+        (":30:", "unknown field `compensate.duplicate.redis.subject`"),
+        (":30:", "`nope` is not a key column"),
+    ];
+    assert_eq!(errs.len(), expect.len(), "{shown:#?}");
+    for (at, what) in expect {
+        assert!(
+            shown
+                .iter()
+                .any(|got| got.contains(at) && got.contains(what)),
+            "{at} {what}: {shown:#?}"
+        );
+    }
 }
 
 #[test]

@@ -50,37 +50,9 @@ impl Nats {
     async fn client(&self) -> Result<&async_nats::Client, SourceError> {
         self.client
             .get_or_try_init(|| async {
-                let mut options = async_nats::ConnectOptions::new()
-                    .connection_timeout(self.timeout())
-                    .request_timeout(Some(self.timeout()))
-                    // Connecting waits for the server (no connecting in the background), and a
-                    // lost connection is tried again only a few times before reads fail.
-                    .max_reconnects(Some(3));
-                // The client ignores credentials in the URL: they are passed on their own, and
-                // the URL without them.
-                let mut url = reqwest::Url::parse(self.cfg.url.expose())
-                    .map_err(|e| self.connect_error(format!("not a URL: {e}")))?;
-                let decode = |s: &str| {
-                    percent_encoding::percent_decode_str(s)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                };
-                let (user, password) = (decode(url.username()), url.password().map(decode));
-                options = match (user.is_empty(), password) {
-                    (false, Some(password)) => options.user_and_password(user, password),
-                    (false, None) => options.token(user),
-                    (true, _) => options,
-                };
-                let _ = url.set_username("");
-                let _ = url.set_password(None);
-                let connect = options.connect(url.as_str());
-                match tokio::time::timeout(self.timeout(), connect).await {
-                    Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(self.connect_error(crate::net::error_chain(&e))),
-                    Err(_) => {
-                        Err(self.connect_error(format!("no answer within {}", self.cfg.timeout)))
-                    }
-                }
+                crate::net::nats_connect(self.cfg.url.expose(), self.timeout())
+                    .await
+                    .map_err(|m| self.connect_error(m))
             })
             .await
     }

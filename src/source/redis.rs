@@ -51,16 +51,9 @@ impl Redis {
                     source_name: self.name().clone(),
                     message: format!("{}: {message}", self.endpoint()),
                 };
-                let client = redis::Client::open(self.cfg.url.expose())
-                    .map_err(|e| connect_error(e.to_string()))?;
-                let timeout = Some(self.cfg.timeout.as_std());
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
+                crate::net::redis_connect(self.cfg.url.expose(), self.cfg.timeout.as_std())
                     .await
-                    .map_err(|e| connect_error(crate::net::error_chain(&e)))
+                    .map_err(connect_error)
             })
             .await
             .cloned()

@@ -170,6 +170,10 @@ pub fn summary(spec: &ActionSpec) -> String {
             url,
             ..
         } => format!("http {target}: {method} {url}"),
+        ActionSpec::Nats {
+            target, subject, ..
+        } => format!("nats {target}: publish {subject}"),
+        ActionSpec::Redis { target, stream, .. } => format!("redis {target}: XADD {stream}"),
         ActionSpec::Manual { instructions } => format!("manual: {instructions}"),
     }
 }

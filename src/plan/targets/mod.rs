@@ -6,9 +6,13 @@
 //! (keyed by the action's idempotency key) commit in one transaction. A second attempt — a
 //! worker that died after committing, or two applies racing — finds the marker and does
 //! nothing. On HTTP targets every request carries the action's `Idempotency-Key`, stable
-//! across retries, plans and restarts; the receiver drops repeats.
+//! across retries, plans and restarts; the receiver drops repeats. NATS messages carry it as
+//! `Nats-Msg-Id` (JetStream drops repeats within the stream's duplicate window); a Redis
+//! `XADD` and its marker are one atomic script.
 
 mod http;
+mod nats;
+mod redis;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -17,6 +21,8 @@ use std::sync::Arc;
 use crate::config::{Config, TargetConfig};
 use crate::domain::ActionSpec;
 use http::{HttpConn, http_client};
+use nats::NatsConn;
+use redis::RedisConn;
 use sql::SqlConn;
 
 /// What executing one action did.
@@ -105,6 +111,9 @@ pub enum TargetError {
     /// The request failed on the way (connect, TLS, timeout), with every cause.
     #[error("{0}")]
     Request(String),
+    /// A NATS or Redis server refused or failed the publish (what it said, what to do).
+    #[error("target `{target}`: {message}")]
+    Server { target: String, message: String },
 }
 
 impl From<sqlx::Error> for TargetError {
@@ -116,6 +125,8 @@ impl From<sqlx::Error> for TargetError {
 enum Target {
     Sql(SqlConn),
     Http(HttpConn),
+    Nats(NatsConn),
+    Redis(RedisConn),
 }
 
 /// Every configured target, connected lazily.
@@ -133,6 +144,8 @@ impl Targets {
                     client: http_client(h)?,
                     cfg: h.clone(),
                 }),
+                TargetConfig::Nats(n) => Target::Nats(NatsConn::open(n)),
+                TargetConfig::Redis(r) => Target::Redis(RedisConn::open(r)),
             };
             by_name.insert(name.to_string(), Arc::new(target));
         }
@@ -181,6 +194,18 @@ impl Targets {
                 conn.execute(method, url, headers, body.as_ref(), idempotency_key)
                     .await
             }
+            (
+                Target::Nats(conn),
+                ActionSpec::Nats {
+                    subject,
+                    headers,
+                    body,
+                    ..
+                },
+            ) => conn.execute(subject, headers, body, idempotency_key).await,
+            (Target::Redis(conn), ActionSpec::Redis { stream, fields, .. }) => {
+                conn.execute(stream, fields, idempotency_key).await
+            }
             _ => Executed::Failed(TargetError::WrongKind {
                 target: name.to_owned(),
                 wanted: spec.type_name().to_owned(),
@@ -188,7 +213,8 @@ impl Targets {
         }
     }
 
-    /// Whether the target records this action as applied (SQL markers; HTTP cannot tell).
+    /// Whether the target records this action as applied (SQL and Redis markers; HTTP and
+    /// NATS cannot tell).
     pub async fn already_applied(
         &self,
         spec: &ActionSpec,
@@ -199,14 +225,17 @@ impl Targets {
         };
         match target.as_ref() {
             Target::Sql(conn) => conn.has_marker(idempotency_key).await,
-            Target::Http(_) => Ok(false),
+            Target::Redis(conn) => conn.has_marker(idempotency_key).await,
+            Target::Http(_) | Target::Nats(_) => Ok(false),
         }
     }
 
     pub async fn close(&self) {
         for t in self.by_name.values() {
-            if let Target::Sql(conn) = t.as_ref() {
-                conn.close().await;
+            match t.as_ref() {
+                Target::Sql(conn) => conn.close().await,
+                Target::Nats(conn) => conn.close().await,
+                Target::Http(_) | Target::Redis(_) => {}
             }
         }
     }

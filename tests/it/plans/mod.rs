@@ -5,6 +5,7 @@
 mod lifecycle;
 mod races;
 mod review;
+mod streams;
 mod targets;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,400 @@
+//! Stream targets: approved actions published to a JetStream subject (`Nats-Msg-Id`) and
+//! appended to a Redis stream (`XADD` with a marker in one script), each exactly once across
+//! plans; a stream that cannot take them fails the action, saying why.
+
+use super::*;
+use crate::helpers::{NATS_URL, REDIS_URL, TestRedis, TestStream};
+
+/// Upstream events 1..=6; the downstream table misses 2, 4 and 6: three `missing`
+/// violations, each compensated by `action` (YAML under `missing:`).
+async fn scenario(dir: &Path, targets: &str, action: &str) -> (TestPg, App) {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount NUMERIC(10,2) NOT NULL);
+         INSERT INTO events SELECT g, g * 1.25 FROM generate_series(1, 6) g;
+         CREATE TABLE records (event_id BIGINT NOT NULL);
+         INSERT INTO records VALUES (1), (3), (5);",
+    )
+    .await;
+    let config = write_config(
+        dir,
+        &format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n{targets}",
+            sqlite_url(&dir.join("trueup.db")),
+            pg.reader_url,
+        ),
+        &format!(
+            r#"invariants:
+  - name: events-published
+    severity: low
+    reconcile:
+      left: {{source: shop, query: "SELECT id AS event_id, amount FROM events"}}
+      right: {{source: shop, query: "SELECT event_id FROM records"}}
+      key: event_id
+    compensate:
+      missing:
+{action}"#
+        ),
+    );
+    (pg, open(&config).await)
+}
+
+/// Runs the check (which proposes a plan), approves the plan and returns its id and actions'
+/// idempotency keys by event id.
+async fn approved_plan(
+    app: &App,
+    approver: &str,
+) -> (i64, std::collections::BTreeMap<i64, String>) {
+    app.check(&[], &Actor::local("test"), false).await.unwrap();
+    let who = actor("proposer", Role::Approver);
+    let id = match plan::propose(
+        app.store.as_ref(),
+        &app.config,
+        &app.invariants[0],
+        &who,
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap()
+    {
+        Proposal::Created { plan, .. } | Proposal::Unchanged { plan } => plan,
+        other => panic!("{other:?}"),
+    };
+    plan::approve(
+        app.store.as_ref(),
+        id,
+        app.invariants.first(),
+        &actor(approver, Role::Approver),
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let keys = app
+        .store
+        .plan_actions(id, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.key[0].as_i64().unwrap(), a.idempotency_key))
+        .collect();
+    (id, keys)
+}
+
+async fn apply_all(app: &App, targets: &Targets, id: i64) -> trueup::plan::apply::ApplyReport {
+    let who = actor("alice", Role::Approver);
+    apply_plan(
+        &env(app, targets, &who, "events-published", "w"),
+        id,
+        &unlimited(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Every message on the stream: (subject, Nats-Msg-Id, payload).
+async fn messages(stream: &TestStream) -> Vec<(String, String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut s = stream.js.get_stream(&stream.name).await.unwrap();
+    let last = s.info().await.unwrap().state.last_sequence;
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await.unwrap();
+        let id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        out.push((
+            m.subject.to_string(),
+            id,
+            serde_json::from_slice(&m.payload).unwrap(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_nats_target_publishes_each_action_once_and_a_repeat_counts_as_already_applied() {
+    let stream = TestStream::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, app) = scenario(
+        dir.path(),
+        &format!("  bus: {{url: \"{NATS_URL}\", stream: {}}}\n", stream.name),
+        &format!(
+            "        nats:\n          target: bus\n          subject: {}.records.{{{{key.event_id}}}}\n          headers: {{Event-Type: record.missing}}\n          body: {{event_id: \"{{{{key.event_id}}}}\", amount: \"{{{{left.amount}}}}\"}}\n",
+            stream.prefix
+        ),
+    )
+    .await;
+    let targets = Targets::open(&app.config).unwrap();
+    let (id, keys) = approved_plan(&app, "bob").await;
+    assert_eq!(keys.len(), 3);
+    // A worker published event 4's message and died before recording it.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, keys[&4].as_str());
+    stream
+        .js
+        .publish_with_headers(
+            format!("{}.records.4", stream.prefix),
+            headers,
+            serde_json::to_vec(&serde_json::json!({"event_id": 4, "amount": 5.0}))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let report = apply_all(&app, &targets, id).await;
+    assert_eq!(report.counts.get(&Outcome::Applied), Some(&2), "{report:?}");
+    assert_eq!(
+        report.counts.get(&Outcome::SkippedAlreadyApplied),
+        Some(&1),
+        "{report:?}"
+    );
+    let published = messages(&stream).await;
+    let by_subject: Vec<(&str, &str)> = published
+        .iter()
+        .map(|(s, id, _)| (s.rsplit('.').next().unwrap(), id.as_str()))
+        .collect();
+    assert_eq!(
+        by_subject,
+        [
+            ("4", keys[&4].as_str()),
+            ("2", keys[&2].as_str()),
+            ("6", keys[&6].as_str())
+        ]
+    );
+    // The amount as the evidence holds a decimal: exact, as text where it has a fraction.
+    assert_eq!(
+        published[1].2,
+        serde_json::json!({"event_id": 2, "amount": "2.5"})
+    );
+    let stored = app.store.plan_actions(id, None, 10).await.unwrap();
+    let applied = stored.iter().find(|a| a.key[0] == 2).unwrap();
+    assert!(
+        applied
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.to_string().contains(&stream.name)),
+        "{applied:?}"
+    );
+
+    // The downstream still lacks them, so a second plan holds the same three actions: the
+    // server drops each as a duplicate and nothing lands twice.
+    let (again, again_keys) = approved_plan(&app, "carol").await;
+    assert_ne!(again, id);
+    assert_eq!(again_keys, keys);
+    let second = apply_all(&app, &targets, again).await;
+    assert_eq!(
+        second.counts.get(&Outcome::SkippedAlreadyApplied),
+        Some(&3),
+        "{second:?}"
+    );
+    assert_eq!(messages(&stream).await.len(), 3);
+    targets.close().await;
+    app.close().await;
+}
+
+#[tokio::test]
+async fn a_redis_target_appends_each_action_once_with_its_marker_in_the_same_script() {
+    let redis = TestRedis::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, app) = scenario(
+        dir.path(),
+        &format!(
+            "  cache: {{url: \"{REDIS_URL}\", marker_key: \"{}\"}}\n",
+            redis.key("applied")
+        ),
+        &format!(
+            "        redis:\n          target: cache\n          stream: {}\n          fields: {{event_id: \"{{{{key.event_id}}}}\", payload: {{amount: \"{{{{left.amount}}}}\"}}}}\n",
+            redis.key("records")
+        ),
+    )
+    .await;
+    let targets = Targets::open(&app.config).unwrap();
+    let (id, keys) = approved_plan(&app, "bob").await;
+    // Event 6 was appended by an earlier attempt that died before recording it.
+    let mut con = redis.con.clone();
+    redis::cmd("HSET")
+        .arg(redis.key("applied"))
+        .arg(&keys[&6])
+        .arg("1-1")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let dry = apply_plan(
+        &env(
+            &app,
+            &targets,
+            &actor("alice", Role::Approver),
+            "events-published",
+            "w",
+        ),
+        id,
+        &ApplyOptions {
+            dry_run: true,
+            ..unlimited()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            dry.counts.get(&Outcome::WouldApply),
+            dry.counts.get(&Outcome::WouldSkipAlreadyApplied)
+        ),
+        (Some(&2), Some(&1)),
+        "the dry run reads the marker: {dry:?}"
+    );
+    let report = apply_all(&app, &targets, id).await;
+    assert_eq!(report.counts.get(&Outcome::Applied), Some(&2), "{report:?}");
+    assert_eq!(
+        report.counts.get(&Outcome::SkippedAlreadyApplied),
+        Some(&1),
+        "{report:?}"
+    );
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(redis.key("records"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let fields: Vec<&Vec<(String, String)>> = entries.iter().map(|(_, f)| f).collect();
+    assert_eq!(
+        fields,
+        [
+            &vec![
+                ("event_id".to_owned(), "2".to_owned()),
+                ("payload".to_owned(), r#"{"amount":"2.5"}"#.to_owned())
+            ],
+            &vec![
+                ("event_id".to_owned(), "4".to_owned()),
+                ("payload".to_owned(), r#"{"amount":5}"#.to_owned())
+            ],
+        ]
+    );
+    // The marker holds each key with the entry it added.
+    let marker: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(redis.key("applied"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(marker[&keys[&2]], entries[0].0);
+    assert_eq!(marker[&keys[&4]], entries[1].0);
+
+    let (again, _) = approved_plan(&app, "carol").await;
+    let second = apply_all(&app, &targets, again).await;
+    assert_eq!(
+        second.counts.get(&Outcome::SkippedAlreadyApplied),
+        Some(&3),
+        "{second:?}"
+    );
+    let len: i64 = redis::cmd("XLEN")
+        .arg(redis.key("records"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+    targets.close().await;
+    app.close().await;
+}
+
+/// The failure detail of every action of plan `id`'s apply.
+fn failures(report: &trueup::plan::apply::ApplyReport) -> Vec<String> {
+    report
+        .samples
+        .get(&Outcome::Failed)
+        .map(|s| s.iter().filter_map(|s| s.detail.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_take_the_actions_fails_each_saying_why() {
+    let stream = TestStream::new().await;
+    let redis = TestRedis::new().await;
+    let mut con = redis.con.clone();
+    redis::cmd("SET")
+        .arg(redis.key("not-a-stream"))
+        .arg("x")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let nats_action = |subject: &str| {
+        format!(
+            "        nats: {{target: bus, subject: \"{subject}.{{{{key.event_id}}}}\", body: {{id: \"{{{{key.event_id}}}}\"}}}}\n"
+        )
+    };
+    let cases = [
+        (
+            format!(
+                "  bus: {{url: \"{NATS_URL}\", stream: NO_SUCH_STREAM_{}}}\n",
+                stream.name
+            ),
+            nats_action(&stream.prefix),
+            format!("cannot find stream `NO_SUCH_STREAM_{}`", stream.name),
+        ),
+        (
+            format!("  bus: {{url: \"{NATS_URL}\", stream: {}}}\n", stream.name),
+            nats_action("elsewhere"),
+            format!(
+                "no stream takes this subject; add it to stream `{}`'s subjects",
+                stream.name
+            ),
+        ),
+        (
+            format!(
+                "  bus: {{url: \"nats://127.0.0.1:1\", stream: {}, timeout: 2s}}\n",
+                stream.name
+            ),
+            nats_action(&stream.prefix),
+            "target `bus`: cannot connect to nats://127.0.0.1:1".to_owned(),
+        ),
+        (
+            format!(
+                "  cache: {{url: \"{REDIS_URL}\", marker_key: \"{}\"}}\n",
+                redis.key("m")
+            ),
+            format!(
+                "        redis: {{target: cache, stream: \"{}\", fields: {{id: \"{{{{key.event_id}}}}\"}}}}\n",
+                redis.key("not-a-stream")
+            ),
+            "WRONGTYPE".to_owned(),
+        ),
+    ];
+    for (targets_yaml, action, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (_pg, app) = scenario(dir.path(), &targets_yaml, &action).await;
+        let targets = Targets::open(&app.config).unwrap();
+        let (id, _) = approved_plan(&app, "bob").await;
+        let report = apply_all(&app, &targets, id).await;
+        assert_eq!(
+            report.counts.get(&Outcome::Failed),
+            Some(&3),
+            "{want}: {report:?}"
+        );
+        assert_eq!(
+            report.counts.get(&Outcome::Applied),
+            None,
+            "{want}: {report:?}"
+        );
+        let details = failures(&report);
+        assert!(
+            !details.is_empty() && details.iter().all(|d| d.contains(&want)),
+            "{want}: {details:#?}"
+        );
+        targets.close().await;
+        app.close().await;
+    }
+    assert!(messages(&stream).await.is_empty());
+    assert!(
+        !redis::cmd("EXISTS")
+            .arg(redis.key("m"))
+            .query_async::<bool>(&mut con)
+            .await
+            .unwrap(),
+        "a failed XADD records no marker"
+    );
+}

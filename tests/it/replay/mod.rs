@@ -2,6 +2,7 @@
 
 pub(crate) mod failures;
 mod outage;
+mod stream;
 
 use std::path::Path;
 

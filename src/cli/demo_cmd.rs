@@ -16,14 +16,15 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     } else {
         let path = demo::create(dir).await?;
         println!(
-            "Created a demo in {}: a shop and a ledger (SQLite) with planted problems, five invariants in {}, and {}.\n",
+            "Created a demo in {}: a shop and a ledger (SQLite) and a payment provider's HTTP API (served by trueup itself) with planted problems, six invariants in {}, and {}.\n",
             dir.display(),
-            dir.join("invariants/demo.yaml").display(),
+            dir.join("invariants").display(),
             path.display()
         );
         path
     };
     let config = Config::load(&config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    super::serve_demo_provider(&config).await;
     let app = App::with_config(config).await?;
     let outcomes = app.check(&[], &super::local_actor(), false).await;
     app.close().await;

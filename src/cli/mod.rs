@@ -506,12 +506,22 @@ pub fn run(cli: Cli) -> ExitCode {
 /// (file:line: …) and become exit code 2; other failures are errors for the caller.
 async fn open_app(config: Option<&std::path::Path>) -> anyhow::Result<Result<crate::app::App, u8>> {
     match crate::app::App::open(config).await {
-        Ok(app) => Ok(Ok(app)),
+        Ok(app) => {
+            serve_demo_provider(&app.config).await;
+            Ok(Ok(app))
+        }
         Err(crate::app::AppError::Config(d) | crate::app::AppError::Rules(d)) => {
             eprintln!("{d}");
             Ok(Err(EXIT_ERROR))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// On a demo folder, its payment provider's API must answer while this command runs.
+async fn serve_demo_provider(config: &crate::config::Config) {
+    if let Some(Err(e)) = crate::demo::serve_provider(config).await {
+        eprintln!("warning: {e}");
     }
 }
 

@@ -14,7 +14,8 @@ pub(super) async fn run(config: Option<&Path>, args: ValidateArgs) -> anyhow::Re
         }
     };
     let path = args.path.unwrap_or_else(|| config.invariants_dir.clone());
-    match rules::load(&path, &rules::Known::of(&config)) {
+    let known = rules::Known::of(&config);
+    match rules::load(&path, &known) {
         Ok(invariants) => {
             println!(
                 "{}: {} invariant{} OK",
@@ -22,6 +23,9 @@ pub(super) async fn run(config: Option<&Path>, args: ValidateArgs) -> anyhow::Re
                 invariants.len(),
                 if invariants.len() == 1 { "" } else { "s" }
             );
+            for note in invariants.iter().flat_map(|i| rules::advice(i, &known)) {
+                println!("note: {note}");
+            }
             Ok(EXIT_OK)
         }
         Err(diags) => {

@@ -178,7 +178,19 @@ impl Compensation {
             Compensation::Nats(n) => {
                 let mut headers = BTreeMap::new();
                 for (name, value) in &n.headers {
-                    headers.insert(name.clone(), value.render_text(ctx)?);
+                    let text = value.render_text(ctx)?;
+                    // NATS writes headers as text lines: a line break would start a header of
+                    // the value's choosing.
+                    if text.chars().any(|c| c.is_control()) {
+                        return Err(RenderError::Missing {
+                            placeholder: format!("header {name}"),
+                            reason: format!(
+                                "`{}` holds a line break or control character, which a NATS header cannot carry",
+                                text.escape_debug()
+                            ),
+                        });
+                    }
+                    headers.insert(name.clone(), text);
                 }
                 ActionSpec::Nats {
                     target: n.target.to_string(),
@@ -393,6 +405,22 @@ mod tests {
                 headers: [("Source".to_owned(), "trueup missing".to_owned())].into(),
                 body: json!({"id": 41, "amount": 12.5}),
             }
+        );
+        let injected = Compensation::Nats(NatsCompensation {
+            headers: vec![("Source".into(), Template::parse("{{key.id}}").unwrap())],
+            ..match &nats {
+                Compensation::Nats(n) => n.clone(),
+                _ => unreachable!(),
+            }
+        });
+        let err = injected
+            .render(&ctx(&evidence, &json!("x\r\nNats-Msg-Id: forged")), |_| {
+                None
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("a NATS header cannot carry"),
+            "{err}"
         );
         for bad in ["a.b", "a b", "*", ">", ""] {
             let err = nats

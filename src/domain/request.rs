@@ -52,11 +52,7 @@ impl StreamRead {
                 super::Segment::Value(p) => {
                     let (_, value) = key.iter().find(|(c, _)| c.as_str() == p.field)?;
                     let token = super::json_text(value);
-                    if token.is_empty()
-                        || token.contains(|c: char| {
-                            c == '.' || c == '*' || c == '>' || c.is_whitespace()
-                        })
-                    {
+                    if !super::is_subject_token(&token) {
                         return Some(Err(format!(
                             "the key value `{token}` cannot be one subject token ({p})"
                         )));

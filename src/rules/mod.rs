@@ -2,12 +2,14 @@
 //! rules`, loading reports every problem in every file at once, each with file:line:column,
 //! the invariant it belongs to and what to do.
 
+mod advice;
 mod compensation;
 mod query;
 mod raw;
 mod request;
 mod shape;
 
+pub use advice::advice;
 pub use compensation::check_statement;
 
 use std::collections::{BTreeMap, BTreeSet};

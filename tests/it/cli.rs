@@ -37,9 +37,21 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
     );
     assert!(text.contains("1 not yet due (within grace)"), "{text}");
     assert!(
-        text.contains("5 invariants: 0 hold, 5 violated (45 open violations)"),
+        text.contains("6 invariants: 0 hold, 6 violated (47 open violations)"),
         "{text}"
     );
+    // One side of the last invariant is the payment provider's HTTP API, served by the demo
+    // process itself: 200 charges, the one in grace and the one the shop recorded as failed.
+    let provider = &text[text.find("provider-charges-recorded").expect(&text)..];
+    assert!(
+        provider.contains("read 202 left / 201 right rows"),
+        "{text}"
+    );
+    assert!(
+        provider.contains("by kind: missing 1, mismatch 1"),
+        "{text}"
+    );
+    assert!(provider.contains("amount_cents: 3468 ≠ 3368"), "{text}");
 
     // The same counts, read from the JSON report of a second check.
     let out = trueup(
@@ -101,7 +113,80 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
     );
     // Running the demo again starts over.
     let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
-    assert!(stdout(&out).contains("45 open violations"));
+    assert!(stdout(&out).contains("47 open violations"));
+}
+
+#[test]
+fn a_demo_whose_provider_port_another_program_holds_fails_that_invariant_and_resolves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = trueup(tmp.path(), &["demo", "--dir", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let config = std::fs::read_to_string(tmp.path().join("demo/trueup.yaml")).unwrap();
+    let at = config.find("base_url: http://").unwrap() + "base_url: http://".len();
+    let addr = config[at..].split('/').next().unwrap().to_owned();
+    // Something else answers on the provider's port: every request gets a 404.
+    let listener = std::net::TcpListener::bind(&addr).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+            );
+        }
+    });
+    let out = trueup(
+        tmp.path(),
+        &[
+            "--config",
+            "demo/trueup.yaml",
+            "check",
+            "-i",
+            "provider-charges-recorded",
+        ],
+    );
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{text}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: cannot serve the demo's payment provider API on {addr}: another program listens there"
+        )),
+        "{err}"
+    );
+    assert!(text.contains("ERROR provider-charges-recorded"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "GET http://{addr}/v1/charges?limit=50&status=succeeded: the API answered 404 Not Found"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("nothing in the ledger changed"), "{text}");
+    assert!(
+        text.contains(
+            "1 invariant: 0 hold, 0 violated (0 open violations), 1 could not be evaluated"
+        ),
+        "{text}"
+    );
+    let out = trueup(
+        tmp.path(),
+        &[
+            "--config",
+            "demo/trueup.yaml",
+            "violations",
+            "-i",
+            "provider-charges-recorded",
+            "-f",
+            "json",
+        ],
+    );
+    let open: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        open.as_array().unwrap().len(),
+        2,
+        "nothing resolved: {open}"
+    );
 }
 
 #[test]
@@ -216,14 +301,14 @@ fn the_shipped_invariants_validate_against_the_demo_sources() {
     std::fs::write(
         tmp.path().join("trueup.yaml"),
         format!(
-            "invariants: {}\nsources:\n  shop:\n    url: sqlite://shop.db\n  ledger:\n    url: sqlite://ledger.db\ntargets:\n  ledger-writer:\n    url: sqlite://ledger.db\n",
+            "invariants: {}\nsources:\n  shop:\n    url: sqlite://shop.db\n  ledger:\n    url: sqlite://ledger.db\n  provider:\n    kind: http\n    base_url: http://127.0.0.1:9/\n    allow_private_network: true\ntargets:\n  ledger-writer:\n    url: sqlite://ledger.db\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("invariants").display()
         ),
     )
     .unwrap();
     let out = trueup(tmp.path(), &["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("5 invariants OK"));
+    assert!(stdout(&out).contains("6 invariants OK"), "{}", stdout(&out));
 }
 
 #[test]
@@ -300,7 +385,7 @@ async fn the_demo_prints_one_step_to_a_signed_in_console() {
     // The count of invariants is the count listed.
     assert!(
         text.contains(
-            "Planted: 45 violations across 5 invariants, plus 1 payment inside its grace period."
+            "Planted: 47 violations across 6 invariants, plus 1 payment inside its grace period."
         ),
         "{text}"
     );

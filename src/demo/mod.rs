@@ -1,6 +1,11 @@
-//! `trueup demo`: a small shop and ledger in SQLite with planted problems of every kind, plus
-//! the trueup.yaml and invariants that find them. Deterministic: the same data every time
+//! `trueup demo`: a small shop and ledger in SQLite and a payment provider's HTTP API
+//! (`provider.rs`, served by trueup itself) with planted problems of every kind, plus the
+//! trueup.yaml and invariants that find them. Deterministic: the same data every time
 //! (timestamps are relative to now).
+
+mod provider;
+
+pub use provider::{SOURCE as PROVIDER_SOURCE, Serving};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,11 +15,18 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 
 /// The invariants the demo installs; also shipped as `invariants/demo.yaml`.
-pub const INVARIANTS: &str = include_str!("../invariants/demo.yaml");
+pub const INVARIANTS: &str = include_str!("../../invariants/demo.yaml");
+
+/// The invariant on the payment provider's API, installed as `invariants/provider.yaml`; also
+/// shipped as `invariants/demo-provider.yaml`.
+pub const PROVIDER_INVARIANTS: &str = include_str!("../../invariants/demo-provider.yaml");
 
 const MARKER: &str = ".trueup-demo";
 
-const CONFIG: &str = "# Created by `trueup demo`. Paths are relative to this file.
+/// The demo's trueup.yaml up to its `serve:` section; the provider's API listens on `port`.
+fn config(port: u16) -> String {
+    format!(
+        "# Created by `trueup demo`. Paths are relative to this file.
 store: sqlite://trueup.db
 invariants: invariants
 sources:
@@ -22,11 +34,20 @@ sources:
     url: sqlite://shop.db
   ledger:
     url: sqlite://ledger.db
+  # The payment provider's HTTP API. trueup serves this demo one itself while it runs on this
+  # folder; a real one would be https://api.provider.example/ with a token from ${{ENV}}.
+  {PROVIDER_SOURCE}:
+    kind: http
+    base_url: http://127.0.0.1:{port}/
+    timeout: 10s
+    allow_private_network: true
 # What approved compensating actions may change: a writable connection to the ledger.
 targets:
   ledger-writer:
     url: sqlite://ledger.db
-";
+"
+    )
+}
 
 /// Where the demo's console listens.
 pub const CONSOLE: &str = "127.0.0.1:8080";
@@ -74,6 +95,8 @@ pub const PLANTED: &[(&str, &str, u64)] = &[
     ("subscriptions-entitlements", "mismatch", 1),
     ("payment-lifecycle", "transition", 2),
     ("order-events-billed", "missing", OUTAGE_EVENTS),
+    ("provider-charges-recorded", "missing", 1),
+    ("provider-charges-recorded", "mismatch", 1),
 ];
 
 /// Order events: one every six minutes over the two days before the current hour, eight
@@ -115,6 +138,10 @@ pub enum DemoError {
     },
     #[error("cannot create the demo databases: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(
+        "cannot serve the demo's payment provider API on {addr}: {why}; the invariant reading it will fail until `trueup demo` is run again (it picks a free port)"
+    )]
+    ProviderPort { addr: String, why: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -133,6 +160,7 @@ pub async fn create(dir: &Path) -> Result<PathBuf, DemoError> {
         }
         for name in [
             TOKEN_FILE,
+            "provider.db",
             "shop.db",
             "ledger.db",
             "trueup.db",
@@ -154,17 +182,44 @@ pub async fn create(dir: &Path) -> Result<PathBuf, DemoError> {
     // A fresh token for each demo: it signs in to a console that can approve and apply.
     let token = format!("demo-{}", hex::encode(rand::random::<[u8; 16]>()));
     std::fs::write(dir.join(TOKEN_FILE), format!("{token}\n")).map_err(io(dir))?;
+    // A port free now for the provider's API, so that demos in different folders (and tests
+    // running side by side) never answer for each other.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io(dir))?
+        .port();
     std::fs::write(
         dir.join("trueup.yaml"),
-        format!("{CONFIG}{}", serve_section(&token)),
+        format!("{}{}", config(port), serve_section(&token)),
     )
     .map_err(io(dir))?;
     std::fs::write(dir.join("invariants/demo.yaml"), INVARIANTS).map_err(io(dir))?;
+    std::fs::write(dir.join("invariants/provider.yaml"), PROVIDER_INVARIANTS).map_err(io(dir))?;
 
     let now = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);
     seed_shop(&dir.join("shop.db"), now).await?;
     seed_ledger(&dir.join("ledger.db"), now).await?;
+    provider::seed(&dir.join("provider.db"), now).await?;
     Ok(dir.join("trueup.yaml"))
+}
+
+/// When `config` is a demo's, serves its payment provider's API for the life of this
+/// process (unless another trueup process on the demo does); `None` for any other config.
+pub async fn serve_provider(config: &crate::config::Config) -> Option<Result<Serving, DemoError>> {
+    let dir = match config.file.as_ref()?.parent()? {
+        p if p.as_os_str().is_empty() => Path::new("."),
+        p => p,
+    };
+    if !dir.join(MARKER).exists() {
+        return None;
+    }
+    let name = crate::domain::SourceName::parse(PROVIDER_SOURCE).ok()?;
+    let Some(crate::config::SourceConfig::Http(api)) = config.sources.get(&name) else {
+        return None;
+    };
+    let url = reqwest::Url::parse(&api.base_url).ok()?;
+    let addr = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    Some(provider::serve(dir, &addr).await)
 }
 
 /// Repairs part of what the demo planted, the way an operator would: books the ledger entry

@@ -162,9 +162,24 @@ pub(super) fn parse_target(
     };
     if let Some(url) = &t.url
         && t.base_url.is_none()
-        && (url.value.starts_with("nats://") || url.value.starts_with("redis://"))
     {
-        return server_target(name, raw, env, file);
+        if url.value.starts_with("nats://") || url.value.starts_with("redis://") {
+            let timeout = duration(&t.timeout, "timeout", 10)?;
+            if timeout.as_std().is_zero() {
+                let at = t.timeout.as_ref().map_or(raw.referenced, |s| s.referenced);
+                return Err(err(at, "timeout: give more than 0s".into()));
+            }
+            return server_target(name, raw, env, timeout, file);
+        }
+        if ["tls://", "rediss://"]
+            .iter()
+            .any(|scheme| url.value.starts_with(scheme))
+        {
+            return Err(err(
+                url.referenced,
+                "TLS to NATS or Redis is not built in; use nats:// or redis:// (on a private network, or through a local TLS tunnel)".into(),
+            ));
+        }
     }
     if let Some(field) = [
         ("stream", t.stream.is_some()),
@@ -262,6 +277,7 @@ fn server_target(
     name: TargetName,
     raw: &Spanned<RawTarget>,
     env: &dyn Fn(&str) -> Option<String>,
+    timeout: HumanDuration,
     file: &Path,
 ) -> Result<TargetConfig, Diagnostic> {
     let err = |at, msg: String| Diagnostic::at(file, at, format!("targets.{name}: {msg}"));
@@ -301,11 +317,6 @@ fn server_target(
     }
     let url =
         super::parse::server_url(url, env, server, &[scheme]).map_err(|(at, m)| err(at, m))?;
-    let timeout = match &t.timeout {
-        Some(s) => HumanDuration::parse(&s.value)
-            .map_err(|e| err(s.referenced, format!("timeout: {e}")))?,
-        None => HumanDuration::from_std(std::time::Duration::from_secs(10)),
-    };
     if nats {
         let Some(stream) = &t.stream else {
             return Err(err(

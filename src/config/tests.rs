@@ -329,6 +329,14 @@ fn nats_and_redis_target_mistakes_say_what_belongs_where() {
             "`stream` belongs to a NATS or Redis target",
         ),
         (
+            "targets:\n  bus:\n    url: tls://127.0.0.1:4222\n    stream: ORDERS\n",
+            "TLS to NATS or Redis is not built in",
+        ),
+        (
+            "targets:\n  cache:\n    url: redis://127.0.0.1\n    timeout: 0s\n",
+            "targets.cache: timeout: give more than 0s",
+        ),
+        (
             "targets:\n  db:\n    url: kafka://broker\n",
             "nats:// (a JetStream stream) or redis:// (Redis streams)",
         ),

@@ -139,7 +139,7 @@ pub enum DemoError {
     #[error("cannot create the demo databases: {0}")]
     Database(#[from] sqlx::Error),
     #[error(
-        "cannot serve the demo's payment provider API on {addr}: {why}; the invariant reading it will fail until `trueup demo` is run again (it picks a free port)"
+        "cannot serve the demo's payment provider API on {addr}: {why}; the invariant reading it fails until that port is free, or until `base_url` under `sources.provider` in trueup.yaml names a free one"
     )]
     ProviderPort { addr: String, why: String },
 }
@@ -182,12 +182,7 @@ pub async fn create(dir: &Path) -> Result<PathBuf, DemoError> {
     // A fresh token for each demo: it signs in to a console that can approve and apply.
     let token = format!("demo-{}", hex::encode(rand::random::<[u8; 16]>()));
     std::fs::write(dir.join(TOKEN_FILE), format!("{token}\n")).map_err(io(dir))?;
-    // A port free now for the provider's API, so that demos in different folders (and tests
-    // running side by side) never answer for each other.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(io(dir))?
-        .port();
+    let port = provider::free_port().map_err(io(dir))?;
     std::fs::write(
         dir.join("trueup.yaml"),
         format!("{}{}", config(port), serve_section(&token)),

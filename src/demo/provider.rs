@@ -73,25 +73,39 @@ pub enum Serving {
 /// life of this process, unless another trueup process on the same demo already does.
 pub async fn serve(dir: &Path, addr: &str) -> Result<Serving, DemoError> {
     let demo = std::fs::canonicalize(dir).map_err(super::io(dir))?;
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return if serves_this_demo(addr, &demo).await {
-                Ok(Serving::Elsewhere)
-            } else {
-                Err(DemoError::ProviderPort {
-                    addr: addr.to_owned(),
-                    why: "another program listens there".into(),
-                })
-            };
-        }
-        Err(e) => {
-            return Err(DemoError::ProviderPort {
-                addr: addr.to_owned(),
-                why: e.to_string(),
-            });
-        }
+    let refused = |why: String| DemoError::ProviderPort {
+        addr: addr.to_owned(),
+        why,
     };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            start(listener, demo);
+            Ok(Serving::Started)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if !serves_this_demo(addr, &demo).await {
+                return Err(refused("another program listens there".into()));
+            }
+            // The other trueup may be a short command: when it exits, this process serves
+            // the API for the rest of its own life.
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if let Ok(listener) = tokio::net::TcpListener::bind(&addr).await {
+                        start(listener, demo);
+                        return;
+                    }
+                }
+            });
+            Ok(Serving::Elsewhere)
+        }
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// Serves the API on `listener` for the life of this process.
+fn start(listener: tokio::net::TcpListener, demo: PathBuf) {
     let options = SqliteConnectOptions::new()
         .filename(demo.join("provider.db"))
         .read_only(true);
@@ -108,7 +122,21 @@ pub async fn serve(dir: &Path, addr: &str) -> Result<Serving, DemoError> {
             tracing::warn!("the demo's payment provider API stopped: {e}");
         }
     });
-    Ok(Serving::Started)
+}
+
+/// A port free now, outside the range the system hands out for outgoing connections (which
+/// could take it between now and the API's start), so that demos in different folders never
+/// answer for each other.
+pub(super) fn free_port() -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..50 {
+        let port = rand::random_range(20_000..32_000);
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 /// Whether what answers on `addr` is this demo's provider API.

@@ -182,8 +182,8 @@ impl Compensation {
                     // NATS writes headers as text lines: a line break would start a header of
                     // the value's choosing.
                     if text.chars().any(|c| c.is_control()) {
-                        return Err(RenderError::Missing {
-                            placeholder: format!("header {name}"),
+                        return Err(RenderError::Unfit {
+                            what: format!("header {name}"),
                             reason: format!(
                                 "`{}` holds a line break or control character, which a NATS header cannot carry",
                                 text.escape_debug()
@@ -225,8 +225,8 @@ fn render_subject(subject: &Template, ctx: &ViolationContext<'_>) -> Result<Stri
             Segment::Value(p) => {
                 let text = super::json_text(&ctx.lookup(p)?);
                 if !is_subject_token(&text) {
-                    return Err(RenderError::Missing {
-                        placeholder: p.to_string(),
+                    return Err(RenderError::Unfit {
+                        what: p.to_string(),
                         reason: format!(
                             "`{text}` cannot be one NATS subject token (empty, or holds `.`, `*`, `>` or a space)"
                         ),
@@ -254,6 +254,19 @@ struct HttpHeaders;
 impl schemars::JsonSchema for HttpHeaders {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "HttpHeaders".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+    }
+}
+
+/// A NATS action's headers (name → value), a model of its own like [`HttpHeaders`].
+struct NatsHeaders;
+
+impl schemars::JsonSchema for NatsHeaders {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NatsHeaders".into()
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -299,7 +312,7 @@ pub enum ActionSpec {
     Nats {
         target: String,
         subject: String,
-        #[schemars(with = "HttpHeaders")]
+        #[schemars(with = "NatsHeaders")]
         headers: BTreeMap<String, String>,
         body: serde_json::Value,
     },

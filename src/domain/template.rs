@@ -290,6 +290,9 @@ pub enum RenderError {
     Missing { placeholder: String, reason: String },
     #[error("target `{target}` is not configured")]
     UnknownTarget { target: String },
+    /// A value that exists but cannot stand where the template puts it.
+    #[error("{what}: {reason}")]
+    Unfit { what: String, reason: String },
 }
 
 /// What a template can see of one violation.

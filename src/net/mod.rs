@@ -6,7 +6,7 @@
 pub mod guard;
 mod servers;
 
-pub use servers::{nats_connect, redis_connect};
+pub use servers::{Reconnecting, nats_broken, nats_connect, redis_broken, redis_connect};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -54,3 +54,54 @@ pub async fn redis_connect(
         .await
         .map_err(|e| super::error_chain(&e))
 }
+
+/// A connection made on first use and made again after it broke: a long-running `trueup
+/// serve` outlives server restarts, which a connection held forever would not (a NATS client
+/// gives up after a few reconnects; a multiplexed Redis connection never reconnects).
+pub struct Reconnecting<T> {
+    slot: tokio::sync::Mutex<Option<T>>,
+}
+
+impl<T> Default for Reconnecting<T> {
+    fn default() -> Self {
+        Self {
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Reconnecting<T> {
+    /// The connection, made by `connect` when there is none (one connect at a time).
+    pub async fn get<E, Fut>(&self, connect: impl FnOnce() -> Fut) -> Result<T, E>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = connect().await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// The connection as it is, if one was made.
+    pub async fn current(&self) -> Option<T> {
+        self.slot.lock().await.clone()
+    }
+
+    /// Drops the connection: the next `get` connects again.
+    pub async fn forget(&self) {
+        self.slot.lock().await.take();
+    }
+}
+
+/// Whether a NATS client is past use: closed after its reconnects ran out, or not connected.
+pub fn nats_broken(client: &async_nats::Client) -> bool {
+    client.connection_state() != async_nats::connection::State::Connected
+}
+
+/// Whether a Redis error means the connection is gone (rather than a refused command).
+pub fn redis_broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}

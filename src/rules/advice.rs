@@ -8,7 +8,12 @@ use crate::domain::{Invariant, InvariantSpec, QuerySide, Read};
 /// One note per side that every action's re-check reads in full: an API or stream side
 /// without a `lookup`, on an invariant whose actions re-check their key before acting.
 pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
-    if invariant.compensate.is_empty() && invariant.replay.is_none() {
+    // Manual steps are done by people: only executed actions re-check their key.
+    let executed = invariant
+        .compensate
+        .values()
+        .any(|c| !matches!(c, crate::domain::Compensation::Manual(_)));
+    if !executed && invariant.replay.is_none() {
         return Vec::new();
     }
     let mut sides: Vec<(&str, &QuerySide)> = match &invariant.spec {

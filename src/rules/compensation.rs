@@ -316,27 +316,14 @@ fn build_action(
             ctx,
         )?;
         let subject = template(&format!("{field}.nats.subject"), &n.subject, ctx)?;
-        let literal_ok = subject.segments().iter().all(|s| match s {
-            crate::domain::Segment::Text(t) => {
-                !t.chars().any(|c| c == '*' || c == '>' || c.is_whitespace())
-            }
-            crate::domain::Segment::Value(_) => true,
-        });
-        let tokens_ok =
-            !subject.segments().is_empty() && subject_tokens_are_whole(&subject) && literal_ok;
-        if !tokens_ok {
+        if let Err(why) = publishable_subject(&subject) {
             ctx.error(
                 n.subject.referenced,
-                format!("{field}.nats.subject: `{}` is not a subject to publish to: dot-separated tokens, none empty, no wildcards (`*`, `>`) or spaces, each placeholder a whole token (like `orders.{{{{left.region}}}}.created`)", n.subject.value),
+                format!("{field}.nats.subject: `{}` {why}", n.subject.value),
             );
             return None;
         }
-        let headers = headers(
-            &format!("{field}.nats.headers"),
-            &n.headers,
-            "Nats-Msg-Id",
-            ctx,
-        )?;
+        let headers = headers(&format!("{field}.nats.headers"), &n.headers, "Nats-", ctx)?;
         let body = json_template(
             &format!("{field}.nats.body"),
             &n.body.value,
@@ -426,30 +413,59 @@ fn build_action(
     ok.then_some(compensation)
 }
 
-/// Each placeholder of a subject stands alone between dots: `orders.{{key.id}}`, never
-/// `orders.id-{{key.id}}` (whose value could not be checked as one token).
-fn subject_tokens_are_whole(subject: &Template) -> bool {
+/// Whether `subject` can be published to as written: dot-separated tokens, each literal one
+/// a subject token, each placeholder a whole token (`orders.{{key.id}}`, never
+/// `orders.id-{{key.id}}`, whose value could not be checked as one token), and not a system
+/// subject (`$JS.API…` would be a JetStream command, `_INBOX…` someone's reply).
+fn publishable_subject(subject: &Template) -> Result<(), &'static str> {
     use crate::domain::Segment;
-    let segments = subject.segments();
-    let mut text = String::new();
-    for (i, s) in segments.iter().enumerate() {
+    let mut tokens: Vec<Option<String>> = vec![Some(String::new())];
+    let mut placeholder_in_token = false;
+    for s in subject.segments() {
         match s {
-            Segment::Text(t) => text.push_str(t),
-            Segment::Value(_) => {
-                let before_ok = i == 0 || text.ends_with('.');
-                let after_ok = match segments.get(i + 1) {
-                    None => true,
-                    Some(Segment::Text(t)) => t.starts_with('.'),
-                    Some(Segment::Value(_)) => false,
-                };
-                if !before_ok || !after_ok {
-                    return false;
+            Segment::Text(t) => {
+                for (i, part) in t.split('.').enumerate() {
+                    if i > 0 {
+                        tokens.push(Some(String::new()));
+                        placeholder_in_token = false;
+                    }
+                    if placeholder_in_token && !part.is_empty() {
+                        return Err(
+                            "puts a placeholder beside text in one token; make each placeholder a whole token, like `orders.{{key.id}}`",
+                        );
+                    }
+                    if let Some(Some(token)) = tokens.last_mut() {
+                        token.push_str(part);
+                    }
                 }
-                text.push('x');
+            }
+            Segment::Value(_) => {
+                let last = tokens.last_mut().expect("one token at least");
+                if placeholder_in_token || last.as_ref().is_some_and(|t| !t.is_empty()) {
+                    return Err(
+                        "puts a placeholder beside text in one token; make each placeholder a whole token, like `orders.{{key.id}}`",
+                    );
+                }
+                *last = None;
+                placeholder_in_token = true;
             }
         }
     }
-    text.split('.').all(|t| !t.is_empty())
+    for token in tokens.iter().flatten() {
+        if !crate::domain::is_subject_token(token) {
+            return Err(
+                "is not a subject to publish to: dot-separated tokens, none empty, without wildcards (`*`, `>`), spaces or control characters",
+            );
+        }
+    }
+    if let Some(Some(first)) = tokens.first()
+        && (first.starts_with('$') || first == "_INBOX")
+    {
+        return Err(
+            "is a system subject (`$…` commands the server, `_INBOX` carries replies); publish to a subject of the target's stream",
+        );
+    }
+    Ok(())
 }
 
 /// The target `raw` names, when `fits` its kind; otherwise an error saying what it is and
@@ -474,8 +490,10 @@ fn typed_target(
     Some((name, info))
 }
 
-/// Headers of an HTTP request or NATS message: valid names, each a template, none of them
-/// `reserved` (trueup sets it, one stable value per action).
+/// Headers of an HTTP request or NATS message: valid names, each a template, none named
+/// `reserved` or, when it ends in `-`, starting with it (any case): trueup sets those itself
+/// (`Idempotency-Key`), or the server acts on them (`Nats-Rollup` purges, `Nats-Expected-…`
+/// refuses).
 fn headers(
     field: &str,
     raw: &BTreeMap<String, Spanned<String>>,
@@ -491,7 +509,18 @@ fn headers(
             );
             return None;
         }
-        if name.eq_ignore_ascii_case(reserved) {
+        let lower = name.to_ascii_lowercase();
+        let reserved_lower = reserved.to_ascii_lowercase();
+        if reserved.ends_with('-') && lower.starts_with(&reserved_lower) {
+            ctx.error(
+                value.referenced,
+                format!(
+                    "{field}: `{name}`: headers starting with {reserved} are for trueup (Nats-Msg-Id, one stable key per action) and the server, which acts on them; remove it"
+                ),
+            );
+            return None;
+        }
+        if lower == reserved_lower {
             ctx.error(
                 value.referenced,
                 format!(

@@ -470,6 +470,18 @@ fn stream_action_mistakes_are_each_reported_where_they_are() {
         nats: {target: bus, subject: "orders.id-{{key.id}}", body: {}}
       duplicate:
         nats: {target: bus, subject: "orders.x", headers: {Nats-Msg-Id: "{{key.id}}"}, body: {}}
+  - name: c
+    reconcile:
+      left: {source: shop, query: SELECT 1 AS id}
+      right: {source: ledger, query: SELECT 1 AS id}
+      key: id
+    compensate:
+      missing:
+        nats: {target: bus, subject: "$JS.API.STREAM.PURGE.ORDERS", body: {}}
+      extra:
+        nats: {target: bus, subject: "orders.{{key.id}}", headers: {nats-rollup: all}, body: {}}
+      mismatch:
+        nats: {target: bus, subject: "orders..x", body: {}}
   - name: b
     reconcile:
       left: {source: shop, query: SELECT 1 AS id}
@@ -495,16 +507,25 @@ fn stream_action_mistakes_are_each_reported_where_they_are() {
             "`billing` is an HTTP target; a NATS action needs a target with `url: nats://…`",
         ),
         (":12:", "is not a subject to publish to"),
-        (":14:", "each placeholder a whole token"),
-        (":16:", "trueup sets Nats-Msg-Id itself"),
+        (":14:", "make each placeholder a whole token"),
+        (":24:", "is a system subject"),
         (
-            ":24:",
+            ":26:",
+            "`nats-rollup`: headers starting with Nats- are for trueup",
+        ),
+        (":28:", "is not a subject to publish to"),
+        (
+            ":16:",
+            "`Nats-Msg-Id`: headers starting with Nats- are for trueup",
+        ),
+        (
+            ":36:",
             "`bus` is a NATS target; a Redis action needs a target with `url: redis://…`",
         ),
-        (":26:", "is not a stream key"),
-        (":28:", "an entry needs at least one field"),
-        (":30:", "unknown field `compensate.duplicate.redis.subject`"),
-        (":30:", "`nope` is not a key column"),
+        (":38:", "is not a stream key"),
+        (":40:", "an entry needs at least one field"),
+        (":42:", "unknown field `compensate.duplicate.redis.subject`"),
+        (":42:", "`nope` is not a key column"),
     ];
     assert_eq!(errs.len(), expect.len(), "{shown:#?}");
     for (at, what) in expect {
@@ -536,11 +557,19 @@ fn validate_notes_each_side_a_re_check_reads_in_full_and_says_how_to_make_it_one
       right: {source: bus, stream: {name: ORDERS, columns: {id: {type: int}}}}
       key: id
     compensate:
-      missing: {manual: "book {{key.id}}"}
+      missing: {http: {target: billing, path: "charges/{{key.id}}"}}
+      extra: {manual: "void {{key.id}}"}
   - name: looked-up
     reconcile:
       left: {source: api, request: {path: charges, columns: {id: {type: int}}, lookup: {path: "charges/{{key.id}}"}}}
       right: {source: events, stream: {key: orders, columns: {id: {type: int}}}}
+      key: id
+    compensate:
+      extra: {http: {target: billing, path: "charges/{{key.id}}", method: DELETE}}
+  - name: manual-only
+    reconcile:
+      left: {source: api, request: {path: charges, columns: {id: {type: int}}}}
+      right: {source: shop, query: SELECT 1 AS id}
       key: id
     compensate:
       missing: {manual: "book {{key.id}}"}

@@ -23,14 +23,16 @@ use crate::domain::{Field, FieldFrom, MessageMeta, Read, SourceName, StreamRead,
 /// A NATS server, connected on first use.
 pub(super) struct Nats {
     cfg: NatsSource,
-    client: tokio::sync::OnceCell<async_nats::Client>,
+    /// Made on first use; dropped after a failed read, so the next read connects again (a
+    /// client gives up for good after a few reconnects).
+    client: crate::net::Reconnecting<async_nats::Client>,
 }
 
 impl Nats {
     pub(super) fn open(cfg: &NatsSource) -> Self {
         Self {
             cfg: cfg.clone(),
-            client: tokio::sync::OnceCell::new(),
+            client: crate::net::Reconnecting::default(),
         }
     }
 
@@ -47,9 +49,9 @@ impl Nats {
         self.cfg.url.to_string()
     }
 
-    async fn client(&self) -> Result<&async_nats::Client, SourceError> {
+    async fn client(&self) -> Result<async_nats::Client, SourceError> {
         self.client
-            .get_or_try_init(|| async {
+            .get(|| async {
                 crate::net::nats_connect(self.cfg.url.expose(), self.timeout())
                     .await
                     .map_err(|m| self.connect_error(m))
@@ -73,7 +75,7 @@ impl Nats {
     }
 
     pub(super) async fn close(&self) {
-        if let Some(client) = self.client.get() {
+        if let Some(client) = self.client.current().await {
             let _ = tokio::time::timeout(self.timeout(), client.drain()).await;
         }
     }
@@ -82,6 +84,9 @@ impl Nats {
 /// Reads `req` from `nats` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(nats: Arc<Nats>, req: ReadRequest, mut feed: Feed) {
     let result = read_all(&nats, &req, &mut feed).await;
+    if result.is_err() {
+        nats.client.forget().await;
+    }
     feed.end(result).await;
 }
 
@@ -99,7 +104,7 @@ async fn read_all(
     };
     let columns: Vec<String> = read.columns.iter().map(|f| f.column.to_string()).collect();
     let client = nats.client().await?;
-    let js = jetstream::new(client.clone());
+    let js = jetstream::new(client);
     let stream = js.get_stream(&read.stream).await.map_err(|e| {
         nats.failed(
             read,

@@ -24,14 +24,16 @@ const PAGE: usize = 1_000;
 /// A Redis server, connected on first use.
 pub(super) struct Redis {
     cfg: RedisSource,
-    connection: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    /// Made on first use; dropped after a failed read, so the next read connects again (a
+    /// multiplexed connection never reconnects by itself).
+    connection: crate::net::Reconnecting<redis::aio::MultiplexedConnection>,
 }
 
 impl Redis {
     pub(super) fn open(cfg: &RedisSource) -> Self {
         Self {
             cfg: cfg.clone(),
-            connection: tokio::sync::OnceCell::new(),
+            connection: crate::net::Reconnecting::default(),
         }
     }
 
@@ -46,7 +48,7 @@ impl Redis {
 
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, SourceError> {
         self.connection
-            .get_or_try_init(|| async {
+            .get(|| async {
                 let connect_error = |message: String| SourceError::Connect {
                     source_name: self.name().clone(),
                     message: format!("{}: {message}", self.endpoint()),
@@ -56,7 +58,6 @@ impl Redis {
                     .map_err(connect_error)
             })
             .await
-            .cloned()
     }
 
     fn failed(&self, read: &StreamRead, message: String) -> SourceError {
@@ -71,6 +72,9 @@ impl Redis {
 /// Reads `req` from `redis` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(redis: Arc<Redis>, req: ReadRequest, mut feed: Feed) {
     let result = read_all(&redis, &req, &mut feed).await;
+    if result.is_err() {
+        redis.connection.forget().await;
+    }
     feed.end(result).await;
 }
 

@@ -27,10 +27,7 @@ pub(crate) async fn applied_before(
         ));
     }
     match env.targets.already_applied(spec, idempotency_key).await {
-        Ok(true) => Ok(Some(
-            "the target's marker table records it as applied".into(),
-        )),
-        Ok(false) => Ok(None),
+        Ok(why) => Ok(why),
         Err(e) => Err(PlanError::Target {
             target: spec.target().unwrap_or("?").to_owned(),
             message: e.to_string(),
@@ -215,10 +212,17 @@ impl From<Executed> for Done {
                 target_said: Some(said),
                 ..Done::new(ActionStatus::Applied, Outcome::Applied, None)
             },
-            Executed::AlreadyApplied => Done::new(
+            Executed::AlreadyApplied(why) => Done::new(
                 ActionStatus::Skipped,
                 Outcome::SkippedAlreadyApplied,
-                Some("the target's marker table records it as applied".into()),
+                Some(why),
+            ),
+            // Applied by an earlier attempt: stored as applied, so that a later plan with the
+            // same idempotency key finds it here after the target has forgotten it.
+            Executed::Delivered(why) => Done::new(
+                ActionStatus::Applied,
+                Outcome::SkippedAlreadyApplied,
+                Some(why),
             ),
             Executed::Failed(e) => Done::failed(e.to_string()),
         }

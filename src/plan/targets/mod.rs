@@ -30,8 +30,13 @@ use sql::SqlConn;
 pub enum Executed {
     /// The change was made; details for the record (rows affected, HTTP status).
     Applied(serde_json::Value),
-    /// The target already holds this action's marker: it was applied before.
-    AlreadyApplied,
+    /// The target already holds this action's marker: it was applied before (why, worded
+    /// for the target).
+    AlreadyApplied(String),
+    /// The target already held this very action, delivered by an earlier attempt whose
+    /// outcome was never recorded (a lost ack, a killed worker): it is applied, and recorded
+    /// so, since the target itself may forget (a JetStream duplicate window ends).
+    Delivered(String),
     Failed(TargetError),
 }
 
@@ -74,8 +79,8 @@ pub enum TargetError {
         table: String,
         message: String,
     },
-    #[error("cannot read the marker table `{table}`: {message}")]
-    MarkerRead { table: String, message: String },
+    #[error("cannot read the marker {marker}: {message}")]
+    MarkerRead { marker: String, message: String },
     #[error("parameter ${n} ({type_name}): {value} is not {wanted}")]
     ParamValue {
         n: usize,
@@ -213,21 +218,27 @@ impl Targets {
         }
     }
 
-    /// Whether the target records this action as applied (SQL and Redis markers; HTTP and
-    /// NATS cannot tell).
+    /// Why the target records this action as applied, if it does (SQL and Redis markers;
+    /// HTTP and NATS cannot tell).
     pub async fn already_applied(
         &self,
         spec: &ActionSpec,
         idempotency_key: &str,
-    ) -> Result<bool, TargetError> {
+    ) -> Result<Option<String>, TargetError> {
         let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
-            return Ok(false);
+            return Ok(None);
         };
-        match target.as_ref() {
-            Target::Sql(conn) => conn.has_marker(idempotency_key).await,
-            Target::Redis(conn) => conn.has_marker(idempotency_key).await,
-            Target::Http(_) | Target::Nats(_) => Ok(false),
-        }
+        Ok(match target.as_ref() {
+            Target::Sql(conn) => conn
+                .has_marker(idempotency_key)
+                .await?
+                .then(|| conn.marker_says()),
+            Target::Redis(conn) => conn
+                .has_marker(idempotency_key)
+                .await?
+                .then(|| conn.marker_says()),
+            Target::Http(_) | Target::Nats(_) => None,
+        })
     }
 
     pub async fn close(&self) {

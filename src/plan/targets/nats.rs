@@ -1,31 +1,35 @@
 //! NATS targets: each action is one message published to a subject of the target's JetStream
 //! stream, carrying the action's idempotency key as `Nats-Msg-Id`. The server keeps the ids
 //! it saw within the stream's duplicate window and acknowledges a repeat as a duplicate
-//! without storing it again: that is how a retried or resumed action lands once.
+//! without storing it again: a retried or resumed action lands once, and trueup records it
+//! as applied so that later plans know it after the window has passed.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
 
 use super::{Executed, TargetError};
 use crate::config::NatsTarget;
 
 pub(super) struct NatsConn {
     cfg: NatsTarget,
-    /// Connected on first use, once the stream is known to exist.
-    jetstream: tokio::sync::OnceCell<Stream>,
+    /// Connected on first use, once the stream is known to take acknowledged publishes;
+    /// connected again after the connection broke.
+    stream: crate::net::Reconnecting<Stream>,
 }
 
+#[derive(Clone)]
 struct Stream {
     context: async_nats::jetstream::Context,
-    duplicate_window: std::time::Duration,
+    duplicate_window: Duration,
 }
 
 impl NatsConn {
     pub(super) fn open(cfg: &NatsTarget) -> Self {
         Self {
             cfg: cfg.clone(),
-            jetstream: tokio::sync::OnceCell::new(),
+            stream: crate::net::Reconnecting::default(),
         }
     }
 
@@ -36,33 +40,49 @@ impl NatsConn {
         }
     }
 
-    async fn stream(&self) -> Result<&Stream, TargetError> {
-        self.jetstream
-            .get_or_try_init(|| async {
-                let timeout = self.cfg.timeout.as_std();
-                let client = crate::net::nats_connect(self.cfg.url.expose(), timeout)
-                    .await
-                    .map_err(|m| {
-                        TargetError::Unreachable(format!(
-                            "target `{}`: cannot connect to {}: {m}",
-                            self.cfg.name, self.cfg.url
-                        ))
-                    })?;
-                let context = async_nats::jetstream::new(client);
-                let stream = context.get_stream(&self.cfg.stream).await.map_err(|e| {
-                    self.failed(format!(
-                        "cannot find stream `{}`: {}; create it (e.g. `nats stream add {}`) with subjects covering what the actions publish",
-                        self.cfg.stream,
-                        crate::net::error_chain(&e),
-                        self.cfg.stream
-                    ))
-                })?;
-                Ok(Stream {
-                    duplicate_window: stream.cached_info().config.duplicate_window,
-                    context,
-                })
-            })
+    async fn connect(&self) -> Result<Stream, TargetError> {
+        let timeout = self.cfg.timeout.as_std();
+        let client = crate::net::nats_connect(self.cfg.url.expose(), timeout)
             .await
+            .map_err(|m| {
+                TargetError::Unreachable(format!(
+                    "target `{}`: cannot connect to {}: {m}",
+                    self.cfg.name, self.cfg.url
+                ))
+            })?;
+        let mut context = async_nats::jetstream::new(client);
+        // The ack wait is the target's timeout (the client's own default is 5 s).
+        context.set_timeout(timeout);
+        let name = &self.cfg.stream;
+        let stream = context.get_stream(name).await.map_err(|e| {
+            self.failed(match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    format!(
+                        "stream `{name}` does not exist; create it (e.g. `nats stream add {name}`) with subjects covering what the actions publish"
+                    )
+                }
+                GetStreamErrorKind::Request => format!(
+                    "JetStream did not answer for stream `{name}` ({}); is JetStream enabled on the server?",
+                    crate::net::error_chain(&e)
+                ),
+                _ => format!(
+                    "cannot read stream `{name}`: {}",
+                    crate::net::error_chain(&e)
+                ),
+            })
+        })?;
+        let config = &stream.cached_info().config;
+        if config.no_ack {
+            return Err(self.failed(format!(
+                "stream `{name}` does not acknowledge publishes (no_ack), so trueup cannot know a message was stored; turn acks on for it"
+            )));
+        }
+        Ok(Stream {
+            duplicate_window: config.duplicate_window,
+            context,
+        })
     }
 
     pub(super) async fn execute(
@@ -72,7 +92,7 @@ impl NatsConn {
         body: &serde_json::Value,
         idempotency_key: &str,
     ) -> Executed {
-        let stream = match self.stream().await {
+        let stream = match self.stream.get(|| self.connect()).await {
             Ok(s) => s,
             Err(e) => return Executed::Failed(e),
         };
@@ -91,7 +111,6 @@ impl NatsConn {
             Ok(p) => p,
             Err(e) => return Executed::Failed(self.failed(format!("cannot encode the body: {e}"))),
         };
-        let timeout = self.cfg.timeout.as_std();
         let published = async {
             stream
                 .context
@@ -99,27 +118,57 @@ impl NatsConn {
                 .await?
                 .await
         };
-        let ack = match tokio::time::timeout(timeout, published).await {
+        let lost_ack = || {
+            format!(
+                "publish to `{subject}`: no ack within {}; the message may be stored: a retry with the same Nats-Msg-Id within the stream's duplicate window ({}) is dropped as a duplicate",
+                self.cfg.timeout,
+                humantime::format_duration(stream.duplicate_window)
+            )
+        };
+        // The context waits for the ack as long; this bounds sending the message too.
+        let ack = match tokio::time::timeout(
+            self.cfg.timeout.as_std() + Duration::from_secs(1),
+            published,
+        )
+        .await
+        {
             Ok(Ok(ack)) => ack,
             Ok(Err(e)) => {
                 let why = match e.kind() {
                     PublishErrorKind::StreamNotFound => format!(
-                        "no stream takes this subject; add it to stream `{}`'s subjects",
+                        "publish to `{subject}`: no stream takes this subject; add it to stream `{}`'s subjects",
                         self.cfg.stream
                     ),
-                    _ => crate::net::error_chain(&e),
+                    PublishErrorKind::TimedOut => lost_ack(),
+                    _ => {
+                        let chain = crate::net::error_chain(&e);
+                        if chain.contains("expected stream does not match") {
+                            format!(
+                                "publish to `{subject}`: the subject belongs to another stream, not `{}`; publish to one of `{}`'s subjects, or name the other stream in the target",
+                                self.cfg.stream, self.cfg.stream
+                            )
+                        } else {
+                            format!("publish to `{subject}`: {chain}")
+                        }
+                    }
                 };
-                return Executed::Failed(self.failed(format!("publish to `{subject}`: {why}")));
+                if crate::net::nats_broken(&stream.context.client()) {
+                    self.stream.forget().await;
+                }
+                return Executed::Failed(self.failed(why));
             }
             Err(_) => {
-                return Executed::Failed(self.failed(format!(
-                    "publish to `{subject}`: no ack within {}; the message may be stored, and a retry with the same Nats-Msg-Id is dropped as a duplicate",
-                    self.cfg.timeout
-                )));
+                if crate::net::nats_broken(&stream.context.client()) {
+                    self.stream.forget().await;
+                }
+                return Executed::Failed(self.failed(lost_ack()));
             }
         };
         if ack.duplicate {
-            return Executed::AlreadyApplied;
+            return Executed::Delivered(format!(
+                "stream `{}` already held this Nats-Msg-Id (an earlier attempt stored it at sequence {}); recorded as applied",
+                ack.stream, ack.sequence
+            ));
         }
         Executed::Applied(serde_json::json!({
             "stream": ack.stream,
@@ -129,7 +178,7 @@ impl NatsConn {
     }
 
     pub(super) async fn close(&self) {
-        if let Some(stream) = self.jetstream.get() {
+        if let Some(stream) = self.stream.current().await {
             let _ =
                 tokio::time::timeout(self.cfg.timeout.as_std(), stream.context.client().drain())
                     .await;

@@ -20,7 +20,8 @@ return {1, id}
 
 pub(super) struct RedisConn {
     cfg: RedisTarget,
-    connection: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
+    /// Made on first use, and again after it broke.
+    connection: crate::net::Reconnecting<redis::aio::MultiplexedConnection>,
     script: redis::Script,
 }
 
@@ -28,7 +29,7 @@ impl RedisConn {
     pub(super) fn open(cfg: &RedisTarget) -> Self {
         Self {
             cfg: cfg.clone(),
-            connection: tokio::sync::OnceCell::new(),
+            connection: crate::net::Reconnecting::default(),
             script: redis::Script::new(XADD_ONCE),
         }
     }
@@ -42,7 +43,7 @@ impl RedisConn {
 
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, TargetError> {
         self.connection
-            .get_or_try_init(|| async {
+            .get(|| async {
                 crate::net::redis_connect(self.cfg.url.expose(), self.cfg.timeout.as_std())
                     .await
                     .map_err(|m| {
@@ -53,7 +54,22 @@ impl RedisConn {
                     })
             })
             .await
-            .cloned()
+    }
+
+    /// `e`, after dropping the connection if `e` says it is gone.
+    async fn broke(&self, e: redis::RedisError) -> redis::RedisError {
+        if crate::net::redis_broken(&e) {
+            self.connection.forget().await;
+        }
+        e
+    }
+
+    /// Why an action with a marker counts as applied.
+    pub(super) fn marker_says(&self) -> String {
+        format!(
+            "the target's marker hash `{}` records it as applied",
+            self.cfg.marker_key
+        )
     }
 
     pub(super) async fn execute(
@@ -76,25 +92,31 @@ impl RedisConn {
             .await
         {
             Ok((1, id)) => Executed::Applied(serde_json::json!({ "stream": stream, "id": id })),
-            Ok(_) => Executed::AlreadyApplied,
-            Err(e) => Executed::Failed(self.failed(format!(
-                "XADD to `{stream}`: {}",
-                crate::net::error_chain(&e)
-            ))),
+            Ok(_) => Executed::AlreadyApplied(self.marker_says()),
+            Err(e) => {
+                let e = self.broke(e).await;
+                Executed::Failed(self.failed(format!(
+                    "XADD to `{stream}`: {}",
+                    crate::net::error_chain(&e)
+                )))
+            }
         }
     }
 
     /// Whether the marker hash holds this action's key.
     pub(super) async fn has_marker(&self, idempotency_key: &str) -> Result<bool, TargetError> {
         let mut connection = self.connection().await?;
-        redis::cmd("HEXISTS")
+        match redis::cmd("HEXISTS")
             .arg(&self.cfg.marker_key)
             .arg(idempotency_key)
             .query_async::<bool>(&mut connection)
             .await
-            .map_err(|e| TargetError::MarkerRead {
-                table: self.cfg.marker_key.clone(),
-                message: crate::net::error_chain(&e),
-            })
+        {
+            Ok(found) => Ok(found),
+            Err(e) => Err(TargetError::MarkerRead {
+                marker: format!("hash `{}`", self.cfg.marker_key),
+                message: crate::net::error_chain(&self.broke(e).await),
+            }),
+        }
     }
 }

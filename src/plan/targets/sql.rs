@@ -188,9 +188,17 @@ impl SqlConn {
         let n: Result<i64, sqlx::Error> =
             on_pool!(&self.pool, p => sqlx::query_scalar(sql).bind(m).fetch_one(p).await);
         n.map(|n| n > 0).map_err(|e| TargetError::MarkerRead {
-            table: m.to_owned(),
+            marker: format!("table `{m}`"),
             message: format!("cannot reach it: {e}"),
         })
+    }
+
+    /// Why an action with a marker counts as applied.
+    pub(super) fn marker_says(&self) -> String {
+        format!(
+            "the target's marker table `{}` records it as applied",
+            self.cfg.marker_table
+        )
     }
 
     pub(super) async fn has_marker(&self, key: &str) -> Result<bool, TargetError> {
@@ -217,7 +225,7 @@ impl SqlConn {
         found
             .map(|r| r.is_some())
             .map_err(|e| TargetError::MarkerRead {
-                table: m.to_owned(),
+                marker: format!("table `{m}`"),
                 message: e.to_string(),
             })
     }
@@ -247,7 +255,7 @@ impl SqlConn {
         };
         match result {
             Ok(Some(rows)) => Executed::Applied(serde_json::json!({ "rows_affected": rows })),
-            Ok(None) => Executed::AlreadyApplied,
+            Ok(None) => Executed::AlreadyApplied(self.marker_says()),
             Err(e) => Executed::Failed(e),
         }
     }

@@ -481,6 +481,8 @@ impl TestStream {
         js.create_stream(async_nats::jetstream::stream::Config {
             name: name.clone(),
             subjects: vec![format!("{prefix}.>")],
+            // Longer than any test runs, so that a repeated Nats-Msg-Id is always caught.
+            duplicate_window: std::time::Duration::from_secs(600),
             ..Default::default()
         })
         .await

@@ -153,6 +153,28 @@ async fn a_nats_target_publishes_each_action_once_and_a_repeat_counts_as_already
         Some(&1),
         "{report:?}"
     );
+    // The server's duplicate ack: recorded as applied, so that trueup remembers it after the
+    // stream's duplicate window has passed.
+    let detail = |actions: &[trueup::store::ActionRecord], event: i64| {
+        let a = actions.iter().find(|a| a.key[0] == event).unwrap();
+        (
+            a.status,
+            a.outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        )
+    };
+    let stored = app.store.plan_actions(id, None, 10).await.unwrap();
+    let (status, outcome) = detail(&stored, 4);
+    assert_eq!(status, ActionStatus::Applied, "{outcome}");
+    assert!(
+        outcome.contains(&format!(
+            "stream `{}` already held this Nats-Msg-Id (an earlier attempt stored it at sequence 1); recorded as applied",
+            stream.name
+        )),
+        "{outcome}"
+    );
     let published = messages(&stream).await;
     let by_subject: Vec<(&str, &str)> = published
         .iter()
@@ -171,18 +193,15 @@ async fn a_nats_target_publishes_each_action_once_and_a_repeat_counts_as_already
         published[1].2,
         serde_json::json!({"event_id": 2, "amount": "2.5"})
     );
-    let stored = app.store.plan_actions(id, None, 10).await.unwrap();
-    let applied = stored.iter().find(|a| a.key[0] == 2).unwrap();
+    let (status, outcome) = detail(&stored, 2);
+    assert_eq!(status, ActionStatus::Applied);
     assert!(
-        applied
-            .outcome
-            .as_ref()
-            .is_some_and(|o| o.to_string().contains(&stream.name)),
-        "{applied:?}"
+        outcome.contains(&format!("\"stream\":\"{}\"", stream.name)),
+        "{outcome}"
     );
 
-    // The downstream still lacks them, so a second plan holds the same three actions: the
-    // server drops each as a duplicate and nothing lands twice.
+    // The downstream still lacks them, so a second plan holds the same three actions: trueup's
+    // own records know all three, the one the server deduplicated included.
     let (again, again_keys) = approved_plan(&app, "carol").await;
     assert_ne!(again, id);
     assert_eq!(again_keys, keys);
@@ -192,6 +211,15 @@ async fn a_nats_target_publishes_each_action_once_and_a_repeat_counts_as_already
         Some(&3),
         "{second:?}"
     );
+    let stored = app.store.plan_actions(again, None, 10).await.unwrap();
+    for event in [2, 4, 6] {
+        let (status, outcome) = detail(&stored, event);
+        assert_eq!(status, ActionStatus::Skipped, "{event}: {outcome}");
+        assert!(
+            outcome.contains("applied by another plan (same idempotency key)"),
+            "{event}: {outcome}"
+        );
+    }
     assert_eq!(messages(&stream).await.len(), 3);
     targets.close().await;
     app.close().await;
@@ -314,6 +342,7 @@ fn failures(report: &trueup::plan::apply::ApplyReport) -> Vec<String> {
 #[tokio::test]
 async fn a_stream_that_cannot_take_the_actions_fails_each_saying_why() {
     let stream = TestStream::new().await;
+    let other = TestStream::new().await;
     let redis = TestRedis::new().await;
     let mut con = redis.con.clone();
     redis::cmd("SET")
@@ -334,13 +363,24 @@ async fn a_stream_that_cannot_take_the_actions_fails_each_saying_why() {
                 stream.name
             ),
             nats_action(&stream.prefix),
-            format!("cannot find stream `NO_SUCH_STREAM_{}`", stream.name),
+            format!(
+                "stream `NO_SUCH_STREAM_{}` does not exist; create it",
+                stream.name
+            ),
         ),
         (
             format!("  bus: {{url: \"{NATS_URL}\", stream: {}}}\n", stream.name),
             nats_action("elsewhere"),
             format!(
                 "no stream takes this subject; add it to stream `{}`'s subjects",
+                stream.name
+            ),
+        ),
+        (
+            format!("  bus: {{url: \"{NATS_URL}\", stream: {}}}\n", stream.name),
+            nats_action(&other.prefix),
+            format!(
+                "the subject belongs to another stream, not `{}`",
                 stream.name
             ),
         ),
@@ -389,6 +429,10 @@ async fn a_stream_that_cannot_take_the_actions_fails_each_saying_why() {
         app.close().await;
     }
     assert!(messages(&stream).await.is_empty());
+    assert!(
+        messages(&other).await.is_empty(),
+        "nothing stored in another stream"
+    );
     assert!(
         !redis::cmd("EXISTS")
             .arg(redis.key("m"))

@@ -189,7 +189,6 @@ async fn an_event_that_keeps_failing_is_parked_the_replay_goes_on_and_a_retry_de
 
 #[tokio::test]
 async fn a_replay_killed_at_eight_points_delivers_each_event_once_and_in_order() {
-    use std::time::{Duration, Instant};
     let data = TestPg::new().await;
     // 2,399 events in 12 accounts over a day; the consumer lost the 1,200 of the afternoon.
     data.exec(
@@ -277,16 +276,6 @@ async fn a_replay_killed_at_eight_points_delivers_each_event_once_and_in_order()
     )))
     .await
     .unwrap();
-    let finished = async || -> u64 {
-        store
-            .action_progress(1)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, n)| *n)
-            .sum()
-    };
     let apply = || {
         trueup(&config)
             .args([
@@ -308,20 +297,7 @@ async fn a_replay_killed_at_eight_points_delivers_each_event_once_and_in_order()
     for k in 1..=8u64 {
         let point = k * lost as u64 / 9;
         let mut child = apply();
-        let started = Instant::now();
-        while finished().await < point {
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = child.kill();
-                panic!("the replay made no progress past {point}");
-            }
-            if child.try_wait().unwrap().is_some() {
-                panic!("the replay ended before the kill point {point}");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        killed_at.push(finished().await);
+        killed_at.push(kill_at(&mut child, store.as_ref(), 1, point).await);
     }
     let last = output({
         let mut c = trueup(&config);

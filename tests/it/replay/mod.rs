@@ -242,6 +242,44 @@ use crate::helpers::{combined_output as text, output_off_runtime as output};
 
 use trueup::incident::render::thousands;
 
+/// How many of `plan`'s actions are in a final state.
+pub(crate) async fn finished_actions(store: &dyn trueup::store::Store, plan: i64) -> u64 {
+    store
+        .action_progress(plan)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| s.is_final())
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+/// Sends SIGKILL to `child` (an `apply` of `plan`) once at least `point` of the plan's actions
+/// are finished, and waits for it to die; returns how many were finished then. Fails the test
+/// when the apply ends first or stops making progress for two minutes.
+pub(crate) async fn kill_at(
+    child: &mut std::process::Child,
+    store: &dyn trueup::store::Store,
+    plan: i64,
+    point: u64,
+) -> u64 {
+    let started = std::time::Instant::now();
+    while finished_actions(store, plan).await < point {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the apply made no progress past {point}");
+        }
+        if child.try_wait().unwrap().is_some() {
+            panic!("the apply ended before the kill point {point}");
+        }
+        // Polling the store: the kill should land close after the point.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    finished_actions(store, plan).await
+}
+
 fn trueup(config: &Path) -> std::process::Command {
     crate::helpers::trueup_cli(config, "oncall")
 }

@@ -6,7 +6,6 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_closes_and_the_incident_closes_on_evidence()
  {
-    use std::time::{Duration, Instant};
     let data = TestPg::new().await;
     let ledger = TestPg::new().await;
     // 50,000 events over 48 hours across 40 accounts, each account numbering its own events;
@@ -260,28 +259,7 @@ async fn a_six_hour_outage_is_replayed_once_in_order_across_a_crash_the_gap_clos
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        let done: u64 = store
-            .action_progress(1)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, n)| *n)
-            .sum();
-        if done >= 2000 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replay ended before the kill"
-        );
-        assert!(started.elapsed() < Duration::from_secs(180), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(&mut child, store.as_ref(), 1, 2000).await;
 
     // Paused, it does not apply; resumed, it goes on from where the killed one stopped.
     let paused = output({

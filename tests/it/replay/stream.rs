@@ -11,7 +11,6 @@ const ACCOUNTS: i64 = 24;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_replayed_into_jetstream_across_a_sigkill_lands_each_event_once_in_order_per_account()
  {
-    use std::time::{Duration, Instant};
     let outbox = TestPg::new().await;
     let stream = TestStream::new().await;
     // 20,000 events over 48 hours, each account numbering its own; the relay lost the six
@@ -165,28 +164,7 @@ async fn an_outbox_replayed_into_jetstream_across_a_sigkill_lands_each_event_onc
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    let started = Instant::now();
-    loop {
-        let done: u64 = store
-            .action_progress(1)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, n)| *n)
-            .sum();
-        if done >= lost.len() as u64 / 3 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replay ended before the kill"
-        );
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(&mut child, store.as_ref(), 1, lost.len() as u64 / 3).await;
 
     let resumed = output(run(&[
         "apply",

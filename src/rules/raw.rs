@@ -107,8 +107,12 @@ pub struct RawStream {
     /// A Redis stream's key (`kind: redis`).
     pub key: Option<Spanned<String>>,
     pub subject: Option<Spanned<String>>,
-    pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
+    pub columns: Option<Spanned<RawColumns>>,
 }
+
+/// `columns:` of a request or stream side, in the order written: rows, evidence and
+/// templates show them so, as a query's columns show in its SELECT order.
+pub type RawColumns = indexmap::IndexMap<String, Spanned<RawField>>;
 
 /// `request:` — a side read from an HTTP API (a source of `kind: http`).
 #[derive(Deserialize)]
@@ -118,7 +122,7 @@ pub struct RawRequest {
     pub params: BTreeMap<String, Spanned<ScalarText>>,
     pub items: Option<Spanned<String>>,
     pub page: Option<Spanned<RawPage>>,
-    pub columns: Option<Spanned<BTreeMap<String, Spanned<RawField>>>>,
+    pub columns: Option<Spanned<RawColumns>>,
     pub lookup: Option<Spanned<RawLookup>>,
 }
 

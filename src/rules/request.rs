@@ -3,7 +3,6 @@
 use serde_saphyr::Spanned;
 
 use super::Ctx;
-use std::collections::BTreeMap;
 
 use super::raw::{RawField, RawLookup, RawPage, RawRequest, RawStream};
 use crate::domain::{
@@ -135,7 +134,7 @@ impl Ctx<'_> {
     pub(super) fn fields(
         &mut self,
         here: &str,
-        raw: Option<&Spanned<BTreeMap<String, Spanned<RawField>>>>,
+        raw: Option<&Spanned<super::raw::RawColumns>>,
         block: serde_saphyr::Location,
         carrier: Carrier,
     ) -> Option<Vec<Field>> {

@@ -943,9 +943,10 @@ fn a_side_on_an_api_is_a_request_with_its_paging_and_typed_columns() {
     use crate::domain::FieldKind as K;
     assert_eq!(
         columns,
+        // In the order written, as a query's columns are in its SELECT order.
         [
-            ("amount".into(), "amount.value".into(), K::Decimal),
             ("charge_id".into(), "id".into(), K::Int),
+            ("amount".into(), "amount.value".into(), K::Decimal),
             ("currency".into(), "amount.currency".into(), K::Auto),
         ]
     );
@@ -1147,7 +1148,7 @@ fn a_side_on_a_stream_names_it_its_subject_and_columns_from_payload_headers_and_
     assert_eq!(read.stream, "ORDERS");
     assert_eq!(read.subject.as_deref(), Some("orders.created.>"));
     let from: Vec<String> = read.columns.iter().map(|f| f.from.to_string()).collect();
-    assert_eq!(from, ["header Nats-Msg-Id", "id", "meta time"]);
+    assert_eq!(from, ["id", "header Nats-Msg-Id", "meta time"]);
     assert_eq!(
         spec.left.query.to_string(),
         "stream ORDERS subject orders.created.>"

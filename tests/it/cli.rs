@@ -52,6 +52,11 @@ fn the_demo_finds_exactly_the_planted_violations_and_the_repair_resolves_two() {
         "{text}"
     );
     assert!(provider.contains("amount_cents: 3468 ≠ 3368"), "{text}");
+    // An API side's columns in the order its `columns:` declares them, as a query's.
+    assert!(
+        provider.contains("no right row; left: payment_id=205 amount_cents=3585 currency=EUR"),
+        "{text}"
+    );
 
     // The same counts, read from the JSON report of a second check.
     let out = trueup(

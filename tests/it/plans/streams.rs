@@ -442,3 +442,91 @@ async fn a_stream_that_cannot_take_the_actions_fails_each_saying_why() {
         "a failed XADD records no marker"
     );
 }
+
+/// The console page of plan `id`, signed in as a viewer.
+async fn plan_page(config: Config, id: i64) -> String {
+    let server = crate::helpers::TestServer::start(config).await;
+    let base = server.base.clone();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{base}/ui/login"))
+        .header("origin", &base)
+        .form(&[("token", crate::serve::VIEWER), ("next", "/ui/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    client
+        .get(format!("{base}/ui/plans/{id}"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_stream_action_as_it_will_be_sent() {
+    let stream = TestStream::new().await;
+    let redis = TestRedis::new().await;
+    let serve = crate::serve::tokens_yaml("");
+    for (targets, action, expected) in [
+        (
+            format!(
+                "  bus: {{url: \"{NATS_URL}\", stream: {}}}\n{serve}",
+                stream.name
+            ),
+            format!(
+                "        nats:\n          target: bus\n          subject: {}.records.{{{{key.event_id}}}}\n          headers: {{Event-Type: record.missing}}\n          body: {{event_id: \"{{{{key.event_id}}}}\"}}\n",
+                stream.prefix
+            ),
+            vec![
+                format!("publish {}.records.2   (target bus)", stream.prefix),
+                "Nats-Msg-Id: ".to_owned(),
+                "Event-Type: record.missing".to_owned(),
+                "\"event_id\": 2".to_owned(),
+            ],
+        ),
+        (
+            format!(
+                "  cache: {{url: \"{REDIS_URL}\", marker_key: \"{}\"}}\n{serve}",
+                redis.key("applied")
+            ),
+            format!(
+                "        redis: {{target: cache, stream: \"{}\", fields: {{event_id: \"{{{{key.event_id}}}}\"}}}}\n",
+                redis.key("records")
+            ),
+            vec![
+                format!("XADD {}   (target cache)", redis.key("records")),
+                "marker: ".to_owned(),
+                "event_id = 2".to_owned(),
+            ],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_pg, app) = scenario(dir.path(), &targets, &action).await;
+        let (id, keys) = approved_plan(&app, "bob").await;
+        let config = app.config.clone();
+        app.close().await;
+        let page = plan_page(config, id).await;
+        for text in expected
+            .iter()
+            .cloned()
+            .chain([keys[&2].clone(), keys[&6].clone()])
+        {
+            assert!(page.contains(&text), "{text}: {page}");
+        }
+    }
+}

@@ -81,31 +81,6 @@ impl Nats {
     }
 }
 
-/// How often a read polls the consumer again while it waits for a message.
-const REPOLL: Duration = Duration::from_secs(1);
-
-/// The next item of `messages` within `limit` (`Err` when none came), polled again every
-/// `repoll`: async-nats' ordered pull consumer, after a first missed idle heartbeat (a busy
-/// machine misses one), returns `Pending` without arranging to be polled again, and only a
-/// new poll re-arms its heartbeat check and its pull requests. Without it a 10M-message read
-/// on a loaded machine stalled until the timeout failed it.
-async fn next_within<S: futures_util::Stream + Unpin>(
-    messages: &mut S,
-    limit: Duration,
-    repoll: Duration,
-) -> Result<Option<S::Item>, tokio::time::error::Elapsed> {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        // `next()` only polls: dropping it at a tick loses no message.
-        match tokio::time::timeout(left.min(repoll), messages.next()).await {
-            Ok(item) => return Ok(item),
-            Err(elapsed) if left <= repoll => return Err(elapsed),
-            Err(_) => {}
-        }
-    }
-}
-
 /// Reads `req` from `nats` into `feed`, then says it is complete; a failure goes to `feed`.
 pub(super) async fn read(nats: Arc<Nats>, req: ReadRequest, mut feed: Feed) {
     let result = read_all(&nats, &req, &mut feed).await;
@@ -208,7 +183,7 @@ async fn read_all(
         })?;
         let mut seen: u64 = 0;
         loop {
-            let next = next_within(&mut messages, nats.timeout(), REPOLL).await;
+            let next = tokio::time::timeout(nats.timeout(), messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
@@ -321,56 +296,4 @@ fn to_row(
             })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_within;
-    use std::time::Duration;
-
-    /// A stream that, like the consumer after a missed heartbeat, answers its first poll
-    /// `Pending` without waking anyone, and has its item on the next poll.
-    struct ForgetsToWake {
-        polled: bool,
-    }
-
-    impl futures_util::Stream for ForgetsToWake {
-        type Item = u32;
-
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<u32>> {
-            if std::mem::replace(&mut self.polled, true) {
-                std::task::Poll::Ready(Some(7))
-            } else {
-                std::task::Poll::Pending
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_consumer_that_forgets_to_wake_the_read_is_polled_again_and_gives_its_message() {
-        let mut s = ForgetsToWake { polled: false };
-        let got = next_within(&mut s, Duration::from_secs(5), Duration::from_millis(50)).await;
-        assert_eq!(got.ok(), Some(Some(7)));
-    }
-
-    #[tokio::test]
-    async fn a_consumer_that_never_delivers_fails_the_wait_at_its_limit() {
-        let mut s = futures_util::stream::pending::<u32>();
-        let started = std::time::Instant::now();
-        let got = next_within(
-            &mut s,
-            Duration::from_millis(300),
-            Duration::from_millis(50),
-        )
-        .await;
-        assert!(got.is_err());
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
-            "{waited:?}"
-        );
-    }
 }

@@ -247,45 +247,37 @@ pub fn is_subject_token(token: &str) -> bool {
             .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
 }
 
-/// An HTTP action's headers (name → value): a schema of its own, which client generators
-/// make one model of (inline in each place they would make several of the same name).
-struct HttpHeaders;
+/// Declares `$name`, a schema of its own for a string → string map: client generators make
+/// one named model of it, where inline maps would each become a model of the same name.
+macro_rules! string_map_schema {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        struct $name;
 
-impl schemars::JsonSchema for HttpHeaders {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "HttpHeaders".into()
-    }
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
 
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
-    }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+            }
+        }
+    };
 }
 
-/// A NATS action's headers (name → value), a model of its own like [`HttpHeaders`].
-struct NatsHeaders;
-
-impl schemars::JsonSchema for NatsHeaders {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "NatsHeaders".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
-    }
-}
-
-/// A Redis action's fields (name → value), a model of its own like [`HttpHeaders`].
-struct RedisFields;
-
-impl schemars::JsonSchema for RedisFields {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "RedisFields".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
-    }
-}
+string_map_schema!(
+    /// An HTTP action's headers (name → value).
+    HttpHeaders
+);
+string_map_schema!(
+    /// A NATS action's headers (name → value).
+    NatsHeaders
+);
+string_map_schema!(
+    /// A Redis action's fields (name → value).
+    RedisFields
+);
 
 /// One concrete compensating action, as stored in a plan and shown to reviewers.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

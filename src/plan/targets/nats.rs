@@ -126,55 +126,49 @@ impl NatsConn {
             )
         };
         // The context waits for the ack as long; this bounds sending the message too.
-        let ack = match tokio::time::timeout(
+        let why = match tokio::time::timeout(
             self.cfg.timeout.as_std() + Duration::from_secs(1),
             published,
         )
         .await
         {
-            Ok(Ok(ack)) => ack,
-            Ok(Err(e)) => {
-                let why = match e.kind() {
-                    PublishErrorKind::StreamNotFound => format!(
-                        "publish to `{subject}`: no stream takes this subject; add it to stream `{}`'s subjects",
-                        self.cfg.stream
-                    ),
-                    PublishErrorKind::TimedOut => lost_ack(),
-                    _ => {
-                        let chain = crate::net::error_chain(&e);
-                        if chain.contains("expected stream does not match") {
-                            format!(
-                                "publish to `{subject}`: the subject belongs to another stream, not `{}`; publish to one of `{}`'s subjects, or name the other stream in the target",
-                                self.cfg.stream, self.cfg.stream
-                            )
-                        } else {
-                            format!("publish to `{subject}`: {chain}")
-                        }
+            Ok(Ok(ack)) if ack.duplicate => {
+                return Executed::Delivered(format!(
+                    "stream `{}` already held this Nats-Msg-Id (an earlier attempt stored it at sequence {}); recorded as applied",
+                    ack.stream, ack.sequence
+                ));
+            }
+            Ok(Ok(ack)) => {
+                return Executed::Applied(serde_json::json!({
+                    "stream": ack.stream,
+                    "sequence": ack.sequence,
+                    "duplicate_window_secs": stream.duplicate_window.as_secs(),
+                }));
+            }
+            Ok(Err(e)) => match e.kind() {
+                PublishErrorKind::StreamNotFound => format!(
+                    "publish to `{subject}`: no stream takes this subject; add it to stream `{}`'s subjects",
+                    self.cfg.stream
+                ),
+                PublishErrorKind::TimedOut => lost_ack(),
+                _ => {
+                    let chain = crate::net::error_chain(&e);
+                    if chain.contains("expected stream does not match") {
+                        format!(
+                            "publish to `{subject}`: the subject belongs to another stream, not `{}`; publish to one of `{}`'s subjects, or name the other stream in the target",
+                            self.cfg.stream, self.cfg.stream
+                        )
+                    } else {
+                        format!("publish to `{subject}`: {chain}")
                     }
-                };
-                if crate::net::nats_broken(&stream.context.client()) {
-                    self.stream.forget().await;
                 }
-                return Executed::Failed(self.failed(why));
-            }
-            Err(_) => {
-                if crate::net::nats_broken(&stream.context.client()) {
-                    self.stream.forget().await;
-                }
-                return Executed::Failed(self.failed(lost_ack()));
-            }
+            },
+            Err(_) => lost_ack(),
         };
-        if ack.duplicate {
-            return Executed::Delivered(format!(
-                "stream `{}` already held this Nats-Msg-Id (an earlier attempt stored it at sequence {}); recorded as applied",
-                ack.stream, ack.sequence
-            ));
+        if crate::net::nats_broken(&stream.context.client()) {
+            self.stream.forget().await;
         }
-        Executed::Applied(serde_json::json!({
-            "stream": ack.stream,
-            "sequence": ack.sequence,
-            "duplicate_window_secs": stream.duplicate_window.as_secs(),
-        }))
+        Executed::Failed(self.failed(why))
     }
 
     pub(super) async fn close(&self) {

@@ -523,6 +523,19 @@ impl TestStream {
     }
 }
 
+impl TestStream {
+    /// Every message the stream holds, in stream order.
+    pub async fn messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut s = self.js.get_stream(&self.name).await.unwrap();
+        let last = s.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            out.push(s.get_raw_message(seq).await.unwrap());
+        }
+        out
+    }
+}
+
 impl Drop for TestStream {
     fn drop(&mut self) {
         let name = self.name.clone();

@@ -95,23 +95,20 @@ async fn apply_all(app: &App, targets: &Targets, id: i64) -> trueup::plan::apply
 
 /// Every message on the stream: (subject, Nats-Msg-Id, payload).
 async fn messages(stream: &TestStream) -> Vec<(String, String, serde_json::Value)> {
-    let mut out = Vec::new();
-    let mut s = stream.js.get_stream(&stream.name).await.unwrap();
-    let last = s.info().await.unwrap().state.last_sequence;
-    for seq in 1..=last {
-        let m = s.get_raw_message(seq).await.unwrap();
-        let id = m
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        out.push((
-            m.subject.to_string(),
-            id,
-            serde_json::from_slice(&m.payload).unwrap(),
-        ));
-    }
-    out
+    stream
+        .messages()
+        .await
+        .into_iter()
+        .map(|m| {
+            let id = m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let payload = serde_json::from_slice(&m.payload).unwrap();
+            (m.subject.to_string(), id, payload)
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@
 //! - [`cli`]: the commands.
 
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -7,8 +7,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::domain::{HumanDuration, Role, SourceName, TargetName};
+use crate::domain::{HumanDuration, LogName, Role, SourceName, TargetName};
 
+mod logs;
 mod parse;
 mod routes;
 mod secret;
@@ -16,6 +17,10 @@ mod targets;
 #[cfg(test)]
 mod tests;
 
+pub use logs::{
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_SIGNATURE_HEADER, EventLogConfig, FeedStart, LogFeed,
+    NatsFeed, RedisFeed, WebhookFeed,
+};
 pub use secret::SecretUrl;
 pub(crate) use secret::header_holds_a_secret;
 pub use targets::{
@@ -41,6 +46,8 @@ pub struct Config {
     /// What approved compensating actions may change.
     pub targets: BTreeMap<TargetName, TargetConfig>,
     pub plans: PlansConfig,
+    /// trueup's own event logs, by name.
+    pub event_logs: BTreeMap<LogName, EventLogConfig>,
 }
 
 /// One notification channel.
@@ -327,6 +334,7 @@ impl Config {
             route: None,
             targets: BTreeMap::new(),
             plans: PlansConfig::default(),
+            event_logs: BTreeMap::new(),
         }
     }
 

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     targets: BTreeMap<String, Spanned<targets::RawTarget>>,
     plans: Option<targets::RawPlans>,
+    #[serde(default)]
+    event_logs: BTreeMap<String, Spanned<super::logs::RawEventLog>>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +119,7 @@ pub(super) fn config(
             notifications: None,
             targets: BTreeMap::new(),
             plans: None,
+            event_logs: BTreeMap::new(),
         }
     } else {
         crate::yaml::from_str(text)
@@ -171,6 +174,8 @@ pub(super) fn config(
         None => PlansConfig::default(),
     };
 
+    let event_logs = super::logs::parse_logs(&raw.event_logs, &sources, env, path, &mut errors);
+
     if errors.is_empty() {
         Ok(Config {
             file: Some(path.to_owned()),
@@ -182,6 +187,7 @@ pub(super) fn config(
             route,
             targets,
             plans,
+            event_logs,
         })
     } else {
         Err(Diagnostics(errors))

@@ -6,6 +6,8 @@ fn env(name: &str) -> Option<String> {
     match name {
         "LEDGER_PASSWORD" => Some("s3cret".into()),
         "PAYMENTS_TOKEN" => Some("tok_live_9f".into()),
+        "ORDERS_WEBHOOK_SECRET" => Some("whsec_0123456789abcdef".into()),
+        "SHORT_SECRET" => Some("short".into()),
         _ => None,
     }
 }
@@ -708,4 +710,67 @@ fn a_redis_source_has_a_url_with_its_password_from_the_environment() {
             .contains("a Redis source's url starts with redis://")),
         "{errs:?}"
     );
+}
+
+const BUS: &str = "sources:\n  bus:\n    url: nats://127.0.0.1:4222\n  cache:\n    url: redis://127.0.0.1:6379/0\n  shop:\n    url: sqlite://shop.db\n";
+
+#[test]
+fn event_logs_are_read_with_their_feeds_and_defaults() {
+    let c = parse(&format!(
+        "{BUS}event_logs:\n  orders:\n    event_id: data.id\n    event_time: $.data.created\n    max_event_bytes: 4096\n    from:\n      - nats: {{source: bus, stream: ORDERS, subject: \"orders.>\", ack_wait: 5s, batch: 100}}\n      - redis: {{source: cache, stream: orders, field: json, start: new}}\n      - webhook: {{secret: \"${{ORDERS_WEBHOOK_SECRET}}\", signature_header: Stripe-Signature}}\n"
+    ))
+    .unwrap();
+    let log = &c.event_logs[&crate::domain::LogName::parse("orders").unwrap()];
+    assert_eq!(log.shape.event_id.to_string(), "data.id");
+    assert_eq!(
+        log.shape.event_time.as_ref().unwrap().to_string(),
+        "data.created"
+    );
+    assert_eq!(log.shape.max_event_bytes, 4096);
+    let [LogFeed::Nats(n), LogFeed::Redis(r), LogFeed::Webhook(w)] = &log.feeds[..] else {
+        panic!("{:?}", log.feeds);
+    };
+    assert_eq!(
+        (n.stream.as_str(), n.subject.as_deref()),
+        ("ORDERS", Some("orders.>"))
+    );
+    assert_eq!(
+        (n.durable.as_str(), n.batch, n.start),
+        ("trueup-orders", 100, FeedStart::All)
+    );
+    assert_eq!(n.ack_wait.to_string(), "5s");
+    assert_eq!(n.server.url.expose(), "nats://127.0.0.1:4222");
+    assert_eq!(
+        (r.group.as_str(), r.field.as_deref(), r.start),
+        ("trueup-orders", Some("json"), FeedStart::New)
+    );
+    assert_eq!((r.batch, r.claim_after.to_string().as_str()), (500, "1m"));
+    assert_eq!(w.signature_header, "Stripe-Signature");
+    assert_eq!(w.tolerance.to_string(), "5m");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("whsec_0123456789abcdef"), "{shown}");
+    assert_eq!(log.webhook().unwrap().signature_header, "Stripe-Signature");
+}
+
+#[test]
+fn event_log_problems_are_each_reported_with_the_log_line_and_fix() {
+    let err = parse(&format!(
+        "{BUS}event_logs:\n  orders:\n    from:\n      - nats: {{source: shop, stream: ORDERS}}\n      - redis: {{source: nowhere, stream: x}}\n      - webhook: {{secret: literal-secret-of-some-length}}\n  Bad:\n    event_id: id\n    from: []\n  hooks:\n    event_id: $\n    from:\n      - webhook: {{secret: \"${{SHORT_SECRET}}\"}}\n      - webhook: {{secret: \"${{ORDERS_WEBHOOK_SECRET}}\", tolerance: 0s}}\n      - {{nats: {{source: bus, stream: \"A.B\"}}, webhook: {{secret: x}}}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for says in [
+        "conf/trueup.yaml:10:5: event log `orders`: needs `event_id:`",
+        "event log `orders`: source `shop` is not a NATS server; a `nats:` feed reads a `kind: nats` source",
+        "event log `orders`: source `nowhere` is not configured; add it under `sources:` with `url: redis://",
+        "event log `orders`: the webhook secret is written in the file; write `secret: ${ORDERS_WEBHOOK_SECRET}`",
+        "event log `Bad`: event log name `Bad`",
+        "event log `Bad`: needs `from:`",
+        "event log `hooks`: event_id names the whole payload",
+        "event log `hooks`: the webhook secret from ${SHORT_SECRET} has 5 bytes; use at least 16",
+        "event log `hooks`: has a second `webhook:` (the first is at line 20)",
+        "event log `hooks`: from[2] must be exactly one of",
+    ] {
+        assert!(err.contains(says), "missing {says:?} in:\n{err}");
+    }
 }

@@ -4,6 +4,7 @@ mod actor;
 mod alert;
 mod compensation;
 mod duration;
+mod event_log;
 pub mod evidence;
 mod histogram;
 mod incident;
@@ -29,6 +30,9 @@ pub use compensation::{
     SqlCompensation, is_subject_token,
 };
 pub use duration::HumanDuration;
+pub use event_log::{
+    CapturedEvent, EventIdentity, EventShape, Intake, MAX_EVENT_ID_BYTES, Refusal,
+};
 pub use histogram::{Bucket, StackedBucket, histogram, stacked_histogram};
 pub use incident::{IncidentState, Phase};
 pub use invariant::{
@@ -36,7 +40,9 @@ pub use invariant::{
     ReconcileSpec, ReplaySpec, Severity, TransitionsSpec,
 };
 pub use link::{WebUrl, WebUrlError};
-pub use name::{ColumnName, IncidentName, InvariantName, NameError, SourceName, TargetName};
+pub use name::{
+    ColumnName, IncidentName, InvariantName, LogName, NameError, SourceName, TargetName,
+};
 pub use next_step::NextStep;
 pub use plan::{ActionStatus, PlanId, PlanKind, PlanState};
 pub use request::{

@@ -150,6 +150,25 @@ impl TargetName {
 }
 
 string_name!(
+    /// The name of one of trueup's event logs (`event_logs:` in trueup.yaml): it is part of
+    /// the ingest URL (`/ingest/{log}`), of metric labels and of a side's `source: log:NAME`.
+    LogName
+);
+
+impl LogName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(
+            raw,
+            "event log name",
+            64,
+            "lowercase letters, digits, `-` and `_`, starting with a letter",
+            |i, c| c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || "-_".contains(c))),
+        )?;
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+string_name!(
     /// A result column named in an invariant (a key, a compared column, a time column).
     /// trueup quotes it when it builds `ORDER BY`, so it must be a plain identifier.
     ColumnName

@@ -9,6 +9,7 @@ mod api;
 pub mod console;
 pub mod contract;
 mod incidents_api;
+mod ingest;
 mod params;
 mod plans_api;
 pub mod silences_api;
@@ -41,7 +42,8 @@ pub struct HttpState {
 pub struct Endpoint {
     pub method: Method,
     pub path: &'static str,
-    /// `None`: anyone (health checks only).
+    /// `None`: anyone (health checks; and webhook ingest, which each request's signature
+    /// authenticates instead of a token).
     pub role: Option<Role>,
     pub summary: &'static str,
     /// Whether it changes anything (and so writes an audit record).
@@ -54,6 +56,13 @@ pub struct Endpoint {
 impl Endpoint {
     fn takes(mut self, contract: Contract) -> Self {
         self.contract = contract;
+        self
+    }
+
+    /// A POST that changes only what it reports itself (an event log's intake, counted in
+    /// metrics), never trueup's decisions: no audit record per request.
+    fn not_audited(mut self) -> Self {
+        self.mutating = false;
         self
     }
 }
@@ -327,6 +336,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             post(incidents_api::close),
         )
         .takes(Contract::default().optional_body::<incidents_api::CloseBody>().answers::<contract::IncidentReport>(StatusCode::OK, "The frozen report").refuses(StatusCode::FORBIDDEN, "An override needs an approver")),
+        endpoint(
+            Method::POST,
+            "/ingest/{name}",
+            None,
+            "A signed webhook into the event log `name` (header `t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`): 201 stored, 200 a duplicate delivery (counted, not stored again).",
+            post(ingest::ingest),
+        )
+        .not_audited()
+        .takes(Contract::default().body::<serde_json::Value>().answers::<ingest::IngestAnswer>(StatusCode::CREATED, "Stored").answers::<ingest::IngestAnswer>(StatusCode::OK, "A duplicate delivery of an event id the log holds: counted, not stored again").refuses(StatusCode::UNAUTHORIZED, "The signature is missing, does not match, or is outside the tolerance").refuses(StatusCode::PAYLOAD_TOO_LARGE, "Over the log's max_event_bytes").refuses(StatusCode::BAD_REQUEST, "Not JSON, or without a usable event id or time").answers::<serde_json::Value>(StatusCode::SERVICE_UNAVAILABLE, "The store cannot take it now; nothing was kept, send it again")),
         endpoint(
             Method::GET,
             "/api/v1/audit",

@@ -37,6 +37,8 @@ pub struct Metrics {
     slo_breach: GaugeVec,
     slo_allowed_breach: GaugeVec,
     slo_unverified: GaugeVec,
+    /// The event logs' intake.
+    pub capture: std::sync::Arc<crate::capture::CaptureMetrics>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -159,6 +161,7 @@ impl Metrics {
                 .expect("metric registered once");
             g
         };
+        let capture = std::sync::Arc::new(crate::capture::CaptureMetrics::register(&registry));
         Self {
             runs: counter(
                 &registry,
@@ -301,6 +304,7 @@ impl Metrics {
                 "Violations seen by the last completed evaluation, by kind.",
                 &["invariant", "kind", "severity"],
             ),
+            capture,
             registry,
         }
     }

@@ -221,6 +221,16 @@ impl Application {
                 }
             })
         };
+        // Event log feeds run until the drain below; each finishes its batch in hand
+        // (stored, then acknowledged).
+        let stop_feeds = CancellationToken::new();
+        let feeds = crate::capture::spawn_feeds(
+            self.runtime.config.event_logs.values().cloned(),
+            Arc::clone(&self.runtime.store),
+            Arc::clone(&self.runtime.metrics.capture),
+            Arc::clone(&self.runtime.replica),
+            stop_feeds.clone(),
+        );
         let stop_outbox = CancellationToken::new();
         let outbox = tokio::spawn(
             outbox::Worker {
@@ -309,6 +319,10 @@ impl Application {
         let _ = heartbeat.await;
         if let Err(e) = self.runtime.store.retire(&self.runtime.replica).await {
             tracing::warn!("cannot deregister this replica: {e}");
+        }
+        stop_feeds.cancel();
+        for feed in feeds {
+            let _ = feed.await;
         }
         // Undelivered notices stay in the outbox for the next start.
         stop_outbox.cancel();

@@ -9,6 +9,7 @@ mod actions;
 mod alerts;
 mod incidents;
 mod ledger;
+mod logs;
 mod notices;
 mod plans;
 mod postgres;
@@ -33,6 +34,7 @@ pub use alerts::AlertStore;
 pub use incidents::{
     FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
+pub use logs::{EventLogStore, LogCounts, LoggedEvent};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
@@ -265,6 +267,7 @@ pub trait Store:
     + SegmentStore
     + AlertStore
     + NoticeStore
+    + EventLogStore
     + Send
     + Sync
 {

@@ -102,3 +102,5 @@ super::segments::impl_segment_store!(
     "FOR UPDATE SKIP LOCKED",
     true
 );
+
+super::logs::impl_event_log_store!(PgStore, "BEGIN");

@@ -88,3 +88,5 @@ super::segments::impl_segment_store!(
     "",
     false
 );
+
+super::logs::impl_event_log_store!(SqliteStore, "BEGIN IMMEDIATE");

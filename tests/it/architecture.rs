@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "plan",
     "incident",
     "notify",
+    "capture",
     "app",
     "demo",
     "runtime",

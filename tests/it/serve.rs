@@ -364,9 +364,15 @@ async fn every_route_checks_its_token_and_role() {
         );
         let method = reqwest::Method::from_bytes(e.method.as_str().as_bytes()).unwrap();
         let Some(needed) = e.role else {
+            // A webhook's signature, not a token, is its credential; no log has this name.
+            let expected = if e.path.starts_with("/ingest/") {
+                404
+            } else {
+                200
+            };
             assert_eq!(
                 call(method, &url, None).await.0,
-                200,
+                expected,
                 "{} {}",
                 e.method,
                 e.path

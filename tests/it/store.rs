@@ -1351,3 +1351,128 @@ async fn a_windowed_run_resolves_only_what_its_window_covers_on_postgres() {
     let db = TestPg::new().await;
     window_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+fn delivery(
+    id: &str,
+    source: &str,
+    position: Option<&str>,
+    body: &str,
+) -> trueup::domain::CapturedEvent {
+    trueup::domain::CapturedEvent {
+        identity: trueup::domain::EventIdentity {
+            event_id: id.into(),
+            event_at: Some(Utc::now()),
+        },
+        source: source.into(),
+        position: position.map(str::to_owned),
+        headers: serde_json::Map::from_iter([(
+            "content-type".to_owned(),
+            json!("application/json"),
+        )]),
+        payload: body.as_bytes().to_vec(),
+    }
+}
+
+/// An event log keeps each id once; a duplicate is counted once per delivery, a redelivery of
+/// a delivery already stored or counted (same feed and position) neither stored nor counted.
+async fn event_log_story(store: Arc<dyn Store>) {
+    use trueup::domain::{Intake, LogName};
+    let store = store.as_ref();
+    let orders = LogName::parse("orders").unwrap();
+    let other = LogName::parse("other").unwrap();
+    let first = store
+        .ingest(
+            &orders,
+            &[
+                delivery("a", "nats:ORDERS", Some("1"), r#"{"id":"a"}"#),
+                delivery("b", "nats:ORDERS", Some("2"), r#"{"id":"b"}"#),
+                // Published twice upstream, within one batch.
+                delivery("a", "nats:ORDERS", Some("3"), r#"{"id":"a","again":true}"#),
+                delivery("c", "webhook", None, r#"{"id":"c"}"#),
+            ],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        [
+            Intake::Stored,
+            Intake::Stored,
+            Intake::Duplicate { deliveries: 2 },
+            Intake::Stored
+        ]
+    );
+    // After a crash before the acknowledgement, the same messages come again; the webhook
+    // is retried by its sender, which is a delivery of its own.
+    let again = store
+        .ingest(
+            &orders,
+            &[
+                delivery("a", "nats:ORDERS", Some("1"), r#"{"id":"a"}"#),
+                delivery("a", "nats:ORDERS", Some("3"), r#"{"id":"a","again":true}"#),
+                delivery("c", "webhook", None, r#"{"id":"c"}"#),
+                delivery("a", "nats:ORDERS", Some("9"), r#"{"id":"a"}"#),
+            ],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [
+            Intake::Redelivered,
+            Intake::Redelivered,
+            Intake::Duplicate { deliveries: 2 },
+            Intake::Duplicate { deliveries: 3 }
+        ]
+    );
+    // The same id in another log is another event.
+    assert_eq!(
+        store
+            .ingest(&other, &[delivery("a", "webhook", None, "{}")], Utc::now())
+            .await
+            .unwrap(),
+        [Intake::Stored]
+    );
+    let a = store.logged_event("orders", "a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.deliveries, a.source.as_str(), a.position.as_deref()),
+        (3, "nats:ORDERS", Some("1"))
+    );
+    // The first delivery's payload and headers are what the log keeps.
+    assert_eq!(a.payload, br#"{"id":"a"}"#);
+    assert_eq!(a.headers, json!({"content-type": "application/json"}));
+    assert!(a.event_at.is_some() && a.last_delivered_at >= a.ingested_at);
+    assert!(store.logged_event("orders", "zzz").await.unwrap().is_none());
+    let counts = store.log_counts("orders").await.unwrap();
+    assert_eq!((counts.events, counts.duplicates), (3, 3));
+    let page = store.logged_events("orders", None, 2).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let rest = store
+        .logged_events("orders", Some(page[1].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_event_log_keeps_each_id_once_and_counts_true_duplicates_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    event_log_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_event_log_keeps_each_id_once_and_counts_true_duplicates_on_postgres() {
+    let db = TestPg::new().await;
+    event_log_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

@@ -1,0 +1,34 @@
+-- trueup's own event logs (`event_logs:` in trueup.yaml): each event once per log, by its id.
+-- `source` and `position` say which delivery stored it (`nats:STREAM` and its stream
+-- sequence, `redis:KEY` and its entry id, `webhook` and none): a stream that delivers the same
+-- message again after a crash (stored, not yet acknowledged) is recognised by its position
+-- and neither stored nor counted twice.
+CREATE TABLE log_events (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    log               TEXT    NOT NULL,
+    event_id          TEXT    NOT NULL,
+    event_at          TEXT,
+    ingested_at       TEXT    NOT NULL,
+    source            TEXT    NOT NULL,
+    position          TEXT,
+    -- Deliveries of this event id: 1, plus one per duplicate in log_duplicates.
+    deliveries        INTEGER NOT NULL DEFAULT 1,
+    last_delivered_at TEXT    NOT NULL,
+    headers           TEXT    NOT NULL,
+    payload           BLOB    NOT NULL,
+    UNIQUE (log, event_id)
+);
+CREATE INDEX log_events_ingested ON log_events (log, ingested_at);
+
+-- Each further delivery of an event id already stored: when and from where. Unique by
+-- position, so a stream's redelivery of a duplicate is counted once.
+CREATE TABLE log_duplicates (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    log          TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    position     TEXT,
+    delivered_at TEXT NOT NULL,
+    UNIQUE (log, source, position)
+);
+CREATE INDEX log_duplicates_event ON log_duplicates (log, event_id);

@@ -1,0 +1,201 @@
+//! The intake of trueup's own event logs (`event_logs:`): what each feed delivers is
+//! identified by the log's [`EventShape`](crate::domain::EventShape), stored once per event id
+//! ([`crate::store::EventLogStore::ingest`]) and only then acknowledged.
+//!
+//! - `webhook.rs`: the signature of `POST /ingest/<log>` (HMAC-SHA256 over `<t>.<body>`,
+//!   within a tolerance), and [`receive_webhook`], which the HTTP route calls.
+//! - `nats.rs`: a durable JetStream pull consumer per feed, a batch fetched, stored in one
+//!   transaction, then acknowledged.
+//! - `redis.rs`: a Redis Streams consumer group per feed: this consumer's pending entries
+//!   first, then entries idle too long at other consumers, then new ones; `XACK` after commit.
+//!
+//! A feed that fails (server gone, stream missing, store down) logs why, waits and starts
+//! again; what it had not acknowledged is delivered again and recognised by its position.
+
+mod metrics;
+mod nats;
+mod redis;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EventLogConfig, LogFeed};
+use crate::domain::{CapturedEvent, Intake};
+use crate::store::{Store, StoreError};
+
+pub use metrics::CaptureMetrics;
+pub use webhook::{Received, WEBHOOK_FEED, WebhookError, receive_webhook, sign, verify};
+
+/// The longest a failed feed waits before it starts again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Starts one task per stream feed of every log; each runs until `stop` is cancelled, then
+/// finishes the batch in hand (stored and acknowledged) and ends.
+pub fn spawn_feeds(
+    logs: impl IntoIterator<Item = EventLogConfig>,
+    store: Arc<dyn Store>,
+    metrics: Arc<CaptureMetrics>,
+    consumer: Arc<str>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for log in logs {
+        let log = Arc::new(log);
+        for feed in log.feeds.iter().cloned() {
+            let (log, store, metrics, stop, consumer) = (
+                log.clone(),
+                store.clone(),
+                metrics.clone(),
+                stop.clone(),
+                consumer.clone(),
+            );
+            match feed {
+                LogFeed::Webhook(_) => {}
+                LogFeed::Nats(feed) => tasks.push(tokio::spawn(async move {
+                    let label = format!("nats:{}", feed.stream);
+                    supervise(&log, &label, &metrics, &stop, || {
+                        nats::run(&log, &feed, store.as_ref(), &metrics, &stop)
+                    })
+                    .await
+                })),
+                LogFeed::Redis(feed) => tasks.push(tokio::spawn(async move {
+                    let label = format!("redis:{}", feed.stream);
+                    supervise(&log, &label, &metrics, &stop, || {
+                        redis::run(&log, &feed, store.as_ref(), &metrics, &consumer, &stop)
+                    })
+                    .await
+                })),
+            }
+        }
+    }
+    tasks
+}
+
+/// Runs a feed until `stop`, starting it again after each failure with a growing wait.
+async fn supervise<F, Fut>(
+    log: &EventLogConfig,
+    feed: &str,
+    metrics: &CaptureMetrics,
+    stop: &CancellationToken,
+    mut run: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), FeedError>>,
+{
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        metrics.set_up(log.name.as_str(), feed, true);
+        let started = std::time::Instant::now();
+        // Not raced against `stop`: the feed checks it between batches, so the batch in
+        // hand is stored and acknowledged before it ends.
+        let result = run().await;
+        if stop.is_cancelled() {
+            return;
+        }
+        metrics.set_up(log.name.as_str(), feed, false);
+        let error = match result {
+            Ok(()) => "the feed ended".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = Duration::from_millis(500);
+        }
+        tracing::error!(
+            log = %log.name,
+            feed,
+            "event log feed failed, starting it again in {backoff:?}: {error}"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why a feed stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("{server}: {message}")]
+    Server { server: String, message: String },
+    #[error("cannot store the batch, which stays unacknowledged and comes again: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One message as a feed delivered it: its position in the feed, its headers, its payload.
+type Delivered = (
+    Option<String>,
+    serde_json::Map<String, serde_json::Value>,
+    Vec<u8>,
+);
+
+/// What a feed does with one delivered message after the batch is stored.
+enum Settle {
+    /// Stored, or a duplicate counted, or a redelivery recognised: acknowledge.
+    Ack,
+    /// Refused (too large, malformed): acknowledged as terminated, so it is not delivered
+    /// again; counted and logged with where it is.
+    Refuse,
+}
+
+/// Identifies each message of a batch, stores those that can be kept in one transaction and
+/// counts the outcomes; says what to do with each message, in the batch's order.
+async fn store_batch(
+    log: &EventLogConfig,
+    source: &str,
+    messages: Vec<Delivered>,
+    store: &dyn Store,
+    metrics: &CaptureMetrics,
+) -> Result<Vec<Settle>, StoreError> {
+    let mut settles = Vec::with_capacity(messages.len());
+    let mut events = Vec::with_capacity(messages.len());
+    for (position, headers, payload) in messages {
+        match log.shape.identify(&payload) {
+            Ok(identity) => {
+                settles.push(None);
+                events.push(CapturedEvent {
+                    identity,
+                    source: source.to_owned(),
+                    position,
+                    headers,
+                    payload,
+                });
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    log = %log.name,
+                    feed = source,
+                    position = position.as_deref().unwrap_or("-"),
+                    "event refused, not stored: {refusal}"
+                );
+                metrics.rejected(log.name.as_str(), source, refusal.reason());
+                settles.push(Some(Settle::Refuse));
+            }
+        }
+    }
+    let intakes = if events.is_empty() {
+        Vec::new()
+    } else {
+        store.ingest(&log.name, &events, Utc::now()).await?
+    };
+    for intake in &intakes {
+        metrics.intake(log.name.as_str(), source, *intake);
+    }
+    Ok(settles
+        .into_iter()
+        .map(|s| s.unwrap_or(Settle::Ack))
+        .collect())
+}
+
+/// `Intake` as the `outcome` of an answer or a log line.
+pub fn intake_word(intake: Intake) -> &'static str {
+    match intake {
+        Intake::Stored => "stored",
+        Intake::Duplicate { .. } => "duplicate",
+        Intake::Redelivered => "redelivered",
+    }
+}

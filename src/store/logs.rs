@@ -1,0 +1,249 @@
+//! trueup's own event logs: each event once per log, by its id, with how often it was
+//! delivered. A batch of deliveries is stored in one transaction; a feed acknowledges its
+//! messages only after that commit, so a crash loses nothing, and a redelivery of a message
+//! already stored is recognised by its feed position and neither stored nor counted again.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use crate::domain::{CapturedEvent, Intake, LogName};
+
+/// One event of a log, as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct LoggedEvent {
+    pub id: i64,
+    pub log: String,
+    pub event_id: String,
+    pub event_at: Option<DateTime<Utc>>,
+    pub ingested_at: DateTime<Utc>,
+    /// The feed whose delivery stored it (`nats:STREAM`, `redis:KEY`, `webhook`).
+    pub source: String,
+    /// Where in that feed (a stream sequence, an entry id).
+    pub position: Option<String>,
+    /// How often it was delivered: 1, plus each duplicate.
+    pub deliveries: i64,
+    pub last_delivered_at: DateTime<Utc>,
+    pub headers: serde_json::Value,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub payload: Vec<u8>,
+}
+
+/// A log's events counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogCounts {
+    pub events: u64,
+    /// Deliveries beyond each event's first.
+    pub duplicates: u64,
+}
+
+#[async_trait]
+pub trait EventLogStore: Send + Sync {
+    /// Stores a batch of deliveries to `log` in one transaction, in order; says for each what
+    /// storing it did. Nothing of the batch is kept if this fails.
+    async fn ingest(
+        &self,
+        log: &LogName,
+        events: &[CapturedEvent],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Intake>, StoreError>;
+
+    /// One event of a log, by its id.
+    async fn logged_event(
+        &self,
+        log: &str,
+        event_id: &str,
+    ) -> Result<Option<LoggedEvent>, StoreError>;
+
+    /// A page of a log's events in the order they were stored, after `after_id`.
+    async fn logged_events(
+        &self,
+        log: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError>;
+
+    async fn log_counts(&self, log: &str) -> Result<LogCounts, StoreError>;
+}
+
+type EventRow = (
+    i64,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+    String,
+    Option<String>,
+    i64,
+    DateTime<Utc>,
+    sqlx::types::Json<serde_json::Value>,
+    Vec<u8>,
+);
+
+pub(super) fn event_of(row: EventRow) -> LoggedEvent {
+    let (
+        id,
+        log,
+        event_id,
+        event_at,
+        ingested_at,
+        source,
+        position,
+        deliveries,
+        last_delivered_at,
+        headers,
+        payload,
+    ) = row;
+    LoggedEvent {
+        id,
+        log,
+        event_id,
+        event_at,
+        ingested_at,
+        source,
+        position,
+        deliveries,
+        last_delivered_at,
+        headers: headers.0,
+        payload,
+    }
+}
+
+pub(super) const EVENT_COLUMNS: &str = "id, log, event_id, event_at, ingested_at, source, position, \
+     deliveries, last_delivered_at, headers, payload";
+
+macro_rules! impl_event_log_store {
+    ($store:ty, $begin:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::EventLogStore for $store {
+            async fn ingest(
+                &self,
+                log: &$crate::domain::LogName,
+                events: &[$crate::domain::CapturedEvent],
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::domain::Intake>, $crate::store::StoreError> {
+                use $crate::domain::Intake;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut outcomes = Vec::with_capacity(events.len());
+                for e in events {
+                    let stored: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
+                         deliveries, last_delivered_at, headers, payload) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 1, $4, $7, $8) \
+                         ON CONFLICT (log, event_id) DO NOTHING RETURNING id",
+                    )
+                    .bind(log.as_str())
+                    .bind(&e.identity.event_id)
+                    .bind(e.identity.event_at)
+                    .bind(at)
+                    .bind(&e.source)
+                    .bind(&e.position)
+                    .bind(sqlx::types::Json(&e.headers))
+                    .bind(&e.payload)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if stored.is_some() {
+                        outcomes.push(Intake::Stored);
+                        continue;
+                    }
+                    // Stored before: this delivery is either the one that stored it, or a
+                    // duplicate counted before, come again unacknowledged; or a new duplicate.
+                    let (source, position): (String, Option<String>) = sqlx::query_as(
+                        "SELECT source, position FROM log_events WHERE log = $1 AND event_id = $2",
+                    )
+                    .bind(log.as_str())
+                    .bind(&e.identity.event_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if e.position.is_some() && source == e.source && position == e.position {
+                        outcomes.push(Intake::Redelivered);
+                        continue;
+                    }
+                    let counted: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO log_duplicates (log, event_id, source, position, delivered_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (log, source, position) DO NOTHING RETURNING id",
+                    )
+                    .bind(log.as_str())
+                    .bind(&e.identity.event_id)
+                    .bind(&e.source)
+                    .bind(&e.position)
+                    .bind(at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if counted.is_none() {
+                        outcomes.push(Intake::Redelivered);
+                        continue;
+                    }
+                    let deliveries: i64 = sqlx::query_scalar(
+                        "UPDATE log_events SET deliveries = deliveries + 1, last_delivered_at = $3 \
+                         WHERE log = $1 AND event_id = $2 RETURNING deliveries",
+                    )
+                    .bind(log.as_str())
+                    .bind(&e.identity.event_id)
+                    .bind(at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    outcomes.push(Intake::Duplicate {
+                        deliveries: deliveries as u64,
+                    });
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn logged_event(
+                &self,
+                log: &str,
+                event_id: &str,
+            ) -> Result<Option<$crate::store::LoggedEvent>, $crate::store::StoreError> {
+                let row = sqlx::query_as(&format!(
+                    "SELECT {} FROM log_events WHERE log = $1 AND event_id = $2",
+                    $crate::store::logs::EVENT_COLUMNS
+                ))
+                .bind(log)
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map($crate::store::logs::event_of))
+            }
+
+            async fn logged_events(
+                &self,
+                log: &str,
+                after_id: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::LoggedEvent>, $crate::store::StoreError> {
+                let rows = sqlx::query_as(&format!(
+                    "SELECT {} FROM log_events WHERE log = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    $crate::store::logs::EVENT_COLUMNS
+                ))
+                .bind(log)
+                .bind(after_id.unwrap_or(0))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map($crate::store::logs::event_of).collect())
+            }
+
+            async fn log_counts(
+                &self,
+                log: &str,
+            ) -> Result<$crate::store::LogCounts, $crate::store::StoreError> {
+                let (events, deliveries): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT COUNT(*), CAST(SUM(deliveries) AS BIGINT) FROM log_events WHERE log = $1",
+                )
+                .bind(log)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok($crate::store::LogCounts {
+                    events: events as u64,
+                    duplicates: (deliveries.unwrap_or(0) - events) as u64,
+                })
+            }
+        }
+    };
+}
+
+pub(super) use impl_event_log_store;

@@ -14,6 +14,7 @@ mod checksum;
 mod cli;
 mod console;
 mod contract;
+mod event_log;
 mod faults;
 mod incremental;
 mod notify;

@@ -50,7 +50,10 @@ impl App {
             crate::rules::load(&config.invariants_dir, &crate::rules::Known::of(&config))
                 .map_err(AppError::Rules)?;
         let store = store::open(&config.store).await?;
-        let sources = Sources::open_all(&config.sources).await?;
+        let mut sources = Sources::open_all(&config.sources).await?;
+        // Each event log is a source too (`log:NAME`), read from the store.
+        let reader: Arc<dyn crate::source::LogReader> = store.clone();
+        sources.attach_logs(config.event_logs.keys(), reader);
         Ok(Self {
             config,
             invariants,

@@ -19,6 +19,8 @@ CREATE TABLE log_events (
     UNIQUE (log, event_id)
 );
 CREATE INDEX log_events_ingested ON log_events (log, ingested_at);
+-- A log read as a source, in capture order.
+CREATE INDEX log_events_order ON log_events (log, id);
 
 -- Each further delivery of an event id already stored: when and from where. Unique by
 -- position, so a stream's redelivery of a duplicate is counted once.

@@ -247,6 +247,8 @@ pub enum SourceClass {
     Nats,
     /// Redis: a side names a stream's key.
     Redis,
+    /// One of trueup's own event logs (`source: log:NAME`): a side gives its columns.
+    Log,
 }
 
 impl fmt::Display for SourceClass {
@@ -256,6 +258,7 @@ impl fmt::Display for SourceClass {
             SourceClass::Http => f.write_str("http"),
             SourceClass::Nats => f.write_str("nats"),
             SourceClass::Redis => f.write_str("redis"),
+            SourceClass::Log => f.write_str("event log"),
         }
     }
 }

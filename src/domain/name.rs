@@ -118,7 +118,13 @@ string_name!(
 );
 
 impl SourceName {
+    /// The prefix of an event log read as a source (`log:orders`).
+    pub const LOG_PREFIX: &'static str = "log:";
+
     pub fn parse(raw: &str) -> Result<Self, NameError> {
+        if let Some(log) = raw.strip_prefix(Self::LOG_PREFIX) {
+            return LogName::parse(log).map(|l| Self::of_log(&l));
+        }
         check_name(
             raw,
             "source name",
@@ -127,6 +133,18 @@ impl SourceName {
             |i, c| c.is_ascii_lowercase() || (i > 0 && (c.is_ascii_digit() || "-_".contains(c))),
         )?;
         Ok(Self(raw.to_owned()))
+    }
+}
+
+impl SourceName {
+    /// trueup's own event log `log`, read as a source.
+    pub fn of_log(log: &LogName) -> Self {
+        Self(format!("{}{log}", Self::LOG_PREFIX))
+    }
+
+    /// The event log this source reads, if it is one (`log:orders` → `orders`).
+    pub fn log(&self) -> Option<&str> {
+        self.0.strip_prefix(Self::LOG_PREFIX)
     }
 }
 
@@ -205,6 +223,16 @@ mod tests {
         assert!(InvariantName::parse("1abc").is_err());
         assert!(InvariantName::parse("").is_err());
         assert!(InvariantName::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn an_event_log_is_named_as_a_source_with_the_log_prefix() {
+        let s = SourceName::parse("log:orders").unwrap();
+        assert_eq!((s.as_str(), s.log()), ("log:orders", Some("orders")));
+        assert_eq!(SourceName::parse("shop").unwrap().log(), None);
+        assert!(SourceName::parse("log:Orders").is_err());
+        assert!(SourceName::parse("log:").is_err());
+        assert!(SourceName::parse("shop:x").is_err());
     }
 
     #[test]

@@ -354,7 +354,7 @@ pub enum MessageMeta {
 }
 
 impl MessageMeta {
-    pub const NAMES: &'static str = "time, sequence, subject (NATS) or id (Redis)";
+    pub const NAMES: &'static str = "time, sequence, subject (NATS) or id (Redis, an event log)";
 
     pub fn parse(raw: &str) -> Option<Self> {
         Some(match raw {

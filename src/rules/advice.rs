@@ -28,6 +28,8 @@ pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
     for (name, side) in sides {
         let remedy = match &side.query {
             Read::Sql(_) => continue,
+            // An event log is trueup's own store, indexed by event id.
+            Read::Stream(_) if side.source.log().is_some() => continue,
             Read::Http(request) if request.lookup.is_none() => {
                 "add `request.lookup: {path: \"…/{{key.…}}\"}` so that it is one request"
             }

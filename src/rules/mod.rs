@@ -67,6 +67,12 @@ impl Known {
                 .sources
                 .iter()
                 .map(|(name, s)| (name.clone(), s.class()))
+                .chain(
+                    config
+                        .event_logs
+                        .keys()
+                        .map(|log| (SourceName::of_log(log), SourceClass::Log)),
+                )
                 .collect(),
             channels: config.channels.keys().cloned().collect(),
             targets: config
@@ -373,6 +379,7 @@ impl Ctx<'_> {
                     "name, subject, columns",
                 ),
                 SourceClass::Redis => ("stream", "a Redis server".to_owned(), "key, columns"),
+                SourceClass::Log => ("stream", "an event log".to_owned(), "columns"),
             };
             if what != wanted {
                 self.error(
@@ -403,6 +410,9 @@ impl Ctx<'_> {
             (_, Some(r), _) => self
                 .request(field, r, scope)
                 .map(|r| Read::Http(Box::new(r))),
+            (_, _, Some(st)) if class == Some(SourceClass::Log) => self
+                .log_stream(field, st, name.as_ref()?)
+                .map(|s| Read::Stream(Box::new(s))),
             (_, _, Some(st)) => {
                 let redis = class == Some(SourceClass::Redis);
                 self.stream(field, st, redis, scope.key)

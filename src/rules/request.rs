@@ -19,6 +19,8 @@ pub(super) enum Carrier {
     NatsMessage,
     /// A Redis stream entry: its fields (as paths), time and id.
     RedisEntry,
+    /// An event of one of trueup's logs: payload paths, headers, its id, time and sequence.
+    LogEvent,
 }
 
 /// What a side's request may refer to.
@@ -215,6 +217,13 @@ impl Ctx<'_> {
                         );
                         None
                     }
+                    (Some(MessageMeta::Subject), Carrier::LogEvent) => {
+                        self.error(
+                            at,
+                            format!("{here}.meta `subject` is a NATS message's; a logged event has id, time and sequence (its subject, when it came from NATS, is the header `Nats-Subject`)"),
+                        );
+                        None
+                    }
                     (Some(MessageMeta::Id), Carrier::NatsMessage) => {
                         self.error(
                             at,
@@ -323,6 +332,51 @@ impl Ctx<'_> {
             subject: subject?,
             columns: columns?,
             lookup: lookup?,
+        })
+    }
+
+    /// `stream:` on an event log (`source: log:NAME`): only its columns.
+    pub(super) fn log_stream(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawStream>,
+        source: &crate::domain::SourceName,
+    ) -> Option<StreamRead> {
+        let st = &raw.value;
+        let here = format!("{field}.stream");
+        let given = [
+            ("name", st.name.as_ref()),
+            ("subject", st.subject.as_ref()),
+            ("key", st.key.as_ref()),
+        ];
+        if let Some((what, at)) = given
+            .iter()
+            .find_map(|(w, v)| Some((w, v.as_ref()?.referenced)))
+        {
+            self.error(
+                at,
+                format!("{here}.{what}: an event log is named by its source (`{source}`); give only `columns:`"),
+            );
+            return None;
+        }
+        if let Some(l) = &st.lookup {
+            self.error(
+                l.referenced,
+                format!("{here}.lookup: an event log is read by trueup from its own store; leave `lookup` out"),
+            );
+            return None;
+        }
+        let columns = self.fields(
+            &here,
+            st.columns.as_ref(),
+            raw.referenced,
+            Carrier::LogEvent,
+        )?;
+        Some(StreamRead {
+            stream: source.log()?.to_owned(),
+            subject: None,
+            columns,
+            lookup: None,
         })
     }
 

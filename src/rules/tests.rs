@@ -1172,7 +1172,7 @@ fn stream_mistakes_are_each_reported_where_they_are() {
         ),
         (
             STREAM.replace("{meta: time}", "{meta: offset}"),
-            "reconcile.left.stream.columns.published.meta `offset` is unknown; use time, sequence, subject (NATS) or id (Redis)",
+            "reconcile.left.stream.columns.published.meta `offset` is unknown; use time, sequence, subject (NATS) or id (Redis, an event log)",
         ),
         (
             STREAM.replace("{header: Nats-Msg-Id}", "{header: Nats-Msg-Id, path: id}"),
@@ -1278,4 +1278,79 @@ fn a_side_on_a_redis_stream_names_its_key_and_columns_from_fields_and_entry_ids(
             "{want}:\n{errs:?}"
         );
     }
+}
+
+/// `with_api()` and the event log `orders`.
+fn with_log() -> Known {
+    let mut known = with_api();
+    known.sources.insert(
+        SourceName::parse("log:orders").unwrap(),
+        crate::config::SourceClass::Log,
+    );
+    known
+}
+
+fn log_side(stream: &str) -> String {
+    format!(
+        "invariants:\n  - name: captured\n    reconcile:\n      left:\n        source: log:orders\n        stream:\n{stream}      right:\n        source: shop\n        query: SELECT order_id FROM orders\n      key: order_id\n"
+    )
+}
+
+#[test]
+fn a_side_on_an_event_log_gives_its_columns_from_payload_headers_id_time_and_sequence() {
+    let text = log_side(
+        "          columns:\n            order_id: {path: data.order, type: int}\n            event: {meta: id}\n            at: {meta: time}\n            seq: {meta: sequence}\n            subject: {header: Nats-Subject}\n",
+    );
+    let (invs, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &with_log());
+    assert!(errs.is_empty(), "{errs:?}");
+    let InvariantSpec::Reconcile(spec) = &invs[0].spec else {
+        panic!()
+    };
+    assert_eq!(spec.left.source.log(), Some("orders"));
+    let Read::Stream(read) = &spec.left.query else {
+        panic!("{:?}", spec.left.query)
+    };
+    assert_eq!(read.stream, "orders");
+    assert_eq!(read.columns.len(), 5);
+}
+
+#[test]
+fn a_side_on_an_event_log_refuses_a_stream_name_a_subject_meta_and_an_unknown_log() {
+    for (stream, says) in [
+        (
+            "          name: ORDERS\n          columns: {id: {meta: id}}\n",
+            "left.stream.name: an event log is named by its source (`log:orders`); give only `columns:`",
+        ),
+        (
+            "          columns: {id: {meta: subject}}\n",
+            "left.stream.columns.id.meta `subject` is a NATS message's; a logged event has id, time and sequence",
+        ),
+        (
+            "          lookup: {subject: x}\n          columns: {id: {meta: id}}\n",
+            "left.stream.lookup: an event log is read by trueup from its own store",
+        ),
+    ] {
+        let (_, errs) = parse_file(
+            &log_side(stream),
+            Path::new("invariants/x.yaml"),
+            &with_log(),
+        );
+        let all = errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains(says), "missing {says:?} in:\n{all}");
+    }
+    let (_, errs) = parse_file(
+        &log_side("          columns: {id: {meta: id}}\n").replace("log:orders", "log:payments"),
+        Path::new("invariants/x.yaml"),
+        &with_log(),
+    );
+    let all = errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("source `log:payments`"), "{all}");
 }

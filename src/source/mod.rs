@@ -13,6 +13,7 @@
 
 mod checksum;
 mod decode;
+mod event_log;
 mod http;
 mod mysql;
 mod nats;
@@ -28,6 +29,7 @@ mod summarize;
 mod unordered;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
+pub use event_log::{LogEventRow, LogReader};
 pub use query::{
     COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,
 };
@@ -185,6 +187,7 @@ enum Pool {
     Http(Arc<http::Api>),
     Nats(Arc<nats::Nats>),
     Redis(Arc<redis::Redis>),
+    Log(Arc<event_log::Log>),
 }
 
 /// A connected source.
@@ -281,6 +284,7 @@ impl Source {
             is: match self.class {
                 SourceClass::Nats => "a NATS JetStream server",
                 SourceClass::Redis => "a Redis server",
+                SourceClass::Log => "an event log",
                 _ => "an HTTP API",
             },
             why: format!("{what} needs a database"),
@@ -306,7 +310,7 @@ impl Source {
             // A SQLite file is opened read-only; an API is only ever sent GET requests.
             // A SQLite file is opened read-only; an API is only ever sent GET requests; a
             // stream is read by an ordered consumer, which acknowledges nothing.
-            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Ok(RoleAudit::default())
             }
         }
@@ -404,6 +408,7 @@ impl Source {
             Pool::Http(api) => Box::pin(http::read(api, req, feed)),
             Pool::Nats(nats) => Box::pin(nats::read(nats, req, feed)),
             Pool::Redis(redis) => Box::pin(redis::read(redis, req, feed)),
+            Pool::Log(log) => Box::pin(event_log::read(log, req, feed)),
         };
         let source_name = self.name.clone();
         // The server stops a statement at its statement_timeout; a read still going well past
@@ -415,7 +420,8 @@ impl Source {
             SourceClass::Sql(SourceKind::Sqlite)
             | SourceClass::Http
             | SourceClass::Nats
-            | SourceClass::Redis => std::time::Duration::MAX,
+            | SourceClass::Redis
+            | SourceClass::Log => std::time::Duration::MAX,
             SourceClass::Sql(_) => std::time::Duration::from_millis(self.timeout_ms) + READ_GRACE,
         };
         tokio::spawn(async move {
@@ -495,7 +501,7 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
             Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
             Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 return Err(self.not_sql("a change column's latest instant"));
             }
         };
@@ -539,7 +545,9 @@ impl Source {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
             Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a statement")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
+                Err(self.not_sql("a statement"))
+            }
         }
     }
 
@@ -558,7 +566,9 @@ impl Source {
             Pool::MySql(p) => {
                 summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
             }
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
+                Err(self.not_sql("a checksum"))
+            }
             Pool::Sqlite(p) => {
                 summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
             }
@@ -572,7 +582,7 @@ impl Source {
             Pool::Postgres(_) => self.pg_dialect().quote(column),
             Pool::MySql(_) => mysql::Dialect.quote(column),
             // Never reached: every caller works on a database's query.
-            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+            Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 sqlite::Dialect.quote(column)
             }
         }
@@ -585,7 +595,7 @@ impl Source {
             Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
             Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
             Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => None,
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => None,
         }
     }
 
@@ -602,7 +612,7 @@ impl Source {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
             Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
             Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => {
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("describing a query"))
             }
         }
@@ -643,7 +653,9 @@ impl Source {
         match &self.pool {
             Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
             Pool::Sqlite(_) => summarize::in_process(self, req).await,
-            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) => Err(self.not_sql("a checksum")),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
+                Err(self.not_sql("a checksum"))
+            }
         }
     }
 
@@ -671,7 +683,7 @@ impl Source {
             Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Http(_) => {}
             Pool::Nats(nats) => nats.close().await,
-            Pool::Redis(_) => {}
+            Pool::Redis(_) | Pool::Log(_) => {}
         }
     }
 }
@@ -813,6 +825,31 @@ impl Sources {
         self.by_name
             .iter()
             .filter_map(|(name, s)| s.privileged_allowed().map(|p| (name, p)))
+    }
+
+    /// Adds each of `logs` as a source (`log:NAME`), read through `reader` (the store).
+    pub fn attach_logs<'a>(
+        &mut self,
+        logs: impl IntoIterator<Item = &'a crate::domain::LogName>,
+        reader: Arc<dyn LogReader>,
+    ) {
+        for log in logs {
+            let name = SourceName::of_log(log);
+            let source = Source {
+                name: name.clone(),
+                class: SourceClass::Log,
+                timeout_ms: 0,
+                pool: Pool::Log(Arc::new(event_log::Log {
+                    name: name.clone(),
+                    reader: Arc::clone(&reader),
+                })),
+                on_writable: WritablePolicy::Warn,
+                on_privileged: PrivilegedPolicy::Refuse,
+                endpoint: Arc::from("trueup's store"),
+                role: Arc::default(),
+            };
+            self.by_name.insert(name, source);
+        }
     }
 
     pub fn get(&self, name: &SourceName) -> Result<&Source, SourceError> {

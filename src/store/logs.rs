@@ -247,3 +247,65 @@ macro_rules! impl_event_log_store {
 }
 
 pub(super) use impl_event_log_store;
+
+macro_rules! impl_log_reader {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::source::LogReader for $store {
+            async fn log_page(
+                &self,
+                log: &str,
+                after: i64,
+                until: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::source::LogEventRow>, String> {
+                type Row = (
+                    i64,
+                    String,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                    chrono::DateTime<chrono::Utc>,
+                    sqlx::types::Json<serde_json::Value>,
+                    Vec<u8>,
+                );
+                let rows: Vec<Row> = sqlx::query_as(
+                    "SELECT id, event_id, event_at, ingested_at, headers, payload FROM log_events \
+                     WHERE log = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
+                )
+                .bind(log)
+                .bind(after)
+                .bind(until)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(sequence, event_id, event_at, ingested_at, headers, payload)| {
+                            $crate::source::LogEventRow {
+                                sequence,
+                                event_id,
+                                event_at,
+                                ingested_at,
+                                headers: headers.0,
+                                payload,
+                            }
+                        },
+                    )
+                    .collect())
+            }
+
+            async fn log_end(&self, log: &str) -> Result<i64, String> {
+                let end: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(id) FROM log_events WHERE log = $1")
+                        .bind(log)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                Ok(end.unwrap_or(0))
+            }
+        }
+    };
+}
+
+pub(super) use impl_log_reader;

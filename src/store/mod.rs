@@ -268,6 +268,7 @@ pub trait Store:
     + AlertStore
     + NoticeStore
     + EventLogStore
+    + crate::source::LogReader
     + Send
     + Sync
 {

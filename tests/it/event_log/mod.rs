@@ -2,6 +2,7 @@
 
 mod capture;
 mod redis_feed;
+mod source;
 mod webhook;
 
 use std::path::Path;

@@ -49,6 +49,9 @@ pub trait LogReader: Send + Sync {
 
     /// The sequence of the last event of `log` (0 when it has none).
     async fn log_end(&self, log: &str) -> Result<i64, String>;
+
+    /// The event of `log` with this id, if the log holds it.
+    async fn log_event(&self, log: &str, event_id: &str) -> Result<Option<LogEventRow>, String>;
 }
 
 /// An event log, read through the store.
@@ -93,6 +96,32 @@ async fn read_all(
         .log_end(name)
         .await
         .map_err(|m| log.failed(format!("cannot read the log: {m}")))?;
+    // A read for one event id (a violation re-checked before its action) takes that event
+    // alone, by the log's index; the other filters apply as to any row.
+    let by_id = req.filter.iter().find_map(|(column, value)| {
+        let is_id = read
+            .columns
+            .iter()
+            .any(|f| &f.column == column && f.from == FieldFrom::Meta(MessageMeta::Id));
+        is_id.then(|| value.as_str().map(str::to_owned))
+    });
+    if let Some(id) = by_id {
+        let mut rows = Rows::start(&log.name, columns, req, feed).await?;
+        // An id that is not text matches no event (event ids are text).
+        if let Some(id) = id {
+            let event = log
+                .reader
+                .log_event(name, &id)
+                .await
+                .map_err(|m| log.failed(format!("cannot read the log: {m}")))?;
+            if let Some(event) = event.filter(|e| e.sequence <= until) {
+                let row = to_row(read, &event)
+                    .map_err(|why| log.failed(format!("event `{}`: {why}", event.event_id)))?;
+                rows.take(row).await?;
+            }
+        }
+        return rows.finish().await;
+    }
     let mut rows = Rows::start(&log.name, columns, req, feed).await?;
     let mut after = 0;
     while after < until {

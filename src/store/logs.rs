@@ -110,6 +110,30 @@ pub(super) fn event_of(row: EventRow) -> LoggedEvent {
     }
 }
 
+/// An event as [`crate::source::LogReader`] reads it: `LOG_ROW_COLUMNS`, in order.
+pub(super) type LogRowTuple = (
+    i64,
+    String,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+    sqlx::types::Json<serde_json::Value>,
+    Vec<u8>,
+);
+
+pub(super) const LOG_ROW_COLUMNS: &str = "id, event_id, event_at, ingested_at, headers, payload";
+
+pub(super) fn log_row(row: LogRowTuple) -> crate::source::LogEventRow {
+    let (sequence, event_id, event_at, ingested_at, headers, payload) = row;
+    crate::source::LogEventRow {
+        sequence,
+        event_id,
+        event_at,
+        ingested_at,
+        headers: headers.0,
+        payload,
+    }
+}
+
 pub(super) const EVENT_COLUMNS: &str = "id, log, event_id, event_at, ingested_at, source, position, \
      deliveries, last_delivered_at, headers, payload";
 
@@ -259,18 +283,11 @@ macro_rules! impl_log_reader {
                 until: i64,
                 limit: u32,
             ) -> Result<Vec<$crate::source::LogEventRow>, String> {
-                type Row = (
-                    i64,
-                    String,
-                    Option<chrono::DateTime<chrono::Utc>>,
-                    chrono::DateTime<chrono::Utc>,
-                    sqlx::types::Json<serde_json::Value>,
-                    Vec<u8>,
-                );
-                let rows: Vec<Row> = sqlx::query_as(
-                    "SELECT id, event_id, event_at, ingested_at, headers, payload FROM log_events \
+                let rows: Vec<$crate::store::logs::LogRowTuple> = sqlx::query_as(&format!(
+                    "SELECT {} FROM log_events \
                      WHERE log = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
-                )
+                    $crate::store::logs::LOG_ROW_COLUMNS
+                ))
                 .bind(log)
                 .bind(after)
                 .bind(until)
@@ -278,21 +295,24 @@ macro_rules! impl_log_reader {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| e.to_string())?;
-                Ok(rows
-                    .into_iter()
-                    .map(
-                        |(sequence, event_id, event_at, ingested_at, headers, payload)| {
-                            $crate::source::LogEventRow {
-                                sequence,
-                                event_id,
-                                event_at,
-                                ingested_at,
-                                headers: headers.0,
-                                payload,
-                            }
-                        },
-                    )
-                    .collect())
+                Ok(rows.into_iter().map($crate::store::logs::log_row).collect())
+            }
+
+            async fn log_event(
+                &self,
+                log: &str,
+                event_id: &str,
+            ) -> Result<Option<$crate::source::LogEventRow>, String> {
+                let row: Option<$crate::store::logs::LogRowTuple> = sqlx::query_as(&format!(
+                    "SELECT {} FROM log_events WHERE log = $1 AND event_id = $2",
+                    $crate::store::logs::LOG_ROW_COLUMNS
+                ))
+                .bind(log)
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(row.map($crate::store::logs::log_row))
             }
 
             async fn log_end(&self, log: &str) -> Result<i64, String> {

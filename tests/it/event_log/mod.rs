@@ -2,6 +2,7 @@
 
 mod capture;
 mod redis_feed;
+mod replay;
 mod source;
 mod webhook;
 

@@ -1,0 +1,187 @@
+//! Replay past the upstream's retention: webhooks captured into the log, the provider's own
+//! record emptied, and a consumer that lost six hours — the window replayed from the log.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::{config, signed};
+use crate::helpers::{
+    TestPg, TestServer, combined_output as text, output_off_runtime as output, trueup_cli,
+};
+
+const EVENTS: i64 = 2_000;
+const ACCOUNTS: i64 = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_each_missing_event_once_in_order_per_account()
+ {
+    let data = TestPg::new().await;
+    // The provider's events, one every 86.4 s over 48 hours, each account numbering its own;
+    // the consumer's inbox lost the six hours from 2026-11-20T10:00 to 16:00.
+    data.exec(&format!(
+        "CREATE TABLE provider_events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
+                                       at TIMESTAMPTZ NOT NULL, amount BIGINT NOT NULL);
+         INSERT INTO provider_events
+           SELECT g, 'acct-' || (g % {ACCOUNTS}), g / {ACCOUNTS},
+                  TIMESTAMPTZ '2026-11-19T16:00:00Z' + (g * 86400) * INTERVAL '1 millisecond', g % 997
+           FROM generate_series(1, {EVENTS}) g;
+         CREATE TABLE inbox (n BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, account TEXT NOT NULL,
+                             seq BIGINT NOT NULL, amount BIGINT NOT NULL);
+         INSERT INTO inbox (event_id, account, seq, amount)
+           SELECT 'evt-' || id, account, seq, amount FROM provider_events
+           WHERE at < '2026-11-20T10:00:00Z' OR at >= '2026-11-20T16:00:00Z' ORDER BY id;"
+    ))
+    .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&data.url)
+        .await
+        .unwrap();
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provider_events WHERE at >= '2026-11-20T10:00:00Z' AND at < '2026-11-20T16:00:00Z'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(lost, 250);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    std::fs::write(
+        dir.path().join("invariants/orders.yaml"),
+        r#"invariants:
+  - name: orders-received
+    severity: high
+    time_column: at
+    reconcile:
+      left:
+        source: log:orders
+        stream:
+          columns:
+            event_id: {meta: id}
+            at: {meta: time}
+            account: account
+            seq: {path: seq, type: int}
+            amount: {path: amount, type: int}
+      right: {source: inbox, query: "SELECT event_id FROM inbox"}
+      key: event_id
+    replay:
+      sql:
+        target: inbox-writer
+        statement: INSERT INTO inbox (event_id, account, seq, amount) VALUES ({{key.event_id}}, {{left.account}}, {{left.seq}}, {{left.amount}})
+      partition: account
+      max_window: 6h
+"#,
+    )
+    .unwrap();
+    let body = format!(
+        "sources:\n  inbox: {{url: \"{}\"}}\ntargets:\n  inbox-writer: {{url: \"{}\"}}\nevent_logs:\n  orders:\n    event_id: id\n    event_time: at\n    from:\n      - webhook: {{secret: \"${{ORDERS_SECRET}}\"}}\n",
+        data.reader_url, data.url
+    );
+
+    // The provider sent every event as a webhook, and trueup captured them.
+    let server = TestServer::start(config(dir.path(), &body)).await;
+    let events: Vec<(i64, String, i64, chrono::DateTime<chrono::Utc>, i64)> =
+        sqlx::query_as("SELECT id, account, seq, at, amount FROM provider_events ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let client = reqwest::Client::new();
+    for (id, account, seq, at, amount) in &events {
+        let body = serde_json::to_vec(&json!({
+            "id": format!("evt-{id}"), "at": at.to_rfc3339(), "account": account, "seq": seq, "amount": amount,
+        }))
+        .unwrap();
+        let r = client
+            .post(format!("{}/ingest/orders", server.base))
+            .header("Trueup-Signature", signed(&body, 0))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    server.stop().await;
+    // The provider keeps nothing now: only trueup's log holds the lost events.
+    sqlx::query("TRUNCATE provider_events")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let trueup = |args: &[&str]| {
+        let mut c = trueup_cli(&dir.path().join("trueup.yaml"), "oncall");
+        c.env("ORDERS_SECRET", super::SECRET).args(args);
+        c
+    };
+    let checked = output(trueup(&["check"])).await;
+    assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+    assert!(text(&checked).contains("250"), "{}", text(&checked));
+    let window = [
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T16:00:00Z",
+    ];
+    let dry = output(trueup(
+        &[
+            &["replay", "-i", "orders-received", "-f", "json"][..],
+            &window,
+        ]
+        .concat(),
+    ))
+    .await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(dry["would_replay"], 250, "{dry}");
+    let proposed = output(trueup(
+        &[
+            &["replay", "-i", "orders-received", "--execute"][..],
+            &window,
+        ]
+        .concat(),
+    ))
+    .await;
+    assert!(
+        text(&proposed).contains("proposed replay plan 1: 250 event(s)"),
+        "{}",
+        text(&proposed)
+    );
+    let approved = output(trueup(&["plan", "approve", "1"])).await;
+    assert!(approved.status.success(), "{}", text(&approved));
+    let applied = output(trueup(&[
+        "apply",
+        "1",
+        "--rate",
+        "unlimited",
+        "--concurrency",
+        "4",
+    ]))
+    .await;
+    assert!(applied.status.success(), "{}", text(&applied));
+
+    // Every event once; the replayed ones in order within each account.
+    let inbox: Vec<(i64, String, String, i64)> =
+        sqlx::query_as("SELECT n, event_id, account, seq FROM inbox ORDER BY n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(inbox.len() as i64, EVENTS);
+    let replayed = &inbox[(EVENTS - lost) as usize..];
+    let mut by_account: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (_, event_id, account, seq) in replayed {
+        let id: i64 = event_id.trim_start_matches("evt-").parse().unwrap();
+        assert_eq!(
+            *seq,
+            id / ACCOUNTS,
+            "{event_id} carries its own seq from the log"
+        );
+        by_account.entry(account).or_default().push(*seq);
+    }
+    assert_eq!(by_account.len() as i64, ACCOUNTS);
+    for (account, seqs) in &by_account {
+        assert!(seqs.is_sorted(), "{account}: {seqs:?}");
+    }
+    let again = output(trueup(&["check"])).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+}

@@ -43,6 +43,7 @@ pub mod serve;
 pub mod slo;
 pub mod source;
 pub mod store;
+pub mod trace;
 pub mod yaml;
 
 // The reconcile hot path allocates a row vector and its strings per row; mimalloc's thread

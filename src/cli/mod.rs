@@ -11,6 +11,7 @@ mod plans;
 mod replay;
 mod serve_cmd;
 mod silence;
+mod trace;
 mod validate;
 mod violations;
 
@@ -91,6 +92,8 @@ pub enum Command {
     Silence(SilenceCommand),
     /// Show the append-only audit log
     Audit(AuditArgs),
+    /// What happened to one event or key: captured, violations, actions, verification, incidents
+    Trace(TraceArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
     Demo(DemoArgs),
 }
@@ -445,6 +448,18 @@ pub struct RunsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The event id or key (a JSON array for a key of several columns)
+    pub key: String,
+    /// Only this invariant's violations and actions
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Option<String>,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Folder to create the demo in (re-created if it holds a previous demo)
     #[arg(long, default_value = "trueup-demo", value_name = "DIR")]
@@ -487,6 +502,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Plan(cmd) => plans::command(cli.config.as_deref(), cmd).await,
             Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
             Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
+            Command::Trace(args) => trace::run(cli.config.as_deref(), args).await,
             Command::Silence(cmd) => silence::run(cli.config.as_deref(), cmd).await,
             Command::Replay(args) => replay::run(cli.config.as_deref(), args).await,
             Command::Incident(cmd) => incident::run(cli.config.as_deref(), cmd).await,

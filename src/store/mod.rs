@@ -17,6 +17,7 @@ mod replicas;
 mod segments;
 mod sessions;
 mod sqlite;
+mod trace;
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ pub use replicas::ReplicaStore;
 pub use segments::{SegmentClaim, SegmentRecord, SegmentStatus, SegmentStore};
 pub use sessions::{SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
+pub use trace::{Redelivery, TraceStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -269,6 +271,7 @@ pub trait Store:
     + NoticeStore
     + EventLogStore
     + crate::source::LogReader
+    + TraceStore
     + Send
     + Sync
 {

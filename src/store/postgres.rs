@@ -105,3 +105,4 @@ super::segments::impl_segment_store!(
 
 super::logs::impl_event_log_store!(PgStore, "BEGIN");
 super::logs::impl_log_reader!(PgStore);
+super::trace::impl_trace_store!(PgStore);

@@ -91,3 +91,4 @@ super::segments::impl_segment_store!(
 
 super::logs::impl_event_log_store!(SqliteStore, "BEGIN IMMEDIATE");
 super::logs::impl_log_reader!(SqliteStore);
+super::trace::impl_trace_store!(SqliteStore);

@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "incident",
     "notify",
     "capture",
+    "trace",
     "app",
     "demo",
     "runtime",

@@ -116,6 +116,19 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
     };
     let checked = output(trueup(&["check"])).await;
     assert_eq!(checked.status.code(), Some(1), "{}", text(&checked));
+    let opened = output(trueup(&[
+        "incident",
+        "open",
+        "inbox-outage",
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T16:00:00Z",
+        "-i",
+        "orders-received",
+    ]))
+    .await;
+    assert!(opened.status.success(), "{}", text(&opened));
     assert!(text(&checked).contains("250"), "{}", text(&checked));
     let window = [
         "--from",
@@ -184,4 +197,73 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
     }
     let again = output(trueup(&["check"])).await;
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // What happened to one replayed event, in order.
+    let (_, replayed_id, _, _) = &replayed[0];
+    let traced = output(trueup(&["trace", replayed_id])).await;
+    assert!(traced.status.success(), "{}", text(&traced));
+    let lines: Vec<String> = String::from_utf8_lossy(&traced.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected = [
+        format!("trace of `{replayed_id}`:"),
+        "captured into log `orders` from webhook (delivered once)".to_owned(),
+        "`orders-received` found it missing (run 1)".to_owned(),
+        "incident `inbox-outage` (open) holds it in its window".to_owned(),
+        "replay plan 1 action ".to_owned(),
+        "replay plan 1 verified: 250 of 250 re-checked no longer hold; 0 missing left in its window".to_owned(),
+        "`orders-received` no longer finds it missing: resolved (last seen in run 1)".to_owned(),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{}", text(&traced));
+    for (line, says) in lines.iter().zip(&expected) {
+        assert!(
+            line.contains(says.as_str()),
+            "{says:?} in {line:?}\n{}",
+            text(&traced)
+        );
+    }
+    assert!(
+        lines[4].contains(
+            "applied after 1 attempt (SQL on target `inbox-writer`; idempotency key trueup-"
+        ) && lines[4].ends_with(": 1 row(s)"),
+        "{}",
+        lines[4]
+    );
+    let json = output(trueup(&["trace", replayed_id, "-f", "json"])).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let kinds: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "captured",
+            "violation_opened",
+            "incident",
+            "action",
+            "verified",
+            "violation_resolved"
+        ]
+    );
+    assert_eq!(json["steps"][3]["plan"], 1);
+    assert_eq!(json["steps"][3]["details"]["status"], "applied");
+    assert_eq!(json["steps"][2]["incident"], "inbox-outage");
+    let unknown = output(trueup(&["trace", "evt-nope"])).await;
+    assert!(unknown.status.success(), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("nothing is known of `evt-nope`"),
+        "{}",
+        text(&unknown)
+    );
+    let wrong = output(trueup(&["trace", replayed_id, "-i", "nope"])).await;
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("no invariant is named `nope`"),
+        "{}",
+        text(&wrong)
+    );
 }

@@ -295,6 +295,30 @@ pub(super) async fn violation_histogram(
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub(super) struct TraceQuery {
+    /// The event id or key (a JSON array for a key of several columns).
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
+    key: String,
+    /// Only this invariant's violations and actions.
+    invariant: Option<String>,
+}
+
+pub(super) async fn trace(
+    State(state): State<HttpState>,
+    ApiQuery(q): ApiQuery<TraceQuery>,
+) -> Result<Json<crate::trace::Trace>, ApiError> {
+    match state.runtime.trace(&q.key, q.invariant.as_deref()).await {
+        Ok(t) => Ok(Json(t)),
+        Err(e @ crate::trace::TraceError::UnknownInvariant(_)) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
+        Err(e @ crate::trace::TraceError::EmptyKey) => Err(ApiError::bad_request(e.to_string())),
+        Err(crate::trace::TraceError::Store(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
     /// Only entries about this target (`plan:7`, `incident:db-outage`, ...).
     target: Option<String>,

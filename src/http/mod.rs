@@ -347,6 +347,14 @@ pub fn endpoints() -> Vec<Endpoint> {
         .takes(Contract::default().body::<serde_json::Value>().answers::<ingest::IngestAnswer>(StatusCode::CREATED, "Stored").answers::<ingest::IngestAnswer>(StatusCode::OK, "A duplicate delivery of an event id the log holds: counted, not stored again").refuses(StatusCode::UNAUTHORIZED, "The signature is missing, does not match, or is outside the tolerance").refuses(StatusCode::PAYLOAD_TOO_LARGE, "Over the log's max_event_bytes").refuses(StatusCode::BAD_REQUEST, "Not JSON, or without a usable event id or time").answers::<serde_json::Value>(StatusCode::SERVICE_UNAVAILABLE, "The store cannot take it now; nothing was kept, send it again")),
         endpoint(
             Method::GET,
+            "/api/v1/trace",
+            Some(Viewer),
+            "What happened to one event or key (`key`, optional `invariant`): captured, violations, actions, verification, incidents, oldest first.",
+            get(api::trace),
+        )
+        .takes(Contract::default().query::<api::TraceQuery>().answers::<crate::trace::Trace>(StatusCode::OK, "The timeline (empty when nothing is known of the key)").refuses(StatusCode::NOT_FOUND, "No invariant of that name").refuses(StatusCode::BAD_REQUEST, "No key")),
+        endpoint(
+            Method::GET,
             "/api/v1/audit",
             Some(Admin),
             "The append-only audit log (`target`, `after`, `limit`).",

@@ -54,6 +54,22 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// What happened to one event or key, over the invariants loaded now and every event log.
+    pub async fn trace(
+        &self,
+        key: &str,
+        invariant: Option<&str>,
+    ) -> Result<crate::trace::Trace, crate::trace::TraceError> {
+        let names: Vec<_> = self
+            .catalog
+            .snapshot()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
+        let logs: Vec<_> = self.config.event_logs.keys().cloned().collect();
+        crate::trace::trace(self.store.as_ref(), &names, &logs, key, invariant).await
+    }
+
     /// This replica as a worker of split runs (its segments held under the tick lease).
     pub fn segment_worker(&self) -> crate::runner::SegmentWorker {
         crate::runner::SegmentWorker {

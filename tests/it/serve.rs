@@ -409,9 +409,11 @@ async fn every_route_checks_its_token_and_role() {
             } else if e.path.starts_with("/api/v1/incidents/") {
                 // No incident is named like the invariant the test puts in `{name}`.
                 assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
-            } else if e.method == axum::http::Method::POST
-                && ["/api/v1/plans", "/api/v1/incidents", "/api/v1/silences"].contains(&e.path)
+            } else if (e.method == axum::http::Method::POST
+                && ["/api/v1/plans", "/api/v1/incidents", "/api/v1/silences"].contains(&e.path))
+                || e.path == "/api/v1/trace"
             {
+                // A body, or for a trace its `key`, is required.
                 assert_eq!(status, 400, "{role} on {} {}: {body}", e.method, e.path);
             } else {
                 assert!(

@@ -266,4 +266,66 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
         "{}",
         text(&wrong)
     );
+
+    // The console: from the replay plan's action to the same timeline.
+    let server = TestServer::start(config(dir.path(), &body)).await;
+    let (status, api) = crate::serve::get(&format!(
+        "{}/api/v1/trace?key={replayed_id}&invariant=orders-received",
+        server.base
+    ))
+    .await;
+    assert_eq!(status, 200, "{api}");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["steps"], json["steps"]);
+    let browser = crate::browser::open().await;
+    browser.sign_in(&server.base, crate::serve::VIEWER).await;
+    browser.goto(&format!("{}/ui/plans/1", server.base)).await;
+    assert_eq!(browser.text("a.trace-link").await, "trace");
+    browser.click("a.trace-link").await;
+    browser
+        .wait_for(
+            "the trace page",
+            std::time::Duration::from_secs(10),
+            |src| src.contains("id=\"trace-count\""),
+        )
+        .await;
+    let shown_key = browser.text("h1 code").await;
+    assert!(
+        replayed.iter().any(|(_, id, _, _)| *id == shown_key),
+        "{shown_key}"
+    );
+    assert_eq!(browser.text("#trace-count").await, "6 steps");
+    let rows = browser.text("#trace tbody").await;
+    for says in [
+        "captured into log `orders` from webhook (delivered once)",
+        "`orders-received` found it missing (run 1)",
+        "incident `inbox-outage` (open) holds it in its window",
+        "replay plan 1 verified: 250 of 250 re-checked no longer hold; 0 missing left in its window",
+        "`orders-received` no longer finds it missing: resolved (last seen in run 1)",
+    ] {
+        assert!(rows.contains(says), "{says:?} in {rows}");
+    }
+    let mut labels = Vec::new();
+    for cell in browser
+        .client
+        .find_all(fantoccini::Locator::Css("#trace tbody tr td span.status"))
+        .await
+        .unwrap()
+    {
+        labels.push(cell.text().await.unwrap());
+    }
+    assert_eq!(
+        labels,
+        [
+            "captured",
+            "violation",
+            "incident",
+            "action",
+            "verified",
+            "resolved"
+        ],
+        "{rows}"
+    );
+    browser.close().await;
+    server.stop().await;
 }

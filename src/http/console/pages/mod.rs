@@ -6,6 +6,7 @@ mod plans;
 mod replay;
 mod sign_in;
 pub(in crate::http::console) mod silences;
+pub(in crate::http::console) mod trace;
 
 pub(in crate::http::console) use incidents::*;
 pub(in crate::http::console) use overview::*;

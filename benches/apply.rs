@@ -101,7 +101,7 @@ async fn one_run(
         std::fs::write(
             &config_path,
             format!(
-                "store: {store_url}\nsources:\n  shop: {{url: \"{data_url}\", pool_size: 8}}\ntargets:\n  ledger-writer: {{url: \"{data_url}\"}}\n"
+                "store: {store_url}\nsources:\n  shop: {{url: \"{data_url}\", pool_size: 8, allow_privileged_role: true}}\ntargets:\n  ledger-writer: {{url: \"{data_url}\"}}\n"
             ),
         )?;
         let app = Arc::new(

@@ -1,6 +1,6 @@
 -- trueup's own event logs (`event_logs:` in trueup.yaml): each event once per log, by its id.
--- `source` and `position` say which delivery stored it (`nats:STREAM` and its stream
--- sequence, `redis:KEY` and its entry id, `webhook` and none): a stream that delivers the same
+-- `source` and `position` say which delivery stored it (`nats:SOURCE/STREAM` and its stream
+-- sequence, `redis:SOURCE/KEY` and its entry id, `webhook` and none): a stream that delivers the same
 -- message again after a crash (stored, not yet acknowledged) is recognised by its position
 -- and neither stored nor counted twice.
 CREATE TABLE log_events (
@@ -31,6 +31,5 @@ CREATE TABLE log_duplicates (
     source       TEXT NOT NULL,
     position     TEXT,
     delivered_at TIMESTAMPTZ NOT NULL,
-    UNIQUE (log, source, position)
+    UNIQUE (log, event_id, source, position)
 );
-CREATE INDEX log_duplicates_event ON log_duplicates (log, event_id);

@@ -52,7 +52,7 @@ impl CaptureMetrics {
             ),
             rejected: counter(
                 "trueup_log_events_rejected_total",
-                "Deliveries refused and not stored, by reason: signature, expired, too_large, malformed.",
+                "Deliveries refused and not stored, by reason: signature, expired, too_large, malformed, or gone (a pending Redis entry deleted before it was stored).",
                 &["log", "feed", "reason"],
             ),
             lag: gauge(

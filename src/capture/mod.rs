@@ -30,6 +30,19 @@ use crate::store::{Store, StoreError};
 pub use metrics::CaptureMetrics;
 pub use webhook::{Received, WEBHOOK_FEED, WebhookError, receive_webhook, sign, verify};
 
+/// The consumer name a Redis feed reads as: the same across restarts on one host, so that
+/// entries this host read and did not acknowledge before a crash are read first after it.
+/// (Replicas on one host share it, which the store's positions make harmless.)
+pub fn stable_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("trueup@{host}")
+}
+
 /// The longest a failed feed waits before it starts again.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -56,14 +69,14 @@ pub fn spawn_feeds(
             match feed {
                 LogFeed::Webhook(_) => {}
                 LogFeed::Nats(feed) => tasks.push(tokio::spawn(async move {
-                    let label = format!("nats:{}", feed.stream);
+                    let label = feed.label();
                     supervise(&log, &label, &metrics, &stop, || {
                         nats::run(&log, &feed, store.as_ref(), &metrics, &stop)
                     })
                     .await
                 })),
                 LogFeed::Redis(feed) => tasks.push(tokio::spawn(async move {
-                    let label = format!("redis:{}", feed.stream);
+                    let label = feed.label();
                     supervise(&log, &label, &metrics, &stop, || {
                         redis::run(&log, &feed, store.as_ref(), &metrics, &consumer, &stop)
                     })
@@ -153,6 +166,7 @@ async fn store_batch(
 ) -> Result<Vec<Settle>, StoreError> {
     let mut settles = Vec::with_capacity(messages.len());
     let mut events = Vec::with_capacity(messages.len());
+    let mut refused = Vec::new();
     for (position, headers, payload) in messages {
         match log.shape.identify(&payload) {
             Ok(identity) => {
@@ -166,14 +180,8 @@ async fn store_batch(
                 });
             }
             Err(refusal) => {
-                tracing::warn!(
-                    log = %log.name,
-                    feed = source,
-                    position = position.as_deref().unwrap_or("-"),
-                    "event refused, not stored: {refusal}"
-                );
-                metrics.rejected(log.name.as_str(), source, refusal.reason());
                 settles.push(Some(Settle::Refuse));
+                refused.push((position, refusal));
             }
         }
     }
@@ -182,6 +190,17 @@ async fn store_batch(
     } else {
         store.ingest(&log.name, &events, Utc::now()).await?
     };
+    // Counted once the batch is stored: a batch that fails comes again, and its refusals
+    // with it.
+    for (position, refusal) in refused {
+        tracing::warn!(
+            log = %log.name,
+            feed = source,
+            position = position.as_deref().unwrap_or("-"),
+            "event refused, not stored: {refusal}"
+        );
+        metrics.rejected(log.name.as_str(), source, refusal.reason());
+    }
     for intake in &intakes {
         metrics.intake(log.name.as_str(), source, *intake);
     }

@@ -73,6 +73,25 @@ pub(super) async fn run(
             )
         })?;
     let existing = consumer.cached_info().config.clone();
+    if existing.ack_wait != feed.ack_wait.as_std()
+        || existing.deliver_policy
+            != match feed.start {
+                FeedStart::All => DeliverPolicy::All,
+                FeedStart::New => DeliverPolicy::New,
+            }
+    {
+        // A durable consumer keeps the settings it was created with.
+        tracing::warn!(
+            log = %log.name,
+            "consumer `{}` on stream `{}` exists with ack_wait {:?} and {:?}; it keeps them (this feed says ack_wait {} and start {:?}); delete the consumer to take the new ones",
+            feed.durable,
+            feed.stream,
+            existing.ack_wait,
+            existing.deliver_policy,
+            feed.ack_wait,
+            feed.start
+        );
+    }
     let wanted = feed.subject.clone().unwrap_or_default();
     if existing.filter_subject != wanted || existing.ack_policy != AckPolicy::Explicit {
         return Err(FeedError::Server {
@@ -83,7 +102,7 @@ pub(super) async fn run(
             ),
         });
     }
-    let source = format!("nats:{}", feed.stream);
+    let source = feed.label();
     let mut lag_read = Instant::now() - LAG_EVERY;
     while !stop.is_cancelled() {
         if lag_read.elapsed() >= LAG_EVERY {
@@ -117,13 +136,16 @@ pub(super) async fn run(
             if let Some(h) = &m.headers {
                 for (name, values) in h.iter() {
                     let v = values.first().map(|v| v.as_str()).unwrap_or_default();
-                    headers.insert(name.to_string(), serde_json::Value::String(v.to_owned()));
+                    // PostgreSQL's JSONB refuses NUL in a string.
+                    headers.insert(
+                        name.to_string(),
+                        serde_json::Value::String(v.replace('\0', "\u{FFFD}")),
+                    );
                 }
             }
-            headers.insert(
-                "subject".into(),
-                serde_json::Value::String(m.subject.to_string()),
-            );
+            headers
+                .entry("Nats-Subject")
+                .or_insert_with(|| serde_json::Value::String(m.subject.to_string()));
             delivered.push((
                 Some(info.stream_sequence.to_string()),
                 headers,
@@ -131,7 +153,16 @@ pub(super) async fn run(
             ));
         }
         // Stored before acknowledged: a crash in between delivers them again, recognised.
-        let settles = store_batch(log, &source, delivered, store, metrics).await?;
+        let settles = match store_batch(log, &source, delivered, store, metrics).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Delivered again now rather than after ack_wait, ahead of later messages.
+                for m in &messages {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+                return Err(e.into());
+            }
+        };
         for (m, settle) in messages.iter().zip(settles) {
             let kind = match settle {
                 Settle::Ack => AckKind::Ack,

@@ -61,11 +61,12 @@ pub(super) async fn run(
             ));
         }
     }
-    let source = format!("redis:{}", feed.stream);
+    let source = feed.label();
     // First this consumer's own pending entries, from the start of its list.
     let mut own_pending = Some("0".to_owned());
     let mut last_claim = Instant::now();
     let mut claim_from = "0-0".to_owned();
+    let mut claiming = false;
     let mut lag_read = Instant::now() - LAG_EVERY;
     while !stop.is_cancelled() {
         if lag_read.elapsed() >= LAG_EVERY {
@@ -88,8 +89,7 @@ pub(super) async fn run(
             let entries = entries_of(reply);
             own_pending = entries.last().map(|e| e.id.clone());
             entries
-        } else if last_claim.elapsed() >= feed.claim_after.as_std() / 2 {
-            last_claim = Instant::now();
+        } else if claiming || last_claim.elapsed() >= feed.claim_after.as_std() / 2 {
             let idle = u64::try_from(feed.claim_after.as_std().as_millis()).unwrap_or(u64::MAX);
             let reply: redis::streams::StreamAutoClaimReply = conn
                 .xautoclaim_options(
@@ -102,7 +102,12 @@ pub(super) async fn run(
                 )
                 .await
                 .map_err(|e| failed("cannot claim entries idle at other consumers", &e))?;
+            // A round goes through the whole pending list, page after page, then waits.
             claim_from = reply.next_stream_id;
+            claiming = claim_from != "0-0";
+            if !claiming {
+                last_claim = Instant::now();
+            }
             if !reply.deleted_ids.is_empty() {
                 tracing::warn!(
                     log = %log.name,
@@ -111,6 +116,9 @@ pub(super) async fn run(
                     reply.deleted_ids.len(),
                     reply.deleted_ids.join(", ")
                 );
+                for _ in &reply.deleted_ids {
+                    metrics.rejected(log.name.as_str(), &source, "gone");
+                }
             }
             reply.claimed
         } else {

@@ -31,6 +31,20 @@ pub struct EventLogConfig {
     pub feeds: Vec<LogFeed>,
 }
 
+impl NatsFeed {
+    /// How the feed is named in the log, in metrics and in traces: `nats:SOURCE/STREAM`.
+    pub fn label(&self) -> String {
+        format!("nats:{}/{}", self.server.name, self.stream)
+    }
+}
+
+impl RedisFeed {
+    /// `redis:SOURCE/KEY`.
+    pub fn label(&self) -> String {
+        format!("redis:{}/{}", self.server.name, self.stream)
+    }
+}
+
 impl EventLogConfig {
     pub fn webhook(&self) -> Option<&WebhookFeed> {
         self.feeds.iter().find_map(|f| match f {
@@ -175,8 +189,9 @@ pub(super) fn parse_logs(
     errors: &mut Vec<Diagnostic>,
 ) -> BTreeMap<LogName, EventLogConfig> {
     let mut logs = BTreeMap::new();
+    let mut consumers = BTreeMap::new();
     for (name, spanned) in raw {
-        match parse_log(name, spanned, sources, env) {
+        match parse_log(name, spanned, sources, env, &mut consumers) {
             Ok(log) => {
                 logs.insert(log.name.clone(), log);
             }
@@ -195,6 +210,7 @@ fn parse_log(
     spanned: &Spanned<RawEventLog>,
     sources: &BTreeMap<SourceName, SourceConfig>,
     env: &dyn Fn(&str) -> Option<String>,
+    consumers: &mut BTreeMap<(String, String), String>,
 ) -> Result<EventLogConfig, Vec<Located>> {
     let raw = &spanned.value;
     let mut problems = Vec::new();
@@ -279,6 +295,24 @@ fn parse_log(
         } else {
             unreachable!("one feed kind is given")
         };
+        // Two feeds on one consumer would share its messages, each storing half.
+        let consumer = match &feed {
+            Ok(LogFeed::Nats(n)) => Some((n.label(), n.durable.clone(), "durable")),
+            Ok(LogFeed::Redis(r)) => Some((r.label(), r.group.clone(), "group")),
+            _ => None,
+        };
+        if let Some((label, consumer, field)) = consumer
+            && let Some(other) =
+                consumers.insert((label.clone(), consumer.clone()), name.to_owned())
+        {
+            problems.push((
+                f.referenced,
+                format!(
+                    "from[{i}] reads {label} with consumer `{consumer}`, as a feed of log `{other}` does already; give one of them another `{field}:`"
+                ),
+            ));
+            continue;
+        }
         match feed {
             Ok(feed) => feeds.push(feed),
             Err(p) => problems.push(p),

@@ -774,3 +774,18 @@ fn event_log_problems_are_each_reported_with_the_log_line_and_fix() {
         assert!(err.contains(says), "missing {says:?} in:\n{err}");
     }
 }
+
+#[test]
+fn two_feeds_on_one_stream_consumer_are_refused_with_the_field_to_change() {
+    let err = parse(&format!(
+        "{BUS}event_logs:\n  a:\n    event_id: id\n    from:\n      - nats: {{source: bus, stream: ORDERS, durable: shared}}\n  b:\n    event_id: id\n    from:\n      - nats: {{source: bus, stream: ORDERS, durable: shared}}\n      - nats: {{source: bus, stream: ORDERS, subject: \"x.>\"}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("event log `b`: from[0] reads nats:bus/ORDERS with consumer `shared`, as a feed of log `a` does already; give one of them another `durable:`"),
+        "{err}"
+    );
+    // Another durable on the same stream is another consumer.
+    assert!(!err.contains("from[1]"), "{err}");
+}

@@ -27,7 +27,9 @@ pub enum Refusal {
     NotJson(String),
     #[error("the event has no id at `{path}`")]
     NoEventId { path: String },
-    #[error("the event id at `{path}` is {found}; an id is a string or an integer")]
+    #[error(
+        "the event id at `{path}` is {found}; an id is a string (without control characters) or an integer"
+    )]
     BadEventId { path: String, found: String },
     #[error("the event id at `{path}` has {bytes} bytes, over {MAX_EVENT_ID_BYTES}")]
     LongEventId { path: String, bytes: usize },
@@ -97,6 +99,13 @@ impl EventShape {
                     found: "an empty string".into(),
                 });
             }
+            // A control character (NUL above all, which PostgreSQL text refuses) is no id.
+            Some(serde_json::Value::String(s)) if s.chars().any(char::is_control) => {
+                return Err(Refusal::BadEventId {
+                    path,
+                    found: describe(&serde_json::Value::String(s.clone())),
+                });
+            }
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
             Some(other) => {
@@ -130,9 +139,9 @@ fn event_time(
     };
     match found {
         None | Some(serde_json::Value::Null) => Err(bad("missing".into())),
-        Some(serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(s)
+        Some(v @ serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| bad(format!("`{s}`"))),
+            .map_err(|_| bad(describe(v))),
         Some(serde_json::Value::Number(n)) => n
             .as_f64()
             .filter(|secs| secs.is_finite() && *secs >= 0.0)
@@ -151,7 +160,12 @@ fn describe(v: &serde_json::Value) -> String {
         serde_json::Value::Null => "null".into(),
         serde_json::Value::Bool(b) => format!("the boolean {b}"),
         serde_json::Value::Number(n) => format!("the number {n}"),
-        serde_json::Value::String(s) => format!("`{s}`"),
+        // Quoted with its control characters escaped, and cut short: it goes into log lines.
+        serde_json::Value::String(s) => {
+            let short: String = s.chars().take(80).collect();
+            let more = if short.len() < s.len() { "…" } else { "" };
+            format!("{short:?}{more}")
+        }
         serde_json::Value::Array(_) => "a list".into(),
         serde_json::Value::Object(_) => "an object".into(),
     }
@@ -161,7 +175,7 @@ fn describe(v: &serde_json::Value) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapturedEvent {
     pub identity: EventIdentity,
-    /// The feed it came from: `nats:STREAM`, `redis:KEY` or `webhook`.
+    /// The feed it came from: `nats:SOURCE/STREAM`, `redis:SOURCE/KEY` or `webhook`.
     pub source: String,
     /// Where in that feed (a stream sequence, an entry id); none for a webhook, whose every
     /// request is a delivery of its own.
@@ -213,6 +227,7 @@ mod tests {
             (br#"{"id":""}"#, "an empty string"),
             (br#"{"id":1.5}"#, "the number 1.5"),
             (br#"{"id":{"a":1}}"#, "an object"),
+            (br#"{"id":"evt\u0000x"}"#, r#""evt\0x""#),
             (b"not json", "not JSON"),
         ] {
             let err = s.identify(body).unwrap_err();

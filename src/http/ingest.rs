@@ -27,6 +27,12 @@ pub struct IngestAnswer {
     pub deliveries: u64,
 }
 
+/// Webhook bodies read at once: each may be up to its log's `max_event_bytes` before its
+/// signature can be checked, so an unauthenticated flood is bounded here.
+static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+/// A body that takes longer to arrive is refused (a slow sender holds a slot).
+const BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Request headers never kept with an event: credentials, and the signature itself.
 const NOT_KEPT: [&str; 4] = [
     "authorization",
@@ -51,8 +57,30 @@ pub async fn ingest(
     };
     let metrics = &state.runtime.metrics.capture;
     let max = log.shape.max_event_bytes;
+    let Ok(_slot) = READING.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(serde_json::json!({
+                "error": "unavailable",
+                "message": "too many webhooks arriving at once; nothing was kept, send it again",
+            })),
+        )
+            .into_response();
+    };
     // Read at most one byte over the cap: a larger body is refused without being held.
-    let body = match axum::body::to_bytes(body, max + 1).await {
+    let read = tokio::time::timeout(BODY_WITHIN, axum::body::to_bytes(body, max + 1)).await;
+    let Ok(read) = read else {
+        return ApiError::refused(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {}s; nothing was kept",
+                BODY_WITHIN.as_secs()
+            ),
+        )
+        .into_response();
+    };
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
             let too_large = std::error::Error::source(&e)

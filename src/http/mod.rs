@@ -344,7 +344,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             post(ingest::ingest),
         )
         .not_audited()
-        .takes(Contract::default().body::<serde_json::Value>().answers::<ingest::IngestAnswer>(StatusCode::CREATED, "Stored").answers::<ingest::IngestAnswer>(StatusCode::OK, "A duplicate delivery of an event id the log holds: counted, not stored again").refuses(StatusCode::UNAUTHORIZED, "The signature is missing, does not match, or is outside the tolerance").refuses(StatusCode::PAYLOAD_TOO_LARGE, "Over the log's max_event_bytes").refuses(StatusCode::BAD_REQUEST, "Not JSON, or without a usable event id or time").answers::<serde_json::Value>(StatusCode::SERVICE_UNAVAILABLE, "The store cannot take it now; nothing was kept, send it again")),
+        .takes(Contract::default().body::<serde_json::Value>().answers::<ingest::IngestAnswer>(StatusCode::CREATED, "Stored").answers::<ingest::IngestAnswer>(StatusCode::OK, "A duplicate delivery of an event id the log holds: counted, not stored again").refuses(StatusCode::UNAUTHORIZED, "The signature is missing, does not match, or is outside the tolerance").refuses(StatusCode::PAYLOAD_TOO_LARGE, "Over the log's max_event_bytes").refuses(StatusCode::BAD_REQUEST, "Not JSON, or without a usable event id or time").refuses(StatusCode::REQUEST_TIMEOUT, "The body did not arrive within 30 s").answers::<serde_json::Value>(StatusCode::SERVICE_UNAVAILABLE, "The store cannot take it now; nothing was kept, send it again")),
         endpoint(
             Method::GET,
             "/api/v1/trace",

@@ -228,7 +228,7 @@ impl Application {
             self.runtime.config.event_logs.values().cloned(),
             Arc::clone(&self.runtime.store),
             Arc::clone(&self.runtime.metrics.capture),
-            Arc::clone(&self.runtime.replica),
+            Arc::from(crate::capture::stable_consumer_name()),
             stop_feeds.clone(),
         );
         let stop_outbox = CancellationToken::new();

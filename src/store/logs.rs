@@ -17,7 +17,7 @@ pub struct LoggedEvent {
     pub event_id: String,
     pub event_at: Option<DateTime<Utc>>,
     pub ingested_at: DateTime<Utc>,
-    /// The feed whose delivery stored it (`nats:STREAM`, `redis:KEY`, `webhook`).
+    /// The feed whose delivery stored it (`nats:SOURCE/STREAM`, `redis:SOURCE/KEY`, `webhook`).
     pub source: String,
     /// Where in that feed (a stream sequence, an entry id).
     pub position: Option<String>,
@@ -149,8 +149,14 @@ macro_rules! impl_event_log_store {
             ) -> Result<Vec<$crate::domain::Intake>, $crate::store::StoreError> {
                 use $crate::domain::Intake;
                 let mut tx = self.pool.begin_with($begin).await?;
-                let mut outcomes = Vec::with_capacity(events.len());
-                for e in events {
+                // In id order (stable, so repeats of one id keep their delivery order): two
+                // transactions taking the same ids then lock them in the same order, and never
+                // wait on each other in a circle.
+                let mut order: Vec<usize> = (0..events.len()).collect();
+                order.sort_by(|a, b| events[*a].identity.event_id.cmp(&events[*b].identity.event_id));
+                let mut outcomes: Vec<Option<Intake>> = vec![None; events.len()];
+                for i in order {
+                    let e = &events[i];
                     let stored: Option<i64> = sqlx::query_scalar(
                         "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
                          deliveries, last_delivered_at, headers, payload) \
@@ -168,7 +174,7 @@ macro_rules! impl_event_log_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if stored.is_some() {
-                        outcomes.push(Intake::Stored);
+                        outcomes[i] = Some(Intake::Stored);
                         continue;
                     }
                     // Stored before: this delivery is either the one that stored it, or a
@@ -181,13 +187,13 @@ macro_rules! impl_event_log_store {
                     .fetch_one(&mut *tx)
                     .await?;
                     if e.position.is_some() && source == e.source && position == e.position {
-                        outcomes.push(Intake::Redelivered);
+                        outcomes[i] = Some(Intake::Redelivered);
                         continue;
                     }
                     let counted: Option<i64> = sqlx::query_scalar(
                         "INSERT INTO log_duplicates (log, event_id, source, position, delivered_at) \
                          VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (log, source, position) DO NOTHING RETURNING id",
+                         ON CONFLICT (log, event_id, source, position) DO NOTHING RETURNING id",
                     )
                     .bind(log.as_str())
                     .bind(&e.identity.event_id)
@@ -197,7 +203,7 @@ macro_rules! impl_event_log_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if counted.is_none() {
-                        outcomes.push(Intake::Redelivered);
+                        outcomes[i] = Some(Intake::Redelivered);
                         continue;
                     }
                     let deliveries: i64 = sqlx::query_scalar(
@@ -209,12 +215,15 @@ macro_rules! impl_event_log_store {
                     .bind(at)
                     .fetch_one(&mut *tx)
                     .await?;
-                    outcomes.push(Intake::Duplicate {
+                    outcomes[i] = Some(Intake::Duplicate {
                         deliveries: deliveries as u64,
                     });
                 }
                 tx.commit().await?;
-                Ok(outcomes)
+                Ok(outcomes
+                    .into_iter()
+                    .map(|o| o.expect("every delivery has an outcome"))
+                    .collect())
             }
 
             async fn logged_event(

@@ -16,10 +16,12 @@ pub struct Redelivery {
 
 #[async_trait]
 pub trait TraceStore: Send + Sync {
-    /// The violations with these fingerprints, oldest first.
-    async fn violations_by_fingerprint(
+    /// The violations of these invariants whose key is one of `keys` (as stored: a JSON
+    /// array of the key's values), oldest first.
+    async fn violations_by_key(
         &self,
-        fingerprints: &[String],
+        invariants: &[String],
+        keys: &[serde_json::Value],
     ) -> Result<Vec<ViolationRecord>, StoreError>;
 
     /// Every plan action for a violation with one of these fingerprints, in plan order.
@@ -51,23 +53,23 @@ macro_rules! impl_trace_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::store::TraceStore for $store {
-            async fn violations_by_fingerprint(
+            async fn violations_by_key(
                 &self,
-                fingerprints: &[String],
+                invariants: &[String],
+                keys: &[serde_json::Value],
             ) -> Result<Vec<$crate::store::ViolationRecord>, $crate::store::StoreError> {
+                let sql = format!("{} AND invariant = $1 AND key = $2", Self::VIOLATIONS);
                 let mut out = Vec::new();
-                for chunk in fingerprints.chunks($crate::store::trace::CHUNK) {
-                    let sql = format!(
-                        "{} AND fingerprint IN ({}) ORDER BY id",
-                        Self::VIOLATIONS,
-                        $crate::store::trace::placeholders(1, chunk.len())
-                    );
-                    let mut q = sqlx::query(&sql);
-                    for f in chunk {
-                        q = q.bind(f);
-                    }
-                    for row in q.fetch_all(&self.pool).await? {
-                        out.push(Self::violation_row(&row)?);
+                for invariant in invariants {
+                    for key in keys {
+                        let rows = sqlx::query(&sql)
+                            .bind(invariant)
+                            .bind(sqlx::types::Json(key))
+                            .fetch_all(&self.pool)
+                            .await?;
+                        for row in rows {
+                            out.push(Self::violation_row(&row)?);
+                        }
                     }
                 }
                 out.sort_by_key(|v| v.id);

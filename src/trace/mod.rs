@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Fingerprint, InvariantName, LogName, ViolationKind};
+use crate::domain::{InvariantName, LogName};
 use crate::store::{ActionRecord, Store, StoreError, ViolationRecord};
 
 /// One event's or key's timeline.
@@ -86,18 +86,26 @@ pub enum TraceError {
     Store(#[from] StoreError),
 }
 
-/// The keys a violation could have been stored under for `key` as typed: a JSON array as it
-/// is, else the text, and the integer when it reads as one.
+/// The keys a violation could have been stored under for `key` as typed: the text; the
+/// integer, number or boolean it reads as; and a JSON array as it is (a key of several
+/// columns).
 pub fn key_forms(key: &str) -> Vec<serde_json::Value> {
-    let key = key.trim();
-    if key.starts_with('[')
-        && let Ok(v @ serde_json::Value::Array(_)) = serde_json::from_str(key)
-    {
-        return vec![v];
-    }
     let mut forms = vec![serde_json::json!([key])];
-    if let Ok(n) = key.parse::<i64>() {
+    let trimmed = key.trim();
+    if let Ok(n) = trimmed.parse::<i64>() {
         forms.push(serde_json::json!([n]));
+    } else if let Ok(x) = trimmed.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(x)
+    {
+        forms.push(serde_json::json!([n]));
+    }
+    if let Ok(b) = trimmed.parse::<bool>() {
+        forms.push(serde_json::json!([b]));
+    }
+    if trimmed.starts_with('[')
+        && let Ok(v @ serde_json::Value::Array(_)) = serde_json::from_str(trimmed)
+    {
+        forms.push(v);
     }
     forms
 }
@@ -125,22 +133,16 @@ pub async fn trace(
     let mut steps = Vec::new();
     // An event id is looked up in every log as typed.
     for log in logs {
-        captured(store, log, key.trim(), &mut steps).await?;
+        captured(store, log, key, &mut steps).await?;
     }
-    let fingerprints: Vec<String> = invariants
-        .iter()
-        .flat_map(|inv| {
-            ViolationKind::ALL.into_iter().flat_map(move |kind| {
-                key_forms(key)
-                    .into_iter()
-                    .map(move |k| Fingerprint::of(inv, kind, &k, None).as_str().to_owned())
-            })
-        })
-        .collect();
-    let violations = store.violations_by_fingerprint(&fingerprints).await?;
+    // By key, whatever the violation's kind or discriminator (a transition's carries its
+    // states and time); their actions by the fingerprints found.
+    let names: Vec<String> = invariants.iter().map(|i| i.to_string()).collect();
+    let violations = store.violations_by_key(&names, &key_forms(key)).await?;
     for v in &violations {
         violation_steps(v, &mut steps);
     }
+    let fingerprints: Vec<String> = violations.iter().map(|v| v.fingerprint.clone()).collect();
     let actions = store.actions_by_fingerprint(&fingerprints).await?;
     let mut plans = BTreeMap::new();
     for a in &actions {
@@ -190,7 +192,7 @@ pub async fn trace(
     }
     // Incidents whose window holds a violation of this key, for its invariant.
     if !violations.is_empty() {
-        for incident in store.incidents(500).await? {
+        for incident in store.incidents(10_000).await? {
             let holds = violations.iter().any(|v| {
                 incident.invariants.iter().any(|i| i == &v.invariant)
                     && incident
@@ -223,7 +225,7 @@ pub async fn trace(
     }
     steps.sort_by(|a, b| a.at.cmp(&b.at).then(a.kind.cmp(&b.kind)));
     Ok(Trace {
-        key: key.trim().to_owned(),
+        key: key.to_owned(),
         invariant: only.map(str::to_owned),
         steps,
     })
@@ -279,10 +281,26 @@ async fn captured(
     Ok(())
 }
 
+/// What an invariant finds of a key, by the violation's kind: "it missing", "a state change
+/// not allowed".
+fn finding(kind: &str) -> String {
+    match kind {
+        "missing" => "it missing".into(),
+        "extra" => "it extra".into(),
+        "duplicate" => "it duplicated".into(),
+        "mismatch" => "it mismatched".into(),
+        "check" => "it in its check".into(),
+        "transition" => "a state change not allowed".into(),
+        other => format!("it {other}"),
+    }
+}
+
 fn violation_steps(v: &ViolationRecord, steps: &mut Vec<Step>) {
     let mut summary = format!(
-        "`{}` found it {} (run {})",
-        v.invariant, v.kind, v.first_run_id
+        "`{}` found {} (run {})",
+        v.invariant,
+        finding(&v.kind),
+        v.first_run_id
     );
     if v.times_reopened > 0 {
         summary.push_str(&format!(
@@ -311,8 +329,10 @@ fn violation_steps(v: &ViolationRecord, steps: &mut Vec<Step>) {
             kind: StepKind::ViolationResolved,
             invariant: Some(v.invariant.clone()),
             summary: format!(
-                "`{}` no longer finds it {}: resolved (last seen in run {})",
-                v.invariant, v.kind, v.last_run_id
+                "`{}` no longer finds {}: resolved (last seen in run {})",
+                v.invariant,
+                finding(&v.kind),
+                v.last_run_id
             ),
             plan: None,
             incident: None,
@@ -384,11 +404,15 @@ mod tests {
 
     #[test]
     fn a_key_is_looked_up_as_text_as_an_integer_when_it_reads_as_one_or_as_a_json_array() {
-        assert_eq!(key_forms("evt-3"), [serde_json::json!(["evt-3"])]);
+        use serde_json::json;
+        assert_eq!(key_forms("evt-3"), [json!(["evt-3"])]);
+        assert_eq!(key_forms("42"), [json!(["42"]), json!([42])]);
+        assert_eq!(key_forms("2.5"), [json!(["2.5"]), json!([2.5])]);
+        assert_eq!(key_forms("true"), [json!(["true"]), json!([true])]);
+        assert_eq!(key_forms(" a "), [json!([" a "])]);
         assert_eq!(
-            key_forms(" 42 "),
-            [serde_json::json!(["42"]), serde_json::json!([42])]
+            key_forms(r#"["a", 1]"#),
+            [json!([r#"["a", 1]"#]), json!(["a", 1])]
         );
-        assert_eq!(key_forms(r#"["a", 1]"#), [serde_json::json!(["a", 1])]);
     }
 }

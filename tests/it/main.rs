@@ -30,3 +30,4 @@ mod source_readonly;
 mod store;
 mod stream;
 mod ticks;
+mod trace;

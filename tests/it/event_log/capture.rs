@@ -281,6 +281,13 @@ async fn stream_events_and_webhooks_delivered_twice_are_kept_once_with_their_cou
             "{id}: {got} deliveries, {answered} answered, {unanswered} unanswered"
         );
     }
+    // A message's subject is kept as the header Nats-Subject (what a log side reads).
+    let first = store.logged_event("orders", "n-0").await.unwrap().unwrap();
+    assert_eq!(
+        first.headers["Nats-Subject"],
+        format!("{}.orders.created", stream.prefix)
+    );
+    assert!(first.source.starts_with("nats:bus/"), "{}", first.source);
     let counts = store.log_counts("orders").await.unwrap();
     let unanswered: u64 = sent.unanswered.values().sum();
     assert!(

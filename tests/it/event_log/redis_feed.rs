@@ -77,7 +77,7 @@ async fn a_consumer_group_feed_stores_each_id_once_counts_duplicates_and_takes_o
         .unwrap()
         .unwrap();
     assert_eq!(first.deliveries, 2);
-    assert_eq!(first.source, format!("redis:{key}"));
+    assert_eq!(first.source, format!("redis:cache/{key}"));
     assert_eq!(
         first.payload,
         br#"{"id":"r-0","at":"2026-12-05T10:00:00Z"}"#
@@ -90,7 +90,7 @@ async fn a_consumer_group_feed_stores_each_id_once_counts_duplicates_and_takes_o
 
     let (status, metrics) = crate::serve::get(&format!("{}/metrics", server.base)).await;
     assert_eq!(status, 200);
-    let feed = format!(r#"feed="redis:{key}",log="orders""#);
+    let feed = format!(r#"feed="redis:cache/{key}",log="orders""#);
     assert_eq!(
         sample(
             &metrics,

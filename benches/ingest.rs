@@ -118,6 +118,7 @@ async fn capture(
             ack_wait: HumanDuration::parse("30s").map_err(anyhow::Error::msg)?,
             batch: 500,
         })],
+        retain: None,
     };
     let metrics = Arc::new(CaptureMetrics::register(&prometheus::Registry::new()));
     let stop = tokio_util::sync::CancellationToken::new();

@@ -11,6 +11,8 @@ pub struct CaptureMetrics {
     rejected: IntCounterVec,
     lag: IntGaugeVec,
     up: IntGaugeVec,
+    purged: IntCounterVec,
+    held: IntGaugeVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
@@ -63,6 +65,22 @@ impl CaptureMetrics {
                 "trueup_log_feed_up",
                 "1 while a stream feed runs, 0 while it waits to start again after a failure.",
             ),
+            purged: counter(
+                "trueup_log_events_purged_total",
+                "Events deleted from an event log by its retain: setting.",
+                &["log"],
+            ),
+            held: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "trueup_log_retention_held",
+                        "1 while an event log's retention deletes nothing because an open violation or unfinished plan action without an event time may need any event.",
+                    ),
+                    &["log"],
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 
@@ -83,6 +101,11 @@ impl CaptureMetrics {
         self.lag
             .with_label_values(&[log, feed])
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    pub fn purged(&self, log: &str, count: u64, held: bool) {
+        self.purged.with_label_values(&[log]).inc_by(count);
+        self.held.with_label_values(&[log]).set(i64::from(held));
     }
 
     pub fn set_up(&self, log: &str, feed: &str, up: bool) {

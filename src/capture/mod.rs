@@ -15,6 +15,7 @@
 mod metrics;
 mod nats;
 mod redis;
+pub mod retention;
 mod webhook;
 
 use std::sync::Arc;
@@ -41,6 +42,62 @@ pub fn stable_consumer_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("trueup@{host}")
+}
+
+/// How often logs with `retain:` are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Batches of [`retention::PURGE_BATCH`] events per log and round: a backlog is worked off
+/// over several rounds, never in one long burst.
+const PURGE_BATCHES: u32 = 50;
+
+/// Purges every log with `retain:` once a minute until `stop`. `readers` says, at each round,
+/// which invariants read a log (the loaded ones change on reload).
+pub fn spawn_retention(
+    logs: Vec<EventLogConfig>,
+    store: Arc<dyn Store>,
+    metrics: Arc<CaptureMetrics>,
+    readers: impl Fn(&crate::domain::LogName) -> Vec<crate::domain::InvariantName> + Send + 'static,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let logs: Vec<EventLogConfig> = logs.into_iter().filter(|l| l.retain.is_some()).collect();
+    if logs.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            for log in &logs {
+                let Some(retain) = log.retain else { continue };
+                let readers = readers(&log.name);
+                let purged = retention::purge(
+                    store.as_ref(),
+                    log.name.as_str(),
+                    &readers,
+                    retain,
+                    chrono::Utc::now(),
+                    PURGE_BATCHES,
+                )
+                .await;
+                match purged {
+                    Ok(retention::Purge::Purged { count, before }) => {
+                        metrics.purged(log.name.as_str(), count, false);
+                        if count > 0 {
+                            tracing::info!(log = %log.name, "purged {count} events captured before {before}");
+                        }
+                    }
+                    Ok(retention::Purge::Held(why)) => {
+                        metrics.purged(log.name.as_str(), 0, true);
+                        tracing::warn!(log = %log.name, "retention waits: {why}");
+                    }
+                    Err(e) => tracing::error!(log = %log.name, "cannot purge the log: {e}"),
+                }
+            }
+        }
+    }))
 }
 
 /// The longest a failed feed waits before it starts again.

@@ -29,6 +29,9 @@ pub struct EventLogConfig {
     /// over which an event is refused (and counted), never cut.
     pub shape: EventShape,
     pub feeds: Vec<LogFeed>,
+    /// How long events are kept after capture (none: for ever). An event an open violation,
+    /// an unfinished plan or an open incident may still need is kept longer.
+    pub retain: Option<HumanDuration>,
 }
 
 impl NatsFeed {
@@ -134,6 +137,7 @@ pub(super) struct RawEventLog {
     event_id: Option<Spanned<String>>,
     event_time: Option<Spanned<String>>,
     max_event_bytes: Option<Spanned<u64>>,
+    retain: Option<Spanned<String>>,
     #[serde(default)]
     from: Vec<Spanned<RawFeed>>,
 }
@@ -254,6 +258,23 @@ fn parse_log(
         }
         Some(n) => n.value as usize,
     };
+    let retain = match &raw.retain {
+        None => None,
+        Some(r) => match HumanDuration::parse(&r.value) {
+            Ok(d) if d.as_std() >= std::time::Duration::from_secs(3600) => Some(d),
+            Ok(_) => {
+                problems.push((
+                    r.referenced,
+                    format!("retain `{}` is shorter than 1h; keep events at least an hour (like `retain: 30d`)", r.value),
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push((r.referenced, format!("retain: {e}")));
+                None
+            }
+        },
+    };
     if raw.from.is_empty() {
         problems.push((
             spanned.referenced,
@@ -327,6 +348,7 @@ fn parse_log(
                 max_event_bytes,
             },
             feeds,
+            retain,
         }),
         _ => Err(problems),
     }

@@ -789,3 +789,22 @@ fn two_feeds_on_one_stream_consumer_are_refused_with_the_field_to_change() {
     // Another durable on the same stream is another consumer.
     assert!(!err.contains("from[1]"), "{err}");
 }
+
+#[test]
+fn retention_is_a_duration_of_an_hour_or_more() {
+    let c = parse(&format!(
+        "{BUS}event_logs:\n  orders:\n    event_id: id\n    retain: 30d\n    from:\n      - nats: {{source: bus, stream: ORDERS}}\n"
+    ))
+    .unwrap();
+    let log = &c.event_logs[&crate::domain::LogName::parse("orders").unwrap()];
+    assert_eq!(log.retain.unwrap().as_std().as_secs(), 30 * 86_400);
+    let err = parse(&format!(
+        "{BUS}event_logs:\n  orders:\n    event_id: id\n    retain: 10m\n    from:\n      - nats: {{source: bus, stream: ORDERS}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("event log `orders`: retain `10m` is shorter than 1h"),
+        "{err}"
+    );
+}

@@ -47,6 +47,20 @@ pub struct Invariant {
 }
 
 impl Invariant {
+    /// Every side it reads, named as in its file (`left`, `right`, `check`, `transitions`,
+    /// `replay.processed`).
+    pub fn sides(&self) -> Vec<(&'static str, &QuerySide)> {
+        let mut sides: Vec<(&'static str, &QuerySide)> = match &self.spec {
+            InvariantSpec::Reconcile(r) => vec![("left", &r.left), ("right", &r.right)],
+            InvariantSpec::Check(c) => vec![("check", &c.side)],
+            InvariantSpec::Transitions(t) => vec![("transitions", &t.side)],
+        };
+        if let Some(processed) = self.replay.as_ref().and_then(|r| r.processed.as_ref()) {
+            sides.push(("replay.processed", processed));
+        }
+        sides
+    }
+
     /// Whether a compensation or replay template reads column `column` of the `scope` row
     /// (`left`, `right` or `row`): its values become an action's input, so evidence keeps
     /// them whole rather than capped.

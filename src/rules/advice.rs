@@ -3,7 +3,7 @@
 
 use super::Known;
 use crate::config::SourceClass;
-use crate::domain::{Invariant, InvariantSpec, QuerySide, Read};
+use crate::domain::{Invariant, Read};
 
 /// One note per side that every action's re-check reads in full: an API or stream side
 /// without a `lookup`, on an invariant whose actions re-check their key before acting.
@@ -16,14 +16,7 @@ pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
     if !executed && invariant.replay.is_none() {
         return Vec::new();
     }
-    let mut sides: Vec<(&str, &QuerySide)> = match &invariant.spec {
-        InvariantSpec::Reconcile(r) => vec![("left", &r.left), ("right", &r.right)],
-        InvariantSpec::Check(c) => vec![("check", &c.side)],
-        InvariantSpec::Transitions(t) => vec![("transitions", &t.side)],
-    };
-    if let Some(processed) = invariant.replay.as_ref().and_then(|r| r.processed.as_ref()) {
-        sides.push(("replay.processed", processed));
-    }
+    let sides = invariant.sides();
     let mut notes = Vec::new();
     for (name, side) in sides {
         let remedy = match &side.query {

@@ -231,6 +231,24 @@ impl Application {
             Arc::from(crate::capture::stable_consumer_name()),
             stop_feeds.clone(),
         );
+        let retention = {
+            let catalog = Arc::clone(&self.runtime.catalog);
+            crate::capture::spawn_retention(
+                self.runtime.config.event_logs.values().cloned().collect(),
+                Arc::clone(&self.runtime.store),
+                Arc::clone(&self.runtime.metrics.capture),
+                move |log| {
+                    let source = crate::domain::SourceName::of_log(log);
+                    catalog
+                        .snapshot()
+                        .iter()
+                        .filter(|i| i.sides().iter().any(|(_, s)| s.source == source))
+                        .map(|i| i.name.clone())
+                        .collect()
+                },
+                stop_feeds.clone(),
+            )
+        };
         let stop_outbox = CancellationToken::new();
         let outbox = tokio::spawn(
             outbox::Worker {
@@ -323,6 +341,9 @@ impl Application {
         stop_feeds.cancel();
         for feed in feeds {
             let _ = feed.await;
+        }
+        if let Some(retention) = retention {
+            let _ = retention.await;
         }
         // Undelivered notices stay in the outbox for the next start.
         stop_outbox.cancel();

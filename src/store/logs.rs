@@ -65,6 +65,28 @@ pub trait EventLogStore: Send + Sync {
     ) -> Result<Vec<LoggedEvent>, StoreError>;
 
     async fn log_counts(&self, log: &str) -> Result<LogCounts, StoreError>;
+
+    /// What `invariants` may still need of the events they read: the earliest event time of
+    /// their open violations and of the actions of their unfinished plans, and how many of
+    /// those have no event time (then no event can be told unneeded).
+    async fn retention_needs(&self, invariants: &[String]) -> Result<RetentionNeeds, StoreError>;
+
+    /// Deletes up to `limit` events of `log` captured before `before` whose event time (when
+    /// they have one) is before it too, with their duplicate deliveries, in one transaction;
+    /// how many.
+    async fn purge_log(
+        &self,
+        log: &str,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+}
+
+/// See [`EventLogStore::retention_needs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionNeeds {
+    pub earliest: Option<DateTime<Utc>>,
+    pub untimed: u64,
 }
 
 type EventRow = (
@@ -274,6 +296,77 @@ macro_rules! impl_event_log_store {
                     events: events as u64,
                     duplicates: (deliveries.unwrap_or(0) - events) as u64,
                 })
+            }
+
+            async fn retention_needs(
+                &self,
+                invariants: &[String],
+            ) -> Result<$crate::store::RetentionNeeds, $crate::store::StoreError> {
+                let mut needs = $crate::store::RetentionNeeds::default();
+                if invariants.is_empty() {
+                    return Ok(needs);
+                }
+                let list = $crate::store::trace::placeholders(1, invariants.len());
+                let violations = format!(
+                    "SELECT MIN(event_at), COUNT(*) - COUNT(event_at) FROM violations \
+                     WHERE invariant IN ({list}) AND status IN ('open', 'reopened')"
+                );
+                let actions = format!(
+                    "SELECT MIN(a.event_at), COUNT(*) - COUNT(a.event_at) FROM plan_actions a \
+                     JOIN plans p ON p.id = a.plan_id \
+                     WHERE p.invariant IN ({list}) \
+                       AND p.state NOT IN ('rejected', 'superseded', 'cancelled') \
+                       AND a.status IN ('pending', 'in_progress', 'failed', 'parked')"
+                );
+                for sql in [violations, actions] {
+                    let mut q = sqlx::query_as::<_, (Option<chrono::DateTime<chrono::Utc>>, i64)>(&sql);
+                    for i in invariants {
+                        q = q.bind(i);
+                    }
+                    let (earliest, untimed) = q.fetch_one(&self.pool).await?;
+                    needs.untimed += untimed.max(0) as u64;
+                    needs.earliest = match (needs.earliest, earliest) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Ok(needs)
+            }
+
+            async fn purge_log(
+                &self,
+                log: &str,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let doomed: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, event_id FROM log_events WHERE log = $1 AND ingested_at < $2 \
+                     AND (event_at IS NULL OR event_at < $2) ORDER BY id LIMIT $3",
+                )
+                .bind(log)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                if doomed.is_empty() {
+                    return Ok(0);
+                }
+                let list = $crate::store::trace::placeholders(2, doomed.len());
+                let sql = format!("DELETE FROM log_duplicates WHERE log = $1 AND event_id IN ({list})");
+                let mut q = sqlx::query(&sql).bind(log);
+                for (_, event_id) in &doomed {
+                    q = q.bind(event_id);
+                }
+                q.execute(&mut *tx).await?;
+                let sql = format!("DELETE FROM log_events WHERE log = $1 AND id IN ({list})");
+                let mut q = sqlx::query(&sql).bind(log);
+                for (id, _) in &doomed {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(doomed.len() as u64)
             }
         }
     };

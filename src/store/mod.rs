@@ -35,7 +35,7 @@ pub use alerts::AlertStore;
 pub use incidents::{
     FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
-pub use logs::{EventLogStore, LogCounts, LoggedEvent};
+pub use logs::{EventLogStore, LogCounts, LoggedEvent, RetentionNeeds};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;

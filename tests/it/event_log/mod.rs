@@ -3,6 +3,7 @@
 mod capture;
 mod redis_feed;
 mod replay;
+mod retention;
 mod source;
 mod webhook;
 

@@ -1,0 +1,69 @@
+//! `retain:` — a log's events are purged some time after capture, in bounded batches, but
+//! never one that may still be needed: by an open violation or an unfinished plan of an
+//! invariant that reads the log (for its evidence, a replay's payload or a re-check), or by
+//! an open incident whose scope takes such an invariant (its report and verification).
+//!
+//! What is needed is bounded by time: the earliest event time of those violations and plan
+//! actions, and the start of those incidents' windows. Nothing is purged at or after that
+//! instant; when one of them has no event time, nothing of the log is purged until it closes.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{HumanDuration, InvariantName};
+use crate::store::{Store, StoreError};
+
+/// Events deleted per transaction.
+pub const PURGE_BATCH: u32 = 1_000;
+
+/// What one purge of a log did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// Events captured (and, when known, happened) before `before` were deleted.
+    Purged { count: u64, before: DateTime<Utc> },
+    /// Nothing could be deleted: the reason.
+    Held(String),
+}
+
+/// Purges `log` of events older than `retain` that nothing of `readers` (the invariants
+/// reading the log) may still need, `PURGE_BATCH` at a time, at most `max_batches` batches.
+pub async fn purge(
+    store: &dyn Store,
+    log: &str,
+    readers: &[InvariantName],
+    retain: HumanDuration,
+    now: DateTime<Utc>,
+    max_batches: u32,
+) -> Result<Purge, StoreError> {
+    let names: Vec<String> = readers.iter().map(|r| r.to_string()).collect();
+    let needs = store.retention_needs(&names).await?;
+    if needs.untimed > 0 {
+        return Ok(Purge::Held(format!(
+            "{} open violation(s) or unfinished plan action(s) of an invariant reading the log have no event time, so any event may be needed",
+            needs.untimed
+        )));
+    }
+    let mut before = now - retain.as_chrono();
+    if let Some(earliest) = needs.earliest {
+        before = before.min(earliest);
+    }
+    if !names.is_empty() {
+        for incident in store.incidents(u32::MAX).await? {
+            let open = matches!(incident.state, crate::domain::IncidentState::Open);
+            // An incident that names no invariant takes every one.
+            let scoped = incident.invariants.is_empty()
+                || incident.invariants.iter().any(|i| names.contains(i));
+            if open && scoped {
+                before = before.min(incident.window_from);
+            }
+        }
+    }
+    let mut count = 0;
+    for _ in 0..max_batches {
+        let n = store.purge_log(log, before, PURGE_BATCH).await?;
+        count += n;
+        if n < u64::from(PURGE_BATCH) {
+            break;
+        }
+    }
+    Ok(Purge::Purged { count, before })
+}

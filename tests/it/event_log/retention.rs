@@ -1,0 +1,169 @@
+//! `retain:` purges old events, but never one an open violation, an unfinished plan or an
+//! open incident of an invariant reading the log may need.
+
+use std::sync::Arc;
+
+use chrono::{TimeDelta, Utc};
+use serde_json::json;
+use trueup::capture::retention::{Purge, purge};
+use trueup::config::SecretUrl;
+use trueup::domain::{
+    CapturedEvent, EventIdentity, HumanDuration, InvariantName, LogName, RunStats, Value,
+    Violation, ViolationKind,
+};
+use trueup::store::{self, NewIncident, Store};
+
+use crate::helpers::TestPg;
+
+async fn run_seeing(store: &dyn Store, inv: &InvariantName, seen: &[Violation]) {
+    let run = store.begin_run(inv, Utc::now()).await.unwrap();
+    store.observe(run, inv, 0, seen).await.unwrap();
+    let stats = RunStats {
+        observed: seen.len() as u64,
+        ..Default::default()
+    };
+    store
+        .complete_run(run, inv, &stats, Utc::now(), None)
+        .await
+        .unwrap();
+}
+
+fn missing(key: &str, event_at: Option<chrono::DateTime<Utc>>) -> Violation {
+    Violation {
+        kind: ViolationKind::Missing,
+        key: vec![Value::Text(key.into())],
+        discriminator: None,
+        event_at,
+        evidence: json!({}),
+    }
+}
+
+async fn retention_story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let log = LogName::parse("orders").unwrap();
+    let inv = InvariantName::parse("orders-received").unwrap();
+    // Milliseconds: what both stores keep of a time.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 3);
+    let days = |d: f64| now - TimeDelta::milliseconds((d * 86_400_000.0) as i64);
+    for (id, captured, happened) in [
+        ("four-days", days(4.0), Some(days(4.0))),
+        ("three-days", days(3.0), Some(days(3.0))),
+        ("two-days", days(2.0), Some(days(2.0))),
+        ("two-days-untimed", days(2.0), None),
+        ("an-hour", days(0.04), Some(days(0.04))),
+    ] {
+        let event = CapturedEvent {
+            identity: EventIdentity {
+                event_id: id.into(),
+                event_at: happened,
+            },
+            source: "webhook".into(),
+            position: None,
+            headers: Default::default(),
+            payload: b"{}".to_vec(),
+        };
+        store
+            .ingest(&log, std::slice::from_ref(&event), captured)
+            .await
+            .unwrap();
+        if id == "four-days" {
+            // Delivered twice: its duplicate goes with it.
+            store.ingest(&log, &[event], captured).await.unwrap();
+        }
+    }
+    let retain = HumanDuration::parse("1d").unwrap();
+    let readers = [inv.clone()];
+
+    // An open violation of an event 3.5 days old: only what is older may go.
+    run_seeing(store, &inv, &[missing("x", Some(days(3.5)))]).await;
+    let done = purge(store, "orders", &readers, retain, now, 10)
+        .await
+        .unwrap();
+    let Purge::Purged { count, before } = done else {
+        panic!("{done:?}")
+    };
+    assert_eq!((count, before), (1, days(3.5)));
+    assert!(
+        store
+            .logged_event("orders", "four-days")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .logged_event("orders", "three-days")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // An open violation without an event time: any event may be needed.
+    run_seeing(store, &inv, &[missing("y", None)]).await;
+    let done = purge(store, "orders", &readers, retain, now, 10)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&done, Purge::Held(why) if why.contains("1 open violation(s) or unfinished plan action(s)")),
+        "{done:?}"
+    );
+    assert_eq!(store.log_counts("orders").await.unwrap().events, 4);
+
+    // Resolved; an open incident of this invariant from 2.5 days ago holds its window, one
+    // of another invariant holds nothing.
+    run_seeing(store, &inv, &[]).await;
+    for (name, invariant, from) in [
+        ("orders-outage", "orders-received", days(2.5)),
+        ("payments-outage", "payments", days(10.0)),
+    ] {
+        store
+            .open_incident(&NewIncident {
+                name: name.into(),
+                summary: None,
+                window_from: from,
+                window_to: None,
+                invariants: vec![invariant.into()],
+                opened_by: "oncall".into(),
+                opened_at: now,
+            })
+            .await
+            .unwrap();
+    }
+    let done = purge(store, "orders", &readers, retain, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Purge::Purged {
+            count: 1,
+            before: days(2.5)
+        }
+    );
+    let left: Vec<String> = store
+        .logged_events("orders", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(left, ["two-days", "two-days-untimed", "an-hour"]);
+    let counts = store.log_counts("orders").await.unwrap();
+    assert_eq!((counts.events, counts.duplicates), (3, 0));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn retention_keeps_what_open_violations_and_incidents_may_need_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    retention_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn retention_keeps_what_open_violations_and_incidents_may_need_on_postgres() {
+    let db = TestPg::new().await;
+    retention_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use super::http::{kind_of, value};
+use super::http::field_value;
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -179,14 +179,7 @@ fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
                     ));
                 }
             };
-            value(f.kind, &raw).map_err(|why| {
-                format!(
-                    "column `{}` ({}): {} {why}",
-                    f.column,
-                    f.from,
-                    kind_of(&raw)
-                )
-            })
+            field_value(f, &raw)
         })
         .collect()
 }

@@ -635,6 +635,13 @@ fn to_row(fields: &[Field], item: &Json) -> Result<Row, String> {
 }
 
 /// A JSON value read as `kind`.
+/// A message's or event's column from its raw JSON value, or why it cannot be one (naming
+/// the column, where it comes from and what it held).
+pub(super) fn field_value(f: &crate::domain::Field, raw: &Json) -> Result<Value, String> {
+    value(f.kind, raw)
+        .map_err(|why| format!("column `{}` ({}): {} {why}", f.column, f.from, kind_of(raw)))
+}
+
 pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
     use FieldKind as K;
     let number = |n: &serde_json::Number| -> Result<Decimal, &'static str> {

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::Order
 use futures_util::StreamExt;
 use serde_json::Value as Json;
 
-use super::http::{kind_of, value};
+use super::http::field_value;
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -286,14 +286,7 @@ fn to_row(
                     ));
                 }
             };
-            value(f.kind, &raw).map_err(|why| {
-                format!(
-                    "column `{}` ({}): {} {why}",
-                    f.column,
-                    f.from,
-                    kind_of(&raw)
-                )
-            })
+            field_value(f, &raw)
         })
         .collect()
 }

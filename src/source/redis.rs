@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::streams::{StreamId, StreamRangeReply};
 use serde_json::Value as Json;
 
-use super::http::{kind_of, value};
+use super::http::field_value;
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -219,14 +219,7 @@ fn to_row(fields: &[Field], entry: &StreamId) -> Result<Row, String> {
                     ));
                 }
             };
-            value(f.kind, &raw).map_err(|why| {
-                format!(
-                    "column `{}` ({}): {} {why}",
-                    f.column,
-                    f.from,
-                    kind_of(&raw)
-                )
-            })
+            field_value(f, &raw)
         })
         .collect()
 }

@@ -21,7 +21,8 @@ fn violation(kind: ViolationKind, key: i64) -> Violation {
     }
 }
 
-async fn run_with(
+/// Runs `inv` once, seeing exactly `seen`, and completes the run.
+pub(crate) async fn run_with(
     store: &dyn Store,
     inv: &InvariantName,
     seen: &[Violation],

@@ -8,25 +8,12 @@ use serde_json::json;
 use trueup::capture::retention::{Purge, purge};
 use trueup::config::SecretUrl;
 use trueup::domain::{
-    CapturedEvent, EventIdentity, HumanDuration, InvariantName, LogName, RunStats, Value,
-    Violation, ViolationKind,
+    CapturedEvent, EventIdentity, HumanDuration, InvariantName, LogName, Value, Violation,
+    ViolationKind,
 };
 use trueup::store::{self, NewIncident, Store};
 
 use crate::helpers::TestPg;
-
-async fn run_seeing(store: &dyn Store, inv: &InvariantName, seen: &[Violation]) {
-    let run = store.begin_run(inv, Utc::now()).await.unwrap();
-    store.observe(run, inv, 0, seen).await.unwrap();
-    let stats = RunStats {
-        observed: seen.len() as u64,
-        ..Default::default()
-    };
-    store
-        .complete_run(run, inv, &stats, Utc::now(), None)
-        .await
-        .unwrap();
-}
 
 fn missing(key: &str, event_at: Option<chrono::DateTime<Utc>>) -> Violation {
     Violation {
@@ -75,7 +62,7 @@ async fn retention_story(store: Arc<dyn Store>) {
     let readers = [inv.clone()];
 
     // An open violation of an event 3.5 days old: only what is older may go.
-    run_seeing(store, &inv, &[missing("x", Some(days(3.5)))]).await;
+    crate::store::run_with(store, &inv, &[missing("x", Some(days(3.5)))]).await;
     let done = purge(store, "orders", &readers, retain, now, 10)
         .await
         .unwrap();
@@ -99,7 +86,7 @@ async fn retention_story(store: Arc<dyn Store>) {
     );
 
     // An open violation without an event time: any event may be needed.
-    run_seeing(store, &inv, &[missing("y", None)]).await;
+    crate::store::run_with(store, &inv, &[missing("y", None)]).await;
     let done = purge(store, "orders", &readers, retain, now, 10)
         .await
         .unwrap();
@@ -111,7 +98,7 @@ async fn retention_story(store: Arc<dyn Store>) {
 
     // Resolved; an open incident of this invariant from 2.5 days ago holds its window, one
     // of another invariant holds nothing.
-    run_seeing(store, &inv, &[]).await;
+    crate::store::run_with(store, &inv, &[]).await;
     for (name, invariant, from) in [
         ("orders-outage", "orders-received", days(2.5)),
         ("payments-outage", "payments", days(10.0)),

@@ -23,13 +23,15 @@ use crate::domain::{Field, FieldFrom, MessageMeta, Read, SourceName, StreamRead,
 const PAGE: u32 = 2_000;
 
 /// One stored event, as a source reads it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LogEventRow {
-    /// Its place in the log (increasing in the order events were captured).
+    /// Its place in the log (increasing in the order events were captured): the row's id.
+    #[sqlx(rename = "id")]
     pub sequence: i64,
     pub event_id: String,
     pub event_at: Option<DateTime<Utc>>,
     pub ingested_at: DateTime<Utc>,
+    #[sqlx(json)]
     pub headers: Json,
     pub payload: Vec<u8>,
 }

@@ -10,7 +10,7 @@ use super::StoreError;
 use crate::domain::{CapturedEvent, Intake, LogName};
 
 /// One event of a log, as stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema, sqlx::FromRow)]
 pub struct LoggedEvent {
     pub id: i64,
     pub log: String,
@@ -24,6 +24,7 @@ pub struct LoggedEvent {
     /// How often it was delivered: 1, plus each duplicate.
     pub deliveries: i64,
     pub last_delivered_at: DateTime<Utc>,
+    #[sqlx(json)]
     pub headers: serde_json::Value,
     #[serde(skip)]
     #[schemars(skip)]
@@ -89,72 +90,8 @@ pub struct RetentionNeeds {
     pub untimed: u64,
 }
 
-type EventRow = (
-    i64,
-    String,
-    String,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    String,
-    Option<String>,
-    i64,
-    DateTime<Utc>,
-    sqlx::types::Json<serde_json::Value>,
-    Vec<u8>,
-);
-
-pub(super) fn event_of(row: EventRow) -> LoggedEvent {
-    let (
-        id,
-        log,
-        event_id,
-        event_at,
-        ingested_at,
-        source,
-        position,
-        deliveries,
-        last_delivered_at,
-        headers,
-        payload,
-    ) = row;
-    LoggedEvent {
-        id,
-        log,
-        event_id,
-        event_at,
-        ingested_at,
-        source,
-        position,
-        deliveries,
-        last_delivered_at,
-        headers: headers.0,
-        payload,
-    }
-}
-
-/// An event as [`crate::source::LogReader`] reads it: `LOG_ROW_COLUMNS`, in order.
-pub(super) type LogRowTuple = (
-    i64,
-    String,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    sqlx::types::Json<serde_json::Value>,
-    Vec<u8>,
-);
-
+/// The columns of a [`crate::source::LogEventRow`] (its `sequence` is the row's `id`).
 pub(super) const LOG_ROW_COLUMNS: &str = "id, event_id, event_at, ingested_at, headers, payload";
-
-pub(super) fn log_row(row: LogRowTuple) -> crate::source::LogEventRow {
-    let (sequence, event_id, event_at, ingested_at, headers, payload) = row;
-    crate::source::LogEventRow {
-        sequence,
-        event_id,
-        event_at,
-        ingested_at,
-        headers: headers.0,
-        payload,
-    }
-}
 
 pub(super) const EVENT_COLUMNS: &str = "id, log, event_id, event_at, ingested_at, source, position, \
      deliveries, last_delivered_at, headers, payload";
@@ -261,7 +198,7 @@ macro_rules! impl_event_log_store {
                 .bind(event_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row.map($crate::store::logs::event_of))
+                Ok(row)
             }
 
             async fn logged_events(
@@ -279,7 +216,7 @@ macro_rules! impl_event_log_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows.into_iter().map($crate::store::logs::event_of).collect())
+                Ok(rows)
             }
 
             async fn log_counts(
@@ -385,7 +322,7 @@ macro_rules! impl_log_reader {
                 until: i64,
                 limit: u32,
             ) -> Result<Vec<$crate::source::LogEventRow>, String> {
-                let rows: Vec<$crate::store::logs::LogRowTuple> = sqlx::query_as(&format!(
+                let rows: Vec<$crate::source::LogEventRow> = sqlx::query_as(&format!(
                     "SELECT {} FROM log_events \
                      WHERE log = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4",
                     $crate::store::logs::LOG_ROW_COLUMNS
@@ -397,7 +334,7 @@ macro_rules! impl_log_reader {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| e.to_string())?;
-                Ok(rows.into_iter().map($crate::store::logs::log_row).collect())
+                Ok(rows)
             }
 
             async fn log_event(
@@ -405,7 +342,7 @@ macro_rules! impl_log_reader {
                 log: &str,
                 event_id: &str,
             ) -> Result<Option<$crate::source::LogEventRow>, String> {
-                let row: Option<$crate::store::logs::LogRowTuple> = sqlx::query_as(&format!(
+                let row: Option<$crate::source::LogEventRow> = sqlx::query_as(&format!(
                     "SELECT {} FROM log_events WHERE log = $1 AND event_id = $2",
                     $crate::store::logs::LOG_ROW_COLUMNS
                 ))
@@ -414,7 +351,7 @@ macro_rules! impl_log_reader {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| e.to_string())?;
-                Ok(row.map($crate::store::logs::log_row))
+                Ok(row)
             }
 
             async fn log_end(&self, log: &str) -> Result<i64, String> {

@@ -58,20 +58,29 @@ macro_rules! impl_trace_store {
                 invariants: &[String],
                 keys: &[serde_json::Value],
             ) -> Result<Vec<$crate::store::ViolationRecord>, $crate::store::StoreError> {
-                let sql = format!("{} AND invariant = $1 AND key = $2", Self::VIOLATIONS);
-                let mut out = Vec::new();
-                for invariant in invariants {
-                    for key in keys {
-                        let rows = sqlx::query(&sql)
-                            .bind(invariant)
-                            .bind(sqlx::types::Json(key))
-                            .fetch_all(&self.pool)
-                            .await?;
-                        for row in rows {
-                            out.push(Self::violation_row(&row)?);
-                        }
-                    }
+                if invariants.is_empty() || keys.is_empty() {
+                    return Ok(Vec::new());
                 }
+                // One statement: the index on (invariant, key) serves each pair.
+                let sql = format!(
+                    "{} AND invariant IN ({}) AND key IN ({})",
+                    Self::VIOLATIONS,
+                    $crate::store::trace::placeholders(1, invariants.len()),
+                    $crate::store::trace::placeholders(1 + invariants.len(), keys.len())
+                );
+                let mut q = sqlx::query(&sql);
+                for invariant in invariants {
+                    q = q.bind(invariant);
+                }
+                for key in keys {
+                    q = q.bind(sqlx::types::Json(key));
+                }
+                let mut out = q
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(Self::violation_row)
+                    .collect::<Result<Vec<_>, _>>()?;
                 out.sort_by_key(|v| v.id);
                 Ok(out)
             }

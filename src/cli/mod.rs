@@ -5,6 +5,7 @@
 
 mod check;
 mod demo_cmd;
+mod events;
 mod incident;
 mod output;
 mod plans;
@@ -94,6 +95,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// What happened to one event or key: captured, violations, actions, verification, incidents
     Trace(TraceArgs),
+    /// An event log's events and what became of each (processed, missing, mismatched, replayed)
+    Events(EventsArgs),
     /// Create a self-contained demo (SQLite shop and ledger with planted problems) and check it
     Demo(DemoArgs),
 }
@@ -460,6 +463,32 @@ pub struct TraceArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The event log (a name under `event_logs:` in trueup.yaml)
+    pub log: String,
+    /// Only events with this outcome: processed, missing, mismatched or replayed
+    #[arg(long, value_parser = parse_outcome)]
+    pub outcome: Option<crate::domain::EventOutcome>,
+    /// Only this invariant's outcomes
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub invariant: Option<String>,
+    /// Events captured after this sequence (the last one of the previous page)
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// At most this many events, oldest first
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Output format
+    #[arg(long, short = 'f', value_enum, default_value_t)]
+    pub format: Format,
+}
+
+fn parse_outcome(raw: &str) -> Result<crate::domain::EventOutcome, String> {
+    crate::domain::EventOutcome::parse(raw)
+        .ok_or_else(|| "one of processed, missing, mismatched, replayed".to_owned())
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Folder to create the demo in (re-created if it holds a previous demo)
     #[arg(long, default_value = "trueup-demo", value_name = "DIR")]
@@ -503,6 +532,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Apply(args) => plans::apply(cli.config.as_deref(), args).await,
             Command::Audit(args) => plans::audit(cli.config.as_deref(), args).await,
             Command::Trace(args) => trace::run(cli.config.as_deref(), args).await,
+            Command::Events(args) => events::run(cli.config.as_deref(), args).await,
             Command::Silence(cmd) => silence::run(cli.config.as_deref(), cmd).await,
             Command::Replay(args) => replay::run(cli.config.as_deref(), args).await,
             Command::Incident(cmd) => incident::run(cli.config.as_deref(), cmd).await,

@@ -197,6 +197,87 @@ pub enum Intake {
     Redelivered,
 }
 
+/// What became of a logged event, as an invariant that reads its log on the left found it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutcome {
+    /// A full run found it downstream, as it should be.
+    Processed,
+    /// A full run found nothing downstream for it.
+    Missing,
+    /// A full run found it downstream, different.
+    Mismatched,
+    /// A replay action delivered it.
+    Replayed,
+}
+
+impl EventOutcome {
+    pub const ALL: [EventOutcome; 4] = [
+        EventOutcome::Processed,
+        EventOutcome::Missing,
+        EventOutcome::Mismatched,
+        EventOutcome::Replayed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Processed => "processed",
+            EventOutcome::Missing => "missing",
+            EventOutcome::Mismatched => "mismatched",
+            EventOutcome::Replayed => "replayed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == raw)
+    }
+
+    /// The outcome a violation of `kind` on the event's key gives it, if any: a duplicate or
+    /// an extra row says nothing of whether the event got through.
+    pub fn of_violation(kind: super::ViolationKind) -> Option<Self> {
+        match kind {
+            super::ViolationKind::Missing => Some(EventOutcome::Missing),
+            super::ViolationKind::Mismatch => Some(EventOutcome::Mismatched),
+            _ => None,
+        }
+    }
+
+    /// Whether a run that no longer finds the event violated makes it `processed` (a
+    /// replayed event stays replayed: that is how it got through).
+    pub fn heals(self) -> bool {
+        matches!(self, EventOutcome::Missing | EventOutcome::Mismatched)
+    }
+}
+
+/// The downstream record an event with this key (as violations hold it: a JSON array of
+/// canonical values) became: the one value as text, or the array for a key of several
+/// columns.
+pub fn record_id_of_key(key: &serde_json::Value) -> String {
+    match key {
+        serde_json::Value::Array(one) if one.len() == 1 => match &one[0] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+impl std::fmt::Display for EventOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

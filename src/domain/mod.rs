@@ -31,7 +31,8 @@ pub use compensation::{
 };
 pub use duration::HumanDuration;
 pub use event_log::{
-    CapturedEvent, EventIdentity, EventShape, Intake, MAX_EVENT_ID_BYTES, Refusal,
+    CapturedEvent, EventIdentity, EventOutcome, EventShape, Intake, MAX_EVENT_ID_BYTES, Refusal,
+    record_id_of_key,
 };
 pub use histogram::{Bucket, StackedBucket, histogram, stacked_histogram};
 pub use incident::{IncidentState, Phase};

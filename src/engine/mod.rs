@@ -270,7 +270,7 @@ impl Tally<'_> {
 }
 
 /// Whether a row is still inside its grace period.
-fn not_yet_due(time: Option<&Value>, due_before: Option<DateTime<Utc>>) -> bool {
+pub fn not_yet_due(time: Option<&Value>, due_before: Option<DateTime<Utc>>) -> bool {
     match (due_before, time.and_then(Value::as_timestamp)) {
         (Some(cutoff), Some(t)) => t > cutoff,
         _ => false,

@@ -350,6 +350,55 @@ pub(super) async fn audit_log(
     Ok(Json(Page { items, next_after }))
 }
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogEventsQuery {
+    /// Only this invariant's outcomes.
+    invariant: Option<String>,
+    /// Only events with this outcome.
+    outcome: Option<crate::domain::EventOutcome>,
+    /// Events captured after this sequence (`next_after` of the previous page).
+    after: Option<i64>,
+    /// Events a page (an event judged by several invariants has an item for each).
+    limit: Option<PageSize>,
+}
+
+/// A log's events with what became of each, oldest first.
+pub(super) async fn log_events(
+    State(state): State<HttpState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogEventsQuery>,
+) -> Result<Json<Page<crate::store::EventLine>>, ApiError> {
+    if !state
+        .runtime
+        .config
+        .event_logs
+        .keys()
+        .any(|l| l.as_str() == name)
+    {
+        return Err(ApiError::not_found(format!(
+            "no event log is named `{name}`"
+        )));
+    }
+    let limit = page_size(q.limit, 100);
+    let items = state
+        .runtime
+        .store
+        .event_lines(&crate::store::OutcomeQuery {
+            log: name,
+            invariant: q.invariant,
+            outcome: q.outcome,
+            after: q.after.unwrap_or(0),
+            limit,
+        })
+        .await?;
+    let events: std::collections::BTreeSet<i64> = items.iter().map(|l| l.sequence).collect();
+    let next_after = (events.len() as u32 == limit)
+        .then(|| items.last().map(|l| l.sequence))
+        .flatten();
+    Ok(Json(Page { items, next_after }))
+}
+
 /// The OpenAPI 3.1 document, generated from the same endpoint list as the router.
 pub(super) async fn openapi() -> Json<serde_json::Value> {
     Json(openapi_document())

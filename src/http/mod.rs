@@ -355,6 +355,14 @@ pub fn endpoints() -> Vec<Endpoint> {
         .takes(Contract::default().query::<api::TraceQuery>().answers::<crate::trace::Trace>(StatusCode::OK, "The timeline (empty when nothing is known of the key)").refuses(StatusCode::NOT_FOUND, "No invariant of that name").refuses(StatusCode::BAD_REQUEST, "No key")),
         endpoint(
             Method::GET,
+            "/api/v1/logs/{name}/events",
+            Some(Viewer),
+            "An event log's events, oldest first, each with what became of it (`outcome` processed, missing, mismatched or replayed; `processed_at`; `target_record_id`), one item per invariant that judged it (`invariant`, `outcome`, `after`, `limit`).",
+            get(api::log_events),
+        )
+        .takes(Contract::default().query::<api::LogEventsQuery>().answers::<contract::Page<crate::store::EventLine>>(StatusCode::OK, "Events and outcomes; `next_after` pages on").refuses(StatusCode::NOT_FOUND, "No event log of that name")),
+        endpoint(
+            Method::GET,
             "/api/v1/audit",
             Some(Admin),
             "The append-only audit log (`target`, `after`, `limit`).",

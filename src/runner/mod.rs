@@ -14,6 +14,7 @@ use crate::engine::{self, Changes, EngineError, Pass, ViolationSink};
 use crate::source::Sources;
 use crate::store::{StatusFilter, Store, StoreError, ViolationFilter, ViolationRecord};
 
+mod outcomes;
 mod split;
 
 pub use split::{SegmentWorker, work_segment};
@@ -121,6 +122,23 @@ pub async fn run_invariant_limited(
         (None, None) => store.begin_run(&invariant.name, started_at).await?,
     };
     let mut recorder = Recorder::new(store, run_id, invariant, None);
+    // A full run of an invariant reading an event log on its left writes back what became
+    // of the log's events: it notes the violated keys, and where the log ended as it began.
+    let log_side = outcomes::LogSide::of(invariant).filter(|_| pass == Pass::Full);
+    let log_through = match log_side {
+        Some(side) => match store.log_end(side.log).await {
+            Ok(end) => Some(end),
+            Err(e) => {
+                tracing::warn!(invariant = %invariant.name, log = side.log, "the events' outcomes will not be written back: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    if log_through.is_some() {
+        recorder.keys = Some(Vec::new());
+    }
+    let split_run = std::sync::atomic::AtomicBool::new(false);
     let worker = limits
         .worker
         .clone()
@@ -131,6 +149,7 @@ pub async fn run_invariant_limited(
             if pass == Pass::Full
                 && let Some(plan) = engine::split(invariant, sources).await?
             {
+                split_run.store(true, std::sync::atomic::Ordering::Relaxed);
                 return split::coordinate(invariant, plan, sources, store, run_id, &worker).await;
             }
             let mut stats =
@@ -207,6 +226,30 @@ pub async fn run_invariant_limited(
                 }
             };
             outcome.open_after = change.open_after();
+            if let (Some(side), Some(through), Some(violated)) =
+                (log_side, log_through, recorder.keys.as_deref())
+                && !stats.truncated
+                && !split_run.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let judged = outcomes::Judged {
+                    invariant,
+                    run: run_id,
+                    started_at,
+                    finished_at,
+                    through,
+                    violated,
+                };
+                // The ledger holds the run's result already; outcomes that could not be
+                // written are written by the next run, which judges every key again.
+                match outcomes::write_back(side, store, &judged).await {
+                    Ok(c) => {
+                        tracing::debug!(invariant = %invariant.name, log = side.log, first = c.first, changed = c.changed, "events' outcomes written back")
+                    }
+                    Err(e) => {
+                        tracing::warn!(invariant = %invariant.name, log = side.log, "could not write back the events' outcomes: {e}")
+                    }
+                }
+            }
             outcome.stats = stats;
             outcome.change = Some(change);
             // Nothing open: no samples to read (the common case, and a round trip per run).
@@ -321,6 +364,9 @@ struct Recorder<'a> {
     buffer: Vec<Violation>,
     /// Roughly the bytes of the buffered violations' evidence.
     buffered: usize,
+    /// `Some`: every key found missing or mismatched (as violations hold it), for the
+    /// write-back of an event log's outcomes.
+    keys: Option<Vec<(String, crate::domain::EventOutcome)>>,
 }
 
 impl<'a> Recorder<'a> {
@@ -340,6 +386,7 @@ impl<'a> Recorder<'a> {
             truncated: false,
             buffer: Vec::new(),
             buffered: 0,
+            keys: None,
         }
     }
 
@@ -377,6 +424,11 @@ impl ViolationSink for Recorder<'_> {
             return Ok(());
         }
         self.stored += 1;
+        if let Some(keys) = self.keys.as_mut()
+            && let Some(outcome) = crate::domain::EventOutcome::of_violation(violation.kind)
+        {
+            keys.push((violation.key_json().to_string(), outcome));
+        }
         self.buffered += crate::domain::json_size(&violation.evidence);
         self.buffer.push(violation);
         if self.buffer.len() >= FLUSH_EVERY || self.buffered >= FLUSH_BYTES {

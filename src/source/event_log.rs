@@ -143,8 +143,8 @@ async fn read_all(
     rows.finish().await
 }
 
-/// An event's columns.
-fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
+/// An event's columns, as a side reading its log (`read`) sees them.
+pub fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
     let fields: &[Field] = &read.columns;
     let needs_payload = fields.iter().any(|f| matches!(f.from, FieldFrom::Json(_)));
     let payload: Json = if needs_payload {

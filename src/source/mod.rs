@@ -29,7 +29,7 @@ mod summarize;
 mod unordered;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
-pub use event_log::{LogEventRow, LogReader};
+pub use event_log::{LogEventRow, LogReader, to_row as event_row};
 pub use query::{
     COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,
 };

@@ -73,7 +73,8 @@ pub trait EventLogStore: Send + Sync {
     async fn retention_needs(&self, invariants: &[String]) -> Result<RetentionNeeds, StoreError>;
 
     /// Deletes up to `limit` events of `log` captured before `before` whose event time (when
-    /// they have one) is before it too, with their duplicate deliveries, in one transaction;
+    /// they have one) is before it too, with their duplicate deliveries and outcomes, in one
+    /// transaction;
     /// how many.
     async fn purge_log(
         &self,
@@ -290,12 +291,14 @@ macro_rules! impl_event_log_store {
                     return Ok(0);
                 }
                 let list = $crate::store::trace::placeholders(2, doomed.len());
-                let sql = format!("DELETE FROM log_duplicates WHERE log = $1 AND event_id IN ({list})");
-                let mut q = sqlx::query(&sql).bind(log);
-                for (_, event_id) in &doomed {
-                    q = q.bind(event_id);
+                for table in ["log_duplicates", "log_outcomes"] {
+                    let sql = format!("DELETE FROM {table} WHERE log = $1 AND event_id IN ({list})");
+                    let mut q = sqlx::query(&sql).bind(log);
+                    for (_, event_id) in &doomed {
+                        q = q.bind(event_id);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                q.execute(&mut *tx).await?;
                 let sql = format!("DELETE FROM log_events WHERE log = $1 AND id IN ({list})");
                 let mut q = sqlx::query(&sql).bind(log);
                 for (id, _) in &doomed {

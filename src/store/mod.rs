@@ -11,6 +11,7 @@ mod incidents;
 mod ledger;
 mod logs;
 mod notices;
+mod outcomes;
 mod plans;
 mod postgres;
 mod replicas;
@@ -37,6 +38,10 @@ pub use incidents::{
 };
 pub use logs::{EventLogStore, LogCounts, LoggedEvent, RetentionNeeds};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
+pub use outcomes::{
+    DecidedOutcome, EventLine, OutcomeCounts, OutcomeQuery, OutcomeRecord, OutcomeStore,
+    OutcomeWrite,
+};
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;
 pub use replicas::ReplicaStore;
@@ -270,6 +275,7 @@ pub trait Store:
     + AlertStore
     + NoticeStore
     + EventLogStore
+    + OutcomeStore
     + crate::source::LogReader
     + TraceStore
     + Send

@@ -105,4 +105,5 @@ super::segments::impl_segment_store!(
 
 super::logs::impl_event_log_store!(PgStore, "BEGIN");
 super::logs::impl_log_reader!(PgStore);
+super::outcomes::impl_outcome_store!(PgStore, sqlx::Postgres, "BEGIN");
 super::trace::impl_trace_store!(PgStore);

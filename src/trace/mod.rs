@@ -54,6 +54,9 @@ pub enum StepKind {
     ViolationOpened,
     /// A plan (compensation or replay) acted on it.
     Action,
+    /// What became of the logged event, as an invariant reading its log found it last
+    /// (processed, missing, mismatched, replayed).
+    Outcome,
     /// A plan's apply re-checked what it did.
     Verified,
     /// The invariant no longer found it violated.
@@ -69,6 +72,7 @@ impl StepKind {
             StepKind::DeliveredAgain => "delivered again",
             StepKind::ViolationOpened => "violation",
             StepKind::Action => "action",
+            StepKind::Outcome => "outcome",
             StepKind::Verified => "verified",
             StepKind::ViolationResolved => "resolved",
             StepKind::Incident => "incident",
@@ -133,7 +137,7 @@ pub async fn trace(
     let mut steps = Vec::new();
     // An event id is looked up in every log as typed.
     for log in logs {
-        captured(store, log, key, &mut steps).await?;
+        captured(store, log, key, only, &mut steps).await?;
     }
     // By key, whatever the violation's kind or discriminator (a transition's carries its
     // states and time); their actions by the fingerprints found.
@@ -235,6 +239,7 @@ async fn captured(
     store: &dyn Store,
     log: &LogName,
     event_id: &str,
+    only: Option<&str>,
     steps: &mut Vec<Step>,
 ) -> Result<(), StoreError> {
     let Some(event) = store.logged_event(log.as_str(), event_id).await? else {
@@ -264,6 +269,12 @@ async fn captured(
             "headers": event.headers,
         }),
     });
+    for o in store.event_outcomes(log.as_str(), event_id).await? {
+        if only.is_some_and(|name| name != o.invariant) {
+            continue;
+        }
+        steps.push(outcome_step(log, o));
+    }
     for again in store.log_redeliveries(log.as_str(), event_id).await? {
         steps.push(Step {
             at: again.delivered_at,
@@ -279,6 +290,56 @@ async fn captured(
         });
     }
     Ok(())
+}
+
+fn outcome_step(log: &LogName, o: crate::store::OutcomeRecord) -> Step {
+    use crate::domain::EventOutcome;
+    let target = o
+        .target_record_id
+        .as_deref()
+        .map(|t| format!(" as `{t}`"))
+        .unwrap_or_default();
+    let by = match (o.run_id, o.plan_id, o.action_seq) {
+        (_, Some(plan), Some(seq)) => format!("plan {plan} action {seq}"),
+        (Some(run), _, _) => format!("run {run}"),
+        _ => "?".into(),
+    };
+    let summary = match o.outcome {
+        EventOutcome::Processed => {
+            format!(
+                "log `{log}`: processed downstream{target} (`{}`, {by})",
+                o.invariant
+            )
+        }
+        EventOutcome::Missing => {
+            format!("log `{log}`: missing downstream (`{}`, {by})", o.invariant)
+        }
+        EventOutcome::Mismatched => {
+            format!(
+                "log `{log}`: mismatched downstream{target} (`{}`, {by})",
+                o.invariant
+            )
+        }
+        EventOutcome::Replayed => {
+            format!("log `{log}`: replayed{target} by {by} (`{}`)", o.invariant)
+        }
+    };
+    Step {
+        at: o.processed_at,
+        kind: StepKind::Outcome,
+        invariant: Some(o.invariant.clone()),
+        summary,
+        plan: o.plan_id,
+        incident: None,
+        details: serde_json::json!({
+            "log": log.as_str(),
+            "outcome": o.outcome,
+            "target_record_id": o.target_record_id,
+            "run_id": o.run_id,
+            "plan_id": o.plan_id,
+            "action_seq": o.action_seq,
+        }),
+    }
 }
 
 /// What an invariant finds of a key, by the violation's kind: "it missing", "a state change

@@ -406,8 +406,11 @@ async fn every_route_checks_its_token_and_role() {
                 // Past the role check, a plan or silence that does not exist is the handler's
                 // answer.
                 assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
-            } else if e.path.starts_with("/api/v1/incidents/") {
-                // No incident is named like the invariant the test puts in `{name}`.
+            } else if e.path.starts_with("/api/v1/incidents/")
+                || e.path.starts_with("/api/v1/logs/")
+            {
+                // No incident or event log is named like the invariant the test puts in
+                // `{name}`.
                 assert_eq!(status, 404, "{role} on {} {}: {body}", e.method, e.path);
             } else if (e.method == axum::http::Method::POST
                 && ["/api/v1/plans", "/api/v1/incidents", "/api/v1/silences"].contains(&e.path))

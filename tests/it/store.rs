@@ -1477,3 +1477,183 @@ async fn an_event_log_keeps_each_id_once_and_counts_true_duplicates_on_postgres(
     let db = TestPg::new().await;
     event_log_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+/// What became of a log's events: first outcomes once, changes by key, a replay that stays.
+async fn event_outcome_story(store: std::sync::Arc<dyn store::Store>) {
+    use trueup::domain::{EventOutcome, LogName};
+    use trueup::store::{DecidedOutcome, OutcomeQuery, OutcomeWrite};
+    let store = store.as_ref();
+    let orders = LogName::parse("orders").unwrap();
+    let events: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| delivery(id, "webhook", None, &format!(r#"{{"id":"{id}"}}"#)))
+        .collect();
+    store.ingest(&orders, &events, Utc::now()).await.unwrap();
+    let end = store.log_end("orders").await.unwrap();
+    assert_eq!(store.outcome_mark("orders", "fulfilled").await.unwrap(), 0);
+    let decided = |id: &str, outcome| DecidedOutcome {
+        event_id: id.into(),
+        key: format!(r#"["{id}"]"#),
+        outcome,
+        target_record_id: (outcome == EventOutcome::Processed).then(|| id.to_owned()),
+    };
+    let at = Utc::now();
+    let violated = [
+        (r#"["b"]"#.to_owned(), EventOutcome::Missing),
+        (r#"["c"]"#.to_owned(), EventOutcome::Mismatched),
+    ];
+    let first = [
+        decided("a", EventOutcome::Processed),
+        decided("b", EventOutcome::Missing),
+        decided("c", EventOutcome::Mismatched),
+    ];
+    // `d` is still inside its grace period: judged by a later run.
+    let counts = store
+        .write_outcomes(&OutcomeWrite {
+            log: "orders",
+            invariant: "fulfilled",
+            run: 1,
+            at,
+            decided: &first,
+            violated: Some(&violated),
+            through: end - 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!((counts.first, counts.changed), (3, 0));
+    assert_eq!(
+        store.outcome_mark("orders", "fulfilled").await.unwrap(),
+        end - 1
+    );
+    let lines = |outcome| async move {
+        store
+            .event_lines(&OutcomeQuery {
+                log: "orders".into(),
+                invariant: Some("fulfilled".into()),
+                outcome,
+                after: 0,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                (
+                    l.event_id,
+                    l.outcome.map(|o| o.as_str()),
+                    l.target_record_id,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lines(None).await,
+        [
+            ("a".into(), Some("processed"), Some("a".into())),
+            ("b".into(), Some("missing"), None),
+            ("c".into(), Some("mismatched"), None),
+            ("d".into(), None, None),
+        ]
+    );
+    assert_eq!(
+        lines(Some(EventOutcome::Missing)).await,
+        [("b".into(), Some("missing"), None)]
+    );
+    // `b` is replayed; the next run finds `c` corrected, `a` gone downstream, `d` processed
+    // and `a` again judged (its first outcome stays; its key's violation changes it).
+    let replayed = store
+        .mark_replayed(
+            "orders",
+            "fulfilled",
+            r#"["b"]"#,
+            (7, 1),
+            Some("b"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    let later = Utc::now();
+    let counts = store
+        .write_outcomes(&OutcomeWrite {
+            log: "orders",
+            invariant: "fulfilled",
+            run: 2,
+            at: later,
+            decided: &[
+                decided("a", EventOutcome::Processed),
+                decided("d", EventOutcome::Processed),
+            ],
+            violated: Some(&[(r#"["a"]"#.to_owned(), EventOutcome::Missing)]),
+            through: end,
+        })
+        .await
+        .unwrap();
+    // d first; a violated now, c healed (b stays replayed).
+    assert_eq!((counts.first, counts.changed), (1, 2));
+    assert_eq!(
+        lines(None).await,
+        [
+            ("a".into(), Some("missing"), None),
+            ("b".into(), Some("replayed"), Some("b".into())),
+            ("c".into(), Some("processed"), Some("c".into())),
+            ("d".into(), Some("processed"), Some("d".into())),
+        ]
+    );
+    let b = store.event_outcomes("orders", "b").await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        (b[0].outcome, b[0].plan_id, b[0].action_seq, b[0].run_id),
+        (EventOutcome::Replayed, Some(7), Some(1), None)
+    );
+    let c = store.event_outcomes("orders", "c").await.unwrap();
+    // (PostgreSQL keeps microseconds.)
+    assert_eq!(
+        (c[0].run_id, c[0].processed_at.timestamp_micros()),
+        (Some(2), later.timestamp_micros())
+    );
+    // A page holds whole events: the second page starts after the first's last event.
+    let page = store
+        .event_lines(&OutcomeQuery {
+            log: "orders".into(),
+            invariant: None,
+            outcome: None,
+            after: 0,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|l| l.event_id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    // Purging an event takes its outcomes along.
+    store
+        .purge_log("orders", Utc::now() + chrono::TimeDelta::hours(1), 1)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .event_outcomes("orders", "a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_log_events_outcomes_are_written_once_then_changed_by_their_keys_violation_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    event_outcome_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_log_events_outcomes_are_written_once_then_changed_by_their_keys_violation_on_postgres() {
+    let db = TestPg::new().await;
+    event_outcome_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}

@@ -99,6 +99,39 @@ impl Done {
     }
 }
 
+/// A replay action applied: when its invariant reads one of trueup's event logs on the left,
+/// the events with its key are `replayed`. The action's record stands whatever happens
+/// here; an outcome that cannot be written is left to the next run (which finds the event
+/// processed).
+pub(super) async fn note_replayed(
+    env: &ApplyEnv<'_>,
+    invariant: &Invariant,
+    action: &ActionRecord,
+) {
+    let crate::domain::InvariantSpec::Reconcile(spec) = &invariant.spec else {
+        return;
+    };
+    let Some(log) = spec.left.source.log() else {
+        return;
+    };
+    // The replayed record carries the event's key downstream.
+    let target = crate::domain::record_id_of_key(&action.key);
+    let marked = env
+        .store
+        .mark_replayed(
+            log,
+            invariant.name.as_str(),
+            &action.key.to_string(),
+            (action.plan_id, action.seq),
+            Some(&target),
+            chrono::Utc::now(),
+        )
+        .await;
+    if let Err(e) = marked {
+        tracing::warn!(invariant = %invariant.name, log, plan = action.plan_id, action = action.seq, "could not mark the replayed event: {e}");
+    }
+}
+
 /// How an action finds that its work is done already downstream.
 pub(super) enum Recheck<'a> {
     /// The violation no longer holds (compensations).

@@ -5,7 +5,7 @@ use chrono::Utc;
 use super::act::{Recheck, check_then_act};
 use super::pace::{HaltWatch, nothing_claimable, ticker};
 use super::{ApplyReport, Live};
-use crate::domain::{PlanState, ReplaySpec};
+use crate::domain::{ActionStatus, PlanState, ReplaySpec};
 use crate::plan::PlanError;
 
 /// Replay plans: each worker leases a partition and delivers its events in order; up to
@@ -88,6 +88,9 @@ pub(super) async fn run_partitions(
                     )
                     .await?;
                     let held = done.finish(env, &action, &me).await?;
+                    if held && done.status == ActionStatus::Applied {
+                        super::act::note_replayed(env, invariant, &action).await;
+                    }
                     if held {
                         reporter.finished_one();
                         shared_report

@@ -198,6 +198,53 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
     let again = output(trueup(&["check"])).await;
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
 
+    // The log says what became of each event: the lost ones replayed (the check after the
+    // replay leaves them so), every other one processed, none missing.
+    let events = |outcome: &'static str| async move {
+        let listed = output(trueup(&[
+            "events",
+            "orders",
+            "--outcome",
+            outcome,
+            "--limit",
+            "10000",
+            "-f",
+            "json",
+        ]))
+        .await;
+        assert!(listed.status.success(), "{}", text(&listed));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&listed.stdout).unwrap()
+    };
+    let replayed_events = events("replayed").await;
+    assert_eq!(replayed_events.len() as i64, lost);
+    assert!(
+        replayed_events
+            .iter()
+            .all(|e| e["target_record_id"] == e["event_id"]
+                && e["invariant"] == "orders-received"
+                && e["processed_at"].as_str().unwrap() > e["ingested_at"].as_str().unwrap())
+    );
+    assert_eq!(events("processed").await.len() as i64, EVENTS - lost);
+    assert!(events("missing").await.is_empty());
+    let table = output(trueup(&["events", "orders", "--limit", "3"])).await;
+    let table = text(&table);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].contains("event_id")
+            && rows[0].contains("processed_at")
+            && rows[0].contains("target_record_id"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), 5, "a header, 3 events, the next page: {table}");
+    assert!(rows[4].starts_with("next page: --after "), "{table}");
+    let unknown = output(trueup(&["events", "nope"])).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown).contains("no event log is named `nope` (trueup.yaml declares orders)"),
+        "{}",
+        text(&unknown)
+    );
+
     // What happened to one replayed event, in order.
     let (_, replayed_id, _, _) = &replayed[0];
     let traced = output(trueup(&["trace", replayed_id])).await;
@@ -212,6 +259,7 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
         "`orders-received` found it missing (run 1)".to_owned(),
         "incident `inbox-outage` (open) holds it in its window".to_owned(),
         "replay plan 1 action ".to_owned(),
+        format!("log `orders`: replayed as `{replayed_id}` by plan 1 action "),
         "replay plan 1 verified: 250 of 250 re-checked no longer hold; 0 missing left in its window".to_owned(),
         "`orders-received` no longer finds it missing: resolved (last seen in run 1)".to_owned(),
     ];
@@ -245,10 +293,13 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
             "violation_opened",
             "incident",
             "action",
+            "outcome",
             "verified",
             "violation_resolved"
         ]
     );
+    assert_eq!(json["steps"][4]["details"]["outcome"], "replayed");
+    assert_eq!(json["steps"][4]["details"]["plan_id"], 1);
     assert_eq!(json["steps"][3]["plan"], 1);
     assert_eq!(json["steps"][3]["details"]["status"], "applied");
     assert_eq!(json["steps"][2]["incident"], "inbox-outage");
@@ -294,7 +345,7 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
         replayed.iter().any(|(_, id, _, _)| *id == shown_key),
         "{shown_key}"
     );
-    assert_eq!(browser.text("#trace-count").await, "6 steps");
+    assert_eq!(browser.text("#trace-count").await, "7 steps");
     let rows = browser.text("#trace tbody").await;
     for says in [
         "captured into log `orders` from webhook (delivered once)",
@@ -302,6 +353,7 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
         "incident `inbox-outage` (open) holds it in its window",
         "replay plan 1 verified: 250 of 250 re-checked no longer hold; 0 missing left in its window",
         "`orders-received` no longer finds it missing: resolved (last seen in run 1)",
+        &format!("log `orders`: replayed as `{shown_key}` by plan 1 action "),
     ] {
         assert!(rows.contains(says), "{says:?} in {rows}");
     }
@@ -321,6 +373,7 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
             "violation",
             "incident",
             "action",
+            "outcome",
             "verified",
             "resolved"
         ],

@@ -102,5 +102,238 @@ async fn every_captured_order_is_checked_against_fulfilment_through_a_side_that_
     for says in ["evt_3", "2026-12-05T10:03:00", "\"attempt\":\"1\""] {
         assert!(evidence.contains(says), "{says} in {evidence}");
     }
+
+    // What became of each event is written back to the log, with the downstream record.
+    let events = |query: &'static str| {
+        let (client, base) = (client.clone(), server.base.clone());
+        async move {
+            let r = client
+                .get(format!("{base}/api/v1/logs/orders/events{query}"))
+                .bearer_auth(crate::serve::VIEWER)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let page: serde_json::Value = r.json().await.unwrap();
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} {} {}",
+                        l["event_id"].as_str().unwrap(),
+                        l["outcome"].as_str().unwrap_or("-"),
+                        l["target_record_id"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        events("").await,
+        [
+            "evt_1 processed 1",
+            "evt_2 processed 2",
+            "evt_3 missing -",
+            "evt_4 mismatched 4",
+            "evt_5 missing -"
+        ]
+    );
+    assert_eq!(
+        events("?outcome=missing&limit=1").await,
+        ["evt_3 missing -"]
+    );
+    // Order 3 reaches fulfilment late, 4 is corrected; a sixth order arrives fulfilled.
+    sqlite_file(
+        &shop,
+        "INSERT INTO fulfilments VALUES (3, '30.00'), (6, '60.00');
+         UPDATE fulfilments SET amount = '40.00' WHERE order_id = 4;",
+    )
+    .await;
+    let body = serde_json::to_vec(&json!({
+        "id": "evt_6", "at": "2026-12-05T10:06:00Z", "data": {"order": 6, "amount": "60.00"},
+    }))
+    .unwrap();
+    let r = client
+        .post(format!("{}/ingest/orders", server.base))
+        .header("Trueup-Signature", signed(&body, 0))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .post(format!(
+            "{}/api/v1/invariants/captured-orders-fulfilled/runs",
+            server.base
+        ))
+        .bearer_auth(crate::serve::OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        events("").await,
+        [
+            "evt_1 processed 1",
+            "evt_2 processed 2",
+            "evt_3 processed 3",
+            "evt_4 processed 4",
+            "evt_5 missing -",
+            "evt_6 processed 6"
+        ]
+    );
+    let trace = trueup::trace::trace(
+        server.store.as_ref(),
+        &[trueup::domain::InvariantName::parse("captured-orders-fulfilled").unwrap()],
+        &[trueup::domain::LogName::parse("orders").unwrap()],
+        "evt_3",
+        None,
+    )
+    .await
+    .unwrap();
+    let last = trace
+        .steps
+        .iter()
+        .find(|s| s.kind == trueup::trace::StepKind::Outcome)
+        .unwrap();
+    assert!(
+        last.summary.starts_with(
+            "log `orders`: processed downstream as `3` (`captured-orders-fulfilled`, run "
+        ),
+        "{}",
+        last.summary
+    );
+    let r = client
+        .get(format!("{}/api/v1/logs/nope/events", server.base))
+        .bearer_auth(crate::serve::VIEWER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_still_in_its_grace_period_or_past_the_violation_budget_gets_no_outcome_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop.db");
+    sqlite_file(
+        &shop,
+        "CREATE TABLE fulfilments (order_id INTEGER PRIMARY KEY);
+         INSERT INTO fulfilments VALUES (1);",
+    )
+    .await;
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    let side = "      left:
+        source: log:orders
+        stream:
+          columns:
+            order_id: {path: data.order, type: int}
+            at: {meta: time}
+      right:
+        source: shop
+        query: SELECT order_id FROM fulfilments
+      key: order_id
+";
+    std::fs::write(
+        dir.path().join("invariants/orders.yaml"),
+        format!(
+            "invariants:
+  - name: fulfilled-within-an-hour
+    time_column: at
+    grace: 1h
+    reconcile:
+{side}  - name: fulfilled-budget-of-one
+    violation_budget: 1
+    reconcile:
+{side}"
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(config(
+        dir.path(),
+        &format!(
+            "sources:\n  shop:\n    url: {}\nevent_logs:\n  orders:\n    event_id: id\n    event_time: at\n    from:\n      - webhook: {{secret: \"${{ORDERS_SECRET}}\"}}\n",
+            sqlite_url(&shop)
+        ),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now();
+    // 1 fulfilled, 2 and 3 not: 2 is two hours old (due), 3 a minute (inside its grace).
+    for (order, age) in [(1, 120), (2, 120), (3, 1)] {
+        let body = serde_json::to_vec(&json!({
+            "id": format!("evt_{order}"),
+            "at": (now - chrono::TimeDelta::minutes(age)).to_rfc3339(),
+            "data": {"order": order},
+        }))
+        .unwrap();
+        let r = client
+            .post(format!("{}/ingest/orders", server.base))
+            .header("Trueup-Signature", signed(&body, 0))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    for invariant in ["fulfilled-within-an-hour", "fulfilled-budget-of-one"] {
+        let r = client
+            .post(format!(
+                "{}/api/v1/invariants/{invariant}/runs",
+                server.base
+            ))
+            .bearer_auth(crate::serve::OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{invariant}");
+    }
+    let lines = |invariant: &'static str| {
+        let store = server.store.clone();
+        async move {
+            store
+                .event_lines(&trueup::store::OutcomeQuery {
+                    log: "orders".into(),
+                    invariant: Some(invariant.into()),
+                    outcome: None,
+                    after: 0,
+                    limit: 10,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| format!("{} {}", l.event_id, l.outcome.map_or("-", |o| o.as_str())))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        lines("fulfilled-within-an-hour").await,
+        ["evt_1 processed", "evt_2 missing", "evt_3 -"]
+    );
+    // The budget kept one of two violations: the run cannot tell the other from a processed
+    // event, and writes nothing.
+    assert_eq!(
+        lines("fulfilled-budget-of-one").await,
+        ["evt_1 -", "evt_2 -", "evt_3 -"]
+    );
+    // The event inside its grace period is judged by a later run: the mark stays before it.
+    let first_unjudged = server
+        .store
+        .logged_event("orders", "evt_3")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_eq!(
+        server
+            .store
+            .outcome_mark("orders", "fulfilled-within-an-hour")
+            .await
+            .unwrap(),
+        first_unjudged - 1
+    );
     server.stop().await;
 }

@@ -44,14 +44,30 @@ pub fn stable_consumer_name() -> String {
     format!("trueup@{host}")
 }
 
-/// How often logs with `retain:` are purged.
+/// How often each log's next days are made ready and logs with `retain:` are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Batches of [`retention::PURGE_BATCH`] events per log and round: a backlog is worked off
 /// over several rounds, never in one long burst.
 const PURGE_BATCHES: u32 = 50;
 
-/// Purges every log with `retain:` once a minute until `stop`. `readers` says, at each round,
-/// which invariants read a log (the loaded ones change on reload).
+/// Makes ready where each log's events of today and tomorrow will be kept (the PostgreSQL
+/// store's partitions by day); `serve` calls it before the feeds start. A failure is logged:
+/// events are kept all the same (in the default partition).
+pub async fn prepare_days(logs: &[EventLogConfig], store: &dyn Store) {
+    for log in logs {
+        match store.prepare_log_days(log.name.as_str(), Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(log = %log.name, "made {n} day(s) of the log ready"),
+            Err(e) => {
+                tracing::warn!(log = %log.name, "cannot make the log's next days ready (its events go to the default partition meanwhile): {e}")
+            }
+        }
+    }
+}
+
+/// Once a minute until `stop`: makes each log's next days ready ([`prepare_days`]) and purges
+/// every log with `retain:`. `readers` says, at each round, which invariants read a log (the
+/// loaded ones change on reload).
 pub fn spawn_retention(
     logs: Vec<EventLogConfig>,
     store: Arc<dyn Store>,
@@ -59,7 +75,6 @@ pub fn spawn_retention(
     readers: impl Fn(&crate::domain::LogName) -> Vec<crate::domain::InvariantName> + Send + 'static,
     stop: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let logs: Vec<EventLogConfig> = logs.into_iter().filter(|l| l.retain.is_some()).collect();
     if logs.is_empty() {
         return None;
     }
@@ -70,6 +85,7 @@ pub fn spawn_retention(
                 _ = every.tick() => {}
                 () = stop.cancelled() => return,
             }
+            prepare_days(&logs, store.as_ref()).await;
             for log in &logs {
                 let Some(retain) = log.retain else { continue };
                 let readers = readers(&log.name);

@@ -57,7 +57,8 @@ pub async fn purge(
             }
         }
     }
-    let mut count = 0;
+    // Whole days first (the PostgreSQL store's partitions), then row by row.
+    let mut count = store.drop_log_days(log, before).await?;
     for _ in 0..max_batches {
         let n = store.purge_log(log, before, PURGE_BATCH).await?;
         count += n;

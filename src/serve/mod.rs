@@ -224,6 +224,8 @@ impl Application {
         // Event log feeds run until the drain below; each finishes its batch in hand
         // (stored, then acknowledged).
         let stop_feeds = CancellationToken::new();
+        let logs: Vec<_> = self.runtime.config.event_logs.values().cloned().collect();
+        crate::capture::prepare_days(&logs, self.runtime.store.as_ref()).await;
         let feeds = crate::capture::spawn_feeds(
             self.runtime.config.event_logs.values().cloned(),
             Arc::clone(&self.runtime.store),
@@ -234,7 +236,7 @@ impl Application {
         let retention = {
             let catalog = Arc::clone(&self.runtime.catalog);
             crate::capture::spawn_retention(
-                self.runtime.config.event_logs.values().cloned().collect(),
+                logs,
                 Arc::clone(&self.runtime.store),
                 Arc::clone(&self.runtime.metrics.capture),
                 move |log| {

@@ -97,8 +97,10 @@ pub(super) const LOG_ROW_COLUMNS: &str = "id, event_id, event_at, ingested_at, h
 pub(super) const EVENT_COLUMNS: &str = "id, log, event_id, event_at, ingested_at, source, position, \
      deliveries, last_delivered_at, headers, payload";
 
+/// `$by_day`: the store keeps events in partitions by log and day, and their ids apart in
+/// `log_event_ids` (PostgreSQL; see `log_days.rs`).
 macro_rules! impl_event_log_store {
-    ($store:ty, $begin:literal) => {
+    ($store:ty, $begin:literal, $by_day:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::EventLogStore for $store {
             async fn ingest(
@@ -117,12 +119,33 @@ macro_rules! impl_event_log_store {
                 let mut outcomes: Vec<Option<Intake>> = vec![None; events.len()];
                 for i in order {
                     let e = &events[i];
-                    let stored: Option<i64> = sqlx::query_scalar(
+                    // Partitioned by day, the events cannot be unique by id: their ids are.
+                    let fresh = !$by_day
+                        || sqlx::query(
+                            "INSERT INTO log_event_ids (log, event_id, ingested_at) VALUES ($1, $2, $3) \
+                             ON CONFLICT (log, event_id) DO NOTHING",
+                        )
+                        .bind(log.as_str())
+                        .bind(&e.identity.event_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                    let insert = if $by_day {
+                        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
+                         deliveries, last_delivered_at, headers, payload) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 1, $4, $7, $8) RETURNING id"
+                    } else {
                         "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
                          deliveries, last_delivered_at, headers, payload) \
                          VALUES ($1, $2, $3, $4, $5, $6, 1, $4, $7, $8) \
-                         ON CONFLICT (log, event_id) DO NOTHING RETURNING id",
-                    )
+                         ON CONFLICT (log, event_id) DO NOTHING RETURNING id"
+                    };
+                    let stored: Option<i64> = if !fresh {
+                        None
+                    } else {
+                        sqlx::query_scalar(insert)
                     .bind(log.as_str())
                     .bind(&e.identity.event_id)
                     .bind(e.identity.event_at)
@@ -132,7 +155,8 @@ macro_rules! impl_event_log_store {
                     .bind(sqlx::types::Json(&e.headers))
                     .bind(&e.payload)
                     .fetch_optional(&mut *tx)
-                    .await?;
+                    .await?
+                    };
                     if stored.is_some() {
                         outcomes[i] = Some(Intake::Stored);
                         continue;
@@ -291,7 +315,12 @@ macro_rules! impl_event_log_store {
                     return Ok(0);
                 }
                 let list = $crate::store::trace::placeholders(2, doomed.len());
-                for table in ["log_duplicates", "log_outcomes"] {
+                let tables: &[&str] = if $by_day {
+                    &["log_duplicates", "log_outcomes", "log_event_ids"]
+                } else {
+                    &["log_duplicates", "log_outcomes"]
+                };
+                for table in tables {
                     let sql = format!("DELETE FROM {table} WHERE log = $1 AND event_id IN ({list})");
                     let mut q = sqlx::query(&sql).bind(log);
                     for (_, event_id) in &doomed {

@@ -9,6 +9,7 @@ mod actions;
 mod alerts;
 mod incidents;
 mod ledger;
+mod log_days;
 mod logs;
 mod notices;
 mod outcomes;
@@ -36,6 +37,7 @@ pub use alerts::AlertStore;
 pub use incidents::{
     FrozenReport, IncidentClosure, IncidentEvent, IncidentRecord, IncidentStore, NewIncident,
 };
+pub use log_days::LogDays;
 pub use logs::{EventLogStore, LogCounts, LoggedEvent, RetentionNeeds};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use outcomes::{
@@ -275,6 +277,7 @@ pub trait Store:
     + AlertStore
     + NoticeStore
     + EventLogStore
+    + LogDays
     + OutcomeStore
     + crate::source::LogReader
     + TraceStore

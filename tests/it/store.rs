@@ -1657,3 +1657,126 @@ async fn a_log_events_outcomes_are_written_once_then_changed_by_their_keys_viola
     let db = TestPg::new().await;
     event_outcome_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+/// A log's days: made ready ahead, dropped whole once past retention (the PostgreSQL store's
+/// partitions), the rest purged row by row; ids stay unique across days either way.
+async fn log_days_story(store: std::sync::Arc<dyn store::Store>, pg: Option<&str>) {
+    use trueup::domain::{Intake, LogName};
+    let store = store.as_ref();
+    let orders = LogName::parse("orders").unwrap();
+    let now = Utc::now();
+    let day = chrono::TimeDelta::days(1);
+    let made = store.prepare_log_days("orders", now).await.unwrap();
+    assert_eq!(made, if pg.is_some() { 2 } else { 0 }, "today and tomorrow");
+    assert_eq!(store.prepare_log_days("orders", now).await.unwrap(), 0);
+    let at = |id: &str, event_at: chrono::DateTime<Utc>| {
+        let mut d = delivery(id, "webhook", None, &format!(r#"{{"id":"{id}"}}"#));
+        d.identity.event_at = Some(event_at);
+        d
+    };
+    // Today, into today's day; three days ago (no day made ready then), to the default.
+    assert_eq!(
+        store
+            .ingest(&orders, &[at("a", now), at("needed", now + day * 10)], now)
+            .await
+            .unwrap(),
+        [Intake::Stored, Intake::Stored]
+    );
+    assert_eq!(
+        store
+            .ingest(&orders, &[at("old", now - day * 3)], now - day * 3)
+            .await
+            .unwrap(),
+        [Intake::Stored]
+    );
+    // Delivered again tomorrow: one event, whichever day holds it.
+    assert_eq!(
+        store
+            .ingest(&orders, &[at("a", now)], now + day)
+            .await
+            .unwrap(),
+        [Intake::Duplicate { deliveries: 2 }]
+    );
+    if let Some(url) = pg {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let homes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, tableoid::regclass::text FROM log_events ORDER BY event_id",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let today = now.format("%Y%m%d").to_string();
+        assert_eq!(homes.len(), 3);
+        assert!(homes[0].1.ends_with(&today), "{homes:?}");
+        assert!(homes[1].1.ends_with(&today), "{homes:?}");
+        assert_eq!(homes[2].1, "log_events_default");
+        // A log whose event came before its day was made ready: that day stays in the default
+        // partition (PostgreSQL refuses a partition for rows it holds); tomorrow is made.
+        let late = LogName::parse("late").unwrap();
+        store.ingest(&late, &[at("x", now)], now).await.unwrap();
+        assert_eq!(store.prepare_log_days("late", now).await.unwrap(), 1);
+        sqlx::Connection::close(c).await.unwrap();
+    }
+    // Past retention: the day holding `needed` (it happens after the cut) stays, the rest
+    // goes: on PostgreSQL nothing by whole days here, all by rows.
+    let cut = now + day * 3;
+    let dropped = store.drop_log_days("orders", cut).await.unwrap();
+    let purged = store.purge_log("orders", cut, 100).await.unwrap();
+    assert_eq!((dropped, dropped + purged), (0, 2));
+    assert!(
+        store
+            .logged_event("orders", "needed")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.logged_event("orders", "a").await.unwrap().is_none());
+    // Once `needed` is gone by rows too, its day is dropped whole (with nothing left in it);
+    // a new day's events then drop with their day.
+    let later = now + day * 20;
+    store.purge_log("orders", later, 100).await.unwrap();
+    assert_eq!(
+        store.prepare_log_days("orders", later).await.unwrap(),
+        if pg.is_some() { 2 } else { 0 }
+    );
+    store
+        .ingest(&orders, &[at("future", later), at("future2", later)], later)
+        .await
+        .unwrap();
+    let dropped = store
+        .drop_log_days("orders", later + day * 2)
+        .await
+        .unwrap();
+    assert_eq!(dropped, if pg.is_some() { 2 } else { 0 });
+    let purged = store
+        .purge_log("orders", later + day * 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(dropped + purged, 2);
+    // Its id gone with it, an event id is new again.
+    assert_eq!(
+        store.ingest(&orders, &[at("a", now)], now).await.unwrap(),
+        [Intake::Stored]
+    );
+    assert_eq!(store.log_counts("orders").await.unwrap().events, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_logs_days_are_made_ready_ahead_and_dropped_whole_past_retention_on_postgres() {
+    let db = TestPg::new().await;
+    let store = store::open(&SecretUrl::new(db.url.clone())).await.unwrap();
+    log_days_story(store, Some(&db.url)).await;
+}
+
+#[tokio::test]
+async fn a_logs_events_are_purged_by_rows_past_retention_and_ids_stay_unique_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    log_days_story(store::open(&url).await.unwrap(), None).await;
+}

@@ -15,10 +15,15 @@ pub const SECRET: &str = "whsec_test_0123456789abcdef";
 /// Writes `trueup.yaml` (a SQLite store in `dir`, no invariants, the test tokens, `body`
 /// appended) and parses it with `ORDERS_SECRET` set to [`SECRET`].
 pub fn config(dir: &Path, body: &str) -> trueup::config::Config {
+    let store = format!("sqlite://{}", dir.join("trueup.db").display());
+    config_with_store(dir, &store, body)
+}
+
+/// [`config`] with the store at `store`.
+pub fn config_with_store(dir: &Path, store: &str, body: &str) -> trueup::config::Config {
     std::fs::create_dir_all(dir.join("invariants")).unwrap();
     let text = format!(
-        "store: sqlite://{}\ninvariants: invariants\n{}{body}",
-        dir.join("trueup.db").display(),
+        "store: {store}\ninvariants: invariants\n{}{body}",
         crate::serve::tokens_yaml("")
     );
     let path = dir.join("trueup.yaml");

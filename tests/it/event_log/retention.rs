@@ -154,3 +154,50 @@ async fn retention_keeps_what_open_violations_and_incidents_may_need_on_postgres
     let db = TestPg::new().await;
     retention_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
+
+#[tokio::test]
+async fn serve_on_postgresql_makes_each_logs_day_ready_before_it_captures_into_it() {
+    use sqlx::Connection;
+    let db = TestPg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::TestServer::start(super::config_with_store(
+        dir.path(),
+        &db.url,
+        "event_logs:\n  orders:\n    event_id: id\n    retain: 30d\n    from:\n      - webhook: {secret: \"${ORDERS_SECRET}\"}\n",
+    ))
+    .await;
+    let body = serde_json::to_vec(&json!({"id": "evt_1"})).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/ingest/orders", server.base))
+        .header("Trueup-Signature", super::signed(&body, 0))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // (By the event's own day: the test may run across midnight.)
+    let (home, at): (String, chrono::DateTime<Utc>) = sqlx::query_as(
+        "SELECT tableoid::regclass::text, ingested_at FROM log_events WHERE event_id = 'evt_1'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let day = at.format("%Y%m%d").to_string();
+    assert!(
+        home.starts_with("log_events_") && home.ends_with(&day),
+        "{home}"
+    );
+    let days: Vec<chrono::NaiveDate> =
+        sqlx::query_scalar("SELECT day FROM log_partitions WHERE log = 'orders' ORDER BY day")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert!(days.contains(&at.date_naive()), "{days:?}");
+    assert!(
+        days.contains(&(at.date_naive() + TimeDelta::days(1))),
+        "{days:?}"
+    );
+    c.close().await.unwrap();
+    server.stop().await;
+}

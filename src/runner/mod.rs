@@ -241,7 +241,7 @@ pub async fn run_invariant_limited(
                 };
                 // The ledger holds the run's result already; outcomes that could not be
                 // written are written by the next run, which judges every key again.
-                match outcomes::write_back(side, store, &judged).await {
+                match outcomes::write_back_within(side, store, &judged, limits).await {
                     Ok(c) => {
                         tracing::debug!(invariant = %invariant.name, log = side.log, first = c.first, changed = c.changed, "events' outcomes written back")
                     }

@@ -3,22 +3,24 @@
 //! `missing` or `mismatched` (found violated), each with when and by which run. Replays mark
 //! their events `replayed` as they apply (`plan::apply`).
 //!
-//! A run judges the events up to the last one stored when it began. An event's first outcome
-//! is written once; after that only a change of its key's violation changes it: violated
-//! again (missing, mismatched), or no longer (`processed`, unless a replay delivered it).
-//! An event still inside the grace period, or outside a windowed invariant's window, is not
-//! judged by that run. A run that kept fewer violations than it found (its budget) writes
-//! nothing: it cannot tell the rest from processed ones.
+//! A run judges the events up to the last one stored when it began, as its merge saw them.
+//! An event's first outcome is written once; after that only its key's violation changes it:
+//! violated again (missing, mismatched), or judged through since (`processed`, or `replayed`
+//! again when a replay delivered it). A run does not judge an event still inside the grace
+//! period, one outside a windowed invariant's window, nor — on PostgreSQL, whose event
+//! sequence may commit out of order — one captured in the minute before it began; a later
+//! run does. A run that kept fewer violations than it found (its budget) writes nothing: it
+//! cannot tell the rest from processed ones.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::domain::{
     EventOutcome, Invariant, InvariantSpec, Read, ReconcileSpec, RunId, StreamRead, Value,
 };
 use crate::source::{LogEventRow, index_of};
-use crate::store::{DecidedOutcome, OutcomeCounts, OutcomeWrite, Store, StoreError};
+use crate::store::{DecidedOutcome, HealedOutcome, OutcomeCounts, OutcomeWrite, Store, StoreError};
 
 /// Events judged per transaction.
 const BATCH: usize = 5_000;
@@ -56,6 +58,8 @@ pub(super) enum OutcomeError {
     Read(String),
     #[error("event `{event_id}`: {why}")]
     Event { event_id: String, why: String },
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
 
 /// One completed full run, as the write-back needs it.
@@ -70,6 +74,43 @@ pub(super) struct Judged<'a> {
     pub(super) violated: &'a [(String, EventOutcome)],
 }
 
+/// How long before a run began an event must have been captured for the run to judge it, on
+/// a store whose event sequence may commit out of order (PostgreSQL: two ingests at once): an
+/// event captured just before may not have been visible yet when the run read the log.
+const COMMIT_MARGIN: TimeDelta = TimeDelta::seconds(60);
+/// Events fetched at a time to judge again (their payloads come along).
+const HEAL_CHUNK: usize = 100;
+
+/// [`write_back`] within the run's limits: as long again as its timeout, and stopped by its
+/// cancellation (what was written stays; the next run goes on from there).
+pub(super) async fn write_back_within(
+    side: LogSide<'_>,
+    store: &dyn Store,
+    run: &Judged<'_>,
+    limits: &super::RunLimits,
+) -> Result<OutcomeCounts, OutcomeError> {
+    let bounded = async {
+        match limits.timeout {
+            Some(t) => tokio::time::timeout(t, write_back(side, store, run))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(OutcomeError::Stopped(format!(
+                        "timed out after {}",
+                        humantime::format_duration(t)
+                    )))
+                }),
+            None => write_back(side, store, run).await,
+        }
+    };
+    match &limits.cancel {
+        Some(token) => tokio::select! {
+            r = bounded => r,
+            () = token.cancelled() => Err(OutcomeError::Stopped("trueup was shutting down".into())),
+        },
+        None => bounded.await,
+    }
+}
+
 /// Writes back what `run` found of `side`'s events.
 pub(super) async fn write_back(
     side: LogSide<'_>,
@@ -77,10 +118,6 @@ pub(super) async fn write_back(
     run: &Judged<'_>,
 ) -> Result<OutcomeCounts, OutcomeError> {
     let invariant = run.invariant.name.as_str();
-    let violated: HashMap<&str, EventOutcome> =
-        run.violated.iter().map(|(k, o)| (k.as_str(), *o)).collect();
-    let due_before = run.invariant.grace.map(|g| run.started_at - g.as_chrono());
-    let window_from = side.spec.window.map(|w| run.started_at - w.as_chrono());
     let columns: Vec<String> = side
         .read
         .columns
@@ -94,11 +131,19 @@ pub(super) async fn write_back(
         .map(|k| index_of(&columns, k.as_str()))
         .collect::<Option<_>>()
         .ok_or_else(|| OutcomeError::Read("the log side returns no key column".into()))?;
-    let time_idx = run
-        .invariant
-        .time_column
-        .as_ref()
-        .and_then(|t| index_of(&columns, t.as_str()));
+    let judge = Judge {
+        read: side.read,
+        key_idx,
+        time_idx: run
+            .invariant
+            .time_column
+            .as_ref()
+            .and_then(|t| index_of(&columns, t.as_str())),
+        violated: run.violated.iter().map(|(k, o)| (k.as_str(), *o)).collect(),
+        due_before: run.invariant.grace.map(|g| run.started_at - g.as_chrono()),
+        window_from: side.spec.window.map(|w| run.started_at - w.as_chrono()),
+        captured_before: (store.backend() == "postgres").then(|| run.started_at - COMMIT_MARGIN),
+    };
 
     let mut counts = OutcomeCounts::default();
     let mut after = store.outcome_mark(side.log, invariant).await?;
@@ -114,15 +159,7 @@ pub(super) async fn write_back(
         let Some(last) = page.last() else { break };
         after = last.sequence;
         for event in &page {
-            match judge(
-                side.read,
-                &key_idx,
-                time_idx,
-                event,
-                &violated,
-                due_before,
-                window_from,
-            )? {
+            match judge.judge(event)? {
                 Judgement::Decided(d) => decided.push(d),
                 Judgement::Never => {}
                 Judgement::NotYet => waiting = true,
@@ -139,14 +176,44 @@ pub(super) async fn write_back(
     if !waiting {
         settled = settled.max(run.through);
     }
+    // Events once missing or mismatched whose key the run no longer found violated: judged
+    // again (the grace period and the window say whether the run could see them).
+    let unsettled = store.unsettled_outcomes(side.log, invariant).await?;
+    let candidates: Vec<String> = unsettled
+        .into_iter()
+        .filter(|(_, key)| !judge.violated.contains_key(key.as_str()))
+        .map(|(event_id, _)| event_id)
+        .collect();
+    let mut healed = Vec::new();
+    for chunk in candidates.chunks(HEAL_CHUNK) {
+        for event in store.log_events_by_ids(side.log, chunk).await? {
+            if event.sequence > run.through {
+                continue;
+            }
+            if let Judgement::Decided(DecidedOutcome {
+                event_id,
+                outcome: EventOutcome::Processed,
+                target_record_id: Some(target_record_id),
+                ..
+            }) = judge.judge(&event)?
+            {
+                healed.push(HealedOutcome {
+                    event_id,
+                    target_record_id,
+                });
+            }
+        }
+    }
     let changed = store
         .write_outcomes(&OutcomeWrite {
             log: side.log,
             invariant,
             run: run.run,
+            started_at: run.started_at,
             at: run.finished_at,
             decided: &decided,
-            violated: Some(run.violated),
+            violated: run.violated,
+            healed: &healed,
             through: settled,
         })
         .await?;
@@ -167,9 +234,11 @@ async fn first_outcomes(
             log: side.log,
             invariant: run.invariant.name.as_str(),
             run: run.run,
+            started_at: run.started_at,
             at: run.finished_at,
             decided,
-            violated: None,
+            violated: &[],
+            healed: &[],
             through,
         })
         .await?;
@@ -180,48 +249,64 @@ enum Judgement {
     Decided(DecidedOutcome),
     /// This invariant never judges it (no key, outside the window).
     Never,
-    /// A later run will (inside the grace period).
+    /// A later run will (inside the grace period, or captured just before this run).
     NotYet,
 }
 
-fn judge(
-    read: &StreamRead,
-    key_idx: &[usize],
+/// What a run could tell of an event, as its merge saw it.
+struct Judge<'a> {
+    read: &'a StreamRead,
+    key_idx: Vec<usize>,
     time_idx: Option<usize>,
-    event: &LogEventRow,
-    violated: &HashMap<&str, EventOutcome>,
+    violated: HashMap<&'a str, EventOutcome>,
     due_before: Option<DateTime<Utc>>,
     window_from: Option<DateTime<Utc>>,
-) -> Result<Judgement, OutcomeError> {
-    let row = crate::source::event_row(read, event).map_err(|why| OutcomeError::Event {
-        event_id: event.event_id.clone(),
-        why,
-    })?;
-    let key: Vec<&Value> = key_idx.iter().map(|&i| &row[i]).collect();
-    if key.iter().any(|v| v.is_null()) {
-        return Ok(Judgement::Never);
+    /// Only events captured before this were surely visible to the run.
+    captured_before: Option<DateTime<Utc>>,
+}
+
+impl Judge<'_> {
+    fn judge(&self, event: &LogEventRow) -> Result<Judgement, OutcomeError> {
+        if self
+            .captured_before
+            .is_some_and(|before| event.ingested_at >= before)
+        {
+            return Ok(Judgement::NotYet);
+        }
+        let row =
+            crate::source::event_row(self.read, event).map_err(|why| OutcomeError::Event {
+                event_id: event.event_id.clone(),
+                why,
+            })?;
+        let key: Vec<&Value> = self.key_idx.iter().map(|&i| &row[i]).collect();
+        if key.iter().any(|v| v.is_null()) {
+            return Ok(Judgement::Never);
+        }
+        let time = self.time_idx.map(|i| &row[i]);
+        // A windowed run reads only rows with a time at or after its start.
+        if let Some(from) = self.window_from
+            && time.and_then(Value::as_timestamp).is_none_or(|t| t < from)
+        {
+            return Ok(Judgement::Never);
+        }
+        let key_json =
+            serde_json::Value::Array(key.iter().map(|v| v.to_canonical_json()).collect());
+        let key_text = key_json.to_string();
+        let outcome = match self.violated.get(key_text.as_str()) {
+            Some(o) => *o,
+            None if crate::engine::not_yet_due(time, self.due_before) => {
+                return Ok(Judgement::NotYet);
+            }
+            None => EventOutcome::Processed,
+        };
+        // The downstream record is the right row with the event's key.
+        let target_record_id =
+            (outcome != EventOutcome::Missing).then(|| crate::domain::record_id_of_key(&key_json));
+        Ok(Judgement::Decided(DecidedOutcome {
+            event_id: event.event_id.clone(),
+            key: key_text,
+            outcome,
+            target_record_id,
+        }))
     }
-    let time = time_idx.map(|i| &row[i]);
-    // A windowed run reads only rows with a time at or after its start.
-    if let Some(from) = window_from
-        && time.and_then(Value::as_timestamp).is_none_or(|t| t < from)
-    {
-        return Ok(Judgement::Never);
-    }
-    let key_json = serde_json::Value::Array(key.iter().map(|v| v.to_canonical_json()).collect());
-    let key_text = key_json.to_string();
-    let outcome = match violated.get(key_text.as_str()) {
-        Some(o) => *o,
-        None if crate::engine::not_yet_due(time, due_before) => return Ok(Judgement::NotYet),
-        None => EventOutcome::Processed,
-    };
-    // The downstream record is the right row with the event's key.
-    let target_record_id =
-        (outcome != EventOutcome::Missing).then(|| crate::domain::record_id_of_key(&key_json));
-    Ok(Judgement::Decided(DecidedOutcome {
-        event_id: event.event_id.clone(),
-        key: key_text,
-        outcome,
-        target_record_id,
-    }))
 }

@@ -41,8 +41,8 @@ pub use log_days::LogDays;
 pub use logs::{EventLogStore, LogCounts, LoggedEvent, RetentionNeeds};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use outcomes::{
-    DecidedOutcome, EventLine, OutcomeCounts, OutcomeQuery, OutcomeRecord, OutcomeStore,
-    OutcomeWrite,
+    DecidedOutcome, EventLine, HealedOutcome, OutcomeCounts, OutcomeQuery, OutcomeRecord,
+    OutcomeStore, OutcomeWrite,
 };
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;

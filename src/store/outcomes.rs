@@ -25,15 +25,26 @@ pub struct OutcomeWrite<'a> {
     pub log: &'a str,
     pub invariant: &'a str,
     pub run: RunId,
+    /// When the run began: a replay applied since is newer than what the run saw.
+    pub started_at: DateTime<Utc>,
     pub at: DateTime<Utc>,
     /// Events without an outcome yet that the run could judge.
     pub decided: &'a [DecidedOutcome],
-    /// Every key the run found violated, with the outcome that gives its events; an event
-    /// once missing or mismatched whose key is not here got through since.
-    /// `None`: a part of the run's first outcomes, the rest to come.
-    pub violated: Option<&'a [(String, EventOutcome)]>,
+    /// Every key the run found violated, with the outcome that gives its events.
+    pub violated: &'a [(String, EventOutcome)],
+    /// Events once missing or mismatched that the run judged and found through since, with
+    /// their downstream record: `processed` (or `replayed` again, when a replay delivered
+    /// them before).
+    pub healed: &'a [HealedOutcome],
     /// Every event up to this sequence now has its first outcome.
     pub through: i64,
+}
+
+/// An event once missing or mismatched, found through by a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealedOutcome {
+    pub event_id: String,
+    pub target_record_id: String,
 }
 
 /// How many events a write changed.
@@ -100,6 +111,20 @@ pub trait OutcomeStore: Send + Sync {
     /// Records what a completed full run found, in one transaction.
     async fn write_outcomes(&self, write: &OutcomeWrite<'_>) -> Result<OutcomeCounts, StoreError>;
 
+    /// The events of `log` that `invariant` last found missing or mismatched, with their keys.
+    async fn unsettled_outcomes(
+        &self,
+        log: &str,
+        invariant: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// These events of `log` (those it still holds), in capture order.
+    async fn log_events_by_ids(
+        &self,
+        log: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<crate::source::LogEventRow>, StoreError>;
+
     /// A replay action (plan, seq) for `key` (as violations hold it) applied: the events of
     /// `log` with that key for `invariant` are `replayed`. How many.
     async fn mark_replayed(
@@ -123,7 +148,7 @@ pub trait OutcomeStore: Send + Sync {
     async fn event_lines(&self, query: &OutcomeQuery) -> Result<Vec<EventLine>, StoreError>;
 }
 
-/// Rows per multi-row statement (six parameters a row).
+/// Rows or keys per statement (eight parameters a row at most).
 pub(super) const CHUNK: usize = 500;
 
 /// The events' outcomes as stored, from its text.
@@ -238,10 +263,11 @@ macro_rules! impl_outcome_store {
                     qb.push(" ON CONFLICT (log, invariant, event_id) DO NOTHING");
                     counts.first += qb.build().execute(&mut *tx).await?.rows_affected();
                 }
-                // Events whose key is violated now.
-                let all_violated = w.violated.unwrap_or_default();
+                // Events whose key is violated now; a replay applied after the run began is
+                // newer than what the run saw, and keeps its plan action either way.
                 for outcome in [EventOutcome::Missing, EventOutcome::Mismatched] {
-                    let keys: Vec<&str> = all_violated
+                    let keys: Vec<&str> = w
+                        .violated
                         .iter()
                         .filter(|(_, o)| *o == outcome)
                         .map(|(k, _)| k.as_str())
@@ -252,8 +278,7 @@ macro_rules! impl_outcome_store {
                             .push(", processed_at = ")
                             .push_bind(w.at)
                             .push(", run_id = ")
-                            .push_bind(w.run)
-                            .push(", plan_id = NULL, action_seq = NULL");
+                            .push_bind(w.run);
                         // Missing: no downstream record any more.
                         if outcome == EventOutcome::Missing {
                             qb.push(", target_record_id = NULL");
@@ -264,7 +289,9 @@ macro_rules! impl_outcome_store {
                             .push_bind(w.invariant)
                             .push(" AND outcome <> ")
                             .push_bind(outcome.as_str())
-                            .push(" AND key IN (");
+                            .push(" AND NOT (outcome = 'replayed' AND processed_at >= ")
+                            .push_bind(w.started_at)
+                            .push(") AND key IN (");
                         let mut list = qb.separated(", ");
                         for k in chunk {
                             list.push_bind(*k);
@@ -273,40 +300,30 @@ macro_rules! impl_outcome_store {
                         counts.changed += qb.build().execute(&mut *tx).await?.rows_affected();
                     }
                 }
-                // Events once missing or mismatched whose key the run no longer finds
-                // violated: they got through since.
-                let healing: Vec<String> = if w.violated.is_none() { Vec::new() } else { sqlx::query_scalar(
-                    "SELECT DISTINCT key FROM log_outcomes WHERE log = $1 AND invariant = $2 \
-                     AND outcome IN ('missing', 'mismatched')",
-                )
-                .bind(w.log)
-                .bind(w.invariant)
-                .fetch_all(&mut *tx)
-                .await? };
-                let violated: std::collections::HashSet<&str> =
-                    all_violated.iter().map(|(k, _)| k.as_str()).collect();
-                let healed: Vec<&String> =
-                    healing.iter().filter(|k| !violated.contains(k.as_str())).collect();
-                // One statement a key: each gets its own downstream record, and a run heals
-                // only the keys violated before it.
-                for key in healed {
-                    let record = serde_json::from_str::<serde_json::Value>(key)
-                        .map(|k| $crate::domain::record_id_of_key(&k))
-                        .unwrap_or_else(|_| key.clone());
-                    counts.changed += sqlx::query(
-                        "UPDATE log_outcomes SET outcome = 'processed', processed_at = $1, \
-                         run_id = $2, target_record_id = $3 WHERE log = $4 AND invariant = $5 \
-                         AND key = $6 AND outcome IN ('missing', 'mismatched')",
-                    )
-                    .bind(w.at)
-                    .bind(w.run)
-                    .bind(record)
-                    .bind(w.log)
-                    .bind(w.invariant)
-                    .bind(key.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                // Events found through since (the first column of a VALUES list is `column1`
+                // on both engines).
+                for chunk in w.healed.chunks(CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE log_outcomes SET outcome = CASE WHEN plan_id IS NULL \
+                         THEN 'processed' ELSE 'replayed' END, processed_at = ",
+                    );
+                    qb.push_bind(w.at)
+                        .push(", run_id = ")
+                        .push_bind(w.run)
+                        .push(", target_record_id = v.column2 FROM (");
+                    qb.push_values(chunk, |mut b, h| {
+                        b.push_bind(h.event_id.as_str())
+                            .push_bind(h.target_record_id.as_str());
+                    });
+                    qb.push(") AS v WHERE log_outcomes.log = ")
+                        .push_bind(w.log)
+                        .push(" AND log_outcomes.invariant = ")
+                        .push_bind(w.invariant)
+                        .push(
+                            " AND log_outcomes.event_id = v.column1 \
+                             AND log_outcomes.outcome IN ('missing', 'mismatched')",
+                        );
+                    counts.changed += qb.build().execute(&mut *tx).await?.rows_affected();
                 }
                 sqlx::query(
                     "INSERT INTO log_outcome_marks (log, invariant, through) VALUES ($1, $2, $3) \
@@ -319,6 +336,44 @@ macro_rules! impl_outcome_store {
                 .await?;
                 tx.commit().await?;
                 Ok(counts)
+            }
+
+            async fn unsettled_outcomes(
+                &self,
+                log: &str,
+                invariant: &str,
+            ) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
+                let rows = sqlx::query_as(
+                    "SELECT event_id, key FROM log_outcomes WHERE log = $1 AND invariant = $2 \
+                     AND outcome IN ('missing', 'mismatched') ORDER BY event_id",
+                )
+                .bind(log)
+                .bind(invariant)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn log_events_by_ids(
+                &self,
+                log: &str,
+                event_ids: &[String],
+            ) -> Result<Vec<$crate::source::LogEventRow>, $crate::store::StoreError> {
+                let mut events = Vec::new();
+                for chunk in event_ids.chunks($crate::store::outcomes::CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {} FROM log_events WHERE log = ",
+                        $crate::store::logs::LOG_ROW_COLUMNS
+                    ));
+                    qb.push_bind(log).push(" AND event_id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.as_str());
+                    }
+                    qb.push(") ORDER BY id");
+                    events.extend(qb.build_query_as().fetch_all(&self.pool).await?);
+                }
+                Ok(events)
             }
 
             async fn mark_replayed(

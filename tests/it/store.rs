@@ -1513,9 +1513,11 @@ async fn event_outcome_story(store: std::sync::Arc<dyn store::Store>) {
             log: "orders",
             invariant: "fulfilled",
             run: 1,
+            started_at: at,
             at,
             decided: &first,
-            violated: Some(&violated),
+            violated: &violated,
+            healed: &[],
             through: end - 1,
         })
         .await
@@ -1559,8 +1561,19 @@ async fn event_outcome_story(store: std::sync::Arc<dyn store::Store>) {
         lines(Some(EventOutcome::Missing)).await,
         [("b".into(), Some("missing"), None)]
     );
-    // `b` is replayed; the next run finds `c` corrected, `a` gone downstream, `d` processed
-    // and `a` again judged (its first outcome stays; its key's violation changes it).
+    assert_eq!(
+        store
+            .unsettled_outcomes("orders", "fulfilled")
+            .await
+            .unwrap(),
+        [
+            ("b".to_owned(), r#"["b"]"#.to_owned()),
+            ("c".to_owned(), r#"["c"]"#.to_owned())
+        ]
+    );
+    // A run begins; `b` is replayed meanwhile. The run, which saw `b` missing, leaves the
+    // replay be; it finds `a` gone downstream, `c` corrected, `d` processed.
+    let begun = Utc::now();
     let replayed = store
         .mark_replayed(
             "orders",
@@ -1574,22 +1587,31 @@ async fn event_outcome_story(store: std::sync::Arc<dyn store::Store>) {
         .unwrap();
     assert_eq!(replayed, 1);
     let later = Utc::now();
+    let healed = |id: &str| trueup::store::HealedOutcome {
+        event_id: id.into(),
+        target_record_id: id.into(),
+    };
     let counts = store
         .write_outcomes(&OutcomeWrite {
             log: "orders",
             invariant: "fulfilled",
             run: 2,
+            started_at: begun,
             at: later,
             decided: &[
                 decided("a", EventOutcome::Processed),
                 decided("d", EventOutcome::Processed),
             ],
-            violated: Some(&[(r#"["a"]"#.to_owned(), EventOutcome::Missing)]),
+            violated: &[
+                (r#"["a"]"#.to_owned(), EventOutcome::Missing),
+                (r#"["b"]"#.to_owned(), EventOutcome::Missing),
+            ],
+            healed: &[healed("c")],
             through: end,
         })
         .await
         .unwrap();
-    // d first; a violated now, c healed (b stays replayed).
+    // d first; a violated now, c healed, b left replayed.
     assert_eq!((counts.first, counts.changed), (1, 2));
     assert_eq!(
         lines(None).await,
@@ -1600,11 +1622,47 @@ async fn event_outcome_story(store: std::sync::Arc<dyn store::Store>) {
             ("d".into(), Some("processed"), Some("d".into())),
         ]
     );
+    // The next run still finds `b` missing (the downstream takes the replay in later): missing,
+    // its replay kept; once found through, it is `replayed` again.
+    for (run, violated, healed) in [
+        (
+            3,
+            vec![(r#"["b"]"#.to_owned(), EventOutcome::Missing)],
+            vec![],
+        ),
+        (4, vec![], vec![healed("b")]),
+    ] {
+        store
+            .write_outcomes(&OutcomeWrite {
+                log: "orders",
+                invariant: "fulfilled",
+                run,
+                started_at: Utc::now(),
+                at: Utc::now(),
+                decided: &[],
+                violated: &violated,
+                healed: &healed,
+                through: end,
+            })
+            .await
+            .unwrap();
+        let b = store.event_outcomes("orders", "b").await.unwrap();
+        let expected = if run == 3 {
+            EventOutcome::Missing
+        } else {
+            EventOutcome::Replayed
+        };
+        assert_eq!(
+            (b[0].outcome, b[0].plan_id),
+            (expected, Some(7)),
+            "run {run}"
+        );
+    }
     let b = store.event_outcomes("orders", "b").await.unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(
         (b[0].outcome, b[0].plan_id, b[0].action_seq, b[0].run_id),
-        (EventOutcome::Replayed, Some(7), Some(1), None)
+        (EventOutcome::Replayed, Some(7), Some(1), Some(4))
     );
     let c = store.event_outcomes("orders", "c").await.unwrap();
     // (PostgreSQL keeps microseconds.)

@@ -337,3 +337,125 @@ async fn an_event_still_in_its_grace_period_or_past_the_violation_budget_gets_no
     );
     server.stop().await;
 }
+
+/// Writes the invariant `orders-fulfilled` (the log ↔ `fulfilments`, `window` long).
+fn windowed_invariant(dir: &std::path::Path, window: &str) {
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/orders.yaml"),
+        format!(
+            "invariants:
+  - name: orders-fulfilled
+    time_column: at
+    reconcile:
+      window: {window}
+      left:
+        source: log:orders
+        stream:
+          columns:
+            order_id: {{path: data.order, type: int}}
+            at: {{meta: time}}
+      right:
+        source: shop
+        query: SELECT order_id, at FROM fulfilments
+      key: order_id
+"
+        ),
+    )
+    .unwrap();
+}
+
+async fn run_and_list(server: &TestServer, invariant: &str) -> Vec<String> {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/invariants/{invariant}/runs",
+            server.base
+        ))
+        .bearer_auth(crate::serve::OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    server
+        .store
+        .event_lines(&trueup::store::OutcomeQuery {
+            log: "orders".into(),
+            invariant: Some(invariant.into()),
+            outcome: None,
+            after: 0,
+            limit: 100_000,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| format!("{} {}", l.event_id, l.outcome.map_or("-", |o| o.as_str())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_missing_event_that_slid_out_of_the_window_stays_missing_and_thousands_are_judged_in_batches()
+ {
+    use trueup::domain::{CapturedEvent, EventIdentity, LogName};
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop.db");
+    // Two hours old, so inside a 3h window and outside a 1h one.
+    let at = chrono::Utc::now() - chrono::TimeDelta::hours(2);
+    // Every other order of 12,000 reached fulfilment.
+    let fulfilled: Vec<String> = (0..12_000)
+        .step_by(2)
+        .map(|n| format!("({n}, '{}')", at.to_rfc3339()))
+        .collect();
+    sqlite_file(
+        &shop,
+        &format!(
+            "CREATE TABLE fulfilments (order_id INTEGER PRIMARY KEY, at TEXT);
+             INSERT INTO fulfilments VALUES {};",
+            fulfilled.join(", ")
+        ),
+    )
+    .await;
+    windowed_invariant(dir.path(), "3h");
+    let config_text = format!(
+        "sources:\n  shop:\n    url: {}\nevent_logs:\n  orders:\n    event_id: id\n    event_time: at\n    from:\n      - webhook: {{secret: \"${{ORDERS_SECRET}}\"}}\n",
+        sqlite_url(&shop)
+    );
+    let server = TestServer::start(config(dir.path(), &config_text)).await;
+    let events: Vec<CapturedEvent> = (0..12_000)
+        .map(|n| CapturedEvent {
+            identity: EventIdentity {
+                event_id: format!("evt_{n:05}"),
+                event_at: Some(at),
+            },
+            source: "webhook".into(),
+            position: None,
+            headers: serde_json::Map::new(),
+            payload: serde_json::to_vec(
+                &json!({"id": format!("evt_{n:05}"), "data": {"order": n}}),
+            )
+            .unwrap(),
+        })
+        .collect();
+    let orders = LogName::parse("orders").unwrap();
+    server
+        .store
+        .ingest(&orders, &events, chrono::Utc::now())
+        .await
+        .unwrap();
+    let lines = run_and_list(&server, "orders-fulfilled").await;
+    assert_eq!(lines.len(), 12_000);
+    for (n, line) in lines.iter().enumerate() {
+        let expected = if n % 2 == 0 { "processed" } else { "missing" };
+        assert_eq!(line, &format!("evt_{n:05} {expected}"));
+    }
+    server.stop().await;
+
+    // The window shrinks to 1h: the events are older than it, so the run reads none of them.
+    // Their violations stay open, and so do their outcomes: not read is not processed.
+    windowed_invariant(dir.path(), "1h");
+    let server = TestServer::start(config(dir.path(), &config_text)).await;
+    let again = run_and_list(&server, "orders-fulfilled").await;
+    assert_eq!(again, lines);
+    server.stop().await;
+}

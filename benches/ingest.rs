@@ -122,6 +122,8 @@ async fn capture(
     };
     let metrics = Arc::new(CaptureMetrics::register(&prometheus::Registry::new()));
     let stop = tokio_util::sync::CancellationToken::new();
+    // As `serve` does: today's partition on PostgreSQL, nothing on SQLite.
+    trueup::capture::prepare_days(std::slice::from_ref(&log), store.as_ref()).await;
     reset_peak_rss();
     let t = Instant::now();
     let tasks = spawn_feeds(

@@ -179,7 +179,12 @@ pub(super) async fn run(config: Option<&Path>, cmd: IncidentCommand) -> anyhow::
             }
             match incident::report(store, &app.invariants, &name).await {
                 Ok(report) => {
-                    let text = incident::render(&report, format)?;
+                    // Each sample key links to its trace in the console, when its address is known.
+                    let links = incident::render::ReportLinks {
+                        back: None,
+                        console: app.config.serve.external_url.as_ref().map(|u| u.as_str()),
+                    };
+                    let text = incident::render::render_linked(&report, format, &links)?;
                     match output {
                         Some(path) => {
                             write_atomically(&path, &text)?;

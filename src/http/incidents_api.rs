@@ -203,6 +203,19 @@ pub(super) async fn report_response(
     download: bool,
     back: Option<&str>,
 ) -> Result<Response, ApiError> {
+    // From the console's page, its keys link to its trace page; elsewhere through
+    // `serve.external_url`, when set.
+    let external = state
+        .runtime
+        .config
+        .serve
+        .external_url
+        .as_ref()
+        .map(|u| u.as_str());
+    let links = incident::render::ReportLinks {
+        back,
+        console: if back.is_some() { Some("") } else { external },
+    };
     let report = incident::report(
         state.runtime.store.as_ref(),
         &state.runtime.catalog.snapshot(),
@@ -210,7 +223,7 @@ pub(super) async fn report_response(
     )
     .await?;
     let body =
-        incident::render::render_linked(&report, format, back).map_err(IncidentError::from)?;
+        incident::render::render_linked(&report, format, &links).map_err(IncidentError::from)?;
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if download {
         let disposition = format!(

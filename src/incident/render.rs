@@ -86,27 +86,39 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
-/// The filters trueup's templates use: `dt`, `dur`, `num`, `cell`, `keytext`, `words`.
+/// The filters trueup's templates use: `dt`, `dur`, `num`, `cell`, `keytext`, `tracekey`,
+/// `words`.
 fn add_filters(env: &mut Environment<'_>) {
     env.add_filter("dt", dt);
     env.add_filter("dur", dur);
     env.add_filter("num", num);
     env.add_filter("cell", cell);
     env.add_filter("keytext", keytext);
+    env.add_filter("tracekey", tracekey);
     env.add_filter("words", words);
 }
 
 /// Renders the report. The same report always renders to the same bytes.
 pub fn render(report: &Report, format: ReportFormat) -> Result<String, RenderError> {
-    render_linked(report, format, None)
+    render_linked(report, format, &ReportLinks::default())
 }
 
-/// Renders the report; the HTML leads `back` to where it was opened from (the console's
-/// incident page), a link that printing leaves out.
+/// Where a rendered report links to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReportLinks<'a> {
+    /// Back to where the HTML was opened from (the console's incident page); printing leaves
+    /// it out.
+    pub back: Option<&'a str>,
+    /// The console, where each sample key links to its trace: `""` from a page of the
+    /// console itself, `serve.external_url` elsewhere; `None`, no such links.
+    pub console: Option<&'a str>,
+}
+
+/// Renders the report with its links (HTML and Markdown).
 pub fn render_linked(
     report: &Report,
     format: ReportFormat,
-    back: Option<&str>,
+    links: &ReportLinks<'_>,
 ) -> Result<String, RenderError> {
     match format {
         ReportFormat::Json => serde_json::to_string_pretty(report)
@@ -124,7 +136,10 @@ pub fn render_linked(
                 .render(minijinja::context! {
                     r => Value::from(Serde(report)),
                     timeline_head => super::report::TIMELINE_LIMIT / 2,
-                    back => back,
+                    back => links.back,
+                    trace => links
+                        .console
+                        .map(|c| format!("{}/ui/trace", c.trim_end_matches('/'))),
                 })
                 .map_err(|e| RenderError(format!("{e:#}")))
         }
@@ -201,6 +216,16 @@ fn keytext(value: Value) -> String {
             .map(|(k, v)| format!("{k}={}", json_text(v)))
             .collect::<Vec<_>>()
             .join(", "),
+        Ok(other) => other.to_string(),
+        Err(_) => value.to_string(),
+    }
+}
+
+/// A violation's key as `trueup trace` takes it: its one value as text, or the JSON array of
+/// a key of several columns.
+pub fn tracekey(value: Value) -> String {
+    match serde_json::to_value(&value) {
+        Ok(key @ serde_json::Value::Array(_)) => crate::domain::record_id_of_key(&key),
         Ok(other) => other.to_string(),
         Err(_) => value.to_string(),
     }

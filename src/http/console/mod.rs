@@ -239,7 +239,7 @@ pub fn routes(state: &HttpState) -> Router<HttpState> {
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = crate::incident::render::environment();
-    env.add_filter("tracekey", tracekey);
+    env.add_filter("tracekey", crate::incident::render::tracekey);
     for (name, source) in [
         ("layout.html", include_str!("templates/layout.html")),
         ("login.html", include_str!("templates/login.html")),
@@ -260,19 +260,6 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     }
     env
 });
-
-/// A violation's key as `trueup trace` takes it: its one value as text, or the JSON array of
-/// a key of several columns.
-fn tracekey(value: Value) -> String {
-    match serde_json::to_value(&value) {
-        Ok(serde_json::Value::Array(values)) if values.len() == 1 => match &values[0] {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        },
-        Ok(other) => other.to_string(),
-        Err(_) => value.to_string(),
-    }
-}
 
 /// What every signed-in page knows: who is signed in, what they may do, the CSRF token.
 fn base(session: &Session) -> Value {

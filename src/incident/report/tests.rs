@@ -565,3 +565,62 @@ fn the_report_states_the_error_budget_the_incident_consumed_in_every_format() {
     let read: Report = serde_json::from_value(old).unwrap();
     assert_eq!(read.invariants[0].slo, None);
 }
+
+#[test]
+fn each_sample_key_links_to_its_trace_where_the_console_is_known_and_nowhere_else() {
+    use crate::incident::render::{ReportFormat, ReportLinks, render_linked};
+    let mut ev = evidence(1, None, Vec::new());
+    ev.invariants[0].samples = vec![crate::store::ViolationRecord {
+        id: 1,
+        fingerprint: "f".into(),
+        invariant: "events-processed".into(),
+        kind: "missing".into(),
+        key: serde_json::json!(["evt 7/a"]),
+        status: crate::domain::ViolationStatus::Open,
+        first_seen: t("04:00"),
+        last_seen: t("04:05"),
+        resolved_at: None,
+        event_at: Some(t("02:00")),
+        times_reopened: 0,
+        first_run_id: 1,
+        last_run_id: 1,
+        evidence: serde_json::json!({}),
+    }];
+    let report = assemble(&ev, &loaded(), None);
+    let external = ReportLinks {
+        back: None,
+        console: Some("https://trueup.example.com/"),
+    };
+    // (HTML escapes `/` in text and attributes as `&#x2f;`, which a browser reads as `/`.)
+    let html = render_linked(&report, ReportFormat::Html, &external)
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(
+        html.contains(r#"<code>evt 7/a</code> <a class="trace-link" href="https://trueup.example.com/ui/trace?key=evt%207/a&amp;invariant=events-processed">trace</a>"#),
+        "{html}"
+    );
+    let md = render_linked(&report, ReportFormat::Md, &external).unwrap();
+    assert!(
+        md.contains("| missing | [evt 7/a](https://trueup.example.com/ui/trace?key=evt%207/a&invariant=events-processed) |"),
+        "{md}"
+    );
+    // From the console's own page: relative to it.
+    let console = ReportLinks {
+        back: Some("/ui/incidents/x"),
+        console: Some(""),
+    };
+    let html = render_linked(&report, ReportFormat::Html, &console)
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(html.contains(r#"href="/ui/trace?key=evt%207/a&amp;invariant=events-processed""#));
+    // No console address: the key as text, no link.
+    for format in [ReportFormat::Html, ReportFormat::Md] {
+        let text = render_linked(&report, format, &ReportLinks::default())
+            .unwrap()
+            .replace("&#x2f;", "/");
+        assert!(
+            text.contains("evt 7/a") && !text.contains("/ui/trace"),
+            "{text}"
+        );
+    }
+}

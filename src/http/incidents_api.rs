@@ -212,9 +212,15 @@ pub(super) async fn report_response(
         .external_url
         .as_ref()
         .map(|u| u.as_str());
+    // A page shown by the console links within it; a file saved from it, like any other,
+    // links absolutely or not at all.
     let links = incident::render::ReportLinks {
         back,
-        console: if back.is_some() { Some("") } else { external },
+        console: if back.is_some() && !download {
+            Some("")
+        } else {
+            external
+        },
     };
     let report = incident::report(
         state.runtime.store.as_ref(),

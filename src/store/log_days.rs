@@ -58,31 +58,44 @@ fn day_start(day: NaiveDate) -> DateTime<Utc> {
     day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
 }
 
-#[async_trait]
-impl LogDays for PgStore {
-    async fn prepare_log_days(&self, log: &str, now: DateTime<Utc>) -> Result<u32, StoreError> {
-        let today = now.date_naive();
-        let wanted = [today, today + TimeDelta::days(1)];
-        let made: Vec<NaiveDate> =
-            sqlx::query_scalar("SELECT day FROM log_partitions WHERE log = $1 AND day = ANY($2)")
-                .bind(log)
-                .bind(&wanted[..])
-                .fetch_all(&self.pool)
-                .await?;
-        let missing: Vec<NaiveDate> = wanted.into_iter().filter(|d| !made.contains(d)).collect();
-        if missing.is_empty() {
-            return Ok(0);
-        }
+/// Whether `e` is PostgreSQL giving up on a lock (`lock_timeout`): the work waits for the
+/// next round.
+fn lock_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Whether `log` has events of `day` in the default partition (then the day gets no
+/// partition: PostgreSQL refuses one for rows the default holds).
+async fn in_default(
+    conn: &mut sqlx::PgConnection,
+    log: &str,
+    day: NaiveDate,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM log_events_default \
+         WHERE log = $1 AND ingested_at >= $2 AND ingested_at < $3)",
+    )
+    .bind(log)
+    .bind(day_start(day))
+    .bind(day_start(day + TimeDelta::days(1)))
+    .fetch_one(conn)
+    .await
+}
+
+impl PgStore {
+    /// Makes `days` of `log` ready in one transaction, holding `log_events` exclusively for
+    /// the moment it takes (a partition needs that lock; taken first, so that no ingest
+    /// or purge holding a weaker one waits on us while we wait on it).
+    async fn make_days(&self, log: &str, days: &[NaiveDate]) -> Result<u32, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
         sqlx::query(ONE_AT_A_TIME).execute(&mut *tx).await?;
-        // No event may land in the default partition between the look and the partition.
-        sqlx::query("LOCK TABLE log_events IN SHARE ROW EXCLUSIVE MODE")
+        sqlx::query("LOCK TABLE log_events IN ACCESS EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
         let mut count = 0;
-        for day in missing {
-            let (from, to) = (day_start(day), day_start(day + TimeDelta::days(1)));
+        for &day in days {
+            // Another replica may have made it, or an event may have come meanwhile.
             let registered: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)",
             )
@@ -90,32 +103,15 @@ impl LogDays for PgStore {
             .bind(day)
             .fetch_one(&mut *tx)
             .await?;
-            let in_default: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM log_events_default \
-                 WHERE log = $1 AND ingested_at >= $2 AND ingested_at < $3)",
-            )
-            .bind(log)
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *tx)
-            .await?;
-            if registered {
-                continue;
-            }
-            if in_default {
-                tracing::info!(
-                    log,
-                    %day,
-                    "events of this day were captured before its partition was made; they stay in the default partition and are purged row by row"
-                );
+            if registered || in_default(&mut tx, log, day).await? {
                 continue;
             }
             let name = partition_name(log, day);
             sqlx::query(&format!(
                 "CREATE TABLE {name} PARTITION OF log_events FOR VALUES FROM ({l}, {f}) TO ({l}, {t})",
                 l = literal(log),
-                f = literal(&from.to_rfc3339()),
-                t = literal(&to.to_rfc3339()),
+                f = literal(&day_start(day).to_rfc3339()),
+                t = literal(&day_start(day + TimeDelta::days(1)).to_rfc3339()),
             ))
             .execute(&mut *tx)
             .await?;
@@ -131,6 +127,102 @@ impl LogDays for PgStore {
         Ok(count)
     }
 
+    /// Drops the day of `log` kept in partition `name`, unless an event in it happened at or
+    /// after `before`; how many events went (`None`: kept).
+    async fn drop_day(
+        &self,
+        log: &str,
+        day: NaiveDate,
+        name: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<u64>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+        sqlx::query(ONE_AT_A_TIME).execute(&mut *tx).await?;
+        // Exclusively before anything else: no ingest may add a delivery, an outcome or an id
+        // of the day's events after they are deleted, nor wait on them while we wait on it.
+        sqlx::query("LOCK TABLE log_events IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        // Another replica may have dropped it meanwhile.
+        let still: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)",
+        )
+        .bind(log)
+        .bind(day)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !still {
+            return Ok(None);
+        }
+        // An event of the day that happened at or after `before` may still be needed: the
+        // day stays, and the row purge takes the rest of it.
+        let needed: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {name} WHERE event_at >= $1)"
+        ))
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await?;
+        if needed {
+            return Ok(None);
+        }
+        let events: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {name}"))
+            .fetch_one(&mut *tx)
+            .await?;
+        for table in ["log_duplicates", "log_outcomes", "log_event_ids"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} t USING {name} e WHERE t.log = $1 AND t.event_id = e.event_id"
+            ))
+            .bind(log)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(&format!("DROP TABLE {name}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM log_partitions WHERE log = $1 AND day = $2")
+            .bind(log)
+            .bind(day)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(events as u64))
+    }
+}
+
+#[async_trait]
+impl LogDays for PgStore {
+    async fn prepare_log_days(&self, log: &str, now: DateTime<Utc>) -> Result<u32, StoreError> {
+        let today = now.date_naive();
+        let wanted = [today, today + TimeDelta::days(1)];
+        let made: Vec<NaiveDate> =
+            sqlx::query_scalar("SELECT day FROM log_partitions WHERE log = $1 AND day = ANY($2)")
+                .bind(log)
+                .bind(&wanted[..])
+                .fetch_all(&self.pool)
+                .await?;
+        // A day whose events are in the default partition already is left there, without
+        // taking any lock (this runs every minute).
+        let mut missing = Vec::new();
+        for day in wanted.into_iter().filter(|d| !made.contains(d)) {
+            let mut conn = self.pool.acquire().await?;
+            if !in_default(&mut conn, log, day).await? {
+                missing.push(day);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        match self.make_days(log, &missing).await {
+            Ok(n) => Ok(n),
+            Err(e) if lock_timed_out(&e) => {
+                tracing::info!(log, "the log's next days wait for the next round: {e}");
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn drop_log_days(&self, log: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let days: Vec<(NaiveDate, String)> =
             sqlx::query_as("SELECT day, name FROM log_partitions WHERE log = $1 ORDER BY day")
@@ -142,52 +234,16 @@ impl LogDays for PgStore {
             if day_start(day + TimeDelta::days(1)) > before {
                 break;
             }
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
-            sqlx::query(ONE_AT_A_TIME).execute(&mut *tx).await?;
-            // Another replica may have dropped it meanwhile.
-            let still: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)",
-            )
-            .bind(log)
-            .bind(day)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !still {
-                continue;
+            match self.drop_day(log, day, &name, before).await {
+                Ok(Some(n)) => dropped += n,
+                Ok(None) => {}
+                // Busy now: the day goes in a later round, the row purge goes on.
+                Err(e) if lock_timed_out(&e) => {
+                    tracing::info!(log, %day, "the day waits for the next round: {e}");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
             }
-            // An event of the day that happened at or after `before` may still be needed:
-            // the day stays, and the row purge takes the rest of it.
-            let needed: bool = sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {name} WHERE event_at >= $1)"
-            ))
-            .bind(before)
-            .fetch_one(&mut *tx)
-            .await?;
-            if needed {
-                continue;
-            }
-            let events: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {name}"))
-                .fetch_one(&mut *tx)
-                .await?;
-            for table in ["log_duplicates", "log_outcomes", "log_event_ids"] {
-                sqlx::query(&format!(
-                    "DELETE FROM {table} t USING {name} e WHERE t.log = $1 AND t.event_id = e.event_id"
-                ))
-                .bind(log)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(&format!("DROP TABLE {name}"))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM log_partitions WHERE log = $1 AND day = $2")
-                .bind(log)
-                .bind(day)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            dropped += events as u64;
         }
         Ok(dropped)
     }

@@ -1838,3 +1838,95 @@ async fn a_logs_events_are_purged_by_rows_past_retention_and_ids_stay_unique_on_
     ));
     log_days_story(store::open(&url).await.unwrap(), None).await;
 }
+
+#[tokio::test]
+async fn upgrading_a_postgresql_store_moves_each_logged_day_into_a_partition_of_its_own() {
+    use sqlx::Connection;
+    let db = TestPg::new().await;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let (before, after): (Vec<_>, Vec<_>) = files
+        .iter()
+        .partition(|p| p.file_name().unwrap().to_str().unwrap() < "0018");
+    for f in &before {
+        sqlx::raw_sql(&std::fs::read_to_string(f).unwrap())
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    // A store with events of two logs over two days, one delivered twice.
+    sqlx::raw_sql(
+        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, deliveries, last_delivered_at, headers, payload) VALUES
+           ('orders', 'a', NULL, '2026-11-30T23:59:59Z', 'webhook', 2, '2026-12-01T00:10:00Z', '{}', '\\x7b7d'),
+           ('orders', 'b', NULL, '2026-12-01T00:00:00Z', 'webhook', 1, '2026-12-01T00:00:00Z', '{}', '\\x7b7d'),
+           ('refunds', 'a', NULL, '2026-12-01T08:00:00Z', 'webhook', 1, '2026-12-01T08:00:00Z', '{}', '\\x7b7d');
+         INSERT INTO log_duplicates (log, event_id, source, delivered_at) VALUES ('orders', 'a', 'webhook', '2026-12-01T00:10:00Z');",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(after.len(), files.len() - before.len());
+    let upgrade = after
+        .iter()
+        .find(|p| p.to_str().unwrap().contains("0018"))
+        .unwrap();
+    sqlx::raw_sql(&std::fs::read_to_string(upgrade).unwrap())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let homes: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT log || '/' || event_id, tableoid::regclass::text, id FROM log_events ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let registry: Vec<(String, chrono::NaiveDate, String)> =
+        sqlx::query_as("SELECT log, day, name FROM log_partitions ORDER BY log, day")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    let day =
+        |d: u32| chrono::NaiveDate::from_ymd_opt(2026, if d == 30 { 11 } else { 12 }, d).unwrap();
+    assert_eq!(
+        registry
+            .iter()
+            .map(|(l, d, _)| (l.as_str(), *d))
+            .collect::<Vec<_>>(),
+        [("orders", day(30)), ("orders", day(1)), ("refunds", day(1))]
+    );
+    // Each event in its day's partition (by UTC day), none in the default one.
+    assert_eq!(homes.len(), 3);
+    assert_eq!(
+        (homes[0].0.as_str(), homes[0].1.as_str()),
+        ("orders/a", registry[0].2.as_str())
+    );
+    assert_eq!(
+        (homes[1].0.as_str(), homes[1].1.as_str()),
+        ("orders/b", registry[1].2.as_str())
+    );
+    assert_eq!(
+        (homes[2].0.as_str(), homes[2].1.as_str()),
+        ("refunds/a", registry[2].2.as_str())
+    );
+    // Named as `serve` names the days it makes ready (the first 8 bytes of the log's SHA-256).
+    use sha2::Digest;
+    let digest = hex::encode(&sha2::Sha256::digest(b"orders")[..8]);
+    assert_eq!(registry[0].2, format!("log_events_{digest}_20261130"));
+    // The ids deduplicate from now on; the sequence goes on after the old rows.
+    let ids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_event_ids")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ids, 3);
+    let next: i64 = sqlx::query_scalar("SELECT nextval('log_events_id_seq')")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(next > homes[2].2);
+    c.close().await.unwrap();
+}

@@ -97,10 +97,49 @@ pub(super) const LOG_ROW_COLUMNS: &str = "id, event_id, event_at, ingested_at, h
 pub(super) const EVENT_COLUMNS: &str = "id, log, event_id, event_at, ingested_at, source, position, \
      deliveries, last_delivered_at, headers, payload";
 
+/// An `INSERT INTO log_events` of `events` at the indices `chunk`, captured `at`.
+pub(super) fn insert_events<'a, DB>(
+    log: &'a str,
+    events: &'a [crate::domain::CapturedEvent],
+    chunk: &[usize],
+    at: DateTime<Utc>,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<DateTime<Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    sqlx::types::Json<&'a serde_json::Map<String, serde_json::Value>>:
+        sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::<DB>::new(
+        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
+         deliveries, last_delivered_at, headers, payload) ",
+    );
+    qb.push_values(chunk, |mut b, &i| {
+        let e = &events[i];
+        b.push_bind(log)
+            .push_bind(&e.identity.event_id)
+            .push_bind(e.identity.event_at)
+            .push_bind(at)
+            .push_bind(&e.source)
+            .push_bind(&e.position)
+            .push_bind(1_i64)
+            .push_bind(at)
+            .push_bind(sqlx::types::Json(&e.headers))
+            .push_bind(&e.payload);
+    });
+    qb
+}
+
 /// `$by_day`: the store keeps events in partitions by log and day, and their ids apart in
 /// `log_event_ids` (PostgreSQL; see `log_days.rs`).
 macro_rules! impl_event_log_store {
-    ($store:ty, $begin:literal, $by_day:literal) => {
+    ($store:ty, $db:ty, $begin:literal, $by_day:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::EventLogStore for $store {
             async fn ingest(
@@ -117,50 +156,61 @@ macro_rules! impl_event_log_store {
                 let mut order: Vec<usize> = (0..events.len()).collect();
                 order.sort_by(|a, b| events[*a].identity.event_id.cmp(&events[*b].identity.event_id));
                 let mut outcomes: Vec<Option<Intake>> = vec![None; events.len()];
+                // The first delivery of each id of the batch, in id order.
+                let mut firsts: Vec<usize> = Vec::with_capacity(events.len());
+                for &i in &order {
+                    let new_id = firsts.last().is_none_or(|&f| {
+                        events[f].identity.event_id != events[i].identity.event_id
+                    });
+                    if new_id {
+                        firsts.push(i);
+                    }
+                }
+                // Which of those ids the log does not hold yet: partitioned by day, the events
+                // cannot be unique by id, so their ids are, apart; else the events are. A
+                // statement per chunk, not kept prepared (each batch's size makes another one,
+                // and each holds room for its parameters).
+                let mut fresh: std::collections::HashSet<String> = Default::default();
+                for chunk in firsts.chunks(if $by_day { 1000 } else { 500 }) {
+                    let new: Vec<String> = if $by_day {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO log_event_ids (log, event_id, ingested_at) ",
+                        );
+                        qb.push_values(chunk, |mut b, &i| {
+                            b.push_bind(log.as_str())
+                                .push_bind(&events[i].identity.event_id)
+                                .push_bind(at);
+                        });
+                        qb.push(" ON CONFLICT (log, event_id) DO NOTHING RETURNING event_id");
+                        qb.build_query_scalar().persistent(false).fetch_all(&mut *tx).await?
+                    } else {
+                        let mut qb = $crate::store::logs::insert_events::<$db>(log.as_str(), events, chunk, at);
+                        qb.push(" ON CONFLICT (log, event_id) DO NOTHING RETURNING event_id");
+                        qb.build_query_scalar().persistent(false).fetch_all(&mut *tx).await?
+                    };
+                    fresh.extend(new);
+                }
+                let stored: Vec<usize> = firsts
+                    .into_iter()
+                    .filter(|&i| fresh.contains(&events[i].identity.event_id))
+                    .collect();
+                if $by_day {
+                    for chunk in stored.chunks(500) {
+                        $crate::store::logs::insert_events::<$db>(log.as_str(), events, chunk, at)
+                            .build()
+                            .persistent(false)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                for i in stored {
+                    outcomes[i] = Some(Intake::Stored);
+                }
                 for i in order {
-                    let e = &events[i];
-                    // Partitioned by day, the events cannot be unique by id: their ids are.
-                    let fresh = !$by_day
-                        || sqlx::query(
-                            "INSERT INTO log_event_ids (log, event_id, ingested_at) VALUES ($1, $2, $3) \
-                             ON CONFLICT (log, event_id) DO NOTHING",
-                        )
-                        .bind(log.as_str())
-                        .bind(&e.identity.event_id)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            == 1;
-                    let insert = if $by_day {
-                        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
-                         deliveries, last_delivered_at, headers, payload) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 1, $4, $7, $8) RETURNING id"
-                    } else {
-                        "INSERT INTO log_events (log, event_id, event_at, ingested_at, source, position, \
-                         deliveries, last_delivered_at, headers, payload) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 1, $4, $7, $8) \
-                         ON CONFLICT (log, event_id) DO NOTHING RETURNING id"
-                    };
-                    let stored: Option<i64> = if !fresh {
-                        None
-                    } else {
-                        sqlx::query_scalar(insert)
-                    .bind(log.as_str())
-                    .bind(&e.identity.event_id)
-                    .bind(e.identity.event_at)
-                    .bind(at)
-                    .bind(&e.source)
-                    .bind(&e.position)
-                    .bind(sqlx::types::Json(&e.headers))
-                    .bind(&e.payload)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    };
-                    if stored.is_some() {
-                        outcomes[i] = Some(Intake::Stored);
+                    if outcomes[i].is_some() {
                         continue;
                     }
+                    let e = &events[i];
                     // Stored before: this delivery is either the one that stored it, or a
                     // duplicate counted before, come again unacknowledged; or a new duplicate.
                     let (source, position): (String, Option<String>) = sqlx::query_as(

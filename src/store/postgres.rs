@@ -103,7 +103,7 @@ super::segments::impl_segment_store!(
     true
 );
 
-super::logs::impl_event_log_store!(PgStore, "BEGIN", true);
+super::logs::impl_event_log_store!(PgStore, sqlx::Postgres, "BEGIN", true);
 super::logs::impl_log_reader!(PgStore);
 super::outcomes::impl_outcome_store!(PgStore, sqlx::Postgres, "BEGIN");
 super::trace::impl_trace_store!(PgStore);

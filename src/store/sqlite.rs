@@ -89,7 +89,7 @@ super::segments::impl_segment_store!(
     false
 );
 
-super::logs::impl_event_log_store!(SqliteStore, "BEGIN IMMEDIATE", false);
+super::logs::impl_event_log_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", false);
 super::logs::impl_log_reader!(SqliteStore);
 super::outcomes::impl_outcome_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 super::trace::impl_trace_store!(SqliteStore);

@@ -82,28 +82,42 @@ async fn in_default(
     .await
 }
 
+/// Holds `log_events` for making or dropping a partition: one replica at a time, and the
+/// table exclusively before anything else (a partition needs that lock; taken first, no
+/// ingest or purge holding a weaker one waits on us while we wait on it, and none adds a
+/// delivery, an outcome or an id of a day being dropped). Gives up after `LOCK_TIMEOUT`.
+async fn hold_log_events(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(LOCK_TIMEOUT).execute(&mut *conn).await?;
+    sqlx::query(ONE_AT_A_TIME).execute(&mut *conn).await?;
+    sqlx::query("LOCK TABLE log_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether `log`'s `day` has its partition.
+async fn registered(
+    conn: &mut sqlx::PgConnection,
+    log: &str,
+    day: NaiveDate,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)")
+        .bind(log)
+        .bind(day)
+        .fetch_one(conn)
+        .await
+}
+
 impl PgStore {
-    /// Makes `days` of `log` ready in one transaction, holding `log_events` exclusively for
-    /// the moment it takes (a partition needs that lock; taken first, so that no ingest
-    /// or purge holding a weaker one waits on us while we wait on it).
+    /// Makes `days` of `log` ready in one transaction, holding `log_events` for the moment
+    /// it takes.
     async fn make_days(&self, log: &str, days: &[NaiveDate]) -> Result<u32, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
-        sqlx::query(ONE_AT_A_TIME).execute(&mut *tx).await?;
-        sqlx::query("LOCK TABLE log_events IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
+        hold_log_events(&mut tx).await?;
         let mut count = 0;
         for &day in days {
             // Another replica may have made it, or an event may have come meanwhile.
-            let registered: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)",
-            )
-            .bind(log)
-            .bind(day)
-            .fetch_one(&mut *tx)
-            .await?;
-            if registered || in_default(&mut tx, log, day).await? {
+            if registered(&mut tx, log, day).await? || in_default(&mut tx, log, day).await? {
                 continue;
             }
             let name = partition_name(log, day);
@@ -137,22 +151,9 @@ impl PgStore {
         before: DateTime<Utc>,
     ) -> Result<Option<u64>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
-        sqlx::query(ONE_AT_A_TIME).execute(&mut *tx).await?;
-        // Exclusively before anything else: no ingest may add a delivery, an outcome or an id
-        // of the day's events after they are deleted, nor wait on them while we wait on it.
-        sqlx::query("LOCK TABLE log_events IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
+        hold_log_events(&mut tx).await?;
         // Another replica may have dropped it meanwhile.
-        let still: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM log_partitions WHERE log = $1 AND day = $2)",
-        )
-        .bind(log)
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !still {
+        if !registered(&mut tx, log, day).await? {
             return Ok(None);
         }
         // An event of the day that happened at or after `before` may still be needed: the

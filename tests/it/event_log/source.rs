@@ -65,18 +65,7 @@ async fn every_captured_order_is_checked_against_fulfilment_through_a_side_that_
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let r = client
-        .post(format!(
-            "{}/api/v1/invariants/captured-orders-fulfilled/runs",
-            server.base
-        ))
-        .bearer_auth(crate::serve::OPERATOR)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let outcome: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{outcome}");
+    run(&server, "captured-orders-fulfilled").await;
     let found = keys_by_kind(
         server.store.as_ref(),
         "captured-orders-fulfilled",
@@ -163,16 +152,7 @@ async fn every_captured_order_is_checked_against_fulfilment_through_a_side_that_
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let r = client
-        .post(format!(
-            "{}/api/v1/invariants/captured-orders-fulfilled/runs",
-            server.base
-        ))
-        .bearer_auth(crate::serve::OPERATOR)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    run(&server, "captured-orders-fulfilled").await;
     assert_eq!(
         events("").await,
         [
@@ -280,16 +260,7 @@ async fn an_event_still_in_its_grace_period_or_past_the_violation_budget_gets_no
         assert_eq!(r.status(), 201);
     }
     for invariant in ["fulfilled-within-an-hour", "fulfilled-budget-of-one"] {
-        let r = client
-            .post(format!(
-                "{}/api/v1/invariants/{invariant}/runs",
-                server.base
-            ))
-            .bearer_auth(crate::serve::OPERATOR)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{invariant}");
+        run(&server, invariant).await;
     }
     let lines = |invariant: &'static str| {
         let store = server.store.clone();
@@ -365,7 +336,8 @@ fn windowed_invariant(dir: &std::path::Path, window: &str) {
     .unwrap();
 }
 
-async fn run_and_list(server: &TestServer, invariant: &str) -> Vec<String> {
+/// Runs `invariant` through the API; it must succeed.
+async fn run(server: &TestServer, invariant: &str) {
     let r = reqwest::Client::new()
         .post(format!(
             "{}/api/v1/invariants/{invariant}/runs",
@@ -375,9 +347,14 @@ async fn run_and_list(server: &TestServer, invariant: &str) -> Vec<String> {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    let status = r.status();
     let run: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "succeeded", "{run}");
+}
+
+async fn run_and_list(server: &TestServer, invariant: &str) -> Vec<String> {
+    run(server, invariant).await;
     server
         .store
         .event_lines(&trueup::store::OutcomeQuery {

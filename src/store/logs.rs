@@ -213,13 +213,39 @@ macro_rules! impl_event_log_store {
                     let e = &events[i];
                     // Stored before: this delivery is either the one that stored it, or a
                     // duplicate counted before, come again unacknowledged; or a new duplicate.
-                    let (source, position): (String, Option<String>) = sqlx::query_as(
-                        "SELECT source, position FROM log_events WHERE log = $1 AND event_id = $2",
-                    )
-                    .bind(log.as_str())
-                    .bind(&e.identity.event_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    // On a log partitioned by day, the day that holds the event: one partition
+                    // to look in, not each of the log's days.
+                    let day: Option<chrono::DateTime<chrono::Utc>> = if $by_day {
+                        Some(
+                            sqlx::query_scalar(
+                                "SELECT ingested_at FROM log_event_ids WHERE log = $1 AND event_id = $2",
+                            )
+                            .bind(log.as_str())
+                            .bind(&e.identity.event_id)
+                            .fetch_one(&mut *tx)
+                            .await?,
+                        )
+                    } else {
+                        None
+                    };
+                    let (source, position): (String, Option<String>) = match day {
+                        Some(day) => sqlx::query_as(
+                            "SELECT source, position FROM log_events \
+                             WHERE log = $1 AND event_id = $2 AND ingested_at = $3",
+                        )
+                        .bind(log.as_str())
+                        .bind(&e.identity.event_id)
+                        .bind(day)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                        None => sqlx::query_as(
+                            "SELECT source, position FROM log_events WHERE log = $1 AND event_id = $2",
+                        )
+                        .bind(log.as_str())
+                        .bind(&e.identity.event_id)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    };
                     if e.position.is_some() && source == e.source && position == e.position {
                         outcomes[i] = Some(Intake::Redelivered);
                         continue;
@@ -240,13 +266,20 @@ macro_rules! impl_event_log_store {
                         outcomes[i] = Some(Intake::Redelivered);
                         continue;
                     }
-                    let deliveries: i64 = sqlx::query_scalar(
+                    let update = sqlx::query_scalar(if day.is_some() {
                         "UPDATE log_events SET deliveries = deliveries + 1, last_delivered_at = $3 \
-                         WHERE log = $1 AND event_id = $2 RETURNING deliveries",
-                    )
+                         WHERE log = $1 AND event_id = $2 AND ingested_at = $4 RETURNING deliveries"
+                    } else {
+                        "UPDATE log_events SET deliveries = deliveries + 1, last_delivered_at = $3 \
+                         WHERE log = $1 AND event_id = $2 RETURNING deliveries"
+                    })
                     .bind(log.as_str())
                     .bind(&e.identity.event_id)
-                    .bind(at)
+                    .bind(at);
+                    let deliveries: i64 = match day {
+                        Some(day) => update.bind(day),
+                        None => update,
+                    }
                     .fetch_one(&mut *tx)
                     .await?;
                     outcomes[i] = Some(Intake::Duplicate {

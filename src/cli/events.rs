@@ -85,15 +85,8 @@ pub(super) async fn run(config: Option<&Path>, args: EventsArgs) -> anyhow::Resu
                     l.invariant.as_deref().unwrap_or("(not judged yet)"),
                 );
             }
-            if let Some(last) = lines.last() {
-                let events = lines
-                    .iter()
-                    .map(|l| l.sequence)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len();
-                if events as u32 == args.limit {
-                    println!("next page: --after {}", last.sequence);
-                }
+            if let Some(after) = crate::store::next_after(&lines, args.limit) {
+                println!("next page: --after {after}");
             }
         }
     }

@@ -392,10 +392,7 @@ pub(super) async fn log_events(
             limit,
         })
         .await?;
-    let events: std::collections::BTreeSet<i64> = items.iter().map(|l| l.sequence).collect();
-    let next_after = (events.len() as u32 == limit)
-        .then(|| items.last().map(|l| l.sequence))
-        .flatten();
+    let next_after = crate::store::next_after(&items, limit);
     Ok(Json(Page { items, next_after }))
 }
 

@@ -42,7 +42,7 @@ pub use logs::{EventLogStore, LogCounts, LoggedEvent, RetentionNeeds};
 pub use notices::{NoticeGroup, NoticeStore, QueuedNotice, Release, SilenceExpiry, WaitingNotice};
 pub use outcomes::{
     DecidedOutcome, EventLine, HealedOutcome, OutcomeCounts, OutcomeQuery, OutcomeRecord,
-    OutcomeStore, OutcomeWrite,
+    OutcomeStore, OutcomeWrite, next_after,
 };
 pub use plans::{ActionRecord, Approval, NewAction, NewPlan, PlanRecord, PlanStore, Transition};
 pub use postgres::PgStore;

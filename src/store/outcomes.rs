@@ -102,6 +102,15 @@ pub struct EventLine {
     pub target_record_id: Option<String>,
 }
 
+/// Where the page after `lines` (asked for `limit` events) starts: after its last event,
+/// when the page was full (lines are per event and invariant, so events are counted).
+pub fn next_after(lines: &[EventLine], limit: u32) -> Option<i64> {
+    let events: std::collections::BTreeSet<i64> = lines.iter().map(|l| l.sequence).collect();
+    (events.len() as u32 == limit)
+        .then(|| lines.last().map(|l| l.sequence))
+        .flatten()
+}
+
 #[async_trait]
 pub trait OutcomeStore: Send + Sync {
     /// The sequence through which every event of `log` has its first outcome for

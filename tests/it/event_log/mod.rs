@@ -43,6 +43,20 @@ pub fn signed(body: &[u8], age_secs: i64) -> String {
     )
 }
 
+/// Sends `event` as a signed webhook to the log `orders` of the server at `base`; it must be
+/// stored (201).
+pub async fn deliver(base: &str, event: &serde_json::Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/ingest/orders"))
+        .header("Trueup-Signature", signed(&body, 0))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{event}");
+}
+
 /// The value of one sample of `/metrics`, 0 when absent.
 pub fn sample(metrics: &str, series: &str) -> u64 {
     metrics

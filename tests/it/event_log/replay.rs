@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{config, signed};
+use super::config;
 use crate::helpers::{
     TestPg, TestServer, combined_output as text, output_off_runtime as output, trueup_cli,
 };
@@ -87,20 +87,11 @@ async fn a_window_replayed_from_the_log_after_the_upstream_dropped_it_delivers_e
             .fetch_all(&pool)
             .await
             .unwrap();
-    let client = reqwest::Client::new();
     for (id, account, seq, at, amount) in &events {
-        let body = serde_json::to_vec(&json!({
+        let event = json!({
             "id": format!("evt-{id}"), "at": at.to_rfc3339(), "account": account, "seq": seq, "amount": amount,
-        }))
-        .unwrap();
-        let r = client
-            .post(format!("{}/ingest/orders", server.base))
-            .header("Trueup-Signature", signed(&body, 0))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        });
+        super::deliver(&server.base, &event).await;
     }
     server.stop().await;
     // The provider keeps nothing now: only trueup's log holds the lost events.

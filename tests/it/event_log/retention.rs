@@ -166,15 +166,7 @@ async fn serve_on_postgresql_makes_each_logs_day_ready_before_it_captures_into_i
         "event_logs:\n  orders:\n    event_id: id\n    retain: 30d\n    from:\n      - webhook: {secret: \"${ORDERS_SECRET}\"}\n",
     ))
     .await;
-    let body = serde_json::to_vec(&json!({"id": "evt_1"})).unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{}/ingest/orders", server.base))
-        .header("Trueup-Signature", super::signed(&body, 0))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    super::deliver(&server.base, &json!({"id": "evt_1"})).await;
     let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
     // (By the event's own day: the test may run across midnight.)
     let (home, at): (String, chrono::DateTime<Utc>) = sqlx::query_as(

@@ -140,18 +140,10 @@ async fn every_captured_order_is_checked_against_fulfilment_through_a_side_that_
          UPDATE fulfilments SET amount = '40.00' WHERE order_id = 4;",
     )
     .await;
-    let body = serde_json::to_vec(&json!({
+    let sixth = json!({
         "id": "evt_6", "at": "2026-12-05T10:06:00Z", "data": {"order": 6, "amount": "60.00"},
-    }))
-    .unwrap();
-    let r = client
-        .post(format!("{}/ingest/orders", server.base))
-        .header("Trueup-Signature", signed(&body, 0))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    });
+    super::deliver(&server.base, &sixth).await;
     run(&server, "captured-orders-fulfilled").await;
     assert_eq!(
         events("").await,
@@ -240,46 +232,20 @@ async fn an_event_still_in_its_grace_period_or_past_the_violation_budget_gets_no
         ),
     ))
     .await;
-    let client = reqwest::Client::new();
     let now = chrono::Utc::now();
     // 1 fulfilled, 2 and 3 not: 2 is two hours old (due), 3 a minute (inside its grace).
     for (order, age) in [(1, 120), (2, 120), (3, 1)] {
-        let body = serde_json::to_vec(&json!({
+        let event = json!({
             "id": format!("evt_{order}"),
             "at": (now - chrono::TimeDelta::minutes(age)).to_rfc3339(),
             "data": {"order": order},
-        }))
-        .unwrap();
-        let r = client
-            .post(format!("{}/ingest/orders", server.base))
-            .header("Trueup-Signature", signed(&body, 0))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        });
+        super::deliver(&server.base, &event).await;
     }
     for invariant in ["fulfilled-within-an-hour", "fulfilled-budget-of-one"] {
         run(&server, invariant).await;
     }
-    let lines = |invariant: &'static str| {
-        let store = server.store.clone();
-        async move {
-            store
-                .event_lines(&trueup::store::OutcomeQuery {
-                    log: "orders".into(),
-                    invariant: Some(invariant.into()),
-                    outcome: None,
-                    after: 0,
-                    limit: 10,
-                })
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|l| format!("{} {}", l.event_id, l.outcome.map_or("-", |o| o.as_str())))
-                .collect::<Vec<_>>()
-        }
-    };
+    let lines = |invariant: &'static str| outcomes(&server, invariant);
     assert_eq!(
         lines("fulfilled-within-an-hour").await,
         ["evt_1 processed", "evt_2 missing", "evt_3 -"]
@@ -355,6 +321,11 @@ async fn run(server: &TestServer, invariant: &str) {
 
 async fn run_and_list(server: &TestServer, invariant: &str) -> Vec<String> {
     run(server, invariant).await;
+    outcomes(server, invariant).await
+}
+
+/// `event_id outcome` of each event of the log `orders` for `invariant` (`-`: none yet).
+async fn outcomes(server: &TestServer, invariant: &str) -> Vec<String> {
     server
         .store
         .event_lines(&trueup::store::OutcomeQuery {

@@ -1,8 +1,10 @@
 //! Segment checksums computed where the rows are: how a reconcile learns which key ranges
 //! differ without reading their rows.
 //!
-//! A row's hash is the XOR of one seeded 64-bit hash per column (the key first), each column
-//! hashed under a [`Form`] both sides share; a segment's summary is its row count, the sum of
+//! A row's hash is its key's hash seeded by the XOR of one seeded 64-bit hash per compared
+//! column (NUMERIC columns chained, see [`pg_numeric_hash`]), each column hashed under a
+//! [`Form`] both sides share — or, across engines, the MD5 of the row's canonical text; a
+//! segment's summary is its row count, the sum of
 //! its row hashes (exact: PostgreSQL sums `bigint` into `numeric`) and how many of its rows
 //! repeat the key of the row before them. Equal count and sum mean equal rows but with a
 //! chance of about 2^-64 per differing segment.
@@ -18,8 +20,9 @@ use super::decode::Kind;
 /// How rows are hashed; both sides of a reconcile use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
-    /// PostgreSQL's seeded hash functions, one per column, XORed: fast, and only between
-    /// PostgreSQL servers whose probe of fixed values agrees.
+    /// PostgreSQL's seeded hash functions, one per compared column, XORed into the seed of
+    /// the key's: fast, and only between PostgreSQL servers whose probe of fixed values
+    /// agrees.
     Typed,
     /// The MD5 of a canonical text of the row, which PostgreSQL and MySQL/MariaDB write
     /// alike: every value is written as text first (slower), across engines.
@@ -281,8 +284,12 @@ impl Summary {
 /// hashes two parts, `SEED + 2i + 1`. Arbitrary, but fixed: both sides must use the same.
 const SEED: i64 = 0x7472_7565_7570; // "trueup"
 
+/// What a wide key's high half XORs into its seed (any constant but 0).
+const KEY_HIGH_HALF: i64 = 0x6869_6768; // "high"
+
 /// What a NULL in column `i` contributes: a constant per column, so NULLs in different
-/// columns differ and a NULL differs from every value but with a chance of 2^-64.
+/// columns differ and a NULL differs from every value but with a chance of 2^-64 (in a
+/// NUMERIC column, what the seed is XORed with, see [`pg_numeric_hash`]).
 fn null_marker(i: usize) -> i64 {
     // splitmix64 of the position: well spread, reproducible.
     let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -291,14 +298,34 @@ fn null_marker(i: usize) -> i64 {
     (z ^ (z >> 31)) as i64
 }
 
-/// A row's typed hash from the XOR of its columns' hashes, mixed once more before it is
-/// summed: XOR and sum are both linear, so without the mix two rows changed alike (a value
-/// swapped between them, a scale shifted by 10^4 — `hash_numeric` XORs in its weight) could
-/// cancel in a segment's sum far more often than 2^-64.
+/// A hash of `xor` (an expression read twice), for a row whose key is NULL and so cannot
+/// mix its columns' XOR: XOR and sum are both linear, so unmixed, two rows changed alike (a
+/// value swapped between them, a scale shifted by 10^4 — `hash_numeric` XORs in its weight)
+/// could cancel in a segment's sum far more often than 2^-64.
 fn typed_row_mix(xor: &str) -> String {
     format!(
         "hashint8extended({xor}, {SEED}) # hashint4extended(({xor} >> 32)::int4, {seed2})",
         seed2 = SEED - 1
+    )
+}
+
+/// A NUMERIC column's hash, seeded by `seed` (an expression written once). `hash_numeric`
+/// XORs the number's weight into its result, so `v` and `v × 10⁴` hash alike but for a few
+/// bits, and two such columns of one row scaled alike would cancel in the row's XOR: a
+/// row's NUMERIC columns are therefore chained, each seeded by the hash of the one before,
+/// so that only the last one's weight reaches the XOR, which the key's hash then mixes.
+fn pg_numeric_hash(quoted: &str, seed: &str, i: usize) -> String {
+    let v = format!("({quoted})::numeric");
+    // `hash_numeric` ignores the sign: it goes into the seed (one comparison per row; a CASE
+    // testing the sign and NaN apart cost two, a sixth of a summary). So does a NULL, hashed
+    // as 0 under the seed XORed with the column's marker (0 hashes as its seed minus one,
+    // so NULL and 0 differ): the seed is not repeated in a fallback, so a chain of them
+    // stays one expression per column.
+    // Every special value hashes as its seed, so NaN and +Infinity (both above 0) hash
+    // alike; a read refuses both (README, "How values compare").
+    format!(
+        "hash_numeric_extended(coalesce({v}, 0), ({seed}) # coalesce(2 * ({v} < 0)::int4, {}))",
+        null_marker(i)
     )
 }
 
@@ -317,15 +344,7 @@ pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> 
             // Hashing the high half on its own as well tells them apart.
             format!("(hashint8extended({v}, {s}) # hashint4extended(({v} >> 32)::int4, {t}))")
         }
-        Form::Numeric => {
-            // `hash_numeric` ignores the sign: it goes into the seed (one comparison per
-            // row; a CASE testing the sign and NaN apart cost two, a sixth of a summary;
-            // `numeric_cmp` a call more than the operator).
-            // Every special value hashes as its seed, so NaN and +Infinity (both above 0)
-            // hash alike; a read refuses both (README, "How values compare").
-            let v = format!("({quoted})::numeric");
-            format!("hash_numeric_extended({v}, {s} + 2 * ({v} < 0)::int4)")
-        }
+        Form::Numeric => return pg_numeric_hash(quoted, &s.to_string(), i),
         // A deterministic collation, so that the hash covers the bytes.
         Form::Text => format!("hashtextextended(({quoted})::text COLLATE \"C\", {s})"),
         // Seconds since 1970 as a double (exact to the microsecond from 1902 to 2106), and
@@ -506,33 +525,38 @@ pub(crate) fn summary_sql(
             .iter()
             .map(|(c, kind, form)| (c, *kind, *form)),
     );
-    // Keys of a range narrower than 2^32 differ in the low half of `key - low`, where
-    // `hashint8extended` alone tells them apart: one hash call for the key instead of two.
-    // Both sides summarise the same range, so they hash each key alike.
-    let narrow_keys = i128::from(high) - i128::from(low) < 1 << 32;
+    // Typed: the inner query gives each row's key `k` and the XOR `x` of its compared
+    // columns' hashes, and the outer one hashes the key seeded by `x`: one non-linear hash
+    // of the whole row, so that rows changed alike do not cancel in a segment's sum (XOR and
+    // sum are both linear). Canonical: the inner query gives the row's hash `h`.
     let hash = match req.hash.flavor {
-        Flavor::Typed => columns
-            .enumerate()
-            .map(|(i, (c, kind, form))| {
+        Flavor::Typed => {
+            let mut xor = Vec::new();
+            let mut numeric: Option<String> = None;
+            for (i, (c, kind, form)) in columns.enumerate().skip(1) {
                 let quoted = format!("trueup_q.{}", quote(c));
-                if i == 0 && narrow_keys {
-                    format!(
-                        "coalesce(hashint8extended(({quoted})::int8 - ({low})::int8, {SEED}), {})",
-                        null_marker(0)
-                    )
+                if form == Form::Numeric {
+                    let seed = numeric
+                        .take()
+                        .unwrap_or_else(|| (SEED + 2 * i as i64).to_string());
+                    numeric = Some(pg_numeric_hash(&quoted, &seed, i));
                 } else {
-                    pg_column_hash(&quoted, kind, form, i)
+                    xor.push(pg_column_hash(&quoted, kind, form, i));
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(" # "),
+            }
+            xor.extend(numeric);
+            if xor.is_empty() {
+                xor.push(format!("{SEED}::int8"));
+            }
+            format!("{key}::int8 AS k, {} AS x", xor.join(" # "))
+        }
         Flavor::Canonical => {
             let parts: Vec<String> = columns
                 .map(|(c, kind, form)| {
                     canonical(engine, &format!("trueup_q.{}", quote(c)), kind, form)
                 })
                 .collect();
-            canonical_row_hash(engine, &parts)
+            format!("{} AS h", canonical_row_hash(engine, &parts))
         }
     };
     let within = if req.null_keys {
@@ -546,10 +570,24 @@ pub(crate) fn summary_sql(
         "0".to_owned()
     };
     let query = &req.query;
-    // The typed hash's last mix reads `h` twice: `OFFSET 0` keeps the planner from pulling
-    // the subquery up and computing the column hashes twice.
+    // Keys of a range narrower than 2^32 differ in the low half of `key - low`, where
+    // `hashint8extended` alone tells them apart (it folds the high half into the low one):
+    // one hash call for the key instead of two. Both sides summarise the same range, so
+    // they hash each key alike. A NULL key's row is the XOR mixed on its own. The outer
+    // query reads `x` more than once: `OFFSET 0` keeps the planner from pulling the
+    // subquery up and computing the column hashes again.
     let summed = match req.hash.flavor {
-        Flavor::Typed => typed_row_mix("h"),
+        Flavor::Typed => {
+            let null_key = typed_row_mix(&format!("(x # {})", null_marker(0)));
+            if i128::from(high) - i128::from(low) < 1 << 32 {
+                format!("coalesce(hashint8extended(k - ({low})::int8, x), {null_key})")
+            } else {
+                // The high half under a seed of its own (see `pg_column_hash`).
+                format!(
+                    "coalesce(hashint8extended(k, x) # hashint4extended((k >> 32)::int4, x # {KEY_HIGH_HALF}), {null_key})"
+                )
+            }
+        }
         Flavor::Canonical => "h".to_owned(),
     };
     // Where no key can repeat, no column of zeros to sum (a tenth of a summary's time).
@@ -565,13 +603,13 @@ pub(crate) fn summary_sql(
     match engine {
         Engine::Postgres => format!(
             "SELECT b::text, count(*)::text, sum({summed})::text, {repeats_sum} FROM (\
-             SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash} AS h{repeats_column} \
+             SELECT ({key}::int8 - ({low})::int8) / {width} AS b, {hash}{repeats_column} \
              FROM (\n{query}\n) AS trueup_q WHERE {within} OFFSET 0) AS trueup_s GROUP BY b"
         ),
         Engine::MySql => format!(
             "SELECT CAST(b AS CHAR), CAST(COUNT(*) AS CHAR), CAST(SUM(h) AS CHAR), {repeats_sum} \
              FROM (\
-             SELECT (CAST({key} AS SIGNED) - ({low})) DIV {width} AS b, {hash} AS h{repeats_column} \
+             SELECT (CAST({key} AS SIGNED) - ({low})) DIV {width} AS b, {hash}{repeats_column} \
              FROM (\n{query}\n) AS trueup_q WHERE {within}) AS trueup_s GROUP BY b"
         ),
     }
@@ -782,9 +820,20 @@ mod tests {
     }
 
     #[test]
-    fn null_markers_differ_per_column() {
+    fn null_markers_differ_per_column_and_move_a_numeric_seed_in_high_and_low_bits() {
         let markers: std::collections::BTreeSet<i64> = (0..100).map(null_marker).collect();
         assert_eq!(markers.len(), 100);
+        // A NUMERIC NULL hashes as 0 (its seed minus one) under `seed ^ marker`; a value
+        // hashes as its seed when special, its seed ^ 2 when -Infinity. A marker with bits
+        // set and clear in both halves is no carry pattern of `seed ± small`, so a NULL
+        // never lands on those seeds.
+        for m in markers {
+            let (high, low) = ((m as u64 >> 32) as u32, m as u32);
+            assert!(
+                high != 0 && high != u32::MAX && low != 0 && low != u32::MAX,
+                "{m:#x}"
+            );
+        }
     }
 
     #[test]

@@ -190,12 +190,12 @@ async fn planted_keys_found_and_fixed_ones_resolved(
 
     let first = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
     assert!(first.error.is_none(), "{:?}", first.error);
-    // Checksummed, the 46 planted keys sit in a few dozen small segments: most rows are
-    // compared where they are, never read.
+    // Checksummed, the 46 planted keys sit in a few dozen segments of about a leaf (256
+    // rows of 100,000): nearly nine rows in ten are compared where they are, never read.
     let compared = first.stats.compared.clone().unwrap();
     if mode != ReconcileMode::Stream {
         assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
-        assert!(compared.rows_streamed < 20_000, "{compared:?}");
+        assert!(compared.rows_streamed < 25_000, "{compared:?}");
     }
     if let Some(n) = segments {
         let split = first.stats.split.clone().expect("a split run");

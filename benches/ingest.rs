@@ -225,6 +225,8 @@ async fn bench(nats_url: &str, pg_server: &str, n: u64) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `trueup` itself does: its peak memory is what this measures.
+    trueup::disable_huge_pages();
     let n: u64 = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -286,6 +286,8 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `trueup` itself does: its peak memory is what this measures.
+    trueup::disable_huge_pages();
     let n: u64 = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -50,3 +50,14 @@ pub mod yaml;
 // caches make that markedly cheaper than glibc malloc (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process. mimalloc advises its arenas for them,
+/// and where the kernel's THP setting is `madvise` (a common default) every touched 2 MiB of
+/// an arena then becomes resident whole: a checksummed reconcile of 10M rows a side peaked
+/// at ~100 MiB with them and ~60 MiB without, in the same time (BENCHMARKS.md). Called
+/// first thing in `main`, and by the benchmarks, which measure the same process. A kernel
+/// that refuses leaves them on: more memory, nothing else.
+pub fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}

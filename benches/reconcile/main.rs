@@ -416,6 +416,8 @@ fn print_table(n: u64, rows: &[Measured]) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `trueup` itself does: its peak memory is what this measures.
+    trueup::disable_huge_pages();
     let sizes: Vec<u64> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

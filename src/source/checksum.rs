@@ -284,29 +284,29 @@ impl Summary {
 /// hashes two parts, `SEED + 2i + 1`. Arbitrary, but fixed: both sides must use the same.
 const SEED: i64 = 0x7472_7565_7570; // "trueup"
 
-/// What a wide key's high half XORs into its seed (any constant but 0).
+/// What a wide key's high half XORs into its seed: above 2^16, so that no change of a
+/// NUMERIC's weight (XORed into `x` by the last NUMERIC column) can make it; otherwise a
+/// row's key halves and `x` could trade places with another's.
 const KEY_HIGH_HALF: i64 = 0x6869_6768; // "high"
 
 /// What a NULL in column `i` contributes: a constant per column, so NULLs in different
 /// columns differ and a NULL differs from every value but with a chance of 2^-64 (in a
 /// NUMERIC column, what the seed is XORed with, see [`pg_numeric_hash`]).
 fn null_marker(i: usize) -> i64 {
-    // splitmix64 of the position: well spread, reproducible.
-    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    marker(i as u64)
+}
+
+/// What a negative value of NUMERIC column `i` XORs into its seed (see [`pg_numeric_hash`]).
+fn sign_marker(i: usize) -> i64 {
+    marker(i as u64 | 1 << 32)
+}
+
+fn marker(i: u64) -> i64 {
+    // splitmix64: well spread, reproducible.
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) as i64
-}
-
-/// A hash of `xor` (an expression read twice), for a row whose key is NULL and so cannot
-/// mix its columns' XOR: XOR and sum are both linear, so unmixed, two rows changed alike (a
-/// value swapped between them, a scale shifted by 10^4 — `hash_numeric` XORs in its weight)
-/// could cancel in a segment's sum far more often than 2^-64.
-fn typed_row_mix(xor: &str) -> String {
-    format!(
-        "hashint8extended({xor}, {SEED}) # hashint4extended(({xor} >> 32)::int4, {seed2})",
-        seed2 = SEED - 1
-    )
 }
 
 /// A NUMERIC column's hash, seeded by `seed` (an expression written once). `hash_numeric`
@@ -320,11 +320,15 @@ fn pg_numeric_hash(quoted: &str, seed: &str, i: usize) -> String {
     // testing the sign and NaN apart cost two, a sixth of a summary). So does a NULL, hashed
     // as 0 under the seed XORed with the column's marker (0 hashes as its seed minus one,
     // so NULL and 0 differ): the seed is not repeated in a fallback, so a chain of them
-    // stays one expression per column.
-    // Every special value hashes as its seed, so NaN and +Infinity (both above 0) hash
-    // alike; a read refuses both (README, "How values compare").
+    // stays one expression per column. Both markers have bits set in the high half, which
+    // the weight XORed into the column before (an int16, sign-extended) never reaches: a
+    // sign flip here cannot undo a change of weight there (`(5, -7)` and `(5e8, 7)`).
+    // Every special value hashes as its seed, so NaN and ±Infinity leave the chain as it
+    // was (NaN and +Infinity alike): a read refuses all three (README, "How values
+    // compare"), so no checksum hides what a stream would report.
     format!(
-        "hash_numeric_extended(coalesce({v}, 0), ({seed}) # coalesce(2 * ({v} < 0)::int4, {}))",
+        "hash_numeric_extended(coalesce({v}, 0), ({seed}) # coalesce(({v} < 0)::int4::int8 * {}, {}))",
+        sign_marker(i),
         null_marker(i)
     )
 }
@@ -573,12 +577,13 @@ pub(crate) fn summary_sql(
     // Keys of a range narrower than 2^32 differ in the low half of `key - low`, where
     // `hashint8extended` alone tells them apart (it folds the high half into the low one):
     // one hash call for the key instead of two. Both sides summarise the same range, so
-    // they hash each key alike. A NULL key's row is the XOR mixed on its own. The outer
-    // query reads `x` more than once: `OFFSET 0` keeps the planner from pulling the
+    // they hash each key alike. The outer query reads `x` more than once: `OFFSET 0` keeps the planner from pulling the
     // subquery up and computing the column hashes again.
     let summed = match req.hash.flavor {
         Flavor::Typed => {
-            let null_key = typed_row_mix(&format!("(x # {})", null_marker(0)));
+            // A NULL key's rows are only counted (`Summary::null_keys`), so their hash is
+            // any constant.
+            let null_key = 0;
             if i128::from(high) - i128::from(low) < 1 << 32 {
                 format!("coalesce(hashint8extended(k - ({low})::int8, x), {null_key})")
             } else {
@@ -820,19 +825,29 @@ mod tests {
     }
 
     #[test]
-    fn null_markers_differ_per_column_and_move_a_numeric_seed_in_high_and_low_bits() {
-        let markers: std::collections::BTreeSet<i64> = (0..100).map(null_marker).collect();
-        assert_eq!(markers.len(), 100);
-        // A NUMERIC NULL hashes as 0 (its seed minus one) under `seed ^ marker`; a value
-        // hashes as its seed when special, its seed ^ 2 when -Infinity. A marker with bits
-        // set and clear in both halves is no carry pattern of `seed ± small`, so a NULL
-        // never lands on those seeds.
-        for m in markers {
+    fn null_and_sign_markers_differ_per_column_and_move_a_numeric_seed_in_both_halves() {
+        let nulls: std::collections::BTreeSet<i64> = (0..100).map(null_marker).collect();
+        let signs: std::collections::BTreeSet<i64> = (0..100).map(sign_marker).collect();
+        assert_eq!(nulls.len(), 100);
+        assert_eq!(signs.len(), 100);
+        assert!(nulls.is_disjoint(&signs));
+        // A NUMERIC's seed is XORed with one of these (NULL, negative), or with the weight
+        // of the NUMERIC before it (an int16, sign-extended), and a NULL hashes as 0 (its
+        // seed minus one), a special value as its seed. Bits set and clear in both halves:
+        // no weight change and no carry pattern of `seed ± small` is any of them, or the
+        // XOR of a NULL and a sign marker.
+        let both_halves = |m: i64| {
             let (high, low) = ((m as u64 >> 32) as u32, m as u32);
-            assert!(
-                high != 0 && high != u32::MAX && low != 0 && low != u32::MAX,
-                "{m:#x}"
-            );
+            high != 0 && high != u32::MAX && low != 0 && low != u32::MAX
+        };
+        for i in 0..100 {
+            for m in [
+                null_marker(i),
+                sign_marker(i),
+                null_marker(i) ^ sign_marker(i),
+            ] {
+                assert!(both_halves(m), "column {i}: {m:#x}");
+            }
         }
     }
 

@@ -456,8 +456,10 @@ async fn a_key_repeated_on_both_sides_is_found_unless_a_unique_index_covers_ever
 
 /// PostgreSQL's numeric hash XORs in the number's weight, so `v` and `v × 10⁴` hash nearly
 /// alike: without a non-linear mix after it, many such rows in a segment cancel in its
-/// sum, and two such columns of one row cancel each other in the row's hash. A column
-/// shifted by 10⁴ on every row, or two columns shifted alike, are found on every row.
+/// sum, and two such columns of one row cancel each other in the row's hash, as could a
+/// weight change (× 10⁸) and a sign flip in the next column. A column shifted by 10⁴ on
+/// every row, two columns shifted alike, or one shifted by 10⁸ beside a sign flipped, are
+/// found on every row.
 #[tokio::test]
 async fn numeric_columns_off_by_ten_thousand_on_every_row_are_found_on_every_row() {
     let pg = TestPg::new().await;
@@ -465,21 +467,34 @@ async fn numeric_columns_off_by_ten_thousand_on_every_row_are_found_on_every_row
         "CREATE TABLE l (id bigint PRIMARY KEY, amount numeric(20,2), fee numeric(20,3));
          INSERT INTO l SELECT i, (i % 997) + 0.25, (i % 997) + 0.5 FROM generate_series(1, 20000) AS i;
          CREATE TABLE r AS SELECT id, amount * 10000 AS amount, fee * 10000 AS fee FROM l;
-         CREATE UNIQUE INDEX ON r (id);",
+         CREATE UNIQUE INDEX ON r (id);
+         CREATE TABLE ls AS SELECT id, ((id % 7) + 1)::numeric AS amount, (-((id % 5) + 1))::numeric AS fee FROM l;
+         CREATE UNIQUE INDEX ON ls (id);
+         CREATE TABLE rs AS SELECT id, amount * 100000000 AS amount, -fee AS fee FROM ls;
+         CREATE UNIQUE INDEX ON rs (id);",
     )
     .await;
     let srcs = sources(&[("pg", &pg.reader_url)]).await;
-    for columns in ["id, amount", "id, amount, fee"] {
+    for (columns, left, right) in [
+        ("id, amount", "l", "r"),
+        ("id, amount, fee", "l", "r"),
+        ("id, amount, fee", "ls", "rs"),
+    ] {
         let (found, stats) = evaluate(
             &invariant(
-                &format!("SELECT {columns} FROM l"),
-                &format!("SELECT {columns} FROM r"),
+                &format!("SELECT {columns} FROM {left}"),
+                &format!("SELECT {columns} FROM {right}"),
                 ReconcileMode::Checksum,
             ),
             &srcs,
         )
         .await;
-        assert_eq!(found.len(), 20_000, "{columns}: {:?}", stats.compared);
+        assert_eq!(
+            found.len(),
+            20_000,
+            "{columns} of {left}: {:?}",
+            stats.compared
+        );
         assert!(
             found
                 .iter()

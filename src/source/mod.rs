@@ -558,19 +558,23 @@ impl Source {
         setting: Option<String>,
         sql: String,
         buckets: u64,
+        ordered: Option<summarize::Chunks>,
     ) -> Result<Result<Summary, String>, SourceError> {
         match &self.pool {
             Pool::Postgres(p) => {
-                summarize::fold_summary(&self.pg_dialect(), self, p, setting, sql, buckets).await
+                let dialect = self.pg_dialect();
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
             }
             Pool::MySql(p) => {
-                summarize::fold_summary(&mysql::Dialect, self, p, setting, sql, buckets).await
+                let dialect = mysql::Dialect;
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
             }
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))
             }
             Pool::Sqlite(p) => {
-                summarize::fold_summary(&sqlite::Dialect, self, p, setting, sql, buckets).await
+                let dialect = sqlite::Dialect;
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
             }
         }
     }
@@ -645,14 +649,39 @@ impl Source {
 
     /// Segment summaries of `req`, computed by the database.
     pub async fn summarize(&self, req: &SummaryRequest) -> Result<Summary, SourceError> {
+        self.summarize_to(req, None).await
+    }
+
+    /// Segment summaries of `req` sent to `to` in bucket order, a chunk at a time, so that
+    /// they can be compared as they arrive without holding them; gives the NULL keys.
+    pub async fn summarize_ordered(
+        &self,
+        req: &SummaryRequest,
+        to: summarize::Chunks,
+    ) -> Result<u64, SourceError> {
+        Ok(self.summarize_to(req, Some(to)).await?.null_keys)
+    }
+
+    async fn summarize_to(
+        &self,
+        req: &SummaryRequest,
+        ordered: Option<summarize::Chunks>,
+    ) -> Result<Summary, SourceError> {
         self.vet().await?;
         fail::fail_point!("source.summarize", |_| Err(SourceError::Query {
             source_name: self.name.clone(),
             message: "connection reset (injected by the fail point source.summarize)".into(),
         }));
         match &self.pool {
-            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req).await,
-            Pool::Sqlite(_) => summarize::in_process(self, req).await,
+            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req, ordered).await,
+            Pool::Sqlite(_) => {
+                // Computed here in key order, so in bucket order already.
+                let mut summary = summarize::in_process(self, req).await?;
+                if let Some(to) = ordered {
+                    summarize::send_ordered(&mut summary, &to).await;
+                }
+                Ok(summary)
+            }
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))
             }

@@ -176,18 +176,25 @@ pub(super) async fn key_bounds(
     Ok(parse(&row[0])?.zip(parse(&row[1])?))
 }
 
-/// Summarises `req`'s segments in the database.
+/// Summarises `req`'s segments in the database: all at once, or, given `ordered`, sent
+/// there in bucket order a chunk at a time (the returned summary then holds only the NULL
+/// keys).
 pub(super) async fn summarize(
     source: &Source,
     req: &SummaryRequest,
+    ordered: Option<Chunks>,
 ) -> Result<Summary, SourceError> {
     let engine = source
         .checksum_engine()
         .ok_or_else(|| unsupported(source))?;
-    let sql = super::checksum::summary_sql(engine, req, |c| source.quote(c));
+    let mut sql = super::checksum::summary_sql(engine, req, |c| source.quote(c));
+    if ordered.is_some() {
+        // Qualified: a bare `b` would name the output column, `b` as text ("10" < "2").
+        sql.push_str(" ORDER BY trueup_s.b");
+    }
     let setting = super::checksum::summary_memory(engine, req);
     source
-        .fold_summary(setting, sql, req.buckets)
+        .fold_summary(setting, sql, req.buckets, ordered)
         .await?
         .map_err(|message| SourceError::Query {
             source_name: source.name.clone(),
@@ -195,10 +202,30 @@ pub(super) async fn summarize(
         })
 }
 
+/// Where an ordered summary goes: its buckets in bucket order, a chunk at a time.
+pub type Chunks = tokio::sync::mpsc::Sender<Vec<(u64, super::checksum::SegmentSummary)>>;
+
+/// Buckets to a chunk of an ordered summary.
+const CHUNK: usize = 4096;
+
+/// Sends `summary`'s buckets (in bucket order) to `to`, a chunk at a time; `false` when no
+/// one reads them any more.
+pub(super) async fn send_ordered(summary: &mut Summary, to: &Chunks) -> bool {
+    for chunk in summary.buckets.chunks(CHUNK) {
+        if to.send(chunk.to_vec()).await.is_err() {
+            return false;
+        }
+    }
+    summary.buckets = Vec::new();
+    true
+}
+
 /// Runs a summary statement, after `setting` (a statement changing a setting for this
 /// transaction only) if any, and folds its rows into a
 /// [`Summary`] as they arrive: none is kept as text, since a fine split's summary has a row
-/// for every 16 rows of the table. `Ok(Err(why))`: a row that is no summary's.
+/// for every 16 rows of the table. Given `ordered` (the statement orders its rows by
+/// bucket), the buckets go there a chunk at a time instead, and only the NULL keys stay.
+/// `Ok(Err(why))`: a row that is no summary's.
 pub(super) async fn fold_summary<D>(
     dialect: &D,
     source: &Source,
@@ -206,6 +233,7 @@ pub(super) async fn fold_summary<D>(
     setting: Option<String>,
     sql: String,
     buckets: u64,
+    ordered: Option<Chunks>,
 ) -> Result<Result<Summary, String>, SourceError>
 where
     D: Dialect,
@@ -225,19 +253,44 @@ where
             let mut rows = sqlx::query::<D::DB>(&sql).fetch(&mut *c);
             // At most a row per bucket: reserved at once, not doubled on the way (a fine
             // split's million buckets would hold up to twice their 40 MB).
+            let reserve = match ordered {
+                Some(_) => CHUNK as u64,
+                None => buckets.min(1 << 22),
+            };
             let mut summary = Summary {
-                buckets: Vec::with_capacity(usize::try_from(buckets.min(1 << 22)).unwrap_or(0)),
+                buckets: Vec::with_capacity(usize::try_from(reserve).unwrap_or(0)),
                 null_keys: 0,
             };
+            let mut last = None;
             while let Some(row) = rows.try_next().await? {
                 let cell = |i: usize| row.try_get::<Option<&str>, _>(i);
                 let cells = [cell(0)?, cell(1)?, cell(2)?, cell(3)?];
+                let held = summary.buckets.len();
                 if let Err(why) = fold_row(&mut summary, cells, buckets) {
                     return Ok(Err(why));
                 }
+                let Some(to) = &ordered else { continue };
+                // A row of a bucket (not the NULL keys'): after the one before.
+                if summary.buckets.len() > held
+                    && let Some(&(b, _)) = summary.buckets.last()
+                {
+                    if last.is_some_and(|l| b <= l) {
+                        return Ok(Err("its buckets are out of order".to_owned()));
+                    }
+                    last = Some(b);
+                }
+                if summary.buckets.len() >= CHUNK && !send_ordered(&mut summary, to).await {
+                    // No one compares any more (the other side failed): the run is over.
+                    return Ok(Ok(summary));
+                }
             }
-            // A hash aggregate returns its groups in no order.
-            summary.buckets.sort_unstable_by_key(|(b, _)| *b);
+            match &ordered {
+                Some(to) => {
+                    send_ordered(&mut summary, to).await;
+                }
+                // A hash aggregate returns its groups in no order.
+                None => summary.buckets.sort_unstable_by_key(|(b, _)| *b),
+            }
             Ok(Ok(summary))
         })
     })

@@ -332,13 +332,13 @@ impl Sides<'_> {
         let mut differing = Vec::new();
         let (mut rows_left, mut rows_right, mut null_keys) = (0, 0, 0);
         for (i, (low, high)) in halves(low, high).into_iter().enumerate() {
-            let (l, r) = self
-                .summarize(low, high, first, i == 0 && self.count_null_keys)
+            let pass = self
+                .compare_ordered(low, high, first, i == 0 && self.count_null_keys)
                 .await?;
-            null_keys += l.null_keys + r.null_keys;
-            rows_left += l.null_keys + l.rows();
-            rows_right += r.null_keys + r.rows();
-            differing.extend(differing_segments(low, high, first, &l, &r));
+            null_keys += pass.null_left + pass.null_right;
+            rows_left += pass.null_left + pass.rows_left;
+            rows_right += pass.null_right + pass.rows_right;
+            differing.extend(pass.differing);
         }
 
         // Split what differs until it is small enough to read.
@@ -365,14 +365,41 @@ impl Sides<'_> {
         }))
     }
 
-    /// Summarises `[low, high]` on both sides at once, in `buckets` segments.
-    async fn summarize(
+    /// Summarises `[low, high]` on both sides at once in `buckets` segments, and compares
+    /// the two summaries as they arrive in bucket order, holding only the differing
+    /// segments: held whole, a fine split's 2^18 buckets a side took 20 MB (peak RSS 67 MiB
+    /// at 10M rows, against 40 MiB at 1M).
+    async fn compare_ordered(
         &mut self,
         low: i64,
         high: i64,
         buckets: u64,
         null_keys: bool,
-    ) -> Result<(Summary, Summary), EngineError> {
+    ) -> Result<Pass, EngineError> {
+        let (lq, rq) = self.requests(low, high, buckets, null_keys);
+        let (left, right) = (self.left, self.right);
+        // A chunk or two in flight a side: the faster side waits for the slower one.
+        let (ltx, lrx) = tokio::sync::mpsc::channel(2);
+        let (rtx, rrx) = tokio::sync::mpsc::channel(2);
+        let walk = async { Ok::<_, EngineError>(walk_ordered(lrx, rrx, low, high, buckets).await) };
+        let (null_left, null_right, mut pass) = tokio::try_join!(
+            async { Ok::<_, EngineError>(left.summarize_ordered(&lq, ltx).await?) },
+            async { Ok::<_, EngineError>(right.summarize_ordered(&rq, rtx).await?) },
+            walk
+        )?;
+        self.segments += pass.segments;
+        (pass.null_left, pass.null_right) = (null_left, null_right);
+        Ok(pass)
+    }
+
+    /// What `[low, high]` in `buckets` segments asks each side.
+    fn requests(
+        &self,
+        low: i64,
+        high: i64,
+        buckets: u64,
+        null_keys: bool,
+    ) -> (SummaryRequest, SummaryRequest) {
         let request = |query: &str, hash: &RowHash, key_may_repeat: bool| SummaryRequest {
             query: query.to_owned(),
             hash: hash.clone(),
@@ -385,10 +412,21 @@ impl Sides<'_> {
             null_keys,
             key_may_repeat,
         };
-        let (lq, rq) = (
+        (
             request(self.left_sql, &self.left_hash, self.left_may_repeat),
             request(self.right_sql, &self.right_hash, self.right_may_repeat),
-        );
+        )
+    }
+
+    /// Summarises `[low, high]` on both sides at once, in `buckets` segments.
+    async fn summarize(
+        &mut self,
+        low: i64,
+        high: i64,
+        buckets: u64,
+        null_keys: bool,
+    ) -> Result<(Summary, Summary), EngineError> {
+        let (lq, rq) = self.requests(low, high, buckets, null_keys);
         let (l, r) = tokio::try_join!(self.left.summarize(&lq), self.right.summarize(&rq))?;
         self.segments += pairs(&l, &r).count() as u64;
         Ok((l, r))
@@ -417,6 +455,90 @@ impl Sides<'_> {
             sampled.differing += differing;
         }
         Ok(sampled)
+    }
+}
+
+/// What one ordered comparison of a range found: its differing segments, the rows of each
+/// side in its buckets and with a NULL key, and the buckets either side holds.
+#[derive(Debug, Default)]
+struct Pass {
+    differing: Vec<Segment>,
+    rows_left: u64,
+    rows_right: u64,
+    null_left: u64,
+    null_right: u64,
+    segments: u64,
+}
+
+/// Both sides' summaries of `[low, high]` in `buckets` segments, as they arrive in bucket
+/// order: every bucket either side holds, compared once.
+async fn walk_ordered(
+    left: tokio::sync::mpsc::Receiver<Vec<(u64, SegmentSummary)>>,
+    right: tokio::sync::mpsc::Receiver<Vec<(u64, SegmentSummary)>>,
+    low: i64,
+    high: i64,
+    buckets: u64,
+) -> Pass {
+    let (mut l, mut r) = (Ordered::new(left).await, Ordered::new(right).await);
+    let mut pass = Pass::default();
+    let empty = SegmentSummary::default();
+    loop {
+        let (b, ls, rs) = match (l.head, r.head) {
+            (None, None) => break,
+            (Some((lb, _)), Some((rb, _))) if lb == rb => (lb, l.take().await, r.take().await),
+            (Some((lb, _)), Some((rb, _))) if lb > rb => (rb, empty, r.take().await),
+            (Some((lb, _)), _) => (lb, l.take().await, empty),
+            (None, Some((rb, _))) => (rb, empty, r.take().await),
+        };
+        pass.segments += 1;
+        pass.rows_left += ls.rows;
+        pass.rows_right += rs.rows;
+        if differs(&ls, &rs) {
+            let (low, high) = bucket_range(low, high, buckets, b);
+            pass.differing.push(Segment {
+                low,
+                high,
+                left_rows: ls.rows,
+                right_rows: rs.rows,
+            });
+        }
+    }
+    pass
+}
+
+/// One side's ordered summary as it arrives, a bucket at a time.
+struct Ordered {
+    from: tokio::sync::mpsc::Receiver<Vec<(u64, SegmentSummary)>>,
+    chunk: std::vec::IntoIter<(u64, SegmentSummary)>,
+    /// The next bucket, `None` once the side has sent them all.
+    head: Option<(u64, SegmentSummary)>,
+}
+
+impl Ordered {
+    async fn new(from: tokio::sync::mpsc::Receiver<Vec<(u64, SegmentSummary)>>) -> Self {
+        let mut side = Ordered {
+            from,
+            chunk: Vec::new().into_iter(),
+            head: None,
+        };
+        side.head = side.next().await;
+        side
+    }
+
+    async fn next(&mut self) -> Option<(u64, SegmentSummary)> {
+        loop {
+            if let Some(bucket) = self.chunk.next() {
+                return Some(bucket);
+            }
+            self.chunk = self.from.recv().await?.into_iter();
+        }
+    }
+
+    /// The head's summary, moving on to the next bucket.
+    async fn take(&mut self) -> SegmentSummary {
+        let summary = self.head.map(|(_, s)| s).unwrap_or_default();
+        self.head = self.next().await;
+        summary
     }
 }
 
@@ -761,6 +883,75 @@ mod tests {
             first_split(&sampled(8, 80), 1 << 40, true),
             FirstSplit::Stream(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn ordered_summaries_are_compared_as_they_arrive_in_chunks_of_any_size() {
+        let seg = |rows: u64, sum: i128| SegmentSummary {
+            rows,
+            sum: sum.into(),
+            repeats: 0,
+        };
+        let (ltx, lrx) = tokio::sync::mpsc::channel(1);
+        let (rtx, rrx) = tokio::sync::mpsc::channel(1);
+        // 10 buckets of 10 keys over [1, 100]: bucket 2 on the left only, 5 on the right
+        // only, 7 with another sum, 9 repeating a key on both sides; chunks cut anywhere.
+        let left = vec![
+            vec![(0, seg(10, 1)), (1, seg(10, 2))],
+            vec![(2, seg(3, 3)), (3, seg(10, 4)), (7, seg(10, 7))],
+            vec![(
+                9,
+                SegmentSummary {
+                    repeats: 1,
+                    ..seg(11, 9)
+                },
+            )],
+        ];
+        let right = vec![
+            vec![(0, seg(10, 1))],
+            vec![
+                (1, seg(10, 2)),
+                (3, seg(10, 4)),
+                (5, seg(2, 5)),
+                (7, seg(10, -7)),
+            ],
+            vec![],
+            vec![(
+                9,
+                SegmentSummary {
+                    repeats: 1,
+                    ..seg(11, 9)
+                },
+            )],
+        ];
+        let send = |tx: tokio::sync::mpsc::Sender<_>, chunks: Vec<Vec<_>>| async move {
+            for chunk in chunks {
+                tx.send(chunk).await.expect("the walk reads every chunk");
+            }
+        };
+        let (pass, (), ()) = tokio::join!(
+            walk_ordered(lrx, rrx, 1, 100, 10),
+            send(ltx, left),
+            send(rtx, right)
+        );
+        let differing: Vec<(i64, i64, u64, u64)> = pass
+            .differing
+            .iter()
+            .map(|s| (s.low, s.high, s.left_rows, s.right_rows))
+            .collect();
+        assert_eq!(
+            differing,
+            vec![
+                (21, 30, 3, 0),
+                (51, 60, 0, 2),
+                (71, 80, 10, 10),
+                (91, 100, 11, 11)
+            ]
+        );
+        assert_eq!(
+            (pass.rows_left, pass.rows_right, pass.segments),
+            (54, 53, 7)
+        );
     }
 
     #[test]

@@ -168,6 +168,21 @@ impl Drop for TestMysql {
         let name = self.name.clone();
         drop_on_thread::<_, sqlx::Error>(format!("the test database {name}"), async move {
             let mut admin = sqlx::MySqlConnection::connect(&mysql_server()).await?;
+            // As PostgreSQL's `WITH (FORCE)`: a connection the test left in a transaction
+            // (its runtime waits for this drop) would hold a metadata lock, and the drop
+            // would wait for it for ever.
+            let left: Vec<u64> = sqlx::query_scalar(
+                "SELECT id FROM information_schema.processlist \
+                 WHERE (db = ? OR user = ?) AND id <> CONNECTION_ID()",
+            )
+            .bind(&name)
+            .bind(format!("{name}_r"))
+            .fetch_all(&mut admin)
+            .await?;
+            for id in left {
+                // One that ended meanwhile is no longer there to kill.
+                let _ = admin.execute(format!("KILL {id}").as_str()).await;
+            }
             admin
                 .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
                 .await?;

@@ -257,27 +257,12 @@ impl HashSum {
     }
 }
 
-/// A side's summary of a request: per non-empty bucket (from 0), in bucket order, and the
-/// rows with a NULL key when asked for.
+/// A side's summary of a request as SQLite sides compute it in process: per non-empty bucket
+/// (from 0), in bucket order, and the rows with a NULL key when asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub buckets: Vec<(u64, SegmentSummary)>,
     pub null_keys: u64,
-}
-
-impl Summary {
-    /// Bucket `b`'s summary, if it holds a row.
-    pub fn get(&self, b: u64) -> Option<&SegmentSummary> {
-        self.buckets
-            .binary_search_by_key(&b, |(bucket, _)| *bucket)
-            .ok()
-            .map(|i| &self.buckets[i].1)
-    }
-
-    /// Rows in its buckets (NULL keys not included).
-    pub fn rows(&self) -> u64 {
-        self.buckets.iter().map(|(_, s)| s.rows).sum()
-    }
 }
 
 /// Seeds: the hash of column `i` (0 = key) is seeded with `SEED + 2i` and, where a form

@@ -558,23 +558,23 @@ impl Source {
         setting: Option<String>,
         sql: String,
         buckets: u64,
-        ordered: Option<summarize::Chunks>,
-    ) -> Result<Result<Summary, String>, SourceError> {
+        to: summarize::Chunks,
+    ) -> Result<Result<u64, String>, SourceError> {
         match &self.pool {
             Pool::Postgres(p) => {
                 let dialect = self.pg_dialect();
-                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, to).await
             }
             Pool::MySql(p) => {
                 let dialect = mysql::Dialect;
-                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, to).await
             }
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))
             }
             Pool::Sqlite(p) => {
                 let dialect = sqlite::Dialect;
-                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, ordered).await
+                summarize::fold_summary(&dialect, self, p, setting, sql, buckets, to).await
             }
         }
     }
@@ -647,11 +647,6 @@ impl Source {
         summarize::key_bounds(self, query, key).await
     }
 
-    /// Segment summaries of `req`, computed by the database.
-    pub async fn summarize(&self, req: &SummaryRequest) -> Result<Summary, SourceError> {
-        self.summarize_to(req, None).await
-    }
-
     /// Segment summaries of `req` sent to `to` in bucket order, a chunk at a time, so that
     /// they can be compared as they arrive without holding them; gives the NULL keys.
     pub async fn summarize_ordered(
@@ -659,28 +654,18 @@ impl Source {
         req: &SummaryRequest,
         to: summarize::Chunks,
     ) -> Result<u64, SourceError> {
-        Ok(self.summarize_to(req, Some(to)).await?.null_keys)
-    }
-
-    async fn summarize_to(
-        &self,
-        req: &SummaryRequest,
-        ordered: Option<summarize::Chunks>,
-    ) -> Result<Summary, SourceError> {
         self.vet().await?;
         fail::fail_point!("source.summarize", |_| Err(SourceError::Query {
             source_name: self.name.clone(),
             message: "connection reset (injected by the fail point source.summarize)".into(),
         }));
         match &self.pool {
-            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req, ordered).await,
+            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req, to).await,
             Pool::Sqlite(_) => {
                 // Computed here in key order, so in bucket order already.
-                let mut summary = summarize::in_process(self, req).await?;
-                if let Some(to) = ordered {
-                    summarize::send_ordered(&mut summary, &to).await;
-                }
-                Ok(summary)
+                let summary = summarize::in_process(self, req).await?;
+                summarize::send_ordered(&summary.buckets, &to).await;
+                Ok(summary.null_keys)
             }
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))

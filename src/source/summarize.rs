@@ -5,7 +5,7 @@
 
 use sqlx::{Column, Database, Executor, Statement, TypeInfo};
 
-use super::checksum::{Described, Engine, Flavor, Summary, SummaryRequest};
+use super::checksum::{Described, Engine, Flavor, SegmentSummary, Summary, SummaryRequest};
 use super::sql::Dialect;
 use super::{KeyRanges, Leased, ReadRequest, Source, SourceError};
 use crate::domain::Read;
@@ -176,25 +176,22 @@ pub(super) async fn key_bounds(
     Ok(parse(&row[0])?.zip(parse(&row[1])?))
 }
 
-/// Summarises `req`'s segments in the database: all at once, or, given `ordered`, sent
-/// there in bucket order a chunk at a time (the returned summary then holds only the NULL
-/// keys).
+/// Summarises `req`'s segments in the database, sent to `to` in bucket order a chunk at a
+/// time; gives the rows with a NULL key.
 pub(super) async fn summarize(
     source: &Source,
     req: &SummaryRequest,
-    ordered: Option<Chunks>,
-) -> Result<Summary, SourceError> {
+    to: Chunks,
+) -> Result<u64, SourceError> {
     let engine = source
         .checksum_engine()
         .ok_or_else(|| unsupported(source))?;
     let mut sql = super::checksum::summary_sql(engine, req, |c| source.quote(c));
-    if ordered.is_some() {
-        // Qualified: a bare `b` would name the output column, `b` as text ("10" < "2").
-        sql.push_str(" ORDER BY trueup_s.b");
-    }
+    // Qualified: a bare `b` would name the output column, `b` as text ("10" < "2").
+    sql.push_str(" ORDER BY trueup_s.b");
     let setting = super::checksum::summary_memory(engine, req);
     source
-        .fold_summary(setting, sql, req.buckets, ordered)
+        .fold_summary(setting, sql, req.buckets, to)
         .await?
         .map_err(|message| SourceError::Query {
             source_name: source.name.clone(),
@@ -203,29 +200,27 @@ pub(super) async fn summarize(
 }
 
 /// Where an ordered summary goes: its buckets in bucket order, a chunk at a time.
-pub type Chunks = tokio::sync::mpsc::Sender<Vec<(u64, super::checksum::SegmentSummary)>>;
+pub type Chunks = tokio::sync::mpsc::Sender<Vec<(u64, SegmentSummary)>>;
 
 /// Buckets to a chunk of an ordered summary.
 const CHUNK: usize = 4096;
 
-/// Sends `summary`'s buckets (in bucket order) to `to`, a chunk at a time; `false` when no
-/// one reads them any more.
-pub(super) async fn send_ordered(summary: &mut Summary, to: &Chunks) -> bool {
-    for chunk in summary.buckets.chunks(CHUNK) {
+/// Sends `buckets` (in bucket order) to `to`, a chunk at a time; `false` when no one reads
+/// them any more.
+pub(super) async fn send_ordered(buckets: &[(u64, SegmentSummary)], to: &Chunks) -> bool {
+    for chunk in buckets.chunks(CHUNK) {
         if to.send(chunk.to_vec()).await.is_err() {
             return false;
         }
     }
-    summary.buckets = Vec::new();
     true
 }
 
-/// Runs a summary statement, after `setting` (a statement changing a setting for this
-/// transaction only) if any, and folds its rows into a
-/// [`Summary`] as they arrive: none is kept as text, since a fine split's summary has a row
-/// for every 16 rows of the table. Given `ordered` (the statement orders its rows by
-/// bucket), the buckets go there a chunk at a time instead, and only the NULL keys stay.
-/// `Ok(Err(why))`: a row that is no summary's.
+/// Runs a summary statement ordered by bucket, after `setting` (a statement changing a
+/// setting for this transaction only) if any, and sends its buckets to `to` a chunk at a
+/// time as they arrive: none is kept as text or held, since a fine split's summary has a
+/// row for every 16 rows of the table. Gives the rows with a NULL key; `Ok(Err(why))`: a
+/// row that is no summary's, or buckets out of order.
 pub(super) async fn fold_summary<D>(
     dialect: &D,
     source: &Source,
@@ -233,8 +228,8 @@ pub(super) async fn fold_summary<D>(
     setting: Option<String>,
     sql: String,
     buckets: u64,
-    ordered: Option<Chunks>,
-) -> Result<Result<Summary, String>, SourceError>
+    to: Chunks,
+) -> Result<Result<u64, String>, SourceError>
 where
     D: Dialect,
     for<'c> &'c mut <D::DB as Database>::Connection: Executor<'c, Database = D::DB>,
@@ -251,14 +246,8 @@ where
                 (&mut *c).execute(setting.as_str()).await?;
             }
             let mut rows = sqlx::query::<D::DB>(&sql).fetch(&mut *c);
-            // At most a row per bucket: reserved at once, not doubled on the way (a fine
-            // split's million buckets would hold up to twice their 40 MB).
-            let reserve = match ordered {
-                Some(_) => CHUNK as u64,
-                None => buckets.min(1 << 22),
-            };
             let mut summary = Summary {
-                buckets: Vec::with_capacity(usize::try_from(reserve).unwrap_or(0)),
+                buckets: Vec::with_capacity(CHUNK),
                 null_keys: 0,
             };
             let mut last = None;
@@ -269,7 +258,6 @@ where
                 if let Err(why) = fold_row(&mut summary, cells, buckets) {
                     return Ok(Err(why));
                 }
-                let Some(to) = &ordered else { continue };
                 // A row of a bucket (not the NULL keys'): after the one before.
                 if summary.buckets.len() > held
                     && let Some(&(b, _)) = summary.buckets.last()
@@ -279,19 +267,16 @@ where
                     }
                     last = Some(b);
                 }
-                if summary.buckets.len() >= CHUNK && !send_ordered(&mut summary, to).await {
-                    // No one compares any more (the other side failed): the run is over.
-                    return Ok(Ok(summary));
+                if summary.buckets.len() >= CHUNK {
+                    if !send_ordered(&summary.buckets, &to).await {
+                        // No one compares any more (the other side failed): the run is over.
+                        return Ok(Ok(summary.null_keys));
+                    }
+                    summary.buckets.clear();
                 }
             }
-            match &ordered {
-                Some(to) => {
-                    send_ordered(&mut summary, to).await;
-                }
-                // A hash aggregate returns its groups in no order.
-                None => summary.buckets.sort_unstable_by_key(|(b, _)| *b),
-            }
-            Ok(Ok(summary))
+            send_ordered(&summary.buckets, &to).await;
+            Ok(Ok(summary.null_keys))
         })
     })
     .await
@@ -307,7 +292,7 @@ fn fold_row(summary: &mut Summary, cells: [Option<&str>; 4], buckets: u64) -> Re
     };
     let [bucket, rows, sum, repeats] = cells;
     let rows = u64::try_from(number(rows, "row count")?).unwrap_or(0);
-    let segment = super::checksum::SegmentSummary {
+    let segment = SegmentSummary {
         rows,
         sum: number(sum, "sum")?.into(),
         repeats: u64::try_from(number(repeats, "repeat count")?).unwrap_or(0),
@@ -356,7 +341,7 @@ pub(super) async fn in_process(
     source: &Source,
     req: &SummaryRequest,
 ) -> Result<Summary, SourceError> {
-    use super::checksum::{SegmentSummary, canonical_row_hash_of, canonical_value};
+    use super::checksum::{canonical_row_hash_of, canonical_value};
     use crate::domain::Value;
     let key = crate::domain::ColumnName::parse(&req.hash.key).map_err(|e| SourceError::Query {
         source_name: source.name.clone(),

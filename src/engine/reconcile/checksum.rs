@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{SourceClass, SourceKind};
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
-    Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources, Summary,
+    Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources,
     SummaryRequest, index_of,
 };
 
@@ -352,10 +352,10 @@ impl Sides<'_> {
                 leaves.push(segment);
                 continue;
             }
-            let (l, r) = self
-                .summarize(segment.low, segment.high, SPLIT, false)
+            let pass = self
+                .compare_ordered(segment.low, segment.high, SPLIT, false)
                 .await?;
-            differing.extend(differing_segments(segment.low, segment.high, SPLIT, &l, &r));
+            differing.extend(pass.differing);
         }
         Ok(Ok(Found {
             leaves,
@@ -418,20 +418,6 @@ impl Sides<'_> {
         )
     }
 
-    /// Summarises `[low, high]` on both sides at once, in `buckets` segments.
-    async fn summarize(
-        &mut self,
-        low: i64,
-        high: i64,
-        buckets: u64,
-        null_keys: bool,
-    ) -> Result<(Summary, Summary), EngineError> {
-        let (lq, rq) = self.requests(low, high, buckets, null_keys);
-        let (l, r) = tokio::try_join!(self.left.summarize(&lq), self.right.summarize(&rq))?;
-        self.segments += pairs(&l, &r).count() as u64;
-        Ok((l, r))
-    }
-
     /// [`SAMPLES`] small segments spread over `[low, high]`, each summarised in
     /// [`SAMPLE_BUCKETS`] buckets: how many differ, and how densely.
     async fn sample(&mut self, low: i64, high: i64) -> Result<Sampled, EngineError> {
@@ -443,13 +429,12 @@ impl Sides<'_> {
             let start = i128::from(low) + i * step;
             let end = (start + width - 1).min(i128::from(high));
             let (start, end) = (start as i64, end as i64);
-            let (l, r) = self.summarize(start, end, SAMPLE_BUCKETS, false).await?;
-            let mut differing = 0;
-            for (_, ls, rs) in pairs(&l, &r) {
-                sampled.buckets += 1;
-                sampled.rows += ls.rows.max(rs.rows);
-                differing += u64::from(differs(&ls, &rs));
-            }
+            let pass = self
+                .compare_ordered(start, end, SAMPLE_BUCKETS, false)
+                .await?;
+            let differing = pass.differing.len() as u64;
+            sampled.buckets += pass.segments;
+            sampled.rows += pass.rows_larger;
             sampled.span += (i128::from(end) - i128::from(start) + 1) as u128;
             sampled.segments_differing += u64::from(differing > 0);
             sampled.differing += differing;
@@ -465,6 +450,8 @@ struct Pass {
     differing: Vec<Segment>,
     rows_left: u64,
     rows_right: u64,
+    /// Rows of the larger side, bucket by bucket (what a sample reads as its rows).
+    rows_larger: u64,
     null_left: u64,
     null_right: u64,
     segments: u64,
@@ -493,6 +480,7 @@ async fn walk_ordered(
         pass.segments += 1;
         pass.rows_left += ls.rows;
         pass.rows_right += rs.rows;
+        pass.rows_larger += ls.rows.max(rs.rows);
         if differs(&ls, &rs) {
             let (low, high) = bucket_range(low, high, buckets, b);
             pass.differing.push(Segment {
@@ -654,59 +642,9 @@ pub(super) fn bucket_range(low: i64, high: i64, buckets: u64, b: u64) -> (i64, i
     (start as i64, end as i64)
 }
 
-/// The buckets whose summaries differ between the sides, or that repeat a key on a side.
-fn differing_segments(
-    low: i64,
-    high: i64,
-    buckets: u64,
-    left: &Summary,
-    right: &Summary,
-) -> Vec<Segment> {
-    pairs(left, right)
-        .filter(|(_, l, r)| differs(l, r))
-        .map(|(b, l, r)| {
-            let (low, high) = bucket_range(low, high, buckets, b);
-            Segment {
-                low,
-                high,
-                left_rows: l.rows,
-                right_rows: r.rows,
-            }
-        })
-        .collect()
-}
-
 /// Whether a bucket must be read: its sides differ, or either repeats a key.
 fn differs(left: &SegmentSummary, right: &SegmentSummary) -> bool {
     left != right || left.repeats > 0 || right.repeats > 0
-}
-
-/// Every bucket either side holds, in bucket order, with both sides' summaries (empty where a
-/// side has no row): the two lists walked side by side, as a fine split's million buckets
-/// should be, without a third collection.
-fn pairs<'a>(
-    left: &'a Summary,
-    right: &'a Summary,
-) -> impl Iterator<Item = (u64, SegmentSummary, SegmentSummary)> + 'a {
-    let mut l = left.buckets.iter().peekable();
-    let mut r = right.buckets.iter().peekable();
-    std::iter::from_fn(move || {
-        let order = match (l.peek(), r.peek()) {
-            (None, None) => return None,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((lb, _)), Some((rb, _))) => lb.cmp(rb),
-        };
-        let empty = SegmentSummary::default();
-        Some(match order {
-            std::cmp::Ordering::Less => l.next().map(|(b, s)| (*b, *s, empty))?,
-            std::cmp::Ordering::Greater => r.next().map(|(b, s)| (*b, empty, *s))?,
-            std::cmp::Ordering::Equal => {
-                let ((b, ls), (_, rs)) = (l.next()?, r.next()?);
-                (*b, *ls, *rs)
-            }
-        })
-    })
 }
 
 /// Sorted segments as ranges, adjacent ones joined.
@@ -746,25 +684,6 @@ fn reads(ranges: &[(i64, i64)]) -> Vec<&[(i64, i64)]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn summary(buckets: &[(u64, u64, i128, u64)]) -> Summary {
-        Summary {
-            buckets: buckets
-                .iter()
-                .map(|&(b, rows, sum, repeats)| {
-                    (
-                        b,
-                        SegmentSummary {
-                            rows,
-                            sum: sum.into(),
-                            repeats,
-                        },
-                    )
-                })
-                .collect(),
-            null_keys: 0,
-        }
-    }
 
     #[test]
     fn reads_hold_at_most_ten_thousand_listed_keys_or_sixty_four_bounded_ranges_in_key_order() {
@@ -949,21 +868,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            (pass.rows_left, pass.rows_right, pass.segments),
-            (54, 53, 7)
-        );
-    }
-
-    #[test]
-    fn both_sides_buckets_are_walked_in_order_with_the_missing_side_empty() {
-        let left = summary(&[(0, 1, 1, 0), (2, 1, 2, 0), (5, 1, 5, 0)]);
-        let right = summary(&[(1, 1, 1, 0), (2, 1, 2, 0), (6, 2, 6, 0)]);
-        let walked: Vec<(u64, u64, u64)> = pairs(&left, &right)
-            .map(|(b, l, r)| (b, l.rows, r.rows))
-            .collect();
-        assert_eq!(
-            walked,
-            vec![(0, 1, 0), (1, 0, 1), (2, 1, 1), (5, 1, 0), (6, 0, 2)]
+            (
+                pass.rows_left,
+                pass.rows_right,
+                pass.rows_larger,
+                pass.segments
+            ),
+            (54, 53, 56, 7)
         );
     }
 
@@ -1002,25 +913,23 @@ mod tests {
 
     #[test]
     fn a_segment_differs_by_count_sum_a_side_alone_or_a_repeated_key_on_either_side() {
-        let left = summary(&[
-            (0, 10, 5, 0),
-            (1, 10, 5, 0),
-            (2, 10, 5, 0),
-            (3, 10, 5, 1),
-            (4, 3, 1, 0),
-        ]);
-        let right = summary(&[
-            (0, 10, 5, 0),
-            (1, 9, 5, 0),
-            (2, 10, 6, 0),
-            (3, 10, 5, 1),
-            (5, 1, 1, 0),
-        ]);
-        let lows: Vec<i64> = differing_segments(0, 59, 6, &left, &right)
-            .iter()
-            .map(|s| s.low)
-            .collect();
-        assert_eq!(lows, vec![10, 20, 30, 40, 50]);
+        let seg = |rows: u64, sum: i128, repeats: u64| SegmentSummary {
+            rows,
+            sum: sum.into(),
+            repeats,
+        };
+        let empty = SegmentSummary::default();
+        assert!(!differs(&seg(10, 5, 0), &seg(10, 5, 0)));
+        assert!(differs(&seg(10, 5, 0), &seg(9, 5, 0)), "count");
+        assert!(differs(&seg(10, 5, 0), &seg(10, 6, 0)), "sum");
+        assert!(differs(&seg(3, 1, 0), &empty), "left alone");
+        assert!(differs(&empty, &seg(1, 1, 0)), "right alone");
+        assert!(
+            differs(&seg(10, 5, 1), &seg(10, 5, 0)),
+            "a key repeated on the left"
+        );
+        assert!(differs(&seg(10, 5, 0), &seg(10, 5, 1)), "... on the right");
+        assert!(differs(&seg(10, 5, 1), &seg(10, 5, 1)), "... on both");
     }
 
     #[test]

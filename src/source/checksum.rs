@@ -212,7 +212,7 @@ pub struct SummaryRequest {
     pub hash: RowHash,
     pub range: super::KeyRange,
     pub buckets: u64,
-    /// Whether rows with a NULL key are counted too (in [`Summary::null_keys`]).
+    /// Whether rows with a NULL key are counted too (given apart from the buckets).
     pub null_keys: bool,
     /// Whether a key may repeat in the query's rows, so repeats must be counted (an ordered
     /// window over the key, as costly as the hashing); `false` only where proven (a unique
@@ -255,14 +255,6 @@ impl HashSum {
     pub fn get(self) -> i128 {
         ((u128::from(self.0[1]) << 64) | u128::from(self.0[0])) as i128
     }
-}
-
-/// A side's summary of a request as SQLite sides compute it in process: per non-empty bucket
-/// (from 0), in bucket order, and the rows with a NULL key when asked for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub buckets: Vec<(u64, SegmentSummary)>,
-    pub null_keys: u64,
 }
 
 /// Seeds: the hash of column `i` (0 = key) is seeded with `SEED + 2i` and, where a form
@@ -566,7 +558,7 @@ pub(crate) fn summary_sql(
     // subquery up and computing the column hashes again.
     let summed = match req.hash.flavor {
         Flavor::Typed => {
-            // A NULL key's rows are only counted (`Summary::null_keys`), so their hash is
+            // A NULL key's rows are only counted (apart from the buckets), so their hash is
             // any constant.
             let null_key = 0;
             if i128::from(high) - i128::from(low) < 1 << 32 {

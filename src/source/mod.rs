@@ -28,7 +28,7 @@ mod stream;
 mod summarize;
 mod unordered;
 
-pub use checksum::{Described, Flavor, RowHash, SegmentSummary, Summary, SummaryRequest};
+pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest};
 pub use event_log::{LogEventRow, LogReader, to_row as event_row};
 pub use query::{
     COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,
@@ -661,12 +661,8 @@ impl Source {
         }));
         match &self.pool {
             Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req, to).await,
-            Pool::Sqlite(_) => {
-                // Computed here in key order, so in bucket order already.
-                let summary = summarize::in_process(self, req).await?;
-                summarize::send_ordered(&summary.buckets, &to).await;
-                Ok(summary.null_keys)
-            }
+            // Computed here from its rows in key order, so in bucket order already.
+            Pool::Sqlite(_) => summarize::in_process(self, req, &to).await,
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))
             }

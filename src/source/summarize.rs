@@ -5,7 +5,7 @@
 
 use sqlx::{Column, Database, Executor, Statement, TypeInfo};
 
-use super::checksum::{Described, Engine, Flavor, SegmentSummary, Summary, SummaryRequest};
+use super::checksum::{Described, Engine, Flavor, SegmentSummary, SummaryRequest};
 use super::sql::Dialect;
 use super::{KeyRanges, Leased, ReadRequest, Source, SourceError};
 use crate::domain::Read;
@@ -205,22 +205,26 @@ pub type Chunks = tokio::sync::mpsc::Sender<Vec<(u64, SegmentSummary)>>;
 /// Buckets to a chunk of an ordered summary.
 const CHUNK: usize = 4096;
 
-/// Sends `buckets` (in bucket order) to `to`, a chunk at a time; `false` when no one reads
-/// them any more.
-pub(super) async fn send_ordered(buckets: &[(u64, SegmentSummary)], to: &Chunks) -> bool {
-    for chunk in buckets.chunks(CHUNK) {
-        if to.send(chunk.to_vec()).await.is_err() {
-            return false;
-        }
-    }
-    true
+/// Sends a chunk of buckets to `to`, leaving `chunk` empty.
+async fn send_chunk(chunk: &mut Vec<(u64, SegmentSummary)>, to: &Chunks) -> Result<(), Stopped> {
+    let full = std::mem::replace(chunk, Vec::with_capacity(CHUNK));
+    to.send(full).await.map_err(|_| Stopped)
+}
+
+/// The comparison stopped reading a summary before its end (it failed elsewhere): the
+/// summary fails too, so that a count it did not finish is never given as whole.
+struct Stopped;
+
+impl Stopped {
+    const WHY: &'static str = "the comparison stopped reading its buckets before their end";
 }
 
 /// Runs a summary statement ordered by bucket, after `setting` (a statement changing a
 /// setting for this transaction only) if any, and sends its buckets to `to` a chunk at a
 /// time as they arrive: none is kept as text or held, since a fine split's summary has a
 /// row for every 16 rows of the table. Gives the rows with a NULL key; `Ok(Err(why))`: a
-/// row that is no summary's, or buckets out of order.
+/// row that is no summary's, or no one reads the buckets any more. (The comparison checks
+/// their order, for every engine alike.)
 pub(super) async fn fold_summary<D>(
     dialect: &D,
     source: &Source,
@@ -246,44 +250,39 @@ where
                 (&mut *c).execute(setting.as_str()).await?;
             }
             let mut rows = sqlx::query::<D::DB>(&sql).fetch(&mut *c);
-            let mut summary = Summary {
-                buckets: Vec::with_capacity(CHUNK),
-                null_keys: 0,
-            };
-            let mut last = None;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let mut null_keys = 0;
             while let Some(row) = rows.try_next().await? {
                 let cell = |i: usize| row.try_get::<Option<&str>, _>(i);
                 let cells = [cell(0)?, cell(1)?, cell(2)?, cell(3)?];
-                let held = summary.buckets.len();
-                if let Err(why) = fold_row(&mut summary, cells, buckets) {
-                    return Ok(Err(why));
+                match summary_row(cells, buckets) {
+                    Ok(SummaryRow::Bucket(b, segment)) => chunk.push((b, segment)),
+                    Ok(SummaryRow::NullKeys(rows)) => null_keys = rows,
+                    Err(why) => return Ok(Err(why)),
                 }
-                // A row of a bucket (not the NULL keys'): after the one before.
-                if summary.buckets.len() > held
-                    && let Some(&(b, _)) = summary.buckets.last()
-                {
-                    if last.is_some_and(|l| b <= l) {
-                        return Ok(Err("its buckets are out of order".to_owned()));
-                    }
-                    last = Some(b);
-                }
-                if summary.buckets.len() >= CHUNK {
-                    if !send_ordered(&summary.buckets, &to).await {
-                        // No one compares any more (the other side failed): the run is over.
-                        return Ok(Ok(summary.null_keys));
-                    }
-                    summary.buckets.clear();
+                if chunk.len() >= CHUNK && send_chunk(&mut chunk, &to).await.is_err() {
+                    return Ok(Err(Stopped::WHY.to_owned()));
                 }
             }
-            send_ordered(&summary.buckets, &to).await;
-            Ok(Ok(summary.null_keys))
+            if !chunk.is_empty() && send_chunk(&mut chunk, &to).await.is_err() {
+                return Ok(Err(Stopped::WHY.to_owned()));
+            }
+            Ok(Ok(null_keys))
         })
     })
     .await
 }
 
-/// Adds one summary row (bucket, rows, sum, repeats; a NULL bucket for the NULL keys).
-fn fold_row(summary: &mut Summary, cells: [Option<&str>; 4], buckets: u64) -> Result<(), String> {
+/// One row of a summary statement.
+#[derive(Debug, PartialEq, Eq)]
+enum SummaryRow {
+    Bucket(u64, SegmentSummary),
+    /// The NULL bucket: rows with a NULL key.
+    NullKeys(u64),
+}
+
+/// Reads one summary row (bucket, rows, sum, repeats; a NULL bucket for the NULL keys).
+fn summary_row(cells: [Option<&str>; 4], buckets: u64) -> Result<SummaryRow, String> {
     let number = |t: Option<&str>, what: &str| -> Result<i128, String> {
         t.map_or(Ok(0), |s| {
             s.parse::<i128>()
@@ -298,16 +297,15 @@ fn fold_row(summary: &mut Summary, cells: [Option<&str>; 4], buckets: u64) -> Re
         repeats: u64::try_from(number(repeats, "repeat count")?).unwrap_or(0),
     };
     match bucket {
-        None => summary.null_keys = rows,
+        None => Ok(SummaryRow::NullKeys(rows)),
         Some(_) => {
             let b = u64::try_from(number(bucket, "bucket")?)
                 .ok()
                 .filter(|b| *b < buckets)
                 .ok_or_else(|| format!("a bucket outside 0..{buckets}"))?;
-            summary.buckets.push((b, segment));
+            Ok(SummaryRow::Bucket(b, segment))
         }
     }
-    Ok(())
 }
 
 /// Fixed values hashed as `flavor` hashes them here (see [`super::checksum::probe_sql`]).
@@ -337,10 +335,13 @@ fn unsupported(source: &Source) -> SourceError {
 
 /// A SQLite side's summary, computed here: its file is local, so its rows are read in key
 /// order and hashed by [`super::checksum::canonical_value`] as the other engine writes them.
+/// Its buckets go to `to` a chunk at a time as they are complete; gives the rows with a NULL
+/// key.
 pub(super) async fn in_process(
     source: &Source,
     req: &SummaryRequest,
-) -> Result<Summary, SourceError> {
+    to: &Chunks,
+) -> Result<u64, SourceError> {
     use super::checksum::{canonical_row_hash_of, canonical_value};
     use crate::domain::Value;
     let key = crate::domain::ColumnName::parse(&req.hash.key).map_err(|e| SourceError::Query {
@@ -380,14 +381,19 @@ pub(super) async fn in_process(
         .collect::<Result<Vec<_>, _>>()?;
     let width = i128::from(req.width());
     let (low, high) = (req.range.low, req.range.high);
-    let mut summary = Summary::default();
+    let stopped = |_: Stopped| SourceError::Query {
+        source_name: source.name.clone(),
+        message: format!("a checksum summary: {}", Stopped::WHY),
+    };
+    let mut chunk: Vec<(u64, SegmentSummary)> = Vec::with_capacity(CHUNK);
+    let mut null_keys = 0;
     let mut previous: Option<i64> = None;
     let mut parts = Vec::with_capacity(compared.len() + 1);
     while let Some(batch) = rows.next_batch().await {
         for row in batch? {
             let k = match &row[key_at] {
                 Value::Null => {
-                    summary.null_keys += 1;
+                    null_keys += 1;
                     continue;
                 }
                 Value::Int(k) => *k,
@@ -415,11 +421,15 @@ pub(super) async fn in_process(
                 })?);
             }
             let bucket = ((i128::from(k) - i128::from(low)) / width) as u64;
-            // Rows come in key order, so buckets in bucket order.
-            if summary.buckets.last().is_none_or(|(b, _)| *b != bucket) {
-                summary.buckets.push((bucket, SegmentSummary::default()));
+            // Rows come in key order, so buckets in bucket order: a new bucket closes the
+            // one before, and a full chunk of closed ones goes.
+            if chunk.last().is_none_or(|(b, _)| *b != bucket) {
+                if chunk.len() >= CHUNK {
+                    send_chunk(&mut chunk, to).await.map_err(stopped)?;
+                }
+                chunk.push((bucket, SegmentSummary::default()));
             }
-            let (_, segment) = summary.buckets.last_mut().expect("pushed above");
+            let (_, segment) = chunk.last_mut().expect("pushed above");
             segment.rows += 1;
             segment.sum = (segment.sum.get() + canonical_row_hash_of(&parts)).into();
             if previous == Some(k) {
@@ -428,7 +438,10 @@ pub(super) async fn in_process(
             previous = Some(k);
         }
     }
-    Ok(summary)
+    if !chunk.is_empty() {
+        send_chunk(&mut chunk, to).await.map_err(stopped)?;
+    }
+    Ok(null_keys)
 }
 
 /// [`super::checksum::probe_sql`]'s canonical probe, computed here.
@@ -466,5 +479,36 @@ fn probe_kind(value: &crate::domain::Value) -> super::decode::Kind {
         Value::Bool(_) => Kind::Bool,
         Value::Decimal(_) => Kind::Decimal,
         _ => Kind::I64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_row_is_a_bucket_or_the_null_keys_or_an_error_naming_the_cell() {
+        let seg = |rows: u64, sum: i128| SegmentSummary {
+            rows,
+            sum: sum.into(),
+            repeats: 0,
+        };
+        let wide = "-170141183460469231731687303715884105728"; // i128::MIN: a sum never wraps
+        assert_eq!(
+            summary_row([Some("3"), Some("10"), Some(wide), Some("0")], 8),
+            Ok(SummaryRow::Bucket(3, seg(10, i128::MIN)))
+        );
+        assert_eq!(
+            summary_row([None, Some("4"), Some("0"), Some("0")], 8),
+            Ok(SummaryRow::NullKeys(4))
+        );
+        assert_eq!(
+            summary_row([Some("8"), Some("1"), Some("1"), Some("0")], 8),
+            Err("a bucket outside 0..8".to_owned())
+        );
+        assert_eq!(
+            summary_row([Some("1"), Some("x"), Some("1"), Some("0")], 8),
+            Err("its row count `x` is not an integer".to_owned())
+        );
     }
 }

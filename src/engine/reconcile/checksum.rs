@@ -381,7 +381,17 @@ impl Sides<'_> {
         // A chunk or two in flight a side: the faster side waits for the slower one.
         let (ltx, lrx) = tokio::sync::mpsc::channel(2);
         let (rtx, rrx) = tokio::sync::mpsc::channel(2);
-        let walk = async { Ok::<_, EngineError>(walk_ordered(lrx, rrx, low, high, buckets).await) };
+        let walk = async {
+            walk_ordered(lrx, rrx, low, high, buckets).await.map_err(
+                |OutOfOrder { left: on_left }| {
+                    let source = if on_left { left } else { right };
+                    EngineError::Source(SourceError::Query {
+                        source_name: source.name().clone(),
+                        message: "a checksum summary: its buckets are out of order".to_owned(),
+                    })
+                },
+            )
+        };
         let (null_left, null_right, mut pass) = tokio::try_join!(
             async { Ok::<_, EngineError>(left.summarize_ordered(&lq, ltx).await?) },
             async { Ok::<_, EngineError>(right.summarize_ordered(&rq, rtx).await?) },
@@ -457,6 +467,13 @@ struct Pass {
     segments: u64,
 }
 
+/// A side sent a bucket after a later one (or twice), which a summary in bucket order never
+/// does: comparing it as if in order would miss differences.
+#[derive(Debug, PartialEq, Eq)]
+struct OutOfOrder {
+    left: bool,
+}
+
 /// Both sides' summaries of `[low, high]` in `buckets` segments, as they arrive in bucket
 /// order: every bucket either side holds, compared once.
 async fn walk_ordered(
@@ -465,11 +482,12 @@ async fn walk_ordered(
     low: i64,
     high: i64,
     buckets: u64,
-) -> Pass {
+) -> Result<Pass, OutOfOrder> {
     let (mut l, mut r) = (Ordered::new(left).await, Ordered::new(right).await);
     let mut pass = Pass::default();
     let empty = SegmentSummary::default();
-    loop {
+    // A side out of order ends the walk: nothing it found can be trusted.
+    while !(l.out_of_order || r.out_of_order) {
         let (b, ls, rs) = match (l.head, r.head) {
             (None, None) => break,
             (Some((lb, _)), Some((rb, _))) if lb == rb => (lb, l.take().await, r.take().await),
@@ -491,15 +509,24 @@ async fn walk_ordered(
             });
         }
     }
-    pass
+    if l.out_of_order || r.out_of_order {
+        return Err(OutOfOrder {
+            left: l.out_of_order,
+        });
+    }
+    Ok(pass)
 }
 
 /// One side's ordered summary as it arrives, a bucket at a time.
 struct Ordered {
     from: tokio::sync::mpsc::Receiver<Vec<(u64, SegmentSummary)>>,
     chunk: std::vec::IntoIter<(u64, SegmentSummary)>,
-    /// The next bucket, `None` once the side has sent them all.
+    /// The next bucket, `None` once the side has sent them all (or one out of order).
     head: Option<(u64, SegmentSummary)>,
+    /// The last bucket read, and whether one after it came out of order (which ends the
+    /// side).
+    last: Option<u64>,
+    out_of_order: bool,
 }
 
 impl Ordered {
@@ -508,18 +535,26 @@ impl Ordered {
             from,
             chunk: Vec::new().into_iter(),
             head: None,
+            last: None,
+            out_of_order: false,
         };
         side.head = side.next().await;
         side
     }
 
     async fn next(&mut self) -> Option<(u64, SegmentSummary)> {
-        loop {
+        while !self.out_of_order {
             if let Some(bucket) = self.chunk.next() {
+                if self.last.is_some_and(|last| bucket.0 <= last) {
+                    self.out_of_order = true;
+                    break;
+                }
+                self.last = Some(bucket.0);
                 return Some(bucket);
             }
             self.chunk = self.from.recv().await?.into_iter();
         }
+        None
     }
 
     /// The head's summary, moving on to the next bucket.
@@ -853,6 +888,7 @@ mod tests {
             send(ltx, left),
             send(rtx, right)
         );
+        let pass = pass.expect("both sides in order");
         let differing: Vec<(i64, i64, u64, u64)> = pass
             .differing
             .iter()
@@ -876,6 +912,67 @@ mod tests {
             ),
             (54, 53, 56, 7)
         );
+    }
+
+    #[tokio::test]
+    async fn a_side_that_sends_nothing_leaves_every_bucket_of_the_other_differing() {
+        let seg = SegmentSummary {
+            rows: 10,
+            sum: 1.into(),
+            repeats: 0,
+        };
+        let (ltx, lrx) = tokio::sync::mpsc::channel(1);
+        let (rtx, rrx) = tokio::sync::mpsc::channel::<Vec<(u64, SegmentSummary)>>(1);
+        drop(rtx);
+        let (pass, ()) = tokio::join!(walk_ordered(lrx, rrx, 1, 100, 10), async move {
+            ltx.send(vec![(0, seg), (4, seg)])
+                .await
+                .expect("the walk reads the left side");
+        });
+        let pass = pass.expect("in order");
+        let differing: Vec<(i64, i64, u64, u64)> = pass
+            .differing
+            .iter()
+            .map(|s| (s.low, s.high, s.left_rows, s.right_rows))
+            .collect();
+        assert_eq!(differing, vec![(1, 10, 10, 0), (41, 50, 10, 0)]);
+        assert_eq!((pass.rows_left, pass.rows_right, pass.segments), (20, 0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_bucket_sent_again_or_after_a_later_one_fails_the_walk_and_says_which_side() {
+        let seg = SegmentSummary {
+            rows: 10,
+            sum: 1.into(),
+            repeats: 0,
+        };
+        let in_order = vec![vec![(0, seg), (3, seg)], vec![(5, seg)]];
+        for wrong in [
+            vec![vec![(0, seg), (5, seg)], vec![(3, seg)]],
+            vec![vec![(0, seg), (3, seg)], vec![(3, seg)]],
+        ] {
+            for left in [true, false] {
+                let (l, r) = if left {
+                    (wrong.clone(), in_order.clone())
+                } else {
+                    (in_order.clone(), wrong.clone())
+                };
+                // Room for every chunk: a side goes on sending after the walk stopped.
+                let (ltx, lrx) = tokio::sync::mpsc::channel(4);
+                let (rtx, rrx) = tokio::sync::mpsc::channel(4);
+                let send = |tx: tokio::sync::mpsc::Sender<_>, chunks: Vec<Vec<_>>| async move {
+                    for chunk in chunks {
+                        let _ = tx.send(chunk).await;
+                    }
+                };
+                let (pass, (), ()) = tokio::join!(
+                    walk_ordered(lrx, rrx, 1, 100, 10),
+                    send(ltx, l),
+                    send(rtx, r)
+                );
+                assert_eq!(pass.err(), Some(OutOfOrder { left }), "{wrong:?}");
+            }
+        }
     }
 
     #[test]

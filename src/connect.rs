@@ -47,7 +47,16 @@ pub async fn acquire<DB: Database>(
             }
         }
     }
-    pool.acquire().await.map_err(|e| failed(e.to_string()))
+    pool.acquire().await.map_err(|e| match e {
+        // sqlx says only "pool timed out": the database answers (proven above, or by the
+        // connections in the pool), so every connection stayed busy.
+        sqlx::Error::PoolTimedOut => failed(format!(
+            "no connection of its pool (at most {}) came free within {:?}: every one stayed in use by other reads; a source's `pool_size` sets how many it may open",
+            pool.options().get_max_connections(),
+            pool.options().get_acquire_timeout()
+        )),
+        e => failed(e.to_string()),
+    })
 }
 
 /// Closes a pool, waiting at most `within` for its connections to come back (one ping's round

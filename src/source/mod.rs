@@ -148,6 +148,15 @@ pub enum SourceError {
     },
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
+    /// Both sides of a reconcile read one source at once, each on a connection of its own:
+    /// with a single connection the second would wait for the first for ever.
+    #[error(
+        "source `{source_name}` has pool_size {pool_size}, and this reconcile reads both of its sides from it at once, each on a connection of its own: set `pool_size: 2` or more on it"
+    )]
+    PoolTooSmall {
+        source_name: SourceName,
+        pool_size: u32,
+    },
     #[error("source `{source_name}` is {is}: {why}")]
     WrongClass {
         source_name: SourceName,
@@ -275,6 +284,16 @@ impl Source {
 
     pub fn name(&self) -> &SourceName {
         &self.name
+    }
+
+    /// The most connections this source opens at once; `None` where it keeps no pool.
+    pub fn pool_size(&self) -> Option<u32> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p.options().get_max_connections()),
+            Pool::MySql(p) => Some(p.options().get_max_connections()),
+            Pool::Sqlite(p) => Some(p.options().get_max_connections()),
+            Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => None,
+        }
     }
 
     /// Why `what` cannot be had from this source, which is not a database.

@@ -472,3 +472,54 @@ async fn grace_keeps_recent_rows_out_of_the_report_on_both_sides() {
     assert!(found.0[0].event_at.is_some());
     srcs.close().await;
 }
+
+#[tokio::test]
+async fn both_sides_on_one_source_of_one_connection_fail_at_once_saying_to_raise_its_pool_size() {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id int PRIMARY KEY); INSERT INTO l SELECT generate_series(1, 20000);
+         CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT id FROM l WHERE id <> 777;",
+    )
+    .await;
+    let open = |pool_size: u32| {
+        let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
+        cfg.pool_size = pool_size;
+        let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
+        async move { trueup::source::Sources::open_all(&configs).await.unwrap() }
+    };
+    let mut inv = reconcile_invariant(
+        "one-source",
+        ("pg", "SELECT id FROM l"),
+        ("pg", "SELECT id FROM r"),
+        &["id"],
+    );
+    for mode in [ReconcileMode::Stream, ReconcileMode::Checksum] {
+        reconcile_spec(&mut inv).mode = mode;
+        // One connection: the second side's read would wait on the first until the pool gave
+        // up (15 s, "pool timed out"); it is refused before anything is read.
+        let srcs = open(1).await;
+        let started = std::time::Instant::now();
+        let err = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut Collect::default())
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{mode:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "source `pg` has pool_size 1, and this reconcile reads both of its sides from it at once, each on a connection of its own: set `pool_size: 2` or more on it",
+            "{mode:?}"
+        );
+        srcs.close().await;
+        // Two: it runs, and finds the one missing key.
+        let srcs = open(2).await;
+        let mut found = Collect::default();
+        engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
+            .await
+            .unwrap();
+        let keys: Vec<String> = found.0.iter().map(|v| v.key_json().to_string()).collect();
+        assert_eq!(keys, vec!["[777]"], "{mode:?}");
+        srcs.close().await;
+    }
+}

@@ -325,3 +325,25 @@ async fn two_hundred_violations_with_half_a_megabyte_values_stay_bounded_in_memo
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["change"]["new"], 200, "{runs}");
 }
+
+#[tokio::test]
+async fn a_pool_whose_connections_all_stay_busy_says_so_not_only_that_it_timed_out() {
+    let db = TestPg::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_millis(300))
+        .connect_lazy(&db.reader_url)
+        .unwrap();
+    let held = trueup::connect::acquire(&pool, "the database")
+        .await
+        .unwrap();
+    let Err(err) = trueup::connect::acquire(&pool, "the database").await else {
+        panic!("the only connection is held, yet another was had");
+    };
+    assert_eq!(
+        err.to_string(),
+        "cannot connect to the database: no connection of its pool (at most 1) came free within 300ms: every one stayed in use by other reads; a source's `pool_size` sets how many it may open"
+    );
+    drop(held);
+    pool.close().await;
+}

@@ -171,7 +171,9 @@ impl Drop for TestMysql {
             // As PostgreSQL's `WITH (FORCE)`: a connection the test left in a transaction
             // (its runtime waits for this drop) would hold a metadata lock, and the drop
             // would wait for it for ever.
-            let left: Vec<u64> = sqlx::query_scalar(
+            // `ID` is a signed BIGINT in MariaDB's processlist (decoding it as u64 failed, and
+            // the database was left behind whenever a connection was still there to kill).
+            let left: Vec<i64> = sqlx::query_scalar(
                 "SELECT id FROM information_schema.processlist \
                  WHERE (db = ? OR user = ?) AND id <> CONNECTION_ID()",
             )
@@ -196,7 +198,9 @@ impl Drop for TestMysql {
 
 /// Drop cannot await; clean up on a thread with its own runtime so it works from any test.
 /// (The test's own connections run on the test's runtime, which waits here: `work` opens its
-/// own.) A failure is printed with `what`.
+/// own.) A failure fails the test, naming `what`: a warning in a passing test's captured
+/// output went unread while a helper defect left a MariaDB database behind on every run.
+/// (Not while the test is already failing: a second panic would abort the whole run.)
 fn drop_on_thread<F, E>(what: String, work: F)
 where
     F: std::future::Future<Output = Result<(), E>> + Send + 'static,
@@ -207,11 +211,19 @@ where
             .enable_all()
             .build()
             .expect("runtime for cleanup");
-        if let Err(e) = rt.block_on(work) {
-            eprintln!("warning: could not remove {what}: {e}");
-        }
+        rt.block_on(work)
+            .map_err(|e| format!("could not remove {what}: {e}"))
     });
-    let _ = handle.join();
+    let failure = match handle.join() {
+        Ok(Ok(())) => return,
+        Ok(Err(failure)) => failure,
+        Err(_) => "the cleanup thread panicked".to_owned(),
+    };
+    if std::thread::panicking() {
+        eprintln!("warning: {failure}");
+    } else {
+        panic!("{failure}");
+    }
 }
 
 pub fn source(name: &str, url: &str) -> SourceConfig {

@@ -823,6 +823,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[derive(Clone, Default)]
 pub struct Sources {
     by_name: BTreeMap<SourceName, Source>,
+    /// Per database source, a permit for each connection its pool may open: a reconcile
+    /// takes one for each side it reads there before it reads (see [`Sources::sides`]).
+    connections: BTreeMap<SourceName, Arc<tokio::sync::Semaphore>>,
+}
+
+/// What a reconcile holds while it reads both sides: a connection's worth of each side's
+/// database, so that runs at once never each hold one side's connection while they wait for
+/// the other's (a wait that ended only when the pool gave up, 15 s later).
+#[derive(Debug)]
+pub struct SidePermits {
+    _held: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Sources {
@@ -845,7 +856,57 @@ impl Sources {
             }
             by_name.insert(name.clone(), source);
         }
-        Ok(Self { by_name })
+        let connections = by_name
+            .iter()
+            .filter_map(|(name, source)| {
+                let n = usize::try_from(source.pool_size()?).ok()?;
+                Some((name.clone(), Arc::new(tokio::sync::Semaphore::new(n))))
+            })
+            .collect();
+        Ok(Self {
+            by_name,
+            connections,
+        })
+    }
+
+    /// Takes a connection's worth of each database a reconcile's sides read (two where both
+    /// read one), in source-name order, so that two runs reading the same two databases the
+    /// other way round cannot each hold the one the other waits for. Waits while other runs
+    /// hold them; refuses at once a database whose pool can never give both.
+    pub async fn sides(
+        &self,
+        left: &SourceName,
+        right: &SourceName,
+    ) -> Result<SidePermits, SourceError> {
+        let mut wanted: BTreeMap<&SourceName, u32> = BTreeMap::new();
+        for name in [left, right] {
+            *wanted.entry(name).or_default() += 1;
+        }
+        let mut held = Vec::new();
+        for (name, n) in wanted {
+            let source = self.get(name)?;
+            // Not a database: nothing pooled to wait for.
+            let (Some(connections), Some(pool_size)) =
+                (self.connections.get(name), source.pool_size())
+            else {
+                continue;
+            };
+            if n > pool_size {
+                return Err(SourceError::PoolTooSmall {
+                    source_name: name.clone(),
+                    pool_size,
+                });
+            }
+            let permit = Arc::clone(connections)
+                .acquire_many_owned(n)
+                .await
+                .map_err(|_| SourceError::Connect {
+                    source_name: name.clone(),
+                    message: "the source was closed".to_owned(),
+                })?;
+            held.push(permit);
+        }
+        Ok(SidePermits { _held: held })
     }
 
     /// Each source whose role has been audited, and whether it is privileged (and allowed to

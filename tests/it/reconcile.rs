@@ -523,3 +523,95 @@ async fn both_sides_on_one_source_of_one_connection_fail_at_once_saying_to_raise
         srcs.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconciles_at_once_on_the_same_databases_wait_their_turn_instead_of_holding_half_a_pair() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    // Enough rows that a side read alone fills its channel and waits for the merge.
+    pg.exec(
+        "CREATE TABLE l (id int PRIMARY KEY, note text);
+         INSERT INTO l SELECT g, repeat('x', 40) FROM generate_series(1, 60000) g;
+         CREATE TABLE r (id int PRIMARY KEY, note text);
+         INSERT INTO r SELECT id, note FROM l WHERE id <> 777;",
+    )
+    .await;
+    my.exec(
+        "CREATE TABLE m (id INT PRIMARY KEY, note TEXT);
+         INSERT INTO m SELECT seq, REPEAT('x', 40) FROM seq_1_to_60000 WHERE seq <> 888;",
+    )
+    .await;
+    let mut configs = BTreeMap::new();
+    for (name, url, pool_size) in [
+        ("pg", &pg.reader_url, 2),
+        ("pga", &pg.reader_url, 1),
+        ("my", &my.reader_url, 1),
+    ] {
+        let mut cfg = crate::helpers::sql_source(name, url);
+        cfg.pool_size = pool_size;
+        configs.insert(cfg.name.clone(), cfg.into());
+    }
+    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
+    let invariant = |name: &str, left: (&str, &str), right: (&str, &str)| {
+        let mut inv = reconcile_invariant(name, left, right, &["id"]);
+        reconcile_spec(&mut inv).mode = ReconcileMode::Stream;
+        inv
+    };
+    // Four runs wanting both of a source's two connections, and two reading two sources of
+    // one connection each the other way round: without turns, each could hold one connection
+    // and wait for another until the pool gave up (15 s).
+    let runs = [
+        invariant("pg-1", ("pg", "SELECT * FROM l"), ("pg", "SELECT * FROM r")),
+        invariant("pg-2", ("pg", "SELECT * FROM l"), ("pg", "SELECT * FROM r")),
+        invariant("pg-3", ("pg", "SELECT * FROM l"), ("pg", "SELECT * FROM r")),
+        invariant("pg-4", ("pg", "SELECT * FROM l"), ("pg", "SELECT * FROM r")),
+        invariant(
+            "pga-my",
+            ("pga", "SELECT * FROM l"),
+            ("my", "SELECT * FROM m"),
+        ),
+        invariant(
+            "my-pga",
+            ("my", "SELECT * FROM m"),
+            ("pga", "SELECT * FROM l"),
+        ),
+    ];
+    // (A run that waited for a connection until the pool gave up ends in its error here.)
+    // Each run on a task of its own, as the scheduler's loops are, on four threads.
+    let srcs = std::sync::Arc::new(srcs);
+    let found = futures_util::future::join_all(runs.into_iter().map(|inv| {
+        let srcs = std::sync::Arc::clone(&srcs);
+        tokio::spawn(async move {
+            let srcs = &*srcs;
+            let inv = &inv;
+            let mut found = Collect::default();
+            engine::evaluate(inv, srcs, chrono::Utc::now(), &mut found)
+                .await
+                .map(|_| {
+                    found
+                        .0
+                        .iter()
+                        .map(|v| (v.kind.as_str().to_owned(), v.key_json().to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| e.to_string())
+        })
+    }))
+    .await
+    .into_iter()
+    .map(|joined| joined.expect("no run panics"))
+    .collect::<Vec<_>>();
+    let missing = |key: &str| Ok(vec![("missing".to_owned(), key.to_owned())]);
+    let extra = |key: &str| Ok(vec![("extra".to_owned(), key.to_owned())]);
+    assert_eq!(
+        found,
+        vec![
+            missing("[777]"),
+            missing("[777]"),
+            missing("[777]"),
+            missing("[777]"),
+            missing("[888]"),
+            extra("[888]"),
+        ]
+    );
+    srcs.close().await;
+}

@@ -33,7 +33,7 @@ pub(super) async fn run(
     filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    both_sides_fit(spec, sources)?;
+    let _sides = sources.sides(&spec.left.source, &spec.right.source).await?;
     // A re-check of given keys is no run of its own: it reads no marks.
     if let Some(inc) = spec.incremental.as_ref().filter(|_| filter.is_empty()) {
         tally.stats.marks = Some(incremental::marks(inv, spec, inc, sources).await?);
@@ -60,7 +60,7 @@ pub(super) async fn run_segment(
     (low, high): (i64, i64),
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    both_sides_fit(spec, sources)?;
+    let _sides = sources.sides(&spec.left.source, &spec.right.source).await?;
     compare(
         inv,
         spec,
@@ -71,24 +71,6 @@ pub(super) async fn run_segment(
         tally,
     )
     .await
-}
-
-/// Both sides are read at once, each on a connection of its own: one source read by both
-/// sides needs two, or the second side's read would wait until the pool gave up on it (15 s,
-/// then "pool timed out", which says nothing of why).
-fn both_sides_fit(spec: &ReconcileSpec, sources: &Sources) -> Result<(), EngineError> {
-    if spec.left.source != spec.right.source {
-        return Ok(());
-    }
-    let source = sources.get(&spec.left.source)?;
-    match source.pool_size() {
-        Some(pool_size) if pool_size < 2 => Err(crate::source::SourceError::PoolTooSmall {
-            source_name: source.name().clone(),
-            pool_size,
-        }
-        .into()),
-        _ => Ok(()),
-    }
 }
 
 /// The key ranges of a split run's `segments`: both sides' key range cut into spans of equal

@@ -36,6 +36,9 @@ pub struct Known {
     pub sources: BTreeMap<SourceName, SourceClass>,
     pub channels: BTreeSet<String>,
     pub targets: BTreeMap<TargetName, TargetInfo>,
+    /// Database sources whose pool holds one connection: a reconcile cannot read both of
+    /// its sides from one of them, since it reads them at once.
+    pub single_connection: BTreeSet<SourceName>,
 }
 
 /// What a compensation needs to know of a target.
@@ -75,6 +78,14 @@ impl Known {
                 )
                 .collect(),
             channels: config.channels.keys().cloned().collect(),
+            single_connection: config
+                .sources
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s, crate::config::SourceConfig::Sql(sql) if sql.pool_size < 2)
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
             targets: config
                 .targets
                 .iter()
@@ -472,7 +483,6 @@ fn build_invariant(
     known: &Known,
     ctx: &mut Ctx<'_>,
 ) -> Option<Invariant> {
-    let sources = &known.sources;
     let at = spanned.referenced;
     let raw = spanned.value;
     let name = match &raw.name {
@@ -617,7 +627,7 @@ fn build_invariant(
             );
             None
         }
-        1 => build_spec(&raw, sources, ctx),
+        1 => build_spec(&raw, known, ctx),
         _ => {
             let second = blocks.iter().flatten().nth(1).copied().unwrap_or(at);
             ctx.error(
@@ -777,11 +787,8 @@ fn build_slo(block: &Spanned<raw::RawSlo>, ctx: &mut Ctx<'_>) -> Option<crate::d
     })
 }
 
-fn build_spec(
-    raw: &raw::RawInvariant,
-    sources: &BTreeMap<SourceName, SourceClass>,
-    ctx: &mut Ctx<'_>,
-) -> Option<InvariantSpec> {
+fn build_spec(raw: &raw::RawInvariant, known: &Known, ctx: &mut Ctx<'_>) -> Option<InvariantSpec> {
+    let sources = &known.sources;
     if let Some(c) = &raw.check {
         let key = ctx.columns("check.key", &c.value.key);
         let side = ctx.side(
@@ -977,6 +984,19 @@ fn build_spec(
             if refused_any {
                 return None;
             }
+        }
+        if l.source.value == r_.source.value
+            && SourceName::parse(&r_.source.value)
+                .is_ok_and(|name| known.single_connection.contains(&name))
+        {
+            ctx.error(
+                r_.source.referenced,
+                format!(
+                    "both sides read source `{s}`, whose pool_size is 1: a reconcile reads its two sides at once, each on a connection of its own; set `pool_size: 2` or more on source `{s}`",
+                    s = r_.source.value
+                ),
+            );
+            return None;
         }
         return Some(InvariantSpec::Reconcile(ReconcileSpec {
             left: left?,

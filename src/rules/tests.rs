@@ -12,6 +12,7 @@ fn sources() -> Known {
             })
             .collect(),
         channels: ["oncall".to_owned()].into(),
+        single_connection: Default::default(),
         targets: [
             (
                 "ledger-writer",
@@ -1353,4 +1354,25 @@ fn a_side_on_an_event_log_refuses_a_stream_name_a_subject_meta_and_an_unknown_lo
         .collect::<Vec<_>>()
         .join("\n");
     assert!(all.contains("source `log:payments`"), "{all}");
+}
+
+#[test]
+fn a_reconcile_reading_both_sides_from_a_source_of_one_connection_is_refused_where_its_right_side_names_it()
+ {
+    let mut known = sources();
+    known
+        .single_connection
+        .insert(SourceName::parse("shop").unwrap());
+    let text = "invariants:\n  - name: same\n    reconcile:\n      left: {source: shop, query: SELECT id FROM a}\n      right: {source: shop, query: SELECT id FROM b}\n      key: id\n  - name: apart\n    reconcile:\n      left: {source: shop, query: SELECT id FROM a}\n      right: {source: ledger, query: SELECT id FROM b}\n      key: id\n";
+    let (invs, errs) = parse_file(text, Path::new("invariants/x.yaml"), &known);
+    assert_eq!(
+        invs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        vec!["apart"]
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].to_string().contains("x.yaml:5:"), "{}", errs[0]);
+    assert_eq!(
+        errs[0].message,
+        "both sides read source `shop`, whose pool_size is 1: a reconcile reads its two sides at once, each on a connection of its own; set `pool_size: 2` or more on source `shop`"
+    );
 }

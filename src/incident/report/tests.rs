@@ -24,6 +24,7 @@ fn loaded() -> Vec<Invariant> {
             .collect(),
         channels: Default::default(),
         targets: Default::default(),
+        single_connection: Default::default(),
     };
     let (invariants, errors) = crate::rules::parse_file(
         r#"invariants:

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|(n, k)| (SourceName::parse(n).unwrap(), k))
         .collect(),
         channels: ["oncall".to_owned()].into(),
+        single_connection: Default::default(),
         targets: [
             ("writer", TargetInfo::Sql(SourceKind::Postgres)),
             ("billing", TargetInfo::Http),

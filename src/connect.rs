@@ -20,6 +20,9 @@ pub const CONNECT_PROBE: Duration = Duration::from_secs(5);
 pub struct ConnectError {
     pub endpoint: String,
     pub cause: String,
+    /// Every connection the pool may open stayed in use: more connections (or fewer reads
+    /// at once) is the remedy, which each caller words for its own setting.
+    pub pool_busy: bool,
 }
 
 /// A pooled connection; on an empty pool, a direct connection first proves the database
@@ -31,6 +34,7 @@ pub async fn acquire<DB: Database>(
     let failed = |cause: String| ConnectError {
         endpoint: endpoint.to_owned(),
         cause,
+        pool_busy: false,
     };
     if pool.size() == 0 {
         let options = pool.connect_options();
@@ -48,13 +52,25 @@ pub async fn acquire<DB: Database>(
         }
     }
     pool.acquire().await.map_err(|e| match e {
-        // sqlx says only "pool timed out": the database answers (proven above, or by the
-        // connections in the pool), so every connection stayed busy.
-        sqlx::Error::PoolTimedOut => failed(format!(
-            "no connection of its pool (at most {}) came free within {:?}: every one stayed in use by other reads; a source's `pool_size` sets how many it may open",
-            pool.options().get_max_connections(),
-            pool.options().get_acquire_timeout()
-        )),
+        // sqlx says only "pool timed out", after it either waited for a busy connection or
+        // kept failing to open another (refused, too many connections on the server).
+        sqlx::Error::PoolTimedOut => {
+            let (open, max) = (pool.size(), pool.options().get_max_connections());
+            let within = pool.options().get_acquire_timeout();
+            if open >= max {
+                return ConnectError {
+                    pool_busy: true,
+                    ..failed(format!(
+                        "no connection of its pool came free within {within:?}: all {max} stayed in use"
+                    ))
+                };
+            }
+            failed({
+                format!(
+                    "no connection could be had within {within:?}: {open} of at most {max} were open and in use, and opening another failed (the server may refuse more connections)"
+                )
+            })
+        }
         e => failed(e.to_string()),
     })
 }

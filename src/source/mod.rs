@@ -149,11 +149,21 @@ pub enum SourceError {
     #[error("source `{source_name}` is not configured")]
     Unknown { source_name: SourceName },
     /// Both sides of a reconcile read one source at once, each on a connection of its own:
-    /// with a single connection the second would wait for the first for ever.
+    /// with a single connection the second waited for the first until the pool gave up
+    /// (unless the first side's rows all fit in its channel).
     #[error(
         "source `{source_name}` has pool_size {pool_size}, and this reconcile reads both of its sides from it at once, each on a connection of its own: set `pool_size: 2` or more on it"
     )]
     PoolTooSmall {
+        source_name: SourceName,
+        pool_size: u32,
+    },
+    /// Other reconciles held every connection's turn for as long as a reconcile may wait.
+    #[error(
+        "source `{source_name}`: no turn on its {pool_size} connections came within {} minutes, other reconciles held them all: raise its `pool_size`, or run fewer reconciles on it at once",
+        TURN_WAIT.as_secs() / 60
+    )]
+    NoTurn {
         source_name: SourceName,
         pool_size: u32,
     },
@@ -774,7 +784,13 @@ pub(crate) async fn connect<DB: sqlx::Database>(
         .await
         .map_err(|e| SourceError::Connect {
             source_name: source.clone(),
-            message: e.to_string(),
+            message: if e.pool_busy {
+                format!(
+                    "{e} (reconciles take turns on them, other reads do not: raise the source's `pool_size`, or run fewer invariants on it at once)"
+                )
+            } else {
+                e.to_string()
+            },
         })
 }
 
@@ -827,6 +843,11 @@ pub struct Sources {
     /// takes one for each side it reads there before it reads (see [`Sources::sides`]).
     connections: BTreeMap<SourceName, Arc<tokio::sync::Semaphore>>,
 }
+
+/// How long a reconcile waits for its turn on a database's connections before it fails
+/// (runs in `serve` also end at their own timeout): long enough for another reconcile of a
+/// large table to finish, bounded so that a re-check or a dry run never waits for ever.
+pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// What a reconcile holds while it reads both sides: a connection's worth of each side's
 /// database, so that runs at once never each hold one side's connection while they wait for
@@ -897,13 +918,24 @@ impl Sources {
                     pool_size,
                 });
             }
-            let permit = Arc::clone(connections)
-                .acquire_many_owned(n)
-                .await
-                .map_err(|_| SourceError::Connect {
-                    source_name: name.clone(),
-                    message: "the source was closed".to_owned(),
-                })?;
+            let turn =
+                tokio::time::timeout(TURN_WAIT, Arc::clone(connections).acquire_many_owned(n));
+            let permit = match turn.await {
+                Ok(Ok(permit)) => permit,
+                // Closed by `close`: the process is shutting down.
+                Ok(Err(_)) => {
+                    return Err(SourceError::Connect {
+                        source_name: name.clone(),
+                        message: "the source was closed (trueup is shutting down)".to_owned(),
+                    });
+                }
+                Err(_) => {
+                    return Err(SourceError::NoTurn {
+                        source_name: name.clone(),
+                        pool_size,
+                    });
+                }
+            };
             held.push(permit);
         }
         Ok(SidePermits { _held: held })
@@ -948,8 +980,12 @@ impl Sources {
         })
     }
 
-    /// Closes every source's pool at once, so stalled ones wait their bound together.
+    /// Closes every source's pool at once, so stalled ones wait their bound together; a
+    /// reconcile still waiting for its turn fails at once.
     pub async fn close(&self) {
+        for connections in self.connections.values() {
+            connections.close();
+        }
         futures_util::future::join_all(self.by_name.values().map(|s| s.close())).await;
     }
 }

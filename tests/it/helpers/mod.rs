@@ -171,10 +171,11 @@ impl Drop for TestMysql {
             // As PostgreSQL's `WITH (FORCE)`: a connection the test left in a transaction
             // (its runtime waits for this drop) would hold a metadata lock, and the drop
             // would wait for it for ever.
-            // `ID` is a signed BIGINT in MariaDB's processlist (decoding it as u64 failed, and
-            // the database was left behind whenever a connection was still there to kill).
+            // `ID` is a signed BIGINT in MariaDB's processlist, unsigned in MySQL's: read as
+            // one type (decoding it as u64 failed on MariaDB, and the database was left
+            // behind whenever a connection was still there to kill).
             let left: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM information_schema.processlist \
+                "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
                  WHERE (db = ? OR user = ?) AND id <> CONNECTION_ID()",
             )
             .bind(&name)

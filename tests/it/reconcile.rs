@@ -622,21 +622,22 @@ async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close()
     let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
     cfg.pool_size = 2;
     let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
-    let srcs = std::sync::Arc::new(trueup::source::Sources::open_all(&configs).await.unwrap());
+    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
     let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
-    // One reconcile holds both connections' turns; a second waits for them.
+    // One reconcile holds both connections' turns; a second, polled once, queues for them
+    // (no sleep: the poll itself is what puts it in the queue).
     let held = srcs.sides(&pg_name, &pg_name).await.unwrap();
-    let waiting = tokio::spawn({
-        let (srcs, name) = (std::sync::Arc::clone(&srcs), pg_name.clone());
-        async move { srcs.sides(&name, &name).await.map(drop) }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(!waiting.is_finished(), "the second waits its turn");
+    let waiting = srcs.sides(&pg_name, &pg_name);
+    tokio::pin!(waiting);
+    tokio::select! {
+        biased;
+        _ = &mut waiting => panic!("the second waits its turn"),
+        () = std::future::ready(()) => {}
+    }
     srcs.close().await;
     let err = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
         .await
         .expect("closing ends the wait at once")
-        .unwrap()
         .unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -839,13 +839,17 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn ordered_summaries_are_compared_as_they_arrive_in_chunks_of_any_size() {
-        let seg = |rows: u64, sum: i128| SegmentSummary {
+    /// A bucket's summary of `rows` rows summing to `sum`, no key repeated.
+    fn seg(rows: u64, sum: i128) -> SegmentSummary {
+        SegmentSummary {
             rows,
             sum: sum.into(),
             repeats: 0,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn ordered_summaries_are_compared_as_they_arrive_in_chunks_of_any_size() {
         let (ltx, lrx) = tokio::sync::mpsc::channel(1);
         let (rtx, rrx) = tokio::sync::mpsc::channel(1);
         // 10 buckets of 10 keys over [1, 100]: bucket 2 on the left only, 5 on the right
@@ -916,11 +920,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_side_that_sends_nothing_leaves_every_bucket_of_the_other_differing() {
-        let seg = SegmentSummary {
-            rows: 10,
-            sum: 1.into(),
-            repeats: 0,
-        };
+        let seg = seg(10, 1);
         let (ltx, lrx) = tokio::sync::mpsc::channel(1);
         let (rtx, rrx) = tokio::sync::mpsc::channel::<Vec<(u64, SegmentSummary)>>(1);
         drop(rtx);
@@ -941,11 +941,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bucket_sent_again_or_after_a_later_one_fails_the_walk_and_says_which_side() {
-        let seg = SegmentSummary {
-            rows: 10,
-            sum: 1.into(),
-            repeats: 0,
-        };
+        let seg = seg(10, 1);
         let in_order = vec![vec![(0, seg), (3, seg)], vec![(5, seg)]];
         for wrong in [
             vec![vec![(0, seg), (5, seg)], vec![(3, seg)]],

@@ -26,6 +26,7 @@ mod sql;
 mod sqlite;
 mod stream;
 mod summarize;
+mod turn;
 mod unordered;
 
 pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest};
@@ -40,6 +41,8 @@ pub(crate) use query::{
 pub(crate) use stream::Feed;
 pub use stream::RowStream;
 use stream::{Chunk, StreamState};
+pub use turn::TURN_WAIT;
+use turn::{Gate, Turn};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -158,9 +161,9 @@ pub enum SourceError {
         source_name: SourceName,
         pool_size: u32,
     },
-    /// Other reconciles held every connection's turn for as long as a reconcile may wait.
+    /// Other reads held every connection's turn for as long as a read may wait.
     #[error(
-        "source `{source_name}`: no turn on its {pool_size} connections came within {} minutes, other reconciles held them all: raise its `pool_size`, or run fewer reconciles on it at once",
+        "source `{source_name}`: no turn on its {pool_size} connections came within {} minutes, other reads held them all: raise its `pool_size`, or run fewer invariants on it at once",
         TURN_WAIT.as_secs() / 60
     )]
     NoTurn {
@@ -223,6 +226,8 @@ pub struct Source {
     /// The role's audit, made once per process on first contact (at start, or at the first
     /// read if the database was down then); every read waits for it.
     role: Arc<tokio::sync::OnceCell<RoleAudit>>,
+    /// Who may take one of its connections (see `source/turn.rs`).
+    gate: Gate,
 }
 
 impl Source {
@@ -242,6 +247,7 @@ impl Source {
                     on_writable: WritablePolicy::Warn,
                     on_privileged: PrivilegedPolicy::Refuse,
                     role: Arc::default(),
+                    gate: Gate::Open,
                 });
             }
             SourceConfig::Redis(cfg) => {
@@ -255,6 +261,7 @@ impl Source {
                     on_writable: WritablePolicy::Warn,
                     on_privileged: PrivilegedPolicy::Refuse,
                     role: Arc::default(),
+                    gate: Gate::Open,
                 });
             }
             SourceConfig::Http(api) => {
@@ -267,6 +274,7 @@ impl Source {
                     on_privileged: PrivilegedPolicy::Refuse,
                     endpoint: api.base_url.as_str().into(),
                     role: Arc::default(),
+                    gate: Gate::Open,
                 });
             }
         };
@@ -289,6 +297,7 @@ impl Source {
             on_privileged: cfg.on_privileged,
             endpoint: crate::connect::endpoint(cfg.url.expose()).into(),
             role: Arc::default(),
+            gate: Gate::Open,
         })
     }
 
@@ -334,8 +343,8 @@ impl Source {
     /// which are opened read-only).
     pub async fn audit_role(&self) -> Result<RoleAudit, SourceError> {
         match &self.pool {
-            Pool::Postgres(p) => postgres::audit_role(&self.name, &self.endpoint, p).await,
-            Pool::MySql(p) => mysql::audit_role(&self.name, &self.endpoint, p).await,
+            Pool::Postgres(p) => postgres::audit_role(self, p).await,
+            Pool::MySql(p) => mysql::audit_role(self, p).await,
             // A SQLite file is opened read-only; an API is only ever sent GET requests.
             // A SQLite file is opened read-only; an API is only ever sent GET requests; a
             // stream is read by an ordered consumer, which acknowledges nothing.
@@ -411,6 +420,9 @@ impl Source {
             source_name: self.name.clone(),
             message: "connection reset (injected by the fail point source.read)".into(),
         }));
+        // The turn is waited for here, before the read's deadline starts: a read queued behind
+        // a long reconcile is waiting, not stalled. A caller that gives up leaves the queue.
+        let turn = self.gate.turn(&self.name).await?;
         let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
         let net = tx.clone();
         let feed = Feed {
@@ -418,6 +430,7 @@ impl Source {
             decode_fault: injected("source.decode"),
             source: self.name.clone(),
             endpoint: Arc::clone(&self.endpoint),
+            turn,
             columns: Arc::from(Vec::new()),
             batch: Vec::new(),
             batch_bytes: 0,
@@ -727,23 +740,44 @@ impl Source {
     }
 }
 
-/// A pooled connection for one read. It goes back to the pool only if the read marked it
-/// [`Leased::reusable`] (it ended and rolled back); a read that failed, panicked, was cancelled
-/// or ran out of time closes it, so no connection carrying an open transaction, a half-read
-/// result or a stalled socket is handed to the next read.
+/// A pooled connection for one read, with its turn (see `source/turn.rs`). It goes back to the pool
+/// only if the read marked it [`Leased::reusable`] (it ended and rolled back); a read that
+/// failed, panicked, was cancelled or ran out of time closes it, so no connection carrying an
+/// open transaction, a half-read result or a stalled socket is handed to the next read. The
+/// turn is given back after the connection.
 pub(crate) struct Leased<DB: sqlx::Database> {
     conn: sqlx::pool::PoolConnection<DB>,
     reusable: bool,
+    // Declared after `conn`, so dropped after it.
+    _turn: Turn,
 }
 
 impl<DB: sqlx::Database> Leased<DB> {
-    pub(crate) async fn acquire(pool: &sqlx::Pool<DB>, feed: &Feed) -> Result<Self, SourceError> {
-        connect(&feed.source, &feed.endpoint, pool)
+    /// A connection for a read holding `turn` (see [`Gate::turn`]): at once, not after the
+    /// pool's timeout (see [`crate::connect`]), or why there is none.
+    pub(crate) async fn acquire(
+        source: &SourceName,
+        endpoint: &str,
+        turn: Turn,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<Self, SourceError> {
+        let conn = crate::connect::acquire(pool, endpoint)
             .await
-            .map(|conn| Self {
-                conn,
-                reusable: false,
-            })
+            .map_err(|e| SourceError::Connect {
+                source_name: source.clone(),
+                message: if e.pool_busy {
+                    format!(
+                        "{e} (held outside trueup's turns: raise the source's `pool_size`, or run fewer invariants on it at once)"
+                    )
+                } else {
+                    e.to_string()
+                },
+            })?;
+        Ok(Self {
+            conn,
+            reusable: false,
+            _turn: turn,
+        })
     }
 
     /// The read ended cleanly (its transaction rolled back): the pool may have it again.
@@ -771,27 +805,6 @@ impl<DB: sqlx::Database> Drop for Leased<DB> {
             self.conn.close_on_drop();
         }
     }
-}
-
-/// A pooled connection to a source, or why there is none (at once, not after the pool's
-/// timeout: see [`crate::connect`]).
-pub(crate) async fn connect<DB: sqlx::Database>(
-    source: &SourceName,
-    endpoint: &str,
-    pool: &sqlx::Pool<DB>,
-) -> Result<sqlx::pool::PoolConnection<DB>, SourceError> {
-    crate::connect::acquire(pool, endpoint)
-        .await
-        .map_err(|e| SourceError::Connect {
-            source_name: source.clone(),
-            message: if e.pool_busy {
-                format!(
-                    "{e} (reconciles take turns on them, other reads do not: raise the source's `pool_size`, or run fewer invariants on it at once)"
-                )
-            } else {
-                e.to_string()
-            },
-        })
 }
 
 /// Decodes one value, turning a driver panic into a decode error for its column: a value the
@@ -839,35 +852,20 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[derive(Clone, Default)]
 pub struct Sources {
     by_name: BTreeMap<SourceName, Source>,
-    /// Per database source, a permit for each connection its pool may open: a reconcile
-    /// takes one for each side it reads there before it reads (see [`Sources::sides`]).
-    connections: BTreeMap<SourceName, Arc<tokio::sync::Semaphore>>,
-}
-
-/// How long a reconcile waits for its turn on a database's connections before it fails
-/// (runs in `serve` also end at their own timeout): long enough for another reconcile of a
-/// large table to finish, bounded so that a re-check or a dry run never waits for ever.
-pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-/// What a reconcile holds while it reads both sides: a connection's worth of each side's
-/// database, so that runs at once never each hold one side's connection while they wait for
-/// the other's (a wait that ended only when the pool gave up, 15 s later).
-#[derive(Debug)]
-pub struct SidePermits {
-    _held: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Sources {
     /// Opens each source and audits its role: a privileged role (unless allowed) or a writable
     /// one under `on_writable: refuse` stops here, with the reason. A source that cannot be
     /// reached now is only warned about: its role is audited at its first read, which fails
-    /// with the connection error until then.
+    /// with the connection error until then. Every read of a database source opened here
+    /// takes a turn on its connections (see `source/turn.rs`).
     pub async fn open_all(
         configs: &BTreeMap<SourceName, SourceConfig>,
     ) -> Result<Self, SourceError> {
         let mut by_name = BTreeMap::new();
         for (name, cfg) in configs {
-            let source = Source::open(cfg)?;
+            let mut source = Source::open(cfg)?;
             match source.vet().await {
                 Ok(_) => {}
                 Err(e @ (SourceError::Privileged { .. } | SourceError::Writable { .. })) => {
@@ -875,70 +873,40 @@ impl Sources {
                 }
                 Err(e) => tracing::warn!(source = %name, "cannot check the role's privileges: {e}"),
             }
+            if let Some(pool_size) = source.pool_size() {
+                source.gate = Gate::Shared {
+                    turns: Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
+                    pool_size,
+                };
+            }
             by_name.insert(name.clone(), source);
         }
-        let connections = by_name
-            .iter()
-            .filter_map(|(name, source)| {
-                let n = usize::try_from(source.pool_size()?).ok()?;
-                Some((name.clone(), Arc::new(tokio::sync::Semaphore::new(n))))
-            })
-            .collect();
-        Ok(Self {
-            by_name,
-            connections,
-        })
+        Ok(Self { by_name })
     }
 
-    /// Takes a connection's worth of each database a reconcile's sides read (two where both
-    /// read one), in source-name order, so that two runs reading the same two databases the
-    /// other way round cannot each hold the one the other waits for. Waits while other runs
-    /// hold them; refuses at once a database whose pool can never give both.
-    pub async fn sides(
+    /// The sources as a reconcile reading `left` and `right` sees them: it has taken a turn
+    /// on each side's database (two where both read one) at once, in source-name order, so
+    /// that two runs reading the same two databases the other way round cannot each hold the
+    /// one the other waits for; its reads take turns among those. Waits while other reads
+    /// hold them; refuses at once a database whose pool can never give both. The turns are
+    /// given back once the view and the last connection its reads took are gone.
+    pub async fn for_reconcile(
         &self,
         left: &SourceName,
         right: &SourceName,
-    ) -> Result<SidePermits, SourceError> {
+    ) -> Result<Sources, SourceError> {
         let mut wanted: BTreeMap<&SourceName, u32> = BTreeMap::new();
         for name in [left, right] {
             *wanted.entry(name).or_default() += 1;
         }
-        let mut held = Vec::new();
+        let mut view = self.clone();
         for (name, n) in wanted {
-            let source = self.get(name)?;
-            // Not a database: nothing pooled to wait for.
-            let (Some(connections), Some(pool_size)) =
-                (self.connections.get(name), source.pool_size())
-            else {
-                continue;
-            };
-            if n > pool_size {
-                return Err(SourceError::PoolTooSmall {
-                    source_name: name.clone(),
-                    pool_size,
-                });
+            let gate = self.get(name)?.gate.reserve(name, n).await?;
+            if let Some(source) = view.by_name.get_mut(name) {
+                source.gate = gate;
             }
-            let turn =
-                tokio::time::timeout(TURN_WAIT, Arc::clone(connections).acquire_many_owned(n));
-            let permit = match turn.await {
-                Ok(Ok(permit)) => permit,
-                // Closed by `close`: the process is shutting down.
-                Ok(Err(_)) => {
-                    return Err(SourceError::Connect {
-                        source_name: name.clone(),
-                        message: "the source was closed (trueup is shutting down)".to_owned(),
-                    });
-                }
-                Err(_) => {
-                    return Err(SourceError::NoTurn {
-                        source_name: name.clone(),
-                        pool_size,
-                    });
-                }
-            };
-            held.push(permit);
         }
-        Ok(SidePermits { _held: held })
+        Ok(view)
     }
 
     /// Each source whose role has been audited, and whether it is privileged (and allowed to
@@ -969,6 +937,7 @@ impl Sources {
                 on_privileged: PrivilegedPolicy::Refuse,
                 endpoint: Arc::from("trueup's store"),
                 role: Arc::default(),
+                gate: Gate::Open,
             };
             self.by_name.insert(name, source);
         }
@@ -983,8 +952,8 @@ impl Sources {
     /// Closes every source's pool at once, so stalled ones wait their bound together; a
     /// reconcile still waiting for its turn fails at once.
     pub async fn close(&self) {
-        for connections in self.connections.values() {
-            connections.close();
+        for source in self.by_name.values() {
+            source.gate.close();
         }
         futures_util::future::join_all(self.by_name.values().map(|s| s.close())).await;
     }

@@ -5,7 +5,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlValueRef};
 use sqlx::{Decode, Executor, MySql, MySqlPool, ValueRef};
 
 use crate::config::SqlSource as SourceConfig;
-use crate::domain::{SourceName, Value};
+use crate::domain::Value;
 
 use super::decode::{Kind, Unrepresentable};
 use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
@@ -43,11 +43,16 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, Sou
 }
 
 pub(super) async fn audit_role(
-    name: &SourceName,
-    endpoint: &str,
+    source: &super::Source,
     pool: &MySqlPool,
 ) -> Result<RoleAudit, SourceError> {
-    let mut conn = super::connect(name, endpoint, pool).await?;
+    let name = &source.name;
+    // Without a turn: every read waits for this audit, a reconcile's included, and one
+    // holding all of the source's turns would wait for ever on an audit waiting for a turn.
+    // It is one short query, once per process.
+    let mut lease =
+        super::Leased::acquire(name, &source.endpoint, super::Turn::default(), pool).await?;
+    let conn: &mut sqlx::MySqlConnection = &mut lease;
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
@@ -69,6 +74,8 @@ pub(super) async fn audit_role(
     .fetch_all(&mut *conn)
     .await
     .map_err(connect)?;
+    // Nothing was left open on it: the pool may have it again.
+    lease.reusable();
     let mut audit = RoleAudit::default();
     for (privilege, on) in rows {
         match privilege.as_str() {

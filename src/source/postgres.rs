@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgValueRef};
 use sqlx::{PgPool, Postgres, Row as _, ValueRef};
 
 use crate::config::SqlSource as SourceConfig;
-use crate::domain::{EVIDENCE_VALUE_CAP, SourceName, Value};
+use crate::domain::{EVIDENCE_VALUE_CAP, Value};
 
 use super::decode::Kind;
 use super::pg_wire;
@@ -34,11 +34,16 @@ pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<PgPool, Source
 }
 
 pub(super) async fn audit_role(
-    name: &SourceName,
-    endpoint: &str,
+    source: &super::Source,
     pool: &PgPool,
 ) -> Result<RoleAudit, SourceError> {
-    let mut conn = super::connect(name, endpoint, pool).await?;
+    let name = &source.name;
+    // Without a turn: every read waits for this audit, a reconcile's included, and one
+    // holding all of the source's turns would wait for ever on an audit waiting for a turn.
+    // It is one short query, once per process.
+    let mut lease =
+        super::Leased::acquire(name, &source.endpoint, super::Turn::default(), pool).await?;
+    let conn: &mut sqlx::PgConnection = &mut lease;
     let connect = |e: sqlx::Error| SourceError::Connect {
         source_name: name.clone(),
         message: e.to_string(),
@@ -77,6 +82,8 @@ pub(super) async fn audit_role(
     .fetch_one(&mut *conn)
     .await
     .map_err(connect)?;
+    // Nothing was left open on it: the pool may have it again.
+    lease.reusable();
     let mut audit = RoleAudit::default();
     let superuser = row.try_get::<bool, _>(0).map_err(connect)?;
     if superuser {

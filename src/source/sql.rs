@@ -283,7 +283,8 @@ where
     for<'q> <D::DB as Database>::Arguments<'q>: IntoArguments<'q, D::DB>,
     usize: sqlx::ColumnIndex<<D::DB as Database>::Row>,
 {
-    let mut conn = match Leased::acquire(&pool, &feed).await {
+    let turn = std::mem::take(&mut feed.turn);
+    let mut conn = match Leased::acquire(&feed.source, &feed.endpoint, turn, &pool).await {
         Ok(c) => c,
         Err(err) => return feed.fail(err).await,
     };

@@ -113,6 +113,9 @@ pub(crate) struct Feed {
     pub(super) decode_fault: bool,
     pub(super) source: SourceName,
     pub(super) endpoint: Arc<str>,
+    /// The read's turn on the source's connections, taken before it started; its connection
+    /// holds it (a source that is no database has no turns).
+    pub(super) turn: super::turn::Turn,
     pub(super) columns: Arc<[String]>,
     /// The batch being filled, and the bytes of its values.
     pub(super) batch: Vec<Row>,

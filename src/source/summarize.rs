@@ -31,10 +31,9 @@ where
         message: e.to_string(),
     };
     let deadline = std::time::Duration::from_millis(source.timeout_ms) + super::READ_GRACE;
-    let mut conn = Leased {
-        conn: super::connect(&source.name, &source.endpoint, pool).await?,
-        reusable: false,
-    };
+    // The turn first, outside the deadline: waiting for it is not a stall.
+    let turn = source.gate.turn(&source.name).await?;
+    let mut conn = Leased::acquire(&source.name, &source.endpoint, turn, pool).await?;
     let begin = ReadRequest {
         query: Read::Sql(String::new()),
         needed: Vec::new(),

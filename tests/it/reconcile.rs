@@ -626,8 +626,8 @@ async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close()
     let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
     // One reconcile holds both connections' turns; a second, polled once, queues for them
     // (no sleep: the poll itself is what puts it in the queue).
-    let held = srcs.sides(&pg_name, &pg_name).await.unwrap();
-    let waiting = srcs.sides(&pg_name, &pg_name);
+    let held = srcs.for_reconcile(&pg_name, &pg_name).await.unwrap();
+    let waiting = srcs.for_reconcile(&pg_name, &pg_name);
     tokio::pin!(waiting);
     tokio::select! {
         biased;
@@ -638,10 +638,101 @@ async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close()
     let err = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
         .await
         .expect("closing ends the wait at once")
-        .unwrap_err();
+        .err()
+        .expect("a closed source gives no turn");
     assert_eq!(
         err.to_string(),
         "source `pg`: cannot connect: the source was closed (trueup is shutting down)"
     );
     drop(held);
+}
+
+#[tokio::test]
+async fn a_reconcile_waits_for_a_connection_another_read_holds_instead_of_taking_the_pool_short() {
+    let pg = TestPg::new().await;
+    let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
+    cfg.pool_size = 2;
+    let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
+    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
+    let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
+    // A check's read: its connection is out (and its turn taken) until its query ends.
+    let mut check = srcs
+        .get(&pg_name)
+        .unwrap()
+        .read(trueup::source::ReadRequest {
+            query: trueup::domain::Read::Sql("SELECT 1 AS id FROM pg_sleep(1)".into()),
+            needed: Vec::new(),
+            order_by: Vec::new(),
+            filter: Vec::new(),
+            digest_long_except: None,
+            key_ranges: None,
+            keys: None,
+            changed_since: None,
+        })
+        .await
+        .unwrap();
+    // A reconcile reading both sides there needs both connections: it waits for the check,
+    // holding none, instead of taking one and waiting on the pool for the other (which gave
+    // up after 15 s when the check ran longer).
+    let reconcile = srcs.for_reconcile(&pg_name, &pg_name);
+    tokio::pin!(reconcile);
+    tokio::select! {
+        biased;
+        _ = &mut reconcile => panic!("one of the two connections is the check's"),
+        () = std::future::ready(()) => {}
+    }
+    let mut rows = 0;
+    while let Some(batch) = check.next_batch().await {
+        rows += batch.unwrap().len();
+    }
+    assert_eq!(rows, 1);
+    let view = tokio::time::timeout(std::time::Duration::from_secs(5), reconcile)
+        .await
+        .expect("the turn comes once the check's connection is back")
+        .unwrap();
+    drop(view);
+    srcs.close().await;
+}
+
+#[tokio::test]
+async fn a_read_queued_behind_a_reconcile_waits_its_turn_past_its_own_deadline_instead_of_failing_as_stalled()
+ {
+    let pg = TestPg::new().await;
+    let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
+    cfg.pool_size = 2;
+    // A read's deadline: this and 5 s more (see `Source::read`).
+    cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
+    let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
+    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
+    let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
+    // A reconcile holds both turns for longer than a read's deadline.
+    let reconcile = srcs.for_reconcile(&pg_name, &pg_name).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
+        drop(reconcile);
+    });
+    let queued = std::time::Instant::now();
+    let mut check = srcs
+        .get(&pg_name)
+        .unwrap()
+        .read(trueup::source::ReadRequest {
+            query: trueup::domain::Read::Sql("SELECT 7 AS id".into()),
+            needed: Vec::new(),
+            order_by: Vec::new(),
+            filter: Vec::new(),
+            digest_long_except: None,
+            key_ranges: None,
+            keys: None,
+            changed_since: None,
+        })
+        .await
+        .expect("a read waiting for its turn is queued, not stalled");
+    assert!(queued.elapsed() >= std::time::Duration::from_secs(6));
+    let mut rows = Vec::new();
+    while let Some(batch) = check.next_batch().await {
+        rows.extend(batch.unwrap());
+    }
+    assert_eq!(rows, vec![vec![trueup::domain::Value::Int(7)]]);
+    release.await.unwrap();
+    srcs.close().await;
 }

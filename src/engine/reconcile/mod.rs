@@ -33,7 +33,9 @@ pub(super) async fn run(
     filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    let _sides = sources.sides(&spec.left.source, &spec.right.source).await?;
+    let sources = &sources
+        .for_reconcile(&spec.left.source, &spec.right.source)
+        .await?;
     // A re-check of given keys is no run of its own: it reads no marks.
     if let Some(inc) = spec.incremental.as_ref().filter(|_| filter.is_empty()) {
         tally.stats.marks = Some(incremental::marks(inv, spec, inc, sources).await?);
@@ -60,7 +62,9 @@ pub(super) async fn run_segment(
     (low, high): (i64, i64),
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    let _sides = sources.sides(&spec.left.source, &spec.right.source).await?;
+    let sources = &sources
+        .for_reconcile(&spec.left.source, &spec.right.source)
+        .await?;
     compare(
         inv,
         spec,

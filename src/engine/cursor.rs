@@ -70,26 +70,24 @@ impl Cursor {
         Ok(self.peeked.take())
     }
 
-    pub async fn peek(&mut self) -> Result<Option<&Row>, EngineError> {
-        self.fill().await?;
-        Ok(self.peeked.as_ref())
-    }
-
     /// The next key group, checking that keys never go backwards.
     pub async fn next_group(&mut self) -> Result<Option<Group>, EngineError> {
         let Some(first) = self.next().await? else {
             return Ok(None);
         };
         let mut count = 1;
-        // An Arc, so holding the indices while `self` is borrowed costs no allocation per row.
-        let key_idx = Arc::clone(&self.key_idx);
         loop {
-            let order = match self.peek().await? {
+            self.fill().await?;
+            // The fields apart, so that the look-ahead and the key indices borrow together
+            // (no clone of the indices per row).
+            let order = match &self.peeked {
                 None => break,
-                Some(next) => match compare_keys(&first, &key_idx, next, &key_idx) {
-                    Ordering::Greater => {
-                        Err(key_idx.iter().map(|&i| next[i].clone()).collect::<Vec<_>>())
-                    }
+                Some(next) => match compare_keys(&first, &self.key_idx, next, &self.key_idx) {
+                    Ordering::Greater => Err(self
+                        .key_idx
+                        .iter()
+                        .map(|&i| next[i].clone())
+                        .collect::<Vec<_>>()),
                     other => Ok(other),
                 },
             };
@@ -100,7 +98,8 @@ impl Cursor {
                 }
                 Ok(_) => break,
                 Err(current) => {
-                    let previous: Vec<Value> = key_idx.iter().map(|&i| first[i].clone()).collect();
+                    let previous: Vec<Value> =
+                        self.key_idx.iter().map(|&i| first[i].clone()).collect();
                     return Err(EngineError::OutOfOrder {
                         side: self.side,
                         row: self.rows_read,

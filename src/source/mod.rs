@@ -744,11 +744,13 @@ impl Source {
 /// only if the read marked it [`Leased::reusable`] (it ended and rolled back); a read that
 /// failed, panicked, was cancelled or ran out of time closes it, so no connection carrying an
 /// open transaction, a half-read result or a stalled socket is handed to the next read. The
-/// turn is given back after the connection.
+/// turn is given back once the connection is handed back (after the rollback, not when the
+/// reader sent its end); sqlx then returns or closes it in the background, so the next reader
+/// with a turn may wait on the pool for that, normally a round trip.
 pub(crate) struct Leased<DB: sqlx::Database> {
     conn: sqlx::pool::PoolConnection<DB>,
     reusable: bool,
-    // Declared after `conn`, so dropped after it.
+    // Declared after `conn`, so dropped after it is handed back.
     _turn: Turn,
 }
 
@@ -767,7 +769,7 @@ impl<DB: sqlx::Database> Leased<DB> {
                 source_name: source.clone(),
                 message: if e.pool_busy {
                     format!(
-                        "{e} (held outside trueup's turns: raise the source's `pool_size`, or run fewer invariants on it at once)"
+                        "{e} (every read takes a turn on them first, so connections handed back were slow to return or close: check the network to the database; a larger `pool_size` on the source gives room meanwhile)"
                     )
                 } else {
                     e.to_string()

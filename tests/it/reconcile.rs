@@ -659,16 +659,9 @@ async fn a_reconcile_waits_for_a_connection_another_read_holds_instead_of_taking
     let mut check = srcs
         .get(&pg_name)
         .unwrap()
-        .read(trueup::source::ReadRequest {
-            query: trueup::domain::Read::Sql("SELECT 1 AS id FROM pg_sleep(1)".into()),
-            needed: Vec::new(),
-            order_by: Vec::new(),
-            filter: Vec::new(),
-            digest_long_except: None,
-            key_ranges: None,
-            keys: None,
-            changed_since: None,
-        })
+        .read(crate::helpers::read_request(
+            "SELECT 1 AS id FROM pg_sleep(1)",
+        ))
         .await
         .unwrap();
     // A reconcile reading both sides there needs both connections: it waits for the check,
@@ -715,16 +708,7 @@ async fn a_read_queued_behind_a_reconcile_waits_its_turn_past_its_own_deadline_i
     let mut check = srcs
         .get(&pg_name)
         .unwrap()
-        .read(trueup::source::ReadRequest {
-            query: trueup::domain::Read::Sql("SELECT 7 AS id".into()),
-            needed: Vec::new(),
-            order_by: Vec::new(),
-            filter: Vec::new(),
-            digest_long_except: None,
-            key_ranges: None,
-            keys: None,
-            changed_since: None,
-        })
+        .read(crate::helpers::read_request("SELECT 7 AS id"))
         .await
         .expect("a read waiting for its turn is queued, not stalled");
     assert!(queued.elapsed() >= std::time::Duration::from_secs(6));

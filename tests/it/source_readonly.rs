@@ -8,24 +8,13 @@ use trueup::config::{PrivilegedPolicy, WritablePolicy};
 use trueup::domain::{ColumnName, SourceName, Value};
 use trueup::source::{ReadRequest, Source, SourceError, Sources};
 
-use crate::helpers::{TestMysql, TestPg, source, sql_source, sqlite_file, sqlite_url};
-
-fn request(query: &str) -> ReadRequest {
-    ReadRequest {
-        query: trueup::domain::Read::Sql(query.to_owned()),
-        needed: Vec::new(),
-        order_by: Vec::new(),
-        filter: Vec::new(),
-        digest_long_except: None,
-        key_ranges: None,
-        keys: None,
-        changed_since: None,
-    }
-}
+use crate::helpers::{
+    TestMysql, TestPg, read_request, source, sql_source, sqlite_file, sqlite_url,
+};
 
 /// Reads every row of `query`, or the first error.
 async fn read_all(src: &Source, query: &str) -> Result<Vec<Vec<Value>>, SourceError> {
-    let mut stream = src.read(request(query)).await?;
+    let mut stream = src.read(read_request(query)).await?;
     let mut rows = Vec::new();
     while let Some(batch) = stream.next_batch().await {
         rows.extend(batch?);

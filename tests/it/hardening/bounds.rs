@@ -208,7 +208,7 @@ async fn a_long_value_read_as_a_digest_on_postgres_compares_with_the_whole_value
     .await;
     let src = Source::open(&source("pg", &db.reader_url)).unwrap();
     let digested = |query: &str| {
-        let mut req = request(query);
+        let mut req = read_request(query);
         req.digest_long_except = Some(Vec::new());
         req
     };

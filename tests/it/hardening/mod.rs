@@ -9,25 +9,12 @@ use std::path::Path;
 use std::process::Output;
 
 use trueup::domain::Value;
-use trueup::source::{ReadRequest, Source, SourceError};
+use trueup::source::{Source, SourceError};
 
-use crate::helpers::{TestMysql, TestPg, combined_output, source, trueup_cli};
-
-fn request(query: &str) -> ReadRequest {
-    ReadRequest {
-        query: trueup::domain::Read::Sql(query.to_owned()),
-        needed: Vec::new(),
-        order_by: Vec::new(),
-        filter: Vec::new(),
-        digest_long_except: None,
-        key_ranges: None,
-        keys: None,
-        changed_since: None,
-    }
-}
+use crate::helpers::{TestMysql, TestPg, combined_output, read_request, source, trueup_cli};
 
 async fn read_all(src: &Source, query: &str) -> Result<Vec<Vec<Value>>, SourceError> {
-    let mut stream = src.read(request(query)).await?;
+    let mut stream = src.read(read_request(query)).await?;
     let mut rows = Vec::new();
     while let Some(batch) = stream.next_batch().await {
         rows.extend(batch?);

@@ -231,6 +231,20 @@ pub fn source(name: &str, url: &str) -> SourceConfig {
     sql_source(name, url).into()
 }
 
+/// A read of `query` with nothing else asked: no needed columns, order, filter or digests.
+pub fn read_request(query: &str) -> trueup::source::ReadRequest {
+    trueup::source::ReadRequest {
+        query: trueup::domain::Read::Sql(query.to_owned()),
+        needed: Vec::new(),
+        order_by: Vec::new(),
+        filter: Vec::new(),
+        digest_long_except: None,
+        key_ranges: None,
+        keys: None,
+        changed_since: None,
+    }
+}
+
 /// A database source's settings, to change before it is opened.
 pub fn sql_source(name: &str, url: &str) -> SqlSource {
     SqlSource {

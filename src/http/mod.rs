@@ -433,6 +433,10 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .runtime
         .metrics
         .record_sources(state.runtime.sources.privileged());
+    state
+        .runtime
+        .metrics
+        .record_turns(state.runtime.sources.turn_use());
     (
         [(
             header::CONTENT_TYPE,

@@ -30,6 +30,10 @@ pub struct Metrics {
     plan_actions: IntGaugeVec,
     plan_actions_total: IntGaugeVec,
     source_privileged: IntGaugeVec,
+    source_pool_size: IntGaugeVec,
+    source_turns_held: IntGaugeVec,
+    source_turns_waiting: IntGaugeVec,
+    source_turn_wait: prometheus::CounterVec,
     slo_objective: GaugeVec,
     slo_breaching: IntGaugeVec,
     slo_sli: GaugeVec,
@@ -60,6 +64,32 @@ impl Metrics {
             self.source_privileged
                 .with_label_values(&[name.as_str()])
                 .set(i64::from(privileged));
+        }
+    }
+
+    /// Sets each database source's connection turns as they are used now: how many of its
+    /// `pool_size` are held, how many reads wait for one, and how long reads have waited.
+    pub fn record_turns<'a>(
+        &self,
+        sources: impl Iterator<Item = (&'a crate::domain::SourceName, crate::source::TurnUse)>,
+    ) {
+        for (name, turns) in sources {
+            let labels = [name.as_str()];
+            self.source_pool_size
+                .with_label_values(&labels)
+                .set(i64::from(turns.pool_size));
+            self.source_turns_held
+                .with_label_values(&labels)
+                .set(i64::from(turns.held));
+            self.source_turns_waiting
+                .with_label_values(&labels)
+                .set(i64::try_from(turns.waiting).unwrap_or(i64::MAX));
+            // The source keeps the total; the counter catches up with it.
+            let waited = self.source_turn_wait.with_label_values(&labels);
+            let more = turns.waited.as_secs_f64() - waited.get();
+            if more > 0.0 {
+                waited.inc_by(more);
+            }
         }
     }
 
@@ -248,6 +278,35 @@ impl Metrics {
                 "1 if the source's database role is privileged (superuser, server programs or files) and `allow_privileged_role: true` lets trueup use it anyway.",
                 &["source"],
             ),
+            source_pool_size: int_gauge(
+                "trueup_source_pool_size",
+                "The most connections trueup opens to the source at once (its pool_size): as many turns as its reads take.",
+                &["source"],
+            ),
+            source_turns_held: int_gauge(
+                "trueup_source_turns_held",
+                "Turns on the source's connections held now: connections in use, and those reconciles have reserved for their reads.",
+                &["source"],
+            ),
+            source_turns_waiting: int_gauge(
+                "trueup_source_turns_waiting",
+                "Reads waiting now for a turn on the source's connections.",
+                &["source"],
+            ),
+            source_turn_wait: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "trueup_source_turn_wait_seconds_total",
+                        "Time reads spent waiting for a turn on the source's connections.",
+                    ),
+                    &["source"],
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             slo_objective: gauge(
                 "trueup_slo_objective_ratio",
                 "An invariant's consistency objective: the share of time with no violation open longer than its max_open (0.999 for 99.9%). The burn-rate rules in examples/prometheus/trueup-slo.yml read it.",

@@ -41,8 +41,8 @@ pub(crate) use query::{
 pub(crate) use stream::Feed;
 pub use stream::RowStream;
 use stream::{Chunk, StreamState};
-pub use turn::TURN_WAIT;
 use turn::{Gate, Turn};
+pub use turn::{TURN_WAIT, TurnUse};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -876,10 +876,7 @@ impl Sources {
                 Err(e) => tracing::warn!(source = %name, "cannot check the role's privileges: {e}"),
             }
             if let Some(pool_size) = source.pool_size() {
-                source.gate = Gate::Shared {
-                    turns: Arc::new(tokio::sync::Semaphore::new(pool_size as usize)),
-                    pool_size,
-                };
+                source.gate = Gate::new_shared(pool_size);
             }
             by_name.insert(name.clone(), source);
         }
@@ -909,6 +906,13 @@ impl Sources {
             }
         }
         Ok(view)
+    }
+
+    /// Each database source's turns on its connections, as they are used now.
+    pub fn turn_use(&self) -> impl Iterator<Item = (&SourceName, TurnUse)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, s)| s.gate.usage().map(|u| (name, u)))
     }
 
     /// Each source whose role has been audited, and whether it is privileged (and allowed to

@@ -9,6 +9,7 @@
 //! `postgres::audit_role`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -32,9 +33,54 @@ pub(crate) enum Gate {
     Shared {
         turns: Arc<Semaphore>,
         pool_size: u32,
+        waits: Arc<Waits>,
     },
     /// A reconcile's: it holds some of the shared turns, and its reads take turns among them.
     Reserved(Arc<Reservation>),
+}
+
+/// How reads have waited for a source's shared turns, for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Waits {
+    now: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// A database source's turns, as `/metrics` shows them: saturation (`held` of `pool_size`)
+/// and the waiting it causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnUse {
+    pub pool_size: u32,
+    /// Connections in use, and those reconciles have reserved for their reads.
+    pub held: u32,
+    /// Reads waiting for a turn now.
+    pub waiting: u64,
+    /// Time reads spent waiting for a turn, all told.
+    pub waited: std::time::Duration,
+}
+
+/// One read waiting: counted while it waits, its time added when the wait ends (or is dropped).
+struct Waiting<'a> {
+    waits: &'a Waits,
+    since: tokio::time::Instant,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(waits: &'a Waits) -> Self {
+        waits.now.fetch_add(1, Ordering::Relaxed);
+        Self {
+            waits,
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.waits.now.fetch_sub(1, Ordering::Relaxed);
+        let micros = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.waits.micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// Turns a reconcile took on one source, shared out among its reads.
@@ -54,12 +100,25 @@ pub(crate) struct Turn {
 }
 
 impl Gate {
+    /// The gate of a source whose pool opens at most `pool_size` connections.
+    pub(crate) fn new_shared(pool_size: u32) -> Self {
+        Gate::Shared {
+            turns: Arc::new(Semaphore::new(pool_size as usize)),
+            pool_size,
+            waits: Arc::default(),
+        }
+    }
+
     /// A turn for one connection of `source`, waiting at most [`TURN_WAIT`].
     pub(crate) async fn turn(&self, source: &SourceName) -> Result<Turn, SourceError> {
         match self {
             Gate::Open => Ok(Turn::default()),
-            Gate::Shared { turns, pool_size } => Ok(Turn {
-                _permit: Some(wait(source, turns, 1, *pool_size).await?),
+            Gate::Shared {
+                turns,
+                pool_size,
+                waits,
+            } => Ok(Turn {
+                _permit: Some(shared(source, turns, 1, *pool_size, waits).await?),
                 _of: None,
             }),
             // Only the reconcile's own reads hold these, each briefly past its end (a
@@ -91,14 +150,18 @@ impl Gate {
     pub(crate) async fn reserve(&self, source: &SourceName, n: u32) -> Result<Gate, SourceError> {
         match self {
             Gate::Open => Ok(Gate::Open),
-            Gate::Shared { turns, pool_size } => {
+            Gate::Shared {
+                turns,
+                pool_size,
+                waits,
+            } => {
                 if n > *pool_size {
                     return Err(SourceError::PoolTooSmall {
                         source_name: source.clone(),
                         pool_size: *pool_size,
                     });
                 }
-                let held = wait(source, turns, n, *pool_size).await?;
+                let held = shared(source, turns, n, *pool_size, waits).await?;
                 Ok(Gate::Reserved(Arc::new(Reservation {
                     turns: Arc::new(Semaphore::new(n as usize)),
                     pool_size: *pool_size,
@@ -112,12 +175,46 @@ impl Gate {
         }
     }
 
+    /// How the source's shared turns are used now; `None` for a gate that is not shared.
+    pub(crate) fn usage(&self) -> Option<TurnUse> {
+        let Gate::Shared {
+            turns,
+            pool_size,
+            waits,
+        } = self
+        else {
+            return None;
+        };
+        let free = u32::try_from(turns.available_permits()).unwrap_or(u32::MAX);
+        Some(TurnUse {
+            pool_size: *pool_size,
+            held: pool_size.saturating_sub(free),
+            waiting: waits.now.load(Ordering::Relaxed),
+            waited: std::time::Duration::from_micros(waits.micros.load(Ordering::Relaxed)),
+        })
+    }
+
     /// Ends every wait for a shared turn at once (the process is shutting down).
     pub(crate) fn close(&self) {
         if let Gate::Shared { turns, .. } = self {
             turns.close();
         }
     }
+}
+
+/// `n` of the shared turns: at once when they are free, else waited for and counted.
+async fn shared(
+    source: &SourceName,
+    turns: &Arc<Semaphore>,
+    n: u32,
+    pool_size: u32,
+    waits: &Waits,
+) -> Result<OwnedSemaphorePermit, SourceError> {
+    if let Ok(permit) = Arc::clone(turns).try_acquire_many_owned(n) {
+        return Ok(permit);
+    }
+    let _waiting = Waiting::start(waits);
+    wait(source, turns, n, pool_size).await
 }
 
 async fn wait(
@@ -144,11 +241,8 @@ async fn wait(
 mod tests {
     use super::*;
 
-    fn shared(pool_size: u32) -> Gate {
-        Gate::Shared {
-            turns: Arc::new(Semaphore::new(pool_size as usize)),
-            pool_size,
-        }
+    fn gate(pool_size: u32) -> Gate {
+        Gate::new_shared(pool_size)
     }
 
     fn free(gate: &Gate) -> usize {
@@ -165,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_is_given_back_only_when_its_last_turn_is() {
-        let gate = shared(3);
+        let gate = gate(3);
         let reserved = gate.reserve(&name(), 2).await.unwrap();
         assert_eq!(free(&gate), 1);
         let turn = reserved.turn(&name()).await.unwrap();
@@ -177,9 +271,40 @@ mod tests {
         assert_eq!(free(&gate), 3);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn usage_counts_the_turns_held_the_reads_waiting_and_how_long_they_waited() {
+        let gate = gate(3);
+        let used = |held, waiting, secs| TurnUse {
+            pool_size: 3,
+            held,
+            waiting,
+            waited: std::time::Duration::from_secs(secs),
+        };
+        assert_eq!(gate.usage(), Some(used(0, 0, 0)));
+        let reserved = gate.reserve(&name(), 2).await.unwrap();
+        let one = gate.turn(&name()).await.unwrap();
+        assert_eq!(gate.usage(), Some(used(3, 0, 0)));
+        let db = name();
+        let waiting = gate.turn(&db);
+        tokio::pin!(waiting);
+        tokio::select! {
+            biased;
+            _ = &mut waiting => panic!("no turn is free"),
+            () = std::future::ready(()) => {}
+        }
+        assert_eq!(gate.usage(), Some(used(3, 1, 0)));
+        tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+        drop(reserved);
+        let two = waiting.await.unwrap();
+        assert_eq!(gate.usage(), Some(used(2, 0, 7)));
+        drop((one, two));
+        assert_eq!(gate.usage(), Some(used(0, 0, 7)));
+        assert_eq!(Gate::Open.usage(), None);
+    }
+
     #[tokio::test]
     async fn a_reservation_larger_than_the_pool_is_refused_at_once() {
-        let err = shared(1).reserve(&name(), 2).await.err().unwrap();
+        let err = gate(1).reserve(&name(), 2).await.err().unwrap();
         assert!(
             matches!(err, SourceError::PoolTooSmall { pool_size: 1, .. }),
             "{err}"
@@ -188,7 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_waits_while_the_reservations_hold_every_connection() {
-        let gate = shared(2);
+        let gate = gate(2);
         let db = name();
         let held = gate.reserve(&db, 2).await.unwrap();
         let waiting = gate.turn(&db);
@@ -207,7 +332,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_turn_that_does_not_come_within_the_turn_wait_fails_saying_what_to_change() {
-        let gate = shared(2);
+        let gate = gate(2);
         let held = gate.reserve(&name(), 2).await.unwrap();
         let asked = tokio::time::Instant::now();
         let err = gate.turn(&name()).await.err().unwrap();
@@ -222,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reconcile_inside_a_reconcile_is_refused_rather_than_left_waiting_on_itself() {
-        let reserved = shared(4).reserve(&name(), 1).await.unwrap();
+        let reserved = gate(4).reserve(&name(), 1).await.unwrap();
         let err = reserved.reserve(&name(), 1).await.err().unwrap();
         assert!(err.to_string().contains("twice"), "{err}");
     }

@@ -925,3 +925,56 @@ async fn the_api_creates_lists_and_expires_silences_and_explains_what_it_refuses
     assert!(all.contains("ledger upgrade"), "{all}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_show_a_source_whose_one_connection_two_invariants_wait_their_turn_on() {
+    let db = TestPg::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trueup.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: sqlite://{}/trueup.db\nsources:\n  slow:\n    url: {}\n    pool_size: 1\n{}",
+            dir.path().display(),
+            db.reader_url,
+            tokens_yaml("")
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+    // Two checks every second, each holding the one connection for 700 ms: at each tick one
+    // of them waits for the other.
+    std::fs::write(
+        dir.path().join("invariants/t.yaml"),
+        "invariants:\n\
+         \x20 - {name: first, schedule: \"* * * * * *\", check: {source: slow, query: \"SELECT 1 AS id FROM pg_sleep(0.7)\", key: id}}\n\
+         \x20 - {name: second, schedule: \"* * * * * *\", check: {source: slow, query: \"SELECT 1 AS id FROM pg_sleep(0.7)\", key: id}}\n",
+    )
+    .unwrap();
+    let server = crate::helpers::TestServer::start(Config::load(&config).unwrap()).await;
+    let base = server.base.clone();
+    let series = |name: &str| format!("{name}{{source=\"slow\"}}");
+    wait_for(
+        "a second of reads waiting for the one connection",
+        Duration::from_secs(20),
+        || {
+            let base = base.clone();
+            let series = series("trueup_source_turn_wait_seconds_total");
+            async move {
+                let (_, m) = get(&format!("{base}/metrics")).await;
+                sample(&m, &series).is_some_and(|waited| waited >= 1.0)
+            }
+        },
+    )
+    .await;
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(&metrics, &series("trueup_source_pool_size")),
+        Some(1.0),
+        "{metrics}"
+    );
+    let held = sample(&metrics, &series("trueup_source_turns_held")).unwrap();
+    let waiting = sample(&metrics, &series("trueup_source_turns_waiting")).unwrap();
+    assert!(held <= 1.0 && waiting <= 1.0, "{metrics}");
+    server.stop().await;
+}

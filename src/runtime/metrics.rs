@@ -34,6 +34,9 @@ pub struct Metrics {
     source_turns_held: IntGaugeVec,
     source_turns_waiting: IntGaugeVec,
     source_turn_wait: prometheus::CounterVec,
+    /// Held while the turn-wait counters catch up: two scrapes at once would both add the
+    /// same difference.
+    source_turn_wait_catch_up: std::sync::Mutex<()>,
     slo_objective: GaugeVec,
     slo_breaching: IntGaugeVec,
     slo_sli: GaugeVec,
@@ -85,6 +88,10 @@ impl Metrics {
                 .with_label_values(&labels)
                 .set(i64::try_from(turns.waiting).unwrap_or(i64::MAX));
             // The source keeps the total; the counter catches up with it.
+            let _one_at_a_time = self
+                .source_turn_wait_catch_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let waited = self.source_turn_wait.with_label_values(&labels);
             let more = turns.waited.as_secs_f64() - waited.get();
             if more > 0.0 {
@@ -280,7 +287,7 @@ impl Metrics {
             ),
             source_pool_size: int_gauge(
                 "trueup_source_pool_size",
-                "The most connections trueup opens to the source at once (its pool_size): as many turns as its reads take.",
+                "The most connections trueup opens to the source at once (its pool_size); a read takes a turn for each.",
                 &["source"],
             ),
             source_turns_held: int_gauge(
@@ -290,14 +297,14 @@ impl Metrics {
             ),
             source_turns_waiting: int_gauge(
                 "trueup_source_turns_waiting",
-                "Reads waiting now for a turn on the source's connections.",
+                "Reads waiting now for a turn on the source's connections (a reconcile waiting for both sides' turns counts as one).",
                 &["source"],
             ),
             source_turn_wait: {
                 let c = prometheus::CounterVec::new(
                     Opts::new(
                         "trueup_source_turn_wait_seconds_total",
-                        "Time reads spent waiting for a turn on the source's connections.",
+                        "Time reads spent waiting for a turn on the source's connections, added as each wait ends (trueup_source_turns_waiting shows the ones going on).",
                     ),
                     &["source"],
                 )
@@ -363,6 +370,7 @@ impl Metrics {
                 "Violations seen by the last completed evaluation, by kind.",
                 &["invariant", "kind", "severity"],
             ),
+            source_turn_wait_catch_up: std::sync::Mutex::new(()),
             capture,
             registry,
         }

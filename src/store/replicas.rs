@@ -70,6 +70,9 @@ pub trait ReplicaStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Marks a tick `owner` holds finished, with the run that answered it, or as missed when
+    /// none did (its invariant was already running here, as when a takeover finds it so, or
+    /// the run could not be recorded).
     async fn finish_tick(
         &self,
         invariant: &str,
@@ -296,8 +299,10 @@ macro_rules! impl_replica_store {
                 owner: &str,
                 run_id: Option<i64>,
             ) -> Result<(), $crate::store::StoreError> {
+                // A fire time with no run is a missed one: every tick ends with one outcome.
                 sqlx::query(
-                    "UPDATE ticks SET finished = $5, run_id = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
+                    "UPDATE ticks SET finished = $5, run_id = $4, missed = ($4 IS NULL) \
+                     WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
                 )
                 .bind(invariant)
                 .bind(fire_at)

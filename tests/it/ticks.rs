@@ -130,6 +130,15 @@ async fn tick_story(store: Arc<dyn Store>) {
     assert!(ticks[1].finished && ticks[2].finished && !ticks[3].finished);
     assert!(ticks[4].finished && ticks[5].finished);
 
+    // A tick finished with no run (a takeover found the invariant already running there) is
+    // missed: no fire time ends without an outcome.
+    store.finish_tick("hourly", at(3), "b", None).await.unwrap();
+    let third = store.ticks("hourly", 100).await.unwrap()[3].clone();
+    assert_eq!(
+        (third.finished, third.missed, third.run_id),
+        (true, true, None)
+    );
+
     // The scheduler's path claims a tick and begins its run in one transaction. A fire time
     // that is not ours, or comes while an earlier tick is unfinished, records no run.
     let minutely = InvariantName::parse("minutely").unwrap();

@@ -548,18 +548,7 @@ impl Source {
             }
         };
         let statement = format!("SELECT {expr} AS trueup_latest FROM ({query}) AS trueup_m");
-        let mut rows = self
-            .read(ReadRequest {
-                query: Read::Sql(statement),
-                needed: Vec::new(),
-                order_by: Vec::new(),
-                filter: Vec::new(),
-                digest_long_except: None,
-                key_ranges: None,
-                keys: None,
-                changed_since: None,
-            })
-            .await?;
+        let mut rows = self.read(ReadRequest::plain(Read::Sql(statement))).await?;
         let mut value = Value::Null;
         while let Some(batch) = rows.next_batch().await {
             if let Some(v) = batch?.into_iter().next().and_then(|r| r.into_iter().next()) {

@@ -42,6 +42,20 @@ pub struct ReadRequest {
 }
 
 impl ReadRequest {
+    /// A read of `query` as it is: no columns required of it, no order, filter or digests.
+    pub fn plain(query: Read) -> Self {
+        Self {
+            query,
+            needed: Vec::new(),
+            order_by: Vec::new(),
+            filter: Vec::new(),
+            digest_long_except: None,
+            key_ranges: None,
+            keys: None,
+            changed_since: None,
+        }
+    }
+
     /// The SQL of a read from a database (a request reaches a database's reader only by a
     /// mistake in the code: it fails, never reads something else).
     pub(crate) fn sql(&self, source: &SourceName) -> Result<&str, SourceError> {

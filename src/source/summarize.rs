@@ -34,16 +34,7 @@ where
     // The turn first, outside the deadline: waiting for it is not a stall.
     let turn = source.gate.turn(&source.name).await?;
     let mut conn = Leased::acquire(&source.name, &source.endpoint, turn, pool).await?;
-    let begin = ReadRequest {
-        query: Read::Sql(String::new()),
-        needed: Vec::new(),
-        order_by: Vec::new(),
-        filter: Vec::new(),
-        digest_long_except: None,
-        key_ranges: None,
-        keys: None,
-        changed_since: None,
-    };
+    let begin = ReadRequest::plain(Read::Sql(String::new()));
     let run = async {
         let c: &mut <D::DB as Database>::Connection = &mut conn;
         dialect

@@ -239,6 +239,8 @@ async fn wait(
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn gate(pool_size: u32) -> Gate {
@@ -287,11 +289,8 @@ mod tests {
         let db = name();
         let waiting = gate.turn(&db);
         tokio::pin!(waiting);
-        tokio::select! {
-            biased;
-            _ = &mut waiting => panic!("no turn is free"),
-            () = std::future::ready(()) => {}
-        }
+        // Polled once, it queues for a turn.
+        assert!(waiting.as_mut().now_or_never().is_none(), "no turn is free");
         assert_eq!(gate.usage(), Some(used(3, 1, 0)));
         tokio::time::sleep(std::time::Duration::from_secs(7)).await;
         drop(reserved);
@@ -318,11 +317,8 @@ mod tests {
         let held = gate.reserve(&db, 2).await.unwrap();
         let waiting = gate.turn(&db);
         tokio::pin!(waiting);
-        tokio::select! {
-            biased;
-            _ = &mut waiting => panic!("no turn is free"),
-            () = std::future::ready(()) => {}
-        }
+        // Polled once, it queues for a turn.
+        assert!(waiting.as_mut().now_or_never().is_none(), "no turn is free");
         drop(held);
         let turn = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await

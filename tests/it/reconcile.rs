@@ -616,24 +616,34 @@ async fn reconciles_at_once_on_the_same_databases_wait_their_turn_instead_of_hol
     srcs.close().await;
 }
 
-#[tokio::test]
-async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close() {
+/// Sources holding one PostgreSQL source `pg` of two connections (with this statement
+/// timeout, if given), the database it reads and the source's name.
+async fn one_source_of_two_connections(
+    statement_timeout: Option<&str>,
+) -> (TestPg, trueup::source::Sources, trueup::domain::SourceName) {
     let pg = TestPg::new().await;
     let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
     cfg.pool_size = 2;
+    if let Some(t) = statement_timeout {
+        cfg.statement_timeout = trueup::domain::HumanDuration::parse(t).unwrap();
+    }
     let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
     let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
-    let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
+    (pg, srcs, trueup::domain::SourceName::parse("pg").unwrap())
+}
+
+#[tokio::test]
+async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close() {
+    let (_pg, srcs, pg_name) = one_source_of_two_connections(None).await;
     // One reconcile holds both connections' turns; a second, polled once, queues for them
     // (no sleep: the poll itself is what puts it in the queue).
     let held = srcs.for_reconcile(&pg_name, &pg_name).await.unwrap();
     let waiting = srcs.for_reconcile(&pg_name, &pg_name);
     tokio::pin!(waiting);
-    tokio::select! {
-        biased;
-        _ = &mut waiting => panic!("the second waits its turn"),
-        () = std::future::ready(()) => {}
-    }
+    assert!(
+        futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
+        "the second waits its turn"
+    );
     srcs.close().await;
     let err = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
         .await
@@ -649,12 +659,7 @@ async fn a_reconcile_waiting_for_its_turn_fails_at_once_when_the_sources_close()
 
 #[tokio::test]
 async fn a_reconcile_waits_for_a_connection_another_read_holds_instead_of_taking_the_pool_short() {
-    let pg = TestPg::new().await;
-    let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
-    cfg.pool_size = 2;
-    let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
-    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
-    let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
+    let (_pg, srcs, pg_name) = one_source_of_two_connections(None).await;
     // A check's read: its connection is out (and its turn taken) until its query ends.
     let mut check = srcs
         .get(&pg_name)
@@ -669,11 +674,10 @@ async fn a_reconcile_waits_for_a_connection_another_read_holds_instead_of_taking
     // up after 15 s when the check ran longer).
     let reconcile = srcs.for_reconcile(&pg_name, &pg_name);
     tokio::pin!(reconcile);
-    tokio::select! {
-        biased;
-        _ = &mut reconcile => panic!("one of the two connections is the check's"),
-        () = std::future::ready(()) => {}
-    }
+    assert!(
+        futures_util::FutureExt::now_or_never(reconcile.as_mut()).is_none(),
+        "one of the two connections is the check's"
+    );
     let mut rows = 0;
     while let Some(batch) = check.next_batch().await {
         rows += batch.unwrap().len();
@@ -690,14 +694,8 @@ async fn a_reconcile_waits_for_a_connection_another_read_holds_instead_of_taking
 #[tokio::test]
 async fn a_read_queued_behind_a_reconcile_waits_its_turn_past_its_own_deadline_instead_of_failing_as_stalled()
  {
-    let pg = TestPg::new().await;
-    let mut cfg = crate::helpers::sql_source("pg", &pg.reader_url);
-    cfg.pool_size = 2;
-    // A read's deadline: this and 5 s more (see `Source::read`).
-    cfg.statement_timeout = trueup::domain::HumanDuration::parse("300ms").unwrap();
-    let configs = BTreeMap::from([(cfg.name.clone(), cfg.into())]);
-    let srcs = trueup::source::Sources::open_all(&configs).await.unwrap();
-    let pg_name = trueup::domain::SourceName::parse("pg").unwrap();
+    // A read's deadline: 300 ms and 5 s more (see `Source::read`).
+    let (_pg, srcs, pg_name) = one_source_of_two_connections(Some("300ms")).await;
     // A reconcile holds both turns for longer than a read's deadline.
     let reconcile = srcs.for_reconcile(&pg_name, &pg_name).await.unwrap();
     let release = tokio::spawn(async move {

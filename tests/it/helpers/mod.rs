@@ -233,16 +233,7 @@ pub fn source(name: &str, url: &str) -> SourceConfig {
 
 /// A read of `query` with nothing else asked: no needed columns, order, filter or digests.
 pub fn read_request(query: &str) -> trueup::source::ReadRequest {
-    trueup::source::ReadRequest {
-        query: trueup::domain::Read::Sql(query.to_owned()),
-        needed: Vec::new(),
-        order_by: Vec::new(),
-        filter: Vec::new(),
-        digest_long_except: None,
-        key_ranges: None,
-        keys: None,
-        changed_since: None,
-    }
+    trueup::source::ReadRequest::plain(trueup::domain::Read::Sql(query.to_owned()))
 }
 
 /// A database source's settings, to change before it is opened.

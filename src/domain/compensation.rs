@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn a_value_evidence_keeps_only_the_start_of_cannot_be_rendered() {
-        let long = crate::domain::Value::Text("x".repeat(10_000));
+        let long = crate::domain::Value::Text("x".repeat(10_000).into());
         let evidence = json!({"left": {"id": 7, "note": long.to_evidence_json()}});
         let key = json!(7);
         let err = Template::parse("{{left.note}}")

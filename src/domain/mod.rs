@@ -25,6 +25,8 @@ mod violation;
 
 pub use actor::Actor;
 pub use alert::{Alert, AlertPolicy, AlertState, Notice, Observation, step as alert_step};
+/// The type of [`Value::Text`]'s text, for code outside the crate that builds values.
+pub use compact_str::CompactString;
 pub use compensation::{
     ActionSpec, Compensation, HttpCompensation, NatsCompensation, ParamStyle, RedisCompensation,
     SqlCompensation, is_subject_token,

@@ -132,7 +132,7 @@ fn shown(state: &str) -> String {
 
 fn state_text(v: &Value) -> String {
     match v {
-        Value::Text(s) => s.clone(),
+        Value::Text(s) => s.to_string(),
         other => other.to_string(),
     }
 }

@@ -182,11 +182,11 @@ pub(crate) fn unsupported(source: &SourceName, column: &str, db_type: &str) -> S
 }
 
 /// Reads SQLite text as the declared date/time type when it parses as one; otherwise keeps it.
-pub(crate) fn sqlite_text(text: String, hint: SqliteHint) -> Value {
+pub(crate) fn sqlite_text(text: &str, hint: SqliteHint) -> Value {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
     match hint {
         SqliteHint::Datetime => {
-            if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+            if let Ok(t) = DateTime::parse_from_rfc3339(text) {
                 return Value::Timestamp(t.to_utc());
             }
             for fmt in [
@@ -194,24 +194,24 @@ pub(crate) fn sqlite_text(text: String, hint: SqliteHint) -> Value {
                 "%Y-%m-%dT%H:%M:%S%.f",
                 "%Y-%m-%d %H:%M",
             ] {
-                if let Ok(t) = NaiveDateTime::parse_from_str(&text, fmt) {
+                if let Ok(t) = NaiveDateTime::parse_from_str(text, fmt) {
                     return Value::Timestamp(t.and_utc());
                 }
             }
             for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
-                if let Ok(t) = DateTime::parse_from_str(&text, fmt) {
+                if let Ok(t) = DateTime::parse_from_str(text, fmt) {
                     return Value::Timestamp(t.to_utc());
                 }
             }
-            Value::Text(text)
+            Value::Text(text.into())
         }
-        SqliteHint::Date => NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        SqliteHint::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d")
             .map(Value::Date)
-            .unwrap_or(Value::Text(text)),
-        SqliteHint::Time => NaiveTime::parse_from_str(&text, "%H:%M:%S%.f")
+            .unwrap_or_else(|_| Value::Text(text.into())),
+        SqliteHint::Time => NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
             .map(Value::Time)
-            .unwrap_or(Value::Text(text)),
-        SqliteHint::Bool | SqliteHint::None => Value::Text(text),
+            .unwrap_or_else(|_| Value::Text(text.into())),
+        SqliteHint::Bool | SqliteHint::None => Value::Text(text.into()),
     }
 }
 
@@ -229,11 +229,7 @@ mod tests {
             "2026-03-01 14:30:00+02:00",
             "2026-03-01T12:30:00.000",
         ] {
-            assert_eq!(
-                sqlite_text(text.into(), SqliteHint::Datetime),
-                want,
-                "{text}"
-            );
+            assert_eq!(sqlite_text(text, SqliteHint::Datetime), want, "{text}");
         }
     }
 
@@ -269,7 +265,7 @@ mod tests {
     #[test]
     fn sqlite_text_that_is_not_a_date_stays_text() {
         assert_eq!(
-            sqlite_text("soon".into(), SqliteHint::Datetime),
+            sqlite_text("soon", SqliteHint::Datetime),
             Value::Text("soon".into())
         );
     }

@@ -167,7 +167,9 @@ pub fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
                             .map(|(_, v)| v.clone())
                     })
                     .unwrap_or(Json::Null),
-                FieldFrom::Meta(MessageMeta::Id) => return Ok(Value::Text(event.event_id.clone())),
+                FieldFrom::Meta(MessageMeta::Id) => {
+                    return Ok(Value::Text(event.event_id.as_str().into()));
+                }
                 FieldFrom::Meta(MessageMeta::Time) => {
                     return Ok(Value::Timestamp(
                         event.event_at.unwrap_or(event.ingested_at),

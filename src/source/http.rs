@@ -652,14 +652,14 @@ pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> 
     };
     Ok(match (kind, raw) {
         (_, Json::Null) => Value::Null,
-        (K::Json, v) => Value::Json(v.clone()),
+        (K::Json, v) => Value::Json(Box::new(v.clone())),
         (K::Auto, Json::Bool(b)) | (K::Bool, Json::Bool(b)) => Value::Bool(*b),
         (K::Auto, Json::Number(n)) => match n.as_i64() {
             Some(i) => Value::Int(i),
             None => Value::Decimal(number(n)?),
         },
-        (K::Auto, Json::String(s)) | (K::Text, Json::String(s)) => Value::Text(s.clone()),
-        (K::Auto, v) => Value::Json(v.clone()),
+        (K::Auto, Json::String(s)) | (K::Text, Json::String(s)) => Value::Text(s.as_str().into()),
+        (K::Auto, v) => Value::Json(Box::new(v.clone())),
         (K::Int, Json::Number(n)) => Value::Int(
             n.as_i64()
                 .ok_or("is not a whole number that fits 64 bits")?,
@@ -682,7 +682,7 @@ pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> 
                 .filter(|f| f.is_finite())
                 .ok_or("is not a finite number")?,
         ),
-        (K::Text, Json::Number(n)) => Value::Text(n.to_string()),
+        (K::Text, Json::Number(n)) => Value::Text(compact_str::format_compact!("{n}")),
         (K::Timestamp, Json::String(s)) => Value::Timestamp(
             DateTime::parse_from_rfc3339(s.trim())
                 .map_err(|_| "is not an RFC 3339 timestamp (like 2026-12-04T10:00:00Z)")?

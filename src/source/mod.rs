@@ -558,7 +558,7 @@ impl Source {
         match value {
             Value::Null => Ok(None),
             Value::Timestamp(t) => Ok(Some(t)),
-            Value::Text(text) => match decode::sqlite_text(text, decode::SqliteHint::Datetime) {
+            Value::Text(text) => match decode::sqlite_text(&text, decode::SqliteHint::Datetime) {
                 Value::Timestamp(t) => Ok(Some(t)),
                 other => Err(not_an_instant(format!("`{other}`"))),
             },

@@ -277,7 +277,7 @@ fn to_row(
                 }
                 FieldFrom::Meta(MessageMeta::Time) => return Ok(Value::Timestamp(published)),
                 FieldFrom::Meta(MessageMeta::Subject) => {
-                    return Ok(Value::Text(message.subject.to_string()));
+                    return Ok(Value::Text((&*message.subject).into()));
                 }
                 FieldFrom::Meta(MessageMeta::Id) => {
                     return Err(format!(

@@ -34,9 +34,13 @@ pub(super) fn value(kind: Kind, bytes: &[u8]) -> DecodeResult {
         Kind::Decimal => Value::Decimal(numeric(bytes)?),
         Kind::F32 => Value::Float(f32::from_be_bytes(fixed(bytes, "float4")?).into()),
         Kind::F64 => Value::Float(f64::from_be_bytes(fixed(bytes, "float8")?)),
-        Kind::Text => Value::Text(utf8(bytes)?.to_owned()),
-        Kind::PaddedText => Value::Text(utf8(bytes)?.trim_end_matches(' ').to_owned()),
-        Kind::Uuid => Value::Text(sqlx::types::Uuid::from_bytes(fixed(bytes, "uuid")?).to_string()),
+        Kind::Text => Value::Text(utf8(bytes)?.into()),
+        Kind::PaddedText => Value::Text(utf8(bytes)?.trim_end_matches(' ').into()),
+        Kind::Uuid => Value::Text(
+            sqlx::types::Uuid::from_bytes(fixed(bytes, "uuid")?)
+                .to_string()
+                .into(),
+        ),
         Kind::Date => Value::Date(pg_time::date(bytes)?),
         Kind::Time => Value::Time(pg_time::time(bytes)?),
         Kind::Naive | Kind::Timestamp => Value::Timestamp(pg_time::timestamp(bytes)?),
@@ -47,7 +51,7 @@ pub(super) fn value(kind: Kind, bytes: &[u8]) -> DecodeResult {
                 Some((1, rest)) => rest,
                 _ => bytes,
             };
-            Value::Json(serde_json::from_slice(text)?)
+            Value::Json(Box::new(serde_json::from_slice(text)?))
         }
         Kind::Bytes => Value::Bytes(bytes.to_vec()),
         Kind::U64 | Kind::Dynamic(_) => {
@@ -535,11 +539,11 @@ mod tests {
         let json = serde_json::json!({"a": [1, 2]});
         assert_eq!(
             value(Kind::Json, br#"{"a": [1, 2]}"#).unwrap(),
-            Value::Json(json.clone())
+            Value::Json(Box::new(json.clone()))
         );
         assert_eq!(
             value(Kind::Json, b"\x01{\"a\": [1, 2]}").unwrap(),
-            Value::Json(json)
+            Value::Json(Box::new(json))
         );
         // NUMERIC 12.50: 2 digits (12, 5000), weight 0, positive, scale 2.
         let n = [0, 2, 0, 0, 0, 0, 0, 2, 0, 12, 0x13, 0x88];

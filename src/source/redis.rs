@@ -206,7 +206,9 @@ fn to_row(fields: &[Field], entry: &StreamId) -> Result<Row, String> {
         .map(|f| {
             let raw = match &f.from {
                 FieldFrom::Json(path) => path.find(&object).cloned().unwrap_or(Json::Null),
-                FieldFrom::Meta(MessageMeta::Id) => return Ok(Value::Text(entry.id.clone())),
+                FieldFrom::Meta(MessageMeta::Id) => {
+                    return Ok(Value::Text(entry.id.as_str().into()));
+                }
                 FieldFrom::Meta(MessageMeta::Time) => {
                     return entry_time(&entry.id).map(Value::Timestamp).ok_or_else(|| {
                         format!("its id `{}` does not start with a time", entry.id)

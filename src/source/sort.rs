@@ -60,11 +60,15 @@ impl Sorter {
     }
 
     pub(super) fn push(&mut self, row: Row) -> std::io::Result<()> {
-        // The row's own allocation and its values' heap parts, so the budget is what the
-        // held rows take.
+        // The row's own allocation and its values' heap parts (a JSON value's boxed node
+        // included), so the budget is what the held rows take.
+        let boxed = |v: &Value| match v {
+            Value::Json(_) => std::mem::size_of::<serde_json::Value>(),
+            _ => 0,
+        };
         self.held_bytes += std::mem::size_of::<Row>()
             + row.capacity() * std::mem::size_of::<Value>()
-            + row.iter().map(Value::size).sum::<usize>();
+            + row.iter().map(|v| v.size() + boxed(v)).sum::<usize>();
         self.held.push(row);
         if self.held_bytes >= self.budget {
             self.spill()?;
@@ -243,7 +247,7 @@ mod tests {
 
     fn rows(keys: &[(i64, &str)]) -> Vec<Row> {
         keys.iter()
-            .map(|(k, tag)| vec![Value::Int(*k), Value::Text((*tag).to_owned())])
+            .map(|(k, tag)| vec![Value::Int(*k), Value::Text((*tag).into())])
             .collect()
     }
 
@@ -311,7 +315,7 @@ mod tests {
             Value::Date(NaiveDate::from_ymd_opt(2026, 12, 4).unwrap()),
             Value::Time(NaiveTime::from_hms_micro_opt(3, 4, 5, 6).unwrap()),
             Value::Timestamp(Utc.with_ymd_and_hms(2026, 12, 4, 1, 2, 3).unwrap()),
-            Value::Json(serde_json::json!({"a": [1, "b"]})),
+            Value::Json(Box::new(serde_json::json!({"a": [1, "b"]}))),
         ];
         let (out, spilled) = sort(vec![row.clone(), row.clone()], 1);
         assert_eq!(spilled, 2);

@@ -118,7 +118,7 @@ fn decode(kind: Kind, raw: SqliteValueRef<'_>) -> DecodeResult {
         }
         ("INTEGER", _) => Value::Int(d(raw)?),
         ("REAL", _) => Value::Float(d(raw)?),
-        ("TEXT", _) => sqlite_text(d(raw)?, hint),
+        ("TEXT", _) => sqlite_text(d::<&str>(raw)?, hint),
         ("BLOB", _) => Value::Bytes(d(raw)?),
         (other, _) => return Err(format!("unexpected SQLite storage class {other}").into()),
     })

@@ -89,7 +89,7 @@ async fn postgres_bypasses_leave_the_source_unchanged_and_the_session_read_only(
         );
         assert_eq!(
             scalar(&src, "SELECT current_user::text AS u").await,
-            Value::Text(ro.clone()),
+            Value::Text(ro.as_str().into()),
             "after {attempt}"
         );
         // And a write through the guarded path still fails.

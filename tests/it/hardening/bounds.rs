@@ -81,7 +81,7 @@ async fn ten_megabyte_values_are_capped_in_evidence_and_a_run_stays_bounded_in_m
     let whole = format!("{}{id}", "y".repeat(MB10));
     assert_eq!(
         *left,
-        trueup::domain::Value::Text(whole).to_evidence_json()["$capped"],
+        trueup::domain::Value::Text(whole.into()).to_evidence_json()["$capped"],
         "{sample}"
     );
     let store_bytes = std::fs::metadata(tmp.path().join("trueup.db"))
@@ -229,11 +229,11 @@ async fn a_long_value_read_as_a_digest_on_postgres_compares_with_the_whole_value
         "{:?}",
         row[2]
     );
-    assert!(row[1].same_as(&Value::Text(whole_t.clone())));
+    assert!(row[1].same_as(&Value::Text(whole_t.as_str().into())));
     assert!(row[2].same_as(&Value::Bytes(whole_b)));
     assert_eq!(
         row[1].to_evidence_json(),
-        Value::Text(whole_t).to_evidence_json()
+        Value::Text(whole_t.into()).to_evidence_json()
     );
     let mut stream = src
         .read(digested("SELECT id, t, t FROM more"))

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use super::http::field_value;
+use super::http::{JSON_NULL, field_value};
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -157,16 +157,16 @@ pub fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
         .iter()
         .map(|f| {
             let raw = match &f.from {
-                FieldFrom::Json(path) => path.find(&payload).cloned().unwrap_or(Json::Null),
+                FieldFrom::Json(path) => path.find(&payload).unwrap_or(&JSON_NULL),
                 FieldFrom::Header(name) => event
                     .headers
                     .as_object()
                     .and_then(|h| {
                         h.iter()
                             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                            .map(|(_, v)| v.clone())
+                            .map(|(_, v)| v)
                     })
-                    .unwrap_or(Json::Null),
+                    .unwrap_or(&JSON_NULL),
                 FieldFrom::Meta(MessageMeta::Id) => {
                     return Ok(Value::Text(event.event_id.as_str().into()));
                 }
@@ -183,7 +183,7 @@ pub fn to_row(read: &StreamRead, event: &LogEventRow) -> Result<Row, String> {
                     ));
                 }
             };
-            field_value(f, &raw)
+            field_value(f, raw)
         })
         .collect()
 }

@@ -635,6 +635,9 @@ fn to_row(fields: &[Field], item: &Json) -> Result<Row, String> {
 }
 
 /// A JSON value read as `kind`.
+/// What an absent JSON field reads as, borrowed where a column's raw value is looked up.
+pub(super) static JSON_NULL: Json = Json::Null;
+
 /// A message's or event's column from its raw JSON value, or why it cannot be one (naming
 /// the column, where it comes from and what it held).
 pub(super) fn field_value(f: &crate::domain::Field, raw: &Json) -> Result<Value, String> {

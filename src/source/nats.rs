@@ -6,6 +6,7 @@
 //! published meanwhile wait for the next run. A stream that stops answering before then fails
 //! the read — a stream that went quiet is never taken for one that ended.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::Order
 use futures_util::StreamExt;
 use serde_json::Value as Json;
 
-use super::http::field_value;
+use super::http::{JSON_NULL, field_value};
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -267,11 +268,13 @@ fn to_row(
         .iter()
         .map(|f| {
             let raw = match &f.from {
-                FieldFrom::Json(path) => path.find(&payload).cloned().unwrap_or(Json::Null),
-                FieldFrom::Header(name) => message
-                    .headers
-                    .and_then(|h| h.get(name.as_str()))
-                    .map_or(Json::Null, |v| Json::String(v.as_str().to_owned())),
+                FieldFrom::Json(path) => Cow::Borrowed(path.find(&payload).unwrap_or(&JSON_NULL)),
+                FieldFrom::Header(name) => Cow::Owned(
+                    message
+                        .headers
+                        .and_then(|h| h.get(name.as_str()))
+                        .map_or(Json::Null, |v| Json::String(v.as_str().to_owned())),
+                ),
                 FieldFrom::Meta(MessageMeta::Sequence) => {
                     return Ok(Value::Int(i64::try_from(sequence).unwrap_or(i64::MAX)));
                 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::streams::{StreamId, StreamRangeReply};
 use serde_json::Value as Json;
 
-use super::http::field_value;
+use super::http::{JSON_NULL, field_value};
 use super::stream::Feed;
 use super::unordered::Rows;
 use super::{ReadRequest, Row, SourceError};
@@ -205,7 +205,7 @@ fn to_row(fields: &[Field], entry: &StreamId) -> Result<Row, String> {
         .iter()
         .map(|f| {
             let raw = match &f.from {
-                FieldFrom::Json(path) => path.find(&object).cloned().unwrap_or(Json::Null),
+                FieldFrom::Json(path) => path.find(&object).unwrap_or(&JSON_NULL),
                 FieldFrom::Meta(MessageMeta::Id) => {
                     return Ok(Value::Text(entry.id.as_str().into()));
                 }
@@ -221,7 +221,7 @@ fn to_row(fields: &[Field], entry: &StreamId) -> Result<Row, String> {
                     ));
                 }
             };
-            field_value(f, &raw)
+            field_value(f, raw)
         })
         .collect()
 }

@@ -24,9 +24,11 @@
 //!
 //! Seconds are medians of TRUEUP_BENCH_REPEAT runs (default 3; of an even count, the mean of the
 //! middle two); each case has its own invariant, so the first run of a case stores its
-//! violations and the later ones find them open. It prints one table per size:
-//! seconds, trueup as a multiple of the floor, reladiff as a multiple of trueup. The databases
-//! are dropped afterwards.
+//! violations and the later ones find them open. Each repeat reads the floor and then runs
+//! trueup, and trueup / floor is the median of those pairs' ratios, with their lowest and
+//! highest: a machine whose speed drifts moves both halves of a pair alike, and the spread
+//! shows how far it drifted. It prints one table per size: seconds, trueup as a multiple of
+//! the floor, reladiff as a multiple of trueup. The databases are dropped afterwards.
 
 #[path = "../common/rss.rs"]
 mod rss;
@@ -69,12 +71,40 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// The median of a case's repeats and their lowest and highest.
+struct Spread {
+    low: f64,
+    median: f64,
+    high: f64,
+}
+
+impl Spread {
+    fn of(xs: &[f64]) -> Self {
+        Self {
+            low: xs.iter().copied().fold(f64::INFINITY, f64::min),
+            median: median(xs.to_vec()),
+            high: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+
+    /// trueup / floor, repeat by repeat.
+    fn of_pairs(trueups: &[f64], floors: &[f64]) -> Self {
+        let ratios: Vec<f64> = trueups.iter().zip(floors).map(|(t, f)| t / f).collect();
+        Self::of(&ratios)
+    }
+}
+
 /// One row of the table: a case on a pair of engines.
 struct Measured {
     case: String,
     engines: &'static str,
     floor_secs: f64,
     trueup_secs: f64,
+    /// trueup / floor per repeat.
+    ratio: Spread,
+    /// The seconds' spreads, as printed under the case.
+    floor_spread: Spread,
+    trueup_spread: Spread,
     trueup_rss_mib: f64,
     /// How trueup's `auto` compared the sides (stream, or checksum and what it read).
     how: String,
@@ -259,18 +289,21 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         let row = Measured {
             case: case.label().to_owned(),
             engines,
-            floor_secs: median(floors),
-            trueup_secs: median(trueups),
+            floor_secs: median(floors.clone()),
+            trueup_secs: median(trueups.clone()),
+            ratio: Spread::of_pairs(&trueups, &floors),
+            floor_spread: Spread::of(&floors),
+            trueup_spread: Spread::of(&trueups),
             trueup_rss_mib: peak_mib,
             how: compared,
             peer,
         };
         println!(
-            "  {} {}: floor {:.2}s, trueup {:.2}s ({}){}",
+            "  {} {}: floor {}, trueup {} ({}){}",
             row.case,
             row.engines,
-            row.floor_secs,
-            row.trueup_secs,
+            seconds(&row.floor_spread),
+            seconds(&row.trueup_spread),
             row.how,
             row.peer
                 .as_ref()
@@ -281,8 +314,12 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
     }
     let row = measure_incremental(fixture, &sources, store.as_ref(), n).await?;
     println!(
-        "  {} {}: floor {:.2}s, trueup {:.2}s ({})",
-        row.case, row.engines, row.floor_secs, row.trueup_secs, row.how
+        "  {} {}: floor {}, trueup {} ({})",
+        row.case,
+        row.engines,
+        seconds(&row.floor_spread),
+        seconds(&row.trueup_spread),
+        row.how
     );
     measured.push(row);
     match peer_version {
@@ -379,17 +416,29 @@ async fn measure_incremental(
     Ok(Measured {
         case: format!("{} changed of {n}", fixture::INCREMENTAL_CHANGED),
         engines: "pg-pg",
-        floor_secs: median(floors),
-        trueup_secs: median(trueups),
+        floor_secs: median(floors.clone()),
+        trueup_secs: median(trueups.clone()),
+        ratio: Spread::of_pairs(&trueups, &floors),
+        floor_spread: Spread::of(&floors),
+        trueup_spread: Spread::of(&trueups),
         trueup_rss_mib: peak_mib,
         how,
         peer: None,
     })
 }
 
+/// `4.21s (4.10-4.60)`: the median and, over several repeats, the lowest and highest.
+fn seconds(s: &Spread) -> String {
+    if s.low == s.high {
+        format!("{:.2}s", s.median)
+    } else {
+        format!("{:.2}s ({:.2}-{:.2})", s.median, s.low, s.high)
+    }
+}
+
 fn print_table(n: u64, rows: &[Measured]) {
     println!(
-        "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor | trueup compared by | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
+        "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor, median of repeats (lowest-highest) | trueup compared by | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -402,15 +451,17 @@ fn print_table(n: u64, rows: &[Measured]) {
             ),
             None => ("not run".into(), "-".into(), "-".into()),
         };
+        let to_floor = if r.ratio.low == r.ratio.high {
+            format!("{:.2}x", r.ratio.median)
+        } else {
+            format!(
+                "{:.2}x ({:.2}-{:.2})",
+                r.ratio.median, r.ratio.low, r.ratio.high
+            )
+        };
         println!(
-            "| {} | {} | {:.2} s | {:.2} s | {:.2}x | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
-            r.case,
-            r.engines,
-            r.floor_secs,
-            r.trueup_secs,
-            r.trueup_secs / r.floor_secs,
-            r.how,
-            r.trueup_rss_mib,
+            "| {} | {} | {:.2} s | {:.2} s | {to_floor} | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
+            r.case, r.engines, r.floor_secs, r.trueup_secs, r.how, r.trueup_rss_mib,
         );
     }
 }

@@ -26,9 +26,12 @@
 //! middle two); each case has its own invariant, so the first run of a case stores its
 //! violations and the later ones find them open. Each repeat reads the floor and then runs
 //! trueup, and trueup / floor is the median of those pairs' ratios, with their lowest and
-//! highest: a machine whose speed drifts moves both halves of a pair alike, and the spread
-//! shows how far it drifted. It prints one table per size: seconds, trueup as a multiple of
-//! the floor, reladiff as a multiple of trueup. The databases are dropped afterwards.
+//! highest: a machine whose speed drifts moves both halves of a pair alike, so the ratios'
+//! spread is what pairing did not cancel (and the first repeat, which writes the case's
+//! violations); each case's line shows the seconds' own spread. The floor and trueup columns
+//! are the medians of the seconds, so their quotient need not be the ratio column. It prints
+//! one table per size: seconds, trueup as a multiple of the floor, reladiff (run once) as a
+//! multiple of trueup. The databases are dropped afterwards.
 
 #[path = "../common/rss.rs"]
 mod rss;
@@ -89,6 +92,7 @@ impl Spread {
 
     /// trueup / floor, repeat by repeat.
     fn of_pairs(trueups: &[f64], floors: &[f64]) -> Self {
+        debug_assert_eq!(trueups.len(), floors.len(), "each repeat is a pair");
         let ratios: Vec<f64> = trueups.iter().zip(floors).map(|(t, f)| t / f).collect();
         Self::of(&ratios)
     }
@@ -98,11 +102,9 @@ impl Spread {
 struct Measured {
     case: String,
     engines: &'static str,
-    floor_secs: f64,
-    trueup_secs: f64,
     /// trueup / floor per repeat.
     ratio: Spread,
-    /// The seconds' spreads, as printed under the case.
+    /// The seconds: their medians in the table, with their spreads under the case.
     floor_spread: Spread,
     trueup_spread: Spread,
     trueup_rss_mib: f64,
@@ -289,8 +291,6 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         let row = Measured {
             case: case.label().to_owned(),
             engines,
-            floor_secs: median(floors.clone()),
-            trueup_secs: median(trueups.clone()),
             ratio: Spread::of_pairs(&trueups, &floors),
             floor_spread: Spread::of(&floors),
             trueup_spread: Spread::of(&trueups),
@@ -416,8 +416,6 @@ async fn measure_incremental(
     Ok(Measured {
         case: format!("{} changed of {n}", fixture::INCREMENTAL_CHANGED),
         engines: "pg-pg",
-        floor_secs: median(floors.clone()),
-        trueup_secs: median(trueups.clone()),
         ratio: Spread::of_pairs(&trueups, &floors),
         floor_spread: Spread::of(&floors),
         trueup_spread: Spread::of(&trueups),
@@ -445,7 +443,7 @@ fn print_table(n: u64, rows: &[Measured]) {
         let (peer, ratio, peer_rss) = match &r.peer {
             Some(p) => (
                 format!("{:.2} s", p.secs),
-                format!("{:.1}x", p.secs / r.trueup_secs),
+                format!("{:.1}x", p.secs / r.trueup_spread.median),
                 p.peak_rss_mib
                     .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.0} MiB")),
             ),
@@ -461,7 +459,12 @@ fn print_table(n: u64, rows: &[Measured]) {
         };
         println!(
             "| {} | {} | {:.2} s | {:.2} s | {to_floor} | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
-            r.case, r.engines, r.floor_secs, r.trueup_secs, r.how, r.trueup_rss_mib,
+            r.case,
+            r.engines,
+            r.floor_spread.median,
+            r.trueup_spread.median,
+            r.how,
+            r.trueup_rss_mib,
         );
     }
 }

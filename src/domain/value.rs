@@ -454,7 +454,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_value_is_four_words_so_rows_stay_small() {
-        // Every row holds one per column: a JSON value inline made each 80 bytes, and a text
+        // Every row holds one per column: a JSON value inline made each 72 bytes, and a text
         // of a few bytes a heap allocation of its own.
         assert_eq!(std::mem::size_of::<Value>(), 32);
         let Value::Text(currency) = Value::Text("EUR".into()) else {

@@ -627,14 +627,13 @@ fn to_row(fields: &[Field], item: &Json) -> Result<Row, String> {
                     f.column, f.from
                 ));
             };
-            let raw = path.find(item).unwrap_or(&Json::Null);
+            let raw = path.find(item).unwrap_or(&JSON_NULL);
             value(f.kind, raw)
                 .map_err(|why| format!("column `{}` (`{path}`): {} {why}", f.column, kind_of(raw)))
         })
         .collect()
 }
 
-/// A JSON value read as `kind`.
 /// What an absent JSON field reads as, borrowed where a column's raw value is looked up.
 pub(super) static JSON_NULL: Json = Json::Null;
 
@@ -645,6 +644,7 @@ pub(super) fn field_value(f: &crate::domain::Field, raw: &Json) -> Result<Value,
         .map_err(|why| format!("column `{}` ({}): {} {why}", f.column, f.from, kind_of(raw)))
 }
 
+/// A JSON value read as `kind`.
 pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
     use FieldKind as K;
     let number = |n: &serde_json::Number| -> Result<Decimal, &'static str> {

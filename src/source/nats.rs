@@ -269,12 +269,12 @@ fn to_row(
         .map(|f| {
             let raw = match &f.from {
                 FieldFrom::Json(path) => Cow::Borrowed(path.find(&payload).unwrap_or(&JSON_NULL)),
-                FieldFrom::Header(name) => Cow::Owned(
-                    message
-                        .headers
-                        .and_then(|h| h.get(name.as_str()))
-                        .map_or(Json::Null, |v| Json::String(v.as_str().to_owned())),
-                ),
+                FieldFrom::Header(name) => message
+                    .headers
+                    .and_then(|h| h.get(name.as_str()))
+                    .map_or(Cow::Borrowed(&JSON_NULL), |v| {
+                        Cow::Owned(Json::String(v.as_str().to_owned()))
+                    }),
                 FieldFrom::Meta(MessageMeta::Sequence) => {
                     return Ok(Value::Int(i64::try_from(sequence).unwrap_or(i64::MAX)));
                 }

@@ -83,10 +83,12 @@ struct Spread {
 
 impl Spread {
     fn of(xs: &[f64]) -> Self {
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
         Self {
-            low: xs.iter().copied().fold(f64::INFINITY, f64::min),
-            median: median(xs.to_vec()),
-            high: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            low: sorted[0],
+            high: sorted[sorted.len() - 1],
+            median: median(sorted),
         }
     }
 
@@ -95,6 +97,19 @@ impl Spread {
         debug_assert_eq!(trueups.len(), floors.len(), "each repeat is a pair");
         let ratios: Vec<f64> = trueups.iter().zip(floors).map(|(t, f)| t / f).collect();
         Self::of(&ratios)
+    }
+
+    /// `4.21s (4.10-4.60)` or `0.41x (0.36-0.43)`: the median in `unit` and, where the repeats
+    /// differ, their lowest and highest.
+    fn show(&self, unit: &str) -> String {
+        if self.low == self.high {
+            format!("{:.2}{unit}", self.median)
+        } else {
+            format!(
+                "{:.2}{unit} ({:.2}-{:.2})",
+                self.median, self.low, self.high
+            )
+        }
     }
 }
 
@@ -302,8 +317,8 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
             "  {} {}: floor {}, trueup {} ({}){}",
             row.case,
             row.engines,
-            seconds(&row.floor_spread),
-            seconds(&row.trueup_spread),
+            row.floor_spread.show("s"),
+            row.trueup_spread.show("s"),
             row.how,
             row.peer
                 .as_ref()
@@ -317,8 +332,8 @@ async fn measure(fixture: &Fixture, n: u64) -> anyhow::Result<Vec<Measured>> {
         "  {} {}: floor {}, trueup {} ({})",
         row.case,
         row.engines,
-        seconds(&row.floor_spread),
-        seconds(&row.trueup_spread),
+        row.floor_spread.show("s"),
+        row.trueup_spread.show("s"),
         row.how
     );
     measured.push(row);
@@ -425,15 +440,6 @@ async fn measure_incremental(
     })
 }
 
-/// `4.21s (4.10-4.60)`: the median and, over several repeats, the lowest and highest.
-fn seconds(s: &Spread) -> String {
-    if s.low == s.high {
-        format!("{:.2}s", s.median)
-    } else {
-        format!("{:.2}s ({:.2}-{:.2})", s.median, s.low, s.high)
-    }
-}
-
 fn print_table(n: u64, rows: &[Measured]) {
     println!(
         "\n| case ({n} x {n}) | engines | floor | trueup | trueup / floor, median of repeats (lowest-highest) | trueup compared by | reladiff | reladiff / trueup | trueup peak RSS | reladiff peak RSS |"
@@ -449,14 +455,7 @@ fn print_table(n: u64, rows: &[Measured]) {
             ),
             None => ("not run".into(), "-".into(), "-".into()),
         };
-        let to_floor = if r.ratio.low == r.ratio.high {
-            format!("{:.2}x", r.ratio.median)
-        } else {
-            format!(
-                "{:.2}x ({:.2}-{:.2})",
-                r.ratio.median, r.ratio.low, r.ratio.high
-            )
-        };
+        let to_floor = r.ratio.show("x");
         println!(
             "| {} | {} | {:.2} s | {:.2} s | {to_floor} | {} | {peer} | {ratio} | {:.0} MiB | {peer_rss} |",
             r.case,

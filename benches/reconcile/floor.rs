@@ -1,6 +1,7 @@
 //! The floor: both sides read in key order as cheaply as each engine sends them, and thrown
 //! away. PostgreSQL by `COPY (...) TO STDOUT (FORMAT binary)`, MariaDB by its text protocol
-//! (it has no COPY). A reconcile cannot be faster than reading its two sides.
+//! through the synchronous `mysql` client (it has no COPY). A reconcile cannot be faster than
+//! reading its two sides.
 
 use std::time::Instant;
 
@@ -42,18 +43,22 @@ impl Side {
                 Ok(rows)
             }
             Side::MariaDb { url, table } => {
-                let mut c = sqlx::MySqlConnection::connect(url).await?;
-                let rows = {
-                    let query = Side::query(table);
-                    let mut stream = sqlx::raw_sql(&query).fetch(&mut c);
+                // The synchronous `mysql` client, the cheapest receive of the Rust clients
+                // measured (docs/scale.md), on a thread of its own as trueup's bulk read.
+                let (url, query) = (url.clone(), Side::query(table));
+                tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                    use mysql::prelude::Queryable;
+                    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url)?)
+                        .prefer_socket(false);
+                    let mut c = mysql::Conn::new(opts)?;
                     let mut rows = 0u64;
-                    while stream.try_next().await?.is_some() {
+                    for row in c.query_iter(query)? {
+                        row?;
                         rows += 1;
                     }
-                    rows
-                };
-                c.close().await?;
-                Ok(rows)
+                    Ok(rows)
+                })
+                .await?
             }
         }
     }

@@ -11,7 +11,8 @@
 //! uniform case with its right side in MariaDB. Per case, interleaved, it measures:
 //!
 //! - the floor: both sides read in key order at once, as cheaply as each engine sends them
-//!   (PostgreSQL binary COPY, MariaDB's text protocol), and discarded (`floor.rs`);
+//!   (PostgreSQL binary COPY, MariaDB's text protocol through the `mysql` client), and
+//!   discarded (`floor.rs`);
 //! - trueup: one full `reconcile` through the real runner into a SQLite ledger, its violation
 //!   counts checked against what the case planted (a wrong answer fails the benchmark), and
 //!   its peak RSS (VmHWM, reset before the case);

@@ -16,6 +16,7 @@ mod decode;
 mod event_log;
 mod http;
 mod mysql;
+mod mysql_bulk;
 mod nats;
 mod pg_wire;
 mod postgres;
@@ -204,7 +205,8 @@ pub struct RoleAudit {
 #[derive(Clone)]
 enum Pool {
     Postgres(sqlx::PgPool),
-    MySql(sqlx::MySqlPool),
+    /// sqlx's pool, and how to open the bulk reads' connections where the URL allows.
+    MySql(sqlx::MySqlPool, Option<Arc<mysql_bulk::Bulk>>),
     Sqlite(sqlx::SqlitePool),
     Http(Arc<http::Api>),
     Nats(Arc<nats::Nats>),
@@ -285,7 +287,10 @@ impl Source {
             .min(u64::MAX as u128) as u64;
         let pool = match cfg.kind {
             SourceKind::Postgres => Pool::Postgres(postgres::pool(cfg, timeout_ms)?),
-            SourceKind::MySql => Pool::MySql(mysql::pool(cfg, timeout_ms)?),
+            SourceKind::MySql => Pool::MySql(
+                mysql::pool(cfg, timeout_ms)?,
+                mysql_bulk::Bulk::for_url(cfg.url.expose(), timeout_ms).map(Arc::new),
+            ),
             SourceKind::Sqlite => Pool::Sqlite(sqlite::pool(cfg)?),
         };
         Ok(Self {
@@ -309,7 +314,7 @@ impl Source {
     pub fn pool_size(&self) -> Option<u32> {
         match &self.pool {
             Pool::Postgres(p) => Some(p.options().get_max_connections()),
-            Pool::MySql(p) => Some(p.options().get_max_connections()),
+            Pool::MySql(p, _) => Some(p.options().get_max_connections()),
             Pool::Sqlite(p) => Some(p.options().get_max_connections()),
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => None,
         }
@@ -344,7 +349,7 @@ impl Source {
     pub async fn audit_role(&self) -> Result<RoleAudit, SourceError> {
         match &self.pool {
             Pool::Postgres(p) => postgres::audit_role(self, p).await,
-            Pool::MySql(p) => mysql::audit_role(self, p).await,
+            Pool::MySql(p, _) => mysql::audit_role(self, p).await,
             // A SQLite file is opened read-only; an API is only ever sent GET requests.
             // A SQLite file is opened read-only; an API is only ever sent GET requests; a
             // stream is read by an ordered consumer, which acknowledges nothing.
@@ -445,7 +450,7 @@ impl Source {
                 };
                 Box::pin(sql::read(dialect, p, req, feed))
             }
-            Pool::MySql(p) => Box::pin(sql::read(mysql::Dialect, p, req, feed)),
+            Pool::MySql(p, bulk) => Box::pin(sql::read(mysql::Dialect { bulk }, p, req, feed)),
             Pool::Sqlite(p) => Box::pin(sql::read(sqlite::Dialect, p, req, feed)),
             Pool::Http(api) => Box::pin(http::read(api, req, feed)),
             Pool::Nats(nats) => Box::pin(nats::read(nats, req, feed)),
@@ -541,7 +546,7 @@ impl Source {
         let quoted = format!("trueup_m.{}", self.quote(&described.columns[i]));
         let expr = match &self.pool {
             Pool::Postgres(_) => self.pg_dialect().latest_instant(&quoted),
-            Pool::MySql(_) => mysql::Dialect.latest_instant(&quoted),
+            Pool::MySql(..) => mysql::Dialect::default().latest_instant(&quoted),
             Pool::Sqlite(_) => sqlite::Dialect.latest_instant(&quoted),
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 return Err(self.not_sql("a change column's latest instant"));
@@ -574,7 +579,9 @@ impl Source {
     ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
         match &self.pool {
             Pool::Postgres(p) => summarize::fetch(&self.pg_dialect(), self, p, sql, columns).await,
-            Pool::MySql(p) => summarize::fetch(&mysql::Dialect, self, p, sql, columns).await,
+            Pool::MySql(p, _) => {
+                summarize::fetch(&mysql::Dialect::default(), self, p, sql, columns).await
+            }
             Pool::Sqlite(p) => summarize::fetch(&sqlite::Dialect, self, p, sql, columns).await,
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a statement"))
@@ -596,8 +603,8 @@ impl Source {
                 let dialect = self.pg_dialect();
                 summarize::fold_summary(&dialect, self, p, setting, sql, buckets, to).await
             }
-            Pool::MySql(p) => {
-                let dialect = mysql::Dialect;
+            Pool::MySql(p, _) => {
+                let dialect = mysql::Dialect::default();
                 summarize::fold_summary(&dialect, self, p, setting, sql, buckets, to).await
             }
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
@@ -615,7 +622,7 @@ impl Source {
         use sql::Dialect as _;
         match &self.pool {
             Pool::Postgres(_) => self.pg_dialect().quote(column),
-            Pool::MySql(_) => mysql::Dialect.quote(column),
+            Pool::MySql(..) => mysql::Dialect::default().quote(column),
             // Never reached: every caller works on a database's query.
             Pool::Sqlite(_) | Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 sqlite::Dialect.quote(column)
@@ -628,7 +635,7 @@ impl Source {
         use sql::Dialect;
         match &self.pool {
             Pool::Postgres(_) => postgres::Dialect::CHECKSUM_ENGINE,
-            Pool::MySql(_) => mysql::Dialect::CHECKSUM_ENGINE,
+            Pool::MySql(..) => mysql::Dialect::CHECKSUM_ENGINE,
             Pool::Sqlite(_) => sqlite::Dialect::CHECKSUM_ENGINE,
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => None,
         }
@@ -645,7 +652,9 @@ impl Source {
         self.vet().await?;
         match &self.pool {
             Pool::Postgres(p) => summarize::describe(&self.pg_dialect(), self, p, query).await,
-            Pool::MySql(p) => summarize::describe(&mysql::Dialect, self, p, query).await,
+            Pool::MySql(p, _) => {
+                summarize::describe(&mysql::Dialect::default(), self, p, query).await
+            }
             Pool::Sqlite(p) => summarize::describe(&sqlite::Dialect, self, p, query).await,
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("describing a query"))
@@ -691,7 +700,7 @@ impl Source {
             message: "connection reset (injected by the fail point source.summarize)".into(),
         }));
         match &self.pool {
-            Pool::Postgres(_) | Pool::MySql(_) => summarize::summarize(self, req, to).await,
+            Pool::Postgres(_) | Pool::MySql(..) => summarize::summarize(self, req, to).await,
             // Computed here from its rows in key order, so in bucket order already.
             Pool::Sqlite(_) => summarize::in_process(self, req, &to).await,
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
@@ -706,7 +715,7 @@ impl Source {
     pub async fn checksum_probe(&self, flavor: Flavor) -> Result<Option<String>, SourceError> {
         self.vet().await?;
         match (&self.pool, flavor) {
-            (Pool::Postgres(_), _) | (Pool::MySql(_), Flavor::Canonical) => {
+            (Pool::Postgres(_), _) | (Pool::MySql(..), Flavor::Canonical) => {
                 summarize::probe(self, flavor).await.map(Some)
             }
             (Pool::Sqlite(_), Flavor::Canonical) => Ok(Some(summarize::in_process_probe())),
@@ -720,7 +729,7 @@ impl Source {
         let endpoint = &*self.endpoint;
         match &self.pool {
             Pool::Postgres(p) => crate::connect::close_within(p, within, endpoint).await,
-            Pool::MySql(p) => crate::connect::close_within(p, within, endpoint).await,
+            Pool::MySql(p, _) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Sqlite(p) => crate::connect::close_within(p, within, endpoint).await,
             Pool::Http(_) => {}
             Pool::Nats(nats) => nats.close().await,

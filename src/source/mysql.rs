@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use crate::config::SqlSource as SourceConfig;
 use crate::domain::Value;
 
 use super::decode::{Kind, Unrepresentable};
-use super::sql::{DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::sql::{BulkShape, DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::stream::Feed;
 use super::{ReadRequest, RoleAudit, SourceError};
 
 pub(super) fn pool(cfg: &SourceConfig, timeout_ms: u64) -> Result<MySqlPool, SourceError> {
@@ -94,7 +96,12 @@ pub(super) async fn audit_role(
 }
 
 /// MySQL's and MariaDB's side of a read (see [`super::sql`]).
-pub(super) struct Dialect;
+#[derive(Default)]
+pub(super) struct Dialect {
+    /// Where statements without parameters read their rows, when the source's URL allows
+    /// (see [`super::mysql_bulk`]); elsewhere, and without it, sqlx reads them.
+    pub(super) bulk: Option<std::sync::Arc<super::mysql_bulk::Bulk>>,
+}
 
 impl super::sql::Dialect for Dialect {
     type DB = MySql;
@@ -139,9 +146,26 @@ impl super::sql::Dialect for Dialect {
     fn decode(&self, kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
         decode(kind, raw)
     }
+
+    fn bulk<'a>(
+        &'a self,
+        _conn: &'a mut sqlx::MySqlConnection,
+        statement: &'a str,
+        shape: BulkShape<'a>,
+        feed: &'a mut Feed,
+    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+        // (MySQL digests no values: every column arrives whole.)
+        let bulk = self.bulk.clone()?;
+        Some(super::mysql_bulk::read(
+            bulk,
+            statement,
+            shape.columns,
+            feed,
+        ))
+    }
 }
 
-fn kind_of(type_name: &str) -> Option<Kind> {
+pub(super) fn kind_of(type_name: &str) -> Option<Kind> {
     Some(match type_name {
         "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => Kind::I64,
         "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
@@ -186,7 +210,17 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
         Kind::Json => Value::Json(Box::new(d(raw)?)),
         Kind::Bytes => Value::Bytes(d(raw)?),
         Kind::Date => Value::Date(d(raw)?),
-        Kind::Time => Value::Time(time_of_day(d(raw)?)?),
+        Kind::Time => {
+            let t: sqlx::mysql::types::MySqlTime = d(raw)?;
+            Value::Time(time_of_day(
+                // (Not `is_negative`: sqlx 0.8.6's answers `is_positive`.)
+                !t.is_positive(),
+                t.hours(),
+                t.minutes(),
+                t.seconds(),
+                t.microseconds(),
+            )?)
+        }
         Kind::Naive => Value::Timestamp(d::<chrono::NaiveDateTime>(raw)?.and_utc()),
         Kind::Timestamp => Value::Timestamp(d(raw)?),
         _ => return Err("unexpected column kind for MySQL".into()),
@@ -195,29 +229,29 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
 
 /// MySQL's TIME is a signed duration up to 838:59:59; the driver's time-of-day reading drops
 /// the sign and refuses hours past 23. trueup compares times of day, so anything else is
-/// refused with what it is.
-fn time_of_day(
-    t: sqlx::mysql::types::MySqlTime,
+/// refused with what it is. `hours` counts whole days too.
+pub(super) fn time_of_day(
+    negative: bool,
+    hours: u32,
+    minutes: u8,
+    seconds: u8,
+    microseconds: u32,
 ) -> Result<chrono::NaiveTime, sqlx::error::BoxDynError> {
-    let of_day = t
-        .is_valid_time_of_day()
+    let of_day = (!negative && hours < 24)
         .then(|| {
             chrono::NaiveTime::from_hms_micro_opt(
-                t.hours(),
-                u32::from(t.minutes()),
-                u32::from(t.seconds()),
-                t.microseconds(),
+                hours,
+                u32::from(minutes),
+                u32::from(seconds),
+                microseconds,
             )
         })
         .flatten();
     of_day.ok_or_else(|| {
         Unrepresentable::OutOfRange {
             value: format!(
-                "the duration {}{}:{:02}:{:02}, not a time of day",
-                if t.is_negative() { "-" } else { "" },
-                t.hours(),
-                t.minutes(),
-                t.seconds()
+                "the duration {}{hours}:{minutes:02}:{seconds:02}, not a time of day",
+                if negative { "-" } else { "" },
             ),
             text_type: "CHAR",
         }

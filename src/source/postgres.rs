@@ -12,7 +12,7 @@ use crate::domain::{EVIDENCE_VALUE_CAP, Value};
 
 use super::decode::Kind;
 use super::pg_wire;
-use super::sql::{DecodeResult, FilterParam, RowShape, SqlQuery, bind_typed};
+use super::sql::{BulkShape, DecodeResult, FilterParam, RowShape, SqlQuery, bind_typed};
 use super::stream::Feed;
 use super::{DIGEST_OVER, ReadRequest, RoleAudit, SourceError};
 
@@ -253,9 +253,14 @@ impl super::sql::Dialect for Dialect {
         &'a self,
         conn: &'a mut sqlx::PgConnection,
         statement: &'a str,
-        shape: &'a RowShape<'a>,
+        shape: BulkShape<'a>,
         feed: &'a mut Feed,
     ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+        let shape = RowShape {
+            columns: shape.columns,
+            kinds: shape.kinds?,
+            digest: shape.digest,
+        };
         Some(async move {
             let copy = format!("COPY ({statement}) TO STDOUT (FORMAT binary)");
             let mut messages = conn

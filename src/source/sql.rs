@@ -118,7 +118,8 @@ pub(super) trait Dialect: Send + Sync + 'static {
     }
 
     /// Reads a composed statement without parameters into `feed` the engine's bulk way, if it
-    /// has one (PostgreSQL: a binary COPY), decoding by `shape` as [`read`] does and
+    /// has one (PostgreSQL: a binary COPY; MySQL: a client of its own, see
+    /// [`super::mysql_bulk`]), decoding by `shape` as [`read`] does and
     /// ending only on the engine's proof that every row came; `None`: it has none. A bulk
     /// read that stops early may leave its connection out of step, so it must fail the read
     /// (and the connection is closed); only a complete one returns `Ok`.
@@ -126,11 +127,21 @@ pub(super) trait Dialect: Send + Sync + 'static {
         &'a self,
         _conn: &'a mut <Self::DB as Database>::Connection,
         _statement: &'a str,
-        _shape: &'a RowShape<'a>,
+        _shape: BulkShape<'a>,
         _feed: &'a mut Feed,
     ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
         None::<std::future::Ready<_>>
     }
+}
+
+/// What a bulk read knows of its result before it starts: the column names, their kinds
+/// where the prepared statement is the truth about them (`None`: the executed result's own
+/// types are, see [`Dialect::KINDS_FROM_FIRST_ROW`]) and which arrive digested.
+#[derive(Clone, Copy)]
+pub(super) struct BulkShape<'a> {
+    pub(super) columns: &'a [String],
+    pub(super) kinds: Option<&'a [Kind]>,
+    pub(super) digest: &'a [bool],
 }
 
 /// How a result's rows decode: per column its name, its kind and whether it arrives as the
@@ -358,15 +369,13 @@ where
     feed.keep_only = sql.keep_only.take();
     feed.send_columns(columns.clone()).await.map_err(|_| None)?;
 
-    if sql.params.is_empty()
-        && let Some(kinds) = &kinds
-    {
-        let shape = RowShape {
+    if sql.params.is_empty() {
+        let shape = BulkShape {
             columns: &columns,
-            kinds,
+            kinds: kinds.as_deref(),
             digest: &sql.digest,
         };
-        let read_in_bulk = match dialect.bulk(&mut *conn, &sql.text, &shape, feed) {
+        let read_in_bulk = match dialect.bulk(&mut *conn, &sql.text, shape, feed) {
             Some(bulk) => {
                 bulk.await?;
                 true

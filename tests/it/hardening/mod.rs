@@ -4,6 +4,7 @@
 mod access;
 mod bounds;
 mod decode;
+mod mysql_bulk;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,0 +1,382 @@
+//! MySQL's and MariaDB's bulk read: the rows of a statement without parameters, read by the
+//! synchronous `mysql` client on a thread of its own and decoded here.
+//!
+//! sqlx's MySQL row stream costs about 500 ns a row before trueup decodes anything (nested
+//! streams, a tracing span and `Arc` clones per row); the synchronous client reads the same
+//! binary-protocol rows for about a quarter of that (docs/scale.md). The read still starts
+//! on sqlx's connection, which holds the read's turn and prepared the statement trueup
+//! composed; this connection only reads its rows, then closes.
+//!
+//! It connects as sqlx does, or not at all: [`Bulk::for_url`] is `None` for a URL with a
+//! setting it does not reproduce (a TLS mode, a character set, a time zone), and those
+//! sources read through sqlx. The session is sqlx's: the same SQL mode, UTC, utf8mb4, a
+//! read-only transaction under the source's statement time limit.
+
+use std::sync::Arc;
+
+use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::prelude::Queryable;
+
+use crate::domain::{SourceName, Value};
+
+use super::decode::{Kind, Unrepresentable, unsupported};
+use super::sql::DecodeResult;
+use super::stream::Feed;
+use super::{Row, SourceError, decode_value};
+
+/// Rows sent from the reading thread at once: few enough that the channel holds little,
+/// many enough that a send is rare.
+const ROWS_PER_BATCH: usize = 512;
+
+/// How to open the bulk connection of one source.
+pub(super) struct Bulk {
+    opts: mysql::Opts,
+    timeout_ms: u64,
+}
+
+impl Bulk {
+    /// The bulk connection for a source at `url` (as sqlx reads it), or `None` when the URL
+    /// asks for a setting this connection would not reproduce exactly.
+    pub(super) fn for_url(url: &str, timeout_ms: u64) -> Option<Self> {
+        let url = reqwest::Url::parse(url).ok()?;
+        let decoded = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        };
+        let mut socket = None;
+        for (key, value) in url.query_pairs() {
+            match (&*key, &*value) {
+                // sqlx is built without TLS: `preferred` connects in plain, `disabled` too.
+                ("ssl-mode" | "sslmode", m)
+                    if m.eq_ignore_ascii_case("disabled")
+                        || m.eq_ignore_ascii_case("preferred") => {}
+                ("statement-cache-capacity", _) => {}
+                ("socket", path) => socket = Some(path.to_owned()),
+                _ => return None,
+            }
+        }
+        let user = decoded(url.username())?;
+        let password = match url.password() {
+            Some(p) => Some(decoded(p)?),
+            None => None,
+        };
+        let database = decoded(url.path().trim_start_matches('/'))?;
+        let opts = mysql::OptsBuilder::new()
+            .ip_or_hostname(Some(url.host_str().unwrap_or("localhost")))
+            .tcp_port(url.port().unwrap_or(3306))
+            .socket(socket)
+            // sqlx connects where the URL says; the client would otherwise switch to the
+            // server's Unix socket when it is local, and a user may authenticate differently.
+            .prefer_socket(false)
+            .user((!user.is_empty()).then_some(user))
+            .pass(password)
+            .db_name((!database.is_empty()).then_some(database))
+            .tcp_connect_timeout(Some(crate::connect::CONNECT_PROBE))
+            .init(vec![
+                // sqlx's session, so that a statement means the same on both connections.
+                "SET sql_mode=(SELECT CONCAT(@@sql_mode, ',PIPES_AS_CONCAT,NO_ENGINE_SUBSTITUTION')), \
+                 time_zone='+00:00', NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
+                "SET SESSION TRANSACTION READ ONLY",
+            ]);
+        Some(Self {
+            opts: opts.into(),
+            timeout_ms,
+        })
+    }
+}
+
+/// What the reading thread says: batches of decoded rows, then `Done` only after the server
+/// said the result ended, or why it stopped.
+enum Said {
+    Rows(Vec<Row>),
+    Done,
+    Failed(SourceError),
+}
+
+/// Reads `statement`'s rows into `feed`, named by `columns` and decoded by the result's own
+/// column types. `Ok` only when the server ended the result: a read cut short fails.
+pub(super) async fn read(
+    bulk: Arc<Bulk>,
+    statement: &str,
+    columns: &[String],
+    feed: &mut Feed,
+) -> Result<(), Option<SourceError>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reading = Reading {
+        source: feed.source().clone(),
+        columns: columns.to_vec(),
+        statement: statement.to_owned(),
+    };
+    let reader = tokio::task::spawn_blocking(move || reading.stream(&bulk, &tx));
+    loop {
+        match rx.recv().await {
+            Some(Said::Rows(rows)) => {
+                for row in rows {
+                    feed.push_row(row).await?;
+                }
+            }
+            Some(Said::Done) => return Ok(()),
+            Some(Said::Failed(e)) => return Err(Some(e)),
+            None => {
+                // The thread ended without a word: it panicked.
+                let why = match reader.await {
+                    Err(e) if e.is_panic() => super::panic_message(&*e.into_panic()),
+                    _ => "it ended without saying why".to_owned(),
+                };
+                return Err(Some(feed.query_error(format!(
+                    "the bulk read stopped before the last row: {why}"
+                ))));
+            }
+        }
+    }
+}
+
+/// One bulk read, on its thread: the rows are decoded where they arrive, so that the
+/// client's buffers are freed on the thread that allocated them.
+struct Reading {
+    source: SourceName,
+    columns: Vec<String>,
+    statement: String,
+}
+
+impl Reading {
+    /// Connects, runs the statement in a read-only transaction and sends its rows. When
+    /// nobody listens any more it kills its query rather than read the rest.
+    fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
+        let fail = |e: SourceError| {
+            let _ = tx.blocking_send(Said::Failed(e));
+        };
+        let connect_error = |e: mysql::Error| SourceError::Connect {
+            source_name: self.source.clone(),
+            message: e.to_string(),
+        };
+        let query_error = |message: String| SourceError::Query {
+            source_name: self.source.clone(),
+            message,
+        };
+        let mut conn = match mysql::Conn::new(bulk.opts.clone()) {
+            Ok(c) => c,
+            Err(e) => return fail(connect_error(e)),
+        };
+        let setup = (|| -> Result<(), mysql::Error> {
+            let version: Option<String> = conn.query_first("SELECT VERSION()")?;
+            // MariaDB and MySQL name their statement time limits differently.
+            let limit = if version.is_some_and(|v| v.contains("MariaDB")) {
+                format!(
+                    "SET SESSION max_statement_time = {}",
+                    bulk.timeout_ms as f64 / 1000.0
+                )
+            } else {
+                format!("SET SESSION max_execution_time = {}", bulk.timeout_ms)
+            };
+            conn.query_drop(limit)?;
+            conn.query_drop("START TRANSACTION READ ONLY")
+        })();
+        if let Err(e) = setup {
+            return fail(connect_error(e));
+        }
+        let id = conn.connection_id();
+        let mut result = match conn.exec_iter(&*self.statement, ()) {
+            Ok(r) => r,
+            Err(e) => return fail(query_error(e.to_string())),
+        };
+        let types: Vec<&'static str> = result.columns().as_ref().iter().map(type_name).collect();
+        if types.len() != self.columns.len() {
+            return fail(query_error(format!(
+                "the statement returned {} columns to the bulk read and {} when prepared",
+                types.len(),
+                self.columns.len()
+            )));
+        }
+        let kinds = match types
+            .iter()
+            .zip(&self.columns)
+            .map(|(t, c)| super::mysql::kind_of(t).ok_or_else(|| unsupported(&self.source, c, t)))
+            .collect::<Result<Vec<Kind>, _>>()
+        {
+            Ok(k) => k,
+            Err(e) => return fail(e),
+        };
+        let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
+        for row in result.by_ref() {
+            let row = match row {
+                Ok(row) => row.unwrap(),
+                Err(e) => return fail(query_error(e.to_string())),
+            };
+            let mut values = Vec::with_capacity(kinds.len());
+            for ((value, kind), column) in row.into_iter().zip(&kinds).zip(&self.columns) {
+                match decode_value(&self.source, column, || decode(*kind, value)) {
+                    Ok(v) => values.push(v),
+                    Err(e) => {
+                        // Not the rest of the result: letting go of it reads it to its end.
+                        abandon(bulk, id);
+                        drop(result);
+                        return fail(e);
+                    }
+                }
+            }
+            batch.push(values);
+            if batch.len() == ROWS_PER_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_BATCH));
+                if tx.blocking_send(Said::Rows(full)).is_err() {
+                    return abandon(bulk, id);
+                }
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send(Said::Rows(batch)).is_err() {
+            return abandon(bulk, id);
+        }
+        let _ = tx.blocking_send(Said::Done);
+    }
+}
+
+/// The rest of the result is not wanted (nobody reads the rows any more, or one failed to
+/// decode): kill the connection from another one, so that the client does not read (and the
+/// server send) the rest of the result as it lets go of it.
+fn abandon(bulk: &Bulk, id: u32) {
+    match mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| c.query_drop(format!("KILL {id}"))) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not kill an abandoned bulk read's connection; it reads to the end of its result"
+        ),
+    }
+}
+
+/// The type name sqlx gives a result column, so that both reads map it to the same [`Kind`].
+fn type_name(column: &mysql::Column) -> &'static str {
+    let flags = column.flags();
+    let binary = flags.contains(ColumnFlags::BINARY_FLAG);
+    let unsigned = flags.contains(ColumnFlags::UNSIGNED_FLAG);
+    use ColumnType::*;
+    match column.column_type() {
+        MYSQL_TYPE_TINY if column.column_length() == 1 => "BOOLEAN",
+        MYSQL_TYPE_TINY if unsigned => "TINYINT UNSIGNED",
+        MYSQL_TYPE_SHORT if unsigned => "SMALLINT UNSIGNED",
+        MYSQL_TYPE_LONG if unsigned => "INT UNSIGNED",
+        MYSQL_TYPE_INT24 if unsigned => "MEDIUMINT UNSIGNED",
+        MYSQL_TYPE_LONGLONG if unsigned => "BIGINT UNSIGNED",
+        MYSQL_TYPE_TINY => "TINYINT",
+        MYSQL_TYPE_SHORT => "SMALLINT",
+        MYSQL_TYPE_LONG => "INT",
+        MYSQL_TYPE_INT24 => "MEDIUMINT",
+        MYSQL_TYPE_LONGLONG => "BIGINT",
+        MYSQL_TYPE_FLOAT => "FLOAT",
+        MYSQL_TYPE_DOUBLE => "DOUBLE",
+        MYSQL_TYPE_NULL => "NULL",
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => "TIMESTAMP",
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => "DATE",
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => "TIME",
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => "DATETIME",
+        MYSQL_TYPE_YEAR => "YEAR",
+        MYSQL_TYPE_BIT => "BIT",
+        MYSQL_TYPE_ENUM => "ENUM",
+        MYSQL_TYPE_SET => "SET",
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => "DECIMAL",
+        MYSQL_TYPE_GEOMETRY => "GEOMETRY",
+        MYSQL_TYPE_JSON => "JSON",
+        MYSQL_TYPE_STRING if binary => "BINARY",
+        MYSQL_TYPE_STRING if flags.contains(ColumnFlags::ENUM_FLAG) => "ENUM",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if binary => "VARBINARY",
+        MYSQL_TYPE_STRING => "CHAR",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "VARCHAR",
+        MYSQL_TYPE_TINY_BLOB if binary => "TINYBLOB",
+        MYSQL_TYPE_TINY_BLOB => "TINYTEXT",
+        MYSQL_TYPE_BLOB if binary => "BLOB",
+        MYSQL_TYPE_BLOB => "TEXT",
+        MYSQL_TYPE_MEDIUM_BLOB if binary => "MEDIUMBLOB",
+        MYSQL_TYPE_MEDIUM_BLOB => "MEDIUMTEXT",
+        MYSQL_TYPE_LONG_BLOB if binary => "LONGBLOB",
+        MYSQL_TYPE_LONG_BLOB => "LONGTEXT",
+        _ => "UNKNOWN",
+    }
+}
+
+/// One binary-protocol value of a column of `kind`, as [`super::mysql`]'s decoder reads it.
+fn decode(kind: Kind, value: mysql::Value) -> DecodeResult {
+    use mysql::Value as V;
+    Ok(match (kind, value) {
+        (_, V::NULL) => Value::Null,
+        // A zero date or datetime is MySQL's stand-in for none: it reads as NULL, as sqlx
+        // reads it (the server sends it as no bytes at all).
+        (Kind::Date | Kind::Naive | Kind::Timestamp, V::Date(0, 0, 0, 0, 0, 0, 0)) => Value::Null,
+        (Kind::I64, V::Int(i)) => Value::Int(i),
+        (Kind::I64, V::UInt(u)) => Value::Int(i64::try_from(u)?),
+        (Kind::U64, V::Int(i)) => Value::Int(i),
+        (Kind::U64, V::UInt(u)) => i64::try_from(u)
+            .map(Value::Int)
+            .unwrap_or_else(|_| Value::Decimal(u.into())),
+        (Kind::Decimal, V::Bytes(b)) => {
+            Value::Decimal(std::str::from_utf8(&b)?.parse::<rust_decimal::Decimal>()?)
+        }
+        (Kind::F32, V::Float(f)) => Value::Float(f.into()),
+        (Kind::F64, V::Double(f)) => Value::Float(f),
+        (Kind::Text, V::Bytes(b)) => Value::Text(std::str::from_utf8(&b)?.into()),
+        (Kind::Json, V::Bytes(b)) => Value::Json(Box::new(serde_json::from_slice(&b)?)),
+        (Kind::Bytes, V::Bytes(b)) => Value::Bytes(b),
+        (Kind::Date, V::Date(y, m, d, ..)) => Value::Date(date(y, m, d)?),
+        (Kind::Time, V::Time(negative, days, h, m, s, us)) => Value::Time(
+            super::mysql::time_of_day(negative, days * 24 + u32::from(h), m, s, us)?,
+        ),
+        (Kind::Naive | Kind::Timestamp, V::Date(y, mo, d, h, mi, s, us)) => Value::Timestamp(
+            date(y, mo, d)?
+                .and_hms_micro_opt(h.into(), mi.into(), s.into(), us)
+                .ok_or("the time of day is out of range")?
+                .and_utc(),
+        ),
+        (kind, value) => return Err(format!("a {value:?} in a column read as {kind:?}").into()),
+    })
+}
+
+/// A DATE's parts as a date; MySQL's zero dates (`0000-00-00`, `2024-00-10`) are none.
+fn date(y: u16, m: u8, d: u8) -> Result<chrono::NaiveDate, sqlx::error::BoxDynError> {
+    chrono::NaiveDate::from_ymd_opt(y.into(), m.into(), d.into()).ok_or_else(|| {
+        Unrepresentable::OutOfRange {
+            value: format!("the date {y:04}-{m:02}-{d:02}, which is no day of the calendar"),
+            text_type: "CHAR",
+        }
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_url_connects_the_bulk_reads_where_sqlx_does_with_the_same_credentials() {
+        let bulk = Bulk::for_url(
+            "mysql://reader:p%40ss%2Fword@db.example:3307/ledger?ssl-mode=preferred",
+            2000,
+        )
+        .expect("a plain URL reads in bulk");
+        assert_eq!(bulk.opts.get_ip_or_hostname(), "db.example");
+        assert_eq!(bulk.opts.get_tcp_port(), 3307);
+        assert_eq!(bulk.opts.get_user(), Some("reader"));
+        assert_eq!(bulk.opts.get_pass(), Some("p@ss/word"));
+        assert_eq!(bulk.opts.get_db_name(), Some("ledger"));
+        assert!(!bulk.opts.get_prefer_socket());
+        assert_eq!(bulk.timeout_ms, 2000);
+        let bare = Bulk::for_url("mysql://localhost", 1).expect("a bare URL reads in bulk");
+        assert_eq!(bare.opts.get_tcp_port(), 3306);
+        assert_eq!(bare.opts.get_user(), None);
+        assert_eq!(bare.opts.get_db_name(), None);
+    }
+
+    #[test]
+    fn a_url_asking_for_tls_a_charset_or_a_time_zone_reads_through_sqlx() {
+        for url in [
+            "mysql://r@db/l?ssl-mode=required",
+            "mysql://r@db/l?ssl-mode=VERIFY_IDENTITY",
+            "mysql://r@db/l?ssl-ca=/etc/ca.pem",
+            "mysql://r@db/l?charset=latin1",
+            "mysql://r@db/l?collation=utf8mb4_bin",
+            "mysql://r@db/l?timezone=%2B02:00",
+            "not a url",
+        ] {
+            assert!(Bulk::for_url(url, 1).is_none(), "{url}");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! MySQL's bulk read (src/source/mysql_bulk.rs): the same values as sqlx reads, its
+//! connection gone with the read, and a read cut off or abandoned never taken for a whole one.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The ids of the reader's connections whose statement mentions `text`, as root sees them.
+async fn running(db: &TestMysql, text: &str) -> Vec<i64> {
+    let mut admin = db.connect().await;
+    sqlx::query_scalar(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND INFO LIKE CONCAT('%', ?, '%')",
+    )
+    .bind(format!("{}_r", db.name))
+    .bind(text)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap()
+}
+
+/// Whether connection `id` is still open.
+async fn open(db: &TestMysql, id: i64) -> bool {
+    let mut admin = db.connect().await;
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?")
+            .bind(id)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    n > 0
+}
+
+/// Waits up to 5 s for `done`.
+async fn within_5s<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn connection_id(rows: &[Vec<Value>]) -> i64 {
+    match &rows[0][0] {
+        Value::Int(i) => *i,
+        other => panic!("CONNECTION_ID() read as {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx() {
+    let db = TestMysql::new().await;
+    db.exec(
+        "CREATE TABLE t (id INT PRIMARY KEY, flag TINYINT(1), tiny TINYINT, small SMALLINT UNSIGNED,
+           medium MEDIUMINT, big BIGINT, ubig BIGINT UNSIGNED, y YEAR, num DECIMAL(30,10), f FLOAT,
+           d DOUBLE, vc VARCHAR(40), ch CHAR(5), tx TEXT, en ENUM('a','b'), st SET('x','y'), js JSON,
+           bi BINARY(3), vb VARBINARY(8), bl BLOB, dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(6) NULL);
+         INSERT INTO t VALUES
+           (1, 1, -128, 65535, -8388608, -9223372036854775808, 18446744073709551615, 2024,
+            12345678901234567.0123456789, 0.1, 0.1, 'héllo 🦀', 'ab', REPEAT('x', 300), 'b', 'x,y',
+            '{\"a\": [1, 2]}', 'abc', X'00FF', X'DEADBEEF', '2026-02-28', '23:59:59.999999',
+            '2026-02-28 12:34:56.789012', '2026-02-28 12:34:56.789012'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+    )
+    .await;
+    let bulk = Source::open(&source("my", &db.reader_url)).unwrap();
+    // A character set in the URL is a setting the bulk connection does not reproduce: this
+    // source reads every row through sqlx.
+    let through_sqlx =
+        Source::open(&source("my", &format!("{}?charset=utf8mb4", db.reader_url))).unwrap();
+
+    let query = "SELECT * FROM t ORDER BY id";
+    let rows = read_all(&bulk, query).await.unwrap();
+    assert_eq!(rows, read_all(&through_sqlx, query).await.unwrap());
+    let shown: Vec<String> = rows[0].iter().map(Value::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "1",
+            "1",
+            "-128",
+            "65535",
+            "-8388608",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "2024",
+            "12345678901234567.0123456789",
+            "0.10000000149011612",
+            "0.1",
+            "héllo 🦀",
+            "ab",
+            &"x".repeat(300),
+            "b",
+            "x,y",
+            // MariaDB's JSON is LONGTEXT in a binary collation: its bytes.
+            "\\x7b2261223a205b312c20325d7d",
+            "\\x616263",
+            "\\x00ff",
+            "\\xdeadbeef",
+            "2026-02-28",
+            "23:59:59.999999",
+            "2026-02-28T12:34:56.789012Z",
+            "2026-02-28T12:34:56.789012Z",
+        ]
+    );
+    assert!(
+        rows[1][1..].iter().all(|v| *v == Value::Null),
+        "{:?}",
+        rows[1]
+    );
+
+    // A negative duration is refused alike, its sign said.
+    for src in [&bulk, &through_sqlx] {
+        let err = read_all(src, "SELECT CAST('-01:00:00' AS TIME) AS took")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the duration -1:00:00, not a time of day"),
+            "{err}"
+        );
+    }
+
+    // The bulk read's connection closes with the read; sqlx's goes back to its pool.
+    let id = "SELECT CONNECTION_ID() AS id";
+    let bulk_id = connection_id(&read_all(&bulk, id).await.unwrap());
+    let pooled_id = connection_id(&read_all(&through_sqlx, id).await.unwrap());
+    assert!(
+        within_5s(|| async { !open(&db, bulk_id).await }).await,
+        "the bulk read's connection {bulk_id} is still open"
+    );
+    assert!(
+        open(&db, pooled_id).await,
+        "sqlx's connection {pooled_id} was closed"
+    );
+    bulk.close().await;
+    through_sqlx.close().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_mysql_bulk_read_stops_its_query_at_once() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    // Two hundred million rows: read to the end, they would take minutes.
+    let mut stream = src
+        .read(read_request("SELECT seq AS n FROM seq_1_to_200000000"))
+        .await
+        .unwrap();
+    let first = stream.next_batch().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(running(&db, "seq_1_to_200000000").await.len(), 1);
+    drop(stream);
+    assert!(
+        within_5s(|| async { running(&db, "seq_1_to_200000000").await.is_empty() }).await,
+        "the abandoned read's query still runs"
+    );
+    src.close().await;
+}
+
+#[tokio::test]
+async fn a_mysql_bulk_read_cut_off_mid_result_fails_rather_than_ending_short() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    let mut stream = src
+        .read(read_request("SELECT seq AS n FROM seq_1_to_200000000"))
+        .await
+        .unwrap();
+    let mut rows = stream.next_batch().await.unwrap().unwrap().len();
+    let [reading] = running(&db, "seq_1_to_200000000").await[..] else {
+        panic!("one connection reads the rows")
+    };
+    let mut admin = db.connect().await;
+    sqlx::query(&format!("KILL {reading}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let err = loop {
+        match stream.next_batch().await {
+            Some(Ok(batch)) => rows += batch.len(),
+            Some(Err(e)) => break e,
+            None => panic!("the read ended after {rows} rows as if that were all of them"),
+        }
+    };
+    assert!(rows < 200_000_000, "{rows}");
+    let SourceError::Query { source_name, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(source_name.as_str(), "my", "{err}");
+    src.close().await;
+}
+
+#[tokio::test]
+async fn a_value_that_fails_to_decode_in_a_mysql_bulk_read_fails_it_at_once_and_stops_its_query() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    let started = Instant::now();
+    // The 1,000th row holds a duration past a day, not a time of day.
+    let err = read_all(
+        &src,
+        "SELECT seq AS n, IF(seq = 1000, CAST('25:00:00' AS TIME), CAST('01:00:00' AS TIME)) AS took \
+         FROM seq_1_to_200000000",
+    )
+    .await
+    .unwrap_err();
+    let SourceError::Decode {
+        column, message, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(column, "took", "{err}");
+    assert!(
+        message.contains("the duration 25:00:00, not a time of day"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        within_5s(|| async { running(&db, "seq_1_to_200000000").await.is_empty() }).await,
+        "the failed read's query still runs"
+    );
+    src.close().await;
+}

@@ -196,6 +196,11 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
         T::decode(raw)
     }
     Ok(match kind {
+        // sqlx names an unsigned TINYINT(1) BOOLEAN, and its signed reading of the one byte
+        // would turn 200 into -56.
+        Kind::I64 if <u64 as sqlx::Type<MySql>>::compatible(&raw.type_info()) => {
+            Value::Int(i64::try_from(d::<u64>(raw)?)?)
+        }
         Kind::I64 => Value::Int(d(raw)?),
         Kind::U64 => {
             let v: u64 = d(raw)?;

@@ -13,6 +13,7 @@
 //! read-only transaction under the source's statement time limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
@@ -24,9 +25,11 @@ use super::sql::DecodeResult;
 use super::stream::Feed;
 use super::{Row, SourceError, decode_value};
 
-/// Rows sent from the reading thread at once: few enough that the channel holds little,
-/// many enough that a send is rare.
+/// What the reading thread sends at once: at most this many rows, or the first row to reach
+/// [`BATCH_BYTES`] of values; the channel holds two such batches, so that a read of large
+/// rows keeps a few megabytes in flight, as sqlx's path does.
 const ROWS_PER_BATCH: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// How to open the bulk connection of one source.
 pub(super) struct Bulk {
@@ -57,7 +60,11 @@ impl Bulk {
                 _ => return None,
             }
         }
-        let user = decoded(url.username())?;
+        // sqlx connects as `root` when the URL names no user.
+        let user = match decoded(url.username())? {
+            u if u.is_empty() => "root".to_owned(),
+            u => u,
+        };
         let password = match url.password() {
             Some(p) => Some(decoded(p)?),
             None => None,
@@ -70,10 +77,14 @@ impl Bulk {
             // sqlx connects where the URL says; the client would otherwise switch to the
             // server's Unix socket when it is local, and a user may authenticate differently.
             .prefer_socket(false)
-            .user((!user.is_empty()).then_some(user))
+            .user(Some(user))
             .pass(password)
             .db_name((!database.is_empty()).then_some(database))
             .tcp_connect_timeout(Some(crate::connect::CONNECT_PROBE))
+            // A server or network that stalls: the socket gives up when the read's own
+            // deadline has passed (the statement's limit and the grace), as sqlx's read does.
+            .read_timeout(Some(deadline(timeout_ms)))
+            .write_timeout(Some(deadline(timeout_ms)))
             .init(vec![
                 // sqlx's session, so that a statement means the same on both connections.
                 "SET sql_mode=(SELECT CONCAT(@@sql_mode, ',PIPES_AS_CONCAT,NO_ENGINE_SUBSTITUTION')), \
@@ -84,6 +95,60 @@ impl Bulk {
             opts: opts.into(),
             timeout_ms,
         })
+    }
+}
+
+/// How long a bulk read's socket waits for the server: the read's deadline.
+fn deadline(timeout_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(timeout_ms) + super::READ_GRACE
+}
+
+/// The reading connection's id once it has one (0 before), and whether its query was
+/// stopped (once is enough) or the thread is done with it.
+#[derive(Default)]
+struct Reader {
+    id: AtomicU32,
+    stopped: AtomicBool,
+}
+
+impl Reader {
+    /// Kills the reading connection, once, unless the thread is done with it: the rest of its
+    /// result is not wanted (nobody reads the rows any more, or one failed), and its client
+    /// would otherwise read it to its end as it lets go of it.
+    fn stop(&self, bulk: &Bulk) {
+        let id = self.id.load(Ordering::Acquire);
+        if id == 0 || self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let killed = mysql::Conn::new(bulk.opts.clone())
+            .and_then(|mut c| c.query_drop(format!("KILL {id}")));
+        if let Err(e) = killed {
+            tracing::warn!(
+                error = %e,
+                "could not stop a MySQL bulk read's query; its connection reads its result to the end"
+            );
+        }
+    }
+}
+
+/// Stops the reading thread's query when the read is dropped before the thread is done (an
+/// evaluation that ended early, timed out or was cancelled), without waiting for the thread
+/// to notice at its next batch: it may be waiting on the server.
+struct StopOnDrop {
+    bulk: Arc<Bulk>,
+    reader: Arc<Reader>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.reader.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let (bulk, reader) = (Arc::clone(&self.bulk), Arc::clone(&self.reader));
+        // (Outside a runtime, at shutdown, the thread stops at its next batch or deadline.)
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn_blocking(move || reader.stop(&bulk)));
+        }
     }
 }
 
@@ -103,13 +168,19 @@ pub(super) async fn read(
     columns: &[String],
     feed: &mut Feed,
 ) -> Result<(), Option<SourceError>> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = Arc::new(Reader::default());
     let reading = Reading {
         source: feed.source().clone(),
         columns: columns.to_vec(),
         statement: statement.to_owned(),
+        reader: Arc::clone(&reader),
     };
-    let reader = tokio::task::spawn_blocking(move || reading.stream(&bulk, &tx));
+    let thread = {
+        let bulk = Arc::clone(&bulk);
+        tokio::task::spawn_blocking(move || reading.stream(&bulk, &tx))
+    };
+    let _stop = StopOnDrop { bulk, reader };
     loop {
         match rx.recv().await {
             Some(Said::Rows(rows)) => {
@@ -121,7 +192,7 @@ pub(super) async fn read(
             Some(Said::Failed(e)) => return Err(Some(e)),
             None => {
                 // The thread ended without a word: it panicked.
-                let why = match reader.await {
+                let why = match thread.await {
                     Err(e) if e.is_panic() => super::panic_message(&*e.into_panic()),
                     _ => "it ended without saying why".to_owned(),
                 };
@@ -139,15 +210,30 @@ struct Reading {
     source: SourceName,
     columns: Vec<String>,
     statement: String,
+    reader: Arc<Reader>,
 }
 
 impl Reading {
     /// Connects, runs the statement in a read-only transaction and sends its rows. When
-    /// nobody listens any more it kills its query rather than read the rest.
+    /// nobody listens any more, or a row fails, it stops its query rather than read the rest.
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
-        let fail = |e: SourceError| {
-            let _ = tx.blocking_send(Said::Failed(e));
-        };
+        match self.send_rows(bulk, tx) {
+            Ok(()) => {}
+            // (Stopped already where a result was open; before, there is no query to stop.)
+            Err(None) => self.reader.stop(bulk),
+            Err(Some(e)) => {
+                self.reader.stop(bulk);
+                let _ = tx.blocking_send(Said::Failed(e));
+            }
+        }
+    }
+
+    /// `Err(None)`: nobody listens any more.
+    fn send_rows(
+        &self,
+        bulk: &Bulk,
+        tx: &tokio::sync::mpsc::Sender<Said>,
+    ) -> Result<(), Option<SourceError>> {
         let connect_error = |e: mysql::Error| SourceError::Connect {
             source_name: self.source.clone(),
             message: e.to_string(),
@@ -156,92 +242,95 @@ impl Reading {
             source_name: self.source.clone(),
             message,
         };
-        let mut conn = match mysql::Conn::new(bulk.opts.clone()) {
-            Ok(c) => c,
-            Err(e) => return fail(connect_error(e)),
+        let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(|e| Some(connect_error(e)))?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .map_err(|e| Some(connect_error(e)))?;
+        // MariaDB and MySQL name their statement time limits differently.
+        let limit = if version.is_some_and(|v| v.contains("MariaDB")) {
+            format!(
+                "SET SESSION max_statement_time = {}",
+                bulk.timeout_ms as f64 / 1000.0
+            )
+        } else {
+            format!("SET SESSION max_execution_time = {}", bulk.timeout_ms)
         };
-        let setup = (|| -> Result<(), mysql::Error> {
-            let version: Option<String> = conn.query_first("SELECT VERSION()")?;
-            // MariaDB and MySQL name their statement time limits differently.
-            let limit = if version.is_some_and(|v| v.contains("MariaDB")) {
-                format!(
-                    "SET SESSION max_statement_time = {}",
-                    bulk.timeout_ms as f64 / 1000.0
-                )
-            } else {
-                format!("SET SESSION max_execution_time = {}", bulk.timeout_ms)
-            };
-            conn.query_drop(limit)?;
-            conn.query_drop("START TRANSACTION READ ONLY")
-        })();
-        if let Err(e) = setup {
-            return fail(connect_error(e));
-        }
-        let id = conn.connection_id();
-        let mut result = match conn.exec_iter(&*self.statement, ()) {
-            Ok(r) => r,
-            Err(e) => return fail(query_error(e.to_string())),
-        };
+        conn.query_drop(limit)
+            .and_then(|()| conn.query_drop("START TRANSACTION READ ONLY"))
+            .map_err(|e| Some(connect_error(e)))?;
+        self.reader
+            .id
+            .store(conn.connection_id(), Ordering::Release);
+        let mut result = conn
+            .exec_iter(&*self.statement, ())
+            .map_err(|e| Some(query_error(e.to_string())))?;
         let types: Vec<&'static str> = result.columns().as_ref().iter().map(type_name).collect();
+        let sent = self.send_result(&mut result, &types, tx);
+        if sent.is_err() {
+            // Before letting go of the result, which reads it to its end.
+            self.reader.stop(bulk);
+        }
+        drop(result);
+        sent?;
+        // The result ended: nothing to stop from here on.
+        self.reader.stopped.store(true, Ordering::Release);
+        tx.blocking_send(Said::Done).map_err(|_| None)
+    }
+
+    /// Decodes and sends the rows of `result`, whose columns sqlx would name `types`.
+    fn send_result(
+        &self,
+        result: &mut mysql::QueryResult<'_, '_, '_, mysql::Binary>,
+        types: &[&'static str],
+        tx: &tokio::sync::mpsc::Sender<Said>,
+    ) -> Result<(), Option<SourceError>> {
+        let query_error = |message: String| SourceError::Query {
+            source_name: self.source.clone(),
+            message,
+        };
         if types.len() != self.columns.len() {
-            return fail(query_error(format!(
+            return Err(Some(query_error(format!(
                 "the statement returned {} columns to the bulk read and {} when prepared",
                 types.len(),
                 self.columns.len()
-            )));
+            ))));
         }
-        let kinds = match types
-            .iter()
-            .zip(&self.columns)
-            .map(|(t, c)| super::mysql::kind_of(t).ok_or_else(|| unsupported(&self.source, c, t)))
-            .collect::<Result<Vec<Kind>, _>>()
-        {
-            Ok(k) => k,
-            Err(e) => return fail(e),
-        };
+        // From the first row, as sqlx's path: a result without rows has nothing to refuse.
+        let mut kinds: Option<Vec<Kind>> = None;
         let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
+        let mut batch_bytes = 0;
         for row in result.by_ref() {
-            let row = match row {
-                Ok(row) => row.unwrap(),
-                Err(e) => return fail(query_error(e.to_string())),
+            let row = row.map_err(|e| Some(query_error(e.to_string())))?.unwrap();
+            let kinds = match &kinds {
+                Some(k) => k,
+                None => kinds.insert(
+                    types
+                        .iter()
+                        .zip(&self.columns)
+                        .map(|(t, c)| {
+                            super::mysql::kind_of(t).ok_or_else(|| unsupported(&self.source, c, t))
+                        })
+                        .collect::<Result<Vec<Kind>, _>>()
+                        .map_err(Some)?,
+                ),
             };
             let mut values = Vec::with_capacity(kinds.len());
-            for ((value, kind), column) in row.into_iter().zip(&kinds).zip(&self.columns) {
-                match decode_value(&self.source, column, || decode(*kind, value)) {
-                    Ok(v) => values.push(v),
-                    Err(e) => {
-                        // Not the rest of the result: letting go of it reads it to its end.
-                        abandon(bulk, id);
-                        drop(result);
-                        return fail(e);
-                    }
-                }
+            for ((value, kind), column) in row.into_iter().zip(kinds).zip(&self.columns) {
+                let value = decode_value(&self.source, column, || decode(*kind, value))?;
+                batch_bytes += value.size();
+                values.push(value);
             }
             batch.push(values);
-            if batch.len() == ROWS_PER_BATCH {
+            if batch.len() == ROWS_PER_BATCH || batch_bytes >= BATCH_BYTES {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_BATCH));
-                if tx.blocking_send(Said::Rows(full)).is_err() {
-                    return abandon(bulk, id);
-                }
+                batch_bytes = 0;
+                tx.blocking_send(Said::Rows(full)).map_err(|_| None)?;
             }
         }
-        if !batch.is_empty() && tx.blocking_send(Said::Rows(batch)).is_err() {
-            return abandon(bulk, id);
+        if !batch.is_empty() {
+            tx.blocking_send(Said::Rows(batch)).map_err(|_| None)?;
         }
-        let _ = tx.blocking_send(Said::Done);
-    }
-}
-
-/// The rest of the result is not wanted (nobody reads the rows any more, or one failed to
-/// decode): kill the connection from another one, so that the client does not read (and the
-/// server send) the rest of the result as it lets go of it.
-fn abandon(bulk: &Bulk, id: u32) {
-    match mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| c.query_drop(format!("KILL {id}"))) {
-        Ok(()) => {}
-        Err(e) => tracing::warn!(
-            error = %e,
-            "could not kill an abandoned bulk read's connection; it reads to the end of its result"
-        ),
+        Ok(())
     }
 }
 
@@ -252,7 +341,8 @@ fn type_name(column: &mysql::Column) -> &'static str {
     let unsigned = flags.contains(ColumnFlags::UNSIGNED_FLAG);
     use ColumnType::*;
     match column.column_type() {
-        MYSQL_TYPE_TINY if column.column_length() == 1 => "BOOLEAN",
+        // (sqlx names an unsigned TINYINT(1) BOOLEAN too, and reads its 200 as -56.)
+        MYSQL_TYPE_TINY if column.column_length() == 1 && !unsigned => "BOOLEAN",
         MYSQL_TYPE_TINY if unsigned => "TINYINT UNSIGNED",
         MYSQL_TYPE_SHORT if unsigned => "SMALLINT UNSIGNED",
         MYSQL_TYPE_LONG if unsigned => "INT UNSIGNED",
@@ -330,7 +420,7 @@ fn decode(kind: Kind, value: mysql::Value) -> DecodeResult {
     })
 }
 
-/// A DATE's parts as a date; MySQL's zero dates (`0000-00-00`, `2024-00-10`) are none.
+/// A DATE's parts as a date; a date with a zero part (`2024-00-10`) is refused.
 fn date(y: u16, m: u8, d: u8) -> Result<chrono::NaiveDate, sqlx::error::BoxDynError> {
     chrono::NaiveDate::from_ymd_opt(y.into(), m.into(), d.into()).ok_or_else(|| {
         Unrepresentable::OutOfRange {
@@ -361,7 +451,7 @@ mod tests {
         assert_eq!(bulk.timeout_ms, 2000);
         let bare = Bulk::for_url("mysql://localhost", 1).expect("a bare URL reads in bulk");
         assert_eq!(bare.opts.get_tcp_port(), 3306);
-        assert_eq!(bare.opts.get_user(), None);
+        assert_eq!(bare.opts.get_user(), Some("root"), "sqlx's default user");
         assert_eq!(bare.opts.get_db_name(), None);
     }
 

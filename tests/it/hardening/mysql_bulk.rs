@@ -1,5 +1,7 @@
 //! MySQL's bulk read (src/source/mysql_bulk.rs): the same values as sqlx reads, its
 //! connection gone with the read, and a read cut off or abandoned never taken for a whole one.
+//! Every read here is of a statement without parameters: the first test shows such a read is
+//! the bulk one (its connection closes with it).
 
 use std::time::{Duration, Instant};
 
@@ -53,17 +55,21 @@ fn connection_id(rows: &[Vec<Value>]) -> i64 {
 async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx() {
     let db = TestMysql::new().await;
     db.exec(
-        "CREATE TABLE t (id INT PRIMARY KEY, flag TINYINT(1), tiny TINYINT, small SMALLINT UNSIGNED,
+        "CREATE TABLE t (id INT PRIMARY KEY, flag TINYINT(1), uflag TINYINT(1) UNSIGNED, tiny TINYINT, small SMALLINT UNSIGNED,
            medium MEDIUMINT, big BIGINT, ubig BIGINT UNSIGNED, y YEAR, num DECIMAL(30,10), f FLOAT,
            d DOUBLE, vc VARCHAR(40), ch CHAR(5), tx TEXT, en ENUM('a','b'), st SET('x','y'), js JSON,
            bi BINARY(3), vb VARBINARY(8), bl BLOB, dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(6) NULL);
          INSERT INTO t VALUES
-           (1, 1, -128, 65535, -8388608, -9223372036854775808, 18446744073709551615, 2024,
+           (1, 1, 200, -128, 65535, -8388608, -9223372036854775808, 18446744073709551615, 2024,
             12345678901234567.0123456789, 0.1, 0.1, 'héllo 🦀', 'ab', REPEAT('x', 300), 'b', 'x,y',
             '{\"a\": [1, 2]}', 'abc', X'00FF', X'DEADBEEF', '2026-02-28', '23:59:59.999999',
             '2026-02-28 12:34:56.789012', '2026-02-28 12:34:56.789012'),
            (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', NULL, '0000-00-00 00:00:00', '0000-00-00 00:00:00');
+         CREATE TABLE bt (id INT PRIMARY KEY, bits BIT(3));
+         INSERT INTO bt VALUES (1, b'101');",
     )
     .await;
     let bulk = Source::open(&source("my", &db.reader_url)).unwrap();
@@ -81,6 +87,7 @@ async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx()
         [
             "1",
             "1",
+            "200",
             "-128",
             "65535",
             "-8388608",
@@ -111,6 +118,28 @@ async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx()
         "{:?}",
         rows[1]
     );
+    // Zero dates are MySQL's stand-in for none.
+    assert!(
+        rows[2][1..].iter().all(|v| *v == Value::Null),
+        "{:?}",
+        rows[2]
+    );
+
+    // A column trueup cannot read is refused from the first row: no rows, nothing refused.
+    let no_rows = "SELECT id, bits FROM bt WHERE id = 0";
+    for src in [&bulk, &through_sqlx] {
+        assert_eq!(
+            read_all(src, no_rows).await.unwrap(),
+            Vec::<Vec<Value>>::new()
+        );
+        let err = read_all(src, "SELECT id, bits FROM bt WHERE id = 1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SourceError::UnsupportedType { column, .. } if column == "bits"),
+            "{err:?}"
+        );
+    }
 
     // A negative duration is refused alike, its sign said.
     for src in [&bulk, &through_sqlx] {
@@ -224,6 +253,27 @@ async fn a_value_that_fails_to_decode_in_a_mysql_bulk_read_fails_it_at_once_and_
     assert!(
         within_5s(|| async { running(&db, "seq_1_to_200000000").await.is_empty() }).await,
         "the failed read's query still runs"
+    );
+    src.close().await;
+}
+
+#[tokio::test]
+async fn a_mysql_bulk_read_dropped_while_the_server_is_still_busy_stops_its_query_at_once() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    // No row comes for 30 s: the reading thread waits on the server, not on its channel.
+    let stream = src
+        .read(read_request("SELECT SLEEP(30) AS slept"))
+        .await
+        .unwrap();
+    assert!(
+        within_5s(|| async { running(&db, "SLEEP(30)").await.len() == 1 }).await,
+        "the query never started"
+    );
+    drop(stream);
+    assert!(
+        within_5s(|| async { running(&db, "SLEEP(30)").await.is_empty() }).await,
+        "the dropped read's query still runs"
     );
     src.close().await;
 }

@@ -156,6 +156,16 @@ impl super::sql::Dialect for Dialect {
     ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
         // (MySQL digests no values: every column arrives whole.)
         let bulk = self.bulk.clone()?;
+        // The `mysql` client rewrites what it takes for a named parameter (`:name`) before
+        // the server sees the statement; its lexer is not the server's, so a statement that
+        // could hold one (even in a literal or a comment) reads through sqlx.
+        let named = statement
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b':' && (w[1] == b'_' || w[1].is_ascii_lowercase()));
+        if named {
+            return None;
+        }
         Some(super::mysql_bulk::read(
             bulk,
             statement,

@@ -3,7 +3,7 @@
 //!
 //! sqlx's MySQL row stream costs about 500 ns a row before trueup decodes anything (nested
 //! streams, a tracing span and `Arc` clones per row); the synchronous client reads the same
-//! binary-protocol rows for about a quarter of that (docs/scale.md). The read still starts
+//! binary-protocol rows for 0.38× of sqlx's CPU (docs/scale.md, step 2). The read still starts
 //! on sqlx's connection, which holds the read's turn and prepared the statement trueup
 //! composed; this connection only reads its rows, then closes.
 //!
@@ -12,8 +12,7 @@
 //! sources read through sqlx. The session is sqlx's: the same SQL mode, UTC, utf8mb4, a
 //! read-only transaction under the source's statement time limit.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
@@ -103,37 +102,92 @@ fn deadline(timeout_ms: u64) -> std::time::Duration {
     std::time::Duration::from_millis(timeout_ms) + super::READ_GRACE
 }
 
-/// The reading connection's id once it has one (0 before), and whether its query was
-/// stopped (once is enough) or the thread is done with it.
+/// Between a read and its thread: where the reading connection is (once it is open), and
+/// whether the read was dropped, the result ended or the query was killed. One lock, so that
+/// a read dropped while its thread connects is seen before the statement runs.
 #[derive(Default)]
-struct Reader {
-    id: AtomicU32,
-    stopped: AtomicBool,
+struct Reader(Mutex<ReaderState>);
+
+#[derive(Default)]
+struct ReaderState {
+    /// The reading connection's id and the server it is on (`@@hostname`, `@@port`).
+    at: Option<(u32, String, u16)>,
+    dropped: bool,
+    finished: bool,
+    killed: bool,
 }
 
 impl Reader {
-    /// Kills the reading connection, once, unless the thread is done with it: the rest of its
-    /// result is not wanted (nobody reads the rows any more, or one failed), and its client
-    /// would otherwise read it to its end as it lets go of it.
+    fn state(&self) -> std::sync::MutexGuard<'_, ReaderState> {
+        // (Plain flags: what a panicking holder left is still right.)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The thread is about to run its statement on connection `id` of `server`; `false`: the
+    /// read was dropped meanwhile, run nothing.
+    fn starting(&self, id: u32, server: (String, u16)) -> bool {
+        let mut state = self.state();
+        state.at = Some((id, server.0, server.1));
+        !state.dropped
+    }
+
+    /// The server ended the result: there is nothing to stop any more.
+    fn finished(&self) {
+        self.state().finished = true;
+    }
+
+    /// The read is dropped: whether a running query is left to stop.
+    fn dropped(&self) -> bool {
+        let mut state = self.state();
+        state.dropped = true;
+        state.at.is_some() && !state.finished && !state.killed
+    }
+
+    /// Kills the reading connection, once, unless its result ended: the rest of it is not
+    /// wanted (nobody reads the rows any more, or one failed), and its client would otherwise
+    /// read it to its end as it lets go of it. The killing connection first checks that it
+    /// reached the reading one's server (not another node behind the same address): ids are
+    /// unique per server only.
     fn stop(&self, bulk: &Bulk) {
-        let id = self.id.load(Ordering::Acquire);
-        if id == 0 || self.stopped.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let killed = mysql::Conn::new(bulk.opts.clone())
-            .and_then(|mut c| c.query_drop(format!("KILL {id}")));
-        if let Err(e) = killed {
-            tracing::warn!(
+        let (id, host, port) = {
+            let mut state = self.state();
+            state.dropped = true;
+            match &state.at {
+                Some(at) if !state.finished && !state.killed => {
+                    let at = at.clone();
+                    state.killed = true;
+                    at
+                }
+                _ => return,
+            }
+        };
+        let killed = mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| {
+            let here: Option<(String, u16)> = c.query_first("SELECT @@hostname, @@port")?;
+            if here == Some((host.clone(), port)) {
+                c.query_drop(format!("KILL {id}")).map(|()| true)
+            } else {
+                Ok(false)
+            }
+        });
+        match killed {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "could not stop a MySQL bulk read's query: a new connection reached another server than {host}:{port}; its connection reads its result to the end"
+            ),
+            Err(e) => tracing::warn!(
                 error = %e,
                 "could not stop a MySQL bulk read's query; its connection reads its result to the end"
-            );
+            ),
         }
     }
 }
 
 /// Stops the reading thread's query when the read is dropped before the thread is done (an
 /// evaluation that ended early, timed out or was cancelled), without waiting for the thread
-/// to notice at its next batch: it may be waiting on the server.
+/// to notice at its next batch: it may be waiting on the server. A thread still connecting
+/// sees the drop before it runs its statement.
 struct StopOnDrop {
     bulk: Arc<Bulk>,
     reader: Arc<Reader>,
@@ -141,7 +195,7 @@ struct StopOnDrop {
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        if self.reader.stopped.load(Ordering::Acquire) {
+        if !self.reader.dropped() {
             return;
         }
         let (bulk, reader) = (Arc::clone(&self.bulk), Arc::clone(&self.reader));
@@ -217,14 +271,9 @@ impl Reading {
     /// Connects, runs the statement in a read-only transaction and sends its rows. When
     /// nobody listens any more, or a row fails, it stops its query rather than read the rest.
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
-        match self.send_rows(bulk, tx) {
-            Ok(()) => {}
-            // (Stopped already where a result was open; before, there is no query to stop.)
-            Err(None) => self.reader.stop(bulk),
-            Err(Some(e)) => {
-                self.reader.stop(bulk);
-                let _ = tx.blocking_send(Said::Failed(e));
-            }
+        // (`send_rows` stopped the query where a result was open; before, none runs.)
+        if let Err(Some(e)) = self.send_rows(bulk, tx) {
+            let _ = tx.blocking_send(Said::Failed(e));
         }
     }
 
@@ -243,11 +292,12 @@ impl Reading {
             message,
         };
         let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(|e| Some(connect_error(e)))?;
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .map_err(|e| Some(connect_error(e)))?;
+        let (version, host, port): (String, String, u16) = conn
+            .query_first("SELECT VERSION(), @@hostname, @@port")
+            .map_err(|e| Some(connect_error(e)))?
+            .ok_or_else(|| Some(query_error("the server did not say its version".to_owned())))?;
         // MariaDB and MySQL name their statement time limits differently.
-        let limit = if version.is_some_and(|v| v.contains("MariaDB")) {
+        let limit = if version.contains("MariaDB") {
             format!(
                 "SET SESSION max_statement_time = {}",
                 bulk.timeout_ms as f64 / 1000.0
@@ -258,9 +308,9 @@ impl Reading {
         conn.query_drop(limit)
             .and_then(|()| conn.query_drop("START TRANSACTION READ ONLY"))
             .map_err(|e| Some(connect_error(e)))?;
-        self.reader
-            .id
-            .store(conn.connection_id(), Ordering::Release);
+        if !self.reader.starting(conn.connection_id(), (host, port)) {
+            return Err(None);
+        }
         let mut result = conn
             .exec_iter(&*self.statement, ())
             .map_err(|e| Some(query_error(e.to_string())))?;
@@ -273,7 +323,7 @@ impl Reading {
         drop(result);
         sent?;
         // The result ended: nothing to stop from here on.
-        self.reader.stopped.store(true, Ordering::Release);
+        self.reader.finished();
         tx.blocking_send(Said::Done).map_err(|_| None)
     }
 

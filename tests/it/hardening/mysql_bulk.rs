@@ -277,3 +277,40 @@ async fn a_mysql_bulk_read_dropped_while_the_server_is_still_busy_stops_its_quer
     );
     src.close().await;
 }
+
+#[tokio::test]
+async fn a_mysql_bulk_read_dropped_while_its_thread_connects_never_leaves_its_statement_running() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    let stream = src
+        .read(read_request("SELECT SLEEP(30) AS slept"))
+        .await
+        .unwrap();
+    // At once: the reading thread is still opening its connection.
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        within_5s(|| async { running(&db, "SLEEP(30)").await.is_empty() }).await,
+        "the dropped read's statement runs"
+    );
+    src.close().await;
+}
+
+#[tokio::test]
+async fn a_mysql_statement_with_a_colon_word_reads_through_sqlx_with_the_same_rows() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    // The `mysql` client would take `:30` for no parameter but `:name` for one; this statement
+    // reads through sqlx, its connection pooled, and gives its literal back unchanged.
+    let rows = read_all(&src, "SELECT CONNECTION_ID() AS id, 'at :noon' AS said")
+        .await
+        .unwrap();
+    assert_eq!(rows[0][1], Value::Text("at :noon".into()));
+    let id = connection_id(&rows);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        open(&db, id).await,
+        "the read's connection {id} was not the pool's"
+    );
+    src.close().await;
+}

@@ -80,8 +80,9 @@ impl Bulk {
             .pass(password)
             .db_name((!database.is_empty()).then_some(database))
             .tcp_connect_timeout(Some(crate::connect::CONNECT_PROBE))
-            // A server or network that stalls: the socket gives up when the read's own
-            // deadline has passed (the statement's limit and the grace), as sqlx's read does.
+            // A server or network that stalls: the socket gives up once the read's own
+            // deadline (the statement's limit and the grace) has passed, which on sqlx's path
+            // stops the whole read.
             .read_timeout(Some(deadline(timeout_ms)))
             .write_timeout(Some(deadline(timeout_ms)))
             .init(vec![

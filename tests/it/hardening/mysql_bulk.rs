@@ -288,6 +288,8 @@ async fn a_mysql_bulk_read_dropped_while_its_thread_connects_never_leaves_its_st
         .unwrap();
     // At once: the reading thread is still opening its connection.
     drop(stream);
+    // Nothing to wait for when it works: the time a thread that missed the drop would take to
+    // connect and start its statement, so that the check below would see it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         within_5s(|| async { running(&db, "SLEEP(30)").await.is_empty() }).await,
@@ -307,6 +309,8 @@ async fn a_mysql_statement_with_a_colon_word_reads_through_sqlx_with_the_same_ro
         .unwrap();
     assert_eq!(rows[0][1], Value::Text("at :noon".into()));
     let id = connection_id(&rows);
+    // Nothing to wait for when it works: the time a bulk connection (closed after its read)
+    // would take to leave the process list, so that the check below would miss it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         open(&db, id).await,

@@ -269,6 +269,14 @@ struct Reading {
 }
 
 impl Reading {
+    /// A failure of the read's statement, as [`Feed::query_error`] words it.
+    fn query_error(&self, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Query {
+            source_name: self.source.clone(),
+            message: e.to_string(),
+        }
+    }
+
     /// Connects, runs the statement in a read-only transaction and sends its rows. When
     /// nobody listens any more, or a row fails, it stops its query rather than read the rest.
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
@@ -288,15 +296,11 @@ impl Reading {
             source_name: self.source.clone(),
             message: e.to_string(),
         };
-        let query_error = |message: String| SourceError::Query {
-            source_name: self.source.clone(),
-            message,
-        };
         let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(|e| Some(connect_error(e)))?;
         let (version, host, port): (String, String, u16) = conn
             .query_first("SELECT VERSION(), @@hostname, @@port")
             .map_err(|e| Some(connect_error(e)))?
-            .ok_or_else(|| Some(query_error("the server did not say its version".to_owned())))?;
+            .ok_or_else(|| Some(self.query_error("the server did not say its version")))?;
         // MariaDB and MySQL name their statement time limits differently.
         let limit = if version.contains("MariaDB") {
             format!(
@@ -314,7 +318,7 @@ impl Reading {
         }
         let mut result = conn
             .exec_iter(&*self.statement, ())
-            .map_err(|e| Some(query_error(e.to_string())))?;
+            .map_err(|e| Some(self.query_error(e)))?;
         let types: Vec<&'static str> = result.columns().as_ref().iter().map(type_name).collect();
         let sent = self.send_result(&mut result, &types, tx);
         if sent.is_err() {
@@ -335,12 +339,8 @@ impl Reading {
         types: &[&'static str],
         tx: &tokio::sync::mpsc::Sender<Said>,
     ) -> Result<(), Option<SourceError>> {
-        let query_error = |message: String| SourceError::Query {
-            source_name: self.source.clone(),
-            message,
-        };
         if types.len() != self.columns.len() {
-            return Err(Some(query_error(format!(
+            return Err(Some(self.query_error(format!(
                 "the statement returned {} columns to the bulk read and {} when prepared",
                 types.len(),
                 self.columns.len()
@@ -351,7 +351,7 @@ impl Reading {
         let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
         let mut batch_bytes = 0;
         for row in result.by_ref() {
-            let row = row.map_err(|e| Some(query_error(e.to_string())))?.unwrap();
+            let row = row.map_err(|e| Some(self.query_error(e)))?.unwrap();
             let kinds = match &kinds {
                 Some(k) => k,
                 None => kinds.insert(

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Two hundred million rows: read to the end, they would take minutes.
+const ENDLESS: &str = "SELECT seq AS n FROM seq_1_to_200000000";
+/// No row for 30 s: the reading thread waits on the server, not on its channel.
+const SLEEPING: &str = "SELECT SLEEP(30) AS slept";
+
 /// The ids of the reader's connections whose statement mentions `text`, as root sees them.
 async fn running(db: &TestMysql, text: &str) -> Vec<i64> {
     let mut admin = db.connect().await;
@@ -30,6 +35,11 @@ async fn open(db: &TestMysql, id: i64) -> bool {
             .await
             .unwrap();
     n > 0
+}
+
+/// Whether, within 5 s, no connection of the reader runs a statement mentioning `text`.
+async fn none_running(db: &TestMysql, text: &str) -> bool {
+    within_5s(|| async { running(db, text).await.is_empty() }).await
 }
 
 /// Waits up to 5 s for `done`.
@@ -173,17 +183,13 @@ async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx()
 async fn an_abandoned_mysql_bulk_read_stops_its_query_at_once() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    // Two hundred million rows: read to the end, they would take minutes.
-    let mut stream = src
-        .read(read_request("SELECT seq AS n FROM seq_1_to_200000000"))
-        .await
-        .unwrap();
+    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
     let first = stream.next_batch().await.unwrap().unwrap();
     assert!(!first.is_empty());
     assert_eq!(running(&db, "seq_1_to_200000000").await.len(), 1);
     drop(stream);
     assert!(
-        within_5s(|| async { running(&db, "seq_1_to_200000000").await.is_empty() }).await,
+        none_running(&db, "seq_1_to_200000000").await,
         "the abandoned read's query still runs"
     );
     src.close().await;
@@ -193,10 +199,7 @@ async fn an_abandoned_mysql_bulk_read_stops_its_query_at_once() {
 async fn a_mysql_bulk_read_cut_off_mid_result_fails_rather_than_ending_short() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    let mut stream = src
-        .read(read_request("SELECT seq AS n FROM seq_1_to_200000000"))
-        .await
-        .unwrap();
+    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
     let mut rows = stream.next_batch().await.unwrap().unwrap().len();
     let [reading] = running(&db, "seq_1_to_200000000").await[..] else {
         panic!("one connection reads the rows")
@@ -251,7 +254,7 @@ async fn a_value_that_fails_to_decode_in_a_mysql_bulk_read_fails_it_at_once_and_
         started.elapsed()
     );
     assert!(
-        within_5s(|| async { running(&db, "seq_1_to_200000000").await.is_empty() }).await,
+        none_running(&db, "seq_1_to_200000000").await,
         "the failed read's query still runs"
     );
     src.close().await;
@@ -261,18 +264,14 @@ async fn a_value_that_fails_to_decode_in_a_mysql_bulk_read_fails_it_at_once_and_
 async fn a_mysql_bulk_read_dropped_while_the_server_is_still_busy_stops_its_query_at_once() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    // No row comes for 30 s: the reading thread waits on the server, not on its channel.
-    let stream = src
-        .read(read_request("SELECT SLEEP(30) AS slept"))
-        .await
-        .unwrap();
+    let stream = src.read(read_request(SLEEPING)).await.unwrap();
     assert!(
         within_5s(|| async { running(&db, "SLEEP(30)").await.len() == 1 }).await,
         "the query never started"
     );
     drop(stream);
     assert!(
-        within_5s(|| async { running(&db, "SLEEP(30)").await.is_empty() }).await,
+        none_running(&db, "SLEEP(30)").await,
         "the dropped read's query still runs"
     );
     src.close().await;
@@ -282,17 +281,14 @@ async fn a_mysql_bulk_read_dropped_while_the_server_is_still_busy_stops_its_quer
 async fn a_mysql_bulk_read_dropped_while_its_thread_connects_never_leaves_its_statement_running() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    let stream = src
-        .read(read_request("SELECT SLEEP(30) AS slept"))
-        .await
-        .unwrap();
+    let stream = src.read(read_request(SLEEPING)).await.unwrap();
     // At once: the reading thread is still opening its connection.
     drop(stream);
     // Nothing to wait for when it works: the time a thread that missed the drop would take to
     // connect and start its statement, so that the check below would see it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        within_5s(|| async { running(&db, "SLEEP(30)").await.is_empty() }).await,
+        none_running(&db, "SLEEP(30)").await,
         "the dropped read's statement runs"
     );
     src.close().await;

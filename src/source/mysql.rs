@@ -9,7 +9,7 @@ use crate::config::SqlSource as SourceConfig;
 use crate::domain::Value;
 
 use super::decode::{Kind, Unrepresentable};
-use super::sql::{BulkShape, DecodeResult, FilterParam, SqlQuery, bind_typed};
+use super::sql::{BulkRead, BulkShape, DecodeResult, FilterParam, SqlQuery, bind_typed};
 use super::stream::Feed;
 use super::{ReadRequest, RoleAudit, SourceError};
 
@@ -153,7 +153,7 @@ impl super::sql::Dialect for Dialect {
         statement: &'a str,
         shape: BulkShape<'a>,
         feed: &'a mut Feed,
-    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+    ) -> Option<impl Future<Output = Result<BulkRead, Option<SourceError>>> + Send + 'a> {
         // (MySQL digests no values: every column arrives whole.)
         let bulk = self.bulk.clone()?;
         // The `mysql` client rewrites what it takes for a named parameter (`:name`) before

@@ -12,6 +12,7 @@
 //! sources read through sqlx. The session is sqlx's: the same SQL mode, UTC, utf8mb4, a
 //! read-only transaction under the source's statement time limit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mysql::consts::{ColumnFlags, ColumnType};
@@ -20,7 +21,7 @@ use mysql::prelude::Queryable;
 use crate::domain::{SourceName, Value};
 
 use super::decode::{Kind, Unrepresentable, unsupported};
-use super::sql::DecodeResult;
+use super::sql::{BulkRead, DecodeResult};
 use super::stream::Feed;
 use super::{Row, SourceError, decode_value};
 
@@ -34,6 +35,8 @@ const BATCH_BYTES: usize = 1 << 20;
 pub(super) struct Bulk {
     opts: mysql::Opts,
     timeout_ms: u64,
+    /// Whether a refused connection was already warned of (once per source, not per read).
+    refusal_warned: AtomicBool,
 }
 
 impl Bulk {
@@ -94,7 +97,22 @@ impl Bulk {
         Some(Self {
             opts: opts.into(),
             timeout_ms,
+            refusal_warned: AtomicBool::new(false),
         })
+    }
+
+    /// Says that a read of `source` goes on through sqlx because its connection here could
+    /// not be opened: a warning the first time, then at debug level (a reconcile's segments
+    /// are many reads).
+    fn refused(&self, source: &SourceName, why: &str) {
+        if self.refusal_warned.swap(true, Ordering::Relaxed) {
+            tracing::debug!(source = %source, "a MySQL bulk read's connection could not be opened ({why}); reading on the pooled connection");
+        } else {
+            tracing::warn!(
+                source = %source,
+                "a MySQL bulk read's connection could not be opened ({why}): reads that meet this read on the pooled connection, which costs more CPU per row; allow the user two connections per read (max_user_connections, max_connections) to read in bulk again (said once; later refusals are logged at debug level)"
+            );
+        }
     }
 }
 
@@ -210,19 +228,24 @@ impl Drop for StopOnDrop {
 /// What the reading thread says: batches of decoded rows, then `Done` only after the server
 /// said the result ended, or why it stopped.
 enum Said {
+    /// Its connection could not be opened (why): nothing ran, nothing was sent.
+    Refused(String),
     Rows(Vec<Row>),
     Done,
     Failed(SourceError),
 }
 
 /// Reads `statement`'s rows into `feed`, named by `columns` and decoded by the result's own
-/// column types. `Ok` only when the server ended the result: a read cut short fails.
+/// column types. `Ok(Complete)` only when the server ended the result: a read cut short
+/// fails. `Ok(NotStarted)` when the server refused the reading connection (a user allowed
+/// one connection fewer than a bulk read takes, a full server): nothing was fed, and the
+/// read goes on through sqlx.
 pub(super) async fn read(
     bulk: Arc<Bulk>,
     statement: &str,
     columns: &[String],
     feed: &mut Feed,
-) -> Result<(), Option<SourceError>> {
+) -> Result<BulkRead, Option<SourceError>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let reader = Arc::new(Reader::default());
     let reading = Reading {
@@ -235,15 +258,19 @@ pub(super) async fn read(
         let bulk = Arc::clone(&bulk);
         tokio::task::spawn_blocking(move || reading.stream(&bulk, &tx))
     };
-    let _stop = StopOnDrop { bulk, reader };
+    let stop = StopOnDrop { bulk, reader };
     loop {
         match rx.recv().await {
+            Some(Said::Refused(why)) => {
+                stop.bulk.refused(feed.source(), &why);
+                return Ok(BulkRead::NotStarted);
+            }
             Some(Said::Rows(rows)) => {
                 for row in rows {
                     feed.push_row(row).await?;
                 }
             }
-            Some(Said::Done) => return Ok(()),
+            Some(Said::Done) => return Ok(BulkRead::Complete),
             Some(Said::Failed(e)) => return Err(Some(e)),
             None => {
                 // The thread ended without a word: it panicked.
@@ -280,27 +307,30 @@ impl Reading {
     /// Connects, runs the statement in a read-only transaction and sends its rows. When
     /// nobody listens any more, or a row fails, it stops its query rather than read the rest.
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
+        // Whatever keeps the connection from opening, the read's own on sqlx's side is open
+        // and in its transaction: the read goes on there rather than fail.
+        let (conn, server) = match Self::open(bulk) {
+            Ok(opened) => opened,
+            Err(why) => {
+                let _ = tx.blocking_send(Said::Refused(why));
+                return;
+            }
+        };
         // (`send_rows` stopped the query where a result was open; before, none runs.)
-        if let Err(Some(e)) = self.send_rows(bulk, tx) {
+        if let Err(Some(e)) = self.send_rows(bulk, conn, server, tx) {
             let _ = tx.blocking_send(Said::Failed(e));
         }
     }
 
-    /// `Err(None)`: nobody listens any more.
-    fn send_rows(
-        &self,
-        bulk: &Bulk,
-        tx: &tokio::sync::mpsc::Sender<Said>,
-    ) -> Result<(), Option<SourceError>> {
-        let connect_error = |e: mysql::Error| SourceError::Connect {
-            source_name: self.source.clone(),
-            message: e.to_string(),
-        };
-        let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(|e| Some(connect_error(e)))?;
+    /// The reading connection, in sqlx's session and a read-only transaction under the
+    /// source's time limit, and the server it reached (`@@hostname`, `@@port`).
+    fn open(bulk: &Bulk) -> Result<(mysql::Conn, (String, u16)), String> {
+        let said = |e: mysql::Error| e.to_string();
+        let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(said)?;
         let (version, host, port): (String, String, u16) = conn
             .query_first("SELECT VERSION(), @@hostname, @@port")
-            .map_err(|e| Some(connect_error(e)))?
-            .ok_or_else(|| Some(self.query_error("the server did not say its version")))?;
+            .map_err(said)?
+            .ok_or("the server did not say its version")?;
         // MariaDB and MySQL name their statement time limits differently.
         let limit = if version.contains("MariaDB") {
             format!(
@@ -310,10 +340,21 @@ impl Reading {
         } else {
             format!("SET SESSION max_execution_time = {}", bulk.timeout_ms)
         };
-        conn.query_drop(limit)
-            .and_then(|()| conn.query_drop("START TRANSACTION READ ONLY"))
-            .map_err(|e| Some(connect_error(e)))?;
-        if !self.reader.starting(conn.connection_id(), (host, port)) {
+        conn.query_drop(limit).map_err(said)?;
+        conn.query_drop("START TRANSACTION READ ONLY")
+            .map_err(said)?;
+        Ok((conn, (host, port)))
+    }
+
+    /// Runs the statement on `conn` and sends its rows; `Err(None)`: nobody listens any more.
+    fn send_rows(
+        &self,
+        bulk: &Bulk,
+        mut conn: mysql::Conn,
+        server: (String, u16),
+        tx: &tokio::sync::mpsc::Sender<Said>,
+    ) -> Result<(), Option<SourceError>> {
+        if !self.reader.starting(conn.connection_id(), server) {
             return Err(None);
         }
         let mut result = conn

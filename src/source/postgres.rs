@@ -12,7 +12,7 @@ use crate::domain::{EVIDENCE_VALUE_CAP, Value};
 
 use super::decode::Kind;
 use super::pg_wire;
-use super::sql::{BulkShape, DecodeResult, FilterParam, RowShape, SqlQuery, bind_typed};
+use super::sql::{BulkRead, BulkShape, DecodeResult, FilterParam, RowShape, SqlQuery, bind_typed};
 use super::stream::Feed;
 use super::{DIGEST_OVER, ReadRequest, RoleAudit, SourceError};
 
@@ -255,7 +255,7 @@ impl super::sql::Dialect for Dialect {
         statement: &'a str,
         shape: BulkShape<'a>,
         feed: &'a mut Feed,
-    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+    ) -> Option<impl Future<Output = Result<BulkRead, Option<SourceError>>> + Send + 'a> {
         let shape = RowShape {
             columns: shape.columns,
             kinds: shape.kinds?,
@@ -304,7 +304,7 @@ impl super::sql::Dialect for Dialect {
                     feed.query_error("the binary COPY ended before its trailer"),
                 ));
             }
-            Ok(())
+            Ok(BulkRead::Complete)
         })
     }
 }

@@ -122,16 +122,27 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// [`super::mysql_bulk`]), decoding by `shape` as [`read`] does and
     /// ending only on the engine's proof that every row came; `None`: it has none. A bulk
     /// read that stops early may leave its connection out of step, so it must fail the read
-    /// (and the connection is closed); only a complete one returns `Ok`.
+    /// (and the connection is closed); only a complete one returns `Ok(Complete)`, and only
+    /// one that fed nothing `Ok(NotStarted)`.
     fn bulk<'a>(
         &'a self,
         _conn: &'a mut <Self::DB as Database>::Connection,
         _statement: &'a str,
         _shape: BulkShape<'a>,
         _feed: &'a mut Feed,
-    ) -> Option<impl Future<Output = Result<(), Option<SourceError>>> + Send + 'a> {
+    ) -> Option<impl Future<Output = Result<BulkRead, Option<SourceError>>> + Send + 'a> {
         None::<std::future::Ready<_>>
     }
+}
+
+/// How a bulk read that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BulkRead {
+    /// Every row came.
+    Complete,
+    /// It could not start and fed nothing (MySQL: the server refused its connection): the
+    /// read goes on the ordinary way, on the connection that holds its turn.
+    NotStarted,
 }
 
 /// What a bulk read knows of its result before it starts: the column names, their kinds
@@ -376,10 +387,7 @@ where
             digest: &sql.digest,
         };
         let read_in_bulk = match dialect.bulk(&mut *conn, &sql.text, shape, feed) {
-            Some(bulk) => {
-                bulk.await?;
-                true
-            }
+            Some(bulk) => bulk.await? == BulkRead::Complete,
             None => false,
         };
         if read_in_bulk {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::helpers::sql_source;
 
 /// Two hundred million rows: read to the end, they would take minutes.
 const ENDLESS: &str = "SELECT seq AS n FROM seq_1_to_200000000";
@@ -308,6 +309,47 @@ async fn a_mysql_statement_with_a_colon_word_reads_through_sqlx_with_the_same_ro
     // Nothing to wait for when it works: the time a bulk connection (closed after its read)
     // would take to leave the process list, so that the check below would miss it.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        open(&db, id).await,
+        "the read's connection {id} was not the pool's"
+    );
+    src.close().await;
+}
+
+#[tokio::test]
+async fn a_mysql_read_whose_second_connection_the_server_refuses_reads_its_rows_on_the_pooled_one()
+{
+    let db = TestMysql::new().await;
+    db.exec(&format!(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10));
+         INSERT INTO t VALUES (1, 'a'), (2, NULL), (3, 'c');
+         ALTER USER '{}_r'@'%' WITH MAX_USER_CONNECTIONS 1;",
+        db.name
+    ))
+    .await;
+    // One connection for the user, and the pool holds it: the bulk read's own is refused.
+    let mut config = sql_source("my", &db.reader_url);
+    config.pool_size = 1;
+    let src = Source::open(&config.into()).unwrap();
+    for _ in 0..2 {
+        let rows = read_all(&src, "SELECT id, v FROM t ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                vec![Value::Int(1), Value::Text("a".into())],
+                vec![Value::Int(2), Value::Null],
+                vec![Value::Int(3), Value::Text("c".into())],
+            ]
+        );
+    }
+    // Read on the pooled connection, which stays open after the read.
+    let id = connection_id(
+        &read_all(&src, "SELECT CONNECTION_ID() AS id")
+            .await
+            .unwrap(),
+    );
     assert!(
         open(&db, id).await,
         "the read's connection {id} was not the pool's"

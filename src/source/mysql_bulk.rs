@@ -133,7 +133,17 @@ struct ReaderState {
     at: Option<(u32, String, u16)>,
     dropped: bool,
     finished: bool,
-    killed: bool,
+    kill: Kill,
+}
+
+/// How far the KILL of the reading connection's query went.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    #[default]
+    NotTried,
+    Trying,
+    Done,
+    Failed,
 }
 
 impl Reader {
@@ -161,25 +171,30 @@ impl Reader {
     fn dropped(&self) -> bool {
         let mut state = self.state();
         state.dropped = true;
-        state.at.is_some() && !state.finished && !state.killed
+        state.at.is_some() && !state.finished && state.kill == Kill::NotTried
     }
 
     /// Kills the reading connection, once, unless its result ended: the rest of it is not
     /// wanted (nobody reads the rows any more, or one failed), and its client would otherwise
     /// read it to its end as it lets go of it. The killing connection first checks that it
     /// reached the reading one's server (not another node behind the same address): ids are
-    /// unique per server only.
-    fn stop(&self, bulk: &Bulk) {
+    /// unique per server only. `true` when the query is known to have ended: its result
+    /// ended, it never started, or a KILL (this one or an earlier one) went through.
+    fn stop(&self, bulk: &Bulk) -> bool {
         let (id, host, port) = {
             let mut state = self.state();
             state.dropped = true;
-            match &state.at {
-                Some(at) if !state.finished && !state.killed => {
+            if state.finished {
+                return true;
+            }
+            match (state.kill, &state.at) {
+                (Kill::Done, _) | (Kill::NotTried, None) => return true,
+                (Kill::Trying | Kill::Failed, _) => return false,
+                (Kill::NotTried, Some(at)) => {
                     let at = at.clone();
-                    state.killed = true;
+                    state.kill = Kill::Trying;
                     at
                 }
-                _ => return,
             }
         };
         let killed = mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| {
@@ -190,16 +205,19 @@ impl Reader {
                 Ok(false)
             }
         });
+        let done = matches!(killed, Ok(true));
+        self.state().kill = if done { Kill::Done } else { Kill::Failed };
         match killed {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                "could not stop a MySQL bulk read's query: a new connection reached another server than {host}:{port}; its connection reads its result to the end"
+                "could not stop a MySQL bulk read's query: a new connection reached another server than {host}:{port}; the read closes its connection instead"
             ),
             Err(e) => tracing::warn!(
                 error = %e,
-                "could not stop a MySQL bulk read's query; its connection reads its result to the end"
+                "could not stop a MySQL bulk read's query; the read closes its connection instead"
             ),
         }
+        done
     }
 }
 
@@ -362,9 +380,15 @@ impl Reading {
             .map_err(|e| Some(self.query_error(e)))?;
         let types: Vec<&'static str> = result.columns().as_ref().iter().map(type_name).collect();
         let sent = self.send_result(&mut result, &types, tx);
-        if sent.is_err() {
-            // Before letting go of the result, which reads it to its end.
-            self.reader.stop(bulk);
+        // Before letting go of the result, which reads it to its end.
+        if sent.is_err() && !self.reader.stop(bulk) {
+            // The query may still be running: reading the rest of its result could take
+            // minutes. The result is forgotten instead (its column list, a few hundred bytes,
+            // is never freed) and the connection closed under it: the server's next write
+            // fails, which ends the query.
+            std::mem::forget(result);
+            drop(conn);
+            return sent;
         }
         drop(result);
         sent?;

@@ -356,3 +356,23 @@ async fn a_mysql_read_whose_second_connection_the_server_refuses_reads_its_rows_
     );
     src.close().await;
 }
+
+#[tokio::test]
+async fn an_abandoned_mysql_bulk_read_whose_query_cannot_be_killed_still_stops_it() {
+    let db = TestMysql::new().await;
+    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
+    let first = stream.next_batch().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(running(&db, "seq_1_to_200000000").await.len(), 1);
+    // The user can open no connection any more, so none can KILL the query: the read closes
+    // its own instead of reading the other 200M rows to let go of the result.
+    let reader = format!("'{}_r'@'%'", db.name);
+    db.exec(&format!("ALTER USER {reader} ACCOUNT LOCK")).await;
+    drop(stream);
+    let stopped = none_running(&db, "seq_1_to_200000000").await;
+    db.exec(&format!("ALTER USER {reader} ACCOUNT UNLOCK"))
+        .await;
+    assert!(stopped, "the abandoned read's query still runs");
+    src.close().await;
+}

@@ -97,6 +97,27 @@ pub(crate) fn decode_error(
     }
 }
 
+/// A decimal written as text (`-12.50`, `100`, `0.001`), read exactly: trailing zeros after
+/// the point are dropped first (a `DECIMAL(65,30)`'s `1.000…0` is 1), and a value with more
+/// significant digits than trueup's decimals hold (28 after the point, 96 bits in all) is
+/// refused, never rounded: two values that differ past the last digit kept would compare
+/// equal. `type_name` names the column's type in the refusal.
+pub(crate) fn exact_decimal(
+    type_name: &str,
+    text: &str,
+) -> Result<rust_decimal::Decimal, sqlx::error::BoxDynError> {
+    let digits = match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.'),
+        false => text,
+    };
+    rust_decimal::Decimal::from_str_exact(digits).map_err(|_| {
+        format!(
+            "{type_name} {digits} has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
+        )
+        .into()
+    })
+}
+
 /// PostgreSQL's binary dates, times and timestamps, with every value the server can send
 /// either read or refused as [`Unrepresentable`] (the driver's own decoding panics on
 /// `infinity` and on years past chrono's range).
@@ -219,6 +240,27 @@ pub(crate) fn sqlite_text(text: &str, hint: SqliteHint) -> Value {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn a_decimal_text_reads_exactly_without_its_trailing_zeros_or_not_at_all() {
+        let read = |t: &str| exact_decimal("DECIMAL", t).map(|d| d.to_string());
+        assert_eq!(read("1.000000000000000000000000000000").unwrap(), "1");
+        assert_eq!(read("100").unwrap(), "100");
+        assert_eq!(read("100.00").unwrap(), "100");
+        assert_eq!(read("-12.50").unwrap(), "-12.5");
+        assert_eq!(read("0.000").unwrap(), "0");
+        assert_eq!(
+            read("0.12345678901234567890123456780000").unwrap(),
+            "0.1234567890123456789012345678"
+        );
+        assert_eq!(
+            read("0.1234567890123456789012345678901")
+                .unwrap_err()
+                .to_string(),
+            "DECIMAL 0.1234567890123456789012345678901 has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
+        );
+        assert!(read("79228162514264337593543950336").is_err());
+    }
 
     #[test]
     fn sqlite_datetimes_in_the_usual_text_forms_become_instants() {

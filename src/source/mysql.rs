@@ -8,7 +8,7 @@ use sqlx::{Decode, Executor, MySql, MySqlPool, ValueRef};
 use crate::config::SqlSource as SourceConfig;
 use crate::domain::Value;
 
-use super::decode::{Kind, Unrepresentable};
+use super::decode::{Kind, Unrepresentable, exact_decimal};
 use super::sql::{BulkRead, BulkShape, DecodeResult, FilterParam, SqlQuery, bind_typed};
 use super::stream::Feed;
 use super::{ReadRequest, RoleAudit, SourceError};
@@ -218,7 +218,8 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
                 .map(Value::Int)
                 .unwrap_or_else(|_| Value::Decimal(v.into()))
         }
-        Kind::Decimal => Value::Decimal(d(raw)?),
+        // As MySQL writes it: sqlx's decimal would round what has too many digits.
+        Kind::Decimal => Value::Decimal(exact_decimal("DECIMAL", d::<&str>(raw)?)?),
         Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
         Kind::F64 => Value::Float(d(raw)?),
         Kind::Text => Value::Text(d::<&str>(raw)?.into()),

@@ -514,9 +514,10 @@ fn decode(kind: Kind, value: mysql::Value) -> DecodeResult {
         (Kind::U64, V::UInt(u)) => i64::try_from(u)
             .map(Value::Int)
             .unwrap_or_else(|_| Value::Decimal(u.into())),
-        (Kind::Decimal, V::Bytes(b)) => {
-            Value::Decimal(std::str::from_utf8(&b)?.parse::<rust_decimal::Decimal>()?)
-        }
+        (Kind::Decimal, V::Bytes(b)) => Value::Decimal(super::decode::exact_decimal(
+            "DECIMAL",
+            std::str::from_utf8(&b)?,
+        )?),
         (Kind::F32, V::Float(f)) => Value::Float(f.into()),
         (Kind::F64, V::Double(f)) => Value::Float(f),
         (Kind::Text, V::Bytes(b)) => Value::Text(std::str::from_utf8(&b)?.into()),

@@ -74,14 +74,7 @@ fn numeric(bytes: &[u8]) -> Result<rust_decimal::Decimal, sqlx::error::BoxDynErr
         // (`numeric(36,18)` above ~8e10) often holds a value a decimal does: its digits without
         // the scale's trailing zeros. Only a value with more significant digits is refused.
         Some(0x0000 | 0x4000) => match significant_digits(bytes) {
-            Some(text) => {
-                return rust_decimal::Decimal::from_str_exact(&text).map_err(|_| {
-                    format!(
-                        "NUMERIC {text} has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
-                    )
-                    .into()
-                });
-            }
+            Some(text) => return super::decode::exact_decimal("NUMERIC", &text),
             None => format!(
                 "a binary NUMERIC of {} bytes that is malformed",
                 bytes.len()

@@ -376,3 +376,53 @@ async fn an_abandoned_mysql_bulk_read_whose_query_cannot_be_killed_still_stops_i
     assert!(stopped, "the abandoned read's query still runs");
     src.close().await;
 }
+
+#[tokio::test]
+async fn a_mysql_decimal_is_read_exactly_or_refused_on_both_paths_never_rounded() {
+    let db = TestMysql::new().await;
+    db.exec(
+        "CREATE TABLE d (id INT PRIMARY KEY, v DECIMAL(65,30));
+         INSERT INTO d VALUES (1, 1), (2, -0.000001230), (3, 12345678901234567890.12345678),
+           (4, 0.1234567890123456789012345678), (5, 0.123456789012345678901234567891),
+           (6, 12345678901234567890123456789012345.5);",
+    )
+    .await;
+    let bulk = Source::open(&source("my", &db.reader_url)).unwrap();
+    let through_sqlx =
+        Source::open(&source("my", &format!("{}?charset=utf8mb4", db.reader_url))).unwrap();
+    for src in [&bulk, &through_sqlx] {
+        // Its whole scale written out, each value is still the number it holds.
+        let rows = read_all(src, "SELECT v FROM d WHERE id <= 4 ORDER BY id")
+            .await
+            .unwrap();
+        let shown: Vec<String> = rows.iter().map(|r| r[0].to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "1",
+                "-0.00000123",
+                "12345678901234567890.12345678",
+                "0.1234567890123456789012345678"
+            ]
+        );
+        // One digit more than a decimal holds, after the point or before it: refused with
+        // the value and the column, not rounded into another number.
+        for (id, digits) in [
+            (5, "0.123456789012345678901234567891"),
+            (6, "12345678901234567890123456789012345.5"),
+        ] {
+            let err = read_all(src, &format!("SELECT v FROM d WHERE id = {id}"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "DECIMAL {digits} has more significant digits than trueup's decimals hold"
+                )) && err.contains("`v`"),
+                "{err}"
+            );
+        }
+    }
+    bulk.close().await;
+    through_sqlx.close().await;
+}

@@ -155,7 +155,7 @@ impl super::sql::Dialect for Dialect {
         feed: &'a mut Feed,
     ) -> Option<impl Future<Output = Result<BulkRead, Option<SourceError>>> + Send + 'a> {
         // (MySQL digests no values: every column arrives whole.)
-        let bulk = self.bulk.clone()?;
+        let bulk = self.bulk.clone().filter(|b| b.available())?;
         // The `mysql` client rewrites what it takes for a named parameter (`:name`) before
         // the server sees the statement; its lexer is not the server's, so a statement that
         // could hold one (even in a literal or a comment) reads through sqlx.

@@ -35,9 +35,15 @@ const BATCH_BYTES: usize = 1 << 20;
 pub(super) struct Bulk {
     opts: mysql::Opts,
     timeout_ms: u64,
-    /// Whether a refused connection was already warned of (once per source, not per read).
+    /// Whether the last refusal was warned of: once per spell of refusals, not per read.
     refusal_warned: AtomicBool,
+    /// Until when reads do not try this connection after a refusal (each try may wait for
+    /// the connect timeout), reading on the pooled one.
+    resting_until: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long reads leave the bulk connection alone after the server refused it.
+const REST_AFTER_REFUSAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Bulk {
     /// The bulk connection for a source at `url` (as sqlx reads it), or `None` when the URL
@@ -98,20 +104,67 @@ impl Bulk {
             opts: opts.into(),
             timeout_ms,
             refusal_warned: AtomicBool::new(false),
+            resting_until: Mutex::new(None),
         })
     }
 
-    /// Says that a read of `source` goes on through sqlx because its connection here could
-    /// not be opened: a warning the first time, then at debug level (a reconcile's segments
-    /// are many reads).
-    fn refused(&self, source: &SourceName, why: &str) {
+    /// Whether a read may try this connection (not within [`REST_AFTER_REFUSAL`] of a
+    /// refusal).
+    pub(super) fn available(&self) -> bool {
+        let resting = self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        resting.is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    /// The connection opened: a later refusal is a new spell, warned of again.
+    fn opened(&self) {
+        self.refusal_warned.store(false, Ordering::Relaxed);
+    }
+
+    /// Says that a read of `source` goes on through sqlx because this connection could not be
+    /// opened, and rests it: a warning for the first refusal of a spell, then debug lines (a
+    /// reconcile's segments are many reads).
+    fn refused(&self, source: &SourceName, refusal: &Refusal) {
+        *self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::time::Instant::now() + REST_AFTER_REFUSAL);
+        let why = &refusal.why;
+        let rest = REST_AFTER_REFUSAL.as_secs();
         if self.refusal_warned.swap(true, Ordering::Relaxed) {
             tracing::debug!(source = %source, "a MySQL bulk read's connection could not be opened ({why}); reading on the pooled connection");
+        } else if refusal.no_connection_to_spare {
+            tracing::warn!(
+                source = %source,
+                "the server has no connection to spare for a MySQL bulk read ({why}): reads take their rows on the pooled connection for the next {rest}s, at more CPU per row; allow the user two connections per read (max_user_connections, max_connections) to read in bulk"
+            );
         } else {
             tracing::warn!(
                 source = %source,
-                "a MySQL bulk read's connection could not be opened ({why}): reads that meet this read on the pooled connection, which costs more CPU per row; allow the user two connections per read (max_user_connections, max_connections) to read in bulk again (said once; later refusals are logged at debug level)"
+                "a MySQL bulk read's connection could not be opened ({why}): reads take their rows on the pooled connection for the next {rest}s, at more CPU per row"
             );
+        }
+    }
+}
+
+/// Why the bulk connection could not be opened, and whether the server said it has no
+/// connection to spare (for this user or at all).
+struct Refusal {
+    why: String,
+    no_connection_to_spare: bool,
+}
+
+impl From<mysql::Error> for Refusal {
+    fn from(e: mysql::Error) -> Self {
+        // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS, ER_USER_LIMIT_REACHED.
+        let no_connection_to_spare =
+            matches!(&e, mysql::Error::MySqlError(m) if matches!(m.code, 1040 | 1203 | 1226));
+        Self {
+            why: e.to_string(),
+            no_connection_to_spare,
         }
     }
 }
@@ -246,8 +299,8 @@ impl Drop for StopOnDrop {
 /// What the reading thread says: batches of decoded rows, then `Done` only after the server
 /// said the result ended, or why it stopped.
 enum Said {
-    /// Its connection could not be opened (why): nothing ran, nothing was sent.
-    Refused(String),
+    /// Its connection could not be opened: nothing ran, nothing was sent.
+    Refused(Refusal),
     Rows(Vec<Row>),
     Done,
     Failed(SourceError),
@@ -279,8 +332,8 @@ pub(super) async fn read(
     let stop = StopOnDrop { bulk, reader };
     loop {
         match rx.recv().await {
-            Some(Said::Refused(why)) => {
-                stop.bulk.refused(feed.source(), &why);
+            Some(Said::Refused(refusal)) => {
+                stop.bulk.refused(feed.source(), &refusal);
                 return Ok(BulkRead::NotStarted);
             }
             Some(Said::Rows(rows)) => {
@@ -329,11 +382,12 @@ impl Reading {
         // and in its transaction: the read goes on there rather than fail.
         let (conn, server) = match Self::open(bulk) {
             Ok(opened) => opened,
-            Err(why) => {
-                let _ = tx.blocking_send(Said::Refused(why));
+            Err(refusal) => {
+                let _ = tx.blocking_send(Said::Refused(refusal));
                 return;
             }
         };
+        bulk.opened();
         // (`send_rows` stopped the query where a result was open; before, none runs.)
         if let Err(Some(e)) = self.send_rows(bulk, conn, server, tx) {
             let _ = tx.blocking_send(Said::Failed(e));
@@ -342,13 +396,14 @@ impl Reading {
 
     /// The reading connection, in sqlx's session and a read-only transaction under the
     /// source's time limit, and the server it reached (`@@hostname`, `@@port`).
-    fn open(bulk: &Bulk) -> Result<(mysql::Conn, (String, u16)), String> {
-        let said = |e: mysql::Error| e.to_string();
-        let mut conn = mysql::Conn::new(bulk.opts.clone()).map_err(said)?;
+    fn open(bulk: &Bulk) -> Result<(mysql::Conn, (String, u16)), Refusal> {
+        let mut conn = mysql::Conn::new(bulk.opts.clone())?;
         let (version, host, port): (String, String, u16) = conn
-            .query_first("SELECT VERSION(), @@hostname, @@port")
-            .map_err(said)?
-            .ok_or("the server did not say its version")?;
+            .query_first("SELECT VERSION(), @@hostname, @@port")?
+            .ok_or_else(|| Refusal {
+                why: "the server did not say its version".to_owned(),
+                no_connection_to_spare: false,
+            })?;
         // MariaDB and MySQL name their statement time limits differently.
         let limit = if version.contains("MariaDB") {
             format!(
@@ -358,9 +413,8 @@ impl Reading {
         } else {
             format!("SET SESSION max_execution_time = {}", bulk.timeout_ms)
         };
-        conn.query_drop(limit).map_err(said)?;
-        conn.query_drop("START TRANSACTION READ ONLY")
-            .map_err(said)?;
+        conn.query_drop(limit)?;
+        conn.query_drop("START TRANSACTION READ ONLY")?;
         Ok((conn, (host, port)))
     }
 
@@ -551,6 +605,30 @@ fn date(y: u16, m: u8, d: u8) -> Result<chrono::NaiveDate, sqlx::error::BoxDynEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_bulk_connection_rests_while_reads_go_through_sqlx_and_only_its_first_refusal_warns()
+     {
+        let bulk = Bulk::for_url("mysql://reader@db.example/ledger", 2000).unwrap();
+        let source = SourceName::parse("ledger").unwrap();
+        assert!(bulk.available());
+        let full = Refusal::from(mysql::Error::MySqlError(mysql::MySqlError {
+            state: "42000".into(),
+            message: "User has exceeded the 'max_user_connections' resource".into(),
+            code: 1226,
+        }));
+        assert!(full.no_connection_to_spare);
+        bulk.refused(&source, &full);
+        assert!(!bulk.available(), "tried again at once after a refusal");
+        assert!(bulk.refusal_warned.load(Ordering::Relaxed));
+        // An opened connection ends the spell: the next refusal warns again.
+        bulk.opened();
+        assert!(!bulk.refusal_warned.load(Ordering::Relaxed));
+        let other = Refusal::from(mysql::Error::DriverError(
+            mysql::DriverError::ConnectTimeout,
+        ));
+        assert!(!other.no_connection_to_spare);
+    }
 
     #[test]
     fn a_plain_url_connects_the_bulk_reads_where_sqlx_does_with_the_same_credentials() {

@@ -99,8 +99,8 @@ pub(crate) fn decode_error(
 
 /// A decimal written as text (`-12.50`, `100`, `0.001`), read exactly: trailing zeros after
 /// the point are dropped first (a `DECIMAL(65,30)`'s `1.000…0` is 1), and a value with more
-/// significant digits than trueup's decimals hold (28 after the point, 96 bits in all) is
-/// refused, never rounded: two values that differ past the last digit kept would compare
+/// digits than trueup's decimals hold (28 after the point, 96 bits in all, zeros before the
+/// point included) is refused, never rounded: two values that differ past the last digit kept would compare
 /// equal. `type_name` names the column's type in the refusal.
 pub(crate) fn exact_decimal(
     type_name: &str,
@@ -112,7 +112,7 @@ pub(crate) fn exact_decimal(
     };
     rust_decimal::Decimal::from_str_exact(digits).map_err(|_| {
         format!(
-            "{type_name} {digits} has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
+            "{type_name} {digits} has more digits than trueup's decimals hold (at most 28 after the point, 96 bits in all)"
         )
         .into()
     })
@@ -257,7 +257,7 @@ mod tests {
             read("0.1234567890123456789012345678901")
                 .unwrap_err()
                 .to_string(),
-            "DECIMAL 0.1234567890123456789012345678901 has more significant digits than trueup's decimals hold (28 after the point, 96 bits in all)"
+            "DECIMAL 0.1234567890123456789012345678901 has more digits than trueup's decimals hold (at most 28 after the point, 96 bits in all)"
         );
         assert!(read("79228162514264337593543950336").is_err());
     }

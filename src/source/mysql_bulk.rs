@@ -118,9 +118,13 @@ impl Bulk {
         resting.is_none_or(|until| std::time::Instant::now() >= until)
     }
 
-    /// The connection opened: a later refusal is a new spell, warned of again.
+    /// The connection opened after any rest ran out: a later refusal is a new spell, warned
+    /// of again. (One opened during a rest, having started before it, ends no spell: reads
+    /// near the limit would otherwise warn in turns.)
     fn opened(&self) {
-        self.refusal_warned.store(false, Ordering::Relaxed);
+        if self.available() {
+            self.refusal_warned.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Says that a read of `source` goes on through sqlx because this connection could not be
@@ -159,9 +163,11 @@ struct Refusal {
 
 impl From<mysql::Error> for Refusal {
     fn from(e: mysql::Error) -> Self {
-        // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS, ER_USER_LIMIT_REACHED.
-        let no_connection_to_spare =
-            matches!(&e, mysql::Error::MySqlError(m) if matches!(m.code, 1040 | 1203 | 1226));
+        // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS, and ER_USER_LIMIT_REACHED where
+        // the limit is the user's connections (not its queries or connections per hour).
+        let no_connection_to_spare = matches!(&e, mysql::Error::MySqlError(m)
+            if matches!(m.code, 1040 | 1203)
+                || (m.code == 1226 && m.message.contains("max_user_connections")));
         Self {
             why: e.to_string(),
             no_connection_to_spare,
@@ -607,7 +613,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refused_bulk_connection_rests_while_reads_go_through_sqlx_and_only_its_first_refusal_warns()
+    fn a_refused_bulk_connection_rests_while_reads_go_through_sqlx_and_a_spell_of_refusals_warns_once()
      {
         let bulk = Bulk::for_url("mysql://reader@db.example/ledger", 2000).unwrap();
         let source = SourceName::parse("ledger").unwrap();
@@ -621,9 +627,19 @@ mod tests {
         bulk.refused(&source, &full);
         assert!(!bulk.available(), "tried again at once after a refusal");
         assert!(bulk.refusal_warned.load(Ordering::Relaxed));
-        // An opened connection ends the spell: the next refusal warns again.
+        // A connection opened during the rest (it started before it) ends no spell; one
+        // opened after it does, and the next refusal warns again.
+        bulk.opened();
+        assert!(bulk.refusal_warned.load(Ordering::Relaxed));
+        *bulk.resting_until.lock().unwrap() = Some(std::time::Instant::now());
         bulk.opened();
         assert!(!bulk.refusal_warned.load(Ordering::Relaxed));
+        let hourly = Refusal::from(mysql::Error::MySqlError(mysql::MySqlError {
+            state: "42000".into(),
+            message: "User has exceeded the 'max_queries_per_hour' resource".into(),
+            code: 1226,
+        }));
+        assert!(!hourly.no_connection_to_spare);
         let other = Refusal::from(mysql::Error::DriverError(
             mysql::DriverError::ConnectTimeout,
         ));

@@ -72,7 +72,7 @@ fn numeric(bytes: &[u8]) -> Result<rust_decimal::Decimal, sqlx::error::BoxDynErr
         Some(0xF000) => "NUMERIC `-Infinity` is not a number trueup can compare".into(),
         // A display scale past 28 (`numeric(40,30)`) or a scaled mantissa past 96 bits
         // (`numeric(36,18)` above ~8e10) often holds a value a decimal does: its digits without
-        // the scale's trailing zeros. Only a value with more significant digits is refused.
+        // the scale's trailing zeros. Only a value with more digits than a decimal holds is refused.
         Some(0x0000 | 0x4000) => match significant_digits(bytes) {
             Some(text) => return super::decode::exact_decimal("NUMERIC", &text),
             None => format!(
@@ -577,7 +577,7 @@ mod tests {
             value(Kind::Decimal, &huge)
                 .unwrap_err()
                 .to_string()
-                .contains("more significant digits"),
+                .contains("more digits than"),
         );
         let infinity = [0, 0, 0, 0, 0xD0, 0, 0, 0];
         assert!(

@@ -420,7 +420,7 @@ async fn a_mysql_decimal_is_read_exactly_or_refused_on_both_paths_never_rounded(
                 .to_string();
             assert!(
                 err.contains(&format!(
-                    "DECIMAL {digits} has more significant digits than trueup's decimals hold"
+                    "DECIMAL {digits} has more digits than trueup's decimals hold"
                 )) && err.contains("`v`"),
                 "{err}"
             );

@@ -10,6 +10,8 @@ use crate::helpers::sql_source;
 
 /// Two hundred million rows: read to the end, they would take minutes.
 const ENDLESS: &str = "SELECT seq AS n FROM seq_1_to_200000000";
+/// What a statement running [`ENDLESS`] mentions.
+const ENDLESS_TABLE: &str = "seq_1_to_200000000";
 /// No row for 30 s: the reading thread waits on the server, not on its channel.
 const SLEEPING: &str = "SELECT SLEEP(30) AS slept";
 
@@ -53,6 +55,15 @@ async fn within_5s<F: std::future::Future<Output = bool>>(mut done: impl FnMut()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// [`ENDLESS`] read by `src`, its first batch taken, its query running on `db`.
+async fn endless_read_under_way(db: &TestMysql, src: &Source) -> trueup::source::RowStream {
+    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
+    let first = stream.next_batch().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(running(db, ENDLESS_TABLE).await.len(), 1);
+    stream
 }
 
 fn connection_id(rows: &[Vec<Value>]) -> i64 {
@@ -184,13 +195,10 @@ async fn a_mysql_read_gives_every_type_the_same_values_in_bulk_as_through_sqlx()
 async fn an_abandoned_mysql_bulk_read_stops_its_query_at_once() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
-    let first = stream.next_batch().await.unwrap().unwrap();
-    assert!(!first.is_empty());
-    assert_eq!(running(&db, "seq_1_to_200000000").await.len(), 1);
+    let stream = endless_read_under_way(&db, &src).await;
     drop(stream);
     assert!(
-        none_running(&db, "seq_1_to_200000000").await,
+        none_running(&db, ENDLESS_TABLE).await,
         "the abandoned read's query still runs"
     );
     src.close().await;
@@ -202,7 +210,7 @@ async fn a_mysql_bulk_read_cut_off_mid_result_fails_rather_than_ending_short() {
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
     let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
     let mut rows = stream.next_batch().await.unwrap().unwrap().len();
-    let [reading] = running(&db, "seq_1_to_200000000").await[..] else {
+    let [reading] = running(&db, ENDLESS_TABLE).await[..] else {
         panic!("one connection reads the rows")
     };
     let mut admin = db.connect().await;
@@ -255,7 +263,7 @@ async fn a_value_that_fails_to_decode_in_a_mysql_bulk_read_fails_it_at_once_and_
         started.elapsed()
     );
     assert!(
-        none_running(&db, "seq_1_to_200000000").await,
+        none_running(&db, ENDLESS_TABLE).await,
         "the failed read's query still runs"
     );
     src.close().await;
@@ -364,16 +372,13 @@ async fn a_mysql_read_whose_second_connection_the_server_refuses_reads_its_rows_
 async fn an_abandoned_mysql_bulk_read_whose_query_cannot_be_killed_still_stops_it() {
     let db = TestMysql::new().await;
     let src = Source::open(&source("my", &db.reader_url)).unwrap();
-    let mut stream = src.read(read_request(ENDLESS)).await.unwrap();
-    let first = stream.next_batch().await.unwrap().unwrap();
-    assert!(!first.is_empty());
-    assert_eq!(running(&db, "seq_1_to_200000000").await.len(), 1);
+    let stream = endless_read_under_way(&db, &src).await;
     // The user can open no connection any more, so none can KILL the query: the read closes
     // its own instead of reading the other 200M rows to let go of the result.
     let reader = format!("'{}_r'@'%'", db.name);
     db.exec(&format!("ALTER USER {reader} ACCOUNT LOCK")).await;
     drop(stream);
-    let stopped = none_running(&db, "seq_1_to_200000000").await;
+    let stopped = none_running(&db, ENDLESS_TABLE).await;
     db.exec(&format!("ALTER USER {reader} ACCOUNT UNLOCK"))
         .await;
     assert!(stopped, "the abandoned read's query still runs");

@@ -66,6 +66,31 @@ async fn endless_read_under_way(db: &TestMysql, src: &Source) -> trueup::source:
     stream
 }
 
+/// Reads `query` (its first column `CONNECTION_ID()`) on `src`, whose pool holds one
+/// connection, and asserts that it read on that pooled connection: a second read gets the
+/// same one (a bulk read's connection is new each time, and closed after it), still open.
+async fn read_on_the_pool(db: &TestMysql, src: &Source, query: &str) -> Vec<Vec<Value>> {
+    let rows = read_all(src, query).await.unwrap();
+    let id = connection_id(&rows);
+    let again = connection_id(&read_all(src, query).await.unwrap());
+    assert_eq!(
+        id, again,
+        "two reads took two connections: not the pool's one"
+    );
+    assert!(
+        open(db, id).await,
+        "the read's connection {id} was not the pool's"
+    );
+    rows
+}
+
+/// A source reading `db` as its reader, its pool holding one connection.
+fn one_connection_source(db: &TestMysql) -> Source {
+    let mut config = sql_source("my", &db.reader_url);
+    config.pool_size = 1;
+    Source::open(&config.into()).unwrap()
+}
+
 fn connection_id(rows: &[Vec<Value>]) -> i64 {
     match &rows[0][0] {
         Value::Int(i) => *i,
@@ -306,21 +331,16 @@ async fn a_mysql_bulk_read_dropped_while_its_thread_connects_never_leaves_its_st
 #[tokio::test]
 async fn a_mysql_statement_with_a_colon_word_reads_through_sqlx_with_the_same_rows() {
     let db = TestMysql::new().await;
-    let src = Source::open(&source("my", &db.reader_url)).unwrap();
+    let src = one_connection_source(&db);
     // The `mysql` client would take `:30` for no parameter but `:name` for one; this statement
     // reads through sqlx, its connection pooled, and gives its literal back unchanged.
-    let rows = read_all(&src, "SELECT CONNECTION_ID() AS id, 'at :noon' AS said")
-        .await
-        .unwrap();
+    let rows = read_on_the_pool(
+        &db,
+        &src,
+        "SELECT CONNECTION_ID() AS id, 'at :noon' AS said",
+    )
+    .await;
     assert_eq!(rows[0][1], Value::Text("at :noon".into()));
-    let id = connection_id(&rows);
-    // Nothing to wait for when it works: the time a bulk connection (closed after its read)
-    // would take to leave the process list, so that the check below would miss it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        open(&db, id).await,
-        "the read's connection {id} was not the pool's"
-    );
     src.close().await;
 }
 
@@ -336,9 +356,7 @@ async fn a_mysql_read_whose_second_connection_the_server_refuses_reads_its_rows_
     ))
     .await;
     // One connection for the user, and the pool holds it: the bulk read's own is refused.
-    let mut config = sql_source("my", &db.reader_url);
-    config.pool_size = 1;
-    let src = Source::open(&config.into()).unwrap();
+    let src = one_connection_source(&db);
     for _ in 0..2 {
         let rows = read_all(&src, "SELECT id, v FROM t ORDER BY id")
             .await
@@ -352,19 +370,7 @@ async fn a_mysql_read_whose_second_connection_the_server_refuses_reads_its_rows_
             ]
         );
     }
-    // Read on the pooled connection, which stays open after the read.
-    let id = connection_id(
-        &read_all(&src, "SELECT CONNECTION_ID() AS id")
-            .await
-            .unwrap(),
-    );
-    // Nothing to wait for when it works: the time a bulk connection (closed after its read)
-    // would take to leave the process list, so that the check below would miss it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        open(&db, id).await,
-        "the read's connection {id} was not the pool's"
-    );
+    read_on_the_pool(&db, &src, "SELECT CONNECTION_ID() AS id").await;
     src.close().await;
 }
 

@@ -195,6 +195,9 @@ struct ReaderState {
     kill: Kill,
 }
 
+/// MySQL's and MariaDB's answer to `KILL` of a connection that is not (or no longer) there.
+const NO_SUCH_THREAD: u16 = 1094;
+
 /// How far the KILL of the reading connection's query went.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
 enum Kill {
@@ -259,7 +262,14 @@ impl Reader {
         let killed = mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| {
             let here: Option<(String, u16)> = c.query_first("SELECT @@hostname, @@port")?;
             if here == Some((host.clone(), port)) {
-                c.query_drop(format!("KILL {id}")).map(|()| true)
+                match c.query_drop(format!("KILL {id}")) {
+                    Ok(()) => Ok(true),
+                    // ER_NO_SUCH_THREAD: the reading connection is gone (its thread let go of
+                    // it meanwhile, or it broke), and a query ends with its connection's
+                    // thread: there is nothing left to stop.
+                    Err(mysql::Error::MySqlError(e)) if e.code == NO_SUCH_THREAD => Ok(true),
+                    Err(e) => Err(e),
+                }
             } else {
                 Ok(false)
             }
@@ -644,6 +654,48 @@ mod tests {
             mysql::DriverError::ConnectTimeout,
         ));
         assert!(!other.no_connection_to_spare);
+    }
+
+    /// The race between a dropped read and its thread: the thread stops on its own and
+    /// closes the reading connection while the drop's `KILL` is on its way, which then finds
+    /// no such connection. Its query ended with the connection: that is no failure to stop
+    /// it (which would warn, and have the thread give up its result unread).
+    #[test]
+    fn a_kill_that_finds_the_reading_connection_gone_counts_its_query_as_ended() {
+        let server = std::env::var("TRUEUP_TEST_MYSQL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let bulk = Bulk::for_url(&server, 5000).expect("a plain URL reads in bulk");
+        let mut reading = mysql::Conn::new(bulk.opts.clone()).expect("MariaDB is up");
+        let (id, host, port): (u32, String, u16) = reading
+            .query_first("SELECT CONNECTION_ID(), @@hostname, @@port")
+            .unwrap()
+            .unwrap();
+        let reader = Reader::default();
+        assert!(reader.starting(id, (host, port)));
+        drop(reading);
+        let mut admin = mysql::Conn::new(bulk.opts.clone()).unwrap();
+        let gone = (0..100).any(|_| {
+            let left: Option<u64> = admin
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"
+                ))
+                .unwrap();
+            left == Some(0) || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                false
+            }
+        });
+        assert!(
+            gone,
+            "the server kept connection {id} for 5 s after it closed"
+        );
+        assert!(
+            reader.stop(&bulk),
+            "a KILL of a connection already gone was taken for a query still running"
+        );
+        assert!(reader.state().kill == Kill::Done);
+        // Once known ended, a second stop (the thread's own) agrees without a KILL.
+        assert!(reader.stop(&bulk));
     }
 
     #[test]

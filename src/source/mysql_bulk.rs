@@ -192,11 +192,13 @@ struct ReaderState {
     at: Option<(u32, String, u16)>,
     dropped: bool,
     finished: bool,
+    /// The thread let go of the reading connection (it is closed, or about to be).
+    closed: bool,
     kill: Kill,
 }
 
 /// MySQL's and MariaDB's answer to `KILL` of a connection that is not (or no longer) there.
-const NO_SUCH_THREAD: u16 = 1094;
+const ER_NO_SUCH_THREAD: u16 = 1094;
 
 /// How far the KILL of the reading connection's query went.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +231,12 @@ impl Reader {
         self.state().finished = true;
     }
 
+    /// The thread is about to close the reading connection (its query ended, or it gave up
+    /// the result unread, or it failed).
+    fn closing(&self) {
+        self.state().closed = true;
+    }
+
     /// The read is dropped: whether a running query is left to stop.
     fn dropped(&self) -> bool {
         let mut state = self.state();
@@ -241,7 +249,8 @@ impl Reader {
     /// read it to its end as it lets go of it. The killing connection first checks that it
     /// reached the reading one's server (not another node behind the same address): ids are
     /// unique per server only. `true` when the query is known to have ended: its result
-    /// ended, it never started, or a KILL (this one or an earlier one) went through.
+    /// ended, it never started, a KILL (this one or an earlier one) went through, or one
+    /// found the connection gone after the thread closed it.
     fn stop(&self, bulk: &Bulk) -> bool {
         let (id, host, port) = {
             let mut state = self.state();
@@ -262,22 +271,24 @@ impl Reader {
         let killed = mysql::Conn::new(bulk.opts.clone()).and_then(|mut c| {
             let here: Option<(String, u16)> = c.query_first("SELECT @@hostname, @@port")?;
             if here == Some((host.clone(), port)) {
-                match c.query_drop(format!("KILL {id}")) {
-                    Ok(()) => Ok(true),
-                    // ER_NO_SUCH_THREAD: the reading connection is gone (its thread let go of
-                    // it meanwhile, or it broke), and a query ends with its connection's
-                    // thread: there is nothing left to stop.
-                    Err(mysql::Error::MySqlError(e)) if e.code == NO_SUCH_THREAD => Ok(true),
-                    Err(e) => Err(e),
-                }
+                c.query_drop(format!("KILL {id}")).map(|()| true)
             } else {
                 Ok(false)
             }
         });
-        let done = matches!(killed, Ok(true));
-        self.state().kill = if done { Kill::Done } else { Kill::Failed };
+        let mut state = self.state();
+        // The read's drop and its thread's own stop coincided: the thread found this KILL on
+        // its way and closed the reading connection itself, which the KILL then did not find.
+        // That answer alone proves nothing (behind a proxy the id may be the proxy's), but
+        // the thread closing its connection is what a failed KILL leads to anyway.
+        let closed_by_its_thread = state.closed
+            && matches!(&killed, Err(mysql::Error::MySqlError(e)) if e.code == ER_NO_SUCH_THREAD);
+        let done = matches!(killed, Ok(true)) || closed_by_its_thread;
+        state.kill = if done { Kill::Done } else { Kill::Failed };
+        drop(state);
         match killed {
             Ok(true) => {}
+            Err(_) if closed_by_its_thread => {}
             Ok(false) => tracing::warn!(
                 "could not stop a MySQL bulk read's query: a new connection reached another server than {host}:{port}; the read closes its connection instead"
             ),
@@ -396,7 +407,7 @@ impl Reading {
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
         // Whatever keeps the connection from opening, the read's own on sqlx's side is open
         // and in its transaction: the read goes on there rather than fail.
-        let (conn, server) = match Self::open(bulk) {
+        let (mut conn, server) = match Self::open(bulk) {
             Ok(opened) => opened,
             Err(refusal) => {
                 let _ = tx.blocking_send(Said::Refused(refusal));
@@ -405,7 +416,11 @@ impl Reading {
         };
         bulk.opened();
         // (`send_rows` stopped the query where a result was open; before, none runs.)
-        if let Err(Some(e)) = self.send_rows(bulk, conn, server, tx) {
+        let sent = self.send_rows(bulk, &mut conn, server, tx);
+        // Before the connection closes: a KILL that then does not find it knows why.
+        self.reader.closing();
+        drop(conn);
+        if let Err(Some(e)) = sent {
             let _ = tx.blocking_send(Said::Failed(e));
         }
     }
@@ -438,7 +453,7 @@ impl Reading {
     fn send_rows(
         &self,
         bulk: &Bulk,
-        mut conn: mysql::Conn,
+        conn: &mut mysql::Conn,
         server: (String, u16),
         tx: &tokio::sync::mpsc::Sender<Said>,
     ) -> Result<(), Option<SourceError>> {
@@ -454,10 +469,9 @@ impl Reading {
         if sent.is_err() && !self.reader.stop(bulk) {
             // The query may still be running: reading the rest of its result could take
             // minutes. The result is forgotten instead (its column list, a few hundred bytes,
-            // is never freed) and the connection closed under it: the server's next write
-            // fails, which ends the query.
+            // is never freed) and the connection closed under it (by the caller): the
+            // server's next write fails, which ends the query.
             std::mem::forget(result);
-            drop(conn);
             return sent;
         }
         drop(result);
@@ -656,46 +670,77 @@ mod tests {
         assert!(!other.no_connection_to_spare);
     }
 
-    /// The race between a dropped read and its thread: the thread stops on its own and
-    /// closes the reading connection while the drop's `KILL` is on its way, which then finds
-    /// no such connection. Its query ended with the connection: that is no failure to stop
-    /// it (which would warn, and have the thread give up its result unread).
-    #[test]
-    fn a_kill_that_finds_the_reading_connection_gone_counts_its_query_as_ended() {
-        let server = std::env::var("TRUEUP_TEST_MYSQL")
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-        let bulk = Bulk::for_url(&server, 5000).expect("a plain URL reads in bulk");
-        let mut reading = mysql::Conn::new(bulk.opts.clone()).expect("MariaDB is up");
-        let (id, host, port): (u32, String, u16) = reading
-            .query_first("SELECT CONNECTION_ID(), @@hostname, @@port")
+    /// A reading connection of `bulk`'s server, its reader having started on it, and a second
+    /// connection to watch it with.
+    fn reading_on(bulk: &Bulk) -> (mysql::Conn, Reader, mysql::Conn) {
+        let mut reading = mysql::Conn::new(bulk.opts.clone()).expect(
+            "MariaDB must run on 127.0.0.1:3306 (or at TRUEUP_TEST_MYSQL); .ci/run starts it",
+        );
+        let server: (String, u16) = reading
+            .query_first("SELECT @@hostname, @@port")
             .unwrap()
             .unwrap();
         let reader = Reader::default();
-        assert!(reader.starting(id, (host, port)));
-        drop(reading);
-        let mut admin = mysql::Conn::new(bulk.opts.clone()).unwrap();
-        let gone = (0..100).any(|_| {
-            let left: Option<u64> = admin
+        // The id the read itself kills by: the handshake's.
+        assert!(reader.starting(reading.connection_id(), server));
+        let watching = mysql::Conn::new(bulk.opts.clone()).unwrap();
+        (reading, reader, watching)
+    }
+
+    /// Waits (at most 5 s) until the server no longer lists connection `id`.
+    fn wait_until_gone(watching: &mut mysql::Conn, id: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let listed: Option<u64> = watching
                 .query_first(format!(
                     "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"
                 ))
                 .unwrap();
-            left == Some(0) || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                false
+            if listed == Some(0) {
+                return;
             }
-        });
-        assert!(
-            gone,
-            "the server kept connection {id} for 5 s after it closed"
-        );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server kept connection {id} for 5 s after it closed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The race between a dropped read and its thread: the thread stops on its own and
+    /// closes the reading connection while the drop's `KILL` is on its way, which then finds
+    /// no such connection. That is no failure to stop (which warns); a connection that went
+    /// without its thread closing it still is, since the answer alone proves nothing (behind
+    /// a proxy the id the read knows may not be the server's).
+    #[test]
+    fn a_kill_that_finds_the_reading_connection_gone_is_done_only_once_its_thread_closed_it() {
+        let server = std::env::var("TRUEUP_TEST_MYSQL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let bulk = Bulk::for_url(&server, 5000).expect("a plain URL reads in bulk");
+
+        let (reading, reader, mut watching) = reading_on(&bulk);
+        let id = reading.connection_id();
+        reader.closing();
+        drop(reading);
+        wait_until_gone(&mut watching, id);
         assert!(
             reader.stop(&bulk),
-            "a KILL of a connection already gone was taken for a query still running"
+            "a KILL of the connection its thread had closed was taken for a failed stop"
         );
         assert!(reader.state().kill == Kill::Done);
-        // Once known ended, a second stop (the thread's own) agrees without a KILL.
+        // Known ended: a second stop agrees without a KILL.
         assert!(reader.stop(&bulk));
+
+        let (reading, reader, mut watching) = reading_on(&bulk);
+        let id = reading.connection_id();
+        watching.query_drop(format!("KILL {id}")).unwrap();
+        wait_until_gone(&mut watching, id);
+        assert!(
+            !reader.stop(&bulk),
+            "a connection gone while its thread still held it was taken for a stopped query"
+        );
+        assert!(reader.state().kill == Kill::Failed);
+        drop(reading);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - integers of any width, `NUMERIC`/`DECIMAL` and floats compare by numeric value
 //!   (`10.50 = 10.5`, `INT 5 = BIGINT 5 = NUMERIC 5.0`);
 //! - text compares exactly, byte by byte (no collation, no trailing-space padding; PostgreSQL
-//!   `CHAR(n)` padding is removed when read, as MySQL does);
+//!   `CHAR(n)` padding is removed when read, as MySQL does), and equals bytes that hold its
+//!   UTF-8 form: a MySQL/MariaDB text column in a binary collation (`utf8mb4_bin`) is read as
+//!   bytes, since sqlx does not say a column's collation, and means the same text;
 //! - timestamps compare as instants in UTC (a timestamp without time zone is read as UTC);
 //! - booleans compare with booleans, and with the integers 0 and 1 (MySQL `TINYINT(1)`);
 //! - `NULL` equals `NULL` when comparing columns (like `IS NOT DISTINCT FROM`), and differs
@@ -90,9 +92,10 @@ impl Digested {
     /// Whether `whole` is the value this digest stands for.
     fn is_digest_of(&self, whole: &Value) -> bool {
         use sha2::{Digest, Sha256};
-        let raw: &[u8] = match (self.class, whole) {
-            (ValueClass::Text, Value::Text(t)) => t.as_bytes(),
-            (ValueClass::Bytes, Value::Bytes(b)) => b,
+        // Of text or of bytes alike (see `Value::same_as`): a digest is of the raw bytes.
+        let raw: &[u8] = match whole {
+            Value::Text(t) => t.as_bytes(),
+            Value::Bytes(b) => b,
             _ => return false,
         };
         raw.len() as u64 == self.bytes && hex::encode(Sha256::digest(raw)) == self.sha256
@@ -198,13 +201,13 @@ impl Value {
             (Null, _) | (_, Null) => false,
             (Bool(a), Int(b)) | (Int(b), Bool(a)) => (*b == 0 && !a) || (*b == 1 && *a),
             (Json(a), Json(b)) => a == b,
-            (Digest(a), Digest(b)) => {
-                a.class == b.class && a.bytes == b.bytes && a.sha256 == b.sha256
-            }
+            // Of text or of bytes alike, as below.
+            (Digest(a), Digest(b)) => a.bytes == b.bytes && a.sha256 == b.sha256,
             (Digest(d), whole) | (whole, Digest(d)) => d.is_digest_of(whole),
             (Json(j), Text(t)) | (Text(t), Json(j)) => {
                 serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| p == **j)
             }
+            (Text(t), Bytes(b)) | (Bytes(b), Text(t)) => t.as_bytes() == b.as_slice(),
             _ => self.class() == other.class() && self.key_cmp(other) == Ordering::Equal,
         }
     }
@@ -376,7 +379,9 @@ mod tests {
         let other = format!("{}y", &whole[1..]);
         assert!(!d.same_as(&Value::Text(other.as_str().into())));
         assert!(!d.same_as(&Value::Digest(Box::new(Digested::of_text(&other)))));
-        assert!(!d.same_as(&Value::Bytes(whole.clone().into_bytes())));
+        // Bytes holding the text's UTF-8 form are the same value (see the test below); others
+        // are not.
+        assert!(!d.same_as(&Value::Bytes(other.clone().into_bytes())));
         assert!(!d.same_as(&Value::Null));
         // Evidence of a digest and of the whole value it stands for are the same.
         assert_eq!(
@@ -497,6 +502,26 @@ mod tests {
     #[test]
     fn different_classes_are_never_equal() {
         assert!(!Value::Text("5".into()).same_as(&Value::Int(5)));
+        assert!(!Value::Bytes(vec![5]).same_as(&Value::Int(5)));
+    }
+
+    /// A MySQL/MariaDB text column in a binary collation (`utf8mb4_bin`) reads as bytes.
+    #[test]
+    fn text_equals_the_bytes_of_its_utf8_form_whole_or_as_a_digest() {
+        let text = Value::Text("Zürich".into());
+        let bytes = Value::Bytes("Zürich".as_bytes().to_vec());
+        assert!(text.same_as(&bytes) && bytes.same_as(&text));
+        assert!(!text.same_as(&Value::Bytes(b"Zurich".to_vec())));
+        assert!(!Value::Text("a".into()).same_as(&Value::Bytes(b"a ".to_vec())));
+        let long = "ü".repeat(40_000);
+        let text_digest = Value::Digest(Box::new(Digested::of_text(&long)));
+        let bytes_digest = Value::Digest(Box::new(Digested::of_bytes(long.as_bytes())));
+        assert!(text_digest.same_as(&Value::Bytes(long.as_bytes().to_vec())));
+        assert!(bytes_digest.same_as(&Value::Text(long.as_str().into())));
+        assert!(text_digest.same_as(&bytes_digest));
+        assert!(!text_digest.same_as(&Value::Bytes(long.as_bytes()[2..].to_vec())));
+        // Keys never mix them (a key type mismatch is refused), and sort apart.
+        assert_ne!(text.key_cmp(&bytes), Ordering::Equal);
     }
 
     #[test]

@@ -30,12 +30,14 @@ pub enum EngineError {
         current: String,
     },
     #[error(
-        "key column `{column}` is {left} on the left and {right} on the right; both sides must return the same type (cast one side in its query)"
+        "key column `{column}` is {left} on the left and {right} on the right; both sides must return the same type ({remedy})"
     )]
     KeyTypeMismatch {
         column: String,
         left: String,
         right: String,
+        /// What to write in a query.
+        remedy: String,
     },
     #[error(
         "column `{column}` to compare is not returned by the {side} query (it returns: {available}); alias it in that query or list other columns under `compare`"

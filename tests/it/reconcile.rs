@@ -380,6 +380,108 @@ async fn keys_of_different_types_on_each_side_are_refused_not_misreported() {
     srcs.close().await;
 }
 
+/// sqlx does not say a MariaDB column's collation, so text in a binary collation
+/// (`utf8mb4_bin`) reads as bytes: compared with PostgreSQL text it is the same text, not a
+/// mismatch on every row, streamed or in `auto`; `checksum` refuses the pair, saying why; as
+/// a key it is refused with the cast that reads it as text.
+#[tokio::test]
+async fn mariadb_utf8mb4_bin_text_equals_postgres_text_and_a_checksum_says_why_not() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, note text);
+         INSERT INTO l VALUES (1, 'x'), (2, 'Zürich'), (3, 'a'), (4, NULL), (5, 'b '), (6, '');",
+    )
+    .await;
+    my.exec(
+        "CREATE TABLE r (id BIGINT PRIMARY KEY,
+                         note VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin);
+         INSERT INTO r VALUES (1, 'x'), (2, 'Zürich'), (3, 'A'), (4, NULL), (5, 'b'), (6, '');",
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
+    // (A text and a bytes column have no checksum form both engines write: `auto` streams
+    // them, and `checksum` says why it cannot.)
+    for mode in [ReconcileMode::Stream, ReconcileMode::Auto] {
+        let mut inv = reconcile(
+            "SELECT id, note FROM l",
+            "SELECT id, note FROM r",
+            &["id"],
+            None,
+        );
+        reconcile_spec(&mut inv).mode = mode;
+        let mut found = Collect::default();
+        engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
+            .await
+            .unwrap();
+        let got: Vec<(ViolationKind, serde_json::Value)> =
+            found.0.iter().map(|v| (v.kind, v.key_json())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (ViolationKind::Mismatch, json!([3])),
+                (ViolationKind::Mismatch, json!([5]))
+            ],
+            "{mode:?}"
+        );
+    }
+    let mut inv = reconcile(
+        "SELECT id, note FROM l",
+        "SELECT id, note FROM r",
+        &["id"],
+        None,
+    );
+    reconcile_spec(&mut inv).mode = ReconcileMode::Checksum;
+    let err = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut Collect::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column `note`: it is text on the left and bytes on the right"),
+        "{err}"
+    );
+    let inv = reconcile(
+        "SELECT note AS k FROM l",
+        "SELECT note AS k FROM r",
+        &["k"],
+        None,
+    );
+    let err = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut Collect::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "text on the left and bytes on the right; both sides must return the same type (cast one side in its query; a MySQL/MariaDB text column in a binary collation such as utf8mb4_bin reads as bytes: `CAST(k AS CHAR) AS k` reads it as text)"
+        ),
+        "{err}"
+    );
+    let inv = reconcile(
+        "SELECT note AS k FROM l WHERE note IS NOT NULL",
+        "SELECT CAST(note AS CHAR) AS k FROM r WHERE note IS NOT NULL",
+        &["k"],
+        None,
+    );
+    let mut found = Collect::default();
+    engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
+        .await
+        .unwrap();
+    let got: BTreeSet<(ViolationKind, String)> = found
+        .0
+        .iter()
+        .map(|v| (v.kind, v.key_json().to_string()))
+        .collect();
+    let want = [
+        (ViolationKind::Missing, json!(["a"])),
+        (ViolationKind::Missing, json!(["b "])),
+        (ViolationKind::Extra, json!(["A"])),
+        (ViolationKind::Extra, json!(["b"])),
+    ];
+    assert_eq!(
+        got,
+        want.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+    );
+    srcs.close().await;
+}
+
 #[tokio::test]
 async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,9 @@ use std::cmp::Ordering;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::domain::{ColumnName, Invariant, ReconcileSpec, Value, Violation, ViolationKind};
+use crate::domain::{
+    ColumnName, Invariant, ReconcileSpec, Value, ValueClass, Violation, ViolationKind,
+};
 use crate::source::{ChangedSince, KeyRanges, KeySet, Needed, ReadRequest, Sources, index_of};
 
 use crate::engine::KeyFilter;
@@ -237,10 +239,22 @@ fn cross_compare(
     {
         let (a, b) = (&lrow[i], &rrow[j]);
         if !a.is_null() && !b.is_null() && a.class() != b.class() {
+            let text_and_bytes = matches!(
+                (a.class(), b.class()),
+                (ValueClass::Text, ValueClass::Bytes) | (ValueClass::Bytes, ValueClass::Text)
+            );
             return Err(EngineError::KeyTypeMismatch {
                 column: k.to_string(),
                 left: a.class().to_string(),
                 right: b.class().to_string(),
+                remedy: if text_and_bytes {
+                    // Compared columns equal by their bytes; a key must also sort alike.
+                    format!(
+                        "cast one side in its query; a MySQL/MariaDB text column in a binary collation such as utf8mb4_bin reads as bytes: `CAST({k} AS CHAR) AS {k}` reads it as text"
+                    )
+                } else {
+                    "cast one side in its query".to_owned()
+                },
             });
         }
     }

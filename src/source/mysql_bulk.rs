@@ -248,9 +248,9 @@ impl Reader {
     /// wanted (nobody reads the rows any more, or one failed), and its client would otherwise
     /// read it to its end as it lets go of it. The killing connection first checks that it
     /// reached the reading one's server (not another node behind the same address): ids are
-    /// unique per server only. `true` when the query is known to have ended: its result
-    /// ended, it never started, a KILL (this one or an earlier one) went through, or one
-    /// found the connection gone after the thread closed it.
+    /// unique per server only. `true` when there is nothing left to stop: its result ended,
+    /// it never started, a KILL (this one or an earlier one) went through, or one found the
+    /// connection gone after its thread closed it (which ends the query where a KILL cannot).
     fn stop(&self, bulk: &Bulk) -> bool {
         let (id, host, port) = {
             let mut state = self.state();
@@ -277,10 +277,11 @@ impl Reader {
             }
         });
         let mut state = self.state();
-        // The read's drop and its thread's own stop coincided: the thread found this KILL on
-        // its way and closed the reading connection itself, which the KILL then did not find.
-        // That answer alone proves nothing (behind a proxy the id may be the proxy's), but
-        // the thread closing its connection is what a failed KILL leads to anyway.
+        // The thread closed the reading connection while this KILL was on its way (the read's
+        // drop raced the thread's end: its result ended or failed, or it gave up the rest),
+        // and the KILL did not find it. That answer alone proves nothing (behind a proxy the
+        // id may be the proxy's), but the thread closing its connection is what a failed KILL
+        // leads to anyway: no warning.
         let closed_by_its_thread = state.closed
             && matches!(&killed, Err(mysql::Error::MySqlError(e)) if e.code == ER_NO_SUCH_THREAD);
         let done = matches!(killed, Ok(true)) || closed_by_its_thread;
@@ -384,6 +385,20 @@ pub(super) async fn read(
     }
 }
 
+/// The reading connection, which tells its reader before it closes (on every path, a panic
+/// included): a KILL that then finds no such connection knows why.
+struct Closing<'r> {
+    conn: mysql::Conn,
+    reader: &'r Reader,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.reader.closing();
+        // (`conn` closes after this.)
+    }
+}
+
 /// One bulk read, on its thread: the rows are decoded where they arrive, so that the
 /// client's buffers are freed on the thread that allocated them.
 struct Reading {
@@ -407,7 +422,7 @@ impl Reading {
     fn stream(self, bulk: &Bulk, tx: &tokio::sync::mpsc::Sender<Said>) {
         // Whatever keeps the connection from opening, the read's own on sqlx's side is open
         // and in its transaction: the read goes on there rather than fail.
-        let (mut conn, server) = match Self::open(bulk) {
+        let (conn, server) = match Self::open(bulk) {
             Ok(opened) => opened,
             Err(refusal) => {
                 let _ = tx.blocking_send(Said::Refused(refusal));
@@ -415,10 +430,13 @@ impl Reading {
             }
         };
         bulk.opened();
-        // (`send_rows` stopped the query where a result was open; before, none runs.)
-        let sent = self.send_rows(bulk, &mut conn, server, tx);
-        // Before the connection closes: a KILL that then does not find it knows why.
-        self.reader.closing();
+        let mut conn = Closing {
+            conn,
+            reader: &self.reader,
+        };
+        // (Where a result was open and may still run, `send_rows` stopped its query, or
+        // closing the connection here ends it; before, none runs.)
+        let sent = self.send_rows(bulk, &mut conn.conn, server, tx);
         drop(conn);
         if let Err(Some(e)) = sent {
             let _ = tx.blocking_send(Said::Failed(e));
@@ -450,6 +468,8 @@ impl Reading {
     }
 
     /// Runs the statement on `conn` and sends its rows; `Err(None)`: nobody listens any more.
+    /// After an `Err`, `conn` may hold a result it forgot unread: close it, never reuse it
+    /// (another statement on it would read the rest of that result first).
     fn send_rows(
         &self,
         bulk: &Bulk,

@@ -78,7 +78,9 @@ impl Form {
             (l, r) if instant(l) && instant(r) => Form::Instant,
             (Date, Date) => Form::Date,
             (Time, Time) => Form::TimeOfDay,
-            (Bytes, Bytes) => Form::Bytes,
+            // Text equals the bytes of its UTF-8 form (`Value::same_as`): a MySQL/MariaDB text
+            // column in a binary collation reads as bytes.
+            (l, r) if (text(l) || l == Bytes) && (text(r) || r == Bytes) => Form::Bytes,
             _ => {
                 return Err(format!(
                     "it is {} on the left and {} on the right",
@@ -345,7 +347,13 @@ pub(crate) fn pg_column_hash(quoted: &str, kind: Kind, form: Form, i: usize) -> 
         Form::TimeOfDay => format!("hashfloat8extended(date_part('epoch', {quoted}), {s})"),
         // An infinite date fails the subtraction, and so the run, as it fails a stream.
         Form::Date => format!("hashint4extended(({quoted}) - DATE '2000-01-01', {s})"),
-        Form::Bytes => format!("hashtextextended(encode({quoted}, 'hex'), {s})"),
+        Form::Bytes if kind == Kind::Bytes => {
+            format!("hashtextextended(encode({quoted}, 'hex'), {s})")
+        }
+        // Text against bytes: its UTF-8 bytes, as `canonical` writes them.
+        Form::Bytes => {
+            format!("hashtextextended(encode(convert_to(({quoted})::text, 'UTF8'), 'hex'), {s})")
+        }
     };
     format!("coalesce({hash}, {})", null_marker(i))
 }
@@ -361,8 +369,8 @@ pub enum Engine {
 /// for its class (`n` numbers and booleans, `t` text, `i` instants, `d` dates, `h` times of
 /// day, `b` bytes), then integers and numbers in plain decimal without trailing zeros
 /// (`n10.5`, `n5`), instants in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day
-/// with six fraction digits, bytes in lowercase hex, text as its length in characters, `:`
-/// and itself; `~` for NULL. Only text can hold `|` or `~`, and its length says where it
+/// with six fraction digits, bytes in lowercase hex (text against bytes: its UTF-8 bytes),
+/// text as its length in characters, `:` and itself; `~` for NULL. Only text can hold `|` or `~`, and its length says where it
 /// ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
 /// from a value trueup read.
 pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
@@ -388,7 +396,11 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
              THEN to_char({q}, 'YYYY-MM-DD') ELSE 'x' || ({q})::text END"
         ),
         (Engine::Postgres, Form::TimeOfDay) => format!("to_char({q}, 'HH24:MI:SS.US')"),
-        (Engine::Postgres, Form::Bytes) => format!("encode({q}, 'hex')"),
+        (Engine::Postgres, Form::Bytes) if kind == Kind::Bytes => format!("encode({q}, 'hex')"),
+        // Text against bytes: its UTF-8 bytes, whatever the database's encoding.
+        (Engine::Postgres, Form::Bytes) => {
+            format!("encode(convert_to(({q})::text, 'UTF8'), 'hex')")
+        }
         (Engine::MySql, Form::Integer) => format!("CAST({q} AS CHAR)"),
         // DECIMAL writes its whole scale: trailing zeros (and a bare point) are cut, but
         // only after a point (`100` stays).
@@ -404,7 +416,8 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         (Engine::MySql, Form::Instant) => format!("DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f')"),
         (Engine::MySql, Form::Date) => format!("DATE_FORMAT({q}, '%Y-%m-%d')"),
         (Engine::MySql, Form::TimeOfDay) => format!("TIME_FORMAT({q}, '%H:%i:%s.%f')"),
-        (Engine::MySql, Form::Bytes) => format!("LOWER(HEX({q}))"),
+        (Engine::MySql, Form::Bytes) if kind == Kind::Bytes => format!("LOWER(HEX({q}))"),
+        (Engine::MySql, Form::Bytes) => format!("LOWER(HEX(CONVERT({q} USING utf8mb4)))"),
     };
     let class = match form {
         Form::Integer | Form::Numeric => "n",
@@ -453,7 +466,14 @@ pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Opti
             "n{}",
             rust_decimal::Decimal::from_f64_retain(*f)?.normalize()
         ),
+        // Text against bytes (and bytes against text) in the other side's form: text equals
+        // the bytes of its UTF-8 form; bytes that are no UTF-8 have no text form.
+        Value::Text(t) if other == Kind::Bytes => format!("b{}", hex::encode(t.as_bytes())),
         Value::Text(t) => format!("t{}:{t}", t.chars().count()),
+        Value::Bytes(b) if matches!(other, Kind::Text | Kind::PaddedText | Kind::Uuid) => {
+            let t = std::str::from_utf8(b).ok()?;
+            format!("t{}:{t}", t.chars().count())
+        }
         Value::Bytes(b) => format!("b{}", hex::encode(b)),
         Value::Date(d) => format!("d{}", d.format("%Y-%m-%d")),
         // Six fraction digits say a whole microsecond only: finer instants have no form.
@@ -786,6 +806,8 @@ mod tests {
         assert_eq!(Form::shared(I64, Decimal), Ok(Form::Numeric));
         assert_eq!(Form::shared(PaddedText, Uuid), Ok(Form::Text));
         assert_eq!(Form::shared(Naive, Timestamp), Ok(Form::Instant));
+        assert_eq!(Form::shared(Text, Bytes), Ok(Form::Bytes));
+        assert_eq!(Form::shared(Bytes, PaddedText), Ok(Form::Bytes));
         for (l, r) in [
             (F64, F64),
             (Json, Json),

@@ -11,7 +11,9 @@
 //! - booleans compare with booleans, and with the integers 0 and 1 (MySQL `TINYINT(1)`);
 //! - `NULL` equals `NULL` when comparing columns (like `IS NOT DISTINCT FROM`), and differs
 //!   from every value. (Rows with a NULL key never reach a comparison: the merge skips them.)
-//! - values of different classes (text and number, say) are never equal.
+//! - JSON compares structurally, also against text (or bytes, as above) holding JSON;
+//! - values of different classes (text and number, say) are never equal, text and bytes
+//!   (and JSON) aside.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -41,7 +43,8 @@ pub enum Value {
     Json(Box<serde_json::Value>),
     /// A text or bytes value too long to bring over whole, as the database described it: its
     /// length, a SHA-256 of all of it and its start. It compares equal to the whole value it
-    /// stands for (by digest), and to another digest of the same value.
+    /// stands for (by digest), and to another digest of the same value; text and bytes alike
+    /// (text equals the bytes of its UTF-8 form).
     Digest(Box<Digested>),
 }
 
@@ -208,6 +211,11 @@ impl Value {
                 serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| p == **j)
             }
             (Text(t), Bytes(b)) | (Bytes(b), Text(t)) => t.as_bytes() == b.as_slice(),
+            // MariaDB's JSON is text in `utf8mb4_bin`, which reads as bytes (as above).
+            (Json(j), Bytes(b)) | (Bytes(b), Json(j)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .is_some_and(|p| p == **j),
             _ => self.class() == other.class() && self.key_cmp(other) == Ordering::Equal,
         }
     }
@@ -520,6 +528,16 @@ mod tests {
         assert!(bytes_digest.same_as(&Value::Text(long.as_str().into())));
         assert!(text_digest.same_as(&bytes_digest));
         assert!(!text_digest.same_as(&Value::Bytes(long.as_bytes()[2..].to_vec())));
+        assert!(
+            !text_digest.same_as(&Value::Digest(Box::new(Digested::of_bytes(
+                &long.as_bytes()[2..]
+            ))))
+        );
+        // JSON held as bytes (MariaDB's JSON type) compares structurally, as text does.
+        let json = Value::Json(Box::new(serde_json::json!({"a": [1, 2]})));
+        assert!(json.same_as(&Value::Bytes(br#"{ "a": [1,2] }"#.to_vec())));
+        assert!(!json.same_as(&Value::Bytes(br#"{"a": [2, 1]}"#.to_vec())));
+        assert!(!json.same_as(&Value::Bytes(vec![0xff])));
         // Keys never mix them (a key type mismatch is refused), and sort apart.
         assert_ne!(text.key_cmp(&bytes), Ordering::Equal);
     }

@@ -133,6 +133,24 @@ fn shown(state: &str) -> String {
 fn state_text(v: &Value) -> String {
     match v {
         Value::Text(s) => s.to_string(),
+        // A MySQL/MariaDB text column in a binary collation (`utf8mb4_bin`) reads as bytes:
+        // its state is the text they hold.
+        Value::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => s.to_owned(),
+            Err(_) => v.to_string(),
+        },
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_read_as_bytes_is_the_text_they_hold() {
+        assert_eq!(state_text(&Value::Bytes(b"paid".to_vec())), "paid");
+        assert_eq!(state_text(&Value::Text("paid".into())), "paid");
+        assert_eq!(state_text(&Value::Bytes(vec![0xff])), "\\xff");
     }
 }

@@ -416,8 +416,12 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         (Engine::MySql, Form::Instant) => format!("DATE_FORMAT({q}, '%Y-%m-%d %H:%i:%s.%f')"),
         (Engine::MySql, Form::Date) => format!("DATE_FORMAT({q}, '%Y-%m-%d')"),
         (Engine::MySql, Form::TimeOfDay) => format!("TIME_FORMAT({q}, '%H:%i:%s.%f')"),
-        (Engine::MySql, Form::Bytes) if kind == Kind::Bytes => format!("LOWER(HEX({q}))"),
-        (Engine::MySql, Form::Bytes) => format!("LOWER(HEX(CONVERT({q} USING utf8mb4)))"),
+        // The bytes trueup reads: a text column in a binary collation (`latin1_bin`, read as
+        // bytes) arrives converted to utf8mb4, the session's character set; a binary one
+        // (`VARBINARY`, `BLOB`) as stored.
+        (Engine::MySql, Form::Bytes) => {
+            format!("LOWER(HEX(IF(CHARSET({q}) = 'binary', {q}, CONVERT({q} USING utf8mb4))))")
+        }
     };
     let class = match form {
         Form::Integer | Form::Numeric => "n",
@@ -668,7 +672,13 @@ pub(crate) fn probe_sql(engine: Engine, flavor: Flavor) -> String {
             Kind::Time,
             Form::TimeOfDay,
         ),
-        ("'\\x00ff'::bytea", "X'00FF'", Kind::Bytes, Form::Bytes),
+        // (UTF-8, which MariaDB checks when it folds the text branch of a constant's form.)
+        (
+            "'\\x00c3a97f'::bytea",
+            "X'00C3A97F'",
+            Kind::Bytes,
+            Form::Bytes,
+        ),
     ];
     let probes: Vec<String> = values
         .iter()

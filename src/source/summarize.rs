@@ -447,7 +447,7 @@ pub(super) fn in_process_probe() -> String {
         t("2026-01-02T03:04:05.678901Z").map(Value::Timestamp),
         "2026-12-03".parse().ok().map(Value::Date),
         "03:04:05.5".parse().ok().map(Value::Time),
-        Some(Value::Bytes(vec![0, 255])),
+        Some(Value::Bytes(vec![0x00, 0xc3, 0xa9, 0x7f])),
     ];
     values
         .iter()

@@ -249,8 +249,13 @@ fn cross_compare(
                 right: b.class().to_string(),
                 remedy: if text_and_bytes {
                     // Compared columns equal by their bytes; a key must also sort alike.
+                    let bytes_side = if a.class() == ValueClass::Bytes {
+                        "left"
+                    } else {
+                        "right"
+                    };
                     format!(
-                        "cast one side in its query; a MySQL/MariaDB text column in a binary collation such as utf8mb4_bin reads as bytes: `CAST({k} AS CHAR) AS {k}` reads it as text"
+                        "cast one side in its query; a MySQL/MariaDB text column in a binary collation such as utf8mb4_bin reads as bytes: on the {bytes_side}, `CAST(<column> AS CHAR) AS {k}` reads it as text"
                     )
                 } else {
                     "cast one side in its query".to_owned()

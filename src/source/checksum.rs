@@ -370,8 +370,8 @@ pub enum Engine {
 /// day, `b` bytes), then integers and numbers in plain decimal without trailing zeros
 /// (`n10.5`, `n5`), instants in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day
 /// with six fraction digits, bytes in lowercase hex (text against bytes: its UTF-8 bytes),
-/// text as its length in characters, `:` and itself; `~` for NULL. Only text can hold `|` or `~`, and its length says where it
-/// ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
+/// text as its length in characters, `:` and itself; `~` for NULL. Only text can hold `|`
+/// or `~`, and its length says where it ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
 /// from a value trueup read.
 pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
     let q = quoted;
@@ -420,7 +420,9 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         // bytes) arrives converted to utf8mb4, the session's character set; a binary one
         // (`VARBINARY`, `BLOB`) as stored.
         (Engine::MySql, Form::Bytes) => {
-            format!("LOWER(HEX(IF(CHARSET({q}) = 'binary', {q}, CONVERT({q} USING utf8mb4))))")
+            // (Two hex strings meet in the IF, not two collations: a ucs2 column's would not
+            // mix with utf8mb4's.)
+            format!("LOWER(IF(CHARSET({q}) = 'binary', HEX({q}), HEX(CONVERT({q} USING utf8mb4))))")
         }
     };
     let class = match form {
@@ -474,11 +476,14 @@ pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Opti
         // the bytes of its UTF-8 form; bytes that are no UTF-8 have no text form.
         Value::Text(t) if other == Kind::Bytes => format!("b{}", hex::encode(t.as_bytes())),
         Value::Text(t) => format!("t{}:{t}", t.chars().count()),
-        Value::Bytes(b) if matches!(other, Kind::Text | Kind::PaddedText | Kind::Uuid) => {
-            let t = std::str::from_utf8(b).ok()?;
-            format!("t{}:{t}", t.chars().count())
-        }
-        Value::Bytes(b) => format!("b{}", hex::encode(b)),
+        // (Bytes that are no UTF-8 keep their own form, which no text has: their segment
+        // streams, and the merge reports them.)
+        Value::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(t) if matches!(other, Kind::Text | Kind::PaddedText | Kind::Uuid) => {
+                format!("t{}:{t}", t.chars().count())
+            }
+            _ => format!("b{}", hex::encode(b)),
+        },
         Value::Date(d) => format!("d{}", d.format("%Y-%m-%d")),
         // Six fraction digits say a whole microsecond only: finer instants have no form.
         Value::Time(t) if t.nanosecond() % 1000 != 0 => return None,
@@ -818,6 +823,19 @@ mod tests {
         assert_eq!(Form::shared(Naive, Timestamp), Ok(Form::Instant));
         assert_eq!(Form::shared(Text, Bytes), Ok(Form::Bytes));
         assert_eq!(Form::shared(Bytes, PaddedText), Ok(Form::Bytes));
+        // A SQLite value against the other side's kind: text and bytes as that side writes
+        // them, bytes that are no UTF-8 in a form no text has.
+        use crate::domain::Value;
+        let text = Value::Text("é|".into());
+        let bytes = Value::Bytes("é|".as_bytes().to_vec());
+        assert_eq!(canonical_value(&text, Bytes).as_deref(), Some("bc3a97c"));
+        assert_eq!(canonical_value(&bytes, Bytes).as_deref(), Some("bc3a97c"));
+        assert_eq!(canonical_value(&bytes, Text).as_deref(), Some("t2:é|"));
+        assert_eq!(canonical_value(&text, Text).as_deref(), Some("t2:é|"));
+        assert_eq!(
+            canonical_value(&Value::Bytes(vec![0xff]), Uuid).as_deref(),
+            Some("bff")
+        );
         for (l, r) in [
             (F64, F64),
             (Json, Json),

@@ -105,6 +105,11 @@ impl Digested {
     }
 }
 
+/// Whether text `t` is JSON equal to `json` (compared structurally).
+fn holds_json(t: &str, json: &serde_json::Value) -> bool {
+    serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| p == *json)
+}
+
 /// The start of a text, at most [`EVIDENCE_VALUE_CAP`] bytes, cut at a character boundary.
 pub fn text_prefix(s: &str) -> &str {
     &s[..s.floor_char_boundary(EVIDENCE_VALUE_CAP)]
@@ -207,15 +212,12 @@ impl Value {
             // Of text or of bytes alike, as below.
             (Digest(a), Digest(b)) => a.bytes == b.bytes && a.sha256 == b.sha256,
             (Digest(d), whole) | (whole, Digest(d)) => d.is_digest_of(whole),
-            (Json(j), Text(t)) | (Text(t), Json(j)) => {
-                serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| p == **j)
-            }
+            (Json(j), Text(t)) | (Text(t), Json(j)) => holds_json(t, j),
             (Text(t), Bytes(b)) | (Bytes(b), Text(t)) => t.as_bytes() == b.as_slice(),
             // MariaDB's JSON is text in `utf8mb4_bin`, which reads as bytes (as above).
-            (Json(j), Bytes(b)) | (Bytes(b), Json(j)) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                .is_some_and(|p| p == **j),
+            (Json(j), Bytes(b)) | (Bytes(b), Json(j)) => {
+                std::str::from_utf8(b).is_ok_and(|t| holds_json(t, j))
+            }
             _ => self.class() == other.class() && self.key_cmp(other) == Ordering::Equal,
         }
     }

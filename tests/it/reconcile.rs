@@ -13,7 +13,9 @@ use trueup::engine::{self, Collect, EngineError};
 use trueup::runner::{RunLimits, run_invariant, run_invariant_limited};
 use trueup::store::{self, StatusFilter, ViolationFilter};
 
-use crate::helpers::{TestMysql, TestPg, reconcile_invariant, reconcile_spec, sources};
+use crate::helpers::{
+    MODES, TestMysql, TestPg, evaluate_in, reconcile_invariant, reconcile_spec, sources,
+};
 
 fn reconcile(left: &str, right: &str, key: &[&str], compare: Option<&[&str]>) -> Invariant {
     let mut inv = reconcile_invariant("pg-mysql", ("pg", left), ("my", right), key);
@@ -432,22 +434,14 @@ async fn mariadb_utf8mb4_bin_text_equals_postgres_text_in_every_mode_and_a_key_n
         ("pg", "SELECT id, note FROM rb"),
         ("lite", "SELECT id, note FROM r"),
     ] {
-        for mode in [
-            ReconcileMode::Stream,
-            ReconcileMode::Checksum,
-            ReconcileMode::Auto,
-        ] {
-            let mut inv = reconcile_invariant(
+        for mode in MODES {
+            let inv = reconcile_invariant(
                 "text-bytes",
                 ("pg", "SELECT id, note FROM l"),
                 (right, query),
                 &["id"],
             );
-            reconcile_spec(&mut inv).mode = mode;
-            let mut found = Collect::default();
-            let stats = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
-                .await
-                .unwrap();
+            let (found, stats) = evaluate_in(inv, mode, &srcs).await;
             if mode == ReconcileMode::Checksum {
                 // Both forms hash alike: the equal rows' segments are not read.
                 let compared = stats.compared.unwrap();
@@ -459,7 +453,7 @@ async fn mariadb_utf8mb4_bin_text_equals_postgres_text_in_every_mode_and_a_key_n
                 );
             }
             let got: Vec<(ViolationKind, serde_json::Value)> =
-                found.0.iter().map(|v| (v.kind, v.key_json())).collect();
+                found.iter().map(|v| (v.kind, v.key_json())).collect();
             assert_eq!(
                 got,
                 vec![
@@ -533,22 +527,14 @@ async fn a_mysql_binary_collation_of_another_charset_checksums_the_bytes_it_read
     )
     .await;
     let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
-    for mode in [
-        ReconcileMode::Stream,
-        ReconcileMode::Checksum,
-        ReconcileMode::Auto,
-    ] {
-        let mut inv = reconcile(
+    for mode in MODES {
+        let inv = reconcile(
             "SELECT id, b, t FROM l",
             "SELECT id, b, t FROM r",
             &["id"],
             None,
         );
-        reconcile_spec(&mut inv).mode = mode;
-        let mut found = Collect::default();
-        let stats = engine::evaluate(&inv, &srcs, chrono::Utc::now(), &mut found)
-            .await
-            .unwrap();
+        let (found, stats) = evaluate_in(inv, mode, &srcs).await;
         if mode == ReconcileMode::Checksum {
             // Key 1000's segment summed alike on both sides and was not read.
             let compared = stats.compared.unwrap();
@@ -556,7 +542,6 @@ async fn a_mysql_binary_collation_of_another_charset_checksums_the_bytes_it_read
             assert_eq!(compared.rows_streamed, 2);
         }
         let got: Vec<(ViolationKind, serde_json::Value, serde_json::Value)> = found
-            .0
             .iter()
             .map(|v| (v.kind, v.key_json(), v.evidence["diff"].clone()))
             .collect();

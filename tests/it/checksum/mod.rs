@@ -13,15 +13,9 @@ use trueup::engine::{self, Collect};
 use trueup::runner::run_invariant;
 use trueup::source::Sources;
 
-use crate::helpers::{TestPg, reconcile_invariant, reconcile_spec, sources};
+use crate::helpers::{MODES, TestPg, evaluate_in, reconcile_invariant, reconcile_spec, sources};
 
 mod random;
-
-const MODES: [ReconcileMode; 3] = [
-    ReconcileMode::Stream,
-    ReconcileMode::Checksum,
-    ReconcileMode::Auto,
-];
 
 fn invariant(left: &str, right: &str, mode: ReconcileMode) -> Invariant {
     let mut inv = reconcile_invariant("checksummed", ("pg", left), ("pg", right), &["id"]);
@@ -32,12 +26,8 @@ fn invariant(left: &str, right: &str, mode: ReconcileMode) -> Invariant {
 type Found = BTreeSet<(ViolationKind, i64)>;
 
 async fn evaluate(inv: &Invariant, srcs: &Sources) -> (Found, RunStats) {
-    let mut sink = Collect::default();
-    let stats = engine::evaluate(inv, srcs, Utc::now(), &mut sink)
-        .await
-        .unwrap_or_else(|e| panic!("{:?}: {e}", mode_of(inv)));
-    let found = sink
-        .0
+    let (violations, stats) = evaluate_in(inv.clone(), mode_of(inv), srcs).await;
+    let found = violations
         .iter()
         .map(|v| match v.key.as_slice() {
             [Value::Int(k)] => (v.kind, *k),

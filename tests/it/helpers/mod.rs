@@ -302,6 +302,28 @@ pub fn reconcile_invariant(
     }
 }
 
+/// Every way a reconcile compares: each must find what a plain stream finds.
+pub const MODES: [trueup::domain::ReconcileMode; 3] = [
+    trueup::domain::ReconcileMode::Stream,
+    trueup::domain::ReconcileMode::Checksum,
+    trueup::domain::ReconcileMode::Auto,
+];
+
+/// `inv` (a reconcile) evaluated in `mode`: its violations and stats; a failure panics,
+/// naming the mode.
+pub async fn evaluate_in(
+    mut inv: trueup::domain::Invariant,
+    mode: trueup::domain::ReconcileMode,
+    srcs: &Sources,
+) -> (Vec<trueup::domain::Violation>, trueup::domain::RunStats) {
+    reconcile_spec(&mut inv).mode = mode;
+    let mut sink = trueup::engine::Collect::default();
+    let stats = trueup::engine::evaluate(&inv, srcs, chrono::Utc::now(), &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    (sink.0, stats)
+}
+
 /// The reconcile settings of `inv` (a reconcile), to change.
 pub fn reconcile_spec(inv: &mut trueup::domain::Invariant) -> &mut trueup::domain::ReconcileSpec {
     match &mut inv.spec {

@@ -370,7 +370,8 @@ pub enum Engine {
 /// day, `b` bytes), then integers and numbers in plain decimal without trailing zeros
 /// (`n10.5`, `n5`), instants in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day
 /// with six fraction digits, bytes in lowercase hex (text against bytes: its UTF-8 bytes),
-/// text as its length in characters, `:` and itself; `~` for NULL. Only text can hold `|`
+/// text as its length in characters, `:` and itself; `~` for NULL (on MySQL, a text or bytes
+/// value whose form would pass `max_allowed_packet`: `#` and an MD5). Only text can hold `|`
 /// or `~`, and its length says where it ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
 /// from a value trueup read.
 pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
@@ -433,13 +434,26 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
         Form::TimeOfDay => "h",
         Form::Bytes => "b",
     };
+    // MySQL's string functions give NULL, not an error, for a result longer than
+    // `max_allowed_packet` (16 MiB on MariaDB: the hex of an 8 MiB value). Such a value is
+    // written as `#` and the MD5 of the bytes its form spells out, which depends on it as
+    // its form does and which no other engine writes (its segment streams there); never as
+    // `~`, which would equal a NULL or any other value too long.
+    let too_long = |hashed: String| format!("CONCAT('#', {hashed})");
     match (engine, form) {
         (Engine::Postgres, Form::Text) => {
             format!("coalesce('t' || length({text})::text || ':' || {text}, '~')")
         }
-        (Engine::MySql, Form::Text) => {
-            format!("COALESCE(CONCAT('t', CHAR_LENGTH({text}), ':', {text}), '~')")
-        }
+        (Engine::MySql, Form::Text) => format!(
+            "COALESCE(CONCAT('t', CHAR_LENGTH({text}), ':', {text}), {}, '~')",
+            too_long(format!("MD5({text})"))
+        ),
+        (Engine::MySql, Form::Bytes) => format!(
+            "COALESCE(CONCAT('b', {text}), {}, '~')",
+            too_long(format!(
+                "IF(CHARSET({q}) = 'binary', MD5({q}), MD5(CONVERT({q} USING utf8mb4)))"
+            ))
+        ),
         (Engine::Postgres, _) => format!("coalesce('{class}' || {text}, '~')"),
         (Engine::MySql, _) => format!("COALESCE(CONCAT('{class}', {text}), '~')"),
     }
@@ -512,9 +526,17 @@ fn canonical_row_hash(engine: Engine, parts: &[String]) -> String {
             "('x' || substr(md5(concat_ws('|', {})), 1, 15))::bit(60)::int8",
             parts.join(", ")
         ),
+        // A row whose parts together are longer than `max_allowed_packet` (each fits; see
+        // [`canonical`]) is hashed by its parts' MD5s after a `#`, not dropped from the sum
+        // as a NULL: a form no other engine writes, so its segment streams there.
         Engine::MySql => format!(
-            "CAST(CONV(SUBSTRING(MD5(CONCAT_WS('|', {})), 1, 15), 16, 10) AS UNSIGNED)",
-            parts.join(", ")
+            "CAST(CONV(SUBSTRING(COALESCE(MD5(CONCAT_WS('|', {})), MD5(CONCAT_WS('|', '#', {}))), 1, 15), 16, 10) AS UNSIGNED)",
+            parts.join(", "),
+            parts
+                .iter()
+                .map(|p| format!("MD5({p})"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -558,6 +558,84 @@ async fn a_mysql_binary_collation_of_another_charset_checksums_the_bytes_it_read
     srcs.close().await;
 }
 
+/// MySQL's string functions give NULL, not an error, for a result longer than
+/// `max_allowed_packet` (16 MiB here): the hex of a 9 MB value. A checksum must not take two
+/// such values for equal (key 1), nor one for a NULL (key 1000), nor drop from its sum a row
+/// whose values only together are that long (key 2000); two equal long values still sum
+/// alike on MySQL (key 3000: not read there).
+#[tokio::test]
+async fn values_too_long_for_mysql_string_functions_still_differ_in_a_checksum() {
+    let (pg, left, right) = (
+        TestPg::new().await,
+        TestMysql::new().await,
+        TestMysql::new().await,
+    );
+    // `n` copies of `c`, as each engine writes it.
+    let my_long = |c: char, n: u32| format!("REPEAT('{c}', {n})");
+    let pg_long = |c: char, n: u32| format!("convert_to(repeat('{c}', {n}), 'UTF8')");
+    let rows = |long: &dyn Fn(char, u32) -> String, a: char, x: Option<char>, b: char| {
+        [
+            format!("(1, {}, NULL)", long(a, 9_000_000)),
+            format!(
+                "(1000, {}, NULL)",
+                x.map_or("NULL".to_owned(), |x| long(x, 9_000_000))
+            ),
+            format!("(2000, {}, {})", long('c', 4_500_000), long(b, 4_500_000)),
+            format!("(3000, {}, NULL)", long('e', 9_000_000)),
+        ]
+    };
+    let create = "CREATE TABLE t (id BIGINT PRIMARY KEY, a LONGBLOB, b LONGBLOB);";
+    left.exec(create).await;
+    right.exec(create).await;
+    pg.exec("CREATE TABLE t (id bigint PRIMARY KEY, a bytea, b bytea);")
+        .await;
+    // (One row a statement: InnoDB refuses a transaction of long values past a tenth of
+    // its redo log.)
+    let (lefts, rights) = (
+        rows(&my_long, 'a', None, 'd'),
+        rows(&my_long, 'b', Some('x'), 'D'),
+    );
+    for ((l, r), p) in lefts
+        .iter()
+        .zip(&rights)
+        .zip(rows(&pg_long, 'a', None, 'd'))
+    {
+        left.exec(&format!("INSERT INTO t VALUES {l}")).await;
+        right.exec(&format!("INSERT INTO t VALUES {r}")).await;
+        pg.exec(&format!("INSERT INTO t VALUES {p}")).await;
+    }
+    let srcs = sources(&[
+        ("pg", &pg.reader_url),
+        ("my", &left.reader_url),
+        ("my2", &right.reader_url),
+    ])
+    .await;
+    for (left, rows_read) in [("my", 6), ("pg", 8)] {
+        for mode in MODES {
+            let inv = reconcile_invariant(
+                "too-long",
+                (left, "SELECT id, a, b FROM t"),
+                ("my2", "SELECT id, a, b FROM t"),
+                &["id"],
+            );
+            let (found, stats) = evaluate_in(inv, mode, &srcs).await;
+            if mode == ReconcileMode::Checksum {
+                let compared = stats.compared.unwrap();
+                assert_eq!(compared.method, CompareMethod::Checksum, "{left}");
+                assert_eq!(compared.rows_streamed, rows_read, "{left}");
+            }
+            let got: Vec<(ViolationKind, serde_json::Value)> =
+                found.iter().map(|v| (v.kind, v.key_json())).collect();
+            assert_eq!(
+                got,
+                [1, 1000, 2000].map(|k| (ViolationKind::Mismatch, json!([k]))),
+                "{left} {mode:?}"
+            );
+        }
+    }
+    srcs.close().await;
+}
+
 #[tokio::test]
 async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
     let dir = tempfile::tempdir().unwrap();

@@ -370,10 +370,10 @@ pub enum Engine {
 /// day, `b` bytes), then integers and numbers in plain decimal without trailing zeros
 /// (`n10.5`, `n5`), instants in UTC as `YYYY-MM-DD HH:MM:SS.ffffff`, dates, times of day
 /// with six fraction digits, bytes in lowercase hex (text against bytes: its UTF-8 bytes),
-/// text as its length in characters, `:` and itself; `~` for NULL (on MySQL, a text or bytes
-/// value whose form would pass `max_allowed_packet`: `#` and an MD5). Only text can hold `|`
-/// or `~`, and its length says where it ends, so parts joined by `|` read back one way only. [`canonical_value`] writes the same
-/// from a value trueup read.
+/// text as its length in characters, `:` and itself; `~` for NULL. On MySQL, a text or bytes
+/// value whose form would pass `max_allowed_packet` is `#` and the MD5 of its bytes. Only text
+/// can hold `|` or `~`, and its length says where it ends, so parts joined by `|` read back
+/// one way only. [`canonical_value`] writes the same from a value trueup read.
 pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) -> String {
     let q = quoted;
     let text = match (engine, form) {

@@ -94,6 +94,11 @@ impl Bulk {
             // stops the whole read.
             .read_timeout(Some(deadline(timeout_ms)))
             .write_timeout(Some(deadline(timeout_ms)))
+            // The client otherwise takes the server's `max_allowed_packet` (16 MiB on
+            // MariaDB) and fails a longer row with "Packet is larger than max_allowed_packet":
+            // as on sqlx's path, every row the server sends arrives (the protocol's limit is
+            // 1 GiB), and one over `MAX_ROW_BYTES` is refused by name. (One round trip less.)
+            .max_allowed_packet(Some(1 << 30))
             .init(vec![
                 // sqlx's session, so that a statement means the same on both connections.
                 "SET sql_mode=(SELECT CONCAT(@@sql_mode, ',PIPES_AS_CONCAT,NO_ENGINE_SUBSTITUTION')), \

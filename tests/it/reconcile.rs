@@ -559,10 +559,13 @@ async fn a_mysql_binary_collation_of_another_charset_checksums_the_bytes_it_read
 }
 
 /// MySQL's string functions give NULL, not an error, for a result longer than
-/// `max_allowed_packet` (16 MiB here): the hex of a 9 MB value. A checksum must not take two
-/// such values for equal (key 1), nor one for a NULL (key 1000), nor drop from its sum a row
-/// whose values only together are that long (key 2000); two equal long values still sum
-/// alike on MySQL (key 3000: not read there).
+/// `max_allowed_packet` (16 MiB on MariaDB): the hex of an 8.5 MB value. A checksum must not
+/// take two such values for equal (key 1), nor one for a NULL (key 1000), nor drop from its
+/// sum a row whose values only together are that long (key 2000); two equal long values
+/// still sum alike on MySQL (key 3000: not read there). The same for text, whose form
+/// overflows with its UTF-8 (a latin1 `é` is one byte stored and two read), and for text
+/// against bytes. (Values under 10 MB: InnoDB refuses a transaction of long values past a
+/// tenth of its redo log, 96 MiB by default.)
 #[tokio::test]
 async fn values_too_long_for_mysql_string_functions_still_differ_in_a_checksum() {
     let (pg, left, right) = (
@@ -570,27 +573,42 @@ async fn values_too_long_for_mysql_string_functions_still_differ_in_a_checksum()
         TestMysql::new().await,
         TestMysql::new().await,
     );
-    // `n` copies of `c`, as each engine writes it.
-    let my_long = |c: char, n: u32| format!("REPEAT('{c}', {n})");
+    let limit: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+        .fetch_one(&mut left.connect().await)
+        .await
+        .unwrap();
+    assert!(
+        limit <= 16 << 20,
+        "this test overflows a max_allowed_packet of at most 16 MiB, not {limit}"
+    );
+    // `n` copies of a character (its code in latin1, as MySQL writes it), as each engine
+    // writes it.
+    let my_long = |c: char, n: u32| format!("REPEAT(_latin1 X'{:02X}', {n})", c as u32);
     let pg_long = |c: char, n: u32| format!("convert_to(repeat('{c}', {n}), 'UTF8')");
     let rows = |long: &dyn Fn(char, u32) -> String, a: char, x: Option<char>, b: char| {
         [
-            format!("(1, {}, NULL)", long(a, 9_000_000)),
+            format!("(1, {}, NULL)", long(a, 8_500_000)),
             format!(
                 "(1000, {}, NULL)",
-                x.map_or("NULL".to_owned(), |x| long(x, 9_000_000))
+                x.map_or("NULL".to_owned(), |x| long(x, 8_500_000))
             ),
             format!("(2000, {}, {})", long('c', 4_500_000), long(b, 4_500_000)),
-            format!("(3000, {}, NULL)", long('e', 9_000_000)),
+            format!("(3000, {}, NULL)", long('e', 8_500_000)),
         ]
     };
-    let create = "CREATE TABLE t (id BIGINT PRIMARY KEY, a LONGBLOB, b LONGBLOB);";
-    left.exec(create).await;
-    right.exec(create).await;
+    let both = async |sql: &str| {
+        left.exec(sql).await;
+        right.exec(sql).await;
+    };
+    both(
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, a LONGBLOB, b LONGBLOB);
+          CREATE TABLE lt (id BIGINT PRIMARY KEY, t LONGTEXT CHARACTER SET latin1);
+          CREATE TABLE rb (id BIGINT PRIMARY KEY, b LONGBLOB);",
+    )
+    .await;
     pg.exec("CREATE TABLE t (id bigint PRIMARY KEY, a bytea, b bytea);")
         .await;
-    // (One row a statement: InnoDB refuses a transaction of long values past a tenth of
-    // its redo log.)
+    // One row a statement, for the redo log.
     let (lefts, rights) = (
         rows(&my_long, 'a', None, 'd'),
         rows(&my_long, 'b', Some('x'), 'D'),
@@ -604,33 +622,89 @@ async fn values_too_long_for_mysql_string_functions_still_differ_in_a_checksum()
         right.exec(&format!("INSERT INTO t VALUES {r}")).await;
         pg.exec(&format!("INSERT INTO t VALUES {p}")).await;
     }
+    // Text: 8.4M `é` is 16.8 MB of UTF-8. Text against bytes: 4.2M is 16.8 MB of hex.
+    for (side, text) in [(&left, 'é'), (&right, 'è')] {
+        side.exec(&format!(
+            "INSERT INTO lt VALUES (1, {})",
+            my_long(text, 8_400_000)
+        ))
+        .await;
+        side.exec(&format!(
+            "INSERT INTO lt VALUES (1000, {})",
+            my_long('é', 8_400_000)
+        ))
+        .await;
+        side.exec(&format!(
+            "INSERT INTO lt VALUES (2000, {})",
+            my_long('é', 4_200_000)
+        ))
+        .await;
+        side.exec(&format!(
+            "INSERT INTO lt VALUES (3000, {})",
+            my_long(text, 4_200_000)
+        ))
+        .await;
+    }
+    for (id, utf8) in [(2000, "C3A9"), (3000, "C3A8")] {
+        right
+            .exec(&format!(
+                "INSERT INTO rb VALUES ({id}, REPEAT(X'{utf8}', 4200000))"
+            ))
+            .await;
+    }
     let srcs = sources(&[
         ("pg", &pg.reader_url),
         ("my", &left.reader_url),
         ("my2", &right.reader_url),
     ])
     .await;
-    for (left, rows_read) in [("my", 6), ("pg", 8)] {
+    for (left, query, right_query, differing, rows_read) in [
+        (
+            "my",
+            "SELECT id, a, b FROM t",
+            "SELECT id, a, b FROM t",
+            &[1, 1000, 2000][..],
+            6,
+        ),
+        (
+            "pg",
+            "SELECT id, a, b FROM t",
+            "SELECT id, a, b FROM t",
+            &[1, 1000, 2000],
+            8,
+        ),
+        // As text: keys 1 (too long) and 3000 (fits) differ.
+        (
+            "my",
+            "SELECT id, t FROM lt",
+            "SELECT id, t FROM lt",
+            &[1, 3000],
+            4,
+        ),
+        // Keys 2000 and 3000, as latin1 text against UTF-8 bytes.
+        (
+            "my",
+            "SELECT id, t FROM lt WHERE id >= 2000",
+            "SELECT id, b AS t FROM rb",
+            &[3000],
+            2,
+        ),
+    ] {
         for mode in MODES {
-            let inv = reconcile_invariant(
-                "too-long",
-                (left, "SELECT id, a, b FROM t"),
-                ("my2", "SELECT id, a, b FROM t"),
-                &["id"],
-            );
+            let inv = reconcile_invariant("too-long", (left, query), ("my2", right_query), &["id"]);
             let (found, stats) = evaluate_in(inv, mode, &srcs).await;
             if mode == ReconcileMode::Checksum {
                 let compared = stats.compared.unwrap();
-                assert_eq!(compared.method, CompareMethod::Checksum, "{left}");
-                assert_eq!(compared.rows_streamed, rows_read, "{left}");
+                assert_eq!(compared.method, CompareMethod::Checksum, "{left} {query}");
+                assert_eq!(compared.rows_streamed, rows_read, "{left} {query}");
             }
             let got: Vec<(ViolationKind, serde_json::Value)> =
                 found.iter().map(|v| (v.kind, v.key_json())).collect();
-            assert_eq!(
-                got,
-                [1, 1000, 2000].map(|k| (ViolationKind::Mismatch, json!([k]))),
-                "{left} {mode:?}"
-            );
+            let want: Vec<_> = differing
+                .iter()
+                .map(|k| (ViolationKind::Mismatch, json!([k])))
+                .collect();
+            assert_eq!(got, want, "{left} {query} {mode:?}");
         }
     }
     srcs.close().await;

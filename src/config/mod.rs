@@ -402,6 +402,32 @@ impl Config {
     }
 }
 
+/// What is wrong with the session a MySQL/MariaDB URL asks for, if anything: the settings
+/// that would change the values trueup reads or writes. Its character set (`charset`,
+/// `collation`) must be utf8mb4, in which every character passes as it is: in another one, a
+/// character it lacks becomes `?`, so two different texts would read alike. Its time zone
+/// (`timezone`) must be UTC: the protocol carries a TIMESTAMP without its offset, and trueup
+/// takes it as UTC, so another zone would shift every instant. (A URL that does not parse is
+/// left to the connect, which says why.)
+fn mysql_session_problem(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let utc = |zone: &str| {
+        zone.eq_ignore_ascii_case("utc") || matches!(zone, "+00:00" | "-00:00" | "+0:00")
+    };
+    url.query_pairs().find_map(|(key, value)| match &*key {
+        "charset" if !value.eq_ignore_ascii_case("utf8mb4") => Some(format!(
+            "its URL sets `charset={value}`; trueup's MySQL sessions are utf8mb4, in which every character passes as it is (in {value}, a character it lacks becomes `?`, and two different texts would read alike); remove `charset` from the URL"
+        )),
+        "collation" if !value.to_ascii_lowercase().starts_with("utf8mb4_") => Some(format!(
+            "its URL sets `collation={value}`, which is not a utf8mb4 collation; trueup's MySQL sessions are utf8mb4, in which every character passes as it is; remove `collation` from the URL"
+        )),
+        "timezone" | "time-zone" if !utc(&value) => Some(format!(
+            "its URL sets `{key}={value}`; trueup's MySQL sessions run in UTC: the protocol carries a TIMESTAMP without its offset, and in another time zone every one read or written would be shifted; remove `{key}` from the URL"
+        )),
+        _ => None,
+    })
+}
+
 /// Makes a relative SQLite path relative to `base` (the config file's folder), so a config
 /// works from any working directory.
 pub fn resolve_sqlite_path(url: &str, base: &Path) -> String {

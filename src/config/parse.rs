@@ -352,6 +352,16 @@ fn sources(
                 continue;
             }
         };
+        if kind == SourceKind::MySql
+            && let Some(problem) = mysql_session_problem(url.expose())
+        {
+            errors.push(Diagnostic::at(
+                path,
+                url_field.referenced,
+                format!("source `{name}`: {problem}"),
+            ));
+            continue;
+        }
         let statement_timeout = match &src.statement_timeout {
             Some(t) => match HumanDuration::parse(&t.value) {
                 Ok(d) => d,

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::secret::{expand_env, expand_secret_url};
-use super::{SecretUrl, SourceKind, header_holds_a_secret, resolve_sqlite_path};
+use super::{
+    SecretUrl, SourceKind, header_holds_a_secret, mysql_session_problem, resolve_sqlite_path,
+};
 use crate::diagnostic::Diagnostic;
 use crate::domain::{HumanDuration, Severity, TargetName};
 
@@ -211,6 +213,11 @@ pub(super) fn parse_target(
                     "start the URL with postgres://, mysql:// or sqlite:// (a database), nats:// (a JetStream stream) or redis:// (Redis streams)".into(),
                 )
             })?;
+            if kind == SourceKind::MySql
+                && let Some(problem) = mysql_session_problem(expanded.expose())
+            {
+                return Err(err(url.referenced, problem));
+            }
             let expanded = match kind {
                 SourceKind::Sqlite => expanded.map(|u| resolve_sqlite_path(u, base)),
                 _ => expanded,

@@ -808,3 +808,58 @@ fn retention_is_a_duration_of_an_hour_or_more() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mysql_url_asking_for_another_character_set_or_time_zone_is_refused_with_the_line_and_the_fix()
+{
+    for (query, says) in [
+        (
+            "charset=latin1",
+            "its URL sets `charset=latin1`; trueup's MySQL sessions are utf8mb4, in which every character passes as it is (in latin1, a character it lacks becomes `?`, and two different texts would read alike); remove `charset` from the URL",
+        ),
+        (
+            "ssl-mode=disabled&collation=latin1_bin",
+            "its URL sets `collation=latin1_bin`, which is not a utf8mb4 collation; trueup's MySQL sessions are utf8mb4, in which every character passes as it is; remove `collation` from the URL",
+        ),
+        (
+            "timezone=%2B02:00",
+            "its URL sets `timezone=+02:00`; trueup's MySQL sessions run in UTC: the protocol carries a TIMESTAMP without its offset, and in another time zone every one read or written would be shifted; remove `timezone` from the URL",
+        ),
+        (
+            "time-zone=SYSTEM",
+            "its URL sets `time-zone=SYSTEM`; trueup's MySQL sessions run in UTC",
+        ),
+        (
+            "timezone=",
+            "its URL sets `timezone=`; trueup's MySQL sessions run in UTC",
+        ),
+    ] {
+        let url = format!("mysql://app@db/ledger?{query}");
+        let err = parse(&format!("sources:\n  ledger:\n    url: \"{url}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("conf/trueup.yaml:3:10: source `ledger`: {says}")),
+            "{err}"
+        );
+        // A target writes through the same session.
+        let err = parse(&format!("targets:\n  ledger:\n    url: \"{url}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trueup.yaml:3:"), "{err}");
+        assert!(err.contains(&format!("targets.ledger: {says}")), "{err}");
+    }
+    for query in [
+        "charset=UTF8MB4&collation=utf8mb4_bin",
+        "timezone=%2B00:00",
+        "time-zone=UTC",
+    ] {
+        let url = format!("mysql://app@db/ledger?{query}");
+        parse(&format!("sources:\n  ledger:\n    url: \"{url}\"\n"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        parse(&format!("targets:\n  ledger:\n    url: \"{url}\"\n"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    // The same settings mean nothing to PostgreSQL's URLs, which sqlx reads its own way.
+    parse("sources:\n  pg:\n    url: \"postgres://app@db/ledger?timezone=%2B02:00\"\n").unwrap();
+}

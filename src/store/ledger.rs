@@ -473,7 +473,11 @@ macro_rules! impl_store {
                     .fetch_one(&mut *tx)
                     .await?
                 };
-                if let Some(marks) = &stats.marks {
+                // A truncated run stored only some of what it found: its marks would have the
+                // next incremental run skip the rest (their keys may change on neither side
+                // again), and its full pass would put off the next one. The next run reads
+                // from the previous marks again.
+                if let Some(marks) = stats.marks.as_ref().filter(|_| !stats.truncated) {
                     sqlx::query(
                         "INSERT INTO watermarks (invariant, definition, left_mark, right_mark, full_at, run_id) \
                          VALUES ($1, $2, $3, $4, $5, $6) \

@@ -1,5 +1,6 @@
 //! The ledger of incremental runs, the same on both store backends: a violation the run did
-//! not see resolves only on a key it covered; the watermark moves only with a completed run.
+//! not see resolves only on a key it covered; the watermark moves only with a completed run
+//! that stored all it found.
 
 use std::sync::Arc;
 
@@ -162,6 +163,26 @@ async fn coverage_story(store: Arc<dyn Store>) {
         statuses(store, &inv).await,
         [(1, Resolved), (2, Open), (3, Resolved), (4, Resolved)]
     );
+
+    // A truncated full pass (over its violation budget: key 5 stored, one more found) resolves
+    // nothing and leaves the marks and the last full pass where they were: its marks would
+    // have the next incremental run skip what it did not store.
+    let before = store.watermark(&inv).await.unwrap().unwrap();
+    let id = store.begin_run(&inv, Utc::now()).await.unwrap();
+    store.observe(id, &inv, 0, &[missing(5)]).await.unwrap();
+    let stats = RunStats {
+        observed: 2,
+        truncated: true,
+        coverage: Coverage::Full,
+        marks: Some(marks(6)),
+        ..Default::default()
+    };
+    let truncated = store
+        .complete_run(id, &inv, &stats, Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!((truncated.new, truncated.resolved), (1, 0));
+    assert_eq!(store.watermark(&inv).await.unwrap().unwrap(), before);
 }
 
 #[tokio::test]

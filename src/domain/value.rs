@@ -334,33 +334,68 @@ pub fn json_size(j: &serde_json::Value) -> usize {
     }
 }
 
+/// Numbers compare by value. Integers and decimals exactly; a float as the shortest decimal
+/// that reads back as it (what it prints as: `0.1`), so that a decimal equals a float only
+/// when it is that decimal, and an integer only when the float is that integer. (Compared as
+/// doubles, `9007199254740993` equalled `9007199254740992.0`, and `0.100000000000000000001`
+/// equalled `0.1`.) Each number stands for one decimal, and floats for theirs in their order,
+/// so the order is total; NaN sorts last, and `-0.0 = 0.0`, as databases say.
 fn numeric_cmp(a: &Value, b: &Value) -> Ordering {
-    match (as_decimal(a), as_decimal(b)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        // Equal numbers are equal (so -0.0 = 0.0, as databases say); NaN sorts last.
-        _ => {
-            let (x, y) = (as_f64(a), as_f64(b));
-            x.partial_cmp(&y)
-                .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
-        }
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => float_cmp(*x, *y),
+        (Value::Float(f), n) => float_against(*f, n),
+        (n, Value::Float(f)) => float_against(*f, n).reverse(),
+        _ => match (as_decimal(a), as_decimal(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            // Never two numbers that are not floats; a total order all the same.
+            _ => Ordering::Equal,
+        },
     }
+}
+
+fn float_cmp(x: f64, y: f64) -> Ordering {
+    x.partial_cmp(&y)
+        .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
+}
+
+/// Where float `f` lies against `n`, an integer or a decimal.
+fn float_against(f: f64, n: &Value) -> Ordering {
+    let Some(exact) = as_decimal(n) else {
+        return Ordering::Equal;
+    };
+    if f.is_nan() {
+        return Ordering::Greater;
+    }
+    if let Some(d) = shortest_decimal(f) {
+        return d.cmp(&exact);
+    }
+    // A float past a decimal's range (beyond 7.9e28, or more than 28 digits after the point)
+    // is no integer or decimal: ordered as a double, and on a tie by its sign (never equal).
+    match f.partial_cmp(&exact.to_f64().unwrap_or(0.0)) {
+        Some(Ordering::Equal) | None if f > 0.0 => Ordering::Greater,
+        Some(Ordering::Equal) | None => Ordering::Less,
+        Some(o) => o,
+    }
+}
+
+/// The shortest decimal that reads back as `f` (Rust prints a float so), if a decimal can
+/// hold it; `None` for NaN, ±infinity and floats past a decimal's range or scale.
+pub(crate) fn shortest_decimal(f: f64) -> Option<Decimal> {
+    if !f.is_finite() {
+        return None;
+    }
+    // An integer below 2^53 is its own shortest decimal, without printing it.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        return Some(Decimal::from(f as i64));
+    }
+    Decimal::from_str_exact(&f.to_string()).ok()
 }
 
 fn as_decimal(v: &Value) -> Option<Decimal> {
     match v {
         Value::Int(i) => Some(Decimal::from(*i)),
         Value::Decimal(d) => Some(*d),
-        // Floats compare as floats: converting them to decimals would invent digits.
         _ => None,
-    }
-}
-
-fn as_f64(v: &Value) -> f64 {
-    match v {
-        Value::Int(i) => *i as f64,
-        Value::Decimal(d) => d.to_f64().unwrap_or(f64::NAN),
-        Value::Float(f) => *f,
-        _ => f64::NAN,
     }
 }
 
@@ -450,6 +485,48 @@ mod tests {
         assert!(!dec("10.50").same_as(&dec("10.51")));
         assert!(Value::Float(2.5).same_as(&dec("2.5")));
         assert_eq!(Value::Int(9).key_cmp(&dec("10")), Ordering::Less);
+    }
+
+    #[test]
+    fn a_float_equals_only_the_decimal_it_prints_as_and_orders_among_them() {
+        assert!(Value::Float(0.1).same_as(&dec("0.1")));
+        assert!(Value::Float(0.1).same_as(&dec("0.10")));
+        assert!(!Value::Float(0.1).same_as(&dec("0.100000000000000000001")));
+        assert!(!dec("0.30000000000000001").same_as(&Value::Float(0.1 + 0.2)));
+        assert!(dec("0.30000000000000004").same_as(&Value::Float(0.1 + 0.2)));
+        // 2^53 + 1 is no double: as doubles, the two were equal.
+        assert!(!Value::Int(9_007_199_254_740_993).same_as(&Value::Float(9_007_199_254_740_992.0)));
+        assert!(Value::Int(9_007_199_254_740_992).same_as(&Value::Float(9_007_199_254_740_992.0)));
+        assert!(Value::Int(-3).same_as(&Value::Float(-3.0)));
+        assert!(Value::Int(0).same_as(&Value::Float(-0.0)));
+        assert!(dec("1e20").same_as(&Value::Float(1e20)));
+        assert_eq!(
+            Value::Int(9_007_199_254_740_993).key_cmp(&Value::Float(9_007_199_254_740_992.0)),
+            Ordering::Greater
+        );
+        assert_eq!(dec("0.1").key_cmp(&Value::Float(0.2)), Ordering::Less);
+        assert_eq!(
+            Value::Float(0.1).key_cmp(&dec("0.100000000000000000001")),
+            Ordering::Less
+        );
+        // Past a decimal's range or scale: never equal, ordered as doubles.
+        assert_eq!(
+            Value::Float(1e30).key_cmp(&dec("79228162514264337593543950335")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            Value::Float(-1e30).key_cmp(&Value::Int(i64::MIN)),
+            Ordering::Less
+        );
+        assert!(!Value::Float(1.2345678901234567e-20).same_as(&dec("0")));
+        assert_eq!(
+            Value::Float(1.2345678901234567e-20).key_cmp(&dec("0")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            Value::Float(f64::INFINITY).key_cmp(&Value::Int(i64::MAX)),
+            Ordering::Greater
+        );
     }
 
     #[test]

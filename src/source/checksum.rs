@@ -461,8 +461,9 @@ pub(crate) fn canonical(engine: Engine, quoted: &str, kind: Kind, form: Form) ->
 
 /// [`canonical`]'s text of a value trueup read (a SQLite side's, summarised in process);
 /// `None` for a value with no canonical form (JSON, a digest, a float beyond a decimal's
-/// range or not finite). A float is written as the decimal it exactly is, so it matches a
-/// number the other side holds only when the two are equal.
+/// range or not finite). A float is written as the shortest decimal that reads back as it,
+/// as the merge compares it, so it matches a number the other side holds only when the merge
+/// calls them equal.
 pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Option<String> {
     use crate::domain::Value;
     use chrono::Timelike;
@@ -482,10 +483,7 @@ pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Opti
         // A decimal or a float never equals a boolean.
         Value::Decimal(_) | Value::Float(_) if other == Kind::Bool => return None,
         Value::Decimal(d) => format!("n{}", d.normalize()),
-        Value::Float(f) => format!(
-            "n{}",
-            rust_decimal::Decimal::from_f64_retain(*f)?.normalize()
-        ),
+        Value::Float(f) => format!("n{}", crate::domain::shortest_decimal(*f)?.normalize()),
         // Text against bytes (and bytes against text) in the other side's form: text equals
         // the bytes of its UTF-8 form; bytes that are no UTF-8 have no text form.
         Value::Text(t) if other == Kind::Bytes => format!("b{}", hex::encode(t.as_bytes())),

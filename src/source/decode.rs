@@ -202,9 +202,37 @@ pub(crate) fn unsupported(source: &SourceName, column: &str, db_type: &str) -> S
     }
 }
 
-/// Reads SQLite text as the declared date/time type when it parses as one; otherwise keeps it.
+/// The text forms of dates and times a SQLite column may hold, digit for digit. chrono's
+/// parser alone is lenient: it takes `2026-3-1` and ` 2026-03-01` for 2026-03-01 (which
+/// SQLite's own `date()` refuses), and drops fraction digits past the ninth, so two different
+/// texts would read as one instant.
+static SQLITE_SHAPES: std::sync::LazyLock<[regex::Regex; 3]> = std::sync::LazyLock::new(|| {
+    const DATE: &str = "[0-9]{4}-[0-9]{2}-[0-9]{2}";
+    const TIME: &str = "[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\\.[0-9]{1,9})?";
+    [
+        format!("^{DATE}$"),
+        format!("^{TIME}$"),
+        format!(
+            "^{DATE}[ T][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\\.[0-9]{{1,9}})?)?(?:Z|[+-][0-9]{{2}}:?[0-9]{{2}})?$"
+        ),
+    ]
+    .map(|shape| regex::Regex::new(&shape).expect("a fixed pattern"))
+});
+
+/// Reads SQLite text as the declared date/time type when it is one, written in full (see
+/// [`SQLITE_SHAPES`]); otherwise keeps it as text, which equals no date or time.
 pub(crate) fn sqlite_text(text: &str, hint: SqliteHint) -> Value {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
+    let [date, time, datetime] = &*SQLITE_SHAPES;
+    let shaped = match hint {
+        SqliteHint::Date => date.is_match(text),
+        SqliteHint::Time => time.is_match(text),
+        SqliteHint::Datetime => datetime.is_match(text),
+        SqliteHint::Bool | SqliteHint::None => false,
+    };
+    if !shaped {
+        return Value::Text(text.into());
+    }
     match hint {
         SqliteHint::Datetime => {
             if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -305,10 +333,32 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_text_that_is_not_a_date_stays_text() {
+    fn sqlite_text_that_is_not_a_date_written_in_full_stays_text() {
+        for (text, hint) in [
+            ("soon", SqliteHint::Datetime),
+            // chrono alone would read these as 2026-03-01 (and 12:30:00.123456789).
+            ("2026-3-1", SqliteHint::Date),
+            (" 2026-03-01", SqliteHint::Date),
+            ("2026-03-01 ", SqliteHint::Date),
+            ("2026-03-01 12:30", SqliteHint::Date),
+            ("12:30:00.1234567891", SqliteHint::Time),
+            ("2026-03-01 12:30:00.1234567891", SqliteHint::Datetime),
+            ("2026-03-01 2:30:00", SqliteHint::Datetime),
+            ("2026-03-01  12:30:00", SqliteHint::Datetime),
+            ("2026-03-01 12:30:00 +02:00", SqliteHint::Datetime),
+            ("１２:30:00", SqliteHint::Time),
+        ] {
+            assert_eq!(sqlite_text(text, hint), Value::Text(text.into()), "{text}");
+        }
+        let read = |text, hint| sqlite_text(text, hint).to_string();
+        assert_eq!(read("2026-03-01", SqliteHint::Date), "2026-03-01");
         assert_eq!(
-            sqlite_text("soon", SqliteHint::Datetime),
-            Value::Text("soon".into())
+            read("12:30:00.123456789", SqliteHint::Time),
+            "12:30:00.123456789"
+        );
+        assert_eq!(
+            read("2026-03-01 14:30:00+0200", SqliteHint::Datetime),
+            read("2026-03-01T12:30:00Z", SqliteHint::Datetime)
         );
     }
 }

@@ -109,7 +109,13 @@ fn decode(kind: Kind, raw: SqliteValueRef<'_>) -> DecodeResult {
     }
     let storage = raw.type_info().name().to_owned();
     Ok(match (storage.as_str(), hint) {
-        ("INTEGER", SqliteHint::Bool) => Value::Bool(d::<i64>(raw)? != 0),
+        // A declared BOOLEAN holds any integer: only 0 and 1 are the booleans (SQLite's own
+        // `flag = 1` is false for 2); another stays the integer it is, equal to no boolean.
+        ("INTEGER", SqliteHint::Bool) => match d::<i64>(raw)? {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            other => Value::Int(other),
+        },
         ("INTEGER", SqliteHint::Datetime) => {
             let secs: i64 = d(raw)?;
             chrono::DateTime::from_timestamp(secs, 0)

@@ -710,6 +710,76 @@ async fn values_too_long_for_mysql_string_functions_still_differ_in_a_checksum()
     srcs.close().await;
 }
 
+/// Values that differ are never read alike, in any mode: a decimal with more digits than the
+/// float it is compared with (key 2), an integer past a double's 2^53 (key 3), a SQLite
+/// BOOLEAN holding 2 (key 4) and a SQLite DATE not written in full (key 5). Key 1 holds the
+/// same values written as each engine writes them, key 6 numbers a double holds exactly.
+#[tokio::test]
+async fn values_that_differ_past_a_doubles_precision_or_in_form_are_never_read_alike() {
+    let pg = TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, amount numeric, big bigint, flag boolean, day date);
+         INSERT INTO l VALUES
+           (1, 0.1, 9007199254740992, true, '2026-03-01'),
+           (2, 0.100000000000000000001, 1, false, '2026-03-01'),
+           (3, 0.3, 9007199254740993, false, '2026-03-01'),
+           (4, 0.3, 1, true, '2026-03-01'),
+           (5, 0.3, 1, false, '2026-03-01'),
+           (6, 2.5, -7, false, '2026-12-31');",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lite = dir.path().join("r.db");
+    crate::helpers::sqlite_file(
+        &lite,
+        "CREATE TABLE r (id INTEGER PRIMARY KEY, amount REAL, big REAL, flag BOOLEAN, day DATE);
+         INSERT INTO r VALUES
+           (1, 0.1, 9007199254740992.0, 1, '2026-03-01'),
+           (2, 0.1, 1.0, 0, '2026-03-01'),
+           (3, 0.3, 9007199254740992.0, 0, '2026-03-01'),
+           (4, 0.3, 1.0, 2, '2026-03-01'),
+           (5, 0.3, 1.0, 0, '2026-3-1'),
+           (6, 2.5, -7.0, 0, '2026-12-31');",
+    )
+    .await;
+    let srcs = sources(&[
+        ("pg", &pg.reader_url),
+        ("lite", &crate::helpers::sqlite_url(&lite)),
+    ])
+    .await;
+    for mode in MODES {
+        let inv = reconcile_invariant(
+            "precise",
+            ("pg", "SELECT id, amount, big, flag, day FROM l"),
+            ("lite", "SELECT id, amount, big, flag, day FROM r"),
+            &["id"],
+        );
+        let (found, _) = evaluate_in(inv, mode, &srcs).await;
+        let got: Vec<(ViolationKind, serde_json::Value, serde_json::Value)> = found
+            .iter()
+            .map(|v| {
+                let columns = v.evidence["diff"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["column"].clone())
+                    .collect();
+                (v.kind, v.key_json(), columns)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(2, "amount"), (3, "big"), (4, "flag"), (5, "day")].map(|(k, c)| (
+                ViolationKind::Mismatch,
+                json!([k]),
+                json!([c])
+            )),
+            "{mode:?}"
+        );
+    }
+    srcs.close().await;
+}
+
 #[tokio::test]
 async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
     let dir = tempfile::tempdir().unwrap();

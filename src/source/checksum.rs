@@ -786,8 +786,12 @@ pub(crate) fn single_table(query: &str) -> Option<(String, bool)> {
             std::ops::ControlFlow::Continue(())
         }
     }
+    // A set-returning function repeats rows from its select list, and from `ORDER BY`, where
+    // PostgreSQL takes it too (`ORDER BY generate_series(1, 2)` returns each row twice).
     let mut calls = CallsAFunction(false);
     let _ = select.projection.visit(&mut calls);
+    let _ = select.distinct.visit(&mut calls);
+    let _ = q.order_by.visit(&mut calls);
     if calls.0 {
         return None;
     }
@@ -822,6 +826,8 @@ mod tests {
             "SELECT p.id FROM payments p, items i",
             "SELECT id, generate_series(1, 2) FROM payments",
             "SELECT id, unnest(tags) FROM payments",
+            "SELECT id FROM payments ORDER BY generate_series(1, 2)",
+            "SELECT DISTINCT ON (unnest(tags)) id FROM payments",
             "SELECT id FROM payments UNION ALL SELECT id FROM payments",
             "WITH p AS (SELECT * FROM payments) SELECT id FROM p",
             "SELECT id FROM (SELECT id FROM payments) s",

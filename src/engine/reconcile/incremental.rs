@@ -1,6 +1,7 @@
 //! Incremental runs: only the keys whose rows changed. Each side with a change column gives
 //! the keys of its rows whose change column reached the run's `since` (the last watermark,
-//! less the lookback and the grace period); both sides of those keys, and only those, are
+//! less the lookback and the grace period) and, with a grace period, those whose time column
+//! did (rows that may have become due); both sides of those keys, and only those, are
 //! merged, a batch of keys at a time, exactly as a full stream merges them. The keys are
 //! handed to the sink as the run's coverage: a violation resolves only on a key the run
 //! covered.
@@ -76,13 +77,38 @@ pub(super) async fn run(
         changed_keys(spec, &spec.left, inc.left.as_ref(), left, sources),
         changed_keys(spec, &spec.right, inc.right.as_ref(), right, sources),
     )?;
-    let (Some((left_keys, left_nulls)), Some((right_keys, right_nulls))) = (left_keys, right_keys)
+    // A row still inside its grace period at the last run is due now whether or not it
+    // changed since, and its change column may be far older than its time column (a payment
+    // dated ahead, a writer's clock ahead): the keys of rows whose time column reached the
+    // earliest `since` are read too (a row not yet due last time has its time after the last
+    // run's start less the grace, so after its mark less the lookback and the grace).
+    let due_since = [left, right]
+        .into_iter()
+        .filter_map(|c| match c {
+            Changes::Since(t) => Some(t),
+            Changes::All | Changes::Unwatched => None,
+        })
+        .min()
+        .filter(|_| inv.grace.is_some());
+    let (left_due, right_due) = match (due_since, &inv.time_column) {
+        (Some(since), Some(column)) => tokio::try_join!(
+            due_keys(spec, &spec.left, column, since, sources),
+            due_keys(spec, &spec.right, column, since, sources),
+        )?,
+        _ => (Some(Vec::new()), Some(Vec::new())),
+    };
+    let (
+        Some((left_keys, left_nulls)),
+        Some((right_keys, right_nulls)),
+        Some(left_due),
+        Some(right_due),
+    ) = (left_keys, right_keys, left_due, right_due)
     else {
         return Ok(Outcome::TooMany(format!(
-            "more than {MAX_CHANGED_KEYS} rows changed since the last run: a full pass costs less"
+            "more than {MAX_CHANGED_KEYS} rows changed (or became due) since the last run: a full pass costs less"
         )));
     };
-    let keys = union(left_keys, right_keys);
+    let keys = union(union(left_keys, right_keys), union(left_due, right_due));
 
     let (mut rows_left, mut rows_right) = (0, 0);
     for batch in keys.chunks(KeySet::MAX_PER_READ) {
@@ -188,6 +214,30 @@ async fn changed_keys(
         }
     }
     Ok(Some((keys, nulls)))
+}
+
+/// The keys of `side`'s rows whose time column `column` reached `since`, in key order; none
+/// where the side does not return that column, or is no SQL query (whose columns are known
+/// only once read: there a row's change column must not lag its time column by more than
+/// the lookback); `None`: more than [`MAX_CHANGED_KEYS`].
+async fn due_keys(
+    spec: &ReconcileSpec,
+    side: &QuerySide,
+    column: &ColumnName,
+    since: DateTime<Utc>,
+    sources: &Sources,
+) -> Result<Option<Vec<Vec<Value>>>, EngineError> {
+    let Some(sql) = side.query.sql() else {
+        return Ok(Some(Vec::new()));
+    };
+    let described = sources.get(&side.source)?.describe(sql).await?;
+    if crate::source::index_of(&described.columns, column.as_str()).is_none() {
+        return Ok(Some(Vec::new()));
+    }
+    let changes = Changes::Since(since);
+    let keys = changed_keys(spec, side, Some(column), changes, sources).await?;
+    // (Rows with a NULL key are counted by the change column's read.)
+    Ok(keys.map(|(keys, _)| keys))
 }
 
 /// The keys of both sides, each in key order, as one list in key order without repeats.

@@ -152,6 +152,86 @@ async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_
     store.close().await;
 }
 
+/// With `grace`, a row not yet due at the last run is read once due, though it did not change
+/// since: key 1 was written two days ago and is dated two seconds ahead (a payment dated
+/// ahead of when it was written), far before the watermark key 2 sets, less the lookback.
+#[tokio::test]
+async fn a_row_that_became_due_since_the_last_run_is_read_though_it_did_not_change() {
+    use trueup::domain::{ColumnName, Coverage, HumanDuration, Incremental};
+    let dir = tempfile::tempdir().unwrap();
+    let (app, ledger) = (dir.path().join("app.db"), dir.path().join("ledger.db"));
+    sqlite_file(
+        &app,
+        "CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER, changed_at DATETIME, due_at DATETIME);
+         INSERT INTO payments VALUES
+           (1, 10, datetime('now', '-2 days'), datetime('now', '+2 seconds')),
+           (2, 20, datetime('now', '-1 minute'), datetime('now', '-1 day'));",
+    )
+    .await;
+    sqlite_file(
+        &ledger,
+        "CREATE TABLE records (id INTEGER PRIMARY KEY, amount INTEGER, recorded_at DATETIME);
+         INSERT INTO records VALUES (2, 20, datetime('now', '-1 minute'));",
+    )
+    .await;
+    let srcs =
+        crate::helpers::sources(&[("app", &sqlite_url(&app)), ("ledger", &sqlite_url(&ledger))])
+            .await;
+    let mut inv = crate::helpers::reconcile_invariant(
+        "due-later",
+        ("app", "SELECT id, amount, changed_at, due_at FROM payments"),
+        ("ledger", "SELECT id, amount, recorded_at FROM records"),
+        &["id"],
+    );
+    let column = |c: &str| ColumnName::parse(c).unwrap();
+    let duration = |d: &str| HumanDuration::parse(d).unwrap();
+    inv.time_column = Some(column("due_at"));
+    inv.grace = Some(duration("1s"));
+    crate::helpers::reconcile_spec(&mut inv).incremental = Some(Incremental {
+        left: Some(column("changed_at")),
+        right: Some(column("recorded_at")),
+        lookback: duration("1s"),
+        full_every: duration("1d"),
+    });
+    let store = trueup::store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("store.db").display()
+    )))
+    .await
+    .unwrap();
+    let first = trueup::runner::run_invariant(&inv, &srcs, store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(first.stats.coverage, Coverage::Full);
+    assert_eq!((first.stats.observed, first.stats.not_yet_due), (0, 1));
+
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let second = trueup::runner::run_invariant(&inv, &srcs, store.as_ref())
+        .await
+        .unwrap();
+    assert!(
+        matches!(second.stats.coverage, Coverage::Changed { keys: 2, .. }),
+        "{:?}",
+        second.stats.coverage
+    );
+    assert_eq!((second.stats.observed, second.stats.not_yet_due), (1, 0));
+    let open = store
+        .violations(&ViolationFilter {
+            status: StatusFilter::Active,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<(&str, Option<i64>)> = open
+        .iter()
+        .map(|v| (v.kind.as_str(), v.key[0].as_i64()))
+        .collect();
+    assert_eq!(got, [("missing", Some(1))]);
+    srcs.close().await;
+    store.close().await;
+}
+
 /// A compound key of text and integer, across PostgreSQL and MariaDB: the changed keys are
 /// read back as typed parameters, text compared byte-wise on both sides.
 #[tokio::test]

@@ -67,9 +67,9 @@ pub use template::{
     JsonTemplate, Placeholder, RenderError, Scope, Segment, Template, TemplateError,
     ViolationContext, json_text, push_path_segment,
 };
-pub(crate) use value::shortest_decimal;
 pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
     is_capped, json_size, text_prefix as value_text_prefix,
 };
+pub(crate) use value::{inexact_json_number, shortest_decimal};
 pub use violation::{Fingerprint, Violation, ViolationKind, ViolationStatus};

@@ -105,9 +105,115 @@ impl Digested {
     }
 }
 
-/// Whether text `t` is JSON equal to `json` (compared structurally).
+/// Whether text `t` is JSON equal to `json` (compared structurally). Text holding a number a
+/// double does not keep exactly equals no JSON trueup read (every number of which it does).
 fn holds_json(t: &str, json: &serde_json::Value) -> bool {
-    serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| p == *json)
+    inexact_json_number(t).is_none()
+        && serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| json_same(&p, json))
+}
+
+/// Two JSON values alike: objects by their members in any order, arrays in order, numbers
+/// by value (`1 = 1.0`, as PostgreSQL's `jsonb` says; each number is exact, see
+/// [`inexact_json_number`]).
+fn json_same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Number(x), J::Number(y)) => json_number(x).key_cmp(&json_number(y)) == Ordering::Equal,
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_same(x, y))
+        }
+        (J::Object(x), J::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A JSON number as the number it is: an integer, a decimal past an `i64`, or a float.
+fn json_number(n: &serde_json::Number) -> Value {
+    if let Some(i) = n.as_i64() {
+        Value::Int(i)
+    } else if let Some(u) = n.as_u64() {
+        Value::Decimal(Decimal::from(u))
+    } else {
+        Value::Float(n.as_f64().unwrap_or(f64::NAN))
+    }
+}
+
+/// The first number in JSON text `text` that a JSON value does not keep exactly: an integer
+/// past 64 bits, or one with a fraction or an exponent that is not the shortest decimal of
+/// the double nearest it (`0.1` is kept, `0.1000000000000000001` is not). Such a number reads
+/// as that double, so two different numbers would read alike. (serde_json reads doubles
+/// correctly rounded: its `float_roundtrip` feature.)
+pub(crate) fn inexact_json_number(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let number = &text[start..i];
+            if !json_number_is_exact(number) {
+                return Some(number);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+fn json_number_is_exact(number: &str) -> bool {
+    if !number.contains(['.', 'e', 'E']) {
+        return number.parse::<i64>().is_ok() || number.parse::<u64>().is_ok();
+    }
+    let Ok(f) = number.parse::<f64>() else {
+        return false;
+    };
+    f.is_finite() && decimal_digits(number) == decimal_digits(&format!("{f:e}"))
+}
+
+/// A decimal numeral (`-12.50e3`, `1.2e-7`) as its sign, significant digits and the power of
+/// ten of the last one: equal for equal values (zero is one value, of either sign).
+fn decimal_digits(numeral: &str) -> Option<(bool, String, i64)> {
+    let (negative, unsigned) = match numeral.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, numeral),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let trimmed = digits.trim_start_matches('0');
+    let significant = trimmed.trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    let power = exponent - fraction.len() as i64 + (trimmed.len() - significant.len()) as i64;
+    Some((negative, significant.to_owned(), power))
 }
 
 /// The start of a text, at most [`EVIDENCE_VALUE_CAP`] bytes, cut at a character boundary.
@@ -208,7 +314,7 @@ impl Value {
             (Null, Null) => true,
             (Null, _) | (_, Null) => false,
             (Bool(a), Int(b)) | (Int(b), Bool(a)) => (*b == 0 && !a) || (*b == 1 && *a),
-            (Json(a), Json(b)) => a == b,
+            (Json(a), Json(b)) => json_same(a, b),
             // Of text or of bytes alike, as below.
             (Digest(a), Digest(b)) => a.bytes == b.bytes && a.sha256 == b.sha256,
             (Digest(d), whole) | (whole, Digest(d)) => d.is_digest_of(whole),
@@ -526,6 +632,41 @@ mod tests {
         assert_eq!(
             Value::Float(f64::INFINITY).key_cmp(&Value::Int(i64::MAX)),
             Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn a_json_number_a_double_does_not_keep_is_found_and_numbers_compare_by_value() {
+        for exact in [
+            r#"{"a": 0.1, "b": [1, -2.50, 1e300, 12345678901234567890, -9223372036854775808]}"#,
+            r#"{"s": "0.1000000000000000000001 \" 123456789012345678901234"}"#,
+            "-0.0",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            assert_eq!(inexact_json_number(exact), None, "{exact}");
+        }
+        for (text, number) in [
+            (r#"{"a": 0.1000000000000000001}"#, "0.1000000000000000001"),
+            ("[1, 18446744073709551616]", "18446744073709551616"),
+            ("[-9223372036854775809]", "-9223372036854775809"),
+            (
+                r#"{"x": "}", "y": 9007199254740993.0}"#,
+                "9007199254740993.0",
+            ),
+            ("0.30000000000000001", "0.30000000000000001"),
+        ] {
+            assert_eq!(inexact_json_number(text), Some(number), "{text}");
+        }
+        let json = |t: &str| Value::Json(Box::new(serde_json::from_str(t).unwrap()));
+        assert!(json(r#"{"a": 1, "b": [2.5]}"#).same_as(&json(r#"{"b": [2.50], "a": 1.0}"#)));
+        assert!(!json(r#"{"a": 1}"#).same_as(&json(r#"{"a": 1.5}"#)));
+        assert!(!json("[1, 2]").same_as(&json("[2, 1]")));
+        assert!(json(r#"{"a": 1.0}"#).same_as(&Value::Text(r#"{"a":1}"#.into())));
+        // Text holding a number no double keeps equals no JSON read.
+        assert!(
+            !json(r#"{"a": 0.1}"#).same_as(&Value::Text(r#"{"a":0.1000000000000000001}"#.into()))
         );
     }
 

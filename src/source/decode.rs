@@ -61,6 +61,13 @@ pub(crate) enum Unrepresentable {
         /// The engine's text type to cast to (`TEXT`, or `CHAR` on MySQL).
         text_type: &'static str,
     },
+    /// JSON holding a number a double does not keep (see
+    /// [`crate::domain::inexact_json_number`]).
+    #[error("inexact JSON number")]
+    InexactJson {
+        number: String,
+        text_type: &'static str,
+    },
 }
 
 impl Unrepresentable {
@@ -77,7 +84,31 @@ impl Unrepresentable {
                 "holds {value}, outside the dates and times trueup can compare; map it in the query, \
                  e.g. read it as text with `CAST({column} AS {text_type}) AS {column}`"
             ),
+            Self::InexactJson { number, text_type } => format!(
+                "holds JSON with the number {number}, which has more digits than trueup's JSON \
+                 numbers keep (a double's), so two different values would compare equal; compare \
+                 it as written, reading it as text with `CAST({column} AS {text_type}) AS {column}`"
+            ),
         }
+    }
+}
+
+/// JSON text as a JSON value, every number in it kept exactly, or refused (see
+/// [`Unrepresentable::InexactJson`]); `text_type` names the engine's text type.
+pub(crate) fn exact_json(
+    text: &[u8],
+    text_type: &'static str,
+) -> Result<serde_json::Value, sqlx::error::BoxDynError> {
+    let json = serde_json::from_slice(text)?;
+    // Valid JSON is UTF-8.
+    let text = std::str::from_utf8(text)?;
+    match crate::domain::inexact_json_number(text) {
+        None => Ok(json),
+        Some(number) => Err(Unrepresentable::InexactJson {
+            number: number.to_owned(),
+            text_type,
+        }
+        .into()),
     }
 }
 

@@ -223,7 +223,7 @@ fn decode(kind: Kind, raw: MySqlValueRef<'_>) -> DecodeResult {
         Kind::F32 => Value::Float(d::<f32>(raw)?.into()),
         Kind::F64 => Value::Float(d(raw)?),
         Kind::Text => Value::Text(d::<&str>(raw)?.into()),
-        Kind::Json => Value::Json(Box::new(d(raw)?)),
+        Kind::Json => Value::Json(Box::new(super::decode::exact_json(d(raw)?, "CHAR")?)),
         Kind::Bytes => Value::Bytes(d(raw)?),
         Kind::Date => Value::Date(d(raw)?),
         Kind::Time => {

@@ -630,7 +630,7 @@ fn decode(kind: Kind, value: mysql::Value) -> DecodeResult {
         (Kind::F32, V::Float(f)) => Value::Float(f.into()),
         (Kind::F64, V::Double(f)) => Value::Float(f),
         (Kind::Text, V::Bytes(b)) => Value::Text(std::str::from_utf8(&b)?.into()),
-        (Kind::Json, V::Bytes(b)) => Value::Json(Box::new(serde_json::from_slice(&b)?)),
+        (Kind::Json, V::Bytes(b)) => Value::Json(Box::new(super::decode::exact_json(&b, "CHAR")?)),
         (Kind::Bytes, V::Bytes(b)) => Value::Bytes(b),
         (Kind::Date, V::Date(y, m, d, ..)) => Value::Date(date(y, m, d)?),
         (Kind::Time, V::Time(negative, days, h, m, s, us)) => Value::Time(

@@ -51,7 +51,7 @@ pub(super) fn value(kind: Kind, bytes: &[u8]) -> DecodeResult {
                 Some((1, rest)) => rest,
                 _ => bytes,
             };
-            Value::Json(Box::new(serde_json::from_slice(text)?))
+            Value::Json(Box::new(super::decode::exact_json(text, "TEXT")?))
         }
         Kind::Bytes => Value::Bytes(bytes.to_vec()),
         Kind::U64 | Kind::Dynamic(_) => {

@@ -780,6 +780,54 @@ async fn values_that_differ_past_a_doubles_precision_or_in_form_are_never_read_a
     srcs.close().await;
 }
 
+/// JSON compares by value (`1 = 1.0`, members in any order), never through a double: text
+/// holding `0.1000000000000000001` differs from `0.1` (key 2), and JSON holding it fails the
+/// read, saying how to compare it as written, rather than read as the double nearest it.
+#[tokio::test]
+async fn json_numbers_compare_by_value_and_one_a_double_does_not_keep_is_never_rounded() {
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec(
+        r#"CREATE TABLE l (id bigint PRIMARY KEY, doc jsonb);
+           INSERT INTO l VALUES (1, '{"a": 1.0, "b": [2.50, 3]}'), (2, '{"a": 0.1}'),
+                                (3, '{"a": 12345678901234567890}');"#,
+    )
+    .await;
+    // MariaDB's JSON is text in utf8mb4_bin: it reads as bytes holding JSON.
+    my.exec(
+        r#"CREATE TABLE r (id BIGINT PRIMARY KEY, doc JSON);
+           INSERT INTO r VALUES (1, '{"b": [2.5, 3.0], "a": 1}'), (2, '{"a": 0.1000000000000000001}'),
+                                (3, '{"a": 12345678901234567890}');"#,
+    )
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url), ("my", &my.reader_url)]).await;
+    let inv = || {
+        reconcile(
+            "SELECT id, doc FROM l",
+            "SELECT id, doc FROM r",
+            &["id"],
+            None,
+        )
+    };
+    // (JSON has no checksum form: such an invariant streams.)
+    for mode in [ReconcileMode::Stream, ReconcileMode::Auto] {
+        let (found, _) = evaluate_in(inv(), mode, &srcs).await;
+        let got: Vec<(ViolationKind, serde_json::Value)> =
+            found.iter().map(|v| (v.kind, v.key_json())).collect();
+        assert_eq!(got, [(ViolationKind::Mismatch, json!([2]))], "{mode:?}");
+    }
+    pg.exec(r#"INSERT INTO l VALUES (4, '[0.1000000000000000001]')"#)
+        .await;
+    let err = engine::evaluate(&inv(), &srcs, chrono::Utc::now(), &mut Collect::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds JSON with the number 0.1000000000000000001, which has more digits than trueup's JSON numbers keep (a double's), so two different values would compare equal; compare it as written, reading it as text with `CAST(doc AS TEXT) AS doc`"),
+        "{err}"
+    );
+    srcs.close().await;
+}
+
 #[tokio::test]
 async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,8 +143,9 @@ fn json_number(n: &serde_json::Number) -> Value {
 }
 
 /// The first number in JSON text `text` that a JSON value does not keep exactly: an integer
-/// past 64 bits, or one with a fraction or an exponent that is not the shortest decimal of
-/// the double nearest it (`0.1` is kept, `0.1000000000000000001` is not). Such a number reads
+/// past 64 bits, or one with a fraction or an exponent that is not the number the double
+/// nearest it stands for ([`float_as_decimal`]: `0.1` is kept, `0.1000000000000000001` and
+/// `36028797018963970.0`, read as 2^55, are not). Such a number reads
 /// as that double, so two different numbers would read alike. (serde_json reads doubles
 /// correctly rounded: its `float_roundtrip` feature.)
 pub(crate) fn inexact_json_number(text: &str) -> Option<&str> {
@@ -191,7 +192,13 @@ fn json_number_is_exact(number: &str) -> bool {
     let Ok(f) = number.parse::<f64>() else {
         return false;
     };
-    f.is_finite() && decimal_digits(number) == decimal_digits(&format!("{f:e}"))
+    // The number the double stands for where it compares with others, else (past a
+    // decimal) its shortest digits, by which doubles tell each other apart.
+    let stands_for = match float_as_decimal(f) {
+        Some(d) => d.to_string(),
+        None => format!("{f:e}"),
+    };
+    f.is_finite() && decimal_digits(number) == decimal_digits(&stands_for)
 }
 
 /// A decimal numeral (`-12.50e3`, `1.2e-7`) as its sign, significant digits and the power of
@@ -440,9 +447,10 @@ pub fn json_size(j: &serde_json::Value) -> usize {
     }
 }
 
-/// Numbers compare by value. Integers and decimals exactly; a float as the shortest decimal
-/// that reads back as it (what it prints as: `0.1`), so that a decimal equals a float only
-/// when it is that decimal, and an integer only when the float is that integer. (Compared as
+/// Numbers compare by value. Integers and decimals exactly; a float as the decimal it
+/// stands for ([`float_as_decimal`]: a whole number exactly, else what it prints as, `0.1`),
+/// so that a decimal equals a float only when it is that decimal, and an integer only when
+/// the float is that integer. (Compared as
 /// doubles, `9007199254740993` equalled `9007199254740992.0`, and `0.100000000000000000001`
 /// equalled `0.1`.) Each number stands for one decimal, and floats for theirs in their order,
 /// so the order is total; NaN sorts last, and `-0.0 = 0.0`, as databases say.
@@ -472,27 +480,34 @@ fn float_against(f: f64, n: &Value) -> Ordering {
     if f.is_nan() {
         return Ordering::Greater;
     }
-    if let Some(d) = shortest_decimal(f) {
+    if let Some(d) = float_as_decimal(f) {
         return d.cmp(&exact);
     }
     // A float past a decimal's range (beyond 7.9e28, or more than 28 digits after the point)
-    // is no integer or decimal: ordered as a double, and on a tie by its sign (never equal).
-    match f.partial_cmp(&exact.to_f64().unwrap_or(0.0)) {
+    // is no integer or decimal: ordered as a double (the decimal correctly rounded, from its
+    // text), and on a tie by its sign (never equal).
+    let rounded = exact.to_string().parse::<f64>().unwrap_or(0.0);
+    match f.partial_cmp(&rounded) {
         Some(Ordering::Equal) | None if f > 0.0 => Ordering::Greater,
         Some(Ordering::Equal) | None => Ordering::Less,
         Some(o) => o,
     }
 }
 
-/// The shortest decimal that reads back as `f` (Rust prints a float so), if a decimal can
-/// hold it; `None` for NaN, ±infinity and floats past a decimal's range or scale.
-pub(crate) fn shortest_decimal(f: f64) -> Option<Decimal> {
+/// The decimal float `f` stands for, if a decimal can hold it: a whole number exactly
+/// (`2^55` is 36028797018963968; `1e23` as a double is 99999999999999991611392), else the
+/// shortest decimal that reads back as `f` (Rust prints a float so: `0.1`). Each lies in the
+/// float's own rounding interval, so floats keep their order among decimals. `None` for
+/// NaN, ±infinity and floats past a decimal's range or scale.
+pub(crate) fn float_as_decimal(f: f64) -> Option<Decimal> {
     if !f.is_finite() {
         return None;
     }
-    // An integer below 2^53 is its own shortest decimal, without printing it.
-    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-        return Some(Decimal::from(f as i64));
+    if f.fract() == 0.0 {
+        // Below 2^127 a whole double converts to i128 exactly; a decimal holds less.
+        return (f.abs() < 1e38)
+            .then(|| Decimal::try_from_i128_with_scale(f as i128, 0).ok())
+            .flatten();
     }
     Decimal::from_str_exact(&f.to_string()).ok()
 }
@@ -606,6 +621,19 @@ mod tests {
         assert!(Value::Int(-3).same_as(&Value::Float(-3.0)));
         assert!(Value::Int(0).same_as(&Value::Float(-0.0)));
         assert!(dec("1e20").same_as(&Value::Float(1e20)));
+        // A whole double is its exact value, past 2^53 too (2^55 prints as ...970).
+        assert!(
+            Value::Int(36_028_797_018_963_968).same_as(&Value::Float(36_028_797_018_963_968.0))
+        );
+        assert!(
+            !Value::Int(36_028_797_018_963_970).same_as(&Value::Float(36_028_797_018_963_968.0))
+        );
+        assert_eq!(
+            Value::Float(36_028_797_018_963_968.0).key_cmp(&Value::Int(36_028_797_018_963_969)),
+            Ordering::Less
+        );
+        assert!(!dec("1e23").same_as(&Value::Float(1e23)));
+        assert!(dec("99999999999999991611392").same_as(&Value::Float(1e23)));
         assert_eq!(
             Value::Int(9_007_199_254_740_993).key_cmp(&Value::Float(9_007_199_254_740_992.0)),
             Ordering::Greater
@@ -644,6 +672,7 @@ mod tests {
             "0.30000000000000004",
             "1.7976931348623157e308",
             "5e-324",
+            "36028797018963968.0",
         ] {
             assert_eq!(inexact_json_number(exact), None, "{exact}");
         }
@@ -656,6 +685,7 @@ mod tests {
                 "9007199254740993.0",
             ),
             ("0.30000000000000001", "0.30000000000000001"),
+            ("[36028797018963970.0]", "36028797018963970.0"),
         ] {
             assert_eq!(inexact_json_number(text), Some(number), "{text}");
         }

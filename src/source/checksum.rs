@@ -132,6 +132,20 @@ pub struct Described {
 }
 
 impl Described {
+    /// Whether column `i` holds instants a read can bound (`ChangedSince`): timestamps, and
+    /// SQLite values declared `DATETIME` or not declared (text compared as Julian days).
+    pub fn holds_instants(&self, i: usize) -> bool {
+        use super::decode::SqliteHint;
+        matches!(
+            self.kinds[i],
+            Some(
+                Kind::Naive
+                    | Kind::Timestamp
+                    | Kind::Dynamic(SqliteHint::Datetime | SqliteHint::None)
+            )
+        )
+    }
+
     /// `Err` (why, for the run to say) unless column `i` holds integers, which segments of a
     /// key range split. (A SQLite key's values are checked one by one as they are read.)
     pub fn integer_key(&self, i: usize) -> Result<(), String> {
@@ -483,7 +497,7 @@ pub(crate) fn canonical_value(value: &crate::domain::Value, other: Kind) -> Opti
         // A decimal or a float never equals a boolean.
         Value::Decimal(_) | Value::Float(_) if other == Kind::Bool => return None,
         Value::Decimal(d) => format!("n{}", d.normalize()),
-        Value::Float(f) => format!("n{}", crate::domain::shortest_decimal(*f)?.normalize()),
+        Value::Float(f) => format!("n{}", crate::domain::float_as_decimal(*f)?.normalize()),
         // Text against bytes (and bytes against text) in the other side's form: text equals
         // the bytes of its UTF-8 form; bytes that are no UTF-8 have no text form.
         Value::Text(t) if other == Kind::Bytes => format!("b{}", hex::encode(t.as_bytes())),

@@ -243,8 +243,10 @@ static SQLITE_SHAPES: std::sync::LazyLock<[regex::Regex; 3]> = std::sync::LazyLo
     [
         format!("^{DATE}$"),
         format!("^{TIME}$"),
+        // As SQLite reads them: `T` or spaces between date and time, a zone (`Z`, `z` or
+        // `±HH:MM`, after a space or not).
         format!(
-            "^{DATE}[ T][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\\.[0-9]{{1,9}})?)?(?:Z|[+-][0-9]{{2}}:?[0-9]{{2}})?$"
+            "^{DATE}(?:T| +)[0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\\.[0-9]{{1,9}})?)? ?(?:[Zz]|[+-][0-9]{{2}}:[0-9]{{2}})?$"
         ),
     ]
     .map(|shape| regex::Regex::new(&shape).expect("a fixed pattern"))
@@ -375,8 +377,9 @@ mod tests {
             ("12:30:00.1234567891", SqliteHint::Time),
             ("2026-03-01 12:30:00.1234567891", SqliteHint::Datetime),
             ("2026-03-01 2:30:00", SqliteHint::Datetime),
-            ("2026-03-01  12:30:00", SqliteHint::Datetime),
-            ("2026-03-01 12:30:00 +02:00", SqliteHint::Datetime),
+            ("2026-03-01t12:30:00", SqliteHint::Datetime),
+            ("2026-03-01 12:30:00+0200", SqliteHint::Datetime),
+            ("2026-03-01 12:30:00  +02:00", SqliteHint::Datetime),
             ("１２:30:00", SqliteHint::Time),
         ] {
             assert_eq!(sqlite_text(text, hint), Value::Text(text.into()), "{text}");
@@ -387,9 +390,18 @@ mod tests {
             read("12:30:00.123456789", SqliteHint::Time),
             "12:30:00.123456789"
         );
-        assert_eq!(
-            read("2026-03-01 14:30:00+0200", SqliteHint::Datetime),
-            read("2026-03-01T12:30:00Z", SqliteHint::Datetime)
-        );
+        for text in [
+            "2026-03-01 14:30:00+02:00",
+            "2026-03-01 14:30:00 +02:00",
+            "2026-03-01  12:30:00",
+            "2026-03-01T12:30:00z",
+            "2026-03-01 12:30:00 Z",
+        ] {
+            assert_eq!(
+                read(text, SqliteHint::Datetime),
+                read("2026-03-01T12:30:00Z", SqliteHint::Datetime),
+                "{text}"
+            );
+        }
     }
 }

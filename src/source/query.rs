@@ -101,11 +101,13 @@ impl KeySet {
     }
 }
 
-/// The rows whose change column reached `since`.
+/// The rows whose change column reached `since` (and, when given, not past `until`: read
+/// by SQL sources only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedSince {
     pub column: ColumnName,
     pub since: chrono::DateTime<chrono::Utc>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The rows whose integer key column lies between two bounds, both included.

@@ -84,10 +84,10 @@ pub(super) trait Dialect: Send + Sync + 'static {
         format!("max({quoted})")
     }
 
-    /// The `WHERE` term keeping rows whose change column is at or after the instant in the
-    /// `n`th parameter.
-    fn since_term(&self, quoted: &str, _kind: Option<Kind>, n: usize) -> String {
-        format!("{quoted} >= {}", self.placeholder(n))
+    /// The `WHERE` term keeping rows whose change column is at or after (`op` `>=`) or at or
+    /// before (`<=`) the instant in the `n`th parameter.
+    fn instant_term(&self, quoted: &str, _kind: Option<Kind>, n: usize, op: &str) -> String {
+        format!("{quoted} {op} {}", self.placeholder(n))
     }
 
     /// Binds a key value as a parameter of the engine's type for it.
@@ -580,23 +580,29 @@ fn compose<D: Dialect>(
                 available: columns.join(", "),
             }
         })?;
-        let instant = serde_json::Value::String(
-            changed
-                .since
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        );
-        let param = FilterParam::for_column(declared[i], &instant).ok_or_else(|| {
-            super::SourceError::Decode {
-                source_name: source.clone(),
-                column: columns[i].clone(),
-                message: format!(
-                    "it is {}, which cannot be compared with an instant; the incremental change column (`reconcile.incremental.column`) or the window's `time_column` must be a timestamp",
-                    declared[i].map_or_else(|| "of an unknown type".to_owned(), |k| format!("{k:?}"))
-                ),
-            }
-        })?;
-        params.push(param);
-        conditions.push(dialect.since_term(&dialect.quote(&columns[i]), declared[i], params.len()));
+        let bounds =
+            std::iter::once((changed.since, ">=")).chain(changed.until.map(|until| (until, "<=")));
+        for (at, op) in bounds {
+            let instant =
+                serde_json::Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            let param = FilterParam::for_column(declared[i], &instant).ok_or_else(|| {
+                super::SourceError::Decode {
+                    source_name: source.clone(),
+                    column: columns[i].clone(),
+                    message: format!(
+                        "it is {}, which cannot be compared with an instant; the incremental change column (`reconcile.incremental.column`) or the window's `time_column` must be a timestamp",
+                        declared[i].map_or_else(|| "of an unknown type".to_owned(), |k| format!("{k:?}"))
+                    ),
+                }
+            })?;
+            params.push(param);
+            conditions.push(dialect.instant_term(
+                &dialect.quote(&columns[i]),
+                declared[i],
+                params.len(),
+                op,
+            ));
+        }
     }
 
     if let Some(ranges) = &req.key_ranges {

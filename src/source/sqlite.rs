@@ -64,14 +64,14 @@ impl super::sql::Dialect for Dialect {
     }
 
     fn latest_instant(&self, quoted: &str) -> String {
-        // The latest as time orders them, whatever text form each row uses (see since_term).
+        // The latest as time orders them, whatever text form each row uses (see instant_term).
         format!("strftime('%Y-%m-%dT%H:%M:%fZ', max(julianday({quoted})))")
     }
 
-    fn since_term(&self, quoted: &str, _kind: Option<Kind>, _n: usize) -> String {
+    fn instant_term(&self, quoted: &str, _kind: Option<Kind>, _n: usize, op: &str) -> String {
         // SQLite keeps instants as text in several forms (`T` or a space, a zone or none):
         // compared as Julian days, every form ISO 8601 allows orders as time does.
-        format!("julianday({quoted}) >= julianday(?)")
+        format!("julianday({quoted}) {op} julianday(?)")
     }
 
     fn bind<'q>(&self, query: SqlQuery<'q, Sqlite>, param: FilterParam) -> SqlQuery<'q, Sqlite> {

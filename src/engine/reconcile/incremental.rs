@@ -79,22 +79,31 @@ pub(super) async fn run(
     )?;
     // A row still inside its grace period at the last run is due now whether or not it
     // changed since, and its change column may be far older than its time column (a payment
-    // dated ahead, a writer's clock ahead): the keys of rows whose time column reached the
-    // earliest `since` are read too (a row not yet due last time has its time after the last
-    // run's start less the grace, so after its mark less the lookback and the grace).
+    // dated ahead, a writer's clock ahead): the keys of rows whose time column lies between
+    // the latest `since` and this run's cutoff are read too. A row not yet due last time has
+    // its time after the last run's start less the grace, so after each side's mark less the
+    // lookback and the grace, as long as the data's clock is not ahead of trueup's by more
+    // than the lookback.
     let due_since = [left, right]
         .into_iter()
         .filter_map(|c| match c {
             Changes::Since(t) => Some(t),
             Changes::All | Changes::Unwatched => None,
         })
-        .min()
+        .max()
         .filter(|_| inv.grace.is_some());
-    let (left_due, right_due) = match (due_since, &inv.time_column) {
-        (Some(since), Some(column)) => tokio::try_join!(
-            due_keys(spec, &spec.left, column, since, sources),
-            due_keys(spec, &spec.right, column, since, sources),
-        )?,
+    let (left_due, right_due) = match (due_since, due_before, &inv.time_column) {
+        (Some(since), Some(until), Some(column)) => {
+            let bounds = ChangedSince {
+                column: column.clone(),
+                since,
+                until: Some(until),
+            };
+            tokio::try_join!(
+                due_keys(spec, &spec.left, &bounds, sources),
+                due_keys(spec, &spec.right, &bounds, sources),
+            )?
+        }
         _ => (Some(Vec::new()), Some(Vec::new())),
     };
     let (
@@ -170,8 +179,20 @@ async fn changed_keys(
         (Changes::Since(since), Some(c)) => Some(ChangedSince {
             column: c.clone(),
             since,
+            until: None,
         }),
     };
+    read_keys(spec, side, changed_since, sources).await
+}
+
+/// The keys of `side`'s rows (those `changed_since` keeps), in key order, and how many had a
+/// NULL key; `None`: more than [`MAX_CHANGED_KEYS`].
+async fn read_keys(
+    spec: &ReconcileSpec,
+    side: &QuerySide,
+    changed_since: Option<ChangedSince>,
+    sources: &Sources,
+) -> Result<Option<(Vec<Vec<Value>>, u64)>, EngineError> {
     let mut rows = sources
         .get(&side.source)?
         .read(ReadRequest {
@@ -216,26 +237,28 @@ async fn changed_keys(
     Ok(Some((keys, nulls)))
 }
 
-/// The keys of `side`'s rows whose time column `column` reached `since`, in key order; none
-/// where the side does not return that column, or is no SQL query (whose columns are known
-/// only once read: there a row's change column must not lag its time column by more than
-/// the lookback); `None`: more than [`MAX_CHANGED_KEYS`].
+/// The keys of `side`'s rows whose time column lies within `bounds`, in key order; none where
+/// the side is no SQL query (whose columns are known only once read: there a row's change
+/// column must not lag its time column by more than the lookback), does not return the time
+/// column, or returns it as no instant (a date: see README); `None`: more than
+/// [`MAX_CHANGED_KEYS`].
 async fn due_keys(
     spec: &ReconcileSpec,
     side: &QuerySide,
-    column: &ColumnName,
-    since: DateTime<Utc>,
+    bounds: &ChangedSince,
     sources: &Sources,
 ) -> Result<Option<Vec<Vec<Value>>>, EngineError> {
     let Some(sql) = side.query.sql() else {
         return Ok(Some(Vec::new()));
     };
     let described = sources.get(&side.source)?.describe(sql).await?;
-    if crate::source::index_of(&described.columns, column.as_str()).is_none() {
+    let Some(i) = crate::source::index_of(&described.columns, bounds.column.as_str()) else {
+        return Ok(Some(Vec::new()));
+    };
+    if !described.holds_instants(i) {
         return Ok(Some(Vec::new()));
     }
-    let changes = Changes::Since(since);
-    let keys = changed_keys(spec, side, Some(column), changes, sources).await?;
+    let keys = read_keys(spec, side, Some(bounds.clone()), sources).await?;
     // (Rows with a NULL key are counted by the change column's read.)
     Ok(keys.map(|(keys, _)| keys))
 }

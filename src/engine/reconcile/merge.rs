@@ -102,7 +102,11 @@ pub(super) async fn merge(
             },
             changed_since: window_from
                 .zip(inv.time_column.clone())
-                .map(|(since, column)| ChangedSince { column, since }),
+                .map(|(since, column)| ChangedSince {
+                    column,
+                    since,
+                    until: None,
+                }),
         }
     };
     let left_source = sources.get(&spec.left.source)?;

@@ -155,6 +155,8 @@ async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_
 /// With `grace`, a row not yet due at the last run is read once due, though it did not change
 /// since: key 1 was written two days ago and is dated two seconds ahead (a payment dated
 /// ahead of when it was written), far before the watermark key 2 sets, less the lookback.
+/// Key 3, dated a day ahead, is not due yet and not read. A PostgreSQL side whose time column
+/// is a date is read as before (by its changes only).
 #[tokio::test]
 async fn a_row_that_became_due_since_the_last_run_is_read_though_it_did_not_change() {
     use trueup::domain::{ColumnName, Coverage, HumanDuration, Incremental};
@@ -165,7 +167,8 @@ async fn a_row_that_became_due_since_the_last_run_is_read_though_it_did_not_chan
         "CREATE TABLE payments (id INTEGER PRIMARY KEY, amount INTEGER, changed_at DATETIME, due_at DATETIME);
          INSERT INTO payments VALUES
            (1, 10, datetime('now', '-2 days'), datetime('now', '+2 seconds')),
-           (2, 20, datetime('now', '-1 minute'), datetime('now', '-1 day'));",
+           (2, 20, datetime('now', '-1 minute'), datetime('now', '-1 day')),
+           (3, 30, datetime('now', '-2 days'), datetime('now', '+1 day'));",
     )
     .await;
     sqlite_file(
@@ -203,7 +206,7 @@ async fn a_row_that_became_due_since_the_last_run_is_read_though_it_did_not_chan
         .await
         .unwrap();
     assert_eq!(first.stats.coverage, Coverage::Full);
-    assert_eq!((first.stats.observed, first.stats.not_yet_due), (0, 1));
+    assert_eq!((first.stats.observed, first.stats.not_yet_due), (0, 2));
 
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     let second = trueup::runner::run_invariant(&inv, &srcs, store.as_ref())
@@ -228,6 +231,37 @@ async fn a_row_that_became_due_since_the_last_run_is_read_though_it_did_not_chan
         .map(|v| (v.kind.as_str(), v.key[0].as_i64()))
         .collect();
     assert_eq!(got, [("missing", Some(1))]);
+    srcs.close().await;
+
+    let pg = crate::helpers::TestPg::new().await;
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, amount int, changed_at timestamptz, day date);
+         CREATE TABLE r (id bigint PRIMARY KEY, amount int, changed_at timestamptz, day date);
+         INSERT INTO l VALUES (1, 10, now() - interval '1 minute', current_date - 1);
+         INSERT INTO r VALUES (1, 10, now() - interval '1 minute', current_date - 1);",
+    )
+    .await;
+    let srcs = crate::helpers::sources(&[("pg", &pg.reader_url)]).await;
+    let mut dated = inv.clone();
+    dated.name = trueup::domain::InvariantName::parse("dated").unwrap();
+    dated.time_column = Some(column("day"));
+    let spec = crate::helpers::reconcile_spec(&mut dated);
+    spec.left.source = trueup::domain::SourceName::parse("pg").unwrap();
+    spec.right.source = trueup::domain::SourceName::parse("pg").unwrap();
+    spec.left.query = trueup::domain::Read::Sql("SELECT id, amount, changed_at, day FROM l".into());
+    spec.right.query =
+        trueup::domain::Read::Sql("SELECT id, amount, changed_at, day FROM r".into());
+    spec.incremental.as_mut().unwrap().right = Some(column("changed_at"));
+    for pass in ["full", "incremental"] {
+        let outcome = trueup::runner::run_invariant(&dated, &srcs, store.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{pass}: {e}"));
+        assert_eq!(outcome.stats.observed, 0, "{pass}");
+        assert_eq!(
+            matches!(outcome.stats.coverage, Coverage::Changed { .. }),
+            pass == "incremental"
+        );
+    }
     srcs.close().await;
     store.close().await;
 }

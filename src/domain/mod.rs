@@ -71,5 +71,5 @@ pub use value::{
     CAPPED, Digested, EVIDENCE_VALUE_CAP, Value, ValueClass, bytes_prefix as value_bytes_prefix,
     is_capped, json_size, text_prefix as value_text_prefix,
 };
-pub(crate) use value::{float_as_decimal, inexact_json_number};
+pub(crate) use value::{float_as_decimal, inexact_json_number, repeated_json_member};
 pub use violation::{Fingerprint, Violation, ViolationKind, ViolationStatus};

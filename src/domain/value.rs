@@ -106,9 +106,11 @@ impl Digested {
 }
 
 /// Whether text `t` is JSON equal to `json` (compared structurally). Text holding a number a
-/// double does not keep exactly equals no JSON trueup read (every number of which it does).
+/// double does not keep exactly, or an object with a member twice, equals no JSON trueup read
+/// (which has neither).
 fn holds_json(t: &str, json: &serde_json::Value) -> bool {
     inexact_json_number(t).is_none()
+        && repeated_json_member(t).is_none()
         && serde_json::from_str::<serde_json::Value>(t).is_ok_and(|p| json_same(&p, json))
 }
 
@@ -193,12 +195,15 @@ fn json_number_is_exact(number: &str) -> bool {
         return false;
     };
     // The number the double stands for where it compares with others, else (past a
-    // decimal) its shortest digits, by which doubles tell each other apart.
+    // decimal) its shortest digits, by which doubles tell each other apart. (So a whole
+    // double past 2^53 printed by its shortest digits, `3.602879701896397e16` for 2^55, is
+    // refused: as a decimal that numeral is another number, 36028797018963970.)
+    let written = decimal_digits(number);
     let stands_for = match float_as_decimal(f) {
-        Some(d) => d.to_string(),
-        None => format!("{f:e}"),
+        Some(d) => decimal_digits(&d.to_string()),
+        None => decimal_digits(&format!("{f:e}")),
     };
-    f.is_finite() && decimal_digits(number) == decimal_digits(&stands_for)
+    f.is_finite() && written.is_some() && written == stands_for
 }
 
 /// A decimal numeral (`-12.50e3`, `1.2e-7`) as its sign, significant digits and the power of
@@ -219,8 +224,71 @@ fn decimal_digits(numeral: &str) -> Option<(bool, String, i64)> {
     if significant.is_empty() {
         return Some((false, String::new(), 0));
     }
-    let power = exponent - fraction.len() as i64 + (trimmed.len() - significant.len()) as i64;
+    // (serde_json takes any exponent, `0.5e-9223372036854775808` included.)
+    let power = exponent
+        .checked_sub(i64::try_from(fraction.len()).ok()?)?
+        .checked_add(i64::try_from(trimmed.len() - significant.len()).ok()?)?;
     Some((negative, significant.to_owned(), power))
+}
+
+/// The first member name that an object in JSON text `text` holds twice, if any. Engines read
+/// such an object differently (PostgreSQL and serde_json keep the last value, MariaDB and
+/// SQLite the first), so it is no one value. (`None` too for text that is no JSON.)
+pub(crate) fn repeated_json_member(text: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+    /// Walks a JSON value, noting the first repeated member name and stopping there.
+    #[derive(Clone, Copy)]
+    struct Walk<'a>(&'a RefCell<Option<String>>);
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut names = std::collections::HashSet::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if !names.insert(name.clone()) {
+                    *self.0.borrow_mut() = Some(name);
+                    return Err(A::Error::custom("a repeated member"));
+                }
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let repeated = RefCell::new(None);
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let _ = Walk(&repeated).deserialize(&mut reader);
+    repeated.into_inner()
 }
 
 /// The start of a text, at most [`EVIDENCE_VALUE_CAP`] bytes, cut at a character boundary.
@@ -689,7 +757,23 @@ mod tests {
         ] {
             assert_eq!(inexact_json_number(text), Some(number), "{text}");
         }
+        // An exponent past 64 bits is no panic: refused.
+        assert_eq!(
+            inexact_json_number("0.5e-9223372036854775808"),
+            Some("0.5e-9223372036854775808")
+        );
+        // A whole double past 2^53 printed by its shortest digits is another number.
+        assert_eq!(
+            inexact_json_number("[3.602879701896397e16]"),
+            Some("3.602879701896397e16")
+        );
+        assert_eq!(
+            repeated_json_member(r#"[{"a": {"b": 1, "c": 2}}, {"a": 1, "b": [{"x": 1, "x": 2}]}]"#),
+            Some("x".to_owned())
+        );
+        assert_eq!(repeated_json_member(r#"{"a": 1, "b": {"a": 2}}"#), None);
         let json = |t: &str| Value::Json(Box::new(serde_json::from_str(t).unwrap()));
+        assert!(!json(r#"{"a": 2}"#).same_as(&Value::Text(r#"{"a": 1, "a": 2}"#.into())));
         assert!(json(r#"{"a": 1, "b": [2.5]}"#).same_as(&json(r#"{"b": [2.50], "a": 1.0}"#)));
         assert!(!json(r#"{"a": 1}"#).same_as(&json(r#"{"a": 1.5}"#)));
         assert!(!json("[1, 2]").same_as(&json("[2, 1]")));

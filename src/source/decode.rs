@@ -68,6 +68,13 @@ pub(crate) enum Unrepresentable {
         number: String,
         text_type: &'static str,
     },
+    /// JSON with an object holding a member twice (see
+    /// [`crate::domain::repeated_json_member`]).
+    #[error("repeated JSON member")]
+    RepeatedJsonMember {
+        member: String,
+        text_type: &'static str,
+    },
 }
 
 impl Unrepresentable {
@@ -89,12 +96,19 @@ impl Unrepresentable {
                  numbers keep (a double's), so two different values would compare equal; compare \
                  it as written, reading it as text with `CAST({column} AS {text_type}) AS {column}`"
             ),
+            Self::RepeatedJsonMember { member, text_type } => format!(
+                "holds JSON with an object that has the member \"{member}\" twice, which engines \
+                 read differently (PostgreSQL keeps the last, MySQL/MariaDB and SQLite the first); \
+                 compare it as written, reading it as text with \
+                 `CAST({column} AS {text_type}) AS {column}`"
+            ),
         }
     }
 }
 
-/// JSON text as a JSON value, every number in it kept exactly, or refused (see
-/// [`Unrepresentable::InexactJson`]); `text_type` names the engine's text type.
+/// JSON text as a JSON value, every number in it kept exactly and no member repeated, or
+/// refused (see [`Unrepresentable::InexactJson`] and [`Unrepresentable::RepeatedJsonMember`]);
+/// `text_type` names the engine's text type.
 pub(crate) fn exact_json(
     text: &[u8],
     text_type: &'static str,
@@ -102,14 +116,17 @@ pub(crate) fn exact_json(
     let json = serde_json::from_slice(text)?;
     // Valid JSON is UTF-8.
     let text = std::str::from_utf8(text)?;
-    match crate::domain::inexact_json_number(text) {
-        None => Ok(json),
-        Some(number) => Err(Unrepresentable::InexactJson {
+    if let Some(number) = crate::domain::inexact_json_number(text) {
+        return Err(Unrepresentable::InexactJson {
             number: number.to_owned(),
             text_type,
         }
-        .into()),
+        .into());
     }
+    if let Some(member) = crate::domain::repeated_json_member(text) {
+        return Err(Unrepresentable::RepeatedJsonMember { member, text_type }.into());
+    }
+    Ok(json)
 }
 
 pub(crate) fn decode_error(

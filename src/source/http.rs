@@ -647,11 +647,18 @@ pub(super) fn field_value(f: &crate::domain::Field, raw: &Json) -> Result<Value,
 /// A JSON value read as `kind`.
 pub(super) fn value(kind: FieldKind, raw: &Json) -> Result<Value, &'static str> {
     use FieldKind as K;
+    // The decimal a JSON number stands for: an integer exactly, one with a fraction or past
+    // 64 bits (which serde_json reads as a double) as that double's (`float_as_decimal`, as
+    // a float compares).
     let number = |n: &serde_json::Number| -> Result<Decimal, &'static str> {
-        let text = n.to_string();
-        text.parse::<Decimal>()
-            .or_else(|_| Decimal::from_scientific(&text))
-            .map_err(|_| "is not a decimal trueup can hold (28 digits)")
+        match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Ok(i.into()),
+            (None, Some(u)) => Ok(u.into()),
+            (None, None) => n
+                .as_f64()
+                .and_then(crate::domain::float_as_decimal)
+                .ok_or("is not a decimal trueup can hold (28 digits)"),
+        }
     };
     Ok(match (kind, raw) {
         (_, Json::Null) => Value::Null,
@@ -748,6 +755,21 @@ mod tests {
         assert!(
             matches!(value(FieldKind::Decimal, &json!("12.50")), Ok(Value::Decimal(d)) if d.to_string() == "12.50")
         );
+        // A number past 64 bits or with a fraction is serde_json's double, as a float compares:
+        // a whole one exactly (2^55), else its shortest decimal.
+        let decimal = |j: serde_json::Value| match value(FieldKind::Decimal, &j) {
+            Ok(Value::Decimal(d)) => d.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            decimal(json!(36_028_797_018_963_968.0)),
+            "36028797018963968"
+        );
+        assert_eq!(
+            decimal(json!(18_446_744_073_709_551_615_u64)),
+            "18446744073709551615"
+        );
+        assert_eq!(decimal(json!(0.1)), "0.1");
         assert_eq!(value(FieldKind::Int, &json!("42")), Ok(Value::Int(42)));
         assert_eq!(
             value(FieldKind::Text, &json!(42)),

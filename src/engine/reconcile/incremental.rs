@@ -80,17 +80,17 @@ pub(super) async fn run(
     // A row still inside its grace period at the last run is due now whether or not it
     // changed since, and its change column may be far older than its time column (a payment
     // dated ahead, a writer's clock ahead): the keys of rows whose time column lies between
-    // the latest `since` and this run's cutoff are read too. A row not yet due last time has
-    // its time after the last run's start less the grace, so after each side's mark less the
-    // lookback and the grace, as long as the data's clock is not ahead of trueup's by more
-    // than the lookback.
+    // the earliest `since` and this run's cutoff are read too. A row not yet due last time
+    // has its time after the last run's start less the grace, so after a side's mark less the
+    // lookback and the grace, as long as that side's clock is not ahead of trueup's by more
+    // than the lookback (the earliest: if either side's is not).
     let due_since = [left, right]
         .into_iter()
         .filter_map(|c| match c {
             Changes::Since(t) => Some(t),
             Changes::All | Changes::Unwatched => None,
         })
-        .max()
+        .min()
         .filter(|_| inv.grace.is_some());
     let (left_due, right_due) = match (due_since, due_before, &inv.time_column) {
         (Some(since), Some(until), Some(column)) => {

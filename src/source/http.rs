@@ -532,7 +532,13 @@ impl<'a> Pages<'a> {
                             ));
                         }
                     },
-                    None => !items.is_empty(),
+                    // Without `has_more`, a cursor in the response says there is more (an
+                    // API may send an empty page with a cursor: filtered lists do); the last
+                    // item's, that the page was not empty.
+                    None => match from {
+                        CursorFrom::LastItem(_) => !items.is_empty(),
+                        CursorFrom::Response(_) => true,
+                    },
                 };
                 let cursor = match from {
                     CursorFrom::LastItem(path) => items
@@ -540,9 +546,11 @@ impl<'a> Pages<'a> {
                         .and_then(|i| path.find(i))
                         .and_then(scalar_text),
                     CursorFrom::Response(path) => path.find(&body).and_then(scalar_text),
-                };
+                }
+                // An empty cursor is none.
+                .filter(|c| !c.is_empty());
                 match cursor {
-                    Some(c) if more && !c.is_empty() => {
+                    Some(c) if more => {
                         if !self.cursors.insert(c.clone()) {
                             return Err(self.api.failed(
                                 &url,

@@ -92,6 +92,21 @@ impl<'a> Rows<'a> {
 
     /// A row of the source: kept or not, then to the sorter or straight to the evaluator.
     pub(super) async fn take(&mut self, row: Row) -> Result<(), Option<SourceError>> {
+        // A time that is no instant (text, a number of seconds the columns did not type)
+        // cannot be placed in the window: left out, every such row would read as absent.
+        if let Some((i, c)) = self.since.zip(self.req.changed_since.as_ref())
+            && !matches!(row[i], Value::Null)
+            && row[i].as_timestamp().is_none()
+        {
+            return Err(Some(SourceError::Decode {
+                source_name: self.source.clone(),
+                column: c.column.to_string(),
+                message: format!(
+                    "it holds `{}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp (`type: timestamp` in the source's columns)",
+                    row[i]
+                ),
+            }));
+        }
         if !self.wanted(&row) {
             return Ok(());
         }

@@ -134,11 +134,14 @@ async fn serve_charges(
             let more = from + items.len() < all.len();
             axum::Json(json!({"object": "list", "data": items, "has_more": more})).into_response()
         }
-        // An opaque cursor in the response.
+        // An opaque cursor in the response. A filtered list may answer an empty page that
+        // still gives a cursor: the first page is one.
         "response-cursor" => {
-            let from = q
-                .get("cursor")
-                .map_or(0, |c| c.trim_start_matches("pos-").parse().unwrap());
+            let Some(cursor) = q.get("cursor") else {
+                return axum::Json(json!({"results": [], "meta": {"next_cursor": "pos-0"}}))
+                    .into_response();
+            };
+            let from: usize = cursor.trim_start_matches("pos-").parse().unwrap();
             let items = page(from);
             let next = (from + PAGE < all.len()).then(|| format!("pos-{}", from + PAGE));
             axum::Json(json!({"results": items, "meta": {"next_cursor": next}})).into_response()

@@ -505,3 +505,81 @@ async fn the_recheck_of_one_order_reads_the_last_message_on_its_own_subject() {
     }
     app.close().await;
 }
+
+/// With a window, a stream's time field that reads as no instant (text the columns did not
+/// type) fails the read, naming the field and the fix: left out of the window, every entry
+/// would read as absent and nothing would be reported. Typed, the same entry is read.
+#[tokio::test]
+async fn a_window_over_a_stream_time_that_is_no_instant_fails_the_read_saying_how_to_type_it() {
+    let redis = TestRedis::new().await;
+    let key = redis.key("placed");
+    let mut con = redis.con.clone();
+    let placed = chrono::Utc::now().to_rfc3339();
+    redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("order_id")
+        .arg(1)
+        .arg("placed")
+        .arg(&placed)
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let pg = TestPg::new().await;
+    pg.exec("CREATE TABLE placed (order_id bigint, placed timestamptz); INSERT INTO placed VALUES (1, now());")
+        .await;
+    for (column, error) in [
+        (
+            "placed",
+            Some(format!(
+                "it holds `{placed}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp (`type: timestamp` in the source's columns)"
+            )),
+        ),
+        ("{type: timestamp}", None),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "store: sqlite://{store}\nsources:\n  orders:\n    url: {REDIS_URL}\n    timeout: 5s\n  db:\n    url: {pg}\n",
+            store = dir.path().join("trueup.db").display(),
+            pg = pg.reader_url,
+        );
+        let invariants = format!(
+            "invariants:
+  - name: placed-recorded
+    time_column: placed
+    reconcile:
+      window: 30d
+      left:
+        source: orders
+        stream:
+          key: \"{key}\"
+          columns:
+            order_id: {{type: int}}
+            placed: {column}
+      right:
+        source: db
+        query: SELECT order_id, placed FROM placed
+      key: order_id
+"
+        );
+        std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
+        std::fs::write(dir.path().join("invariants/w.yaml"), invariants).unwrap();
+        let config = Config::parse(&config, &dir.path().join("trueup.yaml"), &|_| None).unwrap();
+        let app = App::with_config(config).await.unwrap();
+        let inv = app.invariant("placed-recorded").unwrap().clone();
+        let outcome = run_invariant(&inv, &app.sources, app.store.as_ref())
+            .await
+            .unwrap();
+        match error {
+            Some(error) => {
+                let got = outcome.error.unwrap_or_default();
+                assert!(got.contains(&error), "{got}");
+            }
+            None => {
+                assert!(outcome.error.is_none(), "{:?}", outcome.error);
+                assert_eq!((outcome.stats.rows_left, outcome.stats.observed), (1, 0));
+            }
+        }
+        app.close().await;
+    }
+}

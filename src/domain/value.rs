@@ -133,6 +133,16 @@ fn json_same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
+/// A decimal as canonical JSON: a number when it is an integer that fits 64 bits, else its
+/// text (a JSON number would be a double).
+fn decimal_json(d: Decimal) -> serde_json::Value {
+    let n = d.normalize();
+    match n.to_i64() {
+        Some(i) if n.scale() == 0 => serde_json::Value::from(i),
+        _ => serde_json::Value::String(n.to_string()),
+    }
+}
+
 /// A JSON number as the number it is: an integer, a decimal past an `i64`, or a float.
 fn json_number(n: &serde_json::Number) -> Value {
     if let Some(i) = n.as_i64() {
@@ -411,20 +421,16 @@ impl Value {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Decimal(d) => {
-                let n = d.normalize();
-                match n.to_i64() {
-                    Some(i) if n.scale() == 0 => J::from(i),
-                    _ => J::String(n.to_string()),
-                }
-            }
+            Value::Decimal(d) => decimal_json(*d),
+            // A whole float is written as the integer it equals (as an integer or a decimal
+            // holding it is), so that its key reads back the same from either.
+            Value::Float(f) if f.fract() == 0.0 => match float_as_decimal(*f) {
+                Some(d) => decimal_json(d),
+                None => serde_json::Number::from_f64(*f)
+                    .map_or_else(|| J::String(f.to_string()), J::Number),
+            },
             Value::Float(f) => {
-                if f.fract() == 0.0 && f.abs() < 9.0e15 {
-                    J::from(*f as i64)
-                } else {
-                    serde_json::Number::from_f64(*f)
-                        .map_or_else(|| J::String(f.to_string()), J::Number)
-                }
+                serde_json::Number::from_f64(*f).map_or_else(|| J::String(f.to_string()), J::Number)
             }
             Value::Text(s) => J::String(s.as_str().to_owned()),
             Value::Bytes(b) => J::String(format!("\\x{}", hex::encode(b))),
@@ -702,6 +708,21 @@ mod tests {
         );
         assert!(!dec("1e23").same_as(&Value::Float(1e23)));
         assert!(dec("99999999999999991611392").same_as(&Value::Float(1e23)));
+        // A whole float's key JSON is the integer's (or the decimal's) it equals.
+        for (float, exact) in [
+            (5.0, Value::Int(5)),
+            (1e16, Value::Int(10_000_000_000_000_000)),
+            (1e23, dec("99999999999999991611392")),
+        ] {
+            assert_eq!(
+                Value::Float(float).to_canonical_json(),
+                exact.to_canonical_json()
+            );
+        }
+        assert_eq!(
+            Value::Float(2.5).to_canonical_json(),
+            serde_json::json!(2.5)
+        );
         assert_eq!(
             Value::Int(9_007_199_254_740_993).key_cmp(&Value::Float(9_007_199_254_740_992.0)),
             Ordering::Greater

@@ -363,7 +363,13 @@ struct Pages<'a> {
     /// The previous page's items, hashed: an API that ignores the paging parameter answers
     /// the same page again and again.
     last_items: Option<u64>,
+    /// Empty pages in a row (each with a new cursor, or paging would have ended).
+    empty_pages: u32,
 }
+
+/// Empty pages in a row, each with a new cursor, before a read gives up: paging on past them
+/// would never end.
+const MAX_EMPTY_PAGES: u32 = 100;
 
 impl<'a> Pages<'a> {
     fn new(
@@ -422,6 +428,7 @@ impl<'a> Pages<'a> {
             urls: std::collections::HashSet::new(),
             cursors: std::collections::HashSet::new(),
             last_items: None,
+            empty_pages: 0,
         })
     }
 
@@ -549,7 +556,27 @@ impl<'a> Pages<'a> {
                 }
                 // An empty cursor is none.
                 .filter(|c| !c.is_empty());
+                self.empty_pages = if items.is_empty() {
+                    self.empty_pages + 1
+                } else {
+                    0
+                };
                 match cursor {
+                    // An empty page giving back a cursor already asked with (a tail cursor
+                    // on its last page) has nothing after it.
+                    Some(c)
+                        if items.is_empty() && has_more.is_none() && self.cursors.contains(&c) =>
+                    {
+                        None
+                    }
+                    Some(_) if more && self.empty_pages > MAX_EMPTY_PAGES => {
+                        return Err(self.api.failed(
+                            &url,
+                            format!(
+                                "{MAX_EMPTY_PAGES} empty pages in a row, each with a new cursor; paging would never end"
+                            ),
+                        ));
+                    }
                     Some(c) if more => {
                         if !self.cursors.insert(c.clone()) {
                             return Err(self.api.failed(
@@ -572,7 +599,7 @@ impl<'a> Pages<'a> {
                         };
                         return Err(self.api.failed(
                             &url,
-                            format!("more items follow, and there is no cursor at {place} (absent, or not text or a number); check `page.cursor`"),
+                            format!("more items follow, and there is no cursor at {place} (absent, empty, or not text or a number); check `page.cursor`"),
                         ));
                     }
                     _ => None,

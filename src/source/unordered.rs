@@ -102,8 +102,8 @@ impl<'a> Rows<'a> {
                 source_name: self.source.clone(),
                 column: c.column.to_string(),
                 message: format!(
-                    "it holds `{}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp (`type: timestamp` in the source's columns)",
-                    row[i]
+                    "it holds `{}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp or a date (`type: timestamp` or `type: date` in the source's columns)",
+                    crate::domain::value_text_prefix(&row[i].to_string())
                 ),
             }));
         }

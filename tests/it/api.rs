@@ -146,6 +146,29 @@ async fn serve_charges(
             let next = (from + PAGE < all.len()).then(|| format!("pos-{}", from + PAGE));
             axum::Json(json!({"results": items, "meta": {"next_cursor": next}})).into_response()
         }
+        // A tail cursor: each page gives the next, and the empty last page gives back the
+        // cursor it was asked with.
+        "echo-cursor" => {
+            let asked = q.get("cursor").cloned();
+            let from: usize = asked
+                .as_deref()
+                .map_or(0, |c| c.trim_start_matches("pos-").parse().unwrap());
+            let items = page(from);
+            let next = if items.is_empty() {
+                asked
+            } else {
+                Some(format!("pos-{}", from + PAGE))
+            };
+            axum::Json(json!({"results": items, "meta": {"next_cursor": next}})).into_response()
+        }
+        // Empty pages for ever, each with a new cursor.
+        "endless-empty" => {
+            let n: u64 = q
+                .get("cursor")
+                .map_or(0, |c| c.trim_start_matches("n-").parse().unwrap());
+            axum::Json(json!({"results": [], "meta": {"next_cursor": format!("n-{}", n + 1)}}))
+                .into_response()
+        }
         // GitHub's style: the list is the body, the next page a `Link` header.
         "link" => {
             let p = num("page", 1);
@@ -281,7 +304,7 @@ async fn project_with(
             "{cursor: {param: starting_after, from_item: id, has_more: has_more}}",
             "{limit: 100}",
         ),
-        "response-cursor" => (
+        "response-cursor" | "echo-cursor" | "endless-empty" => (
             "results",
             "{cursor: {param: cursor, from_response: meta.next_cursor}}",
             "{}",
@@ -400,8 +423,9 @@ async fn planted_keys_found_and_repaired_ones_resolved(style: &str) {
         "{:?}",
         started.elapsed()
     );
-    // Ten pages (an item cursor asks once more, to find the last page empty... or `has_more`
-    // says so), plus the 429 and the 503 sent again.
+    // Ten pages (an item cursor asks once more, to find the last page empty, as a tail cursor
+    // does, and a response cursor's list starts with an empty page; or `has_more` says so),
+    // plus the 429 and the 503 sent again.
     let requests = api.requests.load(Ordering::SeqCst);
     assert!((12..=13).contains(&requests), "{requests} requests");
     assert_eq!(first.stats.rows_left, CHARGES as u64);
@@ -453,6 +477,32 @@ async fn an_api_paged_by_an_item_cursor_reconciles_exactly_against_mariadb() {
 #[tokio::test]
 async fn an_api_paged_by_a_response_cursor_reconciles_exactly_against_mariadb() {
     planted_keys_found_and_repaired_ones_resolved("response-cursor").await;
+}
+
+#[tokio::test]
+async fn an_api_whose_empty_last_page_gives_back_its_cursor_reconciles_exactly_against_mariadb() {
+    planted_keys_found_and_repaired_ones_resolved("echo-cursor").await;
+}
+
+/// Empty pages each with a new cursor: the read gives up after 100 in a row, failing the run,
+/// rather than page for ever (or end, reading the list as empty).
+#[tokio::test]
+async fn an_api_that_sends_empty_pages_with_new_cursors_for_ever_fails_the_run() {
+    let (base, _api) = start_api(Faults::default()).await;
+    let my = ledger().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = project(dir.path(), &base, "endless-empty", &my).await;
+    let inv = app.invariant("charges-booked").unwrap().clone();
+    let outcome = run_invariant(&inv, &app.sources, app.store.as_ref())
+        .await
+        .unwrap();
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("100 empty pages in a row, each with a new cursor; paging would never end"),
+        "{error}"
+    );
+    assert!(outcome.change.is_none());
+    app.close().await;
 }
 
 #[tokio::test]

@@ -532,7 +532,7 @@ async fn a_window_over_a_stream_time_that_is_no_instant_fails_the_read_saying_ho
         (
             "placed",
             Some(format!(
-                "it holds `{placed}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp (`type: timestamp` in the source's columns)"
+                "it holds `{placed}`, which is no instant, and the window keeps rows by their time; read the field as a timestamp or a date (`type: timestamp` or `type: date` in the source's columns)"
             )),
         ),
         ("{type: timestamp}", None),

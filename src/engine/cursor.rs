@@ -24,6 +24,8 @@ pub(super) struct Cursor {
 pub(super) struct Group {
     pub first: Row,
     pub count: u64,
+    /// Whether a row after the first passed the probe the group was read with.
+    pub later_matched: bool,
 }
 
 impl Cursor {
@@ -72,10 +74,20 @@ impl Cursor {
 
     /// The next key group, checking that keys never go backwards.
     pub async fn next_group(&mut self) -> Result<Option<Group>, EngineError> {
+        self.next_group_probing(None).await
+    }
+
+    /// [`Cursor::next_group`], noting whether a row after the first passes `probe` (rows
+    /// are not kept: a group of any size is read in constant memory).
+    pub async fn next_group_probing(
+        &mut self,
+        probe: Option<&(dyn Fn(&Row) -> bool + Sync)>,
+    ) -> Result<Option<Group>, EngineError> {
         let Some(first) = self.next().await? else {
             return Ok(None);
         };
         let mut count = 1;
+        let mut later_matched = false;
         loop {
             self.fill().await?;
             // The fields apart, so that the look-ahead and the key indices borrow together
@@ -93,7 +105,10 @@ impl Cursor {
             };
             match order {
                 Ok(Ordering::Equal) => {
-                    self.next().await?;
+                    let row = self.next().await?;
+                    if let (Some(probe), Some(row), false) = (probe, &row, later_matched) {
+                        later_matched = probe(row);
+                    }
                     count += 1;
                 }
                 Ok(_) => break,
@@ -109,7 +124,11 @@ impl Cursor {
                 }
             }
         }
-        Ok(Some(Group { first, count }))
+        Ok(Some(Group {
+            first,
+            count,
+            later_matched,
+        }))
     }
 }
 

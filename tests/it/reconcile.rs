@@ -834,6 +834,54 @@ async fn json_numbers_compare_by_value_and_one_a_double_does_not_keep_is_never_r
     srcs.close().await;
 }
 
+/// With `expect: at_least_one`, a key with several right rows holds when one of them matches
+/// its left row (keys 1, 2, 6), and is a mismatch when none does (key 3, whose evidence shows
+/// the first and says how many there were), as with one right row (key 4).
+#[tokio::test]
+async fn at_least_one_right_row_must_match_and_a_key_none_of_whose_rows_match_is_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, r) = (dir.path().join("l.db"), dir.path().join("r.db"));
+    crate::helpers::sqlite_file(
+        &l,
+        "CREATE TABLE orders (id INTEGER, amount INTEGER);
+         INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30), (4, 40), (6, 60);",
+    )
+    .await;
+    crate::helpers::sqlite_file(
+        &r,
+        "CREATE TABLE shipments (id INTEGER, amount INTEGER);
+         INSERT INTO shipments VALUES (1, 10), (1, 10), (2, 21), (2, 20), (3, 31), (3, 32),
+                                      (4, 41), (5, 50), (6, 60), (6, 61);",
+    )
+    .await;
+    let srcs = sources(&[
+        ("pg", &crate::helpers::sqlite_url(&l)),
+        ("my", &crate::helpers::sqlite_url(&r)),
+    ])
+    .await;
+    let mut inv = reconcile(
+        "SELECT id, amount FROM orders",
+        "SELECT id, amount FROM shipments",
+        &["id"],
+        None,
+    );
+    reconcile_spec(&mut inv).expect = trueup::domain::Expect::AtLeastOne;
+    let (found, _) = evaluate_in(inv, ReconcileMode::Stream, &srcs).await;
+    let got: Vec<(ViolationKind, serde_json::Value, serde_json::Value)> = found
+        .iter()
+        .map(|v| (v.kind, v.key_json(), v.evidence["right_rows"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ViolationKind::Mismatch, json!([3]), json!(2)),
+            (ViolationKind::Mismatch, json!([4]), serde_json::Value::Null),
+            (ViolationKind::Extra, json!([5]), serde_json::Value::Null),
+        ]
+    );
+    srcs.close().await;
+}
+
 #[tokio::test]
 async fn beyond_the_violation_budget_violations_are_counted_not_stored_and_nothing_resolves() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::domain::{
     ColumnName, Invariant, ReconcileSpec, Value, ValueClass, Violation, ViolationKind,
 };
-use crate::source::{ChangedSince, KeyRanges, KeySet, Needed, ReadRequest, Sources, index_of};
+use crate::source::{ChangedSince, KeyRanges, KeySet, Needed, ReadRequest, Row, Sources, index_of};
 
 use crate::engine::KeyFilter;
 use crate::engine::cursor::{Cursor, Group, compare_keys};
@@ -127,8 +127,27 @@ pub(super) async fn merge(
     let mut right = Cursor::new(right, right_keys, "right");
     let plan = plan(inv, spec, left.columns(), right.columns())?;
 
+    // With `at_least_one`, a key's right rows after the first are probed for one that
+    // matches the left row (the group is not kept), so that a mismatch is reported only when
+    // none does.
+    let probes = spec.expect.right_may_repeat() && !plan.compare.is_empty();
+    let (left_key, right_key) = (left.key_idx.clone(), right.key_idx.clone());
+    let matches_left = |l: &Option<Group>, row: &Row| {
+        l.as_ref().is_some_and(|lg| {
+            compare_keys(&lg.first, &left_key, row, &right_key) == Ordering::Equal
+                && plan
+                    .compare
+                    .iter()
+                    .all(|(_, i, j)| lg.first[*i].same_as(&row[*j]))
+        })
+    };
     let mut l = left.next_group().await?;
-    let mut r = right.next_group().await?;
+    let mut r = {
+        let probe = |row: &Row| matches_left(&l, row);
+        right
+            .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
+            .await?
+    };
     // Looked up once, not per key group (test builds only).
     if crate::source::injected("engine.merge") {
         return Err(EngineError::Injected("the merge stopped".into()));
@@ -151,14 +170,20 @@ pub(super) async fn merge(
                 if let Some(rg) = r.take() {
                     right_only(spec, &plan, &right, rg, due_before, tally).await?;
                 }
-                r = right.next_group().await?;
+                let probe = |row: &Row| matches_left(&l, row);
+                r = right
+                    .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
+                    .await?;
             }
             Ordering::Equal => {
                 if let (Some(lg), Some(rg)) = (l.take(), r.take()) {
                     both(spec, &plan, &left, lg, &right, rg, due_before, tally).await?;
                 }
                 l = left.next_group().await?;
-                r = right.next_group().await?;
+                let probe = |row: &Row| matches_left(&l, row);
+                r = right
+                    .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
+                    .await?;
             }
         }
     }
@@ -387,8 +412,11 @@ async fn both(
             })
             .await?;
     }
-    // Several rows on a side have no single counterpart to compare with.
-    if lg.count > 1 || rg.count > 1 || plan.compare.is_empty() {
+    // Several rows on a side have no single counterpart to compare with; but where the right
+    // rows may repeat (`at_least_one`), the key holds if one of them matches: the first is
+    // compared below, and the others were probed as they were read.
+    if lg.count > 1 || (rg.count > 1 && (right_dup || rg.later_matched)) || plan.compare.is_empty()
+    {
         return Ok(());
     }
     let diff: Vec<serde_json::Value> = plan
@@ -418,11 +446,18 @@ async fn both(
             key: key(),
             discriminator: None,
             event_at,
-            evidence: json!({
-                "left": row_json(left.columns(), &lg.first, &plan.left_whole),
-                "right": row_json(right.columns(), &rg.first, &plan.right_whole),
-                "diff": diff,
-            }),
+            evidence: {
+                let mut evidence = json!({
+                    "left": row_json(left.columns(), &lg.first, &plan.left_whole),
+                    "right": row_json(right.columns(), &rg.first, &plan.right_whole),
+                    "diff": diff,
+                });
+                // (`at_least_one`: none of the key's right rows matched; the first is shown.)
+                if rg.count > 1 {
+                    evidence["right_rows"] = json!(rg.count);
+                }
+                evidence
+            },
         })
         .await
 }

@@ -77,15 +77,25 @@ impl Cursor {
         self.next_group_probing(None).await
     }
 
-    /// [`Cursor::next_group`], noting whether a row after the first passes `probe` (rows
-    /// are not kept: a group of any size is read in constant memory).
-    pub async fn next_group_probing(
+    /// [`Cursor::next_group`] in two steps: the group's first row (from [`Cursor::next`]),
+    /// then the rest of it, noting whether a row after the first passes `probe` (rows are not
+    /// kept: a group of any size is read in constant memory).
+    async fn next_group_probing(
         &mut self,
         probe: Option<&(dyn Fn(&Row) -> bool + Sync)>,
     ) -> Result<Option<Group>, EngineError> {
         let Some(first) = self.next().await? else {
             return Ok(None);
         };
+        self.rest_of_group(first, probe).await.map(Some)
+    }
+
+    /// The rest of the group whose first row is `first` (see [`Cursor::next_group_probing`]).
+    pub async fn rest_of_group(
+        &mut self,
+        first: Row,
+        probe: Option<&(dyn Fn(&Row) -> bool + Sync)>,
+    ) -> Result<Group, EngineError> {
         let mut count = 1;
         let mut later_matched = false;
         loop {
@@ -124,11 +134,11 @@ impl Cursor {
                 }
             }
         }
-        Ok(Some(Group {
+        Ok(Group {
             first,
             count,
             later_matched,
-        }))
+        })
     }
 }
 

@@ -569,7 +569,7 @@ impl<'a> Pages<'a> {
                     {
                         None
                     }
-                    Some(_) if more && self.empty_pages > MAX_EMPTY_PAGES => {
+                    Some(_) if more && self.empty_pages >= MAX_EMPTY_PAGES => {
                         return Err(self.api.failed(
                             &url,
                             format!(

@@ -835,8 +835,9 @@ async fn json_numbers_compare_by_value_and_one_a_double_does_not_keep_is_never_r
 }
 
 /// With `expect: at_least_one`, a key with several right rows holds when one of them matches
-/// its left row (keys 1, 2, 6), and is a mismatch when none does (key 3, whose evidence shows
-/// the first and says how many there were), as with one right row (key 4).
+/// its left row (keys 1, 2, 6; and 10, whose right rows come right after the missing 9), and
+/// is a mismatch when none does (key 3, whose evidence shows the first and says how many
+/// there were), as with one right row (key 4).
 #[tokio::test]
 async fn at_least_one_right_row_must_match_and_a_key_none_of_whose_rows_match_is_a_mismatch() {
     let dir = tempfile::tempdir().unwrap();
@@ -844,14 +845,14 @@ async fn at_least_one_right_row_must_match_and_a_key_none_of_whose_rows_match_is
     crate::helpers::sqlite_file(
         &l,
         "CREATE TABLE orders (id INTEGER, amount INTEGER);
-         INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30), (4, 40), (6, 60);",
+         INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30), (4, 40), (6, 60), (9, 90), (10, 100);",
     )
     .await;
     crate::helpers::sqlite_file(
         &r,
         "CREATE TABLE shipments (id INTEGER, amount INTEGER);
          INSERT INTO shipments VALUES (1, 10), (1, 10), (2, 21), (2, 20), (3, 31), (3, 32),
-                                      (4, 41), (5, 50), (6, 60), (6, 61);",
+                                      (4, 41), (5, 50), (6, 60), (6, 61), (10, 101), (10, 100);",
     )
     .await;
     let srcs = sources(&[
@@ -877,6 +878,7 @@ async fn at_least_one_right_row_must_match_and_a_key_none_of_whose_rows_match_is
             (ViolationKind::Mismatch, json!([3]), json!(2)),
             (ViolationKind::Mismatch, json!([4]), serde_json::Value::Null),
             (ViolationKind::Extra, json!([5]), serde_json::Value::Null),
+            (ViolationKind::Missing, json!([9]), serde_json::Value::Null),
         ]
     );
     srcs.close().await;

@@ -128,26 +128,12 @@ pub(super) async fn merge(
     let plan = plan(inv, spec, left.columns(), right.columns())?;
 
     // With `at_least_one`, a key's right rows after the first are probed for one that
-    // matches the left row (the group is not kept), so that a mismatch is reported only when
-    // none does.
+    // matches its left row as they are read (the group is not kept), so that a mismatch is
+    // reported only when none does. So the right side holds only its group's first row until
+    // the group is used: then the left row it is compared with is known.
     let probes = spec.expect.right_may_repeat() && !plan.compare.is_empty();
-    let (left_key, right_key) = (left.key_idx.clone(), right.key_idx.clone());
-    let matches_left = |l: &Option<Group>, row: &Row| {
-        l.as_ref().is_some_and(|lg| {
-            compare_keys(&lg.first, &left_key, row, &right_key) == Ordering::Equal
-                && plan
-                    .compare
-                    .iter()
-                    .all(|(_, i, j)| lg.first[*i].same_as(&row[*j]))
-        })
-    };
     let mut l = left.next_group().await?;
-    let mut r = {
-        let probe = |row: &Row| matches_left(&l, row);
-        right
-            .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
-            .await?
-    };
+    let mut r = right.next().await?;
     // Looked up once, not per key group (test builds only).
     if crate::source::injected("engine.merge") {
         return Err(EngineError::Injected("the merge stopped".into()));
@@ -157,7 +143,7 @@ pub(super) async fn merge(
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some(lg), Some(rg)) => cross_compare(spec, &left, &lg.first, &right, &rg.first)?,
+            (Some(lg), Some(first)) => cross_compare(spec, &left, &lg.first, &right, first)?,
         };
         match order {
             Ordering::Less => {
@@ -167,23 +153,26 @@ pub(super) async fn merge(
                 l = left.next_group().await?;
             }
             Ordering::Greater => {
-                if let Some(rg) = r.take() {
+                if let Some(first) = r.take() {
+                    let rg = right.rest_of_group(first, None).await?;
                     right_only(spec, &plan, &right, rg, due_before, tally).await?;
                 }
-                let probe = |row: &Row| matches_left(&l, row);
-                r = right
-                    .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
-                    .await?;
+                r = right.next().await?;
             }
             Ordering::Equal => {
-                if let (Some(lg), Some(rg)) = (l.take(), r.take()) {
+                if let (Some(lg), Some(first)) = (l.take(), r.take()) {
+                    // The keys are equal: a later right row matches if its compared columns do.
+                    let matches_left = |row: &Row| {
+                        plan.compare
+                            .iter()
+                            .all(|(_, i, j)| lg.first[*i].same_as(&row[*j]))
+                    };
+                    let probe = probes.then_some(&matches_left as &(dyn Fn(&Row) -> bool + Sync));
+                    let rg = right.rest_of_group(first, probe).await?;
                     both(spec, &plan, &left, lg, &right, rg, due_before, tally).await?;
                 }
                 l = left.next_group().await?;
-                let probe = |row: &Row| matches_left(&l, row);
-                r = right
-                    .next_group_probing(probes.then_some(&probe as &(dyn Fn(&Row) -> bool + Sync)))
-                    .await?;
+                r = right.next().await?;
             }
         }
     }

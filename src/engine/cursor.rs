@@ -74,23 +74,15 @@ impl Cursor {
 
     /// The next key group, checking that keys never go backwards.
     pub async fn next_group(&mut self) -> Result<Option<Group>, EngineError> {
-        self.next_group_probing(None).await
-    }
-
-    /// [`Cursor::next_group`] in two steps: the group's first row (from [`Cursor::next`]),
-    /// then the rest of it, noting whether a row after the first passes `probe` (rows are not
-    /// kept: a group of any size is read in constant memory).
-    async fn next_group_probing(
-        &mut self,
-        probe: Option<&(dyn Fn(&Row) -> bool + Sync)>,
-    ) -> Result<Option<Group>, EngineError> {
         let Some(first) = self.next().await? else {
             return Ok(None);
         };
-        self.rest_of_group(first, probe).await.map(Some)
+        self.rest_of_group(first, None).await.map(Some)
     }
 
-    /// The rest of the group whose first row is `first` (see [`Cursor::next_group_probing`]).
+    /// The rest of the group whose first row is `first` (from [`Cursor::next`]), noting
+    /// whether a row after the first passes `probe` (rows are not kept: a group of any size
+    /// is read in constant memory).
     pub async fn rest_of_group(
         &mut self,
         first: Row,

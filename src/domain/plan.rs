@@ -49,9 +49,11 @@ impl PlanState {
         }
     }
 
-    /// Whether an operator stopped its apply (paused or cancelled): no action starts.
+    /// Whether an apply under way stops here: only an applying plan hands out actions, so
+    /// one that an operator paused, cancelled or rejected, or that another apply stopped,
+    /// starts none (a rejected plan is never written to again).
     pub fn halts_apply(self) -> bool {
-        matches!(self, PlanState::Paused | PlanState::Cancelled)
+        self != PlanState::Applying
     }
 }
 

@@ -96,7 +96,7 @@ macro_rules! impl_action_store {
     // for update) waits for claims under way and every later claim sees it.
     ($store:ty, $db:ty, $begin:literal, $skip_locked:literal, $for_update:literal, $for_key_share:literal) => {
         impl $store {
-            /// Whether `plan` hands out actions: not while paused or cancelled.
+            /// Whether `plan` hands out actions: only while it is applying.
             async fn hands_out_actions(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 plan: $crate::domain::PlanId,

@@ -603,6 +603,30 @@ async fn plan_story(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let lease = chrono::TimeDelta::seconds(10);
+    let change = |from: &'static [PlanState], to| Transition {
+        from,
+        to,
+        by: "otto",
+        reason: None,
+        at: t0,
+        audit_action: "plan.test",
+        details: json!({}),
+    };
+    // Only an applying plan hands out actions (a proposed, stopped or rejected one none).
+    assert!(
+        store
+            .claim_action(id, "w1", t0, t0 + lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "proposed"
+    );
+    assert!(
+        store
+            .transition_plan(id, &change(&[PlanState::Proposed], PlanState::Applying))
+            .await
+            .unwrap()
+    );
     let a = store
         .claim_action(id, "w1", t0, t0 + lease)
         .await
@@ -699,24 +723,9 @@ async fn plan_story(store: Arc<dyn Store>) {
     assert!(!store.approve_plan(id, "alice", "c", t0).await.unwrap());
     assert_eq!(store.plan(id).await.unwrap().unwrap().approvals.len(), 1);
     // A state change happens only from the states it names.
-    let change = |from: &'static [PlanState], to| Transition {
-        from,
-        to,
-        by: "otto",
-        reason: None,
-        at: t0,
-        audit_action: "plan.test",
-        details: json!({}),
-    };
     assert!(
         !store
-            .transition_plan(id, &change(&[PlanState::Applying], PlanState::Applied))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .transition_plan(id, &change(&[PlanState::Proposed], PlanState::Applying))
+            .transition_plan(id, &change(&[PlanState::Proposed], PlanState::Applied))
             .await
             .unwrap()
     );
@@ -752,11 +761,11 @@ async fn plan_story(store: Arc<dyn Store>) {
         actions,
         [
             "plan.propose",
+            "plan.test",
             "action.applied",
             "action.failed",
             "plan.approve",
-            "plan.approve",
-            "plan.test"
+            "plan.approve"
         ]
     );
 
@@ -785,6 +794,12 @@ async fn plan_story(store: Arc<dyn Store>) {
     assert_eq!(
         store.plan(third).await.unwrap().unwrap().state,
         PlanState::Proposed
+    );
+    assert!(
+        store
+            .transition_plan(r, &change(&[PlanState::Proposed], PlanState::Applying))
+            .await
+            .unwrap()
     );
     let p1 = store
         .claim_partition(r, "w1", t0, t0 + lease)
@@ -852,7 +867,7 @@ async fn plan_story(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(held.as_deref(), Some("a"));
-    let pause = change(&[PlanState::Proposed], PlanState::Paused);
+    let pause = change(&[PlanState::Applying], PlanState::Paused);
     assert!(store.transition_plan(r, &pause).await.unwrap());
     let in_a = store.claim_in_partition(r, "a", "w4", later + lease).await;
     assert!(in_a.unwrap().is_none(), "paused");
@@ -876,6 +891,15 @@ async fn plan_story(store: Arc<dyn Store>) {
         .unwrap()
         .expect("resumed: a partition with work left");
     store.release_partition(r, &other, "w5").await.unwrap();
+    // Stopped by one apply, then rejected: a second apply still under way gets nothing more.
+    let stop = change(&[PlanState::Applying], PlanState::Stopped);
+    assert!(store.transition_plan(r, &stop).await.unwrap());
+    let any = store.claim_partition(r, "w5", later, later + lease).await;
+    assert_eq!(any.unwrap(), None, "stopped");
+    let reject = change(&[PlanState::Stopped], PlanState::Rejected);
+    assert!(store.transition_plan(r, &reject).await.unwrap());
+    let any = store.claim_action(r, "w5", later, later + lease).await;
+    assert!(any.unwrap().is_none(), "rejected");
     assert_eq!(
         store.retry_failed_actions(r).await.unwrap(),
         1,

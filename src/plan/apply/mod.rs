@@ -53,6 +53,9 @@ pub enum Rate {
 impl Rate {
     /// A conservative default: a target is never hit harder unless an operator asks.
     pub const DEFAULT: Rate = Rate::PerSecond(5.0);
+    /// 0.05/h (about one action a day), in actions a second.
+    const SLOWEST: f64 = 0.05 / 3_600.0;
+    const FASTEST: f64 = 1_000_000.0;
     /// Replays re-deliver events a consumer already expects, a little faster by default.
     pub const DEFAULT_REPLAY: Rate = Rate::PerSecond(10.0);
 
@@ -70,7 +73,7 @@ impl Rate {
         if raw == "unlimited" {
             return Ok(Rate::Unlimited);
         }
-        let err = || RateError {
+        let err = || RateError::Form {
             raw: raw.to_owned(),
         };
         let (n, unit) = raw.split_once('/').ok_or_else(err)?;
@@ -84,7 +87,15 @@ impl Rate {
         if !(n > 0.0 && n.is_finite()) {
             return Err(err());
         }
-        Ok(Rate::PerSecond(n / per))
+        // A period the timer can keep: `1e10/s` would be no period at all (a zero interval
+        // panics) and `1e-20/s` one past what a duration holds.
+        let r = n / per;
+        if !(Self::SLOWEST..=Self::FASTEST).contains(&r) {
+            return Err(RateError::OutOfRange {
+                raw: raw.to_owned(),
+            });
+        }
+        Ok(Rate::PerSecond(r))
     }
 
     fn period(self) -> Option<Duration> {
@@ -95,11 +106,15 @@ impl Rate {
     }
 }
 
-/// A rate that is not one: what was given, and the forms that are.
+/// A rate that is not one: what was given, and the forms (or the range) that are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rate `{raw}`: write N/s, N/m or N/h (e.g. 5/s), or `unlimited`")]
-pub struct RateError {
-    raw: String,
+pub enum RateError {
+    #[error("rate `{raw}`: write N/s, N/m or N/h (e.g. 5/s), or `unlimited`")]
+    Form { raw: String },
+    #[error(
+        "rate `{raw}`: at least 0.05/h (about one action a day) and at most 1000000/s; for no limit write `unlimited`"
+    )]
+    OutOfRange { raw: String },
 }
 
 impl std::fmt::Display for Rate {
@@ -274,13 +289,28 @@ async fn live(
         reporter: Reporter::new(env.store, plan, progress, started),
         lease: chrono::TimeDelta::from_std(opts.lease).unwrap_or(chrono::TimeDelta::seconds(60)),
     };
-    let halted = if plan.kind == PlanKind::Replay {
-        let spec = invariant.replay.as_ref().ok_or_else(|| {
-            PlanError::refused(id, "its invariant no longer has a `replay:` block")
-        })?;
-        run_partitions(&live, spec, &mut report).await?
+    let worked = if plan.kind == PlanKind::Replay {
+        match invariant.replay.as_ref() {
+            Some(spec) => run_partitions(&live, spec, &mut report).await,
+            None => Err(PlanError::refused(
+                id,
+                "its invariant no longer has a `replay:` block",
+            )),
+        }
     } else {
-        run_sequential(&live, &mut report).await?
+        run_sequential(&live, &mut report).await
+    };
+    let halted = match worked {
+        Ok(halted) => halted,
+        Err(e) => {
+            // Nobody applies it any more: it must not read `applying` until a lease runs out
+            // (best effort: the store may be what failed).
+            let why = format!("the apply failed: {e}");
+            if let Err(also) = end_applying(env, id, PlanState::Stopped, Some(&why)).await {
+                tracing::warn!(plan = id, "cannot mark the plan stopped: {also}");
+            }
+            return Err(e);
+        }
     };
     live.reporter.report(true).await?;
     report.actions_secs = started.elapsed().as_secs_f64();
@@ -293,10 +323,10 @@ async fn live(
     } else if let Some(why) = report.stopped.clone() {
         end_applying(env, id, PlanState::Stopped, Some(&why)).await?;
         report.next = Some(after_stop(&env.store.action_progress(id).await?, id));
-    } else if let Some(why) = unfinished(&env.store.action_progress(id).await?) {
+    } else if let Some((why, next)) = unfinished(&env.store.action_progress(id).await?, id) {
         end_applying(env, id, PlanState::Stopped, Some(&why)).await?;
         report.stopped = Some(why);
-        report.next = Some(NextStep::RetryFailed(id));
+        report.next = Some(next);
     } else {
         // Of several applies of one plan, the one that moves it to applied verifies it.
         if end_applying(env, id, PlanState::Applied, None).await? {
@@ -362,16 +392,25 @@ async fn end_applying(
     Ok(moved)
 }
 
-/// Actions failed or parked: why the plan stops short of applied (the stored reason, read on
-/// every surface, so it names no command).
-fn unfinished(progress: &BTreeMap<ActionStatus, u64>) -> Option<String> {
-    let failed = progress.get(&ActionStatus::Failed).copied().unwrap_or(0);
-    let parked = progress.get(&ActionStatus::Parked).copied().unwrap_or(0);
-    match (failed, parked) {
-        (0, 0) => None,
-        (f, 0) => Some(format!("{f} action(s) failed")),
-        (f, p) => Some(format!("{p} event(s) parked and {f} action(s) failed")),
+/// Actions failed, parked or still open: why the plan stops short of applied (the stored
+/// reason, read on every surface, so it names no command), and what to do about it. Only a
+/// plan with every action final is applied: one whose apply ended with actions pending (a
+/// worker that gave up without saying why) is stopped, never taken for done.
+fn unfinished(progress: &BTreeMap<ActionStatus, u64>, id: PlanId) -> Option<(String, NextStep)> {
+    let count = |s: ActionStatus| progress.get(&s).copied().unwrap_or(0);
+    let (failed, parked) = (count(ActionStatus::Failed), count(ActionStatus::Parked));
+    let open = count(ActionStatus::Pending) + count(ActionStatus::InProgress);
+    let mut parts = Vec::new();
+    if parked > 0 {
+        parts.push(format!("{parked} event(s) parked"));
     }
+    if failed > 0 {
+        parts.push(format!("{failed} action(s) failed"));
+    }
+    if open > 0 {
+        parts.push(format!("{open} action(s) not applied yet"));
+    }
+    (!parts.is_empty()).then(|| (parts.join(" and "), after_stop(progress, id)))
 }
 
 /// What to do about a plan an apply left stopped: retry what failed or parked, or, when
@@ -399,6 +438,15 @@ mod tests {
         assert!(Rate::parse("5").is_err());
         assert!(Rate::parse("0/s").is_err());
         assert!(Rate::parse("-1/s").is_err());
+        // Rates a timer cannot keep are refused, not a panic when the apply starts.
+        for extreme in ["1e10/s", "1e-20/s", "0.01/h"] {
+            assert!(
+                matches!(Rate::parse(extreme), Err(RateError::OutOfRange { .. })),
+                "{extreme}"
+            );
+        }
+        assert_eq!(Rate::parse("1000000/s"), Ok(Rate::PerSecond(1_000_000.0)));
+        assert!(Rate::parse("0.05/h").is_ok());
         assert_eq!(
             Rate::parse("50/s").unwrap().period(),
             Some(Duration::from_millis(20))

@@ -109,5 +109,10 @@ pub(super) async fn run_partitions(
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     let halted = halted.into_inner().unwrap_or_else(|e| e.into_inner());
+    // The workers stop at a cancel with events still to deliver: this apply was interrupted,
+    // as the sequential loop says (the plan is stopped, never applied).
+    if halted.is_none() && cancel.is_cancelled() {
+        report.stopped = Some("interrupted".into());
+    }
     Ok(halted)
 }

@@ -335,3 +335,93 @@ async fn a_replay_killed_at_eight_points_delivers_each_event_once_and_in_order()
             .unwrap();
     assert_eq!((rows, distinct), (2399, 2399), "each event processed once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_interrupted_by_ctrl_c_is_stopped_with_its_events_left_and_the_next_apply_delivers_them()
+ {
+    let ConsumerDown {
+        data: _data,
+        pool: _pool,
+        consumer,
+        dir,
+        config,
+    } = consumer_down().await;
+    consumer.failing.lock().unwrap().clear();
+    let run = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        output(c)
+    };
+    run(&["check"]).await;
+    let proposed = run(&[
+        "replay",
+        "-i",
+        "events-consumed",
+        "--from",
+        "2026-11-20T10:00:00Z",
+        "--to",
+        "2026-11-20T10:30:00Z",
+        "--execute",
+    ])
+    .await;
+    assert!(proposed.status.success(), "{}", text(&proposed));
+    assert!(run(&["plan", "approve", "1"]).await.status.success());
+    let store = trueup::store::open(&trueup::config::SecretUrl::new(sqlite_url(
+        &dir.path().join("trueup.db"),
+    )))
+    .await
+    .unwrap();
+    // Ten a second: Ctrl-C lands while most of the 60 events are still to go.
+    let child = trueup(&config)
+        .args(["apply", "1", "--rate", "10/s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while finished_actions(store.as_ref(), 1).await < 5 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the apply made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let interrupted = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let said = text(&interrupted);
+    assert_eq!(interrupted.status.code(), Some(1), "{said}");
+    assert!(said.contains("stopped: interrupted"), "{said}");
+    assert!(said.contains("plan 1 is stopped"), "{said}");
+    let delivered = consumer.seen.lock().unwrap().requests.len();
+    assert!(
+        (5..60).contains(&delivered),
+        "{delivered} delivered: {said}"
+    );
+    let plan = store.plan(1).await.unwrap().unwrap();
+    assert_eq!(plan.state, trueup::domain::PlanState::Stopped);
+    let progress = store.action_progress(1).await.unwrap();
+    let pending = progress
+        .get(&trueup::domain::ActionStatus::Pending)
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(pending as usize, 60 - delivered, "{progress:?}");
+    store.close().await;
+
+    // Applied again, it delivers the rest, each once, and only then is the plan applied.
+    let rest = run(&["apply", "1", "--rate", "unlimited"]).await;
+    assert!(rest.status.success(), "{}", text(&rest));
+    assert!(text(&rest).contains("plan 1 is applied"), "{}", text(&rest));
+    let seen = consumer.seen.lock().unwrap().clone();
+    assert_eq!(seen.requests.len(), 60);
+    assert!(
+        seen.requests.values().all(|n| *n == 1),
+        "{:?}",
+        seen.requests
+    );
+}

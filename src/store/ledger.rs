@@ -431,13 +431,20 @@ macro_rules! impl_store {
                            times_reopened = violations.times_reopened \
                                             + CASE WHEN violations.status = 'resolved' THEN 1 ELSE 0 END, \
                            resolved_at = NULL, \
-                           resolved_run_id = NULL",
+                           resolved_run_id = NULL \
+                         WHERE violations.last_run_id < excluded.last_run_id \
+                           AND (violations.resolved_run_id IS NULL OR violations.resolved_run_id < excluded.last_run_id)",
                     )
                     .bind(run)
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
                 }
+                // Runs of one invariant may overlap (a verification, an API run, `trueup check`
+                // beside the schedule): a violation takes the word of the run that began last
+                // (run ids grow as runs begin). So a run neither reopens nor sees again what a
+                // run begun after it resolved or saw (the upsert's WHERE), nor resolves what a
+                // later run saw (`last_run_id < $2`).
                 // A violation the run did not see resolves only if the run covered its key:
                 // every key in a full pass, the staged keys in an incremental one, the keys
                 // whose event time lies in a windowed one's window.
@@ -448,7 +455,7 @@ macro_rules! impl_store {
                 } else {
                     sqlx::query(
                         "UPDATE violations SET status = 'resolved', resolved_at = $1, resolved_run_id = $2 \
-                         WHERE invariant = $3 AND status <> 'resolved' AND last_run_id <> $2 \
+                         WHERE invariant = $3 AND status <> 'resolved' AND last_run_id < $2 \
                            AND ($4 OR key IN (SELECT key FROM run_coverage WHERE run_id = $2) \
                                 OR ($5 IS NOT NULL AND event_at IS NOT NULL AND event_at >= $5))",
                     )

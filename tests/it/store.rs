@@ -1313,6 +1313,71 @@ async fn notices_group_and_silences_hold_and_release_them_on_postgres() {
 
 /// A windowed run resolves the violations it did not see whose event time lies in its
 /// window, and leaves older ones (and ones without a time) as they were.
+/// Two runs of one invariant overlapping (a verification run beside a scheduled one): each
+/// violation takes the word of the run that began last, whichever completes last.
+async fn overlapping_runs_story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let inv = InvariantName::parse("orders-shipped").unwrap();
+    use ViolationKind::*;
+    let full = |seen: usize| RunStats {
+        observed: seen as u64,
+        ..Default::default()
+    };
+    // Key 1 is open before either run.
+    run_with(store, &inv, &[violation(Missing, 1)]).await;
+    // An older run A begins (a long full pass), then B; B sees key 2 appear, and key 1 gone.
+    let a = store.begin_run(&inv, Utc::now()).await.unwrap();
+    let b = store.begin_run(&inv, Utc::now()).await.unwrap();
+    store
+        .observe(b, &inv, 0, &[violation(Missing, 2)])
+        .await
+        .unwrap();
+    let by_b = store
+        .complete_run(b, &inv, &full(1), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!((by_b.new, by_b.resolved), (1, 1));
+    // A, which read before key 2 appeared and still saw key 1, completes last: it neither
+    // resolves key 2 nor reopens key 1.
+    store
+        .observe(a, &inv, 0, &[violation(Missing, 1)])
+        .await
+        .unwrap();
+    let by_a = store
+        .complete_run(a, &inv, &full(1), Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (by_a.new, by_a.reopened, by_a.still_open, by_a.resolved),
+        (0, 0, 0, 0),
+        "{by_a:?}"
+    );
+    assert_eq!(status_of(store, &inv, 2).await, Some(ViolationStatus::Open));
+    assert_eq!(
+        status_of(store, &inv, 1).await,
+        Some(ViolationStatus::Resolved)
+    );
+    // The next run speaks for both again.
+    let next = run_with(store, &inv, &[violation(Missing, 1)]).await;
+    assert_eq!((next.reopened, next.resolved), (1, 1), "{next:?}");
+}
+
+#[tokio::test]
+async fn a_run_that_began_before_another_never_overrules_it_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    overlapping_runs_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_run_that_began_before_another_never_overrules_it_on_postgres() {
+    let db = TestPg::new().await;
+    overlapping_runs_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}
+
 async fn window_story(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let inv = InvariantName::parse("charges-booked").unwrap();

@@ -85,16 +85,29 @@ macro_rules! impl_store {
                 batch: &[$crate::domain::Violation],
                 segment: Option<(i32, i32)>,
             ) -> Result<(), sqlx::Error> {
+                // One row per fingerprint in a statement, the first found: PostgreSQL refuses
+                // an upsert that meets a row it inserted itself ("cannot affect row a second
+                // time"), where SQLite keeps the first; a query giving one key twice (a check
+                // over two bad lines of one order) must not fail the run on one backend only.
+                let mut seen = std::collections::HashSet::with_capacity(batch.len());
+                let rows: Vec<(i64, String, &$crate::domain::Violation)> = batch
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| {
+                        let fingerprint = v.fingerprint(invariant).to_string();
+                        seen.insert(fingerprint.clone())
+                            .then(|| (first_seq + i as i64, fingerprint, v))
+                    })
+                    .collect();
                 // 10 parameters a row; chunks stay far below both engines' parameter limits.
-                for (c, chunk) in batch.chunks(1000).enumerate() {
+                for chunk in rows.chunks(1000) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO run_observations (run_id, seq, fingerprint, invariant, kind, key, event_at, evidence, segment, attempt) ",
                     );
-                    let base = first_seq + (c * 1000) as i64;
-                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, v)| {
+                    qb.push_values(chunk.iter(), |mut b, (seq, fingerprint, v)| {
                         b.push_bind(run)
-                            .push_bind(base + i as i64)
-                            .push_bind(v.fingerprint(invariant).to_string())
+                            .push_bind(*seq)
+                            .push_bind(fingerprint.clone())
                             .push_bind(invariant.as_str().to_owned())
                             .push_bind(v.kind.as_str())
                             .push_bind(sqlx::types::Json(v.key_json()))

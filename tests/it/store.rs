@@ -1362,6 +1362,38 @@ async fn overlapping_runs_story(store: Arc<dyn Store>) {
     assert_eq!((next.reopened, next.resolved), (1, 1), "{next:?}");
 }
 
+/// A run that finds one violation twice in one batch (a check whose query gives one key
+/// twice) records it once, on either backend.
+async fn found_twice_story(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let inv = InvariantName::parse("order-lines-priced").unwrap();
+    let twice = [
+        violation(ViolationKind::Missing, 7),
+        violation(ViolationKind::Missing, 8),
+        violation(ViolationKind::Missing, 7),
+    ];
+    let change = run_with(store, &inv, &twice).await;
+    assert_eq!((change.new, change.still_open), (2, 0), "{change:?}");
+    let change = run_with(store, &inv, &twice).await;
+    assert_eq!((change.new, change.still_open), (0, 2), "{change:?}");
+}
+
+#[tokio::test]
+async fn a_violation_found_twice_in_one_batch_is_recorded_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("trueup.db").display()
+    ));
+    found_twice_story(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_violation_found_twice_in_one_batch_is_recorded_once_on_postgres() {
+    let db = TestPg::new().await;
+    found_twice_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn a_run_that_began_before_another_never_overrules_it_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -289,9 +289,11 @@ pub async fn unverified(
         .into_iter()
         .filter(|part| {
             let v = &part.verification;
-            let fresh = v.run.as_ref().is_some_and(|r| {
-                r.started_at > v.required_after && now - r.started_at <= fresh_within
-            });
+            // A partial run (incremental, truncated) is never evidence: a full one is due.
+            let fresh = v.result != report::VerificationResult::Partial
+                && v.run.as_ref().is_some_and(|r| {
+                    r.started_at > v.required_after && now - r.started_at <= fresh_within
+                });
             part.loaded && !fresh
         })
         .map(|part| part.name)

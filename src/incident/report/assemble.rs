@@ -297,6 +297,12 @@ pub(super) fn invariant_part(
         Some(r) if r.started_at <= required_after => VerificationResult::Stale,
         Some(r) if r.status != RunStatus::Succeeded => VerificationResult::Failed,
         Some(_) if open > 0 => VerificationResult::Violations,
+        // An incremental run left every key it did not read as it was, and a truncated one
+        // stored only the first violations in key order (those in the window may be past
+        // them): neither is evidence that the window holds.
+        Some(r) if r.stats.truncated || !reads_every_row(&r.stats.coverage) => {
+            VerificationResult::Partial
+        }
         Some(r) if r.stats.observed > 0 => VerificationResult::HoldsInWindow,
         Some(_) => VerificationResult::Holds,
     };
@@ -430,4 +436,10 @@ pub(super) fn min_opt(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Opt
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Whether a run of this coverage read every row its invariant reads: a full pass, or a
+/// windowed invariant's run over its window (which every run of it is).
+fn reads_every_row(coverage: &crate::domain::Coverage) -> bool {
+    !matches!(coverage, crate::domain::Coverage::Changed { .. })
 }

@@ -331,6 +331,9 @@ pub enum VerificationResult {
     Violations,
     /// The latest run failed.
     Failed,
+    /// The latest run read only part of the rows (an incremental run, or one over its
+    /// violation budget): it cannot say the window holds.
+    Partial,
     /// No run started after the last repair.
     Stale,
     /// Not evaluated since the window opened.

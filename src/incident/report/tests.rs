@@ -183,6 +183,53 @@ fn kinds(report: &Report) -> Vec<BlockerKind> {
 }
 
 #[test]
+fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
+    // Over its violation budget: it stored the first violations in key order, and the
+    // window's may lie past them. Incremental: it read only the changed keys.
+    let truncated = RunRecord {
+        stats: RunStats {
+            truncated: true,
+            ..run(9, "06:00", RunStatus::Succeeded, 3).stats
+        },
+        ..run(9, "06:00", RunStatus::Succeeded, 3)
+    };
+    let incremental = RunRecord {
+        stats: RunStats {
+            coverage: crate::domain::Coverage::Changed {
+                keys: 12,
+                left_since: Some(t("05:50")),
+                right_since: None,
+            },
+            ..run(10, "06:05", RunStatus::Succeeded, 0).stats
+        },
+        ..run(10, "06:05", RunStatus::Succeeded, 0)
+    };
+    for latest in [truncated, incremental] {
+        let id = latest.id;
+        let ev = evidence(
+            0,
+            Some(latest),
+            vec![(
+                plan(1, PlanKind::Compensation, PlanState::Applied, &["ana"]),
+                &[(ActionStatus::Applied, 10)],
+                Some("05:30"),
+            )],
+        );
+        let report = assemble(&ev, &loaded(), None);
+        let v = &report.invariants[0].verification;
+        assert_eq!(v.result, VerificationResult::Partial, "run {id}");
+        assert!(!v.passed, "run {id}");
+        assert_eq!(kinds(&report), [BlockerKind::StaleVerification], "run {id}");
+        let said = &report.verdict.blockers[0].detail;
+        assert!(
+            said.contains(&format!("run {id}")) && said.contains("read only part of the rows"),
+            "{said}"
+        );
+        assert_ne!(report.verdict.summary, "ready to close");
+    }
+}
+
+#[test]
 fn a_repaired_window_with_a_later_clean_run_is_ready_to_close() {
     let ev = evidence(
         0,

@@ -64,6 +64,14 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
                 v.required_after.to_rfc3339()
             ),
         ),
+        (VerificationResult::Partial, Some(run)) => block(
+            BlockerKind::StaleVerification,
+            None,
+            format!(
+                "the latest evaluation (run {}) read only part of the rows (an incremental run, or one over its violation budget); evaluate `{name}` in full and re-check",
+                run.id
+            ),
+        ),
         (VerificationResult::Missing, _) => block(
             BlockerKind::StaleVerification,
             None,

@@ -61,7 +61,7 @@ pub trait ReplicaStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Extends a held tick's lease; `false` if it is no longer ours.
+    /// Extends a held tick's lease (finished or not); `false` if it is no longer ours.
     async fn renew_tick(
         &self,
         invariant: &str,
@@ -278,14 +278,16 @@ macro_rules! impl_replica_store {
                 owner: &str,
                 lease_until: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
+                // A finished tick is still its owner's (nobody takes a finished one over): the
+                // run committed, and what follows it (its plan, its alert) must not be taken
+                // for a lost lease and dropped.
                 let n = sqlx::query(
-                    "UPDATE ticks SET lease_until = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $5",
+                    "UPDATE ticks SET lease_until = $4 WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
                 )
                 .bind(invariant)
                 .bind(fire_at)
                 .bind(owner)
                 .bind(lease_until)
-                .bind(false)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -299,16 +301,19 @@ macro_rules! impl_replica_store {
                 owner: &str,
                 run_id: Option<i64>,
             ) -> Result<(), $crate::store::StoreError> {
-                // A fire time with no run is a missed one: every tick ends with one outcome.
+                // A fire time with no run is a missed one: every tick ends with one outcome, and
+                // keeps the first (a completed run finished its tick as it committed; a failure
+                // after that must not rewrite it as missed).
                 sqlx::query(
                     "UPDATE ticks SET finished = $5, run_id = $4, missed = ($4 IS NULL) \
-                     WHERE invariant = $1 AND fire_at = $2 AND owner = $3",
+                     WHERE invariant = $1 AND fire_at = $2 AND owner = $3 AND finished = $6",
                 )
                 .bind(invariant)
                 .bind(fire_at)
                 .bind(owner)
                 .bind(run_id)
                 .bind(true)
+                .bind(false)
                 .execute(&self.pool)
                 .await?;
                 Ok(())

@@ -90,6 +90,24 @@ async fn tick_story(store: Arc<dyn Store>) {
         .finish_tick("hourly", at(0), "c", Some(rerun))
         .await
         .unwrap();
+    // Finished, the tick is still its owner's: what the run does after committing (its plan,
+    // its alert) goes on under a lease that renews, and never under one taken for lost.
+    let renewed = later + TimeDelta::seconds(60);
+    assert!(
+        store
+            .renew_tick("hourly", at(0), "c", renewed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_tick("hourly", at(0), "a", renewed)
+            .await
+            .unwrap()
+    );
+    // A finished tick keeps its outcome: a later failure of the same attempt (after the run
+    // committed) does not rewrite it as missed.
+    store.finish_tick("hourly", at(0), "c", None).await.unwrap();
     assert!(
         store
             .claim_tick("hourly", at(3), "b", later + TimeDelta::seconds(30))

@@ -452,13 +452,13 @@ impl Metrics {
                         .set(i64::try_from(seen).unwrap_or(i64::MAX));
                 }
             }
-            // A failed evaluation says nothing about violations: their gauges keep the last
-            // known values, only health drops.
-            RunStatus::Failed => {
+            // A failed or cancelled evaluation says nothing about violations: their gauges keep
+            // the last known values, only health drops (ARCHITECTURE.md: never "all green").
+            RunStatus::Failed | RunStatus::Cancelled => {
                 self.healthy.with_label_values(&[name]).set(0);
                 self.failures.with_label_values(&[name]).inc();
             }
-            RunStatus::Cancelled | RunStatus::Running => {}
+            RunStatus::Running => {}
         }
     }
 

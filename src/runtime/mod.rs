@@ -203,6 +203,9 @@ async fn run_holding(
         Err(e) => {
             // The store itself failed; the run may not even be recorded. Say so loudly.
             tracing::error!(invariant = %invariant.name, "cannot record the run: {e}");
+            // No run record says it failed, and no notice goes out: the metrics must (health
+            // 0, a failure counted), or Prometheus goes on reading the last good run.
+            runtime.metrics.failed(invariant.name.as_str());
             runtime
                 .board
                 .store_failed(invariant.name.as_str(), &e.to_string());

@@ -363,3 +363,60 @@ async fn closing_a_pool_whose_released_connection_stalled_ends_within_its_deadli
     );
     proxy.set(Fault::None);
 }
+
+#[tokio::test]
+async fn under_serve_a_run_whose_commit_fails_drops_health_to_zero_and_counts_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    project_with(
+        dir,
+        &crate::serve::tokens_yaml(""),
+        "    schedule: \"* * * * * *\"\n",
+    )
+    .await;
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    // The first run commits; every later commit fails (the store is what failed, so the run
+    // cannot even be recorded as failed): only the metrics can say so.
+    let _child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_trueup"))
+            .args(["--config", "trueup.yaml", "--log", "info", "serve"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir)
+            .env("FAILPOINTS", "store.commit=1*off->return")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let healthy = "trueup_invariant_healthy{invariant=\"events-recorded\"}";
+    let failures = "trueup_invariant_evaluation_failures_total{invariant=\"events-recorded\"}";
+    let mut seen_healthy = false;
+    wait_for(
+        "health 0 after a failed commit",
+        dir,
+        "serve.log",
+        async || {
+            let Ok(r) = reqwest::Client::new()
+                .get(&metrics)
+                .bearer_auth(crate::serve::VIEWER)
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            let health = crate::serve::sample(&text, healthy);
+            seen_healthy |= health == Some(1.0);
+            seen_healthy
+                && health == Some(0.0)
+                && crate::serve::sample(&text, failures).is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert!(log.contains("cannot record the run"), "{log}");
+}

@@ -162,7 +162,7 @@ impl Compensation {
                 let base = base_url(&h.target).ok_or_else(|| RenderError::UnknownTarget {
                     target: h.target.to_string(),
                 })?;
-                let path = h.path.render_with(ctx, super::push_path_segment)?;
+                let path = h.path.render_path(ctx)?;
                 let mut headers = BTreeMap::new();
                 for (name, value) in &h.headers {
                     headers.insert(name.clone(), value.render_text(ctx)?);
@@ -528,6 +528,21 @@ mod tests {
             body,
             Some(json!({"amount": 12, "note": "for ../admin?x=1"}))
         );
+        // A whole value of `..` or `.` (encoded or not, a URL parser moves along the path:
+        // `payments/../sync` is `sync`) or an empty one is refused, naming the placeholder.
+        for key in [json!(".."), json!("."), json!("")] {
+            let err = http
+                .render(&ctx(&evidence, &key), |_| {
+                    Some("https://billing/api/".into())
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("{{key.id}}: the value")
+                    && err.contains("would not be one segment of the URL path"),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -145,13 +145,13 @@ impl Template {
     pub fn render_with(
         &self,
         ctx: &ViolationContext<'_>,
-        mut write: impl FnMut(&serde_json::Value, &mut String),
+        mut write: impl FnMut(&Placeholder, &serde_json::Value, &mut String) -> Result<(), RenderError>,
     ) -> Result<String, RenderError> {
         let mut out = String::new();
         for s in &self.0 {
             match s {
                 Segment::Text(t) => out.push_str(t),
-                Segment::Value(p) => write(&ctx.lookup(p)?, &mut out),
+                Segment::Value(p) => write(p, &ctx.lookup(p)?, &mut out)?,
             }
         }
         Ok(out)
@@ -159,7 +159,29 @@ impl Template {
 
     /// The text with each value interpolated as plain text.
     pub fn render_text(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
-        self.render_with(ctx, |v, out| out.push_str(&json_text(v)))
+        self.render_with(ctx, |_, v, out| {
+            out.push_str(&json_text(v));
+            Ok(())
+        })
+    }
+
+    /// The text as a URL path, each value one whole path segment: percent-encoded, and never
+    /// empty, `.` or `..`, which would move the request along the path (encoded or not, URL
+    /// parsers take `%2e%2e` for `..`) to an endpoint nobody approved.
+    pub fn render_path(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
+        self.render_with(ctx, |p, v, out| {
+            let text = json_text(v);
+            if matches!(text.as_str(), "" | "." | "..") {
+                return Err(RenderError::Unfit {
+                    what: p.to_string(),
+                    reason: format!(
+                        "the value `{text}` would not be one segment of the URL path (it is empty or moves along the path); this action cannot be rendered for it"
+                    ),
+                });
+            }
+            push_path_segment(v, out);
+            Ok(())
+        })
     }
 }
 

@@ -81,6 +81,22 @@ pub enum TargetError {
     },
     #[error("cannot read the marker {marker}: {message}")]
     MarkerRead { marker: String, message: String },
+    #[error(
+        "target `{target}`: the marker table `{table}` compares idempotency keys as {column}: two actions whose keys differ only in case or trailing spaces would count as one, and the second be skipped as applied; make the column binary: ALTER TABLE {table} MODIFY idempotency_key VARBINARY(1024) NOT NULL"
+    )]
+    MarkerNotExact {
+        target: String,
+        table: String,
+        column: String,
+    },
+    #[error(
+        "idempotency key of {bytes} bytes: target `{target}`'s marker table holds at most {max}; shorten the `idempotency_key` template"
+    )]
+    KeyTooLong {
+        target: String,
+        bytes: usize,
+        max: usize,
+    },
     #[error("parameter ${n} ({type_name}): {value} is not {wanted}")]
     ParamValue {
         n: usize,

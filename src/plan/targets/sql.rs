@@ -145,7 +145,7 @@ impl SqlConn {
                         "CREATE TABLE IF NOT EXISTS {m} (idempotency_key TEXT PRIMARY KEY, plan_id BIGINT NOT NULL, seq INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
                     ),
                     Pool::MySql(_) => format!(
-                        "CREATE TABLE IF NOT EXISTS {m} (idempotency_key VARCHAR(64) PRIMARY KEY, plan_id BIGINT NOT NULL, seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+                        "CREATE TABLE IF NOT EXISTS {m} (idempotency_key VARBINARY({MYSQL_KEY_BYTES}) PRIMARY KEY, plan_id BIGINT NOT NULL, seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
                     ),
                     Pool::Sqlite(_) => format!(
                         "CREATE TABLE IF NOT EXISTS {m} (idempotency_key TEXT PRIMARY KEY, plan_id INTEGER NOT NULL, seq INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
@@ -153,12 +153,12 @@ impl SqlConn {
                 };
                 let created = on_pool!(&self.pool, p => p.execute(ddl.as_str()).await.map(|_| ()));
                 match created {
-                    Ok(()) => Ok(()),
+                    Ok(()) => self.marker_exact().await,
                     // Two processes creating it at once: PostgreSQL reports a duplicate type;
                     // the table exists either way.
                     Err(e) if matches!(self.marker_exists().await, Ok(true)) => {
                         tracing::debug!(error = %e, "marker table created concurrently");
-                        Ok(())
+                        self.marker_exact().await
                     }
                     Err(e) => Err(TargetError::MarkerCreate {
                         target: self.cfg.name.to_string(),
@@ -169,6 +169,51 @@ impl SqlConn {
             })
             .await
             .map(|_| ())
+    }
+
+    /// A MySQL/MariaDB marker table made before its key was binary (or by hand) may compare
+    /// keys by a text collation: case-insensitive, and PAD SPACE on MariaDB, so `evt_AbC` and
+    /// `evt_abc` are one key and the second action is skipped as applied. Such a table is
+    /// refused, saying how to make it exact.
+    async fn marker_exact(&self) -> Result<(), TargetError> {
+        let Pool::MySql(p) = &self.pool else {
+            return Ok(());
+        };
+        let m = self.marker();
+        let column: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT CAST(DATA_TYPE AS CHAR), CAST(COLLATION_NAME AS CHAR) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = 'idempotency_key'",
+        )
+        .bind(m)
+        .fetch_optional(p)
+        .await
+        .map_err(|e| TargetError::MarkerRead {
+            marker: format!("table `{m}`"),
+            message: e.to_string(),
+        })?;
+        match column {
+            Some((data_type, _))
+                if matches!(
+                    data_type.to_ascii_lowercase().as_str(),
+                    "varbinary" | "binary"
+                ) =>
+            {
+                Ok(())
+            }
+            Some((data_type, collation)) => Err(TargetError::MarkerNotExact {
+                target: self.cfg.name.to_string(),
+                table: m.to_owned(),
+                column: match collation {
+                    Some(c) => format!("{data_type} under collation {c}"),
+                    None => data_type,
+                },
+            }),
+            None => Err(TargetError::MarkerRead {
+                marker: format!("table `{m}`"),
+                message: "it has no column idempotency_key; drop it and let trueup create it"
+                    .into(),
+            }),
+        }
     }
 
     /// Whether the marker table exists (a dry run must not create it).
@@ -245,6 +290,12 @@ impl SqlConn {
         let result = match &self.pool {
             Pool::Postgres(p) => on_conn_within!(self, p, c => {
                 pg_execute(&mut c, marker, statement, params, key, plan, seq).await
+            }),
+            // Longer than its marker column: refused, never cut short to collide with another.
+            Pool::MySql(_) if key.len() > MYSQL_KEY_BYTES => Err(TargetError::KeyTooLong {
+                target: self.cfg.name.to_string(),
+                bytes: key.len(),
+                max: MYSQL_KEY_BYTES,
             }),
             Pool::MySql(p) => on_conn_within!(self, p, c => {
                 mysql_execute(&mut c, marker, statement, params, key, plan, seq).await
@@ -334,6 +385,10 @@ fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam,
 
 /// How long past its statement_timeout an action may wait before trueup gives up on it.
 const TARGET_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest idempotency key a MySQL/MariaDB marker table holds (its `VARBINARY` key, well
+/// inside InnoDB's 3,072-byte index limit); `INSERT IGNORE` would cut a longer one short.
+const MYSQL_KEY_BYTES: usize = 1024;
 
 async fn pg_execute(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,

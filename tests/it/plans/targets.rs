@@ -323,3 +323,98 @@ async fn a_sql_target_that_stalls_mid_apply_fails_within_its_deadline_and_each_a
     assert!(text.contains("plan 1 is applied"), "{text}");
     assert_eq!(rows().await, (100, 100));
 }
+
+#[tokio::test]
+async fn a_mysql_marker_tells_idempotency_keys_apart_exactly_and_refuses_a_table_that_would_not() {
+    use trueup::domain::ActionSpec;
+    use trueup::plan::targets::Executed;
+    let my = crate::helpers::TestMysql::new().await;
+    my.exec(
+        "CREATE TABLE records (k VARCHAR(2000) NOT NULL);
+         CREATE TABLE old_markers (idempotency_key VARCHAR(64) PRIMARY KEY, plan_id BIGINT NOT NULL,
+                                   seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  writer: {{url: \"{}\"}}\n  old: {{url: \"{}\", marker_table: old_markers}}\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            my.reader_url,
+            my.url,
+            my.url
+        ),
+        r#"invariants:
+  - name: records-seen
+    reconcile:
+      left: {source: shop, query: "SELECT k FROM records"}
+      right: {source: shop, query: "SELECT k FROM records"}
+      key: k
+"#,
+    );
+    let app = open(&config).await;
+    let targets = Targets::open(&app.config).unwrap();
+    let insert = |target: &str, key: &str| ActionSpec::Sql {
+        target: target.into(),
+        statement: "INSERT INTO records (k) VALUES (?)".into(),
+        params: vec![serde_json::json!(key)],
+    };
+    // Keys differing only in case, by a trailing space, or past a 64-byte prefix are
+    // different actions: each is applied.
+    let long = |last: char| format!("{}{last}", "k".repeat(70));
+    let keys = [
+        "evt_AbC".to_owned(),
+        "evt_abc".to_owned(),
+        "evt_abc ".to_owned(),
+        long('1'),
+        long('2'),
+    ];
+    for (seq, key) in keys.iter().enumerate() {
+        match targets
+            .execute(&insert("writer", key), key, 1, seq as i64)
+            .await
+        {
+            Executed::Applied(_) => {}
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+    // The same key again is the same action.
+    let again = targets
+        .execute(&insert("writer", "evt_abc"), "evt_abc", 1, 9)
+        .await;
+    assert!(matches!(again, Executed::AlreadyApplied(_)), "{again:?}");
+    // A key longer than the marker holds is refused, never cut short.
+    let too_long = "k".repeat(1025);
+    match targets
+        .execute(&insert("writer", &too_long), &too_long, 1, 10)
+        .await
+    {
+        Executed::Failed(e) => assert!(
+            e.to_string().contains("idempotency key of 1025 bytes"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A marker table comparing keys by a text collation is refused, saying how to fix it.
+    match targets
+        .execute(&insert("old", "evt_x"), "evt_x", 2, 1)
+        .await
+    {
+        Executed::Failed(e) => assert!(
+            e.to_string().contains(
+                "ALTER TABLE old_markers MODIFY idempotency_key VARBINARY(1024) NOT NULL"
+            ) && e.to_string().contains("differ only in case"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut c = my.connect().await;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(rows, 5, "each distinct key applied once, nothing else");
+    targets.close().await;
+    app.close().await;
+}

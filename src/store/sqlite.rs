@@ -23,7 +23,11 @@ impl SqliteStore {
             .map_err(open_err)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk when it returns. Feeds acknowledge (NATS, Redis) and
+            // webhooks answer 201 right after theirs; under NORMAL an OS crash or power loss
+            // could roll back events their senders were told were stored (PostgreSQL's
+            // default, synchronous_commit on, already waits).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -93,3 +97,27 @@ super::logs::impl_event_log_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE",
 super::logs::impl_log_reader!(SqliteStore);
 super::outcomes::impl_outcome_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 super::trace::impl_trace_store!(SqliteStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_commit_is_on_disk_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = SecretUrl::new(format!(
+            "sqlite://{}",
+            dir.path().join("trueup.db").display()
+        ));
+        let store = SqliteStore::open(&url).await.unwrap();
+        // Every pooled connection: synchronous is set per connection.
+        for _ in 0..4 {
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(level, 2, "FULL");
+        }
+        store.pool.close().await;
+    }
+}

@@ -33,13 +33,14 @@ static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
 /// A body that takes longer to arrive is refused (a slow sender holds a slot).
 const BODY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Request headers never kept with an event: credentials, and the signature itself.
-const NOT_KEPT: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
+/// Request headers never kept with an event: credentials (any header whose name says it
+/// holds one: `X-Api-Key`, `X-Auth-Token`, another provider's signature), and the signature
+/// itself. Events are shown to every viewer.
+fn kept_with_event(name: &str, signature_header: &str) -> bool {
+    !(crate::config::header_holds_a_secret(name)
+        || name.eq_ignore_ascii_case("set-cookie")
+        || name.eq_ignore_ascii_case(signature_header))
+}
 
 pub async fn ingest(
     State(state): State<HttpState>,
@@ -104,7 +105,7 @@ pub async fn ingest(
     let mut kept = serde_json::Map::new();
     for (name, value) in &headers {
         let n = name.as_str();
-        if NOT_KEPT.contains(&n) || n.eq_ignore_ascii_case(&feed.signature_header) {
+        if !kept_with_event(n, &feed.signature_header) {
             continue;
         }
         kept.insert(

@@ -15,6 +15,10 @@ async fn post(
         .post(format!("{base}/ingest/{log}"))
         .header("content-type", "application/json")
         .header("x-provider-attempt", "1")
+        // Credentials a provider sends beside its signature: never kept with the event.
+        .header("x-api-key", "key-0123456789")
+        .header("x-auth-token", "tok-0123456789")
+        .header("authorization", "Bearer secret-0123456789")
         .body(body.to_vec());
     if let Some(s) = signature {
         req = req.header("Trueup-Signature", s);
@@ -174,10 +178,22 @@ async fn a_signed_webhook_is_stored_once_and_forged_expired_oversized_or_malform
         event.event_at.unwrap().to_rfc3339(),
         "2026-12-05T10:00:00+00:00"
     );
-    // Request headers are kept, but never the signature.
+    // Request headers are kept, but never the signature or a credential.
     assert_eq!(event.headers["x-provider-attempt"], "1");
+    for secret in [
+        "trueup-signature",
+        "x-api-key",
+        "x-auth-token",
+        "authorization",
+    ] {
+        assert!(
+            event.headers.get(secret).is_none(),
+            "{secret}: {}",
+            event.headers
+        );
+    }
     assert!(
-        event.headers.get("trueup-signature").is_none(),
+        !event.headers.to_string().contains("0123456789"),
         "{}",
         event.headers
     );

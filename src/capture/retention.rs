@@ -42,7 +42,12 @@ pub async fn purge(
             needs.untimed
         )));
     }
-    let mut before = now - retain.as_chrono();
+    // (The configuration bounds `retain`; a cut before any representable time purges nothing.)
+    let Some(mut before) = now.checked_sub_signed(retain.as_chrono()) else {
+        return Ok(Purge::Held(format!(
+            "retain {retain} reaches before the earliest time trueup can hold"
+        )));
+    };
     if let Some(earliest) = needs.earliest {
         before = before.min(earliest);
     }

@@ -261,6 +261,13 @@ fn parse_log(
     let retain = match &raw.retain {
         None => None,
         Some(r) => match HumanDuration::parse(&r.value) {
+            Ok(d) if d.as_std() > std::time::Duration::from_secs(100 * 366 * 86_400) => {
+                problems.push((
+                    r.referenced,
+                    format!("retain `{}` is longer than 100 years; leave `retain` out to keep events for good", r.value),
+                ));
+                None
+            }
             Ok(d) if d.as_std() >= std::time::Duration::from_secs(3600) => Some(d),
             Ok(_) => {
                 problems.push((

@@ -807,6 +807,22 @@ fn retention_is_a_duration_of_an_hour_or_more() {
         err.contains("event log `orders`: retain `10m` is shorter than 1h"),
         "{err}"
     );
+    // A retention no clock can subtract is refused here, not a panic in serve's purge.
+    let err = parse(&format!(
+        "{BUS}event_logs:
+  orders:
+    event_id: id
+    retain: 999999y
+    from:
+      - nats: {{source: bus, stream: ORDERS}}
+"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("event log `orders`: retain `999999y` is longer than 100 years"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -137,11 +137,21 @@ fn event_time(
         path: path.to_string(),
         found,
     };
-    match found {
-        None | Some(serde_json::Value::Null) => Err(bad("missing".into())),
+    // Past year 9999 no time is meant: milliseconds given as seconds (JavaScript's
+    // `Date.now()`, 1764925200500) read as the year 57,900, which the SQLite store's text
+    // sorts before 2026 and retention would take for the earliest time still needed.
+    let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single();
+    let in_range = |t: DateTime<Utc>| latest.is_some_and(|l| t <= l);
+    let too_late = |found: String| {
+        bad(format!(
+            "{found}, after the year 9999 (milliseconds given as seconds? divide by 1000)"
+        ))
+    };
+    let t = match found {
+        None | Some(serde_json::Value::Null) => return Err(bad("missing".into())),
         Some(v @ serde_json::Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| bad(describe(v))),
+            .map_err(|_| bad(describe(v)))?,
         Some(serde_json::Value::Number(n)) => n
             .as_f64()
             .filter(|secs| secs.is_finite() && *secs >= 0.0)
@@ -150,8 +160,21 @@ fn event_time(
                 let nanos = ((secs - secs.trunc()) * 1e9).round() as u32;
                 Utc.timestamp_opt(whole, nanos.min(999_999_999)).single()
             })
-            .ok_or_else(|| bad(n.to_string())),
-        Some(other) => Err(bad(describe(other))),
+            .ok_or_else(|| too_late(n.to_string()))?,
+        Some(other) => return Err(bad(describe(other))),
+    };
+    if in_range(t) {
+        Ok(t)
+    } else {
+        Err(too_late(found.map(describe_time).unwrap_or_default()))
+    }
+}
+
+/// A found time as the refusal shows it: a number as written, anything else described.
+fn describe_time(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => n.to_string(),
+        other => describe(other),
     }
 }
 
@@ -350,5 +373,13 @@ mod tests {
             let err = s.identify(body).unwrap_err();
             assert!(matches!(err, Refusal::BadEventTime { .. }), "{err}");
         }
+        // Milliseconds where seconds belong (the year 57,900) are refused, saying so.
+        let err = s.identify(br#"{"id":"a","at":1764925200500}"#).unwrap_err();
+        assert!(
+            matches!(err, Refusal::BadEventTime { .. })
+                && err.to_string().contains("after the year 9999"),
+            "{err}"
+        );
+        assert!(s.identify(br#"{"id":"a","at":253402300799}"#).is_ok());
     }
 }

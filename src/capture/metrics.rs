@@ -75,7 +75,7 @@ impl CaptureMetrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "trueup_log_retention_held",
-                        "1 while an event log's retention deletes nothing because an open violation or unfinished plan action without an event time may need any event.",
+                        "1 while an event log's retention deletes nothing: an open violation or unfinished plan action without an event time may need any event, or an invariant reading the log has no completed full run that judged its events.",
                     ),
                     &["log"],
                 )

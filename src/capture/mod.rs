@@ -72,7 +72,7 @@ pub fn spawn_retention(
     logs: Vec<EventLogConfig>,
     store: Arc<dyn Store>,
     metrics: Arc<CaptureMetrics>,
-    readers: impl Fn(&crate::domain::LogName) -> Vec<crate::domain::InvariantName> + Send + 'static,
+    readers: impl Fn(&crate::domain::LogName) -> Vec<retention::Reader> + Send + 'static,
     stop: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if logs.is_empty() {

@@ -6,6 +6,12 @@
 //! What is needed is bounded by time: the earliest event time of those violations and plan
 //! actions, and the start of those incidents' windows. Nothing is purged at or after that
 //! instant; when one of them has no event time, nothing of the log is purged until it closes.
+//!
+//! Nor is an event purged before every reader has judged it: an event captured after the
+//! start of a reader's last completed full run (less its `grace`, within which events are not
+//! judged yet, and a commit margin) may never have been read, and purged it would never show
+//! as missing. A reader with no such run (its runs failing through a downstream outage, only
+//! incremental or truncated runs) holds the log.
 
 use chrono::{DateTime, Utc};
 
@@ -24,17 +30,28 @@ pub enum Purge {
     Held(String),
 }
 
+/// An invariant that reads a log, as retention needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reader {
+    pub invariant: InvariantName,
+    /// Events within it of a run's start are not judged by that run.
+    pub grace: Option<HumanDuration>,
+}
+
+/// Runs of a reader looked at for its last full one (latest first).
+const RUNS_LOOKED_AT: u32 = 5_000;
+
 /// Purges `log` of events older than `retain` that nothing of `readers` (the invariants
 /// reading the log) may still need, `PURGE_BATCH` at a time, at most `max_batches` batches.
 pub async fn purge(
     store: &dyn Store,
     log: &str,
-    readers: &[InvariantName],
+    readers: &[Reader],
     retain: HumanDuration,
     now: DateTime<Utc>,
     max_batches: u32,
 ) -> Result<Purge, StoreError> {
-    let names: Vec<String> = readers.iter().map(|r| r.to_string()).collect();
+    let names: Vec<String> = readers.iter().map(|r| r.invariant.to_string()).collect();
     let needs = store.retention_needs(&names).await?;
     if needs.untimed > 0 {
         return Ok(Purge::Held(format!(
@@ -50,6 +67,26 @@ pub async fn purge(
     };
     if let Some(earliest) = needs.earliest {
         before = before.min(earliest);
+    }
+    for reader in readers {
+        let runs = store
+            .runs(Some(reader.invariant.as_str()), RUNS_LOOKED_AT)
+            .await?;
+        let judged = runs.iter().find(|r| {
+            r.status == crate::domain::RunStatus::Succeeded
+                && !r.stats.truncated
+                && !matches!(r.stats.coverage, crate::domain::Coverage::Changed { .. })
+        });
+        let Some(run) = judged else {
+            return Ok(Purge::Held(format!(
+                "`{}` reads the log and has no completed full run yet (its runs fail, or are incremental or over their violation budget): its events are kept until one has judged them",
+                reader.invariant
+            )));
+        };
+        let grace = reader
+            .grace
+            .map_or(chrono::TimeDelta::zero(), |g| g.as_chrono());
+        before = before.min(run.started_at - grace - crate::runner::COMMIT_MARGIN);
     }
     if !names.is_empty() {
         for incident in store.incidents(u32::MAX).await? {

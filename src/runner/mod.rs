@@ -17,6 +17,7 @@ use crate::store::{StatusFilter, Store, StoreError, ViolationFilter, ViolationRe
 mod outcomes;
 mod split;
 
+pub use outcomes::COMMIT_MARGIN;
 pub use split::{SegmentWorker, work_segment};
 
 /// Violations are staged in the store in batches of this size.

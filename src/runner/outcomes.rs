@@ -77,7 +77,7 @@ pub(super) struct Judged<'a> {
 /// How long before a run began an event must have been captured for the run to judge it, on
 /// a store whose event sequence may commit out of order (PostgreSQL: two ingests at once): an
 /// event captured just before may not have been visible yet when the run read the log.
-const COMMIT_MARGIN: TimeDelta = TimeDelta::seconds(60);
+pub const COMMIT_MARGIN: TimeDelta = TimeDelta::seconds(60);
 /// Events fetched at a time to judge again (their payloads come along).
 const HEAL_CHUNK: usize = 100;
 

@@ -245,7 +245,10 @@ impl Application {
                         .snapshot()
                         .iter()
                         .filter(|i| i.sides().iter().any(|(_, s)| s.source == source))
-                        .map(|i| i.name.clone())
+                        .map(|i| crate::capture::retention::Reader {
+                            invariant: i.name.clone(),
+                            grace: i.grace,
+                        })
                         .collect()
                 },
                 stop_feeds.clone(),

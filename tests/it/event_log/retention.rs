@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use serde_json::json;
-use trueup::capture::retention::{Purge, purge};
+use trueup::capture::retention::{Purge, Reader, purge};
 use trueup::config::SecretUrl;
 use trueup::domain::{
     CapturedEvent, EventIdentity, HumanDuration, InvariantName, LogName, Value, Violation,
@@ -59,7 +59,48 @@ async fn retention_story(store: Arc<dyn Store>) {
         }
     }
     let retain = HumanDuration::parse("1d").unwrap();
-    let readers = [inv.clone()];
+    let readers = [Reader {
+        invariant: inv.clone(),
+        grace: Some(HumanDuration::parse("2h").unwrap()),
+    }];
+
+    // No run of the reader has judged the log yet (say every run failed through a downstream
+    // outage): nothing goes, or events nobody looked at would never show as missing.
+    let done = purge(store, "orders", &readers, retain, now, 10)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&done, Purge::Held(why) if why.contains("`orders-received` reads the log and has no completed full run yet")),
+        "{done:?}"
+    );
+    // A full run that began 4.5 days ago, then only failures: the cut is that run's start,
+    // less its grace (2h) and a commit margin (1 min), so nothing of the 4 days goes.
+    let old = store.begin_run(&inv, days(4.5)).await.unwrap();
+    store
+        .complete_run(old, &inv, &Default::default(), days(4.5), None)
+        .await
+        .unwrap();
+    let failed = store.begin_run(&inv, now).await.unwrap();
+    store
+        .abandon_run(
+            failed,
+            trueup::domain::RunStatus::Failed,
+            "the ledger database is down",
+            now,
+        )
+        .await
+        .unwrap();
+    let done = purge(store, "orders", &readers, retain, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Purge::Purged {
+            count: 0,
+            before: days(4.5) - TimeDelta::hours(2) - TimeDelta::minutes(1)
+        }
+    );
+    assert_eq!(store.log_counts("orders").await.unwrap().events, 5);
 
     // An open violation of an event 3.5 days old: only what is older may go.
     crate::store::run_with(store, &inv, &[missing("x", Some(days(3.5)))]).await;

@@ -174,7 +174,9 @@ async fn supervise<F, Fut>(
 {
     let mut backoff = Duration::from_millis(500);
     loop {
-        metrics.set_up(log.name.as_str(), feed, true);
+        // Down until the feed has opened its consumer and heard from the server (it says
+        // so itself): an outage retried every few seconds never reads as up.
+        metrics.set_up(log.name.as_str(), feed, false);
         let started = std::time::Instant::now();
         // Not raced against `stop`: the feed checks it between batches, so the batch in
         // hand is stored and acknowledged before it ends.

@@ -111,6 +111,8 @@ pub(super) async fn run(
                 .await
                 .map_err(|e| failed("cannot read the consumer's state", &e))?;
             metrics.set_lag(log.name.as_str(), &source, info.num_pending);
+            // Up: connected, its consumer open, the server answering.
+            metrics.set_up(log.name.as_str(), &source, true);
             lag_read = Instant::now();
         }
         let mut batch = consumer

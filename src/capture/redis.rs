@@ -76,6 +76,8 @@ pub(super) async fn run(
             {
                 metrics.set_lag(log.name.as_str(), &source, lag);
             }
+            // Up: connected, its group open, the server answering.
+            metrics.set_up(log.name.as_str(), &source, true);
             lag_read = Instant::now();
         }
         let entries: Vec<StreamId> = if let Some(after) = own_pending.clone() {

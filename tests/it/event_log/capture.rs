@@ -300,3 +300,41 @@ async fn stream_events_and_webhooks_delivered_twice_are_kept_once_with_their_cou
     store.close().await;
     drop(serve);
 }
+
+#[tokio::test]
+async fn a_feed_whose_server_never_answers_reads_as_down_while_it_tries_again() {
+    // A server that takes the connection and never says a word: the client waits for its
+    // greeting until the source's timeout, fails, and the feed starts again.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::TestServer::start(config(
+        dir.path(),
+        &format!(
+            "sources:\n  bus:\n    url: nats://{addr}\n    timeout: 2s\nevent_logs:\n  orders:\n    event_id: id\n    from:\n      - nats: {{source: bus, stream: ORDERS}}\n"
+        ),
+    ))
+    .await;
+    let mut readings = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let (_, metrics) = crate::serve::get(&format!("{}/metrics", server.base)).await;
+        readings.extend(
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("trueup_log_feed_up{") && l.contains(r#"log="orders""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Through two connection attempts and the wait between them, never up.
+    assert!(!readings.is_empty(), "no trueup_log_feed_up for the feed");
+    assert!(readings.iter().all(|v| *v == 0.0), "{readings:?}");
+    server.shut_down().await.unwrap();
+}

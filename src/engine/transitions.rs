@@ -15,8 +15,12 @@ pub(super) async fn run(
     filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
+    // Rows of one entity at the same time come in whatever order the source gives, which may
+    // change between runs (a violation that opens, resolves and reopens by itself): ties are
+    // taken in the order of their state, so every run reads one history alike.
     let mut order_by = spec.key.clone();
     order_by.push(spec.at.clone());
+    order_by.push(spec.state.clone());
     let stream = sources
         .get(&spec.side.source)?
         .read(ReadRequest {

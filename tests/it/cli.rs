@@ -580,3 +580,58 @@ async fn silences_are_added_listed_and_expired_from_the_cli_and_mistakes_explain
     let (_, out) = run(&["silence", "list", "--all"]);
     assert!(out.contains("expired by cli:ana"), "{out}");
 }
+
+#[tokio::test]
+async fn a_history_whose_rows_share_a_time_reads_alike_in_every_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Each order was created and paid in the same second; half the rows were written paid
+    // first. Taken in the source's order, those would be `paid` before `created`.
+    let mut sql = String::from("CREATE TABLE history (order_id INTEGER, state TEXT, at TEXT);");
+    for id in 1..=20 {
+        let (first, second) = if id % 2 == 0 {
+            ("paid", "created")
+        } else {
+            ("created", "paid")
+        };
+        sql.push_str(&format!(
+            "INSERT INTO history VALUES ({id}, '{first}', '2026-12-01 10:00:00'), ({id}, '{second}', '2026-12-01 10:00:00');"
+        ));
+    }
+    crate::helpers::sqlite_file(&dir.join("shop.db"), &sql).await;
+    std::fs::create_dir_all(dir.join("invariants")).unwrap();
+    std::fs::write(
+        dir.join("invariants/orders.yaml"),
+        r#"invariants:
+  - name: orders-flow
+    transitions:
+      source: shop
+      query: SELECT order_id, state, at FROM history
+      key: order_id
+      initial: [created]
+      allowed:
+        created: [paid]
+        paid: []
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("trueup.yaml"),
+        format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\n",
+            crate::helpers::sqlite_url(&dir.join("trueup.db")),
+            crate::helpers::sqlite_url(&dir.join("shop.db"))
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let out = trueup(dir, &["-c", "trueup.yaml", "check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}

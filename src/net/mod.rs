@@ -52,3 +52,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     msg
 }
+
+/// `Retry-After` as seconds or an HTTP date; `Err` when present but unreadable.
+pub fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+) -> Option<Result<std::time::Duration, ()>> {
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Ok(std::time::Duration::from_secs(secs)));
+    }
+    Some(
+        chrono::DateTime::parse_from_rfc2822(raw)
+            .map(|at| {
+                (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .map_err(|_| ()),
+    )
+}

@@ -133,7 +133,7 @@ impl Api {
                 }
                 Ok(response) => {
                     let status = response.status();
-                    let asked = retry_after(response.headers());
+                    let asked = crate::net::retry_after(response.headers());
                     if status == reqwest::StatusCode::NOT_FOUND && absent_ok {
                         return Ok(None);
                     }
@@ -187,27 +187,6 @@ impl Api {
 /// 0.25 s, doubling per attempt, at most 30 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
-}
-
-/// `Retry-After` as seconds or an HTTP date; `Err` when present but unreadable.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Result<Duration, ()>> {
-    let raw = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Some(Ok(Duration::from_secs(secs)));
-    }
-    Some(
-        DateTime::parse_from_rfc2822(raw)
-            .map(|at| {
-                (at.with_timezone(&Utc) - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-            })
-            .map_err(|_| ()),
-    )
 }
 
 /// The `rel="next"` target of a response's `Link` headers (RFC 8288), resolved against the
@@ -843,16 +822,19 @@ mod tests {
     #[test]
     fn waits_follow_retry_after_in_seconds_or_as_a_date_and_back_off_otherwise() {
         let mut h = reqwest::header::HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(crate::net::retry_after(&h), None);
         h.insert("retry-after", "3".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Ok(Duration::from_secs(3))));
+        assert_eq!(
+            crate::net::retry_after(&h),
+            Some(Ok(Duration::from_secs(3)))
+        );
         h.insert(
             "retry-after",
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&h), Some(Ok(Duration::ZERO)));
+        assert_eq!(crate::net::retry_after(&h), Some(Ok(Duration::ZERO)));
         h.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Err(())));
+        assert_eq!(crate::net::retry_after(&h), Some(Err(())));
         assert_eq!(backoff(0), Duration::from_millis(250));
         assert_eq!(backoff(3), Duration::from_secs(2));
         assert_eq!(backoff(20), Duration::from_secs(30));

@@ -169,6 +169,12 @@ impl Recheck<'_> {
     }
 }
 
+/// The rate an apply keeps (no ticker: unlimited), shared by its workers.
+pub(super) type Pace = tokio::sync::Mutex<Option<tokio::time::Interval>>;
+
+/// The longest a target's `Retry-After` holds a retry back.
+const MAX_ASKED_WAIT: Duration = Duration::from_secs(60);
+
 /// Check, then act: skip the action if it was applied before or its work is done already,
 /// else execute it. Up to `attempts` tries with a growing pause; after the last failure the
 /// action is failed (one attempt) or parked (replays, which go on without it).
@@ -177,17 +183,31 @@ pub(super) async fn check_then_act(
     action: &ActionRecord,
     recheck: Recheck<'_>,
     attempts: u32,
+    pace: Option<&Pace>,
     cancel: &CancellationToken,
 ) -> Result<Done, PlanError> {
     let mut last_error = String::new();
+    let mut asked: Option<Duration> = None;
     for attempt in 1..=attempts.max(1) {
         if attempt > 1 {
-            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts.
+            // Back off: 200 ms, 400 ms, ... at most 5 s between attempts, or as long as the
+            // target asked (`Retry-After`), at most a minute.
             let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
-                .min(Duration::from_secs(5));
+                .min(Duration::from_secs(5))
+                .max(asked.take().unwrap_or_default().min(MAX_ASKED_WAIT));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => {}
+            }
+            // A retry is one more request the approved rate counts: it waits its turn too,
+            // so a struggling target never gets more than the rate.
+            if let Some(pace) = pace
+                && let Some(t) = pace.lock().await.as_mut()
+            {
+                tokio::select! {
+                    _ = t.tick() => {}
+                    () = cancel.cancelled() => {}
+                }
             }
         }
         match applied_before(env, action.plan_id, &action.spec, &action.idempotency_key).await {
@@ -223,7 +243,10 @@ pub(super) async fn check_then_act(
             )
             .await
         {
-            Executed::Failed(e) => last_error = e.to_string(),
+            Executed::Failed(e) => {
+                asked = e.retry_after();
+                last_error = e.to_string();
+            }
             done => return Ok(Done::from(done)),
         }
     }

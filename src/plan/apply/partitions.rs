@@ -84,6 +84,7 @@ pub(super) async fn run_partitions(
                         &action,
                         Recheck::Processed(invariant, spec),
                         spec.attempts,
+                        Some(shared_ticker),
                         cancel,
                     )
                     .await?;

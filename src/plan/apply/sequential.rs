@@ -53,7 +53,10 @@ pub(super) async fn run_sequential(
                 Outcome::Manual,
                 Some(instructions.clone()),
             ),
-            _ => check_then_act(env, &action, Recheck::Violation(invariant), 1, cancel).await?,
+            // One attempt: no retry to pace.
+            _ => {
+                check_then_act(env, &action, Recheck::Violation(invariant), 1, None, cancel).await?
+            }
         };
         let held = done.finish(env, &action, &env.worker).await?;
         if !held {

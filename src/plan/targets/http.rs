@@ -68,11 +68,16 @@ impl HttpConn {
                 if status.is_success() {
                     Executed::Applied(serde_json::json!({ "http_status": status.as_u16() }))
                 } else {
+                    let retry_after = matches!(status.as_u16(), 429 | 503)
+                        .then(|| crate::net::retry_after(response.headers()))
+                        .flatten()
+                        .and_then(Result::ok);
                     let text = response.text().await.unwrap_or_default();
                     let excerpt: String = text.chars().take(300).collect();
                     Executed::Failed(TargetError::Status {
                         status: status.to_string(),
                         excerpt,
+                        retry_after,
                     })
                 }
             }

@@ -128,13 +128,28 @@ pub enum TargetError {
     #[error("`{0}` is not an HTTP method")]
     NotAMethod(String),
     #[error("HTTP {status}: {excerpt}")]
-    Status { status: String, excerpt: String },
+    Status {
+        status: String,
+        excerpt: String,
+        /// How long the server asked to be left alone (`Retry-After` on a 429 or 503).
+        retry_after: Option<std::time::Duration>,
+    },
     /// The request failed on the way (connect, TLS, timeout), with every cause.
     #[error("{0}")]
     Request(String),
     /// A NATS or Redis server refused or failed the publish (what it said, what to do).
     #[error("target `{target}`: {message}")]
     Server { target: String, message: String },
+}
+
+impl TargetError {
+    /// How long the target asked to wait before it is tried again, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TargetError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 impl From<sqlx::Error> for TargetError {

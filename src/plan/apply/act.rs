@@ -9,7 +9,7 @@ use super::{ApplyEnv, Outcome};
 use crate::domain::{ActionSpec, ActionStatus, Invariant, PlanId, ReplaySpec};
 use crate::plan::PlanError;
 use crate::plan::recheck::{RecheckError, already_processed, still_holds};
-use crate::plan::targets::Executed;
+use crate::plan::targets::{AppliedMark, Executed};
 use crate::source::Sources;
 use crate::store::ActionRecord;
 
@@ -21,18 +21,31 @@ pub(crate) async fn applied_before(
     spec: &ActionSpec,
     idempotency_key: &str,
 ) -> Result<Option<String>, PlanError> {
+    Ok(applied_mark(env, plan, spec, idempotency_key)
+        .await?
+        .map(|m| m.why))
+}
+
+/// [`applied_before`], with the target's word on which action applied it where it keeps one.
+async fn applied_mark(
+    env: &ApplyEnv<'_>,
+    plan: PlanId,
+    spec: &ActionSpec,
+    idempotency_key: &str,
+) -> Result<Option<AppliedMark>, PlanError> {
     if env.store.applied_elsewhere(idempotency_key, plan).await? {
-        return Ok(Some(
-            "applied by another plan (same idempotency key)".into(),
-        ));
+        return Ok(Some(AppliedMark {
+            why: "applied by another plan (same idempotency key)".into(),
+            by: None,
+        }));
     }
-    match env.targets.already_applied(spec, idempotency_key).await {
-        Ok(why) => Ok(why),
-        Err(e) => Err(PlanError::Target {
+    env.targets
+        .already_applied(spec, idempotency_key)
+        .await
+        .map_err(|e| PlanError::Target {
             target: spec.target().unwrap_or("?").to_owned(),
             message: e.to_string(),
-        }),
-    }
+        })
 }
 
 /// What became of one action in a live apply.
@@ -210,12 +223,22 @@ pub(super) async fn check_then_act(
                 }
             }
         }
-        match applied_before(env, action.plan_id, &action.spec, &action.idempotency_key).await {
-            Ok(Some(why)) => {
+        match applied_mark(env, action.plan_id, &action.spec, &action.idempotency_key).await {
+            // This very action's commit wrote the marker (an earlier attempt whose answer was
+            // lost, or a worker killed before recording it): applied, as a NATS delivery an
+            // earlier attempt made is.
+            Ok(Some(mark)) if mark.by == Some((action.plan_id, action.seq)) => {
+                return Ok(Done::new(
+                    ActionStatus::Applied,
+                    Outcome::SkippedAlreadyApplied,
+                    Some(format!("{}, by this action's earlier attempt", mark.why)),
+                ));
+            }
+            Ok(Some(mark)) => {
                 return Ok(Done::new(
                     ActionStatus::Skipped,
                     Outcome::SkippedAlreadyApplied,
-                    Some(why),
+                    Some(mark.why),
                 ));
             }
             Ok(None) => {}

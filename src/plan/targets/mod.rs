@@ -142,6 +142,14 @@ pub enum TargetError {
     Server { target: String, message: String },
 }
 
+/// A target's record that an idempotency key was applied: why it counts, and (SQL targets,
+/// whose marker row says so) the plan and action whose commit wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMark {
+    pub why: String,
+    pub by: Option<(i64, i64)>,
+}
+
 impl TargetError {
     /// How long the target asked to wait before it is tried again, if it did.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
@@ -255,19 +263,25 @@ impl Targets {
         &self,
         spec: &ActionSpec,
         idempotency_key: &str,
-    ) -> Result<Option<String>, TargetError> {
+    ) -> Result<Option<AppliedMark>, TargetError> {
         let Some(target) = spec.target().and_then(|n| self.by_name.get(n)) else {
             return Ok(None);
         };
         Ok(match target.as_ref() {
             Target::Sql(conn) => conn
-                .has_marker(idempotency_key)
+                .marker_of(idempotency_key)
                 .await?
-                .then(|| conn.marker_says()),
+                .map(|by| AppliedMark {
+                    why: conn.marker_says(),
+                    by: Some(by),
+                }),
             Target::Redis(conn) => conn
                 .has_marker(idempotency_key)
                 .await?
-                .then(|| conn.marker_says()),
+                .then(|| AppliedMark {
+                    why: conn.marker_says(),
+                    by: None,
+                }),
             Target::Http(_) | Target::Nats(_) => None,
         })
     }

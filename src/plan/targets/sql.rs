@@ -246,33 +246,36 @@ impl SqlConn {
         )
     }
 
-    pub(super) async fn has_marker(&self, key: &str) -> Result<bool, TargetError> {
+    /// The plan and action (`seq`) whose commit wrote `key`'s marker, if one did.
+    pub(super) async fn marker_of(&self, key: &str) -> Result<Option<(i64, i64)>, TargetError> {
         if self.marker_ready.get().is_none() {
             if !self.marker_exists().await? {
                 // Nothing was ever applied through this target.
-                return Ok(false);
+                return Ok(None);
             }
             // It exists: no need to ask again (or to create it) in this process.
             let _ = self.marker_ready.set(());
         }
         let m = self.marker();
         let sql = format!(
-            "SELECT 1 FROM {m} WHERE idempotency_key = {}",
-            self.pool.param1()
+            "SELECT CAST(plan_id AS {int}), CAST(seq AS {int}) FROM {m} WHERE idempotency_key = {}",
+            self.pool.param1(),
+            int = match &self.pool {
+                Pool::MySql(_) => "SIGNED",
+                _ => "BIGINT",
+            }
         );
-        let found: Result<Option<i32>, TargetError> = on_pool!(&self.pool, p => on_conn_within!(self, p, c => {
-            sqlx::query_scalar::<_, i32>(&sql)
+        let found: Result<Option<(i64, i64)>, TargetError> = on_pool!(&self.pool, p => on_conn_within!(self, p, c => {
+            sqlx::query_as::<_, (i64, i64)>(&sql)
                 .bind(key)
                 .fetch_optional(&mut *c)
                 .await
                 .map_err(TargetError::from)
         }));
-        found
-            .map(|r| r.is_some())
-            .map_err(|e| TargetError::MarkerRead {
-                marker: format!("table `{m}`"),
-                message: e.to_string(),
-            })
+        found.map_err(|e| TargetError::MarkerRead {
+            marker: format!("table `{m}`"),
+            message: e.to_string(),
+        })
     }
 
     pub(super) async fn execute(

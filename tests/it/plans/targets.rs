@@ -418,3 +418,118 @@ async fn a_mysql_marker_tells_idempotency_keys_apart_exactly_and_refuses_a_table
     targets.close().await;
     app.close().await;
 }
+
+#[tokio::test]
+async fn an_action_whose_own_commit_was_never_recorded_is_recorded_applied_not_skipped() {
+    let my = crate::helpers::TestMysql::new().await;
+    my.exec(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount DECIMAL(10,2) NOT NULL);
+         INSERT INTO events VALUES (1, 1.50), (2, 2.50), (3, 3.50);
+         CREATE TABLE records (event_id BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL);
+         INSERT INTO records VALUES (2, 2.50);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  writer: {{url: \"{}\"}}\n",
+            sqlite_url(&dir.path().join("trueup.db")),
+            my.reader_url,
+            my.url
+        ),
+        r#"invariants:
+  - name: events-recorded
+    severity: low
+    reconcile:
+      left: {source: shop, query: "SELECT id AS event_id, amount FROM events"}
+      right: {source: shop, query: "SELECT event_id, amount FROM records"}
+      key: event_id
+    compensate:
+      missing:
+        sql:
+          target: writer
+          statement: INSERT INTO records (event_id, amount) VALUES ({{key.event_id}}, {{left.amount}})
+"#,
+    );
+    let app = open(&config).await;
+    let targets = Targets::open(&app.config).unwrap();
+    let outcomes = app
+        .check(&[], &trueup::domain::Actor::local("test"), false)
+        .await
+        .unwrap();
+    let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
+        panic!("{:?}", outcomes[0])
+    };
+    assert_eq!(actions, 2);
+    let who = actor("alice", Role::Approver);
+    plan::approve(
+        app.store.as_ref(),
+        id,
+        app.invariants.first(),
+        &who,
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    // The first action's commit went through on an earlier attempt (its record and its marker
+    // row), but its answer was lost: the store still has it pending.
+    let first = app.store.plan_actions(id, None, 10).await.unwrap()[0].clone();
+    assert_eq!(first.key, serde_json::json!([1]));
+    let mut c = my.connect().await;
+    sqlx::query(
+        "CREATE TABLE trueup_applied_actions (idempotency_key VARBINARY(1024) PRIMARY KEY, plan_id BIGINT NOT NULL,
+                                              seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO trueup_applied_actions (idempotency_key, plan_id, seq) VALUES (?, ?, ?)",
+    )
+    .bind(&first.idempotency_key)
+    .bind(id)
+    .bind(first.seq)
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO records VALUES (1, 1.50)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let report = apply_plan(
+        &env(&app, &targets, &who, "events-recorded", "w"),
+        id,
+        &unlimited(),
+    )
+    .await
+    .unwrap();
+    // Both are applied (one by the earlier attempt), and the verification counts both.
+    let statuses: Vec<ActionStatus> = app
+        .store
+        .plan_actions(id, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [ActionStatus::Applied, ActionStatus::Applied],
+        "{report:?}"
+    );
+    assert_eq!(
+        report.verification.as_ref().unwrap().closed,
+        2,
+        "{report:?}"
+    );
+    assert_eq!(report.state, PlanState::Applied);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "nothing written twice");
+    targets.close().await;
+    app.close().await;
+}

@@ -63,7 +63,7 @@ impl CaptureMetrics {
             ),
             up: gauge(
                 "trueup_log_feed_up",
-                "1 while a stream feed runs, 0 while it waits to start again after a failure.",
+                "1 while a stream feed runs (its consumer open and its server answering), 0 while it connects or waits to start again after a failure.",
             ),
             purged: counter(
                 "trueup_log_events_purged_total",

@@ -38,9 +38,6 @@ pub struct Reader {
     pub grace: Option<HumanDuration>,
 }
 
-/// Runs of a reader looked at for its last full one (latest first).
-const RUNS_LOOKED_AT: u32 = 5_000;
-
 /// Purges `log` of events older than `retain` that nothing of `readers` (the invariants
 /// reading the log) may still need, `PURGE_BATCH` at a time, at most `max_batches` batches.
 pub async fn purge(
@@ -69,15 +66,7 @@ pub async fn purge(
         before = before.min(earliest);
     }
     for reader in readers {
-        let runs = store
-            .runs(Some(reader.invariant.as_str()), RUNS_LOOKED_AT)
-            .await?;
-        let judged = runs.iter().find(|r| {
-            r.status == crate::domain::RunStatus::Succeeded
-                && !r.stats.truncated
-                && !matches!(r.stats.coverage, crate::domain::Coverage::Changed { .. })
-        });
-        let Some(run) = judged else {
+        let Some(run) = store.latest_full_run(reader.invariant.as_str()).await? else {
             return Ok(Purge::Held(format!(
                 "`{}` reads the log and has no completed full run yet (its runs fail, or are incremental or over their violation budget): its events are kept until one has judged them",
                 reader.invariant

@@ -144,7 +144,10 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             && (o.open_after > 0 || c.resolved > 0)
         {
             let uncovered = if c.uncovered > 0 {
-                format!(", {} on keys this run did not read", c.uncovered)
+                format!(
+                    ", {} on keys this run did not read (or that a run begun after it saw)",
+                    c.uncovered
+                )
             } else {
                 String::new()
             };

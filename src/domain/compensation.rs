@@ -538,11 +538,33 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.starts_with("{{key.id}}: the value")
-                    && err.contains("would not be one segment of the URL path"),
+                err.starts_with("{{key.id}}: it makes the URL path segment")
+                    && err.contains("empty or moves along the path"),
                 "{key}: {err}"
             );
         }
+        // Two values that make `..` together are refused too; an empty value beside
+        // another in one segment is harmless.
+        let joined = Compensation::Http(HttpCompensation {
+            target: TargetName::parse("billing").unwrap(),
+            method: "POST".into(),
+            path: Template::parse("/payments/{{key.id}}{{left.suffix}}/sync").unwrap(),
+            headers: vec![],
+            body: None,
+        });
+        let base = |_: &TargetName| Some("https://billing/api/".to_owned());
+        let dots = json!({"left": {"suffix": "."}});
+        let err = joined
+            .render(&ctx(&dots, &json!(".")), base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("URL path segment `..`"), "{err}");
+        let empty = json!({"left": {"suffix": ""}});
+        let ActionSpec::Http { url, .. } = joined.render(&ctx(&empty, &json!(7)), base).unwrap()
+        else {
+            panic!("not http")
+        };
+        assert_eq!(url, "https://billing/api/payments/7/sync");
     }
 
     #[test]

@@ -49,11 +49,11 @@ impl PlanState {
         }
     }
 
-    /// Whether an apply under way stops here: only an applying plan hands out actions, so
-    /// one that an operator paused, cancelled or rejected, or that another apply stopped,
-    /// starts none (a rejected plan is never written to again).
+    /// Whether an apply under way stops here: a plan hands out actions only while applying,
+    /// or stopped by one of several applies (the others go on); one an operator paused,
+    /// cancelled or rejected (never written to again), or that is no longer live, starts none.
     pub fn halts_apply(self) -> bool {
-        self != PlanState::Applying
+        !matches!(self, PlanState::Applying | PlanState::Stopped)
     }
 }
 

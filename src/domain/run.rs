@@ -234,8 +234,8 @@ pub struct LedgerChange {
     pub still_open: u64,
     pub reopened: u64,
     pub resolved: u64,
-    /// Open violations on keys the run did not cover (an incremental run): left as they were,
-    /// and still open.
+    /// Open violations the run left as they were, and still open: on keys it did not cover
+    /// (an incremental run), or last seen by a run begun after it.
     pub uncovered: u64,
 }
 

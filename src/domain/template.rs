@@ -165,23 +165,45 @@ impl Template {
         })
     }
 
-    /// The text as a URL path, each value one whole path segment: percent-encoded, and never
-    /// empty, `.` or `..`, which would move the request along the path (encoded or not, URL
-    /// parsers take `%2e%2e` for `..`) to an endpoint nobody approved.
+    /// The text as a URL path, each value percent-encoded so that it stays inside its path
+    /// segment; a segment a value wrote into is never left empty, `.` or `..`, which would
+    /// move the request along the path (encoded or not, URL parsers take `%2e%2e` for `..`)
+    /// to an endpoint nobody approved.
     pub fn render_path(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
-        self.render_with(ctx, |p, v, out| {
-            let text = json_text(v);
-            if matches!(text.as_str(), "" | "." | "..") {
-                return Err(RenderError::Unfit {
-                    what: p.to_string(),
-                    reason: format!(
-                        "the value `{text}` would not be one segment of the URL path (it is empty or moves along the path); this action cannot be rendered for it"
-                    ),
-                });
+        let mut out = String::new();
+        // Where the current segment starts, and the first placeholder written into it.
+        let mut segment = 0;
+        let mut wrote: Option<&Placeholder> = None;
+        let check = |out: &str, from: usize, wrote: Option<&Placeholder>| match wrote {
+            Some(p) if matches!(&out[from..], "" | "." | "..") => Err(RenderError::Unfit {
+                what: p.to_string(),
+                reason: format!(
+                    "it makes the URL path segment `{}`, which is empty or moves along the path; this action cannot be rendered for it",
+                    &out[from..]
+                ),
+            }),
+            _ => Ok(()),
+        };
+        for s in &self.0 {
+            match s {
+                Segment::Text(t) => {
+                    for c in t.chars() {
+                        if c == '/' || c == '?' || c == '#' {
+                            check(&out, segment, wrote)?;
+                            wrote = None;
+                            segment = out.len() + c.len_utf8();
+                        }
+                        out.push(c);
+                    }
+                }
+                Segment::Value(p) => {
+                    push_path_segment(&ctx.lookup(p)?, &mut out);
+                    wrote = wrote.or(Some(p));
+                }
             }
-            push_path_segment(v, out);
-            Ok(())
-        })
+        }
+        check(&out, segment, wrote)?;
+        Ok(out)
     }
 }
 

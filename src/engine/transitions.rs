@@ -15,14 +15,18 @@ pub(super) async fn run(
     filter: &[KeyFilter],
     tally: &mut Tally<'_>,
 ) -> Result<(), EngineError> {
-    // Rows of one entity at the same time come in whatever order the source gives, which may
-    // change between runs (a violation that opens, resolves and reopens by itself): ties are
-    // taken in the order of their state, so every run reads one history alike.
+    // A database gives rows of one entity at the same time in whatever order its plan
+    // makes, which may change between runs (a violation that opens, resolves and reopens by
+    // itself): there ties are taken in the order of their state, so every run reads one
+    // history alike. A stream, a log or an API keeps its rows' own order for ties (the sort is
+    // stable), which says which came first.
+    let source = sources.get(&spec.side.source)?;
     let mut order_by = spec.key.clone();
     order_by.push(spec.at.clone());
-    order_by.push(spec.state.clone());
-    let stream = sources
-        .get(&spec.side.source)?
+    if matches!(source.class(), crate::config::SourceClass::Sql(_)) {
+        order_by.push(spec.state.clone());
+    }
+    let stream = source
         .read(ReadRequest {
             query: spec.side.query.clone(),
             needed: vec![Needed {

@@ -96,7 +96,8 @@ macro_rules! impl_action_store {
     // for update) waits for claims under way and every later claim sees it.
     ($store:ty, $db:ty, $begin:literal, $skip_locked:literal, $for_update:literal, $for_key_share:literal) => {
         impl $store {
-            /// Whether `plan` hands out actions: only while it is applying.
+            /// Whether `plan` hands out actions: only while it is applying (or stopped by one of several
+            /// applies), never once paused, cancelled, rejected or done.
             async fn hands_out_actions(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 plan: $crate::domain::PlanId,

@@ -481,18 +481,18 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected()
                 };
-                let uncovered: i64 = if full {
-                    0
-                } else {
-                    sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM violations \
-                         WHERE invariant = $1 AND status <> 'resolved' AND last_run_id <> $2",
-                    )
-                    .bind(invariant.as_str())
-                    .bind(run)
-                    .fetch_one(&mut *tx)
-                    .await?
-                };
+                // Open violations this run did not speak for: those of keys it did not cover,
+                // and (for any run) those a run begun after it saw, which it leaves as they
+                // are. They are open after it all the same: a run that a newer one overrules
+                // never reads as 'holds' and never clears an alert.
+                let uncovered: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM violations \
+                     WHERE invariant = $1 AND status <> 'resolved' AND last_run_id <> $2",
+                )
+                .bind(invariant.as_str())
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await?;
                 // A truncated run stored only some of what it found: its marks would have the
                 // next incremental run skip the rest (their keys may change on neither side
                 // again), and its full pass would put off the next one. The next run reads
@@ -872,6 +872,30 @@ macro_rules! impl_store {
                     .map_err(Into::into)
             }
 
+            async fn latest_full_run(
+                &self,
+                invariant: &str,
+            ) -> Result<Option<$crate::store::RunRecord>, $crate::store::StoreError> {
+                // An incremental run's coverage is `{"pass": "changed", ...}` (JSON text on
+                // SQLite, jsonb on PostgreSQL; its other members hold no such string); runs
+                // recorded before coverage was kept read everything.
+                Ok(sqlx::QueryBuilder::<$db>::new(Self::RUNS)
+                    .push(" AND invariant = ")
+                    .push_bind(invariant)
+                    .push(" AND status = 'succeeded' AND truncated = ")
+                    .push_bind(false)
+                    .push(
+                        " AND COALESCE(CAST(coverage AS TEXT), '') NOT LIKE '%\"changed\"%' \
+                         ORDER BY id DESC LIMIT 1",
+                    )
+                    .build()
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(Self::run_row)
+                    .transpose()?)
+            }
+
             async fn run_digest(
                 &self,
                 invariant: &str,
@@ -913,11 +937,14 @@ macro_rules! impl_store {
                     .as_ref()
                     .map(Self::run_row)
                     .transpose()?;
+                let latest_full =
+                    <Self as $crate::store::Store>::latest_full_run(self, invariant).await?;
                 Ok($crate::store::RunDigest {
                     total: total.max(0) as u64,
                     failed: failed.unwrap_or(0).max(0) as u64,
                     notable,
                     latest,
+                    latest_full,
                 })
             }
 

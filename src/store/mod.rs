@@ -264,6 +264,8 @@ pub struct RunDigest {
     pub failed: u64,
     pub notable: Vec<RunRecord>,
     pub latest: Option<RunRecord>,
+    /// The latest run that read every row (`Store::latest_full_run`).
+    pub latest_full: Option<RunRecord>,
 }
 
 #[async_trait]
@@ -411,6 +413,11 @@ pub trait Store:
         &self,
         filter: &ViolationFilter,
     ) -> Result<Vec<ViolationGroup>, StoreError>;
+
+    /// The latest completed run of `invariant` that read every row it reads: succeeded, not
+    /// incremental, not over its violation budget. What an incident's verification and the
+    /// retention of a log the invariant reads take as evidence.
+    async fn latest_full_run(&self, invariant: &str) -> Result<Option<RunRecord>, StoreError>;
 
     /// The runs of `invariant` started at or after `since`; at most `limit` notable ones.
     async fn run_digest(

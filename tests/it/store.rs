@@ -612,7 +612,7 @@ async fn plan_story(store: Arc<dyn Store>) {
         audit_action: "plan.test",
         details: json!({}),
     };
-    // Only an applying plan hands out actions (a proposed, stopped or rejected one none).
+    // A proposed plan hands out nothing: an apply moves it to applying first.
     assert!(
         store
             .claim_action(id, "w1", t0, t0 + lease)
@@ -891,11 +891,16 @@ async fn plan_story(store: Arc<dyn Store>) {
         .unwrap()
         .expect("resumed: a partition with work left");
     store.release_partition(r, &other, "w5").await.unwrap();
-    // Stopped by one apply, then rejected: a second apply still under way gets nothing more.
+    // Stopped by one apply, a second apply still under way goes on; rejected, it gets
+    // nothing more.
     let stop = change(&[PlanState::Applying], PlanState::Stopped);
     assert!(store.transition_plan(r, &stop).await.unwrap());
-    let any = store.claim_partition(r, "w5", later, later + lease).await;
-    assert_eq!(any.unwrap(), None, "stopped");
+    let going_on = store
+        .claim_partition(r, "w5", later, later + lease)
+        .await
+        .unwrap()
+        .expect("stopped: a partition with work left");
+    store.release_partition(r, &going_on, "w5").await.unwrap();
     let reject = change(&[PlanState::Stopped], PlanState::Rejected);
     assert!(store.transition_plan(r, &reject).await.unwrap());
     let any = store.claim_action(r, "w5", later, later + lease).await;
@@ -1311,8 +1316,6 @@ async fn notices_group_and_silences_hold_and_release_them_on_postgres() {
     notice_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
 
-/// A windowed run resolves the violations it did not see whose event time lies in its
-/// window, and leaves older ones (and ones without a time) as they were.
 /// Two runs of one invariant overlapping (a verification run beside a scheduled one): each
 /// violation takes the word of the run that began last, whichever completes last.
 async fn overlapping_runs_story(store: Arc<dyn Store>) {
@@ -1352,6 +1355,8 @@ async fn overlapping_runs_story(store: Arc<dyn Store>) {
         (0, 0, 0, 0),
         "{by_a:?}"
     );
+    // Key 2, which B saw, is open after A all the same: A never reads as 'holds'.
+    assert_eq!((by_a.uncovered, by_a.open_after()), (1, 1), "{by_a:?}");
     assert_eq!(status_of(store, &inv, 2).await, Some(ViolationStatus::Open));
     assert_eq!(
         status_of(store, &inv, 1).await,
@@ -1410,6 +1415,8 @@ async fn a_run_that_began_before_another_never_overrules_it_on_postgres() {
     overlapping_runs_story(store::open(&SecretUrl::new(db.url.clone())).await.unwrap()).await;
 }
 
+/// A windowed run resolves the violations it did not see whose event time lies in its
+/// window, and leaves older ones (and ones without a time) as they were.
 async fn window_story(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let inv = InvariantName::parse("charges-booked").unwrap();

@@ -289,7 +289,18 @@ pub(super) fn invariant_part(
 
     let last_repair_at = plans.iter().filter_map(|p| p.last_applied_at).max();
     let required_after = last_repair_at.map_or(window.from, |r| r.max(window.from));
-    let latest = ev.runs.latest.as_ref();
+    // A later partial run (a scheduled incremental tick, one over its budget) does not undo
+    // the evidence of a run that read every row after the repair: that one is the evidence.
+    let partial = |r: &RunRecord| r.stats.truncated || !reads_every_row(&r.stats.coverage);
+    let latest = match ev.runs.latest.as_ref() {
+        Some(r) if r.status == RunStatus::Succeeded && partial(r) => ev
+            .runs
+            .latest_full
+            .as_ref()
+            .filter(|full| full.started_at > required_after && full.started_at >= window.from)
+            .or(Some(r)),
+        other => other,
+    };
     let result = match latest {
         _ if definition.is_none() => VerificationResult::NotLoaded,
         None => VerificationResult::Missing,
@@ -300,9 +311,7 @@ pub(super) fn invariant_part(
         // An incremental run left every key it did not read as it was, and a truncated one
         // stored only the first violations in key order (those in the window may be past
         // them): neither is evidence that the window holds.
-        Some(r) if r.stats.truncated || !reads_every_row(&r.stats.coverage) => {
-            VerificationResult::Partial
-        }
+        Some(r) if partial(r) => VerificationResult::Partial,
         Some(r) if r.stats.observed > 0 => VerificationResult::HoldsInWindow,
         Some(_) => VerificationResult::Holds,
     };

@@ -163,6 +163,7 @@ fn evidence(open: u64, latest: Option<RunRecord>, plans: Vec<PlanFixture<'_>>) -
                 failed: 0,
                 notable: Vec::new(),
                 latest,
+                latest_full: None,
             },
             plans: plans
                 .into_iter()
@@ -227,6 +228,42 @@ fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
         );
         assert_ne!(report.verdict.summary, "ready to close");
     }
+    // A full run after the repair is the evidence, whatever incremental ticks came after it.
+    let full = run(8, "05:45", RunStatus::Succeeded, 0);
+    let incremental = RunRecord {
+        stats: RunStats {
+            coverage: crate::domain::Coverage::Changed {
+                keys: 12,
+                left_since: Some(t("05:50")),
+                right_since: None,
+            },
+            ..run(10, "06:05", RunStatus::Succeeded, 0).stats
+        },
+        ..run(10, "06:05", RunStatus::Succeeded, 0)
+    };
+    let mut ev = evidence(
+        0,
+        Some(incremental),
+        vec![(
+            plan(1, PlanKind::Compensation, PlanState::Applied, &["ana"]),
+            &[(ActionStatus::Applied, 10)],
+            Some("05:30"),
+        )],
+    );
+    ev.invariants[0].runs.latest_full = Some(full.clone());
+    let report = assemble(&ev, &loaded(), None);
+    let v = &report.invariants[0].verification;
+    assert_eq!(
+        (v.result, v.passed, v.run.as_ref().map(|r| r.id)),
+        (VerificationResult::Holds, true, Some(8))
+    );
+    // One from before the repair is not.
+    ev.invariants[0].runs.latest_full = Some(run(7, "05:20", RunStatus::Succeeded, 0));
+    let report = assemble(&ev, &loaded(), None);
+    assert_eq!(
+        report.invariants[0].verification.result,
+        VerificationResult::Partial
+    );
 }
 
 #[test]

@@ -68,7 +68,7 @@ pub(super) fn invariant_blockers(part: &InvariantPart) -> Vec<Blocker> {
             BlockerKind::StaleVerification,
             None,
             format!(
-                "the latest evaluation (run {}) read only part of the rows (an incremental run, or one over its violation budget); evaluate `{name}` in full and re-check",
+                "the latest evaluation (run {}) read only part of the rows (an incremental run: evaluate `{name}` in full; or one over its violation budget: raise `violation_budget`), and no run since the repair read them all; re-check after one has",
                 run.id
             ),
         ),

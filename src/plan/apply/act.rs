@@ -188,6 +188,59 @@ pub(super) type Pace = tokio::sync::Mutex<Option<tokio::time::Interval>>;
 /// The longest a target's `Retry-After` holds a retry back.
 const MAX_ASKED_WAIT: Duration = Duration::from_secs(60);
 
+/// How a worker keeps its claim while a retry waits: `renew` extends it (`false`: another
+/// worker holds it now), every `every` (well within the lease).
+pub(super) struct Keep<'a> {
+    pub(super) renew:
+        &'a (dyn Fn() -> futures_util::future::BoxFuture<'a, Result<bool, PlanError>> + Sync),
+    pub(super) every: Duration,
+}
+
+/// Waits `wait`, then (when the apply keeps a rate) for the rate's next tick: a retry is one
+/// more request the approved rate counts, so it waits its turn too and a struggling target
+/// never gets more than the rate. Waits that may outlast the claim's lease (a `Retry-After`,
+/// a slow rate) renew it as they go, and once more before the attempt. `false`: the claim
+/// was lost.
+async fn wait_holding(
+    wait: Duration,
+    pace: Option<&Pace>,
+    keep: Option<&Keep<'_>>,
+    cancel: &CancellationToken,
+) -> Result<bool, PlanError> {
+    let every = keep.map_or(Duration::from_secs(3600), |k| k.every);
+    let renewed = async || match keep {
+        Some(k) => (k.renew)().await,
+        None => Ok(true),
+    };
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        let chunk = (until - tokio::time::Instant::now()).min(every);
+        tokio::select! {
+            () = tokio::time::sleep(chunk) => {}
+            () = cancel.cancelled() => return Ok(true),
+        }
+        if !renewed().await? {
+            return Ok(false);
+        }
+    }
+    if let Some(pace) = pace
+        && let Some(t) = pace.lock().await.as_mut()
+    {
+        loop {
+            tokio::select! {
+                _ = t.tick() => break,
+                () = tokio::time::sleep(every) => {
+                    if !renewed().await? {
+                        return Ok(false);
+                    }
+                }
+                () = cancel.cancelled() => return Ok(true),
+            }
+        }
+    }
+    renewed().await
+}
+
 /// Check, then act: skip the action if it was applied before or its work is done already,
 /// else execute it. Up to `attempts` tries with a growing pause; after the last failure the
 /// action is failed (one attempt) or parked (replays, which go on without it).
@@ -197,6 +250,7 @@ pub(super) async fn check_then_act(
     recheck: Recheck<'_>,
     attempts: u32,
     pace: Option<&Pace>,
+    keep: Option<&Keep<'_>>,
     cancel: &CancellationToken,
 ) -> Result<Done, PlanError> {
     let mut last_error = String::new();
@@ -208,19 +262,13 @@ pub(super) async fn check_then_act(
             let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
                 .min(Duration::from_secs(5))
                 .max(asked.take().unwrap_or_default().min(MAX_ASKED_WAIT));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = cancel.cancelled() => {}
-            }
-            // A retry is one more request the approved rate counts: it waits its turn too,
-            // so a struggling target never gets more than the rate.
-            if let Some(pace) = pace
-                && let Some(t) = pace.lock().await.as_mut()
-            {
-                tokio::select! {
-                    _ = t.tick() => {}
-                    () = cancel.cancelled() => {}
-                }
+            if !wait_holding(wait, pace, keep, cancel).await? {
+                // Another worker took the claim over while this one waited: it delivers the
+                // action now; this attempt must not (nor be recorded: `finish` finds the
+                // claim gone).
+                return Ok(Done::failed(
+                    "the claim was taken over while a retry waited".into(),
+                ));
             }
         }
         match applied_mark(env, action.plan_id, &action.spec, &action.idempotency_key).await {

@@ -10,9 +10,10 @@ use crate::domain::{ActionStatus, PlanId, PlanState};
 use crate::plan::{PlanError, load};
 use crate::store::{PlanRecord, Store};
 
-/// Whether an operator paused or cancelled the plan (checked at most once a second). The store
-/// hands out no action of a paused or cancelled plan from the moment it is recorded; this is
-/// how a worker, getting nothing, learns to stop rather than wait for more.
+/// Whether an operator paused, cancelled or rejected the plan (checked at most once a
+/// second; `PlanState::halts_apply`). The store hands out no action of such a plan from the
+/// moment it is recorded; this is how a worker, getting nothing, learns to stop rather than
+/// wait for more.
 pub(super) struct HaltWatch {
     last: Instant,
 }

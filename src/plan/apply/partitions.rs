@@ -79,12 +79,30 @@ pub(super) async fn run_partitions(
                         env.store.release_partition(id, &partition, &me).await?;
                         continue 'partitions;
                     };
+                    // A retry's wait may outlast the lease: it renews the partition as it goes.
+                    let renew =
+                        || -> futures_util::future::BoxFuture<'_, Result<bool, PlanError>> {
+                            Box::pin(async {
+                                let until = Utc::now() + lease;
+                                Ok(env
+                                    .store
+                                    .renew_partition(id, &partition, &me, until)
+                                    .await?)
+                            })
+                        };
+                    let keep = super::act::Keep {
+                        renew: &renew,
+                        every: (lease / 3)
+                            .to_std()
+                            .unwrap_or(std::time::Duration::from_secs(10)),
+                    };
                     let done = check_then_act(
                         env,
                         &action,
                         Recheck::Processed(invariant, spec),
                         spec.attempts,
                         Some(shared_ticker),
+                        Some(&keep),
                         cancel,
                     )
                     .await?;

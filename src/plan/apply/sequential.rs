@@ -55,7 +55,16 @@ pub(super) async fn run_sequential(
             ),
             // One attempt: no retry to pace.
             _ => {
-                check_then_act(env, &action, Recheck::Violation(invariant), 1, None, cancel).await?
+                check_then_act(
+                    env,
+                    &action,
+                    Recheck::Violation(invariant),
+                    1,
+                    None,
+                    None,
+                    cancel,
+                )
+                .await?
             }
         };
         let held = done.finish(env, &action, &env.worker).await?;

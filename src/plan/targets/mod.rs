@@ -82,7 +82,7 @@ pub enum TargetError {
     #[error("cannot read the marker {marker}: {message}")]
     MarkerRead { marker: String, message: String },
     #[error(
-        "target `{target}`: the marker table `{table}` compares idempotency keys as {column}: two actions whose keys differ only in case or trailing spaces would count as one, and the second be skipped as applied; make the column binary: ALTER TABLE {table} MODIFY idempotency_key VARBINARY(1024) NOT NULL"
+        "target `{target}`: the marker table `{table}` compares idempotency keys as {column}: two actions whose keys differ only in case or trailing spaces would count as one, and the second be skipped as applied; make the column binary: ALTER TABLE {table} MODIFY idempotency_key VARBINARY(767) NOT NULL"
     )]
     MarkerNotExact {
         target: String,

@@ -253,7 +253,9 @@ impl SqlConn {
                 // Nothing was ever applied through this target.
                 return Ok(None);
             }
-            // It exists: no need to ask again (or to create it) in this process.
+            // It exists: no need to ask again (or to create it) in this process, once it
+            // tells keys apart exactly (this is where an apply meets it first).
+            self.marker_exact().await?;
             let _ = self.marker_ready.set(());
         }
         let m = self.marker();
@@ -389,9 +391,10 @@ fn pg_param(type_name: &str, v: &serde_json::Value, n: usize) -> Result<PgParam,
 /// How long past its statement_timeout an action may wait before trueup gives up on it.
 const TARGET_GRACE: Duration = Duration::from_secs(5);
 
-/// The longest idempotency key a MySQL/MariaDB marker table holds (its `VARBINARY` key, well
-/// inside InnoDB's 3,072-byte index limit); `INSERT IGNORE` would cut a longer one short.
-const MYSQL_KEY_BYTES: usize = 1024;
+/// The longest idempotency key a MySQL/MariaDB marker table holds (its `VARBINARY` key, inside
+/// the 767-byte index limit of InnoDB's older row formats); `INSERT IGNORE` would cut a longer
+/// one short.
+const MYSQL_KEY_BYTES: usize = 767;
 
 async fn pg_execute(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,

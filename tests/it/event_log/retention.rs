@@ -80,6 +80,20 @@ async fn retention_story(store: Arc<dyn Store>) {
         .complete_run(old, &inv, &Default::default(), days(4.5), None)
         .await
         .unwrap();
+    // An incremental run since read only the keys that changed: it judged nothing else.
+    let incremental = store.begin_run(&inv, days(1.5)).await.unwrap();
+    let changed = trueup::domain::RunStats {
+        coverage: trueup::domain::Coverage::Changed {
+            keys: 0,
+            left_since: Some(days(1.6)),
+            right_since: None,
+        },
+        ..Default::default()
+    };
+    store
+        .complete_run(incremental, &inv, &changed, days(1.5), None)
+        .await
+        .unwrap();
     let failed = store.begin_run(&inv, now).await.unwrap();
     store
         .abandon_run(

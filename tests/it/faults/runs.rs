@@ -394,7 +394,9 @@ async fn under_serve_a_run_whose_commit_fails_drops_health_to_zero_and_counts_a_
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let healthy = "trueup_invariant_healthy{invariant=\"events-recorded\"}";
     let failures = "trueup_invariant_evaluation_failures_total{invariant=\"events-recorded\"}";
-    let mut seen_healthy = false;
+    // One run succeeded (health was 1 then), and the attempts since could not be recorded.
+    let succeeded =
+        "trueup_invariant_runs_total{invariant=\"events-recorded\",status=\"succeeded\"}";
     wait_for(
         "health 0 after a failed commit",
         dir,
@@ -409,10 +411,8 @@ async fn under_serve_a_run_whose_commit_fails_drops_health_to_zero_and_counts_a_
                 return false;
             };
             let text = r.text().await.unwrap_or_default();
-            let health = crate::serve::sample(&text, healthy);
-            seen_healthy |= health == Some(1.0);
-            seen_healthy
-                && health == Some(0.0)
+            crate::serve::sample(&text, succeeded) == Some(1.0)
+                && crate::serve::sample(&text, healthy) == Some(0.0)
                 && crate::serve::sample(&text, failures).is_some_and(|n| n >= 1.0)
         },
     )

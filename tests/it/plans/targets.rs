@@ -385,26 +385,36 @@ async fn a_mysql_marker_tells_idempotency_keys_apart_exactly_and_refuses_a_table
         .await;
     assert!(matches!(again, Executed::AlreadyApplied(_)), "{again:?}");
     // A key longer than the marker holds is refused, never cut short.
-    let too_long = "k".repeat(1025);
+    let too_long = "k".repeat(768);
     match targets
         .execute(&insert("writer", &too_long), &too_long, 1, 10)
         .await
     {
         Executed::Failed(e) => assert!(
-            e.to_string().contains("idempotency key of 1025 bytes"),
+            e.to_string().contains("idempotency key of 768 bytes"),
             "{e}"
         ),
         other => panic!("{other:?}"),
     }
-    // A marker table comparing keys by a text collation is refused, saying how to fix it.
+    // A marker table comparing keys by a text collation is refused, saying how to fix it:
+    // where an apply meets it first (is the key applied?) and where it writes.
+    let asked = targets
+        .already_applied(&insert("old", "evt_x"), "evt_x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        asked.contains("ALTER TABLE old_markers MODIFY idempotency_key VARBINARY(767) NOT NULL"),
+        "{asked}"
+    );
     match targets
         .execute(&insert("old", "evt_x"), "evt_x", 2, 1)
         .await
     {
         Executed::Failed(e) => assert!(
-            e.to_string().contains(
-                "ALTER TABLE old_markers MODIFY idempotency_key VARBINARY(1024) NOT NULL"
-            ) && e.to_string().contains("differ only in case"),
+            e.to_string()
+                .contains("ALTER TABLE old_markers MODIFY idempotency_key VARBINARY(767) NOT NULL")
+                && e.to_string().contains("differ only in case"),
             "{e}"
         ),
         other => panic!("{other:?}"),
@@ -479,7 +489,7 @@ async fn an_action_whose_own_commit_was_never_recorded_is_recorded_applied_not_s
     assert_eq!(first.key, serde_json::json!([1]));
     let mut c = my.connect().await;
     sqlx::query(
-        "CREATE TABLE trueup_applied_actions (idempotency_key VARBINARY(1024) PRIMARY KEY, plan_id BIGINT NOT NULL,
+        "CREATE TABLE trueup_applied_actions (idempotency_key VARBINARY(767) PRIMARY KEY, plan_id BIGINT NOT NULL,
                                               seq INTEGER NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
     )
     .execute(&mut c)

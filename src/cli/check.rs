@@ -145,7 +145,7 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
         {
             let uncovered = if c.uncovered > 0 {
                 format!(
-                    ", {} on keys this run did not read (or that a run begun after it saw)",
+                    ", {} left as they were (on keys this run did not read, past its violation budget, or seen by a run begun after it)",
                     c.uncovered
                 )
             } else {

@@ -565,6 +565,21 @@ mod tests {
             panic!("not http")
         };
         assert_eq!(url, "https://billing/api/payments/7/sync");
+        // A backslash parts segments as a slash does (URL parsers read it so); past `?` a
+        // value moves nothing, and may be anything.
+        let backslash = Compensation::Http(HttpCompensation {
+            target: TargetName::parse("billing").unwrap(),
+            method: "POST".into(),
+            path: Template::parse("/files\\{{key.id}}?after={{left.suffix}}").unwrap(),
+            headers: vec![],
+            body: None,
+        });
+        let err = backslash
+            .render(&ctx(&empty, &json!("..")), base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("URL path segment `..`"), "{err}");
+        assert!(backslash.render(&ctx(&dots, &json!(7)), base).is_ok());
     }
 
     #[test]

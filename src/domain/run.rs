@@ -235,7 +235,7 @@ pub struct LedgerChange {
     pub reopened: u64,
     pub resolved: u64,
     /// Open violations the run left as they were, and still open: on keys it did not cover
-    /// (an incremental run), or last seen by a run begun after it.
+    /// (an incremental run), past its violation budget, or last seen by a run begun after it.
     pub uncovered: u64,
 }
 

@@ -184,25 +184,33 @@ impl Template {
             }),
             _ => Ok(()),
         };
+        // Past a `?` or `#` is the query or the fragment, where a value moves nothing.
+        let mut in_path = true;
         for s in &self.0 {
             match s {
                 Segment::Text(t) => {
                     for c in t.chars() {
-                        if c == '/' || c == '?' || c == '#' {
+                        // URL parsers take `\` for `/` in http(s) paths.
+                        if in_path && matches!(c, '/' | '\\' | '?' | '#') {
                             check(&out, segment, wrote)?;
                             wrote = None;
                             segment = out.len() + c.len_utf8();
+                            in_path = !matches!(c, '?' | '#');
                         }
                         out.push(c);
                     }
                 }
                 Segment::Value(p) => {
                     push_path_segment(&ctx.lookup(p)?, &mut out);
-                    wrote = wrote.or(Some(p));
+                    if in_path {
+                        wrote = wrote.or(Some(p));
+                    }
                 }
             }
         }
-        check(&out, segment, wrote)?;
+        if in_path {
+            check(&out, segment, wrote)?;
+        }
         Ok(out)
     }
 }

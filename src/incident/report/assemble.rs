@@ -289,16 +289,22 @@ pub(super) fn invariant_part(
 
     let last_repair_at = plans.iter().filter_map(|p| p.last_applied_at).max();
     let required_after = last_repair_at.map_or(window.from, |r| r.max(window.from));
-    // A later partial run (a scheduled incremental tick, one over its budget) does not undo
-    // the evidence of a run that read every row after the repair: that one is the evidence.
+    // A later incremental tick does not undo the evidence of a run that read every row after
+    // the repair: that one is the evidence. A later run over its violation budget does (it
+    // read every row and found more than it could store: the window may hold some).
     let partial = |r: &RunRecord| r.stats.truncated || !reads_every_row(&r.stats.coverage);
     let latest = match ev.runs.latest.as_ref() {
-        Some(r) if r.status == RunStatus::Succeeded && partial(r) => ev
-            .runs
-            .latest_full
-            .as_ref()
-            .filter(|full| full.started_at > required_after && full.started_at >= window.from)
-            .or(Some(r)),
+        Some(r)
+            if r.status == RunStatus::Succeeded
+                && !r.stats.truncated
+                && !reads_every_row(&r.stats.coverage) =>
+        {
+            ev.runs
+                .latest_full
+                .as_ref()
+                .filter(|full| full.started_at > required_after && full.started_at >= window.from)
+                .or(Some(r))
+        }
         other => other,
     };
     let result = match latest {

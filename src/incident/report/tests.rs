@@ -264,6 +264,23 @@ fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
         report.invariants[0].verification.result,
         VerificationResult::Partial
     );
+    // A later run over its budget is not undone by an earlier full one: it found more than it
+    // stored, and the window may hold some of it.
+    let over_budget = RunRecord {
+        stats: RunStats {
+            truncated: true,
+            ..run(11, "06:10", RunStatus::Succeeded, 50).stats
+        },
+        ..run(11, "06:10", RunStatus::Succeeded, 50)
+    };
+    ev.invariants[0].runs.latest = Some(over_budget);
+    ev.invariants[0].runs.latest_full = Some(full);
+    let report = assemble(&ev, &loaded(), None);
+    let v = &report.invariants[0].verification;
+    assert_eq!(
+        (v.result, v.passed, v.run.as_ref().map(|r| r.id)),
+        (VerificationResult::Partial, false, Some(11))
+    );
 }
 
 #[test]

@@ -55,6 +55,10 @@ pub(super) struct Done {
     pub(super) detail: Option<String>,
     /// What the target reported (rows affected, HTTP status).
     target_said: Option<serde_json::Value>,
+    /// Set when no attempt may be made or recorded any more: the claim was taken over while a
+    /// retry waited, or the apply was interrupted then. The caller records nothing (the action
+    /// stays open for whoever holds it, or the next apply).
+    pub(super) abandoned: bool,
 }
 
 impl Done {
@@ -64,6 +68,14 @@ impl Done {
             outcome,
             detail,
             target_said: None,
+            abandoned: false,
+        }
+    }
+
+    fn abandoned(why: &str) -> Self {
+        Self {
+            abandoned: true,
+            ..Self::failed(why.to_owned())
         }
     }
 
@@ -196,17 +208,27 @@ pub(super) struct Keep<'a> {
     pub(super) every: Duration,
 }
 
+/// How a retry's wait ended.
+enum Waited {
+    /// Its time came, with the claim renewed: try.
+    Go,
+    /// Another worker holds the claim now.
+    Lost,
+    /// The apply was interrupted.
+    Stopped,
+}
+
 /// Waits `wait`, then (when the apply keeps a rate) for the rate's next tick: a retry is one
 /// more request the approved rate counts, so it waits its turn too and a struggling target
-/// never gets more than the rate. Waits that may outlast the claim's lease (a `Retry-After`,
-/// a slow rate) renew it as they go, and once more before the attempt. `false`: the claim
-/// was lost.
+/// never gets more than the rate. Every wait that may outlast the claim's lease (a
+/// `Retry-After`, the rate's lock another worker holds, a slow rate's tick) renews the claim
+/// as it goes, and once more before the attempt.
 async fn wait_holding(
     wait: Duration,
     pace: Option<&Pace>,
     keep: Option<&Keep<'_>>,
     cancel: &CancellationToken,
-) -> Result<bool, PlanError> {
+) -> Result<Waited, PlanError> {
     let every = keep.map_or(Duration::from_secs(3600), |k| k.every);
     let renewed = async || match keep {
         Some(k) => (k.renew)().await,
@@ -217,28 +239,43 @@ async fn wait_holding(
         let chunk = (until - tokio::time::Instant::now()).min(every);
         tokio::select! {
             () = tokio::time::sleep(chunk) => {}
-            () = cancel.cancelled() => return Ok(true),
+            () = cancel.cancelled() => return Ok(Waited::Stopped),
         }
         if !renewed().await? {
-            return Ok(false);
+            return Ok(Waited::Lost);
         }
     }
-    if let Some(pace) = pace
-        && let Some(t) = pace.lock().await.as_mut()
-    {
-        loop {
+    if let Some(pace) = pace {
+        let mut held = loop {
             tokio::select! {
-                _ = t.tick() => break,
+                held = pace.lock() => break held,
                 () = tokio::time::sleep(every) => {
                     if !renewed().await? {
-                        return Ok(false);
+                        return Ok(Waited::Lost);
                     }
                 }
-                () = cancel.cancelled() => return Ok(true),
+                () = cancel.cancelled() => return Ok(Waited::Stopped),
+            }
+        };
+        if let Some(t) = held.as_mut() {
+            loop {
+                tokio::select! {
+                    _ = t.tick() => break,
+                    () = tokio::time::sleep(every) => {
+                        if !renewed().await? {
+                            return Ok(Waited::Lost);
+                        }
+                    }
+                    () = cancel.cancelled() => return Ok(Waited::Stopped),
+                }
             }
         }
     }
-    renewed().await
+    Ok(if renewed().await? {
+        Waited::Go
+    } else {
+        Waited::Lost
+    })
 }
 
 /// Check, then act: skip the action if it was applied before or its work is done already,
@@ -262,13 +299,19 @@ pub(super) async fn check_then_act(
             let wait = Duration::from_millis(200 * (1 << (attempt - 2).min(5)))
                 .min(Duration::from_secs(5))
                 .max(asked.take().unwrap_or_default().min(MAX_ASKED_WAIT));
-            if !wait_holding(wait, pace, keep, cancel).await? {
+            match wait_holding(wait, pace, keep, cancel).await? {
+                Waited::Go => {}
                 // Another worker took the claim over while this one waited: it delivers the
-                // action now; this attempt must not (nor be recorded: `finish` finds the
-                // claim gone).
-                return Ok(Done::failed(
-                    "the claim was taken over while a retry waited".into(),
-                ));
+                // action; this worker neither tries nor records it.
+                Waited::Lost => {
+                    return Ok(Done::abandoned(
+                        "the claim was taken over while a retry waited",
+                    ));
+                }
+                // Interrupted: no retry goes out unpaced; the action stays open.
+                Waited::Stopped => {
+                    return Ok(Done::abandoned("interrupted while a retry waited"));
+                }
             }
         }
         match applied_mark(env, action.plan_id, &action.spec, &action.idempotency_key).await {

@@ -370,12 +370,19 @@ async fn end_applying(
     to: PlanState,
     why: Option<&str>,
 ) -> Result<bool, PlanError> {
+    // Applied also from stopped: another apply of the plan stopped (interrupted) while this
+    // one finished every action; nothing failed, parked or open is left (`unfinished`).
+    let from: &[PlanState] = if to == PlanState::Applied {
+        &[PlanState::Applying, PlanState::Stopped]
+    } else {
+        &[PlanState::Applying]
+    };
     let moved = env
         .store
         .transition_plan(
             id,
             &Transition {
-                from: &[PlanState::Applying],
+                from,
                 to,
                 by: &env.actor.name,
                 reason: why,

@@ -106,6 +106,11 @@ pub(super) async fn run_partitions(
                         cancel,
                     )
                     .await?;
+                    if done.abandoned {
+                        // Nothing to record: the action stays open for whoever holds the
+                        // partition now (or the next apply), and the loop's top sees a cancel.
+                        continue 'partitions;
+                    }
                     let held = done.finish(env, &action, &me).await?;
                     if held && done.status == ActionStatus::Applied {
                         super::act::note_replayed(env, invariant, &action).await;

@@ -110,7 +110,7 @@ async fn an_incremental_check_reads_only_changed_keys_and_leaves_the_violations_
         "{text}"
     );
     assert!(
-        text.contains("6 violations open: 2 new, 1 still open, 0 reopened, 3 on keys this run did not read (or that a run begun after it saw); 1 resolved"),
+        text.contains("6 violations open: 2 new, 1 still open, 0 reopened, 3 left as they were (on keys this run did not read, past its violation budget, or seen by a run begun after it); 1 resolved"),
         "{text}"
     );
     assert_eq!(active(store.as_ref()).await, 6);

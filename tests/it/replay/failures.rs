@@ -560,7 +560,7 @@ async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delive
          CREATE TABLE processed (event_id BIGINT NOT NULL);",
     )
     .await;
-    // Event 1's first delivery is answered 503 with a 3 s Retry-After (three leases of 1 s);
+    // Event 1's first delivery is answered 503 with a 6 s Retry-After (three leases of 2 s);
     // every other request is taken.
     type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>;
     let seen: Seen = Default::default();
@@ -574,7 +574,7 @@ async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delive
         if id == 1 && first {
             seen.push((id, 503));
             let busy = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-            return (busy, [("retry-after", "3")]).into_response();
+            return (busy, [("retry-after", "6")]).into_response();
         }
         seen.push((id, 200));
         axum::http::StatusCode::OK.into_response()
@@ -642,7 +642,7 @@ async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delive
         "--concurrency",
         "2",
         "--lease",
-        "1s",
+        "2s",
         "-f",
         "json",
     ])

@@ -107,8 +107,11 @@ pub(super) async fn run_partitions(
                     )
                     .await?;
                     if done.abandoned {
-                        // Nothing to record: the action stays open for whoever holds the
-                        // partition now (or the next apply), and the loop's top sees a cancel.
+                        // Nothing to record: the action goes back to pending, the partition
+                        // to whoever claims it next (both only if still ours), and the loop's
+                        // top sees a cancel.
+                        env.store.release_action(id, action.seq, &me).await?;
+                        env.store.release_partition(id, &partition, &me).await?;
                         continue 'partitions;
                     }
                     let held = done.finish(env, &action, &me).await?;

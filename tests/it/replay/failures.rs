@@ -548,8 +548,16 @@ async fn retries_of_a_replay_keep_its_rate_and_wait_as_long_as_the_consumer_asks
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delivers_once() {
+/// Three events of one account (one partition, so only a second worker could take it over),
+/// a replay of them approved as plan 1 with two attempts, and a consumer that answers event
+/// 1's first delivery 503 with a 6 s Retry-After and takes every other request: what it
+/// answered, in order, is in the returned list.
+async fn busy_once_replay() -> (
+    TestPg,
+    std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let data = TestPg::new().await;
     // Three events of one account: one partition, so a second worker could only take it over.
     data.exec(
@@ -633,6 +641,17 @@ async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delive
     .await;
     assert!(proposed.status.success(), "{}", text(&proposed));
     assert!(run(&["plan", "approve", "1"]).await.status.success());
+    (data, seen, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delivers_once() {
+    let (_data, seen, _dir, config) = busy_once_replay().await;
+    let run = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        output(c)
+    };
     // A second worker is idle, waiting for a partition whose lease runs out.
     let applied = run(&[
         "apply",
@@ -659,89 +678,12 @@ async fn a_retry_that_waits_longer_than_the_lease_keeps_its_partition_and_delive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_interrupted_while_a_retry_waits_sends_nothing_more_and_the_next_apply_goes_on_at_once()
  {
-    let data = TestPg::new().await;
-    // Three events of one account: one partition, so a second worker could only take it over.
-    data.exec(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
-                              created_at TIMESTAMPTZ NOT NULL);
-         INSERT INTO events SELECT g, 'acct-1', g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
-           FROM generate_series(1, 3) g;
-         CREATE TABLE processed (event_id BIGINT NOT NULL);",
-    )
-    .await;
-    // Event 1's first delivery is answered 503 with a 6 s Retry-After (three leases of 2 s);
-    // every other request is taken.
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>;
-    let seen: Seen = Default::default();
-    async fn busy_once(
-        axum::extract::State(seen): axum::extract::State<Seen>,
-        axum::extract::Path(id): axum::extract::Path<i64>,
-    ) -> axum::response::Response {
-        use axum::response::IntoResponse;
-        let mut seen = seen.lock().unwrap();
-        let first = !seen.iter().any(|(e, _)| *e == id);
-        if id == 1 && first {
-            seen.push((id, 503));
-            let busy = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-            return (busy, [("retry-after", "6")]).into_response();
-        }
-        seen.push((id, 200));
-        axum::http::StatusCode::OK.into_response()
-    }
-    let app = axum::Router::new()
-        .route("/events/{id}", axum::routing::post(busy_once))
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
-    std::fs::write(
-        dir.path().join("invariants/events.yaml"),
-        r#"invariants:
-  - name: events-consumed
-    time_column: created_at
-    reconcile:
-      left: {source: upstream, query: "SELECT id AS event_id, account, seq, created_at FROM events"}
-      right: {source: upstream, query: "SELECT event_id FROM processed"}
-      key: event_id
-    replay:
-      http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
-      partition: account
-      attempts: 2
-      max_window: 30m
-"#,
-    )
-    .unwrap();
-    let config = dir.path().join("trueup.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
-            sqlite_url(&dir.path().join("trueup.db")),
-            data.reader_url
-        ),
-    )
-    .unwrap();
+    let (_data, seen, _dir, config) = busy_once_replay().await;
     let run = |args: &'static [&'static str]| {
         let mut c = trueup(&config);
         c.args(args);
         output(c)
     };
-    run(&["check"]).await;
-    let proposed = run(&[
-        "replay",
-        "-i",
-        "events-consumed",
-        "--from",
-        "2026-11-20T10:00:00Z",
-        "--to",
-        "2026-11-20T10:30:00Z",
-        "--execute",
-    ])
-    .await;
-    assert!(proposed.status.success(), "{}", text(&proposed));
-    assert!(run(&["plan", "approve", "1"]).await.status.success());
     // Interrupted while event 1's retry waits out its 6 s: nothing more goes out, the apply
     // ends at once, and it gives the partition back (a 30 s lease would otherwise hold the
     // next apply up).
@@ -759,7 +701,8 @@ async fn an_apply_interrupted_while_a_retry_waits_sends_nothing_more_and_the_nex
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Whether the signal finds it reading the answer or already waiting, the retry waits
+    // no more.
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -141,28 +141,16 @@ impl Template {
         }
     }
 
-    /// The text with each value written by `write` (which may encode it).
-    pub fn render_with(
-        &self,
-        ctx: &ViolationContext<'_>,
-        mut write: impl FnMut(&Placeholder, &serde_json::Value, &mut String) -> Result<(), RenderError>,
-    ) -> Result<String, RenderError> {
+    /// The text with each value interpolated as plain text.
+    pub fn render_text(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
         let mut out = String::new();
         for s in &self.0 {
             match s {
                 Segment::Text(t) => out.push_str(t),
-                Segment::Value(p) => write(p, &ctx.lookup(p)?, &mut out)?,
+                Segment::Value(p) => out.push_str(&json_text(&ctx.lookup(p)?)),
             }
         }
         Ok(out)
-    }
-
-    /// The text with each value interpolated as plain text.
-    pub fn render_text(&self, ctx: &ViolationContext<'_>) -> Result<String, RenderError> {
-        self.render_with(ctx, |_, v, out| {
-            out.push_str(&json_text(v));
-            Ok(())
-        })
     }
 
     /// The text as a URL path, each value percent-encoded so that it stays inside its path

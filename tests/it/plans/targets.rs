@@ -3,8 +3,17 @@
 
 use super::*;
 
-#[tokio::test]
-async fn a_mysql_target_applies_each_action_once_with_its_marker() {
+/// Three events in MariaDB, the second recorded: the invariant `events-recorded` compensates
+/// the missing ones through the MySQL target `writer` (marker table included), and its plan
+/// of two actions (events 1 and 3) is approved by `alice`.
+async fn approved_mysql_plan() -> (
+    crate::helpers::TestMysql,
+    tempfile::TempDir,
+    App,
+    Targets,
+    i64,
+    Actor,
+) {
     let my = crate::helpers::TestMysql::new().await;
     my.exec(
         "CREATE TABLE events (id BIGINT PRIMARY KEY, amount DECIMAL(10,2) NOT NULL, at DATETIME NOT NULL);
@@ -57,6 +66,12 @@ async fn a_mysql_target_applies_each_action_once_with_its_marker() {
     )
     .await
     .unwrap();
+    (my, dir, app, targets, id, who)
+}
+
+#[tokio::test]
+async fn a_mysql_target_applies_each_action_once_with_its_marker() {
+    let (my, _dir, app, targets, id, who) = approved_mysql_plan().await;
     let report = apply_plan(
         &env(&app, &targets, &who, "events-recorded", "w"),
         id,
@@ -431,58 +446,7 @@ async fn a_mysql_marker_tells_idempotency_keys_apart_exactly_and_refuses_a_table
 
 #[tokio::test]
 async fn an_action_whose_own_commit_was_never_recorded_is_recorded_applied_not_skipped() {
-    let my = crate::helpers::TestMysql::new().await;
-    my.exec(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, amount DECIMAL(10,2) NOT NULL);
-         INSERT INTO events VALUES (1, 1.50), (2, 2.50), (3, 3.50);
-         CREATE TABLE records (event_id BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL);
-         INSERT INTO records VALUES (2, 2.50);",
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "store: {}\nsources:\n  shop: {{url: \"{}\"}}\ntargets:\n  writer: {{url: \"{}\"}}\n",
-            sqlite_url(&dir.path().join("trueup.db")),
-            my.reader_url,
-            my.url
-        ),
-        r#"invariants:
-  - name: events-recorded
-    severity: low
-    reconcile:
-      left: {source: shop, query: "SELECT id AS event_id, amount FROM events"}
-      right: {source: shop, query: "SELECT event_id, amount FROM records"}
-      key: event_id
-    compensate:
-      missing:
-        sql:
-          target: writer
-          statement: INSERT INTO records (event_id, amount) VALUES ({{key.event_id}}, {{left.amount}})
-"#,
-    );
-    let app = open(&config).await;
-    let targets = Targets::open(&app.config).unwrap();
-    let outcomes = app
-        .check(&[], &trueup::domain::Actor::local("test"), false)
-        .await
-        .unwrap();
-    let Some(Proposal::Created { plan: id, actions }) = outcomes[0].proposal.clone() else {
-        panic!("{:?}", outcomes[0])
-    };
-    assert_eq!(actions, 2);
-    let who = actor("alice", Role::Approver);
-    plan::approve(
-        app.store.as_ref(),
-        id,
-        app.invariants.first(),
-        &who,
-        None,
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (my, _dir, app, targets, id, who) = approved_mysql_plan().await;
     // The first action's commit went through on an earlier attempt (its record and its marker
     // row), but its answer was lost: the store still has it pending.
     let first = app.store.plan_actions(id, None, 10).await.unwrap()[0].clone();
@@ -504,7 +468,7 @@ async fn an_action_whose_own_commit_was_never_recorded_is_recorded_applied_not_s
     .execute(&mut c)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO records VALUES (1, 1.50)")
+    sqlx::query("INSERT INTO records VALUES (1, 1.50, '2026-11-20 10:00:00')")
         .execute(&mut c)
         .await
         .unwrap();

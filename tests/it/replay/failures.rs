@@ -428,15 +428,6 @@ async fn a_replay_interrupted_by_ctrl_c_is_stopped_with_its_events_left_and_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_of_a_replay_keep_its_rate_and_wait_as_long_as_the_consumer_asks() {
-    let data = TestPg::new().await;
-    data.exec(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
-                              created_at TIMESTAMPTZ NOT NULL);
-         INSERT INTO events SELECT g, 'acct-' || (g % 3), g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
-           FROM generate_series(1, 6) g;
-         CREATE TABLE processed (event_id BIGINT NOT NULL);",
-    )
-    .await;
     // A consumer that is overloaded: every request answers 503; for event 1 it asks for a
     // second's rest.
     type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, std::time::Instant)>>>;
@@ -457,57 +448,12 @@ async fn retries_of_a_replay_keep_its_rate_and_wait_as_long_as_the_consumer_asks
     let app = axum::Router::new()
         .route("/events/{id}", axum::routing::post(overloaded))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
-    std::fs::write(
-        dir.path().join("invariants/events.yaml"),
-        r#"invariants:
-  - name: events-consumed
-    time_column: created_at
-    reconcile:
-      left: {source: upstream, query: "SELECT id AS event_id, account, seq, created_at FROM events"}
-      right: {source: upstream, query: "SELECT event_id FROM processed"}
-      key: event_id
-    replay:
-      http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
-      partition: account
-      attempts: 3
-      max_window: 30m
-"#,
-    )
-    .unwrap();
-    let config = dir.path().join("trueup.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store: {}\nsources:\n  upstream: {{url: \"{}\"}}\ntargets:\n  consumer:\n    base_url: {base}\n    allow_private_network: true\n",
-            sqlite_url(&dir.path().join("trueup.db")),
-            data.reader_url
-        ),
-    )
-    .unwrap();
+    let (_data, _dir, config) = approved_replay(6, 3, 3, app).await;
     let run = |args: &'static [&'static str]| {
         let mut c = trueup(&config);
         c.args(args);
         output(c)
     };
-    run(&["check"]).await;
-    let proposed = run(&[
-        "replay",
-        "-i",
-        "events-consumed",
-        "--from",
-        "2026-11-20T10:00:00Z",
-        "--to",
-        "2026-11-20T10:30:00Z",
-        "--execute",
-    ])
-    .await;
-    assert!(proposed.status.success(), "{}", text(&proposed));
-    assert!(run(&["plan", "approve", "1"]).await.status.success());
     let applied = run(&[
         "apply",
         "1",
@@ -548,51 +494,27 @@ async fn retries_of_a_replay_keep_its_rate_and_wait_as_long_as_the_consumer_asks
     }
 }
 
-/// Three events of one account (one partition, so only a second worker could take it over),
-/// a replay of them approved as plan 1 with two attempts, and a consumer that answers event
-/// 1's first delivery 503 with a 6 s Retry-After and takes every other request: what it
-/// answered, in order, is in the returned list.
-async fn busy_once_replay() -> (
-    TestPg,
-    std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>,
-    tempfile::TempDir,
-    std::path::PathBuf,
-) {
+/// `events` events from 10:00:01, a second apart, in `accounts` accounts, none processed; a
+/// replay of them (`attempts` tries an event) to the consumer `consumer` serves at
+/// `POST /events/{id}`, proposed and approved as plan 1.
+async fn approved_replay(
+    events: u32,
+    accounts: u32,
+    attempts: u32,
+    consumer: axum::Router,
+) -> (TestPg, tempfile::TempDir, std::path::PathBuf) {
     let data = TestPg::new().await;
-    // Three events of one account: one partition, so a second worker could only take it over.
-    data.exec(
+    data.exec(&format!(
         "CREATE TABLE events (id BIGINT PRIMARY KEY, account TEXT NOT NULL, seq BIGINT NOT NULL,
                               created_at TIMESTAMPTZ NOT NULL);
-         INSERT INTO events SELECT g, 'acct-1', g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
-           FROM generate_series(1, 3) g;
-         CREATE TABLE processed (event_id BIGINT NOT NULL);",
-    )
+         INSERT INTO events SELECT g, 'acct-' || (g % {accounts}), g, TIMESTAMPTZ '2026-11-20T10:00:00Z' + g * INTERVAL '1 second'
+           FROM generate_series(1, {events}) g;
+         CREATE TABLE processed (event_id BIGINT NOT NULL);"
+    ))
     .await;
-    // Event 1's first delivery is answered 503 with a 6 s Retry-After (three leases of 2 s);
-    // every other request is taken.
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>;
-    let seen: Seen = Default::default();
-    async fn busy_once(
-        axum::extract::State(seen): axum::extract::State<Seen>,
-        axum::extract::Path(id): axum::extract::Path<i64>,
-    ) -> axum::response::Response {
-        use axum::response::IntoResponse;
-        let mut seen = seen.lock().unwrap();
-        let first = !seen.iter().any(|(e, _)| *e == id);
-        if id == 1 && first {
-            seen.push((id, 503));
-            let busy = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-            return (busy, [("retry-after", "6")]).into_response();
-        }
-        seen.push((id, 200));
-        axum::http::StatusCode::OK.into_response()
-    }
-    let app = axum::Router::new()
-        .route("/events/{id}", axum::routing::post(busy_once))
-        .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, consumer).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("invariants")).unwrap();
     std::fs::write(
@@ -607,9 +529,10 @@ async fn busy_once_replay() -> (
     replay:
       http: {target: consumer, path: "events/{{key.event_id}}", body: {account: "{{left.account}}", seq: "{{left.seq}}"}}
       partition: account
-      attempts: 2
+      attempts: ATTEMPTS
       max_window: 30m
-"#,
+"#
+            .replace("ATTEMPTS", &attempts.to_string()),
     )
     .unwrap();
     let config = dir.path().join("trueup.yaml");
@@ -641,6 +564,43 @@ async fn busy_once_replay() -> (
     .await;
     assert!(proposed.status.success(), "{}", text(&proposed));
     assert!(run(&["plan", "approve", "1"]).await.status.success());
+    (data, dir, config)
+}
+
+/// Three events of one account (one partition, so only a second worker could take it over),
+/// a replay of them approved as plan 1 with two attempts, and a consumer that answers event
+/// 1's first delivery 503 with a 6 s Retry-After and takes every other request: what it
+/// answered, in order, is in the returned list.
+async fn busy_once_replay() -> (
+    TestPg,
+    std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    // Event 1's first delivery is answered 503 with a 6 s Retry-After (three leases of 2 s);
+    // every other request is taken.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, u16)>>>;
+    let seen: Seen = Default::default();
+    async fn busy_once(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        axum::extract::Path(id): axum::extract::Path<i64>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let mut seen = seen.lock().unwrap();
+        let first = !seen.iter().any(|(e, _)| *e == id);
+        if id == 1 && first {
+            seen.push((id, 503));
+            let busy = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            return (busy, [("retry-after", "6")]).into_response();
+        }
+        seen.push((id, 200));
+        axum::http::StatusCode::OK.into_response()
+    }
+    let app = axum::Router::new()
+        .route("/events/{id}", axum::routing::post(busy_once))
+        .with_state(seen.clone());
+    // Three events of one account: one partition, so a second worker could only take it over.
+    let (data, dir, config) = approved_replay(3, 1, 2, app).await;
     (data, seen, dir, config)
 }
 

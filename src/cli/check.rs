@@ -69,7 +69,7 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             .filter(|c| c.method == crate::domain::CompareMethod::Checksum);
         let rows = match checksummed {
             Some(c) => format!(
-                "compared {} left / {} right rows by checksum ({} of {} segments differed: {} rows read)",
+                "compared {} left / {} right rows by checksum ({} of {} segments read: {} rows)",
                 s.rows_left, s.rows_right, c.segments_streamed, c.segments, c.rows_streamed
             ),
             None if s.rows_right > 0 => {

@@ -83,6 +83,14 @@ pub trait ViolationSink: Send {
     async fn cover(&mut self, _keys: &[serde_json::Value]) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// Keys of the invariant's violations that are open (as [`Violation::key_json`] writes
+    /// them), at most `limit`: a checksummed run totals them apart first (see
+    /// `reconcile/checksum.rs`). A hint, never a verdict: the run finds the same violations
+    /// without it, only at more cost.
+    async fn open_keys(&mut self, _limit: u32) -> Result<Vec<serde_json::Value>, EngineError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Which rows a run reads.

@@ -444,4 +444,11 @@ impl ViolationSink for Recorder<'_> {
             .await
             .map_err(|e| EngineError::Sink(Box::new(e)))
     }
+
+    async fn open_keys(&mut self, limit: u32) -> Result<Vec<serde_json::Value>, EngineError> {
+        self.store
+            .open_keys(self.invariant.as_str(), limit)
+            .await
+            .map_err(|e| EngineError::Sink(Box::new(e)))
+    }
 }

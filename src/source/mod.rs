@@ -30,7 +30,7 @@ mod summarize;
 mod turn;
 mod unordered;
 
-pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest};
+pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest, Totals};
 pub use event_log::{LogEventRow, LogReader, to_row as event_row};
 pub use query::{
     COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,
@@ -706,6 +706,30 @@ impl Source {
             Pool::Http(_) | Pool::Nats(_) | Pool::Redis(_) | Pool::Log(_) => {
                 Err(self.not_sql("a checksum"))
             }
+        }
+    }
+
+    /// `req`'s range totalled in one row (over only `only`'s keys when given), without
+    /// buckets: PostgreSQL sources only (the typed flavor's; the engine asks no other).
+    pub async fn totals(
+        &self,
+        req: &SummaryRequest,
+        only: Option<&KeyRanges>,
+    ) -> Result<Totals, SourceError> {
+        self.vet().await?;
+        fail::fail_point!("source.totals", |_| Err(SourceError::Query {
+            source_name: self.name.clone(),
+            message: "connection reset (injected by the fail point source.totals)".into(),
+        }));
+        match &self.pool {
+            Pool::Postgres(_) => summarize::totals(self, req, only).await,
+            _ => Err(SourceError::Query {
+                source_name: self.name.clone(),
+                message: format!(
+                    "{} sources total no key range in one statement (PostgreSQL's typed checksums only)",
+                    self.class
+                ),
+            }),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use sqlx::{Column, Database, Executor, Statement, TypeInfo};
 
-use super::checksum::{Described, Engine, Flavor, SegmentSummary, SummaryRequest};
+use super::checksum::{Described, Engine, Flavor, SegmentSummary, SummaryRequest, Totals};
 use super::sql::Dialect;
 use super::{KeyRanges, Leased, ReadRequest, Source, SourceError};
 use crate::domain::Read;
@@ -296,6 +296,30 @@ fn summary_row(cells: [Option<&str>; 4], buckets: u64) -> Result<SummaryRow, Str
             Ok(SummaryRow::Bucket(b, segment))
         }
     }
+}
+
+/// Totals `req`'s range on a PostgreSQL source, over only `only`'s keys when given (see
+/// [`super::checksum::totals_sql`]).
+pub(super) async fn totals(
+    source: &Source,
+    req: &SummaryRequest,
+    only: Option<&KeyRanges>,
+) -> Result<Totals, SourceError> {
+    let sql = super::checksum::totals_sql(req, only, |c| source.quote(c));
+    let rows = source.fetch_texts(sql, 6).await?;
+    let [row] = rows.as_slice() else {
+        return Err(SourceError::Query {
+            source_name: source.name.clone(),
+            message: format!(
+                "checksum totals: {} rows where one was expected",
+                rows.len()
+            ),
+        });
+    };
+    Totals::parse(row).map_err(|why| SourceError::Query {
+        source_name: source.name.clone(),
+        message: format!("checksum totals: {why}"),
+    })
 }
 
 /// Fixed values hashed as `flavor` hashes them here (see [`super::checksum::probe_sql`]).

@@ -872,6 +872,30 @@ macro_rules! impl_store {
                     .map_err(Into::into)
             }
 
+            async fn open_keys(
+                &self,
+                invariant: &str,
+                limit: u32,
+            ) -> Result<Vec<serde_json::Value>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                let rows = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT DISTINCT key FROM violations WHERE invariant = ",
+                )
+                .push_bind(invariant)
+                .push(" AND status IN ('open', 'reopened') LIMIT ")
+                .push_bind(i64::from(limit))
+                .build()
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        row.try_get::<sqlx::types::Json<serde_json::Value>, _>("key")
+                            .map(|k| k.0)
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
             async fn latest_full_run(
                 &self,
                 invariant: &str,

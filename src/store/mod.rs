@@ -418,6 +418,14 @@ pub trait Store:
     /// incremental, not over its violation budget. What an incident's verification and the
     /// retention of a log the invariant reads take as evidence.
     async fn latest_full_run(&self, invariant: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// The keys of `invariant`'s open violations (as the engine writes them), at most
+    /// `limit`: where a checksummed run looks first, since a difference tends to stay until
+    /// it is repaired.
+    async fn open_keys(
+        &self,
+        invariant: &str,
+        limit: u32,
+    ) -> Result<Vec<serde_json::Value>, StoreError>;
 
     /// The runs of `invariant` started at or after `since`; at most `limit` notable ones.
     async fn run_digest(

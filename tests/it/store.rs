@@ -140,6 +140,16 @@ async fn ledger_story(store: Arc<dyn Store>) {
     assert_eq!(reopened.len(), 1);
     assert_eq!(reopened[0].times_reopened, 1);
     assert!(reopened[0].resolved_at.is_none());
+    // The keys a checksummed run looks up first: this invariant's open and reopened ones
+    // (not the resolved 2, nor the other invariant's), each once, as many as asked for.
+    let mut open = store.open_keys(inv.as_str(), 100).await.unwrap();
+    open.sort_by_key(|k| k[0].as_i64());
+    assert_eq!(open, vec![json!([1]), json!([3]), json!([4])]);
+    assert_eq!(
+        store.open_keys(other.as_str(), 100).await.unwrap(),
+        vec![json!([1])]
+    );
+    assert_eq!(store.open_keys(inv.as_str(), 2).await.unwrap().len(), 2);
 
     // A failed run stages a violation, then fails: the ledger is exactly as before.
     let run = store.begin_run(&inv, Utc::now()).await.unwrap();

@@ -17,7 +17,7 @@ use crate::config::{SourceClass, SourceKind};
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
     Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources,
-    SummaryRequest, index_of,
+    SummaryRequest, Totals, index_of,
 };
 
 use super::merge;
@@ -55,6 +55,14 @@ const MAX_FINE_BUCKETS: u64 = 1 << 18;
 /// A fine split is chosen while the differing buckets are expected to hold at most this
 /// share of the rows: a row read by its key costs several streamed ones.
 const FINE_READ_SHARE: f64 = 1.0 / 16.0;
+
+/// Open violations whose keys a run totals apart first, at most (one statement's listed
+/// keys, less room for the range around a new difference).
+const KNOWN_KEYS: u32 = 8_192;
+/// A range guessed around a new difference is totalled only while it would hold at most this
+/// many rows per row the totals differ by (else the differences are spread out, and the
+/// split finds them for less).
+const GUESS_ROWS_PER_DIFFERENCE: f64 = 16.0;
 
 pub(super) enum Outcome {
     /// Compared by checksums; the violations are reported and the stats set.
@@ -99,6 +107,9 @@ struct Sides<'a> {
     /// Whether the first summary counts the rows with a NULL key (a whole run's does; a
     /// segment of a split run reads only its keys).
     count_null_keys: bool,
+    /// The integer keys of the invariant's open violations within the range, as sorted
+    /// ranges (see [`KNOWN_KEYS`]).
+    known: Vec<(i64, i64)>,
 }
 
 /// Checksums the whole key range, or only `within` (a segment of a split run, both bounds
@@ -198,6 +209,13 @@ pub(super) async fn run(
             "neither side returns a row with a key".into(),
         ));
     };
+    // Where the ledger holds violations open, the differences most likely still are: their
+    // keys are totalled apart first (PostgreSQL's typed totals only; see `located`).
+    let known = if flavor == Flavor::Typed {
+        known_keys(&tally.sink.open_keys(KNOWN_KEYS).await?, low, high)
+    } else {
+        Vec::new()
+    };
     let mut sides = Sides {
         spec,
         left_sql,
@@ -212,6 +230,7 @@ pub(super) async fn run(
         typed: flavor == Flavor::Typed,
         segments: 0,
         count_null_keys: within.is_none(),
+        known,
     };
 
     let started = std::time::Instant::now();
@@ -318,7 +337,14 @@ impl Sides<'_> {
     ) -> Result<Result<Found, String>, EngineError> {
         let sampled = self.sample(low, high).await?;
         let span = (i128::from(high) - i128::from(low) + 1) as u128;
-        let first = match first_split(&sampled, span, self.typed) {
+        let split = first_split(&sampled, span, self.typed);
+        if self.typed
+            && matches!(split, FirstSplit::Coarse(_))
+            && let Some(found) = self.located(low, high).await?
+        {
+            return Ok(Ok(found));
+        }
+        let first = match split {
             FirstSplit::Coarse(buckets) => buckets,
             FirstSplit::Fine(buckets) => buckets,
             FirstSplit::Stream(why) if self.spec.mode == ReconcileMode::Auto => {
@@ -363,6 +389,97 @@ impl Sides<'_> {
             rows_right,
             null_keys,
         }))
+    }
+
+    /// Where few differences are expected, first the totals of `[low, high]` on each side
+    /// in one pass without buckets (~0.7 of a split's pass): equal, the sides are. Else the
+    /// keys the ledger holds open are totalled apart, then, if the rest still differs, a
+    /// range around where the rest's key sums put its difference (an outage's missing rows):
+    /// if what lies outside those keys totals alike on both sides, the difference lies among
+    /// them, and they are what is read. `None`: the difference could not be located so (it is
+    /// spread out, or values changed in place), and the range is split as usual, one pass
+    /// later than without this. Exact either way: a key lies inside the keys read or in the
+    /// rest, whose totals are the whole's less theirs (hashed alike, for the same range).
+    async fn located(&mut self, low: i64, high: i64) -> Result<Option<Found>, EngineError> {
+        let whole = self.totals(low, high, None, self.count_null_keys).await?;
+        let found = |leaves: &[(i64, i64)]| Found {
+            leaves: leaves
+                .iter()
+                .map(|&(low, high)| Segment {
+                    low,
+                    high,
+                    left_rows: 0,
+                    right_rows: 0,
+                })
+                .collect(),
+            rows_left: whole.0.summary.rows + whole.0.null_keys,
+            rows_right: whole.1.summary.rows + whole.1.null_keys,
+            null_keys: whole.0.null_keys + whole.1.null_keys,
+        };
+        if !differs(&whole.0.summary, &whole.1.summary) {
+            return Ok(Some(found(&[])));
+        }
+        let mut suspects = self.known.clone();
+        let mut rest = whole;
+        if !suspects.is_empty() {
+            let Some(r) = self.rest(low, high, &whole, &suspects).await? else {
+                return Ok(None);
+            };
+            if !differs(&r.0.summary, &r.1.summary) {
+                return Ok(Some(found(&suspects)));
+            }
+            rest = r;
+        }
+        let rows = whole.0.summary.rows.max(whole.1.summary.rows);
+        let Some(window) = around_the_difference(&rest, low, high, rows) else {
+            return Ok(None);
+        };
+        suspects.push(window);
+        suspects.sort_unstable();
+        let suspects = merged(&suspects);
+        match self.rest(low, high, &whole, &suspects).await? {
+            Some(r) if !differs(&r.0.summary, &r.1.summary) => Ok(Some(found(&suspects))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Both sides' totals of `[low, high]` less those of its `keys` (sorted, disjoint
+    /// ranges); `None` when they cannot be totalled in one statement, or a side's part
+    /// exceeds its whole (rows changed between the two statements).
+    async fn rest(
+        &mut self,
+        low: i64,
+        high: i64,
+        whole: &(Totals, Totals),
+        keys: &[(i64, i64)],
+    ) -> Result<Option<(Totals, Totals)>, EngineError> {
+        if reads(keys).len() > 1 {
+            return Ok(None);
+        }
+        let only = KeyRanges {
+            column: self.key.clone(),
+            ranges: keys.to_vec(),
+        };
+        let part = self.totals(low, high, Some(&only), false).await?;
+        Ok(less(&whole.0, &part.0).zip(less(&whole.1, &part.1)))
+    }
+
+    /// Both sides' totals of `[low, high]` (hashed for that range), over `only`'s keys when
+    /// given.
+    async fn totals(
+        &mut self,
+        low: i64,
+        high: i64,
+        only: Option<&KeyRanges>,
+        null_keys: bool,
+    ) -> Result<(Totals, Totals), EngineError> {
+        let (mut lq, mut rq) = self.requests(low, high, 1, null_keys);
+        lq.buckets = 1;
+        rq.buckets = 1;
+        let (left, right) = (self.left, self.right);
+        let totals = tokio::try_join!(left.totals(&lq, only), right.totals(&rq, only))?;
+        self.segments += 1;
+        Ok(totals)
     }
 
     /// Summarises `[low, high]` on both sides at once in `buckets` segments, and compares
@@ -680,6 +797,100 @@ pub(super) fn bucket_range(low: i64, high: i64, buckets: u64, b: u64) -> (i64, i
 /// Whether a bucket must be read: its sides differ, or either repeats a key.
 fn differs(left: &SegmentSummary, right: &SegmentSummary) -> bool {
     left != right || left.repeats > 0 || right.repeats > 0
+}
+
+/// A whole's totals less a part's (the part's keys are the whole's too); `None` when the
+/// part holds more rows or repeats than the whole (a side changed in between).
+fn less(whole: &Totals, part: &Totals) -> Option<Totals> {
+    Some(Totals {
+        summary: SegmentSummary {
+            rows: whole.summary.rows.checked_sub(part.summary.rows)?,
+            sum: whole
+                .summary
+                .sum
+                .get()
+                .wrapping_sub(part.summary.sum.get())
+                .into(),
+            repeats: whole.summary.repeats.checked_sub(part.summary.repeats)?,
+        },
+        null_keys: whole.null_keys.saturating_sub(part.null_keys),
+        key_sum: whole.key_sum - part.key_sum,
+        key_squares: whole.key_squares - part.key_squares,
+    })
+}
+
+/// Where the rows two totals of `[low, high]` differ by lie, when they are rows one side
+/// lacks and lie close together (an outage): the mean of their keys, from what the sums of
+/// keys and of their squares differ by, two standard deviations either side (a block of
+/// consecutive keys spans 1.73). `None` when the counts are equal (values changed in place,
+/// or as many rows missing as extra), the moments contradict one kind of difference, or the
+/// range would hold more than [`GUESS_ROWS_PER_DIFFERENCE`] rows per differing row at the
+/// density of `rows` (the larger side's) over the range. A guess: the totals of the rest
+/// decide.
+fn around_the_difference(
+    (left, right): &(Totals, Totals),
+    low: i64,
+    high: i64,
+    rows: u64,
+) -> Option<(i64, i64)> {
+    let n = i128::from(left.summary.rows) - i128::from(right.summary.rows);
+    if n == 0 {
+        return None;
+    }
+    let n = n as f64;
+    let mean = (left.key_sum - right.key_sum) / n;
+    let variance = (left.key_squares - right.key_squares) / n - mean * mean;
+    let span = (i128::from(high) - i128::from(low) + 1) as f64;
+    // Rounding of sums of squares (doubles) leaves a little slack either way.
+    let slack = 1e-9 * (mean * mean).max(1.0);
+    if !mean.is_finite() || !variance.is_finite() || variance < -slack {
+        return None;
+    }
+    if mean < 0.0 || mean > span {
+        return None;
+    }
+    let half = 2.0 * variance.max(0.0).sqrt() + 2.0 + 1e-6 * mean;
+    let width = 2.0 * half + 1.0;
+    let density = rows as f64 / span;
+    if width * density > GUESS_ROWS_PER_DIFFERENCE * n.abs() {
+        return None;
+    }
+    let from = (i128::from(low) + (mean - half).floor() as i128).max(i128::from(low));
+    let to = (i128::from(low) + (mean + half).ceil() as i128).min(i128::from(high));
+    (from <= to).then_some((from as i64, to as i64))
+}
+
+/// The integer keys among `keys` (a violation's key as JSON: an array of its values) within
+/// `[low, high]`, as sorted ranges, adjacent keys joined (an outage's as one).
+fn known_keys(keys: &[serde_json::Value], low: i64, high: i64) -> Vec<(i64, i64)> {
+    let mut out: Vec<i64> = keys
+        .iter()
+        .filter_map(|k| match k {
+            serde_json::Value::Array(values) => match values.as_slice() {
+                [one] => one.as_i64(),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter(|k| (low..=high).contains(k))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    merged(&out.into_iter().map(|k| (k, k)).collect::<Vec<_>>())
+}
+
+/// Sorted ranges, overlapping or adjacent ones joined.
+fn merged(sorted: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &(low, high) in sorted {
+        match out.last_mut() {
+            Some((_, last)) if i128::from(*last) + 1 >= i128::from(low) => {
+                *last = (*last).max(high);
+            }
+            _ => out.push((low, high)),
+        }
+    }
+    out
 }
 
 /// Sorted segments as ranges, adjacent ones joined.
@@ -1044,5 +1255,98 @@ mod tests {
         assert_eq!(union(Some((5, 9)), Some((1, 7))), Some((1, 9)));
         assert_eq!(union(None, Some((1, 7))), Some((1, 7)));
         assert_eq!(union(None, None), None);
+    }
+
+    /// One side's totals over the keys of `rows` (as `totals_sql` computes them, relative to
+    /// `low`), with `sum` as its hash sum.
+    fn totals(rows: impl IntoIterator<Item = i64>, low: i64, sum: i128) -> Totals {
+        let mut t = Totals::default();
+        for k in rows {
+            let x = (k - low) as f64;
+            t.summary.rows += 1;
+            t.key_sum += x;
+            t.key_squares += x * x;
+        }
+        t.summary.sum = sum.into();
+        t
+    }
+
+    #[test]
+    fn an_outage_is_located_around_the_mean_of_the_keys_one_side_lacks() {
+        let left = totals(1..=1_000_000, 1, 7);
+        let right = totals(
+            (1..=1_000_000).filter(|k| !(600_001..=610_000).contains(k)),
+            1,
+            9,
+        );
+        let (from, to) = around_the_difference(&(left, right), 1, 1_000_000, 1_000_000).unwrap();
+        // The block spans mean ± 1.73σ; the guess ±2σ (σ = 2,887), a little wider.
+        assert!(from <= 600_001 && to >= 610_000, "{from}..{to}");
+        assert!(to - from < 12_000, "{from}..{to}");
+        // The side with the extra rows may be either.
+        assert_eq!(
+            around_the_difference(&(right, left), 1, 1_000_000, 1_000_000),
+            Some((from, to))
+        );
+        // A single row: its key, give or take two.
+        let one = totals((1..=1000).filter(|&k| k != 500), 1, 0);
+        let (from, to) =
+            around_the_difference(&(totals(1..=1000, 1, 1), one), 1, 1000, 1000).unwrap();
+        assert!(from <= 500 && to >= 500 && to - from <= 6, "{from}..{to}");
+    }
+
+    #[test]
+    fn spread_out_or_balanced_differences_are_not_located() {
+        let all = totals(1..=100_000, 1, 0);
+        // Every hundredth key lacking: the range around them would hold every row.
+        let spread = totals((1..=100_000).filter(|k| k % 100 != 0), 1, 1);
+        assert_eq!(
+            around_the_difference(&(all, spread), 1, 100_000, 100_000),
+            None
+        );
+        // As many rows as the other side lacks, or values changed in place: equal counts.
+        let mut changed = all;
+        changed.summary.sum = 5.into();
+        assert_eq!(
+            around_the_difference(&(all, changed), 1, 100_000, 100_000),
+            None
+        );
+        // Rows lacking at one end and extra at the other: moments no one kind makes.
+        let mixed = totals((11..=100_000).chain(100_001..=100_005), 1, 1);
+        assert_eq!(
+            around_the_difference(&(all, mixed), 1, 100_010, 100_000),
+            None
+        );
+    }
+
+    #[test]
+    fn the_rest_is_the_whole_less_the_part_unless_the_part_holds_more() {
+        let whole = totals(1..=100, 1, 50);
+        let part = totals(41..=50, 1, 20);
+        let rest = less(&whole, &part).unwrap();
+        assert_eq!(rest.summary.rows, 90);
+        assert_eq!(rest.summary.sum.get(), 30);
+        assert_eq!(rest, totals((1..=40).chain(51..=100), 1, 30));
+        assert_eq!(less(&part, &whole), None);
+    }
+
+    #[test]
+    fn open_keys_in_range_become_sorted_ranges_with_neighbours_joined() {
+        let keys: Vec<serde_json::Value> = [
+            serde_json::json!([7]),
+            serde_json::json!([5]),
+            serde_json::json!([6]),
+            serde_json::json!([6]),
+            serde_json::json!([20]),
+            serde_json::json!([1000]),
+            serde_json::json!(["a"]),
+            serde_json::json!([1, 2]),
+        ]
+        .into();
+        assert_eq!(known_keys(&keys, 1, 100), vec![(5, 7), (20, 20)]);
+        assert_eq!(
+            merged(&[(1, 5), (3, 9), (10, 10), (12, 20)]),
+            vec![(1, 10), (12, 20)]
+        );
     }
 }

@@ -357,7 +357,8 @@ async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
         "{text}"
     );
 
-    // Four repaired; the fifth keeps one segment differing, so every run merges one.
+    // Four repaired; the fifth keeps the table differing. The ledger holds all five open, so
+    // a run totals their keys apart, finds the rest alike on both sides, and reads just them.
     pg.exec("INSERT INTO records SELECT id, amount FROM events WHERE id IN (10000, 20000, 30000, 40000);")
         .await;
     let store = trueup::store::open(&SecretUrl::new(sqlite_url(&tmp.path().join("trueup.db"))))
@@ -375,7 +376,7 @@ async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
             .len()
     };
     assert_eq!(open().await, 5);
-    for point in ["source.summarize", "engine.merge"] {
+    for point in ["source.summarize", "source.totals", "engine.merge"] {
         for action in ["return", "panic"] {
             let out = trueup_cli(&config, "tester")
                 .arg("check")
@@ -394,7 +395,8 @@ async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
     let clean = trueup_cli(&config, "tester").arg("check").output().unwrap();
     let text = combined_output(&clean);
     assert_eq!(clean.status.code(), Some(1), "{text}");
-    assert!(text.contains("by checksum (1 of "), "{text}");
+    assert!(text.contains("by checksum (5 of "), "{text}");
+    assert!(text.contains(": 9 rows)"), "{text}");
     assert!(text.contains("4 resolved"), "{text}");
     assert_eq!(open().await, 1);
     store.close().await;
@@ -493,4 +495,132 @@ async fn numeric_columns_off_by_ten_thousand_on_every_row_are_found_on_every_row
         );
     }
     srcs.close().await;
+}
+
+/// Between two PostgreSQL servers with few differences, each side is totalled whole first. An
+/// outage is then located by the key sums of what one side lacks, and only its window is
+/// read; the next run looks up the violations the ledger holds open by key instead of
+/// splitting the table again; differences that cannot be located so (values changed in
+/// place, a key repeated on both sides) are found by the split, as before; and once
+/// everything is repaired, equal totals resolve every violation without reading a row.
+#[tokio::test]
+async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by_their_keys() {
+    let pg = TestPg::new().await;
+    pg.exec(&format!(
+        "CREATE TABLE l (id bigint, amount numeric(12,2), currency text);
+         INSERT INTO l SELECT i, (i % 1000) + 0.5, CASE WHEN i % 3 = 0 THEN 'EUR' ELSE 'USD' END
+           FROM generate_series(1, {ROWS}) AS i;
+         CREATE INDEX ON l (id);
+         CREATE TABLE r AS SELECT * FROM l WHERE id NOT BETWEEN 40001 AND 40500;
+         CREATE INDEX ON r (id);
+         ANALYZE l; ANALYZE r;"
+    ))
+    .await;
+    let srcs = sources(&[("pg", &pg.reader_url)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = trueup::store::open(&SecretUrl::new(format!(
+        "sqlite://{}",
+        dir.path().join("t.db").display()
+    )))
+    .await
+    .unwrap();
+    let inv = invariant(
+        "SELECT * FROM l",
+        "SELECT * FROM r",
+        ReconcileMode::Checksum,
+    );
+    let run = || async {
+        let out = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let compared = out.stats.compared.clone().unwrap();
+        assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
+        (out.change.unwrap(), compared)
+    };
+    let open = || async {
+        let mut keys: Vec<(String, i64)> = store
+            .violations(&trueup::store::ViolationFilter {
+                status: trueup::store::StatusFilter::Active,
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.kind, v.key[0].as_i64().unwrap()))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let missing = |keys: std::ops::RangeInclusive<i64>| {
+        keys.map(|k| ("missing".to_owned(), k)).collect::<Vec<_>>()
+    };
+
+    // The outage: 500 keys one side lacks, located around their mean (±2σ, ~580 keys): one
+    // range read, not the ~4 segments of ~128 keys a split reads, nor any split's summaries
+    // past the sample.
+    let (change, c) = run().await;
+    assert_eq!(change.new, 500);
+    assert_eq!(open().await, missing(40001..=40500));
+    assert_eq!(c.segments_streamed, 1, "{c:?}");
+    assert!((500..=800).contains(&c.rows_streamed), "{c:?}");
+    let sampled = c.segments - 2;
+
+    // Nothing changed: the open keys are totalled apart, the rest is alike, they are read.
+    let (change, c) = run().await;
+    assert_eq!((change.new, change.still_open), (0, 500));
+    assert_eq!(
+        (c.segments, c.segments_streamed, c.rows_streamed),
+        (sampled + 2, 1, 500)
+    );
+
+    // Half the outage repaired; a value changed in place and a key repeated on both sides
+    // elsewhere: the rest of the table differs in counts that locate nothing, so it is split.
+    pg.exec(
+        "INSERT INTO r SELECT * FROM l WHERE id BETWEEN 40001 AND 40250;
+         UPDATE r SET currency = 'usd' WHERE id = 90001;
+         INSERT INTO l SELECT * FROM l WHERE id = 95000;
+         INSERT INTO r SELECT * FROM r WHERE id = 95000;",
+    )
+    .await;
+    let (change, c) = run().await;
+    assert_eq!(
+        (change.new, change.resolved, change.still_open),
+        (2, 250, 250)
+    );
+    let mut want = vec![
+        ("duplicate".to_owned(), 95000),
+        ("mismatch".to_owned(), 90001),
+    ];
+    want.extend(missing(40251..=40500));
+    want.sort();
+    assert_eq!(open().await, want);
+    assert!(c.segments > sampled + 3, "{c:?}");
+
+    // Nothing changed: all three differences are looked up by their keys.
+    let (change, c) = run().await;
+    assert_eq!((change.new, change.still_open), (0, 252));
+    assert_eq!((c.segments, c.segments_streamed), (sampled + 2, 3), "{c:?}");
+
+    // Everything repaired: the totals are equal, every violation resolves, no row is read.
+    pg.exec(
+        "INSERT INTO r SELECT * FROM l WHERE id BETWEEN 40251 AND 40500;
+         UPDATE r SET currency = 'USD' WHERE id = 90001;
+         DELETE FROM l WHERE id = 95000;
+         DELETE FROM r WHERE id = 95000;
+         INSERT INTO l SELECT 95000, (95000 % 1000) + 0.5, 'USD';
+         INSERT INTO r SELECT 95000, (95000 % 1000) + 0.5, 'USD';",
+    )
+    .await;
+    let (change, c) = run().await;
+    assert_eq!(
+        (change.resolved, change.still_open, change.new),
+        (252, 0, 0)
+    );
+    assert_eq!(
+        (c.segments, c.segments_streamed, c.rows_streamed),
+        (sampled + 1, 0, 0)
+    );
+    assert!(open().await.is_empty());
+    srcs.close().await;
+    store.close().await;
 }

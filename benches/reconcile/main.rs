@@ -129,12 +129,13 @@ struct Measured {
     peer: Option<peer::PeerRun>,
 }
 
-/// A run's comparison in a few words: `stream`, or `checksum, 5 of 2,112 segments read`.
+/// A run's comparison in a few words: `stream`, or
+/// `checksum, 2112 segments summarised, 5 ranges read`.
 fn how(compared: Option<&trueup::domain::Compared>) -> String {
     match compared {
         Some(c) if c.method == CompareMethod::Checksum => format!(
-            "checksum, {} of {} segments read",
-            c.segments_streamed, c.segments
+            "checksum, {} segments summarised, {} ranges read",
+            c.segments, c.segments_streamed
         ),
         Some(c) => c.method.as_str().to_owned(),
         None => "?".to_owned(),

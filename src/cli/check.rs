@@ -69,8 +69,8 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             .filter(|c| c.method == crate::domain::CompareMethod::Checksum);
         let rows = match checksummed {
             Some(c) => format!(
-                "compared {} left / {} right rows by checksum ({} of {} segments read: {} rows)",
-                s.rows_left, s.rows_right, c.segments_streamed, c.segments, c.rows_streamed
+                "compared {} left / {} right rows by checksum ({} segments summarised, {} key ranges read: {} rows)",
+                s.rows_left, s.rows_right, c.segments, c.segments_streamed, c.rows_streamed
             ),
             None if s.rows_right > 0 => {
                 format!("read {} left / {} right rows", s.rows_left, s.rows_right)

@@ -219,8 +219,10 @@ pub struct Compared {
     /// segments that mostly differed, ...); `None` when it checksummed or was told to stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streamed_because: Option<String>,
-    /// Segments whose checksums were compared (0 when streamed), and how many of them
-    /// differed at their smallest size and were streamed.
+    /// Segments whose checksums were compared (0 when streamed): the buckets of every
+    /// summary, and each range or set of keys totalled whole. And the key ranges read row by
+    /// row: the differing segments at their smallest size, or, where the totals located the
+    /// differences, the open violations' keys and the range around a new difference.
     pub segments: u64,
     pub segments_streamed: u64,
     /// Rows that crossed the network, both sides (all of them when streamed).

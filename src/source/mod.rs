@@ -30,7 +30,7 @@ mod summarize;
 mod turn;
 mod unordered;
 
-pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest, Totals};
+pub use checksum::{Described, Flavor, RowHash, SegmentSummary, SummaryRequest, Totals, key_shift};
 pub use event_log::{LogEventRow, LogReader, to_row as event_row};
 pub use query::{
     COMPARED, ChangedSince, DIGEST_OVER, KeyRange, KeyRanges, KeySet, Needed, ReadRequest,

@@ -17,11 +17,11 @@ use crate::config::{SourceClass, SourceKind};
 use crate::domain::{CompareMethod, Compared, Expect, Invariant, ReconcileMode, ReconcileSpec};
 use crate::source::{
     Flavor, KeyRange, KeyRanges, RowHash, SegmentSummary, Source, SourceError, Sources,
-    SummaryRequest, Totals, index_of,
+    SummaryRequest, Totals, index_of, key_shift,
 };
 
 use super::merge;
-use crate::engine::{EngineError, Tally};
+use crate::engine::{EngineError, Tally, ViolationSink};
 
 /// Segments of the first split of the key range, at least; where few differ, as many as
 /// make each about half a leaf (below), at most [`MAX_COARSE_BUCKETS`], so that a differing
@@ -107,9 +107,6 @@ struct Sides<'a> {
     /// Whether the first summary counts the rows with a NULL key (a whole run's does; a
     /// segment of a split run reads only its keys).
     count_null_keys: bool,
-    /// The integer keys of the invariant's open violations within the range, as sorted
-    /// ranges (see [`KNOWN_KEYS`]).
-    known: Vec<(i64, i64)>,
 }
 
 /// Checksums the whole key range, or only `within` (a segment of a split run, both bounds
@@ -209,13 +206,6 @@ pub(super) async fn run(
             "neither side returns a row with a key".into(),
         ));
     };
-    // Where the ledger holds violations open, the differences most likely still are: their
-    // keys are totalled apart first (PostgreSQL's typed totals only; see `located`).
-    let known = if flavor == Flavor::Typed {
-        known_keys(&tally.sink.open_keys(KNOWN_KEYS).await?, low, high)
-    } else {
-        Vec::new()
-    };
     let mut sides = Sides {
         spec,
         left_sql,
@@ -230,7 +220,6 @@ pub(super) async fn run(
         typed: flavor == Flavor::Typed,
         segments: 0,
         count_null_keys: within.is_none(),
-        known,
     };
 
     let started = std::time::Instant::now();
@@ -241,7 +230,7 @@ pub(super) async fn run(
         rows_left,
         rows_right,
         null_keys,
-    } = match sides.differing_leaves(low, high).await {
+    } = match sides.differing_leaves(low, high, &mut *tally.sink).await {
         Ok(Ok(found)) => found,
         Ok(Err(why)) => return Ok(Outcome::NotWorthIt(why)),
         Err(EngineError::Source(e @ SourceError::NoCanonicalForm { .. })) => {
@@ -274,7 +263,7 @@ pub(super) async fn run(
         segments = sides.segments,
         differing = leaves.len(),
         rows_streamed,
-        "checksums: summaries took {:.2?}, reading the differing segments {:.2?}",
+        "checksums: summaries took {:.2?}, reading the differing key ranges {:.2?}",
         summarised,
         started.elapsed() - summarised
     );
@@ -334,13 +323,14 @@ impl Sides<'_> {
         &mut self,
         low: i64,
         high: i64,
+        sink: &mut dyn ViolationSink,
     ) -> Result<Result<Found, String>, EngineError> {
         let sampled = self.sample(low, high).await?;
         let span = (i128::from(high) - i128::from(low) + 1) as u128;
         let split = first_split(&sampled, span, self.typed);
         if self.typed
             && matches!(split, FirstSplit::Coarse(_))
-            && let Some(found) = self.located(low, high).await?
+            && let Some(found) = self.located(low, high, sink).await?
         {
             return Ok(Ok(found));
         }
@@ -392,15 +382,21 @@ impl Sides<'_> {
     }
 
     /// Where few differences are expected, first the totals of `[low, high]` on each side
-    /// in one pass without buckets (~0.7 of a split's pass): equal, the sides are. Else the
-    /// keys the ledger holds open are totalled apart, then, if the rest still differs, a
-    /// range around where the rest's key sums put its difference (an outage's missing rows):
-    /// if what lies outside those keys totals alike on both sides, the difference lies among
-    /// them, and they are what is read. `None`: the difference could not be located so (it is
-    /// spread out, or values changed in place), and the range is split as usual, one pass
-    /// later than without this. Exact either way: a key lies inside the keys read or in the
-    /// rest, whose totals are the whole's less theirs (hashed alike, for the same range).
-    async fn located(&mut self, low: i64, high: i64) -> Result<Option<Found>, EngineError> {
+    /// in one pass without buckets (~0.8 of a split's): equal, the sides are. Else the
+    /// keys the ledger holds open (`sink`'s hint) are totalled apart, then, if the rest still
+    /// differs, a range around where the rest's key sums put its difference (an outage's
+    /// missing rows): if what lies outside those keys totals alike on both sides, the
+    /// difference lies among them, and they are what is read. `None`: the difference could
+    /// not be located so (it is spread out, or values changed in place), and the range is
+    /// split as usual, one pass later than without this. Exact either way: a key lies among
+    /// the keys read or in the rest, whose totals are the whole's less theirs (hashed alike,
+    /// for the same range).
+    async fn located(
+        &mut self,
+        low: i64,
+        high: i64,
+        sink: &mut dyn ViolationSink,
+    ) -> Result<Option<Found>, EngineError> {
         let whole = self.totals(low, high, None, self.count_null_keys).await?;
         let found = |leaves: &[(i64, i64)]| Found {
             leaves: leaves
@@ -419,16 +415,32 @@ impl Sides<'_> {
         if !differs(&whole.0.summary, &whole.1.summary) {
             return Ok(Some(found(&[])));
         }
-        let mut suspects = self.known.clone();
-        let mut rest = whole;
-        if !suspects.is_empty() {
-            let Some(r) = self.rest(low, high, &whole, &suspects).await? else {
-                return Ok(None);
-            };
-            if !differs(&r.0.summary, &r.1.summary) {
-                return Ok(Some(found(&suspects)));
+        // A repeated key's count is no difference between the sides but a count that must
+        // be 0: taken apart by subtraction, one repeat added to the part's keys between the
+        // two statements would hide one in the rest. The split counts them bucket by bucket.
+        if whole.0.summary.repeats > 0 || whole.1.summary.repeats > 0 {
+            return Ok(None);
+        }
+        // Only now the ledger: most runs end above. A hint it cannot give costs a split, not
+        // the run.
+        let known = match sink.open_keys(KNOWN_KEYS).await {
+            Ok(keys) => known_keys(&keys, low, high),
+            Err(e) => {
+                tracing::warn!(
+                    "checksums: the open violations' keys could not be read, so they are not looked at first: {e}"
+                );
+                Vec::new()
             }
-            rest = r;
+        };
+        let mut suspects = Vec::new();
+        let mut rest = whole;
+        if !known.is_empty()
+            && let Some(r) = self.rest(low, high, &whole, &known).await?
+        {
+            if !differs(&r.0.summary, &r.1.summary) {
+                return Ok(Some(found(&known)));
+            }
+            (suspects, rest) = (known, r);
         }
         let rows = whole.0.summary.rows.max(whole.1.summary.rows);
         let Some(window) = around_the_difference(&rest, low, high, rows) else {
@@ -820,13 +832,14 @@ fn less(whole: &Totals, part: &Totals) -> Option<Totals> {
 }
 
 /// Where the rows two totals of `[low, high]` differ by lie, when they are rows one side
-/// lacks and lie close together (an outage): the mean of their keys, from what the sums of
-/// keys and of their squares differ by, two standard deviations either side (a block of
-/// consecutive keys spans 1.73). `None` when the counts are equal (values changed in place,
-/// or as many rows missing as extra), the moments contradict one kind of difference, or the
-/// range would hold more than [`GUESS_ROWS_PER_DIFFERENCE`] rows per differing row at the
-/// density of `rows` (the larger side's) over the range. A guess: the totals of the rest
-/// decide.
+/// lacks and lie close together (an outage): the mean of their keys' places (see
+/// [`key_shift`]), from what the exact sums of places and of their squares differ by, two
+/// standard deviations either side (a block of consecutive keys spans 1.73), and a place
+/// more. `None` when the counts are equal (values changed in place, or as many rows missing
+/// as extra), the sums contradict one kind of difference (by Cauchy–Schwarz, n·Σx² ≥ (Σx)²
+/// for the rows one side lacks), or the range would hold more than
+/// [`GUESS_ROWS_PER_DIFFERENCE`] rows per differing row at the density of `rows` (the larger
+/// side's) over the range. A guess: the totals of the rest decide.
 fn around_the_difference(
     (left, right): &(Totals, Totals),
     low: i64,
@@ -834,30 +847,35 @@ fn around_the_difference(
     rows: u64,
 ) -> Option<(i64, i64)> {
     let n = i128::from(left.summary.rows) - i128::from(right.summary.rows);
-    if n == 0 {
+    let sum = left.key_sum - right.key_sum;
+    let squares = left.key_squares - right.key_squares;
+    if n == 0 || squares.signum() * n.signum() < 0 {
         return None;
     }
-    let n = n as f64;
-    let mean = (left.key_sum - right.key_sum) / n;
-    let variance = (left.key_squares - right.key_squares) / n - mean * mean;
+    // n² times the variance, exactly: negative only if rows lack on both sides.
+    let spread = n.checked_mul(squares)?.checked_sub(sum.checked_mul(sum)?)?;
+    if spread < 0 {
+        return None;
+    }
+    let shift = key_shift(low, high);
+    let base = i128::from(low >> shift);
+    let places = (i128::from(high) >> shift) - base;
+    let mean = sum as f64 / n as f64;
+    if !(0.0..=places as f64).contains(&mean) {
+        return None;
+    }
+    let half = 2.0 * (spread as f64).sqrt() / n.unsigned_abs() as f64 + 1.0;
+    let first = (mean - half).floor().max(0.0) as i128;
+    let last = ((mean + half).ceil() as i128).min(places);
+    let from = ((base + first) << shift).max(i128::from(low));
+    let to = (((base + last + 1) << shift) - 1).min(i128::from(high));
     let span = (i128::from(high) - i128::from(low) + 1) as f64;
-    // Rounding of sums of squares (doubles) leaves a little slack either way.
-    let slack = 1e-9 * (mean * mean).max(1.0);
-    if !mean.is_finite() || !variance.is_finite() || variance < -slack {
+    let width = (to - from + 1) as f64;
+    if from > to || width * rows as f64 / span > GUESS_ROWS_PER_DIFFERENCE * n.unsigned_abs() as f64
+    {
         return None;
     }
-    if mean < 0.0 || mean > span {
-        return None;
-    }
-    let half = 2.0 * variance.max(0.0).sqrt() + 2.0 + 1e-6 * mean;
-    let width = 2.0 * half + 1.0;
-    let density = rows as f64 / span;
-    if width * density > GUESS_ROWS_PER_DIFFERENCE * n.abs() {
-        return None;
-    }
-    let from = (i128::from(low) + (mean - half).floor() as i128).max(i128::from(low));
-    let to = (i128::from(low) + (mean + half).ceil() as i128).min(i128::from(high));
-    (from <= to).then_some((from as i64, to as i64))
+    Some((from as i64, to as i64))
 }
 
 /// The integer keys among `keys` (a violation's key as JSON: an array of its values) within
@@ -1257,15 +1275,16 @@ mod tests {
         assert_eq!(union(None, None), None);
     }
 
-    /// One side's totals over the keys of `rows` (as `totals_sql` computes them, relative to
-    /// `low`), with `sum` as its hash sum.
-    fn totals(rows: impl IntoIterator<Item = i64>, low: i64, sum: i128) -> Totals {
+    /// One side's totals over the keys of `rows` in `[low, high]` (their places as
+    /// `totals_sql` computes them), with `sum` as its hash sum.
+    fn totals(rows: impl IntoIterator<Item = i64>, (low, high): (i64, i64), sum: i128) -> Totals {
+        let shift = key_shift(low, high);
         let mut t = Totals::default();
         for k in rows {
-            let x = (k - low) as f64;
+            let place = i128::from(k >> shift) - i128::from(low >> shift);
             t.summary.rows += 1;
-            t.key_sum += x;
-            t.key_squares += x * x;
+            t.key_sum += place;
+            t.key_squares += place * place;
         }
         t.summary.sum = sum.into();
         t
@@ -1273,33 +1292,55 @@ mod tests {
 
     #[test]
     fn an_outage_is_located_around_the_mean_of_the_keys_one_side_lacks() {
-        let left = totals(1..=1_000_000, 1, 7);
-        let right = totals(
-            (1..=1_000_000).filter(|k| !(600_001..=610_000).contains(k)),
-            1,
-            9,
-        );
-        let (from, to) = around_the_difference(&(left, right), 1, 1_000_000, 1_000_000).unwrap();
-        // The block spans mean ± 1.73σ; the guess ±2σ (σ = 2,887), a little wider.
-        assert!(from <= 600_001 && to >= 610_000, "{from}..{to}");
-        assert!(to - from < 12_000, "{from}..{to}");
+        let range = (1, 10_000_000);
+        let left = totals(1..=10_000_000, range, 7);
+        let outage = 6_000_001..=6_010_000;
+        let right = totals((1..=10_000_000).filter(|k| !outage.contains(k)), range, 9);
+        let (from, to) = around_the_difference(&(left, right), 1, 10_000_000, 10_000_000).unwrap();
+        // The block spans mean ± 1.73σ; the guess ±2σ (σ = 2,887) and a key more.
+        assert!(from <= 6_000_001 && to >= 6_010_000, "{from}..{to}");
+        assert!(to - from < 11_600, "{from}..{to}");
         // The side with the extra rows may be either.
         assert_eq!(
-            around_the_difference(&(right, left), 1, 1_000_000, 1_000_000),
+            around_the_difference(&(right, left), 1, 10_000_000, 10_000_000),
             Some((from, to))
         );
-        // A single row: its key, give or take two.
-        let one = totals((1..=1000).filter(|&k| k != 500), 1, 0);
-        let (from, to) =
-            around_the_difference(&(totals(1..=1000, 1, 1), one), 1, 1000, 1000).unwrap();
-        assert!(from <= 500 && to >= 500 && to - from <= 6, "{from}..{to}");
+        // A single row: its key, give or take one.
+        let one = totals((1..=1000).filter(|&k| k != 500), (1, 1000), 0);
+        let all = totals(1..=1000, (1, 1000), 1);
+        assert_eq!(
+            around_the_difference(&(all, one), 1, 1000, 1000),
+            Some((499, 501))
+        );
+    }
+
+    #[test]
+    fn an_outage_among_keys_far_apart_is_located_in_whole_places() {
+        // Keys 2^33 apart from near the bottom of a bigint: places are keys shifted by 16
+        // (the range spans ~2^50), the window whole places.
+        let low = i64::MIN + 5;
+        let key = |i: i64| low + i * (1 << 33);
+        let high = key(100_000);
+        let left = totals((0..=100_000).map(key), (low, high), 1);
+        let right = totals(
+            (0..=100_000)
+                .filter(|i| !(60_001..=60_500).contains(i))
+                .map(key),
+            (low, high),
+            2,
+        );
+        let (from, to) = around_the_difference(&(left, right), low, high, 100_001).unwrap();
+        assert!(from <= key(60_001) && to >= key(60_500), "{from}..{to}");
+        assert!(to - from < 600 * (1 << 33), "{from}..{to}");
+        assert!(from >= low && to <= high);
     }
 
     #[test]
     fn spread_out_or_balanced_differences_are_not_located() {
-        let all = totals(1..=100_000, 1, 0);
+        let range = (1, 100_000);
+        let all = totals(1..=100_000, range, 0);
         // Every hundredth key lacking: the range around them would hold every row.
-        let spread = totals((1..=100_000).filter(|k| k % 100 != 0), 1, 1);
+        let spread = totals((1..=100_000).filter(|k| k % 100 != 0), range, 1);
         assert_eq!(
             around_the_difference(&(all, spread), 1, 100_000, 100_000),
             None
@@ -1311,22 +1352,34 @@ mod tests {
             around_the_difference(&(all, changed), 1, 100_000, 100_000),
             None
         );
-        // Rows lacking at one end and extra at the other: moments no one kind makes.
-        let mixed = totals((11..=100_000).chain(100_001..=100_005), 1, 1);
+        // Rows lacking at one end and extra at the other: sums no one kind makes.
+        let wide = (1, 100_010);
+        let mixed = totals((11..=100_000).chain(100_001..=100_005), wide, 1);
+        let all_wide = totals(1..=100_000, wide, 0);
         assert_eq!(
-            around_the_difference(&(all, mixed), 1, 100_010, 100_000),
+            around_the_difference(&(all_wide, mixed), 1, 100_010, 100_000),
+            None
+        );
+        let mixed = totals(
+            (1..=49_990).chain(50_001..=100_000).chain([50_000]),
+            wide,
+            1,
+        );
+        let doubled = totals((1..=100_000).chain(1..=20), wide, 0);
+        assert_eq!(
+            around_the_difference(&(doubled, mixed), 1, 100_010, 100_000),
             None
         );
     }
 
     #[test]
     fn the_rest_is_the_whole_less_the_part_unless_the_part_holds_more() {
-        let whole = totals(1..=100, 1, 50);
-        let part = totals(41..=50, 1, 20);
+        let whole = totals(1..=100, (1, 100), 50);
+        let part = totals(41..=50, (1, 100), 20);
         let rest = less(&whole, &part).unwrap();
         assert_eq!(rest.summary.rows, 90);
         assert_eq!(rest.summary.sum.get(), 30);
-        assert_eq!(rest, totals((1..=40).chain(51..=100), 1, 30));
+        assert_eq!(rest, totals((1..=40).chain(51..=100), (1, 100), 30));
         assert_eq!(less(&part, &whole), None);
     }
 

@@ -353,7 +353,8 @@ async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
     let text = combined_output(&first);
     assert_eq!(first.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("compared 50000 left / 49995 right rows by checksum (5 of "),
+        text.contains("compared 50000 left / 49995 right rows by checksum (")
+            && text.contains(" segments summarised, 5 key ranges read: "),
         "{text}"
     );
 
@@ -395,7 +396,10 @@ async fn a_failure_while_checksumming_fails_the_run_and_resolves_nothing() {
     let clean = trueup_cli(&config, "tester").arg("check").output().unwrap();
     let text = combined_output(&clean);
     assert_eq!(clean.status.code(), Some(1), "{text}");
-    assert!(text.contains("by checksum (5 of "), "{text}");
+    assert!(
+        text.contains(" segments summarised, 5 key ranges read: "),
+        "{text}"
+    );
     assert!(text.contains(": 9 rows)"), "{text}");
     assert!(text.contains("4 resolved"), "{text}");
     assert_eq!(open().await, 1);
@@ -500,9 +504,10 @@ async fn numeric_columns_off_by_ten_thousand_on_every_row_are_found_on_every_row
 /// Between two PostgreSQL servers with few differences, each side is totalled whole first. An
 /// outage is then located by the key sums of what one side lacks, and only its window is
 /// read; the next run looks up the violations the ledger holds open by key instead of
-/// splitting the table again; differences that cannot be located so (values changed in
-/// place, a key repeated on both sides) are found by the split, as before; and once
-/// everything is repaired, equal totals resolve every violation without reading a row.
+/// splitting the table again; differences that cannot be located so (a value changed in
+/// place, a key repeated) are found by the split, as before; once everything is repaired,
+/// equal totals resolve every violation without reading a row. Keys 2^33 apart (places
+/// shifted, each key's hash in two halves) locate an outage as well.
 #[tokio::test]
 async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by_their_keys() {
     let pg = TestPg::new().await;
@@ -513,7 +518,13 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
          CREATE INDEX ON l (id);
          CREATE TABLE r AS SELECT * FROM l WHERE id NOT BETWEEN 40001 AND 40500;
          CREATE INDEX ON r (id);
-         ANALYZE l; ANALYZE r;"
+         CREATE TABLE wl AS SELECT id * 8589934592 - 9000000000000000000 AS id, amount, currency FROM l;
+         CREATE UNIQUE INDEX ON wl (id);
+         CREATE TABLE wr AS SELECT * FROM wl
+           WHERE id NOT BETWEEN 70001 * 8589934592 - 9000000000000000000
+                            AND 70300 * 8589934592 - 9000000000000000000;
+         CREATE UNIQUE INDEX ON wr (id);
+         ANALYZE l; ANALYZE r; ANALYZE wl; ANALYZE wr;"
     ))
     .await;
     let srcs = sources(&[("pg", &pg.reader_url)]).await;
@@ -524,21 +535,27 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
     )))
     .await
     .unwrap();
-    let inv = invariant(
-        "SELECT * FROM l",
-        "SELECT * FROM r",
-        ReconcileMode::Checksum,
-    );
-    let run = || async {
-        let out = run_invariant(&inv, &srcs, store.as_ref()).await.unwrap();
-        assert!(out.error.is_none(), "{:?}", out.error);
-        let compared = out.stats.compared.clone().unwrap();
-        assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
-        (out.change.unwrap(), compared)
+    let run = |inv: Invariant| {
+        let (srcs, store) = (&srcs, &store);
+        async move {
+            let out = run_invariant(&inv, srcs, store.as_ref()).await.unwrap();
+            assert!(out.error.is_none(), "{:?}", out.error);
+            let compared = out.stats.compared.clone().unwrap();
+            assert_eq!(compared.method, CompareMethod::Checksum, "{compared:?}");
+            (out.change.unwrap(), compared)
+        }
+    };
+    let inv = || {
+        invariant(
+            "SELECT * FROM l",
+            "SELECT * FROM r",
+            ReconcileMode::Checksum,
+        )
     };
     let open = || async {
         let mut keys: Vec<(String, i64)> = store
             .violations(&trueup::store::ViolationFilter {
+                invariants: vec!["checksummed".to_owned()],
                 status: trueup::store::StatusFilter::Active,
                 limit: 10_000,
                 ..Default::default()
@@ -558,7 +575,7 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
     // The outage: 500 keys one side lacks, located around their mean (±2σ, ~580 keys): one
     // range read, not the ~4 segments of ~128 keys a split reads, nor any split's summaries
     // past the sample.
-    let (change, c) = run().await;
+    let (change, c) = run(inv()).await;
     assert_eq!(change.new, 500);
     assert_eq!(open().await, missing(40001..=40500));
     assert_eq!(c.segments_streamed, 1, "{c:?}");
@@ -566,40 +583,50 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
     let sampled = c.segments - 2;
 
     // Nothing changed: the open keys are totalled apart, the rest is alike, they are read.
-    let (change, c) = run().await;
+    let (change, c) = run(inv()).await;
     assert_eq!((change.new, change.still_open), (0, 500));
     assert_eq!(
         (c.segments, c.segments_streamed, c.rows_streamed),
         (sampled + 2, 1, 500)
     );
 
-    // Half the outage repaired; a value changed in place and a key repeated on both sides
-    // elsewhere: the rest of the table differs in counts that locate nothing, so it is split.
+    // Half the outage repaired, and a value changed in place elsewhere: the rest of the
+    // table differs, with counts that locate nothing, so it is split.
     pg.exec(
         "INSERT INTO r SELECT * FROM l WHERE id BETWEEN 40001 AND 40250;
-         UPDATE r SET currency = 'usd' WHERE id = 90001;
-         INSERT INTO l SELECT * FROM l WHERE id = 95000;
-         INSERT INTO r SELECT * FROM r WHERE id = 95000;",
+         UPDATE r SET currency = 'usd' WHERE id = 90001;",
     )
     .await;
-    let (change, c) = run().await;
+    let (change, c) = run(inv()).await;
     assert_eq!(
         (change.new, change.resolved, change.still_open),
-        (2, 250, 250)
+        (1, 250, 250)
     );
-    let mut want = vec![
-        ("duplicate".to_owned(), 95000),
-        ("mismatch".to_owned(), 90001),
-    ];
+    let mut want = vec![("mismatch".to_owned(), 90001)];
     want.extend(missing(40251..=40500));
     want.sort();
     assert_eq!(open().await, want);
     assert!(c.segments > sampled + 3, "{c:?}");
 
-    // Nothing changed: all three differences are looked up by their keys.
-    let (change, c) = run().await;
-    assert_eq!((change.new, change.still_open), (0, 252));
-    assert_eq!((c.segments, c.segments_streamed), (sampled + 2, 3), "{c:?}");
+    // Nothing changed: both differences are looked up by their keys.
+    let (change, c) = run(inv()).await;
+    assert_eq!((change.new, change.still_open), (0, 251));
+    assert_eq!(
+        (c.segments, c.segments_streamed, c.rows_streamed),
+        (sampled + 2, 2, 250 + 2), // the missing rows, and the mismatch on both sides
+        "{c:?}"
+    );
+
+    // A key repeated on both sides: its count must be 0 wherever it lies, which the totals
+    // do not take apart, so the range is split; the open keys are found there as well.
+    pg.exec(
+        "INSERT INTO l SELECT * FROM l WHERE id = 95000;
+         INSERT INTO r SELECT * FROM r WHERE id = 95000;",
+    )
+    .await;
+    let (change, c) = run(inv()).await;
+    assert_eq!((change.new, change.still_open), (1, 251));
+    assert!(c.segments > sampled + 3, "{c:?}");
 
     // Everything repaired: the totals are equal, every violation resolves, no row is read.
     pg.exec(
@@ -611,7 +638,7 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
          INSERT INTO r SELECT 95000, (95000 % 1000) + 0.5, 'USD';",
     )
     .await;
-    let (change, c) = run().await;
+    let (change, c) = run(inv()).await;
     assert_eq!(
         (change.resolved, change.still_open, change.new),
         (252, 0, 0)
@@ -621,6 +648,18 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
         (sampled + 1, 0, 0)
     );
     assert!(open().await.is_empty());
+
+    // Keys 2^33 apart over ~2^50: 300 lacking are located as one range all the same.
+    let mut wide = invariant(
+        "SELECT * FROM wl",
+        "SELECT * FROM wr",
+        ReconcileMode::Checksum,
+    );
+    wide.name = trueup::domain::InvariantName::parse("wide-keys").unwrap();
+    let (change, c) = run(wide).await;
+    assert_eq!(change.new, 300);
+    assert_eq!(c.segments_streamed, 1, "{c:?}");
+    assert!((300..=600).contains(&c.rows_streamed), "{c:?}");
     srcs.close().await;
     store.close().await;
 }

@@ -878,11 +878,12 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> Result<Vec<serde_json::Value>, $crate::store::StoreError> {
                 use sqlx::Row as _;
+                // The longest open first (and the same ones each run, where there are more).
                 let rows = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT DISTINCT key FROM violations WHERE invariant = ",
+                    "SELECT key FROM violations WHERE invariant = ",
                 )
                 .push_bind(invariant)
-                .push(" AND status IN ('open', 'reopened') LIMIT ")
+                .push(" AND status IN ('open', 'reopened') GROUP BY key ORDER BY min(id) LIMIT ")
                 .push_bind(i64::from(limit))
                 .build()
                 .fetch_all(&self.pool)

@@ -6,7 +6,9 @@
 //! Why the result is a full stream's: a key lies in exactly one segment. A segment whose two
 //! summaries are equal holds the same rows on both sides (the hash forms never hash unequal
 //! values alike; the sums collide with a chance of about 2^-64) and no repeated key, so the
-//! merge would report nothing there; every other segment is merged. Rows with a NULL key are
+//! merge would report nothing there; every other segment is merged. (Where the whole range
+//! is totalled first, the same holds of the rest: the whole's totals less those of the keys
+//! read, equal on both sides.) Rows with a NULL key are
 //! counted, never compared, as in a stream. A side is not read in one snapshot, though: each
 //! summary and each segment read is its own statement, so a row changed during the run is
 //! seen as it was when its segment was read (as two sides in two databases always are).
@@ -456,8 +458,9 @@ impl Sides<'_> {
     }
 
     /// Both sides' totals of `[low, high]` less those of its `keys` (sorted, disjoint
-    /// ranges); `None` when they cannot be totalled in one statement, or a side's part
-    /// exceeds its whole (rows changed between the two statements).
+    /// ranges); `None` when a side's part exceeds its whole (rows changed between the two
+    /// statements), or, a guard, the keys would not fit one statement (at most
+    /// [`KNOWN_KEYS`] listed keys and a window never do).
     async fn rest(
         &mut self,
         low: i64,

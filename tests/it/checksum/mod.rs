@@ -617,6 +617,14 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
         "{c:?}"
     );
 
+    // A new outage elsewhere: the open keys are totalled apart, the rest still differs, by
+    // 100 rows lacking, and a range around them is set apart too: three ranges read.
+    pg.exec("DELETE FROM r WHERE id BETWEEN 20001 AND 20100;")
+        .await;
+    let (change, c) = run(inv()).await;
+    assert_eq!((change.new, change.still_open), (100, 251));
+    assert_eq!((c.segments, c.segments_streamed), (sampled + 3, 3), "{c:?}");
+
     // A key repeated on both sides: its count must be 0 wherever it lies, which the totals
     // do not take apart, so the range is split; the open keys are found there as well.
     pg.exec(
@@ -625,12 +633,12 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
     )
     .await;
     let (change, c) = run(inv()).await;
-    assert_eq!((change.new, change.still_open), (1, 251));
+    assert_eq!((change.new, change.still_open), (1, 351));
     assert!(c.segments > sampled + 3, "{c:?}");
 
     // Everything repaired: the totals are equal, every violation resolves, no row is read.
     pg.exec(
-        "INSERT INTO r SELECT * FROM l WHERE id BETWEEN 40251 AND 40500;
+        "INSERT INTO r SELECT * FROM l WHERE id BETWEEN 40251 AND 40500 OR id BETWEEN 20001 AND 20100;
          UPDATE r SET currency = 'USD' WHERE id = 90001;
          DELETE FROM l WHERE id = 95000;
          DELETE FROM r WHERE id = 95000;
@@ -641,7 +649,7 @@ async fn an_outage_is_located_by_the_totals_and_open_violations_are_looked_up_by
     let (change, c) = run(inv()).await;
     assert_eq!(
         (change.resolved, change.still_open, change.new),
-        (252, 0, 0)
+        (352, 0, 0)
     );
     assert_eq!(
         (c.segments, c.segments_streamed, c.rows_streamed),

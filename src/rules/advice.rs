@@ -5,20 +5,35 @@ use super::Known;
 use crate::config::SourceClass;
 use crate::domain::{Invariant, Read};
 
-/// One note per side that every action's re-check reads in full: an API or stream side
-/// without a `lookup`, on an invariant whose actions re-check their key before acting.
+/// One note per event log with `retain` that an invariant without a `schedule` reads (the
+/// log keeps every event until that invariant runs), and one per side that every action's
+/// re-check reads in full: an API or stream side without a `lookup`, on an invariant whose
+/// actions re-check their key before acting.
 pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
+    let mut notes = Vec::new();
+    if invariant.schedule.is_none() {
+        for (_, side) in invariant.sides() {
+            if let Some(log) = side
+                .source
+                .log()
+                .filter(|_| known.retained_logs.contains(&side.source))
+            {
+                notes.push(format!(
+                    "invariant `{}` reads event log `{log}` and has no `schedule`: the log's `retain` purges only events that each of its readers' last completed full run has judged, and `trueup serve` never runs this one, so `{log}` keeps every event until it runs (`trueup check`); give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)",
+                    invariant.name
+                ));
+            }
+        }
+    }
     // Manual steps are done by people: only executed actions re-check their key.
     let executed = invariant
         .compensate
         .values()
         .any(|c| !matches!(c, crate::domain::Compensation::Manual(_)));
     if !executed && invariant.replay.is_none() {
-        return Vec::new();
+        return notes;
     }
-    let sides = invariant.sides();
-    let mut notes = Vec::new();
-    for (name, side) in sides {
+    for (name, side) in invariant.sides() {
         let remedy = match &side.query {
             Read::Sql(_) => continue,
             // An event log is trueup's own store, indexed by event id.

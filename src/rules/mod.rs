@@ -39,6 +39,9 @@ pub struct Known {
     /// Database sources whose pool holds one connection: a reconcile cannot read both of
     /// its sides from one of them, since it reads them at once.
     pub single_connection: BTreeSet<SourceName>,
+    /// Event logs (as sources, `log:<name>`) whose `retain` purges old events: only as far
+    /// as each reader's last completed full run, so a reader that never runs holds them.
+    pub retained_logs: BTreeSet<SourceName>,
 }
 
 /// What a compensation needs to know of a target.
@@ -78,6 +81,12 @@ impl Known {
                 )
                 .collect(),
             channels: config.channels.keys().cloned().collect(),
+            retained_logs: config
+                .event_logs
+                .iter()
+                .filter(|(_, log)| log.retain.is_some())
+                .map(|(log, _)| SourceName::of_log(log))
+                .collect(),
             single_connection: config
                 .sources
                 .iter()

@@ -13,6 +13,7 @@ fn sources() -> Known {
             .collect(),
         channels: ["oncall".to_owned()].into(),
         single_connection: Default::default(),
+        retained_logs: Default::default(),
         targets: [
             (
                 "ledger-writer",
@@ -1375,4 +1376,34 @@ fn a_reconcile_reading_both_sides_from_a_source_of_one_connection_is_refused_whe
         errs[0].message,
         "both sides read source `shop`, whose pool_size is 1: a reconcile reads its two sides at once, each on a connection of its own; set `pool_size: 2` or more on source `shop`"
     );
+}
+
+#[test]
+fn a_reader_of_a_log_with_retain_and_no_schedule_is_told_it_holds_the_log() {
+    let mut known = with_log();
+    let text =
+        log_side("          columns:\n            order_id: {path: data.order, type: int}\n");
+    let (invs, errs) = parse_file(&text, Path::new("invariants/x.yaml"), &known);
+    assert!(errs.is_empty(), "{errs:?}");
+    // Without `retain` the log keeps every event anyway.
+    assert!(advice(&invs[0], &known).is_empty());
+    known
+        .retained_logs
+        .insert(SourceName::parse("log:orders").unwrap());
+    let notes = advice(&invs[0], &known);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("invariant `captured` reads event log `orders` and has no `schedule`"),
+        "{}",
+        notes[0]
+    );
+    // With a schedule, `serve` runs it.
+    let scheduled = text.replace(
+        "  - name: captured\n",
+        "  - name: captured\n    schedule: \"*/5 * * * *\"\n",
+    );
+    let (invs, errs) = parse_file(&scheduled, Path::new("invariants/x.yaml"), &known);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert!(invs[0].schedule.is_some());
+    assert!(advice(&invs[0], &known).is_empty());
 }

@@ -635,3 +635,48 @@ async fn a_history_whose_rows_share_a_time_reads_alike_in_every_run() {
         );
     }
 }
+
+/// An event log with `retain` purges only what each of its readers' last full run judged:
+/// `validate` says so of a reader with no schedule (which `serve` never runs), and of no
+/// other.
+#[test]
+fn validate_notes_that_a_reader_without_a_schedule_holds_a_retained_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("trueup.yaml"),
+        "sources:\n  bus:\n    url: nats://127.0.0.1:4222\n  shop:\n    url: sqlite://shop.db\n\
+         event_logs:\n  orders:\n    event_id: id\n    retain: 30d\n    from:\n      - nats: {source: bus, stream: ORDERS}\n  audit:\n    event_id: id\n    from:\n      - nats: {source: bus, stream: AUDIT}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(tmp.path().join("invariants")).unwrap();
+    let reader = |name: &str, log: &str, schedule: &str| {
+        format!(
+            "  - name: {name}\n{schedule}    reconcile:\n      left:\n        source: log:{log}\n        stream:\n          columns:\n            order_id: {{path: order, type: int}}\n      right:\n        source: shop\n        query: SELECT order_id FROM orders\n      key: order_id\n"
+        )
+    };
+    std::fs::write(
+        tmp.path().join("invariants/logs.yaml"),
+        format!(
+            "invariants:\n{}{}{}",
+            reader("unscheduled", "orders", ""),
+            reader("scheduled", "orders", "    schedule: \"*/5 * * * *\"\n"),
+            reader("unretained", "audit", ""),
+        ),
+    )
+    .unwrap();
+    let out = trueup(tmp.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let notes: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("note: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "note: invariant `unscheduled` reads event log `orders` and has no `schedule`: the log's `retain` purges only events that each of its readers' last completed full run has judged, and `trueup serve` never runs this one, so `orders` keeps every event until it runs (`trueup check`); give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)"
+        ],
+        "{}",
+        stdout(&out)
+    );
+}

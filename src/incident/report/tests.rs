@@ -25,6 +25,7 @@ fn loaded() -> Vec<Invariant> {
         channels: Default::default(),
         targets: Default::default(),
         single_connection: Default::default(),
+        retained_logs: Default::default(),
     };
     let (invariants, errors) = crate::rules::parse_file(
         r#"invariants:

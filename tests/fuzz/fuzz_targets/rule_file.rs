@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         .collect(),
         channels: ["oncall".to_owned()].into(),
         single_connection: Default::default(),
+        retained_logs: Default::default(),
         targets: [
             ("writer", TargetInfo::Sql(SourceKind::Postgres)),
             ("billing", TargetInfo::Http),

@@ -488,9 +488,7 @@ impl Sides<'_> {
         only: Option<&KeyRanges>,
         null_keys: bool,
     ) -> Result<(Totals, Totals), EngineError> {
-        let (mut lq, mut rq) = self.requests(low, high, 1, null_keys);
-        lq.buckets = 1;
-        rq.buckets = 1;
+        let (lq, rq) = self.requests(low, high, 1, null_keys);
         let (left, right) = (self.left, self.right);
         let totals = tokio::try_join!(left.totals(&lq, only), right.totals(&rq, only))?;
         self.segments += 1;

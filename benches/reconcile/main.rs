@@ -130,11 +130,11 @@ struct Measured {
 }
 
 /// A run's comparison in a few words: `stream`, or
-/// `checksum, 2112 segments summarised, 5 ranges read`.
+/// `checksum, 2112 segments summarised, 5 read`.
 fn how(compared: Option<&trueup::domain::Compared>) -> String {
     match compared {
         Some(c) if c.method == CompareMethod::Checksum => format!(
-            "checksum, {} segments summarised, {} ranges read",
+            "checksum, {} segments summarised, {} read",
             c.segments, c.segments_streamed
         ),
         Some(c) => c.method.as_str().to_owned(),

@@ -69,7 +69,7 @@ pub(crate) fn render(evaluations: &[Evaluation]) -> String {
             .filter(|c| c.method == crate::domain::CompareMethod::Checksum);
         let rows = match checksummed {
             Some(c) => format!(
-                "compared {} left / {} right rows by checksum ({} segments summarised, {} key ranges read: {} rows)",
+                "compared {} left / {} right rows by checksum ({} segments summarised, {} read: {} rows)",
                 s.rows_left, s.rows_right, c.segments, c.segments_streamed, c.rows_streamed
             ),
             None if s.rows_right > 0 => {

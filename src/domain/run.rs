@@ -220,9 +220,10 @@ pub struct Compared {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streamed_because: Option<String>,
     /// Segments whose checksums were compared (0 when streamed): the buckets of every
-    /// summary, and each range or set of keys totalled whole. And the key ranges read row by
-    /// row: the differing segments at their smallest size, or, where the totals located the
-    /// differences, the open violations' keys and the range around a new difference.
+    /// summary, and each range or set of keys totalled whole. And the segments read row by
+    /// row: the differing ones at their smallest size, or, where the totals located the
+    /// differences, the runs of open violations' keys and the range around a new difference
+    /// (adjacent ones are read together, and counted apart).
     pub segments: u64,
     pub segments_streamed: u64,
     /// Rows that crossed the network, both sides (all of them when streamed).

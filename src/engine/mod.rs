@@ -85,8 +85,8 @@ pub trait ViolationSink: Send {
     }
 
     /// Keys of the invariant's violations that are open (as [`Violation::key_json`] writes
-    /// them), at most `limit`: a checksummed run totals them apart first (see
-    /// `reconcile/checksum.rs`). A hint, never a verdict: the run finds the same violations
+    /// them), at most `limit`: a checksummed run whose whole-range totals differ totals them
+    /// apart first (see `reconcile/checksum.rs`). A hint, never a verdict: the run finds the same violations
     /// without it, only at more cost.
     async fn open_keys(&mut self, _limit: u32) -> Result<Vec<serde_json::Value>, EngineError> {
         Ok(Vec::new())

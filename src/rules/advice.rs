@@ -6,7 +6,7 @@ use crate::config::SourceClass;
 use crate::domain::{Invariant, Read};
 
 /// One note per event log with `retain` that an invariant without a `schedule` reads (the
-/// log keeps every event until that invariant runs), and one per side that every action's
+/// log keeps every event since that invariant last ran), and one per side that every action's
 /// re-check reads in full: an API or stream side without a `lookup`, on an invariant whose
 /// actions re-check their key before acting.
 pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
@@ -19,7 +19,7 @@ pub fn advice(invariant: &Invariant, known: &Known) -> Vec<String> {
                 .filter(|_| known.retained_logs.contains(&side.source))
             {
                 notes.push(format!(
-                    "invariant `{}` reads event log `{log}` and has no `schedule`: the log's `retain` purges only events that each of its readers' last completed full run has judged, and `trueup serve` never runs this one, so `{log}` keeps every event until it runs (`trueup check`); give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)",
+                    "invariant `{}` reads event log `{log}` and has no `schedule`, so it runs only when asked (`trueup check`, or a run requested of `trueup serve`): the log's `retain` purges only events that each of its readers' last completed full run has judged, so `{log}` keeps every event since this invariant last ran, however old; give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)",
                     invariant.name
                 ));
             }

@@ -772,8 +772,8 @@ pub(crate) fn totals_sql(
 }
 
 /// A key's place in `[low, high]` for [`totals_sql`]'s key sums is `(key >> s) - (low >> s)`
-/// with this `s`: the smallest that keeps every place below 2^31 + 1, so that its square
-/// fits a bigint. 0 (the offset itself) for a range of at most 2^31 keys.
+/// with this `s`: a shift that keeps every place at most 2^31, so that its square fits a
+/// bigint. 0 (the offset itself) for a range of at most 2^31 keys.
 pub fn key_shift(low: i64, high: i64) -> u32 {
     let last = (i128::from(high) - i128::from(low)).max(0) as u128;
     (128 - last.leading_zeros()).saturating_sub(31)

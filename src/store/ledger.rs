@@ -878,7 +878,7 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> Result<Vec<serde_json::Value>, $crate::store::StoreError> {
                 use sqlx::Row as _;
-                // The longest open first (and the same ones each run, where there are more).
+                // The earliest recorded first (the same ones each run, where there are more).
                 let rows = sqlx::QueryBuilder::<$db>::new(
                     "SELECT key FROM violations WHERE invariant = ",
                 )

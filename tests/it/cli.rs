@@ -637,7 +637,7 @@ async fn a_history_whose_rows_share_a_time_reads_alike_in_every_run() {
 }
 
 /// An event log with `retain` purges only what each of its readers' last full run judged:
-/// `validate` says so of a reader with no schedule (which `serve` never runs), and of no
+/// `validate` says so of a reader with no schedule (which runs only when asked), and of no
 /// other.
 #[test]
 fn validate_notes_that_a_reader_without_a_schedule_holds_a_retained_log() {
@@ -674,7 +674,7 @@ fn validate_notes_that_a_reader_without_a_schedule_holds_a_retained_log() {
     assert_eq!(
         notes,
         [
-            "note: invariant `unscheduled` reads event log `orders` and has no `schedule`: the log's `retain` purges only events that each of its readers' last completed full run has judged, and `trueup serve` never runs this one, so `orders` keeps every event until it runs (`trueup check`); give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)"
+            "note: invariant `unscheduled` reads event log `orders` and has no `schedule`, so it runs only when asked (`trueup check`, or a run requested of `trueup serve`): the log's `retain` purges only events that each of its readers' last completed full run has judged, so `orders` keeps every event since this invariant last ran, however old; give it a `schedule:` (like `schedule: \"*/5 * * * *\"`)"
         ],
         "{}",
         stdout(&out)

@@ -309,8 +309,9 @@ async fn flavor(left: &Source, right: &Source) -> Result<Option<Flavor>, EngineE
     Ok(None)
 }
 
-/// What the summaries found: the smallest differing segments, and the rows of each side (NULL
-/// keys included) and the NULL keys of both.
+/// What the summaries found: the key ranges to read (the smallest differing segments, or the
+/// keys and range the totals located, whose rows a `Segment` then does not count), and the
+/// rows of each side (NULL keys included) and the NULL keys of both.
 struct Found {
     leaves: Vec<Segment>,
     rows_left: u64,
@@ -319,8 +320,10 @@ struct Found {
 }
 
 impl Sides<'_> {
-    /// Summarises `[low, high]`, then splits what differs until it is small enough to read;
-    /// `Err(why)` when `auto`'s sample says to stream.
+    /// Summarises `[low, high]` (first in whole totals, where the sample finds few
+    /// differences between two PostgreSQL servers: [`Sides::located`]), then splits what
+    /// differs until it is small enough to read; `Err(why)` when `auto`'s sample says to
+    /// stream.
     async fn differing_leaves(
         &mut self,
         low: i64,
@@ -389,8 +392,9 @@ impl Sides<'_> {
     /// differs, a range around where the rest's key sums put its difference (an outage's
     /// missing rows): if what lies outside those keys totals alike on both sides, the
     /// difference lies among them, and they are what is read. `None`: the difference could
-    /// not be located so (it is spread out, or values changed in place), and the range is
-    /// split as usual, one pass later than without this. Exact either way: a key lies among
+    /// not be located so (it is spread out, values changed in place, as many rows extra as
+    /// missing, or a key repeats), and the range is split as usual, one pass later than
+    /// without this. Exact either way: a key lies among
     /// the keys read or in the rest, whose totals are the whole's less theirs (hashed alike,
     /// for the same range).
     async fn located(
@@ -423,8 +427,8 @@ impl Sides<'_> {
         if whole.0.summary.repeats > 0 || whole.1.summary.repeats > 0 {
             return Ok(None);
         }
-        // Only now the ledger: most runs end above. A hint it cannot give costs a split, not
-        // the run.
+        // Only now the ledger: most runs end above. A hint it cannot give costs only the
+        // hint (the window is still tried), never the run.
         let known = match sink.open_keys(KNOWN_KEYS).await {
             Ok(keys) => known_keys(&keys, low, high),
             Err(e) => {
@@ -835,8 +839,8 @@ fn less(whole: &Totals, part: &Totals) -> Option<Totals> {
 /// Where the rows two totals of `[low, high]` differ by lie, when they are rows one side
 /// lacks and lie close together (an outage): the mean of their keys' places (see
 /// [`key_shift`]), from what the exact sums of places and of their squares differ by, two
-/// standard deviations either side (a block of consecutive keys spans 1.73), and a place
-/// more. `None` when the counts are equal (values changed in place, or as many rows missing
+/// standard deviations either side (a block of consecutive keys reaches 1.73σ either side of
+/// its mean), and a place more. `None` when the counts are equal (values changed in place, or as many rows missing
 /// as extra), the sums contradict one kind of difference (by Cauchy–Schwarz, n·Σx² ≥ (Σx)²
 /// for the rows one side lacks), or the range would hold more than
 /// [`GUESS_ROWS_PER_DIFFERENCE`] rows per differing row at the density of `rows` (the larger
@@ -914,14 +918,7 @@ fn merged(sorted: &[(i64, i64)]) -> Vec<(i64, i64)> {
 
 /// Sorted segments as ranges, adjacent ones joined.
 fn coalesce(sorted: &[Segment]) -> Vec<(i64, i64)> {
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for s in sorted {
-        match out.last_mut() {
-            Some((_, high)) if i128::from(*high) + 1 == i128::from(s.low) => *high = s.high,
-            _ => out.push((s.low, s.high)),
-        }
-    }
-    out
+    merged(&sorted.iter().map(|s| (s.low, s.high)).collect::<Vec<_>>())
 }
 
 /// Sorted, disjoint ranges as reads in key order, each of at most

@@ -195,7 +195,7 @@ fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
         },
         ..run(9, "06:00", RunStatus::Succeeded, 3)
     };
-    let incremental = RunRecord {
+    let incremental_tick = || RunRecord {
         stats: RunStats {
             coverage: crate::domain::Coverage::Changed {
                 keys: 12,
@@ -206,7 +206,7 @@ fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
         },
         ..run(10, "06:05", RunStatus::Succeeded, 0)
     };
-    for latest in [truncated, incremental] {
+    for latest in [truncated, incremental_tick()] {
         let id = latest.id;
         let ev = evidence(
             0,
@@ -231,20 +231,9 @@ fn a_later_run_that_read_only_part_of_the_rows_does_not_verify_the_window() {
     }
     // A full run after the repair is the evidence, whatever incremental ticks came after it.
     let full = run(8, "05:45", RunStatus::Succeeded, 0);
-    let incremental = RunRecord {
-        stats: RunStats {
-            coverage: crate::domain::Coverage::Changed {
-                keys: 12,
-                left_since: Some(t("05:50")),
-                right_since: None,
-            },
-            ..run(10, "06:05", RunStatus::Succeeded, 0).stats
-        },
-        ..run(10, "06:05", RunStatus::Succeeded, 0)
-    };
     let mut ev = evidence(
         0,
-        Some(incremental),
+        Some(incremental_tick()),
         vec![(
             plan(1, PlanKind::Compensation, PlanState::Applied, &["ana"]),
             &[(ActionStatus::Applied, 10)],

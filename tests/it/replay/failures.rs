@@ -352,20 +352,7 @@ async fn a_replay_interrupted_by_ctrl_c_is_stopped_with_its_events_left_and_the_
         c.args(args);
         output(c)
     };
-    run(&["check"]).await;
-    let proposed = run(&[
-        "replay",
-        "-i",
-        "events-consumed",
-        "--from",
-        "2026-11-20T10:00:00Z",
-        "--to",
-        "2026-11-20T10:30:00Z",
-        "--execute",
-    ])
-    .await;
-    assert!(proposed.status.success(), "{}", text(&proposed));
-    assert!(run(&["plan", "approve", "1"]).await.status.success());
+    replay_proposed_and_approved(&config).await;
     let store = trueup::store::open(&trueup::config::SecretUrl::new(sqlite_url(
         &dir.path().join("trueup.db"),
     )))
@@ -378,14 +365,12 @@ async fn a_replay_interrupted_by_ctrl_c_is_stopped_with_its_events_left_and_the_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while finished_actions(store.as_ref(), 1).await < 5 {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the apply made no progress"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for(
+        "the apply to finish five actions",
+        std::time::Duration::from_secs(60),
+        || async { finished_actions(store.as_ref(), 1).await >= 5 },
+    )
+    .await;
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -545,8 +530,15 @@ async fn approved_replay(
         ),
     )
     .unwrap();
+    replay_proposed_and_approved(&config).await;
+    (data, dir, config)
+}
+
+/// Under `config`: a run of `events-consumed`, then a replay of 10:00–10:30 proposed and
+/// approved as plan 1.
+async fn replay_proposed_and_approved(config: &std::path::Path) {
     let run = |args: &'static [&'static str]| {
-        let mut c = trueup(&config);
+        let mut c = trueup(config);
         c.args(args);
         output(c)
     };
@@ -564,7 +556,6 @@ async fn approved_replay(
     .await;
     assert!(proposed.status.success(), "{}", text(&proposed));
     assert!(run(&["plan", "approve", "1"]).await.status.success());
-    (data, dir, config)
 }
 
 /// Three events of one account (one partition, so only a second worker could take it over),
@@ -653,14 +644,10 @@ async fn an_apply_interrupted_while_a_retry_waits_sends_nothing_more_and_the_nex
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while seen.lock().unwrap().is_empty() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "no delivery"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for("a delivery", std::time::Duration::from_secs(30), || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
     // Whether the signal finds it reading the answer or already waiting, the retry waits
     // no more.
     let sent = std::process::Command::new("kill")

@@ -4,7 +4,8 @@
 //! its acquire timeout, then reports only "pool timed out": an unreachable database looked
 //! like a slow one for 15 s. Before waiting on a pool that holds no connection, trueup
 //! connects once directly, so a refused, unresolvable or rejected connection fails now with
-//! its own error. Used by sources, the store and SQL targets.
+//! its own error. A refusal for a connection limit is asked again for a moment (see
+//! [`LIMIT_WAIT`]). Used by sources, the store and SQL targets.
 
 use std::time::Duration;
 
@@ -25,8 +26,17 @@ pub struct ConnectError {
     pub pool_busy: bool,
 }
 
+/// How long a connection the server refuses for a connection limit (its own, the user's or
+/// role's, the database's) is tried again. A session the client has closed still counts
+/// until the server has ended it, a moment later: a user allowed exactly the pool's size
+/// would otherwise be refused the connection opened right after the probe below, or after a
+/// failed read closed its own. (sqlx's pool retries PostgreSQL's refusal, 53300, itself,
+/// for its whole acquire timeout; MySQL's it does not.)
+pub const LIMIT_WAIT: Duration = Duration::from_secs(2);
+
 /// A pooled connection; on an empty pool, a direct connection first proves the database
-/// answers (and is closed again).
+/// answers (and is closed again). A refusal for a connection limit is tried again for
+/// [`LIMIT_WAIT`], then reported as the server worded it.
 pub async fn acquire<DB: Database>(
     pool: &Pool<DB>,
     endpoint: &str,
@@ -36,43 +46,82 @@ pub async fn acquire<DB: Database>(
         cause,
         pool_busy: false,
     };
-    if pool.size() == 0 {
-        let options = pool.connect_options();
-        match tokio::time::timeout(CONNECT_PROBE, options.connect()).await {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
+    let until = tokio::time::Instant::now() + LIMIT_WAIT;
+    let mut pause = Duration::from_millis(10);
+    let refused = loop {
+        match once(pool).await {
+            Ok(conn) => return Ok(conn),
+            Err(Some(e))
+                if over_connection_limit(&e) && tokio::time::Instant::now() + pause < until =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => {
+            Err(Some(e)) => break e,
+            Err(None) => {
                 return Err(failed(format!(
                     "no answer within {}s",
                     CONNECT_PROBE.as_secs()
                 )));
             }
         }
-    }
-    pool.acquire().await.map_err(|e| match e {
+    };
+    Err(match refused {
         // sqlx says only "pool timed out", after it either waited for a busy connection or
         // kept failing to open another (refused, too many connections on the server).
         sqlx::Error::PoolTimedOut => {
             let (open, max) = (pool.size(), pool.options().get_max_connections());
             let within = pool.options().get_acquire_timeout();
             if open >= max {
-                return ConnectError {
+                return Err(ConnectError {
                     pool_busy: true,
                     ..failed(format!(
                         "no connection of its pool came free within {within:?}: all {max} stayed in use"
                     ))
-                };
+                });
             }
-            failed({
-                format!(
-                    "no connection could be had within {within:?}: {open} of at most {max} were open and in use, and opening another failed (the server may refuse more connections)"
-                )
-            })
+            failed(format!(
+                "no connection could be had within {within:?}: {open} of at most {max} were open and in use, and opening another failed (the server may refuse more connections)"
+            ))
         }
+        e if over_connection_limit(&e) => failed(format!(
+            "{e} (still after {}s of retries)",
+            LIMIT_WAIT.as_secs()
+        )),
         e => failed(e.to_string()),
     })
+}
+
+/// One try of [`acquire`]: the probe on an empty pool, then the pool. `Err(None)`: the
+/// probe had no answer within [`CONNECT_PROBE`].
+async fn once<DB: Database>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Option<sqlx::Error>> {
+    if pool.size() == 0 {
+        let options = pool.connect_options();
+        match tokio::time::timeout(CONNECT_PROBE, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(Some(e)),
+            Err(_) => return Err(None),
+        }
+    }
+    pool.acquire().await.map_err(Some)
+}
+
+/// Whether the server refused a connection for a limit on how many it, the user (or role)
+/// or the database may have: PostgreSQL's `too_many_connections`; MySQL's and MariaDB's
+/// "too many connections" and the two `max_user_connections` refusals.
+fn over_connection_limit(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return pg.code() == "53300";
+    }
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1040 | 1203 | 1226);
+    }
+    false
 }
 
 /// Closes a pool, waiting at most `within` for its connections to come back (one ping's round

@@ -349,3 +349,96 @@ async fn a_pool_whose_connections_all_stay_busy_says_so_not_only_that_it_timed_o
     drop(held);
     pool.close().await;
 }
+
+/// With the user allowed one connection and a session of its own (`held`) ending 300 ms
+/// in, an empty pool's connection is had (the probe's refusal is tried again); with the pool's
+/// connection held, another pool is refused after [`trueup::connect::LIMIT_WAIT`], with the
+/// server's words and the retries said. Returns that refusal.
+async fn the_connection_limit_is_waited_out_for_a_moment<DB: sqlx::Database>(
+    url: &str,
+    held: DB::Connection,
+) -> String {
+    use sqlx::Connection;
+    let one_connection = || {
+        sqlx::pool::PoolOptions::<DB>::new()
+            .max_connections(1)
+            .connect_lazy(url)
+            .unwrap()
+    };
+    let closing = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        held.close().await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let pool = one_connection();
+    let conn = trueup::connect::acquire(&pool, "the database")
+        .await
+        .expect("the connection, once the other session ended");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    closing.await.unwrap();
+
+    let other = one_connection();
+    let started = std::time::Instant::now();
+    let Err(refused) = trueup::connect::acquire(&other, "the database").await else {
+        panic!("a second connection was had where the user may have one");
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= trueup::connect::LIMIT_WAIT - std::time::Duration::from_millis(300)
+            && waited < trueup::connect::LIMIT_WAIT + std::time::Duration::from_secs(2),
+        "refused after {waited:?}"
+    );
+    drop(conn);
+    pool.close().await;
+    other.close().await;
+    refused.to_string()
+}
+
+#[tokio::test]
+async fn a_postgres_role_at_its_connection_limit_gets_its_connection_once_another_session_ends() {
+    let db = TestPg::new().await;
+    db.exec(&format!(
+        "ALTER ROLE \"{}_reader\" CONNECTION LIMIT 1",
+        db.name
+    ))
+    .await;
+    let held = <sqlx::PgConnection as sqlx::Connection>::connect(&db.reader_url)
+        .await
+        .unwrap();
+    let refused =
+        the_connection_limit_is_waited_out_for_a_moment::<sqlx::Postgres>(&db.reader_url, held)
+            .await;
+    assert!(
+        refused.starts_with("cannot connect to the database: ")
+            && refused.contains(&format!(
+                "too many connections for role \"{}_reader\"",
+                db.name
+            ))
+            && refused.ends_with("(still after 2s of retries)"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_mariadb_user_at_its_connection_limit_gets_its_connection_once_another_session_ends() {
+    let db = TestMysql::new().await;
+    db.exec(&format!(
+        "ALTER USER '{}_r'@'%' WITH MAX_USER_CONNECTIONS 1",
+        db.name
+    ))
+    .await;
+    let held = <sqlx::MySqlConnection as sqlx::Connection>::connect(&db.reader_url)
+        .await
+        .unwrap();
+    let refused =
+        the_connection_limit_is_waited_out_for_a_moment::<sqlx::MySql>(&db.reader_url, held).await;
+    assert!(
+        refused.starts_with("cannot connect to the database: ")
+            && refused.contains(&format!(
+                "1226 (42000): User '{}_r' has exceeded the 'max_user_connections' resource",
+                db.name
+            ))
+            && refused.ends_with("(still after 2s of retries)"),
+        "{refused}"
+    );
+}

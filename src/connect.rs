@@ -27,16 +27,18 @@ pub struct ConnectError {
 }
 
 /// How long a connection the server refuses for a connection limit (its own, the user's or
-/// role's, the database's) is tried again. A session the client has closed still counts
-/// until the server has ended it, a moment later: a user allowed exactly the pool's size
-/// would otherwise be refused the connection opened right after the probe below, or after a
-/// failed read closed its own. (sqlx's pool retries PostgreSQL's refusal, 53300, itself,
-/// for its whole acquire timeout; MySQL's it does not.)
+/// role's, the database's) is tried again, from the first refusal. A session the client has
+/// closed still counts until the server has ended it, a moment later: a user allowed exactly
+/// the pool's size would otherwise be refused the pool's connection opened right after the
+/// probe below, or one opened after a failed read closed its own. (sqlx's pool retries
+/// PostgreSQL's refusal, 53300, itself, for its whole acquire timeout, and then says only
+/// that it timed out; MySQL's it returns at once.)
 pub const LIMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A pooled connection; on an empty pool, a direct connection first proves the database
-/// answers (and is closed again). A refusal for a connection limit is tried again for
-/// [`LIMIT_WAIT`], then reported as the server worded it.
+/// answers (and is closed again: once per call, so a retry does not open the race again).
+/// A refusal for a connection limit is tried again for [`LIMIT_WAIT`], then reported as the
+/// server worded it, with how often it was refused.
 pub async fn acquire<DB: Database>(
     pool: &Pool<DB>,
     endpoint: &str,
@@ -46,14 +48,19 @@ pub async fn acquire<DB: Database>(
         cause,
         pool_busy: false,
     };
-    let until = tokio::time::Instant::now() + LIMIT_WAIT;
+    let mut answered = false;
+    let mut first_refusal = None;
+    let mut refusals = 0u32;
     let mut pause = Duration::from_millis(10);
     let refused = loop {
-        match once(pool).await {
+        match once(pool, &mut answered).await {
             Ok(conn) => return Ok(conn),
-            Err(Some(e))
-                if over_connection_limit(&e) && tokio::time::Instant::now() + pause < until =>
-            {
+            Err(Some(e)) if over_connection_limit(&e) => {
+                refusals += 1;
+                let since = *first_refusal.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() + pause >= LIMIT_WAIT {
+                    break e;
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(250));
             }
@@ -84,21 +91,25 @@ pub async fn acquire<DB: Database>(
                 "no connection could be had within {within:?}: {open} of at most {max} were open and in use, and opening another failed (the server may refuse more connections)"
             ))
         }
-        e if over_connection_limit(&e) => failed(format!(
-            "{e} (still after {}s of retries)",
-            LIMIT_WAIT.as_secs()
+        e if refusals > 1 => failed(format!(
+            "{e} (refused {refusals} times over {:.1}s)",
+            first_refusal.map_or(0.0, |t| t.elapsed().as_secs_f64())
         )),
         e => failed(e.to_string()),
     })
 }
 
-/// One try of [`acquire`]: the probe on an empty pool, then the pool. `Err(None)`: the
-/// probe had no answer within [`CONNECT_PROBE`].
-async fn once<DB: Database>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Option<sqlx::Error>> {
-    if pool.size() == 0 {
+/// One try of [`acquire`]: the probe on an empty pool (until one answered, `answered`),
+/// then the pool. `Err(None)`: the probe had no answer within [`CONNECT_PROBE`].
+async fn once<DB: Database>(
+    pool: &Pool<DB>,
+    answered: &mut bool,
+) -> Result<PoolConnection<DB>, Option<sqlx::Error>> {
+    if !*answered && pool.size() == 0 {
         let options = pool.connect_options();
         match tokio::time::timeout(CONNECT_PROBE, options.connect()).await {
             Ok(Ok(conn)) => {
+                *answered = true;
                 let _ = conn.close().await;
             }
             Ok(Err(e)) => return Err(Some(e)),
@@ -109,8 +120,9 @@ async fn once<DB: Database>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Optio
 }
 
 /// Whether the server refused a connection for a limit on how many it, the user (or role)
-/// or the database may have: PostgreSQL's `too_many_connections`; MySQL's and MariaDB's
-/// "too many connections" and the two `max_user_connections` refusals.
+/// or the database may have at once: PostgreSQL's `too_many_connections`; MySQL's and
+/// MariaDB's "too many connections" (1040) and `max_user_connections` refusals (1203, and
+/// 1226 for that resource: 1226 also names the hourly limits, which a moment does not lift).
 fn over_connection_limit(e: &sqlx::Error) -> bool {
     let Some(db) = e.as_database_error() else {
         return false;
@@ -119,7 +131,11 @@ fn over_connection_limit(e: &sqlx::Error) -> bool {
         return pg.code() == "53300";
     }
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return matches!(my.number(), 1040 | 1203 | 1226);
+        return match my.number() {
+            1040 | 1203 => true,
+            1226 => my.message().contains("'max_user_connections'"),
+            _ => false,
+        };
     }
     false
 }

@@ -302,8 +302,9 @@ impl Incremental {
 /// what crosses the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReconcileMode {
-    /// Checksums where the invariant allows them and a sample of segments says they pay,
-    /// else a stream; the run's stats say which and why.
+    /// Checksums where the invariant allows them, both sides hash with PostgreSQL's own
+    /// hashes and a sample of segments says they pay, else a stream; the run's stats say
+    /// which and why.
     #[default]
     Auto,
     /// Every row of both sides, merged by key.

@@ -169,6 +169,15 @@ pub(super) async fn run(
             right.name()
         )));
     };
+    if flavor == Flavor::Canonical && spec.mode == ReconcileMode::Auto {
+        // Measured (PostgreSQL 15 and MariaDB 10.11, 3M identical rows): summarised, 17 s;
+        // streamed, 4.3 s. MariaDB takes 12.8 s for the MD5s of 10M rows, 3.1 s to send them.
+        return Ok(Outcome::NotWorthIt(format!(
+            "sources `{}` and `{}` hash rows alike only by the MD5 of a canonical text, which costs their servers more than sending the rows: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than the servers' CPU)",
+            left.name(),
+            right.name()
+        )));
+    }
     let (ld, rd) = attempt!(tokio::try_join!(
         left.describe(left_sql),
         right.describe(right_sql)

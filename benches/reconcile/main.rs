@@ -18,7 +18,8 @@
 //! - trueup: one full `reconcile` through the real runner into a SQLite ledger, its violation
 //!   counts checked against what the case planted (a wrong answer fails the benchmark), and
 //!   its peak RSS (VmHWM, reset before the case);
-//! - reladiff, when installed (`peer.rs`), once per case, with its peak RSS.
+//! - reladiff, when installed (`peer.rs`), once per case, with its peak RSS (not for the
+//!   `mode: stream` row, whose tables the uniform case's run compared already).
 //!
 //! Then the incremental case: tables `li`/`ri` with a change column, a full pass to set the
 //! watermark, and per repeat 10,000 rows changed (5,000 keys on both sides, 50 of them left
@@ -126,7 +127,8 @@ struct Measured {
     floor_spread: Spread,
     trueup_spread: Spread,
     trueup_rss_mib: f64,
-    /// How trueup's `auto` compared the sides (stream, or checksum and what it read).
+    /// How trueup compared the sides in the case's mode (stream, or checksum and what it
+    /// read).
     how: String,
     peer: Option<peer::PeerRun>,
 }

@@ -21,7 +21,8 @@ use crate::source::{ChangedSince, KeySet, ReadRequest, Sources};
 use super::merge;
 
 /// More changed keys than this, and a run reads every row instead: past this many, the
-/// lookups cost more than a full (checksummed) pass, and the keys would fill memory.
+/// lookups cost more than a full pass (checksummed where it can be), and the keys would fill
+/// memory.
 const MAX_CHANGED_KEYS: usize = 200_000;
 
 /// Each side's latest change as the run begins, read before anything else: a row changed

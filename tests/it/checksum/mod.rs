@@ -1,4 +1,4 @@
-//! Checksum mode (PostgreSQL ↔ PostgreSQL): every mode finds exactly what a plain stream
+//! Checksum mode (PostgreSQL ↔ PostgreSQL, and what `auto` does across engines): every mode finds exactly what a plain stream
 //! finds, reading only the segments that differ.
 
 use std::collections::BTreeSet;
@@ -235,6 +235,76 @@ async fn a_column_without_a_checksum_form_fails_checksum_mode_saying_why_and_aut
         c.streamed_because.as_deref(),
         Some("column `ratio`: floating-point values have no exact form both sides hash alike")
     );
+    srcs.close().await;
+}
+
+/// Against MariaDB or a SQLite file rows hash alike only by a canonical text's MD5, which
+/// costs more than sending the rows: `auto` streams and says so, or, where a column has no
+/// checksum form at all, says that; `mode: checksum` still summarises.
+#[tokio::test]
+async fn across_engines_auto_streams_saying_why_and_checksum_mode_still_summarises() {
+    use crate::helpers::{TestMysql, sqlite_file, sqlite_url};
+    let (pg, my) = (TestPg::new().await, TestMysql::new().await);
+    pg.exec(
+        "CREATE TABLE l (id bigint PRIMARY KEY, amount numeric(12,2), ratio double precision);
+         INSERT INTO l SELECT i, i / 100.0, i::float8 / 3 FROM generate_series(1, 2000) AS i;",
+    )
+    .await;
+    my.exec(
+        "CREATE TABLE r (id BIGINT PRIMARY KEY, amount DECIMAL(12,2), ratio DOUBLE);
+         INSERT INTO r SELECT seq, seq / 100, seq / 3e0 FROM seq_1_to_2000 WHERE seq <> 700;",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("r.db");
+    sqlite_file(
+        &file,
+        "CREATE TABLE r (id INTEGER PRIMARY KEY, amount NUMERIC, ratio REAL);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 2000)
+         INSERT INTO r SELECT i, i / 100.0, i / 3.0 FROM s WHERE i <> 700;",
+    )
+    .await;
+    let srcs = sources(&[
+        ("pg", &pg.reader_url),
+        ("my", &my.reader_url),
+        ("lite", &sqlite_url(&file)),
+    ])
+    .await;
+    for right in ["my", "lite"] {
+        let reconcile = |columns: &str, mode| {
+            let mut inv = reconcile_invariant(
+                "across",
+                ("pg", &format!("SELECT id, {columns} FROM l")),
+                (right, &format!("SELECT id, {columns} FROM r")),
+                &["id"],
+            );
+            reconcile_spec(&mut inv).mode = mode;
+            inv
+        };
+        let missing = Found::from([(ViolationKind::Missing, 700)]);
+        let (found, stats) = evaluate(&reconcile("amount", ReconcileMode::Auto), &srcs).await;
+        assert_eq!(found, missing, "{right}");
+        let c = stats.compared.unwrap();
+        assert_eq!(c.method, CompareMethod::Stream, "{right}");
+        assert_eq!(
+            c.streamed_because.unwrap(),
+            format!(
+                "sources `pg` and `{right}` hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)"
+            )
+        );
+        let (found, stats) = evaluate(&reconcile("amount", ReconcileMode::Checksum), &srcs).await;
+        assert_eq!(found, missing, "{right}");
+        assert_eq!(stats.compared.unwrap().method, CompareMethod::Checksum);
+        // A column no checksum can take: that is the reason given, not the cost.
+        let (found, stats) =
+            evaluate(&reconcile("amount, ratio", ReconcileMode::Auto), &srcs).await;
+        assert_eq!(found, missing, "{right}");
+        assert_eq!(
+            stats.compared.unwrap().streamed_because.as_deref(),
+            Some("column `ratio`: floating-point values have no exact form both sides hash alike"),
+            "{right}"
+        );
+    }
     srcs.close().await;
 }
 

@@ -311,10 +311,16 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
         .collect();
     println!("  progress:  {}", progress.join(", "));
     if let Some(v) = &p.verification {
-        println!(
-            "  verified:  {} of {} applied action(s) closed their violation",
-            v["closed"], v["checked"]
-        );
+        match v["failed"].as_str() {
+            Some(why) => println!(
+                "  verified:  the re-check of what was applied failed: {why} (run `trueup check -i {}` to see what holds now)",
+                p.invariant
+            ),
+            None => println!(
+                "  verified:  {} of {} applied action(s) closed their violation",
+                v["closed"], v["checked"]
+            ),
+        }
     }
     println!();
     for a in &actions {

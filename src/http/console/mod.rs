@@ -428,6 +428,38 @@ mod tests {
         assert!(TEMPLATES.templates().count() >= 8);
     }
 
+    #[test]
+    fn a_plan_whose_recheck_failed_says_so_and_what_to_run_not_that_it_is_rechecking() {
+        let failed = "plan 1: the replay finished but re-checking its window failed: staging the violations failed";
+        let html = TEMPLATES
+            .get_template("plan.html")
+            .unwrap()
+            .render(serde(&serde_json::json!({
+                "p": {
+                    "id": 1, "invariant": "events-consumed", "kind": "replay", "state": "applied",
+                    "meta": {}, "approvers": [], "progress": {},
+                    "verification": {
+                        "checked": 3, "closed": 3, "still_open": 0, "errors": 0,
+                        "remaining_in_window": null, "failed": failed,
+                        "at": "2026-12-06T14:00:00Z"
+                    }
+                },
+                // As the plan page computes it: applied, and a verification recorded.
+                "verifying": false,
+                "can": {}, "controls": {}, "me": {}, "layout": {}, "actions": [],
+            })))
+            .unwrap()
+            .replace("&#x60;", "`")
+            .replace("&#x2f;", "/");
+        assert!(
+            html.contains(&format!(
+                "<p id=\"verification\" class=\"error\" role=\"alert\">The re-check of what was applied failed: {failed}. The plan is applied; run <code>trueup check -i events-consumed</code> to see what holds now.</p>"
+            )),
+            "{html}"
+        );
+        assert!(!html.contains("Verified:") && !html.contains("re-checking what was applied"));
+    }
+
     /// The text of a page, as a person reads it (tags dropped).
     async fn page_text(response: Response) -> String {
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)

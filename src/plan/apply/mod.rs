@@ -330,24 +330,50 @@ async fn live(
     } else {
         // Of several applies of one plan, the one that moves it to applied verifies it.
         if end_applying(env, id, PlanState::Applied, None).await? {
-            let mut verification = verify(env, invariant, id).await?;
-            if plan.kind == PlanKind::Replay {
-                verification.remaining_in_window =
-                    Some(remaining_in_window(env, invariant, plan).await?);
+            let mut verification = Verification::none();
+            let rechecked = async {
+                verification = verify(env, invariant, id).await?;
+                if plan.kind == PlanKind::Replay {
+                    verification.remaining_in_window =
+                        Some(remaining_in_window(env, invariant, plan).await?);
+                }
+                Ok::<_, PlanError>(())
             }
-            env.store
-                .record_verification(
-                    id,
-                    &serde_json::to_value(&verification).unwrap_or_default(),
-                    &env.actor.name,
-                    verification.at,
-                )
-                .await?;
+            .await;
+            if let Err(e) = rechecked {
+                // The plan is applied; a re-check that failed is recorded as failed (with what
+                // it re-checked before), so that no surface reads "re-checking" for good, and
+                // the apply fails saying why.
+                verification.failed = Some(e.to_string());
+                verification.at = chrono::Utc::now();
+                if let Err(also) = record_verification(env, id, &verification).await {
+                    tracing::warn!(plan = id, "cannot record the failed re-check: {also}");
+                }
+                return Err(e);
+            }
+            record_verification(env, id, &verification).await?;
             report.verification = Some(verification);
         }
     }
     report.state = load(env.store, id).await?.state;
     Ok(report)
+}
+
+/// Records the re-check of an applied plan on it.
+async fn record_verification(
+    env: &ApplyEnv<'_>,
+    id: PlanId,
+    verification: &Verification,
+) -> Result<(), PlanError> {
+    env.store
+        .record_verification(
+            id,
+            &serde_json::to_value(verification).unwrap_or_default(),
+            &env.actor.name,
+            verification.at,
+        )
+        .await?;
+    Ok(())
 }
 
 /// One live apply of a plan: what its loops (sequential or by partition) work with.

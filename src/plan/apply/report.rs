@@ -94,7 +94,25 @@ pub struct Verification {
     /// Replays: `missing` violations still open in the window after a fresh run (0 when the
     /// gap is closed).
     pub remaining_in_window: Option<u64>,
+    /// Why the re-check could not be completed (the store or a source failed), if it could
+    /// not: the counts above are what was re-checked before; the plan is applied all the same.
+    pub failed: Option<String>,
     pub at: chrono::DateTime<Utc>,
+}
+
+impl Verification {
+    /// Nothing re-checked yet.
+    pub(super) fn none() -> Self {
+        Self {
+            checked: 0,
+            closed: 0,
+            still_open: 0,
+            errors: 0,
+            remaining_in_window: None,
+            failed: None,
+            at: Utc::now(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]

@@ -15,14 +15,7 @@ pub(super) async fn verify(
     invariant: &Invariant,
     id: PlanId,
 ) -> Result<Verification, PlanError> {
-    let mut v = Verification {
-        checked: 0,
-        closed: 0,
-        still_open: 0,
-        errors: 0,
-        remaining_in_window: None,
-        at: Utc::now(),
-    };
+    let mut v = Verification::none();
     let actions = crate::plan::all_actions(env.store, id).await?;
     for action in actions.iter().filter(|a| a.status == ActionStatus::Applied) {
         v.checked += 1;

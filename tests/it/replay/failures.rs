@@ -682,3 +682,50 @@ async fn an_apply_interrupted_while_a_retry_waits_sends_nothing_more_and_the_nex
         [(1, 503), (1, 200), (2, 200), (3, 200)]
     );
 }
+
+/// Every event is delivered, and then the re-check of the replay's window fails (its run
+/// cannot stage what it found): the apply fails saying why, and the plan, applied, says its
+/// re-check failed and what to run, where it would otherwise read as re-checking for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_window_recheck_fails_is_applied_and_says_the_recheck_failed() {
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<i64>>>;
+    let seen: Seen = Default::default();
+    async fn take(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        axum::extract::Path(id): axum::extract::Path<i64>,
+    ) -> axum::http::StatusCode {
+        seen.lock().unwrap().push(id);
+        axum::http::StatusCode::OK
+    }
+    let app = axum::Router::new()
+        .route("/events/{id}", axum::routing::post(take))
+        .with_state(seen.clone());
+    let (_data, _dir, config) = approved_replay(3, 1, 1, app).await;
+    let mut apply = trueup(&config);
+    apply
+        .args(["apply", "1", "--rate", "unlimited"])
+        .env("FAILPOINTS", "runner.stage=return");
+    let applied = output(apply).await;
+    let said = text(&applied);
+    assert_eq!(applied.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("the replay finished but re-checking its window failed: "),
+        "{said}"
+    );
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+
+    let mut show = trueup(&config);
+    show.args(["plan", "show", "1"]);
+    let shown = text(&output(show).await);
+    assert!(shown.contains("applied"), "{shown}");
+    let verified = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("verified:"))
+        .unwrap_or_else(|| panic!("no verification line: {shown}"));
+    assert!(
+        verified.starts_with(
+            "  verified:  the re-check of what was applied failed: plan 1: the replay finished but re-checking its window failed: "
+        ) && verified.ends_with("(run `trueup check -i events-consumed` to see what holds now)"),
+        "{verified}"
+    );
+}

@@ -313,7 +313,7 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
     if let Some(v) = &p.verification {
         match v["failed"].as_str() {
             Some(why) => println!(
-                "  verified:  the re-check of what was applied failed: {why} (run `trueup check -i {}` to see what holds now)",
+                "  re-check:  failed, the plan is applied: {why} (run `trueup check -i {} --full` to see what holds now)",
                 p.invariant
             ),
             None => println!(

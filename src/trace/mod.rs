@@ -59,6 +59,8 @@ pub enum StepKind {
     Outcome,
     /// A plan's apply re-checked what it did.
     Verified,
+    /// A plan's apply could not re-check what it did (the plan is applied all the same).
+    RecheckFailed,
     /// The invariant no longer found it violated.
     ViolationResolved,
     /// An incident's window holds it.
@@ -74,6 +76,7 @@ impl StepKind {
             StepKind::Action => "action",
             StepKind::Outcome => "outcome",
             StepKind::Verified => "verified",
+            StepKind::RecheckFailed => "re-check failed",
             StepKind::ViolationResolved => "resolved",
             StepKind::Incident => "incident",
         }
@@ -170,6 +173,22 @@ pub async fn trace(
         else {
             continue;
         };
+        if let Some(why) = v.get("failed").and_then(serde_json::Value::as_str) {
+            steps.push(Step {
+                at,
+                kind: StepKind::RecheckFailed,
+                invariant: Some(plan.invariant.clone()),
+                summary: format!(
+                    "{} plan {} applied, but the re-check of what it did failed: {why}",
+                    plan.kind.as_str(),
+                    plan.id
+                ),
+                plan: Some(plan.id),
+                incident: None,
+                details: v.clone(),
+            });
+            continue;
+        }
         let n = |f: &str| v.get(f).and_then(serde_json::Value::as_u64).unwrap_or(0);
         let mut summary = format!(
             "{} plan {} verified: {} of {} re-checked no longer hold",

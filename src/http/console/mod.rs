@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_plan_whose_recheck_failed_says_so_and_what_to_run_not_that_it_is_rechecking() {
-        let failed = "plan 1: the replay finished but re-checking its window failed: staging the violations failed";
+        let failed = "the replay finished, but its window could not be re-checked: staging the violations failed";
         let html = TEMPLATES
             .get_template("plan.html")
             .unwrap()
@@ -448,12 +448,10 @@ mod tests {
                 "verifying": false,
                 "can": {}, "controls": {}, "me": {}, "layout": {}, "actions": [],
             })))
-            .unwrap()
-            .replace("&#x60;", "`")
-            .replace("&#x2f;", "/");
+            .unwrap();
         assert!(
             html.contains(&format!(
-                "<p id=\"verification\" class=\"error\" role=\"alert\">The re-check of what was applied failed: {failed}. The plan is applied; run <code>trueup check -i events-consumed</code> to see what holds now.</p>"
+                "<p id=\"verification\" class=\"error\" role=\"alert\">The re-check of what was applied failed: {failed}. The plan is applied; run <code>trueup check -i events-consumed --full</code> to see what holds now.</p>"
             )),
             "{html}"
         );

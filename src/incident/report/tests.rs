@@ -565,6 +565,12 @@ fn the_timeline_says_what_the_audit_log_recorded_in_words() {
             serde_json::json!({"text": "consumer back"}),
         ),
         entry(6, "plan.approve", "plan:99", serde_json::json!({})),
+        entry(
+            7,
+            "plan.verify",
+            "plan:1",
+            serde_json::json!({"failed": "the replay finished, but its window could not be re-checked: the store is locked", "checked": 10, "closed": 10, "still_open": 0, "remaining_in_window": null}),
+        ),
     ];
     let report = assemble(&ev, &loaded(), None);
     let texts: Vec<&str> = report
@@ -581,8 +587,9 @@ fn the_timeline_says_what_the_audit_log_recorded_in_words() {
             "replay plan 1: apply requested at 5/s",
             "replay plan 1 verified: 10 re-checked, 10 closed, 0 still open, 0 missing left in its window",
             "note: consumer back",
+            "replay plan 1 applied, but the re-check of what it did failed: the replay finished, but its window could not be re-checked: the store is locked",
         ],
-        "a plan outside the incident is left out"
+        "a plan outside the incident is left out; a failed re-check is no verification"
     );
 }
 

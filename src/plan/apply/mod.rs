@@ -344,7 +344,11 @@ async fn live(
                 // The plan is applied; a re-check that failed is recorded as failed (with what
                 // it re-checked before), so that no surface reads "re-checking" for good, and
                 // the apply fails saying why.
-                verification.failed = Some(e.to_string());
+                verification.failed = Some(match &e {
+                    // (On the plan's own record: without "plan N:".)
+                    PlanError::Refused { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                });
                 verification.at = chrono::Utc::now();
                 if let Err(also) = record_verification(env, id, &verification).await {
                     tracing::warn!(plan = id, "cannot record the failed re-check: {also}");

@@ -85,6 +85,10 @@ pub fn finished(by_status: &BTreeMap<ActionStatus, u64>) -> u64 {
 
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Verification {
+    /// Why the re-check could not be completed (the store failed, or a replay's window run),
+    /// if it could not: the counts below are what was re-checked before; the plan is applied
+    /// all the same. First, so that a shortened audit line still shows it.
+    pub failed: Option<String>,
     /// Applied actions whose violation was re-checked.
     pub checked: u64,
     /// Of those, violations that no longer hold.
@@ -94,9 +98,6 @@ pub struct Verification {
     /// Replays: `missing` violations still open in the window after a fresh run (0 when the
     /// gap is closed).
     pub remaining_in_window: Option<u64>,
-    /// Why the re-check could not be completed (the store or a source failed), if it could
-    /// not: the counts above are what was re-checked before; the plan is applied all the same.
-    pub failed: Option<String>,
     pub at: chrono::DateTime<Utc>,
 }
 
@@ -104,12 +105,12 @@ impl Verification {
     /// Nothing re-checked yet.
     pub(super) fn none() -> Self {
         Self {
+            failed: None,
             checked: 0,
             closed: 0,
             still_open: 0,
             errors: 0,
             remaining_in_window: None,
-            failed: None,
             at: Utc::now(),
         }
     }

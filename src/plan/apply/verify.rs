@@ -46,7 +46,7 @@ pub(super) async fn remaining_in_window(
     if let Some(e) = outcome.error {
         return Err(PlanError::refused(
             plan.id,
-            format!("the replay finished but re-checking its window failed: {e}"),
+            format!("the replay finished, but its window could not be re-checked: {e}"),
         ));
     }
     let bound = |k: &str| {

@@ -709,23 +709,35 @@ async fn a_replay_whose_window_recheck_fails_is_applied_and_says_the_recheck_fai
     let said = text(&applied);
     assert_eq!(applied.status.code(), Some(2), "{said}");
     assert!(
-        said.contains("the replay finished but re-checking its window failed: "),
+        said.contains("plan 1: the replay finished, but its window could not be re-checked: "),
         "{said}"
     );
     assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
 
-    let mut show = trueup(&config);
-    show.args(["plan", "show", "1"]);
-    let shown = text(&output(show).await);
-    assert!(shown.contains("applied"), "{shown}");
-    let verified = shown
+    let read = |args: &'static [&'static str]| {
+        let mut c = trueup(&config);
+        c.args(args);
+        output(c)
+    };
+    let shown = text(&read(&["plan", "show", "1"]).await);
+    assert!(shown.contains("\n  status:    applied\n"), "{shown}");
+    assert!(!shown.contains("verified:"), "{shown}");
+    let recheck = shown
         .lines()
-        .find(|l| l.trim_start().starts_with("verified:"))
-        .unwrap_or_else(|| panic!("no verification line: {shown}"));
+        .find(|l| l.starts_with("  re-check:  "))
+        .unwrap_or_else(|| panic!("no re-check line: {shown}"));
     assert!(
-        verified.starts_with(
-            "  verified:  the re-check of what was applied failed: plan 1: the replay finished but re-checking its window failed: "
-        ) && verified.ends_with("(run `trueup check -i events-consumed` to see what holds now)"),
-        "{verified}"
+        recheck.starts_with(
+            "  re-check:  failed, the plan is applied: the replay finished, but its window could not be re-checked: "
+        ) && recheck.ends_with("(run `trueup check -i events-consumed --full` to see what holds now)"),
+        "{recheck}"
+    );
+    // The key's trace says the same, never that the replay was verified.
+    let traced = text(&read(&["trace", "1", "-i", "events-consumed"]).await);
+    assert!(
+        traced.contains(
+            "re-check failed  replay plan 1 applied, but the re-check of what it did failed: the replay finished, but its window could not be re-checked: "
+        ) && !traced.contains("verified"),
+        "{traced}"
     );
 }

@@ -91,7 +91,7 @@ pub async fn acquire<DB: Database>(
                 "no connection could be had within {within:?}: {open} of at most {max} were open and in use, and opening another failed (the server may refuse more connections)"
             ))
         }
-        e if refusals > 1 => failed(format!(
+        e if refusals > 1 && over_connection_limit(&e) => failed(format!(
             "{e} (refused {refusals} times over {:.1}s)",
             first_refusal.map_or(0.0, |t| t.elapsed().as_secs_f64())
         )),
@@ -131,13 +131,21 @@ fn over_connection_limit(e: &sqlx::Error) -> bool {
         return pg.code() == "53300";
     }
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return match my.number() {
-            1040 | 1203 => true,
-            1226 => my.message().contains("'max_user_connections'"),
-            _ => false,
-        };
+        return mysql_connection_limit(my.number(), my.message());
     }
     false
+}
+
+/// Whether MySQL's or MariaDB's error `code` (with its `message`) refuses a connection for a
+/// limit on connections at once: ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS, and
+/// ER_USER_LIMIT_REACHED where the limit is the user's connections (not its queries or
+/// connections per hour, which a moment does not lift).
+pub(crate) fn mysql_connection_limit(code: u16, message: &str) -> bool {
+    match code {
+        1040 | 1203 => true,
+        1226 => message.contains("'max_user_connections'"),
+        _ => false,
+    }
 }
 
 /// Closes a pool, waiting at most `within` for its connections to come back (one ping's round

@@ -313,7 +313,7 @@ async fn show(app: &App, id: i64, limit: u32, format: Format) -> anyhow::Result<
     if let Some(v) = &p.verification {
         match v["failed"].as_str() {
             Some(why) => println!(
-                "  re-check:  failed, the plan is applied: {why} (run `trueup check -i {} --full` to see what holds now)",
+                "  re-check:  failed: {why} (the plan is applied; run `trueup check -i {} --full` to see what holds now)",
                 p.invariant
             ),
             None => println!(

@@ -168,11 +168,8 @@ struct Refusal {
 
 impl From<mysql::Error> for Refusal {
     fn from(e: mysql::Error) -> Self {
-        // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS, and ER_USER_LIMIT_REACHED where
-        // the limit is the user's connections (not its queries or connections per hour).
         let no_connection_to_spare = matches!(&e, mysql::Error::MySqlError(m)
-            if matches!(m.code, 1040 | 1203)
-                || (m.code == 1226 && m.message.contains("max_user_connections")));
+            if crate::connect::mysql_connection_limit(m.code, &m.message));
         Self {
             why: e.to_string(),
             no_connection_to_spare,

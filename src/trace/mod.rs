@@ -179,7 +179,7 @@ pub async fn trace(
                 kind: StepKind::RecheckFailed,
                 invariant: Some(plan.invariant.clone()),
                 summary: format!(
-                    "{} plan {} applied, but the re-check of what it did failed: {why}",
+                    "{} plan {} applied; re-check failed: {why}",
                     plan.kind.as_str(),
                     plan.id
                 ),

@@ -207,7 +207,7 @@ async fn planted_keys_found_and_fixed_ones_resolved(
             assert_eq!(
                 compared.streamed_because.as_deref(),
                 Some(
-                    "sources `pg` and `my` hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)"
+                    "sources `pg` and `my` could hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)"
                 ),
             );
         }

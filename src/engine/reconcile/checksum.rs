@@ -203,7 +203,7 @@ pub(super) async fn run(
         // them. (After the checks above, so that an invariant that cannot be checksummed at
         // all says why.)
         return Ok(Outcome::NotWorthIt(format!(
-            "sources `{}` and `{}` hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)",
+            "sources `{}` and `{}` could hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)",
             left.name(),
             right.name()
         )));

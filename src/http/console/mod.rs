@@ -451,7 +451,7 @@ mod tests {
             .unwrap();
         assert!(
             html.contains(&format!(
-                "<p id=\"verification\" class=\"error\" role=\"alert\">The re-check of what was applied failed: {failed}. The plan is applied; run <code>trueup check -i events-consumed --full</code> to see what holds now.</p>"
+                "<p id=\"verification\" class=\"error\" role=\"alert\">Re-check failed: {failed}. The plan is applied; run <code>trueup check -i events-consumed --full</code> to see what holds now.</p>"
             )),
             "{html}"
         );

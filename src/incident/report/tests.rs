@@ -587,7 +587,7 @@ fn the_timeline_says_what_the_audit_log_recorded_in_words() {
             "replay plan 1: apply requested at 5/s",
             "replay plan 1 verified: 10 re-checked, 10 closed, 0 still open, 0 missing left in its window",
             "note: consumer back",
-            "replay plan 1 applied, but the re-check of what it did failed: the replay finished, but its window could not be re-checked: the store is locked",
+            "replay plan 1 applied; re-check failed: the replay finished, but its window could not be re-checked: the store is locked",
         ],
         "a plan outside the incident is left out; a failed re-check is no verification"
     );

@@ -99,9 +99,9 @@ pub(super) fn audit_entry(
             "plan.pause" => format!("{what} paused"),
             "plan.resume" => format!("{what} resumed"),
             "plan.cancel" => format!("{what} cancelled"),
-            "plan.verify" if d.get("failed").is_some_and(|f| !f.is_null()) => format!(
-                "{what} applied, but the re-check of what it did failed: {}",
-                d["failed"].as_str().unwrap_or("(no reason recorded)")
+            "plan.verify" if d.get("failed").and_then(|f| f.as_str()).is_some() => format!(
+                "{what} applied; re-check failed: {}",
+                d["failed"].as_str().unwrap_or_default()
             ),
             "plan.verify" => {
                 let n = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);

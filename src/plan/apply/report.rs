@@ -87,7 +87,8 @@ pub fn finished(by_status: &BTreeMap<ActionStatus, u64>) -> u64 {
 pub struct Verification {
     /// Why the re-check could not be completed (the store failed, or a replay's window run),
     /// if it could not: the counts below are what was re-checked before; the plan is applied
-    /// all the same. First, so that a shortened audit line still shows it.
+    /// all the same. First, so that `trueup audit`'s shortened details show it (with a SQLite
+    /// store; PostgreSQL's JSONB keeps keys in its own order).
     pub failed: Option<String>,
     /// Applied actions whose violation was re-checked.
     pub checked: u64,

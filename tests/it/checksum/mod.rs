@@ -289,7 +289,7 @@ async fn across_engines_auto_streams_saying_why_and_checksum_mode_still_summaris
         assert_eq!(
             c.streamed_because.unwrap(),
             format!(
-                "sources `pg` and `{right}` hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)"
+                "sources `pg` and `{right}` could hash rows alike only by the MD5 of a canonical text, which costs more to compute than the rows cost to send: streaming costs less (`mode: checksum` summarises anyway, where the network is scarcer than CPU)"
             )
         );
         let (found, stats) = evaluate(&reconcile("amount", ReconcileMode::Checksum), &srcs).await;

@@ -395,7 +395,8 @@ async fn the_connection_limit_is_waited_out_for_a_moment<DB: sqlx::Database>(
 }
 
 #[tokio::test]
-async fn a_postgres_role_at_its_connection_limit_gets_its_connection_once_another_session_ends() {
+async fn a_postgres_role_at_its_connection_limit_connects_once_a_session_ends_and_is_refused_after_the_wait_if_none_does()
+ {
     let db = TestPg::new().await;
     db.exec(&format!(
         "ALTER ROLE \"{}_reader\" CONNECTION LIMIT 1",
@@ -421,7 +422,8 @@ async fn a_postgres_role_at_its_connection_limit_gets_its_connection_once_anothe
 }
 
 #[tokio::test]
-async fn a_mariadb_user_at_its_connection_limit_gets_its_connection_once_another_session_ends() {
+async fn a_mariadb_user_at_its_connection_limit_connects_once_a_session_ends_and_is_refused_after_the_wait_if_none_does()
+ {
     let db = TestMysql::new().await;
     db.exec(&format!(
         "ALTER USER '{}_r'@'%' WITH MAX_USER_CONNECTIONS 1",

@@ -728,15 +728,15 @@ async fn a_replay_whose_window_recheck_fails_is_applied_and_says_the_recheck_fai
         .unwrap_or_else(|| panic!("no re-check line: {shown}"));
     assert!(
         recheck.starts_with(
-            "  re-check:  failed, the plan is applied: the replay finished, but its window could not be re-checked: "
-        ) && recheck.ends_with("(run `trueup check -i events-consumed --full` to see what holds now)"),
+            "  re-check:  failed: the replay finished, but its window could not be re-checked: "
+        ) && recheck.ends_with("(the plan is applied; run `trueup check -i events-consumed --full` to see what holds now)"),
         "{recheck}"
     );
     // The key's trace says the same, never that the replay was verified.
     let traced = text(&read(&["trace", "1", "-i", "events-consumed"]).await);
     assert!(
         traced.contains(
-            "re-check failed  replay plan 1 applied, but the re-check of what it did failed: the replay finished, but its window could not be re-checked: "
+            "re-check failed  replay plan 1 applied; re-check failed: the replay finished, but its window could not be re-checked: "
         ) && !traced.contains("verified"),
         "{traced}"
     );

@@ -350,15 +350,17 @@ async fn a_pool_whose_connections_all_stay_busy_says_so_not_only_that_it_timed_o
     pool.close().await;
 }
 
-/// With the user allowed one connection and a session of its own (`held`) ending 300 ms
-/// in, an empty pool's connection is had (the probe's refusal is tried again); with the pool's
-/// connection held, another pool is refused after [`trueup::connect::LIMIT_WAIT`], with the
-/// server's words and how often it refused. Returns that refusal.
+/// With the user of `url` allowed one connection and a session of its own ending 300 ms in
+/// (the scenario: a session the server still counts, not a wait for an event), an empty
+/// pool's connection is had (the probe's refusal is tried again); with the pool's connection
+/// held, another pool is refused after [`trueup::connect::LIMIT_WAIT`], in the server's words
+/// (`server_says`) and saying how often it refused.
 async fn the_connection_limit_is_waited_out_for_a_moment<DB: sqlx::Database>(
     url: &str,
-    held: DB::Connection,
-) -> String {
+    server_says: &str,
+) {
     use sqlx::Connection;
+    let held = DB::Connection::connect(url).await.unwrap();
     let one_connection = || {
         sqlx::pool::PoolOptions::<DB>::new()
             .max_connections(1)
@@ -388,63 +390,47 @@ async fn the_connection_limit_is_waited_out_for_a_moment<DB: sqlx::Database>(
             && waited < trueup::connect::LIMIT_WAIT + std::time::Duration::from_secs(2),
         "refused after {waited:?}"
     );
+    let refused = refused.to_string();
+    assert!(
+        refused.starts_with("cannot connect to the database: ")
+            && refused.contains(server_says)
+            && refused.contains(" (refused ")
+            && refused.contains(" times over "),
+        "{refused}"
+    );
     drop(conn);
     pool.close().await;
     other.close().await;
-    refused.to_string()
 }
 
 #[tokio::test]
 async fn a_postgres_role_at_its_connection_limit_connects_once_a_session_ends_and_is_refused_after_the_wait_if_none_does()
  {
     let db = TestPg::new().await;
-    db.exec(&format!(
-        "ALTER ROLE \"{}_reader\" CONNECTION LIMIT 1",
-        db.name
-    ))
+    let role = format!("{}_reader", db.name);
+    db.exec(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 1"))
+        .await;
+    the_connection_limit_is_waited_out_for_a_moment::<sqlx::Postgres>(
+        &db.reader_url,
+        &format!("too many connections for role \"{role}\""),
+    )
     .await;
-    let held = <sqlx::PgConnection as sqlx::Connection>::connect(&db.reader_url)
-        .await
-        .unwrap();
-    let refused =
-        the_connection_limit_is_waited_out_for_a_moment::<sqlx::Postgres>(&db.reader_url, held)
-            .await;
-    assert!(
-        refused.starts_with("cannot connect to the database: ")
-            && refused.contains(&format!(
-                "too many connections for role \"{}_reader\"",
-                db.name
-            ))
-            && refused.contains(" (refused ")
-            && refused.contains(" times over "),
-        "{refused}"
-    );
 }
 
 #[tokio::test]
 async fn a_mariadb_user_at_its_connection_limit_connects_once_a_session_ends_and_is_refused_after_the_wait_if_none_does()
  {
     let db = TestMysql::new().await;
+    let user = format!("{}_r", db.name);
     db.exec(&format!(
-        "ALTER USER '{}_r'@'%' WITH MAX_USER_CONNECTIONS 1",
-        db.name
+        "ALTER USER '{user}'@'%' WITH MAX_USER_CONNECTIONS 1"
     ))
     .await;
-    let held = <sqlx::MySqlConnection as sqlx::Connection>::connect(&db.reader_url)
-        .await
-        .unwrap();
-    let refused =
-        the_connection_limit_is_waited_out_for_a_moment::<sqlx::MySql>(&db.reader_url, held).await;
-    assert!(
-        refused.starts_with("cannot connect to the database: ")
-            && refused.contains(&format!(
-                "1226 (42000): User '{}_r' has exceeded the 'max_user_connections' resource",
-                db.name
-            ))
-            && refused.contains(" (refused ")
-            && refused.contains(" times over "),
-        "{refused}"
-    );
+    the_connection_limit_is_waited_out_for_a_moment::<sqlx::MySql>(
+        &db.reader_url,
+        &format!("1226 (42000): User '{user}' has exceeded the 'max_user_connections' resource"),
+    )
+    .await;
 }
 
 #[tokio::test]

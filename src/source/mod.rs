@@ -831,17 +831,20 @@ impl<DB: sqlx::Database> Drop for Leased<DB> {
     }
 }
 
-/// Decodes one value, turning a driver panic into a decode error for its column: a value the
-/// driver cannot represent fails the read with the column's name, it never ends it.
-pub(crate) fn decode_value(
+/// Runs one row's decoding, turning a panic of a decoder (a driver's, or a bug of trueup's)
+/// into a decode error for the column `at` names, which the decoding sets before each
+/// value: a value the driver cannot represent fails the read with the column's name, it
+/// never ends it. One catch a row, not one a value: a catch per value, with its closure and
+/// the moves of its result, cost about 6 % of trueup's CPU on a streamed run of 10M rows.
+pub(crate) fn decode_row<T>(
     source: &SourceName,
-    column: &str,
-    decode: impl FnOnce() -> Result<Value, sqlx::error::BoxDynError>,
-) -> Result<Value, SourceError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(decode::decode_error(source, column, e)),
-        Err(panic) => Err(decode::decode_error(
+    columns: &[String],
+    at: &std::cell::Cell<usize>,
+    decode: impl FnOnce() -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let column = columns.get(at.get()).map_or("", String::as_str);
+        Err(decode::decode_error(
             source,
             column,
             format!(
@@ -849,8 +852,8 @@ pub(crate) fn decode_value(
                 panic_message(&*panic)
             )
             .into(),
-        )),
-    }
+        ))
+    })
 }
 
 /// Whether the fail point `name` is set (test builds; always `false` in a release build). Its
@@ -984,5 +987,66 @@ impl Sources {
             source.gate.close();
         }
         futures_util::future::join_all(self.by_name.values().map(|s| s.close())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a row of `columns` whose `panics_at`th value panics and whose `fails_at`th
+    /// value is refused, the way a reading loop does.
+    fn decode_three(panics_at: Option<usize>, fails_at: Option<usize>) -> Result<Row, SourceError> {
+        let source = SourceName::parse("ledger").unwrap();
+        let columns: Vec<String> = ["id", "amount", "currency"].map(String::from).to_vec();
+        let at = std::cell::Cell::new(0);
+        decode_row(&source, &columns, &at, || {
+            let mut values = Vec::new();
+            for (i, column) in columns.iter().enumerate() {
+                at.set(i);
+                if panics_at == Some(i) {
+                    panic!("index out of range for slice of length 3");
+                }
+                if fails_at == Some(i) {
+                    return Err(decode::decode_error(&source, column, "not a number".into()));
+                }
+                values.push(Value::Int(i as i64));
+            }
+            Ok(values)
+        })
+    }
+
+    #[test]
+    fn a_decoder_that_panics_fails_the_row_naming_the_column_it_was_decoding() {
+        let err = decode_three(Some(1), None).unwrap_err();
+        let SourceError::Decode {
+            column, message, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(column, "amount");
+        assert_eq!(
+            message,
+            "the database driver could not decode a value (index out of range for slice of length 3); cast the column to text in the query if its values do not fit"
+        );
+        let first = decode_three(Some(0), None).unwrap_err();
+        assert!(
+            matches!(&first, SourceError::Decode { column, .. } if column == "id"),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn a_refused_value_and_a_whole_row_come_back_as_the_decoding_said() {
+        let err = decode_three(None, Some(2)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source `ledger`: column `currency`: not a number; cast the column to text in the query if its values do not fit"
+        );
+        assert_eq!(
+            decode_three(None, None).unwrap(),
+            vec![Value::Int(0), Value::Int(1), Value::Int(2)]
+        );
     }
 }

@@ -20,15 +20,17 @@ use mysql::prelude::Queryable;
 
 use crate::domain::{SourceName, Value};
 
-use super::decode::{Kind, Unrepresentable, unsupported};
+use super::decode::{Kind, Unrepresentable, decode_error, unsupported};
 use super::sql::{BulkRead, DecodeResult};
 use super::stream::Feed;
-use super::{Row, SourceError, decode_value};
+use super::{Row, SourceError, decode_row};
 
 /// What the reading thread sends at once: at most this many rows, or the first row to reach
 /// [`BATCH_BYTES`] of values; the channel holds two such batches, so that a read of large
-/// rows keeps a few megabytes in flight, as sqlx's path does.
-const ROWS_PER_BATCH: usize = 512;
+/// rows keeps a few megabytes in flight, as sqlx's path does. As many rows as a stream's
+/// batch: a batch of small rows then goes on to the evaluator as it is
+/// ([`Feed::push_rows`]).
+const ROWS_PER_BATCH: usize = super::BATCH_ROWS;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// How to open the bulk connection of one source.
@@ -366,11 +368,7 @@ pub(super) async fn read(
                 stop.bulk.refused(feed.source(), &refusal);
                 return Ok(BulkRead::NotStarted);
             }
-            Some(Said::Rows(rows)) => {
-                for row in rows {
-                    feed.push_row(row).await?;
-                }
-            }
+            Some(Said::Rows(rows)) => feed.push_rows(rows).await?,
             Some(Said::Done) => return Ok(BulkRead::Complete),
             Some(Said::Failed(e)) => return Err(Some(e)),
             None => {
@@ -522,7 +520,7 @@ impl Reading {
         let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
         let mut batch_bytes = 0;
         for row in result.by_ref() {
-            let row = row.map_err(|e| Some(self.query_error(e)))?.unwrap();
+            let row = row.map_err(|e| Some(self.query_error(e)))?.unwrap_raw();
             let kinds = match &kinds {
                 Some(k) => k,
                 None => kinds.insert(
@@ -536,12 +534,23 @@ impl Reading {
                         .map_err(Some)?,
                 ),
             };
-            let mut values = Vec::with_capacity(kinds.len());
-            for ((value, kind), column) in row.into_iter().zip(kinds).zip(&self.columns) {
-                let value = decode_value(&self.source, column, || decode(*kind, value))?;
-                batch_bytes += value.size();
-                values.push(value);
-            }
+            let column = std::cell::Cell::new(0);
+            let values = decode_row(&self.source, &self.columns, &column, || {
+                let mut values = Vec::with_capacity(kinds.len());
+                // (Each value is there: none was taken out of the row. The raw values spare
+                // the copy into a vector of plain ones that `Row::unwrap` makes.)
+                for (i, (value, kind)) in row.into_iter().zip(kinds).enumerate() {
+                    column.set(i);
+                    let value = match value {
+                        Some(value) => decode(*kind, value),
+                        None => Err("the client handed over no value".into()),
+                    };
+                    values
+                        .push(value.map_err(|e| decode_error(&self.source, &self.columns[i], e))?);
+                }
+                Ok(values)
+            })?;
+            batch_bytes += values.iter().map(Value::size).sum::<usize>();
             batch.push(values);
             if batch.len() == ROWS_PER_BATCH || batch_bytes >= BATCH_BYTES {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_BATCH));

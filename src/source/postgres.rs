@@ -296,7 +296,9 @@ impl super::sql::Dialect for Dialect {
                 // The row's message is a slice of the connection's buffer: let it go before
                 // waiting for room in the channel.
                 drop(message);
-                feed.push_row(values).await?;
+                if feed.add_row(values).map_err(Some)? {
+                    feed.send_batch().await.map_err(|_| None)?;
+                }
             }
             // A COPY that ended without its trailer did not send every row.
             if !rows.ended() {

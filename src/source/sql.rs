@@ -15,7 +15,7 @@ use crate::domain::Value;
 
 use super::decode::{Kind, unsupported};
 use super::{
-    Feed, Leased, ReadRequest, SourceError, decode_value, filter_value_error, index_of,
+    Feed, Leased, ReadRequest, SourceError, decode_row, filter_value_error, index_of,
     resolve_filter, resolve_needed, wrap, wrap_selecting,
 };
 
@@ -181,27 +181,31 @@ impl RowShape<'_> {
         whole: impl Fn(Kind, F) -> DecodeResult,
         digested: impl Fn(Kind, [F; 3]) -> DecodeResult,
     ) -> Result<crate::source::Row, SourceError> {
-        let mut values = Vec::with_capacity(self.kinds.len());
-        let mut at = 0;
-        for (i, kind) in self.kinds.iter().enumerate() {
-            let raw = field(at)?;
-            let value = if self.digest[i] {
-                let parts = [field(at + 1)?, field(at + 2)?, field(at + 3)?];
-                at += 4;
-                decode_value(feed.source(), &self.columns[i], || {
+        let column = std::cell::Cell::new(0);
+        decode_row(feed.source(), self.columns, &column, || {
+            let mut values = Vec::with_capacity(self.kinds.len());
+            let mut at = 0;
+            for (i, kind) in self.kinds.iter().enumerate() {
+                column.set(i);
+                let raw = field(at)?;
+                let value = if self.digest[i] {
+                    let parts = [field(at + 1)?, field(at + 2)?, field(at + 3)?];
+                    at += 4;
                     if is_null(&parts[0]) {
                         whole(*kind, raw)
                     } else {
                         digested(*kind, parts)
                     }
-                })
-            } else {
-                at += 1;
-                decode_value(feed.source(), &self.columns[i], || whole(*kind, raw))
-            };
-            values.push(value?);
-        }
-        Ok(values)
+                } else {
+                    at += 1;
+                    whole(*kind, raw)
+                };
+                values.push(value.map_err(|e| {
+                    super::decode::decode_error(feed.source(), &self.columns[i], e)
+                })?);
+            }
+            Ok(values)
+        })
     }
 }
 

@@ -94,9 +94,23 @@ impl RowStream {
     /// died mid-read does (tests of the engine's handling of an incomplete read).
     #[cfg(test)]
     pub(crate) fn cut_off(columns: Vec<String>, batches: Vec<Vec<Row>>) -> Self {
+        Self::sent(columns, batches, false)
+    }
+
+    /// A stream whose reader sends exactly `batches` (empty ones too) and then `End`.
+    #[cfg(test)]
+    pub(crate) fn in_batches(columns: Vec<String>, batches: Vec<Vec<Row>>) -> Self {
+        Self::sent(columns, batches, true)
+    }
+
+    #[cfg(test)]
+    fn sent(columns: Vec<String>, batches: Vec<Vec<Row>>, end: bool) -> Self {
         let (tx, rx) = mpsc::channel(batches.len() + 1);
         for b in batches {
             let _ = tx.try_send(Ok(Chunk::Rows(b, None)));
+        }
+        if end {
+            let _ = tx.try_send(Ok(Chunk::End));
         }
         Self {
             source: SourceName::parse("memory").expect("a valid source name"),
@@ -154,19 +168,59 @@ impl Feed {
     /// Adds a row to the batch, sending the batch once it is full (by rows or by bytes).
     /// `Err(None)`: nobody listens any more; `Err(Some)`: the row is over [`MAX_ROW_BYTES`].
     pub(crate) async fn push_row(&mut self, row: Row) -> Result<(), Option<SourceError>> {
+        if self.add_row(row).map_err(Some)? {
+            self.send_batch().await.map_err(|_| None)?;
+        }
+        Ok(())
+    }
+
+    /// Adds rows that arrive in batches (from MySQL's bulk reading thread) as
+    /// [`Feed::push_row`] adds each; a batch that arrives while none is being filled, and
+    /// fills one, goes on as it is (no row moved, no `await` per row).
+    pub(crate) async fn push_rows(&mut self, rows: Vec<Row>) -> Result<(), Option<SourceError>> {
+        if !self.batch.is_empty() || self.keep_only.is_some() || self.decode_fault {
+            for row in rows {
+                self.push_row(row).await?;
+            }
+            return Ok(());
+        }
+        let mut bytes = 0;
+        for row in &rows {
+            bytes += self.row_bytes(row).map_err(Some)?;
+        }
+        self.batch = rows;
+        self.batch_bytes = bytes;
+        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
+            self.send_batch().await.map_err(|_| None)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a row to the batch unless the read keeps other keys only; `true` when the batch
+    /// is full and must be sent ([`Feed::send_batch`]) before the next row. (A reading loop
+    /// that adds its rows so awaits once a batch, not once a row.)
+    pub(crate) fn add_row(&mut self, row: Row) -> Result<bool, SourceError> {
         if self.decode_fault {
-            return Err(Some(decode::decode_error(
+            return Err(decode::decode_error(
                 &self.source,
                 self.columns.first().map_or("", String::as_str),
                 "the value cannot be decoded (injected by the fail point source.decode)".into(),
-            )));
+            ));
         }
         if let Some((set, at)) = &self.keep_only {
             let key: Vec<&Value> = at.iter().map(|&i| &row[i]).collect();
             if !set.holds(&key) {
-                return Ok(());
+                return Ok(false);
             }
         }
+        let bytes = self.row_bytes(&row)?;
+        self.batch.push(row);
+        self.batch_bytes += bytes;
+        Ok(self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES)
+    }
+
+    /// A row's bytes, refused over [`MAX_ROW_BYTES`] naming its biggest column.
+    fn row_bytes(&self, row: &Row) -> Result<usize, SourceError> {
         let bytes: usize = row.iter().map(Value::size).sum();
         if bytes > MAX_ROW_BYTES {
             let (i, biggest) = row
@@ -174,23 +228,18 @@ impl Feed {
                 .enumerate()
                 .max_by_key(|(_, v)| v.size())
                 .expect("a row over the limit has a value");
-            return Err(Some(SourceError::RowTooLarge {
+            return Err(SourceError::RowTooLarge {
                 source_name: self.source.clone(),
                 column: self.columns.get(i).cloned().unwrap_or_default(),
                 column_bytes: biggest.size(),
                 bytes,
                 limit: MAX_ROW_BYTES,
-            }));
+            });
         }
-        self.batch.push(row);
-        self.batch_bytes += bytes;
-        if self.batch.len() >= BATCH_ROWS || self.batch_bytes >= BATCH_BYTES {
-            self.send_batch().await.map_err(|_| None)?;
-        }
-        Ok(())
+        Ok(bytes)
     }
 
-    async fn send_batch(&mut self) -> Result<(), Abandoned> {
+    pub(crate) async fn send_batch(&mut self) -> Result<(), Abandoned> {
         // A reader that stops here ends its stream without the end marker.
         fail::fail_point!("source.batch", |_| Err(Abandoned));
         let whole = (CHANNEL_BYTES >> 10) as u32;
@@ -247,5 +296,93 @@ impl Feed {
             source_name: self.source.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feed of columns `id, body` and the stream its rows arrive on.
+    fn feed() -> (Feed, RowStream) {
+        let (tx, rx) = mpsc::channel(super::super::CHANNEL_BATCHES);
+        let source = SourceName::parse("ledger").unwrap();
+        let columns: Arc<[String]> = Arc::from(vec!["id".to_owned(), "body".to_owned()]);
+        let feed = Feed {
+            decode_fault: false,
+            source: source.clone(),
+            endpoint: Arc::from("memory"),
+            turn: Default::default(),
+            columns: Arc::clone(&columns),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            budget: Arc::new(tokio::sync::Semaphore::new(CHANNEL_BYTES >> 10)),
+            tx,
+            keep_only: None,
+        };
+        let stream = RowStream {
+            source,
+            columns,
+            rx,
+            state: StreamState::Open,
+        };
+        (feed, stream)
+    }
+
+    fn rows(ids: std::ops::Range<i64>) -> Vec<Row> {
+        ids.map(|i| vec![Value::Int(i), Value::Text("x".into())])
+            .collect()
+    }
+
+    /// Every batch the stream delivers, by its length, and the ids in the order they came.
+    async fn received(mut stream: RowStream) -> (Vec<usize>, Vec<i64>) {
+        let (mut lengths, mut ids) = (Vec::new(), Vec::new());
+        while let Some(batch) = stream.next_batch().await {
+            let batch = batch.unwrap();
+            lengths.push(batch.len());
+            ids.extend(batch.iter().map(|r| match r[0] {
+                Value::Int(i) => i,
+                _ => unreachable!(),
+            }));
+        }
+        (lengths, ids)
+    }
+
+    #[tokio::test]
+    async fn rows_pushed_in_batches_arrive_in_order_a_whole_batch_as_it_came() {
+        let n = BATCH_ROWS as i64;
+        let (mut feed, stream) = feed();
+        let reading = tokio::spawn(received(stream));
+        // A batch into an empty feed goes on as it is; one after a lone row fills the batch
+        // that row started, and the rest go on row by row.
+        feed.push_rows(rows(0..n)).await.unwrap();
+        feed.push_row(rows(n..n + 1).remove(0)).await.unwrap();
+        feed.push_rows(rows(n + 1..3 * n + 1)).await.unwrap();
+        feed.push_rows(rows(3 * n + 1..3 * n + 11)).await.unwrap();
+        assert!(feed.finish().await.is_ok());
+        drop(feed);
+        let (lengths, ids) = reading.await.unwrap();
+        assert_eq!(lengths, vec![BATCH_ROWS, BATCH_ROWS, BATCH_ROWS, 11]);
+        assert_eq!(ids, (0..3 * n + 11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_batch_holding_a_row_over_the_limit_fails_naming_its_column_and_sends_nothing() {
+        let (mut feed, mut stream) = feed();
+        let mut batch = rows(0..3);
+        batch[1][1] = Value::Text("z".repeat(MAX_ROW_BYTES + 1).into());
+        let Err(Some(err)) = feed.push_rows(batch).await else {
+            panic!("a row over the limit was taken")
+        };
+        let SourceError::RowTooLarge { column, bytes, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!((column.as_str(), *bytes), ("body", MAX_ROW_BYTES + 17));
+        feed.end(Err(Some(err))).await;
+        let failed = stream.next_batch().await.unwrap();
+        assert!(
+            matches!(failed, Err(SourceError::RowTooLarge { .. })),
+            "rows were sent before the failure"
+        );
     }
 }

@@ -345,8 +345,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_sees_the_later_rows_of_its_group_in_the_next_batch() {
-        // The group of key 2: its first row (tag 1), then the one the probe looks for (tag 3)
-        // alone in the next batch.
+        // The group of key 2: its first row (tag 1), then the row the probe looks for
+        // (tag 3), the batches cut before, after and around it (an empty batch between).
         let rows = [(Some(2), 1), (Some(2), 2), (Some(2), 3), (Some(5), 4)];
         let wants_tag_3 = |row: &Row| row[1] == Value::Int(3);
         for cuts in [vec![1], vec![2], vec![2, 2], vec![3]] {

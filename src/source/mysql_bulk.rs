@@ -520,7 +520,7 @@ impl Reading {
         let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
         let mut batch_bytes = 0;
         for row in result.by_ref() {
-            let row = row.map_err(|e| Some(self.query_error(e)))?.unwrap_raw();
+            let row = row.map_err(|e| Some(self.query_error(e)))?.unwrap();
             let kinds = match &kinds {
                 Some(k) => k,
                 None => kinds.insert(
@@ -537,16 +537,12 @@ impl Reading {
             let column = std::cell::Cell::new(0);
             let values = decode_row(&self.source, &self.columns, &column, || {
                 let mut values = Vec::with_capacity(kinds.len());
-                // (Each value is there: none was taken out of the row. The raw values spare
-                // the copy into a vector of plain ones that `Row::unwrap` makes.)
                 for (i, (value, kind)) in row.into_iter().zip(kinds).enumerate() {
                     column.set(i);
-                    let value = match value {
-                        Some(value) => decode(*kind, value),
-                        None => Err("the client handed over no value".into()),
-                    };
-                    values
-                        .push(value.map_err(|e| decode_error(&self.source, &self.columns[i], e))?);
+                    values.push(
+                        decode(*kind, value)
+                            .map_err(|e| decode_error(&self.source, &self.columns[i], e))?,
+                    );
                 }
                 Ok(values)
             })?;

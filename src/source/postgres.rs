@@ -283,7 +283,7 @@ impl super::sql::Dialect for Dialect {
                 let field = |i: usize| Ok(fields[i].clone().map(|r| &message[r]));
                 let values = shape
                     .decode(
-                        feed,
+                        feed.source(),
                         field,
                         Option::is_none,
                         |kind, raw| raw.map_or(Ok(Value::Null), |b| pg_wire::value(kind, b)),

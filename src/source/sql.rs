@@ -175,14 +175,14 @@ impl RowShape<'_> {
     /// whole.
     pub(super) fn decode<F>(
         &self,
-        feed: &Feed,
+        source: &crate::domain::SourceName,
         mut field: impl FnMut(usize) -> Result<F, SourceError>,
         is_null: impl Fn(&F) -> bool,
         whole: impl Fn(Kind, F) -> DecodeResult,
         digested: impl Fn(Kind, [F; 3]) -> DecodeResult,
     ) -> Result<crate::source::Row, SourceError> {
         let column = std::cell::Cell::new(0);
-        decode_row(feed.source(), self.columns, &column, || {
+        decode_row(source, self.columns, &column, || {
             let mut values = Vec::with_capacity(self.kinds.len());
             let mut at = 0;
             for (i, kind) in self.kinds.iter().enumerate() {
@@ -200,9 +200,9 @@ impl RowShape<'_> {
                     at += 1;
                     whole(*kind, raw)
                 };
-                values.push(value.map_err(|e| {
-                    super::decode::decode_error(feed.source(), &self.columns[i], e)
-                })?);
+                values.push(
+                    value.map_err(|e| super::decode::decode_error(source, &self.columns[i], e))?,
+                );
             }
             Ok(values)
         })
@@ -434,7 +434,7 @@ where
         };
         let values = shape
             .decode(
-                feed,
+                feed.source(),
                 |at| row.try_get_raw(at).map_err(|e| feed.query_error(e)),
                 sqlx::ValueRef::is_null,
                 |kind, raw| dialect.decode(kind, raw),
@@ -670,4 +670,66 @@ fn compose<D: Dialect>(
         digest,
         keep_only,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SourceName;
+
+    /// A row of `note` (digested: four wire fields), `amount` and `id`, decoded as a reading
+    /// loop decodes it; `whole` panics on the `id` column's value (wire field 5).
+    fn decode_with(
+        field: impl FnMut(usize) -> Result<usize, SourceError>,
+    ) -> Result<crate::source::Row, SourceError> {
+        let columns: Vec<String> = ["note", "amount", "id"].map(String::from).to_vec();
+        let shape = RowShape {
+            columns: &columns,
+            kinds: &[Kind::Text, Kind::Decimal, Kind::I64],
+            digest: &[true, false, false],
+        };
+        shape.decode(
+            &SourceName::parse("ledger").unwrap(),
+            field,
+            |at| *at == 1,
+            |kind, at| match (kind, at) {
+                (Kind::I64, 5) => panic!("attempt to shift left with overflow"),
+                (Kind::Decimal, 4) => Err("not a decimal".into()),
+                (_, at) => Ok(Value::Int(at as i64)),
+            },
+            |_, [length, _, _]| Ok(Value::Int(100 + length as i64)),
+        )
+    }
+
+    #[test]
+    fn a_decoder_that_panics_or_refuses_fails_the_row_naming_the_column_not_the_wire_field() {
+        let err = decode_with(|at| Ok(if at == 4 { 9 } else { at })).unwrap_err();
+        let SourceError::Decode {
+            column, message, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(column, "id", "{err}");
+        assert!(
+            message.starts_with("the value could not be decoded (its decoder panicked: attempt to shift left with overflow)"),
+            "{message}"
+        );
+        let refused = decode_with(Ok).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "source `ledger`: column `amount`: not a decimal; cast the column to text in the query if its values do not fit"
+        );
+        // A wire field that cannot be read is the read's failure as it was said, not a value's.
+        let unread = decode_with(|at| match at {
+            5 => Err(SourceError::Query {
+                source_name: SourceName::parse("ledger").unwrap(),
+                message: "the connection was reset".into(),
+            }),
+            4 => Ok(9),
+            at => Ok(at),
+        })
+        .unwrap_err();
+        assert!(matches!(unread, SourceError::Query { .. }), "{unread}");
+    }
 }

@@ -175,18 +175,30 @@ impl Feed {
     }
 
     /// Adds rows that arrive in batches (from MySQL's bulk reading thread) as
-    /// [`Feed::push_row`] adds each; a batch that arrives while none is being filled, and
-    /// fills one, goes on as it is (no row moved, no `await` per row).
+    /// [`Feed::push_row`] adds each. A batch that arrives while none is being filled, and that
+    /// row by row would make the same batch (at most [`BATCH_ROWS`] rows, [`BATCH_BYTES`]
+    /// reached by its last row at the earliest), goes on as it is: no row moved, no `await`
+    /// per row.
     pub(crate) async fn push_rows(&mut self, rows: Vec<Row>) -> Result<(), Option<SourceError>> {
-        if !self.batch.is_empty() || self.keep_only.is_some() || self.decode_fault {
+        let mut whole = self.batch.is_empty()
+            && self.keep_only.is_none()
+            && !self.decode_fault
+            && rows.len() <= BATCH_ROWS;
+        let mut bytes = 0;
+        if whole {
+            for row in &rows {
+                if bytes >= BATCH_BYTES {
+                    whole = false;
+                    break;
+                }
+                bytes += self.row_bytes(row).map_err(Some)?;
+            }
+        }
+        if !whole {
             for row in rows {
                 self.push_row(row).await?;
             }
             return Ok(());
-        }
-        let mut bytes = 0;
-        for row in &rows {
-            bytes += self.row_bytes(row).map_err(Some)?;
         }
         self.batch = rows;
         self.batch_bytes = bytes;
@@ -334,18 +346,19 @@ mod tests {
             .collect()
     }
 
-    /// Every batch the stream delivers, by its length, and the ids in the order they came.
-    async fn received(mut stream: RowStream) -> (Vec<usize>, Vec<i64>) {
-        let (mut lengths, mut ids) = (Vec::new(), Vec::new());
+    /// What the stream delivers: each batch's length and where its rows are in memory, and
+    /// the ids in the order they came.
+    async fn received(mut stream: RowStream) -> (Vec<(usize, usize)>, Vec<i64>) {
+        let (mut batches, mut ids) = (Vec::new(), Vec::new());
         while let Some(batch) = stream.next_batch().await {
             let batch = batch.unwrap();
-            lengths.push(batch.len());
+            batches.push((batch.len(), batch.as_ptr() as usize));
             ids.extend(batch.iter().map(|r| match r[0] {
                 Value::Int(i) => i,
                 _ => unreachable!(),
             }));
         }
-        (lengths, ids)
+        (batches, ids)
     }
 
     #[tokio::test]
@@ -353,17 +366,44 @@ mod tests {
         let n = BATCH_ROWS as i64;
         let (mut feed, stream) = feed();
         let reading = tokio::spawn(received(stream));
-        // A batch into an empty feed goes on as it is; one after a lone row fills the batch
-        // that row started, and the rest go on row by row.
-        feed.push_rows(rows(0..n)).await.unwrap();
+        // A batch into an empty feed goes on as it is (the same vector); one after a lone
+        // row fills the batch that row started, and the rest go on row by row.
+        let first = rows(0..n);
+        let first_at = first.as_ptr() as usize;
+        feed.push_rows(first).await.unwrap();
         feed.push_row(rows(n..n + 1).remove(0)).await.unwrap();
         feed.push_rows(rows(n + 1..3 * n + 1)).await.unwrap();
         feed.push_rows(rows(3 * n + 1..3 * n + 11)).await.unwrap();
         assert!(feed.finish().await.is_ok());
         drop(feed);
-        let (lengths, ids) = reading.await.unwrap();
+        let (batches, ids) = reading.await.unwrap();
+        let lengths: Vec<usize> = batches.iter().map(|(len, _)| *len).collect();
         assert_eq!(lengths, vec![BATCH_ROWS, BATCH_ROWS, BATCH_ROWS, 11]);
+        assert_eq!(batches[0].1, first_at, "the first batch was copied");
         assert_eq!(ids, (0..3 * n + 11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_rows_larger_than_a_streams_batch_is_cut_as_row_by_row_pushing_cuts_it() {
+        // Six rows of 1 MiB: a stream's batch is full once 4 MiB are in it.
+        let mut wide = rows(0..6);
+        for row in &mut wide {
+            row[1] = Value::Text("w".repeat(1 << 20).into());
+        }
+        let n = BATCH_ROWS as i64;
+        // And more rows than a stream's batch holds.
+        for (batch, cut) in [(wide, vec![4, 2]), (rows(0..n + 1), vec![BATCH_ROWS, 1])] {
+            let (mut feed, stream) = feed();
+            let reading = tokio::spawn(received(stream));
+            let count = batch.len() as i64;
+            feed.push_rows(batch).await.unwrap();
+            assert!(feed.finish().await.is_ok());
+            drop(feed);
+            let (batches, ids) = reading.await.unwrap();
+            let lengths: Vec<usize> = batches.iter().map(|(len, _)| *len).collect();
+            assert_eq!(lengths, cut);
+            assert_eq!(ids, (0..count).collect::<Vec<_>>());
+        }
     }
 
     #[tokio::test]

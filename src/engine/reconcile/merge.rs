@@ -171,12 +171,8 @@ pub(super) async fn merge(
                     let rg = right.rest_of_group(first, probe).await?;
                     // Most keys are one row a side that matches: nothing to report, and no
                     // call to make (its future, per key, showed in a 10M-row profile).
-                    let one_to_one_match = lg.count == 1
-                        && rg.count == 1
-                        && plan
-                            .compare
-                            .iter()
-                            .all(|(_, i, j)| lg.first[*i].same_as(&rg.first[*j]));
+                    let one_to_one_match =
+                        lg.count == 1 && rg.count == 1 && matches_left(&rg.first);
                     if !one_to_one_match {
                         both(spec, &plan, &left, lg, &right, rg, due_before, tally).await?;
                     }
@@ -379,6 +375,9 @@ async fn right_only(
         .await
 }
 
+/// What a key with rows on both sides reports. (`merge` does not call it for a key whose one
+/// row a side matches, which reports nothing: what this reports for such a key, `merge`
+/// must report too.)
 #[allow(clippy::too_many_arguments)]
 async fn both(
     spec: &ReconcileSpec,

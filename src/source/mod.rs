@@ -832,17 +832,18 @@ impl<DB: sqlx::Database> Drop for Leased<DB> {
 }
 
 /// Runs one row's decoding, turning a panic of a decoder (a driver's, or a bug of trueup's)
-/// into a decode error for the column `at` names, which the decoding sets before each
-/// value: a value the driver cannot represent fails the read with the column's name, it
-/// never ends it. One catch a row, not one a value: a catch per value, with its closure and
-/// the moves of its result, cost about 6 % of trueup's CPU on a streamed run of 10M rows.
+/// into a decode error for the column the decoding last said it was at (it is handed a cell
+/// to set to each column's index before its value): a value the driver cannot represent
+/// fails the read with the column's name, it never ends it. One catch a row, not one a
+/// value: a catch per value, with its closure and the moves of its result, cost about 6 % of
+/// trueup's CPU on a streamed run of 10M rows.
 pub(crate) fn decode_row<T>(
     source: &SourceName,
     columns: &[String],
-    at: &std::cell::Cell<usize>,
-    decode: impl FnOnce() -> Result<T, SourceError>,
+    decode: impl FnOnce(&std::cell::Cell<usize>) -> Result<T, SourceError>,
 ) -> Result<T, SourceError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+    let at = std::cell::Cell::new(0);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&at))).unwrap_or_else(|panic| {
         let column = columns.get(at.get()).map_or("", String::as_str);
         Err(decode::decode_error(
             source,
@@ -999,8 +1000,7 @@ mod tests {
     fn decode_panicking_at(panics_at: usize) -> Result<Row, SourceError> {
         let source = SourceName::parse("ledger").unwrap();
         let columns: Vec<String> = ["id", "amount", "currency"].map(String::from).to_vec();
-        let at = std::cell::Cell::new(0);
-        decode_row(&source, &columns, &at, || {
+        decode_row(&source, &columns, |at| {
             let mut values = Vec::new();
             for i in 0..columns.len() {
                 at.set(i);

@@ -534,8 +534,7 @@ impl Reading {
                         .map_err(Some)?,
                 ),
             };
-            let column = std::cell::Cell::new(0);
-            let values = decode_row(&self.source, &self.columns, &column, || {
+            let values = decode_row(&self.source, &self.columns, |column| {
                 let mut values = Vec::with_capacity(kinds.len());
                 for (i, (value, kind)) in row.into_iter().zip(kinds).enumerate() {
                     column.set(i);

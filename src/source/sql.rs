@@ -181,8 +181,7 @@ impl RowShape<'_> {
         whole: impl Fn(Kind, F) -> DecodeResult,
         digested: impl Fn(Kind, [F; 3]) -> DecodeResult,
     ) -> Result<crate::source::Row, SourceError> {
-        let column = std::cell::Cell::new(0);
-        decode_row(source, self.columns, &column, || {
+        decode_row(source, self.columns, |column| {
             let mut values = Vec::with_capacity(self.kinds.len());
             let mut at = 0;
             for (i, kind) in self.kinds.iter().enumerate() {
